@@ -1,0 +1,716 @@
+/* Modules, tokens, sessions and login. */
+#include "kc_p11_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void module_name(CK_FUNCTION_LIST *m, char *buf, size_t len)
+{
+    char *name = p11_kit_module_get_filename(m);
+
+    snprintf(buf, len, "%s", name != NULL ? name : "(unknown module)");
+    free(name);
+}
+
+kc_rc kc_p11_load(const char *module_path, kc_p11 **out, kc_error *err)
+{
+    kc_p11 *p = NULL;
+    CK_FUNCTION_LIST *m = NULL;
+    CK_RV rv;
+    size_t n = 0, i;
+    kc_rc r = KC_ERR;
+
+    *out = NULL;
+    p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return kc_error_set(err, KC_ERR, "out of memory");
+    if (module_path != NULL) {
+        m = p11_kit_module_load(module_path, 0);
+        if (m == NULL) {
+            r = kc_error_set(err, KC_TOKEN, "cannot load PKCS#11 module '%s'", module_path);
+            kc_error_hint(err, "check the path given with --module or KEYCUSTODY_MODULE "
+                               "(SoftHSM: /usr/lib/softhsm/libsofthsm2.so)");
+            goto cleanup;
+        }
+        /* p11-kit initialises with CKF_OS_LOCKING_OK, which SoftHSM needs for
+         * threads (it crashes with two threads under C_Initialize(NULL)). */
+        rv = p11_kit_module_initialize(m);
+        if (rv != CKR_OK) {
+            r = kc_p11_fail(err, "C_Initialize", rv, "cannot initialise PKCS#11 module '%s'",
+                            module_path);
+            p11_kit_module_release(m);
+            goto cleanup;
+        }
+        p->modules = calloc(2, sizeof(*p->modules));
+        if (p->modules == NULL) {
+            p11_kit_module_finalize(m);
+            p11_kit_module_release(m);
+            r = kc_error_set(err, KC_ERR, "out of memory");
+            goto cleanup;
+        }
+        p->modules[0] = m;
+        n = 1;
+    } else {
+        p->modules = p11_kit_modules_load_and_initialize(0);
+        if (p->modules == NULL) {
+            r = kc_error_set(err, KC_TOKEN, "cannot load the PKCS#11 modules registered with "
+                                            "p11-kit");
+            kc_error_hint(err, "name a module with --module PATH or KEYCUSTODY_MODULE");
+            goto cleanup;
+        }
+        p->from_registry = 1;
+        while (p->modules[n] != NULL)
+            n++;
+    }
+    p->calls = calloc(n + 1, sizeof(*p->calls));
+    if (p->calls == NULL) {
+        r = kc_error_set(err, KC_ERR, "out of memory");
+        goto cleanup;
+    }
+    for (i = 0; i < n; i++)
+        p->calls[i] = module_path != NULL ? kc_p11_fault_wrap(p->modules[i]) : p->modules[i];
+    *out = p;
+    p = NULL;
+    r = KC_OK;
+cleanup:
+    kc_p11_free(p);
+    return r;
+}
+
+static void tok_close(kc_tok *t)
+{
+    if (t == NULL || !t->has_session)
+        return;
+    /* Closing the last session logs the user out; an explicit C_Logout
+     * would log out other handles that share this login. */
+    (void)t->f->C_CloseSession(t->session);
+    t->has_session = 0;
+    t->logged_in = 0;
+}
+
+void kc_tok_free(kc_tok *t)
+{
+    if (t == NULL)
+        return;
+    tok_close(t);
+    free(t);
+}
+
+void kc_p11_free(kc_p11 *p)
+{
+    size_t i;
+
+    if (p == NULL)
+        return;
+    for (i = 0; i < p->ncache; i++)
+        kc_tok_free(p->cache[i]);
+    free(p->cache);
+    if (p->modules != NULL) {
+        if (p->calls != NULL)
+            for (i = 0; p->modules[i] != NULL; i++)
+                kc_p11_fault_release(p->calls[i], p->modules[i]);
+        if (p->from_registry) {
+            p11_kit_modules_finalize_and_release(p->modules);
+        } else {
+            p11_kit_module_finalize(p->modules[0]);
+            p11_kit_module_release(p->modules[0]);
+            free(p->modules);
+        }
+    }
+    free(p->calls);
+    free(p);
+}
+
+static void fill_info(kc_tok_info *ti, const CK_TOKEN_INFO *info, const char *module)
+{
+    P11KitUri *uri = NULL;
+    char *s = NULL;
+    CK_FLAGS fl = info->flags;
+
+    memset(ti, 0, sizeof(*ti));
+    kc_p11_copy_padded(ti->label, sizeof(ti->label), info->label, sizeof(info->label));
+    kc_p11_copy_padded(ti->manufacturer, sizeof(ti->manufacturer), info->manufacturerID,
+                       sizeof(info->manufacturerID));
+    kc_p11_copy_padded(ti->model, sizeof(ti->model), info->model, sizeof(info->model));
+    kc_p11_copy_padded(ti->serial, sizeof(ti->serial), info->serialNumber,
+                       sizeof(info->serialNumber));
+    snprintf(ti->module, sizeof(ti->module), "%s", module);
+    ti->initialized = (fl & CKF_TOKEN_INITIALIZED) != 0;
+    ti->user_pin_initialized = (fl & CKF_USER_PIN_INITIALIZED) != 0;
+    ti->login_required = (fl & CKF_LOGIN_REQUIRED) != 0;
+    ti->write_protected = (fl & CKF_WRITE_PROTECTED) != 0;
+    ti->user_pin_count_low = (fl & CKF_USER_PIN_COUNT_LOW) != 0;
+    ti->user_pin_final_try = (fl & CKF_USER_PIN_FINAL_TRY) != 0;
+    ti->user_pin_locked = (fl & CKF_USER_PIN_LOCKED) != 0;
+    ti->user_pin_to_be_changed = (fl & CKF_USER_PIN_TO_BE_CHANGED) != 0;
+    ti->so_pin_count_low = (fl & CKF_SO_PIN_COUNT_LOW) != 0;
+    ti->so_pin_final_try = (fl & CKF_SO_PIN_FINAL_TRY) != 0;
+    ti->so_pin_locked = (fl & CKF_SO_PIN_LOCKED) != 0;
+    ti->min_pin = info->ulMinPinLen;
+    ti->max_pin = info->ulMaxPinLen;
+    uri = p11_kit_uri_new();
+    if (uri != NULL) {
+        memcpy(p11_kit_uri_get_token_info(uri), info, sizeof(*info));
+        if (p11_kit_uri_format(uri, P11_KIT_URI_FOR_TOKEN, &s) == P11_KIT_URI_OK && s != NULL)
+            snprintf(ti->uri, sizeof(ti->uri), "%s", s);
+        free(s);
+        p11_kit_uri_free(uri);
+    }
+}
+
+/* Calls fn for every slot with a token, in every module, until fn returns
+ * non-zero (then that value is returned). */
+typedef int (*slot_fn)(kc_p11 *p, CK_FUNCTION_LIST *f, CK_SLOT_ID slot, const CK_TOKEN_INFO *info,
+                       void *arg);
+
+static kc_rc each_token(kc_p11 *p, slot_fn fn, void *arg, int *stopped, kc_error *err)
+{
+    CK_SLOT_ID *slots = NULL;
+    CK_TOKEN_INFO info;
+    CK_ULONG count, j;
+    CK_RV rv;
+    size_t i;
+    kc_rc r = KC_ERR;
+
+    *stopped = 0;
+    for (i = 0; p->calls[i] != NULL; i++) {
+        CK_FUNCTION_LIST *f = p->calls[i];
+
+        rv = f->C_GetSlotList(CK_TRUE, NULL, &count);
+        if (rv != CKR_OK) {
+            char module[256];
+            module_name(p->modules[i], module, sizeof(module));
+            r = kc_p11_fail(err, "C_GetSlotList", rv, "cannot list the slots of module '%s'",
+                            module);
+            goto cleanup;
+        }
+        free(slots);
+        slots = calloc(count + 1, sizeof(*slots));
+        if (slots == NULL) {
+            r = kc_error_set(err, KC_ERR, "out of memory");
+            goto cleanup;
+        }
+        rv = f->C_GetSlotList(CK_TRUE, slots, &count);
+        if (rv != CKR_OK) {
+            r = kc_p11_fail(err, "C_GetSlotList", rv, "cannot list slots");
+            goto cleanup;
+        }
+        for (j = 0; j < count; j++) {
+            memset(&info, 0, sizeof(info));
+            rv = f->C_GetTokenInfo(slots[j], &info);
+            if (rv == CKR_TOKEN_NOT_PRESENT || rv == CKR_TOKEN_NOT_RECOGNIZED)
+                continue;
+            if (rv != CKR_OK) {
+                r = kc_p11_fail(err, "C_GetTokenInfo", rv, "cannot read token information");
+                goto cleanup;
+            }
+            *stopped = fn(p, f, slots[j], &info, arg);
+            if (*stopped)
+                goto done;
+        }
+    }
+done:
+    r = KC_OK;
+cleanup:
+    free(slots);
+    return r;
+}
+
+struct list_arg {
+    kc_tok_info *v;
+    size_t n, cap;
+    int oom;
+};
+
+static int list_one(kc_p11 *p, CK_FUNCTION_LIST *f, CK_SLOT_ID slot, const CK_TOKEN_INFO *info,
+                    void *arg)
+{
+    struct list_arg *a = arg;
+    char module[256];
+    size_t i;
+
+    (void)slot;
+    if (a->n == a->cap) {
+        kc_tok_info *nv = realloc(a->v, (a->cap * 2 + 4) * sizeof(*nv));
+        if (nv == NULL) {
+            a->oom = 1;
+            return 1;
+        }
+        a->v = nv;
+        a->cap = a->cap * 2 + 4;
+    }
+    /* Name the module by its real file, not the fault-injecting copy. */
+    for (i = 0; p->calls[i] != NULL && p->calls[i] != f; i++)
+        ;
+    module_name(p->modules[i] != NULL ? p->modules[i] : f, module, sizeof(module));
+    fill_info(&a->v[a->n++], info, module);
+    return 0;
+}
+
+kc_rc kc_p11_list_tokens(kc_p11 *p, kc_tok_info **out, size_t *n, kc_error *err)
+{
+    struct list_arg a = {NULL, 0, 0, 0};
+    int stopped;
+    kc_rc r;
+
+    *out = NULL;
+    *n = 0;
+    r = each_token(p, list_one, &a, &stopped, err);
+    if (r == KC_OK && a.oom)
+        r = kc_error_set(err, KC_ERR, "out of memory");
+    if (r != KC_OK) {
+        free(a.v);
+        return r;
+    }
+    *out = a.v;
+    *n = a.n;
+    return KC_OK;
+}
+
+int kc_p11_is_uri(const char *s)
+{
+    return s != NULL && strncmp(s, "pkcs11:", 7) == 0;
+}
+
+struct find_arg {
+    P11KitUri *uri;      /* match by URI, or */
+    const char *label;   /* by label */
+    int want_free;       /* only tokens that are not initialised */
+    int matches;
+    CK_FUNCTION_LIST *f;
+    CK_FUNCTION_LIST *module;
+    CK_SLOT_ID slot;
+    CK_TOKEN_INFO info;
+};
+
+static int find_one(kc_p11 *p, CK_FUNCTION_LIST *f, CK_SLOT_ID slot, const CK_TOKEN_INFO *info,
+                    void *arg)
+{
+    struct find_arg *a = arg;
+    char label[33];
+    size_t i;
+
+    if (a->want_free && (info->flags & CKF_TOKEN_INITIALIZED))
+        return 0;
+    if (a->uri != NULL) {
+        if (!p11_kit_uri_match_token_info(a->uri, info))
+            return 0;
+    } else if (a->label != NULL) {
+        kc_p11_copy_padded(label, sizeof(label), info->label, sizeof(info->label));
+        if (strcmp(label, a->label) != 0)
+            return 0;
+    }
+    if (a->matches++ == 0) {
+        for (i = 0; p->calls[i] != NULL && p->calls[i] != f; i++)
+            ;
+        a->f = f;
+        a->module = p->modules[i];
+        a->slot = slot;
+        a->info = *info;
+    }
+    /* A free token is any one; a named token must be unique, so keep counting. */
+    return a->want_free;
+}
+
+/* A sentence listing the visible tokens, for "not found" messages. */
+static void visible_tokens(kc_p11 *p, char *buf, size_t len)
+{
+    kc_tok_info *v = NULL;
+    kc_error ignored;
+    size_t n = 0, i, off = 0;
+
+    buf[0] = '\0';
+    if (kc_p11_list_tokens(p, &v, &n, &ignored) != KC_OK || n == 0) {
+        snprintf(buf, len, "no token is visible");
+        free(v);
+        return;
+    }
+    off = (size_t)snprintf(buf, len, "visible tokens:");
+    for (i = 0; i < n && off < len; i++)
+        off += (size_t)snprintf(buf + off, len - off, "%s '%s'%s", i ? "," : "",
+                                v[i].initialized ? v[i].label : "(not initialised)",
+                                "");
+    free(v);
+}
+
+static kc_rc parse_token_uri(const char *s, P11KitUri **out, kc_error *err)
+{
+    P11KitUri *uri = p11_kit_uri_new();
+    int ur;
+
+    *out = NULL;
+    if (uri == NULL)
+        return kc_error_set(err, KC_ERR, "out of memory");
+    ur = p11_kit_uri_parse(s, P11_KIT_URI_FOR_ANY, uri);
+    if (ur != P11_KIT_URI_OK) {
+        p11_kit_uri_free(uri);
+        /* The URI is not echoed: it could carry a pin-value. */
+        return kc_error_set(err, KC_USAGE, "invalid PKCS#11 URI: %s", p11_kit_uri_message(ur));
+    }
+    if (p11_kit_uri_get_pin_value(uri) != NULL) {
+        p11_kit_uri_free(uri);
+        kc_error_set(err, KC_USAGE, "a PKCS#11 URI with pin-value is refused");
+        kc_error_hint(err, "remove pin-value from the URI; give the PIN with --pin-source");
+        return KC_USAGE;
+    }
+    *out = uri;
+    return KC_OK;
+}
+
+static kc_rc tok_new(kc_p11 *p, const struct find_arg *a, kc_tok **out, kc_error *err)
+{
+    kc_tok *t = calloc(1, sizeof(*t));
+    char module[256];
+
+    *out = NULL;
+    if (t == NULL)
+        return kc_error_set(err, KC_ERR, "out of memory");
+    t->p = p;
+    t->f = a->f;
+    t->slot = a->slot;
+    t->oaep_sha256 = -1;
+    module_name(a->module, module, sizeof(module));
+    fill_info(&t->info, &a->info, module);
+    *out = t;
+    return KC_OK;
+}
+
+static kc_rc find_token(kc_p11 *p, const char *name_or_uri, int want_free, struct find_arg *a,
+                        kc_error *err)
+{
+    char seen[512];
+    int stopped;
+    kc_rc r;
+
+    memset(a, 0, sizeof(*a));
+    a->want_free = want_free;
+    if (kc_p11_is_uri(name_or_uri)) {
+        r = parse_token_uri(name_or_uri, &a->uri, err);
+        if (r != KC_OK)
+            return r;
+    } else {
+        a->label = name_or_uri;
+    }
+    r = each_token(p, find_one, a, &stopped, err);
+    p11_kit_uri_free(a->uri);
+    a->uri = NULL;
+    if (r != KC_OK)
+        return r;
+    if (a->matches == 0) {
+        visible_tokens(p, seen, sizeof(seen));
+        if (want_free)
+            r = kc_error_set(err, KC_NOT_FOUND, "no free (uninitialised) token%s%s; %s",
+                             name_or_uri ? " matches " : "", name_or_uri ? name_or_uri : "", seen);
+        else
+            r = kc_error_set(err, KC_NOT_FOUND, "no token '%s'; %s", name_or_uri, seen);
+        return r;
+    }
+    if (a->matches > 1 && !want_free) {
+        kc_error_set(err, KC_CONFLICT, "%d tokens match '%s'", a->matches, name_or_uri);
+        kc_error_hint(err, "name the token by a URI with its serial, e.g. "
+                           "'pkcs11:token=%s;serial=...'",
+                      a->label ? a->label : "NAME");
+        return KC_CONFLICT;
+    }
+    return KC_OK;
+}
+
+kc_rc kc_p11_token_new(kc_p11 *p, const char *name_or_uri, kc_tok **out, kc_error *err)
+{
+    struct find_arg a;
+    kc_rc r;
+
+    *out = NULL;
+    r = find_token(p, name_or_uri, 0, &a, err);
+    if (r != KC_OK)
+        return r;
+    return tok_new(p, &a, out, err);
+}
+
+static kc_rc cache_token(kc_p11 *p, const struct find_arg *a, kc_tok **out, kc_error *err)
+{
+    kc_tok **nc = NULL;
+    kc_tok *t = NULL;
+    size_t i;
+    kc_rc r;
+
+    for (i = 0; i < p->ncache; i++) {
+        if (p->cache[i]->f == a->f && p->cache[i]->slot == a->slot) {
+            *out = p->cache[i];
+            return KC_OK;
+        }
+    }
+    r = tok_new(p, a, &t, err);
+    if (r != KC_OK)
+        return r;
+    nc = realloc(p->cache, (p->ncache + 1) * sizeof(*nc));
+    if (nc == NULL) {
+        kc_tok_free(t);
+        return kc_error_set(err, KC_ERR, "out of memory");
+    }
+    p->cache = nc;
+    p->cache[p->ncache++] = t;
+    *out = t;
+    return KC_OK;
+}
+
+kc_rc kc_p11_token(kc_p11 *p, const char *name_or_uri, kc_tok **out, kc_error *err)
+{
+    struct find_arg a;
+    kc_rc r;
+
+    *out = NULL;
+    r = find_token(p, name_or_uri, 0, &a, err);
+    if (r != KC_OK)
+        return r;
+    return cache_token(p, &a, out, err);
+}
+
+kc_rc kc_p11_free_token(kc_p11 *p, const char *uri, kc_tok **out, kc_error *err)
+{
+    struct find_arg a;
+    kc_rc r;
+
+    *out = NULL;
+    if (uri != NULL && !kc_p11_is_uri(uri))
+        return kc_error_set(err, KC_USAGE, "'%s' is not a pkcs11: URI", uri);
+    r = find_token(p, uri, 1, &a, err);
+    if (r != KC_OK)
+        return r;
+    return cache_token(p, &a, out, err);
+}
+
+const kc_tok_info *kc_tok_info_get(const kc_tok *t)
+{
+    return &t->info;
+}
+
+kc_rc kc_tok_refresh(kc_tok *t, kc_error *err)
+{
+    CK_TOKEN_INFO info;
+    char module[sizeof(t->info.module)];
+    CK_RV rv;
+
+    memset(&info, 0, sizeof(info));
+    rv = t->f->C_GetTokenInfo(t->slot, &info);
+    if (rv != CKR_OK)
+        return kc_p11_fail(err, "C_GetTokenInfo", rv, "cannot read token '%s'", t->info.label);
+    memcpy(module, t->info.module, sizeof(module));
+    fill_info(&t->info, &info, module);
+    return KC_OK;
+}
+
+kc_rc kc_tok_session(kc_tok *t, kc_error *err)
+{
+    CK_RV rv;
+
+    if (t->has_session)
+        return KC_OK;
+    rv = t->f->C_OpenSession(t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
+                             &t->session);
+    if (rv != CKR_OK)
+        return kc_p11_fail(err, "C_OpenSession", rv, "cannot open a session on token '%s'",
+                           t->info.label);
+    t->has_session = 1;
+    return KC_OK;
+}
+
+int kc_tok_is_logged_in(const kc_tok *t)
+{
+    return t->logged_in;
+}
+
+/* Explains the PIN-count flags the token set after a refused login. */
+static void explain_pin_flags(kc_tok *t, kc_error *err)
+{
+    kc_error ignored;
+    const kc_tok_info *ti = &t->info;
+
+    if (kc_tok_refresh(t, &ignored) != KC_OK)
+        return;
+    if (ti->user_pin_locked)
+        kc_error_hint(err, "the token reports the user PIN locked; its security officer must "
+                           "set a new one");
+    else if (ti->user_pin_final_try)
+        kc_error_hint(err, "the token reports that one more wrong PIN locks the user PIN");
+    else if (ti->user_pin_count_low)
+        kc_error_hint(err, "the token reports that wrong PINs have been entered since the last "
+                           "good login (CKF_USER_PIN_COUNT_LOW); check the PIN source");
+    else
+        kc_error_hint(err, "check the PIN source given for vault '%s'", ti->label);
+}
+
+kc_rc kc_tok_login(kc_tok *t, const kc_secret *pin, kc_error *err)
+{
+    CK_RV rv;
+    kc_rc r;
+
+    if (t->logged_in)
+        return KC_OK;
+    r = kc_tok_session(t, err);
+    if (r != KC_OK)
+        return r;
+    rv = t->f->C_Login(t->session, CKU_USER, pin->data, pin->len);
+    if (rv == CKR_USER_ALREADY_LOGGED_IN)
+        rv = CKR_OK; /* another handle of this process holds the login */
+    if (rv != CKR_OK) {
+        r = kc_p11_fail(err, "C_Login", rv, "cannot log in to vault '%s'", t->info.label);
+        if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED)
+            explain_pin_flags(t, err);
+        if (rv == CKR_USER_PIN_NOT_INITIALIZED)
+            kc_error_hint(err, "the token has no user PIN yet; run 'keycustody vault init %s'",
+                          t->info.label);
+        return r;
+    }
+    t->logged_in = 1;
+    return KC_OK;
+}
+
+static void pad_label(unsigned char out[32], const char *label)
+{
+    size_t n = strlen(label);
+
+    memset(out, ' ', 32);
+    memcpy(out, label, n > 32 ? 32 : n);
+}
+
+kc_rc kc_tok_initialize(kc_tok *t, const char *label, const kc_secret *so_pin,
+                        const kc_secret *user_pin, kc_error *err)
+{
+    unsigned char lab[32];
+    CK_RV rv;
+    kc_rc r;
+
+    if (t->info.initialized)
+        return kc_error_set(err, KC_CONFLICT, "token '%s' is already initialised", t->info.label);
+    pad_label(lab, label);
+    rv = t->f->C_InitToken(t->slot, so_pin->data, so_pin->len, lab);
+    if (rv != CKR_OK)
+        return kc_p11_fail(err, "C_InitToken", rv, "cannot initialise token as '%s'", label);
+    /* SoftHSM keeps the slot id of a token it initialises for the life of the
+     * process, so t->slot stays valid until the next C_Initialize. */
+    r = kc_tok_refresh(t, err);
+    if (r != KC_OK)
+        return r;
+    r = kc_tok_session(t, err);
+    if (r != KC_OK)
+        return r;
+    rv = t->f->C_Login(t->session, CKU_SO, so_pin->data, so_pin->len);
+    if (rv != CKR_OK)
+        return kc_p11_fail(err, "C_Login", rv, "cannot log in to '%s' as security officer",
+                           label);
+    rv = t->f->C_InitPIN(t->session, user_pin->data, user_pin->len);
+    if (rv != CKR_OK) {
+        r = kc_p11_fail(err, "C_InitPIN", rv, "cannot set the user PIN of '%s'", label);
+        if (rv == CKR_PIN_LEN_RANGE)
+            kc_error_hint(err, "the token takes PINs of %lu to %lu characters",
+                          t->info.min_pin, t->info.max_pin);
+        (void)t->f->C_Logout(t->session);
+        return r;
+    }
+    rv = t->f->C_Logout(t->session);
+    if (rv != CKR_OK)
+        return kc_p11_fail(err, "C_Logout", rv, "cannot log the security officer out of '%s'",
+                           label);
+    r = kc_tok_refresh(t, err);
+    if (r != KC_OK)
+        return r;
+    return kc_tok_login(t, user_pin, err);
+}
+
+kc_rc kc_tok_random(kc_tok *t, unsigned char *buf, size_t count, kc_error *err)
+{
+    CK_RV rv;
+    kc_rc r = kc_tok_session(t, err);
+
+    if (r != KC_OK)
+        return r;
+    rv = t->f->C_GenerateRandom(t->session, buf, count);
+    if (rv != CKR_OK)
+        return kc_p11_fail(err, "C_GenerateRandom", rv, "cannot draw random bytes from '%s'",
+                           t->info.label);
+    return KC_OK;
+}
+
+kc_rc kc_p11_object_uri(const kc_tok_info *ti, const char *label, const unsigned char *id,
+                        size_t id_len, char *out, size_t len, kc_error *err)
+{
+    CK_ATTRIBUTE a;
+    CK_TOKEN_INFO *tinfo;
+    P11KitUri *uri = NULL;
+    char *s = NULL;
+    kc_rc r = KC_ERR;
+
+    uri = p11_kit_uri_new();
+    if (uri == NULL)
+        return kc_error_set(err, KC_ERR, "out of memory");
+    tinfo = p11_kit_uri_get_token_info(uri);
+    /* Blank-padded fields, as the token reports them. */
+    memset(tinfo->label, ' ', sizeof(tinfo->label));
+    memcpy(tinfo->label, ti->label, strlen(ti->label));
+    memset(tinfo->manufacturerID, ' ', sizeof(tinfo->manufacturerID));
+    memcpy(tinfo->manufacturerID, ti->manufacturer, strlen(ti->manufacturer));
+    memset(tinfo->model, ' ', sizeof(tinfo->model));
+    memcpy(tinfo->model, ti->model, strlen(ti->model));
+    memset(tinfo->serialNumber, ' ', sizeof(tinfo->serialNumber));
+    memcpy(tinfo->serialNumber, ti->serial, strlen(ti->serial));
+    a.type = CKA_LABEL;
+    a.pValue = (void *)label;
+    a.ulValueLen = strlen(label);
+    p11_kit_uri_set_attribute(uri, &a);
+    a.type = CKA_ID;
+    a.pValue = (void *)id;
+    a.ulValueLen = id_len;
+    if (id_len > 0)
+        p11_kit_uri_set_attribute(uri, &a);
+    if (p11_kit_uri_format(uri, P11_KIT_URI_FOR_OBJECT_ON_TOKEN, &s) != P11_KIT_URI_OK ||
+        s == NULL) {
+        r = kc_error_set(err, KC_ERR, "cannot format the URI of '%s'", label);
+        goto cleanup;
+    }
+    if (strlen(s) >= len) {
+        r = kc_error_set(err, KC_ERR, "the URI of '%s' is too long", label);
+        goto cleanup;
+    }
+    memcpy(out, s, strlen(s) + 1);
+    r = KC_OK;
+cleanup:
+    free(s);
+    p11_kit_uri_free(uri);
+    return r;
+}
+
+kc_rc kc_p11_uri_object(const char *s, char *label, size_t label_cap, unsigned char *id,
+                        size_t id_cap, size_t *id_len, kc_error *err)
+{
+    P11KitUri *uri = NULL;
+    CK_ATTRIBUTE *a;
+    kc_rc r;
+
+    label[0] = '\0';
+    *id_len = 0;
+    r = parse_token_uri(s, &uri, err);
+    if (r != KC_OK)
+        return r;
+    a = p11_kit_uri_get_attribute(uri, CKA_LABEL);
+    if (a != NULL) {
+        if (a->ulValueLen >= label_cap) {
+            p11_kit_uri_free(uri);
+            return kc_error_set(err, KC_USAGE, "the object name in the URI is too long");
+        }
+        memcpy(label, a->pValue, a->ulValueLen);
+        label[a->ulValueLen] = '\0';
+    }
+    a = p11_kit_uri_get_attribute(uri, CKA_ID);
+    if (a != NULL) {
+        if (a->ulValueLen > id_cap) {
+            p11_kit_uri_free(uri);
+            return kc_error_set(err, KC_USAGE, "the id in the URI is too long");
+        }
+        memcpy(id, a->pValue, a->ulValueLen);
+        *id_len = a->ulValueLen;
+    }
+    p11_kit_uri_free(uri);
+    return KC_OK;
+}

@@ -1,0 +1,217 @@
+/* The PKCS#11 layer: the only code that includes pkcs11.h or calls C_*.
+ *
+ * Modules are loaded through p11-kit, tokens are found by RFC 7512 URI or by
+ * label (never by slot number: SoftHSM renumbers slots after C_InitToken), and
+ * every failing call is turned into a kc_error carrying the C_* function, the
+ * CK_RV, p11-kit's sentence for it and the project code it maps to.
+ *
+ * Nothing in this header exposes a CK_* type, so the layers above stay free of
+ * pkcs11.h. Object handles are plain numbers valid in the token's session. */
+#ifndef KC_P11_H
+#define KC_P11_H
+
+#include "kc_error.h"
+#include "kc_secret.h"
+
+#include <stddef.h>
+
+typedef struct kc_p11 kc_p11; /* the loaded module(s), initialised once per process */
+typedef struct kc_tok kc_tok; /* one token with one reusable R/W session */
+typedef unsigned long kc_obj; /* object handle within a token's session */
+
+/* Key usages, named after Key Vault's key_ops. */
+enum {
+    KC_OP_ENCRYPT = 1u << 0,
+    KC_OP_DECRYPT = 1u << 1,
+    KC_OP_SIGN = 1u << 2,
+    KC_OP_VERIFY = 1u << 3,
+    KC_OP_WRAP = 1u << 4,
+    KC_OP_UNWRAP = 1u << 5,
+};
+
+typedef enum kc_key_type { KC_KT_OTHER = 0, KC_KT_RSA, KC_KT_EC } kc_key_type;
+
+/* RSA-OAEP hash (the MGF1 hash is the same, the label empty). */
+typedef enum kc_oaep { KC_OAEP_AUTO = 0, KC_OAEP_SHA1 = 1, KC_OAEP_SHA256 = 2 } kc_oaep;
+
+typedef struct kc_tok_info {
+    char label[33];
+    char manufacturer[33];
+    char model[17];
+    char serial[17];
+    char uri[512];         /* RFC 7512 token URI */
+    char module[256];      /* module file the token was found through */
+    int initialized;
+    int user_pin_initialized;
+    int login_required;
+    int write_protected;
+    int user_pin_count_low, user_pin_final_try, user_pin_locked, user_pin_to_be_changed;
+    int so_pin_count_low, so_pin_final_try, so_pin_locked;
+    unsigned long min_pin, max_pin;
+} kc_tok_info;
+
+/* One key object as read back from the token. Dates are "YYYYMMDD" or "". */
+typedef struct kc_key_obj {
+    kc_obj handle;
+    int is_private;         /* CKO_PRIVATE_KEY, else CKO_PUBLIC_KEY */
+    kc_key_type type;
+    char label[129];
+    unsigned char id[64];
+    size_t id_len;
+    unsigned bits;
+    unsigned ops;           /* KC_OP_* the token allows on this object */
+    int sensitive, extractable, always_sensitive, never_extractable, local;
+    int wrap_with_trusted, modifiable, trusted;
+    char start_date[9], end_date[9]; /* read from public objects only (see kc_p11_obj.c) */
+} kc_key_obj;
+
+typedef struct kc_rsa_spec {
+    const char *label;
+    const unsigned char *id;
+    size_t id_len;
+    unsigned bits;
+    unsigned ops;            /* KC_OP_*: ENCRYPT/VERIFY/WRAP go on the public key, the rest
+                              * on the private key */
+    int sensitive;           /* private key never readable in clear */
+    int wrap_with_trusted;   /* extractable only under a trusted wrapping key */
+    const char *start_date;  /* "YYYYMMDD" or NULL; public key only */
+    const char *end_date;    /* "YYYYMMDD" or NULL; public key only */
+} kc_rsa_spec;
+
+typedef struct kc_data_obj {
+    kc_obj handle;
+    char label[129];
+    unsigned char *value;    /* owned; free with kc_p11_data_objs_free */
+    size_t len;
+} kc_data_obj;
+
+/* --- modules --- */
+
+/* Loads the module at module_path (NULL: every module registered with
+ * p11-kit) and initialises it. One kc_p11 per process. */
+KC_EXPORT kc_rc kc_p11_load(const char *module_path, kc_p11 **out, kc_error *err) KC_MUST_CHECK;
+
+/* Closes every session, finalises and releases the modules. NULL-safe. */
+KC_EXPORT void kc_p11_free(kc_p11 *p);
+
+/* Every token present in any loaded module. *out is an array the caller frees. */
+KC_EXPORT kc_rc kc_p11_list_tokens(kc_p11 *p, kc_tok_info **out, size_t *n,
+                                   kc_error *err) KC_MUST_CHECK;
+
+/* The token named by name_or_uri: a "pkcs11:" URI (token attributes are
+ * matched; a PIN in the URI is refused) or a token label. Exactly one token
+ * must match. The returned token is owned by p and reused by later calls with
+ * the same token, so its session and login are shared. KC_NOT_FOUND lists the
+ * visible tokens in the message. */
+KC_EXPORT kc_rc kc_p11_token(kc_p11 *p, const char *name_or_uri, kc_tok **out,
+                             kc_error *err) KC_MUST_CHECK;
+
+/* Like kc_p11_token, but a new handle with its own session, owned by the
+ * caller (kc_tok_free): for threads, which must not share a session. */
+KC_EXPORT kc_rc kc_p11_token_new(kc_p11 *p, const char *name_or_uri, kc_tok **out,
+                                 kc_error *err) KC_MUST_CHECK;
+KC_EXPORT void kc_tok_free(kc_tok *t);
+
+/* The first token that is not initialised and matches uri (NULL: any).
+ * Owned by p. */
+KC_EXPORT kc_rc kc_p11_free_token(kc_p11 *p, const char *uri, kc_tok **out,
+                                  kc_error *err) KC_MUST_CHECK;
+
+/* Whether s parses as a pkcs11: URI. */
+KC_EXPORT int kc_p11_is_uri(const char *s);
+
+/* The RFC 7512 URI of a key pair on the token: token attributes, object=label
+ * and id, without type=, so that it names both halves of the pair. */
+KC_EXPORT kc_rc kc_p11_object_uri(const kc_tok_info *ti, const char *label,
+                                  const unsigned char *id, size_t id_len, char *out, size_t len,
+                                  kc_error *err) KC_MUST_CHECK;
+
+/* The object part of a pkcs11: URI: its label ("" when absent) and id
+ * (*id_len 0 when absent). A pin-value in the URI is refused. */
+KC_EXPORT kc_rc kc_p11_uri_object(const char *uri, char *label, size_t label_cap,
+                                  unsigned char *id, size_t id_cap, size_t *id_len,
+                                  kc_error *err) KC_MUST_CHECK;
+
+/* --- tokens and login --- */
+
+KC_EXPORT const kc_tok_info *kc_tok_info_get(const kc_tok *t);
+
+/* Re-reads the token info (PIN flags change after a failed login). */
+KC_EXPORT kc_rc kc_tok_refresh(kc_tok *t, kc_error *err) KC_MUST_CHECK;
+
+/* C_InitToken with label, then (SO) C_InitPIN with user_pin, then logs the
+ * user in. Only for a token that is not initialised. */
+KC_EXPORT kc_rc kc_tok_initialize(kc_tok *t, const char *label, const kc_secret *so_pin,
+                                  const kc_secret *user_pin, kc_error *err) KC_MUST_CHECK;
+
+/* Logs the user in (a no-op when already logged in). A refused PIN is
+ * KC_DENIED and the message explains the token's PIN-count flags. */
+KC_EXPORT kc_rc kc_tok_login(kc_tok *t, const kc_secret *pin, kc_error *err) KC_MUST_CHECK;
+KC_EXPORT int kc_tok_is_logged_in(const kc_tok *t);
+
+/* count random bytes from the token's RNG. */
+KC_EXPORT kc_rc kc_tok_random(kc_tok *t, unsigned char *buf, size_t count,
+                              kc_error *err) KC_MUST_CHECK;
+
+/* --- key objects --- */
+
+/* Public and private keys, optionally restricted to one label and/or one id.
+ * Private keys are seen only after login. *out is freed by the caller. */
+KC_EXPORT kc_rc kc_tok_find_keys(kc_tok *t, const char *label, const unsigned char *id,
+                                 size_t id_len, kc_key_obj **out, size_t *n,
+                                 kc_error *err) KC_MUST_CHECK;
+
+/* Generates an RSA key pair as token objects. On failure nothing of it is
+ * left on the token, even where the module leaves half-built objects. */
+KC_EXPORT kc_rc kc_tok_generate_rsa(kc_tok *t, const kc_rsa_spec *spec, kc_obj *pub,
+                                    kc_obj *priv, kc_error *err) KC_MUST_CHECK;
+
+/* Modulus and public exponent of an RSA key (big-endian, caller frees). */
+KC_EXPORT kc_rc kc_tok_rsa_public(kc_tok *t, kc_obj key, unsigned char **n, size_t *n_len,
+                                  unsigned char **e, size_t *e_len, kc_error *err) KC_MUST_CHECK;
+
+KC_EXPORT kc_rc kc_tok_destroy(kc_tok *t, kc_obj obj, kc_error *err) KC_MUST_CHECK;
+
+/* --- RSA-OAEP wrap and unwrap of a short secret --- */
+
+/* Wraps secret (loaded as a session generic-secret object and destroyed
+ * again) with C_WrapKey under the public key pub. With KC_OAEP_AUTO the hash
+ * is SHA-256 where the module accepts it, else SHA-1; *used says which. */
+KC_EXPORT kc_rc kc_tok_oaep_wrap(kc_tok *t, kc_obj pub, kc_oaep hash, const kc_secret *secret,
+                                 unsigned char **out, size_t *out_len, kc_oaep *used,
+                                 kc_error *err) KC_MUST_CHECK;
+
+/* C_UnwrapKey under priv into a session generic-secret object, reads the
+ * value into a new secret and destroys the object. */
+KC_EXPORT kc_rc kc_tok_oaep_unwrap(kc_tok *t, kc_obj priv, kc_oaep hash, const unsigned char *in,
+                                   size_t in_len, kc_secret **out, kc_error *err) KC_MUST_CHECK;
+
+/* --- data objects --- */
+
+/* CKO_DATA objects of the given application (and label, when not NULL). */
+KC_EXPORT kc_rc kc_tok_find_data(kc_tok *t, const char *application, const char *label,
+                                 kc_data_obj **out, size_t *n, kc_error *err) KC_MUST_CHECK;
+KC_EXPORT void kc_p11_data_objs_free(kc_data_obj *objs, size_t n);
+
+KC_EXPORT kc_rc kc_tok_create_data(kc_tok *t, const char *application, const char *label,
+                                   const void *value, size_t len, int is_private, kc_obj *out,
+                                   kc_error *err) KC_MUST_CHECK;
+
+/* --- errors --- */
+
+/* "CKR_PIN_INCORRECT" for rv, or "CKR_0x..." when unknown. */
+KC_EXPORT const char *kc_p11_rv_name(unsigned long rv);
+
+/* --- fault injection (test seam) ---
+ * After kc_p11_fault_arm("C_Login", "CKR_PIN_INCORRECT", 2, 0), the next
+ * module loaded with an explicit path gets a copy of its function list in
+ * which the 2nd call of C_Login returns CKR_PIN_INCORRECT without reaching the
+ * module (after != 0: it reaches the module first, then reports the error,
+ * like a module that did the work and lost the reply). Process-wide. */
+KC_EXPORT kc_rc kc_p11_fault_arm(const char *func, const char *rv_name, unsigned nth, int after,
+                                 kc_error *err) KC_MUST_CHECK;
+KC_EXPORT void kc_p11_fault_disarm(void);
+/* How many times the armed function has been called so far. */
+KC_EXPORT unsigned kc_p11_fault_calls(void);
+
+#endif

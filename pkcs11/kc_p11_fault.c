@@ -1,0 +1,154 @@
+/* Fault injection: a copy of a module's CK_FUNCTION_LIST with one function
+ * replaced by one that fails on its Nth call. Process-wide by design: it is a
+ * test seam, armed before the module is loaded. */
+#include "kc_p11_int.h"
+
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static struct {
+    char func[32];
+    CK_RV rv;
+    unsigned nth;
+    int after;
+    unsigned calls;
+    CK_FUNCTION_LIST *orig; /* the module's own list, for calls that pass through */
+} fault;
+
+static int fault_known(const char *func);
+
+kc_rc kc_p11_fault_arm(const char *func, const char *rv_name, unsigned nth, int after,
+                       kc_error *err)
+{
+    CK_RV rv;
+
+    if (!fault_known(func))
+        return kc_error_set(err, KC_USAGE, "fault: '%s' cannot be faulted", func);
+    if (!kc_p11_rv_from_name(rv_name, &rv))
+        return kc_error_set(err, KC_USAGE, "unknown CK_RV name '%s'", rv_name);
+    if (nth == 0)
+        return kc_error_set(err, KC_USAGE, "fault: the call number counts from 1");
+    memset(&fault, 0, sizeof(fault));
+    snprintf(fault.func, sizeof(fault.func), "%s", func);
+    fault.rv = rv;
+    fault.nth = nth;
+    fault.after = after;
+    return KC_OK;
+}
+
+void kc_p11_fault_disarm(void)
+{
+    memset(&fault, 0, sizeof(fault));
+}
+
+unsigned kc_p11_fault_calls(void)
+{
+    return fault.calls;
+}
+
+/* Whether this call is the one to fail; counts every call. */
+static int fault_hit(void)
+{
+    fault.calls++;
+    return fault.calls == fault.nth;
+}
+
+/* One replacement per function that tests fail. ARGS is the parameter list,
+ * PASS the arguments passed through. */
+#define FAULT_FN(name, ARGS, PASS)                                                               \
+    static CK_RV fault_##name ARGS                                                              \
+    {                                                                                           \
+        CK_RV real;                                                                             \
+        if (!fault_hit())                                                                       \
+            return fault.orig->name PASS;                                                       \
+        if (!fault.after)                                                                       \
+            return fault.rv;                                                                    \
+        real = fault.orig->name PASS;                                                           \
+        (void)real;                                                                             \
+        return fault.rv;                                                                        \
+    }
+
+FAULT_FN(C_GetSlotList, (CK_BBOOL a, CK_SLOT_ID_PTR b, CK_ULONG_PTR c), (a, b, c))
+FAULT_FN(C_GetTokenInfo, (CK_SLOT_ID a, CK_TOKEN_INFO_PTR b), (a, b))
+FAULT_FN(C_InitToken, (CK_SLOT_ID a, CK_UTF8CHAR_PTR b, CK_ULONG c, CK_UTF8CHAR_PTR d), (a, b, c, d))
+FAULT_FN(C_InitPIN, (CK_SESSION_HANDLE a, CK_UTF8CHAR_PTR b, CK_ULONG c), (a, b, c))
+FAULT_FN(C_OpenSession,
+         (CK_SLOT_ID a, CK_FLAGS b, CK_VOID_PTR c, CK_NOTIFY d, CK_SESSION_HANDLE_PTR e),
+         (a, b, c, d, e))
+FAULT_FN(C_Login, (CK_SESSION_HANDLE a, CK_USER_TYPE b, CK_UTF8CHAR_PTR c, CK_ULONG d),
+         (a, b, c, d))
+FAULT_FN(C_CreateObject,
+         (CK_SESSION_HANDLE a, CK_ATTRIBUTE_PTR b, CK_ULONG c, CK_OBJECT_HANDLE_PTR d),
+         (a, b, c, d))
+FAULT_FN(C_DestroyObject, (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b), (a, b))
+FAULT_FN(C_GetAttributeValue,
+         (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b, CK_ATTRIBUTE_PTR c, CK_ULONG d), (a, b, c, d))
+FAULT_FN(C_FindObjectsInit, (CK_SESSION_HANDLE a, CK_ATTRIBUTE_PTR b, CK_ULONG c), (a, b, c))
+FAULT_FN(C_FindObjects, (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE_PTR b, CK_ULONG c, CK_ULONG_PTR d),
+         (a, b, c, d))
+FAULT_FN(C_GenerateKeyPair,
+         (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_ATTRIBUTE_PTR c, CK_ULONG d,
+          CK_ATTRIBUTE_PTR e, CK_ULONG f, CK_OBJECT_HANDLE_PTR g, CK_OBJECT_HANDLE_PTR h),
+         (a, b, c, d, e, f, g, h))
+FAULT_FN(C_WrapKey,
+         (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c, CK_OBJECT_HANDLE d,
+          CK_BYTE_PTR e, CK_ULONG_PTR f),
+         (a, b, c, d, e, f))
+FAULT_FN(C_UnwrapKey,
+         (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c, CK_BYTE_PTR d, CK_ULONG e,
+          CK_ATTRIBUTE_PTR f, CK_ULONG g, CK_OBJECT_HANDLE_PTR h),
+         (a, b, c, d, e, f, g, h))
+FAULT_FN(C_GenerateRandom, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c), (a, b, c))
+
+#define FAULT_ENTRY(name) {#name, offsetof(CK_FUNCTION_LIST, name), (void (*)(void))fault_##name}
+static const struct {
+    const char *name;
+    size_t offset;
+    void (*fn)(void);
+} fault_table[] = {
+    FAULT_ENTRY(C_GetSlotList),     FAULT_ENTRY(C_GetTokenInfo),      FAULT_ENTRY(C_InitToken),
+    FAULT_ENTRY(C_InitPIN),         FAULT_ENTRY(C_OpenSession),       FAULT_ENTRY(C_Login),
+    FAULT_ENTRY(C_CreateObject),    FAULT_ENTRY(C_DestroyObject),     FAULT_ENTRY(C_GetAttributeValue),
+    FAULT_ENTRY(C_FindObjectsInit), FAULT_ENTRY(C_FindObjects),       FAULT_ENTRY(C_GenerateKeyPair),
+    FAULT_ENTRY(C_WrapKey),         FAULT_ENTRY(C_UnwrapKey),         FAULT_ENTRY(C_GenerateRandom),
+};
+
+static int fault_known(const char *func)
+{
+    size_t i;
+
+    for (i = 0; i < sizeof(fault_table) / sizeof(fault_table[0]); i++)
+        if (strcmp(fault_table[i].name, func) == 0)
+            return 1;
+    return 0;
+}
+
+CK_FUNCTION_LIST *kc_p11_fault_wrap(CK_FUNCTION_LIST *f)
+{
+    CK_FUNCTION_LIST *copy = NULL;
+    size_t i;
+
+    if (fault.func[0] == '\0')
+        return f;
+    for (i = 0; i < sizeof(fault_table) / sizeof(fault_table[0]); i++) {
+        if (strcmp(fault_table[i].name, fault.func) != 0)
+            continue;
+        copy = malloc(sizeof(*copy));
+        if (copy == NULL)
+            return f;
+        *copy = *f;
+        memcpy((char *)copy + fault_table[i].offset, &fault_table[i].fn, sizeof(fault_table[i].fn));
+        fault.orig = f;
+        fault.calls = 0;
+        return copy;
+    }
+    return f;
+}
+
+void kc_p11_fault_release(CK_FUNCTION_LIST *wrapped, CK_FUNCTION_LIST *orig)
+{
+    if (wrapped != orig)
+        free(wrapped);
+}

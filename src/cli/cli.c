@@ -1,0 +1,427 @@
+/* Dispatch, common options, PIN sources and prompts, error rendering. */
+#include "cli.h"
+#include "kc_util.h"
+
+#include <jansson.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <termios.h>
+#include <unistd.h>
+
+#define KC_VERSION "0.1.0"
+
+static const kc_cmd *const groups[] = {kc_cmds_vault, kc_cmds_key};
+static const char *const group_summary[] = {
+    "initialise and inspect vaults (PKCS#11 tokens with keycustody metadata)",
+    "RSA root keys: create, list, show, export the public key, wrap and unwrap",
+};
+#define N_GROUPS (sizeof(groups) / sizeof(groups[0]))
+
+static const char common_help[] =
+    "Common options:\n"
+    "  --module PATH           PKCS#11 module (or KEYCUSTODY_MODULE); default: the modules\n"
+    "                          registered with p11-kit\n"
+    "  --pin-source SOURCE     user PIN for the one vault the command uses; or VAULT=SOURCE,\n"
+    "                          repeatable, for several. SOURCE is env:NAME or file:PATH\n"
+    "                          (mode 0600, yours). Without one: a no-echo prompt on a terminal\n"
+    "  --so-pin-source SOURCE  the same for security-officer PINs\n"
+    "  --as PRINCIPAL          who acts (or KEYCUSTODY_PRINCIPAL)\n"
+    "  --json                  machine-readable output on stdout (read commands)\n"
+    "  -h, --help              this help\n"
+    "A PIN is never taken from the command line.\n";
+
+static const char exit_help[] =
+    "Exit codes: 0 ok, 1 error, 2 usage, 3 layout invalid, 4 not found, 5 conflict,\n"
+    "6 denied (login, PIN, key usage), 7 token or module failure, 8 integrity,\n"
+    "10 plan has changes.\n";
+
+static void print_top_help(FILE *f)
+{
+    size_t g;
+    const kc_cmd *c;
+
+    fprintf(f, "usage: keycustody GROUP COMMAND [OPTIONS] [ARGS]\n\n"
+               "Custody of HSM root keys through PKCS#11, modelled on Microsoft 365 Customer "
+               "Key.\n\n");
+    for (g = 0; g < N_GROUPS; g++) {
+        fprintf(f, "%s: %s\n", groups[g][0].group, group_summary[g]);
+        for (c = groups[g]; c->group != NULL; c++)
+            fprintf(f, "  keycustody %s %-14s %s\n", c->group, c->verb, c->summary);
+        fprintf(f, "\n");
+    }
+    fprintf(f, "Run 'keycustody GROUP COMMAND --help' for a command's options.\n\n%s\n%s",
+            common_help, exit_help);
+}
+
+static void print_group_help(FILE *f, const kc_cmd *cmds, size_t g)
+{
+    const kc_cmd *c;
+
+    fprintf(f, "usage: keycustody %s COMMAND [OPTIONS]\n\n%s\n\n", cmds[0].group,
+            group_summary[g]);
+    for (c = cmds; c->group != NULL; c++)
+        fprintf(f, "  %-14s %s\n", c->verb, c->summary);
+    fprintf(f, "\nRun 'keycustody %s COMMAND --help' for a command's options.\n", cmds[0].group);
+}
+
+static void print_cmd_help(FILE *f, const kc_cmd *c)
+{
+    fprintf(f, "usage: keycustody %s %s %s\n\n%s\n\n%s\n%s\n%s", c->group, c->verb, c->synopsis,
+            c->summary, c->help, common_help, exit_help);
+}
+
+int kc_cli_usage(kc_cli *cli, const char *fmt, ...)
+{
+    va_list ap;
+
+    kc_error_clear(&cli->error);
+    cli->error.code = KC_USAGE;
+    va_start(ap, fmt);
+    vsnprintf(cli->error.msg, sizeof(cli->error.msg), fmt, ap);
+    va_end(ap);
+    if (cli->cmd != NULL)
+        kc_error_hint(&cli->error, "see 'keycustody %s %s --help'", cli->cmd->group,
+                      cli->cmd->verb);
+    return KC_USAGE;
+}
+
+int kc_cli_fail(kc_cli *cli, const kc_error *err)
+{
+    cli->error = *err;
+    if (cli->error.code == KC_OK)
+        cli->error.code = KC_ERR;
+    return cli->error.code;
+}
+
+void kc_cli_print_json(kc_cli *cli, json_t *value)
+{
+    if (value == NULL)
+        return;
+    json_dumpf(value, cli->out, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    fputc('\n', cli->out);
+    json_decref(value);
+}
+
+enum {
+    OPT_MODULE = 1,
+    OPT_PIN_SOURCE,
+    OPT_SO_PIN_SOURCE,
+    OPT_AS,
+    OPT_JSON,
+    OPT_HELP,
+};
+
+static const struct option common_opts[] = {
+    {"module", required_argument, NULL, OPT_MODULE},
+    {"pin-source", required_argument, NULL, OPT_PIN_SOURCE},
+    {"so-pin-source", required_argument, NULL, OPT_SO_PIN_SOURCE},
+    {"as", required_argument, NULL, OPT_AS},
+    {"json", no_argument, NULL, OPT_JSON},
+    {"help", no_argument, NULL, OPT_HELP},
+};
+#define N_COMMON (sizeof(common_opts) / sizeof(common_opts[0]))
+
+static int add_source(kc_cli *cli, const char **list, size_t *n, const char *arg)
+{
+    if (*n == KC_CLI_MAX_SOURCES)
+        return kc_cli_usage(cli, "at most %d PIN sources of one kind", KC_CLI_MAX_SOURCES);
+    list[(*n)++] = arg;
+    return 0;
+}
+
+int kc_cli_parse(kc_cli *cli, int argc, char **argv, const struct option *own,
+                 int (*on_opt)(kc_cli *cli, int opt, const char *arg, void *state), void *state,
+                 int *first)
+{
+    struct option opts[64];
+    size_t n = 0, i;
+    int c, r;
+
+    for (i = 0; own != NULL && own[i].name != NULL && n < 40; i++)
+        opts[n++] = own[i];
+    for (i = 0; i < N_COMMON; i++)
+        opts[n++] = common_opts[i];
+    memset(&opts[n], 0, sizeof(opts[n]));
+
+    optind = 0; /* GNU: start over, so commands can run many times in one process */
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        switch (c) {
+        case OPT_MODULE:
+            cli->module = optarg;
+            break;
+        case OPT_PIN_SOURCE:
+            if ((r = add_source(cli, cli->pin_sources, &cli->npin, optarg)) != 0)
+                return r;
+            break;
+        case OPT_SO_PIN_SOURCE:
+            if ((r = add_source(cli, cli->so_pin_sources, &cli->nso, optarg)) != 0)
+                return r;
+            break;
+        case OPT_AS:
+            cli->principal = optarg;
+            break;
+        case OPT_JSON:
+            if (!cli->cmd->reads)
+                return kc_cli_usage(cli, "'%s %s' has no --json output", cli->cmd->group,
+                                    cli->cmd->verb);
+            cli->json = 1;
+            break;
+        case 'h':
+        case OPT_HELP:
+            print_cmd_help(cli->out, cli->cmd);
+            return -1;
+        case ':':
+            return kc_cli_usage(cli, "option '%s' needs a value", argv[optind - 1]);
+        case '?':
+            if (optopt != 0)
+                return kc_cli_usage(cli, "unknown option '-%c'", optopt);
+            return kc_cli_usage(cli, "unknown option '%s'", argv[optind - 1]);
+        default:
+            if (on_opt == NULL)
+                return kc_cli_usage(cli, "unexpected option");
+            r = on_opt(cli, c, optarg, state);
+            if (r != 0)
+                return r;
+        }
+    }
+    *first = optind;
+    return 0;
+}
+
+/* --- PINs --- */
+
+/* Reads a line from the terminal with echo off. */
+static kc_rc prompt_secret(const char *prompt, kc_secret **out, kc_error *err)
+{
+    struct termios old, quiet;
+    kc_secret *s = NULL;
+    int fd, restored = 0;
+    char c;
+    ssize_t n;
+    kc_rc r = KC_ERR;
+
+    *out = NULL;
+    fd = open("/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0)
+        return kc_error_set(err, KC_USAGE, "no terminal to ask for a PIN on");
+    if (tcgetattr(fd, &old) != 0) {
+        close(fd);
+        return kc_error_set(err, KC_USAGE, "no terminal to ask for a PIN on");
+    }
+    quiet = old;
+    quiet.c_lflag &= (tcflag_t)~(ECHO | ECHONL);
+    quiet.c_lflag |= ICANON;
+    (void)tcsetattr(fd, TCSAFLUSH, &quiet);
+    if (write(fd, prompt, strlen(prompt)) < 0)
+        goto cleanup;
+    s = kc_secret_new(KC_SECRET_PIN_MAX + 1);
+    if (s == NULL) {
+        r = kc_error_set(err, KC_ERR, "out of memory");
+        goto cleanup;
+    }
+    for (;;) {
+        n = read(fd, &c, 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0 || c == '\n' || c == '\r')
+            break;
+        if (s->len == s->cap) {
+            r = kc_error_set(err, KC_USAGE, "PIN longer than %d characters", KC_SECRET_PIN_MAX);
+            goto cleanup;
+        }
+        s->data[s->len++] = (unsigned char)c;
+    }
+    c = 0;
+    (void)tcsetattr(fd, TCSAFLUSH, &old);
+    restored = 1;
+    if (write(fd, "\n", 1) < 0)
+        goto cleanup;
+    if (s->len == 0) {
+        r = kc_error_set(err, KC_USAGE, "empty PIN");
+        goto cleanup;
+    }
+    *out = s;
+    s = NULL;
+    r = KC_OK;
+cleanup:
+    if (!restored)
+        (void)tcsetattr(fd, TCSAFLUSH, &old);
+    kc_secret_free(s);
+    close(fd);
+    return r;
+}
+
+static const char *kind_name(kc_pin_kind kind)
+{
+    switch (kind) {
+    case KC_PIN_SO: return "security-officer PIN";
+    case KC_PIN_NEW_USER: return "new user PIN";
+    case KC_PIN_NEW_SO: return "new security-officer PIN";
+    default: return "user PIN";
+    }
+}
+
+/* The source given for vault: "VAULT=SOURCE" for it, else a bare SOURCE. */
+static const char *source_for(const char *const *list, size_t n, const char *vault, int *ambiguous)
+{
+    const char *bare = NULL, *eq, *colon;
+    size_t i, vl = strlen(vault);
+    int nbare = 0;
+
+    *ambiguous = 0;
+    for (i = 0; i < n; i++) {
+        eq = strchr(list[i], '=');
+        colon = strchr(list[i], ':');
+        if (eq != NULL && (colon == NULL || eq < colon)) {
+            if ((size_t)(eq - list[i]) == vl && strncmp(list[i], vault, vl) == 0)
+                return eq + 1;
+        } else {
+            bare = list[i];
+            nbare++;
+        }
+    }
+    if (nbare > 1)
+        *ambiguous = 1;
+    return bare;
+}
+
+static kc_rc pin_cb(void *arg, const char *vault, kc_pin_kind kind, kc_secret **out,
+                    kc_error *err)
+{
+    kc_cli *cli = arg;
+    int so = kind == KC_PIN_SO || kind == KC_PIN_NEW_SO, ambiguous;
+    const char *src = so ? source_for(cli->so_pin_sources, cli->nso, vault, &ambiguous)
+                         : source_for(cli->pin_sources, cli->npin, vault, &ambiguous);
+    const char *opt = so ? "--so-pin-source" : "--pin-source";
+    kc_secret *again = NULL;
+    char prompt[128];
+    kc_rc r;
+
+    *out = NULL;
+    if (ambiguous) {
+        kc_error_set(err, KC_USAGE, "several %s options without a vault name", opt);
+        kc_error_hint(err, "with several vaults, write %s VAULT=SOURCE for each", opt);
+        return KC_USAGE;
+    }
+    if (src != NULL) {
+        r = kc_secret_from_source(src, out, err);
+        if (r != KC_OK)
+            return kc_error_prefix(err, "cannot read the %s of vault '%s'", kind_name(kind),
+                                   vault);
+        return KC_OK;
+    }
+    if (!isatty(STDIN_FILENO)) {
+        kc_error_set(err, KC_USAGE, "no PIN source for vault '%s' (%s)", vault, kind_name(kind));
+        kc_error_hint(err, "give %s %s=env:NAME or %s=file:PATH (mode 0600)", opt, vault, vault);
+        return KC_USAGE;
+    }
+    snprintf(prompt, sizeof(prompt), "Enter the %s for vault '%s': ", kind_name(kind), vault);
+    r = prompt_secret(prompt, out, err);
+    if (r != KC_OK || (kind != KC_PIN_NEW_USER && kind != KC_PIN_NEW_SO))
+        return r;
+    r = prompt_secret("Repeat it: ", &again, err);
+    if (r == KC_OK && (again->len != (*out)->len ||
+                       memcmp(again->data, (*out)->data, again->len) != 0))
+        r = kc_error_set(err, KC_USAGE, "the two PINs differ");
+    kc_secret_free(again);
+    if (r != KC_OK) {
+        kc_secret_free(*out);
+        *out = NULL;
+    }
+    return r;
+}
+
+kc_rc kc_cli_ctx(kc_cli *cli, kc_ctx **out)
+{
+    kc_rc r;
+
+    if (cli->ctx == NULL) {
+        r = kc_ctx_new(cli->module, pin_cb, cli, &cli->ctx, &cli->error);
+        if (r != KC_OK)
+            return r;
+    }
+    *out = cli->ctx;
+    return KC_OK;
+}
+
+/* --- dispatch --- */
+
+static void print_error(kc_cli *cli)
+{
+    char line[2048];
+
+    kc_error_format(&cli->error, line, sizeof(line));
+    fprintf(cli->err, "error: %s\n", line);
+    if (cli->error.hint[0] != '\0')
+        fprintf(cli->err, "hint: %s\n", cli->error.hint);
+}
+
+static int find_group(const char *name, size_t *g)
+{
+    for (*g = 0; *g < N_GROUPS; (*g)++)
+        if (strcmp(groups[*g][0].group, name) == 0)
+            return 1;
+    return 0;
+}
+
+static int is_help(const char *s)
+{
+    return strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0 || strcmp(s, "help") == 0;
+}
+
+int kc_cli_main(int argc, char **argv, FILE *out, FILE *err)
+{
+    kc_cli cli;
+    const kc_cmd *c;
+    size_t g;
+    int rc;
+
+    memset(&cli, 0, sizeof(cli));
+    cli.out = out;
+    cli.err = err;
+    if (argc < 2) {
+        print_top_help(err);
+        return KC_USAGE;
+    }
+    if (is_help(argv[1])) {
+        print_top_help(out);
+        return KC_OK;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        fprintf(out, "keycustody %s\n", KC_VERSION);
+        return KC_OK;
+    }
+    if (!find_group(argv[1], &g)) {
+        fprintf(err, "error: unknown command '%s'\nhint: see 'keycustody --help'\n", argv[1]);
+        return KC_USAGE;
+    }
+    if (argc < 3 || is_help(argv[2])) {
+        print_group_help(argc < 3 ? err : out, groups[g], g);
+        return argc < 3 ? KC_USAGE : KC_OK;
+    }
+    for (c = groups[g]; c->group != NULL && strcmp(c->verb, argv[2]) != 0; c++)
+        ;
+    if (c->group == NULL) {
+        fprintf(err, "error: unknown command '%s %s'\nhint: see 'keycustody %s --help'\n",
+                argv[1], argv[2], argv[1]);
+        return KC_USAGE;
+    }
+    cli.cmd = c;
+    cli.module = getenv("KEYCUSTODY_MODULE");
+    if (cli.module != NULL && cli.module[0] == '\0')
+        cli.module = NULL;
+    cli.principal = getenv("KEYCUSTODY_PRINCIPAL");
+    rc = c->fn(&cli, argc - 2, argv + 2);
+    if (rc == -1)
+        rc = KC_OK;
+    fflush(out);
+    if (rc != KC_OK)
+        print_error(&cli);
+    kc_ctx_free(cli.ctx);
+    return rc;
+}

@@ -1,0 +1,68 @@
+/* The command-line front end. kc_cli_main runs one command in-process (tests
+ * call it directly); only src/cli/main.c exits. */
+#ifndef KC_CLI_H
+#define KC_CLI_H
+
+#include "kc_ctx.h"
+
+#include <getopt.h>
+#include <stdio.h>
+
+#define KC_CLI_MAX_SOURCES 16
+
+typedef struct kc_cli kc_cli;
+
+typedef struct kc_cmd {
+    const char *group;
+    const char *verb;
+    int (*fn)(kc_cli *cli, int argc, char **argv);
+    const char *synopsis;  /* arguments after "keycustody GROUP VERB" */
+    const char *summary;   /* one line */
+    const char *help;      /* the command's own options, examples, notes */
+    int reads;             /* a read command: takes --json */
+} kc_cmd;
+
+struct kc_cli {
+    FILE *out;
+    FILE *err;
+    const kc_cmd *cmd;
+    int json;
+    const char *module;
+    const char *principal;
+    const char *pin_sources[KC_CLI_MAX_SOURCES];
+    size_t npin;
+    const char *so_pin_sources[KC_CLI_MAX_SOURCES];
+    size_t nso;
+    kc_ctx *ctx;
+    kc_error error;
+};
+
+/* Runs "keycustody ARGS..." with output on out and diagnostics on err.
+ * Returns the exit code (kc_rc). */
+int kc_cli_main(int argc, char **argv, FILE *out, FILE *err);
+
+/* Parses the command's options (own, terminated by a zero entry; their val
+ * must be >= 256) together with the common ones. Calls on_opt for each own
+ * option. Returns 0 to go on, -1 when --help was printed, else an exit code
+ * (the error already recorded). *first is the index of the first operand. */
+int kc_cli_parse(kc_cli *cli, int argc, char **argv, const struct option *own,
+                 int (*on_opt)(kc_cli *cli, int opt, const char *arg, void *state), void *state,
+                 int *first);
+
+/* Records a usage error (exit 2) with a pointer to --help. */
+int kc_cli_usage(kc_cli *cli, const char *fmt, ...) KC_PRINTF(2, 3);
+
+/* The context, made on first use (loads the PKCS#11 module). */
+kc_rc kc_cli_ctx(kc_cli *cli, kc_ctx **out);
+
+/* Records err as the command's failure and returns its code. */
+int kc_cli_fail(kc_cli *cli, const kc_error *err);
+
+/* Writes a JSON value (takes the reference) to out. */
+struct json_t;
+void kc_cli_print_json(kc_cli *cli, struct json_t *value);
+
+extern const kc_cmd kc_cmds_vault[];
+extern const kc_cmd kc_cmds_key[];
+
+#endif

@@ -1,0 +1,657 @@
+/* keycustody key create | list | show | export-public | wrap | unwrap */
+#include "cli.h"
+#include "kc_key.h"
+#include "kc_util.h"
+
+#include <jansson.h>
+
+#include <openssl/crypto.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#define WRAPPED_MAX 65536
+
+static const char *protection_name(kc_protection p)
+{
+    return p == KC_PROT_SOFTWARE ? "software" : "hsm";
+}
+
+static json_t *token_attrs_json(const kc_key_obj *o)
+{
+    if (o->is_private)
+        return json_pack("{s:b, s:b, s:b, s:b, s:b, s:b, s:b}", "sensitive", o->sensitive,
+                         "extractable", o->extractable, "always_sensitive", o->always_sensitive,
+                         "never_extractable", o->never_extractable, "wrap_with_trusted",
+                         o->wrap_with_trusted, "local", o->local, "modifiable", o->modifiable);
+    return json_pack("{s:b, s:b, s:b}", "local", o->local, "trusted", o->trusted, "modifiable",
+                     o->modifiable);
+}
+
+static json_t *version_json(const kc_key *k, const kc_key_version *ver)
+{
+    char ops[128];
+    json_t *o;
+
+    kc_key_ops_format(ver->ops, ops, sizeof(ops));
+    o = json_pack("{s:s, s:s, s:o, s:s, s:I, s:s, s:s, s:s?, s:s?, s:b}", "version",
+                  ver->version, "kid", ver->uri, "short_id",
+                  json_sprintf("%s/%s/%s", k->vault, k->name, ver->version), "kty",
+                  ver->type == KC_KT_RSA ? "RSA" : ver->type == KC_KT_EC ? "EC" : "other",
+                  "size", (json_int_t)ver->bits, "protection", protection_name(ver->protection),
+                  "key_ops", ops, "created", ver->created[0] ? ver->created : NULL, "expires",
+                  ver->expires[0] ? ver->expires : NULL, "current",
+                  ver == &k->versions[k->current]);
+    if (o == NULL)
+        return NULL;
+    if (ver->has_priv)
+        json_object_set_new(o, "private_key", token_attrs_json(&ver->priv));
+    if (ver->has_pub)
+        json_object_set_new(o, "public_key", token_attrs_json(&ver->pub));
+    return o;
+}
+
+static json_t *key_json(const kc_key *k)
+{
+    json_t *o = json_pack("{s:s, s:s, s:s}", "vault", k->vault, "name", k->name,
+                          "current_version", k->versions[k->current].version);
+    json_t *vs = json_array();
+    size_t i;
+
+    for (i = 0; i < k->nversions; i++)
+        json_array_append_new(vs, version_json(k, &k->versions[i]));
+    json_object_set_new(o, "versions", vs);
+    return o;
+}
+
+static const char *yes(int b)
+{
+    return b ? "yes" : "no";
+}
+
+static void print_version(FILE *f, const kc_key *k, const kc_key_version *ver)
+{
+    char ops[128];
+
+    kc_key_ops_format(ver->ops, ops, sizeof(ops));
+    fprintf(f, "key:          %s/%s\n", k->vault, k->name);
+    fprintf(f, "version:      %s%s\n", ver->version,
+            ver == &k->versions[k->current] ? " (current)" : "");
+    fprintf(f, "key id:       %s\n", ver->uri);
+    fprintf(f, "type:         %s-%u\n", ver->type == KC_KT_RSA ? "RSA" : "non-RSA", ver->bits);
+    fprintf(f, "protection:   %s\n", ver->protection == KC_PROT_HSM
+                                        ? "hsm (private key sensitive, never readable in clear)"
+                                        : "software (private key readable: testing only)");
+    fprintf(f, "ops:          %s\n", ops[0] ? ops : "(none)");
+    fprintf(f, "created:      %s\n", ver->created[0] ? ver->created : "(unknown)");
+    fprintf(f, "expires:      %s\n", ver->expires[0] ? ver->expires : "never");
+    if (ver->has_priv) {
+        const kc_key_obj *p = &ver->priv;
+        fprintf(f, "private key:  sensitive=%s extractable=%s wrap_with_trusted=%s "
+                   "always_sensitive=%s never_extractable=%s local=%s\n",
+                yes(p->sensitive), yes(p->extractable), yes(p->wrap_with_trusted),
+                yes(p->always_sensitive), yes(p->never_extractable), yes(p->local));
+    } else {
+        fprintf(f, "private key:  (not visible)\n");
+    }
+    if (ver->has_pub)
+        fprintf(f, "public key:   local=%s trusted=%s\n", yes(ver->pub.local),
+                yes(ver->pub.trusted));
+}
+
+/* Opens the vault and key named by s. want_version: a VERSION part is allowed. */
+static int open_key(kc_cli *cli, const char *s, int login, int want_version, kc_vault **v,
+                    kc_key **k, kc_key_ref *ref)
+{
+    kc_ctx *ctx = NULL;
+    kc_error err;
+
+    *v = NULL;
+    if (k != NULL)
+        *k = NULL;
+    kc_error_clear(&err);
+    if (kc_key_ref_parse(s, ref, &err) != KC_OK)
+        return kc_cli_fail(cli, &err);
+    if (!want_version && ref->id_len > 0)
+        return kc_cli_usage(cli, "'%s': this command takes VAULT/KEY without a version", s);
+    if (kc_cli_ctx(cli, &ctx) != KC_OK)
+        return cli->error.code;
+    if (kc_vault_open(ctx, ref->vault, v, &err) != KC_OK)
+        return kc_cli_fail(cli, &err);
+    if (k != NULL && kc_key_get(*v, ref->name, login, k, &err) != KC_OK) {
+        kc_vault_free(*v);
+        *v = NULL;
+        return kc_cli_fail(cli, &err);
+    }
+    return 0;
+}
+
+/* --- key create --- */
+
+enum { O_SIZE = 256, O_KTY, O_PROT, O_OPS, O_EXPIRES, O_IN, O_OUT, O_ALG, O_RAW, O_FORCE };
+
+struct create_state {
+    kc_key_create_opts o;
+    const char *size;
+};
+
+static int create_opt(kc_cli *cli, int opt, const char *arg, void *st)
+{
+    struct create_state *s = st;
+    kc_error err;
+
+    kc_error_clear(&err);
+    switch (opt) {
+    case O_SIZE:
+        s->size = arg;
+        break;
+    case O_KTY:
+        if (strcmp(arg, "RSA") == 0 || strcmp(arg, "RSA-HSM") == 0)
+            break;
+        if (strncmp(arg, "EC", 2) == 0) {
+            kc_error_set(&err, KC_USAGE, "--kty %s: root keys must be RSA", arg);
+            kc_error_hint(&err, "Customer Key wraps and unwraps data keys with RSA-OAEP, which EC "
+                                "keys cannot do");
+            return kc_cli_fail(cli, &err);
+        }
+        return kc_cli_usage(cli, "--kty '%s': only RSA (or RSA-HSM) is supported", arg);
+    case O_PROT:
+        if (strcmp(arg, "hsm") == 0)
+            s->o.protection = KC_PROT_HSM;
+        else if (strcmp(arg, "software") == 0)
+            s->o.protection = KC_PROT_SOFTWARE;
+        else
+            return kc_cli_usage(cli, "--protection '%s': choose hsm or software", arg);
+        break;
+    case O_OPS:
+        if (kc_key_ops_parse(arg, &s->o.ops, &err) != KC_OK)
+            return kc_cli_fail(cli, &err);
+        break;
+    case O_EXPIRES:
+        s->o.expires = arg;
+        break;
+    }
+    return 0;
+}
+
+static int cmd_create(kc_cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"size", required_argument, NULL, O_SIZE},
+        {"kty", required_argument, NULL, O_KTY},
+        {"protection", required_argument, NULL, O_PROT},
+        {"ops", required_argument, NULL, O_OPS},
+        {"expires", required_argument, NULL, O_EXPIRES},
+        {NULL, 0, NULL, 0},
+    };
+    struct create_state s;
+    kc_key_ref ref;
+    kc_vault *v = NULL;
+    kc_key *k = NULL;
+    kc_error err;
+    int first, rc;
+
+    memset(&s, 0, sizeof(s));
+    s.o.protection = KC_PROT_HSM;
+    s.o.ops = KC_OP_WRAP | KC_OP_UNWRAP;
+    rc = kc_cli_parse(cli, argc, argv, opts, create_opt, &s, &first);
+    if (rc != 0)
+        return rc;
+    if (argc - first != 1)
+        return kc_cli_usage(cli, "give exactly one key as VAULT/KEY");
+    if (s.size == NULL)
+        return kc_cli_usage(cli, "--size is required: 2048, 3072 or 4096");
+    kc_error_clear(&err);
+    if (kc_key_check_size(s.size, &s.o.bits, &err) != KC_OK)
+        return kc_cli_fail(cli, &err);
+    rc = open_key(cli, argv[first], 1, 0, &v, NULL, &ref);
+    if (rc != 0)
+        return rc;
+    s.o.name = ref.name;
+    if (kc_key_create(v, &s.o, &k, &err) != KC_OK) {
+        kc_vault_free(v);
+        return kc_cli_fail(cli, &err);
+    }
+    fprintf(cli->out, "created key '%s/%s'\n", k->vault, k->name);
+    print_version(cli->out, k, &k->versions[k->current]);
+    kc_key_free(k);
+    kc_vault_free(v);
+    return KC_OK;
+}
+
+/* --- key list --- */
+
+static int cmd_list(kc_cli *cli, int argc, char **argv)
+{
+    kc_ctx *ctx = NULL;
+    kc_vault *v = NULL;
+    kc_key *keys = NULL;
+    kc_error err;
+    json_t *arr;
+    char ops[128];
+    size_t n = 0, i;
+    int first, rc;
+
+    rc = kc_cli_parse(cli, argc, argv, NULL, NULL, NULL, &first);
+    if (rc != 0)
+        return rc;
+    if (argc - first != 1)
+        return kc_cli_usage(cli, "give exactly one vault");
+    if (kc_cli_ctx(cli, &ctx) != KC_OK)
+        return cli->error.code;
+    kc_error_clear(&err);
+    if (kc_vault_open(ctx, argv[first], &v, &err) != KC_OK)
+        return kc_cli_fail(cli, &err);
+    if (kc_key_list(v, &keys, &n, &err) != KC_OK) {
+        kc_vault_free(v);
+        return kc_cli_fail(cli, &err);
+    }
+    if (cli->json) {
+        arr = json_array();
+        for (i = 0; i < n; i++)
+            json_array_append_new(arr, key_json(&keys[i]));
+        kc_cli_print_json(cli, arr);
+    } else if (n == 0) {
+        fprintf(cli->out, "vault '%s' has no keys\n", v->meta.name);
+    } else {
+        fprintf(cli->out, "%-24s %-8s %-5s %-10s %-20s %-10s %s\n", "KEY", "VERSIONS", "SIZE",
+                "PROTECTION", "OPS", "EXPIRES", "CURRENT VERSION");
+        for (i = 0; i < n; i++) {
+            const kc_key_version *cur = &keys[i].versions[keys[i].current];
+            kc_key_ops_format(cur->ops, ops, sizeof(ops));
+            fprintf(cli->out, "%-24s %-8zu %-5u %-10s %-20s %-10s %s\n", keys[i].name,
+                    keys[i].nversions, cur->bits, protection_name(cur->protection), ops,
+                    cur->expires[0] ? cur->expires : "never", cur->version);
+        }
+    }
+    kc_key_list_free(keys, n);
+    kc_vault_free(v);
+    return KC_OK;
+}
+
+/* --- key show --- */
+
+static int cmd_show(kc_cli *cli, int argc, char **argv)
+{
+    const kc_key_version *ver = NULL;
+    kc_key_ref ref;
+    kc_vault *v = NULL;
+    kc_key *k = NULL;
+    kc_error err;
+    json_t *o;
+    size_t i;
+    int first, rc;
+
+    rc = kc_cli_parse(cli, argc, argv, NULL, NULL, NULL, &first);
+    if (rc != 0)
+        return rc;
+    if (argc - first != 1)
+        return kc_cli_usage(cli, "give exactly one key as VAULT/KEY[/VERSION]");
+    rc = open_key(cli, argv[first], 1, 1, &v, &k, &ref);
+    if (rc != 0)
+        return rc;
+    kc_error_clear(&err);
+    if (kc_key_select(k, ref.id, ref.id_len, &ver, &err) != KC_OK) {
+        rc = kc_cli_fail(cli, &err);
+        goto cleanup;
+    }
+    if (cli->json) {
+        o = key_json(k);
+        if (ref.id_len > 0)
+            json_object_set_new(o, "selected_version", json_string(ver->version));
+        kc_cli_print_json(cli, o);
+    } else {
+        print_version(cli->out, k, ver);
+        fprintf(cli->out, "versions:     %zu\n", k->nversions);
+        for (i = 0; i < k->nversions; i++)
+            fprintf(cli->out, "  %s  created %s%s\n", k->versions[i].version,
+                    k->versions[i].created[0] ? k->versions[i].created : "(unknown)",
+                    i == k->current ? "  current" : "");
+    }
+    rc = KC_OK;
+cleanup:
+    kc_key_free(k);
+    kc_vault_free(v);
+    return rc;
+}
+
+/* --- key export-public --- */
+
+struct io_state {
+    const char *in, *out, *alg;
+    int raw, force;
+};
+
+static int io_opt(kc_cli *cli, int opt, const char *arg, void *st)
+{
+    struct io_state *s = st;
+    kc_oaep alg;
+
+    switch (opt) {
+    case O_IN:
+        s->in = arg;
+        break;
+    case O_OUT:
+        s->out = arg;
+        break;
+    case O_ALG:
+        if (kc_oaep_parse(arg, &alg) != 0)
+            return kc_cli_usage(cli, "--alg '%s': choose RSA-OAEP or RSA-OAEP-256", arg);
+        s->alg = arg;
+        break;
+    case O_RAW:
+        s->raw = 1;
+        break;
+    case O_FORCE:
+        s->force = 1;
+        break;
+    }
+    return 0;
+}
+
+static int cmd_export_public(kc_cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"out", required_argument, NULL, O_OUT},
+        {"force", no_argument, NULL, O_FORCE},
+        {NULL, 0, NULL, 0},
+    };
+    const kc_key_version *ver = NULL;
+    struct io_state s;
+    kc_key_ref ref;
+    kc_vault *v = NULL;
+    kc_key *k = NULL;
+    char *pem = NULL;
+    kc_error err;
+    int first, rc;
+
+    memset(&s, 0, sizeof(s));
+    rc = kc_cli_parse(cli, argc, argv, opts, io_opt, &s, &first);
+    if (rc != 0)
+        return rc;
+    if (argc - first != 1)
+        return kc_cli_usage(cli, "give exactly one key as VAULT/KEY[/VERSION]");
+    /* The public key is a public object: no PIN. */
+    rc = open_key(cli, argv[first], 0, 1, &v, &k, &ref);
+    if (rc != 0)
+        return rc;
+    kc_error_clear(&err);
+    rc = KC_OK;
+    if (kc_key_select(k, ref.id, ref.id_len, &ver, &err) != KC_OK ||
+        kc_key_public_pem(v, k, ver, &pem, &err) != KC_OK)
+        rc = kc_cli_fail(cli, &err);
+    else if (s.out == NULL)
+        fputs(pem, cli->out);
+    else if (kc_file_write(s.out, pem, strlen(pem), 0644, s.force, &err) != KC_OK)
+        rc = kc_cli_fail(cli, &err);
+    else
+        fprintf(cli->err, "wrote the public key of '%s/%s/%s' to %s\n", k->vault, k->name,
+                ver->version, s.out);
+    free(pem);
+    kc_key_free(k);
+    kc_vault_free(v);
+    return rc;
+}
+
+/* --- key wrap / unwrap --- */
+
+static const struct option io_opts[] = {
+    {"in", required_argument, NULL, O_IN},   {"out", required_argument, NULL, O_OUT},
+    {"alg", required_argument, NULL, O_ALG}, {"raw", no_argument, NULL, O_RAW},
+    {"force", no_argument, NULL, O_FORCE},   {NULL, 0, NULL, 0},
+};
+
+static int cmd_wrap(kc_cli *cli, int argc, char **argv)
+{
+    const kc_key_version *ver = NULL;
+    struct io_state s;
+    kc_key_ref ref;
+    kc_vault *v = NULL;
+    kc_key *k = NULL;
+    kc_secret *secret = NULL;
+    unsigned char *wrapped = NULL;
+    size_t wrapped_len = 0;
+    kc_oaep alg = KC_OAEP_AUTO, used = KC_OAEP_AUTO;
+    char *b64 = NULL, *doc = NULL;
+    json_t *o = NULL;
+    kc_error err;
+    int first, rc;
+
+    memset(&s, 0, sizeof(s));
+    rc = kc_cli_parse(cli, argc, argv, io_opts, io_opt, &s, &first);
+    if (rc != 0)
+        return rc;
+    if (argc - first != 1)
+        return kc_cli_usage(cli, "give exactly one key as VAULT/KEY[/VERSION]");
+    if (s.in == NULL || s.out == NULL)
+        return kc_cli_usage(cli, "--in FILE (the secret) and --out FILE are required");
+    if (s.alg != NULL && kc_oaep_parse(s.alg, &alg) != 0)
+        return kc_cli_usage(cli, "bad --alg");
+    kc_error_clear(&err);
+    if (kc_secret_read_file(s.in, KC_WRAP_SECRET_MAX, &secret, &err) != KC_OK)
+        return kc_cli_fail(cli, &err);
+    /* Wrapping uses the public key: no PIN. */
+    rc = open_key(cli, argv[first], 0, 1, &v, &k, &ref);
+    if (rc != 0)
+        goto cleanup;
+    if (kc_key_select(k, ref.id, ref.id_len, &ver, &err) != KC_OK ||
+        kc_key_wrap(v, k, ver, alg, secret, &wrapped, &wrapped_len, &used, &err) != KC_OK) {
+        rc = kc_cli_fail(cli, &err);
+        goto cleanup;
+    }
+    if (s.raw) {
+        rc = kc_file_write(s.out, wrapped, wrapped_len, 0600, s.force, &err);
+    } else {
+        b64 = kc_b64url_encode(wrapped, wrapped_len);
+        o = json_pack("{s:s, s:s, s:s}", "kid", ver->uri, "alg", kc_oaep_name(used), "value",
+                      b64 != NULL ? b64 : "");
+        doc = o != NULL ? json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+        if (doc == NULL)
+            rc = kc_error_set(&err, KC_ERR, "out of memory");
+        else
+            rc = kc_file_write(s.out, doc, strlen(doc), 0600, s.force, &err);
+    }
+    if (rc != KC_OK) {
+        rc = kc_cli_fail(cli, &err);
+        goto cleanup;
+    }
+    fprintf(cli->err, "wrapped %zu bytes with '%s/%s/%s' (%s) into %s\n", secret->len, k->vault,
+            k->name, ver->version, kc_oaep_name(used), s.out);
+    rc = KC_OK;
+cleanup:
+    free(doc);
+    free(b64);
+    json_decref(o);
+    free(wrapped);
+    kc_secret_free(secret);
+    kc_key_free(k);
+    kc_vault_free(v);
+    return rc;
+}
+
+/* The wrapped value and algorithm from --in: the JSON that wrap writes, or
+ * the raw RSA-OAEP output of another tool (then --alg says which). */
+static kc_rc read_wrapped(const char *path, const char *alg_opt, kc_key_ref *ref,
+                          unsigned char **value, size_t *len, kc_oaep *alg, kc_error *err)
+{
+    unsigned char *buf = NULL, kid_id[64];
+    const char *kid = NULL, *jalg = NULL, *jvalue = NULL;
+    char kid_name[KC_KEY_NAME_MAX + 1];
+    size_t buf_len = 0, kid_id_len = 0;
+    json_t *o = NULL;
+    json_error_t je;
+    kc_oaep a;
+    kc_rc r;
+
+    *value = NULL;
+    r = kc_file_read(path, WRAPPED_MAX, &buf, &buf_len, err);
+    if (r != KC_OK)
+        return r;
+    if (buf_len == 0 || buf[0] != '{') {
+        if (alg_opt == NULL) {
+            free(buf);
+            kc_error_set(err, KC_USAGE, "'%s' is raw ciphertext: say which algorithm made it",
+                         path);
+            kc_error_hint(err, "add --alg RSA-OAEP (OAEP with SHA-1) or --alg RSA-OAEP-256");
+            return KC_USAGE;
+        }
+        (void)kc_oaep_parse(alg_opt, alg);
+        *value = buf;
+        *len = buf_len;
+        return KC_OK;
+    }
+    o = json_loadb((const char *)buf, buf_len, JSON_REJECT_DUPLICATES, &je);
+    free(buf);
+    if (o == NULL || json_unpack_ex(o, &je, JSON_STRICT, "{s:s, s:s, s:s}", "kid", &kid, "alg",
+                                    &jalg, "value", &jvalue) != 0) {
+        r = kc_error_set(err, KC_USAGE, "'%s' is not a wrapped key written by 'key wrap': %s",
+                         path, je.text);
+        goto cleanup;
+    }
+    if (kc_oaep_parse(jalg, &a) != 0) {
+        r = kc_error_set(err, KC_USAGE, "'%s': unknown algorithm '%.32s'", path, jalg);
+        goto cleanup;
+    }
+    if (alg_opt != NULL && strcmp(alg_opt, jalg) != 0) {
+        r = kc_error_set(err, KC_USAGE, "'%s' says %s but --alg says %s", path, jalg, alg_opt);
+        goto cleanup;
+    }
+    r = kc_p11_uri_object(kid, kid_name, sizeof(kid_name), kid_id, sizeof(kid_id), &kid_id_len,
+                          err);
+    if (r != KC_OK) {
+        kc_error_prefix(err, "'%s' has a bad kid", path);
+        goto cleanup;
+    }
+    if (strcmp(kid_name, ref->name) != 0) {
+        r = kc_error_set(err, KC_USAGE, "'%s' was wrapped by key '%s', not '%s'", path, kid_name,
+                         ref->name);
+        goto cleanup;
+    }
+    if (ref->id_len > 0 && (ref->id_len != kid_id_len || memcmp(ref->id, kid_id, kid_id_len))) {
+        r = kc_error_set(err, KC_USAGE, "'%s' was wrapped by another version of '%s'", path,
+                         ref->name);
+        goto cleanup;
+    }
+    memcpy(ref->id, kid_id, kid_id_len);
+    ref->id_len = kid_id_len;
+    *value = kc_b64url_decode(jvalue, len);
+    if (*value == NULL) {
+        r = kc_error_set(err, KC_USAGE, "'%s': the value is not base64url", path);
+        goto cleanup;
+    }
+    *alg = a;
+    r = KC_OK;
+cleanup:
+    json_decref(o);
+    return r;
+}
+
+static int cmd_unwrap(kc_cli *cli, int argc, char **argv)
+{
+    const kc_key_version *ver = NULL;
+    struct io_state s;
+    kc_key_ref ref;
+    kc_vault *v = NULL;
+    kc_key *k = NULL;
+    kc_secret *secret = NULL;
+    unsigned char *wrapped = NULL;
+    size_t wrapped_len = 0;
+    kc_oaep alg = KC_OAEP_SHA1;
+    kc_error err;
+    int first, rc;
+
+    memset(&s, 0, sizeof(s));
+    rc = kc_cli_parse(cli, argc, argv, io_opts, io_opt, &s, &first);
+    if (rc != 0)
+        return rc;
+    if (argc - first != 1)
+        return kc_cli_usage(cli, "give exactly one key as VAULT/KEY[/VERSION]");
+    if (s.in == NULL || s.out == NULL)
+        return kc_cli_usage(cli, "--in FILE (the wrapped key) and --out FILE are required");
+    if (s.raw)
+        return kc_cli_usage(cli, "--raw is for wrap; unwrap reads either form");
+    kc_error_clear(&err);
+    if (kc_key_ref_parse(argv[first], &ref, &err) != KC_OK)
+        return kc_cli_fail(cli, &err);
+    if (read_wrapped(s.in, s.alg, &ref, &wrapped, &wrapped_len, &alg, &err) != KC_OK)
+        return kc_cli_fail(cli, &err);
+    rc = open_key(cli, argv[first], 1, 1, &v, &k, &(kc_key_ref){0});
+    if (rc != 0)
+        goto cleanup;
+    if (kc_key_select(k, ref.id, ref.id_len, &ver, &err) != KC_OK ||
+        kc_key_unwrap(v, k, ver, alg, wrapped, wrapped_len, &secret, &err) != KC_OK ||
+        kc_file_write(s.out, secret->data, secret->len, 0600, s.force, &err) != KC_OK) {
+        rc = kc_cli_fail(cli, &err);
+        goto cleanup;
+    }
+    fprintf(cli->err, "unwrapped %zu bytes with '%s/%s/%s' (%s) into %s (mode 0600)\n",
+            secret->len, k->vault, k->name, ver->version, kc_oaep_name(alg), s.out);
+    rc = KC_OK;
+cleanup:
+    kc_secret_free(secret);
+    free(wrapped);
+    kc_key_free(k);
+    kc_vault_free(v);
+    return rc;
+}
+
+const kc_cmd kc_cmds_key[] = {
+    {"key", "create", cmd_create,
+     "VAULT/KEY --size 2048|3072|4096 [--protection hsm|software]\n"
+     "                            [--ops wrapKey,unwrapKey,...] [--expires YYYY-MM-DD|never]",
+     "create an RSA root key (version one) on the vault's token",
+     "Generates an RSA key pair on the token (C_GenerateKeyPair). The version id\n"
+     "is 16 random bytes from the token, stored as CKA_ID.\n\n"
+     "Options:\n"
+     "  --size N             RSA modulus size: 2048, 3072 or 4096 (required)\n"
+     "  --kty RSA|RSA-HSM    key type; EC is refused: Customer Key needs RSA wrap/unwrap\n"
+     "  --protection P       hsm (default): the private key is CKA_SENSITIVE and\n"
+     "                       extractable only under a trusted wrapping key;\n"
+     "                       software: readable private key, for testing only\n"
+     "  --ops LIST           Key Vault key operations: encrypt, decrypt, sign, verify,\n"
+     "                       wrapKey, unwrapKey (default wrapKey,unwrapKey)\n"
+     "  --expires DATE       expiry date, or never (default). Customer Key accepts only\n"
+     "                       never or 9999-12-31\n\n"
+     "Example:\n"
+     "  keycustody key create VaultA1/Key001 --size 3072 --pin-source env:VAULTA1_PIN\n",
+     0},
+    {"key", "list", cmd_list, "VAULT [--json]", "list a vault's keys",
+     "Logs in to the vault to see its private keys.\n", 1},
+    {"key", "show", cmd_show, "VAULT/KEY[/VERSION] [--json]",
+     "show a key: id, versions, size, ops, protection, dates, token attributes",
+     "Without VERSION, shows the current version. The token's own attributes\n"
+     "(CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_LOCAL, ...) are read back and shown.\n", 1},
+    {"key", "export-public", cmd_export_public, "VAULT/KEY[/VERSION] [--out FILE] [--force]",
+     "write the public key as PEM (SubjectPublicKeyInfo)",
+     "Without --out the PEM goes to standard output. No PIN is needed.\n"
+     "  --out FILE   write it to FILE (mode 0644); an existing FILE needs --force\n", 0},
+    {"key", "wrap", cmd_wrap,
+     "VAULT/KEY[/VERSION] --in SECRET --out FILE [--alg RSA-OAEP|RSA-OAEP-256] [--raw]",
+     "wrap a 16-64 byte secret with RSA-OAEP under the key's public key",
+     "Runs C_WrapKey on the token; no PIN is needed (public-key operation).\n"
+     "The OAEP hash is SHA-256 where the module takes it and SHA-1 where it does\n"
+     "not (SoftHSM 2.6.1), unless --alg says which. The output is JSON, as Key\n"
+     "Vault's wrapKey returns it: {\"kid\": key id, \"alg\": ..., \"value\": base64url}.\n\n"
+     "Options:\n"
+     "  --in FILE    the secret (16 to 64 bytes)\n"
+     "  --out FILE   where to write the wrapped key (mode 0600); existing: --force\n"
+     "  --alg A      RSA-OAEP (SHA-1) or RSA-OAEP-256\n"
+     "  --raw        write only the RSA-OAEP ciphertext (for OpenSSL and others)\n\n"
+     "Example (checked by OpenSSL):\n"
+     "  keycustody key wrap VaultA1/Key001 --in dek.bin --out dek.wrapped --raw\n"
+     "  openssl pkeyutl -decrypt ... -pkeyopt rsa_padding_mode:oaep -in dek.wrapped\n",
+     0},
+    {"key", "unwrap", cmd_unwrap,
+     "VAULT/KEY[/VERSION] --in FILE --out SECRET [--alg RSA-OAEP|RSA-OAEP-256]",
+     "unwrap a wrapped secret with the key's private key on the token",
+     "Runs C_UnwrapKey on the token (needs the vault's user PIN). --in is either\n"
+     "the JSON that 'key wrap' writes (its kid chooses the version) or raw\n"
+     "RSA-OAEP ciphertext, e.g. from 'openssl pkeyutl -encrypt'; then --alg is\n"
+     "required. The secret is written with mode 0600 and wiped from memory.\n\n"
+     "Options:\n"
+     "  --in FILE    the wrapped key\n"
+     "  --out FILE   where to write the secret (mode 0600); existing: --force\n"
+     "  --alg A      RSA-OAEP (SHA-1) or RSA-OAEP-256\n",
+     0},
+    {NULL, NULL, NULL, NULL, NULL, NULL, 0},
+};

@@ -1,0 +1,255 @@
+/* keycustody vault init | show | list */
+#include "cli.h"
+#include "kc_util.h"
+#include "kc_vault.h"
+
+#include <jansson.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+static json_t *token_json(const kc_tok_info *t)
+{
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:b, s:b}", "label", t->label, "uri", t->uri,
+                     "serial", t->serial, "model", t->model, "manufacturer", t->manufacturer,
+                     "module", t->module, "initialized", t->initialized, "user_pin_initialized",
+                     t->user_pin_initialized);
+}
+
+static json_t *meta_json(const kc_vault_meta *m)
+{
+    return json_pack("{s:s, s:s, s:s, s:s, s:{s:b, s:I}, s:b, s:I, s:s, s:s}", "name", m->name,
+                     "subscription", m->subscription, "region", m->region, "sku",
+                     kc_sku_name(m->sku), "soft_delete", "enabled", 1, "retention_days",
+                     (json_int_t)m->retention_days, "purge_protection", m->purge_protection,
+                     "metadata_generation", (json_int_t)m->generation, "created", m->created,
+                     "updated", m->updated);
+}
+
+static void print_meta(FILE *f, const kc_vault_meta *m, const kc_tok_info *t)
+{
+    fprintf(f, "vault:             %s\n", m->name);
+    fprintf(f, "subscription:      %s\n", m->subscription);
+    fprintf(f, "region:            %s\n", m->region);
+    fprintf(f, "sku:               %s%s\n", kc_sku_name(m->sku),
+            m->sku == KC_SKU_STANDARD ? " (testing only)" : "");
+    fprintf(f, "soft delete:       on, %u days retention\n", m->retention_days);
+    fprintf(f, "purge protection:  %s\n", m->purge_protection ? "on" : "off");
+    fprintf(f, "created:           %s\n", m->created);
+    fprintf(f, "token:             %s\n", t->uri);
+    fprintf(f, "module:            %s\n", t->module);
+}
+
+/* --- vault init --- */
+
+enum { O_SUB = 256, O_REGION, O_SKU, O_RETENTION, O_PURGE, O_TOKEN };
+
+struct init_state {
+    kc_vault_meta m;
+    const char *token;
+    int have_sub, have_region;
+};
+
+static int init_opt(kc_cli *cli, int opt, const char *arg, void *st)
+{
+    struct init_state *s = st;
+    char *end;
+    long days;
+
+    switch (opt) {
+    case O_SUB:
+        if (strlen(arg) >= sizeof(s->m.subscription))
+            return kc_cli_usage(cli, "subscription id longer than %zu characters",
+                                sizeof(s->m.subscription) - 1);
+        strcpy(s->m.subscription, arg);
+        s->have_sub = 1;
+        break;
+    case O_REGION:
+        if (strlen(arg) >= sizeof(s->m.region))
+            return kc_cli_usage(cli, "region name too long");
+        strcpy(s->m.region, arg);
+        s->have_region = 1;
+        break;
+    case O_SKU:
+        if (kc_sku_parse(arg, &s->m.sku) != 0)
+            return kc_cli_usage(cli, "--sku '%s': choose premium or standard", arg);
+        break;
+    case O_RETENTION:
+        days = strtol(arg, &end, 10);
+        if (*arg == '\0' || *end != '\0' || days < 7 || days > 90)
+            return kc_cli_usage(cli, "--retention-days '%s': give a number of days from 7 to 90",
+                                arg);
+        s->m.retention_days = (unsigned)days;
+        break;
+    case O_PURGE:
+        s->m.purge_protection = 1;
+        break;
+    case O_TOKEN:
+        s->token = arg;
+        break;
+    }
+    return 0;
+}
+
+static int cmd_init(kc_cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"subscription", required_argument, NULL, O_SUB},
+        {"region", required_argument, NULL, O_REGION},
+        {"sku", required_argument, NULL, O_SKU},
+        {"retention-days", required_argument, NULL, O_RETENTION},
+        {"purge-protection", no_argument, NULL, O_PURGE},
+        {"token", required_argument, NULL, O_TOKEN},
+        {NULL, 0, NULL, 0},
+    };
+    struct init_state s;
+    kc_vault *v = NULL;
+    kc_ctx *ctx = NULL;
+    kc_error err;
+    int first, rc, adopted = 0;
+
+    memset(&s, 0, sizeof(s));
+    s.m.sku = KC_SKU_PREMIUM;
+    s.m.retention_days = 90;
+    rc = kc_cli_parse(cli, argc, argv, opts, init_opt, &s, &first);
+    if (rc != 0)
+        return rc;
+    if (argc - first != 1)
+        return kc_cli_usage(cli, "give exactly one vault name");
+    if (!s.have_sub || !s.have_region)
+        return kc_cli_usage(cli, "--subscription and --region are required");
+    if (strlen(argv[first]) >= sizeof(s.m.name)) {
+        kc_error_clear(&err);
+        if (kc_vault_check_name(argv[first], &err) != KC_OK)
+            return kc_cli_fail(cli, &err);
+        return kc_cli_usage(cli, "vault name too long");
+    }
+    strcpy(s.m.name, argv[first]);
+    kc_error_clear(&err);
+    if (kc_vault_check_meta(&s.m, &err) != KC_OK)
+        return kc_cli_fail(cli, &err);
+    if (kc_cli_ctx(cli, &ctx) != KC_OK)
+        return cli->error.code;
+    if (kc_vault_init(ctx, &s.m, s.token, &v, &adopted, &err) != KC_OK)
+        return kc_cli_fail(cli, &err);
+    fprintf(cli->out, "%s vault '%s': subscription '%s', region '%s', %s, soft delete %u days, "
+            "purge protection %s\n", adopted ? "adopted token as" : "initialised",
+            v->meta.name, v->meta.subscription, v->meta.region, kc_sku_name(v->meta.sku),
+            v->meta.retention_days, v->meta.purge_protection ? "on" : "off");
+    fprintf(cli->out, "token: %s\n", kc_tok_info_get(v->tok)->uri);
+    kc_vault_free(v);
+    return KC_OK;
+}
+
+/* --- vault show --- */
+
+static int cmd_show(kc_cli *cli, int argc, char **argv)
+{
+    kc_vault *v = NULL;
+    kc_ctx *ctx = NULL;
+    kc_error err;
+    json_t *o;
+    int first, rc;
+
+    rc = kc_cli_parse(cli, argc, argv, NULL, NULL, NULL, &first);
+    if (rc != 0)
+        return rc;
+    if (argc - first != 1)
+        return kc_cli_usage(cli, "give exactly one vault name or token URI");
+    if (kc_cli_ctx(cli, &ctx) != KC_OK)
+        return cli->error.code;
+    kc_error_clear(&err);
+    if (kc_vault_open(ctx, argv[first], &v, &err) != KC_OK)
+        return kc_cli_fail(cli, &err);
+    if (cli->json) {
+        o = meta_json(&v->meta);
+        json_object_set_new(o, "token", token_json(kc_tok_info_get(v->tok)));
+        kc_cli_print_json(cli, o);
+    } else {
+        print_meta(cli->out, &v->meta, kc_tok_info_get(v->tok));
+    }
+    kc_vault_free(v);
+    return KC_OK;
+}
+
+/* --- vault list --- */
+
+static int cmd_list(kc_cli *cli, int argc, char **argv)
+{
+    kc_vault_entry *e = NULL;
+    kc_ctx *ctx = NULL;
+    kc_error err;
+    json_t *arr, *o;
+    size_t n = 0, i;
+    int first, rc;
+
+    rc = kc_cli_parse(cli, argc, argv, NULL, NULL, NULL, &first);
+    if (rc != 0)
+        return rc;
+    if (argc != first)
+        return kc_cli_usage(cli, "'vault list' takes no arguments");
+    if (kc_cli_ctx(cli, &ctx) != KC_OK)
+        return cli->error.code;
+    kc_error_clear(&err);
+    if (kc_vault_list(ctx, &e, &n, &err) != KC_OK)
+        return kc_cli_fail(cli, &err);
+    if (cli->json) {
+        arr = json_array();
+        for (i = 0; i < n; i++) {
+            o = json_pack("{s:b, s:o}", "vault", e[i].is_vault, "token", token_json(&e[i].token));
+            if (e[i].is_vault)
+                json_object_set_new(o, "metadata", meta_json(&e[i].meta));
+            if (e[i].note[0])
+                json_object_set_new(o, "note", json_string(e[i].note));
+            json_array_append_new(arr, o);
+        }
+        kc_cli_print_json(cli, arr);
+    } else {
+        fprintf(cli->out, "%-24s %-16s %-12s %-9s %-17s %s\n", "TOKEN", "SUBSCRIPTION", "REGION",
+                "SKU", "SERIAL", "STATUS");
+        for (i = 0; i < n; i++) {
+            const kc_tok_info *t = &e[i].token;
+            if (e[i].is_vault)
+                fprintf(cli->out, "%-24s %-16s %-12s %-9s %-17s vault\n", t->label,
+                        e[i].meta.subscription, e[i].meta.region, kc_sku_name(e[i].meta.sku),
+                        t->serial);
+            else
+                fprintf(cli->out, "%-24s %-16s %-12s %-9s %-17s %s\n",
+                        t->initialized ? t->label : "-", "-", "-", "-", t->serial,
+                        e[i].note[0] ? e[i].note : "not a keycustody vault");
+        }
+    }
+    free(e);
+    return KC_OK;
+}
+
+const kc_cmd kc_cmds_vault[] = {
+    {"vault", "init", cmd_init,
+     "NAME --subscription ID --region REGION [--sku premium|standard]\n"
+     "                            [--retention-days 7..90] [--purge-protection] [--token URI]",
+     "make a token a vault: initialise a free token, or adopt an initialised one",
+     "NAME is the vault name and token label: 3-24 letters, digits and '-'.\n"
+     "If a token labelled NAME exists, it is adopted (its user PIN is needed).\n"
+     "Otherwise the first free token (or the one --token URI selects) is\n"
+     "initialised: C_InitToken with a new security-officer PIN (--so-pin-source),\n"
+     "then C_InitPIN with a new user PIN (--pin-source).\n"
+     "The vault metadata is written to the token as a public CKO_DATA object.\n\n"
+     "Options:\n"
+     "  --subscription ID       the subscription (backup domain) the vault belongs to\n"
+     "  --region REGION         Azure region name, e.g. westus\n"
+     "  --sku premium|standard  premium (default); standard is for testing only\n"
+     "  --retention-days N      soft-delete retention, 7 to 90 days (default 90)\n"
+     "  --purge-protection      refuse purges during the retention period\n"
+     "  --token URI             the free token to initialise (pkcs11: URI)\n\n"
+     "Example:\n"
+     "  keycustody vault init VaultA1 --subscription contoso-a --region westus \\\n"
+     "      --so-pin-source env:SO_PIN --pin-source file:/secure/VaultA1.pin\n",
+     0},
+    {"vault", "show", cmd_show, "NAME|URI [--json]", "show a vault's metadata and token",
+     "Reads the vault metadata (no PIN needed).\n", 1},
+    {"vault", "list", cmd_list, "[--json]", "list every visible token and which are vaults",
+     "Lists the tokens of every loaded module; free tokens and tokens that are not\n"
+     "keycustody vaults are listed too. No PIN needed.\n",
+     1},
+    {NULL, NULL, NULL, NULL, NULL, NULL, 0},
+};

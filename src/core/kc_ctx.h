@@ -1,0 +1,39 @@
+/* The context every core operation runs in: the loaded PKCS#11 modules, and
+ * how to get a PIN for a vault when one is needed (supplied by the front end,
+ * which knows about sources and prompts). PINs are asked for lazily, used for
+ * one C_Login and wiped. */
+#ifndef KC_CTX_H
+#define KC_CTX_H
+
+#include "kc_p11.h"
+
+typedef enum kc_pin_kind {
+    KC_PIN_USER = 0,  /* the vault custodian's PIN, to log in */
+    KC_PIN_SO,        /* the token's security officer PIN */
+    KC_PIN_NEW_USER,  /* a user PIN to set (vault init) */
+    KC_PIN_NEW_SO,    /* an SO PIN to set (vault init of a free token) */
+} kc_pin_kind;
+
+/* Fills *out with a new secret holding the PIN of kind for vault, or fails. */
+typedef kc_rc (*kc_pin_fn)(void *arg, const char *vault, kc_pin_kind kind, kc_secret **out,
+                           kc_error *err);
+
+typedef struct kc_ctx {
+    kc_p11 *p11;
+    kc_pin_fn pin_fn;
+    void *pin_arg;
+} kc_ctx;
+
+/* Loads module_path (NULL: p11-kit's registered modules). */
+KC_EXPORT kc_rc kc_ctx_new(const char *module_path, kc_pin_fn pin_fn, void *pin_arg,
+                           kc_ctx **out, kc_error *err) KC_MUST_CHECK;
+KC_EXPORT void kc_ctx_free(kc_ctx *ctx);
+
+/* Asks pin_fn for a PIN; KC_USAGE naming the vault when there is no way to. */
+KC_EXPORT kc_rc kc_ctx_pin(kc_ctx *ctx, const char *vault, kc_pin_kind kind, kc_secret **out,
+                           kc_error *err) KC_MUST_CHECK;
+
+/* Logs in to tok as the user (asking for the PIN) unless already logged in. */
+KC_EXPORT kc_rc kc_ctx_login(kc_ctx *ctx, kc_tok *tok, kc_error *err) KC_MUST_CHECK;
+
+#endif

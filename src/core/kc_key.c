@@ -1,0 +1,585 @@
+#include "kc_key.h"
+#include "kc_util.h"
+
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/param_build.h>
+#include <openssl/pem.h>
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const struct {
+    const char *name;
+    unsigned op;
+} op_names[] = {
+    {"encrypt", KC_OP_ENCRYPT}, {"decrypt", KC_OP_DECRYPT},  {"sign", KC_OP_SIGN},
+    {"verify", KC_OP_VERIFY},   {"wrapKey", KC_OP_WRAP},     {"unwrapKey", KC_OP_UNWRAP},
+};
+#define N_OPS (sizeof(op_names) / sizeof(op_names[0]))
+
+kc_rc kc_key_ops_parse(const char *csv, unsigned *ops, kc_error *err)
+{
+    char word[32];
+    const char *p = csv, *end;
+    size_t n, i;
+
+    *ops = 0;
+    while (*p != '\0') {
+        end = strchr(p, ',');
+        n = end != NULL ? (size_t)(end - p) : strlen(p);
+        if (n == 0 || n >= sizeof(word))
+            return kc_error_set(err, KC_USAGE, "ops '%s': empty or overlong entry", csv);
+        memcpy(word, p, n);
+        word[n] = '\0';
+        for (i = 0; i < N_OPS && strcmp(op_names[i].name, word) != 0; i++)
+            ;
+        if (i == N_OPS) {
+            kc_error_set(err, KC_USAGE, "unknown key operation '%s'", word);
+            kc_error_hint(err, "key operations are encrypt, decrypt, sign, verify, wrapKey and "
+                               "unwrapKey (case matters, as in Key Vault)");
+            return KC_USAGE;
+        }
+        *ops |= op_names[i].op;
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+    if (*ops == 0)
+        return kc_error_set(err, KC_USAGE, "no key operations given");
+    return KC_OK;
+}
+
+void kc_key_ops_format(unsigned ops, char *buf, size_t len)
+{
+    size_t off = 0, i;
+
+    buf[0] = '\0';
+    for (i = 0; i < N_OPS; i++)
+        if (ops & op_names[i].op && off < len)
+            off += (size_t)snprintf(buf + off, len - off, "%s%s", off ? "," : "",
+                                    op_names[i].name);
+}
+
+const char *kc_oaep_name(kc_oaep alg)
+{
+    return alg == KC_OAEP_SHA256 ? "RSA-OAEP-256" : "RSA-OAEP";
+}
+
+int kc_oaep_parse(const char *s, kc_oaep *out)
+{
+    if (strcmp(s, "RSA-OAEP") == 0)
+        *out = KC_OAEP_SHA1;
+    else if (strcmp(s, "RSA-OAEP-256") == 0)
+        *out = KC_OAEP_SHA256;
+    else
+        return -1;
+    return 0;
+}
+
+kc_rc kc_key_check_name(const char *name, kc_error *err)
+{
+    size_t n = strlen(name), i;
+
+    if (n == 0 || n > KC_KEY_NAME_MAX)
+        return kc_error_set(err, KC_USAGE, "key name must have 1 to %d characters",
+                            KC_KEY_NAME_MAX);
+    for (i = 0; i < n; i++)
+        if (!isalnum((unsigned char)name[i]) && name[i] != '-')
+            return kc_error_set(err, KC_USAGE,
+                                "key name '%s' has '%c'; only letters, digits and '-' are allowed",
+                                name, name[i]);
+    return KC_OK;
+}
+
+kc_rc kc_key_check_size(const char *size, unsigned *bits, kc_error *err)
+{
+    if (strcmp(size, "2048") == 0 || strcmp(size, "3072") == 0 || strcmp(size, "4096") == 0) {
+        *bits = (unsigned)atoi(size);
+        return KC_OK;
+    }
+    if (strncmp(size, "P-", 2) == 0 || strncmp(size, "EC", 2) == 0 ||
+        strncmp(size, "secp", 4) == 0) {
+        kc_error_set(err, KC_USAGE, "'%s' is an elliptic-curve key; root keys must be RSA", size);
+        kc_error_hint(err, "Customer Key wraps and unwraps data keys with RSA-OAEP, which EC keys "
+                           "cannot do; use --size 2048, 3072 or 4096");
+        return KC_USAGE;
+    }
+    kc_error_set(err, KC_USAGE, "RSA key size '%s' is not allowed", size);
+    kc_error_hint(err, "Key Vault RSA keys are 2048, 3072 or 4096 bits");
+    return KC_USAGE;
+}
+
+kc_rc kc_key_ref_parse(const char *s, kc_key_ref *ref, kc_error *err)
+{
+    const char *slash, *slash2;
+    char version[160];
+    size_t n;
+    kc_rc r;
+
+    memset(ref, 0, sizeof(*ref));
+    if (kc_p11_is_uri(s)) {
+        if (strlen(s) >= sizeof(ref->vault))
+            return kc_error_set(err, KC_USAGE, "the key URI is too long");
+        r = kc_p11_uri_object(s, ref->name, sizeof(ref->name), ref->id, sizeof(ref->id),
+                              &ref->id_len, err);
+        if (r != KC_OK)
+            return r;
+        if (ref->name[0] == '\0')
+            return kc_error_set(err, KC_USAGE, "the key URI names no object (object=KEY)");
+        memcpy(ref->vault, s, strlen(s) + 1);
+        return kc_key_check_name(ref->name, err);
+    }
+    slash = strchr(s, '/');
+    if (slash == NULL || slash == s) {
+        kc_error_set(err, KC_USAGE, "'%s' does not name a key", s);
+        kc_error_hint(err, "name a key as VAULT/KEY, VAULT/KEY/VERSION or by pkcs11: URI");
+        return KC_USAGE;
+    }
+    n = (size_t)(slash - s);
+    if (n >= sizeof(ref->vault))
+        return kc_error_set(err, KC_USAGE, "vault name too long");
+    memcpy(ref->vault, s, n);
+    slash2 = strchr(slash + 1, '/');
+    n = slash2 != NULL ? (size_t)(slash2 - slash - 1) : strlen(slash + 1);
+    if (n > KC_KEY_NAME_MAX)
+        return kc_error_set(err, KC_USAGE, "key name too long");
+    memcpy(ref->name, slash + 1, n);
+    r = kc_key_check_name(ref->name, err);
+    if (r != KC_OK)
+        return r;
+    if (slash2 != NULL) {
+        if (strlen(slash2 + 1) >= sizeof(version) ||
+            kc_hex_decode(slash2 + 1, ref->id, sizeof(ref->id), &ref->id_len) != 0 ||
+            ref->id_len == 0)
+            return kc_error_set(err, KC_USAGE, "version '%.40s' is not a hex version id",
+                                slash2 + 1);
+        memcpy(version, slash2 + 1, strlen(slash2 + 1) + 1);
+    }
+    return KC_OK;
+}
+
+/* --- reading keys back --- */
+
+static kc_key_version *version_for(kc_key *k, const kc_key_obj *o)
+{
+    kc_key_version *nv;
+    size_t i;
+
+    for (i = 0; i < k->nversions; i++)
+        if (k->versions[i].id_len == o->id_len && memcmp(k->versions[i].id, o->id, o->id_len) == 0)
+            return &k->versions[i];
+    nv = realloc(k->versions, (k->nversions + 1) * sizeof(*nv));
+    if (nv == NULL)
+        return NULL;
+    k->versions = nv;
+    nv = &k->versions[k->nversions++];
+    memset(nv, 0, sizeof(*nv));
+    memcpy(nv->id, o->id, o->id_len);
+    nv->id_len = o->id_len;
+    kc_hex_encode(o->id, o->id_len, nv->version);
+    return nv;
+}
+
+/* Derives the Key Vault view of a version from its two objects. */
+static kc_rc finish_version(kc_vault *v, kc_key *k, kc_key_version *ver, kc_error *err)
+{
+    const kc_key_obj *any = ver->has_priv ? &ver->priv : &ver->pub;
+
+    ver->type = any->type;
+    ver->bits = ver->has_pub && ver->pub.bits ? ver->pub.bits : any->bits;
+    ver->ops = (ver->has_pub ? ver->pub.ops : 0) | (ver->has_priv ? ver->priv.ops : 0);
+    ver->protection = ver->has_priv && !ver->priv.sensitive ? KC_PROT_SOFTWARE : KC_PROT_HSM;
+    if (ver->has_pub) {
+        kc_date_format(ver->pub.start_date, ver->created);
+        kc_date_format(ver->pub.end_date, ver->expires);
+    }
+    return kc_p11_object_uri(kc_tok_info_get(v->tok), k->name, ver->id, ver->id_len, ver->uri,
+                             sizeof(ver->uri), err);
+}
+
+/* The current version is the newest by creation date; among versions made
+ * the same day, the one the token lists last. */
+static void pick_current(kc_key *k)
+{
+    size_t i;
+
+    k->current = 0;
+    for (i = 1; i < k->nversions; i++)
+        if (strcmp(k->versions[i].created, k->versions[k->current].created) >= 0)
+            k->current = i;
+}
+
+void kc_key_free(kc_key *k)
+{
+    if (k == NULL)
+        return;
+    free(k->versions);
+    free(k);
+}
+
+void kc_key_list_free(kc_key *keys, size_t n)
+{
+    size_t i;
+
+    if (keys == NULL)
+        return;
+    for (i = 0; i < n; i++)
+        free(keys[i].versions);
+    free(keys);
+}
+
+/* Groups key objects into keys (by label) and versions (by id). */
+static kc_rc group_keys(kc_vault *v, const kc_key_obj *objs, size_t nobjs, kc_key **out,
+                        size_t *nkeys, kc_error *err)
+{
+    kc_key *keys = NULL, *nk;
+    kc_key_version *ver;
+    size_t n = 0, i, j;
+    kc_rc r = KC_OK;
+
+    for (i = 0; i < nobjs; i++) {
+        if (objs[i].label[0] == '\0')
+            continue; /* not a named key: nothing of ours */
+        for (j = 0; j < n && strcmp(keys[j].name, objs[i].label) != 0; j++)
+            ;
+        if (j == n) {
+            nk = realloc(keys, (n + 1) * sizeof(*nk));
+            if (nk == NULL) {
+                r = kc_error_set(err, KC_ERR, "out of memory");
+                goto fail;
+            }
+            keys = nk;
+            memset(&keys[n], 0, sizeof(keys[n]));
+            snprintf(keys[n].vault, sizeof(keys[n].vault), "%s", v->meta.name);
+            snprintf(keys[n].name, sizeof(keys[n].name), "%s", objs[i].label);
+            n++;
+        }
+        ver = version_for(&keys[j], &objs[i]);
+        if (ver == NULL) {
+            r = kc_error_set(err, KC_ERR, "out of memory");
+            goto fail;
+        }
+        if (objs[i].is_private) {
+            ver->priv = objs[i];
+            ver->has_priv = 1;
+        } else {
+            ver->pub = objs[i];
+            ver->has_pub = 1;
+        }
+    }
+    for (i = 0; i < n; i++) {
+        for (j = 0; j < keys[i].nversions; j++) {
+            r = finish_version(v, &keys[i], &keys[i].versions[j], err);
+            if (r != KC_OK)
+                goto fail;
+        }
+        pick_current(&keys[i]);
+    }
+    *out = keys;
+    *nkeys = n;
+    return KC_OK;
+fail:
+    kc_key_list_free(keys, n);
+    return r;
+}
+
+static kc_rc load_keys(kc_vault *v, const char *name, int login, kc_key **out, size_t *n,
+                       kc_error *err)
+{
+    kc_key_obj *objs = NULL;
+    size_t nobjs = 0;
+    kc_rc r;
+
+    *out = NULL;
+    *n = 0;
+    if (login) {
+        r = kc_ctx_login(v->ctx, v->tok, err);
+        if (r != KC_OK)
+            return r;
+    }
+    r = kc_tok_find_keys(v->tok, name, NULL, 0, &objs, &nobjs, err);
+    if (r == KC_OK)
+        r = group_keys(v, objs, nobjs, out, n, err);
+    free(objs);
+    return r;
+}
+
+kc_rc kc_key_list(kc_vault *v, kc_key **out, size_t *n, kc_error *err)
+{
+    kc_rc r = load_keys(v, NULL, 1, out, n, err);
+
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot list the keys of vault '%s'", v->meta.name);
+    return KC_OK;
+}
+
+kc_rc kc_key_get(kc_vault *v, const char *name, int login, kc_key **out, kc_error *err)
+{
+    kc_key *keys = NULL;
+    size_t n = 0;
+    kc_rc r;
+
+    *out = NULL;
+    r = load_keys(v, name, login, &keys, &n, err);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot read key '%s' in vault '%s'", name, v->meta.name);
+    if (n == 0) {
+        kc_key_list_free(keys, n);
+        kc_error_set(err, KC_NOT_FOUND, "no key '%s' in vault '%s'", name, v->meta.name);
+        kc_error_hint(err, "see the vault's keys with 'keycustody key list %s'", v->meta.name);
+        return KC_NOT_FOUND;
+    }
+    *out = keys; /* n == 1: one label asked for */
+    return KC_OK;
+}
+
+kc_rc kc_key_select(const kc_key *k, const unsigned char *id, size_t id_len,
+                    const kc_key_version **out, kc_error *err)
+{
+    char hex[129];
+    size_t i;
+
+    *out = NULL;
+    if (id_len == 0) {
+        *out = &k->versions[k->current];
+        return KC_OK;
+    }
+    for (i = 0; i < k->nversions; i++) {
+        if (k->versions[i].id_len == id_len && memcmp(k->versions[i].id, id, id_len) == 0) {
+            *out = &k->versions[i];
+            return KC_OK;
+        }
+    }
+    kc_hex_encode(id, id_len > 64 ? 64 : id_len, hex);
+    kc_error_set(err, KC_NOT_FOUND, "key '%s/%s' has no version %s", k->vault, k->name, hex);
+    kc_error_hint(err, "see its versions with 'keycustody key show %s/%s'", k->vault, k->name);
+    return KC_NOT_FOUND;
+}
+
+/* --- create --- */
+
+kc_rc kc_key_create(kc_vault *v, const kc_key_create_opts *o, kc_key **out, kc_error *err)
+{
+    unsigned char id[KC_VERSION_BYTES];
+    char today[9], expires[9];
+    kc_key_obj *objs = NULL;
+    kc_rsa_spec spec;
+    kc_obj pub, priv;
+    size_t nobjs = 0;
+    kc_rc r;
+
+    *out = NULL;
+    r = kc_key_check_name(o->name, err);
+    if (r != KC_OK)
+        return r;
+    if (o->bits != 2048 && o->bits != 3072 && o->bits != 4096)
+        return kc_error_set(err, KC_USAGE, "RSA key size %u is not allowed", o->bits);
+    if (o->ops == 0)
+        return kc_error_set(err, KC_USAGE, "a key needs at least one operation");
+    r = kc_date_today(today, err);
+    if (r != KC_OK)
+        return r;
+    expires[0] = '\0';
+    if (o->expires != NULL && strcmp(o->expires, "never") != 0) {
+        if (kc_date_parse(o->expires, expires) != 0) {
+            kc_error_set(err, KC_USAGE, "expiry '%s' is not a date", o->expires);
+            kc_error_hint(err, "give --expires YYYY-MM-DD or --expires never");
+            return KC_USAGE;
+        }
+        if (strcmp(expires, today) < 0)
+            return kc_error_set(err, KC_USAGE, "expiry %s is in the past", o->expires);
+    }
+    r = kc_ctx_login(v->ctx, v->tok, err);
+    if (r != KC_OK)
+        goto fail;
+    r = kc_tok_find_keys(v->tok, o->name, NULL, 0, &objs, &nobjs, err);
+    if (r != KC_OK)
+        goto fail;
+    free(objs);
+    if (nobjs > 0) {
+        kc_error_set(err, KC_CONFLICT, "a key with this name already exists");
+        kc_error_hint(err, "choose another name; see the key with 'keycustody key show %s/%s'",
+                      v->meta.name, o->name);
+        goto fail;
+    }
+    r = kc_tok_random(v->tok, id, sizeof(id), err);
+    if (r != KC_OK)
+        goto fail;
+    memset(&spec, 0, sizeof(spec));
+    spec.label = o->name;
+    spec.id = id;
+    spec.id_len = sizeof(id);
+    spec.bits = o->bits;
+    spec.ops = o->ops;
+    spec.sensitive = o->protection == KC_PROT_HSM;
+    spec.wrap_with_trusted = o->protection == KC_PROT_HSM;
+    spec.start_date = today;
+    spec.end_date = expires[0] ? expires : NULL;
+    r = kc_tok_generate_rsa(v->tok, &spec, &pub, &priv, err);
+    if (r != KC_OK)
+        goto fail;
+    r = kc_key_get(v, o->name, 1, out, err);
+    if (r != KC_OK)
+        goto fail;
+    return KC_OK;
+fail:
+    return kc_error_prefix(err, "cannot create key '%s' in vault '%s'", o->name, v->meta.name);
+}
+
+/* --- public key, wrap, unwrap --- */
+
+static kc_rc rsa_pkey(const unsigned char *n, size_t n_len, const unsigned char *e, size_t e_len,
+                      EVP_PKEY **out, kc_error *err)
+{
+    OSSL_PARAM_BLD *bld = NULL;
+    OSSL_PARAM *params = NULL;
+    EVP_PKEY_CTX *pctx = NULL;
+    BIGNUM *bn_n = NULL, *bn_e = NULL;
+    kc_rc r = KC_ERR;
+
+    *out = NULL;
+    bn_n = BN_bin2bn(n, (int)n_len, NULL);
+    bn_e = BN_bin2bn(e, (int)e_len, NULL);
+    bld = OSSL_PARAM_BLD_new();
+    if (bn_n == NULL || bn_e == NULL || bld == NULL ||
+        !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn_n) ||
+        !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, bn_e) ||
+        (params = OSSL_PARAM_BLD_to_param(bld)) == NULL ||
+        (pctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL)) == NULL ||
+        EVP_PKEY_fromdata_init(pctx) <= 0 ||
+        EVP_PKEY_fromdata(pctx, out, EVP_PKEY_PUBLIC_KEY, params) <= 0) {
+        r = kc_error_set(err, KC_ERR, "OpenSSL cannot build the RSA public key");
+        goto cleanup;
+    }
+    r = KC_OK;
+cleanup:
+    EVP_PKEY_CTX_free(pctx);
+    OSSL_PARAM_free(params);
+    OSSL_PARAM_BLD_free(bld);
+    BN_free(bn_n);
+    BN_free(bn_e);
+    return r;
+}
+
+kc_rc kc_key_public_pem(kc_vault *v, const kc_key *k, const kc_key_version *ver, char **pem,
+                        kc_error *err)
+{
+    unsigned char *n = NULL, *e = NULL;
+    size_t n_len = 0, e_len = 0;
+    EVP_PKEY *pkey = NULL;
+    BIO *bio = NULL;
+    char *data = NULL;
+    long len;
+    kc_rc r;
+
+    *pem = NULL;
+    if (ver->type != KC_KT_RSA)
+        return kc_error_set(err, KC_ERR, "key '%s/%s' is not an RSA key", k->vault, k->name);
+    r = kc_tok_rsa_public(v->tok, ver->has_pub ? ver->pub.handle : ver->priv.handle, &n, &n_len,
+                          &e, &e_len, err);
+    if (r != KC_OK)
+        goto cleanup;
+    r = rsa_pkey(n, n_len, e, e_len, &pkey, err);
+    if (r != KC_OK)
+        goto cleanup;
+    bio = BIO_new(BIO_s_mem());
+    if (bio == NULL || !PEM_write_bio_PUBKEY(bio, pkey)) {
+        r = kc_error_set(err, KC_ERR, "OpenSSL cannot write the public key as PEM");
+        goto cleanup;
+    }
+    len = BIO_get_mem_data(bio, &data);
+    *pem = malloc((size_t)len + 1);
+    if (*pem == NULL) {
+        r = kc_error_set(err, KC_ERR, "out of memory");
+        goto cleanup;
+    }
+    memcpy(*pem, data, (size_t)len);
+    (*pem)[len] = '\0';
+    r = KC_OK;
+cleanup:
+    BIO_free(bio);
+    EVP_PKEY_free(pkey);
+    free(n);
+    free(e);
+    if (r != KC_OK)
+        kc_error_prefix(err, "cannot export the public key of '%s/%s'", k->vault, k->name);
+    return r;
+}
+
+/* Key Vault's rule: before its start date and after its expiry a key does
+ * not encrypt or wrap; unwrap and decrypt stay possible. SoftHSM does not
+ * enforce CKA_START_DATE / CKA_END_DATE, so the tool does. */
+static kc_rc check_usable_for_wrap(const kc_key *k, const kc_key_version *ver, kc_error *err)
+{
+    char today[9], created[9], expires[9];
+    kc_rc r = kc_date_today(today, err);
+
+    if (r != KC_OK)
+        return r;
+    if (!ver->has_pub)
+        return kc_error_set(err, KC_NOT_FOUND, "version %s has no public key on the token",
+                            ver->version);
+    if (!(ver->ops & KC_OP_WRAP)) {
+        kc_error_set(err, KC_DENIED, "the key does not allow wrapKey");
+        kc_error_hint(err, "see its operations with 'keycustody key show %s/%s'", k->vault,
+                      k->name);
+        return KC_DENIED;
+    }
+    if (ver->created[0] && kc_date_parse(ver->created, created) == 0 &&
+        strcmp(today, created) < 0)
+        return kc_error_set(err, KC_DENIED, "the key is not valid before %s", ver->created);
+    if (ver->expires[0] && kc_date_parse(ver->expires, expires) == 0 &&
+        strcmp(today, expires) > 0) {
+        kc_error_set(err, KC_DENIED, "the key expired on %s", ver->expires);
+        kc_error_hint(err, "an expired key still unwraps, but wraps nothing new; rotate it");
+        return KC_DENIED;
+    }
+    return KC_OK;
+}
+
+kc_rc kc_key_wrap(kc_vault *v, const kc_key *k, const kc_key_version *ver, kc_oaep alg,
+                  const kc_secret *secret, unsigned char **out, size_t *out_len, kc_oaep *used,
+                  kc_error *err)
+{
+    kc_rc r;
+
+    *out = NULL;
+    if (secret->len < KC_WRAP_SECRET_MIN || secret->len > KC_WRAP_SECRET_MAX)
+        return kc_error_set(err, KC_USAGE, "the secret is %zu bytes; wrap takes %d to %d bytes",
+                            secret->len, KC_WRAP_SECRET_MIN, KC_WRAP_SECRET_MAX);
+    r = check_usable_for_wrap(k, ver, err);
+    if (r == KC_OK)
+        r = kc_tok_oaep_wrap(v->tok, ver->pub.handle, alg, secret, out, out_len, used, err);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot wrap with key '%s/%s/%s'", k->vault, k->name,
+                               ver->version);
+    return KC_OK;
+}
+
+kc_rc kc_key_unwrap(kc_vault *v, const kc_key *k, const kc_key_version *ver, kc_oaep alg,
+                    const unsigned char *in, size_t in_len, kc_secret **out, kc_error *err)
+{
+    kc_rc r = KC_OK;
+
+    *out = NULL;
+    if (!ver->has_priv)
+        r = kc_error_set(err, KC_NOT_FOUND, "version %s has no private key on the token",
+                         ver->version);
+    else if (!(ver->ops & KC_OP_UNWRAP)) {
+        r = kc_error_set(err, KC_DENIED, "the key does not allow unwrapKey");
+        kc_error_hint(err, "see its operations with 'keycustody key show %s/%s'", k->vault,
+                      k->name);
+    } else if (ver->bits != 0 && in_len != ver->bits / 8) {
+        r = kc_error_set(err, KC_USAGE, "the wrapped value is %zu bytes; RSA-%u gives %u",
+                         in_len, ver->bits, ver->bits / 8);
+    }
+    if (r == KC_OK)
+        r = kc_tok_oaep_unwrap(v->tok, ver->priv.handle, alg, in, in_len, out, err);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot unwrap with key '%s/%s/%s'", k->vault, k->name,
+                               ver->version);
+    return KC_OK;
+}

@@ -1,0 +1,107 @@
+/* RSA root keys in a vault.
+ *
+ * A key is every key object with one CKA_LABEL (the key name); each version
+ * is one RSA key pair with its own CKA_ID (16 random bytes from the token,
+ * shown as 32 hex digits, as Key Vault shows versions). The key id is the
+ * RFC 7512 URI of the version's key pair; the short form is
+ * VAULT/KEY[/VERSION]. Creation date and expiry are CKA_START_DATE and
+ * CKA_END_DATE of the public key, where SoftHSM can read them back. */
+#ifndef KC_KEY_H
+#define KC_KEY_H
+
+#include "kc_vault.h"
+
+#define KC_KEY_NAME_MAX 127
+#define KC_VERSION_BYTES 16
+#define KC_WRAP_SECRET_MIN 16
+#define KC_WRAP_SECRET_MAX 64
+
+typedef enum kc_protection { KC_PROT_HSM = 0, KC_PROT_SOFTWARE = 1 } kc_protection;
+
+typedef struct kc_key_version {
+    char version[129];          /* hex of CKA_ID */
+    unsigned char id[64];
+    size_t id_len;
+    char uri[768];              /* key id: URI of the key pair (no type=) */
+    kc_key_type type;
+    unsigned bits;
+    unsigned ops;               /* KC_OP_* allowed by the pair, Key Vault's view */
+    kc_protection protection;
+    char created[11];           /* YYYY-MM-DD, "" when unknown */
+    char expires[11];           /* YYYY-MM-DD, "" for never */
+    int has_pub, has_priv;
+    kc_key_obj pub, priv;       /* the token's own attributes */
+} kc_key_version;
+
+typedef struct kc_key {
+    char vault[25];
+    char name[KC_KEY_NAME_MAX + 1];
+    kc_key_version *versions;
+    size_t nversions;
+    size_t current;             /* index of the current version */
+} kc_key;
+
+typedef struct kc_key_create_opts {
+    const char *name;
+    unsigned bits;              /* 2048, 3072 or 4096 */
+    kc_protection protection;
+    unsigned ops;               /* KC_OP_* */
+    const char *expires;        /* "YYYY-MM-DD", or NULL / "never" */
+} kc_key_create_opts;
+
+/* A key named on the command line: VAULT/KEY[/VERSION] or a pkcs11: URI with
+ * object= (and optionally id=). */
+typedef struct kc_key_ref {
+    char vault[512];            /* vault name, or the URI (its token part selects the token) */
+    char name[KC_KEY_NAME_MAX + 1];
+    unsigned char id[64];
+    size_t id_len;              /* 0: the current version */
+} kc_key_ref;
+
+KC_EXPORT kc_rc kc_key_ref_parse(const char *s, kc_key_ref *out, kc_error *err) KC_MUST_CHECK;
+/* Key names: 1-127 letters, digits and '-' (Key Vault's rule). */
+KC_EXPORT kc_rc kc_key_check_name(const char *name, kc_error *err) KC_MUST_CHECK;
+/* Allowed RSA sizes; anything else (and EC) is refused with the reason. */
+KC_EXPORT kc_rc kc_key_check_size(const char *size, unsigned *bits, kc_error *err) KC_MUST_CHECK;
+/* "wrapKey,unwrapKey,..." (Key Vault's key_ops names) <-> KC_OP_* bits. */
+KC_EXPORT kc_rc kc_key_ops_parse(const char *csv, unsigned *ops, kc_error *err) KC_MUST_CHECK;
+KC_EXPORT void kc_key_ops_format(unsigned ops, char *buf, size_t len);
+
+KC_EXPORT const char *kc_oaep_name(kc_oaep alg);  /* "RSA-OAEP" / "RSA-OAEP-256" */
+KC_EXPORT int kc_oaep_parse(const char *s, kc_oaep *out);
+
+/* Creates version one of a new key (logs in). KC_CONFLICT if the name is taken. */
+KC_EXPORT kc_rc kc_key_create(kc_vault *v, const kc_key_create_opts *o, kc_key **out,
+                              kc_error *err) KC_MUST_CHECK;
+
+/* Every key of the vault (logs in). */
+KC_EXPORT kc_rc kc_key_list(kc_vault *v, kc_key **out, size_t *n, kc_error *err) KC_MUST_CHECK;
+KC_EXPORT void kc_key_list_free(kc_key *keys, size_t n);
+
+/* One key with all its versions. login: also see the private keys (needed
+ * for protection, unwrap and the token's private-key attributes). */
+KC_EXPORT kc_rc kc_key_get(kc_vault *v, const char *name, int login, kc_key **out,
+                           kc_error *err) KC_MUST_CHECK;
+KC_EXPORT void kc_key_free(kc_key *k);
+
+/* The version with that id, or the current one when id_len is 0. */
+KC_EXPORT kc_rc kc_key_select(const kc_key *k, const unsigned char *id, size_t id_len,
+                              const kc_key_version **out, kc_error *err) KC_MUST_CHECK;
+
+/* PEM SubjectPublicKeyInfo of a version (caller frees). */
+KC_EXPORT kc_rc kc_key_public_pem(kc_vault *v, const kc_key *k, const kc_key_version *ver,
+                                  char **pem, kc_error *err) KC_MUST_CHECK;
+
+/* RSA-OAEP wrap of a 16-64 byte secret under the version's public key on the
+ * token (no login needed). Refused before the key's start date, after its
+ * expiry and when its ops lack wrapKey. */
+KC_EXPORT kc_rc kc_key_wrap(kc_vault *v, const kc_key *k, const kc_key_version *ver, kc_oaep alg,
+                            const kc_secret *secret, unsigned char **out, size_t *out_len,
+                            kc_oaep *used, kc_error *err) KC_MUST_CHECK;
+
+/* RSA-OAEP unwrap under the version's private key (logs in). */
+KC_EXPORT kc_rc kc_key_unwrap(kc_vault *v, const kc_key *k, const kc_key_version *ver,
+                              kc_oaep alg, const unsigned char *in, size_t in_len,
+                              kc_secret **out, kc_error *err) KC_MUST_CHECK;
+
+#endif

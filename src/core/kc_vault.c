@@ -1,0 +1,408 @@
+#include "kc_vault.h"
+#include "kc_util.h"
+
+#include <jansson.h>
+
+#include <ctype.h>
+#include <stdio.h>
+#include <time.h>
+#include <stdlib.h>
+#include <string.h>
+
+kc_rc kc_vault_check_name(const char *name, kc_error *err)
+{
+    size_t n = strlen(name), i;
+
+    if (n < 3 || n > 24) {
+        kc_error_set(err, KC_USAGE, "vault name '%.40s' has %zu characters; it must have 3 to 24",
+                     name, n);
+        return KC_USAGE;
+    }
+    for (i = 0; i < n; i++) {
+        if (!isalnum((unsigned char)name[i]) && name[i] != '-')
+            return kc_error_set(err, KC_USAGE,
+                                "vault name '%s' has '%c'; only letters, digits and '-' are "
+                                "allowed", name, name[i]);
+    }
+    if (!isalpha((unsigned char)name[0]))
+        return kc_error_set(err, KC_USAGE, "vault name '%s' must start with a letter", name);
+    if (name[n - 1] == '-')
+        return kc_error_set(err, KC_USAGE, "vault name '%s' must end with a letter or digit",
+                            name);
+    if (strstr(name, "--") != NULL)
+        return kc_error_set(err, KC_USAGE, "vault name '%s' must not contain '--'", name);
+    return KC_OK;
+}
+
+static int token_chars(const char *s, const char *extra)
+{
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && strchr(extra, *s) == NULL)
+            return 0;
+    return 1;
+}
+
+kc_rc kc_vault_check_meta(const kc_vault_meta *m, kc_error *err)
+{
+    kc_rc r = kc_vault_check_name(m->name, err);
+    size_t n;
+
+    if (r != KC_OK)
+        return r;
+    n = strlen(m->subscription);
+    if (n == 0 || n > 64 || !token_chars(m->subscription, "-_."))
+        return kc_error_set(err, KC_USAGE,
+                            "subscription '%.70s' must be 1 to 64 letters, digits, '-', '_' or '.'",
+                            m->subscription);
+    n = strlen(m->region);
+    if (n < 2 || n > 32 || !token_chars(m->region, "")) {
+        kc_error_set(err, KC_USAGE, "region '%.40s' must be an Azure region name such as westus",
+                     m->region);
+        return KC_USAGE;
+    }
+    for (n = 0; m->region[n]; n++)
+        if (isupper((unsigned char)m->region[n]))
+            return kc_error_set(err, KC_USAGE,
+                                "region '%s' must be written in lower case, as Azure does",
+                                m->region);
+    if (m->retention_days < 7 || m->retention_days > 90)
+        return kc_error_set(err, KC_USAGE,
+                            "soft-delete retention of %u days is outside 7 to 90 days",
+                            m->retention_days);
+    return KC_OK;
+}
+
+const char *kc_sku_name(kc_sku sku)
+{
+    return sku == KC_SKU_STANDARD ? "standard" : "premium";
+}
+
+int kc_sku_parse(const char *s, kc_sku *out)
+{
+    if (strcmp(s, "premium") == 0)
+        *out = KC_SKU_PREMIUM;
+    else if (strcmp(s, "standard") == 0)
+        *out = KC_SKU_STANDARD;
+    else
+        return -1;
+    return 0;
+}
+
+kc_rc kc_vault_meta_encode(const kc_vault_meta *m, char **out, kc_error *err)
+{
+    json_t *o = NULL;
+    char *s = NULL;
+
+    *out = NULL;
+    o = json_pack("{s:s, s:I, s:I, s:s, s:s, s:s, s:s, s:{s:b, s:I}, s:b, s:s, s:s}", "kind",
+                  "keycustody-vault", "schema", (json_int_t)m->schema, "generation",
+                  (json_int_t)m->generation, "name", m->name, "subscription", m->subscription,
+                  "region", m->region, "sku", kc_sku_name(m->sku), "soft_delete", "enabled", 1,
+                  "retention_days", (json_int_t)m->retention_days, "purge_protection",
+                  m->purge_protection, "created", m->created, "updated", m->updated);
+    if (o != NULL)
+        s = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(o);
+    if (s == NULL)
+        return kc_error_set(err, KC_ERR, "cannot encode vault metadata");
+    *out = s;
+    return KC_OK;
+}
+
+static int copy_str(char *dst, size_t cap, const char *src)
+{
+    if (src == NULL || strlen(src) >= cap)
+        return -1;
+    memcpy(dst, src, strlen(src) + 1);
+    return 0;
+}
+
+kc_rc kc_vault_meta_decode(const unsigned char *buf, size_t len, kc_vault_meta *m, kc_error *err)
+{
+    json_t *o = NULL;
+    json_error_t je;
+    const char *kind = NULL, *name = NULL, *sub = NULL, *region = NULL, *sku = NULL;
+    const char *created = NULL, *updated = NULL;
+    json_int_t schema = 0, gen = 0, days = 0;
+    int sd = 0, pp = 0;
+    kc_rc r = KC_INTEGRITY;
+
+    memset(m, 0, sizeof(*m));
+    o = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, &je);
+    if (o == NULL)
+        return kc_error_set(err, KC_INTEGRITY, "vault metadata is not JSON: %s", je.text);
+    if (json_unpack_ex(o, &je, JSON_STRICT,
+                       "{s:s, s:I, s:I, s:s, s:s, s:s, s:s, s:{s:b, s:I}, s:b, s:s, s:s}", "kind",
+                       &kind, "schema", &schema, "generation", &gen, "name", &name,
+                       "subscription", &sub, "region", &region, "sku", &sku, "soft_delete",
+                       "enabled", &sd, "retention_days", &days, "purge_protection", &pp,
+                       "created", &created, "updated", &updated) != 0) {
+        kc_error_set(err, KC_INTEGRITY, "vault metadata does not have the expected fields: %s",
+                     je.text);
+        goto cleanup;
+    }
+    if (strcmp(kind, "keycustody-vault") != 0 || schema != KC_VAULT_SCHEMA) {
+        kc_error_set(err, KC_INTEGRITY, "vault metadata of kind '%s' schema %lld is not known to "
+                     "this version of keycustody", kind, (long long)schema);
+        goto cleanup;
+    }
+    m->schema = (unsigned)schema;
+    m->generation = gen < 0 ? 0 : (unsigned long)gen;
+    m->retention_days = days < 0 || days > 1000 ? 0 : (unsigned)days;
+    m->purge_protection = pp;
+    if (copy_str(m->name, sizeof(m->name), name) || copy_str(m->subscription,
+        sizeof(m->subscription), sub) || copy_str(m->region, sizeof(m->region), region) ||
+        copy_str(m->created, sizeof(m->created), created) ||
+        copy_str(m->updated, sizeof(m->updated), updated) || kc_sku_parse(sku, &m->sku) != 0 ||
+        !sd) {
+        kc_error_set(err, KC_INTEGRITY, "vault metadata has a field out of range");
+        goto cleanup;
+    }
+    r = kc_vault_check_meta(m, err);
+    if (r != KC_OK) {
+        r = kc_error_prefix(err, "vault metadata is invalid");
+        err->code = r = KC_INTEGRITY;
+        goto cleanup;
+    }
+    r = KC_OK;
+cleanup:
+    json_decref(o);
+    return r;
+}
+
+/* The newest valid metadata generation on tok. KC_NOT_FOUND when there is
+ * none; the note says why when objects were there but none was valid. */
+static kc_rc read_meta(kc_tok *tok, kc_vault_meta *out, kc_error *err)
+{
+    kc_data_obj *objs = NULL;
+    kc_vault_meta m;
+    kc_error why;
+    size_t n = 0, i;
+    int found = 0;
+    kc_rc r;
+
+    kc_error_clear(&why);
+    r = kc_tok_find_data(tok, KC_VAULT_APPLICATION, KC_VAULT_META_LABEL, &objs, &n, err);
+    if (r != KC_OK)
+        return r;
+    for (i = 0; i < n; i++) {
+        if (kc_vault_meta_decode(objs[i].value, objs[i].len, &m, &why) != KC_OK)
+            continue;
+        if (!found || m.generation > out->generation) {
+            *out = m;
+            found = 1;
+        }
+    }
+    kc_p11_data_objs_free(objs, n);
+    if (found)
+        return KC_OK;
+    if (n > 0)
+        return kc_error_set(err, KC_INTEGRITY, "token '%s' has vault metadata, but none is "
+                            "valid: %s", kc_tok_info_get(tok)->label, why.msg);
+    return kc_error_set(err, KC_NOT_FOUND, "token '%s' is not a keycustody vault",
+                        kc_tok_info_get(tok)->label);
+}
+
+/* Writes m as the next generation, then removes the older ones. A crash in
+ * between leaves two generations; readers take the newer. */
+static kc_rc write_meta(kc_tok *tok, kc_vault_meta *m, kc_error *err)
+{
+    kc_data_obj *objs = NULL;
+    kc_vault_meta old;
+    kc_obj created = 0;
+    kc_error ignored;
+    char *json = NULL;
+    size_t n = 0, i;
+    unsigned long top = 0;
+    kc_rc r;
+
+    r = kc_tok_find_data(tok, KC_VAULT_APPLICATION, KC_VAULT_META_LABEL, &objs, &n, err);
+    if (r != KC_OK)
+        goto cleanup;
+    for (i = 0; i < n; i++)
+        if (kc_vault_meta_decode(objs[i].value, objs[i].len, &old, &ignored) == KC_OK &&
+            old.generation > top)
+            top = old.generation;
+    m->generation = top + 1;
+    r = kc_vault_meta_encode(m, &json, err);
+    if (r != KC_OK)
+        goto cleanup;
+    r = kc_tok_create_data(tok, KC_VAULT_APPLICATION, KC_VAULT_META_LABEL, json, strlen(json), 0,
+                           &created, err);
+    if (r != KC_OK)
+        goto cleanup;
+    for (i = 0; i < n; i++) {
+        r = kc_tok_destroy(tok, objs[i].handle, err);
+        if (r != KC_OK) {
+            kc_error_prefix(err, "cannot remove an older generation of the vault metadata");
+            goto cleanup;
+        }
+    }
+    r = KC_OK;
+cleanup:
+    free(json);
+    kc_p11_data_objs_free(objs, n);
+    return r;
+}
+
+static kc_rc vault_new(kc_ctx *ctx, kc_tok *tok, const kc_vault_meta *m, kc_vault **out,
+                       kc_error *err)
+{
+    kc_vault *v = calloc(1, sizeof(*v));
+
+    if (v == NULL)
+        return kc_error_set(err, KC_ERR, "out of memory");
+    v->ctx = ctx;
+    v->tok = tok;
+    v->meta = *m;
+    *out = v;
+    return KC_OK;
+}
+
+void kc_vault_free(kc_vault *v)
+{
+    free(v);
+}
+
+kc_rc kc_vault_open(kc_ctx *ctx, const char *name_or_uri, kc_vault **out, kc_error *err)
+{
+    kc_vault_meta m;
+    kc_tok *tok = NULL;
+    kc_rc r;
+
+    *out = NULL;
+    r = kc_p11_token(ctx->p11, name_or_uri, &tok, err);
+    if (r == KC_OK)
+        r = read_meta(tok, &m, err);
+    if (r == KC_NOT_FOUND && tok != NULL)
+        kc_error_hint(err, "make it one with 'keycustody vault init %s --subscription ID "
+                           "--region REGION'", kc_tok_info_get(tok)->label);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot open vault '%s'", name_or_uri);
+    if (strcmp(m.name, kc_tok_info_get(tok)->label) != 0)
+        return kc_error_set(err, KC_INTEGRITY, "token '%s' holds the metadata of vault '%s'",
+                            kc_tok_info_get(tok)->label, m.name);
+    return vault_new(ctx, tok, &m, out, err);
+}
+
+static kc_rc init_free_token(kc_ctx *ctx, const kc_vault_meta *want, const char *token_uri,
+                             kc_tok **out, kc_error *err)
+{
+    kc_secret *so = NULL, *user = NULL;
+    kc_tok *tok = NULL;
+    kc_rc r;
+
+    r = kc_p11_free_token(ctx->p11, token_uri, &tok, err);
+    if (r != KC_OK)
+        goto cleanup;
+    r = kc_ctx_pin(ctx, want->name, KC_PIN_NEW_SO, &so, err);
+    if (r == KC_OK)
+        r = kc_ctx_pin(ctx, want->name, KC_PIN_NEW_USER, &user, err);
+    if (r != KC_OK)
+        goto cleanup;
+    r = kc_tok_initialize(tok, want->name, so, user, err);
+    if (r != KC_OK)
+        goto cleanup;
+    *out = tok;
+cleanup:
+    kc_secret_free(so);
+    kc_secret_free(user);
+    return r;
+}
+
+kc_rc kc_vault_init(kc_ctx *ctx, const kc_vault_meta *want, const char *token_uri,
+                    kc_vault **out, int *adopted, kc_error *err)
+{
+    kc_vault_meta m = *want, existing;
+    kc_tok *tok = NULL;
+    time_t now;
+    kc_error lookup;
+    kc_rc r;
+
+    *out = NULL;
+    *adopted = 0;
+    r = kc_vault_check_meta(want, err);
+    if (r != KC_OK)
+        return r;
+    r = kc_clock_now(&now, err);
+    if (r != KC_OK)
+        return r;
+    kc_time_format_rfc3339(now, m.created);
+    memcpy(m.updated, m.created, sizeof(m.updated));
+    m.schema = KC_VAULT_SCHEMA;
+
+    r = kc_p11_token(ctx->p11, want->name, &tok, &lookup);
+    if (r == KC_OK) {
+        if (token_uri != NULL)
+            return kc_error_set(err, KC_CONFLICT, "a token labelled '%s' exists already; "
+                                "--token selects a free token to initialise", want->name);
+        r = read_meta(tok, &existing, err);
+        if (r == KC_OK) {
+            kc_error_set(err, KC_CONFLICT, "vault '%s' is already initialised (subscription "
+                         "'%s', region '%s')", want->name, existing.subscription,
+                         existing.region);
+            kc_error_hint(err, "see it with 'keycustody vault show %s'", want->name);
+            return KC_CONFLICT;
+        }
+        if (r != KC_NOT_FOUND)
+            return kc_error_prefix(err, "cannot adopt token '%s'", want->name);
+        r = kc_ctx_login(ctx, tok, err);
+        if (r != KC_OK)
+            return kc_error_prefix(err, "cannot adopt token '%s'", want->name);
+        *adopted = 1;
+    } else if (r == KC_NOT_FOUND) {
+        r = init_free_token(ctx, want, token_uri, &tok, err);
+        if (r != KC_OK)
+            return kc_error_prefix(err, "cannot initialise vault '%s'", want->name);
+    } else {
+        *err = lookup;
+        return r;
+    }
+    r = write_meta(tok, &m, err);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot write the metadata of vault '%s'", want->name);
+    return vault_new(ctx, tok, &m, out, err);
+}
+
+kc_rc kc_vault_list(kc_ctx *ctx, kc_vault_entry **out, size_t *n, kc_error *err)
+{
+    kc_tok_info *toks = NULL;
+    kc_vault_entry *v = NULL;
+    kc_tok *tok = NULL;
+    kc_error why;
+    size_t count = 0, i;
+    kc_rc r;
+
+    *out = NULL;
+    *n = 0;
+    r = kc_p11_list_tokens(ctx->p11, &toks, &count, err);
+    if (r != KC_OK)
+        return r;
+    v = calloc(count + 1, sizeof(*v));
+    if (v == NULL) {
+        free(toks);
+        return kc_error_set(err, KC_ERR, "out of memory");
+    }
+    for (i = 0; i < count; i++) {
+        v[i].token = toks[i];
+        if (!toks[i].initialized) {
+            snprintf(v[i].note, sizeof(v[i].note), "free token, not initialised");
+            continue;
+        }
+        kc_error_clear(&why);
+        /* By URI, so two tokens with one label are still told apart. */
+        if (kc_p11_token(ctx->p11, toks[i].uri, &tok, &why) == KC_OK &&
+            read_meta(tok, &v[i].meta, &why) == KC_OK) {
+            v[i].is_vault = strcmp(v[i].meta.name, toks[i].label) == 0;
+            if (!v[i].is_vault)
+                snprintf(v[i].note, sizeof(v[i].note), "holds the metadata of vault '%s'",
+                         v[i].meta.name);
+        } else if (why.code != KC_NOT_FOUND) {
+            kc_error_format(&why, v[i].note, sizeof(v[i].note));
+        }
+    }
+    free(toks);
+    *out = v;
+    *n = count;
+    return KC_OK;
+}

@@ -1,0 +1,79 @@
+/* Vaults: a PKCS#11 token that carries keycustody's vault metadata.
+ *
+ * The vault name is the token label. The metadata (subscription, region, SKU,
+ * soft-delete retention, purge protection) is a versioned JSON document in a
+ * public CKO_DATA object of application "keycustody", so that `vault list`
+ * can tell vaults from other tokens without any PIN. SoftHSM cannot change a
+ * CKO_DATA value in place, so every update writes a new generation first and
+ * then removes the older ones; readers take the newest generation that parses. */
+#ifndef KC_VAULT_H
+#define KC_VAULT_H
+
+#include "kc_ctx.h"
+
+#define KC_VAULT_APPLICATION "keycustody"
+#define KC_VAULT_META_LABEL "keycustody-vault"
+#define KC_VAULT_SCHEMA 1
+
+typedef enum kc_sku { KC_SKU_PREMIUM = 0, KC_SKU_STANDARD = 1 } kc_sku;
+
+typedef struct kc_vault_meta {
+    unsigned schema;
+    unsigned long generation;
+    char name[25];
+    char subscription[65];
+    char region[33];
+    kc_sku sku;
+    unsigned retention_days;  /* soft-delete retention, 7..90 */
+    int purge_protection;
+    char created[21];         /* RFC 3339 UTC */
+    char updated[21];
+} kc_vault_meta;
+
+typedef struct kc_vault {
+    kc_ctx *ctx;
+    kc_tok *tok;              /* owned by ctx->p11 */
+    kc_vault_meta meta;
+} kc_vault;
+
+/* One token as `vault list` sees it. */
+typedef struct kc_vault_entry {
+    kc_tok_info token;
+    int is_vault;             /* metadata found and valid */
+    kc_vault_meta meta;
+    char note[256];           /* why a token is not a vault, when it is interesting */
+} kc_vault_entry;
+
+/* Vault names: 3-24 characters, letters, digits and '-', starting with a
+ * letter, ending with a letter or digit, no "--" (Key Vault's rule). */
+KC_EXPORT kc_rc kc_vault_check_name(const char *name, kc_error *err) KC_MUST_CHECK;
+/* Subscription ids and regions as the metadata accepts them. */
+KC_EXPORT kc_rc kc_vault_check_meta(const kc_vault_meta *m, kc_error *err) KC_MUST_CHECK;
+
+KC_EXPORT const char *kc_sku_name(kc_sku sku);
+KC_EXPORT int kc_sku_parse(const char *s, kc_sku *out);
+
+/* Makes the vault want->name: adopts an initialised token labelled so (after
+ * logging in), or initialises a free token (token_uri selects one; NULL: the
+ * first free token) with a new SO PIN and user PIN. Writes the metadata.
+ * *adopted tells which happened. A token that already is a vault: KC_CONFLICT. */
+KC_EXPORT kc_rc kc_vault_init(kc_ctx *ctx, const kc_vault_meta *want, const char *token_uri,
+                              kc_vault **out, int *adopted, kc_error *err) KC_MUST_CHECK;
+
+/* Opens the vault by name or token URI; KC_NOT_FOUND when the token is not a
+ * keycustody vault. Does not log in. */
+KC_EXPORT kc_rc kc_vault_open(kc_ctx *ctx, const char *name_or_uri, kc_vault **out,
+                              kc_error *err) KC_MUST_CHECK;
+KC_EXPORT void kc_vault_free(kc_vault *v);
+
+/* Every visible token, with its vault metadata where it has some. */
+KC_EXPORT kc_rc kc_vault_list(kc_ctx *ctx, kc_vault_entry **out, size_t *n,
+                              kc_error *err) KC_MUST_CHECK;
+
+/* Metadata <-> JSON text (the on-token format). decode checks every field. */
+KC_EXPORT kc_rc kc_vault_meta_encode(const kc_vault_meta *m, char **out,
+                                     kc_error *err) KC_MUST_CHECK;
+KC_EXPORT kc_rc kc_vault_meta_decode(const unsigned char *buf, size_t len, kc_vault_meta *m,
+                                     kc_error *err) KC_MUST_CHECK;
+
+#endif

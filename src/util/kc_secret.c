@@ -1,0 +1,247 @@
+#include "kc_secret.h"
+
+#include <openssl/crypto.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+kc_secret *kc_secret_new(size_t cap)
+{
+    kc_secret *s = NULL;
+
+    s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    s->data = calloc(1, cap + 1);
+    if (s->data == NULL) {
+        free(s);
+        return NULL;
+    }
+    s->cap = cap;
+    /* Locking can fail under RLIMIT_MEMLOCK; the wipe on release still holds. */
+    (void)mlock(s->data, cap + 1);
+    return s;
+}
+
+kc_secret *kc_secret_dup(const void *p, size_t len)
+{
+    kc_secret *s = kc_secret_new(len);
+
+    if (s == NULL)
+        return NULL;
+    memcpy(s->data, p, len);
+    s->len = len;
+    return s;
+}
+
+void kc_secret_free(kc_secret *s)
+{
+    if (s == NULL)
+        return;
+    if (s->data != NULL) {
+        OPENSSL_cleanse(s->data, s->cap + 1);
+        (void)munlock(s->data, s->cap + 1);
+        free(s->data);
+    }
+    OPENSSL_cleanse(s, sizeof(*s));
+    free(s);
+}
+
+int kc_secret_source_is_valid(const char *source)
+{
+    if (source == NULL)
+        return 0;
+    if (strncmp(source, "env:", 4) == 0)
+        return source[4] != '\0';
+    if (strncmp(source, "file:", 5) == 0)
+        return source[5] != '\0';
+    return 0;
+}
+
+static void trim_newline(kc_secret *s)
+{
+    while (s->len > 0 && (s->data[s->len - 1] == '\n' || s->data[s->len - 1] == '\r')) {
+        s->len--;
+        s->data[s->len] = '\0';
+    }
+}
+
+static kc_rc from_env(const char *name, kc_secret **out, kc_error *err)
+{
+    const char *v = getenv(name);
+    size_t n;
+
+    if (v == NULL)
+        return kc_error_set(err, KC_USAGE, "environment variable '%s' is not set", name);
+    n = strlen(v);
+    if (n == 0)
+        return kc_error_set(err, KC_USAGE, "environment variable '%s' is empty", name);
+    if (n > KC_SECRET_PIN_MAX)
+        return kc_error_set(err, KC_USAGE,
+                            "environment variable '%s' holds %zu characters; a PIN has at most %d",
+                            name, n, KC_SECRET_PIN_MAX);
+    *out = kc_secret_dup(v, n);
+    if (*out == NULL)
+        return kc_error_set(err, KC_ERR, "out of memory");
+    return KC_OK;
+}
+
+static kc_rc from_file(const char *path, kc_secret **out, kc_error *err)
+{
+    kc_secret *s = NULL;
+    struct stat st;
+    ssize_t n;
+    int fd = -1;
+    kc_rc r = KC_ERR;
+
+    fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+        if (errno == ELOOP) {
+            r = kc_error_set(err, KC_DENIED, "PIN file '%s' is a symbolic link", path);
+            kc_error_hint(err, "name the file itself, not a link to it");
+        } else {
+            r = kc_error_set(err, errno == ENOENT ? KC_NOT_FOUND : KC_ERR,
+                             "cannot open PIN file '%s': %s", path, strerror(errno));
+        }
+        goto cleanup;
+    }
+    if (fstat(fd, &st) != 0) {
+        r = kc_error_set(err, KC_ERR, "cannot stat PIN file '%s': %s", path, strerror(errno));
+        goto cleanup;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        r = kc_error_set(err, KC_DENIED, "PIN file '%s' is not a regular file", path);
+        goto cleanup;
+    }
+    if (st.st_uid != geteuid()) {
+        r = kc_error_set(err, KC_DENIED, "PIN file '%s' is owned by uid %u, not by you (uid %u)",
+                         path, (unsigned)st.st_uid, (unsigned)geteuid());
+        kc_error_hint(err, "a PIN file must belong to the user who runs keycustody");
+        goto cleanup;
+    }
+    if ((st.st_mode & 077) != 0) {
+        r = kc_error_set(err, KC_DENIED, "PIN file '%s' has mode %04o; it must be 0600 or stricter",
+                         path, (unsigned)(st.st_mode & 07777));
+        kc_error_hint(err, "run: chmod 600 '%s'", path);
+        goto cleanup;
+    }
+    s = kc_secret_new(KC_SECRET_PIN_MAX + 2);
+    if (s == NULL) {
+        r = kc_error_set(err, KC_ERR, "out of memory");
+        goto cleanup;
+    }
+    for (;;) {
+        n = read(fd, s->data + s->len, s->cap - s->len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            r = kc_error_set(err, KC_ERR, "cannot read PIN file '%s': %s", path, strerror(errno));
+            goto cleanup;
+        }
+        if (n == 0)
+            break;
+        s->len += (size_t)n;
+        if (s->len == s->cap)
+            break;
+    }
+    trim_newline(s);
+    if (s->len > KC_SECRET_PIN_MAX) {
+        r = kc_error_set(err, KC_USAGE, "PIN file '%s' holds more than %d characters", path,
+                         KC_SECRET_PIN_MAX);
+        goto cleanup;
+    }
+    if (s->len == 0) {
+        r = kc_error_set(err, KC_USAGE, "PIN file '%s' is empty", path);
+        goto cleanup;
+    }
+    *out = s;
+    s = NULL;
+    r = KC_OK;
+cleanup:
+    kc_secret_free(s);
+    if (fd >= 0)
+        close(fd);
+    return r;
+}
+
+kc_rc kc_secret_from_source(const char *source, kc_secret **out, kc_error *err)
+{
+    *out = NULL;
+    if (!kc_secret_source_is_valid(source)) {
+        /* Never echo the value: a user who typed a PIN here must not see it in a log. */
+        kc_error_set(err, KC_USAGE, "the PIN source given is neither env:NAME nor file:PATH");
+        kc_error_hint(err, "use env:NAME or file:PATH; a PIN itself is never accepted on the "
+                           "command line");
+        return KC_USAGE;
+    }
+    if (strncmp(source, "env:", 4) == 0)
+        return from_env(source + 4, out, err);
+    return from_file(source + 5, out, err);
+}
+
+kc_rc kc_secret_read_file(const char *path, size_t max, kc_secret **out, kc_error *err)
+{
+    kc_secret *s = NULL;
+    struct stat st;
+    ssize_t n;
+    int fd;
+    kc_rc r = KC_ERR;
+
+    *out = NULL;
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0)
+        return kc_error_set(err, errno == ENOENT ? KC_NOT_FOUND : KC_ERR, "cannot open '%s': %s",
+                            path, strerror(errno));
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        r = kc_error_set(err, KC_USAGE, "'%s' is not a regular file", path);
+        goto cleanup;
+    }
+    if (st.st_size <= 0 || (size_t)st.st_size > max) {
+        r = kc_error_set(err, KC_USAGE, "'%s' holds %lld bytes; 1 to %zu are accepted", path,
+                         (long long)st.st_size, max);
+        goto cleanup;
+    }
+    s = kc_secret_new((size_t)st.st_size);
+    if (s == NULL) {
+        r = kc_error_set(err, KC_ERR, "out of memory");
+        goto cleanup;
+    }
+    while (s->len < s->cap) {
+        n = read(fd, s->data + s->len, s->cap - s->len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        s->len += (size_t)n;
+    }
+    if (s->len != s->cap) {
+        r = kc_error_set(err, KC_ERR, "'%s' changed while it was read", path);
+        goto cleanup;
+    }
+    *out = s;
+    s = NULL;
+    r = KC_OK;
+cleanup:
+    kc_secret_free(s);
+    close(fd);
+    return r;
+}
+
+int kc_secret_harden_process(void)
+{
+    struct rlimit rl = {0, 0};
+    int r = 0;
+
+    if (setrlimit(RLIMIT_CORE, &rl) != 0)
+        r = -1;
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
+        r = -1;
+    return r;
+}

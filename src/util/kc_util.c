@@ -1,0 +1,305 @@
+#include "kc_util.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+void kc_hex_encode(const unsigned char *in, size_t len, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    size_t i;
+
+    for (i = 0; i < len; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 15];
+    }
+    out[2 * len] = '\0';
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int kc_hex_decode(const char *s, unsigned char *out, size_t cap, size_t *len)
+{
+    size_t n = strlen(s), i;
+
+    if (n % 2 != 0 || n / 2 > cap)
+        return -1;
+    for (i = 0; i < n / 2; i++) {
+        int hi = hexval(s[2 * i]), lo = hexval(s[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return -1;
+        out[i] = (unsigned char)(hi << 4 | lo);
+    }
+    *len = n / 2;
+    return 0;
+}
+
+char *kc_b64url_encode(const unsigned char *in, size_t len)
+{
+    char *out = malloc(4 * ((len + 2) / 3) + 1);
+    size_t n, i;
+
+    if (out == NULL)
+        return NULL;
+    n = (size_t)EVP_EncodeBlock((unsigned char *)out, in, (int)len);
+    while (n > 0 && out[n - 1] == '=')
+        n--;
+    out[n] = '\0';
+    for (i = 0; i < n; i++) {
+        if (out[i] == '+')
+            out[i] = '-';
+        else if (out[i] == '/')
+            out[i] = '_';
+    }
+    return out;
+}
+
+unsigned char *kc_b64url_decode(const char *s, size_t *len)
+{
+    size_t n = strlen(s), i, pad;
+    char *std = NULL;
+    unsigned char *out = NULL;
+    int got;
+
+    if (n % 4 == 1)
+        return NULL;
+    pad = (4 - n % 4) % 4;
+    std = malloc(n + pad + 1);
+    out = malloc(n + 3);
+    if (std == NULL || out == NULL)
+        goto fail;
+    for (i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '-')
+            c = '+';
+        else if (c == '_')
+            c = '/';
+        else if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')))
+            goto fail;
+        std[i] = c;
+    }
+    memset(std + n, '=', pad);
+    std[n + pad] = '\0';
+    got = EVP_DecodeBlock(out, (unsigned char *)std, (int)(n + pad));
+    if (got < 0)
+        goto fail;
+    free(std);
+    *len = (size_t)got - pad;
+    return out;
+fail:
+    free(std);
+    free(out);
+    return NULL;
+}
+
+int kc_time_parse_rfc3339(const char *s, time_t *out)
+{
+    struct tm tm;
+    const char *rest;
+    long off = 0;
+
+    memset(&tm, 0, sizeof(tm));
+    rest = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (rest == NULL)
+        return -1;
+    if (*rest == '.') { /* fractional seconds are accepted and dropped */
+        rest++;
+        while (*rest >= '0' && *rest <= '9')
+            rest++;
+    }
+    if (strcmp(rest, "Z") == 0 || strcmp(rest, "z") == 0) {
+        off = 0;
+    } else if ((rest[0] == '+' || rest[0] == '-') && strlen(rest) == 6 && rest[3] == ':') {
+        int hh = atoi(rest + 1), mm = atoi(rest + 4);
+        off = (hh * 60L + mm) * 60L * (rest[0] == '-' ? -1 : 1);
+    } else {
+        return -1;
+    }
+    *out = timegm(&tm) - off;
+    return 0;
+}
+
+void kc_time_format_rfc3339(time_t t, char out[21])
+{
+    struct tm tm;
+
+    gmtime_r(&t, &tm);
+    strftime(out, 21, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+kc_rc kc_clock_now(time_t *out, kc_error *err)
+{
+    const char *v = getenv("KEYCUSTODY_NOW");
+
+    if (v == NULL || *v == '\0') {
+        *out = time(NULL);
+        return KC_OK;
+    }
+    if (kc_time_parse_rfc3339(v, out) != 0)
+        return kc_error_set(err, KC_USAGE, "KEYCUSTODY_NOW='%s' is not an RFC 3339 time "
+                                           "(e.g. 2027-01-31T12:00:00Z)", v);
+    return KC_OK;
+}
+
+int kc_date_parse(const char *s, char out[9])
+{
+    struct tm tm, back;
+    time_t t;
+
+    if (strlen(s) != 10 || s[4] != '-' || s[7] != '-')
+        return -1;
+    memset(&tm, 0, sizeof(tm));
+    if (strptime(s, "%Y-%m-%d", &tm) == NULL)
+        return -1;
+    tm.tm_hour = 12;
+    t = timegm(&tm);
+    gmtime_r(&t, &back);
+    /* strptime takes 2026-02-30; a round trip through timegm does not. */
+    if (back.tm_mday != tm.tm_mday || back.tm_mon != tm.tm_mon || back.tm_year != tm.tm_year)
+        return -1;
+    memcpy(out, s, 4);
+    memcpy(out + 4, s + 5, 2);
+    memcpy(out + 6, s + 8, 2);
+    out[8] = '\0';
+    return 0;
+}
+
+void kc_date_format(const char *d, char out[11])
+{
+    if (d == NULL || strlen(d) != 8) {
+        out[0] = '\0';
+        return;
+    }
+    snprintf(out, 11, "%.4s-%.2s-%.2s", d, d + 4, d + 6);
+}
+
+kc_rc kc_date_today(char out[9], kc_error *err)
+{
+    struct tm tm;
+    time_t now;
+    kc_rc r = kc_clock_now(&now, err);
+
+    if (r != KC_OK)
+        return r;
+    gmtime_r(&now, &tm);
+    strftime(out, 9, "%Y%m%d", &tm);
+    return KC_OK;
+}
+
+kc_rc kc_file_read(const char *path, size_t max, unsigned char **out, size_t *len, kc_error *err)
+{
+    unsigned char *buf = NULL;
+    struct stat st;
+    size_t got = 0;
+    ssize_t n;
+    int fd;
+    kc_rc r = KC_ERR;
+
+    *out = NULL;
+    *len = 0;
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0)
+        return kc_error_set(err, errno == ENOENT ? KC_NOT_FOUND : KC_ERR, "cannot open '%s': %s",
+                            path, strerror(errno));
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        r = kc_error_set(err, KC_ERR, "'%s' is not a regular file", path);
+        goto cleanup;
+    }
+    if ((size_t)st.st_size > max) {
+        r = kc_error_set(err, KC_ERR, "'%s' is %lld bytes; at most %zu are accepted", path,
+                         (long long)st.st_size, max);
+        goto cleanup;
+    }
+    buf = malloc((size_t)st.st_size + 1);
+    if (buf == NULL) {
+        r = kc_error_set(err, KC_ERR, "out of memory");
+        goto cleanup;
+    }
+    while (got < (size_t)st.st_size) {
+        n = read(fd, buf + got, (size_t)st.st_size - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    buf[got] = 0;
+    *out = buf;
+    *len = got;
+    buf = NULL;
+    r = KC_OK;
+cleanup:
+    free(buf);
+    close(fd);
+    return r;
+}
+
+kc_rc kc_file_write(const char *path, const void *data, size_t len, unsigned mode,
+                    int overwrite, kc_error *err)
+{
+    char tmp[4096];
+    const unsigned char *p = data;
+    size_t done = 0;
+    ssize_t n;
+    int fd = -1;
+    kc_rc r = KC_ERR;
+    struct stat st;
+
+    if (!overwrite && lstat(path, &st) == 0) {
+        kc_error_set(err, KC_CONFLICT, "'%s' already exists; not overwriting it", path);
+        kc_error_hint(err, "choose another file, or remove this one first");
+        return KC_CONFLICT;
+    }
+    if (snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof(tmp))
+        return kc_error_set(err, KC_USAGE, "path too long: '%s'", path);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, (mode_t)mode);
+    if (fd < 0)
+        return kc_error_set(err, KC_ERR, "cannot create '%s': %s", tmp, strerror(errno));
+    while (done < len) {
+        n = write(fd, p + done, len - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            r = kc_error_set(err, KC_ERR, "cannot write '%s': %s", tmp, strerror(errno));
+            goto fail;
+        }
+        done += (size_t)n;
+    }
+    if (fsync(fd) != 0) {
+        r = kc_error_set(err, KC_ERR, "cannot sync '%s': %s", tmp, strerror(errno));
+        goto fail;
+    }
+    close(fd);
+    fd = -1;
+    if (!overwrite && lstat(path, &st) == 0) {
+        r = kc_error_set(err, KC_CONFLICT, "'%s' already exists; not overwriting it", path);
+        goto fail;
+    }
+    if (rename(tmp, path) != 0) {
+        r = kc_error_set(err, KC_ERR, "cannot rename '%s' to '%s': %s", tmp, path,
+                         strerror(errno));
+        goto fail;
+    }
+    return KC_OK;
+fail:
+    if (fd >= 0)
+        close(fd);
+    unlink(tmp);
+    return r;
+}
