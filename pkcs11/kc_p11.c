@@ -556,8 +556,11 @@ kc_rc kc_tok_login(kc_tok *t, const kc_secret *pin, kc_error *err)
         rv = CKR_OK; /* another handle of this process holds the login */
     if (rv != CKR_OK) {
         r = kc_p11_fail(err, "C_Login", rv, "cannot log in to vault '%s'", t->info.label);
-        if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED)
+        if (rv == CKR_PIN_INCORRECT)
             explain_pin_flags(t, err);
+        if (rv == CKR_PIN_LOCKED)
+            kc_error_hint(err, "the user PIN of '%s' is locked; its security officer must set "
+                               "a new one (C_InitPIN)", t->info.label);
         if (rv == CKR_USER_PIN_NOT_INITIALIZED)
             kc_error_hint(err, "the token has no user PIN yet; run 'keycustody vault init %s'",
                           t->info.label);
@@ -575,24 +578,40 @@ static void pad_label(unsigned char out[32], const char *label)
     memcpy(out, label, n > 32 ? 32 : n);
 }
 
-kc_rc kc_tok_initialize(kc_tok *t, const char *label, const kc_secret *so_pin,
-                        const kc_secret *user_pin, kc_error *err)
+kc_rc kc_tok_init_token(kc_tok *t, const char *label, const kc_secret *so_pin, kc_error *err)
 {
     unsigned char lab[32];
     CK_RV rv;
-    kc_rc r;
 
     if (t->info.initialized)
         return kc_error_set(err, KC_CONFLICT, "token '%s' is already initialised", t->info.label);
+    if (so_pin->len < t->info.min_pin || so_pin->len > t->info.max_pin) {
+        /* SoftHSM answers a short SO PIN with CKR_PIN_INCORRECT, which misleads. */
+        kc_error_set(err, KC_USAGE, "the new security-officer PIN has %zu characters; the token "
+                     "takes %lu to %lu", so_pin->len, t->info.min_pin, t->info.max_pin);
+        return KC_USAGE;
+    }
     pad_label(lab, label);
     rv = t->f->C_InitToken(t->slot, so_pin->data, so_pin->len, lab);
     if (rv != CKR_OK)
         return kc_p11_fail(err, "C_InitToken", rv, "cannot initialise token as '%s'", label);
     /* SoftHSM keeps the slot id of a token it initialises for the life of the
      * process, so t->slot stays valid until the next C_Initialize. */
-    r = kc_tok_refresh(t, err);
-    if (r != KC_OK)
-        return r;
+    return kc_tok_refresh(t, err);
+}
+
+kc_rc kc_tok_init_pin(kc_tok *t, const kc_secret *so_pin, const kc_secret *user_pin,
+                      kc_error *err)
+{
+    const char *label = t->info.label;
+    CK_RV rv;
+    kc_rc r;
+
+    if (user_pin->len < t->info.min_pin || user_pin->len > t->info.max_pin) {
+        kc_error_set(err, KC_USAGE, "the new user PIN has %zu characters; the token takes %lu "
+                     "to %lu", user_pin->len, t->info.min_pin, t->info.max_pin);
+        return KC_USAGE;
+    }
     r = kc_tok_session(t, err);
     if (r != KC_OK)
         return r;
@@ -603,9 +622,6 @@ kc_rc kc_tok_initialize(kc_tok *t, const char *label, const kc_secret *so_pin,
     rv = t->f->C_InitPIN(t->session, user_pin->data, user_pin->len);
     if (rv != CKR_OK) {
         r = kc_p11_fail(err, "C_InitPIN", rv, "cannot set the user PIN of '%s'", label);
-        if (rv == CKR_PIN_LEN_RANGE)
-            kc_error_hint(err, "the token takes PINs of %lu to %lu characters",
-                          t->info.min_pin, t->info.max_pin);
         (void)t->f->C_Logout(t->session);
         return r;
     }

@@ -139,10 +139,15 @@ KC_EXPORT const kc_tok_info *kc_tok_info_get(const kc_tok *t);
 /* Re-reads the token info (PIN flags change after a failed login). */
 KC_EXPORT kc_rc kc_tok_refresh(kc_tok *t, kc_error *err) KC_MUST_CHECK;
 
-/* C_InitToken with label, then (SO) C_InitPIN with user_pin, then logs the
- * user in. Only for a token that is not initialised. */
-KC_EXPORT kc_rc kc_tok_initialize(kc_tok *t, const char *label, const kc_secret *so_pin,
-                                  const kc_secret *user_pin, kc_error *err) KC_MUST_CHECK;
+/* C_InitToken with label and a new SO PIN. Only for a token that is not
+ * initialised. */
+KC_EXPORT kc_rc kc_tok_init_token(kc_tok *t, const char *label, const kc_secret *so_pin,
+                                  kc_error *err) KC_MUST_CHECK;
+
+/* Logs in as SO, sets the user PIN (C_InitPIN), logs out, and logs the user
+ * in with the new PIN. */
+KC_EXPORT kc_rc kc_tok_init_pin(kc_tok *t, const kc_secret *so_pin, const kc_secret *user_pin,
+                                kc_error *err) KC_MUST_CHECK;
 
 /* Logs the user in (a no-op when already logged in). A refused PIN is
  * KC_DENIED and the message explains the token's PIN-count flags. */

@@ -300,11 +300,31 @@ static kc_rc init_free_token(kc_ctx *ctx, const kc_vault_meta *want, const char 
         r = kc_ctx_pin(ctx, want->name, KC_PIN_NEW_USER, &user, err);
     if (r != KC_OK)
         goto cleanup;
-    r = kc_tok_initialize(tok, want->name, so, user, err);
+    r = kc_tok_init_token(tok, want->name, so, err);
+    if (r == KC_OK)
+        r = kc_tok_init_pin(tok, so, user, err);
     if (r != KC_OK)
         goto cleanup;
     *out = tok;
 cleanup:
+    kc_secret_free(so);
+    kc_secret_free(user);
+    return r;
+}
+
+/* A token initialised without a user PIN (say, an earlier init stopped after
+ * C_InitToken): its SO sets one now. */
+static kc_rc set_user_pin(kc_ctx *ctx, kc_tok *tok, kc_error *err)
+{
+    const char *name = kc_tok_info_get(tok)->label;
+    kc_secret *so = NULL, *user = NULL;
+    kc_rc r;
+
+    r = kc_ctx_pin(ctx, name, KC_PIN_SO, &so, err);
+    if (r == KC_OK)
+        r = kc_ctx_pin(ctx, name, KC_PIN_NEW_USER, &user, err);
+    if (r == KC_OK)
+        r = kc_tok_init_pin(tok, so, user, err);
     kc_secret_free(so);
     kc_secret_free(user);
     return r;
@@ -346,7 +366,8 @@ kc_rc kc_vault_init(kc_ctx *ctx, const kc_vault_meta *want, const char *token_ur
         }
         if (r != KC_NOT_FOUND)
             return kc_error_prefix(err, "cannot adopt token '%s'", want->name);
-        r = kc_ctx_login(ctx, tok, err);
+        r = kc_tok_info_get(tok)->user_pin_initialized ? kc_ctx_login(ctx, tok, err)
+                                                         : set_user_pin(ctx, tok, err);
         if (r != KC_OK)
             return kc_error_prefix(err, "cannot adopt token '%s'", want->name);
         *adopted = 1;

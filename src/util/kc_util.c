@@ -160,17 +160,21 @@ kc_rc kc_clock_now(time_t *out, kc_error *err)
 int kc_date_parse(const char *s, char out[9])
 {
     struct tm tm, back;
+    const char *end;
     time_t t;
 
     if (strlen(s) != 10 || s[4] != '-' || s[7] != '-')
         return -1;
     memset(&tm, 0, sizeof(tm));
-    if (strptime(s, "%Y-%m-%d", &tm) == NULL)
+    end = strptime(s, "%Y-%m-%d", &tm);
+    if (end == NULL || *end != '\0')
         return -1;
-    tm.tm_hour = 12;
-    t = timegm(&tm);
+    back = tm;
+    back.tm_hour = 12;
+    /* strptime takes 2026-02-30; timegm (which normalises its argument in
+     * place) turns it into March 2nd, which tells us. */
+    t = timegm(&back);
     gmtime_r(&t, &back);
-    /* strptime takes 2026-02-30; a round trip through timegm does not. */
     if (back.tm_mday != tm.tm_mday || back.tm_mon != tm.tm_mon || back.tm_year != tm.tm_year)
         return -1;
     memcpy(out, s, 4);

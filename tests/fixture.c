@@ -1,0 +1,262 @@
+#include "fixture.h"
+#include "cli.h"
+#include "kc_p11.h"
+
+#include <CUnit/Basic.h>
+
+#include <openssl/rand.h>
+
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char dir[512];
+static char pathbuf[1024];
+static kc_test_out last;
+
+const char *kc_test_dir(void)
+{
+    return dir;
+}
+
+const char *kc_test_path(const char *name)
+{
+    snprintf(pathbuf, sizeof(pathbuf), "%s/%s", dir, name);
+    return pathbuf;
+}
+
+static void random_pin(const char *var)
+{
+    unsigned char b[8];
+    char pin[32];
+
+    RAND_bytes(b, sizeof(b));
+    snprintf(pin, sizeof(pin), "t%02x%02x%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2], b[3], b[4],
+             b[5], b[6], b[7]);
+    setenv(var, pin, 1);
+}
+
+int kc_test_setup(void)
+{
+    const char *tmp = getenv("TMPDIR");
+    char conf[1024], tokens[1024], line[1024];
+    FILE *in = NULL, *out = NULL;
+    char *at;
+
+    snprintf(dir, sizeof(dir), "%s/keycustody-test-XXXXXX", tmp ? tmp : "/tmp");
+    if (mkdtemp(dir) == NULL)
+        return -1;
+    snprintf(tokens, sizeof(tokens), "%s/tokens", dir);
+    if (mkdir(tokens, 0700) != 0)
+        return -1;
+    snprintf(conf, sizeof(conf), "%s/softhsm2.conf", dir);
+    in = fopen(KC_SOFTHSM_CONF_IN, "r");
+    out = fopen(conf, "w");
+    if (in == NULL || out == NULL)
+        return -1;
+    while (fgets(line, sizeof(line), in) != NULL) {
+        at = strstr(line, "@TOKENDIR@");
+        if (at != NULL) {
+            *at = '\0';
+            fprintf(out, "%s%s%s", line, tokens, at + strlen("@TOKENDIR@"));
+        } else {
+            fputs(line, out);
+        }
+    }
+    fclose(in);
+    fclose(out);
+    setenv("SOFTHSM2_CONF", conf, 1);
+    setenv("KEYCUSTODY_MODULE", KC_SOFTHSM_MODULE, 1);
+    random_pin("TEST_SO_PIN");
+    random_pin("TEST_PIN");
+    unsetenv("KEYCUSTODY_NOW");
+    unsetenv("KEYCUSTODY_PRINCIPAL");
+    return 0;
+}
+
+int kc_test_teardown(void)
+{
+    char cmd[1100];
+
+    kc_p11_fault_disarm();
+    unsetenv("KEYCUSTODY_NOW");
+    if (dir[0] != '\0' && getenv("KC_TEST_KEEP") == NULL) {
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+        if (system(cmd) != 0)
+            return -1;
+    }
+    dir[0] = '\0';
+    return 0;
+}
+
+static char *slurp(FILE *f)
+{
+    long n;
+    char *s;
+
+    fflush(f);
+    n = ftell(f);
+    s = calloc(1, (size_t)(n > 0 ? n : 0) + 1);
+    rewind(f);
+    if (n > 0 && fread(s, 1, (size_t)n, f) != (size_t)n)
+        s[0] = '\0';
+    return s;
+}
+
+const kc_test_out *kc_test_run(const char *first, ...)
+{
+    char *argv[64];
+    int argc = 0;
+    const char *a;
+    va_list ap;
+    FILE *out = tmpfile(), *err = tmpfile();
+
+    free(last.out);
+    free(last.err);
+    argv[argc++] = (char *)"keycustody";
+    va_start(ap, first);
+    for (a = first; a != NULL && argc < 63; a = va_arg(ap, const char *))
+        argv[argc++] = (char *)a;
+    va_end(ap);
+    argv[argc] = NULL;
+    last.rc = kc_cli_main(argc, argv, out, err);
+    last.out = slurp(out);
+    last.err = slurp(err);
+    fclose(out);
+    fclose(err);
+    return &last;
+}
+
+int kc_test_sh(char **output, const char *fmt, ...)
+{
+    static char *buf;
+    char cmd[4096];
+    size_t cap = 1 << 16, n = 0;
+    va_list ap;
+    FILE *p;
+    int st;
+
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    strncat(cmd, " 2>&1", sizeof(cmd) - strlen(cmd) - 1);
+    free(buf);
+    buf = calloc(1, cap);
+    p = popen(cmd, "r");
+    if (p == NULL)
+        return -1;
+    while (n + 1 < cap && (st = (int)fread(buf + n, 1, cap - n - 1, p)) > 0)
+        n += (size_t)st;
+    buf[n] = '\0';
+    st = pclose(p);
+    if (output != NULL)
+        *output = buf;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+void kc_test_vault(const char *name, const char *subscription, const char *region)
+{
+    const kc_test_out *r = kc_test_run("vault", "init", name, "--subscription", subscription,
+                                       "--region", region, "--so-pin-source", "env:TEST_SO_PIN",
+                                       "--pin-source", "env:TEST_PIN", NULL);
+    ASSERT_RC(r, 0);
+}
+
+void kc_test_key(const char *ref, const char *ops)
+{
+    const kc_test_out *r;
+
+    if (ops != NULL)
+        r = kc_test_run("key", "create", ref, "--size", "2048", "--ops", ops, "--pin-source",
+                        "env:TEST_PIN", NULL);
+    else
+        r = kc_test_run("key", "create", ref, "--size", "2048", "--pin-source", "env:TEST_PIN",
+                        NULL);
+    ASSERT_RC(r, 0);
+}
+
+void kc_test_write(const char *path, const void *data, size_t len, unsigned mode)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, mode);
+
+    CU_ASSERT_FATAL(fd >= 0);
+    CU_ASSERT_FATAL(write(fd, data, len) == (ssize_t)len);
+    CU_ASSERT_FATAL(fchmod(fd, mode) == 0);
+    close(fd);
+}
+
+unsigned char *kc_test_read(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    unsigned char *buf;
+    long n;
+
+    if (f == NULL)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    n = ftell(f);
+    rewind(f);
+    buf = malloc((size_t)n + 1);
+    *len = fread(buf, 1, (size_t)n, f);
+    buf[*len] = 0;
+    fclose(f);
+    return buf;
+}
+
+int kc_test_contains(const char *haystack, const char *needle)
+{
+    if (haystack != NULL && strstr(haystack, needle) != NULL)
+        return 1;
+    fprintf(stderr, "\n  expected to find: %s\n  in: %s\n", needle, haystack ? haystack : "(null)");
+    return 0;
+}
+
+static void setup_each(void)
+{
+    if (kc_test_setup() != 0) {
+        perror("test setup: cannot make a token directory");
+        abort();
+    }
+}
+
+static void teardown_each(void)
+{
+    (void)kc_test_teardown();
+}
+
+int kc_test_main(int argc, char **argv, const kc_test_suite *suites)
+{
+    const kc_test_suite *s;
+    const kc_test_case *c;
+    CU_pSuite suite;
+    unsigned failed;
+    int matched = 0;
+
+    if (CU_initialize_registry() != CUE_SUCCESS)
+        return 2;
+    for (s = suites; s->name != NULL; s++) {
+        if (argc > 1 && strcmp(argv[1], s->name) != 0)
+            continue;
+        matched = 1;
+        suite = s->tokens ? CU_add_suite_with_setup_and_teardown(s->name, NULL, NULL, setup_each,
+                                                                 teardown_each)
+                          : CU_add_suite(s->name, NULL, NULL);
+        for (c = s->cases; c->name != NULL; c++)
+            CU_add_test(suite, c->name, c->fn);
+    }
+    if (!matched) {
+        fprintf(stderr, "no suite named '%s'\n", argv[1]);
+        CU_cleanup_registry();
+        return 2;
+    }
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    CU_basic_run_tests();
+    /* CU_basic_run_tests() returns success even when tests failed. */
+    failed = CU_get_number_of_tests_failed() + CU_get_number_of_suites_failed();
+    CU_cleanup_registry();
+    return failed != 0 ? 1 : 0;
+}

@@ -1,0 +1,716 @@
+/* Library-level tests against SoftHSM, and the measured SoftHSM 2.6.1
+ * behaviours the code depends on ("facts"): if a module upgrade changes one,
+ * a test here fails and points at the code that relies on it. */
+#include "fixture.h"
+#include "kc_key.h"
+#include "kc_util.h"
+#include "kc_vault.h"
+
+/* Tests may speak PKCS#11 directly to check the module itself. */
+#include <p11-kit/p11-kit.h>
+#include <p11-kit/pkcs11.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+/* --- raw PKCS#11 for the facts --- */
+
+static CK_FUNCTION_LIST *F;
+static CK_SLOT_ID SLOT;
+static CK_SESSION_HANDLE S;
+static CK_BBOOL T = CK_TRUE, FA = CK_FALSE;
+
+static int free_slot(CK_SLOT_ID *out)
+{
+    CK_SLOT_ID slots[16];
+    CK_ULONG n = 16, i;
+    CK_TOKEN_INFO ti;
+
+    if (F->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
+        return 0;
+    for (i = 0; i < n; i++)
+        if (F->C_GetTokenInfo(slots[i], &ti) == CKR_OK && !(ti.flags & CKF_TOKEN_INITIALIZED)) {
+            *out = slots[i];
+            return 1;
+        }
+    return 0;
+}
+
+static void raw_open(void)
+{
+    const char *so = getenv("TEST_SO_PIN"), *pin = getenv("TEST_PIN");
+    unsigned char label[32];
+    CK_TOKEN_INFO ti;
+
+    F = p11_kit_module_load(KC_SOFTHSM_MODULE, 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(F);
+    CU_ASSERT_EQUAL_FATAL(p11_kit_module_initialize(F), CKR_OK);
+    CU_ASSERT_FATAL(free_slot(&SLOT));
+    memset(label, ' ', 32);
+    memcpy(label, "facts", 5);
+    CU_ASSERT_EQUAL_FATAL(F->C_InitToken(SLOT, (CK_UTF8CHAR *)so, strlen(so), label), CKR_OK);
+    /* Fact: the slot id of a token initialised in this process stays valid. */
+    CU_ASSERT_EQUAL_FATAL(F->C_GetTokenInfo(SLOT, &ti), CKR_OK);
+    CU_ASSERT_EQUAL(memcmp(ti.label, "facts ", 6), 0);
+    CU_ASSERT_EQUAL_FATAL(F->C_OpenSession(SLOT, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
+                                           &S), CKR_OK);
+    CU_ASSERT_EQUAL_FATAL(F->C_Login(S, CKU_SO, (CK_UTF8CHAR *)so, strlen(so)), CKR_OK);
+    CU_ASSERT_EQUAL_FATAL(F->C_InitPIN(S, (CK_UTF8CHAR *)pin, strlen(pin)), CKR_OK);
+    CU_ASSERT_EQUAL_FATAL(F->C_Logout(S), CKR_OK);
+    CU_ASSERT_EQUAL_FATAL(F->C_Login(S, CKU_USER, (CK_UTF8CHAR *)pin, strlen(pin)), CKR_OK);
+}
+
+static void raw_close(void)
+{
+    F->C_CloseSession(S);
+    p11_kit_module_finalize(F);
+    p11_kit_module_release(F);
+}
+
+static void raw_rsa(CK_OBJECT_HANDLE *pub, CK_OBJECT_HANDLE *priv)
+{
+    CK_ULONG bits = 2048;
+    CK_MECHANISM m = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
+    CK_ATTRIBUTE pt[] = {{CKA_TOKEN, &T, 1}, {CKA_MODULUS_BITS, &bits, sizeof(bits)},
+                         {CKA_WRAP, &T, 1}, {CKA_ENCRYPT, &T, 1}};
+    CK_ATTRIBUTE vt[] = {{CKA_TOKEN, &T, 1}, {CKA_PRIVATE, &T, 1}, {CKA_UNWRAP, &T, 1},
+                         {CKA_DECRYPT, &T, 1}};
+
+    CU_ASSERT_EQUAL_FATAL(F->C_GenerateKeyPair(S, &m, pt, 4, vt, 4, pub, priv), CKR_OK);
+}
+
+static CK_ULONG count_objects(void)
+{
+    CK_OBJECT_HANDLE h[256];
+    CK_ULONG n = 0;
+
+    F->C_FindObjectsInit(S, NULL, 0);
+    F->C_FindObjects(S, h, 256, &n);
+    F->C_FindObjectsFinal(S);
+    return n;
+}
+
+/* kc_p11_obj.c falls back from SHA-256 to SHA-1 on this answer. */
+static void fact_oaep_sha256_refused(void)
+{
+    CK_OBJECT_HANDLE pub, priv;
+    CK_RSA_PKCS_OAEP_PARAMS p256 = {CKM_SHA256, CKG_MGF1_SHA256, CKZ_DATA_SPECIFIED, NULL, 0};
+    CK_RSA_PKCS_OAEP_PARAMS p1 = {CKM_SHA_1, CKG_MGF1_SHA1, CKZ_DATA_SPECIFIED, NULL, 0};
+    CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &p256, sizeof(p256)};
+
+    raw_open();
+    raw_rsa(&pub, &priv);
+    CU_ASSERT_EQUAL(F->C_EncryptInit(S, &m, pub), CKR_ARGUMENTS_BAD);
+    m.pParameter = &p1;
+    CU_ASSERT_EQUAL(F->C_EncryptInit(S, &m, pub), CKR_OK);
+    raw_close();
+}
+
+/* Dates are kept on the public key only (kc_p11_obj.c read_key). */
+static void fact_private_dates_unreadable(void)
+{
+    CK_OBJECT_HANDLE pub, priv;
+    CK_DATE d = {{'2', '0', '3', '0'}, {'0', '1'}, {'0', '1'}}, back;
+    CK_ATTRIBUTE set = {CKA_END_DATE, &d, sizeof(d)}, get = {CKA_END_DATE, &back, sizeof(back)};
+
+    raw_open();
+    raw_rsa(&pub, &priv);
+    CU_ASSERT_EQUAL(F->C_SetAttributeValue(S, priv, &set, 1), CKR_OK);
+    CU_ASSERT_EQUAL(F->C_GetAttributeValue(S, priv, &get, 1), CKR_GENERAL_ERROR);
+    CU_ASSERT_EQUAL(F->C_SetAttributeValue(S, pub, &set, 1), CKR_OK);
+    CU_ASSERT_EQUAL(F->C_GetAttributeValue(S, pub, &get, 1), CKR_OK);
+    raw_close();
+}
+
+/* kc_tok_oaep_unwrap leaves CKA_VALUE_LEN out of its template. */
+static void fact_unwrap_value_len_refused(void)
+{
+    CK_OBJECT_HANDLE pub, priv, sec, out;
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
+    CK_ULONG len = 32;
+    unsigned char value[32] = {1}, wrapped[512];
+    CK_ULONG wl = sizeof(wrapped);
+    CK_RSA_PKCS_OAEP_PARAMS p1 = {CKM_SHA_1, CKG_MGF1_SHA1, CKZ_DATA_SPECIFIED, NULL, 0};
+    CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &p1, sizeof(p1)};
+    CK_ATTRIBUTE st[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)},
+                         {CKA_TOKEN, &FA, 1}, {CKA_EXTRACTABLE, &T, 1},
+                         {CKA_VALUE, value, sizeof(value)}};
+    CK_ATTRIBUTE ut[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)},
+                         {CKA_TOKEN, &FA, 1}, {CKA_VALUE_LEN, &len, sizeof(len)}};
+
+    raw_open();
+    raw_rsa(&pub, &priv);
+    CU_ASSERT_EQUAL_FATAL(F->C_CreateObject(S, st, 5, &sec), CKR_OK);
+    CU_ASSERT_EQUAL_FATAL(F->C_WrapKey(S, &m, pub, sec, wrapped, &wl), CKR_OK);
+    CU_ASSERT_EQUAL(F->C_UnwrapKey(S, &m, priv, wrapped, wl, ut, 4, &out),
+                    CKR_ATTRIBUTE_READ_ONLY);
+    CU_ASSERT_EQUAL(F->C_UnwrapKey(S, &m, priv, wrapped, wl, ut, 3, &out), CKR_OK);
+    raw_close();
+}
+
+/* kc_vault.c writes metadata generations because values cannot change. */
+static void fact_data_value_immutable(void)
+{
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_OBJECT_HANDLE h;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &T, 1},
+                        {CKA_VALUE, "one", 3}};
+    CK_ATTRIBUTE v = {CKA_VALUE, "two", 3};
+
+    raw_open();
+    CU_ASSERT_EQUAL_FATAL(F->C_CreateObject(S, t, 3, &h), CKR_OK);
+    CU_ASSERT_EQUAL(F->C_SetAttributeValue(S, h, &v, 1), CKR_ATTRIBUTE_READ_ONLY);
+    raw_close();
+}
+
+/* kc_tok_generate_rsa removes what a failed creation leaves behind. */
+static void fact_failed_create_leaves_orphan(void)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    CK_ULONG len = 32;
+    CK_MECHANISM m = {CKM_AES_KEY_GEN, NULL, 0};
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)},
+                        {CKA_TOKEN, &T, 1}, {CKA_VALUE_LEN, &len, sizeof(len)},
+                        {CKA_TRUSTED, &T, 1}};
+    CK_OBJECT_HANDLE h;
+    CK_ULONG before;
+
+    raw_open();
+    before = count_objects();
+    CU_ASSERT_EQUAL(F->C_GenerateKey(S, &m, t, 5, &h), CKR_ATTRIBUTE_READ_ONLY);
+    CU_ASSERT_EQUAL(count_objects(), before + 1);
+    raw_close();
+}
+
+/* kc_tok_login explains the PIN flags: SoftHSM never locks, it only says
+ * CKF_USER_PIN_COUNT_LOW. */
+static void fact_no_lockout(void)
+{
+    CK_TOKEN_INFO ti;
+    int i;
+
+    raw_open();
+    F->C_Logout(S);
+    for (i = 0; i < 12; i++)
+        CU_ASSERT_EQUAL(F->C_Login(S, CKU_USER, (CK_UTF8CHAR *)"wrong", 5), CKR_PIN_INCORRECT);
+    CU_ASSERT_EQUAL(F->C_GetTokenInfo(SLOT, &ti), CKR_OK);
+    CU_ASSERT(ti.flags & CKF_USER_PIN_COUNT_LOW);
+    CU_ASSERT_FALSE(ti.flags & (CKF_USER_PIN_LOCKED | CKF_USER_PIN_FINAL_TRY));
+    raw_close();
+}
+
+static const kc_test_case fact_cases[] = {
+    {"OAEP SHA-256 refused", fact_oaep_sha256_refused},
+    {"private dates unreadable", fact_private_dates_unreadable},
+    {"unwrap CKA_VALUE_LEN refused", fact_unwrap_value_len_refused},
+    {"data value immutable", fact_data_value_immutable},
+    {"failed create leaves orphan", fact_failed_create_leaves_orphan},
+    {"no PIN lockout", fact_no_lockout},
+    {NULL, NULL},
+};
+
+/* --- library tests --- */
+
+static kc_rc env_pin(void *arg, const char *vault, kc_pin_kind kind, kc_secret **out,
+                     kc_error *err)
+{
+    const char *v = getenv(kind == KC_PIN_SO || kind == KC_PIN_NEW_SO ? "TEST_SO_PIN"
+                                                                      : "TEST_PIN");
+    (void)arg;
+    (void)vault;
+    *out = kc_secret_dup(v, strlen(v));
+    return *out ? KC_OK : kc_error_set(err, KC_ERR, "oom");
+}
+
+static kc_ctx *ctx_new(void)
+{
+    kc_ctx *ctx = NULL;
+    kc_error e;
+
+    CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, env_pin, NULL, &ctx, &e), KC_OK);
+    return ctx;
+}
+
+static kc_vault_meta meta(const char *name)
+{
+    kc_vault_meta m;
+
+    memset(&m, 0, sizeof(m));
+    snprintf(m.name, sizeof(m.name), "%s", name);
+    strcpy(m.subscription, "sub-a");
+    strcpy(m.region, "westus");
+    m.retention_days = 90;
+    return m;
+}
+
+static void test_vault_init_and_open(void)
+{
+    kc_vault_meta m = meta("VaultA1");
+    kc_ctx *ctx = ctx_new();
+    kc_vault *v = NULL, *w = NULL;
+    kc_error e;
+    int adopted = -1;
+
+    m.purge_protection = 1;
+    m.retention_days = 30;
+    CU_ASSERT_EQUAL_FATAL(kc_vault_init(ctx, &m, NULL, &v, &adopted, &e), KC_OK);
+    CU_ASSERT_EQUAL(adopted, 0);
+    CU_ASSERT_EQUAL(v->meta.generation, 1);
+    kc_vault_free(v);
+    kc_ctx_free(ctx);
+
+    ctx = ctx_new(); /* a new process, as far as the module is concerned */
+    CU_ASSERT_EQUAL_FATAL(kc_vault_open(ctx, "VaultA1", &w, &e), KC_OK);
+    CU_ASSERT_STRING_EQUAL(w->meta.subscription, "sub-a");
+    CU_ASSERT_EQUAL(w->meta.retention_days, 30);
+    CU_ASSERT_EQUAL(w->meta.purge_protection, 1);
+    CU_ASSERT_FALSE(kc_tok_is_logged_in(w->tok)); /* metadata needs no PIN */
+    kc_vault_free(w);
+    CU_ASSERT_EQUAL(kc_vault_init(ctx, &m, NULL, &v, &adopted, &e), KC_CONFLICT);
+    ASSERT_HAS(e.msg, "already initialised");
+    kc_ctx_free(ctx);
+}
+
+static void test_vault_adopt(void)
+{
+    kc_vault_meta m = meta("Adopted1");
+    kc_ctx *ctx = ctx_new();
+    kc_secret *so = kc_secret_dup(getenv("TEST_SO_PIN"), strlen(getenv("TEST_SO_PIN")));
+    kc_secret *pin = kc_secret_dup(getenv("TEST_PIN"), strlen(getenv("TEST_PIN")));
+    kc_tok *tok = NULL;
+    kc_vault *v = NULL;
+    kc_error e;
+    int adopted = 0;
+
+    /* A token initialised by someone else, with no keycustody metadata. */
+    CU_ASSERT_EQUAL_FATAL(kc_p11_free_token(ctx->p11, NULL, &tok, &e), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_tok_init_token(tok, "Adopted1", so, &e), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_tok_init_pin(tok, so, pin, &e), KC_OK);
+    kc_ctx_free(ctx);
+
+    ctx = ctx_new();
+    CU_ASSERT_EQUAL(kc_vault_open(ctx, "Adopted1", &v, &e), KC_NOT_FOUND);
+    ASSERT_HAS(e.msg, "is not a keycustody vault");
+    ASSERT_HAS(e.hint, "vault init Adopted1");
+    CU_ASSERT_EQUAL_FATAL(kc_vault_init(ctx, &m, NULL, &v, &adopted, &e), KC_OK);
+    CU_ASSERT_EQUAL(adopted, 1);
+    kc_vault_free(v);
+    kc_ctx_free(ctx);
+    kc_secret_free(so);
+    kc_secret_free(pin);
+}
+
+/* An init that stopped after C_InitToken converges when run again. */
+static void test_vault_init_resumes_without_user_pin(void)
+{
+    kc_vault_meta m = meta("Half1");
+    kc_ctx *ctx = ctx_new();
+    kc_secret *so = kc_secret_dup(getenv("TEST_SO_PIN"), strlen(getenv("TEST_SO_PIN")));
+    kc_tok *tok = NULL;
+    kc_vault *v = NULL;
+    kc_error e;
+    int adopted = 0;
+
+    CU_ASSERT_EQUAL_FATAL(kc_p11_free_token(ctx->p11, NULL, &tok, &e), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_tok_init_token(tok, "Half1", so, &e), KC_OK);
+    kc_ctx_free(ctx);
+    ctx = ctx_new();
+    CU_ASSERT_EQUAL_FATAL(kc_vault_init(ctx, &m, NULL, &v, &adopted, &e), KC_OK);
+    CU_ASSERT_EQUAL(adopted, 1);
+    CU_ASSERT_TRUE(kc_tok_is_logged_in(v->tok));
+    kc_vault_free(v);
+    kc_ctx_free(ctx);
+    kc_secret_free(so);
+}
+
+static void put_meta_json(kc_tok *tok, const kc_vault_meta *m, const char *raw)
+{
+    char *json = NULL;
+    kc_error e;
+
+    if (raw == NULL)
+        CU_ASSERT_EQUAL_FATAL(kc_vault_meta_encode(m, &json, &e), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_tok_create_data(tok, KC_VAULT_APPLICATION, KC_VAULT_META_LABEL,
+                                             raw ? raw : json, strlen(raw ? raw : json), 0,
+                                             NULL, &e),
+                          KC_OK);
+    free(json);
+}
+
+static void test_vault_meta_generations(void)
+{
+    kc_vault_meta m = meta("VaultG1");
+    kc_ctx *ctx = ctx_new();
+    kc_vault *v = NULL;
+    kc_error e;
+    int adopted;
+
+    CU_ASSERT_EQUAL_FATAL(kc_vault_init(ctx, &m, NULL, &v, &adopted, &e), KC_OK);
+    /* A crash between writing generation 5 and removing the others, plus
+     * a damaged generation 9: readers take the newest valid one. */
+    m = v->meta;
+    m.generation = 5;
+    strcpy(m.region, "eastus2");
+    put_meta_json(v->tok, &m, NULL);
+    put_meta_json(v->tok, NULL, "{\"kind\":\"keycustody-vault\",\"generation\":9}");
+    kc_vault_free(v);
+    kc_ctx_free(ctx);
+
+    ctx = ctx_new();
+    CU_ASSERT_EQUAL_FATAL(kc_vault_open(ctx, "VaultG1", &v, &e), KC_OK);
+    CU_ASSERT_EQUAL(v->meta.generation, 5);
+    CU_ASSERT_STRING_EQUAL(v->meta.region, "eastus2");
+    kc_vault_free(v);
+    kc_ctx_free(ctx);
+}
+
+static void test_vault_meta_all_invalid(void)
+{
+    kc_ctx *ctx = ctx_new();
+    kc_secret *so = kc_secret_dup(getenv("TEST_SO_PIN"), strlen(getenv("TEST_SO_PIN")));
+    kc_secret *pin = kc_secret_dup(getenv("TEST_PIN"), strlen(getenv("TEST_PIN")));
+    kc_tok *tok = NULL;
+    kc_vault *v = NULL;
+    kc_error e;
+
+    CU_ASSERT_EQUAL_FATAL(kc_p11_free_token(ctx->p11, NULL, &tok, &e), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_tok_init_token(tok, "Broken1", so, &e), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_tok_init_pin(tok, so, pin, &e), KC_OK);
+    put_meta_json(tok, NULL, "{ not json");
+    kc_ctx_free(ctx);
+    ctx = ctx_new();
+    CU_ASSERT_EQUAL(kc_vault_open(ctx, "Broken1", &v, &e), KC_INTEGRITY);
+    ASSERT_HAS(e.msg, "none is valid");
+    kc_ctx_free(ctx);
+    kc_secret_free(so);
+    kc_secret_free(pin);
+}
+
+static void test_vault_list(void)
+{
+    kc_vault_meta m = meta("VaultL1");
+    kc_ctx *ctx = ctx_new();
+    kc_vault_entry *ents = NULL;
+    kc_vault *v = NULL;
+    kc_error e;
+    size_t n = 0, i;
+    int adopted, vaults = 0, free_tokens = 0;
+
+    CU_ASSERT_EQUAL_FATAL(kc_vault_init(ctx, &m, NULL, &v, &adopted, &e), KC_OK);
+    kc_vault_free(v);
+    kc_ctx_free(ctx);
+    ctx = ctx_new();
+    CU_ASSERT_EQUAL_FATAL(kc_vault_list(ctx, &ents, &n, &e), KC_OK);
+    for (i = 0; i < n; i++) {
+        if (ents[i].is_vault) {
+            vaults++;
+            CU_ASSERT_STRING_EQUAL(ents[i].meta.name, "VaultL1");
+        }
+        if (!ents[i].token.initialized)
+            free_tokens++;
+    }
+    CU_ASSERT_EQUAL(vaults, 1);
+    CU_ASSERT_EQUAL(free_tokens, 1); /* SoftHSM always offers one free slot */
+    free(ents);
+    kc_ctx_free(ctx);
+}
+
+static const kc_test_case vault_cases[] = {
+    {"init and open", test_vault_init_and_open},
+    {"adopt an initialised token", test_vault_adopt},
+    {"init resumes without user PIN", test_vault_init_resumes_without_user_pin},
+    {"metadata generations", test_vault_meta_generations},
+    {"metadata all invalid", test_vault_meta_all_invalid},
+    {"list", test_vault_list},
+    {NULL, NULL},
+};
+
+/* --- keys --- */
+
+static kc_vault *vault_new(kc_ctx *ctx, const char *name)
+{
+    kc_vault_meta m = meta(name);
+    kc_vault *v = NULL;
+    kc_error e;
+    int adopted;
+
+    CU_ASSERT_EQUAL_FATAL(kc_vault_init(ctx, &m, NULL, &v, &adopted, &e), KC_OK);
+    return v;
+}
+
+static kc_key *key_new(kc_vault *v, const char *name, kc_protection prot, unsigned ops,
+                       const char *expires)
+{
+    kc_key_create_opts o = {name, 2048, prot, ops, expires};
+    kc_key *k = NULL;
+    kc_error e;
+
+    if (kc_key_create(v, &o, &k, &e) != KC_OK)
+        fprintf(stderr, "\n  %s\n", e.msg);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(k);
+    return k;
+}
+
+static void test_key_attributes(void)
+{
+    kc_ctx *ctx = ctx_new();
+    kc_vault *v = vault_new(ctx, "VaultK1");
+    kc_key *k = key_new(v, "Key001", KC_PROT_HSM, KC_OP_WRAP | KC_OP_UNWRAP, NULL);
+    const kc_key_version *ver = &k->versions[0];
+    char today[9], created[9];
+    kc_error e;
+
+    CU_ASSERT_EQUAL(k->nversions, 1);
+    CU_ASSERT_EQUAL(ver->id_len, KC_VERSION_BYTES);
+    CU_ASSERT_EQUAL(strlen(ver->version), 32);
+    CU_ASSERT_EQUAL(ver->bits, 2048);
+    CU_ASSERT_EQUAL(ver->protection, KC_PROT_HSM);
+    CU_ASSERT_TRUE(ver->has_pub && ver->has_priv);
+    /* HSM protection as the token reports it */
+    CU_ASSERT_TRUE(ver->priv.sensitive);
+    CU_ASSERT_TRUE(ver->priv.always_sensitive);
+    CU_ASSERT_TRUE(ver->priv.extractable);
+    CU_ASSERT_TRUE(ver->priv.wrap_with_trusted);
+    CU_ASSERT_TRUE(ver->priv.local);
+    /* only the asked-for operations */
+    CU_ASSERT_EQUAL(ver->priv.ops, KC_OP_UNWRAP);
+    CU_ASSERT_EQUAL(ver->pub.ops, KC_OP_WRAP);
+    CU_ASSERT_EQUAL(kc_date_today(today, &e), KC_OK);
+    CU_ASSERT_EQUAL(kc_date_parse(ver->created, created), 0);
+    CU_ASSERT_STRING_EQUAL(created, today);
+    CU_ASSERT_STRING_EQUAL(ver->expires, "");
+    ASSERT_HAS(ver->uri, "object=Key001");
+    ASSERT_HAS(ver->uri, "token=VaultK1");
+    CU_ASSERT_PTR_NULL(strstr(ver->uri, "type="));
+    kc_key_free(k);
+
+    k = key_new(v, "Soft", KC_PROT_SOFTWARE, KC_OP_WRAP | KC_OP_UNWRAP | KC_OP_SIGN,
+                "9999-12-31");
+    ver = &k->versions[0];
+    CU_ASSERT_EQUAL(ver->protection, KC_PROT_SOFTWARE);
+    CU_ASSERT_FALSE(ver->priv.sensitive);
+    CU_ASSERT_FALSE(ver->priv.wrap_with_trusted);
+    CU_ASSERT_EQUAL(ver->priv.ops, KC_OP_UNWRAP | KC_OP_SIGN);
+    CU_ASSERT_STRING_EQUAL(ver->expires, "9999-12-31");
+    kc_key_free(k);
+    kc_vault_free(v);
+    kc_ctx_free(ctx);
+}
+
+static size_t key_objects(kc_vault *v, const char *label)
+{
+    kc_key_obj *objs = NULL;
+    kc_error e;
+    size_t n = 0;
+
+    CU_ASSERT_EQUAL(kc_tok_find_keys(v->tok, label, NULL, 0, &objs, &n, &e), KC_OK);
+    free(objs);
+    return n;
+}
+
+static void test_key_create_conflict_and_bad_input(void)
+{
+    kc_ctx *ctx = ctx_new();
+    kc_vault *v = vault_new(ctx, "VaultK2");
+    kc_key *k = key_new(v, "Key001", KC_PROT_HSM, KC_OP_WRAP | KC_OP_UNWRAP, NULL);
+    kc_key_create_opts o = {"Key001", 2048, KC_PROT_HSM, KC_OP_WRAP, NULL};
+    kc_key *k2 = NULL;
+    kc_error e;
+
+    kc_key_free(k);
+    CU_ASSERT_EQUAL(kc_key_create(v, &o, &k2, &e), KC_CONFLICT);
+    ASSERT_HAS(e.msg, "cannot create key 'Key001' in vault 'VaultK2'");
+    CU_ASSERT_EQUAL(key_objects(v, "Key001"), 2); /* untouched */
+    o.name = "Key002";
+    o.bits = 1024;
+    CU_ASSERT_EQUAL(kc_key_create(v, &o, &k2, &e), KC_USAGE);
+    o.bits = 2048;
+    o.expires = "2020-01-01";
+    CU_ASSERT_EQUAL(kc_key_create(v, &o, &k2, &e), KC_USAGE);
+    ASSERT_HAS(e.msg, "in the past");
+    o.expires = "31/12/9999";
+    CU_ASSERT_EQUAL(kc_key_create(v, &o, &k2, &e), KC_USAGE);
+    CU_ASSERT_EQUAL(key_objects(v, "Key002"), 0);
+    kc_vault_free(v);
+    kc_ctx_free(ctx);
+}
+
+/* A module that makes the pair and then reports failure: nothing stays. */
+static void test_key_create_failure_leaves_nothing(void)
+{
+    kc_ctx *ctx;
+    kc_vault *v;
+    kc_key_create_opts o = {"Key001", 2048, KC_PROT_HSM, KC_OP_WRAP | KC_OP_UNWRAP, NULL};
+    kc_key_obj *objs = NULL;
+    kc_key *k = NULL;
+    kc_error e;
+    size_t n = 0, before;
+
+    CU_ASSERT_EQUAL_FATAL(kc_p11_fault_arm("C_GenerateKeyPair", "CKR_DEVICE_ERROR", 1, 1, &e),
+                          KC_OK);
+    ctx = ctx_new();
+    v = vault_new(ctx, "VaultK3");
+    CU_ASSERT_EQUAL_FATAL(kc_ctx_login(ctx, v->tok, &e), KC_OK);
+    CU_ASSERT_EQUAL(kc_tok_find_keys(v->tok, NULL, NULL, 0, &objs, &before, &e), KC_OK);
+    free(objs);
+    CU_ASSERT_EQUAL(kc_key_create(v, &o, &k, &e), KC_TOKEN);
+    CU_ASSERT_EQUAL(kc_p11_fault_calls(), 1);
+    CU_ASSERT_STRING_EQUAL(e.func, "C_GenerateKeyPair");
+    CU_ASSERT_EQUAL(kc_tok_find_keys(v->tok, NULL, NULL, 0, &objs, &n, &e), KC_OK);
+    free(objs);
+    CU_ASSERT_EQUAL(n, before);
+    kc_p11_fault_disarm();
+    kc_vault_free(v);
+    kc_ctx_free(ctx);
+}
+
+static void test_key_public_pem(void)
+{
+    kc_ctx *ctx = ctx_new();
+    kc_vault *v = vault_new(ctx, "VaultK4");
+    kc_key *k = key_new(v, "Key001", KC_PROT_HSM, KC_OP_WRAP | KC_OP_UNWRAP, NULL);
+    char *pem = NULL;
+    kc_error e;
+
+    CU_ASSERT_EQUAL_FATAL(kc_key_public_pem(v, k, &k->versions[0], &pem, &e), KC_OK);
+    CU_ASSERT_EQUAL(strncmp(pem, "-----BEGIN PUBLIC KEY-----\n", 27), 0);
+    ASSERT_HAS(pem, "-----END PUBLIC KEY-----");
+    free(pem);
+    kc_key_free(k);
+    kc_vault_free(v);
+    kc_ctx_free(ctx);
+}
+
+static const kc_test_case key_cases[] = {
+    {"attributes", test_key_attributes},
+    {"conflict and bad input", test_key_create_conflict_and_bad_input},
+    {"failed create leaves nothing", test_key_create_failure_leaves_nothing},
+    {"public PEM", test_key_public_pem},
+    {NULL, NULL},
+};
+
+/* --- wrap and unwrap --- */
+
+static kc_secret *secret32(void)
+{
+    kc_secret *s = kc_secret_new(32);
+    size_t i;
+
+    for (i = 0; i < 32; i++)
+        s->data[i] = (unsigned char)(i * 7 + 1);
+    s->len = 32;
+    return s;
+}
+
+static void test_wrap_round_trip_sha1_on_softhsm(void)
+{
+    kc_ctx *ctx = ctx_new();
+    kc_vault *v = vault_new(ctx, "VaultW1");
+    kc_key *k = key_new(v, "Key001", KC_PROT_HSM, KC_OP_WRAP | KC_OP_UNWRAP, NULL);
+    kc_secret *s = secret32(), *back = NULL;
+    unsigned char *w = NULL;
+    size_t wl = 0;
+    kc_oaep used = KC_OAEP_AUTO;
+    kc_error e;
+
+    CU_ASSERT_EQUAL_FATAL(kc_key_wrap(v, k, &k->versions[0], KC_OAEP_AUTO, s, &w, &wl, &used,
+                                      &e), KC_OK);
+    /* SoftHSM 2.6.1 takes only SHA-1: the automatic choice falls back. */
+    CU_ASSERT_EQUAL(used, KC_OAEP_SHA1);
+    CU_ASSERT_EQUAL(wl, 256);
+    CU_ASSERT_EQUAL_FATAL(kc_key_unwrap(v, k, &k->versions[0], used, w, wl, &back, &e), KC_OK);
+    CU_ASSERT_EQUAL(back->len, 32);
+    CU_ASSERT_EQUAL(memcmp(back->data, s->data, 32), 0);
+    kc_secret_free(back);
+    /* a damaged blob */
+    w[10] ^= 1;
+    CU_ASSERT_EQUAL(kc_key_unwrap(v, k, &k->versions[0], used, w, wl, &back, &e), KC_TOKEN);
+    CU_ASSERT_STRING_EQUAL(e.func, "C_UnwrapKey");
+    ASSERT_HAS(e.hint, "altered");
+    /* SHA-256 asked for explicitly: the module's refusal is explained */
+    CU_ASSERT_EQUAL(kc_key_unwrap(v, k, &k->versions[0], KC_OAEP_SHA256, w, wl, &back, &e),
+                    KC_TOKEN);
+    ASSERT_HAS(e.hint, "does not take RSA-OAEP-256");
+    free(w);
+    kc_secret_free(s);
+    kc_key_free(k);
+    kc_vault_free(v);
+    kc_ctx_free(ctx);
+}
+
+static void test_wrap_respects_dates(void)
+{
+    kc_ctx *ctx = ctx_new();
+    kc_vault *v = vault_new(ctx, "VaultW2");
+    kc_key *k = key_new(v, "Key001", KC_PROT_HSM, KC_OP_WRAP | KC_OP_UNWRAP, "2031-01-01");
+    kc_secret *s = secret32(), *back = NULL;
+    unsigned char *w = NULL, *w2 = NULL;
+    size_t wl = 0, wl2 = 0;
+    kc_error e;
+
+    CU_ASSERT_EQUAL_FATAL(kc_key_wrap(v, k, &k->versions[0], KC_OAEP_SHA1, s, &w, &wl, NULL, &e),
+                          KC_OK);
+    setenv("KEYCUSTODY_NOW", "2031-01-02T00:00:00Z", 1);
+    CU_ASSERT_EQUAL(kc_key_wrap(v, k, &k->versions[0], KC_OAEP_SHA1, s, &w2, &wl2, NULL, &e),
+                    KC_DENIED);
+    ASSERT_HAS(e.msg, "expired on 2031-01-01");
+    /* unwrap still works after expiry, as in Key Vault */
+    CU_ASSERT_EQUAL(kc_key_unwrap(v, k, &k->versions[0], KC_OAEP_SHA1, w, wl, &back, &e), KC_OK);
+    kc_secret_free(back);
+    setenv("KEYCUSTODY_NOW", "2020-01-01T00:00:00Z", 1);
+    CU_ASSERT_EQUAL(kc_key_wrap(v, k, &k->versions[0], KC_OAEP_SHA1, s, &w2, &wl2, NULL, &e),
+                    KC_DENIED);
+    ASSERT_HAS(e.msg, "not valid before");
+    unsetenv("KEYCUSTODY_NOW");
+    free(w);
+    kc_secret_free(s);
+    kc_key_free(k);
+    kc_vault_free(v);
+    kc_ctx_free(ctx);
+}
+
+/* The token itself refuses an operation the key does not allow. */
+static void test_token_enforces_ops(void)
+{
+    kc_ctx *ctx = ctx_new();
+    kc_vault *v = vault_new(ctx, "VaultW3");
+    kc_key *k = key_new(v, "WrapOnly", KC_PROT_HSM, KC_OP_WRAP, NULL);
+    kc_secret *s = secret32(), *back = NULL;
+    unsigned char *w = NULL;
+    size_t wl = 0;
+    kc_error e;
+
+    CU_ASSERT_EQUAL_FATAL(kc_key_wrap(v, k, &k->versions[0], KC_OAEP_SHA1, s, &w, &wl, NULL, &e),
+                          KC_OK);
+    CU_ASSERT_EQUAL(kc_key_unwrap(v, k, &k->versions[0], KC_OAEP_SHA1, w, wl, &back, &e),
+                    KC_DENIED);
+    ASSERT_HAS(e.msg, "does not allow unwrapKey");
+    /* below the tool's own check, the token says no too */
+    CU_ASSERT_EQUAL(kc_tok_oaep_unwrap(v->tok, k->versions[0].priv.handle, KC_OAEP_SHA1, w, wl,
+                                       &back, &e), KC_DENIED);
+    CU_ASSERT_STRING_EQUAL(kc_p11_rv_name(e.rv), "CKR_KEY_FUNCTION_NOT_PERMITTED");
+    free(w);
+    kc_secret_free(s);
+    kc_key_free(k);
+    kc_vault_free(v);
+    kc_ctx_free(ctx);
+}
+
+static const kc_test_case wrap_cases[] = {
+    {"round trip, SHA-1 on SoftHSM", test_wrap_round_trip_sha1_on_softhsm},
+    {"dates", test_wrap_respects_dates},
+    {"token enforces ops", test_token_enforces_ops},
+    {NULL, NULL},
+};
+
+static const kc_test_suite suites[] = {
+    {"facts", 1, fact_cases}, {"vault", 1, vault_cases}, {"keys", 1, key_cases},
+    {"wrap", 1, wrap_cases},  {NULL, 0, NULL},
+};
+
+int main(int argc, char **argv)
+{
+    return kc_test_main(argc, argv, suites);
+}
