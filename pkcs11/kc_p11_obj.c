@@ -455,7 +455,10 @@ kc_rc kc_tok_oaep_wrap(kc_tok *t, kc_obj pub, kc_oaep hash, const kc_secret *sec
     (void)t->f->C_DestroyObject(t->session, sec);
     if (rv != CKR_OK) {
         r = kc_p11_fail(err, func, rv, "RSA-OAEP%s wrap failed", h == KC_OAEP_SHA256 ? "-256" : "");
-        if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED)
+        if (h == KC_OAEP_SHA256 && params_refused(rv))
+            kc_error_hint(err, "this module does not take RSA-OAEP-256 (SoftHSM 2.6.1 has "
+                               "SHA-1 only); use --alg RSA-OAEP or leave --alg out");
+        else if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED)
             kc_error_hint(err, "the key does not allow wrapKey; see its ops with 'key show'");
         return r;
     }

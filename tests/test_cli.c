@@ -1,4 +1,741 @@
+/* The command line, run in-process: exit codes and the messages users see. */
 #include "fixture.h"
-static const kc_test_case none[] = {{NULL, NULL}};
-static const kc_test_suite suites[] = {{"x", 0, none}, {NULL, 0, NULL}};
-int main(int argc, char **argv) { return kc_test_main(argc, argv, suites); }
+#include "kc_p11.h"
+
+#include <jansson.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define PIN "--pin-source", "env:TEST_PIN"
+#define SOPIN "--so-pin-source", "env:TEST_SO_PIN"
+
+static json_t *parse(const char *s)
+{
+    json_error_t je;
+    json_t *j = json_loads(s, 0, &je);
+
+    if (j == NULL)
+        fprintf(stderr, "\n  not JSON (%s): %s\n", je.text, s);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    return j;
+}
+
+static mode_t file_mode(const char *path)
+{
+    struct stat st;
+
+    CU_ASSERT_EQUAL_FATAL(stat(path, &st), 0);
+    return st.st_mode & 07777;
+}
+
+/* --- vault --- */
+
+static void test_vault_init_show_list(void)
+{
+    const kc_test_out *r;
+    json_t *j, *t;
+    size_t i;
+    int found = 0;
+
+    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "contoso-a", "--region",
+                    "westus", "--retention-days", "30", "--purge-protection", SOPIN, PIN, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "initialised vault 'VaultA1': subscription 'contoso-a', region 'westus', "
+                       "premium, soft delete 30 days, purge protection on");
+    ASSERT_HAS(r->out, "token: pkcs11:model=SoftHSM%20v2;");
+
+    r = kc_test_run("vault", "show", "VaultA1", "--json", NULL);
+    ASSERT_RC(r, 0);
+    j = parse(r->out);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "subscription")), "contoso-a");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "region")), "westus");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_object_get(j, "soft_delete"),
+                                                       "retention_days")), 30);
+    CU_ASSERT_TRUE(json_is_true(json_object_get(j, "purge_protection")));
+    json_decref(j);
+
+    r = kc_test_run("vault", "show", "VaultA1", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "purge protection:  on");
+
+    r = kc_test_run("vault", "list", "--json", NULL);
+    ASSERT_RC(r, 0);
+    j = parse(r->out);
+    json_array_foreach(j, i, t) {
+        if (json_is_true(json_object_get(t, "vault"))) {
+            found++;
+            CU_ASSERT_STRING_EQUAL(
+                json_string_value(json_object_get(json_object_get(t, "token"), "label")),
+                "VaultA1");
+        }
+    }
+    CU_ASSERT_EQUAL(found, 1);
+    CU_ASSERT_EQUAL(json_array_size(j), 2); /* the vault and the free token */
+    json_decref(j);
+    r = kc_test_run("vault", "list", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "free token, not initialised");
+}
+
+static void test_vault_init_errors(void)
+{
+    const kc_test_out *r;
+
+    r = kc_test_run("vault", "init", "VaultA1", "--region", "westus", SOPIN, PIN, NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "error: --subscription and --region are required");
+    ASSERT_HAS(r->err, "hint: see 'keycustody vault init --help'");
+    r = kc_test_run("vault", "init", "V1", "--subscription", "s", "--region", "westus", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "must have 3 to 24");
+    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus",
+                    "--retention-days", "5", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "give a number of days from 7 to 90");
+    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "WestUS",
+                    NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "lower case");
+    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus",
+                    "--sku", "gold", NULL);
+    ASSERT_RC(r, 2);
+    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus",
+                    "--json", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "has no --json output");
+    /* No PIN source and no terminal (stdin is /dev/null here). */
+    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus",
+                    NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "no PIN source for vault 'VaultA1' (new security-officer PIN)");
+    /* A PIN typed where a source belongs is refused and not repeated. */
+    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus",
+                    "--so-pin-source", "98765432", PIN, NULL);
+    ASSERT_RC(r, 2);
+    CU_ASSERT_PTR_NULL(strstr(r->err, "98765432"));
+    /* A new user PIN the token will not take. */
+    setenv("SHORT_PIN", "abc", 1);
+    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus",
+                    SOPIN, "--pin-source", "env:SHORT_PIN", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "the new user PIN has 3 characters; the token takes 4 to 255");
+    /* That attempt initialised the token (C_InitToken ran): a corrected re-run finishes. */
+    kc_test_vault("VaultA1", "s", "westus");
+    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus",
+                    SOPIN, PIN, NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "error: vault 'VaultA1' is already initialised (subscription 's', "
+                       "region 'westus')");
+    r = kc_test_run("vault", "init", "VaultB1", "--subscription", "s", "--region", "westus",
+                    "--token", "pkcs11:serial=0000000000000000", SOPIN, PIN, NULL);
+    ASSERT_RC(r, 4);
+    ASSERT_HAS(r->err, "no free (uninitialised) token matches pkcs11:serial=0000000000000000");
+}
+
+static void test_vault_pin_file(void)
+{
+    const kc_test_out *r;
+    char src[1100];
+    const char *pin = getenv("TEST_PIN");
+
+    kc_test_vault("VaultA1", "s", "westus");
+    kc_test_write(kc_test_path("a1.pin"), pin, strlen(pin), 0644);
+    snprintf(src, sizeof(src), "VaultA1=file:%s", kc_test_path("a1.pin"));
+    r = kc_test_run("key", "list", "VaultA1", "--pin-source", src, NULL);
+    ASSERT_RC(r, 6);
+    ASSERT_HAS(r->err, "has mode 0644; it must be 0600 or stricter");
+    CU_ASSERT_EQUAL(chmod(kc_test_path("a1.pin"), 0600), 0);
+    r = kc_test_run("key", "list", "VaultA1", "--pin-source", src, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "vault 'VaultA1' has no keys");
+    /* a source for another vault does not count */
+    r = kc_test_run("key", "list", "VaultA1", "--pin-source", "VaultZ9=env:TEST_PIN", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "no PIN source for vault 'VaultA1'");
+    r = kc_test_run("key", "list", "VaultA1", "--pin-source", "env:TEST_PIN", "--pin-source",
+                    "env:TEST_PIN", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "several --pin-source options without a vault name");
+}
+
+static void test_vault_not_found(void)
+{
+    const kc_test_out *r;
+
+    kc_test_vault("VaultA1", "s", "westus");
+    r = kc_test_run("vault", "show", "Nope1", NULL);
+    ASSERT_RC(r, 4);
+    ASSERT_HAS(r->err, "error: cannot open vault 'Nope1': no token 'Nope1'; visible tokens: "
+                       "'VaultA1', '(not initialised)'");
+    r = kc_test_run("vault", "show", "pkcs11:token=VaultA1;pin-value=1234", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "pin-value is refused");
+    r = kc_test_run("vault", "show", "pkcs11:token=VaultA1", NULL);
+    ASSERT_RC(r, 0);
+    r = kc_test_run("vault", "show", "--module", "/nonexistent/module.so", "VaultA1", NULL);
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "cannot load PKCS#11 module '/nonexistent/module.so'");
+}
+
+/* Without --module, p11-kit's registered modules are used (SoftHSM is
+ * registered by its Debian package) and SoftHSM still reads SOFTHSM2_CONF. */
+static void test_vault_registry_modules(void)
+{
+    const kc_test_out *r;
+
+    kc_test_vault("VaultA1", "s", "westus");
+    unsetenv("KEYCUSTODY_MODULE");
+    r = kc_test_run("vault", "show", "VaultA1", NULL);
+    setenv("KEYCUSTODY_MODULE", KC_SOFTHSM_MODULE, 1);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "libsofthsm2.so");
+}
+
+static const kc_test_case vault_cases[] = {
+    {"init, show, list", test_vault_init_show_list},
+    {"init errors", test_vault_init_errors},
+    {"PIN files and sources", test_vault_pin_file},
+    {"not found", test_vault_not_found},
+    {"registered modules", test_vault_registry_modules},
+    {NULL, NULL},
+};
+
+/* --- key --- */
+
+static void test_key_create_show_list(void)
+{
+    const kc_test_out *r;
+    json_t *j, *v;
+    char ref[200];
+
+    kc_test_vault("VaultA1", "s", "westus");
+    r = kc_test_run("key", "create", "VaultA1/Key001", "--size", "2048", PIN, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "created key 'VaultA1/Key001'");
+    ASSERT_HAS(r->out, "protection:   hsm (private key sensitive, never readable in clear)");
+    ASSERT_HAS(r->out, "ops:          wrapKey,unwrapKey");
+    ASSERT_HAS(r->out, "expires:      never");
+
+    r = kc_test_run("key", "show", "VaultA1/Key001", "--json", PIN, NULL);
+    ASSERT_RC(r, 0);
+    j = parse(r->out);
+    v = json_array_get(json_object_get(j, "versions"), 0);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(v, "size")), 2048);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(v, "protection")), "hsm");
+    CU_ASSERT_TRUE(json_is_true(json_object_get(json_object_get(v, "private_key"), "sensitive")));
+    CU_ASSERT_TRUE(json_is_true(json_object_get(json_object_get(v, "private_key"), "local")));
+    CU_ASSERT_TRUE(json_is_null(json_object_get(v, "expires")));
+    snprintf(ref, sizeof(ref), "VaultA1/Key001/%s", json_string_value(json_object_get(v, "version")));
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(v, "short_id")), ref);
+    json_decref(j);
+
+    r = kc_test_run("key", "show", ref, PIN, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "(current)");
+    r = kc_test_run("key", "show", "VaultA1/Key001/00112233445566778899aabbccddeeff", PIN, NULL);
+    ASSERT_RC(r, 4);
+    ASSERT_HAS(r->err, "key 'VaultA1/Key001' has no version 00112233445566778899aabbccddeeff");
+
+    r = kc_test_run("key", "create", "VaultA1/Key002", "--size", "3072", "--protection",
+                    "software", "--ops", "wrapKey,unwrapKey,sign", "--expires", "9999-12-31",
+                    PIN, NULL);
+    ASSERT_RC(r, 0);
+    r = kc_test_run("key", "list", "VaultA1", "--json", PIN, NULL);
+    ASSERT_RC(r, 0);
+    j = parse(r->out);
+    CU_ASSERT_EQUAL(json_array_size(j), 2);
+    json_decref(j);
+    r = kc_test_run("key", "list", "VaultA1", PIN, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "Key002                   1        3072  software   sign,wrapKey,unwrapKey "
+                       "9999-12-31");
+}
+
+static void test_key_create_errors(void)
+{
+    const kc_test_out *r;
+
+    kc_test_vault("VaultA1", "s", "westus");
+    kc_test_key("VaultA1/Key001", NULL);
+    r = kc_test_run("key", "create", "VaultA1/Key001", "--size", "2048", PIN, NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "error: cannot create key 'Key001' in vault 'VaultA1': a key with this "
+                       "name already exists");
+    r = kc_test_run("key", "create", "VaultA1/Key002", "--size", "1024", PIN, NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "RSA key size '1024' is not allowed");
+    r = kc_test_run("key", "create", "VaultA1/Key002", "--kty", "EC", "--size", "2048", PIN, NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "root keys must be RSA");
+    ASSERT_HAS(r->err, "wraps and unwraps data keys with RSA-OAEP");
+    r = kc_test_run("key", "create", "VaultA1/Key002", PIN, NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "--size is required");
+    r = kc_test_run("key", "create", "VaultA1/Key002", "--size", "2048", "--ops", "wrap", PIN,
+                    NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "unknown key operation 'wrap'");
+    r = kc_test_run("key", "create", "VaultA1/Key002", "--size", "2048", "--expires", "2020-01-01",
+                    PIN, NULL);
+    ASSERT_RC(r, 2);
+    r = kc_test_run("key", "create", "VaultA1/Key002/0011", "--size", "2048", PIN, NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "without a version");
+    r = kc_test_run("key", "create", "NoVault/Key002", "--size", "2048", PIN, NULL);
+    ASSERT_RC(r, 4);
+    ASSERT_HAS(r->err, "cannot open vault 'NoVault': no token 'NoVault'");
+    setenv("BAD_PIN", "not-the-pin", 1);
+    r = kc_test_run("key", "create", "VaultA1/Key002", "--size", "2048", "--pin-source",
+                    "env:BAD_PIN", NULL);
+    ASSERT_RC(r, 6);
+    ASSERT_HAS(r->err, "cannot log in to vault 'VaultA1': C_Login: The password or PIN is "
+                       "incorrect (CKR_PIN_INCORRECT, 0xa0)");
+    ASSERT_HAS(r->err, "CKF_USER_PIN_COUNT_LOW");
+    r = kc_test_run("key", "show", "VaultA1/Key002", PIN, NULL);
+    ASSERT_RC(r, 4);
+    ASSERT_HAS(r->err, "no key 'Key002' in vault 'VaultA1'");
+}
+
+static void test_key_export_public(void)
+{
+    const kc_test_out *r;
+    char *stdout_pem;
+    unsigned char *file_pem;
+    size_t n;
+
+    kc_test_vault("VaultA1", "s", "westus");
+    kc_test_key("VaultA1/Key001", NULL);
+    /* No PIN needed: the public key is a public object. */
+    r = kc_test_run("key", "export-public", "VaultA1/Key001", NULL);
+    ASSERT_RC(r, 0);
+    stdout_pem = strdup(r->out);
+    ASSERT_HAS(stdout_pem, "-----BEGIN PUBLIC KEY-----");
+    r = kc_test_run("key", "export-public", "VaultA1/Key001", "--out", kc_test_path("pub.pem"),
+                    NULL);
+    ASSERT_RC(r, 0);
+    file_pem = kc_test_read(kc_test_path("pub.pem"), &n);
+    CU_ASSERT_STRING_EQUAL((char *)file_pem, stdout_pem);
+    CU_ASSERT_EQUAL(file_mode(kc_test_path("pub.pem")), 0644);
+    r = kc_test_run("key", "export-public", "VaultA1/Key001", "--out", kc_test_path("pub.pem"),
+                    NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "already exists; not overwriting it");
+    r = kc_test_run("key", "export-public", "VaultA1/Key001", "--out", kc_test_path("pub.pem"),
+                    "--force", NULL);
+    ASSERT_RC(r, 0);
+    free(file_pem);
+    free(stdout_pem);
+}
+
+static const kc_test_case key_cases[] = {
+    {"create, show, list", test_key_create_show_list},
+    {"create errors", test_key_create_errors},
+    {"export public", test_key_export_public},
+    {NULL, NULL},
+};
+
+/* --- wrap / unwrap --- */
+
+static void secret_file(const char *name, size_t len)
+{
+    unsigned char buf[128];
+    size_t i;
+
+    for (i = 0; i < len; i++)
+        buf[i] = (unsigned char)(i * 13 + 5);
+    kc_test_write(kc_test_path(name), buf, len, 0600);
+}
+
+static int same_files(const char *a, const char *b)
+{
+    size_t na, nb;
+    unsigned char *x = kc_test_read(kc_test_path(a), &na), *y = kc_test_read(kc_test_path(b), &nb);
+    int same = x && y && na == nb && memcmp(x, y, na) == 0;
+
+    free(x);
+    free(y);
+    return same;
+}
+
+static void test_wrap_unwrap_round_trip(void)
+{
+    const kc_test_out *r;
+    char path_in[1100], path_w[1100], path_out[1100];
+    unsigned char *doc;
+    size_t n;
+    json_t *j;
+
+    kc_test_vault("VaultA1", "s", "westus");
+    kc_test_key("VaultA1/Key001", NULL);
+    secret_file("dek", 32);
+    snprintf(path_in, sizeof(path_in), "%s", kc_test_path("dek"));
+    snprintf(path_w, sizeof(path_w), "%s", kc_test_path("dek.json"));
+    snprintf(path_out, sizeof(path_out), "%s", kc_test_path("dek.out"));
+    /* wrap needs no PIN */
+    r = kc_test_run("key", "wrap", "VaultA1/Key001", "--in", path_in, "--out", path_w, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->err, "wrapped 32 bytes with 'VaultA1/Key001/");
+    doc = kc_test_read(path_w, &n);
+    j = parse((char *)doc);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "alg")), "RSA-OAEP");
+    ASSERT_HAS(json_string_value(json_object_get(j, "kid")), "object=Key001");
+    json_decref(j);
+    free(doc);
+    CU_ASSERT_EQUAL(file_mode(path_w), 0600);
+
+    r = kc_test_run("key", "unwrap", "VaultA1/Key001", "--in", path_w, "--out", path_out, PIN,
+                    NULL);
+    ASSERT_RC(r, 0);
+    CU_ASSERT_TRUE(same_files("dek", "dek.out"));
+    CU_ASSERT_EQUAL(file_mode(path_out), 0600);
+    /* an existing output is never replaced without --force */
+    kc_test_write(path_out, "keep", 4, 0600);
+    r = kc_test_run("key", "unwrap", "VaultA1/Key001", "--in", path_w, "--out", path_out, PIN,
+                    NULL);
+    ASSERT_RC(r, 5);
+    doc = kc_test_read(path_out, &n);
+    CU_ASSERT_EQUAL(n, 4);
+    free(doc);
+    r = kc_test_run("key", "unwrap", "VaultA1/Key001", "--in", path_w, "--out", path_out, PIN,
+                    "--force", NULL);
+    ASSERT_RC(r, 0);
+    CU_ASSERT_TRUE(same_files("dek", "dek.out"));
+}
+
+static void test_wrap_errors(void)
+{
+    const kc_test_out *r;
+    char in[1100], w[1100], out[1100], raw[1100];
+
+    kc_test_vault("VaultA1", "s", "westus");
+    kc_test_key("VaultA1/Key001", NULL);
+    kc_test_key("VaultA1/Key002", NULL);
+    kc_test_key("VaultA1/WrapOnly", "wrapKey");
+    secret_file("dek", 32);
+    secret_file("short", 8);
+    secret_file("long", 65);
+    snprintf(in, sizeof(in), "%s", kc_test_path("dek"));
+    snprintf(w, sizeof(w), "%s", kc_test_path("w.json"));
+    snprintf(raw, sizeof(raw), "%s", kc_test_path("w.raw"));
+    snprintf(out, sizeof(out), "%s", kc_test_path("out"));
+
+    r = kc_test_run("key", "wrap", "VaultA1/Key001", "--in", kc_test_path("short"), "--out", w,
+                    NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "the secret is 8 bytes; wrap takes 16 to 64 bytes");
+    r = kc_test_run("key", "wrap", "VaultA1/Key001", "--in", kc_test_path("long"), "--out", w,
+                    NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "holds 65 bytes; 1 to 64 are accepted");
+    r = kc_test_run("key", "wrap", "VaultA1/Key001", "--in", kc_test_path("missing"), "--out", w,
+                    NULL);
+    ASSERT_RC(r, 4);
+    r = kc_test_run("key", "wrap", "VaultA1/Key001", "--in", in, NULL);
+    ASSERT_RC(r, 2);
+    r = kc_test_run("key", "wrap", "VaultA1/Key001", "--in", in, "--out", w, "--alg",
+                    "RSA-OAEP-256", NULL);
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "CKR_ARGUMENTS_BAD");
+    ASSERT_HAS(r->err, "does not take RSA-OAEP-256");
+    r = kc_test_run("key", "wrap", "VaultA1/Key001", "--in", in, "--out", w, "--alg", "RSA1_5",
+                    NULL);
+    ASSERT_RC(r, 2);
+
+    r = kc_test_run("key", "wrap", "VaultA1/Key001", "--in", in, "--out", w, NULL);
+    ASSERT_RC(r, 0);
+    r = kc_test_run("key", "wrap", "VaultA1/Key001", "--in", in, "--out", raw, "--raw", NULL);
+    ASSERT_RC(r, 0);
+    /* the JSON names its key: another key is refused before the token is asked */
+    r = kc_test_run("key", "unwrap", "VaultA1/Key002", "--in", w, "--out", out, PIN, NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "was wrapped by key 'Key001', not 'Key002'");
+    r = kc_test_run("key", "unwrap", "VaultA1/Key001", "--in", w, "--out", out, "--alg",
+                    "RSA-OAEP-256", PIN, NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "says RSA-OAEP but --alg says RSA-OAEP-256");
+    /* raw ciphertext needs --alg; under the wrong key the token refuses */
+    r = kc_test_run("key", "unwrap", "VaultA1/Key001", "--in", raw, "--out", out, PIN, NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "is raw ciphertext: say which algorithm made it");
+    r = kc_test_run("key", "unwrap", "VaultA1/Key002", "--in", raw, "--out", out, "--alg",
+                    "RSA-OAEP", PIN, NULL);
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "C_UnwrapKey");
+    CU_ASSERT_NOT_EQUAL(access(out, F_OK), 0); /* nothing written */
+    r = kc_test_run("key", "unwrap", "VaultA1/Key001", "--in", in, "--out", out, "--alg",
+                    "RSA-OAEP", PIN, NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "the wrapped value is 32 bytes; RSA-2048 gives 256");
+    /* a key without unwrapKey */
+    r = kc_test_run("key", "wrap", "VaultA1/WrapOnly", "--in", in, "--out", kc_test_path("wo"),
+                    NULL);
+    ASSERT_RC(r, 0);
+    r = kc_test_run("key", "unwrap", "VaultA1/WrapOnly", "--in", kc_test_path("wo"), "--out", out,
+                    PIN, NULL);
+    ASSERT_RC(r, 6);
+    ASSERT_HAS(r->err, "the key does not allow unwrapKey");
+    /* garbage where JSON is expected */
+    kc_test_write(kc_test_path("bad.json"), "{\"kid\": 3}", 10, 0600);
+    r = kc_test_run("key", "unwrap", "VaultA1/Key001", "--in", kc_test_path("bad.json"), "--out",
+                    out, PIN, NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "is not a wrapped key written by 'key wrap'");
+}
+
+static void test_wrap_expired_key(void)
+{
+    const kc_test_out *r;
+    char in[1100];
+
+    kc_test_vault("VaultA1", "s", "westus");
+    r = kc_test_run("key", "create", "VaultA1/Key001", "--size", "2048", "--expires",
+                    "2040-01-01", PIN, NULL);
+    ASSERT_RC(r, 0);
+    secret_file("dek", 32);
+    snprintf(in, sizeof(in), "%s", kc_test_path("dek"));
+    setenv("KEYCUSTODY_NOW", "2040-01-02T00:00:00Z", 1);
+    r = kc_test_run("key", "wrap", "VaultA1/Key001", "--in", in, "--out", kc_test_path("w"), NULL);
+    unsetenv("KEYCUSTODY_NOW");
+    ASSERT_RC(r, 6);
+    ASSERT_HAS(r->err, "the key expired on 2040-01-01");
+}
+
+static const kc_test_case wrap_cases[] = {
+    {"round trip", test_wrap_unwrap_round_trip},
+    {"errors", test_wrap_errors},
+    {"expired key", test_wrap_expired_key},
+    {NULL, NULL},
+};
+
+/* --- injected token failures --- */
+
+static void arm(const char *fn, const char *rv, unsigned nth, int after)
+{
+    kc_error e;
+
+    CU_ASSERT_EQUAL_FATAL(kc_p11_fault_arm(fn, rv, nth, after, &e), KC_OK);
+}
+
+static void test_fault_generate(void)
+{
+    const kc_test_out *r;
+    int after;
+
+    kc_test_vault("VaultA1", "s", "westus");
+    for (after = 0; after <= 1; after++) {
+        arm("C_GenerateKeyPair", "CKR_DEVICE_ERROR", 1, after);
+        r = kc_test_run("key", "create", "VaultA1/Key001", "--size", "2048", PIN, NULL);
+        kc_p11_fault_disarm();
+        ASSERT_RC(r, 7);
+        ASSERT_HAS(r->err, "error: cannot create key 'Key001' in vault 'VaultA1': cannot create "
+                           "RSA-2048 key pair: C_GenerateKeyPair: ");
+        ASSERT_HAS(r->err, "(CKR_DEVICE_ERROR, 0x30)");
+        r = kc_test_run("key", "list", "VaultA1", PIN, NULL);
+        ASSERT_RC(r, 0);
+        ASSERT_HAS(r->out, "vault 'VaultA1' has no keys");
+    }
+    /* and the name is free for a good attempt */
+    kc_test_key("VaultA1/Key001", NULL);
+}
+
+static void test_fault_login(void)
+{
+    const kc_test_out *r;
+
+    kc_test_vault("VaultA1", "s", "westus");
+    arm("C_Login", "CKR_PIN_INCORRECT", 1, 0);
+    r = kc_test_run("key", "list", "VaultA1", PIN, NULL);
+    ASSERT_RC(r, 6);
+    ASSERT_HAS(r->err, "C_Login: The password or PIN is incorrect (CKR_PIN_INCORRECT, 0xa0)");
+    arm("C_Login", "CKR_PIN_LOCKED", 1, 0);
+    r = kc_test_run("key", "list", "VaultA1", PIN, NULL);
+    ASSERT_RC(r, 6);
+    ASSERT_HAS(r->err, "(CKR_PIN_LOCKED, 0xa4)");
+    ASSERT_HAS(r->err, "hint: the user PIN of 'VaultA1' is locked; its security officer must set "
+                       "a new one");
+}
+
+static void test_fault_create_object_in_init(void)
+{
+    const kc_test_out *r;
+
+    arm("C_CreateObject", "CKR_DEVICE_MEMORY", 1, 0);
+    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus",
+                    SOPIN, PIN, NULL);
+    kc_p11_fault_disarm();
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "error: cannot write the metadata of vault 'VaultA1': cannot store data "
+                       "object 'keycustody-vault': C_CreateObject:");
+    r = kc_test_run("vault", "show", "VaultA1", NULL);
+    ASSERT_RC(r, 4);
+    ASSERT_HAS(r->err, "is not a keycustody vault");
+    /* running it again finishes the job */
+    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus",
+                    SOPIN, PIN, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "adopted token as vault 'VaultA1'");
+}
+
+static void test_fault_find_and_list(void)
+{
+    const kc_test_out *r;
+
+    kc_test_vault("VaultA1", "s", "westus");
+    kc_test_key("VaultA1/Key001", NULL);
+    /* calls 1-2 read the vault metadata, 3-4 look for public keys */
+    arm("C_FindObjects", "CKR_DEVICE_ERROR", 1, 0);
+    r = kc_test_run("key", "list", "VaultA1", PIN, NULL);
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "error: cannot open vault 'VaultA1': cannot search vault 'VaultA1': "
+                       "C_FindObjects: An error occurred on the device (CKR_DEVICE_ERROR, 0x30)");
+    arm("C_FindObjects", "CKR_DEVICE_ERROR", 3, 0);
+    r = kc_test_run("key", "list", "VaultA1", PIN, NULL);
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "error: cannot list the keys of vault 'VaultA1': cannot search vault "
+                       "'VaultA1': C_FindObjects:");
+    arm("C_GetSlotList", "CKR_DEVICE_ERROR", 1, 0);
+    r = kc_test_run("vault", "list", NULL);
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "C_GetSlotList");
+    arm("C_InitToken", "CKR_DEVICE_ERROR", 1, 0);
+    r = kc_test_run("vault", "init", "VaultA2", "--subscription", "s", "--region", "eastus2",
+                    SOPIN, PIN, NULL);
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "error: cannot initialise vault 'VaultA2': cannot initialise token as "
+                       "'VaultA2': C_InitToken:");
+    kc_p11_fault_disarm();
+    r = kc_test_run("vault", "list", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "free token, not initialised"); /* still free */
+}
+
+static const kc_test_case fault_cases[] = {
+    {"C_GenerateKeyPair", test_fault_generate},
+    {"C_Login", test_fault_login},
+    {"C_CreateObject in vault init", test_fault_create_object_in_init},
+    {"C_FindObjects, C_GetSlotList, C_InitToken", test_fault_find_and_list},
+    {NULL, NULL},
+};
+
+/* --- help and usage --- */
+
+static void test_help(void)
+{
+    static const char *cmds[][2] = {{"vault", "init"},  {"vault", "show"},
+                                    {"vault", "list"},  {"key", "create"},
+                                    {"key", "list"},    {"key", "show"},
+                                    {"key", "export-public"}, {"key", "wrap"},
+                                    {"key", "unwrap"}};
+    const kc_test_out *r;
+    char want[100];
+    size_t i;
+
+    r = kc_test_run("--help", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "keycustody vault init");
+    ASSERT_HAS(r->out, "keycustody key unwrap");
+    ASSERT_HAS(r->out, "Exit codes: 0 ok, 1 error, 2 usage");
+    for (i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+        r = kc_test_run(cmds[i][0], cmds[i][1], "--help", NULL);
+        ASSERT_RC(r, 0);
+        snprintf(want, sizeof(want), "usage: keycustody %s %s ", cmds[i][0], cmds[i][1]);
+        ASSERT_HAS(r->out, want);
+        ASSERT_HAS(r->out, "Common options:");
+    }
+    r = kc_test_run("vault", "--help", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "init");
+    r = kc_test_run("--version", NULL);
+    ASSERT_RC(r, 0);
+}
+
+static void test_usage_errors(void)
+{
+    const kc_test_out *r;
+
+    r = kc_test_run(NULL);
+    ASSERT_RC(r, 2);
+    r = kc_test_run("vault", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "usage: keycustody vault COMMAND");
+    r = kc_test_run("vualt", "list", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "error: unknown command 'vualt'");
+    r = kc_test_run("key", "destroy", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "error: unknown command 'key destroy'");
+    r = kc_test_run("key", "list", "--bogus", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "error: unknown option '--bogus'");
+    ASSERT_HAS(r->err, "hint: see 'keycustody key list --help'");
+    r = kc_test_run("key", "list", "VaultA1", "--pin-source", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "option '--pin-source' needs a value");
+    r = kc_test_run("key", "list", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "give exactly one vault");
+}
+
+static const kc_test_case help_cases[] = {
+    {"help", test_help},
+    {"usage errors", test_usage_errors},
+    {NULL, NULL},
+};
+
+/* --- the no-echo prompt, on a real terminal made by script(1) --- */
+
+static void test_prompt(void)
+{
+    char *out = NULL;
+    int rc;
+
+    kc_test_vault("VaultA1", "s", "westus");
+    kc_test_key("VaultA1/Key001", NULL);
+    /* Typed after the prompt appears, as a person would: the prompt flushes
+     * anything typed ahead (TCSAFLUSH). */
+    rc = kc_test_sh(&out, "(sleep 1; printf '%%s\\n' \"$TEST_PIN\") | script -qec '%s key list "
+                          "VaultA1' /dev/null", KC_BINARY);
+    CU_ASSERT_EQUAL(rc, 0);
+    ASSERT_HAS(out, "Enter the user PIN for vault 'VaultA1': ");
+    ASSERT_HAS(out, "Key001");
+    CU_ASSERT_PTR_NULL(strstr(out, getenv("TEST_PIN"))); /* not echoed */
+}
+
+static void test_prompt_new_pins_must_match(void)
+{
+    char *out = NULL;
+    int rc;
+
+    rc = kc_test_sh(&out, "(sleep 1; printf 'so-pin-1\\n'; sleep 1; printf 'so-pin-2\\n') | "
+                          "script -qec '%s vault init VaultA1 --subscription s --region westus' "
+                          "/dev/null; echo \"rc=$?\"", KC_BINARY);
+    CU_ASSERT_EQUAL(rc, 0);
+    ASSERT_HAS(out, "Enter the new security-officer PIN for vault 'VaultA1': ");
+    ASSERT_HAS(out, "Repeat it: ");
+    ASSERT_HAS(out, "the two PINs differ");
+    CU_ASSERT_PTR_NULL(strstr(out, "so-pin-1"));
+}
+
+static const kc_test_case prompt_cases[] = {
+    {"user PIN", test_prompt},
+    {"new PINs must match", test_prompt_new_pins_must_match},
+    {NULL, NULL},
+};
+
+static const kc_test_suite suites[] = {
+    {"vault", 1, vault_cases}, {"key", 1, key_cases},   {"wrap", 1, wrap_cases},
+    {"faults", 1, fault_cases}, {"help", 0, help_cases}, {"prompt", 1, prompt_cases},
+    {NULL, 0, NULL},
+};
+
+int main(int argc, char **argv)
+{
+    /* Never a terminal for in-process runs: PIN prompts must not block. */
+    if (freopen("/dev/null", "r", stdin) == NULL)
+        return 2;
+    return kc_test_main(argc, argv, suites);
+}
