@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define KC_P11_OAEP_MAX 512 /* bytes: the modulus of RSA-4096 */
+
 static CK_BBOOL ck_true = CK_TRUE;
 static CK_BBOOL ck_false = CK_FALSE;
 
@@ -511,16 +513,16 @@ kc_rc kc_tok_oaep_unwrap(kc_tok *t, kc_obj priv, kc_oaep hash, const unsigned ch
             kc_error_hint(err, "the key does not allow unwrapKey; see its ops with 'key show'");
         return r;
     }
-    rv = t->f->C_GetAttributeValue(t->session, sec, &val, 1);
-    if (rv == CKR_OK) {
-        s = kc_secret_new(val.ulValueLen);
-        if (s == NULL) {
-            rv = CKR_HOST_MEMORY;
-        } else {
-            val.pValue = s->data;
-            rv = t->f->C_GetAttributeValue(t->session, sec, &val, 1);
-            s->len = val.ulValueLen;
-        }
+    /* An RSA-OAEP plaintext is shorter than the modulus, so one read into a
+     * buffer of the largest modulus (RSA-4096) always fits: no size query. */
+    s = kc_secret_new(KC_P11_OAEP_MAX);
+    if (s == NULL) {
+        rv = CKR_HOST_MEMORY;
+    } else {
+        val.pValue = s->data;
+        val.ulValueLen = KC_P11_OAEP_MAX;
+        rv = t->f->C_GetAttributeValue(t->session, sec, &val, 1);
+        s->len = rv == CKR_OK ? val.ulValueLen : 0;
     }
     (void)t->f->C_DestroyObject(t->session, sec);
     if (rv != CKR_OK) {

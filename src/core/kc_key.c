@@ -241,8 +241,10 @@ static kc_rc group_keys(kc_vault *v, const kc_key_obj *objs, size_t nobjs, kc_ke
     kc_rc r = KC_OK;
 
     for (i = 0; i < nobjs; i++) {
-        if (objs[i].label[0] == '\0')
-            continue; /* not a named key: nothing of ours */
+        /* Unnamed objects, and labels no key name can have, are not keys of
+         * ours; truncating a label would merge it with another key. */
+        if (objs[i].label[0] == '\0' || strlen(objs[i].label) > KC_KEY_NAME_MAX)
+            continue;
         for (j = 0; j < n && strcmp(keys[j].name, objs[i].label) != 0; j++)
             ;
         if (j == n) {
@@ -254,7 +256,7 @@ static kc_rc group_keys(kc_vault *v, const kc_key_obj *objs, size_t nobjs, kc_ke
             keys = nk;
             memset(&keys[n], 0, sizeof(keys[n]));
             snprintf(keys[n].vault, sizeof(keys[n].vault), "%s", v->meta.name);
-            snprintf(keys[n].name, sizeof(keys[n].name), "%s", objs[i].label);
+            memcpy(keys[n].name, objs[i].label, strlen(objs[i].label) + 1);
             n++;
         }
         ver = version_for(&keys[j], &objs[i]);

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Makes sure the Debian 12 packages keycustody needs are installed: installs
+# the missing ones when run as root, else prints the one apt-get line needed
+# and fails.
+set -euo pipefail
+
+pkgs=(
+  build-essential cmake pkg-config          # toolchain
+  libp11-kit-dev p11-kit                    # PKCS#11 modules and URIs
+  libssl-dev openssl                        # OpenSSL 3
+  libyaml-dev                               # layout files
+  libjansson-dev                            # JSON
+  libcunit1-dev                             # tests
+  softhsm2                                  # the HSM in tests and the demo
+  opensc gnutls-bin                         # pkcs11-tool and p11tool, for cross-checks
+  bsdutils                                  # script(1): PIN prompt tests on a pty
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+[ "${#missing[@]}" -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "keycustody needs these Debian packages, which are not installed: ${missing[*]}" >&2
+  echo "Install them with:" >&2
+  echo "  sudo apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+echo "installing: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
