@@ -36,8 +36,7 @@ static double now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static kc_rc pin_fn(void *arg, const char *vault, kc_pin_kind kind, kc_secret **out,
-                    kc_error *err)
+static kc_rc pin_fn(void *arg, const char *vault, kc_pin_kind kind, kc_secret **out, kc_error *err)
 {
     const char *p = kind == KC_PIN_SO || kind == KC_PIN_NEW_SO ? so_pin : user_pin;
 
@@ -70,7 +69,8 @@ static void *tok_worker(void *arg)
     double end;
 
     /* One session per thread: PKCS#11 sessions are not shared between threads. */
-    if (kc_p11_token_new(j->p11, "Bench", &tok, &e) != KC_OK || kc_tok_login(tok, pin, &e) != KC_OK ||
+    if (kc_p11_token_new(j->p11, "Bench", &tok, &e) != KC_OK ||
+        kc_tok_login(tok, pin, &e) != KC_OK ||
         kc_tok_find_keys(tok, j->label, NULL, 0, &objs, &n, &e) != KC_OK) {
         fprintf(stderr, "bench: %s\n", e.msg);
         j->failed = 1;
@@ -139,8 +139,11 @@ static void *raw_worker(void *arg)
     CK_BBOOL t = CK_TRUE, fa = CK_FALSE;
     CK_ATTRIBUTE find[] = {{CKA_CLASS, &priv_cls, sizeof(priv_cls)},
                            {CKA_LABEL, (void *)j->label, strlen(j->label)}};
-    CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &sec_cls, sizeof(sec_cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)},
-                           {CKA_TOKEN, &fa, 1}, {CKA_PRIVATE, &t, 1}, {CKA_SENSITIVE, &fa, 1},
+    CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &sec_cls, sizeof(sec_cls)},
+                           {CKA_KEY_TYPE, &kt, sizeof(kt)},
+                           {CKA_TOKEN, &fa, 1},
+                           {CKA_PRIVATE, &t, 1},
+                           {CKA_SENSITIVE, &fa, 1},
                            {CKA_EXTRACTABLE, &t, 1}};
     CK_RSA_PKCS_OAEP_PARAMS p = {CKM_SHA_1, CKG_MGF1_SHA1, CKZ_DATA_SPECIFIED, NULL, 0};
     CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &p, sizeof(p)};
@@ -349,8 +352,8 @@ int main(int argc, char **argv)
            "keycustody: kc_tok_oaep_unwrap; pkcs11: the same C_UnwrapKey, C_GetAttributeValue,\n"
            "C_DestroyObject straight to the module; openssl: EVP_PKEY_decrypt, same key size\n",
            seconds, sysconf(_SC_NPROCESSORS_ONLN));
-    printf("%-5s %-8s %11s %11s %11s %12s %14s\n", "bits", "threads", "keycustody",
-           "pkcs11", "openssl", "kc/pkcs11", "kc/openssl");
+    printf("%-5s %-8s %11s %11s %11s %12s %14s\n", "bits", "threads", "keycustody", "pkcs11",
+           "openssl", "kc/pkcs11", "kc/openssl");
     for (s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
         kc_key_create_opts o = {NULL, sizes[s], KC_PROT_HSM, KC_OP_WRAP | KC_OP_UNWRAP, NULL};
         char label[16];
@@ -364,8 +367,8 @@ int main(int argc, char **argv)
         RAND_bytes(secret->data, 32);
         secret->len = 32;
         if (kc_key_create(v, &o, &k, &e) != KC_OK ||
-            kc_key_wrap(v, k, &k->versions[0], KC_OAEP_SHA1, secret, &blob, &blob_len, NULL,
-                        &e) != KC_OK) {
+            kc_key_wrap(v, k, &k->versions[0], KC_OAEP_SHA1, secret, &blob, &blob_len, NULL, &e) !=
+                KC_OK) {
             fprintf(stderr, "bench: %s\n", e.msg);
             return 1;
         }

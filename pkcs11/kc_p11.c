@@ -54,8 +54,9 @@ kc_rc kc_p11_load(const char *module_path, kc_p11 **out, kc_error *err)
     } else {
         p->modules = p11_kit_modules_load_and_initialize(0);
         if (p->modules == NULL) {
-            r = kc_error_set(err, KC_TOKEN, "cannot load the PKCS#11 modules registered with "
-                                            "p11-kit");
+            r = kc_error_set(err, KC_TOKEN,
+                             "cannot load the PKCS#11 modules registered with "
+                             "p11-kit");
             kc_error_hint(err, "name a module with --module PATH or KEYCUSTODY_MODULE");
             goto cleanup;
         }
@@ -274,9 +275,9 @@ int kc_p11_is_uri(const char *s)
 }
 
 struct find_arg {
-    P11KitUri *uri;      /* match by URI, or */
-    const char *label;   /* by label */
-    int want_free;       /* only tokens that are not initialised */
+    P11KitUri *uri;    /* match by URI, or */
+    const char *label; /* by label */
+    int want_free;     /* only tokens that are not initialised */
     int matches;
     CK_FUNCTION_LIST *f;
     CK_FUNCTION_LIST *module;
@@ -329,8 +330,7 @@ static void visible_tokens(kc_p11 *p, char *buf, size_t len)
     off = (size_t)snprintf(buf, len, "visible tokens:");
     for (i = 0; i < n && off < len; i++)
         off += (size_t)snprintf(buf + off, len - off, "%s '%s'%s", i ? "," : "",
-                                v[i].initialized ? v[i].label : "(not initialised)",
-                                "");
+                                v[i].initialized ? v[i].label : "(not initialised)", "");
     free(v);
 }
 
@@ -408,8 +408,9 @@ static kc_rc find_token(kc_p11 *p, const char *name_or_uri, int want_free, struc
     }
     if (a->matches > 1 && !want_free) {
         kc_error_set(err, KC_CONFLICT, "%d tokens match '%s'", a->matches, name_or_uri);
-        kc_error_hint(err, "name the token by a URI with its serial, e.g. "
-                           "'pkcs11:token=%s;serial=...'",
+        kc_error_hint(err,
+                      "name the token by a URI with its serial, e.g. "
+                      "'pkcs11:token=%s;serial=...'",
                       a->label ? a->label : "NAME");
         return KC_CONFLICT;
     }
@@ -507,8 +508,7 @@ kc_rc kc_tok_session(kc_tok *t, kc_error *err)
 
     if (t->has_session)
         return KC_OK;
-    rv = t->f->C_OpenSession(t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
-                             &t->session);
+    rv = t->f->C_OpenSession(t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &t->session);
     if (rv != CKR_OK)
         return kc_p11_fail(err, "C_OpenSession", rv, "cannot open a session on token '%s'",
                            t->info.label);
@@ -559,8 +559,10 @@ kc_rc kc_tok_login(kc_tok *t, const kc_secret *pin, kc_error *err)
         if (rv == CKR_PIN_INCORRECT)
             explain_pin_flags(t, err);
         if (rv == CKR_PIN_LOCKED)
-            kc_error_hint(err, "the user PIN of '%s' is locked; its security officer must set "
-                               "a new one (C_InitPIN)", t->info.label);
+            kc_error_hint(err,
+                          "the user PIN of '%s' is locked; its security officer must set "
+                          "a new one (C_InitPIN)",
+                          t->info.label);
         if (rv == CKR_USER_PIN_NOT_INITIALIZED)
             kc_error_hint(err, "the token has no user PIN yet; run 'keycustody vault init %s'",
                           t->info.label);
@@ -587,8 +589,10 @@ kc_rc kc_tok_init_token(kc_tok *t, const char *label, const kc_secret *so_pin, k
         return kc_error_set(err, KC_CONFLICT, "token '%s' is already initialised", t->info.label);
     if (so_pin->len < t->info.min_pin || so_pin->len > t->info.max_pin) {
         /* SoftHSM answers a short SO PIN with CKR_PIN_INCORRECT, which misleads. */
-        kc_error_set(err, KC_USAGE, "the new security-officer PIN has %zu characters; the token "
-                     "takes %lu to %lu", so_pin->len, t->info.min_pin, t->info.max_pin);
+        kc_error_set(err, KC_USAGE,
+                     "the new security-officer PIN has %zu characters; the token "
+                     "takes %lu to %lu",
+                     so_pin->len, t->info.min_pin, t->info.max_pin);
         return KC_USAGE;
     }
     pad_label(lab, label);
@@ -600,16 +604,17 @@ kc_rc kc_tok_init_token(kc_tok *t, const char *label, const kc_secret *so_pin, k
     return kc_tok_refresh(t, err);
 }
 
-kc_rc kc_tok_init_pin(kc_tok *t, const kc_secret *so_pin, const kc_secret *user_pin,
-                      kc_error *err)
+kc_rc kc_tok_init_pin(kc_tok *t, const kc_secret *so_pin, const kc_secret *user_pin, kc_error *err)
 {
     const char *label = t->info.label;
     CK_RV rv;
     kc_rc r;
 
     if (user_pin->len < t->info.min_pin || user_pin->len > t->info.max_pin) {
-        kc_error_set(err, KC_USAGE, "the new user PIN has %zu characters; the token takes %lu "
-                     "to %lu", user_pin->len, t->info.min_pin, t->info.max_pin);
+        kc_error_set(err, KC_USAGE,
+                     "the new user PIN has %zu characters; the token takes %lu "
+                     "to %lu",
+                     user_pin->len, t->info.min_pin, t->info.max_pin);
         return KC_USAGE;
     }
     r = kc_tok_session(t, err);
@@ -617,8 +622,7 @@ kc_rc kc_tok_init_pin(kc_tok *t, const kc_secret *so_pin, const kc_secret *user_
         return r;
     rv = t->f->C_Login(t->session, CKU_SO, so_pin->data, so_pin->len);
     if (rv != CKR_OK)
-        return kc_p11_fail(err, "C_Login", rv, "cannot log in to '%s' as security officer",
-                           label);
+        return kc_p11_fail(err, "C_Login", rv, "cannot log in to '%s' as security officer", label);
     rv = t->f->C_InitPIN(t->session, user_pin->data, user_pin->len);
     if (rv != CKR_OK) {
         r = kc_p11_fail(err, "C_InitPIN", rv, "cannot set the user PIN of '%s'", label);

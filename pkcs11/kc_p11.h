@@ -39,8 +39,8 @@ typedef struct kc_tok_info {
     char manufacturer[33];
     char model[17];
     char serial[17];
-    char uri[512];         /* RFC 7512 token URI */
-    char module[256];      /* module file the token was found through */
+    char uri[512];    /* RFC 7512 token URI */
+    char module[256]; /* module file the token was found through */
     int initialized;
     int user_pin_initialized;
     int login_required;
@@ -53,13 +53,13 @@ typedef struct kc_tok_info {
 /* One key object as read back from the token. Dates are "YYYYMMDD" or "". */
 typedef struct kc_key_obj {
     kc_obj handle;
-    int is_private;         /* CKO_PRIVATE_KEY, else CKO_PUBLIC_KEY */
+    int is_private; /* CKO_PRIVATE_KEY, else CKO_PUBLIC_KEY */
     kc_key_type type;
     char label[129];
     unsigned char id[64];
     size_t id_len;
     unsigned bits;
-    unsigned ops;           /* KC_OP_* the token allows on this object */
+    unsigned ops; /* KC_OP_* the token allows on this object */
     int sensitive, extractable, always_sensitive, never_extractable, local;
     int wrap_with_trusted, modifiable, trusted;
     char start_date[9], end_date[9]; /* read from public objects only (see kc_p11_obj.c) */
@@ -70,18 +70,18 @@ typedef struct kc_rsa_spec {
     const unsigned char *id;
     size_t id_len;
     unsigned bits;
-    unsigned ops;            /* KC_OP_*: ENCRYPT/VERIFY/WRAP go on the public key, the rest
-                              * on the private key */
-    int sensitive;           /* private key never readable in clear */
-    int wrap_with_trusted;   /* extractable only under a trusted wrapping key */
-    const char *start_date;  /* "YYYYMMDD" or NULL; public key only */
-    const char *end_date;    /* "YYYYMMDD" or NULL; public key only */
+    unsigned ops;           /* KC_OP_*: ENCRYPT/VERIFY/WRAP go on the public key, the rest
+                             * on the private key */
+    int sensitive;          /* private key never readable in clear */
+    int wrap_with_trusted;  /* extractable only under a trusted wrapping key */
+    const char *start_date; /* "YYYYMMDD" or NULL; public key only */
+    const char *end_date;   /* "YYYYMMDD" or NULL; public key only */
 } kc_rsa_spec;
 
 typedef struct kc_data_obj {
     kc_obj handle;
     char label[129];
-    unsigned char *value;    /* owned; free with kc_p11_data_objs_free */
+    unsigned char *value; /* owned; free with kc_p11_data_objs_free */
     size_t len;
 } kc_data_obj;
 
@@ -122,15 +122,14 @@ KC_EXPORT int kc_p11_is_uri(const char *s);
 
 /* The RFC 7512 URI of a key pair on the token: token attributes, object=label
  * and id, without type=, so that it names both halves of the pair. */
-KC_EXPORT kc_rc kc_p11_object_uri(const kc_tok_info *ti, const char *label,
-                                  const unsigned char *id, size_t id_len, char *out, size_t len,
+KC_EXPORT kc_rc kc_p11_object_uri(const kc_tok_info *ti, const char *label, const unsigned char *id,
+                                  size_t id_len, char *out, size_t len,
                                   kc_error *err) KC_MUST_CHECK;
 
 /* The object part of a pkcs11: URI: its label ("" when absent) and id
  * (*id_len 0 when absent). A pin-value in the URI is refused. */
-KC_EXPORT kc_rc kc_p11_uri_object(const char *uri, char *label, size_t label_cap,
-                                  unsigned char *id, size_t id_cap, size_t *id_len,
-                                  kc_error *err) KC_MUST_CHECK;
+KC_EXPORT kc_rc kc_p11_uri_object(const char *uri, char *label, size_t label_cap, unsigned char *id,
+                                  size_t id_cap, size_t *id_len, kc_error *err) KC_MUST_CHECK;
 
 /* --- tokens and login --- */
 
@@ -168,8 +167,8 @@ KC_EXPORT kc_rc kc_tok_find_keys(kc_tok *t, const char *label, const unsigned ch
 
 /* Generates an RSA key pair as token objects. On failure nothing of it is
  * left on the token, even where the module leaves half-built objects. */
-KC_EXPORT kc_rc kc_tok_generate_rsa(kc_tok *t, const kc_rsa_spec *spec, kc_obj *pub,
-                                    kc_obj *priv, kc_error *err) KC_MUST_CHECK;
+KC_EXPORT kc_rc kc_tok_generate_rsa(kc_tok *t, const kc_rsa_spec *spec, kc_obj *pub, kc_obj *priv,
+                                    kc_error *err) KC_MUST_CHECK;
 
 /* Modulus and public exponent of an RSA key (big-endian, caller frees). */
 KC_EXPORT kc_rc kc_tok_rsa_public(kc_tok *t, kc_obj key, unsigned char **n, size_t *n_len,

@@ -57,22 +57,23 @@ static int fault_hit(void)
 
 /* One replacement per function that tests fail. ARGS is the parameter list,
  * PASS the arguments passed through. */
-#define FAULT_FN(name, ARGS, PASS)                                                               \
-    static CK_RV fault_##name ARGS                                                              \
-    {                                                                                           \
-        CK_RV real;                                                                             \
-        if (!fault_hit())                                                                       \
-            return fault.orig->name PASS;                                                       \
-        if (!fault.after)                                                                       \
-            return fault.rv;                                                                    \
-        real = fault.orig->name PASS;                                                           \
-        (void)real;                                                                             \
-        return fault.rv;                                                                        \
+#define FAULT_FN(name, ARGS, PASS)                                                                 \
+    static CK_RV fault_##name ARGS                                                                 \
+    {                                                                                              \
+        CK_RV real;                                                                                \
+        if (!fault_hit())                                                                          \
+            return fault.orig->name PASS;                                                          \
+        if (!fault.after)                                                                          \
+            return fault.rv;                                                                       \
+        real = fault.orig->name PASS;                                                              \
+        (void)real;                                                                                \
+        return fault.rv;                                                                           \
     }
 
 FAULT_FN(C_GetSlotList, (CK_BBOOL a, CK_SLOT_ID_PTR b, CK_ULONG_PTR c), (a, b, c))
 FAULT_FN(C_GetTokenInfo, (CK_SLOT_ID a, CK_TOKEN_INFO_PTR b), (a, b))
-FAULT_FN(C_InitToken, (CK_SLOT_ID a, CK_UTF8CHAR_PTR b, CK_ULONG c, CK_UTF8CHAR_PTR d), (a, b, c, d))
+FAULT_FN(C_InitToken, (CK_SLOT_ID a, CK_UTF8CHAR_PTR b, CK_ULONG c, CK_UTF8CHAR_PTR d),
+         (a, b, c, d))
 FAULT_FN(C_InitPIN, (CK_SESSION_HANDLE a, CK_UTF8CHAR_PTR b, CK_ULONG c), (a, b, c))
 FAULT_FN(C_OpenSession,
          (CK_SLOT_ID a, CK_FLAGS b, CK_VOID_PTR c, CK_NOTIFY d, CK_SESSION_HANDLE_PTR e),
@@ -102,17 +103,20 @@ FAULT_FN(C_UnwrapKey,
          (a, b, c, d, e, f, g, h))
 FAULT_FN(C_GenerateRandom, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c), (a, b, c))
 
-#define FAULT_ENTRY(name) {#name, offsetof(CK_FUNCTION_LIST, name), (void (*)(void))fault_##name}
+#define FAULT_ENTRY(name)                                                                          \
+    {                                                                                              \
+#name, offsetof(CK_FUNCTION_LIST, name), (void (*)(void))fault_##name                      \
+    }
 static const struct {
     const char *name;
     size_t offset;
     void (*fn)(void);
 } fault_table[] = {
-    FAULT_ENTRY(C_GetSlotList),     FAULT_ENTRY(C_GetTokenInfo),      FAULT_ENTRY(C_InitToken),
-    FAULT_ENTRY(C_InitPIN),         FAULT_ENTRY(C_OpenSession),       FAULT_ENTRY(C_Login),
-    FAULT_ENTRY(C_CreateObject),    FAULT_ENTRY(C_DestroyObject),     FAULT_ENTRY(C_GetAttributeValue),
-    FAULT_ENTRY(C_FindObjectsInit), FAULT_ENTRY(C_FindObjects),       FAULT_ENTRY(C_GenerateKeyPair),
-    FAULT_ENTRY(C_WrapKey),         FAULT_ENTRY(C_UnwrapKey),         FAULT_ENTRY(C_GenerateRandom),
+    FAULT_ENTRY(C_GetSlotList),     FAULT_ENTRY(C_GetTokenInfo),  FAULT_ENTRY(C_InitToken),
+    FAULT_ENTRY(C_InitPIN),         FAULT_ENTRY(C_OpenSession),   FAULT_ENTRY(C_Login),
+    FAULT_ENTRY(C_CreateObject),    FAULT_ENTRY(C_DestroyObject), FAULT_ENTRY(C_GetAttributeValue),
+    FAULT_ENTRY(C_FindObjectsInit), FAULT_ENTRY(C_FindObjects),   FAULT_ENTRY(C_GenerateKeyPair),
+    FAULT_ENTRY(C_WrapKey),         FAULT_ENTRY(C_UnwrapKey),     FAULT_ENTRY(C_GenerateRandom),
 };
 
 static int fault_known(const char *func)

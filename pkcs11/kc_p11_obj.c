@@ -11,8 +11,14 @@
 static CK_BBOOL ck_true = CK_TRUE;
 static CK_BBOOL ck_false = CK_FALSE;
 
-#define ATTR(t, p, n) {(t), (void *)(p), (n)}
-#define ATTR_BOOL(t, b) {(t), (b) ? &ck_true : &ck_false, sizeof(CK_BBOOL)}
+#define ATTR(t, p, n)                                                                              \
+    {                                                                                              \
+        (t), (void *)(p), (n)                                                                      \
+    }
+#define ATTR_BOOL(t, b)                                                                            \
+    {                                                                                              \
+        (t), (b) ? &ck_true : &ck_false, sizeof(CK_BBOOL)                                          \
+    }
 
 /* Collects every handle matching tmpl. *out is freed by the caller. */
 static kc_rc find_all(kc_tok *t, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDLE **out,
@@ -31,8 +37,7 @@ static kc_rc find_all(kc_tok *t, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDL
         return r;
     rv = t->f->C_FindObjectsInit(t->session, tmpl, n);
     if (rv != CKR_OK)
-        return kc_p11_fail(err, "C_FindObjectsInit", rv, "cannot search vault '%s'",
-                           t->info.label);
+        return kc_p11_fail(err, "C_FindObjectsInit", rv, "cannot search vault '%s'", t->info.label);
     for (;;) {
         if (len == cap) {
             cap = cap * 2 + 16;
@@ -337,8 +342,8 @@ kc_rc kc_tok_generate_rsa(kc_tok *t, const kc_rsa_spec *spec, kc_obj *pub, kc_ob
     return KC_OK;
 }
 
-kc_rc kc_tok_rsa_public(kc_tok *t, kc_obj key, unsigned char **n, size_t *n_len,
-                        unsigned char **e, size_t *e_len, kc_error *err)
+kc_rc kc_tok_rsa_public(kc_tok *t, kc_obj key, unsigned char **n, size_t *n_len, unsigned char **e,
+                        size_t *e_len, kc_error *err)
 {
     kc_rc r;
 

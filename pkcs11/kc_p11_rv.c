@@ -4,7 +4,10 @@
 #include <stdio.h>
 #include <string.h>
 
-#define RV(n) {n, #n}
+#define RV(n)                                                                                      \
+    {                                                                                              \
+        n, #n                                                                                      \
+    }
 static const struct {
     CK_RV rv;
     const char *name;

@@ -160,9 +160,9 @@ int kc_test_sh(char **output, const char *fmt, ...)
 
 void kc_test_vault(const char *name, const char *subscription, const char *region)
 {
-    const kc_test_out *r = kc_test_run("vault", "init", name, "--subscription", subscription,
-                                       "--region", region, "--so-pin-source", "env:TEST_SO_PIN",
-                                       "--pin-source", "env:TEST_PIN", NULL);
+    const kc_test_out *r =
+        kc_test_run("vault", "init", name, "--subscription", subscription, "--region", region,
+                    "--so-pin-source", "env:TEST_SO_PIN", "--pin-source", "env:TEST_PIN", NULL);
     ASSERT_RC(r, 0);
 }
 

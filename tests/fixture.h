@@ -44,12 +44,12 @@ unsigned char *kc_test_read(const char *path, size_t *len);
 /* Whether haystack contains needle; prints both when it does not. */
 int kc_test_contains(const char *haystack, const char *needle);
 
-#define ASSERT_RC(res, want)                                                                    \
-    do {                                                                                        \
-        if ((res)->rc != (want))                                                                \
-            fprintf(stderr, "\n  rc=%d, want %d\n  stdout: %s\n  stderr: %s\n", (res)->rc,    \
-                    (want), (res)->out, (res)->err);                                            \
-        CU_ASSERT_EQUAL_FATAL((res)->rc, (want));                                               \
+#define ASSERT_RC(res, want)                                                                       \
+    do {                                                                                           \
+        if ((res)->rc != (want))                                                                   \
+            fprintf(stderr, "\n  rc=%d, want %d\n  stdout: %s\n  stderr: %s\n", (res)->rc, (want), \
+                    (res)->out, (res)->err);                                                       \
+        CU_ASSERT_EQUAL_FATAL((res)->rc, (want));                                                  \
     } while (0)
 
 #define ASSERT_HAS(text, needle) CU_ASSERT_TRUE(kc_test_contains((text), (needle)))
@@ -61,8 +61,8 @@ typedef struct kc_test_case {
 
 typedef struct kc_test_suite {
     const char *name;
-    int tokens;                 /* needs a token directory per test */
-    const kc_test_case *cases;  /* terminated by {NULL, NULL} */
+    int tokens;                /* needs a token directory per test */
+    const kc_test_case *cases; /* terminated by {NULL, NULL} */
 } kc_test_suite;
 
 /* Runs the suites (all, or the one named by argv[1]); returns the exit code. */

@@ -41,8 +41,8 @@ static void test_vault_init_show_list(void)
     size_t i;
     int found = 0;
 
-    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "contoso-a", "--region",
-                    "westus", "--retention-days", "30", "--purge-protection", SOPIN, PIN, NULL);
+    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "contoso-a", "--region", "westus",
+                    "--retention-days", "30", "--purge-protection", SOPIN, PIN, NULL);
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "initialised vault 'VaultA1': subscription 'contoso-a', region 'westus', "
                        "premium, soft delete 30 days, purge protection on");
@@ -53,8 +53,9 @@ static void test_vault_init_show_list(void)
     j = parse(r->out);
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "subscription")), "contoso-a");
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "region")), "westus");
-    CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_object_get(j, "soft_delete"),
-                                                       "retention_days")), 30);
+    CU_ASSERT_EQUAL(
+        json_integer_value(json_object_get(json_object_get(j, "soft_delete"), "retention_days")),
+        30);
     CU_ASSERT_TRUE(json_is_true(json_object_get(j, "purge_protection")));
     json_decref(j);
 
@@ -65,7 +66,8 @@ static void test_vault_init_show_list(void)
     r = kc_test_run("vault", "list", "--json", NULL);
     ASSERT_RC(r, 0);
     j = parse(r->out);
-    json_array_foreach(j, i, t) {
+    json_array_foreach(j, i, t)
+    {
         if (json_is_true(json_object_get(t, "vault"))) {
             found++;
             CU_ASSERT_STRING_EQUAL(
@@ -96,8 +98,7 @@ static void test_vault_init_errors(void)
                     "--retention-days", "5", NULL);
     ASSERT_RC(r, 2);
     ASSERT_HAS(r->err, "give a number of days from 7 to 90");
-    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "WestUS",
-                    NULL);
+    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "WestUS", NULL);
     ASSERT_RC(r, 2);
     ASSERT_HAS(r->err, "lower case");
     r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus",
@@ -108,8 +109,7 @@ static void test_vault_init_errors(void)
     ASSERT_RC(r, 2);
     ASSERT_HAS(r->err, "has no --json output");
     /* No PIN source and no terminal (stdin is /dev/null here). */
-    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus",
-                    NULL);
+    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus", NULL);
     ASSERT_RC(r, 2);
     ASSERT_HAS(r->err, "no PIN source for vault 'VaultA1' (new security-officer PIN)");
     /* A PIN typed where a source belongs is refused and not repeated. */
@@ -119,14 +119,14 @@ static void test_vault_init_errors(void)
     CU_ASSERT_PTR_NULL(strstr(r->err, "98765432"));
     /* A new user PIN the token will not take. */
     setenv("SHORT_PIN", "abc", 1);
-    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus",
-                    SOPIN, "--pin-source", "env:SHORT_PIN", NULL);
+    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus", SOPIN,
+                    "--pin-source", "env:SHORT_PIN", NULL);
     ASSERT_RC(r, 2);
     ASSERT_HAS(r->err, "the new user PIN has 3 characters; the token takes 4 to 255");
     /* That attempt initialised the token (C_InitToken ran): a corrected re-run finishes. */
     kc_test_vault("VaultA1", "s", "westus");
-    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus",
-                    SOPIN, PIN, NULL);
+    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus", SOPIN,
+                    PIN, NULL);
     ASSERT_RC(r, 5);
     ASSERT_HAS(r->err, "error: vault 'VaultA1' is already initialised (subscription 's', "
                        "region 'westus')");
@@ -195,13 +195,36 @@ static void test_vault_registry_modules(void)
     ASSERT_HAS(r->out, "libsofthsm2.so");
 }
 
+/* SoftHSM's free token has an empty serial until C_InitToken gives it one,
+ * so a free SoftHSM token is selected by model or manufacturer. */
+static void test_vault_init_by_token_uri(void)
+{
+    const kc_test_out *r;
+
+    r = kc_test_run("vault", "init", "VaultT1", "--subscription", "s", "--region", "westus",
+                    "--token", "pkcs11:model=Other%20HSM", SOPIN, PIN, NULL);
+    ASSERT_RC(r, 4);
+    ASSERT_HAS(r->err, "no free (uninitialised) token matches pkcs11:model=Other%20HSM; visible "
+                       "tokens: '(not initialised)'");
+    r = kc_test_run("vault", "init", "VaultT1", "--subscription", "s", "--region", "westus",
+                    "--token", "pkcs11:model=SoftHSM%20v2;manufacturer=SoftHSM%20project", SOPIN,
+                    PIN, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "initialised vault 'VaultT1'");
+    r = kc_test_run("vault", "init", "VaultT1", "--subscription", "s", "--region", "westus",
+                    "--token", "pkcs11:model=SoftHSM%20v2", SOPIN, PIN, NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "a token labelled 'VaultT1' exists already");
+    r = kc_test_run("vault", "init", "VaultT1", "--subscription", "s", "--region", "westus",
+                    "--token", "VaultT1", SOPIN, PIN, NULL);
+    ASSERT_RC(r, 5);
+}
+
 static const kc_test_case vault_cases[] = {
-    {"init, show, list", test_vault_init_show_list},
-    {"init errors", test_vault_init_errors},
-    {"PIN files and sources", test_vault_pin_file},
-    {"not found", test_vault_not_found},
-    {"registered modules", test_vault_registry_modules},
-    {NULL, NULL},
+    {"init by token URI", test_vault_init_by_token_uri},
+    {"init, show, list", test_vault_init_show_list},     {"init errors", test_vault_init_errors},
+    {"PIN files and sources", test_vault_pin_file},      {"not found", test_vault_not_found},
+    {"registered modules", test_vault_registry_modules}, {NULL, NULL},
 };
 
 /* --- key --- */
@@ -229,7 +252,8 @@ static void test_key_create_show_list(void)
     CU_ASSERT_TRUE(json_is_true(json_object_get(json_object_get(v, "private_key"), "sensitive")));
     CU_ASSERT_TRUE(json_is_true(json_object_get(json_object_get(v, "private_key"), "local")));
     CU_ASSERT_TRUE(json_is_null(json_object_get(v, "expires")));
-    snprintf(ref, sizeof(ref), "VaultA1/Key001/%s", json_string_value(json_object_get(v, "version")));
+    snprintf(ref, sizeof(ref), "VaultA1/Key001/%s",
+             json_string_value(json_object_get(v, "version")));
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(v, "short_id")), ref);
     json_decref(j);
 
@@ -240,9 +264,8 @@ static void test_key_create_show_list(void)
     ASSERT_RC(r, 4);
     ASSERT_HAS(r->err, "key 'VaultA1/Key001' has no version 00112233445566778899aabbccddeeff");
 
-    r = kc_test_run("key", "create", "VaultA1/Key002", "--size", "3072", "--protection",
-                    "software", "--ops", "wrapKey,unwrapKey,sign", "--expires", "9999-12-31",
-                    PIN, NULL);
+    r = kc_test_run("key", "create", "VaultA1/Key002", "--size", "3072", "--protection", "software",
+                    "--ops", "wrapKey,unwrapKey,sign", "--expires", "9999-12-31", PIN, NULL);
     ASSERT_RC(r, 0);
     r = kc_test_run("key", "list", "VaultA1", "--json", PIN, NULL);
     ASSERT_RC(r, 0);
@@ -492,8 +515,8 @@ static void test_wrap_expired_key(void)
     char in[1100];
 
     kc_test_vault("VaultA1", "s", "westus");
-    r = kc_test_run("key", "create", "VaultA1/Key001", "--size", "2048", "--expires",
-                    "2040-01-01", PIN, NULL);
+    r = kc_test_run("key", "create", "VaultA1/Key001", "--size", "2048", "--expires", "2040-01-01",
+                    PIN, NULL);
     ASSERT_RC(r, 0);
     secret_file("dek", 32);
     snprintf(in, sizeof(in), "%s", kc_test_path("dek"));
@@ -564,8 +587,8 @@ static void test_fault_create_object_in_init(void)
     const kc_test_out *r;
 
     arm("C_CreateObject", "CKR_DEVICE_MEMORY", 1, 0);
-    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus",
-                    SOPIN, PIN, NULL);
+    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus", SOPIN,
+                    PIN, NULL);
     kc_p11_fault_disarm();
     ASSERT_RC(r, 7);
     ASSERT_HAS(r->err, "error: cannot write the metadata of vault 'VaultA1': cannot store data "
@@ -574,8 +597,8 @@ static void test_fault_create_object_in_init(void)
     ASSERT_RC(r, 4);
     ASSERT_HAS(r->err, "is not a keycustody vault");
     /* running it again finishes the job */
-    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus",
-                    SOPIN, PIN, NULL);
+    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus", SOPIN,
+                    PIN, NULL);
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "adopted token as vault 'VaultA1'");
 }
@@ -602,8 +625,8 @@ static void test_fault_find_and_list(void)
     ASSERT_RC(r, 7);
     ASSERT_HAS(r->err, "C_GetSlotList");
     arm("C_InitToken", "CKR_DEVICE_ERROR", 1, 0);
-    r = kc_test_run("vault", "init", "VaultA2", "--subscription", "s", "--region", "eastus2",
-                    SOPIN, PIN, NULL);
+    r = kc_test_run("vault", "init", "VaultA2", "--subscription", "s", "--region", "eastus2", SOPIN,
+                    PIN, NULL);
     ASSERT_RC(r, 7);
     ASSERT_HAS(r->err, "error: cannot initialise vault 'VaultA2': cannot initialise token as "
                        "'VaultA2': C_InitToken:");
@@ -613,7 +636,59 @@ static void test_fault_find_and_list(void)
     ASSERT_HAS(r->out, "free token, not initialised"); /* still free */
 }
 
+/* Every other call on the paths of key create, wrap and unwrap. */
+static void test_fault_more_calls(void)
+{
+    const kc_test_out *r;
+    char in[1100], w[1100], out[1100];
+    unsigned char dek[32] = {1, 2, 3};
+
+    kc_test_vault("VaultA1", "s", "westus");
+    kc_test_key("VaultA1/Key001", NULL);
+    kc_test_write(kc_test_path("dek"), dek, sizeof(dek), 0600);
+    snprintf(in, sizeof(in), "%s", kc_test_path("dek"));
+    snprintf(w, sizeof(w), "%s", kc_test_path("w.json"));
+    snprintf(out, sizeof(out), "%s", kc_test_path("out"));
+
+    arm("C_GenerateRandom", "CKR_DEVICE_ERROR", 1, 0);
+    r = kc_test_run("key", "create", "VaultA1/Key002", "--size", "2048", PIN, NULL);
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "error: cannot create key 'Key002' in vault 'VaultA1': cannot draw random "
+                       "bytes from 'VaultA1': C_GenerateRandom:");
+    arm("C_OpenSession", "CKR_SESSION_COUNT", 1, 0);
+    r = kc_test_run("key", "list", "VaultA1", PIN, NULL);
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "cannot open a session on token 'VaultA1': C_OpenSession:");
+    ASSERT_HAS(r->err, "(CKR_SESSION_COUNT, 0xb1)");
+    arm("C_CreateObject", "CKR_DEVICE_MEMORY", 1, 0);
+    r = kc_test_run("key", "wrap", "VaultA1/Key001", "--in", in, "--out", w, NULL);
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "cannot load the secret into a session object: C_CreateObject:");
+    arm("C_WrapKey", "CKR_DEVICE_REMOVED", 1, 0);
+    r = kc_test_run("key", "wrap", "VaultA1/Key001", "--in", in, "--out", w, NULL);
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "error: cannot wrap with key 'VaultA1/Key001/");
+    ASSERT_HAS(r->err, "C_WrapKey:");
+    CU_ASSERT_NOT_EQUAL(access(w, F_OK), 0); /* no output on failure */
+    kc_p11_fault_disarm();
+    r = kc_test_run("key", "wrap", "VaultA1/Key001", "--in", in, "--out", w, NULL);
+    ASSERT_RC(r, 0);
+    arm("C_UnwrapKey", "CKR_DEVICE_REMOVED", 1, 0);
+    r = kc_test_run("key", "unwrap", "VaultA1/Key001", "--in", w, "--out", out, PIN, NULL);
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "C_UnwrapKey: ");
+    ASSERT_HAS(r->err, "(CKR_DEVICE_REMOVED, 0x32)");
+    CU_ASSERT_NOT_EQUAL(access(out, F_OK), 0);
+    kc_p11_fault_disarm();
+    /* an output directory that is not there: exit 1, the secret is not written anywhere */
+    r = kc_test_run("key", "unwrap", "VaultA1/Key001", "--in", w, "--out",
+                    kc_test_path("no/such/dir/out"), PIN, NULL);
+    ASSERT_RC(r, 1);
+    ASSERT_HAS(r->err, "No such file or directory");
+}
+
 static const kc_test_case fault_cases[] = {
+    {"C_GenerateRandom, C_OpenSession, C_WrapKey, C_UnwrapKey", test_fault_more_calls},
     {"C_GenerateKeyPair", test_fault_generate},
     {"C_Login", test_fault_login},
     {"C_CreateObject in vault init", test_fault_create_object_in_init},
@@ -625,11 +700,9 @@ static const kc_test_case fault_cases[] = {
 
 static void test_help(void)
 {
-    static const char *cmds[][2] = {{"vault", "init"},  {"vault", "show"},
-                                    {"vault", "list"},  {"key", "create"},
-                                    {"key", "list"},    {"key", "show"},
-                                    {"key", "export-public"}, {"key", "wrap"},
-                                    {"key", "unwrap"}};
+    static const char *cmds[][2] = {{"vault", "init"},        {"vault", "show"}, {"vault", "list"},
+                                    {"key", "create"},        {"key", "list"},   {"key", "show"},
+                                    {"key", "export-public"}, {"key", "wrap"},   {"key", "unwrap"}};
     const kc_test_out *r;
     char want[100];
     size_t i;
@@ -697,8 +770,10 @@ static void test_prompt(void)
     kc_test_key("VaultA1/Key001", NULL);
     /* Typed after the prompt appears, as a person would: the prompt flushes
      * anything typed ahead (TCSAFLUSH). */
-    rc = kc_test_sh(&out, "(sleep 1; printf '%%s\\n' \"$TEST_PIN\") | script -qec '%s key list "
-                          "VaultA1' /dev/null", KC_BINARY);
+    rc = kc_test_sh(&out,
+                    "(sleep 1; printf '%%s\\n' \"$TEST_PIN\") | script -qec '%s key list "
+                    "VaultA1' /dev/null",
+                    KC_BINARY);
     CU_ASSERT_EQUAL(rc, 0);
     ASSERT_HAS(out, "Enter the user PIN for vault 'VaultA1': ");
     ASSERT_HAS(out, "Key001");
@@ -710,9 +785,11 @@ static void test_prompt_new_pins_must_match(void)
     char *out = NULL;
     int rc;
 
-    rc = kc_test_sh(&out, "(sleep 1; printf 'so-pin-1\\n'; sleep 1; printf 'so-pin-2\\n') | "
-                          "script -qec '%s vault init VaultA1 --subscription s --region westus' "
-                          "/dev/null; echo \"rc=$?\"", KC_BINARY);
+    rc = kc_test_sh(&out,
+                    "(sleep 1; printf 'so-pin-1\\n'; sleep 1; printf 'so-pin-2\\n') | "
+                    "script -qec '%s vault init VaultA1 --subscription s --region westus' "
+                    "/dev/null; echo \"rc=$?\"",
+                    KC_BINARY);
     CU_ASSERT_EQUAL(rc, 0);
     ASSERT_HAS(out, "Enter the new security-officer PIN for vault 'VaultA1': ");
     ASSERT_HAS(out, "Repeat it: ");
@@ -727,8 +804,9 @@ static const kc_test_case prompt_cases[] = {
 };
 
 static const kc_test_suite suites[] = {
-    {"vault", 1, vault_cases}, {"key", 1, key_cases},   {"wrap", 1, wrap_cases},
-    {"faults", 1, fault_cases}, {"help", 0, help_cases}, {"prompt", 1, prompt_cases},
+    {"vault", 1, vault_cases}, {"key", 1, key_cases},
+    {"wrap", 1, wrap_cases},   {"faults", 1, fault_cases},
+    {"help", 0, help_cases},   {"prompt", 1, prompt_cases},
     {NULL, 0, NULL},
 };
 

@@ -38,15 +38,20 @@ static void test_pkcs11_tool_lists_keys(void)
     char *out = NULL, want[512];
 
     setup_key(NULL);
-    CU_ASSERT_EQUAL(kc_test_sh(&out, "pkcs11-tool --module '%s' --token-label VaultA1 --login "
-                                     "--pin env:TEST_PIN --list-objects",
-                               KC_SOFTHSM_MODULE), 0);
-    snprintf(want, sizeof(want), "Private Key Object; RSA \n  label:      Key001\n  ID:         %s\n"
-                                 "  Usage:      unwrap\n  Access:     sensitive, always sensitive, "
-                                 "extractable, local", version);
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "pkcs11-tool --module '%s' --token-label VaultA1 --login "
+                               "--pin env:TEST_PIN --list-objects",
+                               KC_SOFTHSM_MODULE),
+                    0);
+    snprintf(want, sizeof(want),
+             "Private Key Object; RSA \n  label:      Key001\n  ID:         %s\n"
+             "  Usage:      unwrap\n  Access:     sensitive, always sensitive, "
+             "extractable, local",
+             version);
     ASSERT_HAS(out, want);
-    snprintf(want, sizeof(want), "Public Key Object; RSA 2048 bits\n  label:      Key001\n"
-                                 "  ID:         %s\n  Usage:      wrap\n  Access:     local",
+    snprintf(want, sizeof(want),
+             "Public Key Object; RSA 2048 bits\n  label:      Key001\n"
+             "  ID:         %s\n  Usage:      wrap\n  Access:     local",
              version);
     ASSERT_HAS(out, want);
     /* the vault metadata, and nothing else of ours */
@@ -59,8 +64,11 @@ static void test_p11tool_lists_keys(void)
 
     setup_key(NULL);
     /* The key id keycustody prints is a URI p11tool resolves to both halves. */
-    CU_ASSERT_EQUAL(kc_test_sh(&out, "GNUTLS_PIN=\"$TEST_PIN\" p11tool --provider '%s' --login "
-                                     "--list-all '%s'", KC_SOFTHSM_MODULE, kid), 0);
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "GNUTLS_PIN=\"$TEST_PIN\" p11tool --provider '%s' --login "
+                               "--list-all '%s'",
+                               KC_SOFTHSM_MODULE, kid),
+                    0);
     ASSERT_HAS(out, "Type: Public key (RSA-2048)");
     ASSERT_HAS(out, "Type: Private key (RSA-2048)");
     ASSERT_HAS(out, "Flags: CKA_WRAP/UNWRAP; CKA_PRIVATE; CKA_EXTRACTABLE; CKA_SENSITIVE;");
@@ -74,18 +82,21 @@ static void test_public_key_matches_pkcs11_tool(void)
     const kc_test_out *r;
 
     setup_key(NULL);
-    r = kc_test_run("key", "export-public", "VaultA1/Key001", "--out", kc_test_path("kc.pem"), NULL);
+    r = kc_test_run("key", "export-public", "VaultA1/Key001", "--out", kc_test_path("kc.pem"),
+                    NULL);
     ASSERT_RC(r, 0);
-    snprintf(cmd, sizeof(cmd), "pkcs11-tool --module '%s' --token-label VaultA1 --read-object "
-                               "--type pubkey --id %s -o '%s/p11.der' && openssl pkey -pubin "
-                               "-inform DER -in '%s/p11.der' -out '%s/p11.pem' && cmp '%s/p11.pem' "
-                               "'%s/kc.pem'", KC_SOFTHSM_MODULE, version, kc_test_dir(),
-             kc_test_dir(), kc_test_dir(), kc_test_dir(), kc_test_dir());
+    snprintf(cmd, sizeof(cmd),
+             "pkcs11-tool --module '%s' --token-label VaultA1 --read-object "
+             "--type pubkey --id %s -o '%s/p11.der' && openssl pkey -pubin "
+             "-inform DER -in '%s/p11.der' -out '%s/p11.pem' && cmp '%s/p11.pem' "
+             "'%s/kc.pem'",
+             KC_SOFTHSM_MODULE, version, kc_test_dir(), kc_test_dir(), kc_test_dir(), kc_test_dir(),
+             kc_test_dir());
     CU_ASSERT_EQUAL(kc_test_sh(&out, "%s", cmd), 0);
     if (strlen(out) > 0)
         fprintf(stderr, "\n  %s\n", out);
-    CU_ASSERT_EQUAL(kc_test_sh(&out, "openssl pkey -pubin -in '%s/kc.pem' -noout -text",
-                               kc_test_dir()), 0);
+    CU_ASSERT_EQUAL(
+        kc_test_sh(&out, "openssl pkey -pubin -in '%s/kc.pem' -noout -text", kc_test_dir()), 0);
     ASSERT_HAS(out, "Public-Key: (2048 bit)");
     ASSERT_HAS(out, "Exponent: 65537 (0x10001)");
 }
@@ -103,11 +114,13 @@ static void test_openssl_wraps_keycustody_unwraps(void)
     r = kc_test_run("key", "export-public", "VaultA1/Key001", "--out", kc_test_path("pub.pem"),
                     NULL);
     ASSERT_RC(r, 0);
-    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out, "cd '%s' && openssl rand -out dek 32 && openssl "
-                                           "pkeyutl -encrypt -pubin -inkey pub.pem -in dek -out "
-                                           "dek.oaep -pkeyopt rsa_padding_mode:oaep -pkeyopt "
-                                           "rsa_oaep_md:sha1 -pkeyopt rsa_mgf1_md:sha1",
-                                     kc_test_dir()), 0);
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out,
+                                     "cd '%s' && openssl rand -out dek 32 && openssl "
+                                     "pkeyutl -encrypt -pubin -inkey pub.pem -in dek -out "
+                                     "dek.oaep -pkeyopt rsa_padding_mode:oaep -pkeyopt "
+                                     "rsa_oaep_md:sha1 -pkeyopt rsa_mgf1_md:sha1",
+                                     kc_test_dir()),
+                          0);
     snprintf(in, sizeof(in), "%s", kc_test_path("dek.oaep"));
     snprintf(outp, sizeof(outp), "%s", kc_test_path("dek.out"));
     r = kc_test_run("key", "unwrap", "VaultA1/Key001", "--in", in, "--out", outp, "--alg",
@@ -134,12 +147,14 @@ static void test_keycustody_wraps_pkcs11_tool_decrypts(void)
     snprintf(w, sizeof(w), "%s", kc_test_path("dek.raw"));
     r = kc_test_run("key", "wrap", "VaultA1/Key001", "--in", in, "--out", w, "--raw", NULL);
     ASSERT_RC(r, 0);
-    CU_ASSERT_EQUAL(kc_test_sh(&out, "pkcs11-tool --module '%s' --token-label VaultA1 --login "
-                                     "--pin env:TEST_PIN --decrypt -m RSA-PKCS-OAEP "
-                                     "--hash-algorithm SHA-1 --mgf MGF1-SHA1 --id %s -i '%s' -o "
-                                     "'%s/dek.p11' && cmp '%s/dek' '%s/dek.p11'",
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "pkcs11-tool --module '%s' --token-label VaultA1 --login "
+                               "--pin env:TEST_PIN --decrypt -m RSA-PKCS-OAEP "
+                               "--hash-algorithm SHA-1 --mgf MGF1-SHA1 --id %s -i '%s' -o "
+                               "'%s/dek.p11' && cmp '%s/dek' '%s/dek.p11'",
                                KC_SOFTHSM_MODULE, version, w, kc_test_dir(), kc_test_dir(),
-                               kc_test_dir()), 0);
+                               kc_test_dir()),
+                    0);
 }
 
 static const kc_test_case cases[] = {

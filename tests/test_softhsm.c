@@ -52,8 +52,8 @@ static void raw_open(void)
     /* Fact: the slot id of a token initialised in this process stays valid. */
     CU_ASSERT_EQUAL_FATAL(F->C_GetTokenInfo(SLOT, &ti), CKR_OK);
     CU_ASSERT_EQUAL(memcmp(ti.label, "facts ", 6), 0);
-    CU_ASSERT_EQUAL_FATAL(F->C_OpenSession(SLOT, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
-                                           &S), CKR_OK);
+    CU_ASSERT_EQUAL_FATAL(
+        F->C_OpenSession(SLOT, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &S), CKR_OK);
     CU_ASSERT_EQUAL_FATAL(F->C_Login(S, CKU_SO, (CK_UTF8CHAR *)so, strlen(so)), CKR_OK);
     CU_ASSERT_EQUAL_FATAL(F->C_InitPIN(S, (CK_UTF8CHAR *)pin, strlen(pin)), CKR_OK);
     CU_ASSERT_EQUAL_FATAL(F->C_Logout(S), CKR_OK);
@@ -71,10 +71,12 @@ static void raw_rsa(CK_OBJECT_HANDLE *pub, CK_OBJECT_HANDLE *priv)
 {
     CK_ULONG bits = 2048;
     CK_MECHANISM m = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
-    CK_ATTRIBUTE pt[] = {{CKA_TOKEN, &T, 1}, {CKA_MODULUS_BITS, &bits, sizeof(bits)},
-                         {CKA_WRAP, &T, 1}, {CKA_ENCRYPT, &T, 1}};
-    CK_ATTRIBUTE vt[] = {{CKA_TOKEN, &T, 1}, {CKA_PRIVATE, &T, 1}, {CKA_UNWRAP, &T, 1},
-                         {CKA_DECRYPT, &T, 1}};
+    CK_ATTRIBUTE pt[] = {{CKA_TOKEN, &T, 1},
+                         {CKA_MODULUS_BITS, &bits, sizeof(bits)},
+                         {CKA_WRAP, &T, 1},
+                         {CKA_ENCRYPT, &T, 1}};
+    CK_ATTRIBUTE vt[] = {
+        {CKA_TOKEN, &T, 1}, {CKA_PRIVATE, &T, 1}, {CKA_UNWRAP, &T, 1}, {CKA_DECRYPT, &T, 1}};
 
     CU_ASSERT_EQUAL_FATAL(F->C_GenerateKeyPair(S, &m, pt, 4, vt, 4, pub, priv), CKR_OK);
 }
@@ -133,18 +135,21 @@ static void fact_unwrap_value_len_refused(void)
     CK_ULONG wl = sizeof(wrapped);
     CK_RSA_PKCS_OAEP_PARAMS p1 = {CKM_SHA_1, CKG_MGF1_SHA1, CKZ_DATA_SPECIFIED, NULL, 0};
     CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &p1, sizeof(p1)};
-    CK_ATTRIBUTE st[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)},
-                         {CKA_TOKEN, &FA, 1}, {CKA_EXTRACTABLE, &T, 1},
+    CK_ATTRIBUTE st[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                         {CKA_KEY_TYPE, &kt, sizeof(kt)},
+                         {CKA_TOKEN, &FA, 1},
+                         {CKA_EXTRACTABLE, &T, 1},
                          {CKA_VALUE, value, sizeof(value)}};
-    CK_ATTRIBUTE ut[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)},
-                         {CKA_TOKEN, &FA, 1}, {CKA_VALUE_LEN, &len, sizeof(len)}};
+    CK_ATTRIBUTE ut[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                         {CKA_KEY_TYPE, &kt, sizeof(kt)},
+                         {CKA_TOKEN, &FA, 1},
+                         {CKA_VALUE_LEN, &len, sizeof(len)}};
 
     raw_open();
     raw_rsa(&pub, &priv);
     CU_ASSERT_EQUAL_FATAL(F->C_CreateObject(S, st, 5, &sec), CKR_OK);
     CU_ASSERT_EQUAL_FATAL(F->C_WrapKey(S, &m, pub, sec, wrapped, &wl), CKR_OK);
-    CU_ASSERT_EQUAL(F->C_UnwrapKey(S, &m, priv, wrapped, wl, ut, 4, &out),
-                    CKR_ATTRIBUTE_READ_ONLY);
+    CU_ASSERT_EQUAL(F->C_UnwrapKey(S, &m, priv, wrapped, wl, ut, 4, &out), CKR_ATTRIBUTE_READ_ONLY);
     CU_ASSERT_EQUAL(F->C_UnwrapKey(S, &m, priv, wrapped, wl, ut, 3, &out), CKR_OK);
     raw_close();
 }
@@ -154,8 +159,7 @@ static void fact_data_value_immutable(void)
 {
     CK_OBJECT_CLASS cls = CKO_DATA;
     CK_OBJECT_HANDLE h;
-    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &T, 1},
-                        {CKA_VALUE, "one", 3}};
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &T, 1}, {CKA_VALUE, "one", 3}};
     CK_ATTRIBUTE v = {CKA_VALUE, "two", 3};
 
     raw_open();
@@ -171,8 +175,10 @@ static void fact_failed_create_leaves_orphan(void)
     CK_KEY_TYPE kt = CKK_AES;
     CK_ULONG len = 32;
     CK_MECHANISM m = {CKM_AES_KEY_GEN, NULL, 0};
-    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)},
-                        {CKA_TOKEN, &T, 1}, {CKA_VALUE_LEN, &len, sizeof(len)},
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+                        {CKA_TOKEN, &T, 1},
+                        {CKA_VALUE_LEN, &len, sizeof(len)},
                         {CKA_TRUSTED, &T, 1}};
     CK_OBJECT_HANDLE h;
     CK_ULONG before;
@@ -213,11 +219,9 @@ static const kc_test_case fact_cases[] = {
 
 /* --- library tests --- */
 
-static kc_rc env_pin(void *arg, const char *vault, kc_pin_kind kind, kc_secret **out,
-                     kc_error *err)
+static kc_rc env_pin(void *arg, const char *vault, kc_pin_kind kind, kc_secret **out, kc_error *err)
 {
-    const char *v = getenv(kind == KC_PIN_SO || kind == KC_PIN_NEW_SO ? "TEST_SO_PIN"
-                                                                      : "TEST_PIN");
+    const char *v = getenv(kind == KC_PIN_SO || kind == KC_PIN_NEW_SO ? "TEST_SO_PIN" : "TEST_PIN");
     (void)arg;
     (void)vault;
     *out = kc_secret_dup(v, strlen(v));
@@ -333,8 +337,8 @@ static void put_meta_json(kc_tok *tok, const kc_vault_meta *m, const char *raw)
     if (raw == NULL)
         CU_ASSERT_EQUAL_FATAL(kc_vault_meta_encode(m, &json, &e), KC_OK);
     CU_ASSERT_EQUAL_FATAL(kc_tok_create_data(tok, KC_VAULT_APPLICATION, KC_VAULT_META_LABEL,
-                                             raw ? raw : json, strlen(raw ? raw : json), 0,
-                                             NULL, &e),
+                                             raw ? raw : json, strlen(raw ? raw : json), 0, NULL,
+                                             &e),
                           KC_OK);
     free(json);
 }
@@ -382,7 +386,8 @@ static void test_vault_meta_all_invalid(void)
     kc_ctx_free(ctx);
     ctx = ctx_new();
     CU_ASSERT_EQUAL(kc_vault_open(ctx, "Broken1", &v, &e), KC_INTEGRITY);
-    ASSERT_HAS(e.msg, "none is valid");
+    ASSERT_HAS(e.msg, "cannot open vault 'Broken1': token 'Broken1' has vault metadata, but none "
+                      "is valid: vault metadata is not JSON");
     kc_ctx_free(ctx);
     kc_secret_free(so);
     kc_secret_free(pin);
@@ -417,7 +422,35 @@ static void test_vault_list(void)
     kc_ctx_free(ctx);
 }
 
+/* Two tokens with one label: naming it is refused, a URI with the serial works. */
+static void test_duplicate_labels(void)
+{
+    kc_ctx *ctx = ctx_new();
+    kc_secret *so = kc_secret_dup(getenv("TEST_SO_PIN"), strlen(getenv("TEST_SO_PIN")));
+    kc_tok *tok = NULL;
+    char uri[600];
+    kc_error e;
+    int i;
+
+    for (i = 0; i < 2; i++) {
+        kc_ctx_free(ctx);
+        ctx = ctx_new(); /* SoftHSM offers a new free slot after C_Initialize */
+        CU_ASSERT_EQUAL_FATAL(kc_p11_free_token(ctx->p11, NULL, &tok, &e), KC_OK);
+        CU_ASSERT_EQUAL_FATAL(kc_tok_init_token(tok, "Twin1", so, &e), KC_OK);
+        snprintf(uri, sizeof(uri), "pkcs11:token=Twin1;serial=%s", kc_tok_info_get(tok)->serial);
+    }
+    kc_ctx_free(ctx);
+    ctx = ctx_new();
+    CU_ASSERT_EQUAL(kc_p11_token(ctx->p11, "Twin1", &tok, &e), KC_CONFLICT);
+    ASSERT_HAS(e.msg, "2 tokens match 'Twin1'");
+    ASSERT_HAS(e.hint, "serial=");
+    CU_ASSERT_EQUAL(kc_p11_token(ctx->p11, uri, &tok, &e), KC_OK);
+    kc_ctx_free(ctx);
+    kc_secret_free(so);
+}
+
 static const kc_test_case vault_cases[] = {
+    {"duplicate labels", test_duplicate_labels},
     {"init and open", test_vault_init_and_open},
     {"adopt an initialised token", test_vault_adopt},
     {"init resumes without user PIN", test_vault_init_resumes_without_user_pin},
@@ -486,8 +519,7 @@ static void test_key_attributes(void)
     CU_ASSERT_PTR_NULL(strstr(ver->uri, "type="));
     kc_key_free(k);
 
-    k = key_new(v, "Soft", KC_PROT_SOFTWARE, KC_OP_WRAP | KC_OP_UNWRAP | KC_OP_SIGN,
-                "9999-12-31");
+    k = key_new(v, "Soft", KC_PROT_SOFTWARE, KC_OP_WRAP | KC_OP_UNWRAP | KC_OP_SIGN, "9999-12-31");
     ver = &k->versions[0];
     CU_ASSERT_EQUAL(ver->protection, KC_PROT_SOFTWARE);
     CU_ASSERT_FALSE(ver->priv.sensitive);
@@ -615,8 +647,8 @@ static void test_wrap_round_trip_sha1_on_softhsm(void)
     kc_oaep used = KC_OAEP_AUTO;
     kc_error e;
 
-    CU_ASSERT_EQUAL_FATAL(kc_key_wrap(v, k, &k->versions[0], KC_OAEP_AUTO, s, &w, &wl, &used,
-                                      &e), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_key_wrap(v, k, &k->versions[0], KC_OAEP_AUTO, s, &w, &wl, &used, &e),
+                          KC_OK);
     /* SoftHSM 2.6.1 takes only SHA-1: the automatic choice falls back. */
     CU_ASSERT_EQUAL(used, KC_OAEP_SHA1);
     CU_ASSERT_EQUAL(wl, 256);
@@ -688,8 +720,9 @@ static void test_token_enforces_ops(void)
                     KC_DENIED);
     ASSERT_HAS(e.msg, "does not allow unwrapKey");
     /* below the tool's own check, the token says no too */
-    CU_ASSERT_EQUAL(kc_tok_oaep_unwrap(v->tok, k->versions[0].priv.handle, KC_OAEP_SHA1, w, wl,
-                                       &back, &e), KC_DENIED);
+    CU_ASSERT_EQUAL(
+        kc_tok_oaep_unwrap(v->tok, k->versions[0].priv.handle, KC_OAEP_SHA1, w, wl, &back, &e),
+        KC_DENIED);
     CU_ASSERT_STRING_EQUAL(kc_p11_rv_name(e.rv), "CKR_KEY_FUNCTION_NOT_PERMITTED");
     free(w);
     kc_secret_free(s);

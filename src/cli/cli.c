@@ -61,8 +61,7 @@ static void print_group_help(FILE *f, const kc_cmd *cmds, size_t g)
 {
     const kc_cmd *c;
 
-    fprintf(f, "usage: keycustody %s COMMAND [OPTIONS]\n\n%s\n\n", cmds[0].group,
-            group_summary[g]);
+    fprintf(f, "usage: keycustody %s COMMAND [OPTIONS]\n\n%s\n\n", cmds[0].group, group_summary[g]);
     for (c = cmds; c->group != NULL; c++)
         fprintf(f, "  %-14s %s\n", c->verb, c->summary);
     fprintf(f, "\nRun 'keycustody %s COMMAND --help' for a command's options.\n", cmds[0].group);
@@ -214,7 +213,7 @@ static kc_rc prompt_secret(const char *prompt, kc_secret **out, kc_error *err)
         return kc_error_set(err, KC_USAGE, "no terminal to ask for a PIN on");
     }
     quiet = old;
-    quiet.c_lflag &= (tcflag_t)~(ECHO | ECHONL);
+    quiet.c_lflag &= (tcflag_t) ~(ECHO | ECHONL);
     quiet.c_lflag |= ICANON;
     (void)tcsetattr(fd, TCSAFLUSH, &quiet);
     if (write(fd, prompt, strlen(prompt)) < 0)
@@ -259,10 +258,14 @@ cleanup:
 static const char *kind_name(kc_pin_kind kind)
 {
     switch (kind) {
-    case KC_PIN_SO: return "security-officer PIN";
-    case KC_PIN_NEW_USER: return "new user PIN";
-    case KC_PIN_NEW_SO: return "new security-officer PIN";
-    default: return "user PIN";
+    case KC_PIN_SO:
+        return "security-officer PIN";
+    case KC_PIN_NEW_USER:
+        return "new user PIN";
+    case KC_PIN_NEW_SO:
+        return "new security-officer PIN";
+    default:
+        return "user PIN";
     }
 }
 
@@ -290,8 +293,7 @@ static const char *source_for(const char *const *list, size_t n, const char *vau
     return bare;
 }
 
-static kc_rc pin_cb(void *arg, const char *vault, kc_pin_kind kind, kc_secret **out,
-                    kc_error *err)
+static kc_rc pin_cb(void *arg, const char *vault, kc_pin_kind kind, kc_secret **out, kc_error *err)
 {
     kc_cli *cli = arg;
     int so = kind == KC_PIN_SO || kind == KC_PIN_NEW_SO, ambiguous;
@@ -311,8 +313,7 @@ static kc_rc pin_cb(void *arg, const char *vault, kc_pin_kind kind, kc_secret **
     if (src != NULL) {
         r = kc_secret_from_source(src, out, err);
         if (r != KC_OK)
-            return kc_error_prefix(err, "cannot read the %s of vault '%s'", kind_name(kind),
-                                   vault);
+            return kc_error_prefix(err, "cannot read the %s of vault '%s'", kind_name(kind), vault);
         return KC_OK;
     }
     if (!isatty(STDIN_FILENO)) {
@@ -325,8 +326,8 @@ static kc_rc pin_cb(void *arg, const char *vault, kc_pin_kind kind, kc_secret **
     if (r != KC_OK || (kind != KC_PIN_NEW_USER && kind != KC_PIN_NEW_SO))
         return r;
     r = prompt_secret("Repeat it: ", &again, err);
-    if (r == KC_OK && (again->len != (*out)->len ||
-                       memcmp(again->data, (*out)->data, again->len) != 0))
+    if (r == KC_OK &&
+        (again->len != (*out)->len || memcmp(again->data, (*out)->data, again->len) != 0))
         r = kc_error_set(err, KC_USAGE, "the two PINs differ");
     kc_secret_free(again);
     if (r != KC_OK) {
@@ -407,8 +408,8 @@ int kc_cli_main(int argc, char **argv, FILE *out, FILE *err)
     for (c = groups[g]; c->group != NULL && strcmp(c->verb, argv[2]) != 0; c++)
         ;
     if (c->group == NULL) {
-        fprintf(err, "error: unknown command '%s %s'\nhint: see 'keycustody %s --help'\n",
-                argv[1], argv[2], argv[1]);
+        fprintf(err, "error: unknown command '%s %s'\nhint: see 'keycustody %s --help'\n", argv[1],
+                argv[2], argv[1]);
         return KC_USAGE;
     }
     cli.cmd = c;

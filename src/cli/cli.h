@@ -16,10 +16,10 @@ typedef struct kc_cmd {
     const char *group;
     const char *verb;
     int (*fn)(kc_cli *cli, int argc, char **argv);
-    const char *synopsis;  /* arguments after "keycustody GROUP VERB" */
-    const char *summary;   /* one line */
-    const char *help;      /* the command's own options, examples, notes */
-    int reads;             /* a read command: takes --json */
+    const char *synopsis; /* arguments after "keycustody GROUP VERB" */
+    const char *summary;  /* one line */
+    const char *help;     /* the command's own options, examples, notes */
+    int reads;            /* a read command: takes --json */
 } kc_cmd;
 
 struct kc_cli {

@@ -34,14 +34,15 @@ static json_t *version_json(const kc_key *k, const kc_key_version *ver)
     json_t *o;
 
     kc_key_ops_format(ver->ops, ops, sizeof(ops));
-    o = json_pack("{s:s, s:s, s:o, s:s, s:I, s:s, s:s, s:s?, s:s?, s:b}", "version",
-                  ver->version, "kid", ver->uri, "short_id",
-                  json_sprintf("%s/%s/%s", k->vault, k->name, ver->version), "kty",
-                  ver->type == KC_KT_RSA ? "RSA" : ver->type == KC_KT_EC ? "EC" : "other",
-                  "size", (json_int_t)ver->bits, "protection", protection_name(ver->protection),
-                  "key_ops", ops, "created", ver->created[0] ? ver->created : NULL, "expires",
-                  ver->expires[0] ? ver->expires : NULL, "current",
-                  ver == &k->versions[k->current]);
+    o = json_pack(
+        "{s:s, s:s, s:o, s:s, s:I, s:s, s:s, s:s?, s:s?, s:b}", "version", ver->version, "kid",
+        ver->uri, "short_id", json_sprintf("%s/%s/%s", k->vault, k->name, ver->version), "kty",
+        ver->type == KC_KT_RSA  ? "RSA"
+        : ver->type == KC_KT_EC ? "EC"
+                                : "other",
+        "size", (json_int_t)ver->bits, "protection", protection_name(ver->protection), "key_ops",
+        ops, "created", ver->created[0] ? ver->created : NULL, "expires",
+        ver->expires[0] ? ver->expires : NULL, "current", ver == &k->versions[k->current]);
     if (o == NULL)
         return NULL;
     if (ver->has_priv)
@@ -53,8 +54,8 @@ static json_t *version_json(const kc_key *k, const kc_key_version *ver)
 
 static json_t *key_json(const kc_key *k)
 {
-    json_t *o = json_pack("{s:s, s:s, s:s}", "vault", k->vault, "name", k->name,
-                          "current_version", k->versions[k->current].version);
+    json_t *o = json_pack("{s:s, s:s, s:s}", "vault", k->vault, "name", k->name, "current_version",
+                          k->versions[k->current].version);
     json_t *vs = json_array();
     size_t i;
 
@@ -79,16 +80,17 @@ static void print_version(FILE *f, const kc_key *k, const kc_key_version *ver)
             ver == &k->versions[k->current] ? " (current)" : "");
     fprintf(f, "key id:       %s\n", ver->uri);
     fprintf(f, "type:         %s-%u\n", ver->type == KC_KT_RSA ? "RSA" : "non-RSA", ver->bits);
-    fprintf(f, "protection:   %s\n", ver->protection == KC_PROT_HSM
-                                        ? "hsm (private key sensitive, never readable in clear)"
-                                        : "software (private key readable: testing only)");
+    fprintf(f, "protection:   %s\n",
+            ver->protection == KC_PROT_HSM ? "hsm (private key sensitive, never readable in clear)"
+                                           : "software (private key readable: testing only)");
     fprintf(f, "ops:          %s\n", ops[0] ? ops : "(none)");
     fprintf(f, "created:      %s\n", ver->created[0] ? ver->created : "(unknown)");
     fprintf(f, "expires:      %s\n", ver->expires[0] ? ver->expires : "never");
     if (ver->has_priv) {
         const kc_key_obj *p = &ver->priv;
-        fprintf(f, "private key:  sensitive=%s extractable=%s wrap_with_trusted=%s "
-                   "always_sensitive=%s never_extractable=%s local=%s\n",
+        fprintf(f,
+                "private key:  sensitive=%s extractable=%s wrap_with_trusted=%s "
+                "always_sensitive=%s never_extractable=%s local=%s\n",
                 yes(p->sensitive), yes(p->extractable), yes(p->wrap_with_trusted),
                 yes(p->always_sensitive), yes(p->never_extractable), yes(p->local));
     } else {
@@ -177,12 +179,9 @@ static int create_opt(kc_cli *cli, int opt, const char *arg, void *st)
 static int cmd_create(kc_cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"size", required_argument, NULL, O_SIZE},
-        {"kty", required_argument, NULL, O_KTY},
-        {"protection", required_argument, NULL, O_PROT},
-        {"ops", required_argument, NULL, O_OPS},
-        {"expires", required_argument, NULL, O_EXPIRES},
-        {NULL, 0, NULL, 0},
+        {"size", required_argument, NULL, O_SIZE},       {"kty", required_argument, NULL, O_KTY},
+        {"protection", required_argument, NULL, O_PROT}, {"ops", required_argument, NULL, O_OPS},
+        {"expires", required_argument, NULL, O_EXPIRES}, {NULL, 0, NULL, 0},
     };
     struct create_state s;
     kc_key_ref ref;
@@ -504,8 +503,8 @@ static kc_rc read_wrapped(const char *path, const char *alg_opt, kc_key_ref *ref
     free(buf);
     if (o == NULL || json_unpack_ex(o, &je, JSON_STRICT, "{s:s, s:s, s:s}", "kid", &kid, "alg",
                                     &jalg, "value", &jvalue) != 0) {
-        r = kc_error_set(err, KC_USAGE, "'%s' is not a wrapped key written by 'key wrap': %s",
-                         path, je.text);
+        r = kc_error_set(err, KC_USAGE, "'%s' is not a wrapped key written by 'key wrap': %s", path,
+                         je.text);
         goto cleanup;
     }
     if (kc_oaep_parse(jalg, &a) != 0) {
@@ -584,8 +583,8 @@ static int cmd_unwrap(kc_cli *cli, int argc, char **argv)
         rc = kc_cli_fail(cli, &err);
         goto cleanup;
     }
-    fprintf(cli->err, "unwrapped %zu bytes with '%s/%s/%s' (%s) into %s (mode 0600)\n",
-            secret->len, k->vault, k->name, ver->version, kc_oaep_name(alg), s.out);
+    fprintf(cli->err, "unwrapped %zu bytes with '%s/%s/%s' (%s) into %s (mode 0600)\n", secret->len,
+            k->vault, k->name, ver->version, kc_oaep_name(alg), s.out);
     rc = KC_OK;
 cleanup:
     kc_secret_free(secret);
@@ -620,11 +619,13 @@ const kc_cmd kc_cmds_key[] = {
     {"key", "show", cmd_show, "VAULT/KEY[/VERSION] [--json]",
      "show a key: id, versions, size, ops, protection, dates, token attributes",
      "Without VERSION, shows the current version. The token's own attributes\n"
-     "(CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_LOCAL, ...) are read back and shown.\n", 1},
+     "(CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_LOCAL, ...) are read back and shown.\n",
+     1},
     {"key", "export-public", cmd_export_public, "VAULT/KEY[/VERSION] [--out FILE] [--force]",
      "write the public key as PEM (SubjectPublicKeyInfo)",
      "Without --out the PEM goes to standard output. No PIN is needed.\n"
-     "  --out FILE   write it to FILE (mode 0644); an existing FILE needs --force\n", 0},
+     "  --out FILE   write it to FILE (mode 0644); an existing FILE needs --force\n",
+     0},
     {"key", "wrap", cmd_wrap,
      "VAULT/KEY[/VERSION] --in SECRET --out FILE [--alg RSA-OAEP|RSA-OAEP-256] [--raw]",
      "wrap a 16-64 byte secret with RSA-OAEP under the key's public key",

@@ -132,10 +132,12 @@ static int cmd_init(kc_cli *cli, int argc, char **argv)
         return cli->error.code;
     if (kc_vault_init(ctx, &s.m, s.token, &v, &adopted, &err) != KC_OK)
         return kc_cli_fail(cli, &err);
-    fprintf(cli->out, "%s vault '%s': subscription '%s', region '%s', %s, soft delete %u days, "
-            "purge protection %s\n", adopted ? "adopted token as" : "initialised",
-            v->meta.name, v->meta.subscription, v->meta.region, kc_sku_name(v->meta.sku),
-            v->meta.retention_days, v->meta.purge_protection ? "on" : "off");
+    fprintf(cli->out,
+            "%s vault '%s': subscription '%s', region '%s', %s, soft delete %u days, "
+            "purge protection %s\n",
+            adopted ? "adopted token as" : "initialised", v->meta.name, v->meta.subscription,
+            v->meta.region, kc_sku_name(v->meta.sku), v->meta.retention_days,
+            v->meta.purge_protection ? "on" : "off");
     fprintf(cli->out, "token: %s\n", kc_tok_info_get(v->tok)->uri);
     kc_vault_free(v);
     return KC_OK;

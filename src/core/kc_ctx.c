@@ -31,8 +31,7 @@ void kc_ctx_free(kc_ctx *ctx)
     free(ctx);
 }
 
-kc_rc kc_ctx_pin(kc_ctx *ctx, const char *vault, kc_pin_kind kind, kc_secret **out,
-                 kc_error *err)
+kc_rc kc_ctx_pin(kc_ctx *ctx, const char *vault, kc_pin_kind kind, kc_secret **out, kc_error *err)
 {
     *out = NULL;
     if (ctx->pin_fn == NULL) {

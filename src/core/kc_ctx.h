@@ -8,10 +8,10 @@
 #include "kc_p11.h"
 
 typedef enum kc_pin_kind {
-    KC_PIN_USER = 0,  /* the vault custodian's PIN, to log in */
-    KC_PIN_SO,        /* the token's security officer PIN */
-    KC_PIN_NEW_USER,  /* a user PIN to set (vault init) */
-    KC_PIN_NEW_SO,    /* an SO PIN to set (vault init of a free token) */
+    KC_PIN_USER = 0, /* the vault custodian's PIN, to log in */
+    KC_PIN_SO,       /* the token's security officer PIN */
+    KC_PIN_NEW_USER, /* a user PIN to set (vault init) */
+    KC_PIN_NEW_SO,   /* an SO PIN to set (vault init of a free token) */
 } kc_pin_kind;
 
 /* Fills *out with a new secret holding the PIN of kind for vault, or fails. */
@@ -25,8 +25,8 @@ typedef struct kc_ctx {
 } kc_ctx;
 
 /* Loads module_path (NULL: p11-kit's registered modules). */
-KC_EXPORT kc_rc kc_ctx_new(const char *module_path, kc_pin_fn pin_fn, void *pin_arg,
-                           kc_ctx **out, kc_error *err) KC_MUST_CHECK;
+KC_EXPORT kc_rc kc_ctx_new(const char *module_path, kc_pin_fn pin_fn, void *pin_arg, kc_ctx **out,
+                           kc_error *err) KC_MUST_CHECK;
 KC_EXPORT void kc_ctx_free(kc_ctx *ctx);
 
 /* Asks pin_fn for a PIN; KC_USAGE naming the vault when there is no way to. */

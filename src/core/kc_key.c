@@ -15,8 +15,8 @@ static const struct {
     const char *name;
     unsigned op;
 } op_names[] = {
-    {"encrypt", KC_OP_ENCRYPT}, {"decrypt", KC_OP_DECRYPT},  {"sign", KC_OP_SIGN},
-    {"verify", KC_OP_VERIFY},   {"wrapKey", KC_OP_WRAP},     {"unwrapKey", KC_OP_UNWRAP},
+    {"encrypt", KC_OP_ENCRYPT}, {"decrypt", KC_OP_DECRYPT}, {"sign", KC_OP_SIGN},
+    {"verify", KC_OP_VERIFY},   {"wrapKey", KC_OP_WRAP},    {"unwrapKey", KC_OP_UNWRAP},
 };
 #define N_OPS (sizeof(op_names) / sizeof(op_names[0]))
 
@@ -59,8 +59,7 @@ void kc_key_ops_format(unsigned ops, char *buf, size_t len)
     buf[0] = '\0';
     for (i = 0; i < N_OPS; i++)
         if (ops & op_names[i].op && off < len)
-            off += (size_t)snprintf(buf + off, len - off, "%s%s", off ? "," : "",
-                                    op_names[i].name);
+            off += (size_t)snprintf(buf + off, len - off, "%s%s", off ? "," : "", op_names[i].name);
 }
 
 const char *kc_oaep_name(kc_oaep alg)
@@ -480,8 +479,8 @@ kc_rc kc_key_public_pem(kc_vault *v, const kc_key *k, const kc_key_version *ver,
     *pem = NULL;
     if (ver->type != KC_KT_RSA)
         return kc_error_set(err, KC_ERR, "key '%s/%s' is not an RSA key", k->vault, k->name);
-    r = kc_tok_rsa_public(v->tok, ver->has_pub ? ver->pub.handle : ver->priv.handle, &n, &n_len,
-                          &e, &e_len, err);
+    r = kc_tok_rsa_public(v->tok, ver->has_pub ? ver->pub.handle : ver->priv.handle, &n, &n_len, &e,
+                          &e_len, err);
     if (r != KC_OK)
         goto cleanup;
     r = rsa_pkey(n, n_len, e, e_len, &pkey, err);
@@ -530,8 +529,7 @@ static kc_rc check_usable_for_wrap(const kc_key *k, const kc_key_version *ver, k
                       k->name);
         return KC_DENIED;
     }
-    if (ver->created[0] && kc_date_parse(ver->created, created) == 0 &&
-        strcmp(today, created) < 0)
+    if (ver->created[0] && kc_date_parse(ver->created, created) == 0 && strcmp(today, created) < 0)
         return kc_error_set(err, KC_DENIED, "the key is not valid before %s", ver->created);
     if (ver->expires[0] && kc_date_parse(ver->expires, expires) == 0 &&
         strcmp(today, expires) > 0) {
@@ -575,8 +573,8 @@ kc_rc kc_key_unwrap(kc_vault *v, const kc_key *k, const kc_key_version *ver, kc_
         kc_error_hint(err, "see its operations with 'keycustody key show %s/%s'", k->vault,
                       k->name);
     } else if (ver->bits != 0 && in_len != ver->bits / 8) {
-        r = kc_error_set(err, KC_USAGE, "the wrapped value is %zu bytes; RSA-%u gives %u",
-                         in_len, ver->bits, ver->bits / 8);
+        r = kc_error_set(err, KC_USAGE, "the wrapped value is %zu bytes; RSA-%u gives %u", in_len,
+                         ver->bits, ver->bits / 8);
     }
     if (r == KC_OK)
         r = kc_tok_oaep_unwrap(v->tok, ver->priv.handle, alg, in, in_len, out, err);

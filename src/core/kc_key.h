@@ -19,18 +19,18 @@
 typedef enum kc_protection { KC_PROT_HSM = 0, KC_PROT_SOFTWARE = 1 } kc_protection;
 
 typedef struct kc_key_version {
-    char version[129];          /* hex of CKA_ID */
+    char version[129]; /* hex of CKA_ID */
     unsigned char id[64];
     size_t id_len;
-    char uri[768];              /* key id: URI of the key pair (no type=) */
+    char uri[768]; /* key id: URI of the key pair (no type=) */
     kc_key_type type;
     unsigned bits;
-    unsigned ops;               /* KC_OP_* allowed by the pair, Key Vault's view */
+    unsigned ops; /* KC_OP_* allowed by the pair, Key Vault's view */
     kc_protection protection;
-    char created[11];           /* YYYY-MM-DD, "" when unknown */
-    char expires[11];           /* YYYY-MM-DD, "" for never */
+    char created[11]; /* YYYY-MM-DD, "" when unknown */
+    char expires[11]; /* YYYY-MM-DD, "" for never */
     int has_pub, has_priv;
-    kc_key_obj pub, priv;       /* the token's own attributes */
+    kc_key_obj pub, priv; /* the token's own attributes */
 } kc_key_version;
 
 typedef struct kc_key {
@@ -38,24 +38,24 @@ typedef struct kc_key {
     char name[KC_KEY_NAME_MAX + 1];
     kc_key_version *versions;
     size_t nversions;
-    size_t current;             /* index of the current version */
+    size_t current; /* index of the current version */
 } kc_key;
 
 typedef struct kc_key_create_opts {
     const char *name;
-    unsigned bits;              /* 2048, 3072 or 4096 */
+    unsigned bits; /* 2048, 3072 or 4096 */
     kc_protection protection;
-    unsigned ops;               /* KC_OP_* */
-    const char *expires;        /* "YYYY-MM-DD", or NULL / "never" */
+    unsigned ops;        /* KC_OP_* */
+    const char *expires; /* "YYYY-MM-DD", or NULL / "never" */
 } kc_key_create_opts;
 
 /* A key named on the command line: VAULT/KEY[/VERSION] or a pkcs11: URI with
  * object= (and optionally id=). */
 typedef struct kc_key_ref {
-    char vault[512];            /* vault name, or the URI (its token part selects the token) */
+    char vault[512]; /* vault name, or the URI (its token part selects the token) */
     char name[KC_KEY_NAME_MAX + 1];
     unsigned char id[64];
-    size_t id_len;              /* 0: the current version */
+    size_t id_len; /* 0: the current version */
 } kc_key_ref;
 
 KC_EXPORT kc_rc kc_key_ref_parse(const char *s, kc_key_ref *out, kc_error *err) KC_MUST_CHECK;
@@ -67,7 +67,7 @@ KC_EXPORT kc_rc kc_key_check_size(const char *size, unsigned *bits, kc_error *er
 KC_EXPORT kc_rc kc_key_ops_parse(const char *csv, unsigned *ops, kc_error *err) KC_MUST_CHECK;
 KC_EXPORT void kc_key_ops_format(unsigned ops, char *buf, size_t len);
 
-KC_EXPORT const char *kc_oaep_name(kc_oaep alg);  /* "RSA-OAEP" / "RSA-OAEP-256" */
+KC_EXPORT const char *kc_oaep_name(kc_oaep alg); /* "RSA-OAEP" / "RSA-OAEP-256" */
 KC_EXPORT int kc_oaep_parse(const char *s, kc_oaep *out);
 
 /* Creates version one of a new key (logs in). KC_CONFLICT if the name is taken. */
@@ -100,8 +100,8 @@ KC_EXPORT kc_rc kc_key_wrap(kc_vault *v, const kc_key *k, const kc_key_version *
                             kc_oaep *used, kc_error *err) KC_MUST_CHECK;
 
 /* RSA-OAEP unwrap under the version's private key (logs in). */
-KC_EXPORT kc_rc kc_key_unwrap(kc_vault *v, const kc_key *k, const kc_key_version *ver,
-                              kc_oaep alg, const unsigned char *in, size_t in_len,
-                              kc_secret **out, kc_error *err) KC_MUST_CHECK;
+KC_EXPORT kc_rc kc_key_unwrap(kc_vault *v, const kc_key *k, const kc_key_version *ver, kc_oaep alg,
+                              const unsigned char *in, size_t in_len, kc_secret **out,
+                              kc_error *err) KC_MUST_CHECK;
 
 #endif

@@ -22,13 +22,13 @@ kc_rc kc_vault_check_name(const char *name, kc_error *err)
         if (!isalnum((unsigned char)name[i]) && name[i] != '-')
             return kc_error_set(err, KC_USAGE,
                                 "vault name '%s' has '%c'; only letters, digits and '-' are "
-                                "allowed", name, name[i]);
+                                "allowed",
+                                name, name[i]);
     }
     if (!isalpha((unsigned char)name[0]))
         return kc_error_set(err, KC_USAGE, "vault name '%s' must start with a letter", name);
     if (name[n - 1] == '-')
-        return kc_error_set(err, KC_USAGE, "vault name '%s' must end with a letter or digit",
-                            name);
+        return kc_error_set(err, KC_USAGE, "vault name '%s' must end with a letter or digit", name);
     if (strstr(name, "--") != NULL)
         return kc_error_set(err, KC_USAGE, "vault name '%s' must not contain '--'", name);
     return KC_OK;
@@ -131,27 +131,29 @@ kc_rc kc_vault_meta_decode(const unsigned char *buf, size_t len, kc_vault_meta *
     o = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, &je);
     if (o == NULL)
         return kc_error_set(err, KC_INTEGRITY, "vault metadata is not JSON: %s", je.text);
-    if (json_unpack_ex(o, &je, JSON_STRICT,
-                       "{s:s, s:I, s:I, s:s, s:s, s:s, s:s, s:{s:b, s:I}, s:b, s:s, s:s}", "kind",
-                       &kind, "schema", &schema, "generation", &gen, "name", &name,
-                       "subscription", &sub, "region", &region, "sku", &sku, "soft_delete",
-                       "enabled", &sd, "retention_days", &days, "purge_protection", &pp,
-                       "created", &created, "updated", &updated) != 0) {
+    if (json_unpack_ex(
+            o, &je, JSON_STRICT, "{s:s, s:I, s:I, s:s, s:s, s:s, s:s, s:{s:b, s:I}, s:b, s:s, s:s}",
+            "kind", &kind, "schema", &schema, "generation", &gen, "name", &name, "subscription",
+            &sub, "region", &region, "sku", &sku, "soft_delete", "enabled", &sd, "retention_days",
+            &days, "purge_protection", &pp, "created", &created, "updated", &updated) != 0) {
         kc_error_set(err, KC_INTEGRITY, "vault metadata does not have the expected fields: %s",
                      je.text);
         goto cleanup;
     }
     if (strcmp(kind, "keycustody-vault") != 0 || schema != KC_VAULT_SCHEMA) {
-        kc_error_set(err, KC_INTEGRITY, "vault metadata of kind '%s' schema %lld is not known to "
-                     "this version of keycustody", kind, (long long)schema);
+        kc_error_set(err, KC_INTEGRITY,
+                     "vault metadata of kind '%s' schema %lld is not known to "
+                     "this version of keycustody",
+                     kind, (long long)schema);
         goto cleanup;
     }
     m->schema = (unsigned)schema;
     m->generation = gen < 0 ? 0 : (unsigned long)gen;
     m->retention_days = days < 0 || days > 1000 ? 0 : (unsigned)days;
     m->purge_protection = pp;
-    if (copy_str(m->name, sizeof(m->name), name) || copy_str(m->subscription,
-        sizeof(m->subscription), sub) || copy_str(m->region, sizeof(m->region), region) ||
+    if (copy_str(m->name, sizeof(m->name), name) ||
+        copy_str(m->subscription, sizeof(m->subscription), sub) ||
+        copy_str(m->region, sizeof(m->region), region) ||
         copy_str(m->created, sizeof(m->created), created) ||
         copy_str(m->updated, sizeof(m->updated), updated) || kc_sku_parse(sku, &m->sku) != 0 ||
         !sd) {
@@ -197,8 +199,10 @@ static kc_rc read_meta(kc_tok *tok, kc_vault_meta *out, kc_error *err)
     if (found)
         return KC_OK;
     if (n > 0)
-        return kc_error_set(err, KC_INTEGRITY, "token '%s' has vault metadata, but none is "
-                            "valid: %s", kc_tok_info_get(tok)->label, why.msg);
+        return kc_error_set(err, KC_INTEGRITY,
+                            "token '%s' has vault metadata, but none is "
+                            "valid: %s",
+                            kc_tok_info_get(tok)->label, why.msg);
     return kc_error_set(err, KC_NOT_FOUND, "token '%s' is not a keycustody vault",
                         kc_tok_info_get(tok)->label);
 }
@@ -275,8 +279,10 @@ kc_rc kc_vault_open(kc_ctx *ctx, const char *name_or_uri, kc_vault **out, kc_err
     if (r == KC_OK)
         r = read_meta(tok, &m, err);
     if (r == KC_NOT_FOUND && tok != NULL)
-        kc_error_hint(err, "make it one with 'keycustody vault init %s --subscription ID "
-                           "--region REGION'", kc_tok_info_get(tok)->label);
+        kc_error_hint(err,
+                      "make it one with 'keycustody vault init %s --subscription ID "
+                      "--region REGION'",
+                      kc_tok_info_get(tok)->label);
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot open vault '%s'", name_or_uri);
     if (strcmp(m.name, kc_tok_info_get(tok)->label) != 0)
@@ -330,8 +336,8 @@ static kc_rc set_user_pin(kc_ctx *ctx, kc_tok *tok, kc_error *err)
     return r;
 }
 
-kc_rc kc_vault_init(kc_ctx *ctx, const kc_vault_meta *want, const char *token_uri,
-                    kc_vault **out, int *adopted, kc_error *err)
+kc_rc kc_vault_init(kc_ctx *ctx, const kc_vault_meta *want, const char *token_uri, kc_vault **out,
+                    int *adopted, kc_error *err)
 {
     kc_vault_meta m = *want, existing;
     kc_tok *tok = NULL;
@@ -354,20 +360,23 @@ kc_rc kc_vault_init(kc_ctx *ctx, const kc_vault_meta *want, const char *token_ur
     r = kc_p11_token(ctx->p11, want->name, &tok, &lookup);
     if (r == KC_OK) {
         if (token_uri != NULL)
-            return kc_error_set(err, KC_CONFLICT, "a token labelled '%s' exists already; "
-                                "--token selects a free token to initialise", want->name);
+            return kc_error_set(err, KC_CONFLICT,
+                                "a token labelled '%s' exists already; "
+                                "--token selects a free token to initialise",
+                                want->name);
         r = read_meta(tok, &existing, err);
         if (r == KC_OK) {
-            kc_error_set(err, KC_CONFLICT, "vault '%s' is already initialised (subscription "
-                         "'%s', region '%s')", want->name, existing.subscription,
-                         existing.region);
+            kc_error_set(err, KC_CONFLICT,
+                         "vault '%s' is already initialised (subscription "
+                         "'%s', region '%s')",
+                         want->name, existing.subscription, existing.region);
             kc_error_hint(err, "see it with 'keycustody vault show %s'", want->name);
             return KC_CONFLICT;
         }
         if (r != KC_NOT_FOUND)
             return kc_error_prefix(err, "cannot adopt token '%s'", want->name);
         r = kc_tok_info_get(tok)->user_pin_initialized ? kc_ctx_login(ctx, tok, err)
-                                                         : set_user_pin(ctx, tok, err);
+                                                       : set_user_pin(ctx, tok, err);
         if (r != KC_OK)
             return kc_error_prefix(err, "cannot adopt token '%s'", want->name);
         *adopted = 1;

@@ -24,24 +24,24 @@ typedef struct kc_vault_meta {
     char subscription[65];
     char region[33];
     kc_sku sku;
-    unsigned retention_days;  /* soft-delete retention, 7..90 */
+    unsigned retention_days; /* soft-delete retention, 7..90 */
     int purge_protection;
-    char created[21];         /* RFC 3339 UTC */
+    char created[21]; /* RFC 3339 UTC */
     char updated[21];
 } kc_vault_meta;
 
 typedef struct kc_vault {
     kc_ctx *ctx;
-    kc_tok *tok;              /* owned by ctx->p11 */
+    kc_tok *tok; /* owned by ctx->p11 */
     kc_vault_meta meta;
 } kc_vault;
 
 /* One token as `vault list` sees it. */
 typedef struct kc_vault_entry {
     kc_tok_info token;
-    int is_vault;             /* metadata found and valid */
+    int is_vault; /* metadata found and valid */
     kc_vault_meta meta;
-    char note[256];           /* why a token is not a vault, when it is interesting */
+    char note[256]; /* why a token is not a vault, when it is interesting */
 } kc_vault_entry;
 
 /* Vault names: 3-24 characters, letters, digits and '-', starting with a

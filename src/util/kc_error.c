@@ -81,16 +81,26 @@ void kc_error_format(const kc_error *err, char *buf, size_t len)
 const char *kc_rc_name(kc_rc rc)
 {
     switch (rc) {
-    case KC_OK: return "ok";
-    case KC_ERR: return "error";
-    case KC_USAGE: return "usage";
-    case KC_LAYOUT: return "layout invalid";
-    case KC_NOT_FOUND: return "not found";
-    case KC_CONFLICT: return "conflict";
-    case KC_DENIED: return "denied";
-    case KC_TOKEN: return "token or module failure";
-    case KC_INTEGRITY: return "integrity";
-    case KC_CHANGES: return "changes pending";
+    case KC_OK:
+        return "ok";
+    case KC_ERR:
+        return "error";
+    case KC_USAGE:
+        return "usage";
+    case KC_LAYOUT:
+        return "layout invalid";
+    case KC_NOT_FOUND:
+        return "not found";
+    case KC_CONFLICT:
+        return "conflict";
+    case KC_DENIED:
+        return "denied";
+    case KC_TOKEN:
+        return "token or module failure";
+    case KC_INTEGRITY:
+        return "integrity";
+    case KC_CHANGES:
+        return "changes pending";
     }
     return "error";
 }

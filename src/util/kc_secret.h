@@ -14,7 +14,7 @@
 typedef struct kc_secret {
     unsigned char *data; /* len bytes of secret, then a NUL so PINs read as C strings */
     size_t len;
-    size_t cap;          /* usable bytes, excluding the trailing NUL */
+    size_t cap; /* usable bytes, excluding the trailing NUL */
 } kc_secret;
 
 /* Longest secret a PIN source may hold; PKCS#11 PINs on SoftHSM are 4..255. */

@@ -152,8 +152,10 @@ kc_rc kc_clock_now(time_t *out, kc_error *err)
         return KC_OK;
     }
     if (kc_time_parse_rfc3339(v, out) != 0)
-        return kc_error_set(err, KC_USAGE, "KEYCUSTODY_NOW='%s' is not an RFC 3339 time "
-                                           "(e.g. 2027-01-31T12:00:00Z)", v);
+        return kc_error_set(err, KC_USAGE,
+                            "KEYCUSTODY_NOW='%s' is not an RFC 3339 time "
+                            "(e.g. 2027-01-31T12:00:00Z)",
+                            v);
     return KC_OK;
 }
 
@@ -254,8 +256,8 @@ cleanup:
     return r;
 }
 
-kc_rc kc_file_write(const char *path, const void *data, size_t len, unsigned mode,
-                    int overwrite, kc_error *err)
+kc_rc kc_file_write(const char *path, const void *data, size_t len, unsigned mode, int overwrite,
+                    kc_error *err)
 {
     char tmp[4096];
     const unsigned char *p = data;
@@ -296,8 +298,7 @@ kc_rc kc_file_write(const char *path, const void *data, size_t len, unsigned mod
         goto fail;
     }
     if (rename(tmp, path) != 0) {
-        r = kc_error_set(err, KC_ERR, "cannot rename '%s' to '%s': %s", tmp, path,
-                         strerror(errno));
+        r = kc_error_set(err, KC_ERR, "cannot rename '%s' to '%s': %s", tmp, path, strerror(errno));
         goto fail;
     }
     return KC_OK;
