@@ -222,9 +222,12 @@ static void test_vault_init_by_token_uri(void)
 
 static const kc_test_case vault_cases[] = {
     {"init by token URI", test_vault_init_by_token_uri},
-    {"init, show, list", test_vault_init_show_list},     {"init errors", test_vault_init_errors},
-    {"PIN files and sources", test_vault_pin_file},      {"not found", test_vault_not_found},
-    {"registered modules", test_vault_registry_modules}, {NULL, NULL},
+    {"init, show, list", test_vault_init_show_list},
+    {"init errors", test_vault_init_errors},
+    {"PIN files and sources", test_vault_pin_file},
+    {"not found", test_vault_not_found},
+    {"registered modules", test_vault_registry_modules},
+    {NULL, NULL},
 };
 
 /* --- key --- */
@@ -453,7 +456,7 @@ static void test_wrap_errors(void)
     r = kc_test_run("key", "wrap", "VaultA1/Key001", "--in", kc_test_path("long"), "--out", w,
                     NULL);
     ASSERT_RC(r, 2);
-    ASSERT_HAS(r->err, "holds 65 bytes; 1 to 64 are accepted");
+    ASSERT_HAS(r->err, "holds 65 bytes; at most 64 are accepted");
     r = kc_test_run("key", "wrap", "VaultA1/Key001", "--in", kc_test_path("missing"), "--out", w,
                     NULL);
     ASSERT_RC(r, 4);

@@ -172,7 +172,7 @@ static void test_secret_read_file_limits(void)
 
     kc_test_write(tmp_path("big"), "0123456789", 10, 0644);
     CU_ASSERT_EQUAL(kc_secret_read_file(tmp_path("big"), 8, &s, &e), KC_USAGE);
-    ASSERT_HAS(e.msg, "holds 10 bytes; 1 to 8 are accepted");
+    ASSERT_HAS(e.msg, "holds 10 bytes; at most 8 are accepted");
     CU_ASSERT_EQUAL_FATAL(kc_secret_read_file(tmp_path("big"), 64, &s, &e), KC_OK);
     CU_ASSERT_EQUAL(s->len, 10);
     kc_secret_free(s);

@@ -394,11 +394,27 @@ static int cmd_export_public(kc_cli *cli, int argc, char **argv)
 
 /* --- key wrap / unwrap --- */
 
-static const struct option io_opts[] = {
-    {"in", required_argument, NULL, O_IN},   {"out", required_argument, NULL, O_OUT},
-    {"alg", required_argument, NULL, O_ALG}, {"raw", no_argument, NULL, O_RAW},
-    {"force", no_argument, NULL, O_FORCE},   {NULL, 0, NULL, 0},
-};
+/* The options and operands wrap and unwrap share. */
+static int parse_io(kc_cli *cli, int argc, char **argv, struct io_state *s, int *first,
+                    const char *in_what)
+{
+    static const struct option io_opts[] = {
+        {"in", required_argument, NULL, O_IN},   {"out", required_argument, NULL, O_OUT},
+        {"alg", required_argument, NULL, O_ALG}, {"raw", no_argument, NULL, O_RAW},
+        {"force", no_argument, NULL, O_FORCE},   {NULL, 0, NULL, 0},
+    };
+    int rc;
+
+    memset(s, 0, sizeof(*s));
+    rc = kc_cli_parse(cli, argc, argv, io_opts, io_opt, s, first);
+    if (rc != 0)
+        return rc;
+    if (argc - *first != 1)
+        return kc_cli_usage(cli, "give exactly one key as VAULT/KEY[/VERSION]");
+    if (s->in == NULL || s->out == NULL)
+        return kc_cli_usage(cli, "--in FILE (%s) and --out FILE are required", in_what);
+    return 0;
+}
 
 static int cmd_wrap(kc_cli *cli, int argc, char **argv)
 {
@@ -416,14 +432,9 @@ static int cmd_wrap(kc_cli *cli, int argc, char **argv)
     kc_error err;
     int first, rc;
 
-    memset(&s, 0, sizeof(s));
-    rc = kc_cli_parse(cli, argc, argv, io_opts, io_opt, &s, &first);
+    rc = parse_io(cli, argc, argv, &s, &first, "the secret");
     if (rc != 0)
         return rc;
-    if (argc - first != 1)
-        return kc_cli_usage(cli, "give exactly one key as VAULT/KEY[/VERSION]");
-    if (s.in == NULL || s.out == NULL)
-        return kc_cli_usage(cli, "--in FILE (the secret) and --out FILE are required");
     if (s.alg != NULL && kc_oaep_parse(s.alg, &alg) != 0)
         return kc_cli_usage(cli, "bad --alg");
     kc_error_clear(&err);
@@ -559,14 +570,9 @@ static int cmd_unwrap(kc_cli *cli, int argc, char **argv)
     kc_error err;
     int first, rc;
 
-    memset(&s, 0, sizeof(s));
-    rc = kc_cli_parse(cli, argc, argv, io_opts, io_opt, &s, &first);
+    rc = parse_io(cli, argc, argv, &s, &first, "the wrapped key");
     if (rc != 0)
         return rc;
-    if (argc - first != 1)
-        return kc_cli_usage(cli, "give exactly one key as VAULT/KEY[/VERSION]");
-    if (s.in == NULL || s.out == NULL)
-        return kc_cli_usage(cli, "--in FILE (the wrapped key) and --out FILE are required");
     if (s.raw)
         return kc_cli_usage(cli, "--raw is for wrap; unwrap reads either form");
     kc_error_clear(&err);

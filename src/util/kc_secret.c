@@ -1,4 +1,5 @@
 #include "kc_secret.h"
+#include "kc_util.h"
 
 #include <openssl/crypto.h>
 
@@ -97,7 +98,6 @@ static kc_rc from_file(const char *path, kc_secret **out, kc_error *err)
 {
     kc_secret *s = NULL;
     struct stat st;
-    ssize_t n;
     int fd = -1;
     kc_rc r = KC_ERR;
 
@@ -137,20 +137,7 @@ static kc_rc from_file(const char *path, kc_secret **out, kc_error *err)
         r = kc_error_set(err, KC_ERR, "out of memory");
         goto cleanup;
     }
-    for (;;) {
-        n = read(fd, s->data + s->len, s->cap - s->len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            r = kc_error_set(err, KC_ERR, "cannot read PIN file '%s': %s", path, strerror(errno));
-            goto cleanup;
-        }
-        if (n == 0)
-            break;
-        s->len += (size_t)n;
-        if (s->len == s->cap)
-            break;
-    }
+    s->len = kc_read_full(fd, s->data, s->cap);
     trim_newline(s);
     if (s->len > KC_SECRET_PIN_MAX) {
         r = kc_error_set(err, KC_USAGE, "PIN file '%s' holds more than %d characters", path,
@@ -189,49 +176,31 @@ kc_rc kc_secret_from_source(const char *source, kc_secret **out, kc_error *err)
 kc_rc kc_secret_read_file(const char *path, size_t max, kc_secret **out, kc_error *err)
 {
     kc_secret *s = NULL;
-    struct stat st;
-    ssize_t n;
-    int fd;
-    kc_rc r = KC_ERR;
+    size_t size = 0;
+    int fd = -1;
+    kc_rc r;
 
     *out = NULL;
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0)
-        return kc_error_set(err, errno == ENOENT ? KC_NOT_FOUND : KC_ERR, "cannot open '%s': %s",
-                            path, strerror(errno));
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        r = kc_error_set(err, KC_USAGE, "'%s' is not a regular file", path);
-        goto cleanup;
+    r = kc_file_open_regular(path, max, &fd, &size, err);
+    if (r != KC_OK)
+        return r;
+    if (size == 0) {
+        close(fd);
+        return kc_error_set(err, KC_USAGE, "'%s' is empty", path);
     }
-    if (st.st_size <= 0 || (size_t)st.st_size > max) {
-        r = kc_error_set(err, KC_USAGE, "'%s' holds %lld bytes; 1 to %zu are accepted", path,
-                         (long long)st.st_size, max);
-        goto cleanup;
-    }
-    s = kc_secret_new((size_t)st.st_size);
+    s = kc_secret_new(size);
     if (s == NULL) {
-        r = kc_error_set(err, KC_ERR, "out of memory");
-        goto cleanup;
+        close(fd);
+        return kc_error_set(err, KC_ERR, "out of memory");
     }
-    while (s->len < s->cap) {
-        n = read(fd, s->data + s->len, s->cap - s->len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        s->len += (size_t)n;
-    }
-    if (s->len != s->cap) {
-        r = kc_error_set(err, KC_ERR, "'%s' changed while it was read", path);
-        goto cleanup;
+    s->len = kc_read_full(fd, s->data, size);
+    close(fd);
+    if (s->len != size) {
+        kc_secret_free(s);
+        return kc_error_set(err, KC_ERR, "'%s' changed while it was read", path);
     }
     *out = s;
-    s = NULL;
-    r = KC_OK;
-cleanup:
-    kc_secret_free(s);
-    close(fd);
-    return r;
+    return KC_OK;
 }
 
 int kc_secret_harden_process(void)

@@ -208,52 +208,67 @@ kc_rc kc_date_today(char out[9], kc_error *err)
     return KC_OK;
 }
 
-kc_rc kc_file_read(const char *path, size_t max, unsigned char **out, size_t *len, kc_error *err)
+kc_rc kc_file_open_regular(const char *path, size_t max, int *fd, size_t *size, kc_error *err)
 {
-    unsigned char *buf = NULL;
     struct stat st;
-    size_t got = 0;
-    ssize_t n;
-    int fd;
-    kc_rc r = KC_ERR;
 
-    *out = NULL;
-    *len = 0;
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0)
+    *fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (*fd < 0)
         return kc_error_set(err, errno == ENOENT ? KC_NOT_FOUND : KC_ERR, "cannot open '%s': %s",
                             path, strerror(errno));
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        r = kc_error_set(err, KC_ERR, "'%s' is not a regular file", path);
-        goto cleanup;
+    if (fstat(*fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(*fd);
+        *fd = -1;
+        return kc_error_set(err, KC_USAGE, "'%s' is not a regular file", path);
     }
     if ((size_t)st.st_size > max) {
-        r = kc_error_set(err, KC_ERR, "'%s' is %lld bytes; at most %zu are accepted", path,
-                         (long long)st.st_size, max);
-        goto cleanup;
+        close(*fd);
+        *fd = -1;
+        return kc_error_set(err, KC_USAGE, "'%s' holds %lld bytes; at most %zu are accepted", path,
+                            (long long)st.st_size, max);
     }
-    buf = malloc((size_t)st.st_size + 1);
-    if (buf == NULL) {
-        r = kc_error_set(err, KC_ERR, "out of memory");
-        goto cleanup;
-    }
-    while (got < (size_t)st.st_size) {
-        n = read(fd, buf + got, (size_t)st.st_size - got);
+    *size = (size_t)st.st_size;
+    return KC_OK;
+}
+
+size_t kc_read_full(int fd, void *buf, size_t len)
+{
+    size_t got = 0;
+    ssize_t n;
+
+    while (got < len) {
+        n = read(fd, (unsigned char *)buf + got, len - got);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
             break;
         got += (size_t)n;
     }
-    buf[got] = 0;
-    *out = buf;
-    *len = got;
-    buf = NULL;
-    r = KC_OK;
-cleanup:
-    free(buf);
+    return got;
+}
+
+kc_rc kc_file_read(const char *path, size_t max, unsigned char **out, size_t *len, kc_error *err)
+{
+    unsigned char *buf = NULL;
+    size_t size = 0;
+    int fd = -1;
+    kc_rc r;
+
+    *out = NULL;
+    *len = 0;
+    r = kc_file_open_regular(path, max, &fd, &size, err);
+    if (r != KC_OK)
+        return r;
+    buf = malloc(size + 1);
+    if (buf == NULL) {
+        close(fd);
+        return kc_error_set(err, KC_ERR, "out of memory");
+    }
+    *len = kc_read_full(fd, buf, size);
+    buf[*len] = 0;
     close(fd);
-    return r;
+    *out = buf;
+    return KC_OK;
 }
 
 kc_rc kc_file_write(const char *path, const void *data, size_t len, unsigned mode, int overwrite,

@@ -33,6 +33,14 @@ KC_EXPORT void kc_date_format(const char *yyyymmdd, char out[11]);
 /* Today's date in UTC per kc_clock_now, as "YYYYMMDD". */
 KC_EXPORT kc_rc kc_date_today(char out[9], kc_error *err) KC_MUST_CHECK;
 
+/* Opens path for reading: it must be a regular file of at most max bytes.
+ * *size is its size; the caller closes *fd. */
+KC_EXPORT kc_rc kc_file_open_regular(const char *path, size_t max, int *fd, size_t *size,
+                                     kc_error *err) KC_MUST_CHECK;
+/* Reads until len bytes, end of file or an error (EINTR is retried); returns
+ * how many bytes were read. */
+KC_EXPORT size_t kc_read_full(int fd, void *buf, size_t len);
+
 /* Reads a whole file of at most max bytes; the buffer has a trailing NUL. */
 KC_EXPORT kc_rc kc_file_read(const char *path, size_t max, unsigned char **out, size_t *len,
                              kc_error *err) KC_MUST_CHECK;
