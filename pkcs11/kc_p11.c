@@ -160,9 +160,9 @@ static void fill_info(kc_tok_info *ti, const CK_TOKEN_INFO *info, const char *mo
     }
 }
 
-/* Calls fn for every slot with a token, in every module, until fn returns
- * non-zero (then that value is returned). */
-typedef int (*slot_fn)(kc_p11 *p, CK_FUNCTION_LIST *f, CK_SLOT_ID slot, const CK_TOKEN_INFO *info,
+/* Calls fn for every slot with a token, in every module (mod indexes
+ * p->modules and p->calls), until fn returns non-zero. */
+typedef int (*slot_fn)(kc_p11 *p, size_t mod, CK_SLOT_ID slot, const CK_TOKEN_INFO *info,
                        void *arg);
 
 static kc_rc each_token(kc_p11 *p, slot_fn fn, void *arg, int *stopped, kc_error *err)
@@ -178,23 +178,24 @@ static kc_rc each_token(kc_p11 *p, slot_fn fn, void *arg, int *stopped, kc_error
     for (i = 0; p->calls[i] != NULL; i++) {
         CK_FUNCTION_LIST *f = p->calls[i];
 
-        rv = f->C_GetSlotList(CK_TRUE, NULL, &count);
+        /* A slot can appear between the size query and the real call. */
+        do {
+            rv = f->C_GetSlotList(CK_TRUE, NULL, &count);
+            if (rv == CKR_OK) {
+                free(slots);
+                slots = calloc(count + 1, sizeof(*slots));
+                if (slots == NULL) {
+                    r = kc_error_set(err, KC_ERR, "out of memory");
+                    goto cleanup;
+                }
+                rv = f->C_GetSlotList(CK_TRUE, slots, &count);
+            }
+        } while (rv == CKR_BUFFER_TOO_SMALL);
         if (rv != CKR_OK) {
             char module[256];
             module_name(p->modules[i], module, sizeof(module));
             r = kc_p11_fail(err, "C_GetSlotList", rv, "cannot list the slots of module '%s'",
                             module);
-            goto cleanup;
-        }
-        free(slots);
-        slots = calloc(count + 1, sizeof(*slots));
-        if (slots == NULL) {
-            r = kc_error_set(err, KC_ERR, "out of memory");
-            goto cleanup;
-        }
-        rv = f->C_GetSlotList(CK_TRUE, slots, &count);
-        if (rv != CKR_OK) {
-            r = kc_p11_fail(err, "C_GetSlotList", rv, "cannot list slots");
             goto cleanup;
         }
         for (j = 0; j < count; j++) {
@@ -206,7 +207,7 @@ static kc_rc each_token(kc_p11 *p, slot_fn fn, void *arg, int *stopped, kc_error
                 r = kc_p11_fail(err, "C_GetTokenInfo", rv, "cannot read token information");
                 goto cleanup;
             }
-            *stopped = fn(p, f, slots[j], &info, arg);
+            *stopped = fn(p, i, slots[j], &info, arg);
             if (*stopped)
                 goto done;
         }
@@ -224,12 +225,10 @@ struct list_arg {
     int oom;
 };
 
-static int list_one(kc_p11 *p, CK_FUNCTION_LIST *f, CK_SLOT_ID slot, const CK_TOKEN_INFO *info,
-                    void *arg)
+static int list_one(kc_p11 *p, size_t mod, CK_SLOT_ID slot, const CK_TOKEN_INFO *info, void *arg)
 {
     struct list_arg *a = arg;
     char module[256];
-    size_t i;
 
     (void)slot;
     if (a->n == a->cap) {
@@ -242,9 +241,7 @@ static int list_one(kc_p11 *p, CK_FUNCTION_LIST *f, CK_SLOT_ID slot, const CK_TO
         a->cap = a->cap * 2 + 4;
     }
     /* Name the module by its real file, not the fault-injecting copy. */
-    for (i = 0; p->calls[i] != NULL && p->calls[i] != f; i++)
-        ;
-    module_name(p->modules[i] != NULL ? p->modules[i] : f, module, sizeof(module));
+    module_name(p->modules[mod], module, sizeof(module));
     fill_info(&a->v[a->n++], info, module);
     return 0;
 }
@@ -285,12 +282,10 @@ struct find_arg {
     CK_TOKEN_INFO info;
 };
 
-static int find_one(kc_p11 *p, CK_FUNCTION_LIST *f, CK_SLOT_ID slot, const CK_TOKEN_INFO *info,
-                    void *arg)
+static int find_one(kc_p11 *p, size_t mod, CK_SLOT_ID slot, const CK_TOKEN_INFO *info, void *arg)
 {
     struct find_arg *a = arg;
     char label[33];
-    size_t i;
 
     if (a->want_free && (info->flags & CKF_TOKEN_INITIALIZED))
         return 0;
@@ -303,10 +298,8 @@ static int find_one(kc_p11 *p, CK_FUNCTION_LIST *f, CK_SLOT_ID slot, const CK_TO
             return 0;
     }
     if (a->matches++ == 0) {
-        for (i = 0; p->calls[i] != NULL && p->calls[i] != f; i++)
-            ;
-        a->f = f;
-        a->module = p->modules[i];
+        a->f = p->calls[mod];
+        a->module = p->modules[mod];
         a->slot = slot;
         a->info = *info;
     }
@@ -329,8 +322,8 @@ static void visible_tokens(kc_p11 *p, char *buf, size_t len)
     }
     off = (size_t)snprintf(buf, len, "visible tokens:");
     for (i = 0; i < n && off < len; i++)
-        off += (size_t)snprintf(buf + off, len - off, "%s '%s'%s", i ? "," : "",
-                                v[i].initialized ? v[i].label : "(not initialised)", "");
+        off += (size_t)snprintf(buf + off, len - off, "%s '%s'", i ? "," : "",
+                                v[i].initialized ? v[i].label : "(not initialised)");
     free(v);
 }
 
