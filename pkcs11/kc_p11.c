@@ -632,6 +632,29 @@ kc_rc kc_tok_init_pin(kc_tok *t, const kc_secret *so_pin, const kc_secret *user_
     return kc_tok_login(t, user_pin, err);
 }
 
+kc_rc kc_tok_login_so(kc_tok *t, const kc_secret *so_pin, kc_error *err)
+{
+    CK_RV rv;
+    kc_rc r;
+
+    /* The SO cannot log in while the user is: close our session, which
+     * logs the user out, and open a new one. */
+    tok_close(t);
+    r = kc_tok_session(t, err);
+    if (r != KC_OK)
+        return r;
+    rv = t->f->C_Login(t->session, CKU_SO, so_pin->data, so_pin->len);
+    if (rv != CKR_OK)
+        return kc_p11_fail(err, "C_Login", rv, "cannot log in to '%s' as security officer",
+                           t->info.label);
+    return KC_OK;
+}
+
+void kc_tok_logout(kc_tok *t)
+{
+    tok_close(t);
+}
+
 kc_rc kc_tok_random(kc_tok *t, unsigned char *buf, size_t count, kc_error *err)
 {
     CK_RV rv;

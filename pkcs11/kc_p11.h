@@ -176,6 +176,94 @@ KC_EXPORT kc_rc kc_tok_rsa_public(kc_tok *t, kc_obj key, unsigned char **n, size
 
 KC_EXPORT kc_rc kc_tok_destroy(kc_tok *t, kc_obj obj, kc_error *err) KC_MUST_CHECK;
 
+/* Every object on the token with this label (keys of all classes, data),
+ * for purge. */
+KC_EXPORT kc_rc kc_tok_find_labelled(kc_tok *t, const char *label, kc_obj **out, size_t *n,
+                                     kc_error *err) KC_MUST_CHECK;
+
+/* Sets what the token allows on one half of a key pair: CKA_UNWRAP,
+ * CKA_DECRYPT, CKA_SIGN on a private key, CKA_WRAP, CKA_ENCRYPT, CKA_VERIFY
+ * on a public key. */
+KC_EXPORT kc_rc kc_tok_set_ops(kc_tok *t, kc_obj obj, int is_private, unsigned ops,
+                               kc_error *err) KC_MUST_CHECK;
+
+/* Sets CKA_END_DATE ("YYYYMMDD", or NULL for none) on a public object. */
+KC_EXPORT kc_rc kc_tok_set_end_date(kc_tok *t, kc_obj obj, const char *yyyymmdd,
+                                    kc_error *err) KC_MUST_CHECK;
+
+/* An RSA public key object from its modulus and exponent, for restore and
+ * import (spec's label, id, public ops and dates are used). */
+KC_EXPORT kc_rc kc_tok_create_rsa_public(kc_tok *t, const kc_rsa_spec *spec,
+                                         const unsigned char *n, size_t n_len,
+                                         const unsigned char *e, size_t e_len, kc_obj *out,
+                                         kc_error *err) KC_MUST_CHECK;
+
+/* The components of an RSA private key, big-endian, for import. */
+typedef struct kc_rsa_parts {
+    const unsigned char *n, *e, *d, *p, *q, *dp, *dq, *qinv;
+    size_t n_len, e_len, d_len, p_len, q_len, dp_len, dq_len, qinv_len;
+} kc_rsa_parts;
+
+/* An RSA private key object from its components (spec's private ops,
+ * sensitive, wrap_with_trusted). The token marks it CKA_LOCAL=false. */
+KC_EXPORT kc_rc kc_tok_create_rsa_private(kc_tok *t, const kc_rsa_spec *spec,
+                                          const kc_rsa_parts *parts, kc_obj *out,
+                                          kc_error *err) KC_MUST_CHECK;
+
+/* --- secret keys of the backup domain --- */
+
+typedef enum kc_secret_kind { KC_SECRET_AES = 0, KC_SECRET_HMAC = 1 } kc_secret_kind;
+
+typedef struct kc_secret_spec {
+    kc_secret_kind kind;
+    const char *label;
+    const unsigned char *id;
+    size_t id_len;
+    int is_private;  /* a user object; else public (and then SO-made when trusted) */
+    int trusted;     /* CKA_TRUSTED: only the SO can set it, only at creation */
+    int wrap, unwrap, sign;
+} kc_secret_spec;
+
+/* Creates a token secret key with the given value (sensitive, not
+ * extractable). A trusted key needs the SO logged in (kc_tok_login_so). */
+KC_EXPORT kc_rc kc_tok_create_secret(kc_tok *t, const kc_secret_spec *spec,
+                                     const kc_secret *value, kc_obj *out,
+                                     kc_error *err) KC_MUST_CHECK;
+
+/* The secret keys with this label (and id, when id != NULL). */
+KC_EXPORT kc_rc kc_tok_find_secrets(kc_tok *t, const char *label, const unsigned char *id,
+                                    size_t id_len, kc_obj *out, size_t cap, size_t *n,
+                                    kc_error *err) KC_MUST_CHECK;
+
+/* Security-officer session: logs the user out (closing the session), logs
+ * the SO in; kc_tok_logout ends it. */
+KC_EXPORT kc_rc kc_tok_login_so(kc_tok *t, const kc_secret *so_pin, kc_error *err) KC_MUST_CHECK;
+KC_EXPORT void kc_tok_logout(kc_tok *t);
+
+/* --- AES key wrap with padding (RFC 5649) and HMAC-SHA256, on the token --- */
+
+/* Wraps key (a private key) under kek with CKM_AES_KEY_WRAP_PAD. */
+KC_EXPORT kc_rc kc_tok_kwp_wrap(kc_tok *t, kc_obj kek, kc_obj key, unsigned char **out,
+                                size_t *out_len, kc_error *err) KC_MUST_CHECK;
+
+/* Unwraps an RSA private key (PKCS#8) under kek into a token object made
+ * after spec. On failure nothing of it stays on the token. */
+KC_EXPORT kc_rc kc_tok_kwp_unwrap_rsa(kc_tok *t, kc_obj kek, const unsigned char *in,
+                                      size_t in_len, const kc_rsa_spec *spec, kc_obj *out,
+                                      kc_error *err) KC_MUST_CHECK;
+
+/* RSA-OAEP (SHA-1) unwrap of an AES key into a session object that can only
+ * unwrap (the first step of CKM_RSA_AES_KEY_WRAP). Destroy it after use. */
+KC_EXPORT kc_rc kc_tok_oaep_unwrap_aes(kc_tok *t, kc_obj priv, const unsigned char *in,
+                                       size_t in_len, kc_obj *out, kc_error *err) KC_MUST_CHECK;
+
+/* HMAC-SHA256 of data under key, computed on the token. */
+KC_EXPORT kc_rc kc_tok_hmac(kc_tok *t, kc_obj key, const unsigned char *data, size_t len,
+                            unsigned char mac[32], kc_error *err) KC_MUST_CHECK;
+/* Verifies on the token; a wrong MAC is KC_INTEGRITY. */
+KC_EXPORT kc_rc kc_tok_hmac_verify(kc_tok *t, kc_obj key, const unsigned char *data, size_t len,
+                                   const unsigned char mac[32], kc_error *err) KC_MUST_CHECK;
+
 /* --- RSA-OAEP wrap and unwrap of a short secret --- */
 
 /* Wraps secret (loaded as a session generic-secret object and destroyed

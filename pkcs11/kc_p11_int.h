@@ -40,6 +40,32 @@ void kc_p11_fault_release(CK_FUNCTION_LIST *wrapped, CK_FUNCTION_LIST *orig);
 /* Opens the session if needed (R/W, serial). */
 kc_rc kc_tok_session(kc_tok *t, kc_error *err) KC_MUST_CHECK;
 
+/* Template helpers shared by the object files. */
+extern CK_BBOOL kc_p11_true, kc_p11_false;
+#define ATTR(t, p, n) {(t), (void *)(p), (n)}
+#define ATTR_BOOL(t, b) {(t), (b) ? &kc_p11_true : &kc_p11_false, sizeof(CK_BBOOL)}
+
+/* Every handle matching tmpl (n attributes); *out is freed by the caller. */
+kc_rc kc_p11_find_all(kc_tok *t, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDLE **out,
+                      size_t *count, kc_error *err) KC_MUST_CHECK;
+/* One attribute into buf; its length, or -1 when the token will not say. */
+long kc_p11_get_attr(kc_tok *t, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, void *buf,
+                     size_t cap);
+int kc_p11_get_ulong(kc_tok *t, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, CK_ULONG *out);
+/* A variable-length attribute into a new buffer (with a trailing NUL). */
+kc_rc kc_p11_get_alloc(kc_tok *t, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, const char *what,
+                       unsigned char **out, size_t *len, kc_error *err) KC_MUST_CHECK;
+/* "YYYYMMDD" -> CK_DATE; 0 when s is not such a string. */
+int kc_p11_date(CK_DATE *d, const char *s);
+/* After a failed object creation: destroys key objects that were not in
+ * before[] and carry label or none. */
+void kc_p11_remove_leftovers(kc_tok *t, const char *label, const CK_OBJECT_HANDLE *before,
+                             size_t nbefore);
+/* The RSA private-key template for spec into tmpl (at least 16 entries);
+ * returns the count. kt and cls must outlive the call that uses tmpl. */
+CK_ULONG kc_p11_rsa_private_template(const kc_rsa_spec *spec, CK_ATTRIBUTE *tmpl,
+                                     CK_OBJECT_CLASS *cls, CK_KEY_TYPE *kt);
+
 /* Copies a blank-padded PKCS#11 string into a NUL-terminated C string. */
 void kc_p11_copy_padded(char *dst, size_t dst_len, const unsigned char *src, size_t src_len);
 

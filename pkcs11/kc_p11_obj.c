@@ -1,4 +1,4 @@
-/* Objects on a token: keys, RSA key generation, RSA-OAEP wrap/unwrap, data. */
+/* Objects on a token: key enumeration and attributes, RSA key pairs, secret keys, data. */
 #include "kc_p11_int.h"
 
 #include <openssl/crypto.h>
@@ -6,22 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define KC_P11_OAEP_MAX 512 /* bytes: the modulus of RSA-4096 */
+CK_BBOOL kc_p11_true = CK_TRUE;
+CK_BBOOL kc_p11_false = CK_FALSE;
 
-static CK_BBOOL ck_true = CK_TRUE;
-static CK_BBOOL ck_false = CK_FALSE;
-
-#define ATTR(t, p, n)                                                                              \
-    {                                                                                              \
-        (t), (void *)(p), (n)                                                                      \
-    }
-#define ATTR_BOOL(t, b)                                                                            \
-    {                                                                                              \
-        (t), (b) ? &ck_true : &ck_false, sizeof(CK_BBOOL)                                          \
-    }
-
-/* Collects every handle matching tmpl. *out is freed by the caller. */
-static kc_rc find_all(kc_tok *t, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDLE **out,
+kc_rc kc_p11_find_all(kc_tok *t, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDLE **out,
                       size_t *count, kc_error *err)
 {
     CK_OBJECT_HANDLE *v = NULL, *nv;
@@ -67,8 +55,7 @@ cleanup:
     return r;
 }
 
-/* Reads one attribute; returns its length, or -1 when the token will not say. */
-static long get_attr(kc_tok *t, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, void *buf, size_t cap)
+long kc_p11_get_attr(kc_tok *t, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, void *buf, size_t cap)
 {
     CK_ATTRIBUTE a = ATTR(type, buf, cap);
 
@@ -83,16 +70,15 @@ static int get_bool(kc_tok *t, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type)
 {
     CK_BBOOL b = CK_FALSE;
 
-    return get_attr(t, h, type, &b, sizeof(b)) == (long)sizeof(b) && b == CK_TRUE;
+    return kc_p11_get_attr(t, h, type, &b, sizeof(b)) == (long)sizeof(b) && b == CK_TRUE;
 }
 
-static int get_ulong(kc_tok *t, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, CK_ULONG *out)
+int kc_p11_get_ulong(kc_tok *t, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, CK_ULONG *out)
 {
-    return get_attr(t, h, type, out, sizeof(*out)) == (long)sizeof(*out);
+    return kc_p11_get_attr(t, h, type, out, sizeof(*out)) == (long)sizeof(*out);
 }
 
-/* Reads a variable-length attribute into a new buffer. */
-static kc_rc get_alloc(kc_tok *t, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, const char *what,
+kc_rc kc_p11_get_alloc(kc_tok *t, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, const char *what,
                        unsigned char **out, size_t *len, kc_error *err)
 {
     CK_ATTRIBUTE a = ATTR(type, NULL, 0);
@@ -140,16 +126,16 @@ static void read_key(kc_tok *t, CK_OBJECT_HANDLE h, CK_OBJECT_CLASS cls, kc_key_
     memset(k, 0, sizeof(*k));
     k->handle = h;
     k->is_private = cls == CKO_PRIVATE_KEY;
-    n = get_attr(t, h, CKA_LABEL, k->label, sizeof(k->label) - 1);
+    n = kc_p11_get_attr(t, h, CKA_LABEL, k->label, sizeof(k->label) - 1);
     k->label[n > 0 ? n : 0] = '\0';
-    n = get_attr(t, h, CKA_ID, k->id, sizeof(k->id));
+    n = kc_p11_get_attr(t, h, CKA_ID, k->id, sizeof(k->id));
     k->id_len = n > 0 ? (size_t)n : 0;
-    if (get_ulong(t, h, CKA_KEY_TYPE, &kt))
+    if (kc_p11_get_ulong(t, h, CKA_KEY_TYPE, &kt))
         k->type = kt == CKK_RSA ? KC_KT_RSA : kt == CKK_EC ? KC_KT_EC : KC_KT_OTHER;
     if (k->type == KC_KT_RSA) {
-        if (!k->is_private && get_ulong(t, h, CKA_MODULUS_BITS, &bits))
+        if (!k->is_private && kc_p11_get_ulong(t, h, CKA_MODULUS_BITS, &bits))
             k->bits = (unsigned)bits;
-        else if ((n = get_attr(t, h, CKA_MODULUS, NULL, 0)) > 0)
+        else if ((n = kc_p11_get_attr(t, h, CKA_MODULUS, NULL, 0)) > 0)
             k->bits = (unsigned)n * 8;
     }
     if (k->is_private) {
@@ -169,9 +155,9 @@ static void read_key(kc_tok *t, CK_OBJECT_HANDLE h, CK_OBJECT_CLASS cls, kc_key_
         k->ops |= get_bool(t, h, CKA_VERIFY) ? KC_OP_VERIFY : 0;
         k->ops |= get_bool(t, h, CKA_WRAP) ? KC_OP_WRAP : 0;
         k->trusted = get_bool(t, h, CKA_TRUSTED);
-        n = get_attr(t, h, CKA_START_DATE, &d, sizeof(d));
+        n = kc_p11_get_attr(t, h, CKA_START_DATE, &d, sizeof(d));
         date_string(k->start_date, &d, n);
-        n = get_attr(t, h, CKA_END_DATE, &d, sizeof(d));
+        n = kc_p11_get_attr(t, h, CKA_END_DATE, &d, sizeof(d));
         date_string(k->end_date, &d, n);
     }
     k->local = get_bool(t, h, CKA_LOCAL);
@@ -201,7 +187,7 @@ kc_rc kc_tok_find_keys(kc_tok *t, const char *label, const unsigned char *id, si
             tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_ID, id, id_len);
         free(h);
         h = NULL;
-        r = find_all(t, tmpl, nt, &h, &count, err);
+        r = kc_p11_find_all(t, tmpl, nt, &h, &count, err);
         if (r != KC_OK)
             goto cleanup;
         if (count == 0)
@@ -225,7 +211,7 @@ cleanup:
     return r;
 }
 
-static int date_attr(CK_DATE *d, const char *s)
+int kc_p11_date(CK_DATE *d, const char *s)
 {
     if (s == NULL || strlen(s) != 8)
         return 0;
@@ -250,7 +236,7 @@ static int handle_in(CK_OBJECT_HANDLE h, const CK_OBJECT_HANDLE *v, size_t n)
  * objects (with an empty label) behind when object creation fails on a
  * template attribute; a module may also fail after it stored the pair. The
  * label test keeps us off objects another process is making at the same time. */
-static void remove_leftovers(kc_tok *t, const char *label, const CK_OBJECT_HANDLE *before,
+void kc_p11_remove_leftovers(kc_tok *t, const char *label, const CK_OBJECT_HANDLE *before,
                              size_t nbefore)
 {
     CK_OBJECT_HANDLE *after = NULL;
@@ -260,15 +246,15 @@ static void remove_leftovers(kc_tok *t, const char *label, const CK_OBJECT_HANDL
     CK_OBJECT_CLASS cls;
     long n;
 
-    if (find_all(t, NULL, 0, &after, &nafter, &ignored) != KC_OK)
+    if (kc_p11_find_all(t, NULL, 0, &after, &nafter, &ignored) != KC_OK)
         return;
     for (i = 0; i < nafter; i++) {
         if (handle_in(after[i], before, nbefore))
             continue;
-        if (!get_ulong(t, after[i], CKA_CLASS, &cls) ||
+        if (!kc_p11_get_ulong(t, after[i], CKA_CLASS, &cls) ||
             (cls != CKO_PUBLIC_KEY && cls != CKO_PRIVATE_KEY))
             continue;
-        n = get_attr(t, after[i], CKA_LABEL, lab, sizeof(lab) - 1);
+        n = kc_p11_get_attr(t, after[i], CKA_LABEL, lab, sizeof(lab) - 1);
         lab[n > 0 ? n : 0] = '\0';
         if (n > 0 && strcmp(lab, label) != 0)
             continue;
@@ -277,61 +263,83 @@ static void remove_leftovers(kc_tok *t, const char *label, const CK_OBJECT_HANDL
     free(after);
 }
 
+/* The public half's template: class, type, label, id, public ops, dates.
+ * Returns the count; the caller adds the key's size or material. */
+static CK_ULONG rsa_public_template(const kc_rsa_spec *spec, CK_ATTRIBUTE *t, CK_OBJECT_CLASS *cls,
+                                    CK_KEY_TYPE *kt, CK_DATE *start, CK_DATE *end)
+{
+    CK_ULONG n = 0;
+
+    *cls = CKO_PUBLIC_KEY;
+    *kt = CKK_RSA;
+    t[n++] = (CK_ATTRIBUTE)ATTR(CKA_CLASS, cls, sizeof(*cls));
+    t[n++] = (CK_ATTRIBUTE)ATTR(CKA_KEY_TYPE, kt, sizeof(*kt));
+    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_TOKEN, 1);
+    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_PRIVATE, 0);
+    t[n++] = (CK_ATTRIBUTE)ATTR(CKA_LABEL, spec->label, strlen(spec->label));
+    t[n++] = (CK_ATTRIBUTE)ATTR(CKA_ID, spec->id, spec->id_len);
+    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_ENCRYPT, spec->ops & KC_OP_ENCRYPT);
+    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_VERIFY, spec->ops & KC_OP_VERIFY);
+    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_WRAP, spec->ops & KC_OP_WRAP);
+    if (kc_p11_date(start, spec->start_date))
+        t[n++] = (CK_ATTRIBUTE)ATTR(CKA_START_DATE, start, sizeof(*start));
+    if (kc_p11_date(end, spec->end_date))
+        t[n++] = (CK_ATTRIBUTE)ATTR(CKA_END_DATE, end, sizeof(*end));
+    return n;
+}
+
+CK_ULONG kc_p11_rsa_private_template(const kc_rsa_spec *spec, CK_ATTRIBUTE *t,
+                                     CK_OBJECT_CLASS *cls, CK_KEY_TYPE *kt)
+{
+    CK_ULONG n = 0;
+
+    *cls = CKO_PRIVATE_KEY;
+    *kt = CKK_RSA;
+    t[n++] = (CK_ATTRIBUTE)ATTR(CKA_CLASS, cls, sizeof(*cls));
+    t[n++] = (CK_ATTRIBUTE)ATTR(CKA_KEY_TYPE, kt, sizeof(*kt));
+    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_TOKEN, 1);
+    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_PRIVATE, 1);
+    t[n++] = (CK_ATTRIBUTE)ATTR(CKA_LABEL, spec->label, strlen(spec->label));
+    t[n++] = (CK_ATTRIBUTE)ATTR(CKA_ID, spec->id, spec->id_len);
+    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_SENSITIVE, spec->sensitive);
+    /* Extractable so a backup can wrap it; with CKA_WRAP_WITH_TRUSTED only
+     * under a key the security officer marked trusted. */
+    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_EXTRACTABLE, 1);
+    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_WRAP_WITH_TRUSTED, spec->wrap_with_trusted);
+    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_DECRYPT, spec->ops & KC_OP_DECRYPT);
+    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_SIGN, spec->ops & KC_OP_SIGN);
+    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_UNWRAP, spec->ops & KC_OP_UNWRAP);
+    return n;
+}
+
 kc_rc kc_tok_generate_rsa(kc_tok *t, const kc_rsa_spec *spec, kc_obj *pub, kc_obj *priv,
                           kc_error *err)
 {
     static CK_BYTE exponent[] = {0x01, 0x00, 0x01};
-    CK_OBJECT_CLASS pub_cls = CKO_PUBLIC_KEY, priv_cls = CKO_PRIVATE_KEY;
-    CK_KEY_TYPE kt = CKK_RSA;
+    CK_OBJECT_CLASS pub_cls, priv_cls;
+    CK_KEY_TYPE pub_kt, priv_kt;
     CK_ULONG bits = spec->bits;
     CK_MECHANISM mech = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
     CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE;
     CK_OBJECT_HANDLE *before = NULL;
     CK_DATE start, end;
     size_t nbefore = 0;
-    size_t label_len = strlen(spec->label);
-    CK_ATTRIBUTE pt[14], vt[14];
-    CK_ULONG np = 0, nv = 0;
+    CK_ATTRIBUTE pt[16], vt[16];
+    CK_ULONG np, nv;
     CK_RV rv;
     kc_rc r;
 
-    pt[np++] = (CK_ATTRIBUTE)ATTR(CKA_CLASS, &pub_cls, sizeof(pub_cls));
-    pt[np++] = (CK_ATTRIBUTE)ATTR(CKA_KEY_TYPE, &kt, sizeof(kt));
-    pt[np++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_TOKEN, 1);
-    pt[np++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_PRIVATE, 0);
-    pt[np++] = (CK_ATTRIBUTE)ATTR(CKA_LABEL, spec->label, label_len);
-    pt[np++] = (CK_ATTRIBUTE)ATTR(CKA_ID, spec->id, spec->id_len);
+    np = rsa_public_template(spec, pt, &pub_cls, &pub_kt, &start, &end);
     pt[np++] = (CK_ATTRIBUTE)ATTR(CKA_MODULUS_BITS, &bits, sizeof(bits));
     pt[np++] = (CK_ATTRIBUTE)ATTR(CKA_PUBLIC_EXPONENT, exponent, sizeof(exponent));
-    pt[np++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_ENCRYPT, spec->ops & KC_OP_ENCRYPT);
-    pt[np++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_VERIFY, spec->ops & KC_OP_VERIFY);
-    pt[np++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_WRAP, spec->ops & KC_OP_WRAP);
-    if (date_attr(&start, spec->start_date))
-        pt[np++] = (CK_ATTRIBUTE)ATTR(CKA_START_DATE, &start, sizeof(start));
-    if (date_attr(&end, spec->end_date))
-        pt[np++] = (CK_ATTRIBUTE)ATTR(CKA_END_DATE, &end, sizeof(end));
+    nv = kc_p11_rsa_private_template(spec, vt, &priv_cls, &priv_kt);
 
-    vt[nv++] = (CK_ATTRIBUTE)ATTR(CKA_CLASS, &priv_cls, sizeof(priv_cls));
-    vt[nv++] = (CK_ATTRIBUTE)ATTR(CKA_KEY_TYPE, &kt, sizeof(kt));
-    vt[nv++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_TOKEN, 1);
-    vt[nv++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_PRIVATE, 1);
-    vt[nv++] = (CK_ATTRIBUTE)ATTR(CKA_LABEL, spec->label, label_len);
-    vt[nv++] = (CK_ATTRIBUTE)ATTR(CKA_ID, spec->id, spec->id_len);
-    vt[nv++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_SENSITIVE, spec->sensitive);
-    /* Extractable so a backup can wrap it; with CKA_WRAP_WITH_TRUSTED only
-     * under a key the security officer marked trusted. */
-    vt[nv++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_EXTRACTABLE, 1);
-    vt[nv++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_WRAP_WITH_TRUSTED, spec->wrap_with_trusted);
-    vt[nv++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_DECRYPT, spec->ops & KC_OP_DECRYPT);
-    vt[nv++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_SIGN, spec->ops & KC_OP_SIGN);
-    vt[nv++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_UNWRAP, spec->ops & KC_OP_UNWRAP);
-
-    r = find_all(t, NULL, 0, &before, &nbefore, err);
+    r = kc_p11_find_all(t, NULL, 0, &before, &nbefore, err);
     if (r != KC_OK)
         return r;
     rv = t->f->C_GenerateKeyPair(t->session, &mech, pt, np, vt, nv, &hpub, &hpriv);
     if (rv != CKR_OK) {
-        remove_leftovers(t, spec->label, before, nbefore);
+        kc_p11_remove_leftovers(t, spec->label, before, nbefore);
         free(before);
         return kc_p11_fail(err, "C_GenerateKeyPair", rv, "cannot create RSA-%u key pair",
                            spec->bits);
@@ -339,6 +347,176 @@ kc_rc kc_tok_generate_rsa(kc_tok *t, const kc_rsa_spec *spec, kc_obj *pub, kc_ob
     free(before);
     *pub = hpub;
     *priv = hpriv;
+    return KC_OK;
+}
+
+/* C_CreateObject with the leftovers of a failed creation removed. */
+static kc_rc create_clean(kc_tok *t, CK_ATTRIBUTE *tmpl, CK_ULONG n, const char *label,
+                          const char *what, kc_obj *out, kc_error *err)
+{
+    CK_OBJECT_HANDLE *before = NULL, h = CK_INVALID_HANDLE;
+    size_t nbefore = 0;
+    CK_RV rv;
+    kc_rc r;
+
+    r = kc_p11_find_all(t, NULL, 0, &before, &nbefore, err);
+    if (r != KC_OK)
+        return r;
+    rv = t->f->C_CreateObject(t->session, tmpl, n, &h);
+    if (rv != CKR_OK) {
+        kc_p11_remove_leftovers(t, label, before, nbefore);
+        free(before);
+        return kc_p11_fail(err, "C_CreateObject", rv, "cannot create the %s", what);
+    }
+    free(before);
+    *out = h;
+    return KC_OK;
+}
+
+kc_rc kc_tok_create_rsa_public(kc_tok *t, const kc_rsa_spec *spec, const unsigned char *n,
+                               size_t n_len, const unsigned char *e, size_t e_len, kc_obj *out,
+                               kc_error *err)
+{
+    CK_OBJECT_CLASS cls;
+    CK_KEY_TYPE kt;
+    CK_DATE start, end;
+    CK_ATTRIBUTE tmpl[16];
+    CK_ULONG nt = rsa_public_template(spec, tmpl, &cls, &kt, &start, &end);
+
+    tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_MODULUS, n, n_len);
+    tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_PUBLIC_EXPONENT, e, e_len);
+    return create_clean(t, tmpl, nt, spec->label, "public key", out, err);
+}
+
+kc_rc kc_tok_create_rsa_private(kc_tok *t, const kc_rsa_spec *spec, const kc_rsa_parts *k,
+                                kc_obj *out, kc_error *err)
+{
+    CK_OBJECT_CLASS cls;
+    CK_KEY_TYPE kt;
+    CK_ATTRIBUTE tmpl[24];
+    CK_ULONG nt = kc_p11_rsa_private_template(spec, tmpl, &cls, &kt);
+
+    tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_MODULUS, k->n, k->n_len);
+    tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_PUBLIC_EXPONENT, k->e, k->e_len);
+    tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_PRIVATE_EXPONENT, k->d, k->d_len);
+    tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_PRIME_1, k->p, k->p_len);
+    tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_PRIME_2, k->q, k->q_len);
+    tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_EXPONENT_1, k->dp, k->dp_len);
+    tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_EXPONENT_2, k->dq, k->dq_len);
+    tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_COEFFICIENT, k->qinv, k->qinv_len);
+    return create_clean(t, tmpl, nt, spec->label, "private key", out, err);
+}
+
+kc_rc kc_tok_set_ops(kc_tok *t, kc_obj obj, int is_private, unsigned ops, kc_error *err)
+{
+    CK_ATTRIBUTE priv[] = {
+        ATTR_BOOL(CKA_UNWRAP, ops & KC_OP_UNWRAP),
+        ATTR_BOOL(CKA_DECRYPT, ops & KC_OP_DECRYPT),
+        ATTR_BOOL(CKA_SIGN, ops & KC_OP_SIGN),
+    };
+    CK_ATTRIBUTE pub[] = {
+        ATTR_BOOL(CKA_WRAP, ops & KC_OP_WRAP),
+        ATTR_BOOL(CKA_ENCRYPT, ops & KC_OP_ENCRYPT),
+        ATTR_BOOL(CKA_VERIFY, ops & KC_OP_VERIFY),
+    };
+    CK_RV rv;
+    kc_rc r = kc_tok_session(t, err);
+
+    if (r != KC_OK)
+        return r;
+    rv = t->f->C_SetAttributeValue(t->session, obj, is_private ? priv : pub, 3);
+    if (rv != CKR_OK)
+        return kc_p11_fail(err, "C_SetAttributeValue", rv, "cannot change the usage of a %s key",
+                           is_private ? "private" : "public");
+    return KC_OK;
+}
+
+kc_rc kc_tok_set_end_date(kc_tok *t, kc_obj obj, const char *yyyymmdd, kc_error *err)
+{
+    CK_DATE d;
+    CK_ATTRIBUTE a = ATTR(CKA_END_DATE, &d, sizeof(d));
+    CK_RV rv;
+    kc_rc r = kc_tok_session(t, err);
+
+    if (r != KC_OK)
+        return r;
+    if (!kc_p11_date(&d, yyyymmdd))
+        a.ulValueLen = 0;
+    rv = t->f->C_SetAttributeValue(t->session, obj, &a, 1);
+    if (rv != CKR_OK)
+        return kc_p11_fail(err, "C_SetAttributeValue", rv, "cannot set the expiry date");
+    return KC_OK;
+}
+
+kc_rc kc_tok_find_labelled(kc_tok *t, const char *label, kc_obj **out, size_t *n, kc_error *err)
+{
+    CK_ATTRIBUTE tmpl[] = {ATTR(CKA_LABEL, label, strlen(label))};
+    CK_OBJECT_HANDLE *h = NULL;
+    kc_rc r;
+
+    *out = NULL;
+    r = kc_p11_find_all(t, tmpl, 1, &h, n, err);
+    if (r != KC_OK)
+        return r;
+    *out = (kc_obj *)h;
+    return KC_OK;
+}
+
+kc_rc kc_tok_create_secret(kc_tok *t, const kc_secret_spec *spec, const kc_secret *value,
+                           kc_obj *out, kc_error *err)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = spec->kind == KC_SECRET_AES ? CKK_AES : CKK_GENERIC_SECRET;
+    CK_ATTRIBUTE tmpl[16];
+    CK_ULONG n = 0;
+    kc_rc r = kc_tok_session(t, err);
+
+    if (r != KC_OK)
+        return r;
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR(CKA_CLASS, &cls, sizeof(cls));
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR(CKA_KEY_TYPE, &kt, sizeof(kt));
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_TOKEN, 1);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_PRIVATE, spec->is_private);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR(CKA_LABEL, spec->label, strlen(spec->label));
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR(CKA_ID, spec->id, spec->id_len);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_SENSITIVE, 1);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_EXTRACTABLE, 0);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_WRAP, spec->wrap);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_UNWRAP, spec->unwrap);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_ENCRYPT, 0);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_DECRYPT, 0);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_SIGN, spec->sign);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_VERIFY, spec->sign);
+    /* SoftHSM takes CKA_TRUSTED only from the SO, only at creation and only
+     * on a public object; asking for it otherwise fails and leaves an
+     * orphan behind, which create_clean removes. */
+    if (spec->trusted)
+        tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_TRUSTED, 1);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR(CKA_VALUE, value->data, value->len);
+    return create_clean(t, tmpl, n, spec->label, spec->label, out, err);
+}
+
+kc_rc kc_tok_find_secrets(kc_tok *t, const char *label, const unsigned char *id, size_t id_len,
+                          kc_obj *out, size_t cap, size_t *n, kc_error *err)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_ATTRIBUTE tmpl[3];
+    CK_OBJECT_HANDLE *h = NULL;
+    CK_ULONG nt = 0;
+    size_t count = 0, i;
+    kc_rc r;
+
+    tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_CLASS, &cls, sizeof(cls));
+    tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_LABEL, label, strlen(label));
+    if (id != NULL)
+        tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_ID, id, id_len);
+    r = kc_p11_find_all(t, tmpl, nt, &h, &count, err);
+    if (r != KC_OK)
+        return r;
+    for (i = 0; i < count && i < cap; i++)
+        out[i] = h[i];
+    *n = count;
+    free(h);
     return KC_OK;
 }
 
@@ -351,10 +529,10 @@ kc_rc kc_tok_rsa_public(kc_tok *t, kc_obj key, unsigned char **n, size_t *n_len,
     r = kc_tok_session(t, err);
     if (r != KC_OK)
         return r;
-    r = get_alloc(t, key, CKA_MODULUS, "RSA modulus", n, n_len, err);
+    r = kc_p11_get_alloc(t, key, CKA_MODULUS, "RSA modulus", n, n_len, err);
     if (r != KC_OK)
         return r;
-    r = get_alloc(t, key, CKA_PUBLIC_EXPONENT, "RSA public exponent", e, e_len, err);
+    r = kc_p11_get_alloc(t, key, CKA_PUBLIC_EXPONENT, "RSA public exponent", e, e_len, err);
     if (r != KC_OK) {
         free(*n);
         *n = NULL;
@@ -376,168 +554,6 @@ kc_rc kc_tok_destroy(kc_tok *t, kc_obj obj, kc_error *err)
     return KC_OK;
 }
 
-static void oaep_params(CK_RSA_PKCS_OAEP_PARAMS *p, kc_oaep hash)
-{
-    memset(p, 0, sizeof(*p));
-    p->hashAlg = hash == KC_OAEP_SHA256 ? CKM_SHA256 : CKM_SHA_1;
-    p->mgf = hash == KC_OAEP_SHA256 ? CKG_MGF1_SHA256 : CKG_MGF1_SHA1;
-    p->source = CKZ_DATA_SPECIFIED;
-    p->pSourceData = NULL;
-    p->ulSourceDataLen = 0;
-}
-
-/* A module that does not take the OAEP parameters says so with one of these;
- * SoftHSM 2.6.1 answers CKR_ARGUMENTS_BAD to anything but SHA-1/MGF1-SHA1. */
-static int params_refused(CK_RV rv)
-{
-    return rv == CKR_ARGUMENTS_BAD || rv == CKR_MECHANISM_PARAM_INVALID;
-}
-
-static CK_RV wrap_once(kc_tok *t, kc_obj pub, CK_OBJECT_HANDLE sec, kc_oaep hash,
-                       unsigned char **out, size_t *out_len, const char **func)
-{
-    CK_RSA_PKCS_OAEP_PARAMS params;
-    CK_MECHANISM mech = {CKM_RSA_PKCS_OAEP, &params, sizeof(params)};
-    unsigned char *buf = NULL;
-    CK_ULONG len = 0;
-    CK_RV rv;
-
-    oaep_params(&params, hash);
-    *func = "C_WrapKey";
-    rv = t->f->C_WrapKey(t->session, &mech, pub, sec, NULL, &len);
-    if (rv != CKR_OK)
-        return rv;
-    buf = malloc(len);
-    if (buf == NULL)
-        return CKR_HOST_MEMORY;
-    rv = t->f->C_WrapKey(t->session, &mech, pub, sec, buf, &len);
-    if (rv != CKR_OK) {
-        free(buf);
-        return rv;
-    }
-    *out = buf;
-    *out_len = len;
-    return CKR_OK;
-}
-
-kc_rc kc_tok_oaep_wrap(kc_tok *t, kc_obj pub, kc_oaep hash, const kc_secret *secret,
-                       unsigned char **out, size_t *out_len, kc_oaep *used, kc_error *err)
-{
-    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-    CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
-    CK_ATTRIBUTE tmpl[] = {
-        ATTR(CKA_CLASS, &cls, sizeof(cls)),
-        ATTR(CKA_KEY_TYPE, &kt, sizeof(kt)),
-        ATTR_BOOL(CKA_TOKEN, 0),
-        ATTR_BOOL(CKA_PRIVATE, 0),
-        ATTR_BOOL(CKA_SENSITIVE, 1),
-        ATTR_BOOL(CKA_EXTRACTABLE, 1),
-        ATTR(CKA_VALUE, secret->data, secret->len),
-    };
-    CK_OBJECT_HANDLE sec = CK_INVALID_HANDLE;
-    const char *func = "C_CreateObject";
-    kc_oaep h = hash;
-    CK_RV rv;
-    kc_rc r;
-
-    *out = NULL;
-    *out_len = 0;
-    r = kc_tok_session(t, err);
-    if (r != KC_OK)
-        return r;
-    /* A public session object: wrapping under a public key needs no login. */
-    rv = t->f->C_CreateObject(t->session, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &sec);
-    if (rv != CKR_OK)
-        return kc_p11_fail(err, func, rv, "cannot load the secret into a session object");
-    if (h == KC_OAEP_AUTO)
-        h = t->oaep_sha256 == 0 ? KC_OAEP_SHA1 : KC_OAEP_SHA256;
-    rv = wrap_once(t, pub, sec, h, out, out_len, &func);
-    if (rv != CKR_OK && params_refused(rv) && hash == KC_OAEP_AUTO && h == KC_OAEP_SHA256) {
-        t->oaep_sha256 = 0;
-        h = KC_OAEP_SHA1;
-        rv = wrap_once(t, pub, sec, h, out, out_len, &func);
-    } else if (rv == CKR_OK && h == KC_OAEP_SHA256) {
-        t->oaep_sha256 = 1;
-    }
-    (void)t->f->C_DestroyObject(t->session, sec);
-    if (rv != CKR_OK) {
-        r = kc_p11_fail(err, func, rv, "RSA-OAEP%s wrap failed", h == KC_OAEP_SHA256 ? "-256" : "");
-        if (h == KC_OAEP_SHA256 && params_refused(rv))
-            kc_error_hint(err, "this module does not take RSA-OAEP-256 (SoftHSM 2.6.1 has "
-                               "SHA-1 only); use --alg RSA-OAEP or leave --alg out");
-        else if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED)
-            kc_error_hint(err, "the key does not allow wrapKey; see its ops with 'key show'");
-        return r;
-    }
-    if (used != NULL)
-        *used = h;
-    return KC_OK;
-}
-
-kc_rc kc_tok_oaep_unwrap(kc_tok *t, kc_obj priv, kc_oaep hash, const unsigned char *in,
-                         size_t in_len, kc_secret **out, kc_error *err)
-{
-    CK_RSA_PKCS_OAEP_PARAMS params;
-    CK_MECHANISM mech = {CKM_RSA_PKCS_OAEP, &params, sizeof(params)};
-    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-    CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
-    /* No CKA_VALUE_LEN: SoftHSM 2.6.1 refuses it in an unwrap template
-     * (CKR_ATTRIBUTE_READ_ONLY) and takes the length from the plaintext. */
-    CK_ATTRIBUTE tmpl[] = {
-        ATTR(CKA_CLASS, &cls, sizeof(cls)),
-        ATTR(CKA_KEY_TYPE, &kt, sizeof(kt)),
-        ATTR_BOOL(CKA_TOKEN, 0),
-        ATTR_BOOL(CKA_PRIVATE, 1),
-        ATTR_BOOL(CKA_SENSITIVE, 0),
-        ATTR_BOOL(CKA_EXTRACTABLE, 1),
-    };
-    CK_OBJECT_HANDLE sec = CK_INVALID_HANDLE;
-    CK_ATTRIBUTE val = ATTR(CKA_VALUE, NULL, 0);
-    kc_secret *s = NULL;
-    CK_RV rv;
-    kc_rc r;
-
-    *out = NULL;
-    r = kc_tok_session(t, err);
-    if (r != KC_OK)
-        return r;
-    oaep_params(&params, hash == KC_OAEP_SHA256 ? KC_OAEP_SHA256 : KC_OAEP_SHA1);
-    rv = t->f->C_UnwrapKey(t->session, &mech, priv, (CK_BYTE_PTR)in, in_len, tmpl,
-                           sizeof(tmpl) / sizeof(tmpl[0]), &sec);
-    if (rv != CKR_OK) {
-        r = kc_p11_fail(err, "C_UnwrapKey", rv, "RSA-OAEP%s unwrap failed",
-                        hash == KC_OAEP_SHA256 ? "-256" : "");
-        if (hash == KC_OAEP_SHA256 && params_refused(rv))
-            kc_error_hint(err, "this module does not take RSA-OAEP-256 (SoftHSM 2.6.1 has "
-                               "SHA-1 only); the blob cannot be unwrapped on this token");
-        else if (rv == CKR_GENERAL_ERROR || rv == CKR_ENCRYPTED_DATA_INVALID ||
-                 rv == CKR_WRAPPED_KEY_INVALID)
-            kc_error_hint(err, "the blob was not wrapped under this key version with this "
-                               "algorithm, or it was altered");
-        else if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED)
-            kc_error_hint(err, "the key does not allow unwrapKey; see its ops with 'key show'");
-        return r;
-    }
-    /* An RSA-OAEP plaintext is shorter than the modulus, so one read into a
-     * buffer of the largest modulus (RSA-4096) always fits: no size query. */
-    s = kc_secret_new(KC_P11_OAEP_MAX);
-    if (s == NULL) {
-        rv = CKR_HOST_MEMORY;
-    } else {
-        val.pValue = s->data;
-        val.ulValueLen = KC_P11_OAEP_MAX;
-        rv = t->f->C_GetAttributeValue(t->session, sec, &val, 1);
-        s->len = rv == CKR_OK ? val.ulValueLen : 0;
-    }
-    (void)t->f->C_DestroyObject(t->session, sec);
-    if (rv != CKR_OK) {
-        kc_secret_free(s);
-        return kc_p11_fail(err, "C_GetAttributeValue", rv, "cannot read the unwrapped secret");
-    }
-    *out = s;
-    return KC_OK;
-}
-
 kc_rc kc_tok_find_data(kc_tok *t, const char *application, const char *label, kc_data_obj **out,
                        size_t *n, kc_error *err)
 {
@@ -556,7 +572,7 @@ kc_rc kc_tok_find_data(kc_tok *t, const char *application, const char *label, kc
     tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_APPLICATION, application, strlen(application));
     if (label != NULL)
         tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_LABEL, label, strlen(label));
-    r = find_all(t, tmpl, nt, &h, &count, err);
+    r = kc_p11_find_all(t, tmpl, nt, &h, &count, err);
     if (r != KC_OK)
         return r;
     v = calloc(count + 1, sizeof(*v));
@@ -566,9 +582,9 @@ kc_rc kc_tok_find_data(kc_tok *t, const char *application, const char *label, kc
     }
     for (i = 0; i < count; i++) {
         v[i].handle = h[i];
-        len = get_attr(t, h[i], CKA_LABEL, v[i].label, sizeof(v[i].label) - 1);
+        len = kc_p11_get_attr(t, h[i], CKA_LABEL, v[i].label, sizeof(v[i].label) - 1);
         v[i].label[len > 0 ? len : 0] = '\0';
-        r = get_alloc(t, h[i], CKA_VALUE, "value of a data object", &v[i].value, &v[i].len, err);
+        r = kc_p11_get_alloc(t, h[i], CKA_VALUE, "value of a data object", &v[i].value, &v[i].len, err);
         if (r != KC_OK) {
             kc_p11_data_objs_free(v, count);
             free(h);

@@ -4,6 +4,7 @@
 #include "fixture.h"
 #include "kc_key.h"
 #include "kc_util.h"
+#include "kc_gendoc.h"
 #include "kc_vault.h"
 
 /* Tests may speak PKCS#11 directly to check the module itself. */
@@ -336,7 +337,7 @@ static void put_meta_json(kc_tok *tok, const kc_vault_meta *m, const char *raw)
 
     if (raw == NULL)
         CU_ASSERT_EQUAL_FATAL(kc_vault_meta_encode(m, &json, &e), KC_OK);
-    CU_ASSERT_EQUAL_FATAL(kc_tok_create_data(tok, KC_VAULT_APPLICATION, KC_VAULT_META_LABEL,
+    CU_ASSERT_EQUAL_FATAL(kc_tok_create_data(tok, KC_GENDOC_APPLICATION, KC_VAULT_META_LABEL,
                                              raw ? raw : json, strlen(raw ? raw : json), 0, NULL,
                                              &e),
                           KC_OK);

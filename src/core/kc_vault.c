@@ -1,4 +1,5 @@
 #include "kc_vault.h"
+#include "kc_gendoc.h"
 #include "kc_util.h"
 
 #include <jansson.h>
@@ -172,80 +173,57 @@ cleanup:
     return r;
 }
 
-/* The newest valid metadata generation on tok. KC_NOT_FOUND when there is
- * none; the note says why when objects were there but none was valid. */
-static kc_rc read_meta(kc_tok *tok, kc_vault_meta *out, kc_error *err)
+static kc_rc check_meta(const unsigned char *buf, size_t len, unsigned long *generation,
+                        void *arg, kc_error *err)
 {
-    kc_data_obj *objs = NULL;
     kc_vault_meta m;
-    kc_error why;
-    size_t n = 0, i;
-    int found = 0;
-    kc_rc r;
+    kc_rc r = kc_vault_meta_decode(buf, len, &m, err);
 
-    kc_error_clear(&why);
-    r = kc_tok_find_data(tok, KC_VAULT_APPLICATION, KC_VAULT_META_LABEL, &objs, &n, err);
-    if (r != KC_OK)
-        return r;
-    for (i = 0; i < n; i++) {
-        if (kc_vault_meta_decode(objs[i].value, objs[i].len, &m, &why) != KC_OK)
-            continue;
-        if (!found || m.generation > out->generation) {
-            *out = m;
-            found = 1;
-        }
-    }
-    kc_p11_data_objs_free(objs, n);
-    if (found)
-        return KC_OK;
-    if (n > 0)
-        return kc_error_set(err, KC_INTEGRITY,
-                            "token '%s' has vault metadata, but none is "
-                            "valid: %s",
-                            kc_tok_info_get(tok)->label, why.msg);
-    return kc_error_set(err, KC_NOT_FOUND, "token '%s' is not a keycustody vault",
-                        kc_tok_info_get(tok)->label);
+    (void)arg;
+    if (r == KC_OK)
+        *generation = m.generation;
+    return r;
 }
 
-/* Writes m as the next generation, then removes the older ones. A crash in
- * between leaves two generations; readers take the newer. */
-static kc_rc write_meta(kc_tok *tok, kc_vault_meta *m, kc_error *err)
+/* The newest valid metadata generation on tok; *next is the generation an
+ * update writes. */
+static kc_rc read_meta(kc_tok *tok, kc_vault_meta *out, unsigned long *next, kc_error *err)
 {
-    kc_data_obj *objs = NULL;
-    kc_vault_meta old;
-    kc_obj created = 0;
-    kc_error ignored;
-    char *json = NULL;
-    size_t n = 0, i;
-    unsigned long top = 0;
+    unsigned char *buf = NULL;
+    size_t len = 0;
+    unsigned long gen;
     kc_rc r;
 
-    r = kc_tok_find_data(tok, KC_VAULT_APPLICATION, KC_VAULT_META_LABEL, &objs, &n, err);
+    r = kc_gendoc_read(tok, KC_VAULT_META_LABEL, "vault metadata", check_meta, NULL, &buf, &len,
+                       &gen, err);
+    if (next != NULL)
+        *next = gen;
+    if (r == KC_NOT_FOUND)
+        return kc_error_set(err, KC_NOT_FOUND, "token '%s' is not a keycustody vault",
+                            kc_tok_info_get(tok)->label);
     if (r != KC_OK)
-        goto cleanup;
-    for (i = 0; i < n; i++)
-        if (kc_vault_meta_decode(objs[i].value, objs[i].len, &old, &ignored) == KC_OK &&
-            old.generation > top)
-            top = old.generation;
-    m->generation = top + 1;
+        return r;
+    r = kc_vault_meta_decode(buf, len, out, err);
+    free(buf);
+    return r;
+}
+
+/* Writes m as the next generation, then removes the older ones. */
+static kc_rc write_meta(kc_tok *tok, kc_vault_meta *m, kc_error *err)
+{
+    kc_vault_meta old;
+    unsigned long next = 1;
+    char *json = NULL;
+    kc_rc r;
+
+    r = read_meta(tok, &old, &next, err);
+    if (r != KC_OK && r != KC_NOT_FOUND && r != KC_INTEGRITY)
+        return r;
+    m->generation = next;
     r = kc_vault_meta_encode(m, &json, err);
-    if (r != KC_OK)
-        goto cleanup;
-    r = kc_tok_create_data(tok, KC_VAULT_APPLICATION, KC_VAULT_META_LABEL, json, strlen(json), 0,
-                           &created, err);
-    if (r != KC_OK)
-        goto cleanup;
-    for (i = 0; i < n; i++) {
-        r = kc_tok_destroy(tok, objs[i].handle, err);
-        if (r != KC_OK) {
-            kc_error_prefix(err, "cannot remove an older generation of the vault metadata");
-            goto cleanup;
-        }
-    }
-    r = KC_OK;
-cleanup:
+    if (r == KC_OK)
+        r = kc_gendoc_write(tok, KC_VAULT_META_LABEL, 0, json, err);
     free(json);
-    kc_p11_data_objs_free(objs, n);
     return r;
 }
 
@@ -277,7 +255,7 @@ kc_rc kc_vault_open(kc_ctx *ctx, const char *name_or_uri, kc_vault **out, kc_err
     *out = NULL;
     r = kc_p11_token(ctx->p11, name_or_uri, &tok, err);
     if (r == KC_OK)
-        r = read_meta(tok, &m, err);
+        r = read_meta(tok, &m, NULL, err);
     if (r == KC_NOT_FOUND && tok != NULL)
         kc_error_hint(err,
                       "make it one with 'keycustody vault init %s --subscription ID "
@@ -364,7 +342,7 @@ kc_rc kc_vault_init(kc_ctx *ctx, const kc_vault_meta *want, const char *token_ur
                                 "a token labelled '%s' exists already; "
                                 "--token selects a free token to initialise",
                                 want->name);
-        r = read_meta(tok, &existing, err);
+        r = read_meta(tok, &existing, NULL, err);
         if (r == KC_OK) {
             kc_error_set(err, KC_CONFLICT,
                          "vault '%s' is already initialised (subscription "
@@ -422,7 +400,7 @@ kc_rc kc_vault_list(kc_ctx *ctx, kc_vault_entry **out, size_t *n, kc_error *err)
         kc_error_clear(&why);
         /* By URI, so two tokens with one label are still told apart. */
         if (kc_p11_token(ctx->p11, toks[i].uri, &tok, &why) == KC_OK &&
-            read_meta(tok, &v[i].meta, &why) == KC_OK) {
+            read_meta(tok, &v[i].meta, NULL, &why) == KC_OK) {
             v[i].is_vault = strcmp(v[i].meta.name, toks[i].label) == 0;
             if (!v[i].is_vault)
                 snprintf(v[i].note, sizeof(v[i].note), "holds the metadata of vault '%s'",

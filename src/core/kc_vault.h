@@ -11,7 +11,6 @@
 
 #include "kc_ctx.h"
 
-#define KC_VAULT_APPLICATION "keycustody"
 #define KC_VAULT_META_LABEL "keycustody-vault"
 #define KC_VAULT_SCHEMA 1
 

@@ -1,0 +1,315 @@
+/* Cryptographic operations on the token: RSA-OAEP, AES key wrap with
+ * padding, HMAC-SHA256. Every key stays on the token; only wrapped blobs,
+ * MACs and (for unwrap) the caller's own secret come back. */
+#include "kc_p11_int.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define KC_P11_OAEP_MAX 512 /* bytes: the modulus of RSA-4096 */
+
+static void oaep_params(CK_RSA_PKCS_OAEP_PARAMS *p, kc_oaep hash)
+{
+    memset(p, 0, sizeof(*p));
+    p->hashAlg = hash == KC_OAEP_SHA256 ? CKM_SHA256 : CKM_SHA_1;
+    p->mgf = hash == KC_OAEP_SHA256 ? CKG_MGF1_SHA256 : CKG_MGF1_SHA1;
+    p->source = CKZ_DATA_SPECIFIED;
+    p->pSourceData = NULL;
+    p->ulSourceDataLen = 0;
+}
+
+/* A module that does not take the OAEP parameters says so with one of these;
+ * SoftHSM 2.6.1 answers CKR_ARGUMENTS_BAD to anything but SHA-1/MGF1-SHA1. */
+static int params_refused(CK_RV rv)
+{
+    return rv == CKR_ARGUMENTS_BAD || rv == CKR_MECHANISM_PARAM_INVALID;
+}
+
+static CK_RV wrap_once(kc_tok *t, kc_obj pub, CK_OBJECT_HANDLE sec, kc_oaep hash,
+                       unsigned char **out, size_t *out_len, const char **func)
+{
+    CK_RSA_PKCS_OAEP_PARAMS params;
+    CK_MECHANISM mech = {CKM_RSA_PKCS_OAEP, &params, sizeof(params)};
+    unsigned char *buf = NULL;
+    CK_ULONG len = 0;
+    CK_RV rv;
+
+    oaep_params(&params, hash);
+    *func = "C_WrapKey";
+    rv = t->f->C_WrapKey(t->session, &mech, pub, sec, NULL, &len);
+    if (rv != CKR_OK)
+        return rv;
+    buf = malloc(len);
+    if (buf == NULL)
+        return CKR_HOST_MEMORY;
+    rv = t->f->C_WrapKey(t->session, &mech, pub, sec, buf, &len);
+    if (rv != CKR_OK) {
+        free(buf);
+        return rv;
+    }
+    *out = buf;
+    *out_len = len;
+    return CKR_OK;
+}
+
+kc_rc kc_tok_oaep_wrap(kc_tok *t, kc_obj pub, kc_oaep hash, const kc_secret *secret,
+                       unsigned char **out, size_t *out_len, kc_oaep *used, kc_error *err)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
+    CK_ATTRIBUTE tmpl[] = {
+        ATTR(CKA_CLASS, &cls, sizeof(cls)),
+        ATTR(CKA_KEY_TYPE, &kt, sizeof(kt)),
+        ATTR_BOOL(CKA_TOKEN, 0),
+        ATTR_BOOL(CKA_PRIVATE, 0),
+        ATTR_BOOL(CKA_SENSITIVE, 1),
+        ATTR_BOOL(CKA_EXTRACTABLE, 1),
+        ATTR(CKA_VALUE, secret->data, secret->len),
+    };
+    CK_OBJECT_HANDLE sec = CK_INVALID_HANDLE;
+    const char *func = "C_CreateObject";
+    kc_oaep h = hash;
+    CK_RV rv;
+    kc_rc r;
+
+    *out = NULL;
+    *out_len = 0;
+    r = kc_tok_session(t, err);
+    if (r != KC_OK)
+        return r;
+    /* A public session object: wrapping under a public key needs no login. */
+    rv = t->f->C_CreateObject(t->session, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &sec);
+    if (rv != CKR_OK)
+        return kc_p11_fail(err, func, rv, "cannot load the secret into a session object");
+    if (h == KC_OAEP_AUTO)
+        h = t->oaep_sha256 == 0 ? KC_OAEP_SHA1 : KC_OAEP_SHA256;
+    rv = wrap_once(t, pub, sec, h, out, out_len, &func);
+    if (rv != CKR_OK && params_refused(rv) && hash == KC_OAEP_AUTO && h == KC_OAEP_SHA256) {
+        t->oaep_sha256 = 0;
+        h = KC_OAEP_SHA1;
+        rv = wrap_once(t, pub, sec, h, out, out_len, &func);
+    } else if (rv == CKR_OK && h == KC_OAEP_SHA256) {
+        t->oaep_sha256 = 1;
+    }
+    (void)t->f->C_DestroyObject(t->session, sec);
+    if (rv != CKR_OK) {
+        r = kc_p11_fail(err, func, rv, "RSA-OAEP%s wrap failed", h == KC_OAEP_SHA256 ? "-256" : "");
+        if (h == KC_OAEP_SHA256 && params_refused(rv))
+            kc_error_hint(err, "this module does not take RSA-OAEP-256 (SoftHSM 2.6.1 has "
+                               "SHA-1 only); use --alg RSA-OAEP or leave --alg out");
+        else if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED)
+            kc_error_hint(err, "the key does not allow wrapKey; see its ops with 'key show'");
+        return r;
+    }
+    if (used != NULL)
+        *used = h;
+    return KC_OK;
+}
+
+kc_rc kc_tok_oaep_unwrap(kc_tok *t, kc_obj priv, kc_oaep hash, const unsigned char *in,
+                         size_t in_len, kc_secret **out, kc_error *err)
+{
+    CK_RSA_PKCS_OAEP_PARAMS params;
+    CK_MECHANISM mech = {CKM_RSA_PKCS_OAEP, &params, sizeof(params)};
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
+    /* No CKA_VALUE_LEN: SoftHSM 2.6.1 refuses it in an unwrap template
+     * (CKR_ATTRIBUTE_READ_ONLY) and takes the length from the plaintext. */
+    CK_ATTRIBUTE tmpl[] = {
+        ATTR(CKA_CLASS, &cls, sizeof(cls)),
+        ATTR(CKA_KEY_TYPE, &kt, sizeof(kt)),
+        ATTR_BOOL(CKA_TOKEN, 0),
+        ATTR_BOOL(CKA_PRIVATE, 1),
+        ATTR_BOOL(CKA_SENSITIVE, 0),
+        ATTR_BOOL(CKA_EXTRACTABLE, 1),
+    };
+    CK_OBJECT_HANDLE sec = CK_INVALID_HANDLE;
+    CK_ATTRIBUTE val = ATTR(CKA_VALUE, NULL, 0);
+    kc_secret *s = NULL;
+    CK_RV rv;
+    kc_rc r;
+
+    *out = NULL;
+    r = kc_tok_session(t, err);
+    if (r != KC_OK)
+        return r;
+    oaep_params(&params, hash == KC_OAEP_SHA256 ? KC_OAEP_SHA256 : KC_OAEP_SHA1);
+    rv = t->f->C_UnwrapKey(t->session, &mech, priv, (CK_BYTE_PTR)in, in_len, tmpl,
+                           sizeof(tmpl) / sizeof(tmpl[0]), &sec);
+    if (rv != CKR_OK) {
+        r = kc_p11_fail(err, "C_UnwrapKey", rv, "RSA-OAEP%s unwrap failed",
+                        hash == KC_OAEP_SHA256 ? "-256" : "");
+        if (hash == KC_OAEP_SHA256 && params_refused(rv))
+            kc_error_hint(err, "this module does not take RSA-OAEP-256 (SoftHSM 2.6.1 has "
+                               "SHA-1 only); the blob cannot be unwrapped on this token");
+        else if (rv == CKR_GENERAL_ERROR || rv == CKR_ENCRYPTED_DATA_INVALID ||
+                 rv == CKR_WRAPPED_KEY_INVALID)
+            kc_error_hint(err, "the blob was not wrapped under this key version with this "
+                               "algorithm, or it was altered");
+        else if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED)
+            kc_error_hint(err, "the key does not allow unwrapKey; see its ops with 'key show'");
+        return r;
+    }
+    /* An RSA-OAEP plaintext is shorter than the modulus, so one read into a
+     * buffer of the largest modulus (RSA-4096) always fits: no size query. */
+    s = kc_secret_new(KC_P11_OAEP_MAX);
+    if (s == NULL) {
+        rv = CKR_HOST_MEMORY;
+    } else {
+        val.pValue = s->data;
+        val.ulValueLen = KC_P11_OAEP_MAX;
+        rv = t->f->C_GetAttributeValue(t->session, sec, &val, 1);
+        s->len = rv == CKR_OK ? val.ulValueLen : 0;
+    }
+    (void)t->f->C_DestroyObject(t->session, sec);
+    if (rv != CKR_OK) {
+        kc_secret_free(s);
+        return kc_p11_fail(err, "C_GetAttributeValue", rv, "cannot read the unwrapped secret");
+    }
+    *out = s;
+    return KC_OK;
+}
+
+
+/* --- AES key wrap with padding --- */
+
+kc_rc kc_tok_kwp_wrap(kc_tok *t, kc_obj kek, kc_obj key, unsigned char **out, size_t *out_len,
+                      kc_error *err)
+{
+    CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    unsigned char *buf = NULL;
+    CK_ULONG len = 0;
+    CK_RV rv;
+    kc_rc r = kc_tok_session(t, err);
+
+    *out = NULL;
+    if (r != KC_OK)
+        return r;
+    rv = t->f->C_WrapKey(t->session, &mech, kek, key, NULL, &len);
+    if (rv == CKR_OK) {
+        buf = malloc(len);
+        if (buf == NULL)
+            return kc_error_set(err, KC_ERR, "out of memory");
+        rv = t->f->C_WrapKey(t->session, &mech, kek, key, buf, &len);
+    }
+    if (rv != CKR_OK) {
+        free(buf);
+        r = kc_p11_fail(err, "C_WrapKey", rv, "AES key wrap failed");
+        if (rv == CKR_KEY_NOT_WRAPPABLE)
+            kc_error_hint(err, "the key can be wrapped only under a key the token's security "
+                               "officer marked trusted (CKA_WRAP_WITH_TRUSTED)");
+        return r;
+    }
+    *out = buf;
+    *out_len = len;
+    return KC_OK;
+}
+
+kc_rc kc_tok_kwp_unwrap_rsa(kc_tok *t, kc_obj kek, const unsigned char *in, size_t in_len,
+                            const kc_rsa_spec *spec, kc_obj *out, kc_error *err)
+{
+    CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    CK_OBJECT_HANDLE *before = NULL, h = CK_INVALID_HANDLE;
+    CK_OBJECT_CLASS cls;
+    CK_KEY_TYPE kt;
+    CK_ATTRIBUTE tmpl[16];
+    CK_ULONG nt = kc_p11_rsa_private_template(spec, tmpl, &cls, &kt);
+    size_t nbefore = 0;
+    CK_RV rv;
+    kc_rc r;
+
+    r = kc_p11_find_all(t, NULL, 0, &before, &nbefore, err);
+    if (r != KC_OK)
+        return r;
+    /* SoftHSM 2.6.1 zero-pads the plaintext to a multiple of 8 before KWP,
+     * so its blobs of PKCS#8 keys of 1217/1218 bytes carry trailing zeros;
+     * the DER parser ignores them, so the key comes back whole. */
+    rv = t->f->C_UnwrapKey(t->session, &mech, kek, (CK_BYTE_PTR)in, in_len, tmpl, nt, &h);
+    if (rv != CKR_OK) {
+        kc_p11_remove_leftovers(t, spec->label, before, nbefore);
+        free(before);
+        r = kc_p11_fail(err, "C_UnwrapKey", rv, "AES key unwrap of the private key failed");
+        /* SoftHSM answers a damaged KWP blob with CKR_GENERAL_ERROR. */
+        if (rv == CKR_GENERAL_ERROR || rv == CKR_WRAPPED_KEY_INVALID ||
+            rv == CKR_ENCRYPTED_DATA_INVALID)
+            kc_error_hint(err, "the wrapped key was not made under this key, or it was altered");
+        return r;
+    }
+    free(before);
+    *out = h;
+    return KC_OK;
+}
+
+kc_rc kc_tok_oaep_unwrap_aes(kc_tok *t, kc_obj priv, const unsigned char *in, size_t in_len,
+                             kc_obj *out, kc_error *err)
+{
+    CK_RSA_PKCS_OAEP_PARAMS params;
+    CK_MECHANISM mech = {CKM_RSA_PKCS_OAEP, &params, sizeof(params)};
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    CK_ATTRIBUTE tmpl[] = {
+        ATTR(CKA_CLASS, &cls, sizeof(cls)), ATTR(CKA_KEY_TYPE, &kt, sizeof(kt)),
+        ATTR_BOOL(CKA_TOKEN, 0),            ATTR_BOOL(CKA_PRIVATE, 1),
+        ATTR_BOOL(CKA_SENSITIVE, 1),        ATTR_BOOL(CKA_EXTRACTABLE, 0),
+        ATTR_BOOL(CKA_UNWRAP, 1),           ATTR_BOOL(CKA_WRAP, 0),
+        ATTR_BOOL(CKA_ENCRYPT, 0),          ATTR_BOOL(CKA_DECRYPT, 0),
+    };
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_RV rv;
+    kc_rc r = kc_tok_session(t, err);
+
+    if (r != KC_OK)
+        return r;
+    oaep_params(&params, KC_OAEP_SHA1);
+    rv = t->f->C_UnwrapKey(t->session, &mech, priv, (CK_BYTE_PTR)in, in_len, tmpl,
+                           sizeof(tmpl) / sizeof(tmpl[0]), &h);
+    if (rv != CKR_OK) {
+        r = kc_p11_fail(err, "C_UnwrapKey", rv, "RSA-OAEP unwrap of the transfer key failed");
+        kc_error_hint(err, "the file was not made for this key-exchange key, or it was altered");
+        return r;
+    }
+    *out = h;
+    return KC_OK;
+}
+
+/* --- HMAC-SHA256 --- */
+
+kc_rc kc_tok_hmac(kc_tok *t, kc_obj key, const unsigned char *data, size_t len,
+                  unsigned char mac[32], kc_error *err)
+{
+    CK_MECHANISM mech = {CKM_SHA256_HMAC, NULL, 0};
+    CK_ULONG mlen = 32;
+    CK_RV rv;
+    kc_rc r = kc_tok_session(t, err);
+
+    if (r != KC_OK)
+        return r;
+    rv = t->f->C_SignInit(t->session, &mech, key);
+    if (rv == CKR_OK)
+        rv = t->f->C_Sign(t->session, (CK_BYTE_PTR)data, len, mac, &mlen);
+    if (rv != CKR_OK)
+        return kc_p11_fail(err, "C_Sign", rv, "cannot compute the HMAC on the token");
+    if (mlen != 32)
+        return kc_error_set(err, KC_TOKEN, "the token gave a %lu-byte HMAC-SHA256",
+                            (unsigned long)mlen);
+    return KC_OK;
+}
+
+kc_rc kc_tok_hmac_verify(kc_tok *t, kc_obj key, const unsigned char *data, size_t len,
+                         const unsigned char mac[32], kc_error *err)
+{
+    CK_MECHANISM mech = {CKM_SHA256_HMAC, NULL, 0};
+    CK_RV rv;
+    kc_rc r = kc_tok_session(t, err);
+
+    if (r != KC_OK)
+        return r;
+    rv = t->f->C_VerifyInit(t->session, &mech, key);
+    if (rv == CKR_OK)
+        rv = t->f->C_Verify(t->session, (CK_BYTE_PTR)data, len, (CK_BYTE_PTR)mac, 32);
+    if (rv == CKR_SIGNATURE_INVALID || rv == CKR_SIGNATURE_LEN_RANGE)
+        return kc_error_set(err, KC_INTEGRITY, "the MAC does not verify");
+    if (rv != CKR_OK)
+        return kc_p11_fail(err, "C_Verify", rv, "cannot verify the HMAC on the token");
+    return KC_OK;
+}

@@ -1,0 +1,71 @@
+#include "kc_gendoc.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+kc_rc kc_gendoc_read(kc_tok *tok, const char *label, const char *what, kc_gendoc_check check,
+                     void *arg, unsigned char **out, size_t *len, unsigned long *next,
+                     kc_error *err)
+{
+    kc_data_obj *objs = NULL;
+    unsigned long gen, top = 0, best_gen = 0;
+    size_t n = 0, i, best = 0;
+    kc_error why;
+    int found = 0;
+    kc_rc r;
+
+    *out = NULL;
+    *len = 0;
+    *next = 1;
+    kc_error_clear(&why);
+    r = kc_tok_find_data(tok, KC_GENDOC_APPLICATION, label, &objs, &n, err);
+    if (r != KC_OK)
+        return r;
+    for (i = 0; i < n; i++) {
+        if (check(objs[i].value, objs[i].len, &gen, arg, &why) != KC_OK)
+            continue;
+        if (gen > top)
+            top = gen;
+        if (!found || gen > best_gen) {
+            best = i;
+            best_gen = gen;
+            found = 1;
+        }
+    }
+    *next = top + 1;
+    if (!found) {
+        kc_p11_data_objs_free(objs, n);
+        if (n > 0)
+            return kc_error_set(err, KC_INTEGRITY, "token '%s' has %s, but none is valid: %s",
+                                kc_tok_info_get(tok)->label, what, why.msg);
+        return kc_error_set(err, KC_NOT_FOUND, "token '%s' has no %s",
+                            kc_tok_info_get(tok)->label, what);
+    }
+    *out = objs[best].value;
+    *len = objs[best].len;
+    objs[best].value = NULL;
+    kc_p11_data_objs_free(objs, n);
+    return KC_OK;
+}
+
+kc_rc kc_gendoc_write(kc_tok *tok, const char *label, int is_private, const char *doc,
+                      kc_error *err)
+{
+    kc_data_obj *objs = NULL;
+    kc_obj created = 0;
+    size_t n = 0, i;
+    kc_rc r;
+
+    r = kc_tok_find_data(tok, KC_GENDOC_APPLICATION, label, &objs, &n, err);
+    if (r != KC_OK)
+        return r;
+    r = kc_tok_create_data(tok, KC_GENDOC_APPLICATION, label, doc, strlen(doc), is_private,
+                           &created, err);
+    for (i = 0; r == KC_OK && i < n; i++) {
+        r = kc_tok_destroy(tok, objs[i].handle, err);
+        if (r != KC_OK)
+            kc_error_prefix(err, "cannot remove an older generation of '%s'", label);
+    }
+    kc_p11_data_objs_free(objs, n);
+    return r;
+}
