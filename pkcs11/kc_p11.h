@@ -27,6 +27,10 @@ enum {
     KC_OP_VERIFY = 1u << 3,
     KC_OP_WRAP = 1u << 4,
     KC_OP_UNWRAP = 1u << 5,
+    /* No token attribute: a key-exchange key for BYOK import. Its private
+     * key has CKA_UNWRAP for the transfer key; keycustody refuses it for
+     * anything but import. */
+    KC_OP_IMPORT = 1u << 6,
 };
 
 typedef enum kc_key_type { KC_KT_OTHER = 0, KC_KT_RSA, KC_KT_EC } kc_key_type;
@@ -183,7 +187,7 @@ KC_EXPORT kc_rc kc_tok_find_labelled(kc_tok *t, const char *label, kc_obj **out,
 
 /* Sets what the token allows on one half of a key pair: CKA_UNWRAP,
  * CKA_DECRYPT, CKA_SIGN on a private key, CKA_WRAP, CKA_ENCRYPT, CKA_VERIFY
- * on a public key. */
+ * on a public key. A token that will not change them answers KC_DENIED. */
 KC_EXPORT kc_rc kc_tok_set_ops(kc_tok *t, kc_obj obj, int is_private, unsigned ops,
                                kc_error *err) KC_MUST_CHECK;
 
@@ -193,10 +197,9 @@ KC_EXPORT kc_rc kc_tok_set_end_date(kc_tok *t, kc_obj obj, const char *yyyymmdd,
 
 /* An RSA public key object from its modulus and exponent, for restore and
  * import (spec's label, id, public ops and dates are used). */
-KC_EXPORT kc_rc kc_tok_create_rsa_public(kc_tok *t, const kc_rsa_spec *spec,
-                                         const unsigned char *n, size_t n_len,
-                                         const unsigned char *e, size_t e_len, kc_obj *out,
-                                         kc_error *err) KC_MUST_CHECK;
+KC_EXPORT kc_rc kc_tok_create_rsa_public(kc_tok *t, const kc_rsa_spec *spec, const unsigned char *n,
+                                         size_t n_len, const unsigned char *e, size_t e_len,
+                                         kc_obj *out, kc_error *err) KC_MUST_CHECK;
 
 /* The components of an RSA private key, big-endian, for import. */
 typedef struct kc_rsa_parts {
@@ -219,16 +222,15 @@ typedef struct kc_secret_spec {
     const char *label;
     const unsigned char *id;
     size_t id_len;
-    int is_private;  /* a user object; else public (and then SO-made when trusted) */
-    int trusted;     /* CKA_TRUSTED: only the SO can set it, only at creation */
+    int is_private; /* a user object; else public (and then SO-made when trusted) */
+    int trusted;    /* CKA_TRUSTED: only the SO can set it, only at creation */
     int wrap, unwrap, sign;
 } kc_secret_spec;
 
 /* Creates a token secret key with the given value (sensitive, not
  * extractable). A trusted key needs the SO logged in (kc_tok_login_so). */
-KC_EXPORT kc_rc kc_tok_create_secret(kc_tok *t, const kc_secret_spec *spec,
-                                     const kc_secret *value, kc_obj *out,
-                                     kc_error *err) KC_MUST_CHECK;
+KC_EXPORT kc_rc kc_tok_create_secret(kc_tok *t, const kc_secret_spec *spec, const kc_secret *value,
+                                     kc_obj *out, kc_error *err) KC_MUST_CHECK;
 
 /* The secret keys with this label (and id, when id != NULL). */
 KC_EXPORT kc_rc kc_tok_find_secrets(kc_tok *t, const char *label, const unsigned char *id,
@@ -248,8 +250,8 @@ KC_EXPORT kc_rc kc_tok_kwp_wrap(kc_tok *t, kc_obj kek, kc_obj key, unsigned char
 
 /* Unwraps an RSA private key (PKCS#8) under kek into a token object made
  * after spec. On failure nothing of it stays on the token. */
-KC_EXPORT kc_rc kc_tok_kwp_unwrap_rsa(kc_tok *t, kc_obj kek, const unsigned char *in,
-                                      size_t in_len, const kc_rsa_spec *spec, kc_obj *out,
+KC_EXPORT kc_rc kc_tok_kwp_unwrap_rsa(kc_tok *t, kc_obj kek, const unsigned char *in, size_t in_len,
+                                      const kc_rsa_spec *spec, kc_obj *out,
                                       kc_error *err) KC_MUST_CHECK;
 
 /* RSA-OAEP (SHA-1) unwrap of an AES key into a session object that can only

@@ -170,7 +170,6 @@ kc_rc kc_tok_oaep_unwrap(kc_tok *t, kc_obj priv, kc_oaep hash, const unsigned ch
     return KC_OK;
 }
 
-
 /* --- AES key wrap with padding --- */
 
 kc_rc kc_tok_kwp_wrap(kc_tok *t, kc_obj kek, kc_obj key, unsigned char **out, size_t *out_len,
@@ -248,11 +247,16 @@ kc_rc kc_tok_oaep_unwrap_aes(kc_tok *t, kc_obj priv, const unsigned char *in, si
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
     CK_KEY_TYPE kt = CKK_AES;
     CK_ATTRIBUTE tmpl[] = {
-        ATTR(CKA_CLASS, &cls, sizeof(cls)), ATTR(CKA_KEY_TYPE, &kt, sizeof(kt)),
-        ATTR_BOOL(CKA_TOKEN, 0),            ATTR_BOOL(CKA_PRIVATE, 1),
-        ATTR_BOOL(CKA_SENSITIVE, 1),        ATTR_BOOL(CKA_EXTRACTABLE, 0),
-        ATTR_BOOL(CKA_UNWRAP, 1),           ATTR_BOOL(CKA_WRAP, 0),
-        ATTR_BOOL(CKA_ENCRYPT, 0),          ATTR_BOOL(CKA_DECRYPT, 0),
+        ATTR(CKA_CLASS, &cls, sizeof(cls)),
+        ATTR(CKA_KEY_TYPE, &kt, sizeof(kt)),
+        ATTR_BOOL(CKA_TOKEN, 0),
+        ATTR_BOOL(CKA_PRIVATE, 1),
+        ATTR_BOOL(CKA_SENSITIVE, 1),
+        ATTR_BOOL(CKA_EXTRACTABLE, 0),
+        ATTR_BOOL(CKA_UNWRAP, 1),
+        ATTR_BOOL(CKA_WRAP, 0),
+        ATTR_BOOL(CKA_ENCRYPT, 0),
+        ATTR_BOOL(CKA_DECRYPT, 0),
     };
     CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
     CK_RV rv;

@@ -42,15 +42,20 @@ kc_rc kc_tok_session(kc_tok *t, kc_error *err) KC_MUST_CHECK;
 
 /* Template helpers shared by the object files. */
 extern CK_BBOOL kc_p11_true, kc_p11_false;
-#define ATTR(t, p, n) {(t), (void *)(p), (n)}
-#define ATTR_BOOL(t, b) {(t), (b) ? &kc_p11_true : &kc_p11_false, sizeof(CK_BBOOL)}
+#define ATTR(t, p, n)                                                                              \
+    {                                                                                              \
+        (t), (void *)(p), (n)                                                                      \
+    }
+#define ATTR_BOOL(t, b)                                                                            \
+    {                                                                                              \
+        (t), (b) ? &kc_p11_true : &kc_p11_false, sizeof(CK_BBOOL)                                  \
+    }
 
 /* Every handle matching tmpl (n attributes); *out is freed by the caller. */
 kc_rc kc_p11_find_all(kc_tok *t, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDLE **out,
                       size_t *count, kc_error *err) KC_MUST_CHECK;
 /* One attribute into buf; its length, or -1 when the token will not say. */
-long kc_p11_get_attr(kc_tok *t, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, void *buf,
-                     size_t cap);
+long kc_p11_get_attr(kc_tok *t, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, void *buf, size_t cap);
 int kc_p11_get_ulong(kc_tok *t, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, CK_ULONG *out);
 /* A variable-length attribute into a new buffer (with a trailing NUL). */
 kc_rc kc_p11_get_alloc(kc_tok *t, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, const char *what,

@@ -288,8 +288,8 @@ static CK_ULONG rsa_public_template(const kc_rsa_spec *spec, CK_ATTRIBUTE *t, CK
     return n;
 }
 
-CK_ULONG kc_p11_rsa_private_template(const kc_rsa_spec *spec, CK_ATTRIBUTE *t,
-                                     CK_OBJECT_CLASS *cls, CK_KEY_TYPE *kt)
+CK_ULONG kc_p11_rsa_private_template(const kc_rsa_spec *spec, CK_ATTRIBUTE *t, CK_OBJECT_CLASS *cls,
+                                     CK_KEY_TYPE *kt)
 {
     CK_ULONG n = 0;
 
@@ -425,9 +425,13 @@ kc_rc kc_tok_set_ops(kc_tok *t, kc_obj obj, int is_private, unsigned ops, kc_err
     if (r != KC_OK)
         return r;
     rv = t->f->C_SetAttributeValue(t->session, obj, is_private ? priv : pub, 3);
-    if (rv != CKR_OK)
-        return kc_p11_fail(err, "C_SetAttributeValue", rv, "cannot change the usage of a %s key",
-                           is_private ? "private" : "public");
+    if (rv != CKR_OK) {
+        r = kc_p11_fail(err, "C_SetAttributeValue", rv, "cannot change the usage of a %s key",
+                        is_private ? "private" : "public");
+        if (rv == CKR_ATTRIBUTE_READ_ONLY || rv == CKR_ACTION_PROHIBITED)
+            err->code = r = KC_DENIED;
+        return r;
+    }
     return KC_OK;
 }
 
@@ -584,7 +588,8 @@ kc_rc kc_tok_find_data(kc_tok *t, const char *application, const char *label, kc
         v[i].handle = h[i];
         len = kc_p11_get_attr(t, h[i], CKA_LABEL, v[i].label, sizeof(v[i].label) - 1);
         v[i].label[len > 0 ? len : 0] = '\0';
-        r = kc_p11_get_alloc(t, h[i], CKA_VALUE, "value of a data object", &v[i].value, &v[i].len, err);
+        r = kc_p11_get_alloc(t, h[i], CKA_VALUE, "value of a data object", &v[i].value, &v[i].len,
+                             err);
         if (r != KC_OK) {
             kc_p11_data_objs_free(v, count);
             free(h);

@@ -45,6 +45,13 @@ static json_t *version_json(const kc_key *k, const kc_key_version *ver)
         ver->expires[0] ? ver->expires : NULL, "current", ver == &k->versions[k->current]);
     if (o == NULL)
         return NULL;
+    if (k->has_state) {
+        kc_key_ops_format(ver->token_ops, ops, sizeof(ops));
+        json_object_set_new(o, "enabled", json_boolean(ver->enabled));
+        json_object_set_new(o, "token_ops", json_string(ops));
+        if (ver->created_at[0])
+            json_object_set_new(o, "created_at", json_string(ver->created_at));
+    }
     if (ver->has_priv)
         json_object_set_new(o, "private_key", token_attrs_json(&ver->priv));
     if (ver->has_pub)
@@ -52,12 +59,21 @@ static json_t *version_json(const kc_key *k, const kc_key_version *ver)
     return o;
 }
 
-static json_t *key_json(const kc_key *k)
+static json_t *key_json(const kc_vault *v, const kc_key *k)
 {
-    json_t *o = json_pack("{s:s, s:s, s:s}", "vault", k->vault, "name", k->name, "current_version",
-                          k->versions[k->current].version);
-    json_t *vs = json_array();
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s}", "vault", k->vault, "name", k->name,
+                          "current_version", k->versions[k->current].version, "recovery_level",
+                          kc_vault_recovery_level(&v->meta));
+    json_t *vs = json_array(), *tags = json_object();
     size_t i;
+
+    for (i = 0; i < k->ntags; i++)
+        json_object_set_new(tags, k->tags[i].name, json_string(k->tags[i].value));
+    json_object_set_new(o, "tags", tags);
+    if (k->deleted)
+        json_object_set_new(o, "deleted",
+                            json_pack("{s:s, s:s}", "deleted_at", k->deleted_at, "scheduled_purge",
+                                      k->purge_after));
 
     for (i = 0; i < k->nversions; i++)
         json_array_append_new(vs, version_json(k, &k->versions[i]));
@@ -70,9 +86,11 @@ static const char *yes(int b)
     return b ? "yes" : "no";
 }
 
-static void print_version(FILE *f, const kc_key *k, const kc_key_version *ver)
+static void print_version(FILE *f, const kc_vault *v, const kc_key *k, const kc_key_version *ver)
 {
-    char ops[128];
+    char ops[128], tops[128];
+    unsigned want;
+    size_t i;
 
     kc_key_ops_format(ver->ops, ops, sizeof(ops));
     fprintf(f, "key:          %s/%s\n", k->vault, k->name);
@@ -84,8 +102,26 @@ static void print_version(FILE *f, const kc_key *k, const kc_key_version *ver)
             ver->protection == KC_PROT_HSM ? "hsm (private key sensitive, never readable in clear)"
                                            : "software (private key readable: testing only)");
     fprintf(f, "ops:          %s\n", ops[0] ? ops : "(none)");
-    fprintf(f, "created:      %s\n", ver->created[0] ? ver->created : "(unknown)");
+    if (k->has_state) {
+        fprintf(f, "enabled:      %s\n", ver->enabled ? "yes" : "no");
+        want = kc_key_token_ops(k, ver);
+        if (want != ver->token_ops) {
+            kc_key_ops_format(ver->token_ops, tops, sizeof(tops));
+            fprintf(f,
+                    "enforcement:  the token allows %s; keycustody refuses what is not "
+                    "allowed above\n",
+                    tops[0] ? tops : "(nothing)");
+        }
+    }
+    fprintf(f, "created:      %s\n",
+            ver->created_at[0] ? ver->created_at
+            : ver->created[0]  ? ver->created
+                               : "(unknown)");
     fprintf(f, "expires:      %s\n", ver->expires[0] ? ver->expires : "never");
+    fprintf(f, "recovery:     %s (soft delete, %u days)\n", kc_vault_recovery_level(&v->meta),
+            v->meta.retention_days);
+    for (i = 0; i < k->ntags; i++)
+        fprintf(f, "tag:          %s=%s\n", k->tags[i].name, k->tags[i].value);
     if (ver->has_priv) {
         const kc_key_obj *p = &ver->priv;
         fprintf(f,
@@ -212,7 +248,7 @@ static int cmd_create(kc_cli *cli, int argc, char **argv)
         return kc_cli_fail(cli, &err);
     }
     fprintf(cli->out, "created key '%s/%s'\n", k->vault, k->name);
-    print_version(cli->out, k, &k->versions[k->current]);
+    print_version(cli->out, v, k, &k->versions[k->current]);
     kc_key_free(k);
     kc_vault_free(v);
     return KC_OK;
@@ -248,7 +284,7 @@ static int cmd_list(kc_cli *cli, int argc, char **argv)
     if (cli->json) {
         arr = json_array();
         for (i = 0; i < n; i++)
-            json_array_append_new(arr, key_json(&keys[i]));
+            json_array_append_new(arr, key_json(v, &keys[i]));
         kc_cli_print_json(cli, arr);
     } else if (n == 0) {
         fprintf(cli->out, "vault '%s' has no keys\n", v->meta.name);
@@ -270,18 +306,46 @@ static int cmd_list(kc_cli *cli, int argc, char **argv)
 
 /* --- key show --- */
 
+static int show_opt(kc_cli *cli, int opt, const char *arg, void *st)
+{
+    (void)cli;
+    (void)opt;
+    (void)arg;
+    *(int *)st = 1;
+    return 0;
+}
+
+static void print_versions(FILE *f, const kc_key *k)
+{
+    char ops[128];
+    size_t i;
+
+    fprintf(f, "%-32s %-20s %-7s %-28s %-10s %s\n", "VERSION", "CREATED", "ENABLED", "OPS",
+            "EXPIRES", "");
+    for (i = 0; i < k->nversions; i++) {
+        const kc_key_version *ver = &k->versions[i];
+        kc_key_ops_format(ver->ops, ops, sizeof(ops));
+        fprintf(f, "%-32s %-20s %-7s %-28s %-10s %s\n", ver->version,
+                ver->created_at[0] ? ver->created_at : ver->created, ver->enabled ? "yes" : "no",
+                ops, ver->expires[0] ? ver->expires : "never", i == k->current ? "current" : "");
+    }
+}
+
 static int cmd_show(kc_cli *cli, int argc, char **argv)
 {
+    static const struct option opts[] = {
+        {"versions", no_argument, NULL, 256},
+        {NULL, 0, NULL, 0},
+    };
     const kc_key_version *ver = NULL;
     kc_key_ref ref;
     kc_vault *v = NULL;
     kc_key *k = NULL;
     kc_error err;
     json_t *o;
-    size_t i;
-    int first, rc;
+    int first, rc, versions = 0;
 
-    rc = kc_cli_parse(cli, argc, argv, NULL, NULL, NULL, &first);
+    rc = kc_cli_parse(cli, argc, argv, opts, show_opt, &versions, &first);
     if (rc != 0)
         return rc;
     if (argc - first != 1)
@@ -290,22 +354,21 @@ static int cmd_show(kc_cli *cli, int argc, char **argv)
     if (rc != 0)
         return rc;
     kc_error_clear(&err);
-    if (kc_key_select(k, ref.id, ref.id_len, &ver, &err) != KC_OK) {
+    if (kc_key_check_active(k, &err) != KC_OK ||
+        kc_key_select(k, ref.id, ref.id_len, &ver, &err) != KC_OK) {
         rc = kc_cli_fail(cli, &err);
         goto cleanup;
     }
     if (cli->json) {
-        o = key_json(k);
+        o = key_json(v, k);
         if (ref.id_len > 0)
             json_object_set_new(o, "selected_version", json_string(ver->version));
         kc_cli_print_json(cli, o);
+    } else if (versions) {
+        print_versions(cli->out, k);
     } else {
-        print_version(cli->out, k, ver);
-        fprintf(cli->out, "versions:     %zu\n", k->nversions);
-        for (i = 0; i < k->nversions; i++)
-            fprintf(cli->out, "  %s  created %s%s\n", k->versions[i].version,
-                    k->versions[i].created[0] ? k->versions[i].created : "(unknown)",
-                    i == k->current ? "  current" : "");
+        print_version(cli->out, v, k, ver);
+        fprintf(cli->out, "versions:     %zu (see them with --versions)\n", k->nversions);
     }
     rc = KC_OK;
 cleanup:
@@ -600,6 +663,250 @@ cleanup:
     return rc;
 }
 
+/* --- lifecycle --- */
+
+/* The shape of rotate, delete, recover and purge: one VAULT/KEY, no options. */
+static int one_key(kc_cli *cli, int argc, char **argv, kc_vault **v, kc_key_ref *ref)
+{
+    int first, rc;
+
+    rc = kc_cli_parse(cli, argc, argv, NULL, NULL, NULL, &first);
+    if (rc != 0)
+        return rc;
+    if (argc - first != 1)
+        return kc_cli_usage(cli, "give exactly one key as VAULT/KEY");
+    return open_key(cli, argv[first], 1, 0, v, NULL, ref);
+}
+
+static int cmd_rotate(kc_cli *cli, int argc, char **argv)
+{
+    kc_key_ref ref;
+    kc_vault *v = NULL;
+    kc_key *k = NULL;
+    kc_error err;
+    int rc = one_key(cli, argc, argv, &v, &ref);
+
+    if (rc != 0)
+        return rc;
+    kc_error_clear(&err);
+    if (kc_key_rotate(v, ref.name, &k, &err) != KC_OK) {
+        kc_vault_free(v);
+        return kc_cli_fail(cli, &err);
+    }
+    fprintf(cli->out,
+            "rotated key '%s/%s': version %s is current; the %zu older version%s "
+            "still unwrap%s\n",
+            k->vault, k->name, k->versions[k->current].version, k->nversions - 1,
+            k->nversions == 2 ? "" : "s", k->nversions == 2 ? "s" : "");
+    kc_key_free(k);
+    kc_vault_free(v);
+    return KC_OK;
+}
+
+static int cmd_delete(kc_cli *cli, int argc, char **argv)
+{
+    kc_key_ref ref;
+    kc_vault *v = NULL;
+    kc_key *k = NULL;
+    kc_error err;
+    int rc = one_key(cli, argc, argv, &v, &ref);
+
+    if (rc != 0)
+        return rc;
+    kc_error_clear(&err);
+    if (kc_key_delete(v, ref.name, &k, &err) != KC_OK) {
+        kc_vault_free(v);
+        return kc_cli_fail(cli, &err);
+    }
+    fprintf(cli->out,
+            "deleted key '%s/%s' (%zu version%s): unusable, name reserved; recoverable "
+            "with 'keycustody key recover'; purge %s from %s\n",
+            k->vault, k->name, k->nversions, k->nversions == 1 ? "" : "s",
+            v->meta.purge_protection ? "possible" : "possible now, or scheduled", k->purge_after);
+    kc_key_free(k);
+    kc_vault_free(v);
+    return KC_OK;
+}
+
+static int cmd_recover(kc_cli *cli, int argc, char **argv)
+{
+    kc_key_ref ref;
+    kc_vault *v = NULL;
+    kc_key *k = NULL;
+    kc_error err;
+    int rc = one_key(cli, argc, argv, &v, &ref);
+
+    if (rc != 0)
+        return rc;
+    kc_error_clear(&err);
+    if (kc_key_recover(v, ref.name, &k, &err) != KC_OK) {
+        kc_vault_free(v);
+        return kc_cli_fail(cli, &err);
+    }
+    fprintf(cli->out, "recovered key '%s/%s' with its %zu version%s\n", k->vault, k->name,
+            k->nversions, k->nversions == 1 ? "" : "s");
+    kc_key_free(k);
+    kc_vault_free(v);
+    return KC_OK;
+}
+
+static int cmd_purge(kc_cli *cli, int argc, char **argv)
+{
+    kc_key_ref ref;
+    kc_vault *v = NULL;
+    kc_error err;
+    int rc = one_key(cli, argc, argv, &v, &ref);
+
+    if (rc != 0)
+        return rc;
+    kc_error_clear(&err);
+    if (kc_key_purge(v, ref.name, &err) != KC_OK) {
+        kc_vault_free(v);
+        return kc_cli_fail(cli, &err);
+    }
+    fprintf(cli->out, "purged key '%s/%s': every version destroyed on the token\n", v->meta.name,
+            ref.name);
+    kc_vault_free(v);
+    return KC_OK;
+}
+
+static int cmd_list_deleted(kc_cli *cli, int argc, char **argv)
+{
+    kc_ctx *ctx = NULL;
+    kc_vault *v = NULL;
+    kc_key *keys = NULL;
+    kc_error err;
+    json_t *arr;
+    size_t n = 0, i;
+    int first, rc;
+
+    rc = kc_cli_parse(cli, argc, argv, NULL, NULL, NULL, &first);
+    if (rc != 0)
+        return rc;
+    if (argc - first != 1)
+        return kc_cli_usage(cli, "give exactly one vault");
+    if (kc_cli_ctx(cli, &ctx) != KC_OK)
+        return cli->error.code;
+    kc_error_clear(&err);
+    if (kc_vault_open(ctx, argv[first], &v, &err) != KC_OK)
+        return kc_cli_fail(cli, &err);
+    if (kc_key_list_deleted(v, &keys, &n, &err) != KC_OK) {
+        kc_vault_free(v);
+        return kc_cli_fail(cli, &err);
+    }
+    if (cli->json) {
+        arr = json_array();
+        for (i = 0; i < n; i++)
+            json_array_append_new(arr, key_json(v, &keys[i]));
+        kc_cli_print_json(cli, arr);
+    } else if (n == 0) {
+        fprintf(cli->out, "vault '%s' has no deleted keys\n", v->meta.name);
+    } else {
+        fprintf(cli->out, "%-24s %-8s %-21s %-21s %s\n", "KEY", "VERSIONS", "DELETED",
+                "SCHEDULED PURGE", "RECOVERY LEVEL");
+        for (i = 0; i < n; i++)
+            fprintf(cli->out, "%-24s %-8zu %-21s %-21s %s\n", keys[i].name, keys[i].nversions,
+                    keys[i].deleted_at, keys[i].purge_after, kc_vault_recovery_level(&v->meta));
+    }
+    kc_key_list_free(keys, n);
+    kc_vault_free(v);
+    return KC_OK;
+}
+
+/* --- key update --- */
+
+enum { O_ENABLED = 300, O_UOPS, O_UEXPIRES, O_TAG };
+
+struct update_state {
+    kc_key_update_opts o;
+    kc_tag tags[KC_KEY_TAGS_MAX];
+};
+
+static int update_opt(kc_cli *cli, int opt, const char *arg, void *st)
+{
+    struct update_state *s = st;
+    const char *eq;
+    kc_error err;
+
+    kc_error_clear(&err);
+    switch (opt) {
+    case O_ENABLED:
+        if (strcmp(arg, "true") != 0 && strcmp(arg, "false") != 0)
+            return kc_cli_usage(cli, "--enabled '%s': give true or false", arg);
+        s->o.set_enabled = 1;
+        s->o.enabled = strcmp(arg, "true") == 0;
+        break;
+    case O_UOPS:
+        if (kc_key_ops_parse(arg, &s->o.ops, &err) != KC_OK)
+            return kc_cli_fail(cli, &err);
+        s->o.set_ops = 1;
+        break;
+    case O_UEXPIRES:
+        s->o.expires = arg;
+        break;
+    case O_TAG:
+        eq = strchr(arg, '=');
+        if (eq == NULL || eq == arg || (size_t)(eq - arg) >= sizeof(s->tags[0].name) ||
+            strlen(eq + 1) >= sizeof(s->tags[0].value))
+            return kc_cli_usage(cli,
+                                "--tag '%.80s': give NAME=VALUE (NAME= removes the tag; "
+                                "names up to 63, values up to 255 characters)",
+                                arg);
+        if (s->o.ntags == KC_KEY_TAGS_MAX)
+            return kc_cli_usage(cli, "at most %d --tag options", KC_KEY_TAGS_MAX);
+        memcpy(s->tags[s->o.ntags].name, arg, (size_t)(eq - arg));
+        s->tags[s->o.ntags].name[eq - arg] = '\0';
+        snprintf(s->tags[s->o.ntags].value, sizeof(s->tags[0].value), "%s", eq + 1);
+        s->o.ntags++;
+        break;
+    }
+    return 0;
+}
+
+static int cmd_update(kc_cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"enabled", required_argument, NULL, O_ENABLED},
+        {"ops", required_argument, NULL, O_UOPS},
+        {"expires", required_argument, NULL, O_UEXPIRES},
+        {"tag", required_argument, NULL, O_TAG},
+        {NULL, 0, NULL, 0},
+    };
+    struct update_state s;
+    kc_key_ref ref;
+    kc_vault *v = NULL;
+    kc_key *k = NULL;
+    kc_error err;
+    int first, rc;
+
+    memset(&s, 0, sizeof(s));
+    s.o.tags = s.tags;
+    rc = kc_cli_parse(cli, argc, argv, opts, update_opt, &s, &first);
+    if (rc != 0)
+        return rc;
+    if (argc - first != 1)
+        return kc_cli_usage(cli, "give exactly one key as VAULT/KEY[/VERSION]");
+    if (!s.o.set_enabled && !s.o.set_ops && s.o.expires == NULL && s.o.ntags == 0)
+        return kc_cli_usage(cli, "nothing to change: give --enabled, --ops, --expires or --tag");
+    rc = open_key(cli, argv[first], 1, 1, &v, NULL, &ref);
+    if (rc != 0)
+        return rc;
+    kc_error_clear(&err);
+    if (kc_key_update(v, ref.name, ref.id, ref.id_len, &s.o, &k, &err) != KC_OK) {
+        kc_vault_free(v);
+        return kc_cli_fail(cli, &err);
+    }
+    fprintf(cli->out, "updated key '%s/%s'\n", k->vault, k->name);
+    {
+        const kc_key_version *ver = NULL;
+        if (kc_key_select(k, ref.id, ref.id_len, &ver, &err) == KC_OK)
+            print_version(cli->out, v, k, ver);
+    }
+    kc_key_free(k);
+    kc_vault_free(v);
+    return KC_OK;
+}
+
 const kc_cmd kc_cmds_key[] = {
     {"key", "create", cmd_create,
      "VAULT/KEY --size 2048|3072|4096 [--protection hsm|software]\n"
@@ -620,6 +927,36 @@ const kc_cmd kc_cmds_key[] = {
      "Example:\n"
      "  keycustody key create VaultA1/Key001 --size 3072 --pin-source env:VAULTA1_PIN\n",
      0},
+    {"key", "rotate", cmd_rotate, "VAULT/KEY",
+     "make a new version of a key current; older versions still unwrap",
+     "Generates a new key pair on the token with the same name (CKA_LABEL) and a new\n"
+     "version id (CKA_ID), with the current version's size, protection, ops and\n"
+     "expiry, and makes it current. Older versions stay usable for unwrap.\n",
+     0},
+    {"key", "update", cmd_update,
+     "VAULT/KEY[/VERSION] [--enabled true|false] [--ops LIST] [--expires DATE]\n"
+     "                            [--tag NAME=VALUE]...",
+     "change a version's enabled state, ops or expiry, and the key's tags",
+     "Without VERSION the current version changes; tags belong to the key.\n"
+     "The token's attributes (CKA_WRAP, CKA_UNWRAP, ...) are changed where the token\n"
+     "allows it; what it refuses is recorded and enforced by keycustody, and 'key show'\n"
+     "says so. A disabled version refuses wrap and unwrap. An expiry once set cannot be\n"
+     "removed, only moved (Key Vault's rule). --tag NAME= removes a tag; at most 15.\n",
+     0},
+    {"key", "delete", cmd_delete, "VAULT/KEY",
+     "soft-delete a key: all versions unusable, name reserved, recoverable",
+     "The token's usage attributes of every version are switched off and the\n"
+     "deletion is recorded; the key is listed by 'key list-deleted' with its\n"
+     "scheduled purge date (deletion + the vault's retention days).\n",
+     0},
+    {"key", "recover", cmd_recover, "VAULT/KEY", "bring a deleted key back whole",
+     "Every version gets back the usage it had before the deletion.\n", 0},
+    {"key", "purge", cmd_purge, "VAULT/KEY", "destroy every object of a deleted key",
+     "Crypto-shreds the key: every version is destroyed on the token. Refused (exit 6)\n"
+     "while the retention period runs when the vault has purge protection.\n",
+     0},
+    {"key", "list-deleted", cmd_list_deleted, "VAULT [--json]",
+     "list soft-deleted keys with their deletion and scheduled purge dates", "", 1},
     {"key", "list", cmd_list, "VAULT [--json]", "list a vault's keys",
      "Logs in to the vault to see its private keys.\n", 1},
     {"key", "show", cmd_show, "VAULT/KEY[/VERSION] [--json]",

@@ -18,12 +18,13 @@ static json_t *token_json(const kc_tok_info *t)
 
 static json_t *meta_json(const kc_vault_meta *m)
 {
-    return json_pack("{s:s, s:s, s:s, s:s, s:{s:b, s:I}, s:b, s:I, s:s, s:s}", "name", m->name,
-                     "subscription", m->subscription, "region", m->region, "sku",
+    return json_pack("{s:s, s:s, s:s, s:s, s:{s:b, s:I}, s:b, s:b, s:s, s:I, s:s, s:s}", "name",
+                     m->name, "subscription", m->subscription, "region", m->region, "sku",
                      kc_sku_name(m->sku), "soft_delete", "enabled", 1, "retention_days",
                      (json_int_t)m->retention_days, "purge_protection", m->purge_protection,
-                     "metadata_generation", (json_int_t)m->generation, "created", m->created,
-                     "updated", m->updated);
+                     "retention_registered", m->retention_registered, "recovery_level",
+                     kc_vault_recovery_level(m), "metadata_generation", (json_int_t)m->generation,
+                     "created", m->created, "updated", m->updated);
 }
 
 static void print_meta(FILE *f, const kc_vault_meta *m, const kc_tok_info *t)
@@ -35,6 +36,10 @@ static void print_meta(FILE *f, const kc_vault_meta *m, const kc_tok_info *t)
             m->sku == KC_SKU_STANDARD ? " (testing only)" : "");
     fprintf(f, "soft delete:       on, %u days retention\n", m->retention_days);
     fprintf(f, "purge protection:  %s\n", m->purge_protection ? "on" : "off");
+    fprintf(f, "retention:         %s\n",
+            m->retention_registered ? "registered for mandatory retention"
+                                    : "not registered for mandatory retention");
+    fprintf(f, "recovery level:    %s\n", kc_vault_recovery_level(m));
     fprintf(f, "created:           %s\n", m->created);
     fprintf(f, "token:             %s\n", t->uri);
     fprintf(f, "module:            %s\n", t->module);
@@ -42,7 +47,7 @@ static void print_meta(FILE *f, const kc_vault_meta *m, const kc_tok_info *t)
 
 /* --- vault init --- */
 
-enum { O_SUB = 256, O_REGION, O_SKU, O_RETENTION, O_PURGE, O_TOKEN };
+enum { O_SUB = 256, O_REGION, O_SKU, O_RETENTION, O_PURGE, O_TOKEN, O_REGISTERED };
 
 struct init_state {
     kc_vault_meta m;
@@ -87,6 +92,9 @@ static int init_opt(kc_cli *cli, int opt, const char *arg, void *st)
     case O_TOKEN:
         s->token = arg;
         break;
+    case O_REGISTERED:
+        s->m.retention_registered = 1;
+        break;
     }
     return 0;
 }
@@ -100,6 +108,7 @@ static int cmd_init(kc_cli *cli, int argc, char **argv)
         {"retention-days", required_argument, NULL, O_RETENTION},
         {"purge-protection", no_argument, NULL, O_PURGE},
         {"token", required_argument, NULL, O_TOKEN},
+        {"retention-registered", no_argument, NULL, O_REGISTERED},
         {NULL, 0, NULL, 0},
     };
     struct init_state s;
@@ -242,6 +251,8 @@ const kc_cmd kc_cmds_vault[] = {
      "  --sku premium|standard  premium (default); standard is for testing only\n"
      "  --retention-days N      soft-delete retention, 7 to 90 days (default 90)\n"
      "  --purge-protection      refuse purges during the retention period\n"
+     "  --retention-registered  the subscription is registered for mandatory retention\n"
+     "                          (with purge protection: Recoverable+ProtectedSubscription)\n"
      "  --token URI             the free token to initialise (pkcs11: URI)\n\n"
      "Example:\n"
      "  keycustody vault init VaultA1 --subscription contoso-a --region westus \\\n"

@@ -38,8 +38,8 @@ kc_rc kc_gendoc_read(kc_tok *tok, const char *label, const char *what, kc_gendoc
         if (n > 0)
             return kc_error_set(err, KC_INTEGRITY, "token '%s' has %s, but none is valid: %s",
                                 kc_tok_info_get(tok)->label, what, why.msg);
-        return kc_error_set(err, KC_NOT_FOUND, "token '%s' has no %s",
-                            kc_tok_info_get(tok)->label, what);
+        return kc_error_set(err, KC_NOT_FOUND, "token '%s' has no %s", kc_tok_info_get(tok)->label,
+                            what);
     }
     *out = objs[best].value;
     *len = objs[best].len;

@@ -15,10 +15,10 @@
 typedef kc_rc (*kc_gendoc_check)(const unsigned char *buf, size_t len, unsigned long *generation,
                                  void *arg, kc_error *err);
 
-/* The newest valid generation with this label (what names it in messages): a copy in *out (caller frees,
- * NUL-terminated). KC_NOT_FOUND when there is no such object, KC_INTEGRITY
- * when there are some but none is valid (err says why). *next is the
- * generation a writer uses next (1 when there is none). */
+/* The newest valid generation with this label (what names it in messages): a copy in *out (caller
+ * frees, NUL-terminated). KC_NOT_FOUND when there is no such object, KC_INTEGRITY when there are
+ * some but none is valid (err says why). *next is the generation a writer uses next (1 when there
+ * is none). */
 KC_EXPORT kc_rc kc_gendoc_read(kc_tok *tok, const char *label, const char *what,
                                kc_gendoc_check check, void *arg, unsigned char **out, size_t *len,
                                unsigned long *next, kc_error *err) KC_MUST_CHECK;

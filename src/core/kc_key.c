@@ -1,4 +1,5 @@
 #include "kc_key.h"
+#include "kc_keystate.h"
 #include "kc_util.h"
 
 #include <openssl/core_names.h>
@@ -10,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static const struct {
     const char *name;
@@ -38,8 +40,8 @@ kc_rc kc_key_ops_parse(const char *csv, unsigned *ops, kc_error *err)
             ;
         if (i == N_OPS) {
             kc_error_set(err, KC_USAGE, "unknown key operation '%s'", word);
-            kc_error_hint(err, "key operations are encrypt, decrypt, sign, verify, wrapKey and "
-                               "unwrapKey (case matters, as in Key Vault)");
+            kc_error_hint(err, "key operations are encrypt, decrypt, sign, verify, wrapKey, "
+                               "unwrapKey and import (case matters, as in Key Vault)");
             return KC_USAGE;
         }
         *ops |= op_names[i].op;
@@ -189,7 +191,9 @@ static kc_rc finish_version(kc_vault *v, kc_key *k, kc_key_version *ver, kc_erro
 
     ver->type = any->type;
     ver->bits = ver->has_pub && ver->pub.bits ? ver->pub.bits : any->bits;
-    ver->ops = (ver->has_pub ? ver->pub.ops : 0) | (ver->has_priv ? ver->priv.ops : 0);
+    ver->token_ops = (ver->has_pub ? ver->pub.ops : 0) | (ver->has_priv ? ver->priv.ops : 0);
+    ver->ops = ver->token_ops; /* until the key state says otherwise */
+    ver->enabled = 1;
     ver->protection = ver->has_priv && !ver->priv.sensitive ? KC_PROT_SOFTWARE : KC_PROT_HSM;
     if (ver->has_pub) {
         kc_date_format(ver->pub.start_date, ver->created);
@@ -199,8 +203,8 @@ static kc_rc finish_version(kc_vault *v, kc_key *k, kc_key_version *ver, kc_erro
                              sizeof(ver->uri), err);
 }
 
-/* The current version is the newest by creation date; among versions made
- * the same day, the one the token lists last. */
+/* Without the key state (no PIN), the current version is the newest by
+ * creation date; among versions made the same day, the one listed last. */
 static void pick_current(kc_key *k)
 {
     size_t i;
@@ -208,6 +212,66 @@ static void pick_current(kc_key *k)
     k->current = 0;
     for (i = 1; i < k->nversions; i++)
         if (strcmp(k->versions[i].created, k->versions[k->current].created) >= 0)
+            k->current = i;
+}
+
+unsigned kc_key_token_ops(const kc_key *k, const kc_key_version *ver)
+{
+    unsigned ops = ver->ops & ~(unsigned)KC_OP_IMPORT;
+
+    if (!ver->enabled || k->deleted)
+        return 0;
+    /* A key-exchange key unwraps the transfer key of an import. */
+    if (ver->ops & KC_OP_IMPORT)
+        ops |= KC_OP_UNWRAP;
+    return ops;
+}
+
+static void copy_field(char *dst, size_t cap, const char *src)
+{
+    snprintf(dst, cap, "%s", src != NULL ? src : "");
+}
+
+/* Decorates a key read from the token with what the key state records. */
+static void apply_state(kc_vault *v, kc_key *k)
+{
+    json_t *ks = kc_keystate_key(v, k->name, 0), *vs, *tags, *del, *val;
+    const char *current, *tag, *ops;
+    kc_error ignored;
+    size_t i;
+
+    k->has_state = 1;
+    if (ks == NULL)
+        return;
+    tags = json_object_get(ks, "tags");
+    json_object_foreach(tags, tag, val)
+    {
+        if (k->ntags == KC_KEY_TAGS_MAX)
+            break;
+        copy_field(k->tags[k->ntags].name, sizeof(k->tags[0].name), tag);
+        copy_field(k->tags[k->ntags].value, sizeof(k->tags[0].value), json_string_value(val));
+        k->ntags++;
+    }
+    del = json_object_get(ks, "deleted");
+    if (json_is_object(del)) {
+        k->deleted = 1;
+        copy_field(k->deleted_at, sizeof(k->deleted_at), kc_keystate_str(del, "at", ""));
+        copy_field(k->purge_after, sizeof(k->purge_after), kc_keystate_str(del, "purge_after", ""));
+    }
+    for (i = 0; i < k->nversions; i++) {
+        kc_key_version *ver = &k->versions[i];
+        vs = kc_keystate_version(ks, ver->version, 0);
+        if (vs == NULL)
+            continue;
+        copy_field(ver->created_at, sizeof(ver->created_at), kc_keystate_str(vs, "created", ""));
+        ver->enabled = kc_keystate_bool(vs, "enabled", 1);
+        ops = kc_keystate_str(vs, "ops", NULL);
+        if (ops != NULL && kc_key_ops_parse(ops, &ver->ops, &ignored) != KC_OK)
+            ver->ops = ver->token_ops;
+    }
+    current = kc_keystate_str(ks, "current", "");
+    for (i = 0; i < k->nversions; i++)
+        if (strcmp(k->versions[i].version, current) == 0)
             k->current = i;
 }
 
@@ -291,7 +355,7 @@ static kc_rc load_keys(kc_vault *v, const char *name, int login, kc_key **out, s
                        kc_error *err)
 {
     kc_key_obj *objs = NULL;
-    size_t nobjs = 0;
+    size_t nobjs = 0, i;
     kc_rc r;
 
     *out = NULL;
@@ -305,7 +369,31 @@ static kc_rc load_keys(kc_vault *v, const char *name, int login, kc_key **out, s
     if (r == KC_OK)
         r = group_keys(v, objs, nobjs, out, n, err);
     free(objs);
+    if (r == KC_OK && login) {
+        r = kc_keystate_load(v, err);
+        for (i = 0; r == KC_OK && i < *n; i++)
+            apply_state(v, &(*out)[i]);
+        if (r != KC_OK) {
+            kc_key_list_free(*out, *n);
+            *out = NULL;
+            *n = 0;
+        }
+    }
     return r;
+}
+
+/* Keeps the keys whose deleted flag equals deleted, in order. */
+static void keep_keys(kc_key *keys, size_t *n, int deleted)
+{
+    size_t i, j = 0;
+
+    for (i = 0; i < *n; i++) {
+        if (keys[i].deleted == deleted)
+            keys[j++] = keys[i];
+        else
+            free(keys[i].versions);
+    }
+    *n = j;
 }
 
 kc_rc kc_key_list(kc_vault *v, kc_key **out, size_t *n, kc_error *err)
@@ -314,7 +402,28 @@ kc_rc kc_key_list(kc_vault *v, kc_key **out, size_t *n, kc_error *err)
 
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot list the keys of vault '%s'", v->meta.name);
+    keep_keys(*out, n, 0);
     return KC_OK;
+}
+
+kc_rc kc_key_list_deleted(kc_vault *v, kc_key **out, size_t *n, kc_error *err)
+{
+    kc_rc r = load_keys(v, NULL, 1, out, n, err);
+
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot list the deleted keys of vault '%s'", v->meta.name);
+    keep_keys(*out, n, 1);
+    return KC_OK;
+}
+
+kc_rc kc_key_check_active(const kc_key *k, kc_error *err)
+{
+    if (!k->deleted)
+        return KC_OK;
+    kc_error_set(err, KC_NOT_FOUND, "key '%s/%s' is deleted (since %s; it can be purged from %s)",
+                 k->vault, k->name, k->deleted_at, k->purge_after);
+    kc_error_hint(err, "bring it back with 'keycustody key recover %s/%s'", k->vault, k->name);
+    return KC_NOT_FOUND;
 }
 
 kc_rc kc_key_get(kc_vault *v, const char *name, int login, kc_key **out, kc_error *err)
@@ -362,6 +471,30 @@ kc_rc kc_key_select(const kc_key *k, const unsigned char *id, size_t id_len,
 
 /* --- create --- */
 
+kc_rc kc_key_record_version(kc_vault *v, const char *name, const unsigned char *id, size_t id_len,
+                            unsigned ops, int make_current, kc_error *err)
+{
+    char hex[129], opstr[128], now_s[21];
+    json_t *k, *ver;
+    time_t now;
+    kc_rc r;
+
+    r = kc_clock_now(&now, err);
+    if (r != KC_OK)
+        return r;
+    kc_time_format_rfc3339(now, now_s);
+    kc_hex_encode(id, id_len, hex);
+    kc_key_ops_format(ops, opstr, sizeof(opstr));
+    k = kc_keystate_key(v, name, 1);
+    ver = kc_keystate_version(k, hex, 1);
+    json_object_set_new(ver, "created", json_string(now_s));
+    json_object_set_new(ver, "enabled", json_true());
+    json_object_set_new(ver, "ops", json_string(opstr));
+    if (make_current)
+        json_object_set_new(k, "current", json_string(hex));
+    return kc_keystate_save(v, err);
+}
+
 kc_rc kc_key_create(kc_vault *v, const kc_key_create_opts *o, kc_key **out, kc_error *err)
 {
     unsigned char id[KC_VERSION_BYTES];
@@ -400,10 +533,22 @@ kc_rc kc_key_create(kc_vault *v, const kc_key_create_opts *o, kc_key **out, kc_e
     if (r != KC_OK)
         goto fail;
     free(objs);
-    if (nobjs > 0) {
-        kc_error_set(err, KC_CONFLICT, "a key with this name already exists");
-        kc_error_hint(err, "choose another name; see the key with 'keycustody key show %s/%s'",
-                      v->meta.name, o->name);
+    r = kc_keystate_load(v, err);
+    if (r != KC_OK)
+        goto fail;
+    if (nobjs > 0 || kc_keystate_key(v, o->name, 0) != NULL) {
+        r = KC_CONFLICT;
+        if (json_is_object(json_object_get(kc_keystate_key(v, o->name, 0), "deleted"))) {
+            kc_error_set(err, KC_CONFLICT, "a deleted key keeps its name until it is purged");
+            kc_error_hint(err,
+                          "recover it with 'keycustody key recover %s/%s', or purge it with "
+                          "'keycustody key purge %s/%s'",
+                          v->meta.name, o->name, v->meta.name, o->name);
+        } else {
+            kc_error_set(err, KC_CONFLICT, "a key with this name already exists");
+            kc_error_hint(err, "choose another name; see the key with 'keycustody key show %s/%s'",
+                          v->meta.name, o->name);
+        }
         goto fail;
     }
     r = kc_tok_random(v->tok, id, sizeof(id), err);
@@ -420,6 +565,9 @@ kc_rc kc_key_create(kc_vault *v, const kc_key_create_opts *o, kc_key **out, kc_e
     spec.start_date = today;
     spec.end_date = expires[0] ? expires : NULL;
     r = kc_tok_generate_rsa(v->tok, &spec, &pub, &priv, err);
+    if (r != KC_OK)
+        goto fail;
+    r = kc_key_record_version(v, o->name, id, sizeof(id), o->ops, 1, err);
     if (r != KC_OK)
         goto fail;
     r = kc_key_get(v, o->name, 1, out, err);
@@ -510,6 +658,37 @@ cleanup:
     return r;
 }
 
+/* Whether the version may do op: not deleted, enabled, and op among its
+ * ops. Without the key state (no PIN) only the token's attributes are
+ * known, and they are off for disabled and deleted versions. */
+static kc_rc check_op(const kc_key *k, const kc_key_version *ver, unsigned op, const char *name,
+                      kc_error *err)
+{
+    kc_rc r = kc_key_check_active(k, err);
+
+    if (r != KC_OK)
+        return r;
+    if (!ver->enabled) {
+        kc_error_set(err, KC_DENIED, "version %s is disabled", ver->version);
+        kc_error_hint(err, "enable it with 'keycustody key update %s/%s/%s --enabled true'",
+                      k->vault, k->name, ver->version);
+        return KC_DENIED;
+    }
+    if (!(ver->ops & op)) {
+        if (k->has_state)
+            kc_error_set(err, KC_DENIED, "the key does not allow %s", name);
+        else
+            kc_error_set(err, KC_DENIED,
+                         "the token does not allow %s with this version (its "
+                         "ops lack %s, or it is disabled or deleted)",
+                         name, name);
+        kc_error_hint(err, "see its operations with 'keycustody key show %s/%s'", k->vault,
+                      k->name);
+        return KC_DENIED;
+    }
+    return KC_OK;
+}
+
 /* Key Vault's rule: before its start date and after its expiry a key does
  * not encrypt or wrap; unwrap and decrypt stay possible. SoftHSM does not
  * enforce CKA_START_DATE / CKA_END_DATE, so the tool does. */
@@ -523,12 +702,9 @@ static kc_rc check_usable_for_wrap(const kc_key *k, const kc_key_version *ver, k
     if (!ver->has_pub)
         return kc_error_set(err, KC_NOT_FOUND, "version %s has no public key on the token",
                             ver->version);
-    if (!(ver->ops & KC_OP_WRAP)) {
-        kc_error_set(err, KC_DENIED, "the key does not allow wrapKey");
-        kc_error_hint(err, "see its operations with 'keycustody key show %s/%s'", k->vault,
-                      k->name);
-        return KC_DENIED;
-    }
+    r = check_op(k, ver, KC_OP_WRAP, "wrapKey", err);
+    if (r != KC_OK)
+        return r;
     if (ver->created[0] && kc_date_parse(ver->created, created) == 0 && strcmp(today, created) < 0)
         return kc_error_set(err, KC_DENIED, "the key is not valid before %s", ver->created);
     if (ver->expires[0] && kc_date_parse(ver->expires, expires) == 0 &&
@@ -568,14 +744,11 @@ kc_rc kc_key_unwrap(kc_vault *v, const kc_key *k, const kc_key_version *ver, kc_
     if (!ver->has_priv)
         r = kc_error_set(err, KC_NOT_FOUND, "version %s has no private key on the token",
                          ver->version);
-    else if (!(ver->ops & KC_OP_UNWRAP)) {
-        r = kc_error_set(err, KC_DENIED, "the key does not allow unwrapKey");
-        kc_error_hint(err, "see its operations with 'keycustody key show %s/%s'", k->vault,
-                      k->name);
-    } else if (ver->bits != 0 && in_len != ver->bits / 8) {
+    if (r == KC_OK)
+        r = check_op(k, ver, KC_OP_UNWRAP, "unwrapKey", err);
+    if (r == KC_OK && ver->bits != 0 && in_len != ver->bits / 8)
         r = kc_error_set(err, KC_USAGE, "the wrapped value is %zu bytes; RSA-%u gives %u", in_len,
                          ver->bits, ver->bits / 8);
-    }
     if (r == KC_OK)
         r = kc_tok_oaep_unwrap(v->tok, ver->priv.handle, alg, in, in_len, out, err);
     if (r != KC_OK)

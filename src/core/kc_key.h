@@ -25,13 +25,23 @@ typedef struct kc_key_version {
     char uri[768]; /* key id: URI of the key pair (no type=) */
     kc_key_type type;
     unsigned bits;
-    unsigned ops; /* KC_OP_* allowed by the pair, Key Vault's view */
+    unsigned ops;       /* KC_OP_* the version is meant to allow (Key Vault's key_ops) */
+    unsigned token_ops; /* KC_OP_* the token's attributes allow now */
+    int enabled;
     kc_protection protection;
-    char created[11]; /* YYYY-MM-DD, "" when unknown */
-    char expires[11]; /* YYYY-MM-DD, "" for never */
+    char created[11];    /* YYYY-MM-DD, "" when unknown */
+    char created_at[21]; /* RFC 3339, from the key state; "" when unknown */
+    char expires[11];    /* YYYY-MM-DD, "" for never */
     int has_pub, has_priv;
     kc_key_obj pub, priv; /* the token's own attributes */
 } kc_key_version;
+
+#define KC_KEY_TAGS_MAX 15 /* Key Vault's limit */
+
+typedef struct kc_tag {
+    char name[64];
+    char value[256];
+} kc_tag;
 
 typedef struct kc_key {
     char vault[25];
@@ -39,7 +49,16 @@ typedef struct kc_key {
     kc_key_version *versions;
     size_t nversions;
     size_t current; /* index of the current version */
+    int has_state;  /* the key state was read (needs the PIN) */
+    int deleted;
+    char deleted_at[21]; /* RFC 3339 */
+    char purge_after[21];
+    kc_tag tags[KC_KEY_TAGS_MAX];
+    size_t ntags;
 } kc_key;
+
+/* The token attributes a version's ops and state call for. */
+KC_EXPORT unsigned kc_key_token_ops(const kc_key *k, const kc_key_version *ver);
 
 typedef struct kc_key_create_opts {
     const char *name;
@@ -98,6 +117,50 @@ KC_EXPORT kc_rc kc_key_public_pem(kc_vault *v, const kc_key *k, const kc_key_ver
 KC_EXPORT kc_rc kc_key_wrap(kc_vault *v, const kc_key *k, const kc_key_version *ver, kc_oaep alg,
                             const kc_secret *secret, unsigned char **out, size_t *out_len,
                             kc_oaep *used, kc_error *err) KC_MUST_CHECK;
+
+/* Records a new version in the key state (created now, enabled, ops) and
+ * saves it; make_current makes it the current version. */
+KC_EXPORT kc_rc kc_key_record_version(kc_vault *v, const char *name, const unsigned char *id,
+                                      size_t id_len, unsigned ops, int make_current,
+                                      kc_error *err) KC_MUST_CHECK;
+
+/* KC_NOT_FOUND, with the hint to recover, when the key is soft-deleted. */
+KC_EXPORT kc_rc kc_key_check_active(const kc_key *k, kc_error *err) KC_MUST_CHECK;
+
+/* --- lifecycle (kc_lifecycle.c) --- */
+
+/* A new version (new key pair, same label, new CKA_ID, the current
+ * version's size, protection, ops and expiry) becomes current. */
+KC_EXPORT kc_rc kc_key_rotate(kc_vault *v, const char *name, kc_key **out,
+                              kc_error *err) KC_MUST_CHECK;
+
+typedef struct kc_key_update_opts {
+    int set_enabled, enabled;
+    int set_ops;
+    unsigned ops;
+    const char *expires; /* NULL: unchanged; "YYYY-MM-DD"; "never" is refused once set */
+    const kc_tag *tags;  /* an empty value removes the tag */
+    size_t ntags;
+} kc_key_update_opts;
+
+/* Changes a version (id_len 0: the current one) and the key's tags. What
+ * the token will not change is recorded and enforced by keycustody. */
+KC_EXPORT kc_rc kc_key_update(kc_vault *v, const char *name, const unsigned char *id, size_t id_len,
+                              const kc_key_update_opts *o, kc_key **out,
+                              kc_error *err) KC_MUST_CHECK;
+
+/* Soft delete: every version becomes unusable on the token, the name stays
+ * reserved, and the key can be purged after the retention period. */
+KC_EXPORT kc_rc kc_key_delete(kc_vault *v, const char *name, kc_key **out,
+                              kc_error *err) KC_MUST_CHECK;
+KC_EXPORT kc_rc kc_key_recover(kc_vault *v, const char *name, kc_key **out,
+                               kc_error *err) KC_MUST_CHECK;
+/* Destroys every object of a deleted key; refused (KC_DENIED) during the
+ * retention period when the vault has purge protection. */
+KC_EXPORT kc_rc kc_key_purge(kc_vault *v, const char *name, kc_error *err) KC_MUST_CHECK;
+/* The deleted keys of a vault. */
+KC_EXPORT kc_rc kc_key_list_deleted(kc_vault *v, kc_key **out, size_t *n,
+                                    kc_error *err) KC_MUST_CHECK;
 
 /* RSA-OAEP unwrap under the version's private key (logs in). */
 KC_EXPORT kc_rc kc_key_unwrap(kc_vault *v, const kc_key *k, const kc_key_version *ver, kc_oaep alg,

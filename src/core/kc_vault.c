@@ -73,6 +73,18 @@ kc_rc kc_vault_check_meta(const kc_vault_meta *m, kc_error *err)
     return KC_OK;
 }
 
+const char *kc_vault_recovery_level(const kc_vault_meta *m)
+{
+    int custom = m->retention_days < 90;
+
+    if (!m->purge_protection)
+        return custom ? "CustomizedRecoverable+Purgeable" : "Recoverable+Purgeable";
+    if (m->retention_registered)
+        return custom ? "CustomizedRecoverable+ProtectedSubscription"
+                      : "Recoverable+ProtectedSubscription";
+    return custom ? "CustomizedRecoverable" : "Recoverable";
+}
+
 const char *kc_sku_name(kc_sku sku)
 {
     return sku == KC_SKU_STANDARD ? "standard" : "premium";
@@ -95,12 +107,13 @@ kc_rc kc_vault_meta_encode(const kc_vault_meta *m, char **out, kc_error *err)
     char *s = NULL;
 
     *out = NULL;
-    o = json_pack("{s:s, s:I, s:I, s:s, s:s, s:s, s:s, s:{s:b, s:I}, s:b, s:s, s:s}", "kind",
+    o = json_pack("{s:s, s:I, s:I, s:s, s:s, s:s, s:s, s:{s:b, s:I}, s:b, s:b, s:s, s:s}", "kind",
                   "keycustody-vault", "schema", (json_int_t)m->schema, "generation",
                   (json_int_t)m->generation, "name", m->name, "subscription", m->subscription,
                   "region", m->region, "sku", kc_sku_name(m->sku), "soft_delete", "enabled", 1,
                   "retention_days", (json_int_t)m->retention_days, "purge_protection",
-                  m->purge_protection, "created", m->created, "updated", m->updated);
+                  m->purge_protection, "retention_registered", m->retention_registered, "created",
+                  m->created, "updated", m->updated);
     if (o != NULL)
         s = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(o);
@@ -125,18 +138,20 @@ kc_rc kc_vault_meta_decode(const unsigned char *buf, size_t len, kc_vault_meta *
     const char *kind = NULL, *name = NULL, *sub = NULL, *region = NULL, *sku = NULL;
     const char *created = NULL, *updated = NULL;
     json_int_t schema = 0, gen = 0, days = 0;
-    int sd = 0, pp = 0;
+    int sd = 0, pp = 0, rr = 0;
     kc_rc r = KC_INTEGRITY;
 
     memset(m, 0, sizeof(*m));
     o = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, &je);
     if (o == NULL)
         return kc_error_set(err, KC_INTEGRITY, "vault metadata is not JSON: %s", je.text);
-    if (json_unpack_ex(
-            o, &je, JSON_STRICT, "{s:s, s:I, s:I, s:s, s:s, s:s, s:s, s:{s:b, s:I}, s:b, s:s, s:s}",
-            "kind", &kind, "schema", &schema, "generation", &gen, "name", &name, "subscription",
-            &sub, "region", &region, "sku", &sku, "soft_delete", "enabled", &sd, "retention_days",
-            &days, "purge_protection", &pp, "created", &created, "updated", &updated) != 0) {
+    if (json_unpack_ex(o, &je, JSON_STRICT,
+                       "{s:s, s:I, s:I, s:s, s:s, s:s, s:s, s:{s:b, s:I}, s:b, s?b, s:s, s:s}",
+                       "kind", &kind, "schema", &schema, "generation", &gen, "name", &name,
+                       "subscription", &sub, "region", &region, "sku", &sku, "soft_delete",
+                       "enabled", &sd, "retention_days", &days, "purge_protection", &pp,
+                       "retention_registered", &rr, "created", &created, "updated",
+                       &updated) != 0) {
         kc_error_set(err, KC_INTEGRITY, "vault metadata does not have the expected fields: %s",
                      je.text);
         goto cleanup;
@@ -152,6 +167,7 @@ kc_rc kc_vault_meta_decode(const unsigned char *buf, size_t len, kc_vault_meta *
     m->generation = gen < 0 ? 0 : (unsigned long)gen;
     m->retention_days = days < 0 || days > 1000 ? 0 : (unsigned)days;
     m->purge_protection = pp;
+    m->retention_registered = rr;
     if (copy_str(m->name, sizeof(m->name), name) ||
         copy_str(m->subscription, sizeof(m->subscription), sub) ||
         copy_str(m->region, sizeof(m->region), region) ||
@@ -173,8 +189,8 @@ cleanup:
     return r;
 }
 
-static kc_rc check_meta(const unsigned char *buf, size_t len, unsigned long *generation,
-                        void *arg, kc_error *err)
+static kc_rc check_meta(const unsigned char *buf, size_t len, unsigned long *generation, void *arg,
+                        kc_error *err)
 {
     kc_vault_meta m;
     kc_rc r = kc_vault_meta_decode(buf, len, &m, err);
@@ -243,6 +259,9 @@ static kc_rc vault_new(kc_ctx *ctx, kc_tok *tok, const kc_vault_meta *m, kc_vaul
 
 void kc_vault_free(kc_vault *v)
 {
+    if (v == NULL)
+        return;
+    json_decref(v->state);
     free(v);
 }
 

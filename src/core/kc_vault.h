@@ -25,7 +25,8 @@ typedef struct kc_vault_meta {
     kc_sku sku;
     unsigned retention_days; /* soft-delete retention, 7..90 */
     int purge_protection;
-    char created[21]; /* RFC 3339 UTC */
+    int retention_registered; /* the subscription is registered for mandatory retention */
+    char created[21];         /* RFC 3339 UTC */
     char updated[21];
 } kc_vault_meta;
 
@@ -33,6 +34,7 @@ typedef struct kc_vault {
     kc_ctx *ctx;
     kc_tok *tok; /* owned by ctx->p11 */
     kc_vault_meta meta;
+    struct json_t *state; /* the key state, once loaded (kc_keystate.h) */
 } kc_vault;
 
 /* One token as `vault list` sees it. */
@@ -50,6 +52,12 @@ KC_EXPORT kc_rc kc_vault_check_name(const char *name, kc_error *err) KC_MUST_CHE
 KC_EXPORT kc_rc kc_vault_check_meta(const kc_vault_meta *m, kc_error *err) KC_MUST_CHECK;
 
 KC_EXPORT const char *kc_sku_name(kc_sku sku);
+
+/* Azure's name for what can be recovered and when it can be purged:
+ * Recoverable+Purgeable, Recoverable, Recoverable+ProtectedSubscription and
+ * the CustomizedRecoverable... forms for retention under 90 days. Soft
+ * delete is always on in keycustody, so never plain Purgeable. */
+KC_EXPORT const char *kc_vault_recovery_level(const kc_vault_meta *m);
 KC_EXPORT int kc_sku_parse(const char *s, kc_sku *out);
 
 /* Makes the vault want->name: adopts an initialised token labelled so (after

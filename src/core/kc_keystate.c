@@ -1,0 +1,116 @@
+#include "kc_keystate.h"
+#include "kc_gendoc.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static kc_rc check_state(const unsigned char *buf, size_t len, unsigned long *generation, void *arg,
+                         kc_error *err)
+{
+    json_t *o = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, NULL);
+    json_t *keys;
+    const char *kind;
+    kc_rc r = KC_INTEGRITY;
+
+    (void)arg;
+    if (o == NULL)
+        return kc_error_set(err, KC_INTEGRITY, "key state is not JSON");
+    kind = json_string_value(json_object_get(o, "kind"));
+    keys = json_object_get(o, "keys");
+    if (kind == NULL || strcmp(kind, "keycustody-keys") != 0 ||
+        json_integer_value(json_object_get(o, "schema")) != 1 ||
+        !json_is_integer(json_object_get(o, "generation")) || !json_is_object(keys)) {
+        kc_error_set(err, KC_INTEGRITY, "key state does not have the expected fields");
+    } else {
+        *generation = (unsigned long)json_integer_value(json_object_get(o, "generation"));
+        r = KC_OK;
+    }
+    json_decref(o);
+    return r;
+}
+
+kc_rc kc_keystate_load(kc_vault *v, kc_error *err)
+{
+    unsigned char *buf = NULL;
+    size_t len = 0;
+    unsigned long next = 1;
+    kc_rc r;
+
+    if (v->state != NULL)
+        return KC_OK;
+    r = kc_ctx_login(v->ctx, v->tok, err);
+    if (r != KC_OK)
+        return r;
+    r = kc_gendoc_read(v->tok, KC_KEYSTATE_LABEL, "key state", check_state, NULL, &buf, &len, &next,
+                       err);
+    if (r == KC_NOT_FOUND) {
+        v->state = json_pack("{s:s, s:i, s:I, s:s, s:{}}", "kind", "keycustody-keys", "schema", 1,
+                             "generation", (json_int_t)0, "vault", v->meta.name, "keys");
+        return v->state != NULL ? KC_OK : kc_error_set(err, KC_ERR, "out of memory");
+    }
+    if (r != KC_OK)
+        return r;
+    v->state = json_loadb((const char *)buf, len, 0, NULL);
+    free(buf);
+    return v->state != NULL ? KC_OK : kc_error_set(err, KC_ERR, "out of memory");
+}
+
+kc_rc kc_keystate_save(kc_vault *v, kc_error *err)
+{
+    json_t *gen = json_object_get(v->state, "generation");
+    char *doc;
+    kc_rc r;
+
+    json_object_set_new(v->state, "generation", json_integer(json_integer_value(gen) + 1));
+    doc = json_dumps(v->state, JSON_COMPACT | JSON_SORT_KEYS);
+    if (doc == NULL)
+        return kc_error_set(err, KC_ERR, "out of memory");
+    r = kc_gendoc_write(v->tok, KC_KEYSTATE_LABEL, 1, doc, err);
+    free(doc);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot save the key state of vault '%s'", v->meta.name);
+    return KC_OK;
+}
+
+json_t *kc_keystate_key(kc_vault *v, const char *name, int create)
+{
+    json_t *keys = json_object_get(v->state, "keys");
+    json_t *k = json_object_get(keys, name);
+
+    if (k == NULL && create) {
+        k = json_pack("{s:{}, s:{}}", "tags", "versions");
+        json_object_set_new(keys, name, k);
+    }
+    return k;
+}
+
+json_t *kc_keystate_version(json_t *key, const char *version, int create)
+{
+    json_t *vs = json_object_get(key, "versions");
+    json_t *ver = json_object_get(vs, version);
+
+    if (ver == NULL && create && vs != NULL) {
+        ver = json_object();
+        json_object_set_new(vs, version, ver);
+    }
+    return ver;
+}
+
+void kc_keystate_drop(kc_vault *v, const char *name)
+{
+    json_object_del(json_object_get(v->state, "keys"), name);
+}
+
+const char *kc_keystate_str(json_t *o, const char *field, const char *dflt)
+{
+    const char *s = json_string_value(json_object_get(o, field));
+
+    return s != NULL ? s : dflt;
+}
+
+int kc_keystate_bool(json_t *o, const char *field, int dflt)
+{
+    json_t *b = json_object_get(o, field);
+
+    return json_is_boolean(b) ? json_is_true(b) : dflt;
+}

@@ -1,0 +1,35 @@
+/* The key state of a vault: what the token's attributes cannot hold.
+ *
+ * Per key: the current version, tags, and the soft-delete record; per
+ * version: its creation time, whether it is enabled, and the operations it
+ * is meant to allow (Key Vault's key_ops, including ones the token has no
+ * attribute for). It is a private CKO_DATA document (label "keycustody-keys")
+ * kept in generations like the vault metadata: private, so that nobody
+ * without the vault's PIN can read it, undelete a key or re-enable one. */
+#ifndef KC_KEYSTATE_H
+#define KC_KEYSTATE_H
+
+#include "kc_vault.h"
+
+#include <jansson.h>
+
+#define KC_KEYSTATE_LABEL "keycustody-keys"
+
+/* Loads the state into v->state (logs in first). A vault without one gets
+ * an empty state. Cached: a second call does nothing. */
+KC_EXPORT kc_rc kc_keystate_load(kc_vault *v, kc_error *err) KC_MUST_CHECK;
+
+/* Writes v->state as a new generation. */
+KC_EXPORT kc_rc kc_keystate_save(kc_vault *v, kc_error *err) KC_MUST_CHECK;
+
+/* keys[name], created empty when create is set (NULL when absent). */
+KC_EXPORT json_t *kc_keystate_key(kc_vault *v, const char *name, int create);
+/* versions[version] of a key record, created when create is set. */
+KC_EXPORT json_t *kc_keystate_version(json_t *key, const char *version, int create);
+KC_EXPORT void kc_keystate_drop(kc_vault *v, const char *name);
+
+/* Field helpers; absent fields read as the given default. */
+KC_EXPORT const char *kc_keystate_str(json_t *o, const char *field, const char *dflt);
+KC_EXPORT int kc_keystate_bool(json_t *o, const char *field, int dflt);
+
+#endif

@@ -1,0 +1,321 @@
+/* Key lifecycle: rotation, updates, soft delete, recovery and purge. */
+#include "kc_key.h"
+#include "kc_keystate.h"
+#include "kc_util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define PUB_OPS (KC_OP_WRAP | KC_OP_ENCRYPT | KC_OP_VERIFY)
+#define PRIV_OPS (KC_OP_UNWRAP | KC_OP_DECRYPT | KC_OP_SIGN)
+
+/* Loads a key with its state (logs in); KC_NOT_FOUND when there is none. */
+static kc_rc load(kc_vault *v, const char *name, kc_key **out, kc_error *err)
+{
+    return kc_key_get(v, name, 1, out, err);
+}
+
+/* Sets the token's attributes of one version to what its ops and state
+ * call for. A token that refuses the change (KC_DENIED) leaves it to
+ * keycustody to enforce; `key show` says so. */
+static kc_rc apply_version(kc_vault *v, const kc_key *k, const kc_key_version *ver, kc_error *err)
+{
+    unsigned want = kc_key_token_ops(k, ver);
+    kc_rc r = KC_OK;
+
+    if (ver->has_pub && (ver->token_ops & PUB_OPS) != (want & PUB_OPS))
+        r = kc_tok_set_ops(v->tok, ver->pub.handle, 0, want & PUB_OPS, err);
+    if (r == KC_DENIED)
+        r = KC_OK;
+    if (r == KC_OK && ver->has_priv && (ver->token_ops & PRIV_OPS) != (want & PRIV_OPS))
+        r = kc_tok_set_ops(v->tok, ver->priv.handle, 1, want & PRIV_OPS, err);
+    if (r == KC_DENIED)
+        r = KC_OK;
+    return r;
+}
+
+static kc_rc apply_all(kc_vault *v, const kc_key *k, kc_error *err)
+{
+    size_t i;
+    kc_rc r = KC_OK;
+
+    for (i = 0; r == KC_OK && i < k->nversions; i++)
+        r = apply_version(v, k, &k->versions[i], err);
+    return r;
+}
+
+/* Reloads *k after a change, so the caller sees what the token now holds. */
+static kc_rc reload(kc_vault *v, kc_key **k, kc_error *err)
+{
+    char name[KC_KEY_NAME_MAX + 1];
+
+    snprintf(name, sizeof(name), "%s", (*k)->name);
+    kc_key_free(*k);
+    *k = NULL;
+    return load(v, name, k, err);
+}
+
+kc_rc kc_key_rotate(kc_vault *v, const char *name, kc_key **out, kc_error *err)
+{
+    unsigned char id[KC_VERSION_BYTES];
+    const kc_key_version *cur;
+    char today[9], expires[9];
+    kc_rsa_spec spec;
+    kc_obj pub, priv;
+    kc_key *k = NULL;
+    kc_rc r;
+
+    *out = NULL;
+    r = load(v, name, &k, err);
+    if (r == KC_OK)
+        r = kc_key_check_active(k, err);
+    if (r == KC_OK)
+        r = kc_date_today(today, err);
+    if (r == KC_OK)
+        r = kc_tok_random(v->tok, id, sizeof(id), err);
+    if (r != KC_OK)
+        goto done;
+    cur = &k->versions[k->current];
+    if (cur->type != KC_KT_RSA || !cur->has_priv) {
+        r = kc_error_set(err, KC_ERR, "the current version is not a complete RSA key pair");
+        goto done;
+    }
+    expires[0] = '\0';
+    if (cur->expires[0] && kc_date_parse(cur->expires, expires) != 0)
+        expires[0] = '\0';
+    memset(&spec, 0, sizeof(spec));
+    spec.label = k->name;
+    spec.id = id;
+    spec.id_len = sizeof(id);
+    spec.bits = cur->bits;
+    spec.ops = cur->ops & ~(unsigned)KC_OP_IMPORT;
+    if (cur->ops & KC_OP_IMPORT)
+        spec.ops |= KC_OP_UNWRAP;
+    spec.sensitive = cur->protection == KC_PROT_HSM;
+    spec.wrap_with_trusted = cur->protection == KC_PROT_HSM;
+    spec.start_date = today;
+    spec.end_date = expires[0] ? expires : NULL;
+    r = kc_tok_generate_rsa(v->tok, &spec, &pub, &priv, err);
+    if (r == KC_OK)
+        r = kc_key_record_version(v, k->name, id, sizeof(id), cur->ops, 1, err);
+    if (r == KC_OK)
+        r = reload(v, &k, err);
+done:
+    if (r != KC_OK) {
+        kc_key_free(k);
+        return kc_error_prefix(err, "cannot rotate key '%s' in vault '%s'", name, v->meta.name);
+    }
+    *out = k;
+    return KC_OK;
+}
+
+static kc_rc update_tags(kc_vault *v, const char *name, const kc_key_update_opts *o, kc_error *err)
+{
+    json_t *tags = json_object_get(kc_keystate_key(v, name, 1), "tags");
+    size_t i;
+
+    if (tags == NULL) {
+        tags = json_object();
+        json_object_set_new(kc_keystate_key(v, name, 1), "tags", tags);
+    }
+    for (i = 0; i < o->ntags; i++) {
+        if (o->tags[i].value[0] == '\0')
+            json_object_del(tags, o->tags[i].name);
+        else
+            json_object_set_new(tags, o->tags[i].name, json_string(o->tags[i].value));
+    }
+    if (json_object_size(tags) > KC_KEY_TAGS_MAX)
+        return kc_error_set(err, KC_USAGE, "a key has at most %d tags", KC_KEY_TAGS_MAX);
+    return KC_OK;
+}
+
+kc_rc kc_key_update(kc_vault *v, const char *name, const unsigned char *id, size_t id_len,
+                    const kc_key_update_opts *o, kc_key **out, kc_error *err)
+{
+    const kc_key_version *ver = NULL;
+    char expires[9], today[9], opstr[128];
+    json_t *rec;
+    kc_key *k = NULL;
+    kc_rc r;
+
+    *out = NULL;
+    r = load(v, name, &k, err);
+    if (r == KC_OK)
+        r = kc_key_check_active(k, err);
+    if (r == KC_OK)
+        r = kc_key_select(k, id, id_len, &ver, err);
+    if (r == KC_OK)
+        r = kc_date_today(today, err);
+    if (r != KC_OK)
+        goto done;
+    if (o->expires != NULL) {
+        if (strcmp(o->expires, "never") == 0) {
+            if (ver->expires[0]) {
+                r = kc_error_set(err, KC_USAGE,
+                                 "version %s expires on %s; an expiry once set "
+                                 "cannot be removed, only moved (Key Vault's rule)",
+                                 ver->version, ver->expires);
+                kc_error_hint(err, "give --expires 9999-12-31 for the latest date there is");
+                goto done;
+            }
+        } else if (kc_date_parse(o->expires, expires) != 0) {
+            r = kc_error_set(err, KC_USAGE, "expiry '%s' is not a date (YYYY-MM-DD)", o->expires);
+            goto done;
+        } else if (strcmp(expires, today) < 0) {
+            r = kc_error_set(err, KC_USAGE, "expiry %s is in the past", o->expires);
+            goto done;
+        } else if (!ver->has_pub) {
+            r = kc_error_set(err, KC_ERR, "version %s has no public key to carry the expiry",
+                             ver->version);
+            goto done;
+        } else {
+            r = kc_tok_set_end_date(v->tok, ver->pub.handle, expires, err);
+            if (r != KC_OK)
+                goto done;
+        }
+    }
+    rec = kc_keystate_version(kc_keystate_key(v, name, 1), ver->version, 1);
+    if (o->set_enabled)
+        json_object_set_new(rec, "enabled", json_boolean(o->enabled));
+    if (o->set_ops) {
+        kc_key_ops_format(o->ops, opstr, sizeof(opstr));
+        json_object_set_new(rec, "ops", json_string(opstr));
+    } else if (json_object_get(rec, "ops") == NULL) {
+        kc_key_ops_format(ver->ops, opstr, sizeof(opstr));
+        json_object_set_new(rec, "ops", json_string(opstr));
+    }
+    r = update_tags(v, name, o, err);
+    if (r == KC_OK)
+        r = kc_keystate_save(v, err);
+    /* The record is the truth; the token is brought in line with it. */
+    if (r == KC_OK)
+        r = reload(v, &k, err);
+    if (r == KC_OK)
+        r = apply_all(v, k, err);
+    if (r == KC_OK)
+        r = reload(v, &k, err);
+done:
+    if (r != KC_OK) {
+        kc_key_free(k);
+        return kc_error_prefix(err, "cannot update key '%s' in vault '%s'", name, v->meta.name);
+    }
+    *out = k;
+    return KC_OK;
+}
+
+kc_rc kc_key_delete(kc_vault *v, const char *name, kc_key **out, kc_error *err)
+{
+    char at[21], purge[21];
+    kc_key *k = NULL;
+    time_t now;
+    kc_rc r;
+
+    *out = NULL;
+    r = load(v, name, &k, err);
+    if (r == KC_OK && k->deleted) {
+        r = kc_error_set(err, KC_CONFLICT, "it was deleted on %s already", k->deleted_at);
+        kc_error_hint(err, "recover it with 'keycustody key recover %s/%s'", v->meta.name, name);
+    }
+    if (r == KC_OK)
+        r = kc_clock_now(&now, err);
+    if (r != KC_OK)
+        goto done;
+    kc_time_format_rfc3339(now, at);
+    kc_time_format_rfc3339(now + (time_t)v->meta.retention_days * 86400, purge);
+    json_object_set_new(kc_keystate_key(v, name, 1), "deleted",
+                        json_pack("{s:s, s:s}", "at", at, "purge_after", purge));
+    /* Record first: a crash before the attributes change leaves a key the
+     * state calls deleted, and the next delete, recover or purge finishes. */
+    r = kc_keystate_save(v, err);
+    if (r == KC_OK)
+        r = reload(v, &k, err);
+    if (r == KC_OK)
+        r = apply_all(v, k, err);
+    if (r == KC_OK)
+        r = reload(v, &k, err);
+done:
+    if (r != KC_OK) {
+        kc_key_free(k);
+        return kc_error_prefix(err, "cannot delete key '%s' in vault '%s'", name, v->meta.name);
+    }
+    *out = k;
+    return KC_OK;
+}
+
+kc_rc kc_key_recover(kc_vault *v, const char *name, kc_key **out, kc_error *err)
+{
+    kc_key *k = NULL;
+    kc_rc r;
+
+    *out = NULL;
+    r = load(v, name, &k, err);
+    if (r == KC_OK && !k->deleted)
+        r = kc_error_set(err, KC_CONFLICT, "it is not deleted");
+    if (r != KC_OK)
+        goto done;
+    json_object_del(kc_keystate_key(v, name, 1), "deleted");
+    r = kc_keystate_save(v, err);
+    if (r == KC_OK)
+        r = reload(v, &k, err);
+    if (r == KC_OK)
+        r = apply_all(v, k, err);
+    if (r == KC_OK)
+        r = reload(v, &k, err);
+done:
+    if (r != KC_OK) {
+        kc_key_free(k);
+        return kc_error_prefix(err, "cannot recover key '%s' in vault '%s'", name, v->meta.name);
+    }
+    *out = k;
+    return KC_OK;
+}
+
+kc_rc kc_key_purge(kc_vault *v, const char *name, kc_error *err)
+{
+    json_t *del = NULL;
+    kc_obj *objs = NULL;
+    time_t now, after;
+    size_t n = 0, i;
+    kc_rc r;
+
+    r = kc_keystate_load(v, err);
+    if (r == KC_OK)
+        del = json_object_get(kc_keystate_key(v, name, 0), "deleted");
+    if (r == KC_OK && !json_is_object(del)) {
+        r = kc_error_set(err, KC_CONFLICT, "only a deleted key can be purged");
+        kc_error_hint(err, "delete it first with 'keycustody key delete %s/%s'", v->meta.name,
+                      name);
+    }
+    if (r == KC_OK)
+        r = kc_clock_now(&now, err);
+    if (r != KC_OK)
+        goto done;
+    if (kc_time_parse_rfc3339(kc_keystate_str(del, "purge_after", ""), &after) != 0)
+        after = 0;
+    if (v->meta.purge_protection && now < after) {
+        r = kc_error_set(err, KC_DENIED,
+                         "vault '%s' has purge protection; the key can be purged "
+                         "from %s",
+                         v->meta.name, kc_keystate_str(del, "purge_after", "?"));
+        kc_error_hint(err, "until then it can be recovered with 'keycustody key recover %s/%s'",
+                      v->meta.name, name);
+        goto done;
+    }
+    /* Crypto-shred: every object with the key's label, then the record. A
+     * crash in between leaves a record with no objects; purging again
+     * finishes. */
+    r = kc_tok_find_labelled(v->tok, name, &objs, &n, err);
+    for (i = 0; r == KC_OK && i < n; i++)
+        r = kc_tok_destroy(v->tok, objs[i], err);
+    free(objs);
+    if (r == KC_OK) {
+        kc_keystate_drop(v, name);
+        r = kc_keystate_save(v, err);
+    }
+done:
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot purge key '%s' in vault '%s'", name, v->meta.name);
+    return KC_OK;
+}
