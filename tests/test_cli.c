@@ -537,6 +537,259 @@ static const kc_test_case wrap_cases[] = {
     {NULL, NULL},
 };
 
+/* --- lifecycle: rotate, update, delete, recover, purge --- */
+
+static void wrap_to(const char *ref, const char *in, const char *out)
+{
+    const kc_test_out *r = kc_test_run("key", "wrap", ref, "--in", in, "--out", out, NULL);
+
+    ASSERT_RC(r, 0);
+}
+
+static int unwraps_to(const char *ref, const char *in, const char *expect)
+{
+    char out[1100];
+    unsigned char *a, *b;
+    size_t na, nb;
+    int same;
+
+    snprintf(out, sizeof(out), "%s.out", in);
+    unlink(out);
+    if (kc_test_run("key", "unwrap", ref, "--in", in, "--out", out, PIN, NULL)->rc != 0)
+        return 0;
+    a = kc_test_read(out, &na);
+    b = kc_test_read(expect, &nb);
+    same = a && b && na == nb && memcmp(a, b, na) == 0;
+    free(a);
+    free(b);
+    return same;
+}
+
+static void test_rotate(void)
+{
+    const kc_test_out *r;
+    char dek[1100], w1[1100], w2[1100];
+    json_t *j;
+
+    kc_test_vault("VaultA1", "s", "westus");
+    kc_test_key("VaultA1/Key001", NULL);
+    secret_file("dek", 32);
+    snprintf(dek, sizeof(dek), "%s", kc_test_path("dek"));
+    snprintf(w1, sizeof(w1), "%s", kc_test_path("w1.json"));
+    snprintf(w2, sizeof(w2), "%s", kc_test_path("w2.json"));
+    wrap_to("VaultA1/Key001", dek, w1);
+    r = kc_test_run("key", "rotate", "VaultA1/Key001", PIN, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "rotated key 'VaultA1/Key001': version ");
+    ASSERT_HAS(r->out, "the 1 older version still unwraps");
+    wrap_to("VaultA1/Key001", dek, w2);
+    /* old and new ciphertexts both come back, each through its own version */
+    CU_ASSERT_TRUE(unwraps_to("VaultA1/Key001", w1, dek));
+    CU_ASSERT_TRUE(unwraps_to("VaultA1/Key001", w2, dek));
+    r = kc_test_run("key", "show", "VaultA1/Key001", "--json", PIN, NULL);
+    ASSERT_RC(r, 0);
+    j = parse(r->out);
+    CU_ASSERT_EQUAL(json_array_size(json_object_get(j, "versions")), 2);
+    CU_ASSERT_TRUE(json_is_true(
+        json_object_get(json_array_get(json_object_get(j, "versions"), 1), "current")));
+    json_decref(j);
+    r = kc_test_run("key", "show", "VaultA1/Key001", "--versions", PIN, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "VERSION ");
+    ASSERT_HAS(r->out, " current\n");
+    r = kc_test_run("key", "rotate", "VaultA1/Nope", PIN, NULL);
+    ASSERT_RC(r, 4);
+    ASSERT_HAS(r->err, "no key 'Nope' in vault 'VaultA1'");
+    r = kc_test_run("key", "list", "VaultA1", PIN, NULL);
+    ASSERT_HAS(r->out, "Key001                   2 ");
+}
+
+static void test_update(void)
+{
+    const kc_test_out *r;
+    char dek[1100], w[1100];
+
+    kc_test_vault("VaultA1", "s", "westus");
+    kc_test_key("VaultA1/Key001", NULL);
+    secret_file("dek", 32);
+    snprintf(dek, sizeof(dek), "%s", kc_test_path("dek"));
+    snprintf(w, sizeof(w), "%s", kc_test_path("w.json"));
+    wrap_to("VaultA1/Key001", dek, w);
+    r = kc_test_run("key", "update", "VaultA1/Key001", "--enabled", "false", "--tag", "owner=alice",
+                    "--tag", "cost=42", PIN, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "enabled:      no");
+    ASSERT_HAS(r->out, "tag:          owner=alice");
+    /* disabled: refused by the token (wrap, no PIN) and by keycustody (unwrap) */
+    r = kc_test_run("key", "wrap", "VaultA1/Key001", "--in", dek, "--out", kc_test_path("x"), NULL);
+    ASSERT_RC(r, 6);
+    r = kc_test_run("key", "unwrap", "VaultA1/Key001", "--in", w, "--out", kc_test_path("y"), PIN,
+                    NULL);
+    ASSERT_RC(r, 6);
+    ASSERT_HAS(r->err, "is disabled");
+    r = kc_test_run("key", "update", "VaultA1/Key001", "--enabled", "true", "--tag", "cost=", PIN,
+                    NULL);
+    ASSERT_RC(r, 0);
+    CU_ASSERT_PTR_NULL(strstr(r->out, "cost="));
+    CU_ASSERT_TRUE(unwraps_to("VaultA1/Key001", w, dek));
+    /* ops: dropping wrapKey makes the token refuse wrap */
+    r = kc_test_run("key", "update", "VaultA1/Key001", "--ops", "unwrapKey", PIN, NULL);
+    ASSERT_RC(r, 0);
+    r = kc_test_run("key", "wrap", "VaultA1/Key001", "--in", dek, "--out", kc_test_path("x"), NULL);
+    ASSERT_RC(r, 6);
+    /* expiry: moved, never removed */
+    r = kc_test_run("key", "update", "VaultA1/Key001", "--expires", "2040-01-01", PIN, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "expires:      2040-01-01");
+    r = kc_test_run("key", "update", "VaultA1/Key001", "--expires", "9999-12-31", PIN, NULL);
+    ASSERT_RC(r, 0);
+    r = kc_test_run("key", "update", "VaultA1/Key001", "--expires", "never", PIN, NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "an expiry once set cannot be removed, only moved");
+    r = kc_test_run("key", "update", "VaultA1/Key001", PIN, NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "nothing to change");
+    r = kc_test_run("key", "update", "VaultA1/Key001", "--enabled", "maybe", PIN, NULL);
+    ASSERT_RC(r, 2);
+    r = kc_test_run("key", "update", "VaultA1/Key001", "--tag", "novalue", PIN, NULL);
+    ASSERT_RC(r, 2);
+}
+
+static void test_delete_recover_purge(void)
+{
+    const kc_test_out *r;
+    char dek[1100], w[1100], *out = NULL;
+    json_t *j;
+
+    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus",
+                    "--purge-protection", "--retention-registered", SOPIN, PIN, NULL);
+    ASSERT_RC(r, 0);
+    r = kc_test_run("vault", "show", "VaultA1", NULL);
+    ASSERT_HAS(r->out, "recovery level:    Recoverable+ProtectedSubscription");
+    setenv("KEYCUSTODY_NOW", "2030-01-01T00:00:00Z", 1);
+    kc_test_key("VaultA1/Key001", NULL);
+    secret_file("dek", 32);
+    snprintf(dek, sizeof(dek), "%s", kc_test_path("dek"));
+    snprintf(w, sizeof(w), "%s", kc_test_path("w.json"));
+    wrap_to("VaultA1/Key001", dek, w);
+
+    r = kc_test_run("key", "delete", "VaultA1/Key001", PIN, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "purge possible from 2030-04-01T00:00:00Z");
+    r = kc_test_run("key", "delete", "VaultA1/Key001", PIN, NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "it was deleted on 2030-01-01T00:00:00Z already");
+    r = kc_test_run("key", "list", "VaultA1", PIN, NULL);
+    ASSERT_HAS(r->out, "has no keys");
+    r = kc_test_run("key", "list-deleted", "VaultA1", "--json", PIN, NULL);
+    ASSERT_RC(r, 0);
+    j = parse(r->out);
+    CU_ASSERT_STRING_EQUAL(
+        json_string_value(
+            json_object_get(json_object_get(json_array_get(j, 0), "deleted"), "scheduled_purge")),
+        "2030-04-01T00:00:00Z");
+    json_decref(j);
+    /* unusable, by the tool and on the token itself */
+    r = kc_test_run("key", "unwrap", "VaultA1/Key001", "--in", w, "--out", kc_test_path("o"), PIN,
+                    NULL);
+    ASSERT_RC(r, 4);
+    ASSERT_HAS(r->err, "is deleted");
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "pkcs11-tool --module '%s' --token-label VaultA1 --login "
+                               "--pin env:TEST_PIN -O | grep -c 'Usage:      none'",
+                               KC_SOFTHSM_MODULE),
+                    0);
+    CU_ASSERT_EQUAL(atoi(out), 2);
+    /* the name stays reserved */
+    r = kc_test_run("key", "create", "VaultA1/Key001", "--size", "2048", PIN, NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "a deleted key keeps its name until it is purged");
+    ASSERT_HAS(r->err, "hint: recover it with 'keycustody key recover VaultA1/Key001', or purge");
+    /* purge protection: refused during retention, with the date */
+    setenv("KEYCUSTODY_NOW", "2030-03-31T23:59:59Z", 1);
+    r = kc_test_run("key", "purge", "VaultA1/Key001", PIN, NULL);
+    ASSERT_RC(r, 6);
+    ASSERT_HAS(r->err, "the key can be purged from 2030-04-01T00:00:00Z");
+    /* recover brings it back whole */
+    r = kc_test_run("key", "recover", "VaultA1/Key001", PIN, NULL);
+    ASSERT_RC(r, 0);
+    CU_ASSERT_TRUE(unwraps_to("VaultA1/Key001", w, dek));
+    r = kc_test_run("key", "recover", "VaultA1/Key001", PIN, NULL);
+    ASSERT_RC(r, 5);
+    r = kc_test_run("key", "purge", "VaultA1/Key001", PIN, NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "only a deleted key can be purged");
+    /* after the retention period the purge destroys every object */
+    r = kc_test_run("key", "delete", "VaultA1/Key001", PIN, NULL);
+    ASSERT_RC(r, 0);
+    setenv("KEYCUSTODY_NOW", "2030-07-01T00:00:00Z", 1);
+    r = kc_test_run("key", "purge", "VaultA1/Key001", PIN, NULL);
+    ASSERT_RC(r, 0);
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "pkcs11-tool --module '%s' --token-label VaultA1 --login "
+                               "--pin env:TEST_PIN -O | grep -c Key001",
+                               KC_SOFTHSM_MODULE),
+                    1);
+    CU_ASSERT_EQUAL(atoi(out), 0);
+    r = kc_test_run("key", "create", "VaultA1/Key001", "--size", "2048", PIN, NULL);
+    ASSERT_RC(r, 0);
+    unsetenv("KEYCUSTODY_NOW");
+}
+
+static void test_purge_without_protection(void)
+{
+    const kc_test_out *r;
+
+    r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus",
+                    "--retention-days", "7", SOPIN, PIN, NULL);
+    ASSERT_RC(r, 0);
+    r = kc_test_run("vault", "show", "VaultA1", "--json", NULL);
+    ASSERT_HAS(r->out, "\"recovery_level\": \"CustomizedRecoverable+Purgeable\"");
+    kc_test_key("VaultA1/Key001", NULL);
+    r = kc_test_run("key", "delete", "VaultA1/Key001", PIN, NULL);
+    ASSERT_RC(r, 0);
+    r = kc_test_run("key", "purge", "VaultA1/Key001", PIN, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "purged key 'VaultA1/Key001'");
+}
+
+static void test_recovery_levels(void)
+{
+    static const struct {
+        const char *days, *pp, *reg, *want;
+    } cases[] = {
+        {"90", NULL, NULL, "Recoverable+Purgeable"},
+        {"90", "--purge-protection", NULL, "Recoverable"},
+        {"30", "--purge-protection", NULL, "CustomizedRecoverable"},
+        {"30", "--purge-protection", "--retention-registered",
+         "CustomizedRecoverable+ProtectedSubscription"},
+    };
+    const kc_test_out *r;
+    char name[16], want[100];
+    size_t i;
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(name, sizeof(name), "Vault%zu", i);
+        r = kc_test_run("vault", "init", name, "--subscription", "s", "--region", "westus",
+                        "--retention-days", cases[i].days, SOPIN, PIN,
+                        cases[i].pp ? cases[i].pp : "--sku", cases[i].pp ? "--sku" : "premium",
+                        cases[i].pp ? "premium" : NULL, cases[i].reg, NULL);
+        ASSERT_RC(r, 0);
+        r = kc_test_run("vault", "show", name, NULL);
+        snprintf(want, sizeof(want), "recovery level:    %s\n", cases[i].want);
+        ASSERT_HAS(r->out, want);
+    }
+}
+
+static const kc_test_case lifecycle_cases[] = {
+    {"rotate", test_rotate},
+    {"update", test_update},
+    {"delete, recover, purge over 90 days", test_delete_recover_purge},
+    {"purge without protection", test_purge_without_protection},
+    {"recovery levels", test_recovery_levels},
+    {NULL, NULL},
+};
+
 /* --- injected token failures --- */
 
 static void arm(const char *fn, const char *rv, unsigned nth, int after)
@@ -807,10 +1060,9 @@ static const kc_test_case prompt_cases[] = {
 };
 
 static const kc_test_suite suites[] = {
-    {"vault", 1, vault_cases}, {"key", 1, key_cases},
-    {"wrap", 1, wrap_cases},   {"faults", 1, fault_cases},
-    {"help", 0, help_cases},   {"prompt", 1, prompt_cases},
-    {NULL, 0, NULL},
+    {"vault", 1, vault_cases},         {"key", 1, key_cases},   {"wrap", 1, wrap_cases},
+    {"faults", 1, fault_cases},        {"help", 0, help_cases}, {"prompt", 1, prompt_cases},
+    {"lifecycle", 1, lifecycle_cases}, {NULL, 0, NULL},
 };
 
 int main(int argc, char **argv)

@@ -227,6 +227,31 @@ unsigned kc_key_token_ops(const kc_key *k, const kc_key_version *ver)
     return ops;
 }
 
+/* Oldest first: by the order recorded in the key state, then by date. */
+static int version_order(const void *a, const void *b)
+{
+    const kc_key_version *x = a, *y = b;
+    int c;
+
+    if (x->seq != y->seq && x->seq != 0 && y->seq != 0)
+        return x->seq < y->seq ? -1 : 1;
+    c = strcmp(x->created_at[0] ? x->created_at : x->created,
+               y->created_at[0] ? y->created_at : y->created);
+    return c != 0 ? c : strcmp(x->version, y->version);
+}
+
+static void sort_versions(kc_key *k)
+{
+    char current[129];
+    size_t i;
+
+    snprintf(current, sizeof(current), "%s", k->versions[k->current].version);
+    qsort(k->versions, k->nversions, sizeof(k->versions[0]), version_order);
+    for (i = 0; i < k->nversions; i++)
+        if (strcmp(k->versions[i].version, current) == 0)
+            k->current = i;
+}
+
 static void copy_field(char *dst, size_t cap, const char *src)
 {
     snprintf(dst, cap, "%s", src != NULL ? src : "");
@@ -265,11 +290,13 @@ static void apply_state(kc_vault *v, kc_key *k)
             continue;
         copy_field(ver->created_at, sizeof(ver->created_at), kc_keystate_str(vs, "created", ""));
         ver->enabled = kc_keystate_bool(vs, "enabled", 1);
+        ver->seq = (unsigned long)json_integer_value(json_object_get(vs, "seq"));
         ops = kc_keystate_str(vs, "ops", NULL);
         if (ops != NULL && kc_key_ops_parse(ops, &ver->ops, &ignored) != KC_OK)
             ver->ops = ver->token_ops;
     }
     current = kc_keystate_str(ks, "current", "");
+    sort_versions(k);
     for (i = 0; i < k->nversions; i++)
         if (strcmp(k->versions[i].version, current) == 0)
             k->current = i;
@@ -342,6 +369,7 @@ static kc_rc group_keys(kc_vault *v, const kc_key_obj *objs, size_t nobjs, kc_ke
                 goto fail;
         }
         pick_current(&keys[i]);
+        sort_versions(&keys[i]);
     }
     *out = keys;
     *nkeys = n;
@@ -476,6 +504,7 @@ kc_rc kc_key_record_version(kc_vault *v, const char *name, const unsigned char *
 {
     char hex[129], opstr[128], now_s[21];
     json_t *k, *ver;
+    size_t seq;
     time_t now;
     kc_rc r;
 
@@ -486,7 +515,9 @@ kc_rc kc_key_record_version(kc_vault *v, const char *name, const unsigned char *
     kc_hex_encode(id, id_len, hex);
     kc_key_ops_format(ops, opstr, sizeof(opstr));
     k = kc_keystate_key(v, name, 1);
+    seq = json_object_size(json_object_get(k, "versions")) + 1;
     ver = kc_keystate_version(k, hex, 1);
+    json_object_set_new(ver, "seq", json_integer((json_int_t)seq));
     json_object_set_new(ver, "created", json_string(now_s));
     json_object_set_new(ver, "enabled", json_true());
     json_object_set_new(ver, "ops", json_string(opstr));

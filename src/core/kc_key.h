@@ -28,6 +28,7 @@ typedef struct kc_key_version {
     unsigned ops;       /* KC_OP_* the version is meant to allow (Key Vault's key_ops) */
     unsigned token_ops; /* KC_OP_* the token's attributes allow now */
     int enabled;
+    unsigned long seq; /* order of creation within the key (key state), 0 when unknown */
     kc_protection protection;
     char created[11];    /* YYYY-MM-DD, "" when unknown */
     char created_at[21]; /* RFC 3339, from the key state; "" when unknown */
@@ -46,7 +47,7 @@ typedef struct kc_tag {
 typedef struct kc_key {
     char vault[25];
     char name[KC_KEY_NAME_MAX + 1];
-    kc_key_version *versions;
+    kc_key_version *versions; /* oldest first */
     size_t nversions;
     size_t current; /* index of the current version */
     int has_state;  /* the key state was read (needs the PIN) */
