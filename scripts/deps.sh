@@ -10,6 +10,7 @@ pkgs=(
   libssl-dev openssl                        # OpenSSL 3
   libyaml-dev                               # layout files
   libjansson-dev                            # JSON
+  libgfshare-dev                            # Shamir secret sharing (backup domain)
   libcunit1-dev                             # tests
   softhsm2                                  # the HSM in tests and the demo
   opensc gnutls-bin                         # pkcs11-tool and p11tool, for cross-checks

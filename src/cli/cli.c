@@ -14,10 +14,11 @@
 
 #define KC_VERSION "0.1.0"
 
-static const kc_cmd *const groups[] = {kc_cmds_vault, kc_cmds_key};
+static const kc_cmd *const groups[] = {kc_cmds_vault, kc_cmds_key, kc_cmds_subscription};
 static const char *const group_summary[] = {
     "initialise and inspect vaults (PKCS#11 tokens with keycustody metadata)",
-    "RSA root keys: create, list, show, export the public key, wrap and unwrap",
+    "RSA root keys: create, rotate, update, delete, recover, purge, back up, restore, wrap",
+    "the backup domain a subscription's vaults share, split among custodians",
 };
 #define N_GROUPS (sizeof(groups) / sizeof(groups[0]))
 

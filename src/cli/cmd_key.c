@@ -1,5 +1,6 @@
 /* keycustody key create | list | show | export-public | wrap | unwrap */
 #include "cli.h"
+#include "kc_backup.h"
 #include "kc_key.h"
 #include "kc_util.h"
 
@@ -907,6 +908,96 @@ static int cmd_update(kc_cli *cli, int argc, char **argv)
     return KC_OK;
 }
 
+/* --- backup and restore --- */
+
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), m = strlen(suffix);
+
+    return n > m && strcmp(s + n - m, suffix) == 0;
+}
+
+static int cmd_backup(kc_cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"out", required_argument, NULL, O_OUT},
+        {"force", no_argument, NULL, O_FORCE},
+        {NULL, 0, NULL, 0},
+    };
+    struct io_state s;
+    kc_key_ref ref;
+    kc_vault *v = NULL;
+    unsigned char *blob = NULL;
+    size_t len = 0;
+    kc_error err;
+    int first, rc;
+
+    memset(&s, 0, sizeof(s));
+    rc = kc_cli_parse(cli, argc, argv, opts, io_opt, &s, &first);
+    if (rc != 0)
+        return rc;
+    if (argc - first != 1)
+        return kc_cli_usage(cli, "give exactly one key as VAULT/KEY");
+    if (s.out == NULL || !ends_with(s.out, ".backup"))
+        return kc_cli_usage(cli, "--out FILE.backup is required (the name ends in .backup)");
+    rc = open_key(cli, argv[first], 1, 0, &v, NULL, &ref);
+    if (rc != 0)
+        return rc;
+    kc_error_clear(&err);
+    rc = KC_OK;
+    if (kc_backup_key(v, ref.name, &blob, &len, &err) != KC_OK ||
+        kc_file_write(s.out, blob, len, 0600, s.force, &err) != KC_OK)
+        rc = kc_cli_fail(cli, &err);
+    else
+        fprintf(cli->out,
+                "backed up key '%s/%s' to %s (%zu bytes; restores only into a vault "
+                "of subscription '%s')\n",
+                v->meta.name, ref.name, s.out, len, v->meta.subscription);
+    free(blob);
+    kc_vault_free(v);
+    return rc;
+}
+
+static int cmd_restore(kc_cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"in", required_argument, NULL, O_IN},
+        {NULL, 0, NULL, 0},
+    };
+    struct io_state s;
+    char name[KC_KEY_NAME_MAX + 1];
+    unsigned char *blob = NULL;
+    kc_ctx *ctx = NULL;
+    kc_vault *v = NULL;
+    size_t len = 0, nversions = 0;
+    kc_error err;
+    int first, rc;
+
+    memset(&s, 0, sizeof(s));
+    rc = kc_cli_parse(cli, argc, argv, opts, io_opt, &s, &first);
+    if (rc != 0)
+        return rc;
+    if (argc - first != 1)
+        return kc_cli_usage(cli, "give exactly one vault");
+    if (s.in == NULL)
+        return kc_cli_usage(cli, "--in FILE.backup is required");
+    kc_error_clear(&err);
+    if (kc_file_read(s.in, KC_BACKUP_FILE_MAX, &blob, &len, &err) != KC_OK)
+        return kc_cli_fail(cli, &err);
+    rc = KC_OK;
+    if (kc_cli_ctx(cli, &ctx) != KC_OK)
+        rc = cli->error.code;
+    else if (kc_vault_open(ctx, argv[first], &v, &err) != KC_OK ||
+             kc_restore_key(v, blob, len, name, &nversions, &err) != KC_OK)
+        rc = kc_cli_fail(cli, &err);
+    else
+        fprintf(cli->out, "restored key '%s/%s' with %zu version%s\n", v->meta.name, name,
+                nversions, nversions == 1 ? "" : "s");
+    free(blob);
+    kc_vault_free(v);
+    return rc;
+}
+
 const kc_cmd kc_cmds_key[] = {
     {"key", "create", cmd_create,
      "VAULT/KEY --size 2048|3072|4096 [--protection hsm|software]\n"
@@ -957,6 +1048,22 @@ const kc_cmd kc_cmds_key[] = {
      0},
     {"key", "list-deleted", cmd_list_deleted, "VAULT [--json]",
      "list soft-deleted keys with their deletion and scheduled purge dates", "", 1},
+    {"key", "backup", cmd_backup, "VAULT/KEY --out FILE.backup [--force]",
+     "back up every version of a key; only its own subscription can restore it",
+     "Each private key is wrapped on the token (C_WrapKey, AES key wrap with padding)\n"
+     "under the subscription's backup-domain key, with the public keys and all\n"
+     "metadata; the whole file is authenticated by an HMAC computed on the token. Key\n"
+     "material never appears in clear in the file or in this process. The vault must\n"
+     "hold its subscription's backup domain ('keycustody subscription init').\n",
+     0},
+    {"key", "restore", cmd_restore, "VAULT --in FILE.backup",
+     "restore a backed-up key, all versions, into a vault of the same subscription",
+     "Only into a vault holding the backup's domain (else exit 8, naming both\n"
+     "subscriptions); exit 5 if a key of that name exists, active or deleted. A\n"
+     "truncated, altered or foreign file is exit 8 and nothing is written; a restore\n"
+     "that fails part-way is rolled back. Version ids and metadata come back as they\n"
+     "were; restored private keys are CKA_LOCAL=false, as every unwrapped key.\n",
+     0},
     {"key", "list", cmd_list, "VAULT [--json]", "list a vault's keys",
      "Logs in to the vault to see its private keys.\n", 1},
     {"key", "show", cmd_show, "VAULT/KEY[/VERSION] [--json]",

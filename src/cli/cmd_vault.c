@@ -18,13 +18,14 @@ static json_t *token_json(const kc_tok_info *t)
 
 static json_t *meta_json(const kc_vault_meta *m)
 {
-    return json_pack("{s:s, s:s, s:s, s:s, s:{s:b, s:I}, s:b, s:b, s:s, s:I, s:s, s:s}", "name",
-                     m->name, "subscription", m->subscription, "region", m->region, "sku",
+    return json_pack("{s:s, s:s, s:s, s:s, s:{s:b, s:I}, s:b, s:b, s:s, s:I, s:s, s:s, s:s*}",
+                     "name", m->name, "subscription", m->subscription, "region", m->region, "sku",
                      kc_sku_name(m->sku), "soft_delete", "enabled", 1, "retention_days",
                      (json_int_t)m->retention_days, "purge_protection", m->purge_protection,
                      "retention_registered", m->retention_registered, "recovery_level",
                      kc_vault_recovery_level(m), "metadata_generation", (json_int_t)m->generation,
-                     "created", m->created, "updated", m->updated);
+                     "created", m->created, "updated", m->updated, "backup_domain",
+                     m->domain[0] ? m->domain : NULL);
 }
 
 static void print_meta(FILE *f, const kc_vault_meta *m, const kc_tok_info *t)
@@ -40,6 +41,8 @@ static void print_meta(FILE *f, const kc_vault_meta *m, const kc_tok_info *t)
             m->retention_registered ? "registered for mandatory retention"
                                     : "not registered for mandatory retention");
     fprintf(f, "recovery level:    %s\n", kc_vault_recovery_level(m));
+    fprintf(f, "backup domain:     %s\n",
+            m->domain[0] ? m->domain : "(none: see 'keycustody subscription init')");
     fprintf(f, "created:           %s\n", m->created);
     fprintf(f, "token:             %s\n", t->uri);
     fprintf(f, "module:            %s\n", t->module);

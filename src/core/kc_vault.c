@@ -114,6 +114,8 @@ kc_rc kc_vault_meta_encode(const kc_vault_meta *m, char **out, kc_error *err)
                   "retention_days", (json_int_t)m->retention_days, "purge_protection",
                   m->purge_protection, "retention_registered", m->retention_registered, "created",
                   m->created, "updated", m->updated);
+    if (o != NULL && m->domain[0])
+        json_object_set_new(o, "backup_domain", json_string(m->domain));
     if (o != NULL)
         s = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(o);
@@ -136,7 +138,7 @@ kc_rc kc_vault_meta_decode(const unsigned char *buf, size_t len, kc_vault_meta *
     json_t *o = NULL;
     json_error_t je;
     const char *kind = NULL, *name = NULL, *sub = NULL, *region = NULL, *sku = NULL;
-    const char *created = NULL, *updated = NULL;
+    const char *created = NULL, *updated = NULL, *domain = "";
     json_int_t schema = 0, gen = 0, days = 0;
     int sd = 0, pp = 0, rr = 0;
     kc_rc r = KC_INTEGRITY;
@@ -146,12 +148,13 @@ kc_rc kc_vault_meta_decode(const unsigned char *buf, size_t len, kc_vault_meta *
     if (o == NULL)
         return kc_error_set(err, KC_INTEGRITY, "vault metadata is not JSON: %s", je.text);
     if (json_unpack_ex(o, &je, JSON_STRICT,
-                       "{s:s, s:I, s:I, s:s, s:s, s:s, s:s, s:{s:b, s:I}, s:b, s?b, s:s, s:s}",
+                       "{s:s, s:I, s:I, s:s, s:s, s:s, s:s, s:{s:b, s:I}, s:b, s?b, s?s, s:s, "
+                       "s:s}",
                        "kind", &kind, "schema", &schema, "generation", &gen, "name", &name,
                        "subscription", &sub, "region", &region, "sku", &sku, "soft_delete",
                        "enabled", &sd, "retention_days", &days, "purge_protection", &pp,
-                       "retention_registered", &rr, "created", &created, "updated",
-                       &updated) != 0) {
+                       "retention_registered", &rr, "backup_domain", &domain, "created", &created,
+                       "updated", &updated) != 0) {
         kc_error_set(err, KC_INTEGRITY, "vault metadata does not have the expected fields: %s",
                      je.text);
         goto cleanup;
@@ -172,8 +175,8 @@ kc_rc kc_vault_meta_decode(const unsigned char *buf, size_t len, kc_vault_meta *
         copy_str(m->subscription, sizeof(m->subscription), sub) ||
         copy_str(m->region, sizeof(m->region), region) ||
         copy_str(m->created, sizeof(m->created), created) ||
-        copy_str(m->updated, sizeof(m->updated), updated) || kc_sku_parse(sku, &m->sku) != 0 ||
-        !sd) {
+        copy_str(m->updated, sizeof(m->updated), updated) ||
+        copy_str(m->domain, sizeof(m->domain), domain) || kc_sku_parse(sku, &m->sku) != 0 || !sd) {
         kc_error_set(err, KC_INTEGRITY, "vault metadata has a field out of range");
         goto cleanup;
     }
@@ -241,6 +244,20 @@ static kc_rc write_meta(kc_tok *tok, kc_vault_meta *m, kc_error *err)
         r = kc_gendoc_write(tok, KC_VAULT_META_LABEL, 0, json, err);
     free(json);
     return r;
+}
+
+kc_rc kc_vault_save_meta(kc_vault *v, kc_error *err)
+{
+    time_t now;
+    kc_rc r = kc_clock_now(&now, err);
+
+    if (r != KC_OK)
+        return r;
+    kc_time_format_rfc3339(now, v->meta.updated);
+    r = write_meta(v->tok, &v->meta, err);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot write the metadata of vault '%s'", v->meta.name);
+    return KC_OK;
 }
 
 static kc_rc vault_new(kc_ctx *ctx, kc_tok *tok, const kc_vault_meta *m, kc_vault **out,

@@ -26,6 +26,7 @@ typedef struct kc_vault_meta {
     unsigned retention_days; /* soft-delete retention, 7..90 */
     int purge_protection;
     int retention_registered; /* the subscription is registered for mandatory retention */
+    char domain[33];          /* id of the backup domain installed, "" when none */
     char created[21];         /* RFC 3339 UTC */
     char updated[21];
 } kc_vault_meta;
@@ -72,6 +73,9 @@ KC_EXPORT kc_rc kc_vault_init(kc_ctx *ctx, const kc_vault_meta *want, const char
 KC_EXPORT kc_rc kc_vault_open(kc_ctx *ctx, const char *name_or_uri, kc_vault **out,
                               kc_error *err) KC_MUST_CHECK;
 KC_EXPORT void kc_vault_free(kc_vault *v);
+
+/* Writes v->meta as the next generation of the metadata (login needed). */
+KC_EXPORT kc_rc kc_vault_save_meta(kc_vault *v, kc_error *err) KC_MUST_CHECK;
 
 /* Every visible token, with its vault metadata where it has some. */
 KC_EXPORT kc_rc kc_vault_list(kc_ctx *ctx, kc_vault_entry **out, size_t *n,
