@@ -49,6 +49,8 @@ static json_t *version_json(const kc_key *k, const kc_key_version *ver)
     if (k->has_state) {
         kc_key_ops_format(ver->token_ops, ops, sizeof(ops));
         json_object_set_new(o, "enabled", json_boolean(ver->enabled));
+        if (ver->origin[0])
+            json_object_set_new(o, "origin", json_string(ver->origin));
         json_object_set_new(o, "token_ops", json_string(ops));
         if (ver->created_at[0])
             json_object_set_new(o, "created_at", json_string(ver->created_at));
@@ -119,6 +121,8 @@ static void print_version(FILE *f, const kc_vault *v, const kc_key *k, const kc_
             : ver->created[0]  ? ver->created
                                : "(unknown)");
     fprintf(f, "expires:      %s\n", ver->expires[0] ? ver->expires : "never");
+    if (ver->origin[0])
+        fprintf(f, "origin:       %s\n", ver->origin);
     fprintf(f, "recovery:     %s (soft delete, %u days)\n", kc_vault_recovery_level(&v->meta),
             v->meta.retention_days);
     for (i = 0; i < k->ntags; i++)
@@ -998,6 +1002,92 @@ static int cmd_restore(kc_cli *cli, int argc, char **argv)
     return rc;
 }
 
+/* --- key import --- */
+
+enum { O_BYOK = 320, O_PEM, O_KEK, O_IOPS };
+
+struct import_state {
+    kc_import_opts o;
+    const char *byok, *pem;
+};
+
+static int import_opt(kc_cli *cli, int opt, const char *arg, void *st)
+{
+    struct import_state *s = st;
+    kc_error err;
+
+    kc_error_clear(&err);
+    switch (opt) {
+    case O_BYOK:
+        s->byok = arg;
+        break;
+    case O_PEM:
+        s->pem = arg;
+        break;
+    case O_KEK:
+        s->o.kek = arg;
+        break;
+    case O_IOPS:
+        if (kc_key_ops_parse(arg, &s->o.ops, &err) != KC_OK)
+            return kc_cli_fail(cli, &err);
+        break;
+    }
+    return 0;
+}
+
+static int cmd_import(kc_cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"byok", required_argument, NULL, O_BYOK},
+        {"pem", required_argument, NULL, O_PEM},
+        {"kek", required_argument, NULL, O_KEK},
+        {"ops", required_argument, NULL, O_IOPS},
+        {NULL, 0, NULL, 0},
+    };
+    struct import_state s;
+    unsigned char *buf = NULL;
+    kc_key_ref ref;
+    kc_vault *v = NULL;
+    kc_key *k = NULL;
+    size_t len = 0;
+    kc_error err;
+    int first, rc;
+
+    memset(&s, 0, sizeof(s));
+    rc = kc_cli_parse(cli, argc, argv, opts, import_opt, &s, &first);
+    if (rc != 0)
+        return rc;
+    if (argc - first != 1)
+        return kc_cli_usage(cli, "give exactly one key as VAULT/KEY");
+    if ((s.byok == NULL) == (s.pem == NULL))
+        return kc_cli_usage(cli, "give either --byok FILE or --pem FILE");
+    kc_error_clear(&err);
+    if (kc_file_read(s.byok ? s.byok : s.pem, 1 << 16, &buf, &len, &err) != KC_OK)
+        return kc_cli_fail(cli, &err);
+    rc = open_key(cli, argv[first], 1, 0, &v, NULL, &ref);
+    if (rc == 0) {
+        s.o.name = ref.name;
+        rc = s.byok ? kc_key_import_byok(v, &s.o, buf, len, &k, &err)
+                    : kc_key_import_pem(v, &s.o, buf, len, &k, &err);
+        if (rc != KC_OK)
+            rc = kc_cli_fail(cli, &err);
+    }
+    OPENSSL_cleanse(buf, len); /* a PEM file holds the key in clear */
+    free(buf);
+    if (rc == KC_OK) {
+        fprintf(cli->out, "imported key '%s/%s'\n", k->vault, k->name);
+        print_version(cli->out, v, k, &k->versions[k->current]);
+        if (s.pem != NULL)
+            fprintf(cli->err,
+                    "warning: key '%s/%s' existed outside an HSM before this import "
+                    "(CKA_LOCAL=false); delete '%s' safely, and prefer BYOK (--byok)\n",
+                    k->vault, k->name, s.pem);
+    }
+    kc_key_free(k);
+    kc_vault_free(v);
+    return rc;
+}
+
 const kc_cmd kc_cmds_key[] = {
     {"key", "create", cmd_create,
      "VAULT/KEY --size 2048|3072|4096 [--protection hsm|software]\n"
@@ -1063,6 +1153,19 @@ const kc_cmd kc_cmds_key[] = {
      "truncated, altered or foreign file is exit 8 and nothing is written; a restore\n"
      "that fails part-way is rolled back. Version ids and metadata come back as they\n"
      "were; restored private keys are CKA_LOCAL=false, as every unwrapped key.\n",
+     0},
+    {"key", "import", cmd_import, "VAULT/KEY (--byok FILE [--kek KEK] | --pem FILE) [--ops LIST]",
+     "import an RSA key: Key Vault's BYOK flow, or a plain PEM key",
+     "--byok: the key travels wrapped for a key-exchange key (KEK) of this vault, made\n"
+     "with 'key create VAULT/KEK --size 4096 --ops import': an AES-256 transfer key\n"
+     "under RSA-OAEP (SHA-1) with the KEK's public key, then the PKCS#8 key under AES\n"
+     "key wrap with padding (CKM_RSA_AES_KEY_WRAP). FILE is Key Vault's .byok JSON\n"
+     "(its header.kid names the KEK) or the raw bytes (then --kek names it). The\n"
+     "README shows the openssl commands that make one. The key is unwrapped on the\n"
+     "token in two steps; it is never in clear outside the HSM.\n"
+     "--pem: an unencrypted PEM RSA private key, imported as is and marked as having\n"
+     "existed outside an HSM (CKA_LOCAL=false). Prefer --byok.\n"
+     "  --ops LIST   the new key's operations (default wrapKey,unwrapKey)\n",
      0},
     {"key", "list", cmd_list, "VAULT [--json]", "list a vault's keys",
      "Logs in to the vault to see its private keys.\n", 1},

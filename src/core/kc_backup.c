@@ -376,9 +376,7 @@ static kc_rc restore_version(kc_vault *v, const kc_domain_keys *dk, const char *
 
     if (kc_key_ops_parse(b->ops, &ops, &ignored) != KC_OK)
         return kc_error_set(err, KC_INTEGRITY, "version %s has unknown ops", b->version);
-    token_ops = b->enabled
-                    ? ((ops & ~(unsigned)KC_OP_IMPORT) | (ops & KC_OP_IMPORT ? KC_OP_UNWRAP : 0))
-                    : 0;
+    token_ops = b->enabled ? kc_key_ops_on_token(ops) : 0;
     (void)kc_hex_decode(b->version, id, sizeof(id), &id_len);
     memset(&spec, 0, sizeof(spec));
     spec.label = name;
@@ -433,6 +431,7 @@ static void record_restored(kc_vault *v, const bk_doc *d)
         json_object_set_new(ver, "created", json_string(d->v[i].created));
         json_object_set_new(ver, "enabled", json_boolean(d->v[i].enabled));
         json_object_set_new(ver, "ops", json_string(d->v[i].ops));
+        json_object_set_new(ver, "origin", json_string("restored"));
     }
 }
 

@@ -19,6 +19,7 @@ static const struct {
 } op_names[] = {
     {"encrypt", KC_OP_ENCRYPT}, {"decrypt", KC_OP_DECRYPT}, {"sign", KC_OP_SIGN},
     {"verify", KC_OP_VERIFY},   {"wrapKey", KC_OP_WRAP},    {"unwrapKey", KC_OP_UNWRAP},
+    {"import", KC_OP_IMPORT},
 };
 #define N_OPS (sizeof(op_names) / sizeof(op_names[0]))
 
@@ -215,16 +216,16 @@ static void pick_current(kc_key *k)
             k->current = i;
 }
 
+unsigned kc_key_ops_on_token(unsigned ops)
+{
+    return (ops & ~(unsigned)KC_OP_IMPORT) | (ops & KC_OP_IMPORT ? KC_OP_UNWRAP : 0);
+}
+
 unsigned kc_key_token_ops(const kc_key *k, const kc_key_version *ver)
 {
-    unsigned ops = ver->ops & ~(unsigned)KC_OP_IMPORT;
-
     if (!ver->enabled || k->deleted)
         return 0;
-    /* A key-exchange key unwraps the transfer key of an import. */
-    if (ver->ops & KC_OP_IMPORT)
-        ops |= KC_OP_UNWRAP;
-    return ops;
+    return kc_key_ops_on_token(ver->ops);
 }
 
 /* Oldest first: by the order recorded in the key state, then by date. */
@@ -291,6 +292,7 @@ static void apply_state(kc_vault *v, kc_key *k)
         copy_field(ver->created_at, sizeof(ver->created_at), kc_keystate_str(vs, "created", ""));
         ver->enabled = kc_keystate_bool(vs, "enabled", 1);
         ver->seq = (unsigned long)json_integer_value(json_object_get(vs, "seq"));
+        copy_field(ver->origin, sizeof(ver->origin), kc_keystate_str(vs, "origin", ""));
         ops = kc_keystate_str(vs, "ops", NULL);
         if (ops != NULL && kc_key_ops_parse(ops, &ver->ops, &ignored) != KC_OK)
             ver->ops = ver->token_ops;
@@ -499,8 +501,40 @@ kc_rc kc_key_select(const kc_key *k, const unsigned char *id, size_t id_len,
 
 /* --- create --- */
 
+kc_rc kc_key_check_free_name(kc_vault *v, const char *name, kc_error *err)
+{
+    kc_key_obj *objs = NULL;
+    size_t nobjs = 0;
+    json_t *rec;
+    kc_rc r;
+
+    r = kc_ctx_login(v->ctx, v->tok, err);
+    if (r == KC_OK)
+        r = kc_tok_find_keys(v->tok, name, NULL, 0, &objs, &nobjs, err);
+    free(objs);
+    if (r == KC_OK)
+        r = kc_keystate_load(v, err);
+    if (r != KC_OK)
+        return r;
+    rec = kc_keystate_key(v, name, 0);
+    if (nobjs == 0 && rec == NULL)
+        return KC_OK;
+    if (json_is_object(json_object_get(rec, "deleted"))) {
+        kc_error_set(err, KC_CONFLICT, "a deleted key keeps its name until it is purged");
+        kc_error_hint(err,
+                      "recover it with 'keycustody key recover %s/%s', or purge it with "
+                      "'keycustody key purge %s/%s'",
+                      v->meta.name, name, v->meta.name, name);
+    } else {
+        kc_error_set(err, KC_CONFLICT, "a key with this name already exists");
+        kc_error_hint(err, "choose another name; see the key with 'keycustody key show %s/%s'",
+                      v->meta.name, name);
+    }
+    return KC_CONFLICT;
+}
+
 kc_rc kc_key_record_version(kc_vault *v, const char *name, const unsigned char *id, size_t id_len,
-                            unsigned ops, int make_current, kc_error *err)
+                            unsigned ops, const char *origin, int make_current, kc_error *err)
 {
     char hex[129], opstr[128], now_s[21];
     json_t *k, *ver;
@@ -521,6 +555,7 @@ kc_rc kc_key_record_version(kc_vault *v, const char *name, const unsigned char *
     json_object_set_new(ver, "created", json_string(now_s));
     json_object_set_new(ver, "enabled", json_true());
     json_object_set_new(ver, "ops", json_string(opstr));
+    json_object_set_new(ver, "origin", json_string(origin));
     if (make_current)
         json_object_set_new(k, "current", json_string(hex));
     return kc_keystate_save(v, err);
@@ -530,10 +565,8 @@ kc_rc kc_key_create(kc_vault *v, const kc_key_create_opts *o, kc_key **out, kc_e
 {
     unsigned char id[KC_VERSION_BYTES];
     char today[9], expires[9];
-    kc_key_obj *objs = NULL;
     kc_rsa_spec spec;
     kc_obj pub, priv;
-    size_t nobjs = 0;
     kc_rc r;
 
     *out = NULL;
@@ -560,28 +593,9 @@ kc_rc kc_key_create(kc_vault *v, const kc_key_create_opts *o, kc_key **out, kc_e
     r = kc_ctx_login(v->ctx, v->tok, err);
     if (r != KC_OK)
         goto fail;
-    r = kc_tok_find_keys(v->tok, o->name, NULL, 0, &objs, &nobjs, err);
+    r = kc_key_check_free_name(v, o->name, err);
     if (r != KC_OK)
         goto fail;
-    free(objs);
-    r = kc_keystate_load(v, err);
-    if (r != KC_OK)
-        goto fail;
-    if (nobjs > 0 || kc_keystate_key(v, o->name, 0) != NULL) {
-        r = KC_CONFLICT;
-        if (json_is_object(json_object_get(kc_keystate_key(v, o->name, 0), "deleted"))) {
-            kc_error_set(err, KC_CONFLICT, "a deleted key keeps its name until it is purged");
-            kc_error_hint(err,
-                          "recover it with 'keycustody key recover %s/%s', or purge it with "
-                          "'keycustody key purge %s/%s'",
-                          v->meta.name, o->name, v->meta.name, o->name);
-        } else {
-            kc_error_set(err, KC_CONFLICT, "a key with this name already exists");
-            kc_error_hint(err, "choose another name; see the key with 'keycustody key show %s/%s'",
-                          v->meta.name, o->name);
-        }
-        goto fail;
-    }
     r = kc_tok_random(v->tok, id, sizeof(id), err);
     if (r != KC_OK)
         goto fail;
@@ -590,7 +604,7 @@ kc_rc kc_key_create(kc_vault *v, const kc_key_create_opts *o, kc_key **out, kc_e
     spec.id = id;
     spec.id_len = sizeof(id);
     spec.bits = o->bits;
-    spec.ops = o->ops;
+    spec.ops = kc_key_ops_on_token(o->ops);
     spec.sensitive = o->protection == KC_PROT_HSM;
     spec.wrap_with_trusted = o->protection == KC_PROT_HSM;
     spec.start_date = today;
@@ -598,7 +612,7 @@ kc_rc kc_key_create(kc_vault *v, const kc_key_create_opts *o, kc_key **out, kc_e
     r = kc_tok_generate_rsa(v->tok, &spec, &pub, &priv, err);
     if (r != KC_OK)
         goto fail;
-    r = kc_key_record_version(v, o->name, id, sizeof(id), o->ops, 1, err);
+    r = kc_key_record_version(v, o->name, id, sizeof(id), o->ops, "generated", 1, err);
     if (r != KC_OK)
         goto fail;
     r = kc_key_get(v, o->name, 1, out, err);

@@ -28,6 +28,7 @@ typedef struct kc_key_version {
     unsigned ops;       /* KC_OP_* the version is meant to allow (Key Vault's key_ops) */
     unsigned token_ops; /* KC_OP_* the token's attributes allow now */
     int enabled;
+    char origin[16];   /* "generated", "byok", "pem" or "restored"; "" when unknown */
     unsigned long seq; /* order of creation within the key (key state), 0 when unknown */
     kc_protection protection;
     char created[11];    /* YYYY-MM-DD, "" when unknown */
@@ -57,6 +58,10 @@ typedef struct kc_key {
     kc_tag tags[KC_KEY_TAGS_MAX];
     size_t ntags;
 } kc_key;
+
+/* The token attributes that ops need: the same, except that a key-exchange
+ * key (import) has CKA_UNWRAP for the transfer key of a BYOK import. */
+KC_EXPORT unsigned kc_key_ops_on_token(unsigned ops);
 
 /* The token attributes a version's ops and state call for. */
 KC_EXPORT unsigned kc_key_token_ops(const kc_key *k, const kc_key_version *ver);
@@ -122,8 +127,12 @@ KC_EXPORT kc_rc kc_key_wrap(kc_vault *v, const kc_key *k, const kc_key_version *
 /* Records a new version in the key state (created now, enabled, ops) and
  * saves it; make_current makes it the current version. */
 KC_EXPORT kc_rc kc_key_record_version(kc_vault *v, const char *name, const unsigned char *id,
-                                      size_t id_len, unsigned ops, int make_current,
-                                      kc_error *err) KC_MUST_CHECK;
+                                      size_t id_len, unsigned ops, const char *origin,
+                                      int make_current, kc_error *err) KC_MUST_CHECK;
+
+/* KC_CONFLICT when the vault has a key (active or deleted) of this name
+ * (logs in and loads the key state). */
+KC_EXPORT kc_rc kc_key_check_free_name(kc_vault *v, const char *name, kc_error *err) KC_MUST_CHECK;
 
 /* KC_NOT_FOUND, with the hint to recover, when the key is soft-deleted. */
 KC_EXPORT kc_rc kc_key_check_active(const kc_key *k, kc_error *err) KC_MUST_CHECK;
@@ -162,6 +171,29 @@ KC_EXPORT kc_rc kc_key_purge(kc_vault *v, const char *name, kc_error *err) KC_MU
 /* The deleted keys of a vault. */
 KC_EXPORT kc_rc kc_key_list_deleted(kc_vault *v, kc_key **out, size_t *n,
                                     kc_error *err) KC_MUST_CHECK;
+
+/* --- import (kc_import.c) --- */
+
+typedef struct kc_import_opts {
+    const char *name; /* the new key */
+    unsigned ops;     /* its ops (0: wrapKey,unwrapKey) */
+    const char *kek;  /* BYOK: the key-exchange key's name, when the file does not say */
+} kc_import_opts;
+
+/* Key Vault's BYOK flow. buf is the transfer blob: Key Vault's .byok JSON
+ * ({"header": {"kid": KEK}, "ciphertext": base64url}) or the raw bytes: an
+ * AES-256 key under RSA-OAEP (SHA-1) with the KEK's public key, then the
+ * PKCS#8 key under AES key wrap with padding. SoftHSM 2.6.1 has no
+ * CKM_RSA_AES_KEY_WRAP, so this runs in two token steps through a session
+ * AES key that is destroyed after. The KEK must have the import op. */
+KC_EXPORT kc_rc kc_key_import_byok(kc_vault *v, const kc_import_opts *o, const unsigned char *buf,
+                                   size_t len, kc_key **out, kc_error *err) KC_MUST_CHECK;
+
+/* Plain import of an RSA private key in PEM (PKCS#8 or PKCS#1, unencrypted).
+ * The key existed outside an HSM; the token marks it CKA_LOCAL=false and
+ * keycustody records its origin. */
+KC_EXPORT kc_rc kc_key_import_pem(kc_vault *v, const kc_import_opts *o, const unsigned char *pem,
+                                  size_t len, kc_key **out, kc_error *err) KC_MUST_CHECK;
 
 /* RSA-OAEP unwrap under the version's private key (logs in). */
 KC_EXPORT kc_rc kc_key_unwrap(kc_vault *v, const kc_key *k, const kc_key_version *ver, kc_oaep alg,

@@ -90,16 +90,14 @@ kc_rc kc_key_rotate(kc_vault *v, const char *name, kc_key **out, kc_error *err)
     spec.id = id;
     spec.id_len = sizeof(id);
     spec.bits = cur->bits;
-    spec.ops = cur->ops & ~(unsigned)KC_OP_IMPORT;
-    if (cur->ops & KC_OP_IMPORT)
-        spec.ops |= KC_OP_UNWRAP;
+    spec.ops = kc_key_ops_on_token(cur->ops);
     spec.sensitive = cur->protection == KC_PROT_HSM;
     spec.wrap_with_trusted = cur->protection == KC_PROT_HSM;
     spec.start_date = today;
     spec.end_date = expires[0] ? expires : NULL;
     r = kc_tok_generate_rsa(v->tok, &spec, &pub, &priv, err);
     if (r == KC_OK)
-        r = kc_key_record_version(v, k->name, id, sizeof(id), cur->ops, 1, err);
+        r = kc_key_record_version(v, k->name, id, sizeof(id), cur->ops, "generated", 1, err);
     if (r == KC_OK)
         r = reload(v, &k, err);
 done:
