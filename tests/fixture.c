@@ -107,6 +107,21 @@ static char *slurp(FILE *f)
     return s;
 }
 
+static void no_secret_in(const char *text)
+{
+    static const char *vars[] = {"TEST_PIN", "TEST_SO_PIN"};
+    const char *pin;
+    size_t i;
+
+    for (i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
+        pin = getenv(vars[i]);
+        if (pin != NULL && *pin != '\0' && strstr(text, pin) != NULL) {
+            fprintf(stderr, "\n  %s appears in a command's output:\n%s\n", vars[i], text);
+            CU_FAIL("a PIN appears in a command's output");
+        }
+    }
+}
+
 const kc_test_out *kc_test_run(const char *first, ...)
 {
     char *argv[64];
@@ -128,6 +143,9 @@ const kc_test_out *kc_test_run(const char *first, ...)
     last.err = slurp(err);
     fclose(out);
     fclose(err);
+    /* No command may ever print a PIN, whatever else a test checks. */
+    no_secret_in(last.out);
+    no_secret_in(last.err);
     return &last;
 }
 

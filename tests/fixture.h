@@ -44,12 +44,14 @@ unsigned char *kc_test_read(const char *path, size_t *len);
 /* Whether haystack contains needle; prints both when it does not. */
 int kc_test_contains(const char *haystack, const char *needle);
 
+/* Evaluates res once: it is often the command itself. */
 #define ASSERT_RC(res, want)                                                                       \
     do {                                                                                           \
-        if ((res)->rc != (want))                                                                   \
-            fprintf(stderr, "\n  rc=%d, want %d\n  stdout: %s\n  stderr: %s\n", (res)->rc, (want), \
-                    (res)->out, (res)->err);                                                       \
-        CU_ASSERT_EQUAL_FATAL((res)->rc, (want));                                                  \
+        const kc_test_out *res_ = (res);                                                           \
+        if (res_->rc != (want))                                                                    \
+            fprintf(stderr, "\n  rc=%d, want %d\n  stdout: %s\n  stderr: %s\n", res_->rc, (want),  \
+                    res_->out, res_->err);                                                         \
+        CU_ASSERT_EQUAL_FATAL(res_->rc, (want));                                                   \
     } while (0)
 
 #define ASSERT_HAS(text, needle) CU_ASSERT_TRUE(kc_test_contains((text), (needle)))

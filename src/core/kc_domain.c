@@ -90,6 +90,21 @@ static kc_rc load_public(const char *path, EVP_PKEY **out, kc_error *err)
         if (cert != NULL)
             *out = X509_get_pubkey(cert);
     }
+    if (*out == NULL) {
+        EVP_PKEY *priv;
+        (void)BIO_reset(bio);
+        priv = PEM_read_bio_PrivateKey(bio, NULL, NULL, (void *)"");
+        if (priv != NULL) {
+            EVP_PKEY_free(priv);
+            X509_free(cert);
+            BIO_free(bio);
+            OPENSSL_cleanse(buf, len);
+            free(buf);
+            kc_error_set(err, KC_USAGE, "custodian key '%s' holds a private key", path);
+            kc_error_hint(err, "give the custodian's public key: openssl pkey -in KEY -pubout");
+            return KC_USAGE;
+        }
+    }
     X509_free(cert);
     BIO_free(bio);
     free(buf);
@@ -433,6 +448,16 @@ done:
     json_decref(doc);
     if (r != KC_OK)
         file_release(f);
+    return r;
+}
+
+kc_rc kc_domain_check_file(const unsigned char *buf, size_t len, kc_error *err)
+{
+    struct parsed_file f;
+    kc_rc r = parse_file(buf, len, &f, err);
+
+    if (r == KC_OK)
+        file_release(&f);
     return r;
 }
 

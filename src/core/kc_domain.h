@@ -57,6 +57,11 @@ KC_EXPORT kc_rc kc_domain_join(kc_ctx *ctx, const char *sub, const char *vault,
                                const unsigned char *file, size_t file_len, const kc_share_key *keys,
                                size_t nkeys, kc_error *err) KC_MUST_CHECK;
 
+/* The token-free check of a security-domain file (for the fuzzer and tests):
+ * every field checked for type, range and size. */
+KC_EXPORT kc_rc kc_domain_check_file(const unsigned char *buf, size_t len,
+                                     kc_error *err) KC_MUST_CHECK;
+
 /* The domain objects of a vault, for backup and restore: found by the
  * vault's recorded domain id. KC_NOT_FOUND (exit 4) when the vault holds
  * none; wrap is the public trusted key, unwrap and mac need the login. */
