@@ -102,6 +102,12 @@ FAULT_FN(C_UnwrapKey,
           CK_ATTRIBUTE_PTR f, CK_ULONG g, CK_OBJECT_HANDLE_PTR h),
          (a, b, c, d, e, f, g, h))
 FAULT_FN(C_GenerateRandom, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c), (a, b, c))
+FAULT_FN(C_SetAttributeValue,
+         (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b, CK_ATTRIBUTE_PTR c, CK_ULONG d), (a, b, c, d))
+FAULT_FN(C_Sign, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e),
+         (a, b, c, d, e))
+FAULT_FN(C_Verify, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG e),
+         (a, b, c, d, e))
 
 #define FAULT_ENTRY(name)                                                                          \
     {                                                                                              \
@@ -112,11 +118,24 @@ static const struct {
     size_t offset;
     void (*fn)(void);
 } fault_table[] = {
-    FAULT_ENTRY(C_GetSlotList),     FAULT_ENTRY(C_GetTokenInfo),  FAULT_ENTRY(C_InitToken),
-    FAULT_ENTRY(C_InitPIN),         FAULT_ENTRY(C_OpenSession),   FAULT_ENTRY(C_Login),
-    FAULT_ENTRY(C_CreateObject),    FAULT_ENTRY(C_DestroyObject), FAULT_ENTRY(C_GetAttributeValue),
-    FAULT_ENTRY(C_FindObjectsInit), FAULT_ENTRY(C_FindObjects),   FAULT_ENTRY(C_GenerateKeyPair),
-    FAULT_ENTRY(C_WrapKey),         FAULT_ENTRY(C_UnwrapKey),     FAULT_ENTRY(C_GenerateRandom),
+    FAULT_ENTRY(C_GetSlotList),
+    FAULT_ENTRY(C_GetTokenInfo),
+    FAULT_ENTRY(C_InitToken),
+    FAULT_ENTRY(C_InitPIN),
+    FAULT_ENTRY(C_OpenSession),
+    FAULT_ENTRY(C_Login),
+    FAULT_ENTRY(C_CreateObject),
+    FAULT_ENTRY(C_DestroyObject),
+    FAULT_ENTRY(C_GetAttributeValue),
+    FAULT_ENTRY(C_FindObjectsInit),
+    FAULT_ENTRY(C_FindObjects),
+    FAULT_ENTRY(C_GenerateKeyPair),
+    FAULT_ENTRY(C_WrapKey),
+    FAULT_ENTRY(C_UnwrapKey),
+    FAULT_ENTRY(C_GenerateRandom),
+    FAULT_ENTRY(C_SetAttributeValue),
+    FAULT_ENTRY(C_Sign),
+    FAULT_ENTRY(C_Verify),
 };
 
 static int fault_known(const char *func)

@@ -943,7 +943,35 @@ static void test_fault_more_calls(void)
     ASSERT_HAS(r->err, "No such file or directory");
 }
 
+/* A token that will not change a usage attribute: keycustody records the
+ * change, enforces it itself, and key show says so. */
+static void test_fault_token_refuses_attribute(void)
+{
+    const kc_test_out *r;
+    char dek[1100], w[1100], o[1100];
+
+    kc_test_vault("VaultA1", "s", "westus");
+    kc_test_key("VaultA1/Key001", NULL);
+    secret_file("dek", 32);
+    snprintf(dek, sizeof(dek), "%s", kc_test_path("dek"));
+    snprintf(w, sizeof(w), "%s", kc_test_path("w"));
+    snprintf(o, sizeof(o), "%s", kc_test_path("o"));
+    ASSERT_RC(kc_test_run("key", "wrap", "VaultA1/Key001", "--in", dek, "--out", w, NULL), 0);
+    /* the public key's change goes through, the private key's is refused */
+    arm("C_SetAttributeValue", "CKR_ATTRIBUTE_READ_ONLY", 2, 0);
+    r = kc_test_run("key", "update", "VaultA1/Key001", "--enabled", "false", PIN, NULL);
+    kc_p11_fault_disarm();
+    ASSERT_RC(r, 0);
+    r = kc_test_run("key", "show", "VaultA1/Key001", PIN, NULL);
+    ASSERT_HAS(r->out, "enabled:      no");
+    ASSERT_HAS(r->out, "enforcement:  the token allows unwrapKey; keycustody refuses");
+    r = kc_test_run("key", "unwrap", "VaultA1/Key001", "--in", w, "--out", o, PIN, NULL);
+    ASSERT_RC(r, 6);
+    ASSERT_HAS(r->err, "is disabled");
+}
+
 static const kc_test_case fault_cases[] = {
+    {"a token that refuses an attribute change", test_fault_token_refuses_attribute},
     {"C_GenerateRandom, C_OpenSession, C_WrapKey, C_UnwrapKey", test_fault_more_calls},
     {"C_GenerateKeyPair", test_fault_generate},
     {"C_Login", test_fault_login},

@@ -481,7 +481,34 @@ static void test_every_byte_flip_is_detected(void)
     free(buf);
 }
 
+/* The MAC is made on the token; when that fails no file is written. */
+static void test_backup_mac_failure(void)
+{
+    const kc_test_out *r;
+    kc_error e;
+
+    custodians();
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    ASSERT_RC(domain_init("contoso-a", "VaultA1", path(3, "a.domain")), 0);
+    kc_test_key("VaultA1/Key001", NULL);
+    CU_ASSERT_EQUAL_FATAL(kc_p11_fault_arm("C_Sign", "CKR_DEVICE_ERROR", 1, 0, &e), KC_OK);
+    r = kc_test_run("key", "backup", "VaultA1/Key001", "--out", path(4, "k.backup"), PIN, NULL);
+    kc_p11_fault_disarm();
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "cannot compute the HMAC on the token: C_Sign:");
+    CU_ASSERT_NOT_EQUAL(access(path(4, "k.backup"), F_OK), 0);
+    ASSERT_RC(
+        kc_test_run("key", "backup", "VaultA1/Key001", "--out", path(4, "k.backup"), PIN, NULL), 0);
+    CU_ASSERT_EQUAL_FATAL(kc_p11_fault_arm("C_Verify", "CKR_DEVICE_ERROR", 1, 0, &e), KC_OK);
+    ASSERT_RC(kc_test_run("key", "delete", "VaultA1/Key001", PIN, NULL), 0);
+    r = kc_test_run("key", "restore", "VaultA1", "--in", path(4, "k.backup"), PIN, NULL);
+    kc_p11_fault_disarm();
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "cannot verify the HMAC on the token: C_Verify:");
+}
+
 static const kc_test_case backup_cases[] = {
+    {"a MAC failure on the token", test_backup_mac_failure},
     {"backup, purge, restore, unwrap old data", test_backup_purge_restore},
     {"restore into a joined vault", test_restore_into_joined_vault},
     {"restore into another subscription", test_restore_foreign_subscription},

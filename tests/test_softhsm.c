@@ -208,7 +208,60 @@ static void fact_no_lockout(void)
     raw_close();
 }
 
+/* kc_domain.c makes the domain wrap key as the SO: users cannot mark keys
+ * trusted, and an HSM key (CKA_WRAP_WITH_TRUSTED) wraps only under a
+ * trusted key. The backup domain's protection rests on both. */
+static void fact_trusted_wrapping(void)
+{
+    const char *so = getenv("TEST_SO_PIN"), *pin = getenv("TEST_PIN");
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    unsigned char value[32] = {7}, blob[4096];
+    CK_ULONG bits = 2048, len;
+    CK_MECHANISM gen = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0}, kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    CK_ATTRIBUTE pt[] = {{CKA_TOKEN, &T, 1}, {CKA_MODULUS_BITS, &bits, sizeof(bits)}};
+    CK_ATTRIBUTE vt[] = {{CKA_TOKEN, &T, 1},
+                         {CKA_PRIVATE, &T, 1},
+                         {CKA_SENSITIVE, &T, 1},
+                         {CKA_EXTRACTABLE, &T, 1},
+                         {CKA_WRAP_WITH_TRUSTED, &T, 1}};
+    CK_ATTRIBUTE kek[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                          {CKA_KEY_TYPE, &kt, sizeof(kt)},
+                          {CKA_TOKEN, &T, 1},
+                          {CKA_PRIVATE, &FA, 1},
+                          {CKA_WRAP, &T, 1},
+                          {CKA_VALUE, value, sizeof(value)},
+                          {CKA_TRUSTED, &T, 1}};
+    CK_OBJECT_HANDLE pub, priv, untrusted, trusted;
+
+    raw_open();
+    CU_ASSERT_EQUAL_FATAL(F->C_GenerateKeyPair(S, &gen, pt, 2, vt, 5, &pub, &priv), CKR_OK);
+    CU_ASSERT_EQUAL(F->C_CreateObject(S, kek, 7, &trusted), CKR_ATTRIBUTE_READ_ONLY);
+    CU_ASSERT_EQUAL_FATAL(F->C_CreateObject(S, kek, 6, &untrusted), CKR_OK);
+    len = sizeof(blob);
+    CU_ASSERT_EQUAL(F->C_WrapKey(S, &kwp, untrusted, priv, blob, &len), CKR_KEY_NOT_WRAPPABLE);
+    F->C_Logout(S);
+    CU_ASSERT_EQUAL_FATAL(F->C_Login(S, CKU_SO, (CK_UTF8CHAR *)so, strlen(so)), CKR_OK);
+    CU_ASSERT_EQUAL_FATAL(F->C_CreateObject(S, kek, 7, &trusted), CKR_OK);
+    F->C_Logout(S);
+    CU_ASSERT_EQUAL_FATAL(F->C_Login(S, CKU_USER, (CK_UTF8CHAR *)pin, strlen(pin)), CKR_OK);
+    /* handles of private objects go stale across a logout: find it again */
+    {
+        CK_OBJECT_CLASS pc = CKO_PRIVATE_KEY;
+        CK_ATTRIBUTE f[] = {{CKA_CLASS, &pc, sizeof(pc)}};
+        CK_ULONG n = 0;
+        F->C_FindObjectsInit(S, f, 1);
+        F->C_FindObjects(S, &priv, 1, &n);
+        F->C_FindObjectsFinal(S);
+        CU_ASSERT_EQUAL_FATAL(n, 1);
+    }
+    len = sizeof(blob);
+    CU_ASSERT_EQUAL(F->C_WrapKey(S, &kwp, trusted, priv, blob, &len), CKR_OK);
+    raw_close();
+}
+
 static const kc_test_case fact_cases[] = {
+    {"trusted wrapping", fact_trusted_wrapping},
     {"OAEP SHA-256 refused", fact_oaep_sha256_refused},
     {"private dates unreadable", fact_private_dates_unreadable},
     {"unwrap CKA_VALUE_LEN refused", fact_unwrap_value_len_refused},
