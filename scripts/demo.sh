@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The main job, on private SoftHSM tokens under ./var/demo (never the system
 # token directory): two vaults in two subscriptions and non-paired regions, an
-# RSA root key in each, the public key exported, and a secret wrapped and
-# unwrapped, checked against OpenSSL. Starts from scratch on every run.
+# RSA root key in each, the public key exported, a secret wrapped and
+# unwrapped (checked against OpenSSL); then custody: a backup domain split
+# among three custodians, rotation, backup, soft delete, the vault lost and
+# rebuilt by a quorum, the key restored and old data unwrapped. Starts from
+# scratch on every run.
 set -euo pipefail
 K=$(realpath "${1:-build/keycustody}")
 cd "$(dirname "$0")/.."
@@ -72,5 +75,60 @@ run key unwrap VaultA1/Key001 --in "$root/out/dek.openssl" --alg RSA-OAEP \
   --out "$root/out/dek.from-openssl" $(pins VaultA1)
 cmp "$root/out/dek.bin" "$root/out/dek.from-openssl"
 echo "OpenSSL and the token agree"
+
+step "custody: three custodians hold a 2-of-3 split of subscription contoso-a's backup domain"
+mkdir -p "$root/custodians"
+for c in alice bob carol; do
+  openssl genpkey -quiet -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$root/custodians/$c-key.pem"
+  openssl pkey -in "$root/custodians/$c-key.pem" -pubout -out "$root/custodians/$c.pem"
+done
+run subscription init contoso-a --vault VaultA1 --quorum 2 --out "$root/out/contoso-a.domain" \
+  --custodian "$root/custodians/alice.pem" --custodian "$root/custodians/bob.pem" \
+  --custodian "$root/custodians/carol.pem" \
+  --so-pin-source "VaultA1=file:$root/pins/VaultA1.so.pin" $(pins VaultA1)
+
+step "rotate the key; data wrapped under the old version still unwraps"
+run key rotate VaultA1/Key001 $(pins VaultA1)
+run key wrap VaultA1/Key001 --in "$root/out/dek.bin" --out "$root/out/dek.wrapped-v2"
+run key show VaultA1/Key001 --versions $(pins VaultA1)
+
+step "back up the key: every version, wrapped on the token, MAC made on the token"
+run key backup VaultA1/Key001 --out "$root/out/Key001.backup" $(pins VaultA1)
+
+step "soft delete: unusable, name reserved; purge protection refuses an early purge (exit 6)"
+run key delete VaultA1/Key001 $(pins VaultA1)
+set +e
+run key purge VaultA1/Key001 $(pins VaultA1)
+echo "exit code: $?"
+set -e
+run key recover VaultA1/Key001 $(pins VaultA1)
+
+step "lose VaultA1 entirely: its token directory is deleted from disk"
+for d in "$root"/tokens/*/; do
+  if grep -q VaultA1 "$d/token.object" 2>/dev/null; then rm -rf "$d"; fi
+done
+run vault list
+
+step "a new vault in the same subscription joins the domain with 2 of the 3 custodians"
+openssl rand -hex 16 >"$root/pins/VaultA3.pin"
+openssl rand -hex 16 >"$root/pins/VaultA3.so.pin"
+run vault init VaultA3 --subscription contoso-a --region westus --purge-protection \
+  --so-pin-source "file:$root/pins/VaultA3.so.pin" $(pins VaultA3)
+run subscription join contoso-a --vault VaultA3 --domain "$root/out/contoso-a.domain" \
+  --share-key "$root/custodians/bob-key.pem" --share-key "$root/custodians/carol-key.pem" \
+  --so-pin-source "VaultA3=file:$root/pins/VaultA3.so.pin" $(pins VaultA3)
+
+step "restore the key there, and unwrap data made under both versions"
+run key restore VaultA3 --in "$root/out/Key001.backup" $(pins VaultA3)
+run key unwrap VaultA3/Key001 --in "$root/out/dek.wrapped" --out "$root/out/dek.v1" $(pins VaultA3)
+run key unwrap VaultA3/Key001 --in "$root/out/dek.wrapped-v2" --out "$root/out/dek.v2" $(pins VaultA3)
+cmp "$root/out/dek.bin" "$root/out/dek.v1" && cmp "$root/out/dek.bin" "$root/out/dek.v2"
+echo "both versions of the restored key give back the original data key"
+
+step "a backup restores only in its own subscription: VaultA2 (contoso-b) refuses it (exit 8)"
+set +e
+run key restore VaultA2 --in "$root/out/Key001.backup" $(pins VaultA2)
+echo "exit code: $?"
+set -e
 
 step "done: tokens, PINs and outputs are under $root"
