@@ -353,6 +353,8 @@ static kc_vault_meta sample(void)
     m.sku = KC_SKU_STANDARD;
     m.retention_days = 30;
     m.purge_protection = 1;
+    m.retention_registered = 1;
+    strcpy(m.domain, "0123456789abcdef0123456789abcdef");
     strcpy(m.created, "2026-01-01T00:00:00Z");
     strcpy(m.updated, "2026-01-02T00:00:00Z");
     return m;

@@ -261,14 +261,49 @@ static int cmd_create(kc_cli *cli, int argc, char **argv)
 
 /* --- key list --- */
 
-static int cmd_list(kc_cli *cli, int argc, char **argv)
+static void print_active(FILE *f, const kc_vault *v, const kc_key *keys, size_t n)
+{
+    char ops[128];
+    size_t i;
+
+    if (n == 0) {
+        fprintf(f, "vault '%s' has no keys\n", v->meta.name);
+        return;
+    }
+    fprintf(f, "%-24s %-8s %-5s %-10s %-20s %-10s %s\n", "KEY", "VERSIONS", "SIZE", "PROTECTION",
+            "OPS", "EXPIRES", "CURRENT VERSION");
+    for (i = 0; i < n; i++) {
+        const kc_key_version *cur = &keys[i].versions[keys[i].current];
+        kc_key_ops_format(cur->ops, ops, sizeof(ops));
+        fprintf(f, "%-24s %-8zu %-5u %-10s %-20s %-10s %s\n", keys[i].name, keys[i].nversions,
+                cur->bits, protection_name(cur->protection), ops,
+                cur->expires[0] ? cur->expires : "never", cur->version);
+    }
+}
+
+static void print_deleted(FILE *f, const kc_vault *v, const kc_key *keys, size_t n)
+{
+    size_t i;
+
+    if (n == 0) {
+        fprintf(f, "vault '%s' has no deleted keys\n", v->meta.name);
+        return;
+    }
+    fprintf(f, "%-24s %-8s %-21s %-21s %s\n", "KEY", "VERSIONS", "DELETED", "SCHEDULED PURGE",
+            "RECOVERY LEVEL");
+    for (i = 0; i < n; i++)
+        fprintf(f, "%-24s %-8zu %-21s %-21s %s\n", keys[i].name, keys[i].nversions,
+                keys[i].deleted_at, keys[i].purge_after, kc_vault_recovery_level(&v->meta));
+}
+
+/* key list and key list-deleted: one vault, its active or its deleted keys. */
+static int list_keys(kc_cli *cli, int argc, char **argv, int deleted)
 {
     kc_ctx *ctx = NULL;
     kc_vault *v = NULL;
     kc_key *keys = NULL;
     kc_error err;
     json_t *arr;
-    char ops[128];
     size_t n = 0, i;
     int first, rc;
 
@@ -282,7 +317,8 @@ static int cmd_list(kc_cli *cli, int argc, char **argv)
     kc_error_clear(&err);
     if (kc_vault_open(ctx, argv[first], &v, &err) != KC_OK)
         return kc_cli_fail(cli, &err);
-    if (kc_key_list(v, &keys, &n, &err) != KC_OK) {
+    rc = deleted ? kc_key_list_deleted(v, &keys, &n, &err) : kc_key_list(v, &keys, &n, &err);
+    if (rc != KC_OK) {
         kc_vault_free(v);
         return kc_cli_fail(cli, &err);
     }
@@ -291,22 +327,24 @@ static int cmd_list(kc_cli *cli, int argc, char **argv)
         for (i = 0; i < n; i++)
             json_array_append_new(arr, key_json(v, &keys[i]));
         kc_cli_print_json(cli, arr);
-    } else if (n == 0) {
-        fprintf(cli->out, "vault '%s' has no keys\n", v->meta.name);
+    } else if (deleted) {
+        print_deleted(cli->out, v, keys, n);
     } else {
-        fprintf(cli->out, "%-24s %-8s %-5s %-10s %-20s %-10s %s\n", "KEY", "VERSIONS", "SIZE",
-                "PROTECTION", "OPS", "EXPIRES", "CURRENT VERSION");
-        for (i = 0; i < n; i++) {
-            const kc_key_version *cur = &keys[i].versions[keys[i].current];
-            kc_key_ops_format(cur->ops, ops, sizeof(ops));
-            fprintf(cli->out, "%-24s %-8zu %-5u %-10s %-20s %-10s %s\n", keys[i].name,
-                    keys[i].nversions, cur->bits, protection_name(cur->protection), ops,
-                    cur->expires[0] ? cur->expires : "never", cur->version);
-        }
+        print_active(cli->out, v, keys, n);
     }
     kc_key_list_free(keys, n);
     kc_vault_free(v);
     return KC_OK;
+}
+
+static int cmd_list(kc_cli *cli, int argc, char **argv)
+{
+    return list_keys(cli, argc, argv, 0);
+}
+
+static int cmd_list_deleted(kc_cli *cli, int argc, char **argv)
+{
+    return list_keys(cli, argc, argv, 1);
 }
 
 /* --- key show --- */
@@ -771,49 +809,6 @@ static int cmd_purge(kc_cli *cli, int argc, char **argv)
     }
     fprintf(cli->out, "purged key '%s/%s': every version destroyed on the token\n", v->meta.name,
             ref.name);
-    kc_vault_free(v);
-    return KC_OK;
-}
-
-static int cmd_list_deleted(kc_cli *cli, int argc, char **argv)
-{
-    kc_ctx *ctx = NULL;
-    kc_vault *v = NULL;
-    kc_key *keys = NULL;
-    kc_error err;
-    json_t *arr;
-    size_t n = 0, i;
-    int first, rc;
-
-    rc = kc_cli_parse(cli, argc, argv, NULL, NULL, NULL, &first);
-    if (rc != 0)
-        return rc;
-    if (argc - first != 1)
-        return kc_cli_usage(cli, "give exactly one vault");
-    if (kc_cli_ctx(cli, &ctx) != KC_OK)
-        return cli->error.code;
-    kc_error_clear(&err);
-    if (kc_vault_open(ctx, argv[first], &v, &err) != KC_OK)
-        return kc_cli_fail(cli, &err);
-    if (kc_key_list_deleted(v, &keys, &n, &err) != KC_OK) {
-        kc_vault_free(v);
-        return kc_cli_fail(cli, &err);
-    }
-    if (cli->json) {
-        arr = json_array();
-        for (i = 0; i < n; i++)
-            json_array_append_new(arr, key_json(v, &keys[i]));
-        kc_cli_print_json(cli, arr);
-    } else if (n == 0) {
-        fprintf(cli->out, "vault '%s' has no deleted keys\n", v->meta.name);
-    } else {
-        fprintf(cli->out, "%-24s %-8s %-21s %-21s %s\n", "KEY", "VERSIONS", "DELETED",
-                "SCHEDULED PURGE", "RECOVERY LEVEL");
-        for (i = 0; i < n; i++)
-            fprintf(cli->out, "%-24s %-8zu %-21s %-21s %s\n", keys[i].name, keys[i].nversions,
-                    keys[i].deleted_at, keys[i].purge_after, kc_vault_recovery_level(&v->meta));
-    }
-    kc_key_list_free(keys, n);
     kc_vault_free(v);
     return KC_OK;
 }

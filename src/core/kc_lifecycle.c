@@ -57,6 +57,22 @@ static kc_rc reload(kc_vault *v, kc_key **k, kc_error *err)
     return load(v, name, k, err);
 }
 
+/* Saves the key state, then brings the token's attributes in line with it
+ * and reloads *k. The record is written first: a crash before the token
+ * changes leaves a state the next update, delete or recover completes. */
+static kc_rc commit(kc_vault *v, kc_key **k, kc_error *err)
+{
+    kc_rc r = kc_keystate_save(v, err);
+
+    if (r == KC_OK)
+        r = reload(v, k, err);
+    if (r == KC_OK)
+        r = apply_all(v, *k, err);
+    if (r == KC_OK)
+        r = reload(v, k, err);
+    return r;
+}
+
 kc_rc kc_key_rotate(kc_vault *v, const char *name, kc_key **out, kc_error *err)
 {
     unsigned char id[KC_VERSION_BYTES];
@@ -186,14 +202,7 @@ kc_rc kc_key_update(kc_vault *v, const char *name, const unsigned char *id, size
     }
     r = update_tags(v, name, o, err);
     if (r == KC_OK)
-        r = kc_keystate_save(v, err);
-    /* The record is the truth; the token is brought in line with it. */
-    if (r == KC_OK)
-        r = reload(v, &k, err);
-    if (r == KC_OK)
-        r = apply_all(v, k, err);
-    if (r == KC_OK)
-        r = reload(v, &k, err);
+        r = commit(v, &k, err);
 done:
     if (r != KC_OK) {
         kc_key_free(k);
@@ -224,15 +233,7 @@ kc_rc kc_key_delete(kc_vault *v, const char *name, kc_key **out, kc_error *err)
     kc_time_format_rfc3339(now + (time_t)v->meta.retention_days * 86400, purge);
     json_object_set_new(kc_keystate_key(v, name, 1), "deleted",
                         json_pack("{s:s, s:s}", "at", at, "purge_after", purge));
-    /* Record first: a crash before the attributes change leaves a key the
-     * state calls deleted, and the next delete, recover or purge finishes. */
-    r = kc_keystate_save(v, err);
-    if (r == KC_OK)
-        r = reload(v, &k, err);
-    if (r == KC_OK)
-        r = apply_all(v, k, err);
-    if (r == KC_OK)
-        r = reload(v, &k, err);
+    r = commit(v, &k, err);
 done:
     if (r != KC_OK) {
         kc_key_free(k);
@@ -254,13 +255,7 @@ kc_rc kc_key_recover(kc_vault *v, const char *name, kc_key **out, kc_error *err)
     if (r != KC_OK)
         goto done;
     json_object_del(kc_keystate_key(v, name, 1), "deleted");
-    r = kc_keystate_save(v, err);
-    if (r == KC_OK)
-        r = reload(v, &k, err);
-    if (r == KC_OK)
-        r = apply_all(v, k, err);
-    if (r == KC_OK)
-        r = reload(v, &k, err);
+    r = commit(v, &k, err);
 done:
     if (r != KC_OK) {
         kc_key_free(k);
