@@ -65,5 +65,6 @@ void kc_cli_print_json(kc_cli *cli, struct json_t *value);
 extern const kc_cmd kc_cmds_vault[];
 extern const kc_cmd kc_cmds_key[];
 extern const kc_cmd kc_cmds_subscription[];
+extern const kc_cmd kc_cmds_policy[];
 
 #endif

@@ -1,0 +1,137 @@
+/* The layout file: the desired state of a Customer Key arrangement, read
+ * from YAML into typed structures. Every field remembers where it was
+ * written, so every diagnostic can point at file:line:col. The schema is in
+ * docs/layout.md. */
+#ifndef KC_LAYOUT_H
+#define KC_LAYOUT_H
+
+#include "kc_diag.h"
+#include "kc_key.h"
+
+typedef struct kc_lpos {
+    int line, col;
+} kc_lpos;
+
+/* Key Vault's key permissions. */
+enum {
+    KC_PERM_GET = 1u << 0,
+    KC_PERM_LIST = 1u << 1,
+    KC_PERM_CREATE = 1u << 2,
+    KC_PERM_IMPORT = 1u << 3,
+    KC_PERM_UPDATE = 1u << 4,
+    KC_PERM_DELETE = 1u << 5,
+    KC_PERM_RECOVER = 1u << 6,
+    KC_PERM_BACKUP = 1u << 7,
+    KC_PERM_RESTORE = 1u << 8,
+    KC_PERM_PURGE = 1u << 9,
+    KC_PERM_ROTATE = 1u << 10,
+    KC_PERM_WRAP = 1u << 11,
+    KC_PERM_UNWRAP = 1u << 12,
+    KC_PERM_ENCRYPT = 1u << 13,
+    KC_PERM_DECRYPT = 1u << 14,
+    KC_PERM_SIGN = 1u << 15,
+    KC_PERM_VERIFY = 1u << 16,
+};
+#define KC_ROLE_ADMINISTRATOR                                                                      \
+    (KC_PERM_CREATE | KC_PERM_IMPORT | KC_PERM_LIST | KC_PERM_GET | KC_PERM_BACKUP |               \
+     KC_PERM_RESTORE)
+#define KC_ROLE_SERVICE (KC_PERM_GET | KC_PERM_WRAP | KC_PERM_UNWRAP)
+
+/* "get,wrapKey" <-> bits; -1 and *bad set to the unknown name on error. */
+KC_EXPORT int kc_perms_parse(const char *name, unsigned *perm);
+KC_EXPORT void kc_perms_format(unsigned perms, char *buf, size_t len);
+
+typedef struct kc_lsub {
+    char id[65], name[128];
+    int mandatory_retention;
+    kc_lpos pos;
+} kc_lsub;
+
+typedef struct kc_lprincipal {
+    char name[128];
+    char role[16];  /* "" when permissions are listed */
+    unsigned perms; /* expanded */
+    kc_lpos pos, perms_pos;
+} kc_lprincipal;
+
+typedef struct kc_lkey {
+    char name[KC_KEY_NAME_MAX + 1];
+    char kty[8]; /* "RSA" or "EC" */
+    unsigned bits;
+    kc_protection protection;
+    unsigned ops;
+    char expires[11]; /* "" for never */
+    kc_tag tags[KC_KEY_TAGS_MAX];
+    size_t ntags;
+    kc_lpos pos, kty_pos, size_pos, protection_pos, ops_pos, expires_pos;
+} kc_lkey;
+
+typedef struct kc_lvault {
+    char name[64];
+    char subscription[65];
+    char region[33];
+    kc_sku sku;
+    char token[512]; /* URI or label; "" = the name */
+    char module[256];
+    char pin[300], so_pin[300];
+    unsigned retention_days;
+    int soft_delete, purge_protection;
+    kc_lprincipal *access;
+    size_t naccess;
+    kc_lkey *keys;
+    size_t nkeys;
+    kc_lpos pos, name_pos, subscription_pos, region_pos, sku_pos, pin_pos, so_pin_pos,
+        retention_pos, soft_delete_pos, purge_pos, access_pos;
+} kc_lvault;
+
+typedef struct kc_ldep {
+    char name[65];
+    char workload[16]; /* tenant | exchange | sharepoint */
+    char geo[16];
+    char keys[2][KC_KEY_NAME_MAX + 64]; /* VAULT/KEY */
+    size_t nkeys;
+    char description[256];
+    int enabled;
+    char waiver[256]; /* reason the region-pair rule is waived, "" when not */
+    kc_lpos pos, workload_pos, geo_pos, keys_pos, key_pos[2], waiver_pos;
+} kc_ldep;
+
+typedef struct kc_lassign {
+    char target[256]; /* mailbox id or geo code; "" for the tenant */
+    char dep[65];
+    kc_lpos pos, dep_pos;
+} kc_lassign;
+
+typedef struct kc_layout {
+    char file[512];
+    kc_lsub *subs;
+    size_t nsubs;
+    kc_lvault *vaults;
+    size_t nvaults;
+    char service_vault[64];
+    kc_lpos service_vault_pos;
+    char service_principal[128];
+    kc_lpos service_principal_pos;
+    kc_ldep *deps;
+    size_t ndeps;
+    kc_lassign tenant; /* dep "" when unassigned */
+    kc_lassign *mailboxes, *geos;
+    size_t nmailboxes, ngeos;
+} kc_layout;
+
+/* Reads a layout; on a structural error (syntax, unknown or duplicate key,
+ * wrong type, missing field) returns NULL and the diagnostics say where. */
+KC_EXPORT kc_layout *kc_layout_read(const char *file, const unsigned char *buf, size_t len,
+                                    kc_diags *d);
+KC_EXPORT void kc_layout_free(kc_layout *l);
+
+/* The layout's validation rules (KC010 and up) as diagnostics. */
+KC_EXPORT void kc_layout_validate(const kc_layout *l, kc_diags *d);
+
+/* Whether two Azure regions are a pair (either way), and whether a region
+ * is known at all; the table is policies/regions.yaml, built in. */
+KC_EXPORT int kc_region_known(const char *region);
+KC_EXPORT int kc_region_paired(const char *a, const char *b);
+KC_EXPORT const char *kc_region_table_date(void);
+
+#endif
