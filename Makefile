@@ -37,8 +37,8 @@ FUZZ_SECONDS ?= 20
 fuzz-smoke: deps
 	@cmake -S . -B $(FUZZ_BUILD) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug \
 	  -DKEYCUSTODY_FUZZ=ON -DKEYCUSTODY_TESTS=OFF >/dev/null
-	@cmake --build $(FUZZ_BUILD) -j$(JOBS) --target fuzz_backup fuzz_domain fuzz_meta fuzz_ref
-	@for t in backup domain meta ref; do \
+	@cmake --build $(FUZZ_BUILD) -j$(JOBS) --target fuzz_backup fuzz_domain fuzz_meta fuzz_ref fuzz_layout
+	@for t in backup domain meta ref layout; do \
 	  mkdir -p $(FUZZ_BUILD)/corpus-$$t && \
 	  echo "fuzz_$$t: $(FUZZ_SECONDS) s" && \
 	  $(FUZZ_BUILD)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=0 \
