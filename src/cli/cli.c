@@ -20,7 +20,7 @@ static const char *const group_summary[] = {
     "initialise and inspect vaults (PKCS#11 tokens with keycustody metadata)",
     "RSA root keys: create, rotate, update, delete, recover, purge, back up, restore, wrap",
     "the backup domain a subscription's vaults share, split among custodians",
-    "the layout as code: check a YAML layout file",
+    "the layout as code: check a YAML layout file, plan and apply it",
 };
 #define N_GROUPS (sizeof(groups) / sizeof(groups[0]))
 
@@ -313,6 +313,11 @@ static kc_rc pin_cb(void *arg, const char *vault, kc_pin_kind kind, kc_secret **
         kc_error_hint(err, "with several vaults, write %s VAULT=SOURCE for each", opt);
         return KC_USAGE;
     }
+    if (src == NULL && !ambiguous) {
+        /* Then the layout's pin: for that vault ("VAULT=SOURCE" entries). */
+        src = source_for(so ? cli->layout_so_pins : cli->layout_pins, cli->nlayout, vault,
+                         &ambiguous);
+    }
     if (src != NULL) {
         r = kc_secret_from_source(src, out, err);
         if (r != KC_OK)
@@ -424,7 +429,8 @@ int kc_cli_main(int argc, char **argv, FILE *out, FILE *err)
     if (rc == -1)
         rc = KC_OK;
     fflush(out);
-    if (rc != KC_OK)
+    /* Exit 10 (plan --detailed-exitcode) reports changes, not an error. */
+    if (rc != KC_OK && !(rc == KC_CHANGES && cli.error.msg[0] == '\0'))
         print_error(&cli);
     kc_ctx_free(cli.ctx);
     return rc;

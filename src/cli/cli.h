@@ -35,6 +35,10 @@ struct kc_cli {
     size_t nso;
     kc_ctx *ctx;
     kc_error error;
+    /* PIN sources a layout declares, used when no --pin-source names the vault */
+    const char *layout_pins[KC_CLI_MAX_SOURCES * 4];
+    const char *layout_so_pins[KC_CLI_MAX_SOURCES * 4];
+    size_t nlayout;
 };
 
 /* Runs "keycustody ARGS..." with output on out and diagnostics on err.

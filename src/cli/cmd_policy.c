@@ -1,6 +1,7 @@
 /* keycustody policy check | plan | apply */
 #include "cli.h"
 #include "kc_layout.h"
+#include "kc_plan.h"
 #include "kc_util.h"
 #include "kc_yaml.h"
 
@@ -8,6 +9,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Reads and checks FILE: structure, then the rules. *layout is NULL when
  * the structure is broken. */
@@ -90,6 +92,246 @@ static int cmd_check(kc_cli *cli, int argc, char **argv)
     return rc;
 }
 
+/* --- plan and apply --- */
+
+enum { O_DETAILED = 256, O_YES, O_ALLOW_DELETE, O_WAIT };
+
+struct plan_state {
+    int detailed, yes, allow_delete;
+    unsigned wait;
+};
+
+static int plan_opt(kc_cli *cli, int opt, const char *arg, void *st)
+{
+    struct plan_state *s = st;
+    char *end;
+    long w;
+
+    switch (opt) {
+    case O_DETAILED:
+        s->detailed = 1;
+        break;
+    case O_YES:
+        s->yes = 1;
+        break;
+    case O_ALLOW_DELETE:
+        s->allow_delete = 1;
+        break;
+    case O_WAIT:
+        w = strtol(arg, &end, 10);
+        if (*arg == '\0' || *end != '\0' || w < 0 || w > 3600)
+            return kc_cli_usage(cli, "--wait '%s': give 0 to 3600 seconds", arg);
+        s->wait = (unsigned)w;
+        break;
+    }
+    return 0;
+}
+
+#define LAYOUT_PINS (KC_CLI_MAX_SOURCES * 4)
+
+/* The layout's PIN sources as "VAULT=SOURCE" for the PIN callback, and its
+ * module when the command line names none. */
+static kc_rc use_layout(kc_cli *cli, const kc_layout *l, char (*buf)[400], char (*sobuf)[400])
+{
+    const char *module = NULL;
+    size_t i, n = 0;
+
+    for (i = 0; i < l->nvaults && n < LAYOUT_PINS; i++, n++) {
+        snprintf(buf[n], sizeof(buf[0]), "%s=%s", l->vaults[i].name, l->vaults[i].pin);
+        /* a vault without so_pin: no source, so the callback says which is missing */
+        snprintf(sobuf[n], sizeof(sobuf[0]), "%s=%s",
+                 l->vaults[i].so_pin[0] ? l->vaults[i].name : "", l->vaults[i].so_pin);
+        cli->layout_pins[n] = buf[n];
+        cli->layout_so_pins[n] = sobuf[n];
+        if (l->vaults[i].module[0]) {
+            if (module != NULL && strcmp(module, l->vaults[i].module) != 0) {
+                kc_error_set(&cli->error, KC_USAGE,
+                             "the layout names two PKCS#11 modules; one run uses one module");
+                return KC_USAGE;
+            }
+            module = l->vaults[i].module;
+        }
+    }
+    cli->nlayout = n;
+    if (cli->module == NULL && module != NULL)
+        cli->module = module;
+    return KC_OK;
+}
+
+static void print_plan(kc_cli *cli, const kc_plan *p)
+{
+    char sign[2] = {0, 0};
+    json_t *arr;
+    size_t i;
+
+    if (cli->json) {
+        arr = json_array();
+        for (i = 0; i < p->n; i++) {
+            sign[0] = kc_action_sign(p->v[i].kind);
+            json_array_append_new(arr, json_pack("{s:s, s:s, s:s}", "change", sign, "action",
+                                                 p->v[i].what, "reason", p->v[i].why));
+        }
+        kc_cli_print_json(cli, json_pack("{s:o, s:i, s:i, s:i, s:i}", "actions", arr, "add",
+                                         (int)p->add, "change", (int)p->change, "delete",
+                                         (int)p->destroy, "blocked", (int)p->blocked));
+        return;
+    }
+    for (i = 0; i < p->nnotes; i++)
+        fprintf(cli->out, "note: %s\n", p->notes[i]);
+    if (p->n == 0) {
+        fprintf(cli->out, "No changes: the tokens match the layout.\n");
+        return;
+    }
+    fprintf(cli->out, "keycustody will:\n");
+    for (i = 0; i < p->n; i++)
+        fprintf(cli->out, "  %c %s\n      (%s)\n", kc_action_sign(p->v[i].kind), p->v[i].what,
+                p->v[i].why);
+    fprintf(cli->out, "Plan: %zu to add, %zu to change, %zu to delete, %zu blocked.\n", p->add,
+            p->change, p->destroy, p->blocked);
+}
+
+/* Shared by plan and apply: read, check, observe, diff. */
+static int make_plan(kc_cli *cli, int argc, char **argv, struct plan_state *s, kc_layout **l,
+                     kc_plan *p, char (*buf)[400], char (*sobuf)[400])
+{
+    static const struct option opts[] = {
+        {"detailed-exitcode", no_argument, NULL, O_DETAILED},
+        {"yes", no_argument, NULL, O_YES},
+        {"allow-delete", no_argument, NULL, O_ALLOW_DELETE},
+        {"wait", required_argument, NULL, O_WAIT},
+        {NULL, 0, NULL, 0},
+    };
+    kc_ctx *ctx = NULL;
+    kc_diags d;
+    kc_error err;
+    int first, rc;
+
+    memset(p, 0, sizeof(*p));
+    rc = kc_cli_parse(cli, argc, argv, opts, plan_opt, s, &first);
+    if (rc != 0)
+        return rc;
+    if (argc - first != 1)
+        return kc_cli_usage(cli, "give exactly one layout file");
+    if (load_layout(cli, argv[first], l, &d) != KC_OK)
+        return cli->error.code;
+    if (d.errors > 0) {
+        print_diags(cli, &d);
+        kc_diags_release(&d);
+        kc_error_set(&cli->error, KC_LAYOUT, "layout '%s' is invalid; nothing was planned",
+                     argv[first]);
+        kc_error_hint(&cli->error, "see 'keycustody policy check %s'", argv[first]);
+        return KC_LAYOUT;
+    }
+    kc_diags_release(&d);
+    if (use_layout(cli, *l, buf, sobuf) != KC_OK)
+        return cli->error.code;
+    if (kc_cli_ctx(cli, &ctx) != KC_OK)
+        return cli->error.code;
+    kc_error_clear(&err);
+    if (kc_plan_make(ctx, *l, s->allow_delete, p, &err) != KC_OK)
+        return kc_cli_fail(cli, &err);
+    return 0;
+}
+
+static int cmd_plan(kc_cli *cli, int argc, char **argv)
+{
+    static char buf[LAYOUT_PINS][400], sobuf[LAYOUT_PINS][400];
+    struct plan_state s;
+    kc_layout *l = NULL;
+    kc_plan p;
+    int rc;
+
+    memset(&s, 0, sizeof(s));
+    rc = make_plan(cli, argc, argv, &s, &l, &p, buf, sobuf);
+    if (rc == 0) {
+        print_plan(cli, &p);
+        rc = s.detailed && p.n > 0 ? KC_CHANGES : KC_OK;
+    }
+    kc_plan_release(&p);
+    kc_layout_free(l);
+    return rc;
+}
+
+static int confirm(kc_cli *cli)
+{
+    char answer[16];
+
+    if (!isatty(STDIN_FILENO)) {
+        kc_error_set(&cli->error, KC_USAGE,
+                     "apply needs --yes when standard input is not a terminal");
+        return KC_USAGE;
+    }
+    fprintf(cli->out, "Apply these changes? Only 'yes' is accepted: ");
+    fflush(cli->out);
+    if (fgets(answer, sizeof(answer), stdin) == NULL || strcmp(answer, "yes\n") != 0) {
+        kc_error_set(&cli->error, KC_ERR, "apply cancelled; nothing was changed");
+        return KC_ERR;
+    }
+    return KC_OK;
+}
+
+static int cmd_apply(kc_cli *cli, int argc, char **argv)
+{
+    static char buf[LAYOUT_PINS][400], sobuf[LAYOUT_PINS][400];
+    char lock_path[512];
+    struct plan_state s;
+    kc_layout *l = NULL;
+    kc_plan p;
+    kc_error err;
+    size_t i;
+    int rc, fd = -1;
+
+    memset(&s, 0, sizeof(s));
+    memset(&p, 0, sizeof(p));
+    rc = make_plan(cli, argc, argv, &s, &l, &p, buf, sobuf);
+    if (rc != 0)
+        goto done;
+    kc_plan_release(&p);
+    /* Two applies must not interleave: lock, then plan again under the lock. */
+    kc_error_clear(&err);
+    if (kc_plan_lock(l, cli->module, s.wait, &fd, lock_path, sizeof(lock_path), &err) != KC_OK ||
+        kc_plan_make(cli->ctx, l, s.allow_delete, &p, &err) != KC_OK) {
+        rc = kc_cli_fail(cli, &err);
+        goto done;
+    }
+    print_plan(cli, &p);
+    if (p.n == 0) {
+        rc = KC_OK;
+        goto done;
+    }
+    if (p.blocked > 0) {
+        kc_error_set(&cli->error, KC_CONFLICT,
+                     "%zu change%s cannot be made (marked !); nothing was applied", p.blocked,
+                     p.blocked == 1 ? "" : "s");
+        kc_error_hint(&cli->error, "change the layout to what the tokens can do");
+        rc = KC_CONFLICT;
+        goto done;
+    }
+    if (!s.yes && (rc = confirm(cli)) != KC_OK)
+        goto done;
+    for (i = 0; i < p.n; i++) {
+        fprintf(cli->out, "%c %s ... ", kc_action_sign(p.v[i].kind), p.v[i].what);
+        fflush(cli->out);
+        kc_error_clear(&err);
+        if (kc_plan_apply(cli->ctx, l, &p.v[i], &err) != KC_OK) {
+            fprintf(cli->out, "failed\n");
+            kc_error_hint(&err, "run 'keycustody policy apply' again: it continues from what "
+                                "is done");
+            rc = kc_cli_fail(cli, &err);
+            goto done;
+        }
+        fprintf(cli->out, "done\n");
+    }
+    fprintf(cli->out, "Apply complete: %zu added, %zu changed, %zu deleted.\n", p.add, p.change,
+            p.destroy);
+    rc = KC_OK;
+done:
+    kc_plan_unlock(fd);
+    kc_plan_release(&p);
+    kc_layout_free(l);
+    return rc;
+}
+
 const kc_cmd kc_cmds_policy[] = {
     {"policy", "check", cmd_check, "FILE [--json]",
      "validate a layout file offline: structure and every rule, with file:line:col",
@@ -97,5 +339,23 @@ const kc_cmd kc_cmds_policy[] = {
      "(docs/rules.md). No token is needed. Exit 3 when there is any error; warnings\n"
      "alone exit 0. --json prints the diagnostics as a list.\n",
      1},
+    {"policy", "plan", cmd_plan, "FILE [--detailed-exitcode] [--allow-delete] [--json]",
+     "show what apply would change on the tokens to match the layout",
+     "Reads the live tokens (vault metadata, access policies, keys and versions; PINs\n"
+     "come from the layout's pin: sources unless --pin-source names them) and prints\n"
+     "ordered actions: + add, ~ change, - delete, ! cannot be done, each with its\n"
+     "reason. A change a token cannot make in place (a key's size) is a rotate.\n"
+     "  --detailed-exitcode  exit 10 when there are changes\n"
+     "  --allow-delete       plan soft deletes of keys the layout no longer has\n",
+     1},
+    {"policy", "apply", cmd_apply, "FILE [--yes] [--allow-delete] [--wait SECONDS]",
+     "make the tokens match the layout",
+     "Shows the plan, asks (only 'yes' goes on) unless --yes, then carries out the\n"
+     "actions in order, printing each. Without a terminal, --yes is required. An apply\n"
+     "that stops part-way is finished by running it again. Keys are deleted only with\n"
+     "--allow-delete, and then only soft-deleted. DEPs and assignments in the layout are\n"
+     "checked but not yet applied. One apply at a time per set of tokens: a second one\n"
+     "fails naming the holder, or waits --wait SECONDS.\n",
+     0},
     {NULL, NULL, NULL, NULL, NULL, NULL, 0},
 };

@@ -143,6 +143,10 @@ KC_EXPORT kc_rc kc_key_check_active(const kc_key *k, kc_error *err) KC_MUST_CHEC
  * version's size, protection, ops and expiry) becomes current. */
 KC_EXPORT kc_rc kc_key_rotate(kc_vault *v, const char *name, kc_key **out,
                               kc_error *err) KC_MUST_CHECK;
+/* The same, with a new size (0: keep) and protection (-1: keep): what a
+ * token cannot change in place becomes a new version. */
+KC_EXPORT kc_rc kc_key_rotate_to(kc_vault *v, const char *name, unsigned bits, int protection,
+                                 kc_key **out, kc_error *err) KC_MUST_CHECK;
 
 typedef struct kc_key_update_opts {
     int set_enabled, enabled;

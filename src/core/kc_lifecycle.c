@@ -75,6 +75,12 @@ static kc_rc commit(kc_vault *v, kc_key **k, kc_error *err)
 
 kc_rc kc_key_rotate(kc_vault *v, const char *name, kc_key **out, kc_error *err)
 {
+    return kc_key_rotate_to(v, name, 0, -1, out, err);
+}
+
+kc_rc kc_key_rotate_to(kc_vault *v, const char *name, unsigned bits, int protection,
+                       kc_key **out, kc_error *err)
+{
     unsigned char id[KC_VERSION_BYTES];
     const kc_key_version *cur;
     char today[9], expires[9];
@@ -105,10 +111,10 @@ kc_rc kc_key_rotate(kc_vault *v, const char *name, kc_key **out, kc_error *err)
     spec.label = k->name;
     spec.id = id;
     spec.id_len = sizeof(id);
-    spec.bits = cur->bits;
+    spec.bits = bits ? bits : cur->bits;
     spec.ops = kc_key_ops_on_token(cur->ops);
-    spec.sensitive = cur->protection == KC_PROT_HSM;
-    spec.wrap_with_trusted = cur->protection == KC_PROT_HSM;
+    spec.sensitive = (protection >= 0 ? (kc_protection)protection : cur->protection) == KC_PROT_HSM;
+    spec.wrap_with_trusted = spec.sensitive;
     spec.start_date = today;
     spec.end_date = expires[0] ? expires : NULL;
     r = kc_tok_generate_rsa(v->tok, &spec, &pub, &priv, err);

@@ -116,6 +116,17 @@ kc_rc kc_vault_meta_encode(const kc_vault_meta *m, char **out, kc_error *err)
                   m->created, "updated", m->updated);
     if (o != NULL && m->domain[0])
         json_object_set_new(o, "backup_domain", json_string(m->domain));
+    if (o != NULL && m->naccess > 0) {
+        json_t *acc = json_array();
+        char perms[256];
+        size_t i;
+        for (i = 0; i < m->naccess; i++) {
+            kc_perms_format(m->access[i].perms, perms, sizeof(perms));
+            json_array_append_new(acc, json_pack("{s:s, s:s}", "principal",
+                                                 m->access[i].principal, "permissions", perms));
+        }
+        json_object_set_new(o, "access", acc);
+    }
     if (o != NULL)
         s = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(o);
@@ -139,6 +150,8 @@ kc_rc kc_vault_meta_decode(const unsigned char *buf, size_t len, kc_vault_meta *
     json_error_t je;
     const char *kind = NULL, *name = NULL, *sub = NULL, *region = NULL, *sku = NULL;
     const char *created = NULL, *updated = NULL, *domain = "";
+    json_t *access = NULL, *entry;
+    size_t i;
     json_int_t schema = 0, gen = 0, days = 0;
     int sd = 0, pp = 0, rr = 0;
     kc_rc r = KC_INTEGRITY;
@@ -148,13 +161,13 @@ kc_rc kc_vault_meta_decode(const unsigned char *buf, size_t len, kc_vault_meta *
     if (o == NULL)
         return kc_error_set(err, KC_INTEGRITY, "vault metadata is not JSON: %s", je.text);
     if (json_unpack_ex(o, &je, JSON_STRICT,
-                       "{s:s, s:I, s:I, s:s, s:s, s:s, s:s, s:{s:b, s:I}, s:b, s?b, s?s, s:s, "
-                       "s:s}",
+                       "{s:s, s:I, s:I, s:s, s:s, s:s, s:s, s:{s:b, s:I}, s:b, s?b, s?s, s?o, "
+                       "s:s, s:s}",
                        "kind", &kind, "schema", &schema, "generation", &gen, "name", &name,
                        "subscription", &sub, "region", &region, "sku", &sku, "soft_delete",
                        "enabled", &sd, "retention_days", &days, "purge_protection", &pp,
-                       "retention_registered", &rr, "backup_domain", &domain, "created", &created,
-                       "updated", &updated) != 0) {
+                       "retention_registered", &rr, "backup_domain", &domain, "access", &access,
+                       "created", &created, "updated", &updated) != 0) {
         kc_error_set(err, KC_INTEGRITY, "vault metadata does not have the expected fields: %s",
                      je.text);
         goto cleanup;
@@ -171,6 +184,21 @@ kc_rc kc_vault_meta_decode(const unsigned char *buf, size_t len, kc_vault_meta *
     m->retention_days = days < 0 || days > 1000 ? 0 : (unsigned)days;
     m->purge_protection = pp;
     m->retention_registered = rr;
+    if (access != NULL && (!json_is_array(access) || json_array_size(access) > KC_ACCESS_MAX)) {
+        kc_error_set(err, KC_INTEGRITY, "vault metadata has a malformed access policy");
+        goto cleanup;
+    }
+    json_array_foreach(access, i, entry) {
+        const char *principal = NULL, *perms = NULL;
+        kc_error why;
+        if (json_unpack(entry, "{s:s, s:s}", "principal", &principal, "permissions", &perms) != 0 ||
+            copy_str(m->access[i].principal, sizeof(m->access[i].principal), principal) ||
+            kc_perms_parse_list(perms, &m->access[i].perms, &why) != KC_OK) {
+            kc_error_set(err, KC_INTEGRITY, "vault metadata has a malformed access entry");
+            goto cleanup;
+        }
+        m->naccess++;
+    }
     if (copy_str(m->name, sizeof(m->name), name) ||
         copy_str(m->subscription, sizeof(m->subscription), sub) ||
         copy_str(m->region, sizeof(m->region), region) ||

@@ -9,6 +9,7 @@
 #ifndef KC_VAULT_H
 #define KC_VAULT_H
 
+#include "kc_access.h"
 #include "kc_ctx.h"
 
 #define KC_VAULT_META_LABEL "keycustody-vault"
@@ -27,6 +28,8 @@ typedef struct kc_vault_meta {
     int purge_protection;
     int retention_registered; /* the subscription is registered for mandatory retention */
     char domain[33];          /* id of the backup domain installed, "" when none */
+    kc_access_entry access[KC_ACCESS_MAX]; /* the access policy; none: no policy */
+    size_t naccess;
     char created[21];         /* RFC 3339 UTC */
     char updated[21];
 } kc_vault_meta;

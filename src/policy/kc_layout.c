@@ -205,45 +205,6 @@ static void pin_field(rd *r, const kc_ynode *map, const char *key, char *out, si
     }
 }
 
-/* --- permissions --- */
-
-static const struct {
-    const char *name;
-    unsigned perm;
-} perm_names[] = {
-    {"get", KC_PERM_GET},          {"list", KC_PERM_LIST},       {"create", KC_PERM_CREATE},
-    {"import", KC_PERM_IMPORT},    {"update", KC_PERM_UPDATE},   {"delete", KC_PERM_DELETE},
-    {"recover", KC_PERM_RECOVER},  {"backup", KC_PERM_BACKUP},   {"restore", KC_PERM_RESTORE},
-    {"purge", KC_PERM_PURGE},      {"rotate", KC_PERM_ROTATE},   {"wrapKey", KC_PERM_WRAP},
-    {"unwrapKey", KC_PERM_UNWRAP}, {"encrypt", KC_PERM_ENCRYPT}, {"decrypt", KC_PERM_DECRYPT},
-    {"sign", KC_PERM_SIGN},        {"verify", KC_PERM_VERIFY},
-};
-#define N_PERMS (sizeof(perm_names) / sizeof(perm_names[0]))
-
-int kc_perms_parse(const char *name, unsigned *perm)
-{
-    size_t i;
-
-    for (i = 0; i < N_PERMS; i++) {
-        if (strcmp(perm_names[i].name, name) == 0) {
-            *perm = perm_names[i].perm;
-            return 0;
-        }
-    }
-    return -1;
-}
-
-void kc_perms_format(unsigned perms, char *buf, size_t len)
-{
-    size_t off = 0, i;
-
-    buf[0] = '\0';
-    for (i = 0; i < N_PERMS; i++)
-        if ((perms & perm_names[i].perm) && off < len)
-            off +=
-                (size_t)snprintf(buf + off, len - off, "%s%s", off ? "," : "", perm_names[i].name);
-}
-
 static void add_perm(rd *r, const kc_ynode *n, void *arg)
 {
     unsigned p;

@@ -6,40 +6,12 @@
 #define KC_LAYOUT_H
 
 #include "kc_diag.h"
+#include "kc_access.h"
 #include "kc_key.h"
 
 typedef struct kc_lpos {
     int line, col;
 } kc_lpos;
-
-/* Key Vault's key permissions. */
-enum {
-    KC_PERM_GET = 1u << 0,
-    KC_PERM_LIST = 1u << 1,
-    KC_PERM_CREATE = 1u << 2,
-    KC_PERM_IMPORT = 1u << 3,
-    KC_PERM_UPDATE = 1u << 4,
-    KC_PERM_DELETE = 1u << 5,
-    KC_PERM_RECOVER = 1u << 6,
-    KC_PERM_BACKUP = 1u << 7,
-    KC_PERM_RESTORE = 1u << 8,
-    KC_PERM_PURGE = 1u << 9,
-    KC_PERM_ROTATE = 1u << 10,
-    KC_PERM_WRAP = 1u << 11,
-    KC_PERM_UNWRAP = 1u << 12,
-    KC_PERM_ENCRYPT = 1u << 13,
-    KC_PERM_DECRYPT = 1u << 14,
-    KC_PERM_SIGN = 1u << 15,
-    KC_PERM_VERIFY = 1u << 16,
-};
-#define KC_ROLE_ADMINISTRATOR                                                                      \
-    (KC_PERM_CREATE | KC_PERM_IMPORT | KC_PERM_LIST | KC_PERM_GET | KC_PERM_BACKUP |               \
-     KC_PERM_RESTORE)
-#define KC_ROLE_SERVICE (KC_PERM_GET | KC_PERM_WRAP | KC_PERM_UNWRAP)
-
-/* "get,wrapKey" <-> bits; -1 and *bad set to the unknown name on error. */
-KC_EXPORT int kc_perms_parse(const char *name, unsigned *perm);
-KC_EXPORT void kc_perms_format(unsigned perms, char *buf, size_t len);
 
 typedef struct kc_lsub {
     char id[65], name[128];

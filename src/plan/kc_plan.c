@@ -1,0 +1,496 @@
+#include "kc_plan.h"
+#include "kc_keystate.h"
+#include "kc_util.h"
+
+#include <openssl/evp.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <time.h>
+#include <unistd.h>
+
+char kc_action_sign(kc_act_kind kind)
+{
+    switch (kind) {
+    case KC_ACT_VAULT_INIT:
+    case KC_ACT_VAULT_ADOPT:
+    case KC_ACT_KEY_CREATE:
+        return '+';
+    case KC_ACT_KEY_DELETE:
+        return '-';
+    case KC_ACT_BLOCKED:
+        return '!';
+    default:
+        return '~';
+    }
+}
+
+static void act(kc_plan *p, kc_act_kind kind, size_t vault, size_t key, const char *why,
+                const char *fmt, ...) KC_PRINTF(6, 7);
+static void act(kc_plan *p, kc_act_kind kind, size_t vault, size_t key, const char *why,
+                const char *fmt, ...)
+{
+    kc_action *nv;
+    va_list ap;
+
+    if (p->n == p->cap) {
+        nv = realloc(p->v, (p->cap * 2 + 8) * sizeof(*nv));
+        if (nv == NULL)
+            return;
+        p->v = nv;
+        p->cap = p->cap * 2 + 8;
+    }
+    nv = &p->v[p->n++];
+    memset(nv, 0, sizeof(*nv));
+    nv->kind = kind;
+    nv->vault = vault;
+    nv->key = key;
+    snprintf(nv->why, sizeof(nv->why), "%s", why ? why : "");
+    va_start(ap, fmt);
+    vsnprintf(nv->what, sizeof(nv->what), fmt, ap);
+    va_end(ap);
+    switch (kc_action_sign(kind)) {
+    case '+':
+        p->add++;
+        break;
+    case '-':
+        p->destroy++;
+        break;
+    case '!':
+        p->blocked++;
+        break;
+    default:
+        p->change++;
+    }
+}
+
+void kc_plan_release(kc_plan *p)
+{
+    free(p->v);
+    memset(p, 0, sizeof(*p));
+}
+
+static const char *token_of(const kc_lvault *lv)
+{
+    return lv->token[0] ? lv->token : lv->name;
+}
+
+static int registered(const kc_layout *l, const char *sub)
+{
+    size_t i;
+
+    for (i = 0; i < l->nsubs; i++)
+        if (strcmp(l->subs[i].id, sub) == 0)
+            return l->subs[i].mandatory_retention;
+    return 0;
+}
+
+/* The vault metadata the layout asks for. */
+static void want_meta(const kc_layout *l, const kc_lvault *lv, kc_vault_meta *m)
+{
+    size_t i;
+
+    memset(m, 0, sizeof(*m));
+    snprintf(m->name, sizeof(m->name), "%.24s", lv->name); /* names were checked (KC029) */
+    snprintf(m->subscription, sizeof(m->subscription), "%s", lv->subscription);
+    snprintf(m->region, sizeof(m->region), "%s", lv->region);
+    m->sku = lv->sku;
+    m->retention_days = lv->retention_days;
+    m->purge_protection = lv->purge_protection;
+    m->retention_registered = registered(l, lv->subscription);
+    for (i = 0; i < lv->naccess && i < KC_ACCESS_MAX; i++) {
+        snprintf(m->access[i].principal, sizeof(m->access[i].principal), "%s", lv->access[i].name);
+        m->access[i].perms = lv->access[i].perms;
+    }
+    m->naccess = lv->naccess < KC_ACCESS_MAX ? lv->naccess : KC_ACCESS_MAX;
+}
+
+static int same_access(const kc_vault_meta *a, const kc_vault_meta *b)
+{
+    size_t i, j;
+
+    if (a->naccess != b->naccess)
+        return 0;
+    for (i = 0; i < a->naccess; i++) {
+        for (j = 0; j < b->naccess; j++)
+            if (strcmp(a->access[i].principal, b->access[j].principal) == 0 &&
+                a->access[i].perms == b->access[j].perms)
+                break;
+        if (j == b->naccess)
+            return 0;
+    }
+    return 1;
+}
+
+/* What differs in the metadata: a description, or "" when nothing. */
+static void meta_changes(const kc_vault_meta *have, const kc_vault_meta *want, char *buf,
+                         size_t len)
+{
+    size_t off = 0;
+
+#define CHANGE(...)                                                                                \
+    off += (size_t)snprintf(buf + off, len > off ? len - off : 0, "%s", off ? "; " : ""),          \
+        off += (size_t)snprintf(buf + off, len > off ? len - off : 0, __VA_ARGS__)
+    buf[0] = '\0';
+    if (have->sku != want->sku)
+        CHANGE("sku %s -> %s", kc_sku_name(have->sku), kc_sku_name(want->sku));
+    if (have->retention_days != want->retention_days)
+        CHANGE("retention %u -> %u days", have->retention_days, want->retention_days);
+    if (have->purge_protection != want->purge_protection)
+        CHANGE("purge protection on");
+    if (have->retention_registered != want->retention_registered)
+        CHANGE("mandatory retention %s", want->retention_registered ? "registered" : "dropped");
+    if (!same_access(have, want))
+        CHANGE("access policy: %zu -> %zu principals", have->naccess, want->naccess);
+#undef CHANGE
+}
+
+static const char *prot_name(kc_protection p)
+{
+    return p == KC_PROT_SOFTWARE ? "software" : "hsm";
+}
+
+static int same_tags(const kc_key *k, const kc_lkey *lk)
+{
+    size_t i, j;
+
+    if (k->ntags != lk->ntags)
+        return 0;
+    for (i = 0; i < lk->ntags; i++) {
+        for (j = 0; j < k->ntags; j++)
+            if (strcmp(lk->tags[i].name, k->tags[j].name) == 0 &&
+                strcmp(lk->tags[i].value, k->tags[j].value) == 0)
+                break;
+        if (j == k->ntags)
+            return 0;
+    }
+    return 1;
+}
+
+static const kc_key *find_key(const kc_key *keys, size_t n, const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        if (strcmp(keys[i].name, name) == 0)
+            return &keys[i];
+    return NULL;
+}
+
+static void plan_key(kc_plan *p, const kc_lvault *lv, size_t vi, size_t ki, const kc_key *live,
+                     const kc_key *deleted)
+{
+    const kc_lkey *lk = &lv->keys[ki];
+    const kc_key_version *cur;
+    char ops[128], have[128], changes[256];
+    size_t off = 0;
+
+    kc_key_ops_format(lk->ops, ops, sizeof(ops));
+    if (live == NULL && deleted != NULL) {
+        act(p, KC_ACT_KEY_RECOVER, vi, ki, "it is soft-deleted; the layout wants it",
+            "recover key %s/%s", lv->name, lk->name);
+        return;
+    }
+    if (live == NULL) {
+        act(p, KC_ACT_KEY_CREATE, vi, ki, "not on the token", "create key %s/%s (RSA-%u, %s, %s)",
+            lv->name, lk->name, lk->bits, prot_name(lk->protection), ops);
+        return;
+    }
+    cur = &live->versions[live->current];
+    if (cur->bits != lk->bits || cur->protection != lk->protection)
+        act(p, KC_ACT_KEY_ROTATE, vi, ki,
+            "a token cannot change a key's size or protection in place",
+            "rotate key %s/%s: RSA-%u %s -> RSA-%u %s", lv->name, lk->name, cur->bits,
+            prot_name(cur->protection), lk->bits, prot_name(lk->protection));
+    if (cur->expires[0] && lk->expires[0] == '\0') {
+        act(p, KC_ACT_BLOCKED, vi, ki, "an expiry once set can be moved, never removed",
+            "key %s/%s expires on %s; the layout says never", lv->name, lk->name, cur->expires);
+        return;
+    }
+    changes[0] = '\0';
+    if (cur->ops != lk->ops) {
+        kc_key_ops_format(cur->ops, have, sizeof(have));
+        off += (size_t)snprintf(changes + off, sizeof(changes) - off, "ops %s -> %s", have, ops);
+    }
+    if (strcmp(cur->expires, lk->expires) != 0 && off < sizeof(changes))
+        off += (size_t)snprintf(changes + off, sizeof(changes) - off, "%sexpiry %s -> %s",
+                                off ? "; " : "", cur->expires[0] ? cur->expires : "never",
+                                lk->expires);
+    if (!same_tags(live, lk) && off < sizeof(changes))
+        off += (size_t)snprintf(changes + off, sizeof(changes) - off, "%stags", off ? "; " : "");
+    if (off > 0)
+        act(p, KC_ACT_KEY_UPDATE, vi, ki, "the token differs from the layout",
+            "update key %s/%s: %s", lv->name, lk->name, changes);
+}
+
+static void plan_keys(kc_plan *p, const kc_lvault *lv, size_t vi, kc_vault *v, int allow_delete,
+                      const kc_key *keys, size_t nkeys, const kc_key *del, size_t ndel)
+{
+    size_t i, j;
+
+    for (i = 0; i < lv->nkeys; i++)
+        plan_key(p, lv, vi, i, find_key(keys, nkeys, lv->keys[i].name),
+                 find_key(del, ndel, lv->keys[i].name));
+    for (i = 0; i < nkeys; i++) {
+        for (j = 0; j < lv->nkeys && strcmp(lv->keys[j].name, keys[i].name) != 0; j++)
+            ;
+        if (j < lv->nkeys)
+            continue;
+        if (allow_delete) {
+            act(p, KC_ACT_KEY_DELETE, vi, 0, "not in the layout (--allow-delete: soft delete)",
+                "delete key %s/%s", v->meta.name, keys[i].name);
+            snprintf(p->v[p->n - 1].key_name, sizeof(p->v[0].key_name), "%s", keys[i].name);
+        } else if (p->nnotes < sizeof(p->notes) / sizeof(p->notes[0])) {
+            snprintf(p->notes[p->nnotes++], sizeof(p->notes[0]),
+                     "key %s/%s is on the token but not in the layout: kept (--allow-delete "
+                     "soft-deletes it)",
+                     v->meta.name, keys[i].name);
+        }
+    }
+}
+
+static void plan_new_vault(kc_plan *p, const kc_layout *l, size_t vi, int adopt)
+{
+    const kc_lvault *lv = &l->vaults[vi];
+    size_t i;
+
+    act(p, adopt ? KC_ACT_VAULT_ADOPT : KC_ACT_VAULT_INIT, vi, 0,
+        adopt ? "the token is initialised but not a keycustody vault" : "no token has this label",
+        "%s vault %s (subscription %s, %s, %s, soft delete %u days, purge protection %s)",
+        adopt ? "adopt the token as" : "initialise a free token as", lv->name, lv->subscription,
+        lv->region, kc_sku_name(lv->sku), lv->retention_days, lv->purge_protection ? "on" : "off");
+    for (i = 0; i < lv->nkeys; i++)
+        plan_key(p, lv, vi, i, NULL, NULL);
+}
+
+kc_rc kc_plan_make(kc_ctx *ctx, const kc_layout *l, int allow_delete, kc_plan *p, kc_error *err)
+{
+    kc_vault_meta want;
+    char changes[256];
+    kc_key *keys = NULL, *del = NULL;
+    size_t nkeys = 0, ndel = 0, i;
+    kc_vault *v = NULL;
+    kc_tok *tok = NULL;
+    kc_rc r = KC_OK;
+
+    memset(p, 0, sizeof(*p));
+    for (i = 0; r == KC_OK && i < l->nvaults; i++) {
+        const kc_lvault *lv = &l->vaults[i];
+        r = kc_p11_token(ctx->p11, token_of(lv), &tok, err);
+        if (r == KC_NOT_FOUND) {
+            plan_new_vault(p, l, i, 0);
+            r = KC_OK;
+            continue;
+        }
+        if (r == KC_OK)
+            r = kc_vault_open(ctx, token_of(lv), &v, err);
+        if (r == KC_NOT_FOUND) {
+            plan_new_vault(p, l, i, 1);
+            r = KC_OK;
+            continue;
+        }
+        if (r != KC_OK)
+            break;
+        want_meta(l, lv, &want);
+        if (strcmp(v->meta.subscription, want.subscription) != 0 ||
+            strcmp(v->meta.region, want.region) != 0)
+            act(p, KC_ACT_BLOCKED, i, 0, "a vault cannot move between subscriptions or regions",
+                "vault %s is in subscription %s, %s; the layout says %s, %s", lv->name,
+                v->meta.subscription, v->meta.region, want.subscription, want.region);
+        else if (v->meta.purge_protection && !want.purge_protection)
+            act(p, KC_ACT_BLOCKED, i, 0, "purge protection cannot be turned off once on",
+                "vault %s has purge protection; the layout turns it off", lv->name);
+        meta_changes(&v->meta, &want, changes, sizeof(changes));
+        if (changes[0] && !(v->meta.purge_protection && !want.purge_protection))
+            act(p, KC_ACT_VAULT_META, i, 0, "the vault metadata differs from the layout",
+                "update vault %s: %s", lv->name, changes);
+        r = kc_key_list(v, &keys, &nkeys, err);
+        if (r == KC_OK)
+            r = kc_key_list_deleted(v, &del, &ndel, err);
+        if (r == KC_OK)
+            plan_keys(p, lv, i, v, allow_delete, keys, nkeys, del, ndel);
+        kc_key_list_free(keys, nkeys);
+        kc_key_list_free(del, ndel);
+        keys = del = NULL;
+        nkeys = ndel = 0;
+        kc_vault_free(v);
+        v = NULL;
+    }
+    if (r != KC_OK) {
+        kc_plan_release(p);
+        return kc_error_prefix(err, "cannot read the tokens to plan");
+    }
+    return KC_OK;
+}
+
+/* --- apply --- */
+
+static kc_rc apply_key_update(kc_vault *v, const kc_lkey *lk, kc_error *err)
+{
+    kc_key_update_opts o;
+    kc_tag tags[2 * KC_KEY_TAGS_MAX];
+    kc_key *k = NULL, *after = NULL;
+    size_t i, j, n = 0;
+    kc_rc r;
+
+    r = kc_key_get(v, lk->name, 1, &k, err);
+    if (r != KC_OK)
+        return r;
+    memset(&o, 0, sizeof(o));
+    o.set_ops = 1;
+    o.ops = lk->ops;
+    o.expires = lk->expires[0] ? lk->expires : NULL;
+    for (i = 0; i < lk->ntags; i++)
+        tags[n++] = lk->tags[i];
+    for (i = 0; i < k->ntags; i++) { /* tags the layout no longer has go */
+        for (j = 0; j < lk->ntags && strcmp(lk->tags[j].name, k->tags[i].name) != 0; j++)
+            ;
+        if (j == lk->ntags) {
+            tags[n] = k->tags[i];
+            tags[n++].value[0] = '\0';
+        }
+    }
+    o.tags = tags;
+    o.ntags = n;
+    kc_key_free(k);
+    r = kc_key_update(v, lk->name, NULL, 0, &o, &after, err);
+    kc_key_free(after);
+    return r;
+}
+
+kc_rc kc_plan_apply(kc_ctx *ctx, const kc_layout *l, const kc_action *a, kc_error *err)
+{
+    const kc_lvault *lv = &l->vaults[a->vault];
+    const kc_lkey *lk = a->key < lv->nkeys ? &lv->keys[a->key] : NULL;
+    kc_key_create_opts co;
+    kc_vault_meta want;
+    kc_vault *v = NULL;
+    kc_key *k = NULL;
+    int adopted;
+    kc_rc r;
+
+    switch (a->kind) {
+    case KC_ACT_BLOCKED:
+        return kc_error_set(err, KC_CONFLICT, "%s (%s)", a->what, a->why);
+    case KC_ACT_VAULT_INIT:
+    case KC_ACT_VAULT_ADOPT:
+        want_meta(l, lv, &want);
+        r = kc_vault_init(ctx, &want, kc_p11_is_uri(lv->token) ? lv->token : NULL, &v, &adopted,
+                          err);
+        kc_vault_free(v);
+        return r;
+    default:
+        break;
+    }
+    r = kc_vault_open(ctx, token_of(lv), &v, err);
+    if (r != KC_OK)
+        return r;
+    switch (a->kind) {
+    case KC_ACT_VAULT_META:
+        want_meta(l, lv, &want);
+        v->meta.sku = want.sku;
+        v->meta.retention_days = want.retention_days;
+        v->meta.purge_protection = want.purge_protection;
+        v->meta.retention_registered = want.retention_registered;
+        memcpy(v->meta.access, want.access, sizeof(want.access));
+        v->meta.naccess = want.naccess;
+        r = kc_ctx_login(ctx, v->tok, err);
+        if (r == KC_OK)
+            r = kc_vault_save_meta(v, err);
+        break;
+    case KC_ACT_KEY_CREATE:
+        memset(&co, 0, sizeof(co));
+        co.name = lk->name;
+        co.bits = lk->bits;
+        co.protection = lk->protection;
+        co.ops = lk->ops;
+        co.expires = lk->expires[0] ? lk->expires : NULL;
+        r = kc_key_create(v, &co, &k, err);
+        if (r == KC_OK && lk->ntags > 0)
+            r = apply_key_update(v, lk, err);
+        break;
+    case KC_ACT_KEY_RECOVER:
+        r = kc_key_recover(v, lk->name, &k, err);
+        break;
+    case KC_ACT_KEY_ROTATE:
+        r = kc_key_rotate_to(v, lk->name, lk->bits, (int)lk->protection, &k, err);
+        break;
+    case KC_ACT_KEY_UPDATE:
+        r = apply_key_update(v, lk, err);
+        break;
+    case KC_ACT_KEY_DELETE:
+        r = kc_key_delete(v, a->key_name, &k, err);
+        break;
+    default:
+        r = kc_error_set(err, KC_ERR, "unknown action");
+    }
+    kc_key_free(k);
+    kc_vault_free(v);
+    return r;
+}
+
+/* --- the lock --- */
+
+kc_rc kc_plan_lock(const kc_layout *l, const char *module, unsigned wait_s, int *fd, char *path,
+                   size_t path_len, kc_error *err)
+{
+    const char *dir = getenv("XDG_RUNTIME_DIR"), *conf = getenv("SOFTHSM2_CONF");
+    unsigned char md[EVP_MAX_MD_SIZE];
+    char hex[17], holder[256], now_s[21], host[64];
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    time_t start = time(NULL), now;
+    ssize_t n;
+    size_t i;
+
+    /* One token set: the module, SoftHSM's configuration and the vaults. */
+    if (c == NULL)
+        return kc_error_set(err, KC_ERR, "out of memory");
+    EVP_DigestInit_ex(c, EVP_sha256(), NULL);
+    EVP_DigestUpdate(c, module ? module : "", module ? strlen(module) + 1 : 1);
+    EVP_DigestUpdate(c, conf ? conf : "", conf ? strlen(conf) + 1 : 1);
+    for (i = 0; i < l->nvaults; i++)
+        EVP_DigestUpdate(c, l->vaults[i].name, strlen(l->vaults[i].name) + 1);
+    EVP_DigestFinal_ex(c, md, NULL);
+    EVP_MD_CTX_free(c);
+    kc_hex_encode(md, 8, hex);
+    snprintf(path, path_len, "%s/keycustody-apply-%s.lock", dir && *dir ? dir : "/tmp", hex);
+    *fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (*fd < 0)
+        return kc_error_set(err, KC_ERR, "cannot open the apply lock '%s': %s", path,
+                            strerror(errno));
+    while (flock(*fd, LOCK_EX | LOCK_NB) != 0) {
+        now = time(NULL);
+        if (errno != EWOULDBLOCK || (unsigned)(now - start) >= wait_s) {
+            n = pread(*fd, holder, sizeof(holder) - 1, 0);
+            holder[n > 0 ? n : 0] = '\0';
+            holder[strcspn(holder, "\n")] = '\0';
+            close(*fd);
+            *fd = -1;
+            kc_error_set(err, KC_CONFLICT, "another apply holds the lock on these vaults (%s)",
+                         holder[0] ? holder : "holder unknown");
+            kc_error_hint(err, "wait for it to finish, or give --wait SECONDS");
+            return KC_CONFLICT;
+        }
+        usleep(100 * 1000);
+    }
+    if (gethostname(host, sizeof(host)) != 0)
+        snprintf(host, sizeof(host), "?");
+    host[sizeof(host) - 1] = '\0';
+    kc_time_format_rfc3339(time(NULL), now_s);
+    n = snprintf(holder, sizeof(holder), "pid %ld, uid %u on %s, since %s\n", (long)getpid(),
+                 (unsigned)getuid(), host, now_s);
+    if (ftruncate(*fd, 0) != 0 || pwrite(*fd, holder, (size_t)n, 0) != n)
+        holder[0] = '\0'; /* the lock holds even when the note cannot be written */
+    return KC_OK;
+}
+
+void kc_plan_unlock(int fd)
+{
+    if (fd >= 0)
+        close(fd);
+}

@@ -1,0 +1,60 @@
+/* Plan and apply: observe the live tokens, compare them with a layout,
+ * and make ordered actions of the differences. The diff is read-only; apply
+ * runs one action at a time, each of which converges when run again after
+ * an interruption (vault init adopts, create finds the name taken and the
+ * next plan no longer asks for it, orphans of a failed create are removed). */
+#ifndef KC_PLAN_H
+#define KC_PLAN_H
+
+#include "kc_layout.h"
+
+typedef enum kc_act_kind {
+    KC_ACT_VAULT_INIT,  /* + initialise a free token as the vault */
+    KC_ACT_VAULT_ADOPT, /* + adopt an initialised token */
+    KC_ACT_VAULT_META,  /* ~ SKU, retention, purge protection, registration, access */
+    KC_ACT_KEY_CREATE,  /* + */
+    KC_ACT_KEY_RECOVER, /* ~ a soft-deleted key the layout wants */
+    KC_ACT_KEY_ROTATE,  /* ~ size or protection: a new version */
+    KC_ACT_KEY_UPDATE,  /* ~ ops, expiry, tags */
+    KC_ACT_KEY_DELETE,  /* - soft delete (--allow-delete only) */
+    KC_ACT_BLOCKED,     /* ! a difference no action can make */
+} kc_act_kind;
+
+typedef struct kc_action {
+    kc_act_kind kind;
+    size_t vault;                       /* index into the layout's vaults */
+    size_t key;                         /* index into that vault's keys (key actions) */
+    char key_name[KC_KEY_NAME_MAX + 1]; /* for deletes, the live key's name */
+    char what[320]; /* "create key VaultA1/K1 (RSA-3072, hsm, wrapKey,unwrapKey)" */
+    char why[256];  /* the reason */
+} kc_action;
+
+typedef struct kc_plan {
+    kc_action *v;
+    size_t n, cap;
+    size_t add, change, destroy, blocked;
+    char notes[8][256]; /* what plan saw but does not act on */
+    size_t nnotes;
+} kc_plan;
+
+KC_EXPORT char kc_action_sign(kc_act_kind kind);
+
+/* Compares the tokens with the layout. Logs in to each existing vault with
+ * its PIN to read its keys. */
+KC_EXPORT kc_rc kc_plan_make(kc_ctx *ctx, const kc_layout *l, int allow_delete, kc_plan *out,
+                             kc_error *err) KC_MUST_CHECK;
+KC_EXPORT void kc_plan_release(kc_plan *p);
+
+/* Carries out one action. */
+KC_EXPORT kc_rc kc_plan_apply(kc_ctx *ctx, const kc_layout *l, const kc_action *a,
+                              kc_error *err) KC_MUST_CHECK;
+
+/* The exclusive lock of an apply over one set of tokens: a file under
+ * $XDG_RUNTIME_DIR (or /tmp) named after the module, the SoftHSM
+ * configuration and the layout's vaults, holding who has it. wait_s: how
+ * long to wait for another holder; then KC_CONFLICT naming the holder. */
+KC_EXPORT kc_rc kc_plan_lock(const kc_layout *l, const char *module, unsigned wait_s, int *fd,
+                             char *path, size_t path_len, kc_error *err) KC_MUST_CHECK;
+KC_EXPORT void kc_plan_unlock(int fd);
+
+#endif
