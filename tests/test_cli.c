@@ -985,13 +985,11 @@ static const kc_test_case fault_cases[] = {
 static void test_help(void)
 {
     static const char *cmds[][2] = {
-        {"vault", "init"},         {"vault", "show"},        {"vault", "list"},
-        {"key", "create"},         {"key", "list"},          {"key", "show"},
-        {"key", "export-public"},  {"key", "wrap"},          {"key", "unwrap"},
-        {"key", "rotate"},         {"key", "update"},        {"key", "delete"},
-        {"key", "recover"},        {"key", "purge"},         {"key", "list-deleted"},
-        {"key", "backup"},         {"key", "restore"},       {"key", "import"},
-        {"subscription", "init"},  {"subscription", "join"},
+        {"vault", "init"},  {"vault", "show"}, {"vault", "list"},        {"key", "create"},
+        {"key", "list"},    {"key", "show"},   {"key", "export-public"}, {"key", "wrap"},
+        {"key", "unwrap"},  {"key", "rotate"}, {"key", "update"},        {"key", "delete"},
+        {"key", "recover"}, {"key", "purge"},  {"key", "list-deleted"},  {"key", "backup"},
+        {"key", "restore"}, {"key", "import"}, {"subscription", "init"}, {"subscription", "join"},
     };
     const kc_test_out *r;
     char want[100];

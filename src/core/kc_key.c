@@ -289,6 +289,7 @@ static void apply_state(kc_vault *v, kc_key *k)
         vs = kc_keystate_version(ks, ver->version, 0);
         if (vs == NULL)
             continue;
+        ver->recorded = 1;
         copy_field(ver->created_at, sizeof(ver->created_at), kc_keystate_str(vs, "created", ""));
         ver->enabled = kc_keystate_bool(vs, "enabled", 1);
         ver->seq = (unsigned long)json_integer_value(json_object_get(vs, "seq"));

@@ -28,6 +28,7 @@ typedef struct kc_key_version {
     unsigned ops;       /* KC_OP_* the version is meant to allow (Key Vault's key_ops) */
     unsigned token_ops; /* KC_OP_* the token's attributes allow now */
     int enabled;
+    int recorded;      /* the key state has a record of this version */
     char origin[16];   /* "generated", "byok", "pem" or "restored"; "" when unknown */
     unsigned long seq; /* order of creation within the key (key state), 0 when unknown */
     kc_protection protection;
@@ -162,6 +163,11 @@ typedef struct kc_key_update_opts {
 KC_EXPORT kc_rc kc_key_update(kc_vault *v, const char *name, const unsigned char *id, size_t id_len,
                               const kc_key_update_opts *o, kc_key **out,
                               kc_error *err) KC_MUST_CHECK;
+
+/* Records the versions the key state does not know (a create or rotate
+ * interrupted between the token and the record): created now, enabled,
+ * with the ops the token allows; the newest becomes current if none is. */
+KC_EXPORT kc_rc kc_key_record_missing(kc_vault *v, const char *name, kc_error *err) KC_MUST_CHECK;
 
 /* Soft delete: every version becomes unusable on the token, the name stays
  * reserved, and the key can be purged after the retention period. */

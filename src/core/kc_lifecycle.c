@@ -78,8 +78,8 @@ kc_rc kc_key_rotate(kc_vault *v, const char *name, kc_key **out, kc_error *err)
     return kc_key_rotate_to(v, name, 0, -1, out, err);
 }
 
-kc_rc kc_key_rotate_to(kc_vault *v, const char *name, unsigned bits, int protection,
-                       kc_key **out, kc_error *err)
+kc_rc kc_key_rotate_to(kc_vault *v, const char *name, unsigned bits, int protection, kc_key **out,
+                       kc_error *err)
 {
     unsigned char id[KC_VERSION_BYTES];
     const kc_key_version *cur;
@@ -215,6 +215,44 @@ done:
         return kc_error_prefix(err, "cannot update key '%s' in vault '%s'", name, v->meta.name);
     }
     *out = k;
+    return KC_OK;
+}
+
+kc_rc kc_key_record_missing(kc_vault *v, const char *name, kc_error *err)
+{
+    char now_s[21], ops[128];
+    json_t *rec, *ver;
+    kc_key *k = NULL;
+    size_t i, seq;
+    time_t now;
+    kc_rc r;
+
+    r = load(v, name, &k, err);
+    if (r == KC_OK)
+        r = kc_clock_now(&now, err);
+    if (r != KC_OK)
+        goto done;
+    kc_time_format_rfc3339(now, now_s);
+    rec = kc_keystate_key(v, name, 1);
+    for (i = 0; i < k->nversions; i++) {
+        if (k->versions[i].recorded)
+            continue;
+        seq = json_object_size(json_object_get(rec, "versions")) + 1;
+        ver = kc_keystate_version(rec, k->versions[i].version, 1);
+        kc_key_ops_format(k->versions[i].token_ops, ops, sizeof(ops));
+        json_object_set_new(ver, "seq", json_integer((json_int_t)seq));
+        json_object_set_new(ver, "created", json_string(now_s));
+        json_object_set_new(ver, "enabled", json_true());
+        json_object_set_new(ver, "ops", json_string(ops));
+        json_object_set_new(ver, "origin", json_string("found"));
+    }
+    if (json_object_get(rec, "current") == NULL)
+        json_object_set_new(rec, "current", json_string(k->versions[k->current].version));
+    r = kc_keystate_save(v, err);
+done:
+    kc_key_free(k);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot record key '%s' in vault '%s'", name, v->meta.name);
     return KC_OK;
 }
 

@@ -122,8 +122,8 @@ kc_rc kc_vault_meta_encode(const kc_vault_meta *m, char **out, kc_error *err)
         size_t i;
         for (i = 0; i < m->naccess; i++) {
             kc_perms_format(m->access[i].perms, perms, sizeof(perms));
-            json_array_append_new(acc, json_pack("{s:s, s:s}", "principal",
-                                                 m->access[i].principal, "permissions", perms));
+            json_array_append_new(acc, json_pack("{s:s, s:s}", "principal", m->access[i].principal,
+                                                 "permissions", perms));
         }
         json_object_set_new(o, "access", acc);
     }
@@ -188,7 +188,8 @@ kc_rc kc_vault_meta_decode(const unsigned char *buf, size_t len, kc_vault_meta *
         kc_error_set(err, KC_INTEGRITY, "vault metadata has a malformed access policy");
         goto cleanup;
     }
-    json_array_foreach(access, i, entry) {
+    json_array_foreach(access, i, entry)
+    {
         const char *principal = NULL, *perms = NULL;
         kc_error why;
         if (json_unpack(entry, "{s:s, s:s}", "principal", &principal, "permissions", &perms) != 0 ||

@@ -30,7 +30,7 @@ typedef struct kc_vault_meta {
     char domain[33];          /* id of the backup domain installed, "" when none */
     kc_access_entry access[KC_ACCESS_MAX]; /* the access policy; none: no policy */
     size_t naccess;
-    char created[21];         /* RFC 3339 UTC */
+    char created[21]; /* RFC 3339 UTC */
     char updated[21];
 } kc_vault_meta;
 

@@ -188,7 +188,7 @@ static void plan_key(kc_plan *p, const kc_lvault *lv, size_t vi, size_t ki, cons
     const kc_lkey *lk = &lv->keys[ki];
     const kc_key_version *cur;
     char ops[128], have[128], changes[256];
-    size_t off = 0;
+    size_t off = 0, i;
 
     kc_key_ops_format(lk->ops, ops, sizeof(ops));
     if (live == NULL && deleted != NULL) {
@@ -200,6 +200,13 @@ static void plan_key(kc_plan *p, const kc_lvault *lv, size_t vi, size_t ki, cons
         act(p, KC_ACT_KEY_CREATE, vi, ki, "not on the token", "create key %s/%s (RSA-%u, %s, %s)",
             lv->name, lk->name, lk->bits, prot_name(lk->protection), ops);
         return;
+    }
+    for (i = 0; i < live->nversions && live->versions[i].recorded; i++)
+        ;
+    if (i < live->nversions) {
+        act(p, KC_ACT_KEY_RECORD, vi, ki, "a create or rotate was interrupted before its record",
+            "record key %s/%s in the key state", lv->name, lk->name);
+        return; /* the next plan compares it */
     }
     cur = &live->versions[live->current];
     if (cur->bits != lk->bits || cur->protection != lk->protection)
@@ -416,6 +423,9 @@ kc_rc kc_plan_apply(kc_ctx *ctx, const kc_layout *l, const kc_action *a, kc_erro
         break;
     case KC_ACT_KEY_RECOVER:
         r = kc_key_recover(v, lk->name, &k, err);
+        break;
+    case KC_ACT_KEY_RECORD:
+        r = kc_key_record_missing(v, lk->name, err);
         break;
     case KC_ACT_KEY_ROTATE:
         r = kc_key_rotate_to(v, lk->name, lk->bits, (int)lk->protection, &k, err);

@@ -1,0 +1,329 @@
+/* policy plan and apply against SoftHSM. */
+#include "fixture.h"
+#include "kc_p11.h"
+#include "kc_plan.h"
+
+#include <jansson.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char base[] = "version: 1\n"
+                           "subscriptions:\n"
+                           "  - id: sub-a\n"
+                           "    mandatory_retention: true\n"
+                           "  - id: sub-b\n"
+                           "    mandatory_retention: true\n"
+                           "service_principal: svc\n"
+                           "vaults:\n"
+                           "  - name: VaultA1\n"
+                           "    subscription: sub-a\n"
+                           "    region: westus\n"
+                           "    pin: env:TEST_PIN\n"
+                           "    so_pin: env:TEST_SO_PIN\n"
+                           "    purge_protection: true\n"
+                           "    access:\n"
+                           "      - principal: svc\n"
+                           "        role: service\n"
+                           "    keys:\n"
+                           "      - name: KeyA\n"
+                           "        size: 2048\n"
+                           "  - name: VaultB1\n"
+                           "    subscription: sub-b\n"
+                           "    region: eastus2\n"
+                           "    pin: env:TEST_PIN\n"
+                           "    so_pin: env:TEST_SO_PIN\n"
+                           "    purge_protection: true\n"
+                           "    access:\n"
+                           "      - principal: svc\n"
+                           "        role: service\n"
+                           "    keys:\n"
+                           "      - name: KeyB\n"
+                           "        size: 2048\n"
+                           "deps:\n"
+                           "  - name: Dep1\n"
+                           "    workload: tenant\n"
+                           "    keys: [VaultA1/KeyA, VaultB1/KeyB]\n";
+
+static char layout_path[1024];
+
+/* Writes the layout with one text replaced (old may be NULL). */
+static const char *layout(const char *old, const char *new)
+{
+    char text[4096];
+    const char *at;
+
+    snprintf(text, sizeof(text), "%s", base);
+    if (old != NULL) {
+        at = strstr(base, old);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(at);
+        snprintf(text, sizeof(text), "%.*s%s%s", (int)(at - base), base, new, at + strlen(old));
+    }
+    snprintf(layout_path, sizeof(layout_path), "%s", kc_test_path("layout.yaml"));
+    kc_test_write(layout_path, text, strlen(text), 0644);
+    return layout_path;
+}
+
+static json_t *plan_json(const char *file)
+{
+    const kc_test_out *r = kc_test_run("policy", "plan", file, "--json", NULL);
+    json_t *j;
+
+    ASSERT_RC(r, 0);
+    j = json_loads(r->out, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    return j;
+}
+
+static size_t actions(const char *file)
+{
+    json_t *j = plan_json(file);
+    size_t n = json_array_size(json_object_get(j, "actions"));
+
+    json_decref(j);
+    return n;
+}
+
+/* How many objects the token of vault holds, as pkcs11-tool counts them. */
+static int objects(const char *vault)
+{
+    char *out = NULL;
+
+    if (kc_test_sh(&out,
+                   "pkcs11-tool --module '%s' --token-label %s --login --pin env:TEST_PIN "
+                   "-O 2>/dev/null | grep -c -E '^(Public|Private|Secret|Data)'",
+                   KC_SOFTHSM_MODULE, vault) > 1)
+        return -1;
+    return atoi(out);
+}
+
+/* The layout's state: plan empty, and on each vault one key pair per key
+ * plus the vault metadata and the key state: no duplicate, no orphan. */
+static void assert_converged(const char *file)
+{
+    CU_ASSERT_EQUAL(actions(file), 0);
+    CU_ASSERT_EQUAL(objects("VaultA1"), 4);
+    CU_ASSERT_EQUAL(objects("VaultB1"), 4);
+}
+
+static void test_plan_apply_plan(void)
+{
+    const char *file = layout(NULL, NULL);
+    const kc_test_out *r;
+    json_t *j;
+
+    r = kc_test_run("policy", "plan", file, "--detailed-exitcode", NULL);
+    ASSERT_RC(r, 10);
+    ASSERT_HAS(r->out, "  + initialise a free token as vault VaultA1 (subscription sub-a, westus");
+    ASSERT_HAS(r->out, "  + create key VaultB1/KeyB (RSA-2048, hsm, wrapKey,unwrapKey)");
+    ASSERT_HAS(r->out, "Plan: 4 to add, 0 to change, 0 to delete, 0 blocked.");
+    CU_ASSERT_STRING_EQUAL(r->err, "");
+    j = plan_json(file);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "add")), 4);
+    json_decref(j);
+    r = kc_test_run("policy", "apply", file, "--yes", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "+ create key VaultA1/KeyA (RSA-2048, hsm, wrapKey,unwrapKey) ... done");
+    ASSERT_HAS(r->out, "Apply complete: 4 added, 0 changed, 0 deleted.");
+    r = kc_test_run("policy", "plan", file, "--detailed-exitcode", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "No changes: the tokens match the layout.");
+    r = kc_test_run("policy", "apply", file, "--yes", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "No changes");
+    assert_converged(file);
+    /* what apply made is what the commands see */
+    r = kc_test_run("vault", "show", "VaultA1", NULL);
+    ASSERT_HAS(r->out, "recovery level:    Recoverable+ProtectedSubscription");
+}
+
+static void test_edits_show_exactly_themselves(void)
+{
+    const char *file = layout(NULL, NULL);
+    const kc_test_out *r;
+
+    ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
+    file = layout("      - name: KeyB\n        size: 2048\n",
+                  "      - name: KeyB\n        size: 3072\n        tags: {owner: bob}\n"
+                  "      - name: KeyC\n        size: 2048\n");
+    r = kc_test_run("policy", "plan", file, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "  ~ rotate key VaultB1/KeyB: RSA-2048 hsm -> RSA-3072 hsm\n"
+                       "      (a token cannot change a key's size or protection in place)");
+    ASSERT_HAS(r->out, "  ~ update key VaultB1/KeyB: tags");
+    ASSERT_HAS(r->out, "  + create key VaultB1/KeyC");
+    ASSERT_HAS(r->out, "Plan: 1 to add, 2 to change, 0 to delete, 0 blocked.");
+    ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
+    CU_ASSERT_EQUAL(actions(file), 0);
+    r = kc_test_run("key", "show", "VaultB1/KeyB", "--pin-source", "env:TEST_PIN", NULL);
+    ASSERT_HAS(r->out, "type:         RSA-3072");
+    ASSERT_HAS(r->out, "tag:          owner=bob");
+    ASSERT_HAS(r->out, "versions:     2");
+    /* a key gone from the file is kept, unless --allow-delete, then soft-deleted */
+    file = layout(NULL, NULL);
+    r = kc_test_run("policy", "plan", file, NULL);
+    ASSERT_HAS(r->out, "note: key VaultB1/KeyC is on the token but not in the layout: kept");
+    r = kc_test_run("policy", "apply", file, "--yes", "--allow-delete", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "- delete key VaultB1/KeyC ... done");
+    r = kc_test_run("key", "list-deleted", "VaultB1", "--pin-source", "env:TEST_PIN", NULL);
+    ASSERT_HAS(r->out, "KeyC");
+}
+
+static void test_blocked_changes(void)
+{
+    const char *file = layout(NULL, NULL);
+    const kc_test_out *r;
+
+    ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
+    ASSERT_RC(kc_test_run("key", "update", "VaultA1/KeyA", "--expires", "9999-12-31",
+                          "--pin-source", "env:TEST_PIN", NULL),
+              0);
+    file = layout("    region: eastus2\n", "    region: northeurope\n");
+    r = kc_test_run("policy", "apply", file, "--yes", NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->out,
+               "  ! vault VaultB1 is in subscription sub-b, eastus2; the layout says sub-b, "
+               "northeurope");
+    ASSERT_HAS(r->out, "  ! key VaultA1/KeyA expires on 9999-12-31; the layout says never");
+    ASSERT_HAS(r->err, "2 changes cannot be made (marked !); nothing was applied");
+}
+
+static void test_apply_needs_yes_without_terminal(void)
+{
+    const kc_test_out *r = kc_test_run("policy", "apply", layout(NULL, NULL), NULL);
+
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "apply needs --yes when standard input is not a terminal");
+    CU_ASSERT_EQUAL(actions(layout_path), 4); /* nothing was done */
+}
+
+static void test_invalid_layout_is_not_planned(void)
+{
+    const kc_test_out *r = kc_test_run("policy", "plan", layout("size: 2048", "size: 1024"), NULL);
+
+    ASSERT_RC(r, 3);
+    ASSERT_HAS(r->out, "error[KC016]");
+    ASSERT_HAS(r->err, "nothing was planned");
+}
+
+static void test_lock(void)
+{
+    const char *file = layout(NULL, NULL);
+    char path[512], want[128];
+    const kc_test_out *r;
+    kc_diags d;
+    kc_layout *l;
+    kc_error e;
+    time_t t0;
+    int fd = -1;
+
+    kc_diags_init(&d, file);
+    l = kc_layout_read(file, (const unsigned char *)base, strlen(base), &d);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(l);
+    CU_ASSERT_EQUAL_FATAL(kc_plan_lock(l, KC_SOFTHSM_MODULE, 0, &fd, path, sizeof(path), &e),
+                          KC_OK);
+    r = kc_test_run("policy", "apply", file, "--yes", NULL);
+    ASSERT_RC(r, 5);
+    snprintf(want, sizeof(want), "another apply holds the lock on these vaults (pid %ld,",
+             (long)getpid());
+    ASSERT_HAS(r->err, want);
+    t0 = time(NULL);
+    r = kc_test_run("policy", "apply", file, "--yes", "--wait", "1", NULL);
+    ASSERT_RC(r, 5);
+    CU_ASSERT(time(NULL) - t0 >= 1);
+    kc_plan_unlock(fd);
+    ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
+    kc_layout_free(l);
+    kc_diags_release(&d);
+}
+
+/* An apply stopped at any C_* call converges when run again. */
+static void test_converges_after_injected_failures(void)
+{
+    static const struct {
+        const char *fn, *rv;
+        int after;
+    } faults[] = {
+        {"C_InitToken", "CKR_DEVICE_ERROR", 0},       {"C_CreateObject", "CKR_DEVICE_MEMORY", 0},
+        {"C_GenerateKeyPair", "CKR_DEVICE_ERROR", 1}, {"C_GenerateRandom", "CKR_DEVICE_ERROR", 0},
+        {"C_Login", "CKR_DEVICE_ERROR", 0},
+    };
+    const char *file = layout(NULL, NULL);
+    const kc_test_out *r;
+    char *out = NULL;
+    size_t f;
+    unsigned nth;
+    kc_error e;
+    int failed;
+
+    for (f = 0; f < sizeof(faults) / sizeof(faults[0]); f++) {
+        for (nth = 1; nth <= 3; nth++) {
+            CU_ASSERT_EQUAL_FATAL(
+                kc_p11_fault_arm(faults[f].fn, faults[f].rv, nth, faults[f].after, &e), KC_OK);
+            r = kc_test_run("policy", "apply", file, "--yes", NULL);
+            failed = r->rc != 0;
+            kc_p11_fault_disarm();
+            if (failed)
+                ASSERT_HAS(r->err, "run 'keycustody policy apply' again");
+            ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
+            if (objects("VaultA1") != 4 || objects("VaultB1") != 4) {
+                kc_test_sh(&out,
+                           "pkcs11-tool --module '%s' --token-label VaultA1 --login --pin "
+                           "env:TEST_PIN -O 2>/dev/null",
+                           KC_SOFTHSM_MODULE);
+                fprintf(stderr, "\n  after %s #%u (%s):\n%s", faults[f].fn, nth,
+                        failed ? "it failed" : "not reached", out);
+            }
+            assert_converged(file);
+            CU_ASSERT_EQUAL(kc_test_sh(&out, "rm -rf '%s/tokens' && mkdir '%s/tokens'",
+                                       kc_test_dir(), kc_test_dir()),
+                            0);
+        }
+    }
+}
+
+/* A real apply killed with SIGKILL at several points converges. */
+static void test_converges_after_kill(void)
+{
+    static const char *delays[] = {"0.05", "0.2", "0.4", "0.7"};
+    const char *file = layout(NULL, NULL);
+    char *out = NULL;
+    size_t i;
+
+    for (i = 0; i < sizeof(delays) / sizeof(delays[0]); i++) {
+        kc_test_sh(&out,
+                   "'%s' policy apply '%s' --yes >/dev/null 2>&1 & p=$!; sleep %s; "
+                   "kill -9 $p 2>/dev/null; wait $p; true",
+                   KC_BINARY, file, delays[i]);
+        ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
+        assert_converged(file);
+        CU_ASSERT_EQUAL(kc_test_sh(&out, "rm -rf '%s/tokens' && mkdir '%s/tokens'", kc_test_dir(),
+                                   kc_test_dir()),
+                        0);
+    }
+}
+
+static const kc_test_case cases[] = {
+    {"plan, apply, plan again", test_plan_apply_plan},
+    {"edits show exactly themselves", test_edits_show_exactly_themselves},
+    {"blocked changes", test_blocked_changes},
+    {"apply needs --yes without a terminal", test_apply_needs_yes_without_terminal},
+    {"an invalid layout is not planned", test_invalid_layout_is_not_planned},
+    {"one apply at a time", test_lock},
+    {"converges after injected failures", test_converges_after_injected_failures},
+    {"converges after kill -9", test_converges_after_kill},
+    {NULL, NULL},
+};
+
+static const kc_test_suite suites[] = {{"plan", 1, cases}, {NULL, 0, NULL}};
+
+int main(int argc, char **argv)
+{
+    if (freopen("/dev/null", "r", stdin) == NULL)
+        return 2;
+    return kc_test_main(argc, argv, suites);
+}
