@@ -24,54 +24,57 @@ sed "s|@TOKENDIR@|$root/tokens|" softhsm-conf/softhsm2.conf.in >"$root/softhsm2.
 export SOFTHSM2_CONF=$root/softhsm2.conf
 export KEYCUSTODY_MODULE=$module
 # Each vault's custodian holds their own PIN; here they are random files (0600).
-for v in VaultA1 VaultA2; do
+# The layout names its PINs by environment variable (env:VAULTA1_PIN, ...).
+for v in VaultA1 VaultA2 Service; do
   openssl rand -hex 16 >"$root/pins/$v.pin"
   openssl rand -hex 16 >"$root/pins/$v.so.pin"
+  V=$(echo "$v" | tr a-z A-Z)
+  export "${V}_PIN=$(cat "$root/pins/$v.pin")" "${V}_SO_PIN=$(cat "$root/pins/$v.so.pin")"
 done
+layout=policies/contoso-tenant.yaml
 
 if [ -t 1 ]; then b=$'\033[1m' n=$'\033[0m'; else b= n=; fi
 step() { printf '\n%s==> %s%s\n' "$b" "$*" "$n"; }
 run() { printf '$ keycustody %s\n' "$*"; "$K" "$@"; }
 pins() { echo "--pin-source" "$1=file:$root/pins/$1.pin"; }
 
-step "the tokens SoftHSM offers (a free one, not initialised)"
-run vault list
+step "the layout: two custodian vaults (contoso-a in westus, contoso-b in eastus2), a service vault, three DEPs"
+run policy check "$layout"
 
-step "two vaults: two subscriptions, westus and eastus2 (not an Azure region pair)"
-run vault init VaultA1 --subscription contoso-a --region westus --purge-protection \
-  --so-pin-source "file:$root/pins/VaultA1.so.pin" $(pins VaultA1)
-run vault init VaultA2 --subscription contoso-b --region eastus2 --purge-protection \
-  --so-pin-source "file:$root/pins/VaultA2.so.pin" $(pins VaultA2)
+step "what apply would do on fresh tokens"
 run vault list
+run policy plan "$layout"
+
+step "apply it: vaults initialised, RSA-3072 root keys created, access policies set"
+run policy apply "$layout" --yes
 run vault show VaultA1
-
-step "an RSA-3072 root key in each vault, HSM-protected, wrapKey and unwrapKey only"
-run key create VaultA1/Key001 --size 3072 $(pins VaultA1)
-run key create VaultA2/Key002 --size 3072 $(pins VaultA2)
 run key list VaultA1 $(pins VaultA1)
+
+step "applying again changes nothing"
+run policy plan "$layout" --detailed-exitcode
 
 step "a name can be used once: a second create is a conflict (exit 5)"
 set +e
-run key create VaultA1/Key001 --size 3072 $(pins VaultA1)
+run key create VaultA1/TenantKeyA --size 3072 $(pins VaultA1)
 echo "exit code: $?"
 set -e
 
 step "export the public key (no PIN needed)"
-run key export-public VaultA1/Key001 --out "$root/out/VaultA1-Key001.pem"
-openssl pkey -pubin -in "$root/out/VaultA1-Key001.pem" -noout -text | head -1
+run key export-public VaultA1/TenantKeyA --out "$root/out/VaultA1-TenantKeyA.pem"
+openssl pkey -pubin -in "$root/out/VaultA1-TenantKeyA.pem" -noout -text | head -1
 
-step "wrap a 32-byte data key under VaultA1/Key001, then unwrap it on the token"
+step "wrap a 32-byte data key under VaultA1/TenantKeyA, then unwrap it on the token"
 openssl rand -out "$root/out/dek.bin" 32
-run key wrap VaultA1/Key001 --in "$root/out/dek.bin" --out "$root/out/dek.wrapped"
+run key wrap VaultA1/TenantKeyA --in "$root/out/dek.bin" --out "$root/out/dek.wrapped"
 cat "$root/out/dek.wrapped"; echo
-run key unwrap VaultA1/Key001 --in "$root/out/dek.wrapped" --out "$root/out/dek.unwrapped" $(pins VaultA1)
+run key unwrap VaultA1/TenantKeyA --in "$root/out/dek.wrapped" --out "$root/out/dek.unwrapped" $(pins VaultA1)
 cmp "$root/out/dek.bin" "$root/out/dek.unwrapped"
 echo "the unwrapped key is byte-for-byte the original"
 
 step "cross-check: OpenSSL wraps with the exported public key, the token unwraps"
-openssl pkeyutl -encrypt -pubin -inkey "$root/out/VaultA1-Key001.pem" -in "$root/out/dek.bin" \
+openssl pkeyutl -encrypt -pubin -inkey "$root/out/VaultA1-TenantKeyA.pem" -in "$root/out/dek.bin" \
   -out "$root/out/dek.openssl" -pkeyopt rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha1
-run key unwrap VaultA1/Key001 --in "$root/out/dek.openssl" --alg RSA-OAEP \
+run key unwrap VaultA1/TenantKeyA --in "$root/out/dek.openssl" --alg RSA-OAEP \
   --out "$root/out/dek.from-openssl" $(pins VaultA1)
 cmp "$root/out/dek.bin" "$root/out/dek.from-openssl"
 echo "OpenSSL and the token agree"
@@ -88,20 +91,20 @@ run subscription init contoso-a --vault VaultA1 --quorum 2 --out "$root/out/cont
   --so-pin-source "VaultA1=file:$root/pins/VaultA1.so.pin" $(pins VaultA1)
 
 step "rotate the key; data wrapped under the old version still unwraps"
-run key rotate VaultA1/Key001 $(pins VaultA1)
-run key wrap VaultA1/Key001 --in "$root/out/dek.bin" --out "$root/out/dek.wrapped-v2"
-run key show VaultA1/Key001 --versions $(pins VaultA1)
+run key rotate VaultA1/TenantKeyA $(pins VaultA1)
+run key wrap VaultA1/TenantKeyA --in "$root/out/dek.bin" --out "$root/out/dek.wrapped-v2"
+run key show VaultA1/TenantKeyA --versions $(pins VaultA1)
 
 step "back up the key: every version, wrapped on the token, MAC made on the token"
-run key backup VaultA1/Key001 --out "$root/out/Key001.backup" $(pins VaultA1)
+run key backup VaultA1/TenantKeyA --out "$root/out/TenantKeyA.backup" $(pins VaultA1)
 
 step "soft delete: unusable, name reserved; purge protection refuses an early purge (exit 6)"
-run key delete VaultA1/Key001 $(pins VaultA1)
+run key delete VaultA1/TenantKeyA $(pins VaultA1)
 set +e
-run key purge VaultA1/Key001 $(pins VaultA1)
+run key purge VaultA1/TenantKeyA $(pins VaultA1)
 echo "exit code: $?"
 set -e
-run key recover VaultA1/Key001 $(pins VaultA1)
+run key recover VaultA1/TenantKeyA $(pins VaultA1)
 
 step "lose VaultA1 entirely: its token directory is deleted from disk"
 for d in "$root"/tokens/*/; do
@@ -119,15 +122,15 @@ run subscription join contoso-a --vault VaultA3 --domain "$root/out/contoso-a.do
   --so-pin-source "VaultA3=file:$root/pins/VaultA3.so.pin" $(pins VaultA3)
 
 step "restore the key there, and unwrap data made under both versions"
-run key restore VaultA3 --in "$root/out/Key001.backup" $(pins VaultA3)
-run key unwrap VaultA3/Key001 --in "$root/out/dek.wrapped" --out "$root/out/dek.v1" $(pins VaultA3)
-run key unwrap VaultA3/Key001 --in "$root/out/dek.wrapped-v2" --out "$root/out/dek.v2" $(pins VaultA3)
+run key restore VaultA3 --in "$root/out/TenantKeyA.backup" $(pins VaultA3)
+run key unwrap VaultA3/TenantKeyA --in "$root/out/dek.wrapped" --out "$root/out/dek.v1" $(pins VaultA3)
+run key unwrap VaultA3/TenantKeyA --in "$root/out/dek.wrapped-v2" --out "$root/out/dek.v2" $(pins VaultA3)
 cmp "$root/out/dek.bin" "$root/out/dek.v1" && cmp "$root/out/dek.bin" "$root/out/dek.v2"
 echo "both versions of the restored key give back the original data key"
 
 step "a backup restores only in its own subscription: VaultA2 (contoso-b) refuses it (exit 8)"
 set +e
-run key restore VaultA2 --in "$root/out/Key001.backup" $(pins VaultA2)
+run key restore VaultA2 --in "$root/out/TenantKeyA.backup" $(pins VaultA2)
 echo "exit code: $?"
 set -e
 
