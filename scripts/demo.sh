@@ -32,6 +32,11 @@ for v in VaultA1 VaultA2 Service; do
   export "${V}_PIN=$(cat "$root/pins/$v.pin")" "${V}_SO_PIN=$(cat "$root/pins/$v.so.pin")"
 done
 layout=policies/contoso-tenant.yaml
+# The layout splits duties: the administrator creates, lists and backs up; the service
+# wraps and unwraps; the key officer rotates, deletes, recovers and purges.
+export KEYCUSTODY_PRINCIPAL=contoso-admin
+svc="--as m365-service"
+officer="--as key-officer"
 
 if [ -t 1 ]; then b=$'\033[1m' n=$'\033[0m'; else b= n=; fi
 step() { printf '\n%s==> %s%s\n' "$b" "$*" "$n"; }
@@ -65,16 +70,16 @@ openssl pkey -pubin -in "$root/out/VaultA1-TenantKeyA.pem" -noout -text | head -
 
 step "wrap a 32-byte data key under VaultA1/TenantKeyA, then unwrap it on the token"
 openssl rand -out "$root/out/dek.bin" 32
-run key wrap VaultA1/TenantKeyA --in "$root/out/dek.bin" --out "$root/out/dek.wrapped"
+run key wrap VaultA1/TenantKeyA $svc --in "$root/out/dek.bin" --out "$root/out/dek.wrapped"
 cat "$root/out/dek.wrapped"; echo
-run key unwrap VaultA1/TenantKeyA --in "$root/out/dek.wrapped" --out "$root/out/dek.unwrapped" $(pins VaultA1)
+run key unwrap VaultA1/TenantKeyA $svc --in "$root/out/dek.wrapped" --out "$root/out/dek.unwrapped" $(pins VaultA1)
 cmp "$root/out/dek.bin" "$root/out/dek.unwrapped"
 echo "the unwrapped key is byte-for-byte the original"
 
 step "cross-check: OpenSSL wraps with the exported public key, the token unwraps"
 openssl pkeyutl -encrypt -pubin -inkey "$root/out/VaultA1-TenantKeyA.pem" -in "$root/out/dek.bin" \
   -out "$root/out/dek.openssl" -pkeyopt rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha1
-run key unwrap VaultA1/TenantKeyA --in "$root/out/dek.openssl" --alg RSA-OAEP \
+run key unwrap VaultA1/TenantKeyA $svc --in "$root/out/dek.openssl" --alg RSA-OAEP \
   --out "$root/out/dek.from-openssl" $(pins VaultA1)
 cmp "$root/out/dek.bin" "$root/out/dek.from-openssl"
 echo "OpenSSL and the token agree"
@@ -91,20 +96,27 @@ run subscription init contoso-a --vault VaultA1 --quorum 2 --out "$root/out/cont
   --so-pin-source "VaultA1=file:$root/pins/VaultA1.so.pin" $(pins VaultA1)
 
 step "rotate the key; data wrapped under the old version still unwraps"
-run key rotate VaultA1/TenantKeyA $(pins VaultA1)
-run key wrap VaultA1/TenantKeyA --in "$root/out/dek.bin" --out "$root/out/dek.wrapped-v2"
+run key rotate VaultA1/TenantKeyA $officer $(pins VaultA1)
+run key wrap VaultA1/TenantKeyA $svc --in "$root/out/dek.bin" --out "$root/out/dek.wrapped-v2"
 run key show VaultA1/TenantKeyA --versions $(pins VaultA1)
 
 step "back up the key: every version, wrapped on the token, MAC made on the token"
 run key backup VaultA1/TenantKeyA --out "$root/out/TenantKeyA.backup" $(pins VaultA1)
 
-step "soft delete: unusable, name reserved; purge protection refuses an early purge (exit 6)"
-run key delete VaultA1/TenantKeyA $(pins VaultA1)
+step "access policy: the administrator may not delete (exit 6); the key officer may"
+run access show VaultA1
 set +e
-run key purge VaultA1/TenantKeyA $(pins VaultA1)
+run key delete VaultA1/TenantKeyA $(pins VaultA1)
 echo "exit code: $?"
 set -e
-run key recover VaultA1/TenantKeyA $(pins VaultA1)
+
+step "soft delete: unusable, name reserved; purge protection refuses an early purge (exit 6)"
+run key delete VaultA1/TenantKeyA $officer $(pins VaultA1)
+set +e
+run key purge VaultA1/TenantKeyA $officer $(pins VaultA1)
+echo "exit code: $?"
+set -e
+run key recover VaultA1/TenantKeyA $officer $(pins VaultA1)
 
 step "lose VaultA1 entirely: its token directory is deleted from disk"
 for d in "$root"/tokens/*/; do

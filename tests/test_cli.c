@@ -790,6 +790,73 @@ static const kc_test_case lifecycle_cases[] = {
     {NULL, NULL},
 };
 
+/* --- access policies --- */
+
+static void test_access_policy(void)
+{
+    const kc_test_out *r;
+    json_t *j;
+
+    kc_test_vault("VaultA1", "s", "westus");
+    kc_test_key("VaultA1/Key001", NULL);
+    r = kc_test_run("access", "show", "VaultA1", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "has no access policy");
+    /* no policy: no principal needed */
+    ASSERT_RC(kc_test_run("key", "show", "VaultA1/Key001", PIN, NULL), 0);
+    r = kc_test_run("access", "set", "VaultA1", "--principal", "admin", "--role", "administrator",
+                    PIN, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "set principal 'admin' on vault 'VaultA1': get,list,create,import,backup,"
+                       "restore");
+    ASSERT_RC(kc_test_run("access", "set", "VaultA1", "--principal", "officer", "--permissions",
+                          "get,delete,recover", PIN, NULL),
+              0);
+    r = kc_test_run("access", "show", "VaultA1", "--json", NULL);
+    j = parse(r->out);
+    CU_ASSERT_EQUAL(json_array_size(j), 2);
+    json_decref(j);
+    /* a policy: who acts must be said, and must hold the permission */
+    r = kc_test_run("key", "delete", "VaultA1/Key001", PIN, NULL);
+    ASSERT_RC(r, 6);
+    ASSERT_HAS(r->err, "vault 'VaultA1' has an access policy; 'delete' needs a principal");
+    r = kc_test_run("key", "delete", "VaultA1/Key001", "--as", "admin", PIN, NULL);
+    ASSERT_RC(r, 6);
+    ASSERT_HAS(r->err, "error: principal 'admin' lacks 'delete' on vault 'VaultA1'");
+    r = kc_test_run("key", "delete", "VaultA1/Key001", "--as", "nobody", PIN, NULL);
+    ASSERT_RC(r, 6);
+    setenv("KEYCUSTODY_PRINCIPAL", "officer", 1);
+    r = kc_test_run("key", "delete", "VaultA1/Key001", PIN, NULL);
+    unsetenv("KEYCUSTODY_PRINCIPAL");
+    ASSERT_RC(r, 0);
+    ASSERT_RC(kc_test_run("key", "recover", "VaultA1/Key001", "--as", "officer", PIN, NULL), 0);
+    /* taking permissions back, and whole entries */
+    ASSERT_RC(kc_test_run("access", "remove", "VaultA1", "--principal", "officer", "--permissions",
+                          "delete", PIN, NULL),
+              0);
+    r = kc_test_run("key", "delete", "VaultA1/Key001", "--as", "officer", PIN, NULL);
+    ASSERT_RC(r, 6);
+    ASSERT_RC(kc_test_run("access", "remove", "VaultA1", "--principal", "officer", PIN, NULL), 0);
+    r = kc_test_run("access", "show", "VaultA1", NULL);
+    CU_ASSERT_PTR_NULL(strstr(r->out, "officer"));
+    r = kc_test_run("access", "remove", "VaultA1", "--principal", "ghost", PIN, NULL);
+    ASSERT_RC(r, 4);
+    r = kc_test_run("access", "set", "VaultA1", "--principal", "x", PIN, NULL);
+    ASSERT_RC(r, 2);
+    r = kc_test_run("access", "set", "VaultA1", "--principal", "x", "--role", "service",
+                    "--permissions", "get", PIN, NULL);
+    ASSERT_RC(r, 2);
+    r = kc_test_run("access", "set", "VaultA1", "--principal", "x", "--permissions", "getKey", PIN,
+                    NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "unknown key permission 'getKey'");
+}
+
+static const kc_test_case access_cases[] = {
+    {"set, show, remove, enforce", test_access_policy},
+    {NULL, NULL},
+};
+
 /* --- injected token failures --- */
 
 static void arm(const char *fn, const char *rv, unsigned nth, int after)
@@ -985,11 +1052,15 @@ static const kc_test_case fault_cases[] = {
 static void test_help(void)
 {
     static const char *cmds[][2] = {
-        {"vault", "init"},  {"vault", "show"}, {"vault", "list"},        {"key", "create"},
-        {"key", "list"},    {"key", "show"},   {"key", "export-public"}, {"key", "wrap"},
-        {"key", "unwrap"},  {"key", "rotate"}, {"key", "update"},        {"key", "delete"},
-        {"key", "recover"}, {"key", "purge"},  {"key", "list-deleted"},  {"key", "backup"},
-        {"key", "restore"}, {"key", "import"}, {"subscription", "init"}, {"subscription", "join"},
+        {"vault", "init"},        {"vault", "show"},        {"vault", "list"},
+        {"key", "create"},        {"key", "list"},          {"key", "show"},
+        {"key", "export-public"}, {"key", "wrap"},          {"key", "unwrap"},
+        {"key", "rotate"},        {"key", "update"},        {"key", "delete"},
+        {"key", "recover"},       {"key", "purge"},         {"key", "list-deleted"},
+        {"key", "backup"},        {"key", "restore"},       {"key", "import"},
+        {"subscription", "init"}, {"subscription", "join"}, {"access", "set"},
+        {"access", "remove"},     {"access", "show"},       {"policy", "check"},
+        {"policy", "plan"},       {"policy", "apply"},
     };
     const kc_test_out *r;
     char want[100];
@@ -1092,9 +1163,9 @@ static const kc_test_case prompt_cases[] = {
 };
 
 static const kc_test_suite suites[] = {
-    {"vault", 1, vault_cases},         {"key", 1, key_cases},   {"wrap", 1, wrap_cases},
-    {"faults", 1, fault_cases},        {"help", 0, help_cases}, {"prompt", 1, prompt_cases},
-    {"lifecycle", 1, lifecycle_cases}, {NULL, 0, NULL},
+    {"vault", 1, vault_cases},         {"key", 1, key_cases},       {"wrap", 1, wrap_cases},
+    {"faults", 1, fault_cases},        {"help", 0, help_cases},     {"prompt", 1, prompt_cases},
+    {"lifecycle", 1, lifecycle_cases}, {"access", 1, access_cases}, {NULL, 0, NULL},
 };
 
 int main(int argc, char **argv)

@@ -11,42 +11,47 @@
 #include <time.h>
 #include <unistd.h>
 
-static const char base[] = "version: 1\n"
-                           "subscriptions:\n"
-                           "  - id: sub-a\n"
-                           "    mandatory_retention: true\n"
-                           "  - id: sub-b\n"
-                           "    mandatory_retention: true\n"
-                           "service_principal: svc\n"
-                           "vaults:\n"
-                           "  - name: VaultA1\n"
-                           "    subscription: sub-a\n"
-                           "    region: westus\n"
-                           "    pin: env:TEST_PIN\n"
-                           "    so_pin: env:TEST_SO_PIN\n"
-                           "    purge_protection: true\n"
-                           "    access:\n"
-                           "      - principal: svc\n"
-                           "        role: service\n"
-                           "    keys:\n"
-                           "      - name: KeyA\n"
-                           "        size: 2048\n"
-                           "  - name: VaultB1\n"
-                           "    subscription: sub-b\n"
-                           "    region: eastus2\n"
-                           "    pin: env:TEST_PIN\n"
-                           "    so_pin: env:TEST_SO_PIN\n"
-                           "    purge_protection: true\n"
-                           "    access:\n"
-                           "      - principal: svc\n"
-                           "        role: service\n"
-                           "    keys:\n"
-                           "      - name: KeyB\n"
-                           "        size: 2048\n"
-                           "deps:\n"
-                           "  - name: Dep1\n"
-                           "    workload: tenant\n"
-                           "    keys: [VaultA1/KeyA, VaultB1/KeyB]\n";
+static const char base[] =
+    "version: 1\n"
+    "subscriptions:\n"
+    "  - id: sub-a\n"
+    "    mandatory_retention: true\n"
+    "  - id: sub-b\n"
+    "    mandatory_retention: true\n"
+    "service_principal: svc\n"
+    "vaults:\n"
+    "  - name: VaultA1\n"
+    "    subscription: sub-a\n"
+    "    region: westus\n"
+    "    pin: env:TEST_PIN\n"
+    "    so_pin: env:TEST_SO_PIN\n"
+    "    purge_protection: true\n"
+    "    access:\n"
+    "      - principal: svc\n"
+    "        role: service\n"
+    "      - principal: officer\n"
+    "        permissions: [get, list, update, delete, recover, purge, rotate]\n"
+    "    keys:\n"
+    "      - name: KeyA\n"
+    "        size: 2048\n"
+    "  - name: VaultB1\n"
+    "    subscription: sub-b\n"
+    "    region: eastus2\n"
+    "    pin: env:TEST_PIN\n"
+    "    so_pin: env:TEST_SO_PIN\n"
+    "    purge_protection: true\n"
+    "    access:\n"
+    "      - principal: svc\n"
+    "        role: service\n"
+    "      - principal: officer\n"
+    "        permissions: [get, list, update, delete, recover, purge, rotate]\n"
+    "    keys:\n"
+    "      - name: KeyB\n"
+    "        size: 2048\n"
+    "deps:\n"
+    "  - name: Dep1\n"
+    "    workload: tenant\n"
+    "    keys: [VaultA1/KeyA, VaultB1/KeyB]\n";
 
 static char layout_path[1024];
 
@@ -158,7 +163,8 @@ static void test_edits_show_exactly_themselves(void)
     ASSERT_HAS(r->out, "Plan: 1 to add, 2 to change, 0 to delete, 0 blocked.");
     ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
     CU_ASSERT_EQUAL(actions(file), 0);
-    r = kc_test_run("key", "show", "VaultB1/KeyB", "--pin-source", "env:TEST_PIN", NULL);
+    r = kc_test_run("key", "show", "VaultB1/KeyB", "--pin-source", "env:TEST_PIN", "--as",
+                    "officer", NULL);
     ASSERT_HAS(r->out, "type:         RSA-3072");
     ASSERT_HAS(r->out, "tag:          owner=bob");
     ASSERT_HAS(r->out, "versions:     2");
@@ -169,7 +175,8 @@ static void test_edits_show_exactly_themselves(void)
     r = kc_test_run("policy", "apply", file, "--yes", "--allow-delete", NULL);
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "- delete key VaultB1/KeyC ... done");
-    r = kc_test_run("key", "list-deleted", "VaultB1", "--pin-source", "env:TEST_PIN", NULL);
+    r = kc_test_run("key", "list-deleted", "VaultB1", "--pin-source", "env:TEST_PIN", "--as",
+                    "officer", NULL);
     ASSERT_HAS(r->out, "KeyC");
 }
 
@@ -180,7 +187,7 @@ static void test_blocked_changes(void)
 
     ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
     ASSERT_RC(kc_test_run("key", "update", "VaultA1/KeyA", "--expires", "9999-12-31",
-                          "--pin-source", "env:TEST_PIN", NULL),
+                          "--pin-source", "env:TEST_PIN", "--as", "officer", NULL),
               0);
     file = layout("    region: eastus2\n", "    region: northeurope\n");
     r = kc_test_run("policy", "apply", file, "--yes", NULL);
@@ -300,6 +307,15 @@ static void test_converges_after_kill(void)
                    "kill -9 $p 2>/dev/null; wait $p; true",
                    KC_BINARY, file, delays[i]);
         ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
+        if (actions(file) != 0 || objects("VaultA1") != 4 || objects("VaultB1") != 4) {
+            const kc_test_out *r = kc_test_run("policy", "plan", file, NULL);
+            fprintf(stderr, "\n  killed after %s s; plan:\n%s%s", delays[i], r->out, r->err);
+            kc_test_sh(&out,
+                       "pkcs11-tool --module '%s' -L; pkcs11-tool --module '%s' "
+                       "--token-label VaultB1 --login --pin env:TEST_PIN -O 2>/dev/null",
+                       KC_SOFTHSM_MODULE, KC_SOFTHSM_MODULE);
+            fprintf(stderr, "%s\n", out);
+        }
         assert_converged(file);
         CU_ASSERT_EQUAL(kc_test_sh(&out, "rm -rf '%s/tokens' && mkdir '%s/tokens'", kc_test_dir(),
                                    kc_test_dir()),
@@ -307,7 +323,54 @@ static void test_converges_after_kill(void)
     }
 }
 
+static kc_rc env_pin(void *arg, const char *vault, kc_pin_kind kind, kc_secret **out, kc_error *err)
+{
+    const char *v = getenv(kind == KC_PIN_SO || kind == KC_PIN_NEW_SO ? "TEST_SO_PIN" : "TEST_PIN");
+
+    (void)arg;
+    (void)vault;
+    *out = kc_secret_dup(v, strlen(v));
+    return *out ? KC_OK : kc_error_set(err, KC_ERR, "oom");
+}
+
+/* Half a key pair where a create was killed: plan repairs it. */
+static void test_repairs_half_made_key(void)
+{
+    const char *file = layout(NULL, NULL);
+    unsigned char id[16] = {1, 2, 3}, n[256], e[3] = {1, 0, 1};
+    kc_rsa_spec spec = {"KeyA", id, sizeof(id), 2048, KC_OP_WRAP, 0, 0, NULL, NULL};
+    const kc_test_out *r;
+    kc_ctx *ctx = NULL;
+    kc_vault *v = NULL;
+    kc_error err;
+    kc_obj obj;
+
+    ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
+    memset(n, 0xc5, sizeof(n));
+    CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, env_pin, NULL, &ctx, &err), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_vault_open(ctx, "VaultA1", &v, &err), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_ctx_login(ctx, v->tok, &err), KC_OK);
+    spec.label = "KeyQ";
+    CU_ASSERT_EQUAL_FATAL(
+        kc_tok_create_rsa_public(v->tok, &spec, n, sizeof(n), e, sizeof(e), &obj, &err), KC_OK);
+    kc_vault_free(v);
+    kc_ctx_free(ctx);
+    file =
+        layout("      - name: KeyA\n        size: 2048\n",
+               "      - name: KeyA\n        size: 2048\n      - name: KeyQ\n        size: 2048\n");
+    r = kc_test_run("policy", "plan", file, NULL);
+    ASSERT_HAS(r->out, "  ~ repair key VaultA1/KeyQ: remove the half-made version 010203");
+    ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
+    CU_ASSERT_EQUAL(actions(file), 0);
+    r = kc_test_run("key", "show", "VaultA1/KeyQ", "--pin-source", "env:TEST_PIN", "--as",
+                    "officer", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "versions:     1");
+    CU_ASSERT_PTR_NULL(strstr(r->out, "010203"));
+}
+
 static const kc_test_case cases[] = {
+    {"repairs a half-made key", test_repairs_half_made_key},
     {"plan, apply, plan again", test_plan_apply_plan},
     {"edits show exactly themselves", test_edits_show_exactly_themselves},
     {"blocked changes", test_blocked_changes},

@@ -14,11 +14,12 @@
 
 #define KC_VERSION "0.1.0"
 
-static const kc_cmd *const groups[] = {kc_cmds_vault, kc_cmds_key, kc_cmds_subscription,
-                                       kc_cmds_policy};
+static const kc_cmd *const groups[] = {kc_cmds_vault, kc_cmds_key, kc_cmds_access,
+                                       kc_cmds_subscription, kc_cmds_policy};
 static const char *const group_summary[] = {
     "initialise and inspect vaults (PKCS#11 tokens with keycustody metadata)",
     "RSA root keys: create, rotate, update, delete, recover, purge, back up, restore, wrap",
+    "access policies: which principal may do what with a vault's keys",
     "the backup domain a subscription's vaults share, split among custodians",
     "the layout as code: check a YAML layout file, plan and apply it",
 };

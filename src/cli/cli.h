@@ -70,5 +70,6 @@ extern const kc_cmd kc_cmds_vault[];
 extern const kc_cmd kc_cmds_key[];
 extern const kc_cmd kc_cmds_subscription[];
 extern const kc_cmd kc_cmds_policy[];
+extern const kc_cmd kc_cmds_access[];
 
 #endif

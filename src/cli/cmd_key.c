@@ -142,9 +142,29 @@ static void print_version(FILE *f, const kc_vault *v, const kc_key *k, const kc_
                 yes(ver->pub.trusted));
 }
 
-/* Opens the vault and key named by s. want_version: a VERSION part is allowed. */
-static int open_key(kc_cli *cli, const char *s, int login, int want_version, kc_vault **v,
-                    kc_key **k, kc_key_ref *ref)
+/* Opens the vault named by s and checks the acting principal holds perm. */
+static int open_vault(kc_cli *cli, const char *name, unsigned perm, kc_vault **v)
+{
+    kc_ctx *ctx = NULL;
+    kc_error err;
+
+    *v = NULL;
+    if (kc_cli_ctx(cli, &ctx) != KC_OK)
+        return cli->error.code;
+    kc_error_clear(&err);
+    if (kc_vault_open(ctx, name, v, &err) != KC_OK ||
+        kc_vault_authorize(*v, cli->principal, perm, &err) != KC_OK) {
+        kc_vault_free(*v);
+        *v = NULL;
+        return kc_cli_fail(cli, &err);
+    }
+    return 0;
+}
+
+/* Opens the vault and key named by s, for an operation needing perm.
+ * want_version: a VERSION part is allowed. */
+static int open_key(kc_cli *cli, const char *s, unsigned perm, int login, int want_version,
+                    kc_vault **v, kc_key **k, kc_key_ref *ref)
 {
     kc_ctx *ctx = NULL;
     kc_error err;
@@ -157,10 +177,9 @@ static int open_key(kc_cli *cli, const char *s, int login, int want_version, kc_
         return kc_cli_fail(cli, &err);
     if (!want_version && ref->id_len > 0)
         return kc_cli_usage(cli, "'%s': this command takes VAULT/KEY without a version", s);
-    if (kc_cli_ctx(cli, &ctx) != KC_OK)
+    (void)ctx;
+    if (open_vault(cli, ref->vault, perm, v) != 0)
         return cli->error.code;
-    if (kc_vault_open(ctx, ref->vault, v, &err) != KC_OK)
-        return kc_cli_fail(cli, &err);
     if (k != NULL && kc_key_get(*v, ref->name, login, k, &err) != KC_OK) {
         kc_vault_free(*v);
         *v = NULL;
@@ -244,7 +263,7 @@ static int cmd_create(kc_cli *cli, int argc, char **argv)
     kc_error_clear(&err);
     if (kc_key_check_size(s.size, &s.o.bits, &err) != KC_OK)
         return kc_cli_fail(cli, &err);
-    rc = open_key(cli, argv[first], 1, 0, &v, NULL, &ref);
+    rc = open_key(cli, argv[first], KC_PERM_CREATE, 1, 0, &v, NULL, &ref);
     if (rc != 0)
         return rc;
     s.o.name = ref.name;
@@ -312,11 +331,10 @@ static int list_keys(kc_cli *cli, int argc, char **argv, int deleted)
         return rc;
     if (argc - first != 1)
         return kc_cli_usage(cli, "give exactly one vault");
-    if (kc_cli_ctx(cli, &ctx) != KC_OK)
+    (void)ctx;
+    if (open_vault(cli, argv[first], KC_PERM_LIST, &v) != 0)
         return cli->error.code;
     kc_error_clear(&err);
-    if (kc_vault_open(ctx, argv[first], &v, &err) != KC_OK)
-        return kc_cli_fail(cli, &err);
     rc = deleted ? kc_key_list_deleted(v, &keys, &n, &err) : kc_key_list(v, &keys, &n, &err);
     if (rc != KC_OK) {
         kc_vault_free(v);
@@ -393,7 +411,7 @@ static int cmd_show(kc_cli *cli, int argc, char **argv)
         return rc;
     if (argc - first != 1)
         return kc_cli_usage(cli, "give exactly one key as VAULT/KEY[/VERSION]");
-    rc = open_key(cli, argv[first], 1, 1, &v, &k, &ref);
+    rc = open_key(cli, argv[first], KC_PERM_GET, 1, 1, &v, &k, &ref);
     if (rc != 0)
         return rc;
     kc_error_clear(&err);
@@ -477,7 +495,7 @@ static int cmd_export_public(kc_cli *cli, int argc, char **argv)
     if (argc - first != 1)
         return kc_cli_usage(cli, "give exactly one key as VAULT/KEY[/VERSION]");
     /* The public key is a public object: no PIN. */
-    rc = open_key(cli, argv[first], 0, 1, &v, &k, &ref);
+    rc = open_key(cli, argv[first], KC_PERM_GET, 0, 1, &v, &k, &ref);
     if (rc != 0)
         return rc;
     kc_error_clear(&err);
@@ -547,7 +565,7 @@ static int cmd_wrap(kc_cli *cli, int argc, char **argv)
     if (kc_secret_read_file(s.in, KC_WRAP_SECRET_MAX, &secret, &err) != KC_OK)
         return kc_cli_fail(cli, &err);
     /* Wrapping uses the public key: no PIN. */
-    rc = open_key(cli, argv[first], 0, 1, &v, &k, &ref);
+    rc = open_key(cli, argv[first], KC_PERM_WRAP, 0, 1, &v, &k, &ref);
     if (rc != 0)
         goto cleanup;
     if (kc_key_select(k, ref.id, ref.id_len, &ver, &err) != KC_OK ||
@@ -686,7 +704,7 @@ static int cmd_unwrap(kc_cli *cli, int argc, char **argv)
         return kc_cli_fail(cli, &err);
     if (read_wrapped(s.in, s.alg, &ref, &wrapped, &wrapped_len, &alg, &err) != KC_OK)
         return kc_cli_fail(cli, &err);
-    rc = open_key(cli, argv[first], 1, 1, &v, &k, &(kc_key_ref){0});
+    rc = open_key(cli, argv[first], KC_PERM_UNWRAP, 1, 1, &v, &k, &(kc_key_ref){0});
     if (rc != 0)
         goto cleanup;
     if (kc_key_select(k, ref.id, ref.id_len, &ver, &err) != KC_OK ||
@@ -709,7 +727,7 @@ cleanup:
 /* --- lifecycle --- */
 
 /* The shape of rotate, delete, recover and purge: one VAULT/KEY, no options. */
-static int one_key(kc_cli *cli, int argc, char **argv, kc_vault **v, kc_key_ref *ref)
+static int one_key(kc_cli *cli, int argc, char **argv, unsigned perm, kc_vault **v, kc_key_ref *ref)
 {
     int first, rc;
 
@@ -718,7 +736,7 @@ static int one_key(kc_cli *cli, int argc, char **argv, kc_vault **v, kc_key_ref 
         return rc;
     if (argc - first != 1)
         return kc_cli_usage(cli, "give exactly one key as VAULT/KEY");
-    return open_key(cli, argv[first], 1, 0, v, NULL, ref);
+    return open_key(cli, argv[first], perm, 1, 0, v, NULL, ref);
 }
 
 static int cmd_rotate(kc_cli *cli, int argc, char **argv)
@@ -727,7 +745,7 @@ static int cmd_rotate(kc_cli *cli, int argc, char **argv)
     kc_vault *v = NULL;
     kc_key *k = NULL;
     kc_error err;
-    int rc = one_key(cli, argc, argv, &v, &ref);
+    int rc = one_key(cli, argc, argv, KC_PERM_ROTATE, &v, &ref);
 
     if (rc != 0)
         return rc;
@@ -752,7 +770,7 @@ static int cmd_delete(kc_cli *cli, int argc, char **argv)
     kc_vault *v = NULL;
     kc_key *k = NULL;
     kc_error err;
-    int rc = one_key(cli, argc, argv, &v, &ref);
+    int rc = one_key(cli, argc, argv, KC_PERM_DELETE, &v, &ref);
 
     if (rc != 0)
         return rc;
@@ -777,7 +795,7 @@ static int cmd_recover(kc_cli *cli, int argc, char **argv)
     kc_vault *v = NULL;
     kc_key *k = NULL;
     kc_error err;
-    int rc = one_key(cli, argc, argv, &v, &ref);
+    int rc = one_key(cli, argc, argv, KC_PERM_RECOVER, &v, &ref);
 
     if (rc != 0)
         return rc;
@@ -798,7 +816,7 @@ static int cmd_purge(kc_cli *cli, int argc, char **argv)
     kc_key_ref ref;
     kc_vault *v = NULL;
     kc_error err;
-    int rc = one_key(cli, argc, argv, &v, &ref);
+    int rc = one_key(cli, argc, argv, KC_PERM_PURGE, &v, &ref);
 
     if (rc != 0)
         return rc;
@@ -888,7 +906,7 @@ static int cmd_update(kc_cli *cli, int argc, char **argv)
         return kc_cli_usage(cli, "give exactly one key as VAULT/KEY[/VERSION]");
     if (!s.o.set_enabled && !s.o.set_ops && s.o.expires == NULL && s.o.ntags == 0)
         return kc_cli_usage(cli, "nothing to change: give --enabled, --ops, --expires or --tag");
-    rc = open_key(cli, argv[first], 1, 1, &v, NULL, &ref);
+    rc = open_key(cli, argv[first], KC_PERM_UPDATE, 1, 1, &v, NULL, &ref);
     if (rc != 0)
         return rc;
     kc_error_clear(&err);
@@ -939,7 +957,7 @@ static int cmd_backup(kc_cli *cli, int argc, char **argv)
         return kc_cli_usage(cli, "give exactly one key as VAULT/KEY");
     if (s.out == NULL || !ends_with(s.out, ".backup"))
         return kc_cli_usage(cli, "--out FILE.backup is required (the name ends in .backup)");
-    rc = open_key(cli, argv[first], 1, 0, &v, NULL, &ref);
+    rc = open_key(cli, argv[first], KC_PERM_BACKUP, 1, 0, &v, NULL, &ref);
     if (rc != 0)
         return rc;
     kc_error_clear(&err);
@@ -983,11 +1001,11 @@ static int cmd_restore(kc_cli *cli, int argc, char **argv)
     kc_error_clear(&err);
     if (kc_file_read(s.in, KC_BACKUP_FILE_MAX, &blob, &len, &err) != KC_OK)
         return kc_cli_fail(cli, &err);
+    (void)ctx;
     rc = KC_OK;
-    if (kc_cli_ctx(cli, &ctx) != KC_OK)
+    if (open_vault(cli, argv[first], KC_PERM_RESTORE, &v) != 0)
         rc = cli->error.code;
-    else if (kc_vault_open(ctx, argv[first], &v, &err) != KC_OK ||
-             kc_restore_key(v, blob, len, name, &nversions, &err) != KC_OK)
+    else if (kc_restore_key(v, blob, len, name, &nversions, &err) != KC_OK)
         rc = kc_cli_fail(cli, &err);
     else
         fprintf(cli->out, "restored key '%s/%s' with %zu version%s\n", v->meta.name, name,
@@ -1059,7 +1077,7 @@ static int cmd_import(kc_cli *cli, int argc, char **argv)
     kc_error_clear(&err);
     if (kc_file_read(s.byok ? s.byok : s.pem, 1 << 16, &buf, &len, &err) != KC_OK)
         return kc_cli_fail(cli, &err);
-    rc = open_key(cli, argv[first], 1, 0, &v, NULL, &ref);
+    rc = open_key(cli, argv[first], KC_PERM_IMPORT, 1, 0, &v, NULL, &ref);
     if (rc == 0) {
         s.o.name = ref.name;
         rc = s.byok ? kc_key_import_byok(v, &s.o, buf, len, &k, &err)

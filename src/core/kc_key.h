@@ -164,6 +164,12 @@ KC_EXPORT kc_rc kc_key_update(kc_vault *v, const char *name, const unsigned char
                               const kc_key_update_opts *o, kc_key **out,
                               kc_error *err) KC_MUST_CHECK;
 
+/* Destroys the half-made versions of a key: unrecorded, with only one half
+ * of the pair on the token (a create killed inside C_GenerateKeyPair).
+ * *emptied tells whether no version is left. */
+KC_EXPORT kc_rc kc_key_remove_half_made(kc_vault *v, const char *name, int *emptied,
+                                        kc_error *err) KC_MUST_CHECK;
+
 /* Records the versions the key state does not know (a create or rotate
  * interrupted between the token and the record): created now, enabled,
  * with the ops the token allows; the newest becomes current if none is. */

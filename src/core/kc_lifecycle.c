@@ -218,6 +218,29 @@ done:
     return KC_OK;
 }
 
+kc_rc kc_key_remove_half_made(kc_vault *v, const char *name, int *emptied, kc_error *err)
+{
+    kc_key *k = NULL;
+    size_t i, left = 0;
+    kc_rc r;
+
+    *emptied = 0;
+    r = load(v, name, &k, err);
+    for (i = 0; r == KC_OK && i < k->nversions; i++) {
+        const kc_key_version *ver = &k->versions[i];
+        if (ver->recorded || (ver->has_pub && ver->has_priv)) {
+            left++;
+            continue;
+        }
+        r = kc_tok_destroy(v->tok, ver->has_pub ? ver->pub.handle : ver->priv.handle, err);
+    }
+    kc_key_free(k);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot repair key '%s' in vault '%s'", name, v->meta.name);
+    *emptied = left == 0;
+    return KC_OK;
+}
+
 kc_rc kc_key_record_missing(kc_vault *v, const char *name, kc_error *err)
 {
     char now_s[21], ops[128];

@@ -275,6 +275,41 @@ static kc_rc write_meta(kc_tok *tok, kc_vault_meta *m, kc_error *err)
     return r;
 }
 
+kc_rc kc_vault_authorize(const kc_vault *v, const char *principal, unsigned perm, kc_error *err)
+{
+    char name[32];
+    size_t i;
+
+    if (v->meta.naccess == 0)
+        return KC_OK;
+    kc_perms_format(perm, name, sizeof(name));
+    if (principal == NULL || *principal == '\0') {
+        kc_error_set(err, KC_DENIED,
+                     "vault '%s' has an access policy; '%s' needs a principal "
+                     "that holds it",
+                     v->meta.name, name);
+        kc_error_hint(err,
+                      "say who acts with --as PRINCIPAL (or KEYCUSTODY_PRINCIPAL); see "
+                      "'keycustody access show %s'",
+                      v->meta.name);
+        return KC_DENIED;
+    }
+    for (i = 0; i < v->meta.naccess; i++) {
+        if (strcmp(v->meta.access[i].principal, principal) != 0)
+            continue;
+        if ((v->meta.access[i].perms & perm) == perm)
+            return KC_OK;
+        break;
+    }
+    kc_error_set(err, KC_DENIED, "principal '%s' lacks '%s' on vault '%s'", principal, name,
+                 v->meta.name);
+    kc_error_hint(err,
+                  "grant it with 'keycustody access set %s --principal %s --permissions "
+                  "%s', or act as a principal that holds it",
+                  v->meta.name, principal, name);
+    return KC_DENIED;
+}
+
 kc_rc kc_vault_save_meta(kc_vault *v, kc_error *err)
 {
     time_t now;

@@ -77,6 +77,12 @@ KC_EXPORT kc_rc kc_vault_open(kc_ctx *ctx, const char *name_or_uri, kc_vault **o
                               kc_error *err) KC_MUST_CHECK;
 KC_EXPORT void kc_vault_free(kc_vault *v);
 
+/* Checks principal against the vault's access policy, when it has one:
+ * KC_DENIED naming the missing permission (or asking who acts). Guard
+ * rails against mistakes; the PIN is the security boundary. */
+KC_EXPORT kc_rc kc_vault_authorize(const kc_vault *v, const char *principal, unsigned perm,
+                                   kc_error *err) KC_MUST_CHECK;
+
 /* Writes v->meta as the next generation of the metadata (login needed). */
 KC_EXPORT kc_rc kc_vault_save_meta(kc_vault *v, kc_error *err) KC_MUST_CHECK;
 

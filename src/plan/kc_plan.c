@@ -201,6 +201,16 @@ static void plan_key(kc_plan *p, const kc_lvault *lv, size_t vi, size_t ki, cons
             lv->name, lk->name, lk->bits, prot_name(lk->protection), ops);
         return;
     }
+    for (i = 0; i < live->nversions; i++) {
+        const kc_key_version *ver = &live->versions[i];
+        if (!ver->recorded && !(ver->has_pub && ver->has_priv)) {
+            act(p, KC_ACT_KEY_REPAIR, vi, ki,
+                "an interrupted create left half a key pair, never usable",
+                "repair key %s/%s: remove the half-made version %s", lv->name, lk->name,
+                ver->version);
+            return; /* the next plan compares it */
+        }
+    }
     for (i = 0; i < live->nversions && live->versions[i].recorded; i++)
         ;
     if (i < live->nversions) {
@@ -370,15 +380,31 @@ static kc_rc apply_key_update(kc_vault *v, const kc_lkey *lk, kc_error *err)
     return r;
 }
 
+static kc_rc create_key(kc_vault *v, const kc_lkey *lk, kc_key **k, kc_error *err)
+{
+    kc_key_create_opts co;
+    kc_rc r;
+
+    memset(&co, 0, sizeof(co));
+    co.name = lk->name;
+    co.bits = lk->bits;
+    co.protection = lk->protection;
+    co.ops = lk->ops;
+    co.expires = lk->expires[0] ? lk->expires : NULL;
+    r = kc_key_create(v, &co, k, err);
+    if (r == KC_OK && lk->ntags > 0)
+        r = apply_key_update(v, lk, err);
+    return r;
+}
+
 kc_rc kc_plan_apply(kc_ctx *ctx, const kc_layout *l, const kc_action *a, kc_error *err)
 {
     const kc_lvault *lv = &l->vaults[a->vault];
     const kc_lkey *lk = a->key < lv->nkeys ? &lv->keys[a->key] : NULL;
-    kc_key_create_opts co;
     kc_vault_meta want;
     kc_vault *v = NULL;
     kc_key *k = NULL;
-    int adopted;
+    int adopted, emptied = 0;
     kc_rc r;
 
     switch (a->kind) {
@@ -411,21 +437,20 @@ kc_rc kc_plan_apply(kc_ctx *ctx, const kc_layout *l, const kc_action *a, kc_erro
             r = kc_vault_save_meta(v, err);
         break;
     case KC_ACT_KEY_CREATE:
-        memset(&co, 0, sizeof(co));
-        co.name = lk->name;
-        co.bits = lk->bits;
-        co.protection = lk->protection;
-        co.ops = lk->ops;
-        co.expires = lk->expires[0] ? lk->expires : NULL;
-        r = kc_key_create(v, &co, &k, err);
-        if (r == KC_OK && lk->ntags > 0)
-            r = apply_key_update(v, lk, err);
+        r = create_key(v, lk, &k, err);
         break;
     case KC_ACT_KEY_RECOVER:
         r = kc_key_recover(v, lk->name, &k, err);
         break;
     case KC_ACT_KEY_RECORD:
         r = kc_key_record_missing(v, lk->name, err);
+        break;
+    case KC_ACT_KEY_REPAIR:
+        r = kc_key_remove_half_made(v, lk->name, &emptied, err);
+        if (r == KC_OK && emptied)
+            r = create_key(v, lk, &k, err);
+        else if (r == KC_OK)
+            r = kc_key_record_missing(v, lk->name, err);
         break;
     case KC_ACT_KEY_ROTATE:
         r = kc_key_rotate_to(v, lk->name, lk->bits, (int)lk->protection, &k, err);

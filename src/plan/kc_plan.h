@@ -15,6 +15,7 @@ typedef enum kc_act_kind {
     KC_ACT_KEY_CREATE,  /* + */
     KC_ACT_KEY_RECOVER, /* ~ a soft-deleted key the layout wants */
     KC_ACT_KEY_ROTATE,  /* ~ size or protection: a new version */
+    KC_ACT_KEY_REPAIR,  /* ~ remove a half-made version (a create killed mid-way), recreate */
     KC_ACT_KEY_RECORD,  /* ~ record versions an interrupted create left unrecorded */
     KC_ACT_KEY_UPDATE,  /* ~ ops, expiry, tags */
     KC_ACT_KEY_DELETE,  /* - soft delete (--allow-delete only) */
