@@ -369,7 +369,40 @@ static void test_repairs_half_made_key(void)
     CU_ASSERT_PTR_NULL(strstr(r->out, "010203"));
 }
 
+static void test_vault_validate(void)
+{
+    const char *file = layout(NULL, NULL);
+    const kc_test_out *r;
+
+    ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
+    r = kc_test_run("vault", "validate", "--all", "--layout", file, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "2 vaults valid (0 warnings); no drift from the layout");
+    /* drift: the file moved on, the tokens did not */
+    file = layout("      - name: KeyB\n        size: 2048\n",
+                  "      - name: KeyB\n        size: 2048\n        tags: {owner: bob}\n");
+    r = kc_test_run("vault", "validate", "--all", "--layout", file, NULL);
+    ASSERT_RC(r, 10);
+    ASSERT_HAS(r->out, "drift: ~ update key VaultB1/KeyB: tags");
+    /* a vault made by hand that breaks the Customer Key rules */
+    kc_test_vault("VaultC1", "sub-c", "westus");
+    r = kc_test_run("key", "create", "VaultC1/Soft", "--size", "2048", "--protection", "software",
+                    "--expires", "2040-01-01", "--pin-source", "env:TEST_PIN", NULL);
+    ASSERT_RC(r, 0);
+    r = kc_test_run("vault", "validate", "VaultC1", "--pin-source", "env:TEST_PIN", NULL);
+    ASSERT_RC(r, 3);
+    ASSERT_HAS(r->out, "live: error[KC019]: key 'VaultC1/Soft' expires on 2040-01-01");
+    ASSERT_HAS(r->out, "live: error[KC021]: vault 'VaultC1' holds root keys and has recovery "
+                       "level Recoverable+Purgeable");
+    ASSERT_HAS(r->out, "live: error[KC022]");
+    ASSERT_HAS(r->out, "live: warning[KC017]: key 'VaultC1/Soft' is software-protected");
+    ASSERT_HAS(r->err, "3 rules broken on the tokens (1 warning)");
+    r = kc_test_run("vault", "validate", NULL);
+    ASSERT_RC(r, 2);
+}
+
 static const kc_test_case cases[] = {
+    {"vault validate", test_vault_validate},
     {"repairs a half-made key", test_repairs_half_made_key},
     {"plan, apply, plan again", test_plan_apply_plan},
     {"edits show exactly themselves", test_edits_show_exactly_themselves},

@@ -66,6 +66,19 @@ int kc_cli_fail(kc_cli *cli, const kc_error *err);
 struct json_t;
 void kc_cli_print_json(kc_cli *cli, struct json_t *value);
 
+/* Layout helpers shared by policy and vault validate (cmd_policy.c). */
+#define LAYOUT_PINS (KC_CLI_MAX_SOURCES * 4)
+struct kc_layout;
+struct kc_diags;
+/* Reads FILE and runs the layout rules; *layout is NULL when its structure is broken. */
+kc_rc kc_cli_load_layout(kc_cli *cli, const char *file, struct kc_layout **layout,
+                         struct kc_diags *d);
+/* Text (file:line:col: severity[id]: message) or --json. */
+void kc_cli_print_diags(kc_cli *cli, const struct kc_diags *d);
+/* The layout's PIN sources and module for this command, kept in buf/sobuf. */
+kc_rc kc_cli_use_layout(kc_cli *cli, const struct kc_layout *l, char (*buf)[400],
+                        char (*sobuf)[400]);
+
 extern const kc_cmd kc_cmds_vault[];
 extern const kc_cmd kc_cmds_key[];
 extern const kc_cmd kc_cmds_subscription[];

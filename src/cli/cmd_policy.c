@@ -13,7 +13,7 @@
 
 /* Reads and checks FILE: structure, then the rules. *layout is NULL when
  * the structure is broken. */
-static kc_rc load_layout(kc_cli *cli, const char *file, kc_layout **layout, kc_diags *d)
+kc_rc kc_cli_load_layout(kc_cli *cli, const char *file, kc_layout **layout, kc_diags *d)
 {
     unsigned char *buf = NULL;
     size_t len = 0;
@@ -32,7 +32,7 @@ static kc_rc load_layout(kc_cli *cli, const char *file, kc_layout **layout, kc_d
     return KC_OK;
 }
 
-static void print_diags(kc_cli *cli, const kc_diags *d)
+void kc_cli_print_diags(kc_cli *cli, const kc_diags *d)
 {
     json_t *arr;
     size_t i;
@@ -51,8 +51,12 @@ static void print_diags(kc_cli *cli, const kc_diags *d)
     }
     for (i = 0; i < d->n; i++) {
         const kc_diag *x = &d->v[i];
-        fprintf(cli->out, "%s:%d:%d: %s[%s]: %s\n", d->file, x->line, x->col,
-                x->severity == KC_SEV_ERROR ? "error" : "warning", x->rule, x->msg);
+        if (x->line > 0)
+            fprintf(cli->out, "%s:%d:%d: ", d->file, x->line, x->col);
+        else
+            fprintf(cli->out, "%s: ", d->file);
+        fprintf(cli->out, "%s[%s]: %s\n", x->severity == KC_SEV_ERROR ? "error" : "warning",
+                x->rule, x->msg);
         if (x->hint[0])
             fprintf(cli->out, "    hint: %s\n", x->hint);
     }
@@ -69,9 +73,9 @@ static int cmd_check(kc_cli *cli, int argc, char **argv)
         return rc;
     if (argc - first != 1)
         return kc_cli_usage(cli, "give exactly one layout file");
-    if (load_layout(cli, argv[first], &l, &d) != KC_OK)
+    if (kc_cli_load_layout(cli, argv[first], &l, &d) != KC_OK)
         return cli->error.code;
-    print_diags(cli, &d);
+    kc_cli_print_diags(cli, &d);
     if (d.errors > 0) {
         kc_error_clear(&cli->error);
         cli->error.code = KC_LAYOUT;
@@ -127,11 +131,9 @@ static int plan_opt(kc_cli *cli, int opt, const char *arg, void *st)
     return 0;
 }
 
-#define LAYOUT_PINS (KC_CLI_MAX_SOURCES * 4)
-
 /* The layout's PIN sources as "VAULT=SOURCE" for the PIN callback, and its
  * module when the command line names none. */
-static kc_rc use_layout(kc_cli *cli, const kc_layout *l, char (*buf)[400], char (*sobuf)[400])
+kc_rc kc_cli_use_layout(kc_cli *cli, const kc_layout *l, char (*buf)[400], char (*sobuf)[400])
 {
     const char *module = NULL;
     size_t i, n = 0;
@@ -212,10 +214,10 @@ static int make_plan(kc_cli *cli, int argc, char **argv, struct plan_state *s, k
         return rc;
     if (argc - first != 1)
         return kc_cli_usage(cli, "give exactly one layout file");
-    if (load_layout(cli, argv[first], l, &d) != KC_OK)
+    if (kc_cli_load_layout(cli, argv[first], l, &d) != KC_OK)
         return cli->error.code;
     if (d.errors > 0) {
-        print_diags(cli, &d);
+        kc_cli_print_diags(cli, &d);
         kc_diags_release(&d);
         kc_error_set(&cli->error, KC_LAYOUT, "layout '%s' is invalid; nothing was planned",
                      argv[first]);
@@ -223,7 +225,7 @@ static int make_plan(kc_cli *cli, int argc, char **argv, struct plan_state *s, k
         return KC_LAYOUT;
     }
     kc_diags_release(&d);
-    if (use_layout(cli, *l, buf, sobuf) != KC_OK)
+    if (kc_cli_use_layout(cli, *l, buf, sobuf) != KC_OK)
         return cli->error.code;
     if (kc_cli_ctx(cli, &ctx) != KC_OK)
         return cli->error.code;

@@ -1,6 +1,8 @@
 /* keycustody vault init | show | list */
 #include "cli.h"
 #include "kc_util.h"
+#include "kc_layout.h"
+#include "kc_plan.h"
 #include "kc_vault.h"
 
 #include <jansson.h>
@@ -237,6 +239,106 @@ static int cmd_list(kc_cli *cli, int argc, char **argv)
     return KC_OK;
 }
 
+/* --- vault validate --- */
+
+enum { O_ALL = 300, O_LAYOUT };
+
+struct validate_state {
+    int all;
+    const char *layout;
+};
+
+static int validate_opt(kc_cli *cli, int opt, const char *arg, void *st)
+{
+    struct validate_state *s = st;
+
+    (void)cli;
+    if (opt == O_ALL)
+        s->all = 1;
+    else if (opt == O_LAYOUT)
+        s->layout = arg;
+    return 0;
+}
+
+static int cmd_validate(kc_cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"all", no_argument, NULL, O_ALL},
+        {"layout", required_argument, NULL, O_LAYOUT},
+        {NULL, 0, NULL, 0},
+    };
+    static char buf[LAYOUT_PINS][400], sobuf[LAYOUT_PINS][400];
+    struct validate_state s;
+    kc_layout *live = NULL, *want = NULL;
+    kc_diags d, ld;
+    kc_plan p;
+    kc_ctx *ctx = NULL;
+    kc_error err;
+    size_t i;
+    int first, rc;
+
+    memset(&s, 0, sizeof(s));
+    memset(&p, 0, sizeof(p));
+    kc_diags_init(&d, "live");
+    rc = kc_cli_parse(cli, argc, argv, opts, validate_opt, &s, &first);
+    if (rc != 0)
+        return rc;
+    if (s.all == (argc - first == 1))
+        return kc_cli_usage(cli, "give one vault name, or --all");
+    if (s.layout != NULL) {
+        rc = kc_cli_load_layout(cli, s.layout, &want, &ld);
+        if (rc == KC_OK && ld.errors > 0) {
+            kc_cli_print_diags(cli, &ld);
+            kc_error_set(&cli->error, KC_LAYOUT, "layout '%s' is invalid", s.layout);
+            rc = KC_LAYOUT;
+        }
+        kc_diags_release(&ld);
+        if (rc == KC_OK)
+            rc = kc_cli_use_layout(cli, want, buf, sobuf);
+        if (rc != KC_OK)
+            goto done;
+    }
+    if ((rc = kc_cli_ctx(cli, &ctx)) != KC_OK)
+        goto done;
+    kc_error_clear(&err);
+    if (kc_plan_observe(ctx, s.all ? NULL : (const char *const *)&argv[first], s.all ? 0 : 1, &live,
+                        &err) != KC_OK) {
+        rc = kc_cli_fail(cli, &err);
+        goto done;
+    }
+    kc_layout_validate_live(live, &d);
+    if (want != NULL && kc_plan_make(ctx, want, 0, &p, &err) != KC_OK) {
+        rc = kc_cli_fail(cli, &err);
+        goto done;
+    }
+    kc_cli_print_diags(cli, &d);
+    for (i = 0; i < p.n && !cli->json; i++)
+        fprintf(cli->out, "drift: %c %s (%s)\n", kc_action_sign(p.v[i].kind), p.v[i].what,
+                p.v[i].why);
+    if (d.errors > 0) {
+        kc_error_set(&cli->error, KC_LAYOUT, "%zu rule%s broken on the tokens (%zu warning%s)",
+                     d.errors, d.errors == 1 ? "" : "s", d.warnings, d.warnings == 1 ? "" : "s");
+        rc = KC_LAYOUT;
+    } else if (p.n > 0) {
+        kc_error_set(&cli->error, KC_CHANGES, "the tokens differ from the layout in %zu way%s", p.n,
+                     p.n == 1 ? "" : "s");
+        kc_error_hint(&cli->error, "see 'keycustody policy plan %s'", s.layout);
+        rc = KC_CHANGES;
+    } else {
+        if (!cli->json)
+            fprintf(cli->out, "%zu vault%s valid (%zu warning%s)%s\n", live->nvaults,
+                    live->nvaults == 1 ? "" : "s", d.warnings, d.warnings == 1 ? "" : "s",
+                    want ? "; no drift from the layout" : "");
+        rc = KC_OK;
+    }
+done:
+    kc_plan_release(&p);
+    kc_diags_release(&d);
+    kc_layout_free(live);
+    kc_layout_free(want);
+    return rc;
+}
+
 const kc_cmd kc_cmds_vault[] = {
     {"vault", "init", cmd_init,
      "NAME --subscription ID --region REGION [--sku premium|standard]\n"
@@ -266,6 +368,15 @@ const kc_cmd kc_cmds_vault[] = {
     {"vault", "list", cmd_list, "[--json]", "list every visible token and which are vaults",
      "Lists the tokens of every loaded module; free tokens and tokens that are not\n"
      "keycustody vaults are listed too. No PIN needed.\n",
+     1},
+    {"vault", "validate", cmd_validate, "NAME|--all [--layout FILE] [--json]",
+     "check live vaults against the Customer Key rules, and for drift from a layout",
+     "Reads each vault's metadata, access policy and keys (its PIN is needed) and\n"
+     "runs the layout rules on them (docs/rules.md): recovery level, the service\n"
+     "principal's access, administrators without delete, SKU, and for every RSA key\n"
+     "that is not a key-exchange key: wrapKey and unwrapKey, no expiry but 9999-12-31,\n"
+     "HSM protection, RSA 2048-4096. With --layout, what 'policy plan' would change is\n"
+     "reported as drift. Exit 3 when a rule is broken, 10 on drift, 0 otherwise.\n",
      1},
     {NULL, NULL, NULL, NULL, NULL, NULL, 0},
 };

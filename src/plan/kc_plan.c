@@ -345,6 +345,98 @@ kc_rc kc_plan_make(kc_ctx *ctx, const kc_layout *l, int allow_delete, kc_plan *p
     return KC_OK;
 }
 
+/* --- observe --- */
+
+static void live_vault(kc_layout *l, const kc_vault *v, const kc_key *keys, size_t nkeys)
+{
+    kc_lvault *lv = &l->vaults[l->nvaults++];
+    kc_lsub *sub = &l->subs[l->nsubs++];
+    size_t i;
+
+    snprintf(sub->id, sizeof(sub->id), "%s", v->meta.subscription);
+    sub->mandatory_retention = v->meta.retention_registered;
+    snprintf(lv->name, sizeof(lv->name), "%s", v->meta.name);
+    snprintf(lv->subscription, sizeof(lv->subscription), "%s", v->meta.subscription);
+    snprintf(lv->region, sizeof(lv->region), "%s", v->meta.region);
+    lv->sku = v->meta.sku;
+    lv->retention_days = v->meta.retention_days;
+    lv->soft_delete = 1;
+    lv->purge_protection = v->meta.purge_protection;
+    for (i = 0; i < v->meta.naccess; i++) {
+        kc_lprincipal *p = &lv->access[lv->naccess++];
+        snprintf(p->name, sizeof(p->name), "%s", v->meta.access[i].principal);
+        p->perms = v->meta.access[i].perms;
+    }
+    for (i = 0; i < nkeys; i++) {
+        const kc_key_version *cur = &keys[i].versions[keys[i].current];
+        kc_lkey *k = &lv->keys[lv->nkeys++];
+        snprintf(k->name, sizeof(k->name), "%s", keys[i].name);
+        snprintf(k->kty, sizeof(k->kty), "%s",
+                 cur->type == KC_KT_RSA  ? "RSA"
+                 : cur->type == KC_KT_EC ? "EC"
+                                         : "other");
+        k->bits = cur->bits;
+        k->protection = cur->protection;
+        k->ops = cur->ops;
+        snprintf(k->expires, sizeof(k->expires), "%s", cur->expires);
+    }
+}
+
+kc_rc kc_plan_observe(kc_ctx *ctx, const char *const *names, size_t n, kc_layout **out,
+                      kc_error *err)
+{
+    kc_vault_entry *ents = NULL;
+    const char **list = NULL;
+    kc_layout *l = NULL;
+    kc_vault *v = NULL;
+    kc_key *keys = NULL;
+    size_t nkeys = 0, nents = 0, i;
+    kc_rc r = KC_OK;
+
+    *out = NULL;
+    if (n == 0) {
+        r = kc_vault_list(ctx, &ents, &nents, err);
+        list = calloc(nents + 1, sizeof(*list));
+        for (i = 0; r == KC_OK && list != NULL && i < nents; i++)
+            if (ents[i].is_vault)
+                list[n++] = ents[i].token.label;
+        names = list;
+    }
+    l = calloc(1, sizeof(*l));
+    if (r == KC_OK && (l == NULL || (l->vaults = calloc(n + 1, sizeof(*l->vaults))) == NULL ||
+                       (l->subs = calloc(n + 1, sizeof(*l->subs))) == NULL))
+        r = kc_error_set(err, KC_ERR, "out of memory");
+    for (i = 0; r == KC_OK && i < n; i++) {
+        r = kc_vault_open(ctx, names[i], &v, err);
+        if (r == KC_OK)
+            r = kc_key_list(v, &keys, &nkeys, err);
+        if (r == KC_OK) {
+            l->vaults[l->nvaults].access = calloc(KC_ACCESS_MAX, sizeof(kc_lprincipal));
+            l->vaults[l->nvaults].keys = calloc(nkeys + 1, sizeof(kc_lkey));
+            if (l->vaults[l->nvaults].access == NULL || l->vaults[l->nvaults].keys == NULL) {
+                free(l->vaults[l->nvaults].access);
+                free(l->vaults[l->nvaults].keys);
+                r = kc_error_set(err, KC_ERR, "out of memory");
+            } else {
+                live_vault(l, v, keys, nkeys);
+            }
+        }
+        kc_key_list_free(keys, nkeys);
+        keys = NULL;
+        nkeys = 0;
+        kc_vault_free(v);
+        v = NULL;
+    }
+    free(list);
+    free(ents);
+    if (r != KC_OK) {
+        kc_layout_free(l);
+        return r;
+    }
+    *out = l;
+    return KC_OK;
+}
+
 /* --- apply --- */
 
 static kc_rc apply_key_update(kc_vault *v, const kc_lkey *lk, kc_error *err)

@@ -47,6 +47,12 @@ KC_EXPORT kc_rc kc_plan_make(kc_ctx *ctx, const kc_layout *l, int allow_delete, 
                              kc_error *err) KC_MUST_CHECK;
 KC_EXPORT void kc_plan_release(kc_plan *p);
 
+/* The live state of vaults (names[], or every visible vault when n is 0)
+ * as a layout without DEPs, for kc_layout_validate_live. Logs in to each to
+ * read its keys. */
+KC_EXPORT kc_rc kc_plan_observe(kc_ctx *ctx, const char *const *names, size_t n, kc_layout **out,
+                                kc_error *err) KC_MUST_CHECK;
+
 /* Carries out one action. */
 KC_EXPORT kc_rc kc_plan_apply(kc_ctx *ctx, const kc_layout *l, const kc_action *a,
                               kc_error *err) KC_MUST_CHECK;

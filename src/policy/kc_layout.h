@@ -100,6 +100,11 @@ KC_EXPORT void kc_layout_free(kc_layout *l);
 /* The layout's validation rules (KC010 and up) as diagnostics. */
 KC_EXPORT void kc_layout_validate(const kc_layout *l, kc_diags *d);
 
+/* The same rules for what is live on tokens (vault validate), given as a
+ * layout with no DEPs: every RSA key that is not a key-exchange key is
+ * held to the root-key rules. */
+KC_EXPORT void kc_layout_validate_live(const kc_layout *l, kc_diags *d);
+
 /* Whether two Azure regions are a pair (either way), and whether a region
  * is known at all; the table is policies/regions.yaml, built in. */
 KC_EXPORT int kc_region_known(const char *region);

@@ -192,20 +192,29 @@ static int service_can_unwrap(const kc_layout *l, const kc_lvault *v)
     return 0;
 }
 
-static void dep_vault(const kc_layout *l, const kc_ldep *dp, const kc_lvault *v, const kc_lkey *k,
-                      kc_lpos where, kc_diags *d)
+/* KC018, KC019: a root key wraps and unwraps, and never expires. of names
+ * the DEP it serves, or is NULL for a live key (vault validate). */
+static void root_key(const kc_lvault *v, const kc_lkey *k, const char *of, kc_diags *d)
+{
+    char role[96];
+
+    snprintf(role, sizeof(role), "%s%s%s", of ? " of DEP '" : "", of ? of : "", of ? "'" : "");
+    if (!(k->ops & KC_OP_WRAP) || !(k->ops & KC_OP_UNWRAP))
+        add(d, "KC018", ERR, k->ops_pos, "give ops: [wrapKey, unwrapKey]",
+            "key '%s/%s'%s lacks wrapKey or unwrapKey", v->name, k->name, role);
+    if (k->expires[0] && strcmp(k->expires, "9999-12-31") != 0)
+        add(d, "KC019", ERR, k->expires_pos, "leave the expiry out, or write 9999-12-31",
+            "key '%s/%s'%s expires on %s; Customer Key accepts only never or 9999-12-31", v->name,
+            k->name, role, k->expires);
+}
+
+/* KC021, KC022: a vault holding root keys is Recoverable+ProtectedSubscription
+ * and lets the service principal get, wrap and unwrap. */
+static void root_vault(const kc_layout *l, const kc_lvault *v, kc_diags *d)
 {
     const kc_lsub *s = sub_named(l, v->subscription);
     kc_vault_meta m;
 
-    if (!(k->ops & KC_OP_WRAP) || !(k->ops & KC_OP_UNWRAP))
-        add(d, "KC018", ERR, k->ops_pos, "give ops: [wrapKey, unwrapKey]",
-            "key '%s/%s' of DEP '%s' lacks wrapKey or unwrapKey", v->name, k->name, dp->name);
-    if (k->expires[0] && strcmp(k->expires, "9999-12-31") != 0)
-        add(d, "KC019", ERR, k->expires_pos, "leave the expiry out, or write 9999-12-31",
-            "key '%s/%s' of DEP '%s' expires on %s; Customer Key accepts only never or "
-            "9999-12-31",
-            v->name, k->name, dp->name, k->expires);
     memset(&m, 0, sizeof(m));
     m.retention_days = v->retention_days;
     m.purge_protection = v->purge_protection;
@@ -214,15 +223,14 @@ static void dep_vault(const kc_layout *l, const kc_ldep *dp, const kc_lvault *v,
         add(d, "KC021", ERR, v->purge_pos,
             "turn on purge_protection, keep 90 days of retention, and register the "
             "subscription's mandatory retention (mandatory_retention: true)",
-            "vault '%s' holds DEP keys and has recovery level %s; Customer Key requires "
+            "vault '%s' holds root keys and has recovery level %s; Customer Key requires "
             "Recoverable+ProtectedSubscription",
             v->name, kc_vault_recovery_level(&m));
     if (!service_can_unwrap(l, v))
         add(d, "KC022", ERR, v->access_pos, "add an access entry with role: service",
-            "%s%s%s has get, wrapKey and unwrapKey on vault '%s', which holds DEP keys",
+            "%s%s%s has get, wrapKey and unwrapKey on vault '%s', which holds root keys",
             l->service_principal[0] ? "service principal '" : "no principal", l->service_principal,
             l->service_principal[0] ? "' nowhere" : "", v->name);
-    (void)where;
 }
 
 /* KC010-KC013, KC018-KC022, KC025 for each DEP; KC024 overall. */
@@ -292,8 +300,10 @@ static void deps(const kc_layout *l, kc_diags *d)
                 v[0]->name, v[0]->region, v[1]->name, v[1]->region,
                 dp->waiver[0] ? " (waived: " : "", dp->waiver[0] ? dp->waiver : "",
                 dp->waiver[0] ? ")" : "");
-        for (j = 0; j < 2; j++)
-            dep_vault(l, dp, v[j], k[j], dp->key_pos[j], d);
+        for (j = 0; j < 2; j++) {
+            root_key(v[j], k[j], dp->name, d);
+            root_vault(l, v[j], d);
+        }
     }
 }
 
@@ -344,6 +354,26 @@ static void assignments(const kc_layout *l, kc_diags *d)
             if (strcmp(l->geos[i].target, l->geos[j].target) == 0)
                 add(d, "KC026", ERR, l->geos[i].pos, NULL, "geo '%s' is assigned twice",
                     l->geos[i].target);
+    }
+}
+
+void kc_layout_validate_live(const kc_layout *l, kc_diags *d)
+{
+    size_t i, j, roots;
+
+    names(l, d);
+    vaults(l, d);
+    for (i = 0; i < l->nvaults; i++) {
+        const kc_lvault *v = &l->vaults[i];
+        for (j = roots = 0; j < v->nkeys; j++) {
+            /* a key-exchange key is no root key */
+            if (strcmp(v->keys[j].kty, "RSA") != 0 || (v->keys[j].ops & KC_OP_IMPORT))
+                continue;
+            root_key(v, &v->keys[j], NULL, d);
+            roots++;
+        }
+        if (roots > 0)
+            root_vault(l, v, d);
     }
 }
 
