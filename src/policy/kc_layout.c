@@ -325,7 +325,7 @@ static void read_key(rd *r, const kc_ynode *n, kc_lkey *k)
             problem(r, "KC004", k->expires_pos, NULL,
                     "expires must be a date (YYYY-MM-DD) or never");
         else
-            snprintf(k->expires, sizeof(k->expires), "%s", exp);
+            snprintf(k->expires, sizeof(k->expires), "%.10s", exp); /* a date, checked */
     }
     tags = kc_yaml_get(n, "tags", NULL);
     if (tags != NULL)
