@@ -85,11 +85,47 @@ static void test_fixtures(void)
 
 static void test_shipped_layouts_are_valid(void)
 {
+    static const char *layouts[] = {"contoso-tenant.yaml", "lab-single-dep.yaml",
+                                    "custody-only.yaml"};
+    const kc_test_out *r;
+    char path[1024];
+    size_t i;
+
+    for (i = 0; i < sizeof(layouts) / sizeof(layouts[0]); i++) {
+        snprintf(path, sizeof(path), "%s/policies/%s", KC_SOURCE_DIR, layouts[i]);
+        r = kc_test_run("policy", "check", path, NULL);
+        ASSERT_RC(r, 0);
+        ASSERT_HAS(r->out, ": valid (");
+    }
+    r = kc_test_run("policy", "check", KC_SOURCE_DIR "/policies/contoso-tenant.yaml", NULL);
+    ASSERT_HAS(r->out, "contoso-tenant.yaml: valid (0 warnings)");
+}
+
+/* A broken copy of the demo's layout fails at the right lines and columns. */
+static void test_broken_copy(void)
+{
+    char path[1024], *out = NULL;
     const kc_test_out *r;
 
-    r = kc_test_run("policy", "check", KC_SOURCE_DIR "/policies/contoso-tenant.yaml", NULL);
-    ASSERT_RC(r, 0);
-    ASSERT_HAS(r->out, "contoso-tenant.yaml: valid (0 warnings)");
+    CU_ASSERT_FATAL(kc_test_setup() == 0);
+    snprintf(path, sizeof(path), "%s", kc_test_path("broken.yaml"));
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out,
+                                     "sed -e 's/region: eastus2/region: eastus/' -e "
+                                     "'s/pin: env:VAULTA2_PIN/pin: 1234-5678/' '%s' > '%s'",
+                                     KC_SOURCE_DIR "/policies/contoso-tenant.yaml", path),
+                          0);
+    r = kc_test_run("policy", "check", path, NULL);
+    ASSERT_RC(r, 3);
+    /* the literal PIN is a structural error: the reader stops there */
+    ASSERT_HAS(r->out, "broken.yaml:54:10: error[KC008]: 'pin' must be a PIN source, not a PIN");
+    CU_ASSERT_PTR_NULL(strstr(r->out, "1234-5678"));
+    CU_ASSERT_EQUAL_FATAL(
+        kc_test_sh(&out, "sed -i 's/pin: 1234-5678/pin: env:VAULTA2_PIN/' '%s'", path), 0);
+    r = kc_test_run("policy", "check", path, NULL);
+    ASSERT_RC(r, 3);
+    ASSERT_HAS(r->out, "broken.yaml:90:32: error[KC012]: vaults 'VaultA1' (westus) and 'VaultA2' "
+                       "(eastus) are an Azure region pair");
+    CU_ASSERT(kc_test_teardown() == 0);
 }
 
 /* The exact text a user reads. */
@@ -117,6 +153,7 @@ static const kc_test_case rule_cases[] = {
     {"every rule's fixture", test_fixtures},
     {"shipped layouts are valid", test_shipped_layouts_are_valid},
     {"golden text", test_golden_text},
+    {"a broken copy of the demo's layout", test_broken_copy},
     {NULL, NULL},
 };
 
