@@ -739,96 +739,92 @@ static int one_key(kc_cli *cli, int argc, char **argv, unsigned perm, kc_vault *
     return open_key(cli, argv[first], perm, 1, 0, v, NULL, ref);
 }
 
-static int cmd_rotate(kc_cli *cli, int argc, char **argv)
+/* rotate, delete, recover and purge: one key, one operation, one report. */
+typedef kc_rc (*key_op)(kc_vault *v, const char *name, kc_key **out, kc_error *err);
+typedef void (*key_report)(kc_cli *cli, const kc_vault *v, const char *name, const kc_key *k);
+
+static int run_key_op(kc_cli *cli, int argc, char **argv, unsigned perm, key_op op,
+                      key_report report)
 {
     kc_key_ref ref;
     kc_vault *v = NULL;
     kc_key *k = NULL;
     kc_error err;
-    int rc = one_key(cli, argc, argv, KC_PERM_ROTATE, &v, &ref);
+    int rc = one_key(cli, argc, argv, perm, &v, &ref);
 
     if (rc != 0)
         return rc;
     kc_error_clear(&err);
-    if (kc_key_rotate(v, ref.name, &k, &err) != KC_OK) {
-        kc_vault_free(v);
-        return kc_cli_fail(cli, &err);
+    if (op(v, ref.name, &k, &err) != KC_OK) {
+        rc = kc_cli_fail(cli, &err);
+    } else {
+        report(cli, v, ref.name, k);
+        rc = KC_OK;
     }
-    fprintf(cli->out,
-            "rotated key '%s/%s': version %s is current; the %zu older version%s "
-            "still unwrap%s\n",
-            k->vault, k->name, k->versions[k->current].version, k->nversions - 1,
-            k->nversions == 2 ? "" : "s", k->nversions == 2 ? "s" : "");
     kc_key_free(k);
     kc_vault_free(v);
-    return KC_OK;
+    return rc;
+}
+
+static void report_rotate(kc_cli *cli, const kc_vault *v, const char *name, const kc_key *k)
+{
+    (void)v;
+    (void)name;
+    fprintf(cli->out,
+            "rotated key '%s/%s': version %s is current; the %zu older version%s still unwrap%s\n",
+            k->vault, k->name, k->versions[k->current].version, k->nversions - 1,
+            k->nversions == 2 ? "" : "s", k->nversions == 2 ? "s" : "");
+}
+
+static void report_delete(kc_cli *cli, const kc_vault *v, const char *name, const kc_key *k)
+{
+    (void)name;
+    fprintf(cli->out,
+            "deleted key '%s/%s' (%zu version%s): unusable, name reserved; recoverable with "
+            "'keycustody key recover'; purge %s from %s\n",
+            k->vault, k->name, k->nversions, k->nversions == 1 ? "" : "s",
+            v->meta.purge_protection ? "possible" : "possible now, or scheduled", k->purge_after);
+}
+
+static void report_recover(kc_cli *cli, const kc_vault *v, const char *name, const kc_key *k)
+{
+    (void)v;
+    (void)name;
+    fprintf(cli->out, "recovered key '%s/%s' with its %zu version%s\n", k->vault, k->name,
+            k->nversions, k->nversions == 1 ? "" : "s");
+}
+
+static void report_purge(kc_cli *cli, const kc_vault *v, const char *name, const kc_key *k)
+{
+    (void)k;
+    fprintf(cli->out, "purged key '%s/%s': every version destroyed on the token\n", v->meta.name,
+            name);
+}
+
+static kc_rc purge_op(kc_vault *v, const char *name, kc_key **out, kc_error *err)
+{
+    *out = NULL;
+    return kc_key_purge(v, name, err);
+}
+
+static int cmd_rotate(kc_cli *cli, int argc, char **argv)
+{
+    return run_key_op(cli, argc, argv, KC_PERM_ROTATE, kc_key_rotate, report_rotate);
 }
 
 static int cmd_delete(kc_cli *cli, int argc, char **argv)
 {
-    kc_key_ref ref;
-    kc_vault *v = NULL;
-    kc_key *k = NULL;
-    kc_error err;
-    int rc = one_key(cli, argc, argv, KC_PERM_DELETE, &v, &ref);
-
-    if (rc != 0)
-        return rc;
-    kc_error_clear(&err);
-    if (kc_key_delete(v, ref.name, &k, &err) != KC_OK) {
-        kc_vault_free(v);
-        return kc_cli_fail(cli, &err);
-    }
-    fprintf(cli->out,
-            "deleted key '%s/%s' (%zu version%s): unusable, name reserved; recoverable "
-            "with 'keycustody key recover'; purge %s from %s\n",
-            k->vault, k->name, k->nversions, k->nversions == 1 ? "" : "s",
-            v->meta.purge_protection ? "possible" : "possible now, or scheduled", k->purge_after);
-    kc_key_free(k);
-    kc_vault_free(v);
-    return KC_OK;
+    return run_key_op(cli, argc, argv, KC_PERM_DELETE, kc_key_delete, report_delete);
 }
 
 static int cmd_recover(kc_cli *cli, int argc, char **argv)
 {
-    kc_key_ref ref;
-    kc_vault *v = NULL;
-    kc_key *k = NULL;
-    kc_error err;
-    int rc = one_key(cli, argc, argv, KC_PERM_RECOVER, &v, &ref);
-
-    if (rc != 0)
-        return rc;
-    kc_error_clear(&err);
-    if (kc_key_recover(v, ref.name, &k, &err) != KC_OK) {
-        kc_vault_free(v);
-        return kc_cli_fail(cli, &err);
-    }
-    fprintf(cli->out, "recovered key '%s/%s' with its %zu version%s\n", k->vault, k->name,
-            k->nversions, k->nversions == 1 ? "" : "s");
-    kc_key_free(k);
-    kc_vault_free(v);
-    return KC_OK;
+    return run_key_op(cli, argc, argv, KC_PERM_RECOVER, kc_key_recover, report_recover);
 }
 
 static int cmd_purge(kc_cli *cli, int argc, char **argv)
 {
-    kc_key_ref ref;
-    kc_vault *v = NULL;
-    kc_error err;
-    int rc = one_key(cli, argc, argv, KC_PERM_PURGE, &v, &ref);
-
-    if (rc != 0)
-        return rc;
-    kc_error_clear(&err);
-    if (kc_key_purge(v, ref.name, &err) != KC_OK) {
-        kc_vault_free(v);
-        return kc_cli_fail(cli, &err);
-    }
-    fprintf(cli->out, "purged key '%s/%s': every version destroyed on the token\n", v->meta.name,
-            ref.name);
-    kc_vault_free(v);
-    return KC_OK;
+    return run_key_op(cli, argc, argv, KC_PERM_PURGE, purge_op, report_purge);
 }
 
 /* --- key update --- */
