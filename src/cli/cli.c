@@ -53,8 +53,11 @@ static void print_top_help(FILE *f)
                "Key.\n\n");
     for (g = 0; g < N_GROUPS; g++) {
         fprintf(f, "%s: %s\n", groups[g][0].group, group_summary[g]);
-        for (c = groups[g]; c->group != NULL; c++)
-            fprintf(f, "  keycustody %s %-14s %s\n", c->group, c->verb, c->summary);
+        for (c = groups[g]; c->group != NULL; c++) {
+            char name[48];
+            snprintf(name, sizeof(name), "%s %s", c->group, c->verb);
+            fprintf(f, "  keycustody %-26s %s\n", name, c->summary);
+        }
         fprintf(f, "\n");
     }
     fprintf(f, "Run 'keycustody GROUP COMMAND --help' for a command's options.\n\n%s\n%s",
