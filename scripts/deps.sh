@@ -11,6 +11,7 @@ pkgs=(
   libyaml-dev                               # layout files
   libjansson-dev                            # JSON
   libgfshare-dev                            # Shamir secret sharing (backup domain)
+  libsqlite3-dev                            # the service store
   libcunit1-dev                             # tests
   softhsm2                                  # the HSM in tests and the demo
   opensc gnutls-bin                         # pkcs11-tool and p11tool, for cross-checks

@@ -1,6 +1,7 @@
 /* Unit tests: no token needed. */
 #include "fixture.h"
 #include "kc_key.h"
+#include "kc_store.h"
 #include "kc_util.h"
 #include "kc_vault.h"
 
@@ -416,9 +417,97 @@ static const kc_test_case meta_cases[] = {
     {NULL, NULL},
 };
 
+/* --- the service store --- */
+
+static void test_store_create_and_reopen(void)
+{
+    kc_store *st = NULL;
+    struct stat sb;
+    kc_error e;
+    long n = -1;
+    char path[600];
+
+    snprintf(path, sizeof(path), "%s", tmp_path("store.db"));
+    unlink(path);
+    CU_ASSERT_EQUAL_FATAL(kc_store_open(path, &st, &e), KC_OK);
+    CU_ASSERT_EQUAL(kc_store_schema(st), KC_STORE_SCHEMA);
+    CU_ASSERT_EQUAL(stat(path, &sb), 0);
+    CU_ASSERT_EQUAL(sb.st_mode & 0777, 0600);
+    CU_ASSERT_EQUAL(kc_store_count(st, "deps", &n, &e), KC_OK);
+    CU_ASSERT_EQUAL(n, 0);
+    /* a multi-row change is all or nothing */
+    CU_ASSERT_EQUAL(kc_store_begin(st, &e), KC_OK);
+    CU_ASSERT_EQUAL(kc_store_exec(st,
+                                  "INSERT INTO deps (id, name, workload, created) VALUES "
+                                  "('g1', 'Dep1', 'tenant', 'now')",
+                                  &e),
+                    KC_OK);
+    kc_store_rollback(st);
+    CU_ASSERT_EQUAL(kc_store_count(st, "deps", &n, &e), KC_OK);
+    CU_ASSERT_EQUAL(n, 0);
+    CU_ASSERT_EQUAL(kc_store_begin(st, &e), KC_OK);
+    CU_ASSERT_EQUAL(kc_store_exec(st,
+                                  "INSERT INTO deps (id, name, workload, created) VALUES "
+                                  "('g1', 'Dep1', 'tenant', 'now')",
+                                  &e),
+                    KC_OK);
+    CU_ASSERT_EQUAL(kc_store_commit(st, &e), KC_OK);
+    /* the schema holds its rules */
+    CU_ASSERT_EQUAL(kc_store_exec(st,
+                                  "INSERT INTO deps (id, name, workload, created) VALUES "
+                                  "('g2', 'Dep2', 'sql', 'now')",
+                                  &e),
+                    KC_ERR);
+    CU_ASSERT_EQUAL(kc_store_exec(st, "INSERT INTO assignments VALUES ('tenant', 'nope')", &e),
+                    KC_ERR);
+    CU_ASSERT_EQUAL(kc_store_exec(st,
+                                  "INSERT INTO deps (id, name, workload, created) VALUES "
+                                  "('g3', 'Dep1', 'exchange', 'now')",
+                                  &e),
+                    KC_ERR);
+    kc_store_close(st);
+    /* reopened: the same schema, the same data, in WAL mode */
+    CU_ASSERT_EQUAL_FATAL(kc_store_open(path, &st, &e), KC_OK);
+    CU_ASSERT_EQUAL(kc_store_count(st, "deps", &n, &e), KC_OK);
+    CU_ASSERT_EQUAL(n, 1);
+    CU_ASSERT_EQUAL(access(tmp_path("store.db-wal"), F_OK), 0);
+    kc_store_close(st);
+}
+
+static void test_store_refusals(void)
+{
+    kc_store *st = NULL;
+    kc_error e;
+    char path[600];
+
+    snprintf(path, sizeof(path), "%s", tmp_path("newer.db"));
+    unlink(path);
+    CU_ASSERT_EQUAL_FATAL(kc_store_open(path, &st, &e), KC_OK);
+    CU_ASSERT_EQUAL(kc_store_exec(st, "PRAGMA user_version = 99", &e), KC_OK);
+    kc_store_close(st);
+    CU_ASSERT_EQUAL(kc_store_open(path, &st, &e), KC_INTEGRITY);
+    ASSERT_HAS(e.msg, "has schema 99; this keycustody knows up to 1");
+    kc_test_write(tmp_path("text.db"), "not a database at all, not even close....", 41, 0600);
+    snprintf(path, sizeof(path), "%s", tmp_path("text.db"));
+    CU_ASSERT_EQUAL(kc_store_open(path, &st, &e), KC_INTEGRITY);
+    ASSERT_HAS(e.msg, "is not a keycustody service store");
+    CU_ASSERT_EQUAL(kc_store_open("/nonexistent-dir/store.db", &st, &e), KC_NOT_FOUND);
+}
+
+static const kc_test_case store_cases[] = {
+    {"create and reopen", test_store_create_and_reopen},
+    {"refusals", test_store_refusals},
+    {NULL, NULL},
+};
+
 static const kc_test_suite suites[] = {
-    {"errors", 0, error_cases}, {"secrets", 0, secret_cases}, {"util", 0, util_cases},
-    {"refs", 0, ref_cases},     {"meta", 0, meta_cases},      {NULL, 0, NULL},
+    {"errors", 0, error_cases},
+    {"secrets", 0, secret_cases},
+    {"util", 0, util_cases},
+    {"refs", 0, ref_cases},
+    {"meta", 0, meta_cases},
+    {"store", 0, store_cases},
+    {NULL, 0, NULL},
 };
 
 int main(int argc, char **argv)

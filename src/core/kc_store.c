@@ -1,0 +1,212 @@
+#include "kc_store.h"
+
+#include <sqlite3.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct kc_store {
+    sqlite3 *db;
+    int schema;
+};
+
+/* Schema version 1: the DEP side of Customer Key. Each entry of migrations[]
+ * takes the store from version i to i + 1. */
+static const char *const migrations[] = {
+    "CREATE TABLE deps ("
+    "  id TEXT PRIMARY KEY," /* GUID */
+    "  name TEXT NOT NULL UNIQUE,"
+    "  workload TEXT NOT NULL CHECK (workload IN ('tenant', 'exchange', 'sharepoint')),"
+    "  geo TEXT,"
+    "  description TEXT NOT NULL DEFAULT '',"
+    "  enabled INTEGER NOT NULL DEFAULT 1,"
+    "  created TEXT NOT NULL,"
+    "  generation INTEGER NOT NULL DEFAULT 1," /* of the DEP key: a roll makes a new one */
+    "  purge_requested TEXT, purge_reason TEXT, purge_contact TEXT, purged TEXT);"
+    "CREATE TABLE dep_keys (" /* the DEP key wrapped three ways */
+    "  dep_id TEXT NOT NULL REFERENCES deps(id),"
+    "  generation INTEGER NOT NULL,"
+    "  slot INTEGER NOT NULL CHECK (slot IN (0, 1, 2))," /* 0: vault A, 1: vault B, 2: availability
+                                                          */
+    "  vault TEXT NOT NULL, key TEXT NOT NULL, version TEXT NOT NULL, alg TEXT NOT NULL,"
+    "  wrapped BLOB NOT NULL,"
+    "  PRIMARY KEY (dep_id, generation, slot));"
+    "CREATE TABLE assignments ("
+    "  scope TEXT PRIMARY KEY," /* tenant | mailbox:ID | geo:CODE */
+    "  dep_id TEXT NOT NULL REFERENCES deps(id));"
+    "CREATE TABLE scopes ("
+    "  scope TEXT PRIMARY KEY,"
+    "  dep_id TEXT NOT NULL REFERENCES deps(id),"
+    "  dep_generation INTEGER NOT NULL,"
+    "  wrapped_key BLOB NOT NULL);" /* the scope key under the DEP key (AES-KWP) */
+    "CREATE TABLE items ("
+    "  scope TEXT NOT NULL REFERENCES scopes(scope),"
+    "  name TEXT NOT NULL,"
+    "  header BLOB NOT NULL," /* per-item key under the scope key, AAD */
+    "  ciphertext BLOB NOT NULL,"
+    "  PRIMARY KEY (scope, name));"
+    "CREATE TABLE rewrap_progress ("
+    "  job TEXT PRIMARY KEY, last_scope TEXT, done INTEGER NOT NULL, total INTEGER NOT NULL);",
+};
+#define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
+
+static kc_rc db_fail(kc_store *s, const char *what, kc_error *err)
+{
+    return kc_error_set(err, KC_ERR, "the service store: cannot %s: %s", what,
+                        s->db ? sqlite3_errmsg(s->db) : "out of memory");
+}
+
+kc_rc kc_store_exec(kc_store *s, const char *sql, kc_error *err)
+{
+    char *msg = NULL;
+
+    if (sqlite3_exec(s->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        kc_error_set(err, KC_ERR, "the service store: %s", msg ? msg : "SQL error");
+        sqlite3_free(msg);
+        return KC_ERR;
+    }
+    return KC_OK;
+}
+
+kc_rc kc_store_begin(kc_store *s, kc_error *err)
+{
+    return kc_store_exec(s, "BEGIN IMMEDIATE", err);
+}
+
+kc_rc kc_store_commit(kc_store *s, kc_error *err)
+{
+    return kc_store_exec(s, "COMMIT", err);
+}
+
+void kc_store_rollback(kc_store *s)
+{
+    (void)sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+static kc_rc read_version(kc_store *s, int *version, kc_error *err)
+{
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    *version = 0;
+    if (sqlite3_prepare_v2(s->db, "PRAGMA user_version", -1, &st, NULL) != SQLITE_OK)
+        return db_fail(s, "read its schema version", err);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *version = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_ROW)
+        return db_fail(s, "read its schema version", err);
+    return KC_OK;
+}
+
+/* Each step in its own transaction with the version it reaches. */
+static kc_rc migrate(kc_store *s, kc_error *err)
+{
+    char sql[64];
+    kc_rc r;
+
+    while (s->schema < N_MIGRATIONS) {
+        r = kc_store_begin(s, err);
+        if (r == KC_OK)
+            r = kc_store_exec(s, migrations[s->schema], err);
+        snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", s->schema + 1);
+        if (r == KC_OK)
+            r = kc_store_exec(s, sql, err);
+        if (r == KC_OK)
+            r = kc_store_commit(s, err);
+        if (r != KC_OK) {
+            kc_store_rollback(s);
+            return kc_error_prefix(err, "cannot bring the service store to schema %d",
+                                   s->schema + 1);
+        }
+        s->schema++;
+    }
+    return KC_OK;
+}
+
+kc_rc kc_store_open(const char *path, kc_store **out, kc_error *err)
+{
+    kc_store *s = NULL;
+    int fd;
+    kc_rc r;
+
+    *out = NULL;
+    /* Created 0600 before SQLite sees it: the store names every DEP and scope. */
+    fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return kc_error_set(err, errno == ENOENT ? KC_NOT_FOUND : KC_ERR,
+                            "cannot open the service store '%s': %s", path, strerror(errno));
+    close(fd);
+    s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return kc_error_set(err, KC_ERR, "out of memory");
+    if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+        r = db_fail(s, "open it", err);
+        goto fail;
+    }
+    sqlite3_busy_timeout(s->db, 10000);
+    r = kc_store_exec(s,
+                      "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; "
+                      "PRAGMA synchronous = FULL",
+                      err);
+    if (r != KC_OK) {
+        r = kc_error_set(err, KC_INTEGRITY, "'%s' is not a keycustody service store: %s", path,
+                         err->msg);
+        goto fail;
+    }
+    r = read_version(s, &s->schema, err);
+    if (r != KC_OK)
+        goto fail;
+    if (s->schema > N_MIGRATIONS) {
+        r = kc_error_set(err, KC_INTEGRITY,
+                         "the service store '%s' has schema %d; this "
+                         "keycustody knows up to %d",
+                         path, s->schema, N_MIGRATIONS);
+        kc_error_hint(err, "use the keycustody that wrote it, or a newer one");
+        goto fail;
+    }
+    r = migrate(s, err);
+    if (r != KC_OK)
+        goto fail;
+    *out = s;
+    return KC_OK;
+fail:
+    kc_store_close(s);
+    return r;
+}
+
+void kc_store_close(kc_store *s)
+{
+    if (s == NULL)
+        return;
+    sqlite3_close(s->db);
+    free(s);
+}
+
+int kc_store_schema(const kc_store *s)
+{
+    return s->schema;
+}
+
+kc_rc kc_store_count(kc_store *s, const char *table, long *n, kc_error *err)
+{
+    sqlite3_stmt *st = NULL;
+    char sql[128];
+    int rc;
+
+    *n = 0;
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM \"%s\"", table);
+    if (strchr(table, '"') != NULL || sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+        return db_fail(s, "count rows", err);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW ? KC_OK : db_fail(s, "count rows", err);
+}
