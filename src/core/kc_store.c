@@ -1,6 +1,4 @@
-#include "kc_store.h"
-
-#include <sqlite3.h>
+#include "kc_store_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -9,11 +7,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-struct kc_store {
-    sqlite3 *db;
-    int schema;
-};
 
 /* Schema version 1: the DEP side of Customer Key. Each entry of migrations[]
  * takes the store from version i to i + 1. */

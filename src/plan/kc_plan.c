@@ -1,4 +1,5 @@
 #include "kc_plan.h"
+#include "kc_dep.h"
 #include "kc_keystate.h"
 #include "kc_util.h"
 
@@ -435,6 +436,126 @@ kc_rc kc_plan_observe(kc_ctx *ctx, const char *const *names, size_t n, kc_layout
     }
     *out = l;
     return KC_OK;
+}
+
+/* --- a new DEP --- */
+
+static kc_rc live_root(kc_ctx *ctx, const char *ref, kc_layout *l, char *out, size_t outlen,
+                       kc_error *err)
+{
+    const kc_key_version *ver = NULL;
+    kc_lvault *lv = &l->vaults[l->nvaults];
+    kc_lsub *sub = &l->subs[l->nsubs];
+    kc_lkey *lk;
+    kc_key_ref kr;
+    kc_vault *v = NULL;
+    kc_key *k = NULL;
+    size_t i;
+    kc_rc r;
+
+    r = kc_key_ref_parse(ref, &kr, err);
+    if (r == KC_OK)
+        r = kc_vault_open(ctx, kr.vault, &v, err);
+    if (r == KC_OK)
+        r = kc_key_get(v, kr.name, 0, &k, err);
+    if (r == KC_OK)
+        r = kc_key_select(k, NULL, 0, &ver, err);
+    if (r != KC_OK)
+        goto done;
+    /* Both keys may name one vault or one subscription: that is a rule to
+     * report (KC020/KC021), so the synthetic layout declares each only once. */
+    for (i = 0; i < l->nvaults; i++)
+        if (strcmp(l->vaults[i].name, v->meta.name) == 0) {
+            lv = &l->vaults[i];
+            goto add_key;
+        }
+    lv->keys = calloc(2, sizeof(*lv->keys));
+    lv->access = calloc(KC_ACCESS_MAX, sizeof(*lv->access));
+    if (lv->keys == NULL || lv->access == NULL) {
+        r = kc_error_set(err, KC_ERR, "out of memory");
+        goto done;
+    }
+    l->nvaults++;
+    for (i = 0; i < l->nsubs; i++)
+        if (strcmp(l->subs[i].id, v->meta.subscription) == 0)
+            break;
+    if (i == l->nsubs) {
+        l->nsubs++;
+        snprintf(sub->id, sizeof(sub->id), "%s", v->meta.subscription);
+        sub->mandatory_retention = v->meta.retention_registered;
+    }
+    snprintf(lv->name, sizeof(lv->name), "%s", v->meta.name);
+    snprintf(lv->subscription, sizeof(lv->subscription), "%s", v->meta.subscription);
+    snprintf(lv->region, sizeof(lv->region), "%s", v->meta.region);
+    lv->sku = v->meta.sku;
+    lv->retention_days = v->meta.retention_days;
+    lv->soft_delete = 1;
+    lv->purge_protection = v->meta.purge_protection;
+    for (i = 0; i < v->meta.naccess; i++) {
+        snprintf(lv->access[i].name, sizeof(lv->access[i].name), "%s", v->meta.access[i].principal);
+        lv->access[i].perms = v->meta.access[i].perms;
+    }
+    lv->naccess = v->meta.naccess;
+add_key:
+    lk = &lv->keys[lv->nkeys++];
+    snprintf(lk->name, sizeof(lk->name), "%s", k->name);
+    snprintf(lk->kty, sizeof(lk->kty), "%s", ver->type == KC_KT_RSA ? "RSA" : "EC");
+    lk->bits = ver->bits;
+    lk->protection = KC_PROT_HSM;
+    /* unwrapKey belongs to the private half, which only the custodian's PIN
+     * shows; a DEP is made without it, so only wrapKey is checked here
+     * ('vault validate' checks both with the PIN). */
+    lk->ops = ver->token_ops | KC_OP_UNWRAP;
+    snprintf(out, outlen, "%.62s/%s", lv->name, lk->name);
+    snprintf(lk->expires, sizeof(lk->expires), "%s", ver->expires);
+done:
+    kc_key_free(k);
+    kc_vault_free(v);
+    return r;
+}
+
+kc_rc kc_plan_check_dep(kc_ctx *ctx, struct kc_store *st, const struct kc_dep_spec *spec,
+                        kc_diags *d, kc_error *err)
+{
+    kc_layout *l = calloc(1, sizeof(*l));
+    kc_dep *deps = NULL;
+    size_t ndeps = 0, i, exchange = 0;
+    kc_ldep *dp;
+    kc_rc r = KC_OK;
+
+    if (l == NULL || (l->vaults = calloc(2, sizeof(*l->vaults))) == NULL ||
+        (l->subs = calloc(2, sizeof(*l->subs))) == NULL ||
+        (l->deps = calloc(1, sizeof(*l->deps))) == NULL)
+        r = kc_error_set(err, KC_ERR, "out of memory");
+    dp = l->deps;
+    for (i = 0; r == KC_OK && i < 2; i++)
+        r = live_root(ctx, spec->keys[i], l, dp->keys[i], sizeof(dp->keys[i]), err);
+    if (r == KC_OK) {
+        l->ndeps++;
+        snprintf(dp->name, sizeof(dp->name), "%s", spec->name);
+        snprintf(dp->workload, sizeof(dp->workload), "%s", spec->workload);
+        snprintf(dp->geo, sizeof(dp->geo), "%s", spec->geo ? spec->geo : "");
+        dp->enabled = 1;
+        dp->nkeys = 2;
+        kc_layout_validate(l, d);
+        r = kc_dep_list(st, &deps, &ndeps, err);
+    }
+    for (i = 0; r == KC_OK && i < ndeps; i++) {
+        if (strcmp(deps[i].workload, "exchange") == 0)
+            exchange++;
+        if (strcmp(spec->workload, "sharepoint") == 0 &&
+            strcmp(deps[i].workload, "sharepoint") == 0 && spec->geo != NULL &&
+            strcmp(deps[i].geo, spec->geo) == 0)
+            kc_diag_add(d, "KC025", KC_SEV_ERROR, 0, 0, NULL,
+                        "geo '%s' has a SharePoint DEP already ('%s'); one per geo", spec->geo,
+                        deps[i].name);
+    }
+    if (r == KC_OK && strcmp(spec->workload, "exchange") == 0 && exchange >= 50)
+        kc_diag_add(d, "KC024", KC_SEV_ERROR, 0, 0, NULL,
+                    "the store has %zu Exchange DEPs; at most 50", exchange);
+    free(deps);
+    kc_layout_free(l);
+    return r;
 }
 
 /* --- apply --- */

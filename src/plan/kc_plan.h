@@ -53,6 +53,14 @@ KC_EXPORT void kc_plan_release(kc_plan *p);
 KC_EXPORT kc_rc kc_plan_observe(kc_ctx *ctx, const char *const *names, size_t n, kc_layout **out,
                                 kc_error *err) KC_MUST_CHECK;
 
+/* The layout rules for a new DEP over its two live root keys (vault
+ * metadata and public keys: no custodian PIN), and the limits: at most 50
+ * Exchange DEPs and one SharePoint DEP per geo among those in the store. */
+struct kc_store;
+struct kc_dep_spec;
+KC_EXPORT kc_rc kc_plan_check_dep(kc_ctx *ctx, struct kc_store *st, const struct kc_dep_spec *spec,
+                                  kc_diags *d, kc_error *err) KC_MUST_CHECK;
+
 /* Carries out one action. */
 KC_EXPORT kc_rc kc_plan_apply(kc_ctx *ctx, const kc_layout *l, const kc_action *a,
                               kc_error *err) KC_MUST_CHECK;

@@ -1,0 +1,354 @@
+#include "kc_dep.h"
+#include "kc_key.h"
+#include "kc_store_int.h"
+#include "kc_util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define DEP_KEY_BYTES 32
+
+static void guid(const unsigned char r[16], char out[37])
+{
+    unsigned char b[16];
+
+    memcpy(b, r, 16);
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40); /* version 4 */
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
+    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+             b[14], b[15]);
+}
+
+/* Wraps the DEP key under the current version of VAULT/KEY. */
+static kc_rc wrap_under(kc_ctx *ctx, const char *ref, const kc_secret *dek, kc_dep_key *dk,
+                        unsigned char **blob, size_t *len, kc_error *err)
+{
+    const kc_key_version *ver = NULL;
+    kc_key_ref kr;
+    kc_vault *v = NULL;
+    kc_key *k = NULL;
+    kc_oaep used = KC_OAEP_AUTO;
+    kc_rc r;
+
+    r = kc_key_ref_parse(ref, &kr, err);
+    if (r == KC_OK)
+        r = kc_vault_open(ctx, kr.vault, &v, err);
+    if (r == KC_OK)
+        r = kc_key_get(v, kr.name, 0, &k, err);
+    if (r == KC_OK)
+        r = kc_key_select(k, NULL, 0, &ver, err);
+    if (r == KC_OK)
+        r = kc_key_wrap(v, k, ver, KC_OAEP_AUTO, dek, blob, len, &used, err);
+    if (r == KC_OK) {
+        snprintf(dk->vault, sizeof(dk->vault), "%s", v->meta.name);
+        snprintf(dk->key, sizeof(dk->key), "%s", k->name);
+        snprintf(dk->version, sizeof(dk->version), "%s", ver->version);
+        snprintf(dk->alg, sizeof(dk->alg), "%s", kc_oaep_name(used));
+    }
+    kc_key_free(k);
+    kc_vault_free(v);
+    return r;
+}
+
+/* Removes an availability key that was made for a DEP that failed. */
+static void drop_key(kc_ctx *ctx, const char *vault, const char *name)
+{
+    kc_vault *v = NULL;
+    kc_obj *objs = NULL;
+    kc_error ignored;
+    size_t n = 0, i;
+
+    if (kc_vault_open(ctx, vault, &v, &ignored) == KC_OK &&
+        kc_tok_find_labelled(v->tok, name, &objs, &n, &ignored) == KC_OK)
+        for (i = 0; i < n; i++)
+            if (kc_tok_destroy(v->tok, objs[i], &ignored) != KC_OK)
+                break;
+    free(objs);
+    kc_vault_free(v);
+}
+
+static kc_rc insert(kc_store *st, const kc_dep *d, unsigned char *const blobs[3],
+                    const size_t lens[3], kc_error *err)
+{
+    sqlite3_stmt *s = NULL;
+    int i, rc;
+    kc_rc r = kc_store_begin(st, err);
+
+    if (r != KC_OK)
+        return r;
+    rc = sqlite3_prepare_v2(st->db,
+                            "INSERT INTO deps (id, name, workload, geo, description, enabled, "
+                            "created, generation) VALUES (?, ?, ?, ?, ?, 1, ?, 1)",
+                            -1, &s, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, d->name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 3, d->workload, -1, SQLITE_STATIC);
+        if (d->geo[0])
+            sqlite3_bind_text(s, 4, d->geo, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 5, d->description, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 6, d->created, -1, SQLITE_STATIC);
+        rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+    }
+    sqlite3_finalize(s);
+    for (i = 0; rc == SQLITE_OK && i < KC_DEP_SLOTS; i++) {
+        rc = sqlite3_prepare_v2(st->db,
+                                "INSERT INTO dep_keys (dep_id, generation, slot, vault, key, "
+                                "version, alg, wrapped) VALUES (?, 1, ?, ?, ?, ?, ?, ?)",
+                                -1, &s, NULL);
+        if (rc != SQLITE_OK)
+            break;
+        sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
+        sqlite3_bind_int(s, 2, i);
+        sqlite3_bind_text(s, 3, d->keys[i].vault, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 4, d->keys[i].key, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 5, d->keys[i].version, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 6, d->keys[i].alg, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(s, 7, blobs[i], (int)lens[i], SQLITE_STATIC);
+        rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+        sqlite3_finalize(s);
+    }
+    if (rc != SQLITE_OK) {
+        r = kc_error_set(err,
+                         sqlite3_extended_errcode(st->db) == SQLITE_CONSTRAINT_UNIQUE ? KC_CONFLICT
+                                                                                      : KC_ERR,
+                         "the service store: %s", sqlite3_errmsg(st->db));
+        kc_store_rollback(st);
+        return r;
+    }
+    return kc_store_commit(st, err);
+}
+
+kc_rc kc_dep_create(kc_ctx *ctx, kc_store *st, const kc_dep_spec *spec, kc_dep *out, kc_error *err)
+{
+    unsigned char rnd[16], *blobs[KC_DEP_SLOTS] = {NULL};
+    size_t lens[KC_DEP_SLOTS] = {0};
+    char avail[64], ref[128];
+    kc_key_create_opts ko;
+    kc_secret *dek = NULL;
+    kc_vault *sv = NULL;
+    kc_key *ak = NULL;
+    kc_dep probe;
+    time_t now;
+    int made_avail = 0, i;
+    kc_rc r;
+
+    memset(out, 0, sizeof(*out));
+    if (kc_dep_get(st, spec->name, &probe, err) == KC_OK) {
+        kc_error_set(err, KC_CONFLICT, "a DEP named '%s' exists already (%s)", spec->name,
+                     probe.id);
+        return KC_CONFLICT;
+    }
+    r = kc_clock_now(&now, err);
+    if (r == KC_OK)
+        r = kc_vault_open(ctx, spec->service_vault, &sv, err);
+    dek = kc_secret_new(DEP_KEY_BYTES);
+    if (r == KC_OK && dek == NULL)
+        r = kc_error_set(err, KC_ERR, "out of memory");
+    /* The DEP key and its id come from the service token's RNG. */
+    if (r == KC_OK)
+        r = kc_tok_random(sv->tok, dek->data, DEP_KEY_BYTES, err);
+    if (r == KC_OK)
+        r = kc_tok_random(sv->tok, rnd, sizeof(rnd), err);
+    if (r != KC_OK)
+        goto done;
+    dek->len = DEP_KEY_BYTES;
+    guid(rnd, out->id);
+    snprintf(out->name, sizeof(out->name), "%s", spec->name);
+    snprintf(out->workload, sizeof(out->workload), "%s", spec->workload);
+    snprintf(out->geo, sizeof(out->geo), "%s", spec->geo ? spec->geo : "");
+    snprintf(out->description, sizeof(out->description), "%s",
+             spec->description ? spec->description : "");
+    kc_time_format_rfc3339(now, out->created);
+    out->enabled = 1;
+    out->generation = 1;
+    for (i = 0; r == KC_OK && i < 2; i++)
+        r = wrap_under(ctx, spec->keys[i], dek, &out->keys[i], &blobs[i], &lens[i], err);
+    /* Its own availability key on the service vault (the service's PIN). */
+    snprintf(avail, sizeof(avail), "avail-%.8s", out->id);
+    memset(&ko, 0, sizeof(ko));
+    ko.name = avail;
+    ko.bits = 3072;
+    ko.protection = KC_PROT_HSM;
+    ko.ops = KC_OP_WRAP | KC_OP_UNWRAP;
+    if (r == KC_OK) {
+        r = kc_key_create(sv, &ko, &ak, err);
+        made_avail = r == KC_OK;
+    }
+    snprintf(ref, sizeof(ref), "%s/%s", sv ? sv->meta.name : "", avail);
+    if (r == KC_OK)
+        r = wrap_under(ctx, ref, dek, &out->keys[2], &blobs[2], &lens[2], err);
+    if (r == KC_OK)
+        r = insert(st, out, blobs, lens, err);
+    if (r != KC_OK && made_avail)
+        drop_key(ctx, sv->meta.name, avail);
+done:
+    for (i = 0; i < KC_DEP_SLOTS; i++)
+        free(blobs[i]);
+    kc_secret_free(dek); /* wiped */
+    kc_key_free(ak);
+    kc_vault_free(sv);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot create DEP '%s'", spec->name);
+    return KC_OK;
+}
+
+static void copy_col(sqlite3_stmt *s, int col, char *out, size_t cap)
+{
+    const unsigned char *t = sqlite3_column_text(s, col);
+
+    snprintf(out, cap, "%s", t ? (const char *)t : "");
+}
+
+static kc_rc load_keys(kc_store *st, kc_dep *d, kc_error *err)
+{
+    sqlite3_stmt *s = NULL;
+    int slot;
+
+    if (sqlite3_prepare_v2(st->db,
+                           "SELECT slot, vault, key, version, alg FROM dep_keys WHERE dep_id = ? "
+                           "AND generation = ?",
+                           -1, &s, NULL) != SQLITE_OK)
+        return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
+    sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, d->generation);
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        slot = sqlite3_column_int(s, 0);
+        if (slot < 0 || slot >= KC_DEP_SLOTS)
+            continue;
+        copy_col(s, 1, d->keys[slot].vault, sizeof(d->keys[slot].vault));
+        copy_col(s, 2, d->keys[slot].key, sizeof(d->keys[slot].key));
+        copy_col(s, 3, d->keys[slot].version, sizeof(d->keys[slot].version));
+        copy_col(s, 4, d->keys[slot].alg, sizeof(d->keys[slot].alg));
+    }
+    sqlite3_finalize(s);
+    return KC_OK;
+}
+
+static void row(sqlite3_stmt *s, kc_dep *d)
+{
+    memset(d, 0, sizeof(*d));
+    copy_col(s, 0, d->id, sizeof(d->id));
+    copy_col(s, 1, d->name, sizeof(d->name));
+    copy_col(s, 2, d->workload, sizeof(d->workload));
+    copy_col(s, 3, d->geo, sizeof(d->geo));
+    copy_col(s, 4, d->description, sizeof(d->description));
+    d->enabled = sqlite3_column_int(s, 5);
+    copy_col(s, 6, d->created, sizeof(d->created));
+    d->generation = (long)sqlite3_column_int64(s, 7);
+    copy_col(s, 8, d->purge_requested, sizeof(d->purge_requested));
+}
+
+#define DEP_COLUMNS                                                                                \
+    "SELECT id, name, workload, geo, description, enabled, created, generation, "                  \
+    "purge_requested FROM deps "
+
+kc_rc kc_dep_get(kc_store *st, const char *name_or_id, kc_dep *out, kc_error *err)
+{
+    sqlite3_stmt *s = NULL;
+    int rc;
+
+    if (sqlite3_prepare_v2(st->db, DEP_COLUMNS "WHERE name = ?1 OR id = ?1", -1, &s, NULL) !=
+        SQLITE_OK)
+        return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
+    sqlite3_bind_text(s, 1, name_or_id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW)
+        row(s, out);
+    sqlite3_finalize(s);
+    if (rc != SQLITE_ROW) {
+        kc_error_set(err, KC_NOT_FOUND, "no DEP '%s'", name_or_id);
+        kc_error_hint(err, "see them with 'keycustody dep list'");
+        return KC_NOT_FOUND;
+    }
+    return load_keys(st, out, err);
+}
+
+kc_rc kc_dep_list(kc_store *st, kc_dep **out, size_t *n, kc_error *err)
+{
+    sqlite3_stmt *s = NULL;
+    kc_dep *v = NULL, *nv;
+    size_t len = 0, i;
+    kc_rc r = KC_OK;
+
+    *out = NULL;
+    *n = 0;
+    if (sqlite3_prepare_v2(st->db, DEP_COLUMNS "ORDER BY name", -1, &s, NULL) != SQLITE_OK)
+        return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        nv = realloc(v, (len + 1) * sizeof(*v));
+        if (nv == NULL) {
+            r = kc_error_set(err, KC_ERR, "out of memory");
+            break;
+        }
+        v = nv;
+        row(s, &v[len++]);
+    }
+    sqlite3_finalize(s);
+    for (i = 0; r == KC_OK && i < len; i++)
+        r = load_keys(st, &v[i], err);
+    if (r != KC_OK) {
+        free(v);
+        return r;
+    }
+    *out = v;
+    *n = len;
+    return KC_OK;
+}
+
+static int assigned(kc_store *st, const char *id)
+{
+    sqlite3_stmt *s = NULL;
+    int found = 0;
+
+    if (sqlite3_prepare_v2(st->db, "SELECT 1 FROM assignments WHERE dep_id = ?", -1, &s, NULL) ==
+        SQLITE_OK) {
+        sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+        found = sqlite3_step(s) == SQLITE_ROW;
+    }
+    sqlite3_finalize(s);
+    return found;
+}
+
+kc_rc kc_dep_set(kc_store *st, const char *name_or_id, const int *enabled, const char *new_name,
+                 const char *description, kc_error *err)
+{
+    sqlite3_stmt *s = NULL;
+    kc_dep d;
+    kc_rc r;
+    int rc;
+
+    r = kc_dep_get(st, name_or_id, &d, err);
+    if (r != KC_OK)
+        return r;
+    if (enabled != NULL && !*enabled && assigned(st, d.id)) {
+        kc_error_set(err, KC_CONFLICT, "DEP '%s' is assigned; it cannot be disabled", d.name);
+        kc_error_hint(err, "unassign it first");
+        return KC_CONFLICT;
+    }
+    rc = sqlite3_prepare_v2(st->db,
+                            "UPDATE deps SET enabled = coalesce(?1, enabled), name = coalesce(?2, "
+                            "name), description = coalesce(?3, description) WHERE id = ?4",
+                            -1, &s, NULL);
+    if (rc == SQLITE_OK) {
+        if (enabled != NULL)
+            sqlite3_bind_int(s, 1, *enabled ? 1 : 0);
+        if (new_name != NULL)
+            sqlite3_bind_text(s, 2, new_name, -1, SQLITE_STATIC);
+        if (description != NULL)
+            sqlite3_bind_text(s, 3, description, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 4, d.id, -1, SQLITE_STATIC);
+        rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+    }
+    if (rc != SQLITE_OK) {
+        r = kc_error_set(err,
+                         sqlite3_extended_errcode(st->db) == SQLITE_CONSTRAINT_UNIQUE ? KC_CONFLICT
+                                                                                      : KC_ERR,
+                         "cannot change DEP '%s': %s", d.name, sqlite3_errmsg(st->db));
+    }
+    sqlite3_finalize(s);
+    return r;
+}

@@ -1,0 +1,62 @@
+/* Data encryption policies: a DEP key (AES-256, made by the service token's
+ * RNG) that either custodian vault can unwrap, wrapped with RSA-OAEP under
+ * the current version of each of its two root keys and under an
+ * availability key of its own on the service vault. The record and the
+ * three wrapped copies live in the service store; the DEP key itself is
+ * never stored and is wiped after use. */
+#ifndef KC_DEP_H
+#define KC_DEP_H
+
+#include "kc_store.h"
+#include "kc_vault.h"
+
+#define KC_DEP_SLOTS 3 /* root key A, root key B, availability key */
+
+typedef struct kc_dep_key {
+    char vault[64];
+    char key[127 + 1];
+    char version[129];
+    char alg[16];
+} kc_dep_key;
+
+typedef struct kc_dep {
+    char id[37]; /* GUID */
+    char name[65];
+    char workload[16]; /* tenant | exchange | sharepoint */
+    char geo[16];
+    char description[256];
+    int enabled;
+    char created[21];
+    long generation;
+    kc_dep_key keys[KC_DEP_SLOTS];
+    char purge_requested[21];
+} kc_dep;
+
+typedef struct kc_dep_spec {
+    const char *name, *workload, *geo, *description;
+    const char *keys[2]; /* VAULT/KEY of the two root keys */
+    const char *service_vault;
+} kc_dep_spec;
+
+/* Makes the DEP: its key from the service vault's RNG, wrapped under the
+ * root keys' current versions (public-key operations: no custodian PIN)
+ * and under a new availability key on the service vault (its PIN), and
+ * the record in the store, in one transaction. On failure nothing stays:
+ * neither the availability key nor a record. */
+KC_EXPORT kc_rc kc_dep_create(kc_ctx *ctx, kc_store *st, const kc_dep_spec *spec, kc_dep *out,
+                              kc_error *err) KC_MUST_CHECK;
+
+/* Every DEP, by name. *out is freed by the caller. */
+KC_EXPORT kc_rc kc_dep_list(kc_store *st, kc_dep **out, size_t *n, kc_error *err) KC_MUST_CHECK;
+
+/* One DEP by name or id; KC_NOT_FOUND otherwise. */
+KC_EXPORT kc_rc kc_dep_get(kc_store *st, const char *name_or_id, kc_dep *out,
+                           kc_error *err) KC_MUST_CHECK;
+
+/* Changes enabled (when enabled != NULL), the name and the description
+ * (when not NULL). Disabling an assigned DEP is refused (KC_CONFLICT). */
+KC_EXPORT kc_rc kc_dep_set(kc_store *st, const char *name_or_id, const int *enabled,
+                           const char *new_name, const char *description,
+                           kc_error *err) KC_MUST_CHECK;
+
+#endif
