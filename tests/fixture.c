@@ -75,6 +75,8 @@ int kc_test_setup(void)
     random_pin("TEST_PIN");
     unsetenv("KEYCUSTODY_NOW");
     unsetenv("KEYCUSTODY_PRINCIPAL");
+    unsetenv("KEYCUSTODY_STORE");
+    unsetenv("KEYCUSTODY_SERVICE_VAULT");
     return 0;
 }
 

@@ -1060,7 +1060,8 @@ static void test_help(void)
         {"key", "backup"},        {"key", "restore"},       {"key", "import"},
         {"subscription", "init"}, {"subscription", "join"}, {"access", "set"},
         {"access", "remove"},     {"access", "show"},       {"policy", "check"},
-        {"policy", "plan"},       {"policy", "apply"},
+        {"policy", "plan"},       {"policy", "apply"},      {"dep", "create"},
+        {"dep", "list"},          {"dep", "show"},          {"dep", "set"},
     };
     const kc_test_out *r;
     char want[100];

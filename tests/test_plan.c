@@ -401,7 +401,91 @@ static void test_vault_validate(void)
     ASSERT_RC(r, 2);
 }
 
+/* How many availability keys the service vault holds. */
+static int avail_keys(void)
+{
+    const kc_test_out *r =
+        kc_test_run("key", "list", "Service", "--pin-source", "env:TEST_PIN", NULL);
+    const char *at = r->out;
+    int n = 0;
+
+    CU_ASSERT_EQUAL(r->rc, 0);
+    while ((at = strstr(at, "avail-")) != NULL) {
+        n++;
+        at++;
+    }
+    return n;
+}
+
+static void test_dep_create(void)
+{
+    const char *file = layout("      - name: KeyA\n        size: 2048\n",
+                              "      - name: KeyA\n        size: 2048\n"
+                              "      - name: Other\n        size: 2048\n");
+    const kc_test_out *r;
+    json_t *j, *keys;
+
+    ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
+    kc_test_vault("Service", "sub-svc", "centralus");
+    r = kc_test_run("dep", "list", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "--store");
+    setenv("KEYCUSTODY_STORE", kc_test_path("service.db"), 1);
+    setenv("KEYCUSTODY_SERVICE_VAULT", "Service", 1);
+    r = kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/KeyA,VaultB1/KeyB", "--workload",
+                    "exchange", "--pin-source", "Service=env:TEST_PIN", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "created DEP 'Mbx'");
+    r = kc_test_run("dep", "show", "Mbx", "--json", NULL);
+    ASSERT_RC(r, 0);
+    j = json_loads(r->out, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    keys = json_object_get(j, "keys");
+    CU_ASSERT_EQUAL(json_array_size(keys), 3);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_array_get(keys, 0), "vault")),
+                           "VaultA1");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_array_get(keys, 1), "vault")),
+                           "VaultB1");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_array_get(keys, 2), "vault")),
+                           "Service");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_array_get(keys, 2), "alg")),
+                           "RSA-OAEP");
+    CU_ASSERT(json_is_true(json_object_get(j, "enabled")));
+    json_decref(j);
+    CU_ASSERT_EQUAL(avail_keys(), 1);
+    /* the same name again */
+    r = kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/KeyA,VaultB1/KeyB", "--workload",
+                    "exchange", "--pin-source", "Service=env:TEST_PIN", NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "a DEP named 'Mbx' exists already");
+    /* both keys in one vault: refused, nothing stored, no key left behind */
+    r = kc_test_run("dep", "create", "Bad", "--keys", "VaultA1/KeyA,VaultA1/Other", "--workload",
+                    "exchange", "--pin-source", "Service=env:TEST_PIN", NULL);
+    ASSERT_RC(r, 3);
+    ASSERT_HAS(r->out, "error[KC011]");
+    ASSERT_HAS(r->err, "nothing was made");
+    r = kc_test_run("dep", "show", "Bad", NULL);
+    ASSERT_RC(r, 4);
+    CU_ASSERT_EQUAL(avail_keys(), 1);
+    /* a root key that does not exist */
+    r = kc_test_run("dep", "create", "Gone", "--keys", "VaultA1/KeyA,VaultB1/Nope", "--workload",
+                    "exchange", "--pin-source", "Service=env:TEST_PIN", NULL);
+    ASSERT_RC(r, 4);
+    CU_ASSERT_EQUAL(avail_keys(), 1);
+    /* disable */
+    ASSERT_RC(kc_test_run("dep", "set", "Mbx", "--enabled", "false", NULL), 0);
+    r = kc_test_run("dep", "list", "--json", NULL);
+    ASSERT_RC(r, 0);
+    j = json_loads(r->out, 0, NULL);
+    CU_ASSERT_EQUAL(json_array_size(j), 1);
+    CU_ASSERT(json_is_false(json_object_get(json_array_get(j, 0), "enabled")));
+    json_decref(j);
+    unsetenv("KEYCUSTODY_STORE");
+    unsetenv("KEYCUSTODY_SERVICE_VAULT");
+}
+
 static const kc_test_case cases[] = {
+    {"dep create, show, set", test_dep_create},
     {"vault validate", test_vault_validate},
     {"repairs a half-made key", test_repairs_half_made_key},
     {"plan, apply, plan again", test_plan_apply_plan},

@@ -14,13 +14,14 @@
 
 #define KC_VERSION "0.1.0"
 
-static const kc_cmd *const groups[] = {kc_cmds_vault, kc_cmds_key, kc_cmds_access,
-                                       kc_cmds_subscription, kc_cmds_policy};
+static const kc_cmd *const groups[] = {kc_cmds_vault,        kc_cmds_key, kc_cmds_access,
+                                       kc_cmds_subscription, kc_cmds_dep, kc_cmds_policy};
 static const char *const group_summary[] = {
     "initialise and inspect vaults (PKCS#11 tokens with keycustody metadata)",
     "RSA root keys: create, rotate, update, delete, recover, purge, back up, restore, wrap",
     "access policies: which principal may do what with a vault's keys",
     "the backup domain a subscription's vaults share, split among custodians",
+    "data encryption policies: a DEP key either custodian vault can unwrap",
     "the layout as code: check a YAML layout file, plan and apply it",
 };
 #define N_GROUPS (sizeof(groups) / sizeof(groups[0]))
@@ -34,6 +35,8 @@ static const char common_help[] =
     "                          (mode 0600, yours). Without one: a no-echo prompt on a terminal\n"
     "  --so-pin-source SOURCE  the same for security-officer PINs\n"
     "  --as PRINCIPAL          who acts (or KEYCUSTODY_PRINCIPAL)\n"
+    "  --store PATH            the service store (or KEYCUSTODY_STORE): DEPs and their\n"
+    "                          wrapped keys, assignments\n"
     "  --json                  machine-readable output on stdout (read commands)\n"
     "  -h, --help              this help\n"
     "A PIN is never taken from the command line.\n";
@@ -117,6 +120,7 @@ enum {
     OPT_PIN_SOURCE,
     OPT_SO_PIN_SOURCE,
     OPT_AS,
+    OPT_STORE,
     OPT_JSON,
     OPT_HELP,
 };
@@ -126,6 +130,7 @@ static const struct option common_opts[] = {
     {"pin-source", required_argument, NULL, OPT_PIN_SOURCE},
     {"so-pin-source", required_argument, NULL, OPT_SO_PIN_SOURCE},
     {"as", required_argument, NULL, OPT_AS},
+    {"store", required_argument, NULL, OPT_STORE},
     {"json", no_argument, NULL, OPT_JSON},
     {"help", no_argument, NULL, OPT_HELP},
 };
@@ -170,6 +175,9 @@ int kc_cli_parse(kc_cli *cli, int argc, char **argv, const struct option *own,
             break;
         case OPT_AS:
             cli->principal = optarg;
+            break;
+        case OPT_STORE:
+            cli->store = optarg;
             break;
         case OPT_JSON:
             if (!cli->cmd->reads)
@@ -429,6 +437,7 @@ int kc_cli_main(int argc, char **argv, FILE *out, FILE *err)
     if (cli.module != NULL && cli.module[0] == '\0')
         cli.module = NULL;
     cli.principal = getenv("KEYCUSTODY_PRINCIPAL");
+    cli.store = getenv("KEYCUSTODY_STORE");
     rc = c->fn(&cli, argc - 2, argv + 2);
     if (rc == -1)
         rc = KC_OK;

@@ -29,6 +29,7 @@ struct kc_cli {
     int json;
     const char *module;
     const char *principal;
+    const char *store; /* --store or KEYCUSTODY_STORE */
     const char *pin_sources[KC_CLI_MAX_SOURCES];
     size_t npin;
     const char *so_pin_sources[KC_CLI_MAX_SOURCES];
@@ -84,5 +85,6 @@ extern const kc_cmd kc_cmds_key[];
 extern const kc_cmd kc_cmds_subscription[];
 extern const kc_cmd kc_cmds_policy[];
 extern const kc_cmd kc_cmds_access[];
+extern const kc_cmd kc_cmds_dep[];
 
 #endif

@@ -1,0 +1,306 @@
+/* keycustody dep create | list | show | set */
+#include "cli.h"
+#include "kc_dep.h"
+#include "kc_plan.h"
+
+#include <jansson.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+static int open_store(kc_cli *cli, kc_store **st)
+{
+    kc_error err;
+
+    *st = NULL;
+    if (cli->store == NULL || cli->store[0] == '\0') {
+        kc_error_set(&cli->error, KC_USAGE, "no service store");
+        kc_error_hint(&cli->error, "give --store PATH or set KEYCUSTODY_STORE");
+        return KC_USAGE;
+    }
+    kc_error_clear(&err);
+    if (kc_store_open(cli->store, st, &err) != KC_OK)
+        return kc_cli_fail(cli, &err);
+    return 0;
+}
+
+static json_t *dep_json(const kc_dep *d)
+{
+    static const char *slots[] = {"A", "B", "availability"};
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s*, s:s, s:b, s:s, s:I, s:[]}", "id", d->id, "name",
+                          d->name, "workload", d->workload, "geo", d->geo[0] ? d->geo : NULL,
+                          "description", d->description, "enabled", d->enabled, "created",
+                          d->created, "generation", (json_int_t)d->generation, "keys");
+    size_t i;
+
+    for (i = 0; i < KC_DEP_SLOTS; i++)
+        json_array_append_new(json_object_get(o, "keys"),
+                              json_pack("{s:s, s:s, s:s, s:s, s:s}", "role", slots[i], "vault",
+                                        d->keys[i].vault, "key", d->keys[i].key, "version",
+                                        d->keys[i].version, "alg", d->keys[i].alg));
+    return o;
+}
+
+static void print_dep(FILE *f, const kc_dep *d)
+{
+    static const char *slots[] = {"root key A", "root key B", "availability"};
+    size_t i;
+
+    fprintf(f, "dep:          %s\n", d->name);
+    fprintf(f, "id:           %s\n", d->id);
+    fprintf(f, "workload:     %s%s%s\n", d->workload, d->geo[0] ? ", geo " : "", d->geo);
+    fprintf(f, "enabled:      %s\n", d->enabled ? "yes" : "no");
+    if (d->description[0])
+        fprintf(f, "description:  %s\n", d->description);
+    fprintf(f, "created:      %s\n", d->created);
+    for (i = 0; i < KC_DEP_SLOTS; i++)
+        fprintf(f, "%-13s %s/%s/%s (%s)\n", slots[i], d->keys[i].vault, d->keys[i].key,
+                d->keys[i].version, d->keys[i].alg);
+}
+
+enum { O_KEYS = 256, O_WORKLOAD, O_GEO, O_DESC, O_SERVICE, O_ENABLED, O_NAME };
+
+struct dep_state {
+    char keys[2][200];
+    size_t nkeys;
+    const char *workload, *geo, *description, *service, *name;
+    int enabled, set_enabled;
+};
+
+static int dep_opt(kc_cli *cli, int opt, const char *arg, void *st)
+{
+    struct dep_state *s = st;
+    const char *comma;
+
+    switch (opt) {
+    case O_KEYS:
+        comma = strchr(arg, ',');
+        if (comma == NULL || strchr(comma + 1, ',') != NULL || comma == arg || comma[1] == '\0' ||
+            (size_t)(comma - arg) >= sizeof(s->keys[0]) || strlen(comma + 1) >= sizeof(s->keys[1]))
+            return kc_cli_usage(cli, "--keys: give two root keys, VAULT/KEY,VAULT/KEY");
+        snprintf(s->keys[0], sizeof(s->keys[0]), "%.*s", (int)(comma - arg), arg);
+        snprintf(s->keys[1], sizeof(s->keys[1]), "%s", comma + 1);
+        s->nkeys = 2;
+        break;
+    case O_WORKLOAD:
+        if (strcmp(arg, "tenant") != 0 && strcmp(arg, "exchange") != 0 &&
+            strcmp(arg, "sharepoint") != 0)
+            return kc_cli_usage(cli, "--workload '%s': choose tenant, exchange or sharepoint", arg);
+        s->workload = arg;
+        break;
+    case O_GEO:
+        s->geo = arg;
+        break;
+    case O_DESC:
+        s->description = arg;
+        break;
+    case O_SERVICE:
+        s->service = arg;
+        break;
+    case O_ENABLED:
+        if (strcmp(arg, "true") != 0 && strcmp(arg, "false") != 0)
+            return kc_cli_usage(cli, "--enabled '%s': give true or false", arg);
+        s->set_enabled = 1;
+        s->enabled = strcmp(arg, "true") == 0;
+        break;
+    case O_NAME:
+        s->name = arg;
+        break;
+    }
+    return 0;
+}
+
+static int cmd_create(kc_cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"keys", required_argument, NULL, O_KEYS},
+        {"workload", required_argument, NULL, O_WORKLOAD},
+        {"geo", required_argument, NULL, O_GEO},
+        {"description", required_argument, NULL, O_DESC},
+        {"service-vault", required_argument, NULL, O_SERVICE},
+        {NULL, 0, NULL, 0},
+    };
+    struct dep_state s;
+    kc_dep_spec spec;
+    kc_store *st = NULL;
+    kc_ctx *ctx = NULL;
+    kc_diags d;
+    kc_dep dep;
+    kc_error err;
+    int first, rc;
+
+    memset(&s, 0, sizeof(s));
+    s.workload = "tenant";
+    s.service = getenv("KEYCUSTODY_SERVICE_VAULT");
+    rc = kc_cli_parse(cli, argc, argv, opts, dep_opt, &s, &first);
+    if (rc != 0)
+        return rc;
+    if (argc - first != 1)
+        return kc_cli_usage(cli, "give exactly one DEP name");
+    if (strlen(argv[first]) == 0 || strlen(argv[first]) >= sizeof(dep.name))
+        return kc_cli_usage(cli, "a DEP name has 1 to 64 characters");
+    if (s.nkeys != 2)
+        return kc_cli_usage(cli, "--keys VAULT/KEY,VAULT/KEY is required");
+    if (s.service == NULL)
+        return kc_cli_usage(cli, "--service-vault NAME (or KEYCUSTODY_SERVICE_VAULT) is required");
+    memset(&spec, 0, sizeof(spec));
+    spec.name = argv[first];
+    spec.workload = s.workload;
+    spec.geo = s.geo;
+    spec.description = s.description;
+    spec.keys[0] = s.keys[0];
+    spec.keys[1] = s.keys[1];
+    spec.service_vault = s.service;
+    if ((rc = open_store(cli, &st)) != 0)
+        return rc;
+    kc_diags_init(&d, "live");
+    kc_error_clear(&err);
+    rc = KC_OK;
+    if (kc_cli_ctx(cli, &ctx) != KC_OK)
+        rc = cli->error.code;
+    else if (kc_plan_check_dep(ctx, st, &spec, &d, &err) != KC_OK)
+        rc = kc_cli_fail(cli, &err);
+    if (rc == KC_OK && d.errors > 0) {
+        kc_cli_print_diags(cli, &d);
+        kc_error_set(&cli->error, KC_LAYOUT, "DEP '%s' would break %zu rule%s; nothing was made",
+                     spec.name, d.errors, d.errors == 1 ? "" : "s");
+        rc = KC_LAYOUT;
+    }
+    if (rc == KC_OK && kc_dep_create(ctx, st, &spec, &dep, &err) != KC_OK)
+        rc = kc_cli_fail(cli, &err);
+    if (rc == KC_OK) {
+        kc_cli_print_diags(cli, &d); /* warnings */
+        fprintf(cli->out, "created DEP '%s'\n", dep.name);
+        print_dep(cli->out, &dep);
+    }
+    kc_diags_release(&d);
+    kc_store_close(st);
+    return rc;
+}
+
+static int cmd_list(kc_cli *cli, int argc, char **argv)
+{
+    kc_store *st = NULL;
+    kc_dep *deps = NULL;
+    kc_error err;
+    json_t *arr;
+    size_t n = 0, i;
+    int first, rc;
+
+    rc = kc_cli_parse(cli, argc, argv, NULL, NULL, NULL, &first);
+    if (rc != 0)
+        return rc;
+    if (argc != first)
+        return kc_cli_usage(cli, "'dep list' takes no arguments");
+    if ((rc = open_store(cli, &st)) != 0)
+        return rc;
+    kc_error_clear(&err);
+    if (kc_dep_list(st, &deps, &n, &err) != KC_OK) {
+        kc_store_close(st);
+        return kc_cli_fail(cli, &err);
+    }
+    if (cli->json) {
+        arr = json_array();
+        for (i = 0; i < n; i++)
+            json_array_append_new(arr, dep_json(&deps[i]));
+        kc_cli_print_json(cli, arr);
+    } else if (n == 0) {
+        fprintf(cli->out, "the store has no DEPs\n");
+    } else {
+        fprintf(cli->out, "%-24s %-36s %-11s %-6s %s\n", "DEP", "ID", "WORKLOAD", "GEO", "ENABLED");
+        for (i = 0; i < n; i++)
+            fprintf(cli->out, "%-24s %-36s %-11s %-6s %s\n", deps[i].name, deps[i].id,
+                    deps[i].workload, deps[i].geo[0] ? deps[i].geo : "-",
+                    deps[i].enabled ? "yes" : "no");
+    }
+    free(deps);
+    kc_store_close(st);
+    return KC_OK;
+}
+
+static int cmd_show(kc_cli *cli, int argc, char **argv)
+{
+    kc_store *st = NULL;
+    kc_error err;
+    kc_dep d;
+    int first, rc;
+
+    rc = kc_cli_parse(cli, argc, argv, NULL, NULL, NULL, &first);
+    if (rc != 0)
+        return rc;
+    if (argc - first != 1)
+        return kc_cli_usage(cli, "give exactly one DEP name or id");
+    if ((rc = open_store(cli, &st)) != 0)
+        return rc;
+    kc_error_clear(&err);
+    rc = kc_dep_get(st, argv[first], &d, &err);
+    if (rc != KC_OK)
+        rc = kc_cli_fail(cli, &err);
+    else if (cli->json)
+        kc_cli_print_json(cli, dep_json(&d));
+    else
+        print_dep(cli->out, &d);
+    kc_store_close(st);
+    return rc;
+}
+
+static int cmd_set(kc_cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"enabled", required_argument, NULL, O_ENABLED},
+        {"name", required_argument, NULL, O_NAME},
+        {"description", required_argument, NULL, O_DESC},
+        {NULL, 0, NULL, 0},
+    };
+    struct dep_state s;
+    kc_store *st = NULL;
+    kc_error err;
+    int first, rc;
+
+    memset(&s, 0, sizeof(s));
+    rc = kc_cli_parse(cli, argc, argv, opts, dep_opt, &s, &first);
+    if (rc != 0)
+        return rc;
+    if (argc - first != 1)
+        return kc_cli_usage(cli, "give exactly one DEP name or id");
+    if (!s.set_enabled && s.name == NULL && s.description == NULL)
+        return kc_cli_usage(cli, "nothing to change: give --enabled, --name or --description");
+    if (s.name != NULL && (strlen(s.name) == 0 || strlen(s.name) > 64))
+        return kc_cli_usage(cli, "a DEP name has 1 to 64 characters");
+    if ((rc = open_store(cli, &st)) != 0)
+        return rc;
+    kc_error_clear(&err);
+    rc =
+        kc_dep_set(st, argv[first], s.set_enabled ? &s.enabled : NULL, s.name, s.description, &err);
+    if (rc != KC_OK)
+        rc = kc_cli_fail(cli, &err);
+    else
+        fprintf(cli->out, "changed DEP '%s'\n", s.name ? s.name : argv[first]);
+    kc_store_close(st);
+    return rc;
+}
+
+const kc_cmd kc_cmds_dep[] = {
+    {"dep", "create", cmd_create,
+     "NAME --keys VAULT/KEY,VAULT/KEY [--workload tenant|exchange|sharepoint]\n"
+     "                            [--geo CODE] [--description TEXT] --service-vault NAME",
+     "create a data encryption policy [New-M365DataAtRestEncryptionPolicy]",
+     "Checks the layout rules on the two live root keys (two vaults, two subscriptions,\n"
+     "non-paired regions, RSA, wrapKey, expiry, recovery level, the service principal's\n"
+     "access) and the limits (50 Exchange DEPs, one SharePoint DEP per geo); makes a\n"
+     "DEP key (AES-256) from the service vault's RNG; wraps it with RSA-OAEP under the\n"
+     "current version of each root key (no custodian PIN: public-key operations) and\n"
+     "under a new availability key on the service vault (its PIN); stores the record in\n"
+     "the service store (--store). The DEP key is wiped; the store holds only wrapped\n"
+     "copies.\n"
+     "  --service-vault NAME  the service vault (or KEYCUSTODY_SERVICE_VAULT)\n",
+     0},
+    {"dep", "list", cmd_list, "[--json]", "list the DEPs [Get-M365DataAtRestEncryptionPolicy]", "",
+     1},
+    {"dep", "show", cmd_show, "NAME|ID [--json]", "show a DEP and its three wrapped DEP keys", "",
+     1},
+    {"dep", "set", cmd_set, "NAME|ID [--enabled true|false] [--name NEW] [--description TEXT]",
+     "change a DEP [Set-M365DataAtRestEncryptionPolicy]",
+     "Disabling an assigned DEP is refused: unassign it first.\n", 0},
+    {NULL, NULL, NULL, NULL, NULL, NULL, 0},
+};
