@@ -432,8 +432,15 @@ static void test_dep_create(void)
     ASSERT_HAS(r->err, "--store");
     setenv("KEYCUSTODY_STORE", kc_test_path("service.db"), 1);
     setenv("KEYCUSTODY_SERVICE_VAULT", "Service", 1);
+    /* the custodian vaults' policies give wrapKey to the service principal only */
     r = kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/KeyA,VaultB1/KeyB", "--workload",
-                    "exchange", "--pin-source", "Service=env:TEST_PIN", NULL);
+                    "exchange", "--pin-source", "Service=env:TEST_PIN", "--as", "officer", NULL);
+    ASSERT_RC(r, 6);
+    ASSERT_HAS(r->err, "principal 'officer' lacks 'wrapKey' on vault 'VaultA1'");
+    ASSERT_RC(kc_test_run("dep", "list", "--json", NULL), 0);
+    CU_ASSERT_STRING_EQUAL(kc_test_run("dep", "list", "--json", NULL)->out, "[]\n");
+    r = kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/KeyA,VaultB1/KeyB", "--workload",
+                    "exchange", "--pin-source", "Service=env:TEST_PIN", "--as", "svc", NULL);
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "created DEP 'Mbx'");
     r = kc_test_run("dep", "show", "Mbx", "--json", NULL);
@@ -455,12 +462,12 @@ static void test_dep_create(void)
     CU_ASSERT_EQUAL(avail_keys(), 1);
     /* the same name again */
     r = kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/KeyA,VaultB1/KeyB", "--workload",
-                    "exchange", "--pin-source", "Service=env:TEST_PIN", NULL);
+                    "exchange", "--pin-source", "Service=env:TEST_PIN", "--as", "svc", NULL);
     ASSERT_RC(r, 5);
     ASSERT_HAS(r->err, "a DEP named 'Mbx' exists already");
     /* both keys in one vault: refused, nothing stored, no key left behind */
     r = kc_test_run("dep", "create", "Bad", "--keys", "VaultA1/KeyA,VaultA1/Other", "--workload",
-                    "exchange", "--pin-source", "Service=env:TEST_PIN", NULL);
+                    "exchange", "--pin-source", "Service=env:TEST_PIN", "--as", "svc", NULL);
     ASSERT_RC(r, 3);
     ASSERT_HAS(r->out, "error[KC011]");
     ASSERT_HAS(r->err, "nothing was made");
@@ -469,7 +476,7 @@ static void test_dep_create(void)
     CU_ASSERT_EQUAL(avail_keys(), 1);
     /* a root key that does not exist */
     r = kc_test_run("dep", "create", "Gone", "--keys", "VaultA1/KeyA,VaultB1/Nope", "--workload",
-                    "exchange", "--pin-source", "Service=env:TEST_PIN", NULL);
+                    "exchange", "--pin-source", "Service=env:TEST_PIN", "--as", "svc", NULL);
     ASSERT_RC(r, 4);
     CU_ASSERT_EQUAL(avail_keys(), 1);
     /* disable */

@@ -151,6 +151,7 @@ static int cmd_create(kc_cli *cli, int argc, char **argv)
     spec.keys[0] = s.keys[0];
     spec.keys[1] = s.keys[1];
     spec.service_vault = s.service;
+    spec.principal = cli->principal;
     if ((rc = open_store(cli, &st)) != 0)
         return rc;
     kc_diags_init(&d, "live");

@@ -166,7 +166,6 @@ static int open_vault(kc_cli *cli, const char *name, unsigned perm, kc_vault **v
 static int open_key(kc_cli *cli, const char *s, unsigned perm, int login, int want_version,
                     kc_vault **v, kc_key **k, kc_key_ref *ref)
 {
-    kc_ctx *ctx = NULL;
     kc_error err;
 
     *v = NULL;
@@ -177,7 +176,6 @@ static int open_key(kc_cli *cli, const char *s, unsigned perm, int login, int wa
         return kc_cli_fail(cli, &err);
     if (!want_version && ref->id_len > 0)
         return kc_cli_usage(cli, "'%s': this command takes VAULT/KEY without a version", s);
-    (void)ctx;
     if (open_vault(cli, ref->vault, perm, v) != 0)
         return cli->error.code;
     if (k != NULL && kc_key_get(*v, ref->name, login, k, &err) != KC_OK) {
@@ -318,7 +316,6 @@ static void print_deleted(FILE *f, const kc_vault *v, const kc_key *keys, size_t
 /* key list and key list-deleted: one vault, its active or its deleted keys. */
 static int list_keys(kc_cli *cli, int argc, char **argv, int deleted)
 {
-    kc_ctx *ctx = NULL;
     kc_vault *v = NULL;
     kc_key *keys = NULL;
     kc_error err;
@@ -331,7 +328,6 @@ static int list_keys(kc_cli *cli, int argc, char **argv, int deleted)
         return rc;
     if (argc - first != 1)
         return kc_cli_usage(cli, "give exactly one vault");
-    (void)ctx;
     if (open_vault(cli, argv[first], KC_PERM_LIST, &v) != 0)
         return cli->error.code;
     kc_error_clear(&err);
@@ -980,7 +976,6 @@ static int cmd_restore(kc_cli *cli, int argc, char **argv)
     struct io_state s;
     char name[KC_KEY_NAME_MAX + 1];
     unsigned char *blob = NULL;
-    kc_ctx *ctx = NULL;
     kc_vault *v = NULL;
     size_t len = 0, nversions = 0;
     kc_error err;
@@ -997,7 +992,6 @@ static int cmd_restore(kc_cli *cli, int argc, char **argv)
     kc_error_clear(&err);
     if (kc_file_read(s.in, KC_BACKUP_FILE_MAX, &blob, &len, &err) != KC_OK)
         return kc_cli_fail(cli, &err);
-    (void)ctx;
     rc = KC_OK;
     if (open_vault(cli, argv[first], KC_PERM_RESTORE, &v) != 0)
         rc = cli->error.code;

@@ -23,8 +23,8 @@ static void guid(const unsigned char r[16], char out[37])
 }
 
 /* Wraps the DEP key under the current version of VAULT/KEY. */
-static kc_rc wrap_under(kc_ctx *ctx, const char *ref, const kc_secret *dek, kc_dep_key *dk,
-                        unsigned char **blob, size_t *len, kc_error *err)
+static kc_rc wrap_under(kc_ctx *ctx, const char *principal, const char *ref, const kc_secret *dek,
+                        kc_dep_key *dk, unsigned char **blob, size_t *len, kc_error *err)
 {
     const kc_key_version *ver = NULL;
     kc_key_ref kr;
@@ -36,6 +36,8 @@ static kc_rc wrap_under(kc_ctx *ctx, const char *ref, const kc_secret *dek, kc_d
     r = kc_key_ref_parse(ref, &kr, err);
     if (r == KC_OK)
         r = kc_vault_open(ctx, kr.vault, &v, err);
+    if (r == KC_OK)
+        r = kc_vault_authorize(v, principal, KC_PERM_WRAP, err);
     if (r == KC_OK)
         r = kc_key_get(v, kr.name, 0, &k, err);
     if (r == KC_OK)
@@ -145,6 +147,8 @@ kc_rc kc_dep_create(kc_ctx *ctx, kc_store *st, const kc_dep_spec *spec, kc_dep *
     r = kc_clock_now(&now, err);
     if (r == KC_OK)
         r = kc_vault_open(ctx, spec->service_vault, &sv, err);
+    if (r == KC_OK)
+        r = kc_vault_authorize(sv, spec->principal, KC_PERM_CREATE, err);
     dek = kc_secret_new(DEP_KEY_BYTES);
     if (r == KC_OK && dek == NULL)
         r = kc_error_set(err, KC_ERR, "out of memory");
@@ -166,7 +170,8 @@ kc_rc kc_dep_create(kc_ctx *ctx, kc_store *st, const kc_dep_spec *spec, kc_dep *
     out->enabled = 1;
     out->generation = 1;
     for (i = 0; r == KC_OK && i < 2; i++)
-        r = wrap_under(ctx, spec->keys[i], dek, &out->keys[i], &blobs[i], &lens[i], err);
+        r = wrap_under(ctx, spec->principal, spec->keys[i], dek, &out->keys[i], &blobs[i], &lens[i],
+                       err);
     /* Its own availability key on the service vault (the service's PIN). */
     snprintf(avail, sizeof(avail), "avail-%.8s", out->id);
     memset(&ko, 0, sizeof(ko));
@@ -180,7 +185,7 @@ kc_rc kc_dep_create(kc_ctx *ctx, kc_store *st, const kc_dep_spec *spec, kc_dep *
     }
     snprintf(ref, sizeof(ref), "%s/%s", sv ? sv->meta.name : "", avail);
     if (r == KC_OK)
-        r = wrap_under(ctx, ref, dek, &out->keys[2], &blobs[2], &lens[2], err);
+        r = wrap_under(ctx, spec->principal, ref, dek, &out->keys[2], &blobs[2], &lens[2], err);
     if (r == KC_OK)
         r = insert(st, out, blobs, lens, err);
     if (r != KC_OK && made_avail)

@@ -36,6 +36,8 @@ typedef struct kc_dep_spec {
     const char *name, *workload, *geo, *description;
     const char *keys[2]; /* VAULT/KEY of the two root keys */
     const char *service_vault;
+    const char *principal; /* who acts: needs wrapKey on both custodian vaults and
+                            * create on the service vault, where they have a policy */
 } kc_dep_spec;
 
 /* Makes the DEP: its key from the service vault's RNG, wrapped under the
