@@ -1,7 +1,9 @@
 /* policy plan and apply against SoftHSM. */
 #include "fixture.h"
 #include "kc_p11.h"
+#include "kc_dep.h"
 #include "kc_plan.h"
+#include "kc_store.h"
 
 #include <jansson.h>
 
@@ -417,13 +419,14 @@ static int avail_keys(void)
     return n;
 }
 
-static void test_dep_create(void)
+/* The layout applied (VaultA1 also holds Other), a service vault with no
+ * access policy, and the store and service vault named by environment. */
+static void dep_setup(void)
 {
     const char *file = layout("      - name: KeyA\n        size: 2048\n",
                               "      - name: KeyA\n        size: 2048\n"
                               "      - name: Other\n        size: 2048\n");
     const kc_test_out *r;
-    json_t *j, *keys;
 
     ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
     kc_test_vault("Service", "sub-svc", "centralus");
@@ -432,6 +435,73 @@ static void test_dep_create(void)
     ASSERT_HAS(r->err, "--store");
     setenv("KEYCUSTODY_STORE", kc_test_path("service.db"), 1);
     setenv("KEYCUSTODY_SERVICE_VAULT", "Service", 1);
+}
+
+/* Unwraps DEP 'Mbx' as principal; the copy used, or -1 and the error. */
+static int dep_unwrap(const char *principal, unsigned flags, unsigned char key[32],
+                      kc_dep_unwrap_info *info, kc_error *err)
+{
+    kc_ctx *ctx = NULL;
+    kc_store *st = NULL;
+    kc_secret *dek = NULL;
+    int slot = -1;
+
+    kc_error_clear(err);
+    CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, env_pin, NULL, &ctx, err), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_store_open(kc_test_path("service.db"), &st, err), KC_OK);
+    if (kc_dep_unwrap(ctx, st, "Mbx", principal, flags, &dek, info, err) == KC_OK) {
+        CU_ASSERT_EQUAL(dek->len, 32);
+        memcpy(key, dek->data, 32);
+        slot = info->slot;
+    }
+    kc_secret_free(dek);
+    kc_store_close(st);
+    kc_ctx_free(ctx);
+    return slot;
+}
+
+/* Either custodian vault unwraps the DEP key, the availability key only
+ * on request, and all three give the same key. */
+static void test_dep_unwrap_fallback(void)
+{
+    unsigned char a[32], b[32], avail[32];
+    kc_dep_unwrap_info info;
+    kc_error err;
+
+    dep_setup();
+    ASSERT_RC(kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
+                          "--workload", "exchange", "--pin-source", "Service=env:TEST_PIN", "--as",
+                          "svc", NULL),
+              0);
+    CU_ASSERT_EQUAL(dep_unwrap("svc", 0, a, &info, &err), 0);
+    CU_ASSERT_STRING_EQUAL(info.skipped[0], "");
+    /* vault A revokes the service principal: B unwraps, A is named */
+    ASSERT_RC(kc_test_run("access", "remove", "VaultA1", "--principal", "svc", "--permissions",
+                          "unwrapKey", "--so-pin-source", "env:TEST_SO_PIN", "--pin-source",
+                          "env:TEST_PIN", "--as", "officer", NULL),
+              0);
+    CU_ASSERT_EQUAL(dep_unwrap("svc", 0, b, &info, &err), 1);
+    CU_ASSERT(kc_test_contains(info.skipped[0], "VaultA1: principal 'svc' lacks 'unwrapKey'"));
+    CU_ASSERT_EQUAL(memcmp(a, b, 32), 0);
+    /* both refuse: the availability key only when asked for */
+    ASSERT_RC(kc_test_run("access", "remove", "VaultB1", "--principal", "svc", "--permissions",
+                          "unwrapKey", "--so-pin-source", "env:TEST_SO_PIN", "--pin-source",
+                          "env:TEST_PIN", "--as", "officer", NULL),
+              0);
+    CU_ASSERT_EQUAL(dep_unwrap("svc", 0, avail, &info, &err), -1);
+    CU_ASSERT_EQUAL(err.code, KC_TOKEN);
+    CU_ASSERT(kc_test_contains(err.msg, "neither custodian vault can unwrap the key of DEP 'Mbx'"));
+    CU_ASSERT(kc_test_contains(err.msg, "VaultB1: principal 'svc' lacks 'unwrapKey'"));
+    CU_ASSERT_EQUAL(dep_unwrap("svc", KC_DEP_USE_AVAILABILITY, avail, &info, &err), 2);
+    CU_ASSERT_EQUAL(memcmp(a, avail, 32), 0);
+}
+
+static void test_dep_create(void)
+{
+    const kc_test_out *r;
+    json_t *j, *keys;
+
+    dep_setup();
     /* the custodian vaults' policies give wrapKey to the service principal only */
     r = kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/KeyA,VaultB1/KeyB", "--workload",
                     "exchange", "--pin-source", "Service=env:TEST_PIN", "--as", "officer", NULL);
@@ -493,6 +563,7 @@ static void test_dep_create(void)
 
 static const kc_test_case cases[] = {
     {"dep create, show, set", test_dep_create},
+    {"DEP key: A, else B, else availability", test_dep_unwrap_fallback},
     {"vault validate", test_vault_validate},
     {"repairs a half-made key", test_repairs_half_made_key},
     {"plan, apply, plan again", test_plan_apply_plan},

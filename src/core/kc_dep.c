@@ -357,3 +357,117 @@ kc_rc kc_dep_set(kc_store *st, const char *name_or_id, const int *enabled, const
     sqlite3_finalize(s);
     return r;
 }
+
+/* --- unwrapping the DEP key --- */
+
+static kc_rc load_blob(kc_store *st, const kc_dep *d, int slot, unsigned char **blob, size_t *len,
+                       kc_error *err)
+{
+    sqlite3_stmt *s = NULL;
+    const void *b;
+    int n;
+    kc_rc r = KC_OK;
+
+    *blob = NULL;
+    if (sqlite3_prepare_v2(st->db,
+                           "SELECT wrapped FROM dep_keys WHERE dep_id = ? AND generation = ? AND "
+                           "slot = ?",
+                           -1, &s, NULL) != SQLITE_OK)
+        return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
+    sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, d->generation);
+    sqlite3_bind_int(s, 3, slot);
+    if (sqlite3_step(s) != SQLITE_ROW)
+        r = kc_error_set(err, KC_INTEGRITY, "DEP '%s' has no wrapped key in slot %d", d->name,
+                         slot);
+    else {
+        b = sqlite3_column_blob(s, 0);
+        n = sqlite3_column_bytes(s, 0);
+        *blob = malloc(n > 0 ? (size_t)n : 1);
+        if (*blob == NULL)
+            r = kc_error_set(err, KC_ERR, "out of memory");
+        else {
+            memcpy(*blob, b, (size_t)n);
+            *len = (size_t)n;
+        }
+    }
+    sqlite3_finalize(s);
+    return r;
+}
+
+/* Unwraps one wrapped copy under the key version recorded for it. */
+static kc_rc unwrap_slot(kc_ctx *ctx, kc_store *st, const kc_dep *d, int slot,
+                         const char *principal, kc_secret **out, kc_error *err)
+{
+    const kc_dep_key *dk = &d->keys[slot];
+    const kc_key_version *ver = NULL;
+    unsigned char id[64], *blob = NULL;
+    size_t id_len = 0, len = 0;
+    kc_oaep alg = KC_OAEP_AUTO;
+    kc_vault *v = NULL;
+    kc_key *k = NULL;
+    kc_rc r;
+
+    if (kc_hex_decode(dk->version, id, sizeof(id), &id_len) != 0 ||
+        kc_oaep_parse(dk->alg, &alg) != 0)
+        return kc_error_set(err, KC_INTEGRITY, "DEP '%s': the store's record of slot %d is damaged",
+                            d->name, slot);
+    r = load_blob(st, d, slot, &blob, &len, err);
+    if (r == KC_OK)
+        r = kc_vault_open(ctx, dk->vault, &v, err);
+    if (r == KC_OK)
+        r = kc_vault_authorize(v, principal, KC_PERM_UNWRAP, err);
+    if (r == KC_OK)
+        r = kc_key_get(v, dk->key, 1, &k, err);
+    if (r == KC_OK)
+        r = kc_key_select(k, id, id_len, &ver, err);
+    if (r == KC_OK)
+        r = kc_key_unwrap(v, k, ver, alg, blob, len, out, err);
+    if (r == KC_OK && (*out)->len != DEP_KEY_BYTES) {
+        r = kc_error_set(err, KC_INTEGRITY, "DEP '%s': slot %d unwraps to %zu bytes, not %d",
+                         d->name, slot, (*out)->len, DEP_KEY_BYTES);
+        kc_secret_free(*out);
+        *out = NULL;
+    }
+    free(blob);
+    kc_key_free(k);
+    kc_vault_free(v);
+    return r;
+}
+
+kc_rc kc_dep_unwrap(kc_ctx *ctx, kc_store *st, const char *name_or_id, const char *principal,
+                    unsigned flags, kc_secret **out, kc_dep_unwrap_info *info, kc_error *err)
+{
+    kc_error tried[2];
+    kc_dep d;
+    int slot;
+    kc_rc r;
+
+    *out = NULL;
+    memset(info, 0, sizeof(*info));
+    info->slot = -1;
+    r = kc_dep_get(st, name_or_id, &d, err);
+    if (r != KC_OK)
+        return r;
+    /* Custodian vault A, then B: a vault that is missing, refuses the login
+     * or has revoked the principal's unwrapKey is skipped and reported. */
+    for (slot = 0; slot < 2; slot++) {
+        kc_error_clear(&tried[slot]);
+        if (unwrap_slot(ctx, st, &d, slot, principal, out, &tried[slot]) == KC_OK) {
+            info->slot = slot;
+            return KC_OK;
+        }
+        snprintf(info->skipped[slot], sizeof(info->skipped[slot]), "%s: %s", d.keys[slot].vault,
+                 tried[slot].msg);
+    }
+    if (flags & KC_DEP_USE_AVAILABILITY) {
+        r = unwrap_slot(ctx, st, &d, 2, principal, out, err);
+        if (r == KC_OK)
+            info->slot = 2;
+        return r;
+    }
+    return kc_error_set(err, KC_TOKEN,
+                        "neither custodian vault can unwrap the key of DEP '%s' (%s; %s); the "
+                        "availability key is for break glass only (--use-availability-key)",
+                        d.name, info->skipped[0], info->skipped[1]);
+}

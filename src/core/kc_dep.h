@@ -61,4 +61,19 @@ KC_EXPORT kc_rc kc_dep_set(kc_store *st, const char *name_or_id, const int *enab
                            const char *new_name, const char *description,
                            kc_error *err) KC_MUST_CHECK;
 
+#define KC_DEP_USE_AVAILABILITY 1u /* break glass: both custodian vaults unavailable */
+
+typedef struct kc_dep_unwrap_info {
+    int slot;             /* which copy unwrapped: 0 A, 1 B, 2 availability; -1 none */
+    char skipped[2][512]; /* why vault A / B was skipped ("" if not tried or used) */
+} kc_dep_unwrap_info;
+
+/* The DEP key, unwrapped by custodian vault A, else B (each skipped vault
+ * is named in info->skipped), else, only with KC_DEP_USE_AVAILABILITY, by
+ * the availability key; KC_TOKEN when none could. principal needs
+ * unwrapKey where a vault has an access policy. *out is wiped on free. */
+KC_EXPORT kc_rc kc_dep_unwrap(kc_ctx *ctx, kc_store *st, const char *name_or_id,
+                              const char *principal, unsigned flags, kc_secret **out,
+                              kc_dep_unwrap_info *info, kc_error *err) KC_MUST_CHECK;
+
 #endif
