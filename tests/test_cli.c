@@ -1062,6 +1062,7 @@ static void test_help(void)
         {"access", "remove"},     {"access", "show"},       {"policy", "check"},
         {"policy", "plan"},       {"policy", "apply"},      {"dep", "create"},
         {"dep", "list"},          {"dep", "show"},          {"dep", "set"},
+        {"dep", "assign"},        {"dep", "assignment"},
     };
     const kc_test_out *r;
     char want[100];

@@ -561,9 +561,79 @@ static void test_dep_create(void)
     unsetenv("KEYCUSTODY_SERVICE_VAULT");
 }
 
+static void test_dep_assign(void)
+{
+    const kc_test_out *r;
+    json_t *j;
+
+    dep_setup();
+    ASSERT_RC(kc_test_run("dep", "create", "Ten", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
+                          "--workload", "tenant", "--pin-source", "Service=env:TEST_PIN", "--as",
+                          "svc", NULL),
+              0);
+    ASSERT_RC(kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/Other,VaultB1/KeyB",
+                          "--workload", "exchange", "--pin-source", "Service=env:TEST_PIN", "--as",
+                          "svc", NULL),
+              0);
+    r = kc_test_run("dep", "assignment", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "no DEP is assigned");
+    r = kc_test_run("dep", "assign", "Mbx", "--tenant", NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "DEP 'Mbx' is for workload exchange; scope 'tenant' takes a tenant DEP");
+    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", NULL), 0);
+    /* a mailbox without its own DEP is under the tenant DEP */
+    r = kc_test_run("dep", "assignment", "--mailbox", "u1@contoso.com", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "mailbox:u1@contoso.com: DEP 'Ten'");
+    ASSERT_HAS(r->out, "from the tenant");
+    r = kc_test_run("dep", "assign", "Mbx", "--mailbox", "u1@contoso.com", NULL);
+    ASSERT_RC(r, 0);
+    r = kc_test_run("dep", "assignment", "--mailbox", "u1@contoso.com", "--json", NULL);
+    ASSERT_RC(r, 0);
+    j = json_loads(r->out, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "dep")), "Mbx");
+    CU_ASSERT(json_is_false(json_object_get(j, "inherited")));
+    json_decref(j);
+    r = kc_test_run("dep", "assignment", "--json", NULL);
+    ASSERT_RC(r, 0);
+    j = json_loads(r->out, 0, NULL);
+    CU_ASSERT_EQUAL(json_array_size(j), 2);
+    json_decref(j);
+    /* assigned: cannot be disabled */
+    r = kc_test_run("dep", "set", "Mbx", "--enabled", "false", NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "DEP 'Mbx' is assigned; it cannot be disabled");
+    r = kc_test_run("dep", "assign", "--none", "--mailbox", "u1@contoso.com", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "scope 'mailbox:u1@contoso.com' no longer has DEP 'Mbx'");
+    ASSERT_RC(kc_test_run("dep", "set", "Mbx", "--enabled", "false", NULL), 0);
+    r = kc_test_run("dep", "assign", "Mbx", "--mailbox", "u2@contoso.com", NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "DEP 'Mbx' is disabled; it cannot be assigned");
+    /* bad input */
+    r = kc_test_run("dep", "assign", "Mbx", "--mailbox", "u 1", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "'mailbox:u 1' is not a scope");
+    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", "--geo", "NAM", NULL), 2);
+    ASSERT_RC(kc_test_run("dep", "assign", "Ten", NULL), 2);
+    ASSERT_RC(kc_test_run("dep", "assign", "Nope", "--tenant", NULL), 4);
+    r = kc_test_run("dep", "assignment", "--geo", "NAM", NULL);
+    ASSERT_RC(r, 4);
+    ASSERT_HAS(r->err, "scope 'geo:NAM' has no DEP assigned");
+    r = kc_test_run("dep", "assign", "--none", "--geo", "NAM", NULL);
+    ASSERT_RC(r, 4);
+    /* the tenant assignment is untouched by all that */
+    r = kc_test_run("dep", "assignment", "--tenant", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "tenant: DEP 'Ten'");
+}
+
 static const kc_test_case cases[] = {
     {"dep create, show, set", test_dep_create},
     {"DEP key: A, else B, else availability", test_dep_unwrap_fallback},
+    {"dep assign and assignment", test_dep_assign},
     {"vault validate", test_vault_validate},
     {"repairs a half-made key", test_repairs_half_made_key},
     {"plan, apply, plan again", test_plan_apply_plan},

@@ -1,4 +1,4 @@
-/* keycustody dep create | list | show | set */
+/* keycustody dep create | list | show | set | assign | assignment */
 #include "cli.h"
 #include "kc_dep.h"
 #include "kc_plan.h"
@@ -281,6 +281,143 @@ static int cmd_set(kc_cli *cli, int argc, char **argv)
     return rc;
 }
 
+/* --- assign, assignment --- */
+
+enum { O_TENANT = 300, O_MAILBOX, O_AGEO, O_NONE };
+
+struct scope_state {
+    char scope[80];
+    int nscopes, none;
+};
+
+static int scope_opt(kc_cli *cli, int opt, const char *arg, void *st)
+{
+    struct scope_state *s = st;
+
+    switch (opt) {
+    case O_TENANT:
+        snprintf(s->scope, sizeof(s->scope), "tenant");
+        s->nscopes++;
+        break;
+    case O_MAILBOX:
+        snprintf(s->scope, sizeof(s->scope), "mailbox:%.70s", arg);
+        s->nscopes++;
+        break;
+    case O_AGEO:
+        snprintf(s->scope, sizeof(s->scope), "geo:%.70s", arg);
+        s->nscopes++;
+        break;
+    case O_NONE:
+        s->none = 1;
+        break;
+    }
+    if (s->nscopes > 1)
+        return kc_cli_usage(cli, "give one scope: --tenant, --mailbox ID or --geo CODE");
+    return 0;
+}
+
+static const struct option scope_opts[] = {
+    {"tenant", no_argument, NULL, O_TENANT},
+    {"mailbox", required_argument, NULL, O_MAILBOX},
+    {"geo", required_argument, NULL, O_AGEO},
+    {"none", no_argument, NULL, O_NONE},
+    {NULL, 0, NULL, 0},
+};
+
+static int cmd_assign(kc_cli *cli, int argc, char **argv)
+{
+    struct scope_state s;
+    kc_store *st = NULL;
+    kc_error err;
+    kc_dep prev;
+    int first, rc;
+
+    memset(&s, 0, sizeof(s));
+    rc = kc_cli_parse(cli, argc, argv, scope_opts, scope_opt, &s, &first);
+    if (rc != 0)
+        return rc;
+    if (s.nscopes != 1)
+        return kc_cli_usage(cli, "give the scope: --tenant, --mailbox ID or --geo CODE");
+    if (s.none ? argc != first : argc - first != 1)
+        return kc_cli_usage(cli, "give one DEP name or id, or --none to unassign");
+    kc_error_clear(&err);
+    if (kc_dep_scope_check(s.scope, &err) != KC_OK)
+        return kc_cli_fail(cli, &err);
+    if ((rc = open_store(cli, &st)) != 0)
+        return rc;
+    rc = kc_dep_assign(st, s.none ? NULL : argv[first], s.scope, &prev, &err);
+    if (rc != KC_OK)
+        rc = kc_cli_fail(cli, &err);
+    else if (s.none)
+        fprintf(cli->out, "scope '%s' no longer has DEP '%s'\n", s.scope, prev.name);
+    else if (prev.id[0] != '\0' && strcmp(prev.name, argv[first]) != 0 &&
+             strcmp(prev.id, argv[first]) != 0)
+        fprintf(cli->out,
+                "assigned DEP '%s' to scope '%s' (was '%s'); 'keycustody rewrap' moves its "
+                "scope key\n",
+                argv[first], s.scope, prev.name);
+    else
+        fprintf(cli->out, "assigned DEP '%s' to scope '%s'\n", argv[first], s.scope);
+    kc_store_close(st);
+    return rc;
+}
+
+static int cmd_assignment(kc_cli *cli, int argc, char **argv)
+{
+    struct scope_state s;
+    kc_dep_assignment *v = NULL;
+    kc_store *st = NULL;
+    kc_error err;
+    kc_dep d;
+    json_t *arr;
+    size_t n = 0, i;
+    int first, rc, inherited = 0;
+
+    memset(&s, 0, sizeof(s));
+    rc = kc_cli_parse(cli, argc, argv, scope_opts, scope_opt, &s, &first);
+    if (rc != 0)
+        return rc;
+    if (argc != first || s.none)
+        return kc_cli_usage(cli, "'dep assignment' takes only a scope option");
+    kc_error_clear(&err);
+    if (s.nscopes == 1 && kc_dep_scope_check(s.scope, &err) != KC_OK)
+        return kc_cli_fail(cli, &err);
+    if ((rc = open_store(cli, &st)) != 0)
+        return rc;
+    if (s.nscopes == 1) {
+        rc = kc_dep_effective(st, s.scope, &d, &inherited, &err);
+        if (rc != KC_OK)
+            rc = kc_cli_fail(cli, &err);
+        else if (cli->json)
+            kc_cli_print_json(cli, json_pack("{s:s, s:s, s:s, s:b}", "scope", s.scope, "dep_id",
+                                             d.id, "dep", d.name, "inherited", inherited));
+        else
+            fprintf(cli->out, "%s: DEP '%s' (%s)%s\n", s.scope, d.name, d.id,
+                    inherited ? ", from the tenant" : "");
+        kc_store_close(st);
+        return rc;
+    }
+    rc = kc_dep_assignments(st, &v, &n, &err);
+    if (rc != KC_OK) {
+        rc = kc_cli_fail(cli, &err);
+    } else if (cli->json) {
+        arr = json_array();
+        for (i = 0; i < n; i++)
+            json_array_append_new(arr, json_pack("{s:s, s:s, s:s}", "scope", v[i].scope, "dep_id",
+                                                 v[i].dep_id, "dep", v[i].dep_name));
+        kc_cli_print_json(cli, arr);
+    } else if (n == 0) {
+        fprintf(cli->out, "no DEP is assigned\n");
+    } else {
+        fprintf(cli->out, "%-30s %-24s %s\n", "SCOPE", "DEP", "ID");
+        for (i = 0; i < n; i++)
+            fprintf(cli->out, "%-30s %-24s %s\n", v[i].scope, v[i].dep_name, v[i].dep_id);
+    }
+    free(v);
+    kc_store_close(st);
+    return rc;
+}
+
 const kc_cmd kc_cmds_dep[] = {
     {"dep", "create", cmd_create,
      "NAME --keys VAULT/KEY,VAULT/KEY [--workload tenant|exchange|sharepoint]\n"
@@ -303,5 +440,19 @@ const kc_cmd kc_cmds_dep[] = {
     {"dep", "set", cmd_set, "NAME|ID [--enabled true|false] [--name NEW] [--description TEXT]",
      "change a DEP [Set-M365DataAtRestEncryptionPolicy]",
      "Disabling an assigned DEP is refused: unassign it first.\n", 0},
+    {"dep", "assign", cmd_assign, "NAME|ID|--none --tenant | --mailbox ID | --geo CODE",
+     "assign a DEP to the tenant, a mailbox or a geo [Set-...Assignment]",
+     "Cmdlets: Set-M365DataAtRestEncryptionPolicyAssignment (tenant), Set-Mailbox\n"
+     "-DataEncryptionPolicy (mailbox), Register-SPODataEncryptionPolicy (geo).\n"
+     "A tenant DEP goes on the tenant, an Exchange DEP on a mailbox (it overrides the\n"
+     "tenant DEP there), a SharePoint DEP on a geo. A scope holds one DEP: assigning\n"
+     "another replaces it. Assigning before a mailbox has data is allowed. A disabled or\n"
+     "purge-requested DEP cannot be assigned. --none removes the scope's assignment.\n",
+     0},
+    {"dep", "assignment", cmd_assignment, "[--tenant | --mailbox ID | --geo CODE] [--json]",
+     "show assignments [Get-M365DataAtRestEncryptionPolicyAssignment]",
+     "Without a scope: every assignment. With one: the DEP in force there (a mailbox\n"
+     "without its own DEP is under the tenant DEP).\n",
+     1},
     {NULL, NULL, NULL, NULL, NULL, NULL, 0},
 };

@@ -471,3 +471,183 @@ kc_rc kc_dep_unwrap(kc_ctx *ctx, kc_store *st, const char *name_or_id, const cha
                         "availability key is for break glass only (--use-availability-key)",
                         d.name, info->skipped[0], info->skipped[1]);
 }
+
+/* --- assignments --- */
+
+kc_rc kc_dep_scope_check(const char *scope, kc_error *err)
+{
+    const char *p = NULL;
+    size_t n;
+
+    if (strcmp(scope, "tenant") == 0)
+        return KC_OK;
+    if (strncmp(scope, "mailbox:", 8) == 0)
+        p = scope + 8;
+    else if (strncmp(scope, "geo:", 4) == 0)
+        p = scope + 4;
+    n = p ? strlen(p) : 0;
+    if (p != NULL && n >= 1 && n <= 64 &&
+        strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                  "0123456789@._-") == n)
+        return KC_OK;
+    kc_error_set(err, KC_USAGE, "'%s' is not a scope", scope);
+    kc_error_hint(err, "a scope is tenant, mailbox:ID or geo:CODE (ID and CODE: 1 to 64 of "
+                       "letters, digits, @ . _ -)");
+    return KC_USAGE;
+}
+
+/* The workload a DEP needs to be assigned to scope. */
+static const char *scope_workload(const char *scope)
+{
+    if (strncmp(scope, "mailbox:", 8) == 0)
+        return "exchange";
+    if (strncmp(scope, "geo:", 4) == 0)
+        return "sharepoint";
+    return "tenant";
+}
+
+static kc_rc assigned_to(kc_store *st, const char *scope, char dep_id[37], kc_error *err)
+{
+    sqlite3_stmt *s = NULL;
+    kc_rc r = KC_NOT_FOUND;
+
+    dep_id[0] = '\0';
+    if (sqlite3_prepare_v2(st->db, "SELECT dep_id FROM assignments WHERE scope = ?", -1, &s,
+                           NULL) != SQLITE_OK)
+        return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
+    sqlite3_bind_text(s, 1, scope, -1, SQLITE_STATIC);
+    if (sqlite3_step(s) == SQLITE_ROW) {
+        copy_col(s, 0, dep_id, 37);
+        r = KC_OK;
+    }
+    sqlite3_finalize(s);
+    return r;
+}
+
+kc_rc kc_dep_assign(kc_store *st, const char *name_or_id, const char *scope, kc_dep *prev,
+                    kc_error *err)
+{
+    sqlite3_stmt *s = NULL;
+    char prev_id[37];
+    kc_dep d;
+    kc_rc r;
+    int rc;
+
+    memset(prev, 0, sizeof(*prev));
+    r = kc_dep_scope_check(scope, err);
+    if (r != KC_OK)
+        return r;
+    r = assigned_to(st, scope, prev_id, err);
+    if (r == KC_OK)
+        r = kc_dep_get(st, prev_id, prev, err);
+    if (r != KC_OK && r != KC_NOT_FOUND)
+        return r;
+    if (name_or_id == NULL) { /* unassign */
+        if (prev_id[0] == '\0')
+            return kc_error_set(err, KC_NOT_FOUND, "scope '%s' has no DEP assigned", scope);
+        rc = sqlite3_prepare_v2(st->db, "DELETE FROM assignments WHERE scope = ?", -1, &s, NULL);
+        if (rc == SQLITE_OK) {
+            sqlite3_bind_text(s, 1, scope, -1, SQLITE_STATIC);
+            rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+        }
+        sqlite3_finalize(s);
+        if (rc != SQLITE_OK)
+            return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
+        return KC_OK;
+    }
+    r = kc_dep_get(st, name_or_id, &d, err);
+    if (r != KC_OK)
+        return r;
+    if (strcmp(d.workload, scope_workload(scope)) != 0) {
+        kc_error_set(err, KC_CONFLICT, "DEP '%s' is for workload %s; scope '%s' takes a %s DEP",
+                     d.name, d.workload, scope, scope_workload(scope));
+        return KC_CONFLICT;
+    }
+    if (strncmp(scope, "geo:", 4) == 0 && d.geo[0] != '\0' && strcmp(d.geo, scope + 4) != 0) {
+        kc_error_set(err, KC_CONFLICT, "DEP '%s' is for geo '%s', not '%s'", d.name, d.geo,
+                     scope + 4);
+        return KC_CONFLICT;
+    }
+    if (d.purge_requested[0] != '\0') {
+        kc_error_set(err, KC_CONFLICT,
+                     "DEP '%s' has a data purge requested (%s); it can never be "
+                     "assigned again",
+                     d.name, d.purge_requested);
+        return KC_CONFLICT;
+    }
+    if (!d.enabled) {
+        kc_error_set(err, KC_CONFLICT, "DEP '%s' is disabled; it cannot be assigned", d.name);
+        kc_error_hint(err, "enable it with 'keycustody dep set %s --enabled true'", d.name);
+        return KC_CONFLICT;
+    }
+    rc = sqlite3_prepare_v2(st->db,
+                            "INSERT INTO assignments (scope, dep_id) VALUES (?, ?) ON CONFLICT "
+                            "(scope) DO UPDATE SET dep_id = excluded.dep_id",
+                            -1, &s, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_text(s, 1, scope, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, d.id, -1, SQLITE_STATIC);
+        rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+    }
+    sqlite3_finalize(s);
+    if (rc != SQLITE_OK)
+        return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
+    return KC_OK;
+}
+
+kc_rc kc_dep_effective(kc_store *st, const char *scope, kc_dep *out, int *inherited, kc_error *err)
+{
+    char id[37];
+    kc_rc r;
+
+    *inherited = 0;
+    r = kc_dep_scope_check(scope, err);
+    if (r == KC_OK)
+        r = assigned_to(st, scope, id, err);
+    /* A mailbox without a DEP of its own is under the tenant DEP. */
+    if (r == KC_NOT_FOUND && strncmp(scope, "mailbox:", 8) == 0) {
+        r = assigned_to(st, "tenant", id, err);
+        *inherited = r == KC_OK;
+    }
+    if (r == KC_NOT_FOUND)
+        return kc_error_set(err, KC_NOT_FOUND, "scope '%s' has no DEP assigned", scope);
+    if (r != KC_OK)
+        return r;
+    return kc_dep_get(st, id, out, err);
+}
+
+kc_rc kc_dep_assignments(kc_store *st, kc_dep_assignment **out, size_t *n, kc_error *err)
+{
+    sqlite3_stmt *s = NULL;
+    kc_dep_assignment *v = NULL, *nv;
+    size_t len = 0;
+    kc_rc r = KC_OK;
+
+    *out = NULL;
+    *n = 0;
+    if (sqlite3_prepare_v2(st->db,
+                           "SELECT a.scope, d.id, d.name FROM assignments a JOIN deps d ON "
+                           "d.id = a.dep_id ORDER BY a.scope",
+                           -1, &s, NULL) != SQLITE_OK)
+        return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
+    while (r == KC_OK && sqlite3_step(s) == SQLITE_ROW) {
+        nv = realloc(v, (len + 1) * sizeof(*v));
+        if (nv == NULL) {
+            r = kc_error_set(err, KC_ERR, "out of memory");
+            break;
+        }
+        v = nv;
+        copy_col(s, 0, v[len].scope, sizeof(v[len].scope));
+        copy_col(s, 1, v[len].dep_id, sizeof(v[len].dep_id));
+        copy_col(s, 2, v[len].dep_name, sizeof(v[len].dep_name));
+        len++;
+    }
+    sqlite3_finalize(s);
+    if (r != KC_OK) {
+        free(v);
+        return r;
+    }
+    *out = v;
+    *n = len;
+    return KC_OK;
+}

@@ -61,6 +61,32 @@ KC_EXPORT kc_rc kc_dep_set(kc_store *st, const char *name_or_id, const int *enab
                            const char *new_name, const char *description,
                            kc_error *err) KC_MUST_CHECK;
 
+/* Assignments. A scope is "tenant", "mailbox:ID" or "geo:CODE". */
+typedef struct kc_dep_assignment {
+    char scope[80];
+    char dep_id[37];
+    char dep_name[65];
+} kc_dep_assignment;
+
+/* KC_USAGE unless scope is well formed. */
+KC_EXPORT kc_rc kc_dep_scope_check(const char *scope, kc_error *err) KC_MUST_CHECK;
+
+/* Assigns the DEP to scope, replacing any DEP it had (returned in *prev,
+ * zeroed if none); name_or_id NULL removes the assignment. The workload
+ * must match (tenant, exchange for mailbox:, sharepoint for geo:); a
+ * disabled or purge-requested DEP is refused (KC_CONFLICT). */
+KC_EXPORT kc_rc kc_dep_assign(kc_store *st, const char *name_or_id, const char *scope, kc_dep *prev,
+                              kc_error *err) KC_MUST_CHECK;
+
+/* The DEP in force for scope: its own, or for a mailbox without one the
+ * tenant DEP (*inherited = 1). KC_NOT_FOUND when none. */
+KC_EXPORT kc_rc kc_dep_effective(kc_store *st, const char *scope, kc_dep *out, int *inherited,
+                                 kc_error *err) KC_MUST_CHECK;
+
+/* Every assignment, by scope. *out is freed by the caller. */
+KC_EXPORT kc_rc kc_dep_assignments(kc_store *st, kc_dep_assignment **out, size_t *n,
+                                   kc_error *err) KC_MUST_CHECK;
+
 #define KC_DEP_USE_AVAILABILITY 1u /* break glass: both custodian vaults unavailable */
 
 typedef struct kc_dep_unwrap_info {
