@@ -561,6 +561,69 @@ static void test_dep_create(void)
     unsetenv("KEYCUSTODY_SERVICE_VAULT");
 }
 
+/* The version slot role of DEP 'Mbx' is wrapped under, from 'dep show'. */
+static char *dep_version(int role)
+{
+    static char v[2][130];
+    const kc_test_out *r = kc_test_run("dep", "show", "Mbx", "--json", NULL);
+    json_t *j = json_loads(r->out, 0, NULL);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    snprintf(v[role], sizeof(v[role]), "%s",
+             json_string_value(
+                 json_object_get(json_array_get(json_object_get(j, "keys"), role), "version")));
+    json_decref(j);
+    return v[role];
+}
+
+/* After a rotation, refresh wraps the same DEP key under the new version. */
+static void test_dep_refresh(void)
+{
+    unsigned char before[32], after[32];
+    char old_a[130], old_b[130], want[300];
+    kc_dep_unwrap_info info;
+    const kc_test_out *r;
+    kc_error err;
+    json_t *j;
+
+    dep_setup();
+    ASSERT_RC(kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
+                          "--workload", "exchange", "--pin-source", "Service=env:TEST_PIN", "--as",
+                          "svc", NULL),
+              0);
+    CU_ASSERT_EQUAL(dep_unwrap("svc", 0, before, &info, &err), 0);
+    snprintf(old_a, sizeof(old_a), "%s", dep_version(0));
+    snprintf(old_b, sizeof(old_b), "%s", dep_version(1));
+    ASSERT_RC(kc_test_run("key", "rotate", "VaultA1/KeyA", "--as", "officer", "--pin-source",
+                          "env:TEST_PIN", NULL),
+              0);
+    /* a principal without unwrapKey: refused, nothing changes */
+    r = kc_test_run("dep", "refresh", "Mbx", "--as", "officer", "--pin-source",
+                    "VaultA1=env:TEST_PIN", "--pin-source", "VaultB1=env:TEST_PIN", NULL);
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "cannot refresh DEP 'Mbx'");
+    CU_ASSERT_STRING_EQUAL(dep_version(0), old_a);
+    r = kc_test_run("dep", "refresh", "Mbx", "--as", "svc", "--pin-source", "VaultA1=env:TEST_PIN",
+                    "--pin-source", "VaultB1=env:TEST_PIN", NULL);
+    ASSERT_RC(r, 0);
+    snprintf(want, sizeof(want), "VaultB1/KeyB: already under version %s", old_b);
+    ASSERT_HAS(r->out, want);
+    snprintf(want, sizeof(want), "VaultA1/KeyA: version %s -> ", old_a);
+    ASSERT_HAS(r->out, want);
+    /* now under the key's current version, which 'key show' names */
+    r = kc_test_run("key", "show", "VaultA1/KeyA", "--json", "--as", "svc", "--pin-source",
+                    "env:TEST_PIN", NULL);
+    ASSERT_RC(r, 0);
+    j = json_loads(r->out, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "current_version")),
+                           dep_version(0));
+    json_decref(j);
+    CU_ASSERT_STRING_NOT_EQUAL(dep_version(0), old_a);
+    CU_ASSERT_EQUAL(dep_unwrap("svc", 0, after, &info, &err), 0);
+    CU_ASSERT_EQUAL(memcmp(before, after, 32), 0);
+}
+
 static void test_dep_assign(void)
 {
     const kc_test_out *r;
@@ -634,6 +697,7 @@ static const kc_test_case cases[] = {
     {"dep create, show, set", test_dep_create},
     {"DEP key: A, else B, else availability", test_dep_unwrap_fallback},
     {"dep assign and assignment", test_dep_assign},
+    {"dep refresh after a rotation", test_dep_refresh},
     {"vault validate", test_vault_validate},
     {"repairs a half-made key", test_repairs_half_made_key},
     {"plan, apply, plan again", test_plan_apply_plan},

@@ -1,4 +1,4 @@
-/* keycustody dep create | list | show | set | assign | assignment */
+/* keycustody dep create | list | show | set | refresh | assign | assignment */
 #include "cli.h"
 #include "kc_dep.h"
 #include "kc_plan.h"
@@ -281,6 +281,41 @@ static int cmd_set(kc_cli *cli, int argc, char **argv)
     return rc;
 }
 
+static int cmd_refresh(kc_cli *cli, int argc, char **argv)
+{
+    kc_store *st = NULL;
+    kc_ctx *ctx = NULL;
+    kc_dep before, after;
+    kc_error err;
+    int first, rc, i;
+
+    rc = kc_cli_parse(cli, argc, argv, NULL, NULL, NULL, &first);
+    if (rc != 0)
+        return rc;
+    if (argc - first != 1)
+        return kc_cli_usage(cli, "give exactly one DEP name or id");
+    if (kc_cli_ctx(cli, &ctx) != KC_OK)
+        return cli->error.code;
+    if ((rc = open_store(cli, &st)) != 0)
+        return rc;
+    kc_error_clear(&err);
+    rc = kc_dep_refresh(ctx, st, argv[first], cli->principal, &before, &after, &err);
+    if (rc != KC_OK) {
+        rc = kc_cli_fail(cli, &err);
+    } else {
+        for (i = 0; i < 2; i++)
+            if (strcmp(before.keys[i].version, after.keys[i].version) == 0)
+                fprintf(cli->out, "%s/%s: already under version %s\n", after.keys[i].vault,
+                        after.keys[i].key, after.keys[i].version);
+            else
+                fprintf(cli->out, "%s/%s: version %s -> %s\n", after.keys[i].vault,
+                        after.keys[i].key, before.keys[i].version, after.keys[i].version);
+        fprintf(cli->out, "refreshed DEP '%s'\n", after.name);
+    }
+    kc_store_close(st);
+    return rc;
+}
+
 /* --- assign, assignment --- */
 
 enum { O_TENANT = 300, O_MAILBOX, O_AGEO, O_NONE };
@@ -440,6 +475,14 @@ const kc_cmd kc_cmds_dep[] = {
     {"dep", "set", cmd_set, "NAME|ID [--enabled true|false] [--name NEW] [--description TEXT]",
      "change a DEP [Set-M365DataAtRestEncryptionPolicy]",
      "Disabling an assigned DEP is refused: unassign it first.\n", 0},
+    {"dep", "refresh", cmd_refresh, "NAME|ID",
+     "re-wrap the DEP key under the root keys' current versions [-Refresh]",
+     "After 'keycustody key rotate', the DEP key is still wrapped under the old versions.\n"
+     "refresh unwraps it (vault A, else B: the acting principal needs unwrapKey there and\n"
+     "that vault's PIN), wraps it under the current version of both root keys (wrapKey)\n"
+     "and replaces both wrapped copies in one store transaction. The DEP key does not\n"
+     "change, so no data needs re-wrapping.\n",
+     0},
     {"dep", "assign", cmd_assign, "NAME|ID|--none --tenant | --mailbox ID | --geo CODE",
      "assign a DEP to the tenant, a mailbox or a geo [Set-...Assignment]",
      "Cmdlets: Set-M365DataAtRestEncryptionPolicyAssignment (tenant), Set-Mailbox\n"

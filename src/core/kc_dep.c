@@ -651,3 +651,70 @@ kc_rc kc_dep_assignments(kc_store *st, kc_dep_assignment **out, size_t *n, kc_er
     *n = len;
     return KC_OK;
 }
+
+/* --- refresh --- */
+
+static kc_rc update_slot(kc_store *st, const kc_dep *d, int slot, const kc_dep_key *dk,
+                         const unsigned char *blob, size_t len, kc_error *err)
+{
+    sqlite3_stmt *s = NULL;
+    int rc;
+
+    rc = sqlite3_prepare_v2(st->db,
+                            "UPDATE dep_keys SET version = ?, alg = ?, wrapped = ? WHERE dep_id = "
+                            "? AND generation = ? AND slot = ?",
+                            -1, &s, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_text(s, 1, dk->version, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, dk->alg, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(s, 3, blob, (int)len, SQLITE_STATIC);
+        sqlite3_bind_text(s, 4, d->id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 5, d->generation);
+        sqlite3_bind_int(s, 6, slot);
+        rc = sqlite3_step(s) == SQLITE_DONE && sqlite3_changes(st->db) == 1 ? SQLITE_OK
+                                                                            : SQLITE_ERROR;
+    }
+    sqlite3_finalize(s);
+    if (rc != SQLITE_OK)
+        return kc_error_set(err, KC_ERR, "the service store: cannot update slot %d of DEP '%s'",
+                            slot, d->name);
+    return KC_OK;
+}
+
+kc_rc kc_dep_refresh(kc_ctx *ctx, kc_store *st, const char *name_or_id, const char *principal,
+                     kc_dep *before, kc_dep *after, kc_error *err)
+{
+    unsigned char *blobs[2] = {NULL, NULL};
+    size_t lens[2] = {0, 0};
+    char ref[256];
+    kc_dep_unwrap_info info;
+    kc_secret *dek = NULL;
+    int i;
+    kc_rc r;
+
+    r = kc_dep_get(st, name_or_id, before, err);
+    if (r != KC_OK)
+        return r;
+    *after = *before;
+    r = kc_dep_unwrap(ctx, st, before->id, principal, 0, &dek, &info, err);
+    for (i = 0; r == KC_OK && i < 2; i++) {
+        snprintf(ref, sizeof(ref), "%s/%s", before->keys[i].vault, before->keys[i].key);
+        r = wrap_under(ctx, principal, ref, dek, &after->keys[i], &blobs[i], &lens[i], err);
+    }
+    kc_secret_free(dek); /* wiped */
+    if (r == KC_OK)
+        r = kc_store_begin(st, err);
+    if (r == KC_OK) {
+        for (i = 0; r == KC_OK && i < 2; i++)
+            r = update_slot(st, before, i, &after->keys[i], blobs[i], lens[i], err);
+        if (r == KC_OK)
+            r = kc_store_commit(st, err);
+        else
+            kc_store_rollback(st);
+    }
+    for (i = 0; i < 2; i++)
+        free(blobs[i]);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot refresh DEP '%s'", before->name);
+    return KC_OK;
+}

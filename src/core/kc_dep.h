@@ -102,4 +102,12 @@ KC_EXPORT kc_rc kc_dep_unwrap(kc_ctx *ctx, kc_store *st, const char *name_or_id,
                               const char *principal, unsigned flags, kc_secret **out,
                               kc_dep_unwrap_info *info, kc_error *err) KC_MUST_CHECK;
 
+/* Re-wraps the DEP key under the current version of each root key (after
+ * a rotation): unwraps it as kc_dep_unwrap does (no availability key),
+ * wraps it again, and replaces both wrapped copies in one transaction.
+ * *before and *after are the records either side. */
+KC_EXPORT kc_rc kc_dep_refresh(kc_ctx *ctx, kc_store *st, const char *name_or_id,
+                               const char *principal, kc_dep *before, kc_dep *after,
+                               kc_error *err) KC_MUST_CHECK;
+
 #endif
