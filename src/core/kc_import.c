@@ -28,7 +28,7 @@ static kc_rc new_spec(kc_vault *v, const kc_import_opts *o, unsigned char id[KC_
     if (r == KC_OK)
         r = kc_date_today(today, err);
     if (r == KC_OK)
-        r = kc_tok_random(v->tok, id, KC_VERSION_BYTES, err);
+        r = kc_key_version_id(v, id, err);
     if (r != KC_OK)
         return r;
     memset(spec, 0, sizeof(*spec));

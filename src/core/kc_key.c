@@ -8,6 +8,7 @@
 #include <openssl/pem.h>
 
 #include <ctype.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -204,16 +205,45 @@ static kc_rc finish_version(kc_vault *v, kc_key *k, kc_key_version *ver, kc_erro
                              sizeof(ver->uri), err);
 }
 
+kc_rc kc_key_version_id(kc_vault *v, unsigned char id[KC_VERSION_BYTES], kc_error *err)
+{
+    struct timespec ts;
+    uint64_t ms;
+    time_t now;
+    int i;
+    kc_rc r = kc_clock_now(&now, err);
+
+    if (r == KC_OK)
+        r = kc_tok_random(v->tok, id + 6, KC_VERSION_BYTES - 6, err);
+    if (r != KC_OK)
+        return r;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ms = (uint64_t)now * 1000 + (uint64_t)(ts.tv_nsec / 1000000);
+    for (i = 5; i >= 0; i--, ms >>= 8)
+        id[i] = (unsigned char)(ms & 0xff);
+    return KC_OK;
+}
+
 /* Without the key state (no PIN), the current version is the newest by
- * creation date; among versions made the same day, the one listed last. */
+ * creation date (CKA_START_DATE, a day); among versions made the same day,
+ * the one whose id is greatest: version ids begin with the time they were
+ * made (kc_key_version_id). */
 static void pick_current(kc_key *k)
 {
+    const kc_key_version *a, *b;
     size_t i;
+    int c;
 
     k->current = 0;
-    for (i = 1; i < k->nversions; i++)
-        if (strcmp(k->versions[i].created, k->versions[k->current].created) >= 0)
+    for (i = 1; i < k->nversions; i++) {
+        a = &k->versions[i];
+        b = &k->versions[k->current];
+        c = strcmp(a->created, b->created);
+        if (c == 0 && a->id_len == b->id_len)
+            c = memcmp(a->id, b->id, a->id_len);
+        if (c >= 0)
             k->current = i;
+    }
 }
 
 unsigned kc_key_ops_on_token(unsigned ops)
@@ -597,7 +627,7 @@ kc_rc kc_key_create(kc_vault *v, const kc_key_create_opts *o, kc_key **out, kc_e
     r = kc_key_check_free_name(v, o->name, err);
     if (r != KC_OK)
         goto fail;
-    r = kc_tok_random(v->tok, id, sizeof(id), err);
+    r = kc_key_version_id(v, id, err);
     if (r != KC_OK)
         goto fail;
     memset(&spec, 0, sizeof(spec));

@@ -110,6 +110,12 @@ KC_EXPORT kc_rc kc_key_get(kc_vault *v, const char *name, int login, kc_key **ou
                            kc_error *err) KC_MUST_CHECK;
 KC_EXPORT void kc_key_free(kc_key *k);
 
+/* A new version id: 6 bytes of the time in milliseconds (big-endian, so
+ * later versions sort higher even where only public objects can be read),
+ * then 10 bytes from the token's RNG. */
+KC_EXPORT kc_rc kc_key_version_id(kc_vault *v, unsigned char id[KC_VERSION_BYTES],
+                                  kc_error *err) KC_MUST_CHECK;
+
 /* The version with that id, or the current one when id_len is 0. */
 KC_EXPORT kc_rc kc_key_select(const kc_key *k, const unsigned char *id, size_t id_len,
                               const kc_key_version **out, kc_error *err) KC_MUST_CHECK;

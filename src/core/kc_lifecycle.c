@@ -96,7 +96,7 @@ kc_rc kc_key_rotate_to(kc_vault *v, const char *name, unsigned bits, int protect
     if (r == KC_OK)
         r = kc_date_today(today, err);
     if (r == KC_OK)
-        r = kc_tok_random(v->tok, id, sizeof(id), err);
+        r = kc_key_version_id(v, id, err);
     if (r != KC_OK)
         goto done;
     cur = &k->versions[k->current];
