@@ -1,6 +1,7 @@
 /* policy plan and apply against SoftHSM. */
 #include "fixture.h"
 #include "kc_p11.h"
+#include "kc_data.h"
 #include "kc_dep.h"
 #include "kc_plan.h"
 #include "kc_store.h"
@@ -624,6 +625,136 @@ static void test_dep_refresh(void)
     CU_ASSERT_EQUAL(memcmp(before, after, 32), 0);
 }
 
+/* Puts file in scope/name; reads it back; both through the CLI. */
+static const kc_test_out *data_roundtrip(const char *scope, const char *name, const char *extra)
+{
+    const kc_test_out *r;
+    char out[1024];
+
+    r = kc_test_run("data", "put", scope, name, "--in", kc_test_path("item.bin"), "--as", "svc",
+                    "--pin-source", "VaultA1=env:TEST_PIN", "--pin-source", "VaultB1=env:TEST_PIN",
+                    NULL);
+    if (r->rc != 0)
+        return r;
+    snprintf(out, sizeof(out), "%s", kc_test_path("item.out"));
+    unlink(out);
+    return kc_test_run("data", "get", scope, name, "--out", out, "--as", "svc", "--pin-source",
+                       "VaultA1=env:TEST_PIN", "--pin-source", "VaultB1=env:TEST_PIN",
+                       "--pin-source", "Service=env:TEST_PIN", extra, NULL);
+}
+
+static int item_matches(void)
+{
+    size_t a = 0, b = 0;
+    unsigned char *x = kc_test_read(kc_test_path("item.bin"), &a);
+    unsigned char *y = kc_test_read(kc_test_path("item.out"), &b);
+    int same = x != NULL && y != NULL && a == b && memcmp(x, y, a) == 0;
+
+    free(x);
+    free(y);
+    return same;
+}
+
+static void test_data(void)
+{
+    unsigned char item[5000];
+    kc_data_session *ds = NULL;
+    kc_secret *got = NULL;
+    kc_ctx *ctx = NULL;
+    kc_store *st = NULL;
+    const kc_test_out *r;
+    char name[32];
+    kc_error err;
+    int i;
+
+    dep_setup();
+    ASSERT_RC(kc_test_run("dep", "create", "Ten", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
+                          "--workload", "tenant", "--pin-source", "Service=env:TEST_PIN", "--as",
+                          "svc", NULL),
+              0);
+    ASSERT_RC(kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/Other,VaultB1/KeyB",
+                          "--workload", "exchange", "--pin-source", "Service=env:TEST_PIN", "--as",
+                          "svc", NULL),
+              0);
+    for (i = 0; i < (int)sizeof(item); i++)
+        item[i] = (unsigned char)(i * 7 + 3);
+    kc_test_write(kc_test_path("item.bin"), item, sizeof(item), 0600);
+    /* no DEP yet: nothing to seal under */
+    r = data_roundtrip("tenant", "t1", NULL);
+    ASSERT_RC(r, 4);
+    ASSERT_HAS(r->err, "scope 'tenant' has no DEP assigned");
+    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", NULL), 0);
+    ASSERT_RC(kc_test_run("dep", "assign", "Mbx", "--mailbox", "u1", NULL), 0);
+    ASSERT_RC(data_roundtrip("tenant", "t1", NULL), 0);
+    CU_ASSERT(item_matches());
+    ASSERT_RC(data_roundtrip("mailbox:u1", "m1", NULL), 0);
+    CU_ASSERT(item_matches());
+    ASSERT_RC(data_roundtrip("mailbox:u2", "m1", NULL), 0); /* under the tenant DEP */
+    CU_ASSERT(item_matches());
+    /* many items in one session: one RSA unwrap */
+    CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, env_pin, NULL, &ctx, &err), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_store_open(kc_test_path("service.db"), &st, &err), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_data_open(ctx, st, "svc", 0, NULL, NULL, &ds, &err), KC_OK);
+    for (i = 0; i < 20; i++) {
+        snprintf(name, sizeof(name), "bulk-%d", i);
+        item[0] = (unsigned char)i;
+        CU_ASSERT_EQUAL(kc_data_put(ds, "mailbox:u1", name, item, sizeof(item), &err), KC_OK);
+    }
+    CU_ASSERT_EQUAL(kc_data_get(ds, "mailbox:u1", "bulk-7", &got, &err), KC_OK);
+    item[0] = 7;
+    CU_ASSERT(got != NULL && got->len == sizeof(item) && memcmp(got->data, item, 5000) == 0);
+    CU_ASSERT_EQUAL(kc_data_unwraps(ds), 1);
+    kc_secret_free(got);
+    kc_data_close(ds);
+    /* an item moved to another name, or altered, does not open */
+    CU_ASSERT_EQUAL(kc_store_exec(st,
+                                  "UPDATE items SET name = 'moved' WHERE scope = 'mailbox:u1' "
+                                  "AND name = 'bulk-3'",
+                                  &err),
+                    KC_OK);
+    CU_ASSERT_EQUAL(kc_store_exec(st,
+                                  "UPDATE items SET ciphertext = ciphertext || x'00' WHERE "
+                                  "scope = 'mailbox:u1' AND name = 'bulk-4'",
+                                  &err),
+                    KC_OK);
+    kc_store_close(st);
+    kc_ctx_free(ctx);
+    r = kc_test_run("data", "get", "mailbox:u1", "moved", "--out", kc_test_path("x"), "--as", "svc",
+                    "--pin-source", "VaultA1=env:TEST_PIN", NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "item 'moved' of scope 'mailbox:u1' fails authentication");
+    r = kc_test_run("data", "get", "mailbox:u1", "bulk-4", "--out", kc_test_path("x"), "--as",
+                    "svc", "--pin-source", "VaultA1=env:TEST_PIN", NULL);
+    ASSERT_RC(r, 8);
+    /* vault A revokes the service: vault B unwraps, with a warning */
+    ASSERT_RC(kc_test_run("access", "remove", "VaultA1", "--principal", "svc", "--permissions",
+                          "unwrapKey", "--so-pin-source", "env:TEST_SO_PIN", "--pin-source",
+                          "env:TEST_PIN", "--as", "officer", NULL),
+              0);
+    r = data_roundtrip("mailbox:u1", "m2", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->err, "warning: VaultA1: principal 'svc' lacks 'unwrapKey'");
+    CU_ASSERT(item_matches());
+    /* both revoke: only break glass reads the data */
+    ASSERT_RC(kc_test_run("access", "remove", "VaultB1", "--principal", "svc", "--permissions",
+                          "unwrapKey", "--so-pin-source", "env:TEST_SO_PIN", "--pin-source",
+                          "env:TEST_PIN", "--as", "officer", NULL),
+              0);
+    unlink(kc_test_path("item.out"));
+    r = kc_test_run("data", "get", "mailbox:u1", "m1", "--out", kc_test_path("item.out"), "--as",
+                    "svc", "--pin-source", "VaultA1=env:TEST_PIN", "--pin-source",
+                    "VaultB1=env:TEST_PIN", NULL);
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "neither custodian vault can unwrap the key of DEP 'Mbx'");
+    r = kc_test_run("data", "get", "mailbox:u1", "m1", "--out", kc_test_path("item.out"), "--as",
+                    "svc", "--pin-source", "VaultA1=env:TEST_PIN", "--pin-source",
+                    "VaultB1=env:TEST_PIN", "--pin-source", "Service=env:TEST_PIN",
+                    "--use-availability-key", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->err, "unwrapped by the availability key (break glass)");
+    CU_ASSERT(item_matches());
+}
+
 static void test_dep_assign(void)
 {
     const kc_test_out *r;
@@ -698,6 +829,7 @@ static const kc_test_case cases[] = {
     {"DEP key: A, else B, else availability", test_dep_unwrap_fallback},
     {"dep assign and assignment", test_dep_assign},
     {"dep refresh after a rotation", test_dep_refresh},
+    {"data put and get under a DEP", test_data},
     {"vault validate", test_vault_validate},
     {"repairs a half-made key", test_repairs_half_made_key},
     {"plan, apply, plan again", test_plan_apply_plan},

@@ -1,5 +1,6 @@
 /* Dispatch, common options, PIN sources and prompts, error rendering. */
 #include "cli.h"
+#include "kc_store.h"
 #include "kc_util.h"
 
 #include <jansson.h>
@@ -15,13 +16,15 @@
 #define KC_VERSION "0.1.0"
 
 static const kc_cmd *const groups[] = {kc_cmds_vault,        kc_cmds_key, kc_cmds_access,
-                                       kc_cmds_subscription, kc_cmds_dep, kc_cmds_policy};
+                                       kc_cmds_subscription, kc_cmds_dep, kc_cmds_data,
+                                       kc_cmds_policy};
 static const char *const group_summary[] = {
     "initialise and inspect vaults (PKCS#11 tokens with keycustody metadata)",
     "RSA root keys: create, rotate, update, delete, recover, purge, back up, restore, wrap",
     "access policies: which principal may do what with a vault's keys",
     "the backup domain a subscription's vaults share, split among custodians",
     "data encryption policies: a DEP key either custodian vault can unwrap",
+    "data under a DEP: items sealed in a scope (tenant, mailbox:ID, geo:CODE)",
     "the layout as code: check a YAML layout file, plan and apply it",
 };
 #define N_GROUPS (sizeof(groups) / sizeof(groups[0]))
@@ -447,4 +450,20 @@ int kc_cli_main(int argc, char **argv, FILE *out, FILE *err)
         print_error(&cli);
     kc_ctx_free(cli.ctx);
     return rc;
+}
+
+int kc_cli_store(kc_cli *cli, kc_store **st)
+{
+    kc_error err;
+
+    *st = NULL;
+    if (cli->store == NULL || cli->store[0] == '\0') {
+        kc_error_set(&cli->error, KC_USAGE, "no service store");
+        kc_error_hint(&cli->error, "give --store PATH or set KEYCUSTODY_STORE");
+        return KC_USAGE;
+    }
+    kc_error_clear(&err);
+    if (kc_store_open(cli->store, st, &err) != KC_OK)
+        return kc_cli_fail(cli, &err);
+    return 0;
 }

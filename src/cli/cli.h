@@ -64,6 +64,11 @@ kc_rc kc_cli_ctx(kc_cli *cli, kc_ctx **out);
 int kc_cli_fail(kc_cli *cli, const kc_error *err);
 
 /* Writes a JSON value (takes the reference) to out. */
+struct kc_store;
+/* Opens the service store named by --store / KEYCUSTODY_STORE; 0 or the
+ * exit code (usage when none is named). */
+int kc_cli_store(kc_cli *cli, struct kc_store **st);
+
 struct json_t;
 void kc_cli_print_json(kc_cli *cli, struct json_t *value);
 
@@ -86,5 +91,6 @@ extern const kc_cmd kc_cmds_subscription[];
 extern const kc_cmd kc_cmds_policy[];
 extern const kc_cmd kc_cmds_access[];
 extern const kc_cmd kc_cmds_dep[];
+extern const kc_cmd kc_cmds_data[];
 
 #endif

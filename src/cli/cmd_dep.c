@@ -8,22 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int open_store(kc_cli *cli, kc_store **st)
-{
-    kc_error err;
-
-    *st = NULL;
-    if (cli->store == NULL || cli->store[0] == '\0') {
-        kc_error_set(&cli->error, KC_USAGE, "no service store");
-        kc_error_hint(&cli->error, "give --store PATH or set KEYCUSTODY_STORE");
-        return KC_USAGE;
-    }
-    kc_error_clear(&err);
-    if (kc_store_open(cli->store, st, &err) != KC_OK)
-        return kc_cli_fail(cli, &err);
-    return 0;
-}
-
 static json_t *dep_json(const kc_dep *d)
 {
     static const char *slots[] = {"A", "B", "availability"};
@@ -152,7 +136,7 @@ static int cmd_create(kc_cli *cli, int argc, char **argv)
     spec.keys[1] = s.keys[1];
     spec.service_vault = s.service;
     spec.principal = cli->principal;
-    if ((rc = open_store(cli, &st)) != 0)
+    if ((rc = kc_cli_store(cli, &st)) != 0)
         return rc;
     kc_diags_init(&d, "live");
     kc_error_clear(&err);
@@ -193,7 +177,7 @@ static int cmd_list(kc_cli *cli, int argc, char **argv)
         return rc;
     if (argc != first)
         return kc_cli_usage(cli, "'dep list' takes no arguments");
-    if ((rc = open_store(cli, &st)) != 0)
+    if ((rc = kc_cli_store(cli, &st)) != 0)
         return rc;
     kc_error_clear(&err);
     if (kc_dep_list(st, &deps, &n, &err) != KC_OK) {
@@ -231,7 +215,7 @@ static int cmd_show(kc_cli *cli, int argc, char **argv)
         return rc;
     if (argc - first != 1)
         return kc_cli_usage(cli, "give exactly one DEP name or id");
-    if ((rc = open_store(cli, &st)) != 0)
+    if ((rc = kc_cli_store(cli, &st)) != 0)
         return rc;
     kc_error_clear(&err);
     rc = kc_dep_get(st, argv[first], &d, &err);
@@ -268,7 +252,7 @@ static int cmd_set(kc_cli *cli, int argc, char **argv)
         return kc_cli_usage(cli, "nothing to change: give --enabled, --name or --description");
     if (s.name != NULL && (strlen(s.name) == 0 || strlen(s.name) > 64))
         return kc_cli_usage(cli, "a DEP name has 1 to 64 characters");
-    if ((rc = open_store(cli, &st)) != 0)
+    if ((rc = kc_cli_store(cli, &st)) != 0)
         return rc;
     kc_error_clear(&err);
     rc =
@@ -296,7 +280,7 @@ static int cmd_refresh(kc_cli *cli, int argc, char **argv)
         return kc_cli_usage(cli, "give exactly one DEP name or id");
     if (kc_cli_ctx(cli, &ctx) != KC_OK)
         return cli->error.code;
-    if ((rc = open_store(cli, &st)) != 0)
+    if ((rc = kc_cli_store(cli, &st)) != 0)
         return rc;
     kc_error_clear(&err);
     rc = kc_dep_refresh(ctx, st, argv[first], cli->principal, &before, &after, &err);
@@ -378,7 +362,7 @@ static int cmd_assign(kc_cli *cli, int argc, char **argv)
     kc_error_clear(&err);
     if (kc_dep_scope_check(s.scope, &err) != KC_OK)
         return kc_cli_fail(cli, &err);
-    if ((rc = open_store(cli, &st)) != 0)
+    if ((rc = kc_cli_store(cli, &st)) != 0)
         return rc;
     rc = kc_dep_assign(st, s.none ? NULL : argv[first], s.scope, &prev, &err);
     if (rc != KC_OK)
@@ -417,7 +401,7 @@ static int cmd_assignment(kc_cli *cli, int argc, char **argv)
     kc_error_clear(&err);
     if (s.nscopes == 1 && kc_dep_scope_check(s.scope, &err) != KC_OK)
         return kc_cli_fail(cli, &err);
-    if ((rc = open_store(cli, &st)) != 0)
+    if ((rc = kc_cli_store(cli, &st)) != 0)
         return rc;
     if (s.nscopes == 1) {
         rc = kc_dep_effective(st, s.scope, &d, &inherited, &err);
