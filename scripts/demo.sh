@@ -84,6 +84,38 @@ run key unwrap VaultA1/TenantKeyA $svc --in "$root/out/dek.openssl" --alg RSA-OA
 cmp "$root/out/dek.bin" "$root/out/dek.from-openssl"
 echo "OpenSSL and the token agree"
 
+step "DEPs: a DEP key wrapped under a root key in each custodian vault and under an availability key"
+# The service store (SQLite) holds only wrapped keys and metadata.
+export KEYCUSTODY_STORE=$root/service.db KEYCUSTODY_SERVICE_VAULT=Service
+all_pins="--pin-source VaultA1=file:$root/pins/VaultA1.pin --pin-source VaultA2=file:$root/pins/VaultA2.pin"
+run dep create Contoso-Tenant --keys VaultA1/TenantKeyA,VaultA2/TenantKeyB --workload tenant $svc $(pins Service)
+run dep create Contoso-Mailboxes --keys VaultA1/MailboxKeyA,VaultA2/MailboxKeyB --workload exchange \
+  --description "executive mailboxes" $svc $(pins Service)
+run dep show Contoso-Mailboxes
+
+step "a DEP whose keys share a vault breaks the rules: refused, nothing made (exit 3)"
+set +e
+run dep create Bad --keys VaultA1/TenantKeyA,VaultA1/MailboxKeyA --workload exchange $svc $(pins Service)
+echo "exit code: $?"
+set -e
+
+step "assign the tenant DEP and a mailbox DEP; seal mail under them"
+run dep assign Contoso-Tenant --tenant
+run dep assign Contoso-Mailboxes --mailbox alice@contoso.com
+run dep assignment
+run dep assignment --mailbox bob@contoso.com
+printf 'Quarterly figures, draft 3\n' >"$root/out/mail.txt"
+run data put mailbox:alice@contoso.com inbox/1 --in "$root/out/mail.txt" $svc $all_pins
+run data put mailbox:bob@contoso.com inbox/1 --in "$root/out/mail.txt" $svc $all_pins
+run data get mailbox:alice@contoso.com inbox/1 --out "$root/out/alice-1.txt" $svc $all_pins
+cmp "$root/out/mail.txt" "$root/out/alice-1.txt" && echo "alice's mail reads back"
+
+step "rotate a root key, refresh the DEP: the DEP key is wrapped under the new version"
+run key rotate VaultA1/MailboxKeyA $officer $(pins VaultA1)
+run dep refresh Contoso-Mailboxes $svc $all_pins
+run data get mailbox:alice@contoso.com inbox/1 --out "$root/out/alice-2.txt" $svc $all_pins
+cmp "$root/out/mail.txt" "$root/out/alice-2.txt" && echo "the same mail, the same DEP key"
+
 step "custody: three custodians hold a 2-of-3 split of subscription contoso-a's backup domain"
 mkdir -p "$root/custodians"
 for c in alice bob carol; do
@@ -123,6 +155,10 @@ for d in "$root"/tokens/*/; do
   if grep -q VaultA1 "$d/token.object" 2>/dev/null; then rm -rf "$d"; fi
 done
 run vault list
+
+step "with VaultA1 gone, VaultA2 unwraps the DEP key: bob's mail still reads"
+run data get mailbox:bob@contoso.com inbox/1 --out "$root/out/bob-1.txt" $svc $all_pins
+cmp "$root/out/mail.txt" "$root/out/bob-1.txt" && echo "read through the other custodian vault"
 
 step "a new vault in the same subscription joins the domain with 2 of the 3 custodians"
 openssl rand -hex 16 >"$root/pins/VaultA3.pin"
