@@ -438,6 +438,15 @@ static void dep_setup(void)
     setenv("KEYCUSTODY_SERVICE_VAULT", "Service", 1);
 }
 
+/* The key officer takes unwrapKey from the service principal on vault. */
+static void revoke_unwrap(const char *vault)
+{
+    ASSERT_RC(kc_test_run("access", "remove", vault, "--principal", "svc", "--permissions",
+                          "unwrapKey", "--so-pin-source", "env:TEST_SO_PIN", "--pin-source",
+                          "env:TEST_PIN", "--as", "officer", NULL),
+              0);
+}
+
 /* Unwraps DEP 'Mbx' as principal; the copy used, or -1 and the error. */
 static int dep_unwrap(const char *principal, unsigned flags, unsigned char key[32],
                       kc_dep_unwrap_info *info, kc_error *err)
@@ -477,18 +486,12 @@ static void test_dep_unwrap_fallback(void)
     CU_ASSERT_EQUAL(dep_unwrap("svc", 0, a, &info, &err), 0);
     CU_ASSERT_STRING_EQUAL(info.skipped[0], "");
     /* vault A revokes the service principal: B unwraps, A is named */
-    ASSERT_RC(kc_test_run("access", "remove", "VaultA1", "--principal", "svc", "--permissions",
-                          "unwrapKey", "--so-pin-source", "env:TEST_SO_PIN", "--pin-source",
-                          "env:TEST_PIN", "--as", "officer", NULL),
-              0);
+    revoke_unwrap("VaultA1");
     CU_ASSERT_EQUAL(dep_unwrap("svc", 0, b, &info, &err), 1);
     CU_ASSERT(kc_test_contains(info.skipped[0], "VaultA1: principal 'svc' lacks 'unwrapKey'"));
     CU_ASSERT_EQUAL(memcmp(a, b, 32), 0);
     /* both refuse: the availability key only when asked for */
-    ASSERT_RC(kc_test_run("access", "remove", "VaultB1", "--principal", "svc", "--permissions",
-                          "unwrapKey", "--so-pin-source", "env:TEST_SO_PIN", "--pin-source",
-                          "env:TEST_PIN", "--as", "officer", NULL),
-              0);
+    revoke_unwrap("VaultB1");
     CU_ASSERT_EQUAL(dep_unwrap("svc", 0, avail, &info, &err), -1);
     CU_ASSERT_EQUAL(err.code, KC_TOKEN);
     CU_ASSERT(kc_test_contains(err.msg, "neither custodian vault can unwrap the key of DEP 'Mbx'"));
@@ -727,19 +730,13 @@ static void test_data(void)
                     "svc", "--pin-source", "VaultA1=env:TEST_PIN", NULL);
     ASSERT_RC(r, 8);
     /* vault A revokes the service: vault B unwraps, with a warning */
-    ASSERT_RC(kc_test_run("access", "remove", "VaultA1", "--principal", "svc", "--permissions",
-                          "unwrapKey", "--so-pin-source", "env:TEST_SO_PIN", "--pin-source",
-                          "env:TEST_PIN", "--as", "officer", NULL),
-              0);
+    revoke_unwrap("VaultA1");
     r = data_roundtrip("mailbox:u1", "m2", NULL);
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->err, "warning: VaultA1: principal 'svc' lacks 'unwrapKey'");
     CU_ASSERT(item_matches());
     /* both revoke: only break glass reads the data */
-    ASSERT_RC(kc_test_run("access", "remove", "VaultB1", "--principal", "svc", "--permissions",
-                          "unwrapKey", "--so-pin-source", "env:TEST_SO_PIN", "--pin-source",
-                          "env:TEST_PIN", "--as", "officer", NULL),
-              0);
+    revoke_unwrap("VaultB1");
     unlink(kc_test_path("item.out"));
     r = kc_test_run("data", "get", "mailbox:u1", "m1", "--out", kc_test_path("item.out"), "--as",
                     "svc", "--pin-source", "VaultA1=env:TEST_PIN", "--pin-source",

@@ -348,14 +348,12 @@ kc_rc kc_plan_make(kc_ctx *ctx, const kc_layout *l, int allow_delete, kc_plan *p
 
 /* --- observe --- */
 
-static void live_vault(kc_layout *l, const kc_vault *v, const kc_key *keys, size_t nkeys)
+/* The vault's settings and access policy as the layout would declare them
+ * (lv->access has room for KC_ACCESS_MAX entries). */
+static void live_vault_meta(kc_lvault *lv, const kc_vault *v)
 {
-    kc_lvault *lv = &l->vaults[l->nvaults++];
-    kc_lsub *sub = &l->subs[l->nsubs++];
     size_t i;
 
-    snprintf(sub->id, sizeof(sub->id), "%s", v->meta.subscription);
-    sub->mandatory_retention = v->meta.retention_registered;
     snprintf(lv->name, sizeof(lv->name), "%s", v->meta.name);
     snprintf(lv->subscription, sizeof(lv->subscription), "%s", v->meta.subscription);
     snprintf(lv->region, sizeof(lv->region), "%s", v->meta.region);
@@ -368,6 +366,17 @@ static void live_vault(kc_layout *l, const kc_vault *v, const kc_key *keys, size
         snprintf(p->name, sizeof(p->name), "%s", v->meta.access[i].principal);
         p->perms = v->meta.access[i].perms;
     }
+}
+
+static void live_vault(kc_layout *l, const kc_vault *v, const kc_key *keys, size_t nkeys)
+{
+    kc_lvault *lv = &l->vaults[l->nvaults++];
+    kc_lsub *sub = &l->subs[l->nsubs++];
+    size_t i;
+
+    snprintf(sub->id, sizeof(sub->id), "%s", v->meta.subscription);
+    sub->mandatory_retention = v->meta.retention_registered;
+    live_vault_meta(lv, v);
     for (i = 0; i < nkeys; i++) {
         const kc_key_version *cur = &keys[i].versions[keys[i].current];
         kc_lkey *k = &lv->keys[lv->nkeys++];
@@ -484,18 +493,7 @@ static kc_rc live_root(kc_ctx *ctx, const char *ref, kc_layout *l, char *out, si
         snprintf(sub->id, sizeof(sub->id), "%s", v->meta.subscription);
         sub->mandatory_retention = v->meta.retention_registered;
     }
-    snprintf(lv->name, sizeof(lv->name), "%s", v->meta.name);
-    snprintf(lv->subscription, sizeof(lv->subscription), "%s", v->meta.subscription);
-    snprintf(lv->region, sizeof(lv->region), "%s", v->meta.region);
-    lv->sku = v->meta.sku;
-    lv->retention_days = v->meta.retention_days;
-    lv->soft_delete = 1;
-    lv->purge_protection = v->meta.purge_protection;
-    for (i = 0; i < v->meta.naccess; i++) {
-        snprintf(lv->access[i].name, sizeof(lv->access[i].name), "%s", v->meta.access[i].principal);
-        lv->access[i].perms = v->meta.access[i].perms;
-    }
-    lv->naccess = v->meta.naccess;
+    live_vault_meta(lv, v);
 add_key:
     lk = &lv->keys[lv->nkeys++];
     snprintf(lk->name, sizeof(lk->name), "%s", k->name);
