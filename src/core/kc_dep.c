@@ -457,8 +457,9 @@ kc_rc kc_dep_unwrap(kc_ctx *ctx, kc_store *st, const char *name_or_id, const cha
             info->slot = slot;
             return KC_OK;
         }
-        snprintf(info->skipped[slot], sizeof(info->skipped[slot]), "%s: %s", d.keys[slot].vault,
-                 tried[slot].msg);
+        /* a long reason is cut: the warning names the vault first */
+        snprintf(info->skipped[slot], sizeof(info->skipped[slot]), "%.63s: %.440s",
+                 d.keys[slot].vault, tried[slot].msg);
     }
     if (flags & KC_DEP_USE_AVAILABILITY) {
         r = unwrap_slot(ctx, st, &d, 2, principal, out, err);
