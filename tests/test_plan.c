@@ -803,6 +803,24 @@ static void test_dep_assign(void)
     r = kc_test_run("dep", "assign", "Mbx", "--mailbox", "u2@contoso.com", NULL);
     ASSERT_RC(r, 5);
     ASSERT_HAS(r->err, "DEP 'Mbx' is disabled; it cannot be assigned");
+    /* a SharePoint DEP serves the one geo it names */
+    r = kc_test_run("dep", "create", "Spo", "--keys", "VaultA1/KeyA,VaultB1/KeyB", "--workload",
+                    "sharepoint", "--pin-source", "Service=env:TEST_PIN", "--as", "svc", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "a SharePoint DEP needs --geo CODE");
+    ASSERT_RC(kc_test_run("dep", "create", "Spo", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
+                          "--workload", "tenant", "--geo", "NAM", "--pin-source",
+                          "Service=env:TEST_PIN", "--as", "svc", NULL),
+              2);
+    ASSERT_RC(kc_test_run("dep", "create", "Spo", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
+                          "--workload", "sharepoint", "--geo", "NAM", "--pin-source",
+                          "Service=env:TEST_PIN", "--as", "svc", NULL),
+              0);
+    r = kc_test_run("dep", "assign", "Spo", "--geo", "EUR", NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "DEP 'Spo' is for geo 'NAM', not 'EUR'");
+    ASSERT_RC(kc_test_run("dep", "assign", "Spo", "--geo", "NAM", NULL), 0);
+    ASSERT_RC(kc_test_run("dep", "assign", "--none", "--geo", "NAM", NULL), 0);
     /* bad input */
     r = kc_test_run("dep", "assign", "Mbx", "--mailbox", "u 1", NULL);
     ASSERT_RC(r, 2);

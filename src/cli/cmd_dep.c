@@ -127,6 +127,15 @@ static int cmd_create(kc_cli *cli, int argc, char **argv)
         return kc_cli_usage(cli, "--keys VAULT/KEY,VAULT/KEY is required");
     if (s.service == NULL)
         return kc_cli_usage(cli, "--service-vault NAME (or KEYCUSTODY_SERVICE_VAULT) is required");
+    /* A SharePoint DEP serves one geo; the others serve none. */
+    if (strcmp(s.workload, "sharepoint") == 0 && s.geo == NULL)
+        return kc_cli_usage(cli, "a SharePoint DEP needs --geo CODE");
+    if (strcmp(s.workload, "sharepoint") != 0 && s.geo != NULL)
+        return kc_cli_usage(cli, "--geo is for SharePoint DEPs (--workload sharepoint)");
+    if (s.geo != NULL && (strlen(s.geo) == 0 || strlen(s.geo) >= sizeof(dep.geo) ||
+                          strspn(s.geo, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                        "0123456789") != strlen(s.geo)))
+        return kc_cli_usage(cli, "--geo '%s': a geo code is 1 to 15 letters or digits", s.geo);
     memset(&spec, 0, sizeof(spec));
     spec.name = argv[first];
     spec.workload = s.workload;
