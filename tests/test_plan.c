@@ -682,6 +682,14 @@ static void test_data(void)
     for (i = 0; i < (int)sizeof(item); i++)
         item[i] = (unsigned char)(i * 7 + 3);
     kc_test_write(kc_test_path("item.bin"), item, sizeof(item), 0600);
+    /* a bad command line opens nothing: no store is created */
+    setenv("KEYCUSTODY_STORE", kc_test_path("other.db"), 1);
+    r = kc_test_run("data", "put", "tenant", "t1", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "--in FILE is required");
+    ASSERT_RC(kc_test_run("data", "get", "tenant", "t1", NULL), 2);
+    CU_ASSERT_NOT_EQUAL(access(kc_test_path("other.db"), F_OK), 0);
+    setenv("KEYCUSTODY_STORE", kc_test_path("service.db"), 1);
     /* no DEP yet: nothing to seal under */
     r = data_roundtrip("tenant", "t1", NULL);
     ASSERT_RC(r, 4);

@@ -42,7 +42,8 @@ static void warn(void *arg, const char *msg)
     fprintf(cli->err, "warning: %s\n", msg);
 }
 
-/* Parses the command line and opens a session on the store. */
+/* Parses the command line (opts[0] is the command's --in or --out, which
+ * it requires) and opens a session on the store. */
 static int open_session(kc_cli *cli, int argc, char **argv, const struct option *opts,
                         struct data_state *s, int *first, kc_store **st, kc_data_session **ds)
 {
@@ -58,6 +59,11 @@ static int open_session(kc_cli *cli, int argc, char **argv, const struct option 
         return rc;
     if (argc - *first != 2)
         return kc_cli_usage(cli, "give a SCOPE (tenant, mailbox:ID, geo:CODE) and an item NAME");
+    /* usage first: nothing is opened (or the store created) for a bad command line */
+    if (opts[0].val == O_IN && s->in == NULL)
+        return kc_cli_usage(cli, "--in FILE is required");
+    if (opts[0].val == O_OUT && s->out == NULL)
+        return kc_cli_usage(cli, "--out FILE is required");
     kc_error_clear(&err);
     if (kc_dep_scope_check(argv[*first], &err) != KC_OK)
         return kc_cli_fail(cli, &err);
@@ -92,8 +98,6 @@ static int cmd_put(kc_cli *cli, int argc, char **argv)
     int first, rc;
 
     rc = open_session(cli, argc, argv, opts, &s, &first, &st, &ds);
-    if (rc == 0 && s.in == NULL)
-        rc = kc_cli_usage(cli, "--in FILE is required");
     kc_error_clear(&err);
     if (rc == 0 && kc_file_read(s.in, KC_DATA_MAX, &buf, &len, &err) != KC_OK)
         rc = kc_cli_fail(cli, &err);
@@ -124,8 +128,6 @@ static int cmd_get(kc_cli *cli, int argc, char **argv)
     int first, rc;
 
     rc = open_session(cli, argc, argv, opts, &s, &first, &st, &ds);
-    if (rc == 0 && s.out == NULL)
-        rc = kc_cli_usage(cli, "--out FILE is required");
     kc_error_clear(&err);
     if (rc == 0 && (kc_data_get(ds, argv[first], argv[first + 1], &data, &err) != KC_OK ||
                     kc_file_write(s.out, data->data, data->len, 0600, s.force, &err) != KC_OK))
