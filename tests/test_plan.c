@@ -459,7 +459,7 @@ static int dep_unwrap(const char *principal, unsigned flags, unsigned char key[3
     kc_error_clear(err);
     CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, env_pin, NULL, &ctx, err), KC_OK);
     CU_ASSERT_EQUAL_FATAL(kc_store_open(kc_test_path("service.db"), &st, err), KC_OK);
-    if (kc_dep_unwrap(ctx, st, "Mbx", principal, flags, &dek, info, err) == KC_OK) {
+    if (kc_dep_unwrap(ctx, st, "Mbx", 0, principal, flags, &dek, info, err) == KC_OK) {
         CU_ASSERT_EQUAL(dek->len, 32);
         memcpy(key, dek->data, 32);
         slot = info->slot;

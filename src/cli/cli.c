@@ -15,9 +15,9 @@
 
 #define KC_VERSION "0.1.0"
 
-static const kc_cmd *const groups[] = {kc_cmds_vault,        kc_cmds_key, kc_cmds_access,
-                                       kc_cmds_subscription, kc_cmds_dep, kc_cmds_data,
-                                       kc_cmds_policy};
+static const kc_cmd *const groups[] = {
+    kc_cmds_vault, kc_cmds_key,    kc_cmds_access, kc_cmds_subscription, kc_cmds_dep,
+    kc_cmds_data,  kc_cmds_status, kc_cmds_rewrap, kc_cmds_tenant,       kc_cmds_policy};
 static const char *const group_summary[] = {
     "initialise and inspect vaults (PKCS#11 tokens with keycustody metadata)",
     "RSA root keys: create, rotate, update, delete, recover, purge, back up, restore, wrap",
@@ -25,6 +25,9 @@ static const char *const group_summary[] = {
     "the backup domain a subscription's vaults share, split among custodians",
     "data encryption policies: a DEP key either custodian vault can unwrap",
     "data under a DEP: items sealed in a scope (tenant, mailbox:ID, geo:CODE)",
+    "encryption status per DEP and per scope",
+    "the job that brings every scope key under its DEP's current key",
+    "the tenant as a whole: leaving Customer Key",
     "the layout as code: check a YAML layout file, plan and apply it",
 };
 #define N_GROUPS (sizeof(groups) / sizeof(groups[0]))
@@ -49,6 +52,13 @@ static const char exit_help[] =
     "6 denied (login, PIN, key usage), 7 token or module failure, 8 integrity,\n"
     "10 plan has changes.\n";
 
+/* "group verb", or "group" for a command that is a group of its own. */
+static const char *cmd_name(const kc_cmd *c, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s%s%s", c->group, c->verb[0] ? " " : "", c->verb);
+    return buf;
+}
+
 static void print_top_help(FILE *f)
 {
     size_t g;
@@ -61,8 +71,7 @@ static void print_top_help(FILE *f)
         fprintf(f, "%s: %s\n", groups[g][0].group, group_summary[g]);
         for (c = groups[g]; c->group != NULL; c++) {
             char name[48];
-            snprintf(name, sizeof(name), "%s %s", c->group, c->verb);
-            fprintf(f, "  keycustody %-26s %s\n", name, c->summary);
+            fprintf(f, "  keycustody %-26s %s\n", cmd_name(c, name, sizeof(name)), c->summary);
         }
         fprintf(f, "\n");
     }
@@ -82,7 +91,10 @@ static void print_group_help(FILE *f, const kc_cmd *cmds, size_t g)
 
 static void print_cmd_help(FILE *f, const kc_cmd *c)
 {
-    fprintf(f, "usage: keycustody %s %s %s\n\n%s\n\n%s\n%s\n%s", c->group, c->verb, c->synopsis,
+    char name[48];
+
+    fprintf(f, "usage: keycustody %s %s\n\n%s\n\n%s\n%s\n%s", cmd_name(c, name, sizeof(name)),
+            c->synopsis,
             c->summary, c->help, common_help, exit_help);
 }
 
@@ -95,9 +107,11 @@ int kc_cli_usage(kc_cli *cli, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(cli->error.msg, sizeof(cli->error.msg), fmt, ap);
     va_end(ap);
+    char name[48];
+
     if (cli->cmd != NULL)
-        kc_error_hint(&cli->error, "see 'keycustody %s %s --help'", cli->cmd->group,
-                      cli->cmd->verb);
+        kc_error_hint(&cli->error, "see 'keycustody %s --help'",
+                      cmd_name(cli->cmd, name, sizeof(name)));
     return KC_USAGE;
 }
 
@@ -152,6 +166,7 @@ int kc_cli_parse(kc_cli *cli, int argc, char **argv, const struct option *own,
                  int *first)
 {
     struct option opts[64];
+    char name[48];
     size_t n = 0, i;
     int c, r;
 
@@ -184,8 +199,8 @@ int kc_cli_parse(kc_cli *cli, int argc, char **argv, const struct option *own,
             break;
         case OPT_JSON:
             if (!cli->cmd->reads)
-                return kc_cli_usage(cli, "'%s %s' has no --json output", cli->cmd->group,
-                                    cli->cmd->verb);
+                return kc_cli_usage(cli, "'%s' has no --json output",
+                                    cmd_name(cli->cmd, name, sizeof(name)));
             cli->json = 1;
             break;
         case 'h':
@@ -403,7 +418,7 @@ int kc_cli_main(int argc, char **argv, FILE *out, FILE *err)
     kc_cli cli;
     const kc_cmd *c;
     size_t g;
-    int rc;
+    int rc, single;
 
     memset(&cli, 0, sizeof(cli));
     cli.out = out;
@@ -424,11 +439,12 @@ int kc_cli_main(int argc, char **argv, FILE *out, FILE *err)
         fprintf(err, "error: unknown command '%s'\nhint: see 'keycustody --help'\n", argv[1]);
         return KC_USAGE;
     }
-    if (argc < 3 || is_help(argv[2])) {
+    single = groups[g][0].verb[0] == '\0'; /* a command without a verb: status, rewrap */
+    if (!single && (argc < 3 || is_help(argv[2]))) {
         print_group_help(argc < 3 ? err : out, groups[g], g);
         return argc < 3 ? KC_USAGE : KC_OK;
     }
-    for (c = groups[g]; c->group != NULL && strcmp(c->verb, argv[2]) != 0; c++)
+    for (c = groups[g]; !single && c->group != NULL && strcmp(c->verb, argv[2]) != 0; c++)
         ;
     if (c->group == NULL) {
         fprintf(err, "error: unknown command '%s %s'\nhint: see 'keycustody %s --help'\n", argv[1],
@@ -441,7 +457,7 @@ int kc_cli_main(int argc, char **argv, FILE *out, FILE *err)
         cli.module = NULL;
     cli.principal = getenv("KEYCUSTODY_PRINCIPAL");
     cli.store = getenv("KEYCUSTODY_STORE");
-    rc = c->fn(&cli, argc - 2, argv + 2);
+    rc = c->fn(&cli, argc - 2 + single, argv + 2 - single);
     if (rc == -1)
         rc = KC_OK;
     fflush(out);

@@ -92,5 +92,8 @@ extern const kc_cmd kc_cmds_policy[];
 extern const kc_cmd kc_cmds_access[];
 extern const kc_cmd kc_cmds_dep[];
 extern const kc_cmd kc_cmds_data[];
+extern const kc_cmd kc_cmds_status[]; /* verb "": a group that is one command */
+extern const kc_cmd kc_cmds_rewrap[];
+extern const kc_cmd kc_cmds_tenant[];
 
 #endif

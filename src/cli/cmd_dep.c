@@ -1,4 +1,5 @@
-/* keycustody dep create | list | show | set | refresh | assign | assignment */
+/* keycustody dep create | list | show | set | refresh | purge-request | purge | assign |
+ * assignment */
 #include "cli.h"
 #include "kc_dep.h"
 #include "kc_plan.h"
@@ -17,8 +18,15 @@ static json_t *dep_json(const kc_dep *d)
                           d->created, "generation", (json_int_t)d->generation, "keys");
     size_t i;
 
+    json_object_set_new(o, "principal", d->principal[0] ? json_string(d->principal) : json_null());
+    if (d->purge_requested[0])
+        json_object_set_new(o, "purge_request",
+                            json_pack("{s:s, s:s, s:s}", "requested", d->purge_requested, "reason",
+                                      d->purge_reason, "contact", d->purge_contact));
+    json_object_set_new(o, "purged", d->purged[0] ? json_string(d->purged) : json_null());
     for (i = 0; i < KC_DEP_SLOTS; i++)
-        json_array_append_new(json_object_get(o, "keys"),
+        if (d->keys[i].vault[0])
+            json_array_append_new(json_object_get(o, "keys"),
                               json_pack("{s:s, s:s, s:s, s:s, s:s}", "role", slots[i], "vault",
                                         d->keys[i].vault, "key", d->keys[i].key, "version",
                                         d->keys[i].version, "alg", d->keys[i].alg));
@@ -37,8 +45,17 @@ static void print_dep(FILE *f, const kc_dep *d)
     if (d->description[0])
         fprintf(f, "description:  %s\n", d->description);
     fprintf(f, "created:      %s\n", d->created);
+    fprintf(f, "key:          generation %ld\n", d->generation);
+    if (d->principal[0])
+        fprintf(f, "service:      %s\n", d->principal);
+    if (d->purge_requested[0])
+        fprintf(f, "purge asked:  %s by %s: %s\n", d->purge_requested, d->purge_contact,
+                d->purge_reason);
+    if (d->purged[0])
+        fprintf(f, "PURGED:       %s (every wrapped copy of its key destroyed)\n", d->purged);
     for (i = 0; i < KC_DEP_SLOTS; i++)
-        fprintf(f, "%-13s %s/%s/%s (%s)\n", slots[i], d->keys[i].vault, d->keys[i].key,
+        if (d->keys[i].vault[0])
+            fprintf(f, "%-13s %s/%s/%s (%s)\n", slots[i], d->keys[i].vault, d->keys[i].key,
                 d->keys[i].version, d->keys[i].alg);
 }
 
@@ -274,15 +291,43 @@ static int cmd_set(kc_cli *cli, int argc, char **argv)
     return rc;
 }
 
+enum { O_ROLL = 400, O_REASON, O_CONTACT, O_CONFIRM };
+
+struct purge_state {
+    const char *reason, *contact, *confirm;
+    int roll;
+};
+
+static int purge_opt(kc_cli *cli, int opt, const char *arg, void *st)
+{
+    struct purge_state *s = st;
+
+    (void)cli;
+    if (opt == O_ROLL)
+        s->roll = 1;
+    else if (opt == O_REASON)
+        s->reason = arg;
+    else if (opt == O_CONTACT)
+        s->contact = arg;
+    else if (opt == O_CONFIRM)
+        s->confirm = arg;
+    return 0;
+}
+
 static int cmd_refresh(kc_cli *cli, int argc, char **argv)
 {
+    static const struct option opts[] = {
+        {"roll", no_argument, NULL, O_ROLL},
+        {NULL, 0, NULL, 0},
+    };
+    struct purge_state s = {NULL, NULL, NULL, 0};
     kc_store *st = NULL;
     kc_ctx *ctx = NULL;
     kc_dep before, after;
     kc_error err;
     int first, rc, i;
 
-    rc = kc_cli_parse(cli, argc, argv, NULL, NULL, NULL, &first);
+    rc = kc_cli_parse(cli, argc, argv, opts, purge_opt, &s, &first);
     if (rc != 0)
         return rc;
     if (argc - first != 1)
@@ -292,9 +337,19 @@ static int cmd_refresh(kc_cli *cli, int argc, char **argv)
     if ((rc = kc_cli_store(cli, &st)) != 0)
         return rc;
     kc_error_clear(&err);
-    rc = kc_dep_refresh(ctx, st, argv[first], cli->principal, &before, &after, &err);
+    rc = kc_dep_refresh(ctx, st, argv[first], cli->principal, s.roll, &before, &after, &err);
     if (rc != KC_OK) {
         rc = kc_cli_fail(cli, &err);
+    } else if (s.roll) {
+        fprintf(cli->out,
+                "rolled DEP '%s': a new DEP key (generation %ld) wrapped under %s/%s/%s, "
+                "%s/%s/%s and the availability key\n",
+                after.name, after.generation, after.keys[0].vault, after.keys[0].key,
+                after.keys[0].version, after.keys[1].vault, after.keys[1].key,
+                after.keys[1].version);
+        fprintf(cli->out, "its scope keys are still under generation %ld (status Rolling); move "
+                          "them with 'keycustody rewrap'\n",
+                before.generation);
     } else {
         for (i = 0; i < 2; i++)
             if (strcmp(before.keys[i].version, after.keys[i].version) == 0)
@@ -305,6 +360,86 @@ static int cmd_refresh(kc_cli *cli, int argc, char **argv)
                         after.keys[i].key, before.keys[i].version, after.keys[i].version);
         fprintf(cli->out, "refreshed DEP '%s'\n", after.name);
     }
+    kc_store_close(st);
+    return rc;
+}
+
+/* --- the data purge path --- */
+
+static int cmd_purge_request(kc_cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"reason", required_argument, NULL, O_REASON},
+        {"contact", required_argument, NULL, O_CONTACT},
+        {NULL, 0, NULL, 0},
+    };
+    struct purge_state s = {NULL, NULL, NULL, 0};
+    kc_store *st = NULL;
+    kc_ctx *ctx = NULL;
+    kc_dep d;
+    kc_error err;
+    int first, rc;
+
+    rc = kc_cli_parse(cli, argc, argv, opts, purge_opt, &s, &first);
+    if (rc != 0)
+        return rc;
+    if (argc - first != 1)
+        return kc_cli_usage(cli, "give exactly one DEP name or id");
+    if (s.reason == NULL || s.reason[0] == '\0' || strlen(s.reason) > 255)
+        return kc_cli_usage(cli, "--reason TEXT (1 to 255 characters) is required");
+    if (s.contact == NULL || s.contact[0] == '\0' || strlen(s.contact) > 255)
+        return kc_cli_usage(cli, "--contact TEXT (1 to 255 characters) is required");
+    if (kc_cli_ctx(cli, &ctx) != KC_OK)
+        return cli->error.code;
+    if ((rc = kc_cli_store(cli, &st)) != 0)
+        return rc;
+    kc_error_clear(&err);
+    if (kc_dep_purge_request(ctx, st, argv[first], s.reason, s.contact, &d, &err) != KC_OK)
+        rc = kc_cli_fail(cli, &err);
+    else
+        fprintf(cli->out,
+                "recorded a data purge request for DEP '%s' (%s); it can never be assigned "
+                "again.\nCrypto-shred it with 'keycustody dep purge %s --confirm %s'\n",
+                d.name, d.purge_requested, d.name, d.name);
+    kc_store_close(st);
+    return rc;
+}
+
+static int cmd_purge(kc_cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"confirm", required_argument, NULL, O_CONFIRM},
+        {NULL, 0, NULL, 0},
+    };
+    struct purge_state s = {NULL, NULL, NULL, 0};
+    kc_store *st = NULL;
+    kc_ctx *ctx = NULL;
+    long scopes = 0;
+    kc_dep d;
+    kc_error err;
+    int first, rc;
+
+    rc = kc_cli_parse(cli, argc, argv, opts, purge_opt, &s, &first);
+    if (rc != 0)
+        return rc;
+    if (argc - first != 1)
+        return kc_cli_usage(cli, "give exactly one DEP name");
+    /* The name typed twice: a purge cannot be undone. */
+    if (s.confirm == NULL || strcmp(s.confirm, argv[first]) != 0)
+        return kc_cli_usage(cli, "a purge destroys data for ever: confirm it with --confirm %s",
+                            argv[first]);
+    if (kc_cli_ctx(cli, &ctx) != KC_OK)
+        return cli->error.code;
+    if ((rc = kc_cli_store(cli, &st)) != 0)
+        return rc;
+    kc_error_clear(&err);
+    if (kc_dep_purge(ctx, st, argv[first], &d, &scopes, &err) != KC_OK)
+        rc = kc_cli_fail(cli, &err);
+    else
+        fprintf(cli->out,
+                "purged DEP '%s': its availability key %s/%s destroyed, every wrapped copy of "
+                "its key and of %ld scope key(s) destroyed; that data can never be read again\n",
+                d.name, d.keys[2].vault, d.keys[2].key, scopes);
     kc_store_close(st);
     return rc;
 }
@@ -468,13 +603,37 @@ const kc_cmd kc_cmds_dep[] = {
     {"dep", "set", cmd_set, "NAME|ID [--enabled true|false] [--name NEW] [--description TEXT]",
      "change a DEP [Set-M365DataAtRestEncryptionPolicy]",
      "Disabling an assigned DEP is refused: unassign it first.\n", 0},
-    {"dep", "refresh", cmd_refresh, "NAME|ID",
+    {"dep", "refresh", cmd_refresh, "NAME|ID [--roll]",
      "re-wrap the DEP key under the root keys' current versions [-Refresh]",
      "After 'keycustody key rotate', the DEP key is still wrapped under the old versions.\n"
      "refresh unwraps it (vault A, else B: the acting principal needs unwrapKey there and\n"
      "that vault's PIN), wraps it under the current version of both root keys (wrapKey)\n"
      "and replaces both wrapped copies in one store transaction. The DEP key does not\n"
-     "change, so no data needs re-wrapping.\n",
+     "change, so no data needs re-wrapping.\n"
+     "  --roll  make a new DEP key instead (the next generation, from the service vault's\n"
+     "          RNG, wrapped under both root keys and the availability key). The scope keys\n"
+     "          stay under the old one (status Rolling n%) until 'keycustody rewrap' moves\n"
+     "          them; then the old generation's wrapped copies are destroyed. A second roll\n"
+     "          waits until the first is finished.\n",
+     0},
+    {"dep", "purge-request", cmd_purge_request, "NAME|ID --reason TEXT --contact TEXT",
+     "record a data purge request [-PermanentDataPurgeRequested]",
+     "For an Exchange or SharePoint DEP (a tenant leaves with 'keycustody tenant offboard').\n"
+     "Refused until the custodians have removed the DEP's service principal's wrapKey and\n"
+     "unwrapKey from the access policy of both custodian vaults. Afterwards the DEP can\n"
+     "never be assigned again, and 'dep purge' may crypto-shred it.\n"
+     "  --reason TEXT   why (kept with the request)\n"
+     "  --contact TEXT  who asked, to be reached about it\n",
+     0},
+    {"dep", "purge", cmd_purge, "NAME --confirm NAME",
+     "crypto-shred a DEP whose purge was requested",
+     "Destroys every wrapped copy of the DEP key (every generation) and of the scope keys\n"
+     "under it in one store transaction, scrubs them from the store file and its log, and\n"
+     "destroys the DEP's availability key on the service vault (its PIN). Afterwards\n"
+     "'data get' on those scopes fails with a 'purged' error whatever key is offered:\n"
+     "the custodians' root keys, restored from backup or not, have nothing left to\n"
+     "unwrap. Other DEPs' data is untouched. Interrupted, run it again.\n"
+     "  --confirm NAME  the DEP's name again\n",
      0},
     {"dep", "assign", cmd_assign, "NAME|ID|--none --tenant | --mailbox ID | --geo CODE",
      "assign a DEP to the tenant, a mailbox or a geo [Set-...Assignment]",

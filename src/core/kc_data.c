@@ -93,7 +93,6 @@ static kc_rc dep_key(kc_data_session *s, const char *id, long generation, const 
     kc_dep_unwrap_info info;
     struct cached *nv;
     kc_secret *key = NULL;
-    kc_dep d;
     size_t i;
     kc_rc r;
 
@@ -102,14 +101,7 @@ static kc_rc dep_key(kc_data_session *s, const char *id, long generation, const 
             *out = s->deps[i].key;
             return KC_OK;
         }
-    r = kc_dep_get(s->st, id, &d, err);
-    if (r != KC_OK)
-        return r;
-    if (d.generation != generation)
-        return kc_error_set(err, KC_INTEGRITY,
-                            "DEP '%s' is at key generation %ld; the data needs generation %ld",
-                            d.name, d.generation, generation);
-    r = kc_dep_unwrap(s->ctx, s->st, id, s->principal, s->flags, &key, &info, err);
+    r = kc_dep_unwrap(s->ctx, s->st, id, generation, s->principal, s->flags, &key, &info, err);
     if (r != KC_OK)
         return r;
     s->unwraps++;
@@ -134,14 +126,16 @@ static kc_rc dep_key(kc_data_session *s, const char *id, long generation, const 
 
 /* The scope's record: its DEP and wrapped key. KC_NOT_FOUND when none. */
 static kc_rc scope_row(kc_store *st, const char *scope, char dep_id[37], long *generation,
-                       unsigned char wrapped[WRAPPED_BYTES], kc_error *err)
+                       unsigned char wrapped[WRAPPED_BYTES], int *purged, kc_error *err)
 {
     sqlite3_stmt *q = NULL;
     kc_rc r = KC_NOT_FOUND;
     const unsigned char *t;
 
+    *purged = 0;
     if (sqlite3_prepare_v2(st->db,
-                           "SELECT dep_id, dep_generation, wrapped_key FROM scopes WHERE scope = ?",
+                           "SELECT s.dep_id, s.dep_generation, s.wrapped_key, s.purged, d.name "
+                           "FROM scopes s JOIN deps d ON d.id = s.dep_id WHERE s.scope = ?",
                            -1, &q, NULL) != SQLITE_OK)
         return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
     sqlite3_bind_text(q, 1, scope, -1, SQLITE_STATIC);
@@ -149,7 +143,15 @@ static kc_rc scope_row(kc_store *st, const char *scope, char dep_id[37], long *g
         t = sqlite3_column_text(q, 0);
         snprintf(dep_id, 37, "%s", t ? (const char *)t : "");
         *generation = (long)sqlite3_column_int64(q, 1);
-        if (sqlite3_column_bytes(q, 2) != WRAPPED_BYTES)
+        if (sqlite3_column_type(q, 3) != SQLITE_NULL) {
+            *purged = 1;
+            r = kc_error_set(err, KC_NOT_FOUND,
+                             "scope '%s' was purged on %s with DEP '%s': its key was destroyed, "
+                             "so its data can never be read again",
+                             scope, (const char *)sqlite3_column_text(q, 3),
+                             (const char *)sqlite3_column_text(q, 4));
+            kc_error_hint(err, "no key can open it: not the custodians', not the availability key");
+        } else if (sqlite3_column_bytes(q, 2) != WRAPPED_BYTES)
             r = kc_error_set(err, KC_INTEGRITY, "scope '%s': its wrapped key is damaged", scope);
         else {
             memcpy(wrapped, sqlite3_column_blob(q, 2), WRAPPED_BYTES);
@@ -157,7 +159,7 @@ static kc_rc scope_row(kc_store *st, const char *scope, char dep_id[37], long *g
         }
     }
     sqlite3_finalize(q);
-    if (r == KC_NOT_FOUND)
+    if (r == KC_NOT_FOUND && !*purged)
         kc_error_set(err, KC_NOT_FOUND, "scope '%s' has no data", scope);
     return r;
 }
@@ -213,13 +215,14 @@ static kc_rc scope_key(kc_data_session *s, const char *scope, int create, kc_sec
     const kc_secret *dek = NULL;
     kc_secret *sk = kc_secret_new(KEY_BYTES + 8);
     size_t len = 0;
+    int purged;
     kc_rc r;
 
     *out = NULL;
     if (sk == NULL)
         return kc_error_set(err, KC_ERR, "out of memory");
-    r = scope_row(s->st, scope, dep_id, generation, wrapped, err);
-    if (r == KC_NOT_FOUND && create) {
+    r = scope_row(s->st, scope, dep_id, generation, wrapped, &purged, err);
+    if (r == KC_NOT_FOUND && create && !purged) {
         kc_error_clear(err);
         r = new_scope(s, scope, sk, dep_id, generation, err);
     } else if (r == KC_OK) {
@@ -453,5 +456,49 @@ done:
     free(ct);
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot get '%s' from scope '%s'", name, scope);
+    return KC_OK;
+}
+
+kc_rc kc_data_move_scope(kc_data_session *s, const char *scope, const char *to_id, long to_gen,
+                         kc_error *err)
+{
+    unsigned char wrapped[WRAPPED_BYTES];
+    const kc_secret *dek = NULL;
+    kc_secret *sk = NULL;
+    sqlite3_stmt *q = NULL;
+    char dep_id[37];
+    long generation = 0;
+    size_t wl = 0;
+    int rc;
+    kc_rc r;
+
+    r = scope_key(s, scope, 0, &sk, dep_id, &generation, err);
+    if (r == KC_OK)
+        r = dep_key(s, to_id, to_gen, &dek, err);
+    if (r == KC_OK &&
+        (!kwp(dek->data, 1, sk->data, KEY_BYTES, wrapped, &wl) || wl != WRAPPED_BYTES))
+        r = kc_error_set(err, KC_ERR, "cannot wrap the key of scope '%s'", scope);
+    kc_secret_free(sk);
+    if (r != KC_OK)
+        return r;
+    /* Only if nobody moved it meanwhile: the row must still be where it was read. */
+    rc = sqlite3_prepare_v2(s->st->db,
+                            "UPDATE scopes SET dep_id = ?, dep_generation = ?, wrapped_key = ? "
+                            "WHERE scope = ? AND dep_id = ? AND dep_generation = ?",
+                            -1, &q, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_text(q, 1, to_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(q, 2, to_gen);
+        sqlite3_bind_blob(q, 3, wrapped, WRAPPED_BYTES, SQLITE_STATIC);
+        sqlite3_bind_text(q, 4, scope, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 5, dep_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(q, 6, generation);
+        rc = sqlite3_step(q) == SQLITE_DONE && sqlite3_changes(s->st->db) == 1 ? SQLITE_OK
+                                                                               : SQLITE_ERROR;
+    }
+    sqlite3_finalize(q);
+    if (rc != SQLITE_OK)
+        return kc_error_set(err, KC_ERR, "the service store: cannot move the key of scope '%s'",
+                            scope);
     return KC_OK;
 }

@@ -32,6 +32,12 @@ KC_EXPORT kc_rc kc_data_put(kc_data_session *s, const char *scope, const char *n
 KC_EXPORT kc_rc kc_data_get(kc_data_session *s, const char *scope, const char *name,
                             kc_secret **out, kc_error *err) KC_MUST_CHECK;
 
+/* Re-wraps scope's key under the DEP key of DEP to_id at generation
+ * to_gen (inside the caller's transaction). The items are untouched: their
+ * keys are wrapped by the scope key, which does not change. */
+KC_EXPORT kc_rc kc_data_move_scope(kc_data_session *s, const char *scope, const char *to_id,
+                                   long to_gen, kc_error *err) KC_MUST_CHECK;
+
 /* How many DEP keys the session has unwrapped (RSA operations). */
 KC_EXPORT size_t kc_data_unwraps(const kc_data_session *s);
 

@@ -59,31 +59,58 @@ static kc_rc wrap_under(kc_ctx *ctx, const char *principal, const char *ref, con
 static void drop_key(kc_ctx *ctx, const char *vault, const char *name)
 {
     kc_vault *v = NULL;
-    kc_obj *objs = NULL;
     kc_error ignored;
-    size_t n = 0, i;
+    kc_rc r = kc_vault_open(ctx, vault, &v, &ignored);
 
-    if (kc_vault_open(ctx, vault, &v, &ignored) == KC_OK &&
-        kc_tok_find_labelled(v->tok, name, &objs, &n, &ignored) == KC_OK)
-        for (i = 0; i < n; i++)
-            if (kc_tok_destroy(v->tok, objs[i], &ignored) != KC_OK)
-                break;
-    free(objs);
+    if (r == KC_OK)
+        r = kc_key_destroy_now(v, name, &ignored);
+    (void)r; /* best effort: a key left behind shows in 'key list' and wraps nothing */
     kc_vault_free(v);
+}
+
+/* The wrapped copies of d's key at d->generation (a NULL blob: no copy in
+ * that slot), inside the caller's transaction. */
+static int insert_keys(kc_store *st, const kc_dep *d, unsigned char *const blobs[3],
+                       const size_t lens[3])
+{
+    sqlite3_stmt *s = NULL;
+    int i, rc = SQLITE_OK;
+
+    for (i = 0; rc == SQLITE_OK && i < KC_DEP_SLOTS; i++) {
+        if (blobs[i] == NULL)
+            continue;
+        rc = sqlite3_prepare_v2(st->db,
+                                "INSERT INTO dep_keys (dep_id, generation, slot, vault, key, "
+                                "version, alg, wrapped) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                -1, &s, NULL);
+        if (rc != SQLITE_OK)
+            break;
+        sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 2, d->generation);
+        sqlite3_bind_int(s, 3, i);
+        sqlite3_bind_text(s, 4, d->keys[i].vault, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 5, d->keys[i].key, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 6, d->keys[i].version, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 7, d->keys[i].alg, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(s, 8, blobs[i], (int)lens[i], SQLITE_STATIC);
+        rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+        sqlite3_finalize(s);
+    }
+    return rc;
 }
 
 static kc_rc insert(kc_store *st, const kc_dep *d, unsigned char *const blobs[3],
                     const size_t lens[3], kc_error *err)
 {
     sqlite3_stmt *s = NULL;
-    int i, rc;
+    int rc;
     kc_rc r = kc_store_begin(st, err);
 
     if (r != KC_OK)
         return r;
     rc = sqlite3_prepare_v2(st->db,
                             "INSERT INTO deps (id, name, workload, geo, description, enabled, "
-                            "created, generation) VALUES (?, ?, ?, ?, ?, 1, ?, 1)",
+                            "created, generation, principal) VALUES (?, ?, ?, ?, ?, 1, ?, 1, ?)",
                             -1, &s, NULL);
     if (rc == SQLITE_OK) {
         sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
@@ -93,26 +120,13 @@ static kc_rc insert(kc_store *st, const kc_dep *d, unsigned char *const blobs[3]
             sqlite3_bind_text(s, 4, d->geo, -1, SQLITE_STATIC);
         sqlite3_bind_text(s, 5, d->description, -1, SQLITE_STATIC);
         sqlite3_bind_text(s, 6, d->created, -1, SQLITE_STATIC);
+        if (d->principal[0])
+            sqlite3_bind_text(s, 7, d->principal, -1, SQLITE_STATIC);
         rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
     }
     sqlite3_finalize(s);
-    for (i = 0; rc == SQLITE_OK && i < KC_DEP_SLOTS; i++) {
-        rc = sqlite3_prepare_v2(st->db,
-                                "INSERT INTO dep_keys (dep_id, generation, slot, vault, key, "
-                                "version, alg, wrapped) VALUES (?, 1, ?, ?, ?, ?, ?, ?)",
-                                -1, &s, NULL);
-        if (rc != SQLITE_OK)
-            break;
-        sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
-        sqlite3_bind_int(s, 2, i);
-        sqlite3_bind_text(s, 3, d->keys[i].vault, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 4, d->keys[i].key, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 5, d->keys[i].version, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 6, d->keys[i].alg, -1, SQLITE_STATIC);
-        sqlite3_bind_blob(s, 7, blobs[i], (int)lens[i], SQLITE_STATIC);
-        rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
-        sqlite3_finalize(s);
-    }
+    if (rc == SQLITE_OK)
+        rc = insert_keys(st, d, blobs, lens);
     if (rc != SQLITE_OK) {
         r = kc_error_set(err,
                          sqlite3_extended_errcode(st->db) == SQLITE_CONSTRAINT_UNIQUE ? KC_CONFLICT
@@ -135,10 +149,15 @@ kc_rc kc_dep_create(kc_ctx *ctx, kc_store *st, const kc_dep_spec *spec, kc_dep *
     kc_key *ak = NULL;
     kc_dep probe;
     time_t now;
-    int made_avail = 0, i;
+    int made_avail = 0, i, service = strcmp(spec->workload, "service") == 0;
     kc_rc r;
 
     memset(out, 0, sizeof(*out));
+    if (service != (strcmp(spec->name, KC_DEP_SERVICE) == 0)) {
+        kc_error_set(err, KC_CONFLICT, "the name '%s' is the service-managed key's",
+                     KC_DEP_SERVICE);
+        return KC_CONFLICT;
+    }
     if (kc_dep_get(st, spec->name, &probe, err) == KC_OK) {
         kc_error_set(err, KC_CONFLICT, "a DEP named '%s' exists already (%s)", spec->name,
                      probe.id);
@@ -167,13 +186,18 @@ kc_rc kc_dep_create(kc_ctx *ctx, kc_store *st, const kc_dep_spec *spec, kc_dep *
     snprintf(out->description, sizeof(out->description), "%s",
              spec->description ? spec->description : "");
     kc_time_format_rfc3339(now, out->created);
+    snprintf(out->principal, sizeof(out->principal), "%s", spec->principal ? spec->principal : "");
     out->enabled = 1;
     out->generation = 1;
-    for (i = 0; r == KC_OK && i < 2; i++)
+    for (i = 0; r == KC_OK && i < 2 && !service; i++)
         r = wrap_under(ctx, spec->principal, spec->keys[i], dek, &out->keys[i], &blobs[i], &lens[i],
                        err);
-    /* Its own availability key on the service vault (the service's PIN). */
-    snprintf(avail, sizeof(avail), "avail-%.8s", out->id);
+    /* Its own availability key on the service vault (the service's PIN);
+     * the service-managed key has only that one. */
+    if (service)
+        snprintf(avail, sizeof(avail), "%s", KC_DEP_SERVICE);
+    else
+        snprintf(avail, sizeof(avail), "avail-%.8s", out->id);
     memset(&ko, 0, sizeof(ko));
     ko.name = avail;
     ko.bits = 3072;
@@ -245,11 +269,15 @@ static void row(sqlite3_stmt *s, kc_dep *d)
     copy_col(s, 6, d->created, sizeof(d->created));
     d->generation = (long)sqlite3_column_int64(s, 7);
     copy_col(s, 8, d->purge_requested, sizeof(d->purge_requested));
+    copy_col(s, 9, d->principal, sizeof(d->principal));
+    copy_col(s, 10, d->purged, sizeof(d->purged));
+    copy_col(s, 11, d->purge_reason, sizeof(d->purge_reason));
+    copy_col(s, 12, d->purge_contact, sizeof(d->purge_contact));
 }
 
 #define DEP_COLUMNS                                                                                \
     "SELECT id, name, workload, geo, description, enabled, created, generation, "                  \
-    "purge_requested FROM deps "
+    "purge_requested, principal, purged, purge_reason, purge_contact FROM deps "
 
 kc_rc kc_dep_get(kc_store *st, const char *name_or_id, kc_dep *out, kc_error *err)
 {
@@ -435,8 +463,60 @@ static kc_rc unwrap_slot(kc_ctx *ctx, kc_store *st, const kc_dep *d, int slot,
     return r;
 }
 
-kc_rc kc_dep_unwrap(kc_ctx *ctx, kc_store *st, const char *name_or_id, const char *principal,
-                    unsigned flags, kc_secret **out, kc_dep_unwrap_info *info, kc_error *err)
+static kc_rc purged_error(const kc_dep *d, kc_error *err)
+{
+    kc_error_set(err, KC_NOT_FOUND,
+                 "DEP '%s' was purged on %s: its key and every scope key under it were destroyed, "
+                 "so its data can never be read again",
+                 d->name, d->purged);
+    return KC_NOT_FOUND;
+}
+
+/* The DEP with the wrapped copies of its key at generation (0: current). */
+static kc_rc dep_at(kc_store *st, const char *name_or_id, long generation, kc_dep *d,
+                    kc_error *err)
+{
+    kc_rc r = kc_dep_get(st, name_or_id, d, err);
+
+    if (r != KC_OK)
+        return r;
+    if (d->purged[0] != '\0')
+        return purged_error(d, err);
+    if (generation == 0 || generation == d->generation)
+        return KC_OK;
+    memset(d->keys, 0, sizeof(d->keys));
+    d->generation = generation;
+    r = load_keys(st, d, err);
+    if (r == KC_OK && d->keys[2].vault[0] == '\0')
+        r = kc_error_set(err, KC_INTEGRITY, "DEP '%s' has no key of generation %ld", d->name,
+                         generation);
+    return r;
+}
+
+/* A use of the availability key, kept in the store. */
+static void record_break_glass(kc_store *st, const kc_dep *d, const char *principal)
+{
+    char at[21] = "";
+    sqlite3_stmt *s = NULL;
+    time_t now;
+    kc_error ignored;
+
+    if (kc_clock_now(&now, &ignored) == KC_OK)
+        kc_time_format_rfc3339(now, at);
+    if (sqlite3_prepare_v2(st->db, "INSERT INTO break_glass (at, dep_id, principal) VALUES (?, ?, ?)",
+                           -1, &s, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(s, 1, at, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, d->id, -1, SQLITE_STATIC);
+        if (principal != NULL)
+            sqlite3_bind_text(s, 3, principal, -1, SQLITE_STATIC);
+        (void)sqlite3_step(s);
+    }
+    sqlite3_finalize(s);
+}
+
+kc_rc kc_dep_unwrap(kc_ctx *ctx, kc_store *st, const char *name_or_id, long generation,
+                    const char *principal, unsigned flags, kc_secret **out,
+                    kc_dep_unwrap_info *info, kc_error *err)
 {
     kc_error tried[2];
     kc_dep d;
@@ -446,9 +526,15 @@ kc_rc kc_dep_unwrap(kc_ctx *ctx, kc_store *st, const char *name_or_id, const cha
     *out = NULL;
     memset(info, 0, sizeof(*info));
     info->slot = -1;
-    r = kc_dep_get(st, name_or_id, &d, err);
+    r = dep_at(st, name_or_id, generation, &d, err);
     if (r != KC_OK)
         return r;
+    /* The service-managed key has no custodian copies. */
+    if (strcmp(d.workload, "service") == 0) {
+        r = unwrap_slot(ctx, st, &d, 2, principal, out, err);
+        info->slot = r == KC_OK ? 2 : -1;
+        return r;
+    }
     /* Custodian vault A, then B: a vault that is missing, refuses the login
      * or has revoked the principal's unwrapKey is skipped and reported. */
     for (slot = 0; slot < 2; slot++) {
@@ -463,8 +549,10 @@ kc_rc kc_dep_unwrap(kc_ctx *ctx, kc_store *st, const char *name_or_id, const cha
     }
     if (flags & KC_DEP_USE_AVAILABILITY) {
         r = unwrap_slot(ctx, st, &d, 2, principal, out, err);
-        if (r == KC_OK)
+        if (r == KC_OK) {
             info->slot = 2;
+            record_break_glass(st, &d, principal);
+        }
         return r;
     }
     return kc_error_set(err, KC_TOKEN,
@@ -682,23 +770,103 @@ static kc_rc update_slot(kc_store *st, const kc_dep *d, int slot, const kc_dep_k
     return KC_OK;
 }
 
-kc_rc kc_dep_refresh(kc_ctx *ctx, kc_store *st, const char *name_or_id, const char *principal,
-                     kc_dep *before, kc_dep *after, kc_error *err)
+/* Scopes still under an older generation of d's key: a roll in progress. */
+static long behind(kc_store *st, const kc_dep *d)
 {
-    unsigned char *blobs[2] = {NULL, NULL};
-    size_t lens[2] = {0, 0};
+    sqlite3_stmt *s = NULL;
+    long n = -1;
+
+    if (sqlite3_prepare_v2(st->db,
+                           "SELECT count(*) FROM scopes WHERE dep_id = ? AND dep_generation < ? "
+                           "AND purged IS NULL",
+                           -1, &s, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 2, d->generation);
+        if (sqlite3_step(s) == SQLITE_ROW)
+            n = (long)sqlite3_column_int64(s, 0);
+    }
+    sqlite3_finalize(s);
+    return n;
+}
+
+/* A new DEP key for a roll, from the service token's RNG. */
+static kc_rc new_dep_key(kc_ctx *ctx, const kc_dep *d, kc_secret **out, kc_error *err)
+{
+    kc_vault *sv = NULL;
+    kc_rc r;
+
+    *out = kc_secret_new(DEP_KEY_BYTES);
+    if (*out == NULL)
+        return kc_error_set(err, KC_ERR, "out of memory");
+    r = kc_vault_open(ctx, d->keys[2].vault, &sv, err);
+    if (r == KC_OK)
+        r = kc_tok_random(sv->tok, (*out)->data, DEP_KEY_BYTES, err);
+    kc_vault_free(sv);
+    if (r != KC_OK) {
+        kc_secret_free(*out);
+        *out = NULL;
+        return r;
+    }
+    (*out)->len = DEP_KEY_BYTES;
+    return KC_OK;
+}
+
+static kc_rc save_generation(kc_store *st, const kc_dep *d, unsigned char *const blobs[3],
+                             const size_t lens[3], kc_error *err)
+{
+    sqlite3_stmt *s = NULL;
+    int rc = insert_keys(st, d, blobs, lens);
+
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(st->db, "UPDATE deps SET generation = ? WHERE id = ?", -1, &s,
+                                NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_int64(s, 1, d->generation);
+        sqlite3_bind_text(s, 2, d->id, -1, SQLITE_STATIC);
+        rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+    }
+    sqlite3_finalize(s);
+    if (rc != SQLITE_OK)
+        return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
+    return KC_OK;
+}
+
+kc_rc kc_dep_refresh(kc_ctx *ctx, kc_store *st, const char *name_or_id, const char *principal,
+                     int roll, kc_dep *before, kc_dep *after, kc_error *err)
+{
+    unsigned char *blobs[KC_DEP_SLOTS] = {NULL, NULL, NULL};
+    size_t lens[KC_DEP_SLOTS] = {0, 0, 0};
     char ref[256];
     kc_dep_unwrap_info info;
     kc_secret *dek = NULL;
-    int i;
+    long late;
+    int i, slots = roll ? KC_DEP_SLOTS : 2;
     kc_rc r;
 
     r = kc_dep_get(st, name_or_id, before, err);
     if (r != KC_OK)
         return r;
     *after = *before;
-    r = kc_dep_unwrap(ctx, st, before->id, principal, 0, &dek, &info, err);
-    for (i = 0; r == KC_OK && i < 2; i++) {
+    if (before->purged[0] != '\0')
+        return purged_error(before, err);
+    if (strcmp(before->workload, "service") == 0)
+        return kc_error_set(err, KC_CONFLICT, "the service-managed key has no root keys to refresh");
+    late = roll ? behind(st, before) : 0;
+    if (late != 0) {
+        kc_error_set(err, KC_CONFLICT,
+                     "DEP '%s' is still rolling: %ld scope key(s) are under its previous key",
+                     before->name, late);
+        kc_error_hint(err, "finish the roll with 'keycustody rewrap' first");
+        return KC_CONFLICT;
+    }
+    /* A refresh re-wraps the same DEP key; a roll makes a new one, which
+     * 'rewrap' then moves every scope key under. */
+    if (roll) {
+        r = new_dep_key(ctx, before, &dek, err);
+        after->generation = before->generation + 1;
+    } else
+        r = kc_dep_unwrap(ctx, st, before->id, 0, principal, 0, &dek, &info, err);
+    for (i = 0; r == KC_OK && i < slots; i++) {
         snprintf(ref, sizeof(ref), "%s/%s", before->keys[i].vault, before->keys[i].key);
         r = wrap_under(ctx, principal, ref, dek, &after->keys[i], &blobs[i], &lens[i], err);
     }
@@ -706,16 +874,231 @@ kc_rc kc_dep_refresh(kc_ctx *ctx, kc_store *st, const char *name_or_id, const ch
     if (r == KC_OK)
         r = kc_store_begin(st, err);
     if (r == KC_OK) {
-        for (i = 0; r == KC_OK && i < 2; i++)
+        if (roll)
+            r = save_generation(st, after, blobs, lens, err);
+        for (i = 0; !roll && r == KC_OK && i < 2; i++)
             r = update_slot(st, before, i, &after->keys[i], blobs[i], lens[i], err);
         if (r == KC_OK)
             r = kc_store_commit(st, err);
         else
             kc_store_rollback(st);
     }
-    for (i = 0; i < 2; i++)
+    for (i = 0; i < KC_DEP_SLOTS; i++)
         free(blobs[i]);
     if (r != KC_OK)
-        return kc_error_prefix(err, "cannot refresh DEP '%s'", before->name);
+        return kc_error_prefix(err, "cannot %s DEP '%s'", roll ? "roll" : "refresh", before->name);
     return KC_OK;
+}
+
+/* --- the service-managed key --- */
+
+kc_rc kc_dep_service(kc_ctx *ctx, kc_store *st, const char *service_vault, const char *principal,
+                     kc_dep *out, kc_error *err)
+{
+    kc_dep_spec spec;
+    kc_rc r = kc_dep_get(st, KC_DEP_SERVICE, out, err);
+
+    if (r != KC_NOT_FOUND)
+        return r;
+    kc_error_clear(err);
+    memset(&spec, 0, sizeof(spec));
+    spec.name = KC_DEP_SERVICE;
+    spec.workload = "service";
+    spec.description = "service-managed key: the scopes of an offboarded tenant";
+    spec.service_vault = service_vault;
+    spec.principal = principal;
+    return kc_dep_create(ctx, st, &spec, out, err);
+}
+
+/* --- the data purge path --- */
+
+/* KC_OK when principal holds neither wrapKey nor unwrapKey on vault;
+ * a vault without an access policy lets everyone, so it is refused. */
+static kc_rc revoked_on(kc_ctx *ctx, const char *vault, const char *principal, kc_error *err)
+{
+    char held[64];
+    kc_vault *v = NULL;
+    size_t i;
+    kc_rc r = kc_vault_open(ctx, vault, &v, err);
+
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot check the access policy of vault '%s'", vault);
+    if (v->meta.naccess == 0) {
+        kc_error_set(err, KC_CONFLICT,
+                     "vault '%s' has no access policy, so nothing stops the service from "
+                     "unwrapping",
+                     vault);
+        kc_error_hint(err, "give it a policy without wrapKey/unwrapKey for '%s' ('keycustody "
+                           "access set')",
+                      principal[0] ? principal : "the service principal");
+        r = KC_CONFLICT;
+    }
+    for (i = 0; r == KC_OK && i < v->meta.naccess; i++) {
+        if (strcmp(v->meta.access[i].principal, principal) != 0 ||
+            (v->meta.access[i].perms & (KC_PERM_WRAP | KC_PERM_UNWRAP)) == 0)
+            continue;
+        kc_perms_format(v->meta.access[i].perms & (KC_PERM_WRAP | KC_PERM_UNWRAP), held,
+                        sizeof(held));
+        kc_error_set(err, KC_CONFLICT, "the service principal '%s' still holds %s on vault '%s'",
+                     principal, held, vault);
+        kc_error_hint(err,
+                      "the custodian revokes it first: 'keycustody access remove %s --principal "
+                      "%s --permissions wrapKey,unwrapKey'",
+                      vault, principal);
+        r = KC_CONFLICT;
+    }
+    kc_vault_free(v);
+    return r;
+}
+
+kc_rc kc_dep_purge_request(kc_ctx *ctx, kc_store *st, const char *name_or_id, const char *reason,
+                           const char *contact, kc_dep *out, kc_error *err)
+{
+    sqlite3_stmt *s = NULL;
+    time_t now;
+    int i, rc;
+    kc_rc r = kc_dep_get(st, name_or_id, out, err);
+
+    if (r != KC_OK)
+        return r;
+    if (out->purged[0] != '\0')
+        return purged_error(out, err);
+    if (out->purge_requested[0] != '\0')
+        return kc_error_set(err, KC_CONFLICT, "DEP '%s' has had a data purge requested since %s",
+                            out->name, out->purge_requested);
+    if (strcmp(out->workload, "exchange") != 0 && strcmp(out->workload, "sharepoint") != 0) {
+        kc_error_set(err, KC_CONFLICT,
+                     "DEP '%s' is a %s DEP; only Exchange and SharePoint DEPs take a data purge",
+                     out->name, out->workload);
+        if (strcmp(out->workload, "tenant") == 0)
+            kc_error_hint(err, "a tenant leaves with 'keycustody tenant offboard'");
+        return KC_CONFLICT;
+    }
+    /* The customer shows intent by revoking the service on both vaults. */
+    for (i = 0; i < 2; i++) {
+        r = revoked_on(ctx, out->keys[i].vault, out->principal, err);
+        if (r != KC_OK)
+            return kc_error_prefix(err, "cannot request a data purge of DEP '%s'", out->name);
+    }
+    r = kc_clock_now(&now, err);
+    if (r != KC_OK)
+        return r;
+    kc_time_format_rfc3339(now, out->purge_requested);
+    rc = sqlite3_prepare_v2(st->db,
+                            "UPDATE deps SET purge_requested = ?, purge_reason = ?, purge_contact "
+                            "= ? WHERE id = ? AND purge_requested IS NULL",
+                            -1, &s, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_text(s, 1, out->purge_requested, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, reason, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 3, contact, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 4, out->id, -1, SQLITE_STATIC);
+        rc = sqlite3_step(s) == SQLITE_DONE && sqlite3_changes(st->db) == 1 ? SQLITE_OK
+                                                                            : SQLITE_ERROR;
+    }
+    sqlite3_finalize(s);
+    if (rc != SQLITE_OK)
+        return kc_error_set(err, KC_ERR, "the service store: cannot record the purge request: %s",
+                            sqlite3_errmsg(st->db));
+    snprintf(out->purge_reason, sizeof(out->purge_reason), "%s", reason);
+    snprintf(out->purge_contact, sizeof(out->purge_contact), "%s", contact);
+    return KC_OK;
+}
+
+/* Every wrapped copy of the DEP key and of its scope keys goes, in one
+ * transaction; the store overwrites freed pages (secure_delete) and the
+ * write-ahead log is emptied, so no copy stays in the file. */
+static kc_rc shred_store(kc_store *st, const kc_dep *d, const char *now, long *scopes,
+                         kc_error *err)
+{
+    static const char *const sql[] = {
+        /* the record keeps naming the keys; the wrapped copies go */
+        "UPDATE dep_keys SET wrapped = zeroblob(0) WHERE dep_id = ?1",
+        "UPDATE scopes SET wrapped_key = zeroblob(0), purged = ?2 WHERE dep_id = ?1",
+        "DELETE FROM assignments WHERE dep_id = ?1",
+        "UPDATE deps SET purged = ?2, enabled = 0 WHERE id = ?1",
+    };
+    sqlite3_stmt *s = NULL;
+    size_t i;
+    int rc = SQLITE_OK;
+    kc_rc r = kc_store_begin(st, err);
+
+    if (r != KC_OK)
+        return r;
+    for (i = 0; rc == SQLITE_OK && i < sizeof(sql) / sizeof(sql[0]); i++) {
+        rc = sqlite3_prepare_v2(st->db, sql[i], -1, &s, NULL);
+        if (rc != SQLITE_OK)
+            break;
+        sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
+        if (sqlite3_bind_parameter_count(s) > 1)
+            sqlite3_bind_text(s, 2, now, -1, SQLITE_STATIC);
+        rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+        if (i == 1)
+            *scopes = sqlite3_changes(st->db);
+        sqlite3_finalize(s);
+    }
+    if (rc != SQLITE_OK) {
+        r = kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
+        kc_store_rollback(st);
+        return r;
+    }
+    r = kc_store_commit(st, err);
+    if (r == KC_OK)
+        r = kc_store_scrub(st, err);
+    return r;
+}
+
+kc_rc kc_dep_purge(kc_ctx *ctx, kc_store *st, const char *name_or_id, kc_dep *out, long *scopes,
+                   kc_error *err)
+{
+    char now_s[21];
+    kc_vault *sv = NULL;
+    kc_key *ak = NULL;
+    time_t now;
+    int again;
+    kc_rc r = kc_dep_get(st, name_or_id, out, err);
+
+    *scopes = 0;
+    if (r != KC_OK)
+        return r;
+    if (out->purge_requested[0] == '\0') {
+        kc_error_set(err, KC_CONFLICT, "DEP '%s' has no data purge requested", out->name);
+        kc_error_hint(err, "request it with 'keycustody dep purge-request %s --reason ... "
+                           "--contact ...'",
+                      out->name);
+        return KC_CONFLICT;
+    }
+    r = kc_clock_now(&now, err);
+    if (r != KC_OK)
+        return r;
+    kc_time_format_rfc3339(now, now_s);
+    /* The store first: once it commits no wrapped copy is left anywhere,
+     * and a crash before the availability key is destroyed is finished by
+     * running the purge again. */
+    again = out->purged[0] != '\0';
+    if (!again) {
+        r = shred_store(st, out, now_s, scopes, err);
+        if (r != KC_OK)
+            return kc_error_prefix(err, "cannot purge DEP '%s'", out->name);
+        snprintf(out->purged, sizeof(out->purged), "%s", now_s);
+    }
+    r = kc_vault_open(ctx, out->keys[2].vault, &sv, err);
+    if (r == KC_OK)
+        r = kc_key_get(sv, out->keys[2].key, 0, &ak, err);
+    if (r == KC_OK)
+        r = kc_key_destroy_now(sv, out->keys[2].key, err);
+    else if (r == KC_NOT_FOUND && again)
+        r = kc_error_set(err, KC_CONFLICT, "DEP '%s' was purged already, on %s", out->name,
+                         out->purged);
+    else if (r == KC_NOT_FOUND) {
+        kc_error_clear(err);
+        r = KC_OK;
+    }
+    kc_key_free(ak);
+    kc_vault_free(sv);
+    if (r != KC_OK && r != KC_CONFLICT)
+        return kc_error_prefix(err, "DEP '%s' is purged in the store, but its availability key "
+                                    "%s/%s is not yet destroyed; run the purge again",
+                               out->name, out->keys[2].vault, out->keys[2].key);
+    return r;
 }

@@ -29,8 +29,15 @@ typedef struct kc_dep {
     char created[21];
     long generation;
     kc_dep_key keys[KC_DEP_SLOTS];
-    char purge_requested[21];
+    char principal[128]; /* the service principal that wraps and unwraps its key */
+    char purge_requested[21], purge_reason[256], purge_contact[256];
+    char purged[21]; /* when it was crypto-shredded; "" if not */
 } kc_dep;
+
+/* The service-managed key's DEP (workload "service"): only an availability
+ * key on the service vault, no custodian keys. A tenant that offboards has
+ * its scope keys moved under it. */
+#define KC_DEP_SERVICE "service-managed"
 
 typedef struct kc_dep_spec {
     const char *name, *workload, *geo, *description;
@@ -94,20 +101,46 @@ typedef struct kc_dep_unwrap_info {
     char skipped[2][512]; /* why vault A / B was skipped ("" if not tried or used) */
 } kc_dep_unwrap_info;
 
-/* The DEP key, unwrapped by custodian vault A, else B (each skipped vault
+/* The DEP key of generation (0: the current one; an older one while a
+ * roll is under way), unwrapped by custodian vault A, else B (each skipped vault
  * is named in info->skipped), else, only with KC_DEP_USE_AVAILABILITY, by
  * the availability key; KC_TOKEN when none could. principal needs
  * unwrapKey where a vault has an access policy. *out is wiped on free. */
-KC_EXPORT kc_rc kc_dep_unwrap(kc_ctx *ctx, kc_store *st, const char *name_or_id,
+KC_EXPORT kc_rc kc_dep_unwrap(kc_ctx *ctx, kc_store *st, const char *name_or_id, long generation,
                               const char *principal, unsigned flags, kc_secret **out,
                               kc_dep_unwrap_info *info, kc_error *err) KC_MUST_CHECK;
 
 /* Re-wraps the DEP key under the current version of each root key (after
  * a rotation): unwraps it as kc_dep_unwrap does (no availability key),
  * wraps it again, and replaces both wrapped copies in one transaction.
- * *before and *after are the records either side. */
+ * With roll, makes a new DEP key instead (the next generation, wrapped
+ * three ways); the scope keys stay under the old one until kc_rewrap
+ * moves them (status Rolling), and a second roll waits for that
+ * (KC_CONFLICT). *before and *after are the records either side. */
 KC_EXPORT kc_rc kc_dep_refresh(kc_ctx *ctx, kc_store *st, const char *name_or_id,
-                               const char *principal, kc_dep *before, kc_dep *after,
+                               const char *principal, int roll, kc_dep *before, kc_dep *after,
                                kc_error *err) KC_MUST_CHECK;
+
+/* The service-managed DEP, made on service_vault the first time. */
+KC_EXPORT kc_rc kc_dep_service(kc_ctx *ctx, kc_store *st, const char *service_vault,
+                               const char *principal, kc_dep *out, kc_error *err) KC_MUST_CHECK;
+
+/* Records PermanentDataPurgeRequested (reason, contact) on an Exchange or
+ * SharePoint DEP; refused (KC_CONFLICT) for a tenant DEP, and while the
+ * DEP's service principal still holds wrapKey or unwrapKey on either
+ * custodian vault (or a vault has no access policy). The DEP can never be
+ * assigned again. */
+KC_EXPORT kc_rc kc_dep_purge_request(kc_ctx *ctx, kc_store *st, const char *name_or_id,
+                                     const char *reason, const char *contact, kc_dep *out,
+                                     kc_error *err) KC_MUST_CHECK;
+
+/* Crypto-shreds a DEP whose purge was requested: in one transaction every
+ * wrapped copy of its key (all generations) and of its scope keys is
+ * destroyed and its assignments removed, the store is scrubbed, then its
+ * availability key is destroyed on the service vault. *scopes: how many
+ * scope keys went. Running it again finishes an interrupted purge; on a
+ * finished one it is KC_CONFLICT. */
+KC_EXPORT kc_rc kc_dep_purge(kc_ctx *ctx, kc_store *st, const char *name_or_id, kc_dep *out,
+                             long *scopes, kc_error *err) KC_MUST_CHECK;
 
 #endif

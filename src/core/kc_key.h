@@ -190,6 +190,10 @@ KC_EXPORT kc_rc kc_key_recover(kc_vault *v, const char *name, kc_key **out,
 /* Destroys every object of a deleted key; refused (KC_DENIED) during the
  * retention period when the vault has purge protection. */
 KC_EXPORT kc_rc kc_key_purge(kc_vault *v, const char *name, kc_error *err) KC_MUST_CHECK;
+/* Destroys every object of the key at once, with no soft delete: for a
+ * service key whose end its owner decides (an availability key at the
+ * end of a data purge). Logs in. */
+KC_EXPORT kc_rc kc_key_destroy_now(kc_vault *v, const char *name, kc_error *err) KC_MUST_CHECK;
 /* The deleted keys of a vault. */
 KC_EXPORT kc_rc kc_key_list_deleted(kc_vault *v, kc_key **out, size_t *n,
                                     kc_error *err) KC_MUST_CHECK;

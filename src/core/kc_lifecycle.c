@@ -332,12 +332,30 @@ done:
     return KC_OK;
 }
 
+/* Crypto-shred: every object with the key's label, then the record. A
+ * crash in between leaves a record with no objects; doing it again
+ * finishes. */
+static kc_rc shred(kc_vault *v, const char *name, kc_error *err)
+{
+    kc_obj *objs = NULL;
+    size_t n = 0, i;
+    kc_rc r;
+
+    r = kc_tok_find_labelled(v->tok, name, &objs, &n, err);
+    for (i = 0; r == KC_OK && i < n; i++)
+        r = kc_tok_destroy(v->tok, objs[i], err);
+    free(objs);
+    if (r == KC_OK) {
+        kc_keystate_drop(v, name);
+        r = kc_keystate_save(v, err);
+    }
+    return r;
+}
+
 kc_rc kc_key_purge(kc_vault *v, const char *name, kc_error *err)
 {
     json_t *del = NULL;
-    kc_obj *objs = NULL;
     time_t now, after;
-    size_t n = 0, i;
     kc_rc r;
 
     r = kc_keystate_load(v, err);
@@ -363,19 +381,22 @@ kc_rc kc_key_purge(kc_vault *v, const char *name, kc_error *err)
                       v->meta.name, name);
         goto done;
     }
-    /* Crypto-shred: every object with the key's label, then the record. A
-     * crash in between leaves a record with no objects; purging again
-     * finishes. */
-    r = kc_tok_find_labelled(v->tok, name, &objs, &n, err);
-    for (i = 0; r == KC_OK && i < n; i++)
-        r = kc_tok_destroy(v->tok, objs[i], err);
-    free(objs);
-    if (r == KC_OK) {
-        kc_keystate_drop(v, name);
-        r = kc_keystate_save(v, err);
-    }
+    r = shred(v, name, err);
 done:
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot purge key '%s' in vault '%s'", name, v->meta.name);
+    return KC_OK;
+}
+
+kc_rc kc_key_destroy_now(kc_vault *v, const char *name, kc_error *err)
+{
+    kc_rc r = kc_ctx_login(v->ctx, v->tok, err);
+
+    if (r == KC_OK)
+        r = kc_keystate_load(v, err);
+    if (r == KC_OK)
+        r = shred(v, name, err);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot destroy key '%s' in vault '%s'", name, v->meta.name);
     return KC_OK;
 }

@@ -14,7 +14,9 @@ static const char *const migrations[] = {
     "CREATE TABLE deps ("
     "  id TEXT PRIMARY KEY," /* GUID */
     "  name TEXT NOT NULL UNIQUE,"
-    "  workload TEXT NOT NULL CHECK (workload IN ('tenant', 'exchange', 'sharepoint')),"
+    /* service: the service-managed key that a tenant's scopes move to when it offboards */
+    "  workload TEXT NOT NULL CHECK (workload IN ('tenant', 'exchange', 'sharepoint', 'service')),"
+    "  principal TEXT," /* the service principal that wraps and unwraps its key */
     "  geo TEXT,"
     "  description TEXT NOT NULL DEFAULT '',"
     "  enabled INTEGER NOT NULL DEFAULT 1,"
@@ -36,7 +38,8 @@ static const char *const migrations[] = {
     "  scope TEXT PRIMARY KEY,"
     "  dep_id TEXT NOT NULL REFERENCES deps(id),"
     "  dep_generation INTEGER NOT NULL,"
-    "  wrapped_key BLOB NOT NULL);" /* the scope key under the DEP key (AES-KWP) */
+    "  wrapped_key BLOB NOT NULL," /* the scope key under the DEP key (AES-KWP) */
+    "  purged TEXT);" /* when its DEP was purged: wrapped_key is then empty */
     "CREATE TABLE items ("
     "  scope TEXT NOT NULL REFERENCES scopes(scope),"
     "  name TEXT NOT NULL,"
@@ -44,7 +47,18 @@ static const char *const migrations[] = {
     "  ciphertext BLOB NOT NULL,"
     "  PRIMARY KEY (scope, name));"
     "CREATE TABLE rewrap_progress ("
-    "  job TEXT PRIMARY KEY, last_scope TEXT, done INTEGER NOT NULL, total INTEGER NOT NULL);",
+    "  job TEXT PRIMARY KEY, started TEXT NOT NULL, done INTEGER NOT NULL, total INTEGER NOT "
+    "NULL);"
+    "CREATE TABLE break_glass (" /* each use of an availability key */
+    "  at TEXT NOT NULL, dep_id TEXT NOT NULL, principal TEXT);"
+    /* Where each scope's key should be: under the current generation of its
+     * effective DEP (its own assignment, else for a mailbox the tenant's). */
+    "CREATE VIEW scope_targets AS SELECT s.scope, s.dep_id, s.dep_generation, s.purged, "
+    "  e.id AS target_id, e.generation AS target_generation, e.purge_requested AS "
+    "  target_purge_requested FROM scopes s LEFT JOIN deps e ON "
+    "  e.id = coalesce((SELECT dep_id FROM assignments a WHERE a.scope = s.scope), "
+    "    CASE WHEN s.scope LIKE 'mailbox:%' THEN "
+    "      (SELECT dep_id FROM assignments a WHERE a.scope = 'tenant') END);",
 };
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -146,7 +160,7 @@ kc_rc kc_store_open(const char *path, kc_store **out, kc_error *err)
     sqlite3_busy_timeout(s->db, 10000);
     r = kc_store_exec(s,
                       "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; "
-                      "PRAGMA synchronous = FULL",
+                      "PRAGMA synchronous = FULL; PRAGMA secure_delete = ON",
                       err);
     if (r != KC_OK) {
         r = kc_error_set(err, KC_INTEGRITY, "'%s' is not a keycustody service store: %s", path,
@@ -202,4 +216,15 @@ kc_rc kc_store_count(kc_store *s, const char *table, long *n, kc_error *err)
         *n = sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
     return rc == SQLITE_ROW ? KC_OK : db_fail(s, "count rows", err);
+}
+
+kc_rc kc_store_scrub(kc_store *s, kc_error *err)
+{
+    int log = 0, done = 0;
+
+    if (sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, &log, &done) !=
+            SQLITE_OK ||
+        log != 0)
+        return db_fail(s, "empty its write-ahead log (another process has it open?)", err);
+    return KC_OK;
 }

@@ -37,6 +37,11 @@ KC_EXPORT void kc_store_rollback(kc_store *s);
  * and tests). */
 KC_EXPORT kc_rc kc_store_exec(kc_store *s, const char *sql, kc_error *err) KC_MUST_CHECK;
 
+/* Empties the write-ahead log into the store file and truncates it, so
+ * content deleted with secure_delete (which the store has on) is gone
+ * from both files. */
+KC_EXPORT kc_rc kc_store_scrub(kc_store *s, kc_error *err) KC_MUST_CHECK;
+
 /* Counts the rows of a table (tests and status). */
 KC_EXPORT kc_rc kc_store_count(kc_store *s, const char *table, long *n,
                                kc_error *err) KC_MUST_CHECK;

@@ -1,0 +1,340 @@
+#include "kc_rewrap.h"
+#include "kc_store_int.h"
+#include "kc_util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define PENDING                                                                                    \
+    "FROM scope_targets WHERE purged IS NULL AND target_id IS NOT NULL AND "                       \
+    "target_purge_requested IS NULL AND (dep_id != target_id OR dep_generation != "               \
+    "target_generation)"
+
+static kc_rc db_error(kc_store *st, kc_error *err)
+{
+    return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
+}
+
+static void text(sqlite3_stmt *q, int col, char *out, size_t cap)
+{
+    const unsigned char *t = sqlite3_column_text(q, col);
+
+    snprintf(out, cap, "%s", t ? (const char *)t : "");
+}
+
+/* One number from a query with one text parameter (or none). */
+static kc_rc count(kc_store *st, const char *sql, const char *param, long *n, kc_error *err)
+{
+    sqlite3_stmt *q = NULL;
+    int rc;
+
+    *n = 0;
+    if (sqlite3_prepare_v2(st->db, sql, -1, &q, NULL) != SQLITE_OK)
+        return db_error(st, err);
+    if (param != NULL)
+        sqlite3_bind_text(q, 1, param, -1, SQLITE_STATIC);
+    rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW)
+        *n = (long)sqlite3_column_int64(q, 0);
+    sqlite3_finalize(q);
+    return rc == SQLITE_ROW ? KC_OK : db_error(st, err);
+}
+
+/* --- status --- */
+
+static kc_rc dep_state(kc_store *st, kc_dep_status *ds, kc_error *err)
+{
+    long assigned = 0, rolling = 0;
+    kc_rc r;
+
+    r = count(st, "SELECT count(*) FROM assignments WHERE dep_id = ?", ds->dep.id, &assigned, err);
+    if (r == KC_OK)
+        r = count(st, "SELECT count(*) FROM scope_targets WHERE purged IS NULL AND target_id = ?",
+                  ds->dep.id, &ds->total, err);
+    if (r == KC_OK)
+        r = count(st,
+                  "SELECT count(*) FROM scope_targets WHERE purged IS NULL AND target_id = ?1 AND "
+                  "dep_id = ?1 AND dep_generation = target_generation",
+                  ds->dep.id, &ds->done, err);
+    if (r == KC_OK)
+        r = count(st,
+                  "SELECT count(*) FROM scope_targets WHERE purged IS NULL AND target_id = ?1 AND "
+                  "dep_id = ?1 AND dep_generation < target_generation",
+                  ds->dep.id, &rolling, err);
+    if (r != KC_OK)
+        return r;
+    ds->percent = ds->total ? (int)(ds->done * 100 / ds->total) : 100;
+    if (ds->dep.purged[0] != '\0')
+        ds->state = "Purged";
+    else if (assigned == 0)
+        ds->state = "Unregistered";
+    else if (ds->done == ds->total)
+        ds->state = "Registered";
+    else
+        ds->state = rolling > 0 ? "Rolling" : "Registering";
+    return KC_OK;
+}
+
+kc_rc kc_status_deps(kc_store *st, kc_dep_status **out, size_t *n, kc_error *err)
+{
+    kc_dep *deps = NULL;
+    kc_dep_status *v;
+    size_t nd = 0, i;
+    kc_rc r;
+
+    *out = NULL;
+    *n = 0;
+    r = kc_dep_list(st, &deps, &nd, err);
+    if (r != KC_OK)
+        return r;
+    v = calloc(nd ? nd : 1, sizeof(*v));
+    if (v == NULL) {
+        free(deps);
+        return kc_error_set(err, KC_ERR, "out of memory");
+    }
+    for (i = 0; r == KC_OK && i < nd; i++) {
+        v[i].dep = deps[i];
+        r = dep_state(st, &v[i], err);
+    }
+    free(deps);
+    if (r != KC_OK) {
+        free(v);
+        return r;
+    }
+    *out = v;
+    *n = nd;
+    return KC_OK;
+}
+
+/* Scopes with data, then assigned scopes with none, by name. */
+#define SCOPES_SQL                                                                                 \
+    "SELECT t.scope, t.dep_id, t.dep_generation, t.target_id, t.purged, t.target_generation, "    \
+    "  d.name, e.name, d.workload, (SELECT count(*) FROM items i WHERE i.scope = t.scope) "        \
+    "FROM scope_targets t LEFT JOIN deps d ON d.id = t.dep_id LEFT JOIN deps e ON e.id = "         \
+    "t.target_id WHERE ?1 IS NULL OR t.scope = ?1 "                                               \
+    "UNION ALL SELECT a.scope, NULL, 0, a.dep_id, NULL, 0, NULL, e.name, NULL, 0 FROM "            \
+    "assignments a JOIN deps e ON e.id = a.dep_id WHERE (?1 IS NULL OR a.scope = ?1) AND "         \
+    "a.scope NOT IN (SELECT scope FROM scopes) ORDER BY 1"
+
+kc_rc kc_status_scopes(kc_store *st, const char *only, kc_scope_status **out, size_t *n,
+                       kc_error *err)
+{
+    sqlite3_stmt *q = NULL;
+    kc_scope_status *v = NULL, *nv, *e;
+    size_t len = 0;
+    char workload[16];
+    kc_rc r = KC_OK;
+
+    *out = NULL;
+    *n = 0;
+    if (only != NULL) {
+        r = kc_dep_scope_check(only, err);
+        if (r != KC_OK)
+            return r;
+    }
+    if (sqlite3_prepare_v2(st->db, SCOPES_SQL, -1, &q, NULL) != SQLITE_OK)
+        return db_error(st, err);
+    if (only != NULL)
+        sqlite3_bind_text(q, 1, only, -1, SQLITE_STATIC);
+    while (sqlite3_step(q) == SQLITE_ROW) {
+        nv = realloc(v, (len + 1) * sizeof(*v));
+        if (nv == NULL) {
+            r = kc_error_set(err, KC_ERR, "out of memory");
+            break;
+        }
+        v = nv;
+        e = &v[len++];
+        memset(e, 0, sizeof(*e));
+        text(q, 0, e->scope, sizeof(e->scope));
+        text(q, 1, e->dep_id, sizeof(e->dep_id));
+        e->generation = (long)sqlite3_column_int64(q, 2);
+        text(q, 3, e->target_id, sizeof(e->target_id));
+        text(q, 4, e->purged, sizeof(e->purged));
+        text(q, 6, e->dep_name, sizeof(e->dep_name));
+        text(q, 7, e->target_name, sizeof(e->target_name));
+        text(q, 8, workload, sizeof(workload));
+        e->items = (long)sqlite3_column_int64(q, 9);
+        e->encrypted = e->dep_id[0] != '\0' && e->purged[0] == '\0' &&
+                       strcmp(workload, "service") != 0;
+        e->pending = e->dep_id[0] != '\0' && e->purged[0] == '\0' && e->target_id[0] != '\0' &&
+                     (strcmp(e->dep_id, e->target_id) != 0 ||
+                      e->generation != (long)sqlite3_column_int64(q, 5));
+    }
+    sqlite3_finalize(q);
+    if (r == KC_OK && only != NULL && len == 0) {
+        kc_error_set(err, KC_NOT_FOUND, "scope '%s' has no data and no DEP assigned", only);
+        r = KC_NOT_FOUND;
+    }
+    if (r != KC_OK) {
+        free(v);
+        return r;
+    }
+    *out = v;
+    *n = len;
+    return KC_OK;
+}
+
+/* --- the re-wrap job --- */
+
+/* The job's record: total is fixed when it starts, so a resumed run shows
+ * progress of the whole job. */
+static kc_rc job_start(kc_store *st, long pending, long *total, int *resumed, kc_error *err)
+{
+    sqlite3_stmt *q = NULL;
+    char now_s[21] = "";
+    time_t now;
+    int rc;
+    kc_rc r = count(st, "SELECT coalesce(max(total), -1) FROM rewrap_progress", NULL, total, err);
+
+    if (r != KC_OK)
+        return r;
+    *resumed = *total >= pending;
+    if (*resumed)
+        return KC_OK;
+    *total = pending;
+    if (kc_clock_now(&now, err) != KC_OK)
+        return KC_ERR;
+    kc_time_format_rfc3339(now, now_s);
+    rc = sqlite3_prepare_v2(st->db,
+                            "INSERT OR REPLACE INTO rewrap_progress (job, started, done, total) "
+                            "VALUES ('rewrap', ?, 0, ?)",
+                            -1, &q, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_text(q, 1, now_s, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(q, 2, pending);
+        rc = sqlite3_step(q) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+    }
+    sqlite3_finalize(q);
+    return rc == SQLITE_OK ? KC_OK : db_error(st, err);
+}
+
+/* One batch, in the caller's transaction: *n scopes moved. */
+static kc_rc batch_step(kc_data_session *s, kc_store *st, long batch, long *n, kc_error *err)
+{
+    sqlite3_stmt *q = NULL;
+    char scope[80], to[37];
+    long gen;
+    kc_rc r = KC_OK;
+
+    *n = 0;
+    if (sqlite3_prepare_v2(st->db,
+                           "SELECT scope, target_id, target_generation " PENDING
+                           " ORDER BY scope LIMIT ?",
+                           -1, &q, NULL) != SQLITE_OK)
+        return db_error(st, err);
+    sqlite3_bind_int64(q, 1, batch);
+    while (r == KC_OK && sqlite3_step(q) == SQLITE_ROW) {
+        text(q, 0, scope, sizeof(scope));
+        text(q, 1, to, sizeof(to));
+        gen = (long)sqlite3_column_int64(q, 2);
+        r = kc_data_move_scope(s, scope, to, gen, err);
+        if (r == KC_OK)
+            (*n)++;
+    }
+    sqlite3_finalize(q);
+    return r;
+}
+
+/* The DEP key generations no scope needs: their wrapped copies go. */
+static kc_rc drop_old_generations(kc_store *st, kc_error *err)
+{
+    kc_rc r = kc_store_exec(st,
+                            "DELETE FROM dep_keys WHERE generation < (SELECT generation FROM deps "
+                            "WHERE id = dep_keys.dep_id) AND NOT EXISTS (SELECT 1 FROM scopes s "
+                            "WHERE s.dep_id = dep_keys.dep_id AND s.dep_generation = "
+                            "dep_keys.generation); DELETE FROM rewrap_progress",
+                            err);
+    kc_error ignored;
+
+    /* best effort: a reader elsewhere keeps the log until it is done */
+    if (r == KC_OK && kc_store_scrub(st, &ignored) != KC_OK)
+        return KC_OK;
+    return r;
+}
+
+kc_rc kc_rewrap(kc_data_session *s, kc_store *st, long batch, kc_rewrap_progress progress,
+                void *arg, long *moved, kc_error *err)
+{
+    long pending = 0, total = 0, n = 0;
+    int resumed = 0;
+    kc_rc r;
+
+    *moved = 0;
+    if (batch < 1)
+        return kc_error_set(err, KC_USAGE, "a batch has at least one scope");
+    r = count(st, "SELECT count(*) " PENDING, NULL, &pending, err);
+    if (r == KC_OK)
+        r = job_start(st, pending, &total, &resumed, err);
+    if (r != KC_OK)
+        return r;
+    if (progress != NULL)
+        progress(arg, total - pending, total, resumed);
+    do {
+        r = kc_store_begin(st, err);
+        if (r != KC_OK)
+            break;
+        r = batch_step(s, st, batch, &n, err);
+        if (r == KC_OK && n == 0)
+            r = drop_old_generations(st, err);
+        if (r == KC_OK && n > 0) {
+            r = count(st, "SELECT count(*) " PENDING, NULL, &pending, err);
+        }
+        if (r == KC_OK && n > 0) {
+            char sql[96];
+
+            snprintf(sql, sizeof(sql), "UPDATE rewrap_progress SET done = %ld",
+                     total > pending ? total - pending : 0);
+            r = kc_store_exec(st, sql, err);
+        }
+        if (r != KC_OK) {
+            kc_store_rollback(st);
+            break;
+        }
+        r = kc_store_commit(st, err);
+        if (r != KC_OK)
+            break;
+        *moved += n;
+        if (n > 0 && progress != NULL)
+            progress(arg, total > pending ? total - pending : 0, total, resumed);
+    } while (n > 0);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "the re-wrap stopped after %ld scope key(s); run it again to "
+                                    "finish",
+                               *moved);
+    return KC_OK;
+}
+
+/* --- offboarding --- */
+
+kc_rc kc_tenant_offboard(kc_ctx *ctx, kc_store *st, const char *service_vault,
+                         const char *principal, kc_dep *was, kc_dep *service, kc_error *err)
+{
+    sqlite3_stmt *q = NULL;
+    int inherited, rc;
+    kc_rc r;
+
+    memset(was, 0, sizeof(*was));
+    r = kc_dep_effective(st, "tenant", was, &inherited, err);
+    if (r == KC_NOT_FOUND)
+        kc_error_hint(err, "a tenant offboards from the tenant DEP it has");
+    if (r != KC_OK)
+        return r;
+    if (strcmp(was->workload, "service") == 0) {
+        *service = *was;
+        memset(was, 0, sizeof(*was));
+        return KC_OK;
+    }
+    r = kc_dep_service(ctx, st, service_vault, principal, service, err);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot make the service-managed key");
+    rc = sqlite3_prepare_v2(st->db, "UPDATE assignments SET dep_id = ? WHERE scope = 'tenant'", -1,
+                            &q, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_text(q, 1, service->id, -1, SQLITE_STATIC);
+        rc = sqlite3_step(q) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+    }
+    sqlite3_finalize(q);
+    return rc == SQLITE_OK ? KC_OK : db_error(st, err);
+}
