@@ -4,6 +4,8 @@
 #ifndef KC_TEST_FIXTURE_H
 #define KC_TEST_FIXTURE_H
 
+#include "kc_ctx.h"
+
 #include <CUnit/CUnit.h>
 
 #include <stddef.h>
@@ -33,6 +35,14 @@ int kc_test_sh(char **output, const char *fmt, ...);
 
 /* Makes a vault (free token initialised with TEST_SO_PIN / TEST_PIN). */
 void kc_test_vault(const char *name, const char *subscription, const char *region);
+/* Writes the test layout (VaultA1 in sub-a/westus and VaultB1 in
+ * sub-b/eastus2, access policies for svc and officer, KeyA, KeyB, a tenant
+ * DEP) to layout.yaml with the text old replaced by new (old may be NULL);
+ * returns its path. */
+const char *kc_test_layout(const char *old, const char *new);
+/* A PIN callback for kc_ctx_new: TEST_SO_PIN or TEST_PIN for every vault. */
+kc_rc kc_test_env_pin(void *arg, const char *vault, kc_pin_kind kind, kc_secret **out,
+                      kc_error *err);
 /* Makes an RSA-2048 key with the given extra options (may be NULL). */
 void kc_test_key(const char *ref, const char *ops);
 

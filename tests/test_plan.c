@@ -1,8 +1,6 @@
 /* policy plan and apply against SoftHSM. */
 #include "fixture.h"
 #include "kc_p11.h"
-#include "kc_data.h"
-#include "kc_dep.h"
 #include "kc_plan.h"
 #include "kc_store.h"
 
@@ -13,67 +11,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-static const char base[] =
-    "version: 1\n"
-    "subscriptions:\n"
-    "  - id: sub-a\n"
-    "    mandatory_retention: true\n"
-    "  - id: sub-b\n"
-    "    mandatory_retention: true\n"
-    "service_principal: svc\n"
-    "vaults:\n"
-    "  - name: VaultA1\n"
-    "    subscription: sub-a\n"
-    "    region: westus\n"
-    "    pin: env:TEST_PIN\n"
-    "    so_pin: env:TEST_SO_PIN\n"
-    "    purge_protection: true\n"
-    "    access:\n"
-    "      - principal: svc\n"
-    "        role: service\n"
-    "      - principal: officer\n"
-    "        permissions: [get, list, update, delete, recover, purge, rotate]\n"
-    "    keys:\n"
-    "      - name: KeyA\n"
-    "        size: 2048\n"
-    "  - name: VaultB1\n"
-    "    subscription: sub-b\n"
-    "    region: eastus2\n"
-    "    pin: env:TEST_PIN\n"
-    "    so_pin: env:TEST_SO_PIN\n"
-    "    purge_protection: true\n"
-    "    access:\n"
-    "      - principal: svc\n"
-    "        role: service\n"
-    "      - principal: officer\n"
-    "        permissions: [get, list, update, delete, recover, purge, rotate]\n"
-    "    keys:\n"
-    "      - name: KeyB\n"
-    "        size: 2048\n"
-    "deps:\n"
-    "  - name: Dep1\n"
-    "    workload: tenant\n"
-    "    keys: [VaultA1/KeyA, VaultB1/KeyB]\n";
-
-static char layout_path[1024];
-
-/* Writes the layout with one text replaced (old may be NULL). */
-static const char *layout(const char *old, const char *new)
-{
-    char text[4096];
-    const char *at;
-
-    snprintf(text, sizeof(text), "%s", base);
-    if (old != NULL) {
-        at = strstr(base, old);
-        CU_ASSERT_PTR_NOT_NULL_FATAL(at);
-        snprintf(text, sizeof(text), "%.*s%s%s", (int)(at - base), base, new, at + strlen(old));
-    }
-    snprintf(layout_path, sizeof(layout_path), "%s", kc_test_path("layout.yaml"));
-    kc_test_write(layout_path, text, strlen(text), 0644);
-    return layout_path;
-}
 
 static json_t *plan_json(const char *file)
 {
@@ -119,7 +56,7 @@ static void assert_converged(const char *file)
 
 static void test_plan_apply_plan(void)
 {
-    const char *file = layout(NULL, NULL);
+    const char *file = kc_test_layout(NULL, NULL);
     const kc_test_out *r;
     json_t *j;
 
@@ -150,13 +87,13 @@ static void test_plan_apply_plan(void)
 
 static void test_edits_show_exactly_themselves(void)
 {
-    const char *file = layout(NULL, NULL);
+    const char *file = kc_test_layout(NULL, NULL);
     const kc_test_out *r;
 
     ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
-    file = layout("      - name: KeyB\n        size: 2048\n",
-                  "      - name: KeyB\n        size: 3072\n        tags: {owner: bob}\n"
-                  "      - name: KeyC\n        size: 2048\n");
+    file = kc_test_layout("      - name: KeyB\n        size: 2048\n",
+                          "      - name: KeyB\n        size: 3072\n        tags: {owner: bob}\n"
+                          "      - name: KeyC\n        size: 2048\n");
     r = kc_test_run("policy", "plan", file, NULL);
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "  ~ rotate key VaultB1/KeyB: RSA-2048 hsm -> RSA-3072 hsm\n"
@@ -172,7 +109,7 @@ static void test_edits_show_exactly_themselves(void)
     ASSERT_HAS(r->out, "tag:          owner=bob");
     ASSERT_HAS(r->out, "versions:     2");
     /* a key gone from the file is kept, unless --allow-delete, then soft-deleted */
-    file = layout(NULL, NULL);
+    file = kc_test_layout(NULL, NULL);
     r = kc_test_run("policy", "plan", file, NULL);
     ASSERT_HAS(r->out, "note: key VaultB1/KeyC is on the token but not in the layout: kept");
     r = kc_test_run("policy", "apply", file, "--yes", "--allow-delete", NULL);
@@ -185,14 +122,14 @@ static void test_edits_show_exactly_themselves(void)
 
 static void test_blocked_changes(void)
 {
-    const char *file = layout(NULL, NULL);
+    const char *file = kc_test_layout(NULL, NULL);
     const kc_test_out *r;
 
     ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
     ASSERT_RC(kc_test_run("key", "update", "VaultA1/KeyA", "--expires", "9999-12-31",
                           "--pin-source", "env:TEST_PIN", "--as", "officer", NULL),
               0);
-    file = layout("    region: eastus2\n", "    region: northeurope\n");
+    file = kc_test_layout("    region: eastus2\n", "    region: northeurope\n");
     r = kc_test_run("policy", "apply", file, "--yes", NULL);
     ASSERT_RC(r, 5);
     ASSERT_HAS(r->out,
@@ -204,16 +141,18 @@ static void test_blocked_changes(void)
 
 static void test_apply_needs_yes_without_terminal(void)
 {
-    const kc_test_out *r = kc_test_run("policy", "apply", layout(NULL, NULL), NULL);
+    const char *file = kc_test_layout(NULL, NULL);
+    const kc_test_out *r = kc_test_run("policy", "apply", file, NULL);
 
     ASSERT_RC(r, 2);
     ASSERT_HAS(r->err, "apply needs --yes when standard input is not a terminal");
-    CU_ASSERT_EQUAL(actions(layout_path), 4); /* nothing was done */
+    CU_ASSERT_EQUAL(actions(file), 4); /* nothing was done */
 }
 
 static void test_invalid_layout_is_not_planned(void)
 {
-    const kc_test_out *r = kc_test_run("policy", "plan", layout("size: 2048", "size: 1024"), NULL);
+    const kc_test_out *r =
+        kc_test_run("policy", "plan", kc_test_layout("size: 2048", "size: 1024"), NULL);
 
     ASSERT_RC(r, 3);
     ASSERT_HAS(r->out, "error[KC016]");
@@ -222,7 +161,7 @@ static void test_invalid_layout_is_not_planned(void)
 
 static void test_lock(void)
 {
-    const char *file = layout(NULL, NULL);
+    const char *file = kc_test_layout(NULL, NULL);
     char path[512], want[128];
     const kc_test_out *r;
     kc_diags d;
@@ -230,9 +169,14 @@ static void test_lock(void)
     kc_error e;
     time_t t0;
     int fd = -1;
+    unsigned char *text = NULL;
+    size_t len = 0;
 
     kc_diags_init(&d, file);
-    l = kc_layout_read(file, (const unsigned char *)base, strlen(base), &d);
+    text = kc_test_read(file, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    l = kc_layout_read(file, text, len, &d);
+    free(text);
     CU_ASSERT_PTR_NOT_NULL_FATAL(l);
     CU_ASSERT_EQUAL_FATAL(kc_plan_lock(l, KC_SOFTHSM_MODULE, 0, &fd, path, sizeof(path), &e),
                           KC_OK);
@@ -262,7 +206,7 @@ static void test_converges_after_injected_failures(void)
         {"C_GenerateKeyPair", "CKR_DEVICE_ERROR", 1}, {"C_GenerateRandom", "CKR_DEVICE_ERROR", 0},
         {"C_Login", "CKR_DEVICE_ERROR", 0},
     };
-    const char *file = layout(NULL, NULL);
+    const char *file = kc_test_layout(NULL, NULL);
     const kc_test_out *r;
     char *out = NULL;
     size_t f;
@@ -300,7 +244,7 @@ static void test_converges_after_injected_failures(void)
 static void test_converges_after_kill(void)
 {
     static const char *delays[] = {"0.05", "0.2", "0.4", "0.7"};
-    const char *file = layout(NULL, NULL);
+    const char *file = kc_test_layout(NULL, NULL);
     char *out = NULL;
     size_t i;
 
@@ -326,20 +270,10 @@ static void test_converges_after_kill(void)
     }
 }
 
-static kc_rc env_pin(void *arg, const char *vault, kc_pin_kind kind, kc_secret **out, kc_error *err)
-{
-    const char *v = getenv(kind == KC_PIN_SO || kind == KC_PIN_NEW_SO ? "TEST_SO_PIN" : "TEST_PIN");
-
-    (void)arg;
-    (void)vault;
-    *out = kc_secret_dup(v, strlen(v));
-    return *out ? KC_OK : kc_error_set(err, KC_ERR, "oom");
-}
-
 /* Half a key pair where a create was killed: plan repairs it. */
 static void test_repairs_half_made_key(void)
 {
-    const char *file = layout(NULL, NULL);
+    const char *file = kc_test_layout(NULL, NULL);
     unsigned char id[16] = {1, 2, 3}, n[256], e[3] = {1, 0, 1};
     kc_rsa_spec spec = {"KeyA", id, sizeof(id), 2048, KC_OP_WRAP, 0, 0, NULL, NULL};
     const kc_test_out *r;
@@ -350,7 +284,7 @@ static void test_repairs_half_made_key(void)
 
     ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
     memset(n, 0xc5, sizeof(n));
-    CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, env_pin, NULL, &ctx, &err), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, kc_test_env_pin, NULL, &ctx, &err), KC_OK);
     CU_ASSERT_EQUAL_FATAL(kc_vault_open(ctx, "VaultA1", &v, &err), KC_OK);
     CU_ASSERT_EQUAL_FATAL(kc_ctx_login(ctx, v->tok, &err), KC_OK);
     spec.label = "KeyQ";
@@ -358,9 +292,9 @@ static void test_repairs_half_made_key(void)
         kc_tok_create_rsa_public(v->tok, &spec, n, sizeof(n), e, sizeof(e), &obj, &err), KC_OK);
     kc_vault_free(v);
     kc_ctx_free(ctx);
-    file =
-        layout("      - name: KeyA\n        size: 2048\n",
-               "      - name: KeyA\n        size: 2048\n      - name: KeyQ\n        size: 2048\n");
+    file = kc_test_layout(
+        "      - name: KeyA\n        size: 2048\n",
+        "      - name: KeyA\n        size: 2048\n      - name: KeyQ\n        size: 2048\n");
     r = kc_test_run("policy", "plan", file, NULL);
     ASSERT_HAS(r->out, "  ~ repair key VaultA1/KeyQ: remove the half-made version 010203");
     ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
@@ -374,7 +308,7 @@ static void test_repairs_half_made_key(void)
 
 static void test_vault_validate(void)
 {
-    const char *file = layout(NULL, NULL);
+    const char *file = kc_test_layout(NULL, NULL);
     const kc_test_out *r;
 
     ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
@@ -382,8 +316,8 @@ static void test_vault_validate(void)
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "2 vaults valid (0 warnings); no drift from the layout");
     /* drift: the file moved on, the tokens did not */
-    file = layout("      - name: KeyB\n        size: 2048\n",
-                  "      - name: KeyB\n        size: 2048\n        tags: {owner: bob}\n");
+    file = kc_test_layout("      - name: KeyB\n        size: 2048\n",
+                          "      - name: KeyB\n        size: 2048\n        tags: {owner: bob}\n");
     r = kc_test_run("vault", "validate", "--all", "--layout", file, NULL);
     ASSERT_RC(r, 10);
     ASSERT_HAS(r->out, "drift: ~ update key VaultB1/KeyB: tags");
@@ -404,455 +338,7 @@ static void test_vault_validate(void)
     ASSERT_RC(r, 2);
 }
 
-/* How many availability keys the service vault holds. */
-static int avail_keys(void)
-{
-    const kc_test_out *r =
-        kc_test_run("key", "list", "Service", "--pin-source", "env:TEST_PIN", NULL);
-    const char *at = r->out;
-    int n = 0;
-
-    CU_ASSERT_EQUAL(r->rc, 0);
-    while ((at = strstr(at, "avail-")) != NULL) {
-        n++;
-        at++;
-    }
-    return n;
-}
-
-/* The layout applied (VaultA1 also holds Other), a service vault with no
- * access policy, and the store and service vault named by environment. */
-static void dep_setup(void)
-{
-    const char *file = layout("      - name: KeyA\n        size: 2048\n",
-                              "      - name: KeyA\n        size: 2048\n"
-                              "      - name: Other\n        size: 2048\n");
-    const kc_test_out *r;
-
-    ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
-    kc_test_vault("Service", "sub-svc", "centralus");
-    r = kc_test_run("dep", "list", NULL);
-    ASSERT_RC(r, 2);
-    ASSERT_HAS(r->err, "--store");
-    setenv("KEYCUSTODY_STORE", kc_test_path("service.db"), 1);
-    setenv("KEYCUSTODY_SERVICE_VAULT", "Service", 1);
-}
-
-/* The key officer takes unwrapKey from the service principal on vault. */
-static void revoke_unwrap(const char *vault)
-{
-    ASSERT_RC(kc_test_run("access", "remove", vault, "--principal", "svc", "--permissions",
-                          "unwrapKey", "--so-pin-source", "env:TEST_SO_PIN", "--pin-source",
-                          "env:TEST_PIN", "--as", "officer", NULL),
-              0);
-}
-
-/* Unwraps DEP 'Mbx' as principal; the copy used, or -1 and the error. */
-static int dep_unwrap(const char *principal, unsigned flags, unsigned char key[32],
-                      kc_dep_unwrap_info *info, kc_error *err)
-{
-    kc_ctx *ctx = NULL;
-    kc_store *st = NULL;
-    kc_secret *dek = NULL;
-    int slot = -1;
-
-    kc_error_clear(err);
-    CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, env_pin, NULL, &ctx, err), KC_OK);
-    CU_ASSERT_EQUAL_FATAL(kc_store_open(kc_test_path("service.db"), &st, err), KC_OK);
-    if (kc_dep_unwrap(ctx, st, "Mbx", 0, principal, flags, &dek, info, err) == KC_OK) {
-        CU_ASSERT_EQUAL(dek->len, 32);
-        memcpy(key, dek->data, 32);
-        slot = info->slot;
-    }
-    kc_secret_free(dek);
-    kc_store_close(st);
-    kc_ctx_free(ctx);
-    return slot;
-}
-
-/* Either custodian vault unwraps the DEP key, the availability key only
- * on request, and all three give the same key. */
-static void test_dep_unwrap_fallback(void)
-{
-    unsigned char a[32], b[32], avail[32];
-    kc_dep_unwrap_info info;
-    kc_error err;
-
-    dep_setup();
-    ASSERT_RC(kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
-                          "--workload", "exchange", "--pin-source", "Service=env:TEST_PIN", "--as",
-                          "svc", NULL),
-              0);
-    CU_ASSERT_EQUAL(dep_unwrap("svc", 0, a, &info, &err), 0);
-    CU_ASSERT_STRING_EQUAL(info.skipped[0], "");
-    /* vault A revokes the service principal: B unwraps, A is named */
-    revoke_unwrap("VaultA1");
-    CU_ASSERT_EQUAL(dep_unwrap("svc", 0, b, &info, &err), 1);
-    CU_ASSERT(kc_test_contains(info.skipped[0], "VaultA1: principal 'svc' lacks 'unwrapKey'"));
-    CU_ASSERT_EQUAL(memcmp(a, b, 32), 0);
-    /* both refuse: the availability key only when asked for */
-    revoke_unwrap("VaultB1");
-    CU_ASSERT_EQUAL(dep_unwrap("svc", 0, avail, &info, &err), -1);
-    CU_ASSERT_EQUAL(err.code, KC_TOKEN);
-    CU_ASSERT(kc_test_contains(err.msg, "neither custodian vault can unwrap the key of DEP 'Mbx'"));
-    CU_ASSERT(kc_test_contains(err.msg, "VaultB1: principal 'svc' lacks 'unwrapKey'"));
-    CU_ASSERT_EQUAL(dep_unwrap("svc", KC_DEP_USE_AVAILABILITY, avail, &info, &err), 2);
-    CU_ASSERT_EQUAL(memcmp(a, avail, 32), 0);
-}
-
-static void test_dep_create(void)
-{
-    const kc_test_out *r;
-    json_t *j, *keys;
-
-    dep_setup();
-    /* the custodian vaults' policies give wrapKey to the service principal only */
-    r = kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/KeyA,VaultB1/KeyB", "--workload",
-                    "exchange", "--pin-source", "Service=env:TEST_PIN", "--as", "officer", NULL);
-    ASSERT_RC(r, 6);
-    ASSERT_HAS(r->err, "principal 'officer' lacks 'wrapKey' on vault 'VaultA1'");
-    ASSERT_RC(kc_test_run("dep", "list", "--json", NULL), 0);
-    CU_ASSERT_STRING_EQUAL(kc_test_run("dep", "list", "--json", NULL)->out, "[]\n");
-    r = kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/KeyA,VaultB1/KeyB", "--workload",
-                    "exchange", "--pin-source", "Service=env:TEST_PIN", "--as", "svc", NULL);
-    ASSERT_RC(r, 0);
-    ASSERT_HAS(r->out, "created DEP 'Mbx'");
-    r = kc_test_run("dep", "show", "Mbx", "--json", NULL);
-    ASSERT_RC(r, 0);
-    j = json_loads(r->out, 0, NULL);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
-    keys = json_object_get(j, "keys");
-    CU_ASSERT_EQUAL(json_array_size(keys), 3);
-    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_array_get(keys, 0), "vault")),
-                           "VaultA1");
-    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_array_get(keys, 1), "vault")),
-                           "VaultB1");
-    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_array_get(keys, 2), "vault")),
-                           "Service");
-    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_array_get(keys, 2), "alg")),
-                           "RSA-OAEP");
-    CU_ASSERT(json_is_true(json_object_get(j, "enabled")));
-    json_decref(j);
-    CU_ASSERT_EQUAL(avail_keys(), 1);
-    /* the same name again */
-    r = kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/KeyA,VaultB1/KeyB", "--workload",
-                    "exchange", "--pin-source", "Service=env:TEST_PIN", "--as", "svc", NULL);
-    ASSERT_RC(r, 5);
-    ASSERT_HAS(r->err, "a DEP named 'Mbx' exists already");
-    /* both keys in one vault: refused, nothing stored, no key left behind */
-    r = kc_test_run("dep", "create", "Bad", "--keys", "VaultA1/KeyA,VaultA1/Other", "--workload",
-                    "exchange", "--pin-source", "Service=env:TEST_PIN", "--as", "svc", NULL);
-    ASSERT_RC(r, 3);
-    ASSERT_HAS(r->out, "error[KC011]");
-    ASSERT_HAS(r->err, "nothing was made");
-    r = kc_test_run("dep", "show", "Bad", NULL);
-    ASSERT_RC(r, 4);
-    CU_ASSERT_EQUAL(avail_keys(), 1);
-    /* a root key that does not exist */
-    r = kc_test_run("dep", "create", "Gone", "--keys", "VaultA1/KeyA,VaultB1/Nope", "--workload",
-                    "exchange", "--pin-source", "Service=env:TEST_PIN", "--as", "svc", NULL);
-    ASSERT_RC(r, 4);
-    CU_ASSERT_EQUAL(avail_keys(), 1);
-    /* disable */
-    ASSERT_RC(kc_test_run("dep", "set", "Mbx", "--enabled", "false", NULL), 0);
-    r = kc_test_run("dep", "list", "--json", NULL);
-    ASSERT_RC(r, 0);
-    j = json_loads(r->out, 0, NULL);
-    CU_ASSERT_EQUAL(json_array_size(j), 1);
-    CU_ASSERT(json_is_false(json_object_get(json_array_get(j, 0), "enabled")));
-    json_decref(j);
-    unsetenv("KEYCUSTODY_STORE");
-    unsetenv("KEYCUSTODY_SERVICE_VAULT");
-}
-
-/* The version slot role of DEP 'Mbx' is wrapped under, from 'dep show'. */
-static char *dep_version(int role)
-{
-    static char v[2][130];
-    const kc_test_out *r = kc_test_run("dep", "show", "Mbx", "--json", NULL);
-    json_t *j = json_loads(r->out, 0, NULL);
-
-    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
-    snprintf(v[role], sizeof(v[role]), "%s",
-             json_string_value(
-                 json_object_get(json_array_get(json_object_get(j, "keys"), role), "version")));
-    json_decref(j);
-    return v[role];
-}
-
-/* After a rotation, refresh wraps the same DEP key under the new version. */
-static void test_dep_refresh(void)
-{
-    unsigned char before[32], after[32];
-    char old_a[130], old_b[130], want[300];
-    kc_dep_unwrap_info info;
-    const kc_test_out *r;
-    kc_error err;
-    json_t *j;
-
-    dep_setup();
-    ASSERT_RC(kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
-                          "--workload", "exchange", "--pin-source", "Service=env:TEST_PIN", "--as",
-                          "svc", NULL),
-              0);
-    CU_ASSERT_EQUAL(dep_unwrap("svc", 0, before, &info, &err), 0);
-    snprintf(old_a, sizeof(old_a), "%s", dep_version(0));
-    snprintf(old_b, sizeof(old_b), "%s", dep_version(1));
-    ASSERT_RC(kc_test_run("key", "rotate", "VaultA1/KeyA", "--as", "officer", "--pin-source",
-                          "env:TEST_PIN", NULL),
-              0);
-    /* a principal without unwrapKey: refused, nothing changes */
-    r = kc_test_run("dep", "refresh", "Mbx", "--as", "officer", "--pin-source",
-                    "VaultA1=env:TEST_PIN", "--pin-source", "VaultB1=env:TEST_PIN", NULL);
-    ASSERT_RC(r, 7);
-    ASSERT_HAS(r->err, "cannot refresh DEP 'Mbx'");
-    CU_ASSERT_STRING_EQUAL(dep_version(0), old_a);
-    r = kc_test_run("dep", "refresh", "Mbx", "--as", "svc", "--pin-source", "VaultA1=env:TEST_PIN",
-                    "--pin-source", "VaultB1=env:TEST_PIN", NULL);
-    ASSERT_RC(r, 0);
-    snprintf(want, sizeof(want), "VaultB1/KeyB: already under version %s", old_b);
-    ASSERT_HAS(r->out, want);
-    snprintf(want, sizeof(want), "VaultA1/KeyA: version %s -> ", old_a);
-    ASSERT_HAS(r->out, want);
-    /* now under the key's current version, which 'key show' names */
-    r = kc_test_run("key", "show", "VaultA1/KeyA", "--json", "--as", "svc", "--pin-source",
-                    "env:TEST_PIN", NULL);
-    ASSERT_RC(r, 0);
-    j = json_loads(r->out, 0, NULL);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
-    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "current_version")),
-                           dep_version(0));
-    json_decref(j);
-    CU_ASSERT_STRING_NOT_EQUAL(dep_version(0), old_a);
-    CU_ASSERT_EQUAL(dep_unwrap("svc", 0, after, &info, &err), 0);
-    CU_ASSERT_EQUAL(memcmp(before, after, 32), 0);
-}
-
-/* Puts file in scope/name; reads it back; both through the CLI. */
-static const kc_test_out *data_roundtrip(const char *scope, const char *name, const char *extra)
-{
-    const kc_test_out *r;
-    char out[1024];
-
-    r = kc_test_run("data", "put", scope, name, "--in", kc_test_path("item.bin"), "--as", "svc",
-                    "--pin-source", "VaultA1=env:TEST_PIN", "--pin-source", "VaultB1=env:TEST_PIN",
-                    NULL);
-    if (r->rc != 0)
-        return r;
-    snprintf(out, sizeof(out), "%s", kc_test_path("item.out"));
-    unlink(out);
-    return kc_test_run("data", "get", scope, name, "--out", out, "--as", "svc", "--pin-source",
-                       "VaultA1=env:TEST_PIN", "--pin-source", "VaultB1=env:TEST_PIN",
-                       "--pin-source", "Service=env:TEST_PIN", extra, NULL);
-}
-
-static int item_matches(void)
-{
-    size_t a = 0, b = 0;
-    unsigned char *x = kc_test_read(kc_test_path("item.bin"), &a);
-    unsigned char *y = kc_test_read(kc_test_path("item.out"), &b);
-    int same = x != NULL && y != NULL && a == b && memcmp(x, y, a) == 0;
-
-    free(x);
-    free(y);
-    return same;
-}
-
-static void test_data(void)
-{
-    unsigned char item[5000];
-    kc_data_session *ds = NULL;
-    kc_secret *got = NULL;
-    kc_ctx *ctx = NULL;
-    kc_store *st = NULL;
-    const kc_test_out *r;
-    char name[32];
-    kc_error err;
-    int i;
-
-    dep_setup();
-    ASSERT_RC(kc_test_run("dep", "create", "Ten", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
-                          "--workload", "tenant", "--pin-source", "Service=env:TEST_PIN", "--as",
-                          "svc", NULL),
-              0);
-    ASSERT_RC(kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/Other,VaultB1/KeyB",
-                          "--workload", "exchange", "--pin-source", "Service=env:TEST_PIN", "--as",
-                          "svc", NULL),
-              0);
-    for (i = 0; i < (int)sizeof(item); i++)
-        item[i] = (unsigned char)(i * 7 + 3);
-    kc_test_write(kc_test_path("item.bin"), item, sizeof(item), 0600);
-    /* a bad command line opens nothing: no store is created */
-    setenv("KEYCUSTODY_STORE", kc_test_path("other.db"), 1);
-    r = kc_test_run("data", "put", "tenant", "t1", NULL);
-    ASSERT_RC(r, 2);
-    ASSERT_HAS(r->err, "--in FILE is required");
-    ASSERT_RC(kc_test_run("data", "get", "tenant", "t1", NULL), 2);
-    CU_ASSERT_NOT_EQUAL(access(kc_test_path("other.db"), F_OK), 0);
-    setenv("KEYCUSTODY_STORE", kc_test_path("service.db"), 1);
-    /* no DEP yet: nothing to seal under */
-    r = data_roundtrip("tenant", "t1", NULL);
-    ASSERT_RC(r, 4);
-    ASSERT_HAS(r->err, "scope 'tenant' has no DEP assigned");
-    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", NULL), 0);
-    ASSERT_RC(kc_test_run("dep", "assign", "Mbx", "--mailbox", "u1", NULL), 0);
-    ASSERT_RC(data_roundtrip("tenant", "t1", NULL), 0);
-    CU_ASSERT(item_matches());
-    ASSERT_RC(data_roundtrip("mailbox:u1", "m1", NULL), 0);
-    CU_ASSERT(item_matches());
-    ASSERT_RC(data_roundtrip("mailbox:u2", "m1", NULL), 0); /* under the tenant DEP */
-    CU_ASSERT(item_matches());
-    /* many items in one session: one RSA unwrap */
-    CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, env_pin, NULL, &ctx, &err), KC_OK);
-    CU_ASSERT_EQUAL_FATAL(kc_store_open(kc_test_path("service.db"), &st, &err), KC_OK);
-    CU_ASSERT_EQUAL_FATAL(kc_data_open(ctx, st, "svc", 0, NULL, NULL, &ds, &err), KC_OK);
-    for (i = 0; i < 20; i++) {
-        snprintf(name, sizeof(name), "bulk-%d", i);
-        item[0] = (unsigned char)i;
-        CU_ASSERT_EQUAL(kc_data_put(ds, "mailbox:u1", name, item, sizeof(item), &err), KC_OK);
-    }
-    CU_ASSERT_EQUAL(kc_data_get(ds, "mailbox:u1", "bulk-7", &got, &err), KC_OK);
-    item[0] = 7;
-    CU_ASSERT(got != NULL && got->len == sizeof(item) && memcmp(got->data, item, 5000) == 0);
-    CU_ASSERT_EQUAL(kc_data_unwraps(ds), 1);
-    kc_secret_free(got);
-    kc_data_close(ds);
-    /* an item moved to another name, or altered, does not open */
-    CU_ASSERT_EQUAL(kc_store_exec(st,
-                                  "UPDATE items SET name = 'moved' WHERE scope = 'mailbox:u1' "
-                                  "AND name = 'bulk-3'",
-                                  &err),
-                    KC_OK);
-    CU_ASSERT_EQUAL(kc_store_exec(st,
-                                  "UPDATE items SET ciphertext = ciphertext || x'00' WHERE "
-                                  "scope = 'mailbox:u1' AND name = 'bulk-4'",
-                                  &err),
-                    KC_OK);
-    kc_store_close(st);
-    kc_ctx_free(ctx);
-    r = kc_test_run("data", "get", "mailbox:u1", "moved", "--out", kc_test_path("x"), "--as", "svc",
-                    "--pin-source", "VaultA1=env:TEST_PIN", NULL);
-    ASSERT_RC(r, 8);
-    ASSERT_HAS(r->err, "item 'moved' of scope 'mailbox:u1' fails authentication");
-    r = kc_test_run("data", "get", "mailbox:u1", "bulk-4", "--out", kc_test_path("x"), "--as",
-                    "svc", "--pin-source", "VaultA1=env:TEST_PIN", NULL);
-    ASSERT_RC(r, 8);
-    /* vault A revokes the service: vault B unwraps, with a warning */
-    revoke_unwrap("VaultA1");
-    r = data_roundtrip("mailbox:u1", "m2", NULL);
-    ASSERT_RC(r, 0);
-    ASSERT_HAS(r->err, "warning: VaultA1: principal 'svc' lacks 'unwrapKey'");
-    CU_ASSERT(item_matches());
-    /* both revoke: only break glass reads the data */
-    revoke_unwrap("VaultB1");
-    unlink(kc_test_path("item.out"));
-    r = kc_test_run("data", "get", "mailbox:u1", "m1", "--out", kc_test_path("item.out"), "--as",
-                    "svc", "--pin-source", "VaultA1=env:TEST_PIN", "--pin-source",
-                    "VaultB1=env:TEST_PIN", NULL);
-    ASSERT_RC(r, 7);
-    ASSERT_HAS(r->err, "neither custodian vault can unwrap the key of DEP 'Mbx'");
-    r = kc_test_run("data", "get", "mailbox:u1", "m1", "--out", kc_test_path("item.out"), "--as",
-                    "svc", "--pin-source", "VaultA1=env:TEST_PIN", "--pin-source",
-                    "VaultB1=env:TEST_PIN", "--pin-source", "Service=env:TEST_PIN",
-                    "--use-availability-key", NULL);
-    ASSERT_RC(r, 0);
-    ASSERT_HAS(r->err, "unwrapped by the availability key (break glass)");
-    CU_ASSERT(item_matches());
-}
-
-static void test_dep_assign(void)
-{
-    const kc_test_out *r;
-    json_t *j;
-
-    dep_setup();
-    ASSERT_RC(kc_test_run("dep", "create", "Ten", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
-                          "--workload", "tenant", "--pin-source", "Service=env:TEST_PIN", "--as",
-                          "svc", NULL),
-              0);
-    ASSERT_RC(kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/Other,VaultB1/KeyB",
-                          "--workload", "exchange", "--pin-source", "Service=env:TEST_PIN", "--as",
-                          "svc", NULL),
-              0);
-    r = kc_test_run("dep", "assignment", NULL);
-    ASSERT_RC(r, 0);
-    ASSERT_HAS(r->out, "no DEP is assigned");
-    r = kc_test_run("dep", "assign", "Mbx", "--tenant", NULL);
-    ASSERT_RC(r, 5);
-    ASSERT_HAS(r->err, "DEP 'Mbx' is for workload exchange; scope 'tenant' takes a tenant DEP");
-    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", NULL), 0);
-    /* a mailbox without its own DEP is under the tenant DEP */
-    r = kc_test_run("dep", "assignment", "--mailbox", "u1@contoso.com", NULL);
-    ASSERT_RC(r, 0);
-    ASSERT_HAS(r->out, "mailbox:u1@contoso.com: DEP 'Ten'");
-    ASSERT_HAS(r->out, "from the tenant");
-    r = kc_test_run("dep", "assign", "Mbx", "--mailbox", "u1@contoso.com", NULL);
-    ASSERT_RC(r, 0);
-    r = kc_test_run("dep", "assignment", "--mailbox", "u1@contoso.com", "--json", NULL);
-    ASSERT_RC(r, 0);
-    j = json_loads(r->out, 0, NULL);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
-    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "dep")), "Mbx");
-    CU_ASSERT(json_is_false(json_object_get(j, "inherited")));
-    json_decref(j);
-    r = kc_test_run("dep", "assignment", "--json", NULL);
-    ASSERT_RC(r, 0);
-    j = json_loads(r->out, 0, NULL);
-    CU_ASSERT_EQUAL(json_array_size(j), 2);
-    json_decref(j);
-    /* assigned: cannot be disabled */
-    r = kc_test_run("dep", "set", "Mbx", "--enabled", "false", NULL);
-    ASSERT_RC(r, 5);
-    ASSERT_HAS(r->err, "DEP 'Mbx' is assigned; it cannot be disabled");
-    r = kc_test_run("dep", "assign", "--none", "--mailbox", "u1@contoso.com", NULL);
-    ASSERT_RC(r, 0);
-    ASSERT_HAS(r->out, "scope 'mailbox:u1@contoso.com' no longer has DEP 'Mbx'");
-    ASSERT_RC(kc_test_run("dep", "set", "Mbx", "--enabled", "false", NULL), 0);
-    r = kc_test_run("dep", "assign", "Mbx", "--mailbox", "u2@contoso.com", NULL);
-    ASSERT_RC(r, 5);
-    ASSERT_HAS(r->err, "DEP 'Mbx' is disabled; it cannot be assigned");
-    /* a SharePoint DEP serves the one geo it names */
-    r = kc_test_run("dep", "create", "Spo", "--keys", "VaultA1/KeyA,VaultB1/KeyB", "--workload",
-                    "sharepoint", "--pin-source", "Service=env:TEST_PIN", "--as", "svc", NULL);
-    ASSERT_RC(r, 2);
-    ASSERT_HAS(r->err, "a SharePoint DEP needs --geo CODE");
-    ASSERT_RC(kc_test_run("dep", "create", "Spo", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
-                          "--workload", "tenant", "--geo", "NAM", "--pin-source",
-                          "Service=env:TEST_PIN", "--as", "svc", NULL),
-              2);
-    ASSERT_RC(kc_test_run("dep", "create", "Spo", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
-                          "--workload", "sharepoint", "--geo", "NAM", "--pin-source",
-                          "Service=env:TEST_PIN", "--as", "svc", NULL),
-              0);
-    r = kc_test_run("dep", "assign", "Spo", "--geo", "EUR", NULL);
-    ASSERT_RC(r, 5);
-    ASSERT_HAS(r->err, "DEP 'Spo' is for geo 'NAM', not 'EUR'");
-    ASSERT_RC(kc_test_run("dep", "assign", "Spo", "--geo", "NAM", NULL), 0);
-    ASSERT_RC(kc_test_run("dep", "assign", "--none", "--geo", "NAM", NULL), 0);
-    /* bad input */
-    r = kc_test_run("dep", "assign", "Mbx", "--mailbox", "u 1", NULL);
-    ASSERT_RC(r, 2);
-    ASSERT_HAS(r->err, "'mailbox:u 1' is not a scope");
-    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", "--geo", "NAM", NULL), 2);
-    ASSERT_RC(kc_test_run("dep", "assign", "Ten", NULL), 2);
-    ASSERT_RC(kc_test_run("dep", "assign", "Nope", "--tenant", NULL), 4);
-    r = kc_test_run("dep", "assignment", "--geo", "NAM", NULL);
-    ASSERT_RC(r, 4);
-    ASSERT_HAS(r->err, "scope 'geo:NAM' has no DEP assigned");
-    r = kc_test_run("dep", "assign", "--none", "--geo", "NAM", NULL);
-    ASSERT_RC(r, 4);
-    /* the tenant assignment is untouched by all that */
-    r = kc_test_run("dep", "assignment", "--tenant", NULL);
-    ASSERT_RC(r, 0);
-    ASSERT_HAS(r->out, "tenant: DEP 'Ten'");
-}
-
 static const kc_test_case cases[] = {
-    {"dep create, show, set", test_dep_create},
-    {"DEP key: A, else B, else availability", test_dep_unwrap_fallback},
-    {"dep assign and assignment", test_dep_assign},
-    {"dep refresh after a rotation", test_dep_refresh},
-    {"data put and get under a DEP", test_data},
     {"vault validate", test_vault_validate},
     {"repairs a half-made key", test_repairs_half_made_key},
     {"plan, apply, plan again", test_plan_apply_plan},

@@ -94,8 +94,7 @@ static void print_cmd_help(FILE *f, const kc_cmd *c)
     char name[48];
 
     fprintf(f, "usage: keycustody %s %s\n\n%s\n\n%s\n%s\n%s", cmd_name(c, name, sizeof(name)),
-            c->synopsis,
-            c->summary, c->help, common_help, exit_help);
+            c->synopsis, c->summary, c->help, common_help, exit_help);
 }
 
 int kc_cli_usage(kc_cli *cli, const char *fmt, ...)

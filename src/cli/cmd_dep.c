@@ -27,9 +27,9 @@ static json_t *dep_json(const kc_dep *d)
     for (i = 0; i < KC_DEP_SLOTS; i++)
         if (d->keys[i].vault[0])
             json_array_append_new(json_object_get(o, "keys"),
-                              json_pack("{s:s, s:s, s:s, s:s, s:s}", "role", slots[i], "vault",
-                                        d->keys[i].vault, "key", d->keys[i].key, "version",
-                                        d->keys[i].version, "alg", d->keys[i].alg));
+                                  json_pack("{s:s, s:s, s:s, s:s, s:s}", "role", slots[i], "vault",
+                                            d->keys[i].vault, "key", d->keys[i].key, "version",
+                                            d->keys[i].version, "alg", d->keys[i].alg));
     return o;
 }
 
@@ -56,7 +56,7 @@ static void print_dep(FILE *f, const kc_dep *d)
     for (i = 0; i < KC_DEP_SLOTS; i++)
         if (d->keys[i].vault[0])
             fprintf(f, "%-13s %s/%s/%s (%s)\n", slots[i], d->keys[i].vault, d->keys[i].key,
-                d->keys[i].version, d->keys[i].alg);
+                    d->keys[i].version, d->keys[i].alg);
 }
 
 enum { O_KEYS = 256, O_WORKLOAD, O_GEO, O_DESC, O_SERVICE, O_ENABLED, O_NAME };
@@ -347,8 +347,9 @@ static int cmd_refresh(kc_cli *cli, int argc, char **argv)
                 after.name, after.generation, after.keys[0].vault, after.keys[0].key,
                 after.keys[0].version, after.keys[1].vault, after.keys[1].key,
                 after.keys[1].version);
-        fprintf(cli->out, "its scope keys are still under generation %ld (status Rolling); move "
-                          "them with 'keycustody rewrap'\n",
+        fprintf(cli->out,
+                "its scope keys are still under generation %ld (status Rolling); move "
+                "them with 'keycustody rewrap'\n",
                 before.generation);
     } else {
         for (i = 0; i < 2; i++)

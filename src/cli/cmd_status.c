@@ -20,19 +20,19 @@ static const char *state_text(const kc_dep_status *s, char *buf, size_t cap)
 static json_t *dep_status_json(const kc_dep_status *s)
 {
     return json_pack("{s:s, s:s, s:s, s:s, s:i, s:I, s:I, s:I, s:s*, s:s*}", "id", s->dep.id,
-                     "name", s->dep.name, "workload", s->dep.workload, "state", s->state,
-                     "percent", s->percent, "done", (json_int_t)s->done, "total",
-                     (json_int_t)s->total, "generation", (json_int_t)s->dep.generation,
-                     "purge_requested", s->dep.purge_requested[0] ? s->dep.purge_requested : NULL,
-                     "purged", s->dep.purged[0] ? s->dep.purged : NULL);
+                     "name", s->dep.name, "workload", s->dep.workload, "state", s->state, "percent",
+                     s->percent, "done", (json_int_t)s->done, "total", (json_int_t)s->total,
+                     "generation", (json_int_t)s->dep.generation, "purge_requested",
+                     s->dep.purge_requested[0] ? s->dep.purge_requested : NULL, "purged",
+                     s->dep.purged[0] ? s->dep.purged : NULL);
 }
 
 static json_t *scope_status_json(const kc_scope_status *s)
 {
     return json_pack("{s:s, s:s*, s:s*, s:I, s:s*, s:s*, s:b, s:b, s:s*, s:I}", "scope", s->scope,
-                     "dep_id", s->dep_id[0] ? s->dep_id : NULL, "dep", s->dep_name[0] ? s->dep_name : NULL,
-                     "generation", (json_int_t)s->generation, "effective_dep_id",
-                     s->target_id[0] ? s->target_id : NULL, "effective_dep",
+                     "dep_id", s->dep_id[0] ? s->dep_id : NULL, "dep",
+                     s->dep_name[0] ? s->dep_name : NULL, "generation", (json_int_t)s->generation,
+                     "effective_dep_id", s->target_id[0] ? s->target_id : NULL, "effective_dep",
                      s->target_name[0] ? s->target_name : NULL, "is_encrypted", s->encrypted,
                      "pending", s->pending, "purged", s->purged[0] ? s->purged : NULL, "items",
                      (json_int_t)s->items);
@@ -208,8 +208,9 @@ static int cmd_rewrap(kc_cli *cli, int argc, char **argv)
         return rc;
     rc = run_job(cli, ctx, st, &s, &moved);
     if (rc == 0 && !cli->json)
-        fprintf(cli->out, "re-wrapped %ld scope key(s); every scope key is under its DEP's "
-                          "current key\n",
+        fprintf(cli->out,
+                "re-wrapped %ld scope key(s); every scope key is under its DEP's "
+                "current key\n",
                 moved);
     kc_store_close(st);
     return rc;
@@ -246,16 +247,18 @@ static int cmd_offboard(kc_cli *cli, int argc, char **argv)
     if (kc_tenant_offboard(ctx, st, s.service, cli->principal, &was, &service, &err) != KC_OK)
         rc = kc_cli_fail(cli, &err);
     else if (was.name[0] != '\0')
-        fprintf(cli->err, "tenant DEP '%s' unassigned; the tenant is under the service-managed "
-                          "key now\n",
+        fprintf(cli->err,
+                "tenant DEP '%s' unassigned; the tenant is under the service-managed "
+                "key now\n",
                 was.name);
     else
         fprintf(cli->err, "the tenant is offboarded already; finishing the re-wrap\n");
     if (rc == 0)
         rc = run_job(cli, ctx, st, &s, &moved);
     if (rc == 0)
-        fprintf(cli->out, "offboarded the tenant: %ld scope key(s) moved under the "
-                          "service-managed key on vault '%s'\n",
+        fprintf(cli->out,
+                "offboarded the tenant: %ld scope key(s) moved under the "
+                "service-managed key on vault '%s'\n",
                 moved, service.keys[2].vault);
     kc_store_close(st);
     return rc;

@@ -473,8 +473,7 @@ static kc_rc purged_error(const kc_dep *d, kc_error *err)
 }
 
 /* The DEP with the wrapped copies of its key at generation (0: current). */
-static kc_rc dep_at(kc_store *st, const char *name_or_id, long generation, kc_dep *d,
-                    kc_error *err)
+static kc_rc dep_at(kc_store *st, const char *name_or_id, long generation, kc_dep *d, kc_error *err)
 {
     kc_rc r = kc_dep_get(st, name_or_id, d, err);
 
@@ -503,8 +502,9 @@ static void record_break_glass(kc_store *st, const kc_dep *d, const char *princi
 
     if (kc_clock_now(&now, &ignored) == KC_OK)
         kc_time_format_rfc3339(now, at);
-    if (sqlite3_prepare_v2(st->db, "INSERT INTO break_glass (at, dep_id, principal) VALUES (?, ?, ?)",
-                           -1, &s, NULL) == SQLITE_OK) {
+    if (sqlite3_prepare_v2(st->db,
+                           "INSERT INTO break_glass (at, dep_id, principal) VALUES (?, ?, ?)", -1,
+                           &s, NULL) == SQLITE_OK) {
         sqlite3_bind_text(s, 1, at, -1, SQLITE_STATIC);
         sqlite3_bind_text(s, 2, d->id, -1, SQLITE_STATIC);
         if (principal != NULL)
@@ -818,8 +818,8 @@ static kc_rc save_generation(kc_store *st, const kc_dep *d, unsigned char *const
     int rc = insert_keys(st, d, blobs, lens);
 
     if (rc == SQLITE_OK)
-        rc = sqlite3_prepare_v2(st->db, "UPDATE deps SET generation = ? WHERE id = ?", -1, &s,
-                                NULL);
+        rc =
+            sqlite3_prepare_v2(st->db, "UPDATE deps SET generation = ? WHERE id = ?", -1, &s, NULL);
     if (rc == SQLITE_OK) {
         sqlite3_bind_int64(s, 1, d->generation);
         sqlite3_bind_text(s, 2, d->id, -1, SQLITE_STATIC);
@@ -850,7 +850,8 @@ kc_rc kc_dep_refresh(kc_ctx *ctx, kc_store *st, const char *name_or_id, const ch
     if (before->purged[0] != '\0')
         return purged_error(before, err);
     if (strcmp(before->workload, "service") == 0)
-        return kc_error_set(err, KC_CONFLICT, "the service-managed key has no root keys to refresh");
+        return kc_error_set(err, KC_CONFLICT,
+                            "the service-managed key has no root keys to refresh");
     late = roll ? behind(st, before) : 0;
     if (late != 0) {
         kc_error_set(err, KC_CONFLICT,
@@ -928,8 +929,9 @@ static kc_rc revoked_on(kc_ctx *ctx, const char *vault, const char *principal, k
                      "vault '%s' has no access policy, so nothing stops the service from "
                      "unwrapping",
                      vault);
-        kc_error_hint(err, "give it a policy without wrapKey/unwrapKey for '%s' ('keycustody "
-                           "access set')",
+        kc_error_hint(err,
+                      "give it a policy without wrapKey/unwrapKey for '%s' ('keycustody "
+                      "access set')",
                       principal[0] ? principal : "the service principal");
         r = KC_CONFLICT;
     }
@@ -1063,8 +1065,9 @@ kc_rc kc_dep_purge(kc_ctx *ctx, kc_store *st, const char *name_or_id, kc_dep *ou
         return r;
     if (out->purge_requested[0] == '\0') {
         kc_error_set(err, KC_CONFLICT, "DEP '%s' has no data purge requested", out->name);
-        kc_error_hint(err, "request it with 'keycustody dep purge-request %s --reason ... "
-                           "--contact ...'",
+        kc_error_hint(err,
+                      "request it with 'keycustody dep purge-request %s --reason ... "
+                      "--contact ...'",
                       out->name);
         return KC_CONFLICT;
     }
@@ -1097,8 +1100,9 @@ kc_rc kc_dep_purge(kc_ctx *ctx, kc_store *st, const char *name_or_id, kc_dep *ou
     kc_key_free(ak);
     kc_vault_free(sv);
     if (r != KC_OK && r != KC_CONFLICT)
-        return kc_error_prefix(err, "DEP '%s' is purged in the store, but its availability key "
-                                    "%s/%s is not yet destroyed; run the purge again",
+        return kc_error_prefix(err,
+                               "DEP '%s' is purged in the store, but its availability key "
+                               "%s/%s is not yet destroyed; run the purge again",
                                out->name, out->keys[2].vault, out->keys[2].key);
     return r;
 }

@@ -9,7 +9,7 @@
 
 #define PENDING                                                                                    \
     "FROM scope_targets WHERE purged IS NULL AND target_id IS NOT NULL AND "                       \
-    "target_purge_requested IS NULL AND (dep_id != target_id OR dep_generation != "               \
+    "target_purge_requested IS NULL AND (dep_id != target_id OR dep_generation != "                \
     "target_generation)"
 
 static kc_rc db_error(kc_store *st, kc_error *err)
@@ -110,10 +110,10 @@ kc_rc kc_status_deps(kc_store *st, kc_dep_status **out, size_t *n, kc_error *err
 
 /* Scopes with data, then assigned scopes with none, by name. */
 #define SCOPES_SQL                                                                                 \
-    "SELECT t.scope, t.dep_id, t.dep_generation, t.target_id, t.purged, t.target_generation, "    \
+    "SELECT t.scope, t.dep_id, t.dep_generation, t.target_id, t.purged, t.target_generation, "     \
     "  d.name, e.name, d.workload, (SELECT count(*) FROM items i WHERE i.scope = t.scope) "        \
     "FROM scope_targets t LEFT JOIN deps d ON d.id = t.dep_id LEFT JOIN deps e ON e.id = "         \
-    "t.target_id WHERE ?1 IS NULL OR t.scope = ?1 "                                               \
+    "t.target_id WHERE ?1 IS NULL OR t.scope = ?1 "                                                \
     "UNION ALL SELECT a.scope, NULL, 0, a.dep_id, NULL, 0, NULL, e.name, NULL, 0 FROM "            \
     "assignments a JOIN deps e ON e.id = a.dep_id WHERE (?1 IS NULL OR a.scope = ?1) AND "         \
     "a.scope NOT IN (SELECT scope FROM scopes) ORDER BY 1"
@@ -156,8 +156,8 @@ kc_rc kc_status_scopes(kc_store *st, const char *only, kc_scope_status **out, si
         text(q, 7, e->target_name, sizeof(e->target_name));
         text(q, 8, workload, sizeof(workload));
         e->items = (long)sqlite3_column_int64(q, 9);
-        e->encrypted = e->dep_id[0] != '\0' && e->purged[0] == '\0' &&
-                       strcmp(workload, "service") != 0;
+        e->encrypted =
+            e->dep_id[0] != '\0' && e->purged[0] == '\0' && strcmp(workload, "service") != 0;
         e->pending = e->dep_id[0] != '\0' && e->purged[0] == '\0' && e->target_id[0] != '\0' &&
                      (strcmp(e->dep_id, e->target_id) != 0 ||
                       e->generation != (long)sqlite3_column_int64(q, 5));
@@ -219,10 +219,9 @@ static kc_rc batch_step(kc_data_session *s, kc_store *st, long batch, long *n, k
     kc_rc r = KC_OK;
 
     *n = 0;
-    if (sqlite3_prepare_v2(st->db,
-                           "SELECT scope, target_id, target_generation " PENDING
-                           " ORDER BY scope LIMIT ?",
-                           -1, &q, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(
+            st->db, "SELECT scope, target_id, target_generation " PENDING " ORDER BY scope LIMIT ?",
+            -1, &q, NULL) != SQLITE_OK)
         return db_error(st, err);
     sqlite3_bind_int64(q, 1, batch);
     while (r == KC_OK && sqlite3_step(q) == SQLITE_ROW) {
@@ -300,8 +299,9 @@ kc_rc kc_rewrap(kc_data_session *s, kc_store *st, long batch, kc_rewrap_progress
             progress(arg, total > pending ? total - pending : 0, total, resumed);
     } while (n > 0);
     if (r != KC_OK)
-        return kc_error_prefix(err, "the re-wrap stopped after %ld scope key(s); run it again to "
-                                    "finish",
+        return kc_error_prefix(err,
+                               "the re-wrap stopped after %ld scope key(s); run it again to "
+                               "finish",
                                *moved);
     return KC_OK;
 }

@@ -17,14 +17,14 @@ typedef struct kc_dep_status {
 
 typedef struct kc_scope_status {
     char scope[80];
-    char dep_id[37];      /* the DEP its key is wrapped under ("" for a scope with no data) */
+    char dep_id[37]; /* the DEP its key is wrapped under ("" for a scope with no data) */
     char dep_name[65];
-    long generation;      /* of that DEP's key */
-    char target_id[37];   /* its effective DEP ("" when none) */
+    long generation;    /* of that DEP's key */
+    char target_id[37]; /* its effective DEP ("" when none) */
     char target_name[65];
-    int encrypted;        /* IsEncrypted: under a customer DEP (not the service-managed key) */
-    int pending;          /* the re-wrap job would move it */
-    char purged[21];      /* when its key was destroyed; "" if not */
+    int encrypted;   /* IsEncrypted: under a customer DEP (not the service-managed key) */
+    int pending;     /* the re-wrap job would move it */
+    char purged[21]; /* when its key was destroyed; "" if not */
     long items;
 } kc_scope_status;
 

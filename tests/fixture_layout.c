@@ -1,0 +1,76 @@
+/* The two-vault layout the plan and DEP tests start from. */
+#include "fixture.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char base[] =
+    "version: 1\n"
+    "subscriptions:\n"
+    "  - id: sub-a\n"
+    "    mandatory_retention: true\n"
+    "  - id: sub-b\n"
+    "    mandatory_retention: true\n"
+    "service_principal: svc\n"
+    "vaults:\n"
+    "  - name: VaultA1\n"
+    "    subscription: sub-a\n"
+    "    region: westus\n"
+    "    pin: env:TEST_PIN\n"
+    "    so_pin: env:TEST_SO_PIN\n"
+    "    purge_protection: true\n"
+    "    access:\n"
+    "      - principal: svc\n"
+    "        role: service\n"
+    "      - principal: officer\n"
+    "        permissions: [get, list, update, delete, recover, purge, rotate]\n"
+    "    keys:\n"
+    "      - name: KeyA\n"
+    "        size: 2048\n"
+    "  - name: VaultB1\n"
+    "    subscription: sub-b\n"
+    "    region: eastus2\n"
+    "    pin: env:TEST_PIN\n"
+    "    so_pin: env:TEST_SO_PIN\n"
+    "    purge_protection: true\n"
+    "    access:\n"
+    "      - principal: svc\n"
+    "        role: service\n"
+    "      - principal: officer\n"
+    "        permissions: [get, list, update, delete, recover, purge, rotate]\n"
+    "    keys:\n"
+    "      - name: KeyB\n"
+    "        size: 2048\n"
+    "deps:\n"
+    "  - name: Dep1\n"
+    "    workload: tenant\n"
+    "    keys: [VaultA1/KeyA, VaultB1/KeyB]\n";
+
+const char *kc_test_layout(const char *old, const char *new)
+{
+    static char layout_path[1024];
+    char text[4096];
+    const char *at;
+
+    snprintf(text, sizeof(text), "%s", base);
+    if (old != NULL) {
+        at = strstr(base, old);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(at);
+        snprintf(text, sizeof(text), "%.*s%s%s", (int)(at - base), base, new, at + strlen(old));
+    }
+    snprintf(layout_path, sizeof(layout_path), "%s", kc_test_path("layout.yaml"));
+    kc_test_write(layout_path, text, strlen(text), 0644);
+    return layout_path;
+}
+
+kc_rc kc_test_env_pin(void *arg, const char *vault, kc_pin_kind kind, kc_secret **out,
+                      kc_error *err)
+{
+    const char *v = getenv(kind == KC_PIN_SO || kind == KC_PIN_NEW_SO ? "TEST_SO_PIN" : "TEST_PIN");
+
+    (void)arg;
+    (void)vault;
+    *out = kc_secret_dup(v, strlen(v));
+    return *out ? KC_OK : kc_error_set(err, KC_ERR, "oom");
+}

@@ -1,0 +1,484 @@
+/* DEPs, scopes and data against SoftHSM: create, assign, unwrap fallback,
+ * refresh and roll, status, re-wrap (killed mid-way), offboarding and the
+ * data purge path. */
+#include "fixture.h"
+#include "kc_data.h"
+#include "kc_dep.h"
+#include "kc_p11.h"
+#include "kc_rewrap.h"
+#include "kc_store.h"
+
+#include <jansson.h>
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* How many availability keys the service vault holds. */
+static int avail_keys(void)
+{
+    const kc_test_out *r =
+        kc_test_run("key", "list", "Service", "--pin-source", "env:TEST_PIN", NULL);
+    const char *at = r->out;
+    int n = 0;
+
+    CU_ASSERT_EQUAL(r->rc, 0);
+    while ((at = strstr(at, "avail-")) != NULL) {
+        n++;
+        at++;
+    }
+    return n;
+}
+
+/* The layout applied (VaultA1 also holds Other), a service vault with no
+ * access policy, and the store and service vault named by environment. */
+static void dep_setup(void)
+{
+    const char *file = kc_test_layout("      - name: KeyA\n        size: 2048\n",
+                                      "      - name: KeyA\n        size: 2048\n"
+                                      "      - name: Other\n        size: 2048\n");
+    const kc_test_out *r;
+
+    ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
+    kc_test_vault("Service", "sub-svc", "centralus");
+    r = kc_test_run("dep", "list", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "--store");
+    setenv("KEYCUSTODY_STORE", kc_test_path("service.db"), 1);
+    setenv("KEYCUSTODY_SERVICE_VAULT", "Service", 1);
+}
+
+/* The key officer takes unwrapKey from the service principal on vault. */
+static void revoke_unwrap(const char *vault)
+{
+    ASSERT_RC(kc_test_run("access", "remove", vault, "--principal", "svc", "--permissions",
+                          "unwrapKey", "--so-pin-source", "env:TEST_SO_PIN", "--pin-source",
+                          "env:TEST_PIN", "--as", "officer", NULL),
+              0);
+}
+
+/* Unwraps DEP 'Mbx' as principal; the copy used, or -1 and the error. */
+static int dep_unwrap(const char *principal, unsigned flags, unsigned char key[32],
+                      kc_dep_unwrap_info *info, kc_error *err)
+{
+    kc_ctx *ctx = NULL;
+    kc_store *st = NULL;
+    kc_secret *dek = NULL;
+    int slot = -1;
+
+    kc_error_clear(err);
+    CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, kc_test_env_pin, NULL, &ctx, err), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_store_open(kc_test_path("service.db"), &st, err), KC_OK);
+    if (kc_dep_unwrap(ctx, st, "Mbx", 0, principal, flags, &dek, info, err) == KC_OK) {
+        CU_ASSERT_EQUAL(dek->len, 32);
+        memcpy(key, dek->data, 32);
+        slot = info->slot;
+    }
+    kc_secret_free(dek);
+    kc_store_close(st);
+    kc_ctx_free(ctx);
+    return slot;
+}
+
+/* Either custodian vault unwraps the DEP key, the availability key only
+ * on request, and all three give the same key. */
+static void test_dep_unwrap_fallback(void)
+{
+    unsigned char a[32], b[32], avail[32];
+    kc_dep_unwrap_info info;
+    kc_error err;
+
+    dep_setup();
+    ASSERT_RC(kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
+                          "--workload", "exchange", "--pin-source", "Service=env:TEST_PIN", "--as",
+                          "svc", NULL),
+              0);
+    CU_ASSERT_EQUAL(dep_unwrap("svc", 0, a, &info, &err), 0);
+    CU_ASSERT_STRING_EQUAL(info.skipped[0], "");
+    /* vault A revokes the service principal: B unwraps, A is named */
+    revoke_unwrap("VaultA1");
+    CU_ASSERT_EQUAL(dep_unwrap("svc", 0, b, &info, &err), 1);
+    CU_ASSERT(kc_test_contains(info.skipped[0], "VaultA1: principal 'svc' lacks 'unwrapKey'"));
+    CU_ASSERT_EQUAL(memcmp(a, b, 32), 0);
+    /* both refuse: the availability key only when asked for */
+    revoke_unwrap("VaultB1");
+    CU_ASSERT_EQUAL(dep_unwrap("svc", 0, avail, &info, &err), -1);
+    CU_ASSERT_EQUAL(err.code, KC_TOKEN);
+    CU_ASSERT(kc_test_contains(err.msg, "neither custodian vault can unwrap the key of DEP 'Mbx'"));
+    CU_ASSERT(kc_test_contains(err.msg, "VaultB1: principal 'svc' lacks 'unwrapKey'"));
+    CU_ASSERT_EQUAL(dep_unwrap("svc", KC_DEP_USE_AVAILABILITY, avail, &info, &err), 2);
+    CU_ASSERT_EQUAL(memcmp(a, avail, 32), 0);
+}
+
+static void test_dep_create(void)
+{
+    const kc_test_out *r;
+    json_t *j, *keys;
+
+    dep_setup();
+    /* the custodian vaults' policies give wrapKey to the service principal only */
+    r = kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/KeyA,VaultB1/KeyB", "--workload",
+                    "exchange", "--pin-source", "Service=env:TEST_PIN", "--as", "officer", NULL);
+    ASSERT_RC(r, 6);
+    ASSERT_HAS(r->err, "principal 'officer' lacks 'wrapKey' on vault 'VaultA1'");
+    ASSERT_RC(kc_test_run("dep", "list", "--json", NULL), 0);
+    CU_ASSERT_STRING_EQUAL(kc_test_run("dep", "list", "--json", NULL)->out, "[]\n");
+    r = kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/KeyA,VaultB1/KeyB", "--workload",
+                    "exchange", "--pin-source", "Service=env:TEST_PIN", "--as", "svc", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "created DEP 'Mbx'");
+    r = kc_test_run("dep", "show", "Mbx", "--json", NULL);
+    ASSERT_RC(r, 0);
+    j = json_loads(r->out, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    keys = json_object_get(j, "keys");
+    CU_ASSERT_EQUAL(json_array_size(keys), 3);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_array_get(keys, 0), "vault")),
+                           "VaultA1");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_array_get(keys, 1), "vault")),
+                           "VaultB1");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_array_get(keys, 2), "vault")),
+                           "Service");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_array_get(keys, 2), "alg")),
+                           "RSA-OAEP");
+    CU_ASSERT(json_is_true(json_object_get(j, "enabled")));
+    json_decref(j);
+    CU_ASSERT_EQUAL(avail_keys(), 1);
+    /* the same name again */
+    r = kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/KeyA,VaultB1/KeyB", "--workload",
+                    "exchange", "--pin-source", "Service=env:TEST_PIN", "--as", "svc", NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "a DEP named 'Mbx' exists already");
+    /* both keys in one vault: refused, nothing stored, no key left behind */
+    r = kc_test_run("dep", "create", "Bad", "--keys", "VaultA1/KeyA,VaultA1/Other", "--workload",
+                    "exchange", "--pin-source", "Service=env:TEST_PIN", "--as", "svc", NULL);
+    ASSERT_RC(r, 3);
+    ASSERT_HAS(r->out, "error[KC011]");
+    ASSERT_HAS(r->err, "nothing was made");
+    r = kc_test_run("dep", "show", "Bad", NULL);
+    ASSERT_RC(r, 4);
+    CU_ASSERT_EQUAL(avail_keys(), 1);
+    /* a root key that does not exist */
+    r = kc_test_run("dep", "create", "Gone", "--keys", "VaultA1/KeyA,VaultB1/Nope", "--workload",
+                    "exchange", "--pin-source", "Service=env:TEST_PIN", "--as", "svc", NULL);
+    ASSERT_RC(r, 4);
+    CU_ASSERT_EQUAL(avail_keys(), 1);
+    /* disable */
+    ASSERT_RC(kc_test_run("dep", "set", "Mbx", "--enabled", "false", NULL), 0);
+    r = kc_test_run("dep", "list", "--json", NULL);
+    ASSERT_RC(r, 0);
+    j = json_loads(r->out, 0, NULL);
+    CU_ASSERT_EQUAL(json_array_size(j), 1);
+    CU_ASSERT(json_is_false(json_object_get(json_array_get(j, 0), "enabled")));
+    json_decref(j);
+    unsetenv("KEYCUSTODY_STORE");
+    unsetenv("KEYCUSTODY_SERVICE_VAULT");
+}
+
+/* The version slot role of DEP 'Mbx' is wrapped under, from 'dep show'. */
+static char *dep_version(int role)
+{
+    static char v[2][130];
+    const kc_test_out *r = kc_test_run("dep", "show", "Mbx", "--json", NULL);
+    json_t *j = json_loads(r->out, 0, NULL);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    snprintf(v[role], sizeof(v[role]), "%s",
+             json_string_value(
+                 json_object_get(json_array_get(json_object_get(j, "keys"), role), "version")));
+    json_decref(j);
+    return v[role];
+}
+
+/* After a rotation, refresh wraps the same DEP key under the new version. */
+static void test_dep_refresh(void)
+{
+    unsigned char before[32], after[32];
+    char old_a[130], old_b[130], want[300];
+    kc_dep_unwrap_info info;
+    const kc_test_out *r;
+    kc_error err;
+    json_t *j;
+
+    dep_setup();
+    ASSERT_RC(kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
+                          "--workload", "exchange", "--pin-source", "Service=env:TEST_PIN", "--as",
+                          "svc", NULL),
+              0);
+    CU_ASSERT_EQUAL(dep_unwrap("svc", 0, before, &info, &err), 0);
+    snprintf(old_a, sizeof(old_a), "%s", dep_version(0));
+    snprintf(old_b, sizeof(old_b), "%s", dep_version(1));
+    ASSERT_RC(kc_test_run("key", "rotate", "VaultA1/KeyA", "--as", "officer", "--pin-source",
+                          "env:TEST_PIN", NULL),
+              0);
+    /* a principal without unwrapKey: refused, nothing changes */
+    r = kc_test_run("dep", "refresh", "Mbx", "--as", "officer", "--pin-source",
+                    "VaultA1=env:TEST_PIN", "--pin-source", "VaultB1=env:TEST_PIN", NULL);
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "cannot refresh DEP 'Mbx'");
+    CU_ASSERT_STRING_EQUAL(dep_version(0), old_a);
+    r = kc_test_run("dep", "refresh", "Mbx", "--as", "svc", "--pin-source", "VaultA1=env:TEST_PIN",
+                    "--pin-source", "VaultB1=env:TEST_PIN", NULL);
+    ASSERT_RC(r, 0);
+    snprintf(want, sizeof(want), "VaultB1/KeyB: already under version %s", old_b);
+    ASSERT_HAS(r->out, want);
+    snprintf(want, sizeof(want), "VaultA1/KeyA: version %s -> ", old_a);
+    ASSERT_HAS(r->out, want);
+    /* now under the key's current version, which 'key show' names */
+    r = kc_test_run("key", "show", "VaultA1/KeyA", "--json", "--as", "svc", "--pin-source",
+                    "env:TEST_PIN", NULL);
+    ASSERT_RC(r, 0);
+    j = json_loads(r->out, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "current_version")),
+                           dep_version(0));
+    json_decref(j);
+    CU_ASSERT_STRING_NOT_EQUAL(dep_version(0), old_a);
+    CU_ASSERT_EQUAL(dep_unwrap("svc", 0, after, &info, &err), 0);
+    CU_ASSERT_EQUAL(memcmp(before, after, 32), 0);
+}
+
+/* Puts file in scope/name; reads it back; both through the CLI. */
+static const kc_test_out *data_roundtrip(const char *scope, const char *name, const char *extra)
+{
+    const kc_test_out *r;
+    char out[1024];
+
+    r = kc_test_run("data", "put", scope, name, "--in", kc_test_path("item.bin"), "--as", "svc",
+                    "--pin-source", "VaultA1=env:TEST_PIN", "--pin-source", "VaultB1=env:TEST_PIN",
+                    NULL);
+    if (r->rc != 0)
+        return r;
+    snprintf(out, sizeof(out), "%s", kc_test_path("item.out"));
+    unlink(out);
+    return kc_test_run("data", "get", scope, name, "--out", out, "--as", "svc", "--pin-source",
+                       "VaultA1=env:TEST_PIN", "--pin-source", "VaultB1=env:TEST_PIN",
+                       "--pin-source", "Service=env:TEST_PIN", extra, NULL);
+}
+
+static int item_matches(void)
+{
+    size_t a = 0, b = 0;
+    unsigned char *x = kc_test_read(kc_test_path("item.bin"), &a);
+    unsigned char *y = kc_test_read(kc_test_path("item.out"), &b);
+    int same = x != NULL && y != NULL && a == b && memcmp(x, y, a) == 0;
+
+    free(x);
+    free(y);
+    return same;
+}
+
+static void test_data(void)
+{
+    unsigned char item[5000];
+    kc_data_session *ds = NULL;
+    kc_secret *got = NULL;
+    kc_ctx *ctx = NULL;
+    kc_store *st = NULL;
+    const kc_test_out *r;
+    char name[32];
+    kc_error err;
+    int i;
+
+    dep_setup();
+    ASSERT_RC(kc_test_run("dep", "create", "Ten", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
+                          "--workload", "tenant", "--pin-source", "Service=env:TEST_PIN", "--as",
+                          "svc", NULL),
+              0);
+    ASSERT_RC(kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/Other,VaultB1/KeyB",
+                          "--workload", "exchange", "--pin-source", "Service=env:TEST_PIN", "--as",
+                          "svc", NULL),
+              0);
+    for (i = 0; i < (int)sizeof(item); i++)
+        item[i] = (unsigned char)(i * 7 + 3);
+    kc_test_write(kc_test_path("item.bin"), item, sizeof(item), 0600);
+    /* a bad command line opens nothing: no store is created */
+    setenv("KEYCUSTODY_STORE", kc_test_path("other.db"), 1);
+    r = kc_test_run("data", "put", "tenant", "t1", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "--in FILE is required");
+    ASSERT_RC(kc_test_run("data", "get", "tenant", "t1", NULL), 2);
+    CU_ASSERT_NOT_EQUAL(access(kc_test_path("other.db"), F_OK), 0);
+    setenv("KEYCUSTODY_STORE", kc_test_path("service.db"), 1);
+    /* no DEP yet: nothing to seal under */
+    r = data_roundtrip("tenant", "t1", NULL);
+    ASSERT_RC(r, 4);
+    ASSERT_HAS(r->err, "scope 'tenant' has no DEP assigned");
+    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", NULL), 0);
+    ASSERT_RC(kc_test_run("dep", "assign", "Mbx", "--mailbox", "u1", NULL), 0);
+    ASSERT_RC(data_roundtrip("tenant", "t1", NULL), 0);
+    CU_ASSERT(item_matches());
+    ASSERT_RC(data_roundtrip("mailbox:u1", "m1", NULL), 0);
+    CU_ASSERT(item_matches());
+    ASSERT_RC(data_roundtrip("mailbox:u2", "m1", NULL), 0); /* under the tenant DEP */
+    CU_ASSERT(item_matches());
+    /* many items in one session: one RSA unwrap */
+    CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, kc_test_env_pin, NULL, &ctx, &err), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_store_open(kc_test_path("service.db"), &st, &err), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_data_open(ctx, st, "svc", 0, NULL, NULL, &ds, &err), KC_OK);
+    for (i = 0; i < 20; i++) {
+        snprintf(name, sizeof(name), "bulk-%d", i);
+        item[0] = (unsigned char)i;
+        CU_ASSERT_EQUAL(kc_data_put(ds, "mailbox:u1", name, item, sizeof(item), &err), KC_OK);
+    }
+    CU_ASSERT_EQUAL(kc_data_get(ds, "mailbox:u1", "bulk-7", &got, &err), KC_OK);
+    item[0] = 7;
+    CU_ASSERT(got != NULL && got->len == sizeof(item) && memcmp(got->data, item, 5000) == 0);
+    CU_ASSERT_EQUAL(kc_data_unwraps(ds), 1);
+    kc_secret_free(got);
+    kc_data_close(ds);
+    /* an item moved to another name, or altered, does not open */
+    CU_ASSERT_EQUAL(kc_store_exec(st,
+                                  "UPDATE items SET name = 'moved' WHERE scope = 'mailbox:u1' "
+                                  "AND name = 'bulk-3'",
+                                  &err),
+                    KC_OK);
+    CU_ASSERT_EQUAL(kc_store_exec(st,
+                                  "UPDATE items SET ciphertext = ciphertext || x'00' WHERE "
+                                  "scope = 'mailbox:u1' AND name = 'bulk-4'",
+                                  &err),
+                    KC_OK);
+    kc_store_close(st);
+    kc_ctx_free(ctx);
+    r = kc_test_run("data", "get", "mailbox:u1", "moved", "--out", kc_test_path("x"), "--as", "svc",
+                    "--pin-source", "VaultA1=env:TEST_PIN", NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "item 'moved' of scope 'mailbox:u1' fails authentication");
+    r = kc_test_run("data", "get", "mailbox:u1", "bulk-4", "--out", kc_test_path("x"), "--as",
+                    "svc", "--pin-source", "VaultA1=env:TEST_PIN", NULL);
+    ASSERT_RC(r, 8);
+    /* vault A revokes the service: vault B unwraps, with a warning */
+    revoke_unwrap("VaultA1");
+    r = data_roundtrip("mailbox:u1", "m2", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->err, "warning: VaultA1: principal 'svc' lacks 'unwrapKey'");
+    CU_ASSERT(item_matches());
+    /* both revoke: only break glass reads the data */
+    revoke_unwrap("VaultB1");
+    unlink(kc_test_path("item.out"));
+    r = kc_test_run("data", "get", "mailbox:u1", "m1", "--out", kc_test_path("item.out"), "--as",
+                    "svc", "--pin-source", "VaultA1=env:TEST_PIN", "--pin-source",
+                    "VaultB1=env:TEST_PIN", NULL);
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "neither custodian vault can unwrap the key of DEP 'Mbx'");
+    r = kc_test_run("data", "get", "mailbox:u1", "m1", "--out", kc_test_path("item.out"), "--as",
+                    "svc", "--pin-source", "VaultA1=env:TEST_PIN", "--pin-source",
+                    "VaultB1=env:TEST_PIN", "--pin-source", "Service=env:TEST_PIN",
+                    "--use-availability-key", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->err, "unwrapped by the availability key (break glass)");
+    CU_ASSERT(item_matches());
+}
+
+static void test_dep_assign(void)
+{
+    const kc_test_out *r;
+    json_t *j;
+
+    dep_setup();
+    ASSERT_RC(kc_test_run("dep", "create", "Ten", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
+                          "--workload", "tenant", "--pin-source", "Service=env:TEST_PIN", "--as",
+                          "svc", NULL),
+              0);
+    ASSERT_RC(kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/Other,VaultB1/KeyB",
+                          "--workload", "exchange", "--pin-source", "Service=env:TEST_PIN", "--as",
+                          "svc", NULL),
+              0);
+    r = kc_test_run("dep", "assignment", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "no DEP is assigned");
+    r = kc_test_run("dep", "assign", "Mbx", "--tenant", NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "DEP 'Mbx' is for workload exchange; scope 'tenant' takes a tenant DEP");
+    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", NULL), 0);
+    /* a mailbox without its own DEP is under the tenant DEP */
+    r = kc_test_run("dep", "assignment", "--mailbox", "u1@contoso.com", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "mailbox:u1@contoso.com: DEP 'Ten'");
+    ASSERT_HAS(r->out, "from the tenant");
+    r = kc_test_run("dep", "assign", "Mbx", "--mailbox", "u1@contoso.com", NULL);
+    ASSERT_RC(r, 0);
+    r = kc_test_run("dep", "assignment", "--mailbox", "u1@contoso.com", "--json", NULL);
+    ASSERT_RC(r, 0);
+    j = json_loads(r->out, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "dep")), "Mbx");
+    CU_ASSERT(json_is_false(json_object_get(j, "inherited")));
+    json_decref(j);
+    r = kc_test_run("dep", "assignment", "--json", NULL);
+    ASSERT_RC(r, 0);
+    j = json_loads(r->out, 0, NULL);
+    CU_ASSERT_EQUAL(json_array_size(j), 2);
+    json_decref(j);
+    /* assigned: cannot be disabled */
+    r = kc_test_run("dep", "set", "Mbx", "--enabled", "false", NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "DEP 'Mbx' is assigned; it cannot be disabled");
+    r = kc_test_run("dep", "assign", "--none", "--mailbox", "u1@contoso.com", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "scope 'mailbox:u1@contoso.com' no longer has DEP 'Mbx'");
+    ASSERT_RC(kc_test_run("dep", "set", "Mbx", "--enabled", "false", NULL), 0);
+    r = kc_test_run("dep", "assign", "Mbx", "--mailbox", "u2@contoso.com", NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "DEP 'Mbx' is disabled; it cannot be assigned");
+    /* a SharePoint DEP serves the one geo it names */
+    r = kc_test_run("dep", "create", "Spo", "--keys", "VaultA1/KeyA,VaultB1/KeyB", "--workload",
+                    "sharepoint", "--pin-source", "Service=env:TEST_PIN", "--as", "svc", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "a SharePoint DEP needs --geo CODE");
+    ASSERT_RC(kc_test_run("dep", "create", "Spo", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
+                          "--workload", "tenant", "--geo", "NAM", "--pin-source",
+                          "Service=env:TEST_PIN", "--as", "svc", NULL),
+              2);
+    ASSERT_RC(kc_test_run("dep", "create", "Spo", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
+                          "--workload", "sharepoint", "--geo", "NAM", "--pin-source",
+                          "Service=env:TEST_PIN", "--as", "svc", NULL),
+              0);
+    r = kc_test_run("dep", "assign", "Spo", "--geo", "EUR", NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "DEP 'Spo' is for geo 'NAM', not 'EUR'");
+    ASSERT_RC(kc_test_run("dep", "assign", "Spo", "--geo", "NAM", NULL), 0);
+    ASSERT_RC(kc_test_run("dep", "assign", "--none", "--geo", "NAM", NULL), 0);
+    /* bad input */
+    r = kc_test_run("dep", "assign", "Mbx", "--mailbox", "u 1", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "'mailbox:u 1' is not a scope");
+    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", "--geo", "NAM", NULL), 2);
+    ASSERT_RC(kc_test_run("dep", "assign", "Ten", NULL), 2);
+    ASSERT_RC(kc_test_run("dep", "assign", "Nope", "--tenant", NULL), 4);
+    r = kc_test_run("dep", "assignment", "--geo", "NAM", NULL);
+    ASSERT_RC(r, 4);
+    ASSERT_HAS(r->err, "scope 'geo:NAM' has no DEP assigned");
+    r = kc_test_run("dep", "assign", "--none", "--geo", "NAM", NULL);
+    ASSERT_RC(r, 4);
+    /* the tenant assignment is untouched by all that */
+    r = kc_test_run("dep", "assignment", "--tenant", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "tenant: DEP 'Ten'");
+}
+
+static const kc_test_case dep_cases[] = {
+    {"dep create, show, set", test_dep_create},
+    {"DEP key: A, else B, else availability", test_dep_unwrap_fallback},
+    {"dep assign and assignment", test_dep_assign},
+    {"dep refresh after a rotation", test_dep_refresh},
+    {"data put and get under a DEP", test_data},
+    {NULL, NULL},
+};
+
+static const kc_test_case lifecycle_cases[] = {
+    {NULL, NULL},
+};
+
+static const kc_test_suite suites[] = {
+    {"dep", 1, dep_cases}, {"lifecycle", 1, lifecycle_cases}, {NULL, 0, NULL}};
+
+int main(int argc, char **argv)
+{
+    if (freopen("/dev/null", "r", stdin) == NULL)
+        return 2;
+    return kc_test_main(argc, argv, suites);
+}
