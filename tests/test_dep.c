@@ -460,6 +460,285 @@ static void test_dep_assign(void)
     ASSERT_HAS(r->out, "tenant: DEP 'Ten'");
 }
 
+/* --- the lifecycle: roll, status, re-wrap, offboarding, purge --- */
+
+#define PINS                                                                                       \
+    "--pin-source", "VaultA1=env:TEST_PIN", "--pin-source", "VaultB1=env:TEST_PIN",                \
+        "--pin-source", "Service=env:TEST_PIN"
+
+static void make_dep(const char *name, const char *keys, const char *workload)
+{
+    ASSERT_RC(kc_test_run("dep", "create", name, "--keys", keys, "--workload", workload,
+                          "--pin-source", "Service=env:TEST_PIN", "--as", "svc", NULL),
+              0);
+}
+
+/* The item every test seals: its bytes depend on scope and name. */
+static void item_bytes(const char *scope, const char *name, unsigned char out[64])
+{
+    size_t i;
+
+    memset(out, 0, 64);
+    snprintf((char *)out, 64, "%s|%s|", scope, name);
+    for (i = strlen((char *)out); i < 64; i++)
+        out[i] = (unsigned char)(i * 31);
+}
+
+struct lib {
+    kc_ctx *ctx;
+    kc_store *st;
+    kc_data_session *ds;
+};
+
+static void lib_open(struct lib *l, unsigned flags)
+{
+    kc_error err;
+
+    memset(l, 0, sizeof(*l));
+    CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, kc_test_env_pin, NULL, &l->ctx, &err),
+                          KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_store_open(kc_test_path("service.db"), &l->st, &err), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_data_open(l->ctx, l->st, "svc", flags, NULL, NULL, &l->ds, &err),
+                          KC_OK);
+}
+
+static void lib_close(struct lib *l)
+{
+    kc_data_close(l->ds);
+    kc_store_close(l->st);
+    kc_ctx_free(l->ctx);
+}
+
+/* Seals item "doc" in mailbox:<prefix><i> for i < n (one session: one
+ * RSA unwrap per DEP). */
+static void put_mailboxes(const char *prefix, int n)
+{
+    unsigned char item[64];
+    char scope[80];
+    struct lib l;
+    kc_error err;
+    int i;
+
+    lib_open(&l, 0);
+    for (i = 0; i < n; i++) {
+        snprintf(scope, sizeof(scope), "mailbox:%s%d", prefix, i);
+        item_bytes(scope, "doc", item);
+        CU_ASSERT_EQUAL_FATAL(kc_data_put(l.ds, scope, "doc", item, sizeof(item), &err), KC_OK);
+    }
+    CU_ASSERT(kc_data_unwraps(l.ds) <= 2);
+    lib_close(&l);
+}
+
+/* How many of mailbox:<prefix><i> (i < n) read back as sealed. */
+static int readable(const char *prefix, int n, unsigned flags)
+{
+    unsigned char item[64];
+    kc_secret *got = NULL;
+    char scope[80];
+    struct lib l;
+    kc_error err;
+    int i, ok = 0;
+
+    lib_open(&l, flags);
+    for (i = 0; i < n; i++) {
+        snprintf(scope, sizeof(scope), "mailbox:%s%d", prefix, i);
+        item_bytes(scope, "doc", item);
+        if (kc_data_get(l.ds, scope, "doc", &got, &err) == KC_OK && got->len == sizeof(item) &&
+            memcmp(got->data, item, sizeof(item)) == 0)
+            ok++;
+        kc_secret_free(got);
+        got = NULL;
+    }
+    lib_close(&l);
+    return ok;
+}
+
+/* The status JSON; the caller frees it. */
+static json_t *status_json(const char *scope)
+{
+    const kc_test_out *r = kc_test_run("status", "--json", scope, NULL);
+    json_t *j;
+
+    ASSERT_RC(r, 0);
+    j = json_loads(r->out, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    return j;
+}
+
+/* "STATE done/total" of DEP name, from status --json. */
+static const char *dep_state(const char *name)
+{
+    static char buf[64];
+    json_t *j = status_json(NULL), *d;
+    size_t i;
+
+    snprintf(buf, sizeof(buf), "no DEP %s", name);
+    json_array_foreach(json_object_get(j, "deps"), i, d)
+    {
+        if (strcmp(json_string_value(json_object_get(d, "name")), name) == 0)
+            snprintf(buf, sizeof(buf), "%s %lld/%lld",
+                     json_string_value(json_object_get(d, "state")),
+                     json_integer_value(json_object_get(d, "done")),
+                     json_integer_value(json_object_get(d, "total")));
+    }
+    json_decref(j);
+    return buf;
+}
+
+/* A field of one scope's status. */
+static json_t *scope_field(const char *scope, const char *field)
+{
+    static json_t *keep;
+    json_t *j = status_json(scope);
+
+    json_decref(keep);
+    CU_ASSERT_EQUAL_FATAL(json_array_size(json_object_get(j, "scopes")), 1);
+    keep = json_incref(json_object_get(json_array_get(json_object_get(j, "scopes"), 0), field));
+    json_decref(j);
+    return keep;
+}
+
+/* A tenant DEP and an Exchange DEP, 40 mailboxes under the tenant one and
+ * one (x0) under its own. */
+static void lifecycle_setup(void)
+{
+    dep_setup();
+    make_dep("Ten", "VaultA1/KeyA,VaultB1/KeyB", "tenant");
+    make_dep("Mbx", "VaultA1/Other,VaultB1/KeyB", "exchange");
+    CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Unregistered 0/0");
+    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", NULL), 0);
+    /* assigned before any data: nothing to move, so registered */
+    CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Registered 0/0");
+    ASSERT_RC(kc_test_run("dep", "assign", "Mbx", "--mailbox", "x0", NULL), 0);
+    put_mailboxes("m", 40);
+    put_mailboxes("x", 1);
+    CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Registered 40/40");
+    CU_ASSERT_STRING_EQUAL(dep_state("Mbx"), "Registered 1/1");
+}
+
+static void test_roll_status_rewrap(void)
+{
+    const kc_test_out *r;
+    unsigned char key[32];
+    kc_dep_unwrap_info info;
+    kc_secret *dek = NULL;
+    struct lib l;
+    kc_error err;
+
+    lifecycle_setup();
+    CU_ASSERT(json_is_true(scope_field("mailbox:m3", "is_encrypted")));
+    CU_ASSERT_STRING_EQUAL(json_string_value(scope_field("mailbox:m3", "dep")), "Ten");
+    r = kc_test_run("status", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "Ten                      tenant     Registered       40/40");
+    ASSERT_HAS(r->out, "mailbox:x0                   Mbx                      yes            1");
+    /* roll: a new DEP key; the scope keys stay under the old one until rewrap */
+    r = kc_test_run("dep", "refresh", "Ten", "--roll", "--as", "svc", PINS, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "rolled DEP 'Ten': a new DEP key (generation 2)");
+    CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Rolling 0/40");
+    r = kc_test_run("status", "mailbox:m3", NULL);
+    ASSERT_HAS(r->out, "Rolling 0%");
+    ASSERT_HAS(r->out, "pending re-wrap -> Ten");
+    r = kc_test_run("dep", "refresh", "Ten", "--roll", "--as", "svc", PINS, NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "DEP 'Ten' is still rolling: 40 scope key(s) are under its previous key");
+    CU_ASSERT_EQUAL(readable("m", 40, 0), 40); /* old generation still opens */
+    /* data put in a rolling scope keeps working; a new scope starts under generation 2 */
+    put_mailboxes("n", 1);
+    CU_ASSERT_EQUAL(json_integer_value(scope_field("mailbox:n0", "generation")), 2);
+    CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Rolling 1/41");
+    r = kc_test_run("rewrap", "--batch", "15", "--json", "--as", "svc", PINS, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "{\"done\":0,\"total\":40,\"resumed\":false}\n"
+                       "{\"done\":15,\"total\":40,\"resumed\":false}\n"
+                       "{\"done\":30,\"total\":40,\"resumed\":false}\n"
+                       "{\"done\":40,\"total\":40,\"resumed\":false}\n");
+    CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Registered 41/41");
+    CU_ASSERT_STRING_EQUAL(dep_state("Mbx"), "Registered 1/1");
+    CU_ASSERT_EQUAL(readable("m", 40, 0), 40);
+    CU_ASSERT_EQUAL(readable("x", 1, 0), 1);
+    /* the old generation's wrapped copies are gone with the last scope under it */
+    lib_open(&l, 0);
+    CU_ASSERT_EQUAL(
+        kc_dep_unwrap(l.ctx, l.st, "Ten", 1, "svc", KC_DEP_USE_AVAILABILITY, &dek, &info, &err),
+        KC_INTEGRITY);
+    CU_ASSERT(kc_test_contains(err.msg, "DEP 'Ten' has no key of generation 1"));
+    CU_ASSERT_EQUAL(kc_dep_unwrap(l.ctx, l.st, "Ten", 2, "svc", 0, &dek, &info, &err), KC_OK);
+    memcpy(key, dek->data, 32);
+    kc_secret_free(dek);
+    lib_close(&l);
+    /* a mailbox moved to the other DEP: Registering until rewrap */
+    ASSERT_RC(kc_test_run("dep", "assign", "Mbx", "--mailbox", "m7", NULL), 0);
+    CU_ASSERT_STRING_EQUAL(dep_state("Mbx"), "Registering 1/2");
+    CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Registered 40/40");
+    r = kc_test_run("rewrap", "--as", "svc", PINS, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "re-wrapped 1 scope key(s)");
+    ASSERT_HAS(r->err, "{\"done\":1,\"total\":1,\"resumed\":false}"); /* not a terminal */
+    CU_ASSERT_STRING_EQUAL(dep_state("Mbx"), "Registered 2/2");
+    CU_ASSERT_STRING_EQUAL(json_string_value(scope_field("mailbox:m7", "dep")), "Mbx");
+    CU_ASSERT_EQUAL(readable("m", 40, 0), 40);
+    /* nothing left: a no-op */
+    r = kc_test_run("rewrap", "--as", "svc", PINS, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "re-wrapped 0 scope key(s)");
+    /* bad input */
+    ASSERT_RC(kc_test_run("rewrap", "--batch", "0", NULL), 2);
+    ASSERT_RC(kc_test_run("rewrap", "extra", NULL), 2);
+    r = kc_test_run("status", "mailbox:nobody", NULL);
+    ASSERT_RC(r, 4);
+    ASSERT_HAS(r->err, "scope 'mailbox:nobody' has no data and no DEP assigned");
+    ASSERT_RC(kc_test_run("status", "inbox", NULL), 2);
+}
+
+/* A re-wrap killed with SIGKILL mid-way: the next run resumes it and no
+ * item becomes unreadable. */
+static void test_rewrap_killed(void)
+{
+    char *out = NULL, *line;
+    const kc_test_out *r;
+    long lines = 0;
+    size_t len = 0;
+    int n = 300;
+
+    dep_setup();
+    make_dep("Ten", "VaultA1/KeyA,VaultB1/KeyB", "tenant");
+    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", NULL), 0);
+    put_mailboxes("m", n);
+    ASSERT_RC(kc_test_run("dep", "refresh", "Ten", "--roll", "--as", "svc", PINS, NULL), 0);
+    /* one scope per transaction; killed once 40 batches have been reported */
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "cd '%s' && ('%s' rewrap --batch 1 --json --as svc --pin-source "
+                               "VaultA1=env:TEST_PIN --pin-source VaultB1=env:TEST_PIN > "
+                               "progress.log 2>&1 & p=$!; i=0; while [ $(wc -l < progress.log) "
+                               "-lt 40 ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done; "
+                               "kill -9 $p; wait $p; echo killed=$?)",
+                               kc_test_dir(), KC_BINARY),
+                    0);
+    CU_ASSERT(kc_test_contains(out, "killed=137"));
+    free(out);
+    out = (char *)kc_test_read(kc_test_path("progress.log"), &len);
+    for (line = out; line != NULL && (line = strchr(line, '\n')) != NULL; line++)
+        lines++;
+    free(out);
+    CU_ASSERT(lines >= 40 && lines < n);
+    /* part done, part not, every item readable */
+    CU_ASSERT(kc_test_contains(dep_state("Ten"), "Rolling"));
+    CU_ASSERT_EQUAL(readable("m", n, 0), n);
+    r = kc_test_run("rewrap", "--json", "--as", "svc", PINS, NULL);
+    ASSERT_RC(r, 0);
+    CU_ASSERT(kc_test_contains(r->out, "\"resumed\":true"));
+    {
+        char want[64];
+
+        snprintf(want, sizeof(want), "{\"done\":%d,\"total\":%d,\"resumed\":true}\n", n, n);
+        CU_ASSERT(kc_test_contains(r->out, want));
+    }
+    CU_ASSERT(kc_test_contains(dep_state("Ten"), "Registered"));
+    CU_ASSERT_EQUAL(readable("m", n, 0), n);
+}
+
 static const kc_test_case dep_cases[] = {
     {"dep create, show, set", test_dep_create},
     {"DEP key: A, else B, else availability", test_dep_unwrap_fallback},
@@ -470,6 +749,8 @@ static const kc_test_case dep_cases[] = {
 };
 
 static const kc_test_case lifecycle_cases[] = {
+    {"roll, status and rewrap", test_roll_status_rewrap},
+    {"rewrap killed with kill -9 resumes", test_rewrap_killed},
     {NULL, NULL},
 };
 
