@@ -116,6 +116,53 @@ run dep refresh Contoso-Mailboxes $svc $all_pins
 run data get mailbox:alice@contoso.com inbox/1 --out "$root/out/alice-2.txt" $svc $all_pins
 cmp "$root/out/mail.txt" "$root/out/alice-2.txt" && echo "the same mail, the same DEP key"
 
+step "encryption status: every scope key is under its DEP's current key"
+for u in carol dave erin; do
+  run data put mailbox:$u@contoso.com inbox/1 --in "$root/out/mail.txt" $svc $all_pins
+done
+run status
+
+step "roll the tenant DEP: a new DEP key; its scope keys move under it with rewrap"
+run dep refresh Contoso-Tenant --roll $svc $all_pins $(pins Service)
+run status tenant
+run rewrap --batch 2 $svc $all_pins
+run status
+run data get mailbox:bob@contoso.com inbox/1 --out "$root/out/bob-0.txt" $svc $all_pins
+cmp "$root/out/mail.txt" "$root/out/bob-0.txt" && echo "bob's mail reads under the new DEP key"
+
+step "the data purge path: a legal-hold mailbox DEP is crypto-shredded"
+run dep create Contoso-Legal --keys VaultA1/MailboxKeyA,VaultA2/MailboxKeyB --workload exchange \
+  --description "legal hold, to be purged" $svc $(pins Service)
+run dep assign Contoso-Legal --mailbox legal@contoso.com
+printf 'Privileged and confidential\n' >"$root/out/legal.txt"
+run data put mailbox:legal@contoso.com memo/1 --in "$root/out/legal.txt" $svc $all_pins
+echo "a purge request is refused while the service can still unwrap (exit 5):"
+set +e
+run dep purge-request Contoso-Legal --reason "contract ended" --contact "ciso@contoso.com"
+echo "exit code: $?"
+set -e
+echo "the custodians revoke the service's wrapKey/unwrapKey on both vaults:"
+for v in VaultA1 VaultA2; do
+  run access remove $v --principal m365-service --permissions wrapKey,unwrapKey \
+    --so-pin-source "$v=file:$root/pins/$v.so.pin" $(pins $v)
+done
+run dep purge-request Contoso-Legal --reason "contract ended" --contact "ciso@contoso.com"
+run dep purge Contoso-Legal --confirm Contoso-Legal $(pins Service)
+echo "the custodians give the service its access back, for the other DEPs:"
+for v in VaultA1 VaultA2; do
+  run access set $v --principal m365-service --role service \
+    --so-pin-source "$v=file:$root/pins/$v.so.pin" $(pins $v)
+done
+echo "the purged mailbox stays unreadable, even with the availability key (exit 4):"
+set +e
+run data get mailbox:legal@contoso.com memo/1 --out "$root/out/legal-1.txt" --use-availability-key \
+  $svc $all_pins $(pins Service)
+echo "exit code: $?"
+set -e
+run data get mailbox:alice@contoso.com inbox/1 --out "$root/out/alice-3.txt" $svc $all_pins
+cmp "$root/out/mail.txt" "$root/out/alice-3.txt" && echo "other DEPs' data is untouched"
+run status mailbox:legal@contoso.com
+
 step "custody: three custodians hold a 2-of-3 split of subscription contoso-a's backup domain"
 mkdir -p "$root/custodians"
 for c in alice bob carol; do

@@ -807,7 +807,8 @@ static void test_access_policy(void)
     r = kc_test_run("access", "set", "VaultA1", "--principal", "admin", "--role", "administrator",
                     PIN, NULL);
     ASSERT_RC(r, 0);
-    ASSERT_HAS(r->out, "set principal 'admin' on vault 'VaultA1': get,list,create,import,backup,"
+    ASSERT_HAS(r->out, "granted to principal 'admin' on vault 'VaultA1'; it now holds: "
+                       "get,list,create,import,backup,"
                        "restore");
     ASSERT_RC(kc_test_run("access", "set", "VaultA1", "--principal", "officer", "--permissions",
                           "get,delete,recover", PIN, NULL),

@@ -7,10 +7,10 @@
 #include "kc_p11.h"
 #include "kc_rewrap.h"
 #include "kc_store.h"
+#include "kc_store_int.h"
 
 #include <jansson.h>
 
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -708,14 +708,16 @@ static void test_rewrap_killed(void)
     put_mailboxes("m", n);
     ASSERT_RC(kc_test_run("dep", "refresh", "Ten", "--roll", "--as", "svc", PINS, NULL), 0);
     /* one scope per transaction; killed once 40 batches have been reported */
-    CU_ASSERT_EQUAL(kc_test_sh(&out,
-                               "cd '%s' && ('%s' rewrap --batch 1 --json --as svc --pin-source "
-                               "VaultA1=env:TEST_PIN --pin-source VaultB1=env:TEST_PIN > "
-                               "progress.log 2>&1 & p=$!; i=0; while [ $(wc -l < progress.log) "
-                               "-lt 40 ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done; "
-                               "kill -9 $p; wait $p; echo killed=$?)",
-                               kc_test_dir(), KC_BINARY),
-                    0);
+    CU_ASSERT_EQUAL(
+        kc_test_sh(
+            &out,
+            "cd '%s' && : > progress.log && ('%s' rewrap --batch 1 --json --as svc --pin-source "
+            "VaultA1=env:TEST_PIN --pin-source VaultB1=env:TEST_PIN > "
+            "progress.log 2>&1 & p=$!; i=0; while [ $(wc -l < progress.log) "
+            "-lt 40 ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done; "
+            "kill -9 $p; wait $p; echo killed=$?)",
+            kc_test_dir(), KC_BINARY),
+        0);
     CU_ASSERT(kc_test_contains(out, "killed=137"));
     free(out);
     out = (char *)kc_test_read(kc_test_path("progress.log"), &len);
@@ -739,6 +741,197 @@ static void test_rewrap_killed(void)
     CU_ASSERT_EQUAL(readable("m", n, 0), n);
 }
 
+/* Every wrapped copy of DEP name's key and of its scope keys, from the store. */
+static size_t wrapped_copies(const char *name, unsigned char blobs[][512], size_t lens[],
+                             size_t cap)
+{
+    struct lib l;
+    sqlite3_stmt *q = NULL;
+    size_t n = 0;
+
+    lib_open(&l, 0);
+    CU_ASSERT_EQUAL_FATAL(sqlite3_prepare_v2(l.st->db,
+                                             "SELECT wrapped FROM dep_keys k JOIN deps d ON d.id "
+                                             "= k.dep_id WHERE d.name = ?1 UNION ALL SELECT "
+                                             "wrapped_key FROM scopes s JOIN deps d ON d.id = "
+                                             "s.dep_id WHERE d.name = ?1",
+                                             -1, &q, NULL),
+                          SQLITE_OK);
+    sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
+    while (n < cap && sqlite3_step(q) == SQLITE_ROW) {
+        lens[n] = (size_t)sqlite3_column_bytes(q, 0);
+        if (lens[n] > 0 && lens[n] <= 512) {
+            memcpy(blobs[n], sqlite3_column_blob(q, 0), lens[n]);
+            n++;
+        }
+    }
+    sqlite3_finalize(q);
+    lib_close(&l);
+    return n;
+}
+
+/* Whether any of the blobs is still in the store file or its log. */
+static int store_holds_any(unsigned char blobs[][512], const size_t lens[], size_t n)
+{
+    static const char *files[] = {"service.db", "service.db-wal"};
+    unsigned char *buf;
+    size_t len, i, f;
+    int found = 0;
+
+    for (f = 0; f < 2; f++) {
+        buf = kc_test_read(kc_test_path(files[f]), &len);
+        for (i = 0; buf != NULL && i < n; i++)
+            if (memmem(buf, len, blobs[i], lens[i]) != NULL)
+                found = 1;
+        free(buf);
+    }
+    return found;
+}
+
+static void set_service(const char *verb, const char *vault)
+{
+    ASSERT_RC(kc_test_run("access", verb, vault, "--principal", "svc", "--permissions",
+                          "wrapKey,unwrapKey", "--so-pin-source", "env:TEST_SO_PIN", "--pin-source",
+                          "env:TEST_PIN", NULL),
+              0);
+}
+
+static void test_purge(void)
+{
+    unsigned char blobs[8][512];
+    size_t lens[8], n;
+    const kc_test_out *r;
+    char out[1024];
+    int before;
+
+    lifecycle_setup();
+    make_dep("Mbx2", "VaultA1/Other,VaultB1/KeyB", "exchange");
+    ASSERT_RC(kc_test_run("dep", "assign", "Mbx2", "--mailbox", "y0", NULL), 0);
+    put_mailboxes("y", 1);
+    /* the refusals */
+    r = kc_test_run("dep", "purge-request", "Ten", "--reason", "r", "--contact", "c", NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "DEP 'Ten' is a tenant DEP; only Exchange and SharePoint DEPs take a data "
+                       "purge");
+    ASSERT_HAS(r->err, "hint: a tenant leaves with 'keycustody tenant offboard'");
+    ASSERT_RC(kc_test_run("dep", "purge-request", "Mbx", "--contact", "c", NULL), 2);
+    ASSERT_RC(kc_test_run("dep", "purge-request", "Mbx", "--reason", "r", NULL), 2);
+    ASSERT_RC(kc_test_run("dep", "purge-request", "Nope", "--reason", "r", "--contact", "c", NULL),
+              4);
+    r = kc_test_run("dep", "purge-request", "Mbx", "--reason", "r", "--contact", "c", NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "the service principal 'svc' still holds wrapKey,unwrapKey on vault "
+                       "'VaultA1'");
+    set_service("remove", "VaultA1");
+    r = kc_test_run("dep", "purge-request", "Mbx", "--reason", "r", "--contact", "c", NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "still holds wrapKey,unwrapKey on vault 'VaultB1'");
+    r = kc_test_run("dep", "purge", "Mbx", "--confirm", "Mbx", NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "DEP 'Mbx' has no data purge requested");
+    set_service("remove", "VaultB1");
+    r = kc_test_run("dep", "purge-request", "Mbx", "--reason", "contract ended", "--contact",
+                    "ciso@example.com", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "recorded a data purge request for DEP 'Mbx'");
+    r = kc_test_run("dep", "show", "Mbx", NULL);
+    ASSERT_HAS(r->out, "by ciso@example.com: contract ended");
+    r = kc_test_run("dep", "purge-request", "Mbx", "--reason", "r", "--contact", "c", NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "DEP 'Mbx' has had a data purge requested since");
+    r = kc_test_run("dep", "assign", "Mbx", "--mailbox", "z9", NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "it can never be assigned again");
+    /* the service gets its access back (for the other DEPs) before the purge */
+    set_service("set", "VaultA1");
+    set_service("set", "VaultB1");
+    CU_ASSERT_EQUAL(readable("x", 1, 0), 1); /* not purged yet */
+    r = kc_test_run("dep", "purge", "Mbx", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "confirm it with --confirm Mbx");
+    ASSERT_RC(kc_test_run("dep", "purge", "Mbx", "--confirm", "Mbx2", NULL), 2);
+    n = wrapped_copies("Mbx", blobs, lens, 8);
+    CU_ASSERT_EQUAL(n, 4); /* A, B, availability, one scope key */
+    CU_ASSERT(store_holds_any(blobs, lens, n));
+    before = avail_keys();
+    r = kc_test_run("dep", "purge", "Mbx", "--confirm", "Mbx", "--pin-source",
+                    "Service=env:TEST_PIN", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "purged DEP 'Mbx': its availability key Service/avail-");
+    ASSERT_HAS(r->out, "of 1 scope key(s) destroyed");
+    /* crypto-shredded: no copy in the store file or its log, no availability key */
+    CU_ASSERT_FALSE(store_holds_any(blobs, lens, n));
+    CU_ASSERT_EQUAL(avail_keys(), before - 1);
+    /* unreadable whatever is offered, with the custodian keys in place */
+    snprintf(out, sizeof(out), "%s", kc_test_path("x0.out"));
+    r = kc_test_run("data", "get", "mailbox:x0", "doc", "--out", out, "--use-availability-key",
+                    "--as", "svc", PINS, NULL);
+    ASSERT_RC(r, 4);
+    ASSERT_HAS(r->err, "scope 'mailbox:x0' was purged on");
+    ASSERT_HAS(r->err, "its data can never be read again");
+    CU_ASSERT_NOT_EQUAL(access(out, F_OK), 0);
+    CU_ASSERT_EQUAL(readable("x", 1, KC_DEP_USE_AVAILABILITY), 0);
+    kc_test_write(kc_test_path("new.bin"), "new", 3, 0600);
+    r = kc_test_run("data", "put", "mailbox:x0", "new", "--in", kc_test_path("new.bin"), "--as",
+                    "svc", PINS, NULL);
+    ASSERT_RC(r, 4);
+    ASSERT_HAS(r->err, "was purged");
+    r = kc_test_run("dep", "refresh", "Mbx", "--as", "svc", PINS, NULL);
+    ASSERT_RC(r, 4);
+    ASSERT_HAS(r->err, "DEP 'Mbx' was purged on");
+    /* the others are untouched */
+    CU_ASSERT_EQUAL(readable("m", 40, 0), 40);
+    CU_ASSERT_EQUAL(readable("y", 1, 0), 1);
+    CU_ASSERT_STRING_EQUAL(dep_state("Mbx"), "Purged 0/0");
+    CU_ASSERT_STRING_EQUAL(json_string_value(scope_field("mailbox:x0", "purged")) ? "purged" : "",
+                           "purged");
+    CU_ASSERT(json_is_false(scope_field("mailbox:x0", "is_encrypted")));
+    /* again: nothing left to do */
+    r = kc_test_run("dep", "purge", "Mbx", "--confirm", "Mbx", "--pin-source",
+                    "Service=env:TEST_PIN", NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "DEP 'Mbx' was purged already");
+    /* the re-wrap job leaves purged scopes alone */
+    ASSERT_RC(kc_test_run("rewrap", "--as", "svc", PINS, NULL), 0);
+}
+
+/* Offboarding moves the tenant's scopes under the service-managed key:
+ * readable without the custodians; mailboxes with their own DEP stay. */
+static void test_offboard(void)
+{
+    const kc_test_out *r;
+
+    lifecycle_setup();
+    r = kc_test_run("tenant", "offboard", "--as", "svc", PINS, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->err, "tenant DEP 'Ten' unassigned");
+    ASSERT_HAS(r->out, "offboarded the tenant: 40 scope key(s) moved under the service-managed "
+                       "key on vault 'Service'");
+    CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Unregistered 0/0");
+    CU_ASSERT_STRING_EQUAL(dep_state("service-managed"), "Registered 40/40");
+    CU_ASSERT(json_is_false(scope_field("mailbox:m1", "is_encrypted")));
+    CU_ASSERT(json_is_true(scope_field("mailbox:x0", "is_encrypted")));
+    /* the custodians' keys are no longer needed for the tenant's data */
+    revoke_unwrap("VaultA1");
+    revoke_unwrap("VaultB1");
+    CU_ASSERT_EQUAL(readable("m", 40, 0), 40);
+    CU_ASSERT_EQUAL(readable("x", 1, 0), 0); /* its own DEP: the custodians' */
+    r = kc_test_run("tenant", "offboard", "--as", "svc", PINS, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->err, "the tenant is offboarded already");
+    ASSERT_HAS(r->out, "0 scope key(s) moved");
+    /* a tenant DEP cannot be purged: offboarding is its way out */
+    r = kc_test_run("dep", "assign", "service-managed", "--mailbox", "q", NULL);
+    ASSERT_RC(r, 5);
+    r = kc_test_run("dep", "create", "service-managed", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
+                    "--pin-source", "Service=env:TEST_PIN", "--as", "svc", NULL);
+    ASSERT_RC(r, 5);
+    unsetenv("KEYCUSTODY_SERVICE_VAULT");
+    r = kc_test_run("tenant", "offboard", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "--service-vault NAME (or KEYCUSTODY_SERVICE_VAULT) is required");
+}
+
 static const kc_test_case dep_cases[] = {
     {"dep create, show, set", test_dep_create},
     {"DEP key: A, else B, else availability", test_dep_unwrap_fallback},
@@ -751,6 +944,8 @@ static const kc_test_case dep_cases[] = {
 static const kc_test_case lifecycle_cases[] = {
     {"roll, status and rewrap", test_roll_status_rewrap},
     {"rewrap killed with kill -9 resumes", test_rewrap_killed},
+    {"the data purge path", test_purge},
+    {"tenant offboard", test_offboard},
     {NULL, NULL},
 };
 

@@ -105,8 +105,8 @@ static int save(kc_cli *cli, kc_vault *v, const char *what, const char *principa
     perms[0] = '\0';
     if (i < v->meta.naccess)
         kc_perms_format(v->meta.access[i].perms, perms, sizeof(perms));
-    fprintf(cli->out, "%s principal '%s' on vault '%s'%s%s\n", what, principal, v->meta.name,
-            perms[0] ? ": " : "", perms);
+    fprintf(cli->out, "%s principal '%s' on vault '%s'; it now holds: %s\n", what, principal,
+            v->meta.name, perms[0] ? perms : "nothing (no entry)");
     kc_vault_free(v);
     return KC_OK;
 }
@@ -136,7 +136,7 @@ static int cmd_set(kc_cli *cli, int argc, char **argv)
     }
     /* As Set-AzKeyVaultAccessPolicy: permissions are added to what it has. */
     v->meta.access[i].perms |= s.perms;
-    return save(cli, v, "set", s.principal);
+    return save(cli, v, "granted to", s.principal);
 }
 
 static int cmd_remove(kc_cli *cli, int argc, char **argv)
@@ -163,7 +163,7 @@ static int cmd_remove(kc_cli *cli, int argc, char **argv)
                 (v->meta.naccess - i - 1) * sizeof(v->meta.access[0]));
         v->meta.naccess--;
     }
-    return save(cli, v, "removed from", s.principal);
+    return save(cli, v, "revoked from", s.principal);
 }
 
 static int cmd_show(kc_cli *cli, int argc, char **argv)

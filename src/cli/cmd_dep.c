@@ -140,6 +140,11 @@ static int cmd_create(kc_cli *cli, int argc, char **argv)
         return kc_cli_usage(cli, "give exactly one DEP name");
     if (strlen(argv[first]) == 0 || strlen(argv[first]) >= sizeof(dep.name))
         return kc_cli_usage(cli, "a DEP name has 1 to 64 characters");
+    if (strcmp(argv[first], KC_DEP_SERVICE) == 0) {
+        kc_error_set(&cli->error, KC_CONFLICT, "the name '%s' is the service-managed key's",
+                     KC_DEP_SERVICE);
+        return KC_CONFLICT;
+    }
     if (s.nkeys != 2)
         return kc_cli_usage(cli, "--keys VAULT/KEY,VAULT/KEY is required");
     if (s.service == NULL)
