@@ -932,12 +932,101 @@ static void test_offboard(void)
     ASSERT_HAS(r->err, "--service-vault NAME (or KEYCUSTODY_SERVICE_VAULT) is required");
 }
 
+/* Replaces the first old in file with new. */
+static void edit_file(const char *file, const char *old, const char *new)
+{
+    unsigned char *buf;
+    char *text, *at;
+    size_t len = 0;
+
+    buf = kc_test_read(file, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(buf);
+    at = strstr((char *)buf, old);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(at);
+    text = malloc(len + strlen(new) + 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    sprintf(text, "%.*s%s%s", (int)(at - (char *)buf), (char *)buf, new, at + strlen(old));
+    kc_test_write(file, text, strlen(text), 0644);
+    free(text);
+    free(buf);
+}
+
+/* The test layout with a service vault and the store beside it; deps goes
+ * after its "deps:" line (the layout's Dep1 follows). */
+static const char *layout_with_service(const char *deps)
+{
+    const char *file = kc_test_layout(NULL, NULL);
+    char with[4096];
+
+    edit_file(file, "  - id: sub-b\n", "  - id: sub-svc\n  - id: sub-b\n");
+    edit_file(file, "vaults:\n",
+              "vaults:\n  - name: Service\n    subscription: sub-svc\n    region: "
+              "centralus\n    pin: env:TEST_PIN\n    so_pin: env:TEST_SO_PIN\n");
+    snprintf(with, sizeof(with), "service_vault: Service\nstore: service.db\n%sdeps:\n", deps);
+    edit_file(file, "deps:\n", with);
+    return file;
+}
+
+/* policy apply makes the layout's DEPs through kc_dep_create and assigns
+ * them; the store is named by the layout, relative to it. */
+static void test_policy_apply_deps(void)
+{
+    const char *file;
+    const kc_test_out *r;
+
+    file = layout_with_service("assignments:\n  tenant: Dep1\n"
+                               "  mailboxes:\n    - mailbox: ceo\n      dep: Mbx1\n");
+    edit_file(file, "deps:\n",
+              "deps:\n  - name: Mbx1\n    workload: exchange\n"
+              "    keys: [VaultA1/KeyA, VaultB1/KeyB]\n"
+              "    description: executives\n");
+    /* plan with no store yet: everything to make, and no file made */
+    r = kc_test_run("policy", "plan", file, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "  + create DEP Mbx1 (exchange, keys VaultA1/KeyA and VaultB1/KeyB)");
+    ASSERT_HAS(r->out, "  + create DEP Dep1 (tenant, keys VaultA1/KeyA and VaultB1/KeyB)");
+    ASSERT_HAS(r->out, "  ~ assign DEP Dep1 to tenant");
+    ASSERT_HAS(r->out, "  ~ assign DEP Mbx1 to mailbox:ceo");
+    CU_ASSERT_NOT_EQUAL(access(kc_test_path("service.db"), F_OK), 0);
+    r = kc_test_run("policy", "apply", file, "--yes", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "+ create DEP Dep1 (tenant, keys VaultA1/KeyA and VaultB1/KeyB) ... done");
+    setenv("KEYCUSTODY_STORE", kc_test_path("service.db"), 1);
+    r = kc_test_run("dep", "show", "Mbx1", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "description:  executives");
+    ASSERT_HAS(r->out, "service:      svc");
+    r = kc_test_run("dep", "assignment", "--mailbox", "ceo", NULL);
+    ASSERT_HAS(r->out, "DEP 'Mbx1'");
+    CU_ASSERT_STRING_EQUAL(dep_state("Dep1"), "Registered 0/0");
+    /* again: nothing to do */
+    r = kc_test_run("policy", "plan", file, "--detailed-exitcode", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "No changes");
+    /* a description changes in place; a DEP's keys do not */
+    file = layout_with_service("");
+    edit_file(file, "deps:\n",
+              "deps:\n  - name: Mbx1\n    workload: exchange\n"
+              "    keys: [VaultA1/KeyA, VaultB1/KeyB]\n"
+              "    description: board\n");
+    r = kc_test_run("policy", "apply", file, "--yes", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "~ update DEP Mbx1: description ... done");
+    file = layout_with_service("");
+    edit_file(file, "keys: [VaultA1/KeyA, VaultB1/KeyB]", "keys: [VaultB1/KeyB, VaultA1/KeyA]");
+    r = kc_test_run("policy", "plan", file, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "! DEP Dep1 is tenant over VaultA1/KeyA and VaultB1/KeyB in the store");
+    ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 5);
+}
+
 static const kc_test_case dep_cases[] = {
     {"dep create, show, set", test_dep_create},
     {"DEP key: A, else B, else availability", test_dep_unwrap_fallback},
     {"dep assign and assignment", test_dep_assign},
     {"dep refresh after a rotation", test_dep_refresh},
     {"data put and get under a DEP", test_data},
+    {"policy apply makes and assigns DEPs", test_policy_apply_deps},
     {NULL, NULL},
 };
 

@@ -2,6 +2,7 @@
 #include "cli.h"
 #include "kc_layout.h"
 #include "kc_plan.h"
+#include "kc_store.h"
 #include "kc_util.h"
 #include "kc_yaml.h"
 
@@ -103,7 +104,49 @@ enum { O_DETAILED = 256, O_YES, O_ALLOW_DELETE, O_WAIT };
 struct plan_state {
     int detailed, yes, allow_delete;
     unsigned wait;
+    int apply;        /* apply opens (makes) the service store; plan only reads one */
+    char store[1024]; /* the service store: --store, KEYCUSTODY_STORE or the layout's */
+    kc_store *st;
 };
+
+/* The service store for the layout's DEPs: --store / KEYCUSTODY_STORE,
+ * else the layout's store: (relative to the layout file). "" when none. */
+static void store_path(const kc_cli *cli, const kc_layout *l, char *out, size_t cap)
+{
+    const char *slash = strrchr(l->file, '/');
+
+    out[0] = '\0';
+    if (cli->store != NULL && cli->store[0] != '\0')
+        snprintf(out, cap, "%s", cli->store);
+    else if (l->store[0] == '/' || (l->store[0] != '\0' && slash == NULL))
+        snprintf(out, cap, "%s", l->store);
+    else if (l->store[0] != '\0')
+        snprintf(out, cap, "%.*s/%s", (int)(slash - l->file), l->file, l->store);
+}
+
+/* Adds the DEP actions: against the store when there is one (apply makes
+ * it), as against an empty one when plan finds no file yet. */
+static kc_rc plan_deps(kc_cli *cli, const kc_layout *l, struct plan_state *s, kc_plan *p,
+                       kc_error *err)
+{
+    if (l->ndeps == 0 && l->tenant.dep[0] == '\0' && l->nmailboxes == 0 && l->ngeos == 0)
+        return KC_OK;
+    store_path(cli, l, s->store, sizeof(s->store));
+    if (s->store[0] == '\0') {
+        if (p->nnotes < sizeof(p->notes) / sizeof(p->notes[0]))
+            snprintf(p->notes[p->nnotes++], sizeof(p->notes[0]),
+                     "DEPs and assignments are not planned: no service store (--store, "
+                     "KEYCUSTODY_STORE or store: in the layout)");
+        return KC_OK;
+    }
+    if (s->st == NULL && (s->apply || access(s->store, F_OK) == 0)) {
+        kc_rc r = kc_store_open(s->store, &s->st, err);
+
+        if (r != KC_OK)
+            return r;
+    }
+    return kc_plan_deps(l, s->st, p, err);
+}
 
 static int plan_opt(kc_cli *cli, int opt, const char *arg, void *st)
 {
@@ -230,7 +273,8 @@ static int make_plan(kc_cli *cli, int argc, char **argv, struct plan_state *s, k
     if (kc_cli_ctx(cli, &ctx) != KC_OK)
         return cli->error.code;
     kc_error_clear(&err);
-    if (kc_plan_make(ctx, *l, s->allow_delete, p, &err) != KC_OK)
+    if (kc_plan_make(ctx, *l, s->allow_delete, p, &err) != KC_OK ||
+        plan_deps(cli, *l, s, p, &err) != KC_OK)
         return kc_cli_fail(cli, &err);
     return 0;
 }
@@ -251,6 +295,7 @@ static int cmd_plan(kc_cli *cli, int argc, char **argv)
     }
     kc_plan_release(&p);
     kc_layout_free(l);
+    kc_store_close(s.st);
     return rc;
 }
 
@@ -285,6 +330,7 @@ static int cmd_apply(kc_cli *cli, int argc, char **argv)
 
     memset(&s, 0, sizeof(s));
     memset(&p, 0, sizeof(p));
+    s.apply = 1;
     rc = make_plan(cli, argc, argv, &s, &l, &p, buf, sobuf);
     if (rc != 0)
         goto done;
@@ -292,7 +338,8 @@ static int cmd_apply(kc_cli *cli, int argc, char **argv)
     /* Two applies must not interleave: lock, then plan again under the lock. */
     kc_error_clear(&err);
     if (kc_plan_lock(l, cli->module, s.wait, &fd, lock_path, sizeof(lock_path), &err) != KC_OK ||
-        kc_plan_make(cli->ctx, l, s.allow_delete, &p, &err) != KC_OK) {
+        kc_plan_make(cli->ctx, l, s.allow_delete, &p, &err) != KC_OK ||
+        plan_deps(cli, l, &s, &p, &err) != KC_OK) {
         rc = kc_cli_fail(cli, &err);
         goto done;
     }
@@ -315,7 +362,10 @@ static int cmd_apply(kc_cli *cli, int argc, char **argv)
         fprintf(cli->out, "%c %s ... ", kc_action_sign(p.v[i].kind), p.v[i].what);
         fflush(cli->out);
         kc_error_clear(&err);
-        if (kc_plan_apply(cli->ctx, l, &p.v[i], &err) != KC_OK) {
+        if ((p.v[i].kind == KC_ACT_DEP_CREATE || p.v[i].kind == KC_ACT_DEP_UPDATE ||
+                     p.v[i].kind == KC_ACT_DEP_ASSIGN
+                 ? kc_plan_apply_dep(cli->ctx, l, s.st, &p.v[i], &err)
+                 : kc_plan_apply(cli->ctx, l, &p.v[i], &err)) != KC_OK) {
             fprintf(cli->out, "failed\n");
             kc_error_hint(&err, "run 'keycustody policy apply' again: it continues from what "
                                 "is done");
@@ -331,6 +381,7 @@ done:
     kc_plan_unlock(fd);
     kc_plan_release(&p);
     kc_layout_free(l);
+    kc_store_close(s.st);
     return rc;
 }
 

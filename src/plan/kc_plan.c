@@ -21,6 +21,7 @@ char kc_action_sign(kc_act_kind kind)
     case KC_ACT_VAULT_INIT:
     case KC_ACT_VAULT_ADOPT:
     case KC_ACT_KEY_CREATE:
+    case KC_ACT_DEP_CREATE:
         return '+';
     case KC_ACT_KEY_DELETE:
         return '-';
@@ -739,4 +740,130 @@ void kc_plan_unlock(int fd)
 {
     if (fd >= 0)
         close(fd);
+}
+
+/* --- DEPs and assignments --- */
+
+/* The layout's scope for an assignment and the DEP it names. */
+static void plan_assign(kc_plan *p, kc_store *st, const char *scope, const char *dep, kc_error *err)
+{
+    kc_dep_assignment *v = NULL;
+    size_t n = 0, i;
+    kc_action *a;
+
+    if (st != NULL && kc_dep_assignments(st, &v, &n, err) != KC_OK)
+        return;
+    for (i = 0; i < n; i++)
+        if (strcmp(v[i].scope, scope) == 0 && strcmp(v[i].dep_name, dep) == 0)
+            break;
+    if (i == n) {
+        act(p, KC_ACT_DEP_ASSIGN, 0, 0, "the layout assigns it", "assign DEP %s to %s", dep, scope);
+        a = &p->v[p->n - 1];
+        snprintf(a->scope, sizeof(a->scope), "%s", scope);
+        snprintf(a->dep_name, sizeof(a->dep_name), "%s", dep);
+    }
+    free(v);
+}
+
+kc_rc kc_plan_deps(const kc_layout *l, kc_store *st, kc_plan *p, kc_error *err)
+{
+    char scope[80];
+    kc_dep d;
+    size_t i, k;
+    int diff;
+    kc_rc r;
+
+    for (i = 0; i < l->ndeps; i++) {
+        const kc_ldep *ld = &l->deps[i];
+
+        r = st != NULL ? kc_dep_get(st, ld->name, &d, err) : KC_NOT_FOUND;
+        if (r == KC_NOT_FOUND) {
+            kc_error_clear(err);
+            act(p, KC_ACT_DEP_CREATE, 0, 0, "not in the service store",
+                "create DEP %s (%s%s%s, keys %s and %s)", ld->name, ld->workload,
+                ld->geo[0] ? " " : "", ld->geo, ld->keys[0], ld->keys[1]);
+            p->v[p->n - 1].dep = i;
+            continue;
+        }
+        if (r != KC_OK)
+            return r;
+        diff = strcmp(d.workload, ld->workload) != 0 || strcmp(d.geo, ld->geo) != 0;
+        for (k = 0; k < 2; k++) {
+            char ref[sizeof(d.keys[0].vault) + sizeof(d.keys[0].key) + 1];
+
+            snprintf(ref, sizeof(ref), "%s/%s", d.keys[k].vault, d.keys[k].key);
+            diff |= strcmp(ref, ld->keys[k]) != 0;
+        }
+        if (diff)
+            act(p, KC_ACT_BLOCKED, 0, 0,
+                "a DEP's workload and root keys never change: create a new DEP and assign it",
+                "DEP %s is %s over %s/%s and %s/%s in the store; the layout differs", d.name,
+                d.workload, d.keys[0].vault, d.keys[0].key, d.keys[1].vault, d.keys[1].key);
+        else if (strcmp(d.description, ld->description) != 0 || d.enabled != ld->enabled)
+            act(p, KC_ACT_DEP_UPDATE, 0, 0, "the layout changes it", "update DEP %s: %s%s%s",
+                d.name, strcmp(d.description, ld->description) != 0 ? "description" : "",
+                strcmp(d.description, ld->description) != 0 && d.enabled != ld->enabled ? ", " : "",
+                d.enabled != ld->enabled ? (ld->enabled ? "enable" : "disable") : "");
+        if (p->n > 0 && p->v[p->n - 1].kind == KC_ACT_DEP_UPDATE)
+            p->v[p->n - 1].dep = i;
+    }
+    kc_error_clear(err);
+    if (l->tenant.dep[0])
+        plan_assign(p, st, "tenant", l->tenant.dep, err);
+    for (i = 0; i < l->nmailboxes; i++) {
+        snprintf(scope, sizeof(scope), "mailbox:%.64s", l->mailboxes[i].target);
+        plan_assign(p, st, scope, l->mailboxes[i].dep, err);
+    }
+    for (i = 0; i < l->ngeos; i++) {
+        snprintf(scope, sizeof(scope), "geo:%.64s", l->geos[i].target);
+        plan_assign(p, st, scope, l->geos[i].dep, err);
+    }
+    return err->code == KC_OK ? KC_OK : err->code;
+}
+
+kc_rc kc_plan_apply_dep(kc_ctx *ctx, const kc_layout *l, kc_store *st, const kc_action *a,
+                        kc_error *err)
+{
+    const kc_ldep *ld = a->kind == KC_ACT_DEP_ASSIGN ? NULL : &l->deps[a->dep];
+    kc_dep_spec spec;
+    kc_dep made;
+    kc_diags d;
+    size_t i;
+    kc_rc r;
+
+    switch (a->kind) {
+    case KC_ACT_DEP_ASSIGN:
+        return kc_dep_assign(st, a->dep_name, a->scope, &made, err);
+    case KC_ACT_DEP_UPDATE:
+        return kc_dep_set(st, ld->name, &ld->enabled, NULL, ld->description, err);
+    case KC_ACT_DEP_CREATE:
+        break;
+    default:
+        return kc_error_set(err, KC_ERR, "not a DEP action");
+    }
+    if (l->service_vault[0] == '\0')
+        return kc_error_set(err, KC_LAYOUT, "the layout names no service_vault to make DEP '%s' on",
+                            ld->name);
+    memset(&spec, 0, sizeof(spec));
+    spec.name = ld->name;
+    spec.workload = ld->workload;
+    spec.geo = ld->geo[0] ? ld->geo : NULL;
+    spec.description = ld->description;
+    spec.keys[0] = ld->keys[0];
+    spec.keys[1] = ld->keys[1];
+    spec.service_vault = l->service_vault;
+    spec.principal = l->service_principal[0] ? l->service_principal : NULL;
+    /* the live rules, as 'dep create' checks them */
+    kc_diags_init(&d, "live");
+    r = kc_plan_check_dep(ctx, st, &spec, &d, err);
+    for (i = 0; r == KC_OK && i < d.n; i++)
+        if (d.v[i].severity == KC_SEV_ERROR)
+            r = kc_error_set(err, KC_LAYOUT, "DEP '%s' would break rule %s: %s", ld->name,
+                             d.v[i].rule, d.v[i].msg);
+    kc_diags_release(&d);
+    if (r == KC_OK)
+        r = kc_dep_create(ctx, st, &spec, &made, err);
+    if (r == KC_OK && !ld->enabled)
+        r = kc_dep_set(st, ld->name, &ld->enabled, NULL, NULL, err);
+    return r;
 }

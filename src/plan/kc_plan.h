@@ -19,6 +19,9 @@ typedef enum kc_act_kind {
     KC_ACT_KEY_RECORD,  /* ~ record versions an interrupted create left unrecorded */
     KC_ACT_KEY_UPDATE,  /* ~ ops, expiry, tags */
     KC_ACT_KEY_DELETE,  /* - soft delete (--allow-delete only) */
+    KC_ACT_DEP_CREATE,  /* + a DEP, through kc_dep_create (after the keys it needs) */
+    KC_ACT_DEP_UPDATE,  /* ~ description, enabled */
+    KC_ACT_DEP_ASSIGN,  /* ~ a scope's DEP */
     KC_ACT_BLOCKED,     /* ! a difference no action can make */
 } kc_act_kind;
 
@@ -27,6 +30,9 @@ typedef struct kc_action {
     size_t vault;                       /* index into the layout's vaults */
     size_t key;                         /* index into that vault's keys (key actions) */
     char key_name[KC_KEY_NAME_MAX + 1]; /* for deletes, the live key's name */
+    size_t dep;                         /* DEP actions: index into the layout's DEPs */
+    char scope[80];                     /* assignments: tenant, mailbox:ID, geo:CODE */
+    char dep_name[65];                  /* assignments: the DEP */
     char what[320]; /* "create key VaultA1/K1 (RSA-3072, hsm, wrapKey,unwrapKey)" */
     char why[256];  /* the reason */
 } kc_action;
@@ -61,7 +67,21 @@ struct kc_dep_spec;
 KC_EXPORT kc_rc kc_plan_check_dep(kc_ctx *ctx, struct kc_store *st, const struct kc_dep_spec *spec,
                                   kc_diags *d, kc_error *err) KC_MUST_CHECK;
 
-/* Carries out one action. */
+/* The DEP actions (appended to p, after the vault and key actions): each
+ * layout DEP missing from the store is created, a changed description or
+ * enabled flag updated, each assignment the layout names made. A DEP whose
+ * workload, geo or root keys differ from the store's is blocked: a DEP's
+ * keys never change (make a new DEP and assign it). st NULL: an empty
+ * store (plan before the store exists). */
+KC_EXPORT kc_rc kc_plan_deps(const kc_layout *l, struct kc_store *st, kc_plan *p,
+                             kc_error *err) KC_MUST_CHECK;
+
+/* Carries out one DEP action: DEPs are made on the layout's service vault
+ * by its service principal, after the live rules are checked. */
+KC_EXPORT kc_rc kc_plan_apply_dep(kc_ctx *ctx, const kc_layout *l, struct kc_store *st,
+                                  const kc_action *a, kc_error *err) KC_MUST_CHECK;
+
+/* Carries out one vault or key action. */
 KC_EXPORT kc_rc kc_plan_apply(kc_ctx *ctx, const kc_layout *l, const kc_action *a,
                               kc_error *err) KC_MUST_CHECK;
 
