@@ -247,8 +247,19 @@ static void plan_key(kc_plan *p, const kc_lvault *lv, size_t vi, size_t ki, cons
             "update key %s/%s: %s", lv->name, lk->name, changes);
 }
 
-static void plan_keys(kc_plan *p, const kc_lvault *lv, size_t vi, kc_vault *v, int allow_delete,
-                      const kc_key *keys, size_t nkeys, const kc_key *del, size_t ndel)
+/* The DEPs' keys on the service vault (availability keys, the
+ * service-managed key) belong to the service store, not the layout: never
+ * noted, never deleted by an apply. */
+static int service_owned(const kc_layout *l, const kc_lvault *lv, const char *name)
+{
+    return strcmp(lv->name, l->service_vault) == 0 &&
+           ((strncmp(name, "avail-", 6) == 0 && strlen(name) == 14) ||
+            strcmp(name, KC_DEP_SERVICE) == 0);
+}
+
+static void plan_keys(kc_plan *p, const kc_layout *l, const kc_lvault *lv, size_t vi, kc_vault *v,
+                      int allow_delete, const kc_key *keys, size_t nkeys, const kc_key *del,
+                      size_t ndel)
 {
     size_t i, j;
 
@@ -258,7 +269,7 @@ static void plan_keys(kc_plan *p, const kc_lvault *lv, size_t vi, kc_vault *v, i
     for (i = 0; i < nkeys; i++) {
         for (j = 0; j < lv->nkeys && strcmp(lv->keys[j].name, keys[i].name) != 0; j++)
             ;
-        if (j < lv->nkeys)
+        if (j < lv->nkeys || service_owned(l, lv, keys[i].name))
             continue;
         if (allow_delete) {
             act(p, KC_ACT_KEY_DELETE, vi, 0, "not in the layout (--allow-delete: soft delete)",
@@ -332,7 +343,7 @@ kc_rc kc_plan_make(kc_ctx *ctx, const kc_layout *l, int allow_delete, kc_plan *p
         if (r == KC_OK)
             r = kc_key_list_deleted(v, &del, &ndel, err);
         if (r == KC_OK)
-            plan_keys(p, lv, i, v, allow_delete, keys, nkeys, del, ndel);
+            plan_keys(p, l, lv, i, v, allow_delete, keys, nkeys, del, ndel);
         kc_key_list_free(keys, nkeys);
         kc_key_list_free(del, ndel);
         keys = del = NULL;
