@@ -48,6 +48,7 @@ fuzz-smoke: deps
 
 bench: build
 	$(BUILD)/bench_unwrap
+	$(BUILD)/bench_data
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) var

@@ -5,6 +5,7 @@
  *   build/bench_unwrap [--seconds N]
  *
  * Makes its own token directory under $TMPDIR and removes it afterwards. */
+#include "bench_common.h"
 #include "kc_key.h"
 #include "kc_util.h"
 #include "kc_vault.h"
@@ -26,25 +27,6 @@
 #include <unistd.h>
 
 static double seconds = 3.0;
-static char so_pin[33], user_pin[33];
-
-static double now(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static kc_rc pin_fn(void *arg, const char *vault, kc_pin_kind kind, kc_secret **out, kc_error *err)
-{
-    const char *p = kind == KC_PIN_SO || kind == KC_PIN_NEW_SO ? so_pin : user_pin;
-
-    (void)arg;
-    (void)vault;
-    *out = kc_secret_dup(p, strlen(p));
-    return *out ? KC_OK : kc_error_set(err, KC_ERR, "out of memory");
-}
 
 /* --- libkeycustody on the token --- */
 
@@ -60,7 +42,7 @@ struct tok_job {
 static void *tok_worker(void *arg)
 {
     struct tok_job *j = arg;
-    kc_secret *pin = kc_secret_dup(user_pin, strlen(user_pin)), *out = NULL;
+    kc_secret *pin = kc_secret_dup(bench_user_pin, strlen(bench_user_pin)), *out = NULL;
     kc_key_obj *objs = NULL;
     kc_tok *tok = NULL;
     kc_obj priv = 0;
@@ -79,8 +61,8 @@ static void *tok_worker(void *arg)
     for (i = 0; i < n; i++)
         if (objs[i].is_private)
             priv = objs[i].handle;
-    end = now() + seconds;
-    while (now() < end) {
+    end = bench_now() + seconds;
+    while (bench_now() < end) {
         if (kc_tok_oaep_unwrap(tok, priv, KC_OAEP_SHA1, j->blob, j->blob_len, &out, &e) != KC_OK) {
             fprintf(stderr, "bench: %s\n", e.msg);
             j->failed = 1;
@@ -105,7 +87,7 @@ static double run_token(kc_p11 *p11, const char *label, const unsigned char *blo
     long ops = 0;
     int i;
 
-    start = now();
+    start = bench_now();
     for (i = 0; i < threads; i++) {
         jobs[i] = (struct tok_job){p11, label, blob, len, 0, 0};
         pthread_create(&t[i], NULL, tok_worker, &jobs[i]);
@@ -116,7 +98,7 @@ static double run_token(kc_p11 *p11, const char *label, const unsigned char *blo
             exit(1);
         ops += jobs[i].ops;
     }
-    took = now() - start;
+    took = bench_now() - start;
     return (double)ops / took;
 }
 
@@ -156,14 +138,14 @@ static void *raw_worker(void *arg)
 
     if (j->f->C_OpenSession(j->slot, CKF_SERIAL_SESSION, NULL, NULL, &s) != CKR_OK)
         exit(1);
-    (void)j->f->C_Login(s, CKU_USER, (CK_UTF8CHAR *)user_pin, strlen(user_pin));
+    (void)j->f->C_Login(s, CKU_USER, (CK_UTF8CHAR *)bench_user_pin, strlen(bench_user_pin));
     j->f->C_FindObjectsInit(s, find, 2);
     j->f->C_FindObjects(s, &key, 1, &n);
     j->f->C_FindObjectsFinal(s);
     if (n != 1)
         exit(1);
-    end = now() + seconds;
-    while (now() < end) {
+    end = bench_now() + seconds;
+    while (bench_now() < end) {
         val.ulValueLen = sizeof(value);
         if (j->f->C_UnwrapKey(s, &m, key, (CK_BYTE *)j->blob, j->blob_len, tmpl, 6, &sec) !=
                 CKR_OK ||
@@ -199,7 +181,7 @@ static double run_raw(const char *module, const char *label, const unsigned char
             break;
     if (i == ns)
         exit(1);
-    start = now();
+    start = bench_now();
     for (k = 0; k < threads; k++) {
         jobs[k] = (struct raw_job){f, slots[i], label, blob, len, 0};
         pthread_create(&t[k], NULL, raw_worker, &jobs[k]);
@@ -208,7 +190,7 @@ static double run_raw(const char *module, const char *label, const unsigned char
         pthread_join(t[k], NULL);
         ops += jobs[k].ops;
     }
-    took = now() - start;
+    took = bench_now() - start;
     p11_kit_module_finalize(f);
     p11_kit_module_release(f);
     return (double)ops / took;
@@ -234,8 +216,8 @@ static void *ossl_worker(void *arg)
     EVP_PKEY_decrypt_init(ctx);
     EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING);
     EVP_PKEY_CTX_set_rsa_oaep_md(ctx, EVP_sha1());
-    end = now() + seconds;
-    while (now() < end) {
+    end = bench_now() + seconds;
+    while (bench_now() < end) {
         outlen = sizeof(out);
         if (EVP_PKEY_decrypt(ctx, out, &outlen, j->blob, j->blob_len) <= 0) {
             fprintf(stderr, "bench: OpenSSL decrypt failed\n");
@@ -265,7 +247,7 @@ static double run_openssl(unsigned bits, int threads)
     EVP_PKEY_CTX_set_rsa_oaep_md(ctx, EVP_sha1());
     EVP_PKEY_encrypt(ctx, blob, &blob_len, secret, sizeof(secret));
     EVP_PKEY_CTX_free(ctx);
-    start = now();
+    start = bench_now();
     for (i = 0; i < threads; i++) {
         jobs[i] = (struct ossl_job){key, blob, blob_len, 0};
         pthread_create(&t[i], NULL, ossl_worker, &jobs[i]);
@@ -274,43 +256,12 @@ static double run_openssl(unsigned bits, int threads)
         pthread_join(t[i], NULL);
         ops += jobs[i].ops;
     }
-    took = now() - start;
+    took = bench_now() - start;
     EVP_PKEY_free(key);
     return (double)ops / took;
 }
 
 /* --- set-up --- */
-
-static int make_token_dir(char *dir, size_t len)
-{
-    const char *tmp = getenv("TMPDIR");
-    char path[600];
-    FILE *f;
-
-    snprintf(dir, len, "%s/keycustody-bench-XXXXXX", tmp ? tmp : "/tmp");
-    if (mkdtemp(dir) == NULL)
-        return -1;
-    snprintf(path, sizeof(path), "%s/tokens", dir);
-    if (mkdir(path, 0700) != 0)
-        return -1;
-    snprintf(path, sizeof(path), "%s/softhsm2.conf", dir);
-    f = fopen(path, "w");
-    if (f == NULL)
-        return -1;
-    fprintf(f, "directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n",
-            dir);
-    fclose(f);
-    setenv("SOFTHSM2_CONF", path, 1);
-    return 0;
-}
-
-static void random_hex(char *out, size_t bytes)
-{
-    unsigned char b[16];
-
-    RAND_bytes(b, (int)bytes);
-    kc_hex_encode(b, bytes, out);
-}
 
 int main(int argc, char **argv)
 {
@@ -332,18 +283,17 @@ int main(int argc, char **argv)
     }
     if (module == NULL)
         module = "/usr/lib/softhsm/libsofthsm2.so";
-    if (make_token_dir(dir, sizeof(dir)) != 0) {
+    if (bench_token_dir(dir, sizeof(dir)) != 0) {
         perror("bench: token directory");
         return 1;
     }
-    random_hex(so_pin, 16);
-    random_hex(user_pin, 16);
+    bench_pins();
     memset(&m, 0, sizeof(m));
     strcpy(m.name, "Bench");
     strcpy(m.subscription, "bench");
     strcpy(m.region, "westus");
     m.retention_days = 90;
-    if (kc_ctx_new(module, pin_fn, NULL, &ctx, &e) != KC_OK ||
+    if (kc_ctx_new(module, bench_pin, NULL, &ctx, &e) != KC_OK ||
         kc_vault_init(ctx, &m, NULL, &v, &adopted, &e) != KC_OK) {
         fprintf(stderr, "bench: %s\n", e.msg);
         return 1;

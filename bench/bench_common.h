@@ -1,0 +1,20 @@
+/* What the benchmarks share: a clock, a private SoftHSM token directory
+ * under $TMPDIR (SOFTHSM2_CONF points at it), and random PINs for its
+ * tokens. */
+#ifndef BENCH_COMMON_H
+#define BENCH_COMMON_H
+
+#include "kc_ctx.h"
+#include "kc_util.h"
+
+extern char bench_so_pin[33], bench_user_pin[33];
+
+double bench_now(void);
+/* Fills bench_so_pin and bench_user_pin with random hex. */
+void bench_pins(void);
+/* A PIN callback giving those PINs to every vault. */
+kc_rc bench_pin(void *arg, const char *vault, kc_pin_kind kind, kc_secret **out, kc_error *err);
+/* Makes dir (a new directory under $TMPDIR) with tokens/ and softhsm2.conf. */
+int bench_token_dir(char *dir, size_t len);
+
+#endif

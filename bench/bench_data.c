@@ -1,0 +1,280 @@
+/* Data under a DEP: items per second through kc_data_put / kc_data_get
+ * (AES-256-GCM per item, its key wrapped by the scope key, one durable store
+ * transaction per put) next to OpenSSL's raw AES-256-GCM on the same item
+ * size; and the re-wrap job over many scope keys next to OpenSSL's raw AES
+ * key unwrap + wrap of as many keys. All in one run, on this machine. Not a
+ * test: it reports, it does not judge.
+ *
+ *   build/bench_data [--seconds N] [--scopes N]
+ *
+ * Makes its own token directory and store under $TMPDIR and removes them. */
+#include "bench_common.h"
+#include "kc_data.h"
+#include "kc_key.h"
+#include "kc_rewrap.h"
+#include "kc_store_int.h"
+#include "kc_vault.h"
+
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static double seconds = 3.0;
+static long nscopes = 100000;
+
+static void die(const char *what, const kc_error *e)
+{
+    fprintf(stderr, "bench: %s: %s\n", what, e ? e->msg : "failed");
+    exit(1);
+}
+
+/* --- OpenSSL baselines --- */
+
+static int gcm_once(int enc, const unsigned char *in, size_t len, unsigned char *out,
+                    unsigned char *tag)
+{
+    unsigned char key[32], nonce[12];
+    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    int n = 0, m = 0, ok;
+
+    RAND_bytes(key, sizeof(key));
+    RAND_bytes(nonce, sizeof(nonce));
+    ok = EVP_CipherInit_ex(c, EVP_aes_256_gcm(), NULL, key, nonce, enc) == 1 &&
+         EVP_CipherUpdate(c, out, &n, in, (int)len) == 1 &&
+         (enc || EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, 16, tag) == 1);
+    /* a decryption under a random key fails its tag: the work is done all the same */
+    (void)EVP_CipherFinal_ex(c, out + n, &m);
+    if (enc)
+        EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, 16, tag);
+    EVP_CIPHER_CTX_free(c);
+    return ok;
+}
+
+static double openssl_gcm(int enc, size_t len)
+{
+    unsigned char *in = malloc(len), *out = malloc(len + 16), tag[16] = {0};
+    double end, start = bench_now();
+    long n = 0;
+
+    RAND_bytes(in, (int)len);
+    end = start + seconds;
+    while (bench_now() < end && gcm_once(enc, in, len, out, tag))
+        n++;
+    free(in);
+    free(out);
+    return (double)n / (bench_now() - start);
+}
+
+static int kwp(const unsigned char *kek, int enc, const unsigned char *in, size_t len,
+               unsigned char *out)
+{
+    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    int n = 0, m = 0, ok;
+
+    ok = EVP_CipherInit_ex(c, EVP_aes_256_wrap_pad(), NULL, kek, NULL, enc) == 1 &&
+         EVP_CipherUpdate(c, out, &n, in, (int)len) == 1 && EVP_CipherFinal_ex(c, out + n, &m) == 1;
+    EVP_CIPHER_CTX_free(c);
+    return ok;
+}
+
+/* Unwrap under one key and wrap under another, for count keys. */
+static double openssl_rewrap(long count)
+{
+    unsigned char a[32], b[32], key[32], w[40], x[40];
+    double start;
+    long i;
+
+    RAND_bytes(a, 32);
+    RAND_bytes(b, 32);
+    RAND_bytes(key, 32);
+    kwp(a, 1, key, 32, w);
+    start = bench_now();
+    for (i = 0; i < count; i++)
+        if (!kwp(a, 0, w, 40, key) || !kwp(b, 1, key, 32, x))
+            return 0;
+    return (double)count / (bench_now() - start);
+}
+
+/* --- keycustody --- */
+
+static void make_vault(kc_ctx *ctx, const char *name, const char *sub, const char *region)
+{
+    kc_vault_meta m;
+    kc_vault *v = NULL;
+    kc_key *k = NULL;
+    kc_error e;
+    int adopted;
+    kc_key_create_opts o = {"Root", 2048, KC_PROT_HSM, KC_OP_WRAP | KC_OP_UNWRAP, NULL};
+
+    memset(&m, 0, sizeof(m));
+    snprintf(m.name, sizeof(m.name), "%s", name);
+    snprintf(m.subscription, sizeof(m.subscription), "%s", sub);
+    snprintf(m.region, sizeof(m.region), "%s", region);
+    m.retention_days = 90;
+    if (kc_vault_init(ctx, &m, NULL, &v, &adopted, &e) != KC_OK)
+        die("vault init", &e);
+    if (strcmp(name, "BenchS") != 0 && kc_key_create(v, &o, &k, &e) != KC_OK)
+        die("key create", &e);
+    kc_key_free(k);
+    kc_vault_free(v);
+}
+
+static double kc_items(kc_data_session *ds, int put, size_t len, long *made)
+{
+    unsigned char *buf = malloc(len);
+    kc_secret *got = NULL;
+    char name[32];
+    double end, start = bench_now();
+    long n = 0;
+    kc_error e;
+
+    RAND_bytes(buf, (int)len);
+    end = start + seconds;
+    while (bench_now() < end) {
+        snprintf(name, sizeof(name), "item-%zu-%ld", len, put ? n : n % *made);
+        if (put ? kc_data_put(ds, "tenant", name, buf, len, &e)
+                : kc_data_get(ds, "tenant", name, &got, &e))
+            die(put ? "data put" : "data get", &e);
+        kc_secret_free(got);
+        got = NULL;
+        n++;
+    }
+    free(buf);
+    if (put)
+        *made = n;
+    return (double)n / (bench_now() - start);
+}
+
+/* count scopes, each with a scope key under the DEP key (as kc_data makes
+ * them), written in one transaction. */
+static void fill_scopes(kc_ctx *ctx, kc_store *st, const char *dep_id, long count)
+{
+    unsigned char key[32], wrapped[40];
+    kc_dep_unwrap_info info;
+    kc_secret *dek = NULL;
+    sqlite3_stmt *q = NULL;
+    char scope[32];
+    kc_error e;
+    long i;
+
+    if (kc_dep_unwrap(ctx, st, dep_id, 0, NULL, 0, &dek, &info, &e) != KC_OK)
+        die("DEP unwrap", &e);
+    if (kc_store_begin(st, &e) != KC_OK ||
+        sqlite3_prepare_v2(st->db,
+                           "INSERT INTO scopes (scope, dep_id, dep_generation, wrapped_key) "
+                           "VALUES (?, ?, 1, ?)",
+                           -1, &q, NULL) != SQLITE_OK)
+        die("store", NULL);
+    for (i = 0; i < count; i++) {
+        snprintf(scope, sizeof(scope), "mailbox:u%07ld", i);
+        RAND_bytes(key, 32);
+        if (!kwp(dek->data, 1, key, 32, wrapped))
+            die("key wrap", NULL);
+        sqlite3_bind_text(q, 1, scope, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(q, 2, dep_id, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(q, 3, wrapped, 40, SQLITE_TRANSIENT);
+        if (sqlite3_step(q) != SQLITE_DONE)
+            die("store insert", NULL);
+        sqlite3_reset(q);
+    }
+    sqlite3_finalize(q);
+    if (kc_store_commit(st, &e) != KC_OK)
+        die("store commit", &e);
+    kc_secret_free(dek);
+}
+
+int main(int argc, char **argv)
+{
+    static const size_t sizes[] = {4096, 1024 * 1024};
+    const char *module = getenv("KEYCUSTODY_MODULE");
+    const char *keys[2] = {"BenchA/Root", "BenchB/Root"};
+    kc_dep_spec spec;
+    kc_data_session *ds = NULL;
+    kc_dep dep, before, after;
+    kc_store *st = NULL;
+    kc_ctx *ctx = NULL;
+    char dir[512], path[600], cmd[600];
+    double t, kc_rate, raw_rate;
+    long made = 0, moved = 0;
+    kc_error e;
+    size_t s;
+    int i;
+
+    for (i = 1; i + 1 < argc; i += 2)
+        if (strcmp(argv[i], "--seconds") == 0)
+            seconds = atof(argv[i + 1]);
+        else if (strcmp(argv[i], "--scopes") == 0)
+            nscopes = atol(argv[i + 1]);
+    if (seconds <= 0 || nscopes < 1 || i != argc) {
+        fprintf(stderr, "usage: bench_data [--seconds N] [--scopes N]\n");
+        return 2;
+    }
+    if (module == NULL)
+        module = "/usr/lib/softhsm/libsofthsm2.so";
+    bench_pins();
+    if (bench_token_dir(dir, sizeof(dir)) != 0) {
+        perror("bench: token directory");
+        return 1;
+    }
+    if (kc_ctx_new(module, bench_pin, NULL, &ctx, &e) != KC_OK)
+        die("module", &e);
+    make_vault(ctx, "BenchA", "sub-a", "westus");
+    make_vault(ctx, "BenchB", "sub-b", "eastus2");
+    make_vault(ctx, "BenchS", "sub-s", "centralus");
+    snprintf(path, sizeof(path), "%s/service.db", dir);
+    memset(&spec, 0, sizeof(spec));
+    spec.name = "Bench";
+    spec.workload = "tenant";
+    spec.keys[0] = keys[0];
+    spec.keys[1] = keys[1];
+    spec.service_vault = "BenchS";
+    if (kc_store_open(path, &st, &e) != KC_OK || kc_dep_create(ctx, st, &spec, &dep, &e) != KC_OK ||
+        kc_dep_assign(st, "Bench", "tenant", &before, &e) != KC_OK ||
+        kc_data_open(ctx, st, NULL, 0, NULL, NULL, &ds, &e) != KC_OK)
+        die("set-up", &e);
+
+    printf("Items per second under a DEP, %.0f s per figure, 1 thread, %ld CPUs\n"
+           "keycustody: kc_data_put / kc_data_get (AES-256-GCM, a per-item key wrapped by the\n"
+           "scope key; put commits one store transaction with fsync); openssl: EVP AES-256-GCM\n"
+           "of the same size with a fresh key and nonce per item\n",
+           seconds, sysconf(_SC_NPROCESSORS_ONLN));
+    printf("%-5s %-8s %12s %12s %12s\n", "op", "size", "keycustody", "openssl", "kc/openssl");
+    for (s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
+        for (i = 1; i >= 0; i--) {
+            kc_rate = kc_items(ds, i, sizes[s], &made);
+            raw_rate = openssl_gcm(i, sizes[s]);
+            printf("%-5s %-8s %12.0f %12.0f %12.4f\n", i ? "put" : "get",
+                   sizes[s] == 4096 ? "4 KiB" : "1 MiB", kc_rate, raw_rate, kc_rate / raw_rate);
+            fflush(stdout);
+        }
+    }
+    printf("(DEP keys unwrapped by RSA for all of that: %zu)\n\n", kc_data_unwraps(ds));
+
+    printf("Re-wrap of %ld scope keys after 'dep refresh --roll' (kc_rewrap, batches of 1000)\n"
+           "openssl: AES key unwrap + wrap (RFC 5649) of as many 32-byte keys, no store\n",
+           nscopes);
+    fill_scopes(ctx, st, dep.id, nscopes);
+    if (kc_dep_refresh(ctx, st, "Bench", NULL, 1, &before, &after, &e) != KC_OK)
+        die("roll", &e);
+    t = bench_now();
+    if (kc_rewrap(ds, st, 1000, NULL, NULL, &moved, &e) != KC_OK)
+        die("rewrap", &e);
+    t = bench_now() - t;
+    kc_rate = (double)moved / t;
+    raw_rate = openssl_rewrap(nscopes);
+    printf("%-22s %12s %12s %12s\n", "", "keycustody", "openssl", "kc/openssl");
+    printf("%-22s %12.0f %12.0f %12.4f\n", "scope keys per second", kc_rate, raw_rate,
+           kc_rate / raw_rate);
+    printf("(%ld scope keys moved in %.1f s)\n", moved, t);
+
+    kc_data_close(ds);
+    kc_store_close(st);
+    kc_ctx_free(ctx);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    i = system(cmd);
+    return i == 0 ? 0 : 1;
+}
