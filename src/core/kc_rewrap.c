@@ -210,8 +210,11 @@ static kc_rc job_start(kc_store *st, long pending, long *total, int *resumed, kc
     return rc == SQLITE_OK ? KC_OK : db_error(st, err);
 }
 
-/* One batch, in the caller's transaction: *n scopes moved. */
-static kc_rc batch_step(kc_data_session *s, kc_store *st, long batch, long *n, kc_error *err)
+/* One batch, in the caller's transaction: *n scopes moved, the pending
+ * scopes after last (in scope order, which the primary key gives, so a
+ * job walks the table once); last becomes the last one moved. */
+static kc_rc batch_step(kc_data_session *s, kc_store *st, long batch, char last[80], long *n,
+                        kc_error *err)
 {
     sqlite3_stmt *q = NULL;
     char scope[80], to[37];
@@ -219,13 +222,16 @@ static kc_rc batch_step(kc_data_session *s, kc_store *st, long batch, long *n, k
     kc_rc r = KC_OK;
 
     *n = 0;
-    if (sqlite3_prepare_v2(
-            st->db, "SELECT scope, target_id, target_generation " PENDING " ORDER BY scope LIMIT ?",
-            -1, &q, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(st->db,
+                           "SELECT scope, target_id, target_generation " PENDING
+                           " AND scope > ? ORDER BY scope LIMIT ?",
+                           -1, &q, NULL) != SQLITE_OK)
         return db_error(st, err);
-    sqlite3_bind_int64(q, 1, batch);
+    sqlite3_bind_text(q, 1, last, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(q, 2, batch);
     while (r == KC_OK && sqlite3_step(q) == SQLITE_ROW) {
         text(q, 0, scope, sizeof(scope));
+        snprintf(last, 80, "%s", scope);
         text(q, 1, to, sizeof(to));
         gen = (long)sqlite3_column_int64(q, 2);
         r = kc_data_move_scope(s, scope, to, gen, err);
@@ -257,6 +263,7 @@ kc_rc kc_rewrap(kc_data_session *s, kc_store *st, long batch, kc_rewrap_progress
                 void *arg, long *moved, kc_error *err)
 {
     long pending = 0, total = 0, n = 0;
+    char last[80] = "";
     int resumed = 0;
     kc_rc r;
 
@@ -274,15 +281,13 @@ kc_rc kc_rewrap(kc_data_session *s, kc_store *st, long batch, kc_rewrap_progress
         r = kc_store_begin(st, err);
         if (r != KC_OK)
             break;
-        r = batch_step(s, st, batch, &n, err);
+        r = batch_step(s, st, batch, last, &n, err);
         if (r == KC_OK && n == 0)
             r = drop_old_generations(st, err);
         if (r == KC_OK && n > 0) {
-            r = count(st, "SELECT count(*) " PENDING, NULL, &pending, err);
-        }
-        if (r == KC_OK && n > 0) {
             char sql[96];
 
+            pending = pending > n ? pending - n : 0;
             snprintf(sql, sizeof(sql), "UPDATE rewrap_progress SET done = %ld",
                      total > pending ? total - pending : 0);
             r = kc_store_exec(st, sql, err);
