@@ -40,6 +40,9 @@ void kc_test_vault(const char *name, const char *subscription, const char *regio
  * DEP) to layout.yaml with the text old replaced by new (old may be NULL);
  * returns its path. */
 const char *kc_test_layout(const char *old, const char *new);
+/* How many objects the token of vault holds, as pkcs11-tool counts them
+ * (logged in with TEST_PIN); -1 when it cannot tell. */
+int kc_test_objects(const char *vault);
 /* A PIN callback for kc_ctx_new: TEST_SO_PIN or TEST_PIN for every vault. */
 kc_rc kc_test_env_pin(void *arg, const char *vault, kc_pin_kind kind, kc_secret **out,
                       kc_error *err);

@@ -74,3 +74,15 @@ kc_rc kc_test_env_pin(void *arg, const char *vault, kc_pin_kind kind, kc_secret 
     *out = kc_secret_dup(v, strlen(v));
     return *out ? KC_OK : kc_error_set(err, KC_ERR, "oom");
 }
+
+int kc_test_objects(const char *vault)
+{
+    char *out = NULL; /* kc_test_sh's buffer, kept by it */
+
+    if (kc_test_sh(&out,
+                   "pkcs11-tool --module '%s' --token-label %s --login --pin env:TEST_PIN "
+                   "-O 2>/dev/null | grep -c -E '^(Public|Private|Secret|Data)'",
+                   KC_SOFTHSM_MODULE, vault) > 1)
+        return -1;
+    return atoi(out);
+}

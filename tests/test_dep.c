@@ -1020,6 +1020,194 @@ static void test_policy_apply_deps(void)
     ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 5);
 }
 
+/* --- injected token failures --- */
+
+static const char *const fault_fns[] = {
+    "C_OpenSession",       "C_Login",           "C_FindObjects",     "C_GetAttributeValue",
+    "C_GenerateRandom",    "C_GenerateKeyPair", "C_CreateObject",    "C_DestroyObject",
+    "C_WrapKey",           "C_UnwrapKey",       "C_FindObjectsInit", "C_Sign",
+    "C_SetAttributeValue",
+};
+#define N_FAULT_FNS (sizeof(fault_fns) / sizeof(fault_fns[0]))
+
+/* The calls to fail: every one of the first four, then fewer and fewer
+ * (a create makes ~120 C_GetAttributeValue calls). */
+static const unsigned fault_nths[] = {1, 2, 3, 4, 6, 9, 13, 19, 28, 42, 63, 94, 141};
+#define N_FAULT_NTHS (sizeof(fault_nths) / sizeof(fault_nths[0]))
+
+/* Runs step() with fn failing at its nth call, for every fn and nth the
+ * step reaches; check(failed) then says whether the store and the tokens
+ * are as they must be. */
+static void each_fault(int (*step)(unsigned round), void (*check)(unsigned round, int failed))
+{
+    unsigned round = 0, calls;
+    size_t f, k;
+    kc_error e;
+    int rc;
+
+    for (f = 0; f < N_FAULT_FNS; f++)
+        for (k = 0; k < N_FAULT_NTHS; k++) {
+            CU_ASSERT_EQUAL_FATAL(
+                kc_p11_fault_arm(fault_fns[f], "CKR_DEVICE_ERROR", fault_nths[k], 0, &e), KC_OK);
+            rc = step(round);
+            calls = kc_p11_fault_calls();
+            kc_p11_fault_disarm();
+            check(round++, rc != 0);
+            if (calls < fault_nths[k])
+                break; /* not reached: the command made fewer calls */
+        }
+}
+
+static int fault_baseline_avail, fault_baseline_objects;
+static char fault_said[2048]; /* what the faulted command said, shown when a check fails */
+
+static int create_step(unsigned round)
+{
+    char name[32];
+    const kc_test_out *r;
+
+    snprintf(name, sizeof(name), "D%u", round);
+    r = kc_test_run("dep", "create", name, "--keys", "VaultA1/KeyA,VaultB1/KeyB", "--workload",
+                    "exchange", "--pin-source", "Service=env:TEST_PIN", "--as", "svc", NULL);
+    snprintf(fault_said, sizeof(fault_said), "%s", r->err);
+    return r->rc;
+}
+
+/* A failed create leaves neither a record nor a key on the service vault. */
+static void create_check(unsigned round, int failed)
+{
+    char name[32];
+    const kc_test_out *r;
+
+    snprintf(name, sizeof(name), "D%u", round);
+    r = kc_test_run("dep", "show", name, NULL);
+    CU_ASSERT_EQUAL(r->rc, failed ? 4 : 0);
+    if (!failed) {
+        fault_baseline_avail++;
+        fault_baseline_objects = kc_test_objects("Service");
+    }
+    if (avail_keys() != fault_baseline_avail ||
+        kc_test_objects("Service") != fault_baseline_objects)
+        fprintf(stderr, "\n  round %u left %d availability keys, %d objects (want %d, %d): %s",
+                round, avail_keys(), kc_test_objects("Service"), fault_baseline_avail,
+                fault_baseline_objects, fault_said);
+    CU_ASSERT_EQUAL(avail_keys(), fault_baseline_avail);
+    CU_ASSERT_EQUAL(kc_test_objects("Service"), fault_baseline_objects);
+}
+
+static void test_faults_create(void)
+{
+    dep_setup();
+    fault_baseline_avail = 0;
+    fault_baseline_objects = kc_test_objects("Service");
+    each_fault(create_step, create_check);
+    /* and a clean create still works */
+    make_dep("Clean", "VaultA1/KeyA,VaultB1/KeyB", "exchange");
+}
+
+static int rewrap_step(unsigned round)
+{
+    (void)round;
+    return kc_test_run("rewrap", "--batch", "4", "--as", "svc", PINS, NULL)->rc;
+}
+
+/* Whatever failed: every item reads; a clean run finishes the job. */
+static void rewrap_check(unsigned round, int failed)
+{
+    (void)round;
+    (void)failed;
+    CU_ASSERT_EQUAL(readable("m", 12, 0), 12);
+    ASSERT_RC(kc_test_run("rewrap", "--as", "svc", PINS, NULL), 0);
+    CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Registered 12/12");
+    CU_ASSERT_EQUAL(readable("m", 12, 0), 12);
+    ASSERT_RC(kc_test_run("dep", "refresh", "Ten", "--roll", "--as", "svc", PINS, NULL), 0);
+}
+
+static void test_faults_rewrap(void)
+{
+    dep_setup();
+    make_dep("Ten", "VaultA1/KeyA,VaultB1/KeyB", "tenant");
+    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", NULL), 0);
+    put_mailboxes("m", 12);
+    ASSERT_RC(kc_test_run("dep", "refresh", "Ten", "--roll", "--as", "svc", PINS, NULL), 0);
+    each_fault(rewrap_step, rewrap_check);
+}
+
+/* A DEP with one item, purge requested; the service keeps its access to
+ * the vaults for the DEPs still to come. */
+static void purge_ready(unsigned round)
+{
+    char name[32], scope[48];
+
+    snprintf(name, sizeof(name), "P%u", round);
+    snprintf(scope, sizeof(scope), "p%u-", round);
+    make_dep(name, "VaultA1/KeyA,VaultB1/KeyB", "exchange");
+    snprintf(scope, sizeof(scope), "p%u-0", round);
+    ASSERT_RC(kc_test_run("dep", "assign", name, "--mailbox", scope, NULL), 0);
+    snprintf(scope, sizeof(scope), "p%u-", round);
+    put_mailboxes(scope, 1);
+    set_service("remove", "VaultA1");
+    set_service("remove", "VaultB1");
+    ASSERT_RC(kc_test_run("dep", "purge-request", name, "--reason", "r", "--contact", "c", NULL),
+              0);
+    set_service("set", "VaultA1");
+    set_service("set", "VaultB1");
+}
+
+static int purge_step(unsigned round)
+{
+    char name[32];
+    const kc_test_out *r;
+
+    snprintf(name, sizeof(name), "P%u", round);
+    r = kc_test_run("dep", "purge", name, "--confirm", name, "--pin-source", "Service=env:TEST_PIN",
+                    NULL);
+    snprintf(fault_said + strlen(fault_said), sizeof(fault_said) - strlen(fault_said),
+             "[%s rc %d: %s]", name, r->rc, r->err);
+    return r->rc;
+}
+
+/* Purged in the store whatever failed; running it again finishes it:
+ * no availability key left, the other data readable. The next DEP is made
+ * before objects are counted, since its key-state write is what removes a
+ * key-state generation a failed destroy left behind. */
+static void purge_check(unsigned round, int failed)
+{
+    char name[32], scope[48];
+    int again;
+
+    snprintf(name, sizeof(name), "P%u", round);
+    snprintf(scope, sizeof(scope), "p%u-", round);
+    CU_ASSERT_EQUAL(readable(scope, 1, KC_DEP_USE_AVAILABILITY), 0);
+    CU_ASSERT_STRING_EQUAL(dep_state(name), "Purged 0/0");
+    if (failed) {
+        again = purge_step(round);
+        /* 0, or 5 when the failed run had destroyed it all but said so too late */
+        CU_ASSERT(again == 0 || (again == 5 && kc_test_contains(fault_said, "purged already")));
+    }
+    CU_ASSERT_EQUAL(readable("m", 3, 0), 3);
+    purge_ready(round + 1);
+    if (avail_keys() != 2 || kc_test_objects("Service") != fault_baseline_objects)
+        fprintf(stderr, "\n  round %u left %d availability keys, %d objects (want 2, %d): %s",
+                round, avail_keys(), kc_test_objects("Service"), fault_baseline_objects,
+                fault_said);
+    fault_said[0] = '\0';
+    CU_ASSERT_EQUAL(avail_keys(), 2); /* the tenant DEP's and the next one's */
+    CU_ASSERT_EQUAL(kc_test_objects("Service"), fault_baseline_objects);
+}
+
+static void test_faults_purge(void)
+{
+    dep_setup();
+    make_dep("Ten", "VaultA1/KeyA,VaultB1/KeyB", "tenant");
+    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", NULL), 0);
+    put_mailboxes("m", 3);
+    purge_ready(0);
+    /* the service vault's objects with two availability keys */
+    fault_baseline_objects = kc_test_objects("Service");
+    each_fault(purge_step, purge_check);
+}
+
 static const kc_test_case dep_cases[] = {
     {"dep create, show, set", test_dep_create},
     {"DEP key: A, else B, else availability", test_dep_unwrap_fallback},
@@ -1038,8 +1226,17 @@ static const kc_test_case lifecycle_cases[] = {
     {NULL, NULL},
 };
 
-static const kc_test_suite suites[] = {
-    {"dep", 1, dep_cases}, {"lifecycle", 1, lifecycle_cases}, {NULL, 0, NULL}};
+static const kc_test_case fault_cases[] = {
+    {"a token call failing in dep create", test_faults_create},
+    {"a token call failing in rewrap", test_faults_rewrap},
+    {"a token call failing in dep purge", test_faults_purge},
+    {NULL, NULL},
+};
+
+static const kc_test_suite suites[] = {{"dep", 1, dep_cases},
+                                       {"lifecycle", 1, lifecycle_cases},
+                                       {"faults", 1, fault_cases},
+                                       {NULL, 0, NULL}};
 
 int main(int argc, char **argv)
 {

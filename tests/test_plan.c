@@ -32,26 +32,13 @@ static size_t actions(const char *file)
     return n;
 }
 
-/* How many objects the token of vault holds, as pkcs11-tool counts them. */
-static int objects(const char *vault)
-{
-    char *out = NULL;
-
-    if (kc_test_sh(&out,
-                   "pkcs11-tool --module '%s' --token-label %s --login --pin env:TEST_PIN "
-                   "-O 2>/dev/null | grep -c -E '^(Public|Private|Secret|Data)'",
-                   KC_SOFTHSM_MODULE, vault) > 1)
-        return -1;
-    return atoi(out);
-}
-
 /* The layout's state: plan empty, and on each vault one key pair per key
  * plus the vault metadata and the key state: no duplicate, no orphan. */
 static void assert_converged(const char *file)
 {
     CU_ASSERT_EQUAL(actions(file), 0);
-    CU_ASSERT_EQUAL(objects("VaultA1"), 4);
-    CU_ASSERT_EQUAL(objects("VaultB1"), 4);
+    CU_ASSERT_EQUAL(kc_test_objects("VaultA1"), 4);
+    CU_ASSERT_EQUAL(kc_test_objects("VaultB1"), 4);
 }
 
 static void test_plan_apply_plan(void)
@@ -224,7 +211,7 @@ static void test_converges_after_injected_failures(void)
             if (failed)
                 ASSERT_HAS(r->err, "run 'keycustody policy apply' again");
             ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
-            if (objects("VaultA1") != 4 || objects("VaultB1") != 4) {
+            if (kc_test_objects("VaultA1") != 4 || kc_test_objects("VaultB1") != 4) {
                 kc_test_sh(&out,
                            "pkcs11-tool --module '%s' --token-label VaultA1 --login --pin "
                            "env:TEST_PIN -O 2>/dev/null",
@@ -254,7 +241,8 @@ static void test_converges_after_kill(void)
                    "kill -9 $p 2>/dev/null; wait $p; true",
                    KC_BINARY, file, delays[i]);
         ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
-        if (actions(file) != 0 || objects("VaultA1") != 4 || objects("VaultB1") != 4) {
+        if (actions(file) != 0 || kc_test_objects("VaultA1") != 4 ||
+            kc_test_objects("VaultB1") != 4) {
             const kc_test_out *r = kc_test_run("policy", "plan", file, NULL);
             fprintf(stderr, "\n  killed after %s s; plan:\n%s%s", delays[i], r->out, r->err);
             kc_test_sh(&out,

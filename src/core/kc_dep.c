@@ -204,8 +204,9 @@ kc_rc kc_dep_create(kc_ctx *ctx, kc_store *st, const kc_dep_spec *spec, kc_dep *
     ko.protection = KC_PROT_HSM;
     ko.ops = KC_OP_WRAP | KC_OP_UNWRAP;
     if (r == KC_OK) {
+        /* a create that fails after the key pair was made leaves it: drop it too */
         r = kc_key_create(sv, &ko, &ak, err);
-        made_avail = r == KC_OK;
+        made_avail = 1;
     }
     snprintf(ref, sizeof(ref), "%s/%s", sv ? sv->meta.name : "", avail);
     if (r == KC_OK)
@@ -1055,7 +1056,6 @@ kc_rc kc_dep_purge(kc_ctx *ctx, kc_store *st, const char *name_or_id, kc_dep *ou
 {
     char now_s[21];
     kc_vault *sv = NULL;
-    kc_key *ak = NULL;
     time_t now;
     int again;
     kc_rc r = kc_dep_get(st, name_or_id, out, err);
@@ -1085,19 +1085,16 @@ kc_rc kc_dep_purge(kc_ctx *ctx, kc_store *st, const char *name_or_id, kc_dep *ou
             return kc_error_prefix(err, "cannot purge DEP '%s'", out->name);
         snprintf(out->purged, sizeof(out->purged), "%s", now_s);
     }
+    /* The first run destroys the key it made with the DEP: not finding it
+     * is an error to report, never taken for done. Only a run after the
+     * store was shredded may find it gone, and then the purge was finished. */
     r = kc_vault_open(ctx, out->keys[2].vault, &sv, err);
-    if (r == KC_OK)
-        r = kc_key_get(sv, out->keys[2].key, 0, &ak, err);
-    if (r == KC_OK)
+    if (r == KC_OK) {
         r = kc_key_destroy_now(sv, out->keys[2].key, err);
-    else if (r == KC_NOT_FOUND && again)
-        r = kc_error_set(err, KC_CONFLICT, "DEP '%s' was purged already, on %s", out->name,
-                         out->purged);
-    else if (r == KC_NOT_FOUND) {
-        kc_error_clear(err);
-        r = KC_OK;
+        if (r == KC_NOT_FOUND && again)
+            r = kc_error_set(err, KC_CONFLICT, "DEP '%s' was purged already, on %s", out->name,
+                             out->purged);
     }
-    kc_key_free(ak);
     kc_vault_free(sv);
     if (r != KC_OK && r != KC_CONFLICT)
         return kc_error_prefix(err,

@@ -53,6 +53,7 @@ kc_rc kc_gendoc_write(kc_tok *tok, const char *label, int is_private, const char
 {
     kc_data_obj *objs = NULL;
     kc_obj created = 0;
+    kc_error ignored;
     size_t n = 0, i;
     kc_rc r;
 
@@ -61,11 +62,12 @@ kc_rc kc_gendoc_write(kc_tok *tok, const char *label, int is_private, const char
         return r;
     r = kc_tok_create_data(tok, KC_GENDOC_APPLICATION, label, doc, strlen(doc), is_private,
                            &created, err);
-    for (i = 0; r == KC_OK && i < n; i++) {
-        r = kc_tok_destroy(tok, objs[i].handle, err);
-        if (r != KC_OK)
-            kc_error_prefix(err, "cannot remove an older generation of '%s'", label);
-    }
+    /* The new generation is the write: readers take the highest. An older
+     * one this write cannot remove (the token failed) is harmless and the
+     * next write removes it, so it does not fail a write that happened. */
+    for (i = 0; r == KC_OK && i < n; i++)
+        if (kc_tok_destroy(tok, objs[i].handle, &ignored) != KC_OK)
+            continue;
     kc_p11_data_objs_free(objs, n);
     return r;
 }

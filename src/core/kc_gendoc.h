@@ -23,7 +23,9 @@ KC_EXPORT kc_rc kc_gendoc_read(kc_tok *tok, const char *label, const char *what,
                                kc_gendoc_check check, void *arg, unsigned char **out, size_t *len,
                                unsigned long *next, kc_error *err) KC_MUST_CHECK;
 
-/* Stores doc as a new object, then removes every older object with the label. */
+/* Stores doc as a new object, then removes every older object with the
+ * label; one it cannot remove stays for the next write to remove (readers
+ * take the highest generation), and the write still succeeds. */
 KC_EXPORT kc_rc kc_gendoc_write(kc_tok *tok, const char *label, int is_private, const char *doc,
                                 kc_error *err) KC_MUST_CHECK;
 

@@ -192,7 +192,8 @@ KC_EXPORT kc_rc kc_key_recover(kc_vault *v, const char *name, kc_key **out,
 KC_EXPORT kc_rc kc_key_purge(kc_vault *v, const char *name, kc_error *err) KC_MUST_CHECK;
 /* Destroys every object of the key at once, with no soft delete: for a
  * service key whose end its owner decides (an availability key at the
- * end of a data purge). Logs in. */
+ * end of a data purge). Logs in. KC_NOT_FOUND when there is nothing:
+ * no object with its label and no record. */
 KC_EXPORT kc_rc kc_key_destroy_now(kc_vault *v, const char *name, kc_error *err) KC_MUST_CHECK;
 /* The deleted keys of a vault. */
 KC_EXPORT kc_rc kc_key_list_deleted(kc_vault *v, kc_key **out, size_t *n,

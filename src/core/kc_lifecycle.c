@@ -390,10 +390,18 @@ done:
 
 kc_rc kc_key_destroy_now(kc_vault *v, const char *name, kc_error *err)
 {
+    kc_obj *objs = NULL;
+    size_t n = 0;
     kc_rc r = kc_ctx_login(v->ctx, v->tok, err);
 
     if (r == KC_OK)
         r = kc_keystate_load(v, err);
+    /* logged in: private halves are found too */
+    if (r == KC_OK)
+        r = kc_tok_find_labelled(v->tok, name, &objs, &n, err);
+    free(objs);
+    if (r == KC_OK && n == 0 && kc_keystate_key(v, name, 0) == NULL)
+        return kc_error_set(err, KC_NOT_FOUND, "vault '%s' has no key '%s'", v->meta.name, name);
     if (r == KC_OK)
         r = shred(v, name, err);
     if (r != KC_OK)

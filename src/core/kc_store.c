@@ -39,7 +39,7 @@ static const char *const migrations[] = {
     "  dep_id TEXT NOT NULL REFERENCES deps(id),"
     "  dep_generation INTEGER NOT NULL,"
     "  wrapped_key BLOB NOT NULL," /* the scope key under the DEP key (AES-KWP) */
-    "  purged TEXT);" /* when its DEP was purged: wrapped_key is then empty */
+    "  purged TEXT);"              /* when its DEP was purged: wrapped_key is then empty */
     "CREATE TABLE items ("
     "  scope TEXT NOT NULL REFERENCES scopes(scope),"
     "  name TEXT NOT NULL,"
