@@ -1063,7 +1063,9 @@ static void test_help(void)
         {"access", "remove"},     {"access", "show"},       {"policy", "check"},
         {"policy", "plan"},       {"policy", "apply"},      {"dep", "create"},
         {"dep", "list"},          {"dep", "show"},          {"dep", "set"},
-        {"dep", "assign"},        {"dep", "assignment"},
+        {"dep", "assign"},        {"dep", "assignment"},    {"dep", "refresh"},
+        {"dep", "purge-request"}, {"dep", "purge"},         {"data", "put"},
+        {"data", "get"},          {"tenant", "offboard"},
     };
     const kc_test_out *r;
     char want[100];
@@ -1084,6 +1086,20 @@ static void test_help(void)
     r = kc_test_run("vault", "--help", NULL);
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "init");
+    /* commands without a verb */
+    r = kc_test_run("status", "--help", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "usage: keycustody status [SCOPE] [--json]");
+    ASSERT_HAS(r->out, "Rolling");
+    r = kc_test_run("rewrap", "--help", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "usage: keycustody rewrap [--batch N] [--json]");
+    r = kc_test_run("rewrap", "--bogus", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "hint: see 'keycustody rewrap --help'");
+    r = kc_test_run("--help", NULL);
+    ASSERT_HAS(r->out, "keycustody status ");
+    ASSERT_HAS(r->out, "keycustody tenant offboard");
     r = kc_test_run("--version", NULL);
     ASSERT_RC(r, 0);
 }

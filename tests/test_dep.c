@@ -719,7 +719,7 @@ static void test_rewrap_killed(void)
             kc_test_dir(), KC_BINARY),
         0);
     CU_ASSERT(kc_test_contains(out, "killed=137"));
-    free(out);
+    /* out is kc_test_sh's buffer: it keeps it */
     out = (char *)kc_test_read(kc_test_path("progress.log"), &len);
     for (line = out; line != NULL && (line = strchr(line, '\n')) != NULL; line++)
         lines++;
@@ -1020,6 +1020,65 @@ static void test_policy_apply_deps(void)
     ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 5);
 }
 
+/* Moves the token directory of vault out of SoftHSM's sight (gone != 0),
+ * or back. */
+static void token_dir(const char *vault, int gone)
+{
+    char *out = NULL;
+    int rc;
+
+    if (gone)
+        rc = kc_test_sh(&out,
+                        "cd '%s' && mkdir -p gone && for d in tokens/*/; do "
+                        "grep -q '%s' \"$d/token.object\" && mv \"$d\" gone/%s; "
+                        "done; test -d gone/%s",
+                        kc_test_dir(), vault, vault, vault);
+    else
+        rc = kc_test_sh(&out, "cd '%s' && mv gone/%s tokens/", kc_test_dir(), vault);
+    CU_ASSERT_EQUAL(rc, 0);
+}
+
+/* The DEP key through A only, B only (the other token's directory
+ * removed), and the availability key only (both removed), each use of the
+ * last one recorded; every item reads each way. */
+static void test_tokens_gone(void)
+{
+    const kc_test_out *r;
+    char out[1024];
+
+    lifecycle_setup();
+    snprintf(out, sizeof(out), "%s", kc_test_path("m1.out"));
+    token_dir("VaultA1", 1);
+    CU_ASSERT_EQUAL(readable("m", 40, 0), 40);
+    r = kc_test_run("data", "get", "mailbox:m1", "doc", "--out", out, "--as", "svc", PINS, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->err, "warning: VaultA1: ");
+    token_dir("VaultA1", 0);
+    token_dir("VaultB1", 1);
+    CU_ASSERT_EQUAL(readable("m", 40, 0), 40);
+    CU_ASSERT_EQUAL(readable("x", 1, 0), 1);
+    token_dir("VaultA1", 1);
+    CU_ASSERT_EQUAL(readable("m", 40, 0), 0);
+    r = kc_test_run("data", "get", "mailbox:m1", "doc", "--out", out, "--force", "--as", "svc",
+                    PINS, NULL);
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "neither custodian vault can unwrap the key of DEP 'Ten'");
+    CU_ASSERT_EQUAL(readable("m", 40, KC_DEP_USE_AVAILABILITY), 40);
+    r = kc_test_run("data", "get", "mailbox:m1", "doc", "--out", out, "--force",
+                    "--use-availability-key", "--as", "svc", PINS, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->err, "the DEP key was unwrapped by the availability key (break glass)");
+    r = kc_test_run("dep", "show", "Ten", NULL);
+    ASSERT_HAS(r->out, "break glass:  2 uses, the last at ");
+    /* a roll needs the custodians: refused while both are gone, nothing changed */
+    r = kc_test_run("dep", "refresh", "Ten", "--roll", "--as", "svc", PINS, NULL);
+    CU_ASSERT_NOT_EQUAL(r->rc, 0);
+    CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Registered 40/40");
+    token_dir("VaultA1", 0);
+    token_dir("VaultB1", 0);
+    CU_ASSERT_EQUAL(readable("m", 40, 0), 40);
+}
+
 /* --- injected token failures --- */
 
 static const char *const fault_fns[] = {
@@ -1223,6 +1282,7 @@ static const kc_test_case lifecycle_cases[] = {
     {"rewrap killed with kill -9 resumes", test_rewrap_killed},
     {"the data purge path", test_purge},
     {"tenant offboard", test_offboard},
+    {"custodian tokens gone: A only, B only, availability only", test_tokens_gone},
     {NULL, NULL},
 };
 

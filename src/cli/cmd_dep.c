@@ -24,6 +24,7 @@ static json_t *dep_json(const kc_dep *d)
                             json_pack("{s:s, s:s, s:s}", "requested", d->purge_requested, "reason",
                                       d->purge_reason, "contact", d->purge_contact));
     json_object_set_new(o, "purged", d->purged[0] ? json_string(d->purged) : json_null());
+    json_object_set_new(o, "break_glass_uses", json_integer(d->break_glass));
     for (i = 0; i < KC_DEP_SLOTS; i++)
         if (d->keys[i].vault[0])
             json_array_append_new(json_object_get(o, "keys"),
@@ -53,6 +54,9 @@ static void print_dep(FILE *f, const kc_dep *d)
                 d->purge_reason);
     if (d->purged[0])
         fprintf(f, "PURGED:       %s (every wrapped copy of its key destroyed)\n", d->purged);
+    if (d->break_glass > 0)
+        fprintf(f, "break glass:  %ld use%s, the last at %s\n", d->break_glass,
+                d->break_glass == 1 ? "" : "s", d->break_glass_last);
     for (i = 0; i < KC_DEP_SLOTS; i++)
         if (d->keys[i].vault[0])
             fprintf(f, "%-13s %s/%s/%s (%s)\n", slots[i], d->keys[i].vault, d->keys[i].key,

@@ -233,6 +233,21 @@ static void copy_col(sqlite3_stmt *s, int col, char *out, size_t cap)
     snprintf(out, cap, "%s", t ? (const char *)t : "");
 }
 
+static void load_break_glass(kc_store *st, kc_dep *d)
+{
+    sqlite3_stmt *s = NULL;
+
+    if (sqlite3_prepare_v2(st->db, "SELECT count(*), max(at) FROM break_glass WHERE dep_id = ?", -1,
+                           &s, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
+        if (sqlite3_step(s) == SQLITE_ROW) {
+            d->break_glass = (long)sqlite3_column_int64(s, 0);
+            copy_col(s, 1, d->break_glass_last, sizeof(d->break_glass_last));
+        }
+    }
+    sqlite3_finalize(s);
+}
+
 static kc_rc load_keys(kc_store *st, kc_dep *d, kc_error *err)
 {
     sqlite3_stmt *s = NULL;
@@ -243,6 +258,7 @@ static kc_rc load_keys(kc_store *st, kc_dep *d, kc_error *err)
                            "AND generation = ?",
                            -1, &s, NULL) != SQLITE_OK)
         return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
+    load_break_glass(st, d);
     sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, 2, d->generation);
     while (sqlite3_step(s) == SQLITE_ROW) {
