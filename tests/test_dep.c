@@ -923,6 +923,24 @@ static void test_offboard(void)
     /* a tenant DEP cannot be purged: offboarding is its way out */
     r = kc_test_run("dep", "assign", "service-managed", "--mailbox", "q", NULL);
     ASSERT_RC(r, 5);
+    r = kc_test_run("dep", "set", "service-managed", "--enabled", "false", NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "the service-managed key's DEP is not changed by hand");
+    ASSERT_RC(kc_test_run("dep", "set", "Mbx", "--name", "service-managed", NULL), 5);
+    r = kc_test_run("dep", "purge-request", "service-managed", "--reason", "r", "--contact", "c",
+                    NULL);
+    ASSERT_RC(r, 5);
+    /* the tenant comes back: a tenant DEP again, and the scope keys move back under it */
+    ASSERT_RC(kc_test_run("access", "set", "VaultA1", "--principal", "svc", "--permissions",
+                          "unwrapKey", "--so-pin-source", "env:TEST_SO_PIN", "--pin-source",
+                          "env:TEST_PIN", NULL),
+              0);
+    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", NULL), 0);
+    CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Registering 0/40");
+    ASSERT_RC(kc_test_run("rewrap", "--as", "svc", PINS, NULL), 0);
+    CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Registered 40/40");
+    CU_ASSERT(json_is_true(scope_field("mailbox:m1", "is_encrypted")));
+    CU_ASSERT_EQUAL(readable("m", 40, 0), 40);
     r = kc_test_run("dep", "create", "service-managed", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
                     "--pin-source", "Service=env:TEST_PIN", "--as", "svc", NULL);
     ASSERT_RC(r, 5);

@@ -374,6 +374,10 @@ kc_rc kc_dep_set(kc_store *st, const char *name_or_id, const int *enabled, const
     r = kc_dep_get(st, name_or_id, &d, err);
     if (r != KC_OK)
         return r;
+    if (strcmp(d.workload, "service") == 0 ||
+        (new_name != NULL && strcmp(new_name, KC_DEP_SERVICE) == 0))
+        return kc_error_set(err, KC_CONFLICT,
+                            "the service-managed key's DEP is not changed by hand");
     if (enabled != NULL && !*enabled && assigned(st, d.id)) {
         kc_error_set(err, KC_CONFLICT, "DEP '%s' is assigned; it cannot be disabled", d.name);
         kc_error_hint(err, "unassign it first");
@@ -1025,8 +1029,8 @@ kc_rc kc_dep_purge_request(kc_ctx *ctx, kc_store *st, const char *name_or_id, co
 }
 
 /* Every wrapped copy of the DEP key and of its scope keys goes, in one
- * transaction; the store overwrites freed pages (secure_delete) and the
- * write-ahead log is emptied, so no copy stays in the file. */
+ * transaction; the store overwrites what it frees (secure_delete), and the
+ * caller then empties the write-ahead log, so no copy stays in either file. */
 static kc_rc shred_store(kc_store *st, const kc_dep *d, const char *now, long *scopes,
                          kc_error *err)
 {
@@ -1061,10 +1065,7 @@ static kc_rc shred_store(kc_store *st, const kc_dep *d, const char *now, long *s
         kc_store_rollback(st);
         return r;
     }
-    r = kc_store_commit(st, err);
-    if (r == KC_OK)
-        r = kc_store_scrub(st, err);
-    return r;
+    return kc_store_commit(st, err);
 }
 
 kc_rc kc_dep_purge(kc_ctx *ctx, kc_store *st, const char *name_or_id, kc_dep *out, long *scopes,
@@ -1101,6 +1102,14 @@ kc_rc kc_dep_purge(kc_ctx *ctx, kc_store *st, const char *name_or_id, kc_dep *ou
             return kc_error_prefix(err, "cannot purge DEP '%s'", out->name);
         snprintf(out->purged, sizeof(out->purged), "%s", now_s);
     }
+    /* every run: a scrub another reader held up is finished by the next */
+    r = kc_store_scrub(st, err);
+    if (r != KC_OK)
+        return kc_error_prefix(err,
+                               "DEP '%s' is purged in the store, but old copies may remain in its "
+                               "write-ahead log; run the purge again when no other keycustody "
+                               "has the store open",
+                               out->name);
     /* The first run destroys the key it made with the DEP: not finding it
      * is an error to report, never taken for done. Only a run after the
      * store was shredded may find it gone, and then the purge was finished. */
