@@ -65,3 +65,10 @@ int bench_token_dir(char *dir, size_t len)
     return 0;
 }
 
+int bench_remove_dir(const char *dir)
+{
+    char cmd[600];
+
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    return system(cmd) == 0 ? 0 : 1;
+}

@@ -197,7 +197,7 @@ int main(int argc, char **argv)
     kc_dep dep, before, after;
     kc_store *st = NULL;
     kc_ctx *ctx = NULL;
-    char dir[512], path[600], cmd[600];
+    char dir[512], path[600];
     double t, kc_rate, raw_rate;
     long made = 0, moved = 0;
     kc_error e;
@@ -274,7 +274,5 @@ int main(int argc, char **argv)
     kc_data_close(ds);
     kc_store_close(st);
     kc_ctx_free(ctx);
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    i = system(cmd);
-    return i == 0 ? 0 : 1;
+    return bench_remove_dir(dir);
 }

@@ -271,8 +271,8 @@ int main(int argc, char **argv)
     kc_ctx *ctx = NULL;
     kc_vault *v = NULL;
     kc_error e;
-    char dir[512], cmd[600];
-    int adopted, i, threads;
+    char dir[512];
+    int adopted, threads;
     size_t s;
 
     if (argc == 3 && strcmp(argv[1], "--seconds") == 0)
@@ -336,7 +336,5 @@ int main(int argc, char **argv)
     }
     kc_vault_free(v);
     kc_ctx_free(ctx);
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    i = system(cmd);
-    return i == 0 ? 0 : 1;
+    return bench_remove_dir(dir);
 }

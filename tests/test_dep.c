@@ -33,6 +33,13 @@ static int avail_keys(void)
     return n;
 }
 
+static void make_dep(const char *name, const char *keys, const char *workload)
+{
+    ASSERT_RC(kc_test_run("dep", "create", name, "--keys", keys, "--workload", workload,
+                          "--pin-source", "Service=env:TEST_PIN", "--as", "svc", NULL),
+              0);
+}
+
 /* The layout applied (VaultA1 also holds Other), a service vault with no
  * access policy, and the store and service vault named by environment. */
 static void dep_setup(void)
@@ -92,10 +99,7 @@ static void test_dep_unwrap_fallback(void)
     kc_error err;
 
     dep_setup();
-    ASSERT_RC(kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
-                          "--workload", "exchange", "--pin-source", "Service=env:TEST_PIN", "--as",
-                          "svc", NULL),
-              0);
+    make_dep("Mbx", "VaultA1/KeyA,VaultB1/KeyB", "exchange");
     CU_ASSERT_EQUAL(dep_unwrap("svc", 0, a, &info, &err), 0);
     CU_ASSERT_STRING_EQUAL(info.skipped[0], "");
     /* vault A revokes the service principal: B unwraps, A is named */
@@ -204,10 +208,7 @@ static void test_dep_refresh(void)
     json_t *j;
 
     dep_setup();
-    ASSERT_RC(kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
-                          "--workload", "exchange", "--pin-source", "Service=env:TEST_PIN", "--as",
-                          "svc", NULL),
-              0);
+    make_dep("Mbx", "VaultA1/KeyA,VaultB1/KeyB", "exchange");
     CU_ASSERT_EQUAL(dep_unwrap("svc", 0, before, &info, &err), 0);
     snprintf(old_a, sizeof(old_a), "%s", dep_version(0));
     snprintf(old_b, sizeof(old_b), "%s", dep_version(1));
@@ -284,14 +285,8 @@ static void test_data(void)
     int i;
 
     dep_setup();
-    ASSERT_RC(kc_test_run("dep", "create", "Ten", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
-                          "--workload", "tenant", "--pin-source", "Service=env:TEST_PIN", "--as",
-                          "svc", NULL),
-              0);
-    ASSERT_RC(kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/Other,VaultB1/KeyB",
-                          "--workload", "exchange", "--pin-source", "Service=env:TEST_PIN", "--as",
-                          "svc", NULL),
-              0);
+    make_dep("Ten", "VaultA1/KeyA,VaultB1/KeyB", "tenant");
+    make_dep("Mbx", "VaultA1/Other,VaultB1/KeyB", "exchange");
     for (i = 0; i < (int)sizeof(item); i++)
         item[i] = (unsigned char)(i * 7 + 3);
     kc_test_write(kc_test_path("item.bin"), item, sizeof(item), 0600);
@@ -379,14 +374,8 @@ static void test_dep_assign(void)
     json_t *j;
 
     dep_setup();
-    ASSERT_RC(kc_test_run("dep", "create", "Ten", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
-                          "--workload", "tenant", "--pin-source", "Service=env:TEST_PIN", "--as",
-                          "svc", NULL),
-              0);
-    ASSERT_RC(kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/Other,VaultB1/KeyB",
-                          "--workload", "exchange", "--pin-source", "Service=env:TEST_PIN", "--as",
-                          "svc", NULL),
-              0);
+    make_dep("Ten", "VaultA1/KeyA,VaultB1/KeyB", "tenant");
+    make_dep("Mbx", "VaultA1/Other,VaultB1/KeyB", "exchange");
     r = kc_test_run("dep", "assignment", NULL);
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "no DEP is assigned");
@@ -465,13 +454,6 @@ static void test_dep_assign(void)
 #define PINS                                                                                       \
     "--pin-source", "VaultA1=env:TEST_PIN", "--pin-source", "VaultB1=env:TEST_PIN",                \
         "--pin-source", "Service=env:TEST_PIN"
-
-static void make_dep(const char *name, const char *keys, const char *workload)
-{
-    ASSERT_RC(kc_test_run("dep", "create", name, "--keys", keys, "--workload", workload,
-                          "--pin-source", "Service=env:TEST_PIN", "--as", "svc", NULL),
-              0);
-}
 
 /* The item every test seals: its bytes depend on scope and name. */
 static void item_bytes(const char *scope, const char *name, unsigned char out[64])

@@ -482,3 +482,11 @@ int kc_cli_store(kc_cli *cli, kc_store **st)
         return kc_cli_fail(cli, &err);
     return 0;
 }
+
+int kc_cli_ctx_store(kc_cli *cli, kc_ctx **ctx, kc_store **st)
+{
+    *st = NULL;
+    if (kc_cli_ctx(cli, ctx) != KC_OK)
+        return cli->error.code;
+    return kc_cli_store(cli, st);
+}

@@ -69,6 +69,9 @@ struct kc_store;
  * exit code (usage when none is named). */
 int kc_cli_store(kc_cli *cli, struct kc_store **st);
 
+/* Both: the context, then the store; 0 or the exit code. */
+int kc_cli_ctx_store(kc_cli *cli, kc_ctx **ctx, struct kc_store **st);
+
 struct json_t;
 void kc_cli_print_json(kc_cli *cli, struct json_t *value);
 

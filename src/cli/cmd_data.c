@@ -67,9 +67,7 @@ static int open_session(kc_cli *cli, int argc, char **argv, const struct option 
     kc_error_clear(&err);
     if (kc_dep_scope_check(argv[*first], &err) != KC_OK)
         return kc_cli_fail(cli, &err);
-    if (kc_cli_ctx(cli, &ctx) != KC_OK)
-        return cli->error.code;
-    if ((rc = kc_cli_store(cli, st)) != 0)
+    if ((rc = kc_cli_ctx_store(cli, &ctx, st)) != 0)
         return rc;
     if (kc_data_open(ctx, *st, cli->principal, s->avail ? KC_DEP_USE_AVAILABILITY : 0, warn, cli,
                      ds, &err) != KC_OK) {

@@ -341,9 +341,7 @@ static int cmd_refresh(kc_cli *cli, int argc, char **argv)
         return rc;
     if (argc - first != 1)
         return kc_cli_usage(cli, "give exactly one DEP name or id");
-    if (kc_cli_ctx(cli, &ctx) != KC_OK)
-        return cli->error.code;
-    if ((rc = kc_cli_store(cli, &st)) != 0)
+    if ((rc = kc_cli_ctx_store(cli, &ctx, &st)) != 0)
         return rc;
     kc_error_clear(&err);
     rc = kc_dep_refresh(ctx, st, argv[first], cli->principal, s.roll, &before, &after, &err);
@@ -399,9 +397,7 @@ static int cmd_purge_request(kc_cli *cli, int argc, char **argv)
         return kc_cli_usage(cli, "--reason TEXT (1 to 255 characters) is required");
     if (s.contact == NULL || s.contact[0] == '\0' || strlen(s.contact) > 255)
         return kc_cli_usage(cli, "--contact TEXT (1 to 255 characters) is required");
-    if (kc_cli_ctx(cli, &ctx) != KC_OK)
-        return cli->error.code;
-    if ((rc = kc_cli_store(cli, &st)) != 0)
+    if ((rc = kc_cli_ctx_store(cli, &ctx, &st)) != 0)
         return rc;
     kc_error_clear(&err);
     if (kc_dep_purge_request(ctx, st, argv[first], s.reason, s.contact, &d, &err) != KC_OK)
@@ -438,9 +434,7 @@ static int cmd_purge(kc_cli *cli, int argc, char **argv)
     if (s.confirm == NULL || strcmp(s.confirm, argv[first]) != 0)
         return kc_cli_usage(cli, "a purge destroys data for ever: confirm it with --confirm %s",
                             argv[first]);
-    if (kc_cli_ctx(cli, &ctx) != KC_OK)
-        return cli->error.code;
-    if ((rc = kc_cli_store(cli, &st)) != 0)
+    if ((rc = kc_cli_ctx_store(cli, &ctx, &st)) != 0)
         return rc;
     kc_error_clear(&err);
     if (kc_dep_purge(ctx, st, argv[first], &d, &scopes, &err) != KC_OK)

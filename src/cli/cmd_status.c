@@ -202,9 +202,7 @@ static int cmd_rewrap(kc_cli *cli, int argc, char **argv)
         return rc;
     if (argc - first != 0)
         return kc_cli_usage(cli, "rewrap takes no operands");
-    if (kc_cli_ctx(cli, &ctx) != KC_OK)
-        return cli->error.code;
-    if ((rc = kc_cli_store(cli, &st)) != 0)
+    if ((rc = kc_cli_ctx_store(cli, &ctx, &st)) != 0)
         return rc;
     rc = run_job(cli, ctx, st, &s, &moved);
     if (rc == 0 && !cli->json)
@@ -239,9 +237,7 @@ static int cmd_offboard(kc_cli *cli, int argc, char **argv)
         return kc_cli_usage(cli, "tenant offboard takes no operands");
     if (s.service == NULL || s.service[0] == '\0')
         return kc_cli_usage(cli, "--service-vault NAME (or KEYCUSTODY_SERVICE_VAULT) is required");
-    if (kc_cli_ctx(cli, &ctx) != KC_OK)
-        return cli->error.code;
-    if ((rc = kc_cli_store(cli, &st)) != 0)
+    if ((rc = kc_cli_ctx_store(cli, &ctx, &st)) != 0)
         return rc;
     kc_error_clear(&err);
     if (kc_tenant_offboard(ctx, st, s.service, cli->principal, &was, &service, &err) != KC_OK)
