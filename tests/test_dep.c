@@ -1054,6 +1054,14 @@ static void test_tokens_gone(void)
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->err, "warning: VaultA1: ");
     token_dir("VaultA1", 0);
+    /* vault A refuses the login (a wrong PIN): B, and A named */
+    setenv("WRONG_PIN", "000000", 1);
+    r = kc_test_run("data", "get", "mailbox:m2", "doc", "--out", out, "--force", "--as", "svc",
+                    "--pin-source", "VaultA1=env:WRONG_PIN", "--pin-source", "VaultB1=env:TEST_PIN",
+                    NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->err, "warning: VaultA1: ");
+    ASSERT_HAS(r->err, "CKR_PIN_INCORRECT");
     token_dir("VaultB1", 1);
     CU_ASSERT_EQUAL(readable("m", 40, 0), 40);
     CU_ASSERT_EQUAL(readable("x", 1, 0), 1);

@@ -540,6 +540,7 @@ kc_rc kc_dep_unwrap(kc_ctx *ctx, kc_store *st, const char *name_or_id, long gene
                     kc_dep_unwrap_info *info, kc_error *err)
 {
     kc_error tried[2];
+    char why[1400];
     kc_dep d;
     int slot;
     kc_rc r;
@@ -565,8 +566,9 @@ kc_rc kc_dep_unwrap(kc_ctx *ctx, kc_store *st, const char *name_or_id, long gene
             return KC_OK;
         }
         /* a long reason is cut: the warning names the vault first */
+        kc_error_format(&tried[slot], why, sizeof(why));
         snprintf(info->skipped[slot], sizeof(info->skipped[slot]), "%.63s: %.440s",
-                 d.keys[slot].vault, tried[slot].msg);
+                 d.keys[slot].vault, why);
     }
     if (flags & KC_DEP_USE_AVAILABILITY) {
         r = unwrap_slot(ctx, st, &d, 2, principal, out, err);

@@ -275,7 +275,7 @@ kc_rc kc_rewrap(kc_data_session *s, kc_store *st, long batch, kc_rewrap_progress
         r = job_start(st, pending, &total, &resumed, err);
     if (r != KC_OK)
         return r;
-    if (progress != NULL)
+    if (progress != NULL && total > 0)
         progress(arg, total - pending, total, resumed);
     do {
         r = kc_store_begin(st, err);
