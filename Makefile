@@ -28,7 +28,7 @@ asan-check: deps
 	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DKEYCUSTODY_SANITIZE=ON \
 	  -DKEYCUSTODY_WERROR=$(WERROR) >/dev/null
 	@cmake --build $(ASAN_BUILD) -j$(JOBS)
-	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest -j$(JOBS) --output-on-failure
 
 # Each libFuzzer target for FUZZ_SECONDS on its seed corpus (clang).
@@ -37,8 +37,8 @@ FUZZ_SECONDS ?= 20
 fuzz-smoke: deps
 	@cmake -S . -B $(FUZZ_BUILD) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug \
 	  -DKEYCUSTODY_FUZZ=ON -DKEYCUSTODY_TESTS=OFF >/dev/null
-	@cmake --build $(FUZZ_BUILD) -j$(JOBS) --target fuzz_backup fuzz_domain fuzz_meta fuzz_ref fuzz_layout
-	@for t in backup domain meta ref layout; do \
+	@cmake --build $(FUZZ_BUILD) -j$(JOBS) --target fuzz_backup fuzz_domain fuzz_meta fuzz_ref fuzz_layout fuzz_item
+	@for t in backup domain meta ref layout item; do \
 	  mkdir -p $(FUZZ_BUILD)/corpus-$$t && \
 	  echo "fuzz_$$t: $(FUZZ_SECONDS) s" && \
 	  $(FUZZ_BUILD)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=0 \

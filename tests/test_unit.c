@@ -1,5 +1,6 @@
 /* Unit tests: no token needed. */
 #include "fixture.h"
+#include "kc_data.h"
 #include "kc_key.h"
 #include "kc_store.h"
 #include "kc_util.h"
@@ -494,9 +495,42 @@ static void test_store_refusals(void)
     CU_ASSERT_EQUAL(kc_store_open("/nonexistent-dir/store.db", &st, &e), KC_NOT_FOUND);
 }
 
+/* A stored item header: only a well-formed one parses. */
+static void test_item_header(void)
+{
+    static const char guid[] = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9";
+    unsigned char h[116];
+    kc_item_header out;
+    kc_error e;
+
+    memset(h, 0x5a, sizeof(h));
+    memcpy(h, "KCI1", 4);
+    memset(h + 32, 0, 8);
+    h[39] = 7; /* generation 7, big-endian */
+    memcpy(h + 40, guid, 36);
+    CU_ASSERT_EQUAL_FATAL(kc_data_item_parse(h, sizeof(h), &out, &e), KC_OK);
+    CU_ASSERT_EQUAL(out.generation, 7);
+    CU_ASSERT_STRING_EQUAL(out.dep_id, guid);
+    CU_ASSERT_EQUAL(out.nonce[0], 0x5a);
+    CU_ASSERT_EQUAL(kc_data_item_parse(h, sizeof(h) - 1, &out, &e), KC_INTEGRITY);
+    h[0] = 'X';
+    CU_ASSERT_EQUAL(kc_data_item_parse(h, sizeof(h), &out, &e), KC_INTEGRITY);
+    h[0] = 'K';
+    h[39] = 0; /* generation 0 */
+    CU_ASSERT_EQUAL(kc_data_item_parse(h, sizeof(h), &out, &e), KC_INTEGRITY);
+    h[39] = 1;
+    h[40 + 8] = 'x'; /* not a GUID */
+    CU_ASSERT_EQUAL(kc_data_item_parse(h, sizeof(h), &out, &e), KC_INTEGRITY);
+    ASSERT_HAS(e.msg, "damaged DEP id or generation");
+    h[40 + 8] = '-';
+    h[40] = 'A'; /* upper case is not what the store writes */
+    CU_ASSERT_EQUAL(kc_data_item_parse(h, sizeof(h), &out, &e), KC_INTEGRITY);
+}
+
 static const kc_test_case store_cases[] = {
     {"create and reopen", test_store_create_and_reopen},
     {"refusals", test_store_refusals},
+    {"item headers", test_item_header},
     {NULL, NULL},
 };
 

@@ -285,6 +285,42 @@ static uint64_t get_be64(const unsigned char *p)
     return v;
 }
 
+/* A DEP id as the store writes it: 8-4-4-4-12 lower-case hex digits. */
+static int guid_ok(const char *s)
+{
+    size_t i;
+
+    for (i = 0; i < 36; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (s[i] != '-')
+                return 0;
+        } else if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return 0;
+    }
+    return s[36] == '\0';
+}
+
+kc_rc kc_data_item_parse(const unsigned char *buf, size_t len, kc_item_header *out, kc_error *err)
+{
+    const unsigned char *p = buf + 4;
+    uint64_t gen;
+
+    memset(out, 0, sizeof(*out));
+    if (len != HDR_BYTES || memcmp(buf, MAGIC, 4) != 0)
+        return kc_error_set(err, KC_INTEGRITY, "not an item header (%zu bytes)", len);
+    memcpy(out->nonce, p, NONCE_BYTES);
+    memcpy(out->tag, p + NONCE_BYTES, TAG_BYTES);
+    gen = get_be64(p + NONCE_BYTES + TAG_BYTES);
+    memcpy(out->dep_id, p + NONCE_BYTES + TAG_BYTES + 8, 36);
+    out->dep_id[36] = '\0';
+    memcpy(out->wrapped_key, p + NONCE_BYTES + TAG_BYTES + 8 + 36, WRAPPED_BYTES);
+    if (gen < 1 || gen > (uint64_t)INT32_MAX || !guid_ok(out->dep_id))
+        return kc_error_set(err, KC_INTEGRITY,
+                            "an item header with a damaged DEP id or generation");
+    out->generation = (long)gen;
+    return KC_OK;
+}
+
 static int gcm(int enc, const unsigned char *key, const unsigned char *nonce,
                const unsigned char *aad, size_t aad_len, const unsigned char *in, size_t len,
                unsigned char *out, unsigned char *tag)
@@ -375,8 +411,8 @@ done:
     return KC_OK;
 }
 
-static kc_rc load_item(kc_store *st, const char *scope, const char *name,
-                       unsigned char hdr[HDR_BYTES], unsigned char **ct, size_t *len, kc_error *err)
+static kc_rc load_item(kc_store *st, const char *scope, const char *name, kc_item_header *hdr,
+                       unsigned char **ct, size_t *len, kc_error *err)
 {
     sqlite3_stmt *q = NULL;
     kc_rc r;
@@ -391,12 +427,10 @@ static kc_rc load_item(kc_store *st, const char *scope, const char *name,
     sqlite3_bind_text(q, 2, name, -1, SQLITE_STATIC);
     if (sqlite3_step(q) != SQLITE_ROW) {
         r = kc_error_set(err, KC_NOT_FOUND, "scope '%s' has no item '%s'", scope, name);
-    } else if (sqlite3_column_bytes(q, 0) != HDR_BYTES ||
-               memcmp(sqlite3_column_blob(q, 0), MAGIC, 4) != 0) {
-        r = kc_error_set(err, KC_INTEGRITY, "item '%s' of scope '%s' has a damaged header", name,
-                         scope);
+    } else if (kc_data_item_parse(sqlite3_column_blob(q, 0), (size_t)sqlite3_column_bytes(q, 0),
+                                  hdr, err) != KC_OK) {
+        r = kc_error_prefix(err, "item '%s' of scope '%s' has a damaged header", name, scope);
     } else {
-        memcpy(hdr, sqlite3_column_blob(q, 0), HDR_BYTES);
         n = sqlite3_column_bytes(q, 1);
         *ct = malloc(n > 0 ? (size_t)n : 1);
         r = *ct ? KC_OK : kc_error_set(err, KC_ERR, "out of memory");
@@ -413,10 +447,10 @@ static kc_rc load_item(kc_store *st, const char *scope, const char *name,
 kc_rc kc_data_get(kc_data_session *s, const char *scope, const char *name, kc_secret **out,
                   kc_error *err)
 {
-    unsigned char hdr[HDR_BYTES], aad[600], *ct = NULL, tag[TAG_BYTES];
-    const unsigned char *p = hdr + 4;
+    unsigned char aad[600], *ct = NULL;
+    kc_item_header hdr;
     kc_secret *sk = NULL, *ik = kc_secret_new(KEY_BYTES + 8), *pt = NULL;
-    char dep_id[37], item_dep[37];
+    char dep_id[37];
     long generation = 0;
     size_t len = 0, aad_len, kl = 0;
     kc_rc r;
@@ -426,7 +460,7 @@ kc_rc kc_data_get(kc_data_session *s, const char *scope, const char *name, kc_se
     if (r == KC_OK && ik == NULL)
         r = kc_error_set(err, KC_ERR, "out of memory");
     if (r == KC_OK)
-        r = load_item(s->st, scope, name, hdr, &ct, &len, err);
+        r = load_item(s->st, scope, name, &hdr, &ct, &len, err);
     if (r == KC_OK)
         r = scope_key(s, scope, 0, &sk, dep_id, &generation, err);
     if (r == KC_OK && (pt = kc_secret_new(len ? len : 1)) == NULL)
@@ -434,14 +468,9 @@ kc_rc kc_data_get(kc_data_session *s, const char *scope, const char *name, kc_se
     if (r != KC_OK)
         goto done;
     /* The item is bound to the DEP and generation it was sealed under. */
-    memcpy(item_dep, p + NONCE_BYTES + TAG_BYTES + 8, 36);
-    item_dep[36] = '\0';
-    memcpy(tag, p + NONCE_BYTES, TAG_BYTES);
-    aad_len = item_aad(aad, sizeof(aad), scope, name, item_dep,
-                       (long)get_be64(p + NONCE_BYTES + TAG_BYTES));
-    if (!kwp(sk->data, 0, p + NONCE_BYTES + TAG_BYTES + 8 + 36, WRAPPED_BYTES, ik->data, &kl) ||
-        kl != KEY_BYTES || aad_len == 0 ||
-        !gcm(0, ik->data, p, aad, aad_len, ct, len, pt->data, tag)) {
+    aad_len = item_aad(aad, sizeof(aad), scope, name, hdr.dep_id, hdr.generation);
+    if (!kwp(sk->data, 0, hdr.wrapped_key, WRAPPED_BYTES, ik->data, &kl) || kl != KEY_BYTES ||
+        aad_len == 0 || !gcm(0, ik->data, hdr.nonce, aad, aad_len, ct, len, pt->data, hdr.tag)) {
         r = kc_error_set(err, KC_INTEGRITY, "item '%s' of scope '%s' fails authentication", name,
                          scope);
         goto done;

@@ -38,6 +38,19 @@ KC_EXPORT kc_rc kc_data_get(kc_data_session *s, const char *scope, const char *n
 KC_EXPORT kc_rc kc_data_move_scope(kc_data_session *s, const char *scope, const char *to_id,
                                    long to_gen, kc_error *err) KC_MUST_CHECK;
 
+/* An item's header as stored: what opens it, and what it is bound to. */
+typedef struct kc_item_header {
+    unsigned char nonce[12], tag[16];
+    long generation;               /* of the DEP key it was sealed under (>= 1) */
+    char dep_id[37];               /* that DEP (a GUID) */
+    unsigned char wrapped_key[40]; /* the item key under the scope key (RFC 5649) */
+} kc_item_header;
+
+/* Reads a stored header; KC_INTEGRITY for anything but a well-formed one
+ * (the store's bytes are input like any other). */
+KC_EXPORT kc_rc kc_data_item_parse(const unsigned char *buf, size_t len, kc_item_header *out,
+                                   kc_error *err) KC_MUST_CHECK;
+
 /* How many DEP keys the session has unwrapped (RSA operations). */
 KC_EXPORT size_t kc_data_unwraps(const kc_data_session *s);
 
