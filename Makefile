@@ -6,7 +6,7 @@ ASAN_BUILD ?= build-asan
 JOBS       ?= 2
 WERROR     ?= OFF
 
-.PHONY: all deps build check demo asan-check fuzz-smoke bench clean
+.PHONY: all deps build check demo asan-check fuzz-smoke lint bench clean
 
 all: build
 
@@ -46,9 +46,14 @@ fuzz-smoke: deps
 	    || { tail -40 $(FUZZ_BUILD)/fuzz_$$t.log; exit 1; }; \
 	done; echo "fuzz-smoke: no crash"
 
+# cppcheck and clang-tidy (.clang-tidy) on every C file; any finding fails.
+LINT_BUILD ?= build-lint
+lint: deps
+	@JOBS=$(JOBS) scripts/lint.sh $(LINT_BUILD)
+
 bench: build
 	$(BUILD)/bench_unwrap
 	$(BUILD)/bench_data
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) var
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) $(LINT_BUILD) var

@@ -16,6 +16,8 @@ pkgs=(
   softhsm2                                  # the HSM in tests and the demo
   opensc gnutls-bin                         # pkcs11-tool and p11tool, for cross-checks
   bsdutils                                  # script(1): PIN prompt tests on a pty
+  clang                                     # the fuzz targets (libFuzzer)
+  cppcheck clang-tidy                       # make lint
 )
 
 missing=()

@@ -383,17 +383,24 @@ static void test_vault_init_resumes_without_user_pin(void)
     kc_secret_free(so);
 }
 
-static void put_meta_json(kc_tok *tok, const kc_vault_meta *m, const char *raw)
+/* Writes raw as a vault metadata object. */
+static void put_meta_raw(kc_tok *tok, const char *raw)
+{
+    kc_error e;
+
+    CU_ASSERT_EQUAL_FATAL(kc_tok_create_data(tok, KC_GENDOC_APPLICATION, KC_VAULT_META_LABEL, raw,
+                                             strlen(raw), 0, NULL, &e),
+                          KC_OK);
+}
+
+/* Writes m, encoded, as a vault metadata object. */
+static void put_meta(kc_tok *tok, const kc_vault_meta *m)
 {
     char *json = NULL;
     kc_error e;
 
-    if (raw == NULL)
-        CU_ASSERT_EQUAL_FATAL(kc_vault_meta_encode(m, &json, &e), KC_OK);
-    CU_ASSERT_EQUAL_FATAL(kc_tok_create_data(tok, KC_GENDOC_APPLICATION, KC_VAULT_META_LABEL,
-                                             raw ? raw : json, strlen(raw ? raw : json), 0, NULL,
-                                             &e),
-                          KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_vault_meta_encode(m, &json, &e), KC_OK);
+    put_meta_raw(tok, json);
     free(json);
 }
 
@@ -411,8 +418,8 @@ static void test_vault_meta_generations(void)
     m = v->meta;
     m.generation = 5;
     strcpy(m.region, "eastus2");
-    put_meta_json(v->tok, &m, NULL);
-    put_meta_json(v->tok, NULL, "{\"kind\":\"keycustody-vault\",\"generation\":9}");
+    put_meta(v->tok, &m);
+    put_meta_raw(v->tok, "{\"kind\":\"keycustody-vault\",\"generation\":9}");
     kc_vault_free(v);
     kc_ctx_free(ctx);
 
@@ -436,7 +443,7 @@ static void test_vault_meta_all_invalid(void)
     CU_ASSERT_EQUAL_FATAL(kc_p11_free_token(ctx->p11, NULL, &tok, &e), KC_OK);
     CU_ASSERT_EQUAL_FATAL(kc_tok_init_token(tok, "Broken1", so, &e), KC_OK);
     CU_ASSERT_EQUAL_FATAL(kc_tok_init_pin(tok, so, pin, &e), KC_OK);
-    put_meta_json(tok, NULL, "{ not json");
+    put_meta_raw(tok, "{ not json");
     kc_ctx_free(ctx);
     ctx = ctx_new();
     CU_ASSERT_EQUAL(kc_vault_open(ctx, "Broken1", &v, &e), KC_INTEGRITY);

@@ -657,7 +657,8 @@ static kc_rc read_wrapped(const char *path, const char *alg_opt, kc_key_ref *ref
                          ref->name);
         goto cleanup;
     }
-    if (ref->id_len > 0 && (ref->id_len != kid_id_len || memcmp(ref->id, kid_id, kid_id_len))) {
+    if (ref->id_len > 0 &&
+        (ref->id_len != kid_id_len || memcmp(ref->id, kid_id, kid_id_len) != 0)) {
         r = kc_error_set(err, KC_USAGE, "'%s' was wrapped by another version of '%s'", path,
                          ref->name);
         goto cleanup;

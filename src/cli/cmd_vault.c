@@ -71,13 +71,13 @@ static int init_opt(kc_cli *cli, int opt, const char *arg, void *st)
         if (strlen(arg) >= sizeof(s->m.subscription))
             return kc_cli_usage(cli, "subscription id longer than %zu characters",
                                 sizeof(s->m.subscription) - 1);
-        strcpy(s->m.subscription, arg);
+        snprintf(s->m.subscription, sizeof(s->m.subscription), "%s", arg);
         s->have_sub = 1;
         break;
     case O_REGION:
         if (strlen(arg) >= sizeof(s->m.region))
             return kc_cli_usage(cli, "region name too long");
-        strcpy(s->m.region, arg);
+        snprintf(s->m.region, sizeof(s->m.region), "%s", arg);
         s->have_region = 1;
         break;
     case O_SKU:
@@ -138,7 +138,7 @@ static int cmd_init(kc_cli *cli, int argc, char **argv)
             return kc_cli_fail(cli, &err);
         return kc_cli_usage(cli, "vault name too long");
     }
-    strcpy(s.m.name, argv[first]);
+    snprintf(s.m.name, sizeof(s.m.name), "%s", argv[first]);
     kc_error_clear(&err);
     if (kc_vault_check_meta(&s.m, &err) != KC_OK)
         return kc_cli_fail(cli, &err);

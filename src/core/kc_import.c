@@ -130,7 +130,7 @@ static kc_rc byok_parts(const unsigned char *buf, size_t len, char **kid, unsign
 
     *kid = NULL;
     if (len == 0 || buf[0] != '{') {
-        *blob = malloc(len);
+        *blob = malloc(len ? len : 1);
         if (*blob == NULL)
             return kc_error_set(err, KC_ERR, "out of memory");
         memcpy(*blob, buf, len);

@@ -211,7 +211,7 @@ kc_rc kc_vault_meta_decode(const unsigned char *buf, size_t len, kc_vault_meta *
     }
     r = kc_vault_check_meta(m, err);
     if (r != KC_OK) {
-        r = kc_error_prefix(err, "vault metadata is invalid");
+        kc_error_prefix(err, "vault metadata is invalid");
         err->code = r = KC_INTEGRITY;
         goto cleanup;
     }

@@ -533,7 +533,9 @@ kc_rc kc_plan_check_dep(kc_ctx *ctx, struct kc_store *st, const struct kc_dep_sp
     kc_ldep *dp;
     kc_rc r = KC_OK;
 
-    if (l == NULL || (l->vaults = calloc(2, sizeof(*l->vaults))) == NULL ||
+    if (l == NULL)
+        return kc_error_set(err, KC_ERR, "out of memory");
+    if ((l->vaults = calloc(2, sizeof(*l->vaults))) == NULL ||
         (l->subs = calloc(2, sizeof(*l->subs))) == NULL ||
         (l->deps = calloc(1, sizeof(*l->deps))) == NULL)
         r = kc_error_set(err, KC_ERR, "out of memory");

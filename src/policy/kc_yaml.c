@@ -278,6 +278,11 @@ kc_ynode *kc_yaml_parse(const unsigned char *buf, size_t len, kc_diags *d)
         }
         if (ev.type == YAML_SCALAR_EVENT || ev.type == YAML_MAPPING_START_EVENT ||
             ev.type == YAML_SEQUENCE_START_EVENT || ev.type == YAML_ALIAS_EVENT) {
+            if (root != NULL) { /* libyaml gives one root per document; never trust it twice */
+                fail(&ps, "KC001", &ev.start_mark, NULL, "a layout is one YAML document");
+                yaml_event_delete(&ev);
+                break;
+            }
             root = parse_node(&ps, &ev, 0);
             yaml_event_delete(&ev);
             if (root == NULL)
