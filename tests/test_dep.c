@@ -1087,6 +1087,80 @@ static void test_tokens_gone(void)
     CU_ASSERT_EQUAL(readable("m", 40, 0), 40);
 }
 
+static void purge_ready(unsigned round);
+
+/* --- two processes at once, and kills --- */
+
+/* data put (new scopes, and items replaced in scopes being moved) while a
+ * rewrap runs in another process: both finish, nothing is lost. */
+static void test_put_during_rewrap(void)
+{
+    unsigned char *rc_text;
+    char *out = NULL;
+    size_t len = 0;
+    int i;
+
+    dep_setup();
+    make_dep("Ten", "VaultA1/KeyA,VaultB1/KeyB", "tenant");
+    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", NULL), 0);
+    put_mailboxes("m", 200);
+    ASSERT_RC(kc_test_run("dep", "refresh", "Ten", "--roll", "--as", "svc", PINS, NULL), 0);
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "cd '%s' && ( '%s' rewrap --batch 1 --as svc --pin-source "
+                               "VaultA1=env:TEST_PIN --pin-source VaultB1=env:TEST_PIN; echo $? "
+                               "> rewrap.rc ) > rewrap.log 2>&1 &",
+                               kc_test_dir(), KC_BINARY),
+                    0);
+    put_mailboxes("n", 60); /* new scopes, under the new generation */
+    put_mailboxes("m", 60); /* items replaced in scopes the rewrap is moving */
+    for (i = 0; i < 3000 && access(kc_test_path("rewrap.rc"), F_OK) != 0; i++)
+        usleep(10000);
+    rc_text = kc_test_read(kc_test_path("rewrap.rc"), &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(rc_text);
+    CU_ASSERT_STRING_EQUAL((char *)rc_text, "0\n");
+    free(rc_text);
+    ASSERT_RC(kc_test_run("rewrap", "--as", "svc", PINS, NULL), 0);
+    CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Registered 260/260");
+    CU_ASSERT_EQUAL(readable("m", 200, 0), 200);
+    CU_ASSERT_EQUAL(readable("n", 60, 0), 60);
+}
+
+/* dep purge killed with SIGKILL at several points: running it again
+ * finishes it, and the outcome is the same as an uninterrupted purge. */
+static void test_purge_killed(void)
+{
+    static const char *delays[] = {"0.02", "0.1", "0.25", "0.5"};
+    unsigned char blobs[8][512];
+    size_t lens[8], n, i;
+    char name[32], scope[32], *out = NULL;
+    const kc_test_out *r;
+
+    dep_setup();
+    make_dep("Ten", "VaultA1/KeyA,VaultB1/KeyB", "tenant");
+    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", NULL), 0);
+    put_mailboxes("m", 3);
+    for (i = 0; i < sizeof(delays) / sizeof(delays[0]); i++) {
+        snprintf(name, sizeof(name), "P%zu", i);
+        snprintf(scope, sizeof(scope), "p%zu-", i);
+        purge_ready((unsigned)i);
+        n = wrapped_copies(name, blobs, lens, 8);
+        CU_ASSERT_EQUAL(kc_test_sh(&out,
+                                   "'%s' dep purge %s --confirm %s --pin-source "
+                                   "Service=env:TEST_PIN >/dev/null 2>&1 & p=$!; sleep %s; "
+                                   "kill -9 $p 2>/dev/null; wait $p; true",
+                                   KC_BINARY, name, name, delays[i]),
+                        0);
+        r = kc_test_run("dep", "purge", name, "--confirm", name, "--pin-source",
+                        "Service=env:TEST_PIN", NULL);
+        CU_ASSERT(r->rc == 0 || (r->rc == 5 && kc_test_contains(r->err, "purged already")));
+        CU_ASSERT_STRING_EQUAL(dep_state(name), "Purged 0/0");
+        CU_ASSERT_EQUAL(readable(scope, 1, KC_DEP_USE_AVAILABILITY), 0);
+        CU_ASSERT_FALSE(store_holds_any(blobs, lens, n));
+        CU_ASSERT_EQUAL(avail_keys(), 1); /* the tenant DEP's only */
+        CU_ASSERT_EQUAL(readable("m", 3, 0), 3);
+    }
+}
+
 /* --- injected token failures --- */
 
 static const char *const fault_fns[] = {
@@ -1301,7 +1375,14 @@ static const kc_test_case fault_cases[] = {
     {NULL, NULL},
 };
 
+static const kc_test_case race_cases[] = {
+    {"data put while a rewrap runs", test_put_during_rewrap},
+    {"dep purge killed with kill -9", test_purge_killed},
+    {NULL, NULL},
+};
+
 static const kc_test_suite suites[] = {{"dep", 1, dep_cases},
+                                       {"races", 1, race_cases},
                                        {"lifecycle", 1, lifecycle_cases},
                                        {"faults", 1, fault_cases},
                                        {NULL, 0, NULL}};
