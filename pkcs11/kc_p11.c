@@ -81,13 +81,58 @@ cleanup:
 
 static void tok_close(kc_tok *t)
 {
-    if (t == NULL || !t->has_session)
+    if (t == NULL)
+        return;
+    kc_secret_free(t->pin); /* wiped */
+    t->pin = NULL;
+    if (!t->has_session)
         return;
     /* Closing the last session logs the user out; an explicit C_Logout
      * would log out other handles that share this login. */
     (void)t->f->C_CloseSession(t->session);
     t->has_session = 0;
     t->logged_in = 0;
+}
+
+int kc_tok_session_lost(CK_RV rv)
+{
+    return rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED;
+}
+
+void kc_tok_explain_lost(const kc_tok *t, CK_RV rv, kc_error *err)
+{
+    if (t->recoveries == 0 || !(rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID ||
+                                rv == CKR_UNWRAPPING_KEY_HANDLE_INVALID ||
+                                rv == CKR_WRAPPING_KEY_HANDLE_INVALID || kc_tok_session_lost(rv)))
+        return;
+    kc_error_hint(err,
+                  "the session to '%s' was lost and replaced during this operation, which "
+                  "invalidated the key it held; run the command again",
+                  t->info.label);
+}
+
+int kc_tok_recover(kc_tok *t)
+{
+    int was_logged_in = t->logged_in;
+    kc_error ignored;
+    CK_RV rv;
+
+    if (t->recoveries > 0)
+        return 0;
+    t->recoveries++;
+    if (t->has_session)
+        (void)t->f->C_CloseSession(t->session);
+    t->has_session = 0;
+    t->logged_in = 0;
+    if (kc_tok_session(t, &ignored) != KC_OK)
+        return 0;
+    if (!was_logged_in || t->pin == NULL)
+        return 1;
+    rv = t->f->C_Login(t->session, CKU_USER, t->pin->data, t->pin->len);
+    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN)
+        return 0;
+    t->logged_in = 1;
+    return 1;
 }
 
 void kc_tok_free(kc_tok *t)
@@ -544,7 +589,7 @@ kc_rc kc_tok_login(kc_tok *t, const kc_secret *pin, kc_error *err)
     r = kc_tok_session(t, err);
     if (r != KC_OK)
         return r;
-    rv = t->f->C_Login(t->session, CKU_USER, pin->data, pin->len);
+    KC_TOK_CALL(t, rv, t->f->C_Login(t->session, CKU_USER, pin->data, pin->len));
     if (rv == CKR_USER_ALREADY_LOGGED_IN)
         rv = CKR_OK; /* another handle of this process holds the login */
     if (rv != CKR_OK) {
@@ -562,6 +607,8 @@ kc_rc kc_tok_login(kc_tok *t, const kc_secret *pin, kc_error *err)
         return r;
     }
     t->logged_in = 1;
+    kc_secret_free(t->pin);
+    t->pin = kc_secret_dup(pin->data, pin->len); /* for a lost session; NULL: no recovery */
     return KC_OK;
 }
 
@@ -662,7 +709,7 @@ kc_rc kc_tok_random(kc_tok *t, unsigned char *buf, size_t count, kc_error *err)
 
     if (r != KC_OK)
         return r;
-    rv = t->f->C_GenerateRandom(t->session, buf, count);
+    KC_TOK_CALL(t, rv, t->f->C_GenerateRandom(t->session, buf, count));
     if (rv != CKR_OK)
         return kc_p11_fail(err, "C_GenerateRandom", rv, "cannot draw random bytes from '%s'",
                            t->info.label);

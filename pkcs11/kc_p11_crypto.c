@@ -78,7 +78,9 @@ kc_rc kc_tok_oaep_wrap(kc_tok *t, kc_obj pub, kc_oaep hash, const kc_secret *sec
     if (r != KC_OK)
         return r;
     /* A public session object: wrapping under a public key needs no login. */
-    rv = t->f->C_CreateObject(t->session, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &sec);
+    /* a session object: made again on a new session if this one is gone */
+    KC_TOK_CALL(t, rv,
+                t->f->C_CreateObject(t->session, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &sec));
     if (rv != CKR_OK)
         return kc_p11_fail(err, func, rv, "cannot load the secret into a session object");
     if (h == KC_OAEP_AUTO)
@@ -139,6 +141,7 @@ kc_rc kc_tok_oaep_unwrap(kc_tok *t, kc_obj priv, kc_oaep hash, const unsigned ch
     if (rv != CKR_OK) {
         r = kc_p11_fail(err, "C_UnwrapKey", rv, "RSA-OAEP%s unwrap failed",
                         hash == KC_OAEP_SHA256 ? "-256" : "");
+        kc_tok_explain_lost(t, rv, err);
         if (hash == KC_OAEP_SHA256 && params_refused(rv))
             kc_error_hint(err, "this module does not take RSA-OAEP-256 (SoftHSM 2.6.1 has "
                                "SHA-1 only); the blob cannot be unwrapped on this token");
@@ -194,6 +197,7 @@ kc_rc kc_tok_kwp_wrap(kc_tok *t, kc_obj kek, kc_obj key, unsigned char **out, si
     if (rv != CKR_OK) {
         free(buf);
         r = kc_p11_fail(err, "C_WrapKey", rv, "AES key wrap failed");
+        kc_tok_explain_lost(t, rv, err);
         if (rv == CKR_KEY_NOT_WRAPPABLE)
             kc_error_hint(err, "the key can be wrapped only under a key the token's security "
                                "officer marked trusted (CKA_WRAP_WITH_TRUSTED)");
@@ -228,6 +232,7 @@ kc_rc kc_tok_kwp_unwrap_rsa(kc_tok *t, kc_obj kek, const unsigned char *in, size
         kc_p11_remove_leftovers(t, spec->label, before, nbefore);
         free(before);
         r = kc_p11_fail(err, "C_UnwrapKey", rv, "AES key unwrap of the private key failed");
+        kc_tok_explain_lost(t, rv, err);
         /* SoftHSM answers a damaged KWP blob with CKR_GENERAL_ERROR. */
         if (rv == CKR_GENERAL_ERROR || rv == CKR_WRAPPED_KEY_INVALID ||
             rv == CKR_ENCRYPTED_DATA_INVALID)
@@ -270,6 +275,7 @@ kc_rc kc_tok_oaep_unwrap_aes(kc_tok *t, kc_obj priv, const unsigned char *in, si
     if (rv != CKR_OK) {
         r = kc_p11_fail(err, "C_UnwrapKey", rv, "RSA-OAEP unwrap of the transfer key failed");
         kc_error_hint(err, "the file was not made for this key-exchange key, or it was altered");
+        kc_tok_explain_lost(t, rv, err);
         return r;
     }
     *out = h;
@@ -291,8 +297,11 @@ kc_rc kc_tok_hmac(kc_tok *t, kc_obj key, const unsigned char *data, size_t len,
     rv = t->f->C_SignInit(t->session, &mech, key);
     if (rv == CKR_OK)
         rv = t->f->C_Sign(t->session, (CK_BYTE_PTR)data, len, mac, &mlen);
-    if (rv != CKR_OK)
-        return kc_p11_fail(err, "C_Sign", rv, "cannot compute the HMAC on the token");
+    if (rv != CKR_OK) {
+        r = kc_p11_fail(err, "C_Sign", rv, "cannot compute the HMAC on the token");
+        kc_tok_explain_lost(t, rv, err);
+        return r;
+    }
     if (mlen != 32)
         return kc_error_set(err, KC_TOKEN, "the token gave a %lu-byte HMAC-SHA256",
                             (unsigned long)mlen);
@@ -313,7 +322,10 @@ kc_rc kc_tok_hmac_verify(kc_tok *t, kc_obj key, const unsigned char *data, size_
         rv = t->f->C_Verify(t->session, (CK_BYTE_PTR)data, len, (CK_BYTE_PTR)mac, 32);
     if (rv == CKR_SIGNATURE_INVALID || rv == CKR_SIGNATURE_LEN_RANGE)
         return kc_error_set(err, KC_INTEGRITY, "the MAC does not verify");
-    if (rv != CKR_OK)
-        return kc_p11_fail(err, "C_Verify", rv, "cannot verify the HMAC on the token");
+    if (rv != CKR_OK) {
+        r = kc_p11_fail(err, "C_Verify", rv, "cannot verify the HMAC on the token");
+        kc_tok_explain_lost(t, rv, err);
+        return r;
+    }
     return KC_OK;
 }

@@ -24,6 +24,8 @@ struct kc_tok {
     int has_session;
     int logged_in;
     int oaep_sha256; /* -1 unknown, 0 refused by the module, 1 accepted */
+    kc_secret *pin;  /* while logged in: to log in again on a new session (locked, wiped) */
+    int recoveries;  /* sessions lost and replaced: at most one per handle */
     kc_tok_info info;
 };
 
@@ -39,6 +41,32 @@ void kc_p11_fault_release(CK_FUNCTION_LIST *wrapped, CK_FUNCTION_LIST *orig);
 
 /* Opens the session if needed (R/W, serial). */
 kc_rc kc_tok_session(kc_tok *t, kc_error *err) KC_MUST_CHECK;
+
+/* Whether rv says the session is gone (closed or its handle invalid). */
+int kc_tok_session_lost(CK_RV rv);
+/* Replaces a lost session: closes it, opens a new one and, when the
+ * handle was logged in, logs in again with the PIN it used. Once per
+ * handle: a session that keeps getting lost is a token to report, not to
+ * retry. 1 when a new session is ready. */
+int kc_tok_recover(kc_tok *t);
+
+/* After a failed call on a handle: when the session was replaced during
+ * this operation, says so in the hint (the handle died with it). */
+void kc_tok_explain_lost(const kc_tok *t, CK_RV rv, kc_error *err);
+
+/* Runs a C_* call that uses t->session; when the module answers that the
+ * session is gone, replaces the session (kc_tok_recover) and runs the call
+ * once more. Only for calls that may be repeated and hold no handle the lost
+ * session made invalid: a new session object is gone with the old session,
+ * and SoftHSM drops the handles of private objects when the login ends, so
+ * a call on a handle found before goes no further than reporting the error
+ * (the recovery still serves the next search). */
+#define KC_TOK_CALL(t, rv, call)                                                                   \
+    do {                                                                                           \
+        (rv) = (call);                                                                             \
+        if (kc_tok_session_lost(rv) && kc_tok_recover(t))                                          \
+            (rv) = (call);                                                                         \
+    } while (0)
 
 /* Template helpers shared by the object files. */
 extern CK_BBOOL kc_p11_true, kc_p11_false;

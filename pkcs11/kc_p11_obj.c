@@ -23,9 +23,12 @@ kc_rc kc_p11_find_all(kc_tok *t, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDL
     r = kc_tok_session(t, err);
     if (r != KC_OK)
         return r;
-    rv = t->f->C_FindObjectsInit(t->session, tmpl, n);
-    if (rv != CKR_OK)
+again:
+    KC_TOK_CALL(t, rv, t->f->C_FindObjectsInit(t->session, tmpl, n));
+    if (rv != CKR_OK) {
+        free(v);
         return kc_p11_fail(err, "C_FindObjectsInit", rv, "cannot search vault '%s'", t->info.label);
+    }
     for (;;) {
         if (len == cap) {
             cap = cap * 2 + 16;
@@ -37,6 +40,11 @@ kc_rc kc_p11_find_all(kc_tok *t, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDL
             v = nv;
         }
         rv = t->f->C_FindObjects(t->session, v + len, cap - len, &got);
+        /* the session went mid-search: search again, from the start, on a new one */
+        if (kc_tok_session_lost(rv) && kc_tok_recover(t)) {
+            len = 0;
+            goto again;
+        }
         if (rv != CKR_OK) {
             r = kc_p11_fail(err, "C_FindObjects", rv, "cannot search vault '%s'", t->info.label);
             goto cleanup;
@@ -87,14 +95,14 @@ kc_rc kc_p11_get_alloc(kc_tok *t, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, co
 
     *out = NULL;
     *len = 0;
-    rv = t->f->C_GetAttributeValue(t->session, h, &a, 1);
+    KC_TOK_CALL(t, rv, t->f->C_GetAttributeValue(t->session, h, &a, 1));
     if (rv != CKR_OK)
         return kc_p11_fail(err, "C_GetAttributeValue", rv, "cannot read the %s", what);
     buf = malloc(a.ulValueLen + 1);
     if (buf == NULL)
         return kc_error_set(err, KC_ERR, "out of memory");
     a.pValue = buf;
-    rv = t->f->C_GetAttributeValue(t->session, h, &a, 1);
+    KC_TOK_CALL(t, rv, t->f->C_GetAttributeValue(t->session, h, &a, 1));
     if (rv != CKR_OK) {
         free(buf);
         return kc_p11_fail(err, "C_GetAttributeValue", rv, "cannot read the %s", what);
@@ -424,7 +432,7 @@ kc_rc kc_tok_set_ops(kc_tok *t, kc_obj obj, int is_private, unsigned ops, kc_err
 
     if (r != KC_OK)
         return r;
-    rv = t->f->C_SetAttributeValue(t->session, obj, is_private ? priv : pub, 3);
+    KC_TOK_CALL(t, rv, t->f->C_SetAttributeValue(t->session, obj, is_private ? priv : pub, 3));
     if (rv != CKR_OK) {
         r = kc_p11_fail(err, "C_SetAttributeValue", rv, "cannot change the usage of a %s key",
                         is_private ? "private" : "public");
@@ -446,7 +454,7 @@ kc_rc kc_tok_set_end_date(kc_tok *t, kc_obj obj, const char *yyyymmdd, kc_error 
         return r;
     if (!kc_p11_date(&d, yyyymmdd))
         a.ulValueLen = 0;
-    rv = t->f->C_SetAttributeValue(t->session, obj, &a, 1);
+    KC_TOK_CALL(t, rv, t->f->C_SetAttributeValue(t->session, obj, &a, 1));
     if (rv != CKR_OK)
         return kc_p11_fail(err, "C_SetAttributeValue", rv, "cannot set the expiry date");
     return KC_OK;
@@ -551,7 +559,7 @@ kc_rc kc_tok_destroy(kc_tok *t, kc_obj obj, kc_error *err)
 
     if (r != KC_OK)
         return r;
-    rv = t->f->C_DestroyObject(t->session, obj);
+    KC_TOK_CALL(t, rv, t->f->C_DestroyObject(t->session, obj));
     if (rv != CKR_OK)
         return kc_p11_fail(err, "C_DestroyObject", rv, "cannot destroy object in vault '%s'",
                            t->info.label);

@@ -1038,7 +1038,74 @@ static void test_fault_token_refuses_attribute(void)
     ASSERT_HAS(r->err, "is disabled");
 }
 
+/* A session the module says is gone is replaced once (logged in again
+ * where it was), and the command carries on; a token that is gone is
+ * reported with the vault named. */
+static void test_fault_lost_session(void)
+{
+    const kc_test_out *r;
+    char in[1100], w[1100], out[1100];
+    unsigned char dek[32] = {9, 8, 7}, *back;
+    size_t len = 0;
+    unsigned nth, calls, recovered = 0;
+
+    kc_test_vault("VaultA1", "s", "westus");
+    kc_test_key("VaultA1/Key001", NULL);
+    kc_test_write(kc_test_path("dek"), dek, sizeof(dek), 0600);
+    snprintf(in, sizeof(in), "%s", kc_test_path("dek"));
+    snprintf(w, sizeof(w), "%s", kc_test_path("w.json"));
+    snprintf(out, sizeof(out), "%s", kc_test_path("out"));
+    ASSERT_RC(kc_test_run("key", "wrap", "VaultA1/Key001", "--in", in, "--out", w, NULL), 0);
+    /* a search, started again on a new session */
+    arm("C_FindObjectsInit", "CKR_SESSION_HANDLE_INVALID", 3, 0);
+    r = kc_test_run("key", "list", "VaultA1", PIN, NULL);
+    kc_p11_fault_disarm();
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "Key001");
+    arm("C_FindObjects", "CKR_SESSION_CLOSED", 2, 0);
+    r = kc_test_run("key", "list", "VaultA1", PIN, NULL);
+    kc_p11_fault_disarm();
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "Key001");
+    /* a session lost at any search of an unwrap, before or after the login:
+     * the new session is logged in again and the search done on it. Where
+     * the private key was found before the loss, its handle died with the
+     * login (SoftHSM), and the error says so rather than retrying blind. */
+    arm("C_FindObjectsInit", "CKR_SESSION_HANDLE_INVALID", 1000, 0);
+    ASSERT_RC(kc_test_run("key", "unwrap", "VaultA1/Key001", "--in", w, "--out", out, PIN, NULL),
+              0);
+    calls = kc_p11_fault_calls();
+    kc_p11_fault_disarm();
+    CU_ASSERT(calls >= 3);
+    for (nth = 1; nth <= calls; nth++) {
+        unlink(out);
+        arm("C_FindObjectsInit", "CKR_SESSION_HANDLE_INVALID", nth, 0);
+        r = kc_test_run("key", "unwrap", "VaultA1/Key001", "--in", w, "--out", out, PIN, NULL);
+        CU_ASSERT(kc_p11_fault_calls() >= nth); /* the failure was met */
+        kc_p11_fault_disarm();
+        if (r->rc != 0) {
+            ASSERT_RC(r, 7);
+            ASSERT_HAS(r->err, "the session to 'VaultA1' was lost and replaced during this "
+                               "operation");
+            continue;
+        }
+        recovered++;
+        back = kc_test_read(out, &len);
+        CU_ASSERT(back != NULL && len == sizeof(dek) && memcmp(back, dek, len) == 0);
+        free(back);
+    }
+    CU_ASSERT(recovered >= calls - 1);
+    /* the token itself gone: reported, vault named */
+    arm("C_FindObjectsInit", "CKR_TOKEN_NOT_PRESENT", 3, 0);
+    r = kc_test_run("key", "list", "VaultA1", PIN, NULL);
+    kc_p11_fault_disarm();
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "cannot search vault 'VaultA1'");
+    ASSERT_HAS(r->err, "CKR_TOKEN_NOT_PRESENT");
+}
+
 static const kc_test_case fault_cases[] = {
+    {"a lost session is replaced once", test_fault_lost_session},
     {"a token that refuses an attribute change", test_fault_token_refuses_attribute},
     {"C_GenerateRandom, C_OpenSession, C_WrapKey, C_UnwrapKey", test_fault_more_calls},
     {"C_GenerateKeyPair", test_fault_generate},
