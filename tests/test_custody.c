@@ -420,15 +420,44 @@ static void test_restore_rolls_back(void)
     ASSERT_RC(r, 0);
 }
 
-static kc_rc pin_from_env(void *arg, const char *vault, kc_pin_kind kind, kc_secret **out,
-                          kc_error *err)
+/* key restore killed with SIGKILL at several points: running it again
+ * finishes it, with no object twice and none left over. */
+static void test_restore_killed(void)
 {
-    const char *v = getenv(kind == KC_PIN_SO || kind == KC_PIN_NEW_SO ? "TEST_SO_PIN" : "TEST_PIN");
+    static const char *delays[] = {"0.03", "0.1", "0.2", "0.4"};
+    const kc_test_out *r;
+    char *out = NULL;
+    size_t i;
 
-    (void)arg;
-    (void)vault;
-    *out = kc_secret_dup(v, strlen(v));
-    return *out ? KC_OK : kc_error_set(err, KC_ERR, "oom");
+    setup_backup();
+    ASSERT_RC(
+        kc_test_run("key", "backup", "VaultA1/Key001", "--out", path(4, "k.backup"), PIN, NULL), 0);
+    for (i = 0; i < sizeof(delays) / sizeof(delays[0]); i++) {
+        ASSERT_RC(kc_test_run("key", "delete", "VaultA1/Key001", PIN, NULL), 0);
+        setenv("KEYCUSTODY_NOW", "2099-01-01T00:00:00Z", 1);
+        ASSERT_RC(kc_test_run("key", "purge", "VaultA1/Key001", PIN, NULL), 0);
+        unsetenv("KEYCUSTODY_NOW");
+        kc_test_sh(&out,
+                   "'%s' key restore VaultA1 --in '%s' --pin-source env:TEST_PIN >/dev/null 2>&1 "
+                   "& p=$!; sleep %s; kill -9 $p 2>/dev/null; wait $p; true",
+                   KC_BINARY, path(4, "k.backup"), delays[i]);
+        r = kc_test_run("key", "restore", "VaultA1", "--in", path(4, "k.backup"), PIN, NULL);
+        if (r->rc != 0) {
+            ASSERT_RC(r, 5); /* the killed run had finished */
+            ASSERT_HAS(r->err, "has a key 'Key001' already");
+        }
+        CU_ASSERT_TRUE(unwraps("VaultA1/Key001", path(1, "w1")));
+        CU_ASSERT_TRUE(unwraps("VaultA1/Key001", path(1, "w2")));
+        /* two versions, each a key pair: nothing twice, nothing left over */
+        CU_ASSERT_EQUAL(kc_test_sh(&out,
+                                   "pkcs11-tool --module '%s' --token-label VaultA1 --login "
+                                   "--pin env:TEST_PIN -O | grep -c 'label: *Key001$'",
+                                   KC_SOFTHSM_MODULE),
+                        0);
+        if (atoi(out) != 4)
+            fprintf(stderr, "\n  killed after %s s: %d Key001 objects\n", delays[i], atoi(out));
+        CU_ASSERT_EQUAL(atoi(out), 4);
+    }
 }
 
 /* Flipping any one byte of a backup file is detected, and nothing is written. */
@@ -454,7 +483,7 @@ static void test_every_byte_flip_is_detected(void)
     ASSERT_RC(kc_test_run("key", "purge", "VaultA1/Small", PIN, NULL), 0);
     buf = kc_test_read(path(4, "s.backup"), &len);
     CU_ASSERT_FATAL(buf != NULL && len > 48);
-    CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, pin_from_env, NULL, &ctx, &e), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, kc_test_env_pin, NULL, &ctx, &e), KC_OK);
     CU_ASSERT_EQUAL_FATAL(kc_vault_open(ctx, "VaultA1", &v, &e), KC_OK);
     for (i = 0; i < len; i++) {
         buf[i] ^= 0x01;
@@ -514,6 +543,7 @@ static const kc_test_case backup_cases[] = {
     {"restore into another subscription", test_restore_foreign_subscription},
     {"backup errors", test_backup_errors},
     {"a failed restore rolls back", test_restore_rolls_back},
+    {"a restore killed with kill -9", test_restore_killed},
     {"every flipped byte is detected", test_every_byte_flip_is_detected},
     {NULL, NULL},
 };

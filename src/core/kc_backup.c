@@ -435,6 +435,22 @@ static void record_restored(kc_vault *v, const bk_doc *d)
     }
 }
 
+/* Whether every object is a version the backup holds (by id). */
+static int leftovers_of(const kc_key_obj *objs, size_t n, const bk_doc *d)
+{
+    char hex[2 * sizeof(objs[0].id) + 1];
+    size_t i, j;
+
+    for (i = 0; i < n; i++) {
+        kc_hex_encode(objs[i].id, objs[i].id_len, hex);
+        for (j = 0; j < d->nv && strcmp(d->v[j].version, hex) != 0; j++)
+            ;
+        if (j == d->nv)
+            return 0;
+    }
+    return 1;
+}
+
 kc_rc kc_restore_key(kc_vault *v, const unsigned char *buf, size_t len,
                      char name[KC_KEY_NAME_MAX + 1], size_t *nversions, kc_error *err)
 {
@@ -495,6 +511,15 @@ kc_rc kc_restore_key(kc_vault *v, const unsigned char *buf, size_t len,
     r = kc_keystate_load(v, err);
     if (r == KC_OK)
         r = kc_tok_find_keys(v->tok, d.name, NULL, 0, &objs, &nobjs, err);
+    /* Objects of this name with no record, every one a version of this
+     * backup: an earlier run of this restore was killed before its record.
+     * They go, and the restore runs again. */
+    if (r == KC_OK && nobjs > 0 && kc_keystate_key(v, d.name, 0) == NULL &&
+        leftovers_of(objs, nobjs, &d)) {
+        for (i = 0; r == KC_OK && i < nobjs; i++)
+            r = kc_tok_destroy(v->tok, objs[i].handle, err);
+        nobjs = 0;
+    }
     free(objs);
     if (r == KC_OK && (nobjs > 0 || kc_keystate_key(v, d.name, 0) != NULL)) {
         r = kc_error_set(err, KC_CONFLICT, "vault '%s' has a key '%s' already%s", v->meta.name,
