@@ -349,6 +349,39 @@ static void test_restore_into_joined_vault(void)
     CU_ASSERT_TRUE(unwraps("VaultA9/Key001", path(1, "w2")));
 }
 
+/* subscription join killed with SIGKILL at several points: running it
+ * again finishes it, and the vault restores the backup. */
+static void test_join_killed(void)
+{
+    static const char *delays[] = {"0.03", "0.1", "0.2", "0.4"};
+    const kc_test_out *r;
+    char *out = NULL, vault[16], ref[32];
+    size_t i;
+
+    setup_backup();
+    ASSERT_RC(
+        kc_test_run("key", "backup", "VaultA1/Key001", "--out", path(4, "k.backup"), PIN, NULL), 0);
+    for (i = 0; i < sizeof(delays) / sizeof(delays[0]); i++) {
+        snprintf(vault, sizeof(vault), "VaultJ%zu", i);
+        kc_test_vault(vault, "contoso-a", "westus");
+        kc_test_sh(&out,
+                   "'%s' subscription join contoso-a --vault %s --domain '%s' --share-key '%s' "
+                   "--share-key '%s' --so-pin-source env:TEST_SO_PIN --pin-source env:TEST_PIN "
+                   ">/dev/null 2>&1 & p=$!; sleep %s; kill -9 $p 2>/dev/null; wait $p; true",
+                   KC_BINARY, vault, path(3, "a.domain"), path(0, "bob-key.pem"),
+                   path(1, "carol-key.pem"), delays[i]);
+        r = join(vault, path(3, "a.domain"), path(0, "bob-key.pem"), path(1, "carol-key.pem"));
+        if (r->rc != 0)
+            fprintf(stderr, "\n  join after a kill at %s s: %s", delays[i], r->err);
+        CU_ASSERT(r->rc == 0 || (r->rc == 5 && kc_test_contains(r->err, "already")));
+        r = kc_test_run("key", "restore", vault, "--in", path(4, "k.backup"), PIN, NULL);
+        ASSERT_RC(r, 0);
+        snprintf(ref, sizeof(ref), "%s/Key001", vault);
+        CU_ASSERT_TRUE(unwraps(ref, path(1, "w1")));
+        CU_ASSERT_TRUE(unwraps(ref, path(1, "w2")));
+    }
+}
+
 static void test_restore_foreign_subscription(void)
 {
     const kc_test_out *r;
@@ -544,6 +577,7 @@ static const kc_test_case backup_cases[] = {
     {"backup errors", test_backup_errors},
     {"a failed restore rolls back", test_restore_rolls_back},
     {"a restore killed with kill -9", test_restore_killed},
+    {"a join killed with kill -9", test_join_killed},
     {"every flipped byte is detected", test_every_byte_flip_is_detected},
     {NULL, NULL},
 };
