@@ -197,6 +197,20 @@ static char *dep_version(int role)
     return v[role];
 }
 
+/* The current version of key ref, as 'key show --json' names it. */
+static const char *current_version(const char *ref)
+{
+    static char v[130];
+    const kc_test_out *r = kc_test_run("key", "show", ref, "--json", "--as", "svc", "--pin-source",
+                                       "env:TEST_PIN", NULL);
+    json_t *j = json_loads(r->out, 0, NULL);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    snprintf(v, sizeof(v), "%s", json_string_value(json_object_get(j, "current_version")));
+    json_decref(j);
+    return v;
+}
+
 /* After a rotation, refresh wraps the same DEP key under the new version. */
 static void test_dep_refresh(void)
 {
@@ -205,7 +219,6 @@ static void test_dep_refresh(void)
     kc_dep_unwrap_info info;
     const kc_test_out *r;
     kc_error err;
-    json_t *j;
 
     dep_setup();
     make_dep("Mbx", "VaultA1/KeyA,VaultB1/KeyB", "exchange");
@@ -229,14 +242,7 @@ static void test_dep_refresh(void)
     snprintf(want, sizeof(want), "VaultA1/KeyA: version %s -> ", old_a);
     ASSERT_HAS(r->out, want);
     /* now under the key's current version, which 'key show' names */
-    r = kc_test_run("key", "show", "VaultA1/KeyA", "--json", "--as", "svc", "--pin-source",
-                    "env:TEST_PIN", NULL);
-    ASSERT_RC(r, 0);
-    j = json_loads(r->out, 0, NULL);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
-    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "current_version")),
-                           dep_version(0));
-    json_decref(j);
+    CU_ASSERT_STRING_EQUAL(current_version("VaultA1/KeyA"), dep_version(0));
     CU_ASSERT_STRING_NOT_EQUAL(dep_version(0), old_a);
     CU_ASSERT_EQUAL(dep_unwrap("svc", 0, after, &info, &err), 0);
     CU_ASSERT_EQUAL(memcmp(before, after, 32), 0);
@@ -1125,6 +1131,46 @@ static void test_put_during_rewrap(void)
     CU_ASSERT_EQUAL(readable("n", 60, 0), 60);
 }
 
+/* key rotate in one process while dep refresh runs in another, five
+ * times: whichever wins, the DEP key stays the same and both vaults
+ * unwrap it; a last refresh puts it under the newest versions. */
+static void test_rotate_during_refresh(void)
+{
+    unsigned char first[32], now[32];
+    kc_dep_unwrap_info info;
+    unsigned char *rc_text;
+    char *out = NULL;
+    size_t len = 0;
+    kc_error err;
+    int i, j;
+
+    dep_setup();
+    make_dep("Mbx", "VaultA1/KeyA,VaultB1/KeyB", "exchange");
+    CU_ASSERT_EQUAL_FATAL(dep_unwrap("svc", 0, first, &info, &err), 0);
+    for (i = 0; i < 5; i++) {
+        unlink(kc_test_path("rotate.rc"));
+        CU_ASSERT_EQUAL(kc_test_sh(&out,
+                                   "cd '%s' && ( '%s' key rotate VaultA1/KeyA --as officer "
+                                   "--pin-source env:TEST_PIN; echo $? > rotate.rc ) > rotate.log "
+                                   "2>&1 &",
+                                   kc_test_dir(), KC_BINARY),
+                        0);
+        ASSERT_RC(kc_test_run("dep", "refresh", "Mbx", "--as", "svc", PINS, NULL), 0);
+        for (j = 0; j < 3000 && access(kc_test_path("rotate.rc"), F_OK) != 0; j++)
+            usleep(10000);
+        rc_text = kc_test_read(kc_test_path("rotate.rc"), &len);
+        CU_ASSERT(rc_text != NULL && strcmp((char *)rc_text, "0\n") == 0);
+        free(rc_text);
+        CU_ASSERT_EQUAL(dep_unwrap("svc", 0, now, &info, &err), 0);
+        CU_ASSERT_EQUAL(memcmp(first, now, 32), 0);
+    }
+    ASSERT_RC(kc_test_run("dep", "refresh", "Mbx", "--as", "svc", PINS, NULL), 0);
+    CU_ASSERT_STRING_EQUAL(dep_version(0), current_version("VaultA1/KeyA"));
+    revoke_unwrap("VaultA1"); /* and through B alone */
+    CU_ASSERT_EQUAL(dep_unwrap("svc", 0, now, &info, &err), 1);
+    CU_ASSERT_EQUAL(memcmp(first, now, 32), 0);
+}
+
 /* dep purge killed with SIGKILL at several points: running it again
  * finishes it, and the outcome is the same as an uninterrupted purge. */
 static void test_purge_killed(void)
@@ -1378,6 +1424,7 @@ static const kc_test_case fault_cases[] = {
 static const kc_test_case race_cases[] = {
     {"data put while a rewrap runs", test_put_during_rewrap},
     {"dep purge killed with kill -9", test_purge_killed},
+    {"key rotate while dep refresh runs", test_rotate_during_refresh},
     {NULL, NULL},
 };
 
