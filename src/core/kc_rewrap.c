@@ -242,21 +242,16 @@ static kc_rc batch_step(kc_data_session *s, kc_store *st, long batch, char last[
     return r;
 }
 
-/* The DEP key generations no scope needs: their wrapped copies go. */
-static kc_rc drop_old_generations(kc_store *st, kc_error *err)
+/* The end of a job, in its last transaction: the DEP key generations no
+ * scope needs lose their wrapped copies, and the job's record goes. */
+static kc_rc finish_job(kc_store *st, kc_error *err)
 {
-    kc_rc r = kc_store_exec(st,
-                            "DELETE FROM dep_keys WHERE generation < (SELECT generation FROM deps "
-                            "WHERE id = dep_keys.dep_id) AND NOT EXISTS (SELECT 1 FROM scopes s "
-                            "WHERE s.dep_id = dep_keys.dep_id AND s.dep_generation = "
-                            "dep_keys.generation); DELETE FROM rewrap_progress",
-                            err);
-    kc_error ignored;
-
-    /* best effort: a reader elsewhere keeps the log until it is done */
-    if (r == KC_OK && kc_store_scrub(st, &ignored) != KC_OK)
-        return KC_OK;
-    return r;
+    return kc_store_exec(st,
+                         "DELETE FROM dep_keys WHERE generation < (SELECT generation FROM deps "
+                         "WHERE id = dep_keys.dep_id) AND NOT EXISTS (SELECT 1 FROM scopes s "
+                         "WHERE s.dep_id = dep_keys.dep_id AND s.dep_generation = "
+                         "dep_keys.generation); DELETE FROM rewrap_progress",
+                         err);
 }
 
 kc_rc kc_rewrap(kc_data_session *s, kc_store *st, long batch, kc_rewrap_progress progress,
@@ -264,6 +259,7 @@ kc_rc kc_rewrap(kc_data_session *s, kc_store *st, long batch, kc_rewrap_progress
 {
     long pending = 0, total = 0, n = 0;
     char last[80] = "";
+    kc_error ignored;
     int resumed = 0;
     kc_rc r;
 
@@ -282,8 +278,15 @@ kc_rc kc_rewrap(kc_data_session *s, kc_store *st, long batch, kc_rewrap_progress
         if (r != KC_OK)
             break;
         r = batch_step(s, st, batch, last, &n, err);
-        if (r == KC_OK && n == 0)
-            r = drop_old_generations(st, err);
+        /* at the end of the walk: scopes that fell behind it meanwhile (an
+         * assignment changed) are walked again; else the job is done */
+        if (r == KC_OK && n == 0 && last[0] != '\0')
+            r = count(st, "SELECT count(*) " PENDING, NULL, &pending, err);
+        if (r == KC_OK && n == 0 && last[0] != '\0' && pending > 0) {
+            last[0] = '\0';
+            n = -1;
+        } else if (r == KC_OK && n == 0)
+            r = finish_job(st, err);
         if (r == KC_OK && n > 0) {
             char sql[96];
 
@@ -299,15 +302,19 @@ kc_rc kc_rewrap(kc_data_session *s, kc_store *st, long batch, kc_rewrap_progress
         r = kc_store_commit(st, err);
         if (r != KC_OK)
             break;
-        *moved += n;
+        if (n > 0)
+            *moved += n;
         if (n > 0 && progress != NULL)
             progress(arg, total > pending ? total - pending : 0, total, resumed);
-    } while (n > 0);
+    } while (n != 0);
     if (r != KC_OK)
         return kc_error_prefix(err,
                                "the re-wrap stopped after %ld scope key(s); run it again to "
                                "finish",
                                *moved);
+    /* best effort, after the commit: a reader elsewhere keeps the log until it is done */
+    if (kc_store_scrub(st, &ignored) != KC_OK)
+        kc_error_clear(&ignored);
     return KC_OK;
 }
 
