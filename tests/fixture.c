@@ -7,6 +7,7 @@
 #include <openssl/rand.h>
 
 #include <fcntl.h>
+#include <ftw.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -243,8 +244,39 @@ static void setup_each(void)
     }
 }
 
+/* Whether file holds a PIN other than as a PIN file (the PIN alone, with
+ * an optional newline): every output, log, store, backup and token file a
+ * test leaves is read. */
+static const char *const pin_vars[] = {"TEST_PIN", "TEST_SO_PIN"};
+
+static int holds_pin(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+    size_t len = 0, plen, i;
+    unsigned char *buf;
+    const char *pin;
+
+    (void)ftw;
+    if (type != FTW_F || st->st_size > 256 * 1024 * 1024)
+        return 0;
+    buf = kc_test_read(path, &len);
+    for (i = 0; buf != NULL && i < sizeof(pin_vars) / sizeof(pin_vars[0]); i++) {
+        pin = getenv(pin_vars[i]);
+        plen = pin ? strlen(pin) : 0;
+        if (plen == 0 || (len >= plen && len <= plen + 1 && memcmp(buf, pin, plen) == 0))
+            continue; /* a PIN source file */
+        if (memmem(buf, len, pin, plen) != NULL) {
+            fprintf(stderr, "\n  %s appears in %s\n", pin_vars[i], path);
+            CU_FAIL("a PIN appears in a file the test left");
+        }
+    }
+    free(buf);
+    return 0;
+}
+
 static void teardown_each(void)
 {
+    if (dir[0] != '\0')
+        (void)nftw(dir, holds_pin, 16, FTW_PHYS);
     (void)kc_test_teardown();
 }
 
