@@ -453,6 +453,9 @@ static void test_store_create_and_reopen(void)
                                   &e),
                     KC_OK);
     CU_ASSERT_EQUAL(kc_store_commit(st, &e), KC_OK);
+    /* SQLite gives its log the store's mode: wrapped keys pass through it */
+    CU_ASSERT_EQUAL(stat(tmp_path("store.db-wal"), &sb), 0);
+    CU_ASSERT_EQUAL(sb.st_mode & 0777, 0600);
     /* the schema holds its rules */
     CU_ASSERT_EQUAL(kc_store_exec(st,
                                   "INSERT INTO deps (id, name, workload, created) VALUES "
