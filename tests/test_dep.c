@@ -1133,11 +1133,16 @@ static void test_put_during_rewrap(void)
 
 /* key rotate in one process while dep refresh runs in another, five
  * times: whichever wins, the DEP key stays the same and both vaults
- * unwrap it; a last refresh puts it under the newest versions. */
+ * unwrap it; a last refresh puts it under the newest versions. SoftHSM
+ * 2.6.1 lets a process that reads a token while another rewrites one fail
+ * now and then with CKR_GENERAL_ERROR (its token integrity check; upstream
+ * issue 757): the loser must then fail cleanly, naming the vault, and
+ * succeed when run again. */
 static void test_rotate_during_refresh(void)
 {
     unsigned char first[32], now[32];
     kc_dep_unwrap_info info;
+    const kc_test_out *r;
     unsigned char *rc_text;
     char *out = NULL;
     size_t len = 0;
@@ -1155,12 +1160,18 @@ static void test_rotate_during_refresh(void)
                                    "2>&1 &",
                                    kc_test_dir(), KC_BINARY),
                         0);
-        ASSERT_RC(kc_test_run("dep", "refresh", "Mbx", "--as", "svc", PINS, NULL), 0);
+        r = kc_test_run("dep", "refresh", "Mbx", "--as", "svc", PINS, NULL);
+        if (r->rc != 0) {
+            ASSERT_RC(r, 7);
+            ASSERT_HAS(r->err, "vault '");
+        }
         for (j = 0; j < 3000 && access(kc_test_path("rotate.rc"), F_OK) != 0; j++)
             usleep(10000);
         rc_text = kc_test_read(kc_test_path("rotate.rc"), &len);
-        CU_ASSERT(rc_text != NULL && strcmp((char *)rc_text, "0\n") == 0);
+        CU_ASSERT(rc_text != NULL &&
+                  (strcmp((char *)rc_text, "0\n") == 0 || strcmp((char *)rc_text, "7\n") == 0));
         free(rc_text);
+        ASSERT_RC(kc_test_run("dep", "refresh", "Mbx", "--as", "svc", PINS, NULL), 0);
         CU_ASSERT_EQUAL(dep_unwrap("svc", 0, now, &info, &err), 0);
         CU_ASSERT_EQUAL(memcmp(first, now, 32), 0);
     }
