@@ -283,6 +283,15 @@ static void setup_backup(void)
     ASSERT_RC(kc_test_run("key", "update", "VaultA1/Key001", "--tag", "owner=alice", PIN, NULL), 0);
 }
 
+/* Deletes ref and, the retention waited out, purges it: gone from the token. */
+static void delete_and_purge(const char *ref)
+{
+    ASSERT_RC(kc_test_run("key", "delete", ref, PIN, NULL), 0);
+    setenv("KEYCUSTODY_NOW", "2099-01-01T00:00:00Z", 1);
+    ASSERT_RC(kc_test_run("key", "purge", ref, PIN, NULL), 0);
+    unsetenv("KEYCUSTODY_NOW");
+}
+
 static void test_backup_purge_restore(void)
 {
     const kc_test_out *r;
@@ -298,10 +307,7 @@ static void test_backup_purge_restore(void)
     CU_ASSERT_EQUAL(stat(path(4, "k.backup"), &st), 0);
     CU_ASSERT_EQUAL(st.st_mode & 0777, 0600);
     /* delete, wait out the retention, purge: the key is gone from the token */
-    ASSERT_RC(kc_test_run("key", "delete", "VaultA1/Key001", PIN, NULL), 0);
-    setenv("KEYCUSTODY_NOW", "2099-01-01T00:00:00Z", 1);
-    ASSERT_RC(kc_test_run("key", "purge", "VaultA1/Key001", PIN, NULL), 0);
-    unsetenv("KEYCUSTODY_NOW");
+    delete_and_purge("VaultA1/Key001");
     r = kc_test_run("key", "restore", "VaultA1", "--in", path(4, "k.backup"), PIN, NULL);
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "restored key 'VaultA1/Key001' with 2 versions");
@@ -430,10 +436,7 @@ static void test_restore_rolls_back(void)
     setup_backup();
     ASSERT_RC(
         kc_test_run("key", "backup", "VaultA1/Key001", "--out", path(4, "k.backup"), PIN, NULL), 0);
-    ASSERT_RC(kc_test_run("key", "delete", "VaultA1/Key001", PIN, NULL), 0);
-    setenv("KEYCUSTODY_NOW", "2099-01-01T00:00:00Z", 1);
-    ASSERT_RC(kc_test_run("key", "purge", "VaultA1/Key001", PIN, NULL), 0);
-    unsetenv("KEYCUSTODY_NOW");
+    delete_and_purge("VaultA1/Key001");
     /* the second version's private key fails to unwrap */
     CU_ASSERT_EQUAL_FATAL(kc_p11_fault_arm("C_UnwrapKey", "CKR_DEVICE_ERROR", 2, 0, &e), KC_OK);
     r = kc_test_run("key", "restore", "VaultA1", "--in", path(4, "k.backup"), PIN, NULL);
@@ -466,10 +469,7 @@ static void test_restore_killed(void)
     ASSERT_RC(
         kc_test_run("key", "backup", "VaultA1/Key001", "--out", path(4, "k.backup"), PIN, NULL), 0);
     for (i = 0; i < sizeof(delays) / sizeof(delays[0]); i++) {
-        ASSERT_RC(kc_test_run("key", "delete", "VaultA1/Key001", PIN, NULL), 0);
-        setenv("KEYCUSTODY_NOW", "2099-01-01T00:00:00Z", 1);
-        ASSERT_RC(kc_test_run("key", "purge", "VaultA1/Key001", PIN, NULL), 0);
-        unsetenv("KEYCUSTODY_NOW");
+        delete_and_purge("VaultA1/Key001");
         kc_test_sh(&out,
                    "'%s' key restore VaultA1 --in '%s' --pin-source env:TEST_PIN >/dev/null 2>&1 "
                    "& p=$!; sleep %s; kill -9 $p 2>/dev/null; wait $p; true",
