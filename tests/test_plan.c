@@ -1,5 +1,6 @@
 /* policy plan and apply against SoftHSM. */
 #include "fixture.h"
+#include "kc_gendoc.h"
 #include "kc_p11.h"
 #include "kc_plan.h"
 #include "kc_store.h"
@@ -258,6 +259,44 @@ static void test_converges_after_kill(void)
     }
 }
 
+/* A write killed between its new generation and removing the old one
+ * leaves two: plan says so, apply tidies, and plan is empty again. */
+static void test_tidies_stale_generations(void)
+{
+    const char *file = kc_test_layout(NULL, NULL);
+    const kc_test_out *r;
+    kc_vault_meta old;
+    kc_ctx *ctx = NULL;
+    kc_vault *v = NULL;
+    char *json = NULL;
+    kc_error err;
+
+    ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
+    CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, kc_test_env_pin, NULL, &ctx, &err), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_vault_open(ctx, "VaultA1", &v, &err), KC_OK);
+    old = v->meta;
+    old.generation = 1; /* older than what is there */
+    CU_ASSERT_EQUAL_FATAL(kc_vault_meta_encode(&old, &json, &err), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_tok_create_data(v->tok, KC_GENDOC_APPLICATION, KC_VAULT_META_LABEL,
+                                             json, strlen(json), 0, NULL, &err),
+                          KC_OK);
+    free(json);
+    kc_vault_free(v);
+    kc_ctx_free(ctx);
+    CU_ASSERT_EQUAL(kc_test_objects("VaultA1"), 5);
+    r = kc_test_run("policy", "plan", file, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "  ~ tidy vault VaultA1: remove 1 older generation of its metadata or key "
+                       "state");
+    r = kc_test_run("policy", "apply", file, "--yes", NULL);
+    ASSERT_RC(r, 0);
+    assert_converged(file);
+    /* the vault kept its newest metadata */
+    r = kc_test_run("vault", "show", "VaultA1", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "purge protection:  on");
+}
+
 /* Half a key pair where a create was killed: plan repairs it. */
 static void test_repairs_half_made_key(void)
 {
@@ -329,6 +368,7 @@ static void test_vault_validate(void)
 static const kc_test_case cases[] = {
     {"vault validate", test_vault_validate},
     {"repairs a half-made key", test_repairs_half_made_key},
+    {"tidies generations an interrupted write left", test_tidies_stale_generations},
     {"plan, apply, plan again", test_plan_apply_plan},
     {"edits show exactly themselves", test_edits_show_exactly_themselves},
     {"blocked changes", test_blocked_changes},

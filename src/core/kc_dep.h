@@ -31,7 +31,7 @@ typedef struct kc_dep {
     kc_dep_key keys[KC_DEP_SLOTS];
     char principal[128]; /* the service principal that wraps and unwraps its key */
     char purge_requested[21], purge_reason[256], purge_contact[256];
-    char purged[21]; /* when it was crypto-shredded; "" if not */
+    char purged[21];           /* when it was crypto-shredded; "" if not */
     long break_glass;          /* uses of the availability key */
     char break_glass_last[21]; /* the last one */
 } kc_dep;

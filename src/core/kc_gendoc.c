@@ -71,3 +71,38 @@ kc_rc kc_gendoc_write(kc_tok *tok, const char *label, int is_private, const char
     kc_p11_data_objs_free(objs, n);
     return r;
 }
+
+kc_rc kc_gendoc_tidy(kc_tok *tok, const char *label, kc_gendoc_check check, void *arg,
+                     size_t *removed, kc_error *err)
+{
+    kc_data_obj *objs = NULL;
+    unsigned long gen, best_gen = 0;
+    size_t n = 0, i, best = 0;
+    kc_error why;
+    int found = 0;
+    kc_rc r;
+
+    *removed = 0;
+    r = kc_tok_find_data(tok, KC_GENDOC_APPLICATION, label, &objs, &n, err);
+    if (r != KC_OK)
+        return r;
+    for (i = 0; i < n; i++)
+        if (check(objs[i].value, objs[i].len, &gen, arg, &why) == KC_OK &&
+            (!found || gen > best_gen)) {
+            best = i;
+            best_gen = gen;
+            found = 1;
+        }
+    /* with no valid one there is nothing to keep and nothing to judge by */
+    for (i = 0; found && r == KC_OK && i < n; i++) {
+        if (i == best)
+            continue;
+        r = kc_tok_destroy(tok, objs[i].handle, err);
+        if (r == KC_OK)
+            (*removed)++;
+    }
+    kc_p11_data_objs_free(objs, n);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot remove an older generation of '%s'", label);
+    return KC_OK;
+}

@@ -29,4 +29,11 @@ KC_EXPORT kc_rc kc_gendoc_read(kc_tok *tok, const char *label, const char *what,
 KC_EXPORT kc_rc kc_gendoc_write(kc_tok *tok, const char *label, int is_private, const char *doc,
                                 kc_error *err) KC_MUST_CHECK;
 
+/* Removes every generation but the newest valid one: what a write killed
+ * between creating the new one and removing the old ones leaves. *removed:
+ * how many went. Needs a session that sees the objects (logged in for
+ * private ones). */
+KC_EXPORT kc_rc kc_gendoc_tidy(kc_tok *tok, const char *label, kc_gendoc_check check, void *arg,
+                               size_t *removed, kc_error *err) KC_MUST_CHECK;
+
 #endif

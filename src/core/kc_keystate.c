@@ -114,3 +114,41 @@ int kc_keystate_bool(json_t *o, const char *field, int dflt)
 
     return json_is_boolean(b) ? json_is_true(b) : dflt;
 }
+
+/* One generation document's stale objects: all but one, when any. */
+static kc_rc count_stale(kc_tok *tok, const char *label, size_t *stale, kc_error *err)
+{
+    kc_data_obj *objs = NULL;
+    size_t n = 0;
+    kc_rc r = kc_tok_find_data(tok, KC_GENDOC_APPLICATION, label, &objs, &n, err);
+
+    kc_p11_data_objs_free(objs, n);
+    if (r == KC_OK && n > 1)
+        *stale += n - 1;
+    return r;
+}
+
+kc_rc kc_keystate_stale(kc_vault *v, size_t *stale, kc_error *err)
+{
+    kc_rc r = kc_ctx_login(v->ctx, v->tok, err);
+
+    *stale = 0;
+    if (r == KC_OK)
+        r = count_stale(v->tok, KC_KEYSTATE_LABEL, stale, err);
+    if (r == KC_OK)
+        r = count_stale(v->tok, KC_VAULT_META_LABEL, stale, err);
+    return r;
+}
+
+kc_rc kc_keystate_tidy(kc_vault *v, size_t *removed, kc_error *err)
+{
+    size_t a = 0, b = 0;
+    kc_rc r = kc_ctx_login(v->ctx, v->tok, err);
+
+    if (r == KC_OK)
+        r = kc_gendoc_tidy(v->tok, KC_KEYSTATE_LABEL, check_state, NULL, &a, err);
+    if (r == KC_OK)
+        r = kc_gendoc_tidy(v->tok, KC_VAULT_META_LABEL, kc_vault_meta_doc_check, NULL, &b, err);
+    *removed = a + b;
+    return r;
+}

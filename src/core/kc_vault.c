@@ -221,8 +221,8 @@ cleanup:
     return r;
 }
 
-static kc_rc check_meta(const unsigned char *buf, size_t len, unsigned long *generation, void *arg,
-                        kc_error *err)
+kc_rc kc_vault_meta_doc_check(const unsigned char *buf, size_t len, unsigned long *generation,
+                              void *arg, kc_error *err)
 {
     kc_vault_meta m;
     kc_rc r = kc_vault_meta_decode(buf, len, &m, err);
@@ -242,8 +242,8 @@ static kc_rc read_meta(kc_tok *tok, kc_vault_meta *out, unsigned long *next, kc_
     unsigned long gen;
     kc_rc r;
 
-    r = kc_gendoc_read(tok, KC_VAULT_META_LABEL, "vault metadata", check_meta, NULL, &buf, &len,
-                       &gen, err);
+    r = kc_gendoc_read(tok, KC_VAULT_META_LABEL, "vault metadata", kc_vault_meta_doc_check, NULL,
+                       &buf, &len, &gen, err);
     if (next != NULL)
         *next = gen;
     if (r == KC_NOT_FOUND)

@@ -303,7 +303,7 @@ kc_rc kc_plan_make(kc_ctx *ctx, const kc_layout *l, int allow_delete, kc_plan *p
     kc_vault_meta want;
     char changes[256];
     kc_key *keys = NULL, *del = NULL;
-    size_t nkeys = 0, ndel = 0, i;
+    size_t nkeys = 0, ndel = 0, i, stale = 0;
     kc_vault *v = NULL;
     kc_tok *tok = NULL;
     kc_rc r = KC_OK;
@@ -344,6 +344,12 @@ kc_rc kc_plan_make(kc_ctx *ctx, const kc_layout *l, int allow_delete, kc_plan *p
             r = kc_key_list_deleted(v, &del, &ndel, err);
         if (r == KC_OK)
             plan_keys(p, l, lv, i, v, allow_delete, keys, nkeys, del, ndel);
+        if (r == KC_OK)
+            r = kc_keystate_stale(v, &stale, err);
+        if (r == KC_OK && stale > 0)
+            act(p, KC_ACT_VAULT_TIDY, i, 0, "a write of the vault's documents was interrupted",
+                "tidy vault %s: remove %zu older generation%s of its metadata or key state",
+                lv->name, stale, stale == 1 ? "" : "s");
         kc_key_list_free(keys, nkeys);
         kc_key_list_free(del, ndel);
         keys = del = NULL;
@@ -683,6 +689,12 @@ kc_rc kc_plan_apply(kc_ctx *ctx, const kc_layout *l, const kc_action *a, kc_erro
     case KC_ACT_KEY_UPDATE:
         r = apply_key_update(v, lk, err);
         break;
+    case KC_ACT_VAULT_TIDY: {
+        size_t removed = 0;
+
+        r = kc_keystate_tidy(v, &removed, err);
+        break;
+    }
     case KC_ACT_KEY_DELETE:
         r = kc_key_delete(v, a->key_name, &k, err);
         break;

@@ -19,6 +19,7 @@ typedef enum kc_act_kind {
     KC_ACT_KEY_RECORD,  /* ~ record versions an interrupted create left unrecorded */
     KC_ACT_KEY_UPDATE,  /* ~ ops, expiry, tags */
     KC_ACT_KEY_DELETE,  /* - soft delete (--allow-delete only) */
+    KC_ACT_VAULT_TIDY,  /* ~ remove older generations an interrupted write left */
     KC_ACT_DEP_CREATE,  /* + a DEP, through kc_dep_create (after the keys it needs) */
     KC_ACT_DEP_UPDATE,  /* ~ description, enabled */
     KC_ACT_DEP_ASSIGN,  /* ~ a scope's DEP */
