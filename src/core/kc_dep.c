@@ -876,7 +876,10 @@ kc_rc kc_dep_refresh(kc_ctx *ctx, kc_store *st, const char *name_or_id, const ch
         return kc_error_set(err, KC_CONFLICT,
                             "the service-managed key has no root keys to refresh");
     late = roll ? behind(st, before) : 0;
-    if (late != 0) {
+    if (late < 0)
+        return kc_error_set(err, KC_ERR, "the service store: cannot count DEP '%s''s scope keys",
+                            before->name);
+    if (late > 0) {
         kc_error_set(err, KC_CONFLICT,
                      "DEP '%s' is still rolling: %ld scope key(s) are under its previous key",
                      before->name, late);
