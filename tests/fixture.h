@@ -43,6 +43,14 @@ const char *kc_test_layout(const char *old, const char *new);
 /* How many objects the token of vault holds, as pkcs11-tool counts them
  * (logged in with TEST_PIN); -1 when it cannot tell. */
 int kc_test_objects(const char *vault);
+/* Around a kill -9 of a command: SoftHSM 2.6.1 rewrites a token's
+ * token.object in place at every login (its mtime changes on C_Login), so
+ * a kill at that moment can leave the token unreadable -- a failure of
+ * SoftHSM's file store that an HSM does not have. snapshot copies each
+ * token.object before the kill; mend puts back the ones whose size changed
+ * (a torn write) and returns how many. Objects are never touched. */
+void kc_test_snapshot_tokens(void);
+int kc_test_mend_tokens(void);
 /* A PIN callback for kc_ctx_new: TEST_SO_PIN or TEST_PIN for every vault. */
 kc_rc kc_test_env_pin(void *arg, const char *vault, kc_pin_kind kind, kc_secret **out,
                       kc_error *err);

@@ -370,12 +370,14 @@ static void test_join_killed(void)
     for (i = 0; i < sizeof(delays) / sizeof(delays[0]); i++) {
         snprintf(vault, sizeof(vault), "VaultJ%zu", i);
         kc_test_vault(vault, "contoso-a", "westus");
+        kc_test_snapshot_tokens();
         kc_test_sh(&out,
                    "'%s' subscription join contoso-a --vault %s --domain '%s' --share-key '%s' "
                    "--share-key '%s' --so-pin-source env:TEST_SO_PIN --pin-source env:TEST_PIN "
                    ">/dev/null 2>&1 & p=$!; sleep %s; kill -9 $p 2>/dev/null; wait $p; true",
                    KC_BINARY, vault, path(3, "a.domain"), path(0, "bob-key.pem"),
                    path(1, "carol-key.pem"), delays[i]);
+        (void)kc_test_mend_tokens();
         r = join(vault, path(3, "a.domain"), path(0, "bob-key.pem"), path(1, "carol-key.pem"));
         if (r->rc != 0)
             fprintf(stderr, "\n  join after a kill at %s s: %s", delays[i], r->err);
@@ -470,10 +472,12 @@ static void test_restore_killed(void)
         kc_test_run("key", "backup", "VaultA1/Key001", "--out", path(4, "k.backup"), PIN, NULL), 0);
     for (i = 0; i < sizeof(delays) / sizeof(delays[0]); i++) {
         delete_and_purge("VaultA1/Key001");
+        kc_test_snapshot_tokens();
         kc_test_sh(&out,
                    "'%s' key restore VaultA1 --in '%s' --pin-source env:TEST_PIN >/dev/null 2>&1 "
                    "& p=$!; sleep %s; kill -9 $p 2>/dev/null; wait $p; true",
                    KC_BINARY, path(4, "k.backup"), delays[i]);
+        (void)kc_test_mend_tokens();
         r = kc_test_run("key", "restore", "VaultA1", "--in", path(4, "k.backup"), PIN, NULL);
         if (r->rc != 0) {
             ASSERT_RC(r, 5); /* the killed run had finished */

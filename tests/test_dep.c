@@ -696,6 +696,7 @@ static void test_rewrap_killed(void)
     put_mailboxes("m", n);
     ASSERT_RC(kc_test_run("dep", "refresh", "Ten", "--roll", "--as", "svc", PINS, NULL), 0);
     /* one scope per transaction; killed once 40 batches have been reported */
+    kc_test_snapshot_tokens();
     CU_ASSERT_EQUAL(
         kc_test_sh(
             &out,
@@ -707,6 +708,7 @@ static void test_rewrap_killed(void)
             kc_test_dir(), KC_BINARY),
         0);
     CU_ASSERT(kc_test_contains(out, "killed=137"));
+    (void)kc_test_mend_tokens();
     /* out is kc_test_sh's buffer: it keeps it */
     out = (char *)kc_test_read(kc_test_path("progress.log"), &len);
     for (line = out; line != NULL && (line = strchr(line, '\n')) != NULL; line++)
@@ -1201,12 +1203,14 @@ static void test_purge_killed(void)
         snprintf(scope, sizeof(scope), "p%zu-", i);
         purge_ready((unsigned)i);
         n = wrapped_copies(name, blobs, lens, 8);
+        kc_test_snapshot_tokens();
         CU_ASSERT_EQUAL(kc_test_sh(&out,
                                    "'%s' dep purge %s --confirm %s --pin-source "
                                    "Service=env:TEST_PIN >/dev/null 2>&1 & p=$!; sleep %s; "
                                    "kill -9 $p 2>/dev/null; wait $p; true",
                                    KC_BINARY, name, name, delays[i]),
                         0);
+        (void)kc_test_mend_tokens();
         r = kc_test_run("dep", "purge", name, "--confirm", name, "--pin-source",
                         "Service=env:TEST_PIN", NULL);
         CU_ASSERT(r->rc == 0 || (r->rc == 5 && kc_test_contains(r->err, "purged already")));

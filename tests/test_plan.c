@@ -237,10 +237,12 @@ static void test_converges_after_kill(void)
     size_t i;
 
     for (i = 0; i < sizeof(delays) / sizeof(delays[0]); i++) {
+        kc_test_snapshot_tokens();
         kc_test_sh(&out,
                    "'%s' policy apply '%s' --yes >/dev/null 2>&1 & p=$!; sleep %s; "
                    "kill -9 $p 2>/dev/null; wait $p; true",
                    KC_BINARY, file, delays[i]);
+        (void)kc_test_mend_tokens();
         ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
         if (actions(file) != 0 || kc_test_objects("VaultA1") != 4 ||
             kc_test_objects("VaultB1") != 4) {
