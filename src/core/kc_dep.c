@@ -258,7 +258,6 @@ static kc_rc load_keys(kc_store *st, kc_dep *d, kc_error *err)
                            "AND generation = ?",
                            -1, &s, NULL) != SQLITE_OK)
         return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
-    load_break_glass(st, d);
     sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, 2, d->generation);
     while (sqlite3_step(s) == SQLITE_ROW) {
@@ -314,6 +313,7 @@ kc_rc kc_dep_get(kc_store *st, const char *name_or_id, kc_dep *out, kc_error *er
         kc_error_hint(err, "see them with 'keycustody dep list'");
         return KC_NOT_FOUND;
     }
+    load_break_glass(st, out);
     return load_keys(st, out, err);
 }
 
@@ -338,8 +338,10 @@ kc_rc kc_dep_list(kc_store *st, kc_dep **out, size_t *n, kc_error *err)
         row(s, &v[len++]);
     }
     sqlite3_finalize(s);
-    for (i = 0; r == KC_OK && i < len; i++)
+    for (i = 0; r == KC_OK && i < len; i++) {
+        load_break_glass(st, &v[i]);
         r = load_keys(st, &v[i], err);
+    }
     if (r != KC_OK) {
         free(v);
         return r;
