@@ -487,6 +487,19 @@ static void test_wrap_errors(void)
     r = kc_test_run("key", "unwrap", "VaultA1/Key001", "--in", raw, "--out", out, PIN, NULL);
     ASSERT_RC(r, 2);
     ASSERT_HAS(r->err, "is raw ciphertext: say which algorithm made it");
+    {
+        /* one raw ciphertext in 256 begins with '{': it is still raw, not bad JSON */
+        unsigned char brace[256];
+        char braced[1100];
+        memset(brace, 0xd8, sizeof brace);
+        brace[0] = '{';
+        snprintf(braced, sizeof braced, "%s", kc_test_path("brace.raw"));
+        kc_test_write(braced, brace, sizeof brace, 0600);
+        r = kc_test_run("key", "unwrap", "VaultA1/Key001", "--in", braced, "--out", out, PIN,
+                        NULL);
+        ASSERT_RC(r, 2);
+        ASSERT_HAS(r->err, "is raw ciphertext: say which algorithm made it");
+    }
     r = kc_test_run("key", "unwrap", "VaultA1/Key002", "--in", raw, "--out", out, "--alg",
                     "RSA-OAEP", PIN, NULL);
     ASSERT_RC(r, 7);

@@ -8,6 +8,7 @@
 
 #include <openssl/crypto.h>
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -599,6 +600,20 @@ cleanup:
     return rc;
 }
 
+/* The JSON that wrap writes is printable ASCII (the value is base64); raw
+ * RSA-OAEP output is random bytes, and one file in 256 begins with '{', so
+ * the first byte alone cannot tell them apart. */
+static bool looks_like_json(const unsigned char *buf, size_t len)
+{
+    if (len == 0 || buf[0] != '{')
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if ((buf[i] < 0x20 || buf[i] > 0x7e) && buf[i] != '\n' && buf[i] != '\r' &&
+            buf[i] != '\t')
+            return false;
+    return true;
+}
+
 /* The wrapped value and algorithm from --in: the JSON that wrap writes, or
  * the raw RSA-OAEP output of another tool (then --alg says which). */
 static kc_rc read_wrapped(const char *path, const char *alg_opt, kc_key_ref *ref,
@@ -617,7 +632,7 @@ static kc_rc read_wrapped(const char *path, const char *alg_opt, kc_key_ref *ref
     r = kc_file_read(path, WRAPPED_MAX, &buf, &buf_len, err);
     if (r != KC_OK)
         return r;
-    if (buf_len == 0 || buf[0] != '{') {
+    if (!looks_like_json(buf, buf_len)) {
         if (alg_opt == NULL) {
             free(buf);
             kc_error_set(err, KC_USAGE, "'%s' is raw ciphertext: say which algorithm made it",
