@@ -232,6 +232,11 @@ typedef struct kc_secret_spec {
 KC_EXPORT kc_rc kc_tok_create_secret(kc_tok *t, const kc_secret_spec *spec, const kc_secret *value,
                                      kc_obj *out, kc_error *err) KC_MUST_CHECK;
 
+/* Generates on the token a 256-bit generic secret for HMAC-SHA256: private,
+ * sensitive, never extractable, sign and verify only. Needs the user. */
+KC_EXPORT kc_rc kc_tok_generate_hmac_key(kc_tok *t, const char *label, kc_obj *out,
+                                         kc_error *err) KC_MUST_CHECK;
+
 /* The secret keys with this label (and id, when id != NULL). */
 KC_EXPORT kc_rc kc_tok_find_secrets(kc_tok *t, const char *label, const unsigned char *id,
                                     size_t id_len, kc_obj *out, size_t cap, size_t *n,

@@ -508,6 +508,52 @@ kc_rc kc_tok_create_secret(kc_tok *t, const kc_secret_spec *spec, const kc_secre
     return create_clean(t, tmpl, n, spec->label, spec->label, out, err);
 }
 
+kc_rc kc_tok_generate_hmac_key(kc_tok *t, const char *label, kc_obj *out, kc_error *err)
+{
+    CK_MECHANISM mech = {CKM_GENERIC_SECRET_KEY_GEN, NULL, 0};
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
+    CK_ULONG value_len = 32;
+    CK_OBJECT_HANDLE *before = NULL, h = CK_INVALID_HANDLE;
+    size_t nbefore = 0;
+    CK_ATTRIBUTE tmpl[14];
+    CK_ULONG n = 0;
+    CK_RV rv;
+    kc_rc r = kc_tok_session(t, err);
+
+    if (r != KC_OK)
+        return r;
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR(CKA_CLASS, &cls, sizeof(cls));
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR(CKA_KEY_TYPE, &kt, sizeof(kt));
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR(CKA_VALUE_LEN, &value_len, sizeof(value_len));
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_TOKEN, 1);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_PRIVATE, 1);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR(CKA_LABEL, label, strlen(label));
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_SENSITIVE, 1);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_EXTRACTABLE, 0);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_SIGN, 1);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_VERIFY, 1);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_ENCRYPT, 0);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_DECRYPT, 0);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_WRAP, 0);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_UNWRAP, 0);
+    r = kc_p11_find_all(t, NULL, 0, &before, &nbefore, err);
+    if (r != KC_OK)
+        return r;
+    rv = t->f->C_GenerateKey(t->session, &mech, tmpl, n, &h);
+    if (rv != CKR_OK) {
+        /* SoftHSM 2.6.1 can leave a half-made object after a failed create */
+        kc_p11_remove_leftovers(t, label, before, nbefore);
+        free(before);
+        r = kc_p11_fail(err, "C_GenerateKey", rv, "cannot generate the HMAC key '%s'", label);
+        kc_tok_explain_lost(t, rv, err);
+        return r;
+    }
+    free(before);
+    *out = h;
+    return KC_OK;
+}
+
 kc_rc kc_tok_find_secrets(kc_tok *t, const char *label, const unsigned char *id, size_t id_len,
                           kc_obj *out, size_t cap, size_t *n, kc_error *err)
 {

@@ -78,6 +78,11 @@ int kc_test_setup(void)
     unsetenv("KEYCUSTODY_PRINCIPAL");
     unsetenv("KEYCUSTODY_STORE");
     unsetenv("KEYCUSTODY_SERVICE_VAULT");
+    unsetenv("KEYCUSTODY_SYSLOG_SOCKET");
+    unsetenv("KC_TEST_AUDIT_TAMPERED");
+    /* every test keeps an audit log; teardown verifies it */
+    snprintf(conf, sizeof(conf), "%s/audit.jsonl", dir);
+    setenv("KEYCUSTODY_AUDIT", conf, 1);
     return 0;
 }
 
@@ -273,10 +278,41 @@ static int holds_pin(const char *path, const struct stat *st, int type, struct F
     return 0;
 }
 
+/* Every test's audit log verifies at its end (all MACs, all anchors),
+ * unless the test tampered with it on purpose. */
+int kc_test_audit_verify(void)
+{
+    const kc_test_out *r;
+
+    kc_p11_fault_disarm();
+    r = kc_test_run("audit", "verify", "--pin-source", "env:TEST_PIN", NULL);
+    if (r->rc != 0)
+        fprintf(stderr, "\n  audit verify: rc=%d\n  %s\n", r->rc, r->err);
+    return r->rc;
+}
+
+int kc_test_wipe_tokens(void)
+{
+    char *out = NULL;
+
+    return kc_test_sh(&out, "rm -rf '%s/tokens' '%s/audit.jsonl' && mkdir '%s/tokens'", dir, dir,
+                      dir);
+}
+
+static void verify_audit(void)
+{
+    if (getenv("KC_TEST_AUDIT_TAMPERED") != NULL || access(kc_test_path("audit.jsonl"), F_OK) != 0)
+        return;
+    if (kc_test_audit_verify() != 0)
+        CU_FAIL("the test's audit log does not verify");
+}
+
 static void teardown_each(void)
 {
-    if (dir[0] != '\0')
+    if (dir[0] != '\0') {
+        verify_audit();
         (void)nftw(dir, holds_pin, 16, FTW_PHYS);
+    }
     (void)kc_test_teardown();
 }
 

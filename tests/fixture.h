@@ -43,6 +43,15 @@ const char *kc_test_layout(const char *old, const char *new);
 /* How many objects the token of vault holds, as pkcs11-tool counts them
  * (logged in with TEST_PIN); -1 when it cannot tell. */
 int kc_test_objects(const char *vault);
+/* Runs 'audit verify' on the test's log (faults disarmed); its exit code,
+ * the output on stderr when not 0. Teardown runs it after every test. */
+int kc_test_audit_verify(void);
+/* Removes every token and the audit log that spoke of them. */
+int kc_test_wipe_tokens(void);
+/* The audit key and anchors on the vault (left out of kc_test_objects). */
+int kc_test_audit_objects(const char *vault);
+/* Secret keys on the vault other than its audit key. */
+int kc_test_secret_keys(const char *vault);
 /* Around a kill -9 of a command: SoftHSM 2.6.1 rewrites a token's
  * token.object in place at every login (its mtime changes on C_Login), so
  * a kill at that moment can leave the token unreadable -- a failure of

@@ -75,14 +75,34 @@ kc_rc kc_test_env_pin(void *arg, const char *vault, kc_pin_kind kind, kc_secret 
     return *out ? KC_OK : kc_error_set(err, KC_ERR, "oom");
 }
 
-int kc_test_objects(const char *vault)
+/* Objects as pkcs11-tool lists them, each with its label; the audit key
+ * and anchors (labels keycustody-audit...) are left out unless audit. */
+static int count_objects(const char *vault, const char *types, int audit)
 {
     char *out = NULL; /* kc_test_sh's buffer, kept by it */
 
     if (kc_test_sh(&out,
                    "pkcs11-tool --module '%s' --token-label %s --login --pin env:TEST_PIN "
-                   "-O 2>/dev/null | grep -c -E '^(Public|Private|Secret|Data)'",
-                   KC_SOFTHSM_MODULE, vault) > 1)
+                   "-O 2>/dev/null | awk -v audit=%d '/^[A-Z]/ { if (t) n++; t = 0 } "
+                   "/^(%s)/ { t = 1 } /^ *label:/ && t && !audit && /keycustody-audit/ { t = 0 } "
+                   "END { if (t) n++; print n + 0 }'",
+                   KC_SOFTHSM_MODULE, vault, audit, types) > 1)
         return -1;
     return atoi(out);
+}
+
+int kc_test_objects(const char *vault)
+{
+    return count_objects(vault, "Public|Private|Secret|Data", 0);
+}
+
+int kc_test_audit_objects(const char *vault)
+{
+    return count_objects(vault, "Public|Private|Secret|Data", 1) -
+           count_objects(vault, "Public|Private|Secret|Data", 0);
+}
+
+int kc_test_secret_keys(const char *vault)
+{
+    return count_objects(vault, "Secret Key", 0);
 }

@@ -17,7 +17,8 @@
 
 static const kc_cmd *const groups[] = {
     kc_cmds_vault, kc_cmds_key,    kc_cmds_access, kc_cmds_subscription, kc_cmds_dep,
-    kc_cmds_data,  kc_cmds_status, kc_cmds_rewrap, kc_cmds_tenant,       kc_cmds_policy};
+    kc_cmds_data,  kc_cmds_status, kc_cmds_rewrap, kc_cmds_tenant,       kc_cmds_policy,
+    kc_cmds_audit};
 static const char *const group_summary[] = {
     "initialise and inspect vaults (PKCS#11 tokens with keycustody metadata)",
     "RSA root keys: create, rotate, update, delete, recover, purge, back up, restore, wrap",
@@ -29,6 +30,7 @@ static const char *const group_summary[] = {
     "the job that brings every scope key under its DEP's current key",
     "the tenant as a whole: leaving Customer Key",
     "the layout as code: check a YAML layout file, plan and apply it",
+    "the audit log: every operation on keys, vaults and DEPs, chained and sealed on tokens",
 };
 #define N_GROUPS (sizeof(groups) / sizeof(groups[0]))
 
@@ -43,6 +45,10 @@ static const char common_help[] =
     "  --as PRINCIPAL          who acts (or KEYCUSTODY_PRINCIPAL)\n"
     "  --store PATH            the service store (or KEYCUSTODY_STORE): DEPs and their\n"
     "                          wrapped keys, assignments\n"
+    "  --audit PATH            the audit log (or KEYCUSTODY_AUDIT; else the layout's audit:,\n"
+    "                          else audit.jsonl beside the service store). A command that\n"
+    "                          changes or uses keys is not run when its log cannot be written\n"
+    "  --audit-syslog          also send each audit record to syslog (authpriv.notice)\n"
     "  --json                  machine-readable output on stdout (read commands)\n"
     "  -h, --help              this help\n"
     "A PIN is never taken from the command line.\n";
@@ -139,6 +145,8 @@ enum {
     OPT_STORE,
     OPT_JSON,
     OPT_HELP,
+    OPT_AUDIT,
+    OPT_AUDIT_SYSLOG,
 };
 
 static const struct option common_opts[] = {
@@ -149,6 +157,8 @@ static const struct option common_opts[] = {
     {"store", required_argument, NULL, OPT_STORE},
     {"json", no_argument, NULL, OPT_JSON},
     {"help", no_argument, NULL, OPT_HELP},
+    {"audit", required_argument, NULL, OPT_AUDIT},
+    {"audit-syslog", no_argument, NULL, OPT_AUDIT_SYSLOG},
 };
 #define N_COMMON (sizeof(common_opts) / sizeof(common_opts[0]))
 
@@ -196,6 +206,12 @@ int kc_cli_parse(kc_cli *cli, int argc, char **argv, const struct option *own,
         case OPT_STORE:
             cli->store = optarg;
             break;
+        case OPT_AUDIT:
+            cli->audit_opt = optarg;
+            break;
+        case OPT_AUDIT_SYSLOG:
+            cli->audit_syslog = 1;
+            break;
         case OPT_JSON:
             if (!cli->cmd->reads)
                 return kc_cli_usage(cli, "'%s' has no --json output",
@@ -221,7 +237,13 @@ int kc_cli_parse(kc_cli *cli, int argc, char **argv, const struct option *own,
         }
     }
     *first = optind;
-    return 0;
+    cli->ran = 1;
+    cli->operands = argv + optind;
+    cli->noperands = argc - optind;
+    r = kc_cli_audit_prepare(cli);
+    if (r != 0)
+        cli->ran = 0; /* refused before it did anything */
+    return r;
 }
 
 /* --- PINs --- */
@@ -353,7 +375,7 @@ static kc_rc pin_cb(void *arg, const char *vault, kc_pin_kind kind, kc_secret **
             return kc_error_prefix(err, "cannot read the %s of vault '%s'", kind_name(kind), vault);
         return KC_OK;
     }
-    if (!isatty(STDIN_FILENO)) {
+    if (!isatty(STDIN_FILENO) || cli->no_prompt) {
         kc_error_set(err, KC_USAGE, "no PIN source for vault '%s' (%s)", vault, kind_name(kind));
         kc_error_hint(err, "give %s %s=env:NAME or %s=file:PATH (mode 0600)", opt, vault, vault);
         return KC_USAGE;
@@ -382,6 +404,8 @@ kc_rc kc_cli_ctx(kc_cli *cli, kc_ctx **out)
         r = kc_ctx_new(cli->module, pin_cb, cli, &cli->ctx, &cli->error);
         if (r != KC_OK)
             return r;
+        cli->ctx->event_fn = kc_cli_audit_event;
+        cli->ctx->event_arg = cli;
     }
     *out = cli->ctx;
     return KC_OK;
@@ -416,6 +440,7 @@ int kc_cli_main(int argc, char **argv, FILE *out, FILE *err)
 {
     kc_cli cli;
     const kc_cmd *c;
+    char name[48];
     size_t g;
     int rc, single;
 
@@ -456,13 +481,20 @@ int kc_cli_main(int argc, char **argv, FILE *out, FILE *err)
         cli.module = NULL;
     cli.principal = getenv("KEYCUSTODY_PRINCIPAL");
     cli.store = getenv("KEYCUSTODY_STORE");
+    cli.audit_opt = getenv("KEYCUSTODY_AUDIT");
+    cli.service_vault = getenv("KEYCUSTODY_SERVICE_VAULT");
+    cmd_name(c, name, sizeof(name));
+    (void)kc_cli_audit_begin(&cli, name);
     rc = c->fn(&cli, argc - 2 + single, argv + 2 - single);
-    if (rc == -1)
+    if (rc == -1) {
         rc = KC_OK;
+        cli.ran = 0; /* --help */
+    }
     fflush(out);
     /* Exit 10 (plan --detailed-exitcode) reports changes, not an error. */
     if (rc != KC_OK && !(rc == KC_CHANGES && cli.error.msg[0] == '\0'))
         print_error(&cli);
+    rc = kc_cli_audit_end(&cli, name, argc - 2 + single, argv + 2 - single, rc);
     kc_ctx_free(cli.ctx);
     return rc;
 }

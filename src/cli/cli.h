@@ -40,6 +40,22 @@ struct kc_cli {
     const char *layout_pins[KC_CLI_MAX_SOURCES * 4];
     const char *layout_so_pins[KC_CLI_MAX_SOURCES * 4];
     size_t nlayout;
+    /* the audit log (cmd_audit.c) */
+    const char *audit_opt;      /* --audit or KEYCUSTODY_AUDIT */
+    char audit_layout[1024];    /* the layout's audit: (resolved) */
+    char store_layout[1024];    /* the layout's store: (resolved) */
+    int audit_syslog;           /* --audit-syslog */
+    struct kc_audit *audit;     /* opened before the command runs */
+    int audited;                /* the command changes tokens or the store, or uses a key */
+    int ran;                    /* its options parsed: it ran */
+    char **operands;            /* its operands, after option parsing */
+    int noperands;
+    struct json_t *aud;         /* fields the command adds to its record */
+    struct json_t *events;      /* failed logins, break-glass uses, in order */
+    const char *service_vault;  /* --service-vault, KEYCUSTODY_SERVICE_VAULT or the layout's */
+    char layout_service[64];    /* the layout's service vault */
+    char layout_vault[64];      /* a vault of the layout, to seal apply's record */
+    int no_prompt;              /* PINs only from sources (sealing after the command) */
 };
 
 /* Runs "keycustody ARGS..." with output on out and diagnostics on err.
@@ -88,6 +104,22 @@ void kc_cli_print_diags(kc_cli *cli, const struct kc_diags *d);
 kc_rc kc_cli_use_layout(kc_cli *cli, const struct kc_layout *l, char (*buf)[400],
                         char (*sobuf)[400]);
 
+/* --- audit (cmd_audit.c) --- */
+/* Adds a field (vault, key, version, dep, scope, ...) to the command's audit record. */
+void kc_cli_audit_note(kc_cli *cli, const char *field, const char *value);
+/* Before the command: whether it is audited, and the log opened when its
+ * path is known; 0 or the exit code. */
+int kc_cli_audit_begin(kc_cli *cli, const char *name);
+/* After it: its record (and the events before it) appended and sealed;
+ * returns rc, or an error code when the record could not be written. */
+int kc_cli_audit_end(kc_cli *cli, const char *name, int argc, char **argv, int rc);
+/* After option parsing: opens the log of an audited command; 0 or the exit code. */
+int kc_cli_audit_prepare(kc_cli *cli);
+/* The ctx event hook. */
+void kc_cli_audit_event(void *arg, const char *event, const char *vault, const char *dep,
+                        const kc_error *err);
+
+extern const kc_cmd kc_cmds_audit[];
 extern const kc_cmd kc_cmds_vault[];
 extern const kc_cmd kc_cmds_key[];
 extern const kc_cmd kc_cmds_subscription[];

@@ -100,7 +100,7 @@ static int dep_opt(kc_cli *cli, int opt, const char *arg, void *st)
         s->description = arg;
         break;
     case O_SERVICE:
-        s->service = arg;
+        s->service = cli->service_vault = arg;
         break;
     case O_ENABLED:
         if (strcmp(arg, "true") != 0 && strcmp(arg, "false") != 0)

@@ -109,19 +109,26 @@ struct plan_state {
     kc_store *st;
 };
 
-/* The service store for the layout's DEPs: --store / KEYCUSTODY_STORE,
- * else the layout's store: (relative to the layout file). "" when none. */
-static void store_path(const kc_cli *cli, const kc_layout *l, char *out, size_t cap)
+/* A path the layout gives, relative to the layout file's directory. */
+static void layout_relative(const kc_layout *l, const char *value, char *out, size_t cap)
 {
     const char *slash = strrchr(l->file, '/');
 
     out[0] = '\0';
+    if (value[0] == '/' || (value[0] != '\0' && slash == NULL))
+        snprintf(out, cap, "%s", value);
+    else if (value[0] != '\0')
+        snprintf(out, cap, "%.*s/%s", (int)(slash - l->file), l->file, value);
+}
+
+/* The service store for the layout's DEPs: --store / KEYCUSTODY_STORE,
+ * else the layout's store: (relative to the layout file). "" when none. */
+static void store_path(const kc_cli *cli, const kc_layout *l, char *out, size_t cap)
+{
     if (cli->store != NULL && cli->store[0] != '\0')
         snprintf(out, cap, "%s", cli->store);
-    else if (l->store[0] == '/' || (l->store[0] != '\0' && slash == NULL))
-        snprintf(out, cap, "%s", l->store);
-    else if (l->store[0] != '\0')
-        snprintf(out, cap, "%.*s/%s", (int)(slash - l->file), l->file, l->store);
+    else
+        layout_relative(l, l->store, out, cap);
 }
 
 /* Adds the DEP actions: against the store when there is one (apply makes
@@ -200,7 +207,13 @@ kc_rc kc_cli_use_layout(kc_cli *cli, const kc_layout *l, char (*buf)[400], char 
     cli->nlayout = n;
     if (cli->module == NULL && module != NULL)
         cli->module = module;
-    return KC_OK;
+    /* where the audit log is and which vault seals apply's record */
+    layout_relative(l, l->audit, cli->audit_layout, sizeof(cli->audit_layout));
+    layout_relative(l, l->store, cli->store_layout, sizeof(cli->store_layout));
+    snprintf(cli->layout_service, sizeof(cli->layout_service), "%s", l->service_vault);
+    if (l->nvaults > 0)
+        snprintf(cli->layout_vault, sizeof(cli->layout_vault), "%s", l->vaults[0].name);
+    return kc_cli_audit_prepare(cli);
 }
 
 static void print_plan(kc_cli *cli, const kc_plan *p)

@@ -237,6 +237,8 @@ static int cmd_offboard(kc_cli *cli, int argc, char **argv)
         return kc_cli_usage(cli, "tenant offboard takes no operands");
     if (s.service == NULL || s.service[0] == '\0')
         return kc_cli_usage(cli, "--service-vault NAME (or KEYCUSTODY_SERVICE_VAULT) is required");
+    cli->service_vault = s.service;
+    kc_cli_audit_note(cli, "vault", s.service);
     if ((rc = kc_cli_ctx_store(cli, &ctx, &st)) != 0)
         return rc;
     kc_error_clear(&err);

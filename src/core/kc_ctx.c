@@ -54,5 +54,14 @@ kc_rc kc_ctx_login(kc_ctx *ctx, kc_tok *tok, kc_error *err)
         return r;
     r = kc_tok_login(tok, pin, err);
     kc_secret_free(pin);
+    if (r != KC_OK)
+        kc_ctx_event(ctx, "login", vault, NULL, err);
     return r;
+}
+
+void kc_ctx_event(kc_ctx *ctx, const char *event, const char *vault, const char *dep,
+                  const kc_error *err)
+{
+    if (ctx != NULL && ctx->event_fn != NULL)
+        ctx->event_fn(ctx->event_arg, event, vault, dep, err);
 }

@@ -18,10 +18,18 @@ typedef enum kc_pin_kind {
 typedef kc_rc (*kc_pin_fn)(void *arg, const char *vault, kc_pin_kind kind, kc_secret **out,
                            kc_error *err);
 
+/* Told of events the audit log records on their own: "login" (a login the
+ * token refused; err says why) and "break-glass" (an availability key used;
+ * err NULL). vault and dep may be NULL. */
+typedef void (*kc_event_fn)(void *arg, const char *event, const char *vault, const char *dep,
+                            const kc_error *err);
+
 typedef struct kc_ctx {
     kc_p11 *p11;
     kc_pin_fn pin_fn;
     void *pin_arg;
+    kc_event_fn event_fn; /* optional */
+    void *event_arg;
 } kc_ctx;
 
 /* Loads module_path (NULL: p11-kit's registered modules). */
@@ -32,6 +40,10 @@ KC_EXPORT void kc_ctx_free(kc_ctx *ctx);
 /* Asks pin_fn for a PIN; KC_USAGE naming the vault when there is no way to. */
 KC_EXPORT kc_rc kc_ctx_pin(kc_ctx *ctx, const char *vault, kc_pin_kind kind, kc_secret **out,
                            kc_error *err) KC_MUST_CHECK;
+
+/* Passes an event to ctx->event_fn, when there is one. */
+KC_EXPORT void kc_ctx_event(kc_ctx *ctx, const char *event, const char *vault, const char *dep,
+                            const kc_error *err);
 
 /* Logs in to tok as the user (asking for the PIN) unless already logged in. */
 KC_EXPORT kc_rc kc_ctx_login(kc_ctx *ctx, kc_tok *tok, kc_error *err) KC_MUST_CHECK;

@@ -152,8 +152,11 @@ static kc_rc install(kc_ctx *ctx, kc_vault *v, const kc_secret *secret, kc_error
     r = kc_tok_find_secrets(v->tok, KC_DOMAIN_WRAP_LABEL, id, sizeof(id), found, 4, &n, err);
     if (r == KC_OK && n == 0) {
         r = kc_ctx_pin(ctx, v->meta.name, KC_PIN_SO, &so, err);
-        if (r == KC_OK)
+        if (r == KC_OK) {
             r = kc_tok_login_so(v->tok, so, err);
+            if (r != KC_OK)
+                kc_ctx_event(ctx, "login-so", v->meta.name, NULL, err);
+        }
         spec.kind = KC_SECRET_AES;
         spec.label = KC_DOMAIN_WRAP_LABEL;
         spec.trusted = 1;

@@ -1,4 +1,5 @@
 #include "kc_vault.h"
+#include "kc_audit.h"
 #include "kc_gendoc.h"
 #include "kc_util.h"
 
@@ -419,6 +420,7 @@ kc_rc kc_vault_init(kc_ctx *ctx, const kc_vault_meta *want, const char *token_ur
 {
     kc_vault_meta m = *want, existing;
     kc_tok *tok = NULL;
+    kc_obj audit_key;
     time_t now;
     kc_error lookup;
     kc_rc r;
@@ -466,6 +468,11 @@ kc_rc kc_vault_init(kc_ctx *ctx, const kc_vault_meta *want, const char *token_ur
         *err = lookup;
         return r;
     }
+    /* The audit key first: a token becomes a vault only with one (a rerun
+     * after a failure here adopts the token and finds or makes it). */
+    r = kc_audit_key(tok, 1, &audit_key, err);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot make the audit key of vault '%s'", want->name);
     r = write_meta(tok, &m, err);
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot write the metadata of vault '%s'", want->name);

@@ -489,7 +489,8 @@ kc_layout *kc_layout_read(const char *file, const unsigned char *buf, size_t len
 {
     static const char *const allowed[] = {"version",       "subscriptions",     "vaults",
                                           "service_vault", "service_principal", "store",
-                                          "deps",          "assignments",       NULL};
+                                          "audit",         "deps",              "assignments",
+                                          NULL};
     static const char *const assign_allowed[] = {"tenant", "mailboxes", "geos", NULL};
     kc_ynode *root = kc_yaml_parse(buf, len, d);
     const kc_ynode *n, *a;
@@ -527,6 +528,7 @@ kc_layout *kc_layout_read(const char *file, const unsigned char *buf, size_t len
     str_field(&r, root, "service_principal", l->service_principal, sizeof(l->service_principal), 0,
               &l->service_principal_pos, "the layout");
     str_field(&r, root, "store", l->store, sizeof(l->store), 0, &l->store_pos, "the layout");
+    str_field(&r, root, "audit", l->audit, sizeof(l->audit), 0, &l->audit_pos, "the layout");
     n = kc_yaml_get(root, "deps", NULL);
     if (n != NULL && expect(&r, n, KC_Y_SEQ, "deps")) {
         l->deps = calloc(n->n + 1, sizeof(*l->deps));

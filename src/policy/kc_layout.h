@@ -86,6 +86,8 @@ typedef struct kc_layout {
     kc_lpos service_principal_pos;
     char store[512]; /* the service store; relative to the layout file's directory */
     kc_lpos store_pos;
+    char audit[512]; /* the audit log; relative to the layout file's directory */
+    kc_lpos audit_pos;
     kc_ldep *deps;
     size_t ndeps;
     kc_lassign tenant; /* dep "" when unassigned */
