@@ -34,11 +34,12 @@ asan-check: deps
 # Each libFuzzer target for FUZZ_SECONDS on its seed corpus (clang).
 FUZZ_BUILD   ?= build-fuzz
 FUZZ_SECONDS ?= 20
+FUZZ_TARGETS := backup domain meta ref layout item audit
 fuzz-smoke: deps
 	@cmake -S . -B $(FUZZ_BUILD) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug \
 	  -DKEYCUSTODY_FUZZ=ON -DKEYCUSTODY_TESTS=OFF >/dev/null
-	@cmake --build $(FUZZ_BUILD) -j$(JOBS) --target fuzz_backup fuzz_domain fuzz_meta fuzz_ref fuzz_layout fuzz_item
-	@for t in backup domain meta ref layout item; do \
+	@cmake --build $(FUZZ_BUILD) -j$(JOBS) --target $(addprefix fuzz_,$(FUZZ_TARGETS))
+	@for t in $(FUZZ_TARGETS); do \
 	  mkdir -p $(FUZZ_BUILD)/corpus-$$t && \
 	  echo "fuzz_$$t: $(FUZZ_SECONDS) s" && \
 	  $(FUZZ_BUILD)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=0 \

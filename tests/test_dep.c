@@ -372,6 +372,26 @@ static void test_data(void)
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->err, "unwrapped by the availability key (break glass)");
     CU_ASSERT(item_matches());
+    /* the audit log has the break-glass use on its own, then the read, both sealed */
+    r = kc_test_run("audit", "show", "--json", NULL);
+    ASSERT_RC(r, 0);
+    {
+        json_t *j = json_loads(r->out, 0, NULL), *bg, *get;
+        size_t n = json_array_size(j);
+
+        CU_ASSERT_FATAL(n >= 2);
+        bg = json_array_get(j, n - 2);
+        get = json_array_get(j, n - 1);
+        CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(bg, "command")), "break-glass");
+        CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(bg, "dep")), "Mbx");
+        CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(bg, "vault")), "Service");
+        CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(bg, "principal")), "svc");
+        CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(get, "command")), "data get");
+        CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(get, "scope")), "mailbox:u1");
+        CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(get, "dep")), "Mbx");
+        CU_ASSERT_PTR_NOT_NULL(json_string_value(json_object_get(get, "sealed_by")));
+        json_decref(j);
+    }
 }
 
 static void test_dep_assign(void)

@@ -42,6 +42,33 @@ static void assert_converged(const char *file)
     CU_ASSERT_EQUAL(kc_test_objects("VaultB1"), 4);
 }
 
+/* The layout's audit: names the log, relative to the layout file. */
+static void test_layout_audit_path(void)
+{
+    const char *file =
+        kc_test_layout("service_principal: svc\n", "service_principal: svc\naudit: apply.jsonl\n");
+    char log[1100];
+    const kc_test_out *r;
+
+    snprintf(log, sizeof(log), "%s", kc_test_path("apply.jsonl"));
+    unsetenv("KEYCUSTODY_AUDIT");
+    r = kc_test_run("policy", "apply", file, "--yes", NULL);
+    ASSERT_RC(r, 0);
+    r = kc_test_run("audit", "show", "--audit", log, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "policy apply");
+    ASSERT_HAS(r->out, "VaultA1\n"); /* sealed by the layout's first vault */
+    r = kc_test_run("audit", "verify", "--audit", log, "--pin-source", "env:TEST_PIN", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "1 records, 1 sealed");
+    /* plan only reads: it writes no record */
+    r = kc_test_run("policy", "plan", file, NULL);
+    ASSERT_RC(r, 0);
+    r = kc_test_run("audit", "verify", "--audit", log, "--pin-source", "env:TEST_PIN", NULL);
+    ASSERT_HAS(r->out, "1 records, 1 sealed");
+    setenv("KEYCUSTODY_AUDIT", kc_test_path("audit.jsonl"), 1);
+}
+
 static void test_plan_apply_plan(void)
 {
     const char *file = kc_test_layout(NULL, NULL);
@@ -370,6 +397,7 @@ static const kc_test_case cases[] = {
     {"repairs a half-made key", test_repairs_half_made_key},
     {"tidies generations an interrupted write left", test_tidies_stale_generations},
     {"plan, apply, plan again", test_plan_apply_plan},
+    {"the layout names the audit log", test_layout_audit_path},
     {"edits show exactly themselves", test_edits_show_exactly_themselves},
     {"blocked changes", test_blocked_changes},
     {"apply needs --yes without a terminal", test_apply_needs_yes_without_terminal},

@@ -157,8 +157,11 @@ void kc_cli_audit_event(void *arg, const char *event, const char *vault, const c
         json_object_set_new(e, "dep", json_string(dep));
     json_object_set_new(e, "result", json_string(err != NULL ? "denied" : "ok"));
     json_object_set_new(e, "code", json_integer(err != NULL ? err->code : 0));
-    if (err != NULL)
-        json_object_set_new(e, "error", json_string(err->msg));
+    if (err != NULL) {
+        char msg[1200];
+        kc_error_format(err, msg, sizeof(msg));
+        json_object_set_new(e, "error", json_string(msg));
+    }
     json_array_append_new(cli->events, e);
 }
 
@@ -256,6 +259,22 @@ static kc_tok *logged_in(kc_cli *cli, const char *vault, int login)
     return r == KC_OK ? tok : NULL;
 }
 
+/* Whether the command's login to vault was refused (an event says so). */
+static int login_refused(const kc_cli *cli, const char *vault)
+{
+    size_t i;
+    const json_t *e;
+
+    for (i = 0; vault != NULL && i < json_array_size(cli->events); i++) {
+        e = json_array_get(cli->events, i);
+        if (strncmp(json_string_value(json_object_get(e, "command")), "login", 5) == 0 &&
+            json_is_string(json_object_get(e, "vault")) &&
+            strcmp(json_string_value(json_object_get(e, "vault")), vault) == 0)
+            return 1;
+    }
+    return 0;
+}
+
 /* The vault the command concerns, else one of its DEP, else the service
  * vault (logging in to it from a PIN source if needed); NULL: unsealed. */
 static kc_tok *choose_sealer(kc_cli *cli)
@@ -276,10 +295,11 @@ static kc_tok *choose_sealer(kc_cli *cli)
     for (i = 0; i < n; i++)
         if ((tok = logged_in(cli, cands[i], 0)) != NULL)
             return tok;
-    /* store-only commands: the service vault's key (never a custodian's:
-     * that login may be the one that just failed) */
-    for (i = 3; i < n; i++)
-        if ((tok = logged_in(cli, cands[i], 1)) != NULL)
+    /* Nobody logged in (a public-key wrap, a store-only command): log in
+     * from a PIN source, never a prompt, and never again where this
+     * command's login was refused. */
+    for (i = 0; i < n; i++)
+        if (!login_refused(cli, cands[i]) && (tok = logged_in(cli, cands[i], 1)) != NULL)
             return tok;
     return NULL;
 }
@@ -389,8 +409,11 @@ int kc_cli_audit_end(kc_cli *cli, const char *name, int argc, char **argv, int r
             json_object_set(rec, k, v);
         json_object_set_new(rec, "result", json_string(rc == KC_OK ? "ok" : "failed"));
         json_object_set_new(rec, "code", json_integer(rc));
-        if (rc != KC_OK && cli->error.msg[0] != '\0')
-            json_object_set_new(rec, "error", json_string(cli->error.msg));
+        if (rc != KC_OK && cli->error.msg[0] != '\0') {
+            char msg[1200];
+            kc_error_format(&cli->error, msg, sizeof(msg));
+            json_object_set_new(rec, "error", json_string(msg));
+        }
         (void)append(cli, rec, sealer, &err);
     }
     if (err.code != KC_OK) {
@@ -430,12 +453,12 @@ static int show_opt(kc_cli *cli, int opt, const char *arg, void *st)
     switch (opt) {
     case O_SINCE:
         s->since = arg;
-        if (kc_time_parse_rfc3339(arg, &s->since_t))
+        if (kc_time_parse_rfc3339(arg, &s->since_t) == 0)
             break;
-        if (kc_date_parse(arg, day)) {
+        if (kc_date_parse(arg, day) == 0) {
             char t[32];
             snprintf(t, sizeof(t), "%.4s-%.2s-%.2sT00:00:00Z", day, day + 4, day + 6);
-            if (kc_time_parse_rfc3339(t, &s->since_t))
+            if (kc_time_parse_rfc3339(t, &s->since_t) == 0)
                 break;
         }
         return kc_cli_usage(cli, "--since '%s': give a date (2026-11-24) or a UTC time "
@@ -470,7 +493,7 @@ static int matches(const json_t *rec, const struct show_state *s)
     const char *slash;
     time_t when;
 
-    if (s->since != NULL && (t == NULL || !kc_time_parse_rfc3339(t, &when) || when < s->since_t))
+    if (s->since != NULL && (t == NULL || kc_time_parse_rfc3339(t, &when) != 0 || when < s->since_t))
         return 0;
     if (s->vault != NULL && (vault == NULL || strcmp(vault, s->vault) != 0))
         return 0;

@@ -271,6 +271,7 @@ static int cmd_create(kc_cli *cli, int argc, char **argv)
         return kc_cli_fail(cli, &err);
     }
     fprintf(cli->out, "created key '%s/%s'\n", k->vault, k->name);
+    kc_cli_audit_note(cli, "version", k->versions[k->current].version);
     print_version(cli->out, v, k, &k->versions[k->current]);
     kc_key_free(k);
     kc_vault_free(v);
@@ -586,6 +587,7 @@ static int cmd_wrap(kc_cli *cli, int argc, char **argv)
         rc = kc_cli_fail(cli, &err);
         goto cleanup;
     }
+    kc_cli_audit_note(cli, "version", ver->version);
     fprintf(cli->err, "wrapped %zu bytes with '%s/%s/%s' (%s) into %s\n", secret->len, k->vault,
             k->name, ver->version, kc_oaep_name(used), s.out);
     rc = KC_OK;
@@ -725,6 +727,7 @@ static int cmd_unwrap(kc_cli *cli, int argc, char **argv)
         rc = kc_cli_fail(cli, &err);
         goto cleanup;
     }
+    kc_cli_audit_note(cli, "version", ver->version);
     fprintf(cli->err, "unwrapped %zu bytes with '%s/%s/%s' (%s) into %s (mode 0600)\n", secret->len,
             k->vault, k->name, ver->version, kc_oaep_name(alg), s.out);
     rc = KC_OK;
@@ -782,6 +785,7 @@ static void report_rotate(kc_cli *cli, const kc_vault *v, const char *name, cons
 {
     (void)v;
     (void)name;
+    kc_cli_audit_note(cli, "version", k->versions[k->current].version);
     fprintf(cli->out,
             "rotated key '%s/%s': version %s is current; the %zu older version%s still unwrap%s\n",
             k->vault, k->name, k->versions[k->current].version, k->nversions - 1,
@@ -925,8 +929,10 @@ static int cmd_update(kc_cli *cli, int argc, char **argv)
     fprintf(cli->out, "updated key '%s/%s'\n", k->vault, k->name);
     {
         const kc_key_version *ver = NULL;
-        if (kc_key_select(k, ref.id, ref.id_len, &ver, &err) == KC_OK)
+        if (kc_key_select(k, ref.id, ref.id_len, &ver, &err) == KC_OK) {
+            kc_cli_audit_note(cli, "version", ver->version);
             print_version(cli->out, v, k, ver);
+        }
     }
     kc_key_free(k);
     kc_vault_free(v);
@@ -1095,6 +1101,7 @@ static int cmd_import(kc_cli *cli, int argc, char **argv)
     free(buf);
     if (rc == KC_OK) {
         fprintf(cli->out, "imported key '%s/%s'\n", k->vault, k->name);
+        kc_cli_audit_note(cli, "version", k->versions[k->current].version);
         print_version(cli->out, v, k, &k->versions[k->current]);
         if (s.pem != NULL)
             fprintf(cli->err,

@@ -681,12 +681,12 @@ static kc_rc misplaced(const line_ref *lines, size_t n, size_t i, long expect, c
             if (lines[j].seq == s)
                 return kc_error_set(
                     err, KC_INTEGRITY,
-                    "audit log '%s': line %zu repeats sequence number %ld of line %zu: a record "
+                    "audit log '%s': lines %zu and %zu both carry sequence number %ld: a record "
                     "was inserted%s",
-                    path, i + 1, s, j + 1,
+                    path, j + 1, i + 1, s,
                     lines[j].len == lines[i].len &&
                             memcmp(lines[j].text, lines[i].text, lines[i].len) == 0
-                        ? " (a copy)"
+                        ? " (a copy of another)"
                         : "");
         return kc_error_set(err, KC_INTEGRITY,
                             "audit log '%s': record %ld (line %zu) comes after record %ld: records "
@@ -787,19 +787,14 @@ static kc_rc verify_records(verifier *vf, const char *path, line_ref *lines, siz
                 r = kc_tok_hmac_verify(vt->tok, vt->key, (const unsigned char *)lines[i].text,
                                        mac_off, mac, err);
             if (r == KC_INTEGRITY) {
+                /* The chain up to here holds, so this record's own bytes
+                 * changed, or the chain before it was rewritten with it. */
                 kc_error_clear(err);
-                if (last_verified > 0)
-                    kc_error_set(err, KC_INTEGRITY,
-                                 "audit log '%s': record %ld (line %zu) does not verify under "
-                                 "vault '%s''s audit key: it, or a record after record %ld (the "
-                                 "last that verified), was modified, inserted or removed",
-                                 path, expect, i + 1, by, last_verified);
-                else
-                    kc_error_set(err, KC_INTEGRITY,
-                                 "audit log '%s': record %ld (line %zu) does not verify under "
-                                 "vault '%s''s audit key: it or a record before it was "
-                                 "modified, inserted or removed",
-                                 path, expect, i + 1, by);
+                kc_error_set(err, KC_INTEGRITY,
+                             "audit log '%s': record %ld (line %zu) was modified, or records "
+                             "after record %ld (the last whose MAC verified) were rewritten: its "
+                             "MAC does not verify under vault '%s''s audit key",
+                             path, expect, i + 1, last_verified, by);
             }
             if (r != KC_OK) {
                 json_decref(rec);
@@ -898,6 +893,7 @@ kc_rc kc_audit_verify(kc_ctx *ctx, const char *path, kc_audit_summary *sum, kc_e
          * whether there was one. */
         kc_error_clear(err);
         len = 0;
+        r = KC_OK;
     } else if (r != KC_OK) {
         return r;
     }
