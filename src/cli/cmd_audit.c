@@ -233,7 +233,7 @@ static void dep_vaults(kc_cli *cli, char vaults[3][64])
 
 /* A token of this process with its user logged in; with login, logs in
  * from a PIN source (never a prompt) when it is not. */
-static kc_tok *logged_in(kc_cli *cli, const char *vault, int login)
+static kc_tok *logged_in(kc_cli *cli, const char *vault, int login, kc_error *why)
 {
     kc_ctx *ctx = cli->ctx;
     kc_tok *tok = NULL;
@@ -247,8 +247,11 @@ static kc_tok *logged_in(kc_cli *cli, const char *vault, int login)
         if (!login || kc_cli_ctx(cli, &ctx) != KC_OK)
             return NULL;
     }
-    if (kc_p11_token(ctx->p11, vault, &tok, &err) != KC_OK)
+    if (kc_p11_token(ctx->p11, vault, &tok, &err) != KC_OK) {
+        if (login && err.code != KC_NOT_FOUND && why->code == KC_OK)
+            *why = err;
         return NULL;
+    }
     if (kc_tok_is_logged_in(tok))
         return tok;
     if (!login)
@@ -256,6 +259,8 @@ static kc_tok *logged_in(kc_cli *cli, const char *vault, int login)
     cli->no_prompt = 1;
     r = kc_ctx_login(ctx, tok, &err);
     cli->no_prompt = 0;
+    if (r != KC_OK && r != KC_USAGE && why->code == KC_OK)
+        *why = err; /* worth saying; a vault without a PIN source is not */
     return r == KC_OK ? tok : NULL;
 }
 
@@ -277,7 +282,7 @@ static int login_refused(const kc_cli *cli, const char *vault)
 
 /* The vault the command concerns, else one of its DEP, else the service
  * vault (logging in to it from a PIN source if needed); NULL: unsealed. */
-static kc_tok *choose_sealer(kc_cli *cli)
+static kc_tok *choose_sealer(kc_cli *cli, kc_error *why)
 {
     const char *cands[7];
     char dv[3][64];
@@ -293,13 +298,13 @@ static kc_tok *choose_sealer(kc_cli *cli)
     cands[n++] = cli->layout_service;
     cands[n++] = cli->layout_vault;
     for (i = 0; i < n; i++)
-        if ((tok = logged_in(cli, cands[i], 0)) != NULL)
+        if ((tok = logged_in(cli, cands[i], 0, why)) != NULL)
             return tok;
     /* Nobody logged in (a public-key wrap, a store-only command): log in
      * from a PIN source, never a prompt, and never again where this
      * command's login was refused. */
     for (i = 0; i < n; i++)
-        if (!login_refused(cli, cands[i]) && (tok = logged_in(cli, cands[i], 1)) != NULL)
+        if (!login_refused(cli, cands[i]) && (tok = logged_in(cli, cands[i], 1, why)) != NULL)
             return tok;
     return NULL;
 }
@@ -363,9 +368,9 @@ static kc_rc append(kc_cli *cli, json_t *rec, kc_tok *sealer, kc_error *err)
 int kc_cli_audit_end(kc_cli *cli, const char *name, int argc, char **argv, int rc)
 {
     subject subj = SUBJ_NONE;
-    json_t *rec = NULL, *args, *v, *e;
+    json_t *rec = NULL, *args, *e;
     kc_tok *sealer;
-    const char *k;
+    void *it;
     kc_error err;
     size_t i;
     int a;
@@ -388,7 +393,13 @@ int kc_cli_audit_end(kc_cli *cli, const char *name, int argc, char **argv, int r
     }
     (void)find_audited(name, &subj);
     subject_fields(cli, subj);
-    sealer = choose_sealer(cli);
+    kc_error_clear(&err);
+    sealer = choose_sealer(cli, &err);
+    if (sealer == NULL && err.code != KC_OK) {
+        char msg[1200];
+        kc_error_format(&err, msg, sizeof(msg));
+        fprintf(cli->err, "warning: audit record written unsealed: %s\n", msg);
+    }
     kc_error_clear(&err);
     /* events first, in the order they happened */
     for (i = 0; i < json_array_size(cli->events); i++) {
@@ -405,8 +416,9 @@ int kc_cli_audit_end(kc_cli *cli, const char *name, int argc, char **argv, int r
         for (a = 1; a < argc; a++)
             json_array_append_new(args, json_string(argv[a]));
         json_object_set_new(rec, "args", args);
-        json_object_foreach (cli->aud, k, v)
-            json_object_set(rec, k, v);
+        for (it = json_object_iter(cli->aud); it != NULL;
+             it = json_object_iter_next(cli->aud, it))
+            json_object_set(rec, json_object_iter_key(it), json_object_iter_value(it));
         json_object_set_new(rec, "result", json_string(rc == KC_OK ? "ok" : "failed"));
         json_object_set_new(rec, "code", json_integer(rc));
         if (rc != KC_OK && cli->error.msg[0] != '\0') {
@@ -619,10 +631,11 @@ static int cmd_verify(kc_cli *cli, int argc, char **argv)
     kc_error_clear(&err);
     r = kc_audit_verify(ctx, path, &sum, &err);
     if (cli->json) {
-        kc_cli_print_json(cli, json_pack("{s:s, s:b, s:I, s:I, s:I, s:s, s:s?}", "path", path,
+        kc_cli_print_json(cli, json_pack("{s:s, s:b, s:I, s:I, s:I, s:s, s:s, s:s?}", "path", path,
                                          "intact", r == KC_OK, "records", (json_int_t)sum.records,
                                          "sealed", (json_int_t)sum.sealed, "unsealed_tail",
                                          (json_int_t)sum.unsealed_tail, "vaults", sum.vaults,
+                                         "not_visible", sum.missing,
                                          "problem", r == KC_OK ? NULL : err.msg));
     }
     if (r != KC_OK)
@@ -632,6 +645,11 @@ static int cmd_verify(kc_cli *cli, int argc, char **argv)
     fprintf(cli->out, "audit log '%s' is intact: %ld records, %ld sealed; MACs and anchors "
                       "checked on %s\n",
             path, sum.records, sum.sealed, sum.vaults[0] ? sum.vaults : "no vault");
+    if (sum.missing[0] != '\0')
+        fprintf(cli->out,
+                "note: %s sealed %ld of them but %s not visible; later records sealed on other "
+                "vaults vouch for those through the chain\n",
+                sum.missing, sum.unchecked, strchr(sum.missing, ',') ? "are" : "is");
     if (sum.unsealed_tail > 0)
         fprintf(cli->out,
                 "note: the last %ld record%s not sealed: only the hash chain covers %s until a "

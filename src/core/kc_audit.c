@@ -580,6 +580,7 @@ typedef struct vtok {
     char name[64];
     kc_tok *tok;
     kc_obj key;
+    int missing; /* the token is not visible: its MACs cannot be checked */
 } vtok;
 
 typedef struct verifier {
@@ -602,12 +603,27 @@ static kc_rc vault_key(verifier *vf, const char *name, vtok **out, kc_error *err
     if (vf->n == MAX_VAULTS)
         return kc_error_set(err, KC_ERR, "more than %d vaults seal this log", MAX_VAULTS);
     t = &vf->v[vf->n];
+    memset(t, 0, sizeof(*t));
     snprintf(t->name, sizeof(t->name), "%s", name);
     r = kc_p11_token(vf->ctx->p11, name, &t->tok, err);
+    if (r == KC_NOT_FOUND) {
+        /* a lost vault: later records sealed elsewhere may vouch for its own */
+        kc_error_clear(err);
+        t->missing = 1;
+        vf->n++;
+        *out = t;
+        return KC_OK;
+    }
     if (r == KC_OK)
         r = kc_ctx_login(vf->ctx, t->tok, err);
-    if (r == KC_OK)
+    if (r == KC_OK) {
         r = kc_audit_key(t->tok, 0, &t->key, err);
+        if (r == KC_NOT_FOUND)
+            r = kc_error_set(err, KC_INTEGRITY,
+                             "vault '%s' has no audit key: it is not the vault that sealed these "
+                             "records (was its token initialised again?)",
+                             name);
+    }
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot check the records vault '%s' sealed", name);
     vf->n++;
@@ -724,7 +740,7 @@ static kc_rc verify_records(verifier *vf, const char *path, line_ref *lines, siz
                             char log[LOG_ID_HEX + 1], kc_audit_summary *sum, kc_error *err)
 {
     char prev[HASH_HEX + 1];
-    long expect = 1, last_verified = 0;
+    long expect = 1, last_verified = 0, last_unchecked = 0;
     unsigned char mac[32];
     int has_mac;
     size_t i, mac_off;
@@ -783,6 +799,19 @@ static kc_rc verify_records(verifier *vf, const char *path, line_ref *lines, siz
         }
         if (has_mac) {
             r = vault_key(vf, by, &vt, err);
+            if (r == KC_OK && vt->missing) {
+                last_unchecked = expect;
+                sum->sealed++;
+                sum->unchecked++;
+                if (strstr(sum->missing, by) == NULL)
+                    snprintf(sum->missing + strlen(sum->missing),
+                             sizeof(sum->missing) - strlen(sum->missing), "%s%s",
+                             sum->missing[0] ? ", " : "", by);
+                json_decref(rec);
+                hash_hex(lines[i].text, lines[i].len, prev);
+                expect++;
+                continue;
+            }
             if (r == KC_OK)
                 r = kc_tok_hmac_verify(vt->tok, vt->key, (const unsigned char *)lines[i].text,
                                        mac_off, mac, err);
@@ -809,7 +838,16 @@ static kc_rc verify_records(verifier *vf, const char *path, line_ref *lines, siz
         expect++;
     }
     sum->records = (long)n;
-    sum->unsealed_tail = (long)n - last_verified;
+    sum->unsealed_tail = (long)n - (last_verified > last_unchecked ? last_verified : last_unchecked);
+    if (last_unchecked > last_verified) {
+        kc_error_set(err, KC_NOT_FOUND,
+                     "audit log '%s': record %ld was sealed by vault %s, which is not visible, "
+                     "and no later record sealed by a visible vault vouches for it",
+                     path, last_unchecked, sum->missing);
+        kc_error_hint(err, "make that vault's token visible (--module, SOFTHSM2_CONF), or "
+                           "seal a new record with another vault and verify again");
+        return KC_NOT_FOUND;
+    }
     return KC_OK;
 }
 

@@ -53,9 +53,12 @@ KC_EXPORT kc_rc kc_audit_parse_line(const char *line, size_t len, json_t **rec,
 
 typedef struct kc_audit_summary {
     long records;
-    long sealed;
+    long sealed;        /* of which unchecked were sealed by vaults not visible */
+    long unchecked;
     long unsealed_tail; /* records after the last sealed one (only the chain covers them) */
     char vaults[512];   /* the vaults whose MACs and anchors were checked */
+    char missing[256];  /* vaults that sealed records but are not visible; later records
+                         * sealed by visible vaults vouch for theirs through the chain */
 } kc_audit_summary;
 
 /* Checks the whole log: sequence, chain, every MAC on its vault's token
