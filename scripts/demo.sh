@@ -227,4 +227,19 @@ run key restore VaultA2 --in "$root/out/TenantKeyA.backup" $(pins VaultA2)
 echo "exit code: $?"
 set -e
 
-step "done: tokens, PINs and outputs are under $root"
+step "the audit log: every command above that changed or used a key, hash-chained and sealed on a token"
+run audit show --since 2000-01-01 | tail -8
+echo "(VaultA1 is gone: later records sealed on the other vaults vouch for the ones it sealed)"
+run audit verify --pin-source VaultA2=file:$root/pins/VaultA2.pin \
+  --pin-source VaultA3=file:$root/pins/VaultA3.pin --pin-source Service=file:$root/pins/Service.pin
+
+step "tampering is found: a copy of the log with record 5 taken out (exit 8)"
+sed 5d "$root/audit.jsonl" >"$root/out/audit-edited.jsonl"
+set +e
+run audit verify --audit "$root/out/audit-edited.jsonl" \
+  --pin-source VaultA2=file:$root/pins/VaultA2.pin --pin-source VaultA3=file:$root/pins/VaultA3.pin \
+  --pin-source Service=file:$root/pins/Service.pin
+echo "exit code: $?"
+set -e
+
+step "done: tokens, PINs, outputs and the audit log are under $root"

@@ -35,6 +35,8 @@ static int sub_opt(kc_cli *cli, int opt, const char *arg, void *st)
 
     switch (opt) {
     case O_VAULT:
+        if (s->nvaults == 0)
+            kc_cli_audit_note(cli, "vault", arg); /* the record is sealed there */
         return add(cli, s->vaults, &s->nvaults, arg, "vaults");
     case O_CUSTODIAN:
         return add(cli, s->custodians, &s->ncustodians, arg, "custodians");
