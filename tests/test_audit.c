@@ -452,6 +452,28 @@ static void test_log_must_be_writable(void)
                     PIN, NULL);
     ASSERT_RC(r, 4);
     ASSERT_HAS(r->err, "cannot resolve the directory of audit log");
+    /* a log whose last line was cut short: nothing runs until it is mended */
+    {
+        size_t len = 0;
+        unsigned char *buf = kc_test_read(log_path(), &len);
+        FILE *f = fopen(log_path(), "a");
+
+        CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+        fputs("{\"seq\":2,\"log\":\"", f);
+        fclose(f);
+        r = kc_test_run("key", "create", "VaultA1/Key001", "--size", "2048", PIN, NULL);
+        ASSERT_RC(r, 8);
+        ASSERT_HAS(r->err, "the command was not run: its audit log cannot be written");
+        ASSERT_HAS(r->err, "ends in an incomplete line");
+        ASSERT_HAS(r->err, "remove the incomplete last line");
+        r = verify();
+        ASSERT_RC(r, 8);
+        ASSERT_HAS(r->err, "line 2 is incomplete (no newline at the end)");
+        ASSERT_RC(kc_test_run("key", "show", "VaultA1/Key001", PIN, NULL), 4);
+        kc_test_write(log_path(), buf, len, 0600); /* mended */
+        free(buf);
+        ASSERT_RC(verify(), 0);
+    }
     /* read commands are not audited and need no log */
     r = kc_test_run("key", "list", "VaultA1", "--audit", kc_test_path("no/such.jsonl"), PIN, NULL);
     ASSERT_RC(r, 0);

@@ -101,8 +101,9 @@ static int open_log(kc_cli *cli)
     kc_error_clear(&err);
     if (kc_audit_open(path, &cli->audit, &err) != KC_OK) {
         kc_error_prefix(&err, "the command was not run: its audit log cannot be written");
-        kc_error_hint(&err, "fix the audit log, or name another with --audit PATH or "
-                            "KEYCUSTODY_AUDIT");
+        if (err.hint[0] == '\0')
+            kc_error_hint(&err, "fix the audit log, or name another with --audit PATH or "
+                                "KEYCUSTODY_AUDIT");
         return kc_cli_fail(cli, &err);
     }
     return 0;

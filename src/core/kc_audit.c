@@ -248,6 +248,9 @@ kc_rc kc_audit_parse_line(const char *line, size_t len, json_t **rec, unsigned c
 
 /* --- appending --- */
 
+static kc_rc last_record(kc_audit *a, long *seq, char log[LOG_ID_HEX + 1],
+                         char hash[HASH_HEX + 1], kc_error *err);
+
 kc_rc kc_audit_open(const char *path, kc_audit **out, kc_error *err)
 {
     kc_audit *a;
@@ -280,6 +283,16 @@ kc_rc kc_audit_open(const char *path, kc_audit **out, kc_error *err)
     else if ((st.st_mode & 077) != 0)
         r = kc_error_set(err, KC_DENIED, "audit log '%s' has mode %03o; it must be 0600", path,
                          (unsigned)(st.st_mode & 0777));
+    if (r == KC_OK) {
+        /* a damaged log stops the command before it does anything */
+        long seq;
+        char log[LOG_ID_HEX + 1], hash[HASH_HEX + 1];
+
+        while (flock(a->fd, LOCK_SH) != 0 && errno == EINTR)
+            ;
+        r = last_record(a, &seq, log, hash, err);
+        (void)flock(a->fd, LOCK_UN);
+    }
     if (r != KC_OK) {
         close(a->fd);
         free(a);
@@ -336,8 +349,9 @@ static kc_rc last_record(kc_audit *a, long *seq, char log[LOG_ID_HEX + 1],
     if (buf[want - 1] != '\n') {
         free(buf);
         kc_error_set(err, KC_INTEGRITY, "audit log '%s' ends in an incomplete line", a->path);
-        kc_error_hint(err, "run 'keycustody audit verify' and keep the file as evidence; "
-                           "nothing is appended to a damaged log");
+        kc_error_hint(err, "a write was cut short (a crash?) or the file was edited: keep a copy "
+                           "as evidence, remove the incomplete last line, and run 'keycustody "
+                           "audit verify'; nothing is appended to a damaged log");
         return KC_INTEGRITY;
     }
     for (start = want - 1; start > 0 && buf[start - 1] != '\n'; start--)
