@@ -681,7 +681,9 @@ const kc_cmd kc_cmds_audit[] = {
      "vault (--pin-source VAULT=SOURCE, or one for all).\n"
      "Exit 0 when intact; 8 naming the first record modified, removed, inserted or\n"
      "reordered. Records after the last sealed one are covered by the chain only, and\n"
-     "verify says how many there are.\n"
+     "verify says how many there are. A vault that sealed records but is gone (a lost\n"
+     "token) is skipped when a later record sealed on a visible vault vouches for its\n"
+     "records through the chain; otherwise verify fails with exit 4, naming it.\n"
      "Example:\n"
      "  keycustody audit verify --audit var/audit.jsonl --pin-source env:KC_PIN\n",
      1},
