@@ -55,6 +55,7 @@ lint: deps
 bench: build
 	$(BUILD)/bench_unwrap
 	$(BUILD)/bench_data
+	$(BUILD)/bench_audit
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) $(LINT_BUILD) var

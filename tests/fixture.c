@@ -3,6 +3,7 @@
 #include "kc_p11.h"
 
 #include <CUnit/Basic.h>
+#include <jansson.h>
 
 #include <openssl/rand.h>
 
@@ -231,6 +232,17 @@ unsigned char *kc_test_read(const char *path, size_t *len)
     buf[*len] = 0;
     fclose(f);
     return buf;
+}
+
+json_t *kc_test_json(const char *s)
+{
+    json_error_t je;
+    json_t *j = json_loads(s, 0, &je);
+
+    if (j == NULL)
+        fprintf(stderr, "\n  not JSON (%s): %s\n", je.text, s);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    return j;
 }
 
 int kc_test_contains(const char *haystack, const char *needle)

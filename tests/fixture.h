@@ -71,6 +71,10 @@ void kc_test_write(const char *path, const void *data, size_t len, unsigned mode
 /* Reads a file; returns a malloc'd buffer (caller frees) or NULL. */
 unsigned char *kc_test_read(const char *path, size_t *len);
 
+/* Parses JSON text (a command's --json output); fails the test when it is not. */
+struct json_t;
+struct json_t *kc_test_json(const char *s);
+
 /* Whether haystack contains needle; prints both when it does not. */
 int kc_test_contains(const char *haystack, const char *needle);
 

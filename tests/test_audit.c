@@ -16,16 +16,7 @@
 
 #define PIN "--pin-source", "env:TEST_PIN"
 
-static json_t *parse(const char *s)
-{
-    json_error_t je;
-    json_t *j = json_loads(s, 0, &je);
-
-    if (j == NULL)
-        fprintf(stderr, "\n  not JSON (%s): %s\n", je.text, s);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
-    return j;
-}
+#define parse kc_test_json
 
 static const char *log_path(void)
 {

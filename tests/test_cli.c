@@ -13,16 +13,7 @@
 #define PIN "--pin-source", "env:TEST_PIN"
 #define SOPIN "--so-pin-source", "env:TEST_SO_PIN"
 
-static json_t *parse(const char *s)
-{
-    json_error_t je;
-    json_t *j = json_loads(s, 0, &je);
-
-    if (j == NULL)
-        fprintf(stderr, "\n  not JSON (%s): %s\n", je.text, s);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
-    return j;
-}
+#define parse kc_test_json
 
 static mode_t file_mode(const char *path)
 {
