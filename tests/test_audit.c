@@ -264,10 +264,29 @@ static void test_failures_recorded(void)
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "3 records, 1 sealed");
     ASSERT_HAS(r->out, "note: the last 2 records are not sealed");
+    /* a PIN typed where a source belongs is refused, and not recorded (the
+     * teardown reads the log for the PIN too) */
+    {
+        char eq[200];
+        const char *pin = getenv("TEST_PIN");
+
+        r = kc_test_run("key", "create", "VaultA1/Key009", "--size", "2048", "--pin-source", pin,
+                        NULL);
+        ASSERT_RC(r, 2);
+        snprintf(eq, sizeof(eq), "--pin=VaultA1=%s", pin);
+        r = kc_test_run("key", "create", "VaultA1/Key009", "--size", "2048", eq, NULL);
+        ASSERT_RC(r, 2);
+        r = kc_test_run("audit", "show", "--json", NULL);
+        ASSERT_HAS(r->out, "\"(withheld: not a PIN source)\"");
+        CU_ASSERT_PTR_NULL(strstr(r->out, pin));
+        /* sources are recorded as given */
+        r = kc_test_run("audit", "show", "--json", "--since", "2000-01-01", NULL);
+        ASSERT_HAS(r->out, "\"env:TEST_PIN\"");
+    }
     kc_test_key("VaultA1/Key001", NULL);
     r = verify();
     ASSERT_RC(r, 0);
-    ASSERT_HAS(r->out, "4 records, 2 sealed");
+    ASSERT_HAS(r->out, "6 records, 2 sealed");
     CU_ASSERT_PTR_NULL(strstr(r->out, "not sealed"));
     /* the wrong PIN itself is nowhere in the log */
     {

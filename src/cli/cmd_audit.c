@@ -340,6 +340,65 @@ static void to_syslog(kc_cli *cli, const char *line)
     free(msg);
 }
 
+/* Whether s names a PIN source ([VAULT=]env:NAME or [VAULT=]file:PATH). */
+static int is_source(const char *s)
+{
+    const char *eq = strchr(s, '='), *colon = strchr(s, ':');
+
+    if (eq != NULL && (colon == NULL || eq < colon))
+        s = eq + 1;
+    return (strncmp(s, "env:", 4) == 0 && s[4] != '\0') ||
+           (strncmp(s, "file:", 5) == 0 && s[5] != '\0');
+}
+
+/* Whether arg is --pin-source or --so-pin-source, or a prefix getopt takes
+ * for one; *value: what follows '=' when given so. */
+static int is_pin_option(const char *arg, const char **value)
+{
+    static const char *const names[] = {"pin-source", "so-pin-source"};
+    size_t len, i;
+
+    *value = NULL;
+    if (strncmp(arg, "--", 2) != 0)
+        return 0;
+    arg += 2;
+    len = strcspn(arg, "=");
+    if (arg[len] == '=')
+        *value = arg + len + 1;
+    for (i = 0; i < 2; i++)
+        if (len >= 3 && strncmp(arg, names[i], len) == 0)
+            return 1;
+    return 0;
+}
+
+/* The command line as recorded. A PIN typed where a source belongs (the
+ * command refuses it) or inside a pkcs11: URI is withheld. */
+static json_t *recorded_args(int argc, char **argv)
+{
+    static const char withheld[] = "(withheld: not a PIN source)";
+    json_t *args = json_array();
+    const char *value;
+    int a, pin_next = 0;
+
+    for (a = 1; a < argc; a++) {
+        const char *arg = argv[a];
+        if (pin_next) {
+            pin_next = 0;
+            if (!is_source(arg))
+                arg = withheld;
+        } else if (is_pin_option(arg, &value)) {
+            if (value == NULL)
+                pin_next = 1;
+            else if (!is_source(value))
+                arg = withheld;
+        } else if (strstr(arg, "pin-value") != NULL || strstr(arg, "pin-source=") != NULL) {
+            arg = withheld;
+        }
+        json_array_append_new(args, json_string(arg));
+    }
+    return args;
+}
+
 static void add_common(json_t *rec, const kc_cli *cli, const char *during)
 {
     json_object_set_new(rec, "during", json_string(during));
@@ -369,12 +428,11 @@ static kc_rc append(kc_cli *cli, json_t *rec, kc_tok *sealer, kc_error *err)
 int kc_cli_audit_end(kc_cli *cli, const char *name, int argc, char **argv, int rc)
 {
     subject subj = SUBJ_NONE;
-    json_t *rec = NULL, *args, *e;
+    json_t *rec = NULL, *e;
     kc_tok *sealer;
     void *it;
     kc_error err;
     size_t i;
-    int a;
 
     if (!cli->audited || !cli->ran || (rc == KC_USAGE && cli->ctx == NULL)) {
         /* nothing was done: a usage error before any token was touched */
@@ -413,10 +471,7 @@ int kc_cli_audit_end(kc_cli *cli, const char *name, int argc, char **argv, int r
         rec = json_object();
         json_object_set_new(rec, "command", json_string(name));
         identity(rec, cli);
-        args = json_array();
-        for (a = 1; a < argc; a++)
-            json_array_append_new(args, json_string(argv[a]));
-        json_object_set_new(rec, "args", args);
+        json_object_set_new(rec, "args", recorded_args(argc, argv));
         for (it = json_object_iter(cli->aud); it != NULL;
              it = json_object_iter_next(cli->aud, it))
             json_object_set(rec, json_object_iter_key(it), json_object_iter_value(it));
