@@ -149,7 +149,7 @@ static void test_records(void)
     }
     r = verify();
     ASSERT_RC(r, 0);
-    ASSERT_HAS(r->out, "is intact: 6 records, 6 sealed; MACs and anchors checked on VaultA1");
+    ASSERT_HAS(r->out, "is intact: 6 records, 6 sealed; MACs checked on VaultA1; anchored on VaultA1\n");
     /* text view and filters */
     r = kc_test_run("audit", "show", "--key", "VaultA1/Key001", NULL);
     ASSERT_RC(r, 0);
@@ -431,6 +431,20 @@ static void test_tampering(void)
     /* back as it was: intact again */
     write_lines(orig, n);
     ASSERT_RC(verify(), 0);
+    /* a copy elsewhere verifies, but says no vault anchors it there */
+    {
+        char copy[1100];
+        const kc_test_out *r;
+
+        snprintf(copy, sizeof(copy), "%s", kc_test_path("copy.jsonl"));
+        write_lines(orig, n - 1);
+        CU_ASSERT_EQUAL(rename(log_path(), copy), 0);
+        write_lines(orig, n);
+        r = kc_test_run("audit", "verify", "--audit", copy, PIN, NULL);
+        ASSERT_RC(r, 0);
+        ASSERT_HAS(r->out, "anchored on no vault");
+        ASSERT_HAS(r->out, "note: no visible vault anchors a log at this path");
+    }
     free(v);
     free_lines(orig, n);
 }
@@ -623,7 +637,7 @@ static void test_lost_vault(void)
     kc_test_key("VaultB1/Key001", NULL);
     r = verify();
     ASSERT_RC(r, 0);
-    ASSERT_HAS(r->out, "4 records, 4 sealed; MACs and anchors checked on VaultB1");
+    ASSERT_HAS(r->out, "4 records, 4 sealed; MACs checked on VaultB1; anchored on VaultB1\n");
     ASSERT_HAS(r->out, "note: VaultA1 sealed 2 of them but is not visible");
 }
 

@@ -20,6 +20,10 @@
 #include <time.h>
 #include <unistd.h>
 
+/* A record stays well under KC_AUDIT_LINE_MAX: so many arguments, so long. */
+#define MAX_ARGS 32
+#define MAX_ARG 256
+
 /* What names the subject of an audited command. */
 typedef enum subject {
     SUBJ_NONE = 0, /* nothing in the operands: the command notes what it can */
@@ -67,7 +71,11 @@ void kc_cli_audit_note(kc_cli *cli, const char *field, const char *value)
 {
     if (cli->aud == NULL || value == NULL || value[0] == '\0')
         return;
-    json_object_set_new(cli->aud, field, json_string(value));
+    if (strlen(value) > MAX_ARG)
+        json_object_set_new(cli->aud, field,
+                            json_sprintf("%.*s...(%zu bytes)", MAX_ARG, value, strlen(value)));
+    else
+        json_object_set_new(cli->aud, field, json_string(value));
 }
 
 /* The log's path: --audit / KEYCUSTODY_AUDIT, the layout's audit:, else
@@ -394,7 +402,15 @@ static json_t *recorded_args(int argc, char **argv)
         } else if (strstr(arg, "pin-value") != NULL || strstr(arg, "pin-source=") != NULL) {
             arg = withheld;
         }
-        json_array_append_new(args, json_string(arg));
+        if (a > MAX_ARGS) {
+            json_array_append_new(args, json_sprintf("(%d more arguments)", argc - a));
+            break;
+        }
+        if (strlen(arg) > MAX_ARG)
+            json_array_append_new(args, json_sprintf("%.*s...(%zu bytes)", MAX_ARG, arg,
+                                                     strlen(arg)));
+        else
+            json_array_append_new(args, json_string(arg));
     }
     return args;
 }
@@ -687,20 +703,24 @@ static int cmd_verify(kc_cli *cli, int argc, char **argv)
     kc_error_clear(&err);
     r = kc_audit_verify(ctx, path, &sum, &err);
     if (cli->json) {
-        kc_cli_print_json(cli, json_pack("{s:s, s:b, s:I, s:I, s:I, s:s, s:s, s:s?}", "path", path,
+        kc_cli_print_json(cli, json_pack("{s:s, s:b, s:I, s:I, s:I, s:s, s:s, s:s, s:s?}", "path", path,
                                          "intact", r == KC_OK, "records", (json_int_t)sum.records,
                                          "sealed", (json_int_t)sum.sealed, "unsealed_tail",
                                          (json_int_t)sum.unsealed_tail, "vaults", sum.vaults,
-                                         "not_visible", sum.missing,
+                                         "anchored_on", sum.anchors, "not_visible", sum.missing,
                                          "problem", r == KC_OK ? NULL : err.msg));
     }
     if (r != KC_OK)
         return kc_cli_fail(cli, &err);
     if (cli->json)
         return 0;
-    fprintf(cli->out, "audit log '%s' is intact: %ld records, %ld sealed; MACs and anchors "
-                      "checked on %s\n",
-            path, sum.records, sum.sealed, sum.vaults[0] ? sum.vaults : "no vault");
+    fprintf(cli->out, "audit log '%s' is intact: %ld records, %ld sealed; MACs checked on %s; "
+                      "anchored on %s\n",
+            path, sum.records, sum.sealed, sum.vaults[0] ? sum.vaults : "no vault",
+            sum.anchors[0] ? sum.anchors : "no vault");
+    if (sum.anchors[0] == '\0' && sum.sealed > 0)
+        fprintf(cli->out, "note: no visible vault anchors a log at this path (a copy, or a moved "
+                          "log?): records cut off its end would not be noticed\n");
     if (sum.missing[0] != '\0')
         fprintf(cli->out,
                 "note: %s sealed %ld of them but %s not visible; later records sealed on other "

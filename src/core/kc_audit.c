@@ -738,15 +738,16 @@ static kc_rc misplaced(const line_ref *lines, size_t n, size_t i, long expect, c
                         expect, s - 1, i + 1);
 }
 
-static void note_vault(kc_audit_summary *sum, const char *name)
+/* Adds name to a ", "-separated list of cap bytes, once. */
+static void note_vault(char *list, size_t cap, const char *name)
 {
-    size_t used = strlen(sum->vaults);
-    char *p = strstr(sum->vaults, name);
+    size_t used = strlen(list);
+    char *p = strstr(list, name);
 
-    if (p != NULL && (p == sum->vaults || p[-1] == ' ') &&
+    if (p != NULL && (p == list || p[-1] == ' ') &&
         (p[strlen(name)] == '\0' || p[strlen(name)] == ','))
         return;
-    snprintf(sum->vaults + used, sizeof(sum->vaults) - used, "%s%s", used ? ", " : "", name);
+    snprintf(list + used, cap - used, "%s%s", used ? ", " : "", name);
 }
 
 /* Each record in order: sequence, chain, MAC. */
@@ -817,10 +818,7 @@ static kc_rc verify_records(verifier *vf, const char *path, line_ref *lines, siz
                 last_unchecked = expect;
                 sum->sealed++;
                 sum->unchecked++;
-                if (strstr(sum->missing, by) == NULL)
-                    snprintf(sum->missing + strlen(sum->missing),
-                             sizeof(sum->missing) - strlen(sum->missing), "%s%s",
-                             sum->missing[0] ? ", " : "", by);
+                note_vault(sum->missing, sizeof(sum->missing), by);
                 json_decref(rec);
                 hash_hex(lines[i].text, lines[i].len, prev);
                 expect++;
@@ -845,7 +843,7 @@ static kc_rc verify_records(verifier *vf, const char *path, line_ref *lines, siz
             }
             last_verified = expect;
             sum->sealed++;
-            note_vault(sum, by);
+            note_vault(sum->vaults, sizeof(sum->vaults), by);
         }
         json_decref(rec);
         hash_hex(lines[i].text, lines[i].len, prev);
@@ -898,7 +896,7 @@ static kc_rc verify_anchors(verifier *vf, const char *path, const char *label,
         }
         if (r != KC_OK)
             break;
-        note_vault(sum, vs[i].meta.name);
+        note_vault(sum->anchors, sizeof(sum->anchors), vs[i].meta.name);
         if (n == 0 || strcmp(an.log, log) != 0) {
             r = kc_error_set(err, KC_INTEGRITY,
                              "audit log '%s' %s, but vault '%s' anchors record %ld of log %s "

@@ -56,7 +56,8 @@ typedef struct kc_audit_summary {
     long sealed;        /* of which unchecked were sealed by vaults not visible */
     long unchecked;
     long unsealed_tail; /* records after the last sealed one (only the chain covers them) */
-    char vaults[512];   /* the vaults whose MACs and anchors were checked */
+    char vaults[512];   /* the vaults whose MACs were checked */
+    char anchors[512];  /* the vaults that anchor this log at this path */
     char missing[256];  /* vaults that sealed records but are not visible; later records
                          * sealed by visible vaults vouch for theirs through the chain */
 } kc_audit_summary;
