@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+static void forget_secrets(void);
 static char dir[512];
 static char pathbuf[1024];
 static kc_test_out last;
@@ -81,6 +82,7 @@ int kc_test_setup(void)
     unsetenv("KEYCUSTODY_SERVICE_VAULT");
     unsetenv("KEYCUSTODY_SYSLOG_SOCKET");
     unsetenv("KC_TEST_AUDIT_TAMPERED");
+    forget_secrets();
     /* every test keeps an audit log; teardown verifies it */
     snprintf(conf, sizeof(conf), "%s/audit.jsonl", dir);
     setenv("KEYCUSTODY_AUDIT", conf, 1);
@@ -266,6 +268,37 @@ static void setup_each(void)
  * test leaves is read. */
 static const char *const pin_vars[] = {"TEST_PIN", "TEST_SO_PIN"};
 
+/* Secrets a test used (kc_test_secret): no file may hold one but a file
+ * that is that secret alone (the input the test wrote, an output it
+ * asked for). */
+#define MAX_SECRETS 8
+static struct {
+    unsigned char *data;
+    size_t len;
+} secrets[MAX_SECRETS];
+static size_t nsecrets;
+
+void kc_test_secret(const void *data, size_t len)
+{
+    size_t i;
+
+    CU_ASSERT_FATAL(len >= 8);
+    for (i = 0; i < nsecrets; i++)
+        if (secrets[i].len == len && memcmp(secrets[i].data, data, len) == 0)
+            return;
+    CU_ASSERT_FATAL(nsecrets < MAX_SECRETS);
+    secrets[nsecrets].data = malloc(len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(secrets[nsecrets].data);
+    memcpy(secrets[nsecrets].data, data, len);
+    secrets[nsecrets++].len = len;
+}
+
+static void forget_secrets(void)
+{
+    while (nsecrets > 0)
+        free(secrets[--nsecrets].data);
+}
+
 static int holds_pin(const char *path, const struct stat *st, int type, struct FTW *ftw)
 {
     size_t len = 0, plen, i;
@@ -284,6 +317,15 @@ static int holds_pin(const char *path, const struct stat *st, int type, struct F
         if (memmem(buf, len, pin, plen) != NULL) {
             fprintf(stderr, "\n  %s appears in %s\n", pin_vars[i], path);
             CU_FAIL("a PIN appears in a file the test left");
+        }
+    }
+    for (i = 0; buf != NULL && i < nsecrets; i++) {
+        if (len == secrets[i].len && memcmp(buf, secrets[i].data, len) == 0)
+            continue; /* the secret's own file */
+        if (memmem(buf, len, secrets[i].data, secrets[i].len) != NULL) {
+            fprintf(stderr, "\n  a %zu-byte secret the test used appears in %s\n",
+                    secrets[i].len, path);
+            CU_FAIL("a secret appears in a file the test left");
         }
     }
     free(buf);
@@ -326,6 +368,7 @@ static void teardown_each(void)
         (void)nftw(dir, holds_pin, 16, FTW_PHYS);
     }
     (void)kc_test_teardown();
+    forget_secrets();
 }
 
 int kc_test_main(int argc, char **argv, const kc_test_suite *suites)

@@ -66,6 +66,10 @@ kc_rc kc_test_env_pin(void *arg, const char *vault, kc_pin_kind kind, kc_secret 
 /* Makes an RSA-2048 key with the given extra options (may be NULL). */
 void kc_test_key(const char *ref, const char *ops);
 
+/* Registers a secret the test uses (8 bytes or more): after the test, every
+ * file it left is read for it, and only a file holding exactly it may. */
+void kc_test_secret(const void *data, size_t len);
+
 /* Writes a file with the given bytes. */
 void kc_test_write(const char *path, const void *data, size_t len, unsigned mode);
 /* Reads a file; returns a malloc'd buffer (caller frees) or NULL. */

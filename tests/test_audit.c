@@ -82,8 +82,10 @@ static void make_log(void)
     char in[1100], w1[1100], w2[1100];
     const kc_test_out *r;
 
-    memset(secret, 0x5a, sizeof(secret));
+    for (size_t i = 0; i < sizeof(secret); i++)
+        secret[i] = (unsigned char)(i * 11 + 7);
     kc_test_write(kc_test_path("secret"), secret, sizeof(secret), 0600);
+    kc_test_secret(secret, sizeof(secret));
     kc_test_vault("VaultA1", "contoso-a", "westus");
     kc_test_key("VaultA1/Key001", NULL);
     snprintf(in, sizeof(in), "%s", kc_test_path("secret"));
@@ -585,34 +587,48 @@ static void test_concurrent_appends(void)
     kc_test_key("VaultA1/Key001", NULL);
     kc_test_key("VaultB1/Key001", NULL);
     kc_test_write(kc_test_path("secret"), "0123456789abcdef0123456789abcdef", 32, 0600);
-    /* two processes, each wrapping eight times on its own vault */
+    /* Two processes, each wrapping eight times on its own vault. SoftHSM
+     * 2.6.1 now and then fails a process reading a token another one
+     * rewrites (CKR_GENERAL_ERROR, upstream issue 757; each seal logs in
+     * and moves an anchor, which rewrites token.object): such a command
+     * exits 7 naming the vault, or writes its record unsealed saying why,
+     * and a rerun succeeds. That, and only that, is allowed. */
     CU_ASSERT_EQUAL(kc_test_sh(&out,
-                               "cd '%s' && for v in VaultA1 VaultB1; do ( for i in 1 2 3 4 5 6 7 "
-                               "8; do '%s' key wrap $v/Key001 --in secret --out w.$v.$i "
-                               "--pin-source env:TEST_PIN 2>>err.$v || exit 1; done ) & done; "
-                               "wait",
-                               kc_test_dir(), KC_BINARY),
+                               "cd '%s' && pids=; for v in VaultA1 VaultB1; do ( for i in 1 2 3 4 "
+                               "5 6 7 8; do '%s' key wrap $v/Key001 --in secret --out w.$v.$i "
+                               "--pin-source env:TEST_PIN 2>>err.$v || { [ $? = 7 ] && echo x "
+                               ">>retried && '%s' key wrap $v/Key001 --in secret --out w.$v.$i "
+                               "--pin-source env:TEST_PIN --force 2>>err.$v; } || exit 1; done "
+                               ") & pids=\"$pids $!\"; done; rc=0; for p in $pids; do wait $p "
+                               "|| rc=1; done; exit $rc",
+                               kc_test_dir(), KC_BINARY, KC_BINARY),
                     0);
     r = kc_test_run("audit", "show", "--json", NULL);
     ASSERT_RC(r, 0);
     j = parse(r->out);
-    CU_ASSERT_EQUAL(json_array_size(j), 4 + 16);
-    json_decref(j);
-    /* Every record is sealed, unless the command said why not: SoftHSM 2.6.1
-     * now and then fails a process reading a token another one rewrites
-     * (each login rewrites token.object), and a seal needs a login. */
-    (void)kc_test_sh(&out, "cat '%s'/err.* | grep -c 'warning: audit record written unsealed'",
-                     kc_test_dir());
-    CU_ASSERT_PTR_NOT_NULL_FATAL(out);
     {
-        char want[64];
-        snprintf(want, sizeof(want), "20 records, %d sealed", 20 - atoi(out));
-        r = verify();
-        ASSERT_RC(r, 0);
-        ASSERT_HAS(r->out, want);
+        size_t i, ok = 0, unsealed = 0;
+        int warned;
+
+        for (i = 0; i < json_array_size(j); i++) {
+            json_t *rec = json_array_get(j, i);
+            if (strcmp(json_string_value(json_object_get(rec, "command")), "key wrap") != 0 ||
+                strcmp(json_string_value(json_object_get(rec, "result")), "ok") != 0)
+                continue;
+            ok++;
+            unsealed += json_is_null(json_object_get(rec, "sealed_by"));
+        }
+        CU_ASSERT_EQUAL(ok, 16);
+        /* every unsealed one said why */
+        (void)kc_test_sh(&out, "cat '%s'/err.* | grep -c 'warning: audit record written unsealed'",
+                         kc_test_dir());
+        warned = atoi(out);
+        CU_ASSERT((int)unsealed <= warned);
     }
-    ASSERT_HAS(r->out, "VaultA1");
-    ASSERT_HAS(r->out, "VaultB1");
+    json_decref(j);
+    r = verify();
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "MACs checked on VaultA1, VaultB1");
 }
 
 /* A vault that sealed records is lost: later records sealed elsewhere vouch

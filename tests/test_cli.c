@@ -363,8 +363,9 @@ static void secret_file(const char *name, size_t len)
     size_t i;
 
     for (i = 0; i < len; i++)
-        buf[i] = (unsigned char)(i * 13 + 5);
+        buf[i] = (unsigned char)(i * 13 + 5 + (unsigned char)name[0]); /* its own per name */
     kc_test_write(kc_test_path(name), buf, len, 0600);
+    kc_test_secret(buf, len);
 }
 
 static int same_files(const char *a, const char *b)

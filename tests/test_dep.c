@@ -296,6 +296,7 @@ static void test_data(void)
     for (i = 0; i < (int)sizeof(item); i++)
         item[i] = (unsigned char)(i * 7 + 3);
     kc_test_write(kc_test_path("item.bin"), item, sizeof(item), 0600);
+    kc_test_secret(item, sizeof(item));
     /* a bad command line opens nothing: no store is created */
     setenv("KEYCUSTODY_STORE", kc_test_path("other.db"), 1);
     r = kc_test_run("data", "put", "tenant", "t1", NULL);
