@@ -100,7 +100,8 @@ echo "exit code: $?"
 set -e
 
 step "a mailbox DEP for alice (the layout assigned the CEO's and CFO's); seal mail under them"
-run dep assign Contoso-Mailboxes --mailbox alice@contoso.com
+# dep assign changes only the store; the service vault's PIN lets it seal its audit record
+run dep assign Contoso-Mailboxes --mailbox alice@contoso.com $(pins Service)
 run dep assignment --mailbox bob@contoso.com
 printf 'Quarterly figures, draft 3\n' >"$root/out/mail.txt"
 run data put mailbox:alice@contoso.com inbox/1 --in "$root/out/mail.txt" $svc $all_pins
@@ -123,7 +124,7 @@ run status
 step "roll the tenant DEP: a new DEP key; its scope keys move under it with rewrap"
 run dep refresh Contoso-Tenant --roll $svc $all_pins $(pins Service)
 run status tenant
-run rewrap --batch 2 $svc $all_pins
+run rewrap --batch 2 $svc $all_pins $(pins Service)
 run status
 run data get mailbox:bob@contoso.com inbox/1 --out "$root/out/bob-0.txt" $svc $all_pins
 cmp "$root/out/mail.txt" "$root/out/bob-0.txt" && echo "bob's mail reads under the new DEP key"
@@ -131,12 +132,12 @@ cmp "$root/out/mail.txt" "$root/out/bob-0.txt" && echo "bob's mail reads under t
 step "the data purge path: a legal-hold mailbox DEP is crypto-shredded"
 run dep create Contoso-Legal --keys VaultA1/MailboxKeyA,VaultA2/MailboxKeyB --workload exchange \
   --description "legal hold, to be purged" $svc $(pins Service)
-run dep assign Contoso-Legal --mailbox legal@contoso.com
+run dep assign Contoso-Legal --mailbox legal@contoso.com $(pins Service)
 printf 'Privileged and confidential\n' >"$root/out/legal.txt"
 run data put mailbox:legal@contoso.com memo/1 --in "$root/out/legal.txt" $svc $all_pins
 echo "a purge request is refused while the service can still unwrap (exit 5):"
 set +e
-run dep purge-request Contoso-Legal --reason "contract ended" --contact "ciso@contoso.com"
+run dep purge-request Contoso-Legal --reason "contract ended" --contact "ciso@contoso.com" $(pins Service)
 echo "exit code: $?"
 set -e
 echo "the custodians revoke the service's wrapKey/unwrapKey on both vaults:"
@@ -144,7 +145,7 @@ for v in VaultA1 VaultA2; do
   run access remove $v --principal m365-service --permissions wrapKey,unwrapKey \
     --so-pin-source "$v=file:$root/pins/$v.so.pin" $(pins $v)
 done
-run dep purge-request Contoso-Legal --reason "contract ended" --contact "ciso@contoso.com"
+run dep purge-request Contoso-Legal --reason "contract ended" --contact "ciso@contoso.com" $(pins Service)
 run dep purge Contoso-Legal --confirm Contoso-Legal $(pins Service)
 echo "the custodians give the service its access back, for the other DEPs:"
 for v in VaultA1 VaultA2; do
