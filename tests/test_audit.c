@@ -170,6 +170,21 @@ static void test_records(void)
     j = parse(r->out);
     CU_ASSERT_EQUAL(json_array_size(j), 6);
     json_decref(j);
+    /* the test clock moves key dates, not audit times: the record names the override */
+    setenv("KEYCUSTODY_NOW", "2031-01-02T00:00:00Z", 1);
+    ASSERT_RC(kc_test_run("key", "recover", "VaultA1/Key001", PIN, NULL), 0);
+    unsetenv("KEYCUSTODY_NOW");
+    r = kc_test_run("audit", "show", "--since", "2030-01-01", "--json", NULL);
+    ASSERT_RC(r, 0);
+    j = parse(r->out);
+    CU_ASSERT_EQUAL(json_array_size(j), 0);
+    json_decref(j);
+    r = kc_test_run("audit", "show", "--json", NULL);
+    j = parse(r->out);
+    CU_ASSERT_STRING_EQUAL(
+        json_string_value(json_object_get(json_array_get(j, 6), "clock_override")),
+        "2031-01-02T00:00:00Z");
+    json_decref(j);
     r = kc_test_run("audit", "show", "--since", "yesterday", NULL);
     ASSERT_RC(r, 2);
     ASSERT_HAS(r->err, "--since 'yesterday': give a date");
