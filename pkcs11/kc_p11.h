@@ -237,6 +237,12 @@ KC_EXPORT kc_rc kc_tok_create_secret(kc_tok *t, const kc_secret_spec *spec, cons
 KC_EXPORT kc_rc kc_tok_generate_hmac_key(kc_tok *t, const char *label, kc_obj *out,
                                          kc_error *err) KC_MUST_CHECK;
 
+/* Destroys generic secret keys without a label: what SoftHSM 2.6.1 leaves of
+ * a C_GenerateKey killed before it set the template's label (keycustody
+ * never makes one). *removed: how many. Needs the user. */
+KC_EXPORT kc_rc kc_tok_remove_unlabelled_secrets(kc_tok *t, size_t *removed,
+                                                 kc_error *err) KC_MUST_CHECK;
+
 /* The secret keys with this label (and id, when id != NULL). */
 KC_EXPORT kc_rc kc_tok_find_secrets(kc_tok *t, const char *label, const unsigned char *id,
                                     size_t id_len, kc_obj *out, size_t cap, size_t *n,

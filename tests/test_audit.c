@@ -240,6 +240,39 @@ static void test_audit_key_on_token(void)
     CU_ASSERT_EQUAL(atoi(out), 0);
 }
 
+/* A killed generation of the audit key leaves an unlabelled generic secret
+ * (SoftHSM 2.6.1); the next generation removes it. A vault whose audit key
+ * was replaced no longer vouches for what the old one sealed. */
+static void test_audit_key_regenerated(void)
+{
+    const kc_test_out *r;
+    char *out = NULL;
+
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "pkcs11-tool --module '%s' --token-label VaultA1 --login --pin "
+                               "env:TEST_PIN --delete-object --type secrkey --label "
+                               "keycustody-audit && pkcs11-tool --module '%s' --token-label "
+                               "VaultA1 --login --pin env:TEST_PIN --keygen --key-type GENERIC:32",
+                               KC_SOFTHSM_MODULE, KC_SOFTHSM_MODULE),
+                    0);
+    CU_ASSERT_EQUAL(kc_test_objects("VaultA1"), 2); /* the metadata and the orphan */
+    kc_test_key("VaultA1/Key001", NULL);
+    CU_ASSERT_EQUAL(kc_test_objects("VaultA1"), 4); /* metadata, key state, key pair */
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "pkcs11-tool --module '%s' --token-label VaultA1 --login --pin "
+                               "env:TEST_PIN -O --type secrkey 2>/dev/null | grep -c '^Secret'",
+                               KC_SOFTHSM_MODULE),
+                    0);
+    CU_ASSERT_EQUAL(atoi(out), 1);
+    r = verify();
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "record 1 (line 1) was modified, or records before it were rewritten: "
+                       "its MAC does not verify under vault 'VaultA1''s audit key (or that key "
+                       "was replaced)");
+    setenv("KC_TEST_AUDIT_TAMPERED", "the audit key was replaced", 1);
+}
+
 /* Failed logins and failed commands are recorded too, and never a PIN. */
 static void test_failures_recorded(void)
 {
@@ -385,7 +418,7 @@ static void test_tampering(void)
     v[5] = edit(orig[5], "\"key delete\"", "\"key recover\"");
     tampered(v, n, "record 6 (line 6) was modified, or records after record 5 (the last whose "
                    "MAC verified) were rewritten: its MAC does not verify under vault "
-                   "'VaultA1''s audit key");
+                   "'VaultA1''s audit key (or that key was replaced)");
     free(v[5]);
 
     /* removed */
@@ -677,6 +710,7 @@ static const kc_test_case audit_cases[] = {
     {"records, chain and filters", test_records},
     {"the audit key as pkcs11-tool sees it", test_audit_key_on_token},
     {"failed logins and commands", test_failures_recorded},
+    {"a half-made audit key is cleared away", test_audit_key_regenerated},
     {"verify names each kind of tampering", test_tampering},
     {"a log that cannot be written stops the command", test_log_must_be_writable},
     {"the default log sits beside the store", test_default_beside_store},

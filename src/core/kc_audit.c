@@ -55,6 +55,11 @@ kc_rc kc_audit_key(kc_tok *tok, int create, kc_obj *out, kc_error *err)
     if (!create)
         return kc_error_set(err, KC_NOT_FOUND, "vault '%s' has no audit key ('%s')",
                             kc_tok_info_get(tok)->label, KC_AUDIT_KEY_LABEL);
+    /* A generation killed half-way leaves an unlabelled secret key behind
+     * (SoftHSM 2.6.1); it goes before the key is made again. */
+    r = kc_tok_remove_unlabelled_secrets(tok, &n, err);
+    if (r != KC_OK)
+        return r;
     return kc_tok_generate_hmac_key(tok, KC_AUDIT_KEY_LABEL, out, err);
 }
 
@@ -830,12 +835,16 @@ static kc_rc verify_records(verifier *vf, const char *path, line_ref *lines, siz
             if (r == KC_INTEGRITY) {
                 /* The chain up to here holds, so this record's own bytes
                  * changed, or the chain before it was rewritten with it. */
+                char since[64] = "before it";
+                if (last_verified > 0)
+                    snprintf(since, sizeof(since), "after record %ld (the last whose MAC verified)",
+                             last_verified);
                 kc_error_clear(err);
                 kc_error_set(err, KC_INTEGRITY,
-                             "audit log '%s': record %ld (line %zu) was modified, or records "
-                             "after record %ld (the last whose MAC verified) were rewritten: its "
-                             "MAC does not verify under vault '%s''s audit key",
-                             path, expect, i + 1, last_verified, by);
+                             "audit log '%s': record %ld (line %zu) was modified, or records %s "
+                             "were rewritten: its MAC does not verify under vault '%s''s audit key "
+                             "(or that key was replaced)",
+                             path, expect, i + 1, since, by);
             }
             if (r != KC_OK) {
                 json_decref(rec);
