@@ -484,7 +484,7 @@ int kc_cli_main(int argc, char **argv, FILE *out, FILE *err)
     cli.audit_opt = getenv("KEYCUSTODY_AUDIT");
     cli.service_vault = getenv("KEYCUSTODY_SERVICE_VAULT");
     cmd_name(c, name, sizeof(name));
-    (void)kc_cli_audit_begin(&cli, name);
+    kc_cli_audit_begin(&cli, name);
     rc = c->fn(&cli, argc - 2 + single, argv + 2 - single);
     if (rc == -1) {
         rc = KC_OK;

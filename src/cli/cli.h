@@ -107,9 +107,8 @@ kc_rc kc_cli_use_layout(kc_cli *cli, const struct kc_layout *l, char (*buf)[400]
 /* --- audit (cmd_audit.c) --- */
 /* Adds a field (vault, key, version, dep, scope, ...) to the command's audit record. */
 void kc_cli_audit_note(kc_cli *cli, const char *field, const char *value);
-/* Before the command: whether it is audited, and the log opened when its
- * path is known; 0 or the exit code. */
-int kc_cli_audit_begin(kc_cli *cli, const char *name);
+/* Before the command: whether it is audited (its record is made after). */
+void kc_cli_audit_begin(kc_cli *cli, const char *name);
 /* After it: its record (and the events before it) appended and sealed;
  * returns rc, or an error code when the record could not be written. */
 int kc_cli_audit_end(kc_cli *cli, const char *name, int argc, char **argv, int rc);

@@ -117,14 +117,13 @@ static int open_log(kc_cli *cli)
     return 0;
 }
 
-int kc_cli_audit_begin(kc_cli *cli, const char *name)
+void kc_cli_audit_begin(kc_cli *cli, const char *name)
 {
     subject subj;
 
     cli->audited = find_audited(name, &subj);
     cli->aud = cli->audited ? json_object() : NULL;
     cli->events = cli->audited ? json_array() : NULL;
-    return 0;
 }
 
 /* Called when the command's options are parsed: a log that cannot be
@@ -164,7 +163,9 @@ void kc_cli_audit_event(void *arg, const char *event, const char *vault, const c
     json_object_set_new(e, "vault", vault != NULL ? json_string(vault) : json_null());
     if (dep != NULL)
         json_object_set_new(e, "dep", json_string(dep));
-    json_object_set_new(e, "result", json_string(err != NULL ? "denied" : "ok"));
+    json_object_set_new(e, "result", json_string(err == NULL              ? "ok"
+                                                  : err->code == KC_DENIED ? "denied"
+                                                                           : "failed"));
     json_object_set_new(e, "code", json_integer(err != NULL ? err->code : 0));
     if (err != NULL) {
         char msg[1200];
