@@ -90,7 +90,7 @@ static double openssl_hmac(const char *text)
 
 int main(int argc, char **argv)
 {
-    const char *module = getenv("KEYCUSTODY_MODULE");
+    const char *module;
     char dir[512], path[600], *line = NULL;
     double sealed, unsealed, tok_rate, ssl_rate;
     kc_vault_meta m;
@@ -109,13 +109,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: bench_audit [--seconds N]\n");
         return 2;
     }
-    if (module == NULL)
-        module = "/usr/lib/softhsm/libsofthsm2.so";
-    bench_pins();
-    if (bench_token_dir(dir, sizeof(dir)) != 0) {
-        perror("bench: token directory");
+    if ((module = bench_setup(dir, sizeof(dir))) == NULL)
         return 1;
-    }
     memset(&m, 0, sizeof(m));
     snprintf(m.name, sizeof(m.name), "BenchA");
     snprintf(m.subscription, sizeof(m.subscription), "sub-a");

@@ -72,3 +72,15 @@ int bench_remove_dir(const char *dir)
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     return system(cmd) == 0 ? 0 : 1;
 }
+
+const char *bench_setup(char *dir, size_t len)
+{
+    const char *module = getenv("KEYCUSTODY_MODULE");
+
+    bench_pins();
+    if (bench_token_dir(dir, len) != 0) {
+        perror("bench: token directory");
+        return NULL;
+    }
+    return module != NULL && module[0] != '\0' ? module : "/usr/lib/softhsm/libsofthsm2.so";
+}

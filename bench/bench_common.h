@@ -16,6 +16,10 @@ void bench_pins(void);
 kc_rc bench_pin(void *arg, const char *vault, kc_pin_kind kind, kc_secret **out, kc_error *err);
 /* Makes dir (a new directory under $TMPDIR) with tokens/ and softhsm2.conf. */
 int bench_token_dir(char *dir, size_t len);
+/* What every benchmark starts with: random PINs, a token directory in dir,
+ * and the module (KEYCUSTODY_MODULE, else Debian's SoftHSM). NULL after
+ * saying why when the directory cannot be made. */
+const char *bench_setup(char *dir, size_t len);
 /* Removes it again; 0 when done. */
 int bench_remove_dir(const char *dir);
 

@@ -190,7 +190,7 @@ static void fill_scopes(kc_ctx *ctx, kc_store *st, const char *dep_id, long coun
 int main(int argc, char **argv)
 {
     static const size_t sizes[] = {4096, 1024 * 1024};
-    const char *module = getenv("KEYCUSTODY_MODULE");
+    const char *module;
     const char *keys[2] = {"BenchA/Root", "BenchB/Root"};
     kc_dep_spec spec;
     kc_data_session *ds = NULL;
@@ -213,13 +213,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: bench_data [--seconds N] [--scopes N]\n");
         return 2;
     }
-    if (module == NULL)
-        module = "/usr/lib/softhsm/libsofthsm2.so";
-    bench_pins();
-    if (bench_token_dir(dir, sizeof(dir)) != 0) {
-        perror("bench: token directory");
+    if ((module = bench_setup(dir, sizeof(dir))) == NULL)
         return 1;
-    }
     if (kc_ctx_new(module, bench_pin, NULL, &ctx, &e) != KC_OK)
         die("module", &e);
     make_vault(ctx, "BenchA", "sub-a", "westus");

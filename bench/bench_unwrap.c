@@ -266,7 +266,7 @@ static double run_openssl(unsigned bits, int threads)
 int main(int argc, char **argv)
 {
     static const unsigned sizes[] = {2048, 3072};
-    const char *module = getenv("KEYCUSTODY_MODULE");
+    const char *module;
     kc_vault_meta m;
     kc_ctx *ctx = NULL;
     kc_vault *v = NULL;
@@ -281,13 +281,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: bench_unwrap [--seconds N]\n");
         return 2;
     }
-    if (module == NULL)
-        module = "/usr/lib/softhsm/libsofthsm2.so";
-    if (bench_token_dir(dir, sizeof(dir)) != 0) {
-        perror("bench: token directory");
+    if ((module = bench_setup(dir, sizeof(dir))) == NULL)
         return 1;
-    }
-    bench_pins();
     memset(&m, 0, sizeof(m));
     strcpy(m.name, "Bench");
     strcpy(m.subscription, "bench");
