@@ -121,15 +121,6 @@ static void layout_relative(const kc_layout *l, const char *value, char *out, si
         snprintf(out, cap, "%.*s/%s", (int)(slash - l->file), l->file, value);
 }
 
-/* The service store for the layout's DEPs: --store / KEYCUSTODY_STORE,
- * else the layout's store: (relative to the layout file). "" when none. */
-static void store_path(const kc_cli *cli, const kc_layout *l, char *out, size_t cap)
-{
-    if (cli->store != NULL && cli->store[0] != '\0')
-        snprintf(out, cap, "%s", cli->store);
-    else
-        layout_relative(l, l->store, out, cap);
-}
 
 /* Adds the DEP actions: against the store when there is one (apply makes
  * it), as against an empty one when plan finds no file yet. */
@@ -138,7 +129,9 @@ static kc_rc plan_deps(kc_cli *cli, const kc_layout *l, struct plan_state *s, kc
 {
     if (l->ndeps == 0 && l->tenant.dep[0] == '\0' && l->nmailboxes == 0 && l->ngeos == 0)
         return KC_OK;
-    store_path(cli, l, s->store, sizeof(s->store));
+    /* --store / KEYCUSTODY_STORE, else the layout's (kc_cli_use_layout resolved it) */
+    snprintf(s->store, sizeof(s->store), "%s",
+             cli->store != NULL && cli->store[0] != '\0' ? cli->store : cli->store_layout);
     if (s->store[0] == '\0') {
         if (p->nnotes < sizeof(p->notes) / sizeof(p->notes[0]))
             snprintf(p->notes[p->nnotes++], sizeof(p->notes[0]),
