@@ -16,7 +16,9 @@ pkgs=(
   softhsm2                                  # the HSM in tests and the demo
   opensc gnutls-bin                         # pkcs11-tool and p11tool, for cross-checks
   bsdutils                                  # script(1): PIN prompt tests on a pty
-  clang                                     # the fuzz targets (libFuzzer)
+  xxd                                       # hex to bytes in the backup tests
+  clang libclang-rt-14-dev                  # the fuzz targets (libFuzzer; its runtime is only
+                                            # a Recommends of clang, which deps are installed without)
   cppcheck clang-tidy                       # make lint
 )
 
