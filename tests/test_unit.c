@@ -257,7 +257,22 @@ static void test_file_write(void)
     CU_ASSERT_EQUAL(kc_file_write("/nonexistent-dir/x", "xyz", 3, 0600, 1, &e), KC_ERR);
 }
 
+/* scripts/fresh-check.sh installs by hand exactly what the README's quick
+ * start says to, so the fresh-machine run proves the README. */
+static void test_quick_start_by_hand(void)
+{
+    char *out = NULL;
+
+    CU_ASSERT_EQUAL(
+        kc_test_sh(&out,
+                   "cd '%s' && line=$(sed -n \"s/^quickstart_by_hand='\\(.*\\)'$/\\1/p\" "
+                   "scripts/fresh-check.sh) && test -n \"$line\" && grep -qF \"$line\" README.md",
+                   KC_SOURCE_DIR),
+        0);
+}
+
 static const kc_test_case util_cases[] = {
+    {"the quick start's line by hand", test_quick_start_by_hand},
     {"hex and base64url", test_hex_b64},
     {"dates and clock", test_dates_and_clock},
     {"file write", test_file_write},
