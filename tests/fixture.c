@@ -187,6 +187,31 @@ int kc_test_sh(char **output, const char *fmt, ...)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+void kc_test_custodians(void)
+{
+    char *out = NULL;
+
+    CU_ASSERT_EQUAL_FATAL(
+        kc_test_sh(&out,
+                   "cd '%s' && for c in alice bob carol; do openssl genpkey -quiet -algorithm RSA "
+                   "-pkeyopt rsa_keygen_bits:2048 -out $c-key.pem && openssl pkey -in "
+                   "$c-key.pem -pubout -out $c.pem || exit 1; done",
+                   kc_test_dir()),
+        0);
+}
+
+const kc_test_out *kc_test_domain(const char *sub, const char *vault, const char *out)
+{
+    char pem[3][1100];
+    int i;
+
+    for (i = 0; i < 3; i++)
+        snprintf(pem[i], sizeof(pem[i]), "%s/%s.pem", dir, i == 0 ? "alice" : i == 1 ? "bob" : "carol");
+    return kc_test_run("subscription", "init", sub, "--vault", vault, "--custodian", pem[0],
+                       "--custodian", pem[1], "--custodian", pem[2], "--quorum", "2", "--out", out,
+                       "--so-pin-source", "env:TEST_SO_PIN", "--pin-source", "env:TEST_PIN", NULL);
+}
+
 void kc_test_vault(const char *name, const char *subscription, const char *region)
 {
     const kc_test_out *r =

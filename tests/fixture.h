@@ -63,6 +63,12 @@ int kc_test_mend_tokens(void);
 /* A PIN callback for kc_ctx_new: TEST_SO_PIN or TEST_PIN for every vault. */
 kc_rc kc_test_env_pin(void *arg, const char *vault, kc_pin_kind kind, kc_secret **out,
                       kc_error *err);
+/* Three custodians' key pairs in the test directory: NAME-key.pem and
+ * NAME.pem for alice, bob and carol. */
+void kc_test_custodians(void);
+/* 'subscription init SUB --vault VAULT' for the three custodians, quorum 2,
+ * the security-domain file written to out. */
+const kc_test_out *kc_test_domain(const char *sub, const char *vault, const char *out);
 /* Makes an RSA-2048 key with the given extra options (may be NULL). */
 void kc_test_key(const char *ref, const char *ops);
 

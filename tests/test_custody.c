@@ -24,27 +24,6 @@ static const char *path(int slot, const char *name)
     return P[slot];
 }
 
-/* Three custodians' key pairs: NAME-key.pem and NAME.pem. */
-static void custodians(void)
-{
-    char *out = NULL;
-
-    CU_ASSERT_EQUAL_FATAL(
-        kc_test_sh(&out,
-                   "cd '%s' && for c in alice bob carol; do openssl genpkey -quiet -algorithm RSA "
-                   "-pkeyopt rsa_keygen_bits:2048 -out $c-key.pem && openssl pkey -in "
-                   "$c-key.pem -pubout -out $c.pem || exit 1; done",
-                   kc_test_dir()),
-        0);
-}
-
-static const kc_test_out *domain_init(const char *sub, const char *vault, const char *out)
-{
-    return kc_test_run("subscription", "init", sub, "--vault", vault, "--custodian",
-                       path(0, "alice.pem"), "--custodian", path(1, "bob.pem"), "--custodian",
-                       path(2, "carol.pem"), "--quorum", "2", "--out", out, SOPIN, PIN, NULL);
-}
-
 static void dek(void)
 {
     unsigned char b[32];
@@ -87,9 +66,9 @@ static void test_domain_init(void)
     size_t n;
     json_t *j;
 
-    custodians();
+    kc_test_custodians();
     kc_test_vault("VaultA1", "contoso-a", "westus");
-    r = domain_init("contoso-a", "VaultA1", path(3, "a.domain"));
+    r = kc_test_domain("contoso-a", "VaultA1", path(3, "a.domain"));
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "security-domain file");
     ASSERT_HAS(r->out, "2 of 3 custodians recover it");
@@ -128,7 +107,7 @@ static void test_domain_init_errors(void)
 {
     const kc_test_out *r;
 
-    custodians();
+    kc_test_custodians();
     kc_test_vault("VaultA1", "contoso-a", "westus");
     kc_test_vault("VaultB1", "contoso-b", "eastus2");
     r = kc_test_run("subscription", "init", "contoso-a", "--vault", "VaultA1", "--custodian",
@@ -136,13 +115,13 @@ static void test_domain_init_errors(void)
                     NULL);
     ASSERT_RC(r, 2);
     ASSERT_HAS(r->err, "a quorum of 2 from 1 custodians is impossible");
-    r = domain_init("contoso-a", "VaultB1", path(3, "a.domain"));
+    r = kc_test_domain("contoso-a", "VaultB1", path(3, "a.domain"));
     ASSERT_RC(r, 8);
     ASSERT_HAS(r->err, "vault 'VaultB1' belongs to subscription 'contoso-b', not 'contoso-a'");
     CU_ASSERT_NOT_EQUAL(access(path(3, "a.domain"), F_OK), 0);
     r = kc_test_run("vault", "show", "VaultB1", NULL);
     ASSERT_HAS(r->out, "backup domain:     (none");
-    r = domain_init("contoso-a", "VaultA1", path(3, "a.dom"));
+    r = kc_test_domain("contoso-a", "VaultA1", path(3, "a.dom"));
     ASSERT_RC(r, 2);
     ASSERT_HAS(r->err, "a security-domain file ends in .domain");
     r = kc_test_run("subscription", "init", "contoso-a", "--vault", "VaultA1", "--custodian",
@@ -150,11 +129,11 @@ static void test_domain_init_errors(void)
                     PIN, NULL);
     ASSERT_RC(r, 2); /* custodians hand over public keys only */
     ASSERT_HAS(r->err, "holds a private key");
-    ASSERT_RC(domain_init("contoso-a", "VaultA1", path(3, "a.domain")), 0);
-    r = domain_init("contoso-a", "VaultA1", path(4, "b.domain"));
+    ASSERT_RC(kc_test_domain("contoso-a", "VaultA1", path(3, "a.domain")), 0);
+    r = kc_test_domain("contoso-a", "VaultA1", path(4, "b.domain"));
     ASSERT_RC(r, 5);
     ASSERT_HAS(r->err, "vault 'VaultA1' holds a backup domain already");
-    r = domain_init("contoso-a", "VaultA1", path(3, "a.domain"));
+    r = kc_test_domain("contoso-a", "VaultA1", path(3, "a.domain"));
     ASSERT_RC(r, 2);
     ASSERT_HAS(r->err, "exists already");
     kc_test_write(kc_test_path("junk.pem"), "not a key", 9, 0644);
@@ -182,11 +161,11 @@ static void test_domain_join_errors(void)
     char *s, *v;
     size_t n;
 
-    custodians();
+    kc_test_custodians();
     kc_test_vault("VaultA1", "contoso-a", "westus");
     kc_test_vault("VaultA2", "contoso-a", "westus");
     kc_test_vault("VaultB1", "contoso-b", "eastus2");
-    ASSERT_RC(domain_init("contoso-a", "VaultA1", path(3, "a.domain")), 0);
+    ASSERT_RC(kc_test_domain("contoso-a", "VaultA1", path(3, "a.domain")), 0);
     /* below the quorum */
     r = join("VaultA2", path(3, "a.domain"), path(0, "alice-key.pem"), NULL);
     ASSERT_RC(r, 6);
@@ -234,7 +213,7 @@ static void test_domain_join_with_token_key(void)
 {
     const kc_test_out *r;
 
-    custodians();
+    kc_test_custodians();
     kc_test_vault("VaultA1", "contoso-a", "westus");
     kc_test_vault("Custody1", "custodians", "westus");
     kc_test_key("Custody1/Share1", NULL);
@@ -266,12 +245,12 @@ static void setup_backup(void)
 {
     const kc_test_out *r;
 
-    custodians();
+    kc_test_custodians();
     dek();
     r = kc_test_run("vault", "init", "VaultA1", "--subscription", "contoso-a", "--region", "westus",
                     "--purge-protection", SOPIN, PIN, NULL);
     ASSERT_RC(r, 0);
-    ASSERT_RC(domain_init("contoso-a", "VaultA1", path(3, "a.domain")), 0);
+    ASSERT_RC(kc_test_domain("contoso-a", "VaultA1", path(3, "a.domain")), 0);
     kc_test_key("VaultA1/Key001", NULL);
     ASSERT_RC(kc_test_run("key", "wrap", "VaultA1/Key001", "--in", path(0, "dek"), "--out",
                           path(1, "w1"), NULL),
@@ -400,7 +379,7 @@ static void test_restore_foreign_subscription(void)
     ASSERT_HAS(r->err, "subscription 'contoso-b'");
     ASSERT_HAS(r->err, "'contoso-a'");
     /* with a domain of its own, the MAC tells it apart */
-    ASSERT_RC(domain_init("contoso-b", "VaultB1", path(5, "b.domain")), 0);
+    ASSERT_RC(kc_test_domain("contoso-b", "VaultB1", path(5, "b.domain")), 0);
     r = kc_test_run("key", "restore", "VaultB1", "--in", path(4, "k.backup"), PIN, NULL);
     ASSERT_RC(r, 8);
     ASSERT_HAS(r->err, "the backup is of subscription 'contoso-a' and vault 'VaultB1' is in "
@@ -507,9 +486,9 @@ static void test_every_byte_flip_is_detected(void)
     kc_error e;
     kc_rc r;
 
-    custodians();
+    kc_test_custodians();
     kc_test_vault("VaultA1", "contoso-a", "westus");
-    ASSERT_RC(domain_init("contoso-a", "VaultA1", path(3, "a.domain")), 0);
+    ASSERT_RC(kc_test_domain("contoso-a", "VaultA1", path(3, "a.domain")), 0);
     kc_test_key("VaultA1/Small", NULL);
     ASSERT_RC(
         kc_test_run("key", "backup", "VaultA1/Small", "--out", path(4, "s.backup"), PIN, NULL), 0);
@@ -550,9 +529,9 @@ static void test_backup_mac_failure(void)
     const kc_test_out *r;
     kc_error e;
 
-    custodians();
+    kc_test_custodians();
     kc_test_vault("VaultA1", "contoso-a", "westus");
-    ASSERT_RC(domain_init("contoso-a", "VaultA1", path(3, "a.domain")), 0);
+    ASSERT_RC(kc_test_domain("contoso-a", "VaultA1", path(3, "a.domain")), 0);
     kc_test_key("VaultA1/Key001", NULL);
     CU_ASSERT_EQUAL_FATAL(kc_p11_fault_arm("C_Sign", "CKR_DEVICE_ERROR", 1, 0, &e), KC_OK);
     r = kc_test_run("key", "backup", "VaultA1/Key001", "--out", path(4, "k.backup"), PIN, NULL);
@@ -737,9 +716,9 @@ static void test_backup_holds_no_key_material(void)
     const kc_test_out *r;
     char *out = NULL;
 
-    custodians();
+    kc_test_custodians();
     kc_test_vault("VaultA1", "contoso-a", "westus");
-    ASSERT_RC(domain_init("contoso-a", "VaultA1", path(3, "a.domain")), 0);
+    ASSERT_RC(kc_test_domain("contoso-a", "VaultA1", path(3, "a.domain")), 0);
     CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out,
                                      "cd '%s' && openssl genpkey -quiet -algorithm RSA -pkeyopt "
                                      "rsa_keygen_bits:2048 -out soft.pem",
