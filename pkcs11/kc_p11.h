@@ -217,6 +217,15 @@ KC_EXPORT kc_rc kc_tok_create_rsa_private(kc_tok *t, const kc_rsa_spec *spec,
 
 typedef enum kc_secret_kind { KC_SECRET_AES = 0, KC_SECRET_HMAC = 1 } kc_secret_kind;
 
+/* What a key that unwraps may make: its CKA_UNWRAP_TEMPLATE. */
+typedef enum kc_unwrap_into {
+    KC_UNWRAP_ANY = 0,  /* no template (the key unwraps nothing private) */
+    KC_UNWRAP_HSM_RSA,  /* an RSA private token key, private, sensitive, extractable only
+                         * under a trusted key: what an "hsm" root key is */
+    KC_UNWRAP_SOFT_RSA, /* an RSA private token key, private (a "software" key, which is
+                         * readable in clear where it was made) */
+} kc_unwrap_into;
+
 typedef struct kc_secret_spec {
     kc_secret_kind kind;
     const char *label;
@@ -224,11 +233,14 @@ typedef struct kc_secret_spec {
     size_t id_len;
     int is_private; /* a user object; else public (and then SO-made when trusted) */
     int trusted;    /* CKA_TRUSTED: only the SO can set it, only at creation */
-    int wrap, unwrap, sign;
+    int wrap, unwrap, sign, encrypt; /* encrypt: CKA_ENCRYPT and CKA_DECRYPT */
+    kc_unwrap_into unwrap_into;      /* with unwrap */
 } kc_secret_spec;
 
-/* Creates a token secret key with the given value (sensitive, not
- * extractable). A trusted key needs the SO logged in (kc_tok_login_so). */
+/* Creates a token secret key with the given value: sensitive, not
+ * extractable, not modifiable and not copyable, so no usage can be added to
+ * it later, in place or on a copy. A trusted key needs the SO logged in
+ * (kc_tok_login_so). */
 KC_EXPORT kc_rc kc_tok_create_secret(kc_tok *t, const kc_secret_spec *spec, const kc_secret *value,
                                      kc_obj *out, kc_error *err) KC_MUST_CHECK;
 
@@ -243,10 +255,21 @@ KC_EXPORT kc_rc kc_tok_generate_hmac_key(kc_tok *t, const char *label, kc_obj *o
 KC_EXPORT kc_rc kc_tok_remove_unlabelled_secrets(kc_tok *t, size_t *removed,
                                                  kc_error *err) KC_MUST_CHECK;
 
-/* The secret keys with this label (and id, when id != NULL). */
+/* Which objects a search believes (see DESIGN.md, the trust rule). */
+typedef enum kc_where {
+    KC_WHERE_ANY = 0,     /* every object the session sees: to find look-alikes */
+    KC_WHERE_PRIVATE,     /* CKA_PRIVATE=TRUE: only a PIN holder can have made it */
+    KC_WHERE_TRUSTED,     /* CKA_TRUSTED=TRUE (public): only the SO can have made it */
+    KC_WHERE_PUBLIC,      /* CKA_PRIVATE=FALSE: anyone with a R/W session may have made it */
+} kc_where;
+
+/* The secret keys with this label (and id, when id != NULL) that are where
+ * says; *n counts them, out[] holds the first cap. *others (when not NULL)
+ * counts the keys with the label, of any id, that are not where a genuine
+ * one is: look-alikes, for the caller to report. */
 KC_EXPORT kc_rc kc_tok_find_secrets(kc_tok *t, const char *label, const unsigned char *id,
-                                    size_t id_len, kc_obj *out, size_t cap, size_t *n,
-                                    kc_error *err) KC_MUST_CHECK;
+                                    size_t id_len, kc_where where, kc_obj *out, size_t cap,
+                                    size_t *n, size_t *others, kc_error *err) KC_MUST_CHECK;
 
 /* Security-officer session: logs the user out (closing the session), logs
  * the SO in; kc_tok_logout ends it. */
@@ -269,6 +292,17 @@ KC_EXPORT kc_rc kc_tok_kwp_unwrap_rsa(kc_tok *t, kc_obj kek, const unsigned char
  * unwrap (the first step of CKM_RSA_AES_KEY_WRAP). Destroy it after use. */
 KC_EXPORT kc_rc kc_tok_oaep_unwrap_aes(kc_tok *t, kc_obj priv, const unsigned char *in,
                                        size_t in_len, kc_obj *out, kc_error *err) KC_MUST_CHECK;
+
+/* AES-256-GCM on the token under key (which must allow CKA_ENCRYPT /
+ * CKA_DECRYPT): sealed = 12-byte IV from the token's RNG || ciphertext ||
+ * 16-byte tag, with aad authenticated. Open fails with KC_INTEGRITY when the
+ * tag does not verify. */
+KC_EXPORT kc_rc kc_tok_gcm_seal(kc_tok *t, kc_obj key, const unsigned char *aad, size_t aad_len,
+                                const unsigned char *in, size_t in_len, unsigned char **sealed,
+                                size_t *sealed_len, kc_error *err) KC_MUST_CHECK;
+KC_EXPORT kc_rc kc_tok_gcm_open(kc_tok *t, kc_obj key, const unsigned char *aad, size_t aad_len,
+                                const unsigned char *sealed, size_t sealed_len, unsigned char **out,
+                                size_t *out_len, kc_error *err) KC_MUST_CHECK;
 
 /* HMAC-SHA256 of data under key, computed on the token. */
 KC_EXPORT kc_rc kc_tok_hmac(kc_tok *t, kc_obj key, const unsigned char *data, size_t len,
@@ -293,9 +327,12 @@ KC_EXPORT kc_rc kc_tok_oaep_unwrap(kc_tok *t, kc_obj priv, kc_oaep hash, const u
 
 /* --- data objects --- */
 
-/* CKO_DATA objects of the given application (and label, when not NULL). */
+/* CKO_DATA objects of the given application (and label, when not NULL)
+ * that are where says (KC_WHERE_TRUSTED means public for data objects);
+ * *others (when not NULL) counts those that are not. */
 KC_EXPORT kc_rc kc_tok_find_data(kc_tok *t, const char *application, const char *label,
-                                 kc_data_obj **out, size_t *n, kc_error *err) KC_MUST_CHECK;
+                                 kc_where where, kc_data_obj **out, size_t *n, size_t *others,
+                                 kc_error *err) KC_MUST_CHECK;
 KC_EXPORT void kc_p11_data_objs_free(kc_data_obj *objs, size_t n);
 
 KC_EXPORT kc_rc kc_tok_create_data(kc_tok *t, const char *application, const char *label,

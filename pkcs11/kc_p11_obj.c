@@ -314,6 +314,9 @@ CK_ULONG kc_p11_rsa_private_template(const kc_rsa_spec *spec, CK_ATTRIBUTE *t, C
      * under a key the security officer marked trusted. */
     t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_EXTRACTABLE, 1);
     t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_WRAP_WITH_TRUSTED, spec->wrap_with_trusted);
+    /* never copied: a copy is one more object whose protection must hold */
+    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_COPYABLE, 0);
+    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_DERIVE, 0);
     t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_DECRYPT, spec->ops & KC_OP_DECRYPT);
     t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_SIGN, spec->ops & KC_OP_SIGN);
     t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_UNWRAP, spec->ops & KC_OP_UNWRAP);
@@ -474,12 +477,77 @@ kc_rc kc_tok_find_labelled(kc_tok *t, const char *label, kc_obj **out, size_t *n
     return KC_OK;
 }
 
+/* Whether object h is where says a genuine one is. */
+static int is_where(kc_tok *t, CK_OBJECT_HANDLE h, kc_where where)
+{
+    switch (where) {
+    case KC_WHERE_PRIVATE:
+        return get_bool(t, h, CKA_PRIVATE);
+    case KC_WHERE_TRUSTED:
+        return !get_bool(t, h, CKA_PRIVATE) && get_bool(t, h, CKA_TRUSTED);
+    case KC_WHERE_PUBLIC:
+        return !get_bool(t, h, CKA_PRIVATE);
+    case KC_WHERE_ANY:
+        break;
+    }
+    return 1;
+}
+
+/* One search by template; the handles that are where says go to the front
+ * of *out (*n of them), and *others counts those that are not. One search,
+ * not two: SoftHSM reads every object file at each C_FindObjects
+ * (SOFTHSM-NOTES, performance), and a session lost between two searches
+ * costs the handles found before it. */
+static kc_rc find_where(kc_tok *t, CK_ATTRIBUTE *tmpl, CK_ULONG nt, kc_where where,
+                        CK_OBJECT_HANDLE **out, size_t *n, size_t *others, kc_error *err)
+{
+    size_t count = 0, i, k = 0;
+    kc_rc r = kc_p11_find_all(t, tmpl, nt, out, &count, err);
+
+    if (r != KC_OK)
+        return r;
+    for (i = 0; i < count; i++)
+        if (is_where(t, (*out)[i], where))
+            (*out)[k++] = (*out)[i];
+    *n = k;
+    if (others != NULL)
+        *others = count - k;
+    return KC_OK;
+}
+
+/* The CKA_UNWRAP_TEMPLATE of a key that unwraps root keys: what the
+ * unwrapped key must be, whatever template the caller gives. SoftHSM 2.6.1
+ * enforces it (a caller's template that differs is
+ * CKR_TEMPLATE_INCONSISTENT; test_softhsm facts). Without it, a user-PIN
+ * holder wraps a root key under the trusted wrap key and unwraps it here
+ * into a key that is not sensitive (tests/attack_p11.c). */
+static CK_ULONG unwrap_template(kc_unwrap_into into, CK_ATTRIBUTE *t)
+{
+    static CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    static CK_KEY_TYPE kt = CKK_RSA;
+    CK_ULONG n = 0;
+
+    t[n++] = (CK_ATTRIBUTE)ATTR(CKA_CLASS, &cls, sizeof(cls));
+    t[n++] = (CK_ATTRIBUTE)ATTR(CKA_KEY_TYPE, &kt, sizeof(kt));
+    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_TOKEN, 1);
+    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_PRIVATE, 1);
+    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_DERIVE, 0);
+    if (into == KC_UNWRAP_HSM_RSA) {
+        t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_SENSITIVE, 1);
+        t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_WRAP_WITH_TRUSTED, 1);
+    } else {
+        t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_SENSITIVE, 0);
+        t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_WRAP_WITH_TRUSTED, 0);
+    }
+    return n;
+}
+
 kc_rc kc_tok_create_secret(kc_tok *t, const kc_secret_spec *spec, const kc_secret *value,
                            kc_obj *out, kc_error *err)
 {
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
     CK_KEY_TYPE kt = spec->kind == KC_SECRET_AES ? CKK_AES : CKK_GENERIC_SECRET;
-    CK_ATTRIBUTE tmpl[16];
+    CK_ATTRIBUTE tmpl[20], into[8];
     CK_ULONG n = 0;
     kc_rc r = kc_tok_session(t, err);
 
@@ -495,10 +563,19 @@ kc_rc kc_tok_create_secret(kc_tok *t, const kc_secret_spec *spec, const kc_secre
     tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_EXTRACTABLE, 0);
     tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_WRAP, spec->wrap);
     tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_UNWRAP, spec->unwrap);
-    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_ENCRYPT, 0);
-    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_DECRYPT, 0);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_ENCRYPT, spec->encrypt);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_DECRYPT, spec->encrypt);
     tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_SIGN, spec->sign);
     tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_VERIFY, spec->sign);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_DERIVE, 0);
+    /* No usage can be added later: SoftHSM 2.6.1 refuses every change to an
+     * object made CKA_MODIFIABLE=FALSE (CKR_ACTION_PROHIBITED) and every copy
+     * of one made CKA_COPYABLE=FALSE (test_softhsm facts). */
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_MODIFIABLE, 0);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_COPYABLE, 0);
+    if (spec->unwrap && spec->unwrap_into != KC_UNWRAP_ANY)
+        tmpl[n++] = (CK_ATTRIBUTE)ATTR(CKA_UNWRAP_TEMPLATE, into,
+                                       unwrap_template(spec->unwrap_into, into) * sizeof(into[0]));
     /* SoftHSM takes CKA_TRUSTED only from the SO, only at creation and only
      * on a public object; asking for it otherwise fails and leaves an
      * orphan behind, which create_clean removes. */
@@ -516,7 +593,7 @@ kc_rc kc_tok_generate_hmac_key(kc_tok *t, const char *label, kc_obj *out, kc_err
     CK_ULONG value_len = 32;
     CK_OBJECT_HANDLE *before = NULL, h = CK_INVALID_HANDLE;
     size_t nbefore = 0;
-    CK_ATTRIBUTE tmpl[14];
+    CK_ATTRIBUTE tmpl[18];
     CK_ULONG n = 0;
     CK_RV rv;
     kc_rc r = kc_tok_session(t, err);
@@ -537,6 +614,9 @@ kc_rc kc_tok_generate_hmac_key(kc_tok *t, const char *label, kc_obj *out, kc_err
     tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_DECRYPT, 0);
     tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_WRAP, 0);
     tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_UNWRAP, 0);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_DERIVE, 0);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_MODIFIABLE, 0);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_COPYABLE, 0);
     r = kc_p11_find_all(t, NULL, 0, &before, &nbefore, err);
     if (r != KC_OK)
         return r;
@@ -578,25 +658,34 @@ kc_rc kc_tok_remove_unlabelled_secrets(kc_tok *t, size_t *removed, kc_error *err
 }
 
 kc_rc kc_tok_find_secrets(kc_tok *t, const char *label, const unsigned char *id, size_t id_len,
-                          kc_obj *out, size_t cap, size_t *n, kc_error *err)
+                          kc_where where, kc_obj *out, size_t cap, size_t *n, size_t *others,
+                          kc_error *err)
 {
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-    CK_ATTRIBUTE tmpl[3];
+    CK_ATTRIBUTE tmpl[2];
     CK_OBJECT_HANDLE *h = NULL;
-    CK_ULONG nt = 0;
-    size_t count = 0, i;
+    unsigned char hid[64];
+    size_t count = 0, i, k = 0;
+    long len;
     kc_rc r;
 
-    tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_CLASS, &cls, sizeof(cls));
-    tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_LABEL, label, strlen(label));
-    if (id != NULL)
-        tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_ID, id, id_len);
-    r = kc_p11_find_all(t, tmpl, nt, &h, &count, err);
+    tmpl[0] = (CK_ATTRIBUTE)ATTR(CKA_CLASS, &cls, sizeof(cls));
+    tmpl[1] = (CK_ATTRIBUTE)ATTR(CKA_LABEL, label, strlen(label));
+    /* by label alone, so that a look-alike of another id is counted too */
+    r = find_where(t, tmpl, 2, where, &h, &count, others, err);
     if (r != KC_OK)
         return r;
-    for (i = 0; i < count && i < cap; i++)
-        out[i] = h[i];
-    *n = count;
+    for (i = 0; i < count; i++) {
+        if (id != NULL) {
+            len = kc_p11_get_attr(t, h[i], CKA_ID, hid, sizeof(hid));
+            if (len != (long)id_len || memcmp(hid, id, id_len) != 0)
+                continue;
+        }
+        if (k < cap)
+            out[k] = h[i];
+        k++;
+    }
+    *n = k;
     free(h);
     return KC_OK;
 }
@@ -635,8 +724,8 @@ kc_rc kc_tok_destroy(kc_tok *t, kc_obj obj, kc_error *err)
     return KC_OK;
 }
 
-kc_rc kc_tok_find_data(kc_tok *t, const char *application, const char *label, kc_data_obj **out,
-                       size_t *n, kc_error *err)
+kc_rc kc_tok_find_data(kc_tok *t, const char *application, const char *label, kc_where where,
+                       kc_data_obj **out, size_t *n, size_t *others, kc_error *err)
 {
     CK_OBJECT_CLASS cls = CKO_DATA;
     CK_ATTRIBUTE tmpl[3];
@@ -653,7 +742,8 @@ kc_rc kc_tok_find_data(kc_tok *t, const char *application, const char *label, kc
     tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_APPLICATION, application, strlen(application));
     if (label != NULL)
         tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_LABEL, label, strlen(label));
-    r = kc_p11_find_all(t, tmpl, nt, &h, &count, err);
+    r = find_where(t, tmpl, nt, where == KC_WHERE_TRUSTED ? KC_WHERE_PUBLIC : where, &h, &count,
+                   others, err);
     if (r != KC_OK)
         return r;
     v = calloc(count + 1, sizeof(*v));

@@ -39,12 +39,19 @@ struct kc_audit {
 kc_rc kc_audit_key(kc_tok *tok, int create, kc_obj *out, kc_error *err)
 {
     kc_obj found[2];
-    size_t n = 0;
+    size_t n = 0, others = 0;
     kc_rc r;
 
-    r = kc_tok_find_secrets(tok, KC_AUDIT_KEY_LABEL, NULL, 0, found, 2, &n, err);
+    r = kc_tok_find_secrets(tok, KC_AUDIT_KEY_LABEL, NULL, 0, KC_WHERE_PRIVATE, found, 2, &n,
+                            &others, err);
     if (r != KC_OK)
         return r;
+    if (others > 0)
+        return kc_error_set(err, KC_INTEGRITY,
+                            "vault '%s' holds %zu public key(s) labelled '%s' that keycustody "
+                            "did not make (its audit key is private): someone without the PIN "
+                            "planted them; none is used",
+                            kc_tok_info_get(tok)->label, others, KC_AUDIT_KEY_LABEL);
     if (n > 1)
         return kc_error_set(err, KC_INTEGRITY, "vault '%s' has %zu audit keys ('%s'); expected one",
                             kc_tok_info_get(tok)->label, n, KC_AUDIT_KEY_LABEL);
@@ -152,7 +159,7 @@ static kc_rc anchor_read(kc_tok *tok, const char *label, anchor *a, kc_error *er
     unsigned long next = 1;
     kc_rc r;
 
-    r = kc_gendoc_read(tok, label, "audit anchor", anchor_check, NULL, &buf, &len, &next, err);
+    r = kc_gendoc_read(tok, label, KC_WHERE_PRIVATE, "audit anchor", anchor_check, NULL, &buf, &len, &next, err);
     if (r != KC_OK)
         return r;
     r = anchor_decode(buf, len, a, err);

@@ -18,6 +18,9 @@
 
 #define HEADER 16
 #define MAC 32
+/* 2: each private key is AES-KWP under the domain's wrap key (or its software
+ * key), then AES-GCM under its seal key (kc_domain.h says why). */
+#define BACKUP_VERSION 2
 
 /* --- framing --- */
 
@@ -42,7 +45,12 @@ static kc_rc unframe(const unsigned char *buf, size_t len, const unsigned char *
 
     if (len < HEADER + MAC || memcmp(buf, KC_BACKUP_MAGIC, 8) != 0)
         return kc_error_set(err, KC_INTEGRITY, "not a keycustody backup file");
-    if (buf[8] != 1 || buf[9] != 0 || buf[10] != 0 || buf[11] != 0)
+    if (buf[8] == 1)
+        return kc_error_set(err, KC_INTEGRITY,
+                            "the backup is of format version 1, whose private keys open with "
+                            "SoftHSM's token files alone; this keycustody restores only "
+                            "version 2: back the key up again");
+    if (buf[8] != BACKUP_VERSION || buf[9] != 0 || buf[10] != 0 || buf[11] != 0)
         return kc_error_set(err, KC_INTEGRITY,
                             "backup format version %u is not known to this "
                             "version of keycustody",
@@ -115,7 +123,7 @@ static kc_rc parse_body(const unsigned char *body, size_t len, bk_doc *d, kc_err
     if (json_unpack_ex(d->root, &je, JSON_STRICT, "{s:s, s:I, s:s, s:s, s:s, s:s, s:o}", "format",
                        &format, "version", &version, "subscription", &d->sub, "domain_id",
                        &d->domain, "vault", &d->vault, "created", &created, "key", &key) != 0 ||
-        strcmp(format, "keycustody-backup") != 0 || version != 1 ||
+        strcmp(format, "keycustody-backup") != 0 || version != BACKUP_VERSION ||
         json_unpack_ex(key, &je, JSON_STRICT, "{s:s, s:s, s:o, s:o}", "name", &d->name, "current",
                        &d->current, "tags", &d->tags, "versions", &versions) != 0)
         goto bad;
@@ -199,24 +207,40 @@ static char *spki_b64(const unsigned char *n, size_t n_len, const unsigned char 
     return b64;
 }
 
+/* What the seal of one version's private key authenticates with it. */
+static void seal_aad(const char *version, char *aad, size_t cap)
+{
+    snprintf(aad, cap, "keycustody-backup-v%d private key %s", BACKUP_VERSION, version);
+}
+
 static kc_rc version_json(kc_vault *v, const kc_domain_keys *dk, const kc_key_version *ver,
                           json_t **out, kc_error *err)
 {
-    unsigned char *n = NULL, *e = NULL, *wrapped = NULL;
-    size_t n_len = 0, e_len = 0, w_len = 0;
-    char ops[128], *pub = NULL, *priv = NULL;
+    unsigned char *n = NULL, *e = NULL, *wrapped = NULL, *sealed = NULL;
+    size_t n_len = 0, e_len = 0, w_len = 0, s_len = 0;
+    char ops[128], aad[200], *pub = NULL, *priv = NULL;
     kc_rc r;
 
     *out = NULL;
     if (!ver->has_pub || !ver->has_priv || ver->type != KC_KT_RSA)
         return kc_error_set(err, KC_ERR, "version %s is not a complete RSA key pair", ver->version);
-    /* The private key leaves the token only wrapped under the domain key. */
-    r = kc_tok_kwp_wrap(v->tok, dk->wrap, ver->priv.handle, &wrapped, &w_len, err);
+    /* The private key leaves the token only wrapped under a domain key: an
+     * hsm key under the trusted wrap key (the only kind of key it can leave
+     * under), a software key under the private software key. The trusted key
+     * is public, and SoftHSM keeps public values in clear in its token files
+     * (SOFTHSM-NOTES Q5): the blob is sealed again under the private seal key
+     * before it leaves the process. */
+    r = kc_tok_kwp_wrap(v->tok, ver->protection == KC_PROT_HSM ? dk->wrap : dk->soft,
+                        ver->priv.handle, &wrapped, &w_len, err);
+    seal_aad(ver->version, aad, sizeof(aad));
+    if (r == KC_OK)
+        r = kc_tok_gcm_seal(v->tok, dk->seal, (const unsigned char *)aad, strlen(aad), wrapped,
+                            w_len, &sealed, &s_len, err);
     if (r == KC_OK)
         r = kc_tok_rsa_public(v->tok, ver->pub.handle, &n, &n_len, &e, &e_len, err);
     if (r == KC_OK) {
         pub = spki_b64(n, n_len, e, e_len);
-        priv = kc_b64url_encode(wrapped, w_len);
+        priv = kc_b64url_encode(sealed, s_len);
         kc_key_ops_format(ver->ops, ops, sizeof(ops));
         if (pub == NULL || priv == NULL)
             r = kc_error_set(err, KC_ERR, "out of memory");
@@ -232,6 +256,7 @@ static kc_rc version_json(kc_vault *v, const kc_domain_keys *dk, const kc_key_ve
     free(n);
     free(e);
     free(wrapped);
+    free(sealed);
     free(pub);
     free(priv);
     if (r != KC_OK)
@@ -265,7 +290,7 @@ kc_rc kc_backup_key(kc_vault *v, const char *name, unsigned char **out, size_t *
     for (i = 0; i < k->ntags; i++)
         json_object_set_new(tags, k->tags[i].name, json_string(k->tags[i].value));
     doc = json_pack("{s:s, s:i, s:s, s:s, s:s, s:s, s:{s:s, s:s, s:o, s:[]}}", "format",
-                    "keycustody-backup", "version", 1, "subscription", v->meta.subscription,
+                    "keycustody-backup", "version", BACKUP_VERSION, "subscription", v->meta.subscription,
                     "domain_id", v->meta.domain, "vault", v->meta.name, "created", now_s, "key",
                     "name", k->name, "current", k->versions[k->current].version, "tags", tags,
                     "versions");
@@ -289,7 +314,7 @@ kc_rc kc_backup_key(kc_vault *v, const char *name, unsigned char **out, size_t *
         goto done;
     }
     memcpy(buf, KC_BACKUP_MAGIC, 8);
-    buf[8] = 1;
+    buf[8] = BACKUP_VERSION;
     buf[9] = buf[10] = buf[11] = 0;
     put32(buf + 12, (uint32_t)body_len);
     memcpy(buf + HEADER, body, body_len);
@@ -366,8 +391,10 @@ static kc_rc public_parts(const char *b64, unsigned char **n, size_t *n_len, uns
 static kc_rc restore_version(kc_vault *v, const kc_domain_keys *dk, const char *name,
                              const bk_version *b, kc_obj *made, size_t *nmade, kc_error *err)
 {
-    unsigned char id[64], *n = NULL, *e = NULL, *wrapped = NULL, *mod = NULL, *exp = NULL;
-    size_t id_len = 0, n_len = 0, e_len = 0, w_len = 0, m_len = 0, x_len = 0;
+    unsigned char id[64], *n = NULL, *e = NULL, *sealed = NULL, *wrapped = NULL, *mod = NULL,
+                          *exp = NULL;
+    size_t id_len = 0, n_len = 0, e_len = 0, s_len = 0, w_len = 0, m_len = 0, x_len = 0;
+    char aad[200];
     kc_rsa_spec spec;
     unsigned ops = 0, token_ops;
     kc_error ignored;
@@ -393,10 +420,16 @@ static kc_rc restore_version(kc_vault *v, const kc_domain_keys *dk, const char *
         r = kc_tok_create_rsa_public(v->tok, &spec, n, n_len, e, e_len, &obj, err);
     if (r == KC_OK)
         made[(*nmade)++] = obj;
-    if (r == KC_OK && (wrapped = kc_b64url_decode(b->priv, &w_len)) == NULL)
+    if (r == KC_OK && (sealed = kc_b64url_decode(b->priv, &s_len)) == NULL)
         r = kc_error_set(err, KC_INTEGRITY, "a private key in the backup is not base64url");
+    seal_aad(b->version, aad, sizeof(aad));
     if (r == KC_OK)
-        r = kc_tok_kwp_unwrap_rsa(v->tok, dk->unwrap, wrapped, w_len, &spec, &obj, err);
+        r = kc_tok_gcm_open(v->tok, dk->seal, (const unsigned char *)aad, strlen(aad), sealed,
+                            s_len, &wrapped, &w_len, err);
+    /* the unwrap templates of the two keys hold what the key may become */
+    if (r == KC_OK)
+        r = kc_tok_kwp_unwrap_rsa(v->tok, spec.sensitive ? dk->unwrap : dk->soft, wrapped, w_len,
+                                  &spec, &obj, err);
     if (r == KC_OK)
         made[(*nmade)++] = obj;
     /* The unwrapped private key must be the public key's other half. */
@@ -411,6 +444,9 @@ static kc_rc restore_version(kc_vault *v, const kc_domain_keys *dk, const char *
     free(e);
     free(mod);
     free(exp);
+    free(sealed);
+    if (wrapped != NULL)
+        OPENSSL_cleanse(wrapped, w_len);
     free(wrapped);
     return r;
 }

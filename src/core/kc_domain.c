@@ -16,6 +16,7 @@
 #include <openssl/sha.h>
 #include <openssl/x509.h>
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,14 +47,36 @@ static void derive_id(const kc_secret *s, unsigned char id[KC_DOMAIN_ID_BYTES])
     memcpy(id, md, KC_DOMAIN_ID_BYTES);
 }
 
-static void derive_kcv(const kc_secret *s, char hex[33])
+/* The key check value binds the secret to the subscription's name, so a
+ * file edited to name another subscription does not join there. */
+static void derive_kcv(const kc_secret *s, const char *sub, char hex[33])
 {
-    static const char tag[] = "keycustody-domain-check";
-    unsigned char md[32];
+    static const char tag[] = "keycustody-domain-check"; /* its NUL separates the name */
+    unsigned char msg[sizeof(tag) + 64], md[32];
     unsigned int len = sizeof(md);
+    size_t sub_len = strnlen(sub, 64);
 
-    HMAC(EVP_sha256(), s->data, (int)s->len, (const unsigned char *)tag, sizeof(tag) - 1, md, &len);
+    memcpy(msg, tag, sizeof(tag));
+    memcpy(msg + sizeof(tag), sub, sub_len);
+    HMAC(EVP_sha256(), s->data, (int)s->len, msg, sizeof(tag) + sub_len, md, &len);
     kc_hex_encode(md, 16, hex);
+}
+
+/* One domain key's value: HMAC-SHA256(secret, label). */
+static kc_secret *derive_key(const kc_secret *s, const char *label)
+{
+    kc_secret *k = kc_secret_new(32);
+    unsigned int len = 32;
+
+    if (k == NULL)
+        return NULL;
+    if (HMAC(EVP_sha256(), s->data, (int)s->len, (const unsigned char *)label, strlen(label),
+             k->data, &len) == NULL) {
+        kc_secret_free(k);
+        return NULL;
+    }
+    k->len = 32;
+    return k;
 }
 
 /* SHA-256 of the DER SubjectPublicKeyInfo: how a custodian is named. */
@@ -120,16 +143,83 @@ static kc_rc load_public(const char *path, EVP_PKEY **out, kc_error *err)
     return KC_OK;
 }
 
+/* Each domain key: its label, where a genuine one is, what it is made as. */
+typedef struct domain_key {
+    const char *label;
+    kc_where where;
+    kc_secret_spec spec; /* label and id filled in by install */
+    size_t slot;         /* offset of its handle in kc_domain_keys */
+} domain_key;
+
+#define SLOT(f) offsetof(kc_domain_keys, f)
+static const domain_key domain_keys[] = {
+    {KC_DOMAIN_WRAP_LABEL, KC_WHERE_TRUSTED, {.kind = KC_SECRET_AES, .trusted = 1, .wrap = 1},
+     SLOT(wrap)},
+    {KC_DOMAIN_UNWRAP_LABEL,
+     KC_WHERE_PRIVATE,
+     {.kind = KC_SECRET_AES, .is_private = 1, .unwrap = 1, .unwrap_into = KC_UNWRAP_HSM_RSA},
+     SLOT(unwrap)},
+    {KC_DOMAIN_SEAL_LABEL, KC_WHERE_PRIVATE, {.kind = KC_SECRET_AES, .is_private = 1, .encrypt = 1},
+     SLOT(seal)},
+    {KC_DOMAIN_SOFT_LABEL,
+     KC_WHERE_PRIVATE,
+     {.kind = KC_SECRET_AES,
+      .is_private = 1,
+      .wrap = 1,
+      .unwrap = 1,
+      .unwrap_into = KC_UNWRAP_SOFT_RSA},
+     SLOT(soft)},
+    {KC_DOMAIN_MAC_LABEL, KC_WHERE_PRIVATE, {.kind = KC_SECRET_HMAC, .is_private = 1, .sign = 1},
+     SLOT(mac)},
+};
+#define NKEYS (sizeof(domain_keys) / sizeof(domain_keys[0]))
+
+/* The value of a domain key: the wrap and unwrap keys share one. */
+static const char *value_label(const domain_key *k)
+{
+    return k->spec.unwrap_into == KC_UNWRAP_HSM_RSA ? KC_DOMAIN_WRAP_LABEL : k->label;
+}
+
+/* The genuine key k of domain id on v, if any (*n: how many). Objects with
+ * its label that are not where a genuine one is (a public look-alike of a
+ * private key, an untrusted wrap key) were planted by someone without the
+ * PIN: tampering, and nothing is used. Needs the user logged in. */
+static kc_rc find_key(kc_vault *v, const domain_key *k, const unsigned char *id, kc_obj *out,
+                      size_t *n, kc_error *err)
+{
+    kc_obj found[2];
+    size_t others = 0;
+    kc_rc r = kc_tok_find_secrets(v->tok, k->label, id, KC_DOMAIN_ID_BYTES, k->where, found, 2, n,
+                                  &others, err);
+
+    if (r != KC_OK)
+        return r;
+    if (others > 0 || *n > 1) {
+        kc_error_set(err, KC_INTEGRITY,
+                     "vault '%s' holds %zu secret key(s) labelled '%s' that keycustody did not "
+                     "make there (%s): the token was tampered with, and none of them is used",
+                     v->meta.name, others > 0 ? others : *n - 1, k->label,
+                     k->where == KC_WHERE_TRUSTED ? "not trusted by the security officer"
+                                                  : "public, or a second copy");
+        kc_error_hint(err, "keep a copy of the token for investigation, then remove them "
+                           "(pkcs11-tool --list-objects shows them)");
+        return KC_INTEGRITY;
+    }
+    if (*n == 1)
+        *out = found[0];
+    return KC_OK;
+}
+
 /* Creates the domain objects the vault lacks; a re-run after a crash
  * finishes the job. */
 static kc_rc install(kc_ctx *ctx, kc_vault *v, const kc_secret *secret, kc_error *err)
 {
     unsigned char id[KC_DOMAIN_ID_BYTES];
     char idhex[33];
-    kc_secret *aes = NULL, *mac = NULL, *so = NULL;
+    kc_secret *value = NULL, *so = NULL;
     kc_secret_spec spec;
-    kc_obj found[4], obj;
-    size_t n = 0;
+    kc_obj obj;
+    size_t n = 0, i;
     kc_rc r;
 
     derive_id(secret, id);
@@ -139,62 +229,45 @@ static kc_rc install(kc_ctx *ctx, kc_vault *v, const kc_secret *secret, kc_error
                      v->meta.domain);
         return KC_CONFLICT;
     }
-    aes = kc_secret_dup(secret->data, 32);
-    mac = kc_secret_dup(secret->data + 32, 32);
-    if (aes == NULL || mac == NULL) {
-        r = kc_error_set(err, KC_ERR, "out of memory");
-        goto done;
-    }
-    memset(&spec, 0, sizeof(spec));
-    spec.id = id;
-    spec.id_len = sizeof(id);
-
-    r = kc_tok_find_secrets(v->tok, KC_DOMAIN_WRAP_LABEL, id, sizeof(id), found, 4, &n, err);
-    if (r == KC_OK && n == 0) {
-        r = kc_ctx_pin(ctx, v->meta.name, KC_PIN_SO, &so, err);
-        if (r == KC_OK) {
-            r = kc_tok_login_so(v->tok, so, err);
-            if (r != KC_OK)
-                kc_ctx_event(ctx, "login-so", v->meta.name, NULL, err);
+    r = kc_ctx_login(ctx, v->tok, err);
+    for (i = 0; r == KC_OK && i < NKEYS; i++) {
+        const domain_key *k = &domain_keys[i];
+        r = find_key(v, k, id, &obj, &n, err);
+        if (r != KC_OK || n == 1)
+            continue;
+        value = derive_key(secret, value_label(k));
+        if (value == NULL) {
+            r = kc_error_set(err, KC_ERR, "out of memory");
+            break;
         }
-        spec.kind = KC_SECRET_AES;
-        spec.label = KC_DOMAIN_WRAP_LABEL;
-        spec.trusted = 1;
-        spec.wrap = 1;
-        if (r == KC_OK)
-            r = kc_tok_create_secret(v->tok, &spec, aes, &obj, err);
-        kc_tok_logout(v->tok);
-        spec.trusted = spec.wrap = 0;
-    }
-    if (r == KC_OK)
-        r = kc_ctx_login(ctx, v->tok, err);
-    if (r == KC_OK)
-        r = kc_tok_find_secrets(v->tok, KC_DOMAIN_UNWRAP_LABEL, id, sizeof(id), found, 4, &n, err);
-    if (r == KC_OK && n == 0) {
-        spec.kind = KC_SECRET_AES;
-        spec.label = KC_DOMAIN_UNWRAP_LABEL;
-        spec.is_private = 1;
-        spec.unwrap = 1;
-        r = kc_tok_create_secret(v->tok, &spec, aes, &obj, err);
-        spec.unwrap = 0;
-    }
-    if (r == KC_OK)
-        r = kc_tok_find_secrets(v->tok, KC_DOMAIN_MAC_LABEL, id, sizeof(id), found, 4, &n, err);
-    if (r == KC_OK && n == 0) {
-        spec.kind = KC_SECRET_HMAC;
-        spec.label = KC_DOMAIN_MAC_LABEL;
-        spec.is_private = 1;
-        spec.sign = 1;
-        r = kc_tok_create_secret(v->tok, &spec, mac, &obj, err);
+        spec = k->spec;
+        spec.label = k->label;
+        spec.id = id;
+        spec.id_len = sizeof(id);
+        if (spec.trusted) {
+            /* only the SO makes a trusted key; the user logs in again after */
+            r = kc_ctx_pin(ctx, v->meta.name, KC_PIN_SO, &so, err);
+            if (r == KC_OK) {
+                r = kc_tok_login_so(v->tok, so, err);
+                if (r != KC_OK)
+                    kc_ctx_event(ctx, "login-so", v->meta.name, NULL, err);
+            }
+            if (r == KC_OK)
+                r = kc_tok_create_secret(v->tok, &spec, value, &obj, err);
+            kc_tok_logout(v->tok);
+            if (r == KC_OK)
+                r = kc_ctx_login(ctx, v->tok, err);
+        } else {
+            r = kc_tok_create_secret(v->tok, &spec, value, &obj, err);
+        }
+        kc_secret_free(value);
+        value = NULL;
     }
     if (r == KC_OK && strcmp(v->meta.domain, idhex) != 0) {
         memcpy(v->meta.domain, idhex, sizeof(idhex));
         r = kc_vault_save_meta(v, err);
     }
-done:
     kc_secret_free(so);
-    kc_secret_free(aes);
-    kc_secret_free(mac);
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot install the backup domain on vault '%s'", v->meta.name);
     return KC_OK;
@@ -294,7 +367,7 @@ kc_rc kc_domain_init(kc_ctx *ctx, const char *sub, const char *const *vaults, si
     secret->len = KC_DOMAIN_SECRET_BYTES;
     derive_id(secret, id);
     kc_hex_encode(id, sizeof(id), idhex);
-    derive_kcv(secret, kcv);
+    derive_kcv(secret, sub, kcv);
     kc_time_format_rfc3339(now, now_s);
 
     /* The file first, in memory: a domain must never be installed without
@@ -310,7 +383,7 @@ kc_rc kc_domain_init(kc_ctx *ctx, const char *sub, const char *const *vaults, si
     }
     gfshare_ctx_enc_setsecret(gf, secret->data);
     doc = json_pack("{s:s, s:i, s:s, s:s, s:i, s:s, s:s, s:[]}", "format",
-                    "keycustody-security-domain", "version", 1, "subscription", sub, "domain_id",
+                    "keycustody-security-domain", "version", 2, "subscription", sub, "domain_id",
                     idhex, "quorum", (int)quorum, "kcv", kcv, "created", now_s, "shares");
     shares = json_object_get(doc, "shares");
     for (i = 0; r == KC_OK && i < ncust; i++) {
@@ -412,8 +485,17 @@ static kc_rc parse_file(const unsigned char *buf, size_t len, struct parsed_file
                      je.text);
         goto done;
     }
-    if (strcmp(format, "keycustody-security-domain") != 0 || version != 1) {
-        kc_error_set(err, KC_INTEGRITY, "not a keycustody security-domain file of version 1");
+    if (strcmp(format, "keycustody-security-domain") != 0) {
+        kc_error_set(err, KC_INTEGRITY, "not a keycustody security-domain file");
+        goto done;
+    }
+    if (version != 2) {
+        kc_error_set(err, KC_INTEGRITY,
+                     "security-domain file version %lld is not one this keycustody reads%s",
+                     (long long)version,
+                     version == 1 ? " (version 1 did not bind the subscription's name; make a "
+                                    "new domain with 'subscription init')"
+                                  : "");
         goto done;
     }
     if (strlen(sub) >= sizeof(f->sub) || !is_hex(id, 32) || !is_hex(kcv, 32) ||
@@ -664,13 +746,15 @@ kc_rc kc_domain_join(kc_ctx *ctx, const char *sub, const char *vault, const unsi
         gfshare_ctx_dec_giveshare(gf, (unsigned char)i, shares[i]->data);
     gfshare_ctx_dec_extract(gf, secret->data);
     secret->len = KC_DOMAIN_SECRET_BYTES;
-    derive_kcv(secret, kcv);
+    derive_kcv(secret, f.sub, kcv);
     derive_id(secret, id);
     kc_hex_encode(id, sizeof(id), idhex);
     if (CRYPTO_memcmp(kcv, f.kcv, 32) != 0 || strcmp(idhex, f.domain_id) != 0) {
         r = kc_error_set(err, KC_INTEGRITY,
-                         "the shares do not recombine to the domain's secrets "
-                         "(the key check value differs): a share is wrong or the file was altered");
+                         "the shares do not recombine to the domain of subscription '%s' (the key "
+                         "check value differs): a share is wrong, or the file was altered (its "
+                         "subscription, domain id or check value)",
+                         f.sub);
         goto done;
     }
     r = install(ctx, v, secret, err);
@@ -691,8 +775,7 @@ done:
 
 kc_rc kc_domain_keys_get(kc_vault *v, kc_domain_keys *out, kc_error *err)
 {
-    size_t id_len = 0, n = 0;
-    kc_obj found[2];
+    size_t id_len = 0, n = 0, i;
     kc_rc r;
 
     memset(out, 0, sizeof(*out));
@@ -705,25 +788,17 @@ kc_rc kc_domain_keys_get(kc_vault *v, kc_domain_keys *out, kc_error *err)
         return KC_NOT_FOUND;
     }
     r = kc_ctx_login(v->ctx, v->tok, err);
-    if (r == KC_OK)
-        r = kc_tok_find_secrets(v->tok, KC_DOMAIN_WRAP_LABEL, out->id, id_len, found, 2, &n, err);
-    if (r == KC_OK && n == 1)
-        out->wrap = found[0];
-    if (r == KC_OK && n == 1)
-        r = kc_tok_find_secrets(v->tok, KC_DOMAIN_UNWRAP_LABEL, out->id, id_len, found, 2, &n, err);
-    if (r == KC_OK && n == 1)
-        out->unwrap = found[0];
-    if (r == KC_OK && n == 1)
-        r = kc_tok_find_secrets(v->tok, KC_DOMAIN_MAC_LABEL, out->id, id_len, found, 2, &n, err);
-    if (r == KC_OK && n == 1)
-        out->mac = found[0];
-    if (r == KC_OK && n != 1) {
-        kc_error_set(err, KC_INTEGRITY,
-                     "vault '%s' records backup domain %s but its keys are "
-                     "not all on the token",
-                     v->meta.name, v->meta.domain);
-        kc_error_hint(err, "join the vault to the domain again to reinstall them");
-        return KC_INTEGRITY;
+    for (i = 0; r == KC_OK && i < NKEYS; i++) {
+        kc_obj *slot = (kc_obj *)(void *)((unsigned char *)out + domain_keys[i].slot);
+        r = find_key(v, &domain_keys[i], out->id, slot, &n, err);
+        if (r == KC_OK && n != 1) {
+            kc_error_set(err, KC_INTEGRITY,
+                         "vault '%s' records backup domain %s but its key '%s' is not on the "
+                         "token",
+                         v->meta.name, v->meta.domain, domain_keys[i].label);
+            kc_error_hint(err, "join the vault to the domain again to reinstall it");
+            return KC_INTEGRITY;
+        }
     }
     return r;
 }

@@ -3,13 +3,29 @@
 #include <stdlib.h>
 #include <string.h>
 
-kc_rc kc_gendoc_read(kc_tok *tok, const char *label, const char *what, kc_gendoc_check check,
-                     void *arg, unsigned char **out, size_t *len, unsigned long *next,
-                     kc_error *err)
+/* A private document's public look-alikes were made without the PIN: they are
+ * tampering, never a generation to read or to skip quietly. */
+static kc_rc no_lookalike(kc_tok *tok, const char *label, const char *what, size_t others,
+                          kc_error *err)
+{
+    if (others == 0)
+        return KC_OK;
+    kc_error_set(err, KC_INTEGRITY,
+                 "token '%s' holds %zu public data object(s) named like its %s ('%s'), which "
+                 "is private: someone without the PIN planted them; nothing is read from them",
+                 kc_tok_info_get(tok)->label, others, what, label);
+    kc_error_hint(err, "keep a copy of the token for investigation, then remove them "
+                       "(pkcs11-tool --list-objects --type data shows them)");
+    return KC_INTEGRITY;
+}
+
+kc_rc kc_gendoc_read(kc_tok *tok, const char *label, kc_where where, const char *what,
+                     kc_gendoc_check check, void *arg, unsigned char **out, size_t *len,
+                     unsigned long *next, kc_error *err)
 {
     kc_data_obj *objs = NULL;
     unsigned long gen, top = 0, best_gen = 0;
-    size_t n = 0, i, best = 0;
+    size_t n = 0, i, best = 0, others = 0;
     kc_error why;
     int found = 0;
     kc_rc r;
@@ -18,9 +34,13 @@ kc_rc kc_gendoc_read(kc_tok *tok, const char *label, const char *what, kc_gendoc
     *len = 0;
     *next = 1;
     kc_error_clear(&why);
-    r = kc_tok_find_data(tok, KC_GENDOC_APPLICATION, label, &objs, &n, err);
-    if (r != KC_OK)
+    r = kc_tok_find_data(tok, KC_GENDOC_APPLICATION, label, where, &objs, &n, &others, err);
+    if (r == KC_OK && where == KC_WHERE_PRIVATE)
+        r = no_lookalike(tok, label, what, others, err);
+    if (r != KC_OK) {
+        kc_p11_data_objs_free(objs, n);
         return r;
+    }
     for (i = 0; i < n; i++) {
         if (check(objs[i].value, objs[i].len, &gen, arg, &why) != KC_OK)
             continue;
@@ -57,7 +77,8 @@ kc_rc kc_gendoc_write(kc_tok *tok, const char *label, int is_private, const char
     size_t n = 0, i;
     kc_rc r;
 
-    r = kc_tok_find_data(tok, KC_GENDOC_APPLICATION, label, &objs, &n, err);
+    r = kc_tok_find_data(tok, KC_GENDOC_APPLICATION, label,
+                         is_private ? KC_WHERE_PRIVATE : KC_WHERE_PUBLIC, &objs, &n, NULL, err);
     if (r != KC_OK)
         return r;
     r = kc_tok_create_data(tok, KC_GENDOC_APPLICATION, label, doc, strlen(doc), is_private,
@@ -72,8 +93,8 @@ kc_rc kc_gendoc_write(kc_tok *tok, const char *label, int is_private, const char
     return r;
 }
 
-kc_rc kc_gendoc_tidy(kc_tok *tok, const char *label, kc_gendoc_check check, void *arg,
-                     size_t *removed, kc_error *err)
+kc_rc kc_gendoc_tidy(kc_tok *tok, const char *label, kc_where where, kc_gendoc_check check,
+                     void *arg, size_t *removed, kc_error *err)
 {
     kc_data_obj *objs = NULL;
     unsigned long gen, best_gen = 0;
@@ -83,7 +104,7 @@ kc_rc kc_gendoc_tidy(kc_tok *tok, const char *label, kc_gendoc_check check, void
     kc_rc r;
 
     *removed = 0;
-    r = kc_tok_find_data(tok, KC_GENDOC_APPLICATION, label, &objs, &n, err);
+    r = kc_tok_find_data(tok, KC_GENDOC_APPLICATION, label, where, &objs, &n, NULL, err);
     if (r != KC_OK)
         return r;
     for (i = 0; i < n; i++)

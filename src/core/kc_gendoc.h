@@ -15,12 +15,14 @@
 typedef kc_rc (*kc_gendoc_check)(const unsigned char *buf, size_t len, unsigned long *generation,
                                  void *arg, kc_error *err);
 
-/* The newest valid generation with this label (what names it in messages): a copy in *out (caller
- * frees, NUL-terminated). KC_NOT_FOUND when there is no such object, KC_INTEGRITY when there are
+/* The newest valid generation with this label among the objects where says
+ * (what names it in messages): a copy in *out (caller frees, NUL-terminated).
+ * For a private document (KC_WHERE_PRIVATE), a public object with its label is
+ * tampering: KC_INTEGRITY, naming it. KC_NOT_FOUND when there is no such object, KC_INTEGRITY when there are
  * some but none is valid (err says why). *next is the generation a writer uses next (1 when there
  * is none). */
-KC_EXPORT kc_rc kc_gendoc_read(kc_tok *tok, const char *label, const char *what,
-                               kc_gendoc_check check, void *arg, unsigned char **out, size_t *len,
+KC_EXPORT kc_rc kc_gendoc_read(kc_tok *tok, const char *label, kc_where where,
+                               const char *what, kc_gendoc_check check, void *arg, unsigned char **out, size_t *len,
                                unsigned long *next, kc_error *err) KC_MUST_CHECK;
 
 /* Stores doc as a new object, then removes every older object with the
@@ -33,7 +35,8 @@ KC_EXPORT kc_rc kc_gendoc_write(kc_tok *tok, const char *label, int is_private, 
  * between creating the new one and removing the old ones leaves. *removed:
  * how many went. Needs a session that sees the objects (logged in for
  * private ones). */
-KC_EXPORT kc_rc kc_gendoc_tidy(kc_tok *tok, const char *label, kc_gendoc_check check, void *arg,
-                               size_t *removed, kc_error *err) KC_MUST_CHECK;
+KC_EXPORT kc_rc kc_gendoc_tidy(kc_tok *tok, const char *label, kc_where where,
+                               kc_gendoc_check check, void *arg, size_t *removed,
+                               kc_error *err) KC_MUST_CHECK;
 
 #endif

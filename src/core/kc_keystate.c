@@ -41,7 +41,7 @@ kc_rc kc_keystate_load(kc_vault *v, kc_error *err)
     r = kc_ctx_login(v->ctx, v->tok, err);
     if (r != KC_OK)
         return r;
-    r = kc_gendoc_read(v->tok, KC_KEYSTATE_LABEL, "key state", check_state, NULL, &buf, &len, &next,
+    r = kc_gendoc_read(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, "key state", check_state, NULL, &buf, &len, &next,
                        err);
     if (r == KC_NOT_FOUND) {
         v->state = json_pack("{s:s, s:i, s:I, s:s, s:{}}", "kind", "keycustody-keys", "schema", 1,
@@ -116,11 +116,12 @@ int kc_keystate_bool(json_t *o, const char *field, int dflt)
 }
 
 /* One generation document's stale objects: all but one, when any. */
-static kc_rc count_stale(kc_tok *tok, const char *label, size_t *stale, kc_error *err)
+static kc_rc count_stale(kc_tok *tok, const char *label, kc_where where, size_t *stale,
+                         kc_error *err)
 {
     kc_data_obj *objs = NULL;
     size_t n = 0;
-    kc_rc r = kc_tok_find_data(tok, KC_GENDOC_APPLICATION, label, &objs, &n, err);
+    kc_rc r = kc_tok_find_data(tok, KC_GENDOC_APPLICATION, label, where, &objs, &n, NULL, err);
 
     kc_p11_data_objs_free(objs, n);
     if (r == KC_OK && n > 1)
@@ -134,9 +135,9 @@ kc_rc kc_keystate_stale(kc_vault *v, size_t *stale, kc_error *err)
 
     *stale = 0;
     if (r == KC_OK)
-        r = count_stale(v->tok, KC_KEYSTATE_LABEL, stale, err);
+        r = count_stale(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, stale, err);
     if (r == KC_OK)
-        r = count_stale(v->tok, KC_VAULT_META_LABEL, stale, err);
+        r = count_stale(v->tok, KC_VAULT_META_LABEL, KC_WHERE_PUBLIC, stale, err);
     return r;
 }
 
@@ -146,9 +147,9 @@ kc_rc kc_keystate_tidy(kc_vault *v, size_t *removed, kc_error *err)
     kc_rc r = kc_ctx_login(v->ctx, v->tok, err);
 
     if (r == KC_OK)
-        r = kc_gendoc_tidy(v->tok, KC_KEYSTATE_LABEL, check_state, NULL, &a, err);
+        r = kc_gendoc_tidy(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, check_state, NULL, &a, err);
     if (r == KC_OK)
-        r = kc_gendoc_tidy(v->tok, KC_VAULT_META_LABEL, kc_vault_meta_doc_check, NULL, &b, err);
+        r = kc_gendoc_tidy(v->tok, KC_VAULT_META_LABEL, KC_WHERE_PUBLIC, kc_vault_meta_doc_check, NULL, &b, err);
     *removed = a + b;
     return r;
 }

@@ -243,7 +243,7 @@ static kc_rc read_meta(kc_tok *tok, kc_vault_meta *out, unsigned long *next, kc_
     unsigned long gen;
     kc_rc r;
 
-    r = kc_gendoc_read(tok, KC_VAULT_META_LABEL, "vault metadata", kc_vault_meta_doc_check, NULL,
+    r = kc_gendoc_read(tok, KC_VAULT_META_LABEL, KC_WHERE_PUBLIC, "vault metadata", kc_vault_meta_doc_check, NULL,
                        &buf, &len, &gen, err);
     if (next != NULL)
         *next = gen;

@@ -1,0 +1,360 @@
+/* The attacks of docs/security.md, each performed the way its attacker
+ * would: raw PKCS#11 from tests/attack_p11.c (with the user PIN, or with no
+ * PIN at all on a read-write session), reading SoftHSM's object files with
+ * softhsm2-dump-file, editing files. Each test fails without its defence. */
+#include "fixture.h"
+#include "kc_util.h"
+
+#include <jansson.h>
+
+#include <openssl/evp.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PIN "--pin-source", "env:TEST_PIN"
+#define SOPIN "--so-pin-source", "env:TEST_SO_PIN"
+
+static char P[8][1100];
+
+static const char *path(int slot, const char *name)
+{
+    snprintf(P[slot], sizeof(P[slot]), "%s", kc_test_path(name));
+    return P[slot];
+}
+
+/* attack_p11 plant-data / plant-secret: no PIN, a read-write session. */
+static int plant(const char *kind, const char *vault, const char *label, const char *arg)
+{
+    char *out = NULL;
+    int rc = kc_test_sh(&out, "'%s' plant-%s '%s' '%s' '%s' '%s'", KC_ATTACK_P11, kind,
+                        KC_SOFTHSM_MODULE, vault, label, arg);
+
+    if (rc != 0)
+        fprintf(stderr, "\n%s\n", out);
+    return rc;
+}
+
+/* --- attacker 3: the user PIN and another PKCS#11 tool; attacker 1: token files --- */
+
+/* Attacker 3 (docs/security.md): the user PIN and any PKCS#11 tool. The
+ * helper tries every way the module offers to bring the root key out in
+ * clear; a software key (testing only, readable by design) shows that it
+ * does notice a key that comes out. */
+static void test_attack_user_pin_holder(void)
+{
+    char *out = NULL;
+    int rc;
+
+    kc_test_custodians();
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    kc_test_key("VaultA1/Key001", NULL);
+    ASSERT_RC(kc_test_run("key", "create", "VaultA1/Soft", "--size", "2048", "--protection",
+                          "software", PIN, NULL),
+              0);
+    ASSERT_RC(kc_test_domain("contoso-a", "VaultA1", path(3, "a.domain")), 0);
+    ASSERT_RC(kc_test_run("key", "backup", "VaultA1/Key001", "--out", path(4, "k.backup"), PIN,
+                          NULL),
+              0);
+    rc = kc_test_sh(&out, "ATTACK_PIN=\"$TEST_PIN\" '%s' extract '%s' VaultA1 Key001", KC_ATTACK_P11,
+                    KC_SOFTHSM_MODULE);
+    if (rc != 0)
+        fprintf(stderr, "\n%s\n", out);
+    CU_ASSERT_EQUAL(rc, 0);
+    ASSERT_HAS(out, "held: ");
+    /* it did wrap the key under the domain's trusted key, and got nowhere */
+    ASSERT_HAS(out, "under 'keycustody-domain-wrap'");
+    ASSERT_HAS(out, "6 secret keys on the token");
+    rc = kc_test_sh(&out, "ATTACK_PIN=\"$TEST_PIN\" '%s' extract '%s' VaultA1 Soft", KC_ATTACK_P11,
+                    KC_SOFTHSM_MODULE);
+    CU_ASSERT_EQUAL(rc, 1);
+    ASSERT_HAS(out, "BROKEN: the private exponent of 'Soft' is readable");
+    /* and the vault still works after all that poking */
+    ASSERT_RC(kc_test_run("key", "backup", "VaultA1/Key001", "--out", path(4, "k2.backup"), PIN,
+                          NULL),
+              0);
+}
+
+/* Every CKA_VALUE in the token's object files as softhsm2-dump-file shows
+ * it (private ones are ciphertext to the attacker, public ones are clear),
+ * with the label of its object. */
+typedef struct file_value {
+    char label[64];
+    unsigned char v[4096];
+    size_t len;
+} file_value;
+
+static size_t dump_values(const char *tokens, file_value *vals, size_t cap)
+{
+    char cmd[1300], line[512], hexline[64];
+    unsigned char label[64];
+    size_t n = 0, want = 0, got = 0, label_len = 0, label_want = 0;
+    int in_value = 0, in_label = 0, next_is_len = 0, which = 0;
+    unsigned b[8];
+    FILE *p;
+    int k, i;
+
+    snprintf(cmd, sizeof(cmd),
+             "for f in '%s'/*/*.object; do echo \"== $f\"; softhsm2-dump-file \"$f\"; done",
+             tokens);
+    p = popen(cmd, "r");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+    while (fgets(line, sizeof(line), p) != NULL) {
+        if (strncmp(line, "== ", 3) == 0) {
+            label_len = 0;
+            continue;
+        }
+        if (strstr(line, " CKA_VALUE\n") != NULL || strstr(line, " CKA_LABEL\n") != NULL) {
+            which = strstr(line, "CKA_VALUE") != NULL ? 1 : 2;
+            next_is_len = 2; /* the type line, then the length line */
+            continue;
+        }
+        if (next_is_len > 0) {
+            unsigned long l;
+            const char *at = strstr(line, "(length ");
+            if (--next_is_len == 0 && at != NULL && sscanf(at, "(length %lu)", &l) == 1) {
+                if (which == 1 && n < cap && l <= sizeof(vals[0].v)) {
+                    in_value = 1;
+                    want = l;
+                    got = 0;
+                    memcpy(vals[n].label, label, label_len < 63 ? label_len : 63);
+                    vals[n].label[label_len < 63 ? label_len : 63] = '\0';
+                } else if (which == 2 && l < sizeof(label)) {
+                    in_label = 1;
+                    label_want = l;
+                    label_len = 0;
+                }
+            }
+            continue;
+        }
+        if (in_value || in_label) {
+            snprintf(hexline, sizeof(hexline), "%.23s", line);
+            k = sscanf(hexline, "%x %x %x %x %x %x %x %x", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5],
+                       &b[6], &b[7]);
+            for (i = 0; i < k; i++) {
+                if (in_value && got < want)
+                    vals[n].v[got++] = (unsigned char)b[i];
+                else if (in_label && label_len < label_want)
+                    label[label_len++] = (unsigned char)b[i];
+            }
+            if (in_value && got >= want) {
+                vals[n++].len = want;
+                in_value = 0;
+            }
+            if (in_label && label_len >= label_want)
+                in_label = 0;
+        }
+    }
+    pclose(p);
+    return n;
+}
+
+/* Whether key opens blob as RFC 5649 or RFC 3394 key wrap. */
+static int aes_unwraps(const unsigned char *key, size_t klen, const unsigned char *blob,
+                       size_t blen)
+{
+    static const char *ciphers[3][2] = {{"id-aes128-wrap-pad", "id-aes128-wrap"},
+                                        {"id-aes192-wrap-pad", "id-aes192-wrap"},
+                                        {"id-aes256-wrap-pad", "id-aes256-wrap"}};
+    unsigned char out[8192];
+    int len = 0, fin = 0, ok = 0, c;
+
+    if ((klen != 16 && klen != 24 && klen != 32) || blen > sizeof(out))
+        return 0;
+    for (c = 0; c < 2 && !ok; c++) {
+        EVP_CIPHER *ciph = EVP_CIPHER_fetch(NULL, ciphers[klen / 8 - 2][c], NULL);
+        EVP_CIPHER_CTX *x = EVP_CIPHER_CTX_new();
+        ok = ciph != NULL && x != NULL && EVP_DecryptInit_ex(x, ciph, NULL, key, NULL) == 1 &&
+             EVP_DecryptUpdate(x, out, &len, blob, (int)blen) == 1 &&
+             EVP_DecryptFinal_ex(x, out + len, &fin) == 1 && len > 0;
+        EVP_CIPHER_CTX_free(x);
+        EVP_CIPHER_free(ciph);
+    }
+    return ok;
+}
+
+/* Attacker 1: the token directory and a backup, no PIN. */
+static void test_attack_token_files_and_backup(void)
+{
+    static file_value vals[64];
+    unsigned char *file, *blob;
+    size_t len, nvals, i, j, k, blen, tried = 0, wrap_values = 0;
+    json_t *doc, *ver;
+    char tokens[1100];
+
+    kc_test_custodians();
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    kc_test_key("VaultA1/Key001", NULL);
+    ASSERT_RC(kc_test_run("key", "create", "VaultA1/Soft", "--size", "2048", "--protection",
+                          "software", PIN, NULL),
+              0);
+    ASSERT_RC(kc_test_domain("contoso-a", "VaultA1", path(3, "a.domain")), 0);
+    ASSERT_RC(kc_test_run("key", "rotate", "VaultA1/Key001", PIN, NULL), 0);
+    ASSERT_RC(kc_test_run("key", "backup", "VaultA1/Key001", "--out", path(4, "k.backup"), PIN,
+                          NULL),
+              0);
+    ASSERT_RC(kc_test_run("key", "backup", "VaultA1/Soft", "--out", path(5, "s.backup"), PIN,
+                          NULL),
+              0);
+    snprintf(tokens, sizeof(tokens), "%s", kc_test_path("tokens"));
+    nvals = dump_values(tokens, vals, sizeof(vals) / sizeof(vals[0]));
+    /* the attacker does see the trusted wrap key's value: it is public */
+    for (i = 0; i < nvals; i++)
+        if (strcmp(vals[i].label, "keycustody-domain-wrap") == 0 && vals[i].len == 32)
+            wrap_values++;
+    CU_ASSERT_EQUAL(wrap_values, 1);
+    for (k = 4; k <= 5; k++) {
+        file = kc_test_read(P[k], &len);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(file);
+        doc = json_loadb((const char *)file + 16, len - 48, 0, NULL);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(doc);
+        json_array_foreach(json_object_get(json_object_get(doc, "key"), "versions"), j, ver)
+        {
+            blob = kc_b64url_decode(json_string_value(json_object_get(ver, "private_key")), &blen);
+            CU_ASSERT_PTR_NOT_NULL_FATAL(blob);
+            for (i = 0; i < nvals; i++) {
+                /* the blob as it is, and with a 12-byte IV and 16-byte tag taken off */
+                tried += 2;
+                CU_ASSERT_FALSE(aes_unwraps(vals[i].v, vals[i].len, blob, blen));
+                CU_ASSERT_FALSE(blen > 28 &&
+                                aes_unwraps(vals[i].v, vals[i].len, blob + 12, blen - 28));
+            }
+            free(blob);
+        }
+        json_decref(doc);
+        free(file);
+    }
+    CU_ASSERT(tried > 0);
+}
+
+/* --- attacker 2: a read-write session, no PIN: planted public objects --- */
+
+/* A public copy of the key state, of a higher generation, would bring a
+ * soft-deleted key back (and could change any key's record). */
+static void test_planted_key_state(void)
+{
+    static const char forged[] = "{\"kind\":\"keycustody-keys\",\"schema\":1,\"generation\":999,"
+                                 "\"vault\":\"VaultA1\",\"keys\":{}}";
+    const kc_test_out *r;
+
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    kc_test_key("VaultA1/Key001", NULL);
+    ASSERT_RC(kc_test_run("key", "delete", "VaultA1/Key001", PIN, NULL), 0);
+    kc_test_write(path(0, "forged.json"), forged, strlen(forged), 0600);
+    CU_ASSERT_EQUAL_FATAL(plant("data", "VaultA1", "keycustody-keys", P[0]), 0);
+    r = kc_test_run("key", "list", "VaultA1", PIN, NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "public data object(s) named like its key state ('keycustody-keys')");
+    ASSERT_HAS(r->err, "planted");
+    r = kc_test_run("key", "create", "VaultA1/Key002", "--size", "2048", PIN, NULL);
+    ASSERT_RC(r, 8);
+    r = kc_test_run("key", "recover", "VaultA1/Key001", PIN, NULL);
+    ASSERT_RC(r, 8);
+}
+
+/* Public secret keys with the domain's labels and id, planted on a new vault
+ * before it joins: taken for the domain, they would let a forged backup
+ * (MAC and wrap under the attacker's value) restore an attacker-known key. */
+static void test_planted_domain_keys_before_join(void)
+{
+    static const char *labels[] = {"keycustody-domain-wrap", "keycustody-domain-unwrap",
+                                   "keycustody-domain-seal", "keycustody-domain-software",
+                                   "keycustody-domain-mac"};
+    const kc_test_out *r;
+    unsigned char *file;
+    const char *id;
+    json_t *doc;
+    size_t len, i;
+    char idhex[40];
+
+    kc_test_custodians();
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    kc_test_vault("VaultA3", "contoso-a", "westus");
+    ASSERT_RC(kc_test_domain("contoso-a", "VaultA1", path(3, "a.domain")), 0);
+    file = kc_test_read(P[3], &len);
+    doc = json_loadb((const char *)file, len, 0, NULL);
+    id = json_string_value(json_object_get(doc, "domain_id"));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(id);
+    snprintf(idhex, sizeof(idhex), "%s", id);
+    json_decref(doc);
+    free(file);
+    for (i = 0; i < sizeof(labels) / sizeof(labels[0]); i++)
+        CU_ASSERT_EQUAL_FATAL(plant("secret", "VaultA3", labels[i], idhex), 0);
+    r = kc_test_run("subscription", "join", "contoso-a", "--vault", "VaultA3", "--domain", P[3],
+                    "--share-key", path(4, "alice-key.pem"), "--share-key",
+                    path(5, "bob-key.pem"), SOPIN, PIN, NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "labelled 'keycustody-domain-wrap' that keycustody did not make there (not "
+                       "trusted by the security officer)");
+    r = kc_test_run("vault", "show", "VaultA3", NULL);
+    ASSERT_HAS(r->out, "backup domain:     (none");
+}
+
+/* The same planted after the domain is installed: backup and restore refuse
+ * to run rather than pick one. */
+static void test_planted_domain_key_after_install(void)
+{
+    const kc_test_out *r;
+
+    kc_test_custodians();
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    kc_test_key("VaultA1/Key001", NULL);
+    ASSERT_RC(kc_test_domain("contoso-a", "VaultA1", path(3, "a.domain")), 0);
+    ASSERT_RC(kc_test_run("key", "backup", "VaultA1/Key001", "--out", path(4, "k.backup"), PIN,
+                          NULL),
+              0);
+    CU_ASSERT_EQUAL_FATAL(plant("secret", "VaultA1", "keycustody-domain-mac", "00"), 0);
+    r = kc_test_run("key", "backup", "VaultA1/Key001", "--out", path(5, "k2.backup"), PIN, NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "labelled 'keycustody-domain-mac' that keycustody did not make there "
+                       "(public, or a second copy)");
+}
+
+/* A public audit key: records sealed under a key the attacker knows. */
+static void test_planted_audit_key(void)
+{
+    const kc_test_out *r;
+
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    CU_ASSERT_EQUAL_FATAL(plant("secret", "VaultA1", "keycustody-audit", "00"), 0);
+    r = kc_test_run("key", "create", "VaultA1/Key001", "--size", "2048", PIN, NULL);
+    /* the command's record is not sealed under the planted key, and says why */
+    ASSERT_HAS(r->err, "audit record written unsealed");
+    ASSERT_HAS(r->err, "public key(s) labelled 'keycustody-audit' that keycustody did not make");
+    r = kc_test_run("audit", "verify", PIN, NULL);
+    ASSERT_RC(r, 8);
+    setenv("KC_TEST_AUDIT_TAMPERED", "1", 1); /* teardown: this log cannot verify */
+}
+
+static const kc_test_case pinholder_cases[] = {
+    {"a user-PIN holder with raw PKCS#11", test_attack_user_pin_holder},
+    {NULL, NULL},
+};
+
+static const kc_test_case files_cases[] = {
+    {"token files and a backup, no PIN", test_attack_token_files_and_backup},
+    {NULL, NULL},
+};
+
+static const kc_test_case planted_cases[] = {
+    {"a public key state", test_planted_key_state},
+    {"public domain keys before a join", test_planted_domain_keys_before_join},
+    {"a public domain key after install", test_planted_domain_key_after_install},
+    {"a public audit key", test_planted_audit_key},
+    {NULL, NULL},
+};
+
+static const kc_test_suite suites[] = {
+    {"pinholder", 1, pinholder_cases},
+    {"files", 1, files_cases},
+    {"planted", 1, planted_cases},
+    {NULL, 0, NULL},
+};
+
+int main(int argc, char **argv)
+{
+    if (freopen("/dev/null", "r", stdin) == NULL)
+        return 2;
+    return kc_test_main(argc, argv, suites);
+}
