@@ -517,8 +517,9 @@ static kc_rc find_where(kc_tok *t, CK_ATTRIBUTE *tmpl, CK_ULONG nt, kc_where whe
 
 /* The CKA_UNWRAP_TEMPLATE of a key that unwraps root keys: what the
  * unwrapped key must be, whatever template the caller gives. SoftHSM 2.6.1
- * enforces it (a caller's template that differs is
- * CKR_TEMPLATE_INCONSISTENT; test_softhsm facts). Without it, a user-PIN
+ * enforces it: a caller's template that differs from it, or leaves one of its
+ * attributes out, is CKR_TEMPLATE_INCONSISTENT (test_softhsm facts), so the
+ * restore template names every one of them. Without it, a user-PIN
  * holder wraps a root key under the trusted wrap key and unwraps it here
  * into a key that is not sensitive (tests/attack_p11.c). */
 static CK_ULONG unwrap_template(kc_unwrap_into into, CK_ATTRIBUTE *t)

@@ -260,7 +260,108 @@ static void fact_trusted_wrapping(void)
     raw_close();
 }
 
+/* kc_p11_obj.c: the domain unwrap key's CKA_UNWRAP_TEMPLATE decides what an
+ * unwrapped key is. SoftHSM 2.6.1 refuses a caller's template that asks for
+ * something else, or leaves one of the template's attributes out
+ * (CKR_TEMPLATE_INCONSISTENT both). */
+static void fact_unwrap_template_enforced(void)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY, pcls = CKO_PRIVATE_KEY;
+    CK_KEY_TYPE kt = CKK_AES, rsa = CKK_RSA;
+    unsigned char value[32] = {9}, blob[4096];
+    CK_ULONG bits = 2048, len = sizeof(blob);
+    CK_MECHANISM gen = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0}, kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    CK_ATTRIBUTE pt[] = {{CKA_TOKEN, &FA, 1}, {CKA_MODULUS_BITS, &bits, sizeof(bits)}};
+    CK_ATTRIBUTE vt[] = {{CKA_TOKEN, &FA, 1}, {CKA_SENSITIVE, &FA, 1}, {CKA_EXTRACTABLE, &T, 1}};
+    CK_ATTRIBUTE into[] = {{CKA_CLASS, &pcls, sizeof(pcls)},
+                           {CKA_KEY_TYPE, &rsa, sizeof(rsa)},
+                           {CKA_SENSITIVE, &T, 1},
+                           {CKA_WRAP_WITH_TRUSTED, &T, 1}};
+    CK_ATTRIBUTE kek[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                          {CKA_KEY_TYPE, &kt, sizeof(kt)},
+                          {CKA_TOKEN, &FA, 1},
+                          {CKA_VALUE, value, sizeof(value)},
+                          {CKA_WRAP, &T, 1},
+                          {CKA_UNWRAP, &T, 1},
+                          {CKA_UNWRAP_TEMPLATE, into, sizeof(into)}};
+    CK_ATTRIBUTE loose[] = {{CKA_CLASS, &pcls, sizeof(pcls)},
+                            {CKA_KEY_TYPE, &rsa, sizeof(rsa)},
+                            {CKA_TOKEN, &FA, 1},
+                            {CKA_SENSITIVE, &FA, 1}};
+    CK_BBOOL sens = CK_FALSE;
+    CK_ATTRIBUTE get = {CKA_SENSITIVE, &sens, 1};
+    CK_OBJECT_HANDLE pub, priv, k, out;
+
+    raw_open();
+    CU_ASSERT_EQUAL_FATAL(F->C_GenerateKeyPair(S, &gen, pt, 2, vt, 3, &pub, &priv), CKR_OK);
+    CU_ASSERT_EQUAL_FATAL(F->C_CreateObject(S, kek, 7, &k), CKR_OK);
+    CU_ASSERT_EQUAL_FATAL(F->C_WrapKey(S, &kwp, k, priv, blob, &len), CKR_OK);
+    CU_ASSERT_EQUAL(F->C_UnwrapKey(S, &kwp, k, blob, len, loose, 4, &out),
+                    CKR_TEMPLATE_INCONSISTENT);
+    /* leaving them out is refused the same way */
+    CU_ASSERT_EQUAL(F->C_UnwrapKey(S, &kwp, k, blob, len, loose, 3, &out),
+                    CKR_TEMPLATE_INCONSISTENT);
+    /* asking for exactly what the template says works, and is what it says */
+    loose[2] = (CK_ATTRIBUTE){CKA_SENSITIVE, &T, 1};
+    loose[3] = (CK_ATTRIBUTE){CKA_WRAP_WITH_TRUSTED, &T, 1};
+    CU_ASSERT_EQUAL_FATAL(F->C_UnwrapKey(S, &kwp, k, blob, len, loose, 4, &out), CKR_OK);
+    CU_ASSERT_EQUAL(F->C_GetAttributeValue(S, out, &get, 1), CKR_OK);
+    CU_ASSERT_EQUAL(sens, CK_TRUE);
+    raw_close();
+}
+
+/* kc_p11_obj.c makes every secret key CKA_MODIFIABLE=FALSE and
+ * CKA_COPYABLE=FALSE so that no usage can be added to it: SoftHSM 2.6.1
+ * refuses both with CKR_ACTION_PROHIBITED. */
+static void fact_fixed_keys(void)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    unsigned char value[32] = {3};
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},   {CKA_KEY_TYPE, &kt, sizeof(kt)},
+                        {CKA_TOKEN, &FA, 1},              {CKA_VALUE, value, sizeof(value)},
+                        {CKA_UNWRAP, &T, 1},              {CKA_DECRYPT, &FA, 1},
+                        {CKA_MODIFIABLE, &FA, 1},         {CKA_COPYABLE, &FA, 1}};
+    CK_ATTRIBUTE dec = {CKA_DECRYPT, &T, 1};
+    CK_OBJECT_HANDLE k, copy;
+
+    raw_open();
+    CU_ASSERT_EQUAL_FATAL(F->C_CreateObject(S, t, 8, &k), CKR_OK);
+    CU_ASSERT_EQUAL(F->C_SetAttributeValue(S, k, &dec, 1), CKR_ACTION_PROHIBITED);
+    CU_ASSERT_EQUAL(F->C_CopyObject(S, k, &dec, 1, &copy), CKR_ACTION_PROHIBITED);
+    raw_close();
+}
+
+/* kc_p11_crypto.c: a GCM tag that does not verify is CKR_GENERAL_ERROR on
+ * SoftHSM 2.6.1, and the seal of a backup maps it to an integrity error. */
+static void fact_gcm_bad_tag(void)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    unsigned char value[32] = {5}, iv[12] = {1}, msg[40] = {2}, ct[64], pt[64];
+    CK_GCM_PARAMS gp = {iv, 12, 96, NULL, 0, 128};
+    CK_MECHANISM m = {CKM_AES_GCM, &gp, sizeof(gp)};
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)},
+                        {CKA_TOKEN, &FA, 1},            {CKA_VALUE, value, sizeof(value)},
+                        {CKA_ENCRYPT, &T, 1},           {CKA_DECRYPT, &T, 1}};
+    CK_ULONG clen = sizeof(ct), plen = sizeof(pt);
+    CK_OBJECT_HANDLE k;
+
+    raw_open();
+    CU_ASSERT_EQUAL_FATAL(F->C_CreateObject(S, t, 6, &k), CKR_OK);
+    CU_ASSERT_EQUAL_FATAL(F->C_EncryptInit(S, &m, k), CKR_OK);
+    CU_ASSERT_EQUAL_FATAL(F->C_Encrypt(S, msg, sizeof(msg), ct, &clen), CKR_OK);
+    CU_ASSERT_EQUAL(clen, sizeof(msg) + 16);
+    ct[3] ^= 1;
+    CU_ASSERT_EQUAL_FATAL(F->C_DecryptInit(S, &m, k), CKR_OK);
+    CU_ASSERT_EQUAL(F->C_Decrypt(S, ct, clen, pt, &plen), CKR_GENERAL_ERROR);
+    raw_close();
+}
+
 static const kc_test_case fact_cases[] = {
+    {"unwrap template enforced", fact_unwrap_template_enforced},
+    {"unmodifiable, uncopyable keys", fact_fixed_keys},
+    {"GCM bad tag", fact_gcm_bad_tag},
     {"trusted wrapping", fact_trusted_wrapping},
     {"OAEP SHA-256 refused", fact_oaep_sha256_refused},
     {"private dates unreadable", fact_private_dates_unreadable},
