@@ -1,9 +1,14 @@
 /* Modules, tokens, sessions and login. */
 #include "kc_p11_int.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static void module_name(CK_FUNCTION_LIST *m, char *buf, size_t len)
 {
@@ -77,6 +82,95 @@ kc_rc kc_p11_load(const char *module_path, kc_p11 **out, kc_error *err)
 cleanup:
     kc_p11_free(p);
     return r;
+}
+
+/* --- which modules a layout may name --- */
+
+static int same_file(const char *a, const char *b)
+{
+    char ra[PATH_MAX], rb[PATH_MAX];
+
+    return realpath(a, ra) != NULL && realpath(b, rb) != NULL && strcmp(ra, rb) == 0;
+}
+
+static int is_registered(const char *module)
+{
+    CK_FUNCTION_LIST **mods = p11_kit_modules_load(NULL, 0);
+    char *file;
+    int found = 0;
+    size_t i;
+
+    for (i = 0; mods != NULL && mods[i] != NULL && !found; i++) {
+        file = p11_kit_module_get_filename(mods[i]);
+        found = file != NULL && same_file(file, module);
+        free(file);
+    }
+    if (mods != NULL)
+        p11_kit_modules_release(mods);
+    return found;
+}
+
+/* Whether the allow-list file lists module; *why says why the file itself
+ * is not believed, when it is not. */
+static int is_listed(const char *module, const char *file, const char **why)
+{
+    char line[PATH_MAX + 2];
+    struct stat st;
+    size_t len;
+    int fd, found = 0;
+    FILE *f;
+
+    *why = NULL;
+    fd = open(file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        *why = errno == ENOENT ? NULL : "it cannot be opened (or is a symbolic link)";
+        return 0;
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        *why = "it is not a regular file";
+    } else if (st.st_uid != 0) {
+        *why = "root does not own it";
+    } else if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+        *why = "others can write it";
+    }
+    if (*why != NULL || (f = fdopen(fd, "r")) == NULL) {
+        close(fd);
+        return 0;
+    }
+    while (!found && fgets(line, sizeof(line), f) != NULL) {
+        len = strcspn(line, "#\n");
+        while (len > 0 && (line[len - 1] == ' ' || line[len - 1] == '\t'))
+            len--;
+        line[len] = '\0';
+        found = line[0] == '/' && same_file(line, module);
+    }
+    fclose(f);
+    return found;
+}
+
+kc_rc kc_p11_module_allowed(const char *module, kc_error *err)
+{
+    const char *file = getenv("KEYCUSTODY_MODULES_ALLOW"), *why = NULL;
+
+    if (file == NULL || file[0] == '\0')
+        file = KC_P11_ALLOW_FILE;
+    if (module[0] != '/')
+        return kc_error_set(err, KC_DENIED,
+                            "module '%s' named by the layout is not an absolute path; nothing "
+                            "was loaded",
+                            module);
+    if (is_registered(module) || is_listed(module, file, &why))
+        return KC_OK;
+    kc_error_set(err, KC_DENIED,
+                 "module '%s' named by the layout is not allowed: it is not registered with "
+                 "p11-kit and not listed in %s%s%s; nothing was loaded",
+                 module, file, why != NULL ? ", which is not believed: " : "",
+                 why != NULL ? why : "");
+    kc_error_hint(err, "a layout may name only modules the operator allowed: register it with "
+                       "p11-kit (a .module file), list it in %s (owned by root, not writable by "
+                       "others), or name it with --module",
+                  file);
+    return KC_DENIED;
 }
 
 static void tok_close(kc_tok *t)

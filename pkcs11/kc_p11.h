@@ -95,6 +95,18 @@ typedef struct kc_data_obj {
  * p11-kit) and initialises it. One kc_p11 per process. */
 KC_EXPORT kc_rc kc_p11_load(const char *module_path, kc_p11 **out, kc_error *err) KC_MUST_CHECK;
 
+/* Where the operator lists the modules a layout may name, one absolute path
+ * a line ('#' starts a comment). Believed only when root owns it and nobody
+ * else can write it. KEYCUSTODY_MODULES_ALLOW names another such file. */
+#define KC_P11_ALLOW_FILE "/etc/keycustody/modules.allow"
+
+/* Whether a module a layout names may be loaded: it is the file of a module
+ * registered with p11-kit (compared after resolving links), or it is in the
+ * operator's allow-list file. Nothing of module is loaded to decide (the
+ * registered modules are, which the operator installed). KC_DENIED, naming
+ * the path and what would allow it, when not. */
+KC_EXPORT kc_rc kc_p11_module_allowed(const char *module, kc_error *err) KC_MUST_CHECK;
+
 /* Closes every session, finalises and releases the modules. NULL-safe. */
 KC_EXPORT void kc_p11_free(kc_p11 *p);
 

@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define PIN "--pin-source", "env:TEST_PIN"
 #define SOPIN "--so-pin-source", "env:TEST_SO_PIN"
@@ -327,6 +329,67 @@ static void test_planted_audit_key(void)
     setenv("KC_TEST_AUDIT_TAMPERED", "1", 1); /* teardown: this log cannot verify */
 }
 
+/* --- attacker 6: the layout author --- */
+
+/* A layout's module: is code keycustody would load and hand the PINs to. */
+static void test_layout_module_not_allowed(void)
+{
+    const char *layout;
+    const kc_test_out *r;
+    char line[1200], mark[1100];
+
+    snprintf(mark, sizeof(mark), "%s", kc_test_path("evil-ran"));
+    setenv("KC_EVIL_MARK", mark, 1);
+    unsetenv("KEYCUSTODY_MODULE");
+    snprintf(line, sizeof(line), "    module: %s\n    purge_protection: true\n", KC_EVIL_MODULE);
+    layout = kc_test_layout("    purge_protection: true\n", line);
+    r = kc_test_run("policy", "plan", layout, NULL);
+    ASSERT_RC(r, 6);
+    ASSERT_HAS(r->err, KC_EVIL_MODULE);
+    ASSERT_HAS(r->err, "is not allowed: it is not registered with p11-kit");
+    ASSERT_HAS(r->err, "nothing was loaded");
+    CU_ASSERT_NOT_EQUAL(access(mark, F_OK), 0);
+    /* an allow-list others can write is not believed */
+    snprintf(line, sizeof(line), "%s\n", KC_EVIL_MODULE);
+    kc_test_write(path(0, "modules.allow"), line, strlen(line), 0666);
+    CU_ASSERT_EQUAL(chmod(P[0], 0666), 0);
+    setenv("KEYCUSTODY_MODULES_ALLOW", P[0], 1);
+    r = kc_test_run("policy", "plan", layout, NULL);
+    ASSERT_RC(r, 6);
+    ASSERT_HAS(r->err, "which is not believed: others can write it");
+    CU_ASSERT_NOT_EQUAL(access(mark, F_OK), 0);
+    /* the operator's own list is: then it is loaded (and is no module) */
+    CU_ASSERT_EQUAL(chmod(P[0], 0644), 0);
+    r = kc_test_run("policy", "plan", layout, NULL);
+    CU_ASSERT_NOT_EQUAL(r->rc, 6);
+    CU_ASSERT_EQUAL(access(mark, F_OK), 0);
+    unsetenv("KEYCUSTODY_MODULES_ALLOW");
+    unsetenv("KC_EVIL_MARK");
+}
+
+/* A registered module (SoftHSM's, through its /usr/lib/softhsm link) and
+ * the operator's --module are loaded as before. */
+static void test_layout_module_registered(void)
+{
+    const char *layout;
+    char line[1200];
+
+    unsetenv("KEYCUSTODY_MODULE");
+    snprintf(line, sizeof(line), "    module: %s\n    purge_protection: true\n",
+             KC_SOFTHSM_MODULE);
+    layout = kc_test_layout("    purge_protection: true\n", line);
+    ASSERT_RC(kc_test_run("policy", "apply", layout, "--yes", NULL), 0);
+    snprintf(line, sizeof(line), "    module: %s\n    purge_protection: true\n", KC_EVIL_MODULE);
+    layout = kc_test_layout("    purge_protection: true\n", line);
+    ASSERT_RC(kc_test_run("policy", "plan", layout, "--module", KC_SOFTHSM_MODULE, NULL), 0);
+}
+
+static const kc_test_case layout_cases[] = {
+    {"a module the operator did not allow", test_layout_module_not_allowed},
+    {"a registered module, or --module", test_layout_module_registered},
+    {NULL, NULL},
+};
+
 static const kc_test_case pinholder_cases[] = {
     {"a user-PIN holder with raw PKCS#11", test_attack_user_pin_holder},
     {NULL, NULL},
@@ -349,6 +412,7 @@ static const kc_test_suite suites[] = {
     {"pinholder", 1, pinholder_cases},
     {"files", 1, files_cases},
     {"planted", 1, planted_cases},
+    {"layout", 1, layout_cases},
     {NULL, 0, NULL},
 };
 

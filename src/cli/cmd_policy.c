@@ -1,5 +1,6 @@
 /* keycustody policy check | plan | apply */
 #include "cli.h"
+#include "kc_p11.h"
 #include "kc_layout.h"
 #include "kc_plan.h"
 #include "kc_store.h"
@@ -198,8 +199,14 @@ kc_rc kc_cli_use_layout(kc_cli *cli, const kc_layout *l, char (*buf)[400], char 
         }
     }
     cli->nlayout = n;
-    if (cli->module == NULL && module != NULL)
+    /* The operator's --module wins; a layout's own is loaded only when the
+     * operator allowed it (whoever edits a layout must not choose the code
+     * that receives the PINs). */
+    if (cli->module == NULL && module != NULL) {
+        if (kc_p11_module_allowed(module, &cli->error) != KC_OK)
+            return KC_DENIED;
         cli->module = module;
+    }
     /* where the audit log is and which vault seals apply's record */
     layout_relative(l, l->audit, cli->audit_layout, sizeof(cli->audit_layout));
     layout_relative(l, l->store, cli->store_layout, sizeof(cli->store_layout));
