@@ -331,7 +331,7 @@ static int holds_pin(const char *path, const struct stat *st, int type, struct F
     const char *pin;
 
     (void)ftw;
-    if (type != FTW_F || st->st_size > 256 * 1024 * 1024)
+    if (type != FTW_F || !S_ISREG(st->st_mode) || st->st_size > 256 * 1024 * 1024)
         return 0;
     buf = kc_test_read(path, &len);
     for (i = 0; buf != NULL && i < sizeof(pin_vars) / sizeof(pin_vars[0]); i++) {

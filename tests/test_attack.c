@@ -3,11 +3,16 @@
  * PIN at all on a read-write session), reading SoftHSM's object files with
  * softhsm2-dump-file, editing files. Each test fails without its defence. */
 #include "fixture.h"
+#include "kc_secret.h"
 #include "kc_util.h"
 
 #include <jansson.h>
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include <fcntl.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -384,6 +389,104 @@ static void test_layout_module_registered(void)
     ASSERT_RC(kc_test_run("policy", "plan", layout, "--module", KC_SOFTHSM_MODULE, NULL), 0);
 }
 
+/* --- PIN hygiene, and secrets in the process --- */
+
+/* getopt would take '--pi' for '--pin-source'; the PIN typed after it must
+ * not reach the audit log, so abbreviations are refused outright. */
+static void test_pin_option_abbreviated(void)
+{
+    const kc_test_out *r;
+    unsigned char *log;
+    size_t len = 0;
+
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    r = kc_test_run("key", "list", "VaultA1", "--pi", "typed-pin-4711", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "option '--pi' is short for '--pin-source': write options in full");
+    r = kc_test_run("vault", "show", "VaultA1", "--so", "typed-pin-4711", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "option '--so' is short for '--so-pin-source'");
+    r = kc_test_run("key", "list", "VaultA1", "--pin-source=typed-pin-4711", NULL);
+    CU_ASSERT_NOT_EQUAL(r->rc, 0);
+    log = kc_test_read(kc_test_path("audit.jsonl"), &len);
+    CU_ASSERT_TRUE(log == NULL || strstr((const char *)log, "typed-pin-4711") == NULL);
+    free(log);
+    /* a value that merely looks like an option is a value */
+    kc_test_key("VaultA1/Key001", NULL);
+    ASSERT_RC(kc_test_run("key", "update", "VaultA1/Key001", "--tag", "note=--pi", PIN, NULL), 0);
+}
+
+/* A FIFO as a PIN file would block the open until someone writes to it; a
+ * directory or a device is no PIN file either. Refused at once, saying what
+ * the path is. */
+static void test_pin_file_not_regular(void)
+{
+    char *out = NULL;
+    int rc;
+
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out, "mkfifo '%s'", path(0, "fifo.pin")), 0);
+    rc = kc_test_sh(&out, "timeout 20 '%s' key list VaultA1 --pin-source 'file:%s'", KC_BINARY,
+                    P[0]);
+    CU_ASSERT_EQUAL(rc, 6);
+    ASSERT_HAS(out, "is a FIFO, not a regular file");
+    rc = kc_test_sh(&out, "timeout 20 '%s' key list VaultA1 --pin-source 'file:%s'", KC_BINARY,
+                    kc_test_dir());
+    CU_ASSERT_EQUAL(rc, 6);
+    ASSERT_HAS(out, "is a directory, not a regular file");
+    rc = kc_test_sh(&out, "timeout 20 '%s' key list VaultA1 --pin-source file:/dev/zero",
+                    KC_BINARY);
+    CU_ASSERT_EQUAL(rc, 6);
+    ASSERT_HAS(out, "is a character device, not a regular file");
+}
+
+/* A signal while the prompt has echo off gives the terminal back first. */
+static void prompt_interrupted(const char *sig)
+{
+    char *out = NULL;
+    int rc;
+
+    rc = kc_test_sh(&out,
+                    "script -qec 'sh -c \"(sleep 1; kill -%s \\$\\$) & exec %s key list "
+                    "VaultA1\"; stty -a' /dev/null </dev/null",
+                    sig, KC_BINARY);
+    (void)rc;
+    ASSERT_HAS(out, "Enter the user PIN for vault 'VaultA1': ");
+    ASSERT_HAS(out, " echo ");
+    CU_ASSERT_PTR_NULL(strstr(out, " -echo "));
+}
+
+static void test_prompt_signals(void)
+{
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    prompt_interrupted("INT");
+    prompt_interrupted("TERM");
+    prompt_interrupted("HUP");
+}
+
+/* Two secrets; releasing one leaves the other locked. */
+static void test_secrets_locked_pool(void)
+{
+    kc_secret *a = kc_secret_dup("first secret", 12), *b = kc_secret_dup("second secret", 13);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_TRUE(kc_secret_is_locked_pool(a));
+    CU_ASSERT_TRUE(kc_secret_is_locked_pool(b));
+    kc_secret_free(a);
+    CU_ASSERT_TRUE(kc_secret_is_locked_pool(b));
+    CU_ASSERT_EQUAL(memcmp(b->data, "second secret", 13), 0);
+    kc_secret_free(b);
+}
+
+static const kc_test_case pins_cases[] = {
+    {"an abbreviated PIN option", test_pin_option_abbreviated},
+    {"a PIN file that is not a regular file", test_pin_file_not_regular},
+    {"signals during the prompt", test_prompt_signals},
+    {"secrets in a locked pool", test_secrets_locked_pool},
+    {NULL, NULL},
+};
+
 static const kc_test_case layout_cases[] = {
     {"a module the operator did not allow", test_layout_module_not_allowed},
     {"a registered module, or --module", test_layout_module_registered},
@@ -413,6 +516,7 @@ static const kc_test_suite suites[] = {
     {"files", 1, files_cases},
     {"planted", 1, planted_cases},
     {"layout", 1, layout_cases},
+    {"pins", 1, pins_cases},
     {NULL, 0, NULL},
 };
 

@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,6 +171,43 @@ static int add_source(kc_cli *cli, const char **list, size_t *n, const char *arg
     return 0;
 }
 
+/* getopt_long takes any unambiguous abbreviation ("--pi" for "--pin-source"),
+ * and then nothing that reads argv for what an option means (the audit
+ * record's copy of the command line withholds what follows a PIN option) can
+ * tell. One rule for every command: long options are written in full. Walks
+ * argv as GNU getopt does (options anywhere, "--" ends them, a required value
+ * may be the next word). */
+static int refuse_abbreviations(kc_cli *cli, int argc, char **argv, const struct option *opts)
+{
+    const struct option *o, *prefix_of;
+    size_t len;
+    int i;
+
+    for (i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--") == 0)
+            break;
+        if (strncmp(argv[i], "--", 2) != 0 || argv[i][2] == '\0')
+            continue;
+        len = strcspn(argv[i] + 2, "=");
+        prefix_of = NULL;
+        for (o = opts; o->name != NULL; o++) {
+            if (strlen(o->name) == len && strncmp(o->name, argv[i] + 2, len) == 0)
+                break;
+            if (prefix_of == NULL && strncmp(o->name, argv[i] + 2, len) == 0)
+                prefix_of = o;
+        }
+        if (o->name != NULL) {
+            if (o->has_arg == required_argument && argv[i][2 + len] != '=')
+                i++; /* its value */
+            continue;
+        }
+        if (prefix_of != NULL)
+            return kc_cli_usage(cli, "option '--%.*s' is short for '--%s': write options in full",
+                                (int)len, argv[i] + 2, prefix_of->name);
+    }
+    return 0;
+}
+
 int kc_cli_parse(kc_cli *cli, int argc, char **argv, const struct option *own,
                  int (*on_opt)(kc_cli *cli, int opt, const char *arg, void *state), void *state,
                  int *first)
@@ -185,6 +223,9 @@ int kc_cli_parse(kc_cli *cli, int argc, char **argv, const struct option *own,
         opts[n++] = common_opts[i];
     memset(&opts[n], 0, sizeof(opts[n]));
 
+    r = refuse_abbreviations(cli, argc, argv, opts);
+    if (r != 0)
+        return r;
     optind = 0; /* GNU: start over, so commands can run many times in one process */
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
@@ -248,6 +289,62 @@ int kc_cli_parse(kc_cli *cli, int argc, char **argv, const struct option *own,
 
 /* --- PINs --- */
 
+/* While a prompt has echo off: the terminal it must give back. A signal that
+ * ends or stops the process restores it first (the handler uses only
+ * async-signal-safe calls), then lets the signal do what it would have done;
+ * after a stop the prompt turns echo off again. */
+static const int prompt_signals[] = {SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGTSTP};
+#define N_PROMPT_SIGNALS (sizeof(prompt_signals) / sizeof(prompt_signals[0]))
+static volatile sig_atomic_t prompt_fd = -1;
+static struct termios prompt_old, prompt_quiet;
+static struct sigaction prompt_prev[N_PROMPT_SIGNALS];
+
+static void prompt_on_signal(int sig)
+{
+    int saved = errno, fd = prompt_fd;
+    struct sigaction dfl;
+    sigset_t unblock;
+
+    if (fd >= 0)
+        (void)tcsetattr(fd, TCSAFLUSH, &prompt_old);
+    memset(&dfl, 0, sizeof(dfl));
+    dfl.sa_handler = SIG_DFL;
+    (void)sigaction(sig, &dfl, NULL);
+    sigemptyset(&unblock);
+    sigaddset(&unblock, sig);
+    (void)sigprocmask(SIG_UNBLOCK, &unblock, NULL);
+    (void)raise(sig); /* ends the process, or stops it until SIGCONT */
+    if (sig == SIGTSTP && fd >= 0) {
+        struct sigaction again;
+        memset(&again, 0, sizeof(again));
+        again.sa_handler = prompt_on_signal;
+        (void)sigaction(SIGTSTP, &again, NULL);
+        (void)tcsetattr(fd, TCSAFLUSH, &prompt_quiet);
+    }
+    errno = saved;
+}
+
+static void prompt_guard(int fd)
+{
+    struct sigaction sa;
+    size_t i;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = prompt_on_signal;
+    prompt_fd = fd;
+    for (i = 0; i < N_PROMPT_SIGNALS; i++)
+        (void)sigaction(prompt_signals[i], &sa, &prompt_prev[i]);
+}
+
+static void prompt_unguard(void)
+{
+    size_t i;
+
+    for (i = 0; i < N_PROMPT_SIGNALS; i++)
+        (void)sigaction(prompt_signals[i], &prompt_prev[i], NULL);
+    prompt_fd = -1;
+}
+
 /* Reads a line from the terminal with echo off. */
 static kc_rc prompt_secret(const char *prompt, kc_secret **out, kc_error *err)
 {
@@ -269,6 +366,9 @@ static kc_rc prompt_secret(const char *prompt, kc_secret **out, kc_error *err)
     quiet = old;
     quiet.c_lflag &= (tcflag_t) ~(ECHO | ECHONL);
     quiet.c_lflag |= ICANON;
+    prompt_old = old;
+    prompt_quiet = quiet;
+    prompt_guard(fd);
     (void)tcsetattr(fd, TCSAFLUSH, &quiet);
     if (write(fd, prompt, strlen(prompt)) < 0)
         goto cleanup;
@@ -304,6 +404,7 @@ static kc_rc prompt_secret(const char *prompt, kc_secret **out, kc_error *err)
 cleanup:
     if (!restored)
         (void)tcsetattr(fd, TCSAFLUSH, &old);
+    prompt_unguard();
     kc_secret_free(s);
     close(fd);
     return r;

@@ -90,21 +90,22 @@ static int cmd_put(kc_cli *cli, int argc, char **argv)
     struct data_state s;
     kc_data_session *ds = NULL;
     kc_store *st = NULL;
-    unsigned char *buf = NULL;
-    size_t len = 0;
+    kc_secret *plain = NULL;
     kc_error err;
     int first, rc;
 
     rc = open_session(cli, argc, argv, opts, &s, &first, &st, &ds);
     kc_error_clear(&err);
-    if (rc == 0 && kc_file_read(s.in, KC_DATA_MAX, &buf, &len, &err) != KC_OK)
+    /* the plaintext lives in a secret: locked, and wiped when it goes */
+    if (rc == 0 && kc_secret_read_file(s.in, KC_DATA_MAX, &plain, &err) != KC_OK)
         rc = kc_cli_fail(cli, &err);
-    if (rc == 0 && kc_data_put(ds, argv[first], argv[first + 1], buf, len, &err) != KC_OK)
+    if (rc == 0 &&
+        kc_data_put(ds, argv[first], argv[first + 1], plain->data, plain->len, &err) != KC_OK)
         rc = kc_cli_fail(cli, &err);
     if (rc == 0)
         fprintf(cli->out, "put '%s' in scope '%s' (%zu bytes)\n", argv[first + 1], argv[first],
-                len);
-    free(buf);
+                plain->len);
+    kc_secret_free(plain);
     kc_data_close(ds);
     kc_store_close(st);
     return rc;

@@ -4,6 +4,7 @@
 #include <openssl/crypto.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,21 +14,48 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* Secrets come from OpenSSL's secure heap: one arena, mlocked and kept out of
+ * core dumps (MADV_DONTDUMP) as a whole for the life of the process, so that
+ * releasing one secret never unlocks a page another secret still lives on
+ * (munlock of a malloc'd secret did). A secret too large for the arena, or a
+ * process where the arena cannot be made (RLIMIT_MEMLOCK), falls back to the
+ * heap, mlocked and never munlocked: a page another secret shares stays
+ * locked until the process ends. */
+#define SECURE_HEAP_SIZE (1u << 20)
+#define SECURE_HEAP_MIN 32
+
+static pthread_once_t heap_once = PTHREAD_ONCE_INIT;
+
+static void heap_init(void)
+{
+    (void)CRYPTO_secure_malloc_init(SECURE_HEAP_SIZE, SECURE_HEAP_MIN);
+}
+
+int kc_secret_is_locked_pool(const kc_secret *s)
+{
+    return s != NULL && s->data != NULL && CRYPTO_secure_allocated(s->data);
+}
+
 kc_secret *kc_secret_new(size_t cap)
 {
     kc_secret *s = NULL;
 
+    (void)pthread_once(&heap_once, heap_init);
     s = calloc(1, sizeof(*s));
     if (s == NULL)
         return NULL;
-    s->data = calloc(1, cap + 1);
+    if (CRYPTO_secure_malloc_initialized() && cap + 1 <= SECURE_HEAP_SIZE / 4)
+        s->data = OPENSSL_secure_zalloc(cap + 1);
     if (s->data == NULL) {
-        free(s);
-        return NULL;
+        s->data = calloc(1, cap + 1);
+        if (s->data == NULL) {
+            free(s);
+            return NULL;
+        }
+        /* Locking can fail under RLIMIT_MEMLOCK; the wipe on release still holds. */
+        (void)mlock(s->data, cap + 1);
     }
     s->cap = cap;
-    /* Locking can fail under RLIMIT_MEMLOCK; the wipe on release still holds. */
-    (void)mlock(s->data, cap + 1);
     return s;
 }
 
@@ -46,10 +74,11 @@ void kc_secret_free(kc_secret *s)
 {
     if (s == NULL)
         return;
-    if (s->data != NULL) {
+    if (s->data != NULL && CRYPTO_secure_allocated(s->data)) {
+        OPENSSL_secure_clear_free(s->data, s->cap + 1);
+    } else if (s->data != NULL) {
         OPENSSL_cleanse(s->data, s->cap + 1);
-        (void)munlock(s->data, s->cap + 1);
-        free(s->data);
+        free(s->data); /* not munlocked: see kc_secret_new */
     }
     OPENSSL_cleanse(s, sizeof(*s));
     free(s);
@@ -101,7 +130,14 @@ static kc_rc from_file(const char *path, kc_secret **out, kc_error *err)
     int fd = -1;
     kc_rc r = KC_ERR;
 
-    fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
+    /* What the path is, before opening it: opening a FIFO waits for a writer,
+     * and opening a device can act on it. */
+    if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode)) {
+        r = kc_error_set(err, KC_DENIED, "PIN file '%s' is %s, not a regular file", path,
+                         kc_file_kind(st.st_mode));
+        goto cleanup;
+    }
+    fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
         if (errno == ELOOP) {
             r = kc_error_set(err, KC_DENIED, "PIN file '%s' is a symbolic link", path);
@@ -117,7 +153,8 @@ static kc_rc from_file(const char *path, kc_secret **out, kc_error *err)
         goto cleanup;
     }
     if (!S_ISREG(st.st_mode)) {
-        r = kc_error_set(err, KC_DENIED, "PIN file '%s' is not a regular file", path);
+        r = kc_error_set(err, KC_DENIED, "PIN file '%s' is %s, not a regular file", path,
+                         kc_file_kind(st.st_mode));
         goto cleanup;
     }
     if (st.st_uid != geteuid()) {

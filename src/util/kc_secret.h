@@ -1,8 +1,8 @@
 /* Secret buffers and PIN sources.
  *
- * A PIN or unwrapped key byte lives only in a kc_secret: heap memory locked
- * against swapping (best effort) and wiped with OPENSSL_cleanse before it is
- * released. PINs come from "env:NAME" or "file:PATH" sources here; the no-echo
+ * A PIN or unwrapped key byte lives only in a kc_secret: OpenSSL's secure
+ * heap (one locked arena, kept out of core dumps) where it fits, else heap
+ * memory locked against swapping (best effort); wiped before it is released. PINs come from "env:NAME" or "file:PATH" sources here; the no-echo
  * prompt is the command-line front end's business. */
 #ifndef KC_SECRET_H
 #define KC_SECRET_H
@@ -25,6 +25,9 @@ KC_EXPORT kc_secret *kc_secret_new(size_t cap);
 
 /* A secret holding a copy of len bytes at p. NULL when out of memory. */
 KC_EXPORT kc_secret *kc_secret_dup(const void *p, size_t len);
+
+/* Whether s lives in the locked pool (OpenSSL's secure heap), for tests. */
+KC_EXPORT int kc_secret_is_locked_pool(const kc_secret *s);
 
 /* Wipes and releases; NULL-safe. */
 KC_EXPORT void kc_secret_free(kc_secret *s);

@@ -208,11 +208,32 @@ kc_rc kc_date_today(char out[9], kc_error *err)
     return KC_OK;
 }
 
+const char *kc_file_kind(unsigned mode)
+{
+    if (S_ISDIR(mode))
+        return "a directory";
+    if (S_ISFIFO(mode))
+        return "a FIFO";
+    if (S_ISSOCK(mode))
+        return "a socket";
+    if (S_ISCHR(mode))
+        return "a character device";
+    if (S_ISBLK(mode))
+        return "a block device";
+    if (S_ISLNK(mode))
+        return "a symbolic link";
+    return S_ISREG(mode) ? "a regular file" : "not a regular file";
+}
+
 kc_rc kc_file_open_regular(const char *path, size_t max, int *fd, size_t *size, kc_error *err)
 {
     struct stat st;
 
-    *fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    /* a FIFO would block the open, a device could act on it */
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+        return kc_error_set(err, KC_USAGE, "'%s' is %s, not a regular file", path,
+                            kc_file_kind(st.st_mode));
+    *fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (*fd < 0)
         return kc_error_set(err, errno == ENOENT ? KC_NOT_FOUND : KC_ERR, "cannot open '%s': %s",
                             path, strerror(errno));

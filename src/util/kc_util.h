@@ -42,6 +42,9 @@ KC_EXPORT kc_rc kc_file_open_regular(const char *path, size_t max, int *fd, size
 KC_EXPORT size_t kc_read_full(int fd, void *buf, size_t len);
 
 /* Reads a whole file of at most max bytes; the buffer has a trailing NUL. */
+/* "a FIFO", "a directory", "a character device", ... for st_mode: messages. */
+KC_EXPORT const char *kc_file_kind(unsigned mode);
+
 KC_EXPORT kc_rc kc_file_read(const char *path, size_t max, unsigned char **out, size_t *len,
                              kc_error *err) KC_MUST_CHECK;
 /* Writes a file atomically: a new temporary file beside it (O_EXCL,
