@@ -11,6 +11,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <openssl/sha.h>
 
 #include <fcntl.h>
 
@@ -326,8 +327,9 @@ static void test_planted_audit_key(void)
     kc_test_vault("VaultA1", "contoso-a", "westus");
     CU_ASSERT_EQUAL_FATAL(plant("secret", "VaultA1", "keycustody-audit", "00"), 0);
     r = kc_test_run("key", "create", "VaultA1/Key001", "--size", "2048", PIN, NULL);
-    /* the command's record is not sealed under the planted key, and says why */
-    ASSERT_HAS(r->err, "audit record written unsealed");
+    /* the command's record is not sealed under the planted key, and the
+     * command fails saying why */
+    ASSERT_RC(r, 8);
     ASSERT_HAS(r->err, "public key(s) labelled 'keycustody-audit' that keycustody did not make");
     r = kc_test_run("audit", "verify", PIN, NULL);
     ASSERT_RC(r, 8);
@@ -388,6 +390,116 @@ static void test_layout_module_registered(void)
     layout = kc_test_layout("    purge_protection: true\n", line);
     ASSERT_RC(kc_test_run("policy", "plan", layout, "--module", KC_SOFTHSM_MODULE, NULL), 0);
 }
+
+/* --- attacker 5: writes the audit log file, no PIN --- */
+
+/* The log's lines as the log writer rewrites them: every seal stripped,
+ * record `change` given another result, and the hash chain recomputed. */
+static void rewrite_log(const char *where, long change)
+{
+    unsigned char *buf, digest[32];
+    char prev[65], log[1100], *line, *next, *text;
+    size_t len = 0, k;
+    FILE *out;
+    json_t *rec;
+
+    snprintf(log, sizeof(log), "%s", where); /* path() reuses the fixture's buffer */
+    buf = kc_test_read(log, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(buf);
+    out = fopen(path(7, "rewritten.jsonl"), "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(out);
+    memset(prev, '0', 64);
+    prev[64] = '\0';
+    for (line = (char *)buf; (next = strchr(line, '\n')) != NULL; line = next + 1) {
+        *next = '\0';
+        rec = json_loads(line, JSON_PRESERVE_ORDER, NULL);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(rec);
+        json_object_set_new(rec, "prev", json_string(prev));
+        json_object_set_new(rec, "sealed_by", json_null());
+        json_object_set_new(rec, "mac", json_null());
+        if (json_integer_value(json_object_get(rec, "seq")) == change)
+            json_object_set_new(rec, "result", json_string("never happened"));
+        text = json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII);
+        fprintf(out, "%s\n", text);
+        SHA256((unsigned char *)text, strlen(text), digest);
+        for (k = 0; k < 32; k++)
+            snprintf(prev + 2 * k, 3, "%02x", digest[k]);
+        free(text);
+        json_decref(rec);
+    }
+    fclose(out);
+    free(buf);
+    CU_ASSERT_EQUAL(chmod(P[7], 0600), 0);
+    CU_ASSERT_EQUAL(rename(P[7], log), 0);
+}
+
+/* Sealing must not bless a chain the log writer rebuilt: the vault checks
+ * the record it anchored before it seals again. */
+static void test_log_rewritten_then_sealed(void)
+{
+    const kc_test_out *r;
+
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    kc_test_key("VaultA1/Key001", NULL);
+    kc_test_key("VaultA1/Key002", NULL);
+    ASSERT_RC(kc_test_run("audit", "verify", PIN, NULL), 0);
+    rewrite_log(kc_test_path("audit.jsonl"), 2);
+    r = kc_test_run("key", "create", "VaultA1/Key003", "--size", "2048", PIN, NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "was modified or replaced since vault 'VaultA1' sealed and anchored it");
+    r = kc_test_run("audit", "verify", PIN, NULL);
+    ASSERT_RC(r, 8);
+    setenv("KC_TEST_AUDIT_TAMPERED", "1", 1);
+}
+
+/* A record that claims a sealer nobody can see, with nothing after it. */
+static void test_log_unknown_sealer(void)
+{
+    unsigned char *buf, digest[32];
+    char prev[65], *last, *text;
+    size_t len = 0, k;
+    json_t *rec;
+    FILE *out;
+    const kc_test_out *r;
+
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    kc_test_key("VaultA1/Key001", NULL);
+    buf = kc_test_read(kc_test_path("audit.jsonl"), &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(buf);
+    buf[len - 1] = '\0';
+    last = strrchr((char *)buf, '\n');
+    last = last != NULL ? last + 1 : (char *)buf;
+    SHA256((unsigned char *)last, strlen(last), digest);
+    for (k = 0; k < 32; k++)
+        snprintf(prev + 2 * k, 3, "%02x", digest[k]);
+    rec = json_loads(last, JSON_PRESERVE_ORDER, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(rec);
+    json_object_set_new(rec, "seq", json_integer(json_integer_value(json_object_get(rec, "seq")) + 1));
+    json_object_set_new(rec, "command", json_string("key purge"));
+    json_object_set_new(rec, "prev", json_string(prev));
+    json_object_set_new(rec, "sealed_by", json_string("Ghost"));
+    json_object_set_new(rec, "mac", json_string("00000000000000000000000000000000000000000000000000"
+                                                "00000000000000"));
+    text = json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII);
+    out = fopen(kc_test_path("audit.jsonl"), "a");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(out);
+    fprintf(out, "%s\n", text);
+    fclose(out);
+    free(text);
+    json_decref(rec);
+    free(buf);
+    r = kc_test_run("audit", "verify", PIN, NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "claims to be sealed by vault Ghost, which is not visible");
+    ASSERT_HAS(r->err, "may be forged");
+    setenv("KC_TEST_AUDIT_TAMPERED", "1", 1);
+}
+
+static const kc_test_case log_cases[] = {
+    {"seals stripped, chain rebuilt, then sealed", test_log_rewritten_then_sealed},
+    {"a record from a sealer nobody sees", test_log_unknown_sealer},
+    {NULL, NULL},
+};
 
 /* --- PIN hygiene, and secrets in the process --- */
 
@@ -517,6 +629,7 @@ static const kc_test_suite suites[] = {
     {"planted", 1, planted_cases},
     {"layout", 1, layout_cases},
     {"pins", 1, pins_cases},
+    {"log", 1, log_cases},
     {NULL, 0, NULL},
 };
 

@@ -697,9 +697,9 @@ static void test_lost_vault(void)
                                kc_test_dir()),
                     0);
     r = verify();
-    ASSERT_RC(r, 4);
-    ASSERT_HAS(r->err, "record 3 was sealed by vault VaultA1, which is not visible, and no later "
-                       "record sealed by a visible vault vouches for it");
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "record 3 claims to be sealed by vault VaultA1, which is not visible, and "
+                       "no later record sealed by a visible vault vouches for it");
     kc_test_key("VaultB1/Key001", NULL);
     r = verify();
     ASSERT_RC(r, 0);

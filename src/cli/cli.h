@@ -44,6 +44,7 @@ struct kc_cli {
     const char *audit_opt;      /* --audit or KEYCUSTODY_AUDIT */
     char audit_layout[1024];    /* the layout's audit: (resolved) */
     char store_layout[1024];    /* the layout's store: (resolved) */
+    int audit_tampered; /* a vault refused to seal over a changed record */
     int audit_syslog;           /* --audit-syslog */
     struct kc_audit *audit;     /* opened before the command runs */
     int audited;                /* the command changes tokens or the store, or uses a key */

@@ -431,7 +431,15 @@ static kc_rc append(kc_cli *cli, json_t *rec, kc_tok *sealer, kc_error *err)
     r = kc_audit_append(cli->audit, rec, sealer, &seal_err, &line, err);
     if (r != KC_OK)
         return r;
-    if (seal_err.code != KC_OK) {
+    if (seal_err.code == KC_INTEGRITY) {
+        /* the log was tampered with: written, unsealed, and the command fails */
+        char msg[1200];
+        kc_error_format(&seal_err, msg, sizeof(msg));
+        fprintf(cli->err, "error: %s\n", msg);
+        if (seal_err.hint[0] != '\0')
+            fprintf(cli->err, "hint: %s\n", seal_err.hint);
+        cli->audit_tampered = 1;
+    } else if (seal_err.code != KC_OK) {
         char msg[1200];
         kc_error_format(&seal_err, msg, sizeof(msg));
         fprintf(cli->err, "warning: audit record written unsealed or unanchored: %s\n", msg);
@@ -511,6 +519,8 @@ int kc_cli_audit_end(kc_cli *cli, const char *name, int argc, char **argv, int r
         if (rc == KC_OK)
             rc = err.code;
     }
+    if (cli->audit_tampered && (rc == KC_OK || rc == KC_ERR))
+        rc = KC_INTEGRITY;
 done:
     json_decref(rec);
     json_decref(cli->aud);

@@ -458,30 +458,95 @@ static kc_rc seal(kc_tok *tok, const char *prefix, char mac_hex[HASH_HEX + 1], k
     return KC_OK;
 }
 
-/* Moves the vault's anchor for this log to (seq, hash). A new log refuses a
- * vault that anchors another log at the same path: the old one was deleted
- * or replaced, and writing over its anchor would hide that. */
-static kc_rc anchor_move(kc_audit *a, kc_tok *tok, const char *log, long seq, const char *hash,
-                         kc_error *err)
+/* The hash of record seq of the log at fd (its line, without the newline).
+ * KC_NOT_FOUND when the file holds no such line where it belongs. */
+static kc_rc record_hash(int fd, long seq, char hash[HASH_HEX + 1], kc_error *err)
 {
-    anchor old;
+    struct stat st;
+    char *buf, *line, *nl;
+    size_t len, left;
+    long at = 1;
+    ssize_t n;
+    kc_rc r = KC_NOT_FOUND;
+
+    if (fstat(fd, &st) != 0 || (size_t)st.st_size > LOG_MAX)
+        return kc_error_set(err, KC_ERR, "cannot read the audit log to check an anchor");
+    len = (size_t)st.st_size;
+    buf = malloc(len + 1);
+    if (buf == NULL)
+        return kc_error_set(err, KC_ERR, "out of memory");
+    n = pread(fd, buf, len, 0);
+    if (n != (ssize_t)len) {
+        free(buf);
+        return kc_error_set(err, KC_ERR, "cannot read the audit log to check an anchor");
+    }
+    for (line = buf, left = len; left > 0 && at <= seq; at++) {
+        nl = memchr(line, '\n', left);
+        if (nl == NULL)
+            break;
+        if (at == seq) {
+            hash_hex(line, (size_t)(nl - line), hash);
+            r = KC_OK;
+            break;
+        }
+        left -= (size_t)(nl - line) + 1;
+        line = nl + 1;
+    }
+    free(buf);
+    return r;
+}
+
+/* The vault's anchor for this log, checked against the file before the
+ * vault seals again: the record it anchors must still be the one it sealed.
+ * Without this, a log writer strips every seal, rewrites records and the
+ * chain, and the next sealed record of each vault blesses the lot (its MAC
+ * covers the rewritten link). *old gets the anchor (generation 0: none). */
+static kc_rc anchor_holds(kc_audit *a, kc_tok *tok, const char *log, long last, anchor *old,
+                          kc_error *err)
+{
+    char hash[HASH_HEX + 1];
+    const char *vault = kc_tok_info_get(tok)->label;
     kc_error e;
     kc_rc r;
 
     kc_error_clear(&e);
-    r = anchor_read(tok, a->anchor_label, &old, &e);
+    memset(old, 0, sizeof(*old));
+    r = anchor_read(tok, a->anchor_label, old, &e);
     if (r == KC_NOT_FOUND) {
-        old.generation = 0;
-    } else if (r != KC_OK) {
+        old->generation = 0;
+        return KC_OK;
+    }
+    if (r != KC_OK) {
         *err = e;
         return r;
-    } else if (strcmp(old.log, log) != 0 || old.seq > seq) {
+    }
+    if (strcmp(old->log, log) != 0 || old->seq > last)
         return kc_error_set(err, KC_INTEGRITY,
                             "vault '%s' anchors record %ld of log %s at '%s', which the file no "
-                            "longer holds",
-                            kc_tok_info_get(tok)->label, old.seq, old.log, a->path);
-    }
-    return anchor_write(tok, a->anchor_label, log, seq, hash, old.generation + 1, err);
+                            "longer holds: records were removed or the log replaced",
+                            vault, old->seq, old->log, a->path);
+    r = record_hash(a->fd, old->seq, hash, err);
+    if (r == KC_OK && strcmp(hash, old->hash) != 0)
+        r = kc_error_set(err, KC_INTEGRITY,
+                         "audit log '%s': record %ld was modified or replaced since vault '%s' "
+                         "sealed and anchored it; the vault does not seal over it",
+                         a->path, old->seq, vault);
+    else if (r == KC_NOT_FOUND)
+        r = kc_error_set(err, KC_INTEGRITY,
+                         "audit log '%s' no longer holds record %ld, which vault '%s' anchored",
+                         a->path, old->seq, vault);
+    if (r == KC_INTEGRITY)
+        kc_error_hint(err, "keep the log as evidence and run 'keycustody audit verify'; this "
+                           "command's record is written unsealed");
+    return r;
+}
+
+/* Moves the vault's anchor for this log to (seq, hash), from the anchor
+ * anchor_holds checked. */
+static kc_rc anchor_move(kc_audit *a, kc_tok *tok, const anchor *old, const char *log, long seq,
+                         const char *hash, kc_error *err)
+{
+    return anchor_write(tok, a->anchor_label, log, seq, hash, old->generation + 1, err);
 }
 
 /* A new log must not start where a vault still anchors an older one. */
@@ -513,11 +578,13 @@ kc_rc kc_audit_append(kc_audit *a, const json_t *fields, kc_tok *sealer, kc_erro
     char log[LOG_ID_HEX + 1], prev[HASH_HEX + 1], mac_hex[HASH_HEX + 1], hash[HASH_HEX + 1];
     unsigned char id[LOG_ID_HEX / 2];
     char *prefix = NULL, *line = NULL;
+    anchor old;
     size_t len;
     long seq;
     int sealed = 0;
     kc_rc r;
 
+    memset(&old, 0, sizeof(old));
     kc_error_clear(seal_err);
     if (line_out != NULL)
         *line_out = NULL;
@@ -542,6 +609,9 @@ kc_rc kc_audit_append(kc_audit *a, const json_t *fields, kc_tok *sealer, kc_erro
                 goto cleanup;
         }
     }
+    if (sealer != NULL && kc_tok_is_logged_in(sealer) &&
+        anchor_holds(a, sealer, log, seq, &old, seal_err) != KC_OK)
+        sealer = NULL; /* written unsealed; seal_err says why */
     seq++;
     if (sealer != NULL) {
         prefix = record_prefix(fields, seq, log, prev, kc_tok_info_get(sealer)->label);
@@ -584,7 +654,7 @@ kc_rc kc_audit_append(kc_audit *a, const json_t *fields, kc_tok *sealer, kc_erro
      * leaves the anchor one record behind, which verify accepts. */
     if (sealed) {
         hash_hex(line, len - 1, hash);
-        if (anchor_move(a, sealer, log, seq, hash, seal_err) != KC_OK)
+        if (anchor_move(a, sealer, &old, log, seq, hash, seal_err) != KC_OK)
             kc_error_prefix(seal_err, "record %ld is sealed but its anchor did not move", seq);
     }
     if (line_out != NULL) {
@@ -868,13 +938,17 @@ static kc_rc verify_records(verifier *vf, const char *path, line_ref *lines, siz
     sum->records = (long)n;
     sum->unsealed_tail = (long)n - (last_verified > last_unchecked ? last_verified : last_unchecked);
     if (last_unchecked > last_verified) {
-        kc_error_set(err, KC_NOT_FOUND,
-                     "audit log '%s': record %ld was sealed by vault %s, which is not visible, "
-                     "and no later record sealed by a visible vault vouches for it",
+        /* Nothing vouches for it: a record that names a sealer nobody can
+         * see is what a forger writes as well as what a lost vault leaves. */
+        kc_error_set(err, KC_INTEGRITY,
+                     "audit log '%s': record %ld claims to be sealed by vault %s, which is not "
+                     "visible, and no later record sealed by a visible vault vouches for it: "
+                     "it is unproven, and may be forged",
                      path, last_unchecked, sum->missing);
-        kc_error_hint(err, "make that vault's token visible (--module, SOFTHSM2_CONF), or "
-                           "seal a new record with another vault and verify again");
-        return KC_NOT_FOUND;
+        kc_error_hint(err, "if that vault is only out of sight, make its token visible "
+                           "(--module, SOFTHSM2_CONF); if it is lost, seal a new record with "
+                           "another vault and verify again");
+        return KC_INTEGRITY;
     }
     return KC_OK;
 }
