@@ -17,6 +17,7 @@ pkgs=(
   opensc gnutls-bin                         # pkcs11-tool and p11tool, for cross-checks
   bsdutils                                  # script(1): PIN prompt tests on a pty
   xxd                                       # hex to bytes in the backup tests
+  sqlite3                                   # the store attacks in test_attack edit it with it
   clang libclang-rt-14-dev                  # the fuzz targets (libFuzzer; its runtime is only
                                             # a Recommends of clang, which deps are installed without)
   cppcheck clang-tidy                       # make lint

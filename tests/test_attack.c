@@ -391,6 +391,86 @@ static void test_layout_module_registered(void)
     ASSERT_RC(kc_test_run("policy", "plan", layout, "--module", KC_SOFTHSM_MODULE, NULL), 0);
 }
 
+/* --- attacker 4: writes the service store file, no PIN --- */
+
+static void store_setup(void)
+{
+    const char *file = kc_test_layout(NULL, NULL);
+
+    ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
+    kc_test_vault("Service", "sub-svc", "centralus");
+    setenv("KEYCUSTODY_STORE", kc_test_path("service.db"), 1);
+    setenv("KEYCUSTODY_SERVICE_VAULT", "Service", 1);
+    ASSERT_RC(kc_test_run("dep", "create", "Ten", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
+                          "--workload", "tenant", "--pin-source", "Service=env:TEST_PIN", "--as",
+                          "svc", NULL),
+              0);
+}
+
+/* A trigger planted with sqlite3 would run inside keycustody on its own
+ * writes (here: every new assignment quietly moved to another DEP). */
+static void test_store_trigger(void)
+{
+    const kc_test_out *r;
+    char *out = NULL;
+
+    store_setup();
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out,
+                                     "sqlite3 '%s' \"CREATE TRIGGER steer AFTER INSERT ON "
+                                     "assignments BEGIN UPDATE assignments SET dep_id = "
+                                     "NEW.dep_id; END;\"",
+                                     kc_test_path("service.db")),
+                          0);
+    r = kc_test_run("dep", "assign", "Ten", "--tenant", NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "does not have the schema keycustody made: trigger 'steer' was added");
+    r = kc_test_run("dep", "list", NULL);
+    ASSERT_RC(r, 8);
+}
+
+/* A table redefined (here: the CHECK on a DEP key's slot dropped). */
+static void test_store_schema_changed(void)
+{
+    const kc_test_out *r;
+    char *out = NULL;
+
+    store_setup();
+    CU_ASSERT_EQUAL_FATAL(
+        kc_test_sh(&out, "sqlite3 '%s' 'CREATE INDEX planted ON deps (name)'",
+                   kc_test_path("service.db")),
+        0);
+    r = kc_test_run("dep", "list", NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "index 'planted' was added");
+}
+
+/* A store others can write, or a link to one, is not believed. */
+static void test_store_file_rights(void)
+{
+    const kc_test_out *r;
+    char link[1100];
+
+    store_setup();
+    CU_ASSERT_EQUAL(chmod(kc_test_path("service.db"), 0666), 0);
+    r = kc_test_run("dep", "list", NULL);
+    ASSERT_RC(r, 6);
+    ASSERT_HAS(r->err, "has mode 0666: others can write it");
+    CU_ASSERT_EQUAL(chmod(kc_test_path("service.db"), 0600), 0);
+    snprintf(link, sizeof(link), "%s", kc_test_path("link.db"));
+    CU_ASSERT_EQUAL(symlink(kc_test_path("service.db"), link), 0);
+    r = kc_test_run("dep", "list", "--store", link, NULL);
+    ASSERT_RC(r, 6);
+    ASSERT_HAS(r->err, "is a symbolic link");
+    ASSERT_RC(kc_test_run("dep", "list", NULL), 0);
+}
+
+static const kc_test_case store_cases[] = {
+    {"a planted trigger", test_store_trigger},
+    {"a changed schema", test_store_schema_changed},
+    {"a store others can write, or a link", test_store_file_rights},
+    {NULL, NULL},
+};
+
 /* --- attacker 5: writes the audit log file, no PIN --- */
 
 /* The log's lines as the log writer rewrites them: every seal stripped,
@@ -630,6 +710,7 @@ static const kc_test_suite suites[] = {
     {"layout", 1, layout_cases},
     {"pins", 1, pins_cases},
     {"log", 1, log_cases},
+    {"store", 1, store_cases},
     {NULL, 0, NULL},
 };
 

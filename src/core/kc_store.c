@@ -1,4 +1,5 @@
 #include "kc_store_int.h"
+#include "kc_util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -137,6 +138,92 @@ static kc_rc migrate(kc_store *s, kc_error *err)
     return KC_OK;
 }
 
+/* The store file as keycustody made it: a regular file (no link), the
+ * caller's, and nobody else may write it. Anyone who can write it could
+ * plant rows, triggers or a schema of their own. */
+static kc_rc check_file(int fd, const char *path, kc_error *err)
+{
+    struct stat st;
+
+    if (fstat(fd, &st) != 0)
+        return kc_error_set(err, KC_ERR, "cannot stat the service store '%s': %s", path,
+                            strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return kc_error_set(err, KC_DENIED, "the service store '%s' is %s, not a regular file",
+                            path, kc_file_kind(st.st_mode));
+    if (st.st_uid != geteuid()) {
+        kc_error_set(err, KC_DENIED, "the service store '%s' is owned by uid %u, not by you (uid %u)",
+                     path, (unsigned)st.st_uid, (unsigned)geteuid());
+        kc_error_hint(err, "run keycustody as the user that owns the store");
+        return KC_DENIED;
+    }
+    if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+        kc_error_set(err, KC_DENIED,
+                     "the service store '%s' has mode %04o: others can write it, so its content "
+                     "is not believed",
+                     path, (unsigned)(st.st_mode & 07777));
+        kc_error_hint(err, "check it was not changed, then: chmod 600 '%s'", path);
+        return KC_DENIED;
+    }
+    return KC_OK;
+}
+
+/* The schema is exactly what the migrations made: no table, index, view or
+ * trigger of anyone else's (a trigger would run inside keycustody on its own
+ * writes). Compared against the migrations run on an empty in-memory store. */
+static kc_rc check_schema(kc_store *s, const char *path, kc_error *err)
+{
+    static const char q[] = "SELECT type, name, coalesce(sql, '') FROM sqlite_master "
+                            "WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name";
+    sqlite3 *ref = NULL;
+    sqlite3_stmt *a = NULL, *b = NULL;
+    int i, ra, rb;
+    kc_rc r = KC_OK;
+
+    if (sqlite3_open_v2(":memory:", &ref, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK)
+        r = kc_error_set(err, KC_ERR, "out of memory");
+    for (i = 0; r == KC_OK && i < s->schema; i++)
+        if (sqlite3_exec(ref, migrations[i], NULL, NULL, NULL) != SQLITE_OK)
+            r = kc_error_set(err, KC_ERR, "cannot build the reference schema");
+    if (r == KC_OK && (sqlite3_prepare_v2(s->db, q, -1, &a, NULL) != SQLITE_OK ||
+                       sqlite3_prepare_v2(ref, q, -1, &b, NULL) != SQLITE_OK))
+        r = db_fail(s, "read its schema", err);
+    while (r == KC_OK) {
+        const char *ta, *na, *tb, *nb, *what = NULL, *name = NULL, *how = NULL;
+        int c;
+
+        ra = sqlite3_step(a);
+        rb = sqlite3_step(b);
+        if (ra != SQLITE_ROW && rb != SQLITE_ROW)
+            break;
+        ta = ra == SQLITE_ROW ? (const char *)sqlite3_column_text(a, 0) : NULL;
+        na = ra == SQLITE_ROW ? (const char *)sqlite3_column_text(a, 1) : NULL;
+        tb = rb == SQLITE_ROW ? (const char *)sqlite3_column_text(b, 0) : NULL;
+        nb = rb == SQLITE_ROW ? (const char *)sqlite3_column_text(b, 1) : NULL;
+        /* both lists are in (type, name) order: the first difference says
+         * which side has an object the other lacks */
+        c = ta == NULL ? 1 : tb == NULL ? -1 : strcmp(ta, tb) != 0 ? strcmp(ta, tb)
+                                                                   : strcmp(na, nb);
+        if (c < 0) {
+            what = ta, name = na, how = "was added";
+        } else if (c > 0) {
+            what = tb, name = nb, how = "is missing";
+        } else if (strcmp((const char *)sqlite3_column_text(a, 2),
+                          (const char *)sqlite3_column_text(b, 2)) != 0) {
+            what = ta, name = na, how = "differs";
+        }
+        if (what != NULL)
+            r = kc_error_set(err, KC_INTEGRITY,
+                             "the service store '%s' does not have the schema keycustody made: "
+                             "%s '%s' %s; it was changed outside keycustody",
+                             path, what, name, how);
+    }
+    sqlite3_finalize(a);
+    sqlite3_finalize(b);
+    sqlite3_close(ref);
+    return r;
+}
+
 kc_rc kc_store_open(const char *path, kc_store **out, kc_error *err)
 {
     kc_store *s = NULL;
@@ -145,16 +232,34 @@ kc_rc kc_store_open(const char *path, kc_store **out, kc_error *err)
 
     *out = NULL;
     /* Created 0600 before SQLite sees it: the store names every DEP and scope. */
-    fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0600);
+    if (fd < 0 && errno == ELOOP) {
+        kc_error_set(err, KC_DENIED, "the service store '%s' is a symbolic link", path);
+        kc_error_hint(err, "name the file itself, not a link to it");
+        return KC_DENIED;
+    }
     if (fd < 0)
         return kc_error_set(err, errno == ENOENT ? KC_NOT_FOUND : KC_ERR,
                             "cannot open the service store '%s': %s", path, strerror(errno));
+    r = check_file(fd, path, err);
     close(fd);
+    if (r != KC_OK)
+        return r;
     s = calloc(1, sizeof(*s));
     if (s == NULL)
         return kc_error_set(err, KC_ERR, "out of memory");
-    if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+    if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW, NULL) !=
+        SQLITE_OK) {
         r = db_fail(s, "open it", err);
+        goto fail;
+    }
+    /* Nothing in the file may make SQLite do more than read and write rows:
+     * defensive mode (no writes to the schema or to shadow tables), functions
+     * and virtual tables in the schema not trusted, no triggers. */
+    if (sqlite3_db_config(s->db, SQLITE_DBCONFIG_DEFENSIVE, 1, NULL) != SQLITE_OK ||
+        sqlite3_db_config(s->db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, NULL) != SQLITE_OK ||
+        sqlite3_db_config(s->db, SQLITE_DBCONFIG_ENABLE_TRIGGER, 0, NULL) != SQLITE_OK) {
+        r = db_fail(s, "make it safe to open", err);
         goto fail;
     }
     sqlite3_busy_timeout(s->db, 10000);
@@ -178,7 +283,9 @@ kc_rc kc_store_open(const char *path, kc_store **out, kc_error *err)
         kc_error_hint(err, "use the keycustody that wrote it, or a newer one");
         goto fail;
     }
-    r = migrate(s, err);
+    r = check_schema(s, path, err);
+    if (r == KC_OK)
+        r = migrate(s, err);
     if (r != KC_OK)
         goto fail;
     *out = s;
