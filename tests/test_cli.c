@@ -920,11 +920,12 @@ static void test_fault_create_object_in_init(void)
                     PIN, NULL);
     kc_p11_fault_disarm();
     ASSERT_RC(r, 7);
-    ASSERT_HAS(r->err, "error: cannot write the metadata of vault 'VaultA1': cannot store data "
-                       "object 'keycustody-vault': C_CreateObject:");
+    ASSERT_HAS(r->err, "error: cannot write the metadata of vault 'VaultA1': cannot sign the "
+                       "manifest of vault 'VaultA1': cannot store data object 'keycustody-vault': "
+                       "C_CreateObject:");
     r = kc_test_run("vault", "show", "VaultA1", NULL);
     ASSERT_RC(r, 4);
-    ASSERT_HAS(r->err, "is not a keycustody vault");
+    ASSERT_HAS(r->err, "has a vault key but no manifest: 'vault init' did not finish");
     /* running it again finishes the job */
     r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus", SOPIN,
                     PIN, NULL);
@@ -938,13 +939,14 @@ static void test_fault_find_and_list(void)
 
     kc_test_vault("VaultA1", "s", "westus");
     kc_test_key("VaultA1/Key001", NULL);
-    /* calls 1-2 read the vault metadata, 3-4 look for public keys */
+    /* calls 1-4 read the vault key's public half and the manifest, 5-6 look
+     * for public keys */
     arm("C_FindObjects", "CKR_DEVICE_ERROR", 1, 0);
     r = kc_test_run("key", "list", "VaultA1", PIN, NULL);
     ASSERT_RC(r, 7);
     ASSERT_HAS(r->err, "error: cannot open vault 'VaultA1': cannot search vault 'VaultA1': "
                        "C_FindObjects: An error occurred on the device (CKR_DEVICE_ERROR, 0x30)");
-    arm("C_FindObjects", "CKR_DEVICE_ERROR", 3, 0);
+    arm("C_FindObjects", "CKR_DEVICE_ERROR", 5, 0);
     r = kc_test_run("key", "list", "VaultA1", PIN, NULL);
     ASSERT_RC(r, 7);
     ASSERT_HAS(r->err, "error: cannot list the keys of vault 'VaultA1': cannot search vault "

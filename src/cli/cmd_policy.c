@@ -207,6 +207,18 @@ kc_rc kc_cli_use_layout(kc_cli *cli, const kc_layout *l, char (*buf)[400], char 
             return KC_DENIED;
         cli->module = module;
     }
+    for (i = 0; i < l->nvaults; i++) {
+        kc_ctx *ctx = NULL;
+        if (l->vaults[i].fingerprint[0] == '\0')
+            continue;
+        /* the vaults are to be the ones the layout's author saw */
+        if (kc_cli_ctx(cli, &ctx) != KC_OK)
+            return cli->error.code;
+        if (kc_ctx_pin_fingerprint(ctx, l->vaults[i].name, l->vaults[i].fingerprint,
+                                   &cli->error) != KC_OK)
+            return cli->error.code;
+    }
+
     /* where the audit log is and which vault seals apply's record */
     layout_relative(l, l->audit, cli->audit_layout, sizeof(cli->audit_layout));
     layout_relative(l, l->store, cli->store_layout, sizeof(cli->store_layout));

@@ -153,6 +153,11 @@ static int cmd_init(kc_cli *cli, int argc, char **argv)
             v->meta.region, kc_sku_name(v->meta.sku), v->meta.retention_days,
             v->meta.purge_protection ? "on" : "off");
     fprintf(cli->out, "token: %s\n", kc_tok_info_get(v->tok)->uri);
+    fprintf(cli->out,
+            "vault key: sha256:%s\n"
+            "  record this fingerprint where the vault's readers can compare it (the layout's\n"
+            "  fingerprint:); it signs everything a reader without the PIN relies on\n",
+            v->fingerprint);
     kc_vault_free(v);
     return KC_OK;
 }
@@ -180,9 +185,12 @@ static int cmd_show(kc_cli *cli, int argc, char **argv)
     if (cli->json) {
         o = meta_json(&v->meta);
         json_object_set_new(o, "token", token_json(kc_tok_info_get(v->tok)));
+        json_object_set_new(o, "fingerprint", json_string(v->fingerprint));
         kc_cli_print_json(cli, o);
     } else {
         print_meta(cli->out, &v->meta, kc_tok_info_get(v->tok));
+        fprintf(cli->out, "vault key:         sha256:%s (signs the metadata and key list)\n",
+                v->fingerprint);
     }
     kc_vault_free(v);
     return KC_OK;

@@ -24,12 +24,23 @@ typedef kc_rc (*kc_pin_fn)(void *arg, const char *vault, kc_pin_kind kind, kc_se
 typedef void (*kc_event_fn)(void *arg, const char *event, const char *vault, const char *dep,
                             const kc_error *err);
 
+#define KC_CTX_MAX_PINS 32
+
+/* A vault key fingerprint the caller pins for a vault (a layout's
+ * fingerprint:, the service store's record of the first one seen). */
+typedef struct kc_ctx_pin_entry {
+    char vault[25];
+    char fingerprint[65];
+} kc_ctx_pin_entry;
+
 typedef struct kc_ctx {
     kc_p11 *p11;
     kc_pin_fn pin_fn;
     void *pin_arg;
     kc_event_fn event_fn; /* optional */
     void *event_arg;
+    kc_ctx_pin_entry pins[KC_CTX_MAX_PINS];
+    size_t npins;
 } kc_ctx;
 
 /* Loads module_path (NULL: p11-kit's registered modules). */
@@ -44,6 +55,14 @@ KC_EXPORT kc_rc kc_ctx_pin(kc_ctx *ctx, const char *vault, kc_pin_kind kind, kc_
 /* Passes an event to ctx->event_fn, when there is one. */
 KC_EXPORT void kc_ctx_event(kc_ctx *ctx, const char *event, const char *vault, const char *dep,
                             const kc_error *err);
+
+/* Pins the vault key fingerprint of vault (64 hex digits): opening the vault
+ * with another key is an integrity error. KC_CONFLICT when another
+ * fingerprint is pinned for it already. */
+KC_EXPORT kc_rc kc_ctx_pin_fingerprint(kc_ctx *ctx, const char *vault, const char *fingerprint,
+                                       kc_error *err) KC_MUST_CHECK;
+/* The fingerprint pinned for vault, or NULL. */
+KC_EXPORT const char *kc_ctx_pinned_fingerprint(const kc_ctx *ctx, const char *vault);
 
 /* Logs in to tok as the user (asking for the PIN) unless already logged in. */
 KC_EXPORT kc_rc kc_ctx_login(kc_ctx *ctx, kc_tok *tok, kc_error *err) KC_MUST_CHECK;

@@ -55,17 +55,16 @@ static kc_rc wrap_under(kc_ctx *ctx, const char *principal, const char *ref, con
     return r;
 }
 
-/* Removes an availability key that was made for a DEP that failed. */
-static void drop_key(kc_ctx *ctx, const char *vault, const char *name)
+/* Removes an availability key that was made for a DEP that failed, on the
+ * service vault already open (opening it again could fail for the same
+ * reason the create did). */
+static void drop_key(kc_vault *sv, const char *name)
 {
-    kc_vault *v = NULL;
     kc_error ignored;
-    kc_rc r = kc_vault_open(ctx, vault, &v, &ignored);
 
-    if (r == KC_OK)
-        r = kc_key_destroy_now(v, name, &ignored);
-    (void)r; /* best effort: a key left behind shows in 'key list' and wraps nothing */
-    kc_vault_free(v);
+    /* best effort: a key left behind shows in 'key list' and wraps nothing */
+    if (kc_key_destroy_now(sv, name, &ignored) != KC_OK)
+        return;
 }
 
 /* The wrapped copies of d's key at d->generation (a NULL blob: no copy in
@@ -214,7 +213,7 @@ kc_rc kc_dep_create(kc_ctx *ctx, kc_store *st, const kc_dep_spec *spec, kc_dep *
     if (r == KC_OK)
         r = insert(st, out, blobs, lens, err);
     if (r != KC_OK && made_avail)
-        drop_key(ctx, sv->meta.name, avail);
+        drop_key(sv, avail);
 done:
     for (i = 0; i < KC_DEP_SLOTS; i++)
         free(blobs[i]);

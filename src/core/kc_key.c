@@ -1,4 +1,5 @@
 #include "kc_key.h"
+#include "kc_manifest.h"
 #include "kc_keystate.h"
 #include "kc_util.h"
 
@@ -369,9 +370,19 @@ static kc_rc group_keys(kc_vault *v, const kc_key_obj *objs, size_t nobjs, kc_ke
 
     for (i = 0; i < nobjs; i++) {
         /* Unnamed objects, and labels no key name can have, are not keys of
-         * ours; truncating a label would merge it with another key. */
-        if (objs[i].label[0] == '\0' || strlen(objs[i].label) > KC_KEY_NAME_MAX)
+         * ours; truncating a label would merge it with another key. The
+         * vault's own objects ("keycustody-...") are not keys either. */
+        if (objs[i].label[0] == '\0' || strlen(objs[i].label) > KC_KEY_NAME_MAX ||
+            strncmp(objs[i].label, "keycustody-", 11) == 0)
             continue;
+        /* a private key anyone could have made (CKA_PRIVATE=FALSE) */
+        if (objs[i].is_private && !objs[i].token_private) {
+            r = kc_error_set(err, KC_INTEGRITY,
+                             "vault '%s' holds a private key labelled '%s' that is not a private "
+                             "object: someone without the PIN planted it; it is not used",
+                             v->meta.name, objs[i].label);
+            goto fail;
+        }
         for (j = 0; j < n && strcmp(keys[j].name, objs[i].label) != 0; j++)
             ;
         if (j == n) {
@@ -416,6 +427,84 @@ fail:
     return r;
 }
 
+/* What a reader without the PIN may believe of k: the vault's signed
+ * manifest says which versions it has (each bound to the hash of its public
+ * key), which is current, whether it is deleted, and what each version may
+ * do. A public key the manifest does not name, or whose key is not the one
+ * it names, was planted or replaced; a public key allowing more than its
+ * version may was changed. */
+static kc_rc apply_manifest(kc_vault *v, kc_key *k, kc_error *err)
+{
+    json_t *mk = json_object_get(json_object_get(v->manifest, "keys"), k->name), *mv;
+    unsigned char *n = NULL, *e = NULL;
+    size_t n_len = 0, e_len = 0, i;
+    char spki[KC_FINGERPRINT_HEX + 1];
+    const char *current, *ops;
+    unsigned want;
+    kc_error ignored;
+    kc_rc r = KC_OK;
+
+    if (mk == NULL) {
+        kc_error_set(err, KC_INTEGRITY,
+                     "vault '%s' holds key objects labelled '%s' that its signed manifest does "
+                     "not name: they were planted (or made outside keycustody)",
+                     v->meta.name, k->name);
+        kc_error_hint(err, "keep a copy of the token for investigation; a PIN holder sees the "
+                           "vault's own record with 'keycustody key list %s'",
+                      v->meta.name);
+        return KC_INTEGRITY;
+    }
+    for (i = 0; r == KC_OK && i < k->nversions; i++) {
+        kc_key_version *ver = &k->versions[i];
+        mv = json_object_get(json_object_get(mk, "versions"), ver->version);
+        if (mv == NULL) {
+            r = kc_error_set(err, KC_INTEGRITY,
+                             "version %s of key '%s' in vault '%s' is not in the vault's signed "
+                             "manifest: it was planted",
+                             ver->version, k->name, v->meta.name);
+            break;
+        }
+        if (ver->has_pub) {
+            r = kc_tok_rsa_public(v->tok, ver->pub.handle, &n, &n_len, &e, &e_len, err);
+            if (r == KC_OK)
+                r = kc_manifest_rsa_spki_hash(n, n_len, e, e_len, spki, err);
+            free(n);
+            free(e);
+            n = e = NULL;
+            if (r == KC_OK && strcmp(spki, json_string_value(json_object_get(mv, "spki"))) != 0)
+                r = kc_error_set(err, KC_INTEGRITY,
+                                 "the public key of version %s of key '%s' in vault '%s' is not "
+                                 "the one the vault's signed manifest names: it was replaced",
+                                 ver->version, k->name, v->meta.name);
+        }
+        if (r != KC_OK)
+            break;
+        ver->recorded = 1;
+        ver->enabled = json_is_true(json_object_get(mv, "enabled"));
+        ops = json_string_value(json_object_get(mv, "ops"));
+        if (ops != NULL && ops[0] != '\0' && kc_key_ops_parse(ops, &ver->ops, &ignored) != KC_OK)
+            ver->ops = 0;
+        /* the public half allows no more than its version may do */
+        want = ver->enabled && !json_is_true(json_object_get(mk, "deleted"))
+                   ? kc_key_ops_on_token(ver->ops)
+                   : 0;
+        if (ver->has_pub && (ver->pub.ops & ~want) != 0)
+            r = kc_error_set(err, KC_INTEGRITY,
+                             "the public key of version %s of key '%s' in vault '%s' allows "
+                             "more than the vault's signed manifest says: its attributes were "
+                             "changed without the PIN",
+                             ver->version, k->name, v->meta.name);
+    }
+    if (r != KC_OK)
+        return r;
+    k->deleted = json_is_true(json_object_get(mk, "deleted"));
+    current = json_string_value(json_object_get(mk, "current"));
+    for (i = 0; current != NULL && i < k->nversions; i++)
+        if (strcmp(k->versions[i].version, current) == 0)
+            k->current = i;
+    return KC_OK;
+}
+
 static kc_rc load_keys(kc_vault *v, const char *name, int login, kc_key **out, size_t *n,
                        kc_error *err)
 {
@@ -434,15 +523,18 @@ static kc_rc load_keys(kc_vault *v, const char *name, int login, kc_key **out, s
     if (r == KC_OK)
         r = group_keys(v, objs, nobjs, out, n, err);
     free(objs);
+    /* without the PIN, what the vault signed; with it, its private record */
+    for (i = 0; r == KC_OK && !login && i < *n; i++)
+        r = apply_manifest(v, &(*out)[i], err);
     if (r == KC_OK && login) {
         r = kc_keystate_load(v, err);
         for (i = 0; r == KC_OK && i < *n; i++)
             apply_state(v, &(*out)[i]);
-        if (r != KC_OK) {
-            kc_key_list_free(*out, *n);
-            *out = NULL;
-            *n = 0;
-        }
+    }
+    if (r != KC_OK) {
+        kc_key_list_free(*out, *n);
+        *out = NULL;
+        *n = 0;
     }
     return r;
 }

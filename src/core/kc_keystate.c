@@ -1,4 +1,5 @@
 #include "kc_keystate.h"
+#include "kc_manifest.h"
 #include "kc_gendoc.h"
 
 #include <stdlib.h>
@@ -41,8 +42,8 @@ kc_rc kc_keystate_load(kc_vault *v, kc_error *err)
     r = kc_ctx_login(v->ctx, v->tok, err);
     if (r != KC_OK)
         return r;
-    r = kc_gendoc_read(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, "key state", check_state, NULL, &buf, &len, &next,
-                       err);
+    r = kc_gendoc_read(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, "key state", check_state, NULL,
+                       &buf, &len, &next, err);
     if (r == KC_NOT_FOUND) {
         v->state = json_pack("{s:s, s:i, s:I, s:s, s:{}}", "kind", "keycustody-keys", "schema", 1,
                              "generation", (json_int_t)0, "vault", v->meta.name, "keys");
@@ -69,7 +70,8 @@ kc_rc kc_keystate_save(kc_vault *v, kc_error *err)
     free(doc);
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot save the key state of vault '%s'", v->meta.name);
-    return KC_OK;
+    /* what readers without the PIN see of it, signed */
+    return kc_manifest_write(v, &v->meta, err);
 }
 
 json_t *kc_keystate_key(kc_vault *v, const char *name, int create)
@@ -144,12 +146,19 @@ kc_rc kc_keystate_stale(kc_vault *v, size_t *stale, kc_error *err)
 kc_rc kc_keystate_tidy(kc_vault *v, size_t *removed, kc_error *err)
 {
     size_t a = 0, b = 0;
+    char fp[KC_FINGERPRINT_HEX + 1];
+    void *signer = NULL;
     kc_rc r = kc_ctx_login(v->ctx, v->tok, err);
 
     if (r == KC_OK)
-        r = kc_gendoc_tidy(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, check_state, NULL, &a, err);
+        r = kc_gendoc_tidy(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, check_state, NULL, &a,
+                           err);
     if (r == KC_OK)
-        r = kc_gendoc_tidy(v->tok, KC_VAULT_META_LABEL, KC_WHERE_PUBLIC, kc_vault_meta_doc_check, NULL, &b, err);
+        r = kc_manifest_signer(v->tok, &signer, fp, err);
+    if (r == KC_OK)
+        r = kc_gendoc_tidy(v->tok, KC_VAULT_META_LABEL, KC_WHERE_PUBLIC, kc_manifest_doc_check,
+                           signer, &b, err);
+    kc_manifest_signer_free(signer);
     *removed = a + b;
     return r;
 }

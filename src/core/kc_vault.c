@@ -1,4 +1,5 @@
 #include "kc_vault.h"
+#include "kc_manifest.h"
 #include "kc_audit.h"
 #include "kc_gendoc.h"
 #include "kc_util.h"
@@ -234,45 +235,40 @@ kc_rc kc_vault_meta_doc_check(const unsigned char *buf, size_t len, unsigned lon
     return r;
 }
 
-/* The newest valid metadata generation on tok; *next is the generation an
- * update writes. */
-static kc_rc read_meta(kc_tok *tok, kc_vault_meta *out, unsigned long *next, kc_error *err)
+/* The vault metadata of tok, from its signed manifest (kept in *manifest
+ * when not NULL; fp gets the vault key's fingerprint). expect_fp: a pinned
+ * fingerprint, or NULL. */
+static kc_rc read_meta(kc_tok *tok, const char *expect_fp, kc_vault_meta *out, json_t **manifest,
+                       char fp[65], kc_error *err)
 {
-    unsigned char *buf = NULL;
-    size_t len = 0;
-    unsigned long gen;
+    json_t *m = NULL;
+    unsigned long next = 1;
+    char *text;
     kc_rc r;
 
-    r = kc_gendoc_read(tok, KC_VAULT_META_LABEL, KC_WHERE_PUBLIC, "vault metadata", kc_vault_meta_doc_check, NULL,
-                       &buf, &len, &gen, err);
-    if (next != NULL)
-        *next = gen;
-    if (r == KC_NOT_FOUND)
-        return kc_error_set(err, KC_NOT_FOUND, "token '%s' is not a keycustody vault",
-                            kc_tok_info_get(tok)->label);
+    if (manifest != NULL)
+        *manifest = NULL;
+    r = kc_manifest_read(tok, expect_fp, &m, fp, &next, err);
     if (r != KC_OK)
         return r;
-    r = kc_vault_meta_decode(buf, len, out, err);
-    free(buf);
+    text = json_dumps(json_object_get(m, "vault"), JSON_COMPACT);
+    r = text != NULL ? kc_vault_meta_decode((const unsigned char *)text, strlen(text), out, err)
+                     : kc_error_set(err, KC_ERR, "out of memory");
+    free(text);
+    if (r == KC_OK && manifest != NULL)
+        *manifest = m;
+    else
+        json_decref(m);
     return r;
 }
 
-/* Writes m as the next generation, then removes the older ones. */
-static kc_rc write_meta(kc_tok *tok, kc_vault_meta *m, kc_error *err)
+/* Writes v->meta as the next generation of the signed manifest. */
+static kc_rc write_meta(kc_vault *v, kc_error *err)
 {
-    kc_vault_meta old;
-    unsigned long next = 1;
-    char *json = NULL;
-    kc_rc r;
+    kc_rc r = kc_manifest_write(v, &v->meta, err);
 
-    r = read_meta(tok, &old, &next, err);
-    if (r != KC_OK && r != KC_NOT_FOUND && r != KC_INTEGRITY)
-        return r;
-    m->generation = next;
-    r = kc_vault_meta_encode(m, &json, err);
     if (r == KC_OK)
-        r = kc_gendoc_write(tok, KC_VAULT_META_LABEL, 0, json, err);
-    free(json);
+        r = kc_manifest_fingerprint(v->tok, v->fingerprint, err);
     return r;
 }
 
@@ -319,7 +315,7 @@ kc_rc kc_vault_save_meta(kc_vault *v, kc_error *err)
     if (r != KC_OK)
         return r;
     kc_time_format_rfc3339(now, v->meta.updated);
-    r = write_meta(v->tok, &v->meta, err);
+    r = write_meta(v, err);
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot write the metadata of vault '%s'", v->meta.name);
     return KC_OK;
@@ -344,6 +340,7 @@ void kc_vault_free(kc_vault *v)
     if (v == NULL)
         return;
     json_decref(v->state);
+    json_decref(v->manifest);
     free(v);
 }
 
@@ -351,12 +348,15 @@ kc_rc kc_vault_open(kc_ctx *ctx, const char *name_or_uri, kc_vault **out, kc_err
 {
     kc_vault_meta m;
     kc_tok *tok = NULL;
+    json_t *manifest = NULL;
+    char fp[65] = "";
     kc_rc r;
 
     *out = NULL;
     r = kc_p11_token(ctx->p11, name_or_uri, &tok, err);
     if (r == KC_OK)
-        r = read_meta(tok, &m, NULL, err);
+        r = read_meta(tok, kc_ctx_pinned_fingerprint(ctx, kc_tok_info_get(tok)->label), &m,
+                      &manifest, fp, err);
     if (r == KC_NOT_FOUND && tok != NULL)
         kc_error_hint(err,
                       "make it one with 'keycustody vault init %s --subscription ID "
@@ -364,10 +364,19 @@ kc_rc kc_vault_open(kc_ctx *ctx, const char *name_or_uri, kc_vault **out, kc_err
                       kc_tok_info_get(tok)->label);
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot open vault '%s'", name_or_uri);
-    if (strcmp(m.name, kc_tok_info_get(tok)->label) != 0)
+    if (strcmp(m.name, kc_tok_info_get(tok)->label) != 0) {
+        json_decref(manifest);
         return kc_error_set(err, KC_INTEGRITY, "token '%s' holds the metadata of vault '%s'",
                             kc_tok_info_get(tok)->label, m.name);
-    return vault_new(ctx, tok, &m, out, err);
+    }
+    r = vault_new(ctx, tok, &m, out, err);
+    if (r == KC_OK) {
+        (*out)->manifest = manifest;
+        memcpy((*out)->fingerprint, fp, sizeof(fp));
+    } else {
+        json_decref(manifest);
+    }
+    return r;
 }
 
 static kc_rc init_free_token(kc_ctx *ctx, const kc_vault_meta *want, const char *token_uri,
@@ -420,7 +429,9 @@ kc_rc kc_vault_init(kc_ctx *ctx, const kc_vault_meta *want, const char *token_ur
 {
     kc_vault_meta m = *want, existing;
     kc_tok *tok = NULL;
+    kc_vault *v = NULL;
     kc_obj audit_key;
+    char fp[65];
     time_t now;
     kc_error lookup;
     kc_rc r;
@@ -444,7 +455,7 @@ kc_rc kc_vault_init(kc_ctx *ctx, const kc_vault_meta *want, const char *token_ur
                                 "a token labelled '%s' exists already; "
                                 "--token selects a free token to initialise",
                                 want->name);
-        r = read_meta(tok, &existing, NULL, err);
+        r = read_meta(tok, NULL, &existing, NULL, fp, err);
         if (r == KC_OK) {
             kc_error_set(err, KC_CONFLICT,
                          "vault '%s' is already initialised (subscription "
@@ -473,10 +484,15 @@ kc_rc kc_vault_init(kc_ctx *ctx, const kc_vault_meta *want, const char *token_ur
     r = kc_audit_key(tok, 1, &audit_key, err);
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot make the audit key of vault '%s'", want->name);
-    r = write_meta(tok, &m, err);
-    if (r != KC_OK)
+    r = vault_new(ctx, tok, &m, &v, err);
+    if (r == KC_OK)
+        r = write_meta(v, err);
+    if (r != KC_OK) {
+        kc_vault_free(v);
         return kc_error_prefix(err, "cannot write the metadata of vault '%s'", want->name);
-    return vault_new(ctx, tok, &m, out, err);
+    }
+    *out = v;
+    return KC_OK;
 }
 
 kc_rc kc_vault_list(kc_ctx *ctx, kc_vault_entry **out, size_t *n, kc_error *err)
@@ -507,7 +523,8 @@ kc_rc kc_vault_list(kc_ctx *ctx, kc_vault_entry **out, size_t *n, kc_error *err)
         kc_error_clear(&why);
         /* By URI, so two tokens with one label are still told apart. */
         if (kc_p11_token(ctx->p11, toks[i].uri, &tok, &why) == KC_OK &&
-            read_meta(tok, &v[i].meta, NULL, &why) == KC_OK) {
+            read_meta(tok, kc_ctx_pinned_fingerprint(ctx, toks[i].label), &v[i].meta, NULL,
+                      v[i].fingerprint, &why) == KC_OK) {
             v[i].is_vault = strcmp(v[i].meta.name, toks[i].label) == 0;
             if (!v[i].is_vault)
                 snprintf(v[i].note, sizeof(v[i].note), "holds the metadata of vault '%s'",

@@ -1,11 +1,13 @@
 /* Vaults: a PKCS#11 token that carries keycustody's vault metadata.
  *
  * The vault name is the token label. The metadata (subscription, region, SKU,
- * soft-delete retention, purge protection) is a versioned JSON document in a
- * public CKO_DATA object of application "keycustody", so that `vault list`
- * can tell vaults from other tokens without any PIN. SoftHSM cannot change a
+ * soft-delete retention, purge protection) is part of the vault's signed
+ * manifest (kc_manifest.h), a public CKO_DATA object of application
+ * "keycustody", so that `vault list` can tell vaults from other tokens
+ * without any PIN, and believe what it reads. SoftHSM cannot change a
  * CKO_DATA value in place, so every update writes a new generation first and
- * then removes the older ones; readers take the newest generation that parses. */
+ * then removes the older ones; readers take the newest generation, and every
+ * one on the token must verify. */
 #ifndef KC_VAULT_H
 #define KC_VAULT_H
 
@@ -38,7 +40,9 @@ typedef struct kc_vault {
     kc_ctx *ctx;
     kc_tok *tok; /* owned by ctx->p11 */
     kc_vault_meta meta;
-    struct json_t *state; /* the key state, once loaded (kc_keystate.h) */
+    struct json_t *state;    /* the key state, once loaded (kc_keystate.h) */
+    struct json_t *manifest; /* the signed manifest it was opened with (kc_manifest.h) */
+    char fingerprint[65];    /* of the vault key that signs it */
 } kc_vault;
 
 /* One token as `vault list` sees it. */
@@ -46,7 +50,8 @@ typedef struct kc_vault_entry {
     kc_tok_info token;
     int is_vault; /* metadata found and valid */
     kc_vault_meta meta;
-    char note[256]; /* why a token is not a vault, when it is interesting */
+    char fingerprint[65]; /* of its vault key, when it is a vault */
+    char note[256];       /* why a token is not a vault, when it is interesting */
 } kc_vault_entry;
 
 /* Vault names: 3-24 characters, letters, digits and '-', starting with a

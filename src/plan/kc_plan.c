@@ -559,7 +559,8 @@ kc_rc kc_plan_check_dep(kc_ctx *ctx, struct kc_store *st, const struct kc_dep_sp
         r = kc_dep_list(st, &deps, &ndeps, err);
     }
     for (i = 0; r == KC_OK && i < ndeps; i++) {
-        if (strcmp(deps[i].workload, "exchange") == 0)
+        /* a purged DEP can never be used again: it holds no place */
+        if (strcmp(deps[i].workload, "exchange") == 0 && deps[i].purged[0] == '\0')
             exchange++;
         if (strcmp(spec->workload, "sharepoint") == 0 &&
             strcmp(deps[i].workload, "sharepoint") == 0 && spec->geo != NULL &&

@@ -335,8 +335,9 @@ static void read_key(rd *r, const kc_ynode *n, kc_lkey *k)
 static void read_vault(rd *r, const kc_ynode *n, kc_lvault *v)
 {
     static const char *const allowed[] = {
-        "name",   "subscription", "region",           "sku",    "token", "module", "pin",
-        "so_pin", "soft_delete",  "purge_protection", "access", "keys",  NULL};
+        "name",   "subscription", "region",           "sku",    "token",       "module",
+        "pin",    "so_pin",       "soft_delete",      "access", "purge_protection",
+        "keys",   "fingerprint",  NULL};
     static const char *const sd_allowed[] = {"enabled", "retention_days", NULL};
     const kc_ynode *sd, *access, *keys;
     char sku[16] = "premium";
@@ -358,6 +359,20 @@ static void read_vault(rd *r, const kc_ynode *n, kc_lvault *v)
         problem(r, "KC004", v->sku_pos, NULL, "sku must be premium or standard");
     str_field(r, n, "token", v->token, sizeof(v->token), 0, NULL, "a vault");
     str_field(r, n, "module", v->module, sizeof(v->module), 0, NULL, "a vault");
+    if (str_field(r, n, "fingerprint", v->fingerprint, sizeof(v->fingerprint), 0,
+                  &v->fingerprint_pos, "a vault")) {
+        /* as 'vault init' and 'vault show' print it: sha256:<64 hex> */
+        const char *hex = strncmp(v->fingerprint, "sha256:", 7) == 0 ? v->fingerprint + 7 : "";
+        size_t k;
+        for (k = 0; hex[k] != '\0' && strchr("0123456789abcdef", hex[k]) != NULL; k++)
+            ;
+        if (k != 64 || hex[k] != '\0')
+            problem(r, "KC004", v->fingerprint_pos, NULL,
+                    "fingerprint must be sha256: and 64 lowercase hex digits, as 'vault show' "
+                    "prints it");
+        else
+            memmove(v->fingerprint, hex, 65);
+    }
     pin_field(r, n, "pin", v->pin, sizeof(v->pin), 1, &v->pin_pos, "a vault");
     pin_field(r, n, "so_pin", v->so_pin, sizeof(v->so_pin), 0, &v->so_pin_pos, "a vault");
     v->soft_delete_pos = v->retention_pos = v->pos;

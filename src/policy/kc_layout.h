@@ -45,6 +45,8 @@ typedef struct kc_lvault {
     kc_sku sku;
     char token[512]; /* URI or label; "" = the name */
     char module[256];
+    char fingerprint[80]; /* the vault key's, 64 hex digits once read ("" = not pinned) */
+    kc_lpos fingerprint_pos;
     char pin[300], so_pin[300];
     unsigned retention_days;
     int soft_delete, purge_protection;

@@ -1,0 +1,456 @@
+#include "kc_manifest.h"
+#include "kc_gendoc.h"
+#include "kc_keystate.h"
+#include "kc_util.h"
+
+#include <openssl/core_names.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/param_build.h>
+#include <openssl/sha.h>
+#include <openssl/x509.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#define MANIFEST_KIND "keycustody-manifest"
+#define DOC_KIND "keycustody-signed-manifest"
+
+/* --- the vault key --- */
+
+static kc_rc ec_pkey(const unsigned char point[65], EVP_PKEY **out, kc_error *err)
+{
+    OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
+    OSSL_PARAM *params = NULL;
+    EVP_PKEY_CTX *pc = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+    kc_rc r = KC_OK;
+
+    *out = NULL;
+    if (bld == NULL || pc == NULL ||
+        !OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0) ||
+        !OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, point, 65) ||
+        (params = OSSL_PARAM_BLD_to_param(bld)) == NULL || EVP_PKEY_fromdata_init(pc) <= 0 ||
+        EVP_PKEY_fromdata(pc, out, EVP_PKEY_PUBLIC_KEY, params) <= 0)
+        r = kc_error_set(err, KC_INTEGRITY, "the vault key's public half is not a P-256 key");
+    OSSL_PARAM_free(params);
+    OSSL_PARAM_BLD_free(bld);
+    EVP_PKEY_CTX_free(pc);
+    return r;
+}
+
+static kc_rc pkey_fingerprint(EVP_PKEY *pk, char fp[KC_FINGERPRINT_HEX + 1], kc_error *err)
+{
+    unsigned char *der = NULL, md[32];
+    int len = i2d_PUBKEY(pk, &der);
+
+    if (len <= 0)
+        return kc_error_set(err, KC_ERR, "cannot encode a public key");
+    SHA256(der, (size_t)len, md);
+    OPENSSL_free(der);
+    kc_hex_encode(md, sizeof(md), fp);
+    return KC_OK;
+}
+
+/* The vault key's halves: the public one (public, as made), and the private
+ * one (private; seen only after login). A second public half, or a private
+ * key with the label that is not private, was planted without the PIN. */
+static kc_rc find_signer(kc_tok *tok, int with_private, kc_obj *pub, int *has_pub, kc_obj *priv,
+                         int *has_priv, kc_error *err)
+{
+    kc_key_obj *objs = NULL;
+    size_t n = 0, i, npub = 0, bad = 0;
+    /* a reader needs the public half alone: one search */
+    kc_rc r = with_private ? kc_tok_find_keys(tok, KC_MANIFEST_KEY_LABEL, NULL, 0, &objs, &n, err)
+                           : kc_tok_find_public_keys(tok, KC_MANIFEST_KEY_LABEL, &objs, &n, err);
+
+    *has_pub = *has_priv = 0;
+    if (r != KC_OK)
+        return r;
+    for (i = 0; i < n; i++) {
+        if (objs[i].type != KC_KT_EC || (objs[i].is_private && !objs[i].token_private) ||
+            (!objs[i].is_private && objs[i].token_private)) {
+            bad++;
+        } else if (objs[i].is_private) {
+            if (*has_priv)
+                bad++;
+            *priv = objs[i].handle;
+            *has_priv = 1;
+        } else {
+            npub++;
+            *pub = objs[i].handle;
+            *has_pub = 1;
+        }
+    }
+    free(objs);
+    if (bad > 0 || npub > 1) {
+        kc_error_set(err, KC_INTEGRITY,
+                     "vault '%s' holds %zu key object(s) labelled '%s' that keycustody did not "
+                     "make: its vault key was tampered with, and nothing it would sign is "
+                     "believed",
+                     kc_tok_info_get(tok)->label, bad + (npub > 1 ? npub - 1 : 0),
+                     KC_MANIFEST_KEY_LABEL);
+        kc_error_hint(err, "keep a copy of the token for investigation; compare the vault "
+                           "key's fingerprint with the one recorded at 'vault init'");
+        return KC_INTEGRITY;
+    }
+    return KC_OK;
+}
+
+kc_rc kc_manifest_signer(kc_tok *tok, void **pkey, char fp[KC_FINGERPRINT_HEX + 1], kc_error *err)
+{
+    unsigned char point[65];
+    kc_obj pub = 0, priv = 0;
+    int has_pub = 0, has_priv = 0;
+    EVP_PKEY *pk = NULL;
+    kc_rc r = find_signer(tok, 0, &pub, &has_pub, &priv, &has_priv, err);
+
+    *pkey = NULL;
+    if (r != KC_OK)
+        return r;
+    if (!has_pub)
+        return kc_error_set(err, KC_NOT_FOUND, "vault '%s' has no vault key ('%s')",
+                            kc_tok_info_get(tok)->label, KC_MANIFEST_KEY_LABEL);
+    r = kc_tok_ec_point(tok, pub, point, err);
+    if (r == KC_OK)
+        r = ec_pkey(point, &pk, err);
+    if (r == KC_OK)
+        r = pkey_fingerprint(pk, fp, err);
+    if (r != KC_OK) {
+        EVP_PKEY_free(pk);
+        return r;
+    }
+    *pkey = pk;
+    return KC_OK;
+}
+
+void kc_manifest_signer_free(void *pkey)
+{
+    EVP_PKEY_free(pkey);
+}
+
+kc_rc kc_manifest_fingerprint(kc_tok *tok, char fp[KC_FINGERPRINT_HEX + 1], kc_error *err)
+{
+    void *pk = NULL;
+    kc_rc r = kc_manifest_signer(tok, &pk, fp, err);
+
+    EVP_PKEY_free(pk);
+    return r;
+}
+
+kc_rc kc_manifest_rsa_spki_hash(const unsigned char *n, size_t n_len, const unsigned char *e,
+                                size_t e_len, char out[KC_FINGERPRINT_HEX + 1], kc_error *err)
+{
+    OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
+    OSSL_PARAM *params = NULL;
+    EVP_PKEY_CTX *pc = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    BIGNUM *bn = BN_bin2bn(n, (int)n_len, NULL), *be = BN_bin2bn(e, (int)e_len, NULL);
+    EVP_PKEY *pk = NULL;
+    kc_rc r = KC_OK;
+
+    if (bld == NULL || pc == NULL || !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn) ||
+        !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, be) ||
+        (params = OSSL_PARAM_BLD_to_param(bld)) == NULL || EVP_PKEY_fromdata_init(pc) <= 0 ||
+        EVP_PKEY_fromdata(pc, &pk, EVP_PKEY_PUBLIC_KEY, params) <= 0)
+        r = kc_error_set(err, KC_ERR, "cannot read an RSA public key");
+    if (r == KC_OK)
+        r = pkey_fingerprint(pk, out, err);
+    EVP_PKEY_free(pk);
+    OSSL_PARAM_free(params);
+    OSSL_PARAM_BLD_free(bld);
+    EVP_PKEY_CTX_free(pc);
+    BN_free(bn);
+    BN_free(be);
+    return r;
+}
+
+/* --- the signed document --- */
+
+static char *canonical(const json_t *manifest)
+{
+    return json_dumps(manifest, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII);
+}
+
+kc_rc kc_manifest_doc_check(const unsigned char *buf, size_t len, unsigned long *generation,
+                            void *arg, kc_error *err)
+{
+    EVP_PKEY *pk = arg;
+    EVP_PKEY_CTX *vc = NULL;
+    json_t *doc = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, NULL), *m;
+    unsigned char md[32], *sig = NULL;
+    const char *kind, *sig64, *mkind;
+    size_t sig_len = 0;
+    char *text = NULL;
+    kc_rc r = KC_INTEGRITY;
+
+    kind = json_string_value(json_object_get(doc, "kind"));
+    sig64 = json_string_value(json_object_get(doc, "sig"));
+    m = json_object_get(doc, "manifest");
+    mkind = json_string_value(json_object_get(m, "kind"));
+    if (doc == NULL || kind == NULL || strcmp(kind, DOC_KIND) != 0 || sig64 == NULL ||
+        !json_is_object(m) || mkind == NULL || strcmp(mkind, MANIFEST_KIND) != 0 ||
+        json_integer_value(json_object_get(m, "schema")) != 1 ||
+        !json_is_integer(json_object_get(m, "generation")) ||
+        !json_is_object(json_object_get(m, "vault")) ||
+        !json_is_object(json_object_get(m, "keys"))) {
+        kc_error_set(err, KC_INTEGRITY, "it is not a signed vault manifest");
+        goto done;
+    }
+    text = canonical(m);
+    sig = kc_b64url_decode(sig64, &sig_len);
+    if (text == NULL || sig == NULL) {
+        kc_error_set(err, KC_INTEGRITY, "its signature is not base64url");
+        goto done;
+    }
+    SHA256((const unsigned char *)text, strlen(text), md);
+    vc = EVP_PKEY_CTX_new(pk, NULL);
+    if (vc == NULL || EVP_PKEY_verify_init(vc) <= 0 ||
+        EVP_PKEY_verify(vc, sig, sig_len, md, sizeof(md)) != 1) {
+        kc_error_set(err, KC_INTEGRITY, "its signature does not verify under the vault key");
+        goto done;
+    }
+    *generation = (unsigned long)json_integer_value(json_object_get(m, "generation"));
+    r = KC_OK;
+done:
+    EVP_PKEY_CTX_free(vc);
+    free(sig);
+    free(text);
+    json_decref(doc);
+    return r;
+}
+
+kc_rc kc_manifest_read(kc_tok *tok, const char *expect_fp, json_t **manifest,
+                       char fp[KC_FINGERPRINT_HEX + 1], unsigned long *next, kc_error *err)
+{
+    const char *vault = kc_tok_info_get(tok)->label;
+    kc_data_obj *objs = NULL;
+    unsigned char *buf = NULL;
+    size_t len = 0, n = 0;
+    void *pk = NULL;
+    json_t *doc;
+    kc_rc r;
+
+    *manifest = NULL;
+    *next = 1;
+    r = kc_manifest_signer(tok, &pk, fp, err);
+    if (r == KC_NOT_FOUND) {
+        /* no vault key: a token that is no vault, unless it holds metadata,
+         * which unsigned is not believed */
+        kc_error clear;
+        kc_error_clear(&clear);
+        if (kc_tok_find_data(tok, KC_GENDOC_APPLICATION, KC_VAULT_META_LABEL, KC_WHERE_ANY, &objs,
+                             &n, NULL, &clear) == KC_OK &&
+            n > 0) {
+            kc_p11_data_objs_free(objs, n);
+            kc_error_set(err, KC_INTEGRITY,
+                         "token '%s' holds vault metadata but no vault key to vouch for it: "
+                         "unsigned metadata is not believed",
+                         vault);
+            kc_error_hint(err, "a vault made by keycustody has its key ('%s'); was it "
+                               "destroyed, or the metadata planted?",
+                          KC_MANIFEST_KEY_LABEL);
+            return KC_INTEGRITY;
+        }
+        kc_p11_data_objs_free(objs, n);
+        return kc_error_set(err, KC_NOT_FOUND, "token '%s' is not a keycustody vault", vault);
+    }
+    if (r != KC_OK)
+        return r;
+    if (expect_fp != NULL && expect_fp[0] != '\0' && strcmp(expect_fp, fp) != 0) {
+        EVP_PKEY_free(pk);
+        kc_error_set(err, KC_INTEGRITY,
+                     "vault '%s' signs with key sha256:%s, but sha256:%s is pinned for it: the "
+                     "vault key was replaced, or this is another token with the same label",
+                     vault, fp, expect_fp);
+        kc_error_hint(err, "compare the fingerprint 'vault show %s' prints with the one recorded "
+                           "when the vault was made, out of band, before trusting it",
+                      vault);
+        return KC_INTEGRITY;
+    }
+    r = kc_gendoc_read(tok, KC_VAULT_META_LABEL, KC_WHERE_PUBLIC, "vault manifest",
+                       kc_manifest_doc_check, pk, &buf, &len, next, err);
+    EVP_PKEY_free(pk);
+    if (r == KC_NOT_FOUND)
+        return kc_error_set(err, KC_NOT_FOUND,
+                            "token '%s' has a vault key but no manifest: 'vault init' did not "
+                            "finish, or the manifest was removed",
+                            vault);
+    if (r != KC_OK)
+        return r;
+    doc = json_loadb((const char *)buf, len, 0, NULL);
+    free(buf);
+    *manifest = json_incref(json_object_get(doc, "manifest"));
+    json_decref(doc);
+    return *manifest != NULL ? KC_OK : kc_error_set(err, KC_ERR, "out of memory");
+}
+
+/* --- writing --- */
+
+/* The signed view of each key the key state knows: current, deleted, and per
+ * version enabled, ops and the hash of its public key on the token. */
+static kc_rc keys_section(kc_vault *v, json_t *keys, kc_error *err)
+{
+    kc_key_obj *objs = NULL;
+    size_t nobjs = 0, i;
+    unsigned char *n = NULL, *e = NULL;
+    size_t n_len = 0, e_len = 0;
+    char hex[129], spki[KC_FINGERPRINT_HEX + 1];
+    json_t *ks, *vs, *mk, *mv, *versions;
+    const char *name;
+    kc_rc r;
+
+    r = kc_tok_find_keys(v->tok, NULL, NULL, 0, &objs, &nobjs, err);
+    json_object_foreach(json_object_get(v->state, "keys"), name, ks)
+    {
+        if (r != KC_OK)
+            break;
+        mk = json_pack("{s:s, s:b, s:{}}", "current", kc_keystate_str(ks, "current", ""),
+                       "deleted", json_is_object(json_object_get(ks, "deleted")), "versions");
+        versions = json_object_get(mk, "versions");
+        for (i = 0; r == KC_OK && i < nobjs; i++) {
+            if (objs[i].is_private || strcmp(objs[i].label, name) != 0)
+                continue;
+            kc_hex_encode(objs[i].id, objs[i].id_len, hex);
+            vs = kc_keystate_version(ks, hex, 0);
+            if (vs == NULL)
+                continue; /* not a version keycustody recorded */
+            r = kc_tok_rsa_public(v->tok, objs[i].handle, &n, &n_len, &e, &e_len, err);
+            if (r == KC_OK)
+                r = kc_manifest_rsa_spki_hash(n, n_len, e, e_len, spki, err);
+            free(n);
+            free(e);
+            n = e = NULL;
+            if (r != KC_OK)
+                break;
+            mv = json_pack("{s:s, s:b, s:s}", "spki", spki, "enabled",
+                           kc_keystate_bool(vs, "enabled", 1), "ops",
+                           kc_keystate_str(vs, "ops", ""));
+            json_object_set_new(versions, hex, mv);
+        }
+        json_object_set_new(keys, name, mk);
+    }
+    free(objs);
+    return r;
+}
+
+/* The private half of the vault key, made when the vault has none. */
+static kc_rc signing_key(kc_vault *v, kc_obj *priv, kc_error *err)
+{
+    kc_obj pub = 0;
+    int has_pub = 0, has_priv = 0;
+    kc_rc r = find_signer(v->tok, 1, &pub, &has_pub, priv, &has_priv, err);
+
+    if (r != KC_OK || has_priv)
+        return r;
+    if (has_pub) {
+        kc_data_obj *docs = NULL;
+        size_t n = 0;
+
+        /* SoftHSM writes the public half first: a generation killed in
+         * between leaves it alone. Before any manifest was signed that is
+         * all it can be, and it goes; after, it is not ours. */
+        r = kc_tok_find_data(v->tok, KC_GENDOC_APPLICATION, KC_VAULT_META_LABEL, KC_WHERE_ANY,
+                             &docs, &n, NULL, err);
+        kc_p11_data_objs_free(docs, n);
+        if (r == KC_OK && n > 0)
+            return kc_error_set(err, KC_INTEGRITY,
+                                "vault '%s' has the public half of a vault key but not its "
+                                "private half: the public one was planted, or the private one "
+                                "destroyed",
+                                v->meta.name);
+        if (r == KC_OK)
+            r = kc_tok_destroy(v->tok, pub, err);
+        if (r != KC_OK)
+            return r;
+    }
+    return kc_tok_generate_ec_signer(v->tok, KC_MANIFEST_KEY_LABEL, &pub, priv, err);
+}
+
+static kc_rc sign_doc(kc_vault *v, kc_obj priv, json_t *manifest, char **out, kc_error *err)
+{
+    unsigned char md[32], raw[64], *der = NULL;
+    char *text = canonical(manifest), *sig64 = NULL;
+    ECDSA_SIG *sig = NULL;
+    BIGNUM *br = NULL, *bs = NULL;
+    json_t *doc = NULL;
+    int der_len = 0;
+    kc_rc r = KC_OK;
+
+    *out = NULL;
+    if (text == NULL)
+        return kc_error_set(err, KC_ERR, "out of memory");
+    SHA256((const unsigned char *)text, strlen(text), md);
+    free(text);
+    r = kc_tok_ecdsa_sign(v->tok, priv, md, raw, err);
+    if (r != KC_OK)
+        return r;
+    /* PKCS#11 gives r || s; OpenSSL verifies the DER form */
+    sig = ECDSA_SIG_new();
+    br = BN_bin2bn(raw, 32, NULL);
+    bs = BN_bin2bn(raw + 32, 32, NULL);
+    if (sig == NULL || br == NULL || bs == NULL || ECDSA_SIG_set0(sig, br, bs) != 1) {
+        BN_free(br);
+        BN_free(bs);
+        r = kc_error_set(err, KC_ERR, "out of memory");
+    } else if ((der_len = i2d_ECDSA_SIG(sig, &der)) <= 0 ||
+               (sig64 = kc_b64url_encode(der, (size_t)der_len)) == NULL) {
+        r = kc_error_set(err, KC_ERR, "cannot encode the signature");
+    }
+    if (r == KC_OK) {
+        doc = json_pack("{s:s, s:O, s:s}", "kind", DOC_KIND, "manifest", manifest, "sig", sig64);
+        *out = doc != NULL ? json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+        if (*out == NULL)
+            r = kc_error_set(err, KC_ERR, "out of memory");
+    }
+    ECDSA_SIG_free(sig);
+    OPENSSL_free(der);
+    free(sig64);
+    json_decref(doc);
+    return r;
+}
+
+kc_rc kc_manifest_write(kc_vault *v, kc_vault_meta *m, kc_error *err)
+{
+    char fp[KC_FINGERPRINT_HEX + 1], *meta = NULL, *doc = NULL;
+    unsigned long next = 1;
+    json_t *old = NULL, *manifest = NULL, *keys;
+    kc_obj priv = 0;
+    kc_rc r;
+
+    r = kc_ctx_login(v->ctx, v->tok, err);
+    if (r == KC_OK)
+        r = signing_key(v, &priv, err);
+    /* a tampered manifest on the token stops the write: writing over it
+     * would remove what shows the tampering */
+    if (r == KC_OK) {
+        r = kc_manifest_read(v->tok, NULL, &old, fp, &next, err);
+        if (r == KC_NOT_FOUND) {
+            kc_error_clear(err);
+            r = KC_OK;
+        }
+    }
+    json_decref(old);
+    if (r == KC_OK)
+        r = kc_keystate_load(v, err);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot sign the manifest of vault '%s'", v->meta.name);
+    m->generation = next;
+    r = kc_vault_meta_encode(m, &meta, err);
+    if (r == KC_OK) {
+        manifest = json_pack("{s:s, s:i, s:I, s:o, s:{}}", "kind", MANIFEST_KIND, "schema", 1,
+                             "generation", (json_int_t)next, "vault",
+                             json_loads(meta, 0, NULL), "keys");
+        keys = json_object_get(manifest, "keys");
+        r = manifest != NULL ? keys_section(v, keys, err)
+                             : kc_error_set(err, KC_ERR, "out of memory");
+    }
+    if (r == KC_OK)
+        r = sign_doc(v, priv, manifest, &doc, err);
+    if (r == KC_OK)
+        r = kc_gendoc_write(v->tok, KC_VAULT_META_LABEL, 0, doc, err);
+    free(meta);
+    free(doc);
+    json_decref(manifest);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot sign the manifest of vault '%s'", v->meta.name);
+    return KC_OK;
+}

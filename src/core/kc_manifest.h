@@ -1,0 +1,66 @@
+/* The vault manifest: what a reader without the vault's PIN relies on,
+ * signed by the vault itself.
+ *
+ * On SoftHSM anyone who can open a read-write session (or write the token
+ * directory) can create, change and destroy public objects, so nothing public
+ * is believed for what it says. The vault keeps an EC P-256 key pair,
+ * "keycustody-vault-key", generated on the token at vault init: its private
+ * half private, sensitive, never extractable, sign only. It signs the
+ * manifest, a public document that holds the vault metadata (subscription,
+ * region, SKU, retention, purge protection, access policy, backup domain) and,
+ * for each key, which version is current, whether it is deleted, and for each
+ * version whether it is enabled, its operations and the SHA-256 of its public
+ * key (SubjectPublicKeyInfo). Readers verify it with the public half, whose
+ * fingerprint (SHA-256 of its SubjectPublicKeyInfo) `vault init` and
+ * `vault show` print and a layout or the service store can pin: a public half
+ * replaced by an attacker then fails the pin.
+ *
+ * The manifest is kept as the vault metadata document ("keycustody-vault"),
+ * in generations like every document on a token; each one on the token must
+ * verify (a public one that does not is tampering, never skipped). */
+#ifndef KC_MANIFEST_H
+#define KC_MANIFEST_H
+
+#include "kc_vault.h"
+
+#include <jansson.h>
+
+#define KC_MANIFEST_KEY_LABEL "keycustody-vault-key"
+#define KC_FINGERPRINT_HEX 64
+
+/* The signed manifest of tok, verified: *manifest (caller json_decref's),
+ * the signer's fingerprint in fp. expect_fp (may be NULL or "") is a pinned
+ * fingerprint: another one is KC_INTEGRITY with a hint to compare out of band.
+ * KC_NOT_FOUND when the token holds no manifest (not a vault). *next: the
+ * generation the next write uses. */
+KC_EXPORT kc_rc kc_manifest_read(kc_tok *tok, const char *expect_fp, json_t **manifest,
+                                 char fp[KC_FINGERPRINT_HEX + 1], unsigned long *next,
+                                 kc_error *err) KC_MUST_CHECK;
+
+/* Writes the manifest of v (logged in) as the next generation: m as its
+ * vault metadata (m->generation is set to it), the keys from the key state
+ * and the token's key objects. Makes the vault key when the vault has none. */
+KC_EXPORT kc_rc kc_manifest_write(kc_vault *v, kc_vault_meta *m, kc_error *err) KC_MUST_CHECK;
+
+/* The vault key's fingerprint (SHA-256 of its SubjectPublicKeyInfo, hex).
+ * KC_NOT_FOUND when there is none. */
+KC_EXPORT kc_rc kc_manifest_fingerprint(kc_tok *tok, char fp[KC_FINGERPRINT_HEX + 1],
+                                        kc_error *err) KC_MUST_CHECK;
+
+/* SHA-256 (hex) of the SubjectPublicKeyInfo of an RSA public key. */
+KC_EXPORT kc_rc kc_manifest_rsa_spki_hash(const unsigned char *n, size_t n_len,
+                                          const unsigned char *e, size_t e_len,
+                                          char out[KC_FINGERPRINT_HEX + 1],
+                                          kc_error *err) KC_MUST_CHECK;
+
+/* A kc_gendoc_check for manifest documents; arg is the signer's EVP_PKEY. */
+KC_EXPORT kc_rc kc_manifest_doc_check(const unsigned char *buf, size_t len,
+                                      unsigned long *generation, void *arg, kc_error *err);
+
+/* The signer's public key on tok (release with kc_manifest_signer_free),
+ * for kc_manifest_doc_check. */
+KC_EXPORT kc_rc kc_manifest_signer(kc_tok *tok, void **pkey, char fp[KC_FINGERPRINT_HEX + 1],
+                                   kc_error *err) KC_MUST_CHECK;
+KC_EXPORT void kc_manifest_signer_free(void *pkey);
+
+#endif
