@@ -298,6 +298,13 @@ typedef enum kc_where {
     KC_WHERE_PUBLIC,      /* CKA_PRIVATE=FALSE: anyone with a R/W session may have made it */
 } kc_where;
 
+/* Data objects with neither label nor application: what SoftHSM 2.6.1
+ * leaves of a C_CreateObject killed before it set the template (keycustody
+ * never makes one). Counts them, and removes them when remove is set. Needs
+ * the user for private ones. */
+KC_EXPORT kc_rc kc_tok_unlabelled_data(kc_tok *t, int remove, size_t *n,
+                                       kc_error *err) KC_MUST_CHECK;
+
 /* The secret keys with this label (and id, when id != NULL) that are where
  * says; *n counts them, out[] holds the first cap. *others (when not NULL)
  * counts the keys with the label, of any id, that are not where a genuine

@@ -779,6 +779,29 @@ kc_rc kc_tok_remove_unlabelled_secrets(kc_tok *t, size_t *removed, kc_error *err
     return r;
 }
 
+kc_rc kc_tok_unlabelled_data(kc_tok *t, int remove, size_t *n, kc_error *err)
+{
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_ATTRIBUTE tmpl[3];
+    CK_OBJECT_HANDLE *h = NULL;
+    size_t count = 0, i;
+    kc_rc r;
+
+    *n = 0;
+    tmpl[0] = (CK_ATTRIBUTE)ATTR(CKA_CLASS, &cls, sizeof(cls));
+    tmpl[1] = (CK_ATTRIBUTE)ATTR(CKA_LABEL, "", 0);
+    tmpl[2] = (CK_ATTRIBUTE)ATTR(CKA_APPLICATION, "", 0);
+    r = kc_p11_find_all(t, tmpl, 3, &h, &count, err);
+    for (i = 0; r == KC_OK && i < count; i++) {
+        if (remove)
+            r = kc_tok_destroy(t, h[i], err);
+        if (r == KC_OK)
+            (*n)++;
+    }
+    free(h);
+    return r;
+}
+
 kc_rc kc_tok_find_secrets(kc_tok *t, const char *label, const unsigned char *id, size_t id_len,
                           kc_where where, kc_obj *out, size_t cap, size_t *n, size_t *others,
                           kc_error *err)

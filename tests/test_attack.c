@@ -426,6 +426,7 @@ static void test_store_trigger(void)
     ASSERT_HAS(r->err, "does not have the schema keycustody made: trigger 'steer' was added");
     r = kc_test_run("dep", "list", NULL);
     ASSERT_RC(r, 8);
+    unsetenv("KEYCUSTODY_STORE"); /* the teardown verifies the log, not this store */
 }
 
 /* A table redefined (here: the CHECK on a DEP key's slot dropped). */
@@ -442,6 +443,7 @@ static void test_store_schema_changed(void)
     r = kc_test_run("dep", "list", NULL);
     ASSERT_RC(r, 8);
     ASSERT_HAS(r->err, "index 'planted' was added");
+    unsetenv("KEYCUSTODY_STORE");
 }
 
 /* A store others can write, or a link to one, is not believed. */
@@ -779,7 +781,36 @@ static void test_fingerprint_pinned(void)
     ASSERT_HAS(r->err, "compare the fingerprint 'vault show VaultA1' prints");
 }
 
+/* The service store pins each vault's key at first use. */
+static void test_fingerprint_pinned_by_store(void)
+{
+    const kc_test_out *r;
+    char *out = NULL;
+
+    store_setup(); /* dep create opened VaultA1, VaultB1 and Service */
+    CU_ASSERT_EQUAL(kc_test_sh(&out, "sqlite3 '%s' 'SELECT vault FROM vault_pins ORDER BY vault'",
+                               kc_test_path("service.db")),
+                    0);
+    ASSERT_HAS(out, "Service\nVaultA1\nVaultB1\n");
+    ASSERT_RC(kc_test_run("vault", "show", "VaultA1", NULL), 0);
+    /* VaultA1's token made again: same name, another vault key */
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out,
+                                     "for d in '%s'/tokens/*/; do grep -q VaultA1 "
+                                     "\"$d/token.object\" && rm -rf \"$d\"; done; true",
+                                     kc_test_dir()),
+                          0);
+    kc_test_vault("VaultA1", "sub-a", "westus");
+    r = kc_test_run("vault", "show", "VaultA1", NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "is pinned for it");
+    r = kc_test_run("dep", "show", "Ten", NULL);
+    ASSERT_RC(r, 0); /* the store itself is fine */
+    setenv("KC_TEST_AUDIT_TAMPERED", "1", 1); /* the log's VaultA1 records are the old vault's */
+    unsetenv("KEYCUSTODY_STORE");
+}
+
 static const kc_test_case manifest_cases[] = {
+    {"a vault key pinned by the store", test_fingerprint_pinned_by_store},
     {"a planted root key version", test_planted_root_version},
     {"a public key's usage loosened", test_loosened_public_key},
     {"planted vault metadata", test_planted_vault_metadata},

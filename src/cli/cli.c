@@ -497,6 +497,41 @@ static kc_rc pin_cb(void *arg, const char *vault, kc_pin_kind kind, kc_secret **
     return r;
 }
 
+/* A vault first seen: the service store pins its vault key from now on. */
+static void pin_seen(void *arg, const char *vault, const char *fingerprint)
+{
+    kc_cli *cli = arg;
+    kc_store *st = NULL;
+    kc_error err;
+
+    kc_error_clear(&err);
+    if (kc_store_open(cli->store, &st, &err) == KC_OK &&
+        kc_store_pin_record(st, vault, fingerprint, &err) != KC_OK)
+        fprintf(cli->err, "warning: vault '%s' was not pinned in the service store: %s\n", vault,
+                err.msg);
+    kc_store_close(st);
+}
+
+/* With a service store that exists: the vault keys it pinned hold for
+ * every vault this command opens, and new ones are pinned at first use. */
+static kc_rc use_store_pins(kc_cli *cli)
+{
+    kc_store *st = NULL;
+    kc_rc r;
+
+    if (cli->store == NULL || cli->store[0] == '\0' || access(cli->store, F_OK) != 0)
+        return KC_OK;
+    r = kc_store_open(cli->store, &st, &cli->error);
+    if (r == KC_OK)
+        r = kc_store_pins_load(st, cli->ctx, &cli->error);
+    kc_store_close(st);
+    if (r == KC_OK) {
+        cli->ctx->seen_fn = pin_seen;
+        cli->ctx->seen_arg = cli;
+    }
+    return r;
+}
+
 kc_rc kc_cli_ctx(kc_cli *cli, kc_ctx **out)
 {
     kc_rc r;
@@ -507,6 +542,9 @@ kc_rc kc_cli_ctx(kc_cli *cli, kc_ctx **out)
             return r;
         cli->ctx->event_fn = kc_cli_audit_event;
         cli->ctx->event_arg = cli;
+        r = use_store_pins(cli);
+        if (r != KC_OK)
+            return r;
     }
     *out = cli->ctx;
     return KC_OK;

@@ -41,6 +41,10 @@ typedef struct kc_ctx {
     void *event_arg;
     kc_ctx_pin_entry pins[KC_CTX_MAX_PINS];
     size_t npins;
+    /* told of a vault opened with no fingerprint pinned, so that the caller
+     * can pin it at first use (the service store does); optional */
+    void (*seen_fn)(void *arg, const char *vault, const char *fingerprint);
+    void *seen_arg;
 } kc_ctx;
 
 /* Loads module_path (NULL: p11-kit's registered modules). */

@@ -140,6 +140,11 @@ kc_rc kc_keystate_stale(kc_vault *v, size_t *stale, kc_error *err)
         r = count_stale(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, stale, err);
     if (r == KC_OK)
         r = count_stale(v->tok, KC_VAULT_META_LABEL, KC_WHERE_PUBLIC, stale, err);
+    if (r == KC_OK) {
+        size_t orphans = 0;
+        r = kc_tok_unlabelled_data(v->tok, 0, &orphans, err);
+        *stale += orphans;
+    }
     return r;
 }
 
@@ -159,6 +164,12 @@ kc_rc kc_keystate_tidy(kc_vault *v, size_t *removed, kc_error *err)
         r = kc_gendoc_tidy(v->tok, KC_VAULT_META_LABEL, KC_WHERE_PUBLIC, kc_manifest_doc_check,
                            signer, &b, err);
     kc_manifest_signer_free(signer);
+    /* and what a killed write of one of them left without a label */
+    if (r == KC_OK) {
+        size_t c = 0;
+        r = kc_tok_unlabelled_data(v->tok, 1, &c, err);
+        b += c;
+    }
     *removed = a + b;
     return r;
 }

@@ -7,9 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
-/* Schema version 1: the DEP side of Customer Key. Each entry of migrations[]
+/* Schema version 1: the DEP side of Customer Key; 2: vault pins. Each entry of migrations[]
  * takes the store from version i to i + 1. */
 static const char *const migrations[] = {
     "CREATE TABLE deps ("
@@ -60,6 +61,9 @@ static const char *const migrations[] = {
     "  e.id = coalesce((SELECT dep_id FROM assignments a WHERE a.scope = s.scope), "
     "    CASE WHEN s.scope LIKE 'mailbox:%' THEN "
     "      (SELECT dep_id FROM assignments a WHERE a.scope = 'tenant') END);",
+    /* 2: the vault key fingerprint of each vault, as first seen (kc_manifest.h) */
+    "CREATE TABLE vault_pins ("
+    "  vault TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, first_seen TEXT NOT NULL);",
 };
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -334,4 +338,43 @@ kc_rc kc_store_scrub(kc_store *s, kc_error *err)
         log != 0)
         return db_fail(s, "empty its write-ahead log (another process has it open?)", err);
     return KC_OK;
+}
+
+kc_rc kc_store_pins_load(kc_store *s, kc_ctx *ctx, kc_error *err)
+{
+    sqlite3_stmt *st = NULL;
+    kc_rc r = KC_OK;
+    int rc;
+
+    if (sqlite3_prepare_v2(s->db, "SELECT vault, fingerprint FROM vault_pins", -1, &st, NULL) !=
+        SQLITE_OK)
+        return db_fail(s, "read its vault pins", err);
+    while (r == KC_OK && (rc = sqlite3_step(st)) == SQLITE_ROW)
+        r = kc_ctx_pin_fingerprint(ctx, (const char *)sqlite3_column_text(st, 0),
+                                   (const char *)sqlite3_column_text(st, 1), err);
+    sqlite3_finalize(st);
+    if (r == KC_CONFLICT)
+        kc_error_hint(err, "the layout and the service store pin different vault keys: compare "
+                           "both with 'vault show' out of band");
+    return r;
+}
+
+kc_rc kc_store_pin_record(kc_store *s, const char *vault, const char *fingerprint, kc_error *err)
+{
+    sqlite3_stmt *st = NULL;
+    char now[21];
+    int rc;
+
+    kc_time_format_rfc3339(time(NULL), now);
+    if (sqlite3_prepare_v2(s->db,
+                           "INSERT INTO vault_pins (vault, fingerprint, first_seen) VALUES (?, ?, "
+                           "?) ON CONFLICT (vault) DO NOTHING",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_fail(s, "record a vault pin", err);
+    sqlite3_bind_text(st, 1, vault, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, fingerprint, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 3, now, -1, SQLITE_TRANSIENT);
+    rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? KC_OK : db_fail(s, "record a vault pin", err);
 }

@@ -11,12 +11,13 @@
 #ifndef KC_STORE_H
 #define KC_STORE_H
 
+#include "kc_ctx.h"
 #include "kc_error.h"
 
 typedef struct kc_store kc_store;
 
 /* The newest schema this keycustody writes. */
-#define KC_STORE_SCHEMA 1
+#define KC_STORE_SCHEMA 2
 
 /* Opens (creating, mode 0600) the store at path and brings its schema up to
  * date. KC_INTEGRITY for a file that is not a keycustody store or is from a
@@ -41,6 +42,12 @@ KC_EXPORT kc_rc kc_store_exec(kc_store *s, const char *sql, kc_error *err) KC_MU
  * content deleted with secure_delete (which the store has on) is gone
  * from both files. */
 KC_EXPORT kc_rc kc_store_scrub(kc_store *s, kc_error *err) KC_MUST_CHECK;
+
+/* The vault key fingerprints the store pinned, into ctx (kc_ctx_pin_fingerprint). */
+KC_EXPORT kc_rc kc_store_pins_load(kc_store *s, kc_ctx *ctx, kc_error *err) KC_MUST_CHECK;
+/* Pins vault's fingerprint, unless one is pinned already (the first seen stays). */
+KC_EXPORT kc_rc kc_store_pin_record(kc_store *s, const char *vault, const char *fingerprint,
+                                    kc_error *err) KC_MUST_CHECK;
 
 /* Counts the rows of a table (tests and status). */
 KC_EXPORT kc_rc kc_store_count(kc_store *s, const char *table, long *n,

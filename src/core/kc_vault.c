@@ -373,6 +373,12 @@ kc_rc kc_vault_open(kc_ctx *ctx, const char *name_or_uri, kc_vault **out, kc_err
     if (r == KC_OK) {
         (*out)->manifest = manifest;
         memcpy((*out)->fingerprint, fp, sizeof(fp));
+        /* first use: pinned from now on, in this process and by the caller */
+        if (kc_ctx_pinned_fingerprint(ctx, m.name) == NULL) {
+            kc_error ignored;
+            if (kc_ctx_pin_fingerprint(ctx, m.name, fp, &ignored) == KC_OK && ctx->seen_fn != NULL)
+                ctx->seen_fn(ctx->seen_arg, m.name, fp);
+        }
     } else {
         json_decref(manifest);
     }
