@@ -389,11 +389,13 @@ kc_rc kc_tok_gcm_open(kc_tok *t, kc_obj key, const unsigned char *aad, size_t aa
 
 /* --- HMAC-SHA256 --- */
 
-kc_rc kc_tok_hmac(kc_tok *t, kc_obj key, const unsigned char *data, size_t len,
-                  unsigned char mac[32], kc_error *err)
+/* A one-part C_Sign whose output has a fixed size. */
+static kc_rc sign_fixed(kc_tok *t, CK_MECHANISM_TYPE type, kc_obj key, const unsigned char *data,
+                        size_t len, unsigned char *out, CK_ULONG want, const char *what,
+                        kc_error *err)
 {
-    CK_MECHANISM mech = {CKM_SHA256_HMAC, NULL, 0};
-    CK_ULONG mlen = 32;
+    CK_MECHANISM mech = {type, NULL, 0};
+    CK_ULONG got = want;
     CK_RV rv;
     kc_rc r = kc_tok_session(t, err);
 
@@ -401,16 +403,28 @@ kc_rc kc_tok_hmac(kc_tok *t, kc_obj key, const unsigned char *data, size_t len,
         return r;
     rv = t->f->C_SignInit(t->session, &mech, key);
     if (rv == CKR_OK)
-        rv = t->f->C_Sign(t->session, (CK_BYTE_PTR)data, len, mac, &mlen);
+        rv = t->f->C_Sign(t->session, (CK_BYTE_PTR)data, len, out, &got);
     if (rv != CKR_OK) {
-        r = kc_p11_fail(err, "C_Sign", rv, "cannot compute the HMAC on the token");
+        r = kc_p11_fail(err, "C_Sign", rv, "cannot compute the %s on the token", what);
         kc_tok_explain_lost(t, rv, err);
         return r;
     }
-    if (mlen != 32)
-        return kc_error_set(err, KC_TOKEN, "the token gave a %lu-byte HMAC-SHA256",
-                            (unsigned long)mlen);
+    if (got != want)
+        return kc_error_set(err, KC_TOKEN, "the token gave a %lu-byte %s", (unsigned long)got,
+                            what);
     return KC_OK;
+}
+
+kc_rc kc_tok_hmac(kc_tok *t, kc_obj key, const unsigned char *data, size_t len,
+                  unsigned char mac[32], kc_error *err)
+{
+    return sign_fixed(t, CKM_SHA256_HMAC, key, data, len, mac, 32, "HMAC-SHA256", err);
+}
+
+kc_rc kc_tok_ecdsa_sign(kc_tok *t, kc_obj priv, const unsigned char digest[32],
+                        unsigned char sig[64], kc_error *err)
+{
+    return sign_fixed(t, CKM_ECDSA, priv, digest, 32, sig, 64, "P-256 signature", err);
 }
 
 kc_rc kc_tok_hmac_verify(kc_tok *t, kc_obj key, const unsigned char *data, size_t len,

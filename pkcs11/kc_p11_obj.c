@@ -457,31 +457,6 @@ kc_rc kc_tok_ec_point(kc_tok *t, kc_obj pub, unsigned char point[65], kc_error *
     return r;
 }
 
-kc_rc kc_tok_ecdsa_sign(kc_tok *t, kc_obj priv, const unsigned char digest[32],
-                        unsigned char sig[64], kc_error *err)
-{
-    CK_MECHANISM mech = {CKM_ECDSA, NULL, 0};
-    CK_ULONG len = 64;
-    CK_RV rv;
-    kc_rc r = kc_tok_session(t, err);
-
-    if (r != KC_OK)
-        return r;
-    rv = t->f->C_SignInit(t->session, &mech, priv);
-    if (rv == CKR_OK)
-        rv = t->f->C_Sign(t->session, (CK_BYTE_PTR)digest, 32, sig, &len);
-    if (rv != CKR_OK) {
-        r = kc_p11_fail(err, "C_Sign", rv, "cannot sign with the vault key of '%s'",
-                        t->info.label);
-        kc_tok_explain_lost(t, rv, err);
-        return r;
-    }
-    if (len != 64)
-        return kc_error_set(err, KC_TOKEN, "the token gave a %lu-byte P-256 signature",
-                            (unsigned long)len);
-    return KC_OK;
-}
-
 /* C_CreateObject with the leftovers of a failed creation removed. */
 static kc_rc create_clean(kc_tok *t, CK_ATTRIBUTE *tmpl, CK_ULONG n, const char *label,
                           const char *what, kc_obj *out, kc_error *err)

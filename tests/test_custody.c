@@ -537,7 +537,7 @@ static void test_backup_mac_failure(void)
     r = kc_test_run("key", "backup", "VaultA1/Key001", "--out", path(4, "k.backup"), PIN, NULL);
     kc_p11_fault_disarm();
     ASSERT_RC(r, 7);
-    ASSERT_HAS(r->err, "cannot compute the HMAC on the token: C_Sign:");
+    ASSERT_HAS(r->err, "cannot compute the HMAC-SHA256 on the token: C_Sign:");
     CU_ASSERT_NOT_EQUAL(access(path(4, "k.backup"), F_OK), 0);
     ASSERT_RC(
         kc_test_run("key", "backup", "VaultA1/Key001", "--out", path(4, "k.backup"), PIN, NULL), 0);

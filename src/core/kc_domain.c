@@ -1,5 +1,6 @@
 #include "kc_domain.h"
 #include "kc_key.h"
+#include "kc_manifest.h"
 #include "kc_util.h"
 
 #include <jansson.h>
@@ -82,15 +83,7 @@ static kc_secret *derive_key(const kc_secret *s, const char *label)
 /* SHA-256 of the DER SubjectPublicKeyInfo: how a custodian is named. */
 static kc_rc fingerprint(EVP_PKEY *pk, char hex[65], kc_error *err)
 {
-    unsigned char *der = NULL, md[32];
-    int len = i2d_PUBKEY(pk, &der);
-
-    if (len <= 0)
-        return kc_error_set(err, KC_ERR, "cannot encode a custodian's public key");
-    SHA256(der, (size_t)len, md);
-    OPENSSL_free(der);
-    kc_hex_encode(md, sizeof(md), hex);
-    return KC_OK;
+    return kc_spki_fingerprint(pk, hex, err);
 }
 
 static kc_rc load_public(const char *path, EVP_PKEY **out, kc_error *err)

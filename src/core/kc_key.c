@@ -752,39 +752,6 @@ fail:
 
 /* --- public key, wrap, unwrap --- */
 
-static kc_rc rsa_pkey(const unsigned char *n, size_t n_len, const unsigned char *e, size_t e_len,
-                      EVP_PKEY **out, kc_error *err)
-{
-    OSSL_PARAM_BLD *bld = NULL;
-    OSSL_PARAM *params = NULL;
-    EVP_PKEY_CTX *pctx = NULL;
-    BIGNUM *bn_n = NULL, *bn_e = NULL;
-    kc_rc r = KC_ERR;
-
-    *out = NULL;
-    bn_n = BN_bin2bn(n, (int)n_len, NULL);
-    bn_e = BN_bin2bn(e, (int)e_len, NULL);
-    bld = OSSL_PARAM_BLD_new();
-    if (bn_n == NULL || bn_e == NULL || bld == NULL ||
-        !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn_n) ||
-        !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, bn_e) ||
-        (params = OSSL_PARAM_BLD_to_param(bld)) == NULL ||
-        (pctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL)) == NULL ||
-        EVP_PKEY_fromdata_init(pctx) <= 0 ||
-        EVP_PKEY_fromdata(pctx, out, EVP_PKEY_PUBLIC_KEY, params) <= 0) {
-        r = kc_error_set(err, KC_ERR, "OpenSSL cannot build the RSA public key");
-        goto cleanup;
-    }
-    r = KC_OK;
-cleanup:
-    EVP_PKEY_CTX_free(pctx);
-    OSSL_PARAM_free(params);
-    OSSL_PARAM_BLD_free(bld);
-    BN_free(bn_n);
-    BN_free(bn_e);
-    return r;
-}
-
 kc_rc kc_key_public_pem(kc_vault *v, const kc_key *k, const kc_key_version *ver, char **pem,
                         kc_error *err)
 {
@@ -803,7 +770,7 @@ kc_rc kc_key_public_pem(kc_vault *v, const kc_key *k, const kc_key_version *ver,
                           &e_len, err);
     if (r != KC_OK)
         goto cleanup;
-    r = rsa_pkey(n, n_len, e, e_len, &pkey, err);
+    r = kc_rsa_public_pkey(n, n_len, e, e_len, (void **)&pkey, err);
     if (r != KC_OK)
         goto cleanup;
     bio = BIO_new(BIO_s_mem());

@@ -38,10 +38,10 @@ static kc_rc ec_pkey(const unsigned char point[65], EVP_PKEY **out, kc_error *er
     return r;
 }
 
-static kc_rc pkey_fingerprint(EVP_PKEY *pk, char fp[KC_FINGERPRINT_HEX + 1], kc_error *err)
+kc_rc kc_spki_fingerprint(void *pkey, char fp[KC_FINGERPRINT_HEX + 1], kc_error *err)
 {
     unsigned char *der = NULL, md[32];
-    int len = i2d_PUBKEY(pk, &der);
+    int len = i2d_PUBKEY(pkey, &der);
 
     if (len <= 0)
         return kc_error_set(err, KC_ERR, "cannot encode a public key");
@@ -49,6 +49,32 @@ static kc_rc pkey_fingerprint(EVP_PKEY *pk, char fp[KC_FINGERPRINT_HEX + 1], kc_
     OPENSSL_free(der);
     kc_hex_encode(md, sizeof(md), fp);
     return KC_OK;
+}
+
+kc_rc kc_rsa_public_pkey(const unsigned char *n, size_t n_len, const unsigned char *e,
+                         size_t e_len, void **out, kc_error *err)
+{
+    OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
+    OSSL_PARAM *params = NULL;
+    EVP_PKEY_CTX *pc = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    BIGNUM *bn = BN_bin2bn(n, (int)n_len, NULL), *be = BN_bin2bn(e, (int)e_len, NULL);
+    EVP_PKEY *pk = NULL;
+    kc_rc r = KC_OK;
+
+    *out = NULL;
+    if (bld == NULL || pc == NULL || bn == NULL || be == NULL ||
+        !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn) ||
+        !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, be) ||
+        (params = OSSL_PARAM_BLD_to_param(bld)) == NULL || EVP_PKEY_fromdata_init(pc) <= 0 ||
+        EVP_PKEY_fromdata(pc, &pk, EVP_PKEY_PUBLIC_KEY, params) <= 0)
+        r = kc_error_set(err, KC_ERR, "OpenSSL cannot build the RSA public key");
+    OSSL_PARAM_free(params);
+    OSSL_PARAM_BLD_free(bld);
+    EVP_PKEY_CTX_free(pc);
+    BN_free(bn);
+    BN_free(be);
+    *out = pk;
+    return r;
 }
 
 /* The vault key's halves: the public one (public, as made), and the private
@@ -114,7 +140,7 @@ kc_rc kc_manifest_signer(kc_tok *tok, void **pkey, char fp[KC_FINGERPRINT_HEX + 
     if (r == KC_OK)
         r = ec_pkey(point, &pk, err);
     if (r == KC_OK)
-        r = pkey_fingerprint(pk, fp, err);
+        r = kc_spki_fingerprint(pk, fp, err);
     if (r != KC_OK) {
         EVP_PKEY_free(pk);
         return r;
@@ -140,26 +166,12 @@ kc_rc kc_manifest_fingerprint(kc_tok *tok, char fp[KC_FINGERPRINT_HEX + 1], kc_e
 kc_rc kc_manifest_rsa_spki_hash(const unsigned char *n, size_t n_len, const unsigned char *e,
                                 size_t e_len, char out[KC_FINGERPRINT_HEX + 1], kc_error *err)
 {
-    OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
-    OSSL_PARAM *params = NULL;
-    EVP_PKEY_CTX *pc = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
-    BIGNUM *bn = BN_bin2bn(n, (int)n_len, NULL), *be = BN_bin2bn(e, (int)e_len, NULL);
-    EVP_PKEY *pk = NULL;
-    kc_rc r = KC_OK;
+    void *pk = NULL;
+    kc_rc r = kc_rsa_public_pkey(n, n_len, e, e_len, &pk, err);
 
-    if (bld == NULL || pc == NULL || !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn) ||
-        !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, be) ||
-        (params = OSSL_PARAM_BLD_to_param(bld)) == NULL || EVP_PKEY_fromdata_init(pc) <= 0 ||
-        EVP_PKEY_fromdata(pc, &pk, EVP_PKEY_PUBLIC_KEY, params) <= 0)
-        r = kc_error_set(err, KC_ERR, "cannot read an RSA public key");
     if (r == KC_OK)
-        r = pkey_fingerprint(pk, out, err);
+        r = kc_spki_fingerprint(pk, out, err);
     EVP_PKEY_free(pk);
-    OSSL_PARAM_free(params);
-    OSSL_PARAM_BLD_free(bld);
-    EVP_PKEY_CTX_free(pc);
-    BN_free(bn);
-    BN_free(be);
     return r;
 }
 

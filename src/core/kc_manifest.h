@@ -47,6 +47,16 @@ KC_EXPORT kc_rc kc_manifest_write(kc_vault *v, kc_vault_meta *m, kc_error *err) 
 KC_EXPORT kc_rc kc_manifest_fingerprint(kc_tok *tok, char fp[KC_FINGERPRINT_HEX + 1],
                                         kc_error *err) KC_MUST_CHECK;
 
+/* SHA-256 (hex) of the DER SubjectPublicKeyInfo of an OpenSSL EVP_PKEY:
+ * how keycustody names a vault key, a key version or a custodian. */
+KC_EXPORT kc_rc kc_spki_fingerprint(void *pkey, char fp[KC_FINGERPRINT_HEX + 1],
+                                    kc_error *err) KC_MUST_CHECK;
+
+/* An OpenSSL EVP_PKEY (caller EVP_PKEY_free's) of the RSA public key n, e
+ * (big-endian). */
+KC_EXPORT kc_rc kc_rsa_public_pkey(const unsigned char *n, size_t n_len, const unsigned char *e,
+                                   size_t e_len, void **pkey, kc_error *err) KC_MUST_CHECK;
+
 /* SHA-256 (hex) of the SubjectPublicKeyInfo of an RSA public key. */
 KC_EXPORT kc_rc kc_manifest_rsa_spki_hash(const unsigned char *n, size_t n_len,
                                           const unsigned char *e, size_t e_len,
