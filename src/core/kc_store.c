@@ -344,12 +344,11 @@ kc_rc kc_store_pins_load(kc_store *s, kc_ctx *ctx, kc_error *err)
 {
     sqlite3_stmt *st = NULL;
     kc_rc r = KC_OK;
-    int rc;
 
     if (sqlite3_prepare_v2(s->db, "SELECT vault, fingerprint FROM vault_pins", -1, &st, NULL) !=
         SQLITE_OK)
         return db_fail(s, "read its vault pins", err);
-    while (r == KC_OK && (rc = sqlite3_step(st)) == SQLITE_ROW)
+    while (r == KC_OK && sqlite3_step(st) == SQLITE_ROW)
         r = kc_ctx_pin_fingerprint(ctx, (const char *)sqlite3_column_text(st, 0),
                                    (const char *)sqlite3_column_text(st, 1), err);
     sqlite3_finalize(st);
