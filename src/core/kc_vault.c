@@ -223,18 +223,6 @@ cleanup:
     return r;
 }
 
-kc_rc kc_vault_meta_doc_check(const unsigned char *buf, size_t len, unsigned long *generation,
-                              void *arg, kc_error *err)
-{
-    kc_vault_meta m;
-    kc_rc r = kc_vault_meta_decode(buf, len, &m, err);
-
-    (void)arg;
-    if (r == KC_OK)
-        *generation = m.generation;
-    return r;
-}
-
 /* The vault metadata of tok, from its signed manifest (kept in *manifest
  * when not NULL; fp gets the vault key's fingerprint). expect_fp: a pinned
  * fingerprint, or NULL. */

@@ -98,9 +98,6 @@ KC_EXPORT kc_rc kc_vault_list(kc_ctx *ctx, kc_vault_entry **out, size_t *n,
 /* Metadata <-> JSON text (the on-token format). decode checks every field. */
 KC_EXPORT kc_rc kc_vault_meta_encode(const kc_vault_meta *m, char **out,
                                      kc_error *err) KC_MUST_CHECK;
-/* A kc_gendoc_check for vault metadata documents. */
-KC_EXPORT kc_rc kc_vault_meta_doc_check(const unsigned char *buf, size_t len,
-                                        unsigned long *generation, void *arg, kc_error *err);
 KC_EXPORT kc_rc kc_vault_meta_decode(const unsigned char *buf, size_t len, kc_vault_meta *m,
                                      kc_error *err) KC_MUST_CHECK;
 
