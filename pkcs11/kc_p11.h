@@ -67,6 +67,7 @@ typedef struct kc_key_obj {
     int sensitive, extractable, always_sensitive, never_extractable, local;
     int wrap_with_trusted, modifiable, trusted;
     int token_private; /* CKA_PRIVATE: only a PIN holder can have made it */
+    int unreadable;    /* the token failed to give its type, label or CKA_PRIVATE */
     char start_date[9], end_date[9]; /* read from public objects only (see kc_p11_obj.c) */
 } kc_key_obj;
 

@@ -81,6 +81,17 @@ static int get_bool(kc_tok *t, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type)
     return kc_p11_get_attr(t, h, type, &b, sizeof(b)) == (long)sizeof(b) && b == CK_TRUE;
 }
 
+/* 1 or 0, or -1 when the token did not answer: a boolean that decides
+ * whether an object is believed must not read a failure as FALSE. */
+static int get_bool3(kc_tok *t, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type)
+{
+    CK_BBOOL b = CK_FALSE;
+
+    if (kc_p11_get_attr(t, h, type, &b, sizeof(b)) != (long)sizeof(b))
+        return -1;
+    return b == CK_TRUE;
+}
+
 int kc_p11_get_ulong(kc_tok *t, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, CK_ULONG *out)
 {
     return kc_p11_get_attr(t, h, type, out, sizeof(*out)) == (long)sizeof(*out);
@@ -143,6 +154,8 @@ static void read_key(kc_tok *t, CK_OBJECT_HANDLE h, CK_OBJECT_CLASS cls, kc_key_
     k->id_len = n > 0 ? (size_t)n : 0;
     if (kc_p11_get_ulong(t, h, CKA_KEY_TYPE, &kt))
         k->type = kt == CKK_RSA ? KC_KT_RSA : kt == CKK_EC ? KC_KT_EC : KC_KT_OTHER;
+    else
+        k->unreadable = 1;
     if (k->type == KC_KT_RSA) {
         if (!k->is_private && kc_p11_get_ulong(t, h, CKA_MODULUS_BITS, &bits))
             k->bits = (unsigned)bits;
@@ -173,7 +186,13 @@ static void read_key(kc_tok *t, CK_OBJECT_HANDLE h, CK_OBJECT_CLASS cls, kc_key_
     }
     k->local = get_bool(t, h, CKA_LOCAL);
     k->modifiable = get_bool(t, h, CKA_MODIFIABLE);
-    k->token_private = get_bool(t, h, CKA_PRIVATE);
+    k->token_private = get_bool3(t, h, CKA_PRIVATE);
+    /* SoftHSM 2.6.1 can fail a read while another process rewrites the
+     * token (its integrity check): such an object is unreadable, not
+     * planted */
+    k->unreadable |= k->token_private < 0;
+    if (k->token_private < 0)
+        k->token_private = 0;
 }
 
 static kc_rc find_keys(kc_tok *t, const char *label, const unsigned char *id, size_t id_len,
@@ -573,16 +592,22 @@ kc_rc kc_tok_find_labelled(kc_tok *t, const char *label, kc_obj **out, size_t *n
     return KC_OK;
 }
 
-/* Whether object h is where says a genuine one is. */
+/* Whether object h is where says a genuine one is; -1 when the token did
+ * not say. */
 static int is_where(kc_tok *t, CK_OBJECT_HANDLE h, kc_where where)
 {
+    int priv = where == KC_WHERE_ANY ? 0 : get_bool3(t, h, CKA_PRIVATE), trusted;
+
+    if (priv < 0)
+        return -1;
     switch (where) {
     case KC_WHERE_PRIVATE:
-        return get_bool(t, h, CKA_PRIVATE);
+        return priv;
     case KC_WHERE_TRUSTED:
-        return !get_bool(t, h, CKA_PRIVATE) && get_bool(t, h, CKA_TRUSTED);
+        trusted = get_bool3(t, h, CKA_TRUSTED);
+        return trusted < 0 ? -1 : !priv && trusted;
     case KC_WHERE_PUBLIC:
-        return !get_bool(t, h, CKA_PRIVATE);
+        return !priv;
     case KC_WHERE_ANY:
         break;
     }
@@ -602,9 +627,20 @@ static kc_rc find_where(kc_tok *t, CK_ATTRIBUTE *tmpl, CK_ULONG nt, kc_where whe
 
     if (r != KC_OK)
         return r;
-    for (i = 0; i < count; i++)
-        if (is_where(t, (*out)[i], where))
+    for (i = 0; i < count; i++) {
+        int w = is_where(t, (*out)[i], where);
+        if (w < 0) {
+            free(*out);
+            *out = NULL;
+            return kc_error_set(err, KC_TOKEN,
+                                "vault '%s' did not say whether an object is private (the token "
+                                "failed, perhaps while another process wrote it); run the "
+                                "command again",
+                                t->info.label);
+        }
+        if (w)
             (*out)[k++] = (*out)[i];
+    }
     *n = k;
     if (others != NULL)
         *others = count - k;

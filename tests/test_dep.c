@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1188,9 +1189,21 @@ static void test_rotate_during_refresh(void)
             ASSERT_RC(r, 7);
             ASSERT_HAS(r->err, "vault '");
         }
-        for (j = 0; j < 3000 && access(kc_test_path("rotate.rc"), F_OK) != 0; j++)
+        /* the shell makes rotate.rc before it writes the status into it */
+        for (j = 0; j < 3000; j++) {
+            struct stat st;
+            if (stat(kc_test_path("rotate.rc"), &st) == 0 && st.st_size > 0)
+                break;
             usleep(10000);
+        }
         rc_text = kc_test_read(kc_test_path("rotate.rc"), &len);
+        if (rc_text == NULL || (strcmp((char *)rc_text, "0\n") != 0 &&
+                                strcmp((char *)rc_text, "7\n") != 0)) {
+            unsigned char *log = kc_test_read(kc_test_path("rotate.log"), &len);
+            fprintf(stderr, "\n  key rotate exited %s: %s\n", rc_text ? (char *)rc_text : "?",
+                    log ? (char *)log : "");
+            free(log);
+        }
         CU_ASSERT(rc_text != NULL &&
                   (strcmp((char *)rc_text, "0\n") == 0 || strcmp((char *)rc_text, "7\n") == 0));
         free(rc_text);

@@ -375,6 +375,14 @@ static kc_rc group_keys(kc_vault *v, const kc_key_obj *objs, size_t nobjs, kc_ke
         if (objs[i].label[0] == '\0' || strlen(objs[i].label) > KC_KEY_NAME_MAX ||
             strncmp(objs[i].label, "keycustody-", 11) == 0)
             continue;
+        if (objs[i].unreadable) {
+            r = kc_error_set(err, KC_TOKEN,
+                             "vault '%s' did not give the attributes of key '%s' (the token "
+                             "failed, perhaps while another process wrote it); run the command "
+                             "again",
+                             v->meta.name, objs[i].label);
+            goto fail;
+        }
         /* a private key anyone could have made (CKA_PRIVATE=FALSE) */
         if (objs[i].is_private && !objs[i].token_private) {
             r = kc_error_set(err, KC_INTEGRITY,

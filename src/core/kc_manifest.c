@@ -93,6 +93,14 @@ static kc_rc find_signer(kc_tok *tok, int with_private, kc_obj *pub, int *has_pu
     if (r != KC_OK)
         return r;
     for (i = 0; i < n; i++) {
+        if (objs[i].unreadable) {
+            free(objs);
+            return kc_error_set(err, KC_TOKEN,
+                                "vault '%s' did not give the attributes of its vault key (the "
+                                "token failed, perhaps while another process wrote it); run the "
+                                "command again",
+                                kc_tok_info_get(tok)->label);
+        }
         if (objs[i].type != KC_KT_EC || (objs[i].is_private && !objs[i].token_private) ||
             (!objs[i].is_private && objs[i].token_private)) {
             bad++;
