@@ -132,9 +132,9 @@ int main(int argc, char **argv)
     ssl_rate = openssl_hmac(line);
     printf("Audit records per second, %.0f s per figure, 1 thread, %ld CPUs; a record of %zu "
            "bytes\n"
-           "sealed: kc_audit_append with the vault's audit key (lock, read the last line, HMAC "
-           "on\nthe token, write + fsync, move the anchor: a new data object, the old one "
-           "destroyed);\nunsealed: the same without the token; token HMAC: kc_tok_hmac alone "
+           "sealed: kc_audit_append with the vault's audit key (lock, read the last line, check "
+           "the\nanchored record, HMAC on the token, write + fsync, move the anchor: a new data "
+           "object,\nthe old one destroyed);\nunsealed: the same without the token; token HMAC: kc_tok_hmac alone "
            "(C_SignInit + C_Sign);\nopenssl: HMAC-SHA256 of the same bytes\n",
            seconds, sysconf(_SC_NPROCESSORS_ONLN), strlen(line) + 1);
     printf("%-12s %12s %12s %14s %12s\n", "", "sealed", "unsealed", "token HMAC", "openssl");
