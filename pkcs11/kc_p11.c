@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static void module_name(CK_FUNCTION_LIST *m, char *buf, size_t len)
@@ -508,11 +509,28 @@ static kc_rc tok_new(kc_p11 *p, const struct find_arg *a, kc_tok **out, kc_error
     return KC_OK;
 }
 
-static kc_rc find_token(kc_p11 *p, const char *name_or_uri, int want_free, struct find_arg *a,
-                        kc_error *err)
+/* SoftHSM 2.6.1 reads every token directory at C_Initialize; a token whose
+ * token.object another process is rewriting at that moment (every login
+ * rewrites it) is then listed as an uninitialised token for the life of the
+ * process, and a vault that exists is "not found". Before anything was
+ * opened, initialising the module again (once, 0.1 s later) sees it. 1 when
+ * it was done. */
+static int reload_module(kc_p11 *p)
+{
+    struct timespec pause = {0, 100 * 1000 * 1000};
+
+    if (p->ncache != 0 || p->from_registry || p->modules == NULL || p->modules[0] == NULL)
+        return 0;
+    (void)nanosleep(&pause, NULL);
+    (void)p11_kit_module_finalize(p->modules[0]);
+    return p11_kit_module_initialize(p->modules[0]) == CKR_OK;
+}
+
+static kc_rc find_token(kc_p11 *p, const char *name_or_uri, int want_free, int reload,
+                        struct find_arg *a, kc_error *err)
 {
     char seen[512];
-    int stopped;
+    int stopped, attempt;
     kc_rc r;
 
     memset(a, 0, sizeof(*a));
@@ -525,6 +543,10 @@ static kc_rc find_token(kc_p11 *p, const char *name_or_uri, int want_free, struc
         a->label = name_or_uri;
     }
     r = each_token(p, find_one, a, &stopped, err);
+    for (attempt = 0; r == KC_OK && a->matches == 0 && reload && attempt < 1 &&
+                      reload_module(p);
+         attempt++)
+        r = each_token(p, find_one, a, &stopped, err);
     p11_kit_uri_free(a->uri);
     a->uri = NULL;
     if (r != KC_OK)
@@ -555,7 +577,7 @@ kc_rc kc_p11_token_new(kc_p11 *p, const char *name_or_uri, kc_tok **out, kc_erro
     kc_rc r;
 
     *out = NULL;
-    r = find_token(p, name_or_uri, 0, &a, err);
+    r = find_token(p, name_or_uri, 0, 0, &a, err);
     if (r != KC_OK)
         return r;
     return tok_new(p, &a, out, err);
@@ -594,7 +616,19 @@ kc_rc kc_p11_token(kc_p11 *p, const char *name_or_uri, kc_tok **out, kc_error *e
     kc_rc r;
 
     *out = NULL;
-    r = find_token(p, name_or_uri, 0, &a, err);
+    r = find_token(p, name_or_uri, 0, 1, &a, err);
+    if (r != KC_OK)
+        return r;
+    return cache_token(p, &a, out, err);
+}
+
+kc_rc kc_p11_token_if_any(kc_p11 *p, const char *name_or_uri, kc_tok **out, kc_error *err)
+{
+    struct find_arg a;
+    kc_rc r;
+
+    *out = NULL;
+    r = find_token(p, name_or_uri, 0, 0, &a, err);
     if (r != KC_OK)
         return r;
     return cache_token(p, &a, out, err);
@@ -608,7 +642,7 @@ kc_rc kc_p11_free_token(kc_p11 *p, const char *uri, kc_tok **out, kc_error *err)
     *out = NULL;
     if (uri != NULL && !kc_p11_is_uri(uri))
         return kc_error_set(err, KC_USAGE, "'%s' is not a pkcs11: URI", uri);
-    r = find_token(p, uri, 1, &a, err);
+    r = find_token(p, uri, 1, 0, &a, err);
     if (r != KC_OK)
         return r;
     return cache_token(p, &a, out, err);

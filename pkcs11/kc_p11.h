@@ -124,6 +124,14 @@ KC_EXPORT kc_rc kc_p11_list_tokens(kc_p11 *p, kc_tok_info **out, size_t *n,
 KC_EXPORT kc_rc kc_p11_token(kc_p11 *p, const char *name_or_uri, kc_tok **out,
                              kc_error *err) KC_MUST_CHECK;
 
+/* Like kc_p11_token for a lookup whose "not found" is an ordinary answer
+ * (vault init asking whether the vault exists): no second look. kc_p11_token
+ * initialises the module once more before it says "not found", when
+ * nothing was opened yet (SoftHSM can miss a token another process is
+ * rewriting when it initialises; see kc_p11.c). */
+KC_EXPORT kc_rc kc_p11_token_if_any(kc_p11 *p, const char *name_or_uri, kc_tok **out,
+                                    kc_error *err) KC_MUST_CHECK;
+
 /* Like kc_p11_token, but a new handle with its own session, owned by the
  * caller (kc_tok_free): for threads, which must not share a session. */
 KC_EXPORT kc_rc kc_p11_token_new(kc_p11 *p, const char *name_or_uri, kc_tok **out,

@@ -442,7 +442,7 @@ kc_rc kc_vault_init(kc_ctx *ctx, const kc_vault_meta *want, const char *token_ur
     memcpy(m.updated, m.created, sizeof(m.updated));
     m.schema = KC_VAULT_SCHEMA;
 
-    r = kc_p11_token(ctx->p11, want->name, &tok, &lookup);
+    r = kc_p11_token_if_any(ctx->p11, want->name, &tok, &lookup);
     if (r == KC_OK) {
         if (token_uri != NULL)
             return kc_error_set(err, KC_CONFLICT,
