@@ -358,6 +358,33 @@ CK_ULONG kc_p11_rsa_private_template(const kc_rsa_spec *spec, CK_ATTRIBUTE *t, C
     return n;
 }
 
+/* C_GenerateKeyPair with the leftovers of a failed generation removed;
+ * what names the pair in the error. */
+static kc_rc generate_pair(kc_tok *t, CK_MECHANISM_TYPE type, CK_ATTRIBUTE *pt, CK_ULONG np,
+                           CK_ATTRIBUTE *vt, CK_ULONG nv, const char *label, const char *what,
+                           kc_obj *pub, kc_obj *priv, kc_error *err)
+{
+    CK_MECHANISM mech = {type, NULL, 0};
+    CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE, *before = NULL;
+    size_t nbefore = 0;
+    CK_RV rv;
+    kc_rc r;
+
+    r = kc_p11_find_all(t, NULL, 0, &before, &nbefore, err);
+    if (r != KC_OK)
+        return r;
+    rv = t->f->C_GenerateKeyPair(t->session, &mech, pt, np, vt, nv, &hpub, &hpriv);
+    if (rv != CKR_OK) {
+        kc_p11_remove_leftovers(t, label, before, nbefore);
+        free(before);
+        return kc_p11_fail(err, "C_GenerateKeyPair", rv, "cannot create %s", what);
+    }
+    free(before);
+    *pub = hpub;
+    *priv = hpriv;
+    return KC_OK;
+}
+
 kc_rc kc_tok_generate_rsa(kc_tok *t, const kc_rsa_spec *spec, kc_obj *pub, kc_obj *priv,
                           kc_error *err)
 {
@@ -365,35 +392,18 @@ kc_rc kc_tok_generate_rsa(kc_tok *t, const kc_rsa_spec *spec, kc_obj *pub, kc_ob
     CK_OBJECT_CLASS pub_cls, priv_cls;
     CK_KEY_TYPE pub_kt, priv_kt;
     CK_ULONG bits = spec->bits;
-    CK_MECHANISM mech = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
-    CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE;
-    CK_OBJECT_HANDLE *before = NULL;
     CK_DATE start, end;
-    size_t nbefore = 0;
     CK_ATTRIBUTE pt[16], vt[16];
     CK_ULONG np, nv;
-    CK_RV rv;
-    kc_rc r;
+    char what[40];
 
     np = rsa_public_template(spec, pt, &pub_cls, &pub_kt, &start, &end);
     pt[np++] = (CK_ATTRIBUTE)ATTR(CKA_MODULUS_BITS, &bits, sizeof(bits));
     pt[np++] = (CK_ATTRIBUTE)ATTR(CKA_PUBLIC_EXPONENT, exponent, sizeof(exponent));
     nv = kc_p11_rsa_private_template(spec, vt, &priv_cls, &priv_kt);
-
-    r = kc_p11_find_all(t, NULL, 0, &before, &nbefore, err);
-    if (r != KC_OK)
-        return r;
-    rv = t->f->C_GenerateKeyPair(t->session, &mech, pt, np, vt, nv, &hpub, &hpriv);
-    if (rv != CKR_OK) {
-        kc_p11_remove_leftovers(t, spec->label, before, nbefore);
-        free(before);
-        return kc_p11_fail(err, "C_GenerateKeyPair", rv, "cannot create RSA-%u key pair",
-                           spec->bits);
-    }
-    free(before);
-    *pub = hpub;
-    *priv = hpriv;
-    return KC_OK;
+    snprintf(what, sizeof(what), "RSA-%u key pair", spec->bits);
+    return generate_pair(t, CKM_RSA_PKCS_KEY_PAIR_GEN, pt, np, vt, nv, spec->label, what, pub,
+                         priv, err);
 }
 
 /* DER of the OID prime256v1 (1.2.840.10045.3.1.7), as CKA_EC_PARAMS holds it. */
@@ -402,8 +412,6 @@ static const CK_BYTE p256_params[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 
 kc_rc kc_tok_generate_ec_signer(kc_tok *t, const char *label, kc_obj *pub, kc_obj *priv,
                                 kc_error *err)
 {
-    CK_MECHANISM mech = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
-    CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE, *before = NULL;
     CK_ATTRIBUTE pt[] = {
         ATTR(CKA_EC_PARAMS, p256_params, sizeof(p256_params)),
         ATTR_BOOL(CKA_TOKEN, 1),
@@ -423,25 +431,9 @@ kc_rc kc_tok_generate_ec_signer(kc_tok *t, const char *label, kc_obj *pub, kc_ob
         ATTR_BOOL(CKA_UNWRAP, 0),    ATTR_BOOL(CKA_DERIVE, 0),
         ATTR_BOOL(CKA_MODIFIABLE, 0), ATTR_BOOL(CKA_COPYABLE, 0),
     };
-    size_t nbefore = 0;
-    CK_RV rv;
-    kc_rc r;
-
-    r = kc_p11_find_all(t, NULL, 0, &before, &nbefore, err);
-    if (r != KC_OK)
-        return r;
-    rv = t->f->C_GenerateKeyPair(t->session, &mech, pt, sizeof(pt) / sizeof(pt[0]), vt,
-                                 sizeof(vt) / sizeof(vt[0]), &hpub, &hpriv);
-    if (rv != CKR_OK) {
-        kc_p11_remove_leftovers(t, label, before, nbefore);
-        free(before);
-        return kc_p11_fail(err, "C_GenerateKeyPair", rv, "cannot create the EC P-256 key '%s'",
-                           label);
-    }
-    free(before);
-    *pub = hpub;
-    *priv = hpriv;
-    return KC_OK;
+    return generate_pair(t, CKM_EC_KEY_PAIR_GEN, pt, sizeof(pt) / sizeof(pt[0]), vt,
+                         sizeof(vt) / sizeof(vt[0]), label, "the EC P-256 vault key", pub, priv,
+                         err);
 }
 
 kc_rc kc_tok_ec_point(kc_tok *t, kc_obj pub, unsigned char point[65], kc_error *err)
