@@ -80,6 +80,7 @@ int kc_test_setup(void)
     unsetenv("KEYCUSTODY_PRINCIPAL");
     unsetenv("KEYCUSTODY_STORE");
     unsetenv("KEYCUSTODY_SERVICE_VAULT");
+    unsetenv("KEYCUSTODY_SERVICE_PIN_SOURCE");
     unsetenv("KEYCUSTODY_SYSLOG_SOCKET");
     unsetenv("KC_TEST_AUDIT_TAMPERED");
     forget_secrets();

@@ -4,6 +4,7 @@
  * softhsm2-dump-file, editing files. Each test fails without its defence. */
 #include "fixture.h"
 #include "kc_secret.h"
+#include "kc_store_int.h"
 #include "kc_util.h"
 
 #include <jansson.h>
@@ -16,6 +17,7 @@
 #include <fcntl.h>
 
 #include <stdio.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -401,6 +403,8 @@ static void store_setup(void)
     kc_test_vault("Service", "sub-svc", "centralus");
     setenv("KEYCUSTODY_STORE", kc_test_path("service.db"), 1);
     setenv("KEYCUSTODY_SERVICE_VAULT", "Service", 1);
+    /* the service's PIN source: the store's rows are checked on its vault */
+    setenv("KEYCUSTODY_SERVICE_PIN_SOURCE", "env:TEST_PIN", 1);
     ASSERT_RC(kc_test_run("dep", "create", "Ten", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
                           "--workload", "tenant", "--pin-source", "Service=env:TEST_PIN", "--as",
                           "svc", NULL),
@@ -466,7 +470,253 @@ static void test_store_file_rights(void)
     ASSERT_RC(kc_test_run("dep", "list", NULL), 0);
 }
 
+/* --- attacker 4: rows written with sqlite3 --- */
+
+/* Runs SQL on the service store with the sqlite3 CLI, as the attacker does. */
+static int sql(const char *fmt, ...) KC_PRINTF(1, 2);
+static int sql(const char *fmt, ...)
+{
+    char stmt[4096], *out = NULL;
+    va_list ap;
+    int rc;
+
+    va_start(ap, fmt);
+    vsnprintf(stmt, sizeof(stmt), fmt, ap);
+    va_end(ap);
+    rc = kc_test_sh(&out, "sqlite3 '%s' \"%s\"", kc_test_path("service.db"), stmt);
+    if (rc != 0)
+        fprintf(stderr, "\nsqlite3: %s\n", out);
+    return rc;
+}
+
+/* data put of a small item into scope, as the service does it. */
+static const kc_test_out *put_item(const char *scope, const char *name)
+{
+    kc_test_write(kc_test_path("item.txt"), "mail", 4, 0600);
+    return kc_test_run("data", "put", scope, name, "--in", kc_test_path("item.txt"), "--as", "svc",
+                       PIN, NULL);
+}
+
+/* The attack of the trust issue: slot 0 of the tenant DEP replaced by an
+ * RSA-OAEP encryption, under vault A's public key (no PIN needed), of a key
+ * the attacker knows. Unrefused, every new scope key would be wrapped under
+ * it, and the attacker could read each item put there. */
+static void test_store_wrapped_key_replaced(void)
+{
+    const kc_test_out *r;
+    char *out = NULL;
+
+    store_setup();
+    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", NULL), 0);
+    ASSERT_RC(put_item("tenant", "before"), 0);
+    ASSERT_RC(kc_test_run("key", "export-public", "VaultA1/KeyA", "--out", path(0, "a.pem"), "--as",
+                          "svc", NULL),
+              0);
+    CU_ASSERT_EQUAL_FATAL(
+        kc_test_sh(&out,
+                   "head -c 32 /dev/urandom > '%s' && openssl pkeyutl -encrypt -pubin -inkey '%s' "
+                   "-in '%s' -out '%s' -pkeyopt rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha256 "
+                   "-pkeyopt rsa_mgf1_md:sha256",
+                   path(1, "attacker.key"), path(0, "a.pem"), path(1, "attacker.key"),
+                   path(2, "attacker.oaep")),
+        0);
+    CU_ASSERT_EQUAL_FATAL(sql("UPDATE dep_keys SET wrapped = readfile('%s'), alg = 'RSA-OAEP-256' "
+                              "WHERE slot = 0",
+                              path(2, "attacker.oaep")),
+                          0);
+    r = put_item("mailbox:new", "steered");
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "wrapped key of DEP 'Ten' (generation 1, slot 0) fails its MAC");
+    ASSERT_HAS(r->err, "made or changed outside keycustody, and is not used");
+    r = kc_test_run("data", "get", "tenant", "before", "--out", path(3, "before.out"), "--as", "svc",
+                    PIN, NULL);
+    ASSERT_RC(r, 8);
+    r = kc_test_run("dep", "refresh", "Ten", "--roll", "--as", "svc", PIN, NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "slot 0) fails its MAC");
+    unsetenv("KEYCUSTODY_STORE");
+}
+
+/* Assignments steered: the tenant moved to another DEP, a mailbox given
+ * the tenant row's MAC, a disabled DEP enabled, a DEP row planted. */
+static void test_store_rows_steered(void)
+{
+    const kc_test_out *r;
+
+    store_setup();
+    ASSERT_RC(kc_test_run("dep", "create", "Ten2", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
+                          "--workload", "tenant", "--as", "svc", NULL),
+              0);
+    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", NULL), 0);
+    ASSERT_RC(put_item("tenant", "t"), 0);
+    /* the tenant's assignment moved to Ten2 */
+    CU_ASSERT_EQUAL_FATAL(sql("UPDATE assignments SET dep_id = (SELECT id FROM deps WHERE name = "
+                              "'Ten2') WHERE scope = 'tenant'"),
+                          0);
+    r = put_item("mailbox:m1", "x");
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "assignment of scope 'tenant' fails its MAC");
+    r = kc_test_run("rewrap", "--as", "svc", PIN, NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "assignment of scope 'tenant' fails its MAC");
+    CU_ASSERT_EQUAL_FATAL(sql("UPDATE assignments SET dep_id = (SELECT id FROM deps WHERE name = "
+                              "'Ten') WHERE scope = 'tenant'"),
+                          0);
+    ASSERT_RC(put_item("mailbox:m1", "x"), 0); /* the row as keycustody wrote it */
+    /* a row of its own for another scope, with the tenant row's MAC */
+    CU_ASSERT_EQUAL_FATAL(sql("INSERT INTO assignments SELECT 'mailbox:m2', dep_id, mac FROM "
+                              "assignments WHERE scope = 'tenant'"),
+                          0);
+    r = put_item("mailbox:m2", "x");
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "assignment of scope 'mailbox:m2' fails its MAC");
+    CU_ASSERT_EQUAL_FATAL(sql("DELETE FROM assignments WHERE scope = 'mailbox:m2'"), 0);
+    /* a disabled DEP enabled again */
+    ASSERT_RC(kc_test_run("dep", "set", "Ten2", "--enabled", "false", NULL), 0);
+    CU_ASSERT_EQUAL_FATAL(sql("UPDATE deps SET enabled = 1 WHERE name = 'Ten2'"), 0);
+    r = kc_test_run("dep", "assign", "Ten2", "--tenant", NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "record of DEP 'Ten2' fails its MAC");
+    CU_ASSERT_EQUAL_FATAL(sql("UPDATE deps SET enabled = 0 WHERE name = 'Ten2'"), 0);
+    /* a DEP planted: Ten's row and keys under a new id and name */
+    CU_ASSERT_EQUAL_FATAL(
+        sql("INSERT INTO deps SELECT 'f0000000-0000-4000-8000-000000000000', 'Planted', workload, "
+            "principal, geo, description, enabled, created, generation, purge_requested, "
+            "purge_reason, purge_contact, purged, mac FROM deps WHERE name = 'Ten'; INSERT INTO "
+            "dep_keys SELECT 'f0000000-0000-4000-8000-000000000000', generation, slot, vault, "
+            "key, version, alg, wrapped, kcv, mac FROM dep_keys WHERE dep_id = (SELECT id FROM "
+            "deps WHERE name = 'Ten')"),
+        0);
+    r = kc_test_run("dep", "assign", "Planted", "--tenant", NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "record of DEP 'Planted' fails its MAC");
+    /* shown, unchecked, by the commands that only show; checked by any that use it */
+    ASSERT_RC(kc_test_run("dep", "list", NULL), 0);
+    r = kc_test_run("dep", "list", "--pin-source", "Service=env:TEST_PIN", NULL);
+    ASSERT_RC(r, 0);
+    unsetenv("KEYCUSTODY_STORE");
+}
+
+/* The store's record of its service vault, a re-wrap job and a break-glass
+ * use, each written with sqlite3. */
+static void test_store_records_forged(void)
+{
+    const kc_test_out *r;
+
+    store_setup();
+    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", NULL), 0);
+    CU_ASSERT_EQUAL_FATAL(sql("INSERT INTO rewrap_progress VALUES ('rewrap', "
+                              "'2026-01-01T00:00:00Z', 0, 5, NULL)"),
+                          0);
+    r = kc_test_run("rewrap", "--as", "svc", PIN, NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "re-wrap job record has no MAC");
+    CU_ASSERT_EQUAL_FATAL(sql("DELETE FROM rewrap_progress"), 0);
+    CU_ASSERT_EQUAL_FATAL(sql("INSERT INTO break_glass SELECT '2026-01-01T00:00:00Z', id, 'svc', "
+                              "NULL FROM deps WHERE name = 'Ten'"),
+                          0);
+    r = put_item("tenant", "x");
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "break-glass record of DEP 'Ten' has no MAC");
+    CU_ASSERT_EQUAL_FATAL(sql("DELETE FROM break_glass"), 0);
+    ASSERT_RC(put_item("tenant", "x"), 0);
+    /* the service vault named by the store: another vault, then none */
+    CU_ASSERT_EQUAL_FATAL(sql("UPDATE store_meta SET value = 'VaultA1'"), 0);
+    r = put_item("tenant", "y");
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "the service store belongs to service vault 'VaultA1', not 'Service'");
+    unsetenv("KEYCUSTODY_SERVICE_VAULT");
+    r = put_item("tenant", "y");
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "service vault 'VaultA1' holds no store key");
+    CU_ASSERT_EQUAL_FATAL(sql("DELETE FROM store_meta"), 0);
+    r = put_item("tenant", "y");
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "holds 1 DEP(s) but records no service vault");
+    unsetenv("KEYCUSTODY_STORE");
+}
+
+/* Slot 0 of Ten made to hold Ten2's wrapped key, with a valid MAC: what a
+ * writer holding the row key could do by mistake. Both copies unwrap under
+ * vault A's key, so only the check value tells them apart. */
+static void test_store_copy_of_another_key(void)
+{
+    static const char q[] =
+        "SELECT d.dep_id, d.generation, d.vault, d.key, d.version, d.alg, d.kcv, o.wrapped FROM "
+        "dep_keys d, dep_keys o WHERE d.slot = 0 AND o.slot = 0 AND d.dep_id = (SELECT id FROM "
+        "deps WHERE name = 'Ten') AND o.dep_id = (SELECT id FROM deps WHERE name = 'Ten2')";
+    unsigned char mac[32];
+    sqlite3_stmt *s = NULL, *u = NULL;
+    kc_store *st = NULL;
+    kc_ctx *ctx = NULL;
+    const kc_test_out *r;
+    kc_error err;
+    kc_row row;
+
+    store_setup();
+    ASSERT_RC(kc_test_run("dep", "create", "Ten2", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
+                          "--workload", "tenant", "--as", "svc", NULL),
+              0);
+    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", NULL), 0);
+    CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, kc_test_env_pin, NULL, &ctx, &err), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_store_open(kc_test_path("service.db"), &st, &err), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_store_authenticate(ctx, st, "Service", 0, &err), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(sqlite3_prepare_v2(st->db, q, -1, &s, NULL), SQLITE_OK);
+    CU_ASSERT_EQUAL_FATAL(sqlite3_step(s), SQLITE_ROW);
+    kc_row_init(&row, "dep_keys");
+    kc_row_cols(&row, s, 0, 2);
+    kc_row_int(&row, 0);
+    kc_row_cols(&row, s, 2, 4);
+    kc_row_col(&row, s, 7); /* Ten2's copy */
+    kc_row_col(&row, s, 6); /* Ten's check value */
+    CU_ASSERT_EQUAL_FATAL(kc_row_seal(st, &row, mac, &err), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(sqlite3_prepare_v2(st->db,
+                                             "UPDATE dep_keys SET wrapped = ?, mac = ? WHERE "
+                                             "dep_id = ? AND slot = 0",
+                                             -1, &u, NULL),
+                          SQLITE_OK);
+    sqlite3_bind_blob(u, 1, sqlite3_column_blob(s, 7), sqlite3_column_bytes(s, 7),
+                      SQLITE_TRANSIENT);
+    sqlite3_bind_blob(u, 2, mac, sizeof(mac), SQLITE_STATIC);
+    sqlite3_bind_text(u, 3, (const char *)sqlite3_column_text(s, 0), -1, SQLITE_TRANSIENT);
+    CU_ASSERT_EQUAL(sqlite3_step(u), SQLITE_DONE);
+    sqlite3_finalize(u);
+    sqlite3_finalize(s);
+    kc_store_close(st);
+    kc_ctx_free(ctx);
+    r = put_item("mailbox:new", "x");
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "DEP 'Ten': the copy in slot 0 (vault 'VaultA1') unwraps to another key "
+                       "than the DEP's check value names");
+    unsetenv("KEYCUSTODY_STORE");
+}
+
+/* Without the service vault's PIN no row can be checked, so a command that
+ * uses them stops before reading one, and says which PIN it needs. */
+static void test_store_needs_service_pin(void)
+{
+    const kc_test_out *r;
+
+    store_setup();
+    unsetenv("KEYCUSTODY_SERVICE_PIN_SOURCE");
+    r = kc_test_run("dep", "assign", "Ten", "--tenant", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "no PIN source for vault 'Service'");
+    r = kc_test_run("data", "put", "tenant", "x", "--in", kc_test_path("service.db"), "--as", "svc",
+                    "--pin-source", "VaultA1=env:TEST_PIN", "--pin-source", "VaultB1=env:TEST_PIN",
+                    NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "no PIN source for vault 'Service'");
+    ASSERT_RC(kc_test_run("dep", "show", "Ten", NULL), 0); /* shows, checks nothing */
+    unsetenv("KEYCUSTODY_STORE");
+}
+
 static const kc_test_case store_cases[] = {
+    {"a wrapped DEP key replaced", test_store_wrapped_key_replaced},
+    {"assignments and DEP rows steered", test_store_rows_steered},
+    {"the service vault, job and break-glass records", test_store_records_forged},
+    {"a copy that unwraps to another DEP key", test_store_copy_of_another_key},
+    {"no service vault PIN", test_store_needs_service_pin},
     {"a planted trigger", test_store_trigger},
     {"a changed schema", test_store_schema_changed},
     {"a store others can write, or a link", test_store_file_rights},

@@ -57,6 +57,8 @@ static void dep_setup(void)
     ASSERT_HAS(r->err, "--store");
     setenv("KEYCUSTODY_STORE", kc_test_path("service.db"), 1);
     setenv("KEYCUSTODY_SERVICE_VAULT", "Service", 1);
+    /* the service's PIN source: the store's rows are checked on its vault */
+    setenv("KEYCUSTODY_SERVICE_PIN_SOURCE", "env:TEST_PIN", 1);
 }
 
 /* The key officer takes unwrapKey from the service principal on vault. */
@@ -1403,8 +1405,9 @@ static int purge_step(unsigned round)
     return r->rc;
 }
 
-/* Purged in the store whatever failed; running it again finishes it:
- * no availability key left, the other data readable. The next DEP is made
+/* Purged in the store whatever failed once the rows were checked; running
+ * it again finishes it: no availability key left, the other data readable.
+ * The next DEP is made
  * before objects are counted, since its key-state write is what removes a
  * key-state generation a failed destroy left behind. */
 static void purge_check(unsigned round, int failed)
@@ -1414,6 +1417,13 @@ static void purge_check(unsigned round, int failed)
 
     snprintf(name, sizeof(name), "P%u", round);
     snprintf(scope, sizeof(scope), "p%u-", round);
+    /* the store's rows are checked on the service vault before anything
+     * changes: a token call failing there leaves the DEP as it was */
+    if (failed && strcmp(dep_state(name), "Purged 0/0") != 0) {
+        CU_ASSERT(kc_test_contains(fault_said, "cannot check the service store's rows"));
+        CU_ASSERT_EQUAL(readable(scope, 1, KC_DEP_USE_AVAILABILITY), 1);
+        CU_ASSERT_EQUAL(purge_step(round), 0);
+    }
     CU_ASSERT_EQUAL(readable(scope, 1, KC_DEP_USE_AVAILABILITY), 0);
     CU_ASSERT_STRING_EQUAL(dep_state(name), "Purged 0/0");
     if (failed) {

@@ -470,6 +470,13 @@ static kc_rc pin_cb(void *arg, const char *vault, kc_pin_kind kind, kc_secret **
         src = source_for(so ? cli->layout_so_pins : cli->layout_pins, cli->nlayout, vault,
                          &ambiguous);
     }
+    /* Then the service's own: the vault that checks the store's rows. */
+    if (src == NULL && !so && cli->store_service[0] != '\0' &&
+        strcmp(vault, cli->store_service) == 0) {
+        src = getenv("KEYCUSTODY_SERVICE_PIN_SOURCE");
+        if (src != NULL && src[0] == '\0')
+            src = NULL;
+    }
     if (src != NULL) {
         r = kc_secret_from_source(src, out, err);
         if (r != KC_OK)
@@ -651,13 +658,44 @@ int kc_cli_store(kc_cli *cli, kc_store **st)
     kc_error_clear(&err);
     if (kc_store_open(cli->store, st, &err) != KC_OK)
         return kc_cli_fail(cli, &err);
+    kc_store_allow_unchecked(*st);
+    return 0;
+}
+
+int kc_cli_store_auth(kc_cli *cli, kc_store *st, int create)
+{
+    const char *named = cli->service_vault != NULL && cli->service_vault[0] != '\0'
+                            ? cli->service_vault
+                            : (cli->layout_service[0] != '\0' ? cli->layout_service : NULL);
+    kc_ctx *ctx = NULL;
+    kc_error err;
+
+    kc_error_clear(&err);
+    /* the PIN callback serves KEYCUSTODY_SERVICE_PIN_SOURCE to this vault */
+    if (kc_store_service_vault(st, cli->store_service, &err) != KC_OK)
+        return kc_cli_fail(cli, &err);
+    if (cli->store_service[0] == '\0' && named != NULL)
+        snprintf(cli->store_service, sizeof(cli->store_service), "%s", named);
+    if (kc_cli_ctx(cli, &ctx) != KC_OK)
+        return cli->error.code;
+    if (kc_store_authenticate(ctx, st, named, create, &err) != KC_OK)
+        return kc_cli_fail(cli, &err);
     return 0;
 }
 
 int kc_cli_ctx_store(kc_cli *cli, kc_ctx **ctx, kc_store **st)
 {
-    *st = NULL;
-    if (kc_cli_ctx(cli, ctx) != KC_OK)
-        return cli->error.code;
-    return kc_cli_store(cli, st);
+    int rc;
+
+    /* the store first: a store made now pins the vaults the context opens */
+    rc = kc_cli_store(cli, st);
+    if (rc == 0 && kc_cli_ctx(cli, ctx) != KC_OK)
+        rc = cli->error.code;
+    if (rc == 0)
+        rc = kc_cli_store_auth(cli, *st, 0);
+    if (rc != 0) {
+        kc_store_close(*st);
+        *st = NULL;
+    }
+    return rc;
 }

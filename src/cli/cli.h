@@ -55,6 +55,7 @@ struct kc_cli {
     struct json_t *events;      /* failed logins, break-glass uses, in order */
     const char *service_vault;  /* --service-vault, KEYCUSTODY_SERVICE_VAULT or the layout's */
     char layout_service[64];    /* the layout's service vault */
+    char store_service[64];     /* the service vault the store records */
     char layout_vault[64];      /* a vault of the layout, to seal apply's record */
     int no_prompt;              /* PINs only from sources (sealing after the command) */
 };
@@ -80,14 +81,23 @@ kc_rc kc_cli_ctx(kc_cli *cli, kc_ctx **out);
 /* Records err as the command's failure and returns its code. */
 int kc_cli_fail(kc_cli *cli, const kc_error *err);
 
-/* Writes a JSON value (takes the reference) to out. */
 struct kc_store;
-/* Opens the service store named by --store / KEYCUSTODY_STORE; 0 or the
- * exit code (usage when none is named). */
+/* Opens the service store named by --store / KEYCUSTODY_STORE, for a
+ * command that only shows what it holds: its rows are shown unchecked
+ * (they are checked when the service vault is open anyway). 0 or the exit
+ * code (usage when none is named). */
 int kc_cli_store(kc_cli *cli, struct kc_store **st);
 
-/* Both: the context, then the store; 0 or the exit code. */
+/* The context, then the store with its rows checked under its service
+ * vault's row key (that vault's PIN: --pin-source, the layout's, or
+ * KEYCUSTODY_SERVICE_PIN_SOURCE); 0 or the exit code. */
 int kc_cli_ctx_store(kc_cli *cli, kc_ctx **ctx, struct kc_store **st);
+
+/* The row key of st; with create, made on the service vault the command
+ * names when the store has none yet (the first DEP). 0 or the exit code. */
+int kc_cli_store_auth(kc_cli *cli, struct kc_store *st, int create);
+
+/* Writes a JSON value (takes the reference) to out. */
 
 struct json_t;
 void kc_cli_print_json(kc_cli *cli, struct json_t *value);

@@ -228,6 +228,7 @@ static void dep_vaults(kc_cli *cli, char vaults[3][64])
     kc_error_clear(&err);
     if (kc_store_open(store, &st, &err) != KC_OK)
         return;
+    kc_store_allow_unchecked(st); /* only names the vaults that seal the record */
     if (dep != NULL)
         found = kc_dep_get(st, dep, &d, &err) == KC_OK;
     else if (kc_dep_scope_check(scope, &err) == KC_OK)

@@ -171,14 +171,11 @@ static int cmd_create(kc_cli *cli, int argc, char **argv)
     spec.keys[1] = s.keys[1];
     spec.service_vault = s.service;
     spec.principal = cli->principal;
-    if ((rc = kc_cli_store(cli, &st)) != 0)
+    if ((rc = kc_cli_ctx_store(cli, &ctx, &st)) != 0)
         return rc;
     kc_diags_init(&d, "live");
     kc_error_clear(&err);
-    rc = KC_OK;
-    if (kc_cli_ctx(cli, &ctx) != KC_OK)
-        rc = cli->error.code;
-    else if (kc_plan_check_dep(ctx, st, &spec, &d, &err) != KC_OK)
+    if (kc_plan_check_dep(ctx, st, &spec, &d, &err) != KC_OK)
         rc = kc_cli_fail(cli, &err);
     if (rc == KC_OK && d.errors > 0) {
         kc_cli_print_diags(cli, &d);
@@ -186,6 +183,9 @@ static int cmd_create(kc_cli *cli, int argc, char **argv)
                      spec.name, d.errors, d.errors == 1 ? "" : "s");
         rc = KC_LAYOUT;
     }
+    /* the first DEP makes the store's row key on its service vault */
+    if (rc == KC_OK && !kc_store_checked(st))
+        rc = kc_cli_store_auth(cli, st, 1);
     if (rc == KC_OK && kc_dep_create(ctx, st, &spec, &dep, &err) != KC_OK)
         rc = kc_cli_fail(cli, &err);
     if (rc == KC_OK) {
@@ -274,6 +274,7 @@ static int cmd_set(kc_cli *cli, int argc, char **argv)
     };
     struct dep_state s;
     kc_store *st = NULL;
+    kc_ctx *ctx = NULL;
     kc_error err;
     int first, rc;
 
@@ -287,7 +288,7 @@ static int cmd_set(kc_cli *cli, int argc, char **argv)
         return kc_cli_usage(cli, "nothing to change: give --enabled, --name or --description");
     if (s.name != NULL && (strlen(s.name) == 0 || strlen(s.name) > 64))
         return kc_cli_usage(cli, "a DEP name has 1 to 64 characters");
-    if ((rc = kc_cli_store(cli, &st)) != 0)
+    if ((rc = kc_cli_ctx_store(cli, &ctx, &st)) != 0)
         return rc;
     kc_error_clear(&err);
     rc =
@@ -495,6 +496,7 @@ static int cmd_assign(kc_cli *cli, int argc, char **argv)
 {
     struct scope_state s;
     kc_store *st = NULL;
+    kc_ctx *ctx = NULL;
     kc_error err;
     kc_dep prev;
     int first, rc;
@@ -510,7 +512,7 @@ static int cmd_assign(kc_cli *cli, int argc, char **argv)
     kc_error_clear(&err);
     if (kc_dep_scope_check(s.scope, &err) != KC_OK)
         return kc_cli_fail(cli, &err);
-    if ((rc = kc_cli_store(cli, &st)) != 0)
+    if ((rc = kc_cli_ctx_store(cli, &ctx, &st)) != 0)
         return rc;
     rc = kc_dep_assign(st, s.none ? NULL : argv[first], s.scope, &prev, &err);
     if (rc != KC_OK)

@@ -145,6 +145,9 @@ static kc_rc plan_deps(kc_cli *cli, const kc_layout *l, struct plan_state *s, kc
 
         if (r != KC_OK)
             return r;
+        /* the plan only shows the rows; each DEP action of apply checks
+         * them first (kc_plan_apply_dep) */
+        kc_store_allow_unchecked(s->st);
     }
     return kc_plan_deps(l, s->st, p, err);
 }

@@ -39,9 +39,14 @@ kc_rc kc_data_open(kc_ctx *ctx, kc_store *st, const char *principal, unsigned fl
                    void (*warn)(void *, const char *), void *warn_arg, kc_data_session **out,
                    kc_error *err)
 {
-    kc_data_session *s = calloc(1, sizeof(*s));
+    kc_data_session *s;
+    /* every row the session uses is checked: the row key first */
+    kc_rc r = kc_store_authenticate(ctx, st, NULL, 0, err);
 
     *out = NULL;
+    if (r != KC_OK)
+        return r;
+    s = calloc(1, sizeof(*s));
     if (s == NULL)
         return kc_error_set(err, KC_ERR, "out of memory");
     s->ctx = ctx;

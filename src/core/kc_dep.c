@@ -3,12 +3,177 @@
 #include "kc_store_int.h"
 #include "kc_util.h"
 
+#include <openssl/crypto.h>
+#include <openssl/hmac.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #define DEP_KEY_BYTES 32
+#define KCV_BYTES 16
+
+/* The DEP key's check value: HMAC-SHA256 under it of a fixed label, cut to
+ * 16 bytes. Kept with each wrapped copy, so a copy that unwraps to another
+ * key is found at once, whichever vault unwrapped it. */
+static kc_rc dep_kcv(const kc_secret *dek, unsigned char kcv[KCV_BYTES], kc_error *err)
+{
+    static const char label[] = "keycustody DEP key check value v1";
+    unsigned char md[32];
+    unsigned int len = 0;
+
+    if (HMAC(EVP_sha256(), dek->data, (int)dek->len, (const unsigned char *)label,
+             sizeof(label) - 1, md, &len) == NULL)
+        return kc_error_set(err, KC_ERR, "cannot compute a DEP key check value");
+    memcpy(kcv, md, KCV_BYTES);
+    OPENSSL_cleanse(md, sizeof(md));
+    return KC_OK;
+}
+
+/* --- the MACs of the rows (kc_store_int.h) --- */
+
+static kc_rc dep_mac(kc_store *st, const kc_dep *d, unsigned char mac[32], kc_error *err)
+{
+    kc_row r;
+
+    kc_row_init(&r, "deps");
+    kc_row_text(&r, d->id);
+    kc_row_text(&r, d->name);
+    kc_row_text(&r, d->workload);
+    kc_row_text_opt(&r, d->geo);
+    kc_row_text(&r, d->description);
+    kc_row_int(&r, d->enabled);
+    kc_row_text(&r, d->created);
+    kc_row_int(&r, d->generation);
+    kc_row_text_opt(&r, d->purge_requested);
+    kc_row_text_opt(&r, d->principal);
+    kc_row_text_opt(&r, d->purged);
+    kc_row_text_opt(&r, d->purge_reason);
+    kc_row_text_opt(&r, d->purge_contact);
+    return kc_row_seal(st, &r, mac, err);
+}
+
+static kc_rc dep_key_mac(kc_store *st, const char *dep_id, long generation, int slot,
+                         const kc_dep_key *dk, const unsigned char *blob, size_t len,
+                         unsigned char mac[32], kc_error *err)
+{
+    kc_row r;
+
+    kc_row_init(&r, "dep_keys");
+    kc_row_text(&r, dep_id);
+    kc_row_int(&r, generation);
+    kc_row_int(&r, slot);
+    kc_row_text(&r, dk->vault);
+    kc_row_text(&r, dk->key);
+    kc_row_text(&r, dk->version);
+    kc_row_text(&r, dk->alg);
+    kc_row_blob(&r, blob, len);
+    kc_row_blob(&r, dk->kcv, KCV_BYTES);
+    return kc_row_seal(st, &r, mac, err);
+}
+
+static kc_rc assignment_mac(kc_store *st, const char *scope, const char *dep_id,
+                            unsigned char mac[32], kc_error *err)
+{
+    kc_row r;
+
+    kc_row_init(&r, "assignments");
+    kc_row_text(&r, scope);
+    kc_row_text(&r, dep_id);
+    return kc_row_seal(st, &r, mac, err);
+}
+
+/* Checks a result row whose first n columns are the covered ones, in the
+ * table's order, and whose column n is the MAC. */
+static kc_rc check_cols(kc_store *st, sqlite3_stmt *s, const char *table, int n,
+                        const char *what, kc_error *err)
+{
+    kc_row r;
+
+    kc_row_init(&r, table);
+    kc_row_cols(&r, s, 0, n);
+    return kc_row_check(st, &r, s, n, what, err);
+}
+
+static kc_rc store_error(kc_store *st, kc_error *err)
+{
+    return kc_error_set(err,
+                        sqlite3_extended_errcode(st->db) == SQLITE_CONSTRAINT_UNIQUE ? KC_CONFLICT
+                                                                                     : KC_ERR,
+                        "the service store: %s", sqlite3_errmsg(st->db));
+}
+
+static void bind_opt(sqlite3_stmt *s, int i, const char *v)
+{
+    if (v[0] != '\0')
+        sqlite3_bind_text(s, i, v, -1, SQLITE_STATIC);
+}
+
+/* The whole DEP row, with its MAC: a new one, or over the one there. */
+static kc_rc dep_write(kc_store *st, const kc_dep *d, int insert, kc_error *err)
+{
+    static const char ins[] =
+        "INSERT INTO deps (id, name, workload, geo, description, enabled, created, generation, "
+        "purge_requested, principal, purged, purge_reason, purge_contact, mac) VALUES (?1, ?2, "
+        "?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+    static const char upd[] =
+        "UPDATE deps SET name = ?2, workload = ?3, geo = ?4, description = ?5, enabled = ?6, "
+        "created = ?7, generation = ?8, purge_requested = ?9, principal = ?10, purged = ?11, "
+        "purge_reason = ?12, purge_contact = ?13, mac = ?14 WHERE id = ?1";
+    unsigned char mac[32];
+    sqlite3_stmt *s = NULL;
+    int rc;
+    kc_rc r = dep_mac(st, d, mac, err);
+
+    if (r != KC_OK)
+        return r;
+    if (sqlite3_prepare_v2(st->db, insert ? ins : upd, -1, &s, NULL) != SQLITE_OK)
+        return store_error(st, err);
+    sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, d->name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 3, d->workload, -1, SQLITE_STATIC);
+    bind_opt(s, 4, d->geo);
+    sqlite3_bind_text(s, 5, d->description, -1, SQLITE_STATIC);
+    sqlite3_bind_int(s, 6, d->enabled);
+    sqlite3_bind_text(s, 7, d->created, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 8, d->generation);
+    bind_opt(s, 9, d->purge_requested);
+    bind_opt(s, 10, d->principal);
+    bind_opt(s, 11, d->purged);
+    bind_opt(s, 12, d->purge_reason);
+    bind_opt(s, 13, d->purge_contact);
+    sqlite3_bind_blob(s, 14, mac, sizeof(mac), SQLITE_STATIC);
+    rc = sqlite3_step(s) == SQLITE_DONE && sqlite3_changes(st->db) == 1 ? SQLITE_OK : SQLITE_ERROR;
+    r = rc == SQLITE_OK ? KC_OK : store_error(st, err);
+    sqlite3_finalize(s);
+    return r;
+}
+
+kc_rc kc_assignment_write(kc_store *st, const char *scope, const char *dep_id, kc_error *err)
+{
+    unsigned char mac[32];
+    sqlite3_stmt *s = NULL;
+    int rc;
+    kc_rc r = assignment_mac(st, scope, dep_id, mac, err);
+
+    if (r != KC_OK)
+        return r;
+    rc = sqlite3_prepare_v2(st->db,
+                            "INSERT INTO assignments (scope, dep_id, mac) VALUES (?, ?, ?) ON "
+                            "CONFLICT (scope) DO UPDATE SET dep_id = excluded.dep_id, mac = "
+                            "excluded.mac",
+                            -1, &s, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_text(s, 1, scope, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, dep_id, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(s, 3, mac, sizeof(mac), SQLITE_STATIC);
+        rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+    }
+    r = rc == SQLITE_OK ? KC_OK : store_error(st, err);
+    sqlite3_finalize(s);
+    return r;
+}
 
 static void guid(const unsigned char r[16], char out[37])
 {
@@ -68,22 +233,28 @@ static void drop_key(kc_vault *sv, const char *name)
 }
 
 /* The wrapped copies of d's key at d->generation (a NULL blob: no copy in
- * that slot), inside the caller's transaction. */
-static int insert_keys(kc_store *st, const kc_dep *d, unsigned char *const blobs[3],
-                       const size_t lens[3])
+ * that slot), with their MACs, inside the caller's transaction. */
+static kc_rc insert_keys(kc_store *st, const kc_dep *d, unsigned char *const blobs[3],
+                         const size_t lens[3], kc_error *err)
 {
+    unsigned char mac[32];
     sqlite3_stmt *s = NULL;
     int i, rc = SQLITE_OK;
+    kc_rc r = KC_OK;
 
-    for (i = 0; rc == SQLITE_OK && i < KC_DEP_SLOTS; i++) {
+    for (i = 0; r == KC_OK && i < KC_DEP_SLOTS; i++) {
         if (blobs[i] == NULL)
             continue;
+        r = dep_key_mac(st, d->id, d->generation, i, &d->keys[i], blobs[i], lens[i], mac, err);
+        if (r != KC_OK)
+            break;
         rc = sqlite3_prepare_v2(st->db,
                                 "INSERT INTO dep_keys (dep_id, generation, slot, vault, key, "
-                                "version, alg, wrapped) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                "version, alg, wrapped, kcv, mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
+                                "?, ?)",
                                 -1, &s, NULL);
         if (rc != SQLITE_OK)
-            break;
+            return store_error(st, err);
         sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(s, 2, d->generation);
         sqlite3_bind_int(s, 3, i);
@@ -92,45 +263,27 @@ static int insert_keys(kc_store *st, const kc_dep *d, unsigned char *const blobs
         sqlite3_bind_text(s, 6, d->keys[i].version, -1, SQLITE_STATIC);
         sqlite3_bind_text(s, 7, d->keys[i].alg, -1, SQLITE_STATIC);
         sqlite3_bind_blob(s, 8, blobs[i], (int)lens[i], SQLITE_STATIC);
+        sqlite3_bind_blob(s, 9, d->keys[i].kcv, KCV_BYTES, SQLITE_STATIC);
+        sqlite3_bind_blob(s, 10, mac, sizeof(mac), SQLITE_STATIC);
         rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+        if (rc != SQLITE_OK)
+            r = store_error(st, err);
         sqlite3_finalize(s);
     }
-    return rc;
+    return r;
 }
 
 static kc_rc insert(kc_store *st, const kc_dep *d, unsigned char *const blobs[3],
                     const size_t lens[3], kc_error *err)
 {
-    sqlite3_stmt *s = NULL;
-    int rc;
     kc_rc r = kc_store_begin(st, err);
 
     if (r != KC_OK)
         return r;
-    rc = sqlite3_prepare_v2(st->db,
-                            "INSERT INTO deps (id, name, workload, geo, description, enabled, "
-                            "created, generation, principal) VALUES (?, ?, ?, ?, ?, 1, ?, 1, ?)",
-                            -1, &s, NULL);
-    if (rc == SQLITE_OK) {
-        sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 2, d->name, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 3, d->workload, -1, SQLITE_STATIC);
-        if (d->geo[0])
-            sqlite3_bind_text(s, 4, d->geo, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 5, d->description, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 6, d->created, -1, SQLITE_STATIC);
-        if (d->principal[0])
-            sqlite3_bind_text(s, 7, d->principal, -1, SQLITE_STATIC);
-        rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
-    }
-    sqlite3_finalize(s);
-    if (rc == SQLITE_OK)
-        rc = insert_keys(st, d, blobs, lens);
-    if (rc != SQLITE_OK) {
-        r = kc_error_set(err,
-                         sqlite3_extended_errcode(st->db) == SQLITE_CONSTRAINT_UNIQUE ? KC_CONFLICT
-                                                                                      : KC_ERR,
-                         "the service store: %s", sqlite3_errmsg(st->db));
+    r = dep_write(st, d, 1, err);
+    if (r == KC_OK)
+        r = insert_keys(st, d, blobs, lens, err);
+    if (r != KC_OK) {
         kc_store_rollback(st);
         return r;
     }
@@ -152,6 +305,10 @@ kc_rc kc_dep_create(kc_ctx *ctx, kc_store *st, const kc_dep_spec *spec, kc_dep *
     kc_rc r;
 
     memset(out, 0, sizeof(*out));
+    /* the store's row key, made on the service vault with the first DEP */
+    r = kc_store_authenticate(ctx, st, spec->service_vault, 1, err);
+    if (r != KC_OK)
+        return r;
     if (service != (strcmp(spec->name, KC_DEP_SERVICE) == 0)) {
         kc_error_set(err, KC_CONFLICT, "the name '%s' is the service-managed key's",
                      KC_DEP_SERVICE);
@@ -188,6 +345,10 @@ kc_rc kc_dep_create(kc_ctx *ctx, kc_store *st, const kc_dep_spec *spec, kc_dep *
     snprintf(out->principal, sizeof(out->principal), "%s", spec->principal ? spec->principal : "");
     out->enabled = 1;
     out->generation = 1;
+    if (r == KC_OK)
+        r = dep_kcv(dek, out->keys[0].kcv, err);
+    for (i = 1; i < KC_DEP_SLOTS; i++)
+        memcpy(out->keys[i].kcv, out->keys[0].kcv, KCV_BYTES);
     for (i = 0; r == KC_OK && i < 2 && !service; i++)
         r = wrap_under(ctx, spec->principal, spec->keys[i], dek, &out->keys[i], &blobs[i], &lens[i],
                        err);
@@ -232,48 +393,87 @@ static void copy_col(sqlite3_stmt *s, int col, char *out, size_t cap)
     snprintf(out, cap, "%s", t ? (const char *)t : "");
 }
 
-static void load_break_glass(kc_store *st, kc_dep *d)
+/* The uses of d's availability key, each row checked. */
+static kc_rc load_break_glass(kc_store *st, kc_dep *d, kc_error *err)
 {
     sqlite3_stmt *s = NULL;
+    char what[96];
+    kc_rc r = KC_OK;
 
-    if (sqlite3_prepare_v2(st->db, "SELECT count(*), max(at) FROM break_glass WHERE dep_id = ?", -1,
-                           &s, NULL) == SQLITE_OK) {
-        sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
-        if (sqlite3_step(s) == SQLITE_ROW) {
-            d->break_glass = (long)sqlite3_column_int64(s, 0);
-            copy_col(s, 1, d->break_glass_last, sizeof(d->break_glass_last));
-        }
+    d->break_glass = 0;
+    d->break_glass_last[0] = '\0';
+    if (sqlite3_prepare_v2(st->db,
+                           "SELECT at, dep_id, principal, mac FROM break_glass WHERE dep_id = ? "
+                           "ORDER BY at",
+                           -1, &s, NULL) != SQLITE_OK)
+        return store_error(st, err);
+    sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
+    snprintf(what, sizeof(what), "break-glass record of DEP '%s'", d->name);
+    while (r == KC_OK && sqlite3_step(s) == SQLITE_ROW) {
+        r = check_cols(st, s, "break_glass", 3, what, err);
+        d->break_glass++;
+        copy_col(s, 0, d->break_glass_last, sizeof(d->break_glass_last));
     }
     sqlite3_finalize(s);
+    return r;
+}
+
+#define KEY_COLUMNS                                                                                \
+    "SELECT dep_id, generation, slot, vault, key, version, alg, wrapped, kcv, mac FROM dep_keys "
+#define KEY_COVERED 9 /* the columns before mac */
+
+/* One wrapped copy's row, checked: its slot's record into d (the blob is
+ * left in the statement). A purged DEP's rows are not checked: its wrapped
+ * copies are gone, and its own (checked) row says so. */
+static kc_rc key_row(kc_store *st, sqlite3_stmt *s, kc_dep *d, int *slot, kc_error *err)
+{
+    char what[128];
+    kc_dep_key *dk;
+    kc_rc r = KC_OK;
+
+    *slot = sqlite3_column_int(s, 2);
+    snprintf(what, sizeof(what), "wrapped key of DEP '%s' (generation %ld, slot %d)", d->name,
+             d->generation, *slot);
+    if (d->purged[0] == '\0')
+        r = check_cols(st, s, "dep_keys", KEY_COVERED, what, err);
+    if (r == KC_OK && (*slot < 0 || *slot >= KC_DEP_SLOTS))
+        r = kc_error_set(err, KC_INTEGRITY, "the service store's %s is damaged", what);
+    if (r != KC_OK)
+        return r;
+    dk = &d->keys[*slot];
+    copy_col(s, 3, dk->vault, sizeof(dk->vault));
+    copy_col(s, 4, dk->key, sizeof(dk->key));
+    copy_col(s, 5, dk->version, sizeof(dk->version));
+    copy_col(s, 6, dk->alg, sizeof(dk->alg));
+    memset(dk->kcv, 0, KCV_BYTES);
+    if (sqlite3_column_bytes(s, 8) == KCV_BYTES)
+        memcpy(dk->kcv, sqlite3_column_blob(s, 8), KCV_BYTES);
+    return KC_OK;
 }
 
 static kc_rc load_keys(kc_store *st, kc_dep *d, kc_error *err)
 {
     sqlite3_stmt *s = NULL;
     int slot;
+    kc_rc r = KC_OK;
 
-    if (sqlite3_prepare_v2(st->db,
-                           "SELECT slot, vault, key, version, alg FROM dep_keys WHERE dep_id = ? "
-                           "AND generation = ?",
-                           -1, &s, NULL) != SQLITE_OK)
-        return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
+    if (sqlite3_prepare_v2(st->db, KEY_COLUMNS "WHERE dep_id = ? AND generation = ?", -1, &s,
+                           NULL) != SQLITE_OK)
+        return store_error(st, err);
     sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, 2, d->generation);
-    while (sqlite3_step(s) == SQLITE_ROW) {
-        slot = sqlite3_column_int(s, 0);
-        if (slot < 0 || slot >= KC_DEP_SLOTS)
-            continue;
-        copy_col(s, 1, d->keys[slot].vault, sizeof(d->keys[slot].vault));
-        copy_col(s, 2, d->keys[slot].key, sizeof(d->keys[slot].key));
-        copy_col(s, 3, d->keys[slot].version, sizeof(d->keys[slot].version));
-        copy_col(s, 4, d->keys[slot].alg, sizeof(d->keys[slot].alg));
-    }
+    while (r == KC_OK && sqlite3_step(s) == SQLITE_ROW)
+        r = key_row(st, s, d, &slot, err);
     sqlite3_finalize(s);
-    return KC_OK;
+    return r;
 }
 
-static void row(sqlite3_stmt *s, kc_dep *d)
+/* A DEP's row, checked. */
+static kc_rc row(kc_store *st, sqlite3_stmt *s, kc_dep *d, kc_error *err)
 {
+    char what[96];
+    kc_row mr;
+
     memset(d, 0, sizeof(*d));
     copy_col(s, 0, d->id, sizeof(d->id));
     copy_col(s, 1, d->name, sizeof(d->name));
@@ -288,32 +488,37 @@ static void row(sqlite3_stmt *s, kc_dep *d)
     copy_col(s, 10, d->purged, sizeof(d->purged));
     copy_col(s, 11, d->purge_reason, sizeof(d->purge_reason));
     copy_col(s, 12, d->purge_contact, sizeof(d->purge_contact));
+    kc_row_init(&mr, "deps"); /* DEP_COLUMNS are dep_mac's, in its order */
+    kc_row_cols(&mr, s, 0, 13);
+    snprintf(what, sizeof(what), "record of DEP '%s'", d->name);
+    return kc_row_check(st, &mr, s, 13, what, err);
 }
 
 #define DEP_COLUMNS                                                                                \
     "SELECT id, name, workload, geo, description, enabled, created, generation, "                  \
-    "purge_requested, principal, purged, purge_reason, purge_contact FROM deps "
+    "purge_requested, principal, purged, purge_reason, purge_contact, mac FROM deps "
 
 kc_rc kc_dep_get(kc_store *st, const char *name_or_id, kc_dep *out, kc_error *err)
 {
     sqlite3_stmt *s = NULL;
     int rc;
+    kc_rc r;
 
     if (sqlite3_prepare_v2(st->db, DEP_COLUMNS "WHERE name = ?1 OR id = ?1", -1, &s, NULL) !=
         SQLITE_OK)
         return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
     sqlite3_bind_text(s, 1, name_or_id, -1, SQLITE_STATIC);
     rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW)
-        row(s, out);
+    r = rc == SQLITE_ROW ? row(st, s, out, err) : KC_OK;
     sqlite3_finalize(s);
     if (rc != SQLITE_ROW) {
         kc_error_set(err, KC_NOT_FOUND, "no DEP '%s'", name_or_id);
         kc_error_hint(err, "see them with 'keycustody dep list'");
         return KC_NOT_FOUND;
     }
-    load_break_glass(st, out);
-    return load_keys(st, out, err);
+    if (r == KC_OK)
+        r = load_break_glass(st, out, err);
+    return r == KC_OK ? load_keys(st, out, err) : r;
 }
 
 kc_rc kc_dep_list(kc_store *st, kc_dep **out, size_t *n, kc_error *err)
@@ -327,19 +532,20 @@ kc_rc kc_dep_list(kc_store *st, kc_dep **out, size_t *n, kc_error *err)
     *n = 0;
     if (sqlite3_prepare_v2(st->db, DEP_COLUMNS "ORDER BY name", -1, &s, NULL) != SQLITE_OK)
         return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
-    while (sqlite3_step(s) == SQLITE_ROW) {
+    while (r == KC_OK && sqlite3_step(s) == SQLITE_ROW) {
         nv = realloc(v, (len + 1) * sizeof(*v));
         if (nv == NULL) {
             r = kc_error_set(err, KC_ERR, "out of memory");
             break;
         }
         v = nv;
-        row(s, &v[len++]);
+        r = row(st, s, &v[len++], err);
     }
     sqlite3_finalize(s);
     for (i = 0; r == KC_OK && i < len; i++) {
-        load_break_glass(st, &v[i]);
-        r = load_keys(st, &v[i], err);
+        r = load_break_glass(st, &v[i], err);
+        if (r == KC_OK)
+            r = load_keys(st, &v[i], err);
     }
     if (r != KC_OK) {
         free(v);
@@ -367,10 +573,8 @@ static int assigned(kc_store *st, const char *id)
 kc_rc kc_dep_set(kc_store *st, const char *name_or_id, const int *enabled, const char *new_name,
                  const char *description, kc_error *err)
 {
-    sqlite3_stmt *s = NULL;
     kc_dep d;
     kc_rc r;
-    int rc;
 
     r = kc_dep_get(st, name_or_id, &d, err);
     if (r != KC_OK)
@@ -384,55 +588,45 @@ kc_rc kc_dep_set(kc_store *st, const char *name_or_id, const int *enabled, const
         kc_error_hint(err, "unassign it first");
         return KC_CONFLICT;
     }
-    rc = sqlite3_prepare_v2(st->db,
-                            "UPDATE deps SET enabled = coalesce(?1, enabled), name = coalesce(?2, "
-                            "name), description = coalesce(?3, description) WHERE id = ?4",
-                            -1, &s, NULL);
-    if (rc == SQLITE_OK) {
-        if (enabled != NULL)
-            sqlite3_bind_int(s, 1, *enabled ? 1 : 0);
-        if (new_name != NULL)
-            sqlite3_bind_text(s, 2, new_name, -1, SQLITE_STATIC);
-        if (description != NULL)
-            sqlite3_bind_text(s, 3, description, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 4, d.id, -1, SQLITE_STATIC);
-        rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
-    }
-    if (rc != SQLITE_OK) {
-        r = kc_error_set(err,
-                         sqlite3_extended_errcode(st->db) == SQLITE_CONSTRAINT_UNIQUE ? KC_CONFLICT
-                                                                                      : KC_ERR,
-                         "cannot change DEP '%s': %s", d.name, sqlite3_errmsg(st->db));
-    }
-    sqlite3_finalize(s);
-    return r;
+    if (enabled != NULL)
+        d.enabled = *enabled ? 1 : 0;
+    if (new_name != NULL)
+        snprintf(d.name, sizeof(d.name), "%s", new_name);
+    if (description != NULL)
+        snprintf(d.description, sizeof(d.description), "%s", description);
+    r = dep_write(st, &d, 0, err);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot change DEP '%s'", name_or_id);
+    return KC_OK;
 }
 
 /* --- unwrapping the DEP key --- */
 
-static kc_rc load_blob(kc_store *st, const kc_dep *d, int slot, unsigned char **blob, size_t *len,
-                       kc_error *err)
+/* The wrapped copy in slot, its row checked again (with the record, as
+ * one read): *dk is what the row says of it. */
+static kc_rc load_blob(kc_store *st, const kc_dep *d, int slot, kc_dep_key *dk,
+                       unsigned char **blob, size_t *len, kc_error *err)
 {
     sqlite3_stmt *s = NULL;
+    kc_dep row_of = *d;
     const void *b;
-    int n;
+    int n, got;
     kc_rc r = KC_OK;
 
     *blob = NULL;
-    if (sqlite3_prepare_v2(st->db,
-                           "SELECT wrapped FROM dep_keys WHERE dep_id = ? AND generation = ? AND "
-                           "slot = ?",
+    if (sqlite3_prepare_v2(st->db, KEY_COLUMNS "WHERE dep_id = ? AND generation = ? AND slot = ?",
                            -1, &s, NULL) != SQLITE_OK)
-        return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
+        return store_error(st, err);
     sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, 2, d->generation);
     sqlite3_bind_int(s, 3, slot);
     if (sqlite3_step(s) != SQLITE_ROW)
         r = kc_error_set(err, KC_INTEGRITY, "DEP '%s' has no wrapped key in slot %d", d->name,
                          slot);
-    else {
-        b = sqlite3_column_blob(s, 0);
-        n = sqlite3_column_bytes(s, 0);
+    else if ((r = key_row(st, s, &row_of, &got, err)) == KC_OK) {
+        *dk = row_of.keys[slot];
+        b = sqlite3_column_blob(s, 7);
+        n = sqlite3_column_bytes(s, 7);
         *blob = malloc(n > 0 ? (size_t)n : 1);
         if (*blob == NULL)
             r = kc_error_set(err, KC_ERR, "out of memory");
@@ -449,20 +643,20 @@ static kc_rc load_blob(kc_store *st, const kc_dep *d, int slot, unsigned char **
 static kc_rc unwrap_slot(kc_ctx *ctx, kc_store *st, const kc_dep *d, int slot,
                          const char *principal, kc_secret **out, kc_error *err)
 {
-    const kc_dep_key *dk = &d->keys[slot];
     const kc_key_version *ver = NULL;
-    unsigned char id[64], *blob = NULL;
+    unsigned char id[64], kcv[KCV_BYTES], *blob = NULL;
     size_t id_len = 0, len = 0;
     kc_oaep alg = KC_OAEP_AUTO;
+    kc_dep_key dkv, *dk = &dkv;
     kc_vault *v = NULL;
     kc_key *k = NULL;
     kc_rc r;
 
-    if (kc_hex_decode(dk->version, id, sizeof(id), &id_len) != 0 ||
-        kc_oaep_parse(dk->alg, &alg) != 0)
-        return kc_error_set(err, KC_INTEGRITY, "DEP '%s': the store's record of slot %d is damaged",
-                            d->name, slot);
-    r = load_blob(st, d, slot, &blob, &len, err);
+    r = load_blob(st, d, slot, dk, &blob, &len, err);
+    if (r == KC_OK && (kc_hex_decode(dk->version, id, sizeof(id), &id_len) != 0 ||
+                       kc_oaep_parse(dk->alg, &alg) != 0))
+        r = kc_error_set(err, KC_INTEGRITY, "DEP '%s': the store's record of slot %d is damaged",
+                         d->name, slot);
     if (r == KC_OK)
         r = kc_vault_open(ctx, dk->vault, &v, err);
     if (r == KC_OK)
@@ -476,6 +670,19 @@ static kc_rc unwrap_slot(kc_ctx *ctx, kc_store *st, const kc_dep *d, int slot,
     if (r == KC_OK && (*out)->len != DEP_KEY_BYTES) {
         r = kc_error_set(err, KC_INTEGRITY, "DEP '%s': slot %d unwraps to %zu bytes, not %d",
                          d->name, slot, (*out)->len, DEP_KEY_BYTES);
+    }
+    /* every copy wraps one key: the one its check value names */
+    if (r == KC_OK)
+        r = dep_kcv(*out, kcv, err);
+    if (r == KC_OK && CRYPTO_memcmp(kcv, dk->kcv, KCV_BYTES) != 0) {
+        r = kc_error_set(err, KC_INTEGRITY,
+                         "DEP '%s': the copy in slot %d (vault '%s') unwraps to another key than "
+                         "the DEP's check value names; it is not used",
+                         d->name, slot, dk->vault);
+        kc_error_hint(err, "the copies of a DEP key must all wrap the same key: keep a copy of "
+                           "the store for investigation");
+    }
+    if (r != KC_OK && *out != NULL) {
         kc_secret_free(*out);
         *out = NULL;
     }
@@ -514,23 +721,36 @@ static kc_rc dep_at(kc_store *st, const char *name_or_id, long generation, kc_de
     return r;
 }
 
-/* A use of the availability key, kept in the store. */
+/* A use of the availability key, kept in the store (the audit log has it
+ * too: a record the store loses is still there). */
 static void record_break_glass(kc_store *st, const kc_dep *d, const char *principal)
 {
     char at[21] = "";
+    unsigned char mac[32];
     sqlite3_stmt *s = NULL;
     time_t now;
     kc_error ignored;
+    kc_row r;
 
     if (kc_clock_now(&now, &ignored) == KC_OK)
         kc_time_format_rfc3339(now, at);
+    if (principal != NULL && principal[0] == '\0')
+        principal = NULL;
+    kc_row_init(&r, "break_glass");
+    kc_row_text(&r, at);
+    kc_row_text(&r, d->id);
+    kc_row_text(&r, principal);
+    if (kc_row_seal(st, &r, mac, &ignored) != KC_OK)
+        return;
     if (sqlite3_prepare_v2(st->db,
-                           "INSERT INTO break_glass (at, dep_id, principal) VALUES (?, ?, ?)", -1,
-                           &s, NULL) == SQLITE_OK) {
+                           "INSERT INTO break_glass (at, dep_id, principal, mac) VALUES (?, ?, ?, "
+                           "?)",
+                           -1, &s, NULL) == SQLITE_OK) {
         sqlite3_bind_text(s, 1, at, -1, SQLITE_STATIC);
         sqlite3_bind_text(s, 2, d->id, -1, SQLITE_STATIC);
         if (principal != NULL)
             sqlite3_bind_text(s, 3, principal, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(s, 4, mac, sizeof(mac), SQLITE_STATIC);
         (void)sqlite3_step(s);
     }
     sqlite3_finalize(s);
@@ -549,7 +769,9 @@ kc_rc kc_dep_unwrap(kc_ctx *ctx, kc_store *st, const char *name_or_id, long gene
     *out = NULL;
     memset(info, 0, sizeof(*info));
     info->slot = -1;
-    r = dep_at(st, name_or_id, generation, &d, err);
+    r = kc_store_authenticate(ctx, st, NULL, 0, err);
+    if (r == KC_OK)
+        r = dep_at(st, name_or_id, generation, &d, err);
     if (r != KC_OK)
         return r;
     /* The service-managed key has no custodian copies. */
@@ -562,9 +784,16 @@ kc_rc kc_dep_unwrap(kc_ctx *ctx, kc_store *st, const char *name_or_id, long gene
      * or has revoked the principal's unwrapKey is skipped and reported. */
     for (slot = 0; slot < 2; slot++) {
         kc_error_clear(&tried[slot]);
-        if (unwrap_slot(ctx, st, &d, slot, principal, out, &tried[slot]) == KC_OK) {
+        r = unwrap_slot(ctx, st, &d, slot, principal, out, &tried[slot]);
+        if (r == KC_OK) {
             info->slot = slot;
             return KC_OK;
+        }
+        /* a copy that fails its MAC or unwraps to another key is tampering,
+         * not a vault to skip: nothing is unwrapped from this DEP */
+        if (r == KC_INTEGRITY) {
+            *err = tried[slot];
+            return r;
         }
         /* a long reason is cut: the warning names the vault first */
         kc_error_format(&tried[slot], why, sizeof(why));
@@ -623,16 +852,19 @@ static const char *scope_workload(const char *scope)
 static kc_rc assigned_to(kc_store *st, const char *scope, char dep_id[37], kc_error *err)
 {
     sqlite3_stmt *s = NULL;
+    char what[112];
     kc_rc r = KC_NOT_FOUND;
 
     dep_id[0] = '\0';
-    if (sqlite3_prepare_v2(st->db, "SELECT dep_id FROM assignments WHERE scope = ?", -1, &s,
-                           NULL) != SQLITE_OK)
-        return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
+    if (sqlite3_prepare_v2(st->db, "SELECT scope, dep_id, mac FROM assignments WHERE scope = ?", -1,
+                           &s, NULL) != SQLITE_OK)
+        return store_error(st, err);
     sqlite3_bind_text(s, 1, scope, -1, SQLITE_STATIC);
     if (sqlite3_step(s) == SQLITE_ROW) {
-        copy_col(s, 0, dep_id, 37);
-        r = KC_OK;
+        snprintf(what, sizeof(what), "assignment of scope '%s'", scope);
+        r = check_cols(st, s, "assignments", 2, what, err);
+        if (r == KC_OK)
+            copy_col(s, 1, dep_id, 37);
     }
     sqlite3_finalize(s);
     return r;
@@ -654,6 +886,8 @@ kc_rc kc_dep_assign(kc_store *st, const char *name_or_id, const char *scope, kc_
     r = assigned_to(st, scope, prev_id, err);
     if (r == KC_OK)
         r = kc_dep_get(st, prev_id, prev, err);
+    if (r == KC_NOT_FOUND)
+        kc_error_clear(err);
     if (r != KC_OK && r != KC_NOT_FOUND)
         return r;
     if (name_or_id == NULL) { /* unassign */
@@ -694,19 +928,7 @@ kc_rc kc_dep_assign(kc_store *st, const char *name_or_id, const char *scope, kc_
         kc_error_hint(err, "enable it with 'keycustody dep set %s --enabled true'", d.name);
         return KC_CONFLICT;
     }
-    rc = sqlite3_prepare_v2(st->db,
-                            "INSERT INTO assignments (scope, dep_id) VALUES (?, ?) ON CONFLICT "
-                            "(scope) DO UPDATE SET dep_id = excluded.dep_id",
-                            -1, &s, NULL);
-    if (rc == SQLITE_OK) {
-        sqlite3_bind_text(s, 1, scope, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 2, d.id, -1, SQLITE_STATIC);
-        rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
-    }
-    sqlite3_finalize(s);
-    if (rc != SQLITE_OK)
-        return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
-    return KC_OK;
+    return kc_assignment_write(st, scope, d.id, err);
 }
 
 kc_rc kc_dep_effective(kc_store *st, const char *scope, kc_dep *out, int *inherited, kc_error *err)
@@ -740,11 +962,17 @@ kc_rc kc_dep_assignments(kc_store *st, kc_dep_assignment **out, size_t *n, kc_er
     *out = NULL;
     *n = 0;
     if (sqlite3_prepare_v2(st->db,
-                           "SELECT a.scope, d.id, d.name FROM assignments a JOIN deps d ON "
-                           "d.id = a.dep_id ORDER BY a.scope",
+                           "SELECT a.scope, a.dep_id, a.mac, d.name FROM assignments a JOIN deps d "
+                           "ON d.id = a.dep_id ORDER BY a.scope",
                            -1, &s, NULL) != SQLITE_OK)
-        return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
+        return store_error(st, err);
     while (r == KC_OK && sqlite3_step(s) == SQLITE_ROW) {
+        char what[112];
+
+        snprintf(what, sizeof(what), "assignment of scope '%s'", sqlite3_column_text(s, 0));
+        r = check_cols(st, s, "assignments", 2, what, err);
+        if (r != KC_OK)
+            break;
         nv = realloc(v, (len + 1) * sizeof(*v));
         if (nv == NULL) {
             r = kc_error_set(err, KC_ERR, "out of memory");
@@ -753,7 +981,7 @@ kc_rc kc_dep_assignments(kc_store *st, kc_dep_assignment **out, size_t *n, kc_er
         v = nv;
         copy_col(s, 0, v[len].scope, sizeof(v[len].scope));
         copy_col(s, 1, v[len].dep_id, sizeof(v[len].dep_id));
-        copy_col(s, 2, v[len].dep_name, sizeof(v[len].dep_name));
+        copy_col(s, 3, v[len].dep_name, sizeof(v[len].dep_name));
         len++;
     }
     sqlite3_finalize(s);
@@ -771,20 +999,28 @@ kc_rc kc_dep_assignments(kc_store *st, kc_dep_assignment **out, size_t *n, kc_er
 static kc_rc update_slot(kc_store *st, const kc_dep *d, int slot, const kc_dep_key *dk,
                          const unsigned char *blob, size_t len, kc_error *err)
 {
+    unsigned char mac[32];
     sqlite3_stmt *s = NULL;
     int rc;
+    kc_rc r = dep_key_mac(st, d->id, d->generation, slot, dk, blob, len, mac, err);
 
+    if (r != KC_OK)
+        return r;
     rc = sqlite3_prepare_v2(st->db,
-                            "UPDATE dep_keys SET version = ?, alg = ?, wrapped = ? WHERE dep_id = "
-                            "? AND generation = ? AND slot = ?",
+                            "UPDATE dep_keys SET vault = ?, key = ?, version = ?, alg = ?, wrapped "
+                            "= ?, kcv = ?, mac = ? WHERE dep_id = ? AND generation = ? AND slot = ?",
                             -1, &s, NULL);
     if (rc == SQLITE_OK) {
-        sqlite3_bind_text(s, 1, dk->version, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 2, dk->alg, -1, SQLITE_STATIC);
-        sqlite3_bind_blob(s, 3, blob, (int)len, SQLITE_STATIC);
-        sqlite3_bind_text(s, 4, d->id, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(s, 5, d->generation);
-        sqlite3_bind_int(s, 6, slot);
+        sqlite3_bind_text(s, 1, dk->vault, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, dk->key, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 3, dk->version, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 4, dk->alg, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(s, 5, blob, (int)len, SQLITE_STATIC);
+        sqlite3_bind_blob(s, 6, dk->kcv, KCV_BYTES, SQLITE_STATIC);
+        sqlite3_bind_blob(s, 7, mac, sizeof(mac), SQLITE_STATIC);
+        sqlite3_bind_text(s, 8, d->id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 9, d->generation);
+        sqlite3_bind_int(s, 10, slot);
         rc = sqlite3_step(s) == SQLITE_DONE && sqlite3_changes(st->db) == 1 ? SQLITE_OK
                                                                             : SQLITE_ERROR;
     }
@@ -839,21 +1075,9 @@ static kc_rc new_dep_key(kc_ctx *ctx, const kc_dep *d, kc_secret **out, kc_error
 static kc_rc save_generation(kc_store *st, const kc_dep *d, unsigned char *const blobs[3],
                              const size_t lens[3], kc_error *err)
 {
-    sqlite3_stmt *s = NULL;
-    int rc = insert_keys(st, d, blobs, lens);
+    kc_rc r = insert_keys(st, d, blobs, lens, err);
 
-    if (rc == SQLITE_OK)
-        rc =
-            sqlite3_prepare_v2(st->db, "UPDATE deps SET generation = ? WHERE id = ?", -1, &s, NULL);
-    if (rc == SQLITE_OK) {
-        sqlite3_bind_int64(s, 1, d->generation);
-        sqlite3_bind_text(s, 2, d->id, -1, SQLITE_STATIC);
-        rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
-    }
-    sqlite3_finalize(s);
-    if (rc != SQLITE_OK)
-        return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
-    return KC_OK;
+    return r == KC_OK ? dep_write(st, d, 0, err) : r;
 }
 
 kc_rc kc_dep_refresh(kc_ctx *ctx, kc_store *st, const char *name_or_id, const char *principal,
@@ -868,7 +1092,9 @@ kc_rc kc_dep_refresh(kc_ctx *ctx, kc_store *st, const char *name_or_id, const ch
     int i, slots = roll ? KC_DEP_SLOTS : 2;
     kc_rc r;
 
-    r = kc_dep_get(st, name_or_id, before, err);
+    r = kc_store_authenticate(ctx, st, NULL, 0, err);
+    if (r == KC_OK)
+        r = kc_dep_get(st, name_or_id, before, err);
     if (r != KC_OK)
         return r;
     *after = *before;
@@ -893,6 +1119,10 @@ kc_rc kc_dep_refresh(kc_ctx *ctx, kc_store *st, const char *name_or_id, const ch
     if (roll) {
         r = new_dep_key(ctx, before, &dek, err);
         after->generation = before->generation + 1;
+        if (r == KC_OK)
+            r = dep_kcv(dek, after->keys[0].kcv, err);
+        for (i = 1; i < KC_DEP_SLOTS; i++)
+            memcpy(after->keys[i].kcv, after->keys[0].kcv, KCV_BYTES);
     } else
         r = kc_dep_unwrap(ctx, st, before->id, 0, principal, 0, &dek, &info, err);
     for (i = 0; r == KC_OK && i < slots; i++) {
@@ -984,11 +1214,12 @@ static kc_rc revoked_on(kc_ctx *ctx, const char *vault, const char *principal, k
 kc_rc kc_dep_purge_request(kc_ctx *ctx, kc_store *st, const char *name_or_id, const char *reason,
                            const char *contact, kc_dep *out, kc_error *err)
 {
-    sqlite3_stmt *s = NULL;
     time_t now;
-    int i, rc;
-    kc_rc r = kc_dep_get(st, name_or_id, out, err);
+    int i;
+    kc_rc r = kc_store_authenticate(ctx, st, NULL, 0, err);
 
+    if (r == KC_OK)
+        r = kc_dep_get(st, name_or_id, out, err);
     if (r != KC_OK)
         return r;
     if (out->purged[0] != '\0')
@@ -1014,24 +1245,11 @@ kc_rc kc_dep_purge_request(kc_ctx *ctx, kc_store *st, const char *name_or_id, co
     if (r != KC_OK)
         return r;
     kc_time_format_rfc3339(now, out->purge_requested);
-    rc = sqlite3_prepare_v2(st->db,
-                            "UPDATE deps SET purge_requested = ?, purge_reason = ?, purge_contact "
-                            "= ? WHERE id = ? AND purge_requested IS NULL",
-                            -1, &s, NULL);
-    if (rc == SQLITE_OK) {
-        sqlite3_bind_text(s, 1, out->purge_requested, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 2, reason, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 3, contact, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 4, out->id, -1, SQLITE_STATIC);
-        rc = sqlite3_step(s) == SQLITE_DONE && sqlite3_changes(st->db) == 1 ? SQLITE_OK
-                                                                            : SQLITE_ERROR;
-    }
-    sqlite3_finalize(s);
-    if (rc != SQLITE_OK)
-        return kc_error_set(err, KC_ERR, "the service store: cannot record the purge request: %s",
-                            sqlite3_errmsg(st->db));
     snprintf(out->purge_reason, sizeof(out->purge_reason), "%s", reason);
     snprintf(out->purge_contact, sizeof(out->purge_contact), "%s", contact);
+    r = dep_write(st, out, 0, err);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot record the purge request of DEP '%s'", out->name);
     return KC_OK;
 }
 
@@ -1046,8 +1264,8 @@ static kc_rc shred_store(kc_store *st, const kc_dep *d, const char *now, long *s
         "UPDATE dep_keys SET wrapped = zeroblob(0) WHERE dep_id = ?1",
         "UPDATE scopes SET wrapped_key = zeroblob(0), purged = ?2 WHERE dep_id = ?1",
         "DELETE FROM assignments WHERE dep_id = ?1",
-        "UPDATE deps SET purged = ?2, enabled = 0 WHERE id = ?1",
     };
+    kc_dep done = *d;
     sqlite3_stmt *s = NULL;
     size_t i;
     int rc = SQLITE_OK;
@@ -1067,8 +1285,13 @@ static kc_rc shred_store(kc_store *st, const kc_dep *d, const char *now, long *s
             *scopes = sqlite3_changes(st->db);
         sqlite3_finalize(s);
     }
-    if (rc != SQLITE_OK) {
-        r = kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
+    r = rc == SQLITE_OK ? KC_OK : store_error(st, err);
+    /* the record last, with its MAC: purged, never to be enabled again */
+    snprintf(done.purged, sizeof(done.purged), "%s", now);
+    done.enabled = 0;
+    if (r == KC_OK)
+        r = dep_write(st, &done, 0, err);
+    if (r != KC_OK) {
         kc_store_rollback(st);
         return r;
     }
@@ -1082,9 +1305,11 @@ kc_rc kc_dep_purge(kc_ctx *ctx, kc_store *st, const char *name_or_id, kc_dep *ou
     kc_vault *sv = NULL;
     time_t now;
     int again;
-    kc_rc r = kc_dep_get(st, name_or_id, out, err);
+    kc_rc r = kc_store_authenticate(ctx, st, NULL, 0, err);
 
     *scopes = 0;
+    if (r == KC_OK)
+        r = kc_dep_get(st, name_or_id, out, err);
     if (r != KC_OK)
         return r;
     if (out->purge_requested[0] == '\0') {

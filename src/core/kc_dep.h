@@ -17,6 +17,7 @@ typedef struct kc_dep_key {
     char key[127 + 1];
     char version[129];
     char alg[16];
+    unsigned char kcv[16]; /* the check value of the DEP key it wraps (the same in each slot) */
 } kc_dep_key;
 
 typedef struct kc_dep {

@@ -178,16 +178,65 @@ kc_rc kc_status_scopes(kc_store *st, const char *only, kc_scope_status **out, si
 
 /* --- the re-wrap job --- */
 
+/* The job's record, with its MAC. */
+static kc_rc job_write(kc_store *st, const char *started, long done, long total, kc_error *err)
+{
+    unsigned char mac[32];
+    sqlite3_stmt *q = NULL;
+    int rc;
+    kc_row row;
+    kc_rc r;
+
+    kc_row_init(&row, "rewrap_progress");
+    kc_row_text(&row, "rewrap");
+    kc_row_text(&row, started);
+    kc_row_int(&row, done);
+    kc_row_int(&row, total);
+    r = kc_row_seal(st, &row, mac, err);
+    if (r != KC_OK)
+        return r;
+    rc = sqlite3_prepare_v2(st->db,
+                            "INSERT OR REPLACE INTO rewrap_progress (job, started, done, total, "
+                            "mac) VALUES ('rewrap', ?, ?, ?, ?)",
+                            -1, &q, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_text(q, 1, started, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(q, 2, done);
+        sqlite3_bind_int64(q, 3, total);
+        sqlite3_bind_blob(q, 4, mac, sizeof(mac), SQLITE_STATIC);
+        rc = sqlite3_step(q) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+    }
+    sqlite3_finalize(q);
+    return rc == SQLITE_OK ? KC_OK : db_error(st, err);
+}
+
 /* The job's record: total is fixed when it starts, so a resumed run shows
- * progress of the whole job. */
-static kc_rc job_start(kc_store *st, long pending, long *total, int *resumed, kc_error *err)
+ * progress of the whole job. A record made outside keycustody is refused. */
+static kc_rc job_start(kc_store *st, long pending, char started[21], long *total, int *resumed,
+                       kc_error *err)
 {
     sqlite3_stmt *q = NULL;
-    char now_s[21] = "";
     time_t now;
     int rc;
-    kc_rc r = count(st, "SELECT coalesce(max(total), -1) FROM rewrap_progress", NULL, total, err);
+    kc_rc r = KC_OK;
+    kc_row row;
 
+    *total = -1;
+    if (sqlite3_prepare_v2(st->db,
+                           "SELECT job, started, done, total, mac FROM rewrap_progress WHERE job = "
+                           "'rewrap'",
+                           -1, &q, NULL) != SQLITE_OK)
+        return db_error(st, err);
+    rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW) {
+        kc_row_init(&row, "rewrap_progress");
+        kc_row_cols(&row, q, 0, 4);
+        r = kc_row_check(st, &row, q, 4, "re-wrap job record", err);
+        text(q, 1, started, 21);
+        *total = (long)sqlite3_column_int64(q, 3);
+    } else if (rc != SQLITE_DONE)
+        r = db_error(st, err);
+    sqlite3_finalize(q);
     if (r != KC_OK)
         return r;
     *resumed = *total >= pending;
@@ -196,18 +245,25 @@ static kc_rc job_start(kc_store *st, long pending, long *total, int *resumed, kc
     *total = pending;
     if (kc_clock_now(&now, err) != KC_OK)
         return KC_ERR;
-    kc_time_format_rfc3339(now, now_s);
-    rc = sqlite3_prepare_v2(st->db,
-                            "INSERT OR REPLACE INTO rewrap_progress (job, started, done, total) "
-                            "VALUES ('rewrap', ?, 0, ?)",
-                            -1, &q, NULL);
-    if (rc == SQLITE_OK) {
-        sqlite3_bind_text(q, 1, now_s, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(q, 2, pending);
-        rc = sqlite3_step(q) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
-    }
-    sqlite3_finalize(q);
-    return rc == SQLITE_OK ? KC_OK : db_error(st, err);
+    kc_time_format_rfc3339(now, started);
+    return job_write(st, started, 0, pending, err);
+}
+
+/* The store's view chose scope's target; its checked assignment and DEP
+ * rows must say the same before anything moves. */
+static kc_rc target_holds(kc_store *st, const char *scope, const char *to, long gen,
+                          kc_error *err)
+{
+    int inherited = 0;
+    kc_dep d;
+    kc_rc r = kc_dep_effective(st, scope, &d, &inherited, err);
+
+    if (r == KC_OK && (strcmp(d.id, to) != 0 || d.generation != gen))
+        r = kc_error_set(err, KC_INTEGRITY,
+                         "scope '%s': the store's view names DEP %s generation %ld, its checked "
+                         "assignment DEP %s generation %ld; nothing is moved",
+                         scope, to, gen, d.id, d.generation);
+    return r;
 }
 
 /* One batch, in the caller's transaction: *n scopes moved, the pending
@@ -234,7 +290,9 @@ static kc_rc batch_step(kc_data_session *s, kc_store *st, long batch, char last[
         snprintf(last, 80, "%s", scope);
         text(q, 1, to, sizeof(to));
         gen = (long)sqlite3_column_int64(q, 2);
-        r = kc_data_move_scope(s, scope, to, gen, err);
+        r = target_holds(st, scope, to, gen, err);
+        if (r == KC_OK)
+            r = kc_data_move_scope(s, scope, to, gen, err);
         if (r == KC_OK)
             (*n)++;
     }
@@ -258,7 +316,7 @@ kc_rc kc_rewrap(kc_data_session *s, kc_store *st, long batch, kc_rewrap_progress
                 void *arg, long *moved, kc_error *err)
 {
     long pending = 0, total = 0, n = 0;
-    char last[80] = "";
+    char last[80] = "", started[21] = "";
     kc_error ignored;
     int resumed = 0;
     kc_rc r;
@@ -268,7 +326,7 @@ kc_rc kc_rewrap(kc_data_session *s, kc_store *st, long batch, kc_rewrap_progress
         return kc_error_set(err, KC_USAGE, "a batch has at least one scope");
     r = count(st, "SELECT count(*) " PENDING, NULL, &pending, err);
     if (r == KC_OK)
-        r = job_start(st, pending, &total, &resumed, err);
+        r = job_start(st, pending, started, &total, &resumed, err);
     if (r != KC_OK)
         return r;
     if (progress != NULL && total > 0)
@@ -288,12 +346,8 @@ kc_rc kc_rewrap(kc_data_session *s, kc_store *st, long batch, kc_rewrap_progress
         } else if (r == KC_OK && n == 0)
             r = finish_job(st, err);
         if (r == KC_OK && n > 0) {
-            char sql[96];
-
             pending = pending > n ? pending - n : 0;
-            snprintf(sql, sizeof(sql), "UPDATE rewrap_progress SET done = %ld",
-                     total > pending ? total - pending : 0);
-            r = kc_store_exec(st, sql, err);
+            r = job_write(st, started, total > pending ? total - pending : 0, total, err);
         }
         if (r != KC_OK) {
             kc_store_rollback(st);
@@ -323,12 +377,13 @@ kc_rc kc_rewrap(kc_data_session *s, kc_store *st, long batch, kc_rewrap_progress
 kc_rc kc_tenant_offboard(kc_ctx *ctx, kc_store *st, const char *service_vault,
                          const char *principal, kc_dep *was, kc_dep *service, kc_error *err)
 {
-    sqlite3_stmt *q = NULL;
-    int inherited, rc;
+    int inherited;
     kc_rc r;
 
     memset(was, 0, sizeof(*was));
-    r = kc_dep_effective(st, "tenant", was, &inherited, err);
+    r = kc_store_authenticate(ctx, st, service_vault, 0, err);
+    if (r == KC_OK)
+        r = kc_dep_effective(st, "tenant", was, &inherited, err);
     if (r == KC_NOT_FOUND)
         kc_error_hint(err, "a tenant offboards from the tenant DEP it has");
     if (r != KC_OK)
@@ -341,12 +396,5 @@ kc_rc kc_tenant_offboard(kc_ctx *ctx, kc_store *st, const char *service_vault,
     r = kc_dep_service(ctx, st, service_vault, principal, service, err);
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot make the service-managed key");
-    rc = sqlite3_prepare_v2(st->db, "UPDATE assignments SET dep_id = ? WHERE scope = 'tenant'", -1,
-                            &q, NULL);
-    if (rc == SQLITE_OK) {
-        sqlite3_bind_text(q, 1, service->id, -1, SQLITE_STATIC);
-        rc = sqlite3_step(q) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
-    }
-    sqlite3_finalize(q);
-    return rc == SQLITE_OK ? KC_OK : db_error(st, err);
+    return kc_assignment_write(st, "tenant", service->id, err);
 }

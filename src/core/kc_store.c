@@ -1,6 +1,9 @@
 #include "kc_store_int.h"
 #include "kc_util.h"
 
+#include <openssl/crypto.h>
+#include <openssl/hmac.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -10,8 +13,9 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Schema version 1: the DEP side of Customer Key; 2: vault pins. Each entry of migrations[]
- * takes the store from version i to i + 1. */
+/* Schema version 1: the DEP side of Customer Key; 2: vault pins; 3: row MACs
+ * (kc_store_int.h), the DEP key check value and the store's service vault.
+ * Each entry of migrations[] takes the store from version i to i + 1. */
 static const char *const migrations[] = {
     "CREATE TABLE deps ("
     "  id TEXT PRIMARY KEY," /* GUID */
@@ -64,6 +68,16 @@ static const char *const migrations[] = {
     /* 2: the vault key fingerprint of each vault, as first seen (kc_manifest.h) */
     "CREATE TABLE vault_pins ("
     "  vault TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, first_seen TEXT NOT NULL);",
+    /* 3: each row that decides what is wrapped or unwrapped carries a MAC
+     * under the service vault's row key; each wrapped copy the check value
+     * of the DEP key it wraps, the same in every slot */
+    "ALTER TABLE deps ADD COLUMN mac BLOB;"
+    "ALTER TABLE dep_keys ADD COLUMN kcv BLOB;"
+    "ALTER TABLE dep_keys ADD COLUMN mac BLOB;"
+    "ALTER TABLE assignments ADD COLUMN mac BLOB;"
+    "ALTER TABLE break_glass ADD COLUMN mac BLOB;"
+    "ALTER TABLE rewrap_progress ADD COLUMN mac BLOB;"
+    "CREATE TABLE store_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);",
 };
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -290,6 +304,8 @@ kc_rc kc_store_open(const char *path, kc_store **out, kc_error *err)
     r = check_schema(s, path, err);
     if (r == KC_OK)
         r = migrate(s, err);
+    if (r == KC_OK)
+        r = kc_store_meta_get(s, "service_vault", s->service_vault, sizeof(s->service_vault), err);
     if (r != KC_OK)
         goto fail;
     *out = s;
@@ -304,6 +320,7 @@ void kc_store_close(kc_store *s)
     if (s == NULL)
         return;
     sqlite3_close(s->db);
+    kc_secret_free(s->mac);
     free(s);
 }
 
@@ -376,4 +393,217 @@ kc_rc kc_store_pin_record(kc_store *s, const char *vault, const char *fingerprin
     rc = sqlite3_step(st);
     sqlite3_finalize(st);
     return rc == SQLITE_DONE ? KC_OK : db_fail(s, "record a vault pin", err);
+}
+
+/* --- row authentication --- */
+
+static void row_put(kc_row *r, const void *p, size_t n)
+{
+    unsigned char *nb;
+    size_t cap;
+
+    if (r->oom)
+        return;
+    if (r->len + n > r->cap) {
+        cap = (r->len + n) * 2 + 64;
+        nb = realloc(r->buf, cap);
+        if (nb == NULL) {
+            r->oom = 1;
+            return;
+        }
+        r->buf = nb;
+        r->cap = cap;
+    }
+    if (n > 0)
+        memcpy(r->buf + r->len, p, n);
+    r->len += n;
+}
+
+static void row_tagged(kc_row *r, char tag, const void *p, size_t n)
+{
+    unsigned char h[5] = {(unsigned char)tag, (unsigned char)(n >> 24), (unsigned char)(n >> 16),
+                          (unsigned char)(n >> 8), (unsigned char)n};
+
+    row_put(r, h, sizeof(h));
+    row_put(r, p, n);
+}
+
+void kc_row_init(kc_row *r, const char *table)
+{
+    memset(r, 0, sizeof(*r));
+    row_tagged(r, 't', table, strlen(table));
+}
+
+void kc_row_null(kc_row *r)
+{
+    row_put(r, "n", 1);
+}
+
+void kc_row_int(kc_row *r, long long v)
+{
+    unsigned char b[9] = {'i'};
+    int i;
+
+    for (i = 0; i < 8; i++)
+        b[1 + i] = (unsigned char)((unsigned long long)v >> (56 - 8 * i));
+    row_put(r, b, sizeof(b));
+}
+
+void kc_row_text(kc_row *r, const char *s)
+{
+    if (s == NULL)
+        kc_row_null(r);
+    else
+        row_tagged(r, 't', s, strlen(s));
+}
+
+void kc_row_text_opt(kc_row *r, const char *s)
+{
+    kc_row_text(r, s != NULL && s[0] != '\0' ? s : NULL);
+}
+
+void kc_row_blob(kc_row *r, const void *p, size_t n)
+{
+    if (p == NULL)
+        kc_row_null(r);
+    else
+        row_tagged(r, 'b', p, n);
+}
+
+void kc_row_col(kc_row *r, sqlite3_stmt *s, int col)
+{
+    switch (sqlite3_column_type(s, col)) {
+    case SQLITE_INTEGER:
+        kc_row_int(r, sqlite3_column_int64(s, col));
+        break;
+    case SQLITE_TEXT:
+        row_tagged(r, 't', sqlite3_column_text(s, col), (size_t)sqlite3_column_bytes(s, col));
+        break;
+    case SQLITE_BLOB:
+        /* a zero-length blob has no pointer, and is still a blob */
+        row_tagged(r, 'b', sqlite3_column_blob(s, col), (size_t)sqlite3_column_bytes(s, col));
+        break;
+    case SQLITE_NULL:
+        kc_row_null(r);
+        break;
+    default: /* a float: keycustody writes none */
+        row_put(r, "f", 1);
+        break;
+    }
+}
+
+void kc_row_cols(kc_row *r, sqlite3_stmt *s, int first, int n)
+{
+    int i;
+
+    for (i = 0; i < n; i++)
+        kc_row_col(r, s, first + i);
+}
+
+static void row_free(kc_row *r)
+{
+    free(r->buf);
+    memset(r, 0, sizeof(*r));
+}
+
+static kc_rc no_row_key(kc_store *st, kc_error *err)
+{
+    kc_error_set(err, KC_USAGE,
+                 "the service store's rows are authenticated by service vault '%s', and this "
+                 "command has not opened it",
+                 st->service_vault[0] ? st->service_vault : "(none recorded)");
+    kc_error_hint(err, "give the service vault's PIN source: --pin-source %s=file:PATH (or "
+                       "KEYCUSTODY_SERVICE_PIN_SOURCE)",
+                  st->service_vault[0] ? st->service_vault : "SERVICE");
+    return KC_USAGE;
+}
+
+kc_rc kc_row_seal(kc_store *st, kc_row *r, unsigned char mac[32], kc_error *err)
+{
+    unsigned int len = 0;
+    kc_rc rc = KC_OK;
+
+    if (st->mac == NULL)
+        rc = no_row_key(st, err);
+    else if (r->oom)
+        rc = kc_error_set(err, KC_ERR, "out of memory");
+    else if (HMAC(EVP_sha256(), st->mac->data, (int)st->mac->len, r->buf, r->len, mac, &len) ==
+                 NULL ||
+             len != 32)
+        rc = kc_error_set(err, KC_ERR, "cannot compute a row MAC");
+    row_free(r);
+    return rc;
+}
+
+kc_rc kc_row_check(kc_store *st, kc_row *r, sqlite3_stmt *s, int mac_col, const char *what,
+                   kc_error *err)
+{
+    unsigned char want[32];
+    const void *have;
+    kc_rc rc;
+
+    if (st->mac == NULL && st->unchecked_ok) {
+        row_free(r);
+        return KC_OK;
+    }
+    rc = kc_row_seal(st, r, want, err);
+    if (rc != KC_OK)
+        return rc;
+    have = sqlite3_column_blob(s, mac_col);
+    if (sqlite3_column_type(s, mac_col) != SQLITE_BLOB ||
+        sqlite3_column_bytes(s, mac_col) != 32 || CRYPTO_memcmp(have, want, 32) != 0) {
+        kc_error_set(err, KC_INTEGRITY,
+                     "the service store's %s %s: it was made or changed outside keycustody, "
+                     "and is not used",
+                     what, sqlite3_column_type(s, mac_col) == SQLITE_NULL ? "has no MAC"
+                                                                         : "fails its MAC");
+        kc_error_hint(err, "keep a copy of the store for investigation; restore it from a "
+                           "backup made by keycustody");
+        return KC_INTEGRITY;
+    }
+    return KC_OK;
+}
+
+void kc_store_allow_unchecked(kc_store *st)
+{
+    st->unchecked_ok = 1;
+}
+
+int kc_store_checked(const kc_store *st)
+{
+    return st->mac != NULL;
+}
+
+kc_rc kc_store_meta_get(kc_store *st, const char *name, char *out, size_t cap, kc_error *err)
+{
+    sqlite3_stmt *q = NULL;
+    int rc;
+
+    out[0] = '\0';
+    if (sqlite3_prepare_v2(st->db, "SELECT value FROM store_meta WHERE name = ?", -1, &q, NULL) !=
+        SQLITE_OK)
+        return db_fail(st, "read its own record", err);
+    sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
+    rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW)
+        snprintf(out, cap, "%s", (const char *)sqlite3_column_text(q, 0));
+    sqlite3_finalize(q);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? KC_OK : db_fail(st, "read its own record", err);
+}
+
+kc_rc kc_store_meta_set(kc_store *st, const char *name, const char *value, kc_error *err)
+{
+    sqlite3_stmt *q = NULL;
+    int rc;
+
+    if (sqlite3_prepare_v2(st->db,
+                           "INSERT INTO store_meta (name, value) VALUES (?, ?) ON CONFLICT (name) "
+                           "DO UPDATE SET value = excluded.value",
+                           -1, &q, NULL) != SQLITE_OK)
+        return db_fail(st, "write its own record", err);
+    sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, value, -1, SQLITE_STATIC);
+    rc = sqlite3_step(q);
+    sqlite3_finalize(q);
+    return rc == SQLITE_DONE ? KC_OK : db_fail(st, "write its own record", err);
 }

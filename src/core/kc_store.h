@@ -17,7 +17,7 @@
 typedef struct kc_store kc_store;
 
 /* The newest schema this keycustody writes. */
-#define KC_STORE_SCHEMA 2
+#define KC_STORE_SCHEMA 3
 
 /* Opens (creating, mode 0600) the store at path and brings its schema up to
  * date. KC_INTEGRITY for a file that is not a keycustody store or is from a
@@ -48,6 +48,32 @@ KC_EXPORT kc_rc kc_store_pins_load(kc_store *s, kc_ctx *ctx, kc_error *err) KC_M
 /* Pins vault's fingerprint, unless one is pinned already (the first seen stays). */
 KC_EXPORT kc_rc kc_store_pin_record(kc_store *s, const char *vault, const char *fingerprint,
                                     kc_error *err) KC_MUST_CHECK;
+
+/* --- authenticated rows ---
+ * Every row whose content decides what is wrapped or unwrapped (a DEP, its
+ * wrapped keys per generation and slot, an assignment, a break-glass use,
+ * the re-wrap job) carries an HMAC-SHA256 under the row key. The row key is
+ * HMAC-SHA256 on the token, under a private, sensitive, never-extractable
+ * key of the store's service vault ("keycustody-store-key"), of a fixed
+ * label: so only a holder of that vault's PIN can make or check a row, and
+ * a row written with sqlite3 is refused (KC_INTEGRITY) before it is used.
+ *
+ * kc_store_authenticate opens the store's service vault (recorded in the
+ * store at the first DEP; service_vault, when given, must be it), logs in
+ * and derives the row key; with create, on a store that records none, it
+ * makes the key on service_vault and records the vault. A store with no
+ * service vault and no DEP needs nothing: KC_OK without a row key. */
+KC_EXPORT kc_rc kc_store_authenticate(kc_ctx *ctx, kc_store *st, const char *service_vault,
+                                      int create, kc_error *err) KC_MUST_CHECK;
+
+/* Rows are then shown without their MAC checked (dep list, dep show,
+ * status): nothing read this way is used to wrap or unwrap. */
+KC_EXPORT void kc_store_allow_unchecked(kc_store *st);
+/* 1 once the row key is loaded. */
+KC_EXPORT int kc_store_checked(const kc_store *st);
+
+/* The service vault the store records ("" if none yet). */
+KC_EXPORT kc_rc kc_store_service_vault(kc_store *st, char out[64], kc_error *err) KC_MUST_CHECK;
 
 /* Counts the rows of a table (tests and status). */
 KC_EXPORT kc_rc kc_store_count(kc_store *s, const char *table, long *n,

@@ -2,6 +2,7 @@
 #ifndef KC_STORE_INT_H
 #define KC_STORE_INT_H
 
+#include "kc_secret.h"
 #include "kc_store.h"
 
 #include <sqlite3.h>
@@ -9,6 +10,53 @@
 struct kc_store {
     sqlite3 *db;
     int schema;
+    /* The row key (kc_store_authenticate): every row that decides what is
+     * wrapped or unwrapped carries HMAC-SHA256 under it. NULL until then. */
+    kc_secret *mac;
+    char service_vault[64]; /* the vault it comes from */
+    int unchecked_ok;       /* kc_store_allow_unchecked */
 };
+
+/* --- row authentication --- *
+ * A row's MAC covers the table name and each covered column in order, each
+ * as a type byte and its bytes (NULL 'n'; integer 'i' + 8 bytes big-endian;
+ * text 't' and blob 'b' + 4-byte length + bytes), so a value moved between
+ * columns, a text stored where an integer was, or NULL turned into '' all
+ * change it. Writers give C values; readers give the result columns. */
+typedef struct kc_row {
+    unsigned char *buf;
+    size_t len, cap;
+    int oom;
+} kc_row;
+
+void kc_row_init(kc_row *r, const char *table);
+void kc_row_null(kc_row *r);
+void kc_row_int(kc_row *r, long long v);
+void kc_row_text(kc_row *r, const char *s);     /* NULL for NULL */
+void kc_row_text_opt(kc_row *r, const char *s); /* "" is written (and covered) as NULL */
+void kc_row_blob(kc_row *r, const void *p, size_t n);
+void kc_row_col(kc_row *r, sqlite3_stmt *s, int col);
+void kc_row_cols(kc_row *r, sqlite3_stmt *s, int first, int n);
+
+/* The MAC of the row under the store's row key; frees the row. KC_USAGE
+ * when the store was not authenticated. */
+kc_rc kc_row_seal(kc_store *st, kc_row *r, unsigned char mac[32], kc_error *err) KC_MUST_CHECK;
+
+/* Compares the row's MAC with the one in column mac_col of s; frees the
+ * row. A missing or different MAC is KC_INTEGRITY naming what; without the
+ * row key it is KC_USAGE, unless the store allows unchecked reads (then
+ * KC_OK: the caller only shows the row). */
+kc_rc kc_row_check(kc_store *st, kc_row *r, sqlite3_stmt *s, int mac_col, const char *what,
+                   kc_error *err) KC_MUST_CHECK;
+
+/* The store's record of its service vault ("" if none). */
+kc_rc kc_store_meta_get(kc_store *st, const char *name, char *out, size_t cap,
+                        kc_error *err) KC_MUST_CHECK;
+kc_rc kc_store_meta_set(kc_store *st, const char *name, const char *value,
+                        kc_error *err) KC_MUST_CHECK;
+
+/* Writes scope's assignment to dep_id with its MAC (kc_dep.c). */
+kc_rc kc_assignment_write(kc_store *st, const char *scope, const char *dep_id,
+                          kc_error *err) KC_MUST_CHECK;
 
 #endif

@@ -857,6 +857,11 @@ kc_rc kc_plan_apply_dep(kc_ctx *ctx, const kc_layout *l, kc_store *st, const kc_
     size_t i;
     kc_rc r;
 
+    /* the store's rows are checked (and with the first DEP, its row key
+     * made) on the layout's service vault, made by now if the layout has it */
+    r = kc_store_authenticate(ctx, st, l->service_vault[0] ? l->service_vault : NULL, 1, err);
+    if (r != KC_OK)
+        return r;
     switch (a->kind) {
     case KC_ACT_DEP_ASSIGN:
         return kc_dep_assign(st, a->dep_name, a->scope, &made, err);
