@@ -35,6 +35,8 @@ layout=policies/contoso-tenant.yaml
 # The service store (SQLite) holds only wrapped keys and metadata; apply makes the
 # layout's DEPs in it, acting as the layout's service principal.
 export KEYCUSTODY_STORE=$root/service.db KEYCUSTODY_SERVICE_VAULT=Service
+# the service vault checks the store's rows: the source of its PIN (not the PIN)
+export KEYCUSTODY_SERVICE_PIN_SOURCE=file:$root/pins/Service.pin
 # The layout splits duties: the administrator creates, lists and backs up; the service
 # wraps and unwraps; the key officer rotates, deletes, recovers and purges.
 export KEYCUSTODY_PRINCIPAL=contoso-admin

@@ -608,13 +608,16 @@ const kc_cmd kc_cmds_dep[] = {
      1},
     {"dep", "set", cmd_set, "NAME|ID [--enabled true|false] [--name NEW] [--description TEXT]",
      "change a DEP [Set-M365DataAtRestEncryptionPolicy]",
-     "Disabling an assigned DEP is refused: unassign it first.\n", 0},
+     "Disabling an assigned DEP is refused: unassign it first. The service vault's PIN\n"
+     "checks the DEP's row and writes the changed one under its row key.\n",
+     0},
     {"dep", "refresh", cmd_refresh, "NAME|ID [--roll]",
      "re-wrap the DEP key under the root keys' current versions [-Refresh]",
      "After 'keycustody key rotate', the DEP key is still wrapped under the old versions.\n"
      "refresh unwraps it (vault A, else B: the acting principal needs unwrapKey there and\n"
-     "that vault's PIN), wraps it under the current version of both root keys (wrapKey)\n"
-     "and replaces both wrapped copies in one store transaction. The DEP key does not\n"
+     "that vault's PIN; the service vault's PIN checks the store's rows), wraps it under\n"
+     "the current version of both root keys (wrapKey) and replaces both wrapped copies\n"
+     "in one store transaction. The DEP key does not\n"
      "change, so no data needs re-wrapping.\n"
      "  --roll  make a new DEP key instead (the next generation, from the service vault's\n"
      "          RNG, wrapped under both root keys and the availability key). The scope keys\n"
@@ -648,7 +651,8 @@ const kc_cmd kc_cmds_dep[] = {
      "A tenant DEP goes on the tenant, an Exchange DEP on a mailbox (it overrides the\n"
      "tenant DEP there), a SharePoint DEP on a geo. A scope holds one DEP: assigning\n"
      "another replaces it. Assigning before a mailbox has data is allowed. A disabled or\n"
-     "purge-requested DEP cannot be assigned. --none removes the scope's assignment.\n",
+     "purge-requested DEP cannot be assigned. --none removes the scope's assignment.\n"
+     "The service vault's PIN checks the rows and writes the new one under its row key.\n",
      0},
     {"dep", "assignment", cmd_assignment, "[--tenant | --mailbox ID | --geo CODE] [--json]",
      "show assignments [Get-M365DataAtRestEncryptionPolicyAssignment]",
