@@ -900,12 +900,36 @@ static void prompt_interrupted(const char *sig)
     CU_ASSERT_PTR_NULL(strstr(out, " -echo "));
 }
 
+/* SIGTSTP (Ctrl-Z) stops the command: it must give the terminal back with
+ * echo on first. A job-control shell in its own pty runs it as a foreground
+ * job (a process group of its own, not orphaned, so the stop really stops
+ * it) and, once it has stopped, reads the terminal's modes. */
+static void prompt_stopped(void)
+{
+    char *out = NULL, *after;
+
+    (void)kc_test_sh(&out,
+                     "script -qec 'bash -c \"set -m; (sleep 1; kill -TSTP \\$(cat %s)) & sh -c "
+                     "\\\"echo \\\\$\\\\$ > %s; exec %s key list VaultA1\\\"; echo; echo "
+                     "after-stop; ps -o stat= -p \\$(cat %s); stty -a; kill -9 \\$(cat %s)\"' "
+                     "/dev/null </dev/null",
+                     path(0, "kc.pid"), path(0, "kc.pid"), KC_BINARY, path(0, "kc.pid"),
+                     path(0, "kc.pid"));
+    ASSERT_HAS(out, "Enter the user PIN for vault 'VaultA1': ");
+    after = out != NULL ? strstr(out, "after-stop") : NULL;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(after);
+    ASSERT_HAS(after, "\nT"); /* stopped, not ended */
+    ASSERT_HAS(after, " echo ");
+    CU_ASSERT_PTR_NULL(strstr(after, " -echo "));
+}
+
 static void test_prompt_signals(void)
 {
     kc_test_vault("VaultA1", "contoso-a", "westus");
     prompt_interrupted("INT");
     prompt_interrupted("TERM");
     prompt_interrupted("HUP");
+    prompt_stopped();
 }
 
 /* Two secrets; releasing one leaves the other locked. */
