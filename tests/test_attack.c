@@ -932,6 +932,48 @@ static void test_prompt_signals(void)
     prompt_stopped();
 }
 
+/* The item data put reads never goes through the ordinary heap unwiped:
+ * free_probe, preloaded, watches every block handed back to malloc for a
+ * marker the item is made of. (Not under AddressSanitizer, whose own malloc
+ * must come first.) */
+static void test_data_put_plaintext_wiped(void)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    CU_PASS("the probe replaces malloc's free, which AddressSanitizer owns");
+#else
+    unsigned char rnd[8];
+    char marker[64], hex[17], item[8192], *out = NULL;
+    size_t i;
+
+    store_setup();
+    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", NULL), 0);
+    CU_ASSERT_EQUAL_FATAL(RAND_bytes(rnd, sizeof(rnd)), 1);
+    kc_hex_encode(rnd, sizeof(rnd), hex);
+    snprintf(marker, sizeof(marker), "plaintext-%s", hex);
+    for (i = 0; i + strlen(marker) <= sizeof(item); i += strlen(marker))
+        memcpy(item + i, marker, strlen(marker));
+    kc_test_write(path(0, "item.bin"), item, i, 0600);
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "LD_PRELOAD='%s' KC_PROBE_MARKER='%s' KC_PROBE_OUT='%s' '%s' data "
+                               "put tenant probed --in '%s' --as svc --pin-source env:TEST_PIN",
+                               KC_FREE_PROBE, marker, path(1, "probe.out"), KC_BINARY,
+                               path(0, "item.bin")),
+                    0);
+    ASSERT_HAS(out, "put 'probed' in scope 'tenant'");
+    CU_ASSERT_NOT_EQUAL(access(path(1, "probe.out"), F_OK), 0);
+    /* and data get, which decrypts it into a secret and writes the file from there */
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "LD_PRELOAD='%s' KC_PROBE_MARKER='%s' KC_PROBE_OUT='%s' '%s' data "
+                               "get tenant probed --out '%s' --as svc --pin-source env:TEST_PIN "
+                               "&& cmp '%s' '%s'",
+                               KC_FREE_PROBE, marker, path(1, "probe.out"), KC_BINARY,
+                               path(2, "item.out"), path(0, "item.bin"), path(2, "item.out")),
+                    0);
+    CU_ASSERT_NOT_EQUAL(access(path(1, "probe.out"), F_OK), 0);
+    unsetenv("KEYCUSTODY_STORE");
+#endif
+}
+
 /* Two secrets; releasing one leaves the other locked. */
 static void test_secrets_locked_pool(void)
 {
@@ -952,6 +994,7 @@ static const kc_test_case pins_cases[] = {
     {"a PIN file that is not a regular file", test_pin_file_not_regular},
     {"signals during the prompt", test_prompt_signals},
     {"secrets in a locked pool", test_secrets_locked_pool},
+    {"data put's plaintext wiped", test_data_put_plaintext_wiped},
     {NULL, NULL},
 };
 
