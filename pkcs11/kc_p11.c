@@ -339,8 +339,19 @@ static kc_rc each_token(kc_p11 *p, slot_fn fn, void *arg, int *stopped, kc_error
             goto cleanup;
         }
         for (j = 0; j < count; j++) {
-            memset(&info, 0, sizeof(info));
-            rv = f->C_GetTokenInfo(slots[j], &info);
+            int tries = 0;
+
+            /* SoftHSM 2.6.1 answers CKR_GENERAL_ERROR while another process
+             * rewrites the token's files (test_misuse.concurrent meets it):
+             * asked again a moment later, it answers */
+            do {
+                if (tries > 0) {
+                    struct timespec pause = {0, 20 * 1000 * 1000};
+                    (void)nanosleep(&pause, NULL);
+                }
+                memset(&info, 0, sizeof(info));
+                rv = f->C_GetTokenInfo(slots[j], &info);
+            } while (rv == CKR_GENERAL_ERROR && ++tries < 10);
             if (rv == CKR_TOKEN_NOT_PRESENT || rv == CKR_TOKEN_NOT_RECOGNIZED)
                 continue;
             if (rv != CKR_OK) {

@@ -541,6 +541,28 @@ static kc_rc use_store_pins(kc_cli *cli)
     return r;
 }
 
+/* The commands that change a vault's state (its metadata, access policy,
+ * keys): each vault they open is locked on this host until they end. */
+static int changes_vaults(const kc_cmd *c)
+{
+    static const char *const verbs[] = {
+        "access set",  "access remove", "dep create",   "dep purge",         "key create",
+        "key rotate",  "key update",    "key delete",   "key recover",       "key purge",
+        "key restore", "key import",    "policy apply", "tenant offboard",   "subscription init",
+        "subscription join", "vault init",
+    };
+    char name[64];
+    size_t i;
+
+    if (c == NULL)
+        return 0;
+    snprintf(name, sizeof(name), "%s %s", c->group, c->verb);
+    for (i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
+        if (strcmp(name, verbs[i]) == 0)
+            return 1;
+    return 0;
+}
+
 kc_rc kc_cli_ctx(kc_cli *cli, kc_ctx **out)
 {
     kc_rc r;
@@ -551,6 +573,7 @@ kc_rc kc_cli_ctx(kc_cli *cli, kc_ctx **out)
             return r;
         cli->ctx->event_fn = kc_cli_audit_event;
         cli->ctx->event_arg = cli;
+        cli->ctx->lock_vaults = changes_vaults(cli->cmd);
         r = use_store_pins(cli);
         if (r != KC_OK)
             return r;
@@ -662,6 +685,23 @@ int kc_cli_store(kc_cli *cli, kc_store **st)
         return kc_cli_fail(cli, &err);
     kc_store_allow_unchecked(*st);
     return 0;
+}
+
+kc_rc kc_cli_write(kc_cli *cli, const char *path, const void *data, size_t len, unsigned mode,
+                   int force, kc_error *err)
+{
+    if (strcmp(path, "-") != 0)
+        return kc_file_write(path, data, len, mode, force, err);
+    if (len > 0 && fwrite(data, 1, len, cli->out) != len)
+        return kc_error_set(err, KC_ERR, "cannot write to standard output: %s", strerror(errno));
+    return fflush(cli->out) == 0
+               ? KC_OK
+               : kc_error_set(err, KC_ERR, "cannot write to standard output: %s", strerror(errno));
+}
+
+FILE *kc_cli_report(kc_cli *cli, const char *path)
+{
+    return strcmp(path, "-") == 0 ? cli->err : cli->out;
 }
 
 int kc_cli_store_auth(kc_cli *cli, kc_store *st, int create)

@@ -78,6 +78,14 @@ int kc_cli_usage(kc_cli *cli, const char *fmt, ...) KC_PRINTF(2, 3);
 /* The context, made on first use (loads the PKCS#11 module). */
 kc_rc kc_cli_ctx(kc_cli *cli, kc_ctx **out);
 
+/* Writes a command's output data to path (kc_file_write: never over a
+ * file that is not regular; over an existing one only with force), or to
+ * standard output when path is "-". */
+kc_rc kc_cli_write(kc_cli *cli, const char *path, const void *data, size_t len, unsigned mode,
+                   int force, kc_error *err) KC_MUST_CHECK;
+/* Where the command says what it wrote: stderr when the data went to stdout. */
+FILE *kc_cli_report(kc_cli *cli, const char *path);
+
 /* Records err as the command's failure and returns its code. */
 int kc_cli_fail(kc_cli *cli, const kc_error *err);
 

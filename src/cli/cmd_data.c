@@ -129,10 +129,11 @@ static int cmd_get(kc_cli *cli, int argc, char **argv)
     rc = open_session(cli, argc, argv, opts, &s, &first, &st, &ds);
     kc_error_clear(&err);
     if (rc == 0 && (kc_data_get(ds, argv[first], argv[first + 1], &data, &err) != KC_OK ||
-                    kc_file_write(s.out, data->data, data->len, 0600, s.force, &err) != KC_OK))
+                    kc_cli_write(cli, s.out, data->data, data->len, 0600, s.force, &err) != KC_OK))
         rc = kc_cli_fail(cli, &err);
     if (rc == 0)
-        fprintf(cli->out, "wrote '%s' of scope '%s' to %s (%zu bytes)\n", argv[first + 1],
+        fprintf(kc_cli_report(cli, s.out), "wrote '%s' of scope '%s' to %s (%zu bytes)\n",
+                argv[first + 1],
                 argv[first], s.out, data->len);
     kc_secret_free(data);
     kc_data_close(ds);
@@ -157,7 +158,8 @@ const kc_cmd kc_cmds_data[] = {
      "open an item of a scope",
      "Writes the item to FILE (mode 0600; --force to replace it). An item that was altered\n"
      "or moved to another scope or name fails authentication (exit 8).\n"
-     "  --out FILE              where the item goes\n"
+     "  --out FILE              where the item goes (- for standard output; never over a\n"
+     "                          device, FIFO, socket or link, even with --force)\n"
      "  --use-availability-key  break glass, as for 'data put'\n",
      0},
     {NULL, NULL, NULL, NULL, NULL, NULL, 0},

@@ -503,7 +503,7 @@ static int cmd_export_public(kc_cli *cli, int argc, char **argv)
         rc = kc_cli_fail(cli, &err);
     else if (s.out == NULL)
         fputs(pem, cli->out);
-    else if (kc_file_write(s.out, pem, strlen(pem), 0644, s.force, &err) != KC_OK)
+    else if (kc_cli_write(cli, s.out, pem, strlen(pem), 0644, s.force, &err) != KC_OK)
         rc = kc_cli_fail(cli, &err);
     else
         fprintf(cli->err, "wrote the public key of '%s/%s/%s' to %s\n", k->vault, k->name,
@@ -572,7 +572,7 @@ static int cmd_wrap(kc_cli *cli, int argc, char **argv)
         goto cleanup;
     }
     if (s.raw) {
-        rc = kc_file_write(s.out, wrapped, wrapped_len, 0600, s.force, &err);
+        rc = kc_cli_write(cli, s.out, wrapped, wrapped_len, 0600, s.force, &err);
     } else {
         b64 = kc_b64url_encode(wrapped, wrapped_len);
         o = json_pack("{s:s, s:s, s:s}", "kid", ver->uri, "alg", kc_oaep_name(used), "value",
@@ -581,7 +581,7 @@ static int cmd_wrap(kc_cli *cli, int argc, char **argv)
         if (doc == NULL)
             rc = kc_error_set(&err, KC_ERR, "out of memory");
         else
-            rc = kc_file_write(s.out, doc, strlen(doc), 0600, s.force, &err);
+            rc = kc_cli_write(cli, s.out, doc, strlen(doc), 0600, s.force, &err);
     }
     if (rc != KC_OK) {
         rc = kc_cli_fail(cli, &err);
@@ -723,7 +723,7 @@ static int cmd_unwrap(kc_cli *cli, int argc, char **argv)
         goto cleanup;
     if (kc_key_select(k, ref.id, ref.id_len, &ver, &err) != KC_OK ||
         kc_key_unwrap(v, k, ver, alg, wrapped, wrapped_len, &secret, &err) != KC_OK ||
-        kc_file_write(s.out, secret->data, secret->len, 0600, s.force, &err) != KC_OK) {
+        kc_cli_write(cli, s.out, secret->data, secret->len, 0600, s.force, &err) != KC_OK) {
         rc = kc_cli_fail(cli, &err);
         goto cleanup;
     }
@@ -977,10 +977,10 @@ static int cmd_backup(kc_cli *cli, int argc, char **argv)
     kc_error_clear(&err);
     rc = KC_OK;
     if (kc_backup_key(v, ref.name, &blob, &len, &err) != KC_OK ||
-        kc_file_write(s.out, blob, len, 0600, s.force, &err) != KC_OK)
+        kc_cli_write(cli, s.out, blob, len, 0600, s.force, &err) != KC_OK)
         rc = kc_cli_fail(cli, &err);
     else
-        fprintf(cli->out,
+        fprintf(kc_cli_report(cli, s.out),
                 "backed up key '%s/%s' to %s (%zu bytes; restores only into a vault "
                 "of subscription '%s')\n",
                 v->meta.name, ref.name, s.out, len, v->meta.subscription);
@@ -1170,7 +1170,9 @@ const kc_cmd kc_cmds_key[] = {
      "under the subscription's backup-domain key, with the public keys and all\n"
      "metadata; the whole file is authenticated by an HMAC computed on the token. Key\n"
      "material never appears in clear in the file or in this process. The vault must\n"
-     "hold its subscription's backup domain ('keycustody subscription init').\n",
+     "hold its subscription's backup domain ('keycustody subscription init').\n"
+     "  --out FILE  the backup (mode 0600; - for standard output); an existing regular\n"
+     "              FILE needs --force\n",
      0},
     {"key", "restore", cmd_restore, "VAULT --in FILE.backup",
      "restore a backed-up key, all versions, into a vault of the same subscription",
@@ -1203,7 +1205,8 @@ const kc_cmd kc_cmds_key[] = {
     {"key", "export-public", cmd_export_public, "VAULT/KEY[/VERSION] [--out FILE] [--force]",
      "write the public key as PEM (SubjectPublicKeyInfo)",
      "Without --out the PEM goes to standard output. No PIN is needed.\n"
-     "  --out FILE   write it to FILE (mode 0644); an existing FILE needs --force\n",
+     "  --out FILE   write it to FILE (mode 0644; - for standard output); an existing\n"
+     "               regular FILE needs --force, anything else is never replaced\n",
      0},
     {"key", "wrap", cmd_wrap,
      "VAULT/KEY[/VERSION] --in SECRET --out FILE [--alg RSA-OAEP|RSA-OAEP-256] [--raw]",
@@ -1214,7 +1217,8 @@ const kc_cmd kc_cmds_key[] = {
      "Vault's wrapKey returns it: {\"kid\": key id, \"alg\": ..., \"value\": base64url}.\n\n"
      "Options:\n"
      "  --in FILE    the secret (16 to 64 bytes)\n"
-     "  --out FILE   where to write the wrapped key (mode 0600); existing: --force\n"
+     "  --out FILE   where to write the wrapped key (mode 0600; - for standard output);\n"
+     "               an existing regular FILE needs --force\n"
      "  --alg A      RSA-OAEP (SHA-1) or RSA-OAEP-256\n"
      "  --raw        write only the RSA-OAEP ciphertext (for OpenSSL and others)\n\n"
      "Example (checked by OpenSSL):\n"
@@ -1230,7 +1234,8 @@ const kc_cmd kc_cmds_key[] = {
      "required. The secret is written with mode 0600 and wiped from memory.\n\n"
      "Options:\n"
      "  --in FILE    the wrapped key\n"
-     "  --out FILE   where to write the secret (mode 0600); existing: --force\n"
+     "  --out FILE   where to write the secret (mode 0600; - for standard output);\n"
+     "               an existing regular FILE needs --force\n"
      "  --alg A      RSA-OAEP (SHA-1) or RSA-OAEP-256\n",
      0},
     {NULL, NULL, NULL, NULL, NULL, NULL, 0},

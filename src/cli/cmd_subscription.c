@@ -108,14 +108,14 @@ static int cmd_init(kc_cli *cli, int argc, char **argv)
     if (kc_domain_init(ctx, argv[first], s.vaults, s.nvaults, s.custodians, s.ncustodians, s.quorum,
                        &file, &err) != KC_OK)
         return kc_cli_fail(cli, &err);
-    if (kc_file_write(s.out, file, strlen(file), 0600, s.force, &err) != KC_OK) {
+    if (kc_cli_write(cli, s.out, file, strlen(file), 0600, s.force, &err) != KC_OK) {
         free(file);
         kc_error_hint(&err, "the domain is installed on the vaults, but its shares were not "
                             "written: run subscription init again with another --out");
         return kc_cli_fail(cli, &err);
     }
     free(file);
-    fprintf(cli->out,
+    fprintf(kc_cli_report(cli, s.out),
             "backup domain of subscription '%s' installed on %zu vault%s; security-"
             "domain file %s: %u of %zu custodians recover it\n",
             argv[first], s.nvaults, s.nvaults == 1 ? "" : "s", s.out, s.quorum, s.ncustodians);

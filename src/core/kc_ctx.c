@@ -1,8 +1,17 @@
 #include "kc_ctx.h"
+#include "kc_util.h"
 
+#include <openssl/sha.h>
+
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 kc_rc kc_ctx_new(const char *module_path, kc_pin_fn pin_fn, void *pin_arg, kc_ctx **out,
                  kc_error *err)
@@ -27,9 +36,13 @@ kc_rc kc_ctx_new(const char *module_path, kc_pin_fn pin_fn, void *pin_arg, kc_ct
 
 void kc_ctx_free(kc_ctx *ctx)
 {
+    size_t i;
+
     if (ctx == NULL)
         return;
     kc_p11_free(ctx->p11);
+    for (i = 0; i < ctx->nlocks; i++)
+        close(ctx->locks[i].fd); /* lets go of the lock */
     free(ctx);
 }
 
@@ -102,4 +115,87 @@ void kc_ctx_event(kc_ctx *ctx, const char *event, const char *vault, const char 
 {
     if (ctx != NULL && ctx->event_fn != NULL)
         ctx->event_fn(ctx->event_arg, event, vault, dep, err);
+}
+
+/* --- this host's vault locks --- */
+
+/* The lock directory: made 0700 if missing; refused unless it is a real
+ * directory of the caller's that nobody else can write. */
+static kc_rc lock_dir(char *out, size_t cap, kc_error *err)
+{
+    const char *env = getenv("KEYCUSTODY_LOCK_DIR"), *run = getenv("XDG_RUNTIME_DIR");
+    struct stat st;
+
+    if (env != NULL && env[0] != '\0')
+        snprintf(out, cap, "%s", env);
+    else if (run != NULL && run[0] == '/' && access(run, W_OK) == 0)
+        snprintf(out, cap, "%s/keycustody", run);
+    else
+        snprintf(out, cap, "/tmp/keycustody-%u", (unsigned)geteuid());
+    if (mkdir(out, 0700) != 0 && errno != EEXIST)
+        return kc_error_set(err, KC_ERR, "cannot make the lock directory '%s': %s", out,
+                            strerror(errno));
+    if (lstat(out, &st) != 0)
+        return kc_error_set(err, KC_ERR, "cannot read the lock directory '%s': %s", out,
+                            strerror(errno));
+    if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022) != 0) {
+        kc_error_set(err, KC_DENIED,
+                     "the lock directory '%s' is not a directory of yours that only you can "
+                     "write, so its locks are not believed",
+                     out);
+        kc_error_hint(err, "remove it, or name another with KEYCUSTODY_LOCK_DIR");
+        return KC_DENIED;
+    }
+    return KC_OK;
+}
+
+kc_rc kc_ctx_lock_token(kc_ctx *ctx, kc_tok *tok, kc_error *err)
+{
+    const kc_tok_info *ti = kc_tok_info_get(tok);
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    char dir[400], path[512], hex[2 * 16 + 1];
+    unsigned waited = 0, limit = ctx->lock_timeout_ms ? ctx->lock_timeout_ms : 60000;
+    struct timespec pause = {0, 20 * 1000 * 1000};
+    size_t i;
+    int fd;
+    kc_rc r;
+
+    for (i = 0; i < ctx->nlocks; i++)
+        if (strcmp(ctx->locks[i].uri, ti->uri) == 0)
+            return KC_OK;
+    if (ctx->nlocks == KC_CTX_MAX_LOCKS)
+        return kc_error_set(err, KC_ERR, "a command changes at most %d vaults",
+                            KC_CTX_MAX_LOCKS);
+    r = lock_dir(dir, sizeof(dir), err);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot lock vault '%s'", ti->label);
+    /* the token's URI names its module's manufacturer, model, serial and label */
+    SHA256((const unsigned char *)ti->uri, strlen(ti->uri), md);
+    kc_hex_encode(md, 16, hex);
+    snprintf(path, sizeof(path), "%s/%s.lock", dir, hex);
+    fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return kc_error_set(err, KC_ERR, "cannot lock vault '%s': %s: %s", ti->label, path,
+                            strerror(errno));
+    while (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        if (errno != EWOULDBLOCK && errno != EINTR) {
+            kc_error_set(err, KC_ERR, "cannot lock vault '%s': %s", ti->label, strerror(errno));
+            close(fd);
+            return KC_ERR;
+        }
+        if (waited >= limit) {
+            close(fd);
+            kc_error_set(err, KC_CONFLICT,
+                         "vault '%s' is being changed by another keycustody command on this "
+                         "host (waited %u s)",
+                         ti->label, limit / 1000);
+            kc_error_hint(err, "run this command again when that one is done");
+            return KC_CONFLICT;
+        }
+        (void)nanosleep(&pause, NULL);
+        waited += 20;
+    }
+    snprintf(ctx->locks[ctx->nlocks].uri, sizeof(ctx->locks[0].uri), "%s", ti->uri);
+    ctx->locks[ctx->nlocks++].fd = fd;
+    return KC_OK;
 }

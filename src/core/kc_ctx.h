@@ -25,6 +25,7 @@ typedef void (*kc_event_fn)(void *arg, const char *event, const char *vault, con
                             const kc_error *err);
 
 #define KC_CTX_MAX_PINS 32
+#define KC_CTX_MAX_LOCKS 16
 
 /* A vault key fingerprint the caller pins for a vault (a layout's
  * fingerprint:, the service store's record of the first one seen). */
@@ -45,6 +46,17 @@ typedef struct kc_ctx {
      * can pin it at first use (the service store does); optional */
     void (*seen_fn)(void *arg, const char *vault, const char *fingerprint);
     void *seen_arg;
+    /* Set by a command that changes vaults: each vault it opens is locked
+     * against every other keycustody process on this host until the context
+     * is freed, so its read and its write of the vault's state are one step
+     * (kc_ctx_lock_token). */
+    int lock_vaults;
+    unsigned lock_timeout_ms; /* 0: 60 s */
+    struct {
+        char uri[512];
+        int fd;
+    } locks[KC_CTX_MAX_LOCKS];
+    size_t nlocks;
 } kc_ctx;
 
 /* Loads module_path (NULL: p11-kit's registered modules). */
@@ -70,5 +82,12 @@ KC_EXPORT const char *kc_ctx_pinned_fingerprint(const kc_ctx *ctx, const char *v
 
 /* Logs in to tok as the user (asking for the PIN) unless already logged in. */
 KC_EXPORT kc_rc kc_ctx_login(kc_ctx *ctx, kc_tok *tok, kc_error *err) KC_MUST_CHECK;
+
+/* Takes this host's lock on tok (once per context; held until kc_ctx_free):
+ * an flock on a file named after the token's URI in KEYCUSTODY_LOCK_DIR,
+ * else $XDG_RUNTIME_DIR/keycustody, else /tmp/keycustody-UID (the caller's,
+ * mode 0700). Waits up to the context's timeout, then KC_CONFLICT naming
+ * the vault. A process that dies lets go of it. */
+KC_EXPORT kc_rc kc_ctx_lock_token(kc_ctx *ctx, kc_tok *tok, kc_error *err) KC_MUST_CHECK;
 
 #endif

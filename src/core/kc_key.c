@@ -748,6 +748,16 @@ kc_rc kc_key_create(kc_vault *v, const kc_key_create_opts *o, kc_key **out, kc_e
     if (r != KC_OK)
         goto fail;
     r = kc_key_record_version(v, o->name, id, sizeof(id), o->ops, "generated", 1, err);
+    if (r == KC_CONFLICT) {
+        /* the vault changed meanwhile, found before anything was recorded:
+         * the pair goes too, so the create leaves nothing. (After a token
+         * failure the pair stays: its state may be written, and a run
+         * again continues from it.) */
+        kc_error ignored;
+        if (kc_tok_destroy(v->tok, priv, &ignored) != KC_OK ||
+            kc_tok_destroy(v->tok, pub, &ignored) != KC_OK)
+            kc_error_clear(&ignored);
+    }
     if (r != KC_OK)
         goto fail;
     r = kc_key_get(v, o->name, 1, out, err);

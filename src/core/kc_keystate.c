@@ -58,11 +58,29 @@ kc_rc kc_keystate_load(kc_vault *v, kc_error *err)
 
 kc_rc kc_keystate_save(kc_vault *v, kc_error *err)
 {
-    json_t *gen = json_object_get(v->state, "generation");
+    unsigned long read = (unsigned long)json_integer_value(json_object_get(v->state, "generation"));
+    unsigned long next = 1;
+    unsigned char *cur = NULL;
+    size_t len = 0;
     char *doc;
     kc_rc r;
 
-    json_object_set_new(v->state, "generation", json_integer(json_integer_value(gen) + 1));
+    /* still the generation this command read (see kc_vault_changed_meanwhile) */
+    r = kc_gendoc_read(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, "key state", check_state, NULL,
+                       &cur, &len, &next, err);
+    free(cur);
+    if (r == KC_NOT_FOUND) {
+        kc_error_clear(err);
+        r = KC_OK;
+    }
+    if (r == KC_OK && next != read + 1)
+        r = kc_vault_changed_meanwhile(v, "key state", read, next - 1, err);
+    /* and the manifest written after it: both are written, or neither */
+    if (r == KC_OK)
+        r = kc_manifest_fresh(v, err);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot save the key state of vault '%s'", v->meta.name);
+    json_object_set_new(v->state, "generation", json_integer((json_int_t)read + 1));
     doc = json_dumps(v->state, JSON_COMPACT | JSON_SORT_KEYS);
     if (doc == NULL)
         return kc_error_set(err, KC_ERR, "out of memory");

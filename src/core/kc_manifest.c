@@ -428,6 +428,34 @@ static kc_rc sign_doc(kc_vault *v, kc_obj priv, json_t *manifest, char **out, kc
     return r;
 }
 
+kc_rc kc_vault_changed_meanwhile(const kc_vault *v, const char *what, unsigned long read,
+                                 unsigned long now, kc_error *err)
+{
+    kc_error_set(err, KC_CONFLICT,
+                 "vault '%s' changed while this command ran: its %s is at generation %lu, this "
+                 "command read generation %lu; nothing was written",
+                 v->meta.name, what, now, read);
+    kc_error_hint(err, "another keycustody (on another host?) changed it: run the command again");
+    return KC_CONFLICT;
+}
+
+kc_rc kc_manifest_fresh(kc_vault *v, kc_error *err)
+{
+    char fp[KC_FINGERPRINT_HEX + 1];
+    unsigned long next = 1;
+    json_t *cur = NULL;
+    kc_rc r = kc_manifest_read(v->tok, NULL, &cur, fp, &next, err);
+
+    json_decref(cur);
+    if (r == KC_NOT_FOUND) {
+        kc_error_clear(err);
+        r = KC_OK;
+    }
+    if (r == KC_OK && next != v->meta.generation + 1)
+        r = kc_vault_changed_meanwhile(v, "manifest", v->meta.generation, next - 1, err);
+    return r;
+}
+
 kc_rc kc_manifest_write(kc_vault *v, kc_vault_meta *m, kc_error *err)
 {
     char fp[KC_FINGERPRINT_HEX + 1], *meta = NULL, *doc = NULL;
@@ -449,6 +477,11 @@ kc_rc kc_manifest_write(kc_vault *v, kc_vault_meta *m, kc_error *err)
         }
     }
     json_decref(old);
+    /* The vault as this command read it must still be the newest: another
+     * writer (on another host: this host's lock keeps its own out) makes
+     * this one stop with nothing written, rather than write over it. */
+    if (r == KC_OK && next != m->generation + 1)
+        r = kc_vault_changed_meanwhile(v, "manifest", m->generation, next - 1, err);
     if (r == KC_OK)
         r = kc_keystate_load(v, err);
     if (r != KC_OK)

@@ -342,6 +342,9 @@ kc_rc kc_vault_open(kc_ctx *ctx, const char *name_or_uri, kc_vault **out, kc_err
 
     *out = NULL;
     r = kc_p11_token(ctx->p11, name_or_uri, &tok, err);
+    /* a command that changes vaults reads their state under this host's lock */
+    if (r == KC_OK && ctx->lock_vaults)
+        r = kc_ctx_lock_token(ctx, tok, err);
     if (r == KC_OK)
         r = read_meta(tok, kc_ctx_pinned_fingerprint(ctx, kc_tok_info_get(tok)->label), &m,
                       &manifest, fp, err);

@@ -303,9 +303,17 @@ kc_rc kc_file_write(const char *path, const void *data, size_t len, unsigned mod
     kc_rc r = KC_ERR;
     struct stat st;
 
+    if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        /* never replaced, even with overwrite: a device node, FIFO, socket,
+         * directory or link is not an output file a command made */
+        kc_error_set(err, KC_DENIED, "'%s' is %s, not a regular file; not replacing it", path,
+                     kc_file_kind(st.st_mode));
+        kc_error_hint(err, "name a regular file (or - for standard output)");
+        return KC_DENIED;
+    }
     if (!overwrite && lstat(path, &st) == 0) {
         kc_error_set(err, KC_CONFLICT, "'%s' already exists; not overwriting it", path);
-        kc_error_hint(err, "choose another file, or remove this one first");
+        kc_error_hint(err, "choose another file, or give --force to replace it");
         return KC_CONFLICT;
     }
     if (snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof(tmp))

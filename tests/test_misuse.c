@@ -1,0 +1,309 @@
+/* Several custodians at once, and a careless operator: nothing a command
+ * reported as done is undone by another, a killed command leaves nothing
+ * half-made for the others. Each case runs real keycustody processes in
+ * parallel. */
+#include "fixture.h"
+
+#include <jansson.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define PIN "--pin-source", "env:TEST_PIN"
+
+/* Runs n copies of a keycustody command line at once (%d in it is the
+ * copy's number), each one's exit code into rc.N; waits for all. */
+static void run_parallel(int n, const char *args)
+{
+    char *out = NULL;
+
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "cd '%s' && for i in $(seq 0 %d); do (a=$(printf '%s' $i); '%s' "
+                               "$a >out.$i 2>&1; echo $? > rc.$i) & done; wait",
+                               kc_test_dir(), n - 1, args, KC_BINARY),
+                    0);
+}
+
+/* How many of the n copies exited with code. */
+static int exited(int n, int code)
+{
+    char *out = NULL, want[8];
+    int i, count = 0;
+
+    snprintf(want, sizeof(want), "%d\n", code);
+    for (i = 0; i < n; i++) {
+        char path[64];
+
+        snprintf(path, sizeof(path), "rc.%d", i);
+        if (kc_test_sh(&out, "cat '%s'", kc_test_path(path)) == 0 && strcmp(out, want) == 0)
+            count++;
+    }
+    return count;
+}
+
+/* Shows what the copies said when a check fails. */
+static void show_outputs(int n)
+{
+    char *out = NULL;
+
+    if (kc_test_sh(&out, "cd '%s' && for i in $(seq 0 %d); do echo \"[$i: $(cat rc.$i)] "
+                         "$(cat out.$i)\"; done",
+                   kc_test_dir(), n - 1) == 0)
+        fprintf(stderr, "\n%s", out);
+}
+
+/* The principals of VaultA1's access policy. */
+static size_t access_entries(void)
+{
+    const kc_test_out *r = kc_test_run("access", "show", "VaultA1", "--json", NULL);
+    json_t *j = json_loads(r->out, 0, NULL), *list;
+    size_t n;
+
+    CU_ASSERT_EQUAL(r->rc, 0);
+    list = json_is_array(j) ? j : json_object_get(j, "access");
+    n = json_array_size(list);
+    json_decref(j);
+    return n;
+}
+
+/* Eight grants at once, three times over: every one that said "granted"
+ * is there afterwards. */
+static void test_parallel_access_set(void)
+{
+    char args[256];
+    int round;
+
+    kc_test_vault("VaultA1", "sub-a", "westus");
+    for (round = 0; round < 3; round++) {
+        snprintf(args, sizeof(args),
+                 "access set VaultA1 --principal p%d-%%d --permissions get,list "
+                 "--so-pin-source env:TEST_SO_PIN --pin-source env:TEST_PIN",
+                 round);
+        run_parallel(8, args);
+        CU_ASSERT_EQUAL(exited(8, 0), 8);
+        if (access_entries() != (size_t)(8 * (round + 1)))
+            show_outputs(8);
+        CU_ASSERT_EQUAL(access_entries(), (size_t)(8 * (round + 1)));
+    }
+}
+
+/* Keys made at once: each one made is there, with its own state; two
+ * creates of one name: one wins, the other exits 5, one version. */
+static void test_parallel_key_create(void)
+{
+    const kc_test_out *r;
+    int i;
+
+    kc_test_vault("VaultA1", "sub-a", "westus");
+    run_parallel(5, "key create VaultA1/K%d --size 2048 --pin-source env:TEST_PIN");
+    CU_ASSERT_EQUAL(exited(5, 0), 5);
+    r = kc_test_run("key", "list", "VaultA1", PIN, NULL);
+    ASSERT_RC(r, 0);
+    for (i = 0; i < 5; i++) {
+        char name[16];
+
+        snprintf(name, sizeof(name), "K%d ", i);
+        ASSERT_HAS(r->out, name);
+    }
+    run_parallel(2, "key create VaultA1/Same --size 2048 --pin-source env:TEST_PIN");
+    CU_ASSERT_EQUAL(exited(2, 0), 1);
+    CU_ASSERT_EQUAL(exited(2, 5), 1);
+    r = kc_test_run("key", "show", "VaultA1/Same", "--json", PIN, NULL);
+    ASSERT_RC(r, 0);
+    {
+        json_t *j = json_loads(r->out, 0, NULL);
+
+        CU_ASSERT_EQUAL(json_array_size(json_object_get(j, "versions")), 1);
+        json_decref(j);
+    }
+}
+
+/* A delete racing a create of another key: the deleted key is recoverable
+ * (its soft-delete record kept), the created one there. */
+static void test_delete_races_create(void)
+{
+    const kc_test_out *r;
+    int round;
+
+    kc_test_vault("VaultA1", "sub-a", "westus");
+    for (round = 0; round < 3; round++) {
+        char del[16], add[16], *out = NULL;
+
+        snprintf(del, sizeof(del), "VaultA1/D%d", round);
+        snprintf(add, sizeof(add), "VaultA1/C%d", round);
+        ASSERT_RC(kc_test_run("key", "create", del, "--size", "2048", PIN, NULL), 0);
+        CU_ASSERT_EQUAL(kc_test_sh(&out,
+                                   "'%s' key delete '%s' --pin-source env:TEST_PIN & '%s' key "
+                                   "create '%s' --size 2048 --pin-source env:TEST_PIN & wait",
+                                   KC_BINARY, del, KC_BINARY, add),
+                        0);
+        r = kc_test_run("key", "list-deleted", "VaultA1", PIN, NULL);
+        ASSERT_RC(r, 0);
+        ASSERT_HAS(r->out, del + 8);
+        r = kc_test_run("key", "show", add, PIN, NULL);
+        ASSERT_RC(r, 0);
+    }
+    ASSERT_RC(kc_test_run("key", "recover", "VaultA1/D0", PIN, NULL), 0);
+}
+
+/* Commands killed at several points while others change the same vault:
+ * every change another command reported is there, and the vault opens. */
+static void test_killed_while_others_write(void)
+{
+    static const char *const delays[] = {"0.1", "0.3", "0.6", "1.0"};
+    char *out = NULL;
+    size_t i;
+
+    kc_test_vault("VaultA1", "sub-a", "westus");
+    ASSERT_RC(kc_test_run("access", "set", "VaultA1", "--principal", "admin", "--permissions",
+                          "create,get,list", "--so-pin-source", "env:TEST_SO_PIN", PIN, NULL),
+              0);
+    for (i = 0; i < sizeof(delays) / sizeof(delays[0]); i++) {
+        char grant[64];
+
+        snprintf(grant, sizeof(grant), "k%zu", i);
+        CU_ASSERT_EQUAL(kc_test_sh(&out,
+                                   "cd '%s' || exit 1; '%s' key create VaultA1/Killed%zu --size 4096 "
+                                   "--as admin --pin-source env:TEST_PIN >/dev/null 2>&1 & k=$!; "
+                                   "'%s' access "
+                                   "set VaultA1 --principal %s --permissions get --so-pin-source "
+                                   "env:TEST_SO_PIN --pin-source env:TEST_PIN > grant.out 2>&1 & "
+                                   "g=$!; sleep %s; kill -9 $k; wait $g",
+                                   kc_test_dir(), KC_BINARY, i, KC_BINARY, grant, delays[i]),
+                        0);
+        ASSERT_RC(kc_test_run("vault", "show", "VaultA1", NULL), 0);
+        CU_ASSERT_EQUAL(access_entries(), i + 2); /* admin and each grant */
+    }
+    ASSERT_RC(kc_test_run("key", "list", "VaultA1", "--as", "admin", PIN, NULL), 0);
+    ASSERT_RC(kc_test_run("key", "create", "VaultA1/After", "--size", "2048", "--as", "admin", PIN,
+                          NULL),
+              0);
+}
+
+/* Two writers that do not share this host's lock (as on two hosts sharing
+ * one token): A reads the vault, then waits at the PIN prompt while B
+ * changes it; A must then stop with exit 5, not write over B's change. */
+static void test_writer_on_another_host(void)
+{
+    char *out = NULL;
+
+    kc_test_vault("VaultA1", "sub-a", "westus");
+    CU_ASSERT_EQUAL(
+        kc_test_sh(&out,
+                   "cd '%s' || exit 1; mkdir -m 700 -p hostA hostB; ( (sleep 2; printf '%%s\\n' "
+                   "\"$TEST_PIN\") | KEYCUSTODY_LOCK_DIR=$PWD/hostA script -qec \"'%s' access "
+                   "set VaultA1 --principal a --permissions get --so-pin-source env:TEST_SO_PIN\" "
+                   "/dev/null > a.out 2>&1; echo $? > a.rc ) & sleep 0.7; "
+                   "KEYCUSTODY_LOCK_DIR=$PWD/hostB '%s' access set VaultA1 --principal b "
+                   "--permissions get --so-pin-source env:TEST_SO_PIN --pin-source env:TEST_PIN "
+                   "> b.out 2>&1; echo $? > b.rc; wait; cat a.rc a.out b.rc b.out",
+                   kc_test_dir(), KC_BINARY, KC_BINARY),
+        0);
+    ASSERT_HAS(out, "Enter the user PIN for vault 'VaultA1'");
+    ASSERT_HAS(out, "vault 'VaultA1' changed while this command ran");
+    ASSERT_HAS(out, "granted to principal 'b'");
+    CU_ASSERT(strncmp(out, "5\n", 2) == 0);
+    CU_ASSERT_EQUAL(access_entries(), 1);
+    ASSERT_HAS(kc_test_run("access", "show", "VaultA1", NULL)->out, "b");
+}
+
+static const kc_test_case concurrent_cases[] = {
+    {"a writer on another host", test_writer_on_another_host},
+    {"eight access set at once", test_parallel_access_set},
+    {"key creates at once, and of one name", test_parallel_key_create},
+    {"a delete racing a create", test_delete_races_create},
+    {"killed while others write", test_killed_while_others_write},
+    {NULL, NULL},
+};
+
+/* --- output files --- */
+
+/* --force replaces an existing regular file only: a device node, a FIFO, a
+ * socket or a link stays what it is, and the refusal says what it is. */
+static void test_force_only_regular_files(void)
+{
+    static const struct {
+        const char *make, *args, *name, *kind; /* make PATH args */
+    } specials[] = {
+        {"mknod", " c 1 3", "null", "a character device"},
+        {"mkfifo", "", "fifo", "a FIFO"},
+        {NULL, NULL, "sock", "a socket"}, /* bound below */
+        {"ln -s /etc/hostname", "", "link", "a symbolic link"},
+    };
+    const kc_test_out *r;
+    char *out = NULL;
+    size_t i;
+
+    kc_test_vault("VaultA1", "sub-a", "westus");
+    ASSERT_RC(kc_test_run("key", "create", "VaultA1/K", "--size", "2048", PIN, NULL), 0);
+    for (i = 0; i < sizeof(specials) / sizeof(specials[0]); i++) {
+        const char *path = kc_test_path(specials[i].name);
+
+        if (specials[i].make == NULL) {
+            struct sockaddr_un sa;
+            int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+
+            memset(&sa, 0, sizeof(sa));
+            sa.sun_family = AF_UNIX;
+            snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+            CU_ASSERT_EQUAL_FATAL(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+            close(fd);
+        } else {
+            CU_ASSERT_EQUAL_FATAL(
+                kc_test_sh(&out, "%s '%s'%s", specials[i].make, path, specials[i].args), 0);
+        }
+        r = kc_test_run("key", "export-public", "VaultA1/K", "--out", path, "--force", NULL);
+        ASSERT_RC(r, 6);
+        ASSERT_HAS(r->err, specials[i].kind);
+        ASSERT_HAS(r->err, "not a regular file; not replacing it");
+        CU_ASSERT_EQUAL(kc_test_sh(&out, "test ! -f '%s' || test -L '%s'", path, path), 0);
+    }
+    /* an existing regular file: the message names --force, which replaces it */
+    kc_test_write(kc_test_path("pub.pem"), "old", 3, 0600);
+    r = kc_test_run("key", "export-public", "VaultA1/K", "--out", kc_test_path("pub.pem"), NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "give --force to replace it");
+    ASSERT_RC(kc_test_run("key", "export-public", "VaultA1/K", "--out", kc_test_path("pub.pem"),
+                          "--force", NULL),
+              0);
+}
+
+/* --out - writes the data to standard output and the report to stderr. */
+static void test_out_dash_is_stdout(void)
+{
+    const kc_test_out *r;
+
+    kc_test_vault("VaultA1", "sub-a", "westus");
+    ASSERT_RC(kc_test_run("key", "create", "VaultA1/K", "--size", "2048", PIN, NULL), 0);
+    r = kc_test_run("key", "export-public", "VaultA1/K", "--out", "-", NULL);
+    ASSERT_RC(r, 0);
+    CU_ASSERT(strncmp(r->out, "-----BEGIN PUBLIC KEY-----", 26) == 0);
+    CU_ASSERT_NOT_EQUAL(access("-", F_OK), 0);
+    kc_test_write(kc_test_path("secret.bin"), "0123456789abcdef0123456789abcdef", 32, 0600);
+    r = kc_test_run("key", "wrap", "VaultA1/K", "--in", kc_test_path("secret.bin"), "--out", "-",
+                    NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "\"value\"");
+    ASSERT_HAS(r->err, "into -");
+}
+
+static const kc_test_case outputs_cases[] = {
+    {"--force replaces regular files only", test_force_only_regular_files},
+    {"--out - is standard output", test_out_dash_is_stdout},
+    {NULL, NULL},
+};
+
+static const kc_test_suite suites[] = {{"concurrent", 1, concurrent_cases},
+                                       {"outputs", 1, outputs_cases},
+                                       {NULL, 0, NULL}};
+
+int main(int argc, char **argv)
+{
+    if (freopen("/dev/null", "r", stdin) == NULL)
+        return 2;
+    return kc_test_main(argc, argv, suites);
+}
