@@ -206,10 +206,6 @@ KC_EXPORT kc_rc kc_tok_rsa_public(kc_tok *t, kc_obj key, unsigned char **n, size
 
 KC_EXPORT kc_rc kc_tok_destroy(kc_tok *t, kc_obj obj, kc_error *err) KC_MUST_CHECK;
 
-/* Every object on the token with this label (keys of all classes, data),
- * for purge. */
-KC_EXPORT kc_rc kc_tok_find_labelled(kc_tok *t, const char *label, kc_obj **out, size_t *n,
-                                     kc_error *err) KC_MUST_CHECK;
 
 /* Sets what the token allows on one half of a key pair: CKA_UNWRAP,
  * CKA_DECRYPT, CKA_SIGN on a private key, CKA_WRAP, CKA_ENCRYPT, CKA_VERIFY

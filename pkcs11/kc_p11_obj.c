@@ -570,20 +570,6 @@ kc_rc kc_tok_set_end_date(kc_tok *t, kc_obj obj, const char *yyyymmdd, kc_error 
     return KC_OK;
 }
 
-kc_rc kc_tok_find_labelled(kc_tok *t, const char *label, kc_obj **out, size_t *n, kc_error *err)
-{
-    CK_ATTRIBUTE tmpl[] = {ATTR(CKA_LABEL, label, strlen(label))};
-    CK_OBJECT_HANDLE *h = NULL;
-    kc_rc r;
-
-    *out = NULL;
-    r = kc_p11_find_all(t, tmpl, 1, &h, n, err);
-    if (r != KC_OK)
-        return r;
-    *out = (kc_obj *)h;
-    return KC_OK;
-}
-
 /* Whether object h is where says a genuine one is; -1 when the token did
  * not say. */
 static int is_where(kc_tok *t, CK_OBJECT_HANDLE h, kc_where where)

@@ -297,7 +297,55 @@ static const kc_test_case outputs_cases[] = {
     {NULL, NULL},
 };
 
+/* --- keycustody's own objects are not the user's --- */
+
+/* The keycustody- prefix is reserved, and a purge destroys the key's pairs
+ * only: not a data object of the user's that shares its label. */
+static void test_reserved_names_and_purge(void)
+{
+    static const char *const names[] = {"keycustody-audit", "keycustody-vault", "KeyCustody-keys",
+                                        "keycustody-domain-mac", "keycustody-store-key"};
+    const kc_test_out *r;
+    char *out = NULL, ref[64];
+    size_t i;
+
+    kc_test_vault("VaultA1", "sub-a", "westus");
+    for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        snprintf(ref, sizeof(ref), "VaultA1/%s", names[i]);
+        r = kc_test_run("key", "create", ref, "--size", "2048", PIN, NULL);
+        ASSERT_RC(r, 2);
+        ASSERT_HAS(r->err, "starts with 'keycustody-', which is reserved");
+    }
+    kc_test_write(kc_test_path("user.bin"), "user data", 9, 0600);
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out,
+                                     "pkcs11-tool --module '%s' --token-label VaultA1 --login "
+                                     "--pin env:TEST_PIN --write-object '%s' --type data --label "
+                                     "Victim --private",
+                                     KC_SOFTHSM_MODULE, kc_test_path("user.bin")),
+                          0);
+    ASSERT_RC(kc_test_run("key", "create", "VaultA1/Victim", "--size", "2048", PIN, NULL), 0);
+    ASSERT_RC(kc_test_run("key", "delete", "VaultA1/Victim", PIN, NULL), 0);
+    setenv("KEYCUSTODY_NOW", "2100-01-01T00:00:00Z", 1);
+    r = kc_test_run("key", "purge", "VaultA1/Victim", PIN, NULL);
+    unsetenv("KEYCUSTODY_NOW");
+    ASSERT_RC(r, 0);
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "pkcs11-tool --module '%s' --token-label VaultA1 --login --pin "
+                               "env:TEST_PIN --list-objects 2>/dev/null",
+                               KC_SOFTHSM_MODULE),
+                    0);
+    ASSERT_HAS(out, "Data object");
+    ASSERT_HAS(out, "label:          'Victim'");
+    CU_ASSERT_PTR_NULL(strstr(out, "Private Key Object; RSA"));
+}
+
+static const kc_test_case names_cases[] = {
+    {"reserved names; purge takes only the key's pairs", test_reserved_names_and_purge},
+    {NULL, NULL},
+};
+
 static const kc_test_suite suites[] = {{"concurrent", 1, concurrent_cases},
+                                       {"names", 1, names_cases},
                                        {"outputs", 1, outputs_cases},
                                        {NULL, 0, NULL}};
 

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 static const struct {
@@ -90,6 +91,14 @@ kc_rc kc_key_check_name(const char *name, kc_error *err)
     if (n == 0 || n > KC_KEY_NAME_MAX)
         return kc_error_set(err, KC_USAGE, "key name must have 1 to %d characters",
                             KC_KEY_NAME_MAX);
+    /* keycustody's own objects (vault key, manifest, key state, audit and
+     * domain keys, store key) carry labels with this prefix */
+    if (strncasecmp(name, "keycustody-", 11) == 0) {
+        kc_error_set(err, KC_USAGE, "key name '%s' starts with 'keycustody-', which is reserved",
+                     name);
+        kc_error_hint(err, "keycustody names its own objects so; choose another name");
+        return KC_USAGE;
+    }
     for (i = 0; i < n; i++)
         if (!isalnum((unsigned char)name[i]) && name[i] != '-')
             return kc_error_set(err, KC_USAGE,

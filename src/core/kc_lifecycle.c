@@ -332,18 +332,19 @@ done:
     return KC_OK;
 }
 
-/* Crypto-shred: every object with the key's label, then the record. A
- * crash in between leaves a record with no objects; doing it again
- * finishes. */
+/* Crypto-shred: every public and private key object with the key's label
+ * (its versions' pairs; never a data object or secret key that shares the
+ * label), then the record. A crash in between leaves a record with no
+ * objects; doing it again finishes. */
 static kc_rc shred(kc_vault *v, const char *name, kc_error *err)
 {
-    kc_obj *objs = NULL;
+    kc_key_obj *objs = NULL;
     size_t n = 0, i;
     kc_rc r;
 
-    r = kc_tok_find_labelled(v->tok, name, &objs, &n, err);
+    r = kc_tok_find_keys(v->tok, name, NULL, 0, &objs, &n, err);
     for (i = 0; r == KC_OK && i < n; i++)
-        r = kc_tok_destroy(v->tok, objs[i], err);
+        r = kc_tok_destroy(v->tok, objs[i].handle, err);
     free(objs);
     if (r == KC_OK) {
         kc_keystate_drop(v, name);
@@ -390,7 +391,7 @@ done:
 
 kc_rc kc_key_destroy_now(kc_vault *v, const char *name, kc_error *err)
 {
-    kc_obj *objs = NULL;
+    kc_key_obj *objs = NULL;
     size_t n = 0;
     kc_rc r = kc_ctx_login(v->ctx, v->tok, err);
 
@@ -398,7 +399,7 @@ kc_rc kc_key_destroy_now(kc_vault *v, const char *name, kc_error *err)
         r = kc_keystate_load(v, err);
     /* logged in: private halves are found too */
     if (r == KC_OK)
-        r = kc_tok_find_labelled(v->tok, name, &objs, &n, err);
+        r = kc_tok_find_keys(v->tok, name, NULL, 0, &objs, &n, err);
     free(objs);
     if (r == KC_OK && n == 0 && kc_keystate_key(v, name, 0) == NULL)
         return kc_error_set(err, KC_NOT_FOUND, "vault '%s' has no key '%s'", v->meta.name, name);
