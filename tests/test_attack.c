@@ -872,15 +872,15 @@ static void test_pin_file_not_regular(void)
     CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out, "mkfifo '%s'", path(0, "fifo.pin")), 0);
     rc = kc_test_sh(&out, "timeout 20 '%s' key list VaultA1 --pin-source 'file:%s'", KC_BINARY,
                     P[0]);
-    CU_ASSERT_EQUAL(rc, 6);
+    CU_ASSERT_EQUAL(rc, 2);
     ASSERT_HAS(out, "is a FIFO, not a regular file");
     rc = kc_test_sh(&out, "timeout 20 '%s' key list VaultA1 --pin-source 'file:%s'", KC_BINARY,
                     kc_test_dir());
-    CU_ASSERT_EQUAL(rc, 6);
+    CU_ASSERT_EQUAL(rc, 2);
     ASSERT_HAS(out, "is a directory, not a regular file");
     rc = kc_test_sh(&out, "timeout 20 '%s' key list VaultA1 --pin-source file:/dev/zero",
                     KC_BINARY);
-    CU_ASSERT_EQUAL(rc, 6);
+    CU_ASSERT_EQUAL(rc, 2);
     ASSERT_HAS(out, "is a character device, not a regular file");
 }
 

@@ -136,9 +136,17 @@ static void test_vault_pin_file(void)
     kc_test_vault("VaultA1", "s", "westus");
     kc_test_write(kc_test_path("a1.pin"), pin, strlen(pin), 0644);
     snprintf(src, sizeof(src), "VaultA1=file:%s", kc_test_path("a1.pin"));
+    /* a PIN source that cannot serve is exit 2, whatever the reason */
     r = kc_test_run("key", "list", "VaultA1", "--pin-source", src, NULL);
-    ASSERT_RC(r, 6);
+    ASSERT_RC(r, 2);
     ASSERT_HAS(r->err, "has mode 0644; it must be 0600 or stricter");
+    r = kc_test_run("key", "list", "VaultA1", "--pin-source", "file:/nonexistent/a.pin", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "cannot open PIN file '/nonexistent/a.pin'");
+    unsetenv("KC_NO_SUCH_PIN");
+    r = kc_test_run("key", "list", "VaultA1", "--pin-source", "env:KC_NO_SUCH_PIN", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "environment variable 'KC_NO_SUCH_PIN' is not set");
     CU_ASSERT_EQUAL(chmod(kc_test_path("a1.pin"), 0600), 0);
     r = kc_test_run("key", "list", "VaultA1", "--pin-source", src, NULL);
     ASSERT_RC(r, 0);

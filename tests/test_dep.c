@@ -665,8 +665,13 @@ static void test_roll_status_rewrap(void)
     ASSERT_HAS(r->out, "{\"done\":0,\"total\":40,\"resumed\":false}\n"
                        "{\"done\":15,\"total\":40,\"resumed\":false}\n"
                        "{\"done\":30,\"total\":40,\"resumed\":false}\n"
-                       "{\"done\":40,\"total\":40,\"resumed\":false}\n");
+                       "{\"done\":40,\"total\":40,\"resumed\":false}\n"
+                       "{\"moved\":40,\"pending\":0}\n");
     CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Registered 41/41");
+    /* nothing left to do: still one valid JSON line */
+    r = kc_test_run("rewrap", "--json", "--as", "svc", PINS, NULL);
+    ASSERT_RC(r, 0);
+    CU_ASSERT_STRING_EQUAL(r->out, "{\"moved\":0,\"pending\":0}\n");
     CU_ASSERT_STRING_EQUAL(dep_state("Mbx"), "Registered 1/1");
     CU_ASSERT_EQUAL(readable("m", 40, 0), 40);
     CU_ASSERT_EQUAL(readable("x", 1, 0), 1);
@@ -867,6 +872,14 @@ static void test_purge(void)
     n = wrapped_copies("Mbx", blobs, lens, 8);
     CU_ASSERT_EQUAL(n, 4); /* A, B, availability, one scope key */
     CU_ASSERT(store_holds_any(blobs, lens, n));
+    /* without the service vault's PIN nothing is purged: it is needed first */
+    unsetenv("KEYCUSTODY_SERVICE_PIN_SOURCE");
+    r = kc_test_run("dep", "purge", "Mbx", "--confirm", "Mbx", NULL);
+    setenv("KEYCUSTODY_SERVICE_PIN_SOURCE", "env:TEST_PIN", 1);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "no PIN source for vault 'Service'");
+    CU_ASSERT(store_holds_any(blobs, lens, n));
+    CU_ASSERT_EQUAL(readable("x", 1, 0), 1);
     before = avail_keys();
     r = kc_test_run("dep", "purge", "Mbx", "--confirm", "Mbx", "--pin-source",
                     "Service=env:TEST_PIN", NULL);

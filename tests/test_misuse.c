@@ -339,8 +339,101 @@ static void test_reserved_names_and_purge(void)
     CU_ASSERT_PTR_NULL(strstr(out, "Private Key Object; RSA"));
 }
 
+/* DEP names follow the key-name rule, in dep create, dep set and a layout. */
+static void test_dep_names(void)
+{
+    static const char *const bad[] = {"tab\there", "new\nline", "a/b", "caf\xc3\xa9", "",
+                                      "sp ace"};
+    const kc_test_out *r;
+    size_t i;
+
+    setenv("KEYCUSTODY_STORE", kc_test_path("service.db"), 1);
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        r = kc_test_run("dep", "create", bad[i], "--keys", "VaultA1/K,VaultB1/K", "--workload",
+                        "exchange", "--service-vault", "Service", NULL);
+        ASSERT_RC(r, 2);
+        ASSERT_HAS(r->err, "is not a DEP name");
+    }
+    CU_ASSERT_NOT_EQUAL(access(kc_test_path("service.db"), F_OK), 0);
+    r = kc_test_run("dep", "set", "X", "--name", "a/b", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "'a/b' is not a DEP name");
+    r = kc_test_run("policy", "check", kc_test_layout("  - name: Dep1\n", "  - name: bad name\n"),
+                    NULL);
+    ASSERT_RC(r, 3);
+    ASSERT_HAS(r->out, "KC029");
+    ASSERT_HAS(r->out, "'bad name' is not a DEP name");
+    unsetenv("KEYCUSTODY_STORE");
+}
+
+/* A command that reads a store or a log finds it; it never makes one. */
+static void test_reads_do_not_create(void)
+{
+    static const char *const reads[][3] = {{"dep", "list", NULL}, {"status", NULL, NULL},
+                                           {"dep", "assignment", NULL}};
+    const kc_test_out *r;
+    size_t i;
+
+    for (i = 0; i < sizeof(reads) / sizeof(reads[0]); i++) {
+        r = reads[i][1] != NULL
+                ? kc_test_run(reads[i][0], reads[i][1], "--store", kc_test_path("typo.db"), NULL)
+                : kc_test_run(reads[i][0], "--store", kc_test_path("typo.db"), NULL);
+        ASSERT_RC(r, 4);
+        ASSERT_HAS(r->err, "no service store at '");
+        ASSERT_HAS(r->err, "typo.db'");
+        CU_ASSERT_NOT_EQUAL(access(kc_test_path("typo.db"), F_OK), 0);
+    }
+    r = kc_test_run("dep", "assign", "X", "--tenant", "--store", kc_test_path("typo.db"), NULL);
+    ASSERT_RC(r, 4);
+    CU_ASSERT_NOT_EQUAL(access(kc_test_path("typo.db"), F_OK), 0);
+    r = kc_test_run("audit", "verify", "--audit", kc_test_path("nonexist.jsonl"), NULL);
+    ASSERT_RC(r, 4);
+    ASSERT_HAS(r->err, "no audit log at '");
+    CU_ASSERT_NOT_EQUAL(access(kc_test_path("nonexist.jsonl"), F_OK), 0);
+}
+
+/* vault init checks the region against the region table; --any-region
+ * takes one the table does not know yet. */
+static void test_region_checked_at_init(void)
+{
+    const kc_test_out *r;
+
+    r = kc_test_run("vault", "init", "VaultM1", "--subscription", "s", "--region", "mars",
+                    "--so-pin-source", "env:TEST_SO_PIN", PIN, NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "region 'mars' is not in keycustody's region table");
+    ASSERT_HAS(r->err, "--any-region");
+    ASSERT_RC(kc_test_run("vault", "show", "VaultM1", NULL), 4); /* nothing made */
+    r = kc_test_run("vault", "init", "VaultM1", "--subscription", "s", "--region", "mars",
+                    "--any-region", "--so-pin-source", "env:TEST_SO_PIN", PIN, NULL);
+    ASSERT_RC(r, 0);
+}
+
+/* A refused login is audited, by a read command too. */
+static void test_refused_login_audited(void)
+{
+    const kc_test_out *r;
+
+    kc_test_vault("VaultA1", "sub-a", "westus");
+    setenv("KC_WRONG_PIN", "not-the-pin", 1);
+    r = kc_test_run("key", "list", "VaultA1", "--pin-source", "env:KC_WRONG_PIN", NULL);
+    ASSERT_RC(r, 6);
+    r = kc_test_run("key", "show", "VaultA1/Nope", "--pin-source", "env:KC_WRONG_PIN", NULL);
+    ASSERT_RC(r, 6);
+    r = kc_test_run("audit", "show", "--json", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "\"command\": \"login\"");
+    ASSERT_HAS(r->out, "\"key list\"");
+    ASSERT_HAS(r->out, "\"key show\"");
+    CU_ASSERT_EQUAL(kc_test_run("audit", "verify", PIN, NULL)->rc, 0);
+}
+
 static const kc_test_case names_cases[] = {
+    {"a refused login is audited", test_refused_login_audited},
+    {"region checked at vault init", test_region_checked_at_init},
     {"reserved names; purge takes only the key's pairs", test_reserved_names_and_purge},
+    {"DEP names", test_dep_names},
+    {"reads do not create", test_reads_do_not_create},
     {NULL, NULL},
 };
 

@@ -113,7 +113,7 @@ static void test_file_source(void)
     kc_secret_free(s);
 
     CU_ASSERT_EQUAL(chmod(tmp_path("pin"), 0640), 0);
-    CU_ASSERT_EQUAL(kc_secret_from_source(src, &s, &e), KC_DENIED);
+    CU_ASSERT_EQUAL(kc_secret_from_source(src, &s, &e), KC_USAGE);
     ASSERT_HAS(e.msg, "has mode 0640; it must be 0600 or stricter");
     ASSERT_HAS(e.hint, "chmod 600");
 
@@ -128,11 +128,11 @@ static void test_file_source(void)
         CU_ASSERT_EQUAL(symlink(target, tmp_path("link")), 0);
     }
     snprintf(src, sizeof(src), "file:%s", tmp_path("link"));
-    CU_ASSERT_EQUAL(kc_secret_from_source(src, &s, &e), KC_DENIED);
+    CU_ASSERT_EQUAL(kc_secret_from_source(src, &s, &e), KC_USAGE);
     ASSERT_HAS(e.msg, "symbolic link");
 
     snprintf(src, sizeof(src), "file:%s", tmp_path("missing"));
-    CU_ASSERT_EQUAL(kc_secret_from_source(src, &s, &e), KC_NOT_FOUND);
+    CU_ASSERT_EQUAL(kc_secret_from_source(src, &s, &e), KC_USAGE);
 
     kc_test_write(tmp_path("empty"), "\n", 1, 0600);
     snprintf(src, sizeof(src), "file:%s", tmp_path("empty"));
@@ -151,7 +151,7 @@ static void test_file_source_owner(void)
     kc_test_write(tmp_path("other"), "1234", 4, 0600);
     CU_ASSERT_EQUAL_FATAL(chown(tmp_path("other"), 65534, 65534), 0);
     snprintf(src, sizeof(src), "file:%s", tmp_path("other"));
-    CU_ASSERT_EQUAL(kc_secret_from_source(src, &s, &e), KC_DENIED);
+    CU_ASSERT_EQUAL(kc_secret_from_source(src, &s, &e), KC_USAGE);
     ASSERT_HAS(e.msg, "is owned by uid 65534, not by you");
 }
 

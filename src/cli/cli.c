@@ -680,6 +680,16 @@ int kc_cli_store(kc_cli *cli, kc_store **st)
         kc_error_hint(&cli->error, "give --store PATH or set KEYCUSTODY_STORE");
         return KC_USAGE;
     }
+    /* only the first DEP makes a store: a command that reads one, or
+     * changes what is in it, never makes an empty one from a typo */
+    if (access(cli->store, F_OK) != 0 && errno == ENOENT &&
+        !(cli->cmd != NULL && strcmp(cli->cmd->group, "dep") == 0 &&
+          strcmp(cli->cmd->verb, "create") == 0)) {
+        kc_error_set(&cli->error, KC_NOT_FOUND, "no service store at '%s'", cli->store);
+        kc_error_hint(&cli->error, "check --store or KEYCUSTODY_STORE; 'keycustody dep create' "
+                                   "makes the store with the first DEP");
+        return KC_NOT_FOUND;
+    }
     kc_error_clear(&err);
     if (kc_store_open(cli->store, st, &err) != KC_OK)
         return kc_cli_fail(cli, &err);

@@ -123,7 +123,9 @@ void kc_cli_audit_begin(kc_cli *cli, const char *name)
 
     cli->audited = find_audited(name, &subj);
     cli->aud = cli->audited ? json_object() : NULL;
-    cli->events = cli->audited ? json_array() : NULL;
+    /* every command keeps its events: a refused login is audited even
+     * for a command that is not */
+    cli->events = json_array();
 }
 
 /* Called when the command's options are parsed: a log that cannot be
@@ -156,7 +158,7 @@ void kc_cli_audit_event(void *arg, const char *event, const char *vault, const c
     kc_cli *cli = arg;
     json_t *e;
 
-    if (!cli->audited || cli->events == NULL)
+    if (cli->events == NULL)
         return;
     e = json_object();
     json_object_set_new(e, "command", json_string(event));
@@ -460,7 +462,9 @@ int kc_cli_audit_end(kc_cli *cli, const char *name, int argc, char **argv, int r
     kc_error err;
     size_t i;
 
-    if (!cli->audited || !cli->ran || (rc == KC_USAGE && cli->ctx == NULL)) {
+    /* a read command is audited too when a login it tried was refused */
+    if ((!cli->audited && json_array_size(cli->events) == 0) || !cli->ran ||
+        (rc == KC_USAGE && cli->ctx == NULL)) {
         /* nothing was done: a usage error before any token was touched */
         goto done;
     }

@@ -142,8 +142,9 @@ static int cmd_create(kc_cli *cli, int argc, char **argv)
         return rc;
     if (argc - first != 1)
         return kc_cli_usage(cli, "give exactly one DEP name");
-    if (strlen(argv[first]) == 0 || strlen(argv[first]) >= sizeof(dep.name))
-        return kc_cli_usage(cli, "a DEP name has 1 to 64 characters");
+    kc_error_clear(&err);
+    if (kc_dep_check_name(argv[first], &err) != KC_OK)
+        return kc_cli_fail(cli, &err);
     if (strcmp(argv[first], KC_DEP_SERVICE) == 0) {
         kc_error_set(&cli->error, KC_CONFLICT, "the name '%s' is the service-managed key's",
                      KC_DEP_SERVICE);
@@ -286,8 +287,9 @@ static int cmd_set(kc_cli *cli, int argc, char **argv)
         return kc_cli_usage(cli, "give exactly one DEP name or id");
     if (!s.set_enabled && s.name == NULL && s.description == NULL)
         return kc_cli_usage(cli, "nothing to change: give --enabled, --name or --description");
-    if (s.name != NULL && (strlen(s.name) == 0 || strlen(s.name) > 64))
-        return kc_cli_usage(cli, "a DEP name has 1 to 64 characters");
+    kc_error_clear(&err);
+    if (s.name != NULL && kc_dep_check_name(s.name, &err) != KC_OK)
+        return kc_cli_fail(cli, &err);
     if ((rc = kc_cli_ctx_store(cli, &ctx, &st)) != 0)
         return rc;
     kc_error_clear(&err);

@@ -210,6 +210,9 @@ static int cmd_rewrap(kc_cli *cli, int argc, char **argv)
                 "re-wrapped %ld scope key(s); every scope key is under its DEP's "
                 "current key\n",
                 moved);
+    /* the last JSON line, also when there was nothing to do */
+    if (rc == 0 && cli->json)
+        fprintf(cli->out, "{\"moved\":%ld,\"pending\":0}\n", moved);
     kc_store_close(st);
     return rc;
 }
@@ -285,9 +288,11 @@ const kc_cmd kc_cmds_rewrap[] = {
      "of N scopes (default 500) is one store transaction, so a run that is killed loses\n"
      "at most the batch in hand; run it again and it resumes. Progress: a bar on a\n"
      "terminal, else one JSON line per batch ({\"done\":N,\"total\":T,\"resumed\":B}), on\n"
-     "stdout with --json and on stderr without. Each DEP key costs one RSA unwrap (vault\n"
-     "A, else B: the acting principal needs unwrapKey and that vault's PIN). When none\n"
-     "is left, the wrapped copies of DEP keys that no scope needs any more are destroyed.\n"
+     "stdout with --json and on stderr without; with --json a last line\n"
+     "{\"moved\":N,\"pending\":0} follows, also when there was nothing to do. Each DEP\n"
+     "key costs one RSA unwrap (vault A, else B: the acting principal needs unwrapKey\n"
+     "and that vault's PIN). When none is left, the wrapped copies of DEP keys that no\n"
+     "scope needs any more are destroyed.\n"
      "  --batch N  scopes per transaction (1 to 100000)\n",
      1},
     {NULL, NULL, NULL, NULL, NULL, NULL, 0},

@@ -52,12 +52,12 @@ static void print_meta(FILE *f, const kc_vault_meta *m, const kc_tok_info *t)
 
 /* --- vault init --- */
 
-enum { O_SUB = 256, O_REGION, O_SKU, O_RETENTION, O_PURGE, O_TOKEN, O_REGISTERED };
+enum { O_SUB = 256, O_REGION, O_SKU, O_RETENTION, O_PURGE, O_TOKEN, O_REGISTERED, O_ANY_REGION };
 
 struct init_state {
     kc_vault_meta m;
     const char *token;
-    int have_sub, have_region;
+    int have_sub, have_region, any_region;
 };
 
 static int init_opt(kc_cli *cli, int opt, const char *arg, void *st)
@@ -100,6 +100,9 @@ static int init_opt(kc_cli *cli, int opt, const char *arg, void *st)
     case O_REGISTERED:
         s->m.retention_registered = 1;
         break;
+    case O_ANY_REGION:
+        s->any_region = 1;
+        break;
     }
     return 0;
 }
@@ -114,6 +117,7 @@ static int cmd_init(kc_cli *cli, int argc, char **argv)
         {"purge-protection", no_argument, NULL, O_PURGE},
         {"token", required_argument, NULL, O_TOKEN},
         {"retention-registered", no_argument, NULL, O_REGISTERED},
+        {"any-region", no_argument, NULL, O_ANY_REGION},
         {NULL, 0, NULL, 0},
     };
     struct init_state s;
@@ -132,6 +136,14 @@ static int cmd_init(kc_cli *cli, int argc, char **argv)
         return kc_cli_usage(cli, "give exactly one vault name");
     if (!s.have_sub || !s.have_region)
         return kc_cli_usage(cli, "--subscription and --region are required");
+    /* checked here, not first by a later 'vault validate' (KC014); a name
+     * not written as Azure writes them is told so by the vault's own check */
+    if (!s.any_region && !kc_region_known(s.m.region) &&
+        strpbrk(s.m.region, "ABCDEFGHIJKLMNOPQRSTUVWXYZ") == NULL)
+        return kc_cli_usage(cli,
+                            "region '%s' is not in keycustody's region table (of %s); give "
+                            "--any-region to use a region the table does not know yet",
+                            s.m.region, kc_region_table_date());
     if (strlen(argv[first]) >= sizeof(s.m.name)) {
         kc_error_clear(&err);
         if (kc_vault_check_name(argv[first], &err) != KC_OK)
@@ -350,7 +362,8 @@ done:
 const kc_cmd kc_cmds_vault[] = {
     {"vault", "init", cmd_init,
      "NAME --subscription ID --region REGION [--sku premium|standard]\n"
-     "                            [--retention-days 7..90] [--purge-protection] [--token URI]",
+     "                            [--retention-days 7..90] [--purge-protection]\n"
+     "                            [--retention-registered] [--token URI] [--any-region]",
      "make a token a vault: initialise a free token, or adopt an initialised one",
      "NAME is the vault name and token label: 3-24 letters, digits and '-'.\n"
      "If a token labelled NAME exists, it is adopted (its user PIN is needed).\n"
@@ -360,7 +373,9 @@ const kc_cmd kc_cmds_vault[] = {
      "The vault metadata is written to the token as a public CKO_DATA object.\n\n"
      "Options:\n"
      "  --subscription ID       the subscription (backup domain) the vault belongs to\n"
-     "  --region REGION         Azure region name, e.g. westus\n"
+     "  --region REGION         Azure region name, e.g. westus; one the region table\n"
+     "                          does not know is refused, unless --any-region\n"
+     "  --any-region            take a region the table does not know yet\n"
      "  --sku premium|standard  premium (default); standard is for testing only\n"
      "  --retention-days N      soft-delete retention, 7 to 90 days (default 90)\n"
      "  --purge-protection      refuse purges during the retention period\n"

@@ -1019,6 +1019,7 @@ kc_rc kc_audit_verify(kc_ctx *ctx, const char *path, kc_audit_summary *sum, kc_e
     line_ref *lines = NULL;
     char log[LOG_ID_HEX + 1] = "", label[64];
     size_t len = 0, n = 0;
+    int missing = 0;
     kc_rc r;
 
     memset(sum, 0, sizeof(*sum));
@@ -1030,9 +1031,10 @@ kc_rc kc_audit_verify(kc_ctx *ctx, const char *path, kc_audit_summary *sum, kc_e
     r = kc_file_read(path, LOG_MAX, &buf, &len, err);
     if (r == KC_NOT_FOUND) {
         /* A missing log is checked like an empty one: its anchors say
-         * whether there was one. */
+         * whether there was one (then it was removed: exit 8). */
         kc_error_clear(err);
         len = 0;
+        missing = 1;
         r = KC_OK;
     } else if (r != KC_OK) {
         return r;
@@ -1043,6 +1045,13 @@ kc_rc kc_audit_verify(kc_ctx *ctx, const char *path, kc_audit_summary *sum, kc_e
         r = verify_records(&vf, path, lines, n, log, sum, err);
     if (r == KC_OK)
         r = verify_anchors(&vf, path, label, lines, n, log, sum, err);
+    /* no file, and no vault anchors one there: there never was a log */
+    if (r == KC_OK && missing) {
+        kc_error_set(err, KC_NOT_FOUND, "no audit log at '%s', and no vault anchors one there",
+                     path);
+        kc_error_hint(err, "check --audit, KEYCUSTODY_AUDIT or the layout's audit:");
+        r = KC_NOT_FOUND;
+    }
     free(lines);
     free(buf);
     return r;

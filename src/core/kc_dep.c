@@ -290,6 +290,21 @@ static kc_rc insert(kc_store *st, const kc_dep *d, unsigned char *const blobs[3]
     return kc_store_commit(st, err);
 }
 
+kc_rc kc_dep_check_name(const char *name, kc_error *err)
+{
+    size_t n = strlen(name), i;
+
+    for (i = 0; i < n && n <= 64; i++)
+        if (!((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= 'A' && name[i] <= 'Z') ||
+              (name[i] >= '0' && name[i] <= '9') || name[i] == '-'))
+            break;
+    if (n >= 1 && n <= 64 && i == n)
+        return KC_OK;
+    kc_error_set(err, KC_USAGE, "'%s' is not a DEP name", name);
+    kc_error_hint(err, "a DEP name has 1 to 64 letters, digits and '-', as a key name has");
+    return KC_USAGE;
+}
+
 kc_rc kc_dep_create(kc_ctx *ctx, kc_store *st, const kc_dep_spec *spec, kc_dep *out, kc_error *err)
 {
     unsigned char rnd[16], *blobs[KC_DEP_SLOTS] = {NULL};
@@ -305,6 +320,9 @@ kc_rc kc_dep_create(kc_ctx *ctx, kc_store *st, const kc_dep_spec *spec, kc_dep *
     kc_rc r;
 
     memset(out, 0, sizeof(*out));
+    r = kc_dep_check_name(spec->name, err);
+    if (r != KC_OK)
+        return r;
     /* the store's row key, made on the service vault with the first DEP */
     r = kc_store_authenticate(ctx, st, spec->service_vault, 1, err);
     if (r != KC_OK)
@@ -579,6 +597,8 @@ kc_rc kc_dep_set(kc_store *st, const char *name_or_id, const int *enabled, const
     r = kc_dep_get(st, name_or_id, &d, err);
     if (r != KC_OK)
         return r;
+    if (new_name != NULL && kc_dep_check_name(new_name, err) != KC_OK)
+        return KC_USAGE;
     if (strcmp(d.workload, "service") == 0 ||
         (new_name != NULL && strcmp(new_name, KC_DEP_SERVICE) == 0))
         return kc_error_set(err, KC_CONFLICT,

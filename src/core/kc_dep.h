@@ -50,6 +50,9 @@ typedef struct kc_dep_spec {
                             * create on the service vault, where they have a policy */
 } kc_dep_spec;
 
+/* KC_USAGE unless name is 1 to 64 letters, digits and '-' (a key name's rule). */
+KC_EXPORT kc_rc kc_dep_check_name(const char *name, kc_error *err) KC_MUST_CHECK;
+
 /* Makes the DEP: its key from the service vault's RNG, wrapped under the
  * root keys' current versions (public-key operations: no custodian PIN)
  * and under a new availability key on the service vault (its PIN), and

@@ -1,5 +1,6 @@
 /* The layout's validation rules. Ids are stable; docs/rules.md lists each
  * with a failing and a passing snippet. KC001-KC008 are the reader's. */
+#include "kc_dep.h"
 #include "kc_layout.h"
 #include "kc_util.h"
 
@@ -114,11 +115,15 @@ static void names(const kc_layout *l, kc_diags *d)
                     add(d, "KC009", ERR, v->access[j].pos, NULL,
                         "principal '%s' has two entries in vault '%s'", v->access[j].name, v->name);
     }
-    for (i = 0; i < l->ndeps; i++)
+    for (i = 0; i < l->ndeps; i++) {
+        kc_error_clear(&e);
+        if (kc_dep_check_name(l->deps[i].name, &e) != KC_OK)
+            add(d, "KC029", ERR, l->deps[i].pos, e.hint, "%s", e.msg);
         for (j = 0; j < i; j++)
             if (strcmp(l->deps[i].name, l->deps[j].name) == 0)
                 add(d, "KC009", ERR, l->deps[i].pos, NULL, "DEP '%s' is declared twice",
                     l->deps[i].name);
+    }
 }
 
 /* KC014 regions known, KC015 SKU, KC020 soft delete, KC023 administrators,

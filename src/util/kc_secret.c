@@ -123,6 +123,9 @@ static kc_rc from_env(const char *name, kc_secret **out, kc_error *err)
     return KC_OK;
 }
 
+/* Every way a PIN file cannot serve (missing, not a regular file, a link,
+ * another owner, readable by others, empty, too long) is one exit code:
+ * KC_USAGE (2), the source named is not usable. */
 static kc_rc from_file(const char *path, kc_secret **out, kc_error *err)
 {
     kc_secret *s = NULL;
@@ -133,38 +136,38 @@ static kc_rc from_file(const char *path, kc_secret **out, kc_error *err)
     /* What the path is, before opening it: opening a FIFO waits for a writer,
      * and opening a device can act on it. */
     if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode)) {
-        r = kc_error_set(err, KC_DENIED, "PIN file '%s' is %s, not a regular file", path,
+        r = kc_error_set(err, KC_USAGE, "PIN file '%s' is %s, not a regular file", path,
                          kc_file_kind(st.st_mode));
         goto cleanup;
     }
     fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
         if (errno == ELOOP) {
-            r = kc_error_set(err, KC_DENIED, "PIN file '%s' is a symbolic link", path);
+            r = kc_error_set(err, KC_USAGE, "PIN file '%s' is a symbolic link", path);
             kc_error_hint(err, "name the file itself, not a link to it");
         } else {
-            r = kc_error_set(err, errno == ENOENT ? KC_NOT_FOUND : KC_ERR,
+            r = kc_error_set(err, KC_USAGE,
                              "cannot open PIN file '%s': %s", path, strerror(errno));
         }
         goto cleanup;
     }
     if (fstat(fd, &st) != 0) {
-        r = kc_error_set(err, KC_ERR, "cannot stat PIN file '%s': %s", path, strerror(errno));
+        r = kc_error_set(err, KC_USAGE, "cannot stat PIN file '%s': %s", path, strerror(errno));
         goto cleanup;
     }
     if (!S_ISREG(st.st_mode)) {
-        r = kc_error_set(err, KC_DENIED, "PIN file '%s' is %s, not a regular file", path,
+        r = kc_error_set(err, KC_USAGE, "PIN file '%s' is %s, not a regular file", path,
                          kc_file_kind(st.st_mode));
         goto cleanup;
     }
     if (st.st_uid != geteuid()) {
-        r = kc_error_set(err, KC_DENIED, "PIN file '%s' is owned by uid %u, not by you (uid %u)",
+        r = kc_error_set(err, KC_USAGE, "PIN file '%s' is owned by uid %u, not by you (uid %u)",
                          path, (unsigned)st.st_uid, (unsigned)geteuid());
         kc_error_hint(err, "a PIN file must belong to the user who runs keycustody");
         goto cleanup;
     }
     if ((st.st_mode & 077) != 0) {
-        r = kc_error_set(err, KC_DENIED, "PIN file '%s' has mode %04o; it must be 0600 or stricter",
+        r = kc_error_set(err, KC_USAGE, "PIN file '%s' has mode %04o; it must be 0600 or stricter",
                          path, (unsigned)(st.st_mode & 07777));
         kc_error_hint(err, "run: chmod 600 '%s'", path);
         goto cleanup;
