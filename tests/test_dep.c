@@ -934,6 +934,8 @@ static void test_offboard(void)
     ASSERT_HAS(r->err, "tenant DEP 'Ten' unassigned");
     ASSERT_HAS(r->out, "offboarded the tenant: 40 scope key(s) moved under the service-managed "
                        "key on vault 'Service'");
+    /* the service-managed key's only copy is its own: not break glass */
+    CU_ASSERT_PTR_NULL(strstr(r->err, "break glass"));
     CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Unregistered 0/0");
     CU_ASSERT_STRING_EQUAL(dep_state("service-managed"), "Registered 40/40");
     CU_ASSERT(json_is_false(scope_field("mailbox:m1", "is_encrypted")));
@@ -964,7 +966,11 @@ static void test_offboard(void)
               0);
     ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", NULL), 0);
     CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Registering 0/40");
-    ASSERT_RC(kc_test_run("rewrap", "--as", "svc", PINS, NULL), 0);
+    r = kc_test_run("rewrap", "--as", "svc", PINS, NULL);
+    ASSERT_RC(r, 0);
+    CU_ASSERT_PTR_NULL(strstr(r->err, "break glass"));
+    r = kc_test_run("dep", "show", "service-managed", "--json", NULL);
+    ASSERT_HAS(r->out, "\"break_glass_uses\": 0");
     CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Registered 40/40");
     CU_ASSERT(json_is_true(scope_field("mailbox:m1", "is_encrypted")));
     CU_ASSERT_EQUAL(readable("m", 40, 0), 40);

@@ -113,7 +113,7 @@ static kc_rc dep_key(kc_data_session *s, const char *id, long generation, const 
     for (i = 0; i < 2 && s->warn != NULL; i++)
         if (info.skipped[i][0] != '\0' && (int)i < info.slot)
             s->warn(s->warn_arg, info.skipped[i]);
-    if (info.slot == 2 && s->warn != NULL)
+    if (info.break_glass && s->warn != NULL)
         s->warn(s->warn_arg, "the DEP key was unwrapped by the availability key (break glass)");
     nv = realloc(s->deps, (s->ndeps + 1) * sizeof(*nv));
     if (nv == NULL) {

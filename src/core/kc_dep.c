@@ -824,6 +824,7 @@ kc_rc kc_dep_unwrap(kc_ctx *ctx, kc_store *st, const char *name_or_id, long gene
         r = unwrap_slot(ctx, st, &d, 2, principal, out, err);
         if (r == KC_OK) {
             info->slot = 2;
+            info->break_glass = 1;
             record_break_glass(st, &d, principal);
             kc_ctx_event(ctx, "break-glass", d.keys[2].vault, d.name, NULL);
         }

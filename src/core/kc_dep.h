@@ -104,6 +104,8 @@ KC_EXPORT kc_rc kc_dep_assignments(kc_store *st, kc_dep_assignment **out, size_t
 
 typedef struct kc_dep_unwrap_info {
     int slot;             /* which copy unwrapped: 0 A, 1 B, 2 availability; -1 none */
+    int break_glass;      /* the availability key stood in for both custodian vaults (not
+                           * the service-managed key's own, which has only that copy) */
     char skipped[2][512]; /* why vault A / B was skipped ("" if not tried or used) */
 } kc_dep_unwrap_info;
 
