@@ -428,7 +428,40 @@ static void test_refused_login_audited(void)
     CU_ASSERT_EQUAL(kc_test_run("audit", "verify", PIN, NULL)->rc, 0);
 }
 
+/* Removing the last access entry would open the vault to every principal:
+ * refused, and the entry stays. */
+static void test_last_access_entry_kept(void)
+{
+    const kc_test_out *r;
+
+    kc_test_vault("VaultA1", "sub-a", "westus");
+    ASSERT_RC(kc_test_run("access", "set", "VaultA1", "--principal", "a", "--permissions", "get",
+                          "--so-pin-source", "env:TEST_SO_PIN", PIN, NULL),
+              0);
+    ASSERT_RC(kc_test_run("access", "set", "VaultA1", "--principal", "b", "--permissions",
+                          "get,list", "--so-pin-source", "env:TEST_SO_PIN", PIN, NULL),
+              0);
+    ASSERT_RC(kc_test_run("access", "remove", "VaultA1", "--principal", "a", "--so-pin-source",
+                          "env:TEST_SO_PIN", PIN, NULL),
+              0);
+    r = kc_test_run("access", "remove", "VaultA1", "--principal", "b", "--so-pin-source",
+                    "env:TEST_SO_PIN", PIN, NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "holds vault 'VaultA1''s last access entry; without one every principal");
+    r = kc_test_run("access", "remove", "VaultA1", "--principal", "b", "--permissions", "get,list",
+                    "--so-pin-source", "env:TEST_SO_PIN", PIN, NULL);
+    ASSERT_RC(r, 5);
+    r = kc_test_run("access", "remove", "VaultA1", "--principal", "b", "--permissions", "list",
+                    "--so-pin-source", "env:TEST_SO_PIN", PIN, NULL);
+    ASSERT_RC(r, 0);
+    CU_ASSERT_EQUAL(access_entries(), 1);
+    /* with its one entry left the vault still refuses anyone else */
+    r = kc_test_run("key", "list", "VaultA1", "--as", "c", PIN, NULL);
+    ASSERT_RC(r, 6);
+}
+
 static const kc_test_case names_cases[] = {
+    {"the last access entry is kept", test_last_access_entry_kept},
     {"a refused login is audited", test_refused_login_audited},
     {"region checked at vault init", test_region_checked_at_init},
     {"reserved names; purge takes only the key's pairs", test_reserved_names_and_purge},

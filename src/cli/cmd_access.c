@@ -158,6 +158,18 @@ static int cmd_remove(kc_cli *cli, int argc, char **argv)
     }
     if (s.have_perms || s.have_role)
         v->meta.access[i].perms &= ~s.perms;
+    /* With no entry a vault has no policy, and every principal may act: the
+     * last entry never goes (Key Vault's empty policy lets nobody act). */
+    if ((!(s.have_perms || s.have_role) || v->meta.access[i].perms == 0) && v->meta.naccess == 1) {
+        kc_error_set(&err, KC_CONFLICT,
+                     "'%s' holds vault '%s''s last access entry; without one every principal "
+                     "may act, so it is not removed",
+                     s.principal, v->meta.name);
+        kc_error_hint(&err, "grant whoever should remain first ('keycustody access set'), or "
+                            "remove only some permissions with --permissions");
+        kc_vault_free(v);
+        return kc_cli_fail(cli, &err);
+    }
     if (!(s.have_perms || s.have_role) || v->meta.access[i].perms == 0) {
         memmove(&v->meta.access[i], &v->meta.access[i + 1],
                 (v->meta.naccess - i - 1) * sizeof(v->meta.access[0]));
