@@ -460,7 +460,32 @@ static void test_last_access_entry_kept(void)
     ASSERT_RC(r, 6);
 }
 
+/* A diagnostic that quotes non-ASCII text is in the JSON as valid UTF-8:
+ * a key name's bad character is a byte of a multi-byte one, which alone
+ * is not UTF-8 (it was dropped from the JSON, and printed broken). */
+static void test_diagnostics_not_ascii(void)
+{
+    const kc_test_out *r;
+    json_t *j;
+    const char *file = kc_test_layout("      - name: KeyA\n", "      - name: K\xc3\xa9yA\n");
+
+    r = kc_test_run("policy", "check", file, "--json", NULL);
+    ASSERT_RC(r, 3);
+    j = json_loads(r->out, 0, NULL);
+    CU_ASSERT(json_array_size(j) >= 1);
+    json_decref(j);
+    ASSERT_HAS(r->out, "key name 'K\xc3\xa9yA' has '\\\\xc3'");
+    r = kc_test_run("policy", "check", file, NULL);
+    ASSERT_RC(r, 3);
+    ASSERT_HAS(r->out, "key name 'K\xc3\xa9yA' has '\\xc3'");
+    r = kc_test_run("policy", "check", kc_test_layout("  - name: Dep1\n", "  - name: D\xc3\xa9p\n"),
+                    "--json", NULL);
+    ASSERT_RC(r, 3);
+    ASSERT_HAS(r->out, "'D\xc3\xa9p' is not a DEP name");
+}
+
 static const kc_test_case names_cases[] = {
+    {"diagnostics that quote non-ASCII text", test_diagnostics_not_ascii},
     {"the last access entry is kept", test_last_access_entry_kept},
     {"a refused login is audited", test_refused_login_audited},
     {"region checked at vault init", test_region_checked_at_init},

@@ -271,7 +271,25 @@ static void test_quick_start_by_hand(void)
         0);
 }
 
+/* Invalid UTF-8 becomes \xHH; valid sequences (2, 3, 4 bytes) stay; a cut
+ * falls at a character boundary. */
+static void test_utf8_clean(void)
+{
+    char s[64];
+
+    snprintf(s, sizeof(s), "%s", "a\xc3\xa9" "b\xe2\x82\xac\xf0\x9f\x94\x91");
+    kc_utf8_clean(s, sizeof(s));
+    CU_ASSERT_STRING_EQUAL(s, "a\xc3\xa9" "b\xe2\x82\xac\xf0\x9f\x94\x91");
+    snprintf(s, sizeof(s), "%s", "x\xc3" "y\xff\xc0\xaf\xed\xa0\x80" "z");
+    kc_utf8_clean(s, sizeof(s));
+    CU_ASSERT_STRING_EQUAL(s, "x\\xc3y\\xff\\xc0\\xaf\\xed\\xa0\\x80z");
+    snprintf(s, sizeof(s), "%s", "ab\xc3\xa9");
+    kc_utf8_clean(s, 4); /* room for "ab" and the NUL, not for a 2-byte character */
+    CU_ASSERT_STRING_EQUAL(s, "ab");
+}
+
 static const kc_test_case util_cases[] = {
+    {"UTF-8 made valid", test_utf8_clean},
     {"the quick start's line by hand", test_quick_start_by_hand},
     {"hex and base64url", test_hex_b64},
     {"dates and clock", test_dates_and_clock},

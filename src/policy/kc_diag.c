@@ -1,4 +1,5 @@
 #include "kc_diag.h"
+#include "kc_util.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -9,6 +10,7 @@ void kc_diags_init(kc_diags *d, const char *file)
 {
     memset(d, 0, sizeof(*d));
     snprintf(d->file, sizeof(d->file), "%s", file);
+    kc_utf8_clean(d->file, sizeof(d->file));
 }
 
 void kc_diags_release(kc_diags *d)
@@ -28,6 +30,9 @@ void kc_diag_add(kc_diags *d, const char *rule, kc_severity sev, int line, int c
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    /* a layout's bytes quoted in a message may be anything: text and JSON
+     * output get valid UTF-8 */
+    kc_utf8_clean(msg, sizeof(msg));
     /* A rule about one place says it once, however many paths lead there. */
     for (i = 0; i < d->n; i++)
         if (d->v[i].line == line && d->v[i].col == col && strcmp(d->v[i].rule, rule) == 0 &&
@@ -49,6 +54,7 @@ void kc_diag_add(kc_diags *d, const char *rule, kc_severity sev, int line, int c
     x->line = line;
     x->col = col;
     snprintf(x->hint, sizeof(x->hint), "%s", hint != NULL ? hint : "");
+    kc_utf8_clean(x->hint, sizeof(x->hint));
     memcpy(x->msg, msg, sizeof(msg));
     if (sev == KC_SEV_ERROR)
         d->errors++;

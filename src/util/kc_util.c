@@ -352,3 +352,64 @@ fail:
     unlink(tmp);
     return r;
 }
+
+/* The length of the valid UTF-8 sequence at p (1 to 4), or 0. */
+static size_t utf8_seq(const unsigned char *p)
+{
+    size_t n, i;
+    unsigned char lo = 0x80, hi = 0xbf;
+
+    if (p[0] < 0x80)
+        return 1;
+    if (p[0] >= 0xc2 && p[0] <= 0xdf)
+        n = 2;
+    else if (p[0] >= 0xe0 && p[0] <= 0xef)
+        n = 3;
+    else if (p[0] >= 0xf0 && p[0] <= 0xf4)
+        n = 4;
+    else
+        return 0;
+    /* no overlong forms, no surrogates, nothing past U+10FFFF */
+    if (p[0] == 0xe0)
+        lo = 0xa0;
+    else if (p[0] == 0xed)
+        hi = 0x9f;
+    else if (p[0] == 0xf0)
+        lo = 0x90;
+    else if (p[0] == 0xf4)
+        hi = 0x8f;
+    if (p[1] < lo || p[1] > hi)
+        return 0;
+    for (i = 2; i < n; i++)
+        if (p[i] < 0x80 || p[i] > 0xbf)
+            return 0;
+    return n;
+}
+
+void kc_utf8_clean(char *s, size_t cap)
+{
+    char out[4096];
+    const unsigned char *p = (const unsigned char *)s;
+    size_t o = 0, n, limit = cap < sizeof(out) ? cap : sizeof(out);
+
+    if (limit == 0)
+        return;
+    while (*p != '\0') {
+        n = utf8_seq(p);
+        if (n == 0) {
+            if (o + 4 >= limit)
+                break;
+            snprintf(out + o, limit - o, "\\x%02x", *p);
+            o += 4;
+            p++;
+            continue;
+        }
+        if (o + n >= limit)
+            break;
+        memcpy(out + o, p, n);
+        o += n;
+        p += n;
+    }
+    out[o] = '\0';
+    memcpy(s, out, o + 1);
+}

@@ -45,6 +45,11 @@ KC_EXPORT size_t kc_read_full(int fd, void *buf, size_t len);
 /* "a FIFO", "a directory", "a character device", ... for st_mode: messages. */
 KC_EXPORT const char *kc_file_kind(unsigned mode);
 
+/* Makes s (of capacity cap) valid UTF-8 in place: each byte that is not
+ * part of a valid sequence becomes the four characters \xHH; what no longer
+ * fits is cut at a character boundary. */
+KC_EXPORT void kc_utf8_clean(char *s, size_t cap);
+
 KC_EXPORT kc_rc kc_file_read(const char *path, size_t max, unsigned char **out, size_t *len,
                              kc_error *err) KC_MUST_CHECK;
 /* Writes a file atomically: a new temporary file beside it (O_EXCL,
