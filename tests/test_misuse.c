@@ -484,7 +484,59 @@ static void test_diagnostics_not_ascii(void)
     ASSERT_HAS(r->out, "'D\xc3\xa9p' is not a DEP name");
 }
 
+/* One rule for every command: an option given twice is refused (exit 2),
+ * but for the repeatable ones; two PIN sources for one vault too. */
+static void test_options_given_twice(void)
+{
+    static const char *const cmds[][2] = {
+        {"access", "set"},     {"access", "remove"},      {"access", "show"},
+        {"audit", "show"},     {"audit", "verify"},       {"data", "put"},
+        {"data", "get"},       {"dep", "create"},         {"dep", "list"},
+        {"dep", "show"},       {"dep", "set"},            {"dep", "refresh"},
+        {"dep", "purge-request"}, {"dep", "purge"},       {"dep", "assign"},
+        {"dep", "assignment"}, {"key", "create"},         {"key", "rotate"},
+        {"key", "update"},     {"key", "delete"},         {"key", "recover"},
+        {"key", "purge"},      {"key", "list-deleted"},   {"key", "backup"},
+        {"key", "restore"},    {"key", "import"},         {"key", "list"},
+        {"key", "show"},       {"key", "export-public"},  {"key", "wrap"},
+        {"key", "unwrap"},     {"policy", "check"},       {"policy", "plan"},
+        {"policy", "apply"},   {"tenant", "offboard"},    {"subscription", "init"},
+        {"subscription", "join"}, {"vault", "init"},      {"vault", "show"},
+        {"vault", "list"},     {"vault", "validate"},
+    };
+    const kc_test_out *r;
+    size_t i;
+
+    for (i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+        r = kc_test_run(cmds[i][0], cmds[i][1], "--as", "a", "--as", "b", NULL);
+        ASSERT_RC(r, 2);
+        ASSERT_HAS(r->err, "--as is given more than once; give it once");
+    }
+    r = kc_test_run("status", "--store", "a.db", "--store", "b.db", NULL);
+    ASSERT_RC(r, 2);
+    r = kc_test_run("rewrap", "--batch", "5", "--batch", "6", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "--batch is given more than once");
+    r = kc_test_run("key", "create", "VaultA1/K", "--size", "2048", "--size", "3072", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "--size is given more than once");
+    r = kc_test_run("key", "export-public", "VaultA1/K", "--out", "a", "--out", "b", NULL);
+    ASSERT_RC(r, 2);
+    r = kc_test_run("key", "export-public", "VaultA1/K", "--out", "a", "--force", "--force", NULL);
+    ASSERT_RC(r, 2);
+    r = kc_test_run("key", "list", "VaultA1", "--pin-source", "VaultA1=env:A", "--pin-source",
+                    "VaultA1=env:B", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "two PIN sources of one kind for vault 'VaultA1'");
+    /* repeatable: one source per vault */
+    kc_test_vault("VaultA1", "sub-a", "westus");
+    ASSERT_RC(kc_test_run("key", "list", "VaultA1", "--pin-source", "VaultA1=env:TEST_PIN",
+                          "--pin-source", "VaultB1=env:TEST_PIN", NULL),
+              0);
+}
+
 static const kc_test_case names_cases[] = {
+    {"options given twice", test_options_given_twice},
     {"diagnostics that quote non-ASCII text", test_diagnostics_not_ascii},
     {"the last access entry is kept", test_last_access_entry_kept},
     {"a refused login is audited", test_refused_login_audited},

@@ -165,11 +165,38 @@ static const struct option common_opts[] = {
 };
 #define N_COMMON (sizeof(common_opts) / sizeof(common_opts[0]))
 
+/* The vault a source names ("VAULT=SOURCE"), as its length; 0 for none. */
+static size_t source_vault(const char *arg)
+{
+    size_t eq = strcspn(arg, "=");
+
+    return arg[eq] == '=' && memchr(arg, ':', eq) == NULL ? eq : 0;
+}
+
 static int add_source(kc_cli *cli, const char **list, size_t *n, const char *arg)
 {
+    size_t i, v = source_vault(arg);
+
     if (*n == KC_CLI_MAX_SOURCES)
         return kc_cli_usage(cli, "at most %d PIN sources of one kind", KC_CLI_MAX_SOURCES);
+    /* one source per vault: which of two would be meant is not for us to guess */
+    for (i = 0; v > 0 && i < *n; i++)
+        if (source_vault(list[i]) == v && strncmp(list[i], arg, v) == 0)
+            return kc_cli_usage(cli, "two PIN sources of one kind for vault '%.*s'", (int)v, arg);
     list[(*n)++] = arg;
+    return 0;
+}
+
+/* Options a command may take more than once; every other one once. */
+static int repeatable(const char *name)
+{
+    static const char *const names[] = {"pin-source", "so-pin-source", "vault", "custodian",
+                                        "share-key"};
+    size_t i;
+
+    for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (strcmp(name, names[i]) == 0)
+            return 1;
     return 0;
 }
 
@@ -215,9 +242,10 @@ int kc_cli_parse(kc_cli *cli, int argc, char **argv, const struct option *own,
                  int *first)
 {
     struct option opts[64];
+    unsigned char seen[64] = {0};
     char name[48];
     size_t n = 0, i;
-    int c, r;
+    int c, r, idx;
 
     for (i = 0; own != NULL && own[i].name != NULL && n < 40; i++)
         opts[n++] = own[i];
@@ -230,7 +258,12 @@ int kc_cli_parse(kc_cli *cli, int argc, char **argv, const struct option *own,
         return r;
     optind = 0; /* GNU: start over, so commands can run many times in one process */
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+    while ((idx = -1, c = getopt_long(argc, argv, ":h", opts, &idx)) != -1) {
+        /* the same rule for every command: an option given twice is refused,
+         * rather than the last (or the first) silently winning */
+        if (idx >= 0 && idx < (int)n && seen[idx]++ && !repeatable(opts[idx].name))
+            return kc_cli_usage(cli, "--%s is given more than once; give it once",
+                                opts[idx].name);
         switch (c) {
         case OPT_MODULE:
             cli->module = optarg;
