@@ -955,7 +955,13 @@ static void test_offboard(void)
     r = kc_test_run("dep", "set", "service-managed", "--enabled", "false", NULL);
     ASSERT_RC(r, 5);
     ASSERT_HAS(r->err, "the service-managed key's DEP is not changed by hand");
-    ASSERT_RC(kc_test_run("dep", "set", "Mbx", "--name", "service-managed", NULL), 5);
+    r = kc_test_run("dep", "set", "Mbx", "--name", "service-managed", NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "the name 'service-managed' is reserved for the service-managed key's DEP");
+    r = kc_test_run("dep", "set", "Mbx", "--name", "Ten", NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "a DEP named 'Ten' exists already");
+    CU_ASSERT_PTR_NULL(strstr(r->err, "UNIQUE"));
     r = kc_test_run("dep", "purge-request", "service-managed", "--reason", "r", "--contact", "c",
                     NULL);
     ASSERT_RC(r, 5);

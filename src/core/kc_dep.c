@@ -599,10 +599,26 @@ kc_rc kc_dep_set(kc_store *st, const char *name_or_id, const int *enabled, const
         return r;
     if (new_name != NULL && kc_dep_check_name(new_name, err) != KC_OK)
         return KC_USAGE;
-    if (strcmp(d.workload, "service") == 0 ||
-        (new_name != NULL && strcmp(new_name, KC_DEP_SERVICE) == 0))
+    if (strcmp(d.workload, "service") == 0)
         return kc_error_set(err, KC_CONFLICT,
                             "the service-managed key's DEP is not changed by hand");
+    if (new_name != NULL && strcmp(new_name, KC_DEP_SERVICE) == 0) {
+        kc_error_set(err, KC_CONFLICT, "the name '%s' is reserved for the service-managed key's DEP",
+                     KC_DEP_SERVICE);
+        kc_error_hint(err, "choose another name");
+        return KC_CONFLICT;
+    }
+    if (new_name != NULL && strcmp(new_name, d.name) != 0) {
+        kc_dep other;
+
+        if (kc_dep_get(st, new_name, &other, err) == KC_OK) {
+            kc_error_set(err, KC_CONFLICT, "a DEP named '%s' exists already (%s)", new_name,
+                         other.id);
+            kc_error_hint(err, "choose another name");
+            return KC_CONFLICT;
+        }
+        kc_error_clear(err);
+    }
     if (enabled != NULL && !*enabled && assigned(st, d.id)) {
         kc_error_set(err, KC_CONFLICT, "DEP '%s' is assigned; it cannot be disabled", d.name);
         kc_error_hint(err, "unassign it first");

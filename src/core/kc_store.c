@@ -286,8 +286,11 @@ kc_rc kc_store_open(const char *path, kc_store **out, kc_error *err)
                       "PRAGMA synchronous = FULL; PRAGMA secure_delete = ON",
                       err);
     if (r != KC_OK) {
-        r = kc_error_set(err, KC_INTEGRITY, "'%s' is not a keycustody service store: %s", path,
-                         err->msg);
+        /* SQLite's own words, not err's (which this call overwrites) */
+        r = kc_error_set(err, KC_INTEGRITY, "'%s' is not a keycustody service store (SQLite: %s)",
+                         path, sqlite3_errmsg(s->db));
+        kc_error_hint(err, "name the store keycustody made (--store, KEYCUSTODY_STORE, the "
+                           "layout's store:), or restore it from a backup");
         goto fail;
     }
     r = read_version(s, &s->schema, err);
