@@ -288,7 +288,7 @@ static void test_failures_recorded(void)
     {
         char src[1100];
         snprintf(src, sizeof(src), "file:%s", kc_test_path("wrong.pin"));
-        r = kc_test_run("key", "create", "VaultA1/Key001", "--size", "2048", "--size", "2048", "--pin-source", src,
+        r = kc_test_run("key", "create", "VaultA1/Key001", "--size", "2048", "--pin-source", src,
                         NULL);
     }
     ASSERT_RC(r, 6);

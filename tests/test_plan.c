@@ -254,6 +254,28 @@ static void test_converges_after_injected_failures(void)
     }
 }
 
+/* Ctrl-C during a real apply: the action in hand finishes, apply stops
+ * before the next, says so (exit 130), and a run again finishes. */
+static void test_interrupted_apply(void)
+{
+    const char *file = kc_test_layout(NULL, NULL);
+    char *out = NULL;
+
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "cd '%s' || exit 1; '%s' policy apply '%s' --yes > a.out 2> a.err & "
+                               "p=$!; i=0; while ! grep -q ' \\.\\.\\. ' a.out && [ $i -lt 2000 ]; "
+                               "do i=$((i+1)); sleep 0.01; done; "
+                               "kill -INT $p; wait $p; echo \"rc=$?\"; cat a.out a.err",
+                               kc_test_dir(), KC_BINARY, file),
+                    0);
+    ASSERT_HAS(out, "rc=130");
+    ASSERT_HAS(out, "error: policy apply stopped by a signal after 1 of ");
+    ASSERT_HAS(out, "what is done is consistent");
+    ASSERT_HAS(out, "hint: run 'keycustody policy apply' again");
+    ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
+    assert_converged(file);
+}
+
 /* A real apply killed with SIGKILL at several points converges. */
 static void test_converges_after_kill(void)
 {
@@ -415,6 +437,7 @@ static const kc_test_case cases[] = {
     {"one apply at a time", test_lock},
     {"converges after injected failures", test_converges_after_injected_failures},
     {"converges after kill -9", test_converges_after_kill},
+    {"Ctrl-C stops between actions", test_interrupted_apply},
     {NULL, NULL},
 };
 

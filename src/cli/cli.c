@@ -191,7 +191,7 @@ static int add_source(kc_cli *cli, const char **list, size_t *n, const char *arg
 static int repeatable(const char *name)
 {
     static const char *const names[] = {"pin-source", "so-pin-source", "vault", "custodian",
-                                        "share-key"};
+                                        "share-key",  "tag"};
     size_t i;
 
     for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)

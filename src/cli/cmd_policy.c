@@ -9,6 +9,7 @@
 
 #include <jansson.h>
 
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -345,6 +346,32 @@ static int confirm(kc_cli *cli)
     return KC_OK;
 }
 
+static volatile sig_atomic_t stop_requested;
+
+static void on_stop_signal(int sig)
+{
+    stop_requested = sig;
+}
+
+/* While apply runs its actions: a signal asks it to stop between them. */
+static void apply_signals(int on)
+{
+    static const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+    static struct sigaction prev[3];
+    struct sigaction sa;
+    size_t i;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    for (i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
+        if (on)
+            (void)sigaction(sigs[i], &sa, &prev[i]);
+        else
+            (void)sigaction(sigs[i], &prev[i], NULL);
+    }
+}
+
 static int cmd_apply(kc_cli *cli, int argc, char **argv)
 {
     static char buf[LAYOUT_PINS][400], sobuf[LAYOUT_PINS][400];
@@ -386,7 +413,22 @@ static int cmd_apply(kc_cli *cli, int argc, char **argv)
     }
     if (!s.yes && (rc = confirm(cli)) != KC_OK)
         goto done;
+    /* Ctrl-C (or SIGTERM, SIGHUP) lets the action in hand finish, then
+     * stops between actions and says so: every action leaves the tokens
+     * consistent, and a run again continues */
+    stop_requested = 0;
+    apply_signals(1);
     for (i = 0; i < p.n; i++) {
+        if (stop_requested) {
+            kc_error_set(&cli->error, KC_ERR,
+                         "policy apply stopped by a signal after %zu of %zu actions; what is "
+                         "done is consistent",
+                         i, p.n);
+            kc_error_hint(&cli->error,
+                          "run 'keycustody policy apply' again: it continues from what is done");
+            rc = 128 + stop_requested;
+            goto done;
+        }
         fprintf(cli->out, "%c %s ... ", kc_action_sign(p.v[i].kind), p.v[i].what);
         fflush(cli->out);
         kc_error_clear(&err);
@@ -406,6 +448,7 @@ static int cmd_apply(kc_cli *cli, int argc, char **argv)
             p.destroy);
     rc = KC_OK;
 done:
+    apply_signals(0);
     kc_plan_unlock(fd);
     kc_plan_release(&p);
     kc_layout_free(l);
