@@ -484,30 +484,37 @@ static void test_diagnostics_not_ascii(void)
     ASSERT_HAS(r->out, "'D\xc3\xa9p' is not a DEP name");
 }
 
+/* Every command, as "GROUP VERB" (VERB NULL for status and rewrap). */
+static const char *const cmds[][2] = {
+    {"access", "set"},     {"access", "remove"},      {"access", "show"},
+    {"audit", "show"},     {"audit", "verify"},       {"data", "put"},
+    {"data", "get"},       {"dep", "create"},         {"dep", "list"},
+    {"dep", "show"},       {"dep", "set"},            {"dep", "refresh"},
+    {"dep", "purge-request"}, {"dep", "purge"},       {"dep", "assign"},
+    {"dep", "assignment"}, {"key", "create"},         {"key", "rotate"},
+    {"key", "update"},     {"key", "delete"},         {"key", "recover"},
+    {"key", "purge"},      {"key", "list-deleted"},   {"key", "backup"},
+    {"key", "restore"},    {"key", "import"},         {"key", "list"},
+    {"key", "show"},       {"key", "export-public"},  {"key", "wrap"},
+    {"key", "unwrap"},     {"policy", "check"},       {"policy", "plan"},
+    {"policy", "apply"},   {"tenant", "offboard"},    {"subscription", "init"},
+    {"subscription", "join"}, {"vault", "init"},      {"vault", "show"},
+    {"vault", "list"},     {"vault", "validate"},
+    {"status", NULL},          {"rewrap", NULL},
+};
+#define N_CMDS (sizeof(cmds) / sizeof(cmds[0]))
+
 /* One rule for every command: an option given twice is refused (exit 2),
  * but for the repeatable ones; two PIN sources for one vault too. */
 static void test_options_given_twice(void)
 {
-    static const char *const cmds[][2] = {
-        {"access", "set"},     {"access", "remove"},      {"access", "show"},
-        {"audit", "show"},     {"audit", "verify"},       {"data", "put"},
-        {"data", "get"},       {"dep", "create"},         {"dep", "list"},
-        {"dep", "show"},       {"dep", "set"},            {"dep", "refresh"},
-        {"dep", "purge-request"}, {"dep", "purge"},       {"dep", "assign"},
-        {"dep", "assignment"}, {"key", "create"},         {"key", "rotate"},
-        {"key", "update"},     {"key", "delete"},         {"key", "recover"},
-        {"key", "purge"},      {"key", "list-deleted"},   {"key", "backup"},
-        {"key", "restore"},    {"key", "import"},         {"key", "list"},
-        {"key", "show"},       {"key", "export-public"},  {"key", "wrap"},
-        {"key", "unwrap"},     {"policy", "check"},       {"policy", "plan"},
-        {"policy", "apply"},   {"tenant", "offboard"},    {"subscription", "init"},
-        {"subscription", "join"}, {"vault", "init"},      {"vault", "show"},
-        {"vault", "list"},     {"vault", "validate"},
-    };
+
     const kc_test_out *r;
     size_t i;
 
-    for (i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+    for (i = 0; i < N_CMDS; i++) {
+        if (cmds[i][1] == NULL)
+            continue; /* status and rewrap: below */
         r = kc_test_run(cmds[i][0], cmds[i][1], "--as", "a", "--as", "b", NULL);
         ASSERT_RC(r, 2);
         ASSERT_HAS(r->err, "--as is given more than once; give it once");
@@ -535,7 +542,57 @@ static void test_options_given_twice(void)
               0);
 }
 
+/* Every option a command's parser takes is in its --help text, and every
+ * option line of the text is one it takes (or a common one). */
+static void test_help_matches_options(void)
+{
+    static const char *const common[] = {"module", "pin-source", "so-pin-source", "as", "store",
+                                         "audit", "audit-syslog", "json", "help"};
+    char opt[64], taken[1024], *text, *list, *line, *save = NULL;
+    const kc_test_out *r;
+    size_t i, k, n;
+
+    for (i = 0; i < N_CMDS; i++) {
+        r = cmds[i][1] ? kc_test_run(cmds[i][0], cmds[i][1], "--help", NULL)
+                       : kc_test_run(cmds[i][0], "--help", NULL);
+        CU_ASSERT_EQUAL_FATAL(r->rc, 0);
+        text = strdup(r->out);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+        *strstr(text, "Common options:") = '\0';
+        list = strstr(text, "This command's options:");
+        taken[0] = '\0';
+        if (list != NULL) {
+            *list = '\0';
+            list += strlen("This command's options:");
+            snprintf(taken, sizeof(taken), "%.*s ", (int)strcspn(list, "\n"), list);
+        }
+        /* each option taken is described */
+        for (line = list ? strtok_r(list, " \n", &save) : NULL; line != NULL;
+             line = strtok_r(NULL, " \n", &save)) {
+            if (!kc_test_contains(text, line))
+                fprintf(stderr, "\n  '%s %s' takes %s, which its --help does not describe",
+                        cmds[i][0], cmds[i][1] ? cmds[i][1] : "", line);
+            CU_ASSERT(kc_test_contains(text, line));
+        }
+        /* each option line of the text is taken */
+        for (line = strstr(text, "\n  --"); line != NULL; line = strstr(line + 1, "\n  --")) {
+            n = strspn(line + 5, "abcdefghijklmnopqrstuvwxyz-");
+            snprintf(opt, sizeof(opt), " --%.*s ", (int)n, line + 5);
+            for (k = 0; k < sizeof(common) / sizeof(common[0]); k++)
+                if (strlen(common[k]) == n && strncmp(common[k], line + 5, n) == 0)
+                    break;
+            if (k == sizeof(common) / sizeof(common[0]) && !kc_test_contains(taken, opt)) {
+                fprintf(stderr, "\n  '%s %s' --help lists%s, which it does not take", cmds[i][0],
+                        cmds[i][1] ? cmds[i][1] : "", opt);
+                CU_FAIL("help lists an option the command does not take");
+            }
+        }
+        free(text);
+    }
+}
+
 static const kc_test_case names_cases[] = {
+    {"--help matches the options", test_help_matches_options},
     {"options given twice", test_options_given_twice},
     {"diagnostics that quote non-ASCII text", test_diagnostics_not_ascii},
     {"the last access entry is kept", test_last_access_entry_kept},

@@ -98,12 +98,22 @@ static void print_group_help(FILE *f, const kc_cmd *cmds, size_t g)
     fprintf(f, "\nRun 'keycustody %s COMMAND --help' for a command's options.\n", cmds[0].group);
 }
 
-static void print_cmd_help(FILE *f, const kc_cmd *c)
+/* The help, then the command's own options as its parser takes them: a
+ * test holds the text to that list, so the two cannot drift apart. */
+static void print_cmd_help(FILE *f, const kc_cmd *c, const struct option *own)
 {
     char name[48];
+    size_t i;
 
-    fprintf(f, "usage: keycustody %s %s\n\n%s\n\n%s\n%s\n%s", cmd_name(c, name, sizeof(name)),
-            c->synopsis, c->summary, c->help, common_help, exit_help);
+    fprintf(f, "usage: keycustody %s %s\n\n%s\n\n%s\n", cmd_name(c, name, sizeof(name)),
+            c->synopsis, c->summary, c->help);
+    if (own != NULL && own[0].name != NULL) {
+        fprintf(f, "This command's options:");
+        for (i = 0; own[i].name != NULL; i++)
+            fprintf(f, " --%s", own[i].name);
+        fprintf(f, "\n\n");
+    }
+    fprintf(f, "%s\n%s", common_help, exit_help);
 }
 
 int kc_cli_usage(kc_cli *cli, const char *fmt, ...)
@@ -296,7 +306,7 @@ int kc_cli_parse(kc_cli *cli, int argc, char **argv, const struct option *own,
             break;
         case 'h':
         case OPT_HELP:
-            print_cmd_help(cli->out, cli->cmd);
+            print_cmd_help(cli->out, cli->cmd, own);
             return -1;
         case ':':
             return kc_cli_usage(cli, "option '%s' needs a value", argv[optind - 1]);

@@ -490,7 +490,14 @@ static const struct option scope_opts[] = {
     {"tenant", no_argument, NULL, O_TENANT},
     {"mailbox", required_argument, NULL, O_MAILBOX},
     {"geo", required_argument, NULL, O_AGEO},
-    {"none", no_argument, NULL, O_NONE},
+    {"none", no_argument, NULL, O_NONE}, /* assign only */
+    {NULL, 0, NULL, 0},
+};
+/* dep assignment: the scopes, without --none */
+static const struct option scope_read_opts[] = {
+    {"tenant", no_argument, NULL, O_TENANT},
+    {"mailbox", required_argument, NULL, O_MAILBOX},
+    {"geo", required_argument, NULL, O_AGEO},
     {NULL, 0, NULL, 0},
 };
 
@@ -545,7 +552,7 @@ static int cmd_assignment(kc_cli *cli, int argc, char **argv)
     int first, rc, inherited = 0;
 
     memset(&s, 0, sizeof(s));
-    rc = kc_cli_parse(cli, argc, argv, scope_opts, scope_opt, &s, &first);
+    rc = kc_cli_parse(cli, argc, argv, scope_read_opts, scope_opt, &s, &first);
     if (rc != 0)
         return rc;
     if (argc != first || s.none)

@@ -1128,7 +1128,8 @@ const kc_cmd kc_cmds_key[] = {
      "                       extractable only under a trusted wrapping key;\n"
      "                       software: readable private key, for testing only\n"
      "  --ops LIST           Key Vault key operations: encrypt, decrypt, sign, verify,\n"
-     "                       wrapKey, unwrapKey (default wrapKey,unwrapKey)\n"
+     "                       wrapKey, unwrapKey, import (a key-exchange key for BYOK)\n"
+     "                       (default wrapKey,unwrapKey)\n"
      "  --expires DATE       expiry date, or never (default). Customer Key accepts only\n"
      "                       never or 9999-12-31\n\n"
      "Example:\n"
@@ -1200,7 +1201,9 @@ const kc_cmd kc_cmds_key[] = {
     {"key", "show", cmd_show, "VAULT/KEY[/VERSION] [--json]",
      "show a key: id, versions, size, ops, protection, dates, token attributes",
      "Without VERSION, shows the current version. The token's own attributes\n"
-     "(CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_LOCAL, ...) are read back and shown.\n",
+     "(CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_LOCAL, ...) are read back and shown.\n"
+     "  --versions  list every version (id, created, enabled, ops, expiry; the current\n"
+     "              one marked) instead of one version's details\n",
      1},
     {"key", "export-public", cmd_export_public, "VAULT/KEY[/VERSION] [--out FILE] [--force]",
      "write the public key as PEM (SubjectPublicKeyInfo)",
@@ -1236,7 +1239,8 @@ const kc_cmd kc_cmds_key[] = {
      "  --in FILE    the wrapped key\n"
      "  --out FILE   where to write the secret (mode 0600; - for standard output);\n"
      "               an existing regular FILE needs --force\n"
-     "  --alg A      RSA-OAEP (SHA-1) or RSA-OAEP-256\n",
+     "  --alg A      RSA-OAEP (SHA-1) or RSA-OAEP-256\n"
+     "  --raw        refused: it is for 'key wrap'; unwrap reads either form\n",
      0},
     {NULL, NULL, NULL, NULL, NULL, NULL, 0},
 };

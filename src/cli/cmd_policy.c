@@ -268,13 +268,18 @@ static void print_plan(kc_cli *cli, const kc_plan *p)
 static int make_plan(kc_cli *cli, int argc, char **argv, struct plan_state *s, kc_layout **l,
                      kc_plan *p, char (*buf)[400], char (*sobuf)[400])
 {
-    static const struct option opts[] = {
+    static const struct option plan_opts[] = {
         {"detailed-exitcode", no_argument, NULL, O_DETAILED},
+        {"allow-delete", no_argument, NULL, O_ALLOW_DELETE},
+        {NULL, 0, NULL, 0},
+    };
+    static const struct option apply_opts[] = {
         {"yes", no_argument, NULL, O_YES},
         {"allow-delete", no_argument, NULL, O_ALLOW_DELETE},
         {"wait", required_argument, NULL, O_WAIT},
         {NULL, 0, NULL, 0},
     };
+    const struct option *opts = s->apply ? apply_opts : plan_opts;
     kc_ctx *ctx = NULL;
     kc_diags d;
     kc_error err;
@@ -477,9 +482,13 @@ const kc_cmd kc_cmds_policy[] = {
      "Shows the plan, asks (only 'yes' goes on) unless --yes, then carries out the\n"
      "actions in order, printing each. Without a terminal, --yes is required. An apply\n"
      "that stops part-way is finished by running it again. Keys are deleted only with\n"
-     "--allow-delete, and then only soft-deleted. DEPs and assignments in the layout are\n"
-     "checked but not yet applied. One apply at a time per set of tokens: a second one\n"
-     "fails naming the holder, or waits --wait SECONDS.\n",
+     "--allow-delete, and then only soft-deleted. With a service store, the layout's\n"
+     "DEPs are made (as 'dep create' makes them) and its assignments set. One apply at a\n"
+     "time per set of tokens: a second one fails naming the holder, or waits --wait\n"
+     "SECONDS. Ctrl-C stops it between two actions (exit 130); run it again to finish.\n"
+     "  --yes           carry the plan out without asking\n"
+     "  --allow-delete  soft-delete keys the layout no longer has\n"
+     "  --wait SECONDS  wait this long for another apply to finish\n",
      0},
     {NULL, NULL, NULL, NULL, NULL, NULL, 0},
 };

@@ -563,8 +563,8 @@ kc_rc kc_restore_key(kc_vault *v, const unsigned char *buf, size_t len,
                          json_is_object(json_object_get(kc_keystate_key(v, d.name, 0), "deleted"))
                              ? " (deleted, not yet purged)"
                              : "");
-        kc_error_hint(err, "restore fails when the name exists, as in Key Vault; purge or rename "
-                           "first");
+        kc_error_hint(err, "restore fails when the name exists, as in Key Vault: purge that key "
+                           "first, or restore into another vault of the subscription");
     }
     for (i = 0; r == KC_OK && i < d.nv; i++)
         r = restore_version(v, &dk, d.name, &d.v[i], made, &nmade, err);
