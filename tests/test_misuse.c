@@ -591,7 +591,22 @@ static void test_help_matches_options(void)
     }
 }
 
+/* Three vaults of one subscription validate: the subscription is one. */
+static void test_validate_one_subscription(void)
+{
+    const kc_test_out *r;
+
+    kc_test_vault("VaultA1", "sub-a", "westus");
+    kc_test_vault("VaultA2", "sub-a", "westus");
+    kc_test_vault("VaultA3", "sub-a", "westus");
+    r = kc_test_run("vault", "validate", "--all", PIN, NULL);
+    ASSERT_RC(r, 0);
+    CU_ASSERT_PTR_NULL(strstr(r->out, "KC009"));
+    ASSERT_HAS(r->out, "3 vaults valid");
+}
+
 static const kc_test_case names_cases[] = {
+    {"three vaults of one subscription validate", test_validate_one_subscription},
     {"--help matches the options", test_help_matches_options},
     {"options given twice", test_options_given_twice},
     {"diagnostics that quote non-ASCII text", test_diagnostics_not_ascii},

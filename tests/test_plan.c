@@ -254,6 +254,49 @@ static void test_converges_after_injected_failures(void)
     }
 }
 
+/* Every shipped layout, applied to empty tokens (with a service store, so
+ * its DEPs are made), then validated live against itself: exit 0. */
+static void test_shipped_layouts_apply_and_validate(void)
+{
+    static const char *const layouts[] = {"contoso-tenant.yaml", "custody-only.yaml",
+                                          "lab-single-dep.yaml"};
+    static const char *const pins[] = {"FABVAULT1", "FABVAULT2", "SERVICE", "VAULTA1", "VAULTA2"};
+    char file[1024], var[64];
+    const kc_test_out *r;
+    size_t i;
+
+    for (i = 0; i < sizeof(pins) / sizeof(pins[0]); i++) {
+        snprintf(var, sizeof(var), "%s_PIN", pins[i]);
+        setenv(var, getenv("TEST_PIN"), 1);
+        snprintf(var, sizeof(var), "%s_SO_PIN", pins[i]);
+        setenv(var, getenv("TEST_SO_PIN"), 1);
+    }
+    for (i = 0; i < sizeof(layouts) / sizeof(layouts[0]); i++) {
+        snprintf(file, sizeof(file), "%s/policies/%s", KC_SOURCE_DIR, layouts[i]);
+        snprintf(var, sizeof(var), "store-%zu.db", i);
+        setenv("KEYCUSTODY_STORE", kc_test_path(var), 1);
+        /* the lab layout's PINs are files under /etc: given here instead */
+        if (strncmp(layouts[i], "lab-", 4) == 0)
+            r = kc_test_run("policy", "apply", file, "--yes", "--pin-source", "env:TEST_PIN",
+                            "--so-pin-source", "env:TEST_SO_PIN", NULL);
+        else
+            r = kc_test_run("policy", "apply", file, "--yes", NULL);
+        if (r->rc != 0)
+            fprintf(stderr, "\n  apply %s: %s%s", layouts[i], r->out, r->err);
+        ASSERT_RC(r, 0);
+        if (strncmp(layouts[i], "lab-", 4) == 0)
+            r = kc_test_run("vault", "validate", "--all", "--layout", file, "--pin-source",
+                            "env:TEST_PIN", NULL);
+        else
+            r = kc_test_run("vault", "validate", "--all", "--layout", file, NULL);
+        if (r->rc != 0)
+            fprintf(stderr, "\n  validate %s: %s%s", layouts[i], r->out, r->err);
+        ASSERT_RC(r, 0);
+        CU_ASSERT_EQUAL(kc_test_wipe_tokens(), 0);
+    }
+    unsetenv("KEYCUSTODY_STORE");
+}
+
 /* Ctrl-C during a real apply: the action in hand finishes, apply stops
  * before the next, says so (exit 130), and a run again finishes. */
 static void test_interrupted_apply(void)
@@ -438,6 +481,7 @@ static const kc_test_case cases[] = {
     {"converges after injected failures", test_converges_after_injected_failures},
     {"converges after kill -9", test_converges_after_kill},
     {"Ctrl-C stops between actions", test_interrupted_apply},
+    {"shipped layouts apply and validate", test_shipped_layouts_apply_and_validate},
     {NULL, NULL},
 };
 

@@ -141,6 +141,14 @@ static kc_rc plan_deps(kc_cli *cli, const kc_layout *l, struct plan_state *s, kc
                      "KEYCUSTODY_STORE or store: in the layout)");
         return KC_OK;
     }
+    /* a DEP is made on the service vault: without one the layout's DEPs
+     * are for the rules alone (policy check), as without a store */
+    if (l->service_vault[0] == '\0') {
+        if (p->nnotes < sizeof(p->notes) / sizeof(p->notes[0]))
+            snprintf(p->notes[p->nnotes++], sizeof(p->notes[0]),
+                     "DEPs and assignments are not planned: the layout names no service_vault");
+        return KC_OK;
+    }
     if (s->st == NULL && (s->apply || access(s->store, F_OK) == 0)) {
         kc_rc r = kc_store_open(s->store, &s->st, err);
 

@@ -326,6 +326,11 @@ static int cmd_validate(kc_cli *cli, int argc, char **argv)
         rc = kc_cli_fail(cli, &err);
         goto done;
     }
+    /* the service vault, as the layout, the environment or the store name it */
+    snprintf(live->service_vault, sizeof(live->service_vault), "%s",
+             want != NULL && want->service_vault[0] ? want->service_vault
+             : cli->service_vault != NULL           ? cli->service_vault
+                                                    : "");
     kc_layout_validate_live(live, &d);
     if (want != NULL && kc_plan_make(ctx, want, 0, &p, &err) != KC_OK) {
         rc = kc_cli_fail(cli, &err);

@@ -386,14 +386,27 @@ static void live_vault_meta(kc_lvault *lv, const kc_vault *v)
     }
 }
 
+/* The live layout's subscription of v: declared once, however many of its
+ * vaults there are (each vault records whether it is registered). */
+static void live_sub(kc_layout *l, const kc_vault *v)
+{
+    kc_lsub *sub;
+    size_t i;
+
+    for (i = 0; i < l->nsubs; i++)
+        if (strcmp(l->subs[i].id, v->meta.subscription) == 0)
+            return;
+    sub = &l->subs[l->nsubs++];
+    snprintf(sub->id, sizeof(sub->id), "%s", v->meta.subscription);
+    sub->mandatory_retention = v->meta.retention_registered;
+}
+
 static void live_vault(kc_layout *l, const kc_vault *v, const kc_key *keys, size_t nkeys)
 {
     kc_lvault *lv = &l->vaults[l->nvaults++];
-    kc_lsub *sub = &l->subs[l->nsubs++];
     size_t i;
 
-    snprintf(sub->id, sizeof(sub->id), "%s", v->meta.subscription);
-    sub->mandatory_retention = v->meta.retention_registered;
+    live_sub(l, v);
     live_vault_meta(lv, v);
     for (i = 0; i < nkeys; i++) {
         const kc_key_version *cur = &keys[i].versions[keys[i].current];
@@ -472,7 +485,6 @@ static kc_rc live_root(kc_ctx *ctx, const char *ref, kc_layout *l, char *out, si
 {
     const kc_key_version *ver = NULL;
     kc_lvault *lv = &l->vaults[l->nvaults];
-    kc_lsub *sub = &l->subs[l->nsubs];
     kc_lkey *lk;
     kc_key_ref kr;
     kc_vault *v = NULL;
@@ -503,14 +515,7 @@ static kc_rc live_root(kc_ctx *ctx, const char *ref, kc_layout *l, char *out, si
         goto done;
     }
     l->nvaults++;
-    for (i = 0; i < l->nsubs; i++)
-        if (strcmp(l->subs[i].id, v->meta.subscription) == 0)
-            break;
-    if (i == l->nsubs) {
-        l->nsubs++;
-        snprintf(sub->id, sizeof(sub->id), "%s", v->meta.subscription);
-        sub->mandatory_retention = v->meta.retention_registered;
-    }
+    live_sub(l, v);
     live_vault_meta(lv, v);
 add_key:
     lk = &lv->keys[lv->nkeys++];

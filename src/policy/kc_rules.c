@@ -370,6 +370,12 @@ void kc_layout_validate_live(const kc_layout *l, kc_diags *d)
     vaults(l, d);
     for (i = 0; i < l->nvaults; i++) {
         const kc_lvault *v = &l->vaults[i];
+        /* The service vault holds the service's own keys (each DEP's
+         * availability key, the service-managed key), never a customer's
+         * root key: the root-key rules are not for it, live as offline,
+         * where only the keys a DEP names are root keys. */
+        if (l->service_vault[0] != '\0' && strcmp(v->name, l->service_vault) == 0)
+            continue;
         for (j = roots = 0; j < v->nkeys; j++) {
             /* a key-exchange key is no root key */
             if (strcmp(v->keys[j].kty, "RSA") != 0 || (v->keys[j].ops & KC_OP_IMPORT))
