@@ -229,7 +229,35 @@ static void test_domain_join_with_token_key(void)
     ASSERT_RC(r, 0);
 }
 
+/* A domain is on every vault of the init, or on none: a wrong SO PIN on
+ * the second vault stops the command before the first is changed, and a
+ * run with the right one then succeeds. */
+static void test_domain_init_all_or_none(void)
+{
+    const kc_test_out *r;
+
+    kc_test_custodians();
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    kc_test_vault("VaultA2", "contoso-a", "westus");
+    setenv("KC_WRONG_SO", "not-the-so-pin", 1);
+    r = kc_test_run("subscription", "init", "contoso-a", "--vault", "VaultA1", "--vault",
+                    "VaultA2", "--custodian", path(0, "alice.pem"), "--quorum", "1", "--out",
+                    path(3, "a.domain"), "--so-pin-source", "VaultA1=env:TEST_SO_PIN",
+                    "--so-pin-source", "VaultA2=env:KC_WRONG_SO", PIN, NULL);
+    ASSERT_RC(r, 6);
+    ASSERT_HAS(r->err, "vault 'VaultA2'");
+    CU_ASSERT_NOT_EQUAL(access(path(3, "a.domain"), F_OK), 0);
+    r = kc_test_run("vault", "show", "VaultA1", "--json", NULL);
+    CU_ASSERT_PTR_NULL(strstr(r->out, "\"backup_domain\": \""));
+    CU_ASSERT_EQUAL(kc_test_secret_keys("VaultA1"), 0);
+    r = kc_test_run("subscription", "init", "contoso-a", "--vault", "VaultA1", "--vault",
+                    "VaultA2", "--custodian", path(0, "alice.pem"), "--quorum", "1", "--out",
+                    path(3, "a.domain"), SOPIN, PIN, NULL);
+    ASSERT_RC(r, 0);
+}
+
 static const kc_test_case domain_cases[] = {
+    {"init on every vault or none", test_domain_init_all_or_none},
     {"init", test_domain_init},
     {"init errors", test_domain_init_errors},
     {"join errors, then a quorum", test_domain_join_errors},

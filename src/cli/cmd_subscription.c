@@ -3,6 +3,7 @@
 #include "kc_domain.h"
 #include "kc_util.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -102,6 +103,21 @@ static int cmd_init(kc_cli *cli, int argc, char **argv)
                             "'%s' exists already; a domain file is never overwritten "
                             "without --force",
                             s.out);
+    /* where the shares go is checked before any vault is changed */
+    {
+        char dir[4096];
+        const char *slash;
+
+        snprintf(dir, sizeof(dir), "%s", s.out);
+        slash = strrchr(dir, '/');
+        if (slash == NULL)
+            snprintf(dir, sizeof(dir), ".");
+        else
+            dir[slash == dir ? 1 : slash - dir] = '\0';
+        if (access(dir, W_OK | X_OK) != 0)
+            return kc_cli_usage(cli, "cannot write the domain file in '%s': %s", dir,
+                                strerror(errno));
+    }
     if (kc_cli_ctx(cli, &ctx) != KC_OK)
         return cli->error.code;
     kc_error_clear(&err);
@@ -176,8 +192,7 @@ const kc_cmd kc_cmds_subscription[] = {
      "  --vault V        a vault of SUB (repeatable)\n"
      "  --custodian PEM  a custodian's RSA public key, 2048 bits or more (repeatable)\n"
      "  --quorum M       how many custodians it takes to join a new vault\n"
-     "  --out FILE       the security-domain file (.domain, mode 0600; - for standard\n"
-     "                   output)\n"
+     "  --out FILE       the security-domain file (.domain, mode 0600)\n"
      "  --force          replace an existing regular --out FILE\n\n"
      "Example:\n"
      "  keycustody subscription init contoso-a --vault VaultA1 --custodian alice.pem \\\n"

@@ -266,6 +266,57 @@ static kc_rc install(kc_ctx *ctx, kc_vault *v, const kc_secret *secret, kc_error
     return KC_OK;
 }
 
+/* Takes back what install put on v for domain id (every domain key of that
+ * id, and the vault's record of it), after a later vault failed: a domain
+ * is on every vault of the command, or on none. Best effort: what stays is
+ * reported by the caller's error and tidied by a later init. */
+static void uninstall(kc_vault *v, const unsigned char id[KC_DOMAIN_ID_BYTES])
+{
+    char idhex[33];
+    kc_error ignored;
+    kc_obj obj;
+    size_t n, i;
+
+    kc_hex_encode(id, KC_DOMAIN_ID_BYTES, idhex);
+    for (i = 0; i < NKEYS; i++) {
+        n = 0;
+        kc_error_clear(&ignored);
+        if (kc_tok_find_secrets(v->tok, domain_keys[i].label, id, KC_DOMAIN_ID_BYTES,
+                                domain_keys[i].where, &obj, 1, &n, NULL, &ignored) == KC_OK &&
+            n == 1 && kc_tok_destroy(v->tok, obj, &ignored) != KC_OK)
+            kc_error_clear(&ignored);
+    }
+    if (strcmp(v->meta.domain, idhex) == 0) {
+        v->meta.domain[0] = '\0';
+        if (kc_vault_save_meta(v, &ignored) != KC_OK)
+            kc_error_clear(&ignored);
+    }
+}
+
+/* Before anything is installed: the user and the security officer of v
+ * can log in (install needs both), so a wrong PIN on the last vault stops
+ * the command before the first is changed. */
+static kc_rc logins_hold(kc_ctx *ctx, kc_vault *v, kc_error *err)
+{
+    kc_secret *so = NULL;
+    kc_rc r = kc_ctx_login(ctx, v->tok, err);
+
+    if (r == KC_OK)
+        r = kc_ctx_pin(ctx, v->meta.name, KC_PIN_SO, &so, err);
+    if (r == KC_OK) {
+        r = kc_tok_login_so(v->tok, so, err);
+        if (r != KC_OK)
+            kc_ctx_event(ctx, "login-so", v->meta.name, NULL, err);
+        kc_tok_logout(v->tok);
+    }
+    kc_secret_free(so);
+    if (r == KC_OK)
+        r = kc_ctx_login(ctx, v->tok, err);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "vault '%s'", v->meta.name);
+    return KC_OK;
+}
+
 /* Opens vault and checks it belongs to sub. */
 static kc_rc open_member(kc_ctx *ctx, const char *sub, const char *name, kc_vault **out,
                          kc_error *err)
@@ -347,6 +398,8 @@ kc_rc kc_domain_init(kc_ctx *ctx, const char *sub, const char *const *vaults, si
             r = KC_CONFLICT;
         }
     }
+    for (i = 0; r == KC_OK && i < nvaults; i++)
+        r = logins_hold(ctx, v[i], err);
     if (r != KC_OK)
         goto done;
 
@@ -398,6 +451,9 @@ kc_rc kc_domain_init(kc_ctx *ctx, const char *sub, const char *const *vaults, si
     for (i = 0; r == KC_OK && i < nvaults; i++)
         r = install(ctx, v[i], secret, err);
     if (r != KC_OK) {
+        /* every vault so far, the one that failed included, gives it back */
+        for (j = 0; j < i && j < nvaults; j++)
+            uninstall(v[j], id);
         free(*file);
         *file = NULL;
     }
