@@ -602,7 +602,15 @@ static void test_validate_one_subscription(void)
     r = kc_test_run("vault", "validate", "--all", PIN, NULL);
     ASSERT_RC(r, 0);
     CU_ASSERT_PTR_NULL(strstr(r->out, "KC009"));
-    ASSERT_HAS(r->out, "3 vaults valid");
+    ASSERT_HAS(r->out, "3 vaults valid (3 warnings)");
+    /* KC030: a vault without an access policy lets everyone act */
+    ASSERT_HAS(r->out, "warning[KC030]: vault 'VaultA2' has no access policy: every principal");
+    ASSERT_RC(kc_test_run("access", "set", "VaultA2", "--principal", "p", "--permissions",
+                          "get,list", "--so-pin-source", "env:TEST_SO_PIN", PIN, NULL),
+              0);
+    r = kc_test_run("vault", "validate", "VaultA2", "--as", "p", PIN, NULL);
+    ASSERT_RC(r, 0);
+    CU_ASSERT_PTR_NULL(strstr(r->out, "KC030"));
 }
 
 static const kc_test_case names_cases[] = {

@@ -374,6 +374,13 @@ void kc_layout_validate_live(const kc_layout *l, kc_diags *d)
          * availability key, the service-managed key), never a customer's
          * root key: the root-key rules are not for it, live as offline,
          * where only the keys a DEP names are root keys. */
+        /* KC030: no access policy, and so every principal may act (the
+         * last entry is never removed; a vault made without one has none) */
+        if (v->naccess == 0)
+            add(d, "KC030", WARN, v->name_pos,
+                "give it an access policy: 'keycustody access set VAULT --principal P "
+                "--permissions ...'",
+                "vault '%s' has no access policy: every principal may act on it", v->name);
         if (l->service_vault[0] != '\0' && strcmp(v->name, l->service_vault) == 0)
             continue;
         for (j = roots = 0; j < v->nkeys; j++) {
