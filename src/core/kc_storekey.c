@@ -18,32 +18,6 @@ kc_rc kc_store_service_vault(kc_store *st, char out[64], kc_error *err)
     return kc_store_meta_get(st, "service_vault", out, 64, err);
 }
 
-/* The store key on v (*n: 0 or 1); a public look-alike or a second one is
- * tampering. Needs the user. */
-static kc_rc find_store_key(kc_vault *v, kc_obj *out, size_t *n, kc_error *err)
-{
-    kc_obj found[2];
-    size_t others = 0;
-    kc_rc r = kc_tok_find_secrets(v->tok, STORE_KEY_LABEL, NULL, 0, KC_WHERE_PRIVATE, found, 2, n,
-                                  &others, err);
-
-    if (r != KC_OK)
-        return r;
-    if (others > 0 || *n > 1) {
-        kc_error_set(err, KC_INTEGRITY,
-                     "vault '%s' holds %zu secret key(s) labelled '%s' that keycustody did not "
-                     "make (%s): the token was tampered with, and none of them is used",
-                     v->meta.name, others > 0 ? others : *n - 1, STORE_KEY_LABEL,
-                     others > 0 ? "public" : "a second copy");
-        kc_error_hint(err, "keep a copy of the token for investigation, then remove them "
-                           "(pkcs11-tool --list-objects shows them)");
-        return KC_INTEGRITY;
-    }
-    if (*n == 1)
-        *out = found[0];
-    return KC_OK;
-}
-
 /* A store that names no service vault has no DEP: one with DEP rows was
  * changed outside keycustody. */
 static kc_rc no_vault_recorded(kc_store *st, kc_error *err)
@@ -94,7 +68,7 @@ kc_rc kc_store_authenticate(kc_ctx *ctx, kc_store *st, const char *service_vault
     if (r == KC_OK)
         r = kc_ctx_login(ctx, v->tok, err);
     if (r == KC_OK)
-        r = find_store_key(v, &obj, &n, err);
+        r = kc_vault_own_secret(v, STORE_KEY_LABEL, NULL, 0, KC_WHERE_PRIVATE, &obj, &n, err);
     if (r == KC_OK && n == 0 && rec[0]) {
         r = kc_error_set(err, KC_INTEGRITY,
                          "service vault '%s' holds no store key ('%s'), yet the store records it "

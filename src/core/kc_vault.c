@@ -535,3 +535,28 @@ kc_rc kc_vault_list(kc_ctx *ctx, kc_vault_entry **out, size_t *n, kc_error *err)
     *n = count;
     return KC_OK;
 }
+
+kc_rc kc_vault_own_secret(kc_vault *v, const char *label, const unsigned char *id, size_t id_len,
+                          kc_where where, kc_obj *out, size_t *n, kc_error *err)
+{
+    kc_obj found[2];
+    size_t others = 0;
+    kc_rc r = kc_tok_find_secrets(v->tok, label, id, id_len, where, found, 2, n, &others, err);
+
+    if (r != KC_OK)
+        return r;
+    if (others > 0 || *n > 1) {
+        kc_error_set(err, KC_INTEGRITY,
+                     "vault '%s' holds %zu secret key(s) labelled '%s' that keycustody did not "
+                     "make there (%s): the token was tampered with, and none of them is used",
+                     v->meta.name, others > 0 ? others : *n - 1, label,
+                     where == KC_WHERE_TRUSTED ? "not trusted by the security officer"
+                                               : "public, or a second copy");
+        kc_error_hint(err, "keep a copy of the token for investigation, then remove them "
+                           "(pkcs11-tool --list-objects shows them)");
+        return KC_INTEGRITY;
+    }
+    if (*n == 1)
+        *out = found[0];
+    return KC_OK;
+}

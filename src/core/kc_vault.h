@@ -88,6 +88,15 @@ KC_EXPORT void kc_vault_free(kc_vault *v);
 KC_EXPORT kc_rc kc_vault_authorize(const kc_vault *v, const char *principal, unsigned perm,
                                    kc_error *err) KC_MUST_CHECK;
 
+/* keycustody's own secret key with this label (and id, when id != NULL)
+ * on v, found where a genuine one is (*n: 0 or 1). One found elsewhere (a
+ * public look-alike of a private key, an untrusted wrap key) or a second
+ * copy was planted by someone without the PIN: KC_INTEGRITY naming it, and
+ * none is used. Needs the user logged in. */
+KC_EXPORT kc_rc kc_vault_own_secret(kc_vault *v, const char *label, const unsigned char *id,
+                                    size_t id_len, kc_where where, kc_obj *out, size_t *n,
+                                    kc_error *err) KC_MUST_CHECK;
+
 /* Writes v->meta as the next generation of the metadata (login needed). */
 KC_EXPORT kc_rc kc_vault_save_meta(kc_vault *v, kc_error *err) KC_MUST_CHECK;
 
