@@ -462,7 +462,8 @@ static void test_vault_validate(void)
                        "level Recoverable+Purgeable");
     ASSERT_HAS(r->out, "live: error[KC022]");
     ASSERT_HAS(r->out, "live: warning[KC017]: key 'VaultC1/Soft' is software-protected");
-    ASSERT_HAS(r->err, "3 rules broken on the tokens (1 warning)");
+    ASSERT_HAS(r->out, "live: warning[KC030]: vault 'VaultC1' has no access policy");
+    ASSERT_HAS(r->err, "3 rules broken on the tokens (2 warnings)");
     r = kc_test_run("vault", "validate", NULL);
     ASSERT_RC(r, 2);
 }
