@@ -713,7 +713,9 @@ int kc_cli_main(int argc, char **argv, FILE *out, FILE *err)
     return rc;
 }
 
-int kc_cli_store(kc_cli *cli, kc_store **st)
+/* Opens the store named by --store or KEYCUSTODY_STORE; its rows are
+ * believed only once checked. */
+static int open_store(kc_cli *cli, kc_store **st)
 {
     kc_error err;
 
@@ -736,8 +738,16 @@ int kc_cli_store(kc_cli *cli, kc_store **st)
     kc_error_clear(&err);
     if (kc_store_open(cli->store, st, &err) != KC_OK)
         return kc_cli_fail(cli, &err);
-    kc_store_allow_unchecked(*st);
     return 0;
+}
+
+int kc_cli_store(kc_cli *cli, kc_store **st)
+{
+    int rc = open_store(cli, st);
+
+    if (rc == 0)
+        kc_store_allow_unchecked(*st); /* shown, never used */
+    return rc;
 }
 
 kc_rc kc_cli_write(kc_cli *cli, const char *path, const void *data, size_t len, unsigned mode,
@@ -783,7 +793,7 @@ int kc_cli_ctx_store(kc_cli *cli, kc_ctx **ctx, kc_store **st)
     int rc;
 
     /* the store first: a store made now pins the vaults the context opens */
-    rc = kc_cli_store(cli, st);
+    rc = open_store(cli, st);
     if (rc == 0 && kc_cli_ctx(cli, ctx) != KC_OK)
         rc = cli->error.code;
     if (rc == 0)
