@@ -174,6 +174,21 @@ kc_rc kc_p11_module_allowed(const char *module, kc_error *err)
     return KC_DENIED;
 }
 
+int kc_p11_busy(CK_RV rv, int *tries)
+{
+    long ms;
+    struct timespec pause;
+
+    if (rv != CKR_GENERAL_ERROR || *tries >= 12)
+        return 0;
+    ms = *tries < 4 ? 20L << *tries : 200;
+    pause.tv_sec = 0;
+    pause.tv_nsec = ms * 1000 * 1000;
+    (void)nanosleep(&pause, NULL);
+    (*tries)++;
+    return 1;
+}
+
 static void tok_close(kc_tok *t)
 {
     if (t == NULL)
@@ -341,17 +356,10 @@ static kc_rc each_token(kc_p11 *p, slot_fn fn, void *arg, int *stopped, kc_error
         for (j = 0; j < count; j++) {
             int tries = 0;
 
-            /* SoftHSM 2.6.1 answers CKR_GENERAL_ERROR while another process
-             * rewrites the token's files (test_misuse.concurrent meets it):
-             * asked again a moment later, it answers */
             do {
-                if (tries > 0) {
-                    struct timespec pause = {0, 20 * 1000 * 1000};
-                    (void)nanosleep(&pause, NULL);
-                }
                 memset(&info, 0, sizeof(info));
                 rv = f->C_GetTokenInfo(slots[j], &info);
-            } while (rv == CKR_GENERAL_ERROR && ++tries < 10);
+            } while (kc_p11_busy(rv, &tries));
             if (rv == CKR_TOKEN_NOT_PRESENT || rv == CKR_TOKEN_NOT_RECOGNIZED)
                 continue;
             if (rv != CKR_OK) {
@@ -671,8 +679,12 @@ kc_rc kc_tok_refresh(kc_tok *t, kc_error *err)
     char module[sizeof(t->info.module)];
     CK_RV rv;
 
-    memset(&info, 0, sizeof(info));
-    rv = t->f->C_GetTokenInfo(t->slot, &info);
+    int tries = 0;
+
+    do {
+        memset(&info, 0, sizeof(info));
+        rv = t->f->C_GetTokenInfo(t->slot, &info);
+    } while (kc_p11_busy(rv, &tries));
     if (rv != CKR_OK)
         return kc_p11_fail(err, "C_GetTokenInfo", rv, "cannot read token '%s'", t->info.label);
     memcpy(module, t->info.module, sizeof(module));
@@ -721,6 +733,7 @@ static void explain_pin_flags(kc_tok *t, kc_error *err)
 
 kc_rc kc_tok_login(kc_tok *t, const kc_secret *pin, kc_error *err)
 {
+    int tries = 0, busy;
     CK_RV rv;
     kc_rc r;
 
@@ -729,11 +742,26 @@ kc_rc kc_tok_login(kc_tok *t, const kc_secret *pin, kc_error *err)
     r = kc_tok_session(t, err);
     if (r != KC_OK)
         return r;
-    KC_TOK_CALL(t, rv, t->f->C_Login(t->session, CKU_USER, pin->data, pin->len));
+    /* as kc_p11_busy says; SoftHSM counts no failed logins (test_softhsm
+     * facts), so asking again costs nothing. Under that load it also says
+     * now and then that a token whose info shows a user PIN has none. */
+    do {
+        KC_TOK_CALL(t, rv, t->f->C_Login(t->session, CKU_USER, pin->data, pin->len));
+        busy = rv == CKR_GENERAL_ERROR ||
+               (rv == CKR_USER_PIN_NOT_INITIALIZED && t->info.user_pin_initialized);
+    } while (kc_p11_busy(busy ? CKR_GENERAL_ERROR : rv, &tries));
     if (rv == CKR_USER_ALREADY_LOGGED_IN)
         rv = CKR_OK; /* another handle of this process holds the login */
     if (rv != CKR_OK) {
         r = kc_p11_fail(err, "C_Login", rv, "cannot log in to vault '%s'", t->info.label);
+        if (busy) {
+            /* the token said it has a user PIN when it was opened */
+            err->code = r = KC_TOKEN;
+            kc_error_hint(err, "the module failed while other processes wrote the token "
+                               "(SoftHSM 2.6.1 does so under parallel writers): run the command "
+                               "again");
+            return r;
+        }
         if (rv == CKR_PIN_INCORRECT)
             explain_pin_flags(t, err);
         if (rv == CKR_PIN_LOCKED)

@@ -381,6 +381,11 @@ KC_EXPORT kc_rc kc_tok_find_data(kc_tok *t, const char *application, const char 
                                  kc_where where, kc_data_obj **out, size_t *n, size_t *others,
                                  kc_error *err) KC_MUST_CHECK;
 KC_EXPORT void kc_p11_data_objs_free(kc_data_obj *objs, size_t n);
+/* Whether obj is still one of the data objects of (application, label) the
+ * session sees: a search, not a handle lookup, so an object another process
+ * destroyed is seen gone. */
+KC_EXPORT kc_rc kc_tok_data_present(kc_tok *t, const char *application, const char *label,
+                                    kc_obj obj, int *present, kc_error *err) KC_MUST_CHECK;
 
 KC_EXPORT kc_rc kc_tok_create_data(kc_tok *t, const char *application, const char *label,
                                    const void *value, size_t len, int is_private, kc_obj *out,

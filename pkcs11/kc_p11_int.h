@@ -61,6 +61,13 @@ void kc_tok_explain_lost(const kc_tok *t, CK_RV rv, kc_error *err);
  * and SoftHSM drops the handles of private objects when the login ends, so
  * a call on a handle found before goes no further than reporting the error
  * (the recovery still serves the next search). */
+/* SoftHSM 2.6.1 answers C_GetTokenInfo and C_Login with CKR_GENERAL_ERROR
+ * while other processes rewrite the token's files (test_misuse "writers on
+ * many hosts" meets it under nine writers on two cores); asked again a
+ * moment later, it answers. Whether to ask again after rv: pauses first,
+ * longer each time, about 2 s in all. */
+int kc_p11_busy(CK_RV rv, int *tries);
+
 #define KC_TOK_CALL(t, rv, call)                                                                   \
     do {                                                                                           \
         (rv) = (call);                                                                             \

@@ -600,25 +600,35 @@ static int is_where(kc_tok *t, CK_OBJECT_HANDLE h, kc_where where)
 static kc_rc find_where(kc_tok *t, CK_ATTRIBUTE *tmpl, CK_ULONG nt, kc_where where,
                         CK_OBJECT_HANDLE **out, size_t *n, size_t *others, kc_error *err)
 {
-    size_t count = 0, i, k = 0;
-    kc_rc r = kc_p11_find_all(t, tmpl, nt, out, &count, err);
+    size_t count = 0, i, k;
+    int attempt, w = 0;
+    kc_rc r;
 
-    if (r != KC_OK)
-        return r;
-    for (i = 0; i < count; i++) {
-        int w = is_where(t, (*out)[i], where);
-        if (w < 0) {
-            free(*out);
-            *out = NULL;
-            return kc_error_set(err, KC_TOKEN,
-                                "vault '%s' did not say whether an object is private (the token "
-                                "failed, perhaps while another process wrote it); run the "
-                                "command again",
-                                t->info.label);
+    /* An object another process destroys between the search and the
+     * question is gone from the next search: one more, then it is the
+     * token's failure. */
+    for (attempt = 0; attempt < 2; attempt++) {
+        r = kc_p11_find_all(t, tmpl, nt, out, &count, err);
+        if (r != KC_OK)
+            return r;
+        for (i = 0, k = 0; i < count; i++) {
+            w = is_where(t, (*out)[i], where);
+            if (w < 0)
+                break;
+            if (w)
+                (*out)[k++] = (*out)[i];
         }
-        if (w)
-            (*out)[k++] = (*out)[i];
+        if (w >= 0)
+            break;
+        free(*out);
+        *out = NULL;
     }
+    if (w < 0)
+        return kc_error_set(err, KC_TOKEN,
+                            "vault '%s' did not say whether an object is private (the token "
+                            "failed, perhaps while another process wrote it); run the "
+                            "command again",
+                            t->info.label);
     *n = k;
     if (others != NULL)
         *others = count - k;
@@ -858,8 +868,9 @@ kc_rc kc_tok_destroy(kc_tok *t, kc_obj obj, kc_error *err)
     return KC_OK;
 }
 
-kc_rc kc_tok_find_data(kc_tok *t, const char *application, const char *label, kc_where where,
-                       kc_data_obj **out, size_t *n, size_t *others, kc_error *err)
+static kc_rc find_data_once(kc_tok *t, const char *application, const char *label,
+                            kc_where where, kc_data_obj **out, size_t *n, size_t *others,
+                            kc_error *err)
 {
     CK_OBJECT_CLASS cls = CKO_DATA;
     CK_ATTRIBUTE tmpl[3];
@@ -901,6 +912,44 @@ kc_rc kc_tok_find_data(kc_tok *t, const char *application, const char *label, kc
     *out = v;
     *n = count;
     return KC_OK;
+}
+
+kc_rc kc_tok_find_data(kc_tok *t, const char *application, const char *label, kc_where where,
+                       kc_data_obj **out, size_t *n, size_t *others, kc_error *err)
+{
+    kc_rc r = find_data_once(t, application, label, where, out, n, others, err);
+
+    /* one another process destroyed between the search and reading it is
+     * gone from the next search (find_where's own failure has no rv) */
+    if (r != KC_OK && (err->rv == CKR_OBJECT_HANDLE_INVALID || err->rv == CKR_GENERAL_ERROR ||
+                       err->rv == CKR_FUNCTION_FAILED || (err->rv == 0 && r == KC_TOKEN))) {
+        kc_error_clear(err);
+        r = find_data_once(t, application, label, where, out, n, others, err);
+    }
+    return r;
+}
+
+kc_rc kc_tok_data_present(kc_tok *t, const char *application, const char *label, kc_obj obj,
+                          int *present, kc_error *err)
+{
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_ATTRIBUTE tmpl[] = {
+        ATTR(CKA_CLASS, &cls, sizeof(cls)),
+        ATTR(CKA_APPLICATION, application, strlen(application)),
+        ATTR(CKA_LABEL, label, strlen(label)),
+    };
+    CK_OBJECT_HANDLE *h = NULL;
+    size_t count = 0, i;
+    /* the handles alone: asking each whether it is private (find_where)
+     * fails on one another process is destroying */
+    kc_rc r = kc_p11_find_all(t, tmpl, 3, &h, &count, err);
+
+    *present = 0;
+    for (i = 0; r == KC_OK && i < count; i++)
+        if (h[i] == obj)
+            *present = 1;
+    free(h);
+    return r;
 }
 
 void kc_p11_data_objs_free(kc_data_obj *objs, size_t n)

@@ -36,7 +36,15 @@
  *       after every real version) and today's start date
  *   attack_p11 loosen-public MODULE TOKEN-LABEL LABEL
  *       CKA_ENCRYPT=TRUE on every public key labelled LABEL
- * Exits 0 when the object was made (or changed), 2 when not. */
+ * Exits 0 when the object was made (or changed), 2 when not.
+ *
+ * What keycustody's commit of a document rests on (kc_gendoc.c):
+ *
+ *   attack_p11 destroy-race MODULE TOKEN-LABEL ROUNDS
+ *       per round, a public data object is made, two processes find it, wait
+ *       at a barrier and destroy it at once; prints how many rounds had
+ *       exactly one winner, and what the loser was told while the object was
+ *       gone (CKR_OBJECT_HANDLE_INVALID, or CKR_FUNCTION_FAILED). */
 #include <p11-kit/pkcs11.h>
 
 #include <dlfcn.h>
@@ -44,7 +52,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 static CK_FUNCTION_LIST *f;
 static CK_SESSION_HANDLE s;
@@ -455,6 +465,102 @@ static int plant(int argc, char **argv)
     return 0;
 }
 
+/* One side of a destroy race: finds LABEL, says it is ready, waits for the
+ * start, destroys. Exits 0 on CKR_OK; 1 when the destroy failed and the
+ * object is gone (someone else destroyed it), with CKR_OBJECT_HANDLE_INVALID,
+ * 4 the same with CKR_FUNCTION_FAILED; 3 on anything else (printed). */
+static int race_side(const char *module, const char *token, const char *label, int ready, int go)
+{
+    CK_OBJECT_CLASS dcls = CKO_DATA;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &dcls, sizeof(dcls)}, {CKA_LABEL, (void *)label, strlen(label)}};
+    CK_OBJECT_HANDLE h[MAXOBJ];
+    CK_SLOT_ID slot;
+    CK_ULONG left;
+    char c = 'r';
+    CK_RV rv;
+
+    if (!open_token(module, token, &slot) || find(t, 2, h) != 1)
+        return 3;
+    if (write(ready, &c, 1) != 1 || read(go, &c, 1) != 0)
+        return 3;
+    rv = f->C_DestroyObject(s, h[0]);
+    left = rv == CKR_OK ? 0 : find(t, 2, h);
+    f->C_CloseSession(s);
+    f->C_Finalize(NULL);
+    if (rv == CKR_OK)
+        return 0;
+    if (left == 0 && rv == CKR_OBJECT_HANDLE_INVALID)
+        return 1;
+    if (left == 0 && rv == CKR_FUNCTION_FAILED)
+        return 4;
+    fprintf(stderr, "attack_p11: loser told 0x%lx, %lu object(s) left\n", rv, left);
+    return 3;
+}
+
+static int destroy_race(int argc, char **argv)
+{
+    CK_OBJECT_CLASS dcls = CKO_DATA;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    int rounds, round, one = 0, invalid_told = 0, failed_told = 0, other = 0, k;
+    char label[64], c;
+    CK_OBJECT_HANDLE h;
+    CK_SLOT_ID slot;
+
+    if (argc != 5 || (rounds = atoi(argv[4])) <= 0)
+        return 2;
+    for (round = 0; round < rounds; round++) {
+        int ready[2], go[2], status, ok = 0, invalid = 0, failed = 0;
+        pid_t kids[2];
+
+        snprintf(label, sizeof(label), "race-%d-%d", (int)getpid(), round);
+        if (!open_token(argv[2], argv[3], &slot))
+            return 2;
+        {
+            CK_ATTRIBUTE t[] = {
+                {CKA_CLASS, &dcls, sizeof(dcls)},     {CKA_TOKEN, &yes, sizeof(yes)},
+                {CKA_PRIVATE, &no, sizeof(no)},       {CKA_LABEL, label, strlen(label)},
+                {CKA_VALUE, (void *)"race", 4},
+            };
+            if (f->C_CreateObject(s, t, sizeof(t) / sizeof(t[0]), &h) != CKR_OK)
+                return 2;
+        }
+        f->C_CloseSession(s);
+        f->C_Finalize(NULL); /* the children start their own library */
+        if (pipe(ready) != 0 || pipe(go) != 0)
+            return 2;
+        for (k = 0; k < 2; k++) {
+            kids[k] = fork();
+            if (kids[k] == 0) {
+                close(ready[0]);
+                close(go[1]);
+                _exit(race_side(argv[2], argv[3], label, ready[1], go[0]));
+            }
+        }
+        close(ready[1]);
+        close(go[0]);
+        for (k = 0; k < 2; k++)
+            if (read(ready[0], &c, 1) != 1)
+                break;
+        close(go[1]); /* both start now */
+        close(ready[0]);
+        for (k = 0; k < 2; k++) {
+            if (waitpid(kids[k], &status, 0) < 0 || !WIFEXITED(status))
+                continue;
+            ok += WEXITSTATUS(status) == 0;
+            invalid += WEXITSTATUS(status) == 1;
+            failed += WEXITSTATUS(status) == 4;
+        }
+        one += ok == 1;
+        invalid_told += ok == 1 && invalid == 1;
+        failed_told += ok == 1 && failed == 1;
+        other += ok != 1 || invalid + failed != 1;
+    }
+    printf("rounds %d, exactly one winner %d, loser told CKR_OBJECT_HANDLE_INVALID %d, "
+           "CKR_FUNCTION_FAILED %d, other %d\n",
+           rounds, one, invalid_told, failed_told, other);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     CK_SLOT_ID slot = 0;
@@ -471,12 +577,15 @@ int main(int argc, char **argv)
 
     if (argc > 1 && (strncmp(argv[1], "plant-", 6) == 0 || strcmp(argv[1], "loosen-public") == 0))
         return plant(argc, argv);
+    if (argc > 1 && strcmp(argv[1], "destroy-race") == 0)
+        return destroy_race(argc, argv);
     if (argc != 5 || strcmp(argv[1], "extract") != 0 || pin == NULL) {
         fprintf(stderr, "usage: ATTACK_PIN=... attack_p11 extract MODULE TOKEN-LABEL KEY-LABEL\n"
                         "       attack_p11 plant-data MODULE TOKEN-LABEL LABEL FILE\n"
                         "       attack_p11 plant-secret MODULE TOKEN-LABEL LABEL ID-HEX\n"
                         "       attack_p11 plant-rsa MODULE TOKEN-LABEL LABEL ID-HEX\n"
-                        "       attack_p11 loosen-public MODULE TOKEN-LABEL LABEL\n");
+                        "       attack_p11 loosen-public MODULE TOKEN-LABEL LABEL\n"
+                        "       attack_p11 destroy-race MODULE TOKEN-LABEL ROUNDS\n");
         return 2;
     }
     argv++; /* MODULE TOKEN KEY from here on */
