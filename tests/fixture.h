@@ -48,6 +48,9 @@ int kc_test_objects(const char *vault);
 int kc_test_audit_verify(void);
 /* Removes every token and the audit log that spoke of them. */
 int kc_test_wipe_tokens(void);
+/* The commit records of the vault's documents, but the audit anchors'
+ * (left out of kc_test_objects): one per document when nothing is stale. */
+int kc_test_commit_records(const char *vault);
 /* The audit key and anchors on the vault (left out of kc_test_objects). */
 int kc_test_audit_objects(const char *vault);
 /* Secret keys on the vault other than its audit key. */

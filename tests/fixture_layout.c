@@ -78,20 +78,33 @@ kc_rc kc_test_env_pin(void *arg, const char *vault, kc_pin_kind kind, kc_secret 
 /* Objects as pkcs11-tool lists them, each with its label; the audit key
  * and anchors (labels keycustody-audit...) and the vault key that signs the
  * manifest (keycustody-vault-key, made with every vault) are left out unless
- * audit. */
-static int count_objects(const char *vault, const char *types, int audit)
+ * audit, and each document's commit record (label ending ".commit") unless
+ * commits, which counts only those. */
+static int count_labelled(const char *vault, const char *types, int audit, int commits)
 {
     char *out = NULL; /* kc_test_sh's buffer, kept by it */
 
     if (kc_test_sh(&out,
                    "pkcs11-tool --module '%s' --token-label %s --login --pin env:TEST_PIN "
-                   "-O 2>/dev/null | awk -v audit=%d '/^[A-Z]/ { if (t) n++; t = 0 } "
-                   "/^(%s)/ { t = 1 } /^ *label:/ && t && !audit && "
-                   "/keycustody-(audit|vault-key)/ { t = 0 } "
-                   "END { if (t) n++; print n + 0 }'",
-                   KC_SOFTHSM_MODULE, vault, audit, types) > 1)
+                   "-O 2>/dev/null | awk -v audit=%d -v commits=%d '"
+                   "function done() { if (!t) return; "
+                   "  if (l ~ /keycustody-(audit|vault-key)/) { if (audit && !commits) n++; return } "
+                   "  if ((l ~ /[.]commit[^a-z]*$/) == commits) n++ } "
+                   "/^[A-Z]/ { done(); t = 0; l = \"\" } /^(%s)/ { t = 1 } "
+                   "/^ *label:/ { l = $0 } END { done(); print n + 0 }'",
+                   KC_SOFTHSM_MODULE, vault, audit, commits, types) > 1)
         return -1;
     return atoi(out);
+}
+
+static int count_objects(const char *vault, const char *types, int audit)
+{
+    return count_labelled(vault, types, audit, 0);
+}
+
+int kc_test_commit_records(const char *vault)
+{
+    return count_labelled(vault, "Data", 0, 1);
 }
 
 int kc_test_objects(const char *vault)

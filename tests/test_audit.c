@@ -256,7 +256,7 @@ static void test_audit_key_regenerated(void)
                                "VaultA1 --login --pin env:TEST_PIN --keygen --key-type GENERIC:32",
                                KC_SOFTHSM_MODULE, KC_SOFTHSM_MODULE),
                     0);
-    CU_ASSERT_EQUAL(kc_test_objects("VaultA1"), 2); /* the metadata and the orphan */
+    CU_ASSERT_EQUAL(kc_test_objects("VaultA1"), 3); /* the metadata, key state and orphan */
     kc_test_key("VaultA1/Key001", NULL);
     CU_ASSERT_EQUAL(kc_test_objects("VaultA1"), 4); /* metadata, key state, key pair */
     CU_ASSERT_EQUAL(kc_test_sh(&out,

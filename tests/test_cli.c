@@ -947,14 +947,14 @@ static void test_fault_find_and_list(void)
 
     kc_test_vault("VaultA1", "s", "westus");
     kc_test_key("VaultA1/Key001", NULL);
-    /* calls 1-4 read the vault key's public half and the manifest, 5-6 look
-     * for public keys */
+    /* the first calls read the vault key's public half and the manifest (its
+     * generations and its commit record); from the 7th on, the listing */
     arm("C_FindObjects", "CKR_DEVICE_ERROR", 1, 0);
     r = kc_test_run("key", "list", "VaultA1", PIN, NULL);
     ASSERT_RC(r, 7);
     ASSERT_HAS(r->err, "error: cannot open vault 'VaultA1': cannot search vault 'VaultA1': "
                        "C_FindObjects: An error occurred on the device (CKR_DEVICE_ERROR, 0x30)");
-    arm("C_FindObjects", "CKR_DEVICE_ERROR", 5, 0);
+    arm("C_FindObjects", "CKR_DEVICE_ERROR", 7, 0);
     r = kc_test_run("key", "list", "VaultA1", PIN, NULL);
     ASSERT_RC(r, 7);
     ASSERT_HAS(r->err, "error: cannot list the keys of vault 'VaultA1': cannot search vault "
@@ -1109,7 +1109,9 @@ static void test_fault_lost_session(void)
         CU_ASSERT(back != NULL && len == sizeof(dek) && memcmp(back, dek, len) == 0);
         free(back);
     }
-    CU_ASSERT(recovered >= calls - 1);
+    /* all but the searches made between finding the key and using it: the
+     * key state's two (its generations and its commit record) */
+    CU_ASSERT(recovered >= calls - 2);
     /* the token itself gone: reported, vault named */
     arm("C_FindObjectsInit", "CKR_TOKEN_NOT_PRESENT", 3, 0);
     r = kc_test_run("key", "list", "VaultA1", PIN, NULL);

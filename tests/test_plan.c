@@ -34,12 +34,15 @@ static size_t actions(const char *file)
 }
 
 /* The layout's state: plan empty, and on each vault one key pair per key
- * plus the vault metadata and the key state: no duplicate, no orphan. */
+ * plus the vault metadata and the key state, each with one commit record: no
+ * duplicate, no orphan. */
 static void assert_converged(const char *file)
 {
     CU_ASSERT_EQUAL(actions(file), 0);
     CU_ASSERT_EQUAL(kc_test_objects("VaultA1"), 4);
     CU_ASSERT_EQUAL(kc_test_objects("VaultB1"), 4);
+    CU_ASSERT_EQUAL(kc_test_commit_records("VaultA1"), 2);
+    CU_ASSERT_EQUAL(kc_test_commit_records("VaultB1"), 2);
 }
 
 /* The layout's audit: names the log, relative to the layout file. */

@@ -2,17 +2,25 @@
  * behaviours the code depends on ("facts"): if a module upgrade changes one,
  * a test here fails and points at the code that relies on it. */
 #include "fixture.h"
+#include <jansson.h>
 #include "kc_key.h"
 #include "kc_util.h"
 #include "kc_gendoc.h"
 #include "kc_vault.h"
+#include "kc_manifest.h"
+#include "kc_keystate.h"
 
 /* Tests may speak PKCS#11 directly to check the module itself. */
 #include <p11-kit/p11-kit.h>
 #include <p11-kit/pkcs11.h>
 
+#include <openssl/sha.h>
+
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 /* --- raw PKCS#11 for the facts --- */
 
@@ -416,7 +424,9 @@ static void test_vault_init_and_open(void)
     m.retention_days = 30;
     CU_ASSERT_EQUAL_FATAL(kc_vault_init(ctx, &m, NULL, &v, &adopted, &e), KC_OK);
     CU_ASSERT_EQUAL(adopted, 0);
-    CU_ASSERT_EQUAL(v->meta.generation, 1);
+    /* the manifest, then signed again with the key state's first generation */
+    CU_ASSERT_EQUAL(v->meta.generation, 2);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(v->state, "generation")), 1);
     kc_vault_free(v);
     kc_ctx_free(ctx);
 
@@ -908,9 +918,399 @@ static const kc_test_case wrap_cases[] = {
     {NULL, NULL},
 };
 
+
+/* --- documents: one writer of a generation wins (kc_gendoc.h) --- */
+
+#define DOC "keycustody-test-doc"
+
+/* "gen=N payload": valid when N parses. */
+static kc_rc doc_check(const unsigned char *buf, size_t len, unsigned long *generation, void *arg,
+                       kc_error *err)
+{
+    char text[64];
+
+    (void)arg;
+    if (len >= sizeof(text))
+        return kc_error_set(err, KC_INTEGRITY, "too long");
+    memcpy(text, buf, len);
+    text[len] = '\0';
+    return sscanf(text, "gen=%lu ", generation) == 1 ? KC_OK
+                                                     : kc_error_set(err, KC_INTEGRITY, "bad");
+}
+
+static kc_tok *doc_token(kc_ctx *ctx)
+{
+    kc_tok *tok = NULL;
+    kc_error e;
+
+    CU_ASSERT_EQUAL_FATAL(kc_p11_token(ctx->p11, "Docs1", &tok, &e), KC_OK);
+    return tok;
+}
+
+static void docs_token_init(void)
+{
+    kc_ctx *ctx = ctx_new();
+    kc_secret *so = kc_secret_dup(getenv("TEST_SO_PIN"), strlen(getenv("TEST_SO_PIN")));
+    kc_tok *tok = NULL;
+    kc_error e;
+
+    CU_ASSERT_EQUAL_FATAL(kc_p11_free_token(ctx->p11, NULL, &tok, &e), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_tok_init_token(tok, "Docs1", so, &e), KC_OK); /* ctx keeps tok */
+    kc_secret_free(so);
+    kc_ctx_free(ctx);
+}
+
+/* The payload of the current generation ("" when none), its ref and gen. */
+static const char *doc_get(kc_tok *tok, const char *label, kc_gendoc_ref *ref)
+{
+    static char text[64];
+    unsigned char *buf = NULL;
+    unsigned long next = 0;
+    size_t len = 0;
+    kc_error e;
+    kc_rc r = kc_gendoc_read(tok, label, KC_WHERE_PUBLIC, "test document", doc_check, NULL, &buf,
+                             &len, &next, ref, &e);
+    const char *sp;
+
+    text[0] = '\0';
+    if (r != KC_OK) {
+        free(buf);
+        return r == KC_NOT_FOUND ? "" : "(error)";
+    }
+    CU_ASSERT_EQUAL(next, ref->generation + 1);
+    snprintf(text, sizeof(text), "%.*s", (int)len, (const char *)buf);
+    free(buf);
+    sp = strchr(text, ' ');
+    return sp != NULL ? sp + 1 : "";
+}
+
+static kc_rc doc_put(kc_tok *tok, const char *label, unsigned long gen, const char *payload,
+                     const kc_gendoc_ref *base, kc_error *e)
+{
+    char text[64];
+
+    snprintf(text, sizeof(text), "gen=%lu %s", gen, payload);
+    return kc_gendoc_write(tok, label, 0, "test document", text, gen, base, doc_check, NULL, e);
+}
+
+/* An object made as a writer that was killed leaves it. */
+static void doc_plant(kc_tok *tok, unsigned long gen, const char *payload)
+{
+    char text[64];
+    kc_error e;
+
+    snprintf(text, sizeof(text), "gen=%lu %s", gen, payload);
+    CU_ASSERT_EQUAL_FATAL(
+        kc_tok_create_data(tok, KC_GENDOC_APPLICATION, DOC, text, strlen(text), 0, NULL, &e),
+        KC_OK);
+}
+
+static size_t doc_objects(kc_tok *tok, const char *label)
+{
+    kc_data_obj *objs = NULL;
+    size_t n = 0;
+    kc_error e;
+
+    CU_ASSERT_EQUAL(kc_tok_find_data(tok, KC_GENDOC_APPLICATION, label, KC_WHERE_PUBLIC, &objs, &n,
+                                     NULL, &e),
+                    KC_OK);
+    kc_p11_data_objs_free(objs, n);
+    return n;
+}
+
+/* Fact: of two processes destroying one object at once, exactly one is told
+ * CKR_OK; the other CKR_OBJECT_HANDLE_INVALID or CKR_FUNCTION_FAILED, the
+ * object gone. kc_gendoc_write commits on this. */
+static void fact_destroy_race(void)
+{
+    char *out = NULL;
+
+    docs_token_init();
+    CU_ASSERT_EQUAL(kc_test_sh(&out, "'%s' destroy-race '%s' Docs1 60", KC_ATTACK_P11,
+                               KC_SOFTHSM_MODULE),
+                    0);
+    ASSERT_HAS(out, "rounds 60, exactly one winner 60,");
+    ASSERT_HAS(out, ", other 0");
+}
+
+static void test_docs_second_writer_loses(void)
+{
+    kc_ctx *ctx;
+    kc_tok *tok;
+    kc_gendoc_ref ref, again;
+    kc_error e;
+
+    docs_token_init();
+    ctx = ctx_new();
+    tok = doc_token(ctx);
+    CU_ASSERT_EQUAL_FATAL(doc_put(tok, DOC, 1, "first", NULL, &e), KC_OK);
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "first");
+    CU_ASSERT_EQUAL(ref.generation, 1);
+    /* two writers read generation 1; the first to commit wins */
+    CU_ASSERT_EQUAL(doc_put(tok, DOC, 2, "A", &ref, &e), KC_OK);
+    CU_ASSERT_EQUAL(doc_put(tok, DOC, 2, "B", &ref, &e), KC_CONFLICT);
+    ASSERT_HAS(e.msg, "vault 'Docs1' changed while this command ran: another keycustody (on "
+                      "another host?) wrote a newer generation of its test document; nothing was "
+                      "written");
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &again), "A");
+    CU_ASSERT_EQUAL(again.generation, 2);
+    CU_ASSERT_EQUAL(doc_objects(tok, DOC), 1);
+    CU_ASSERT_EQUAL(doc_objects(tok, DOC KC_GENDOC_COMMIT_SUFFIX), 1);
+    kc_ctx_free(ctx);
+}
+
+static void test_docs_killed_writers(void)
+{
+    kc_ctx *ctx;
+    kc_tok *tok;
+    kc_gendoc_ref ref;
+    kc_error e;
+    const char *got;
+    struct timespec t0, t1;
+
+    docs_token_init();
+    ctx = ctx_new();
+    tok = doc_token(ctx);
+    CU_ASSERT_EQUAL_FATAL(doc_put(tok, DOC, 1, "one", NULL, &e), KC_OK);
+    /* killed before its commit: what it made was never the document */
+    doc_plant(tok, 2, "uncommitted");
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "one");
+    CU_ASSERT_EQUAL_FATAL(doc_put(tok, DOC, 2, "two", &ref, &e), KC_OK);
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "two");
+    CU_ASSERT_EQUAL(doc_objects(tok, DOC), 1); /* the write removed it */
+    /* killed after its commit, before its commit record: its document */
+    doc_plant(tok, 3, "committed");
+    CU_ASSERT_EQUAL_FATAL(kc_tok_destroy(tok, ref.handle, &e), KC_OK);
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "committed");
+    CU_ASSERT_EQUAL(ref.generation, 3);
+    CU_ASSERT_EQUAL_FATAL(doc_put(tok, DOC, 4, "four", &ref, &e), KC_OK);
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "four");
+    /* and beside it one killed before its commit: neither was reported
+     * done; the reader waits for a commit record, then takes the one with
+     * the lower digest, the same every time */
+    doc_plant(tok, 5, "x");
+    doc_plant(tok, 5, "y");
+    CU_ASSERT_EQUAL_FATAL(kc_tok_destroy(tok, ref.handle, &e), KC_OK);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    got = doc_get(tok, DOC, &ref);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    CU_ASSERT(strcmp(got, "x") == 0 || strcmp(got, "y") == 0);
+    CU_ASSERT(t1.tv_sec - t0.tv_sec >= 1); /* it waited */
+    {
+        char first[8];
+        snprintf(first, sizeof(first), "%s", got);
+        CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), first);
+    }
+    CU_ASSERT_EQUAL_FATAL(doc_put(tok, DOC, 6, "six", &ref, &e), KC_OK);
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "six");
+    CU_ASSERT_EQUAL(doc_objects(tok, DOC), 1);
+    kc_ctx_free(ctx);
+}
+
+/* The record a winner leaves, written late: the reader that waited takes
+ * the winner's document, not the lower digest. */
+static void test_docs_reader_waits_for_the_winner(void)
+{
+    kc_ctx *ctx;
+    kc_tok *tok;
+    kc_gendoc_ref ref;
+    kc_error e;
+    const char *lower, *higher;
+    char winner[64], record[160], hex[65];
+    unsigned char d[32];
+    pid_t kid;
+    int status;
+
+    docs_token_init();
+    ctx = ctx_new();
+    tok = doc_token(ctx);
+    CU_ASSERT_EQUAL_FATAL(doc_put(tok, DOC, 1, "one", NULL, &e), KC_OK);
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "one");
+    doc_plant(tok, 2, "x");
+    doc_plant(tok, 2, "y");
+    CU_ASSERT_EQUAL_FATAL(kc_tok_destroy(tok, ref.handle, &e), KC_OK);
+    lower = doc_get(tok, DOC, &ref); /* after the wait */
+    higher = strcmp(lower, "x") == 0 ? "y" : "x";
+    snprintf(winner, sizeof(winner), "gen=2 %s", higher);
+    SHA256((const unsigned char *)winner, strlen(winner), d);
+    kc_hex_encode(d, sizeof(d), hex);
+    snprintf(record, sizeof(record), "keycustody-commit 1 generation=2 sha256=%s", hex);
+    kc_ctx_free(ctx);
+    kid = fork();
+    if (kid == 0) {
+        struct timespec pause = {0, 400L * 1000 * 1000};
+        kc_ctx *c;
+        kc_error ke;
+        kc_tok *t = NULL;
+        nanosleep(&pause, NULL);
+        if (kc_ctx_new(KC_SOFTHSM_MODULE, env_pin, NULL, &c, &ke) != KC_OK ||
+            kc_p11_token(c->p11, "Docs1", &t, &ke) != KC_OK ||
+            kc_tok_create_data(t, KC_GENDOC_APPLICATION, DOC KC_GENDOC_COMMIT_SUFFIX, record,
+                               strlen(record), 0, NULL, &ke) != KC_OK)
+            _exit(1);
+        kc_ctx_free(c);
+        _exit(0);
+    }
+    ctx = ctx_new();
+    tok = doc_token(ctx);
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), higher);
+    CU_ASSERT(waitpid(kid, &status, 0) == kid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    kc_ctx_free(ctx);
+}
+
+/* Writers in other processes (on other hosts as far as the token can
+ * tell: nothing else orders them), all from one generation, released at
+ * once: exactly one commits, the others are told KC_CONFLICT, and the
+ * document is the winner's. */
+static int doc_writer(const char *label, int first, int k, int ready, int go)
+{
+    kc_ctx *c = NULL;
+    kc_tok *t = NULL;
+    kc_gendoc_ref ref;
+    kc_error e;
+    char payload[16], ch = 'r';
+    kc_rc r;
+
+    if (kc_ctx_new(KC_SOFTHSM_MODULE, env_pin, NULL, &c, &e) != KC_OK ||
+        kc_p11_token(c->p11, "Docs1", &t, &e) != KC_OK)
+        return 3;
+    if (strcmp(doc_get(t, label, &ref), first ? "" : "base") != 0)
+        return 3;
+    if (write(ready, &ch, 1) != 1 || read(go, &ch, 1) != 0)
+        return 3;
+    snprintf(payload, sizeof(payload), "w%d", k);
+    r = doc_put(t, label, ref.generation + 1, payload, &ref, &e);
+    if (r != KC_OK && r != KC_CONFLICT)
+        fprintf(stderr, "\n  writer %d: %s\n", k, e.msg);
+    kc_ctx_free(c);
+    return r == KC_OK ? 0 : r == KC_CONFLICT ? 5 : 3;
+}
+
+static void doc_race(const char *label, int first, int writers, int *won, int *lost, int *winner)
+{
+    int ready[2], go[2], k, status;
+    pid_t kids[8];
+    char ch;
+
+    *won = *lost = 0;
+    *winner = -1;
+    CU_ASSERT_FATAL(pipe(ready) == 0 && pipe(go) == 0);
+    for (k = 0; k < writers; k++) {
+        kids[k] = fork();
+        if (kids[k] == 0) {
+            close(ready[0]);
+            close(go[1]);
+            _exit(doc_writer(label, first, k, ready[1], go[0]));
+        }
+    }
+    close(ready[1]);
+    close(go[0]);
+    for (k = 0; k < writers; k++)
+        CU_ASSERT(read(ready[0], &ch, 1) == 1);
+    close(go[1]);
+    close(ready[0]);
+    for (k = 0; k < writers; k++) {
+        CU_ASSERT_FATAL(waitpid(kids[k], &status, 0) == kids[k] && WIFEXITED(status));
+        if (WEXITSTATUS(status) == 0) {
+            (*won)++;
+            *winner = k;
+        }
+        *lost += WEXITSTATUS(status) == 5;
+    }
+}
+
+static void test_docs_parallel_writers(void)
+{
+    kc_ctx *ctx;
+    kc_tok *tok;
+    kc_gendoc_ref ref;
+    kc_error e;
+    char expect[16], label[64];
+    int round, won, lost, winner;
+
+    docs_token_init();
+    for (round = 0; round < 12; round++) {
+        ctx = ctx_new();
+        tok = doc_token(ctx);
+        if (round == 0) {
+            CU_ASSERT_EQUAL_FATAL(doc_put(tok, DOC, 1, "base", NULL, &e), KC_OK);
+        } else {
+            CU_ASSERT_STRING_NOT_EQUAL_FATAL(doc_get(tok, DOC, &ref), "(error)");
+            CU_ASSERT_EQUAL_FATAL(doc_put(tok, DOC, ref.generation + 1, "base", &ref, &e), KC_OK);
+        }
+        kc_ctx_free(ctx); /* the writers start their own library */
+        doc_race(DOC, 0, 4, &won, &lost, &winner);
+        CU_ASSERT_EQUAL(won, 1);
+        CU_ASSERT_EQUAL(lost, 3);
+        ctx = ctx_new();
+        tok = doc_token(ctx);
+        snprintf(expect, sizeof(expect), "w%d", winner);
+        CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), expect);
+        CU_ASSERT_EQUAL(doc_objects(tok, DOC), 1);
+        kc_ctx_free(ctx);
+    }
+    /* the first generation, with nothing to commit over: at most one
+     * stands, and what stands is its own */
+    for (round = 0; round < 6; round++) {
+        snprintf(label, sizeof(label), "keycustody-test-first-%d", round);
+        doc_race(label, 1, 3, &won, &lost, &winner);
+        CU_ASSERT(won <= 1);
+        CU_ASSERT_EQUAL(won + lost, 3);
+        ctx = ctx_new();
+        tok = doc_token(ctx);
+        snprintf(expect, sizeof(expect), "w%d", winner);
+        CU_ASSERT_STRING_EQUAL(doc_get(tok, label, &ref), won == 1 ? expect : "");
+        CU_ASSERT_EQUAL(doc_objects(tok, label), (size_t)won);
+        kc_ctx_free(ctx);
+    }
+}
+
+/* A writer commits the key state and stalls before it signs the manifest;
+ * another host makes a key meanwhile (key state and manifest). The first
+ * one's manifest, signed after, names that key too: readers without the PIN
+ * go by the manifest, and would otherwise call the key planted. */
+static void test_docs_manifest_after_another_host(void)
+{
+    kc_ctx *ctx = ctx_new();
+    kc_vault *v1 = vault_new(ctx, "VaultH1"), *v2 = NULL;
+    kc_key *k = key_new(v1, "First", KC_PROT_HSM, KC_OP_WRAP | KC_OP_UNWRAP, NULL);
+    char fp[KC_FINGERPRINT_HEX + 1];
+    unsigned long next = 0;
+    json_t *m = NULL, *keys;
+    kc_error e;
+
+    kc_key_free(k);
+    CU_ASSERT_EQUAL_FATAL(kc_vault_open(ctx, "VaultH1", &v2, &e), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_keystate_load(v1, &e), KC_OK);
+    json_object_set_new(json_object_get(kc_keystate_key(v1, "First", 0), "tags"), "owner",
+                        json_string("alice"));
+    CU_ASSERT_EQUAL_FATAL(kc_keystate_commit(v1, &e), KC_OK);
+    k = key_new(v2, "Second", KC_PROT_HSM, KC_OP_WRAP | KC_OP_UNWRAP, NULL);
+    kc_key_free(k);
+    CU_ASSERT_EQUAL(kc_keystate_sign(v1, &e), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_manifest_read(v1->tok, NULL, &m, fp, &next, &e), KC_OK);
+    keys = json_object_get(m, "keys");
+    CU_ASSERT_PTR_NOT_NULL(json_object_get(keys, "First"));
+    CU_ASSERT_PTR_NOT_NULL(json_object_get(keys, "Second"));
+    json_decref(m);
+    kc_vault_free(v2);
+    kc_vault_free(v1);
+    kc_ctx_free(ctx);
+}
+
+static const kc_test_case doc_cases[] = {
+    {"a manifest signed after another host's key", test_docs_manifest_after_another_host},
+    {"fact: of two destroys one wins", fact_destroy_race},
+    {"second writer of a generation loses", test_docs_second_writer_loses},
+    {"killed writers", test_docs_killed_writers},
+    {"reader waits for the winner", test_docs_reader_waits_for_the_winner},
+    {"parallel writers", test_docs_parallel_writers},
+    {NULL, NULL},
+};
+
 static const kc_test_suite suites[] = {
     {"facts", 1, fact_cases}, {"vault", 1, vault_cases}, {"keys", 1, key_cases},
-    {"wrap", 1, wrap_cases},  {NULL, 0, NULL},
+    {"wrap", 1, wrap_cases},  {"docs", 1, doc_cases},     {NULL, 0, NULL},
 };
 
 int main(int argc, char **argv)

@@ -97,6 +97,7 @@ typedef struct anchor {
     long seq;
     char hash[HASH_HEX + 1];
     unsigned long generation;
+    kc_gendoc_ref ref; /* the object it was read from */
 } anchor;
 
 static int is_hex(const char *s, size_t len)
@@ -159,7 +160,8 @@ static kc_rc anchor_read(kc_tok *tok, const char *label, anchor *a, kc_error *er
     unsigned long next = 1;
     kc_rc r;
 
-    r = kc_gendoc_read(tok, label, KC_WHERE_PRIVATE, "audit anchor", anchor_check, NULL, &buf, &len, &next, err);
+    r = kc_gendoc_read(tok, label, KC_WHERE_PRIVATE, "audit anchor", anchor_check, NULL, &buf,
+                       &len, &next, &a->ref, err);
     if (r != KC_OK)
         return r;
     r = anchor_decode(buf, len, a, err);
@@ -168,7 +170,8 @@ static kc_rc anchor_read(kc_tok *tok, const char *label, anchor *a, kc_error *er
 }
 
 static kc_rc anchor_write(kc_tok *tok, const char *label, const char *log, long seq,
-                          const char *hash, unsigned long generation, kc_error *err)
+                          const char *hash, unsigned long generation, const kc_gendoc_ref *base,
+                          kc_error *err)
 {
     json_t *o = json_pack("{s:s, s:i, s:I, s:s, s:I, s:s}", "kind", "keycustody-audit-anchor",
                           "schema", 1, "generation", (json_int_t)generation, "log", log, "seq",
@@ -179,7 +182,8 @@ static kc_rc anchor_write(kc_tok *tok, const char *label, const char *log, long 
     json_decref(o);
     if (doc == NULL)
         return kc_error_set(err, KC_ERR, "out of memory");
-    r = kc_gendoc_write(tok, label, 1, doc, err);
+    r = kc_gendoc_write(tok, label, 1, "audit anchor", doc, generation, base, anchor_check, NULL,
+                        err);
     free(doc);
     return r;
 }
@@ -546,7 +550,7 @@ static kc_rc anchor_holds(kc_audit *a, kc_tok *tok, const char *log, long last, 
 static kc_rc anchor_move(kc_audit *a, kc_tok *tok, const anchor *old, const char *log, long seq,
                          const char *hash, kc_error *err)
 {
-    return anchor_write(tok, a->anchor_label, log, seq, hash, old->generation + 1, err);
+    return anchor_write(tok, a->anchor_label, log, seq, hash, old->generation + 1, &old->ref, err);
 }
 
 /* A new log must not start where a vault still anchors an older one. */

@@ -1,8 +1,87 @@
 #include "kc_gendoc.h"
 
+#include "kc_util.h"
+
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#define COMMIT_KIND "keycustody-commit 1"
+#define DIGEST_HEX (2 * SHA256_DIGEST_LENGTH)
+
+/* How long a reader waits for the winner of a write to leave its commit
+ * record before it takes the lowest digest (see kc_gendoc.h). */
+#define AMBIGUOUS_POLLS 20
+#define POLL_NS (100L * 1000 * 1000)
+
+typedef struct doc_info {
+    unsigned long gen;
+    char digest[DIGEST_HEX + 1];
+    int valid;
+} doc_info;
+
+typedef struct commit_info {
+    unsigned long gen;
+    char digest[DIGEST_HEX + 1];
+    int valid;
+} commit_info;
+
+/* The objects of one document: its generations and its commit records. */
+typedef struct doc_set {
+    kc_data_obj *docs;
+    doc_info *info;
+    size_t n;
+    kc_data_obj *commits;
+    commit_info *cinfo;
+    size_t nc;
+} doc_set;
+
+static void digest_hex(const void *buf, size_t len, char out[DIGEST_HEX + 1])
+{
+    unsigned char d[SHA256_DIGEST_LENGTH];
+
+    SHA256(buf, len, d);
+    kc_hex_encode(d, sizeof(d), out);
+}
+
+static void commit_label(const char *label, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s%s", label, KC_GENDOC_COMMIT_SUFFIX);
+}
+
+/* SoftHSM 2.6.1 fails a destroy now and then while other processes write
+ * the token (CKR_FUNCTION_FAILED, test "parallel writers"): a few tries.
+ * Returns whether the object is gone. */
+static int destroy_tries(kc_tok *tok, const char *label, kc_obj obj)
+{
+    struct timespec pause = {0, 20L * 1000 * 1000};
+    kc_error ignored;
+    int attempt, present = 1;
+
+    for (attempt = 0; attempt < 5; attempt++) {
+        if (kc_tok_destroy(tok, obj, &ignored) == KC_OK)
+            return 1;
+        if (kc_tok_data_present(tok, KC_GENDOC_APPLICATION, label, obj, &present, &ignored) ==
+                KC_OK &&
+            !present)
+            return 1;
+        (void)nanosleep(&pause, NULL);
+    }
+    return 0;
+}
+
+static void set_free(doc_set *s)
+{
+    kc_p11_data_objs_free(s->docs, s->n);
+    kc_p11_data_objs_free(s->commits, s->nc);
+    free(s->info);
+    free(s->cinfo);
+    memset(s, 0, sizeof(*s));
+}
 
 /* A private document's public look-alikes were made without the PIN: they are
  * tampering, never a generation to read or to skip quietly. */
@@ -20,142 +99,448 @@ static kc_rc no_lookalike(kc_tok *tok, const char *label, const char *what, size
     return KC_INTEGRITY;
 }
 
+static void parse_commits(doc_set *s)
+{
+    char text[160];
+    size_t i, len;
+
+    for (i = 0; i < s->nc; i++) {
+        commit_info *c = &s->cinfo[i];
+
+        len = s->commits[i].len < sizeof(text) - 1 ? s->commits[i].len : sizeof(text) - 1;
+        memcpy(text, s->commits[i].value, len);
+        text[len] = '\0';
+        c->valid = sscanf(text, COMMIT_KIND " generation=%lu sha256=%64[0-9a-f]", &c->gen,
+                          c->digest) == 2 &&
+                   strlen(c->digest) == DIGEST_HEX;
+    }
+}
+
+/* Finds and checks every object of the document. A public one that is not
+ * valid is tampering (anyone may make one), never a generation to pass over;
+ * *why gets the reason the last invalid private one failed. */
+static kc_rc set_load(kc_tok *tok, const char *label, kc_where where, const char *what,
+                      kc_gendoc_check check, void *arg, doc_set *s, kc_error *why, kc_error *err)
+{
+    char clabel[300];
+    size_t others = 0, i;
+    kc_error e;
+    kc_rc r;
+
+    memset(s, 0, sizeof(*s));
+    r = kc_tok_find_data(tok, KC_GENDOC_APPLICATION, label, where, &s->docs, &s->n, &others, err);
+    if (r == KC_OK && where == KC_WHERE_PRIVATE)
+        r = no_lookalike(tok, label, what, others, err);
+    commit_label(label, clabel, sizeof(clabel));
+    if (r == KC_OK)
+        r = kc_tok_find_data(tok, KC_GENDOC_APPLICATION, clabel, where, &s->commits, &s->nc, NULL,
+                             err);
+    if (r == KC_OK) {
+        s->info = calloc(s->n + 1, sizeof(*s->info));
+        s->cinfo = calloc(s->nc + 1, sizeof(*s->cinfo));
+        if (s->info == NULL || s->cinfo == NULL)
+            r = kc_error_set(err, KC_ERR, "out of memory");
+    }
+    for (i = 0; r == KC_OK && i < s->n; i++) {
+        kc_error_clear(&e);
+        s->info[i].valid =
+            check(s->docs[i].value, s->docs[i].len, &s->info[i].gen, arg, &e) == KC_OK;
+        if (s->info[i].valid) {
+            digest_hex(s->docs[i].value, s->docs[i].len, s->info[i].digest);
+            continue;
+        }
+        *why = e;
+        if (where == KC_WHERE_PUBLIC) {
+            kc_error_set(err, KC_INTEGRITY,
+                         "token '%s' holds a public %s ('%s') that is not valid: %s; it was "
+                         "made or changed outside keycustody",
+                         kc_tok_info_get(tok)->label, what, label, e.msg);
+            kc_error_hint(err, "keep a copy of the token for investigation, then remove it "
+                               "(pkcs11-tool --list-objects --type data shows it)");
+            r = KC_INTEGRITY;
+        }
+    }
+    if (r != KC_OK) {
+        set_free(s);
+        return r;
+    }
+    parse_commits(s);
+    return KC_OK;
+}
+
+/* The current generation (see kc_gendoc.h): its index, or -1 when no object
+ * is valid. *ambiguous: it was chosen among several by digest alone. */
+static long set_pick(const doc_set *s, int *ambiguous)
+{
+    unsigned long floor = 0, top = 0;
+    size_t i, j;
+    long best = -1, committed = -1;
+    int any = 0, pass;
+
+    *ambiguous = 0;
+    for (j = 0; j < s->nc; j++) {
+        if (!s->cinfo[j].valid)
+            continue;
+        if (s->cinfo[j].gen > floor)
+            floor = s->cinfo[j].gen;
+        for (i = 0; i < s->n; i++)
+            if (s->info[i].valid && s->info[i].gen == s->cinfo[j].gen &&
+                strcmp(s->info[i].digest, s->cinfo[j].digest) == 0 &&
+                (committed < 0 || s->info[i].gen > s->info[committed].gen))
+                committed = (long)i;
+    }
+    if (committed >= 0)
+        return committed;
+    /* its record's document was committed over: what came after it, else
+     * (records removed, or none written yet) the newest there is */
+    for (pass = 0; pass < 2 && !any; pass++) {
+        for (i = 0; i < s->n; i++) {
+            if (!s->info[i].valid || (pass == 0 && s->info[i].gen <= floor))
+                continue;
+            if (!any || s->info[i].gen > top)
+                top = s->info[i].gen;
+            any = 1;
+        }
+    }
+    if (!any)
+        return -1;
+    for (i = 0; i < s->n; i++) {
+        if (!s->info[i].valid || s->info[i].gen != top)
+            continue;
+        if (best < 0) {
+            best = (long)i;
+            continue;
+        }
+        if (strcmp(s->info[i].digest, s->info[best].digest) != 0)
+            *ambiguous = 1;
+        if (strcmp(s->info[i].digest, s->info[best].digest) < 0)
+            best = (long)i;
+    }
+    return best;
+}
+
 static kc_rc read_once(kc_tok *tok, const char *label, kc_where where, const char *what,
                        kc_gendoc_check check, void *arg, unsigned char **out, size_t *len,
-                       unsigned long *next, kc_error *err)
+                       unsigned long *next, kc_gendoc_ref *ref, int *ambiguous, int *missing,
+                       kc_error *err)
 {
-    kc_data_obj *objs = NULL;
-    unsigned long gen, top = 0, best_gen = 0;
-    size_t n = 0, i, best = 0, others = 0;
+    doc_set s;
     kc_error why;
-    int found = 0;
+    long best;
     kc_rc r;
 
     *out = NULL;
     *len = 0;
     *next = 1;
+    if (ref != NULL)
+        memset(ref, 0, sizeof(*ref));
     kc_error_clear(&why);
-    r = kc_tok_find_data(tok, KC_GENDOC_APPLICATION, label, where, &objs, &n, &others, err);
-    if (r == KC_OK && where == KC_WHERE_PRIVATE)
-        r = no_lookalike(tok, label, what, others, err);
-    if (r != KC_OK) {
-        kc_p11_data_objs_free(objs, n);
+    r = set_load(tok, label, where, what, check, arg, &s, &why, err);
+    if (r != KC_OK)
         return r;
-    }
-    for (i = 0; i < n; i++) {
-        if (check(objs[i].value, objs[i].len, &gen, arg, &why) != KC_OK) {
-            /* anyone may have made a public one: one that is not valid is
-             * tampering, never a generation to pass over */
-            if (where == KC_WHERE_PUBLIC) {
-                kc_p11_data_objs_free(objs, n);
-                kc_error_set(err, KC_INTEGRITY,
-                             "token '%s' holds a public %s ('%s') that is not valid: %s; it was "
-                             "made or changed outside keycustody",
-                             kc_tok_info_get(tok)->label, what, label, why.msg);
-                kc_error_hint(err, "keep a copy of the token for investigation, then remove it "
-                                   "(pkcs11-tool --list-objects --type data shows it)");
-                return KC_INTEGRITY;
-            }
-            continue;
-        }
-        if (gen > top)
-            top = gen;
-        if (!found || gen > best_gen) {
-            best = i;
-            best_gen = gen;
-            found = 1;
-        }
-    }
-    *next = top + 1;
-    if (!found) {
-        kc_p11_data_objs_free(objs, n);
+    best = set_pick(&s, ambiguous);
+    *missing = s.n == 0 && s.nc > 0;
+    if (best < 0) {
+        size_t n = s.n;
+        set_free(&s);
         if (n > 0)
             return kc_error_set(err, KC_INTEGRITY, "token '%s' has %s, but none is valid: %s",
                                 kc_tok_info_get(tok)->label, what, why.msg);
         return kc_error_set(err, KC_NOT_FOUND, "token '%s' has no %s", kc_tok_info_get(tok)->label,
                             what);
     }
-    *out = objs[best].value;
-    *len = objs[best].len;
-    objs[best].value = NULL;
-    kc_p11_data_objs_free(objs, n);
+    *next = s.info[best].gen + 1;
+    if (ref != NULL) {
+        ref->handle = s.docs[best].handle;
+        ref->generation = s.info[best].gen;
+        memcpy(ref->digest, s.info[best].digest, sizeof(ref->digest));
+    }
+    *out = s.docs[best].value;
+    *len = s.docs[best].len;
+    s.docs[best].value = NULL;
+    set_free(&s);
     return KC_OK;
 }
 
 kc_rc kc_gendoc_read(kc_tok *tok, const char *label, kc_where where, const char *what,
                      kc_gendoc_check check, void *arg, unsigned char **out, size_t *len,
-                     unsigned long *next, kc_error *err)
+                     unsigned long *next, kc_gendoc_ref *ref, kc_error *err)
 {
-    kc_rc r = read_once(tok, label, where, what, check, arg, out, len, next, err);
+    struct timespec pause = {0, POLL_NS};
+    int ambiguous = 0, missing = 0, polls = 0;
+    kc_rc r = read_once(tok, label, where, what, check, arg, out, len, next, ref, &ambiguous,
+                        &missing, err);
 
     /* SoftHSM 2.6.1 can hand a reader an object another process is writing
      * (its token integrity check; SOFTHSM-NOTES, the race tests): an invalid
      * public document is read once more before it is called tampering. */
     if (r == KC_INTEGRITY && where == KC_WHERE_PUBLIC) {
-        struct timespec pause = {0, 50 * 1000 * 1000};
         (void)nanosleep(&pause, NULL);
         kc_error_clear(err);
-        r = read_once(tok, label, where, what, check, arg, out, len, next, err);
+        r = read_once(tok, label, where, what, check, arg, out, len, next, ref, &ambiguous,
+                      &missing, err);
+    }
+    /* Two candidates and no commit record: a winner is writing it now. A
+     * commit record and no document: SoftHSM 2.6.1 now and then finds none
+     * of a token's objects while other processes write it (test_misuse
+     * "writers on many hosts"); a moment later it does. */
+    while (((r == KC_OK && ambiguous) || (r == KC_NOT_FOUND && missing)) &&
+           polls++ < AMBIGUOUS_POLLS) {
+        free(*out);
+        *out = NULL;
+        (void)nanosleep(&pause, NULL);
+        kc_error_clear(err);
+        r = read_once(tok, label, where, what, check, arg, out, len, next, ref, &ambiguous,
+                      &missing, err);
+    }
+    if (r == KC_NOT_FOUND && missing) {
+        kc_error_set(err, KC_INTEGRITY,
+                     "token '%s' has the commit record of its %s ('%s') but not the %s: it was "
+                     "removed outside keycustody",
+                     kc_tok_info_get(tok)->label, what, label, what);
+        kc_error_hint(err, "restore the token from a copy, or look for who removed it "
+                           "(pkcs11-tool --list-objects --type data)");
+        r = KC_INTEGRITY;
     }
     return r;
 }
 
-kc_rc kc_gendoc_write(kc_tok *tok, const char *label, int is_private, const char *doc,
-                      kc_error *err)
+/* The index in s of the valid document of generation gen and digest, or -1.
+ * Documents are told apart by what they hold, not by handle: a session the
+ * token lost and keycustody replaced (kc_tok_recover) gives new handles. */
+static long set_find(const doc_set *s, unsigned long gen, const char *digest)
 {
-    kc_data_obj *objs = NULL;
+    size_t i;
+
+    for (i = 0; i < s->n; i++)
+        if (s->info[i].valid && s->info[i].gen == gen && strcmp(s->info[i].digest, digest) == 0)
+            return (long)i;
+    return -1;
+}
+
+/* After a commit: older generations, other candidates of this one, and older
+ * commit records go. Newer ones stay: they are another writer's. What the
+ * token will not remove stays for the next write. */
+static void sweep(kc_tok *tok, const char *label, kc_where where, kc_gendoc_check check, void *arg,
+                  unsigned long generation, const char *digest)
+{
+    char clabel[300];
+    kc_error ignored, why;
+    doc_set s;
+    size_t i;
+
+    kc_error_clear(&ignored);
+    commit_label(label, clabel, sizeof(clabel));
+    if (set_load(tok, label, where, "document", check, arg, &s, &why, &ignored) != KC_OK)
+        return;
+    for (i = 0; i < s.n; i++)
+        if (s.info[i].valid && s.info[i].gen <= generation &&
+            !(s.info[i].gen == generation && strcmp(s.info[i].digest, digest) == 0))
+            (void)destroy_tries(tok, label, s.docs[i].handle);
+    for (i = 0; i < s.nc; i++)
+        if (s.cinfo[i].valid && s.cinfo[i].gen <= generation &&
+            !(s.cinfo[i].gen == generation && strcmp(s.cinfo[i].digest, digest) == 0))
+            (void)destroy_tries(tok, clabel, s.commits[i].handle);
+    set_free(&s);
+}
+
+static kc_rc lost(kc_tok *tok, const char *what, const char *how, const char *outcome,
+                  kc_error *err)
+{
+    kc_error_set(err, KC_CONFLICT,
+                 "vault '%s' changed while this command ran: another keycustody (on another "
+                 "host?) %s its %s; %s",
+                 kc_tok_info_get(tok)->label, how, what, outcome);
+    kc_error_hint(err, "run the command again: it reads the vault afresh");
+    return KC_CONFLICT;
+}
+
+/* The commit: of writers that read base, the one whose destroy of it
+ * succeeds. KC_CONFLICT when another's did (base is no longer there). A
+ * destroy that fails while base is still there (SoftHSM under other
+ * writers; a replaced session) is tried again on base as found afresh. */
+static kc_rc commit_over(kc_tok *tok, const char *label, kc_where where, const char *what,
+                         const kc_gendoc_ref *base, kc_gendoc_check check, void *arg,
+                         kc_error *err)
+{
+    struct timespec pause = {0, 20L * 1000 * 1000};
+    kc_obj handle = base->handle;
+    kc_error ignored, why;
+    doc_set s;
+    long at;
+    int attempt;
+    kc_rc r = KC_OK;
+
+    for (attempt = 0; attempt < 5; attempt++) {
+        r = kc_tok_destroy(tok, handle, err);
+        if (r == KC_OK)
+            return KC_OK;
+        kc_error_clear(&ignored);
+        if (set_load(tok, label, where, what, check, arg, &s, &why, &ignored) != KC_OK) {
+            (void)nanosleep(&pause, NULL);
+            continue;
+        }
+        at = set_find(&s, base->generation, base->digest);
+        if (at >= 0)
+            handle = s.docs[at].handle;
+        set_free(&s);
+        if (at < 0) {
+            kc_error_clear(err);
+            return lost(tok, what, "wrote a newer generation of", "nothing was written", err);
+        }
+        (void)nanosleep(&pause, NULL);
+    }
+    return r;
+}
+
+/* KC_OK when the document of generation and digest is the only valid
+ * generation there is. */
+static kc_rc first_alone(kc_tok *tok, const char *label, kc_where where, const char *what,
+                         kc_gendoc_check check, void *arg, unsigned long generation,
+                         const char *digest, kc_error *err)
+{
+    kc_error why;
+    doc_set s;
+    size_t i, others = 0;
+    kc_rc r = set_load(tok, label, where, what, check, arg, &s, &why, err);
+
+    for (i = 0; r == KC_OK && i < s.n; i++)
+        others += s.info[i].valid &&
+                  !(s.info[i].gen == generation && strcmp(s.info[i].digest, digest) == 0);
+    set_free(&s);
+    if (r == KC_OK && others > 0)
+        r = lost(tok, what, "wrote the first generation of", "nothing was written", err);
+    return r;
+}
+
+/* Whether the document of generation and digest is still on the token. */
+static kc_rc still_there(kc_tok *tok, const char *label, kc_where where, const char *what,
+                         kc_gendoc_check check, void *arg, unsigned long generation,
+                         const char *digest, int *present, kc_error *err)
+{
+    kc_error why;
+    doc_set s;
+    kc_rc r = set_load(tok, label, where, what, check, arg, &s, &why, err);
+
+    *present = r == KC_OK && set_find(&s, generation, digest) >= 0;
+    set_free(&s);
+    return r;
+}
+
+kc_rc kc_gendoc_write(kc_tok *tok, const char *label, int is_private, const char *what,
+                      const char *doc, unsigned long generation, const kc_gendoc_ref *base,
+                      kc_gendoc_check check, void *arg, kc_error *err)
+{
+    kc_where where = is_private ? KC_WHERE_PRIVATE : KC_WHERE_PUBLIC;
+    char clabel[300], record[160], digest[DIGEST_HEX + 1];
     kc_obj created = 0;
     kc_error ignored;
-    size_t n = 0, i;
+    int present = 1;
     kc_rc r;
 
-    r = kc_tok_find_data(tok, KC_GENDOC_APPLICATION, label,
-                         is_private ? KC_WHERE_PRIVATE : KC_WHERE_PUBLIC, &objs, &n, NULL, err);
-    if (r != KC_OK)
-        return r;
+    kc_error_clear(&ignored);
+    digest_hex(doc, strlen(doc), digest);
     r = kc_tok_create_data(tok, KC_GENDOC_APPLICATION, label, doc, strlen(doc), is_private,
                            &created, err);
-    /* The new generation is the write: readers take the highest. An older
-     * one this write cannot remove (the token failed) is harmless and the
-     * next write removes it, so it does not fail a write that happened. */
-    for (i = 0; r == KC_OK && i < n; i++)
-        if (kc_tok_destroy(tok, objs[i].handle, &ignored) != KC_OK)
-            continue;
-    kc_p11_data_objs_free(objs, n);
+    if (r != KC_OK) {
+        /* SoftHSM 2.6.1 can store an object whose C_CreateObject failed
+         * (test_softhsm facts): one that is there goes, so that a write
+         * reported failed leaves no candidate behind */
+        doc_set s;
+        kc_error why;
+        long at;
+
+        kc_error_clear(&ignored);
+        if (set_load(tok, label, where, what, check, arg, &s, &why, &ignored) == KC_OK) {
+            while ((at = set_find(&s, generation, digest)) >= 0) {
+                (void)destroy_tries(tok, label, s.docs[at].handle);
+                s.info[at].valid = 0;
+            }
+            set_free(&s);
+        }
+        return r;
+    }
+    if (base != NULL && base->handle != 0)
+        r = commit_over(tok, label, where, what, base, check, arg, err);
+    else
+        /* nothing to commit over: of first writes at once, each sees the
+         * other's, and none stands but one that saw no other */
+        r = first_alone(tok, label, where, what, check, arg, generation, digest, err);
+    if (r != KC_OK) {
+        if (!destroy_tries(tok, label, created))
+            kc_error_hint(err, "the token kept the generation this command made, and readers "
+                               "may take it: check the vault before running the command again "
+                               "('policy apply' of its layout removes stale generations)");
+        return r;
+    }
+    /* Which candidate won, for readers; without it (the token failed) the
+     * write still stands: readers take the newest generation. */
+    snprintf(record, sizeof(record), COMMIT_KIND " generation=%lu sha256=%s", generation, digest);
+    commit_label(label, clabel, sizeof(clabel));
+    if (kc_tok_create_data(tok, KC_GENDOC_APPLICATION, clabel, record, strlen(record), is_private,
+                           NULL, &ignored) != KC_OK)
+        kc_error_clear(&ignored);
+    sweep(tok, label, where, check, arg, generation, digest);
+    /* a reader that waited past AMBIGUOUS_POLLS for this commit record may
+     * have written over another candidate and removed this one */
+    r = still_there(tok, label, where, what, check, arg, generation, digest, &present, err);
+    if (r != KC_OK) {
+        /* committed: only seeing it gone says otherwise */
+        kc_error_clear(err);
+        return KC_OK;
+    }
+    if (!present)
+        r = lost(tok, what, "took this write over and wrote after it",
+                 "check the result before running it again", err);
     return r;
+}
+
+static kc_rc set_prune(kc_tok *tok, const char *label, kc_where where, kc_gendoc_check check,
+                       void *arg, int remove, size_t *count, kc_error *err)
+{
+    kc_error why;
+    doc_set s;
+    long keep;
+    size_t i;
+    int ambiguous;
+    kc_rc r = set_load(tok, label, where, "document", check, arg, &s, &why, err);
+
+    *count = 0;
+    if (r != KC_OK)
+        return r;
+    keep = set_pick(&s, &ambiguous);
+    /* with no valid one there is nothing to keep and nothing to judge by */
+    for (i = 0; keep >= 0 && r == KC_OK && i < s.n; i++) {
+        if ((long)i == keep)
+            continue;
+        if (remove)
+            r = kc_tok_destroy(tok, s.docs[i].handle, err);
+        if (r == KC_OK)
+            (*count)++;
+    }
+    for (i = 0; keep >= 0 && r == KC_OK && i < s.nc; i++) {
+        if (s.cinfo[i].valid && s.cinfo[i].gen == s.info[keep].gen &&
+            strcmp(s.cinfo[i].digest, s.info[keep].digest) == 0)
+            continue;
+        if (remove)
+            r = kc_tok_destroy(tok, s.commits[i].handle, err);
+        if (r == KC_OK)
+            (*count)++;
+    }
+    set_free(&s);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot remove an older generation of '%s'", label);
+    return KC_OK;
 }
 
 kc_rc kc_gendoc_tidy(kc_tok *tok, const char *label, kc_where where, kc_gendoc_check check,
                      void *arg, size_t *removed, kc_error *err)
 {
-    kc_data_obj *objs = NULL;
-    unsigned long gen, best_gen = 0;
-    size_t n = 0, i, best = 0;
-    kc_error why;
-    int found = 0;
-    kc_rc r;
+    return set_prune(tok, label, where, check, arg, 1, removed, err);
+}
 
-    *removed = 0;
-    r = kc_tok_find_data(tok, KC_GENDOC_APPLICATION, label, where, &objs, &n, NULL, err);
-    if (r != KC_OK)
-        return r;
-    for (i = 0; i < n; i++)
-        if (check(objs[i].value, objs[i].len, &gen, arg, &why) == KC_OK &&
-            (!found || gen > best_gen)) {
-            best = i;
-            best_gen = gen;
-            found = 1;
-        }
-    /* with no valid one there is nothing to keep and nothing to judge by */
-    for (i = 0; found && r == KC_OK && i < n; i++) {
-        if (i == best)
-            continue;
-        r = kc_tok_destroy(tok, objs[i].handle, err);
-        if (r == KC_OK)
-            (*removed)++;
-    }
-    kc_p11_data_objs_free(objs, n);
-    if (r != KC_OK)
-        return kc_error_prefix(err, "cannot remove an older generation of '%s'", label);
-    return KC_OK;
+kc_rc kc_gendoc_stale(kc_tok *tok, const char *label, kc_where where, kc_gendoc_check check,
+                      void *arg, size_t *stale, kc_error *err)
+{
+    return set_prune(tok, label, where, check, arg, 0, stale, err);
 }

@@ -1,42 +1,77 @@
 /* Documents kept on a token as CKO_DATA objects of application "keycustody".
  *
  * SoftHSM cannot change a data object's value (CKR_ATTRIBUTE_READ_ONLY), so a
- * document is never updated in place: a new generation is created first and
- * the older objects are removed after. A crash in between leaves two
- * generations, and readers take the newest one that is valid. */
+ * document is never updated in place: each write creates a new generation.
+ *
+ * A write commits by destroying the object it read. On one token, of two
+ * processes that destroy the same object at once exactly one succeeds
+ * (SoftHSM 2.6.1: test_softhsm facts, "destroy race"), so of two writers
+ * that read one generation exactly one wins, on one host or on several that
+ * share the token; the other removes what it made and is told KC_CONFLICT.
+ * The winner then leaves a commit record ("<label>.commit": generation and
+ * SHA-256 of the document) and removes the older generations.
+ *
+ * A writer killed before its commit leaves a document nobody committed; one
+ * killed after it leaves its document without a commit record. Readers take
+ * the document the newest commit record names while it is there; when it is
+ * gone (its generation was committed over), the newest generation after it.
+ * Two of that generation (a writer killed before its commit beside one
+ * committing now) are waited for; if the winner's record never comes, the
+ * one with the lowest digest is taken: neither write was reported done. */
 #ifndef KC_GENDOC_H
 #define KC_GENDOC_H
 
 #include "kc_p11.h"
 
 #define KC_GENDOC_APPLICATION "keycustody"
+/* A document's commit record is labelled like it, with this after. */
+#define KC_GENDOC_COMMIT_SUFFIX ".commit"
 
 /* Validates a candidate document and gives its generation; KC_OK or why not. */
 typedef kc_rc (*kc_gendoc_check)(const unsigned char *buf, size_t len, unsigned long *generation,
                                  void *arg, kc_error *err);
 
-/* The newest valid generation with this label among the objects where says
- * (what names it in messages): a copy in *out (caller frees, NUL-terminated).
+/* The object a document was read from: what a write commits over. */
+typedef struct kc_gendoc_ref {
+    kc_obj handle; /* 0: no document was read (the first write) */
+    unsigned long generation;
+    char digest[65]; /* SHA-256 of its value, hex: what it is after a replaced session */
+} kc_gendoc_ref;
+
+/* The current generation with this label among the objects where says
+ * (what names it in messages): a copy in *out (caller frees, NUL-terminated),
+ * and in *ref (may be NULL) the object it came from, for kc_gendoc_write.
  * For a private document (KC_WHERE_PRIVATE), a public object with its label is
- * tampering: KC_INTEGRITY, naming it. KC_NOT_FOUND when there is no such object, KC_INTEGRITY when there are
- * some but none is valid (err says why). *next is the generation a writer uses next (1 when there
- * is none). */
+ * tampering: KC_INTEGRITY, naming it. KC_NOT_FOUND when there is no such
+ * object (*ref is then zero), KC_INTEGRITY when there are some but none is
+ * valid (err says why). *next is the generation a writer uses next (1 when
+ * there is none). */
 KC_EXPORT kc_rc kc_gendoc_read(kc_tok *tok, const char *label, kc_where where,
                                const char *what, kc_gendoc_check check, void *arg, unsigned char **out, size_t *len,
-                               unsigned long *next, kc_error *err) KC_MUST_CHECK;
+                               unsigned long *next, kc_gendoc_ref *ref, kc_error *err) KC_MUST_CHECK;
 
-/* Stores doc as a new object, then removes every older object with the
- * label; one it cannot remove stays for the next write to remove (readers
- * take the highest generation), and the write still succeeds. */
-KC_EXPORT kc_rc kc_gendoc_write(kc_tok *tok, const char *label, int is_private, const char *doc,
+/* Stores doc (of generation, validated by check) as the generation after
+ * base and commits it by destroying base's object. KC_CONFLICT, with
+ * nothing written, when another writer committed over base first (what
+ * names the document in the message), or took this write over before it
+ * finished. base NULL or zero: the first write, nothing to commit over.
+ * Older generations are removed after; one the token will not remove stays
+ * for the next write, and the write still succeeds. */
+KC_EXPORT kc_rc kc_gendoc_write(kc_tok *tok, const char *label, int is_private, const char *what,
+                                const char *doc, unsigned long generation,
+                                const kc_gendoc_ref *base, kc_gendoc_check check, void *arg,
                                 kc_error *err) KC_MUST_CHECK;
 
-/* Removes every generation but the newest valid one: what a write killed
- * between creating the new one and removing the old ones leaves. *removed:
- * how many went. Needs a session that sees the objects (logged in for
- * private ones). */
+/* Removes every generation but the current one, and every commit record but
+ * its own: what a write killed before it finished leaves. *removed: how many
+ * went. Needs a session that sees the objects (logged in for private ones). */
 KC_EXPORT kc_rc kc_gendoc_tidy(kc_tok *tok, const char *label, kc_where where,
                                kc_gendoc_check check, void *arg, size_t *removed,
                                kc_error *err) KC_MUST_CHECK;
+
+/* How many objects of this document tidy would remove. */
+KC_EXPORT kc_rc kc_gendoc_stale(kc_tok *tok, const char *label, kc_where where,
+                                kc_gendoc_check check, void *arg, size_t *stale,
+                                kc_error *err) KC_MUST_CHECK;
 
 #endif

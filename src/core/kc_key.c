@@ -677,6 +677,20 @@ kc_rc kc_key_check_free_name(kc_vault *v, const char *name, kc_error *err)
     return KC_CONFLICT;
 }
 
+void kc_key_drop_unrecorded(kc_vault *v, unsigned long saved, kc_obj pub, kc_obj priv)
+{
+    kc_error ignored;
+
+    /* The record failed before the key state was committed (the vault
+     * changed meanwhile, or the token failed): the pair goes too, so the
+     * command leaves nothing. Once committed, the pair is the key's. */
+    if (v->saved != saved)
+        return;
+    if (kc_tok_destroy(v->tok, priv, &ignored) != KC_OK ||
+        kc_tok_destroy(v->tok, pub, &ignored) != KC_OK)
+        kc_error_clear(&ignored);
+}
+
 kc_rc kc_key_record_version(kc_vault *v, const char *name, const unsigned char *id, size_t id_len,
                             unsigned ops, const char *origin, int make_current, kc_error *err)
 {
@@ -709,6 +723,7 @@ kc_rc kc_key_create(kc_vault *v, const kc_key_create_opts *o, kc_key **out, kc_e
 {
     unsigned char id[KC_VERSION_BYTES];
     char today[9], expires[9];
+    unsigned long saved;
     kc_rsa_spec spec;
     kc_obj pub, priv;
     kc_rc r;
@@ -756,22 +771,19 @@ kc_rc kc_key_create(kc_vault *v, const kc_key_create_opts *o, kc_key **out, kc_e
     r = kc_tok_generate_rsa(v->tok, &spec, &pub, &priv, err);
     if (r != KC_OK)
         goto fail;
+    saved = v->saved;
     r = kc_key_record_version(v, o->name, id, sizeof(id), o->ops, "generated", 1, err);
-    if (r == KC_CONFLICT) {
-        /* the vault changed meanwhile, found before anything was recorded:
-         * the pair goes too, so the create leaves nothing. (After a token
-         * failure the pair stays: its state may be written, and a run
-         * again continues from it.) */
-        kc_error ignored;
-        if (kc_tok_destroy(v->tok, priv, &ignored) != KC_OK ||
-            kc_tok_destroy(v->tok, pub, &ignored) != KC_OK)
-            kc_error_clear(&ignored);
-    }
+    if (r != KC_OK)
+        kc_key_drop_unrecorded(v, saved, pub, priv);
     if (r != KC_OK)
         goto fail;
     r = kc_key_get(v, o->name, 1, out, err);
-    if (r != KC_OK)
+    if (r != KC_OK) {
+        kc_error_hint(err, "the key was created and recorded; only reading it back failed: "
+                           "'keycustody key show %s/%s' shows it",
+                      v->meta.name, o->name);
         goto fail;
+    }
     return KC_OK;
 fail:
     return kc_error_prefix(err, "cannot create key '%s' in vault '%s'", o->name, v->meta.name);

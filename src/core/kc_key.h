@@ -131,6 +131,10 @@ KC_EXPORT kc_rc kc_key_wrap(kc_vault *v, const kc_key *k, const kc_key_version *
                             const kc_secret *secret, unsigned char **out, size_t *out_len,
                             kc_oaep *used, kc_error *err) KC_MUST_CHECK;
 
+/* After a failed kc_key_record_version of a pair just made: destroys the
+ * pair unless the key state was committed since v->saved was saved. */
+KC_EXPORT void kc_key_drop_unrecorded(kc_vault *v, unsigned long saved, kc_obj pub, kc_obj priv);
+
 /* Records a new version in the key state (created now, enabled, ops) and
  * saves it; make_current makes it the current version. */
 KC_EXPORT kc_rc kc_key_record_version(kc_vault *v, const char *name, const unsigned char *id,

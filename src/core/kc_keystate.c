@@ -43,7 +43,7 @@ kc_rc kc_keystate_load(kc_vault *v, kc_error *err)
     if (r != KC_OK)
         return r;
     r = kc_gendoc_read(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, "key state", check_state, NULL,
-                       &buf, &len, &next, err);
+                       &buf, &len, &next, NULL, err);
     if (r == KC_NOT_FOUND) {
         v->state = json_pack("{s:s, s:i, s:I, s:s, s:{}}", "kind", "keycustody-keys", "schema", 1,
                              "generation", (json_int_t)0, "vault", v->meta.name, "keys");
@@ -56,18 +56,20 @@ kc_rc kc_keystate_load(kc_vault *v, kc_error *err)
     return v->state != NULL ? KC_OK : kc_error_set(err, KC_ERR, "out of memory");
 }
 
-kc_rc kc_keystate_save(kc_vault *v, kc_error *err)
+kc_rc kc_keystate_commit(kc_vault *v, kc_error *err)
 {
     unsigned long read = (unsigned long)json_integer_value(json_object_get(v->state, "generation"));
     unsigned long next = 1;
     unsigned char *cur = NULL;
+    kc_gendoc_ref base;
     size_t len = 0;
     char *doc;
     kc_rc r;
 
-    /* still the generation this command read (see kc_vault_changed_meanwhile) */
+    /* still the generation this command read (see kc_vault_changed_meanwhile);
+     * the write commits over exactly that object (kc_gendoc.h) */
     r = kc_gendoc_read(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, "key state", check_state, NULL,
-                       &cur, &len, &next, err);
+                       &cur, &len, &next, &base, err);
     free(cur);
     if (r == KC_NOT_FOUND) {
         kc_error_clear(err);
@@ -75,21 +77,57 @@ kc_rc kc_keystate_save(kc_vault *v, kc_error *err)
     }
     if (r == KC_OK && next != read + 1)
         r = kc_vault_changed_meanwhile(v, "key state", read, next - 1, err);
-    /* and the manifest written after it: both are written, or neither */
-    if (r == KC_OK)
-        r = kc_manifest_fresh(v, err);
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot save the key state of vault '%s'", v->meta.name);
     json_object_set_new(v->state, "generation", json_integer((json_int_t)read + 1));
     doc = json_dumps(v->state, JSON_COMPACT | JSON_SORT_KEYS);
     if (doc == NULL)
         return kc_error_set(err, KC_ERR, "out of memory");
-    r = kc_gendoc_write(v->tok, KC_KEYSTATE_LABEL, 1, doc, err);
+    r = kc_gendoc_write(v->tok, KC_KEYSTATE_LABEL, 1, "key state", doc, read + 1, &base,
+                        check_state, NULL, err);
     free(doc);
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot save the key state of vault '%s'", v->meta.name);
-    /* what readers without the PIN see of it, signed */
-    return kc_manifest_write(v, &v->meta, err);
+    v->saved++;
+    return KC_OK;
+}
+
+kc_rc kc_keystate_sign(kc_vault *v, kc_error *err)
+{
+    int tries;
+    kc_rc r;
+
+    /* What readers without the PIN see of it, signed. The key state is
+     * committed now; when another writer (another host) committed a
+     * manifest meanwhile, the metadata is taken from it: this command
+     * changed none (those changes are kc_vault_save_meta's, which writes the
+     * manifest alone). */
+    r = kc_manifest_write(v, &v->meta, err);
+    for (tries = 0; r == KC_CONFLICT && tries < 3; tries++) {
+        /* and the key state as committed now: another host's commit after
+         * this one is in it, and the manifest must name its keys too */
+        kc_error_clear(err);
+        json_decref(v->state);
+        v->state = NULL;
+        r = kc_vault_meta_reread(v, err);
+        if (r == KC_OK)
+            r = kc_keystate_load(v, err);
+        if (r == KC_OK)
+            r = kc_manifest_write(v, &v->meta, err);
+    }
+    if (r != KC_OK)
+        kc_error_hint(err, "the key state of vault '%s' was saved, its signed manifest was not: "
+                           "the vault's next change signs it again ('keycustody key list' shows "
+                           "the keys)",
+                      v->meta.name);
+    return r;
+}
+
+kc_rc kc_keystate_save(kc_vault *v, kc_error *err)
+{
+    kc_rc r = kc_keystate_commit(v, err);
+
+    return r == KC_OK ? kc_keystate_sign(v, err) : r;
 }
 
 json_t *kc_keystate_key(kc_vault *v, const char *name, int create)
@@ -135,29 +173,24 @@ int kc_keystate_bool(json_t *o, const char *field, int dflt)
     return json_is_boolean(b) ? json_is_true(b) : dflt;
 }
 
-/* One generation document's stale objects: all but one, when any. */
-static kc_rc count_stale(kc_tok *tok, const char *label, kc_where where, size_t *stale,
-                         kc_error *err)
-{
-    kc_data_obj *objs = NULL;
-    size_t n = 0;
-    kc_rc r = kc_tok_find_data(tok, KC_GENDOC_APPLICATION, label, where, &objs, &n, NULL, err);
-
-    kc_p11_data_objs_free(objs, n);
-    if (r == KC_OK && n > 1)
-        *stale += n - 1;
-    return r;
-}
-
 kc_rc kc_keystate_stale(kc_vault *v, size_t *stale, kc_error *err)
 {
+    char fp[KC_FINGERPRINT_HEX + 1];
+    void *signer = NULL;
+    size_t a = 0, b = 0;
     kc_rc r = kc_ctx_login(v->ctx, v->tok, err);
 
     *stale = 0;
     if (r == KC_OK)
-        r = count_stale(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, stale, err);
+        r = kc_gendoc_stale(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, check_state, NULL, &a,
+                            err);
     if (r == KC_OK)
-        r = count_stale(v->tok, KC_VAULT_META_LABEL, KC_WHERE_PUBLIC, stale, err);
+        r = kc_manifest_signer(v->tok, &signer, fp, err);
+    if (r == KC_OK)
+        r = kc_gendoc_stale(v->tok, KC_VAULT_META_LABEL, KC_WHERE_PUBLIC, kc_manifest_doc_check,
+                            signer, &b, err);
+    kc_manifest_signer_free(signer);
+    *stale = a + b;
     if (r == KC_OK) {
         size_t orphans = 0;
         r = kc_tok_unlabelled_data(v->tok, 0, &orphans, err);

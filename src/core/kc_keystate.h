@@ -21,6 +21,14 @@ KC_EXPORT kc_rc kc_keystate_load(kc_vault *v, kc_error *err) KC_MUST_CHECK;
 
 /* Writes v->state as a new generation. */
 KC_EXPORT kc_rc kc_keystate_save(kc_vault *v, kc_error *err) KC_MUST_CHECK;
+
+/* kc_keystate_save's two steps: commit v->state as the next generation
+ * (KC_CONFLICT, nothing written, when another writer committed since it was
+ * read), then sign the manifest over it; when another writer (another host)
+ * committed a manifest meanwhile, the metadata and the key state are read
+ * again, so the manifest names that writer's keys too. */
+KC_EXPORT kc_rc kc_keystate_commit(kc_vault *v, kc_error *err) KC_MUST_CHECK;
+KC_EXPORT kc_rc kc_keystate_sign(kc_vault *v, kc_error *err) KC_MUST_CHECK;
 /* The generations an interrupted write left of the key state and of the
  * vault metadata: counts them (stale != NULL) or removes them (logs in). */
 KC_EXPORT kc_rc kc_keystate_stale(kc_vault *v, size_t *stale, kc_error *err) KC_MUST_CHECK;

@@ -118,8 +118,12 @@ kc_rc kc_key_rotate_to(kc_vault *v, const char *name, unsigned bits, int protect
     spec.start_date = today;
     spec.end_date = expires[0] ? expires : NULL;
     r = kc_tok_generate_rsa(v->tok, &spec, &pub, &priv, err);
-    if (r == KC_OK)
+    if (r == KC_OK) {
+        unsigned long saved = v->saved;
         r = kc_key_record_version(v, k->name, id, sizeof(id), cur->ops, "generated", 1, err);
+        if (r != KC_OK)
+            kc_key_drop_unrecorded(v, saved, pub, priv);
+    }
     if (r == KC_OK)
         r = reload(v, &k, err);
 done:

@@ -2,6 +2,7 @@
 #include "kc_manifest.h"
 #include "kc_audit.h"
 #include "kc_gendoc.h"
+#include "kc_keystate.h"
 #include "kc_util.h"
 
 #include <jansson.h>
@@ -250,13 +251,47 @@ static kc_rc read_meta(kc_tok *tok, const char *expect_fp, kc_vault_meta *out, j
     return r;
 }
 
+kc_rc kc_vault_meta_reread(kc_vault *v, kc_error *err)
+{
+    char fp[65];
+    kc_vault_meta m;
+    kc_rc r = read_meta(v->tok, v->fingerprint, &m, NULL, fp, err);
+
+    if (r == KC_NOT_FOUND)
+        return kc_vault_lost_sight(v, err);
+    if (r == KC_OK)
+        v->meta = m;
+    return r;
+}
+
+kc_rc kc_vault_lost_sight(const kc_vault *v, kc_error *err)
+{
+    kc_error_set(err, KC_TOKEN,
+                 "vault '%s': the module no longer finds the manifest this command opened the "
+                 "vault with (generation %lu): it failed while other processes wrote the token",
+                 v->meta.name, v->meta.generation);
+    kc_error_hint(err, "SoftHSM 2.6.1 does so now and then under parallel writers, until the "
+                       "process starts again: run the command again");
+    return KC_TOKEN;
+}
+
 /* Writes v->meta as the next generation of the signed manifest. */
 static kc_rc write_meta(kc_vault *v, kc_error *err)
 {
     kc_rc r = kc_manifest_write(v, &v->meta, err);
+    char fp[sizeof(v->fingerprint)];
 
+    if (r != KC_OK)
+        return r;
+    /* written: a vault key this command knew already does not change with
+     * it, and a token failing now does not undo the write */
+    r = kc_manifest_fingerprint(v->tok, fp, err);
     if (r == KC_OK)
-        r = kc_manifest_fingerprint(v->tok, v->fingerprint, err);
+        memcpy(v->fingerprint, fp, sizeof(fp));
+    else if (v->fingerprint[0] != '\0') {
+        kc_error_clear(err);
+        r = KC_OK;
+    }
     return r;
 }
 
@@ -484,6 +519,13 @@ kc_rc kc_vault_init(kc_ctx *ctx, const kc_vault_meta *want, const char *token_ur
     r = vault_new(ctx, tok, &m, &v, err);
     if (r == KC_OK)
         r = write_meta(v, err);
+    /* The key state's first generation now, with no key in it: every later
+     * write of it then commits over the one it read (kc_gendoc.h), which
+     * holds across hosts; a first write has nothing to commit over. */
+    if (r == KC_OK)
+        r = kc_keystate_load(v, err);
+    if (r == KC_OK && json_integer_value(json_object_get(v->state, "generation")) == 0)
+        r = kc_keystate_save(v, err);
     if (r != KC_OK) {
         kc_vault_free(v);
         return kc_error_prefix(err, "cannot write the metadata of vault '%s'", want->name);

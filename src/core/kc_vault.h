@@ -43,6 +43,7 @@ typedef struct kc_vault {
     struct json_t *state;    /* the key state, once loaded (kc_keystate.h) */
     struct json_t *manifest; /* the signed manifest it was opened with (kc_manifest.h) */
     char fingerprint[65];    /* of the vault key that signs it */
+    unsigned long saved;     /* key state generations this handle committed (kc_keystate_save) */
 } kc_vault;
 
 /* One token as `vault list` sees it. */
@@ -98,6 +99,13 @@ KC_EXPORT kc_rc kc_vault_own_secret(kc_vault *v, const char *label, const unsign
                                     kc_error *err) KC_MUST_CHECK;
 
 /* Writes v->meta as the next generation of the metadata (login needed). */
+/* v->meta as the token holds it now (another writer may have changed it
+ * since v was opened), from the manifest signed by the same vault key. */
+KC_EXPORT kc_rc kc_vault_meta_reread(kc_vault *v, kc_error *err) KC_MUST_CHECK;
+
+/* KC_TOKEN: the manifest v was opened with is not found any more (the
+ * module failed; a vault's manifest is never removed by keycustody). */
+KC_EXPORT kc_rc kc_vault_lost_sight(const kc_vault *v, kc_error *err) KC_MUST_CHECK;
 KC_EXPORT kc_rc kc_vault_save_meta(kc_vault *v, kc_error *err) KC_MUST_CHECK;
 
 /* Every visible token, with its vault metadata where it has some. */
