@@ -577,7 +577,66 @@ static void test_backup_mac_failure(void)
     ASSERT_HAS(r->err, "cannot verify the HMAC on the token: C_Verify:");
 }
 
+/* Whether VaultA1 lists Key001 among its deleted keys. */
+static int key001_deleted(void)
+{
+    const kc_test_out *r = kc_test_run("key", "list-deleted", "VaultA1", PIN, NULL);
+
+    return r->rc == 0 && kc_test_contains(r->out, "Key001");
+}
+
+/* key purge and key restore cannot be undone: a PIN source that gives
+ * nothing, a PIN the token refuses, an audit log that cannot be written,
+ * each stops them before the first object is destroyed or made. */
+static void test_irreversible_checked_first(void)
+{
+    const kc_test_out *r;
+    char dir[512];
+    int objects;
+
+    setup_backup();
+    ASSERT_RC(kc_test_run("key", "backup", "VaultA1/Key001", "--out", path(4, "k.backup"), PIN,
+                          NULL),
+              0);
+    ASSERT_RC(kc_test_run("key", "delete", "VaultA1/Key001", PIN, NULL), 0);
+    setenv("KEYCUSTODY_NOW", "2099-01-01T00:00:00Z", 1);
+    setenv("WRONG_PIN", "99999999", 1);
+    snprintf(dir, sizeof(dir), "%s", path(5, "audit-dir"));
+    CU_ASSERT_EQUAL(mkdir(dir, 0700), 0);
+    r = kc_test_run("key", "purge", "VaultA1/Key001", "--pin-source", "env:NO_SUCH_VAR", NULL);
+    ASSERT_RC(r, 2);
+    CU_ASSERT_TRUE(key001_deleted());
+    r = kc_test_run("key", "purge", "VaultA1/Key001", "--pin-source", "env:WRONG_PIN", NULL);
+    ASSERT_RC(r, 6);
+    ASSERT_HAS(r->err, "CKR_PIN_INCORRECT");
+    CU_ASSERT_TRUE(key001_deleted());
+    r = kc_test_run("key", "purge", "VaultA1/Key001", "--audit", dir, PIN, NULL);
+    CU_ASSERT_NOT_EQUAL(r->rc, 0);
+    ASSERT_HAS(r->err, "audit-dir");
+    CU_ASSERT_TRUE(key001_deleted());
+    ASSERT_RC(kc_test_run("key", "purge", "VaultA1/Key001", PIN, NULL), 0);
+    CU_ASSERT_FALSE(key001_deleted());
+    /* the restore: nothing made on the token by one that is refused */
+    objects = kc_test_objects("VaultA1");
+    r = kc_test_run("key", "restore", "VaultA1", "--in", path(4, "k.backup"), "--pin-source",
+                    "env:NO_SUCH_VAR", NULL);
+    ASSERT_RC(r, 2);
+    r = kc_test_run("key", "restore", "VaultA1", "--in", path(4, "k.backup"), "--pin-source",
+                    "env:WRONG_PIN", NULL);
+    ASSERT_RC(r, 6);
+    r = kc_test_run("key", "restore", "VaultA1", "--in", path(4, "k.backup"), "--audit",
+                    dir, PIN, NULL);
+    CU_ASSERT_NOT_EQUAL(r->rc, 0);
+    ASSERT_HAS(r->err, "audit-dir");
+    CU_ASSERT_EQUAL(kc_test_objects("VaultA1"), objects);
+    ASSERT_RC(kc_test_run("key", "show", "VaultA1/Key001", PIN, NULL), 4);
+    ASSERT_RC(kc_test_run("key", "restore", "VaultA1", "--in", path(4, "k.backup"), PIN, NULL), 0);
+    ASSERT_RC(kc_test_run("key", "show", "VaultA1/Key001", PIN, NULL), 0);
+    unsetenv("KEYCUSTODY_NOW");
+}
+
 static const kc_test_case backup_cases[] = {
+    {"purge and restore check everything first", test_irreversible_checked_first},
     {"a MAC failure on the token", test_backup_mac_failure},
     {"backup, purge, restore, unwrap old data", test_backup_purge_restore},
     {"restore into a joined vault", test_restore_into_joined_vault},

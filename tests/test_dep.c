@@ -989,6 +989,35 @@ static void test_offboard(void)
     ASSERT_HAS(r->err, "--service-vault NAME (or KEYCUSTODY_SERVICE_VAULT) is required");
 }
 
+/* Offboarding hands the tenant's scopes to the service-managed key only
+ * when its custodian vaults can unwrap the tenant DEP's key: without their
+ * PIN sources, or with PINs the tokens refuse, nothing changes. */
+static void test_offboard_checks_first(void)
+{
+    const kc_test_out *r;
+
+    lifecycle_setup();
+    setenv("WRONG_PIN", "99999999", 1);
+    r = kc_test_run("tenant", "offboard", "--as", "svc", "--pin-source", "Service=env:TEST_PIN",
+                    NULL);
+    CU_ASSERT_NOT_EQUAL(r->rc, 0);
+    ASSERT_HAS(r->err, "nothing was changed: the tenant's scope keys move from DEP 'Ten' only "
+                       "through vault VaultA1 or VaultB1");
+    CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Registered 40/40");
+    ASSERT_RC(kc_test_run("dep", "show", "service-managed", NULL), 4);
+    r = kc_test_run("tenant", "offboard", "--as", "svc", "--pin-source", "VaultA1=env:WRONG_PIN",
+                    "--pin-source", "VaultB1=env:WRONG_PIN", "--pin-source",
+                    "Service=env:TEST_PIN", NULL);
+    CU_ASSERT_NOT_EQUAL(r->rc, 0);
+    ASSERT_HAS(r->err, "nothing was changed");
+    ASSERT_HAS(r->err, "CKR_PIN_INCORRECT");
+    CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Registered 40/40");
+    ASSERT_RC(kc_test_run("dep", "show", "service-managed", NULL), 4);
+    r = kc_test_run("tenant", "offboard", "--as", "svc", PINS, NULL);
+    ASSERT_RC(r, 0);
+    CU_ASSERT_STRING_EQUAL(dep_state("service-managed"), "Registered 40/40");
+}
+
 /* Replaces the first old in file with new. */
 static void edit_file(const char *file, const char *old, const char *new)
 {
@@ -1494,6 +1523,7 @@ static const kc_test_case lifecycle_cases[] = {
     {"rewrap killed with kill -9 resumes", test_rewrap_killed},
     {"the data purge path", test_purge},
     {"tenant offboard", test_offboard},
+    {"tenant offboard checks first", test_offboard_checks_first},
     {"custodian tokens gone: A only, B only, availability only", test_tokens_gone},
     {NULL, NULL},
 };

@@ -393,6 +393,20 @@ kc_rc kc_tenant_offboard(kc_ctx *ctx, kc_store *st, const char *service_vault,
         memset(was, 0, sizeof(*was));
         return KC_OK;
     }
+    /* The re-wrap that follows unwraps the tenant DEP's key with a
+     * custodian vault: its PIN source and login are checked before the
+     * tenant's scopes are handed to the service-managed key. */
+    {
+        kc_dep_unwrap_info info;
+        kc_secret *key = NULL;
+
+        r = kc_dep_unwrap(ctx, st, was->id, 0, principal, 0, &key, &info, err);
+        kc_secret_free(key);
+        if (r != KC_OK)
+            return kc_error_prefix(err, "nothing was changed: the tenant's scope keys move from "
+                                        "DEP '%s' only through vault %s or %s",
+                                   was->name, was->keys[0].vault, was->keys[1].vault);
+    }
     r = kc_dep_service(ctx, st, service_vault, principal, service, err);
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot make the service-managed key");
