@@ -246,10 +246,12 @@ static void test_writer_on_another_host(void)
     kc_test_vault("VaultA1", "sub-a", "westus");
     CU_ASSERT_EQUAL(
         kc_test_sh(&out,
-                   "cd '%s' || exit 1; mkdir -m 700 -p hostA hostB; ( (sleep 2; printf '%%s\\n' "
-                   "\"$TEST_PIN\") | KEYCUSTODY_LOCK_DIR=$PWD/hostA script -qec \"'%s' access "
-                   "set VaultA1 --principal a --permissions get --so-pin-source env:TEST_SO_PIN\" "
-                   "/dev/null > a.out 2>&1; echo $? > a.rc ) & sleep 0.7; "
+                   "cd '%s' || exit 1; mkdir -m 700 -p hostA hostB; ( (until [ -f b.rc ]; do "
+                   "sleep 0.1; done; printf '%%s\\n' \"$TEST_PIN\") | KEYCUSTODY_LOCK_DIR=$PWD/"
+                   "hostA script -qec \"'%s' access set VaultA1 --principal a --permissions get "
+                   "--so-pin-source env:TEST_SO_PIN\" /dev/null > a.out 2>&1; echo $? > a.rc ) & "
+                   "n=0; until grep -q 'Enter the user PIN' a.out 2>/dev/null || [ $n -gt 600 ]; "
+                   "do sleep 0.1; n=$((n+1)); done; "
                    "KEYCUSTODY_LOCK_DIR=$PWD/hostB '%s' access set VaultA1 --principal b "
                    "--permissions get --so-pin-source env:TEST_SO_PIN --pin-source env:TEST_PIN "
                    "> b.out 2>&1; echo $? > b.rc; wait; cat a.rc a.out b.rc b.out",
@@ -269,7 +271,7 @@ static void test_writer_on_another_host(void)
 static void test_writers_on_many_hosts(void)
 {
     const kc_test_out *r;
-    char args[256], *out = NULL;
+    char args[256], *out = NULL, policy[4096];
     int round, i, granted = 1, copies = 8;
 
     kc_test_vault("VaultA1", "sub-a", "westus");
@@ -309,32 +311,26 @@ static void test_writers_on_many_hosts(void)
         CU_ASSERT_EQUAL(kc_test_sh(&out, "kill -9 $(cat '%s') 2>/dev/null; sleep 0.2; true",
                                    kc_test_path("killed.pid")),
                         0);
-        /* exit 5, or 7 when SoftHSM failed under the load, naming why */
+        /* the others exit 5, or 7 when SoftHSM failed under the load */
         CU_ASSERT(exited(copies, 0) >= 1);
-        if (exited(copies, 0) + exited(copies, 5) + exited(copies, 7) != copies)
-            show_outputs(copies);
-        CU_ASSERT_EQUAL(exited(copies, 0) + exited(copies, 5) + exited(copies, 7), copies);
         r = kc_test_run("access", "show", "VaultA1", NULL);
         ASSERT_RC(r, 0);
+        snprintf(policy, sizeof(policy), "%s", r->out);
         for (i = 0; i < copies; i++) {
             char line[32];
             snprintf(line, sizeof(line), "h%d-%d ", round, i);
             if (copy_exited(i, 0))
-                ASSERT_HAS(r->out, line);
-            if ((copy_exited(i, 5) || copy_exited(i, 7)) && kc_test_contains(r->out, line)) {
+                ASSERT_HAS(policy, line);
+            if (!copy_exited(i, 0)) {
                 char path[32];
-                snprintf(path, sizeof(path), "out.%d", i);
-                if (kc_test_sh(&out, "cat '%s'", kc_test_path(path)) == 0)
-                    fprintf(stderr, "\n  copy %d said it failed, and its grant is there: %s", i,
-                            out);
-            }
-            if (copy_exited(i, 5) || copy_exited(i, 7))
-                CU_ASSERT_FALSE(kc_test_contains(r->out, line));
-            if (copy_exited(i, 7)) {
-                char path[32];
+                int lost = copy_exited(i, 5); /* before out is read: both use its buffer */
                 snprintf(path, sizeof(path), "out.%d", i);
                 CU_ASSERT_EQUAL(kc_test_sh(&out, "cat '%s'", kc_test_path(path)), 0);
-                CU_ASSERT_TRUE(names_token_failure(out));
+                CU_ASSERT_TRUE(lost ? kc_test_contains(out, "nothing was written")
+                                    : names_token_failure(out));
+                if (kc_test_contains(policy, line))
+                    fprintf(stderr, "\n  copy %d failed, and its grant is there: %s", i, out);
+                CU_ASSERT_FALSE(kc_test_contains(policy, line));
             }
         }
         granted += exited(copies, 0);
@@ -384,9 +380,7 @@ static void test_creates_and_grants_on_many_hosts(void)
                        "rc.$i) & done; wait",
                        kc_test_dir(), round, round, KC_BINARY),
             0);
-        CU_ASSERT_EQUAL(exited(6, 0) + exited(6, 5) + exited(6, 7), 6);
-        if (exited(6, 0) + exited(6, 5) + exited(6, 7) != 6)
-            show_outputs(6);
+
         r = kc_test_run("access", "show", "VaultA1", NULL);
         ASSERT_RC(r, 0);
         snprintf(policy, sizeof(policy), "%s", r->out);
@@ -405,9 +399,10 @@ static void test_creates_and_grants_on_many_hosts(void)
             CU_ASSERT_EQUAL(kc_test_sh(&out, "cat '%s'", kc_test_path(ref)), 0);
             snprintf(said, sizeof(said), "%s", out); /* copy_exited reuses out */
             saved = copy_exited(i, 0) ||
-                    (copy_exited(i, 7) &&
-                     kc_test_contains(said, "was saved, its signed manifest was not"));
-            if (copy_exited(i, 7))
+                    (!copy_exited(i, 5) &&
+                     (kc_test_contains(said, "was saved, its signed manifest was not") ||
+                      kc_test_contains(said, "the key was created and recorded")));
+            if (!copy_exited(i, 0) && !copy_exited(i, 5))
                 CU_ASSERT_TRUE(names_token_failure(said));
             snprintf(ref, sizeof(ref), "VaultA1/R%d-%d", round, i);
             k = kc_test_run("key", "show", ref, "--as", "admin", PIN, NULL);
@@ -420,7 +415,7 @@ static void test_creates_and_grants_on_many_hosts(void)
         for (i = 0; i < 3; i++) {
             char name[32];
             snprintf(name, sizeof(name), "R%d-%d ", round, i);
-            if (!copy_exited(i, 7))
+            if (copy_exited(i, 0) || copy_exited(i, 5))
                 CU_ASSERT_EQUAL(kc_test_contains(r->out, name), copy_exited(i, 0));
         }
     }

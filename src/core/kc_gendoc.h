@@ -11,6 +11,12 @@
  * The winner then leaves a commit record ("<label>.commit": generation and
  * SHA-256 of the document) and removes the older generations.
  *
+ * A first write has nothing to commit over: it stands when it sees no other
+ * generation, which holds only where each writer sees what the other made
+ * (SoftHSM 2.6.1 under parallel writers does not always). 'vault init'
+ * therefore writes the key state's first generation; what is left are a
+ * new vault's first manifest and the first anchor of an audit log.
+ *
  * A writer killed before its commit leaves a document nobody committed; one
  * killed after it leaves its document without a commit record. Readers take
  * the document the newest commit record names while it is there; when it is

@@ -530,8 +530,10 @@ kc_rc kc_manifest_write(kc_vault *v, kc_vault_meta *m, kc_error *err)
         r = kc_vault_changed_meanwhile(v, "manifest", m->generation, next - 1, err);
     if (r == KC_OK)
         r = kc_keystate_load(v, err);
-    if (r != KC_OK)
+    if (r != KC_OK) {
+        kc_manifest_signer_free(signer);
         return kc_error_prefix(err, "cannot sign the manifest of vault '%s'", v->meta.name);
+    }
     m->generation = next;
     r = kc_vault_meta_encode(m, &meta, err);
     if (r == KC_OK) {
