@@ -320,19 +320,23 @@ static long set_find(const doc_set *s, unsigned long gen, const char *digest)
 
 /* After a commit: older generations, other candidates of this one, and older
  * commit records go. Newer ones stay: they are another writer's. What the
- * token will not remove stays for the next write. */
-static void sweep(kc_tok *tok, const char *label, kc_where where, kc_gendoc_check check, void *arg,
-                  unsigned long generation, const char *digest)
+ * token will not remove stays for the next write. Returns whether this
+ * write's own generation is still there (1), is not (0), or the token did
+ * not say (-1). */
+static int sweep(kc_tok *tok, const char *label, kc_where where, kc_gendoc_check check, void *arg,
+                 unsigned long generation, const char *digest)
 {
     char clabel[300];
     kc_error ignored, why;
     doc_set s;
     size_t i;
+    int own;
 
     kc_error_clear(&ignored);
     commit_label(label, clabel, sizeof(clabel));
     if (set_load(tok, label, where, "document", check, arg, &s, &why, &ignored) != KC_OK)
-        return;
+        return -1;
+    own = set_find(&s, generation, digest) >= 0;
     for (i = 0; i < s.n; i++)
         if (s.info[i].valid && s.info[i].gen <= generation &&
             !(s.info[i].gen == generation && strcmp(s.info[i].digest, digest) == 0))
@@ -342,6 +346,7 @@ static void sweep(kc_tok *tok, const char *label, kc_where where, kc_gendoc_chec
             !(s.cinfo[i].gen == generation && strcmp(s.cinfo[i].digest, digest) == 0))
             (void)destroy_tries(tok, clabel, s.commits[i].handle);
     set_free(&s);
+    return own;
 }
 
 static kc_rc lost(kc_tok *tok, const char *what, const char *how, const char *outcome,
@@ -413,20 +418,6 @@ static kc_rc first_alone(kc_tok *tok, const char *label, kc_where where, const c
     return r;
 }
 
-/* Whether the document of generation and digest is still on the token. */
-static kc_rc still_there(kc_tok *tok, const char *label, kc_where where, const char *what,
-                         kc_gendoc_check check, void *arg, unsigned long generation,
-                         const char *digest, int *present, kc_error *err)
-{
-    kc_error why;
-    doc_set s;
-    kc_rc r = set_load(tok, label, where, what, check, arg, &s, &why, err);
-
-    *present = r == KC_OK && set_find(&s, generation, digest) >= 0;
-    set_free(&s);
-    return r;
-}
-
 kc_rc kc_gendoc_write(kc_tok *tok, const char *label, int is_private, const char *what,
                       const char *doc, unsigned long generation, const kc_gendoc_ref *base,
                       kc_gendoc_check check, void *arg, kc_error *err)
@@ -435,7 +426,6 @@ kc_rc kc_gendoc_write(kc_tok *tok, const char *label, int is_private, const char
     char clabel[300], record[160], digest[DIGEST_HEX + 1];
     kc_obj created = 0;
     kc_error ignored;
-    int present = 1;
     kc_rc r;
 
     kc_error_clear(&ignored);
@@ -480,19 +470,13 @@ kc_rc kc_gendoc_write(kc_tok *tok, const char *label, int is_private, const char
     if (kc_tok_create_data(tok, KC_GENDOC_APPLICATION, clabel, record, strlen(record), is_private,
                            NULL, &ignored) != KC_OK)
         kc_error_clear(&ignored);
-    sweep(tok, label, where, check, arg, generation, digest);
     /* a reader that waited past AMBIGUOUS_POLLS for this commit record may
-     * have written over another candidate and removed this one */
-    r = still_there(tok, label, where, what, check, arg, generation, digest, &present, err);
-    if (r != KC_OK) {
-        /* committed: only seeing it gone says otherwise */
-        kc_error_clear(err);
-        return KC_OK;
-    }
-    if (!present)
-        r = lost(tok, what, "took this write over and wrote after it",
-                 "check the result before running it again", err);
-    return r;
+     * have written over another candidate and removed this one; committed,
+     * only seeing it gone says otherwise */
+    if (sweep(tok, label, where, check, arg, generation, digest) == 0)
+        return lost(tok, what, "took this write over and wrote after it",
+                    "check the result before running it again", err);
+    return KC_OK;
 }
 
 static kc_rc set_prune(kc_tok *tok, const char *label, kc_where where, kc_gendoc_check check,
