@@ -903,13 +903,15 @@ static void prompt_interrupted(const char *sig)
 /* SIGTSTP (Ctrl-Z) stops the command: it must give the terminal back with
  * echo on first. A job-control shell in its own pty runs it as a foreground
  * job (a process group of its own, not orphaned, so the stop really stops
- * it) and, once it has stopped, reads the terminal's modes. */
+ * it) and, once it has stopped, reads the terminal's modes. The stop comes
+ * 2 s in: on a loaded machine the command may take a second to reach its
+ * prompt. */
 static void prompt_stopped(void)
 {
     char *out = NULL, *after;
 
     (void)kc_test_sh(&out,
-                     "script -qec 'bash -c \"set -m; (sleep 1; kill -TSTP \\$(cat %s)) & sh -c "
+                     "script -qec 'bash -c \"set -m; (sleep 2; kill -TSTP \\$(cat %s)) & sh -c "
                      "\\\"echo \\\\$\\\\$ > %s; exec %s key list VaultA1\\\"; echo; echo "
                      "after-stop; ps -o stat= -p \\$(cat %s); stty -a; kill -9 \\$(cat %s)\"' "
                      "/dev/null </dev/null",
