@@ -591,7 +591,7 @@ static int key001_deleted(void)
 static void test_irreversible_checked_first(void)
 {
     const kc_test_out *r;
-    char dir[512];
+    char dir[sizeof(P[0])];
     int objects;
 
     setup_backup();

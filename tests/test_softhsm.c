@@ -1162,7 +1162,7 @@ static void test_docs_reader_waits_for_the_winner(void)
  * tell: nothing else orders them), all from one generation, released at
  * once: exactly one commits, the others are told KC_CONFLICT, and the
  * document is the winner's. */
-static int doc_writer(const char *label, int first, int k, int ready, int go)
+static int doc_writer(int k, int ready, int go)
 {
     kc_ctx *c = NULL;
     kc_tok *t = NULL;
@@ -1174,19 +1174,19 @@ static int doc_writer(const char *label, int first, int k, int ready, int go)
     if (kc_ctx_new(KC_SOFTHSM_MODULE, env_pin, NULL, &c, &e) != KC_OK ||
         kc_p11_token(c->p11, "Docs1", &t, &e) != KC_OK)
         return 3;
-    if (strcmp(doc_get(t, label, &ref), first ? "" : "base") != 0)
+    if (strcmp(doc_get(t, DOC, &ref), "base") != 0)
         return 3;
     if (write(ready, &ch, 1) != 1 || read(go, &ch, 1) != 0)
         return 3;
     snprintf(payload, sizeof(payload), "w%d", k);
-    r = doc_put(t, label, ref.generation + 1, payload, &ref, &e);
+    r = doc_put(t, DOC, ref.generation + 1, payload, &ref, &e);
     if (r != KC_OK && r != KC_CONFLICT)
         fprintf(stderr, "\n  writer %d: %s\n", k, e.msg);
     kc_ctx_free(c);
     return r == KC_OK ? 0 : r == KC_CONFLICT ? 5 : 3;
 }
 
-static void doc_race(const char *label, int first, int writers, int *won, int *lost, int *winner)
+static void doc_race(int writers, int *won, int *lost, int *winner)
 {
     int ready[2], go[2], k, status;
     pid_t kids[8];
@@ -1200,7 +1200,7 @@ static void doc_race(const char *label, int first, int writers, int *won, int *l
         if (kids[k] == 0) {
             close(ready[0]);
             close(go[1]);
-            _exit(doc_writer(label, first, k, ready[1], go[0]));
+            _exit(doc_writer(k, ready[1], go[0]));
         }
     }
     close(ready[1]);
@@ -1239,7 +1239,7 @@ static void test_docs_parallel_writers(void)
             CU_ASSERT_EQUAL_FATAL(doc_put(tok, DOC, ref.generation + 1, "base", &ref, &e), KC_OK);
         }
         kc_ctx_free(ctx); /* the writers start their own library */
-        doc_race(DOC, 0, 4, &won, &lost, &winner);
+        doc_race(4, &won, &lost, &winner);
         /* the others lose (KC_CONFLICT), or SoftHSM failed them under the
          * load before their commit */
         CU_ASSERT_EQUAL(won, 1);

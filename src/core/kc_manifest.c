@@ -478,23 +478,6 @@ kc_rc kc_vault_changed_meanwhile(const kc_vault *v, const char *what, unsigned l
     return KC_CONFLICT;
 }
 
-kc_rc kc_manifest_fresh(kc_vault *v, kc_error *err)
-{
-    char fp[KC_FINGERPRINT_HEX + 1];
-    unsigned long next = 1;
-    json_t *cur = NULL;
-    kc_rc r = kc_manifest_read(v->tok, NULL, &cur, fp, &next, err);
-
-    json_decref(cur);
-    if (r == KC_NOT_FOUND) {
-        kc_error_clear(err);
-        r = KC_OK;
-    }
-    if (r == KC_OK && next != v->meta.generation + 1)
-        r = kc_vault_changed_meanwhile(v, "manifest", v->meta.generation, next - 1, err);
-    return r;
-}
-
 kc_rc kc_manifest_write(kc_vault *v, kc_vault_meta *m, kc_error *err)
 {
     char fp[KC_FINGERPRINT_HEX + 1], *meta = NULL, *doc = NULL;

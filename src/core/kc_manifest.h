@@ -42,10 +42,6 @@ KC_EXPORT kc_rc kc_manifest_read(kc_tok *tok, const char *expect_fp, json_t **ma
  * and the token's key objects. Makes the vault key when the vault has none. */
 KC_EXPORT kc_rc kc_manifest_write(kc_vault *v, kc_vault_meta *m, kc_error *err) KC_MUST_CHECK;
 
-/* KC_OK when the manifest on the token is still the one v was read from;
- * else KC_CONFLICT (kc_vault_changed_meanwhile). */
-KC_EXPORT kc_rc kc_manifest_fresh(kc_vault *v, kc_error *err) KC_MUST_CHECK;
-
 /* KC_CONFLICT: v's document what is at generation now on the token, not at
  * the generation read that this command changed. */
 KC_EXPORT kc_rc kc_vault_changed_meanwhile(const kc_vault *v, const char *what, unsigned long read,
