@@ -1128,11 +1128,110 @@ static void test_fingerprint_pinned_by_store(void)
     unsetenv("KEYCUSTODY_STORE");
 }
 
+/* Whether VaultA1's access policy, as a reader without the PIN sees it,
+ * names principal. */
+static int access_has(const char *principal)
+{
+    const kc_test_out *r = kc_test_run("access", "show", "VaultA1", "--json", NULL);
+    json_t *j = json_loads(r->out, 0, NULL), *list, *e;
+    size_t i;
+    int found = 0;
+
+    CU_ASSERT_EQUAL(r->rc, 0);
+    list = json_is_array(j) ? j : json_object_get(j, "access");
+    json_array_foreach(list, i, e) {
+        const char *p = json_string_value(json_object_get(e, "principal"));
+        found |= p != NULL && strcmp(p, principal) == 0;
+    }
+    json_decref(j);
+    return found;
+}
+
+/* Someone without the PIN keeps a copy of the public manifest, and after an
+ * access entry is removed puts it back in place of the newer one with
+ * pkcs11-tool, no login: signed by the vault key, it passes every check a
+ * reader without the PIN can make. The vault's private record of its
+ * current manifest, which no session without the PIN can reach, shows the
+ * rollback to every command that logs in; --repair signs the recorded
+ * state again. */
+static void test_manifest_rolled_back(void)
+{
+    const kc_test_out *r;
+    char *out = NULL;
+    char p11[600];
+
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    ASSERT_RC(kc_test_run("access", "set", "VaultA1", "--principal", "admin", "--permissions",
+                          "create,get,list", SOPIN, PIN, NULL),
+              0);
+    ASSERT_RC(kc_test_run("access", "set", "VaultA1", "--principal", "mallory", "--permissions",
+                          "get,list,create", SOPIN, PIN, NULL),
+              0);
+    snprintf(p11, sizeof(p11), "pkcs11-tool --module '%s' --token-label VaultA1",
+             KC_SOFTHSM_MODULE);
+    /* the attacker's copy, read without a PIN */
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out,
+                                     "%s --read-object --type data --label keycustody-vault "
+                                     "-o '%s' 2>&1",
+                                     p11, path(0, "old.json")),
+                          0);
+    ASSERT_RC(kc_test_run("access", "remove", "VaultA1", "--principal", "mallory", SOPIN, PIN,
+                          NULL),
+              0);
+    CU_ASSERT_EQUAL(access_has("mallory"), 0);
+    /* the newer manifest and its commit record removed, the copy put back */
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out,
+                                     "%s --delete-object --type data --label keycustody-vault && "
+                                     "%s --delete-object --type data --label "
+                                     "keycustody-vault.commit && "
+                                     "%s --write-object '%s' --type data --label keycustody-vault "
+                                     "--application-label keycustody 2>&1",
+                                     p11, p11, p11, P[0]),
+                          0);
+    /* readers without the PIN are fooled: nothing public tells them */
+    CU_ASSERT_EQUAL(access_has("mallory"), 1);
+    /* the record is out of reach without the PIN */
+    CU_ASSERT_NOT_EQUAL(kc_test_sh(&out,
+                                   "%s --delete-object --type data --label "
+                                   "keycustody-vault.current 2>&1",
+                                   p11),
+                        0);
+    /* every command that logs in refuses the vault, and writes nothing */
+    r = kc_test_run("key", "create", "VaultA1/Key001", "--size", "2048", "--as",
+                    "mallory", PIN, NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "vault 'VaultA1': its manifest was rolled back: the token holds generation");
+    ASSERT_HAS(r->err, "'keycustody vault validate VaultA1 --repair'");
+    r = kc_test_run("access", "set", "VaultA1", "--principal", "eve", "--permissions", "get",
+                    SOPIN, PIN, NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "its manifest was rolled back");
+    r = kc_test_run("vault", "validate", "VaultA1", PIN, NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "its manifest was rolled back");
+    CU_ASSERT_EQUAL(access_has("mallory"), 1);
+    CU_ASSERT_EQUAL(access_has("eve"), 0);
+    /* the repair signs the recorded metadata again: mallory is gone */
+    r = kc_test_run("vault", "validate", "VaultA1", "--repair", SOPIN, PIN, NULL);
+    ASSERT_HAS(r->out, "vault 'VaultA1': manifest signed again from the vault's private record");
+    CU_ASSERT(r->rc == 0 || r->rc == 3);
+    CU_ASSERT_EQUAL(access_has("mallory"), 0);
+    CU_ASSERT_EQUAL(access_has("admin"), 1);
+    r = kc_test_run("key", "create", "VaultA1/Key001", "--size", "2048", "--as",
+                    "mallory", PIN, NULL);
+    ASSERT_RC(r, 6);
+    ASSERT_RC(kc_test_run("key", "create", "VaultA1/Key001", "--size", "2048", "--as",
+                    "admin", PIN, NULL), 0);
+    r = kc_test_run("vault", "validate", "VaultA1", "--repair", SOPIN, PIN, NULL);
+    ASSERT_HAS(r->out, "vault 'VaultA1': its manifest is the recorded one; nothing to repair");
+}
+
 static const kc_test_case manifest_cases[] = {
     {"a vault key pinned by the store", test_fingerprint_pinned_by_store},
     {"a planted root key version", test_planted_root_version},
     {"a public key's usage loosened", test_loosened_public_key},
     {"planted vault metadata", test_planted_vault_metadata},
+    {"manifest rollback", test_manifest_rolled_back},
     {"a pinned fingerprint", test_fingerprint_pinned},
     {NULL, NULL},
 };

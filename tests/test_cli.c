@@ -948,13 +948,20 @@ static void test_fault_find_and_list(void)
     kc_test_vault("VaultA1", "s", "westus");
     kc_test_key("VaultA1/Key001", NULL);
     /* the first calls read the vault key's public half and the manifest (its
-     * generations and its commit record); from the 7th on, the listing */
+     * generations and its commit record); after login, the 7th and 8th read
+     * the private record of the current manifest; from the 9th on, the
+     * listing */
     arm("C_FindObjects", "CKR_DEVICE_ERROR", 1, 0);
     r = kc_test_run("key", "list", "VaultA1", PIN, NULL);
     ASSERT_RC(r, 7);
     ASSERT_HAS(r->err, "error: cannot open vault 'VaultA1': cannot search vault 'VaultA1': "
                        "C_FindObjects: An error occurred on the device (CKR_DEVICE_ERROR, 0x30)");
     arm("C_FindObjects", "CKR_DEVICE_ERROR", 7, 0);
+    r = kc_test_run("key", "list", "VaultA1", PIN, NULL);
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "error: cannot list the keys of vault 'VaultA1': cannot check the manifest "
+                       "of vault 'VaultA1': cannot search vault 'VaultA1': C_FindObjects:");
+    arm("C_FindObjects", "CKR_DEVICE_ERROR", 9, 0);
     r = kc_test_run("key", "list", "VaultA1", PIN, NULL);
     ASSERT_RC(r, 7);
     ASSERT_HAS(r->err, "error: cannot list the keys of vault 'VaultA1': cannot search vault "

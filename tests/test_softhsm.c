@@ -1276,7 +1276,7 @@ static void test_docs_manifest_after_another_host(void)
     k = key_new(v2, "Second", KC_PROT_HSM, KC_OP_WRAP | KC_OP_UNWRAP, NULL);
     kc_key_free(k);
     CU_ASSERT_EQUAL(kc_keystate_sign(v1, &e), KC_OK);
-    CU_ASSERT_EQUAL_FATAL(kc_manifest_read(v1->tok, NULL, &m, fp, &next, &e), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_manifest_read(v1->tok, NULL, &m, fp, &next, NULL, &e), KC_OK);
     keys = json_object_get(m, "keys");
     CU_ASSERT_PTR_NOT_NULL(json_object_get(keys, "First"));
     CU_ASSERT_PTR_NOT_NULL(json_object_get(keys, "Second"));

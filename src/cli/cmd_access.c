@@ -74,7 +74,7 @@ static int open_for_change(kc_cli *cli, int argc, char **argv, struct access_sta
         return cli->error.code;
     kc_error_clear(&err);
     if (kc_vault_open(ctx, argv[first], v, &err) != KC_OK ||
-        kc_ctx_login(ctx, (*v)->tok, &err) != KC_OK) {
+        kc_vault_login(*v, &err) != KC_OK) {
         kc_vault_free(*v);
         *v = NULL;
         return kc_cli_fail(cli, &err);

@@ -2,6 +2,7 @@
 #include "cli.h"
 #include "kc_util.h"
 #include "kc_layout.h"
+#include "kc_manifest.h"
 #include "kc_plan.h"
 #include "kc_vault.h"
 
@@ -261,10 +262,11 @@ static int cmd_list(kc_cli *cli, int argc, char **argv)
 
 /* --- vault validate --- */
 
-enum { O_ALL = 300, O_LAYOUT };
+enum { O_ALL = 300, O_LAYOUT, O_REPAIR };
 
 struct validate_state {
     int all;
+    int repair;
     const char *layout;
 };
 
@@ -277,7 +279,37 @@ static int validate_opt(kc_cli *cli, int opt, const char *arg, void *st)
         s->all = 1;
     else if (opt == O_LAYOUT)
         s->layout = arg;
+    else if (opt == O_REPAIR)
+        s->repair = 1;
     return 0;
+}
+
+/* vault validate --repair: a rolled-back manifest signed again from the
+ * vault's private record of its current one. */
+static int repair_manifest(kc_cli *cli, kc_ctx *ctx, const char *name)
+{
+    kc_vault *v = NULL;
+    unsigned long generation = 0;
+    kc_error err;
+
+    kc_error_clear(&err);
+    /* a change: under this host's lock, like every command that writes */
+    ctx->lock_vaults = 1;
+    if (kc_vault_open(ctx, name, &v, &err) != KC_OK ||
+        kc_manifest_restore_current(v, &generation, &err) != KC_OK) {
+        kc_vault_free(v);
+        return kc_cli_fail(cli, &err);
+    }
+    if (!cli->json && generation > 0)
+        fprintf(cli->out,
+                "vault '%s': manifest signed again from the vault's private record, as "
+                "generation %lu\n",
+                v->meta.name, generation);
+    else if (!cli->json)
+        fprintf(cli->out, "vault '%s': its manifest is the recorded one; nothing to repair\n",
+                v->meta.name);
+    kc_vault_free(v);
+    return KC_OK;
 }
 
 static int cmd_validate(kc_cli *cli, int argc, char **argv)
@@ -285,6 +317,7 @@ static int cmd_validate(kc_cli *cli, int argc, char **argv)
     static const struct option opts[] = {
         {"all", no_argument, NULL, O_ALL},
         {"layout", required_argument, NULL, O_LAYOUT},
+        {"repair", no_argument, NULL, O_REPAIR},
         {NULL, 0, NULL, 0},
     };
     static char buf[LAYOUT_PINS][400], sobuf[LAYOUT_PINS][400];
@@ -305,6 +338,8 @@ static int cmd_validate(kc_cli *cli, int argc, char **argv)
         return rc;
     if (s.all == (argc - first == 1))
         return kc_cli_usage(cli, "give one vault name, or --all");
+    if (s.all && s.repair)
+        return kc_cli_usage(cli, "--repair takes one vault name, not --all");
     if (s.layout != NULL) {
         rc = kc_cli_load_layout(cli, s.layout, &want, &ld);
         if (rc == KC_OK && ld.errors > 0) {
@@ -319,6 +354,8 @@ static int cmd_validate(kc_cli *cli, int argc, char **argv)
             goto done;
     }
     if ((rc = kc_cli_ctx(cli, &ctx)) != KC_OK)
+        goto done;
+    if (s.repair && (rc = repair_manifest(cli, ctx, argv[first])) != KC_OK)
         goto done;
     kc_error_clear(&err);
     if (kc_plan_observe(ctx, s.all ? NULL : (const char *const *)&argv[first], s.all ? 0 : 1, &live,
@@ -397,14 +434,22 @@ const kc_cmd kc_cmds_vault[] = {
      "Lists the tokens of every loaded module; free tokens and tokens that are not\n"
      "keycustody vaults are listed too. No PIN needed.\n",
      1},
-    {"vault", "validate", cmd_validate, "NAME|--all [--layout FILE] [--json]",
+    {"vault", "validate", cmd_validate, "NAME|--all [--layout FILE] [--repair] [--json]",
      "check live vaults against the Customer Key rules, and for drift from a layout",
      "Reads each vault's metadata, access policy and keys (its PIN is needed) and\n"
      "runs the layout rules on them (docs/rules.md): recovery level, the service\n"
      "principal's access, administrators without delete, SKU, and for every RSA key\n"
      "that is not a key-exchange key: wrapKey and unwrapKey, no expiry but 9999-12-31,\n"
      "HSM protection, RSA 2048-4096. With --layout, what 'policy plan' would change is\n"
-     "reported as drift. Exit 3 when a rule is broken, 10 on drift, 0 otherwise.\n",
+     "reported as drift. Exit 3 when a rule is broken, 10 on drift, 0 otherwise.\n\n"
+     "Every command that logs in to a vault also compares its public manifest with\n"
+     "the vault's private record of the current one: an older signed manifest put\n"
+     "back on the token (by someone without the PIN) is exit 8, 'rolled back'.\n\n"
+     "Options:\n"
+     "  --all            every vault the modules show\n"
+     "  --layout FILE    report drift from this layout\n"
+     "  --repair         after a rollback, sign the vault's recorded metadata and key\n"
+     "                   state again as its newest manifest, then validate\n",
      1},
     {NULL, NULL, NULL, NULL, NULL, NULL, 0},
 };

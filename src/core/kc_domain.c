@@ -202,7 +202,7 @@ static kc_rc install(kc_ctx *ctx, kc_vault *v, const kc_secret *secret, kc_error
                      v->meta.domain);
         return KC_CONFLICT;
     }
-    r = kc_ctx_login(ctx, v->tok, err);
+    r = kc_vault_login(v, err);
     for (i = 0; r == KC_OK && i < NKEYS; i++) {
         const domain_key *k = &domain_keys[i];
         r = find_key(v, k, id, &obj, &n, err);
@@ -229,7 +229,7 @@ static kc_rc install(kc_ctx *ctx, kc_vault *v, const kc_secret *secret, kc_error
                 r = kc_tok_create_secret(v->tok, &spec, value, &obj, err);
             kc_tok_logout(v->tok);
             if (r == KC_OK)
-                r = kc_ctx_login(ctx, v->tok, err);
+                r = kc_vault_login(v, err);
         } else {
             r = kc_tok_create_secret(v->tok, &spec, value, &obj, err);
         }
@@ -279,7 +279,7 @@ static void uninstall(kc_vault *v, const unsigned char id[KC_DOMAIN_ID_BYTES])
 static kc_rc logins_hold(kc_ctx *ctx, kc_vault *v, kc_error *err)
 {
     kc_secret *so = NULL;
-    kc_rc r = kc_ctx_login(ctx, v->tok, err);
+    kc_rc r = kc_vault_login(v, err);
 
     if (r == KC_OK)
         r = kc_ctx_pin(ctx, v->meta.name, KC_PIN_SO, &so, err);
@@ -291,7 +291,7 @@ static kc_rc logins_hold(kc_ctx *ctx, kc_vault *v, kc_error *err)
     }
     kc_secret_free(so);
     if (r == KC_OK)
-        r = kc_ctx_login(ctx, v->tok, err);
+        r = kc_vault_login(v, err);
     if (r != KC_OK)
         return kc_error_prefix(err, "vault '%s'", v->meta.name);
     return KC_OK;
@@ -816,7 +816,7 @@ kc_rc kc_domain_keys_get(kc_vault *v, kc_domain_keys *out, kc_error *err)
                            "join'");
         return KC_NOT_FOUND;
     }
-    r = kc_ctx_login(v->ctx, v->tok, err);
+    r = kc_vault_login(v, err);
     for (i = 0; r == KC_OK && i < NKEYS; i++) {
         kc_obj *slot = (kc_obj *)(void *)((unsigned char *)out + domain_keys[i].slot);
         r = find_key(v, &domain_keys[i], out->id, slot, &n, err);

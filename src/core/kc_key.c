@@ -532,7 +532,7 @@ static kc_rc load_keys(kc_vault *v, const char *name, int login, kc_key **out, s
     *out = NULL;
     *n = 0;
     if (login) {
-        r = kc_ctx_login(v->ctx, v->tok, err);
+        r = kc_vault_login(v, err);
         if (r != KC_OK)
             return r;
     }
@@ -652,7 +652,7 @@ kc_rc kc_key_check_free_name(kc_vault *v, const char *name, kc_error *err)
     json_t *rec;
     kc_rc r;
 
-    r = kc_ctx_login(v->ctx, v->tok, err);
+    r = kc_vault_login(v, err);
     if (r == KC_OK)
         r = kc_tok_find_keys(v->tok, name, NULL, 0, &objs, &nobjs, err);
     free(objs);
@@ -749,7 +749,7 @@ kc_rc kc_key_create(kc_vault *v, const kc_key_create_opts *o, kc_key **out, kc_e
         if (strcmp(expires, today) < 0)
             return kc_error_set(err, KC_USAGE, "expiry %s is in the past", o->expires);
     }
-    r = kc_ctx_login(v->ctx, v->tok, err);
+    r = kc_vault_login(v, err);
     if (r != KC_OK)
         goto fail;
     r = kc_key_check_free_name(v, o->name, err);

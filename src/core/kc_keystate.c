@@ -39,7 +39,7 @@ kc_rc kc_keystate_load(kc_vault *v, kc_error *err)
 
     if (v->state != NULL)
         return KC_OK;
-    r = kc_ctx_login(v->ctx, v->tok, err);
+    r = kc_vault_login(v, err);
     if (r != KC_OK)
         return r;
     r = kc_gendoc_read(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, "key state", check_state, NULL,
@@ -178,7 +178,7 @@ kc_rc kc_keystate_stale(kc_vault *v, size_t *stale, kc_error *err)
     char fp[KC_FINGERPRINT_HEX + 1];
     void *signer = NULL;
     size_t a = 0, b = 0;
-    kc_rc r = kc_ctx_login(v->ctx, v->tok, err);
+    kc_rc r = kc_vault_login(v, err);
 
     *stale = 0;
     if (r == KC_OK)
@@ -204,7 +204,7 @@ kc_rc kc_keystate_tidy(kc_vault *v, size_t *removed, kc_error *err)
     size_t a = 0, b = 0;
     char fp[KC_FINGERPRINT_HEX + 1];
     void *signer = NULL;
-    kc_rc r = kc_ctx_login(v->ctx, v->tok, err);
+    kc_rc r = kc_vault_login(v, err);
 
     if (r == KC_OK)
         r = kc_gendoc_tidy(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, check_state, NULL, &a,

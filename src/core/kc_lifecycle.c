@@ -397,7 +397,7 @@ kc_rc kc_key_destroy_now(kc_vault *v, const char *name, kc_error *err)
 {
     kc_key_obj *objs = NULL;
     size_t n = 0;
-    kc_rc r = kc_ctx_login(v->ctx, v->tok, err);
+    kc_rc r = kc_vault_login(v, err);
 
     if (r == KC_OK)
         r = kc_keystate_load(v, err);

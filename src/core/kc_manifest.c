@@ -337,9 +337,10 @@ static kc_rc manifest_read(kc_tok *tok, const char *expect_fp, json_t **manifest
 }
 
 kc_rc kc_manifest_read(kc_tok *tok, const char *expect_fp, json_t **manifest,
-                       char fp[KC_FINGERPRINT_HEX + 1], unsigned long *next, kc_error *err)
+                       char fp[KC_FINGERPRINT_HEX + 1], unsigned long *next, kc_gendoc_ref *ref,
+                       kc_error *err)
 {
-    return manifest_read(tok, expect_fp, manifest, fp, next, NULL, err);
+    return manifest_read(tok, expect_fp, manifest, fp, next, ref, err);
 }
 
 /* --- writing --- */
@@ -480,6 +481,11 @@ kc_rc kc_vault_changed_meanwhile(const kc_vault *v, const char *what, unsigned l
 
 kc_rc kc_manifest_write(kc_vault *v, kc_vault_meta *m, kc_error *err)
 {
+    return kc_manifest_write_after(v, m, 0, err);
+}
+
+kc_rc kc_manifest_write_after(kc_vault *v, kc_vault_meta *m, unsigned long after, kc_error *err)
+{
     char fp[KC_FINGERPRINT_HEX + 1], *meta = NULL, *doc = NULL;
     unsigned long next = 1;
     json_t *old = NULL, *manifest = NULL, *keys;
@@ -488,7 +494,7 @@ kc_rc kc_manifest_write(kc_vault *v, kc_vault_meta *m, kc_error *err)
     kc_obj priv = 0;
     kc_rc r;
 
-    r = kc_ctx_login(v->ctx, v->tok, err);
+    r = kc_vault_login(v, err);
     if (r == KC_OK)
         r = signing_key(v, &priv, err);
     /* a tampered manifest on the token stops the write: writing over it
@@ -517,6 +523,8 @@ kc_rc kc_manifest_write(kc_vault *v, kc_vault_meta *m, kc_error *err)
         kc_manifest_signer_free(signer);
         return kc_error_prefix(err, "cannot sign the manifest of vault '%s'", v->meta.name);
     }
+    if (next <= after)
+        next = after + 1;
     m->generation = next;
     r = kc_vault_meta_encode(m, &meta, err);
     if (r == KC_OK) {
@@ -532,11 +540,19 @@ kc_rc kc_manifest_write(kc_vault *v, kc_vault_meta *m, kc_error *err)
     if (r == KC_OK)
         r = kc_gendoc_write(v->tok, KC_VAULT_META_LABEL, 0, "vault manifest", doc, next, &base,
                             kc_manifest_doc_check, signer, err);
+    if (r == KC_OK)
+        kc_manifest_digest(doc, v->manifest_digest);
     kc_manifest_signer_free(signer);
     free(meta);
     free(doc);
     json_decref(manifest);
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot sign the manifest of vault '%s'", v->meta.name);
-    return KC_OK;
+    /* committed: this is the vault's manifest now, and its private record
+     * says so (kc_current.c) */
+    r = kc_manifest_record_current(v, m, next, v->manifest_digest, err);
+    if (r != KC_OK)
+        kc_error_hint(err, "the change was made; until a later write records the manifest, a "
+                           "copy of the previous one put back on the token is not noticed");
+    return r;
 }

@@ -21,6 +21,7 @@
 #ifndef KC_MANIFEST_H
 #define KC_MANIFEST_H
 
+#include "kc_gendoc.h"
 #include "kc_vault.h"
 
 #include <jansson.h>
@@ -32,15 +33,52 @@
  * the signer's fingerprint in fp. expect_fp (may be NULL or "") is a pinned
  * fingerprint: another one is KC_INTEGRITY with a hint to compare out of band.
  * KC_NOT_FOUND when the token holds no manifest (not a vault). *next: the
- * generation the next write uses. */
+ * generation the next write uses; *ref (may be NULL): the object it was
+ * read from. */
 KC_EXPORT kc_rc kc_manifest_read(kc_tok *tok, const char *expect_fp, json_t **manifest,
                                  char fp[KC_FINGERPRINT_HEX + 1], unsigned long *next,
-                                 kc_error *err) KC_MUST_CHECK;
+                                 kc_gendoc_ref *ref, kc_error *err) KC_MUST_CHECK;
 
 /* Writes the manifest of v (logged in) as the next generation: m as its
  * vault metadata (m->generation is set to it), the keys from the key state
  * and the token's key objects. Makes the vault key when the vault has none. */
 KC_EXPORT kc_rc kc_manifest_write(kc_vault *v, kc_vault_meta *m, kc_error *err) KC_MUST_CHECK;
+
+/* kc_manifest_write, as a generation newer than after. */
+KC_EXPORT kc_rc kc_manifest_write_after(kc_vault *v, kc_vault_meta *m, unsigned long after,
+                                        kc_error *err) KC_MUST_CHECK;
+
+/* --- the private record of the current manifest (kc_current.c) ---
+ *
+ * With every manifest it writes, keycustody records in a private object
+ * (KC_MANIFEST_CURRENT_LABEL) its generation, SHA-256 and vault metadata.
+ * Someone without the PIN can put an older signed manifest back on the
+ * token, but cannot touch the record: a command that logs in compares the
+ * manifest it opened with it (kc_vault_login). */
+#define KC_MANIFEST_CURRENT_LABEL "keycustody-vault.current"
+
+/* SHA-256 (hex) of a manifest document as stored. */
+KC_EXPORT void kc_manifest_digest(const char *doc, char out[KC_FINGERPRINT_HEX + 1]);
+
+/* Records that generation (digest, metadata m) is v's current manifest and
+ * removes older records. KC_TOKEN when the token would not store it. */
+KC_EXPORT kc_rc kc_manifest_record_current(kc_vault *v, const kc_vault_meta *m,
+                                           unsigned long generation,
+                                           const char digest[KC_FINGERPRINT_HEX + 1],
+                                           kc_error *err) KC_MUST_CHECK;
+
+/* v logged in: KC_OK when the manifest v was opened with is the recorded
+ * one, newer (its writer stopped before recording it), or the token holds
+ * the recorded one or a newer one by now (another writer; this command's
+ * own write then conflicts). KC_INTEGRITY when it was rolled back (an older
+ * generation put back) or there is no record past the first generation. */
+KC_EXPORT kc_rc kc_manifest_check_current(kc_vault *v, kc_error *err) KC_MUST_CHECK;
+
+/* After a rollback: signs the recorded metadata (and the key state) again
+ * as a generation newer than the record; *restored is that generation, 0
+ * when the token's manifest was current and nothing was written. */
+KC_EXPORT kc_rc kc_manifest_restore_current(kc_vault *v, unsigned long *restored,
+                                            kc_error *err) KC_MUST_CHECK;
 
 /* KC_CONFLICT: v's document what is at generation now on the token, not at
  * the generation read that this command changed. */

@@ -66,7 +66,7 @@ kc_rc kc_store_authenticate(kc_ctx *ctx, kc_store *st, const char *service_vault
     snprintf(st->service_vault, sizeof(st->service_vault), "%s", name);
     r = kc_vault_open(ctx, name, &v, err);
     if (r == KC_OK)
-        r = kc_ctx_login(ctx, v->tok, err);
+        r = kc_vault_login(v, err);
     if (r == KC_OK)
         r = kc_vault_own_secret(v, STORE_KEY_LABEL, NULL, 0, KC_WHERE_PRIVATE, &obj, &n, err);
     if (r == KC_OK && n == 0 && rec[0]) {

@@ -228,16 +228,19 @@ cleanup:
  * when not NULL; fp gets the vault key's fingerprint). expect_fp: a pinned
  * fingerprint, or NULL. */
 static kc_rc read_meta(kc_tok *tok, const char *expect_fp, kc_vault_meta *out, json_t **manifest,
-                       char fp[65], kc_error *err)
+                       char fp[65], char digest[65], kc_error *err)
 {
     json_t *m = NULL;
     unsigned long next = 1;
+    kc_gendoc_ref ref;
     char *text;
     kc_rc r;
 
     if (manifest != NULL)
         *manifest = NULL;
-    r = kc_manifest_read(tok, expect_fp, &m, fp, &next, err);
+    r = kc_manifest_read(tok, expect_fp, &m, fp, &next, &ref, err);
+    if (r == KC_OK && digest != NULL)
+        memcpy(digest, ref.digest, sizeof(ref.digest));
     if (r != KC_OK)
         return r;
     text = json_dumps(json_object_get(m, "vault"), JSON_COMPACT);
@@ -253,14 +256,27 @@ static kc_rc read_meta(kc_tok *tok, const char *expect_fp, kc_vault_meta *out, j
 
 kc_rc kc_vault_meta_reread(kc_vault *v, kc_error *err)
 {
-    char fp[65];
+    char fp[65], digest[65];
     kc_vault_meta m;
-    kc_rc r = read_meta(v->tok, v->fingerprint, &m, NULL, fp, err);
+    kc_rc r = read_meta(v->tok, v->fingerprint, &m, NULL, fp, digest, err);
 
     if (r == KC_NOT_FOUND)
         return kc_vault_lost_sight(v, err);
-    if (r == KC_OK)
+    if (r == KC_OK) {
         v->meta = m;
+        memcpy(v->manifest_digest, digest, sizeof(digest));
+    }
+    return r;
+}
+
+kc_rc kc_vault_login(kc_vault *v, kc_error *err)
+{
+    kc_rc r = kc_ctx_login(v->ctx, v->tok, err);
+
+    if (r == KC_OK && !v->current_checked) {
+        r = kc_manifest_check_current(v, err);
+        v->current_checked = r == KC_OK;
+    }
     return r;
 }
 
@@ -372,7 +388,7 @@ kc_rc kc_vault_open(kc_ctx *ctx, const char *name_or_uri, kc_vault **out, kc_err
     kc_vault_meta m;
     kc_tok *tok = NULL;
     json_t *manifest = NULL;
-    char fp[65] = "";
+    char fp[65] = "", digest[65] = "";
     kc_rc r;
 
     *out = NULL;
@@ -382,7 +398,7 @@ kc_rc kc_vault_open(kc_ctx *ctx, const char *name_or_uri, kc_vault **out, kc_err
         r = kc_ctx_lock_token(ctx, tok, err);
     if (r == KC_OK)
         r = read_meta(tok, kc_ctx_pinned_fingerprint(ctx, kc_tok_info_get(tok)->label), &m,
-                      &manifest, fp, err);
+                      &manifest, fp, digest, err);
     if (r == KC_NOT_FOUND && tok != NULL)
         kc_error_hint(err,
                       "make it one with 'keycustody vault init %s --subscription ID "
@@ -399,6 +415,7 @@ kc_rc kc_vault_open(kc_ctx *ctx, const char *name_or_uri, kc_vault **out, kc_err
     if (r == KC_OK) {
         (*out)->manifest = manifest;
         memcpy((*out)->fingerprint, fp, sizeof(fp));
+        memcpy((*out)->manifest_digest, digest, sizeof(digest));
         /* first use: pinned from now on, in this process and by the caller */
         if (kc_ctx_pinned_fingerprint(ctx, m.name) == NULL) {
             kc_error ignored;
@@ -487,7 +504,7 @@ kc_rc kc_vault_init(kc_ctx *ctx, const kc_vault_meta *want, const char *token_ur
                                 "a token labelled '%s' exists already; "
                                 "--token selects a free token to initialise",
                                 want->name);
-        r = read_meta(tok, NULL, &existing, NULL, fp, err);
+        r = read_meta(tok, NULL, &existing, NULL, fp, NULL, err);
         if (r == KC_OK) {
             kc_error_set(err, KC_CONFLICT,
                          "vault '%s' is already initialised (subscription "
@@ -563,7 +580,7 @@ kc_rc kc_vault_list(kc_ctx *ctx, kc_vault_entry **out, size_t *n, kc_error *err)
         /* By URI, so two tokens with one label are still told apart. */
         if (kc_p11_token(ctx->p11, toks[i].uri, &tok, &why) == KC_OK &&
             read_meta(tok, kc_ctx_pinned_fingerprint(ctx, toks[i].label), &v[i].meta, NULL,
-                      v[i].fingerprint, &why) == KC_OK) {
+                      v[i].fingerprint, NULL, &why) == KC_OK) {
             v[i].is_vault = strcmp(v[i].meta.name, toks[i].label) == 0;
             if (!v[i].is_vault)
                 snprintf(v[i].note, sizeof(v[i].note), "holds the metadata of vault '%s'",

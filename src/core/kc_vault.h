@@ -43,6 +43,8 @@ typedef struct kc_vault {
     struct json_t *state;    /* the key state, once loaded (kc_keystate.h) */
     struct json_t *manifest; /* the signed manifest it was opened with (kc_manifest.h) */
     char fingerprint[65];    /* of the vault key that signs it */
+    char manifest_digest[65]; /* SHA-256 of the manifest document at meta.generation */
+    int current_checked;      /* the manifest was checked against its private record */
     unsigned long saved;     /* key state generations this handle committed (kc_keystate_save) */
 } kc_vault;
 
@@ -102,6 +104,12 @@ KC_EXPORT kc_rc kc_vault_own_secret(kc_vault *v, const char *label, const unsign
 /* v->meta as the token holds it now (another writer may have changed it
  * since v was opened), from the manifest signed by the same vault key. */
 KC_EXPORT kc_rc kc_vault_meta_reread(kc_vault *v, kc_error *err) KC_MUST_CHECK;
+
+/* Logs in to v's token (kc_ctx_login) and, the first time, checks the
+ * manifest v was opened with against the vault's private record of its
+ * current one (kc_manifest_check_current): KC_INTEGRITY when it was rolled
+ * back. What every command that logs in to a vault it opened calls. */
+KC_EXPORT kc_rc kc_vault_login(kc_vault *v, kc_error *err) KC_MUST_CHECK;
 
 /* KC_TOKEN: the manifest v was opened with is not found any more (the
  * module failed; a vault's manifest is never removed by keycustody). */

@@ -669,7 +669,7 @@ kc_rc kc_plan_apply(kc_ctx *ctx, const kc_layout *l, const kc_action *a, kc_erro
         v->meta.retention_registered = want.retention_registered;
         memcpy(v->meta.access, want.access, sizeof(want.access));
         v->meta.naccess = want.naccess;
-        r = kc_ctx_login(ctx, v->tok, err);
+        r = kc_vault_login(v, err);
         if (r == KC_OK)
             r = kc_vault_save_meta(v, err);
         break;
