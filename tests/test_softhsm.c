@@ -1098,8 +1098,24 @@ static void test_docs_killed_writers(void)
     CU_ASSERT(t1.tv_sec - t0.tv_sec >= 1); /* it waited */
     {
         char first[8];
+        size_t removed = 0;
+
         snprintf(first, sizeof(first), "%s", got);
         CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), first);
+        /* but no writer writes over the guess: the other may be the winner,
+         * only slow to leave its record */
+        CU_ASSERT(ref.guessed);
+        CU_ASSERT_EQUAL(doc_put(tok, DOC, 6, "six", &ref, &e), KC_CONFLICT);
+        ASSERT_HAS(e.msg, "vault 'Docs1': its test document has two candidates of generation 5 "
+                          "and no record of which was committed");
+        CU_ASSERT_EQUAL(doc_objects(tok, DOC), 2);
+        /* tidied ('vault validate --repair'): the guess is kept, and written over */
+        CU_ASSERT_EQUAL(kc_gendoc_tidy(tok, DOC, KC_WHERE_PUBLIC, doc_check, NULL, &removed, &e),
+                        KC_OK);
+        CU_ASSERT(removed >= 1); /* the other candidate, and the records before */
+        CU_ASSERT_EQUAL(doc_objects(tok, DOC), 1);
+        CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), first);
+        CU_ASSERT_FALSE(ref.guessed);
     }
     CU_ASSERT_EQUAL_FATAL(doc_put(tok, DOC, 6, "six", &ref, &e), KC_OK);
     CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "six");

@@ -293,6 +293,8 @@ kc_rc kc_gendoc_read(kc_tok *tok, const char *label, kc_where where, const char 
         r = read_once(tok, label, where, what, check, arg, out, len, next, ref, &ambiguous,
                       &missing, err);
     }
+    if (r == KC_OK && ambiguous && ref != NULL)
+        ref->guessed = 1;
     if (r == KC_NOT_FOUND && missing) {
         kc_error_set(err, KC_INTEGRITY,
                      "token '%s' has the commit record of its %s ('%s') but not the %s: it was "
@@ -429,6 +431,17 @@ kc_rc kc_gendoc_write(kc_tok *tok, const char *label, int is_private, const char
     kc_rc r;
 
     kc_error_clear(&ignored);
+    if (base != NULL && base->guessed) {
+        kc_error_set(err, KC_CONFLICT,
+                     "vault '%s': its %s has two candidates of generation %lu and no record of "
+                     "which was committed: another write is finishing, or one was interrupted; "
+                     "nothing was written",
+                     kc_tok_info_get(tok)->label, what, base->generation);
+        kc_error_hint(err, "run the command again; if it says so again, 'keycustody vault "
+                           "validate %s --repair' keeps the candidate readers take",
+                      kc_tok_info_get(tok)->label);
+        return KC_CONFLICT;
+    }
     digest_hex(doc, strlen(doc), digest);
     r = kc_tok_create_data(tok, KC_GENDOC_APPLICATION, label, doc, strlen(doc), is_private,
                            &created, err);

@@ -23,7 +23,10 @@
  * gone (its generation was committed over), the newest generation after it.
  * Two of that generation (a writer killed before its commit beside one
  * committing now) are waited for; if the winner's record never comes, the
- * one with the lowest digest is taken: neither write was reported done. */
+ * one with the lowest digest is taken for reading: neither write was
+ * reported done. A writer never commits over such a guess: the winner may
+ * only be slow to leave its record, and a write over the loser's candidate
+ * would then remove the winner's (test_misuse "writers on many hosts"). */
 #ifndef KC_GENDOC_H
 #define KC_GENDOC_H
 
@@ -42,6 +45,10 @@ typedef struct kc_gendoc_ref {
     kc_obj handle; /* 0: no document was read (the first write) */
     unsigned long generation;
     char digest[65]; /* SHA-256 of its value, hex: what it is after a replaced session */
+    /* chosen by digest among candidates of one generation after waiting
+     * for a commit record that did not come: not known to be committed, so
+     * never written over (kc_gendoc_write refuses) */
+    int guessed;
 } kc_gendoc_ref;
 
 /* The current generation with this label among the objects where says
