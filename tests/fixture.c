@@ -1,6 +1,7 @@
 #include "fixture.h"
 #include "cli.h"
 #include "kc_p11.h"
+#include "kc_vault.h"
 
 #include <CUnit/Basic.h>
 #include <jansson.h>
@@ -219,6 +220,26 @@ void kc_test_vault(const char *name, const char *subscription, const char *regio
         kc_test_run("vault", "init", name, "--subscription", subscription, "--region", region,
                     "--so-pin-source", "env:TEST_SO_PIN", "--pin-source", "env:TEST_PIN", NULL);
     ASSERT_RC(r, 0);
+}
+
+void kc_test_public_half(const char *vault, const char *name, unsigned char id0)
+{
+    unsigned char id[16] = {id0, 2, 3}, n[256], e[3] = {1, 0, 1};
+    kc_rsa_spec spec = {NULL, id, sizeof(id), 2048, KC_OP_WRAP, 0, 0, NULL, NULL};
+    kc_ctx *ctx = NULL;
+    kc_vault *v = NULL;
+    kc_error err;
+    kc_obj obj;
+
+    memset(n, 0xc5, sizeof(n));
+    spec.label = name;
+    CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, kc_test_env_pin, NULL, &ctx, &err), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_vault_open(ctx, vault, &v, &err), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_ctx_login(ctx, v->tok, &err), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(
+        kc_tok_create_rsa_public(v->tok, &spec, n, sizeof(n), e, sizeof(e), &obj, &err), KC_OK);
+    kc_vault_free(v);
+    kc_ctx_free(ctx);
 }
 
 void kc_test_key(const char *ref, const char *ops)

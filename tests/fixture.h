@@ -74,6 +74,10 @@ void kc_test_custodians(void);
 const kc_test_out *kc_test_domain(const char *sub, const char *vault, const char *out);
 /* Makes an RSA-2048 key with the given extra options (may be NULL). */
 void kc_test_key(const char *ref, const char *ops);
+/* The public half of an RSA pair labelled name, CKA_ID id0 02 03 00...,
+ * on vault's token: what a create killed inside C_GenerateKeyPair leaves
+ * (SoftHSM writes the public half first). */
+void kc_test_public_half(const char *vault, const char *name, unsigned char id0);
 
 /* Registers a secret the test uses (8 bytes or more): after the test, every
  * file it left is read for it, and only a file holding exactly it may. */

@@ -406,24 +406,10 @@ static void test_tidies_stale_generations(void)
 static void test_repairs_half_made_key(void)
 {
     const char *file = kc_test_layout(NULL, NULL);
-    unsigned char id[16] = {1, 2, 3}, n[256], e[3] = {1, 0, 1};
-    kc_rsa_spec spec = {"KeyA", id, sizeof(id), 2048, KC_OP_WRAP, 0, 0, NULL, NULL};
     const kc_test_out *r;
-    kc_ctx *ctx = NULL;
-    kc_vault *v = NULL;
-    kc_error err;
-    kc_obj obj;
 
     ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
-    memset(n, 0xc5, sizeof(n));
-    CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, kc_test_env_pin, NULL, &ctx, &err), KC_OK);
-    CU_ASSERT_EQUAL_FATAL(kc_vault_open(ctx, "VaultA1", &v, &err), KC_OK);
-    CU_ASSERT_EQUAL_FATAL(kc_ctx_login(ctx, v->tok, &err), KC_OK);
-    spec.label = "KeyQ";
-    CU_ASSERT_EQUAL_FATAL(
-        kc_tok_create_rsa_public(v->tok, &spec, n, sizeof(n), e, sizeof(e), &obj, &err), KC_OK);
-    kc_vault_free(v);
-    kc_ctx_free(ctx);
+    kc_test_public_half("VaultA1", "KeyQ", 1);
     file = kc_test_layout(
         "      - name: KeyA\n        size: 2048\n",
         "      - name: KeyA\n        size: 2048\n      - name: KeyQ\n        size: 2048\n");

@@ -65,11 +65,19 @@ static json_t *version_json(const kc_key *k, const kc_key_version *ver)
 
 static json_t *key_json(const kc_vault *v, const kc_key *k)
 {
-    json_t *o = json_pack("{s:s, s:s, s:s, s:s}", "vault", k->vault, "name", k->name,
-                          "current_version", k->versions[k->current].version, "recovery_level",
-                          kc_vault_recovery_level(&v->meta));
-    json_t *vs = json_array(), *tags = json_object();
+    json_t *o = json_pack("{s:s, s:s, s:s?, s:s}", "vault", k->vault, "name", k->name,
+                          "current_version",
+                          k->nversions > 0 ? k->versions[k->current].version : NULL,
+                          "recovery_level", kc_vault_recovery_level(&v->meta));
+    json_t *vs = json_array(), *tags = json_object(), *half;
     size_t i;
+
+    if (k->nhalf > 0) {
+        half = json_array();
+        for (i = k->nversions; i < k->nversions + k->nhalf; i++)
+            json_array_append_new(half, json_string(k->versions[i].version));
+        json_object_set_new(o, "half_made_versions", half);
+    }
 
     for (i = 0; i < k->ntags; i++)
         json_object_set_new(tags, k->tags[i].name, json_string(k->tags[i].value));
@@ -293,6 +301,12 @@ static void print_active(FILE *f, const kc_vault *v, const kc_key *keys, size_t 
             "OPS", "EXPIRES", "CURRENT VERSION");
     for (i = 0; i < n; i++) {
         const kc_key_version *cur = &keys[i].versions[keys[i].current];
+        if (keys[i].nversions == 0) {
+            fprintf(f, "%-24s %-8d half-made: an interrupted create left half a key pair "
+                       "('keycustody vault validate %s --repair' removes it)\n",
+                    keys[i].name, 0, v->meta.name);
+            continue;
+        }
         kc_key_ops_format(cur->ops, ops, sizeof(ops));
         fprintf(f, "%-24s %-8zu %-5u %-10s %-20s %-10s %s\n", keys[i].name, keys[i].nversions,
                 cur->bits, protection_name(cur->protection), ops,
@@ -429,6 +443,12 @@ static int cmd_show(kc_cli *cli, int argc, char **argv)
         print_version(cli->out, v, k, ver);
         fprintf(cli->out, "versions:     %zu (see them with --versions)\n", k->nversions);
     }
+    if (!cli->json && k->nhalf > 0)
+        fprintf(cli->out,
+                "half-made:    %zu version%s an interrupted create left (half a key pair, "
+                "never usable; readers without the PIN refuse the key until it goes): "
+                "'keycustody vault validate %s --repair' removes %s\n",
+                k->nhalf, k->nhalf == 1 ? "" : "s", v->meta.name, k->nhalf == 1 ? "it" : "them");
     rc = KC_OK;
 cleanup:
     kc_key_free(k);

@@ -1,6 +1,7 @@
 /* keycustody vault init | show | list */
 #include "cli.h"
 #include "kc_util.h"
+#include "kc_key.h"
 #include "kc_layout.h"
 #include "kc_manifest.h"
 #include "kc_plan.h"
@@ -285,21 +286,29 @@ static int validate_opt(kc_cli *cli, int opt, const char *arg, void *st)
 }
 
 /* vault validate --repair: a rolled-back manifest signed again from the
- * vault's private record of its current one. */
-static int repair_manifest(kc_cli *cli, kc_ctx *ctx, const char *name)
+ * vault's private record of its current one, then what interrupted writes
+ * left removed. */
+static int repair(kc_cli *cli, kc_ctx *ctx, const char *name)
 {
     kc_vault *v = NULL;
     unsigned long generation = 0;
+    size_t halves = 0, stale = 0;
     kc_error err;
 
     kc_error_clear(&err);
     /* a change: under this host's lock, like every command that writes */
     ctx->lock_vaults = 1;
     if (kc_vault_open(ctx, name, &v, &err) != KC_OK ||
-        kc_manifest_restore_current(v, &generation, &err) != KC_OK) {
+        kc_manifest_restore_current(v, &generation, &err) != KC_OK ||
+        kc_vault_remove_leftovers(v, &halves, &stale, &err) != KC_OK) {
         kc_vault_free(v);
         return kc_cli_fail(cli, &err);
     }
+    if (!cli->json && halves + stale > 0)
+        fprintf(cli->out,
+                "vault '%s': removed what interrupted writes left: %zu half-made key "
+                "version%s, %zu older generation%s of its documents\n",
+                v->meta.name, halves, halves == 1 ? "" : "s", stale, stale == 1 ? "" : "s");
     if (!cli->json && generation > 0)
         fprintf(cli->out,
                 "vault '%s': manifest signed again from the vault's private record, as "
@@ -355,7 +364,7 @@ static int cmd_validate(kc_cli *cli, int argc, char **argv)
     }
     if ((rc = kc_cli_ctx(cli, &ctx)) != KC_OK)
         goto done;
-    if (s.repair && (rc = repair_manifest(cli, ctx, argv[first])) != KC_OK)
+    if (s.repair && (rc = repair(cli, ctx, argv[first])) != KC_OK)
         goto done;
     kc_error_clear(&err);
     if (kc_plan_observe(ctx, s.all ? NULL : (const char *const *)&argv[first], s.all ? 0 : 1, &live,
@@ -448,8 +457,10 @@ const kc_cmd kc_cmds_vault[] = {
      "Options:\n"
      "  --all            every vault the modules show\n"
      "  --layout FILE    report drift from this layout\n"
-     "  --repair         after a rollback, sign the vault's recorded metadata and key\n"
-     "                   state again as its newest manifest, then validate\n",
+     "  --repair         first repair the vault (its PIN is needed): after a rollback,\n"
+     "                   sign its recorded metadata and key state again as its newest\n"
+     "                   manifest; remove the half-made key versions and older document\n"
+     "                   generations that interrupted commands left (rule KC031)\n",
      1},
     {NULL, NULL, NULL, NULL, NULL, NULL, 0},
 };

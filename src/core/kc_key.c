@@ -450,6 +450,16 @@ fail:
  * do. A public key the manifest does not name, or whose key is not the one
  * it names, was planted or replaced; a public key allowing more than its
  * version may was changed. */
+static void half_made_hint(const kc_vault *v, const kc_key *k, kc_error *err)
+{
+    kc_error_hint(err,
+                  "or a create killed on another host left it: a PIN holder sees which with "
+                  "'keycustody key show %s/%s', and 'keycustody vault validate %s --repair' "
+                  "removes a half-made one; otherwise keep a copy of the token for "
+                  "investigation",
+                  v->meta.name, k->name, v->meta.name);
+}
+
 static kc_rc apply_manifest(kc_vault *v, kc_key *k, kc_error *err)
 {
     json_t *mk = json_object_get(json_object_get(v->manifest, "keys"), k->name), *mv;
@@ -466,9 +476,7 @@ static kc_rc apply_manifest(kc_vault *v, kc_key *k, kc_error *err)
                      "vault '%s' holds key objects labelled '%s' that its signed manifest does "
                      "not name: they were planted (or made outside keycustody)",
                      v->meta.name, k->name);
-        kc_error_hint(err, "keep a copy of the token for investigation; a PIN holder sees the "
-                           "vault's own record with 'keycustody key list %s'",
-                      v->meta.name);
+        half_made_hint(v, k, err);
         return KC_INTEGRITY;
     }
     for (i = 0; r == KC_OK && i < k->nversions; i++) {
@@ -479,6 +487,7 @@ static kc_rc apply_manifest(kc_vault *v, kc_key *k, kc_error *err)
                              "version %s of key '%s' in vault '%s' is not in the vault's signed "
                              "manifest: it was planted",
                              ver->version, k->name, v->meta.name);
+            half_made_hint(v, k, err);
             break;
         }
         if (ver->has_pub) {
@@ -522,6 +531,36 @@ static kc_rc apply_manifest(kc_vault *v, kc_key *k, kc_error *err)
     return KC_OK;
 }
 
+/* Moves the half-made versions of k behind the others (kc_key.nhalf): with
+ * the PIN, a version neither recorded nor whole is what a create killed in
+ * C_GenerateKeyPair left, never a version of the key. */
+static void set_half_made_aside(kc_key *k)
+{
+    kc_key_version tmp;
+    char current[129] = "";
+    size_t i, kept = 0;
+
+    if (k->nversions > 0)
+        snprintf(current, sizeof(current), "%s", k->versions[k->current].version);
+    for (i = 0; i < k->nversions; i++) {
+        const kc_key_version *ver = &k->versions[i];
+        if (!ver->recorded && !(ver->has_pub && ver->has_priv))
+            continue;
+        if (i != kept) {
+            tmp = k->versions[kept];
+            k->versions[kept] = k->versions[i];
+            k->versions[i] = tmp;
+        }
+        kept++;
+    }
+    k->nhalf = k->nversions - kept;
+    k->nversions = kept;
+    k->current = 0;
+    for (i = 0; i < kept; i++)
+        if (strcmp(k->versions[i].version, current) == 0)
+            k->current = i;
+}
+
 static kc_rc load_keys(kc_vault *v, const char *name, int login, kc_key **out, size_t *n,
                        kc_error *err)
 {
@@ -545,8 +584,10 @@ static kc_rc load_keys(kc_vault *v, const char *name, int login, kc_key **out, s
         r = apply_manifest(v, &(*out)[i], err);
     if (r == KC_OK && login) {
         r = kc_keystate_load(v, err);
-        for (i = 0; r == KC_OK && i < *n; i++)
+        for (i = 0; r == KC_OK && i < *n; i++) {
             apply_state(v, &(*out)[i]);
+            set_half_made_aside(&(*out)[i]);
+        }
     }
     if (r != KC_OK) {
         kc_key_list_free(*out, *n);
@@ -614,6 +655,15 @@ kc_rc kc_key_get(kc_vault *v, const char *name, int login, kc_key **out, kc_erro
         kc_key_list_free(keys, n);
         kc_error_set(err, KC_NOT_FOUND, "no key '%s' in vault '%s'", name, v->meta.name);
         kc_error_hint(err, "see the vault's keys with 'keycustody key list %s'", v->meta.name);
+        return KC_NOT_FOUND;
+    }
+    if (keys[0].nversions == 0) {
+        kc_error_set(err, KC_NOT_FOUND,
+                     "key '%s' in vault '%s' has no usable version: an interrupted create left "
+                     "half a key pair",
+                     name, v->meta.name);
+        kc_error_hint(err, "'keycustody vault validate %s --repair' removes it", v->meta.name);
+        kc_key_list_free(keys, n);
         return KC_NOT_FOUND;
     }
     *out = keys; /* n == 1: one label asked for */

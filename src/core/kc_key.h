@@ -51,6 +51,10 @@ typedef struct kc_key {
     char name[KC_KEY_NAME_MAX + 1];
     kc_key_version *versions; /* oldest first */
     size_t nversions;
+    /* With the PIN: after the versions, nhalf half-made ones (unrecorded,
+     * one half of the pair on the token: a create killed inside
+     * C_GenerateKeyPair), never usable and not counted in nversions. */
+    size_t nhalf;
     size_t current; /* index of the current version */
     int has_state;  /* the key state was read (needs the PIN) */
     int deleted;
@@ -174,11 +178,16 @@ KC_EXPORT kc_rc kc_key_update(kc_vault *v, const char *name, const unsigned char
                               const kc_key_update_opts *o, kc_key **out,
                               kc_error *err) KC_MUST_CHECK;
 
-/* Destroys the half-made versions of a key: unrecorded, with only one half
- * of the pair on the token (a create killed inside C_GenerateKeyPair).
- * *emptied tells whether no version is left. */
+/* Destroys the half-made versions of a key (kc_key.nhalf). *emptied tells
+ * whether no version is left. */
 KC_EXPORT kc_rc kc_key_remove_half_made(kc_vault *v, const char *name, int *emptied,
                                         kc_error *err) KC_MUST_CHECK;
+
+/* Removes what interrupted writes left in v: every key's half-made
+ * versions (*halves) and the older generations of its documents (*stale;
+ * kc_keystate_tidy). */
+KC_EXPORT kc_rc kc_vault_remove_leftovers(kc_vault *v, size_t *halves, size_t *stale,
+                                          kc_error *err) KC_MUST_CHECK;
 
 /* Records the versions the key state does not know (a create or rotate
  * interrupted between the token and the record): created now, enabled,

@@ -222,26 +222,56 @@ done:
     return KC_OK;
 }
 
-kc_rc kc_key_remove_half_made(kc_vault *v, const char *name, int *emptied, kc_error *err)
+/* Destroys the half-made versions of keys (every key when name is NULL):
+ * *removed counts them, *emptied whether the named key has none left. */
+static kc_rc remove_half_made(kc_vault *v, const char *name, size_t *removed, int *emptied,
+                              kc_error *err)
 {
-    kc_key *k = NULL;
-    size_t i, left = 0;
+    kc_key *keys = NULL;
+    size_t n = 0, i, j;
     kc_rc r;
 
+    *removed = 0;
     *emptied = 0;
-    r = load(v, name, &k, err);
-    for (i = 0; r == KC_OK && i < k->nversions; i++) {
-        const kc_key_version *ver = &k->versions[i];
-        if (ver->recorded || (ver->has_pub && ver->has_priv)) {
-            left++;
+    /* the whole list: kc_key_get refuses a key that is only half-made */
+    r = kc_key_list(v, &keys, &n, err);
+    for (i = 0; r == KC_OK && i < n; i++) {
+        const kc_key *k = &keys[i];
+        if (name != NULL && strcmp(k->name, name) != 0)
             continue;
+        for (j = k->nversions; r == KC_OK && j < k->nversions + k->nhalf; j++) {
+            const kc_key_version *ver = &k->versions[j];
+            r = kc_tok_destroy(v->tok, ver->has_pub ? ver->pub.handle : ver->priv.handle, err);
+            if (r == KC_OK)
+                (*removed)++;
         }
-        r = kc_tok_destroy(v->tok, ver->has_pub ? ver->pub.handle : ver->priv.handle, err);
+        *emptied = k->nversions == 0;
     }
-    kc_key_free(k);
+    kc_key_list_free(keys, n);
+    return r;
+}
+
+kc_rc kc_vault_remove_leftovers(kc_vault *v, size_t *halves, size_t *stale, kc_error *err)
+{
+    int emptied;
+    kc_rc r = remove_half_made(v, NULL, halves, &emptied, err);
+
+    *stale = 0;
+    if (r == KC_OK)
+        r = kc_keystate_tidy(v, stale, err);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot remove what interrupted writes left in vault '%s'",
+                               v->meta.name);
+    return KC_OK;
+}
+
+kc_rc kc_key_remove_half_made(kc_vault *v, const char *name, int *emptied, kc_error *err)
+{
+    size_t removed;
+    kc_rc r = remove_half_made(v, name, &removed, emptied, err);
+
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot repair key '%s' in vault '%s'", name, v->meta.name);
-    *emptied = left == 0;
     return KC_OK;
 }
 

@@ -203,15 +203,11 @@ static void plan_key(kc_plan *p, const kc_lvault *lv, size_t vi, size_t ki, cons
             lv->name, lk->name, lk->bits, prot_name(lk->protection), ops);
         return;
     }
-    for (i = 0; i < live->nversions; i++) {
-        const kc_key_version *ver = &live->versions[i];
-        if (!ver->recorded && !(ver->has_pub && ver->has_priv)) {
-            act(p, KC_ACT_KEY_REPAIR, vi, ki,
-                "an interrupted create left half a key pair, never usable",
-                "repair key %s/%s: remove the half-made version %s", lv->name, lk->name,
-                ver->version);
-            return; /* the next plan compares it */
-        }
+    if (live->nhalf > 0) {
+        act(p, KC_ACT_KEY_REPAIR, vi, ki, "an interrupted create left half a key pair, never usable",
+            "repair key %s/%s: remove the half-made version %s", lv->name, lk->name,
+            live->versions[live->nversions].version);
+        return; /* the next plan compares it */
     }
     for (i = 0; i < live->nversions && live->versions[i].recorded; i++)
         ;
@@ -401,16 +397,23 @@ static void live_sub(kc_layout *l, const kc_vault *v)
     sub->mandatory_retention = v->meta.retention_registered;
 }
 
-static void live_vault(kc_layout *l, const kc_vault *v, const kc_key *keys, size_t nkeys)
+static void live_vault(kc_layout *l, const kc_vault *v, const kc_key *keys, size_t nkeys,
+                       size_t stale)
 {
     kc_lvault *lv = &l->vaults[l->nvaults++];
     size_t i;
 
     live_sub(l, v);
     live_vault_meta(lv, v);
+    lv->stale = stale;
     for (i = 0; i < nkeys; i++) {
         const kc_key_version *cur = &keys[i].versions[keys[i].current];
-        kc_lkey *k = &lv->keys[lv->nkeys++];
+        kc_lkey *k;
+
+        lv->half_made += keys[i].nhalf;
+        if (keys[i].nversions == 0)
+            continue; /* only what an interrupted create left */
+        k = &lv->keys[lv->nkeys++];
         snprintf(k->name, sizeof(k->name), "%s", keys[i].name);
         snprintf(k->kty, sizeof(k->kty), "%s",
                  cur->type == KC_KT_RSA  ? "RSA"
@@ -431,7 +434,7 @@ kc_rc kc_plan_observe(kc_ctx *ctx, const char *const *names, size_t n, kc_layout
     kc_layout *l = NULL;
     kc_vault *v = NULL;
     kc_key *keys = NULL;
-    size_t nkeys = 0, nents = 0, i;
+    size_t nkeys = 0, nents = 0, i, stale = 0;
     kc_rc r = KC_OK;
 
     *out = NULL;
@@ -451,6 +454,8 @@ kc_rc kc_plan_observe(kc_ctx *ctx, const char *const *names, size_t n, kc_layout
         r = kc_vault_open(ctx, names[i], &v, err);
         if (r == KC_OK)
             r = kc_key_list(v, &keys, &nkeys, err);
+        if (r == KC_OK)
+            r = kc_keystate_stale(v, &stale, err);
         if (r == KC_OK) {
             l->vaults[l->nvaults].access = calloc(KC_ACCESS_MAX, sizeof(kc_lprincipal));
             l->vaults[l->nvaults].keys = calloc(nkeys + 1, sizeof(kc_lkey));
@@ -459,7 +464,7 @@ kc_rc kc_plan_observe(kc_ctx *ctx, const char *const *names, size_t n, kc_layout
                 free(l->vaults[l->nvaults].keys);
                 r = kc_error_set(err, KC_ERR, "out of memory");
             } else {
-                live_vault(l, v, keys, nkeys);
+                live_vault(l, v, keys, nkeys, stale);
             }
         }
         kc_key_list_free(keys, nkeys);

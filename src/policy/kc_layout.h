@@ -54,6 +54,9 @@ typedef struct kc_lvault {
     size_t naccess;
     kc_lkey *keys;
     size_t nkeys;
+    /* live only: what interrupted writes left (half-made key versions,
+     * older generations of the vault's documents) */
+    size_t half_made, stale;
     kc_lpos pos, name_pos, subscription_pos, region_pos, sku_pos, pin_pos, so_pin_pos,
         retention_pos, soft_delete_pos, purge_pos, access_pos;
 } kc_lvault;

@@ -381,6 +381,16 @@ void kc_layout_validate_live(const kc_layout *l, kc_diags *d)
                 "give it an access policy: 'keycustody access set VAULT --principal P "
                 "--permissions ...'",
                 "vault '%s' has no access policy: every principal may act on it", v->name);
+        /* KC031: what interrupted writes left; readers without the PIN
+         * refuse a key with a half-made version as planted */
+        if (v->half_made > 0 || v->stale > 0)
+            add(d, "KC031", WARN, v->name_pos,
+                "remove it with 'keycustody vault validate VAULT --repair' (or 'policy apply' "
+                "of the vault's layout)",
+                "vault '%s' holds what interrupted writes left: %zu half-made key version%s, "
+                "%zu older generation%s of its documents",
+                v->name, v->half_made, v->half_made == 1 ? "" : "s", v->stale,
+                v->stale == 1 ? "" : "s");
         if (l->service_vault[0] != '\0' && strcmp(v->name, l->service_vault) == 0)
             continue;
         for (j = roots = 0; j < v->nkeys; j++) {
