@@ -425,6 +425,52 @@ kc_rc kc_p11_list_tokens(kc_p11 *p, kc_tok_info **out, size_t *n, kc_error *err)
     return KC_OK;
 }
 
+kc_rc kc_p11_modules(kc_p11 *p, kc_module_info **out, size_t *n, kc_error *err)
+{
+    kc_module_info *v;
+    CK_INFO info;
+    CK_ULONG slots;
+    size_t count = 0, i;
+    char *s;
+    CK_RV rv;
+
+    *out = NULL;
+    *n = 0;
+    while (p->modules[count] != NULL)
+        count++;
+    v = calloc(count + 1, sizeof(*v));
+    if (v == NULL)
+        return kc_error_set(err, KC_ERR, "out of memory");
+    for (i = 0; i < count; i++) {
+        s = p11_kit_module_get_name(p->modules[i]);
+        snprintf(v[i].name, sizeof(v[i].name), "%s", s != NULL && p->from_registry ? s : "");
+        free(s);
+        s = p11_kit_module_get_filename(p->modules[i]);
+        snprintf(v[i].path, sizeof(v[i].path), "%s", s != NULL ? s : "");
+        free(s);
+        rv = p->calls[i]->C_GetInfo(&info);
+        if (rv != CKR_OK) {
+            kc_p11_fail(err, "C_GetInfo", rv, "cannot ask module '%s' what it is", v[i].path);
+            free(v);
+            return err->code;
+        }
+        kc_p11_copy_padded(v[i].manufacturer, sizeof(v[i].manufacturer), info.manufacturerID,
+                           sizeof(info.manufacturerID));
+        kc_p11_copy_padded(v[i].description, sizeof(v[i].description), info.libraryDescription,
+                           sizeof(info.libraryDescription));
+        snprintf(v[i].version, sizeof(v[i].version), "%u.%u", info.libraryVersion.major,
+                 info.libraryVersion.minor);
+        snprintf(v[i].cryptoki, sizeof(v[i].cryptoki), "%u.%u", info.cryptokiVersion.major,
+                 info.cryptokiVersion.minor);
+        slots = 0;
+        if (p->calls[i]->C_GetSlotList(CK_TRUE, NULL, &slots) == CKR_OK)
+            v[i].ntokens = slots;
+    }
+    *out = v;
+    *n = count;
+    return KC_OK;
+}
+
 int kc_p11_is_uri(const char *s)
 {
     return s != NULL && strncmp(s, "pkcs11:", 7) == 0;

@@ -408,4 +408,61 @@ KC_EXPORT void kc_p11_fault_disarm(void);
 /* How many times the armed function has been called so far. */
 KC_EXPORT unsigned kc_p11_fault_calls(void);
 
+/* --- what a module can do (kc_p11_probe.c) ---
+ *
+ * Asked of the module on session objects, which go with the session:
+ * nothing on the token changes. Facts that need a key are checked against
+ * OpenSSL (which AES key-wrap mechanism is RFC 5649, OAEP both ways), not
+ * believed by mechanism number. Without the user PIN, only what a public
+ * session can ask is asked; the rest is KC_CAP_UNKNOWN. */
+
+typedef enum kc_cap { KC_CAP_UNKNOWN = 0, KC_CAP_YES, KC_CAP_NO } kc_cap;
+
+typedef struct kc_probe_fact {
+    const char *id; /* e.g. "aes_key_wrap.rfc5649", "wrap_with_trusted.enforced" */
+    kc_cap cap;
+    char detail[240]; /* how the module answered: the mechanism, the CKR_ name */
+} kc_probe_fact;
+
+typedef struct kc_mech {
+    unsigned long type;
+    char name[48]; /* "CKM_..." */
+    unsigned long min_bits, max_bits;
+    unsigned long flags_raw;
+    char flags[128]; /* "encrypt,decrypt,wrap,..." */
+} kc_mech;
+
+#define KC_PROBE_MAX 32
+
+typedef struct kc_probe {
+    kc_tok_info token;
+    int logged_in;
+    kc_mech *mechs;
+    size_t nmechs;
+    kc_probe_fact facts[KC_PROBE_MAX];
+    size_t nfacts;
+    unsigned long kwp_mech; /* the mechanism that wraps as RFC 5649; 0: none */
+} kc_probe;
+
+/* Probes t (logged in or not). kc_probe_release frees what it holds. */
+KC_EXPORT kc_rc kc_tok_probe(kc_tok *t, kc_probe *out, kc_error *err) KC_MUST_CHECK;
+KC_EXPORT void kc_probe_release(kc_probe *p);
+KC_EXPORT const kc_probe_fact *kc_probe_get(const kc_probe *p, const char *id);
+KC_EXPORT kc_cap kc_probe_cap(const kc_probe *p, const char *id);
+
+/* One loaded module. */
+typedef struct kc_module_info {
+    char name[64];      /* its p11-kit registry name; "" when given by path */
+    char path[256];     /* the file */
+    char manufacturer[33];
+    char description[33];
+    char version[16];   /* the library's */
+    char cryptoki[16];  /* the PKCS#11 version it implements */
+    size_t ntokens;     /* slots with a token present */
+} kc_module_info;
+
+/* The loaded modules; *out is an array the caller frees. */
+KC_EXPORT kc_rc kc_p11_modules(kc_p11 *p, kc_module_info **out, size_t *n,
+                               kc_error *err) KC_MUST_CHECK;
+
 #endif

@@ -157,6 +157,185 @@ static void test_keycustody_wraps_pkcs11_tool_decrypts(void)
                     0);
 }
 
+/* --- module check: what SoftHSM answers, against what others see --- */
+
+static json_t *module_check(int with_pin)
+{
+    const kc_test_out *r = with_pin ? kc_test_run("module", "check", "VaultA1", "--json",
+                                                  "--pin-source", "VaultA1=env:TEST_PIN", NULL)
+                                    : kc_test_run("module", "check", "VaultA1", "--json", NULL);
+    json_t *j;
+
+    ASSERT_RC(r, 0);
+    j = json_loads(r->out, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    return j;
+}
+
+static const char *answer(json_t *j, const char *fact)
+{
+    return json_string_value(
+        json_object_get(json_object_get(json_object_get(j, "facts"), fact), "answer"));
+}
+
+static const char *detail(json_t *j, const char *fact)
+{
+    return json_string_value(
+        json_object_get(json_object_get(json_object_get(j, "facts"), fact), "detail"));
+}
+
+static const char *support(json_t *j, const char *feature)
+{
+    json_t *f;
+    size_t i;
+
+    json_array_foreach(json_object_get(j, "features"), i, f)
+        if (strcmp(json_string_value(json_object_get(f, "feature")), feature) == 0)
+            return json_string_value(json_object_get(f, "support"));
+    return "(none)";
+}
+
+/* The SoftHSM 2.6.1 behaviour keycustody's code relies on, as the probe
+ * finds it; a SoftHSM that changed would fail here first. */
+static void test_module_check_softhsm_facts(void)
+{
+    json_t *j;
+
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    j = module_check(1);
+    CU_ASSERT_TRUE(json_is_true(json_object_get(j, "logged_in")));
+    /* backups and BYOK: CKM_AES_KEY_WRAP_PAD is RFC 5649 (kc_p11_crypto.c) */
+    CU_ASSERT_STRING_EQUAL(answer(j, "aes_key_wrap.rfc5649"), "yes");
+    ASSERT_HAS(detail(j, "aes_key_wrap.rfc5649"), "CKM_AES_KEY_WRAP_PAD (0x210a) is RFC 5649");
+    /* SoftHSM::WrapKeySym pads a key to 8 bytes with zeros before RFC 5649 */
+    CU_ASSERT_STRING_EQUAL(answer(j, "aes_key_wrap.exact_length"), "no");
+    /* the root key template (kc_p11_obj.c) and the domain's trusted keys */
+    CU_ASSERT_STRING_EQUAL(answer(j, "wrap_with_trusted.accepted"), "yes");
+    CU_ASSERT_STRING_EQUAL(answer(j, "wrap_with_trusted.enforced"), "yes");
+    CU_ASSERT_STRING_EQUAL(answer(j, "trusted.so_only"), "yes");
+    /* documents are written as generations (kc_gendoc.h) */
+    CU_ASSERT_STRING_EQUAL(answer(j, "data.mutable"), "no");
+    CU_ASSERT_STRING_EQUAL(answer(j, "data.public"), "yes");
+    CU_ASSERT_STRING_EQUAL(answer(j, "data.private"), "yes");
+    /* OAEP: SHA-1 only (kc_p11_crypto.c params_refused) */
+    CU_ASSERT_STRING_EQUAL(answer(j, "rsa_oaep.sha1"), "yes");
+    CU_ASSERT_STRING_EQUAL(answer(j, "rsa_oaep.sha256"), "no");
+    ASSERT_HAS(detail(j, "rsa_oaep.sha256"), "CKR_ARGUMENTS_BAD");
+    CU_ASSERT_STRING_EQUAL(answer(j, "unwrap.readable_template"), "yes");
+    CU_ASSERT_STRING_EQUAL(support(j, "vault"), "works");
+    CU_ASSERT_STRING_EQUAL(support(j, "hsm keys"), "works");
+    CU_ASSERT_STRING_EQUAL(support(j, "wrap/unwrap RSA-OAEP SHA-1"), "works");
+    CU_ASSERT_STRING_EQUAL(support(j, "wrap/unwrap RSA-OAEP SHA-256"), "not possible");
+    CU_ASSERT_STRING_EQUAL(support(j, "DEPs"), "works differently");
+    CU_ASSERT_STRING_EQUAL(support(j, "audit seal"), "works");
+    json_decref(j);
+}
+
+/* The mechanisms as pkcs11-tool lists them: as many, and the same sizes. */
+static void test_module_check_mechanisms_match_pkcs11_tool(void)
+{
+    char *out = NULL, line[160];
+    json_t *j, *m;
+    size_t i, n;
+
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    j = module_check(0);
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "pkcs11-tool --module '%s' --token-label VaultA1 -M 2>/dev/null | "
+                               "grep -c '^  '",
+                               KC_SOFTHSM_MODULE),
+                    0);
+    n = (size_t)atoi(out);
+    CU_ASSERT(n > 10);
+    CU_ASSERT_EQUAL(json_array_size(json_object_get(j, "mechanisms")), n);
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "pkcs11-tool --module '%s' --token-label VaultA1 -M 2>/dev/null | "
+                               "grep '^  RSA-PKCS-OAEP,'",
+                               KC_SOFTHSM_MODULE),
+                    0);
+    json_array_foreach(json_object_get(j, "mechanisms"), i, m)
+    {
+        if (strcmp(json_string_value(json_object_get(m, "name")), "CKM_RSA_PKCS_OAEP") != 0)
+            continue;
+        snprintf(line, sizeof(line), "keySize={%lld,%lld}",
+                 (long long)json_integer_value(json_object_get(m, "min_bits")),
+                 (long long)json_integer_value(json_object_get(m, "max_bits")));
+        ASSERT_HAS(out, line);
+        ASSERT_HAS(json_string_value(json_object_get(m, "flags")), "wrap,unwrap");
+    }
+    json_decref(j);
+}
+
+/* The probe works on session objects: the token is as it was, and without
+ * a PIN what needs one is not asked. */
+static void test_module_check_changes_nothing(void)
+{
+    char *out = NULL, before[16384];
+    const kc_test_out *r;
+    json_t *j;
+
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    kc_test_key("VaultA1/Key001", NULL);
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out,
+                                     "pkcs11-tool --module '%s' --token-label VaultA1 --login "
+                                     "--pin env:TEST_PIN -O 2>/dev/null",
+                                     KC_SOFTHSM_MODULE),
+                          0);
+    snprintf(before, sizeof(before), "%s", out);
+    j = module_check(1);
+    json_decref(j);
+    j = module_check(0);
+    CU_ASSERT_FALSE(json_is_true(json_object_get(j, "logged_in")));
+    CU_ASSERT_STRING_EQUAL(answer(j, "data.private"), "unknown");
+    CU_ASSERT_STRING_EQUAL(support(j, "vault"), "not asked");
+    json_decref(j);
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out,
+                                     "pkcs11-tool --module '%s' --token-label VaultA1 --login "
+                                     "--pin env:TEST_PIN -O 2>/dev/null",
+                                     KC_SOFTHSM_MODULE),
+                          0);
+    CU_ASSERT_STRING_EQUAL(out, before);
+    r = kc_test_run("module", "check", "NoSuchVault", NULL);
+    ASSERT_RC(r, 4);
+    ASSERT_HAS(r->err, "NoSuchVault");
+    r = kc_test_run("module", "check", "VaultA1", "VaultB1", NULL);
+    ASSERT_RC(r, 2);
+}
+
+static void test_module_list(void)
+{
+    const kc_test_out *r;
+    json_t *j, *t;
+    size_t i;
+    int seen = 0;
+
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    r = kc_test_run("module", "list", "--json", NULL);
+    ASSERT_RC(r, 0);
+    j = json_loads(r->out, 0, NULL);
+    CU_ASSERT_EQUAL_FATAL(json_array_size(j), 1);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_array_get(j, 0), "path")),
+                           KC_SOFTHSM_MODULE);
+    ASSERT_HAS(json_string_value(json_object_get(json_array_get(j, 0), "description")),
+               "PKCS11");
+    json_array_foreach(json_object_get(json_array_get(j, 0), "tokens"), i, t)
+        seen |= strcmp(json_string_value(json_object_get(t, "label")), "VaultA1") == 0;
+    CU_ASSERT_TRUE(seen);
+    json_decref(j);
+    r = kc_test_run("module", "list", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, KC_SOFTHSM_MODULE);
+    ASSERT_HAS(r->out, "  - VaultA1 ");
+}
+
+static const kc_test_case module_cases[] = {
+    {"the SoftHSM facts keycustody relies on", test_module_check_softhsm_facts},
+    {"mechanisms as pkcs11-tool lists them", test_module_check_mechanisms_match_pkcs11_tool},
+    {"the probe changes nothing", test_module_check_changes_nothing},
+    {"module list", test_module_list},
+    {NULL, NULL},
+};
+
 static const kc_test_case cases[] = {
     {"pkcs11-tool lists keys", test_pkcs11_tool_lists_keys},
     {"p11tool lists keys by key id", test_p11tool_lists_keys},
@@ -166,7 +345,8 @@ static const kc_test_case cases[] = {
     {NULL, NULL},
 };
 
-static const kc_test_suite suites[] = {{"crosscheck", 1, cases}, {NULL, 0, NULL}};
+static const kc_test_suite suites[] = {
+    {"crosscheck", 1, cases}, {"module", 1, module_cases}, {NULL, 0, NULL}};
 
 int main(int argc, char **argv)
 {

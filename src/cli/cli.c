@@ -19,7 +19,7 @@
 static const kc_cmd *const groups[] = {
     kc_cmds_vault, kc_cmds_key,    kc_cmds_access, kc_cmds_subscription, kc_cmds_dep,
     kc_cmds_data,  kc_cmds_status, kc_cmds_rewrap, kc_cmds_tenant,       kc_cmds_policy,
-    kc_cmds_audit};
+    kc_cmds_audit, kc_cmds_module};
 static const char *const group_summary[] = {
     "initialise and inspect vaults (PKCS#11 tokens with keycustody metadata)",
     "RSA root keys: create, rotate, update, delete, recover, purge, back up, restore, wrap",
@@ -32,8 +32,11 @@ static const char *const group_summary[] = {
     "the tenant as a whole: leaving Customer Key",
     "the layout as code: check a YAML layout file, plan and apply it",
     "the audit log: every operation on keys, vaults and DEPs, chained and sealed on tokens",
+    "PKCS#11 modules: which are loaded, and what each can do (probed, not assumed)",
 };
 #define N_GROUPS (sizeof(groups) / sizeof(groups[0]))
+_Static_assert(sizeof(group_summary) / sizeof(group_summary[0]) == N_GROUPS,
+               "one summary per command group");
 
 static const char common_help[] =
     "Common options:\n"

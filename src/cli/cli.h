@@ -148,5 +148,6 @@ extern const kc_cmd kc_cmds_data[];
 extern const kc_cmd kc_cmds_status[]; /* verb "": a group that is one command */
 extern const kc_cmd kc_cmds_rewrap[];
 extern const kc_cmd kc_cmds_tenant[];
+extern const kc_cmd kc_cmds_module[];
 
 #endif

@@ -1,0 +1,131 @@
+/* Features from probed facts (kc_module.h). Each judgement names the facts
+ * it rests on, so that 'module check' says why, in the module's own answer. */
+#include "kc_module.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+const char *kc_support_name(kc_support s)
+{
+    switch (s) {
+    case KC_WORKS:
+        return "works";
+    case KC_WORKS_DIFFERENTLY:
+        return "works differently";
+    case KC_NOT_POSSIBLE:
+        return "not possible";
+    default:
+        return "not asked";
+    }
+}
+
+/* Judges a feature that needs every fact in ids[]: the first that is NO
+ * makes it not possible (its detail says why), then the first UNKNOWN makes
+ * it not asked; else it works. */
+static void need(kc_feature *f, const kc_probe *p, const char *name, const char *const *ids)
+{
+    const kc_probe_fact *unknown = NULL, *fact;
+    size_t i;
+
+    f->name = name;
+    f->support = KC_WORKS;
+    snprintf(f->why, sizeof(f->why), "%s", "");
+    for (i = 0; ids[i] != NULL; i++) {
+        fact = kc_probe_get(p, ids[i]);
+        if (fact == NULL || fact->cap == KC_CAP_UNKNOWN) {
+            if (unknown == NULL)
+                unknown = fact;
+            continue;
+        }
+        if (fact->cap == KC_CAP_NO) {
+            f->support = KC_NOT_POSSIBLE;
+            snprintf(f->why, sizeof(f->why), "%s: %s", fact->id, fact->detail);
+            return;
+        }
+    }
+    if (unknown != NULL || ids[0] == NULL) {
+        f->support = KC_NOT_ASKED;
+        snprintf(f->why, sizeof(f->why), "%s: %s", unknown ? unknown->id : "",
+                 unknown ? unknown->detail : "");
+    }
+}
+
+static void note(kc_feature *f, kc_support s, const char *fmt, ...) KC_PRINTF(3, 4);
+
+static void note(kc_feature *f, kc_support s, const char *fmt, ...)
+{
+    va_list ap;
+
+    f->support = s;
+    va_start(ap, fmt);
+    vsnprintf(f->why, sizeof(f->why), fmt, ap);
+    va_end(ap);
+}
+
+/* Features judged on OAEP SHA-256 (domain, BYOK, DEPs) also work with
+ * SHA-1: differently, saying so. */
+static void oaep_either(const kc_probe *p, kc_feature *f, size_t n)
+{
+    size_t i;
+
+    if (kc_probe_cap(p, "rsa_oaep.sha256") != KC_CAP_NO ||
+        kc_probe_cap(p, "rsa_oaep.sha1") != KC_CAP_YES)
+        return;
+    for (i = 0; i < n; i++) {
+        if (f[i].support != KC_NOT_POSSIBLE || strncmp(f[i].why, "rsa_oaep.sha256", 15) != 0 ||
+            strstr(f[i].name, "SHA-256") != NULL)
+            continue;
+        note(&f[i], KC_WORKS_DIFFERENTLY,
+             "RSA-OAEP with SHA-1 only: the module refuses SHA-256 (%s)",
+             kc_probe_get(p, "rsa_oaep.sha256")->detail);
+    }
+}
+
+size_t kc_module_features(const kc_probe *p, kc_feature out[KC_FEATURES_MAX])
+{
+    static const char *const vault[] = {"data.public", "data.private", "mech.ec_keygen",
+                                        "mech.ecdsa", "mech.hmac_sha256", NULL};
+    static const char *const hsm[] = {"mech.rsa_keygen", "wrap_with_trusted.accepted",
+                                      "wrap_with_trusted.enforced", NULL};
+    static const char *const sha1[] = {"rsa_oaep.sha1", NULL};
+    static const char *const sha256[] = {"rsa_oaep.sha256", NULL};
+    static const char *const domain[] = {"aes_key_wrap.rfc5649", "wrap_with_trusted.enforced",
+                                         "trusted.so_only", "rsa_oaep.sha256", NULL};
+    static const char *const backup[] = {"aes_key_wrap.rfc5649", "wrap_with_trusted.enforced",
+                                         "mech.aes_gcm", "mech.hmac_sha256", NULL};
+    static const char *const byok[] = {"rsa_oaep.sha256", "aes_key_wrap.rfc5649", NULL};
+    static const char *const dep[] = {"rsa_oaep.sha256", "unwrap.value_readable",
+                                      "mech.hmac_sha256", NULL};
+    static const char *const audit[] = {"mech.hmac_sha256", "mech.generic_keygen", NULL};
+    size_t n = 0;
+
+    need(&out[n++], p, "vault", vault);
+    if (kc_probe_cap(p, "data.mutable") == KC_CAP_YES && out[n - 1].support == KC_WORKS)
+        note(&out[n - 1], KC_WORKS,
+             "data objects can change in place; keycustody still writes generations");
+    need(&out[n++], p, "hsm keys", hsm);
+    if (out[n - 1].support == KC_NOT_POSSIBLE &&
+        kc_probe_cap(p, "mech.rsa_keygen") == KC_CAP_YES)
+        note(&out[n - 1], KC_NOT_POSSIBLE,
+             "%s; keycustody promises an hsm key extractable only under a trusted key, and "
+             "does not yet make it non-extractable instead",
+             out[n - 1].why);
+    need(&out[n++], p, "wrap/unwrap RSA-OAEP SHA-1", sha1);
+    need(&out[n++], p, "wrap/unwrap RSA-OAEP SHA-256", sha256);
+    need(&out[n++], p, "backup domain", domain);
+    need(&out[n++], p, "backup/restore", backup);
+    if (out[n - 1].support == KC_WORKS &&
+        kc_probe_cap(p, "aes_key_wrap.exact_length") == KC_CAP_NO)
+        note(&out[n - 1], KC_WORKS_DIFFERENTLY,
+             "aes_key_wrap.exact_length: %s; a backup made here restores here, and its "
+             "wrapped key needs the zeros ignored elsewhere",
+             kc_probe_get(p, "aes_key_wrap.exact_length")->detail);
+    need(&out[n++], p, "BYOK", byok);
+    need(&out[n++], p, "DEPs", dep);
+    need(&out[n++], p, "audit seal", audit);
+    /* keycustody takes RSA-OAEP with SHA-256 where the module has it, else
+     * SHA-1 (kc_oaep KC_OAEP_AUTO): what needs OAEP works with either */
+    oaep_either(p, out, n);
+    return n;
+}
