@@ -206,6 +206,11 @@ KC_EXPORT kc_rc kc_tok_rsa_public(kc_tok *t, kc_obj key, unsigned char **n, size
 
 KC_EXPORT kc_rc kc_tok_destroy(kc_tok *t, kc_obj obj, kc_error *err) KC_MUST_CHECK;
 
+/* Whether two RSA key objects (a public and a private half, say) carry the
+ * same modulus and public exponent. */
+KC_EXPORT kc_rc kc_tok_same_rsa_key(kc_tok *t, kc_obj a, kc_obj b, int *same,
+                                    kc_error *err) KC_MUST_CHECK;
+
 
 /* Sets what the token allows on one half of a key pair: CKA_UNWRAP,
  * CKA_DECRYPT, CKA_SIGN on a private key, CKA_WRAP, CKA_ENCRYPT, CKA_VERIFY

@@ -202,35 +202,45 @@ static kc_rc find_keys(kc_tok *t, const char *label, const unsigned char *id, si
     CK_OBJECT_HANDLE *h = NULL;
     kc_key_obj *v = NULL, *nv;
     size_t len = 0, count, c, i;
+    int recoveries, pass;
     kc_rc r = KC_ERR;
 
     *out = NULL;
     *n = 0;
-    for (c = first; c <= last; c++) {
-        CK_OBJECT_CLASS cls = classes[c];
-        CK_ATTRIBUTE tmpl[3];
-        CK_ULONG nt = 0;
+    /* the session replaced during a later search: the handles an earlier
+     * one gave died with it (SoftHSM drops them with the last session), so
+     * all are made again on the new one (once: a handle recovers once) */
+    for (pass = 0; pass < 2; pass++) {
+        recoveries = t->recoveries;
+        len = 0;
+        for (c = first; c <= last; c++) {
+            CK_OBJECT_CLASS cls = classes[c];
+            CK_ATTRIBUTE tmpl[3];
+            CK_ULONG nt = 0;
 
-        tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_CLASS, &cls, sizeof(cls));
-        if (label != NULL)
-            tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_LABEL, label, strlen(label));
-        if (id != NULL)
-            tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_ID, id, id_len);
-        free(h);
-        h = NULL;
-        r = kc_p11_find_all(t, tmpl, nt, &h, &count, err);
-        if (r != KC_OK)
-            goto cleanup;
-        if (count == 0)
-            continue;
-        nv = realloc(v, (len + count) * sizeof(*v));
-        if (nv == NULL) {
-            r = kc_error_set(err, KC_ERR, "out of memory");
-            goto cleanup;
+            tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_CLASS, &cls, sizeof(cls));
+            if (label != NULL)
+                tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_LABEL, label, strlen(label));
+            if (id != NULL)
+                tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_ID, id, id_len);
+            free(h);
+            h = NULL;
+            r = kc_p11_find_all(t, tmpl, nt, &h, &count, err);
+            if (r != KC_OK)
+                goto cleanup;
+            if (count == 0)
+                continue;
+            nv = realloc(v, (len + count) * sizeof(*v));
+            if (nv == NULL) {
+                r = kc_error_set(err, KC_ERR, "out of memory");
+                goto cleanup;
+            }
+            v = nv;
+            for (i = 0; i < count; i++)
+                read_key(t, h[i], cls, &v[len++]);
         }
-        v = nv;
-        for (i = 0; i < count; i++)
-            read_key(t, h[i], cls, &v[len++]);
+        if (t->recoveries == recoveries || last == first)
+            break;
     }
     *out = v;
     *n = len;
@@ -851,6 +861,23 @@ kc_rc kc_tok_rsa_public(kc_tok *t, kc_obj key, unsigned char **n, size_t *n_len,
         free(*n);
         *n = NULL;
     }
+    return r;
+}
+
+kc_rc kc_tok_same_rsa_key(kc_tok *t, kc_obj a, kc_obj b, int *same, kc_error *err)
+{
+    unsigned char *na = NULL, *ea = NULL, *nb = NULL, *eb = NULL;
+    size_t na_len = 0, ea_len = 0, nb_len = 0, eb_len = 0;
+    kc_rc r = kc_tok_rsa_public(t, a, &na, &na_len, &ea, &ea_len, err);
+
+    if (r == KC_OK)
+        r = kc_tok_rsa_public(t, b, &nb, &nb_len, &eb, &eb_len, err);
+    *same = r == KC_OK && na_len == nb_len && ea_len == eb_len &&
+            memcmp(na, nb, na_len) == 0 && memcmp(ea, eb, ea_len) == 0;
+    free(na);
+    free(ea);
+    free(nb);
+    free(eb);
     return r;
 }
 

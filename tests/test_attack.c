@@ -5,6 +5,7 @@
 #include "fixture.h"
 #include "kc_secret.h"
 #include "kc_store_int.h"
+#include "kc_manifest.h"
 #include "kc_util.h"
 
 #include <jansson.h>
@@ -1226,12 +1227,175 @@ static void test_manifest_rolled_back(void)
     ASSERT_HAS(r->out, "vault 'VaultA1': its manifest is the recorded one; nothing to repair");
 }
 
+/* The version id of VaultA1/Key001's current version, hex. */
+static const char *key001_version(void)
+{
+    static char v[129];
+    const kc_test_out *r = kc_test_run("key", "show", "VaultA1/Key001", "--json", PIN, NULL);
+    json_t *j = json_loads(r->out, 0, NULL);
+
+    snprintf(v, sizeof(v), "%s", json_string_value(json_object_get(j, "current_version")));
+    json_decref(j);
+    return v;
+}
+
+/* A public RSA key with a real version's label and id beside its own
+ * public half (the one found last was signed into the manifest by the next
+ * write of a PIN holder, and wrapped under), or in its place. */
+static void test_public_half_beside_or_instead(void)
+{
+    const kc_test_out *r;
+    char *out = NULL, ver[129];
+
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    kc_test_key("VaultA1/Key001", NULL);
+    snprintf(ver, sizeof(ver), "%s", key001_version());
+    kc_test_write(path(3, "dek"), "0123456789abcdef0123456789abcdef", 32, 0600);
+    CU_ASSERT_EQUAL_FATAL(plant("rsa", "VaultA1", "Key001", ver), 0);
+    /* a PIN holder's write signs the manifest again */
+    ASSERT_RC(kc_test_run("access", "set", "VaultA1", "--principal", "svc", "--permissions",
+                          "get,list,wrapKey,unwrapKey", SOPIN, PIN, NULL),
+              0);
+    r = kc_test_run("key", "wrap", "VaultA1/Key001", "--in", P[3], "--out", path(2, "w.bin"),
+                    "--as", "svc", NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "has two public halves: one was planted; neither is used");
+    r = kc_test_run("key", "show", "VaultA1/Key001", "--as", "svc", PIN, NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "has two public halves");
+    /* both removed (no PIN), the planted one made again: alone */
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out,
+                                     "for i in 1 2; do pkcs11-tool --module '%s' --token-label "
+                                     "VaultA1 --delete-object --type pubkey --id %s >/dev/null "
+                                     "2>&1 || exit 1; done",
+                                     KC_SOFTHSM_MODULE, ver),
+                          0);
+    CU_ASSERT_EQUAL_FATAL(plant("rsa", "VaultA1", "Key001", ver), 0);
+    r = kc_test_run("key", "show", "VaultA1/Key001", "--as", "svc", PIN, NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "is not its private half's public key: it was replaced");
+    /* a PIN holder's write signs the private half's key, not the planted one */
+    ASSERT_RC(kc_test_run("access", "set", "VaultA1", "--principal", "svc2", "--permissions",
+                          "get", SOPIN, PIN, NULL),
+              0);
+    r = kc_test_run("key", "wrap", "VaultA1/Key001", "--in", P[3], "--out", P[2], "--force",
+                    "--as", "svc", NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "is not the one the vault's signed manifest names: it was replaced");
+}
+
+/* The race an attacker without the PIN can win: the check at login sees
+ * the recorded manifest for a moment, and the write then reads the copy put
+ * back. Standing in for the won race, the check is passed over; the write
+ * itself still refuses to commit over a manifest behind the record. */
+static void test_write_over_a_rollback(void)
+{
+    char *out = NULL;
+    kc_ctx *ctx = NULL;
+    kc_vault *v = NULL;
+    kc_error e;
+
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    ASSERT_RC(kc_test_run("access", "set", "VaultA1", "--principal", "admin", "--permissions",
+                          "get,list,create", SOPIN, PIN, NULL),
+              0);
+    ASSERT_RC(kc_test_run("access", "set", "VaultA1", "--principal", "mallory", "--permissions",
+                          "get,list", SOPIN, PIN, NULL),
+              0);
+    snprintf(P[4], sizeof(P[4]), "pkcs11-tool --module '%s' --token-label VaultA1",
+             KC_SOFTHSM_MODULE);
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out,
+                                     "%s --read-object --type data --label keycustody-vault "
+                                     "-o '%s' 2>&1",
+                                     P[4], path(0, "old.json")),
+                          0);
+    ASSERT_RC(kc_test_run("access", "remove", "VaultA1", "--principal", "mallory", SOPIN, PIN,
+                          NULL),
+              0);
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out,
+                                     "%s --delete-object --type data --label keycustody-vault && "
+                                     "%s --delete-object --type data --label "
+                                     "keycustody-vault.commit && "
+                                     "%s --write-object '%s' --type data --label keycustody-vault "
+                                     "--application-label keycustody 2>&1",
+                                     P[4], P[4], P[4], P[0]),
+                          0);
+    CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, kc_test_env_pin, NULL, &ctx, &e), KC_OK);
+    ctx->lock_vaults = 1;
+    CU_ASSERT_EQUAL_FATAL(kc_vault_open(ctx, "VaultA1", &v, &e), KC_OK);
+    CU_ASSERT_EQUAL(v->meta.naccess, 2); /* the copy: mallory is back */
+    CU_ASSERT_EQUAL_FATAL(kc_ctx_login(ctx, v->tok, &e), KC_OK);
+    v->current_checked = 1; /* the race won */
+    snprintf(v->meta.access[v->meta.naccess].principal, sizeof(v->meta.access[0].principal),
+             "%s", "bob");
+    v->meta.access[v->meta.naccess++].perms = KC_PERM_GET;
+    CU_ASSERT_EQUAL(kc_vault_save_meta(v, &e), KC_INTEGRITY);
+    ASSERT_HAS(e.msg, "its manifest was rolled back");
+    kc_vault_free(v);
+    kc_ctx_free(ctx);
+    /* nothing was written: the repair brings back the recorded state */
+    CU_ASSERT_EQUAL(access_has("bob"), 0);
+    ASSERT_HAS(kc_test_run("vault", "validate", "VaultA1", "--repair", SOPIN, PIN, NULL)->out,
+               "signed again from the vault's private record");
+    CU_ASSERT_EQUAL(access_has("mallory"), 0);
+}
+
+/* A real public half moved to another id (CKA_ID changed, no PIN): not a
+ * half-made version to remove, but tampering to report. A public look-alike
+ * of the private record is not read, and --repair removes it. */
+static void test_moved_public_half_and_planted_record(void)
+{
+    const kc_test_out *r;
+    char *out = NULL, ver[129];
+
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    kc_test_key("VaultA1/Key001", NULL);
+    snprintf(ver, sizeof(ver), "%s", key001_version());
+    kc_test_write(path(0, "rec.json"), "{\"kind\":\"keycustody-manifest-current\"}", 39, 0600);
+    CU_ASSERT_EQUAL_FATAL(plant("data", "VaultA1", "keycustody-vault.current", P[0]), 0);
+    ASSERT_RC(kc_test_run("key", "show", "VaultA1/Key001", PIN, NULL), 0);
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out,
+                                     "pkcs11-tool --module '%s' --token-label VaultA1 --type "
+                                     "pubkey --id %s --set-id 01a20000000000000000000000000001 "
+                                     "2>&1",
+                                     KC_SOFTHSM_MODULE, ver),
+                          0);
+    r = kc_test_run("key", "show", "VaultA1/Key001", PIN, NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "carries the id 01a20000000000000000000000000001: its CKA_ID was changed");
+    r = kc_test_run("vault", "validate", "VaultA1", "--repair", PIN, NULL);
+    ASSERT_RC(r, 8);
+    /* the moved half is still there */
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "pkcs11-tool --module '%s' --token-label VaultA1 -O --type pubkey "
+                               "2>/dev/null | grep -c 01a20000000000000000000000000001",
+                               KC_SOFTHSM_MODULE),
+                    0);
+    /* put back, the planted record goes with --repair */
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out,
+                                     "pkcs11-tool --module '%s' --token-label VaultA1 --type "
+                                     "pubkey --id 01a20000000000000000000000000001 --set-id %s "
+                                     "2>&1",
+                                     KC_SOFTHSM_MODULE, ver),
+                          0);
+    r = kc_test_run("vault", "validate", "VaultA1", "--repair", PIN, NULL);
+    ASSERT_HAS(r->out, "removed what interrupted writes left: 0 half-made key versions, 1 older");
+    CU_ASSERT_NOT_EQUAL(kc_test_sh(&out,
+                                   "pkcs11-tool --module '%s' --token-label VaultA1 -O --type data "
+                                   "2>/dev/null | grep -c \"keycustody-vault.current\"",
+                                   KC_SOFTHSM_MODULE),
+                        0);
+}
+
 static const kc_test_case manifest_cases[] = {
     {"a vault key pinned by the store", test_fingerprint_pinned_by_store},
     {"a planted root key version", test_planted_root_version},
     {"a public key's usage loosened", test_loosened_public_key},
     {"planted vault metadata", test_planted_vault_metadata},
     {"manifest rollback", test_manifest_rolled_back},
+    {"a public half beside a version's, or instead", test_public_half_beside_or_instead},
+    {"a write over a rollback, the race won", test_write_over_a_rollback},
+    {"a moved public half, a planted record", test_moved_public_half_and_planted_record},
     {"a pinned fingerprint", test_fingerprint_pinned},
     {NULL, NULL},
 };

@@ -59,13 +59,13 @@ static int parse_current(const kc_data_obj *o, current *out)
 }
 
 /* The newest record on tok (logged in) in *out; KC_NOT_FOUND when there is
- * none. A public object with its label, or a record that does not parse, is
- * tampering: private objects are made by PIN holders only. */
+ * none. A record that does not parse is tampering: private objects are made
+ * by PIN holders only. */
 static kc_rc current_read(kc_tok *tok, current *out, kc_error *err)
 {
     const char *vault = kc_tok_info_get(tok)->label;
     kc_data_obj *objs = NULL;
-    size_t n = 0, others = 0, i;
+    size_t n = 0, i;
     current c;
     int tries, found = 0;
     kc_rc r = KC_OK;
@@ -81,15 +81,12 @@ static kc_rc current_read(kc_tok *tok, current *out, kc_error *err)
         objs = NULL;
         n = 0;
         r = kc_tok_find_data(tok, KC_GENDOC_APPLICATION, KC_MANIFEST_CURRENT_LABEL,
-                             KC_WHERE_PRIVATE, &objs, &n, &others, err);
-        if (r != KC_OK || n > 0 || others > 0)
+                             KC_WHERE_PRIVATE, &objs, &n, NULL, err);
+        if (r != KC_OK || n > 0)
             break;
     }
-    if (r == KC_OK && others > 0)
-        r = kc_error_set(err, KC_INTEGRITY,
-                         "vault '%s': a public object is labelled '%s', the vault's private "
-                         "record of its current manifest: it was planted",
-                         vault, KC_MANIFEST_CURRENT_LABEL);
+    /* a public object with the label is not the vault's (records are
+     * private): it is not read, and 'vault validate --repair' removes it */
     for (i = 0; r == KC_OK && i < n; i++) {
         if (!parse_current(&objs[i], &c)) {
             r = kc_error_set(err, KC_INTEGRITY,
@@ -154,6 +151,14 @@ kc_rc kc_manifest_record_current(kc_vault *v, const kc_vault_meta *m, unsigned l
     return KC_OK;
 }
 
+/* Whether a manifest (generation, digest) is older than the record says,
+ * or another document of the recorded generation. */
+static int behind(const current *rec, unsigned long generation, const char *digest)
+{
+    return rec->generation > generation ||
+           (rec->generation == generation && strcmp(rec->digest, digest) != 0);
+}
+
 /* Whether the token's manifest now is rec or newer: another writer moved the
  * vault on since this command opened it, which its own write will notice. */
 static kc_rc token_moved_on(kc_vault *v, const current *rec, int *yes, kc_error *err)
@@ -165,9 +170,7 @@ static kc_rc token_moved_on(kc_vault *v, const current *rec, int *yes, kc_error 
     kc_rc r = kc_manifest_read(v->tok, v->fingerprint, &m, fp, &next, &now, err);
 
     json_decref(m);
-    *yes = r == KC_OK && (now.generation > rec->generation ||
-                          (now.generation == rec->generation &&
-                           strcmp(now.digest, rec->digest) == 0));
+    *yes = r == KC_OK && !behind(rec, now.generation, now.digest);
     return r;
 }
 
@@ -216,13 +219,46 @@ kc_rc kc_manifest_check_current(kc_vault *v, kc_error *err)
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot check the manifest of vault '%s'", v->meta.name);
     /* a record behind the manifest: its writer was stopped between the two */
-    if (rec.generation < v->meta.generation ||
-        (rec.generation == v->meta.generation && strcmp(rec.digest, v->manifest_digest) == 0))
+    if (!behind(&rec, v->meta.generation, v->manifest_digest))
         return KC_OK;
+    /* another writer moved the vault on since this command opened it: the
+     * command stops, as its write would (it may have changed what it
+     * opened already); never does it go on with what it opened */
     r = token_moved_on(v, &rec, &moved, err);
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot check the manifest of vault '%s'", v->meta.name);
-    return moved ? KC_OK : rolled_back(v, &rec, err);
+    if (moved)
+        return kc_vault_changed_meanwhile(v, "manifest", v->meta.generation, rec.generation, err);
+    return rolled_back(v, &rec, err);
+}
+
+kc_rc kc_manifest_check_base(kc_vault *v, const kc_gendoc_ref *base, kc_error *err)
+{
+    current rec;
+    int moved = 0;
+    kc_rc r = current_read(v->tok, &rec, err);
+
+    if (r == KC_NOT_FOUND && base->generation <= 1) {
+        kc_error_clear(err);
+        return KC_OK;
+    }
+    if (r == KC_NOT_FOUND)
+        return kc_manifest_check_current(v, err);
+    if (r != KC_OK)
+        return r;
+    if (!behind(&rec, base->generation, base->digest))
+        return KC_OK;
+    /* another writer committed and recorded since base was read: this
+     * write conflicts, nothing is written */
+    r = token_moved_on(v, &rec, &moved, err);
+    if (r != KC_OK)
+        return r;
+    if (moved)
+        return kc_vault_changed_meanwhile(v, "manifest", base->generation, rec.generation, err);
+    rolled_back(v, &rec, err);
+    kc_error_prefix(err, "the manifest this write would replace is generation %lu",
+                    base->generation);
+    return KC_INTEGRITY;
 }
 
 kc_rc kc_manifest_restore_current(kc_vault *v, unsigned long *restored, kc_error *err)
@@ -260,5 +296,22 @@ kc_rc kc_manifest_restore_current(kc_vault *v, unsigned long *restored, kc_error
     r = kc_manifest_write_after(v, &v->meta, rec.generation, err);
     if (r == KC_OK)
         *restored = v->meta.generation;
+    return r;
+}
+
+kc_rc kc_manifest_remove_planted(kc_vault *v, size_t *removed, kc_error *err)
+{
+    kc_data_obj *objs = NULL;
+    size_t n = 0, i;
+    kc_rc r = kc_tok_find_data(v->tok, KC_GENDOC_APPLICATION, KC_MANIFEST_CURRENT_LABEL,
+                               KC_WHERE_PUBLIC, &objs, &n, NULL, err);
+
+    *removed = 0;
+    for (i = 0; r == KC_OK && i < n; i++) {
+        r = kc_tok_destroy(v->tok, objs[i].handle, err);
+        if (r == KC_OK)
+            (*removed)++;
+    }
+    kc_p11_data_objs_free(objs, n);
     return r;
 }

@@ -323,8 +323,8 @@ static long set_find(const doc_set *s, unsigned long gen, const char *digest)
 /* After a commit: older generations, other candidates of this one, and older
  * commit records go. Newer ones stay: they are another writer's. What the
  * token will not remove stays for the next write. Returns whether this
- * write's own generation is still there (1), is not (0), or the token did
- * not say (-1). */
+ * write's own generation is still there, or one written over it (1), neither
+ * (0), or the token did not say (-1). */
 static int sweep(kc_tok *tok, const char *label, kc_where where, kc_gendoc_check check, void *arg,
                  unsigned long generation, const char *digest)
 {
@@ -339,6 +339,11 @@ static int sweep(kc_tok *tok, const char *label, kc_where where, kc_gendoc_check
     if (set_load(tok, label, where, "document", check, arg, &s, &why, &ignored) != KC_OK)
         return -1;
     own = set_find(&s, generation, digest) >= 0;
+    /* gone, but a newer generation is there: a later writer read this one
+     * and committed over it (one that could not tell which candidate was
+     * committed would not write: kc_gendoc_ref.guessed), so the write is in */
+    for (i = 0; !own && i < s.n; i++)
+        own = s.info[i].valid && s.info[i].gen > generation;
     for (i = 0; i < s.n; i++)
         if (s.info[i].valid && s.info[i].gen <= generation &&
             !(s.info[i].gen == generation && strcmp(s.info[i].digest, digest) == 0))

@@ -419,6 +419,19 @@ static kc_rc group_keys(kc_vault *v, const kc_key_obj *objs, size_t nobjs, kc_ke
             r = kc_error_set(err, KC_ERR, "out of memory");
             goto fail;
         }
+        /* one version, one pair: a second half of one kind was planted (a
+         * public key with a version's label and id would otherwise be the
+         * one found last) */
+        if ((objs[i].is_private && ver->has_priv) || (!objs[i].is_private && ver->has_pub)) {
+            r = kc_error_set(err, KC_INTEGRITY,
+                             "version %s of key '%s' in vault '%s' has two %s halves: one was "
+                             "planted; neither is used",
+                             ver->version, objs[i].label, v->meta.name,
+                             objs[i].is_private ? "private" : "public");
+            kc_error_hint(err, "keep a copy of the token for investigation; 'pkcs11-tool "
+                               "--list-objects --type pubkey' shows them");
+            goto fail;
+        }
         if (objs[i].is_private) {
             ver->priv = objs[i];
             ver->has_priv = 1;
@@ -561,6 +574,56 @@ static void set_half_made_aside(kc_key *k)
             k->current = i;
 }
 
+/* With the PIN: each version's public half carries its private half's
+ * public key. The private half only a PIN holder can have made; a public
+ * half anyone can replace or change. */
+static kc_rc halves_match(kc_vault *v, const kc_key *k, kc_error *err)
+{
+    size_t i;
+    int same = 0;
+    kc_rc r = KC_OK;
+
+    for (i = 0; r == KC_OK && i < k->nversions; i++) {
+        const kc_key_version *ver = &k->versions[i];
+        if (!ver->has_pub || !ver->has_priv || ver->type != KC_KT_RSA)
+            continue;
+        r = kc_tok_same_rsa_key(v->tok, ver->pub.handle, ver->priv.handle, &same, err);
+        if (r == KC_OK && !same)
+            r = kc_error_set(err, KC_INTEGRITY,
+                             "the public half of version %s of key '%s' in vault '%s' is not "
+                             "its private half's public key: it was replaced",
+                             ver->version, k->name, v->meta.name);
+    }
+    return r;
+}
+
+/* A half-made public half that is a version's own, under another id: its
+ * CKA_ID was changed (anyone can, on a public object), and removing it as
+ * half-made would take the version's public half away. */
+static kc_rc moved_half(kc_vault *v, const kc_key *k, kc_error *err)
+{
+    size_t i, j;
+    int same = 0;
+    kc_rc r = KC_OK;
+
+    for (i = k->nversions; r == KC_OK && i < k->nversions + k->nhalf; i++) {
+        const kc_key_version *half = &k->versions[i];
+        for (j = 0; r == KC_OK && half->has_pub && half->type == KC_KT_RSA && j < k->nversions;
+             j++) {
+            if (!k->versions[j].has_priv)
+                continue;
+            r = kc_tok_same_rsa_key(v->tok, half->pub.handle, k->versions[j].priv.handle, &same,
+                                    err);
+            if (r == KC_OK && same)
+                r = kc_error_set(err, KC_INTEGRITY,
+                                 "the public half of version %s of key '%s' in vault '%s' "
+                                 "carries the id %s: its CKA_ID was changed without the PIN",
+                                 k->versions[j].version, k->name, v->meta.name, half->version);
+        }
+    }
+    return r;
+}
+
 static kc_rc load_keys(kc_vault *v, const char *name, int login, kc_key **out, size_t *n,
                        kc_error *err)
 {
@@ -582,11 +645,15 @@ static kc_rc load_keys(kc_vault *v, const char *name, int login, kc_key **out, s
     /* without the PIN, what the vault signed; with it, its private record */
     for (i = 0; r == KC_OK && !login && i < *n; i++)
         r = apply_manifest(v, &(*out)[i], err);
+    /* the pairs first, while the handles are fresh from the search */
+    for (i = 0; r == KC_OK && login && i < *n; i++)
+        r = halves_match(v, &(*out)[i], err);
     if (r == KC_OK && login) {
         r = kc_keystate_load(v, err);
         for (i = 0; r == KC_OK && i < *n; i++) {
             apply_state(v, &(*out)[i]);
             set_half_made_aside(&(*out)[i]);
+            r = moved_half(v, &(*out)[i], err);
         }
     }
     if (r != KC_OK) {

@@ -1,5 +1,6 @@
 /* Key lifecycle: rotation, updates, soft delete, recovery and purge. */
 #include "kc_key.h"
+#include "kc_manifest.h"
 #include "kc_keystate.h"
 #include "kc_util.h"
 
@@ -253,12 +254,17 @@ static kc_rc remove_half_made(kc_vault *v, const char *name, size_t *removed, in
 
 kc_rc kc_vault_remove_leftovers(kc_vault *v, size_t *halves, size_t *stale, kc_error *err)
 {
+    size_t planted = 0;
     int emptied;
     kc_rc r = remove_half_made(v, NULL, halves, &emptied, err);
 
     *stale = 0;
     if (r == KC_OK)
         r = kc_keystate_tidy(v, stale, err);
+    /* public look-alikes of the private record count with the stale */
+    if (r == KC_OK)
+        r = kc_manifest_remove_planted(v, &planted, err);
+    *stale += planted;
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot remove what interrupted writes left in vault '%s'",
                                v->meta.name);

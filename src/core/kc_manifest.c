@@ -367,7 +367,11 @@ static kc_rc keys_section(kc_vault *v, json_t *keys, kc_error *err)
                        "deleted", json_is_object(json_object_get(ks, "deleted")), "versions");
         versions = json_object_get(mk, "versions");
         for (i = 0; r == KC_OK && i < nobjs; i++) {
-            if (objs[i].is_private || strcmp(objs[i].label, name) != 0)
+            /* the public key of a version as its private half has it: only a
+             * PIN holder made that object, while anyone can plant a public
+             * one with the version's label and id */
+            if (!objs[i].is_private || !objs[i].token_private ||
+                strcmp(objs[i].label, name) != 0)
                 continue;
             kc_hex_encode(objs[i].id, objs[i].id_len, hex);
             vs = kc_keystate_version(ks, hex, 0);
@@ -510,6 +514,10 @@ kc_rc kc_manifest_write_after(kc_vault *v, kc_vault_meta *m, unsigned long after
         }
     }
     json_decref(old);
+    /* and it must be the one the vault's private record names, or newer:
+     * after is a repair's, which writes over a rollback on purpose */
+    if (r == KC_OK && base.handle != 0 && after == 0)
+        r = kc_manifest_check_base(v, &base, err);
     if (r == KC_OK)
         r = kc_manifest_signer(v->tok, &signer, fp, err);
     /* The vault as this command read it must still be the newest: another

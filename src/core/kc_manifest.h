@@ -68,11 +68,22 @@ KC_EXPORT kc_rc kc_manifest_record_current(kc_vault *v, const kc_vault_meta *m,
                                            kc_error *err) KC_MUST_CHECK;
 
 /* v logged in: KC_OK when the manifest v was opened with is the recorded
- * one, newer (its writer stopped before recording it), or the token holds
- * the recorded one or a newer one by now (another writer; this command's
- * own write then conflicts). KC_INTEGRITY when it was rolled back (an older
+ * one, or newer (its writer stopped before recording it). KC_CONFLICT when
+ * the token holds the recorded one or a newer one by now (another writer
+ * since v was opened). KC_INTEGRITY when it was rolled back (an older
  * generation put back) or there is no record past the first generation. */
 KC_EXPORT kc_rc kc_manifest_check_current(kc_vault *v, kc_error *err) KC_MUST_CHECK;
+
+/* Before a write over base (logged in): KC_INTEGRITY when base is older
+ * than the record or another document of its generation, so that no write
+ * commits over a manifest put back (and its sweep removes the real one). */
+KC_EXPORT kc_rc kc_manifest_check_base(kc_vault *v, const kc_gendoc_ref *base,
+                                       kc_error *err) KC_MUST_CHECK;
+
+/* Destroys public objects labelled like the private record (not the
+ * vault's: planted). */
+KC_EXPORT kc_rc kc_manifest_remove_planted(kc_vault *v, size_t *removed,
+                                           kc_error *err) KC_MUST_CHECK;
 
 /* After a rollback: signs the recorded metadata (and the key state) again
  * as a generation newer than the record; *restored is that generation, 0

@@ -258,13 +258,16 @@ kc_rc kc_vault_meta_reread(kc_vault *v, kc_error *err)
 {
     char fp[65], digest[65];
     kc_vault_meta m;
-    kc_rc r = read_meta(v->tok, v->fingerprint, &m, NULL, fp, digest, err);
+    json_t *manifest = NULL;
+    kc_rc r = read_meta(v->tok, v->fingerprint, &m, &manifest, fp, digest, err);
 
     if (r == KC_NOT_FOUND)
         return kc_vault_lost_sight(v, err);
     if (r == KC_OK) {
         v->meta = m;
         memcpy(v->manifest_digest, digest, sizeof(digest));
+        json_decref(v->manifest);
+        v->manifest = manifest;
     }
     return r;
 }
