@@ -381,14 +381,24 @@ static void probe_trusted(kc_tok *t, kc_probe *p)
              rw == CKR_OK ? "no RFC 5649 wrap to try it with" : "the attribute is refused");
     }
     rv = secret(t, CKK_AES, KEK, sizeof(KEK), trusted_extra, 2, &tr);
+    /* refused as an attribute only the SO may set (SoftHSM 2.6.1:
+     * CKR_ATTRIBUTE_READ_ONLY), or as one the module does not know
+     * (openCryptoki 3.8.1: CKR_TEMPLATE_INCONSISTENT, for the SO too) */
     if (rv == CKR_OK)
-        fact(p, "trusted.so_only", KC_CAP_NO,
+        fact(p, "trusted.user_refused", KC_CAP_NO,
              "%s made a key with CKA_TRUSTED=TRUE: the trusted-key arrangement is not a "
              "boundary on this module",
              t->logged_in ? "the user" : "a session without login");
     else
-        fact(p, "trusted.so_only", KC_CAP_YES, "CKA_TRUSTED=TRUE refused %s (%s)",
+        fact(p, "trusted.user_refused", KC_CAP_YES, "CKA_TRUSTED=TRUE refused %s (%s)",
              t->logged_in ? "to the user" : "without login", kc_p11_rv_name(rv));
+    if (rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_TEMPLATE_INCONSISTENT)
+        fact(p, "trusted.supported", KC_CAP_NO,
+             "CKA_TRUSTED is refused as an attribute the module does not take (%s)",
+             kc_p11_rv_name(rv));
+    else
+        fact(p, "trusted.supported", KC_CAP_UNKNOWN,
+             rv == CKR_OK ? "anyone sets it" : "whether the SO can set it needs the SO PIN");
     drop(t, kek);
     drop(t, key);
     drop(t, tr);
@@ -412,14 +422,21 @@ static void probe_unwrap_template(kc_tok *t, kc_probe *p)
         ATTR_BOOL(CKA_EXTRACTABLE, 1),
     };
     CK_OBJECT_HANDLE kek = CK_INVALID_HANDLE, sec = CK_INVALID_HANDLE, out = CK_INVALID_HANDLE;
+    static unsigned char iv[16];
+    /* any wrap the module has: RFC 5649, else AES-CBC-PAD (openCryptoki) */
     CK_MECHANISM m = {p->kwp_mech, NULL, 0};
     unsigned char blob[64], value[64];
     CK_ULONG len = sizeof(blob);
     CK_ATTRIBUTE get = ATTR(CKA_VALUE, value, sizeof(value));
     CK_RV rv;
 
-    if (p->kwp_mech == 0) {
-        fact(p, "unwrap.readable_template", KC_CAP_UNKNOWN, "no RFC 5649 wrap to try it with");
+    if (p->kwp_mech == 0 && has_mech(p, CKM_AES_CBC_PAD, CKF_WRAP | CKF_UNWRAP)) {
+        m.mechanism = CKM_AES_CBC_PAD;
+        m.pParameter = iv;
+        m.ulParameterLen = sizeof(iv);
+    }
+    if (m.mechanism == 0) {
+        fact(p, "unwrap.readable_template", KC_CAP_UNKNOWN, "no key wrap to try it with");
         return;
     }
     rv = secret(t, CKK_AES, KEK, sizeof(KEK), kek_extra, 2, &kek);
@@ -639,19 +656,33 @@ static void probe_mechanisms(kc_probe *p)
 
 kc_rc kc_tok_probe(kc_tok *t, kc_probe *p, kc_error *err)
 {
+    static const char *const need_session[] = {
+        "data.public",          "data.private",       "aes_key_wrap.rfc5649",
+        "wrap_with_trusted.accepted", "wrap_with_trusted.enforced", "trusted.user_refused",
+        "unwrap.readable_template", "rsa_oaep.sha1",  "rsa_oaep.sha256",
+    };
+    kc_error why;
+    size_t i;
     kc_rc r;
 
     memset(p, 0, sizeof(*p));
     p->token = t->info;
     p->logged_in = t->logged_in;
     r = list_mechanisms(t, p, err);
-    if (r == KC_OK)
-        r = kc_tok_session(t, err);
     if (r != KC_OK) {
         kc_probe_release(p);
         return r;
     }
     probe_mechanisms(p);
+    /* a token not initialised yet may have no sessions: its mechanisms
+     * still say much */
+    kc_error_clear(&why);
+    if (kc_tok_session(t, &why) != KC_OK) {
+        for (i = 0; i < sizeof(need_session) / sizeof(need_session[0]); i++)
+            fact(p, need_session[i], KC_CAP_UNKNOWN, "no session on this token to ask it (%s)",
+                 why.msg);
+        return KC_OK;
+    }
     probe_data(t, p);
     probe_key_wrap(t, p);
     probe_trusted(t, p);

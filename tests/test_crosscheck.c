@@ -212,7 +212,8 @@ static void test_module_check_softhsm_facts(void)
     /* the root key template (kc_p11_obj.c) and the domain's trusted keys */
     CU_ASSERT_STRING_EQUAL(answer(j, "wrap_with_trusted.accepted"), "yes");
     CU_ASSERT_STRING_EQUAL(answer(j, "wrap_with_trusted.enforced"), "yes");
-    CU_ASSERT_STRING_EQUAL(answer(j, "trusted.so_only"), "yes");
+    CU_ASSERT_STRING_EQUAL(answer(j, "trusted.user_refused"), "yes");
+    CU_ASSERT_STRING_EQUAL(answer(j, "trusted.supported"), "unknown");
     /* documents are written as generations (kc_gendoc.h) */
     CU_ASSERT_STRING_EQUAL(answer(j, "data.mutable"), "no");
     CU_ASSERT_STRING_EQUAL(answer(j, "data.public"), "yes");

@@ -91,11 +91,11 @@ size_t kc_module_features(const kc_probe *p, kc_feature out[KC_FEATURES_MAX])
     static const char *const sha1[] = {"rsa_oaep.sha1", NULL};
     static const char *const sha256[] = {"rsa_oaep.sha256", NULL};
     static const char *const domain[] = {"aes_key_wrap.rfc5649", "wrap_with_trusted.enforced",
-                                         "trusted.so_only", "rsa_oaep.sha256", NULL};
+                                         "trusted.user_refused", "trusted.supported", "rsa_oaep.sha256", NULL};
     static const char *const backup[] = {"aes_key_wrap.rfc5649", "wrap_with_trusted.enforced",
                                          "mech.aes_gcm", "mech.hmac_sha256", NULL};
     static const char *const byok[] = {"rsa_oaep.sha256", "aes_key_wrap.rfc5649", NULL};
-    static const char *const dep[] = {"rsa_oaep.sha256", "unwrap.value_readable",
+    static const char *const dep[] = {"rsa_oaep.sha256", "unwrap.readable_template",
                                       "mech.hmac_sha256", NULL};
     static const char *const audit[] = {"mech.hmac_sha256", "mech.generic_keygen", NULL};
     size_t n = 0;
@@ -106,11 +106,14 @@ size_t kc_module_features(const kc_probe *p, kc_feature out[KC_FEATURES_MAX])
              "data objects can change in place; keycustody still writes generations");
     need(&out[n++], p, "hsm keys", hsm);
     if (out[n - 1].support == KC_NOT_POSSIBLE &&
-        kc_probe_cap(p, "mech.rsa_keygen") == KC_CAP_YES)
+        kc_probe_cap(p, "mech.rsa_keygen") == KC_CAP_YES) {
+        char why[sizeof(out[0].why)];
+        snprintf(why, sizeof(why), "%s", out[n - 1].why);
         note(&out[n - 1], KC_NOT_POSSIBLE,
              "%s; keycustody promises an hsm key extractable only under a trusted key, and "
              "does not yet make it non-extractable instead",
-             out[n - 1].why);
+             why);
+    }
     need(&out[n++], p, "wrap/unwrap RSA-OAEP SHA-1", sha1);
     need(&out[n++], p, "wrap/unwrap RSA-OAEP SHA-256", sha256);
     need(&out[n++], p, "backup domain", domain);
