@@ -449,8 +449,10 @@ typedef struct kc_probe {
     unsigned long kwp_mech; /* the mechanism that wraps as RFC 5649; 0: none */
 } kc_probe;
 
-/* Probes t (logged in or not). kc_probe_release frees what it holds. */
-KC_EXPORT kc_rc kc_tok_probe(kc_tok *t, kc_probe *out, kc_error *err) KC_MUST_CHECK;
+/* Probes t (logged in or not): with full, everything; else only the
+ * mechanisms and data objects (cheap: no key is made). kc_probe_release
+ * frees what it holds. */
+KC_EXPORT kc_rc kc_tok_probe(kc_tok *t, int full, kc_probe *out, kc_error *err) KC_MUST_CHECK;
 KC_EXPORT void kc_probe_release(kc_probe *p);
 KC_EXPORT const kc_probe_fact *kc_probe_get(const kc_probe *p, const char *id);
 KC_EXPORT kc_cap kc_probe_cap(const kc_probe *p, const char *id);

@@ -654,7 +654,7 @@ static void probe_mechanisms(kc_probe *p)
                                           : "not listed");
 }
 
-kc_rc kc_tok_probe(kc_tok *t, kc_probe *p, kc_error *err)
+kc_rc kc_tok_probe(kc_tok *t, int full, kc_probe *p, kc_error *err)
 {
     static const char *const need_session[] = {
         "data.public",          "data.private",       "aes_key_wrap.rfc5649",
@@ -684,6 +684,8 @@ kc_rc kc_tok_probe(kc_tok *t, kc_probe *p, kc_error *err)
         return KC_OK;
     }
     probe_data(t, p);
+    if (!full)
+        return KC_OK;
     probe_key_wrap(t, p);
     probe_trusted(t, p);
     probe_unwrap_template(t, p);

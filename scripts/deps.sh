@@ -14,6 +14,7 @@ pkgs=(
   libsqlite3-dev                            # the service store
   libcunit1-dev                             # tests
   softhsm2                                  # the HSM in tests and the demo
+  opencryptoki                              # the second PKCS#11 implementation in tests
   opensc gnutls-bin                         # pkcs11-tool and p11tool, for cross-checks
   bsdutils                                  # script(1): PIN prompt tests on a pty
   xxd                                       # hex to bytes in the backup tests

@@ -1,5 +1,6 @@
 #include "kc_vault.h"
 #include "kc_manifest.h"
+#include "kc_module.h"
 #include "kc_audit.h"
 #include "kc_gendoc.h"
 #include "kc_keystate.h"
@@ -431,6 +432,30 @@ kc_rc kc_vault_open(kc_ctx *ctx, const char *name_or_uri, kc_vault **out, kc_err
     return r;
 }
 
+/* A token whose module cannot hold a vault (no EC P-256 to sign the
+ * manifest, no data objects, no HMAC for the audit seal) is refused before
+ * anything is made on it: asked of the module, on session objects
+ * (kc_tok_probe), not assumed. */
+static kc_rc can_hold_vault(kc_tok *tok, kc_error *err)
+{
+    kc_feature f[KC_FEATURES_MAX];
+    kc_probe p;
+    kc_rc r = kc_tok_probe(tok, 0, &p, err);
+
+    if (r != KC_OK)
+        return r;
+    (void)kc_module_features(&p, f);
+    kc_probe_release(&p);
+    if (f[0].support != KC_NOT_POSSIBLE)
+        return KC_OK;
+    kc_error_set(err, KC_TOKEN, "module '%s' cannot hold a vault: %s; nothing was made on token '%s'",
+                 kc_tok_info_get(tok)->module, f[0].why,
+                 kc_tok_info_get(tok)->initialized ? kc_tok_info_get(tok)->label : "(free)");
+    kc_error_hint(err, "see what the module can do with 'keycustody module check --module %s'",
+                  kc_tok_info_get(tok)->module);
+    return KC_TOKEN;
+}
+
 static kc_rc init_free_token(kc_ctx *ctx, const kc_vault_meta *want, const char *token_uri,
                              kc_tok **out, kc_error *err)
 {
@@ -439,6 +464,8 @@ static kc_rc init_free_token(kc_ctx *ctx, const kc_vault_meta *want, const char 
     kc_rc r;
 
     r = kc_p11_free_token(ctx->p11, token_uri, &tok, err);
+    if (r == KC_OK)
+        r = can_hold_vault(tok, err);
     if (r != KC_OK)
         goto cleanup;
     r = kc_ctx_pin(ctx, want->name, KC_PIN_NEW_SO, &so, err);
@@ -518,8 +545,11 @@ kc_rc kc_vault_init(kc_ctx *ctx, const kc_vault_meta *want, const char *token_ur
         }
         if (r != KC_NOT_FOUND)
             return kc_error_prefix(err, "cannot adopt token '%s'", want->name);
-        r = kc_tok_info_get(tok)->user_pin_initialized ? kc_ctx_login(ctx, tok, err)
-                                                       : set_user_pin(ctx, tok, err);
+        kc_error_clear(err);
+        r = can_hold_vault(tok, err);
+        if (r == KC_OK)
+            r = kc_tok_info_get(tok)->user_pin_initialized ? kc_ctx_login(ctx, tok, err)
+                                                           : set_user_pin(ctx, tok, err);
         if (r != KC_OK)
             return kc_error_prefix(err, "cannot adopt token '%s'", want->name);
         *adopted = 1;

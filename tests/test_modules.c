@@ -1,0 +1,227 @@
+/* keycustody on a PKCS#11 implementation other than SoftHSM: openCryptoki
+ * 3.8.1's soft token, its daemon run by scripts/opencryptoki.sh with slots
+ * of this program's own (slots 0 and 1 initialised, slot 2 free). The
+ * behaviour of the module that keycustody's choices rest on, as the probe
+ * finds it and as pkcs11-tool sees it, and what keycustody does where the
+ * module lacks what it needs. Needs root (pkcsslotd, /var/lib/opencryptoki). */
+#include "fixture.h"
+
+#include <jansson.h>
+
+#include <openssl/rand.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define OCK_MODULE "/usr/lib/x86_64-linux-gnu/pkcs11/libopencryptoki.so"
+#define OCK_SCRIPT KC_SOURCE_DIR "/scripts/opencryptoki.sh"
+
+static char ock_dir[64];
+
+/* 8 random digits: the soft token takes PINs of 4 to 8 characters */
+static void ock_pin(const char *var)
+{
+    unsigned char r[8];
+    char pin[9];
+    size_t i;
+
+    if (RAND_bytes(r, sizeof(r)) != 1)
+        abort();
+    for (i = 0; i < 8; i++)
+        pin[i] = (char)('0' + r[i] % 10);
+    pin[8] = '\0';
+    setenv(var, pin, 1);
+}
+
+static int ock(const char *what)
+{
+    char cmd[512];
+
+    snprintf(cmd, sizeof(cmd), "OCK_INIT_SLOTS='0 1' '%s' %s '%s' >>'%s/script.log' 2>&1",
+             OCK_SCRIPT, what, ock_dir, ock_dir);
+    return system(cmd);
+}
+
+static void ock_stop(void)
+{
+    if (ock_dir[0] != '\0' && ock("wipe") == 0 && getenv("KC_TEST_KEEP") == NULL) {
+        char cmd[128];
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", ock_dir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "could not remove %s\n", ock_dir);
+    }
+}
+
+/* The commands of a test reach the module by --module and find the user
+ * PIN of slot 0's token (ock0) in OCK_USER_PIN. */
+static const kc_test_out *ock_run_check(int with_pin)
+{
+    return with_pin ? kc_test_run("module", "check", "ock0", "--module", OCK_MODULE, "--json",
+                                  "--pin-source", "ock0=env:OCK_USER_PIN", NULL)
+                    : kc_test_run("module", "check", "ock0", "--module", OCK_MODULE, "--json",
+                                  NULL);
+}
+
+static const char *answer(json_t *j, const char *fact)
+{
+    const char *a = json_string_value(
+        json_object_get(json_object_get(json_object_get(j, "facts"), fact), "answer"));
+    return a != NULL ? a : "(none)";
+}
+
+static const char *detail(json_t *j, const char *fact)
+{
+    const char *d = json_string_value(
+        json_object_get(json_object_get(json_object_get(j, "facts"), fact), "detail"));
+    return d != NULL ? d : "(none)";
+}
+
+static const char *support(json_t *j, const char *feature)
+{
+    json_t *f;
+    size_t i;
+
+    json_array_foreach(json_object_get(j, "features"), i, f)
+        if (strcmp(json_string_value(json_object_get(f, "feature")), feature) == 0)
+            return json_string_value(json_object_get(f, "support"));
+    return "(none)";
+}
+
+/* The openCryptoki 3.8.1 soft token as keycustody meets it (measured here;
+ * the README's support matrix comes from these answers). */
+static void test_ock_facts(void)
+{
+    const kc_test_out *r = ock_run_check(1);
+    json_t *j;
+
+    ASSERT_RC(r, 0);
+    j = json_loads(r->out, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    CU_ASSERT_TRUE(json_is_true(json_object_get(j, "logged_in")));
+    /* no EC at all: no vault key to sign a manifest */
+    CU_ASSERT_STRING_EQUAL(answer(j, "mech.ec_keygen"), "no");
+    CU_ASSERT_STRING_EQUAL(answer(j, "mech.ecdsa"), "no");
+    /* no AES key wrap of any kind; AES-CBC-PAD wraps and unwraps */
+    CU_ASSERT_STRING_EQUAL(answer(j, "aes_key_wrap.rfc5649"), "no");
+    CU_ASSERT_STRING_EQUAL(answer(j, "mech.aes_cbc_pad_wrap"), "yes");
+    CU_ASSERT_STRING_EQUAL(answer(j, "mech.aes_gcm"), "no");
+    /* the trusted-key arrangement does not exist there */
+    CU_ASSERT_STRING_EQUAL(answer(j, "wrap_with_trusted.accepted"), "no");
+    ASSERT_HAS(detail(j, "wrap_with_trusted.accepted"), "CKR_ATTRIBUTE_TYPE_INVALID");
+    CU_ASSERT_STRING_EQUAL(answer(j, "trusted.supported"), "no");
+    ASSERT_HAS(detail(j, "trusted.supported"), "CKR_TEMPLATE_INCONSISTENT");
+    /* an unwrap template may not ask for a readable key; what it unwraps is */
+    CU_ASSERT_STRING_EQUAL(answer(j, "unwrap.readable_template"), "no");
+    ASSERT_HAS(detail(j, "unwrap.readable_template"), "CKR_ATTRIBUTE_READ_ONLY");
+    CU_ASSERT_STRING_EQUAL(answer(j, "unwrap.value_readable"), "yes");
+    /* data objects, private ones too, and their values can change */
+    CU_ASSERT_STRING_EQUAL(answer(j, "data.public"), "yes");
+    CU_ASSERT_STRING_EQUAL(answer(j, "data.private"), "yes");
+    CU_ASSERT_STRING_EQUAL(answer(j, "data.mutable"), "yes");
+    /* OAEP with SHA-1 and SHA-256, both against OpenSSL */
+    CU_ASSERT_STRING_EQUAL(answer(j, "rsa_oaep.sha1"), "yes");
+    CU_ASSERT_STRING_EQUAL(answer(j, "rsa_oaep.sha256"), "yes");
+    CU_ASSERT_STRING_EQUAL(support(j, "vault"), "not possible");
+    CU_ASSERT_STRING_EQUAL(support(j, "hsm keys"), "not possible");
+    CU_ASSERT_STRING_EQUAL(support(j, "wrap/unwrap RSA-OAEP SHA-256"), "works");
+    CU_ASSERT_STRING_EQUAL(support(j, "backup/restore"), "not possible");
+    CU_ASSERT_STRING_EQUAL(support(j, "audit seal"), "works");
+    json_decref(j);
+}
+
+/* What the probe lists is what pkcs11-tool lists, and every token reports
+ * serial "123" (so keycustody tells them apart by label, never serial). */
+static void test_ock_as_pkcs11_tool_sees_it(void)
+{
+    const kc_test_out *r = ock_run_check(0);
+    char *out = NULL;
+    json_t *j;
+
+    ASSERT_RC(r, 0);
+    j = json_loads(r->out, 0, NULL);
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "pkcs11-tool --module '%s' --slot 0 -M 2>/dev/null | grep -c '^  '",
+                               OCK_MODULE),
+                    0);
+    CU_ASSERT_EQUAL(json_array_size(json_object_get(j, "mechanisms")), (size_t)atoi(out));
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "serial")), "123");
+    CU_ASSERT_STRING_EQUAL(answer(j, "data.private"), "unknown");
+    json_decref(j);
+    r = kc_test_run("module", "list", "--module", OCK_MODULE, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "  - ock0                     serial 123");
+    ASSERT_HAS(r->out, "  - ock1                     serial 123");
+    ASSERT_HAS(r->out, "  - (free)                   serial 123: not initialised");
+}
+
+/* vault init on a module that cannot hold a vault stops before it makes
+ * anything: the free token stays free, an initialised one gets no object. */
+static void test_ock_vault_init_refused_first(void)
+{
+    const kc_test_out *r;
+    char *out = NULL;
+
+    r = kc_test_run("vault", "init", "VaultO1", "--subscription", "s", "--region", "westus",
+                    "--module", OCK_MODULE, "--so-pin-source", "env:TEST_SO_PIN", "--pin-source",
+                    "env:TEST_PIN", NULL);
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "cannot hold a vault: mech.ec_keygen: EC key pairs (not listed); nothing "
+                       "was made on token '(free)'");
+    ASSERT_HAS(r->err, "'keycustody module check --module " OCK_MODULE "'");
+    /* slot 2 still free, as pkcs11-tool shows it */
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "pkcs11-tool --module '%s' -L 2>/dev/null | "
+                               "sed -n '/^Slot 2 /,$p' | grep 'token state'",
+                               OCK_MODULE),
+                    0);
+    ASSERT_HAS(out, "uninitialized");
+    r = kc_test_run("vault", "init", "ock0", "--subscription", "s", "--region", "westus",
+                    "--module", OCK_MODULE, "--pin-source", "env:OCK_USER_PIN", NULL);
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "cannot adopt token 'ock0': module '" OCK_MODULE "' cannot hold a vault");
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "pkcs11-tool --module '%s' --slot 0 --login --pin env:OCK_USER_PIN "
+                               "-O 2>/dev/null | grep -c 'Object'",
+                               OCK_MODULE),
+                    1); /* no object at all */
+}
+
+static const kc_test_case ock_cases[] = {
+    {"the openCryptoki facts keycustody relies on", test_ock_facts},
+    {"as pkcs11-tool sees it", test_ock_as_pkcs11_tool_sees_it},
+    {"vault init refused before anything is made", test_ock_vault_init_refused_first},
+    {NULL, NULL},
+};
+
+static const kc_test_suite suites[] = {{"opencryptoki", 1, ock_cases}, {NULL, 0, NULL}};
+
+int main(int argc, char **argv)
+{
+    int rc;
+
+    if (geteuid() != 0) {
+        fprintf(stderr, "test_modules: openCryptoki's daemon needs root (pkcsslotd, "
+                        "/var/lib/opencryptoki); run make check as root\n");
+        return 1;
+    }
+    snprintf(ock_dir, sizeof(ock_dir), "/tmp/keycustody-ock-XXXXXX");
+    if (mkdtemp(ock_dir) == NULL) {
+        perror("mkdtemp");
+        return 1;
+    }
+    ock_pin("OCK_SO_PIN");
+    ock_pin("OCK_USER_PIN");
+    if (ock("start") != 0 || ock("init") != 0) {
+        char cmd[128];
+        snprintf(cmd, sizeof(cmd), "cat '%s/script.log' >&2", ock_dir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "no log\n");
+        ock_stop();
+        return 1;
+    }
+    rc = kc_test_main(argc, argv, suites);
+    ock_stop();
+    return rc;
+}
