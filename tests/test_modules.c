@@ -188,10 +188,94 @@ static void test_ock_vault_init_refused_first(void)
                     1); /* no object at all */
 }
 
+/* --- the README's support matrix --- */
+
+#define MATRIX_BEGIN "<!-- support matrix: made by test_modules, do not edit -->\n"
+#define MATRIX_END "<!-- end of support matrix -->\n"
+
+static void cell(char *out, size_t cap, json_t *check, const char *feature)
+{
+    json_t *f;
+    size_t i;
+
+    snprintf(out, cap, "?");
+    json_array_foreach(json_object_get(check, "features"), i, f)
+    {
+        const char *why = json_string_value(json_object_get(f, "why"));
+        if (strcmp(json_string_value(json_object_get(f, "feature")), feature) != 0)
+            continue;
+        snprintf(out, cap, "%s%s%s", json_string_value(json_object_get(f, "support")),
+                 why != NULL && why[0] ? ": " : "", why != NULL ? why : "");
+    }
+}
+
+/* The matrix from 'module check' on both modules, with the PIN. */
+static char *matrix(json_t *softhsm, json_t *ock_j)
+{
+    static char m[16384];
+    size_t off = 0, i;
+    json_t *f;
+    char a[400], b[400];
+
+    off += (size_t)snprintf(m + off, sizeof(m) - off,
+                            "%s| feature | SoftHSM 2.6.1 | openCryptoki 3.8.1 soft token |\n"
+                            "|---|---|---|\n",
+                            MATRIX_BEGIN);
+    json_array_foreach(json_object_get(softhsm, "features"), i, f)
+    {
+        const char *name = json_string_value(json_object_get(f, "feature"));
+        cell(a, sizeof(a), softhsm, name);
+        cell(b, sizeof(b), ock_j, name);
+        off += (size_t)snprintf(m + off, sizeof(m) - off, "| %s | %s | %s |\n", name, a, b);
+    }
+    snprintf(m + off, sizeof(m) - off, "%s", MATRIX_END);
+    return m;
+}
+
+/* The README's matrix is the one module check gives today: a change in a
+ * module or in keycustody's judgement shows here first. On a difference,
+ * the matrix to paste is in support-matrix.md in the build directory. */
+static void test_readme_support_matrix(void)
+{
+    const kc_test_out *r;
+    json_t *soft, *o;
+    char *readme, *at, *want;
+    size_t len;
+    FILE *f;
+
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    r = kc_test_run("module", "check", "VaultA1", "--json", "--pin-source", "VaultA1=env:TEST_PIN",
+                    NULL);
+    ASSERT_RC(r, 0);
+    soft = json_loads(r->out, 0, NULL);
+    r = ock_run_check(1);
+    ASSERT_RC(r, 0);
+    o = json_loads(r->out, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(soft);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(o);
+    want = matrix(soft, o);
+    f = fopen("support-matrix.md", "w");
+    if (f != NULL) {
+        fputs(want, f);
+        fclose(f);
+    }
+    readme = (char *)kc_test_read(KC_SOURCE_DIR "/README.md", &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(readme);
+    at = strstr(readme, MATRIX_BEGIN);
+    CU_ASSERT_PTR_NOT_NULL(at);
+    if (at != NULL && strncmp(at, want, strlen(want)) != 0)
+        fprintf(stderr, "\n  the README's support matrix differs from module check's:\n%s", want);
+    CU_ASSERT(at != NULL && strncmp(at, want, strlen(want)) == 0);
+    free(readme);
+    json_decref(soft);
+    json_decref(o);
+}
+
 static const kc_test_case ock_cases[] = {
     {"the openCryptoki facts keycustody relies on", test_ock_facts},
     {"as pkcs11-tool sees it", test_ock_as_pkcs11_tool_sees_it},
     {"vault init refused before anything is made", test_ock_vault_init_refused_first},
+    {"the README's support matrix", test_readme_support_matrix},
     {NULL, NULL},
 };
 
