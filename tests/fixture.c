@@ -481,3 +481,31 @@ int kc_test_mend_tokens(void)
                 n);
     return n;
 }
+
+static const char *fact_field(json_t *check, const char *fact, const char *field)
+{
+    const char *v = json_string_value(
+        json_object_get(json_object_get(json_object_get(check, "facts"), fact), field));
+    return v != NULL ? v : "(none)";
+}
+
+const char *kc_test_fact_answer(json_t *check, const char *fact)
+{
+    return fact_field(check, fact, "answer");
+}
+
+const char *kc_test_fact_detail(json_t *check, const char *fact)
+{
+    return fact_field(check, fact, "detail");
+}
+
+const char *kc_test_feature_support(json_t *check, const char *feature)
+{
+    json_t *f;
+    size_t i;
+
+    json_array_foreach(json_object_get(check, "features"), i, f)
+        if (strcmp(json_string_value(json_object_get(f, "feature")), feature) == 0)
+            return json_string_value(json_object_get(f, "support"));
+    return "(none)";
+}

@@ -91,6 +91,11 @@ unsigned char *kc_test_read(const char *path, size_t *len);
 /* Parses JSON text (a command's --json output); fails the test when it is not. */
 struct json_t;
 struct json_t *kc_test_json(const char *s);
+/* In 'module check --json' output: a fact's answer ("yes", "no", "unknown";
+ * "(none)" when absent) and detail, and a feature's support. */
+const char *kc_test_fact_answer(struct json_t *check, const char *fact);
+const char *kc_test_fact_detail(struct json_t *check, const char *fact);
+const char *kc_test_feature_support(struct json_t *check, const char *feature);
 
 /* Whether haystack contains needle; prints both when it does not. */
 int kc_test_contains(const char *haystack, const char *needle);

@@ -1129,6 +1129,57 @@ static void test_fingerprint_pinned_by_store(void)
     unsetenv("KEYCUSTODY_STORE");
 }
 
+/* The version id of VaultA1/Key001's current version, hex. */
+static const char *key001_version(void)
+{
+    static char v[129];
+    const kc_test_out *r = kc_test_run("key", "show", "VaultA1/Key001", "--json", PIN, NULL);
+    json_t *j = json_loads(r->out, 0, NULL);
+
+    snprintf(v, sizeof(v), "%s", json_string_value(json_object_get(j, "current_version")));
+    json_decref(j);
+    return v;
+}
+
+/* The attacker's copy of VaultA1's public manifest, read without a PIN
+ * (pkcs11-tool, no login) into file. */
+static void save_manifest(const char *file)
+{
+    char *out = NULL;
+
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out,
+                                     "pkcs11-tool --module '%s' --token-label VaultA1 "
+                                     "--read-object --type data --label keycustody-vault -o '%s' "
+                                     "2>&1",
+                                     KC_SOFTHSM_MODULE, file),
+                          0);
+}
+
+/* The newer manifest and its commit record removed, the copy in file put
+ * back in their place: pkcs11-tool without login. */
+static void put_back_manifest(const char *file)
+{
+    char *out = NULL;
+
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out,
+                                     "p='pkcs11-tool --module %s --token-label VaultA1'; "
+                                     "$p --delete-object --type data --label keycustody-vault && "
+                                     "$p --delete-object --type data --label "
+                                     "keycustody-vault.commit && "
+                                     "$p --write-object '%s' --type data --label keycustody-vault "
+                                     "--application-label keycustody 2>&1",
+                                     KC_SOFTHSM_MODULE, file),
+                          0);
+}
+
+/* VaultA1 with Key001; its version in ver. */
+static void vault_with_key001(char ver[129])
+{
+    kc_test_vault("VaultA1", "contoso-a", "westus");
+    kc_test_key("VaultA1/Key001", NULL);
+    snprintf(ver, 129, "%s", key001_version());
+}
+
 /* Whether VaultA1's access policy, as a reader without the PIN sees it,
  * names principal. */
 static int access_has(const char *principal)
@@ -1171,24 +1222,13 @@ static void test_manifest_rolled_back(void)
     snprintf(p11, sizeof(p11), "pkcs11-tool --module '%s' --token-label VaultA1",
              KC_SOFTHSM_MODULE);
     /* the attacker's copy, read without a PIN */
-    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out,
-                                     "%s --read-object --type data --label keycustody-vault "
-                                     "-o '%s' 2>&1",
-                                     p11, path(0, "old.json")),
-                          0);
+    save_manifest(path(0, "old.json"));
     ASSERT_RC(kc_test_run("access", "remove", "VaultA1", "--principal", "mallory", SOPIN, PIN,
                           NULL),
               0);
     CU_ASSERT_EQUAL(access_has("mallory"), 0);
     /* the newer manifest and its commit record removed, the copy put back */
-    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out,
-                                     "%s --delete-object --type data --label keycustody-vault && "
-                                     "%s --delete-object --type data --label "
-                                     "keycustody-vault.commit && "
-                                     "%s --write-object '%s' --type data --label keycustody-vault "
-                                     "--application-label keycustody 2>&1",
-                                     p11, p11, p11, P[0]),
-                          0);
+    put_back_manifest(P[0]);
     /* readers without the PIN are fooled: nothing public tells them */
     CU_ASSERT_EQUAL(access_has("mallory"), 1);
     /* the record is out of reach without the PIN */
@@ -1227,17 +1267,6 @@ static void test_manifest_rolled_back(void)
     ASSERT_HAS(r->out, "vault 'VaultA1': its manifest is the recorded one; nothing to repair");
 }
 
-/* The version id of VaultA1/Key001's current version, hex. */
-static const char *key001_version(void)
-{
-    static char v[129];
-    const kc_test_out *r = kc_test_run("key", "show", "VaultA1/Key001", "--json", PIN, NULL);
-    json_t *j = json_loads(r->out, 0, NULL);
-
-    snprintf(v, sizeof(v), "%s", json_string_value(json_object_get(j, "current_version")));
-    json_decref(j);
-    return v;
-}
 
 /* A public RSA key with a real version's label and id beside its own
  * public half (the one found last was signed into the manifest by the next
@@ -1247,9 +1276,7 @@ static void test_public_half_beside_or_instead(void)
     const kc_test_out *r;
     char *out = NULL, ver[129];
 
-    kc_test_vault("VaultA1", "contoso-a", "westus");
-    kc_test_key("VaultA1/Key001", NULL);
-    snprintf(ver, sizeof(ver), "%s", key001_version());
+    vault_with_key001(ver);
     kc_test_write(path(3, "dek"), "0123456789abcdef0123456789abcdef", 32, 0600);
     CU_ASSERT_EQUAL_FATAL(plant("rsa", "VaultA1", "Key001", ver), 0);
     /* a PIN holder's write signs the manifest again */
@@ -1290,7 +1317,6 @@ static void test_public_half_beside_or_instead(void)
  * itself still refuses to commit over a manifest behind the record. */
 static void test_write_over_a_rollback(void)
 {
-    char *out = NULL;
     kc_ctx *ctx = NULL;
     kc_vault *v = NULL;
     kc_error e;
@@ -1302,24 +1328,11 @@ static void test_write_over_a_rollback(void)
     ASSERT_RC(kc_test_run("access", "set", "VaultA1", "--principal", "mallory", "--permissions",
                           "get,list", SOPIN, PIN, NULL),
               0);
-    snprintf(P[4], sizeof(P[4]), "pkcs11-tool --module '%s' --token-label VaultA1",
-             KC_SOFTHSM_MODULE);
-    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out,
-                                     "%s --read-object --type data --label keycustody-vault "
-                                     "-o '%s' 2>&1",
-                                     P[4], path(0, "old.json")),
-                          0);
+    save_manifest(path(0, "old.json"));
     ASSERT_RC(kc_test_run("access", "remove", "VaultA1", "--principal", "mallory", SOPIN, PIN,
                           NULL),
               0);
-    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out,
-                                     "%s --delete-object --type data --label keycustody-vault && "
-                                     "%s --delete-object --type data --label "
-                                     "keycustody-vault.commit && "
-                                     "%s --write-object '%s' --type data --label keycustody-vault "
-                                     "--application-label keycustody 2>&1",
-                                     P[4], P[4], P[4], P[0]),
-                          0);
+    put_back_manifest(P[0]);
     CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, kc_test_env_pin, NULL, &ctx, &e), KC_OK);
     ctx->lock_vaults = 1;
     CU_ASSERT_EQUAL_FATAL(kc_vault_open(ctx, "VaultA1", &v, &e), KC_OK);
@@ -1348,9 +1361,7 @@ static void test_moved_public_half_and_planted_record(void)
     const kc_test_out *r;
     char *out = NULL, ver[129];
 
-    kc_test_vault("VaultA1", "contoso-a", "westus");
-    kc_test_key("VaultA1/Key001", NULL);
-    snprintf(ver, sizeof(ver), "%s", key001_version());
+    vault_with_key001(ver);
     kc_test_write(path(0, "rec.json"), "{\"kind\":\"keycustody-manifest-current\"}", 39, 0600);
     CU_ASSERT_EQUAL_FATAL(plant("data", "VaultA1", "keycustody-vault.current", P[0]), 0);
     ASSERT_RC(kc_test_run("key", "show", "VaultA1/Key001", PIN, NULL), 0);

@@ -172,29 +172,6 @@ static json_t *module_check(int with_pin)
     return j;
 }
 
-static const char *answer(json_t *j, const char *fact)
-{
-    return json_string_value(
-        json_object_get(json_object_get(json_object_get(j, "facts"), fact), "answer"));
-}
-
-static const char *detail(json_t *j, const char *fact)
-{
-    return json_string_value(
-        json_object_get(json_object_get(json_object_get(j, "facts"), fact), "detail"));
-}
-
-static const char *support(json_t *j, const char *feature)
-{
-    json_t *f;
-    size_t i;
-
-    json_array_foreach(json_object_get(j, "features"), i, f)
-        if (strcmp(json_string_value(json_object_get(f, "feature")), feature) == 0)
-            return json_string_value(json_object_get(f, "support"));
-    return "(none)";
-}
-
 /* The SoftHSM 2.6.1 behaviour keycustody's code relies on, as the probe
  * finds it; a SoftHSM that changed would fail here first. */
 static void test_module_check_softhsm_facts(void)
@@ -205,30 +182,30 @@ static void test_module_check_softhsm_facts(void)
     j = module_check(1);
     CU_ASSERT_TRUE(json_is_true(json_object_get(j, "logged_in")));
     /* backups and BYOK: CKM_AES_KEY_WRAP_PAD is RFC 5649 (kc_p11_crypto.c) */
-    CU_ASSERT_STRING_EQUAL(answer(j, "aes_key_wrap.rfc5649"), "yes");
-    ASSERT_HAS(detail(j, "aes_key_wrap.rfc5649"), "CKM_AES_KEY_WRAP_PAD (0x210a) is RFC 5649");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "aes_key_wrap.rfc5649"), "yes");
+    ASSERT_HAS(kc_test_fact_detail(j, "aes_key_wrap.rfc5649"), "CKM_AES_KEY_WRAP_PAD (0x210a) is RFC 5649");
     /* SoftHSM::WrapKeySym pads a key to 8 bytes with zeros before RFC 5649 */
-    CU_ASSERT_STRING_EQUAL(answer(j, "aes_key_wrap.exact_length"), "no");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "aes_key_wrap.exact_length"), "no");
     /* the root key template (kc_p11_obj.c) and the domain's trusted keys */
-    CU_ASSERT_STRING_EQUAL(answer(j, "wrap_with_trusted.accepted"), "yes");
-    CU_ASSERT_STRING_EQUAL(answer(j, "wrap_with_trusted.enforced"), "yes");
-    CU_ASSERT_STRING_EQUAL(answer(j, "trusted.user_refused"), "yes");
-    CU_ASSERT_STRING_EQUAL(answer(j, "trusted.supported"), "unknown");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "wrap_with_trusted.accepted"), "yes");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "wrap_with_trusted.enforced"), "yes");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "trusted.user_refused"), "yes");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "trusted.supported"), "unknown");
     /* documents are written as generations (kc_gendoc.h) */
-    CU_ASSERT_STRING_EQUAL(answer(j, "data.mutable"), "no");
-    CU_ASSERT_STRING_EQUAL(answer(j, "data.public"), "yes");
-    CU_ASSERT_STRING_EQUAL(answer(j, "data.private"), "yes");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "data.mutable"), "no");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "data.public"), "yes");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "data.private"), "yes");
     /* OAEP: SHA-1 only (kc_p11_crypto.c params_refused) */
-    CU_ASSERT_STRING_EQUAL(answer(j, "rsa_oaep.sha1"), "yes");
-    CU_ASSERT_STRING_EQUAL(answer(j, "rsa_oaep.sha256"), "no");
-    ASSERT_HAS(detail(j, "rsa_oaep.sha256"), "CKR_ARGUMENTS_BAD");
-    CU_ASSERT_STRING_EQUAL(answer(j, "unwrap.readable_template"), "yes");
-    CU_ASSERT_STRING_EQUAL(support(j, "vault"), "works");
-    CU_ASSERT_STRING_EQUAL(support(j, "hsm keys"), "works");
-    CU_ASSERT_STRING_EQUAL(support(j, "wrap/unwrap RSA-OAEP SHA-1"), "works");
-    CU_ASSERT_STRING_EQUAL(support(j, "wrap/unwrap RSA-OAEP SHA-256"), "not possible");
-    CU_ASSERT_STRING_EQUAL(support(j, "DEPs"), "works differently");
-    CU_ASSERT_STRING_EQUAL(support(j, "audit seal"), "works");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "rsa_oaep.sha1"), "yes");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "rsa_oaep.sha256"), "no");
+    ASSERT_HAS(kc_test_fact_detail(j, "rsa_oaep.sha256"), "CKR_ARGUMENTS_BAD");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "unwrap.readable_template"), "yes");
+    CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "vault"), "works");
+    CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "hsm keys"), "works");
+    CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "wrap/unwrap RSA-OAEP SHA-1"), "works");
+    CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "wrap/unwrap RSA-OAEP SHA-256"), "not possible");
+    CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "DEPs"), "works differently");
+    CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "audit seal"), "works");
     json_decref(j);
 }
 
@@ -287,8 +264,8 @@ static void test_module_check_changes_nothing(void)
     json_decref(j);
     j = module_check(0);
     CU_ASSERT_FALSE(json_is_true(json_object_get(j, "logged_in")));
-    CU_ASSERT_STRING_EQUAL(answer(j, "data.private"), "unknown");
-    CU_ASSERT_STRING_EQUAL(support(j, "vault"), "not asked");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "data.private"), "unknown");
+    CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "vault"), "not asked");
     json_decref(j);
     CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out,
                                      "pkcs11-tool --module '%s' --token-label VaultA1 --login "

@@ -64,31 +64,6 @@ static const kc_test_out *ock_run_check(int with_pin)
                                   NULL);
 }
 
-static const char *answer(json_t *j, const char *fact)
-{
-    const char *a = json_string_value(
-        json_object_get(json_object_get(json_object_get(j, "facts"), fact), "answer"));
-    return a != NULL ? a : "(none)";
-}
-
-static const char *detail(json_t *j, const char *fact)
-{
-    const char *d = json_string_value(
-        json_object_get(json_object_get(json_object_get(j, "facts"), fact), "detail"));
-    return d != NULL ? d : "(none)";
-}
-
-static const char *support(json_t *j, const char *feature)
-{
-    json_t *f;
-    size_t i;
-
-    json_array_foreach(json_object_get(j, "features"), i, f)
-        if (strcmp(json_string_value(json_object_get(f, "feature")), feature) == 0)
-            return json_string_value(json_object_get(f, "support"));
-    return "(none)";
-}
-
 /* The openCryptoki 3.8.1 soft token as keycustody meets it (measured here;
  * the README's support matrix comes from these answers). */
 static void test_ock_facts(void)
@@ -101,33 +76,33 @@ static void test_ock_facts(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(j);
     CU_ASSERT_TRUE(json_is_true(json_object_get(j, "logged_in")));
     /* no EC at all: no vault key to sign a manifest */
-    CU_ASSERT_STRING_EQUAL(answer(j, "mech.ec_keygen"), "no");
-    CU_ASSERT_STRING_EQUAL(answer(j, "mech.ecdsa"), "no");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "mech.ec_keygen"), "no");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "mech.ecdsa"), "no");
     /* no AES key wrap of any kind; AES-CBC-PAD wraps and unwraps */
-    CU_ASSERT_STRING_EQUAL(answer(j, "aes_key_wrap.rfc5649"), "no");
-    CU_ASSERT_STRING_EQUAL(answer(j, "mech.aes_cbc_pad_wrap"), "yes");
-    CU_ASSERT_STRING_EQUAL(answer(j, "mech.aes_gcm"), "no");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "aes_key_wrap.rfc5649"), "no");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "mech.aes_cbc_pad_wrap"), "yes");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "mech.aes_gcm"), "no");
     /* the trusted-key arrangement does not exist there */
-    CU_ASSERT_STRING_EQUAL(answer(j, "wrap_with_trusted.accepted"), "no");
-    ASSERT_HAS(detail(j, "wrap_with_trusted.accepted"), "CKR_ATTRIBUTE_TYPE_INVALID");
-    CU_ASSERT_STRING_EQUAL(answer(j, "trusted.supported"), "no");
-    ASSERT_HAS(detail(j, "trusted.supported"), "CKR_TEMPLATE_INCONSISTENT");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "wrap_with_trusted.accepted"), "no");
+    ASSERT_HAS(kc_test_fact_detail(j, "wrap_with_trusted.accepted"), "CKR_ATTRIBUTE_TYPE_INVALID");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "trusted.supported"), "no");
+    ASSERT_HAS(kc_test_fact_detail(j, "trusted.supported"), "CKR_TEMPLATE_INCONSISTENT");
     /* an unwrap template may not ask for a readable key; what it unwraps is */
-    CU_ASSERT_STRING_EQUAL(answer(j, "unwrap.readable_template"), "no");
-    ASSERT_HAS(detail(j, "unwrap.readable_template"), "CKR_ATTRIBUTE_READ_ONLY");
-    CU_ASSERT_STRING_EQUAL(answer(j, "unwrap.value_readable"), "yes");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "unwrap.readable_template"), "no");
+    ASSERT_HAS(kc_test_fact_detail(j, "unwrap.readable_template"), "CKR_ATTRIBUTE_READ_ONLY");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "unwrap.value_readable"), "yes");
     /* data objects, private ones too, and their values can change */
-    CU_ASSERT_STRING_EQUAL(answer(j, "data.public"), "yes");
-    CU_ASSERT_STRING_EQUAL(answer(j, "data.private"), "yes");
-    CU_ASSERT_STRING_EQUAL(answer(j, "data.mutable"), "yes");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "data.public"), "yes");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "data.private"), "yes");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "data.mutable"), "yes");
     /* OAEP with SHA-1 and SHA-256, both against OpenSSL */
-    CU_ASSERT_STRING_EQUAL(answer(j, "rsa_oaep.sha1"), "yes");
-    CU_ASSERT_STRING_EQUAL(answer(j, "rsa_oaep.sha256"), "yes");
-    CU_ASSERT_STRING_EQUAL(support(j, "vault"), "not possible");
-    CU_ASSERT_STRING_EQUAL(support(j, "hsm keys"), "not possible");
-    CU_ASSERT_STRING_EQUAL(support(j, "wrap/unwrap RSA-OAEP SHA-256"), "works");
-    CU_ASSERT_STRING_EQUAL(support(j, "backup/restore"), "not possible");
-    CU_ASSERT_STRING_EQUAL(support(j, "audit seal"), "works");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "rsa_oaep.sha1"), "yes");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "rsa_oaep.sha256"), "yes");
+    CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "vault"), "not possible");
+    CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "hsm keys"), "not possible");
+    CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "wrap/unwrap RSA-OAEP SHA-256"), "works");
+    CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "backup/restore"), "not possible");
+    CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "audit seal"), "works");
     json_decref(j);
 }
 
@@ -147,7 +122,7 @@ static void test_ock_as_pkcs11_tool_sees_it(void)
                     0);
     CU_ASSERT_EQUAL(json_array_size(json_object_get(j, "mechanisms")), (size_t)atoi(out));
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "serial")), "123");
-    CU_ASSERT_STRING_EQUAL(answer(j, "data.private"), "unknown");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "data.private"), "unknown");
     json_decref(j);
     r = kc_test_run("module", "list", "--module", OCK_MODULE, NULL);
     ASSERT_RC(r, 0);
