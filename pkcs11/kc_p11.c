@@ -19,6 +19,34 @@ static void module_name(CK_FUNCTION_LIST *m, char *buf, size_t len)
     free(name);
 }
 
+static int same_file(const char *a, const char *b);
+
+/* The registered module named name_or_path (its p11-kit name) or whose file
+ * it is, loaded as p11-kit's registry configures it: its module file's
+ * options (x-init-reserved and the rest) come with it, which some modules
+ * cannot initialise without (NSS softokn). NULL when none is. */
+static CK_FUNCTION_LIST *registered_module(const char *name_or_path)
+{
+    CK_FUNCTION_LIST **mods = p11_kit_modules_load(NULL, 0), *m = NULL;
+    char *name, *file;
+    size_t i;
+
+    for (i = 0; mods != NULL && mods[i] != NULL; i++) {
+        name = p11_kit_module_get_name(mods[i]);
+        file = p11_kit_module_get_filename(mods[i]);
+        if (m == NULL && ((name != NULL && strcmp(name, name_or_path) == 0) ||
+                          (file != NULL && strchr(name_or_path, '/') != NULL &&
+                           same_file(file, name_or_path))))
+            m = mods[i];
+        else
+            p11_kit_module_release(mods[i]);
+        free(name);
+        free(file);
+    }
+    free(mods);
+    return m;
+}
+
 kc_rc kc_p11_load(const char *module_path, kc_p11 **out, kc_error *err)
 {
     kc_p11 *p = NULL;
@@ -32,7 +60,17 @@ kc_rc kc_p11_load(const char *module_path, kc_p11 **out, kc_error *err)
     if (p == NULL)
         return kc_error_set(err, KC_ERR, "out of memory");
     if (module_path != NULL) {
-        m = p11_kit_module_load(module_path, 0);
+        m = registered_module(module_path);
+        if (m == NULL && strchr(module_path, '/') == NULL) {
+            r = kc_error_set(err, KC_NOT_FOUND,
+                             "no PKCS#11 module named '%s' is registered with p11-kit",
+                             module_path);
+            kc_error_hint(err, "give the module's file, or see the registered ones with "
+                               "'keycustody module list' (without --module)");
+            goto cleanup;
+        }
+        if (m == NULL)
+            m = p11_kit_module_load(module_path, 0);
         if (m == NULL) {
             r = kc_error_set(err, KC_TOKEN, "cannot load PKCS#11 module '%s'", module_path);
             kc_error_hint(err, "check the path given with --module or KEYCUSTODY_MODULE "
@@ -443,7 +481,7 @@ kc_rc kc_p11_modules(kc_p11 *p, kc_module_info **out, size_t *n, kc_error *err)
         return kc_error_set(err, KC_ERR, "out of memory");
     for (i = 0; i < count; i++) {
         s = p11_kit_module_get_name(p->modules[i]);
-        snprintf(v[i].name, sizeof(v[i].name), "%s", s != NULL && p->from_registry ? s : "");
+        snprintf(v[i].name, sizeof(v[i].name), "%s", s != NULL ? s : "");
         free(s);
         s = p11_kit_module_get_filename(p->modules[i]);
         snprintf(v[i].path, sizeof(v[i].path), "%s", s != NULL ? s : "");

@@ -283,6 +283,7 @@ static void test_module_check_changes_nothing(void)
 static void test_module_list(void)
 {
     const kc_test_out *r;
+    char real[4096], shown[4096];
     json_t *j, *t;
     size_t i;
     int seen = 0;
@@ -292,8 +293,12 @@ static void test_module_list(void)
     ASSERT_RC(r, 0);
     j = json_loads(r->out, 0, NULL);
     CU_ASSERT_EQUAL_FATAL(json_array_size(j), 1);
-    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_array_get(j, 0), "path")),
-                           KC_SOFTHSM_MODULE);
+    /* the module file as p11-kit's registry names it (links resolved) */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(realpath(KC_SOFTHSM_MODULE, real));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(realpath(json_string_value(json_object_get(
+                                              json_array_get(j, 0), "path")),
+                                          shown));
+    CU_ASSERT_STRING_EQUAL(shown, real);
     ASSERT_HAS(json_string_value(json_object_get(json_array_get(j, 0), "description")),
                "PKCS11");
     json_array_foreach(json_object_get(json_array_get(j, 0), "tokens"), i, t)
@@ -302,8 +307,18 @@ static void test_module_list(void)
     json_decref(j);
     r = kc_test_run("module", "list", NULL);
     ASSERT_RC(r, 0);
-    ASSERT_HAS(r->out, KC_SOFTHSM_MODULE);
     ASSERT_HAS(r->out, "  - VaultA1 ");
+    /* --module takes a registered module's p11-kit name too (Debian's
+     * softhsm2 package registers it as 'softhsm2'), and then loads it as
+     * the registry configures it */
+    r = kc_test_run("module", "list", "--module", "softhsm2", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "(p11-kit: softhsm2)");
+    ASSERT_HAS(r->out, "  - VaultA1 ");
+    ASSERT_RC(kc_test_run("vault", "show", "VaultA1", "--module", "softhsm2", NULL), 0);
+    r = kc_test_run("module", "list", "--module", "no-such-module", NULL);
+    ASSERT_RC(r, 4);
+    ASSERT_HAS(r->err, "no PKCS#11 module named 'no-such-module' is registered with p11-kit");
 }
 
 static const kc_test_case module_cases[] = {
