@@ -40,7 +40,8 @@ _Static_assert(sizeof(group_summary) / sizeof(group_summary[0]) == N_GROUPS,
 
 static const char common_help[] =
     "Common options:\n"
-    "  --module PATH           PKCS#11 module (or KEYCUSTODY_MODULE); default: the modules\n"
+    "  --module PATH|NAME      PKCS#11 module file, or a module registered with p11-kit by\n"
+    "                          its name (or KEYCUSTODY_MODULE); default: every module\n"
     "                          registered with p11-kit\n"
     "  --pin-source SOURCE     user PIN for the one vault the command uses; or VAULT=SOURCE,\n"
     "                          repeatable, for several. SOURCE is env:NAME or file:PATH\n"
