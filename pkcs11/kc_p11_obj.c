@@ -406,14 +406,22 @@ kc_rc kc_tok_generate_rsa(kc_tok *t, const kc_rsa_spec *spec, kc_obj *pub, kc_ob
     CK_ATTRIBUTE pt[16], vt[16];
     CK_ULONG np, nv;
     char what[40];
+    kc_rc r;
 
     np = rsa_public_template(spec, pt, &pub_cls, &pub_kt, &start, &end);
     pt[np++] = (CK_ATTRIBUTE)ATTR(CKA_MODULUS_BITS, &bits, sizeof(bits));
     pt[np++] = (CK_ATTRIBUTE)ATTR(CKA_PUBLIC_EXPONENT, exponent, sizeof(exponent));
     nv = kc_p11_rsa_private_template(spec, vt, &priv_cls, &priv_kt);
     snprintf(what, sizeof(what), "RSA-%u key pair", spec->bits);
-    return generate_pair(t, CKM_RSA_PKCS_KEY_PAIR_GEN, pt, np, vt, nv, spec->label, what, pub,
-                         priv, err);
+    r = generate_pair(t, CKM_RSA_PKCS_KEY_PAIR_GEN, pt, np, vt, nv, spec->label, what, pub, priv,
+                      err);
+    /* a module without the attribute (openCryptoki 3.8.1) cannot give the
+     * protection 'hsm' promises: it is not quietly left out */
+    if (r != KC_OK && spec->wrap_with_trusted && err->rv == CKR_ATTRIBUTE_TYPE_INVALID)
+        kc_error_hint(err, "the module does not take CKA_WRAP_WITH_TRUSTED, so it cannot keep an "
+                           "hsm key extractable only under a trusted key; nothing was made. See "
+                           "'keycustody module check'");
+    return r;
 }
 
 /* DER of the OID prime256v1 (1.2.840.10045.3.1.7), as CKA_EC_PARAMS holds it. */

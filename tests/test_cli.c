@@ -898,6 +898,16 @@ static void test_fault_generate(void)
         ASSERT_RC(r, 0);
         ASSERT_HAS(r->out, "vault 'VaultA1' has no keys");
     }
+    /* a module that does not know CKA_WRAP_WITH_TRUSTED (openCryptoki
+     * 3.8.1 answers so: test_modules) cannot give the hsm protection */
+    arm("C_GenerateKeyPair", "CKR_ATTRIBUTE_TYPE_INVALID", 1, 0);
+    r = kc_test_run("key", "create", "VaultA1/Key001", "--size", "2048", PIN, NULL);
+    kc_p11_fault_disarm();
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "hint: the module does not take CKA_WRAP_WITH_TRUSTED, so it cannot keep "
+                       "an hsm key extractable only under a trusted key; nothing was made");
+    ASSERT_HAS(kc_test_run("key", "list", "VaultA1", PIN, NULL)->out,
+               "vault 'VaultA1' has no keys");
     /* and the name is free for a good attempt */
     kc_test_key("VaultA1/Key001", NULL);
 }
