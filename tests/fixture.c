@@ -75,6 +75,9 @@ int kc_test_setup(void)
     fclose(out);
     setenv("SOFTHSM2_CONF", conf, 1);
     setenv("KEYCUSTODY_MODULE", KC_SOFTHSM_MODULE, 1);
+    /* this host's locks (vaults, applies) in the test's own directory, gone
+     * with it, never in the system's /tmp */
+    setenv("XDG_RUNTIME_DIR", dir, 1);
     random_pin("TEST_SO_PIN");
     random_pin("TEST_PIN");
     unsetenv("KEYCUSTODY_NOW");
