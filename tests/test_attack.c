@@ -1265,6 +1265,19 @@ static void test_manifest_rolled_back(void)
                     "admin", PIN, NULL), 0);
     r = kc_test_run("vault", "validate", "VaultA1", "--repair", SOPIN, PIN, NULL);
     ASSERT_HAS(r->out, "vault 'VaultA1': its manifest is the recorded one; nothing to repair");
+    /* a vault without a record (made before keycustody kept them) gets one
+     * at the first login, for the manifest it has */
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out,
+                                     "%s --login --pin env:TEST_PIN --delete-object --type data "
+                                     "--label keycustody-vault.current 2>&1",
+                                     p11),
+                          0);
+    ASSERT_RC(kc_test_run("key", "show", "VaultA1/Key001", "--as", "admin", PIN, NULL), 0);
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "%s --login --pin env:TEST_PIN -O --type data 2>/dev/null | "
+                               "grep -c \"label: *'keycustody-vault.current'\"",
+                               p11),
+                    0);
 }
 
 

@@ -201,20 +201,15 @@ kc_rc kc_manifest_check_current(kc_vault *v, kc_error *err)
     if (v->meta.generation == 0)
         return KC_OK;
     r = current_read(v->tok, &rec, err);
-    /* 'vault init' killed between its manifest and the record */
-    if (r == KC_NOT_FOUND && v->meta.generation == 1) {
-        kc_error_clear(err);
-        return kc_manifest_record_current(v, &v->meta, 1, v->manifest_digest, err);
-    }
+    /* No record: a vault made before keycustody kept them (or 'vault init'
+     * stopped between its manifest and the record) gets one now, for the
+     * manifest it has: trust on first use. Removing a private record takes
+     * the token's files, and whoever has those can put back an older copy
+     * of the record as well (docs/security.md). */
     if (r == KC_NOT_FOUND) {
-        kc_error_set(err, KC_INTEGRITY,
-                     "vault '%s' has no private record of its current manifest (generation "
-                     "%lu): only someone who could remove the token's private objects (its "
-                     "files) could take it away",
-                     v->meta.name, v->meta.generation);
-        kc_error_hint(err, "compare the vault with its layout and audit log; restore its token "
-                           "from a copy you trust");
-        return KC_INTEGRITY;
+        kc_error_clear(err);
+        return kc_manifest_record_current(v, &v->meta, v->meta.generation, v->manifest_digest,
+                                          err);
     }
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot check the manifest of vault '%s'", v->meta.name);
@@ -238,12 +233,11 @@ kc_rc kc_manifest_check_base(kc_vault *v, const kc_gendoc_ref *base, kc_error *e
     int moved = 0;
     kc_rc r = current_read(v->tok, &rec, err);
 
-    if (r == KC_NOT_FOUND && base->generation <= 1) {
+    /* none yet: this write makes the first (kc_manifest_check_current) */
+    if (r == KC_NOT_FOUND) {
         kc_error_clear(err);
         return KC_OK;
     }
-    if (r == KC_NOT_FOUND)
-        return kc_manifest_check_current(v, err);
     if (r != KC_OK)
         return r;
     if (!behind(&rec, base->generation, base->digest))

@@ -68,10 +68,11 @@ KC_EXPORT kc_rc kc_manifest_record_current(kc_vault *v, const kc_vault_meta *m,
                                            kc_error *err) KC_MUST_CHECK;
 
 /* v logged in: KC_OK when the manifest v was opened with is the recorded
- * one, or newer (its writer stopped before recording it). KC_CONFLICT when
- * the token holds the recorded one or a newer one by now (another writer
- * since v was opened). KC_INTEGRITY when it was rolled back (an older
- * generation put back) or there is no record past the first generation. */
+ * one, or newer (its writer stopped before recording it), or when there is
+ * no record (one is made for it: a vault from before records). KC_CONFLICT
+ * when the token holds the recorded one or a newer one by now (another
+ * writer since v was opened). KC_INTEGRITY when it was rolled back (an
+ * older generation put back). */
 KC_EXPORT kc_rc kc_manifest_check_current(kc_vault *v, kc_error *err) KC_MUST_CHECK;
 
 /* Before a write over base (logged in): KC_INTEGRITY when base is older
