@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define OCK_MODULE "/usr/lib/x86_64-linux-gnu/pkcs11/libopencryptoki.so"
@@ -258,7 +259,8 @@ static const kc_test_suite suites[] = {{"opencryptoki", 1, ock_cases}, {NULL, 0,
 
 int main(int argc, char **argv)
 {
-    int rc;
+    pid_t child;
+    int rc, status = 0;
 
     if (geteuid() != 0) {
         fprintf(stderr, "test_modules: openCryptoki's daemon needs root (pkcsslotd, "
@@ -280,7 +282,15 @@ int main(int argc, char **argv)
         ock_stop();
         return 1;
     }
-    rc = kc_test_main(argc, argv, suites);
+    /* the suite in a child, so that the daemon is stopped whatever becomes
+     * of it (an abort under ASan, a crash) */
+    fflush(NULL);
+    child = fork();
+    if (child == 0)
+        _exit(kc_test_main(argc, argv, suites));
+    rc = 1;
+    if (child > 0 && waitpid(child, &status, 0) == child)
+        rc = WIFEXITED(status) ? WEXITSTATUS(status) : 1;
     ock_stop();
     return rc;
 }
