@@ -61,16 +61,18 @@ kc_rc kc_p11_load(const char *module_path, kc_p11 **out, kc_error *err)
         return kc_error_set(err, KC_ERR, "out of memory");
     if (module_path != NULL) {
         m = registered_module(module_path);
+        /* else a file: a bare name is looked for in p11-kit's module directory */
+        if (m == NULL)
+            m = p11_kit_module_load(module_path, 0);
         if (m == NULL && strchr(module_path, '/') == NULL) {
             r = kc_error_set(err, KC_NOT_FOUND,
-                             "no PKCS#11 module named '%s' is registered with p11-kit",
+                             "no PKCS#11 module named '%s' is registered with p11-kit, and no "
+                             "module file has that name",
                              module_path);
             kc_error_hint(err, "give the module's file, or see the registered ones with "
                                "'keycustody module list' (without --module)");
             goto cleanup;
         }
-        if (m == NULL)
-            m = p11_kit_module_load(module_path, 0);
         if (m == NULL) {
             r = kc_error_set(err, KC_TOKEN, "cannot load PKCS#11 module '%s'", module_path);
             kc_error_hint(err, "check the path given with --module or KEYCUSTODY_MODULE "

@@ -370,15 +370,22 @@ static void probe_trusted(kc_tok *t, kc_probe *p)
     if (rw == CKR_OK && rv == CKR_OK && p->kwp_mech != 0) {
         CK_MECHANISM m = {p->kwp_mech, NULL, 0};
         rv = t->f->C_WrapKey(t->session, &m, kek, key, buf, &len);
+        /* the same key without the attribute wraps (aes_key_wrap.exact_length
+         * wrapped it), so only the refusal that names it counts */
         if (rv == CKR_OK)
             fact(p, "wrap_with_trusted.enforced", KC_CAP_NO,
                  "a key that is not trusted wrapped it: the module ignores the attribute");
-        else
+        else if (rv == CKR_KEY_NOT_WRAPPABLE)
             fact(p, "wrap_with_trusted.enforced", KC_CAP_YES,
                  "a key that is not trusted could not wrap it (%s)", kc_p11_rv_name(rv));
+        else
+            fact(p, "wrap_with_trusted.enforced", KC_CAP_UNKNOWN,
+                 "the wrap failed otherwise (%s)", kc_p11_rv_name(rv));
     } else {
         fact(p, "wrap_with_trusted.enforced", KC_CAP_UNKNOWN,
-             rw == CKR_OK ? "no RFC 5649 wrap to try it with" : "the attribute is refused");
+             rw != CKR_OK ? "the attribute is refused"
+             : rv != CKR_OK ? "no wrapping key to try it with"
+                            : "no RFC 5649 wrap to try it with");
     }
     rv = secret(t, CKK_AES, KEK, sizeof(KEK), trusted_extra, 2, &tr);
     /* refused as an attribute only the SO may set (SoftHSM 2.6.1:
@@ -663,6 +670,7 @@ kc_rc kc_tok_probe(kc_tok *t, int full, kc_probe *p, kc_error *err)
     };
     kc_error why;
     size_t i;
+    int had_session = t->has_session;
     kc_rc r;
 
     memset(p, 0, sizeof(*p));
@@ -684,12 +692,18 @@ kc_rc kc_tok_probe(kc_tok *t, int full, kc_probe *p, kc_error *err)
         return KC_OK;
     }
     probe_data(t, p);
-    if (!full)
-        return KC_OK;
-    probe_key_wrap(t, p);
-    probe_trusted(t, p);
-    probe_unwrap_template(t, p);
-    probe_oaep(t, p);
+    if (full) {
+        probe_key_wrap(t, p);
+        probe_trusted(t, p);
+        probe_unwrap_template(t, p);
+        probe_oaep(t, p);
+    }
+    /* a session left open on a token not initialised yet would make its
+     * C_InitToken fail (CKR_SESSION_EXISTS) */
+    if (!had_session && !t->info.initialized) {
+        (void)t->f->C_CloseSession(t->session);
+        t->has_session = 0;
+    }
     return KC_OK;
 }
 

@@ -130,6 +130,10 @@ static void test_ock_as_pkcs11_tool_sees_it(void)
     ASSERT_HAS(r->out, "  - ock0                     serial 123");
     ASSERT_HAS(r->out, "  - ock1                     serial 123");
     ASSERT_HAS(r->out, "  - (free)                   serial 123: not initialised");
+    /* a bare file name is looked for in p11-kit's module directory */
+    r = kc_test_run("module", "list", "--module", "libopencryptoki.so", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "  - ock0 ");
 }
 
 /* vault init on a module that cannot hold a vault stops before it makes

@@ -170,7 +170,9 @@ static kc_rc token_moved_on(kc_vault *v, const current *rec, int *yes, kc_error 
     kc_rc r = kc_manifest_read(v->tok, v->fingerprint, &m, fp, &next, &now, err);
 
     json_decref(m);
-    *yes = r == KC_OK && !behind(rec, now.generation, now.digest);
+    /* a reader's guess between two candidates is a write still finishing:
+     * this command conflicts with it, whatever the guess */
+    *yes = r == KC_OK && (now.guessed || !behind(rec, now.generation, now.digest));
     return r;
 }
 
@@ -290,6 +292,8 @@ kc_rc kc_manifest_restore_current(kc_vault *v, unsigned long *restored, kc_error
     r = kc_manifest_write_after(v, &v->meta, rec.generation, err);
     if (r == KC_OK)
         *restored = v->meta.generation;
+    else
+        v->current_checked = 0; /* still rolled back: checked again at the next login */
     return r;
 }
 

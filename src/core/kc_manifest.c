@@ -516,7 +516,8 @@ kc_rc kc_manifest_write_after(kc_vault *v, kc_vault_meta *m, unsigned long after
     json_decref(old);
     /* and it must be the one the vault's private record names, or newer:
      * after is a repair's, which writes over a rollback on purpose */
-    if (r == KC_OK && base.handle != 0 && after == 0)
+    /* (a guessed base is refused by the write itself, as a conflict) */
+    if (r == KC_OK && base.handle != 0 && !base.guessed && after == 0)
         r = kc_manifest_check_base(v, &base, err);
     if (r == KC_OK)
         r = kc_manifest_signer(v->tok, &signer, fp, err);

@@ -26,6 +26,7 @@ const char *kc_support_name(kc_support s)
 static void need(kc_feature *f, const kc_probe *p, const char *name, const char *const *ids)
 {
     const kc_probe_fact *unknown = NULL, *fact;
+    const char *unasked = NULL; /* the first fact not asked at all */
     size_t i;
 
     f->name = name;
@@ -33,7 +34,12 @@ static void need(kc_feature *f, const kc_probe *p, const char *name, const char 
     snprintf(f->why, sizeof(f->why), "%s", "");
     for (i = 0; ids[i] != NULL; i++) {
         fact = kc_probe_get(p, ids[i]);
-        if (fact == NULL || fact->cap == KC_CAP_UNKNOWN) {
+        if (fact == NULL) {
+            if (unasked == NULL)
+                unasked = ids[i];
+            continue;
+        }
+        if (fact->cap == KC_CAP_UNKNOWN) {
             if (unknown == NULL)
                 unknown = fact;
             continue;
@@ -44,10 +50,12 @@ static void need(kc_feature *f, const kc_probe *p, const char *name, const char 
             return;
         }
     }
-    if (unknown != NULL || ids[0] == NULL) {
+    if (unknown != NULL) {
         f->support = KC_NOT_ASKED;
-        snprintf(f->why, sizeof(f->why), "%s: %s", unknown ? unknown->id : "",
-                 unknown ? unknown->detail : "");
+        snprintf(f->why, sizeof(f->why), "%s: %s", unknown->id, unknown->detail);
+    } else if (unasked != NULL || ids[0] == NULL) {
+        f->support = KC_NOT_ASKED;
+        snprintf(f->why, sizeof(f->why), "%s: not asked by this probe", unasked ? unasked : "");
     }
 }
 
