@@ -343,6 +343,7 @@ static void fill_info(kc_tok_info *ti, const CK_TOKEN_INFO *info, const char *mo
     ti->so_pin_count_low = (fl & CKF_SO_PIN_COUNT_LOW) != 0;
     ti->so_pin_final_try = (fl & CKF_SO_PIN_FINAL_TRY) != 0;
     ti->so_pin_locked = (fl & CKF_SO_PIN_LOCKED) != 0;
+    ti->so_pin_to_be_changed = (fl & CKF_SO_PIN_TO_BE_CHANGED) != 0;
     ti->min_pin = info->ulMinPinLen;
     ti->max_pin = info->ulMaxPinLen;
     uri = p11_kit_uri_new();
@@ -608,6 +609,7 @@ static kc_rc tok_new(kc_p11 *p, const struct find_arg *a, kc_tok **out, kc_error
     t->f = a->f;
     t->slot = a->slot;
     t->oaep_sha256 = -1;
+    t->takes_copyable = t->takes_unwrap_template = -1;
     module_name(a->module, module, sizeof(module));
     fill_info(&t->info, &a->info, module);
     *out = t;
@@ -874,10 +876,51 @@ static void pad_label(unsigned char out[32], const char *label)
     memcpy(out, label, n > 32 ? 32 : n);
 }
 
+/* The SO PIN a module's free tokens come with, where the module's own
+ * documentation gives one: openCryptoki's (pkcsconf(1), "87654321"). */
+static const char *factory_so_pin(const kc_tok_info *ti)
+{
+    if (strncmp(ti->manufacturer, "IBM", 3) == 0 && strncmp(ti->model, "IBM SoftTok", 11) == 0)
+        return "87654321";
+    return NULL;
+}
+
+/* C_Login as SO with the factory PIN, C_SetPIN to so_pin, C_Logout. */
+static kc_rc change_factory_so_pin(kc_tok *t, const char *factory, const kc_secret *so_pin,
+                                   kc_error *err)
+{
+    CK_RV rv;
+    kc_rc r = kc_tok_session(t, err);
+
+    if (r != KC_OK)
+        return r;
+    rv = t->f->C_Login(t->session, CKU_SO, (CK_UTF8CHAR_PTR)factory, strlen(factory));
+    if (rv == CKR_OK) {
+        rv = t->f->C_SetPIN(t->session, (CK_UTF8CHAR_PTR)factory, strlen(factory), so_pin->data,
+                            so_pin->len);
+        if (rv != CKR_OK)
+            r = kc_p11_fail(err, "C_SetPIN", rv, "cannot change the factory SO PIN of '%s'",
+                            t->info.label);
+        (void)t->f->C_Logout(t->session);
+    } else {
+        r = kc_p11_fail(err, "C_Login", rv, "cannot log in to '%s' as SO with its factory PIN",
+                        t->info.label);
+    }
+    tok_close(t);
+    if (r == KC_OK)
+        r = kc_tok_refresh(t, err);
+    if (r == KC_OK && t->info.so_pin_to_be_changed)
+        r = kc_error_set(err, KC_TOKEN, "token '%s' still asks for its SO PIN to be changed",
+                         t->info.label);
+    return r;
+}
+
 kc_rc kc_tok_init_token(kc_tok *t, const char *label, const kc_secret *so_pin, kc_error *err)
 {
+    const char *factory = t->info.so_pin_to_be_changed ? factory_so_pin(&t->info) : NULL;
     unsigned char lab[32];
     CK_RV rv;
+    kc_rc r;
 
     if (t->info.initialized)
         return kc_error_set(err, KC_CONFLICT, "token '%s' is already initialised", t->info.label);
@@ -889,13 +932,30 @@ kc_rc kc_tok_init_token(kc_tok *t, const char *label, const kc_secret *so_pin, k
                      so_pin->len, t->info.min_pin, t->info.max_pin);
         return KC_USAGE;
     }
+    if (factory != NULL && so_pin->len == strlen(factory) &&
+        memcmp(so_pin->data, factory, so_pin->len) == 0)
+        return kc_error_set(err, KC_USAGE,
+                            "the new security-officer PIN is the module's factory PIN, which "
+                            "everyone knows: choose another");
     pad_label(lab, label);
-    rv = t->f->C_InitToken(t->slot, so_pin->data, so_pin->len, lab);
-    if (rv != CKR_OK)
-        return kc_p11_fail(err, "C_InitToken", rv, "cannot initialise token as '%s'", label);
+    rv = factory != NULL ? t->f->C_InitToken(t->slot, (CK_UTF8CHAR_PTR)factory, strlen(factory), lab)
+                         : t->f->C_InitToken(t->slot, so_pin->data, so_pin->len, lab);
+    if (rv != CKR_OK) {
+        r = kc_p11_fail(err, "C_InitToken", rv, "cannot initialise token as '%s'", label);
+        if (rv == CKR_PIN_INCORRECT && t->info.so_pin_to_be_changed)
+            kc_error_hint(err, "the token still has its factory SO PIN, which keycustody does "
+                               "not know for this module: initialise it with the module's "
+                               "own tool, then run 'vault init' to adopt it");
+        return r;
+    }
     /* SoftHSM keeps the slot id of a token it initialises for the life of the
      * process, so t->slot stays valid until the next C_Initialize. */
-    return kc_tok_refresh(t, err);
+    r = kc_tok_refresh(t, err);
+    /* C_InitToken is never run again on this token from here: its SO PIN
+     * is about to be one the module's own tool cannot guess */
+    if (r == KC_OK && factory != NULL)
+        r = change_factory_so_pin(t, factory, so_pin, err);
+    return r;
 }
 
 kc_rc kc_tok_init_pin(kc_tok *t, const kc_secret *so_pin, const kc_secret *user_pin, kc_error *err)

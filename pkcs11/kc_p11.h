@@ -51,6 +51,7 @@ typedef struct kc_tok_info {
     int write_protected;
     int user_pin_count_low, user_pin_final_try, user_pin_locked, user_pin_to_be_changed;
     int so_pin_count_low, so_pin_final_try, so_pin_locked;
+    int so_pin_to_be_changed; /* a free token so flagged still has its factory SO PIN */
     unsigned long min_pin, max_pin;
 } kc_tok_info;
 
@@ -80,6 +81,8 @@ typedef struct kc_rsa_spec {
                              * on the private key */
     int sensitive;          /* private key never readable in clear */
     int wrap_with_trusted;  /* extractable only under a trusted wrapping key */
+    int non_extractable;    /* never leaves the token, not even wrapped: an "hsm" key on a
+                             * module without the trusted-key arrangement */
     const char *start_date; /* "YYYYMMDD" or NULL; public key only */
     const char *end_date;   /* "YYYYMMDD" or NULL; public key only */
 } kc_rsa_spec;
@@ -165,7 +168,10 @@ KC_EXPORT const kc_tok_info *kc_tok_info_get(const kc_tok *t);
 KC_EXPORT kc_rc kc_tok_refresh(kc_tok *t, kc_error *err) KC_MUST_CHECK;
 
 /* C_InitToken with label and a new SO PIN. Only for a token that is not
- * initialised. */
+ * initialised. A free token whose SO PIN is still the factory one
+ * (CKF_SO_PIN_TO_BE_CHANGED; openCryptoki 3.8.1 takes C_InitToken only with
+ * it) is initialised with that PIN, which the SO then changes to so_pin
+ * (C_SetPIN), so that no flag is left asking for it. */
 KC_EXPORT kc_rc kc_tok_init_token(kc_tok *t, const char *label, const kc_secret *so_pin,
                                   kc_error *err) KC_MUST_CHECK;
 
@@ -240,7 +246,25 @@ KC_EXPORT kc_rc kc_tok_create_rsa_private(kc_tok *t, const kc_rsa_spec *spec,
                                           const kc_rsa_parts *parts, kc_obj *out,
                                           kc_error *err) KC_MUST_CHECK;
 
-/* --- the vault's signing key (EC P-256) --- */
+/* --- the vault's signing key: EC P-256, or RSA-3072 with PSS where the
+ * module has no EC (openCryptoki 3.8.1's soft token) --- */
+
+typedef enum kc_signer_kind {
+    KC_SIGNER_ECDSA_P256 = 0, /* ECDSA over SHA-256, r || s */
+    KC_SIGNER_RSA_PSS,        /* RSASSA-PSS, SHA-256, MGF1-SHA-256, 32-byte salt */
+    KC_SIGNER_NONE,
+} kc_signer_kind;
+
+/* Generates an RSA-3072 key pair as kc_tok_generate_ec_signer does an EC
+ * one (the private half sign only, sensitive, never extractable). */
+KC_EXPORT kc_rc kc_tok_generate_rsa_signer(kc_tok *t, const char *label, kc_obj *pub, kc_obj *priv,
+                                           kc_error *err) KC_MUST_CHECK;
+
+/* RSASSA-PSS (SHA-256) over a 32-byte digest with the private key; *sig_len
+ * holds the size of sig on entry (512 is enough). */
+KC_EXPORT kc_rc kc_tok_rsa_pss_sign(kc_tok *t, kc_obj priv, const unsigned char digest[32],
+                                    unsigned char *sig, size_t *sig_len,
+                                    kc_error *err) KC_MUST_CHECK;
 
 /* Generates an EC P-256 key pair as token objects labelled label: the
  * private half private, sensitive, never extractable, sign only, not
@@ -328,15 +352,34 @@ KC_EXPORT kc_rc kc_tok_find_secrets(kc_tok *t, const char *label, const unsigned
 KC_EXPORT kc_rc kc_tok_login_so(kc_tok *t, const kc_secret *so_pin, kc_error *err) KC_MUST_CHECK;
 KC_EXPORT void kc_tok_logout(kc_tok *t);
 
-/* --- AES key wrap with padding (RFC 5649) and HMAC-SHA256, on the token --- */
+/* --- AES key wrap (RFC 5649, or AES-CBC-PAD) and HMAC-SHA256, on the token --- */
 
-/* Wraps key (a private key) under kek with CKM_AES_KEY_WRAP_PAD. */
-KC_EXPORT kc_rc kc_tok_kwp_wrap(kc_tok *t, kc_obj kek, kc_obj key, unsigned char **out,
-                                size_t *out_len, kc_error *err) KC_MUST_CHECK;
+/* How a key is wrapped under an AES key. */
+typedef enum kc_wrap_mech {
+    KC_WRAP_KWP = 0,  /* RFC 5649 as CKM_AES_KEY_WRAP_PAD (SoftHSM 2.6.1) */
+    KC_WRAP_KWP_KWP,  /* RFC 5649 as CKM_AES_KEY_WRAP_KWP (NSS softokn) */
+    KC_WRAP_CBC_PAD,  /* CKM_AES_CBC_PAD: a 16-byte IV from the token's RNG, then the
+                       * wrapped key (openCryptoki 3.8.1) */
+    KC_WRAP_NONE,
+} kc_wrap_mech;
+
+/* "CKM_AES_KEY_WRAP_PAD" and so on; "none". */
+KC_EXPORT const char *kc_wrap_mech_name(kc_wrap_mech m);
+/* 0 when name is one of kc_wrap_mech_name's. */
+KC_EXPORT int kc_wrap_mech_parse(const char *name, kc_wrap_mech *out);
+
+/* Wraps key (a private key) under kek with mech. */
+KC_EXPORT kc_rc kc_tok_key_wrap(kc_tok *t, kc_wrap_mech mech, kc_obj kek, kc_obj key,
+                                unsigned char **out, size_t *out_len, kc_error *err) KC_MUST_CHECK;
 
 /* Unwraps an RSA private key (PKCS#8) under kek into a token object made
- * after spec. On failure nothing of it stays on the token. */
-KC_EXPORT kc_rc kc_tok_kwp_unwrap_rsa(kc_tok *t, kc_obj kek, const unsigned char *in, size_t in_len,
+ * after spec. On failure nothing of it stays on the token. A module that
+ * takes no CKA_SENSITIVE or CKA_EXTRACTABLE in an unwrap template
+ * (openCryptoki 3.8.1) unwraps a software key (spec not sensitive) without
+ * them; a sensitive key is never made readable there, even for a moment:
+ * refused. */
+KC_EXPORT kc_rc kc_tok_key_unwrap_rsa(kc_tok *t, kc_wrap_mech mech, kc_obj kek,
+                                      const unsigned char *in, size_t in_len,
                                       const kc_rsa_spec *spec, kc_obj *out,
                                       kc_error *err) KC_MUST_CHECK;
 
@@ -449,10 +492,36 @@ typedef struct kc_probe {
     unsigned long kwp_mech; /* the mechanism that wraps as RFC 5649; 0: none */
 } kc_probe;
 
-/* Probes t (logged in or not): with full, everything; else only the
- * mechanisms and data objects (cheap: no key is made). kc_probe_release
- * frees what it holds. */
-KC_EXPORT kc_rc kc_tok_probe(kc_tok *t, int full, kc_probe *out, kc_error *err) KC_MUST_CHECK;
+/* How much kc_tok_probe asks. */
+enum {
+    KC_PROBE_CHEAP = 0, /* mechanisms and data objects: no key is made */
+    KC_PROBE_VAULT = 1, /* and what a vault's arrangement rests on: AES session keys only
+                         * (key wrap, the trusted-key arrangement, the attributes taken) */
+    KC_PROBE_FULL = 2,  /* and unwrap templates and OAEP, on an RSA session key pair */
+};
+
+/* Probes t (logged in or not) to the given level (KC_PROBE_*).
+ * kc_probe_release frees what it holds. */
+KC_EXPORT kc_rc kc_tok_probe(kc_tok *t, int level, kc_probe *out, kc_error *err) KC_MUST_CHECK;
+
+/* How a vault on a module keeps what keycustody promises, chosen from what
+ * the module can do (a KC_PROBE_VAULT probe, logged in) at 'vault init' and
+ * recorded in the vault's signed metadata; a vault made before keycustody
+ * recorded it has SoftHSM's (all members 0). */
+typedef struct kc_arrangement {
+    kc_signer_kind signer;
+    /* hsm keys: 0, extractable only under a key the SO marked trusted
+     * (CKA_WRAP_WITH_TRUSTED enforced, CKA_TRUSTED the SO's alone); 1,
+     * non-extractable, so never backed up */
+    int hsm_non_extractable;
+    kc_wrap_mech key_wrap; /* for backups: RFC 5649 where the module has it */
+    int no_gcm;            /* no AES-GCM: a backup's wrapped keys are not sealed again */
+} kc_arrangement;
+
+/* The arrangement the probe p (KC_PROBE_VAULT or more) allows, or KC_TOKEN
+ * naming what the module lacks for a vault. */
+KC_EXPORT kc_rc kc_probe_arrangement(const kc_probe *p, kc_arrangement *out,
+                                     kc_error *err) KC_MUST_CHECK;
 KC_EXPORT void kc_probe_release(kc_probe *p);
 KC_EXPORT const kc_probe_fact *kc_probe_get(const kc_probe *p, const char *id);
 KC_EXPORT kc_cap kc_probe_cap(const kc_probe *p, const char *id);

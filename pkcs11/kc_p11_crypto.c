@@ -175,13 +175,49 @@ kc_rc kc_tok_oaep_unwrap(kc_tok *t, kc_obj priv, kc_oaep hash, const unsigned ch
     return KC_OK;
 }
 
-/* --- AES key wrap with padding --- */
+/* --- AES key wrap --- */
 
-kc_rc kc_tok_kwp_wrap(kc_tok *t, kc_obj kek, kc_obj key, unsigned char **out, size_t *out_len,
-                      kc_error *err)
+#define CBC_IV 16
+
+const char *kc_wrap_mech_name(kc_wrap_mech m)
 {
-    CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    switch (m) {
+    case KC_WRAP_KWP:
+        return "CKM_AES_KEY_WRAP_PAD";
+    case KC_WRAP_KWP_KWP:
+        return "CKM_AES_KEY_WRAP_KWP";
+    case KC_WRAP_CBC_PAD:
+        return "CKM_AES_CBC_PAD";
+    default:
+        return "none";
+    }
+}
+
+int kc_wrap_mech_parse(const char *name, kc_wrap_mech *out)
+{
+    kc_wrap_mech m;
+
+    for (m = KC_WRAP_KWP; m <= KC_WRAP_NONE; m++)
+        if (name != NULL && strcmp(name, kc_wrap_mech_name(m)) == 0) {
+            *out = m;
+            return 0;
+        }
+    return -1;
+}
+
+static CK_MECHANISM_TYPE wrap_type(kc_wrap_mech m)
+{
+    return m == KC_WRAP_KWP_KWP ? CKM_AES_KEY_WRAP_KWP
+           : m == KC_WRAP_CBC_PAD ? CKM_AES_CBC_PAD
+                                  : CKM_AES_KEY_WRAP_PAD;
+}
+
+kc_rc kc_tok_key_wrap(kc_tok *t, kc_wrap_mech wm, kc_obj kek, kc_obj key, unsigned char **out,
+                      size_t *out_len, kc_error *err)
+{
+    CK_MECHANISM mech = {wrap_type(wm), NULL, 0};
     unsigned char *buf = NULL;
+    size_t iv = wm == KC_WRAP_CBC_PAD ? CBC_IV : 0;
     CK_ULONG len = 0;
     CK_RV rv;
     kc_rc r = kc_tok_session(t, err);
@@ -189,56 +225,110 @@ kc_rc kc_tok_kwp_wrap(kc_tok *t, kc_obj kek, kc_obj key, unsigned char **out, si
     *out = NULL;
     if (r != KC_OK)
         return r;
+    if (wm == KC_WRAP_NONE)
+        return kc_error_set(err, KC_TOKEN, "token '%s' has no AES key wrap", t->info.label);
     rv = t->f->C_WrapKey(t->session, &mech, kek, key, NULL, &len);
     if (rv == CKR_OK) {
-        buf = malloc(len);
+        buf = malloc(iv + len);
         if (buf == NULL)
             return kc_error_set(err, KC_ERR, "out of memory");
-        rv = t->f->C_WrapKey(t->session, &mech, kek, key, buf, &len);
+        /* AES-CBC-PAD: a fresh IV for each key, sent with it */
+        if (iv > 0) {
+            rv = t->f->C_GenerateRandom(t->session, buf, iv);
+            mech.pParameter = buf;
+            mech.ulParameterLen = iv;
+        }
+        if (rv == CKR_OK)
+            rv = t->f->C_WrapKey(t->session, &mech, kek, key, buf + iv, &len);
     }
     if (rv != CKR_OK) {
         free(buf);
-        r = kc_p11_fail(err, "C_WrapKey", rv, "AES key wrap failed");
+        r = kc_p11_fail(err, "C_WrapKey", rv, "AES key wrap (%s) failed", kc_wrap_mech_name(wm));
         kc_tok_explain_lost(t, rv, err);
         if (rv == CKR_KEY_NOT_WRAPPABLE)
             kc_error_hint(err, "the key can be wrapped only under a key the token's security "
                                "officer marked trusted (CKA_WRAP_WITH_TRUSTED)");
+        else if (rv == CKR_KEY_UNEXTRACTABLE)
+            kc_error_hint(err, "the key is not extractable: it never leaves the token");
         return r;
     }
     *out = buf;
-    *out_len = len;
+    *out_len = iv + len;
     return KC_OK;
 }
 
-kc_rc kc_tok_kwp_unwrap_rsa(kc_tok *t, kc_obj kek, const unsigned char *in, size_t in_len,
-                            const kc_rsa_spec *spec, kc_obj *out, kc_error *err)
+/* A module that will not be asked for CKA_SENSITIVE or CKA_EXTRACTABLE in
+ * an unwrap template answers so (openCryptoki 3.8.1: CKR_ATTRIBUTE_READ_ONLY;
+ * test_modules facts). */
+static int unwrap_template_refused(CK_RV rv)
 {
-    CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    return rv == CKR_ATTRIBUTE_READ_ONLY || rv == CKR_TEMPLATE_INCONSISTENT;
+}
+
+/* The template without CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_WRAP_WITH_TRUSTED. */
+static CK_ULONG without_protection(CK_ATTRIBUTE *tmpl, CK_ULONG n)
+{
+    CK_ULONG i, k = 0;
+
+    for (i = 0; i < n; i++)
+        if (tmpl[i].type != CKA_SENSITIVE && tmpl[i].type != CKA_EXTRACTABLE &&
+            tmpl[i].type != CKA_WRAP_WITH_TRUSTED)
+            tmpl[k++] = tmpl[i];
+    return k;
+}
+
+kc_rc kc_tok_key_unwrap_rsa(kc_tok *t, kc_wrap_mech wm, kc_obj kek, const unsigned char *in,
+                            size_t in_len, const kc_rsa_spec *spec, kc_obj *out, kc_error *err)
+{
+    CK_MECHANISM mech = {wrap_type(wm), NULL, 0};
     CK_OBJECT_HANDLE *before = NULL, h = CK_INVALID_HANDLE;
     CK_OBJECT_CLASS cls;
     CK_KEY_TYPE kt;
     CK_ATTRIBUTE tmpl[16];
-    CK_ULONG nt = kc_p11_rsa_private_template(spec, tmpl, &cls, &kt);
-    size_t nbefore = 0;
+    CK_ULONG nt;
+    size_t nbefore = 0, iv = wm == KC_WRAP_CBC_PAD ? CBC_IV : 0;
     CK_RV rv;
     kc_rc r;
 
-    r = kc_p11_find_all(t, NULL, 0, &before, &nbefore, err);
+    if (wm == KC_WRAP_NONE)
+        return kc_error_set(err, KC_TOKEN, "token '%s' has no AES key unwrap", t->info.label);
+    if (in_len <= iv)
+        return kc_error_set(err, KC_INTEGRITY, "the wrapped key is too short");
+    if (iv > 0) {
+        mech.pParameter = (void *)in;
+        mech.ulParameterLen = iv;
+    }
+    r = kc_p11_rsa_private_template(t, spec, tmpl, &cls, &kt, &nt, err);
+    if (r == KC_OK)
+        r = kc_p11_find_all(t, NULL, 0, &before, &nbefore, err);
     if (r != KC_OK)
         return r;
     /* SoftHSM 2.6.1 zero-pads the plaintext to a multiple of 8 before KWP,
      * so its blobs of PKCS#8 keys of 1217/1218 bytes carry trailing zeros;
      * the DER parser ignores them, so the key comes back whole. */
-    rv = t->f->C_UnwrapKey(t->session, &mech, kek, (CK_BYTE_PTR)in, in_len, tmpl, nt, &h);
+    rv = t->f->C_UnwrapKey(t->session, &mech, kek, (CK_BYTE_PTR)in + iv, in_len - iv, tmpl, nt,
+                           &h);
+    if (unwrap_template_refused(rv) && !spec->sensitive && !spec->wrap_with_trusted &&
+        !spec->non_extractable) {
+        /* a software key is readable anyway: made with the module's own
+         * choice (openCryptoki 3.8.1: not sensitive, extractable) */
+        nt = without_protection(tmpl, nt);
+        rv = t->f->C_UnwrapKey(t->session, &mech, kek, (CK_BYTE_PTR)in + iv, in_len - iv, tmpl,
+                               nt, &h);
+    }
     if (rv != CKR_OK) {
         kc_p11_remove_leftovers(t, spec->label, before, nbefore);
         free(before);
-        r = kc_p11_fail(err, "C_UnwrapKey", rv, "AES key unwrap of the private key failed");
+        r = kc_p11_fail(err, "C_UnwrapKey", rv, "AES key unwrap (%s) of the private key failed",
+                        kc_wrap_mech_name(wm));
         kc_tok_explain_lost(t, rv, err);
         /* SoftHSM answers a damaged KWP blob with CKR_GENERAL_ERROR. */
         if (rv == CKR_GENERAL_ERROR || rv == CKR_WRAPPED_KEY_INVALID ||
-            rv == CKR_ENCRYPTED_DATA_INVALID)
+            rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_WRAPPED_KEY_LEN_RANGE)
             kc_error_hint(err, "the wrapped key was not made under this key, or it was altered");
+        else if (unwrap_template_refused(rv))
+            kc_error_hint(err, "the module does not let an unwrap say the key is sensitive; "
+                               "keycustody does not make a key readable, not even for a moment");
         return r;
     }
     free(before);
@@ -425,6 +515,29 @@ kc_rc kc_tok_ecdsa_sign(kc_tok *t, kc_obj priv, const unsigned char digest[32],
                         unsigned char sig[64], kc_error *err)
 {
     return sign_fixed(t, CKM_ECDSA, priv, digest, 32, sig, 64, "P-256 signature", err);
+}
+
+kc_rc kc_tok_rsa_pss_sign(kc_tok *t, kc_obj priv, const unsigned char digest[32],
+                          unsigned char *sig, size_t *sig_len, kc_error *err)
+{
+    CK_RSA_PKCS_PSS_PARAMS params = {CKM_SHA256, CKG_MGF1_SHA256, 32};
+    CK_MECHANISM mech = {CKM_RSA_PKCS_PSS, &params, sizeof(params)};
+    CK_ULONG got = *sig_len;
+    CK_RV rv;
+    kc_rc r = kc_tok_session(t, err);
+
+    if (r != KC_OK)
+        return r;
+    rv = t->f->C_SignInit(t->session, &mech, priv);
+    if (rv == CKR_OK)
+        rv = t->f->C_Sign(t->session, (CK_BYTE_PTR)digest, 32, sig, &got);
+    if (rv != CKR_OK) {
+        r = kc_p11_fail(err, "C_Sign", rv, "cannot compute the RSA-PSS signature on the token");
+        kc_tok_explain_lost(t, rv, err);
+        return r;
+    }
+    *sig_len = got;
+    return KC_OK;
 }
 
 kc_rc kc_tok_hmac_verify(kc_tok *t, kc_obj key, const unsigned char *data, size_t len,

@@ -8,6 +8,11 @@
 #include <p11-kit/pkcs11.h>
 #include <p11-kit/uri.h>
 
+/* PKCS#11 3.0's RFC 5649 mechanism (NSS softokn's), not in p11-kit 0.24.1 */
+#ifndef CKM_AES_KEY_WRAP_KWP
+#define CKM_AES_KEY_WRAP_KWP 0x0000210BUL
+#endif
+
 struct kc_p11 {
     CK_FUNCTION_LIST **modules; /* NULL-terminated, as p11-kit gave them */
     CK_FUNCTION_LIST **calls;   /* the same, or fault-injecting copies */
@@ -24,6 +29,9 @@ struct kc_tok {
     int has_session;
     int logged_in;
     int oaep_sha256; /* -1 unknown, 0 refused by the module, 1 accepted */
+    /* whether the module takes CKA_COPYABLE, CKA_UNWRAP_TEMPLATE in a
+     * template: -1 not asked yet (kc_p11_takes_attr) */
+    int takes_copyable, takes_unwrap_template;
     kc_secret *pin;  /* while logged in: to log in again on a new session (locked, wiped) */
     int recoveries;  /* sessions lost and replaced: at most one per handle */
     kc_tok_info info;
@@ -101,10 +109,17 @@ int kc_p11_date(CK_DATE *d, const char *s);
  * before[] and carry label or none. */
 void kc_p11_remove_leftovers(kc_tok *t, const char *label, const CK_OBJECT_HANDLE *before,
                              size_t nbefore);
-/* The RSA private-key template for spec into tmpl (at least 16 entries);
- * returns the count. kt and cls must outlive the call that uses tmpl. */
-CK_ULONG kc_p11_rsa_private_template(const kc_rsa_spec *spec, CK_ATTRIBUTE *tmpl,
-                                     CK_OBJECT_CLASS *cls, CK_KEY_TYPE *kt);
+/* Whether the module takes attribute a in an object's template, asked once
+ * per handle (*cache) on a public session AES key. Only "the module does
+ * not know the attribute" (CKR_ATTRIBUTE_TYPE_INVALID) counts as no. */
+int kc_p11_takes_attr(kc_tok *t, const CK_ATTRIBUTE *a, int *cache);
+
+/* The RSA private-key template for spec into tmpl (at least 16 entries),
+ * *n the count; what the module does not take is left out (CKA_COPYABLE on
+ * openCryptoki 3.8.1). kt and cls must outlive the call that uses tmpl. */
+kc_rc kc_p11_rsa_private_template(kc_tok *t, const kc_rsa_spec *spec, CK_ATTRIBUTE *tmpl,
+                                  CK_OBJECT_CLASS *cls, CK_KEY_TYPE *kt, CK_ULONG *n,
+                                  kc_error *err) KC_MUST_CHECK;
 
 /* Copies a blank-padded PKCS#11 string into a NUL-terminated C string. */
 void kc_p11_copy_padded(char *dst, size_t dst_len, const unsigned char *src, size_t src_len);

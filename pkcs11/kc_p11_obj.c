@@ -341,31 +341,74 @@ static CK_ULONG rsa_public_template(const kc_rsa_spec *spec, CK_ATTRIBUTE *t, CK
     return n;
 }
 
-CK_ULONG kc_p11_rsa_private_template(const kc_rsa_spec *spec, CK_ATTRIBUTE *t, CK_OBJECT_CLASS *cls,
-                                     CK_KEY_TYPE *kt)
+int kc_p11_takes_attr(kc_tok *t, const CK_ATTRIBUTE *a, int *cache)
+{
+    static const unsigned char value[16] = {0};
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    CK_ATTRIBUTE tmpl[] = {
+        ATTR(CKA_CLASS, &cls, sizeof(cls)), ATTR(CKA_KEY_TYPE, &kt, sizeof(kt)),
+        ATTR_BOOL(CKA_TOKEN, 0),            ATTR_BOOL(CKA_PRIVATE, 0),
+        ATTR_BOOL(CKA_UNWRAP, 1),           ATTR(CKA_VALUE, (void *)value, sizeof(value)),
+        *a,
+    };
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_RV rv;
+
+    if (*cache >= 0)
+        return *cache;
+    rv = t->f->C_CreateObject(t->session, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &h);
+    if (rv == CKR_OK)
+        (void)t->f->C_DestroyObject(t->session, h);
+    /* anything else (a lost session, say) is not an answer to keep */
+    if (rv == CKR_OK || rv == CKR_ATTRIBUTE_TYPE_INVALID)
+        *cache = rv == CKR_OK;
+    return rv != CKR_ATTRIBUTE_TYPE_INVALID;
+}
+
+/* CKA_COPYABLE=FALSE, where the module takes it. */
+static int takes_copyable(kc_tok *t)
+{
+    CK_ATTRIBUTE a = ATTR_BOOL(CKA_COPYABLE, 0);
+
+    return kc_p11_takes_attr(t, &a, &t->takes_copyable);
+}
+
+kc_rc kc_p11_rsa_private_template(kc_tok *t, const kc_rsa_spec *spec, CK_ATTRIBUTE *tmpl,
+                                  CK_OBJECT_CLASS *cls, CK_KEY_TYPE *kt, CK_ULONG *count,
+                                  kc_error *err)
 {
     CK_ULONG n = 0;
+    kc_rc r = kc_tok_session(t, err);
 
+    if (r != KC_OK)
+        return r;
     *cls = CKO_PRIVATE_KEY;
     *kt = CKK_RSA;
-    t[n++] = (CK_ATTRIBUTE)ATTR(CKA_CLASS, cls, sizeof(*cls));
-    t[n++] = (CK_ATTRIBUTE)ATTR(CKA_KEY_TYPE, kt, sizeof(*kt));
-    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_TOKEN, 1);
-    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_PRIVATE, 1);
-    t[n++] = (CK_ATTRIBUTE)ATTR(CKA_LABEL, spec->label, strlen(spec->label));
-    t[n++] = (CK_ATTRIBUTE)ATTR(CKA_ID, spec->id, spec->id_len);
-    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_SENSITIVE, spec->sensitive);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR(CKA_CLASS, cls, sizeof(*cls));
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR(CKA_KEY_TYPE, kt, sizeof(*kt));
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_TOKEN, 1);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_PRIVATE, 1);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR(CKA_LABEL, spec->label, strlen(spec->label));
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR(CKA_ID, spec->id, spec->id_len);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_SENSITIVE, spec->sensitive);
     /* Extractable so a backup can wrap it; with CKA_WRAP_WITH_TRUSTED only
-     * under a key the security officer marked trusted. */
-    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_EXTRACTABLE, 1);
-    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_WRAP_WITH_TRUSTED, spec->wrap_with_trusted);
+     * under a key the security officer marked trusted. On a module without
+     * that arrangement an hsm key is not extractable at all. The attribute
+     * is named only when set: a module that does not know it (openCryptoki
+     * 3.8.1) takes the rest. */
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_EXTRACTABLE, !spec->non_extractable);
+    if (spec->wrap_with_trusted)
+        tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_WRAP_WITH_TRUSTED, 1);
     /* never copied: a copy is one more object whose protection must hold */
-    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_COPYABLE, 0);
-    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_DERIVE, 0);
-    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_DECRYPT, spec->ops & KC_OP_DECRYPT);
-    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_SIGN, spec->ops & KC_OP_SIGN);
-    t[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_UNWRAP, spec->ops & KC_OP_UNWRAP);
-    return n;
+    if (takes_copyable(t))
+        tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_COPYABLE, 0);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_DERIVE, 0);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_DECRYPT, spec->ops & KC_OP_DECRYPT);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_SIGN, spec->ops & KC_OP_SIGN);
+    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_UNWRAP, spec->ops & KC_OP_UNWRAP);
+    *count = n;
+    return KC_OK;
 }
 
 /* C_GenerateKeyPair with the leftovers of a failed generation removed;
@@ -411,7 +454,9 @@ kc_rc kc_tok_generate_rsa(kc_tok *t, const kc_rsa_spec *spec, kc_obj *pub, kc_ob
     np = rsa_public_template(spec, pt, &pub_cls, &pub_kt, &start, &end);
     pt[np++] = (CK_ATTRIBUTE)ATTR(CKA_MODULUS_BITS, &bits, sizeof(bits));
     pt[np++] = (CK_ATTRIBUTE)ATTR(CKA_PUBLIC_EXPONENT, exponent, sizeof(exponent));
-    nv = kc_p11_rsa_private_template(spec, vt, &priv_cls, &priv_kt);
+    r = kc_p11_rsa_private_template(t, spec, vt, &priv_cls, &priv_kt, &nv, err);
+    if (r != KC_OK)
+        return r;
     snprintf(what, sizeof(what), "RSA-%u key pair", spec->bits);
     r = generate_pair(t, CKM_RSA_PKCS_KEY_PAIR_GEN, pt, np, vt, nv, spec->label, what, pub, priv,
                       err);
@@ -449,9 +494,51 @@ kc_rc kc_tok_generate_ec_signer(kc_tok *t, const char *label, kc_obj *pub, kc_ob
         ATTR_BOOL(CKA_UNWRAP, 0),    ATTR_BOOL(CKA_DERIVE, 0),
         ATTR_BOOL(CKA_MODIFIABLE, 0), ATTR_BOOL(CKA_COPYABLE, 0),
     };
-    return generate_pair(t, CKM_EC_KEY_PAIR_GEN, pt, sizeof(pt) / sizeof(pt[0]), vt,
-                         sizeof(vt) / sizeof(vt[0]), label, "the EC P-256 vault key", pub, priv,
-                         err);
+    kc_rc r = kc_tok_session(t, err);
+    CK_ULONG nv = sizeof(vt) / sizeof(vt[0]);
+
+    if (r != KC_OK)
+        return r;
+    if (!takes_copyable(t))
+        nv--;
+    return generate_pair(t, CKM_EC_KEY_PAIR_GEN, pt, sizeof(pt) / sizeof(pt[0]), vt, nv, label,
+                         "the EC P-256 vault key", pub, priv, err);
+}
+
+kc_rc kc_tok_generate_rsa_signer(kc_tok *t, const char *label, kc_obj *pub, kc_obj *priv,
+                                 kc_error *err)
+{
+    static CK_BYTE exponent[] = {0x01, 0x00, 0x01};
+    CK_ULONG bits = 3072;
+    CK_ATTRIBUTE pt[] = {
+        ATTR(CKA_MODULUS_BITS, &bits, sizeof(bits)),
+        ATTR(CKA_PUBLIC_EXPONENT, exponent, sizeof(exponent)),
+        ATTR_BOOL(CKA_TOKEN, 1),
+        ATTR_BOOL(CKA_PRIVATE, 0),
+        ATTR(CKA_LABEL, label, strlen(label)),
+        ATTR_BOOL(CKA_VERIFY, 1),
+        ATTR_BOOL(CKA_ENCRYPT, 0),
+        ATTR_BOOL(CKA_WRAP, 0),
+        ATTR_BOOL(CKA_DERIVE, 0),
+        ATTR_BOOL(CKA_MODIFIABLE, 0),
+    };
+    CK_ATTRIBUTE vt[] = {
+        ATTR_BOOL(CKA_TOKEN, 1),     ATTR_BOOL(CKA_PRIVATE, 1),
+        ATTR(CKA_LABEL, label, strlen(label)),
+        ATTR_BOOL(CKA_SENSITIVE, 1), ATTR_BOOL(CKA_EXTRACTABLE, 0),
+        ATTR_BOOL(CKA_SIGN, 1),      ATTR_BOOL(CKA_DECRYPT, 0),
+        ATTR_BOOL(CKA_UNWRAP, 0),    ATTR_BOOL(CKA_DERIVE, 0),
+        ATTR_BOOL(CKA_MODIFIABLE, 0), ATTR_BOOL(CKA_COPYABLE, 0),
+    };
+    kc_rc r = kc_tok_session(t, err);
+    CK_ULONG nv = sizeof(vt) / sizeof(vt[0]);
+
+    if (r != KC_OK)
+        return r;
+    if (!takes_copyable(t))
+        nv--;
+    return generate_pair(t, CKM_RSA_PKCS_KEY_PAIR_GEN, pt, sizeof(pt) / sizeof(pt[0]), vt, nv,
+                         label, "the RSA-3072 vault key", pub, priv, err);
 }
 
 kc_rc kc_tok_ec_point(kc_tok *t, kc_obj pub, unsigned char point[65], kc_error *err)
@@ -530,8 +617,11 @@ kc_rc kc_tok_create_rsa_private(kc_tok *t, const kc_rsa_spec *spec, const kc_rsa
     CK_OBJECT_CLASS cls;
     CK_KEY_TYPE kt;
     CK_ATTRIBUTE tmpl[24];
-    CK_ULONG nt = kc_p11_rsa_private_template(spec, tmpl, &cls, &kt);
+    CK_ULONG nt = 0;
+    kc_rc r = kc_p11_rsa_private_template(t, spec, tmpl, &cls, &kt, &nt, err);
 
+    if (r != KC_OK)
+        return r;
     tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_MODULUS, k->n, k->n_len);
     tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_PUBLIC_EXPONENT, k->e, k->e_len);
     tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_PRIVATE_EXPONENT, k->d, k->d_len);
@@ -711,10 +801,22 @@ kc_rc kc_tok_create_secret(kc_tok *t, const kc_secret_spec *spec, const kc_secre
      * object made CKA_MODIFIABLE=FALSE (CKR_ACTION_PROHIBITED) and every copy
      * of one made CKA_COPYABLE=FALSE (test_softhsm facts). */
     tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_MODIFIABLE, 0);
-    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_COPYABLE, 0);
-    if (spec->unwrap && spec->unwrap_into != KC_UNWRAP_ANY)
-        tmpl[n++] = (CK_ATTRIBUTE)ATTR(CKA_UNWRAP_TEMPLATE, into,
-                                       unwrap_template(spec->unwrap_into, into) * sizeof(into[0]));
+    if (takes_copyable(t))
+        tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_COPYABLE, 0);
+    if (spec->unwrap && spec->unwrap_into != KC_UNWRAP_ANY) {
+        CK_ATTRIBUTE a = ATTR(CKA_UNWRAP_TEMPLATE, into,
+                              unwrap_template(spec->unwrap_into, into) * sizeof(into[0]));
+        /* A module without unwrap templates (openCryptoki 3.8.1) cannot
+         * hold a key that unwraps hsm keys: what it unwraps could be made
+         * readable. A software key is readable by its owner anyway. */
+        if (kc_p11_takes_attr(t, &a, &t->takes_unwrap_template))
+            tmpl[n++] = a;
+        else if (spec->unwrap_into == KC_UNWRAP_HSM_RSA)
+            return kc_error_set(err, KC_TOKEN,
+                                "token '%s' does not take CKA_UNWRAP_TEMPLATE, so it cannot "
+                                "hold '%s', which may unwrap only hsm keys",
+                                t->info.label, spec->label);
+    }
     /* SoftHSM takes CKA_TRUSTED only from the SO, only at creation and only
      * on a public object; asking for it otherwise fails and leaves an
      * orphan behind, which create_clean removes. */
@@ -755,7 +857,8 @@ kc_rc kc_tok_generate_hmac_key(kc_tok *t, const char *label, kc_obj *out, kc_err
     tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_UNWRAP, 0);
     tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_DERIVE, 0);
     tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_MODIFIABLE, 0);
-    tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_COPYABLE, 0);
+    if (takes_copyable(t))
+        tmpl[n++] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_COPYABLE, 0);
     r = kc_p11_find_all(t, NULL, 0, &before, &nbefore, err);
     if (r != KC_OK)
         return r;

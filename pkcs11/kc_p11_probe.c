@@ -16,9 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifndef CKM_AES_KEY_WRAP_KWP
-#define CKM_AES_KEY_WRAP_KWP 0x0000210BUL
-#endif
 
 #define M(m) {m, #m}
 static const struct {
@@ -632,6 +629,29 @@ static void probe_oaep(kc_tok *t, kc_probe *p)
     drop(t, prv);
 }
 
+/* Attributes keycustody names in templates where the module takes them. */
+static void probe_attributes(kc_tok *t, kc_probe *p)
+{
+    CK_ATTRIBUTE copyable = ATTR_BOOL(CKA_COPYABLE, 0);
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_ATTRIBUTE into[] = {ATTR(CKA_CLASS, &cls, sizeof(cls))};
+    CK_ATTRIBUTE tmpl = ATTR(CKA_UNWRAP_TEMPLATE, into, sizeof(into));
+    int c1 = -1, c2 = -1;
+
+    if (kc_p11_takes_attr(t, &copyable, &c1))
+        fact(p, "attr.copyable", c1 == 1 ? KC_CAP_YES : KC_CAP_UNKNOWN,
+             c1 == 1 ? "CKA_COPYABLE=FALSE is taken" : "could not ask");
+    else
+        fact(p, "attr.copyable", KC_CAP_NO,
+             "CKA_COPYABLE is not known (CKR_ATTRIBUTE_TYPE_INVALID): keys are made without it");
+    if (kc_p11_takes_attr(t, &tmpl, &c2))
+        fact(p, "attr.unwrap_template", c2 == 1 ? KC_CAP_YES : KC_CAP_UNKNOWN,
+             c2 == 1 ? "CKA_UNWRAP_TEMPLATE is taken" : "could not ask");
+    else
+        fact(p, "attr.unwrap_template", KC_CAP_NO,
+             "CKA_UNWRAP_TEMPLATE is not known (CKR_ATTRIBUTE_TYPE_INVALID)");
+}
+
 static void probe_mechanisms(kc_probe *p)
 {
     static const struct {
@@ -649,6 +669,7 @@ static void probe_mechanisms(kc_probe *p)
         {"mech.generic_keygen", CKM_GENERIC_SECRET_KEY_GEN, CKF_GENERATE, "generic secrets"},
         {"mech.aes_cbc_pad_wrap", CKM_AES_CBC_PAD, CKF_WRAP | CKF_UNWRAP,
          "AES-CBC-PAD key wrap"},
+        {"mech.rsa_pss", CKM_RSA_PKCS_PSS, CKF_SIGN, "RSA-PSS signatures"},
     };
     size_t i;
 
@@ -661,12 +682,13 @@ static void probe_mechanisms(kc_probe *p)
                                           : "not listed");
 }
 
-kc_rc kc_tok_probe(kc_tok *t, int full, kc_probe *p, kc_error *err)
+kc_rc kc_tok_probe(kc_tok *t, int level, kc_probe *p, kc_error *err)
 {
     static const char *const need_session[] = {
         "data.public",          "data.private",       "aes_key_wrap.rfc5649",
         "wrap_with_trusted.accepted", "wrap_with_trusted.enforced", "trusted.user_refused",
-        "unwrap.readable_template", "rsa_oaep.sha1",  "rsa_oaep.sha256",
+        "unwrap.readable_template", "rsa_oaep.sha1",  "rsa_oaep.sha256", "attr.copyable",
+        "attr.unwrap_template",
     };
     kc_error why;
     size_t i;
@@ -692,9 +714,12 @@ kc_rc kc_tok_probe(kc_tok *t, int full, kc_probe *p, kc_error *err)
         return KC_OK;
     }
     probe_data(t, p);
-    if (full) {
+    if (level >= KC_PROBE_VAULT) {
+        probe_attributes(t, p);
         probe_key_wrap(t, p);
         probe_trusted(t, p);
+    }
+    if (level >= KC_PROBE_FULL) {
         probe_unwrap_template(t, p);
         probe_oaep(t, p);
     }
@@ -704,6 +729,49 @@ kc_rc kc_tok_probe(kc_tok *t, int full, kc_probe *p, kc_error *err)
         (void)t->f->C_CloseSession(t->session);
         t->has_session = 0;
     }
+    return KC_OK;
+}
+
+kc_rc kc_probe_arrangement(const kc_probe *p, kc_arrangement *a, kc_error *err)
+{
+    static const char *const vault[] = {"data.public", "data.private", "mech.hmac_sha256",
+                                        "mech.generic_keygen", "mech.rsa_keygen", NULL};
+    size_t i;
+
+    memset(a, 0, sizeof(*a));
+    for (i = 0; vault[i] != NULL; i++)
+        if (kc_probe_cap(p, vault[i]) != KC_CAP_YES)
+            return kc_error_set(err, KC_TOKEN, "%s: %s", vault[i],
+                                kc_probe_get(p, vault[i]) != NULL ? kc_probe_get(p, vault[i])->detail
+                                                                  : "not asked");
+    /* the vault key: EC P-256 where the module has it, else RSA-PSS */
+    if (kc_probe_cap(p, "mech.ec_keygen") == KC_CAP_YES && kc_probe_cap(p, "mech.ecdsa") == KC_CAP_YES)
+        a->signer = KC_SIGNER_ECDSA_P256;
+    else if (kc_probe_cap(p, "mech.rsa_pss") == KC_CAP_YES)
+        a->signer = KC_SIGNER_RSA_PSS;
+    else
+        return kc_error_set(err, KC_TOKEN,
+                            "mech.ec_keygen: %s, and mech.rsa_pss: %s: no signature for the "
+                            "vault's manifest",
+                            kc_probe_get(p, "mech.ec_keygen")->detail,
+                            kc_probe_get(p, "mech.rsa_pss")->detail);
+    /* An hsm key may be extractable only where the module keeps the
+     * trusted-key arrangement: CKA_WRAP_WITH_TRUSTED enforced, CKA_TRUSTED
+     * refused to the user, a key that unwraps only hsm keys. Elsewhere it
+     * never leaves the token. */
+    a->hsm_non_extractable = !(kc_probe_cap(p, "wrap_with_trusted.enforced") == KC_CAP_YES &&
+                               kc_probe_cap(p, "trusted.user_refused") == KC_CAP_YES &&
+                               kc_probe_cap(p, "trusted.supported") != KC_CAP_NO &&
+                               kc_probe_cap(p, "attr.unwrap_template") == KC_CAP_YES);
+    if (p->kwp_mech == CKM_AES_KEY_WRAP_PAD)
+        a->key_wrap = KC_WRAP_KWP;
+    else if (p->kwp_mech == CKM_AES_KEY_WRAP_KWP)
+        a->key_wrap = KC_WRAP_KWP_KWP;
+    else if (kc_probe_cap(p, "mech.aes_cbc_pad_wrap") == KC_CAP_YES)
+        a->key_wrap = KC_WRAP_CBC_PAD;
+    else
+        a->key_wrap = KC_WRAP_NONE;
+    a->no_gcm = kc_probe_cap(p, "mech.aes_gcm") != KC_CAP_YES;
     return KC_OK;
 }
 

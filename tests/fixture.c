@@ -228,7 +228,7 @@ void kc_test_vault(const char *name, const char *subscription, const char *regio
 void kc_test_public_half(const char *vault, const char *name, unsigned char id0)
 {
     unsigned char id[16] = {id0, 2, 3}, n[256], e[3] = {1, 0, 1};
-    kc_rsa_spec spec = {NULL, id, sizeof(id), 2048, KC_OP_WRAP, 0, 0, NULL, NULL};
+    kc_rsa_spec spec = {.id = id, .id_len = sizeof(id), .bits = 2048, .ops = KC_OP_WRAP};
     kc_ctx *ctx = NULL;
     kc_vault *v = NULL;
     kc_error err;
@@ -502,13 +502,23 @@ const char *kc_test_fact_detail(json_t *check, const char *fact)
     return fact_field(check, fact, "detail");
 }
 
-const char *kc_test_feature_support(json_t *check, const char *feature)
+static const char *feature_field(json_t *check, const char *feature, const char *field)
 {
     json_t *f;
     size_t i;
 
     json_array_foreach(json_object_get(check, "features"), i, f)
         if (strcmp(json_string_value(json_object_get(f, "feature")), feature) == 0)
-            return json_string_value(json_object_get(f, "support"));
+            return json_string_value(json_object_get(f, field));
     return "(none)";
+}
+
+const char *kc_test_feature_support(json_t *check, const char *feature)
+{
+    return feature_field(check, feature, "support");
+}
+
+const char *kc_test_feature_why(json_t *check, const char *feature)
+{
+    return feature_field(check, feature, "why");
 }

@@ -96,6 +96,8 @@ struct json_t *kc_test_json(const char *s);
 const char *kc_test_fact_answer(struct json_t *check, const char *fact);
 const char *kc_test_fact_detail(struct json_t *check, const char *fact);
 const char *kc_test_feature_support(struct json_t *check, const char *feature);
+/* Why module check judged the feature so. */
+const char *kc_test_feature_why(struct json_t *check, const char *feature);
 
 /* Whether haystack contains needle; prints both when it does not. */
 int kc_test_contains(const char *haystack, const char *needle);

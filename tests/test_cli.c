@@ -241,7 +241,9 @@ static void test_key_create_show_list(void)
     r = kc_test_run("key", "create", "VaultA1/Key001", "--size", "2048", PIN, NULL);
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "created key 'VaultA1/Key001'");
-    ASSERT_HAS(r->out, "protection:   hsm (private key sensitive, never readable in clear)");
+    ASSERT_HAS(r->out, "protection:   hsm (private key sensitive, never readable in clear; it "
+                       "leaves the token only wrapped under a key the token's security "
+                       "officer marked trusted)");
     ASSERT_HAS(r->out, "ops:          wrapKey,unwrapKey");
     ASSERT_HAS(r->out, "expires:      never");
 
@@ -933,7 +935,8 @@ static void test_fault_create_object_in_init(void)
 {
     const kc_test_out *r;
 
-    arm("C_CreateObject", "CKR_DEVICE_MEMORY", 1, 0);
+    /* the first 11 are the session objects of the arrangement's probe */
+    arm("C_CreateObject", "CKR_DEVICE_MEMORY", 12, 0);
     r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus", SOPIN,
                     PIN, NULL);
     kc_p11_fault_disarm();

@@ -99,10 +99,18 @@ static void test_ock_facts(void)
     /* OAEP with SHA-1 and SHA-256, both against OpenSSL */
     CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "rsa_oaep.sha1"), "yes");
     CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "rsa_oaep.sha256"), "yes");
-    CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "vault"), "not possible");
-    CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "hsm keys"), "not possible");
+    /* templates keycustody leaves these out of there */
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "attr.copyable"), "no");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "attr.unwrap_template"), "no");
+    /* the vault key signs with RSA-PSS */
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "mech.rsa_pss"), "yes");
+    CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "vault"), "works differently");
+    ASSERT_HAS(kc_test_feature_why(j, "vault"), "RSA-3072 signing with PSS");
+    CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "hsm keys"), "works differently");
+    ASSERT_HAS(kc_test_feature_why(j, "hsm keys"), "non-extractable, so never backed up");
     CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "wrap/unwrap RSA-OAEP SHA-256"), "works");
-    CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "backup/restore"), "not possible");
+    CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "backup/restore"), "works differently");
+    CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "BYOK"), "not possible");
     CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "audit seal"), "works");
     json_decref(j);
 }
@@ -136,36 +144,56 @@ static void test_ock_as_pkcs11_tool_sees_it(void)
     ASSERT_HAS(r->out, "  - ock0 ");
 }
 
-/* vault init on a module that cannot hold a vault stops before it makes
- * anything: the free token stays free, an initialised one gets no object. */
-static void test_ock_vault_init_refused_first(void)
+/* vault init on the free token: the factory SO PIN is changed to the one
+ * given and no flag is left asking for a change; the vault key is RSA, and
+ * an hsm key is made non-extractable, as pkcs11-tool sees it. BYOK is
+ * refused before the file is read. */
+static void test_ock_vault_and_hsm_key(void)
 {
     const kc_test_out *r;
     char *out = NULL;
 
     r = kc_test_run("vault", "init", "VaultO1", "--subscription", "s", "--region", "westus",
-                    "--module", OCK_MODULE, "--so-pin-source", "env:TEST_SO_PIN", "--pin-source",
-                    "env:TEST_PIN", NULL);
-    ASSERT_RC(r, 7);
-    ASSERT_HAS(r->err, "cannot hold a vault: mech.ec_keygen: EC key pairs (not listed); nothing "
-                       "was made on token '(free)'");
-    ASSERT_HAS(r->err, "'keycustody module check --module " OCK_MODULE "'");
-    /* slot 2 still free, as pkcs11-tool shows it */
+                    "--module", OCK_MODULE, "--so-pin-source", "env:OCK_NEW_SO_PIN",
+                    "--pin-source", "env:OCK_USER_PIN", NULL);
+    ASSERT_RC(r, 0);
     CU_ASSERT_EQUAL(kc_test_sh(&out,
                                "pkcs11-tool --module '%s' -L 2>/dev/null | "
-                               "sed -n '/^Slot 2 /,$p' | grep 'token state'",
+                               "sed -n '/^Slot 2 /,$p' | grep -E 'token (state|flags)'",
                                OCK_MODULE),
                     0);
-    ASSERT_HAS(out, "uninitialized");
-    r = kc_test_run("vault", "init", "ock0", "--subscription", "s", "--region", "westus",
-                    "--module", OCK_MODULE, "--pin-source", "env:OCK_USER_PIN", NULL);
-    ASSERT_RC(r, 7);
-    ASSERT_HAS(r->err, "cannot adopt token 'ock0': module '" OCK_MODULE "' cannot hold a vault");
+    ASSERT_HAS(out, "token initialized");
+    CU_ASSERT_PTR_NULL(strstr(out, "change"));
+    /* the SO logs in with the new PIN, not the factory one */
     CU_ASSERT_EQUAL(kc_test_sh(&out,
-                               "pkcs11-tool --module '%s' --slot 0 --login --pin env:OCK_USER_PIN "
-                               "-O 2>/dev/null | grep -c 'Object'",
+                               "pkcs11-tool --module '%s' --slot 2 --login --login-type so "
+                               "--so-pin env:OCK_NEW_SO_PIN -O >/dev/null 2>&1; echo so=$?",
                                OCK_MODULE),
-                    1); /* no object at all */
+                    0);
+    ASSERT_HAS(out, "so=0");
+    r = kc_test_run("key", "create", "VaultO1/RootO", "--size", "3072", "--module", OCK_MODULE,
+                    "--pin-source", "VaultO1=env:OCK_USER_PIN", NULL);
+    ASSERT_RC(r, 0);
+    r = kc_test_run("key", "show", "VaultO1/RootO", "--module", OCK_MODULE, "--pin-source",
+                    "VaultO1=env:OCK_USER_PIN", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "hsm (private key sensitive and not extractable: it never leaves the token)");
+    ASSERT_HAS(r->out, "type:         RSA-3072");
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "pkcs11-tool --module '%s' --slot 2 --login --pin env:OCK_USER_PIN "
+                               "-O --type privkey 2>/dev/null | grep -A8 'label: *RootO'",
+                               OCK_MODULE),
+                    0);
+    ASSERT_HAS(out, "never extractable");
+    kc_test_write(kc_test_path("empty.byok"), "", 0, 0600);
+    r = kc_test_run("key", "import", "VaultO1/Byok", "--byok", kc_test_path("empty.byok"), "--module", OCK_MODULE,
+                    "--pin-source", "VaultO1=env:OCK_USER_PIN", NULL);
+    CU_ASSERT_NOT_EQUAL(r->rc, 0);
+    ASSERT_HAS(r->err, "no RFC 5649 AES key unwrap");
+    /* the audit log sealed on this module verifies through it */
+    r = kc_test_run("audit", "verify", kc_test_path("audit.jsonl"), "--module", OCK_MODULE, NULL);
+    ASSERT_RC(r, 0);
+    unlink(kc_test_path("audit.jsonl")); /* the fixture's own check sees SoftHSM only */
 }
 
 /* --- the README's support matrix --- */
@@ -254,7 +282,7 @@ static void test_readme_support_matrix(void)
 static const kc_test_case ock_cases[] = {
     {"the openCryptoki facts keycustody relies on", test_ock_facts},
     {"as pkcs11-tool sees it", test_ock_as_pkcs11_tool_sees_it},
-    {"vault init refused before anything is made", test_ock_vault_init_refused_first},
+    {"a vault and an hsm key on the free token", test_ock_vault_and_hsm_key},
     {"the README's support matrix", test_readme_support_matrix},
     {NULL, NULL},
 };
@@ -278,6 +306,7 @@ int main(int argc, char **argv)
     }
     ock_pin("OCK_SO_PIN");
     ock_pin("OCK_USER_PIN");
+    ock_pin("OCK_NEW_SO_PIN");
     if (ock("start") != 0 || ock("init") != 0) {
         char cmd[128];
         snprintf(cmd, sizeof(cmd), "cat '%s/script.log' >&2", ock_dir);

@@ -98,6 +98,21 @@ static const char *yes(int b)
     return b ? "yes" : "no";
 }
 
+/* What the private key's attributes promise, not what was asked for: an
+ * hsm key that any user-chosen key could wrap is not called unreadable. */
+static const char *protection_text(const kc_key_version *ver)
+{
+    if (ver->protection != KC_PROT_HSM)
+        return "software (private key readable: testing only)";
+    if (!ver->priv.extractable)
+        return "hsm (private key sensitive and not extractable: it never leaves the token)";
+    if (ver->priv.wrap_with_trusted)
+        return "hsm (private key sensitive, never readable in clear; it leaves the token only "
+               "wrapped under a key the token's security officer marked trusted)";
+    return "hsm in name only: the private key is sensitive but extractable under any wrapping "
+           "key the user makes";
+}
+
 static void print_version(FILE *f, const kc_vault *v, const kc_key *k, const kc_key_version *ver)
 {
     char ops[128], tops[128];
@@ -110,9 +125,7 @@ static void print_version(FILE *f, const kc_vault *v, const kc_key *k, const kc_
             ver == &k->versions[k->current] ? " (current)" : "");
     fprintf(f, "key id:       %s\n", ver->uri);
     fprintf(f, "type:         %s-%u\n", ver->type == KC_KT_RSA ? "RSA" : "non-RSA", ver->bits);
-    fprintf(f, "protection:   %s\n",
-            ver->protection == KC_PROT_HSM ? "hsm (private key sensitive, never readable in clear)"
-                                           : "software (private key readable: testing only)");
+    fprintf(f, "protection:   %s\n", protection_text(ver));
     fprintf(f, "ops:          %s\n", ops[0] ? ops : "(none)");
     if (k->has_state) {
         fprintf(f, "enabled:      %s\n", ver->enabled ? "yes" : "no");

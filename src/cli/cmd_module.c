@@ -177,7 +177,7 @@ static int cmd_check(kc_cli *cli, int argc, char **argv)
             return kc_cli_fail(cli, &err);
         kc_error_clear(&err);
     }
-    if (kc_tok_probe(tok, 1, &p, &err) != KC_OK)
+    if (kc_tok_probe(tok, KC_PROBE_FULL, &p, &err) != KC_OK)
         return kc_cli_fail(cli, &err);
     nf = kc_module_features(&p, f);
     if (cli->json) {

@@ -1,5 +1,6 @@
 #include "kc_backup.h"
 #include "kc_domain.h"
+#include "kc_key.h"
 #include "kc_keystate.h"
 #include "kc_util.h"
 
@@ -70,8 +71,11 @@ static kc_rc unframe(const unsigned char *buf, size_t len, const unsigned char *
 
 typedef struct bk_version {
     const char *version, *created, *ops, *protection, *start, *end, *pub, *priv;
+    const char *wrap; /* the mechanism that wrapped priv; absent: CKM_AES_KEY_WRAP_PAD */
     json_int_t seq, bits;
     int enabled;
+    int sealed; /* priv sealed again with AES-GCM; absent: yes */
+    kc_wrap_mech mech;
 } bk_version;
 
 typedef struct bk_doc {
@@ -139,12 +143,16 @@ static kc_rc parse_body(const unsigned char *body, size_t len, bk_doc *d, kc_err
     json_array_foreach(versions, i, ver)
     {
         bk_version *b = &d->v[d->nv];
+        b->wrap = kc_wrap_mech_name(KC_WRAP_KWP);
+        b->sealed = 1;
         if (json_unpack_ex(ver, &je, JSON_STRICT,
-                           "{s:s, s:I, s:s, s:b, s:s, s:s, s:I, s:s, s:s, s:s, s:s}", "version",
-                           &b->version, "seq", &b->seq, "created", &b->created, "enabled",
-                           &b->enabled, "ops", &b->ops, "protection", &b->protection, "bits",
-                           &b->bits, "start_date", &b->start, "end_date", &b->end, "public_key",
-                           &b->pub, "private_key", &b->priv) != 0 ||
+                           "{s:s, s:I, s:s, s:b, s:s, s:s, s:I, s:s, s:s, s:s, s:s, s?s, s?b}",
+                           "version", &b->version, "seq", &b->seq, "created", &b->created,
+                           "enabled", &b->enabled, "ops", &b->ops, "protection", &b->protection,
+                           "bits", &b->bits, "start_date", &b->start, "end_date", &b->end,
+                           "public_key", &b->pub, "private_key", &b->priv, "wrap", &b->wrap,
+                           "sealed", &b->sealed) != 0 ||
+            kc_wrap_mech_parse(b->wrap, &b->mech) != 0 || b->mech == KC_WRAP_NONE ||
             !hexlen(b->version, 128) || b->seq < 0 ||
             (b->bits != 2048 && b->bits != 3072 && b->bits != 4096) ||
             kc_key_ops_parse(b->ops, &ops, &ignored) != KC_OK ||
@@ -230,17 +238,22 @@ static kc_rc version_json(kc_vault *v, const kc_domain_keys *dk, const kc_key_ve
      * is public, and SoftHSM keeps public values in clear in its token files
      * (SOFTHSM-NOTES Q5): the blob is sealed again under the private seal key
      * before it leaves the process. */
-    r = kc_tok_kwp_wrap(v->tok, ver->protection == KC_PROT_HSM ? dk->wrap : dk->soft,
-                        ver->priv.handle, &wrapped, &w_len, err);
+    /* Where the module has no AES-GCM (openCryptoki 3.8.1) there is no
+     * trusted wrap key either (hsm keys never leave it): the software key
+     * is private, and the file's HMAC on the token authenticates it. */
+    r = kc_tok_key_wrap(v->tok, v->meta.arr.key_wrap,
+                        ver->protection == KC_PROT_HSM ? dk->wrap : dk->soft, ver->priv.handle,
+                        &wrapped, &w_len, err);
     seal_aad(ver->version, aad, sizeof(aad));
-    if (r == KC_OK)
+    if (r == KC_OK && !v->meta.arr.no_gcm)
         r = kc_tok_gcm_seal(v->tok, dk->seal, (const unsigned char *)aad, strlen(aad), wrapped,
                             w_len, &sealed, &s_len, err);
     if (r == KC_OK)
         r = kc_tok_rsa_public(v->tok, ver->pub.handle, &n, &n_len, &e, &e_len, err);
     if (r == KC_OK) {
         pub = spki_b64(n, n_len, e, e_len);
-        priv = kc_b64url_encode(sealed, s_len);
+        priv = v->meta.arr.no_gcm ? kc_b64url_encode(wrapped, w_len)
+                                  : kc_b64url_encode(sealed, s_len);
         kc_key_ops_format(ver->ops, ops, sizeof(ops));
         if (pub == NULL || priv == NULL)
             r = kc_error_set(err, KC_ERR, "out of memory");
@@ -252,6 +265,11 @@ static kc_rc version_json(kc_vault *v, const kc_domain_keys *dk, const kc_key_ve
                              ver->protection == KC_PROT_HSM ? "hsm" : "software", "bits",
                              (json_int_t)ver->bits, "start_date", ver->pub.start_date, "end_date",
                              ver->pub.end_date, "public_key", pub, "private_key", priv);
+        /* said only where it is not what a version-2 backup always was */
+        if (*out != NULL && (v->meta.arr.key_wrap != KC_WRAP_KWP || v->meta.arr.no_gcm)) {
+            json_object_set_new(*out, "wrap", json_string(kc_wrap_mech_name(v->meta.arr.key_wrap)));
+            json_object_set_new(*out, "sealed", json_boolean(!v->meta.arr.no_gcm));
+        }
     }
     free(n);
     free(e);
@@ -279,6 +297,19 @@ kc_rc kc_backup_key(kc_vault *v, const char *name, unsigned char **out, size_t *
     r = kc_key_get(v, name, 1, &k, err);
     if (r == KC_OK)
         r = kc_key_check_active(k, err);
+    for (i = 0; r == KC_OK && i < k->nversions; i++)
+        if (k->versions[i].protection == KC_PROT_HSM && v->meta.arr.hsm_non_extractable) {
+            r = kc_error_set(err, KC_TOKEN,
+                             "key '%s' of vault '%s' is an hsm key on a module without the "
+                             "trusted-key arrangement: it is not extractable, so it never "
+                             "leaves the token, not even wrapped, and cannot be backed up",
+                             name, v->meta.name);
+            kc_error_hint(err, "on this module only software keys can be backed up; keep the "
+                               "DEPs of an hsm key available through the other vault");
+        }
+    if (r == KC_OK && v->meta.arr.key_wrap == KC_WRAP_NONE)
+        r = kc_error_set(err, KC_TOKEN, "vault '%s' has no AES key wrap to back a key up with",
+                         v->meta.name);
     if (r == KC_OK)
         r = kc_domain_keys_get(v, &dk, err);
     if (r == KC_OK)
@@ -387,6 +418,35 @@ static kc_rc public_parts(const char *b64, unsigned char **n, size_t *n_len, uns
     return r;
 }
 
+/* Whether v's module can take version b back as it was made: an hsm key
+ * only where hsm keys are extractable under a trusted key (it came from
+ * such a vault), a sealed one only with AES-GCM, and its wrap mechanism (an
+ * RFC 5649 blob is one whichever of the two mechanisms made it). */
+static kc_rc restorable(const kc_vault *v, const bk_version *b, kc_error *err)
+{
+    const kc_arrangement *a = &v->meta.arr;
+    int rfc5649 = b->mech == KC_WRAP_KWP || b->mech == KC_WRAP_KWP_KWP;
+
+    if (strcmp(b->protection, "hsm") == 0 && a->hsm_non_extractable)
+        return kc_error_set(err, KC_TOKEN,
+                            "version %s is an hsm key, and vault '%s' is on a module without "
+                            "the trusted-key arrangement, which could not keep it as it was "
+                            "kept: restore it into a vault on a module that has it",
+                            b->version, v->meta.name);
+    if (b->sealed && a->no_gcm)
+        return kc_error_set(err, KC_TOKEN,
+                            "version %s was sealed with AES-GCM, which the module of vault '%s' "
+                            "does not have",
+                            b->version, v->meta.name);
+    if (rfc5649 ? (a->key_wrap != KC_WRAP_KWP && a->key_wrap != KC_WRAP_KWP_KWP)
+                : a->key_wrap != b->mech)
+        return kc_error_set(err, KC_TOKEN,
+                            "version %s was wrapped with %s, which the module of vault '%s' "
+                            "does not have (it has %s)",
+                            b->version, b->wrap, v->meta.name, kc_wrap_mech_name(a->key_wrap));
+    return KC_OK;
+}
+
 /* Creates both halves of one version; their handles go to made[]. */
 static kc_rc restore_version(kc_vault *v, const kc_domain_keys *dk, const char *name,
                              const bk_version *b, kc_obj *made, size_t *nmade, kc_error *err)
@@ -411,8 +471,7 @@ static kc_rc restore_version(kc_vault *v, const kc_domain_keys *dk, const char *
     spec.id_len = id_len;
     spec.bits = (unsigned)b->bits;
     spec.ops = token_ops;
-    spec.sensitive = strcmp(b->protection, "hsm") == 0;
-    spec.wrap_with_trusted = spec.sensitive;
+    kc_key_protect(v, strcmp(b->protection, "hsm") == 0 ? KC_PROT_HSM : KC_PROT_SOFTWARE, &spec);
     spec.start_date = b->start[0] ? b->start : NULL;
     spec.end_date = b->end[0] ? b->end : NULL;
     r = public_parts(b->pub, &n, &n_len, &e, &e_len, err);
@@ -423,13 +482,21 @@ static kc_rc restore_version(kc_vault *v, const kc_domain_keys *dk, const char *
     if (r == KC_OK && (sealed = kc_b64url_decode(b->priv, &s_len)) == NULL)
         r = kc_error_set(err, KC_INTEGRITY, "a private key in the backup is not base64url");
     seal_aad(b->version, aad, sizeof(aad));
-    if (r == KC_OK)
+    if (r == KC_OK && b->sealed) {
         r = kc_tok_gcm_open(v->tok, dk->seal, (const unsigned char *)aad, strlen(aad), sealed,
                             s_len, &wrapped, &w_len, err);
+    } else if (r == KC_OK) {
+        wrapped = sealed;
+        w_len = s_len;
+        sealed = NULL;
+    }
     /* the unwrap templates of the two keys hold what the key may become */
     if (r == KC_OK)
-        r = kc_tok_kwp_unwrap_rsa(v->tok, spec.sensitive ? dk->unwrap : dk->soft, wrapped, w_len,
-                                  &spec, &obj, err);
+        r = kc_tok_key_unwrap_rsa(v->tok, b->mech == KC_WRAP_KWP_KWP || b->mech == KC_WRAP_KWP
+                                              ? v->meta.arr.key_wrap
+                                              : b->mech,
+                                  spec.sensitive ? dk->unwrap : dk->soft, wrapped, w_len, &spec,
+                                  &obj, err);
     if (r == KC_OK)
         made[(*nmade)++] = obj;
     /* The unwrapped private key must be the public key's other half. */
@@ -544,7 +611,10 @@ kc_rc kc_restore_key(kc_vault *v, const unsigned char *buf, size_t len,
     if (r != KC_OK)
         goto done;
     snprintf(name, KC_KEY_NAME_MAX + 1, "%s", d.name);
-    r = kc_keystate_load(v, err);
+    for (i = 0; r == KC_OK && i < d.nv; i++)
+        r = restorable(v, &d.v[i], err);
+    if (r == KC_OK)
+        r = kc_keystate_load(v, err);
     if (r == KC_OK)
         r = kc_tok_find_keys(v->tok, d.name, NULL, 0, &objs, &nobjs, err);
     /* Objects of this name with no record, every one a version of this

@@ -167,6 +167,18 @@ static const domain_key domain_keys[] = {
 };
 #define NKEYS (sizeof(domain_keys) / sizeof(domain_keys[0]))
 
+/* Whether v's arrangement has domain key k: the trusted wrap key and the
+ * unwrap key that makes hsm keys only where hsm keys are extractable under
+ * a trusted key; the seal key only with AES-GCM. */
+static int key_needed(const kc_vault *v, const domain_key *k)
+{
+    if (k->spec.trusted || k->spec.unwrap_into == KC_UNWRAP_HSM_RSA)
+        return !v->meta.arr.hsm_non_extractable;
+    if (k->spec.encrypt)
+        return !v->meta.arr.no_gcm;
+    return 1;
+}
+
 /* The value of a domain key: the wrap and unwrap keys share one. */
 static const char *value_label(const domain_key *k)
 {
@@ -205,6 +217,8 @@ static kc_rc install(kc_ctx *ctx, kc_vault *v, const kc_secret *secret, kc_error
     r = kc_vault_login(v, err);
     for (i = 0; r == KC_OK && i < NKEYS; i++) {
         const domain_key *k = &domain_keys[i];
+        if (!key_needed(v, k))
+            continue;
         r = find_key(v, k, id, &obj, &n, err);
         if (r != KC_OK || n == 1)
             continue;
@@ -819,6 +833,8 @@ kc_rc kc_domain_keys_get(kc_vault *v, kc_domain_keys *out, kc_error *err)
     r = kc_vault_login(v, err);
     for (i = 0; r == KC_OK && i < NKEYS; i++) {
         kc_obj *slot = (kc_obj *)(void *)((unsigned char *)out + domain_keys[i].slot);
+        if (!key_needed(v, &domain_keys[i]))
+            continue;
         r = find_key(v, &domain_keys[i], out->id, slot, &n, err);
         if (r == KC_OK && n != 1) {
             kc_error_set(err, KC_INTEGRITY,

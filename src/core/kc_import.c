@@ -36,8 +36,7 @@ static kc_rc new_spec(kc_vault *v, const kc_import_opts *o, unsigned char id[KC_
     spec->id = id;
     spec->id_len = KC_VERSION_BYTES;
     spec->ops = kc_key_ops_on_token(o->ops ? o->ops : KC_OP_WRAP | KC_OP_UNWRAP);
-    spec->sensitive = 1;
-    spec->wrap_with_trusted = 1;
+    kc_key_protect(v, KC_PROT_HSM, spec);
     spec->start_date = today;
     return KC_OK;
 }
@@ -167,6 +166,18 @@ kc_rc kc_key_import_byok(kc_vault *v, const kc_import_opts *o, const unsigned ch
     kc_rc r;
 
     *out = NULL;
+    /* The transfer blob is RSA-OAEP then RFC 5649 (CKM_RSA_AES_KEY_WRAP), as
+     * Key Vault's BYOK tools make it: nothing else opens it. */
+    if (v->meta.arr.key_wrap != KC_WRAP_KWP && v->meta.arr.key_wrap != KC_WRAP_KWP_KWP) {
+        kc_error_set(err, KC_TOKEN,
+                     "vault '%s' cannot import a BYOK blob: its module has no RFC 5649 AES key "
+                     "unwrap (CKM_AES_KEY_WRAP_PAD or CKM_AES_KEY_WRAP_KWP), which the blob's "
+                     "second step needs; nothing was read or made",
+                     v->meta.name);
+        kc_error_hint(err, "import the key as PEM instead ('key import --pem'), or use a vault "
+                           "on another module; see 'keycustody module check'");
+        return KC_TOKEN;
+    }
     if (len > BYOK_MAX)
         return kc_error_set(err, KC_USAGE, "the BYOK file is larger than %d bytes", BYOK_MAX);
     r = byok_parts(buf, len, &kid, &blob, &blob_len, err);
@@ -188,7 +199,8 @@ kc_rc kc_key_import_byok(kc_vault *v, const kc_import_opts *o, const unsigned ch
     r = kc_tok_oaep_unwrap_aes(v->tok, kver->priv.handle, blob, k, &aes, err);
     /* Step two: the key itself, under the transfer key, into a token object. */
     if (r == KC_OK)
-        r = kc_tok_kwp_unwrap_rsa(v->tok, aes, blob + k, blob_len - k, &spec, &priv, err);
+        r = kc_tok_key_unwrap_rsa(v->tok, v->meta.arr.key_wrap, aes, blob + k, blob_len - k, &spec,
+                                  &priv, err);
     if (aes != 0 && kc_tok_destroy(v->tok, aes, &ignored) != KC_OK)
         kc_error_hint(err, "the session's transfer key is removed when the session ends");
     if (r == KC_OK)

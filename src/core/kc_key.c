@@ -260,6 +260,13 @@ static void pick_current(kc_key *k)
     }
 }
 
+void kc_key_protect(const kc_vault *v, kc_protection prot, kc_rsa_spec *spec)
+{
+    spec->sensitive = prot == KC_PROT_HSM;
+    spec->wrap_with_trusted = prot == KC_PROT_HSM && !v->meta.arr.hsm_non_extractable;
+    spec->non_extractable = prot == KC_PROT_HSM && v->meta.arr.hsm_non_extractable;
+}
+
 unsigned kc_key_ops_on_token(unsigned ops)
 {
     return (ops & ~(unsigned)KC_OP_IMPORT) | (ops & KC_OP_IMPORT ? KC_OP_UNWRAP : 0);
@@ -881,8 +888,7 @@ kc_rc kc_key_create(kc_vault *v, const kc_key_create_opts *o, kc_key **out, kc_e
     spec.id_len = sizeof(id);
     spec.bits = o->bits;
     spec.ops = kc_key_ops_on_token(o->ops);
-    spec.sensitive = o->protection == KC_PROT_HSM;
-    spec.wrap_with_trusted = o->protection == KC_PROT_HSM;
+    kc_key_protect(v, o->protection, &spec);
     spec.start_date = today;
     spec.end_date = expires[0] ? expires : NULL;
     r = kc_tok_generate_rsa(v->tok, &spec, &pub, &priv, err);

@@ -68,6 +68,11 @@ typedef struct kc_key {
  * key (import) has CKA_UNWRAP for the transfer key of a BYOK import. */
 KC_EXPORT unsigned kc_key_ops_on_token(unsigned ops);
 
+/* What protection prot is made as on v's module (its arrangement): hsm is
+ * sensitive and extractable only under a trusted key, or, where the module
+ * has no such arrangement, not extractable at all; software is neither. */
+KC_EXPORT void kc_key_protect(const kc_vault *v, kc_protection prot, kc_rsa_spec *spec);
+
 /* The token attributes a version's ops and state call for. */
 KC_EXPORT unsigned kc_key_token_ops(const kc_key *k, const kc_key_version *ver);
 

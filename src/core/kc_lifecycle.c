@@ -114,8 +114,7 @@ kc_rc kc_key_rotate_to(kc_vault *v, const char *name, unsigned bits, int protect
     spec.id_len = sizeof(id);
     spec.bits = bits ? bits : cur->bits;
     spec.ops = kc_key_ops_on_token(cur->ops);
-    spec.sensitive = (protection >= 0 ? (kc_protection)protection : cur->protection) == KC_PROT_HSM;
-    spec.wrap_with_trusted = spec.sensitive;
+    kc_key_protect(v, protection >= 0 ? (kc_protection)protection : cur->protection, &spec);
     spec.start_date = today;
     spec.end_date = expires[0] ? expires : NULL;
     r = kc_tok_generate_rsa(v->tok, &spec, &pub, &priv, err);

@@ -7,6 +7,7 @@
 #include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/param_build.h>
+#include <openssl/rsa.h>
 #include <openssl/sha.h>
 #include <openssl/x509.h>
 
@@ -82,7 +83,7 @@ kc_rc kc_rsa_public_pkey(const unsigned char *n, size_t n_len, const unsigned ch
  * one (private; seen only after login). A second public half, or a private
  * key with the label that is not private, was planted without the PIN. */
 static kc_rc find_signer(kc_tok *tok, int with_private, kc_obj *pub, int *has_pub, kc_obj *priv,
-                         int *has_priv, kc_error *err)
+                         int *has_priv, kc_key_type *pub_type, kc_error *err)
 {
     kc_key_obj *objs = NULL;
     size_t n = 0, i, npub = 0, bad = 0;
@@ -102,7 +103,7 @@ static kc_rc find_signer(kc_tok *tok, int with_private, kc_obj *pub, int *has_pu
                                 "command again",
                                 kc_tok_info_get(tok)->label);
         }
-        if (objs[i].type != KC_KT_EC || (objs[i].is_private && !objs[i].token_private) ||
+        if ((objs[i].type != KC_KT_EC && objs[i].type != KC_KT_RSA) || (objs[i].is_private && !objs[i].token_private) ||
             (!objs[i].is_private && objs[i].token_private)) {
             bad++;
         } else if (objs[i].is_private) {
@@ -114,6 +115,8 @@ static kc_rc find_signer(kc_tok *tok, int with_private, kc_obj *pub, int *has_pu
             npub++;
             *pub = objs[i].handle;
             *has_pub = 1;
+            if (pub_type != NULL)
+                *pub_type = objs[i].type;
         }
     }
     free(objs);
@@ -131,13 +134,41 @@ static kc_rc find_signer(kc_tok *tok, int with_private, kc_obj *pub, int *has_pu
     return KC_OK;
 }
 
+/* The vault key's public half as OpenSSL's: EC P-256, or RSA (a module
+ * without EC, kc_arrangement). */
+static kc_rc public_pkey(kc_tok *tok, kc_obj pub, kc_key_type type, unsigned char point[65],
+                         EVP_PKEY **pk, kc_error *err)
+{
+    unsigned char *n = NULL, *e = NULL;
+    size_t n_len = 0, e_len = 0;
+    kc_rc r;
+
+    if (type == KC_KT_RSA) {
+        r = kc_tok_rsa_public(tok, pub, &n, &n_len, &e, &e_len, err);
+        if (r == KC_OK && n_len < 384)
+            r = kc_error_set(err, KC_INTEGRITY, "the vault key of vault '%s' is RSA of fewer "
+                             "than 3072 bits: keycustody did not make it",
+                             kc_tok_info_get(tok)->label);
+        if (r == KC_OK)
+            r = kc_rsa_public_pkey(n, n_len, e, e_len, (void **)pk, err);
+        free(n);
+        free(e);
+        return r;
+    }
+    r = kc_tok_ec_point(tok, pub, point, err);
+    if (r == KC_OK)
+        r = ec_pkey(point, pk, err);
+    return r;
+}
+
 kc_rc kc_manifest_signer(kc_tok *tok, void **pkey, char fp[KC_FINGERPRINT_HEX + 1], kc_error *err)
 {
     unsigned char point[65];
     kc_obj pub = 0, priv = 0;
     int has_pub = 0, has_priv = 0;
+    kc_key_type pub_type = KC_KT_OTHER;
     EVP_PKEY *pk = NULL;
-    kc_rc r = find_signer(tok, 0, &pub, &has_pub, &priv, &has_priv, err);
+    kc_rc r = find_signer(tok, 0, &pub, &has_pub, &priv, &has_priv, &pub_type, err);
 
     *pkey = NULL;
     if (r != KC_OK)
@@ -145,9 +176,7 @@ kc_rc kc_manifest_signer(kc_tok *tok, void **pkey, char fp[KC_FINGERPRINT_HEX + 
     if (!has_pub)
         return kc_error_set(err, KC_NOT_FOUND, "vault '%s' has no vault key ('%s')",
                             kc_tok_info_get(tok)->label, KC_MANIFEST_KEY_LABEL);
-    r = kc_tok_ec_point(tok, pub, point, err);
-    if (r == KC_OK)
-        r = ec_pkey(point, &pk, err);
+    r = public_pkey(tok, pub, pub_type, point, &pk, err);
     if (r == KC_OK)
         r = kc_spki_fingerprint(pk, fp, err);
     if (r != KC_OK) {
@@ -191,6 +220,18 @@ static char *canonical(const json_t *manifest)
     return json_dumps(manifest, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII);
 }
 
+/* An RSA vault key signs with PSS, SHA-256, MGF1-SHA-256, a 32-byte salt
+ * (kc_tok_rsa_pss_sign); an EC one needs nothing set. */
+static int pss_params(EVP_PKEY *pk, EVP_PKEY_CTX *vc)
+{
+    if (EVP_PKEY_get_base_id(pk) != EVP_PKEY_RSA)
+        return 1;
+    return EVP_PKEY_CTX_set_rsa_padding(vc, RSA_PKCS1_PSS_PADDING) > 0 &&
+           EVP_PKEY_CTX_set_signature_md(vc, EVP_sha256()) > 0 &&
+           EVP_PKEY_CTX_set_rsa_mgf1_md(vc, EVP_sha256()) > 0 &&
+           EVP_PKEY_CTX_set_rsa_pss_saltlen(vc, 32) > 0;
+}
+
 kc_rc kc_manifest_doc_check(const unsigned char *buf, size_t len, unsigned long *generation,
                             void *arg, kc_error *err)
 {
@@ -224,7 +265,7 @@ kc_rc kc_manifest_doc_check(const unsigned char *buf, size_t len, unsigned long 
     }
     SHA256((const unsigned char *)text, strlen(text), md);
     vc = EVP_PKEY_CTX_new(pk, NULL);
-    if (vc == NULL || EVP_PKEY_verify_init(vc) <= 0 ||
+    if (vc == NULL || EVP_PKEY_verify_init(vc) <= 0 || pss_params(pk, vc) != 1 ||
         EVP_PKEY_verify(vc, sig, sig_len, md, sizeof(md)) != 1) {
         kc_error_set(err, KC_INTEGRITY, "its signature does not verify under the vault key");
         goto done;
@@ -401,7 +442,7 @@ static kc_rc signing_key(kc_vault *v, kc_obj *priv, kc_error *err)
 {
     kc_obj pub = 0;
     int has_pub = 0, has_priv = 0;
-    kc_rc r = find_signer(v->tok, 1, &pub, &has_pub, priv, &has_priv, err);
+    kc_rc r = find_signer(v->tok, 1, &pub, &has_pub, priv, &has_priv, NULL, err);
 
     if (r != KC_OK || has_priv)
         return r;
@@ -426,24 +467,30 @@ static kc_rc signing_key(kc_vault *v, kc_obj *priv, kc_error *err)
         if (r != KC_OK)
             return r;
     }
+    if (v->meta.arr.signer == KC_SIGNER_RSA_PSS)
+        return kc_tok_generate_rsa_signer(v->tok, KC_MANIFEST_KEY_LABEL, &pub, priv, err);
     return kc_tok_generate_ec_signer(v->tok, KC_MANIFEST_KEY_LABEL, &pub, priv, err);
 }
 
-static kc_rc sign_doc(kc_vault *v, kc_obj priv, json_t *manifest, char **out, kc_error *err)
+/* The signature of md by the vault key priv, as OpenSSL verifies it:
+ * DER ECDSA-Sig-Value, or the RSA-PSS signature as it is. */
+static kc_rc sign_digest(kc_vault *v, kc_obj priv, const unsigned char md[32], char **sig64,
+                         kc_error *err)
 {
-    unsigned char md[32], raw[64], *der = NULL;
-    char *text = canonical(manifest), *sig64 = NULL;
+    unsigned char raw[512], *der = NULL;
+    size_t raw_len = sizeof(raw);
     ECDSA_SIG *sig = NULL;
     BIGNUM *br = NULL, *bs = NULL;
-    json_t *doc = NULL;
     int der_len = 0;
-    kc_rc r = KC_OK;
+    kc_rc r;
 
-    *out = NULL;
-    if (text == NULL)
-        return kc_error_set(err, KC_ERR, "out of memory");
-    SHA256((const unsigned char *)text, strlen(text), md);
-    free(text);
+    *sig64 = NULL;
+    if (v->meta.arr.signer == KC_SIGNER_RSA_PSS) {
+        r = kc_tok_rsa_pss_sign(v->tok, priv, md, raw, &raw_len, err);
+        if (r == KC_OK && (*sig64 = kc_b64url_encode(raw, raw_len)) == NULL)
+            r = kc_error_set(err, KC_ERR, "out of memory");
+        return r;
+    }
     r = kc_tok_ecdsa_sign(v->tok, priv, md, raw, err);
     if (r != KC_OK)
         return r;
@@ -456,17 +503,33 @@ static kc_rc sign_doc(kc_vault *v, kc_obj priv, json_t *manifest, char **out, kc
         BN_free(bs);
         r = kc_error_set(err, KC_ERR, "out of memory");
     } else if ((der_len = i2d_ECDSA_SIG(sig, &der)) <= 0 ||
-               (sig64 = kc_b64url_encode(der, (size_t)der_len)) == NULL) {
+               (*sig64 = kc_b64url_encode(der, (size_t)der_len)) == NULL) {
         r = kc_error_set(err, KC_ERR, "cannot encode the signature");
     }
+    ECDSA_SIG_free(sig);
+    OPENSSL_free(der);
+    return r;
+}
+
+static kc_rc sign_doc(kc_vault *v, kc_obj priv, json_t *manifest, char **out, kc_error *err)
+{
+    unsigned char md[32];
+    char *text = canonical(manifest), *sig64 = NULL;
+    json_t *doc = NULL;
+    kc_rc r = KC_OK;
+
+    *out = NULL;
+    if (text == NULL)
+        return kc_error_set(err, KC_ERR, "out of memory");
+    SHA256((const unsigned char *)text, strlen(text), md);
+    free(text);
+    r = sign_digest(v, priv, md, &sig64, err);
     if (r == KC_OK) {
         doc = json_pack("{s:s, s:O, s:s}", "kind", DOC_KIND, "manifest", manifest, "sig", sig64);
         *out = doc != NULL ? json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
         if (*out == NULL)
             r = kc_error_set(err, KC_ERR, "out of memory");
     }
-    ECDSA_SIG_free(sig);
-    OPENSSL_free(der);
     free(sig64);
     json_decref(doc);
     return r;

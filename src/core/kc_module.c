@@ -90,42 +90,107 @@ static void oaep_either(const kc_probe *p, kc_feature *f, size_t n)
     }
 }
 
+/* The vault key: EC P-256 where the module has it, else RSA-PSS
+ * (kc_probe_arrangement chooses the same way). */
+static void vault_signer(const kc_probe *p, kc_feature *f)
+{
+    if (f->support == KC_NOT_POSSIBLE)
+        return;
+    if (kc_probe_cap(p, "mech.ec_keygen") == KC_CAP_YES && kc_probe_cap(p, "mech.ecdsa") == KC_CAP_YES)
+        return;
+    if (kc_probe_cap(p, "mech.rsa_pss") == KC_CAP_YES && kc_probe_cap(p, "mech.rsa_keygen") == KC_CAP_YES) {
+        if (f->support == KC_WORKS)
+            note(f, KC_WORKS_DIFFERENTLY,
+                 "the vault key is RSA-3072 signing with PSS: mech.ec_keygen: %s",
+                 kc_probe_get(p, "mech.ec_keygen")->detail);
+        return;
+    }
+    note(f, KC_NOT_POSSIBLE, "no key to sign the manifest: mech.ec_keygen: %s; mech.rsa_pss: %s",
+         kc_probe_get(p, "mech.ec_keygen")->detail, kc_probe_get(p, "mech.rsa_pss")->detail);
+}
+
+/* Without the trusted-key arrangement an hsm key is made non-extractable,
+ * and what needs it extractable says so. */
+static int trusted_arrangement(const kc_probe *p)
+{
+    return kc_probe_cap(p, "wrap_with_trusted.enforced") == KC_CAP_YES &&
+           kc_probe_cap(p, "trusted.user_refused") == KC_CAP_YES &&
+           kc_probe_cap(p, "trusted.supported") != KC_CAP_NO &&
+           kc_probe_cap(p, "attr.unwrap_template") == KC_CAP_YES;
+}
+
+static const char *first_missing(const kc_probe *p, const char *const *ids, char *buf, size_t cap)
+{
+    size_t i;
+
+    for (i = 0; ids[i] != NULL; i++)
+        if (kc_probe_cap(p, ids[i]) == KC_CAP_NO) {
+            snprintf(buf, cap, "%s: %s", ids[i], kc_probe_get(p, ids[i])->detail);
+            return buf;
+        }
+    return NULL;
+}
+
 size_t kc_module_features(const kc_probe *p, kc_feature out[KC_FEATURES_MAX])
 {
-    static const char *const vault[] = {"data.public", "data.private", "mech.ec_keygen",
-                                        "mech.ecdsa", "mech.hmac_sha256", NULL};
+    static const char *const vault[] = {"data.public", "data.private", "mech.hmac_sha256",
+                                        "mech.generic_keygen", NULL};
     static const char *const hsm[] = {"mech.rsa_keygen", "wrap_with_trusted.accepted",
-                                      "wrap_with_trusted.enforced", NULL};
+                                      "wrap_with_trusted.enforced", "trusted.user_refused",
+                                      "attr.unwrap_template", NULL};
+    static const char *const trusted[] = {"wrap_with_trusted.accepted",
+                                          "wrap_with_trusted.enforced", "trusted.user_refused",
+                                          "trusted.supported", "attr.unwrap_template", NULL};
     static const char *const sha1[] = {"rsa_oaep.sha1", NULL};
     static const char *const sha256[] = {"rsa_oaep.sha256", NULL};
     static const char *const domain[] = {"aes_key_wrap.rfc5649", "wrap_with_trusted.enforced",
                                          "trusted.user_refused", "trusted.supported", "rsa_oaep.sha256", NULL};
     static const char *const backup[] = {"aes_key_wrap.rfc5649", "wrap_with_trusted.enforced",
                                          "mech.aes_gcm", "mech.hmac_sha256", NULL};
+    static const char *const soft_backup[] = {"mech.aes_cbc_pad_wrap", "mech.hmac_sha256",
+                                              "rsa_oaep.sha256", NULL};
     static const char *const byok[] = {"rsa_oaep.sha256", "aes_key_wrap.rfc5649", NULL};
     static const char *const dep[] = {"rsa_oaep.sha256", "unwrap.readable_template",
                                       "mech.hmac_sha256", NULL};
     static const char *const audit[] = {"mech.hmac_sha256", "mech.generic_keygen", NULL};
+    char why[sizeof(out[0].why)];
     size_t n = 0;
 
     need(&out[n++], p, "vault", vault);
+    vault_signer(p, &out[n - 1]);
     if (kc_probe_cap(p, "data.mutable") == KC_CAP_YES && out[n - 1].support == KC_WORKS)
         note(&out[n - 1], KC_WORKS,
              "data objects can change in place; keycustody still writes generations");
     need(&out[n++], p, "hsm keys", hsm);
     if (out[n - 1].support == KC_NOT_POSSIBLE &&
         kc_probe_cap(p, "mech.rsa_keygen") == KC_CAP_YES) {
-        char why[sizeof(out[0].why)];
         snprintf(why, sizeof(why), "%s", out[n - 1].why);
-        note(&out[n - 1], KC_NOT_POSSIBLE,
-             "%s; keycustody promises an hsm key extractable only under a trusted key, and "
-             "does not yet make it non-extractable instead",
-             why);
+        note(&out[n - 1], KC_WORKS_DIFFERENTLY,
+             "made non-extractable, so never backed up: %s", why);
     }
     need(&out[n++], p, "wrap/unwrap RSA-OAEP SHA-1", sha1);
     need(&out[n++], p, "wrap/unwrap RSA-OAEP SHA-256", sha256);
     need(&out[n++], p, "backup domain", domain);
     need(&out[n++], p, "backup/restore", backup);
+    /* no trusted-key arrangement or no RFC 5649: software keys only,
+     * wrapped with what the module has, the file authenticated by HMAC */
+    if (out[n - 2].support == KC_NOT_POSSIBLE && first_missing(p, soft_backup, why, sizeof(why)) == NULL &&
+        (!trusted_arrangement(p) || kc_probe_cap(p, "aes_key_wrap.rfc5649") == KC_CAP_NO)) {
+        const char *lack = first_missing(p, trusted, why, sizeof(why));
+        char cause[sizeof(out[0].why)];
+        snprintf(cause, sizeof(cause), "%s",
+                 lack != NULL ? lack : kc_probe_get(p, "aes_key_wrap.rfc5649")->detail);
+        note(&out[n - 2], KC_WORKS_DIFFERENTLY,
+             "for software keys only, wrapped with %s: %s",
+             kc_probe_cap(p, "aes_key_wrap.rfc5649") == KC_CAP_YES ? "RFC 5649" : "AES-CBC-PAD",
+             cause);
+        note(&out[n - 1], KC_WORKS_DIFFERENTLY,
+             "software keys only (hsm keys never leave this module), wrapped with %s%s",
+             kc_probe_cap(p, "aes_key_wrap.rfc5649") == KC_CAP_YES ? "RFC 5649" : "AES-CBC-PAD",
+             kc_probe_cap(p, "mech.aes_gcm") == KC_CAP_YES ? " and sealed with AES-GCM"
+                                                            : "; the file is authenticated "
+                                                              "with HMAC-SHA256 on the token");
+    }
     if (out[n - 1].support == KC_WORKS &&
         kc_probe_cap(p, "aes_key_wrap.exact_length") == KC_CAP_NO)
         note(&out[n - 1], KC_WORKS_DIFFERENTLY,
@@ -134,6 +199,13 @@ size_t kc_module_features(const kc_probe *p, kc_feature out[KC_FEATURES_MAX])
              kc_probe_get(p, "aes_key_wrap.exact_length")->detail);
     need(&out[n++], p, "BYOK", byok);
     need(&out[n++], p, "DEPs", dep);
+    if (out[n - 1].support == KC_NOT_POSSIBLE &&
+        strncmp(out[n - 1].why, "unwrap.readable_template", 24) == 0 &&
+        kc_probe_cap(p, "unwrap.value_readable") == KC_CAP_YES)
+        note(&out[n - 1], KC_WORKS_DIFFERENTLY,
+             "a DEP key unwraps without CKA_SENSITIVE=FALSE in the template, and its value "
+             "is read: %s",
+             kc_probe_get(p, "unwrap.value_readable")->detail);
     need(&out[n++], p, "audit seal", audit);
     /* keycustody takes RSA-OAEP with SHA-256 where the module has it, else
      * SHA-1 (kc_oaep KC_OAEP_AUTO): what needs OAEP works with either */

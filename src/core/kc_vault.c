@@ -105,6 +105,44 @@ int kc_sku_parse(const char *s, kc_sku *out)
     return 0;
 }
 
+/* --- the arrangement (kc_p11.h) --- */
+
+static const char *const signer_names[] = {"ecdsa-p256-sha256", "rsa-pss-sha256"};
+
+static json_t *arrangement_json(const kc_arrangement *a)
+{
+    return json_pack("{s:s, s:s, s:s, s:s}", "signer", signer_names[a->signer == KC_SIGNER_RSA_PSS],
+                     "hsm_keys", a->hsm_non_extractable ? "non-extractable" : "wrap-with-trusted",
+                     "key_wrap", kc_wrap_mech_name(a->key_wrap), "seal",
+                     a->no_gcm ? "none" : "aes-gcm");
+}
+
+static int arrangement_parse(json_t *o, kc_arrangement *a)
+{
+    const char *signer = NULL, *hsm = NULL, *wrap = NULL, *seal = NULL;
+
+    memset(a, 0, sizeof(*a));
+    if (o == NULL) /* made before keycustody recorded it: on SoftHSM */
+        return 0;
+    if (json_unpack(o, "{s:s, s:s, s:s, s:s !}", "signer", &signer, "hsm_keys", &hsm, "key_wrap",
+                    &wrap, "seal", &seal) != 0 ||
+        kc_wrap_mech_parse(wrap, &a->key_wrap) != 0)
+        return -1;
+    if (strcmp(signer, signer_names[1]) == 0)
+        a->signer = KC_SIGNER_RSA_PSS;
+    else if (strcmp(signer, signer_names[0]) != 0)
+        return -1;
+    if (strcmp(hsm, "non-extractable") == 0)
+        a->hsm_non_extractable = 1;
+    else if (strcmp(hsm, "wrap-with-trusted") != 0)
+        return -1;
+    if (strcmp(seal, "none") == 0)
+        a->no_gcm = 1;
+    else if (strcmp(seal, "aes-gcm") != 0)
+        return -1;
+    return 0;
+}
+
 kc_rc kc_vault_meta_encode(const kc_vault_meta *m, char **out, kc_error *err)
 {
     json_t *o = NULL;
@@ -120,6 +158,8 @@ kc_rc kc_vault_meta_encode(const kc_vault_meta *m, char **out, kc_error *err)
                   m->created, "updated", m->updated);
     if (o != NULL && m->domain[0])
         json_object_set_new(o, "backup_domain", json_string(m->domain));
+    if (o != NULL)
+        json_object_set_new(o, "arrangement", arrangement_json(&m->arr));
     if (o != NULL && m->naccess > 0) {
         json_t *acc = json_array();
         char perms[256];
@@ -154,7 +194,7 @@ kc_rc kc_vault_meta_decode(const unsigned char *buf, size_t len, kc_vault_meta *
     json_error_t je;
     const char *kind = NULL, *name = NULL, *sub = NULL, *region = NULL, *sku = NULL;
     const char *created = NULL, *updated = NULL, *domain = "";
-    json_t *access = NULL, *entry;
+    json_t *access = NULL, *entry, *arr = NULL;
     size_t i;
     json_int_t schema = 0, gen = 0, days = 0;
     int sd = 0, pp = 0, rr = 0;
@@ -166,12 +206,12 @@ kc_rc kc_vault_meta_decode(const unsigned char *buf, size_t len, kc_vault_meta *
         return kc_error_set(err, KC_INTEGRITY, "vault metadata is not JSON: %s", je.text);
     if (json_unpack_ex(o, &je, JSON_STRICT,
                        "{s:s, s:I, s:I, s:s, s:s, s:s, s:s, s:{s:b, s:I}, s:b, s?b, s?s, s?o, "
-                       "s:s, s:s}",
+                       "s?o, s:s, s:s}",
                        "kind", &kind, "schema", &schema, "generation", &gen, "name", &name,
                        "subscription", &sub, "region", &region, "sku", &sku, "soft_delete",
                        "enabled", &sd, "retention_days", &days, "purge_protection", &pp,
                        "retention_registered", &rr, "backup_domain", &domain, "access", &access,
-                       "created", &created, "updated", &updated) != 0) {
+                       "arrangement", &arr, "created", &created, "updated", &updated) != 0) {
         kc_error_set(err, KC_INTEGRITY, "vault metadata does not have the expected fields: %s",
                      je.text);
         goto cleanup;
@@ -188,6 +228,10 @@ kc_rc kc_vault_meta_decode(const unsigned char *buf, size_t len, kc_vault_meta *
     m->retention_days = days < 0 || days > 1000 ? 0 : (unsigned)days;
     m->purge_protection = pp;
     m->retention_registered = rr;
+    if (arrangement_parse(arr, &m->arr) != 0) {
+        kc_error_set(err, KC_INTEGRITY, "vault metadata has a malformed arrangement");
+        goto cleanup;
+    }
     if (access != NULL && (!json_is_array(access) || json_array_size(access) > KC_ACCESS_MAX)) {
         kc_error_set(err, KC_INTEGRITY, "vault metadata has a malformed access policy");
         goto cleanup;
@@ -432,8 +476,8 @@ kc_rc kc_vault_open(kc_ctx *ctx, const char *name_or_uri, kc_vault **out, kc_err
     return r;
 }
 
-/* A token whose module cannot hold a vault (no EC P-256 to sign the
- * manifest, no data objects, no HMAC for the audit seal) is refused before
+/* A token whose module cannot hold a vault (no EC P-256 or RSA-PSS to sign
+ * the manifest, no data objects, no HMAC for the audit seal) is refused before
  * anything is made on it: asked of the module, on session objects
  * (kc_tok_probe), not assumed. */
 static kc_rc can_hold_vault(kc_tok *tok, kc_error *err)
@@ -454,6 +498,22 @@ static kc_rc can_hold_vault(kc_tok *tok, kc_error *err)
     kc_error_hint(err, "see what the module can do with 'keycustody module check --module %s'",
                   kc_tok_info_get(tok)->module);
     return KC_TOKEN;
+}
+
+static kc_rc choose_arrangement(kc_tok *tok, kc_arrangement *a, kc_error *err)
+{
+    kc_probe p;
+    kc_rc r = kc_tok_probe(tok, KC_PROBE_VAULT, &p, err);
+
+    if (r == KC_OK)
+        r = kc_probe_arrangement(&p, a, err);
+    kc_probe_release(&p);
+    if (r != KC_OK) {
+        kc_error_prefix(err, "module '%s' cannot hold a vault", kc_tok_info_get(tok)->module);
+        kc_error_hint(err, "see what the module can do with 'keycustody module check --module %s'",
+                      kc_tok_info_get(tok)->module);
+    }
+    return r;
 }
 
 static kc_rc init_free_token(kc_ctx *ctx, const kc_vault_meta *want, const char *token_uri,
@@ -561,6 +621,12 @@ kc_rc kc_vault_init(kc_ctx *ctx, const kc_vault_meta *want, const char *token_ur
         *err = lookup;
         return r;
     }
+    /* How this module will keep the vault, asked of it now that the user
+     * is logged in (private session objects), and signed into the vault's
+     * metadata: every later command does as the vault says. */
+    r = choose_arrangement(tok, &m.arr, err);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot initialise vault '%s'", want->name);
     /* The audit key first: a token becomes a vault only with one (a rerun
      * after a failure here adopts the token and finds or makes it). */
     r = kc_audit_key(tok, 1, &audit_key, err);

@@ -30,6 +30,7 @@ typedef struct kc_vault_meta {
     int purge_protection;
     int retention_registered; /* the subscription is registered for mandatory retention */
     char domain[33];          /* id of the backup domain installed, "" when none */
+    kc_arrangement arr;       /* how the vault's module keeps it, chosen at init */
     kc_access_entry access[KC_ACCESS_MAX]; /* the access policy; none: no policy */
     size_t naccess;
     char created[21]; /* RFC 3339 UTC */
