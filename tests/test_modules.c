@@ -167,10 +167,15 @@ static void test_ock_vault_and_hsm_key(void)
     /* the SO logs in with the new PIN, not the factory one */
     CU_ASSERT_EQUAL(kc_test_sh(&out,
                                "pkcs11-tool --module '%s' --slot 2 --login --login-type so "
-                               "--so-pin env:OCK_NEW_SO_PIN -O >/dev/null 2>&1; echo so=$?",
+                               "--so-pin env:OCK_NEW_SO_PIN --session-rw -O >/dev/null 2>&1; "
+                               "echo so=$?; OCK_FACTORY=87654321 pkcs11-tool --module '%s' "
+                               "--slot 2 --login --login-type so --so-pin env:OCK_FACTORY "
+                               "--session-rw -O >/dev/null 2>&1; echo factory=$?",
+                               OCK_MODULE,
                                OCK_MODULE),
                     0);
     ASSERT_HAS(out, "so=0");
+    ASSERT_HAS(out, "factory=1"); /* the factory PIN no longer opens it */
     r = kc_test_run("key", "create", "VaultO1/RootO", "--size", "3072", "--module", OCK_MODULE,
                     "--pin-source", "VaultO1=env:OCK_USER_PIN", NULL);
     ASSERT_RC(r, 0);
@@ -191,7 +196,8 @@ static void test_ock_vault_and_hsm_key(void)
     CU_ASSERT_NOT_EQUAL(r->rc, 0);
     ASSERT_HAS(r->err, "no RFC 5649 AES key unwrap");
     /* the audit log sealed on this module verifies through it */
-    r = kc_test_run("audit", "verify", kc_test_path("audit.jsonl"), "--module", OCK_MODULE, NULL);
+    r = kc_test_run("audit", "verify", "--audit", kc_test_path("audit.jsonl"), "--module",
+                    OCK_MODULE, "--pin-source", "VaultO1=env:OCK_USER_PIN", NULL);
     ASSERT_RC(r, 0);
     unlink(kc_test_path("audit.jsonl")); /* the fixture's own check sees SoftHSM only */
 }
