@@ -490,6 +490,11 @@ typedef struct kc_probe {
     kc_probe_fact facts[KC_PROBE_MAX];
     size_t nfacts;
     unsigned long kwp_mech; /* the mechanism that wraps as RFC 5649; 0: none */
+    /* The first call that failed for a reason that says nothing of what the
+     * module can do (a lost session, a full device; kc_p11_rv_broken):
+     * kc_tok_probe then fails, as its facts would not be answers. */
+    unsigned long broken_rv; /* 0: none */
+    char broken_at[32];      /* the C_ function */
 } kc_probe;
 
 /* How much kc_tok_probe asks. */
@@ -501,7 +506,8 @@ enum {
 };
 
 /* Probes t (logged in or not) to the given level (KC_PROBE_*).
- * kc_probe_release frees what it holds. */
+ * kc_probe_release frees what it holds. Fails (and holds nothing) where a
+ * call broke rather than being answered (broken_rv). */
 KC_EXPORT kc_rc kc_tok_probe(kc_tok *t, int level, kc_probe *out, kc_error *err) KC_MUST_CHECK;
 
 /* How a vault on a module keeps what keycustody promises, chosen from what

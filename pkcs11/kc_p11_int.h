@@ -40,6 +40,7 @@ struct kc_tok {
 /* Records a failed C_* call: the project code follows from rv. Returns it. */
 kc_rc kc_p11_fail(kc_error *err, const char *func, CK_RV rv, const char *fmt, ...) KC_PRINTF(4, 5);
 kc_rc kc_p11_rv_code(CK_RV rv);
+int kc_p11_rv_broken(CK_RV rv);
 int kc_p11_rv_from_name(const char *name, CK_RV *rv);
 
 /* A copy of f with the armed function replaced, or f itself when nothing is
@@ -111,8 +112,9 @@ void kc_p11_remove_leftovers(kc_tok *t, const char *label, const CK_OBJECT_HANDL
                              size_t nbefore);
 /* Whether the module takes attribute a in an object's template, asked once
  * per handle (*cache) on a public session AES key. Only "the module does
- * not know the attribute" (CKR_ATTRIBUTE_TYPE_INVALID) counts as no. */
-int kc_p11_takes_attr(kc_tok *t, const CK_ATTRIBUTE *a, int *cache);
+ * not know the attribute" (CKR_ATTRIBUTE_TYPE_INVALID) counts as no;
+ * *asked (if not NULL) is what the module answered, CKR_OK if cached. */
+int kc_p11_takes_attr(kc_tok *t, const CK_ATTRIBUTE *a, int *cache, CK_RV *asked);
 
 /* The RSA private-key template for spec into tmpl (at least 16 entries),
  * *n the count; what the module does not take is left out (CKA_COPYABLE on

@@ -341,7 +341,7 @@ static CK_ULONG rsa_public_template(const kc_rsa_spec *spec, CK_ATTRIBUTE *t, CK
     return n;
 }
 
-int kc_p11_takes_attr(kc_tok *t, const CK_ATTRIBUTE *a, int *cache)
+int kc_p11_takes_attr(kc_tok *t, const CK_ATTRIBUTE *a, int *cache, CK_RV *asked)
 {
     static const unsigned char value[16] = {0};
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
@@ -355,9 +355,13 @@ int kc_p11_takes_attr(kc_tok *t, const CK_ATTRIBUTE *a, int *cache)
     CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
     CK_RV rv;
 
+    if (asked != NULL)
+        *asked = CKR_OK;
     if (*cache >= 0)
         return *cache;
     rv = t->f->C_CreateObject(t->session, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &h);
+    if (asked != NULL)
+        *asked = rv;
     if (rv == CKR_OK)
         (void)t->f->C_DestroyObject(t->session, h);
     /* anything else (a lost session, say) is not an answer to keep */
@@ -371,7 +375,7 @@ static int takes_copyable(kc_tok *t)
 {
     CK_ATTRIBUTE a = ATTR_BOOL(CKA_COPYABLE, 0);
 
-    return kc_p11_takes_attr(t, &a, &t->takes_copyable);
+    return kc_p11_takes_attr(t, &a, &t->takes_copyable, NULL);
 }
 
 kc_rc kc_p11_rsa_private_template(kc_tok *t, const kc_rsa_spec *spec, CK_ATTRIBUTE *tmpl,
@@ -809,7 +813,7 @@ kc_rc kc_tok_create_secret(kc_tok *t, const kc_secret_spec *spec, const kc_secre
         /* A module without unwrap templates (openCryptoki 3.8.1) cannot
          * hold a key that unwraps hsm keys: what it unwraps could be made
          * readable. A software key is readable by its owner anyway. */
-        if (kc_p11_takes_attr(t, &a, &t->takes_unwrap_template))
+        if (kc_p11_takes_attr(t, &a, &t->takes_unwrap_template, NULL))
             tmpl[n++] = a;
         else if (spec->unwrap_into == KC_UNWRAP_HSM_RSA)
             return kc_error_set(err, KC_TOKEN,

@@ -200,6 +200,16 @@ static void fact(kc_probe *p, const char *id, kc_cap cap, const char *fmt, ...)
     va_end(ap);
 }
 
+/* rv of fn, kept where it broke the probe rather than answered it. */
+static CK_RV seen(kc_probe *p, const char *fn, CK_RV rv)
+{
+    if (kc_p11_rv_broken(rv) && p->broken_rv == 0) {
+        p->broken_rv = rv;
+        snprintf(p->broken_at, sizeof(p->broken_at), "%s", fn);
+    }
+    return rv;
+}
+
 /* --- session objects --- */
 
 static void drop(kc_tok *t, CK_OBJECT_HANDLE h)
@@ -211,7 +221,7 @@ static void drop(kc_tok *t, CK_OBJECT_HANDLE h)
 /* A session secret key of the given value; extra attributes after the
  * usual ones. CKA_PRIVATE follows the login: a session without it cannot
  * make private objects. */
-static CK_RV secret(kc_tok *t, CK_KEY_TYPE kt, const unsigned char *value, CK_ULONG len,
+static CK_RV secret(kc_tok *t, kc_probe *p, CK_KEY_TYPE kt, const unsigned char *value, CK_ULONG len,
                     const CK_ATTRIBUTE *extra, CK_ULONG nextra, CK_OBJECT_HANDLE *out)
 {
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
@@ -228,7 +238,7 @@ static CK_RV secret(kc_tok *t, CK_KEY_TYPE kt, const unsigned char *value, CK_UL
     for (i = 0; i < nextra && n < 20; i++)
         tmpl[n++] = extra[i];
     *out = CK_INVALID_HANDLE;
-    return t->f->C_CreateObject(t->session, tmpl, n, out);
+    return seen(p, "C_CreateObject", t->f->C_CreateObject(t->session, tmpl, n, out));
 }
 
 static const unsigned char KEK[32] = {0x60, 0x3d, 0xeb, 0x10, 0x15, 0xca, 0x71, 0xbe,
@@ -276,9 +286,9 @@ static void probe_kwp_lengths(kc_tok *t, kc_probe *p, CK_OBJECT_HANDLE kek)
     CK_RV rv;
 
     memcpy(zeros, SECRET, sizeof(SECRET));
-    rv = secret(t, CKK_GENERIC_SECRET, SECRET, sizeof(SECRET), sec_extra, 2, &sec);
+    rv = secret(t, p, CKK_GENERIC_SECRET, SECRET, sizeof(SECRET), sec_extra, 2, &sec);
     if (rv == CKR_OK)
-        rv = t->f->C_WrapKey(t->session, &m, kek, sec, got, &len);
+        rv = seen(p, "C_WrapKey", t->f->C_WrapKey(t->session, &m, kek, sec, got, &len));
     if (rv != CKR_OK || !openssl_kwp(SECRET, sizeof(SECRET), exact, &exact_len) ||
         !openssl_kwp(zeros, sizeof(zeros), padded, &padded_len))
         fact(p, "aes_key_wrap.exact_length", KC_CAP_UNKNOWN, "could not wrap a 20-byte key (%s)",
@@ -308,9 +318,9 @@ static void probe_key_wrap(kc_tok *t, kc_probe *p)
     int want_len = 0;
     CK_RV rv;
 
-    rv = secret(t, CKK_AES, KEK, sizeof(KEK), kek_extra, 2, &kek);
+    rv = secret(t, p, CKK_AES, KEK, sizeof(KEK), kek_extra, 2, &kek);
     if (rv == CKR_OK)
-        rv = secret(t, CKK_GENERIC_SECRET, SECRET24, sizeof(SECRET24), sec_extra, 2, &sec);
+        rv = secret(t, p, CKK_GENERIC_SECRET, SECRET24, sizeof(SECRET24), sec_extra, 2, &sec);
     if (rv != CKR_OK || !openssl_kwp(SECRET24, sizeof(SECRET24), want, &want_len)) {
         fact(p, "aes_key_wrap.rfc5649", KC_CAP_UNKNOWN,
              "no session secret key to try it with (C_CreateObject: %s)", kc_p11_rv_name(rv));
@@ -324,7 +334,7 @@ static void probe_key_wrap(kc_tok *t, kc_probe *p)
         if (!has_mech(p, candidates[i], CKF_WRAP))
             continue;
         len = sizeof(got);
-        rv = t->f->C_WrapKey(t->session, &m, kek, sec, got, &len);
+        rv = seen(p, "C_WrapKey", t->f->C_WrapKey(t->session, &m, kek, sec, got, &len));
         if (rv == CKR_OK && len == (CK_ULONG)want_len && memcmp(got, want, len) == 0) {
             p->kwp_mech = candidates[i];
             fact(p, "aes_key_wrap.rfc5649", KC_CAP_YES, "%s (0x%lx) is RFC 5649: it matches OpenSSL",
@@ -356,8 +366,8 @@ static void probe_trusted(kc_tok *t, kc_probe *p)
     CK_OBJECT_HANDLE kek = CK_INVALID_HANDLE, key = CK_INVALID_HANDLE, tr = CK_INVALID_HANDLE;
     unsigned char buf[128];
     CK_ULONG len = sizeof(buf);
-    CK_RV rv = secret(t, CKK_AES, KEK, sizeof(KEK), kek_extra, 2, &kek);
-    CK_RV rw = secret(t, CKK_GENERIC_SECRET, SECRET, sizeof(SECRET), wwt_extra, 3, &key);
+    CK_RV rv = secret(t, p, CKK_AES, KEK, sizeof(KEK), kek_extra, 2, &kek);
+    CK_RV rw = secret(t, p, CKK_GENERIC_SECRET, SECRET, sizeof(SECRET), wwt_extra, 3, &key);
 
     if (rw == CKR_OK)
         fact(p, "wrap_with_trusted.accepted", KC_CAP_YES, "a key with CKA_WRAP_WITH_TRUSTED=TRUE was made");
@@ -366,7 +376,7 @@ static void probe_trusted(kc_tok *t, kc_probe *p)
              kc_p11_rv_name(rw));
     if (rw == CKR_OK && rv == CKR_OK && p->kwp_mech != 0) {
         CK_MECHANISM m = {p->kwp_mech, NULL, 0};
-        rv = t->f->C_WrapKey(t->session, &m, kek, key, buf, &len);
+        rv = seen(p, "C_WrapKey", t->f->C_WrapKey(t->session, &m, kek, key, buf, &len));
         /* the same key without the attribute wraps (aes_key_wrap.exact_length
          * wrapped it), so only the refusal that names it counts */
         if (rv == CKR_OK)
@@ -384,7 +394,7 @@ static void probe_trusted(kc_tok *t, kc_probe *p)
              : rv != CKR_OK ? "no wrapping key to try it with"
                             : "no RFC 5649 wrap to try it with");
     }
-    rv = secret(t, CKK_AES, KEK, sizeof(KEK), trusted_extra, 2, &tr);
+    rv = secret(t, p, CKK_AES, KEK, sizeof(KEK), trusted_extra, 2, &tr);
     /* refused as an attribute only the SO may set (SoftHSM 2.6.1:
      * CKR_ATTRIBUTE_READ_ONLY), or as one the module does not know
      * (openCryptoki 3.8.1: CKR_TEMPLATE_INCONSISTENT, for the SO too) */
@@ -443,13 +453,13 @@ static void probe_unwrap_template(kc_tok *t, kc_probe *p)
         fact(p, "unwrap.readable_template", KC_CAP_UNKNOWN, "no key wrap to try it with");
         return;
     }
-    rv = secret(t, CKK_AES, KEK, sizeof(KEK), kek_extra, 2, &kek);
+    rv = secret(t, p, CKK_AES, KEK, sizeof(KEK), kek_extra, 2, &kek);
     if (rv == CKR_OK)
-        rv = secret(t, CKK_GENERIC_SECRET, SECRET24, sizeof(SECRET24), sec_extra, 2, &sec);
+        rv = secret(t, p, CKK_GENERIC_SECRET, SECRET24, sizeof(SECRET24), sec_extra, 2, &sec);
     if (rv == CKR_OK)
-        rv = t->f->C_WrapKey(t->session, &m, kek, sec, blob, &len);
+        rv = seen(p, "C_WrapKey", t->f->C_WrapKey(t->session, &m, kek, sec, blob, &len));
     if (rv == CKR_OK) {
-        CK_RV ru = t->f->C_UnwrapKey(t->session, &m, kek, blob, len, tmpl, 6, &out);
+        CK_RV ru = seen(p, "C_UnwrapKey", t->f->C_UnwrapKey(t->session, &m, kek, blob, len, tmpl, 6, &out));
         if (ru == CKR_OK)
             fact(p, "unwrap.readable_template", KC_CAP_YES,
                  "C_UnwrapKey takes CKA_SENSITIVE=FALSE, CKA_EXTRACTABLE=TRUE");
@@ -458,7 +468,7 @@ static void probe_unwrap_template(kc_tok *t, kc_probe *p)
                  "C_UnwrapKey with CKA_SENSITIVE=FALSE, CKA_EXTRACTABLE=TRUE: %s",
                  kc_p11_rv_name(ru));
         if (ru != CKR_OK)
-            ru = t->f->C_UnwrapKey(t->session, &m, kek, blob, len, tmpl, 4, &out);
+            ru = seen(p, "C_UnwrapKey", t->f->C_UnwrapKey(t->session, &m, kek, blob, len, tmpl, 4, &out));
         if (ru == CKR_OK && t->f->C_GetAttributeValue(t->session, out, &get, 1) == CKR_OK &&
             get.ulValueLen == sizeof(SECRET24) && memcmp(value, SECRET24, sizeof(SECRET24)) == 0)
             fact(p, "unwrap.value_readable", KC_CAP_YES, "the unwrapped value reads back");
@@ -489,14 +499,14 @@ static void probe_data(kc_tok *t, kc_probe *p)
     };
     CK_ATTRIBUTE set = ATTR(CKA_VALUE, (void *)v2, sizeof(v2) - 1);
     CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
-    CK_RV rv = t->f->C_CreateObject(t->session, tmpl, 5, &h);
+    CK_RV rv = seen(p, "C_CreateObject", t->f->C_CreateObject(t->session, tmpl, 5, &h));
 
     if (rv == CKR_OK)
         fact(p, "data.public", KC_CAP_YES, "a public CKO_DATA session object was made");
     else
         fact(p, "data.public", KC_CAP_NO, "a public CKO_DATA object: %s", kc_p11_rv_name(rv));
     if (rv == CKR_OK) {
-        rv = t->f->C_SetAttributeValue(t->session, h, &set, 1);
+        rv = seen(p, "C_SetAttributeValue", t->f->C_SetAttributeValue(t->session, h, &set, 1));
         fact(p, "data.mutable", rv == CKR_OK ? KC_CAP_YES : KC_CAP_NO,
              rv == CKR_OK ? "CKA_VALUE of a data object can be changed"
                           : "CKA_VALUE of a data object cannot be changed (%s)",
@@ -509,7 +519,7 @@ static void probe_data(kc_tok *t, kc_probe *p)
     }
     tmpl[2] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_PRIVATE, 1);
     h = CK_INVALID_HANDLE;
-    rv = t->f->C_CreateObject(t->session, tmpl, 5, &h);
+    rv = seen(p, "C_CreateObject", t->f->C_CreateObject(t->session, tmpl, 5, &h));
     fact(p, "data.private", rv == CKR_OK ? KC_CAP_YES : KC_CAP_NO,
          rv == CKR_OK ? "a private CKO_DATA session object was made"
                       : "a private CKO_DATA object: %s",
@@ -569,9 +579,9 @@ static void probe_oaep(kc_tok *t, kc_probe *p)
         fact(p, "rsa_oaep.sha256", KC_CAP_NO, "no CKM_RSA_PKCS_KEY_PAIR_GEN or CKM_RSA_PKCS_OAEP");
         return;
     }
-    rv = t->f->C_GenerateKeyPair(t->session, &gen, pub_t, 5, priv_t, 5, &pub, &prv);
+    rv = seen(p, "C_GenerateKeyPair", t->f->C_GenerateKeyPair(t->session, &gen, pub_t, 5, priv_t, 5, &pub, &prv));
     if (rv == CKR_OK)
-        rv = t->f->C_GetAttributeValue(t->session, pub, &getn, 1);
+        rv = seen(p, "C_GetAttributeValue", t->f->C_GetAttributeValue(t->session, pub, &getn, 1));
     for (i = 0; i < 2; i++) {
         CK_RSA_PKCS_OAEP_PARAMS prm = {hashes[i], hashes[i] == CKM_SHA256 ? CKG_MGF1_SHA256
                                                                           : CKG_MGF1_SHA1,
@@ -609,10 +619,10 @@ static void probe_oaep(kc_tok *t, kc_probe *p)
             fact(p, ids[i], KC_CAP_UNKNOWN, "OpenSSL could not encrypt under the module's key");
             continue;
         }
-        rv = t->f->C_UnwrapKey(t->session, &m, prv, ct, ct_len, tmpl, 6, &out);
+        rv = seen(p, "C_UnwrapKey", t->f->C_UnwrapKey(t->session, &m, prv, ct, ct_len, tmpl, 6, &out));
         /* a module that will not be asked for a readable key (openCryptoki) */
         if (rv == CKR_ATTRIBUTE_READ_ONLY || rv == CKR_TEMPLATE_INCONSISTENT)
-            rv = t->f->C_UnwrapKey(t->session, &m, prv, ct, ct_len, tmpl, 4, &out);
+            rv = seen(p, "C_UnwrapKey", t->f->C_UnwrapKey(t->session, &m, prv, ct, ct_len, tmpl, 4, &out));
         if (rv == CKR_OK && t->f->C_GetAttributeValue(t->session, out, &get, 1) == CKR_OK &&
             get.ulValueLen == sizeof(SECRET) && memcmp(value, SECRET, sizeof(SECRET)) == 0)
             fact(p, ids[i], KC_CAP_YES, "OpenSSL's OAEP wrap unwraps on the module");
@@ -629,6 +639,23 @@ static void probe_oaep(kc_tok *t, kc_probe *p)
     drop(t, prv);
 }
 
+/* Whether the module takes a (kc_p11_takes_attr), as fact id. */
+static void probe_attribute(kc_tok *t, kc_probe *p, const char *id, const char *name,
+                            const CK_ATTRIBUTE *a, int *cache)
+{
+    CK_RV rv;
+    int takes = kc_p11_takes_attr(t, a, cache, &rv);
+
+    (void)seen(p, "C_CreateObject", rv);
+    if (!takes)
+        fact(p, id, KC_CAP_NO, "%s is not known (CKR_ATTRIBUTE_TYPE_INVALID): keys are made "
+             "without it", name);
+    else if (*cache == 1)
+        fact(p, id, KC_CAP_YES, "%s is taken", name);
+    else
+        fact(p, id, KC_CAP_UNKNOWN, "could not ask (%s)", kc_p11_rv_name(rv));
+}
+
 /* Attributes keycustody names in templates where the module takes them. */
 static void probe_attributes(kc_tok *t, kc_probe *p)
 {
@@ -638,18 +665,8 @@ static void probe_attributes(kc_tok *t, kc_probe *p)
     CK_ATTRIBUTE tmpl = ATTR(CKA_UNWRAP_TEMPLATE, into, sizeof(into));
     int c1 = -1, c2 = -1;
 
-    if (kc_p11_takes_attr(t, &copyable, &c1))
-        fact(p, "attr.copyable", c1 == 1 ? KC_CAP_YES : KC_CAP_UNKNOWN,
-             c1 == 1 ? "CKA_COPYABLE=FALSE is taken" : "could not ask");
-    else
-        fact(p, "attr.copyable", KC_CAP_NO,
-             "CKA_COPYABLE is not known (CKR_ATTRIBUTE_TYPE_INVALID): keys are made without it");
-    if (kc_p11_takes_attr(t, &tmpl, &c2))
-        fact(p, "attr.unwrap_template", c2 == 1 ? KC_CAP_YES : KC_CAP_UNKNOWN,
-             c2 == 1 ? "CKA_UNWRAP_TEMPLATE is taken" : "could not ask");
-    else
-        fact(p, "attr.unwrap_template", KC_CAP_NO,
-             "CKA_UNWRAP_TEMPLATE is not known (CKR_ATTRIBUTE_TYPE_INVALID)");
+    probe_attribute(t, p, "attr.copyable", "CKA_COPYABLE", &copyable, &c1);
+    probe_attribute(t, p, "attr.unwrap_template", "CKA_UNWRAP_TEMPLATE", &tmpl, &c2);
 }
 
 static void probe_mechanisms(kc_probe *p)
@@ -728,6 +745,16 @@ kc_rc kc_tok_probe(kc_tok *t, int level, kc_probe *p, kc_error *err)
     if (!had_session && !t->info.initialized) {
         (void)t->f->C_CloseSession(t->session);
         t->has_session = 0;
+    }
+    /* a fact from a call that broke would be kept as the module's answer
+     * (an arrangement recorded for good): no facts rather than wrong ones */
+    if (p->broken_rv != 0) {
+        r = kc_p11_fail(err, p->broken_at, p->broken_rv,
+                        "asking token '%s' what it can do broke off",
+                        t->info.initialized ? t->info.label : "(free)");
+        kc_error_hint(err, "the probe changed nothing on the token; run the command again");
+        kc_probe_release(p);
+        return r;
     }
     return KC_OK;
 }

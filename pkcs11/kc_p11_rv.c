@@ -158,6 +158,31 @@ kc_rc kc_p11_rv_code(CK_RV rv)
     }
 }
 
+/* Whether rv says the call could not be made (memory, the device, the
+ * session or the login went) rather than that the module refuses what was
+ * asked. A refusal is an answer about the module; this is not. */
+int kc_p11_rv_broken(CK_RV rv)
+{
+    switch (rv) {
+    case CKR_HOST_MEMORY:
+    case CKR_GENERAL_ERROR:
+    case CKR_DEVICE_ERROR:
+    case CKR_DEVICE_MEMORY:
+    case CKR_DEVICE_REMOVED:
+    case CKR_TOKEN_NOT_PRESENT:
+    case CKR_TOKEN_NOT_RECOGNIZED:
+    case CKR_SESSION_CLOSED:
+    case CKR_SESSION_HANDLE_INVALID:
+    case CKR_CRYPTOKI_NOT_INITIALIZED:
+    case CKR_USER_NOT_LOGGED_IN:
+    case CKR_FUNCTION_CANCELED:
+    case CKR_CANT_LOCK:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 kc_rc kc_p11_fail(kc_error *err, const char *func, CK_RV rv, const char *fmt, ...)
 {
     kc_rc code = kc_p11_rv_code(rv);

@@ -935,7 +935,8 @@ static void test_fault_create_object_in_init(void)
 {
     const kc_test_out *r;
 
-    /* the first 11 are the session objects of the arrangement's probe */
+    /* the first 10 are the session objects of the probes (test_fault_probe_in_init),
+     * the 11th asks whether the module takes CKA_COPYABLE for the audit key */
     arm("C_CreateObject", "CKR_DEVICE_MEMORY", 12, 0);
     r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus", SOPIN,
                     PIN, NULL);
@@ -952,6 +953,45 @@ static void test_fault_create_object_in_init(void)
                     PIN, NULL);
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "adopted token as vault 'VaultA1'");
+}
+
+/* A call of the arrangement's probe that breaks (not a refusal) must not
+ * be taken for the module's answer: had a lost CKA_UNWRAP_TEMPLATE probe
+ * counted as "not taken", the vault would keep hsm keys non-extractable
+ * for good. Each of the probes' session objects fails once in turn; the
+ * command stops, and run again it makes the vault SoftHSM's arrangement. */
+static void test_fault_probe_in_init(void)
+{
+    const kc_test_out *r;
+    char name[16];
+    unsigned nth;
+
+    for (nth = 1; nth <= 10; nth++) {
+        snprintf(name, sizeof(name), "Vault%02u", nth);
+        arm("C_CreateObject", nth % 2 ? "CKR_DEVICE_MEMORY" : "CKR_SESSION_HANDLE_INVALID", nth, 0);
+        r = kc_test_run("vault", "init", name, "--subscription", "s", "--region", "westus", SOPIN,
+                        PIN, NULL);
+        kc_p11_fault_disarm();
+        ASSERT_RC(r, 7);
+        ASSERT_HAS(r->err, "what it can do broke off: C_CreateObject:");
+        ASSERT_HAS(r->err, nth % 2 ? "(CKR_DEVICE_MEMORY, 0x31)" : "(CKR_SESSION_HANDLE_INVALID");
+        ASSERT_HAS(r->err, "hint: the probe changed nothing on the token; run the command again");
+        r = kc_test_run("vault", "show", name, NULL);
+        CU_ASSERT_NOT_EQUAL(r->rc, 0);
+        r = kc_test_run("vault", "init", name, "--subscription", "s", "--region", "westus", SOPIN,
+                        PIN, NULL);
+        ASSERT_RC(r, 0);
+        r = kc_test_run("vault", "show", name, "--json", NULL);
+        ASSERT_RC(r, 0);
+        ASSERT_HAS(r->out, "\"signer\": \"ecdsa-p256-sha256\"");
+        ASSERT_HAS(r->out, "\"hsm_keys\": \"wrap-with-trusted\"");
+        ASSERT_HAS(r->out, "\"key_wrap\": \"CKM_AES_KEY_WRAP_PAD\"");
+        ASSERT_HAS(r->out, "\"seal\": \"aes-gcm\"");
+    }
+    r = kc_test_run("vault", "show", "Vault10", NULL);
+    ASSERT_HAS(r->out, "hsm keys:          leave the token only wrapped under the backup domain's "
+                       "trusted key\n");
+    ASSERT_HAS(r->out, "backup key wrap:   CKM_AES_KEY_WRAP_PAD, sealed with AES-GCM\n");
 }
 
 static void test_fault_find_and_list(void)
@@ -1148,6 +1188,7 @@ static const kc_test_case fault_cases[] = {
     {"C_GenerateKeyPair", test_fault_generate},
     {"C_Login", test_fault_login},
     {"C_CreateObject in vault init", test_fault_create_object_in_init},
+    {"a call of the probe breaks in vault init", test_fault_probe_in_init},
     {"C_FindObjects, C_GetSlotList, C_InitToken", test_fault_find_and_list},
     {NULL, NULL},
 };

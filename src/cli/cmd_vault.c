@@ -32,6 +32,24 @@ static json_t *meta_json(const kc_vault_meta *m)
                      m->domain[0] ? m->domain : NULL);
 }
 
+/* The vault's arrangement in a reader's words. */
+static void print_arrangement(FILE *f, const kc_arrangement *a)
+{
+    fprintf(f, "vault key type:    %s\n",
+            a->signer == KC_SIGNER_RSA_PSS ? "RSA-3072 with PSS (no EC on the module)"
+                                           : "EC P-256 (ECDSA)");
+    fprintf(f, "hsm keys:          %s\n",
+            a->hsm_non_extractable
+                ? "never leave the token (the module keeps no trusted-key arrangement): no "
+                  "backups of them"
+                : "leave the token only wrapped under the backup domain's trusted key");
+    fprintf(f, "backup key wrap:   %s%s\n",
+            a->key_wrap == KC_WRAP_NONE ? "none (no backups)" : kc_wrap_mech_name(a->key_wrap),
+            a->key_wrap == KC_WRAP_NONE ? ""
+            : a->no_gcm                 ? ", not sealed again (no AES-GCM on the module)"
+                                        : ", sealed with AES-GCM");
+}
+
 static void print_meta(FILE *f, const kc_vault_meta *m, const kc_tok_info *t)
 {
     fprintf(f, "vault:             %s\n", m->name);
@@ -200,9 +218,11 @@ static int cmd_show(kc_cli *cli, int argc, char **argv)
         o = meta_json(&v->meta);
         json_object_set_new(o, "token", token_json(kc_tok_info_get(v->tok)));
         json_object_set_new(o, "fingerprint", json_string(v->fingerprint));
+        json_object_set_new(o, "arrangement", kc_vault_arrangement_json(&v->meta.arr));
         kc_cli_print_json(cli, o);
     } else {
         print_meta(cli->out, &v->meta, kc_tok_info_get(v->tok));
+        print_arrangement(cli->out, &v->meta.arr);
         fprintf(cli->out, "vault key:         sha256:%s (signs the metadata and key list)\n",
                 v->fingerprint);
     }

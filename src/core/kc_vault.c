@@ -109,7 +109,7 @@ int kc_sku_parse(const char *s, kc_sku *out)
 
 static const char *const signer_names[] = {"ecdsa-p256-sha256", "rsa-pss-sha256"};
 
-static json_t *arrangement_json(const kc_arrangement *a)
+json_t *kc_vault_arrangement_json(const kc_arrangement *a)
 {
     return json_pack("{s:s, s:s, s:s, s:s}", "signer", signer_names[a->signer == KC_SIGNER_RSA_PSS],
                      "hsm_keys", a->hsm_non_extractable ? "non-extractable" : "wrap-with-trusted",
@@ -159,7 +159,7 @@ kc_rc kc_vault_meta_encode(const kc_vault_meta *m, char **out, kc_error *err)
     if (o != NULL && m->domain[0])
         json_object_set_new(o, "backup_domain", json_string(m->domain));
     if (o != NULL)
-        json_object_set_new(o, "arrangement", arrangement_json(&m->arr));
+        json_object_set_new(o, "arrangement", kc_vault_arrangement_json(&m->arr));
     if (o != NULL && m->naccess > 0) {
         json_t *acc = json_array();
         char perms[256];
@@ -505,8 +505,9 @@ static kc_rc choose_arrangement(kc_tok *tok, kc_arrangement *a, kc_error *err)
     kc_probe p;
     kc_rc r = kc_tok_probe(tok, KC_PROBE_VAULT, &p, err);
 
-    if (r == KC_OK)
-        r = kc_probe_arrangement(&p, a, err);
+    if (r != KC_OK) /* a call broke: not an answer about the module */
+        return r;
+    r = kc_probe_arrangement(&p, a, err);
     kc_probe_release(&p);
     if (r != KC_OK) {
         kc_error_prefix(err, "module '%s' cannot hold a vault", kc_tok_info_get(tok)->module);

@@ -71,6 +71,9 @@ KC_EXPORT const char *kc_sku_name(kc_sku sku);
  * the CustomizedRecoverable... forms for retention under 90 days. Soft
  * delete is always on in keycustody, so never plain Purgeable. */
 KC_EXPORT const char *kc_vault_recovery_level(const kc_vault_meta *m);
+/* How the vault keeps what keycustody promises (kc_arrangement), as its
+ * metadata records it: {"signer", "hsm_keys", "key_wrap", "seal"}. */
+KC_EXPORT struct json_t *kc_vault_arrangement_json(const kc_arrangement *a);
 KC_EXPORT int kc_sku_parse(const char *s, kc_sku *out);
 
 /* Makes the vault want->name: adopts an initialised token labelled so (after
