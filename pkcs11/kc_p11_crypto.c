@@ -110,6 +110,26 @@ kc_rc kc_tok_oaep_wrap(kc_tok *t, kc_obj pub, kc_oaep hash, const kc_secret *sec
     return KC_OK;
 }
 
+/* A module that will not be asked for CKA_SENSITIVE or CKA_EXTRACTABLE in
+ * an unwrap template answers so (openCryptoki 3.8.1: CKR_ATTRIBUTE_READ_ONLY;
+ * test_modules facts). */
+static int unwrap_template_refused(CK_RV rv)
+{
+    return rv == CKR_ATTRIBUTE_READ_ONLY || rv == CKR_TEMPLATE_INCONSISTENT;
+}
+
+/* The template without CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_WRAP_WITH_TRUSTED. */
+static CK_ULONG without_protection(CK_ATTRIBUTE *tmpl, CK_ULONG n)
+{
+    CK_ULONG i, k = 0;
+
+    for (i = 0; i < n; i++)
+        if (tmpl[i].type != CKA_SENSITIVE && tmpl[i].type != CKA_EXTRACTABLE &&
+            tmpl[i].type != CKA_WRAP_WITH_TRUSTED)
+            tmpl[k++] = tmpl[i];
+    return k;
+}
+
 kc_rc kc_tok_oaep_unwrap(kc_tok *t, kc_obj priv, kc_oaep hash, const unsigned char *in,
                          size_t in_len, kc_secret **out, kc_error *err)
 {
@@ -140,6 +160,13 @@ kc_rc kc_tok_oaep_unwrap(kc_tok *t, kc_obj priv, kc_oaep hash, const unsigned ch
     oaep_params(&params, hash == KC_OAEP_SHA256 ? KC_OAEP_SHA256 : KC_OAEP_SHA1);
     rv = t->f->C_UnwrapKey(t->session, &mech, priv, (CK_BYTE_PTR)in, in_len, tmpl,
                            sizeof(tmpl) / sizeof(tmpl[0]), &sec);
+    /* a module that will not be told the secret is readable (openCryptoki
+     * 3.8.1) makes it readable by default: the session object is read and
+     * destroyed at once either way, and a module whose default is sensitive
+     * fails the read below */
+    if (unwrap_template_refused(rv))
+        rv = t->f->C_UnwrapKey(t->session, &mech, priv, (CK_BYTE_PTR)in, in_len, tmpl,
+                               without_protection(tmpl, sizeof(tmpl) / sizeof(tmpl[0])), &sec);
     if (rv != CKR_OK) {
         r = kc_p11_fail(err, "C_UnwrapKey", rv, "RSA-OAEP%s unwrap failed",
                         hash == KC_OAEP_SHA256 ? "-256" : "");
@@ -216,10 +243,10 @@ kc_rc kc_tok_key_wrap(kc_tok *t, kc_wrap_mech wm, kc_obj kek, kc_obj key, unsign
                       size_t *out_len, kc_error *err)
 {
     CK_MECHANISM mech = {wrap_type(wm), NULL, 0};
-    unsigned char *buf = NULL;
+    unsigned char *buf = NULL, ivb[CBC_IV];
     size_t iv = wm == KC_WRAP_CBC_PAD ? CBC_IV : 0;
     CK_ULONG len = 0;
-    CK_RV rv;
+    CK_RV rv = CKR_OK;
     kc_rc r = kc_tok_session(t, err);
 
     *out = NULL;
@@ -227,19 +254,22 @@ kc_rc kc_tok_key_wrap(kc_tok *t, kc_wrap_mech wm, kc_obj kek, kc_obj key, unsign
         return r;
     if (wm == KC_WRAP_NONE)
         return kc_error_set(err, KC_TOKEN, "token '%s' has no AES key wrap", t->info.label);
-    rv = t->f->C_WrapKey(t->session, &mech, kek, key, NULL, &len);
+    /* AES-CBC-PAD: a fresh IV for each key, sent with it; the size query
+     * needs it too (openCryptoki 3.8.1 answers a query without it with
+     * CKR_MECHANISM_PARAM_INVALID) */
+    if (iv > 0) {
+        rv = t->f->C_GenerateRandom(t->session, ivb, iv);
+        mech.pParameter = ivb;
+        mech.ulParameterLen = iv;
+    }
+    if (rv == CKR_OK)
+        rv = t->f->C_WrapKey(t->session, &mech, kek, key, NULL, &len);
     if (rv == CKR_OK) {
         buf = malloc(iv + len);
         if (buf == NULL)
             return kc_error_set(err, KC_ERR, "out of memory");
-        /* AES-CBC-PAD: a fresh IV for each key, sent with it */
-        if (iv > 0) {
-            rv = t->f->C_GenerateRandom(t->session, buf, iv);
-            mech.pParameter = buf;
-            mech.ulParameterLen = iv;
-        }
-        if (rv == CKR_OK)
-            rv = t->f->C_WrapKey(t->session, &mech, kek, key, buf + iv, &len);
+        memcpy(buf, ivb, iv);
+        rv = t->f->C_WrapKey(t->session, &mech, kek, key, buf + iv, &len);
     }
     if (rv != CKR_OK) {
         free(buf);
@@ -255,26 +285,6 @@ kc_rc kc_tok_key_wrap(kc_tok *t, kc_wrap_mech wm, kc_obj kek, kc_obj key, unsign
     *out = buf;
     *out_len = iv + len;
     return KC_OK;
-}
-
-/* A module that will not be asked for CKA_SENSITIVE or CKA_EXTRACTABLE in
- * an unwrap template answers so (openCryptoki 3.8.1: CKR_ATTRIBUTE_READ_ONLY;
- * test_modules facts). */
-static int unwrap_template_refused(CK_RV rv)
-{
-    return rv == CKR_ATTRIBUTE_READ_ONLY || rv == CKR_TEMPLATE_INCONSISTENT;
-}
-
-/* The template without CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_WRAP_WITH_TRUSTED. */
-static CK_ULONG without_protection(CK_ATTRIBUTE *tmpl, CK_ULONG n)
-{
-    CK_ULONG i, k = 0;
-
-    for (i = 0; i < n; i++)
-        if (tmpl[i].type != CKA_SENSITIVE && tmpl[i].type != CKA_EXTRACTABLE &&
-            tmpl[i].type != CKA_WRAP_WITH_TRUSTED)
-            tmpl[k++] = tmpl[i];
-    return k;
 }
 
 kc_rc kc_tok_key_unwrap_rsa(kc_tok *t, kc_wrap_mech wm, kc_obj kek, const unsigned char *in,

@@ -202,6 +202,175 @@ static void test_ock_vault_and_hsm_key(void)
     unlink(kc_test_path("audit.jsonl")); /* the fixture's own check sees SoftHSM only */
 }
 
+/* --- the custody story on two of its vaults --- */
+
+#define OCK_PINS "--pin-source", "ock0=env:OCK_USER_PIN", "--pin-source", "ock1=env:OCK_USER_PIN"
+#define OCK_SO "--so-pin-source", "ock0=env:OCK_SO_PIN", "--so-pin-source", "ock1=env:OCK_SO_PIN"
+
+static const char *tpath(const char *name)
+{
+    static char buf[4][512];
+    static int i;
+
+    i = (i + 1) % 4;
+    snprintf(buf[i], sizeof(buf[i]), "%s", kc_test_path(name));
+    return buf[i];
+}
+
+/* OpenSSL's OAEP of dek under pub.pem with md, unwrapped by the key on the
+ * module; and the module's wrap of dek under key (the PEM key imp.pem's
+ * twin) decrypted by OpenSSL. */
+static void oaep_both_ways(const char *key_of_imp, const char *alg, const char *md)
+{
+    const kc_test_out *r;
+    char *out = NULL;
+    char wrapped[32], unwrapped[32];
+
+    snprintf(wrapped, sizeof(wrapped), "o.%s", md);
+    snprintf(unwrapped, sizeof(unwrapped), "u.%s", md);
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "cd '%s' && openssl pkeyutl -encrypt -pubin -inkey pub.pem -pkeyopt "
+                               "rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:%s -pkeyopt "
+                               "rsa_mgf1_md:%s -in dek -out %s",
+                               kc_test_dir(), md, md, wrapped),
+                    0);
+    r = kc_test_run("key", "unwrap", "ock0/Root2k", "--in", tpath(wrapped), "--out",
+                    tpath(unwrapped), "--alg", alg, OCK_PINS, NULL);
+    ASSERT_RC(r, 0);
+    CU_ASSERT_EQUAL(kc_test_sh(&out, "cmp '%s' '%s'", tpath("dek"), tpath(unwrapped)), 0);
+    snprintf(wrapped, sizeof(wrapped), "w.%s", md);
+    r = kc_test_run("key", "wrap", key_of_imp, "--in", tpath("dek"), "--out", tpath(wrapped),
+                    "--raw", "--alg", alg, NULL);
+    ASSERT_RC(r, 0);
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "cd '%s' && openssl pkeyutl -decrypt -inkey imp.pem -pkeyopt "
+                               "rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:%s -pkeyopt "
+                               "rsa_mgf1_md:%s -in %s | cmp - dek",
+                               kc_test_dir(), md, md, wrapped),
+                    0);
+}
+
+/* Slots 0 and 1 (ock0, ock1, initialised by the script) adopted as two
+ * vaults of one subscription: a backup domain over both; an hsm key of
+ * 2048 bits; OAEP with SHA-1 and SHA-256 both ways against OpenSSL; rotate,
+ * update, delete, recover, purge; a PEM import; a software key backed up on
+ * one (AES-CBC-PAD, as the backup says) and restored on the other, where an
+ * hsm key's backup is refused; and the audit log. */
+static void test_ock_custody_story(void)
+{
+    const kc_test_out *r;
+    char *out = NULL;
+    unsigned char *doc;
+    size_t len;
+
+    setenv("KEYCUSTODY_MODULE", OCK_MODULE, 1);
+    r = kc_test_run("vault", "init", "ock0", "--subscription", "ock-sub", "--region", "westus",
+                    OCK_PINS, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "adopted token as vault 'ock0'");
+    ASSERT_RC(kc_test_run("vault", "init", "ock1", "--subscription", "ock-sub", "--region",
+                          "eastus", OCK_PINS, NULL),
+              0);
+    r = kc_test_run("vault", "show", "ock0", NULL);
+    ASSERT_HAS(r->out, "vault key type:    RSA-3072 with PSS");
+    ASSERT_HAS(r->out, "hsm keys:          never leave the token");
+    ASSERT_HAS(r->out, "backup key wrap:   CKM_AES_CBC_PAD, not sealed again");
+    kc_test_custodians();
+    r = kc_test_run("subscription", "init", "ock-sub", "--vault", "ock0", "--vault", "ock1",
+                    "--custodian", tpath("alice.pem"), "--custodian", tpath("bob.pem"),
+                    "--quorum", "1", "--out", tpath("ock.domain"), OCK_SO, OCK_PINS, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "installed on 2 vaults");
+
+    /* an hsm key of 2048 bits; OAEP both ways against OpenSSL, both hashes */
+    ASSERT_RC(kc_test_run("key", "create", "ock0/Root2k", "--size", "2048", OCK_PINS, NULL), 0);
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "cd '%s' && head -c 32 /dev/urandom >dek && openssl genpkey -quiet "
+                               "-algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out imp.pem",
+                               kc_test_dir()),
+                    0);
+    r = kc_test_run("key", "import", "ock0/Imported", "--pem", tpath("imp.pem"), OCK_PINS, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "origin:       pem");
+    ASSERT_HAS(r->out, "it never leaves the token");
+    ASSERT_RC(kc_test_run("key", "export-public", "ock0/Root2k", "--out", tpath("pub.pem"), NULL),
+              0);
+    oaep_both_ways("ock0/Imported", "RSA-OAEP", "sha1");
+    oaep_both_ways("ock0/Imported", "RSA-OAEP-256", "sha256");
+
+    /* rotate: the new version wraps, the old one still unwraps; update */
+    ASSERT_RC(kc_test_run("key", "wrap", "ock0/Root2k", "--in", tpath("dek"), "--out",
+                          tpath("w1"), NULL),
+              0);
+    r = kc_test_run("key", "rotate", "ock0/Root2k", OCK_PINS, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "the 1 older version still unwraps");
+    ASSERT_RC(kc_test_run("key", "wrap", "ock0/Root2k", "--in", tpath("dek"), "--out",
+                          tpath("w2"), NULL),
+              0);
+    r = kc_test_run("key", "update", "ock0/Root2k", "--tag", "owner=alice", OCK_PINS, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "tag:          owner=alice");
+
+    /* delete and recover: both versions unwrap again */
+    ASSERT_RC(kc_test_run("key", "delete", "ock0/Root2k", OCK_PINS, NULL), 0);
+    r = kc_test_run("key", "unwrap", "ock0/Root2k", "--in", tpath("w1"), "--out", tpath("x"),
+                    OCK_PINS, NULL);
+    CU_ASSERT_NOT_EQUAL(r->rc, 0);
+    ASSERT_RC(kc_test_run("key", "recover", "ock0/Root2k", OCK_PINS, NULL), 0);
+    ASSERT_RC(kc_test_run("key", "unwrap", "ock0/Root2k", "--in", tpath("w1"), "--out",
+                          tpath("u1"), OCK_PINS, NULL),
+              0);
+    ASSERT_RC(kc_test_run("key", "unwrap", "ock0/Root2k", "--in", tpath("w2"), "--out",
+                          tpath("u2"), OCK_PINS, NULL),
+              0);
+    CU_ASSERT_EQUAL(kc_test_sh(&out, "cd '%s' && cmp dek u1 && cmp dek u2", kc_test_dir()), 0);
+
+    /* backups: an hsm key's is refused; a software key's restores on ock1 */
+    r = kc_test_run("key", "backup", "ock0/Root2k", "--out", tpath("r.backup"), OCK_PINS, NULL);
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "it is not extractable, so it never leaves the token");
+    CU_ASSERT_NOT_EQUAL(access(tpath("r.backup"), F_OK), 0);
+    ASSERT_RC(kc_test_run("key", "create", "ock0/Soft", "--size", "2048", "--protection",
+                          "software", OCK_PINS, NULL),
+              0);
+    ASSERT_RC(kc_test_run("key", "wrap", "ock0/Soft", "--in", tpath("dek"), "--out", tpath("ws"),
+                          NULL),
+              0);
+    r = kc_test_run("key", "backup", "ock0/Soft", "--out", tpath("s.backup"), OCK_PINS, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "restores only into a vault of subscription 'ock-sub'");
+    doc = kc_test_read(tpath("s.backup"), &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(doc);
+    CU_ASSERT_PTR_NOT_NULL(memmem(doc, len, "\"wrap\":\"CKM_AES_CBC_PAD\"", 24));
+    CU_ASSERT_PTR_NOT_NULL(memmem(doc, len, "\"sealed\":false", 14));
+    free(doc);
+    r = kc_test_run("key", "restore", "ock1", "--in", tpath("s.backup"), OCK_PINS, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "restored key 'ock1/Soft' with 1 version");
+    ASSERT_RC(kc_test_run("key", "unwrap", "ock1/Soft", "--in", tpath("ws"), "--out",
+                          tpath("us"), OCK_PINS, NULL),
+              0);
+    CU_ASSERT_EQUAL(kc_test_sh(&out, "cmp '%s' '%s'", tpath("dek"), tpath("us")), 0);
+
+    /* purge: every object of the key is gone from the token */
+    ASSERT_RC(kc_test_run("key", "delete", "ock1/Soft", OCK_PINS, NULL), 0);
+    ASSERT_RC(kc_test_run("key", "purge", "ock1/Soft", OCK_PINS, NULL), 0);
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "pkcs11-tool --module '%s' --slot 1 --login --pin env:OCK_USER_PIN "
+                               "-O 2>/dev/null | grep -c 'label: *Soft$'",
+                               OCK_MODULE),
+                    1); /* grep -c found none */
+    ASSERT_HAS(out, "0");
+
+    /* the audit log of all of it verifies through the module */
+    /* (every visible vault's anchor is read: VaultO1's too) */
+    r = kc_test_run("audit", "verify", "--audit", tpath("audit.jsonl"), OCK_PINS, "--pin-source",
+                    "VaultO1=env:OCK_USER_PIN", NULL);
+    ASSERT_RC(r, 0);
+    unlink(tpath("audit.jsonl")); /* the fixture's own check sees SoftHSM only */
+}
+
 /* --- the README's support matrix --- */
 
 #define MATRIX_BEGIN "<!-- support matrix: made by test_modules, do not edit -->\n"
@@ -290,6 +459,7 @@ static const kc_test_case ock_cases[] = {
     {"as pkcs11-tool sees it", test_ock_as_pkcs11_tool_sees_it},
     {"a vault and an hsm key on the free token", test_ock_vault_and_hsm_key},
     {"the README's support matrix", test_readme_support_matrix},
+    {"the custody story on two of its vaults", test_ock_custody_story},
     {NULL, NULL},
 };
 
