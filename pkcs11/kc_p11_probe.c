@@ -669,6 +669,39 @@ static void probe_attributes(kc_tok *t, kc_probe *p)
     probe_attribute(t, p, "attr.unwrap_template", "CKA_UNWRAP_TEMPLATE", &tmpl, &c2);
 }
 
+/* Whether a copy can carry usages its key was not made with. PKCS#11 lets
+ * C_CopyObject change CKA_DERIVE and the rest unless the key says
+ * CKA_COPYABLE=FALSE; a module that does not know CKA_COPYABLE (openCryptoki
+ * 3.8.1) copies any key with new usages, and keycustody cannot stop it:
+ * it says so instead of claiming the usages hold. */
+static void probe_copy(kc_tok *t, kc_probe *p)
+{
+    CK_ATTRIBUTE extra[] = {ATTR_BOOL(CKA_ENCRYPT, 1), ATTR_BOOL(CKA_DERIVE, 0),
+                            ATTR_BOOL(CKA_SENSITIVE, 1), ATTR_BOOL(CKA_EXTRACTABLE, 0),
+                            ATTR_BOOL(CKA_COPYABLE, 0)};
+    CK_ATTRIBUTE derive = ATTR_BOOL(CKA_DERIVE, 1);
+    CK_OBJECT_HANDLE key = CK_INVALID_HANDLE, copy = CK_INVALID_HANDLE;
+    int copyable_known = kc_probe_cap(p, "attr.copyable") == KC_CAP_YES;
+    CK_RV rv = secret(t, p, CKK_AES, KEK, sizeof(KEK), extra, copyable_known ? 5 : 4, &key);
+
+    if (rv != CKR_OK) {
+        fact(p, "copy.usage_locked", KC_CAP_UNKNOWN, "no session key to try it with (%s)",
+             kc_p11_rv_name(rv));
+        return;
+    }
+    rv = seen(p, "C_CopyObject", t->f->C_CopyObject(t->session, key, &derive, 1, &copy));
+    if (rv == CKR_OK)
+        fact(p, "copy.usage_locked", KC_CAP_NO,
+             "a key made with CKA_DERIVE=FALSE%s was copied with CKA_DERIVE=TRUE: whoever has "
+             "the user PIN can give a copy of any key usages it was not made with",
+             copyable_known ? " and CKA_COPYABLE=FALSE" : " (the module has no CKA_COPYABLE)");
+    else
+        fact(p, "copy.usage_locked", KC_CAP_YES, "a copy with CKA_DERIVE=TRUE was refused (%s)",
+             kc_p11_rv_name(rv));
+    drop(t, copy);
+    drop(t, key);
+}
+
 static void probe_mechanisms(kc_probe *p)
 {
     static const struct {
@@ -705,7 +738,7 @@ kc_rc kc_tok_probe(kc_tok *t, int level, kc_probe *p, kc_error *err)
         "data.public",          "data.private",       "aes_key_wrap.rfc5649",
         "wrap_with_trusted.accepted", "wrap_with_trusted.enforced", "trusted.user_refused",
         "unwrap.readable_template", "rsa_oaep.sha1",  "rsa_oaep.sha256", "attr.copyable",
-        "attr.unwrap_template",
+        "attr.unwrap_template", "copy.usage_locked",
     };
     kc_error why;
     size_t i;
@@ -735,6 +768,7 @@ kc_rc kc_tok_probe(kc_tok *t, int level, kc_probe *p, kc_error *err)
         probe_attributes(t, p);
         probe_key_wrap(t, p);
         probe_trusted(t, p);
+        probe_copy(t, p);
     }
     if (level >= KC_PROBE_FULL) {
         probe_unwrap_template(t, p);

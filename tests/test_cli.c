@@ -935,9 +935,9 @@ static void test_fault_create_object_in_init(void)
 {
     const kc_test_out *r;
 
-    /* the first 10 are the session objects of the probes (test_fault_probe_in_init),
-     * the 11th asks whether the module takes CKA_COPYABLE for the audit key */
-    arm("C_CreateObject", "CKR_DEVICE_MEMORY", 12, 0);
+    /* the first 11 are the session objects of the probes (test_fault_probe_in_init),
+     * the 12th asks whether the module takes CKA_COPYABLE for the audit key */
+    arm("C_CreateObject", "CKR_DEVICE_MEMORY", 13, 0);
     r = kc_test_run("vault", "init", "VaultA1", "--subscription", "s", "--region", "westus", SOPIN,
                     PIN, NULL);
     kc_p11_fault_disarm();
@@ -966,7 +966,7 @@ static void test_fault_probe_in_init(void)
     char name[16];
     unsigned nth;
 
-    for (nth = 1; nth <= 10; nth++) {
+    for (nth = 1; nth <= 11; nth++) {
         snprintf(name, sizeof(name), "Vault%02u", nth);
         arm("C_CreateObject", nth % 2 ? "CKR_DEVICE_MEMORY" : "CKR_SESSION_HANDLE_INVALID", nth, 0);
         r = kc_test_run("vault", "init", name, "--subscription", "s", "--region", "westus", SOPIN,
@@ -988,7 +988,7 @@ static void test_fault_probe_in_init(void)
         ASSERT_HAS(r->out, "\"key_wrap\": \"CKM_AES_KEY_WRAP_PAD\"");
         ASSERT_HAS(r->out, "\"seal\": \"aes-gcm\"");
     }
-    r = kc_test_run("vault", "show", "Vault10", NULL);
+    r = kc_test_run("vault", "show", "Vault11", NULL);
     ASSERT_HAS(r->out, "hsm keys:          leave the token only wrapped under the backup domain's "
                        "trusted key\n");
     ASSERT_HAS(r->out, "backup key wrap:   CKM_AES_KEY_WRAP_PAD, sealed with AES-GCM\n");

@@ -200,6 +200,10 @@ static void test_module_check_softhsm_facts(void)
     CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "rsa_oaep.sha256"), "no");
     ASSERT_HAS(kc_test_fact_detail(j, "rsa_oaep.sha256"), "CKR_ARGUMENTS_BAD");
     CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "unwrap.readable_template"), "yes");
+    /* CKA_COPYABLE=FALSE stops a copy with new usages (kc_p11_obj.c) */
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "attr.copyable"), "yes");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "copy.usage_locked"), "yes");
+    ASSERT_HAS(kc_test_fact_detail(j, "copy.usage_locked"), "CKR_ACTION_PROHIBITED");
     CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "vault"), "works");
     CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "hsm keys"), "works");
     CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "wrap/unwrap RSA-OAEP SHA-1"), "works");

@@ -102,6 +102,9 @@ static void test_ock_facts(void)
     /* templates keycustody leaves these out of there */
     CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "attr.copyable"), "no");
     CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "attr.unwrap_template"), "no");
+    /* and C_CopyObject gives a copy usages its key was not made with */
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "copy.usage_locked"), "no");
+    ASSERT_HAS(kc_test_feature_why(j, "hsm keys"), "the user PIN can copy a key with other usages");
     /* the vault key signs with RSA-PSS */
     CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "mech.rsa_pss"), "yes");
     CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "vault"), "works differently");
@@ -262,6 +265,7 @@ static void test_ock_custody_story(void)
     char *out = NULL;
     unsigned char *doc;
     size_t len;
+    int k;
 
     setenv("KEYCUSTODY_MODULE", OCK_MODULE, 1);
     r = kc_test_run("vault", "init", "ock0", "--subscription", "ock-sub", "--region", "westus",
@@ -295,6 +299,25 @@ static void test_ock_custody_story(void)
     ASSERT_HAS(r->out, "it never leaves the token");
     ASSERT_RC(kc_test_run("key", "export-public", "ock0/Root2k", "--out", tpath("pub.pem"), NULL),
               0);
+    /* the PIN holder's raw PKCS#11 attack does not bring either root key
+     * out; what the module lets through is copies of secret keys with new
+     * usages (copy.usage_locked: no), never a key's value */
+    for (k = 0; k < 2; k++) {
+        CU_ASSERT_EQUAL(kc_test_sh(&out,
+                                   "ATTACK_PIN=\"$OCK_USER_PIN\" '%s' extract '%s' ock0 %s; "
+                                   "echo rc=$?",
+                                   KC_ATTACK_P11, OCK_MODULE, k == 0 ? "Root2k" : "Imported"),
+                        0);
+        ASSERT_HAS(out, "rc=1");
+        ASSERT_HAS(out, "BROKEN: secret key 'keycustody-audit' was copied with CKA_DERIVE=TRUE");
+        CU_ASSERT_EQUAL(kc_test_sh(&out,
+                                   "ATTACK_PIN=\"$OCK_USER_PIN\" '%s' extract '%s' ock0 %s | "
+                                   "grep '^BROKEN' | grep -v \"^BROKEN: secret key '[a-z-]*' was "
+                                   "copied with CKA_[A-Z]*=TRUE$\"",
+                                   KC_ATTACK_P11, OCK_MODULE, k == 0 ? "Root2k" : "Imported"),
+                        1); /* no other line */
+        CU_ASSERT_STRING_EQUAL(out, "");
+    }
     oaep_both_ways("ock0/Imported", "RSA-OAEP", "sha1");
     oaep_both_ways("ock0/Imported", "RSA-OAEP-256", "sha256");
 

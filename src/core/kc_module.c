@@ -168,6 +168,14 @@ size_t kc_module_features(const kc_probe *p, kc_feature out[KC_FEATURES_MAX])
         note(&out[n - 1], KC_WORKS_DIFFERENTLY,
              "made non-extractable, so never backed up: %s", why);
     }
+    if (out[n - 1].support != KC_NOT_POSSIBLE &&
+        kc_probe_cap(p, "copy.usage_locked") == KC_CAP_NO) {
+        snprintf(why, sizeof(why), "%s", out[n - 1].why);
+        note(&out[n - 1], KC_WORKS_DIFFERENTLY,
+             "%s%sthe user PIN can copy a key with other usages (sign, decrypt, derive), "
+             "though never out of the token: copy.usage_locked",
+             why, why[0] ? "; " : "");
+    }
     need(&out[n++], p, "wrap/unwrap RSA-OAEP SHA-1", sha1);
     need(&out[n++], p, "wrap/unwrap RSA-OAEP SHA-256", sha256);
     need(&out[n++], p, "backup domain", domain);
