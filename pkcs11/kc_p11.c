@@ -915,6 +915,38 @@ static kc_rc change_factory_so_pin(kc_tok *t, const char *factory, const kc_secr
     return r;
 }
 
+/* The factory PIN must not become the PIN keycustody sets. */
+static kc_rc not_factory(const char *factory, const kc_secret *so_pin, kc_error *err)
+{
+    if (factory != NULL && so_pin->len == strlen(factory) &&
+        memcmp(so_pin->data, factory, so_pin->len) == 0)
+        return kc_error_set(err, KC_USAGE,
+                            "the new security-officer PIN is the module's factory PIN, which "
+                            "everyone knows: choose another");
+    return KC_OK;
+}
+
+kc_rc kc_tok_finish_so_pin(kc_tok *t, const kc_secret *so_pin, kc_error *err)
+{
+    const char *factory = factory_so_pin(&t->info);
+    kc_rc r;
+
+    if (!t->info.initialized || !t->info.so_pin_to_be_changed)
+        return KC_OK;
+    if (factory == NULL) {
+        kc_error_set(err, KC_TOKEN,
+                     "token '%s' asks for its SO PIN to be changed (CKF_SO_PIN_TO_BE_CHANGED), "
+                     "and keycustody does not know this module's factory PIN",
+                     t->info.label);
+        kc_error_hint(err, "change it with the module's own tool, then run the command again");
+        return KC_TOKEN;
+    }
+    r = not_factory(factory, so_pin, err);
+    if (r == KC_OK)
+        r = change_factory_so_pin(t, factory, so_pin, err);
+    return r;
+}
+
 kc_rc kc_tok_init_token(kc_tok *t, const char *label, const kc_secret *so_pin, kc_error *err)
 {
     const char *factory = t->info.so_pin_to_be_changed ? factory_so_pin(&t->info) : NULL;
@@ -932,11 +964,9 @@ kc_rc kc_tok_init_token(kc_tok *t, const char *label, const kc_secret *so_pin, k
                      so_pin->len, t->info.min_pin, t->info.max_pin);
         return KC_USAGE;
     }
-    if (factory != NULL && so_pin->len == strlen(factory) &&
-        memcmp(so_pin->data, factory, so_pin->len) == 0)
-        return kc_error_set(err, KC_USAGE,
-                            "the new security-officer PIN is the module's factory PIN, which "
-                            "everyone knows: choose another");
+    r = not_factory(factory, so_pin, err);
+    if (r != KC_OK)
+        return r;
     pad_label(lab, label);
     rv = factory != NULL ? t->f->C_InitToken(t->slot, (CK_UTF8CHAR_PTR)factory, strlen(factory), lab)
                          : t->f->C_InitToken(t->slot, so_pin->data, so_pin->len, lab);

@@ -175,6 +175,15 @@ KC_EXPORT kc_rc kc_tok_refresh(kc_tok *t, kc_error *err) KC_MUST_CHECK;
 KC_EXPORT kc_rc kc_tok_init_token(kc_tok *t, const char *label, const kc_secret *so_pin,
                                   kc_error *err) KC_MUST_CHECK;
 
+/* On an initialised token that still has its factory SO PIN
+ * (CKF_SO_PIN_TO_BE_CHANGED: an earlier kc_tok_init_token stopped after
+ * C_InitToken, or the module's own tool initialised it): changes it to
+ * so_pin, so that nobody who knows the factory PIN is its SO. A no-op on
+ * any other token; KC_TOKEN naming the flag where the factory PIN of the
+ * module is not known. */
+KC_EXPORT kc_rc kc_tok_finish_so_pin(kc_tok *t, const kc_secret *so_pin,
+                                     kc_error *err) KC_MUST_CHECK;
+
 /* Logs in as SO, sets the user PIN (C_InitPIN), logs out, and logs the user
  * in with the new PIN. */
 KC_EXPORT kc_rc kc_tok_init_pin(kc_tok *t, const kc_secret *so_pin, const kc_secret *user_pin,

@@ -75,6 +75,9 @@ FAULT_FN(C_GetTokenInfo, (CK_SLOT_ID a, CK_TOKEN_INFO_PTR b), (a, b))
 FAULT_FN(C_InitToken, (CK_SLOT_ID a, CK_UTF8CHAR_PTR b, CK_ULONG c, CK_UTF8CHAR_PTR d),
          (a, b, c, d))
 FAULT_FN(C_InitPIN, (CK_SESSION_HANDLE a, CK_UTF8CHAR_PTR b, CK_ULONG c), (a, b, c))
+FAULT_FN(C_SetPIN,
+         (CK_SESSION_HANDLE a, CK_UTF8CHAR_PTR b, CK_ULONG c, CK_UTF8CHAR_PTR d, CK_ULONG e),
+         (a, b, c, d, e))
 FAULT_FN(C_OpenSession,
          (CK_SLOT_ID a, CK_FLAGS b, CK_VOID_PTR c, CK_NOTIFY d, CK_SESSION_HANDLE_PTR e),
          (a, b, c, d, e))
@@ -136,6 +139,7 @@ static const struct {
     FAULT_ENTRY(C_GetTokenInfo),
     FAULT_ENTRY(C_InitToken),
     FAULT_ENTRY(C_InitPIN),
+    FAULT_ENTRY(C_SetPIN),
     FAULT_ENTRY(C_OpenSession),
     FAULT_ENTRY(C_Login),
     FAULT_ENTRY(C_CreateObject),

@@ -5,6 +5,7 @@
  * finds it and as pkcs11-tool sees it, and what keycustody does where the
  * module lacks what it needs. Needs root (pkcsslotd, /var/lib/opencryptoki). */
 #include "fixture.h"
+#include "kc_p11.h"
 
 #include <jansson.h>
 
@@ -155,11 +156,29 @@ static void test_ock_vault_and_hsm_key(void)
 {
     const kc_test_out *r;
     char *out = NULL;
+    kc_error e;
 
+    /* an init that stops after C_InitToken (C_SetPIN fails) leaves the
+     * factory SO PIN and its flag; run again, it changes the PIN first */
+    CU_ASSERT_EQUAL_FATAL(kc_p11_fault_arm("C_SetPIN", "CKR_DEVICE_ERROR", 1, 0, &e), KC_OK);
+    r = kc_test_run("vault", "init", "VaultO1", "--subscription", "s", "--region", "westus",
+                    "--module", OCK_MODULE, "--so-pin-source", "env:OCK_NEW_SO_PIN",
+                    "--pin-source", "env:OCK_USER_PIN", NULL);
+    kc_p11_fault_disarm();
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "cannot change the factory SO PIN of 'VaultO1': C_SetPIN:");
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "pkcs11-tool --module '%s' -L 2>/dev/null | "
+                               "sed -n '/^Slot 2 /,$p' | grep -E 'token (label|flags)'",
+                               OCK_MODULE),
+                    0);
+    ASSERT_HAS(out, "VaultO1");
+    ASSERT_HAS(out, "SO PIN to be changed");
     r = kc_test_run("vault", "init", "VaultO1", "--subscription", "s", "--region", "westus",
                     "--module", OCK_MODULE, "--so-pin-source", "env:OCK_NEW_SO_PIN",
                     "--pin-source", "env:OCK_USER_PIN", NULL);
     ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "adopted token as vault 'VaultO1'");
     CU_ASSERT_EQUAL(kc_test_sh(&out,
                                "pkcs11-tool --module '%s' -L 2>/dev/null | "
                                "sed -n '/^Slot 2 /,$p' | grep -E 'token (state|flags)'",

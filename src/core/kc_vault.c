@@ -546,19 +546,29 @@ cleanup:
     return r;
 }
 
-/* A token initialised without a user PIN (say, an earlier init stopped after
- * C_InitToken): its SO sets one now. */
-static kc_rc set_user_pin(kc_ctx *ctx, kc_tok *tok, kc_error *err)
+/* A token to adopt: logged in as the user. One that an earlier init left
+ * part-made has its SO finish it: a factory SO PIN still to be changed
+ * (CKF_SO_PIN_TO_BE_CHANGED: openCryptoki after C_InitToken) becomes the
+ * one given, and a missing user PIN is set. */
+static kc_rc adopt_token(kc_ctx *ctx, kc_tok *tok, kc_error *err)
 {
-    const char *name = kc_tok_info_get(tok)->label;
+    const kc_tok_info *ti = kc_tok_info_get(tok);
+    const char *name = ti->label;
     kc_secret *so = NULL, *user = NULL;
     kc_rc r;
 
+    if (ti->user_pin_initialized && !ti->so_pin_to_be_changed)
+        return kc_ctx_login(ctx, tok, err);
     r = kc_ctx_pin(ctx, name, KC_PIN_SO, &so, err);
     if (r == KC_OK)
+        r = kc_tok_finish_so_pin(tok, so, err);
+    if (r == KC_OK && !ti->user_pin_initialized) {
         r = kc_ctx_pin(ctx, name, KC_PIN_NEW_USER, &user, err);
-    if (r == KC_OK)
-        r = kc_tok_init_pin(tok, so, user, err);
+        if (r == KC_OK)
+            r = kc_tok_init_pin(tok, so, user, err);
+    } else if (r == KC_OK) {
+        r = kc_ctx_login(ctx, tok, err);
+    }
     kc_secret_free(so);
     kc_secret_free(user);
     return r;
@@ -609,8 +619,7 @@ kc_rc kc_vault_init(kc_ctx *ctx, const kc_vault_meta *want, const char *token_ur
         kc_error_clear(err);
         r = can_hold_vault(tok, err);
         if (r == KC_OK)
-            r = kc_tok_info_get(tok)->user_pin_initialized ? kc_ctx_login(ctx, tok, err)
-                                                           : set_user_pin(ctx, tok, err);
+            r = adopt_token(ctx, tok, err);
         if (r != KC_OK)
             return kc_error_prefix(err, "cannot adopt token '%s'", want->name);
         *adopted = 1;
