@@ -489,6 +489,27 @@ kc_rc kc_tok_gcm_open(kc_tok *t, kc_obj key, const unsigned char *aad, size_t aa
 
 /* --- HMAC-SHA256 --- */
 
+/* A one-part C_Sign into out (*got: its room, then the size given). */
+static kc_rc sign_once(kc_tok *t, CK_MECHANISM *mech, kc_obj key, const unsigned char *data,
+                       size_t len, unsigned char *out, CK_ULONG *got, const char *what,
+                       kc_error *err)
+{
+    CK_RV rv;
+    kc_rc r = kc_tok_session(t, err);
+
+    if (r != KC_OK)
+        return r;
+    rv = t->f->C_SignInit(t->session, mech, key);
+    if (rv == CKR_OK)
+        rv = t->f->C_Sign(t->session, (CK_BYTE_PTR)data, len, out, got);
+    if (rv != CKR_OK) {
+        r = kc_p11_fail(err, "C_Sign", rv, "cannot compute the %s on the token", what);
+        kc_tok_explain_lost(t, rv, err);
+        return r;
+    }
+    return KC_OK;
+}
+
 /* A one-part C_Sign whose output has a fixed size. */
 static kc_rc sign_fixed(kc_tok *t, CK_MECHANISM_TYPE type, kc_obj key, const unsigned char *data,
                         size_t len, unsigned char *out, CK_ULONG want, const char *what,
@@ -496,23 +517,12 @@ static kc_rc sign_fixed(kc_tok *t, CK_MECHANISM_TYPE type, kc_obj key, const uns
 {
     CK_MECHANISM mech = {type, NULL, 0};
     CK_ULONG got = want;
-    CK_RV rv;
-    kc_rc r = kc_tok_session(t, err);
+    kc_rc r = sign_once(t, &mech, key, data, len, out, &got, what, err);
 
-    if (r != KC_OK)
-        return r;
-    rv = t->f->C_SignInit(t->session, &mech, key);
-    if (rv == CKR_OK)
-        rv = t->f->C_Sign(t->session, (CK_BYTE_PTR)data, len, out, &got);
-    if (rv != CKR_OK) {
-        r = kc_p11_fail(err, "C_Sign", rv, "cannot compute the %s on the token", what);
-        kc_tok_explain_lost(t, rv, err);
-        return r;
-    }
-    if (got != want)
+    if (r == KC_OK && got != want)
         return kc_error_set(err, KC_TOKEN, "the token gave a %lu-byte %s", (unsigned long)got,
                             what);
-    return KC_OK;
+    return r;
 }
 
 kc_rc kc_tok_hmac(kc_tok *t, kc_obj key, const unsigned char *data, size_t len,
@@ -533,21 +543,11 @@ kc_rc kc_tok_rsa_pss_sign(kc_tok *t, kc_obj priv, const unsigned char digest[32]
     CK_RSA_PKCS_PSS_PARAMS params = {CKM_SHA256, CKG_MGF1_SHA256, 32};
     CK_MECHANISM mech = {CKM_RSA_PKCS_PSS, &params, sizeof(params)};
     CK_ULONG got = *sig_len;
-    CK_RV rv;
-    kc_rc r = kc_tok_session(t, err);
+    kc_rc r = sign_once(t, &mech, priv, digest, 32, sig, &got, "RSA-PSS signature", err);
 
-    if (r != KC_OK)
-        return r;
-    rv = t->f->C_SignInit(t->session, &mech, priv);
-    if (rv == CKR_OK)
-        rv = t->f->C_Sign(t->session, (CK_BYTE_PTR)digest, 32, sig, &got);
-    if (rv != CKR_OK) {
-        r = kc_p11_fail(err, "C_Sign", rv, "cannot compute the RSA-PSS signature on the token");
-        kc_tok_explain_lost(t, rv, err);
-        return r;
-    }
-    *sig_len = got;
-    return KC_OK;
+    if (r == KC_OK)
+        *sig_len = got;
+    return r;
 }
 
 kc_rc kc_tok_hmac_verify(kc_tok *t, kc_obj key, const unsigned char *data, size_t len,

@@ -476,18 +476,19 @@ kc_rc kc_tok_generate_rsa(kc_tok *t, const kc_rsa_spec *spec, kc_obj *pub, kc_ob
 /* DER of the OID prime256v1 (1.2.840.10045.3.1.7), as CKA_EC_PARAMS holds it. */
 static const CK_BYTE p256_params[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
 
-kc_rc kc_tok_generate_ec_signer(kc_tok *t, const char *label, kc_obj *pub, kc_obj *priv,
-                                kc_error *err)
+/* A vault key pair: the public half public and verifying only, the
+ * private half sensitive, never extractable, signing only, not modifiable
+ * and (where the module knows the attribute) not copyable. kind holds what
+ * the key type needs in the public template (at most 2 entries). */
+static kc_rc generate_signer(kc_tok *t, CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *kind,
+                             CK_ULONG nkind, const char *label, const char *what, kc_obj *pub,
+                             kc_obj *priv, kc_error *err)
 {
-    CK_ATTRIBUTE pt[] = {
-        ATTR(CKA_EC_PARAMS, p256_params, sizeof(p256_params)),
-        ATTR_BOOL(CKA_TOKEN, 1),
-        ATTR_BOOL(CKA_PRIVATE, 0),
+    CK_ATTRIBUTE pt[10] = {
+        ATTR_BOOL(CKA_TOKEN, 1),    ATTR_BOOL(CKA_PRIVATE, 0),
         ATTR(CKA_LABEL, label, strlen(label)),
-        ATTR_BOOL(CKA_VERIFY, 1),
-        ATTR_BOOL(CKA_ENCRYPT, 0),
-        ATTR_BOOL(CKA_WRAP, 0),
-        ATTR_BOOL(CKA_DERIVE, 0),
+        ATTR_BOOL(CKA_VERIFY, 1),   ATTR_BOOL(CKA_ENCRYPT, 0),
+        ATTR_BOOL(CKA_WRAP, 0),     ATTR_BOOL(CKA_DERIVE, 0),
         ATTR_BOOL(CKA_MODIFIABLE, 0),
     };
     CK_ATTRIBUTE vt[] = {
@@ -498,15 +499,25 @@ kc_rc kc_tok_generate_ec_signer(kc_tok *t, const char *label, kc_obj *pub, kc_ob
         ATTR_BOOL(CKA_UNWRAP, 0),    ATTR_BOOL(CKA_DERIVE, 0),
         ATTR_BOOL(CKA_MODIFIABLE, 0), ATTR_BOOL(CKA_COPYABLE, 0),
     };
+    CK_ULONG np = 8, nv = sizeof(vt) / sizeof(vt[0]), i;
     kc_rc r = kc_tok_session(t, err);
-    CK_ULONG nv = sizeof(vt) / sizeof(vt[0]);
 
     if (r != KC_OK)
         return r;
+    for (i = 0; i < nkind && np < sizeof(pt) / sizeof(pt[0]); i++)
+        pt[np++] = kind[i];
     if (!takes_copyable(t))
         nv--;
-    return generate_pair(t, CKM_EC_KEY_PAIR_GEN, pt, sizeof(pt) / sizeof(pt[0]), vt, nv, label,
-                         "the EC P-256 vault key", pub, priv, err);
+    return generate_pair(t, mech, pt, np, vt, nv, label, what, pub, priv, err);
+}
+
+kc_rc kc_tok_generate_ec_signer(kc_tok *t, const char *label, kc_obj *pub, kc_obj *priv,
+                                kc_error *err)
+{
+    CK_ATTRIBUTE kind[] = {ATTR(CKA_EC_PARAMS, p256_params, sizeof(p256_params))};
+
+    return generate_signer(t, CKM_EC_KEY_PAIR_GEN, kind, 1, label, "the EC P-256 vault key", pub,
+                           priv, err);
 }
 
 kc_rc kc_tok_generate_rsa_signer(kc_tok *t, const char *label, kc_obj *pub, kc_obj *priv,
@@ -514,35 +525,11 @@ kc_rc kc_tok_generate_rsa_signer(kc_tok *t, const char *label, kc_obj *pub, kc_o
 {
     static CK_BYTE exponent[] = {0x01, 0x00, 0x01};
     CK_ULONG bits = 3072;
-    CK_ATTRIBUTE pt[] = {
-        ATTR(CKA_MODULUS_BITS, &bits, sizeof(bits)),
-        ATTR(CKA_PUBLIC_EXPONENT, exponent, sizeof(exponent)),
-        ATTR_BOOL(CKA_TOKEN, 1),
-        ATTR_BOOL(CKA_PRIVATE, 0),
-        ATTR(CKA_LABEL, label, strlen(label)),
-        ATTR_BOOL(CKA_VERIFY, 1),
-        ATTR_BOOL(CKA_ENCRYPT, 0),
-        ATTR_BOOL(CKA_WRAP, 0),
-        ATTR_BOOL(CKA_DERIVE, 0),
-        ATTR_BOOL(CKA_MODIFIABLE, 0),
-    };
-    CK_ATTRIBUTE vt[] = {
-        ATTR_BOOL(CKA_TOKEN, 1),     ATTR_BOOL(CKA_PRIVATE, 1),
-        ATTR(CKA_LABEL, label, strlen(label)),
-        ATTR_BOOL(CKA_SENSITIVE, 1), ATTR_BOOL(CKA_EXTRACTABLE, 0),
-        ATTR_BOOL(CKA_SIGN, 1),      ATTR_BOOL(CKA_DECRYPT, 0),
-        ATTR_BOOL(CKA_UNWRAP, 0),    ATTR_BOOL(CKA_DERIVE, 0),
-        ATTR_BOOL(CKA_MODIFIABLE, 0), ATTR_BOOL(CKA_COPYABLE, 0),
-    };
-    kc_rc r = kc_tok_session(t, err);
-    CK_ULONG nv = sizeof(vt) / sizeof(vt[0]);
+    CK_ATTRIBUTE kind[] = {ATTR(CKA_MODULUS_BITS, &bits, sizeof(bits)),
+                           ATTR(CKA_PUBLIC_EXPONENT, exponent, sizeof(exponent))};
 
-    if (r != KC_OK)
-        return r;
-    if (!takes_copyable(t))
-        nv--;
-    return generate_pair(t, CKM_RSA_PKCS_KEY_PAIR_GEN, pt, sizeof(pt) / sizeof(pt[0]), vt, nv,
-                         label, "the RSA-3072 vault key", pub, priv, err);
+    return generate_signer(t, CKM_RSA_PKCS_KEY_PAIR_GEN, kind, 2, label, "the RSA-3072 vault key",
+                           pub, priv, err);
 }
 
 kc_rc kc_tok_ec_point(kc_tok *t, kc_obj pub, unsigned char point[65], kc_error *err)
