@@ -47,82 +47,156 @@ static CK_FUNCTION_LIST *registered_module(const char *name_or_path)
     return m;
 }
 
-kc_rc kc_p11_load(const char *module_path, kc_p11 **out, kc_error *err)
+/* One module by file or registered name, initialised. */
+static kc_rc load_one(const char *module_path, CK_FUNCTION_LIST **out, kc_error *err)
 {
-    kc_p11 *p = NULL;
-    CK_FUNCTION_LIST *m = NULL;
+    CK_FUNCTION_LIST *m = registered_module(module_path);
     CK_RV rv;
-    size_t n = 0, i;
-    kc_rc r = KC_ERR;
 
     *out = NULL;
+    /* else a file: a bare name is looked for in p11-kit's module directory */
+    if (m == NULL)
+        m = p11_kit_module_load(module_path, 0);
+    if (m == NULL && strchr(module_path, '/') == NULL) {
+        kc_error_set(err, KC_NOT_FOUND,
+                     "no PKCS#11 module named '%s' is registered with p11-kit, and no module "
+                     "file has that name",
+                     module_path);
+        kc_error_hint(err, "give the module's file, or see the registered ones with "
+                           "'keycustody module list' (without --module)");
+        return KC_NOT_FOUND;
+    }
+    if (m == NULL) {
+        kc_error_set(err, KC_TOKEN, "cannot load PKCS#11 module '%s'", module_path);
+        kc_error_hint(err, "check the path given with --module or KEYCUSTODY_MODULE "
+                           "(SoftHSM: /usr/lib/softhsm/libsofthsm2.so)");
+        return KC_TOKEN;
+    }
+    /* p11-kit initialises with CKF_OS_LOCKING_OK, which SoftHSM needs for
+     * threads (it crashes with two threads under C_Initialize(NULL)). */
+    rv = p11_kit_module_initialize(m);
+    if (rv != CKR_OK) {
+        p11_kit_module_release(m);
+        return kc_p11_fail(err, "C_Initialize", rv, "cannot initialise PKCS#11 module '%s'",
+                           module_path);
+    }
+    *out = m;
+    return KC_OK;
+}
+
+/* The index of the module of path in p (loading it if it is new). */
+static kc_rc add_module(kc_p11 *p, const char *path, size_t *n, size_t *at, kc_error *err)
+{
+    CK_FUNCTION_LIST *m = NULL;
+    size_t i;
+    kc_rc r = load_one(path, &m, err);
+
+    if (r != KC_OK)
+        return r;
+    /* the same module twice (a path and its registered name, a link):
+     * p11-kit hands out the same functions, initialised once more */
+    for (i = 0; i < *n; i++)
+        if (p->modules[i] == m) {
+            p11_kit_module_finalize(m);
+            p11_kit_module_release(m);
+            *at = i;
+            return KC_OK;
+        }
+    if (*n == KC_P11_MODULES_MAX) {
+        p11_kit_module_finalize(m);
+        p11_kit_module_release(m);
+        return kc_error_set(err, KC_USAGE, "more than %d PKCS#11 modules in one run",
+                            KC_P11_MODULES_MAX);
+    }
+    p->modules[*n] = m;
+    *at = (*n)++;
+    return KC_OK;
+}
+
+static kc_rc load_registry(kc_p11 *p, size_t *n, kc_error *err)
+{
+    p->modules = p11_kit_modules_load_and_initialize(0);
+    if (p->modules == NULL) {
+        kc_error_set(err, KC_TOKEN, "cannot load the PKCS#11 modules registered with p11-kit");
+        kc_error_hint(err, "name a module with --module PATH or KEYCUSTODY_MODULE");
+        return KC_TOKEN;
+    }
+    p->from_registry = 1;
+    while (p->modules[*n] != NULL)
+        (*n)++;
+    return KC_OK;
+}
+
+static kc_rc bind_vault(kc_p11 *p, const char *vault, size_t module, kc_error *err)
+{
+    size_t i;
+
+    if (strlen(vault) > 32)
+        return kc_error_set(err, KC_USAGE, "vault name '%s' is longer than a token label", vault);
+    for (i = 0; i < p->nbinds; i++)
+        if (strcmp(p->binds[i].label, vault) == 0) {
+            if (p->binds[i].module == module)
+                return KC_OK;
+            kc_error_set(err, KC_USAGE, "vault '%s' is given two modules", vault);
+            kc_error_hint(err, "give each vault one --module VAULT=MODULE");
+            return KC_USAGE;
+        }
+    snprintf(p->binds[p->nbinds].label, sizeof(p->binds[0].label), "%s", vault);
+    p->binds[p->nbinds++].module = module;
+    return KC_OK;
+}
+
+kc_rc kc_p11_load_set(const kc_module_set *set, kc_p11 **out, kc_error *err)
+{
+    kc_p11 *p = NULL;
+    size_t n = 0, i, at;
+    kc_rc r = KC_OK;
+
+    *out = NULL;
+    if (set->npaths > KC_P11_MODULES_MAX || set->nbinds > KC_P11_BINDS_MAX)
+        return kc_error_set(err, KC_USAGE, "too many modules or vaults bound to modules");
     p = calloc(1, sizeof(*p));
     if (p == NULL)
         return kc_error_set(err, KC_ERR, "out of memory");
-    if (module_path != NULL) {
-        m = registered_module(module_path);
-        /* else a file: a bare name is looked for in p11-kit's module directory */
-        if (m == NULL)
-            m = p11_kit_module_load(module_path, 0);
-        if (m == NULL && strchr(module_path, '/') == NULL) {
-            r = kc_error_set(err, KC_NOT_FOUND,
-                             "no PKCS#11 module named '%s' is registered with p11-kit, and no "
-                             "module file has that name",
-                             module_path);
-            kc_error_hint(err, "give the module's file, or see the registered ones with "
-                               "'keycustody module list' (without --module)");
-            goto cleanup;
-        }
-        if (m == NULL) {
-            r = kc_error_set(err, KC_TOKEN, "cannot load PKCS#11 module '%s'", module_path);
-            kc_error_hint(err, "check the path given with --module or KEYCUSTODY_MODULE "
-                               "(SoftHSM: /usr/lib/softhsm/libsofthsm2.so)");
-            goto cleanup;
-        }
-        /* p11-kit initialises with CKF_OS_LOCKING_OK, which SoftHSM needs for
-         * threads (it crashes with two threads under C_Initialize(NULL)). */
-        rv = p11_kit_module_initialize(m);
-        if (rv != CKR_OK) {
-            r = kc_p11_fail(err, "C_Initialize", rv, "cannot initialise PKCS#11 module '%s'",
-                            module_path);
-            p11_kit_module_release(m);
-            goto cleanup;
-        }
-        p->modules = calloc(2, sizeof(*p->modules));
-        if (p->modules == NULL) {
-            p11_kit_module_finalize(m);
-            p11_kit_module_release(m);
-            r = kc_error_set(err, KC_ERR, "out of memory");
-            goto cleanup;
-        }
-        p->modules[0] = m;
-        n = 1;
+    if (set->npaths == 0 && set->nbinds == 0) {
+        r = load_registry(p, &n, err);
     } else {
-        p->modules = p11_kit_modules_load_and_initialize(0);
-        if (p->modules == NULL) {
-            r = kc_error_set(err, KC_TOKEN,
-                             "cannot load the PKCS#11 modules registered with "
-                             "p11-kit");
-            kc_error_hint(err, "name a module with --module PATH or KEYCUSTODY_MODULE");
-            goto cleanup;
+        p->modules = calloc(KC_P11_MODULES_MAX + 1, sizeof(*p->modules));
+        if (p->modules == NULL)
+            r = kc_error_set(err, KC_ERR, "out of memory");
+        for (i = 0; r == KC_OK && i < set->npaths; i++)
+            r = add_module(p, set->paths[i], &n, &at, err);
+        for (i = 0; r == KC_OK && i < set->nbinds; i++) {
+            r = add_module(p, set->binds[i].module, &n, &at, err);
+            if (r == KC_OK)
+                r = bind_vault(p, set->binds[i].vault, at, err);
         }
-        p->from_registry = 1;
-        while (p->modules[n] != NULL)
-            n++;
     }
-    p->calls = calloc(n + 1, sizeof(*p->calls));
-    if (p->calls == NULL) {
-        r = kc_error_set(err, KC_ERR, "out of memory");
-        goto cleanup;
+    if (r == KC_OK) {
+        p->calls = calloc(n + 1, sizeof(*p->calls));
+        if (p->calls == NULL)
+            r = kc_error_set(err, KC_ERR, "out of memory");
     }
+    if (r != KC_OK) {
+        kc_p11_free(p);
+        return r;
+    }
+    /* faults (kc_p11_fault_arm) are injected into the first module only:
+     * the wrapper keeps one module's functions */
     for (i = 0; i < n; i++)
-        p->calls[i] = module_path != NULL ? kc_p11_fault_wrap(p->modules[i]) : p->modules[i];
+        p->calls[i] = p->from_registry || i > 0 ? p->modules[i] : kc_p11_fault_wrap(p->modules[i]);
     *out = p;
-    p = NULL;
-    r = KC_OK;
-cleanup:
-    kc_p11_free(p);
-    return r;
+    return KC_OK;
+}
+
+kc_rc kc_p11_load(const char *module_path, kc_p11 **out, kc_error *err)
+{
+    kc_module_set set;
+
+    memset(&set, 0, sizeof(set));
+    if (module_path != NULL)
+        set.paths[set.npaths++] = module_path;
+    return kc_p11_load_set(&set, out, err);
 }
 
 /* --- which modules a layout may name --- */
@@ -304,13 +378,15 @@ void kc_p11_free(kc_p11 *p)
     free(p->cache);
     if (p->modules != NULL) {
         if (p->calls != NULL)
-            for (i = 0; p->modules[i] != NULL; i++)
+            for (i = 0; p->modules[i] != NULL && p->calls[i] != NULL; i++)
                 kc_p11_fault_release(p->calls[i], p->modules[i]);
         if (p->from_registry) {
             p11_kit_modules_finalize_and_release(p->modules);
         } else {
-            p11_kit_module_finalize(p->modules[0]);
-            p11_kit_module_release(p->modules[0]);
+            for (i = 0; p->modules[i] != NULL; i++) {
+                p11_kit_module_finalize(p->modules[i]);
+                p11_kit_module_release(p->modules[i]);
+            }
             free(p->modules);
         }
     }
@@ -520,6 +596,7 @@ int kc_p11_is_uri(const char *s)
 struct find_arg {
     P11KitUri *uri;    /* match by URI, or */
     const char *label; /* by label */
+    const char *vault; /* the vault it is for: on its module, where bound */
     int want_free;     /* only tokens that are not initialised */
     int matches;
     CK_FUNCTION_LIST *f;
@@ -528,10 +605,25 @@ struct find_arg {
     CK_TOKEN_INFO info;
 };
 
+/* Whether label is bound to a module other than mod. */
+static int bound_elsewhere(const kc_p11 *p, const char *label, size_t mod)
+{
+    size_t i;
+
+    for (i = 0; label != NULL && i < p->nbinds; i++)
+        if (strcmp(p->binds[i].label, label) == 0)
+            return p->binds[i].module != mod;
+    return 0;
+}
+
 static int find_one(kc_p11 *p, size_t mod, CK_SLOT_ID slot, const CK_TOKEN_INFO *info, void *arg)
 {
     struct find_arg *a = arg;
     char label[33];
+
+    /* a vault bound to a module is on that one (kc_module_set) */
+    if (bound_elsewhere(p, a->vault, mod))
+        return 0;
 
     if (a->want_free && (info->flags & CKF_TOKEN_INITIALIZED))
         return 0;
@@ -626,15 +718,21 @@ static int reload_module(kc_p11 *p)
 {
     struct timespec pause = {0, 100 * 1000 * 1000};
 
+    size_t i;
+    int ok = 1;
+
     if (p->ncache != 0 || p->from_registry || p->modules == NULL || p->modules[0] == NULL)
         return 0;
     (void)nanosleep(&pause, NULL);
-    (void)p11_kit_module_finalize(p->modules[0]);
-    return p11_kit_module_initialize(p->modules[0]) == CKR_OK;
+    for (i = 0; p->modules[i] != NULL; i++) {
+        (void)p11_kit_module_finalize(p->modules[i]);
+        ok &= p11_kit_module_initialize(p->modules[i]) == CKR_OK;
+    }
+    return ok;
 }
 
-static kc_rc find_token(kc_p11 *p, const char *name_or_uri, int want_free, int reload,
-                        struct find_arg *a, kc_error *err)
+static kc_rc find_token(kc_p11 *p, const char *name_or_uri, const char *vault, int want_free,
+                        int reload, struct find_arg *a, kc_error *err)
 {
     char seen[512];
     int stopped, attempt;
@@ -642,12 +740,14 @@ static kc_rc find_token(kc_p11 *p, const char *name_or_uri, int want_free, int r
 
     memset(a, 0, sizeof(*a));
     a->want_free = want_free;
+    a->vault = vault;
     if (kc_p11_is_uri(name_or_uri)) {
         r = parse_token_uri(name_or_uri, &a->uri, err);
         if (r != KC_OK)
             return r;
     } else {
         a->label = name_or_uri;
+        a->vault = name_or_uri;
     }
     r = each_token(p, find_one, a, &stopped, err);
     /* under parallel writers one reload is not always enough
@@ -685,7 +785,7 @@ kc_rc kc_p11_token_new(kc_p11 *p, const char *name_or_uri, kc_tok **out, kc_erro
     kc_rc r;
 
     *out = NULL;
-    r = find_token(p, name_or_uri, 0, 0, &a, err);
+    r = find_token(p, name_or_uri, NULL, 0, 0, &a, err);
     if (r != KC_OK)
         return r;
     return tok_new(p, &a, out, err);
@@ -724,7 +824,7 @@ kc_rc kc_p11_token(kc_p11 *p, const char *name_or_uri, kc_tok **out, kc_error *e
     kc_rc r;
 
     *out = NULL;
-    r = find_token(p, name_or_uri, 0, 1, &a, err);
+    r = find_token(p, name_or_uri, NULL, 0, 1, &a, err);
     if (r != KC_OK)
         return r;
     return cache_token(p, &a, out, err);
@@ -736,7 +836,7 @@ kc_rc kc_p11_token_if_any(kc_p11 *p, const char *name_or_uri, kc_tok **out, kc_e
     kc_rc r;
 
     *out = NULL;
-    r = find_token(p, name_or_uri, 0, 0, &a, err);
+    r = find_token(p, name_or_uri, NULL, 0, 0, &a, err);
     if (r != KC_OK)
         return r;
     return cache_token(p, &a, out, err);
@@ -744,13 +844,19 @@ kc_rc kc_p11_token_if_any(kc_p11 *p, const char *name_or_uri, kc_tok **out, kc_e
 
 kc_rc kc_p11_free_token(kc_p11 *p, const char *uri, kc_tok **out, kc_error *err)
 {
+    return kc_p11_free_token_for(p, NULL, uri, out, err);
+}
+
+kc_rc kc_p11_free_token_for(kc_p11 *p, const char *vault, const char *uri, kc_tok **out,
+                            kc_error *err)
+{
     struct find_arg a;
     kc_rc r;
 
     *out = NULL;
     if (uri != NULL && !kc_p11_is_uri(uri))
         return kc_error_set(err, KC_USAGE, "'%s' is not a pkcs11: URI", uri);
-    r = find_token(p, uri, 1, 0, &a, err);
+    r = find_token(p, uri, vault, 1, 0, &a, err);
     if (r != KC_OK)
         return r;
     return cache_token(p, &a, out, err);

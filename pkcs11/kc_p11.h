@@ -97,8 +97,31 @@ typedef struct kc_data_obj {
 /* --- modules --- */
 
 /* Loads the module at module_path (NULL: every module registered with
- * p11-kit) and initialises it. One kc_p11 per process. */
+ * p11-kit) and initialises it. One kc_p11 per process. A path or name is
+ * what kc_p11_load_set takes. */
 KC_EXPORT kc_rc kc_p11_load(const char *module_path, kc_p11 **out, kc_error *err) KC_MUST_CHECK;
+
+#define KC_P11_MODULES_MAX 8
+#define KC_P11_BINDS_MAX 32
+
+/* Several modules in one run, and which vault is on which: a token labelled
+ * with a bound vault's name is looked for on its module only (a token of
+ * that label on another module is not it). Each module is a file or the
+ * name of a module registered with p11-kit; either way a registered one is
+ * loaded with its p11-kit options (x-init-reserved and the rest). A bound
+ * module need not be listed in paths too. No paths and no binds: every
+ * registered module. */
+typedef struct kc_module_set {
+    const char *paths[KC_P11_MODULES_MAX];
+    size_t npaths;
+    struct {
+        const char *vault, *module;
+    } binds[KC_P11_BINDS_MAX];
+    size_t nbinds;
+} kc_module_set;
+
+KC_EXPORT kc_rc kc_p11_load_set(const kc_module_set *set, kc_p11 **out,
+                                kc_error *err) KC_MUST_CHECK;
 
 /* Where the operator lists the modules a layout may name, one absolute path
  * a line ('#' starts a comment). Believed only when root owns it and nobody
@@ -145,6 +168,10 @@ KC_EXPORT void kc_tok_free(kc_tok *t);
  * Owned by p. */
 KC_EXPORT kc_rc kc_p11_free_token(kc_p11 *p, const char *uri, kc_tok **out,
                                   kc_error *err) KC_MUST_CHECK;
+/* The same for vault: on its module, where it is bound to one
+ * (kc_module_set). */
+KC_EXPORT kc_rc kc_p11_free_token_for(kc_p11 *p, const char *vault, const char *uri,
+                                      kc_tok **out, kc_error *err) KC_MUST_CHECK;
 
 /* Whether s parses as a pkcs11: URI. */
 KC_EXPORT int kc_p11_is_uri(const char *s);

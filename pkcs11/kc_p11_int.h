@@ -17,6 +17,11 @@ struct kc_p11 {
     CK_FUNCTION_LIST **modules; /* NULL-terminated, as p11-kit gave them */
     CK_FUNCTION_LIST **calls;   /* the same, or fault-injecting copies */
     int from_registry;          /* loaded with p11_kit_modules_load_and_initialize */
+    struct {
+        char label[33];
+        size_t module; /* index into modules */
+    } binds[KC_P11_BINDS_MAX];
+    size_t nbinds;
     kc_tok **cache;             /* tokens handed out by kc_p11_token, owned here */
     size_t ncache;
 };

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static void forget_secrets(void);
@@ -138,23 +139,39 @@ static void no_secret_in(const char *text)
     }
 }
 
-const kc_test_out *kc_test_run(const char *first, ...)
+/* The command in a process of its own, as a user runs it. */
+static int run_binary(char **argv, FILE *out, FILE *err)
+{
+    pid_t pid;
+    int st;
+
+    fflush(NULL);
+    pid = fork();
+    if (pid == 0) {
+        dup2(fileno(out), 1);
+        dup2(fileno(err), 2);
+        execv(KC_BINARY, argv);
+        _exit(127);
+    }
+    if (pid < 0 || waitpid(pid, &st, 0) != pid)
+        return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static const kc_test_out *run(int own_process, const char *first, va_list ap)
 {
     char *argv[64];
     int argc = 0;
     const char *a;
-    va_list ap;
     FILE *out = tmpfile(), *err = tmpfile();
 
     free(last.out);
     free(last.err);
     argv[argc++] = (char *)"keycustody";
-    va_start(ap, first);
     for (a = first; a != NULL && argc < 63; a = va_arg(ap, const char *))
         argv[argc++] = (char *)a;
-    va_end(ap);
     argv[argc] = NULL;
-    last.rc = kc_cli_main(argc, argv, out, err);
+    last.rc = own_process ? run_binary(argv, out, err) : kc_cli_main(argc, argv, out, err);
     last.out = slurp(out);
     last.err = slurp(err);
     fclose(out);
@@ -163,6 +180,28 @@ const kc_test_out *kc_test_run(const char *first, ...)
     no_secret_in(last.out);
     no_secret_in(last.err);
     return &last;
+}
+
+const kc_test_out *kc_test_run(const char *first, ...)
+{
+    const kc_test_out *r;
+    va_list ap;
+
+    va_start(ap, first);
+    r = run(0, first, ap);
+    va_end(ap);
+    return r;
+}
+
+const kc_test_out *kc_test_exec(const char *first, ...)
+{
+    const kc_test_out *r;
+    va_list ap;
+
+    va_start(ap, first);
+    r = run(1, first, ap);
+    va_end(ap);
+    return r;
 }
 
 int kc_test_sh(char **output, const char *fmt, ...)

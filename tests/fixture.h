@@ -28,6 +28,10 @@ const char *kc_test_path(const char *name);
 /* Runs "keycustody ARGS... NULL" in-process. The result is valid until the
  * next call. */
 const kc_test_out *kc_test_run(const char *first, ...);
+/* The same in a process of its own (the built keycustody binary): for a
+ * module that cannot be initialised again in one process (openCryptoki
+ * 3.8.1 after other modules, test_modules). */
+const kc_test_out *kc_test_exec(const char *first, ...);
 
 /* Runs a shell command; returns its exit status, output (stdout+stderr) in a
  * static buffer. */

@@ -41,7 +41,9 @@ static int ock(const char *what)
 {
     char cmd[512];
 
-    snprintf(cmd, sizeof(cmd), "OCK_INIT_SLOTS='0 1' '%s' %s '%s' >>'%s/script.log' 2>&1",
+    /* slots 0, 1 and 3 initialised (ock0, ock1, ock3), slot 2 free */
+    snprintf(cmd, sizeof(cmd),
+             "OCK_SLOTS='0 1 2 3' OCK_INIT_SLOTS='0 1 3' '%s' %s '%s' >>'%s/script.log' 2>&1",
              OCK_SCRIPT, what, ock_dir, ock_dir);
     return system(cmd);
 }
@@ -413,6 +415,160 @@ static void test_ock_custody_story(void)
     unlink(tpath("audit.jsonl")); /* the fixture's own check sees SoftHSM only */
 }
 
+/* --- one layout over two modules --- */
+
+static const char dep_layout[] =
+    "version: 1\n"
+    "subscriptions:\n"
+    "  - id: sub-a\n"
+    "    mandatory_retention: true\n"
+    "  - id: sub-b\n"
+    "    mandatory_retention: true\n"
+    "  - id: sub-svc\n"
+    "service_principal: svc\n"
+    "service_vault: Service\n"
+    "store: service.db\n"
+    "vaults:\n"
+    "  - name: Service\n"
+    "    subscription: sub-svc\n"
+    "    region: centralus\n"
+    "    module: " KC_SOFTHSM_MODULE "\n"
+    "    pin: env:TEST_PIN\n"
+    "    so_pin: env:TEST_SO_PIN\n"
+    "  - name: ock3\n"
+    "    subscription: sub-a\n"
+    "    region: westus\n"
+    "    module: " OCK_MODULE "\n"
+    "    pin: env:OCK_USER_PIN\n"
+    "    so_pin: env:OCK_SO_PIN\n"
+    "    purge_protection: true\n"
+    "    access:\n"
+    "      - principal: svc\n"
+    "        role: service\n"
+    "      - principal: officer\n"
+    "        permissions: [get, list, update]\n"
+    "    keys:\n"
+    "      - name: KeyA\n"
+    "        size: 2048\n"
+    "  - name: VaultB1\n"
+    "    subscription: sub-b\n"
+    "    region: eastus2\n"
+    "    module: " KC_SOFTHSM_MODULE "\n"
+    "    pin: env:TEST_PIN\n"
+    "    so_pin: env:TEST_SO_PIN\n"
+    "    purge_protection: true\n"
+    "    access:\n"
+    "      - principal: svc\n"
+    "        role: service\n"
+    "      - principal: officer\n"
+    "        permissions: [get, list, update]\n"
+    "    keys:\n"
+    "      - name: KeyB\n"
+    "        size: 2048\n"
+    "deps:\n"
+    "  - name: Dep1\n"
+    "    workload: tenant\n"
+    "    keys: [ock3/KeyA, VaultB1/KeyB]\n"
+    "assignments:\n"
+    "  tenant: Dep1\n";
+
+#define BOTH "--module", "ock3=" OCK_MODULE, "--module", KC_SOFTHSM_MODULE
+#define DATA_PINS                                                                                  \
+    "--pin-source", "ock3=env:OCK_USER_PIN", "--pin-source", "VaultB1=env:TEST_PIN",              \
+        "--pin-source", "Service=env:TEST_PIN"
+
+/* The service takes unwrapKey away on vault (its officer's PINs in pin/so). */
+static void revoke_unwrap(const char *vault, const char *pin, const char *so)
+{
+    ASSERT_RC(kc_test_exec("access", "remove", vault, "--principal", "svc", "--permissions",
+                          "unwrapKey", "--so-pin-source", so, "--pin-source", pin, "--as",
+                          "officer", BOTH, NULL),
+              0);
+}
+
+static const kc_test_out *data_get(const char *name)
+{
+    unlink(tpath("item.out"));
+    return kc_test_exec("data", "get", "tenant", name, "--out", tpath("item.out"), "--as", "svc",
+                       DATA_PINS, BOTH, NULL);
+}
+
+/* A layout whose vault A is on openCryptoki and whose vault B and service
+ * vault are on SoftHSM, each vault naming its module (allowed by the
+ * operator's list): one apply makes all of it, DEP included; data written
+ * under the DEP reads back through either custodian vault, and --module
+ * VAULT=MODULE reaches the same vaults from the command line. Each command
+ * in a process of its own, as users run them: run in this test's process,
+ * openCryptoki 3.8.1's soft token crashed (SIGSEGV in ST_Initialize's
+ * Fork_Initializer) when initialised again after the commands before. */
+static void test_dep_over_two_modules(void)
+{
+    char allow[600], *out = NULL;
+    const kc_test_out *r;
+
+    snprintf(allow, sizeof(allow), "%s\n", OCK_MODULE);
+    kc_test_write(tpath("modules.allow"), allow, strlen(allow), 0644);
+    setenv("KEYCUSTODY_MODULES_ALLOW", tpath("modules.allow"), 1);
+    unsetenv("KEYCUSTODY_MODULE"); /* the layout's modules, not the fixture's */
+    kc_test_write(tpath("layout.yaml"), dep_layout, strlen(dep_layout), 0644);
+    r = kc_test_exec("policy", "apply", tpath("layout.yaml"), "--yes", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "create DEP Dep1 (tenant, keys ock3/KeyA and VaultB1/KeyB) ... done");
+    r = kc_test_exec("vault", "show", "ock3", BOTH, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "module:            " OCK_MODULE);
+    r = kc_test_exec("vault", "show", "VaultB1", BOTH, NULL);
+    ASSERT_HAS(r->out, "libsofthsm2.so\n");
+    /* again: nothing to do */
+    r = kc_test_exec("policy", "plan", tpath("layout.yaml"), NULL);
+    ASSERT_RC(r, 0);
+    CU_ASSERT_STRING_EQUAL(r->out, "No changes: the tokens match the layout.\n");
+
+    setenv("KEYCUSTODY_STORE", tpath("service.db"), 1);
+    setenv("KEYCUSTODY_SERVICE_VAULT", "Service", 1);
+    setenv("KEYCUSTODY_SERVICE_PIN_SOURCE", "env:TEST_PIN", 1);
+    CU_ASSERT_EQUAL(kc_test_sh(&out, "head -c 3000 /dev/urandom >'%s'", tpath("item.bin")), 0);
+    r = kc_test_exec("data", "put", "tenant", "t1", "--in", tpath("item.bin"), "--as", "svc",
+                    DATA_PINS, BOTH, NULL);
+    ASSERT_RC(r, 0);
+    /* the vaults it saw first are pinned after its write, not refused by it */
+    CU_ASSERT_PTR_NULL(strstr(r->err, "not pinned"));
+    CU_ASSERT_EQUAL(kc_test_sh(&out, "sqlite3 '%s' 'SELECT vault FROM vault_pins ORDER BY vault'",
+                               tpath("service.db")),
+                    0);
+    ASSERT_HAS(out, "ock3\n");
+    /* through vault A on openCryptoki */
+    ASSERT_RC(data_get("t1"), 0);
+    CU_ASSERT_EQUAL(kc_test_sh(&out, "cmp '%s' '%s'", tpath("item.bin"), tpath("item.out")), 0);
+    /* vault A takes unwrapKey away: vault B on SoftHSM reads it */
+    revoke_unwrap("ock3", "env:OCK_USER_PIN", "env:OCK_SO_PIN");
+    r = data_get("t1");
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->err, "warning: ock3: principal 'svc' lacks 'unwrapKey'");
+    CU_ASSERT_EQUAL(kc_test_sh(&out, "cmp '%s' '%s'", tpath("item.bin"), tpath("item.out")), 0);
+    /* and with both taken away, neither reads it */
+    revoke_unwrap("VaultB1", "env:TEST_PIN", "env:TEST_SO_PIN");
+    r = data_get("t1");
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "neither custodian vault can unwrap the key of DEP 'Dep1'");
+
+    /* a vault bound to a module is looked for there only */
+    r = kc_test_exec("vault", "show", "VaultB1", "--module", "VaultB1=" OCK_MODULE, NULL);
+    ASSERT_RC(r, 4);
+    ASSERT_HAS(r->err, "no token 'VaultB1'");
+    r = kc_test_exec("vault", "show", "ock3", "--module", "ock3=" OCK_MODULE, "--module",
+                    "ock3=" KC_SOFTHSM_MODULE, NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "vault 'ock3' is given two modules");
+
+    r = kc_test_exec("audit", "verify", "--audit", tpath("audit.jsonl"), BOTH, DATA_PINS,
+                    "--pin-source", "ock0=env:OCK_USER_PIN", "--pin-source",
+                    "ock1=env:OCK_USER_PIN", "--pin-source", "VaultO1=env:OCK_USER_PIN", NULL);
+    ASSERT_RC(r, 0);
+    unlink(tpath("audit.jsonl")); /* the fixture's own check sees SoftHSM only */
+    unsetenv("KEYCUSTODY_MODULES_ALLOW");
+}
+
 /* --- the README's support matrix --- */
 
 #define MATRIX_BEGIN "<!-- support matrix: made by test_modules, do not edit -->\n"
@@ -502,6 +658,7 @@ static const kc_test_case ock_cases[] = {
     {"a vault and an hsm key on the free token", test_ock_vault_and_hsm_key},
     {"the README's support matrix", test_readme_support_matrix},
     {"the custody story on two of its vaults", test_ock_custody_story},
+    {"a DEP over openCryptoki and SoftHSM", test_dep_over_two_modules},
     {NULL, NULL},
 };
 
@@ -540,8 +697,11 @@ int main(int argc, char **argv)
     if (child == 0)
         _exit(kc_test_main(argc, argv, suites));
     rc = 1;
-    if (child > 0 && waitpid(child, &status, 0) == child)
+    if (child > 0 && waitpid(child, &status, 0) == child) {
         rc = WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+        if (WIFSIGNALED(status))
+            fprintf(stderr, "\ntest_modules: the suite died of signal %d\n", WTERMSIG(status));
+    }
     ock_stop();
     return rc;
 }

@@ -1,5 +1,6 @@
 /* Dispatch, common options, PIN sources and prompts, error rendering. */
 #include "cli.h"
+#include "kc_vault.h"
 #include "kc_store.h"
 #include "kc_util.h"
 
@@ -42,7 +43,8 @@ static const char common_help[] =
     "Common options:\n"
     "  --module PATH|NAME      PKCS#11 module file, or a module registered with p11-kit by\n"
     "                          its name (or KEYCUSTODY_MODULE); default: every module\n"
-    "                          registered with p11-kit\n"
+    "                          registered with p11-kit. Repeatable, for several; and\n"
+    "                          VAULT=MODULE: that vault's token is on that module only\n"
     "  --pin-source SOURCE     user PIN for the one vault the command uses; or VAULT=SOURCE,\n"
     "                          repeatable, for several. SOURCE is env:NAME or file:PATH\n"
     "                          (mode 0600, yours). Without one: a no-echo prompt on a terminal\n"
@@ -201,11 +203,47 @@ static int add_source(kc_cli *cli, const char **list, size_t *n, const char *arg
     return 0;
 }
 
+/* --module MODULE, or VAULT=MODULE: a vault name before '=' (a path has a
+ * '/' or a '.' there, a registered module's name no '='). */
+static int add_module(kc_cli *cli, const char *arg)
+{
+    kc_module_set *m = &cli->modules;
+    size_t eq = strcspn(arg, "="), i;
+    char *vault;
+    kc_error e;
+
+    if (!cli->module_given) /* the command line replaces KEYCUSTODY_MODULE */
+        memset(m, 0, sizeof(*m));
+    cli->module_given = 1;
+    if (arg[eq] == '=' && eq < sizeof(cli->module_vaults[0]) && memchr(arg, '/', eq) == NULL) {
+        if (m->nbinds == KC_P11_BINDS_MAX)
+            return kc_cli_usage(cli, "--module: at most %d vaults", KC_P11_BINDS_MAX);
+        vault = cli->module_vaults[m->nbinds];
+        snprintf(vault, sizeof(cli->module_vaults[0]), "%.*s", (int)eq, arg);
+        if (kc_vault_check_name(vault, &e) != KC_OK)
+            return kc_cli_usage(cli, "--module '%s': %s", arg, e.msg);
+        if (arg[eq + 1] == '\0')
+            return kc_cli_usage(cli, "--module '%s': give the module after '='", arg);
+        for (i = 0; i < m->nbinds; i++)
+            if (strlen(m->binds[i].vault) == eq && strncmp(m->binds[i].vault, arg, eq) == 0)
+                return kc_cli_usage(cli, "--module: vault '%s' is given two modules", vault);
+        m->binds[m->nbinds].vault = vault;
+        m->binds[m->nbinds++].module = arg + eq + 1;
+    } else {
+        if (m->npaths == KC_P11_MODULES_MAX)
+            return kc_cli_usage(cli, "--module: at most %d modules", KC_P11_MODULES_MAX);
+        m->paths[m->npaths++] = arg;
+    }
+    if (cli->module == NULL || m->npaths + m->nbinds == 1)
+        cli->module = m->npaths > 0 ? m->paths[0] : m->binds[0].module;
+    return 0;
+}
+
 /* Options a command may take more than once; every other one once. */
 static int repeatable(const char *name)
 {
-    static const char *const names[] = {"pin-source", "so-pin-source", "vault", "custodian",
-                                        "share-key",  "tag"};
+    static const char *const names[] = {"module", "pin-source", "so-pin-source", "vault",
+                                        "custodian", "share-key", "tag"};
     size_t i;
 
     for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
@@ -280,7 +318,8 @@ int kc_cli_parse(kc_cli *cli, int argc, char **argv, const struct option *own,
                                 opts[idx].name);
         switch (c) {
         case OPT_MODULE:
-            cli->module = optarg;
+            if ((r = add_module(cli, optarg)) != 0)
+                return r;
             break;
         case OPT_PIN_SOURCE:
             if ((r = add_source(cli, cli->pin_sources, &cli->npin, optarg)) != 0)
@@ -553,19 +592,59 @@ static kc_rc pin_cb(void *arg, const char *vault, kc_pin_kind kind, kc_secret **
     return r;
 }
 
-/* A vault first seen: the service store pins its vault key from now on. */
+/* A vault first seen: the service store pins its vault key from now on,
+ * once the command is over (pin_flush). A vault seen twice, with another
+ * key, is not pinned at all: which one is genuine is not for first use to
+ * decide. */
 static void pin_seen(void *arg, const char *vault, const char *fingerprint)
 {
     kc_cli *cli = arg;
+    size_t i;
+
+    for (i = 0; i < cli->nseen; i++)
+        if (strcmp(cli->seen[i].vault, vault) == 0) {
+            if (strcmp(cli->seen[i].fingerprint, fingerprint) != 0)
+                cli->seen[i].fingerprint[0] = '\0';
+            return;
+        }
+    if (cli->nseen == KC_P11_BINDS_MAX) {
+        fprintf(cli->err, "warning: vault '%s' was not pinned in the service store: more than %d "
+                          "vaults first seen by one command\n",
+                vault, KC_P11_BINDS_MAX);
+        return;
+    }
+    snprintf(cli->seen[cli->nseen].vault, sizeof(cli->seen[0].vault), "%s", vault);
+    snprintf(cli->seen[cli->nseen++].fingerprint, sizeof(cli->seen[0].fingerprint), "%s",
+             fingerprint);
+}
+
+static void pin_flush(kc_cli *cli)
+{
     kc_store *st = NULL;
     kc_error err;
+    size_t i;
 
+    if (cli->nseen == 0)
+        return;
     kc_error_clear(&err);
-    if (kc_store_open(cli->store, &st, &err) == KC_OK &&
-        kc_store_pin_record(st, vault, fingerprint, &err) != KC_OK)
-        fprintf(cli->err, "warning: vault '%s' was not pinned in the service store: %s\n", vault,
-                err.msg);
+    if (kc_store_open(cli->store, &st, &err) != KC_OK) {
+        fprintf(cli->err, "warning: %zu vault%s not pinned in the service store: %s\n",
+                cli->nseen, cli->nseen == 1 ? " was" : "s were", err.msg);
+        return;
+    }
+    for (i = 0; i < cli->nseen; i++) {
+        if (cli->seen[i].fingerprint[0] == '\0')
+            fprintf(cli->err,
+                    "warning: vault '%s' was not pinned in the service store: this command "
+                    "saw two vault keys for it\n",
+                    cli->seen[i].vault);
+        else if (kc_store_pin_record(st, cli->seen[i].vault, cli->seen[i].fingerprint, &err) !=
+                 KC_OK)
+            fprintf(cli->err, "warning: vault '%s' was not pinned in the service store: %s\n",
+                    cli->seen[i].vault, err.msg);
+    }
     kc_store_close(st);
+    cli->nseen = 0;
 }
 
 /* With a service store that exists: the vault keys it pinned hold for
@@ -615,7 +694,7 @@ kc_rc kc_cli_ctx(kc_cli *cli, kc_ctx **out)
     kc_rc r;
 
     if (cli->ctx == NULL) {
-        r = kc_ctx_new(cli->module, pin_cb, cli, &cli->ctx, &cli->error);
+        r = kc_ctx_new_set(&cli->modules, pin_cb, cli, &cli->ctx, &cli->error);
         if (r != KC_OK)
             return r;
         cli->ctx->event_fn = kc_cli_audit_event;
@@ -697,6 +776,8 @@ int kc_cli_main(int argc, char **argv, FILE *out, FILE *err)
     cli.module = getenv("KEYCUSTODY_MODULE");
     if (cli.module != NULL && cli.module[0] == '\0')
         cli.module = NULL;
+    if (cli.module != NULL)
+        cli.modules.paths[cli.modules.npaths++] = cli.module;
     cli.principal = getenv("KEYCUSTODY_PRINCIPAL");
     cli.store = getenv("KEYCUSTODY_STORE");
     cli.audit_opt = getenv("KEYCUSTODY_AUDIT");
@@ -704,6 +785,7 @@ int kc_cli_main(int argc, char **argv, FILE *out, FILE *err)
     cmd_name(c, name, sizeof(name));
     kc_cli_audit_begin(&cli, name);
     rc = c->fn(&cli, argc - 2 + single, argv + 2 - single);
+    pin_flush(&cli);
     if (rc == -1) {
         rc = KC_OK;
         cli.ran = 0; /* --help */

@@ -27,7 +27,10 @@ struct kc_cli {
     FILE *err;
     const kc_cmd *cmd;
     int json;
-    const char *module;
+    const char *module;   /* the first module named (the plan lock's identity) */
+    kc_module_set modules; /* --module (repeatable, VAULT=MODULE) or the layout's */
+    int module_given;      /* on the command line: the layout's module: is not used */
+    char module_vaults[KC_P11_BINDS_MAX][64]; /* the vault names modules.binds point to */
     const char *principal;
     const char *store; /* --store or KEYCUSTODY_STORE */
     const char *pin_sources[KC_CLI_MAX_SOURCES];
@@ -58,6 +61,12 @@ struct kc_cli {
     char store_service[64];     /* the service vault the store records */
     char layout_vault[64];      /* a vault of the layout, to seal apply's record */
     int no_prompt;              /* PINs only from sources (sealing after the command) */
+    /* vaults first seen by this command, pinned in the service store after
+     * it: during it, its own write transaction holds the store */
+    struct {
+        char vault[64], fingerprint[65];
+    } seen[KC_P11_BINDS_MAX];
+    size_t nseen;
 };
 
 /* Runs "keycustody ARGS..." with output on out and diagnostics on err.

@@ -191,7 +191,11 @@ static int plan_opt(kc_cli *cli, int opt, const char *arg, void *st)
  * module when the command line names none. */
 kc_rc kc_cli_use_layout(kc_cli *cli, const kc_layout *l, char (*buf)[400], char (*sobuf)[400])
 {
-    const char *module = NULL;
+    /* The operator's --module (or KEYCUSTODY_MODULE) wins; a layout's own
+     * are loaded only when the operator allowed them (whoever edits a
+     * layout must not choose the code that receives the PINs). */
+    int use_layout = cli->modules.npaths == 0 && cli->modules.nbinds == 0;
+    kc_module_set *m = &cli->modules;
     size_t i, n = 0;
 
     for (i = 0; i < l->nvaults && n < LAYOUT_PINS; i++, n++) {
@@ -201,24 +205,22 @@ kc_rc kc_cli_use_layout(kc_cli *cli, const kc_layout *l, char (*buf)[400], char 
                  l->vaults[i].so_pin[0] ? l->vaults[i].name : "", l->vaults[i].so_pin);
         cli->layout_pins[n] = buf[n];
         cli->layout_so_pins[n] = sobuf[n];
-        if (l->vaults[i].module[0]) {
-            if (module != NULL && strcmp(module, l->vaults[i].module) != 0) {
-                kc_error_set(&cli->error, KC_USAGE,
-                             "the layout names two PKCS#11 modules; one run uses one module");
-                return KC_USAGE;
-            }
-            module = l->vaults[i].module;
+        if (!use_layout || l->vaults[i].module[0] == '\0')
+            continue;
+        if (kc_p11_module_allowed(l->vaults[i].module, &cli->error) != KC_OK)
+            return KC_DENIED;
+        if (m->nbinds == KC_P11_BINDS_MAX) {
+            kc_error_set(&cli->error, KC_USAGE, "the layout names modules for more than %d vaults",
+                         KC_P11_BINDS_MAX);
+            return KC_USAGE;
         }
+        /* each vault on its own module: several modules in one run */
+        m->binds[m->nbinds].vault = l->vaults[i].name;
+        m->binds[m->nbinds++].module = l->vaults[i].module;
+        if (cli->module == NULL)
+            cli->module = l->vaults[i].module;
     }
     cli->nlayout = n;
-    /* The operator's --module wins; a layout's own is loaded only when the
-     * operator allowed it (whoever edits a layout must not choose the code
-     * that receives the PINs). */
-    if (cli->module == NULL && module != NULL) {
-        if (kc_p11_module_allowed(module, &cli->error) != KC_OK)
-            return KC_DENIED;
-        cli->module = module;
-    }
     for (i = 0; i < l->nvaults; i++) {
         kc_ctx *ctx = NULL;
         if (l->vaults[i].fingerprint[0] == '\0')

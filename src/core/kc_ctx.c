@@ -13,8 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
-kc_rc kc_ctx_new(const char *module_path, kc_pin_fn pin_fn, void *pin_arg, kc_ctx **out,
-                 kc_error *err)
+kc_rc kc_ctx_new_set(const kc_module_set *set, kc_pin_fn pin_fn, void *pin_arg, kc_ctx **out,
+                     kc_error *err)
 {
     kc_ctx *ctx = NULL;
     kc_rc r;
@@ -23,7 +23,7 @@ kc_rc kc_ctx_new(const char *module_path, kc_pin_fn pin_fn, void *pin_arg, kc_ct
     ctx = calloc(1, sizeof(*ctx));
     if (ctx == NULL)
         return kc_error_set(err, KC_ERR, "out of memory");
-    r = kc_p11_load(module_path, &ctx->p11, err);
+    r = kc_p11_load_set(set, &ctx->p11, err);
     if (r != KC_OK) {
         free(ctx);
         return r;
@@ -32,6 +32,17 @@ kc_rc kc_ctx_new(const char *module_path, kc_pin_fn pin_fn, void *pin_arg, kc_ct
     ctx->pin_arg = pin_arg;
     *out = ctx;
     return KC_OK;
+}
+
+kc_rc kc_ctx_new(const char *module_path, kc_pin_fn pin_fn, void *pin_arg, kc_ctx **out,
+                 kc_error *err)
+{
+    kc_module_set set;
+
+    memset(&set, 0, sizeof(set));
+    if (module_path != NULL)
+        set.paths[set.npaths++] = module_path;
+    return kc_ctx_new_set(&set, pin_fn, pin_arg, out, err);
 }
 
 void kc_ctx_free(kc_ctx *ctx)

@@ -62,6 +62,9 @@ typedef struct kc_ctx {
 /* Loads module_path (NULL: p11-kit's registered modules). */
 KC_EXPORT kc_rc kc_ctx_new(const char *module_path, kc_pin_fn pin_fn, void *pin_arg, kc_ctx **out,
                            kc_error *err) KC_MUST_CHECK;
+/* Loads the modules of set (kc_p11_load_set). */
+KC_EXPORT kc_rc kc_ctx_new_set(const kc_module_set *set, kc_pin_fn pin_fn, void *pin_arg,
+                               kc_ctx **out, kc_error *err) KC_MUST_CHECK;
 KC_EXPORT void kc_ctx_free(kc_ctx *ctx);
 
 /* Asks pin_fn for a PIN; KC_USAGE naming the vault when there is no way to. */

@@ -524,7 +524,7 @@ static kc_rc init_free_token(kc_ctx *ctx, const kc_vault_meta *want, const char 
     kc_tok *tok = NULL;
     kc_rc r;
 
-    r = kc_p11_free_token(ctx->p11, token_uri, &tok, err);
+    r = kc_p11_free_token_for(ctx->p11, want->name, token_uri, &tok, err);
     if (r == KC_OK)
         r = can_hold_vault(tok, err);
     if (r != KC_OK)
