@@ -47,13 +47,96 @@ static CK_FUNCTION_LIST *registered_module(const char *name_or_path)
     return m;
 }
 
-/* One module by file or registered name, initialised. */
+/* A p11-kit module file (p11-kit's pkcs11.conf(5) format, "key: value"
+ * lines): the module it names and its x-init-reserved, which a module may
+ * not initialise without (NSS softokn: its database directory). Only a
+ * file nobody but its owner can write, as it chooses the code loaded. */
+static kc_rc read_module_file(const char *path, char *module, size_t mcap, char *reserved,
+                              size_t rcap, kc_error *err)
+{
+    char line[1024], *v, *end;
+    struct stat st;
+    FILE *f = fopen(path, "r");
+
+    module[0] = reserved[0] = '\0';
+    if (f == NULL)
+        return kc_error_set(err, KC_NOT_FOUND, "cannot open module file '%s': %s", path,
+                            strerror(errno));
+    if (fstat(fileno(f), &st) != 0 || (st.st_mode & 022) != 0) {
+        fclose(f);
+        return kc_error_set(err, KC_DENIED,
+                            "module file '%s' can be written by others than its owner: it "
+                            "chooses the code that receives the PINs",
+                            path);
+    }
+    while (fgets(line, sizeof(line), f) != NULL) {
+        v = strchr(line, ':');
+        if (line[0] == '#' || v == NULL)
+            continue;
+        *v++ = '\0';
+        v += strspn(v, " \t");
+        end = v + strcspn(v, "\r\n");
+        while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
+            end--;
+        *end = '\0';
+        if (strcmp(line, "module") == 0)
+            snprintf(module, mcap, "%s", v);
+        else if (strcmp(line, "x-init-reserved") == 0)
+            snprintf(reserved, rcap, "%s", v);
+    }
+    fclose(f);
+    if (module[0] == '\0')
+        return kc_error_set(err, KC_USAGE, "module file '%s' has no 'module:' line", path);
+    return KC_OK;
+}
+
+static int ends_with(const char *s, const char *tail)
+{
+    size_t n = strlen(s), k = strlen(tail);
+
+    return n >= k && strcmp(s + n - k, tail) == 0;
+}
+
+/* The module a p11-kit module file names, initialised with its options
+ * (C_Initialize's pReserved: what p11-kit passes from x-init-reserved). */
+static kc_rc load_module_file(const char *path, CK_FUNCTION_LIST **out, kc_error *err)
+{
+    char module[PATH_MAX], reserved[1024];
+    CK_C_INITIALIZE_ARGS args;
+    CK_FUNCTION_LIST *m;
+    CK_RV rv;
+    kc_rc r = read_module_file(path, module, sizeof(module), reserved, sizeof(reserved), err);
+
+    if (r != KC_OK)
+        return r;
+    m = p11_kit_module_load(module, P11_KIT_MODULE_UNMANAGED);
+    if (m == NULL)
+        return kc_error_set(err, KC_TOKEN, "cannot load PKCS#11 module '%s' (named by '%s')",
+                            module, path);
+    memset(&args, 0, sizeof(args));
+    args.flags = CKF_OS_LOCKING_OK;
+    args.pReserved = reserved[0] ? reserved : NULL;
+    rv = m->C_Initialize(&args);
+    if (rv != CKR_OK) {
+        p11_kit_module_release(m);
+        return kc_p11_fail(err, "C_Initialize", rv,
+                           "cannot initialise PKCS#11 module '%s' with the options of '%s'",
+                           module, path);
+    }
+    *out = m;
+    return KC_OK;
+}
+
+/* One module by file, p11-kit module file or registered name, initialised. */
 static kc_rc load_one(const char *module_path, CK_FUNCTION_LIST **out, kc_error *err)
 {
-    CK_FUNCTION_LIST *m = registered_module(module_path);
+    CK_FUNCTION_LIST *m;
     CK_RV rv;
 
     *out = NULL;
+    if (ends_with(module_path, ".module"))
+        return load_module_file(module_path, out, err);
+    m = registered_module(module_path);
     /* else a file: a bare name is looked for in p11-kit's module directory */
     if (m == NULL)
         m = p11_kit_module_load(module_path, 0);
@@ -76,9 +159,16 @@ static kc_rc load_one(const char *module_path, CK_FUNCTION_LIST **out, kc_error 
      * threads (it crashes with two threads under C_Initialize(NULL)). */
     rv = p11_kit_module_initialize(m);
     if (rv != CKR_OK) {
+        kc_rc r;
+
         p11_kit_module_release(m);
-        return kc_p11_fail(err, "C_Initialize", rv, "cannot initialise PKCS#11 module '%s'",
-                           module_path);
+        r = kc_p11_fail(err, "C_Initialize", rv, "cannot initialise PKCS#11 module '%s'",
+                        module_path);
+        if (rv == CKR_ARGUMENTS_BAD)
+            kc_error_hint(err, "the module may need options to start (NSS softokn: its database "
+                               "directory): give a p11-kit module file that names it with them "
+                               "(x-init-reserved:), --module FILE.module");
+        return r;
     }
     *out = m;
     return KC_OK;

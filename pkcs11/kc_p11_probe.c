@@ -527,6 +527,44 @@ static void probe_data(kc_tok *t, kc_probe *p)
     drop(t, h);
 }
 
+/* Whether the token keeps CKO_DATA objects (a vault is made of them): a
+ * public one is made and destroyed at once, on a free token only, which
+ * holds nothing and whose C_InitToken is next; elsewhere it is not asked,
+ * as that would write the token. NSS softokn refuses them
+ * (CKR_ATTRIBUTE_VALUE_INVALID), before any login. */
+static void probe_token_data(kc_tok *t, kc_probe *p)
+{
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    static const char label[] = "keycustody-probe", v[] = "x";
+    CK_ATTRIBUTE tmpl[] = {
+        ATTR(CKA_CLASS, &cls, sizeof(cls)),
+        ATTR_BOOL(CKA_TOKEN, 1),
+        ATTR_BOOL(CKA_PRIVATE, 0),
+        ATTR(CKA_LABEL, (void *)label, sizeof(label) - 1),
+        ATTR(CKA_VALUE, (void *)v, sizeof(v) - 1),
+    };
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_RV rv;
+
+    if (t->info.initialized) {
+        fact(p, "data.token", KC_CAP_UNKNOWN,
+             "asked on a free token only: asking writes the token");
+        return;
+    }
+    rv = seen(p, "C_CreateObject", t->f->C_CreateObject(t->session, tmpl, 5, &h));
+    if (rv == CKR_OK) {
+        fact(p, "data.token", KC_CAP_YES, "a public token CKO_DATA object was made (and destroyed)");
+        (void)seen(p, "C_DestroyObject", t->f->C_DestroyObject(t->session, h));
+    } else if (rv == CKR_ATTRIBUTE_VALUE_INVALID || rv == CKR_TEMPLATE_INCONSISTENT ||
+               rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_FUNCTION_NOT_SUPPORTED) {
+        fact(p, "data.token", KC_CAP_NO, "the module does not keep token CKO_DATA objects (%s)",
+             kc_p11_rv_name(rv));
+    } else {
+        fact(p, "data.token", KC_CAP_UNKNOWN, "a token CKO_DATA object on a free token: %s",
+             kc_p11_rv_name(rv));
+    }
+}
+
 /* The module's RSA public key (n, e big-endian) for OpenSSL. */
 static EVP_PKEY *rsa_pkey(const unsigned char *n, size_t n_len, const unsigned char *e,
                           size_t e_len)
@@ -738,7 +776,7 @@ kc_rc kc_tok_probe(kc_tok *t, int level, kc_probe *p, kc_error *err)
         "data.public",          "data.private",       "aes_key_wrap.rfc5649",
         "wrap_with_trusted.accepted", "wrap_with_trusted.enforced", "trusted.user_refused",
         "unwrap.readable_template", "rsa_oaep.sha1",  "rsa_oaep.sha256", "attr.copyable",
-        "attr.unwrap_template", "copy.usage_locked",
+        "attr.unwrap_template", "copy.usage_locked", "data.token",
     };
     kc_error why;
     size_t i;
@@ -764,6 +802,7 @@ kc_rc kc_tok_probe(kc_tok *t, int level, kc_probe *p, kc_error *err)
         return KC_OK;
     }
     probe_data(t, p);
+    probe_token_data(t, p);
     if (level >= KC_PROBE_VAULT) {
         probe_attributes(t, p);
         probe_key_wrap(t, p);

@@ -15,6 +15,7 @@ pkgs=(
   libcunit1-dev                             # tests
   softhsm2                                  # the HSM in tests and the demo
   opencryptoki                              # the second PKCS#11 implementation in tests
+  libnss3                                   # NSS softokn: a module refused a vault, in tests
   opensc gnutls-bin                         # pkcs11-tool and p11tool, for cross-checks
   bsdutils                                  # script(1): PIN prompt tests on a pty
   xxd                                       # hex to bytes in the backup tests

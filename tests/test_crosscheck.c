@@ -1,5 +1,6 @@
 /* Cross-checks with tools nobody here wrote: pkcs11-tool (OpenSC), p11tool
- * (GnuTLS) and openssl. PINs reach them through the environment, never argv. */
+ * (GnuTLS) and openssl. PINs reach them through the environment, never argv.
+ * And a module that cannot hold a vault: NSS softokn. */
 #include "fixture.h"
 
 #include <jansson.h>
@@ -7,9 +8,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define PIN "--pin-source", "env:TEST_PIN"
+#define SOPIN "--so-pin-source", "env:TEST_SO_PIN"
 
 static char version[80];
 static char kid[800];
@@ -325,6 +328,101 @@ static void test_module_list(void)
     ASSERT_HAS(r->err, "no PKCS#11 module named 'no-such-module' is registered with p11-kit");
 }
 
+/* --- NSS softokn: a module that cannot hold a vault --- */
+
+#define SOFTOKN "/usr/lib/x86_64-linux-gnu/libsoftokn3.so"
+#define NSS_FREE "NSS Certificate DB" /* its key database's token, free until a PIN is set */
+
+/* A p11-kit module file for softokn with a database of the test's own. */
+static const char *nss_module_file(void)
+{
+    static char file[1100];
+    char text[1400], *out = NULL;
+
+    snprintf(file, sizeof(file), "%s", kc_test_path("nss.module"));
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out, "mkdir -p '%s'", kc_test_path("nssdb")), 0);
+    snprintf(text, sizeof(text),
+             "# NSS softokn, as p11-kit would load it\n"
+             "module: " SOFTOKN "\n"
+             "x-init-reserved: configdir='sql:%s' certPrefix='' keyPrefix='' "
+             "secmod='secmod.db' flags=\n",
+             kc_test_path("nssdb"));
+    kc_test_write(file, text, strlen(text), 0644);
+    return file;
+}
+
+/* What keycustody relies on of NSS 3.87's softokn (Debian 12), as the
+ * probe finds it on its free key-database token. */
+static void test_nss_facts(void)
+{
+    const char *file = nss_module_file();
+    const kc_test_out *r = kc_test_run("module", "check", NSS_FREE, "--module", file, "--json",
+                                       NULL);
+    json_t *j;
+
+    ASSERT_RC(r, 0);
+    j = json_loads(r->out, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    /* no token CKO_DATA objects, so no vault */
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "data.token"), "no");
+    ASSERT_HAS(kc_test_fact_detail(j, "data.token"), "CKR_ATTRIBUTE_VALUE_INVALID");
+    CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "vault"), "not possible");
+    /* RFC 5649 is CKM_AES_KEY_WRAP_KWP there, not _PAD (checked against OpenSSL) */
+    ASSERT_HAS(kc_test_fact_detail(j, "aes_key_wrap.rfc5649"), "CKM_AES_KEY_WRAP_KWP (0x210b)");
+    /* CKA_WRAP_WITH_TRUSTED taken and not enforced; CKA_TRUSTED for anyone;
+     * CKA_COPYABLE=FALSE taken and a copy with new usages made anyway */
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "wrap_with_trusted.accepted"), "yes");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "wrap_with_trusted.enforced"), "no");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "trusted.user_refused"), "no");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "attr.copyable"), "yes");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "copy.usage_locked"), "no");
+    json_decref(j);
+    /* the token is still free: the probe object went with the probe */
+    r = kc_test_run("module", "list", "--module", file, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "  - (free)                   serial 0000000000000000: not initialised");
+}
+
+/* vault init refuses it before anything is made; the module file is what
+ * makes softokn start at all. */
+static void test_nss_vault_refused(void)
+{
+    const char *file = nss_module_file();
+    const kc_test_out *r;
+    char *out = NULL;
+
+    r = kc_test_run("vault", "init", "VaultN1", "--subscription", "s", "--region", "westus",
+                    "--module", file, SOPIN, PIN, NULL);
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "cannot hold a vault: data.token: the module does not keep token CKO_DATA "
+                       "objects (CKR_ATTRIBUTE_VALUE_INVALID); nothing was made on token '(free)'");
+    r = kc_test_run("module", "list", "--module", file, NULL);
+    ASSERT_HAS(r->out, "  - (free) ");
+    CU_ASSERT_PTR_NULL(strstr(r->out, "VaultN1"));
+    /* and its key database holds no object */
+    CU_ASSERT_EQUAL(kc_test_sh(&out, "sqlite3 '%s/key4.db' 'SELECT COUNT(*) FROM nssPrivate'",
+                               kc_test_path("nssdb")),
+                    0);
+    CU_ASSERT_STRING_EQUAL(out, "0\n");
+    /* without its options softokn does not start; the hint says what to give */
+    r = kc_test_run("module", "list", "--module", SOFTOKN, NULL);
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "C_Initialize: ");
+    ASSERT_HAS(r->err, "(CKR_ARGUMENTS_BAD, 0x7)");
+    ASSERT_HAS(r->err, "--module FILE.module");
+    /* a module file others can write would choose the code that gets the PINs */
+    CU_ASSERT_EQUAL(chmod(file, 0666), 0);
+    r = kc_test_run("module", "list", "--module", file, NULL);
+    ASSERT_RC(r, 6);
+    ASSERT_HAS(r->err, "can be written by others than its owner");
+}
+
+static const kc_test_case nss_cases[] = {
+    {"the NSS softokn facts keycustody relies on", test_nss_facts},
+    {"vault init refuses it before anything is made", test_nss_vault_refused},
+    {NULL, NULL},
+};
+
 static const kc_test_case module_cases[] = {
     {"the SoftHSM facts keycustody relies on", test_module_check_softhsm_facts},
     {"mechanisms as pkcs11-tool lists them", test_module_check_mechanisms_match_pkcs11_tool},
@@ -343,7 +441,7 @@ static const kc_test_case cases[] = {
 };
 
 static const kc_test_suite suites[] = {
-    {"crosscheck", 1, cases}, {"module", 1, module_cases}, {NULL, 0, NULL}};
+    {"crosscheck", 1, cases}, {"module", 1, module_cases}, {"nss", 1, nss_cases}, {NULL, 0, NULL}};
 
 int main(int argc, char **argv)
 {

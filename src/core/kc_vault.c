@@ -495,8 +495,8 @@ static kc_rc can_hold_vault(kc_tok *tok, kc_error *err)
     kc_error_set(err, KC_TOKEN, "module '%s' cannot hold a vault: %s; nothing was made on token '%s'",
                  kc_tok_info_get(tok)->module, f[0].why,
                  kc_tok_info_get(tok)->initialized ? kc_tok_info_get(tok)->label : "(free)");
-    kc_error_hint(err, "see what the module can do with 'keycustody module check --module %s'",
-                  kc_tok_info_get(tok)->module);
+    kc_error_hint(err, "see what the module can do with 'keycustody module check' and the same "
+                       "--module");
     return KC_TOKEN;
 }
 
@@ -511,8 +511,8 @@ static kc_rc choose_arrangement(kc_tok *tok, kc_arrangement *a, kc_error *err)
     kc_probe_release(&p);
     if (r != KC_OK) {
         kc_error_prefix(err, "module '%s' cannot hold a vault", kc_tok_info_get(tok)->module);
-        kc_error_hint(err, "see what the module can do with 'keycustody module check --module %s'",
-                      kc_tok_info_get(tok)->module);
+        kc_error_hint(err, "see what the module can do with 'keycustody module check' and the "
+                           "same --module");
     }
     return r;
 }
