@@ -590,27 +590,54 @@ static void cell(char *out, size_t cap, json_t *check, const char *feature)
     }
 }
 
-/* The matrix from 'module check' on both modules, with the PIN. */
-static char *matrix(json_t *softhsm, json_t *ock_j)
+/* The matrix from 'module check' on each module (with the PIN where a
+ * vault can be made there). */
+static char *matrix(json_t *const *checks, const char *const *heads, size_t n)
 {
-    static char m[16384];
-    size_t off = 0, i;
+    static char m[24576];
+    size_t off = 0, i, k;
     json_t *f;
-    char a[400], b[400];
+    char c[400];
 
-    off += (size_t)snprintf(m + off, sizeof(m) - off,
-                            "%s| feature | SoftHSM 2.6.1 | openCryptoki 3.8.1 soft token |\n"
-                            "|---|---|---|\n",
-                            MATRIX_BEGIN);
-    json_array_foreach(json_object_get(softhsm, "features"), i, f)
+    off += (size_t)snprintf(m + off, sizeof(m) - off, "%s| feature |", MATRIX_BEGIN);
+    for (k = 0; k < n; k++)
+        off += (size_t)snprintf(m + off, sizeof(m) - off, " %s |", heads[k]);
+    off += (size_t)snprintf(m + off, sizeof(m) - off, "\n|---|");
+    for (k = 0; k < n; k++)
+        off += (size_t)snprintf(m + off, sizeof(m) - off, "---|");
+    off += (size_t)snprintf(m + off, sizeof(m) - off, "\n");
+    json_array_foreach(json_object_get(checks[0], "features"), i, f)
     {
         const char *name = json_string_value(json_object_get(f, "feature"));
-        cell(a, sizeof(a), softhsm, name);
-        cell(b, sizeof(b), ock_j, name);
-        off += (size_t)snprintf(m + off, sizeof(m) - off, "| %s | %s | %s |\n", name, a, b);
+        off += (size_t)snprintf(m + off, sizeof(m) - off, "| %s |", name);
+        for (k = 0; k < n; k++) {
+            cell(c, sizeof(c), checks[k], name);
+            off += (size_t)snprintf(m + off, sizeof(m) - off, " %s |", c);
+        }
+        off += (size_t)snprintf(m + off, sizeof(m) - off, "\n");
     }
     snprintf(m + off, sizeof(m) - off, "%s", MATRIX_END);
     return m;
+}
+
+/* NSS softokn through a p11-kit module file with a database of the test's
+ * own: its free token, without a PIN (it holds no vault, so none is set). */
+static json_t *nss_check(void)
+{
+    char text[1400], *out = NULL;
+    const kc_test_out *r;
+
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out, "mkdir -p '%s'", tpath("nssdb")), 0);
+    snprintf(text, sizeof(text),
+             "module: /usr/lib/x86_64-linux-gnu/libsoftokn3.so\n"
+             "x-init-reserved: configdir='sql:%s' certPrefix='' keyPrefix='' "
+             "secmod='secmod.db' flags=\n",
+             tpath("nssdb"));
+    kc_test_write(tpath("nss.module"), text, strlen(text), 0644);
+    r = kc_test_run("module", "check", "NSS Certificate DB", "--module", tpath("nss.module"),
+                    "--json", NULL);
+    ASSERT_RC(r, 0);
+    return json_loads(r->out, 0, NULL);
 }
 
 /* The README's matrix is the one module check gives today: a change in a
@@ -618,23 +645,26 @@ static char *matrix(json_t *softhsm, json_t *ock_j)
  * the matrix to paste is in support-matrix.md in the build directory. */
 static void test_readme_support_matrix(void)
 {
+    static const char *const heads[] = {"SoftHSM 2.6.1", "openCryptoki 3.8.1 soft token",
+                                        "NSS softokn 3.87 (free token, no PIN)"};
     const kc_test_out *r;
-    json_t *soft, *o;
+    json_t *checks[3];
     char *readme, *at, *want;
-    size_t len;
+    size_t len, k;
     FILE *f;
 
     kc_test_vault("VaultA1", "contoso-a", "westus");
     r = kc_test_run("module", "check", "VaultA1", "--json", "--pin-source", "VaultA1=env:TEST_PIN",
                     NULL);
     ASSERT_RC(r, 0);
-    soft = json_loads(r->out, 0, NULL);
+    checks[0] = json_loads(r->out, 0, NULL);
     r = ock_run_check(1);
     ASSERT_RC(r, 0);
-    o = json_loads(r->out, 0, NULL);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(soft);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(o);
-    want = matrix(soft, o);
+    checks[1] = json_loads(r->out, 0, NULL);
+    checks[2] = nss_check();
+    for (k = 0; k < 3; k++)
+        CU_ASSERT_PTR_NOT_NULL_FATAL(checks[k]);
+    want = matrix(checks, heads, 3);
     f = fopen("support-matrix.md", "w");
     if (f != NULL) {
         fputs(want, f);
@@ -648,8 +678,8 @@ static void test_readme_support_matrix(void)
         fprintf(stderr, "\n  the README's support matrix differs from module check's:\n%s", want);
     CU_ASSERT(at != NULL && strncmp(at, want, strlen(want)) == 0);
     free(readme);
-    json_decref(soft);
-    json_decref(o);
+    for (k = 0; k < 3; k++)
+        json_decref(checks[k]);
 }
 
 static const kc_test_case ock_cases[] = {

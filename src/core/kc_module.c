@@ -221,5 +221,11 @@ size_t kc_module_features(const kc_probe *p, kc_feature out[KC_FEATURES_MAX])
     /* keycustody takes RSA-OAEP with SHA-256 where the module has it, else
      * SHA-1 (kc_oaep KC_OAEP_AUTO): what needs OAEP works with either */
     oaep_either(p, out, n);
+    /* everything keycustody does lives in a vault */
+    if (out[0].support == KC_NOT_POSSIBLE) {
+        size_t i;
+        for (i = 1; i < n; i++)
+            note(&out[i], KC_NOT_POSSIBLE, "no vault on this module (%.280s)", out[0].why);
+    }
     return n;
 }
