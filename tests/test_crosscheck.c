@@ -326,6 +326,15 @@ static void test_module_list(void)
     r = kc_test_run("module", "list", "--module", "no-such-module", NULL);
     ASSERT_RC(r, 4);
     ASSERT_HAS(r->err, "no PKCS#11 module named 'no-such-module' is registered with p11-kit");
+    /* every registered module: p11-kit's trust module has a read-only
+     * token, which is listed as what it is, not as an error */
+    unsetenv("KEYCUSTODY_MODULE");
+    r = kc_test_run("vault", "list", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "VaultA1 ");
+    ASSERT_HAS(r->out, "System Trust ");
+    ASSERT_HAS(r->out, "write-protected token: not a vault\n");
+    CU_ASSERT_PTR_NULL(strstr(r->out, "C_OpenSession"));
 }
 
 /* --- NSS softokn: a module that cannot hold a vault --- */

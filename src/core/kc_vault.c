@@ -685,6 +685,12 @@ kc_rc kc_vault_list(kc_ctx *ctx, kc_vault_entry **out, size_t *n, kc_error *err)
             snprintf(v[i].note, sizeof(v[i].note), "free token, not initialised");
             continue;
         }
+        /* a read-only token (p11-kit's trust module) cannot hold a vault,
+         * and keycustody's read-write session is refused there: not an error */
+        if (toks[i].write_protected) {
+            snprintf(v[i].note, sizeof(v[i].note), "write-protected token: not a vault");
+            continue;
+        }
         kc_error_clear(&why);
         /* By URI, so two tokens with one label are still told apart. */
         if (kc_p11_token(ctx->p11, toks[i].uri, &tok, &why) == KC_OK &&
