@@ -52,13 +52,13 @@ static CK_FUNCTION_LIST *registered_module(const char *name_or_path)
  * not initialise without (NSS softokn: its database directory). Only a
  * file nobody but its owner can write, as it chooses the code loaded. */
 static kc_rc read_module_file(const char *path, char *module, size_t mcap, char *reserved,
-                              size_t rcap, kc_error *err)
+                              size_t rcap, char *remote, size_t remcap, kc_error *err)
 {
     char line[1024], *v, *end;
     struct stat st;
     FILE *f = fopen(path, "r");
 
-    module[0] = reserved[0] = '\0';
+    module[0] = reserved[0] = remote[0] = '\0';
     if (f == NULL)
         return kc_error_set(err, KC_NOT_FOUND, "cannot open module file '%s': %s", path,
                             strerror(errno));
@@ -83,11 +83,40 @@ static kc_rc read_module_file(const char *path, char *module, size_t mcap, char 
             snprintf(module, mcap, "%s", v);
         else if (strcmp(line, "x-init-reserved") == 0)
             snprintf(reserved, rcap, "%s", v);
+        else if (strcmp(line, "remote") == 0)
+            snprintf(remote, remcap, "%s", v);
     }
     fclose(f);
-    if (module[0] == '\0')
-        return kc_error_set(err, KC_USAGE, "module file '%s' has no 'module:' line", path);
+    if (remote[0] != '\0' && strncmp(remote, "unix:path=", 10) != 0)
+        return kc_error_set(err, KC_USAGE,
+                            "module file '%s': remote '%s' is not a unix socket (unix:path=...); "
+                            "keycustody reaches remote modules through local sockets only",
+                            path, remote);
+    if (module[0] == '\0' && remote[0] == '\0')
+        return kc_error_set(err, KC_USAGE, "module file '%s' has no 'module:' or 'remote:' line",
+                            path);
     return KC_OK;
+}
+
+/* p11-kit's client to a 'p11-kit server' at address: its
+ * C_GetFunctionList takes the server's address from P11_KIT_SERVER_ADDRESS
+ * and makes a client of its own at each call (p11-kit 0.24.1, client.c),
+ * which p11_kit_module_load makes for each load: several servers are
+ * reached from one process. */
+static CK_FUNCTION_LIST *remote_module(const char *address)
+{
+    CK_FUNCTION_LIST *m = NULL;
+    char *was = getenv("P11_KIT_SERVER_ADDRESS");
+    char *saved = was != NULL ? strdup(was) : NULL;
+
+    if ((was == NULL || saved != NULL) && setenv("P11_KIT_SERVER_ADDRESS", address, 1) == 0)
+        m = p11_kit_module_load(P11_KIT_CLIENT_MODULE, P11_KIT_MODULE_UNMANAGED);
+    if (saved != NULL)
+        setenv("P11_KIT_SERVER_ADDRESS", saved, 1);
+    else
+        unsetenv("P11_KIT_SERVER_ADDRESS");
+    free(saved);
+    return m;
 }
 
 static int ends_with(const char *s, const char *tail)
@@ -101,14 +130,32 @@ static int ends_with(const char *s, const char *tail)
  * (C_Initialize's pReserved: what p11-kit passes from x-init-reserved). */
 static kc_rc load_module_file(const char *path, CK_FUNCTION_LIST **out, kc_error *err)
 {
-    char module[PATH_MAX], reserved[1024];
+    char module[PATH_MAX], reserved[1024], remote[PATH_MAX];
     CK_C_INITIALIZE_ARGS args;
     CK_FUNCTION_LIST *m;
     CK_RV rv;
-    kc_rc r = read_module_file(path, module, sizeof(module), reserved, sizeof(reserved), err);
+    kc_rc r = read_module_file(path, module, sizeof(module), reserved, sizeof(reserved), remote,
+                               sizeof(remote), err);
 
     if (r != KC_OK)
         return r;
+    if (remote[0] != '\0') {
+        m = remote_module(remote);
+        if (m == NULL)
+            return kc_error_set(err, KC_TOKEN, "cannot make a p11-kit client to '%s' (named by '%s')",
+                                remote, path);
+        rv = m->C_Initialize(NULL);
+        if (rv != CKR_OK) {
+            p11_kit_module_release(m);
+            r = kc_p11_fail(err, "C_Initialize", rv,
+                            "cannot reach the p11-kit server at '%s' (named by '%s')", remote,
+                            path);
+            kc_error_hint(err, "is the server running? 'p11-kit server' prints its address");
+            return r;
+        }
+        *out = m;
+        return KC_OK;
+    }
     m = p11_kit_module_load(module, P11_KIT_MODULE_UNMANAGED);
     if (m == NULL)
         return kc_error_set(err, KC_TOKEN, "cannot load PKCS#11 module '%s' (named by '%s')",

@@ -404,6 +404,15 @@ KC_EXPORT const char *kc_wrap_mech_name(kc_wrap_mech m);
 /* 0 when name is one of kc_wrap_mech_name's. */
 KC_EXPORT int kc_wrap_mech_parse(const char *name, kc_wrap_mech *out);
 
+/* What a vault's arrangement needs, asked of the module it is reached
+ * through now (the arrangement was chosen where the vault was made; a
+ * p11-kit server's client, say, carries no AES key wrap and no AES-GCM):
+ * KC_TOKEN naming the mechanism, what needs it (for, e.g. "a backup") and
+ * the module, when the token does not list it with the flag. */
+KC_EXPORT kc_rc kc_tok_offers_key_wrap(kc_tok *t, kc_wrap_mech mech, int unwrap, const char *for_,
+                                       kc_error *err) KC_MUST_CHECK;
+KC_EXPORT kc_rc kc_tok_offers_gcm(kc_tok *t, const char *for_, kc_error *err) KC_MUST_CHECK;
+
 /* Wraps key (a private key) under kek with mech. */
 KC_EXPORT kc_rc kc_tok_key_wrap(kc_tok *t, kc_wrap_mech mech, kc_obj kek, kc_obj key,
                                 unsigned char **out, size_t *out_len, kc_error *err) KC_MUST_CHECK;

@@ -239,6 +239,40 @@ static CK_MECHANISM_TYPE wrap_type(kc_wrap_mech m)
                                   : CKM_AES_KEY_WRAP_PAD;
 }
 
+static kc_rc offers(kc_tok *t, CK_MECHANISM_TYPE type, const char *name, CK_FLAGS need,
+                    const char *for_, kc_error *err)
+{
+    CK_MECHANISM_INFO info;
+    CK_RV rv = t->f->C_GetMechanismInfo(t->slot, type, &info);
+
+    if (rv == CKR_OK && (info.flags & need) == need)
+        return KC_OK;
+    kc_error_set(err, KC_TOKEN,
+                 "token '%s' does not offer %s%s through module '%s' (%s), which %s needs; "
+                 "nothing was done",
+                 t->info.label, name, need & CKF_UNWRAP ? " unwrap" : need & CKF_WRAP ? " wrap" : "",
+                 t->info.module, rv == CKR_OK ? "listed without the flag" : kc_p11_rv_name(rv),
+                 for_);
+    kc_error_hint(err, "a p11-kit server's client does not carry AES key wrap or AES-GCM: run "
+                       "this where the module is loaded directly; see 'keycustody module check'");
+    return KC_TOKEN;
+}
+
+kc_rc kc_tok_offers_key_wrap(kc_tok *t, kc_wrap_mech wm, int unwrap, const char *for_,
+                             kc_error *err)
+{
+    if (wm == KC_WRAP_NONE)
+        return kc_error_set(err, KC_TOKEN, "token '%s' has no AES key wrap, which %s needs",
+                            t->info.label, for_);
+    return offers(t, wrap_type(wm), kc_wrap_mech_name(wm), unwrap ? CKF_UNWRAP : CKF_WRAP, for_,
+                  err);
+}
+
+kc_rc kc_tok_offers_gcm(kc_tok *t, const char *for_, kc_error *err)
+{
+    return offers(t, CKM_AES_GCM, "CKM_AES_GCM", CKF_ENCRYPT | CKF_DECRYPT, for_, err);
+}
+
 kc_rc kc_tok_key_wrap(kc_tok *t, kc_wrap_mech wm, kc_obj kek, kc_obj key, unsigned char **out,
                       size_t *out_len, kc_error *err)
 {

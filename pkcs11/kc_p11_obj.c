@@ -360,10 +360,20 @@ int kc_p11_takes_attr(kc_tok *t, const CK_ATTRIBUTE *a, int *cache, CK_RV *asked
     if (*cache >= 0)
         return *cache;
     rv = t->f->C_CreateObject(t->session, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &h);
-    if (asked != NULL)
-        *asked = rv;
     if (rv == CKR_OK)
         (void)t->f->C_DestroyObject(t->session, h);
+    /* p11-kit 0.24.1's RPC cannot carry some attributes (CKA_UNWRAP_TEMPLATE)
+     * and answers CKR_DEVICE_ERROR: where the same object without it is
+     * made, the attribute is what failed, and it is not taken */
+    if (rv == CKR_DEVICE_ERROR) {
+        CK_RV plain = t->f->C_CreateObject(t->session, tmpl, sizeof(tmpl) / sizeof(tmpl[0]) - 1, &h);
+        if (plain == CKR_OK) {
+            (void)t->f->C_DestroyObject(t->session, h);
+            rv = CKR_ATTRIBUTE_TYPE_INVALID;
+        }
+    }
+    if (asked != NULL)
+        *asked = rv;
     /* anything else (a lost session, say) is not an answer to keep */
     if (rv == CKR_OK || rv == CKR_ATTRIBUTE_TYPE_INVALID)
         *cache = rv == CKR_OK;

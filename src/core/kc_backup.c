@@ -310,6 +310,11 @@ kc_rc kc_backup_key(kc_vault *v, const char *name, unsigned char **out, size_t *
     if (r == KC_OK && v->meta.arr.key_wrap == KC_WRAP_NONE)
         r = kc_error_set(err, KC_TOKEN, "vault '%s' has no AES key wrap to back a key up with",
                          v->meta.name);
+    /* up front: the module it is reached through now may not carry them */
+    if (r == KC_OK)
+        r = kc_tok_offers_key_wrap(v->tok, v->meta.arr.key_wrap, 0, "a backup", err);
+    if (r == KC_OK && !v->meta.arr.no_gcm)
+        r = kc_tok_offers_gcm(v->tok, "a backup", err);
     if (r == KC_OK)
         r = kc_domain_keys_get(v, &dk, err);
     if (r == KC_OK)
@@ -613,6 +618,11 @@ kc_rc kc_restore_key(kc_vault *v, const unsigned char *buf, size_t len,
     snprintf(name, KC_KEY_NAME_MAX + 1, "%s", d.name);
     for (i = 0; r == KC_OK && i < d.nv; i++)
         r = restorable(v, &d.v[i], err);
+    if (r == KC_OK)
+        r = kc_tok_offers_key_wrap(v->tok, v->meta.arr.key_wrap, 1, "a restore", err);
+    for (i = 0; r == KC_OK && i < d.nv; i++)
+        if (d.v[i].sealed)
+            r = kc_tok_offers_gcm(v->tok, "a restore", err);
     if (r == KC_OK)
         r = kc_keystate_load(v, err);
     if (r == KC_OK)

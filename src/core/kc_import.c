@@ -178,6 +178,9 @@ kc_rc kc_key_import_byok(kc_vault *v, const kc_import_opts *o, const unsigned ch
                            "on another module; see 'keycustody module check'");
         return KC_TOKEN;
     }
+    r = kc_tok_offers_key_wrap(v->tok, v->meta.arr.key_wrap, 1, "a BYOK import", err);
+    if (r != KC_OK)
+        return r;
     if (len > BYOK_MAX)
         return kc_error_set(err, KC_USAGE, "the BYOK file is larger than %d bytes", BYOK_MAX);
     r = byok_parts(buf, len, &kid, &blob, &blob_len, err);

@@ -1,0 +1,267 @@
+/* Remote vaults: each region's custodian vault served by a 'p11-kit server'
+ * of its own (a unix socket in the test's directory, the server started
+ * and stopped by its PID here) and reached through p11-kit's client, named
+ * by a module file's remote:. What p11-kit 0.24.1's client carries, as the
+ * probe finds it; a DEP made and its data read through the servers; a
+ * region's server gone, the data read through the other; and what the
+ * client does not carry refused up front. */
+#include "fixture.h"
+
+#include <jansson.h>
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PINS                                                                                       \
+    "--pin-source", "VaultA1=env:TEST_PIN", "--pin-source", "VaultB1=env:TEST_PIN",              \
+        "--pin-source", "Service=env:TEST_PIN"
+
+static char sock[2][1100], modfile[2][1100], bind_a[1200], bind_b[1200];
+
+#define REMOTE "--module", bind_a, "--module", bind_b, "--module", "Service=" KC_SOFTHSM_MODULE
+
+/* 'p11-kit server' in the foreground for the token labelled token, its
+ * socket at path; its PID once the socket is there. */
+static pid_t serve(const char *token, const char *path)
+{
+    char uri[100];
+    struct timespec pause = {0, 50 * 1000 * 1000};
+    struct stat st;
+    pid_t pid;
+    int i;
+
+    snprintf(uri, sizeof(uri), "pkcs11:token=%s", token);
+    unlink(path);
+    fflush(NULL);
+    pid = fork();
+    if (pid == 0) {
+        if (freopen("/dev/null", "w", stdout) == NULL)
+            _exit(127);
+        execlp("p11-kit", "p11-kit", "server", "-f", "--provider", KC_SOFTHSM_MODULE, "-n", path,
+               uri, (char *)NULL);
+        _exit(127);
+    }
+    for (i = 0; pid > 0 && i < 100 && stat(path, &st) != 0; i++)
+        nanosleep(&pause, NULL);
+    CU_ASSERT_EQUAL_FATAL(stat(path, &st), 0);
+    return pid;
+}
+
+static void unserve(pid_t pid, int sig)
+{
+    if (pid <= 0)
+        return;
+    kill(pid, sig);
+    waitpid(pid, NULL, 0);
+}
+
+static const char layout[] =
+    "version: 1\n"
+    "subscriptions:\n"
+    "  - id: sub-a\n"
+    "    mandatory_retention: true\n"
+    "  - id: sub-b\n"
+    "    mandatory_retention: true\n"
+    "  - id: sub-svc\n"
+    "service_principal: svc\n"
+    "service_vault: Service\n"
+    "store: service.db\n"
+    "vaults:\n"
+    "  - name: Service\n"
+    "    subscription: sub-svc\n"
+    "    region: centralus\n"
+    "    pin: env:TEST_PIN\n"
+    "    so_pin: env:TEST_SO_PIN\n"
+    "  - name: VaultA1\n"
+    "    subscription: sub-a\n"
+    "    region: westus\n"
+    "    pin: env:TEST_PIN\n"
+    "    so_pin: env:TEST_SO_PIN\n"
+    "    purge_protection: true\n"
+    "    access:\n"
+    "      - principal: svc\n"
+    "        role: service\n"
+    "      - principal: officer\n"
+    "        permissions: [get, list, backup, restore, import]\n"
+    "    keys:\n"
+    "      - name: KeyA\n"
+    "        size: 2048\n"
+    "  - name: VaultB1\n"
+    "    subscription: sub-b\n"
+    "    region: eastus2\n"
+    "    pin: env:TEST_PIN\n"
+    "    so_pin: env:TEST_SO_PIN\n"
+    "    purge_protection: true\n"
+    "    access:\n"
+    "      - principal: svc\n"
+    "        role: service\n"
+    "    keys:\n"
+    "      - name: KeyB\n"
+    "        size: 2048\n"
+    "deps:\n"
+    "  - name: Dep1\n"
+    "    workload: tenant\n"
+    "    keys: [VaultA1/KeyA, VaultB1/KeyB]\n"
+    "assignments:\n"
+    "  tenant: Dep1\n";
+
+/* The layout made where the tokens are (each region's own administration),
+ * then VaultA1 and VaultB1 each served by a server of its own. */
+static void setup(pid_t pid[2])
+{
+    static const char *const vault[2] = {"VaultA1", "VaultB1"};
+    char text[1200];
+    int i;
+
+    kc_test_write(kc_test_path("layout.yaml"), layout, strlen(layout), 0644);
+    ASSERT_RC(kc_test_run("policy", "apply", kc_test_path("layout.yaml"), "--yes", NULL), 0);
+    setenv("KEYCUSTODY_STORE", kc_test_path("service.db"), 1);
+    setenv("KEYCUSTODY_SERVICE_VAULT", "Service", 1);
+    setenv("KEYCUSTODY_SERVICE_PIN_SOURCE", "env:TEST_PIN", 1);
+    for (i = 0; i < 2; i++) {
+        snprintf(sock[i], sizeof(sock[i]), "%s/region%d.sock", kc_test_dir(), i);
+        snprintf(modfile[i], sizeof(modfile[i]), "%s/region%d.module", kc_test_dir(), i);
+        snprintf(text, sizeof(text), "# %s, through its region's server\nremote: unix:path=%s\n",
+                 vault[i], sock[i]);
+        kc_test_write(modfile[i], text, strlen(text), 0644);
+        pid[i] = serve(vault[i], sock[i]);
+    }
+    snprintf(bind_a, sizeof(bind_a), "VaultA1=%s", modfile[0]);
+    snprintf(bind_b, sizeof(bind_b), "VaultB1=%s", modfile[1]);
+}
+
+static const kc_test_out *get(const char *name)
+{
+    unlink(kc_test_path("item.out"));
+    return kc_test_run("data", "get", "tenant", name, "--out", kc_test_path("item.out"), "--as",
+                       "svc", PINS, REMOTE, NULL);
+}
+
+static int item_matches(void)
+{
+    char *out = NULL;
+
+    return kc_test_sh(&out, "cmp '%s' '%s'", kc_test_path("item.bin"),
+                      kc_test_path("item.out")) == 0;
+}
+
+/* What p11-kit 0.24.1's client carries of SoftHSM, as module check asks it
+ * through a server: no AES key wrap, no AES-GCM, no AES-CBC-PAD listed;
+ * CKA_UNWRAP_TEMPLATE fails as CKR_DEVICE_ERROR (keycustody's templates
+ * leave it out there); RSA-OAEP and HMAC are carried. */
+static void test_remote_facts(void)
+{
+    const kc_test_out *r;
+    pid_t pid[2];
+    json_t *j;
+
+    setup(pid);
+    r = kc_test_run("module", "check", "VaultA1", "--module", modfile[0], "--json",
+                    "--pin-source", "VaultA1=env:TEST_PIN", NULL);
+    ASSERT_RC(r, 0);
+    j = json_loads(r->out, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    ASSERT_HAS(json_string_value(json_object_get(j, "module")), "p11-kit-client.so");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "aes_key_wrap.rfc5649"), "no");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "mech.aes_gcm"), "no");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "mech.aes_cbc_pad_wrap"), "no");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "attr.unwrap_template"), "no");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "rsa_oaep.sha1"), "yes");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "mech.hmac_sha256"), "yes");
+    CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "backup/restore"), "not possible");
+    CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "DEPs"), "works differently");
+    json_decref(j);
+    unserve(pid[0], SIGTERM);
+    unserve(pid[1], SIGTERM);
+}
+
+/* Data under a DEP whose custodian vaults are each behind their region's
+ * server: written and read through them; a new DEP made through them; one
+ * server killed, the data read through the other vault, and a DEP that
+ * needs the lost vault refused with nothing made. */
+static void test_remote_dep(void)
+{
+    const kc_test_out *r;
+    char *out = NULL;
+    pid_t pid[2];
+
+    setup(pid);
+    r = kc_test_run("vault", "show", "VaultA1", REMOTE, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "p11-kit-client.so\n");
+    CU_ASSERT_EQUAL(kc_test_sh(&out, "head -c 3000 /dev/urandom >'%s'", kc_test_path("item.bin")),
+                    0);
+    r = kc_test_run("data", "put", "tenant", "t1", "--in", kc_test_path("item.bin"), "--as", "svc",
+                    PINS, REMOTE, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_RC(get("t1"), 0);
+    CU_ASSERT_TRUE(item_matches());
+    r = kc_test_run("dep", "create", "Dep2", "--keys", "VaultA1/KeyA,VaultB1/KeyB", "--workload",
+                    "exchange", "--as", "svc", PINS, REMOTE, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "root key A    VaultA1/KeyA/");
+
+    /* region A's server dies: vault B reads the data */
+    unserve(pid[0], SIGKILL);
+    r = get("t1");
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->err, "warning: VaultA1: ");
+    CU_ASSERT_TRUE(item_matches());
+    /* and a DEP that needs vault A is refused, nothing made */
+    r = kc_test_run("dep", "create", "Dep3", "--keys", "VaultA1/KeyA,VaultB1/KeyB", "--workload",
+                    "exchange", "--as", "svc", PINS, REMOTE, NULL);
+    CU_ASSERT_NOT_EQUAL(r->rc, 0);
+    ASSERT_HAS(r->err, "VaultA1");
+    r = kc_test_run("dep", "list", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "Dep2 ");
+    CU_ASSERT_PTR_NULL(strstr(r->out, "Dep3"));
+    r = kc_test_run("key", "list", "Service", "--pin-source", "env:TEST_PIN", NULL);
+    CU_ASSERT_EQUAL(r->rc, 0);
+    CU_ASSERT_PTR_NULL(strstr(r->out, "Dep3"));
+    unserve(pid[1], SIGTERM);
+}
+
+/* A backup needs AES key wrap and AES-GCM, which the client does not
+ * carry: refused up front, naming them, no file made; where the token is
+ * loaded directly the same backup is made. */
+static void test_remote_refused_up_front(void)
+{
+    const kc_test_out *r;
+    pid_t pid[2];
+
+    setup(pid);
+    kc_test_custodians();
+    ASSERT_RC(kc_test_domain("sub-a", "VaultA1", kc_test_path("a.domain")), 0);
+    r = kc_test_run("key", "backup", "VaultA1/KeyA", "--out", kc_test_path("k.backup"), "--as",
+                    "officer", "--pin-source", "env:TEST_PIN", "--module", modfile[0], NULL);
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "token 'VaultA1' does not offer CKM_AES_KEY_WRAP_PAD wrap through module");
+    ASSERT_HAS(r->err, "which a backup needs; nothing was done");
+    CU_ASSERT_NOT_EQUAL(access(kc_test_path("k.backup"), F_OK), 0);
+    r = kc_test_run("key", "backup", "VaultA1/KeyA", "--out", kc_test_path("k.backup"), "--as",
+                    "officer", "--pin-source", "env:TEST_PIN", NULL);
+    ASSERT_RC(r, 0);
+    unserve(pid[0], SIGTERM);
+    unserve(pid[1], SIGTERM);
+}
+
+static const kc_test_case cases[] = {
+    {"what p11-kit's client carries", test_remote_facts},
+    {"a DEP through two regions' servers", test_remote_dep},
+    {"what the client does not carry is refused up front", test_remote_refused_up_front},
+    {NULL, NULL},
+};
+
+static const kc_test_suite suites[] = {{"remote", 1, cases}, {NULL, 0, NULL}};
+
+int main(int argc, char **argv)
+{
+    return kc_test_main(argc, argv, suites);
+}
