@@ -221,30 +221,82 @@ static kc_rc load_one(const char *module_path, CK_FUNCTION_LIST **out, kc_error 
     return KC_OK;
 }
 
+/* The file of the registered module named name_or_path, or whose file it
+ * is, into file; 0 when none is. Nothing is initialised. */
+static int registered_file(const char *name_or_path, char *file, size_t cap)
+{
+    CK_FUNCTION_LIST *m = registered_module(name_or_path);
+    char *f;
+
+    if (m == NULL)
+        return 0;
+    f = p11_kit_module_get_filename(m);
+    snprintf(file, cap, "%s", f != NULL ? f : name_or_path);
+    free(f);
+    p11_kit_module_release(m);
+    return 1;
+}
+
+/* What loading path would give, without loading it: the module file
+ * (links resolved) and the options it is started with, or the server a
+ * module file's remote: names. A path that cannot be read keeps its own
+ * name: loading it says why. */
+static void module_key(const char *path, char *key, size_t cap)
+{
+    char module[PATH_MAX], reserved[1024], remote[PATH_MAX], real[PATH_MAX], file[PATH_MAX],
+        full[PATH_MAX + 128];
+    kc_error ignored;
+    int registered = 0;
+
+    snprintf(file, sizeof(file), "%s", path);
+    reserved[0] = '\0';
+    if (ends_with(path, ".module")) {
+        if (read_module_file(path, module, sizeof(module), reserved, sizeof(reserved), remote,
+                             sizeof(remote), &ignored) != KC_OK) {
+            snprintf(key, cap, "unread:%s", path);
+            return;
+        }
+        if (remote[0] != '\0') {
+            snprintf(key, cap, "remote:%s", remote);
+            return;
+        }
+        snprintf(file, sizeof(file), "%s", module);
+    } else {
+        registered = registered_file(path, file, sizeof(file));
+    }
+    /* a bare name is looked for where p11-kit looks for it */
+    if (strchr(file, '/') == NULL)
+        snprintf(full, sizeof(full), "%s/%s", P11_KIT_MODULE_PATH, file);
+    else
+        snprintf(full, sizeof(full), "%s", file);
+    if (realpath(full, real) == NULL)
+        snprintf(real, sizeof(real), "%.*s", (int)sizeof(real) - 1, full);
+    snprintf(key, cap, "file:%.700s|%s|%.400s", real, registered ? "registered" : "", reserved);
+}
+
 /* The index of the module of path in p (loading it if it is new). */
 static kc_rc add_module(kc_p11 *p, const char *path, size_t *n, size_t *at, kc_error *err)
 {
     CK_FUNCTION_LIST *m = NULL;
+    char key[sizeof(p->keys[0])];
     size_t i;
-    kc_rc r = load_one(path, &m, err);
+    kc_rc r;
 
-    if (r != KC_OK)
-        return r;
-    /* the same module twice (a path and its registered name, a link):
-     * p11-kit hands out the same functions, initialised once more */
+    /* the same module twice (a path and its registered name, a link) is
+     * loaded once: twice, its tokens would each show twice */
+    module_key(path, key, sizeof(key));
     for (i = 0; i < *n; i++)
-        if (p->modules[i] == m) {
-            p11_kit_module_finalize(m);
-            p11_kit_module_release(m);
+        if (strcmp(p->keys[i], key) == 0) {
             *at = i;
             return KC_OK;
         }
-    if (*n == KC_P11_MODULES_MAX) {
-        p11_kit_module_finalize(m);
-        p11_kit_module_release(m);
+    if (*n == KC_P11_MODULES_MAX)
         return kc_error_set(err, KC_USAGE, "more than %d PKCS#11 modules in one run",
                             KC_P11_MODULES_MAX);
-    }
+    r = load_one(path, &m, err);
+    if (r != KC_OK)
+        return r;
+    snprintf(p->keys[*n], sizeof(p->keys[0]), "%s", key);
     p->modules[*n] = m;
     *at = (*n)++;
     return KC_OK;

@@ -22,6 +22,9 @@ struct kc_p11 {
         size_t module; /* index into modules */
     } binds[KC_P11_BINDS_MAX];
     size_t nbinds;
+    /* what each module loaded by kc_p11_load_set is (its file and options,
+     * or a server's address), so that one asked for twice is loaded once */
+    char keys[KC_P11_MODULES_MAX][1200];
     kc_tok **cache;             /* tokens handed out by kc_p11_token, owned here */
     size_t ncache;
 };

@@ -326,6 +326,14 @@ static void test_module_list(void)
     r = kc_test_run("module", "list", "--module", "no-such-module", NULL);
     ASSERT_RC(r, 4);
     ASSERT_HAS(r->err, "no PKCS#11 module named 'no-such-module' is registered with p11-kit");
+    /* one module named three ways (its file, a link to it, its p11-kit
+     * name) is loaded once: each token shows once */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(realpath(KC_SOFTHSM_MODULE, real));
+    r = kc_test_run("vault", "list", "--module", "VaultA1=softhsm2", "--module", real,
+                    "--module", KC_SOFTHSM_MODULE, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "VaultA1 ");
+    CU_ASSERT_PTR_NULL(strstr(strstr(r->out, "VaultA1 ") + 1, "VaultA1 "));
     /* every registered module: p11-kit's trust module has a read-only
      * token, which is listed as what it is, not as an error */
     unsetenv("KEYCUSTODY_MODULE");
