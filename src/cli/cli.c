@@ -208,14 +208,15 @@ static int add_source(kc_cli *cli, const char **list, size_t *n, const char *arg
 static int add_module(kc_cli *cli, const char *arg)
 {
     kc_module_set *m = &cli->modules;
-    size_t eq = strcspn(arg, "="), i;
+    const char *sep = strchr(arg, '=');
+    size_t eq = sep != NULL ? (size_t)(sep - arg) : 0, i;
     char *vault;
     kc_error e;
 
     if (!cli->module_given) /* the command line replaces KEYCUSTODY_MODULE */
         memset(m, 0, sizeof(*m));
     cli->module_given = 1;
-    if (arg[eq] == '=' && eq < sizeof(cli->module_vaults[0]) && memchr(arg, '/', eq) == NULL) {
+    if (sep != NULL && eq < sizeof(cli->module_vaults[0]) && memchr(arg, '/', eq) == NULL) {
         if (m->nbinds == KC_P11_BINDS_MAX)
             return kc_cli_usage(cli, "--module: at most %d vaults", KC_P11_BINDS_MAX);
         vault = cli->module_vaults[m->nbinds];
