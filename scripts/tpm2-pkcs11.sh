@@ -29,18 +29,26 @@
 # of the steps of start). start removes these and only these first.
 #
 # What swtpm 0.7 and tpm2-pkcs11 1.9 do that the callers must know:
-#   - swtpm serves ONE client connection at a time; a second client blocks
-#     until the first disconnects. tpm2-pkcs11 keeps its connection from
-#     C_Initialize to C_Finalize, so only one process at a time can have the
-#     module initialised (tpm2-tools and pkcs11-tool calls in between wait).
+#   - swtpm serves one client connection at a time (a second one waits), but
+#     tcti-swtpm opens a connection per TPM command and closes it after the
+#     response, so processes that use the module, tpm2-tools and pkcs11-tool
+#     can run side by side; their commands interleave on one TPM.
+#   - There is no resource manager: TPM sessions and transient objects that a
+#     client leaves loaded stay loaded. A process that exits after C_Login
+#     without C_Logout/C_Finalize (pkcs11-tool does, on any error after its
+#     login) leaves one auth session behind; swtpm holds 3, and then every
+#     C_Login fails with TPM_RC_SESSION_MEMORY. With the printed variables
+#     exported, `tpm2_flushcontext -l; tpm2_flushcontext -t` clears them (or
+#     start again).
+#   - The module always shows one more slot than there are tokens in the
+#     store, with an uninitialised token in it: that is the free slot. Its
+#     C_InitToken sets CKF_USER_PIN_INITIALIZED at once, before any C_InitPIN.
 #   - libtpm2-pkcs11-1 registers the module with p11-kit
 #     (/usr/share/p11-kit/modules/tpm2_pkcs11.module): programs that load the
 #     p11-kit registry load it too. With this script's variables exported they
-#     see its free token (and hold the swtpm connection); without them it
-#     fails C_Initialize (no TPM device), is skipped as non-critical, prints
-#     TCTI errors on stderr and creates $HOME/.tpm2_pkcs11/tpm2_pkcs11.sqlite3.
-#   - The module always shows one more slot than there are tokens in the
-#     store, with an uninitialised token in it: that is the free slot.
+#     see its free token; without them it fails C_Initialize (no TPM device),
+#     is skipped as non-critical, prints TCTI errors on stderr, tries
+#     127.0.0.1:2321 and creates $HOME/.tpm2_pkcs11/tpm2_pkcs11.sqlite3.
 
 set -u
 
@@ -108,11 +116,13 @@ cmd_module() {
     die "tpm2-pkcs11 module not found; run: $0 install"
 }
 
-# DIR: created if missing, made absolute, restricted to characters that
-# need no quoting in the printed lines or in a TCTI configuration string
+# DIR: made absolute, restricted to characters that need no quoting in the
+# printed lines or in a TCTI configuration string; start creates it if
+# missing, stop does not (nothing to stop there)
 set_dir() {
     [ -n "${1:-}" ] || usage
     case $1 in *[!A-Za-z0-9._/-]*) die "DIR '$1' has characters other than A-Za-z0-9._/-" ;; esac
+    if [ "$CMD" = stop ] && [ ! -d "$1" ]; then log "no directory $1: nothing to stop"; exit 0; fi
     mkdir -p "$1" 2>/dev/null || die "cannot create $1"
     DIR=$(cd "$1" && pwd -P) || die "bad DIR $1"
     case $DIR in *[!A-Za-z0-9._/-]*) die "DIR '$DIR' has characters other than A-Za-z0-9._/-" ;; esac
@@ -138,7 +148,9 @@ is_ours() {
 
 recorded_pid() { [ -f "$PIDFILE" ] && tr -dc 0-9 <"$PIDFILE"; }
 
-# SIGTERM, then SIGKILL after 5 s; swtpm writes its state and exits on SIGTERM
+# SIGTERM, then SIGKILL after 5 s (swtpm exits on SIGTERM in some 20 ms).
+# Once it has exited it is a zombie until its parent (init, since --daemon)
+# reaps it: is_ours takes a zombie for gone.
 kill_wait() {
     kill -TERM "$1" 2>/dev/null
     _n=0
@@ -275,6 +287,14 @@ cmd_start() {
     # store is whole before any module loads and the module prints no
     # "Cannot prepare version query" warning on an empty DB.)
     tpm2_ptool init --path "$STORE" >>"$LOG" 2>&1 || fail "tpm2_ptool init failed"
+    # There is no resource manager between the clients and swtpm, so what a
+    # client loads stays loaded after it disconnects: tpm2_ptool init (the
+    # tpm2-tools it runs) leaves two transient objects, and swtpm has room
+    # for three. Left there, the module's first C_InitToken fails in
+    # Esys_StartAuthSession with TPM_RC_OBJECT_MEMORY.
+    tpm2_flushcontext --transient-object >>"$LOG" 2>&1 || fail "tpm2_flushcontext -t failed"
+    tpm2_flushcontext --loaded-session >>"$LOG" 2>&1 || fail "tpm2_flushcontext -l failed"
+    [ -z "$(tpm2_getcap handles-transient 2>>"$LOG")" ] || fail "transient objects left in the TPM"
 
     # Check: one slot, its token not initialised (pkcs11-tool, from opensc,
     # only if present: the suite has it through scripts/deps.sh)
@@ -298,12 +318,14 @@ cmd_stop() {
     else
         log "swtpm not running (pid file: ${_p:-none})"
     fi
-    # swtpm leaves its unix sockets behind
+    # swtpm removes its sockets and pid file itself on SIGTERM; after a
+    # SIGKILL (or a crash) they are left behind
     rm -f "$PIDFILE" "$SOCK" "$SOCK.ctrl"
     return 0
 }
 
-case ${1:-} in
+CMD=${1:-}
+case $CMD in
     install) cmd_install ;;
     module) cmd_module ;;
     start) set_dir "${2:-}"; cmd_start ;;

@@ -22,12 +22,49 @@
     "--pin-source", "VaultA1=env:TEST_PIN", "--pin-source", "VaultB1=env:TEST_PIN",              \
         "--pin-source", "Service=env:TEST_PIN"
 
+/* kc_test_path's, in a buffer of its own: several in one call */
+static const char *tpath(const char *name)
+{
+    static char buf[4][1100];
+    static int i;
+
+    i = (i + 1) % 4;
+    snprintf(buf[i], sizeof(buf[i]), "%s", kc_test_path(name));
+    return buf[i];
+}
+
 static char sock[2][1100], modfile[2][1100], bind_a[1200], bind_b[1200];
 
 #define REMOTE "--module", bind_a, "--module", bind_b, "--module", "Service=" KC_SOFTHSM_MODULE
 
+/* The servers running, stopped by their PIDs whatever becomes of a test
+ * (a failed assertion ends it early): at the next test and at exit. */
+static pid_t running[4];
+
+static void unserve(pid_t pid, int sig)
+{
+    size_t i;
+
+    if (pid <= 0)
+        return;
+    kill(pid, sig);
+    waitpid(pid, NULL, 0);
+    for (i = 0; i < sizeof(running) / sizeof(running[0]); i++)
+        if (running[i] == pid)
+            running[i] = 0;
+}
+
+static void unserve_all(void)
+{
+    size_t i;
+
+    for (i = 0; i < sizeof(running) / sizeof(running[0]); i++)
+        unserve(running[i], SIGTERM);
+}
+
 /* 'p11-kit server' in the foreground for the token labelled token, its
- * socket at path; its PID once the socket is there. */
+ * socket at path, its output in a log beside it (never the test's own
+ * pipes); its PID once the socket is there. */
 static pid_t serve(const char *token, const char *path)
 {
     char uri[100];
@@ -41,24 +78,23 @@ static pid_t serve(const char *token, const char *path)
     fflush(NULL);
     pid = fork();
     if (pid == 0) {
-        if (freopen("/dev/null", "w", stdout) == NULL)
+        char log[1200];
+        snprintf(log, sizeof(log), "%s.log", path);
+        if (freopen(log, "w", stdout) == NULL || freopen(log, "a", stderr) == NULL)
             _exit(127);
         execlp("p11-kit", "p11-kit", "server", "-f", "--provider", KC_SOFTHSM_MODULE, "-n", path,
                uri, (char *)NULL);
         _exit(127);
     }
+    for (i = 0; pid > 0 && i < 4; i++)
+        if (running[i] == 0) {
+            running[i] = pid;
+            break;
+        }
     for (i = 0; pid > 0 && i < 100 && stat(path, &st) != 0; i++)
         nanosleep(&pause, NULL);
     CU_ASSERT_EQUAL_FATAL(stat(path, &st), 0);
     return pid;
-}
-
-static void unserve(pid_t pid, int sig)
-{
-    if (pid <= 0)
-        return;
-    kill(pid, sig);
-    waitpid(pid, NULL, 0);
 }
 
 static const char layout[] =
@@ -119,9 +155,10 @@ static void setup(pid_t pid[2])
     char text[1200];
     int i;
 
-    kc_test_write(kc_test_path("layout.yaml"), layout, strlen(layout), 0644);
-    ASSERT_RC(kc_test_run("policy", "apply", kc_test_path("layout.yaml"), "--yes", NULL), 0);
-    setenv("KEYCUSTODY_STORE", kc_test_path("service.db"), 1);
+    unserve_all(); /* what an earlier test's failure left */
+    kc_test_write(tpath("layout.yaml"), layout, strlen(layout), 0644);
+    ASSERT_RC(kc_test_run("policy", "apply", tpath("layout.yaml"), "--yes", NULL), 0);
+    setenv("KEYCUSTODY_STORE", tpath("service.db"), 1);
     setenv("KEYCUSTODY_SERVICE_VAULT", "Service", 1);
     setenv("KEYCUSTODY_SERVICE_PIN_SOURCE", "env:TEST_PIN", 1);
     for (i = 0; i < 2; i++) {
@@ -138,8 +175,8 @@ static void setup(pid_t pid[2])
 
 static const kc_test_out *get(const char *name)
 {
-    unlink(kc_test_path("item.out"));
-    return kc_test_run("data", "get", "tenant", name, "--out", kc_test_path("item.out"), "--as",
+    unlink(tpath("item.out"));
+    return kc_test_run("data", "get", "tenant", name, "--out", tpath("item.out"), "--as",
                        "svc", PINS, REMOTE, NULL);
 }
 
@@ -147,8 +184,7 @@ static int item_matches(void)
 {
     char *out = NULL;
 
-    return kc_test_sh(&out, "cmp '%s' '%s'", kc_test_path("item.bin"),
-                      kc_test_path("item.out")) == 0;
+    return kc_test_sh(&out, "cd '%s' && cmp item.bin item.out", kc_test_dir()) == 0;
 }
 
 /* What p11-kit 0.24.1's client carries of SoftHSM, as module check asks it
@@ -195,13 +231,35 @@ static void test_remote_dep(void)
     r = kc_test_run("vault", "show", "VaultA1", REMOTE, NULL);
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "p11-kit-client.so\n");
-    CU_ASSERT_EQUAL(kc_test_sh(&out, "head -c 3000 /dev/urandom >'%s'", kc_test_path("item.bin")),
+    CU_ASSERT_EQUAL(kc_test_sh(&out, "cd '%s' && head -c 3000 /dev/urandom >item.bin && head -c 32 "
+                                     "/dev/urandom >dek",
+                               kc_test_dir()),
                     0);
-    r = kc_test_run("data", "put", "tenant", "t1", "--in", kc_test_path("item.bin"), "--as", "svc",
+    r = kc_test_run("data", "put", "tenant", "t1", "--in", tpath("item.bin"), "--as", "svc",
                     PINS, REMOTE, NULL);
     ASSERT_RC(r, 0);
     ASSERT_RC(get("t1"), 0);
     CU_ASSERT_TRUE(item_matches());
+    /* wrap and unwrap through the server, and OpenSSL agrees */
+    ASSERT_RC(kc_test_run("key", "wrap", "VaultA1/KeyA", "--in", tpath("dek"), "--out",
+                          tpath("w"), "--as", "svc", REMOTE, NULL),
+              0);
+    ASSERT_RC(kc_test_run("key", "unwrap", "VaultA1/KeyA", "--in", tpath("w"), "--out",
+                          tpath("u"), "--as", "svc", PINS, REMOTE, NULL),
+              0);
+    CU_ASSERT_EQUAL(kc_test_sh(&out, "cd '%s' && cmp dek u", kc_test_dir()), 0);
+    ASSERT_RC(kc_test_run("key", "export-public", "VaultA1/KeyA", "--out", tpath("a.pem"),
+                          "--as", "svc", REMOTE, NULL),
+              0);
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "cd '%s' && openssl pkeyutl -encrypt -pubin -inkey a.pem -pkeyopt "
+                               "rsa_padding_mode:oaep -in dek -out o",
+                               kc_test_dir()),
+                    0);
+    ASSERT_RC(kc_test_run("key", "unwrap", "VaultA1/KeyA", "--in", tpath("o"), "--out",
+                          tpath("u2"), "--alg", "RSA-OAEP", "--as", "svc", PINS, REMOTE, NULL),
+              0);
+    CU_ASSERT_EQUAL(kc_test_sh(&out, "cd '%s' && cmp dek u2", kc_test_dir()), 0);
     r = kc_test_run("dep", "create", "Dep2", "--keys", "VaultA1/KeyA,VaultB1/KeyB", "--workload",
                     "exchange", "--as", "svc", PINS, REMOTE, NULL);
     ASSERT_RC(r, 0);
@@ -238,14 +296,14 @@ static void test_remote_refused_up_front(void)
 
     setup(pid);
     kc_test_custodians();
-    ASSERT_RC(kc_test_domain("sub-a", "VaultA1", kc_test_path("a.domain")), 0);
-    r = kc_test_run("key", "backup", "VaultA1/KeyA", "--out", kc_test_path("k.backup"), "--as",
+    ASSERT_RC(kc_test_domain("sub-a", "VaultA1", tpath("a.domain")), 0);
+    r = kc_test_run("key", "backup", "VaultA1/KeyA", "--out", tpath("k.backup"), "--as",
                     "officer", "--pin-source", "env:TEST_PIN", "--module", modfile[0], NULL);
     ASSERT_RC(r, 7);
     ASSERT_HAS(r->err, "token 'VaultA1' does not offer CKM_AES_KEY_WRAP_PAD wrap through module");
     ASSERT_HAS(r->err, "which a backup needs; nothing was done");
-    CU_ASSERT_NOT_EQUAL(access(kc_test_path("k.backup"), F_OK), 0);
-    r = kc_test_run("key", "backup", "VaultA1/KeyA", "--out", kc_test_path("k.backup"), "--as",
+    CU_ASSERT_NOT_EQUAL(access(tpath("k.backup"), F_OK), 0);
+    r = kc_test_run("key", "backup", "VaultA1/KeyA", "--out", tpath("k.backup"), "--as",
                     "officer", "--pin-source", "env:TEST_PIN", NULL);
     ASSERT_RC(r, 0);
     unserve(pid[0], SIGTERM);
@@ -263,5 +321,8 @@ static const kc_test_suite suites[] = {{"remote", 1, cases}, {NULL, 0, NULL}};
 
 int main(int argc, char **argv)
 {
-    return kc_test_main(argc, argv, suites);
+    int rc = kc_test_main(argc, argv, suites);
+
+    unserve_all();
+    return rc;
 }
