@@ -203,11 +203,23 @@ static void fact(kc_probe *p, const char *id, kc_cap cap, const char *fmt, ...)
 /* rv of fn, kept where it broke the probe rather than answered it. */
 static CK_RV seen(kc_probe *p, const char *fn, CK_RV rv)
 {
+    /* without a login, "no user has logged in" is the module's answer */
+    if (rv == CKR_USER_NOT_LOGGED_IN && !p->logged_in)
+        return rv;
     if (kc_p11_rv_broken(rv) && p->broken_rv == 0) {
         p->broken_rv = rv;
         snprintf(p->broken_at, sizeof(p->broken_at), "%s", fn);
     }
     return rv;
+}
+
+/* Whether rv says the object could not be made in this session at all (no
+ * login, a session the module keeps read-only: tpm2-pkcs11 on a free
+ * token), which answers nothing about what was asked. */
+static int not_here(CK_RV rv)
+{
+    return rv == CKR_SESSION_READ_ONLY || rv == CKR_USER_NOT_LOGGED_IN ||
+           rv == CKR_TOKEN_WRITE_PROTECTED;
 }
 
 /* --- session objects --- */
@@ -371,6 +383,9 @@ static void probe_trusted(kc_tok *t, kc_probe *p)
 
     if (rw == CKR_OK)
         fact(p, "wrap_with_trusted.accepted", KC_CAP_YES, "a key with CKA_WRAP_WITH_TRUSTED=TRUE was made");
+    else if (not_here(rw))
+        fact(p, "wrap_with_trusted.accepted", KC_CAP_UNKNOWN, "no key can be made here (%s)",
+             kc_p11_rv_name(rw));
     else
         fact(p, "wrap_with_trusted.accepted", KC_CAP_NO, "a key with CKA_WRAP_WITH_TRUSTED=TRUE: %s",
              kc_p11_rv_name(rw));
@@ -398,7 +413,10 @@ static void probe_trusted(kc_tok *t, kc_probe *p)
     /* refused as an attribute only the SO may set (SoftHSM 2.6.1:
      * CKR_ATTRIBUTE_READ_ONLY), or as one the module does not know
      * (openCryptoki 3.8.1: CKR_TEMPLATE_INCONSISTENT, for the SO too) */
-    if (rv == CKR_OK)
+    if (not_here(rv))
+        fact(p, "trusted.user_refused", KC_CAP_UNKNOWN, "no key can be made here (%s)",
+             kc_p11_rv_name(rv));
+    else if (rv == CKR_OK)
         fact(p, "trusted.user_refused", KC_CAP_NO,
              "%s made a key with CKA_TRUSTED=TRUE: the trusted-key arrangement is not a "
              "boundary on this module",
@@ -504,7 +522,8 @@ static void probe_data(kc_tok *t, kc_probe *p)
     if (rv == CKR_OK)
         fact(p, "data.public", KC_CAP_YES, "a public CKO_DATA session object was made");
     else
-        fact(p, "data.public", KC_CAP_NO, "a public CKO_DATA object: %s", kc_p11_rv_name(rv));
+        fact(p, "data.public", not_here(rv) ? KC_CAP_UNKNOWN : KC_CAP_NO,
+             "a public CKO_DATA object: %s", kc_p11_rv_name(rv));
     if (rv == CKR_OK) {
         rv = seen(p, "C_SetAttributeValue", t->f->C_SetAttributeValue(t->session, h, &set, 1));
         fact(p, "data.mutable", rv == CKR_OK ? KC_CAP_YES : KC_CAP_NO,
@@ -520,7 +539,7 @@ static void probe_data(kc_tok *t, kc_probe *p)
     tmpl[2] = (CK_ATTRIBUTE)ATTR_BOOL(CKA_PRIVATE, 1);
     h = CK_INVALID_HANDLE;
     rv = seen(p, "C_CreateObject", t->f->C_CreateObject(t->session, tmpl, 5, &h));
-    fact(p, "data.private", rv == CKR_OK ? KC_CAP_YES : KC_CAP_NO,
+    fact(p, "data.private", rv == CKR_OK ? KC_CAP_YES : not_here(rv) ? KC_CAP_UNKNOWN : KC_CAP_NO,
          rv == CKR_OK ? "a private CKO_DATA session object was made"
                       : "a private CKO_DATA object: %s",
          kc_p11_rv_name(rv));
@@ -770,6 +789,21 @@ static void probe_mechanisms(kc_probe *p)
                                           : "not listed");
 }
 
+/* Whether t's session is read-write: a module may give only read-only ones
+ * (tpm2-pkcs11 on a free token), where every object made is refused
+ * (CKR_SESSION_READ_ONLY) for that reason alone. */
+static int rw_session(kc_tok *t, kc_error *why)
+{
+    CK_SESSION_INFO info;
+    CK_RV rv = t->f->C_GetSessionInfo(t->session, &info);
+
+    if (rv == CKR_OK && (info.flags & CKF_RW_SESSION))
+        return 1;
+    kc_error_set(why, KC_TOKEN, "%s", rv == CKR_OK ? "the session the token gives is read-only"
+                                                   : kc_p11_rv_name(rv));
+    return 0;
+}
+
 kc_rc kc_tok_probe(kc_tok *t, int level, kc_probe *p, kc_error *err)
 {
     static const char *const need_session[] = {
@@ -795,10 +829,10 @@ kc_rc kc_tok_probe(kc_tok *t, int level, kc_probe *p, kc_error *err)
     /* a token not initialised yet may have no sessions: its mechanisms
      * still say much */
     kc_error_clear(&why);
-    if (kc_tok_session(t, &why) != KC_OK) {
+    if (kc_tok_session(t, &why) != KC_OK || !rw_session(t, &why)) {
         for (i = 0; i < sizeof(need_session) / sizeof(need_session[0]); i++)
-            fact(p, need_session[i], KC_CAP_UNKNOWN, "no session on this token to ask it (%s)",
-                 why.msg);
+            fact(p, need_session[i], KC_CAP_UNKNOWN, "no read-write session on this token to "
+                 "ask it (%s)", why.msg);
         return KC_OK;
     }
     probe_data(t, p);

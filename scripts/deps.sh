@@ -31,7 +31,10 @@ for p in "${pkgs[@]}"; do
     missing+=("$p")
   fi
 done
-[ "${#missing[@]}" -eq 0 ] && exit 0
+# tpm2-pkcs11 on swtpm (a module refused a vault, in tests) needs udev pinned
+# to the installed libudev1, which its own script sees to
+tpm2() { "$(dirname "$0")/tpm2-pkcs11.sh" install; }
+[ "${#missing[@]}" -eq 0 ] && { tpm2; exit $?; }
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "keycustody needs these Debian packages, which are not installed: ${missing[*]}" >&2
@@ -43,3 +46,4 @@ echo "installing: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+tpm2

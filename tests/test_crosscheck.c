@@ -440,6 +440,94 @@ static const kc_test_case nss_cases[] = {
     {NULL, NULL},
 };
 
+/* --- tpm2-pkcs11 over swtpm: no secret keys, no public data objects --- */
+
+#define TPM2_SCRIPT KC_SOURCE_DIR "/scripts/tpm2-pkcs11.sh"
+
+static char tpm_dir[1100];
+
+static void tpm_stop(void)
+{
+    char *out = NULL;
+
+    if (tpm_dir[0] != '\0' && kc_test_sh(&out, "'%s' stop '%s'", TPM2_SCRIPT, tpm_dir) != 0)
+        fprintf(stderr, "tpm2-pkcs11.sh stop: %s\n", out);
+    tpm_dir[0] = '\0';
+}
+
+/* swtpm (unix sockets in the test's directory) and a tpm2-pkcs11 store
+ * with one free token; the module's path. */
+static const char *tpm_start(void)
+{
+    static char module[512];
+    char *out = NULL, *line, *eq, *save = NULL;
+
+    tpm_stop();
+    snprintf(tpm_dir, sizeof(tpm_dir), "%s", kc_test_path("tpm"));
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out, "{ '%s' start '%s' 2>'%s.err'; }", TPM2_SCRIPT,
+                                     tpm_dir, tpm_dir),
+                          0);
+    for (line = strtok_r(out, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+        eq = strchr(line, '=');
+        if (eq == NULL)
+            continue;
+        *eq = '\0';
+        setenv(line, eq + 1, 1);
+    }
+    CU_ASSERT_PTR_NOT_NULL_FATAL(getenv("TPM2_PKCS11_TCTI"));
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out, "'%s' module", TPM2_SCRIPT), 0);
+    snprintf(module, sizeof(module), "%.*s", (int)strcspn(out, "\n"), out);
+    return module;
+}
+
+/* What keycustody relies on of tpm2-pkcs11 1.9, as the probe finds it on
+ * its free token: no CKM_GENERIC_SECRET_KEY_GEN (and no C_GenerateKey at
+ * all), no key wrap; RSA and EC key pairs there are. */
+static void test_tpm2_facts(void)
+{
+    const char *module = tpm_start();
+    const kc_test_out *r = kc_test_run("module", "check", "--module", module, "--json", NULL);
+    json_t *j;
+
+    ASSERT_RC(r, 0);
+    j = json_loads(r->out, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "mech.generic_keygen"), "no");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "mech.rsa_keygen"), "yes");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "mech.aes_cbc_pad_wrap"), "no");
+    CU_ASSERT_STRING_EQUAL(kc_test_feature_support(j, "vault"), "not possible");
+    ASSERT_HAS(kc_test_feature_why(j, "vault"), "mech.generic_keygen");
+    /* a session on the free token makes nothing: not taken as a refusal */
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "data.public"), "unknown");
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "trusted.user_refused"), "unknown");
+    json_decref(j);
+    tpm_stop();
+}
+
+/* vault init refuses it before C_InitToken: the token stays free. */
+static void test_tpm2_vault_refused(void)
+{
+    const char *module = tpm_start();
+    const kc_test_out *r;
+
+    r = kc_test_run("vault", "init", "VaultT1", "--subscription", "s", "--region", "westus",
+                    "--module", module, SOPIN, PIN, NULL);
+    ASSERT_RC(r, 7);
+    ASSERT_HAS(r->err, "cannot hold a vault: mech.generic_keygen: generic secrets (not listed); "
+                       "nothing was made on token '(free)'");
+    r = kc_test_run("module", "list", "--module", module, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "1 token\n");
+    ASSERT_HAS(r->out, "  - (free) ");
+    tpm_stop();
+}
+
+static const kc_test_case tpm2_cases[] = {
+    {"the tpm2-pkcs11 facts keycustody relies on", test_tpm2_facts},
+    {"vault init refuses it before anything is made", test_tpm2_vault_refused},
+    {NULL, NULL},
+};
+
 static const kc_test_case module_cases[] = {
     {"the SoftHSM facts keycustody relies on", test_module_check_softhsm_facts},
     {"mechanisms as pkcs11-tool lists them", test_module_check_mechanisms_match_pkcs11_tool},
@@ -458,11 +546,16 @@ static const kc_test_case cases[] = {
 };
 
 static const kc_test_suite suites[] = {
-    {"crosscheck", 1, cases}, {"module", 1, module_cases}, {"nss", 1, nss_cases}, {NULL, 0, NULL}};
+    {"crosscheck", 1, cases}, {"module", 1, module_cases}, {"nss", 1, nss_cases},
+    {"tpm2", 1, tpm2_cases}, {NULL, 0, NULL}};
 
 int main(int argc, char **argv)
 {
+    int rc;
+
     if (freopen("/dev/null", "r", stdin) == NULL)
         return 2;
-    return kc_test_main(argc, argv, suites);
+    rc = kc_test_main(argc, argv, suites);
+    tpm_stop(); /* whatever became of a tpm2 test */
+    return rc;
 }

@@ -74,7 +74,8 @@ static int cmd_list(kc_cli *cli, int argc, char **argv)
 
 /* --- module check --- */
 
-/* The token to probe: the one named, else the first initialised one. */
+/* The token to probe: the one named, else the first initialised one, else
+ * the first free one (a module whose only token is free: tpm2-pkcs11's). */
 static kc_rc probe_token(kc_ctx *ctx, const char *name, kc_tok **out, kc_error *err)
 {
     kc_tok_info *toks = NULL;
@@ -86,12 +87,14 @@ static kc_rc probe_token(kc_ctx *ctx, const char *name, kc_tok **out, kc_error *
     r = kc_p11_list_tokens(ctx->p11, &toks, &n, err);
     for (i = 0; r == KC_OK && i < n && !toks[i].initialized; i++)
         ;
-    if (r == KC_OK && i == n) {
-        r = kc_error_set(err, KC_NOT_FOUND, "no initialised token to probe");
-        kc_error_hint(err, "initialise one (keycustody vault init, or the module's own tool)");
-    }
-    if (r == KC_OK)
+    if (r == KC_OK && i == n && n == 0) {
+        r = kc_error_set(err, KC_NOT_FOUND, "the module shows no token to probe");
+        kc_error_hint(err, "see what it shows with 'keycustody module list'");
+    } else if (r == KC_OK && i == n) {
+        r = kc_p11_free_token(ctx->p11, NULL, out, err);
+    } else if (r == KC_OK) {
         r = kc_p11_token(ctx->p11, toks[i].uri, out, err);
+    }
     free(toks);
     return r;
 }
@@ -203,7 +206,8 @@ const kc_cmd kc_cmds_module[] = {
      "OpenSSL, not trusted by number); RSA-OAEP with SHA-1 and SHA-256 against\n"
      "OpenSSL. Then, feature by feature: works, works differently, not possible (why),\n"
      "or not asked.\n\n"
-     "TOKEN is a label or pkcs11: URI; without it, the first initialised token. With a\n"
+     "TOKEN is a label or pkcs11: URI; without it, the first initialised token, or the\n"
+     "first free one where none is initialised. With a\n"
      "PIN source for the token (--pin-source), the facts that need a login are asked\n"
      "too; there is never a prompt.\n\n"
      "Example:\n"

@@ -158,7 +158,7 @@ size_t kc_module_features(const kc_probe *p, kc_feature out[KC_FEATURES_MAX])
 
     need(&out[n++], p, "vault", vault);
     /* asked on free tokens only (kc_tok_probe): unknown elsewhere */
-    if (kc_probe_cap(p, "data.token") == KC_CAP_NO)
+    if (out[n - 1].support != KC_NOT_POSSIBLE && kc_probe_cap(p, "data.token") == KC_CAP_NO)
         note(&out[n - 1], KC_NOT_POSSIBLE, "data.token: %s", kc_probe_get(p, "data.token")->detail);
     vault_signer(p, &out[n - 1]);
     if (kc_probe_cap(p, "data.mutable") == KC_CAP_YES && out[n - 1].support == KC_WORKS)
