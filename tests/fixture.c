@@ -561,3 +561,59 @@ const char *kc_test_feature_why(json_t *check, const char *feature)
 {
     return feature_field(check, feature, "why");
 }
+
+/* --- other modules --- */
+
+const char *kc_test_nss_module(void)
+{
+    static char file[1100];
+    char text[1400], *out = NULL;
+
+    snprintf(file, sizeof(file), "%s", kc_test_path("nss.module"));
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out, "mkdir -p '%s'", kc_test_path("nssdb")), 0);
+    snprintf(text, sizeof(text),
+             "# NSS softokn, as p11-kit would load it\n"
+             "module: " KC_SOFTOKN_MODULE "\n"
+             "x-init-reserved: configdir='sql:%s' certPrefix='' keyPrefix='' "
+             "secmod='secmod.db' flags=\n",
+             kc_test_path("nssdb"));
+    kc_test_write(file, text, strlen(text), 0644);
+    return file;
+}
+
+#define TPM2_SCRIPT KC_SOURCE_DIR "/scripts/tpm2-pkcs11.sh"
+
+static char tpm_dir[1100];
+
+void kc_test_tpm2_stop(void)
+{
+    char *out = NULL;
+
+    if (tpm_dir[0] != '\0' && kc_test_sh(&out, "'%s' stop '%s'", TPM2_SCRIPT, tpm_dir) != 0)
+        fprintf(stderr, "tpm2-pkcs11.sh stop: %s\n", out);
+    tpm_dir[0] = '\0';
+}
+
+const char *kc_test_tpm2_start(void)
+{
+    static char module[512];
+    char *out = NULL, *line, *eq, *save = NULL;
+
+    kc_test_tpm2_stop();
+    snprintf(tpm_dir, sizeof(tpm_dir), "%s", kc_test_path("tpm"));
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out, "{ '%s' start '%s' 2>'%s.err'; }", TPM2_SCRIPT,
+                                     tpm_dir, tpm_dir),
+                          0);
+    for (line = strtok_r(out, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+        eq = strchr(line, '=');
+        if (eq == NULL)
+            continue;
+        *eq = '\0';
+        setenv(line, eq + 1, 1);
+    }
+    CU_ASSERT_PTR_NOT_NULL_FATAL(getenv("TPM2_PKCS11_TCTI"));
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out, "'%s' module", TPM2_SCRIPT), 0);
+    snprintf(module, sizeof(module), "%.*s", (int)strcspn(out, "\n"), out);
+    return module;
+}
+

@@ -132,4 +132,14 @@ typedef struct kc_test_suite {
 /* Runs the suites (all, or the one named by argv[1]); returns the exit code. */
 int kc_test_main(int argc, char **argv, const kc_test_suite *suites);
 
+/* NSS softokn through a p11-kit module file with a database in the test's
+ * directory: the file's path. */
+const char *kc_test_nss_module(void);
+/* swtpm (unix sockets in the test's directory, scripts/tpm2-pkcs11.sh) and
+ * a tpm2-pkcs11 store with one free token, its variables exported: the
+ * module's path. kc_test_tpm2_stop stops it by its PID (at the next start
+ * too). */
+const char *kc_test_tpm2_start(void);
+void kc_test_tpm2_stop(void);
+
 #endif

@@ -347,32 +347,13 @@ static void test_module_list(void)
 
 /* --- NSS softokn: a module that cannot hold a vault --- */
 
-#define SOFTOKN "/usr/lib/x86_64-linux-gnu/libsoftokn3.so"
 #define NSS_FREE "NSS Certificate DB" /* its key database's token, free until a PIN is set */
-
-/* A p11-kit module file for softokn with a database of the test's own. */
-static const char *nss_module_file(void)
-{
-    static char file[1100];
-    char text[1400], *out = NULL;
-
-    snprintf(file, sizeof(file), "%s", kc_test_path("nss.module"));
-    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out, "mkdir -p '%s'", kc_test_path("nssdb")), 0);
-    snprintf(text, sizeof(text),
-             "# NSS softokn, as p11-kit would load it\n"
-             "module: " SOFTOKN "\n"
-             "x-init-reserved: configdir='sql:%s' certPrefix='' keyPrefix='' "
-             "secmod='secmod.db' flags=\n",
-             kc_test_path("nssdb"));
-    kc_test_write(file, text, strlen(text), 0644);
-    return file;
-}
 
 /* What keycustody relies on of NSS 3.87's softokn (Debian 12), as the
  * probe finds it on its free key-database token. */
 static void test_nss_facts(void)
 {
-    const char *file = nss_module_file();
+    const char *file = kc_test_nss_module();
     const kc_test_out *r = kc_test_run("module", "check", NSS_FREE, "--module", file, "--json",
                                        NULL);
     json_t *j;
@@ -404,7 +385,7 @@ static void test_nss_facts(void)
  * makes softokn start at all. */
 static void test_nss_vault_refused(void)
 {
-    const char *file = nss_module_file();
+    const char *file = kc_test_nss_module();
     const kc_test_out *r;
     char *out = NULL;
 
@@ -422,7 +403,7 @@ static void test_nss_vault_refused(void)
                     0);
     CU_ASSERT_STRING_EQUAL(out, "0\n");
     /* without its options softokn does not start; the hint says what to give */
-    r = kc_test_run("module", "list", "--module", SOFTOKN, NULL);
+    r = kc_test_run("module", "list", "--module", KC_SOFTOKN_MODULE, NULL);
     ASSERT_RC(r, 7);
     ASSERT_HAS(r->err, "C_Initialize: ");
     ASSERT_HAS(r->err, "(CKR_ARGUMENTS_BAD, 0x7)");
@@ -442,50 +423,12 @@ static const kc_test_case nss_cases[] = {
 
 /* --- tpm2-pkcs11 over swtpm: no secret keys, no public data objects --- */
 
-#define TPM2_SCRIPT KC_SOURCE_DIR "/scripts/tpm2-pkcs11.sh"
-
-static char tpm_dir[1100];
-
-static void tpm_stop(void)
-{
-    char *out = NULL;
-
-    if (tpm_dir[0] != '\0' && kc_test_sh(&out, "'%s' stop '%s'", TPM2_SCRIPT, tpm_dir) != 0)
-        fprintf(stderr, "tpm2-pkcs11.sh stop: %s\n", out);
-    tpm_dir[0] = '\0';
-}
-
-/* swtpm (unix sockets in the test's directory) and a tpm2-pkcs11 store
- * with one free token; the module's path. */
-static const char *tpm_start(void)
-{
-    static char module[512];
-    char *out = NULL, *line, *eq, *save = NULL;
-
-    tpm_stop();
-    snprintf(tpm_dir, sizeof(tpm_dir), "%s", kc_test_path("tpm"));
-    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out, "{ '%s' start '%s' 2>'%s.err'; }", TPM2_SCRIPT,
-                                     tpm_dir, tpm_dir),
-                          0);
-    for (line = strtok_r(out, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
-        eq = strchr(line, '=');
-        if (eq == NULL)
-            continue;
-        *eq = '\0';
-        setenv(line, eq + 1, 1);
-    }
-    CU_ASSERT_PTR_NOT_NULL_FATAL(getenv("TPM2_PKCS11_TCTI"));
-    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out, "'%s' module", TPM2_SCRIPT), 0);
-    snprintf(module, sizeof(module), "%.*s", (int)strcspn(out, "\n"), out);
-    return module;
-}
-
 /* What keycustody relies on of tpm2-pkcs11 1.9, as the probe finds it on
  * its free token: no CKM_GENERIC_SECRET_KEY_GEN (and no C_GenerateKey at
  * all), no key wrap; RSA and EC key pairs there are. */
 static void test_tpm2_facts(void)
 {
-    const char *module = tpm_start();
+    const char *module = kc_test_tpm2_start();
     const kc_test_out *r = kc_test_run("module", "check", "--module", module, "--json", NULL);
     json_t *j;
 
@@ -501,13 +444,13 @@ static void test_tpm2_facts(void)
     CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "data.public"), "unknown");
     CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "trusted.user_refused"), "unknown");
     json_decref(j);
-    tpm_stop();
+    kc_test_tpm2_stop();
 }
 
 /* vault init refuses it before C_InitToken: the token stays free. */
 static void test_tpm2_vault_refused(void)
 {
-    const char *module = tpm_start();
+    const char *module = kc_test_tpm2_start();
     const kc_test_out *r;
 
     r = kc_test_run("vault", "init", "VaultT1", "--subscription", "s", "--region", "westus",
@@ -519,7 +462,7 @@ static void test_tpm2_vault_refused(void)
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "1 token\n");
     ASSERT_HAS(r->out, "  - (free) ");
-    tpm_stop();
+    kc_test_tpm2_stop();
 }
 
 static const kc_test_case tpm2_cases[] = {
@@ -556,6 +499,6 @@ int main(int argc, char **argv)
     if (freopen("/dev/null", "r", stdin) == NULL)
         return 2;
     rc = kc_test_main(argc, argv, suites);
-    tpm_stop(); /* whatever became of a tpm2 test */
+    kc_test_tpm2_stop(); /* whatever became of a tpm2 test */
     return rc;
 }

@@ -620,22 +620,15 @@ static char *matrix(json_t *const *checks, const char *const *heads, size_t n)
     return m;
 }
 
-/* NSS softokn through a p11-kit module file with a database of the test's
- * own: its free token, without a PIN (it holds no vault, so none is set). */
-static json_t *nss_check(void)
+/* module check's JSON of token (NULL: the one module check chooses, the
+ * free one where none is initialised), without a PIN. */
+static json_t *check_of(const char *module, const char *token)
 {
-    char text[1400], *out = NULL;
-    const kc_test_out *r;
+    const kc_test_out *r =
+        token != NULL
+            ? kc_test_run("module", "check", token, "--module", module, "--json", NULL)
+            : kc_test_run("module", "check", "--module", module, "--json", NULL);
 
-    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out, "mkdir -p '%s'", tpath("nssdb")), 0);
-    snprintf(text, sizeof(text),
-             "module: /usr/lib/x86_64-linux-gnu/libsoftokn3.so\n"
-             "x-init-reserved: configdir='sql:%s' certPrefix='' keyPrefix='' "
-             "secmod='secmod.db' flags=\n",
-             tpath("nssdb"));
-    kc_test_write(tpath("nss.module"), text, strlen(text), 0644);
-    r = kc_test_run("module", "check", "NSS Certificate DB", "--module", tpath("nss.module"),
-                    "--json", NULL);
     ASSERT_RC(r, 0);
     return json_loads(r->out, 0, NULL);
 }
@@ -646,9 +639,10 @@ static json_t *nss_check(void)
 static void test_readme_support_matrix(void)
 {
     static const char *const heads[] = {"SoftHSM 2.6.1", "openCryptoki 3.8.1 soft token",
-                                        "NSS softokn 3.87 (free token, no PIN)"};
+                                        "NSS softokn 3.87 (free token, no PIN)",
+                                        "tpm2-pkcs11 1.9 on swtpm (free token, no PIN)"};
     const kc_test_out *r;
-    json_t *checks[3];
+    json_t *checks[4];
     char *readme, *at, *want;
     size_t len, k;
     FILE *f;
@@ -661,10 +655,12 @@ static void test_readme_support_matrix(void)
     r = ock_run_check(1);
     ASSERT_RC(r, 0);
     checks[1] = json_loads(r->out, 0, NULL);
-    checks[2] = nss_check();
-    for (k = 0; k < 3; k++)
+    checks[2] = check_of(kc_test_nss_module(), "NSS Certificate DB");
+    checks[3] = check_of(kc_test_tpm2_start(), NULL);
+    kc_test_tpm2_stop();
+    for (k = 0; k < 4; k++)
         CU_ASSERT_PTR_NOT_NULL_FATAL(checks[k]);
-    want = matrix(checks, heads, 3);
+    want = matrix(checks, heads, 4);
     f = fopen("support-matrix.md", "w");
     if (f != NULL) {
         fputs(want, f);
@@ -678,7 +674,7 @@ static void test_readme_support_matrix(void)
         fprintf(stderr, "\n  the README's support matrix differs from module check's:\n%s", want);
     CU_ASSERT(at != NULL && strncmp(at, want, strlen(want)) == 0);
     free(readme);
-    for (k = 0; k < 3; k++)
+    for (k = 0; k < 4; k++)
         json_decref(checks[k]);
 }
 
