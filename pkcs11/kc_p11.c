@@ -253,11 +253,11 @@ static void module_key(const char *path, char *key, size_t cap)
     if (ends_with(path, ".module")) {
         if (read_module_file(path, module, sizeof(module), reserved, sizeof(reserved), remote,
                              sizeof(remote), &ignored) != KC_OK) {
-            snprintf(key, cap, "unread:%s", path);
+            snprintf(key, cap, "unread:%.1000s", path);
             return;
         }
         if (remote[0] != '\0') {
-            snprintf(key, cap, "remote:%s", remote);
+            snprintf(key, cap, "remote:%.1000s", remote);
             return;
         }
         snprintf(file, sizeof(file), "%s", module);

@@ -44,6 +44,11 @@ void kc_test_vault(const char *name, const char *subscription, const char *regio
  * DEP) to layout.yaml with the text old replaced by new (old may be NULL);
  * returns its path. */
 const char *kc_test_layout(const char *old, const char *new);
+/* Replaces the first old in file with new (the test fails if there is none). */
+void kc_test_edit(const char *file, const char *old, const char *new);
+/* The test layout with a service vault (Service, sub-svc, centralus) and the
+ * store beside it (service.db); deps goes before its "deps:" line. */
+const char *kc_test_layout_with_service(const char *deps);
 /* How many objects the token of vault holds, as pkcs11-tool counts them
  * (logged in with TEST_PIN); -1 when it cannot tell. */
 int kc_test_objects(const char *vault);

@@ -64,6 +64,40 @@ const char *kc_test_layout(const char *old, const char *new)
     return layout_path;
 }
 
+void kc_test_edit(const char *file, const char *old, const char *new)
+{
+    unsigned char *buf;
+    char *text, *at;
+    size_t len = 0;
+
+    buf = kc_test_read(file, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(buf);
+    at = strstr((char *)buf, old);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(at);
+    text = malloc(len + strlen(new) + 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    sprintf(text, "%.*s%s%s", (int)(at - (char *)buf), (char *)buf, new, at + strlen(old));
+    kc_test_write(file, text, strlen(text), 0644);
+    free(text);
+    free(buf);
+}
+
+/* The test layout with a service vault and the store beside it; deps goes
+ * after its "deps:" line (the layout's Dep1 follows). */
+const char *kc_test_layout_with_service(const char *deps)
+{
+    const char *file = kc_test_layout(NULL, NULL);
+    char with[4096];
+
+    kc_test_edit(file, "  - id: sub-b\n", "  - id: sub-svc\n  - id: sub-b\n");
+    kc_test_edit(file, "vaults:\n",
+              "vaults:\n  - name: Service\n    subscription: sub-svc\n    region: "
+              "centralus\n    pin: env:TEST_PIN\n    so_pin: env:TEST_SO_PIN\n");
+    snprintf(with, sizeof(with), "service_vault: Service\nstore: service.db\n%sdeps:\n", deps);
+    kc_test_edit(file, "deps:\n", with);
+    return file;
+}
+
 kc_rc kc_test_env_pin(void *arg, const char *vault, kc_pin_kind kind, kc_secret **out,
                       kc_error *err)
 {

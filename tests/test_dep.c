@@ -1019,40 +1019,6 @@ static void test_offboard_checks_first(void)
 }
 
 /* Replaces the first old in file with new. */
-static void edit_file(const char *file, const char *old, const char *new)
-{
-    unsigned char *buf;
-    char *text, *at;
-    size_t len = 0;
-
-    buf = kc_test_read(file, &len);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(buf);
-    at = strstr((char *)buf, old);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(at);
-    text = malloc(len + strlen(new) + 1);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
-    sprintf(text, "%.*s%s%s", (int)(at - (char *)buf), (char *)buf, new, at + strlen(old));
-    kc_test_write(file, text, strlen(text), 0644);
-    free(text);
-    free(buf);
-}
-
-/* The test layout with a service vault and the store beside it; deps goes
- * after its "deps:" line (the layout's Dep1 follows). */
-static const char *layout_with_service(const char *deps)
-{
-    const char *file = kc_test_layout(NULL, NULL);
-    char with[4096];
-
-    edit_file(file, "  - id: sub-b\n", "  - id: sub-svc\n  - id: sub-b\n");
-    edit_file(file, "vaults:\n",
-              "vaults:\n  - name: Service\n    subscription: sub-svc\n    region: "
-              "centralus\n    pin: env:TEST_PIN\n    so_pin: env:TEST_SO_PIN\n");
-    snprintf(with, sizeof(with), "service_vault: Service\nstore: service.db\n%sdeps:\n", deps);
-    edit_file(file, "deps:\n", with);
-    return file;
-}
-
 /* policy apply makes the layout's DEPs through kc_dep_create and assigns
  * them; the store is named by the layout, relative to it. */
 static void test_policy_apply_deps(void)
@@ -1060,9 +1026,9 @@ static void test_policy_apply_deps(void)
     const char *file;
     const kc_test_out *r;
 
-    file = layout_with_service("assignments:\n  tenant: Dep1\n"
+    file = kc_test_layout_with_service("assignments:\n  tenant: Dep1\n"
                                "  mailboxes:\n    - mailbox: ceo\n      dep: Mbx1\n");
-    edit_file(file, "deps:\n",
+    kc_test_edit(file, "deps:\n",
               "deps:\n  - name: Mbx1\n    workload: exchange\n"
               "    keys: [VaultA1/KeyA, VaultB1/KeyB]\n"
               "    description: executives\n");
@@ -1090,16 +1056,16 @@ static void test_policy_apply_deps(void)
     ASSERT_RC(r, 0);
     CU_ASSERT_STRING_EQUAL(r->out, "No changes: the tokens match the layout.\n");
     /* a description changes in place; a DEP's keys do not */
-    file = layout_with_service("");
-    edit_file(file, "deps:\n",
+    file = kc_test_layout_with_service("");
+    kc_test_edit(file, "deps:\n",
               "deps:\n  - name: Mbx1\n    workload: exchange\n"
               "    keys: [VaultA1/KeyA, VaultB1/KeyB]\n"
               "    description: board\n");
     r = kc_test_run("policy", "apply", file, "--yes", NULL);
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "~ update DEP Mbx1: description ... done");
-    file = layout_with_service("");
-    edit_file(file, "keys: [VaultA1/KeyA, VaultB1/KeyB]", "keys: [VaultB1/KeyB, VaultA1/KeyA]");
+    file = kc_test_layout_with_service("");
+    kc_test_edit(file, "keys: [VaultA1/KeyA, VaultB1/KeyB]", "keys: [VaultB1/KeyB, VaultA1/KeyA]");
     r = kc_test_run("policy", "plan", file, NULL);
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "! DEP Dep1 is tenant over VaultA1/KeyA and VaultB1/KeyB in the store");

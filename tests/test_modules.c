@@ -417,60 +417,25 @@ static void test_ock_custody_story(void)
 
 /* --- one layout over two modules --- */
 
-static const char dep_layout[] =
-    "version: 1\n"
-    "subscriptions:\n"
-    "  - id: sub-a\n"
-    "    mandatory_retention: true\n"
-    "  - id: sub-b\n"
-    "    mandatory_retention: true\n"
-    "  - id: sub-svc\n"
-    "service_principal: svc\n"
-    "service_vault: Service\n"
-    "store: service.db\n"
-    "vaults:\n"
-    "  - name: Service\n"
-    "    subscription: sub-svc\n"
-    "    region: centralus\n"
-    "    module: " KC_SOFTHSM_MODULE "\n"
-    "    pin: env:TEST_PIN\n"
-    "    so_pin: env:TEST_SO_PIN\n"
-    "  - name: ock3\n"
-    "    subscription: sub-a\n"
-    "    region: westus\n"
-    "    module: " OCK_MODULE "\n"
-    "    pin: env:OCK_USER_PIN\n"
-    "    so_pin: env:OCK_SO_PIN\n"
-    "    purge_protection: true\n"
-    "    access:\n"
-    "      - principal: svc\n"
-    "        role: service\n"
-    "      - principal: officer\n"
-    "        permissions: [get, list, update]\n"
-    "    keys:\n"
-    "      - name: KeyA\n"
-    "        size: 2048\n"
-    "  - name: VaultB1\n"
-    "    subscription: sub-b\n"
-    "    region: eastus2\n"
-    "    module: " KC_SOFTHSM_MODULE "\n"
-    "    pin: env:TEST_PIN\n"
-    "    so_pin: env:TEST_SO_PIN\n"
-    "    purge_protection: true\n"
-    "    access:\n"
-    "      - principal: svc\n"
-    "        role: service\n"
-    "      - principal: officer\n"
-    "        permissions: [get, list, update]\n"
-    "    keys:\n"
-    "      - name: KeyB\n"
-    "        size: 2048\n"
-    "deps:\n"
-    "  - name: Dep1\n"
-    "    workload: tenant\n"
-    "    keys: [ock3/KeyA, VaultB1/KeyB]\n"
-    "assignments:\n"
-    "  tenant: Dep1\n";
+/* The test layout with vault A on openCryptoki's slot 3 (ock3) and
+ * vault B and the service vault on SoftHSM, each naming its module. */
+static const char *dep_layout(void)
+{
+    const char *file = kc_test_layout_with_service("assignments:\n  tenant: Dep1\n");
+
+    kc_test_edit(file,
+                 "  - name: VaultA1\n    subscription: sub-a\n    region: westus\n"
+                 "    pin: env:TEST_PIN\n    so_pin: env:TEST_SO_PIN\n",
+                 "  - name: ock3\n    subscription: sub-a\n    region: westus\n"
+                 "    module: " OCK_MODULE "\n"
+                 "    pin: env:OCK_USER_PIN\n    so_pin: env:OCK_SO_PIN\n");
+    kc_test_edit(file, "keys: [VaultA1/KeyA, VaultB1/KeyB]", "keys: [ock3/KeyA, VaultB1/KeyB]");
+    kc_test_edit(file, "  - name: VaultB1\n",
+                 "  - name: VaultB1\n    module: " KC_SOFTHSM_MODULE "\n");
+    kc_test_edit(file, "  - name: Service\n",
+                 "  - name: Service\n    module: " KC_SOFTHSM_MODULE "\n");
+    return file;
+}
 
 #define BOTH "--module", "ock3=" OCK_MODULE, "--module", KC_SOFTHSM_MODULE
 #define DATA_PINS                                                                                  \
@@ -504,14 +469,15 @@ static const kc_test_out *data_get(const char *name)
 static void test_dep_over_two_modules(void)
 {
     char allow[600], *out = NULL;
+    const char *layout;
     const kc_test_out *r;
 
     snprintf(allow, sizeof(allow), "%s\n", OCK_MODULE);
     kc_test_write(tpath("modules.allow"), allow, strlen(allow), 0644);
     setenv("KEYCUSTODY_MODULES_ALLOW", tpath("modules.allow"), 1);
     unsetenv("KEYCUSTODY_MODULE"); /* the layout's modules, not the fixture's */
-    kc_test_write(tpath("layout.yaml"), dep_layout, strlen(dep_layout), 0644);
-    r = kc_test_exec("policy", "apply", tpath("layout.yaml"), "--yes", NULL);
+    layout = dep_layout();
+    r = kc_test_exec("policy", "apply", layout, "--yes", NULL);
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "create DEP Dep1 (tenant, keys ock3/KeyA and VaultB1/KeyB) ... done");
     r = kc_test_exec("vault", "show", "ock3", BOTH, NULL);
@@ -520,7 +486,7 @@ static void test_dep_over_two_modules(void)
     r = kc_test_exec("vault", "show", "VaultB1", BOTH, NULL);
     ASSERT_HAS(r->out, "libsofthsm2.so\n");
     /* again: nothing to do */
-    r = kc_test_exec("policy", "plan", tpath("layout.yaml"), NULL);
+    r = kc_test_exec("policy", "plan", layout, NULL);
     ASSERT_RC(r, 0);
     CU_ASSERT_STRING_EQUAL(r->out, "No changes: the tokens match the layout.\n");
 

@@ -19,7 +19,7 @@
 #include <unistd.h>
 
 #define PINS                                                                                       \
-    "--pin-source", "VaultA1=env:TEST_PIN", "--pin-source", "VaultB1=env:TEST_PIN",              \
+    "--pin-source", "VaultA1=env:TEST_PIN", "--pin-source", "VaultB1=env:TEST_PIN",                \
         "--pin-source", "Service=env:TEST_PIN"
 
 /* kc_test_path's, in a buffer of its own: several in one call */
@@ -33,7 +33,7 @@ static const char *tpath(const char *name)
     return buf[i];
 }
 
-static char sock[2][1100], modfile[2][1100], bind_a[1200], bind_b[1200];
+static char sock[2][2300], modfile[2][2300], bind_a[2400], bind_b[2400];
 
 #define REMOTE "--module", bind_a, "--module", bind_b, "--module", "Service=" KC_SOFTHSM_MODULE
 
@@ -78,8 +78,8 @@ static pid_t serve(const char *token, const char *path)
     fflush(NULL);
     pid = fork();
     if (pid == 0) {
-        char log[1200];
-        snprintf(log, sizeof(log), "%s.log", path);
+        char log[2400];
+        snprintf(log, sizeof(log), "%.2200s.log", path);
         if (freopen(log, "w", stdout) == NULL || freopen(log, "a", stderr) == NULL)
             _exit(127);
         execlp("p11-kit", "p11-kit", "server", "-f", "--provider", KC_SOFTHSM_MODULE, "-n", path,
@@ -97,75 +97,30 @@ static pid_t serve(const char *token, const char *path)
     return pid;
 }
 
-static const char layout[] =
-    "version: 1\n"
-    "subscriptions:\n"
-    "  - id: sub-a\n"
-    "    mandatory_retention: true\n"
-    "  - id: sub-b\n"
-    "    mandatory_retention: true\n"
-    "  - id: sub-svc\n"
-    "service_principal: svc\n"
-    "service_vault: Service\n"
-    "store: service.db\n"
-    "vaults:\n"
-    "  - name: Service\n"
-    "    subscription: sub-svc\n"
-    "    region: centralus\n"
-    "    pin: env:TEST_PIN\n"
-    "    so_pin: env:TEST_SO_PIN\n"
-    "  - name: VaultA1\n"
-    "    subscription: sub-a\n"
-    "    region: westus\n"
-    "    pin: env:TEST_PIN\n"
-    "    so_pin: env:TEST_SO_PIN\n"
-    "    purge_protection: true\n"
-    "    access:\n"
-    "      - principal: svc\n"
-    "        role: service\n"
-    "      - principal: officer\n"
-    "        permissions: [get, list, backup, restore, import]\n"
-    "    keys:\n"
-    "      - name: KeyA\n"
-    "        size: 2048\n"
-    "  - name: VaultB1\n"
-    "    subscription: sub-b\n"
-    "    region: eastus2\n"
-    "    pin: env:TEST_PIN\n"
-    "    so_pin: env:TEST_SO_PIN\n"
-    "    purge_protection: true\n"
-    "    access:\n"
-    "      - principal: svc\n"
-    "        role: service\n"
-    "    keys:\n"
-    "      - name: KeyB\n"
-    "        size: 2048\n"
-    "deps:\n"
-    "  - name: Dep1\n"
-    "    workload: tenant\n"
-    "    keys: [VaultA1/KeyA, VaultB1/KeyB]\n"
-    "assignments:\n"
-    "  tenant: Dep1\n";
-
 /* The layout made where the tokens are (each region's own administration),
  * then VaultA1 and VaultB1 each served by a server of its own. */
 static void setup(pid_t pid[2])
 {
     static const char *const vault[2] = {"VaultA1", "VaultB1"};
-    char text[1200];
+    const char *file;
+    char text[2600];
     int i;
 
     unserve_all(); /* what an earlier test's failure left */
-    kc_test_write(tpath("layout.yaml"), layout, strlen(layout), 0644);
-    ASSERT_RC(kc_test_run("policy", "apply", tpath("layout.yaml"), "--yes", NULL), 0);
+    file = kc_test_layout_with_service("assignments:\n  tenant: Dep1\n");
+    /* VaultA1's officer backs keys up */
+    kc_test_edit(file, "permissions: [get, list, update, delete, recover, purge, rotate]",
+                 "permissions: [get, list, backup, restore, import]");
+    ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
     setenv("KEYCUSTODY_STORE", tpath("service.db"), 1);
     setenv("KEYCUSTODY_SERVICE_VAULT", "Service", 1);
     setenv("KEYCUSTODY_SERVICE_PIN_SOURCE", "env:TEST_PIN", 1);
     for (i = 0; i < 2; i++) {
         snprintf(sock[i], sizeof(sock[i]), "%s/region%d.sock", kc_test_dir(), i);
         snprintf(modfile[i], sizeof(modfile[i]), "%s/region%d.module", kc_test_dir(), i);
-        snprintf(text, sizeof(text), "# %s, through its region's server\nremote: unix:path=%s\n",
-                 vault[i], sock[i]);
+        snprintf(text, sizeof(text),
+                 "# %s, through its region's server\nremote: unix:path=%.2200s\n", vault[i],
+                 sock[i]);
         kc_test_write(modfile[i], text, strlen(text), 0644);
         pid[i] = serve(vault[i], sock[i]);
     }
@@ -176,8 +131,8 @@ static void setup(pid_t pid[2])
 static const kc_test_out *get(const char *name)
 {
     unlink(tpath("item.out"));
-    return kc_test_run("data", "get", "tenant", name, "--out", tpath("item.out"), "--as",
-                       "svc", PINS, REMOTE, NULL);
+    return kc_test_run("data", "get", "tenant", name, "--out", tpath("item.out"), "--as", "svc",
+                       PINS, REMOTE, NULL);
 }
 
 static int item_matches(void)
@@ -198,8 +153,8 @@ static void test_remote_facts(void)
     json_t *j;
 
     setup(pid);
-    r = kc_test_run("module", "check", "VaultA1", "--module", modfile[0], "--json",
-                    "--pin-source", "VaultA1=env:TEST_PIN", NULL);
+    r = kc_test_run("module", "check", "VaultA1", "--module", modfile[0], "--json", "--pin-source",
+                    "VaultA1=env:TEST_PIN", NULL);
     ASSERT_RC(r, 0);
     j = json_loads(r->out, 0, NULL);
     CU_ASSERT_PTR_NOT_NULL_FATAL(j);
@@ -231,33 +186,34 @@ static void test_remote_dep(void)
     r = kc_test_run("vault", "show", "VaultA1", REMOTE, NULL);
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "p11-kit-client.so\n");
-    CU_ASSERT_EQUAL(kc_test_sh(&out, "cd '%s' && head -c 3000 /dev/urandom >item.bin && head -c 32 "
-                                     "/dev/urandom >dek",
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "cd '%s' && head -c 3000 /dev/urandom >item.bin && head -c 32 "
+                               "/dev/urandom >dek",
                                kc_test_dir()),
                     0);
-    r = kc_test_run("data", "put", "tenant", "t1", "--in", tpath("item.bin"), "--as", "svc",
-                    PINS, REMOTE, NULL);
+    r = kc_test_run("data", "put", "tenant", "t1", "--in", tpath("item.bin"), "--as", "svc", PINS,
+                    REMOTE, NULL);
     ASSERT_RC(r, 0);
     ASSERT_RC(get("t1"), 0);
     CU_ASSERT_TRUE(item_matches());
     /* wrap and unwrap through the server, and OpenSSL agrees */
-    ASSERT_RC(kc_test_run("key", "wrap", "VaultA1/KeyA", "--in", tpath("dek"), "--out",
-                          tpath("w"), "--as", "svc", REMOTE, NULL),
+    ASSERT_RC(kc_test_run("key", "wrap", "VaultA1/KeyA", "--in", tpath("dek"), "--out", tpath("w"),
+                          "--as", "svc", REMOTE, NULL),
               0);
-    ASSERT_RC(kc_test_run("key", "unwrap", "VaultA1/KeyA", "--in", tpath("w"), "--out",
-                          tpath("u"), "--as", "svc", PINS, REMOTE, NULL),
+    ASSERT_RC(kc_test_run("key", "unwrap", "VaultA1/KeyA", "--in", tpath("w"), "--out", tpath("u"),
+                          "--as", "svc", PINS, REMOTE, NULL),
               0);
     CU_ASSERT_EQUAL(kc_test_sh(&out, "cd '%s' && cmp dek u", kc_test_dir()), 0);
-    ASSERT_RC(kc_test_run("key", "export-public", "VaultA1/KeyA", "--out", tpath("a.pem"),
-                          "--as", "svc", REMOTE, NULL),
+    ASSERT_RC(kc_test_run("key", "export-public", "VaultA1/KeyA", "--out", tpath("a.pem"), "--as",
+                          "svc", REMOTE, NULL),
               0);
     CU_ASSERT_EQUAL(kc_test_sh(&out,
                                "cd '%s' && openssl pkeyutl -encrypt -pubin -inkey a.pem -pkeyopt "
                                "rsa_padding_mode:oaep -in dek -out o",
                                kc_test_dir()),
                     0);
-    ASSERT_RC(kc_test_run("key", "unwrap", "VaultA1/KeyA", "--in", tpath("o"), "--out",
-                          tpath("u2"), "--alg", "RSA-OAEP", "--as", "svc", PINS, REMOTE, NULL),
+    ASSERT_RC(kc_test_run("key", "unwrap", "VaultA1/KeyA", "--in", tpath("o"), "--out", tpath("u2"),
+                          "--alg", "RSA-OAEP", "--as", "svc", PINS, REMOTE, NULL),
               0);
     CU_ASSERT_EQUAL(kc_test_sh(&out, "cd '%s' && cmp dek u2", kc_test_dir()), 0);
     r = kc_test_run("dep", "create", "Dep2", "--keys", "VaultA1/KeyA,VaultB1/KeyB", "--workload",
@@ -297,14 +253,14 @@ static void test_remote_refused_up_front(void)
     setup(pid);
     kc_test_custodians();
     ASSERT_RC(kc_test_domain("sub-a", "VaultA1", tpath("a.domain")), 0);
-    r = kc_test_run("key", "backup", "VaultA1/KeyA", "--out", tpath("k.backup"), "--as",
-                    "officer", "--pin-source", "env:TEST_PIN", "--module", modfile[0], NULL);
+    r = kc_test_run("key", "backup", "VaultA1/KeyA", "--out", tpath("k.backup"), "--as", "officer",
+                    "--pin-source", "env:TEST_PIN", "--module", modfile[0], NULL);
     ASSERT_RC(r, 7);
     ASSERT_HAS(r->err, "token 'VaultA1' does not offer CKM_AES_KEY_WRAP_PAD wrap through module");
     ASSERT_HAS(r->err, "which a backup needs; nothing was done");
     CU_ASSERT_NOT_EQUAL(access(tpath("k.backup"), F_OK), 0);
-    r = kc_test_run("key", "backup", "VaultA1/KeyA", "--out", tpath("k.backup"), "--as",
-                    "officer", "--pin-source", "env:TEST_PIN", NULL);
+    r = kc_test_run("key", "backup", "VaultA1/KeyA", "--out", tpath("k.backup"), "--as", "officer",
+                    "--pin-source", "env:TEST_PIN", NULL);
     ASSERT_RC(r, 0);
     unserve(pid[0], SIGTERM);
     unserve(pid[1], SIGTERM);
