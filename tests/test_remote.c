@@ -6,6 +6,7 @@
  * region's server gone, the data read through the other; and what the
  * client does not carry refused up front. */
 #include "fixture.h"
+#include "kc_p11.h"
 
 #include <jansson.h>
 
@@ -242,6 +243,57 @@ static void test_remote_dep(void)
     unserve(pid[1], SIGTERM);
 }
 
+/* How many availability keys the service vault holds. */
+static int avail_keys(void)
+{
+    const kc_test_out *r = kc_test_run("key", "list", "Service", "--pin-source", "env:TEST_PIN",
+                                       "--module", KC_SOFTHSM_MODULE, NULL);
+    const char *at = r->out;
+    int n = 0;
+
+    CU_ASSERT_EQUAL(r->rc, 0);
+    while ((at = strstr(at, "avail-")) != NULL) {
+        n++;
+        at++;
+    }
+    return n;
+}
+
+/* Region A's server lost in the middle of 'dep create': each of the
+ * object searches the command makes through it fails in turn, as calls
+ * through a lost server fail (CKR_DEVICE_REMOVED), and each time nothing is
+ * left half-made: no DEP, no availability key, the name free for the next
+ * attempt. Faults reach the first module loaded, here VaultA1's client. */
+static void test_remote_lost_mid_command(void)
+{
+    const kc_test_out *r;
+    unsigned nth, calls = 0;
+    pid_t pid[2];
+    kc_error e;
+    int before;
+
+    setup(pid);
+    before = avail_keys();
+    for (nth = 1; nth <= 400; nth++) {
+        CU_ASSERT_EQUAL_FATAL(
+            kc_p11_fault_arm("C_FindObjectsInit", "CKR_DEVICE_REMOVED", nth, 0, &e), KC_OK);
+        r = kc_test_run("dep", "create", "Dep2", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
+                        "--workload", "exchange", "--as", "svc", PINS, REMOTE, NULL);
+        calls = kc_p11_fault_calls();
+        kc_p11_fault_disarm();
+        if (r->rc == 0)
+            break;
+        ASSERT_HAS(r->err, "CKR_DEVICE_REMOVED");
+        CU_ASSERT_EQUAL(avail_keys(), before);
+        r = kc_test_run("dep", "list", NULL);
+        CU_ASSERT_PTR_NULL(strstr(r->out, "Dep2"));
+    }
+    CU_ASSERT(nth > 1 && nth <= 400); /* it failed at least once, and then made it */
+    CU_ASSERT(calls < nth);           /* the last run met no fault */
+    CU_ASSERT_EQUAL(avail_keys(), before + 1);
+    unserve_all();
+}
+
 /* A backup needs AES key wrap and AES-GCM, which the client does not
  * carry: refused up front, naming them, no file made; where the token is
  * loaded directly the same backup is made. */
@@ -270,6 +322,7 @@ static const kc_test_case cases[] = {
     {"what p11-kit's client carries", test_remote_facts},
     {"a DEP through two regions' servers", test_remote_dep},
     {"what the client does not carry is refused up front", test_remote_refused_up_front},
+    {"a region's server lost in the middle of a command", test_remote_lost_mid_command},
     {NULL, NULL},
 };
 
