@@ -1173,7 +1173,7 @@ static void pad_label(unsigned char out[32], const char *label)
 
 /* The SO PIN a module's free tokens come with, where the module's own
  * documentation gives one: openCryptoki's (pkcsconf(1), "87654321"). */
-static const char *factory_so_pin(const kc_tok_info *ti)
+const char *kc_p11_factory_so_pin(const kc_tok_info *ti)
 {
     if (strncmp(ti->manufacturer, "IBM", 3) == 0 && strncmp(ti->model, "IBM SoftTok", 11) == 0)
         return "87654321";
@@ -1223,7 +1223,7 @@ static kc_rc not_factory(const char *factory, const kc_secret *so_pin, kc_error 
 
 kc_rc kc_tok_finish_so_pin(kc_tok *t, const kc_secret *so_pin, kc_error *err)
 {
-    const char *factory = factory_so_pin(&t->info);
+    const char *factory = kc_p11_factory_so_pin(&t->info);
     kc_rc r;
 
     if (!t->info.initialized || !t->info.so_pin_to_be_changed)
@@ -1244,7 +1244,7 @@ kc_rc kc_tok_finish_so_pin(kc_tok *t, const kc_secret *so_pin, kc_error *err)
 
 kc_rc kc_tok_init_token(kc_tok *t, const char *label, const kc_secret *so_pin, kc_error *err)
 {
-    const char *factory = t->info.so_pin_to_be_changed ? factory_so_pin(&t->info) : NULL;
+    const char *factory = t->info.so_pin_to_be_changed ? kc_p11_factory_so_pin(&t->info) : NULL;
     unsigned char lab[32];
     CK_RV rv;
     kc_rc r;

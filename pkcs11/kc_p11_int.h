@@ -49,6 +49,9 @@ struct kc_tok {
 kc_rc kc_p11_fail(kc_error *err, const char *func, CK_RV rv, const char *fmt, ...) KC_PRINTF(4, 5);
 kc_rc kc_p11_rv_code(CK_RV rv);
 int kc_p11_rv_broken(CK_RV rv);
+/* The SO PIN a module's free tokens come with, where the module's own
+ * documentation gives one (openCryptoki's); NULL elsewhere. */
+const char *kc_p11_factory_so_pin(const kc_tok_info *ti);
 int kc_p11_rv_from_name(const char *name, CK_RV *rv);
 
 /* A copy of f with the armed function replaced, or f itself when nothing is

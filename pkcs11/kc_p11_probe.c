@@ -759,6 +759,32 @@ static void probe_copy(kc_tok *t, kc_probe *p)
     drop(t, key);
 }
 
+/* The SO PIN rules, from the token's flags: a module whose tokens come
+ * with a factory SO PIN (CKF_SO_PIN_TO_BE_CHANGED) needs it to initialise
+ * one, and its SO is whoever knows it until it is changed. */
+static void probe_so_pin(const kc_tok_info *ti, kc_probe *p)
+{
+    int factory = kc_p11_factory_so_pin(ti) != NULL;
+
+    if (!ti->so_pin_to_be_changed)
+        fact(p, "so_pin.own", KC_CAP_YES, "%s",
+             ti->initialized ? "the SO PIN is the token's own (no flag asks for a change)"
+                             : "C_InitToken sets the SO PIN given");
+    else if (!ti->initialized && factory)
+        fact(p, "so_pin.own", KC_CAP_YES,
+             "the free token has the module's factory SO PIN (CKF_SO_PIN_TO_BE_CHANGED): vault "
+             "init initialises it with that PIN and changes it to the one given");
+    else if (factory)
+        fact(p, "so_pin.own", KC_CAP_NO,
+             "the token still has the module's factory SO PIN (CKF_SO_PIN_TO_BE_CHANGED): "
+             "whoever knows it is its SO; vault init changes it when it adopts the token");
+    else
+        fact(p, "so_pin.own", KC_CAP_NO,
+             "the token asks for its SO PIN to be changed (CKF_SO_PIN_TO_BE_CHANGED), and "
+             "keycustody does not know this module's factory PIN: change it with the module's "
+             "own tool");
+}
+
 static void probe_mechanisms(kc_probe *p)
 {
     static const struct {
@@ -826,6 +852,7 @@ kc_rc kc_tok_probe(kc_tok *t, int level, kc_probe *p, kc_error *err)
         return r;
     }
     probe_mechanisms(p);
+    probe_so_pin(&t->info, p);
     /* a token not initialised yet may have no sessions: its mechanisms
      * still say much */
     kc_error_clear(&why);

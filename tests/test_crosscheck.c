@@ -203,6 +203,8 @@ static void test_module_check_softhsm_facts(void)
     CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "rsa_oaep.sha256"), "no");
     ASSERT_HAS(kc_test_fact_detail(j, "rsa_oaep.sha256"), "CKR_ARGUMENTS_BAD");
     CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "unwrap.readable_template"), "yes");
+    /* its SO PIN is the one vault init gave (kc_tok_init_token) */
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "so_pin.own"), "yes");
     /* CKA_COPYABLE=FALSE stops a copy with new usages (kc_p11_obj.c) */
     CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "attr.copyable"), "yes");
     CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "copy.usage_locked"), "yes");

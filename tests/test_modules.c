@@ -105,6 +105,8 @@ static void test_ock_facts(void)
     /* templates keycustody leaves these out of there */
     CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "attr.copyable"), "no");
     CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "attr.unwrap_template"), "no");
+    /* the script changed the factory SO PIN: no flag asks for it */
+    CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "so_pin.own"), "yes");
     /* and C_CopyObject gives a copy usages its key was not made with */
     CU_ASSERT_STRING_EQUAL(kc_test_fact_answer(j, "copy.usage_locked"), "no");
     ASSERT_HAS(kc_test_feature_why(j, "hsm keys"), "the user PIN can copy a key with other usages");
@@ -176,6 +178,9 @@ static void test_ock_vault_and_hsm_key(void)
                     0);
     ASSERT_HAS(out, "VaultO1");
     ASSERT_HAS(out, "SO PIN to be changed");
+    r = kc_test_run("module", "check", "VaultO1", "--module", OCK_MODULE, "--json", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "whoever knows it is its SO");
     r = kc_test_run("vault", "init", "VaultO1", "--subscription", "s", "--region", "westus",
                     "--module", OCK_MODULE, "--so-pin-source", "env:OCK_NEW_SO_PIN",
                     "--pin-source", "env:OCK_USER_PIN", NULL);
