@@ -690,12 +690,38 @@ struct list_arg {
     int oom;
 };
 
+/* Whether label is bound to a module other than mod. */
+static int bound_elsewhere(const kc_p11 *p, const char *label, size_t mod)
+{
+    size_t i;
+
+    for (i = 0; label != NULL && i < p->nbinds; i++)
+        if (strcmp(p->binds[i].label, label) == 0)
+            return p->binds[i].module != mod;
+    return 0;
+}
+
+/* A token labelled as a vault bound to another module is not that vault,
+ * whichever way it is looked for (by label, by URI, in a list): it is not
+ * seen at all (kc_module_set). */
+static int shadowed(const kc_p11 *p, size_t mod, const CK_TOKEN_INFO *info)
+{
+    char label[33];
+
+    if (p->nbinds == 0 || !(info->flags & CKF_TOKEN_INITIALIZED))
+        return 0;
+    kc_p11_copy_padded(label, sizeof(label), info->label, sizeof(info->label));
+    return bound_elsewhere(p, label, mod);
+}
+
 static int list_one(kc_p11 *p, size_t mod, CK_SLOT_ID slot, const CK_TOKEN_INFO *info, void *arg)
 {
     struct list_arg *a = arg;
     char module[256];
 
     (void)slot;
+    if (shadowed(p, mod, info))
+        return 0;
     if (a->n == a->cap) {
         kc_tok_info *nv = realloc(a->v, (a->cap * 2 + 4) * sizeof(*nv));
         if (nv == NULL) {
@@ -794,24 +820,13 @@ struct find_arg {
     CK_TOKEN_INFO info;
 };
 
-/* Whether label is bound to a module other than mod. */
-static int bound_elsewhere(const kc_p11 *p, const char *label, size_t mod)
-{
-    size_t i;
-
-    for (i = 0; label != NULL && i < p->nbinds; i++)
-        if (strcmp(p->binds[i].label, label) == 0)
-            return p->binds[i].module != mod;
-    return 0;
-}
-
 static int find_one(kc_p11 *p, size_t mod, CK_SLOT_ID slot, const CK_TOKEN_INFO *info, void *arg)
 {
     struct find_arg *a = arg;
     char label[33];
 
     /* a vault bound to a module is on that one (kc_module_set) */
-    if (bound_elsewhere(p, a->vault, mod))
+    if (bound_elsewhere(p, a->vault, mod) || shadowed(p, mod, info))
         return 0;
 
     if (a->want_free && (info->flags & CKF_TOKEN_INITIALIZED))

@@ -318,11 +318,48 @@ static void test_remote_refused_up_front(void)
     unserve(pid[1], SIGTERM);
 }
 
+/* A vault bound to its server is the one every command sees, listings and
+ * audit verify included: its anchor is read through the binding, so a log
+ * cut after a record it sealed is caught (not skipped as "2 tokens"). */
+static void test_remote_bound_everywhere(void)
+{
+    const kc_test_out *r;
+    char *out = NULL;
+    pid_t pid[2];
+
+    setup(pid);
+    r = kc_test_run("vault", "list", REMOTE, NULL);
+    ASSERT_RC(r, 0);
+    CU_ASSERT_PTR_NULL(strstr(r->out, "tokens match"));
+    ASSERT_HAS(r->out, "VaultB1 ");
+    CU_ASSERT_PTR_NULL(strstr(strstr(r->out, "VaultB1 ") + 1, "VaultB1 "));
+    /* a record VaultB1 seals, through its server */
+    CU_ASSERT_EQUAL(kc_test_sh(&out, "head -c 32 /dev/urandom >'%s'", tpath("dek")), 0);
+    ASSERT_RC(kc_test_run("key", "wrap", "VaultB1/KeyB", "--in", tpath("dek"), "--out",
+                          tpath("w"), "--as", "svc", REMOTE, NULL),
+              0);
+    ASSERT_RC(kc_test_run("key", "unwrap", "VaultB1/KeyB", "--in", tpath("w"), "--out",
+                          tpath("u"), "--as", "svc", PINS, REMOTE, NULL),
+              0);
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "cd '%s' && cp -p audit.jsonl audit.full && head -n -1 "
+                               "audit.full >audit.jsonl",
+                               kc_test_dir()),
+                    0);
+    r = kc_test_run("audit", "verify", PINS, REMOTE, NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "vault 'VaultB1' anchors record");
+    CU_ASSERT_EQUAL(kc_test_sh(&out, "cd '%s' && mv audit.full audit.jsonl", kc_test_dir()), 0);
+    ASSERT_RC(kc_test_run("audit", "verify", PINS, REMOTE, NULL), 0);
+    unserve_all();
+}
+
 static const kc_test_case cases[] = {
     {"what p11-kit's client carries", test_remote_facts},
     {"a DEP through two regions' servers", test_remote_dep},
     {"what the client does not carry is refused up front", test_remote_refused_up_front},
     {"a region's server lost in the middle of a command", test_remote_lost_mid_command},
+    {"a bound vault is the one every command sees", test_remote_bound_everywhere},
     {NULL, NULL},
 };
 
