@@ -7,7 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -47,6 +49,96 @@ static CK_FUNCTION_LIST *registered_module(const char *name_or_path)
     return m;
 }
 
+/* Whether st is something only its owner (this user or root) can change:
+ * what chooses or receives the PINs must be. The directory that holds it
+ * must not let others replace it either (writable by them without the
+ * sticky bit). */
+static kc_rc owned_here(const char *path, const struct stat *st, const char *what,
+                        kc_error *err)
+{
+    char dir[PATH_MAX], *slash;
+    struct stat ds;
+
+    if ((st->st_uid != geteuid() && st->st_uid != 0) || (st->st_mode & 022) != 0)
+        return kc_error_set(err, KC_DENIED,
+                            "%s '%s' can be changed by others than you and root (owner uid %lu, "
+                            "mode %03o): it chooses or receives the PINs",
+                            what, path, (unsigned long)st->st_uid,
+                            (unsigned)(st->st_mode & 0777));
+    snprintf(dir, sizeof(dir), "%s", path);
+    slash = strrchr(dir, '/');
+    if (slash == NULL)
+        snprintf(dir, sizeof(dir), ".");
+    else if (slash == dir)
+        dir[1] = '\0';
+    else
+        *slash = '\0';
+    if (stat(dir, &ds) != 0 || ((ds.st_mode & 002) != 0 && (ds.st_mode & S_ISVTX) == 0) ||
+        (ds.st_mode & 020) != 0)
+        return kc_error_set(err, KC_DENIED,
+                            "%s '%s' is in a directory others can write to ('%s'): they could "
+                            "replace it",
+                            what, path, dir);
+    return KC_OK;
+}
+
+/* A module's file (a path, not a registered module, which the operator
+ * installed), as p11-kit finds it. */
+static kc_rc trusted_library(const char *path, kc_error *err)
+{
+    char full[PATH_MAX + 128];
+    struct stat st;
+
+    if (strchr(path, '/') == NULL)
+        snprintf(full, sizeof(full), "%s/%s", P11_KIT_MODULE_PATH, path);
+    else
+        snprintf(full, sizeof(full), "%s", path);
+    if (stat(full, &st) != 0)
+        return kc_error_set(err, KC_NOT_FOUND, "cannot load PKCS#11 module '%s': %s", path,
+                            strerror(errno));
+    return owned_here(full, &st, "PKCS#11 module", err);
+}
+
+/* A p11-kit server's socket, before anything is sent to it: the PIN goes
+ * over it in the clear, so it must be a socket only its owner (this user
+ * or root) controls, not reached through a link, and someone must answer. */
+static kc_rc trusted_socket(const char *address, kc_error *err)
+{
+    const char *path = address + strlen("unix:path=");
+    struct sockaddr_un sa;
+    struct stat st;
+    int fd, ok;
+    kc_rc r;
+
+    if (path[0] != '/')
+        return kc_error_set(err, KC_USAGE,
+                            "remote '%s': give the server's socket as an absolute path", address);
+    if (lstat(path, &st) != 0)
+        return kc_error_set(err, KC_TOKEN, "cannot reach the p11-kit server at '%s': %s",
+                            path, strerror(errno));
+    if (S_ISLNK(st.st_mode) || !S_ISSOCK(st.st_mode))
+        return kc_error_set(err, KC_DENIED, "'%s' is %s, not the p11-kit server's socket",
+                            path, S_ISLNK(st.st_mode) ? "a link" : "not a socket");
+    r = owned_here(path, &st, "the p11-kit server's socket", err);
+    if (r != KC_OK)
+        return r;
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof(sa.sun_path))
+        return kc_error_set(err, KC_USAGE, "socket path '%s' is too long", path);
+    memcpy(sa.sun_path, path, strlen(path));
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ok = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+    if (!ok) {
+        kc_error_set(err, KC_TOKEN, "cannot connect to the p11-kit server at '%s': %s", path,
+                     strerror(errno));
+        kc_error_hint(err, "is the server running? 'p11-kit server' prints its address");
+    }
+    if (fd >= 0)
+        close(fd);
+    return ok ? KC_OK : KC_TOKEN;
+}
+
 /* A p11-kit module file (p11-kit's pkcs11.conf(5) format, "key: value"
  * lines): the module it names and its x-init-reserved, which a module may
  * not initialise without (NSS softokn: its database directory). Only a
@@ -62,12 +154,13 @@ static kc_rc read_module_file(const char *path, char *module, size_t mcap, char 
     if (f == NULL)
         return kc_error_set(err, KC_NOT_FOUND, "cannot open module file '%s': %s", path,
                             strerror(errno));
-    if (fstat(fileno(f), &st) != 0 || (st.st_mode & 022) != 0) {
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
         fclose(f);
-        return kc_error_set(err, KC_DENIED,
-                            "module file '%s' can be written by others than its owner: it "
-                            "chooses the code that receives the PINs",
-                            path);
+        return kc_error_set(err, KC_USAGE, "module file '%s' is not a regular file", path);
+    }
+    if (owned_here(path, &st, "module file", err) != KC_OK) {
+        fclose(f);
+        return err->code;
     }
     while (fgets(line, sizeof(line), f) != NULL) {
         v = strchr(line, ':');
@@ -94,6 +187,11 @@ static kc_rc read_module_file(const char *path, char *module, size_t mcap, char 
                             path, remote);
     if (module[0] == '\0' && remote[0] == '\0')
         return kc_error_set(err, KC_USAGE, "module file '%s' has no 'module:' or 'remote:' line",
+                            path);
+    if (module[0] != '\0' && remote[0] != '\0')
+        return kc_error_set(err, KC_USAGE,
+                            "module file '%s' names both a module and a remote server: which "
+                            "one is meant is not for keycustody to guess",
                             path);
     return KC_OK;
 }
@@ -140,6 +238,9 @@ static kc_rc load_module_file(const char *path, CK_FUNCTION_LIST **out, kc_error
     if (r != KC_OK)
         return r;
     if (remote[0] != '\0') {
+        r = trusted_socket(remote, err);
+        if (r != KC_OK)
+            return r;
         m = remote_module(remote);
         if (m == NULL)
             return kc_error_set(err, KC_TOKEN, "cannot make a p11-kit client to '%s' (named by '%s')",
@@ -156,10 +257,13 @@ static kc_rc load_module_file(const char *path, CK_FUNCTION_LIST **out, kc_error
         *out = m;
         return KC_OK;
     }
+    r = trusted_library(module, err);
+    if (r != KC_OK)
+        return kc_error_prefix(err, "module file '%s'", path);
     m = p11_kit_module_load(module, P11_KIT_MODULE_UNMANAGED);
     if (m == NULL)
-        return kc_error_set(err, KC_TOKEN, "cannot load PKCS#11 module '%s' (named by '%s')",
-                            module, path);
+        return kc_error_set(err, KC_TOKEN, "cannot load PKCS#11 module '%s' (named by '%s'): %s",
+                            module, path, p11_kit_message() ? p11_kit_message() : "no reason given");
     memset(&args, 0, sizeof(args));
     args.flags = CKF_OS_LOCKING_OK;
     args.pReserved = reserved[0] ? reserved : NULL;
@@ -185,8 +289,14 @@ static kc_rc load_one(const char *module_path, CK_FUNCTION_LIST **out, kc_error 
         return load_module_file(module_path, out, err);
     m = registered_module(module_path);
     /* else a file: a bare name is looked for in p11-kit's module directory */
-    if (m == NULL)
-        m = p11_kit_module_load(module_path, 0);
+    if (m == NULL) {
+        kc_error ignored;
+        kc_rc r = trusted_library(module_path, strchr(module_path, '/') ? err : &ignored);
+        if (r != KC_OK && strchr(module_path, '/') != NULL)
+            return r;
+        if (r == KC_OK)
+            m = p11_kit_module_load(module_path, 0);
+    }
     if (m == NULL && strchr(module_path, '/') == NULL) {
         kc_error_set(err, KC_NOT_FOUND,
                      "no PKCS#11 module named '%s' is registered with p11-kit, and no module "
@@ -197,7 +307,8 @@ static kc_rc load_one(const char *module_path, CK_FUNCTION_LIST **out, kc_error 
         return KC_NOT_FOUND;
     }
     if (m == NULL) {
-        kc_error_set(err, KC_TOKEN, "cannot load PKCS#11 module '%s'", module_path);
+        kc_error_set(err, KC_TOKEN, "cannot load PKCS#11 module '%s': %s", module_path,
+                     p11_kit_message() ? p11_kit_message() : "no reason given");
         kc_error_hint(err, "check the path given with --module or KEYCUSTODY_MODULE "
                            "(SoftHSM: /usr/lib/softhsm/libsofthsm2.so)");
         return KC_TOKEN;
@@ -356,9 +467,23 @@ kc_rc kc_p11_load_set(const kc_module_set *set, kc_p11 **out, kc_error *err)
         for (i = 0; r == KC_OK && i < set->npaths; i++)
             r = add_module(p, set->paths[i], &n, &at, err);
         for (i = 0; r == KC_OK && i < set->nbinds; i++) {
-            r = add_module(p, set->binds[i].module, &n, &at, err);
+            kc_error why;
+            kc_error_clear(&why);
+            r = add_module(p, set->binds[i].module, &n, &at, &why);
+            /* a vault's module that cannot be reached (its region's server
+             * down) fails that vault alone: a DEP's data stays readable
+             * through its other vault */
+            if (r == KC_TOKEN) {
+                at = KC_P11_UNREACHABLE;
+                r = KC_OK;
+            } else if (r != KC_OK) {
+                *err = why;
+            }
             if (r == KC_OK)
                 r = bind_vault(p, set->binds[i].vault, at, err);
+            if (r == KC_OK && at == KC_P11_UNREACHABLE)
+                kc_error_format(&why, p->binds[p->nbinds - 1].why,
+                                sizeof(p->binds[0].why));
         }
     }
     if (r == KC_OK) {
@@ -701,6 +826,17 @@ static int bound_elsewhere(const kc_p11 *p, const char *label, size_t mod)
     return 0;
 }
 
+/* Why the module label is bound to could not be loaded; NULL when it was. */
+static const char *unreachable(const kc_p11 *p, const char *label)
+{
+    size_t i;
+
+    for (i = 0; i < p->nbinds; i++)
+        if (strcmp(p->binds[i].label, label) == 0)
+            return p->binds[i].module == KC_P11_UNREACHABLE ? p->binds[i].why : NULL;
+    return NULL;
+}
+
 /* A token labelled as a vault bound to another module is not that vault,
  * whichever way it is looked for (by label, by URI, in a list): it is not
  * seen at all (kc_module_set). */
@@ -963,6 +1099,11 @@ static kc_rc find_token(kc_p11 *p, const char *name_or_uri, const char *vault, i
     a->uri = NULL;
     if (r != KC_OK)
         return r;
+    if (a->matches == 0 && a->vault != NULL && unreachable(p, a->vault) != NULL) {
+        kc_error_set(err, KC_TOKEN, "vault '%s' is bound to a module that could not be loaded: %s",
+                     a->vault, unreachable(p, a->vault));
+        return KC_TOKEN;
+    }
     if (a->matches == 0) {
         visible_tokens(p, seen, sizeof(seen));
         if (want_free)

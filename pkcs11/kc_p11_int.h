@@ -13,13 +13,16 @@
 #define CKM_AES_KEY_WRAP_KWP 0x0000210BUL
 #endif
 
+#define KC_P11_UNREACHABLE ((size_t)-1)
+
 struct kc_p11 {
     CK_FUNCTION_LIST **modules; /* NULL-terminated, as p11-kit gave them */
     CK_FUNCTION_LIST **calls;   /* the same, or fault-injecting copies */
     int from_registry;          /* loaded with p11_kit_modules_load_and_initialize */
     struct {
         char label[33];
-        size_t module; /* index into modules */
+        size_t module;  /* index into modules; KC_P11_UNREACHABLE when it would not load */
+        char why[400];  /* then, why (a p11-kit server not answering, say) */
     } binds[KC_P11_BINDS_MAX];
     size_t nbinds;
     /* what each module loaded by kc_p11_load_set is (its file and options,

@@ -292,7 +292,7 @@ static void test_module_check_changes_nothing(void)
 static void test_module_list(void)
 {
     const kc_test_out *r;
-    char real[4096], shown[4096];
+    char real[4096], shown[4096], *out = NULL;
     json_t *j, *t;
     size_t i;
     int seen = 0;
@@ -336,6 +336,25 @@ static void test_module_list(void)
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "VaultA1 ");
     CU_ASSERT_PTR_NULL(strstr(strstr(r->out, "VaultA1 ") + 1, "VaultA1 "));
+    /* a module file others could change would choose the code that gets
+     * the PINs; so would a module file naming it */
+    CU_ASSERT_EQUAL(kc_test_sh(&out, "cp '%s' '%s/copy.so' && chmod 0666 '%s/copy.so'", real,
+                               kc_test_dir(), kc_test_dir()),
+                    0);
+    snprintf(shown, sizeof(shown), "%.3000s/copy.so", kc_test_dir());
+    r = kc_test_run("module", "list", "--module", shown, NULL);
+    ASSERT_RC(r, 6);
+    ASSERT_HAS(r->err, "PKCS#11 module '");
+    ASSERT_HAS(r->err, "can be changed by others than you and root");
+    snprintf(shown, sizeof(shown), "module: %.3000s/copy.so\n", kc_test_dir());
+    kc_test_write(kc_test_path("copy.module"), shown, strlen(shown), 0644);
+    r = kc_test_run("module", "list", "--module", kc_test_path("copy.module"), NULL);
+    ASSERT_RC(r, 6);
+    snprintf(shown, sizeof(shown), "module: %.3000s\nremote: unix:path=/nowhere\n", real);
+    kc_test_write(kc_test_path("both.module"), shown, strlen(shown), 0644);
+    r = kc_test_run("module", "list", "--module", kc_test_path("both.module"), NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "names both a module and a remote server");
     /* every registered module: p11-kit's trust module has a read-only
      * token, which is listed as what it is, not as an error */
     unsetenv("KEYCUSTODY_MODULE");
@@ -414,7 +433,7 @@ static void test_nss_vault_refused(void)
     CU_ASSERT_EQUAL(chmod(file, 0666), 0);
     r = kc_test_run("module", "list", "--module", file, NULL);
     ASSERT_RC(r, 6);
-    ASSERT_HAS(r->err, "can be written by others than its owner");
+    ASSERT_HAS(r->err, "can be changed by others than you and root");
 }
 
 static const kc_test_case nss_cases[] = {

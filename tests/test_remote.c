@@ -227,6 +227,7 @@ static void test_remote_dep(void)
     r = get("t1");
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->err, "warning: VaultA1: ");
+    ASSERT_HAS(r->err, "cannot connect to the p11-kit server at '");
     CU_ASSERT_TRUE(item_matches());
     /* and a DEP that needs vault A is refused, nothing made */
     r = kc_test_run("dep", "create", "Dep3", "--keys", "VaultA1/KeyA,VaultB1/KeyB", "--workload",
@@ -314,6 +315,24 @@ static void test_remote_refused_up_front(void)
     r = kc_test_run("key", "backup", "VaultA1/KeyA", "--out", tpath("k.backup"), "--as", "officer",
                     "--pin-source", "env:TEST_PIN", NULL);
     ASSERT_RC(r, 0);
+    /* the PIN goes over the socket in the clear: one others could be
+     * listening on, or a link to one, is refused before anything is sent */
+    CU_ASSERT_EQUAL(chmod(sock[0], 0777), 0);
+    r = kc_test_run("key", "list", "VaultA1", "--pin-source", "env:TEST_PIN", "--module", bind_a,
+                    NULL);
+    ASSERT_RC(r, 6);
+    ASSERT_HAS(r->err, "the p11-kit server's socket '");
+    ASSERT_HAS(r->err, "can be changed by others than you and root");
+    CU_ASSERT_EQUAL(chmod(sock[0], 0700), 0);
+    CU_ASSERT_EQUAL(symlink(sock[0], tpath("link.sock")), 0);
+    {
+        char text[2500];
+        snprintf(text, sizeof(text), "remote: unix:path=%.2200s\n", tpath("link.sock"));
+        kc_test_write(tpath("link.module"), text, strlen(text), 0644);
+    }
+    r = kc_test_run("module", "list", "--module", tpath("link.module"), NULL);
+    ASSERT_RC(r, 6);
+    ASSERT_HAS(r->err, "is a link, not the p11-kit server's socket");
     unserve(pid[0], SIGTERM);
     unserve(pid[1], SIGTERM);
 }
@@ -335,11 +354,11 @@ static void test_remote_bound_everywhere(void)
     CU_ASSERT_PTR_NULL(strstr(strstr(r->out, "VaultB1 ") + 1, "VaultB1 "));
     /* a record VaultB1 seals, through its server */
     CU_ASSERT_EQUAL(kc_test_sh(&out, "head -c 32 /dev/urandom >'%s'", tpath("dek")), 0);
-    ASSERT_RC(kc_test_run("key", "wrap", "VaultB1/KeyB", "--in", tpath("dek"), "--out",
-                          tpath("w"), "--as", "svc", REMOTE, NULL),
+    ASSERT_RC(kc_test_run("key", "wrap", "VaultB1/KeyB", "--in", tpath("dek"), "--out", tpath("w"),
+                          "--as", "svc", REMOTE, NULL),
               0);
-    ASSERT_RC(kc_test_run("key", "unwrap", "VaultB1/KeyB", "--in", tpath("w"), "--out",
-                          tpath("u"), "--as", "svc", PINS, REMOTE, NULL),
+    ASSERT_RC(kc_test_run("key", "unwrap", "VaultB1/KeyB", "--in", tpath("w"), "--out", tpath("u"),
+                          "--as", "svc", PINS, REMOTE, NULL),
               0);
     CU_ASSERT_EQUAL(kc_test_sh(&out,
                                "cd '%s' && cp -p audit.jsonl audit.full && head -n -1 "
