@@ -47,6 +47,7 @@ static const struct {
     M(CKM_EC_EDWARDS_KEY_PAIR_GEN),
     M(CKM_EDDSA),
     M(CKM_DSA_KEY_PAIR_GEN),
+    M(CKM_DSA),
     M(CKM_DSA_PARAMETER_GEN),
     M(CKM_DSA_SHA1),
     M(CKM_DSA_SHA224),
@@ -433,7 +434,8 @@ static void probe_trusted(kc_tok *t, kc_probe *p)
              kc_p11_rv_name(rv));
     else
         fact(p, "trusted.supported", KC_CAP_UNKNOWN,
-             rv == CKR_OK ? "anyone sets it" : "whether the SO can set it needs the SO PIN");
+             rv == CKR_OK ? "taken from anyone (trusted.user_refused), so it marks nothing"
+                          : "whether the SO can set it needs the SO PIN");
     drop(t, kek);
     drop(t, key);
     drop(t, tr);
@@ -781,6 +783,11 @@ static void probe_so_pin(const kc_tok_info *ti, kc_probe *p)
         fact(p, "so_pin.own", KC_CAP_NO,
              "the token still has the module's factory SO PIN (CKF_SO_PIN_TO_BE_CHANGED): "
              "whoever knows it is its SO; vault init changes it when it adopts the token");
+    else if (!ti->initialized)
+        fact(p, "so_pin.own", KC_CAP_UNKNOWN,
+             "the free token asks for its SO PIN to be changed (CKF_SO_PIN_TO_BE_CHANGED): "
+             "vault init gives C_InitToken the PIN given, which a module that wants a factory "
+             "PIN refuses");
     else
         fact(p, "so_pin.own", KC_CAP_NO,
              "the token asks for its SO PIN to be changed (CKF_SO_PIN_TO_BE_CHANGED), and "

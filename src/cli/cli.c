@@ -216,6 +216,9 @@ static int add_module(kc_cli *cli, const char *arg)
     char *vault;
     kc_error e;
 
+    if (arg[0] == '\0')
+        return kc_cli_usage(cli, "--module '': give a module's file, its p11-kit name or a "
+                                 "module file");
     if (!cli->module_given) /* the command line replaces KEYCUSTODY_MODULE */
         memset(m, 0, sizeof(*m));
     cli->module_given = 1;

@@ -85,7 +85,9 @@ static kc_rc probe_token(kc_ctx *ctx, const char *name, kc_tok **out, kc_error *
     if (name != NULL)
         return kc_p11_token(ctx->p11, name, out, err);
     r = kc_p11_list_tokens(ctx->p11, &toks, &n, err);
-    for (i = 0; r == KC_OK && i < n && !toks[i].initialized; i++)
+    /* a write-protected token (NSS's crypto services, p11-kit's trust
+     * store) can hold nothing: it is not the one meant */
+    for (i = 0; r == KC_OK && i < n && (!toks[i].initialized || toks[i].write_protected); i++)
         ;
     if (r == KC_OK && i == n && n == 0) {
         r = kc_error_set(err, KC_NOT_FOUND, "the module shows no token to probe");
@@ -206,8 +208,8 @@ const kc_cmd kc_cmds_module[] = {
      "OpenSSL, not trusted by number); RSA-OAEP with SHA-1 and SHA-256 against\n"
      "OpenSSL. Then, feature by feature: works, works differently, not possible (why),\n"
      "or not asked.\n\n"
-     "TOKEN is a label or pkcs11: URI; without it, the first initialised token, or the\n"
-     "first free one where none is initialised. With a\n"
+     "TOKEN is a label or pkcs11: URI; without it, the first initialised token that is\n"
+     "not write-protected, or the first free one. With a\n"
      "PIN source for the token (--pin-source), the facts that need a login are asked\n"
      "too; there is never a prompt.\n\n"
      "Example:\n"

@@ -149,9 +149,11 @@ size_t kc_module_features(const kc_probe *p, kc_feature out[KC_FEATURES_MAX])
                                          "mech.aes_gcm", "mech.hmac_sha256", NULL};
     static const char *const soft_backup[] = {"mech.aes_cbc_pad_wrap", "mech.hmac_sha256",
                                               "rsa_oaep.sha256", NULL};
-    static const char *const byok[] = {"rsa_oaep.sha256", "aes_key_wrap.rfc5649", NULL};
-    static const char *const dep[] = {"rsa_oaep.sha256", "unwrap.readable_template",
-                                      "mech.hmac_sha256", NULL};
+    /* rsa_oaep.sha256 last: SHA-1 does instead (oaep_either), so a want of
+     * it must not hide another that nothing does instead */
+    static const char *const byok[] = {"aes_key_wrap.rfc5649", "rsa_oaep.sha256", NULL};
+    static const char *const dep[] = {"unwrap.readable_template", "mech.hmac_sha256",
+                                      "rsa_oaep.sha256", NULL};
     static const char *const audit[] = {"mech.hmac_sha256", "mech.generic_keygen", NULL};
     char why[sizeof(out[0].why)];
     size_t n = 0;
