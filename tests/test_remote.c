@@ -66,15 +66,24 @@ static void unserve_all(void)
 /* 'p11-kit server' in the foreground for the token labelled token, its
  * socket at path, its output in a log beside it (never the test's own
  * pipes); its PID once the socket is there. */
+static pid_t serve_uri(const char *uri, const char *path);
+
 static pid_t serve(const char *token, const char *path)
 {
     char uri[100];
+
+    snprintf(uri, sizeof(uri), "pkcs11:token=%s", token);
+    return serve_uri(uri, path);
+}
+
+/* The same for every token uri matches. */
+static pid_t serve_uri(const char *uri, const char *path)
+{
     struct timespec pause = {0, 50 * 1000 * 1000};
     struct stat st;
     pid_t pid;
     int i;
 
-    snprintf(uri, sizeof(uri), "pkcs11:token=%s", token);
     unlink(path);
     fflush(NULL);
     pid = fork();
@@ -333,6 +342,24 @@ static void test_remote_refused_up_front(void)
     r = kc_test_run("module", "list", "--module", tpath("link.module"), NULL);
     ASSERT_RC(r, 6);
     ASSERT_HAS(r->err, "is a link, not the p11-kit server's socket");
+    /* no vault is made through a server: it would keep what the client
+     * carries for good; the free token stays free */
+    {
+        char text[2500];
+        pid_t all = serve_uri("pkcs11:model=SoftHSM%20v2", tpath("all.sock"));
+        snprintf(text, sizeof(text), "remote: unix:path=%.2200s\n", tpath("all.sock"));
+        kc_test_write(tpath("all.module"), text, strlen(text), 0644);
+        r = kc_test_run("vault", "init", "VaultC1", "--subscription", "sub-c", "--region",
+                        "northeurope", "--module", tpath("all.module"), "--so-pin-source",
+                        "env:TEST_SO_PIN", "--pin-source", "env:TEST_PIN", NULL);
+        ASSERT_RC(r, 7);
+        ASSERT_HAS(r->err, "a vault is not made through a p11-kit server");
+        ASSERT_HAS(r->err, "nothing was made");
+        unserve(all, SIGTERM);
+        r = kc_test_run("module", "list", NULL);
+        ASSERT_HAS(r->out, "  - (free) ");
+        CU_ASSERT_PTR_NULL(strstr(r->out, "VaultC1"));
+    }
     unserve(pid[0], SIGTERM);
     unserve(pid[1], SIGTERM);
 }

@@ -40,8 +40,8 @@ static void print_arrangement(FILE *f, const kc_arrangement *a)
                                            : "EC P-256 (ECDSA)");
     fprintf(f, "hsm keys:          %s\n",
             a->hsm_non_extractable
-                ? "never leave the token (the module keeps no trusted-key arrangement): no "
-                  "backups of them"
+                ? "never leave the token (the module the vault was made through keeps no "
+                  "trusted-key arrangement): no backups of them"
                 : "leave the token only wrapped under the backup domain's trusted key");
     fprintf(f, "backup key wrap:   %s%s\n",
             a->key_wrap == KC_WRAP_NONE ? "none (no backups)" : kc_wrap_mech_name(a->key_wrap),

@@ -482,9 +482,26 @@ kc_rc kc_vault_open(kc_ctx *ctx, const char *name_or_uri, kc_vault **out, kc_err
  * (kc_tok_probe), not assumed. */
 static kc_rc can_hold_vault(kc_tok *tok, kc_error *err)
 {
+    const char *module = kc_tok_info_get(tok)->module;
+    size_t n = strlen(module);
     kc_feature f[KC_FEATURES_MAX];
     kc_probe p;
-    kc_rc r = kc_tok_probe(tok, 0, &p, err);
+    kc_rc r;
+
+    /* Through a p11-kit server the arrangement would be what its client
+     * carries (no AES key wrap, no AES-GCM), signed into the vault for
+     * good, whatever the module behind it can do. */
+    if (n >= 17 && strcmp(module + n - 17, "p11-kit-client.so") == 0) {
+        kc_error_set(err, KC_TOKEN,
+                     "a vault is not made through a p11-kit server: its client carries no AES "
+                     "key wrap or AES-GCM, and the vault would keep hsm keys non-extractable "
+                     "and without backups for good, whatever the module behind it can do; "
+                     "nothing was made");
+        kc_error_hint(err, "run 'vault init' where the token's module is loaded directly, then "
+                           "reach the vault through the server");
+        return KC_TOKEN;
+    }
+    r = kc_tok_probe(tok, 0, &p, err);
 
     if (r != KC_OK)
         return r;
@@ -492,7 +509,8 @@ static kc_rc can_hold_vault(kc_tok *tok, kc_error *err)
     kc_probe_release(&p);
     if (f[0].support != KC_NOT_POSSIBLE)
         return KC_OK;
-    kc_error_set(err, KC_TOKEN, "module '%s' cannot hold a vault: %s; nothing was made on token '%s'",
+    kc_error_set(err, KC_TOKEN,
+                 "module '%s' cannot hold a vault: %s; nothing was made on token '%s'",
                  kc_tok_info_get(tok)->module, f[0].why,
                  kc_tok_info_get(tok)->initialized ? kc_tok_info_get(tok)->label : "(free)");
     kc_error_hint(err, "see what the module can do with 'keycustody module check' and the same "
@@ -503,7 +521,9 @@ static kc_rc can_hold_vault(kc_tok *tok, kc_error *err)
 static kc_rc choose_arrangement(kc_tok *tok, kc_arrangement *a, kc_error *err)
 {
     kc_probe p;
-    kc_rc r = kc_tok_probe(tok, KC_PROBE_VAULT, &p, err);
+    kc_rc r;
+
+    r = kc_tok_probe(tok, KC_PROBE_VAULT, &p, err);
 
     if (r != KC_OK) /* a call broke: not an answer about the module */
         return r;
