@@ -348,10 +348,10 @@ static int registered_file(const char *name_or_path, char *file, size_t cap)
     return 1;
 }
 
-/* What loading path would give, without loading it: the module file
- * (links resolved) and the options it is started with, or the server a
- * module file's remote: names. A path that cannot be read keeps its own
- * name: loading it says why. */
+/* What loading path would give, without loading it, in words: the module
+ * file (links resolved) and the options it is started with, or the server
+ * a module file's remote: names. A path that cannot be read keeps its own
+ * name: loading it says why. Two requests with one key are one module. */
 static void module_key(const char *path, char *key, size_t cap)
 {
     char module[PATH_MAX], reserved[1024], remote[PATH_MAX], real[PATH_MAX], file[PATH_MAX],
@@ -364,11 +364,11 @@ static void module_key(const char *path, char *key, size_t cap)
     if (ends_with(path, ".module")) {
         if (read_module_file(path, module, sizeof(module), reserved, sizeof(reserved), remote,
                              sizeof(remote), &ignored) != KC_OK) {
-            snprintf(key, cap, "unread:%.1000s", path);
+            snprintf(key, cap, "module file %.1000s (not read)", path);
             return;
         }
         if (remote[0] != '\0') {
-            snprintf(key, cap, "remote:%.1000s", remote);
+            snprintf(key, cap, "the p11-kit server at %.1000s", remote);
             return;
         }
         snprintf(file, sizeof(file), "%s", module);
@@ -382,7 +382,8 @@ static void module_key(const char *path, char *key, size_t cap)
         snprintf(full, sizeof(full), "%s", file);
     if (realpath(full, real) == NULL)
         snprintf(real, sizeof(real), "%.*s", (int)sizeof(real) - 1, full);
-    snprintf(key, cap, "file:%.700s|%s|%.400s", real, registered ? "registered" : "", reserved);
+    snprintf(key, cap, "%.700s%s%s%.400s%s", real, registered ? " (registered with p11-kit)" : "",
+             reserved[0] ? " with x-init-reserved '" : "", reserved, reserved[0] ? "'" : "");
 }
 
 /* The index of the module of path in p (loading it if it is new). */
@@ -826,6 +827,18 @@ static int bound_elsewhere(const kc_p11 *p, const char *label, size_t mod)
     return 0;
 }
 
+/* What the module label is bound to is (its file or server); NULL when
+ * label is not bound. */
+static const char *bound_to(const kc_p11 *p, const char *label)
+{
+    size_t i;
+
+    for (i = 0; i < p->nbinds; i++)
+        if (strcmp(p->binds[i].label, label) == 0 && p->binds[i].module != KC_P11_UNREACHABLE)
+            return p->keys[p->binds[i].module];
+    return NULL;
+}
+
 /* Why the module label is bound to could not be loaded; NULL when it was. */
 static const char *unreachable(const kc_p11 *p, const char *label)
 {
@@ -1103,6 +1116,13 @@ static kc_rc find_token(kc_p11 *p, const char *name_or_uri, const char *vault, i
         kc_error_set(err, KC_TOKEN, "vault '%s' is bound to a module that could not be loaded: %s",
                      a->vault, unreachable(p, a->vault));
         return KC_TOKEN;
+    }
+    if (a->matches == 0 && a->vault != NULL && bound_to(p, a->vault) != NULL) {
+        kc_error_set(err, KC_NOT_FOUND, "no token '%s' on the module it is bound to (%s)",
+                     a->vault, bound_to(p, a->vault));
+        kc_error_hint(err, "see that module's tokens with 'keycustody module list --module "
+                           "MODULE'; a token of that label on another module is not this vault");
+        return KC_NOT_FOUND;
     }
     if (a->matches == 0) {
         visible_tokens(p, seen, sizeof(seen));
