@@ -409,6 +409,7 @@ static kc_rc add_module(kc_p11 *p, const char *path, size_t *n, size_t *at, kc_e
     if (r != KC_OK)
         return r;
     snprintf(p->keys[*n], sizeof(p->keys[0]), "%s", key);
+    p->own_init[*n] = ends_with(path, ".module");
     p->modules[*n] = m;
     *at = (*n)++;
     return KC_OK;
@@ -1078,6 +1079,8 @@ static int reload_module(kc_p11 *p)
         return 0;
     (void)nanosleep(&pause, NULL);
     for (i = 0; p->modules[i] != NULL; i++) {
+        if (p->own_init[i])
+            continue;
         (void)p11_kit_module_finalize(p->modules[i]);
         ok &= p11_kit_module_initialize(p->modules[i]) == CKR_OK;
     }

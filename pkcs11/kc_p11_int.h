@@ -28,6 +28,9 @@ struct kc_p11 {
     /* what each module loaded by kc_p11_load_set is (its file and options,
      * or a server's address), so that one asked for twice is loaded once */
     char keys[KC_P11_MODULES_MAX][1200];
+    /* started with options of a module file (or a server's client): not
+     * started again by p11-kit's default arguments (reload_module) */
+    int own_init[KC_P11_MODULES_MAX];
     kc_tok **cache;             /* tokens handed out by kc_p11_token, owned here */
     size_t ncache;
 };
