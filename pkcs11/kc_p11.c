@@ -94,7 +94,7 @@ static kc_rc trusted_library(const char *path, kc_error *err)
     else
         snprintf(full, sizeof(full), "%s", path);
     if (stat(full, &st) != 0)
-        return kc_error_set(err, KC_NOT_FOUND, "cannot load PKCS#11 module '%s': %s", path,
+        return kc_error_set(err, KC_TOKEN, "cannot load PKCS#11 module '%s': %s", path,
                             strerror(errno));
     return owned_here(full, &st, "PKCS#11 module", err);
 }
