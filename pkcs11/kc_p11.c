@@ -429,7 +429,9 @@ static kc_rc load_registry(kc_p11 *p, size_t *n, kc_error *err)
     return KC_OK;
 }
 
-static kc_rc bind_vault(kc_p11 *p, const char *vault, size_t module, kc_error *err)
+/* vault on module (KC_P11_UNREACHABLE: why says why it would not load). */
+static kc_rc bind_vault(kc_p11 *p, const char *vault, size_t module, const kc_error *why,
+                        kc_error *err)
 {
     size_t i;
 
@@ -444,6 +446,9 @@ static kc_rc bind_vault(kc_p11 *p, const char *vault, size_t module, kc_error *e
             return KC_USAGE;
         }
     snprintf(p->binds[p->nbinds].label, sizeof(p->binds[0].label), "%s", vault);
+    p->binds[p->nbinds].why[0] = '\0';
+    if (module == KC_P11_UNREACHABLE)
+        kc_error_format(why, p->binds[p->nbinds].why, sizeof(p->binds[0].why));
     p->binds[p->nbinds++].module = module;
     return KC_OK;
 }
@@ -482,10 +487,7 @@ kc_rc kc_p11_load_set(const kc_module_set *set, kc_p11 **out, kc_error *err)
                 *err = why;
             }
             if (r == KC_OK)
-                r = bind_vault(p, set->binds[i].vault, at, err);
-            if (r == KC_OK && at == KC_P11_UNREACHABLE)
-                kc_error_format(&why, p->binds[p->nbinds - 1].why,
-                                sizeof(p->binds[0].why));
+                r = bind_vault(p, set->binds[i].vault, at, &why, err);
         }
     }
     if (r == KC_OK) {

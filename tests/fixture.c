@@ -623,3 +623,28 @@ const char *kc_test_tpm2_start(void)
     return module;
 }
 
+const char *kc_test_path2(const char *name)
+{
+    static char buf[4][2300];
+    static int i;
+
+    i = (i + 1) % 4;
+    snprintf(buf[i], sizeof(buf[i]), "%.2200s", kc_test_path(name));
+    return buf[i];
+}
+
+int kc_test_avail_keys(void)
+{
+    const kc_test_out *r = kc_test_run("key", "list", "Service", "--pin-source", "env:TEST_PIN",
+                                       "--module", KC_SOFTHSM_MODULE, NULL);
+    const char *at = r->out;
+    int n = 0;
+
+    CU_ASSERT_EQUAL(r->rc, 0);
+    while ((at = strstr(at, "avail-")) != NULL) {
+        n++;
+        at++;
+    }
+    return n;
+}
+

@@ -24,6 +24,10 @@ int kc_test_teardown(void);
 /* The test's directory, and a path inside it. */
 const char *kc_test_dir(void);
 const char *kc_test_path(const char *name);
+/* The same in one of four buffers of its own: up to four in one call. */
+const char *kc_test_path2(const char *name);
+/* How many availability keys the vault 'Service' (on SoftHSM) holds. */
+int kc_test_avail_keys(void);
 
 /* Runs "keycustody ARGS... NULL" in-process. The result is valid until the
  * next call. */

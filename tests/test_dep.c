@@ -18,22 +18,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* How many availability keys the service vault holds. */
-static int avail_keys(void)
-{
-    const kc_test_out *r =
-        kc_test_run("key", "list", "Service", "--pin-source", "env:TEST_PIN", NULL);
-    const char *at = r->out;
-    int n = 0;
-
-    CU_ASSERT_EQUAL(r->rc, 0);
-    while ((at = strstr(at, "avail-")) != NULL) {
-        n++;
-        at++;
-    }
-    return n;
-}
-
 static void make_dep(const char *name, const char *keys, const char *workload)
 {
     ASSERT_RC(kc_test_run("dep", "create", name, "--keys", keys, "--workload", workload,
@@ -153,7 +137,7 @@ static void test_dep_create(void)
                            "RSA-OAEP");
     CU_ASSERT(json_is_true(json_object_get(j, "enabled")));
     json_decref(j);
-    CU_ASSERT_EQUAL(avail_keys(), 1);
+    CU_ASSERT_EQUAL(kc_test_avail_keys(), 1);
     /* the same name again */
     r = kc_test_run("dep", "create", "Mbx", "--keys", "VaultA1/KeyA,VaultB1/KeyB", "--workload",
                     "exchange", "--pin-source", "Service=env:TEST_PIN", "--as", "svc", NULL);
@@ -167,12 +151,12 @@ static void test_dep_create(void)
     ASSERT_HAS(r->err, "nothing was made");
     r = kc_test_run("dep", "show", "Bad", NULL);
     ASSERT_RC(r, 4);
-    CU_ASSERT_EQUAL(avail_keys(), 1);
+    CU_ASSERT_EQUAL(kc_test_avail_keys(), 1);
     /* a root key that does not exist */
     r = kc_test_run("dep", "create", "Gone", "--keys", "VaultA1/KeyA,VaultB1/Nope", "--workload",
                     "exchange", "--pin-source", "Service=env:TEST_PIN", "--as", "svc", NULL);
     ASSERT_RC(r, 4);
-    CU_ASSERT_EQUAL(avail_keys(), 1);
+    CU_ASSERT_EQUAL(kc_test_avail_keys(), 1);
     /* disable */
     ASSERT_RC(kc_test_run("dep", "set", "Mbx", "--enabled", "false", NULL), 0);
     r = kc_test_run("dep", "list", "--json", NULL);
@@ -880,7 +864,7 @@ static void test_purge(void)
     ASSERT_HAS(r->err, "no PIN source for vault 'Service'");
     CU_ASSERT(store_holds_any(blobs, lens, n));
     CU_ASSERT_EQUAL(readable("x", 1, 0), 1);
-    before = avail_keys();
+    before = kc_test_avail_keys();
     r = kc_test_run("dep", "purge", "Mbx", "--confirm", "Mbx", "--pin-source",
                     "Service=env:TEST_PIN", NULL);
     ASSERT_RC(r, 0);
@@ -888,7 +872,7 @@ static void test_purge(void)
     ASSERT_HAS(r->out, "of 1 scope key(s) destroyed");
     /* crypto-shredded: no copy in the store file or its log, no availability key */
     CU_ASSERT_FALSE(store_holds_any(blobs, lens, n));
-    CU_ASSERT_EQUAL(avail_keys(), before - 1);
+    CU_ASSERT_EQUAL(kc_test_avail_keys(), before - 1);
     /* unreadable whatever is offered, with the custodian keys in place */
     snprintf(out, sizeof(out), "%s", kc_test_path("x0.out"));
     r = kc_test_run("data", "get", "mailbox:x0", "doc", "--out", out, "--use-availability-key",
@@ -1273,7 +1257,7 @@ static void test_purge_killed(void)
         CU_ASSERT_STRING_EQUAL(dep_state(name), "Purged 0/0");
         CU_ASSERT_EQUAL(readable(scope, 1, KC_DEP_USE_AVAILABILITY), 0);
         CU_ASSERT_FALSE(store_holds_any(blobs, lens, n));
-        CU_ASSERT_EQUAL(avail_keys(), 1); /* the tenant DEP's only */
+        CU_ASSERT_EQUAL(kc_test_avail_keys(), 1); /* the tenant DEP's only */
         CU_ASSERT_EQUAL(readable("m", 3, 0), 3);
     }
 }
@@ -1344,12 +1328,12 @@ static void create_check(unsigned round, int failed)
         fault_baseline_avail++;
         fault_baseline_objects = kc_test_objects("Service");
     }
-    if (avail_keys() != fault_baseline_avail ||
+    if (kc_test_avail_keys() != fault_baseline_avail ||
         kc_test_objects("Service") != fault_baseline_objects)
         fprintf(stderr, "\n  round %u left %d availability keys, %d objects (want %d, %d): %s",
-                round, avail_keys(), kc_test_objects("Service"), fault_baseline_avail,
+                round, kc_test_avail_keys(), kc_test_objects("Service"), fault_baseline_avail,
                 fault_baseline_objects, fault_said);
-    CU_ASSERT_EQUAL(avail_keys(), fault_baseline_avail);
+    CU_ASSERT_EQUAL(kc_test_avail_keys(), fault_baseline_avail);
     CU_ASSERT_EQUAL(kc_test_objects("Service"), fault_baseline_objects);
 }
 
@@ -1453,12 +1437,12 @@ static void purge_check(unsigned round, int failed)
     }
     CU_ASSERT_EQUAL(readable("m", 3, 0), 3);
     purge_ready(round + 1);
-    if (avail_keys() != 2 || kc_test_objects("Service") != fault_baseline_objects)
+    if (kc_test_avail_keys() != 2 || kc_test_objects("Service") != fault_baseline_objects)
         fprintf(stderr, "\n  round %u left %d availability keys, %d objects (want 2, %d): %s",
-                round, avail_keys(), kc_test_objects("Service"), fault_baseline_objects,
+                round, kc_test_avail_keys(), kc_test_objects("Service"), fault_baseline_objects,
                 fault_said);
     fault_said[0] = '\0';
-    CU_ASSERT_EQUAL(avail_keys(), 2); /* the tenant DEP's and the next one's */
+    CU_ASSERT_EQUAL(kc_test_avail_keys(), 2); /* the tenant DEP's and the next one's */
     CU_ASSERT_EQUAL(kc_test_objects("Service"), fault_baseline_objects);
 }
 

@@ -236,15 +236,6 @@ static void test_ock_vault_and_hsm_key(void)
 #define OCK_PINS "--pin-source", "ock0=env:OCK_USER_PIN", "--pin-source", "ock1=env:OCK_USER_PIN"
 #define OCK_SO "--so-pin-source", "ock0=env:OCK_SO_PIN", "--so-pin-source", "ock1=env:OCK_SO_PIN"
 
-static const char *tpath(const char *name)
-{
-    static char buf[4][512];
-    static int i;
-
-    i = (i + 1) % 4;
-    snprintf(buf[i], sizeof(buf[i]), "%s", kc_test_path(name));
-    return buf[i];
-}
 
 /* OpenSSL's OAEP of dek under pub.pem with md, unwrapped by the key on the
  * module; and the module's wrap of dek under key (the PEM key imp.pem's
@@ -263,12 +254,12 @@ static void oaep_both_ways(const char *key_of_imp, const char *alg, const char *
                                "rsa_mgf1_md:%s -in dek -out %s",
                                kc_test_dir(), md, md, wrapped),
                     0);
-    r = kc_test_run("key", "unwrap", "ock0/Root2k", "--in", tpath(wrapped), "--out",
-                    tpath(unwrapped), "--alg", alg, OCK_PINS, NULL);
+    r = kc_test_run("key", "unwrap", "ock0/Root2k", "--in", kc_test_path2(wrapped), "--out",
+                    kc_test_path2(unwrapped), "--alg", alg, OCK_PINS, NULL);
     ASSERT_RC(r, 0);
-    CU_ASSERT_EQUAL(kc_test_sh(&out, "cmp '%s' '%s'", tpath("dek"), tpath(unwrapped)), 0);
+    CU_ASSERT_EQUAL(kc_test_sh(&out, "cmp '%s' '%s'", kc_test_path2("dek"), kc_test_path2(unwrapped)), 0);
     snprintf(wrapped, sizeof(wrapped), "w.%s", md);
-    r = kc_test_run("key", "wrap", key_of_imp, "--in", tpath("dek"), "--out", tpath(wrapped),
+    r = kc_test_run("key", "wrap", key_of_imp, "--in", kc_test_path2("dek"), "--out", kc_test_path2(wrapped),
                     "--raw", "--alg", alg, NULL);
     ASSERT_RC(r, 0);
     CU_ASSERT_EQUAL(kc_test_sh(&out,
@@ -307,8 +298,8 @@ static void test_ock_custody_story(void)
     ASSERT_HAS(r->out, "backup key wrap:   CKM_AES_CBC_PAD, not sealed again");
     kc_test_custodians();
     r = kc_test_run("subscription", "init", "ock-sub", "--vault", "ock0", "--vault", "ock1",
-                    "--custodian", tpath("alice.pem"), "--custodian", tpath("bob.pem"),
-                    "--quorum", "1", "--out", tpath("ock.domain"), OCK_SO, OCK_PINS, NULL);
+                    "--custodian", kc_test_path2("alice.pem"), "--custodian", kc_test_path2("bob.pem"),
+                    "--quorum", "1", "--out", kc_test_path2("ock.domain"), OCK_SO, OCK_PINS, NULL);
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "installed on 2 vaults");
 
@@ -319,11 +310,11 @@ static void test_ock_custody_story(void)
                                "-algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out imp.pem",
                                kc_test_dir()),
                     0);
-    r = kc_test_run("key", "import", "ock0/Imported", "--pem", tpath("imp.pem"), OCK_PINS, NULL);
+    r = kc_test_run("key", "import", "ock0/Imported", "--pem", kc_test_path2("imp.pem"), OCK_PINS, NULL);
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "origin:       pem");
     ASSERT_HAS(r->out, "it never leaves the token");
-    ASSERT_RC(kc_test_run("key", "export-public", "ock0/Root2k", "--out", tpath("pub.pem"), NULL),
+    ASSERT_RC(kc_test_run("key", "export-public", "ock0/Root2k", "--out", kc_test_path2("pub.pem"), NULL),
               0);
     /* the PIN holder's raw PKCS#11 attack does not bring either root key
      * out; what the module lets through is copies of secret keys with new
@@ -348,14 +339,14 @@ static void test_ock_custody_story(void)
     oaep_both_ways("ock0/Imported", "RSA-OAEP-256", "sha256");
 
     /* rotate: the new version wraps, the old one still unwraps; update */
-    ASSERT_RC(kc_test_run("key", "wrap", "ock0/Root2k", "--in", tpath("dek"), "--out",
-                          tpath("w1"), NULL),
+    ASSERT_RC(kc_test_run("key", "wrap", "ock0/Root2k", "--in", kc_test_path2("dek"), "--out",
+                          kc_test_path2("w1"), NULL),
               0);
     r = kc_test_run("key", "rotate", "ock0/Root2k", OCK_PINS, NULL);
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "the 1 older version still unwraps");
-    ASSERT_RC(kc_test_run("key", "wrap", "ock0/Root2k", "--in", tpath("dek"), "--out",
-                          tpath("w2"), NULL),
+    ASSERT_RC(kc_test_run("key", "wrap", "ock0/Root2k", "--in", kc_test_path2("dek"), "--out",
+                          kc_test_path2("w2"), NULL),
               0);
     r = kc_test_run("key", "update", "ock0/Root2k", "--tag", "owner=alice", OCK_PINS, NULL);
     ASSERT_RC(r, 0);
@@ -363,44 +354,44 @@ static void test_ock_custody_story(void)
 
     /* delete and recover: both versions unwrap again */
     ASSERT_RC(kc_test_run("key", "delete", "ock0/Root2k", OCK_PINS, NULL), 0);
-    r = kc_test_run("key", "unwrap", "ock0/Root2k", "--in", tpath("w1"), "--out", tpath("x"),
+    r = kc_test_run("key", "unwrap", "ock0/Root2k", "--in", kc_test_path2("w1"), "--out", kc_test_path2("x"),
                     OCK_PINS, NULL);
     CU_ASSERT_NOT_EQUAL(r->rc, 0);
     ASSERT_RC(kc_test_run("key", "recover", "ock0/Root2k", OCK_PINS, NULL), 0);
-    ASSERT_RC(kc_test_run("key", "unwrap", "ock0/Root2k", "--in", tpath("w1"), "--out",
-                          tpath("u1"), OCK_PINS, NULL),
+    ASSERT_RC(kc_test_run("key", "unwrap", "ock0/Root2k", "--in", kc_test_path2("w1"), "--out",
+                          kc_test_path2("u1"), OCK_PINS, NULL),
               0);
-    ASSERT_RC(kc_test_run("key", "unwrap", "ock0/Root2k", "--in", tpath("w2"), "--out",
-                          tpath("u2"), OCK_PINS, NULL),
+    ASSERT_RC(kc_test_run("key", "unwrap", "ock0/Root2k", "--in", kc_test_path2("w2"), "--out",
+                          kc_test_path2("u2"), OCK_PINS, NULL),
               0);
     CU_ASSERT_EQUAL(kc_test_sh(&out, "cd '%s' && cmp dek u1 && cmp dek u2", kc_test_dir()), 0);
 
     /* backups: an hsm key's is refused; a software key's restores on ock1 */
-    r = kc_test_run("key", "backup", "ock0/Root2k", "--out", tpath("r.backup"), OCK_PINS, NULL);
+    r = kc_test_run("key", "backup", "ock0/Root2k", "--out", kc_test_path2("r.backup"), OCK_PINS, NULL);
     ASSERT_RC(r, 7);
     ASSERT_HAS(r->err, "it is not extractable, so it never leaves the token");
-    CU_ASSERT_NOT_EQUAL(access(tpath("r.backup"), F_OK), 0);
+    CU_ASSERT_NOT_EQUAL(access(kc_test_path2("r.backup"), F_OK), 0);
     ASSERT_RC(kc_test_run("key", "create", "ock0/Soft", "--size", "2048", "--protection",
                           "software", OCK_PINS, NULL),
               0);
-    ASSERT_RC(kc_test_run("key", "wrap", "ock0/Soft", "--in", tpath("dek"), "--out", tpath("ws"),
+    ASSERT_RC(kc_test_run("key", "wrap", "ock0/Soft", "--in", kc_test_path2("dek"), "--out", kc_test_path2("ws"),
                           NULL),
               0);
-    r = kc_test_run("key", "backup", "ock0/Soft", "--out", tpath("s.backup"), OCK_PINS, NULL);
+    r = kc_test_run("key", "backup", "ock0/Soft", "--out", kc_test_path2("s.backup"), OCK_PINS, NULL);
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "restores only into a vault of subscription 'ock-sub'");
-    doc = kc_test_read(tpath("s.backup"), &len);
+    doc = kc_test_read(kc_test_path2("s.backup"), &len);
     CU_ASSERT_PTR_NOT_NULL_FATAL(doc);
     CU_ASSERT_PTR_NOT_NULL(memmem(doc, len, "\"wrap\":\"CKM_AES_CBC_PAD\"", 24));
     CU_ASSERT_PTR_NOT_NULL(memmem(doc, len, "\"sealed\":false", 14));
     free(doc);
-    r = kc_test_run("key", "restore", "ock1", "--in", tpath("s.backup"), OCK_PINS, NULL);
+    r = kc_test_run("key", "restore", "ock1", "--in", kc_test_path2("s.backup"), OCK_PINS, NULL);
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "restored key 'ock1/Soft' with 1 version");
-    ASSERT_RC(kc_test_run("key", "unwrap", "ock1/Soft", "--in", tpath("ws"), "--out",
-                          tpath("us"), OCK_PINS, NULL),
+    ASSERT_RC(kc_test_run("key", "unwrap", "ock1/Soft", "--in", kc_test_path2("ws"), "--out",
+                          kc_test_path2("us"), OCK_PINS, NULL),
               0);
-    CU_ASSERT_EQUAL(kc_test_sh(&out, "cmp '%s' '%s'", tpath("dek"), tpath("us")), 0);
+    CU_ASSERT_EQUAL(kc_test_sh(&out, "cmp '%s' '%s'", kc_test_path2("dek"), kc_test_path2("us")), 0);
 
     /* purge: every object of the key is gone from the token */
     ASSERT_RC(kc_test_run("key", "delete", "ock1/Soft", OCK_PINS, NULL), 0);
@@ -414,10 +405,10 @@ static void test_ock_custody_story(void)
 
     /* the audit log of all of it verifies through the module */
     /* (every visible vault's anchor is read: VaultO1's too) */
-    r = kc_test_run("audit", "verify", "--audit", tpath("audit.jsonl"), OCK_PINS, "--pin-source",
+    r = kc_test_run("audit", "verify", "--audit", kc_test_path2("audit.jsonl"), OCK_PINS, "--pin-source",
                     "VaultO1=env:OCK_USER_PIN", NULL);
     ASSERT_RC(r, 0);
-    unlink(tpath("audit.jsonl")); /* the fixture's own check sees SoftHSM only */
+    unlink(kc_test_path2("audit.jsonl")); /* the fixture's own check sees SoftHSM only */
 }
 
 /* --- one layout over two modules --- */
@@ -458,8 +449,8 @@ static void revoke_unwrap(const char *vault, const char *pin, const char *so)
 
 static const kc_test_out *data_get(const char *name)
 {
-    unlink(tpath("item.out"));
-    return kc_test_exec("data", "get", "tenant", name, "--out", tpath("item.out"), "--as", "svc",
+    unlink(kc_test_path2("item.out"));
+    return kc_test_exec("data", "get", "tenant", name, "--out", kc_test_path2("item.out"), "--as", "svc",
                        DATA_PINS, BOTH, NULL);
 }
 
@@ -478,8 +469,8 @@ static void test_dep_over_two_modules(void)
     const kc_test_out *r;
 
     snprintf(allow, sizeof(allow), "%s\n", OCK_MODULE);
-    kc_test_write(tpath("modules.allow"), allow, strlen(allow), 0644);
-    setenv("KEYCUSTODY_MODULES_ALLOW", tpath("modules.allow"), 1);
+    kc_test_write(kc_test_path2("modules.allow"), allow, strlen(allow), 0644);
+    setenv("KEYCUSTODY_MODULES_ALLOW", kc_test_path2("modules.allow"), 1);
     unsetenv("KEYCUSTODY_MODULE"); /* the layout's modules, not the fixture's */
     layout = dep_layout();
     r = kc_test_exec("policy", "apply", layout, "--yes", NULL);
@@ -495,28 +486,28 @@ static void test_dep_over_two_modules(void)
     ASSERT_RC(r, 0);
     CU_ASSERT_STRING_EQUAL(r->out, "No changes: the tokens match the layout.\n");
 
-    setenv("KEYCUSTODY_STORE", tpath("service.db"), 1);
+    setenv("KEYCUSTODY_STORE", kc_test_path2("service.db"), 1);
     setenv("KEYCUSTODY_SERVICE_VAULT", "Service", 1);
     setenv("KEYCUSTODY_SERVICE_PIN_SOURCE", "env:TEST_PIN", 1);
-    CU_ASSERT_EQUAL(kc_test_sh(&out, "head -c 3000 /dev/urandom >'%s'", tpath("item.bin")), 0);
-    r = kc_test_exec("data", "put", "tenant", "t1", "--in", tpath("item.bin"), "--as", "svc",
+    CU_ASSERT_EQUAL(kc_test_sh(&out, "head -c 3000 /dev/urandom >'%s'", kc_test_path2("item.bin")), 0);
+    r = kc_test_exec("data", "put", "tenant", "t1", "--in", kc_test_path2("item.bin"), "--as", "svc",
                     DATA_PINS, BOTH, NULL);
     ASSERT_RC(r, 0);
     /* the vaults it saw first are pinned after its write, not refused by it */
     CU_ASSERT_PTR_NULL(strstr(r->err, "not pinned"));
     CU_ASSERT_EQUAL(kc_test_sh(&out, "sqlite3 '%s' 'SELECT vault FROM vault_pins ORDER BY vault'",
-                               tpath("service.db")),
+                               kc_test_path2("service.db")),
                     0);
     ASSERT_HAS(out, "ock3\n");
     /* through vault A on openCryptoki */
     ASSERT_RC(data_get("t1"), 0);
-    CU_ASSERT_EQUAL(kc_test_sh(&out, "cmp '%s' '%s'", tpath("item.bin"), tpath("item.out")), 0);
+    CU_ASSERT_EQUAL(kc_test_sh(&out, "cmp '%s' '%s'", kc_test_path2("item.bin"), kc_test_path2("item.out")), 0);
     /* vault A takes unwrapKey away: vault B on SoftHSM reads it */
     revoke_unwrap("ock3", "env:OCK_USER_PIN", "env:OCK_SO_PIN");
     r = data_get("t1");
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->err, "warning: ock3: principal 'svc' lacks 'unwrapKey'");
-    CU_ASSERT_EQUAL(kc_test_sh(&out, "cmp '%s' '%s'", tpath("item.bin"), tpath("item.out")), 0);
+    CU_ASSERT_EQUAL(kc_test_sh(&out, "cmp '%s' '%s'", kc_test_path2("item.bin"), kc_test_path2("item.out")), 0);
     /* and with both taken away, neither reads it */
     revoke_unwrap("VaultB1", "env:TEST_PIN", "env:TEST_SO_PIN");
     r = data_get("t1");
@@ -533,11 +524,11 @@ static void test_dep_over_two_modules(void)
     ASSERT_RC(r, 2);
     ASSERT_HAS(r->err, "vault 'ock3' is given two modules");
 
-    r = kc_test_exec("audit", "verify", "--audit", tpath("audit.jsonl"), BOTH, DATA_PINS,
+    r = kc_test_exec("audit", "verify", "--audit", kc_test_path2("audit.jsonl"), BOTH, DATA_PINS,
                     "--pin-source", "ock0=env:OCK_USER_PIN", "--pin-source",
                     "ock1=env:OCK_USER_PIN", "--pin-source", "VaultO1=env:OCK_USER_PIN", NULL);
     ASSERT_RC(r, 0);
-    unlink(tpath("audit.jsonl")); /* the fixture's own check sees SoftHSM only */
+    unlink(kc_test_path2("audit.jsonl")); /* the fixture's own check sees SoftHSM only */
     unsetenv("KEYCUSTODY_MODULES_ALLOW");
 }
 

@@ -23,17 +23,6 @@
     "--pin-source", "VaultA1=env:TEST_PIN", "--pin-source", "VaultB1=env:TEST_PIN",                \
         "--pin-source", "Service=env:TEST_PIN"
 
-/* kc_test_path's, in a buffer of its own: several in one call */
-static const char *tpath(const char *name)
-{
-    static char buf[4][1100];
-    static int i;
-
-    i = (i + 1) % 4;
-    snprintf(buf[i], sizeof(buf[i]), "%s", kc_test_path(name));
-    return buf[i];
-}
-
 static char sock[2][2300], modfile[2][2300], bind_a[2400], bind_b[2400];
 
 #define REMOTE "--module", bind_a, "--module", bind_b, "--module", "Service=" KC_SOFTHSM_MODULE
@@ -122,7 +111,7 @@ static void setup(pid_t pid[2])
     kc_test_edit(file, "permissions: [get, list, update, delete, recover, purge, rotate]",
                  "permissions: [get, list, backup, restore, import]");
     ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
-    setenv("KEYCUSTODY_STORE", tpath("service.db"), 1);
+    setenv("KEYCUSTODY_STORE", kc_test_path2("service.db"), 1);
     setenv("KEYCUSTODY_SERVICE_VAULT", "Service", 1);
     setenv("KEYCUSTODY_SERVICE_PIN_SOURCE", "env:TEST_PIN", 1);
     for (i = 0; i < 2; i++) {
@@ -140,9 +129,9 @@ static void setup(pid_t pid[2])
 
 static const kc_test_out *get(const char *name)
 {
-    unlink(tpath("item.out"));
-    return kc_test_run("data", "get", "tenant", name, "--out", tpath("item.out"), "--as", "svc",
-                       PINS, REMOTE, NULL);
+    unlink(kc_test_path2("item.out"));
+    return kc_test_run("data", "get", "tenant", name, "--out", kc_test_path2("item.out"), "--as",
+                       "svc", PINS, REMOTE, NULL);
 }
 
 static int item_matches(void)
@@ -201,29 +190,30 @@ static void test_remote_dep(void)
                                "/dev/urandom >dek",
                                kc_test_dir()),
                     0);
-    r = kc_test_run("data", "put", "tenant", "t1", "--in", tpath("item.bin"), "--as", "svc", PINS,
-                    REMOTE, NULL);
+    r = kc_test_run("data", "put", "tenant", "t1", "--in", kc_test_path2("item.bin"), "--as", "svc",
+                    PINS, REMOTE, NULL);
     ASSERT_RC(r, 0);
     ASSERT_RC(get("t1"), 0);
     CU_ASSERT_TRUE(item_matches());
     /* wrap and unwrap through the server, and OpenSSL agrees */
-    ASSERT_RC(kc_test_run("key", "wrap", "VaultA1/KeyA", "--in", tpath("dek"), "--out", tpath("w"),
-                          "--as", "svc", REMOTE, NULL),
+    ASSERT_RC(kc_test_run("key", "wrap", "VaultA1/KeyA", "--in", kc_test_path2("dek"), "--out",
+                          kc_test_path2("w"), "--as", "svc", REMOTE, NULL),
               0);
-    ASSERT_RC(kc_test_run("key", "unwrap", "VaultA1/KeyA", "--in", tpath("w"), "--out", tpath("u"),
-                          "--as", "svc", PINS, REMOTE, NULL),
+    ASSERT_RC(kc_test_run("key", "unwrap", "VaultA1/KeyA", "--in", kc_test_path2("w"), "--out",
+                          kc_test_path2("u"), "--as", "svc", PINS, REMOTE, NULL),
               0);
     CU_ASSERT_EQUAL(kc_test_sh(&out, "cd '%s' && cmp dek u", kc_test_dir()), 0);
-    ASSERT_RC(kc_test_run("key", "export-public", "VaultA1/KeyA", "--out", tpath("a.pem"), "--as",
-                          "svc", REMOTE, NULL),
+    ASSERT_RC(kc_test_run("key", "export-public", "VaultA1/KeyA", "--out", kc_test_path2("a.pem"),
+                          "--as", "svc", REMOTE, NULL),
               0);
     CU_ASSERT_EQUAL(kc_test_sh(&out,
                                "cd '%s' && openssl pkeyutl -encrypt -pubin -inkey a.pem -pkeyopt "
                                "rsa_padding_mode:oaep -in dek -out o",
                                kc_test_dir()),
                     0);
-    ASSERT_RC(kc_test_run("key", "unwrap", "VaultA1/KeyA", "--in", tpath("o"), "--out", tpath("u2"),
-                          "--alg", "RSA-OAEP", "--as", "svc", PINS, REMOTE, NULL),
+    ASSERT_RC(kc_test_run("key", "unwrap", "VaultA1/KeyA", "--in", kc_test_path2("o"), "--out",
+                          kc_test_path2("u2"), "--alg", "RSA-OAEP", "--as", "svc", PINS, REMOTE,
+                          NULL),
               0);
     CU_ASSERT_EQUAL(kc_test_sh(&out, "cd '%s' && cmp dek u2", kc_test_dir()), 0);
     r = kc_test_run("dep", "create", "Dep2", "--keys", "VaultA1/KeyA,VaultB1/KeyB", "--workload",
@@ -253,22 +243,6 @@ static void test_remote_dep(void)
     unserve(pid[1], SIGTERM);
 }
 
-/* How many availability keys the service vault holds. */
-static int avail_keys(void)
-{
-    const kc_test_out *r = kc_test_run("key", "list", "Service", "--pin-source", "env:TEST_PIN",
-                                       "--module", KC_SOFTHSM_MODULE, NULL);
-    const char *at = r->out;
-    int n = 0;
-
-    CU_ASSERT_EQUAL(r->rc, 0);
-    while ((at = strstr(at, "avail-")) != NULL) {
-        n++;
-        at++;
-    }
-    return n;
-}
-
 /* Region A's server lost in the middle of 'dep create': each of the
  * object searches the command makes through it fails in turn, as calls
  * through a lost server fail (CKR_DEVICE_REMOVED), and each time nothing is
@@ -283,7 +257,7 @@ static void test_remote_lost_mid_command(void)
     int before;
 
     setup(pid);
-    before = avail_keys();
+    before = kc_test_avail_keys();
     for (nth = 1; nth <= 400; nth++) {
         CU_ASSERT_EQUAL_FATAL(
             kc_p11_fault_arm("C_FindObjectsInit", "CKR_DEVICE_REMOVED", nth, 0, &e), KC_OK);
@@ -294,13 +268,13 @@ static void test_remote_lost_mid_command(void)
         if (r->rc == 0)
             break;
         ASSERT_HAS(r->err, "CKR_DEVICE_REMOVED");
-        CU_ASSERT_EQUAL(avail_keys(), before);
+        CU_ASSERT_EQUAL(kc_test_avail_keys(), before);
         r = kc_test_run("dep", "list", NULL);
         CU_ASSERT_PTR_NULL(strstr(r->out, "Dep2"));
     }
     CU_ASSERT(nth > 1 && nth <= 400); /* it failed at least once, and then made it */
     CU_ASSERT(calls < nth);           /* the last run met no fault */
-    CU_ASSERT_EQUAL(avail_keys(), before + 1);
+    CU_ASSERT_EQUAL(kc_test_avail_keys(), before + 1);
     unserve_all();
 }
 
@@ -314,15 +288,15 @@ static void test_remote_refused_up_front(void)
 
     setup(pid);
     kc_test_custodians();
-    ASSERT_RC(kc_test_domain("sub-a", "VaultA1", tpath("a.domain")), 0);
-    r = kc_test_run("key", "backup", "VaultA1/KeyA", "--out", tpath("k.backup"), "--as", "officer",
-                    "--pin-source", "env:TEST_PIN", "--module", modfile[0], NULL);
+    ASSERT_RC(kc_test_domain("sub-a", "VaultA1", kc_test_path2("a.domain")), 0);
+    r = kc_test_run("key", "backup", "VaultA1/KeyA", "--out", kc_test_path2("k.backup"), "--as",
+                    "officer", "--pin-source", "env:TEST_PIN", "--module", modfile[0], NULL);
     ASSERT_RC(r, 7);
     ASSERT_HAS(r->err, "token 'VaultA1' does not offer CKM_AES_KEY_WRAP_PAD wrap through module");
     ASSERT_HAS(r->err, "which a backup needs; nothing was done");
-    CU_ASSERT_NOT_EQUAL(access(tpath("k.backup"), F_OK), 0);
-    r = kc_test_run("key", "backup", "VaultA1/KeyA", "--out", tpath("k.backup"), "--as", "officer",
-                    "--pin-source", "env:TEST_PIN", NULL);
+    CU_ASSERT_NOT_EQUAL(access(kc_test_path2("k.backup"), F_OK), 0);
+    r = kc_test_run("key", "backup", "VaultA1/KeyA", "--out", kc_test_path2("k.backup"), "--as",
+                    "officer", "--pin-source", "env:TEST_PIN", NULL);
     ASSERT_RC(r, 0);
     /* the PIN goes over the socket in the clear: one others could be
      * listening on, or a link to one, is refused before anything is sent */
@@ -333,24 +307,24 @@ static void test_remote_refused_up_front(void)
     ASSERT_HAS(r->err, "the p11-kit server's socket '");
     ASSERT_HAS(r->err, "can be changed by others than you and root");
     CU_ASSERT_EQUAL(chmod(sock[0], 0700), 0);
-    CU_ASSERT_EQUAL(symlink(sock[0], tpath("link.sock")), 0);
+    CU_ASSERT_EQUAL(symlink(sock[0], kc_test_path2("link.sock")), 0);
     {
         char text[2500];
-        snprintf(text, sizeof(text), "remote: unix:path=%.2200s\n", tpath("link.sock"));
-        kc_test_write(tpath("link.module"), text, strlen(text), 0644);
+        snprintf(text, sizeof(text), "remote: unix:path=%.2200s\n", kc_test_path2("link.sock"));
+        kc_test_write(kc_test_path2("link.module"), text, strlen(text), 0644);
     }
-    r = kc_test_run("module", "list", "--module", tpath("link.module"), NULL);
+    r = kc_test_run("module", "list", "--module", kc_test_path2("link.module"), NULL);
     ASSERT_RC(r, 6);
     ASSERT_HAS(r->err, "is a link, not the p11-kit server's socket");
     /* no vault is made through a server: it would keep what the client
      * carries for good; the free token stays free */
     {
         char text[2500];
-        pid_t all = serve_uri("pkcs11:model=SoftHSM%20v2", tpath("all.sock"));
-        snprintf(text, sizeof(text), "remote: unix:path=%.2200s\n", tpath("all.sock"));
-        kc_test_write(tpath("all.module"), text, strlen(text), 0644);
+        pid_t all = serve_uri("pkcs11:model=SoftHSM%20v2", kc_test_path2("all.sock"));
+        snprintf(text, sizeof(text), "remote: unix:path=%.2200s\n", kc_test_path2("all.sock"));
+        kc_test_write(kc_test_path2("all.module"), text, strlen(text), 0644);
         r = kc_test_run("vault", "init", "VaultC1", "--subscription", "sub-c", "--region",
-                        "northeurope", "--module", tpath("all.module"), "--so-pin-source",
+                        "northeurope", "--module", kc_test_path2("all.module"), "--so-pin-source",
                         "env:TEST_SO_PIN", "--pin-source", "env:TEST_PIN", NULL);
         ASSERT_RC(r, 7);
         ASSERT_HAS(r->err, "a vault is not made through a p11-kit server");
@@ -380,12 +354,12 @@ static void test_remote_bound_everywhere(void)
     ASSERT_HAS(r->out, "VaultB1 ");
     CU_ASSERT_PTR_NULL(strstr(strstr(r->out, "VaultB1 ") + 1, "VaultB1 "));
     /* a record VaultB1 seals, through its server */
-    CU_ASSERT_EQUAL(kc_test_sh(&out, "head -c 32 /dev/urandom >'%s'", tpath("dek")), 0);
-    ASSERT_RC(kc_test_run("key", "wrap", "VaultB1/KeyB", "--in", tpath("dek"), "--out", tpath("w"),
-                          "--as", "svc", REMOTE, NULL),
+    CU_ASSERT_EQUAL(kc_test_sh(&out, "head -c 32 /dev/urandom >'%s'", kc_test_path2("dek")), 0);
+    ASSERT_RC(kc_test_run("key", "wrap", "VaultB1/KeyB", "--in", kc_test_path2("dek"), "--out",
+                          kc_test_path2("w"), "--as", "svc", REMOTE, NULL),
               0);
-    ASSERT_RC(kc_test_run("key", "unwrap", "VaultB1/KeyB", "--in", tpath("w"), "--out", tpath("u"),
-                          "--as", "svc", PINS, REMOTE, NULL),
+    ASSERT_RC(kc_test_run("key", "unwrap", "VaultB1/KeyB", "--in", kc_test_path2("w"), "--out",
+                          kc_test_path2("u"), "--as", "svc", PINS, REMOTE, NULL),
               0);
     CU_ASSERT_EQUAL(kc_test_sh(&out,
                                "cd '%s' && cp -p audit.jsonl audit.full && head -n -1 "
