@@ -885,7 +885,8 @@ static int list_one(kc_p11 *p, size_t mod, CK_SLOT_ID slot, const CK_TOKEN_INFO 
     }
     /* Name the module by its real file, not the fault-injecting copy. */
     module_name(p->modules[mod], module, sizeof(module));
-    fill_info(&a->v[a->n++], info, module);
+    fill_info(&a->v[a->n], info, module);
+    a->v[a->n++].module_index = mod;
     return 0;
 }
 
@@ -932,6 +933,8 @@ kc_rc kc_p11_modules(kc_p11 *p, kc_module_info **out, size_t *n, kc_error *err)
         s = p11_kit_module_get_filename(p->modules[i]);
         snprintf(v[i].path, sizeof(v[i].path), "%s", s != NULL ? s : "");
         free(s);
+        if (!p->from_registry && p->own_init[i])
+            snprintf(v[i].source, sizeof(v[i].source), "%.399s", p->keys[i]);
         rv = p->calls[i]->C_GetInfo(&info);
         if (rv != CKR_OK) {
             kc_p11_fail(err, "C_GetInfo", rv, "cannot ask module '%s' what it is", v[i].path);

@@ -45,6 +45,7 @@ typedef struct kc_tok_info {
     char serial[17];
     char uri[512];    /* RFC 7512 token URI */
     char module[256]; /* module file the token was found through */
+    size_t module_index; /* which of kc_p11_modules' list (kc_p11_list_tokens) */
     int initialized;
     int user_pin_initialized;
     int login_required;
@@ -586,6 +587,8 @@ typedef struct kc_module_info {
     char version[16];   /* the library's */
     char cryptoki[16];  /* the PKCS#11 version it implements */
     size_t ntokens;     /* slots with a token present */
+    char source[400];   /* what was asked for, where it says more than path (the p11-kit
+                         * server a module file's remote: names, a module file's options) */
 } kc_module_info;
 
 /* The loaded modules; *out is an array the caller frees. */

@@ -348,6 +348,32 @@ static void test_remote_bound_everywhere(void)
     pid_t pid[2];
 
     setup(pid);
+    /* module list says which server each client reaches, and each shows
+     * its own server's token only */
+    r = kc_test_run("module", "list", "--json", REMOTE, NULL);
+    ASSERT_RC(r, 0);
+    {
+        json_t *j = json_loads(r->out, 0, NULL), *m, *t;
+        size_t i, k, seen = 0;
+        CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+        json_array_foreach(j, i, m)
+        {
+            const char *src = json_string_value(json_object_get(m, "source"));
+            const char *want = src == NULL                           ? NULL
+                               : strstr(src, "region0.sock") != NULL ? "VaultA1"
+                               : strstr(src, "region1.sock") != NULL ? "VaultB1"
+                                                                     : NULL;
+            if (want == NULL)
+                continue;
+            ASSERT_HAS(src, "the p11-kit server at unix:path=");
+            CU_ASSERT_EQUAL(json_array_size(json_object_get(m, "tokens")), 1);
+            json_array_foreach(json_object_get(m, "tokens"), k, t)
+                CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(t, "label")), want);
+            seen++;
+        }
+        CU_ASSERT_EQUAL(seen, 2);
+        json_decref(j);
+    }
     r = kc_test_run("vault", "list", REMOTE, NULL);
     ASSERT_RC(r, 0);
     CU_ASSERT_PTR_NULL(strstr(r->out, "tokens match"));

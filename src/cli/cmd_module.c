@@ -40,12 +40,14 @@ static int cmd_list(kc_cli *cli, int argc, char **argv)
     arr = json_array();
     for (i = 0; i < nm; i++) {
         if (cli->json) {
-            o = json_pack("{s:s?, s:s, s:s, s:s, s:s, s:s}", "name", m[i].name[0] ? m[i].name : NULL,
-                          "path", m[i].path, "manufacturer", m[i].manufacturer, "description",
-                          m[i].description, "version", m[i].version, "cryptoki", m[i].cryptoki);
+            o = json_pack("{s:s?, s:s, s:s?, s:s, s:s, s:s, s:s}", "name",
+                          m[i].name[0] ? m[i].name : NULL, "path", m[i].path, "source",
+                          m[i].source[0] ? m[i].source : NULL, "manufacturer", m[i].manufacturer,
+                          "description", m[i].description, "version", m[i].version, "cryptoki",
+                          m[i].cryptoki);
             ta = json_array();
             for (j = 0; j < nt; j++)
-                if (strcmp(toks[j].module, m[i].path) == 0)
+                if (toks[j].module_index == i)
                     json_array_append_new(
                         ta, json_pack("{s:s, s:s, s:b}", "label", toks[j].label, "uri",
                                       toks[j].uri, "initialized", toks[j].initialized));
@@ -53,12 +55,13 @@ static int cmd_list(kc_cli *cli, int argc, char **argv)
             json_array_append_new(arr, o);
             continue;
         }
-        fprintf(cli->out, "%s%s%s%s\n  %s %s (PKCS#11 %s), %zu token%s\n", m[i].path,
+        fprintf(cli->out, "%s%s%s%s%s%s%s\n  %s %s (PKCS#11 %s), %zu token%s\n", m[i].path,
                 m[i].name[0] ? " (p11-kit: " : "", m[i].name, m[i].name[0] ? ")" : "",
+                m[i].source[0] ? " (" : "", m[i].source, m[i].source[0] ? ")" : "",
                 m[i].description, m[i].version, m[i].cryptoki, m[i].ntokens,
                 m[i].ntokens == 1 ? "" : "s");
         for (j = 0; j < nt; j++)
-            if (strcmp(toks[j].module, m[i].path) == 0)
+            if (toks[j].module_index == i)
                 fprintf(cli->out, "  - %-24s serial %s%s\n",
                         toks[j].initialized ? toks[j].label : "(free)", toks[j].serial,
                         toks[j].initialized ? "" : ": not initialised");
