@@ -367,8 +367,10 @@ static void test_remote_bound_everywhere(void)
                 continue;
             ASSERT_HAS(src, "the p11-kit server at unix:path=");
             CU_ASSERT_EQUAL(json_array_size(json_object_get(m, "tokens")), 1);
-            json_array_foreach(json_object_get(m, "tokens"), k, t)
+            for (k = 0; k < json_array_size(json_object_get(m, "tokens")); k++) {
+                t = json_array_get(json_object_get(m, "tokens"), k);
                 CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(t, "label")), want);
+            }
             seen++;
         }
         CU_ASSERT_EQUAL(seen, 2);
