@@ -6,7 +6,7 @@ ASAN_BUILD ?= build-asan
 JOBS       ?= 2
 WERROR     ?= OFF
 
-.PHONY: all deps build check demo asan-check fuzz-smoke lint bench clean
+.PHONY: all deps build check demo asan-check fuzz-smoke lint bench clean install
 
 all: build
 
@@ -19,6 +19,15 @@ build: deps
 
 check: build
 	cd $(BUILD) && ctest -j$(JOBS) --output-on-failure
+
+# make install [PREFIX=/usr/local] [DESTDIR=...]: the tool, libkeycustody.so
+# with its header and keycustody.pc, the man pages and bash completion. It
+# builds what is missing but installs no packages (see 'make deps').
+PREFIX ?= /usr/local
+install:
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKEYCUSTODY_WERROR=$(WERROR) >/dev/null
+	@cmake --build $(BUILD) -j$(JOBS)
+	DESTDIR="$(DESTDIR)" cmake --install $(BUILD) --prefix "$(PREFIX)"
 
 demo: build
 	@scripts/demo.sh $(BUILD)/keycustody
