@@ -1,5 +1,6 @@
 /* The command line, run in-process: exit codes and the messages users see. */
 #include "fixture.h"
+#include "cli.h"
 #include "kc_p11.h"
 
 #include <jansson.h>
@@ -1276,9 +1277,157 @@ static void test_usage_errors(void)
     ASSERT_HAS(r->err, "give exactly one vault");
 }
 
+/* Whether each line of text (trimmed, blank lines aside) is a line of page. */
+static int lines_in(const char *text, size_t len, const char *page, const char *what)
+{
+    const char *p = text, *end = text + len, *nl;
+    char line[512], *at, *q;
+    size_t n;
+    int ok = 1;
+
+    for (; p < end; p = nl + 1) {
+        nl = memchr(p, '\n', (size_t)(end - p));
+        if (nl == NULL)
+            nl = end;
+        while (p < nl && *p == ' ')
+            p++;
+        n = (size_t)(nl - p);
+        while (n > 0 && p[n - 1] == ' ')
+            n--;
+        if (n == 0)
+            continue;
+        snprintf(line, sizeof(line), "%.*s", (int)n, p);
+        /* a rendered line: the same words, indented, alone on its line */
+        for (at = strstr(page, line); at != NULL; at = strstr(at + 1, line)) {
+            for (q = at; q > page && q[-1] == ' '; q--)
+                ;
+            if ((q == page || q[-1] == '\n') && (at[n] == '\n' || at[n] == '\0'))
+                break;
+        }
+        if (at == NULL) {
+            fprintf(stderr, "%s: the man page lacks the line '%s'\n", what, line);
+            ok = 0;
+        }
+    }
+    return ok;
+}
+
+/* A man page rendered as man(1) shows it, wide enough that no line of the
+ * help is broken; and rendered again with every groff warning on, which
+ * must print none. */
+static char *render(const char *page)
+{
+    char *out;
+    int st;
+
+    st = kc_test_sh(&out, "LANG=C.UTF-8 MANWIDTH=80 man --warnings -E UTF-8 -l '%s' 2>&1 "
+                          ">/dev/null",
+                    page);
+    CU_ASSERT_EQUAL(st, 0);
+    if (out[0] != '\0')
+        fprintf(stderr, "man --warnings %s:\n%s\n", page, out);
+    CU_ASSERT_STRING_EQUAL(out, "");
+    st = kc_test_sh(&out, "LANG=C.UTF-8 MANWIDTH=250 man -E UTF-8 -l '%s' 2>/dev/null", page);
+    CU_ASSERT_EQUAL(st, 0);
+    return strdup(out);
+}
+
+/* The man pages and --help say the same: every line each command's --help
+ * prints is a line of its group's page, and the common options and exit
+ * codes are in keycustody(1). */
+static void test_man(void)
+{
+    const kc_cmd *const *groups;
+    const char *const *summaries;
+    size_t ngroups = kc_cli_groups(&groups, &summaries), g, len;
+    const kc_test_out *r;
+    const kc_cmd *c;
+    char path[1024], what[96], *page;
+    const char *common;
+
+    snprintf(path, sizeof(path), "%s/keycustody.1", KC_MAN_DIR);
+    page = render(path);
+    CU_ASSERT(lines_in(kc_cli_common_help(), strlen(kc_cli_common_help()), page, "keycustody(1)"));
+    CU_ASSERT(lines_in(kc_cli_exit_help(), strlen(kc_cli_exit_help()), page, "keycustody(1)"));
+    for (g = 0; g < ngroups; g++) {
+        snprintf(what, sizeof(what), "keycustody-%s(1)", groups[g][0].group);
+        CU_ASSERT(kc_test_contains(page, what));
+    }
+    ASSERT_HAS(page, "ENVIRONMENT");
+    ASSERT_HAS(page, "KEYCUSTODY_SERVICE_PIN_SOURCE");
+    ASSERT_HAS(page, "FILES");
+    free(page);
+    for (g = 0; g < ngroups; g++) {
+        snprintf(path, sizeof(path), "%s/keycustody-%s.1", KC_MAN_DIR, groups[g][0].group);
+        page = render(path);
+        ASSERT_HAS(page, "EXIT STATUS");
+        ASSERT_HAS(page, "ENVIRONMENT");
+        ASSERT_HAS(page, "FILES");
+        for (c = groups[g]; c->group != NULL; c++) {
+            r = c->verb[0] ? kc_test_run(c->group, c->verb, "--help", NULL)
+                           : kc_test_run(c->group, "--help", NULL);
+            ASSERT_RC(r, 0);
+            common = strstr(r->out, "Common options:");
+            CU_ASSERT_PTR_NOT_NULL_FATAL(common);
+            len = (size_t)(common - r->out);
+            snprintf(what, sizeof(what), "%s %s", c->group, c->verb);
+            CU_ASSERT(lines_in(r->out, len, page, what));
+        }
+        free(page);
+    }
+    snprintf(path, sizeof(path), "%s/man/keycustody-layout.5", KC_SOURCE_DIR);
+    page = render(path);
+    ASSERT_HAS(page, "paired_regions_waiver");
+    free(page);
+}
+
+/* Common options before the command group, as git and kubectl take them. */
+static void test_leading_options(void)
+{
+    const kc_test_out *r;
+    char *after;
+
+    r = kc_test_run("vault", "list", "--module", KC_SOFTHSM_MODULE, "--json", NULL);
+    ASSERT_RC(r, 0);
+    after = strdup(r->out);
+    r = kc_test_run("--module", KC_SOFTHSM_MODULE, "--json", "vault", "list", NULL);
+    ASSERT_RC(r, 0);
+    CU_ASSERT_STRING_EQUAL(r->out, after);
+    free(after);
+    r = kc_test_run("--module=" KC_SOFTHSM_MODULE, "status", "--help", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "usage: keycustody status");
+    /* the same rules as after the command */
+    r = kc_test_run("--module", KC_SOFTHSM_MODULE, "vault", "list", "--json",
+                    "--json", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "--json is given more than once");
+    r = kc_test_run("--json", "key", "create", "VaultA1/K", "--size", "2048", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "'key create' has no --json output");
+    /* a command's own option is not a common one */
+    r = kc_test_run("--size", "2048", "key", "create", "VaultA1/K", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "option '--size' before the command: only the common options go there");
+    r = kc_test_run("--module", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "option '--module' needs a value");
+    r = kc_test_run("--json", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "no command after the options");
+    r = kc_test_run("--module", KC_SOFTHSM_MODULE, "--version", NULL);
+    ASSERT_RC(r, 0);
+    CU_ASSERT_STRING_EQUAL(r->out, "keycustody " KC_VERSION_STRING "\n");
+    r = kc_test_run("--module", KC_SOFTHSM_MODULE, "--help", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "usage: keycustody [COMMON OPTIONS] GROUP COMMAND");
+}
+
 static const kc_test_case help_cases[] = {
     {"help", test_help},
     {"usage errors", test_usage_errors},
+    {"man pages say what --help says", test_man},
+    {"common options before the command group", test_leading_options},
     {NULL, NULL},
 };
 

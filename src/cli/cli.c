@@ -15,7 +15,7 @@
 #include <termios.h>
 #include <unistd.h>
 
-#define KC_VERSION "0.1.0"
+#define KC_VERSION KC_VERSION_STRING
 
 static const kc_cmd *const groups[] = {
     kc_cmds_vault, kc_cmds_key,    kc_cmds_access, kc_cmds_subscription, kc_cmds_dep,
@@ -70,6 +70,23 @@ static const char exit_help[] =
     "6 denied (login, PIN, key usage), 7 token or module failure, 8 integrity,\n"
     "10 plan has changes.\n";
 
+size_t kc_cli_groups(const kc_cmd *const **cmds, const char *const **summaries)
+{
+    *cmds = groups;
+    *summaries = group_summary;
+    return N_GROUPS;
+}
+
+const char *kc_cli_common_help(void)
+{
+    return common_help;
+}
+
+const char *kc_cli_exit_help(void)
+{
+    return exit_help;
+}
+
 /* "group verb", or "group" for a command that is a group of its own. */
 static const char *cmd_name(const kc_cmd *c, char *buf, size_t cap)
 {
@@ -82,7 +99,7 @@ static void print_top_help(FILE *f)
     size_t g;
     const kc_cmd *c;
 
-    fprintf(f, "usage: keycustody GROUP COMMAND [OPTIONS] [ARGS]\n\n"
+    fprintf(f, "usage: keycustody [COMMON OPTIONS] GROUP COMMAND [OPTIONS] [ARGS]\n       keycustody --version\n\n"
                "Custody of HSM root keys through PKCS#11, modelled on Microsoft 365 Customer "
                "Key.\n\n");
     for (g = 0; g < N_GROUPS; g++) {
@@ -740,7 +757,75 @@ static int is_help(const char *s)
     return strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0 || strcmp(s, "help") == 0;
 }
 
+/* Common options written before the command group ("keycustody --module M
+ * vault list", as git and kubectl take them) are moved after the command,
+ * where its parser reads them with the rest. *lead is how many argv words
+ * they take; KC_USAGE for an option that is not a common one. */
+static int leading_options(int argc, char **argv, int *lead, FILE *err)
+{
+    const struct option *o;
+    size_t len;
+    int i;
+
+    for (i = 1; i < argc && strncmp(argv[i], "--", 2) == 0 && argv[i][2] != '\0'; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "--version") == 0)
+            break;
+        len = strcspn(argv[i] + 2, "=");
+        for (o = common_opts; o < common_opts + N_COMMON; o++)
+            if (strlen(o->name) == len && strncmp(o->name, argv[i] + 2, len) == 0)
+                break;
+        if (o == common_opts + N_COMMON) {
+            fprintf(err, "error: option '%s' before the command: only the common options go "
+                         "there\nhint: write a command's own options after it; see "
+                         "'keycustody --help'\n",
+                    argv[i]);
+            return KC_USAGE;
+        }
+        if (o->has_arg == required_argument && argv[i][2 + len] != '=' && ++i == argc) {
+            fprintf(err, "error: option '%s' needs a value\n", argv[i - 1]);
+            return KC_USAGE;
+        }
+    }
+    *lead = i - 1;
+    return KC_OK;
+}
+
+static int run_main(int argc, char **argv, FILE *out, FILE *err);
+
 int kc_cli_main(int argc, char **argv, FILE *out, FILE *err)
+{
+    char **moved;
+    size_t g;
+    int lead = 0, words, rc;
+
+    if (leading_options(argc, argv, &lead, err) != KC_OK)
+        return KC_USAGE;
+    if (lead == 0)
+        return run_main(argc, argv, out, err);
+    if (lead + 1 == argc) {
+        fprintf(err, "error: no command after the options\nhint: see 'keycustody --help'\n");
+        return KC_USAGE;
+    }
+    /* the group and its verb (a group that is one command has none) */
+    words = find_group(argv[lead + 1], &g) && groups[g][0].verb[0] != '\0' && lead + 2 < argc
+                ? 2
+                : 1;
+    moved = calloc((size_t)argc + 1, sizeof(*moved));
+    if (moved == NULL) {
+        fprintf(err, "error: out of memory\n");
+        return KC_ERR;
+    }
+    moved[0] = argv[0];
+    memcpy(moved + 1, argv + 1 + lead, (size_t)words * sizeof(*moved));
+    memcpy(moved + 1 + words, argv + 1, (size_t)lead * sizeof(*moved));
+    memcpy(moved + 1 + words + lead, argv + 1 + lead + words,
+           (size_t)(argc - 1 - lead - words) * sizeof(*moved));
+    rc = run_main(argc, moved, out, err);
+    free(moved);
+    return rc;
+}
+
+static int run_main(int argc, char **argv, FILE *out, FILE *err)
 {
     kc_cli cli;
     const kc_cmd *c;

@@ -69,6 +69,17 @@ struct kc_cli {
     size_t nseen;
 };
 
+/* The command groups (each a table ending in a zero entry) and their
+ * one-line summaries; returns how many. For the man pages (man.c). */
+size_t kc_cli_groups(const kc_cmd *const **cmds, const char *const **summaries);
+/* The common options' and the exit codes' help, as --help prints them. */
+const char *kc_cli_common_help(void);
+const char *kc_cli_exit_help(void);
+
+/* Writes man page page ("keycustody" or "keycustody-GROUP") as roff, its
+ * text each command's --help output; KC_NOT_FOUND for another name. */
+kc_rc kc_cli_man(FILE *f, const char *page, const char *date);
+
 /* Runs "keycustody ARGS..." with output on out and diagnostics on err.
  * Returns the exit code (kc_rc). */
 int kc_cli_main(int argc, char **argv, FILE *out, FILE *err);
