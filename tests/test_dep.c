@@ -2,6 +2,7 @@
  * refresh and roll, status, re-wrap (killed mid-way), offboarding and the
  * data purge path. */
 #include "fixture.h"
+#include "cli.h"
 #include "kc_data.h"
 #include "kc_dep.h"
 #include "kc_p11.h"
@@ -102,6 +103,97 @@ static void test_dep_unwrap_fallback(void)
     CU_ASSERT(kc_test_contains(err.msg, "VaultB1: principal 'svc' lacks 'unwrapKey'"));
     CU_ASSERT_EQUAL(dep_unwrap("svc", KC_DEP_USE_AVAILABILITY, avail, &info, &err), 2);
     CU_ASSERT_EQUAL(memcmp(a, avail, 32), 0);
+}
+
+/* Every read command's --json, over the command tables: a read command
+ * added without a case here fails. Each prints one JSON document and
+ * nothing else on stdout; a command that does not read refuses --json. */
+static void test_json_everywhere(void)
+{
+    static const struct {
+        const char *name, *args[4];
+        int rc; /* vault validate: exit 3, its findings in the JSON */
+    } cases[] = {
+        {"vault list", {NULL}, 0},
+        {"vault show", {"VaultA1"}, 0},
+        {"vault validate", {"VaultA1"}, 3},
+        {"key list", {"VaultA1"}, 0},
+        {"key list-deleted", {"VaultA1"}, 0},
+        {"key show", {"VaultA1/KeyA"}, 0},
+        {"access show", {"VaultA1"}, 0},
+        {"dep list", {NULL}, 0},
+        {"dep show", {"Mbx"}, 0},
+        {"dep assignment", {NULL}, 0},
+        {"status", {NULL}, 0},
+        {"rewrap", {NULL}, 0},
+        {"policy check", {"@layout"}, 0},
+        {"policy plan", {"@layout"}, 0},
+        {"audit show", {NULL}, 0},
+        {"audit verify", {NULL}, 0},
+        {"module list", {NULL}, 0},
+        {"module check", {NULL}, 0},
+    };
+    const kc_cmd *const *groups;
+    const char *const *summaries;
+    const char *layout, *argv[12];
+    const kc_test_out *r;
+    size_t ngroups = kc_cli_groups(&groups, &summaries), g, i, j, n, seen = 0;
+    const kc_cmd *c;
+    char name[64];
+    json_t *doc;
+
+    dep_setup();
+    layout = kc_test_layout(NULL, NULL);
+    make_dep("Mbx", "VaultA1/KeyA,VaultB1/KeyB", "exchange");
+    ASSERT_RC(kc_test_run("dep", "assign", "Mbx", "--mailbox", "m1", NULL), 0);
+    setenv("KEYCUSTODY_PRINCIPAL", "officer", 1);
+    for (g = 0; g < ngroups; g++)
+        for (c = groups[g]; c->group != NULL; c++) {
+            snprintf(name, sizeof(name), "%s%s%s", c->group, c->verb[0] ? " " : "", c->verb);
+            n = 0;
+            argv[n++] = c->group;
+            if (c->verb[0] != '\0')
+                argv[n++] = c->verb;
+            for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+                if (strcmp(cases[i].name, name) == 0)
+                    break;
+            if (!c->reads) {
+                /* any operands: --json is refused before they are read */
+                argv[n++] = "--json";
+                argv[n] = NULL;
+                r = kc_test_run(argv[0], argv[1], argv[2], NULL);
+                ASSERT_RC(r, 2);
+                ASSERT_HAS(r->err, "has no --json output");
+                CU_ASSERT_EQUAL(i, sizeof(cases) / sizeof(cases[0]));
+                continue;
+            }
+            if (i == sizeof(cases) / sizeof(cases[0])) {
+                fprintf(stderr, "read command '%s' has no --json case\n", name);
+                CU_FAIL("a read command without a --json case");
+                continue;
+            }
+            seen++;
+            for (j = 0; j < 4 && cases[i].args[j] != NULL; j++)
+                argv[n++] = strcmp(cases[i].args[j], "@layout") == 0 ? layout : cases[i].args[j];
+            argv[n++] = "--pin-source";
+            argv[n++] = "env:TEST_PIN";
+            argv[n++] = "--json";
+            while (n < 12)
+                argv[n++] = NULL;
+            r = kc_test_run(argv[0], argv[1], argv[2], argv[3], argv[4], argv[5], argv[6],
+                            argv[7], argv[8], argv[9], argv[10], argv[11], NULL);
+            if (r->rc != cases[i].rc)
+                fprintf(stderr, "%s --json: exit %d: %s\n", name, r->rc, r->err);
+            CU_ASSERT_EQUAL(r->rc, cases[i].rc);
+            doc = json_loads(r->out, 0, NULL); /* one document, nothing after it */
+            if (doc == NULL)
+                fprintf(stderr, "%s --json printed no JSON document:\n%s\n", name, r->out);
+            CU_ASSERT_PTR_NOT_NULL(doc);
+            CU_ASSERT(json_is_object(doc) || json_is_array(doc));
+            json_decref(doc);
+        }
+    CU_ASSERT_EQUAL(seen, sizeof(cases) / sizeof(cases[0]));
+    unsetenv("KEYCUSTODY_PRINCIPAL");
 }
 
 static void test_dep_create(void)
@@ -1460,6 +1552,7 @@ static void test_faults_purge(void)
 
 static const kc_test_case dep_cases[] = {
     {"dep create, show, set", test_dep_create},
+    {"--json on every read command", test_json_everywhere},
     {"DEP key: A, else B, else availability", test_dep_unwrap_fallback},
     {"dep assign and assignment", test_dep_assign},
     {"dep refresh after a rotation", test_dep_refresh},
