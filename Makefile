@@ -6,7 +6,7 @@ ASAN_BUILD ?= build-asan
 JOBS       ?= 2
 WERROR     ?= OFF
 
-.PHONY: all deps build check demo asan-check fuzz-smoke lint bench clean install
+.PHONY: all deps build check demo asan-check fuzz-smoke lint bench clean install deb
 
 all: build
 
@@ -61,6 +61,10 @@ fuzz-smoke: deps
 LINT_BUILD ?= build-lint
 lint: deps
 	@JOBS=$(JOBS) scripts/lint.sh $(LINT_BUILD)
+
+# The Debian packages (dpkg-buildpackage), lintian, installed and run (root).
+deb: deps
+	@JOBS=$(JOBS) scripts/deb-check.sh
 
 bench: build
 	$(BUILD)/bench_unwrap

@@ -23,6 +23,8 @@ pkgs=(
   clang libclang-rt-14-dev                  # the fuzz targets (libFuzzer; its runtime is only
                                             # a Recommends of clang, which deps are installed without)
   cppcheck clang-tidy                       # make lint
+  man-db groff-base                         # the man page tests render every page
+  debhelper dpkg-dev fakeroot lintian       # make deb: the Debian package, checked
 )
 
 missing=()
