@@ -44,7 +44,7 @@ _keycustody_run()
 # '=' after those that take a value). Kept while BIN is the same file.
 _keycustody_load()
 {
-    local bin=$1 id key verb i
+    local bin=$1 id key verb i IFS=$' \t\n'
     local -a w
     id="$bin $(stat -L -c '%Y %s' -- "$bin" 2>/dev/null)"
     [[ $id == "${_keycustody_loaded-}" ]] && return 0
@@ -196,7 +196,7 @@ _keycustody_operand()
 
 _keycustody()
 {
-    local line bin group verb='' verbs key opts cur w o expect='' brk pre
+    local line bin group verb='' verbs key opts cur w o expect='' brk pre IFS=$' \t\n'
     local -a words modules=()
     local n i first operands=0 dashdash=0
     COMPREPLY=()
@@ -279,8 +279,8 @@ _keycustody()
     # Readline replaces only what follows the last '=' or ':' of the word
     # when COMP_WORDBREAKS has them: each reply loses what goes before.
     brk=
-    [[ $COMP_WORDBREAKS == *=* ]] && brk+='='
-    [[ $COMP_WORDBREAKS == *:* ]] && brk+=':'
+    [[ ${COMP_WORDBREAKS-} == *=* ]] && brk+='='
+    [[ ${COMP_WORDBREAKS-} == *:* ]] && brk+=':'
     if [[ -n $brk && $cur == *["$brk"]* ]]; then
         pre=${cur%"${cur##*["$brk"]}"}
         COMPREPLY=("${COMPREPLY[@]#"$pre"}")
