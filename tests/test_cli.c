@@ -1423,8 +1423,96 @@ static void test_leading_options(void)
     ASSERT_HAS(r->out, "usage: keycustody [COMMON OPTIONS] GROUP COMMAND");
 }
 
+/* 'keycustody --commands', which shell completion reads: every command of
+ * the top help, with the first operand of its usage and exactly the options
+ * its parser takes, '=' after those that need a value. */
+static void test_commands_listing(void)
+{
+    static const char *const common[] = {"module", "pin-source", "so-pin-source", "as", "store",
+                                         "audit", "audit-syslog", "json", "help"};
+    char *list, *line, *save = NULL, *word, *wsave, *help;
+    char group[32], verb[32], own[1024], name[64];
+    const kc_test_out *r;
+    size_t k, lines = 0;
+    int single;
+
+    r = kc_test_run("--commands", NULL);
+    ASSERT_RC(r, 0);
+    CU_ASSERT_STRING_EQUAL(r->err, "");
+    ASSERT_HAS(r->out, "\nvault show NAME|URI --module= ");
+    ASSERT_HAS(r->out, "\nkey create VAULT/KEY --size= --kty= --protection= --ops= --expires= ");
+    ASSERT_HAS(r->out, "\npolicy check FILE ");
+    ASSERT_HAS(r->out, "\nrewrap --batch= ");
+    CU_ASSERT_EQUAL(strncmp(r->out, "vault init NAME ", 16), 0);
+    list = strdup(r->out);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(list);
+    for (line = strtok_r(list, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+        lines++;
+        wsave = NULL;
+        word = strtok_r(line, " ", &wsave);
+        snprintf(group, sizeof(group), "%s", word);
+        word = strtok_r(NULL, " ", &wsave);
+        single = word == NULL || word[0] < 'a' || word[0] > 'z';
+        verb[0] = '\0';
+        if (!single) {
+            snprintf(verb, sizeof(verb), "%s", word);
+            word = strtok_r(NULL, " ", &wsave);
+        }
+        r = single ? kc_test_run(group, "--help", NULL) : kc_test_run(group, verb, "--help", NULL);
+        CU_ASSERT_EQUAL_FATAL(r->rc, 0);
+        help = strdup(r->out);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(help);
+        own[0] = '\0';
+        for (; word != NULL; word = strtok_r(NULL, " ", &wsave)) {
+            if (strncmp(word, "--", 2) != 0)
+                continue; /* the operand */
+            snprintf(name, sizeof(name), "%.*s", (int)strcspn(word, "="), word);
+            for (k = 0; k < sizeof(common) / sizeof(common[0]); k++)
+                if (strcmp(name + 2, common[k]) == 0)
+                    break;
+            if (k == sizeof(common) / sizeof(common[0]))
+                snprintf(own + strlen(own), sizeof(own) - strlen(own), " %s", name);
+            /* '=': without its value the option is refused; else it is a flag */
+            r = single ? kc_test_run(group, name, word[strlen(name)] ? NULL : "--help", NULL)
+                       : kc_test_run(group, verb, name, word[strlen(name)] ? NULL : "--help", NULL);
+            if (word[strlen(name)] == '=') {
+                ASSERT_RC(r, 2);
+                ASSERT_HAS(r->err, "needs a value");
+            } else {
+                ASSERT_RC(r, 0);
+            }
+        }
+        /* the command's own options are those its --help lists */
+        if (own[0] == '\0') {
+            CU_ASSERT_PTR_NULL(strstr(help, "This command's options:"));
+        } else {
+            snprintf(name, sizeof(name), "This command's options:");
+            CU_ASSERT_PTR_NOT_NULL_FATAL(strstr(help, name));
+            CU_ASSERT_EQUAL(strncmp(strstr(help, name) + strlen(name), own, strlen(own)), 0);
+            CU_ASSERT_EQUAL(strstr(help, name)[strlen(name) + strlen(own)], '\n');
+        }
+        free(help);
+    }
+    free(list);
+    /* as many as the top help lists */
+    r = kc_test_run("--help", NULL);
+    for (k = 0, line = strstr(r->out, "\n  keycustody "); line != NULL;
+         line = strstr(line + 1, "\n  keycustody "))
+        k++;
+    CU_ASSERT_EQUAL(lines, k);
+    CU_ASSERT(lines > 40);
+    /* --json only where the command takes it (listed ones pass above) */
+    r = kc_test_run("--commands", NULL);
+    line = strstr(r->out, "\nkey create ");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(line);
+    snprintf(own, sizeof(own), "%.*s ", (int)strcspn(line + 1, "\n"), line + 1);
+    CU_ASSERT_PTR_NULL(strstr(own, " --json "));
+    ASSERT_RC(kc_test_run("key", "create", "--json", "--help", NULL), 2);
+}
+
 static const kc_test_case help_cases[] = {
     {"help", test_help},
+    {"commands for completion", test_commands_listing},
     {"usage errors", test_usage_errors},
     {"man pages say what --help says", test_man},
     {"common options before the command group", test_leading_options},

@@ -23,7 +23,8 @@ echo "libdir: /usr/$libdir"
 for f in usr/bin/keycustody "usr/$libdir/libkeycustody.so.0" "usr/$libdir/libkeycustody.so" \
          usr/include/keycustody/keycustody.h "usr/$libdir/pkgconfig/keycustody.pc" \
          usr/share/man/man1/keycustody.1 usr/share/man/man5/keycustody-layout.5 \
-         usr/share/doc/keycustody/examples/contoso-tenant.yaml; do
+         usr/share/doc/keycustody/examples/contoso-tenant.yaml \
+         usr/share/bash-completion/completions/keycustody; do
   [ -e "$dest/$f" ] || fail "not installed: /$f"
 done
 for g in vault key access subscription dep data status rewrap tenant policy audit module; do

@@ -110,7 +110,11 @@ static void print_top_help(FILE *f)
         }
         fprintf(f, "\n");
     }
-    fprintf(f, "Run 'keycustody GROUP COMMAND --help' for a command's options.\n\n%s\n%s",
+    fprintf(f,
+            "Run 'keycustody GROUP COMMAND --help' for a command's options.\n"
+            "'keycustody --commands' lists every command for shell completion, one a line:\n"
+            "GROUP [VERB] [first operand of its usage] then its options, '=' after one that\n"
+            "takes a value.\n\n%s\n%s",
             common_help, exit_help);
 }
 
@@ -329,6 +333,13 @@ int kc_cli_parse(kc_cli *cli, int argc, char **argv, const struct option *own,
         opts[n++] = common_opts[i];
     memset(&opts[n], 0, sizeof(opts[n]));
 
+    if (cli->list_options) {
+        for (i = 0; i < n; i++)
+            if (strcmp(opts[i].name, "json") != 0 || cli->cmd->reads)
+                fprintf(cli->out, " --%s%s", opts[i].name,
+                        opts[i].has_arg == no_argument ? "" : "=");
+        return -1;
+    }
     r = refuse_abbreviations(cli, argc, argv, opts);
     if (r != 0)
         return r;
@@ -752,6 +763,41 @@ static int find_group(const char *name, size_t *g)
     return 0;
 }
 
+/* keycustody --commands: each command on a line, for shell completion
+ * (completion/keycustody.bash). Its options are printed by its own parser,
+ * so the list is what the command takes; the command itself does not run. */
+static int print_commands(FILE *out, FILE *err)
+{
+    const kc_cmd *c;
+    const char *syn;
+    char name[48], *args[2] = {name, NULL};
+    size_t g, len;
+    int rc = KC_OK;
+    kc_cli cli;
+
+    for (g = 0; g < N_GROUPS; g++)
+        for (c = groups[g]; c->group != NULL; c++) {
+            fputs(cmd_name(c, name, sizeof(name)), out);
+            /* the first word of the usage, when it is an operand */
+            syn = c->synopsis + strspn(c->synopsis, " ");
+            len = strcspn(syn, " \n");
+            if (len > 0 && syn[0] != '-' && strncmp(syn, "[-", 2) != 0)
+                fprintf(out, " %.*s", (int)len, syn);
+            memset(&cli, 0, sizeof(cli));
+            cli.out = out;
+            cli.err = err;
+            cli.cmd = c;
+            cli.list_options = 1;
+            if (c->fn(&cli, 1, args) != -1) {
+                fprintf(err, "error: '%s' did not list its options\n", name);
+                rc = KC_ERR;
+            }
+            kc_ctx_free(cli.ctx);
+            fputc('\n', out);
+        }
+    return rc;
+}
+
 static int is_help(const char *s)
 {
     return strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0 || strcmp(s, "help") == 0;
@@ -768,7 +814,8 @@ static int leading_options(int argc, char **argv, int *lead, FILE *err)
     int i;
 
     for (i = 1; i < argc && strncmp(argv[i], "--", 2) == 0 && argv[i][2] != '\0'; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "--version") == 0)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "--version") == 0 ||
+            strcmp(argv[i], "--commands") == 0)
             break;
         len = strcspn(argv[i] + 2, "=");
         for (o = common_opts; o < common_opts + N_COMMON; o++)
@@ -844,6 +891,8 @@ static int run_main(int argc, char **argv, FILE *out, FILE *err)
         print_top_help(out);
         return KC_OK;
     }
+    if (strcmp(argv[1], "--commands") == 0)
+        return print_commands(out, err);
     if (strcmp(argv[1], "--version") == 0) {
         fprintf(out, "keycustody %s\n", KC_VERSION);
         return KC_OK;

@@ -61,6 +61,7 @@ struct kc_cli {
     char store_service[64];     /* the service vault the store records */
     char layout_vault[64];      /* a vault of the layout, to seal apply's record */
     int no_prompt;              /* PINs only from sources (sealing after the command) */
+    int list_options;           /* --commands: the parser prints the options, runs nothing */
     /* vaults first seen by this command, pinned in the service store after
      * it: during it, its own write transaction holds the store */
     struct {
