@@ -20,6 +20,7 @@ pkgs=(
   bsdutils                                  # script(1): PIN prompt tests on a pty
   xxd                                       # hex to bytes in the backup tests
   sqlite3                                   # the store attacks in test_attack edit it with it
+  graphviz                                  # dot: policy graph --format svg, and its tests
   clang libclang-rt-14-dev                  # the fuzz targets (libFuzzer; its runtime is only
                                             # a Recommends of clang, which deps are installed without)
   cppcheck clang-tidy                       # make lint

@@ -1211,7 +1211,7 @@ static void test_help(void)
         {"dep", "list"},          {"dep", "show"},          {"dep", "set"},
         {"dep", "assign"},        {"dep", "assignment"},    {"dep", "refresh"},
         {"dep", "purge-request"}, {"dep", "purge"},         {"data", "put"},
-        {"data", "get"},          {"tenant", "offboard"},
+        {"data", "get"},          {"tenant", "offboard"},    {"policy", "graph"},
     };
     const kc_test_out *r;
     char want[100];

@@ -475,7 +475,457 @@ static const kc_test_case cases[] = {
     {NULL, NULL},
 };
 
-static const kc_test_suite suites[] = {{"plan", 1, cases}, {NULL, 0, NULL}};
+/* --- policy graph --- */
+
+#define CONTOSO KC_SOURCE_DIR "/policies/contoso-tenant.yaml"
+#define CONTOSO_SVG KC_SOURCE_DIR "/docs/contoso-tenant.svg"
+
+/* Runs a Graphviz tool on DOT text (written to the test's graph.dot); its
+ * exit status, its output in *out. */
+static int graphviz(const char *dot, const char *tool, char **out)
+{
+    char file[1100];
+
+    snprintf(file, sizeof(file), "%s", kc_test_path("graph.dot"));
+    kc_test_write(file, dot, strlen(dot), 0644);
+    return kc_test_sh(out, "%s '%s'", tool, file);
+}
+
+/* The edges of DOT text as Graphviz reads them, "tail label -> head label"
+ * per line (labels raw: \n for a line break). */
+static char *edges_of(const char *dot)
+{
+    char *out = NULL;
+
+    CU_ASSERT_EQUAL_FATAL(
+        graphviz(dot, "gvpr 'E{print($.tail.label, \" -> \", $.head.label)}'", &out), 0);
+    return strdup(out);
+}
+
+/* The part of DOT text from the line that labels a cluster to the line
+ * that closes it. */
+static char *cluster_of(const char *dot, const char *label)
+{
+    const char *at = strstr(dot, label), *start, *end;
+    char *s;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(at);
+    for (start = at; start > dot && start[-1] != '\n'; start--)
+        ;
+    for (start--; start > dot && start[-1] != '\n'; start--) /* the "subgraph" line */
+        ;
+    end = strstr(at, "\n      }\n");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(end);
+    s = strndup(start, (size_t)(end - start));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    return s;
+}
+
+/* The line of DOT text that has needle. */
+static char *line_of(const char *dot, const char *needle)
+{
+    const char *at = strstr(dot, needle), *start;
+
+    if (at == NULL)
+        fprintf(stderr, "\n  no line with %s in:\n%s\n", needle, dot);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(at);
+    for (start = at; start > dot && start[-1] != '\n'; start--)
+        ;
+    return strndup(start, strcspn(start, "\n"));
+}
+
+static size_t count_of(const char *text, const char *needle)
+{
+    size_t n = 0;
+
+    for (; (text = strstr(text, needle)) != NULL; text += strlen(needle))
+        n++;
+    return n;
+}
+
+static void test_graph_shipped_layout(void)
+{
+    static const char *const vaults[] = {"vault VaultA1\\npremium", "vault VaultA2\\npremium",
+                                         "service vault Service\\npremium"};
+    static const char *const deps[][3] = {
+        {"Contoso-Tenant\\ntenant", "TenantKeyA", "TenantKeyB"},
+        {"Contoso-Mailboxes\\nexchange", "MailboxKeyA", "MailboxKeyB"},
+        {"Contoso-SPO-NAM\\nsharepoint, geo NAM", "SharePointKeyA", "SharePointKeyB"},
+    };
+    char want[300], *dot, *edges, *v, *line;
+    const kc_test_out *r;
+    size_t i, j;
+
+    r = kc_test_run("policy", "graph", CONTOSO, NULL);
+    ASSERT_RC(r, 0);
+    CU_ASSERT_STRING_EQUAL(r->err, "");
+    dot = strdup(r->out);
+    CU_ASSERT_EQUAL(count_of(dot, "red"), 0);
+    CU_ASSERT_EQUAL(count_of(dot, "subgraph cluster_v"), 3);
+    for (i = 0; i < 3; i++)
+        ASSERT_HAS(dot, vaults[i]);
+    /* each vault holds its own keys: VaultA1 the A keys, VaultA2 the B keys */
+    for (j = 0; j < 2; j++) {
+        v = cluster_of(dot, vaults[j]);
+        for (i = 0; i < 3; i++) {
+            snprintf(want, sizeof(want), "[label=\"%s\\nRSA-3072 hsm\"", deps[i][1 + j]);
+            ASSERT_HAS(v, want);
+            CU_ASSERT_PTR_NULL(strstr(v, deps[i][2 - j]));
+        }
+        free(v);
+    }
+    /* each vault in the cluster of its subscription and region */
+    ASSERT_HAS(dot, "label=\"subscription contoso-a\\nContoso Customer Key A\\nmandatory retention\"");
+    ASSERT_HAS(dot, "label=\"region eastus2\"");
+    /* eastus2 and centralus are an Azure pair: the dashed edge, not red (no
+     * DEP has vaults in both) */
+    line = line_of(dot, "label=\"Azure region pair");
+    ASSERT_HAS(line, "ltail=cluster_r1, lhead=cluster_r2");
+    ASSERT_HAS(line, "style=dashed");
+    free(line);
+    CU_ASSERT_EQUAL(count_of(dot, "Azure region pair"), 1);
+    /* the edges as Graphviz reads them: each DEP to its two root keys and to
+     * its availability key, each assignment to its DEP */
+    edges = edges_of(dot);
+    for (i = 0; i < 3; i++) {
+        for (j = 1; j < 3; j++) {
+            snprintf(want, sizeof(want), "DEP %s -> %s\\nRSA-3072 hsm\n", deps[i][0], deps[i][j]);
+            ASSERT_HAS(edges, want);
+        }
+        snprintf(want, sizeof(want), "DEP %s -> availability key\\nof %.*s\n", deps[i][0],
+                 (int)strcspn(deps[i][0], "\\"), deps[i][0]);
+        ASSERT_HAS(edges, want);
+    }
+    ASSERT_HAS(edges, "tenant -> DEP Contoso-Tenant\\ntenant\n");
+    ASSERT_HAS(edges, "mailbox:ceo@contoso.com -> DEP Contoso-Mailboxes\\nexchange\n");
+    ASSERT_HAS(edges, "mailbox:cfo@contoso.com -> DEP Contoso-Mailboxes\\nexchange\n");
+    ASSERT_HAS(edges, "geo:NAM -> DEP Contoso-SPO-NAM\\nsharepoint, geo NAM\n");
+    /* 6 root keys, 3 availability keys, 4 assignments, the pair */
+    CU_ASSERT_EQUAL(count_of(edges, "\n"), 6 + 3 + 4 + 1);
+    free(edges);
+    free(dot);
+}
+
+/* Two vaults of a DEP in an Azure region pair (westus, eastus): the pair
+ * edge, both vaults and the DEP red with the rule, nothing else; drawn, and
+ * exit 3. */
+static void test_graph_paired_regions_red(void)
+{
+    const char *file = kc_test_layout_with_service("");
+    const kc_test_out *r;
+    char *dot, *line, *v;
+
+    r = kc_test_run("policy", "graph", file, NULL);
+    ASSERT_RC(r, 0);
+    CU_ASSERT_EQUAL(count_of(r->out, "red"), 0);
+    kc_test_edit(file, "    region: eastus2\n", "    region: eastus\n");
+    r = kc_test_run("policy", "graph", file, NULL);
+    ASSERT_RC(r, 3);
+    ASSERT_HAS(r->err, "error[KC012]: vaults 'VaultA1' (westus) and 'VaultB1' (eastus) are an "
+                       "Azure region pair");
+    ASSERT_HAS(r->err, "is invalid: 1 error, 0 warnings (drawn in red)");
+    dot = strdup(r->out);
+    /* the pair edge between the two region clusters */
+    line = line_of(dot, "label=\"Azure region pair");
+    ASSERT_HAS(line, "label=\"Azure region pair\\n[KC012]\", color=\"red\"");
+    ASSERT_HAS(line, "tooltip=\"error[KC012]: vaults 'VaultA1' (westus) and 'VaultB1' (eastus)");
+    free(line);
+    v = cluster_of(dot, "label=\"vault VaultA1\\npremium\\n[KC012]\"");
+    ASSERT_HAS(v, "color=\"red\"");
+    free(v);
+    v = cluster_of(dot, "label=\"vault VaultB1\\npremium\\n[KC012]\"");
+    ASSERT_HAS(v, "color=\"red\"");
+    free(v);
+    line = line_of(dot, "[label=\"DEP Dep1\\ntenant\\n[KC012]\"");
+    ASSERT_HAS(line, "color=\"red\"");
+    free(line);
+    /* nothing else: the keys, the service vault, the subscriptions */
+    CU_ASSERT_EQUAL(count_of(dot, " color=\"red\""), 4);
+    CU_ASSERT_EQUAL(count_of(dot, "\\n[KC012]\""), 4); /* in labels */
+    v = cluster_of(dot, "label=\"service vault Service\\npremium\"");
+    CU_ASSERT_PTR_NULL(strstr(v, "red"));
+    free(v);
+    free(dot);
+    /* waived: a warning, orange */
+    kc_test_edit(file, "    workload: tenant\n",
+                 "    workload: tenant\n    paired_regions_waiver: the lab has two regions\n");
+    r = kc_test_run("policy", "graph", file, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->err, "warning[KC012]");
+    CU_ASSERT_EQUAL(count_of(r->out, " color=\"red\""), 0);
+    CU_ASSERT_EQUAL(count_of(r->out, " color=\"darkorange\""), 4);
+}
+
+/* A rule about one key marks that key (by its source position), not its
+ * vault; a reference to an undeclared key marks that edge. */
+static void test_graph_key_rules_red(void)
+{
+    const char *file = kc_test_layout("      - name: KeyB\n        size: 2048\n",
+                                      "      - name: KeyB\n        size: 1024\n");
+    const kc_test_out *r;
+    char *dot, *line, *v;
+
+    kc_test_edit(file, "    keys: [VaultA1/KeyA, VaultB1/KeyB]\n",
+                 "    keys: [VaultA1/KeyA, VaultB1/KeyB]\n  - name: Dep2\n    workload: exchange\n"
+                 "    keys: [VaultA1/KeyA, VaultB1/Nope]\n");
+    r = kc_test_run("policy", "graph", file, NULL);
+    ASSERT_RC(r, 3);
+    ASSERT_HAS(r->err, "error[KC016]: key 'VaultB1/KeyB' has size 1024");
+    ASSERT_HAS(r->err, "error[KC028]: DEP 'Dep2' names key 'VaultB1/Nope'");
+    dot = strdup(r->out);
+    line = line_of(dot, "[label=\"KeyB\\nRSA-1024 hsm\\n[KC016]\"");
+    ASSERT_HAS(line, "color=\"red\"");
+    ASSERT_HAS(line, "tooltip=\"error[KC016]: key 'VaultB1/KeyB' has size 1024\"");
+    free(line);
+    v = cluster_of(dot, "label=\"vault VaultB1\\npremium\"");
+    ASSERT_HAS(v, "labelloc=\"t\"; style=\"filled\"; fillcolor=\"white\";\n");
+    free(v);
+    /* the edge to the key that is not there, and the stand-in it ends at */
+    line = line_of(dot, " -> d1_missing1 ");
+    ASSERT_HAS(line, "label=\"[KC028]\", color=\"red\"");
+    free(line);
+    ASSERT_HAS(dot, "[label=\"VaultB1/Nope\\n(not declared)\\n[KC028]\"");
+    if (count_of(dot, " color=\"red\"") != 3)
+        fprintf(stderr, "\n  3 red elements expected in:\n%s\n", dot);
+    CU_ASSERT_EQUAL(count_of(dot, " color=\"red\""), 3);
+    free(dot);
+}
+
+/* Names come from the user's YAML: a quote, a backslash, a newline, an
+ * entity, a control character stay inside their DOT strings and show as
+ * written. */
+static void test_graph_escaping(void)
+{
+    const char *evil = "\"Ev\\\" ]; pwn [label=\\\"x\\\\\\n&lt;\\x01\"";
+    char old[200], new[200], *out = NULL, *dot, *line, *save = NULL;
+    const char *file;
+    const kc_test_out *r;
+
+    snprintf(new, sizeof(new), "  - name: %s\n", evil);
+    file = kc_test_layout("  - name: VaultA1\n", new);
+    snprintf(old, sizeof(old), "[VaultA1/KeyA,");
+    snprintf(new, sizeof(new), "[%.*s/KeyA\",", (int)strlen(evil) - 1, evil);
+    kc_test_edit(file, old, new);
+    r = kc_test_run("policy", "graph", file, NULL);
+    ASSERT_RC(r, 3); /* KC029: not a vault name */
+    ASSERT_HAS(r->err, "error[KC029]");
+    dot = strdup(r->out);
+    /* Graphviz reads it, and finds only the nodes keycustody made */
+    CU_ASSERT_EQUAL(graphviz(dot, "dot -Tcanon", &out), 0);
+    CU_ASSERT_EQUAL(graphviz(dot, "gvpr 'N{print($.name)}'", &out), 0);
+    for (line = strtok_r(out, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+        if (strspn(line, "abcdefghijklmnopqrstuvwxyz0123456789_") != strlen(line))
+            fprintf(stderr, "\n  a node id keycustody did not make: %s\n", line);
+        CU_ASSERT_EQUAL(strspn(line, "abcdefghijklmnopqrstuvwxyz0123456789_"), strlen(line));
+    }
+    CU_ASSERT_PTR_NULL(strstr(dot, "\npwn"));
+    /* the DEP's edge still reaches the key in that vault */
+    line = edges_of(dot);
+    ASSERT_HAS(line, "DEP Dep1\\ntenant -> KeyA\\nRSA-2048 hsm\n");
+    free(line);
+    /* as written, in the SVG text: the quote, the backslash, the newline and
+     * the control character as \x0a and \x01, "&lt;" as those four
+     * characters */
+    CU_ASSERT_EQUAL(graphviz(dot, "dot -Tsvg", &out), 0);
+    ASSERT_HAS(out, ">vault Ev&quot; ]; pwn [label=&quot;x\\\\x0a&amp;lt;\\x01</text>");
+    free(dot);
+}
+
+/* The SVG, Graphviz's, without its geometry (coordinates, sizes, paths),
+ * which depends on the fonts it finds, and without its version comment: what
+ * it shows and how (every element, text, colour, style and tooltip). */
+static char *svg_content(const char *svg)
+{
+    static const char *const geometry[] = {"x",      "y",     "cx",     "cy",      "rx",
+                                           "ry",     "points", "d",     "width",   "height",
+                                           "viewBox", "transform", NULL};
+    const char *p = svg, *skip;
+    char *out = calloc(1, strlen(svg) + 1), *o = out;
+    int in_tag = 0;
+    size_t i, n;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(out);
+    while (*p != '\0') {
+        if (strncmp(p, "<!-- Generated by graphviz", 26) == 0 && (skip = strstr(p, "-->"))) {
+            p = skip + 3;
+            continue;
+        }
+        if (*p == '<')
+            in_tag = 1;
+        else if (*p == '>')
+            in_tag = 0;
+        if (in_tag && *p == ' ') {
+            n = strspn(p + 1, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ");
+            for (i = 0; geometry[i] != NULL; i++)
+                if (strlen(geometry[i]) == n && strncmp(p + 1, geometry[i], n) == 0 &&
+                    strncmp(p + 1 + n, "=\"", 2) == 0)
+                    break;
+            if (geometry[i] != NULL && (skip = strchr(p + n + 3, '"')) != NULL) {
+                p = skip + 1;
+                continue;
+            }
+        }
+        *o++ = *p++;
+    }
+    return out;
+}
+
+/* --format svg: Graphviz's SVG of our DOT, to stdout or --out; as a
+ * user runs it (its own process). */
+static void test_graph_svg(void)
+{
+    char out[1100];
+    unsigned char *svg;
+    size_t len = 0;
+    const kc_test_out *r;
+
+    snprintf(out, sizeof(out), "%s", kc_test_path("contoso.svg"));
+    r = kc_test_exec("policy", "graph", CONTOSO, "--format", "svg", "--out", out, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "drew layout '" CONTOSO "' to ");
+    CU_ASSERT_STRING_EQUAL(r->err, "");
+    svg = kc_test_read(out, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(svg);
+    CU_ASSERT_EQUAL(strncmp((char *)svg, "<?xml", 5), 0);
+    ASSERT_HAS((char *)svg, "\n<svg ");
+    ASSERT_HAS((char *)svg, ">DEP Contoso&#45;Tenant</text>");
+    CU_ASSERT_EQUAL(strcmp((char *)svg + len - 7, "</svg>\n"), 0);
+    /* an existing file is kept unless --force */
+    r = kc_test_exec("policy", "graph", CONTOSO, "--format", "svg", "--out", out, NULL);
+    ASSERT_RC(r, 5);
+    r = kc_test_exec("policy", "graph", CONTOSO, "--format", "svg", "--out", out, "--force", NULL);
+    ASSERT_RC(r, 0);
+    /* on standard output, the same picture */
+    r = kc_test_run("policy", "graph", CONTOSO, "--format", "svg", NULL);
+    ASSERT_RC(r, 0);
+    CU_ASSERT_STRING_EQUAL(r->out, (char *)svg);
+    free(svg);
+}
+
+/* docs/contoso-tenant.svg, shown in the README, is what the command draws
+ * of the shipped layout now (geometry aside, see svg_content). */
+static void test_graph_committed_picture(void)
+{
+    unsigned char *committed;
+    char *want, *got;
+    size_t len = 0;
+    const kc_test_out *r;
+
+    committed = kc_test_read(CONTOSO_SVG, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(committed);
+    r = kc_test_run("policy", "graph", CONTOSO, "--format", "svg", NULL);
+    ASSERT_RC(r, 0);
+    want = svg_content(r->out);
+    got = svg_content((char *)committed);
+    if (strcmp(want, got) != 0)
+        fprintf(stderr, "\n  docs/contoso-tenant.svg is not the shipped layout's picture; make it "
+                        "again with\n  keycustody policy graph policies/contoso-tenant.yaml "
+                        "--format svg --out docs/contoso-tenant.svg --force\n");
+    CU_ASSERT_STRING_EQUAL(got, want);
+    /* the comparison sees what the picture shows */
+    CU_ASSERT_PTR_NOT_NULL(strstr(got, ">TenantKeyA</text>"));
+    CU_ASSERT_PTR_NULL(strstr(got, " x=\"1"));
+    free(want);
+    free(got);
+    free(committed);
+}
+
+/* Without Graphviz: exit 1 and the package to install; a dot that fails:
+ * its message; one that closes its input with more DOT to come: its status
+ * and message too (the writer sees the pipe go, and SIGPIPE, which a write
+ * racing that close would raise, is held off). */
+static void test_graph_dot_missing_or_failing(void)
+{
+    const char *path = getenv("PATH");
+    char *saved = strdup(path != NULL ? path : "/usr/bin:/bin"), *out = NULL, bin[1100];
+    char empty[1200], big[80000];
+    int rc;
+    const char *file;
+    const kc_test_out *r;
+    size_t i, n;
+
+    /* the dot that fails, made now: the PATH below has nothing else */
+    snprintf(bin, sizeof(bin), "%s", kc_test_path("bin"));
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out, "mkdir '%s' '%s.empty'", bin, bin), 0);
+    CU_ASSERT_EQUAL_FATAL(
+        kc_test_sh(&out, "printf '#!/bin/sh\\nexec 0<&-\\necho \"syntax error in line 1\" >&2\\n"
+                         "exit 3\\n' > '%s/dot' && chmod 755 '%s/dot'",
+                   bin, bin),
+        0);
+    n = (size_t)snprintf(big, sizeof(big), "%s",
+                         "version: 1\nvaults:\n  - name: VaultA1\n    subscription: s\n"
+                         "    region: westus\n    pin: env:TEST_PIN\n    keys:\n");
+    for (i = 0; n + 40 < sizeof(big); i++)
+        n += (size_t)snprintf(big + n, sizeof(big) - n, "      - name: Key%zu\n        size: 2048\n",
+                              i);
+    file = kc_test_path("big.yaml");
+    kc_test_write(file, big, n, 0644);
+
+    /* no dot at all: PATH an empty directory (no FATAL asserts until PATH
+     * is back) */
+    snprintf(empty, sizeof(empty), "%s.empty", bin);
+    setenv("PATH", empty, 1);
+    r = kc_test_run("policy", "graph", CONTOSO, "--format", "svg", NULL);
+    CU_ASSERT_EQUAL(r->rc, 1);
+    ASSERT_HAS(r->err, "error: cannot draw layout '" CONTOSO "' as SVG: Graphviz's 'dot' is not "
+                       "in any directory of PATH");
+    ASSERT_HAS(r->err, "hint: install Graphviz (apt-get install graphviz)");
+    CU_ASSERT_STRING_EQUAL(r->out, "");
+    /* DOT needs no Graphviz */
+    CU_ASSERT_EQUAL(kc_test_run("policy", "graph", CONTOSO, NULL)->rc, 0);
+    /* a dot that refuses its input */
+    setenv("PATH", bin, 1);
+    r = kc_test_run("policy", "graph", CONTOSO, "--format", "svg", NULL);
+    CU_ASSERT_EQUAL(r->rc, 1);
+    ASSERT_HAS(r->err, "-Tsvg' exited 3: syntax error in line 1");
+    /* more DOT than a pipe holds (64 KiB), to a dot that has gone */
+    r = kc_test_run("policy", "graph", file, NULL);
+    rc = r->rc;
+    CU_ASSERT(strlen(r->out) > 70000);
+    r = kc_test_run("policy", "graph", file, "--format", "svg", NULL);
+    setenv("PATH", saved, 1);
+    free(saved);
+    CU_ASSERT_EQUAL(rc, 0);
+    ASSERT_RC(r, 1);
+    ASSERT_HAS(r->err, "-Tsvg' exited 3: syntax error in line 1");
+}
+
+static void test_graph_usage(void)
+{
+    const char *file = kc_test_layout("deps:\n", "depz:\n");
+    const kc_test_out *r;
+
+    r = kc_test_run("policy", "graph", CONTOSO, "--format", "png", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "error: --format 'png': choose dot or svg");
+    ASSERT_RC(kc_test_run("policy", "graph", NULL), 2);
+    ASSERT_RC(kc_test_run("policy", "graph", CONTOSO, CONTOSO, NULL), 2);
+    ASSERT_RC(kc_test_run("policy", "graph", CONTOSO, "--json", NULL), 2);
+    /* a broken structure cannot be drawn */
+    r = kc_test_run("policy", "graph", file, NULL);
+    ASSERT_RC(r, 3);
+    CU_ASSERT_STRING_EQUAL(r->out, "");
+    ASSERT_HAS(r->err, "error[KC002]");
+    ASSERT_HAS(r->err, "its structure is broken");
+    r = kc_test_run("policy", "graph", kc_test_path("none.yaml"), NULL);
+    CU_ASSERT_NOT_EQUAL(r->rc, 0);
+    CU_ASSERT_STRING_EQUAL(r->out, "");
+}
+
+static const kc_test_case graph_cases[] = {
+    {"the shipped layout", test_graph_shipped_layout},
+    {"paired regions drawn red", test_graph_paired_regions_red},
+    {"a key's rule drawn on the key", test_graph_key_rules_red},
+    {"names cannot leave their DOT strings", test_graph_escaping},
+    {"SVG through Graphviz", test_graph_svg},
+    {"the committed picture is the shipped layout's", test_graph_committed_picture},
+    {"Graphviz missing or failing", test_graph_dot_missing_or_failing},
+    {"usage and broken structure", test_graph_usage},
+    {NULL, NULL},
+};
+
+static const kc_test_suite suites[] = {
+    {"plan", 1, cases}, {"graph", 1, graph_cases}, {NULL, 0, NULL}};
 
 int main(int argc, char **argv)
 {

@@ -143,6 +143,8 @@ void kc_cli_print_diags(kc_cli *cli, const struct kc_diags *d);
 /* The layout's PIN sources and module for this command, kept in buf/sobuf. */
 kc_rc kc_cli_use_layout(kc_cli *cli, const struct kc_layout *l, char (*buf)[400],
                         char (*sobuf)[400]);
+/* policy graph (cmd_graph.c), an entry of kc_cmds_policy */
+int kc_cli_policy_graph(kc_cli *cli, int argc, char **argv);
 
 /* --- audit (cmd_audit.c) --- */
 /* Adds a field (vault, key, version, dep, scope, ...) to the command's audit record. */

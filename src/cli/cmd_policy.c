@@ -500,5 +500,27 @@ const kc_cmd kc_cmds_policy[] = {
      "  --allow-delete  soft-delete keys the layout no longer has\n"
      "  --wait SECONDS  wait this long for another apply to finish\n",
      0},
+    {"policy", "graph", kc_cli_policy_graph, "FILE [--format dot|svg] [--out PATH] [--force]",
+     "draw the layout as a graph, with the rules it breaks in red",
+     "Reads the layout and runs every rule, as 'policy check' does (no token is\n"
+     "needed), and draws it: subscriptions, and in them regions (a dashed edge joins\n"
+     "two regions that are an Azure region pair), vaults and their keys; the service\n"
+     "vault with each DEP's availability key; each DEP with an edge to its two root\n"
+     "keys and a dotted one to its availability key; each assignment (tenant,\n"
+     "mailbox:ID, geo:CODE) with an edge to its DEP. What a diagnostic points at is\n"
+     "drawn red (an error) or orange (a warning), with the rule ids in its label and\n"
+     "the messages in its tooltip; the diagnostics are printed on standard error too.\n"
+     "A layout with errors is drawn all the same, then exits 3 (CI keeps the picture\n"
+     "and fails); one whose structure is broken (syntax, unknown keys) is not drawn\n"
+     "and exits 3.\n"
+     "  --format dot|svg  DOT text, written by keycustody (the default), or SVG drawn\n"
+     "                    from it by Graphviz's 'dot -Tsvg' (apt-get install graphviz)\n"
+     "  --out PATH        write it to PATH (mode 0644; - for standard output, the\n"
+     "                    default)\n"
+     "  --force           replace an existing regular PATH (anything else is never\n"
+     "                    replaced)\n"
+     "Example: keycustody policy graph policies/contoso-tenant.yaml --format svg \\\n"
+     "           --out docs/contoso-tenant.svg --force\n",
+     0},
     {NULL, NULL, NULL, NULL, NULL, NULL, 0},
 };
