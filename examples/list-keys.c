@@ -26,8 +26,8 @@ static int show_vault(void *arg, const keycustody_vault_info *v)
 static int show_key(void *arg, const keycustody_key_info *k)
 {
     (void)arg;
-    printf("  %s/%s/%s RSA-%u %s%s%s expires %s\n", k->vault, k->name, k->version, k->bits,
-           k->ops, k->enabled ? "" : " disabled", k->current ? " current" : "",
+    printf("  %s/%s/%s RSA-%u %s%s%s expires %s\n", k->vault, k->name, k->version, k->bits, k->ops,
+           k->enabled ? "" : " disabled", k->current ? " current" : "",
            k->expires[0] ? k->expires : "never");
     return 0;
 }

@@ -93,9 +93,9 @@ KEYCUSTODY_API const char *keycustody_errhint(const keycustody *kc);
 
 /* A token as keycustody_vault_foreach shows it. */
 typedef struct keycustody_vault_info {
-    const char *token_label; /* CKA label of the token */
-    const char *token_uri;   /* RFC 7512 URI of the token */
-    int is_vault;            /* 1: it carries valid vault metadata; else the rest is "" */
+    const char *token_label;  /* CKA label of the token */
+    const char *token_uri;    /* RFC 7512 URI of the token */
+    int is_vault;             /* 1: it carries valid vault metadata; else the rest is "" */
     const char *name;         /* the vault's name */
     const char *subscription; /* its subscription id */
     const char *region;       /* its region */

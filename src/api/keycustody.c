@@ -27,36 +27,25 @@ const char *keycustody_version(void)
     return KC_VERSION_STRING;
 }
 
-/* The source of vault's PIN: "VAULT=SOURCE" for it, else the one bare SOURCE. */
-static const char *source_for(const keycustody *kc, const char *vault)
-{
-    const char *bare = NULL, *eq, *colon;
-    size_t i, vl = strlen(vault);
-
-    for (i = 0; i < kc->nsources; i++) {
-        eq = strchr(kc->sources[i], '=');
-        colon = strchr(kc->sources[i], ':');
-        if (eq != NULL && (colon == NULL || eq < colon)) {
-            if ((size_t)(eq - kc->sources[i]) == vl && strncmp(kc->sources[i], vault, vl) == 0)
-                return eq + 1;
-        } else {
-            bare = kc->sources[i];
-        }
-    }
-    return bare;
-}
-
-static kc_rc api_pin(void *arg, const char *vault, kc_pin_kind kind, kc_secret **out,
-                     kc_error *err)
+static kc_rc api_pin(void *arg, const char *vault, kc_pin_kind kind, kc_secret **out, kc_error *err)
 {
     const keycustody *kc = arg;
-    const char *src = kind == KC_PIN_USER ? source_for(kc, vault) : NULL;
+    int ambiguous = 0;
+    const char *src = kind == KC_PIN_USER ? kc_secret_source_for((const char *const *)kc->sources,
+                                                                 kc->nsources, vault, &ambiguous)
+                                          : NULL;
 
     *out = NULL;
+    if (ambiguous) {
+        kc_error_set(err, KC_USAGE, "several PIN sources without a vault name");
+        kc_error_hint(err, "with several vaults, give \"VAULT=SOURCE\" for each");
+        return KC_USAGE;
+    }
     if (src == NULL) {
         kc_error_set(err, KC_USAGE, "no PIN source for vault '%s'", vault);
-        kc_error_hint(err, "give keycustody_config.pin_sources \"%s=env:NAME\" or "
-                           "\"%s=file:PATH\" (mode 0600)",
+        kc_error_hint(err,
+                      "give keycustody_config.pin_sources \"%s=env:NAME\" or "
+                      "\"%s=file:PATH\" (mode 0600)",
                       vault, vault);
         return KC_USAGE;
     }
@@ -71,13 +60,12 @@ static int fail(keycustody *kc, kc_rc code, const char *msg)
     return code;
 }
 
-/* A bare source has no '=' before its ':'; a vault's has one. */
+/* "[VAULT=]SOURCE": a vault's has an '=' before the source's ':'. */
 static int source_ok(const char *s)
 {
     const char *eq = strchr(s, '='), *colon = strchr(s, ':');
-    const char *src = eq != NULL && (colon == NULL || eq < colon) ? eq + 1 : s;
 
-    return strncmp(src, "env:", 4) == 0 || strncmp(src, "file:", 5) == 0;
+    return kc_secret_source_is_valid(eq != NULL && (colon == NULL || eq < colon) ? eq + 1 : s);
 }
 
 int keycustody_open(const keycustody_config *cfg, keycustody **out)
@@ -104,8 +92,10 @@ int keycustody_open(const keycustody_config *cfg, keycustody **out)
     }
     for (i = 0; i < cfg->npin_sources; i++) {
         if (cfg->pin_sources[i] == NULL || !source_ok(cfg->pin_sources[i])) {
-            kc_error_set(&kc->err, KC_USAGE, "keycustody_open: PIN source %zu is not "
-                                             "[VAULT=]env:NAME or [VAULT=]file:PATH", i);
+            kc_error_set(&kc->err, KC_USAGE,
+                         "keycustody_open: PIN source %zu is not "
+                         "[VAULT=]env:NAME or [VAULT=]file:PATH",
+                         i);
             kc_error_hint(&kc->err, "a PIN is named by where it is, never given as a value");
             return KC_USAGE;
         }

@@ -99,7 +99,8 @@ static void print_top_help(FILE *f)
     size_t g;
     const kc_cmd *c;
 
-    fprintf(f, "usage: keycustody [COMMON OPTIONS] GROUP COMMAND [OPTIONS] [ARGS]\n       keycustody --version\n\n"
+    fprintf(f, "usage: keycustody [COMMON OPTIONS] GROUP COMMAND [OPTIONS] [ARGS]\n"
+               "       keycustody --version\n\n"
                "Custody of HSM root keys through PKCS#11, modelled on Microsoft 365 Customer "
                "Key.\n\n");
     for (g = 0; g < N_GROUPS; g++) {
@@ -547,36 +548,12 @@ static const char *kind_name(kc_pin_kind kind)
     }
 }
 
-/* The source given for vault: "VAULT=SOURCE" for it, else a bare SOURCE. */
-static const char *source_for(const char *const *list, size_t n, const char *vault, int *ambiguous)
-{
-    const char *bare = NULL, *eq, *colon;
-    size_t i, vl = strlen(vault);
-    int nbare = 0;
-
-    *ambiguous = 0;
-    for (i = 0; i < n; i++) {
-        eq = strchr(list[i], '=');
-        colon = strchr(list[i], ':');
-        if (eq != NULL && (colon == NULL || eq < colon)) {
-            if ((size_t)(eq - list[i]) == vl && strncmp(list[i], vault, vl) == 0)
-                return eq + 1;
-        } else {
-            bare = list[i];
-            nbare++;
-        }
-    }
-    if (nbare > 1)
-        *ambiguous = 1;
-    return bare;
-}
-
 static kc_rc pin_cb(void *arg, const char *vault, kc_pin_kind kind, kc_secret **out, kc_error *err)
 {
     kc_cli *cli = arg;
     int so = kind == KC_PIN_SO || kind == KC_PIN_NEW_SO, ambiguous;
-    const char *src = so ? source_for(cli->so_pin_sources, cli->nso, vault, &ambiguous)
-                         : source_for(cli->pin_sources, cli->npin, vault, &ambiguous);
+    const char *src = so ? kc_secret_source_for(cli->so_pin_sources, cli->nso, vault, &ambiguous)
+                         : kc_secret_source_for(cli->pin_sources, cli->npin, vault, &ambiguous);
     const char *opt = so ? "--so-pin-source" : "--pin-source";
     kc_secret *again = NULL;
     char prompt[128];
@@ -590,8 +567,8 @@ static kc_rc pin_cb(void *arg, const char *vault, kc_pin_kind kind, kc_secret **
     }
     if (src == NULL && !ambiguous) {
         /* Then the layout's pin: for that vault ("VAULT=SOURCE" entries). */
-        src = source_for(so ? cli->layout_so_pins : cli->layout_pins, cli->nlayout, vault,
-                         &ambiguous);
+        src = kc_secret_source_for(so ? cli->layout_so_pins : cli->layout_pins, cli->nlayout,
+                                   vault, &ambiguous);
     }
     /* Then the service's own: the vault that checks the store's rows. */
     if (src == NULL && !so && cli->store_service[0] != '\0' &&

@@ -14,7 +14,8 @@ static const struct {
     {"KEYCUSTODY_PRINCIPAL", "who acts, as --as"},
     {"KEYCUSTODY_STORE", "the service store, as --store"},
     {"KEYCUSTODY_SERVICE_VAULT", "the service vault, whose key checks the store's rows"},
-    {"KEYCUSTODY_SERVICE_PIN_SOURCE", "the PIN source (env:NAME or file:PATH) of the service vault"},
+    {"KEYCUSTODY_SERVICE_PIN_SOURCE",
+     "the PIN source (env:NAME or file:PATH) of the service vault"},
     {"KEYCUSTODY_AUDIT", "the audit log, as --audit"},
     {"KEYCUSTODY_SYSLOG_SOCKET", "the socket --audit-syslog sends to (default /dev/log)"},
     {"KEYCUSTODY_LOCK_DIR", "where the per-vault lock files are made"},
@@ -106,8 +107,8 @@ static void roff_title(FILE *f, const char *name, int section, const char *date)
     up[i] = '\0';
     fprintf(f, ".TH \"");
     roff_text(f, up, strlen(up));
-    fprintf(f, "\" %d \"%s\" \"keycustody %s\" \"keycustody manual\"\n.nh\n.ad l\n", section,
-            date, KC_VERSION_STRING);
+    fprintf(f, "\" %d \"%s\" \"keycustody %s\" \"keycustody manual\"\n.nh\n.ad l\n", section, date,
+            KC_VERSION_STRING);
 }
 
 /* A command's --help, without the common options and exit codes that
@@ -151,11 +152,12 @@ static void common_sections(FILE *f, int top)
               f);
         roff_verbatim(f, kc_cli_common_help(), strlen(kc_cli_common_help()));
     } else {
-        fputs(".SH COMMON OPTIONS\nEvery command also takes the common options of\n.BR "
-              "keycustody (1):\n.BR \\-\\-module ,\n.BR \\-\\-pin\\-source ,\n"
-              ".BR \\-\\-so\\-pin\\-source ,\n.BR \\-\\-as ,\n.BR \\-\\-store ,\n.BR \\-\\-audit ,\n"
-              ".BR \\-\\-audit\\-syslog ,\n.B \\-\\-json\n(read commands) and\n.BR \\-\\-help .\n",
-              f);
+        fputs(
+            ".SH COMMON OPTIONS\nEvery command also takes the common options of\n.BR "
+            "keycustody (1):\n.BR \\-\\-module ,\n.BR \\-\\-pin\\-source ,\n"
+            ".BR \\-\\-so\\-pin\\-source ,\n.BR \\-\\-as ,\n.BR \\-\\-store ,\n.BR \\-\\-audit ,\n"
+            ".BR \\-\\-audit\\-syslog ,\n.B \\-\\-json\n(read commands) and\n.BR \\-\\-help .\n",
+            f);
     }
     fputs(".SH EXIT STATUS\n", f);
     roff_verbatim(f, exit_help, strlen(exit_help));

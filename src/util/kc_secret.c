@@ -146,8 +146,7 @@ static kc_rc from_file(const char *path, kc_secret **out, kc_error *err)
             r = kc_error_set(err, KC_USAGE, "PIN file '%s' is a symbolic link", path);
             kc_error_hint(err, "name the file itself, not a link to it");
         } else {
-            r = kc_error_set(err, KC_USAGE,
-                             "cannot open PIN file '%s': %s", path, strerror(errno));
+            r = kc_error_set(err, KC_USAGE, "cannot open PIN file '%s': %s", path, strerror(errno));
         }
         goto cleanup;
     }
@@ -253,4 +252,28 @@ int kc_secret_harden_process(void)
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
         r = -1;
     return r;
+}
+
+const char *kc_secret_source_for(const char *const *list, size_t n, const char *vault,
+                                 int *ambiguous)
+{
+    const char *bare = NULL, *eq, *colon;
+    size_t i, vl = strlen(vault);
+    int nbare = 0;
+
+    *ambiguous = 0;
+    for (i = 0; i < n; i++) {
+        eq = strchr(list[i], '=');
+        colon = strchr(list[i], ':');
+        if (eq != NULL && (colon == NULL || eq < colon)) {
+            if ((size_t)(eq - list[i]) == vl && strncmp(list[i], vault, vl) == 0)
+                return eq + 1;
+        } else {
+            bare = list[i];
+            nbare++;
+        }
+    }
+    if (nbare > 1)
+        *ambiguous = 1;
+    return bare;
 }

@@ -36,6 +36,12 @@ KC_EXPORT void kc_secret_free(kc_secret *s);
  * ("env:NAME" or "file:PATH"). */
 KC_EXPORT int kc_secret_source_is_valid(const char *source);
 
+/* The source a list of "VAULT=SOURCE" and bare "SOURCE" entries (as
+ * --pin-source takes them) gives vault: its own, else the bare one; NULL
+ * for none. *ambiguous is set when there are several bare ones. */
+KC_EXPORT const char *kc_secret_source_for(const char *const *list, size_t n, const char *vault,
+                                           int *ambiguous);
+
 /* Reads a PIN from source. "file:" sources are refused unless the file is a
  * regular file (not a symlink), owned by the caller and not readable or
  * writable by group or others. Trailing CR/LF is dropped. An empty PIN is an
