@@ -17,6 +17,7 @@
 struct keycustody {
     kc_ctx *ctx;
     kc_error err;
+    char formatted[2048]; /* err as keycustody_errmsg gives it */
     char *principal;
     char *sources[API_MAX_SOURCES];
     size_t nsources;
@@ -126,7 +127,15 @@ void keycustody_close(keycustody *kc)
 
 const char *keycustody_errmsg(const keycustody *kc)
 {
-    return kc == NULL ? "out of memory" : kc->err.msg;
+    keycustody *own = (keycustody *)kc; /* the handle is the caller's, never const itself */
+
+    if (kc == NULL)
+        return "out of memory";
+    if (kc->err.msg[0] == '\0')
+        return "";
+    /* the message with its PKCS#11 detail, as the command prints it */
+    kc_error_format(&kc->err, own->formatted, sizeof(own->formatted));
+    return own->formatted;
 }
 
 const char *keycustody_errhint(const keycustody *kc)
