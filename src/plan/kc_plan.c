@@ -659,13 +659,25 @@ static json_t *key_json(const kc_key *k)
     return o;
 }
 
+static int by_name(const void *a, const void *b)
+{
+    return strcmp((*(const kc_key *const *)a)->name, (*(const kc_key *const *)b)->name);
+}
+
+/* By name: a token lists its objects in no order it promises. */
 static json_t *keys_json(const kc_key *keys, size_t n)
 {
-    json_t *arr = json_array();
+    const kc_key **sorted = calloc(n + 1, sizeof(*sorted));
+    json_t *arr = sorted ? json_array() : NULL;
     size_t i;
 
+    for (i = 0; sorted != NULL && i < n; i++)
+        sorted[i] = &keys[i];
+    if (sorted != NULL && n > 1)
+        qsort(sorted, n, sizeof(*sorted), by_name);
     for (i = 0; arr != NULL && i < n; i++)
-        json_array_append_new(arr, key_json(&keys[i]));
+        json_array_append_new(arr, key_json(sorted[i]));
+    free(sorted);
     return arr;
 }
 
@@ -687,6 +699,11 @@ static json_t *vault_json(const kc_vault *v, const kc_key *keys, size_t nkeys, c
                   (json_int_t)stale);
     free(meta);
     return o;
+}
+
+static int key_order(const void *a, const void *b)
+{
+    return strcmp(((const kc_key *)a)->name, ((const kc_key *)b)->name);
 }
 
 static void seen(kc_plan *p, const char *vault, json_t *obs)
@@ -755,8 +772,14 @@ kc_rc kc_plan_make(kc_ctx *ctx, const kc_layout *l, int allow_delete, kc_plan *p
         r = kc_key_list(v, &keys, &nkeys, err);
         if (r == KC_OK)
             r = kc_key_list_deleted(v, &del, &ndel, err);
-        if (r == KC_OK)
+        if (r == KC_OK) {
+            /* in one order every time: a saved plan is compared action by action */
+            if (nkeys > 1)
+                qsort(keys, nkeys, sizeof(*keys), key_order);
+            if (ndel > 1)
+                qsort(del, ndel, sizeof(*del), key_order);
             plan_keys(p, l, lv, i, v, allow_delete, keys, nkeys, del, ndel);
+        }
         if (r == KC_OK)
             r = kc_keystate_stale(v, &stale, err);
         if (r == KC_OK && stale > 0) {
