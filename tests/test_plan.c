@@ -653,8 +653,9 @@ static void test_saved_plan_applies(void)
     ASSERT_HAS(r->out, "  + create key VaultB1/KeyB (RSA-2048, hsm, wrapKey,unwrapKey)");
     ASSERT_HAS(r->out, "Plan: 4 to add, 0 to change, 0 to delete, 0 blocked.");
     /* and applies it without being asked (no terminal, no --yes) */
-    r = kc_test_run("policy", "apply", plan, NULL);
+    r = kc_test_run("policy", "apply", plan, "--wait", "1", NULL);
     ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "a.plan' (made ");
     ASSERT_HAS(r->out, "are as it saw them; its actions are carried out without asking");
     ASSERT_HAS(r->out, "Apply complete: 4 added, 0 changed, 0 deleted.");
     assert_converged(file);

@@ -118,6 +118,7 @@ struct plan_state {
     int apply;        /* apply opens (makes) the service store; plan only reads one */
     char store[1024]; /* the service store: --store, KEYCUSTODY_STORE or the layout's */
     kc_store *st;
+    const char *file;        /* the operand: a layout file or a saved plan */
     const char *out;         /* plan --out PLAN */
     unsigned char *layout;   /* the layout's bytes, as planned */
     size_t layout_len;
@@ -282,6 +283,14 @@ kc_rc kc_cli_use_layout(kc_cli *cli, const kc_layout *l, char (*buf)[400], char 
     return kc_cli_audit_prepare(cli);
 }
 
+/* A string field of a plan's action ("?" when a saved plan lacks it). */
+static const char *action_text(json_t *a, const char *field)
+{
+    const char *s = json_string_value(json_object_get(a, field));
+
+    return s ? s : "?";
+}
+
 static void print_actions(kc_cli *cli, json_t *actions)
 {
     json_t *a;
@@ -289,10 +298,8 @@ static void print_actions(kc_cli *cli, json_t *actions)
 
     json_array_foreach(actions, i, a)
     {
-        fprintf(cli->out, "  %s %s\n      (%s)\n",
-                json_string_value(json_object_get(a, "change")),
-                json_string_value(json_object_get(a, "what")),
-                json_string_value(json_object_get(a, "why")));
+        fprintf(cli->out, "  %s %s\n      (%s)\n", action_text(a, "change"),
+                action_text(a, "what"), action_text(a, "why"));
     }
 }
 
@@ -389,7 +396,7 @@ static int make_plan(kc_cli *cli, int argc, char **argv, struct plan_state *s, k
                                           : "give exactly one layout file");
     if (s->force && s->out == NULL)
         return kc_cli_usage(cli, "--force replaces the file --out names: give --out PLAN");
-    file = argv[first];
+    file = s->file = argv[first];
     kc_error_clear(&err);
     if (kc_planfile_read(file, &s->layout, &s->layout_len, &is_plan, &err) != KC_OK)
         return kc_cli_fail(cli, &err);
@@ -493,7 +500,7 @@ static int cmd_plan(kc_cli *cli, int argc, char **argv)
     memset(&s, 0, sizeof(s));
     rc = make_plan(cli, argc, argv, &s, &l, &p, buf, sobuf);
     if (rc == 0 && s.saved != NULL) {
-        print_saved(cli, argv[argc - 1], s.saved);
+        print_saved(cli, s.file, s.saved);
         rc = s.detailed && json_array_size(json_object_get(s.saved->plan, "actions")) > 0
                  ? KC_CHANGES
                  : KC_OK;
@@ -592,7 +599,7 @@ static int cmd_apply(kc_cli *cli, int argc, char **argv)
         fprintf(cli->out,
                 "Saved plan '%s' (made %s): the vaults%s are as it saw them; its actions are "
                 "carried out without asking.\n",
-                argv[argc - 1], s.saved->created, p.store_read ? " and the service store" : "");
+                s.file, s.saved->created, p.store_read ? " and the service store" : "");
     }
     print_plan(cli, &p);
     if (p.n == 0) {

@@ -50,15 +50,15 @@ const char *kc_action_verb(kc_act_kind kind)
 const char *kc_action_operation(kc_act_kind kind)
 {
     static const char *const names[] = {
-        [KC_ACT_VAULT_INIT] = "vault-init",       [KC_ACT_VAULT_ADOPT] = "vault-adopt",
-        [KC_ACT_VAULT_META] = "vault-update",     [KC_ACT_KEY_CREATE] = "key-create",
-        [KC_ACT_KEY_RECOVER] = "key-recover",     [KC_ACT_KEY_ROTATE] = "key-rotate",
-        [KC_ACT_KEY_REPAIR] = "key-repair",       [KC_ACT_KEY_RECORD] = "key-record",
-        [KC_ACT_KEY_UPDATE] = "key-update",       [KC_ACT_KEY_DELETE] = "key-delete",
-        [KC_ACT_VAULT_TIDY] = "vault-tidy",       [KC_ACT_DEP_CREATE] = "dep-create",
-        [KC_ACT_DEP_UPDATE] = "dep-update",       [KC_ACT_DEP_ASSIGN] = "dep-assign",
-        [KC_ACT_BLOCKED] = "blocked",             [KC_ACT_ACCESS_ADD] = "access-add",
-        [KC_ACT_ACCESS_SET] = "access-set",       [KC_ACT_ACCESS_REMOVE] = "access-remove",
+        [KC_ACT_VAULT_INIT] = "vault-init",   [KC_ACT_VAULT_ADOPT] = "vault-adopt",
+        [KC_ACT_VAULT_META] = "vault-update", [KC_ACT_KEY_CREATE] = "key-create",
+        [KC_ACT_KEY_RECOVER] = "key-recover", [KC_ACT_KEY_ROTATE] = "key-rotate",
+        [KC_ACT_KEY_REPAIR] = "key-repair",   [KC_ACT_KEY_RECORD] = "key-record",
+        [KC_ACT_KEY_UPDATE] = "key-update",   [KC_ACT_KEY_DELETE] = "key-delete",
+        [KC_ACT_VAULT_TIDY] = "vault-tidy",   [KC_ACT_DEP_CREATE] = "dep-create",
+        [KC_ACT_DEP_UPDATE] = "dep-update",   [KC_ACT_DEP_ASSIGN] = "dep-assign",
+        [KC_ACT_BLOCKED] = "blocked",         [KC_ACT_ACCESS_ADD] = "access-add",
+        [KC_ACT_ACCESS_SET] = "access-set",   [KC_ACT_ACCESS_REMOVE] = "access-remove",
     };
 
     return (size_t)kind < sizeof(names) / sizeof(names[0]) && names[kind] ? names[kind] : "?";
@@ -133,9 +133,9 @@ static void change(kc_action *a, const char *attribute, json_t *before, json_t *
 {
     json_t *c;
 
-    if (a != NULL &&
-        (c = json_pack("{s:s, s:o, s:o}", "attribute", attribute, "before",
-                       before ? before : json_null(), "after", after ? after : json_null())) != NULL)
+    if (a != NULL && (c = json_pack("{s:s, s:o, s:o}", "attribute", attribute, "before",
+                                    before ? before : json_null(), "after",
+                                    after ? after : json_null())) != NULL)
         json_array_append_new(a->changes, c);
     else if (a == NULL) {
         json_decref(before);
@@ -198,8 +198,8 @@ static void tags_text(const kc_tag *t, size_t n, char *buf, size_t len)
 
     buf[0] = '\0';
     for (i = 0; i < n && off < len; i++)
-        off += (size_t)snprintf(buf + off, len - off, "%s%s=%s", i ? "," : "", t[i].name,
-                                t[i].value);
+        off +=
+            (size_t)snprintf(buf + off, len - off, "%s%s=%s", i ? "," : "", t[i].name, t[i].value);
     if (n == 0)
         snprintf(buf, len, "none");
 }
@@ -230,8 +230,8 @@ json_t *kc_action_json(const kc_action *a)
     return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:O, s:s?}", "address", a->address,
                      "type", a->type ? a->type : "vault", "action", kc_action_verb(a->kind),
                      "operation", kc_action_operation(a->kind), "change", sign, "what", a->what,
-                     "why", a->why, "changes", a->changes ? a->changes : json_null(),
-                     "blocked", a->kind == KC_ACT_BLOCKED ? a->why : NULL);
+                     "why", a->why, "changes", a->changes ? a->changes : json_null(), "blocked",
+                     a->kind == KC_ACT_BLOCKED ? a->why : NULL);
 }
 
 json_t *kc_plan_json(const kc_plan *p)
@@ -244,8 +244,8 @@ json_t *kc_plan_json(const kc_plan *p)
     for (i = 0; notes != NULL && i < p->nnotes; i++)
         json_array_append_new(notes, json_string(p->notes[i]));
     return json_pack("{s:o, s:I, s:I, s:I, s:I, s:o}", "actions", arr, "add", (json_int_t)p->add,
-                     "change", (json_int_t)p->change, "delete", (json_int_t)p->destroy,
-                     "blocked", (json_int_t)p->blocked, "notes", notes);
+                     "change", (json_int_t)p->change, "delete", (json_int_t)p->destroy, "blocked",
+                     (json_int_t)p->blocked, "notes", notes);
 }
 
 void kc_plan_release(kc_plan *p)
@@ -296,15 +296,14 @@ static void want_meta(const kc_layout *l, const kc_lvault *lv, kc_vault_meta *m)
 
 /* The vault metadata the layout changes, but the access policy (one action
  * per principal, plan_access): one action naming each attribute, or none. */
-static void plan_meta(kc_plan *p, size_t vi, const kc_vault_meta *have,
-                      const kc_vault_meta *want)
+static void plan_meta(kc_plan *p, size_t vi, const kc_vault_meta *have, const kc_vault_meta *want)
 {
     char buf[256];
     size_t off = 0;
     kc_action *a;
 
 #define CHANGE(...)                                                                                \
-    off += (size_t)snprintf(buf + off, sizeof(buf) > off ? sizeof(buf) - off : 0, "%s",           \
+    off += (size_t)snprintf(buf + off, sizeof(buf) > off ? sizeof(buf) - off : 0, "%s",            \
                             off ? "; " : ""),                                                      \
         off += (size_t)snprintf(buf + off, sizeof(buf) > off ? sizeof(buf) - off : 0, __VA_ARGS__)
     buf[0] = '\0';
@@ -364,8 +363,7 @@ static void access_act(kc_plan *p, kc_act_kind kind, size_t vi, const char *vaul
 
 /* One action per principal whose permissions differ, in the layout's
  * order, then those the layout no longer names. */
-static void plan_access(kc_plan *p, size_t vi, const kc_vault_meta *have,
-                        const kc_vault_meta *want)
+static void plan_access(kc_plan *p, size_t vi, const kc_vault_meta *have, const kc_vault_meta *want)
 {
     const kc_access_entry *h;
     size_t i;
@@ -456,14 +454,14 @@ static void plan_key(kc_plan *p, const kc_lvault *lv, size_t vi, size_t ki, cons
                 "repair key %s/%s: remove the half-made version %s", lv->name, lk->name,
                 live->versions[live->nversions].version);
         at(a, "key", "vault.%s.key.%s", lv->name, lk->name);
-        change(a, "half_made_version", json_string(live->versions[live->nversions].version),
-               NULL);
+        change(a, "half_made_version", json_string(live->versions[live->nversions].version), NULL);
         return; /* the next plan compares it */
     }
     for (i = 0; i < live->nversions && live->versions[i].recorded; i++)
         ;
     if (i < live->nversions) {
-        a = act(p, KC_ACT_KEY_RECORD, vi, ki, "a create or rotate was interrupted before its record",
+        a = act(p, KC_ACT_KEY_RECORD, vi, ki,
+                "a create or rotate was interrupted before its record",
                 "record key %s/%s in the key state", lv->name, lk->name);
         at(a, "key", "vault.%s.key.%s", lv->name, lk->name);
         change(a, "recorded", json_false(), json_true());
@@ -484,8 +482,7 @@ static void plan_key(kc_plan *p, const kc_lvault *lv, size_t vi, size_t ki, cons
     }
     if (cur->expires[0] && lk->expires[0] == '\0') {
         a = act(p, KC_ACT_BLOCKED, vi, ki, "an expiry once set can be moved, never removed",
-                "key %s/%s expires on %s; the layout says never", lv->name, lk->name,
-                cur->expires);
+                "key %s/%s expires on %s; the layout says never", lv->name, lk->name, cur->expires);
         at(a, "key", "vault.%s.key.%s", lv->name, lk->name);
         change(a, "expires", json_string(cur->expires), NULL);
         return;
@@ -543,9 +540,9 @@ static void plan_keys(kc_plan *p, const kc_layout *l, const kc_lvault *lv, size_
         if (j < lv->nkeys || service_owned(l, lv, keys[i].name))
             continue;
         if (allow_delete) {
-            kc_action *a = act(p, KC_ACT_KEY_DELETE, vi, 0,
-                               "not in the layout (--allow-delete: soft delete)",
-                               "delete key %s/%s", v->meta.name, keys[i].name);
+            kc_action *a =
+                act(p, KC_ACT_KEY_DELETE, vi, 0, "not in the layout (--allow-delete: soft delete)",
+                    "delete key %s/%s", v->meta.name, keys[i].name);
 
             at(a, "key", "vault.%s.key.%s", lv->name, keys[i].name);
             change(a, "deleted", json_false(), json_true());
@@ -578,12 +575,12 @@ static void plan_new_vault(kc_plan *p, const kc_layout *l, size_t vi, int adopt)
     size_t i;
 
     want_meta(l, lv, &want);
-    a = act(p, adopt ? KC_ACT_VAULT_ADOPT : KC_ACT_VAULT_INIT, vi, 0,
-            adopt ? "the token is initialised but not a keycustody vault" : "no token has this label",
-            "%s vault %s (subscription %s, %s, %s, soft delete %u days, purge protection %s)",
-            adopt ? "adopt the token as" : "initialise a free token as", lv->name,
-            lv->subscription, lv->region, kc_sku_name(lv->sku), lv->retention_days,
-            lv->purge_protection ? "on" : "off");
+    a = act(
+        p, adopt ? KC_ACT_VAULT_ADOPT : KC_ACT_VAULT_INIT, vi, 0,
+        adopt ? "the token is initialised but not a keycustody vault" : "no token has this label",
+        "%s vault %s (subscription %s, %s, %s, soft delete %u days, purge protection %s)",
+        adopt ? "adopt the token as" : "initialise a free token as", lv->name, lv->subscription,
+        lv->region, kc_sku_name(lv->sku), lv->retention_days, lv->purge_protection ? "on" : "off");
     at(a, "vault", "vault.%s", lv->name);
     change(a, "subscription", NULL, json_string(want.subscription));
     change(a, "region", NULL, json_string(want.region));
@@ -651,11 +648,11 @@ static json_t *key_json(const kc_key *k)
                             v->created, "created_at", v->created_at, "expires", v->expires,
                             "has_pub", v->has_pub, "has_priv", v->has_priv));
     }
-    o = json_pack("{s:s, s:o, s:I, s:I, s:I, s:b, s:b, s:s, s:s, s:o}", "name", k->name,
-                  "versions", vers, "nversions", (json_int_t)k->nversions, "half",
-                  (json_int_t)k->nhalf, "current", (json_int_t)k->current, "has_state",
-                  k->has_state, "deleted", k->deleted, "deleted_at", k->deleted_at,
-                  "purge_after", k->purge_after, "tags", tags_json(k->tags, k->ntags));
+    o = json_pack("{s:s, s:o, s:I, s:I, s:I, s:b, s:b, s:s, s:s, s:o}", "name", k->name, "versions",
+                  vers, "nversions", (json_int_t)k->nversions, "half", (json_int_t)k->nhalf,
+                  "current", (json_int_t)k->current, "has_state", k->has_state, "deleted",
+                  k->deleted, "deleted_at", k->deleted_at, "purge_after", k->purge_after, "tags",
+                  tags_json(k->tags, k->ntags));
     return o;
 }
 
@@ -693,9 +690,9 @@ static json_t *vault_json(const kc_vault *v, const kc_key *keys, size_t nkeys, c
 
     if (kc_vault_meta_encode(&v->meta, &meta, &err) != KC_OK)
         return NULL;
-    o = json_pack("{s:o, s:s, s:s, s:s, s:o, s:o, s:I}", "token", token_json(v->tok),
-                  "meta", meta, "manifest", v->manifest_digest, "fingerprint", v->fingerprint,
-                  "keys", keys_json(keys, nkeys), "deleted", keys_json(del, ndel), "stale",
+    o = json_pack("{s:o, s:s, s:s, s:s, s:o, s:o, s:I}", "token", token_json(v->tok), "meta", meta,
+                  "manifest", v->manifest_digest, "fingerprint", v->fingerprint, "keys",
+                  keys_json(keys, nkeys), "deleted", keys_json(del, ndel), "stale",
                   (json_int_t)stale);
     free(meta);
     return o;
@@ -1072,8 +1069,8 @@ static kc_rc apply_key_update(kc_vault *v, const kc_lkey *lk, kc_error *err)
 
 /* One principal's entry in the vault's access policy, as the layout has it
  * (or gone): the rest of the policy stays as the token has it. */
-static kc_rc apply_access(const kc_layout *l, const kc_lvault *lv, kc_vault *v,
-                          const kc_action *a, kc_error *err)
+static kc_rc apply_access(const kc_layout *l, const kc_lvault *lv, kc_vault *v, const kc_action *a,
+                          kc_error *err)
 {
     const kc_access_entry *w;
     kc_vault_meta want;
@@ -1085,8 +1082,7 @@ static kc_rc apply_access(const kc_layout *l, const kc_lvault *lv, kc_vault *v,
     r = kc_vault_login(v, err);
     if (r != KC_OK)
         return r;
-    for (i = 0; i < v->meta.naccess && strcmp(v->meta.access[i].principal, a->principal) != 0;
-         i++)
+    for (i = 0; i < v->meta.naccess && strcmp(v->meta.access[i].principal, a->principal) != 0; i++)
         ;
     if (w == NULL && i < v->meta.naccess) {
         memmove(&v->meta.access[i], &v->meta.access[i + 1],
@@ -1377,14 +1373,12 @@ kc_rc kc_plan_deps(const kc_layout *l, kc_store *st, kc_plan *p, kc_error *err)
 
             a = act(p, KC_ACT_DEP_UPDATE, 0, 0, "the layout changes it",
                     "update DEP %s: %s%.100s%s%.100s%s%s%s", d.name, desc ? "description '" : "",
-                    desc ? d.description : "", desc ? "' -> '" : "",
-                    desc ? ld->description : "", desc ? "'" : "",
-                    desc && d.enabled != ld->enabled ? ", " : "",
+                    desc ? d.description : "", desc ? "' -> '" : "", desc ? ld->description : "",
+                    desc ? "'" : "", desc && d.enabled != ld->enabled ? ", " : "",
                     d.enabled != ld->enabled ? (ld->enabled ? "enable" : "disable") : "");
             at(a, "dep", "dep.%s", ld->name);
             if (desc)
-                change(a, "description", json_string(d.description),
-                       json_string(ld->description));
+                change(a, "description", json_string(d.description), json_string(ld->description));
             if (d.enabled != ld->enabled)
                 change(a, "enabled", json_boolean(d.enabled), json_boolean(ld->enabled));
         }

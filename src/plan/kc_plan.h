@@ -9,21 +9,21 @@
 #include "kc_layout.h"
 
 typedef enum kc_act_kind {
-    KC_ACT_VAULT_INIT,  /* + initialise a free token as the vault */
-    KC_ACT_VAULT_ADOPT, /* + adopt an initialised token */
-    KC_ACT_VAULT_META,  /* ~ SKU, retention, purge protection, registration, access */
-    KC_ACT_KEY_CREATE,  /* + */
-    KC_ACT_KEY_RECOVER, /* ~ a soft-deleted key the layout wants */
-    KC_ACT_KEY_ROTATE,  /* ~ size or protection: a new version */
-    KC_ACT_KEY_REPAIR,  /* ~ remove a half-made version (a create killed mid-way), recreate */
-    KC_ACT_KEY_RECORD,  /* ~ record versions an interrupted create left unrecorded */
-    KC_ACT_KEY_UPDATE,  /* ~ ops, expiry, tags */
-    KC_ACT_KEY_DELETE,  /* - soft delete (--allow-delete only) */
-    KC_ACT_VAULT_TIDY,  /* ~ remove older generations an interrupted write left */
-    KC_ACT_DEP_CREATE,  /* + a DEP, through kc_dep_create (after the keys it needs) */
-    KC_ACT_DEP_UPDATE,  /* ~ description, enabled */
-    KC_ACT_DEP_ASSIGN,  /* ~ a scope's DEP */
-    KC_ACT_BLOCKED,     /* ! a difference no action can make */
+    KC_ACT_VAULT_INIT,    /* + initialise a free token as the vault */
+    KC_ACT_VAULT_ADOPT,   /* + adopt an initialised token */
+    KC_ACT_VAULT_META,    /* ~ SKU, retention, purge protection, registration */
+    KC_ACT_KEY_CREATE,    /* + */
+    KC_ACT_KEY_RECOVER,   /* ~ a soft-deleted key the layout wants */
+    KC_ACT_KEY_ROTATE,    /* ~ size or protection: a new version */
+    KC_ACT_KEY_REPAIR,    /* ~ remove a half-made version (a create killed mid-way), recreate */
+    KC_ACT_KEY_RECORD,    /* ~ record versions an interrupted create left unrecorded */
+    KC_ACT_KEY_UPDATE,    /* ~ ops, expiry, tags */
+    KC_ACT_KEY_DELETE,    /* - soft delete (--allow-delete only) */
+    KC_ACT_VAULT_TIDY,    /* ~ remove older generations an interrupted write left */
+    KC_ACT_DEP_CREATE,    /* + a DEP, through kc_dep_create (after the keys it needs) */
+    KC_ACT_DEP_UPDATE,    /* ~ description, enabled */
+    KC_ACT_DEP_ASSIGN,    /* ~ a scope's DEP */
+    KC_ACT_BLOCKED,       /* ! a difference no action can make */
     KC_ACT_ACCESS_ADD,    /* + a principal the vault's access policy lacks */
     KC_ACT_ACCESS_SET,    /* ~ a principal's permissions */
     KC_ACT_ACCESS_REMOVE, /* - a principal the layout no longer names */

@@ -32,8 +32,7 @@ int kc_planfile_is(const unsigned char *buf, size_t len)
         i++;
     if (i == len || buf[i] != '{')
         return 0;
-    for (i++; i < len && (buf[i] == ' ' || buf[i] == '\t' || buf[i] == '\n' || buf[i] == '\r');
-         i++)
+    for (i++; i < len && (buf[i] == ' ' || buf[i] == '\t' || buf[i] == '\n' || buf[i] == '\r'); i++)
         ;
     return len - i >= sizeof(marker) - 1 && memcmp(buf + i, marker, sizeof(marker) - 1) == 0;
 }
@@ -106,8 +105,8 @@ kc_rc kc_planfile_encode(const kc_plan *p, const char *layout_path, const unsign
     /* the marker first: kc_planfile_is tells a plan by it */
     doc = json_pack("{s:s, s:i, s:s, s:{s:s, s:s, s:o}, s:b, s:{s:o, s:o}, s:o}", "format",
                     KC_PLANFILE_FORMAT, "version", KC_PLANFILE_VERSION, "created", now, "layout",
-                    "path", layout_path, "sha256", sha, "text", text, "allow_delete",
-                    allow_delete, "observed", "vaults", vaults, "store",
+                    "path", layout_path, "sha256", sha, "text", text, "allow_delete", allow_delete,
+                    "observed", "vaults", vaults, "store",
                     p->store_read && store != NULL
                         ? json_pack("{s:s, s:s}", "path", store, "digest", p->store_digest)
                         : json_null(),
@@ -186,7 +185,8 @@ kc_rc kc_planfile_decode(const char *path, const unsigned char *buf, size_t len,
                        "observed", "vaults", &vaults, "store", &store, "plan", &plan) != 0 ||
         !json_is_array(vaults) || !json_is_object(plan) ||
         !json_is_array(json_object_get(plan, "actions")) || !is_digest(lsha)) {
-        snprintf(why, sizeof(why), "it is not a complete plan (%s)", je.text[0] ? je.text : "a field has the wrong type");
+        snprintf(why, sizeof(why), "it is not a complete plan (%s)",
+                 je.text[0] ? je.text : "a field has the wrong type");
         r = damaged(err, path, why);
         goto done;
     }
@@ -294,7 +294,7 @@ kc_rc kc_planfile_compare(const kc_planfile *f, const kc_plan *now, const char *
     saved_acts = json_object_get(f->plan, "actions");
     now_acts = json_object_get(mine, "actions");
     n = json_array_size(saved_acts) > json_array_size(now_acts) ? json_array_size(saved_acts)
-                                                                 : json_array_size(now_acts);
+                                                                : json_array_size(now_acts);
     for (i = 0; i < n; i++) {
         json_t *a = json_array_get(saved_acts, i), *b = json_array_get(now_acts, i);
 
@@ -307,8 +307,8 @@ kc_rc kc_planfile_compare(const kc_planfile *f, const kc_plan *now, const char *
         else if (b == NULL)
             say(changed, sizeof(changed), "the plan made now no longer has '%s'", what_of(a));
         else
-            say(changed, sizeof(changed), "the saved plan has '%s' where the plan made now has '%s'",
-                what_of(a), what_of(b));
+            say(changed, sizeof(changed),
+                "the saved plan has '%s' where the plan made now has '%s'", what_of(a), what_of(b));
     }
     json_decref(mine);
     if (changed[0] == '\0')

@@ -47,9 +47,8 @@ KC_EXPORT kc_rc kc_planfile_read(const char *path, unsigned char **buf, size_t *
  * with --allow-delete or not, against store (NULL when the DEP part read
  * none). *out is the file's text (caller frees). */
 KC_EXPORT kc_rc kc_planfile_encode(const kc_plan *p, const char *layout_path,
-                                   const unsigned char *layout, size_t layout_len,
-                                   int allow_delete, const char *store, char **out,
-                                   kc_error *err) KC_MUST_CHECK;
+                                   const unsigned char *layout, size_t layout_len, int allow_delete,
+                                   const char *store, char **out, kc_error *err) KC_MUST_CHECK;
 
 /* Parses a saved plan read from path. A damaged or truncated file, another
  * format version, or an embedded layout that does not match its SHA-256:
