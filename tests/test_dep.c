@@ -1139,7 +1139,7 @@ static void test_policy_apply_deps(void)
               "    description: board\n");
     r = kc_test_run("policy", "apply", file, "--yes", NULL);
     ASSERT_RC(r, 0);
-    ASSERT_HAS(r->out, "~ update DEP Mbx1: description ... done");
+    ASSERT_HAS(r->out, "~ update DEP Mbx1: description 'executives' -> 'board' ... done");
     file = kc_test_layout_with_service("");
     kc_test_edit(file, "keys: [VaultA1/KeyA, VaultB1/KeyB]", "keys: [VaultB1/KeyB, VaultA1/KeyA]");
     r = kc_test_run("policy", "plan", file, NULL);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -455,6 +456,386 @@ static void test_vault_validate(void)
     ASSERT_HAS(r->err, "3 rules broken on the tokens (2 warnings)");
     r = kc_test_run("vault", "validate", NULL);
     ASSERT_RC(r, 2);
+}
+
+/* --- the plan as data, and saved plans --- */
+
+/* The action at address in a plan's --json output (NULL when none). */
+static json_t *action_at(json_t *plan, const char *address)
+{
+    json_t *a;
+    size_t i;
+
+    json_array_foreach(json_object_get(plan, "actions"), i, a)
+    {
+        if (strcmp(json_string_value(json_object_get(a, "address")), address) == 0)
+            return a;
+    }
+    fprintf(stderr, "\n  no action at %s in %s\n", address,
+            json_dumps(plan, JSON_INDENT(2)));
+    return NULL;
+}
+
+/* The change of attribute in action, as compact JSON text
+ * ({"attribute":..,"before":..,"after":..}), in a static buffer. */
+static const char *change_of(json_t *action, const char *attribute)
+{
+    static char text[1024];
+    json_t *c;
+    char *s;
+    size_t i;
+
+    snprintf(text, sizeof(text), "(no change of %s)", attribute);
+    json_array_foreach(json_object_get(action, "changes"), i, c)
+    {
+        if (strcmp(json_string_value(json_object_get(c, "attribute")), attribute) != 0)
+            continue;
+        s = json_dumps(c, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        snprintf(text, sizeof(text), "%s", s);
+        free(s);
+    }
+    return text;
+}
+
+static const char *field(json_t *action, const char *name)
+{
+    const char *s = json_string_value(json_object_get(action, name));
+
+    return s ? s : "(null)";
+}
+
+/* A create, an update of ops and expiry, an access change and a blocked
+ * change, each as data with its address and the before and after of each
+ * attribute, and in the text plan. */
+static void test_plan_json_entries(void)
+{
+    const char *file = kc_test_layout(NULL, NULL);
+    const kc_test_out *r;
+    json_t *j, *a;
+
+    ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
+    file = kc_test_layout("      - name: KeyA\n        size: 2048\n",
+                          "      - name: KeyA\n        size: 2048\n"
+                          "        ops: [wrapKey, unwrapKey, encrypt]\n"
+                          "        expires: 9999-12-31\n"
+                          "      - name: KeyC\n        size: 3072\n"
+                          "        expires: 9999-12-31\n        tags: {team: red}\n");
+    kc_test_edit(file, "permissions: [get, list, update, delete, recover, purge, rotate]",
+                 "permissions: [get, list, update, recover, purge, rotate, backup]");
+    kc_test_edit(file, "    region: eastus2\n", "    region: northeurope\n");
+    j = plan_json(file);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "add")), 1);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "change")), 2);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "blocked")), 1);
+    /* a create: every attribute from null */
+    a = action_at(j, "vault.VaultA1.key.KeyC");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    CU_ASSERT_STRING_EQUAL(field(a, "type"), "key");
+    CU_ASSERT_STRING_EQUAL(field(a, "action"), "create");
+    CU_ASSERT_STRING_EQUAL(field(a, "change"), "+");
+    CU_ASSERT_PTR_NULL(json_string_value(json_object_get(a, "blocked")));
+    CU_ASSERT_STRING_EQUAL(change_of(a, "size"), "{\"attribute\":\"size\",\"before\":null,"
+                                                 "\"after\":3072}");
+    CU_ASSERT_STRING_EQUAL(change_of(a, "expires"), "{\"attribute\":\"expires\",\"before\":null,"
+                                                    "\"after\":\"9999-12-31\"}");
+    CU_ASSERT_STRING_EQUAL(change_of(a, "tags"), "{\"attribute\":\"tags\",\"before\":null,"
+                                                 "\"after\":{\"team\":\"red\"}}");
+    CU_ASSERT_STRING_EQUAL(change_of(a, "ops"), "{\"attribute\":\"ops\",\"before\":null,"
+                                                "\"after\":[\"wrapKey\",\"unwrapKey\"]}");
+    /* an update: ops and expiry, before and after */
+    a = action_at(j, "vault.VaultA1.key.KeyA");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    CU_ASSERT_STRING_EQUAL(field(a, "action"), "update");
+    CU_ASSERT_STRING_EQUAL(field(a, "operation"), "key-update");
+    CU_ASSERT_STRING_EQUAL(change_of(a, "ops"),
+                           "{\"attribute\":\"ops\",\"before\":[\"wrapKey\",\"unwrapKey\"],"
+                           "\"after\":[\"encrypt\",\"wrapKey\",\"unwrapKey\"]}");
+    CU_ASSERT_STRING_EQUAL(change_of(a, "expires"), "{\"attribute\":\"expires\",\"before\":null,"
+                                                    "\"after\":\"9999-12-31\"}");
+    CU_ASSERT_EQUAL(json_array_size(json_object_get(a, "changes")), 2);
+    /* an access entry: what the principal gains and loses */
+    a = action_at(j, "vault.VaultA1.access.officer");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    CU_ASSERT_STRING_EQUAL(field(a, "type"), "access");
+    CU_ASSERT_STRING_EQUAL(field(a, "action"), "update");
+    CU_ASSERT_STRING_EQUAL(change_of(a, "permissions"),
+                           "{\"attribute\":\"permissions\",\"before\":[\"get\",\"list\","
+                           "\"update\",\"delete\",\"recover\",\"purge\",\"rotate\"],\"after\":"
+                           "[\"get\",\"list\",\"update\",\"recover\",\"backup\",\"purge\","
+                           "\"rotate\"]}");
+    /* blocked: why, and what the layout asks */
+    a = action_at(j, "vault.VaultB1");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    CU_ASSERT_STRING_EQUAL(field(a, "blocked"),
+                           "a vault cannot move between subscriptions or regions");
+    CU_ASSERT_STRING_EQUAL(field(a, "change"), "!");
+    CU_ASSERT_STRING_EQUAL(change_of(a, "region"), "{\"attribute\":\"region\",\"before\":"
+                                                   "\"eastus2\",\"after\":\"northeurope\"}");
+    /* VaultB1's officer is unchanged: no action at its address */
+    CU_ASSERT_EQUAL(json_array_size(json_object_get(j, "actions")), 4);
+    json_decref(j);
+    /* the same in the text plan */
+    r = kc_test_run("policy", "plan", file, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "  ~ access VaultA1/officer: + backup, - delete\n");
+    ASSERT_HAS(r->out, "  + create key VaultA1/KeyC (RSA-3072, hsm, wrapKey,unwrapKey, expires "
+                       "9999-12-31)\n");
+    ASSERT_HAS(r->out, "  ~ update key VaultA1/KeyA: ops wrapKey,unwrapKey -> "
+                       "encrypt,wrapKey,unwrapKey; expiry never -> 9999-12-31\n");
+    /* applied (without the blocked region), the access entry is as asked
+     * and the other principal's is untouched */
+    kc_test_edit(file, "    region: northeurope\n", "    region: eastus2\n");
+    ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
+    CU_ASSERT_EQUAL(actions(file), 0);
+    r = kc_test_run("access", "show", "VaultA1", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "backup");
+    ASSERT_HAS(r->out, "svc");
+    /* a principal the layout drops: its permissions go to null */
+    kc_test_edit(file,
+                 "      - principal: officer\n"
+                 "        permissions: [get, list, update, recover, purge, rotate, backup]\n"
+                 "    keys:\n      - name: KeyA\n",
+                 "    keys:\n      - name: KeyA\n");
+    j = plan_json(file);
+    a = action_at(j, "vault.VaultA1.access.officer");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    CU_ASSERT_STRING_EQUAL(field(a, "action"), "delete");
+    CU_ASSERT_STRING_EQUAL(change_of(a, "permissions"),
+                           "{\"attribute\":\"permissions\",\"before\":[\"get\",\"list\","
+                           "\"update\",\"recover\",\"backup\",\"purge\",\"rotate\"],\"after\":"
+                           "null}");
+    json_decref(j);
+}
+
+/* Whether file holds text. */
+static int file_has(const char *file, const char *text)
+{
+    size_t len = 0;
+    unsigned char *buf = kc_test_read(file, &len);
+    int has = buf != NULL && strstr((const char *)buf, text) != NULL;
+
+    free(buf);
+    return has;
+}
+
+static void test_saved_plan_applies(void)
+{
+    const char *file = kc_test_layout(NULL, NULL), *plan = kc_test_path2("a.plan");
+    const kc_test_out *r;
+    struct stat st;
+    json_t *j;
+
+    r = kc_test_run("policy", "plan", file, "--out", plan, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "Saved the plan to '");
+    CU_ASSERT_EQUAL_FATAL(stat(plan, &st), 0);
+    CU_ASSERT_EQUAL(st.st_mode & 0777, 0600);
+    /* what it holds: the marker, the layout, the actions; no PIN */
+    j = kc_test_json((const char *)kc_test_read(plan, &(size_t){0}));
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "format")), "keycustody-plan");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "version")), 1);
+    CU_ASSERT_EQUAL(json_array_size(json_object_get(json_object_get(j, "observed"), "vaults")), 2);
+    CU_ASSERT_EQUAL(
+        json_array_size(json_object_get(json_object_get(j, "plan"), "actions")), 4);
+    json_decref(j);
+    CU_ASSERT_TRUE(file_has(plan, "pin: env:TEST_PIN"));
+    CU_ASSERT_FALSE(file_has(plan, getenv("TEST_PIN")));
+    CU_ASSERT_FALSE(file_has(plan, getenv("TEST_SO_PIN")));
+    /* not over an existing file, unless --force */
+    r = kc_test_run("policy", "plan", file, "--out", plan, NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "already exists; not overwriting it");
+    ASSERT_RC(kc_test_run("policy", "plan", file, "--out", plan, "--force", NULL), 0);
+    /* the second custodian reads it without any token */
+    r = kc_test_run("policy", "plan", plan, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "  + create key VaultB1/KeyB (RSA-2048, hsm, wrapKey,unwrapKey)");
+    ASSERT_HAS(r->out, "Plan: 4 to add, 0 to change, 0 to delete, 0 blocked.");
+    /* and applies it without being asked (no terminal, no --yes) */
+    r = kc_test_run("policy", "apply", plan, "--wait", "1", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "a.plan' (made ");
+    ASSERT_HAS(r->out, "are as it saw them; its actions are carried out without asking");
+    ASSERT_HAS(r->out, "Apply complete: 4 added, 0 changed, 0 deleted.");
+    assert_converged(file);
+    /* once applied it is stale */
+    r = kc_test_run("policy", "apply", plan, NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "vault VaultA1 changed; vault VaultB1 changed");
+    /* a layout given to apply works as before */
+    ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
+}
+
+/* The layout file edited after planning: apply carries out what was
+ * planned, from the layout the plan holds. */
+static void test_saved_plan_keeps_its_layout(void)
+{
+    const char *file = kc_test_layout(NULL, NULL), *plan = kc_test_path2("a.plan");
+    const kc_test_out *r;
+
+    ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
+    kc_test_edit(file, "      - name: KeyB\n        size: 2048\n",
+                 "      - name: KeyB\n        size: 2048\n      - name: KeyC\n        size: 2048\n");
+    ASSERT_RC(kc_test_run("policy", "plan", file, "--out", plan, NULL), 0);
+    kc_test_edit(file, "      - name: KeyC\n", "      - name: KeyD\n");
+    r = kc_test_run("policy", "apply", plan, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "+ create key VaultB1/KeyC (RSA-2048, hsm, wrapKey,unwrapKey) ... done");
+    r = kc_test_run("key", "list", "VaultB1", "--pin-source", "env:TEST_PIN", "--as", "officer",
+                    NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "KeyC");
+    CU_ASSERT_PTR_NULL(strstr(r->out, "KeyD"));
+    /* --allow-delete belongs to the plan */
+    ASSERT_RC(kc_test_run("policy", "plan", file, "--out", plan, "--force", NULL), 0);
+    r = kc_test_run("policy", "apply", plan, "--allow-delete", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "is a saved plan, made without --allow-delete");
+}
+
+/* A refused saved plan: exit 5, err names what changed, the tokens are as
+ * they were (n objects on each of the two vaults). */
+static void assert_stale(const char *plan, const char *what, int a1, int b1)
+{
+    const kc_test_out *r = kc_test_run("policy", "apply", plan, NULL);
+
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "the saved plan (made ");
+    ASSERT_HAS(r->err, what);
+    ASSERT_HAS(r->err, "nothing was applied");
+    ASSERT_HAS(r->err, "hint: make a new plan");
+    CU_ASSERT_PTR_NULL(strstr(r->out, "... done"));
+    CU_ASSERT_EQUAL(kc_test_objects("VaultA1"), a1);
+    CU_ASSERT_EQUAL(kc_test_objects("VaultB1"), b1);
+}
+
+/* A key created or updated directly on one vault after the plan. */
+static void test_saved_plan_stale_key(void)
+{
+    const char *file = kc_test_layout(NULL, NULL), *plan = kc_test_path2("a.plan");
+
+    /* VaultA1's officer may create keys */
+    kc_test_edit(file, "permissions: [get, list, update, delete, recover, purge, rotate]",
+                 "permissions: [get, list, create, update, delete, recover, purge, rotate]");
+    ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
+    kc_test_edit(file, "      - name: KeyB\n        size: 2048\n",
+                 "      - name: KeyB\n        size: 2048\n      - name: KeyC\n        size: 2048\n");
+    ASSERT_RC(kc_test_run("policy", "plan", file, "--out", plan, NULL), 0);
+    /* a key made by hand on VaultA1: the plan (about VaultB1) did not see it */
+    ASSERT_RC(kc_test_run("key", "create", "VaultA1/Manual", "--size", "2048", "--pin-source",
+                          "env:TEST_PIN", "--as", "officer", NULL),
+              0);
+    assert_stale(plan, "vault VaultA1 changed;", 6, 4);
+    ASSERT_RC(kc_test_run("policy", "plan", file, "--out", plan, "--force", NULL), 0);
+    /* the key the plan is about, updated by hand */
+    ASSERT_RC(kc_test_run("key", "update", "VaultB1/KeyB", "--tag", "owner=bob", "--pin-source",
+                          "env:TEST_PIN", "--as", "officer", NULL),
+              0);
+    assert_stale(plan, "vault VaultB1 changed;", 6, 4);
+    /* planned again, it applies */
+    ASSERT_RC(kc_test_run("policy", "plan", file, "--out", plan, "--force", NULL), 0);
+    ASSERT_RC(kc_test_run("policy", "apply", plan, NULL), 0);
+    CU_ASSERT_EQUAL(kc_test_objects("VaultB1"), 6);
+}
+
+/* Another apply between the plan and its apply: the saved actions are
+ * what the other one did, and the plan made now differs. */
+static void test_saved_plan_stale_after_another_apply(void)
+{
+    const char *file = kc_test_layout(NULL, NULL), *plan = kc_test_path2("a.plan");
+
+    ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
+    kc_test_edit(file, "      - name: KeyB\n        size: 2048\n",
+                 "      - name: KeyB\n        size: 3072\n");
+    ASSERT_RC(kc_test_run("policy", "plan", file, "--out", plan, NULL), 0);
+    ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
+    assert_stale(plan,
+                 "vault VaultB1 changed; the plan made now no longer has 'rotate key "
+                 "VaultB1/KeyB: RSA-2048 hsm -> RSA-3072 hsm'; 1 of its 1 action differs now",
+                 4, 6);
+}
+
+/* A DEP made with 'dep create' after the plan: the store changed. */
+static void test_saved_plan_stale_store(void)
+{
+    const char *file = kc_test_layout_with_service(""), *plan = kc_test_path2("a.plan");
+    const kc_test_out *r;
+
+    ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
+    kc_test_edit(file, "deps:\n",
+                 "deps:\n  - name: Mbx1\n    workload: exchange\n"
+                 "    keys: [VaultA1/KeyA, VaultB1/KeyB]\n");
+    r = kc_test_run("policy", "plan", file, "--out", plan, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "  + create DEP Mbx1 (exchange, keys VaultA1/KeyA and VaultB1/KeyB)");
+    setenv("KEYCUSTODY_STORE", kc_test_path("service.db"), 1);
+    ASSERT_RC(kc_test_run("dep", "create", "Mbx1", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
+                          "--workload", "exchange", "--service-vault", "Service", "--pin-source",
+                          "Service=env:TEST_PIN", "--as", "svc", NULL),
+              0);
+    unsetenv("KEYCUSTODY_STORE");
+    r = kc_test_run("policy", "apply", plan, NULL);
+    ASSERT_RC(r, 5);
+    ASSERT_HAS(r->err, "the service store '");
+    ASSERT_HAS(r->err, "service.db' changed");
+    ASSERT_HAS(r->err, "nothing was applied");
+    CU_ASSERT_PTR_NULL(strstr(r->err, "vault VaultA1 changed"));
+    CU_ASSERT_PTR_NULL(strstr(r->out, "... done"));
+    /* planned again: nothing to do */
+    ASSERT_RC(kc_test_run("policy", "plan", file, "--out", plan, "--force", NULL), 0);
+    r = kc_test_run("policy", "apply", plan, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "No changes");
+}
+
+/* Damaged, other-version, altered and others-writable plan files. */
+static void test_saved_plan_refused(void)
+{
+    const char *file = kc_test_layout(NULL, NULL), *plan = kc_test_path2("a.plan"),
+               *bad = kc_test_path2("bad.plan");
+    const kc_test_out *r;
+    unsigned char *text;
+    char *edited, *at;
+    size_t len = 0;
+
+    ASSERT_RC(kc_test_run("policy", "plan", file, "--out", plan, NULL), 0);
+    text = kc_test_read(plan, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    /* truncated */
+    kc_test_write(bad, text, len / 2, 0600);
+    r = kc_test_run("policy", "apply", bad, NULL);
+    ASSERT_RC(r, 3);
+    ASSERT_HAS(r->err, "cannot be used: it is damaged or truncated");
+    ASSERT_HAS(r->err, "hint: make the plan again");
+    /* another version */
+    edited = strdup((const char *)text);
+    at = strstr(edited, "\"version\": 1");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(at);
+    at[strlen("\"version\": ")] = '7';
+    kc_test_write(bad, edited, strlen(edited), 0600);
+    r = kc_test_run("policy", "apply", bad, NULL);
+    ASSERT_RC(r, 3);
+    ASSERT_HAS(r->err, "it is format version 7; this keycustody reads version 1");
+    free(edited);
+    /* the layout it holds changed without its digest */
+    edited = strdup((const char *)text);
+    at = strstr(edited, "size: 2048");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(at);
+    at[strlen("size: ")] = '4';
+    kc_test_write(bad, edited, strlen(edited), 0600);
+    r = kc_test_run("policy", "apply", bad, NULL);
+    ASSERT_RC(r, 3);
+    ASSERT_HAS(r->err, "the layout it holds does not match its SHA-256");
+    free(edited);
+    /* writable by others */
+    kc_test_write(bad, text, len, 0620);
+    r = kc_test_run("policy", "apply", bad, NULL);
+    ASSERT_RC(r, 6);
+    ASSERT_HAS(r->err, "has mode 0620: others can write it, so it is not believed");
+    free(text);
+    /* nothing was done by any of them */
+    CU_ASSERT_EQUAL(actions(file), 4);
 }
 
 static const kc_test_case cases[] = {
@@ -924,8 +1305,23 @@ static const kc_test_case graph_cases[] = {
     {NULL, NULL},
 };
 
+static const kc_test_case saved_cases[] = {
+    {"plan --json: addresses, attributes before and after", test_plan_json_entries},
+    {"a saved plan applies", test_saved_plan_applies},
+    {"a saved plan keeps its layout", test_saved_plan_keeps_its_layout},
+    {"stale: a key made or updated by hand", test_saved_plan_stale_key},
+    {"stale: another apply", test_saved_plan_stale_after_another_apply},
+    {"stale: a DEP made in the store", test_saved_plan_stale_store},
+    {"damaged, other-version and others-writable plans", test_saved_plan_refused},
+    {NULL, NULL},
+};
+
 static const kc_test_suite suites[] = {
-    {"plan", 1, cases}, {"graph", 1, graph_cases}, {NULL, 0, NULL}};
+    {"plan", 1, cases},
+    {"saved", 1, saved_cases},
+    {"graph", 1, graph_cases},
+    {NULL, 0, NULL},
+};
 
 int main(int argc, char **argv)
 {

@@ -3,6 +3,7 @@
 #include "kc_p11.h"
 #include "kc_layout.h"
 #include "kc_plan.h"
+#include "kc_planfile.h"
 #include "kc_store.h"
 #include "kc_util.h"
 #include "kc_yaml.h"
@@ -13,6 +14,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+/* Parses and checks a layout's bytes, read from file. */
+static void layout_from(const char *file, const unsigned char *buf, size_t len, kc_layout **layout,
+                        kc_diags *d)
+{
+    kc_diags_init(d, file);
+    *layout = kc_layout_read(file, buf, len, d);
+    if (*layout != NULL)
+        kc_layout_validate(*layout, d);
+    kc_diags_sort(d);
+}
 
 /* Reads and checks FILE: structure, then the rules. *layout is NULL when
  * the structure is broken. */
@@ -27,11 +39,8 @@ kc_rc kc_cli_load_layout(kc_cli *cli, const char *file, kc_layout **layout, kc_d
     kc_error_clear(&err);
     if (kc_file_read(file, 2 * KC_YAML_MAX_BYTES, &buf, &len, &err) != KC_OK)
         return (kc_rc)kc_cli_fail(cli, &err);
-    *layout = kc_layout_read(file, buf, len, d);
+    layout_from(file, buf, len, layout, d);
     free(buf);
-    if (*layout != NULL)
-        kc_layout_validate(*layout, d);
-    kc_diags_sort(d);
     return KC_OK;
 }
 
@@ -101,15 +110,39 @@ static int cmd_check(kc_cli *cli, int argc, char **argv)
 
 /* --- plan and apply --- */
 
-enum { O_DETAILED = 256, O_YES, O_ALLOW_DELETE, O_WAIT };
+enum { O_DETAILED = 256, O_YES, O_ALLOW_DELETE, O_WAIT, O_OUT, O_FORCE };
 
 struct plan_state {
-    int detailed, yes, allow_delete;
+    int detailed, yes, allow_delete, force;
     unsigned wait;
     int apply;        /* apply opens (makes) the service store; plan only reads one */
     char store[1024]; /* the service store: --store, KEYCUSTODY_STORE or the layout's */
     kc_store *st;
+    const char *file;        /* the operand: a layout file or a saved plan */
+    const char *out;         /* plan --out PLAN */
+    unsigned char *layout;   /* the layout's bytes, as planned */
+    size_t layout_len;
+    char layout_path[512];   /* where they were read (absolute when a plan is saved) */
+    kc_planfile *saved;      /* apply PLAN: the saved plan */
 };
+
+/* path with its directory made absolute (the file itself need not exist
+ * yet: a store apply makes), so that plan and apply name it alike. */
+static void canonical(const char *path, char *out, size_t cap)
+{
+    char dir[4096], real[4096];
+    const char *slash = strrchr(path, '/');
+
+    snprintf(out, cap, "%s", path);
+    if (path[0] == '\0')
+        return;
+    snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash - path) : 1, slash ? path : ".");
+    if (slash == path)
+        snprintf(dir, sizeof(dir), "/");
+    if (realpath(dir, real) != NULL)
+        snprintf(out, cap, "%s%s%s", real, strcmp(real, "/") == 0 ? "" : "/",
+                 slash ? slash + 1 : path);
+}
 
 /* A path the layout gives, relative to the layout file's directory. */
 static void layout_relative(const kc_layout *l, const char *value, char *out, size_t cap)
@@ -177,6 +210,14 @@ static int plan_opt(kc_cli *cli, int opt, const char *arg, void *st)
     case O_ALLOW_DELETE:
         s->allow_delete = 1;
         break;
+    case O_OUT:
+        if (strcmp(arg, "-") == 0 || arg[0] == '\0')
+            return kc_cli_usage(cli, "--out: give the file to save the plan in");
+        s->out = arg;
+        break;
+    case O_FORCE:
+        s->force = 1;
+        break;
     case O_WAIT:
         w = strtol(arg, &end, 10);
         if (*arg == '\0' || *end != '\0' || w < 0 || w > 3600)
@@ -242,22 +283,33 @@ kc_rc kc_cli_use_layout(kc_cli *cli, const kc_layout *l, char (*buf)[400], char 
     return kc_cli_audit_prepare(cli);
 }
 
+/* A string field of a plan's action ("?" when a saved plan lacks it). */
+static const char *action_text(json_t *a, const char *field)
+{
+    const char *s = json_string_value(json_object_get(a, field));
+
+    return s ? s : "?";
+}
+
+static void print_actions(kc_cli *cli, json_t *actions)
+{
+    json_t *a;
+    size_t i;
+
+    json_array_foreach(actions, i, a)
+    {
+        fprintf(cli->out, "  %s %s\n      (%s)\n", action_text(a, "change"),
+                action_text(a, "what"), action_text(a, "why"));
+    }
+}
+
 static void print_plan(kc_cli *cli, const kc_plan *p)
 {
-    char sign[2] = {0, 0};
-    json_t *arr;
+    json_t *j;
     size_t i;
 
     if (cli->json) {
-        arr = json_array();
-        for (i = 0; i < p->n; i++) {
-            sign[0] = kc_action_sign(p->v[i].kind);
-            json_array_append_new(arr, json_pack("{s:s, s:s, s:s}", "change", sign, "action",
-                                                 p->v[i].what, "reason", p->v[i].why));
-        }
-        kc_cli_print_json(cli, json_pack("{s:o, s:i, s:i, s:i, s:i}", "actions", arr, "add",
-                                         (int)p->add, "change", (int)p->change, "delete",
-                                         (int)p->destroy, "blocked", (int)p->blocked));
+        kc_cli_print_json(cli, kc_plan_json(p));
         return;
     }
     for (i = 0; i < p->nnotes; i++)
@@ -267,20 +319,58 @@ static void print_plan(kc_cli *cli, const kc_plan *p)
         return;
     }
     fprintf(cli->out, "keycustody will:\n");
-    for (i = 0; i < p->n; i++)
-        fprintf(cli->out, "  %c %s\n      (%s)\n", kc_action_sign(p->v[i].kind), p->v[i].what,
-                p->v[i].why);
+    j = kc_plan_json(p);
+    print_actions(cli, json_object_get(j, "actions"));
+    json_decref(j);
     fprintf(cli->out, "Plan: %zu to add, %zu to change, %zu to delete, %zu blocked.\n", p->add,
             p->change, p->destroy, p->blocked);
 }
 
-/* Shared by plan and apply: read, check, observe, diff. */
+/* policy plan PLAN: what a saved plan will do, read from it alone. */
+static void print_saved(kc_cli *cli, const char *file, const kc_planfile *f)
+{
+    json_t *notes = json_object_get(f->plan, "notes"), *n;
+    json_int_t add = json_integer_value(json_object_get(f->plan, "add")),
+               change = json_integer_value(json_object_get(f->plan, "change")),
+               del = json_integer_value(json_object_get(f->plan, "delete")),
+               blocked = json_integer_value(json_object_get(f->plan, "blocked"));
+    size_t i;
+
+    if (cli->json) {
+        kc_cli_print_json(cli, json_pack("{s:s, s:{s:s, s:s}, s:s, s:b, s:O}", "saved_plan", file,
+                                         "layout", "path", f->layout_path, "sha256",
+                                         f->layout_sha256, "created", f->created, "allow_delete",
+                                         f->allow_delete, "plan", f->plan));
+        return;
+    }
+    fprintf(cli->out, "Saved plan '%s', made %s from layout '%s'\n  (SHA-256 %s)%s:\n", file,
+            f->created, f->layout_path, f->layout_sha256,
+            f->allow_delete ? " with --allow-delete" : "");
+    json_array_foreach(notes, i, n)
+    {
+        fprintf(cli->out, "note: %s\n", json_string_value(n));
+    }
+    if (json_array_size(json_object_get(f->plan, "actions")) == 0)
+        fprintf(cli->out, "No changes: the tokens matched the layout.\n");
+    print_actions(cli, json_object_get(f->plan, "actions"));
+    fprintf(cli->out,
+            "Plan: %lld to add, %lld to change, %lld to delete, %lld blocked.\n"
+            "'keycustody policy apply %s' carries out exactly these actions, without asking,\n"
+            "if the vaults and the service store are still as the plan saw them.\n",
+            (long long)add, (long long)change, (long long)del, (long long)blocked, file);
+}
+
+/* Shared by plan and apply: read, check, observe, diff. A saved plan given
+ * to apply: its layout is read and checked, nothing is observed yet (apply
+ * does it under the lock); given to plan: s->saved, and nothing else. */
 static int make_plan(kc_cli *cli, int argc, char **argv, struct plan_state *s, kc_layout **l,
                      kc_plan *p, char (*buf)[400], char (*sobuf)[400])
 {
     static const struct option plan_opts[] = {
         {"detailed-exitcode", no_argument, NULL, O_DETAILED},
         {"allow-delete", no_argument, NULL, O_ALLOW_DELETE},
+        {"out", required_argument, NULL, O_OUT},
+        {"force", no_argument, NULL, O_FORCE},
         {NULL, 0, NULL, 0},
     };
     static const struct option apply_opts[] = {
@@ -290,25 +380,67 @@ static int make_plan(kc_cli *cli, int argc, char **argv, struct plan_state *s, k
         {NULL, 0, NULL, 0},
     };
     const struct option *opts = s->apply ? apply_opts : plan_opts;
+    const char *file;
+    char real[4096];
     kc_ctx *ctx = NULL;
     kc_diags d;
     kc_error err;
-    int first, rc;
+    int first, rc, is_plan = 0;
 
     memset(p, 0, sizeof(*p));
     rc = kc_cli_parse(cli, argc, argv, opts, plan_opt, s, &first);
     if (rc != 0)
         return rc;
     if (argc - first != 1)
-        return kc_cli_usage(cli, "give exactly one layout file");
-    if (kc_cli_load_layout(cli, argv[first], l, &d) != KC_OK)
-        return cli->error.code;
-    if (d.errors > 0) {
+        return kc_cli_usage(cli, s->apply ? "give exactly one layout file or saved plan"
+                                          : "give exactly one layout file");
+    if (s->force && s->out == NULL)
+        return kc_cli_usage(cli, "--force replaces the file --out names: give --out PLAN");
+    file = s->file = argv[first];
+    kc_error_clear(&err);
+    if (kc_planfile_read(file, &s->layout, &s->layout_len, &is_plan, &err) != KC_OK)
+        return kc_cli_fail(cli, &err);
+    if (is_plan) {
+        if (kc_planfile_decode(file, s->layout, s->layout_len, &s->saved, &err) != KC_OK)
+            return kc_cli_fail(cli, &err);
+        free(s->layout);
+        s->layout = NULL;
+        if (!s->apply) {
+            if (s->out != NULL || s->allow_delete)
+                return kc_cli_usage(cli, "'%s' is a saved plan: --out and --allow-delete plan a "
+                                         "layout file", file);
+            return 0;
+        }
+        if (s->allow_delete)
+            return kc_cli_usage(cli, "'%s' is a saved plan, made %s --allow-delete: it decides",
+                                file, s->saved->allow_delete ? "with" : "without");
+        s->allow_delete = s->saved->allow_delete;
+        kc_cli_audit_note(cli, "saved_plan", file);
+        kc_cli_audit_note(cli, "layout_sha256", s->saved->layout_sha256);
+        /* the layout as it was reviewed, not as the file is now */
+        s->layout = s->saved->layout;
+        s->layout_len = s->saved->layout_len;
+        s->saved->layout = NULL;
+        snprintf(s->layout_path, sizeof(s->layout_path), "%.511s", s->saved->layout_path);
+    } else if (s->layout_len > 2 * KC_YAML_MAX_BYTES) {
+        kc_error_set(&cli->error, KC_USAGE, "'%s' holds %zu bytes; at most %u are accepted", file,
+                     s->layout_len, 2 * KC_YAML_MAX_BYTES);
+        return KC_USAGE;
+    } else if (s->out != NULL && realpath(file, real) != NULL &&
+               strlen(real) < sizeof(s->layout_path)) {
+        /* a saved plan names its layout so that apply, from anywhere, finds
+         * the store and audit log the layout names relative to itself */
+        snprintf(s->layout_path, sizeof(s->layout_path), "%.511s", real);
+    } else {
+        snprintf(s->layout_path, sizeof(s->layout_path), "%.511s", file);
+    }
+    layout_from(s->layout_path, s->layout, s->layout_len, l, &d);
+    if (*l == NULL || d.errors > 0) {
         kc_cli_print_diags(cli, &d);
         kc_diags_release(&d);
-        kc_error_set(&cli->error, KC_LAYOUT, "layout '%s' is invalid; nothing was planned",
-                     argv[first]);
-        kc_error_hint(&cli->error, "see 'keycustody policy check %s'", argv[first]);
+        kc_error_set(&cli->error, KC_LAYOUT, "layout '%s'%s is invalid; nothing was planned",
+                     s->layout_path, s->saved ? " (in the saved plan)" : "");
+        kc_error_hint(&cli->error, "see 'keycustody policy check %s'", s->layout_path);
         return KC_LAYOUT;
     }
     kc_diags_release(&d);
@@ -316,10 +448,44 @@ static int make_plan(kc_cli *cli, int argc, char **argv, struct plan_state *s, k
         return cli->error.code;
     if (kc_cli_ctx(cli, &ctx) != KC_OK)
         return cli->error.code;
+    if (s->saved != NULL)
+        return 0;
     kc_error_clear(&err);
     if (kc_plan_make(ctx, *l, s->allow_delete, p, &err) != KC_OK ||
         plan_deps(cli, *l, s, p, &err) != KC_OK)
         return kc_cli_fail(cli, &err);
+    return 0;
+}
+
+static void plan_state_release(struct plan_state *s)
+{
+    kc_store_close(s->st);
+    free(s->layout);
+    kc_planfile_free(s->saved);
+}
+
+/* plan --out PLAN: the plan, its layout and what it observed, mode 0600. */
+static int save_plan(kc_cli *cli, const struct plan_state *s, const kc_plan *p)
+{
+    char store[1024], *text = NULL;
+    kc_error err;
+    kc_rc r;
+
+    kc_error_clear(&err);
+    canonical(s->store, store, sizeof(store));
+    r = kc_planfile_encode(p, s->layout_path, s->layout, s->layout_len, s->allow_delete,
+                           p->store_read ? store : NULL, &text, &err);
+    if (r == KC_OK)
+        r = kc_cli_write(cli, s->out, text, strlen(text), 0600, s->force, &err);
+    free(text);
+    if (r != KC_OK) {
+        kc_error_prefix(&err, "cannot save the plan");
+        return kc_cli_fail(cli, &err);
+    }
+    fprintf(cli->json ? cli->err : cli->out,
+            "Saved the plan to '%s'. 'keycustody policy apply %s' carries out exactly these "
+            "actions.\n",
+            s->out, s->out);
     return 0;
 }
 
@@ -333,13 +499,21 @@ static int cmd_plan(kc_cli *cli, int argc, char **argv)
 
     memset(&s, 0, sizeof(s));
     rc = make_plan(cli, argc, argv, &s, &l, &p, buf, sobuf);
-    if (rc == 0) {
+    if (rc == 0 && s.saved != NULL) {
+        print_saved(cli, s.file, s.saved);
+        rc = s.detailed && json_array_size(json_object_get(s.saved->plan, "actions")) > 0
+                 ? KC_CHANGES
+                 : KC_OK;
+    } else if (rc == 0) {
         print_plan(cli, &p);
-        rc = s.detailed && p.n > 0 ? KC_CHANGES : KC_OK;
+        if (s.out != NULL)
+            rc = save_plan(cli, &s, &p);
+        if (rc == 0)
+            rc = s.detailed && p.n > 0 ? KC_CHANGES : KC_OK;
     }
     kc_plan_release(&p);
     kc_layout_free(l);
-    kc_store_close(s.st);
+    plan_state_release(&s);
     return rc;
 }
 
@@ -413,6 +587,20 @@ static int cmd_apply(kc_cli *cli, int argc, char **argv)
         rc = kc_cli_fail(cli, &err);
         goto done;
     }
+    /* a saved plan: only what was reviewed, against what it saw */
+    if (s.saved != NULL) {
+        char store[1024];
+
+        canonical(s.store, store, sizeof(store));
+        if (kc_planfile_compare(s.saved, &p, p.store_read ? store : NULL, &err) != KC_OK) {
+            rc = kc_cli_fail(cli, &err);
+            goto done;
+        }
+        fprintf(cli->out,
+                "Saved plan '%s' (made %s): the vaults%s are as it saw them; its actions are "
+                "carried out without asking.\n",
+                s.file, s.saved->created, p.store_read ? " and the service store" : "");
+    }
     print_plan(cli, &p);
     if (p.n == 0) {
         rc = KC_OK;
@@ -426,7 +614,7 @@ static int cmd_apply(kc_cli *cli, int argc, char **argv)
         rc = KC_CONFLICT;
         goto done;
     }
-    if (!s.yes && (rc = confirm(cli)) != KC_OK)
+    if (!s.yes && s.saved == NULL && (rc = confirm(cli)) != KC_OK)
         goto done;
     /* Ctrl-C (or SIGTERM, SIGHUP) lets the action in hand finish, then
      * stops between actions and says so: every action leaves the tokens
@@ -467,7 +655,7 @@ done:
     kc_plan_unlock(fd);
     kc_plan_release(&p);
     kc_layout_free(l);
-    kc_store_close(s.st);
+    plan_state_release(&s);
     return rc;
 }
 
@@ -478,17 +666,28 @@ const kc_cmd kc_cmds_policy[] = {
      "(docs/rules.md). No token is needed. Exit 3 when there is any error; warnings\n"
      "alone exit 0. --json prints the diagnostics as a list.\n",
      1},
-    {"policy", "plan", cmd_plan, "FILE [--detailed-exitcode] [--allow-delete] [--json]",
+    {"policy", "plan", cmd_plan,
+     "FILE [--detailed-exitcode] [--allow-delete] [--out PLAN [--force]] [--json]",
      "show what apply would change on the tokens to match the layout",
      "Reads the live tokens (vault metadata, access policies, keys and versions; PINs\n"
      "come from the layout's pin: sources unless --pin-source names them) and prints\n"
-     "ordered actions: + add, ~ change, - delete, ! cannot be done, each with its\n"
-     "reason. A change a token cannot make in place (a key's size) is a rotate.\n"
+     "ordered actions: + add, ~ change, - delete, ! cannot be done, each naming the\n"
+     "attributes that change (before -> after) and its reason. A change a token cannot\n"
+     "make in place (a key's size) is a rotate. --json gives each action as data: its\n"
+     "address (vault.V, vault.V.key.K, vault.V.access.P, dep.D, assignment.SCOPE),\n"
+     "type, action (create, update, delete), changes and, when blocked, why\n"
+     "(docs/layout.md).\n"
      "  --detailed-exitcode  exit 10 when there are changes\n"
-     "  --allow-delete       plan soft deletes of keys the layout no longer has\n",
+     "  --allow-delete       plan soft deletes of keys the layout no longer has\n"
+     "  --out PLAN           also save the plan in PLAN (JSON, mode 0600): the layout's\n"
+     "                       bytes, a digest of what was observed on each vault and in\n"
+     "                       the service store, and the actions. No PIN is saved.\n"
+     "                       'policy apply PLAN' carries out exactly these actions\n"
+     "  --force              replace PLAN if it exists\n"
+     "Given a saved plan instead of a layout, prints what it will do (no token is read).\n",
      1},
-    {"policy", "apply", cmd_apply, "FILE [--yes] [--allow-delete] [--wait SECONDS]",
-     "make the tokens match the layout",
+    {"policy", "apply", cmd_apply, "FILE|PLAN [--yes] [--allow-delete] [--wait SECONDS]",
+     "make the tokens match the layout, or carry out a saved plan",
      "Shows the plan, asks (only 'yes' goes on) unless --yes, then carries out the\n"
      "actions in order, printing each. Without a terminal, --yes is required. An apply\n"
      "that stops part-way is finished by running it again. Keys are deleted only with\n"
@@ -496,8 +695,15 @@ const kc_cmd kc_cmds_policy[] = {
      "DEPs are made (as 'dep create' makes them) and its assignments set. One apply at a\n"
      "time per set of tokens: a second one fails naming the holder, or waits --wait\n"
      "SECONDS. Ctrl-C stops it between two actions (exit 130); run it again to finish.\n"
+     "PLAN, a file 'policy plan --out' saved (told from a layout by its content), is\n"
+     "applied without asking, as reviewed: its own layout (not the file as it is now),\n"
+     "its --allow-delete. Under the lock the tokens and the store are observed again; if\n"
+     "a vault or the store changed since the plan was made, or the plan made now differs\n"
+     "from the saved actions, nothing is done (exit 5, naming what changed): plan again.\n"
+     "A damaged, truncated or other-version plan exits 3; a plan file that is not yours\n"
+     "or that others can write is refused (exit 6).\n"
      "  --yes           carry the plan out without asking\n"
-     "  --allow-delete  soft-delete keys the layout no longer has\n"
+     "  --allow-delete  soft-delete keys the layout no longer has (not with PLAN)\n"
      "  --wait SECONDS  wait this long for another apply to finish\n",
      0},
     {"policy", "graph", kc_cli_policy_graph, "FILE [--format dot|svg] [--out PATH] [--force]",

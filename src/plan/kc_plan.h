@@ -9,22 +9,27 @@
 #include "kc_layout.h"
 
 typedef enum kc_act_kind {
-    KC_ACT_VAULT_INIT,  /* + initialise a free token as the vault */
-    KC_ACT_VAULT_ADOPT, /* + adopt an initialised token */
-    KC_ACT_VAULT_META,  /* ~ SKU, retention, purge protection, registration, access */
-    KC_ACT_KEY_CREATE,  /* + */
-    KC_ACT_KEY_RECOVER, /* ~ a soft-deleted key the layout wants */
-    KC_ACT_KEY_ROTATE,  /* ~ size or protection: a new version */
-    KC_ACT_KEY_REPAIR,  /* ~ remove a half-made version (a create killed mid-way), recreate */
-    KC_ACT_KEY_RECORD,  /* ~ record versions an interrupted create left unrecorded */
-    KC_ACT_KEY_UPDATE,  /* ~ ops, expiry, tags */
-    KC_ACT_KEY_DELETE,  /* - soft delete (--allow-delete only) */
-    KC_ACT_VAULT_TIDY,  /* ~ remove older generations an interrupted write left */
-    KC_ACT_DEP_CREATE,  /* + a DEP, through kc_dep_create (after the keys it needs) */
-    KC_ACT_DEP_UPDATE,  /* ~ description, enabled */
-    KC_ACT_DEP_ASSIGN,  /* ~ a scope's DEP */
-    KC_ACT_BLOCKED,     /* ! a difference no action can make */
+    KC_ACT_VAULT_INIT,    /* + initialise a free token as the vault */
+    KC_ACT_VAULT_ADOPT,   /* + adopt an initialised token */
+    KC_ACT_VAULT_META,    /* ~ SKU, retention, purge protection, registration */
+    KC_ACT_KEY_CREATE,    /* + */
+    KC_ACT_KEY_RECOVER,   /* ~ a soft-deleted key the layout wants */
+    KC_ACT_KEY_ROTATE,    /* ~ size or protection: a new version */
+    KC_ACT_KEY_REPAIR,    /* ~ remove a half-made version (a create killed mid-way), recreate */
+    KC_ACT_KEY_RECORD,    /* ~ record versions an interrupted create left unrecorded */
+    KC_ACT_KEY_UPDATE,    /* ~ ops, expiry, tags */
+    KC_ACT_KEY_DELETE,    /* - soft delete (--allow-delete only) */
+    KC_ACT_VAULT_TIDY,    /* ~ remove older generations an interrupted write left */
+    KC_ACT_DEP_CREATE,    /* + a DEP, through kc_dep_create (after the keys it needs) */
+    KC_ACT_DEP_UPDATE,    /* ~ description, enabled */
+    KC_ACT_DEP_ASSIGN,    /* ~ a scope's DEP */
+    KC_ACT_BLOCKED,       /* ! a difference no action can make */
+    KC_ACT_ACCESS_ADD,    /* + a principal the vault's access policy lacks */
+    KC_ACT_ACCESS_SET,    /* ~ a principal's permissions */
+    KC_ACT_ACCESS_REMOVE, /* - a principal the layout no longer names */
 } kc_act_kind;
+
+struct json_t;
 
 typedef struct kc_action {
     kc_act_kind kind;
@@ -34,9 +39,26 @@ typedef struct kc_action {
     size_t dep;                         /* DEP actions: index into the layout's DEPs */
     char scope[80];                     /* assignments: tenant, mailbox:ID, geo:CODE */
     char dep_name[65];                  /* assignments: the DEP */
+    char principal[128];                /* access actions */
     char what[320]; /* "create key VaultA1/K1 (RSA-3072, hsm, wrapKey,unwrapKey)" */
-    char why[256];  /* the reason */
+    char why[256];  /* the reason (for KC_ACT_BLOCKED, why it cannot be done) */
+    /* What it is, as a path (docs/layout.md): vault.VaultA1,
+     * vault.VaultA1.key.KeyA, vault.VaultA1.access.svc, dep.Dep1,
+     * assignment.tenant; and its type: vault, key, access, dep, assignment. */
+    char address[256];
+    const char *type;
+    /* Each attribute that changes, [{"attribute", "before", "after"}]:
+     * before null for a create, after null for a delete. Owned. */
+    struct json_t *changes;
 } kc_action;
+
+/* What a plan observed on one vault of the layout: a digest of its token
+ * (label, serial), its metadata and access policy, its keys, their
+ * versions and attributes, its deleted keys. Any write to the vault moves it. */
+typedef struct kc_plan_seen {
+    char vault[65];
+    char digest[65];
+} kc_plan_seen;
 
 typedef struct kc_plan {
     kc_action *v;
@@ -44,9 +66,27 @@ typedef struct kc_plan {
     size_t add, change, destroy, blocked;
     char notes[8][256]; /* what plan saw but does not act on */
     size_t nnotes;
+    kc_plan_seen *seen; /* one per layout vault, in layout order */
+    size_t nseen;
+    int store_read;        /* the DEP part read the service store (or found none) */
+    char store_digest[65]; /* of the rows it read: the layout's DEPs, the assignments */
+    int incomplete;        /* an action could not be recorded (out of memory) */
 } kc_plan;
 
 KC_EXPORT char kc_action_sign(kc_act_kind kind);
+/* "create", "update" or "delete": what happens at the action's address. A
+ * rotate is an update (a new version under the same name; nothing is
+ * destroyed); a blocked change is the update the layout asks for. */
+KC_EXPORT const char *kc_action_verb(kc_act_kind kind);
+/* The action kind as a word: "key-rotate", "access-set", "dep-assign", ... */
+KC_EXPORT const char *kc_action_operation(kc_act_kind kind);
+
+/* One action as data: {"address", "type", "action", "operation",
+ * "change" (+ ~ - !), "what", "why", "changes", "blocked" (the reason, or
+ * null)}. The plan's: {"actions", "add", "change", "delete", "blocked",
+ * "notes"}. New references; NULL when out of memory. */
+KC_EXPORT struct json_t *kc_action_json(const kc_action *a);
+KC_EXPORT struct json_t *kc_plan_json(const kc_plan *p);
 
 /* Compares the tokens with the layout. Logs in to each existing vault with
  * its PIN to read its keys. */
