@@ -132,6 +132,7 @@ static void canonical(const char *path, char *out, size_t cap)
 {
     char dir[4096], real[4096];
     const char *slash = strrchr(path, '/');
+    int n;
 
     snprintf(out, cap, "%s", path);
     if (path[0] == '\0')
@@ -139,9 +140,12 @@ static void canonical(const char *path, char *out, size_t cap)
     snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash - path) : 1, slash ? path : ".");
     if (slash == path)
         snprintf(dir, sizeof(dir), "/");
-    if (realpath(dir, real) != NULL)
-        snprintf(out, cap, "%s%s%s", real, strcmp(real, "/") == 0 ? "" : "/",
+    if (realpath(dir, real) == NULL)
+        return;
+    n = snprintf(out, cap, "%s%s%s", real, strcmp(real, "/") == 0 ? "" : "/",
                  slash ? slash + 1 : path);
+    if (n < 0 || (size_t)n >= cap) /* too long to be made absolute: as given */
+        snprintf(out, cap, "%s", path);
 }
 
 /* A path the layout gives, relative to the layout file's directory. */
