@@ -167,6 +167,12 @@ static void test_vault_not_found(void)
     const kc_test_out *r;
 
     kc_test_vault("VaultA1", "s", "westus");
+    /* an empty name is no name, not the free token's empty label */
+    r = kc_test_run("vault", "show", "", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "an empty name is not a vault's");
+    r = kc_test_run("key", "list", "", "--pin-source", "env:TEST_PIN", NULL);
+    ASSERT_RC(r, 2);
     r = kc_test_run("vault", "show", "Nope1", NULL);
     ASSERT_RC(r, 4);
     ASSERT_HAS(r->err, "error: cannot open vault 'Nope1': no token 'Nope1'; visible tokens: "
@@ -710,6 +716,12 @@ static void test_delete_recover_purge(void)
                     NULL);
     ASSERT_RC(r, 4);
     ASSERT_HAS(r->err, "is deleted");
+    /* its public key is not given out either, and without the PIN the
+     * message has no dates to give rather than empty ones */
+    r = kc_test_run("key", "export-public", "VaultA1/Key001", NULL);
+    ASSERT_RC(r, 4);
+    ASSERT_HAS(r->err, "key 'VaultA1/Key001' is deleted\n");
+    CU_ASSERT_STRING_EQUAL(r->out, "");
     CU_ASSERT_EQUAL(kc_test_sh(&out,
                                "pkcs11-tool --module '%s' --token-label VaultA1 --login "
                                "--pin env:TEST_PIN -O | grep -c 'Usage:      none'",
@@ -1381,6 +1393,24 @@ static void test_man(void)
     free(page);
 }
 
+/* A layout's text never reaches the terminal raw: an escape sequence in a
+ * name cannot clear the screen, a newline cannot split a diagnostic. */
+static void test_diags_escaped(void)
+{
+    static const char text[] = "version: 1\nvaults:\n  - name: \"V\\e[2Jx\\nzz\"\n"
+                               "    subscription: s\n    region: westus\n    pin: env:X\n";
+    const kc_test_out *r;
+    const char *p;
+
+    kc_test_write(kc_test_path("esc.yaml"), text, strlen(text), 0644);
+    r = kc_test_run("policy", "check", kc_test_path("esc.yaml"), NULL);
+    ASSERT_RC(r, 3);
+    ASSERT_HAS(r->out, "vault name 'V\\x1b[2Jx\\x0azz'");
+    for (p = r->out; *p != '\0'; p++)
+        CU_ASSERT(*p == '\n' || ((unsigned char)*p >= 0x20 && *p != 0x7f));
+    CU_ASSERT_EQUAL(kc_test_contains(r->out, "\x1b"), 0);
+}
+
 /* Common options before the command group, as git and kubectl take them. */
 static void test_leading_options(void)
 {
@@ -1516,6 +1546,7 @@ static const kc_test_case help_cases[] = {
     {"usage errors", test_usage_errors},
     {"man pages say what --help says", test_man},
     {"common options before the command group", test_leading_options},
+    {"layout text escaped in diagnostics", test_diags_escaped},
     {NULL, NULL},
 };
 

@@ -531,7 +531,8 @@ static int cmd_export_public(kc_cli *cli, int argc, char **argv)
         return rc;
     kc_error_clear(&err);
     rc = KC_OK;
-    if (kc_key_select(k, ref.id, ref.id_len, &ver, &err) != KC_OK ||
+    if (kc_key_check_active(k, &err) != KC_OK ||
+        kc_key_select(k, ref.id, ref.id_len, &ver, &err) != KC_OK ||
         kc_key_public_pem(v, k, ver, &pem, &err) != KC_OK)
         rc = kc_cli_fail(cli, &err);
     else if (s.out == NULL)

@@ -44,6 +44,20 @@ kc_rc kc_cli_load_layout(kc_cli *cli, const char *file, kc_layout **layout, kc_d
     return KC_OK;
 }
 
+/* Text from a layout for a terminal: its control characters (an escape
+ * sequence in a name, a newline that would split the line) as \xHH. */
+static void put_clean(FILE *f, const char *s)
+{
+    const unsigned char *p;
+
+    for (p = (const unsigned char *)s; *p != '\0'; p++) {
+        if (*p < 0x20 || *p == 0x7f)
+            fprintf(f, "\\x%02x", *p);
+        else
+            fputc(*p, f);
+    }
+}
+
 void kc_cli_print_diags(kc_cli *cli, const kc_diags *d)
 {
     json_t *arr;
@@ -63,14 +77,18 @@ void kc_cli_print_diags(kc_cli *cli, const kc_diags *d)
     }
     for (i = 0; i < d->n; i++) {
         const kc_diag *x = &d->v[i];
+        put_clean(cli->out, d->file);
         if (x->line > 0)
-            fprintf(cli->out, "%s:%d:%d: ", d->file, x->line, x->col);
-        else
-            fprintf(cli->out, "%s: ", d->file);
-        fprintf(cli->out, "%s[%s]: %s\n", x->severity == KC_SEV_ERROR ? "error" : "warning",
-                x->rule, x->msg);
-        if (x->hint[0])
-            fprintf(cli->out, "    hint: %s\n", x->hint);
+            fprintf(cli->out, ":%d:%d", x->line, x->col);
+        fprintf(cli->out, ": %s[%s]: ", x->severity == KC_SEV_ERROR ? "error" : "warning",
+                x->rule);
+        put_clean(cli->out, x->msg);
+        fputc('\n', cli->out);
+        if (x->hint[0]) {
+            fputs("    hint: ", cli->out);
+            put_clean(cli->out, x->hint);
+            fputc('\n', cli->out);
+        }
     }
 }
 

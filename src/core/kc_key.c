@@ -709,8 +709,13 @@ kc_rc kc_key_check_active(const kc_key *k, kc_error *err)
 {
     if (!k->deleted)
         return KC_OK;
-    kc_error_set(err, KC_NOT_FOUND, "key '%s/%s' is deleted (since %s; it can be purged from %s)",
-                 k->vault, k->name, k->deleted_at, k->purge_after);
+    /* the dates are in the key state, which only a login reads */
+    if (k->deleted_at[0] != '\0')
+        kc_error_set(err, KC_NOT_FOUND,
+                     "key '%s/%s' is deleted (since %s; it can be purged from %s)", k->vault,
+                     k->name, k->deleted_at, k->purge_after);
+    else
+        kc_error_set(err, KC_NOT_FOUND, "key '%s/%s' is deleted", k->vault, k->name);
     kc_error_hint(err, "bring it back with 'keycustody key recover %s/%s'", k->vault, k->name);
     return KC_NOT_FOUND;
 }

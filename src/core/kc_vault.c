@@ -440,6 +440,12 @@ kc_rc kc_vault_open(kc_ctx *ctx, const char *name_or_uri, kc_vault **out, kc_err
     kc_rc r;
 
     *out = NULL;
+    /* an empty name would match a free token's empty label */
+    if (name_or_uri == NULL || name_or_uri[0] == '\0') {
+        kc_error_set(err, KC_USAGE, "no vault named: an empty name is not a vault's");
+        kc_error_hint(err, "give the vault's name (its token label) or a pkcs11: URI");
+        return KC_USAGE;
+    }
     r = kc_p11_token(ctx->p11, name_or_uri, &tok, err);
     /* a command that changes vaults reads their state under this host's lock */
     if (r == KC_OK && ctx->lock_vaults)
