@@ -59,6 +59,7 @@ int main(int argc, char **argv)
         }
     }
     memset(&cfg, 0, sizeof(cfg));
+    cfg.size = sizeof(cfg);
     cfg.modules = &module;
     cfg.nmodules = module != NULL;
     cfg.pin_sources = &source;

@@ -17,8 +17,8 @@ static int on_vault(void *arg, const keycustody_vault_info *v)
     struct seen *s = arg;
     size_t n = strlen(s->text);
 
-    snprintf(s->text + n, sizeof(s->text) - n, "%s|%d|%s|%s|%s|%zu\n", v->token_label,
-             v->is_vault, v->name, v->subscription, v->region, strlen(v->fingerprint));
+    snprintf(s->text + n, sizeof(s->text) - n, "%s|%d|%s|%s|%s|%zu\n", v->token_label, v->is_vault,
+             v->name, v->subscription, v->region, strlen(v->fingerprint));
     return ++s->calls == s->stop_at ? 42 : 0;
 }
 
@@ -39,6 +39,7 @@ static keycustody *open_api(const char *principal, const char *source, int want)
     keycustody *kc = NULL;
 
     memset(&cfg, 0, sizeof(cfg));
+    cfg.size = sizeof(cfg);
     cfg.modules = &module;
     cfg.nmodules = 1;
     cfg.pin_sources = &source;
@@ -52,8 +53,8 @@ static keycustody *open_api(const char *principal, const char *source, int want)
 /* The version of the key's current version, as 'key show --json' gives it. */
 static char *current_version(const char *ref)
 {
-    const kc_test_out *r = kc_test_run("key", "show", ref, "--json", "--pin-source", "env:TEST_PIN",
-                                       NULL);
+    const kc_test_out *r =
+        kc_test_run("key", "show", ref, "--json", "--pin-source", "env:TEST_PIN", NULL);
     const char *at;
     char *v;
 
@@ -117,6 +118,13 @@ static void test_api(void)
     CU_ASSERT_EQUAL(keycustody_public_key(kc, want, &pem), 0);
     CU_ASSERT(pem != NULL && strncmp(pem, "-----BEGIN PUBLIC KEY-----\n", 27) == 0);
     keycustody_free(pem);
+    /* a public key needs no PIN */
+    {
+        keycustody *nopin = open_api(NULL, NULL, 0);
+        CU_ASSERT_EQUAL(keycustody_public_key(nopin, "VaultA1/KeyA", &pem), 0);
+        keycustody_free(pem);
+        keycustody_close(nopin);
+    }
     /* what is not there */
     CU_ASSERT_EQUAL(keycustody_key_foreach(kc, "Nope1", on_key, &s), KEYCUSTODY_E_NOT_FOUND);
     ASSERT_HAS(keycustody_errmsg(kc), "Nope1");
@@ -157,6 +165,8 @@ static void test_api_access(void)
     keycustody_close(kc);
     kc = open_api(NULL, "env:TEST_PIN", 0);
     CU_ASSERT_EQUAL(keycustody_key_foreach(kc, "VaultA1", on_key, &s), KEYCUSTODY_E_DENIED);
+    ASSERT_HAS(keycustody_errhint(kc), "keycustody_config.principal");
+    CU_ASSERT_PTR_NULL(strstr(keycustody_errhint(kc), "--as"));
     keycustody_close(kc);
 }
 
@@ -177,12 +187,14 @@ static void test_api_open(void)
     kc = open_api(NULL, "VaultA1=secret", KEYCUSTODY_E_USAGE);
     keycustody_close(kc);
     memset(&cfg, 0, sizeof(cfg));
+    cfg.size = sizeof(cfg);
     cfg.pin_sources = sources;
     cfg.npin_sources = 2;
     {
         const char *module = "/nonexistent/libnothing.so";
         cfg.modules = &module;
         cfg.nmodules = 1;
+        cfg.npin_sources = 1;
         CU_ASSERT_NOT_EQUAL(keycustody_open(&cfg, &kc), 0);
         CU_ASSERT_PTR_NOT_NULL_FATAL(kc);
         ASSERT_HAS(keycustody_errmsg(kc), "/nonexistent/libnothing.so");
@@ -191,14 +203,29 @@ static void test_api_open(void)
     /* two bare sources: which vault each is for is not guessed */
     {
         const char *module = KC_SOFTHSM_MODULE;
-        struct seen s;
         cfg.modules = &module;
-        kc_test_vault("VaultA1", "sub-a", "westus");
-        CU_ASSERT_EQUAL(keycustody_open(&cfg, &kc), 0);
-        CU_ASSERT_EQUAL(keycustody_key_foreach(kc, "VaultA1", on_key, &s), KEYCUSTODY_E_USAGE);
+        cfg.npin_sources = 2;
+        CU_ASSERT_EQUAL(keycustody_open(&cfg, &kc), KEYCUSTODY_E_USAGE);
         ASSERT_HAS(keycustody_errmsg(kc), "several PIN sources without a vault name");
         keycustody_close(kc);
     }
+    /* a vault bound to a module is the command's, not the library's */
+    {
+        const char *module = "VaultA1=" KC_SOFTHSM_MODULE;
+        memset(&cfg, 0, sizeof(cfg));
+        cfg.size = sizeof(cfg);
+        cfg.modules = &module;
+        cfg.nmodules = 1;
+        CU_ASSERT_EQUAL(keycustody_open(&cfg, &kc), KEYCUSTODY_E_USAGE);
+        ASSERT_HAS(keycustody_errmsg(kc), "binds a vault (VAULT=MODULE)");
+        keycustody_close(kc);
+    }
+    /* a config of no size (compiled against nothing this library knows) */
+    memset(&cfg, 0, sizeof(cfg));
+    CU_ASSERT_EQUAL(keycustody_open(&cfg, &kc), KEYCUSTODY_E_USAGE);
+    ASSERT_HAS(keycustody_errmsg(kc), "config.size");
+    keycustody_close(kc);
+    CU_ASSERT_EQUAL(keycustody_open(&cfg, NULL), KEYCUSTODY_E_USAGE);
     keycustody_close(NULL);
     CU_ASSERT_STRING_EQUAL(keycustody_errmsg(NULL), "out of memory");
 }

@@ -52,21 +52,24 @@ enum {
     KEYCUSTODY_E_NOT_FOUND = 4, /* no such vault, key or version */
     KEYCUSTODY_E_DENIED = 6,    /* login refused, PIN locked, the access policy */
     KEYCUSTODY_E_TOKEN = 7,     /* the token or module failed */
-    KEYCUSTODY_E_INTEGRITY = 8, /* a vault's metadata or key state does not check */
+    KEYCUSTODY_E_INTEGRITY = 8  /* a vault's metadata or key state does not check */
 };
 
-/* What keycustody_open needs. Zero-initialise it, then fill in what you
- * need; every field may be left NULL/0. */
+/* What keycustody_open needs. Zero-initialise it, set size, then fill in
+ * what you need; every other field may be left NULL/0. Fields are only ever
+ * added at the end, and size says which ones a caller knows of. */
 typedef struct keycustody_config {
+    size_t size; /* sizeof(keycustody_config), as the caller was compiled */
     /* PKCS#11 modules: library paths, p11-kit module names or p11-kit module
-     * files (FILE.module), as the command's --module takes them. nmodules 0:
-     * every module registered with p11-kit. At most 8. */
+     * files (FILE.module), as the command's --module takes them (not its
+     * VAULT=MODULE form). nmodules 0: every module registered with p11-kit.
+     * At most 8. */
     const char *const *modules;
     size_t nmodules;
     /* User PIN sources, as --pin-source takes them: "VAULT=env:NAME",
-     * "VAULT=file:PATH", or one bare "env:NAME" / "file:PATH" for any vault.
-     * At most 16. A vault with no source cannot be logged in to
-     * (KEYCUSTODY_E_USAGE naming it). */
+     * "VAULT=file:PATH", and at most one bare "env:NAME" / "file:PATH" for
+     * any other vault. At most 16. A vault with no source cannot be logged
+     * in to (KEYCUSTODY_E_USAGE naming it). */
     const char *const *pin_sources;
     size_t npin_sources;
     /* Who acts, checked against each vault's access policy (as --as);
@@ -76,9 +79,11 @@ typedef struct keycustody_config {
 
 typedef struct keycustody keycustody;
 
-/* Loads the modules cfg names. Always sets *out unless memory runs out
- * (then *out is NULL and the return KEYCUSTODY_E_ERROR): on failure the
- * handle carries the error; in both cases close it with keycustody_close. */
+/* Loads the modules cfg names. out must not be NULL (else
+ * KEYCUSTODY_E_USAGE). Always sets *out unless memory runs out (then *out
+ * is NULL and the return KEYCUSTODY_E_ERROR): on failure the handle carries
+ * the error; in both cases close it with keycustody_close. A cfg whose size
+ * is 0 or larger than this library's keycustody_config is refused. */
 KEYCUSTODY_API int keycustody_open(const keycustody_config *cfg, keycustody **out);
 
 /* Unloads the modules (each session logged out) and frees the handle.
@@ -133,8 +138,9 @@ KEYCUSTODY_API int keycustody_key_foreach(keycustody *kc, const char *vault, key
 
 /* The public key of VAULT/KEY (its current version) or VAULT/KEY/VERSION as
  * PEM (SubjectPublicKeyInfo), NUL-terminated, in *pem (free it with
- * keycustody_free). Logs in as keycustody_key_foreach does; needs the get
- * permission. */
+ * keycustody_free). Needs no PIN (public key objects, the vault's metadata
+ * checked against its vault key); the access policy must give the
+ * principal the get permission. A deleted key is KEYCUSTODY_E_NOT_FOUND. */
 KEYCUSTODY_API int keycustody_public_key(keycustody *kc, const char *ref, char **pem);
 
 /* Frees what the library returned. NULL is allowed. */

@@ -71,16 +71,23 @@ static int source_ok(const char *s)
 
 int keycustody_open(const keycustody_config *cfg, keycustody **out)
 {
-    static const keycustody_config none;
     keycustody *kc = calloc(1, sizeof(*kc));
     kc_module_set set;
-    size_t i;
+    size_t i, bare = 0;
 
+    if (out == NULL) {
+        free(kc);
+        return KEYCUSTODY_E_USAGE;
+    }
     *out = kc;
     if (kc == NULL)
         return KEYCUSTODY_E_ERROR;
     if (cfg == NULL)
-        cfg = &none;
+        return fail(kc, KC_USAGE, "keycustody_open: no config");
+    if (cfg->size == 0 || cfg->size > sizeof(*cfg))
+        return fail(kc, KC_USAGE,
+                    "keycustody_open: config.size is not "
+                    "sizeof(keycustody_config)");
     memset(&set, 0, sizeof(set));
     if (cfg->nmodules > KC_P11_MODULES_MAX || (cfg->nmodules > 0 && cfg->modules == NULL))
         return fail(kc, KC_USAGE, "keycustody_open: at most 8 modules, in config.modules");
@@ -89,6 +96,15 @@ int keycustody_open(const keycustody_config *cfg, keycustody **out)
     for (i = 0; i < cfg->nmodules; i++) {
         if (cfg->modules[i] == NULL || cfg->modules[i][0] == '\0')
             return fail(kc, KC_USAGE, "keycustody_open: an empty module name");
+        const char *eq = strchr(cfg->modules[i], '='), *slash = strchr(cfg->modules[i], '/');
+        if (eq != NULL && (slash == NULL || slash > eq)) {
+            kc_error_set(&kc->err, KC_USAGE,
+                         "keycustody_open: module '%s' binds a vault "
+                         "(VAULT=MODULE), which the library does not take",
+                         cfg->modules[i]);
+            kc_error_hint(&kc->err, "name the module alone: every vault is looked for on it");
+            return KC_USAGE;
+        }
         set.paths[set.npaths++] = cfg->modules[i];
     }
     for (i = 0; i < cfg->npin_sources; i++) {
@@ -98,6 +114,16 @@ int keycustody_open(const keycustody_config *cfg, keycustody **out)
                          "[VAULT=]env:NAME or [VAULT=]file:PATH",
                          i);
             kc_error_hint(&kc->err, "a PIN is named by where it is, never given as a value");
+            return KC_USAGE;
+        }
+        if (strchr(cfg->pin_sources[i], '=') == NULL ||
+            strchr(cfg->pin_sources[i], '=') > strchr(cfg->pin_sources[i], ':'))
+            bare++;
+        if (bare > 1) {
+            kc_error_set(&kc->err, KC_USAGE,
+                         "keycustody_open: several PIN sources without a "
+                         "vault name");
+            kc_error_hint(&kc->err, "give \"VAULT=SOURCE\" for each vault but one");
             return KC_USAGE;
         }
         kc->sources[i] = strdup(cfg->pin_sources[i]);
@@ -184,8 +210,12 @@ int keycustody_vault_foreach(keycustody *kc, keycustody_vault_fn fn, void *arg)
 static int open_vault(keycustody *kc, const char *name, unsigned perm, kc_vault **v)
 {
     *v = NULL;
-    if (kc_vault_open(kc->ctx, name, v, &kc->err) != KC_OK ||
-        kc_vault_authorize(*v, kc->principal, perm, &kc->err) != KC_OK) {
+    if (kc_vault_open(kc->ctx, name, v, &kc->err) != KC_OK)
+        return kc->err.code;
+    if (kc_vault_authorize(*v, kc->principal, perm, &kc->err) != KC_OK) {
+        /* the command's hint names --as; here it is the config's field */
+        if (kc->principal == NULL)
+            kc_error_hint(&kc->err, "set keycustody_config.principal to who acts");
         kc_vault_free(*v);
         *v = NULL;
         return kc->err.code;
