@@ -23,6 +23,7 @@ declare -gA _keycustody_values=(
     [--expires]="never"
     [--role]="administrator service"
     [--workload]="tenant exchange sharepoint"
+    [--format]="dot svg"
 )
 
 # Runs the binary, bounded in time, silent, never on a terminal.
@@ -251,7 +252,7 @@ _keycustody()
             [[ $common == *" $o= "* ]] &&
                 _keycustody_value "$o" "${cur#*=}" "$o=" "$bin" "${modules[@]}"
         elif [[ $cur == -* ]]; then
-            _keycustody_reply "" < <(compgen -W "--help --version ${common//=/}" -- "$cur")
+            _keycustody_reply "" < <(compgen -W "--version ${common//=/}" -- "$cur")
         else
             _keycustody_reply "" < <(compgen -W "${_keycustody_groups[*]}" -- "$cur")
         fi

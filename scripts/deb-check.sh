@@ -25,7 +25,7 @@ mv "$out"/src/*.deb "$out"/src/*.changes "$out"/src/*.buildinfo "$out"/
 ls "$out"/*.deb
 
 step "lintian"
-lintian --fail-on error --info --display-level '>=warning' "$out"/*.changes | tee "$out/lintian.log"
+lintian --fail-on error --info --pedantic --display-level '>=pedantic' "$out"/*.changes | tee "$out/lintian.log"
 
 [ "$(id -u)" -eq 0 ] || { echo "not root: the packages are built and checked, not installed"; exit 0; }
 step "install, run, purge"
@@ -47,6 +47,11 @@ MANWIDTH=80 man keycustody 2>&1 | grep -q "custody of HSM root keys through PKCS
 MANWIDTH=80 man 5 keycustody-layout 2>&1 | grep -q "paired_regions_waiver"
 MANWIDTH=80 man keycustody-policy 2>&1 | grep -q "usage: keycustody policy plan"
 echo "man keycustody, man keycustody-policy, man 5 keycustody-layout: ok"
+[ -f /usr/share/bash-completion/completions/keycustody ]
+bash --norc -c 'source /usr/share/bash-completion/completions/keycustody &&
+  COMP_LINE="keycustody vau" COMP_POINT=14 COMP_WORDS=(keycustody vau) COMP_CWORD=1 &&
+  _keycustody && [ "${COMPREPLY[*]}" = vault ]'
+echo "bash completion installed and completing: ok"
 [ "$(pkg-config --modversion keycustody)" = "${version%%-*}" ]
 # shellcheck disable=SC2046 # pkg-config's words
 cc -Wall -Werror /usr/share/doc/keycustody/examples/list-keys.c \

@@ -684,8 +684,8 @@ done:
 const kc_cmd kc_cmds_policy[] = {
     {"policy", "check", cmd_check, "FILE [--json]",
      "validate a layout file offline: structure and every rule, with file:line:col",
-     "Reads the YAML layout (docs/layout.md) and checks it against every rule\n"
-     "(docs/rules.md). No token is needed. Exit 3 when there is any error; warnings\n"
+     "Reads the YAML layout (keycustody-layout(5)) and checks it against every rule\n"
+     "(see rules.md). No token is needed. Exit 3 when there is any error; warnings\n"
      "alone exit 0. --json prints the diagnostics as a list.\n",
      1},
     {"policy", "plan", cmd_plan,
@@ -698,7 +698,7 @@ const kc_cmd kc_cmds_policy[] = {
      "make in place (a key's size) is a rotate. --json gives each action as data: its\n"
      "address (vault.V, vault.V.key.K, vault.V.access.P, dep.D, assignment.SCOPE),\n"
      "type, action (create, update, delete), changes and, when blocked, why\n"
-     "(docs/layout.md).\n"
+     "(see layout.md).\n"
      "  --detailed-exitcode  exit 10 when there are changes\n"
      "  --allow-delete       plan soft deletes of keys the layout no longer has\n"
      "  --out PLAN           also save the plan in PLAN (JSON, mode 0600): the layout's\n"

@@ -466,7 +466,7 @@ const kc_cmd kc_cmds_vault[] = {
     {"vault", "validate", cmd_validate, "NAME|--all [--layout FILE] [--repair] [--json]",
      "check live vaults against the Customer Key rules, and for drift from a layout",
      "Reads each vault's metadata, access policy and keys (its PIN is needed) and\n"
-     "runs the layout rules on them (docs/rules.md): recovery level, the service\n"
+     "runs the layout rules on them (see rules.md): recovery level, the service\n"
      "principal's access, administrators without delete, SKU, and for every RSA key\n"
      "that is not a key-exchange key: wrapKey and unwrapKey, no expiry but 9999-12-31,\n"
      "HSM protection, RSA 2048-4096. With --layout, what 'policy plan' would change is\n"

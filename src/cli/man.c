@@ -24,7 +24,8 @@ static const struct {
     {"KEYCUSTODY_NOW", "a fixed time (RFC 3339) for key dates, for tests; audit records keep the "
                        "real time and note it"},
     {"SOFTHSM2_CONF", "SoftHSMv2's configuration: which token directory it serves"},
-    {"XDG_RUNTIME_DIR", "where locks go when KEYCUSTODY_LOCK_DIR is not set (else /tmp)"},
+    {"XDG_RUNTIME_DIR",
+     "where locks go when KEYCUSTODY_LOCK_DIR is not set (else /tmp/keycustody-UID)"},
 };
 
 static const struct {
@@ -37,6 +38,10 @@ static const struct {
      "p11-kit's registry: the modules keycustody loads when no --module is given"},
     {"audit.jsonl", "the audit log beside the service store, when no --audit, KEYCUSTODY_AUDIT or "
                     "layout audit: names one"},
+    {"/usr/share/doc/keycustody/layout.md, rules.md, security.md",
+     "the layout format, every rule the layout and the vaults are checked against, and the "
+     "threat model (layout.md, rules.md and security.md under the installed documentation "
+     "directory)"},
     {"$XDG_RUNTIME_DIR/keycustody/, /tmp/keycustody-UID/",
      "lock files: one per vault, held while a command changes it"},
 };
