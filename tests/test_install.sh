@@ -48,7 +48,8 @@ export PKG_CONFIG_SYSROOT_DIR=$dest PKG_CONFIG_LIBDIR=$dest/usr/$libdir/pkgconfi
 flags=$(pkg-config --cflags --libs keycustody)
 echo "pkg-config: $flags"
 # shellcheck disable=SC2086 # flags are words
-cc -std=c11 -Wall -Wextra -Werror "$src/examples/list-keys.c" $flags -o "$tmp/list-keys"
+cc -std=c11 -Wall -Wextra -Werror ${KC_EXAMPLE_CFLAGS-} "$src/examples/list-keys.c" $flags \
+  -o "$tmp/list-keys"
 unset PKG_CONFIG_SYSROOT_DIR PKG_CONFIG_LIBDIR
 export LD_LIBRARY_PATH=$dest/usr/$libdir
 ldd "$tmp/list-keys" | grep -q "libkeycustody.so.0 => $dest/usr/$libdir/" ||

@@ -624,6 +624,7 @@ static void test_saved_plan_applies(void)
     const char *file = kc_test_layout(NULL, NULL), *plan = kc_test_path2("a.plan");
     const kc_test_out *r;
     struct stat st;
+    unsigned char *text;
     json_t *j;
 
     r = kc_test_run("policy", "plan", file, "--out", plan, NULL);
@@ -632,7 +633,9 @@ static void test_saved_plan_applies(void)
     CU_ASSERT_EQUAL_FATAL(stat(plan, &st), 0);
     CU_ASSERT_EQUAL(st.st_mode & 0777, 0600);
     /* what it holds: the marker, the layout, the actions; no PIN */
-    j = kc_test_json((const char *)kc_test_read(plan, &(size_t){0}));
+    text = kc_test_read(plan, &(size_t){0});
+    j = kc_test_json((const char *)text);
+    free(text);
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "format")), "keycustody-plan");
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "version")), 1);
     CU_ASSERT_EQUAL(json_array_size(json_object_get(json_object_get(j, "observed"), "vaults")), 2);
