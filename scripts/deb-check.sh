@@ -31,7 +31,7 @@ lintian --fail-on error --info --pedantic --display-level '>=pedantic' "$out"/*.
 step "install, run, purge"
 pkgs=(keycustody libkeycustody0 libkeycustody-dev)
 for p in "${pkgs[@]}"; do
-  if dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+  if dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep 'install ok installed' >/dev/null; then
     echo "$p is installed already: not installing over it" >&2
     exit 1
   fi
@@ -41,11 +41,11 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
   "$out"/keycustody_"$version"_*.deb "$out"/libkeycustody0_"$version"_*.deb \
   "$out"/libkeycustody-dev_"$version"_*.deb >/dev/null
 [ "$(command -v keycustody)" = /usr/bin/keycustody ] || { echo "keycustody not in /usr/bin" >&2; exit 1; }
-keycustody --version | grep -qx "keycustody ${version%%-*}"
+keycustody --version | grep -x "keycustody ${version%%-*}" >/dev/null
 keycustody --version
-MANWIDTH=80 man keycustody 2>&1 | grep -q "custody of HSM root keys through PKCS#11"
-MANWIDTH=80 man 5 keycustody-layout 2>&1 | grep -q "paired_regions_waiver"
-MANWIDTH=80 man keycustody-policy 2>&1 | grep -q "usage: keycustody policy plan"
+MANWIDTH=80 man keycustody 2>&1 | grep "custody of HSM root keys through PKCS#11" >/dev/null
+MANWIDTH=80 man 5 keycustody-layout 2>&1 | grep "paired_regions_waiver" >/dev/null
+MANWIDTH=80 man keycustody-policy 2>&1 | grep "usage: keycustody policy plan" >/dev/null
 echo "man keycustody, man keycustody-policy, man 5 keycustody-layout: ok"
 [ -f /usr/share/bash-completion/completions/keycustody ]
 bash --norc -c 'source /usr/share/bash-completion/completions/keycustody &&
@@ -56,7 +56,7 @@ echo "bash completion installed and completing: ok"
 # shellcheck disable=SC2046 # pkg-config's words
 cc -Wall -Werror /usr/share/doc/keycustody/examples/list-keys.c \
   $(pkg-config --cflags --libs keycustody) -o "$out/list-keys"
-ldd "$out/list-keys" | grep -Eq "libkeycustody.so.0 => (/usr)?/lib/"
+ldd "$out/list-keys" | grep -E "libkeycustody.so.0 => (/usr)?/lib/" >/dev/null
 "$out/list-keys" --help >/dev/null 2>&1 || [ $? -eq 2 ]
 echo "the example builds against libkeycustody-dev and loads libkeycustody0: ok"
 echo "deb: ok"
