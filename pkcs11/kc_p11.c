@@ -871,7 +871,6 @@ static int list_one(kc_p11 *p, size_t mod, CK_SLOT_ID slot, const CK_TOKEN_INFO 
     struct list_arg *a = arg;
     char module[256];
 
-    (void)slot;
     if (shadowed(p, mod, info))
         return 0;
     if (a->n == a->cap) {
@@ -886,6 +885,7 @@ static int list_one(kc_p11 *p, size_t mod, CK_SLOT_ID slot, const CK_TOKEN_INFO 
     /* Name the module by its real file, not the fault-injecting copy. */
     module_name(p->modules[mod], module, sizeof(module));
     fill_info(&a->v[a->n], info, module);
+    a->v[a->n].slot_id = slot;
     a->v[a->n++].module_index = mod;
     return 0;
 }
@@ -1201,6 +1201,42 @@ kc_rc kc_p11_token(kc_p11 *p, const char *name_or_uri, kc_tok **out, kc_error *e
     if (r != KC_OK)
         return r;
     return cache_token(p, &a, out, err);
+}
+
+kc_rc kc_p11_token_listed(kc_p11 *p, const kc_tok_info *info, kc_tok **out, kc_error *err)
+{
+    kc_tok **nc;
+    kc_tok *t;
+    size_t i, n;
+
+    *out = NULL;
+    for (n = 0; p->calls[n] != NULL; n++)
+        ;
+    if (info->module_index >= n)
+        return kc_error_set(err, KC_ERR, "token '%s' is not of a loaded module", info->label);
+    for (i = 0; i < p->ncache; i++)
+        if (p->cache[i]->f == p->calls[info->module_index] && p->cache[i]->slot == info->slot_id) {
+            *out = p->cache[i];
+            return KC_OK;
+        }
+    t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return kc_error_set(err, KC_ERR, "out of memory");
+    nc = realloc(p->cache, (p->ncache + 1) * sizeof(*nc));
+    if (nc == NULL) {
+        free(t);
+        return kc_error_set(err, KC_ERR, "out of memory");
+    }
+    t->p = p;
+    t->f = p->calls[info->module_index];
+    t->slot = info->slot_id;
+    t->oaep_sha256 = -1;
+    t->takes_copyable = t->takes_unwrap_template = -1;
+    t->info = *info; /* as the listing read it, its module named as there */
+    p->cache = nc;
+    p->cache[p->ncache++] = t;
+    *out = t;
+    return KC_OK;
 }
 
 kc_rc kc_p11_token_if_any(kc_p11 *p, const char *name_or_uri, kc_tok **out, kc_error *err)

@@ -46,6 +46,7 @@ typedef struct kc_tok_info {
     char uri[512];    /* RFC 7512 token URI */
     char module[256]; /* module file the token was found through */
     size_t module_index; /* which of kc_p11_modules' list (kc_p11_list_tokens) */
+    unsigned long slot_id; /* its slot there (kc_p11_list_tokens) */
     int initialized;
     int user_pin_initialized;
     int login_required;
@@ -142,6 +143,11 @@ KC_EXPORT void kc_p11_free(kc_p11 *p);
 /* Every token present in any loaded module. *out is an array the caller frees. */
 KC_EXPORT kc_rc kc_p11_list_tokens(kc_p11 *p, kc_tok_info **out, size_t *n,
                                    kc_error *err) KC_MUST_CHECK;
+
+/* The token of an entry kc_p11_list_tokens gave, without another pass over
+ * the slots (a listing that opens each token stays linear in the slots). */
+KC_EXPORT kc_rc kc_p11_token_listed(kc_p11 *p, const kc_tok_info *info, kc_tok **out,
+                                    kc_error *err) KC_MUST_CHECK;
 
 /* The token named by name_or_uri: a "pkcs11:" URI (token attributes are
  * matched; a PIN in the URI is refused) or a token label. Exactly one token

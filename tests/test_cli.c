@@ -226,6 +226,41 @@ static void test_vault_init_by_token_uri(void)
     ASSERT_RC(r, 5);
 }
 
+/* C_GetTokenInfo calls of one 'vault list' with n vaults. */
+static unsigned token_info_calls(void)
+{
+    kc_error e;
+    unsigned calls;
+
+    CU_ASSERT_EQUAL_FATAL(kc_p11_fault_arm("C_GetTokenInfo", "CKR_DEVICE_ERROR", 1000000, 0, &e),
+                          KC_OK);
+    ASSERT_RC(kc_test_run("vault", "list", NULL), 0);
+    calls = kc_p11_fault_calls();
+    kc_p11_fault_disarm();
+    return calls;
+}
+
+/* 'vault list' reads each slot's token once, not once per token it opens:
+ * its cost grows with the slots, not their square. */
+static void test_vault_list_one_pass(void)
+{
+    char name[16];
+    unsigned four, eight;
+    int i;
+
+    for (i = 0; i < 8; i++) {
+        snprintf(name, sizeof(name), "Vault%02d", i);
+        kc_test_vault(name, "s", "westus");
+        if (i == 3)
+            four = token_info_calls(); /* 4 vaults, 5 slots */
+    }
+    eight = token_info_calls(); /* 8 vaults, 9 slots */
+    fprintf(stderr, "C_GetTokenInfo calls of vault list: %u with 5 slots, %u with 9\n", four,
+            eight);
+    CU_ASSERT(four <= 5 * 2);
+    CU_ASSERT(eight <= 9 * 2);
+}
+
 static const kc_test_case vault_cases[] = {
     {"init by token URI", test_vault_init_by_token_uri},
     {"init, show, list", test_vault_init_show_list},
@@ -233,6 +268,7 @@ static const kc_test_case vault_cases[] = {
     {"PIN files and sources", test_vault_pin_file},
     {"not found", test_vault_not_found},
     {"registered modules", test_vault_registry_modules},
+    {"vault list: one pass over the slots", test_vault_list_one_pass},
     {NULL, NULL},
 };
 

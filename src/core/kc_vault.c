@@ -718,8 +718,9 @@ kc_rc kc_vault_list(kc_ctx *ctx, kc_vault_entry **out, size_t *n, kc_error *err)
             continue;
         }
         kc_error_clear(&why);
-        /* By URI, so two tokens with one label are still told apart. */
-        if (kc_p11_token(ctx->p11, toks[i].uri, &tok, &why) == KC_OK &&
+        /* By its slot, so two tokens with one label are still told apart,
+         * and without another pass over every slot per token */
+        if (kc_p11_token_listed(ctx->p11, &toks[i], &tok, &why) == KC_OK &&
             read_meta(tok, kc_ctx_pinned_fingerprint(ctx, toks[i].label), &v[i].meta, NULL,
                       v[i].fingerprint, NULL, &why) == KC_OK) {
             v[i].is_vault = strcmp(v[i].meta.name, toks[i].label) == 0;
