@@ -1,8 +1,12 @@
 /* RSA-OAEP unwraps per second through libkeycustody on SoftHSM, next to
- * OpenSSL's raw RSA-OAEP private-key operations on the same machine, in the
- * same run. Not a test: it reports, it does not judge.
+ * the same calls straight to the module and OpenSSL's raw RSA-OAEP
+ * private-key operations, in the same run. The three are measured in rounds,
+ * one after the other and in a rotating order within each round, and each
+ * ratio is the median of the per-round ratios: drift of the machine between
+ * rounds (another load, frequency changes) then falls on all three alike.
+ * Not a test: it reports, it does not judge.
  *
- *   build/bench_unwrap [--seconds N]
+ *   build/bench_unwrap [--seconds N] [--rounds R]
  *
  * Makes its own token directory under $TMPDIR and removes it afterwards. */
 #include "bench_common.h"
@@ -26,7 +30,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static double seconds = 3.0;
+static double seconds = 1.0; /* per figure per round */
+static int rounds = 7;
 
 /* --- libkeycustody on the token --- */
 
@@ -229,24 +234,30 @@ static void *ossl_worker(void *arg)
     return NULL;
 }
 
-static double run_openssl(unsigned bits, int threads)
+/* A key of bits and an OAEP blob of 32 random bytes under it. */
+static EVP_PKEY *openssl_key(unsigned bits, unsigned char *blob, size_t *blob_len)
 {
     EVP_PKEY *key = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)bits);
     EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(key, NULL);
-    unsigned char secret[32], blob[512];
-    size_t blob_len = sizeof(blob);
+    unsigned char secret[32];
+
+    RAND_bytes(secret, sizeof(secret));
+    EVP_PKEY_encrypt_init(ctx);
+    EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING);
+    EVP_PKEY_CTX_set_rsa_oaep_md(ctx, EVP_sha1());
+    EVP_PKEY_encrypt(ctx, blob, blob_len, secret, sizeof(secret));
+    EVP_PKEY_CTX_free(ctx);
+    return key;
+}
+
+static double run_openssl(EVP_PKEY *key, const unsigned char *blob, size_t blob_len, int threads)
+{
     struct ossl_job jobs[2];
     pthread_t t[2];
     double start, took;
     long ops = 0;
     int i;
 
-    RAND_bytes(secret, sizeof(secret));
-    EVP_PKEY_encrypt_init(ctx);
-    EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING);
-    EVP_PKEY_CTX_set_rsa_oaep_md(ctx, EVP_sha1());
-    EVP_PKEY_encrypt(ctx, blob, &blob_len, secret, sizeof(secret));
-    EVP_PKEY_CTX_free(ctx);
     start = bench_now();
     for (i = 0; i < threads; i++) {
         jobs[i] = (struct ossl_job){key, blob, blob_len, 0};
@@ -257,8 +268,20 @@ static double run_openssl(unsigned bits, int threads)
         ops += jobs[i].ops;
     }
     took = bench_now() - start;
-    EVP_PKEY_free(key);
     return (double)ops / took;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof(*v), cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 /* --- set-up --- */
@@ -272,13 +295,19 @@ int main(int argc, char **argv)
     kc_vault *v = NULL;
     kc_error e;
     char dir[512];
-    int adopted, threads;
+    int adopted, threads, i, r;
     size_t s;
 
-    if (argc == 3 && strcmp(argv[1], "--seconds") == 0)
-        seconds = atof(argv[2]);
-    if (seconds <= 0) {
-        fprintf(stderr, "usage: bench_unwrap [--seconds N]\n");
+    for (i = 1; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--seconds") == 0)
+            seconds = atof(argv[i + 1]);
+        else if (strcmp(argv[i], "--rounds") == 0)
+            rounds = atoi(argv[i + 1]);
+        else
+            break;
+    }
+    if (i != argc || seconds <= 0 || rounds < 1 || rounds > 99) {
+        fprintf(stderr, "usage: bench_unwrap [--seconds N] [--rounds 1..99]\n");
         return 2;
     }
     if ((module = bench_setup(dir, sizeof(dir))) == NULL)
@@ -293,10 +322,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench: %s\n", e.msg);
         return 1;
     }
-    printf("RSA-OAEP (SHA-1) unwraps of a 32-byte key per second, %.0f s per figure, %ld CPUs\n"
+    printf("RSA-OAEP (SHA-1) unwraps of a 32-byte key per second, %d rounds of %.1f s per figure,"
+           " %ld CPUs\n"
            "keycustody: kc_tok_oaep_unwrap; pkcs11: the same C_UnwrapKey, C_GetAttributeValue,\n"
-           "C_DestroyObject straight to the module; openssl: EVP_PKEY_decrypt, same key size\n",
-           seconds, sysconf(_SC_NPROCESSORS_ONLN));
+           "C_DestroyObject straight to the module; openssl: EVP_PKEY_decrypt, same key size.\n"
+           "Rates and ratios are medians over the rounds (each ratio within its round).\n",
+           rounds, seconds, sysconf(_SC_NPROCESSORS_ONLN));
     printf("%-5s %-8s %11s %11s %11s %12s %14s\n", "bits", "threads", "keycustody", "pkcs11",
            "openssl", "kc/pkcs11", "kc/openssl");
     for (s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
@@ -317,14 +348,34 @@ int main(int argc, char **argv)
             fprintf(stderr, "bench: %s\n", e.msg);
             return 1;
         }
+        unsigned char oblob[512];
+        size_t oblob_len = sizeof(oblob);
+        EVP_PKEY *okey = openssl_key(sizes[s], oblob, &oblob_len);
+
         for (threads = 1; threads <= 2; threads++) {
-            double tok = run_token(ctx->p11, label, blob, blob_len, threads);
-            double raw = run_raw(module, label, blob, blob_len, threads);
-            double ossl = run_openssl(sizes[s], threads);
-            printf("%-5u %-8d %11.0f %11.0f %11.0f %12.2f %14.2f\n", sizes[s], threads, tok, raw,
-                   ossl, tok / raw, tok / ossl);
+            double tok[99], raw[99], ossl[99], kr[99], ko[99], f[3];
+            int which;
+
+            for (r = 0; r < rounds; r++) {
+                /* the order turns each round, so that none is always first */
+                for (i = 0; i < 3; i++) {
+                    which = (i + r) % 3;
+                    f[which] = which == 0   ? run_token(ctx->p11, label, blob, blob_len, threads)
+                               : which == 1 ? run_raw(module, label, blob, blob_len, threads)
+                                            : run_openssl(okey, oblob, oblob_len, threads);
+                }
+                tok[r] = f[0];
+                raw[r] = f[1];
+                ossl[r] = f[2];
+                kr[r] = f[0] / f[1];
+                ko[r] = f[0] / f[2];
+            }
+            printf("%-5u %-8d %11.0f %11.0f %11.0f %12.2f %14.2f\n", sizes[s], threads,
+                   median(tok, rounds), median(raw, rounds), median(ossl, rounds),
+                   median(kr, rounds), median(ko, rounds));
             fflush(stdout);
         }
+        EVP_PKEY_free(okey);
         free(blob);
         kc_secret_free(secret);
         kc_key_free(k);
