@@ -1048,19 +1048,29 @@ static kc_rc parse_token_uri(const char *s, P11KitUri **out, kc_error *err)
     return KC_OK;
 }
 
-static kc_rc tok_new(kc_p11 *p, const struct find_arg *a, kc_tok **out, kc_error *err)
+/* A token handle on slot of f, nothing asked of the token yet. */
+static kc_tok *tok_alloc(kc_p11 *p, CK_FUNCTION_LIST *f, CK_SLOT_ID slot)
 {
     kc_tok *t = calloc(1, sizeof(*t));
+
+    if (t == NULL)
+        return NULL;
+    t->p = p;
+    t->f = f;
+    t->slot = slot;
+    t->oaep_sha256 = -1;
+    t->takes_copyable = t->takes_unwrap_template = -1;
+    return t;
+}
+
+static kc_rc tok_new(kc_p11 *p, const struct find_arg *a, kc_tok **out, kc_error *err)
+{
+    kc_tok *t = tok_alloc(p, a->f, a->slot);
     char module[256];
 
     *out = NULL;
     if (t == NULL)
         return kc_error_set(err, KC_ERR, "out of memory");
-    t->p = p;
-    t->f = a->f;
-    t->slot = a->slot;
-    t->oaep_sha256 = -1;
-    t->takes_copyable = t->takes_unwrap_template = -1;
     module_name(a->module, module, sizeof(module));
     fill_info(&t->info, &a->info, module);
     *out = t;
@@ -1164,9 +1174,23 @@ kc_rc kc_p11_token_new(kc_p11 *p, const char *name_or_uri, kc_tok **out, kc_erro
     return tok_new(p, &a, out, err);
 }
 
+/* Keeps t for later lookups of its token (p owns it from now on). */
+static kc_rc cache_add(kc_p11 *p, kc_tok *t, kc_tok **out, kc_error *err)
+{
+    kc_tok **nc = realloc(p->cache, (p->ncache + 1) * sizeof(*nc));
+
+    if (nc == NULL) {
+        kc_tok_free(t);
+        return kc_error_set(err, KC_ERR, "out of memory");
+    }
+    p->cache = nc;
+    p->cache[p->ncache++] = t;
+    *out = t;
+    return KC_OK;
+}
+
 static kc_rc cache_token(kc_p11 *p, const struct find_arg *a, kc_tok **out, kc_error *err)
 {
-    kc_tok **nc = NULL;
     kc_tok *t = NULL;
     size_t i;
     kc_rc r;
@@ -1180,15 +1204,7 @@ static kc_rc cache_token(kc_p11 *p, const struct find_arg *a, kc_tok **out, kc_e
     r = tok_new(p, a, &t, err);
     if (r != KC_OK)
         return r;
-    nc = realloc(p->cache, (p->ncache + 1) * sizeof(*nc));
-    if (nc == NULL) {
-        kc_tok_free(t);
-        return kc_error_set(err, KC_ERR, "out of memory");
-    }
-    p->cache = nc;
-    p->cache[p->ncache++] = t;
-    *out = t;
-    return KC_OK;
+    return cache_add(p, t, out, err);
 }
 
 kc_rc kc_p11_token(kc_p11 *p, const char *name_or_uri, kc_tok **out, kc_error *err)
@@ -1205,7 +1221,6 @@ kc_rc kc_p11_token(kc_p11 *p, const char *name_or_uri, kc_tok **out, kc_error *e
 
 kc_rc kc_p11_token_listed(kc_p11 *p, const kc_tok_info *info, kc_tok **out, kc_error *err)
 {
-    kc_tok **nc;
     kc_tok *t;
     size_t i, n;
 
@@ -1219,24 +1234,11 @@ kc_rc kc_p11_token_listed(kc_p11 *p, const kc_tok_info *info, kc_tok **out, kc_e
             *out = p->cache[i];
             return KC_OK;
         }
-    t = calloc(1, sizeof(*t));
+    t = tok_alloc(p, p->calls[info->module_index], info->slot_id);
     if (t == NULL)
         return kc_error_set(err, KC_ERR, "out of memory");
-    nc = realloc(p->cache, (p->ncache + 1) * sizeof(*nc));
-    if (nc == NULL) {
-        free(t);
-        return kc_error_set(err, KC_ERR, "out of memory");
-    }
-    t->p = p;
-    t->f = p->calls[info->module_index];
-    t->slot = info->slot_id;
-    t->oaep_sha256 = -1;
-    t->takes_copyable = t->takes_unwrap_template = -1;
     t->info = *info; /* as the listing read it, its module named as there */
-    p->cache = nc;
-    p->cache[p->ncache++] = t;
-    *out = t;
-    return KC_OK;
+    return cache_add(p, t, out, err);
 }
 
 kc_rc kc_p11_token_if_any(kc_p11 *p, const char *name_or_uri, kc_tok **out, kc_error *err)
