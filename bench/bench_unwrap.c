@@ -353,7 +353,8 @@ int main(int argc, char **argv)
         EVP_PKEY *okey = openssl_key(sizes[s], oblob, &oblob_len);
 
         for (threads = 1; threads <= 2; threads++) {
-            double tok[99], raw[99], ossl[99], kr[99], ko[99], f[3];
+            double tok[99] = {0}, raw[99] = {0}, ossl[99] = {0}, kr[99] = {0}, ko[99] = {0};
+            double f[3] = {0};
             int which;
 
             for (r = 0; r < rounds; r++) {

@@ -245,7 +245,7 @@ static unsigned token_info_calls(void)
 static void test_vault_list_one_pass(void)
 {
     char name[16];
-    unsigned four, eight;
+    unsigned four = 0, eight;
     int i;
 
     for (i = 0; i < 8; i++) {
