@@ -786,11 +786,16 @@ static long seq_of(const line_ref *l)
 }
 
 /* Says what an out-of-place sequence number means. */
-static kc_rc misplaced(const line_ref *lines, size_t n, size_t i, long expect, const char *path,
+/* Lines before i were read by the verifier and carry their seq; the ones
+ * after it are read here, on this error path only. */
+static kc_rc misplaced(line_ref *lines, size_t n, size_t i, long expect, const char *path,
                        kc_error *err)
 {
     long s = lines[i].seq;
     size_t j;
+
+    for (j = i + 1; j < n; j++)
+        lines[j].seq = seq_of(&lines[j]);
 
     if (s < expect) {
         for (j = 0; j < i; j++)
@@ -853,8 +858,7 @@ static kc_rc verify_records(verifier *vf, const char *path, line_ref *lines, siz
     memset(prev, '0', HASH_HEX);
     prev[HASH_HEX] = '\0';
     log[0] = '\0';
-    for (i = 0; i < n; i++)
-        lines[i].seq = seq_of(&lines[i]);
+    /* each record is parsed once, in order (audit verify stays linear) */
     for (i = 0; i < n; i++) {
         kc_error_clear(&e);
         r = kc_audit_parse_line(lines[i].text, lines[i].len, &rec, mac, &has_mac, &mac_off, &e);
@@ -863,6 +867,7 @@ static kc_rc verify_records(verifier *vf, const char *path, line_ref *lines, siz
                                 "audit log '%s': line %zu is not an audit record (%s): it was "
                                 "modified or inserted",
                                 path, i + 1, e.msg);
+        lines[i].seq = (long)json_integer_value(json_object_get(rec, "seq"));
         const char *rlog = json_string_value(json_object_get(rec, "log"));
         const char *rprev = json_string_value(json_object_get(rec, "prev"));
         const char *by = json_string_value(json_object_get(rec, "sealed_by"));
