@@ -74,6 +74,11 @@ static void roff_text(FILE *f, const char *s, size_t n)
     }
 }
 
+static void roff_str(FILE *f, const char *s)
+{
+    roff_text(f, s, strlen(s));
+}
+
 /* Lines kept as they are (no fill, no adjusting); a blank line is .sp. */
 static void roff_verbatim(FILE *f, const char *text, size_t len)
 {
@@ -98,7 +103,7 @@ static void roff_verbatim(FILE *f, const char *text, size_t len)
 static void roff_line(FILE *f, const char *macro, const char *text)
 {
     fprintf(f, "%s ", macro);
-    roff_text(f, text, strlen(text));
+    roff_str(f, text);
     fputc('\n', f);
 }
 
@@ -111,7 +116,7 @@ static void roff_title(FILE *f, const char *name, int section, const char *date)
         up[i] = (char)(name[i] >= 'a' && name[i] <= 'z' ? name[i] - 'a' + 'A' : name[i]);
     up[i] = '\0';
     fprintf(f, ".TH \"");
-    roff_text(f, up, strlen(up));
+    roff_str(f, up);
     fprintf(f, "\" %d \"%s\" \"keycustody %s\" \"keycustody manual\"\n.nh\n.ad l\n", section, date,
             KC_VERSION_STRING);
 }
@@ -170,14 +175,14 @@ static void common_sections(FILE *f, int top)
     for (i = 0; i < sizeof(environment) / sizeof(environment[0]); i++) {
         fputs(".TP\n", f);
         roff_line(f, ".B", environment[i].name);
-        roff_text(f, environment[i].text, strlen(environment[i].text));
+        roff_str(f, environment[i].text);
         fputc('\n', f);
     }
     fputs(".SH FILES\n", f);
     for (i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
         fputs(".TP\n", f);
         roff_line(f, ".I", files[i].name);
-        roff_text(f, files[i].text, strlen(files[i].text));
+        roff_str(f, files[i].text);
         fputc('\n', f);
     }
 }
@@ -198,7 +203,7 @@ static void see_also(FILE *f, const kc_cmd *const *groups, size_t ngroups, const
         if (strcmp(name, self) == 0)
             continue;
         fprintf(f, "%s.BR ", first ? "" : ",\n");
-        roff_text(f, name, strlen(name));
+        roff_str(f, name);
         fputs(" (1)", f);
         first = 0;
     }
@@ -229,9 +234,9 @@ static kc_rc top_page(FILE *f, const kc_cmd *const *groups, const char *const *s
         fputs(".TP\n", f);
         snprintf(name, sizeof(name), "keycustody-%s", groups[g][0].group);
         fputs(".BR ", f);
-        roff_text(f, name, strlen(name));
+        roff_str(f, name);
         fputs(" (1)\n", f);
-        roff_text(f, summaries[g], strlen(summaries[g]));
+        roff_str(f, summaries[g]);
         fputc('\n', f);
     }
     common_sections(f, 1);
@@ -249,23 +254,23 @@ static kc_rc group_page(FILE *f, const kc_cmd *cmds, const char *summary,
     snprintf(page, sizeof(page), "keycustody-%s", cmds[0].group);
     roff_title(f, page, 1, date);
     fputs(".SH NAME\n", f);
-    roff_text(f, page, strlen(page));
+    roff_str(f, page);
     fputs(" \\- ", f);
-    roff_text(f, summary, strlen(summary));
+    roff_str(f, summary);
     fputs("\n.SH SYNOPSIS\n.nf\n", f);
     for (c = cmds; c->group != NULL; c++) {
         fprintf(f, "\\fBkeycustody %s%s", c->group, c->verb[0] ? " " : "");
-        roff_text(f, c->verb, strlen(c->verb));
+        roff_str(f, c->verb);
         fputs("\\fR ", f);
-        roff_text(f, c->synopsis, strlen(c->synopsis));
+        roff_str(f, c->synopsis);
         fputc('\n', f);
     }
     fputs(".fi\n.SH DESCRIPTION\n", f);
-    roff_text(f, summary, strlen(summary));
+    roff_str(f, summary);
     fputs(".\n.SH COMMANDS\n", f);
     for (c = cmds; c->group != NULL; c++) {
         fprintf(f, ".SS \"%s%s", c->group, c->verb[0] ? " " : "");
-        roff_text(f, c->verb, strlen(c->verb));
+        roff_str(f, c->verb);
         fputs("\"\n", f);
         help = command_help(c, &len);
         if (help == NULL)
