@@ -65,11 +65,10 @@ static void test_attack_user_pin_holder(void)
                           "software", PIN, NULL),
               0);
     ASSERT_RC(kc_test_domain("contoso-a", "VaultA1", path(3, "a.domain")), 0);
-    ASSERT_RC(kc_test_run("key", "backup", "VaultA1/Key001", "--out", path(4, "k.backup"), PIN,
-                          NULL),
-              0);
-    rc = kc_test_sh(&out, "ATTACK_PIN=\"$TEST_PIN\" '%s' extract '%s' VaultA1 Key001", KC_ATTACK_P11,
-                    KC_SOFTHSM_MODULE);
+    ASSERT_RC(
+        kc_test_run("key", "backup", "VaultA1/Key001", "--out", path(4, "k.backup"), PIN, NULL), 0);
+    rc = kc_test_sh(&out, "ATTACK_PIN=\"$TEST_PIN\" '%s' extract '%s' VaultA1 Key001",
+                    KC_ATTACK_P11, KC_SOFTHSM_MODULE);
     if (rc != 0)
         fprintf(stderr, "\n%s\n", out);
     CU_ASSERT_EQUAL(rc, 0);
@@ -82,9 +81,9 @@ static void test_attack_user_pin_holder(void)
     CU_ASSERT_EQUAL(rc, 1);
     ASSERT_HAS(out, "BROKEN: the private exponent of 'Soft' is readable");
     /* and the vault still works after all that poking */
-    ASSERT_RC(kc_test_run("key", "backup", "VaultA1/Key001", "--out", path(4, "k2.backup"), PIN,
-                          NULL),
-              0);
+    ASSERT_RC(
+        kc_test_run("key", "backup", "VaultA1/Key001", "--out", path(4, "k2.backup"), PIN, NULL),
+        0);
 }
 
 /* Every CKA_VALUE in the token's object files as softhsm2-dump-file shows
@@ -202,11 +201,9 @@ static void test_attack_token_files_and_backup(void)
               0);
     ASSERT_RC(kc_test_domain("contoso-a", "VaultA1", path(3, "a.domain")), 0);
     ASSERT_RC(kc_test_run("key", "rotate", "VaultA1/Key001", PIN, NULL), 0);
-    ASSERT_RC(kc_test_run("key", "backup", "VaultA1/Key001", "--out", path(4, "k.backup"), PIN,
-                          NULL),
-              0);
-    ASSERT_RC(kc_test_run("key", "backup", "VaultA1/Soft", "--out", path(5, "s.backup"), PIN,
-                          NULL),
+    ASSERT_RC(
+        kc_test_run("key", "backup", "VaultA1/Key001", "--out", path(4, "k.backup"), PIN, NULL), 0);
+    ASSERT_RC(kc_test_run("key", "backup", "VaultA1/Soft", "--out", path(5, "s.backup"), PIN, NULL),
               0);
     snprintf(tokens, sizeof(tokens), "%s", kc_test_path("tokens"));
     nvals = dump_values(tokens, vals, sizeof(vals) / sizeof(vals[0]));
@@ -293,8 +290,8 @@ static void test_planted_domain_keys_before_join(void)
     for (i = 0; i < sizeof(labels) / sizeof(labels[0]); i++)
         CU_ASSERT_EQUAL_FATAL(plant("secret", "VaultA3", labels[i], idhex), 0);
     r = kc_test_run("subscription", "join", "contoso-a", "--vault", "VaultA3", "--domain", P[3],
-                    "--share-key", path(4, "alice-key.pem"), "--share-key",
-                    path(5, "bob-key.pem"), SOPIN, PIN, NULL);
+                    "--share-key", path(4, "alice-key.pem"), "--share-key", path(5, "bob-key.pem"),
+                    SOPIN, PIN, NULL);
     ASSERT_RC(r, 8);
     ASSERT_HAS(r->err, "labelled 'keycustody-domain-wrap' that keycustody did not make there (not "
                        "trusted by the security officer)");
@@ -312,9 +309,8 @@ static void test_planted_domain_key_after_install(void)
     kc_test_vault("VaultA1", "contoso-a", "westus");
     kc_test_key("VaultA1/Key001", NULL);
     ASSERT_RC(kc_test_domain("contoso-a", "VaultA1", path(3, "a.domain")), 0);
-    ASSERT_RC(kc_test_run("key", "backup", "VaultA1/Key001", "--out", path(4, "k.backup"), PIN,
-                          NULL),
-              0);
+    ASSERT_RC(
+        kc_test_run("key", "backup", "VaultA1/Key001", "--out", path(4, "k.backup"), PIN, NULL), 0);
     CU_ASSERT_EQUAL_FATAL(plant("secret", "VaultA1", "keycustody-domain-mac", "00"), 0);
     r = kc_test_run("key", "backup", "VaultA1/Key001", "--out", path(5, "k2.backup"), PIN, NULL);
     ASSERT_RC(r, 8);
@@ -385,8 +381,7 @@ static void test_layout_module_registered(void)
     char line[1200];
 
     unsetenv("KEYCUSTODY_MODULE");
-    snprintf(line, sizeof(line), "    module: %s\n    purge_protection: true\n",
-             KC_SOFTHSM_MODULE);
+    snprintf(line, sizeof(line), "    module: %s\n    purge_protection: true\n", KC_SOFTHSM_MODULE);
     layout = kc_test_layout("    purge_protection: true\n", line);
     ASSERT_RC(kc_test_run("policy", "apply", layout, "--yes", NULL), 0);
     snprintf(line, sizeof(line), "    module: %s\n    purge_protection: true\n", KC_EVIL_MODULE);
@@ -441,10 +436,9 @@ static void test_store_schema_changed(void)
     char *out = NULL;
 
     store_setup();
-    CU_ASSERT_EQUAL_FATAL(
-        kc_test_sh(&out, "sqlite3 '%s' 'CREATE INDEX planted ON deps (name)'",
-                   kc_test_path("service.db")),
-        0);
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out, "sqlite3 '%s' 'CREATE INDEX planted ON deps (name)'",
+                                     kc_test_path("service.db")),
+                          0);
     r = kc_test_run("dep", "list", NULL);
     ASSERT_RC(r, 8);
     ASSERT_HAS(r->err, "index 'planted' was added");
@@ -529,8 +523,8 @@ static void test_store_wrapped_key_replaced(void)
     ASSERT_RC(r, 8);
     ASSERT_HAS(r->err, "wrapped key of DEP 'Ten' (generation 1, slot 0) fails its MAC");
     ASSERT_HAS(r->err, "made or changed outside keycustody, and is not used");
-    r = kc_test_run("data", "get", "tenant", "before", "--out", path(3, "before.out"), "--as", "svc",
-                    PIN, NULL);
+    r = kc_test_run("data", "get", "tenant", "before", "--out", path(3, "before.out"), "--as",
+                    "svc", PIN, NULL);
     ASSERT_RC(r, 8);
     r = kc_test_run("dep", "refresh", "Ten", "--roll", "--as", "svc", PIN, NULL);
     ASSERT_RC(r, 8);
@@ -647,7 +641,7 @@ static void test_store_copy_of_another_key(void)
         "dep_keys d, dep_keys o WHERE d.slot = 0 AND o.slot = 0 AND d.dep_id = (SELECT id FROM "
         "deps WHERE name = 'Ten') AND o.dep_id = (SELECT id FROM deps WHERE name = 'Ten2')";
     unsigned char mac[32];
-    sqlite3_stmt *s = NULL, *u = NULL;
+    kc_q *s = NULL, *u = NULL;
     kc_store *st = NULL;
     kc_ctx *ctx = NULL;
     const kc_test_out *r;
@@ -662,8 +656,8 @@ static void test_store_copy_of_another_key(void)
     CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, kc_test_env_pin, NULL, &ctx, &err), KC_OK);
     CU_ASSERT_EQUAL_FATAL(kc_store_open(kc_test_path("service.db"), &st, &err), KC_OK);
     CU_ASSERT_EQUAL_FATAL(kc_store_authenticate(ctx, st, "Service", 0, &err), KC_OK);
-    CU_ASSERT_EQUAL_FATAL(sqlite3_prepare_v2(st->db, q, -1, &s, NULL), SQLITE_OK);
-    CU_ASSERT_EQUAL_FATAL(sqlite3_step(s), SQLITE_ROW);
+    CU_ASSERT_EQUAL_FATAL(kc_q_prepare(st, q, &s), KC_Q_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_q_step(s), KC_Q_ROW);
     kc_row_init(&row, "dep_keys");
     kc_row_cols(&row, s, 0, 2);
     kc_row_int(&row, 0);
@@ -671,18 +665,17 @@ static void test_store_copy_of_another_key(void)
     kc_row_col(&row, s, 7); /* Ten2's copy */
     kc_row_col(&row, s, 6); /* Ten's check value */
     CU_ASSERT_EQUAL_FATAL(kc_row_seal(st, &row, mac, &err), KC_OK);
-    CU_ASSERT_EQUAL_FATAL(sqlite3_prepare_v2(st->db,
-                                             "UPDATE dep_keys SET wrapped = ?, mac = ? WHERE "
-                                             "dep_id = ? AND slot = 0",
-                                             -1, &u, NULL),
-                          SQLITE_OK);
-    sqlite3_bind_blob(u, 1, sqlite3_column_blob(s, 7), sqlite3_column_bytes(s, 7),
-                      SQLITE_TRANSIENT);
-    sqlite3_bind_blob(u, 2, mac, sizeof(mac), SQLITE_STATIC);
-    sqlite3_bind_text(u, 3, (const char *)sqlite3_column_text(s, 0), -1, SQLITE_TRANSIENT);
-    CU_ASSERT_EQUAL(sqlite3_step(u), SQLITE_DONE);
-    sqlite3_finalize(u);
-    sqlite3_finalize(s);
+    CU_ASSERT_EQUAL_FATAL(kc_q_prepare(st,
+                                       "UPDATE dep_keys SET wrapped = ?, mac = ? WHERE "
+                                       "dep_id = ? AND slot = 0",
+                                       &u),
+                          KC_Q_OK);
+    kc_q_bind_blob(u, 1, kc_q_blob(s, 7), kc_q_bytes(s, 7));
+    kc_q_bind_blob(u, 2, mac, sizeof(mac));
+    kc_q_bind_text(u, 3, (const char *)kc_q_text(s, 0));
+    CU_ASSERT_EQUAL(kc_q_step(u), KC_Q_DONE);
+    kc_q_finish(u);
+    kc_q_finish(s);
     kc_store_close(st);
     kc_ctx_free(ctx);
     r = put_item("mailbox:new", "x");
@@ -807,12 +800,14 @@ static void test_log_unknown_sealer(void)
         snprintf(prev + 2 * k, 3, "%02x", digest[k]);
     rec = json_loads(last, JSON_PRESERVE_ORDER, NULL);
     CU_ASSERT_PTR_NOT_NULL_FATAL(rec);
-    json_object_set_new(rec, "seq", json_integer(json_integer_value(json_object_get(rec, "seq")) + 1));
+    json_object_set_new(rec, "seq",
+                        json_integer(json_integer_value(json_object_get(rec, "seq")) + 1));
     json_object_set_new(rec, "command", json_string("key purge"));
     json_object_set_new(rec, "prev", json_string(prev));
     json_object_set_new(rec, "sealed_by", json_string("Ghost"));
-    json_object_set_new(rec, "mac", json_string("00000000000000000000000000000000000000000000000000"
-                                                "00000000000000"));
+    json_object_set_new(rec, "mac",
+                        json_string("00000000000000000000000000000000000000000000000000"
+                                    "00000000000000"));
     text = json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII);
     out = fopen(kc_test_path("audit.jsonl"), "a");
     CU_ASSERT_PTR_NOT_NULL_FATAL(out);
@@ -879,8 +874,8 @@ static void test_pin_file_not_regular(void)
                     kc_test_dir());
     CU_ASSERT_EQUAL(rc, 2);
     ASSERT_HAS(out, "is a directory, not a regular file");
-    rc = kc_test_sh(&out, "timeout 20 '%s' key list VaultA1 --pin-source file:/dev/zero",
-                    KC_BINARY);
+    rc =
+        kc_test_sh(&out, "timeout 20 '%s' key list VaultA1 --pin-source file:/dev/zero", KC_BINARY);
     CU_ASSERT_EQUAL(rc, 2);
     ASSERT_HAS(out, "is a character device, not a regular file");
 }
@@ -1018,18 +1013,15 @@ static void test_planted_root_version(void)
 
     kc_test_vault("VaultA1", "contoso-a", "westus");
     kc_test_key("VaultA1/Key001", NULL);
-    ASSERT_RC(kc_test_run("key", "export-public", "VaultA1/Key001", "--out", path(0, "a.pem"),
-                          NULL),
-              0);
-    CU_ASSERT_EQUAL_FATAL(plant("rsa", "VaultA1", "Key001", "ffffffffffffffffffffffffffffffff"),
-                          0);
+    ASSERT_RC(
+        kc_test_run("key", "export-public", "VaultA1/Key001", "--out", path(0, "a.pem"), NULL), 0);
+    CU_ASSERT_EQUAL_FATAL(plant("rsa", "VaultA1", "Key001", "ffffffffffffffffffffffffffffffff"), 0);
     r = kc_test_run("key", "export-public", "VaultA1/Key001", "--out", path(1, "b.pem"), NULL);
     ASSERT_RC(r, 8);
     ASSERT_HAS(r->err, "version ffffffffffffffffffffffffffffffff of key 'Key001' in vault "
                        "'VaultA1' is not in the vault's signed manifest: it was planted");
     kc_test_write(path(3, "dek"), "0123456789abcdef0123456789abcdef", 32, 0600);
-    r = kc_test_run("key", "wrap", "VaultA1/Key001", "--in", P[3], "--out", path(2, "w.bin"),
-                    NULL);
+    r = kc_test_run("key", "wrap", "VaultA1/Key001", "--in", P[3], "--out", path(2, "w.bin"), NULL);
     ASSERT_RC(r, 8);
 }
 
@@ -1041,8 +1033,8 @@ static void test_loosened_public_key(void)
 
     kc_test_vault("VaultA1", "contoso-a", "westus");
     kc_test_key("VaultA1/Key001", NULL);
-    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out, "'%s' loosen-public '%s' VaultA1 Key001",
-                                     KC_ATTACK_P11, KC_SOFTHSM_MODULE),
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out, "'%s' loosen-public '%s' VaultA1 Key001", KC_ATTACK_P11,
+                                     KC_SOFTHSM_MODULE),
                           0);
     r = kc_test_run("key", "export-public", "VaultA1/Key001", "--out", path(0, "a.pem"), NULL);
     ASSERT_RC(r, 8);
@@ -1124,7 +1116,7 @@ static void test_fingerprint_pinned_by_store(void)
     ASSERT_RC(r, 8);
     ASSERT_HAS(r->err, "is pinned for it");
     r = kc_test_run("dep", "show", "Ten", NULL);
-    ASSERT_RC(r, 0); /* the store itself is fine */
+    ASSERT_RC(r, 0);                          /* the store itself is fine */
     setenv("KC_TEST_AUDIT_TAMPERED", "1", 1); /* the log's VaultA1 records are the old vault's */
     unsetenv("KEYCUSTODY_STORE");
 }
@@ -1191,7 +1183,8 @@ static int access_has(const char *principal)
 
     CU_ASSERT_EQUAL(r->rc, 0);
     list = json_is_array(j) ? j : json_object_get(j, "access");
-    json_array_foreach(list, i, e) {
+    json_array_foreach(list, i, e)
+    {
         const char *p = json_string_value(json_object_get(e, "principal"));
         found |= p != NULL && strcmp(p, principal) == 0;
     }
@@ -1223,9 +1216,8 @@ static void test_manifest_rolled_back(void)
              KC_SOFTHSM_MODULE);
     /* the attacker's copy, read without a PIN */
     save_manifest(path(0, "old.json"));
-    ASSERT_RC(kc_test_run("access", "remove", "VaultA1", "--principal", "mallory", SOPIN, PIN,
-                          NULL),
-              0);
+    ASSERT_RC(
+        kc_test_run("access", "remove", "VaultA1", "--principal", "mallory", SOPIN, PIN, NULL), 0);
     CU_ASSERT_EQUAL(access_has("mallory"), 0);
     /* the newer manifest and its commit record removed, the copy put back */
     put_back_manifest(P[0]);
@@ -1238,13 +1230,13 @@ static void test_manifest_rolled_back(void)
                                    p11),
                         0);
     /* every command that logs in refuses the vault, and writes nothing */
-    r = kc_test_run("key", "create", "VaultA1/Key001", "--size", "2048", "--as",
-                    "mallory", PIN, NULL);
+    r = kc_test_run("key", "create", "VaultA1/Key001", "--size", "2048", "--as", "mallory", PIN,
+                    NULL);
     ASSERT_RC(r, 8);
     ASSERT_HAS(r->err, "vault 'VaultA1': its manifest was rolled back: the token holds generation");
     ASSERT_HAS(r->err, "'keycustody vault validate VaultA1 --repair'");
-    r = kc_test_run("access", "set", "VaultA1", "--principal", "eve", "--permissions", "get",
-                    SOPIN, PIN, NULL);
+    r = kc_test_run("access", "set", "VaultA1", "--principal", "eve", "--permissions", "get", SOPIN,
+                    PIN, NULL);
     ASSERT_RC(r, 8);
     ASSERT_HAS(r->err, "its manifest was rolled back");
     r = kc_test_run("vault", "validate", "VaultA1", PIN, NULL);
@@ -1258,11 +1250,12 @@ static void test_manifest_rolled_back(void)
     CU_ASSERT(r->rc == 0 || r->rc == 3);
     CU_ASSERT_EQUAL(access_has("mallory"), 0);
     CU_ASSERT_EQUAL(access_has("admin"), 1);
-    r = kc_test_run("key", "create", "VaultA1/Key001", "--size", "2048", "--as",
-                    "mallory", PIN, NULL);
+    r = kc_test_run("key", "create", "VaultA1/Key001", "--size", "2048", "--as", "mallory", PIN,
+                    NULL);
     ASSERT_RC(r, 6);
-    ASSERT_RC(kc_test_run("key", "create", "VaultA1/Key001", "--size", "2048", "--as",
-                    "admin", PIN, NULL), 0);
+    ASSERT_RC(kc_test_run("key", "create", "VaultA1/Key001", "--size", "2048", "--as", "admin", PIN,
+                          NULL),
+              0);
     r = kc_test_run("vault", "validate", "VaultA1", "--repair", SOPIN, PIN, NULL);
     ASSERT_HAS(r->out, "vault 'VaultA1': its manifest is the recorded one; nothing to repair");
     /* a vault without a record (made before keycustody kept them) gets one
@@ -1279,7 +1272,6 @@ static void test_manifest_rolled_back(void)
                                p11),
                     0);
 }
-
 
 /* A public RSA key with a real version's label and id beside its own
  * public half (the one found last was signed into the manifest by the next
@@ -1315,11 +1307,11 @@ static void test_public_half_beside_or_instead(void)
     ASSERT_RC(r, 8);
     ASSERT_HAS(r->err, "is not its private half's public key: it was replaced");
     /* a PIN holder's write signs the private half's key, not the planted one */
-    ASSERT_RC(kc_test_run("access", "set", "VaultA1", "--principal", "svc2", "--permissions",
-                          "get", SOPIN, PIN, NULL),
+    ASSERT_RC(kc_test_run("access", "set", "VaultA1", "--principal", "svc2", "--permissions", "get",
+                          SOPIN, PIN, NULL),
               0);
-    r = kc_test_run("key", "wrap", "VaultA1/Key001", "--in", P[3], "--out", P[2], "--force",
-                    "--as", "svc", NULL);
+    r = kc_test_run("key", "wrap", "VaultA1/Key001", "--in", P[3], "--out", P[2], "--force", "--as",
+                    "svc", NULL);
     ASSERT_RC(r, 8);
     ASSERT_HAS(r->err, "is not the one the vault's signed manifest names: it was replaced");
 }
@@ -1342,9 +1334,8 @@ static void test_write_over_a_rollback(void)
                           "get,list", SOPIN, PIN, NULL),
               0);
     save_manifest(path(0, "old.json"));
-    ASSERT_RC(kc_test_run("access", "remove", "VaultA1", "--principal", "mallory", SOPIN, PIN,
-                          NULL),
-              0);
+    ASSERT_RC(
+        kc_test_run("access", "remove", "VaultA1", "--principal", "mallory", SOPIN, PIN, NULL), 0);
     put_back_manifest(P[0]);
     CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, kc_test_env_pin, NULL, &ctx, &e), KC_OK);
     ctx->lock_vaults = 1;
@@ -1352,8 +1343,8 @@ static void test_write_over_a_rollback(void)
     CU_ASSERT_EQUAL(v->meta.naccess, 2); /* the copy: mallory is back */
     CU_ASSERT_EQUAL_FATAL(kc_ctx_login(ctx, v->tok, &e), KC_OK);
     v->current_checked = 1; /* the race won */
-    snprintf(v->meta.access[v->meta.naccess].principal, sizeof(v->meta.access[0].principal),
-             "%s", "bob");
+    snprintf(v->meta.access[v->meta.naccess].principal, sizeof(v->meta.access[0].principal), "%s",
+             "bob");
     v->meta.access[v->meta.naccess++].perms = KC_PERM_GET;
     CU_ASSERT_EQUAL(kc_vault_save_meta(v, &e), KC_INTEGRITY);
     ASSERT_HAS(e.msg, "its manifest was rolled back");

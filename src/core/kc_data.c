@@ -133,37 +133,36 @@ static kc_rc dep_key(kc_data_session *s, const char *id, long generation, const 
 static kc_rc scope_row(kc_store *st, const char *scope, char dep_id[37], long *generation,
                        unsigned char wrapped[WRAPPED_BYTES], int *purged, kc_error *err)
 {
-    sqlite3_stmt *q = NULL;
+    kc_q *q = NULL;
     kc_rc r = KC_NOT_FOUND;
     const unsigned char *t;
 
     *purged = 0;
-    if (sqlite3_prepare_v2(st->db,
-                           "SELECT s.dep_id, s.dep_generation, s.wrapped_key, s.purged, d.name "
-                           "FROM scopes s JOIN deps d ON d.id = s.dep_id WHERE s.scope = ?",
-                           -1, &q, NULL) != SQLITE_OK)
-        return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
-    sqlite3_bind_text(q, 1, scope, -1, SQLITE_STATIC);
-    if (sqlite3_step(q) == SQLITE_ROW) {
-        t = sqlite3_column_text(q, 0);
+    if (kc_q_prepare(st,
+                     "SELECT s.dep_id, s.dep_generation, s.wrapped_key, s.purged, d.name "
+                     "FROM scopes s JOIN deps d ON d.id = s.dep_id WHERE s.scope = ?",
+                     &q) != KC_Q_OK)
+        return kc_error_set(err, KC_ERR, "the service store: %s", kc_store_errmsg(st));
+    kc_q_bind_text(q, 1, scope);
+    if (kc_q_step(q) == KC_Q_ROW) {
+        t = kc_q_text(q, 0);
         snprintf(dep_id, 37, "%s", t ? (const char *)t : "");
-        *generation = (long)sqlite3_column_int64(q, 1);
-        if (sqlite3_column_type(q, 3) != SQLITE_NULL) {
+        *generation = (long)kc_q_int(q, 1);
+        if (kc_q_type(q, 3) != KC_Q_NULL) {
             *purged = 1;
             r = kc_error_set(err, KC_NOT_FOUND,
                              "scope '%s' was purged on %s with DEP '%s': its key was destroyed, "
                              "so its data can never be read again",
-                             scope, (const char *)sqlite3_column_text(q, 3),
-                             (const char *)sqlite3_column_text(q, 4));
+                             scope, (const char *)kc_q_text(q, 3), (const char *)kc_q_text(q, 4));
             kc_error_hint(err, "no key can open it: not the custodians', not the availability key");
-        } else if (sqlite3_column_bytes(q, 2) != WRAPPED_BYTES)
+        } else if (kc_q_bytes(q, 2) != WRAPPED_BYTES)
             r = kc_error_set(err, KC_INTEGRITY, "scope '%s': its wrapped key is damaged", scope);
         else {
-            memcpy(wrapped, sqlite3_column_blob(q, 2), WRAPPED_BYTES);
+            memcpy(wrapped, kc_q_blob(q, 2), WRAPPED_BYTES);
             r = KC_OK;
         }
     }
-    sqlite3_finalize(q);
+    kc_q_finish(q);
     if (r == KC_NOT_FOUND && !*purged)
         kc_error_set(err, KC_NOT_FOUND, "scope '%s' has no data", scope);
     return r;
@@ -176,7 +175,7 @@ static kc_rc new_scope(kc_data_session *s, const char *scope, kc_secret *sk, cha
 {
     unsigned char wrapped[WRAPPED_BYTES];
     const kc_secret *dek = NULL;
-    sqlite3_stmt *q = NULL;
+    kc_q *q = NULL;
     size_t wl = 0;
     int inherited, rc;
     kc_dep d;
@@ -193,20 +192,20 @@ static kc_rc new_scope(kc_data_session *s, const char *scope, kc_secret *sk, cha
         !kwp(dek->data, 1, sk->data, KEY_BYTES, wrapped, &wl) || wl != WRAPPED_BYTES)
         return kc_error_set(err, KC_ERR, "cannot make the key of scope '%s'", scope);
     sk->len = KEY_BYTES;
-    rc = sqlite3_prepare_v2(s->st->db,
-                            "INSERT INTO scopes (scope, dep_id, dep_generation, wrapped_key) "
-                            "VALUES (?, ?, ?, ?)",
-                            -1, &q, NULL);
-    if (rc == SQLITE_OK) {
-        sqlite3_bind_text(q, 1, scope, -1, SQLITE_STATIC);
-        sqlite3_bind_text(q, 2, d.id, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(q, 3, d.generation);
-        sqlite3_bind_blob(q, 4, wrapped, WRAPPED_BYTES, SQLITE_STATIC);
-        rc = sqlite3_step(q) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+    rc = kc_q_prepare(s->st,
+                      "INSERT INTO scopes (scope, dep_id, dep_generation, wrapped_key) "
+                      "VALUES (?, ?, ?, ?)",
+                      &q);
+    if (rc == KC_Q_OK) {
+        kc_q_bind_text(q, 1, scope);
+        kc_q_bind_text(q, 2, d.id);
+        kc_q_bind_int(q, 3, d.generation);
+        kc_q_bind_blob(q, 4, wrapped, WRAPPED_BYTES);
+        rc = kc_q_step(q) == KC_Q_DONE ? KC_Q_OK : KC_Q_ERROR;
     }
-    sqlite3_finalize(q);
-    if (rc != SQLITE_OK)
-        return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(s->st->db));
+    kc_q_finish(q);
+    if (rc != KC_Q_OK)
+        return kc_error_set(err, KC_ERR, "the service store: %s", kc_store_errmsg(s->st));
     snprintf(dep_id, 37, "%s", d.id);
     *generation = d.generation;
     return KC_OK;
@@ -346,24 +345,24 @@ static int gcm(int enc, const unsigned char *key, const unsigned char *nonce,
 static kc_rc store_item(kc_store *st, const char *scope, const char *name, const unsigned char *hdr,
                         const unsigned char *ct, size_t len, kc_error *err)
 {
-    sqlite3_stmt *q = NULL;
+    kc_q *q = NULL;
     int rc;
 
-    rc = sqlite3_prepare_v2(st->db,
-                            "INSERT INTO items (scope, name, header, ciphertext) VALUES (?, ?, ?, "
-                            "?) ON CONFLICT (scope, name) DO UPDATE SET header = excluded.header, "
-                            "ciphertext = excluded.ciphertext",
-                            -1, &q, NULL);
-    if (rc == SQLITE_OK) {
-        sqlite3_bind_text(q, 1, scope, -1, SQLITE_STATIC);
-        sqlite3_bind_text(q, 2, name, -1, SQLITE_STATIC);
-        sqlite3_bind_blob(q, 3, hdr, HDR_BYTES, SQLITE_STATIC);
-        sqlite3_bind_blob(q, 4, len ? (const void *)ct : "", (int)len, SQLITE_STATIC);
-        rc = sqlite3_step(q) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+    rc = kc_q_prepare(st,
+                      "INSERT INTO items (scope, name, header, ciphertext) VALUES (?, ?, ?, "
+                      "?) ON CONFLICT (scope, name) DO UPDATE SET header = excluded.header, "
+                      "ciphertext = excluded.ciphertext",
+                      &q);
+    if (rc == KC_Q_OK) {
+        kc_q_bind_text(q, 1, scope);
+        kc_q_bind_text(q, 2, name);
+        kc_q_bind_blob(q, 3, hdr, HDR_BYTES);
+        kc_q_bind_blob(q, 4, len ? (const void *)ct : "", (int)len);
+        rc = kc_q_step(q) == KC_Q_DONE ? KC_Q_OK : KC_Q_ERROR;
     }
-    sqlite3_finalize(q);
-    if (rc != SQLITE_OK)
-        return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
+    kc_q_finish(q);
+    if (rc != KC_Q_OK)
+        return kc_error_set(err, KC_ERR, "the service store: %s", kc_store_errmsg(st));
     return KC_OK;
 }
 
@@ -419,33 +418,31 @@ done:
 static kc_rc load_item(kc_store *st, const char *scope, const char *name, kc_item_header *hdr,
                        unsigned char **ct, size_t *len, kc_error *err)
 {
-    sqlite3_stmt *q = NULL;
+    kc_q *q = NULL;
     kc_rc r;
     int n;
 
     *ct = NULL;
-    if (sqlite3_prepare_v2(st->db,
-                           "SELECT header, ciphertext FROM items WHERE scope = ? AND name = ?", -1,
-                           &q, NULL) != SQLITE_OK)
-        return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
-    sqlite3_bind_text(q, 1, scope, -1, SQLITE_STATIC);
-    sqlite3_bind_text(q, 2, name, -1, SQLITE_STATIC);
-    if (sqlite3_step(q) != SQLITE_ROW) {
+    if (kc_q_prepare(st, "SELECT header, ciphertext FROM items WHERE scope = ? AND name = ?", &q) !=
+        KC_Q_OK)
+        return kc_error_set(err, KC_ERR, "the service store: %s", kc_store_errmsg(st));
+    kc_q_bind_text(q, 1, scope);
+    kc_q_bind_text(q, 2, name);
+    if (kc_q_step(q) != KC_Q_ROW) {
         r = kc_error_set(err, KC_NOT_FOUND, "scope '%s' has no item '%s'", scope, name);
-    } else if (kc_data_item_parse(sqlite3_column_blob(q, 0), (size_t)sqlite3_column_bytes(q, 0),
-                                  hdr, err) != KC_OK) {
+    } else if (kc_data_item_parse(kc_q_blob(q, 0), (size_t)kc_q_bytes(q, 0), hdr, err) != KC_OK) {
         r = kc_error_prefix(err, "item '%s' of scope '%s' has a damaged header", name, scope);
     } else {
-        n = sqlite3_column_bytes(q, 1);
+        n = kc_q_bytes(q, 1);
         *ct = malloc(n > 0 ? (size_t)n : 1);
         r = *ct ? KC_OK : kc_error_set(err, KC_ERR, "out of memory");
         if (r == KC_OK) {
             if (n > 0)
-                memcpy(*ct, sqlite3_column_blob(q, 1), (size_t)n);
+                memcpy(*ct, kc_q_blob(q, 1), (size_t)n);
             *len = (size_t)n;
         }
     }
-    sqlite3_finalize(q);
+    kc_q_finish(q);
     return r;
 }
 
@@ -499,7 +496,7 @@ kc_rc kc_data_move_scope(kc_data_session *s, const char *scope, const char *to_i
     unsigned char wrapped[WRAPPED_BYTES];
     const kc_secret *dek = NULL;
     kc_secret *sk = NULL;
-    sqlite3_stmt *q = NULL;
+    kc_q *q = NULL;
     char dep_id[37];
     long generation = 0;
     size_t wl = 0;
@@ -516,22 +513,21 @@ kc_rc kc_data_move_scope(kc_data_session *s, const char *scope, const char *to_i
     if (r != KC_OK)
         return r;
     /* Only if nobody moved it meanwhile: the row must still be where it was read. */
-    rc = sqlite3_prepare_v2(s->st->db,
-                            "UPDATE scopes SET dep_id = ?, dep_generation = ?, wrapped_key = ? "
-                            "WHERE scope = ? AND dep_id = ? AND dep_generation = ?",
-                            -1, &q, NULL);
-    if (rc == SQLITE_OK) {
-        sqlite3_bind_text(q, 1, to_id, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(q, 2, to_gen);
-        sqlite3_bind_blob(q, 3, wrapped, WRAPPED_BYTES, SQLITE_STATIC);
-        sqlite3_bind_text(q, 4, scope, -1, SQLITE_STATIC);
-        sqlite3_bind_text(q, 5, dep_id, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(q, 6, generation);
-        rc = sqlite3_step(q) == SQLITE_DONE && sqlite3_changes(s->st->db) == 1 ? SQLITE_OK
-                                                                               : SQLITE_ERROR;
+    rc = kc_q_prepare(s->st,
+                      "UPDATE scopes SET dep_id = ?, dep_generation = ?, wrapped_key = ? "
+                      "WHERE scope = ? AND dep_id = ? AND dep_generation = ?",
+                      &q);
+    if (rc == KC_Q_OK) {
+        kc_q_bind_text(q, 1, to_id);
+        kc_q_bind_int(q, 2, to_gen);
+        kc_q_bind_blob(q, 3, wrapped, WRAPPED_BYTES);
+        kc_q_bind_text(q, 4, scope);
+        kc_q_bind_text(q, 5, dep_id);
+        kc_q_bind_int(q, 6, generation);
+        rc = kc_q_step(q) == KC_Q_DONE && kc_store_changes(s->st) == 1 ? KC_Q_OK : KC_Q_ERROR;
     }
-    sqlite3_finalize(q);
-    if (rc != SQLITE_OK)
+    kc_q_finish(q);
+    if (rc != KC_Q_OK)
         return kc_error_set(err, KC_ERR, "the service store: cannot move the key of scope '%s'",
                             scope);
     return KC_OK;

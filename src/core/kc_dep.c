@@ -86,8 +86,8 @@ static kc_rc assignment_mac(kc_store *st, const char *scope, const char *dep_id,
 
 /* Checks a result row whose first n columns are the covered ones, in the
  * table's order, and whose column n is the MAC. */
-static kc_rc check_cols(kc_store *st, sqlite3_stmt *s, const char *table, int n,
-                        const char *what, kc_error *err)
+static kc_rc check_cols(kc_store *st, kc_q *s, const char *table, int n, const char *what,
+                        kc_error *err)
 {
     kc_row r;
 
@@ -98,16 +98,14 @@ static kc_rc check_cols(kc_store *st, sqlite3_stmt *s, const char *table, int n,
 
 static kc_rc store_error(kc_store *st, kc_error *err)
 {
-    return kc_error_set(err,
-                        sqlite3_extended_errcode(st->db) == SQLITE_CONSTRAINT_UNIQUE ? KC_CONFLICT
-                                                                                     : KC_ERR,
-                        "the service store: %s", sqlite3_errmsg(st->db));
+    return kc_error_set(err, kc_store_unique_violation(st) ? KC_CONFLICT : KC_ERR,
+                        "the service store: %s", kc_store_errmsg(st));
 }
 
-static void bind_opt(sqlite3_stmt *s, int i, const char *v)
+static void bind_opt(kc_q *s, int i, const char *v)
 {
     if (v[0] != '\0')
-        sqlite3_bind_text(s, i, v, -1, SQLITE_STATIC);
+        kc_q_bind_text(s, i, v);
 }
 
 /* The whole DEP row, with its MAC: a new one, or over the one there. */
@@ -122,56 +120,56 @@ static kc_rc dep_write(kc_store *st, const kc_dep *d, int insert, kc_error *err)
         "created = ?7, generation = ?8, purge_requested = ?9, principal = ?10, purged = ?11, "
         "purge_reason = ?12, purge_contact = ?13, mac = ?14 WHERE id = ?1";
     unsigned char mac[32];
-    sqlite3_stmt *s = NULL;
+    kc_q *s = NULL;
     int rc;
     kc_rc r = dep_mac(st, d, mac, err);
 
     if (r != KC_OK)
         return r;
-    if (sqlite3_prepare_v2(st->db, insert ? ins : upd, -1, &s, NULL) != SQLITE_OK)
+    if (kc_q_prepare(st, insert ? ins : upd, &s) != KC_Q_OK)
         return store_error(st, err);
-    sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 2, d->name, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 3, d->workload, -1, SQLITE_STATIC);
+    kc_q_bind_text(s, 1, d->id);
+    kc_q_bind_text(s, 2, d->name);
+    kc_q_bind_text(s, 3, d->workload);
     bind_opt(s, 4, d->geo);
-    sqlite3_bind_text(s, 5, d->description, -1, SQLITE_STATIC);
-    sqlite3_bind_int(s, 6, d->enabled);
-    sqlite3_bind_text(s, 7, d->created, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 8, d->generation);
+    kc_q_bind_text(s, 5, d->description);
+    kc_q_bind_int(s, 6, d->enabled);
+    kc_q_bind_text(s, 7, d->created);
+    kc_q_bind_int(s, 8, d->generation);
     bind_opt(s, 9, d->purge_requested);
     bind_opt(s, 10, d->principal);
     bind_opt(s, 11, d->purged);
     bind_opt(s, 12, d->purge_reason);
     bind_opt(s, 13, d->purge_contact);
-    sqlite3_bind_blob(s, 14, mac, sizeof(mac), SQLITE_STATIC);
-    rc = sqlite3_step(s) == SQLITE_DONE && sqlite3_changes(st->db) == 1 ? SQLITE_OK : SQLITE_ERROR;
-    r = rc == SQLITE_OK ? KC_OK : store_error(st, err);
-    sqlite3_finalize(s);
+    kc_q_bind_blob(s, 14, mac, sizeof(mac));
+    rc = kc_q_step(s) == KC_Q_DONE && kc_store_changes(st) == 1 ? KC_Q_OK : KC_Q_ERROR;
+    r = rc == KC_Q_OK ? KC_OK : store_error(st, err);
+    kc_q_finish(s);
     return r;
 }
 
 kc_rc kc_assignment_write(kc_store *st, const char *scope, const char *dep_id, kc_error *err)
 {
     unsigned char mac[32];
-    sqlite3_stmt *s = NULL;
+    kc_q *s = NULL;
     int rc;
     kc_rc r = assignment_mac(st, scope, dep_id, mac, err);
 
     if (r != KC_OK)
         return r;
-    rc = sqlite3_prepare_v2(st->db,
-                            "INSERT INTO assignments (scope, dep_id, mac) VALUES (?, ?, ?) ON "
-                            "CONFLICT (scope) DO UPDATE SET dep_id = excluded.dep_id, mac = "
-                            "excluded.mac",
-                            -1, &s, NULL);
-    if (rc == SQLITE_OK) {
-        sqlite3_bind_text(s, 1, scope, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 2, dep_id, -1, SQLITE_STATIC);
-        sqlite3_bind_blob(s, 3, mac, sizeof(mac), SQLITE_STATIC);
-        rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+    rc = kc_q_prepare(st,
+                      "INSERT INTO assignments (scope, dep_id, mac) VALUES (?, ?, ?) ON "
+                      "CONFLICT (scope) DO UPDATE SET dep_id = excluded.dep_id, mac = "
+                      "excluded.mac",
+                      &s);
+    if (rc == KC_Q_OK) {
+        kc_q_bind_text(s, 1, scope);
+        kc_q_bind_text(s, 2, dep_id);
+        kc_q_bind_blob(s, 3, mac, sizeof(mac));
+        rc = kc_q_step(s) == KC_Q_DONE ? KC_Q_OK : KC_Q_ERROR;
     }
-    r = rc == SQLITE_OK ? KC_OK : store_error(st, err);
-    sqlite3_finalize(s);
+    r = rc == KC_Q_OK ? KC_OK : store_error(st, err);
+    kc_q_finish(s);
     return r;
 }
 
@@ -238,8 +236,8 @@ static kc_rc insert_keys(kc_store *st, const kc_dep *d, unsigned char *const blo
                          const size_t lens[3], kc_error *err)
 {
     unsigned char mac[32];
-    sqlite3_stmt *s = NULL;
-    int i, rc = SQLITE_OK;
+    kc_q *s = NULL;
+    int i, rc = KC_Q_OK;
     kc_rc r = KC_OK;
 
     for (i = 0; r == KC_OK && i < KC_DEP_SLOTS; i++) {
@@ -248,27 +246,27 @@ static kc_rc insert_keys(kc_store *st, const kc_dep *d, unsigned char *const blo
         r = dep_key_mac(st, d->id, d->generation, i, &d->keys[i], blobs[i], lens[i], mac, err);
         if (r != KC_OK)
             break;
-        rc = sqlite3_prepare_v2(st->db,
-                                "INSERT INTO dep_keys (dep_id, generation, slot, vault, key, "
-                                "version, alg, wrapped, kcv, mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
-                                "?, ?)",
-                                -1, &s, NULL);
-        if (rc != SQLITE_OK)
+        rc = kc_q_prepare(st,
+                          "INSERT INTO dep_keys (dep_id, generation, slot, vault, key, "
+                          "version, alg, wrapped, kcv, mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
+                          "?, ?)",
+                          &s);
+        if (rc != KC_Q_OK)
             return store_error(st, err);
-        sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(s, 2, d->generation);
-        sqlite3_bind_int(s, 3, i);
-        sqlite3_bind_text(s, 4, d->keys[i].vault, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 5, d->keys[i].key, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 6, d->keys[i].version, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 7, d->keys[i].alg, -1, SQLITE_STATIC);
-        sqlite3_bind_blob(s, 8, blobs[i], (int)lens[i], SQLITE_STATIC);
-        sqlite3_bind_blob(s, 9, d->keys[i].kcv, KCV_BYTES, SQLITE_STATIC);
-        sqlite3_bind_blob(s, 10, mac, sizeof(mac), SQLITE_STATIC);
-        rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
-        if (rc != SQLITE_OK)
+        kc_q_bind_text(s, 1, d->id);
+        kc_q_bind_int(s, 2, d->generation);
+        kc_q_bind_int(s, 3, i);
+        kc_q_bind_text(s, 4, d->keys[i].vault);
+        kc_q_bind_text(s, 5, d->keys[i].key);
+        kc_q_bind_text(s, 6, d->keys[i].version);
+        kc_q_bind_text(s, 7, d->keys[i].alg);
+        kc_q_bind_blob(s, 8, blobs[i], (int)lens[i]);
+        kc_q_bind_blob(s, 9, d->keys[i].kcv, KCV_BYTES);
+        kc_q_bind_blob(s, 10, mac, sizeof(mac));
+        rc = kc_q_step(s) == KC_Q_DONE ? KC_Q_OK : KC_Q_ERROR;
+        if (rc != KC_Q_OK)
             r = store_error(st, err);
-        sqlite3_finalize(s);
+        kc_q_finish(s);
     }
     return r;
 }
@@ -404,9 +402,9 @@ done:
     return KC_OK;
 }
 
-static void copy_col(sqlite3_stmt *s, int col, char *out, size_t cap)
+static void copy_col(kc_q *s, int col, char *out, size_t cap)
 {
-    const unsigned char *t = sqlite3_column_text(s, col);
+    const unsigned char *t = kc_q_text(s, col);
 
     snprintf(out, cap, "%s", t ? (const char *)t : "");
 }
@@ -414,25 +412,25 @@ static void copy_col(sqlite3_stmt *s, int col, char *out, size_t cap)
 /* The uses of d's availability key, each row checked. */
 static kc_rc load_break_glass(kc_store *st, kc_dep *d, kc_error *err)
 {
-    sqlite3_stmt *s = NULL;
+    kc_q *s = NULL;
     char what[96];
     kc_rc r = KC_OK;
 
     d->break_glass = 0;
     d->break_glass_last[0] = '\0';
-    if (sqlite3_prepare_v2(st->db,
-                           "SELECT at, dep_id, principal, mac FROM break_glass WHERE dep_id = ? "
-                           "ORDER BY at",
-                           -1, &s, NULL) != SQLITE_OK)
+    if (kc_q_prepare(st,
+                     "SELECT at, dep_id, principal, mac FROM break_glass WHERE dep_id = ? "
+                     "ORDER BY at",
+                     &s) != KC_Q_OK)
         return store_error(st, err);
-    sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
+    kc_q_bind_text(s, 1, d->id);
     snprintf(what, sizeof(what), "break-glass record of DEP '%s'", d->name);
-    while (r == KC_OK && sqlite3_step(s) == SQLITE_ROW) {
+    while (r == KC_OK && kc_q_step(s) == KC_Q_ROW) {
         r = check_cols(st, s, "break_glass", 3, what, err);
         d->break_glass++;
         copy_col(s, 0, d->break_glass_last, sizeof(d->break_glass_last));
     }
-    sqlite3_finalize(s);
+    kc_q_finish(s);
     return r;
 }
 
@@ -443,13 +441,13 @@ static kc_rc load_break_glass(kc_store *st, kc_dep *d, kc_error *err)
 /* One wrapped copy's row, checked: its slot's record into d (the blob is
  * left in the statement). A purged DEP's rows are not checked: its wrapped
  * copies are gone, and its own (checked) row says so. */
-static kc_rc key_row(kc_store *st, sqlite3_stmt *s, kc_dep *d, int *slot, kc_error *err)
+static kc_rc key_row(kc_store *st, kc_q *s, kc_dep *d, int *slot, kc_error *err)
 {
     char what[128];
     kc_dep_key *dk;
     kc_rc r = KC_OK;
 
-    *slot = sqlite3_column_int(s, 2);
+    *slot = kc_q_int(s, 2);
     snprintf(what, sizeof(what), "wrapped key of DEP '%s' (generation %ld, slot %d)", d->name,
              d->generation, *slot);
     if (d->purged[0] == '\0')
@@ -464,30 +462,29 @@ static kc_rc key_row(kc_store *st, sqlite3_stmt *s, kc_dep *d, int *slot, kc_err
     copy_col(s, 5, dk->version, sizeof(dk->version));
     copy_col(s, 6, dk->alg, sizeof(dk->alg));
     memset(dk->kcv, 0, KCV_BYTES);
-    if (sqlite3_column_bytes(s, 8) == KCV_BYTES)
-        memcpy(dk->kcv, sqlite3_column_blob(s, 8), KCV_BYTES);
+    if (kc_q_bytes(s, 8) == KCV_BYTES)
+        memcpy(dk->kcv, kc_q_blob(s, 8), KCV_BYTES);
     return KC_OK;
 }
 
 static kc_rc load_keys(kc_store *st, kc_dep *d, kc_error *err)
 {
-    sqlite3_stmt *s = NULL;
+    kc_q *s = NULL;
     int slot;
     kc_rc r = KC_OK;
 
-    if (sqlite3_prepare_v2(st->db, KEY_COLUMNS "WHERE dep_id = ? AND generation = ?", -1, &s,
-                           NULL) != SQLITE_OK)
+    if (kc_q_prepare(st, KEY_COLUMNS "WHERE dep_id = ? AND generation = ?", &s) != KC_Q_OK)
         return store_error(st, err);
-    sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 2, d->generation);
-    while (r == KC_OK && sqlite3_step(s) == SQLITE_ROW)
+    kc_q_bind_text(s, 1, d->id);
+    kc_q_bind_int(s, 2, d->generation);
+    while (r == KC_OK && kc_q_step(s) == KC_Q_ROW)
         r = key_row(st, s, d, &slot, err);
-    sqlite3_finalize(s);
+    kc_q_finish(s);
     return r;
 }
 
 /* A DEP's row, checked. */
-static kc_rc row(kc_store *st, sqlite3_stmt *s, kc_dep *d, kc_error *err)
+static kc_rc row(kc_store *st, kc_q *s, kc_dep *d, kc_error *err)
 {
     char what[96];
     kc_row mr;
@@ -498,9 +495,9 @@ static kc_rc row(kc_store *st, sqlite3_stmt *s, kc_dep *d, kc_error *err)
     copy_col(s, 2, d->workload, sizeof(d->workload));
     copy_col(s, 3, d->geo, sizeof(d->geo));
     copy_col(s, 4, d->description, sizeof(d->description));
-    d->enabled = sqlite3_column_int(s, 5);
+    d->enabled = kc_q_int(s, 5);
     copy_col(s, 6, d->created, sizeof(d->created));
-    d->generation = (long)sqlite3_column_int64(s, 7);
+    d->generation = (long)kc_q_int(s, 7);
     copy_col(s, 8, d->purge_requested, sizeof(d->purge_requested));
     copy_col(s, 9, d->principal, sizeof(d->principal));
     copy_col(s, 10, d->purged, sizeof(d->purged));
@@ -518,18 +515,17 @@ static kc_rc row(kc_store *st, sqlite3_stmt *s, kc_dep *d, kc_error *err)
 
 kc_rc kc_dep_get(kc_store *st, const char *name_or_id, kc_dep *out, kc_error *err)
 {
-    sqlite3_stmt *s = NULL;
+    kc_q *s = NULL;
     int rc;
     kc_rc r;
 
-    if (sqlite3_prepare_v2(st->db, DEP_COLUMNS "WHERE name = ?1 OR id = ?1", -1, &s, NULL) !=
-        SQLITE_OK)
-        return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
-    sqlite3_bind_text(s, 1, name_or_id, -1, SQLITE_STATIC);
-    rc = sqlite3_step(s);
-    r = rc == SQLITE_ROW ? row(st, s, out, err) : KC_OK;
-    sqlite3_finalize(s);
-    if (rc != SQLITE_ROW) {
+    if (kc_q_prepare(st, DEP_COLUMNS "WHERE name = ?1 OR id = ?1", &s) != KC_Q_OK)
+        return kc_error_set(err, KC_ERR, "the service store: %s", kc_store_errmsg(st));
+    kc_q_bind_text(s, 1, name_or_id);
+    rc = kc_q_step(s);
+    r = rc == KC_Q_ROW ? row(st, s, out, err) : KC_OK;
+    kc_q_finish(s);
+    if (rc != KC_Q_ROW) {
         kc_error_set(err, KC_NOT_FOUND, "no DEP '%s'", name_or_id);
         kc_error_hint(err, "see them with 'keycustody dep list'");
         return KC_NOT_FOUND;
@@ -541,16 +537,16 @@ kc_rc kc_dep_get(kc_store *st, const char *name_or_id, kc_dep *out, kc_error *er
 
 kc_rc kc_dep_list(kc_store *st, kc_dep **out, size_t *n, kc_error *err)
 {
-    sqlite3_stmt *s = NULL;
+    kc_q *s = NULL;
     kc_dep *v = NULL, *nv;
     size_t len = 0, i;
     kc_rc r = KC_OK;
 
     *out = NULL;
     *n = 0;
-    if (sqlite3_prepare_v2(st->db, DEP_COLUMNS "ORDER BY name", -1, &s, NULL) != SQLITE_OK)
-        return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
-    while (r == KC_OK && sqlite3_step(s) == SQLITE_ROW) {
+    if (kc_q_prepare(st, DEP_COLUMNS "ORDER BY name", &s) != KC_Q_OK)
+        return kc_error_set(err, KC_ERR, "the service store: %s", kc_store_errmsg(st));
+    while (r == KC_OK && kc_q_step(s) == KC_Q_ROW) {
         nv = realloc(v, (len + 1) * sizeof(*v));
         if (nv == NULL) {
             r = kc_error_set(err, KC_ERR, "out of memory");
@@ -559,7 +555,7 @@ kc_rc kc_dep_list(kc_store *st, kc_dep **out, size_t *n, kc_error *err)
         v = nv;
         r = row(st, s, &v[len++], err);
     }
-    sqlite3_finalize(s);
+    kc_q_finish(s);
     for (i = 0; r == KC_OK && i < len; i++) {
         r = load_break_glass(st, &v[i], err);
         if (r == KC_OK)
@@ -576,15 +572,14 @@ kc_rc kc_dep_list(kc_store *st, kc_dep **out, size_t *n, kc_error *err)
 
 static int assigned(kc_store *st, const char *id)
 {
-    sqlite3_stmt *s = NULL;
+    kc_q *s = NULL;
     int found = 0;
 
-    if (sqlite3_prepare_v2(st->db, "SELECT 1 FROM assignments WHERE dep_id = ?", -1, &s, NULL) ==
-        SQLITE_OK) {
-        sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
-        found = sqlite3_step(s) == SQLITE_ROW;
+    if (kc_q_prepare(st, "SELECT 1 FROM assignments WHERE dep_id = ?", &s) == KC_Q_OK) {
+        kc_q_bind_text(s, 1, id);
+        found = kc_q_step(s) == KC_Q_ROW;
     }
-    sqlite3_finalize(s);
+    kc_q_finish(s);
     return found;
 }
 
@@ -603,8 +598,8 @@ kc_rc kc_dep_set(kc_store *st, const char *name_or_id, const int *enabled, const
         return kc_error_set(err, KC_CONFLICT,
                             "the service-managed key's DEP is not changed by hand");
     if (new_name != NULL && strcmp(new_name, KC_DEP_SERVICE) == 0) {
-        kc_error_set(err, KC_CONFLICT, "the name '%s' is reserved for the service-managed key's DEP",
-                     KC_DEP_SERVICE);
+        kc_error_set(err, KC_CONFLICT,
+                     "the name '%s' is reserved for the service-managed key's DEP", KC_DEP_SERVICE);
         kc_error_hint(err, "choose another name");
         return KC_CONFLICT;
     }
@@ -643,26 +638,26 @@ kc_rc kc_dep_set(kc_store *st, const char *name_or_id, const int *enabled, const
 static kc_rc load_blob(kc_store *st, const kc_dep *d, int slot, kc_dep_key *dk,
                        unsigned char **blob, size_t *len, kc_error *err)
 {
-    sqlite3_stmt *s = NULL;
+    kc_q *s = NULL;
     kc_dep row_of = *d;
     const void *b;
     int n, got;
     kc_rc r = KC_OK;
 
     *blob = NULL;
-    if (sqlite3_prepare_v2(st->db, KEY_COLUMNS "WHERE dep_id = ? AND generation = ? AND slot = ?",
-                           -1, &s, NULL) != SQLITE_OK)
+    if (kc_q_prepare(st, KEY_COLUMNS "WHERE dep_id = ? AND generation = ? AND slot = ?", &s) !=
+        KC_Q_OK)
         return store_error(st, err);
-    sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 2, d->generation);
-    sqlite3_bind_int(s, 3, slot);
-    if (sqlite3_step(s) != SQLITE_ROW)
+    kc_q_bind_text(s, 1, d->id);
+    kc_q_bind_int(s, 2, d->generation);
+    kc_q_bind_int(s, 3, slot);
+    if (kc_q_step(s) != KC_Q_ROW)
         r = kc_error_set(err, KC_INTEGRITY, "DEP '%s' has no wrapped key in slot %d", d->name,
                          slot);
     else if ((r = key_row(st, s, &row_of, &got, err)) == KC_OK) {
         *dk = row_of.keys[slot];
-        b = sqlite3_column_blob(s, 7);
-        n = sqlite3_column_bytes(s, 7);
+        b = kc_q_blob(s, 7);
+        n = kc_q_bytes(s, 7);
         *blob = malloc(n > 0 ? (size_t)n : 1);
         if (*blob == NULL)
             r = kc_error_set(err, KC_ERR, "out of memory");
@@ -671,7 +666,7 @@ static kc_rc load_blob(kc_store *st, const kc_dep *d, int slot, kc_dep_key *dk,
             *len = (size_t)n;
         }
     }
-    sqlite3_finalize(s);
+    kc_q_finish(s);
     return r;
 }
 
@@ -763,7 +758,7 @@ static void record_break_glass(kc_store *st, const kc_dep *d, const char *princi
 {
     char at[21] = "";
     unsigned char mac[32];
-    sqlite3_stmt *s = NULL;
+    kc_q *s = NULL;
     time_t now;
     kc_error ignored;
     kc_row r;
@@ -778,18 +773,18 @@ static void record_break_glass(kc_store *st, const kc_dep *d, const char *princi
     kc_row_text(&r, principal);
     if (kc_row_seal(st, &r, mac, &ignored) != KC_OK)
         return;
-    if (sqlite3_prepare_v2(st->db,
-                           "INSERT INTO break_glass (at, dep_id, principal, mac) VALUES (?, ?, ?, "
-                           "?)",
-                           -1, &s, NULL) == SQLITE_OK) {
-        sqlite3_bind_text(s, 1, at, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 2, d->id, -1, SQLITE_STATIC);
+    if (kc_q_prepare(st,
+                     "INSERT INTO break_glass (at, dep_id, principal, mac) VALUES (?, ?, ?, "
+                     "?)",
+                     &s) == KC_Q_OK) {
+        kc_q_bind_text(s, 1, at);
+        kc_q_bind_text(s, 2, d->id);
         if (principal != NULL)
-            sqlite3_bind_text(s, 3, principal, -1, SQLITE_STATIC);
-        sqlite3_bind_blob(s, 4, mac, sizeof(mac), SQLITE_STATIC);
-        (void)sqlite3_step(s);
+            kc_q_bind_text(s, 3, principal);
+        kc_q_bind_blob(s, 4, mac, sizeof(mac));
+        (void)kc_q_step(s);
     }
-    sqlite3_finalize(s);
+    kc_q_finish(s);
 }
 
 kc_rc kc_dep_unwrap(kc_ctx *ctx, kc_store *st, const char *name_or_id, long generation,
@@ -888,29 +883,29 @@ static const char *scope_workload(const char *scope)
 
 static kc_rc assigned_to(kc_store *st, const char *scope, char dep_id[37], kc_error *err)
 {
-    sqlite3_stmt *s = NULL;
+    kc_q *s = NULL;
     char what[112];
     kc_rc r = KC_NOT_FOUND;
 
     dep_id[0] = '\0';
-    if (sqlite3_prepare_v2(st->db, "SELECT scope, dep_id, mac FROM assignments WHERE scope = ?", -1,
-                           &s, NULL) != SQLITE_OK)
+    if (kc_q_prepare(st, "SELECT scope, dep_id, mac FROM assignments WHERE scope = ?", &s) !=
+        KC_Q_OK)
         return store_error(st, err);
-    sqlite3_bind_text(s, 1, scope, -1, SQLITE_STATIC);
-    if (sqlite3_step(s) == SQLITE_ROW) {
+    kc_q_bind_text(s, 1, scope);
+    if (kc_q_step(s) == KC_Q_ROW) {
         snprintf(what, sizeof(what), "assignment of scope '%s'", scope);
         r = check_cols(st, s, "assignments", 2, what, err);
         if (r == KC_OK)
             copy_col(s, 1, dep_id, 37);
     }
-    sqlite3_finalize(s);
+    kc_q_finish(s);
     return r;
 }
 
 kc_rc kc_dep_assign(kc_store *st, const char *name_or_id, const char *scope, kc_dep *prev,
                     kc_error *err)
 {
-    sqlite3_stmt *s = NULL;
+    kc_q *s = NULL;
     char prev_id[37];
     kc_dep d;
     kc_rc r;
@@ -930,14 +925,14 @@ kc_rc kc_dep_assign(kc_store *st, const char *name_or_id, const char *scope, kc_
     if (name_or_id == NULL) { /* unassign */
         if (prev_id[0] == '\0')
             return kc_error_set(err, KC_NOT_FOUND, "scope '%s' has no DEP assigned", scope);
-        rc = sqlite3_prepare_v2(st->db, "DELETE FROM assignments WHERE scope = ?", -1, &s, NULL);
-        if (rc == SQLITE_OK) {
-            sqlite3_bind_text(s, 1, scope, -1, SQLITE_STATIC);
-            rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+        rc = kc_q_prepare(st, "DELETE FROM assignments WHERE scope = ?", &s);
+        if (rc == KC_Q_OK) {
+            kc_q_bind_text(s, 1, scope);
+            rc = kc_q_step(s) == KC_Q_DONE ? KC_Q_OK : KC_Q_ERROR;
         }
-        sqlite3_finalize(s);
-        if (rc != SQLITE_OK)
-            return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
+        kc_q_finish(s);
+        if (rc != KC_Q_OK)
+            return kc_error_set(err, KC_ERR, "the service store: %s", kc_store_errmsg(st));
         return KC_OK;
     }
     r = kc_dep_get(st, name_or_id, &d, err);
@@ -991,22 +986,22 @@ kc_rc kc_dep_effective(kc_store *st, const char *scope, kc_dep *out, int *inheri
 
 kc_rc kc_dep_assignments(kc_store *st, kc_dep_assignment **out, size_t *n, kc_error *err)
 {
-    sqlite3_stmt *s = NULL;
+    kc_q *s = NULL;
     kc_dep_assignment *v = NULL, *nv;
     size_t len = 0;
     kc_rc r = KC_OK;
 
     *out = NULL;
     *n = 0;
-    if (sqlite3_prepare_v2(st->db,
-                           "SELECT a.scope, a.dep_id, a.mac, d.name FROM assignments a JOIN deps d "
-                           "ON d.id = a.dep_id ORDER BY a.scope",
-                           -1, &s, NULL) != SQLITE_OK)
+    if (kc_q_prepare(st,
+                     "SELECT a.scope, a.dep_id, a.mac, d.name FROM assignments a JOIN deps d "
+                     "ON d.id = a.dep_id ORDER BY a.scope",
+                     &s) != KC_Q_OK)
         return store_error(st, err);
-    while (r == KC_OK && sqlite3_step(s) == SQLITE_ROW) {
+    while (r == KC_OK && kc_q_step(s) == KC_Q_ROW) {
         char what[112];
 
-        snprintf(what, sizeof(what), "assignment of scope '%s'", sqlite3_column_text(s, 0));
+        snprintf(what, sizeof(what), "assignment of scope '%s'", kc_q_text(s, 0));
         r = check_cols(st, s, "assignments", 2, what, err);
         if (r != KC_OK)
             break;
@@ -1021,7 +1016,7 @@ kc_rc kc_dep_assignments(kc_store *st, kc_dep_assignment **out, size_t *n, kc_er
         copy_col(s, 3, v[len].dep_name, sizeof(v[len].dep_name));
         len++;
     }
-    sqlite3_finalize(s);
+    kc_q_finish(s);
     if (r != KC_OK) {
         free(v);
         return r;
@@ -1037,32 +1032,31 @@ static kc_rc update_slot(kc_store *st, const kc_dep *d, int slot, const kc_dep_k
                          const unsigned char *blob, size_t len, kc_error *err)
 {
     unsigned char mac[32];
-    sqlite3_stmt *s = NULL;
+    kc_q *s = NULL;
     int rc;
     kc_rc r = dep_key_mac(st, d->id, d->generation, slot, dk, blob, len, mac, err);
 
     if (r != KC_OK)
         return r;
-    rc = sqlite3_prepare_v2(st->db,
-                            "UPDATE dep_keys SET vault = ?, key = ?, version = ?, alg = ?, wrapped "
-                            "= ?, kcv = ?, mac = ? WHERE dep_id = ? AND generation = ? AND slot = ?",
-                            -1, &s, NULL);
-    if (rc == SQLITE_OK) {
-        sqlite3_bind_text(s, 1, dk->vault, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 2, dk->key, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 3, dk->version, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 4, dk->alg, -1, SQLITE_STATIC);
-        sqlite3_bind_blob(s, 5, blob, (int)len, SQLITE_STATIC);
-        sqlite3_bind_blob(s, 6, dk->kcv, KCV_BYTES, SQLITE_STATIC);
-        sqlite3_bind_blob(s, 7, mac, sizeof(mac), SQLITE_STATIC);
-        sqlite3_bind_text(s, 8, d->id, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(s, 9, d->generation);
-        sqlite3_bind_int(s, 10, slot);
-        rc = sqlite3_step(s) == SQLITE_DONE && sqlite3_changes(st->db) == 1 ? SQLITE_OK
-                                                                            : SQLITE_ERROR;
+    rc = kc_q_prepare(st,
+                      "UPDATE dep_keys SET vault = ?, key = ?, version = ?, alg = ?, wrapped "
+                      "= ?, kcv = ?, mac = ? WHERE dep_id = ? AND generation = ? AND slot = ?",
+                      &s);
+    if (rc == KC_Q_OK) {
+        kc_q_bind_text(s, 1, dk->vault);
+        kc_q_bind_text(s, 2, dk->key);
+        kc_q_bind_text(s, 3, dk->version);
+        kc_q_bind_text(s, 4, dk->alg);
+        kc_q_bind_blob(s, 5, blob, (int)len);
+        kc_q_bind_blob(s, 6, dk->kcv, KCV_BYTES);
+        kc_q_bind_blob(s, 7, mac, sizeof(mac));
+        kc_q_bind_text(s, 8, d->id);
+        kc_q_bind_int(s, 9, d->generation);
+        kc_q_bind_int(s, 10, slot);
+        rc = kc_q_step(s) == KC_Q_DONE && kc_store_changes(st) == 1 ? KC_Q_OK : KC_Q_ERROR;
     }
-    sqlite3_finalize(s);
-    if (rc != SQLITE_OK)
+    kc_q_finish(s);
+    if (rc != KC_Q_OK)
         return kc_error_set(err, KC_ERR, "the service store: cannot update slot %d of DEP '%s'",
                             slot, d->name);
     return KC_OK;
@@ -1071,19 +1065,19 @@ static kc_rc update_slot(kc_store *st, const kc_dep *d, int slot, const kc_dep_k
 /* Scopes still under an older generation of d's key: a roll in progress. */
 static long behind(kc_store *st, const kc_dep *d)
 {
-    sqlite3_stmt *s = NULL;
+    kc_q *s = NULL;
     long n = -1;
 
-    if (sqlite3_prepare_v2(st->db,
-                           "SELECT count(*) FROM scopes WHERE dep_id = ? AND dep_generation < ? "
-                           "AND purged IS NULL",
-                           -1, &s, NULL) == SQLITE_OK) {
-        sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(s, 2, d->generation);
-        if (sqlite3_step(s) == SQLITE_ROW)
-            n = (long)sqlite3_column_int64(s, 0);
+    if (kc_q_prepare(st,
+                     "SELECT count(*) FROM scopes WHERE dep_id = ? AND dep_generation < ? "
+                     "AND purged IS NULL",
+                     &s) == KC_Q_OK) {
+        kc_q_bind_text(s, 1, d->id);
+        kc_q_bind_int(s, 2, d->generation);
+        if (kc_q_step(s) == KC_Q_ROW)
+            n = (long)kc_q_int(s, 0);
     }
-    sqlite3_finalize(s);
+    kc_q_finish(s);
     return n;
 }
 
@@ -1298,31 +1292,32 @@ static kc_rc shred_store(kc_store *st, const kc_dep *d, const char *now, long *s
 {
     static const char *const sql[] = {
         /* the record keeps naming the keys; the wrapped copies go */
-        "UPDATE dep_keys SET wrapped = zeroblob(0) WHERE dep_id = ?1",
-        "UPDATE scopes SET wrapped_key = zeroblob(0), purged = ?2 WHERE dep_id = ?1",
+        /* substr(x, 1, 0): an empty blob on both backends */
+        "UPDATE dep_keys SET wrapped = substr(wrapped, 1, 0) WHERE dep_id = ?1",
+        "UPDATE scopes SET wrapped_key = substr(wrapped_key, 1, 0), purged = ?2 WHERE dep_id = ?1",
         "DELETE FROM assignments WHERE dep_id = ?1",
     };
     kc_dep done = *d;
-    sqlite3_stmt *s = NULL;
+    kc_q *s = NULL;
     size_t i;
-    int rc = SQLITE_OK;
+    int rc = KC_Q_OK;
     kc_rc r = kc_store_begin(st, err);
 
     if (r != KC_OK)
         return r;
-    for (i = 0; rc == SQLITE_OK && i < sizeof(sql) / sizeof(sql[0]); i++) {
-        rc = sqlite3_prepare_v2(st->db, sql[i], -1, &s, NULL);
-        if (rc != SQLITE_OK)
+    for (i = 0; rc == KC_Q_OK && i < sizeof(sql) / sizeof(sql[0]); i++) {
+        rc = kc_q_prepare(st, sql[i], &s);
+        if (rc != KC_Q_OK)
             break;
-        sqlite3_bind_text(s, 1, d->id, -1, SQLITE_STATIC);
-        if (sqlite3_bind_parameter_count(s) > 1)
-            sqlite3_bind_text(s, 2, now, -1, SQLITE_STATIC);
-        rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+        kc_q_bind_text(s, 1, d->id);
+        if (kc_q_param_count(s) > 1)
+            kc_q_bind_text(s, 2, now);
+        rc = kc_q_step(s) == KC_Q_DONE ? KC_Q_OK : KC_Q_ERROR;
         if (i == 1)
-            *scopes = sqlite3_changes(st->db);
-        sqlite3_finalize(s);
+            *scopes = kc_store_changes(st);
+        kc_q_finish(s);
     }
-    r = rc == SQLITE_OK ? KC_OK : store_error(st, err);
+    r = rc == KC_Q_OK ? KC_OK : store_error(st, err);
     /* the record last, with its MAC: purged, never to be enabled again */
     snprintf(done.purged, sizeof(done.purged), "%s", now);
     done.enabled = 0;

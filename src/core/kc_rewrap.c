@@ -14,12 +14,12 @@
 
 static kc_rc db_error(kc_store *st, kc_error *err)
 {
-    return kc_error_set(err, KC_ERR, "the service store: %s", sqlite3_errmsg(st->db));
+    return kc_error_set(err, KC_ERR, "the service store: %s", kc_store_errmsg(st));
 }
 
-static void text(sqlite3_stmt *q, int col, char *out, size_t cap)
+static void text(kc_q *q, int col, char *out, size_t cap)
 {
-    const unsigned char *t = sqlite3_column_text(q, col);
+    const unsigned char *t = kc_q_text(q, col);
 
     snprintf(out, cap, "%s", t ? (const char *)t : "");
 }
@@ -27,19 +27,19 @@ static void text(sqlite3_stmt *q, int col, char *out, size_t cap)
 /* One number from a query with one text parameter (or none). */
 static kc_rc count(kc_store *st, const char *sql, const char *param, long *n, kc_error *err)
 {
-    sqlite3_stmt *q = NULL;
+    kc_q *q = NULL;
     int rc;
 
     *n = 0;
-    if (sqlite3_prepare_v2(st->db, sql, -1, &q, NULL) != SQLITE_OK)
+    if (kc_q_prepare(st, sql, &q) != KC_Q_OK)
         return db_error(st, err);
     if (param != NULL)
-        sqlite3_bind_text(q, 1, param, -1, SQLITE_STATIC);
-    rc = sqlite3_step(q);
-    if (rc == SQLITE_ROW)
-        *n = (long)sqlite3_column_int64(q, 0);
-    sqlite3_finalize(q);
-    return rc == SQLITE_ROW ? KC_OK : db_error(st, err);
+        kc_q_bind_text(q, 1, param);
+    rc = kc_q_step(q);
+    if (rc == KC_Q_ROW)
+        *n = (long)kc_q_int(q, 0);
+    kc_q_finish(q);
+    return rc == KC_Q_ROW ? KC_OK : db_error(st, err);
 }
 
 /* --- status --- */
@@ -113,15 +113,16 @@ kc_rc kc_status_deps(kc_store *st, kc_dep_status **out, size_t *n, kc_error *err
     "SELECT t.scope, t.dep_id, t.dep_generation, t.target_id, t.purged, t.target_generation, "     \
     "  d.name, e.name, d.workload, (SELECT count(*) FROM items i WHERE i.scope = t.scope) "        \
     "FROM scope_targets t LEFT JOIN deps d ON d.id = t.dep_id LEFT JOIN deps e ON e.id = "         \
-    "t.target_id WHERE ?1 IS NULL OR t.scope = ?1 "                                                \
+    "t.target_id WHERE CAST(?1 AS TEXT) IS NULL OR t.scope = ?1 "                                  \
     "UNION ALL SELECT a.scope, NULL, 0, a.dep_id, NULL, 0, NULL, e.name, NULL, 0 FROM "            \
-    "assignments a JOIN deps e ON e.id = a.dep_id WHERE (?1 IS NULL OR a.scope = ?1) AND "         \
+    "assignments a JOIN deps e ON e.id = a.dep_id WHERE (CAST(?1 AS TEXT) IS NULL OR a.scope = "   \
+    "?1) AND "                                                                                     \
     "a.scope NOT IN (SELECT scope FROM scopes) ORDER BY 1"
 
 kc_rc kc_status_scopes(kc_store *st, const char *only, kc_scope_status **out, size_t *n,
                        kc_error *err)
 {
-    sqlite3_stmt *q = NULL;
+    kc_q *q = NULL;
     kc_scope_status *v = NULL, *nv, *e;
     size_t len = 0;
     char workload[16];
@@ -134,11 +135,11 @@ kc_rc kc_status_scopes(kc_store *st, const char *only, kc_scope_status **out, si
         if (r != KC_OK)
             return r;
     }
-    if (sqlite3_prepare_v2(st->db, SCOPES_SQL, -1, &q, NULL) != SQLITE_OK)
+    if (kc_q_prepare(st, SCOPES_SQL, &q) != KC_Q_OK)
         return db_error(st, err);
     if (only != NULL)
-        sqlite3_bind_text(q, 1, only, -1, SQLITE_STATIC);
-    while (sqlite3_step(q) == SQLITE_ROW) {
+        kc_q_bind_text(q, 1, only);
+    while (kc_q_step(q) == KC_Q_ROW) {
         nv = realloc(v, (len + 1) * sizeof(*v));
         if (nv == NULL) {
             r = kc_error_set(err, KC_ERR, "out of memory");
@@ -149,20 +150,20 @@ kc_rc kc_status_scopes(kc_store *st, const char *only, kc_scope_status **out, si
         memset(e, 0, sizeof(*e));
         text(q, 0, e->scope, sizeof(e->scope));
         text(q, 1, e->dep_id, sizeof(e->dep_id));
-        e->generation = (long)sqlite3_column_int64(q, 2);
+        e->generation = (long)kc_q_int(q, 2);
         text(q, 3, e->target_id, sizeof(e->target_id));
         text(q, 4, e->purged, sizeof(e->purged));
         text(q, 6, e->dep_name, sizeof(e->dep_name));
         text(q, 7, e->target_name, sizeof(e->target_name));
         text(q, 8, workload, sizeof(workload));
-        e->items = (long)sqlite3_column_int64(q, 9);
+        e->items = (long)kc_q_int(q, 9);
         e->encrypted =
             e->dep_id[0] != '\0' && e->purged[0] == '\0' && strcmp(workload, "service") != 0;
-        e->pending = e->dep_id[0] != '\0' && e->purged[0] == '\0' && e->target_id[0] != '\0' &&
-                     (strcmp(e->dep_id, e->target_id) != 0 ||
-                      e->generation != (long)sqlite3_column_int64(q, 5));
+        e->pending =
+            e->dep_id[0] != '\0' && e->purged[0] == '\0' && e->target_id[0] != '\0' &&
+            (strcmp(e->dep_id, e->target_id) != 0 || e->generation != (long)kc_q_int(q, 5));
     }
-    sqlite3_finalize(q);
+    kc_q_finish(q);
     if (r == KC_OK && only != NULL && len == 0) {
         kc_error_set(err, KC_NOT_FOUND, "scope '%s' has no data and no DEP assigned", only);
         r = KC_NOT_FOUND;
@@ -182,7 +183,7 @@ kc_rc kc_status_scopes(kc_store *st, const char *only, kc_scope_status **out, si
 static kc_rc job_write(kc_store *st, const char *started, long done, long total, kc_error *err)
 {
     unsigned char mac[32];
-    sqlite3_stmt *q = NULL;
+    kc_q *q = NULL;
     int rc;
     kc_row row;
     kc_rc r;
@@ -195,19 +196,21 @@ static kc_rc job_write(kc_store *st, const char *started, long done, long total,
     r = kc_row_seal(st, &row, mac, err);
     if (r != KC_OK)
         return r;
-    rc = sqlite3_prepare_v2(st->db,
-                            "INSERT OR REPLACE INTO rewrap_progress (job, started, done, total, "
-                            "mac) VALUES ('rewrap', ?, ?, ?, ?)",
-                            -1, &q, NULL);
-    if (rc == SQLITE_OK) {
-        sqlite3_bind_text(q, 1, started, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(q, 2, done);
-        sqlite3_bind_int64(q, 3, total);
-        sqlite3_bind_blob(q, 4, mac, sizeof(mac), SQLITE_STATIC);
-        rc = sqlite3_step(q) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+    rc = kc_q_prepare(st,
+                      "INSERT INTO rewrap_progress (job, started, done, total, mac) VALUES "
+                      "('rewrap', ?, ?, ?, ?) ON CONFLICT (job) DO UPDATE SET started = "
+                      "excluded.started, done = excluded.done, total = excluded.total, "
+                      "mac = excluded.mac",
+                      &q);
+    if (rc == KC_Q_OK) {
+        kc_q_bind_text(q, 1, started);
+        kc_q_bind_int(q, 2, done);
+        kc_q_bind_int(q, 3, total);
+        kc_q_bind_blob(q, 4, mac, sizeof(mac));
+        rc = kc_q_step(q) == KC_Q_DONE ? KC_Q_OK : KC_Q_ERROR;
     }
-    sqlite3_finalize(q);
-    return rc == SQLITE_OK ? KC_OK : db_error(st, err);
+    kc_q_finish(q);
+    return rc == KC_Q_OK ? KC_OK : db_error(st, err);
 }
 
 /* The job's record: total is fixed when it starts, so a resumed run shows
@@ -215,28 +218,28 @@ static kc_rc job_write(kc_store *st, const char *started, long done, long total,
 static kc_rc job_start(kc_store *st, long pending, char started[21], long *total, int *resumed,
                        kc_error *err)
 {
-    sqlite3_stmt *q = NULL;
+    kc_q *q = NULL;
     time_t now;
     int rc;
     kc_rc r = KC_OK;
     kc_row row;
 
     *total = -1;
-    if (sqlite3_prepare_v2(st->db,
-                           "SELECT job, started, done, total, mac FROM rewrap_progress WHERE job = "
-                           "'rewrap'",
-                           -1, &q, NULL) != SQLITE_OK)
+    if (kc_q_prepare(st,
+                     "SELECT job, started, done, total, mac FROM rewrap_progress WHERE job = "
+                     "'rewrap'",
+                     &q) != KC_Q_OK)
         return db_error(st, err);
-    rc = sqlite3_step(q);
-    if (rc == SQLITE_ROW) {
+    rc = kc_q_step(q);
+    if (rc == KC_Q_ROW) {
         kc_row_init(&row, "rewrap_progress");
         kc_row_cols(&row, q, 0, 4);
         r = kc_row_check(st, &row, q, 4, "re-wrap job record", err);
         text(q, 1, started, 21);
-        *total = (long)sqlite3_column_int64(q, 3);
-    } else if (rc != SQLITE_DONE)
+        *total = (long)kc_q_int(q, 3);
+    } else if (rc != KC_Q_DONE)
         r = db_error(st, err);
-    sqlite3_finalize(q);
+    kc_q_finish(q);
     if (r != KC_OK)
         return r;
     *resumed = *total >= pending;
@@ -251,8 +254,7 @@ static kc_rc job_start(kc_store *st, long pending, char started[21], long *total
 
 /* The store's view chose scope's target; its checked assignment and DEP
  * rows must say the same before anything moves. */
-static kc_rc target_holds(kc_store *st, const char *scope, const char *to, long gen,
-                          kc_error *err)
+static kc_rc target_holds(kc_store *st, const char *scope, const char *to, long gen, kc_error *err)
 {
     int inherited = 0;
     kc_dep d;
@@ -272,31 +274,31 @@ static kc_rc target_holds(kc_store *st, const char *scope, const char *to, long 
 static kc_rc batch_step(kc_data_session *s, kc_store *st, long batch, char last[80], long *n,
                         kc_error *err)
 {
-    sqlite3_stmt *q = NULL;
+    kc_q *q = NULL;
     char scope[80], to[37];
     long gen;
     kc_rc r = KC_OK;
 
     *n = 0;
-    if (sqlite3_prepare_v2(st->db,
-                           "SELECT scope, target_id, target_generation " PENDING
-                           " AND scope > ? ORDER BY scope LIMIT ?",
-                           -1, &q, NULL) != SQLITE_OK)
+    if (kc_q_prepare(st,
+                     "SELECT scope, target_id, target_generation " PENDING
+                     " AND scope > ? ORDER BY scope LIMIT ?",
+                     &q) != KC_Q_OK)
         return db_error(st, err);
-    sqlite3_bind_text(q, 1, last, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(q, 2, batch);
-    while (r == KC_OK && sqlite3_step(q) == SQLITE_ROW) {
+    kc_q_bind_text(q, 1, last);
+    kc_q_bind_int(q, 2, batch);
+    while (r == KC_OK && kc_q_step(q) == KC_Q_ROW) {
         text(q, 0, scope, sizeof(scope));
         snprintf(last, 80, "%s", scope);
         text(q, 1, to, sizeof(to));
-        gen = (long)sqlite3_column_int64(q, 2);
+        gen = (long)kc_q_int(q, 2);
         r = target_holds(st, scope, to, gen, err);
         if (r == KC_OK)
             r = kc_data_move_scope(s, scope, to, gen, err);
         if (r == KC_OK)
             (*n)++;
     }
-    sqlite3_finalize(q);
+    kc_q_finish(q);
     return r;
 }
 
@@ -403,8 +405,9 @@ kc_rc kc_tenant_offboard(kc_ctx *ctx, kc_store *st, const char *service_vault,
         r = kc_dep_unwrap(ctx, st, was->id, 0, principal, 0, &key, &info, err);
         kc_secret_free(key);
         if (r != KC_OK)
-            return kc_error_prefix(err, "nothing was changed: the tenant's scope keys move from "
-                                        "DEP '%s' only through vault %s or %s",
+            return kc_error_prefix(err,
+                                   "nothing was changed: the tenant's scope keys move from "
+                                   "DEP '%s' only through vault %s or %s",
                                    was->name, was->keys[0].vault, was->keys[1].vault);
     }
     r = kc_dep_service(ctx, st, service_vault, principal, service, err);

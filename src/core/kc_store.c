@@ -83,8 +83,7 @@ static const char *const migrations[] = {
 
 static kc_rc db_fail(kc_store *s, const char *what, kc_error *err)
 {
-    return kc_error_set(err, KC_ERR, "the service store: cannot %s: %s", what,
-                        s->db ? sqlite3_errmsg(s->db) : "out of memory");
+    return kc_error_set(err, KC_ERR, "the service store: cannot %s: %s", what, kc_store_errmsg(s));
 }
 
 kc_rc kc_store_exec(kc_store *s, const char *sql, kc_error *err)
@@ -99,6 +98,7 @@ kc_rc kc_store_exec(kc_store *s, const char *sql, kc_error *err)
     return KC_OK;
 }
 
+/* IMMEDIATE, so two writers queue rather than deadlock. */
 kc_rc kc_store_begin(kc_store *s, kc_error *err)
 {
     return kc_store_exec(s, "BEGIN IMMEDIATE", err);
@@ -111,39 +111,50 @@ kc_rc kc_store_commit(kc_store *s, kc_error *err)
 
 void kc_store_rollback(kc_store *s)
 {
-    (void)sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    kc_error ignored;
+
+    if (kc_store_exec(s, "ROLLBACK", &ignored) != KC_OK)
+        kc_error_clear(&ignored);
 }
 
 static kc_rc read_version(kc_store *s, int *version, kc_error *err)
 {
-    sqlite3_stmt *st = NULL;
+    kc_q *st = NULL;
     int rc;
 
     *version = 0;
-    if (sqlite3_prepare_v2(s->db, "PRAGMA user_version", -1, &st, NULL) != SQLITE_OK)
+    if (kc_q_prepare(s, "PRAGMA user_version", &st) != KC_Q_OK)
         return db_fail(s, "read its schema version", err);
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
-        *version = sqlite3_column_int(st, 0);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_ROW)
+    rc = kc_q_step(st);
+    if (rc == KC_Q_ROW)
+        *version = (int)kc_q_int(st, 0);
+    kc_q_finish(st);
+    if (rc != KC_Q_ROW)
         return db_fail(s, "read its schema version", err);
     return KC_OK;
 }
 
-/* Each step in its own transaction with the version it reaches. */
-static kc_rc migrate(kc_store *s, kc_error *err)
+static kc_rc migrate_step(kc_store *s, kc_error *err)
 {
     char sql[64];
+    kc_rc r = kc_store_exec(s, migrations[s->schema], err);
+
+    snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", s->schema + 1);
+    return r == KC_OK ? kc_store_exec(s, sql, err) : r;
+}
+
+/* Each step in its own transaction with the version it reaches; the version
+ * is read again in it, so two processes opening a new store migrate it once. */
+static kc_rc migrate(kc_store *s, kc_error *err)
+{
     kc_rc r;
 
     while (s->schema < N_MIGRATIONS) {
         r = kc_store_begin(s, err);
         if (r == KC_OK)
-            r = kc_store_exec(s, migrations[s->schema], err);
-        snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", s->schema + 1);
-        if (r == KC_OK)
-            r = kc_store_exec(s, sql, err);
+            r = read_version(s, &s->schema, err);
+        if (r == KC_OK && s->schema < N_MIGRATIONS)
+            r = migrate_step(s, err);
         if (r == KC_OK)
             r = kc_store_commit(s, err);
         if (r != KC_OK) {
@@ -151,7 +162,9 @@ static kc_rc migrate(kc_store *s, kc_error *err)
             return kc_error_prefix(err, "cannot bring the service store to schema %d",
                                    s->schema + 1);
         }
-        s->schema++;
+        r = read_version(s, &s->schema, err);
+        if (r != KC_OK)
+            return r;
     }
     return KC_OK;
 }
@@ -170,8 +183,9 @@ static kc_rc check_file(int fd, const char *path, kc_error *err)
         return kc_error_set(err, KC_DENIED, "the service store '%s' is %s, not a regular file",
                             path, kc_file_kind(st.st_mode));
     if (st.st_uid != geteuid()) {
-        kc_error_set(err, KC_DENIED, "the service store '%s' is owned by uid %u, not by you (uid %u)",
-                     path, (unsigned)st.st_uid, (unsigned)geteuid());
+        kc_error_set(err, KC_DENIED,
+                     "the service store '%s' is owned by uid %u, not by you (uid %u)", path,
+                     (unsigned)st.st_uid, (unsigned)geteuid());
         kc_error_hint(err, "run keycustody as the user that owns the store");
         return KC_DENIED;
     }
@@ -186,6 +200,44 @@ static kc_rc check_file(int fd, const char *path, kc_error *err)
     return KC_OK;
 }
 
+/* Compares two (type, name, definition) lists, each in (type, name)
+ * order: the first difference says which side has an object the other
+ * lacks, or whose definition differs. a is the store's, b the reference's. */
+static kc_rc schema_compare(kc_store *s, kc_q *a, kc_q *b, const char *shown, kc_error *err)
+{
+    const char *ta, *na, *tb, *nb, *what, *name, *how;
+    int c, ra, rb;
+
+    for (;;) {
+        what = name = how = NULL;
+        ra = kc_q_step(a);
+        rb = kc_q_step(b);
+        if (ra == KC_Q_ERROR || rb == KC_Q_ERROR)
+            return db_fail(s, "read its schema", err);
+        if (ra != KC_Q_ROW && rb != KC_Q_ROW)
+            return KC_OK;
+        ta = ra == KC_Q_ROW ? (const char *)kc_q_text(a, 0) : NULL;
+        na = ra == KC_Q_ROW ? (const char *)kc_q_text(a, 1) : NULL;
+        tb = rb == KC_Q_ROW ? (const char *)kc_q_text(b, 0) : NULL;
+        nb = rb == KC_Q_ROW ? (const char *)kc_q_text(b, 1) : NULL;
+        c = ta == NULL            ? 1
+            : tb == NULL          ? -1
+            : strcmp(ta, tb) != 0 ? strcmp(ta, tb)
+                                  : strcmp(na, nb);
+        if (c < 0)
+            what = ta, name = na, how = "was added";
+        else if (c > 0)
+            what = tb, name = nb, how = "is missing";
+        else if (strcmp((const char *)kc_q_text(a, 2), (const char *)kc_q_text(b, 2)) != 0)
+            what = ta, name = na, how = "differs";
+        if (what != NULL)
+            return kc_error_set(err, KC_INTEGRITY,
+                                "the service store '%s' does not have the schema keycustody "
+                                "made: %s '%s' %s; it was changed outside keycustody",
+                                shown, what, name, how);
+    }
+}
+
 /* The schema is exactly what the migrations made: no table, index, view or
  * trigger of anyone else's (a trigger would run inside keycustody on its own
  * writes). Compared against the migrations run on an empty in-memory store. */
@@ -193,62 +245,34 @@ static kc_rc check_schema(kc_store *s, const char *path, kc_error *err)
 {
     static const char q[] = "SELECT type, name, coalesce(sql, '') FROM sqlite_master "
                             "WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name";
-    sqlite3 *ref = NULL;
-    sqlite3_stmt *a = NULL, *b = NULL;
-    int i, ra, rb;
+    kc_store ref = {0};
+    kc_q *a = NULL, *b = NULL;
+    int i;
     kc_rc r = KC_OK;
 
-    if (sqlite3_open_v2(":memory:", &ref, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK)
+    if (sqlite3_open_v2(":memory:", &ref.db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK)
         r = kc_error_set(err, KC_ERR, "out of memory");
     for (i = 0; r == KC_OK && i < s->schema; i++)
-        if (sqlite3_exec(ref, migrations[i], NULL, NULL, NULL) != SQLITE_OK)
+        if (sqlite3_exec(ref.db, migrations[i], NULL, NULL, NULL) != SQLITE_OK)
             r = kc_error_set(err, KC_ERR, "cannot build the reference schema");
-    if (r == KC_OK && (sqlite3_prepare_v2(s->db, q, -1, &a, NULL) != SQLITE_OK ||
-                       sqlite3_prepare_v2(ref, q, -1, &b, NULL) != SQLITE_OK))
+    if (r == KC_OK && (kc_q_prepare(s, q, &a) != KC_Q_OK || kc_q_prepare(&ref, q, &b) != KC_Q_OK))
         r = db_fail(s, "read its schema", err);
-    while (r == KC_OK) {
-        const char *ta, *na, *tb, *nb, *what = NULL, *name = NULL, *how = NULL;
-        int c;
-
-        ra = sqlite3_step(a);
-        rb = sqlite3_step(b);
-        if (ra != SQLITE_ROW && rb != SQLITE_ROW)
-            break;
-        ta = ra == SQLITE_ROW ? (const char *)sqlite3_column_text(a, 0) : NULL;
-        na = ra == SQLITE_ROW ? (const char *)sqlite3_column_text(a, 1) : NULL;
-        tb = rb == SQLITE_ROW ? (const char *)sqlite3_column_text(b, 0) : NULL;
-        nb = rb == SQLITE_ROW ? (const char *)sqlite3_column_text(b, 1) : NULL;
-        /* both lists are in (type, name) order: the first difference says
-         * which side has an object the other lacks */
-        c = ta == NULL ? 1 : tb == NULL ? -1 : strcmp(ta, tb) != 0 ? strcmp(ta, tb)
-                                                                   : strcmp(na, nb);
-        if (c < 0) {
-            what = ta, name = na, how = "was added";
-        } else if (c > 0) {
-            what = tb, name = nb, how = "is missing";
-        } else if (strcmp((const char *)sqlite3_column_text(a, 2),
-                          (const char *)sqlite3_column_text(b, 2)) != 0) {
-            what = ta, name = na, how = "differs";
-        }
-        if (what != NULL)
-            r = kc_error_set(err, KC_INTEGRITY,
-                             "the service store '%s' does not have the schema keycustody made: "
-                             "%s '%s' %s; it was changed outside keycustody",
-                             path, what, name, how);
-    }
-    sqlite3_finalize(a);
-    sqlite3_finalize(b);
-    sqlite3_close(ref);
+    if (r == KC_OK)
+        r = schema_compare(s, a, b, path, err);
+    kc_q_finish(a);
+    kc_q_finish(b);
+    kc_q_free_all(&ref);
+    sqlite3_close(ref.db);
     return r;
 }
 
-kc_rc kc_store_open(const char *path, kc_store **out, kc_error *err)
+/* The SQLite file: made 0600, checked, opened so that nothing in it can
+ * make SQLite do more than read and write rows. */
+static kc_rc open_sqlite(kc_store *s, const char *path, kc_error *err)
 {
-    kc_store *s = NULL;
     int fd;
     kc_rc r;
 
-    *out = NULL;
     /* Created 0600 before SQLite sees it: the store names every DEP and scope. */
     fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0600);
     if (fd < 0 && errno == ELOOP) {
@@ -263,23 +287,16 @@ kc_rc kc_store_open(const char *path, kc_store **out, kc_error *err)
     close(fd);
     if (r != KC_OK)
         return r;
-    s = calloc(1, sizeof(*s));
-    if (s == NULL)
-        return kc_error_set(err, KC_ERR, "out of memory");
     if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW, NULL) !=
-        SQLITE_OK) {
-        r = db_fail(s, "open it", err);
-        goto fail;
-    }
+        SQLITE_OK)
+        return db_fail(s, "open it", err);
     /* Nothing in the file may make SQLite do more than read and write rows:
      * defensive mode (no writes to the schema or to shadow tables), functions
      * and virtual tables in the schema not trusted, no triggers. */
     if (sqlite3_db_config(s->db, SQLITE_DBCONFIG_DEFENSIVE, 1, NULL) != SQLITE_OK ||
         sqlite3_db_config(s->db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, NULL) != SQLITE_OK ||
-        sqlite3_db_config(s->db, SQLITE_DBCONFIG_ENABLE_TRIGGER, 0, NULL) != SQLITE_OK) {
-        r = db_fail(s, "make it safe to open", err);
-        goto fail;
-    }
+        sqlite3_db_config(s->db, SQLITE_DBCONFIG_ENABLE_TRIGGER, 0, NULL) != SQLITE_OK)
+        return db_fail(s, "make it safe to open", err);
     sqlite3_busy_timeout(s->db, 10000);
     r = kc_store_exec(s,
                       "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; "
@@ -288,41 +305,59 @@ kc_rc kc_store_open(const char *path, kc_store **out, kc_error *err)
     if (r != KC_OK) {
         /* SQLite's own words, not err's (which this call overwrites) */
         r = kc_error_set(err, KC_INTEGRITY, "'%s' is not a keycustody service store (SQLite: %s)",
-                         path, sqlite3_errmsg(s->db));
+                         path, kc_store_errmsg(s));
         kc_error_hint(err, "name the store keycustody made (--store, KEYCUSTODY_STORE, the "
                            "layout's store:), or restore it from a backup");
-        goto fail;
     }
-    r = read_version(s, &s->schema, err);
-    if (r != KC_OK)
-        goto fail;
-    if (s->schema > N_MIGRATIONS) {
+    return r;
+}
+
+kc_rc kc_store_open(const char *path, kc_store **out, kc_error *err)
+{
+    kc_store *s = NULL;
+    kc_rc r;
+
+    *out = NULL;
+    if (strncmp(path, "postgresql://", 13) == 0 || strncmp(path, "postgres://", 11) == 0) {
+        kc_error_set(err, KC_USAGE, "a PostgreSQL service store is not available in this build");
+        kc_error_hint(err, "name a service store file (SQLite)");
+        return KC_USAGE;
+    }
+    s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return kc_error_set(err, KC_ERR, "out of memory");
+    r = open_sqlite(s, path, err);
+    if (r == KC_OK)
+        r = read_version(s, &s->schema, err);
+    if (r == KC_OK && s->schema > N_MIGRATIONS) {
         r = kc_error_set(err, KC_INTEGRITY,
                          "the service store '%s' has schema %d; this "
                          "keycustody knows up to %d",
                          path, s->schema, N_MIGRATIONS);
         kc_error_hint(err, "use the keycustody that wrote it, or a newer one");
-        goto fail;
     }
-    r = check_schema(s, path, err);
+    if (r == KC_OK)
+        r = check_schema(s, path, err);
     if (r == KC_OK)
         r = migrate(s, err);
     if (r == KC_OK)
         r = kc_store_meta_get(s, "service_vault", s->service_vault, sizeof(s->service_vault), err);
-    if (r != KC_OK)
-        goto fail;
+    if (r != KC_OK) {
+        kc_store_close(s);
+        return r;
+    }
     *out = s;
     return KC_OK;
-fail:
-    kc_store_close(s);
-    return r;
 }
 
 void kc_store_close(kc_store *s)
 {
     if (s == NULL)
         return;
+    kc_q_free_all(s);
     sqlite3_close(s->db);
+    if (s->pg != NULL)
+        PQfinish(s->pg);
     kc_secret_free(s->mac);
     free(s);
 }
@@ -334,19 +369,19 @@ int kc_store_schema(const kc_store *s)
 
 kc_rc kc_store_count(kc_store *s, const char *table, long *n, kc_error *err)
 {
-    sqlite3_stmt *st = NULL;
+    kc_q *st = NULL;
     char sql[128];
     int rc;
 
     *n = 0;
     snprintf(sql, sizeof(sql), "SELECT count(*) FROM \"%s\"", table);
-    if (strchr(table, '"') != NULL || sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+    if (strchr(table, '"') != NULL || kc_q_prepare(s, sql, &st) != KC_Q_OK)
         return db_fail(s, "count rows", err);
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
-        *n = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return rc == SQLITE_ROW ? KC_OK : db_fail(s, "count rows", err);
+    rc = kc_q_step(st);
+    if (rc == KC_Q_ROW)
+        *n = kc_q_int(st, 0);
+    kc_q_finish(st);
+    return rc == KC_Q_ROW ? KC_OK : db_fail(s, "count rows", err);
 }
 
 kc_rc kc_store_scrub(kc_store *s, kc_error *err)
@@ -362,16 +397,15 @@ kc_rc kc_store_scrub(kc_store *s, kc_error *err)
 
 kc_rc kc_store_pins_load(kc_store *s, kc_ctx *ctx, kc_error *err)
 {
-    sqlite3_stmt *st = NULL;
+    kc_q *st = NULL;
     kc_rc r = KC_OK;
 
-    if (sqlite3_prepare_v2(s->db, "SELECT vault, fingerprint FROM vault_pins", -1, &st, NULL) !=
-        SQLITE_OK)
+    if (kc_q_prepare(s, "SELECT vault, fingerprint FROM vault_pins", &st) != KC_Q_OK)
         return db_fail(s, "read its vault pins", err);
-    while (r == KC_OK && sqlite3_step(st) == SQLITE_ROW)
-        r = kc_ctx_pin_fingerprint(ctx, (const char *)sqlite3_column_text(st, 0),
-                                   (const char *)sqlite3_column_text(st, 1), err);
-    sqlite3_finalize(st);
+    while (r == KC_OK && kc_q_step(st) == KC_Q_ROW)
+        r = kc_ctx_pin_fingerprint(ctx, (const char *)kc_q_text(st, 0),
+                                   (const char *)kc_q_text(st, 1), err);
+    kc_q_finish(st);
     if (r == KC_CONFLICT)
         kc_error_hint(err, "the layout and the service store pin different vault keys: compare "
                            "both with 'vault show' out of band");
@@ -380,22 +414,22 @@ kc_rc kc_store_pins_load(kc_store *s, kc_ctx *ctx, kc_error *err)
 
 kc_rc kc_store_pin_record(kc_store *s, const char *vault, const char *fingerprint, kc_error *err)
 {
-    sqlite3_stmt *st = NULL;
+    kc_q *st = NULL;
     char now[21];
     int rc;
 
     kc_time_format_rfc3339(time(NULL), now);
-    if (sqlite3_prepare_v2(s->db,
-                           "INSERT INTO vault_pins (vault, fingerprint, first_seen) VALUES (?, ?, "
-                           "?) ON CONFLICT (vault) DO NOTHING",
-                           -1, &st, NULL) != SQLITE_OK)
+    if (kc_q_prepare(s,
+                     "INSERT INTO vault_pins (vault, fingerprint, first_seen) VALUES (?, ?, "
+                     "?) ON CONFLICT (vault) DO NOTHING",
+                     &st) != KC_Q_OK)
         return db_fail(s, "record a vault pin", err);
-    sqlite3_bind_text(st, 1, vault, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_text(st, 2, fingerprint, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_text(st, 3, now, -1, SQLITE_TRANSIENT);
-    rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    return rc == SQLITE_DONE ? KC_OK : db_fail(s, "record a vault pin", err);
+    kc_q_bind_text(st, 1, vault);
+    kc_q_bind_text(st, 2, fingerprint);
+    kc_q_bind_text(st, 3, now);
+    rc = kc_q_step(st);
+    kc_q_finish(st);
+    return rc == KC_Q_DONE ? KC_OK : db_fail(s, "record a vault pin", err);
 }
 
 /* --- row authentication --- */
@@ -473,20 +507,20 @@ void kc_row_blob(kc_row *r, const void *p, size_t n)
         row_tagged(r, 'b', p, n);
 }
 
-void kc_row_col(kc_row *r, sqlite3_stmt *s, int col)
+void kc_row_col(kc_row *r, kc_q *s, int col)
 {
-    switch (sqlite3_column_type(s, col)) {
-    case SQLITE_INTEGER:
-        kc_row_int(r, sqlite3_column_int64(s, col));
+    switch (kc_q_type(s, col)) {
+    case KC_Q_INTEGER:
+        kc_row_int(r, kc_q_int(s, col));
         break;
-    case SQLITE_TEXT:
-        row_tagged(r, 't', sqlite3_column_text(s, col), (size_t)sqlite3_column_bytes(s, col));
+    case KC_Q_TEXT:
+        row_tagged(r, 't', kc_q_text(s, col), (size_t)kc_q_bytes(s, col));
         break;
-    case SQLITE_BLOB:
+    case KC_Q_BLOB:
         /* a zero-length blob has no pointer, and is still a blob */
-        row_tagged(r, 'b', sqlite3_column_blob(s, col), (size_t)sqlite3_column_bytes(s, col));
+        row_tagged(r, 'b', kc_q_blob(s, col), (size_t)kc_q_bytes(s, col));
         break;
-    case SQLITE_NULL:
+    case KC_Q_NULL:
         kc_row_null(r);
         break;
     default: /* a float: keycustody writes none */
@@ -495,7 +529,7 @@ void kc_row_col(kc_row *r, sqlite3_stmt *s, int col)
     }
 }
 
-void kc_row_cols(kc_row *r, sqlite3_stmt *s, int first, int n)
+void kc_row_cols(kc_row *r, kc_q *s, int first, int n)
 {
     int i;
 
@@ -515,8 +549,9 @@ static kc_rc no_row_key(kc_store *st, kc_error *err)
                  "the service store's rows are authenticated by service vault '%s', and this "
                  "command has not opened it",
                  st->service_vault[0] ? st->service_vault : "(none recorded)");
-    kc_error_hint(err, "give the service vault's PIN source: --pin-source %s=file:PATH (or "
-                       "KEYCUSTODY_SERVICE_PIN_SOURCE)",
+    kc_error_hint(err,
+                  "give the service vault's PIN source: --pin-source %s=file:PATH (or "
+                  "KEYCUSTODY_SERVICE_PIN_SOURCE)",
                   st->service_vault[0] ? st->service_vault : "SERVICE");
     return KC_USAGE;
 }
@@ -538,8 +573,7 @@ kc_rc kc_row_seal(kc_store *st, kc_row *r, unsigned char mac[32], kc_error *err)
     return rc;
 }
 
-kc_rc kc_row_check(kc_store *st, kc_row *r, sqlite3_stmt *s, int mac_col, const char *what,
-                   kc_error *err)
+kc_rc kc_row_check(kc_store *st, kc_row *r, kc_q *s, int mac_col, const char *what, kc_error *err)
 {
     unsigned char want[32];
     const void *have;
@@ -552,14 +586,13 @@ kc_rc kc_row_check(kc_store *st, kc_row *r, sqlite3_stmt *s, int mac_col, const 
     rc = kc_row_seal(st, r, want, err);
     if (rc != KC_OK)
         return rc;
-    have = sqlite3_column_blob(s, mac_col);
-    if (sqlite3_column_type(s, mac_col) != SQLITE_BLOB ||
-        sqlite3_column_bytes(s, mac_col) != 32 || CRYPTO_memcmp(have, want, 32) != 0) {
+    have = kc_q_blob(s, mac_col);
+    if (kc_q_type(s, mac_col) != KC_Q_BLOB || kc_q_bytes(s, mac_col) != 32 ||
+        CRYPTO_memcmp(have, want, 32) != 0) {
         kc_error_set(err, KC_INTEGRITY,
                      "the service store's %s %s: it was made or changed outside keycustody, "
                      "and is not used",
-                     what, sqlite3_column_type(s, mac_col) == SQLITE_NULL ? "has no MAC"
-                                                                         : "fails its MAC");
+                     what, kc_q_type(s, mac_col) == KC_Q_NULL ? "has no MAC" : "fails its MAC");
         kc_error_hint(err, "keep a copy of the store for investigation; restore it from a "
                            "backup made by keycustody");
         return KC_INTEGRITY;
@@ -579,34 +612,33 @@ int kc_store_checked(const kc_store *st)
 
 kc_rc kc_store_meta_get(kc_store *st, const char *name, char *out, size_t cap, kc_error *err)
 {
-    sqlite3_stmt *q = NULL;
+    kc_q *q = NULL;
     int rc;
 
     out[0] = '\0';
-    if (sqlite3_prepare_v2(st->db, "SELECT value FROM store_meta WHERE name = ?", -1, &q, NULL) !=
-        SQLITE_OK)
+    if (kc_q_prepare(st, "SELECT value FROM store_meta WHERE name = ?", &q) != KC_Q_OK)
         return db_fail(st, "read its own record", err);
-    sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
-    rc = sqlite3_step(q);
-    if (rc == SQLITE_ROW)
-        snprintf(out, cap, "%s", (const char *)sqlite3_column_text(q, 0));
-    sqlite3_finalize(q);
-    return rc == SQLITE_ROW || rc == SQLITE_DONE ? KC_OK : db_fail(st, "read its own record", err);
+    kc_q_bind_text(q, 1, name);
+    rc = kc_q_step(q);
+    if (rc == KC_Q_ROW)
+        snprintf(out, cap, "%s", (const char *)kc_q_text(q, 0));
+    kc_q_finish(q);
+    return rc == KC_Q_ROW || rc == KC_Q_DONE ? KC_OK : db_fail(st, "read its own record", err);
 }
 
 kc_rc kc_store_meta_set(kc_store *st, const char *name, const char *value, kc_error *err)
 {
-    sqlite3_stmt *q = NULL;
+    kc_q *q = NULL;
     int rc;
 
-    if (sqlite3_prepare_v2(st->db,
-                           "INSERT INTO store_meta (name, value) VALUES (?, ?) ON CONFLICT (name) "
-                           "DO UPDATE SET value = excluded.value",
-                           -1, &q, NULL) != SQLITE_OK)
+    if (kc_q_prepare(st,
+                     "INSERT INTO store_meta (name, value) VALUES (?, ?) ON CONFLICT (name) "
+                     "DO UPDATE SET value = excluded.value",
+                     &q) != KC_Q_OK)
         return db_fail(st, "write its own record", err);
-    sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
-    sqlite3_bind_text(q, 2, value, -1, SQLITE_STATIC);
-    rc = sqlite3_step(q);
-    sqlite3_finalize(q);
-    return rc == SQLITE_DONE ? KC_OK : db_fail(st, "write its own record", err);
+    kc_q_bind_text(q, 1, name);
+    kc_q_bind_text(q, 2, value);
+    rc = kc_q_step(q);
+    kc_q_finish(q);
+    return rc == KC_Q_DONE ? KC_OK : db_fail(st, "write its own record", err);
 }

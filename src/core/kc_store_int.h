@@ -5,10 +5,18 @@
 #include "kc_secret.h"
 #include "kc_store.h"
 
+#include "kc_db.h"
+
+#include <libpq-fe.h>
 #include <sqlite3.h>
 
 struct kc_store {
-    sqlite3 *db;
+    sqlite3 *db;  /* SQLite, or */
+    PGconn *pg;   /* PostgreSQL */
+    kc_q *kept;   /* statements prepared once (kc_db.c) */
+    long changes; /* rows the last statement changed */
+    unsigned pg_names;
+    char pg_err[512], pg_state[6];
     int schema;
     /* The row key (kc_store_authenticate): every row that decides what is
      * wrapped or unwrapped carries HMAC-SHA256 under it. NULL until then. */
@@ -35,8 +43,8 @@ void kc_row_int(kc_row *r, long long v);
 void kc_row_text(kc_row *r, const char *s);     /* NULL for NULL */
 void kc_row_text_opt(kc_row *r, const char *s); /* "" is written (and covered) as NULL */
 void kc_row_blob(kc_row *r, const void *p, size_t n);
-void kc_row_col(kc_row *r, sqlite3_stmt *s, int col);
-void kc_row_cols(kc_row *r, sqlite3_stmt *s, int first, int n);
+void kc_row_col(kc_row *r, kc_q *s, int col);
+void kc_row_cols(kc_row *r, kc_q *s, int first, int n);
 
 /* The MAC of the row under the store's row key; frees the row. KC_USAGE
  * when the store was not authenticated. */
@@ -46,7 +54,7 @@ kc_rc kc_row_seal(kc_store *st, kc_row *r, unsigned char mac[32], kc_error *err)
  * row. A missing or different MAC is KC_INTEGRITY naming what; without the
  * row key it is KC_USAGE, unless the store allows unchecked reads (then
  * KC_OK: the caller only shows the row). */
-kc_rc kc_row_check(kc_store *st, kc_row *r, sqlite3_stmt *s, int mac_col, const char *what,
+kc_rc kc_row_check(kc_store *st, kc_row *r, kc_q *s, int mac_col, const char *what,
                    kc_error *err) KC_MUST_CHECK;
 
 /* The store's record of its service vault ("" if none). */
