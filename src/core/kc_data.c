@@ -33,6 +33,10 @@ struct kc_data_session {
     void *warn_arg;
     struct cached *deps;
     size_t ndeps, unwraps;
+    /* AES key wrap with padding, fetched once, and one context for every
+     * wrap and unwrap of the session (a re-wrap does two per scope) */
+    EVP_CIPHER *kwp_cipher;
+    EVP_CIPHER_CTX *kwp_ctx;
 };
 
 kc_rc kc_data_open(kc_ctx *ctx, kc_store *st, const char *principal, unsigned flags,
@@ -55,6 +59,12 @@ kc_rc kc_data_open(kc_ctx *ctx, kc_store *st, const char *principal, unsigned fl
     s->flags = flags;
     s->warn = warn;
     s->warn_arg = warn_arg;
+    s->kwp_cipher = EVP_CIPHER_fetch(NULL, "AES-256-WRAP-PAD", NULL);
+    s->kwp_ctx = EVP_CIPHER_CTX_new();
+    if (s->kwp_cipher == NULL || s->kwp_ctx == NULL) {
+        kc_data_close(s);
+        return kc_error_set(err, KC_ERR, "OpenSSL has no AES-256 key wrap with padding");
+    }
     *out = s;
     return KC_OK;
 }
@@ -68,6 +78,8 @@ void kc_data_close(kc_data_session *s)
     for (i = 0; i < s->ndeps; i++)
         kc_secret_free(s->deps[i].key); /* wiped */
     free(s->deps);
+    EVP_CIPHER_CTX_free(s->kwp_ctx); /* cleanses the key schedule */
+    EVP_CIPHER_free(s->kwp_cipher);
     free(s);
 }
 
@@ -76,17 +88,17 @@ size_t kc_data_unwraps(const kc_data_session *s)
     return s->unwraps;
 }
 
-/* RFC 5649 wrap (enc = 1) or unwrap (enc = 0) of in under a 32-byte key. */
-static int kwp(const unsigned char *kek, int enc, const unsigned char *in, size_t in_len,
-               unsigned char *out, size_t *out_len)
+/* RFC 5649 wrap (enc = 1) or unwrap (enc = 0) of in under a 32-byte key,
+ * in the session's context. */
+static int kwp(kc_data_session *s, const unsigned char *kek, int enc, const unsigned char *in,
+               size_t in_len, unsigned char *out, size_t *out_len)
 {
-    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    EVP_CIPHER_CTX *c = s->kwp_ctx;
     int n = 0, m = 0, ok;
 
-    ok = c != NULL && EVP_CipherInit_ex(c, EVP_aes_256_wrap_pad(), NULL, kek, NULL, enc) == 1 &&
+    ok = EVP_CipherInit_ex2(c, s->kwp_cipher, kek, NULL, enc, NULL) == 1 &&
          EVP_CipherUpdate(c, out, &n, in, (int)in_len) == 1 &&
          EVP_CipherFinal_ex(c, out + n, &m) == 1;
-    EVP_CIPHER_CTX_free(c);
     *out_len = ok ? (size_t)(n + m) : 0;
     return ok;
 }
@@ -189,7 +201,7 @@ static kc_rc new_scope(kc_data_session *s, const char *scope, kc_secret *sk, cha
     if (r != KC_OK)
         return r;
     if (RAND_priv_bytes(sk->data, KEY_BYTES) != 1 ||
-        !kwp(dek->data, 1, sk->data, KEY_BYTES, wrapped, &wl) || wl != WRAPPED_BYTES)
+        !kwp(s, dek->data, 1, sk->data, KEY_BYTES, wrapped, &wl) || wl != WRAPPED_BYTES)
         return kc_error_set(err, KC_ERR, "cannot make the key of scope '%s'", scope);
     sk->len = KEY_BYTES;
     rc = kc_q_prepare(s->st,
@@ -232,7 +244,7 @@ static kc_rc scope_key(kc_data_session *s, const char *scope, int create, kc_sec
     } else if (r == KC_OK) {
         r = dep_key(s, dep_id, *generation, &dek, err);
         if (r == KC_OK &&
-            (!kwp(dek->data, 0, wrapped, WRAPPED_BYTES, sk->data, &len) || len != KEY_BYTES))
+            (!kwp(s, dek->data, 0, wrapped, WRAPPED_BYTES, sk->data, &len) || len != KEY_BYTES))
             r = kc_error_set(err, KC_INTEGRITY,
                              "the key of scope '%s' does not unwrap under its DEP key", scope);
         sk->len = len;
@@ -392,7 +404,7 @@ kc_rc kc_data_put(kc_data_session *s, const char *scope, const char *name,
     if (r == KC_OK &&
         (RAND_priv_bytes(ik->data, KEY_BYTES) != 1 || RAND_bytes(p, NONCE_BYTES) != 1 ||
          aad_len == 0 || !gcm(1, ik->data, p, aad, aad_len, data, len, ct, p + NONCE_BYTES) ||
-         !kwp(sk->data, 1, ik->data, KEY_BYTES, p + NONCE_BYTES + TAG_BYTES + 8 + 36, &wl) ||
+         !kwp(s, sk->data, 1, ik->data, KEY_BYTES, p + NONCE_BYTES + TAG_BYTES + 8 + 36, &wl) ||
          wl != WRAPPED_BYTES))
         r = kc_error_set(err, KC_ERR, "cannot seal item '%s'", name);
     if (r == KC_OK) {
@@ -471,7 +483,7 @@ kc_rc kc_data_get(kc_data_session *s, const char *scope, const char *name, kc_se
         goto done;
     /* The item is bound to the DEP and generation it was sealed under. */
     aad_len = item_aad(aad, sizeof(aad), scope, name, hdr.dep_id, hdr.generation);
-    if (!kwp(sk->data, 0, hdr.wrapped_key, WRAPPED_BYTES, ik->data, &kl) || kl != KEY_BYTES ||
+    if (!kwp(s, sk->data, 0, hdr.wrapped_key, WRAPPED_BYTES, ik->data, &kl) || kl != KEY_BYTES ||
         aad_len == 0 || !gcm(0, ik->data, hdr.nonce, aad, aad_len, ct, len, pt->data, hdr.tag)) {
         r = kc_error_set(err, KC_INTEGRITY, "item '%s' of scope '%s' fails authentication", name,
                          scope);
@@ -507,7 +519,7 @@ kc_rc kc_data_move_scope(kc_data_session *s, const char *scope, const char *to_i
     if (r == KC_OK)
         r = dep_key(s, to_id, to_gen, &dek, err);
     if (r == KC_OK &&
-        (!kwp(dek->data, 1, sk->data, KEY_BYTES, wrapped, &wl) || wl != WRAPPED_BYTES))
+        (!kwp(s, dek->data, 1, sk->data, KEY_BYTES, wrapped, &wl) || wl != WRAPPED_BYTES))
         r = kc_error_set(err, KC_ERR, "cannot wrap the key of scope '%s'", scope);
     kc_secret_free(sk);
     if (r != KC_OK)

@@ -26,6 +26,7 @@ struct kc_q {
     kc_store *st;
     kc_q *next; /* the store's kept statements */
     char *sql;
+    const char *from; /* the caller's text it was prepared from */
     int kept, busy;
     sqlite3_stmt *lite;
     /* PostgreSQL: the text with $N, its server-side name once prepared */
@@ -88,6 +89,7 @@ static kc_q *q_new(kc_store *st, const char *sql)
     if (q == NULL)
         return NULL;
     q->st = st;
+    q->from = sql;
     q->sql = strdup(sql);
     if (q->sql == NULL)
         goto fail;
@@ -143,9 +145,14 @@ int kc_q_prepare(kc_store *st, const char *sql, kc_q **out)
 {
     kc_q *q;
 
+    /* the same literal first (the usual case), then the same text; a
+     * caller's buffer may hold another text at the same address */
     for (q = st->kept; q != NULL; q = q->next)
-        if (!q->busy && (q->sql == sql || strcmp(q->sql, sql) == 0))
+        if (!q->busy && q->from == sql && strcmp(q->sql, sql) == 0)
             break;
+    for (kc_q *k = st->kept; q == NULL && k != NULL; k = k->next)
+        if (!k->busy && strcmp(k->sql, sql) == 0)
+            q = k;
     if (q == NULL) {
         q = q_new(st, sql);
         if (q == NULL)

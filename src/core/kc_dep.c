@@ -513,7 +513,8 @@ static kc_rc row(kc_store *st, kc_q *s, kc_dep *d, kc_error *err)
     "SELECT id, name, workload, geo, description, enabled, created, generation, "                  \
     "purge_requested, principal, purged, purge_reason, purge_contact, mac FROM deps "
 
-kc_rc kc_dep_get(kc_store *st, const char *name_or_id, kc_dep *out, kc_error *err)
+/* The DEP's own row, checked; its keys and break-glass uses not read. */
+static kc_rc dep_row_get(kc_store *st, const char *name_or_id, kc_dep *out, kc_error *err)
 {
     kc_q *s = NULL;
     int rc;
@@ -530,6 +531,13 @@ kc_rc kc_dep_get(kc_store *st, const char *name_or_id, kc_dep *out, kc_error *er
         kc_error_hint(err, "see them with 'keycustody dep list'");
         return KC_NOT_FOUND;
     }
+    return r;
+}
+
+kc_rc kc_dep_get(kc_store *st, const char *name_or_id, kc_dep *out, kc_error *err)
+{
+    kc_rc r = dep_row_get(st, name_or_id, out, err);
+
     if (r == KC_OK)
         r = load_break_glass(st, out, err);
     return r == KC_OK ? load_keys(st, out, err) : r;
@@ -963,9 +971,10 @@ kc_rc kc_dep_assign(kc_store *st, const char *name_or_id, const char *scope, kc_
     return kc_assignment_write(st, scope, d.id, err);
 }
 
-kc_rc kc_dep_effective(kc_store *st, const char *scope, kc_dep *out, int *inherited, kc_error *err)
+/* The id of scope's effective DEP, from its checked assignment. */
+static kc_rc effective_id(kc_store *st, const char *scope, char id[37], int *inherited,
+                          kc_error *err)
 {
-    char id[37];
     kc_rc r;
 
     *inherited = 0;
@@ -979,9 +988,25 @@ kc_rc kc_dep_effective(kc_store *st, const char *scope, kc_dep *out, int *inheri
     }
     if (r == KC_NOT_FOUND)
         return kc_error_set(err, KC_NOT_FOUND, "scope '%s' has no DEP assigned", scope);
-    if (r != KC_OK)
-        return r;
-    return kc_dep_get(st, id, out, err);
+    return r;
+}
+
+kc_rc kc_dep_effective(kc_store *st, const char *scope, kc_dep *out, int *inherited, kc_error *err)
+{
+    char id[37];
+    kc_rc r = effective_id(st, scope, id, inherited, err);
+
+    return r == KC_OK ? kc_dep_get(st, id, out, err) : r;
+}
+
+kc_rc kc_dep_effective_row(kc_store *st, const char *scope, kc_dep *out, int *inherited,
+                           kc_error *err)
+{
+    char id[37];
+    kc_rc r = effective_id(st, scope, id, inherited, err);
+
+    memset(out, 0, sizeof(*out));
+    return r == KC_OK ? dep_row_get(st, id, out, err) : r;
 }
 
 kc_rc kc_dep_assignments(kc_store *st, kc_dep_assignment **out, size_t *n, kc_error *err)

@@ -95,6 +95,10 @@ KC_EXPORT kc_rc kc_dep_assign(kc_store *st, const char *name_or_id, const char *
  * tenant DEP (*inherited = 1). KC_NOT_FOUND when none. */
 KC_EXPORT kc_rc kc_dep_effective(kc_store *st, const char *scope, kc_dep *out, int *inherited,
                                  kc_error *err) KC_MUST_CHECK;
+/* The same, with the DEP's own checked row only (id, generation, state):
+ * its keys and break-glass uses are not read (the re-wrap's check per scope). */
+KC_EXPORT kc_rc kc_dep_effective_row(kc_store *st, const char *scope, kc_dep *out, int *inherited,
+                                     kc_error *err) KC_MUST_CHECK;
 
 /* Every assignment, by scope. *out is freed by the caller. */
 KC_EXPORT kc_rc kc_dep_assignments(kc_store *st, kc_dep_assignment **out, size_t *n,

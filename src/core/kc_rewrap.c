@@ -258,7 +258,7 @@ static kc_rc target_holds(kc_store *st, const char *scope, const char *to, long 
 {
     int inherited = 0;
     kc_dep d;
-    kc_rc r = kc_dep_effective(st, scope, &d, &inherited, err);
+    kc_rc r = kc_dep_effective_row(st, scope, &d, &inherited, err);
 
     if (r == KC_OK && (strcmp(d.id, to) != 0 || d.generation != gen))
         r = kc_error_set(err, KC_INTEGRITY,
