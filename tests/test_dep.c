@@ -180,8 +180,8 @@ static void test_json_everywhere(void)
             argv[n++] = "--json";
             while (n < 12)
                 argv[n++] = NULL;
-            r = kc_test_run(argv[0], argv[1], argv[2], argv[3], argv[4], argv[5], argv[6],
-                            argv[7], argv[8], argv[9], argv[10], argv[11], NULL);
+            r = kc_test_run(argv[0], argv[1], argv[2], argv[3], argv[4], argv[5], argv[6], argv[7],
+                            argv[8], argv[9], argv[10], argv[11], NULL);
             if (r->rc != cases[i].rc)
                 fprintf(stderr, "%s --json: exit %d: %s\n", name, r->rc, r->err);
             CU_ASSERT_EQUAL(r->rc, cases[i].rc);
@@ -1082,8 +1082,8 @@ static void test_offboard_checks_first(void)
     CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Registered 40/40");
     ASSERT_RC(kc_test_run("dep", "show", "service-managed", NULL), 4);
     r = kc_test_run("tenant", "offboard", "--as", "svc", "--pin-source", "VaultA1=env:WRONG_PIN",
-                    "--pin-source", "VaultB1=env:WRONG_PIN", "--pin-source",
-                    "Service=env:TEST_PIN", NULL);
+                    "--pin-source", "VaultB1=env:WRONG_PIN", "--pin-source", "Service=env:TEST_PIN",
+                    NULL);
     CU_ASSERT_NOT_EQUAL(r->rc, 0);
     ASSERT_HAS(r->err, "nothing was changed");
     ASSERT_HAS(r->err, "CKR_PIN_INCORRECT");
@@ -1103,11 +1103,11 @@ static void test_policy_apply_deps(void)
     const kc_test_out *r;
 
     file = kc_test_layout_with_service("assignments:\n  tenant: Dep1\n"
-                               "  mailboxes:\n    - mailbox: ceo\n      dep: Mbx1\n");
+                                       "  mailboxes:\n    - mailbox: ceo\n      dep: Mbx1\n");
     kc_test_edit(file, "deps:\n",
-              "deps:\n  - name: Mbx1\n    workload: exchange\n"
-              "    keys: [VaultA1/KeyA, VaultB1/KeyB]\n"
-              "    description: executives\n");
+                 "deps:\n  - name: Mbx1\n    workload: exchange\n"
+                 "    keys: [VaultA1/KeyA, VaultB1/KeyB]\n"
+                 "    description: executives\n");
     /* plan with no store yet: everything to make, and no file made */
     r = kc_test_run("policy", "plan", file, NULL);
     ASSERT_RC(r, 0);
@@ -1134,9 +1134,9 @@ static void test_policy_apply_deps(void)
     /* a description changes in place; a DEP's keys do not */
     file = kc_test_layout_with_service("");
     kc_test_edit(file, "deps:\n",
-              "deps:\n  - name: Mbx1\n    workload: exchange\n"
-              "    keys: [VaultA1/KeyA, VaultB1/KeyB]\n"
-              "    description: board\n");
+                 "deps:\n  - name: Mbx1\n    workload: exchange\n"
+                 "    keys: [VaultA1/KeyA, VaultB1/KeyB]\n"
+                 "    description: board\n");
     r = kc_test_run("policy", "apply", file, "--yes", NULL);
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "~ update DEP Mbx1: description 'executives' -> 'board' ... done");
@@ -1253,6 +1253,46 @@ static void test_put_during_rewrap(void)
     CU_ASSERT_EQUAL(readable("n", 60, 0), 60);
 }
 
+/* Two rewrap workers at once on one SQLite store: their batches queue on
+ * the store's write lock, each scope key is moved by exactly one of them
+ * (the moved counts add up to the scopes), both succeed, nothing is lost. */
+static void test_two_rewraps(void)
+{
+    long moved[2] = {-1, -1}, total = 0;
+    char *out = NULL;
+    int i, n = 240;
+
+    dep_setup();
+    make_dep("Ten", "VaultA1/KeyA,VaultB1/KeyB", "tenant");
+    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", NULL), 0);
+    put_mailboxes("m", n);
+    ASSERT_RC(kc_test_run("dep", "refresh", "Ten", "--roll", "--as", "svc", PINS, NULL), 0);
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "cd '%s' && for w in 0 1; do ( '%s' rewrap --batch 3 --json --as "
+                               "svc --pin-source VaultA1=env:TEST_PIN --pin-source "
+                               "VaultB1=env:TEST_PIN > w$w.log 2> w$w.err; echo rc$w=$? >> "
+                               "rcs ) & done; wait; cat rcs; tail -qn1 w0.log w1.log",
+                               kc_test_dir(), KC_BINARY),
+                    0);
+    CU_ASSERT(kc_test_contains(out, "rc0=0"));
+    CU_ASSERT(kc_test_contains(out, "rc1=0"));
+    for (i = 0; i < 2; i++) {
+        const char *m = strstr(out, "{\"moved\":");
+        long v;
+
+        CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+        v = strtol(m + strlen("{\"moved\":"), NULL, 10);
+        moved[i] = v;
+        total += v;
+        out = (char *)m + 1;
+    }
+    CU_ASSERT_EQUAL(total, n);
+    CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Registered 240/240");
+    CU_ASSERT_EQUAL(readable("m", n, 0), n);
+    if (total != n)
+        fprintf(stderr, "\nmoved %ld + %ld of %d\n", moved[0], moved[1], n);
+}
+
 /* key rotate in one process while dep refresh runs in another, five
  * times: whichever wins, the DEP key stays the same and both vaults
  * unwrap it; a last refresh puts it under the newest versions. SoftHSM
@@ -1295,8 +1335,8 @@ static void test_rotate_during_refresh(void)
             usleep(10000);
         }
         rc_text = kc_test_read(kc_test_path("rotate.rc"), &len);
-        if (rc_text == NULL || (strcmp((char *)rc_text, "0\n") != 0 &&
-                                strcmp((char *)rc_text, "7\n") != 0)) {
+        if (rc_text == NULL ||
+            (strcmp((char *)rc_text, "0\n") != 0 && strcmp((char *)rc_text, "7\n") != 0)) {
             unsigned char *log = kc_test_read(kc_test_path("rotate.log"), &len);
             fprintf(stderr, "\n  key rotate exited %s: %s\n", rc_text ? (char *)rc_text : "?",
                     log ? (char *)log : "");
@@ -1580,6 +1620,7 @@ static const kc_test_case fault_cases[] = {
 
 static const kc_test_case race_cases[] = {
     {"data put while a rewrap runs", test_put_during_rewrap},
+    {"two rewraps at once", test_two_rewraps},
     {"dep purge killed with kill -9", test_purge_killed},
     {"key rotate while dep refresh runs", test_rotate_during_refresh},
     {NULL, NULL},
