@@ -48,37 +48,34 @@ static void pg_note(kc_store *st, const char *msg)
         st->pg_err[--n] = '\0';
 }
 
-/* '?' and '?N' outside quotes become '$N'; *n is the highest N. */
+/* '?' and '?N' outside quotes become '$N'; *n is the highest N. Each '?'
+ * grows to at most '$' and 10 digits. */
 static char *pg_text(const char *sql, int *n)
 {
-    char *out = malloc(strlen(sql) * 3 + 1), *o = out, quote = 0;
-    int next = 0, v;
+    size_t cap = strlen(sql) * 11 + 1, o = 0;
+    char *out = malloc(cap), *end, quote = 0;
+    long v, next = 0;
 
     *n = 0;
     if (out == NULL)
         return NULL;
-    for (; *sql != '\0'; sql++) {
-        if (quote != 0) {
-            if (*sql == quote)
-                quote = 0;
-            *o++ = *sql;
-        } else if (*sql == '\'' || *sql == '"') {
-            quote = *sql;
-            *o++ = *sql;
-        } else if (*sql == '?') {
-            if (isdigit((unsigned char)sql[1])) {
-                v = (int)strtol(sql + 1, (char **)&sql, 10);
-                sql--;
-            } else
-                v = ++next;
+    while (*sql != '\0') {
+        if (quote == 0 && *sql == '?') {
+            v = isdigit((unsigned char)sql[1]) ? strtol(sql + 1, &end, 10) : ++next;
+            sql = isdigit((unsigned char)sql[1]) ? end : sql + 1;
             if (v > next)
                 next = v;
-            o += sprintf(o, "$%d", v);
-        } else
-            *o++ = *sql;
+            o += (size_t)snprintf(out + o, cap - o, "$%ld", v);
+            continue;
+        }
+        if (quote != 0 && *sql == quote)
+            quote = 0;
+        else if (quote == 0 && (*sql == '\'' || *sql == '"'))
+            quote = *sql;
+        out[o++] = *sql++;
     }
-    *o = '\0';
-    *n = next;
+    out[o] = '\0';
+    *n = (int)next;
     return out;
 }
 

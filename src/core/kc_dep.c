@@ -999,14 +999,42 @@ kc_rc kc_dep_effective(kc_store *st, const char *scope, kc_dep *out, int *inheri
     return r == KC_OK ? kc_dep_get(st, id, out, err) : r;
 }
 
-kc_rc kc_dep_effective_row(kc_store *st, const char *scope, kc_dep *out, int *inherited,
-                           kc_error *err)
+kc_rc kc_dep_effective_row(kc_store *st, const char *scope, kc_dep_tenant_cache *cache, kc_dep *out,
+                           int *inherited, kc_error *err)
 {
     char id[37];
-    kc_rc r = effective_id(st, scope, id, inherited, err);
+    kc_rc r;
 
     memset(out, 0, sizeof(*out));
-    return r == KC_OK ? dep_row_get(st, id, out, err) : r;
+    *inherited = 0;
+    r = kc_dep_scope_check(scope, err);
+    if (r == KC_OK)
+        r = assigned_to(st, scope, id, err);
+    if (r != KC_NOT_FOUND || strncmp(scope, "mailbox:", 8) != 0)
+        return r == KC_OK ? dep_row_get(st, id, out, err)
+               : r == KC_NOT_FOUND
+                   ? kc_error_set(err, KC_NOT_FOUND, "scope '%s' has no DEP assigned", scope)
+                   : r;
+    /* A mailbox without a DEP of its own is under the tenant DEP, checked
+     * once per cache. */
+    kc_error_clear(err);
+    if (cache == NULL || !cache->known) {
+        r = assigned_to(st, "tenant", id, err);
+        if (r == KC_NOT_FOUND)
+            return kc_error_set(err, KC_NOT_FOUND, "scope '%s' has no DEP assigned", scope);
+        if (r == KC_OK)
+            r = dep_row_get(st, id, cache ? &cache->dep : out, err);
+        if (r != KC_OK)
+            return r;
+        if (cache == NULL) {
+            *inherited = 1;
+            return KC_OK;
+        }
+        cache->known = 1;
+    }
+    *out = cache->dep;
+    *inherited = 1;
+    return KC_OK;
 }
 
 kc_rc kc_dep_assignments(kc_store *st, kc_dep_assignment **out, size_t *n, kc_error *err)

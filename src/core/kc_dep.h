@@ -96,9 +96,16 @@ KC_EXPORT kc_rc kc_dep_assign(kc_store *st, const char *name_or_id, const char *
 KC_EXPORT kc_rc kc_dep_effective(kc_store *st, const char *scope, kc_dep *out, int *inherited,
                                  kc_error *err) KC_MUST_CHECK;
 /* The same, with the DEP's own checked row only (id, generation, state):
- * its keys and break-glass uses are not read (the re-wrap's check per scope). */
-KC_EXPORT kc_rc kc_dep_effective_row(kc_store *st, const char *scope, kc_dep *out, int *inherited,
-                                     kc_error *err) KC_MUST_CHECK;
+ * its keys and break-glass uses are not read (the re-wrap's check per
+ * scope). With a cache (zeroed by the caller), the tenant DEP that
+ * mailboxes without their own inherit is read and checked once: valid
+ * while no assignment can change, i.e. within one store transaction. */
+typedef struct kc_dep_tenant_cache {
+    int known;
+    kc_dep dep;
+} kc_dep_tenant_cache;
+KC_EXPORT kc_rc kc_dep_effective_row(kc_store *st, const char *scope, kc_dep_tenant_cache *cache,
+                                     kc_dep *out, int *inherited, kc_error *err) KC_MUST_CHECK;
 
 /* Every assignment, by scope. *out is freed by the caller. */
 KC_EXPORT kc_rc kc_dep_assignments(kc_store *st, kc_dep_assignment **out, size_t *n,

@@ -254,11 +254,12 @@ static kc_rc job_start(kc_store *st, long pending, char started[21], long *total
 
 /* The store's view chose scope's target; its checked assignment and DEP
  * rows must say the same before anything moves. */
-static kc_rc target_holds(kc_store *st, const char *scope, const char *to, long gen, kc_error *err)
+static kc_rc target_holds(kc_store *st, const char *scope, const char *to, long gen,
+                          kc_dep_tenant_cache *cache, kc_error *err)
 {
     int inherited = 0;
     kc_dep d;
-    kc_rc r = kc_dep_effective_row(st, scope, &d, &inherited, err);
+    kc_rc r = kc_dep_effective_row(st, scope, cache, &d, &inherited, err);
 
     if (r == KC_OK && (strcmp(d.id, to) != 0 || d.generation != gen))
         r = kc_error_set(err, KC_INTEGRITY,
@@ -274,6 +275,8 @@ static kc_rc target_holds(kc_store *st, const char *scope, const char *to, long 
 static kc_rc batch_step(kc_data_session *s, kc_store *st, long batch, char last[80], long *n,
                         kc_error *err)
 {
+    /* the batch is one transaction: the tenant DEP is checked once in it */
+    kc_dep_tenant_cache tenant = {0};
     kc_q *q = NULL;
     char scope[80], to[37];
     long gen;
@@ -292,7 +295,7 @@ static kc_rc batch_step(kc_data_session *s, kc_store *st, long batch, char last[
         snprintf(last, 80, "%s", scope);
         text(q, 1, to, sizeof(to));
         gen = (long)kc_q_int(q, 2);
-        r = target_holds(st, scope, to, gen, err);
+        r = target_holds(st, scope, to, gen, &tenant, err);
         if (r == KC_OK)
             r = kc_data_move_scope(s, scope, to, gen, err);
         if (r == KC_OK)
