@@ -1018,23 +1018,21 @@ kc_rc kc_dep_effective_row(kc_store *st, const char *scope, kc_dep_tenant_cache 
     /* A mailbox without a DEP of its own is under the tenant DEP, checked
      * once per cache. */
     kc_error_clear(err);
-    if (cache == NULL || !cache->known) {
-        r = assigned_to(st, "tenant", id, err);
-        if (r == KC_NOT_FOUND)
-            return kc_error_set(err, KC_NOT_FOUND, "scope '%s' has no DEP assigned", scope);
-        if (r == KC_OK)
-            r = dep_row_get(st, id, cache ? &cache->dep : out, err);
-        if (r != KC_OK)
-            return r;
-        if (cache == NULL) {
-            *inherited = 1;
-            return KC_OK;
-        }
+    *inherited = 1;
+    if (cache != NULL && cache->known) {
+        *out = cache->dep;
+        return KC_OK;
+    }
+    r = assigned_to(st, "tenant", id, err);
+    if (r == KC_NOT_FOUND)
+        return kc_error_set(err, KC_NOT_FOUND, "scope '%s' has no DEP assigned", scope);
+    if (r == KC_OK)
+        r = dep_row_get(st, id, out, err);
+    if (r == KC_OK && cache != NULL) {
+        cache->dep = *out;
         cache->known = 1;
     }
-    *out = cache->dep;
-    *inherited = 1;
-    return KC_OK;
+    return r;
 }
 
 kc_rc kc_dep_assignments(kc_store *st, kc_dep_assignment **out, size_t *n, kc_error *err)
