@@ -47,7 +47,7 @@ usage() {
 }
 
 CMD=${1:-}
-[ -n "$CMD" ] && [ -n "${2:-}" ] && [ $# -eq 2 ] || usage
+if [ $# -ne 2 ] || [ -z "$CMD" ] || [ -z "$2" ]; then usage; fi
 case $CMD in start|stop|status|uri|clean|fresh) ;; *) usage ;; esac
 
 # the caller's libpq settings must not steer the connections made here
@@ -161,14 +161,16 @@ prepare_dirs() {
         mkdir -m 0700 "$base/data" "$base/sock"
         chown postgres: "$base/data" "$base/sock"
         srv_reaches "$base/data" || die "user postgres cannot reach $base/data either"
-        ln -s "$base/data" "$DATA" && ln -s "$base/sock" "$SOCK" || die "cannot link $DATA and $SOCK into $base"
+        ln -s "$base/data" "$DATA" || die "cannot link $DATA to $base/data"
+        ln -s "$base/sock" "$SOCK" || die "cannot link $SOCK to $base/sock"
         log "user postgres cannot reach $DIR: the cluster is in $base (DIR/data and DIR/sock link there)"
     fi
     for d in "$DATA" "$SOCK"; do
         if [ -L "$d" ]; then
-            real=$(readlink -f "$d") && [ -d "$real" ] || die "$d links to a missing directory; run: $0 clean $DIR"
+            real=$(readlink -f "$d" || true)
+            [ -d "$real" ] || die "$d links to a missing directory; run: $0 clean $DIR"
         else
-            mkdir -p -m 0700 "$d" || die "cannot create $d"
+            mkdir -p "$d" || die "cannot create $d"
             real=$d
         fi
         if [ "$AS_ROOT" = 1 ]; then chown postgres: "$real" || die "chown postgres $real failed"; fi
@@ -227,6 +229,7 @@ cmd_start() {
     log "starting postgres: data $DATA, socket $SOCK, no TCP, log $LOGFILE"
     # its own session, stdin/stdout/stderr away from the caller: a test
     # runner waiting for our output must not wait for the server
+    # shellcheck disable=SC2016  # $1, $@: the inner shell's arguments
     setsid "$BASH" -c '
         if [ "$1" = 1 ]; then shift; cd / && exec runuser -u postgres -- "$@"; fi
         shift; cd / && exec "$@"' sh "$AS_ROOT" \
@@ -346,7 +349,8 @@ cmd_clean() {
             real=$(readlink "$d")
             case $real in
                 /tmp/keycustody-pg.*/data | /tmp/keycustody-pg.*/sock)
-                    rm -rf "$real" && rmdir "${real%/*}" 2>/dev/null || true ;;
+                    rm -rf "$real"
+                    rmdir "${real%/*}" 2>/dev/null || true ;;   # empty once both are gone
             esac
         fi
     done
