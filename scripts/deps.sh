@@ -12,6 +12,9 @@ pkgs=(
   libjansson-dev                            # JSON
   libgfshare-dev                            # Shamir secret sharing (backup domain)
   libsqlite3-dev                            # the service store
+  libpq-dev                                 # the PostgreSQL service store (libpq, pkg-config libpq)
+  postgresql                                # a private PostgreSQL 15 server in tests and benchmarks
+                                            # (scripts/postgres.sh: initdb, postgres, pg_ctl)
   libcunit1-dev                             # tests
   softhsm2                                  # the HSM in tests and the demo
   opencryptoki                              # the second PKCS#11 implementation in tests
