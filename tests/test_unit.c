@@ -517,6 +517,11 @@ static void test_store_refusals(void)
     kc_error e;
     char path[600];
 
+    /* a PostgreSQL URI is refused, and its password is not repeated */
+    CU_ASSERT_EQUAL(kc_store_open("postgresql://u:pw-1234@db/store", &st, &e), KC_USAGE);
+    CU_ASSERT_PTR_NULL(st);
+    CU_ASSERT_PTR_NULL(strstr(e.msg, "pw-1234"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "PostgreSQL"));
     snprintf(path, sizeof(path), "%s", tmp_path("newer.db"));
     unlink(path);
     CU_ASSERT_EQUAL_FATAL(kc_store_open(path, &st, &e), KC_OK);

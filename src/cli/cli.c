@@ -17,10 +17,10 @@
 
 #define KC_VERSION KC_VERSION_STRING
 
-static const kc_cmd *const groups[] = {
-    kc_cmds_vault, kc_cmds_key,    kc_cmds_access, kc_cmds_subscription, kc_cmds_dep,
-    kc_cmds_data,  kc_cmds_status, kc_cmds_rewrap, kc_cmds_tenant,       kc_cmds_policy,
-    kc_cmds_audit, kc_cmds_module};
+static const kc_cmd *const groups[] = {kc_cmds_vault,        kc_cmds_key,    kc_cmds_access,
+                                       kc_cmds_subscription, kc_cmds_dep,    kc_cmds_data,
+                                       kc_cmds_status,       kc_cmds_rewrap, kc_cmds_tenant,
+                                       kc_cmds_policy,       kc_cmds_audit,  kc_cmds_module};
 static const char *const group_summary[] = {
     "initialise and inspect vaults (PKCS#11 tokens with keycustody metadata)",
     "RSA root keys: create, rotate, update, delete, recover, purge, back up, restore, wrap",
@@ -271,8 +271,8 @@ static int add_module(kc_cli *cli, const char *arg)
 /* Options a command may take more than once; every other one once. */
 static int repeatable(const char *name)
 {
-    static const char *const names[] = {"module", "pin-source", "so-pin-source", "vault",
-                                        "custodian", "share-key", "tag"};
+    static const char *const names[] = {
+        "module", "pin-source", "so-pin-source", "vault", "custodian", "share-key", "tag"};
     size_t i;
 
     for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
@@ -350,8 +350,7 @@ int kc_cli_parse(kc_cli *cli, int argc, char **argv, const struct option *own,
         /* the same rule for every command: an option given twice is refused,
          * rather than the last (or the first) silently winning */
         if (idx >= 0 && idx < (int)n && seen[idx]++ && !repeatable(opts[idx].name))
-            return kc_cli_usage(cli, "--%s is given more than once; give it once",
-                                opts[idx].name);
+            return kc_cli_usage(cli, "--%s is given more than once; give it once", opts[idx].name);
         switch (c) {
         case OPT_MODULE:
             if ((r = add_module(cli, optarg)) != 0)
@@ -567,8 +566,8 @@ static kc_rc pin_cb(void *arg, const char *vault, kc_pin_kind kind, kc_secret **
     }
     if (src == NULL && !ambiguous) {
         /* Then the layout's pin: for that vault ("VAULT=SOURCE" entries). */
-        src = kc_secret_source_for(so ? cli->layout_so_pins : cli->layout_pins, cli->nlayout,
-                                   vault, &ambiguous);
+        src = kc_secret_source_for(so ? cli->layout_so_pins : cli->layout_pins, cli->nlayout, vault,
+                                   &ambiguous);
     }
     /* Then the service's own: the vault that checks the store's rows. */
     if (src == NULL && !so && cli->store_service[0] != '\0' &&
@@ -620,8 +619,9 @@ static void pin_seen(void *arg, const char *vault, const char *fingerprint)
             return;
         }
     if (cli->nseen == KC_P11_BINDS_MAX) {
-        fprintf(cli->err, "warning: vault '%s' was not pinned in the service store: more than %d "
-                          "vaults first seen by one command\n",
+        fprintf(cli->err,
+                "warning: vault '%s' was not pinned in the service store: more than %d "
+                "vaults first seen by one command\n",
                 vault, KC_P11_BINDS_MAX);
         return;
     }
@@ -640,8 +640,8 @@ static void pin_flush(kc_cli *cli)
         return;
     kc_error_clear(&err);
     if (kc_store_open(cli->store, &st, &err) != KC_OK) {
-        fprintf(cli->err, "warning: %zu vault%s not pinned in the service store: %s\n",
-                cli->nseen, cli->nseen == 1 ? " was" : "s were", err.msg);
+        fprintf(cli->err, "warning: %zu vault%s not pinned in the service store: %s\n", cli->nseen,
+                cli->nseen == 1 ? " was" : "s were", err.msg);
         return;
     }
     for (i = 0; i < cli->nseen; i++) {
@@ -684,10 +684,11 @@ static kc_rc use_store_pins(kc_cli *cli)
 static int changes_vaults(const kc_cmd *c)
 {
     static const char *const verbs[] = {
-        "access set",  "access remove", "dep create",   "dep purge",         "key create",
-        "key rotate",  "key update",    "key delete",   "key recover",       "key purge",
-        "key restore", "key import",    "policy apply", "tenant offboard",   "subscription init",
-        "subscription join", "vault init",
+        "access set",   "access remove",   "dep create",        "dep purge",
+        "key create",   "key rotate",      "key update",        "key delete",
+        "key recover",  "key purge",       "key restore",       "key import",
+        "policy apply", "tenant offboard", "subscription init", "subscription join",
+        "vault init",
     };
     char name[64];
     size_t i;
@@ -799,9 +800,10 @@ static int leading_options(int argc, char **argv, int *lead, FILE *err)
             if (strlen(o->name) == len && strncmp(o->name, argv[i] + 2, len) == 0)
                 break;
         if (o == common_opts + N_COMMON) {
-            fprintf(err, "error: option '%s' before the command: only the common options go "
-                         "there\nhint: write a command's own options after it; see "
-                         "'keycustody --help'\n",
+            fprintf(err,
+                    "error: option '%s' before the command: only the common options go "
+                    "there\nhint: write a command's own options after it; see "
+                    "'keycustody --help'\n",
                     argv[i]);
             return KC_USAGE;
         }
@@ -831,9 +833,8 @@ int kc_cli_main(int argc, char **argv, FILE *out, FILE *err)
         return KC_USAGE;
     }
     /* the group and its verb (a group that is one command has none) */
-    words = find_group(argv[lead + 1], &g) && groups[g][0].verb[0] != '\0' && lead + 2 < argc
-                ? 2
-                : 1;
+    words =
+        find_group(argv[lead + 1], &g) && groups[g][0].verb[0] != '\0' && lead + 2 < argc ? 2 : 1;
     moved = calloc((size_t)argc + 1, sizeof(*moved));
     if (moved == NULL) {
         fprintf(err, "error: out of memory\n");
@@ -931,7 +932,7 @@ static int open_store(kc_cli *cli, kc_store **st)
     }
     /* only the first DEP makes a store: a command that reads one, or
      * changes what is in it, never makes an empty one from a typo */
-    if (access(cli->store, F_OK) != 0 && errno == ENOENT &&
+    if (strstr(cli->store, "://") == NULL && access(cli->store, F_OK) != 0 && errno == ENOENT &&
         !(cli->cmd != NULL && strcmp(cli->cmd->group, "dep") == 0 &&
           strcmp(cli->cmd->verb, "create") == 0)) {
         kc_error_set(&cli->error, KC_NOT_FOUND, "no service store at '%s'", cli->store);

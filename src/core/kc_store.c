@@ -319,7 +319,9 @@ kc_rc kc_store_open(const char *path, kc_store **out, kc_error *err)
 
     *out = NULL;
     if (strncmp(path, "postgresql://", 13) == 0 || strncmp(path, "postgres://", 11) == 0) {
-        kc_error_set(err, KC_USAGE, "a PostgreSQL service store is not available in this build");
+        kc_error_set(err, KC_USAGE,
+                     "keycustody cannot keep the service store in PostgreSQL yet: '%.13s...'",
+                     path);
         kc_error_hint(err, "name a service store file (SQLite)");
         return KC_USAGE;
     }
