@@ -16,7 +16,8 @@
 #
 # The URI is postgresql:///keycustody?host=DIR/sock: peer authentication over
 # the socket, as the OS user who ran start (its role has LOGIN CREATEDB, not
-# SUPERUSER, and owns the database keycustody). No TCP: listen_addresses=''.
+# SUPERUSER, and owns the database keycustody; it may CHECKPOINT, so that a
+# test can read what reached the table files). No TCP: listen_addresses=''.
 # The server runs as the caller, or, when the caller is root (PostgreSQL
 # refuses to run as root), as the system user postgres of Debian's package.
 #
@@ -271,6 +272,7 @@ SELECT format('CREATE ROLE %I LOGIN CREATEDB', :'kc_user')
  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'kc_user') \gexec
 SELECT format('CREATE DATABASE %I OWNER %I', :'kc_db', :'kc_user')
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'kc_db') \gexec
+SELECT format('GRANT pg_checkpoint TO %I', :'kc_user') \gexec
 EOF
     then
         tail -n 20 "$LOGFILE" >&2

@@ -4,6 +4,8 @@
 #include "kc_vault.h"
 
 #include <CUnit/Basic.h>
+#include <ctype.h>
+#include <libpq-fe.h>
 #include <jansson.h>
 
 #include <openssl/rand.h>
@@ -33,6 +35,84 @@ const char *kc_test_path(const char *name)
 {
     snprintf(pathbuf, sizeof(pathbuf), "%s/%s", dir, name);
     return pathbuf;
+}
+
+/* KC_TEST_STORE=postgresql: each test's service store is a database of
+ * its own on the private server (KC_TEST_PG_HOST), made by setup and
+ * dropped by teardown; else the file service.db in the test's directory. */
+static char store_uri[1024], store_db[64];
+
+static int pg_admin(const char *sql)
+{
+    char conn[600];
+    PGconn *c;
+    PGresult *res;
+    int ok;
+
+    snprintf(conn, sizeof(conn), "postgresql:///keycustody?host=%s", getenv("KC_TEST_PG_HOST"));
+    c = PQconnectdb(conn);
+    if (PQstatus(c) != CONNECTION_OK) {
+        fprintf(stderr, "test setup: %s: %s", conn, PQerrorMessage(c));
+        PQfinish(c);
+        return -1;
+    }
+    res = PQexec(c, sql);
+    ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok)
+        fprintf(stderr, "test setup: %s: %s", sql, PQresultErrorMessage(res));
+    PQclear(res);
+    PQfinish(c);
+    return ok ? 0 : -1;
+}
+
+int kc_test_on_pg(void)
+{
+    const char *s = getenv("KC_TEST_STORE");
+
+    return s != NULL && strcmp(s, "postgresql") == 0;
+}
+
+const char *kc_test_store(void)
+{
+    if (store_uri[0] == '\0')
+        snprintf(store_uri, sizeof(store_uri), "%s/service.db", dir);
+    return store_uri;
+}
+
+const char *kc_test_store_db(void)
+{
+    return store_db;
+}
+
+static int store_setup(void)
+{
+    const char *host = getenv("KC_TEST_PG_HOST");
+    char sql[128];
+
+    store_uri[0] = store_db[0] = '\0';
+    if (!kc_test_on_pg())
+        return 0;
+    if (host == NULL) {
+        fprintf(stderr, "test setup: KC_TEST_STORE=postgresql needs KC_TEST_PG_HOST\n");
+        return -1;
+    }
+    /* the directory's random part names the database */
+    snprintf(store_db, sizeof(store_db), "kc_%s", strrchr(dir, '-') + 1);
+    for (char *p = store_db; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    snprintf(store_uri, sizeof(store_uri), "postgresql:///%s?host=%s", store_db, host);
+    snprintf(sql, sizeof(sql), "CREATE DATABASE %s", store_db);
+    return pg_admin(sql);
+}
+
+static void store_teardown(void)
+{
+    char sql[128];
+
+    snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s WITH (FORCE)", store_db);
+    if (store_db[0] != '\0' && getenv("KC_TEST_KEEP") == NULL)
+        (void)pg_admin(sql);
+    store_uri[0] = store_db[0] = '\0';
 }
 
 static void random_pin(const char *var)
@@ -93,7 +173,7 @@ int kc_test_setup(void)
     /* every test keeps an audit log; teardown verifies it */
     snprintf(conf, sizeof(conf), "%s/audit.jsonl", dir);
     setenv("KEYCUSTODY_AUDIT", conf, 1);
-    return 0;
+    return store_setup();
 }
 
 int kc_test_teardown(void)
@@ -102,6 +182,7 @@ int kc_test_teardown(void)
 
     kc_p11_fault_disarm();
     unsetenv("KEYCUSTODY_NOW");
+    store_teardown();
     if (dir[0] != '\0' && getenv("KC_TEST_KEEP") == NULL) {
         snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
         if (system(cmd) != 0)

@@ -24,6 +24,13 @@ int kc_test_teardown(void);
 /* The test's directory, and a path inside it. */
 const char *kc_test_dir(void);
 const char *kc_test_path(const char *name);
+/* The test's service store: the file service.db in its directory, or with
+ * KC_TEST_STORE=postgresql (the suites registered a second time, as
+ * NAME.SUITE.pg) a URI of a database of its own on the tests' PostgreSQL
+ * server, dropped after the test; kc_test_store_db() names it. */
+const char *kc_test_store(void);
+const char *kc_test_store_db(void);
+int kc_test_on_pg(void);
 /* The same in one of four buffers of its own: up to four in one call. */
 const char *kc_test_path2(const char *name);
 /* How many availability keys the vault 'Service' (on SoftHSM) holds. */

@@ -93,7 +93,8 @@ const char *kc_test_layout_with_service(const char *deps)
     kc_test_edit(file, "vaults:\n",
               "vaults:\n  - name: Service\n    subscription: sub-svc\n    region: "
               "centralus\n    pin: env:TEST_PIN\n    so_pin: env:TEST_SO_PIN\n");
-    snprintf(with, sizeof(with), "service_vault: Service\nstore: service.db\n%sdeps:\n", deps);
+    snprintf(with, sizeof(with), "service_vault: Service\nstore: %s\n%sdeps:\n",
+             kc_test_on_pg() ? kc_test_store() : "service.db", deps);
     kc_test_edit(file, "deps:\n", with);
     return file;
 }

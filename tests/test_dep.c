@@ -40,7 +40,7 @@ static void dep_setup(void)
     r = kc_test_run("dep", "list", NULL);
     ASSERT_RC(r, 2);
     ASSERT_HAS(r->err, "--store");
-    setenv("KEYCUSTODY_STORE", kc_test_path("service.db"), 1);
+    setenv("KEYCUSTODY_STORE", kc_test_store(), 1);
     setenv("KEYCUSTODY_SERVICE_VAULT", "Service", 1);
     /* the service's PIN source: the store's rows are checked on its vault */
     setenv("KEYCUSTODY_SERVICE_PIN_SOURCE", "env:TEST_PIN", 1);
@@ -66,7 +66,7 @@ static int dep_unwrap(const char *principal, unsigned flags, unsigned char key[3
 
     kc_error_clear(err);
     CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, kc_test_env_pin, NULL, &ctx, err), KC_OK);
-    CU_ASSERT_EQUAL_FATAL(kc_store_open(kc_test_path("service.db"), &st, err), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_store_open(kc_test_store(), &st, err), KC_OK);
     if (kc_dep_unwrap(ctx, st, "Mbx", 0, principal, flags, &dek, info, err) == KC_OK) {
         CU_ASSERT_EQUAL(dek->len, 32);
         memcpy(key, dek->data, 32);
@@ -383,7 +383,7 @@ static void test_data(void)
     ASSERT_HAS(r->err, "--in FILE is required");
     ASSERT_RC(kc_test_run("data", "get", "tenant", "t1", NULL), 2);
     CU_ASSERT_NOT_EQUAL(access(kc_test_path("other.db"), F_OK), 0);
-    setenv("KEYCUSTODY_STORE", kc_test_path("service.db"), 1);
+    setenv("KEYCUSTODY_STORE", kc_test_store(), 1);
     /* no DEP yet: nothing to seal under */
     r = data_roundtrip("tenant", "t1", NULL);
     ASSERT_RC(r, 4);
@@ -398,7 +398,7 @@ static void test_data(void)
     CU_ASSERT(item_matches());
     /* many items in one session: one RSA unwrap */
     CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, kc_test_env_pin, NULL, &ctx, &err), KC_OK);
-    CU_ASSERT_EQUAL_FATAL(kc_store_open(kc_test_path("service.db"), &st, &err), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_store_open(kc_test_store(), &st, &err), KC_OK);
     CU_ASSERT_EQUAL_FATAL(kc_data_open(ctx, st, "svc", 0, NULL, NULL, &ds, &err), KC_OK);
     for (i = 0; i < 20; i++) {
         snprintf(name, sizeof(name), "bulk-%d", i);
@@ -417,9 +417,13 @@ static void test_data(void)
                                   "AND name = 'bulk-3'",
                                   &err),
                     KC_OK);
+    /* one byte more: a blob literal in each backend's syntax */
     CU_ASSERT_EQUAL(kc_store_exec(st,
-                                  "UPDATE items SET ciphertext = ciphertext || x'00' WHERE "
-                                  "scope = 'mailbox:u1' AND name = 'bulk-4'",
+                                  kc_test_on_pg()
+                                      ? "UPDATE items SET ciphertext = ciphertext || '\\x00'::bytea "
+                                        "WHERE scope = 'mailbox:u1' AND name = 'bulk-4'"
+                                      : "UPDATE items SET ciphertext = ciphertext || x'00' WHERE "
+                                        "scope = 'mailbox:u1' AND name = 'bulk-4'",
                                   &err),
                     KC_OK);
     kc_store_close(st);
@@ -585,7 +589,7 @@ static void lib_open(struct lib *l, unsigned flags)
     memset(l, 0, sizeof(*l));
     CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, kc_test_env_pin, NULL, &l->ctx, &err),
                           KC_OK);
-    CU_ASSERT_EQUAL_FATAL(kc_store_open(kc_test_path("service.db"), &l->st, &err), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_store_open(kc_test_store(), &l->st, &err), KC_OK);
     CU_ASSERT_EQUAL_FATAL(kc_data_open(l->ctx, l->st, "svc", flags, NULL, NULL, &l->ds, &err),
                           KC_OK);
 }
@@ -841,40 +845,77 @@ static size_t wrapped_copies(const char *name, unsigned char blobs[][512], size_
                              size_t cap)
 {
     struct lib l;
-    sqlite3_stmt *q = NULL;
+    kc_q *q = NULL;
     size_t n = 0;
 
     lib_open(&l, 0);
-    CU_ASSERT_EQUAL_FATAL(sqlite3_prepare_v2(l.st->db,
-                                             "SELECT wrapped FROM dep_keys k JOIN deps d ON d.id "
-                                             "= k.dep_id WHERE d.name = ?1 UNION ALL SELECT "
-                                             "wrapped_key FROM scopes s JOIN deps d ON d.id = "
-                                             "s.dep_id WHERE d.name = ?1",
-                                             -1, &q, NULL),
-                          SQLITE_OK);
-    sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
-    while (n < cap && sqlite3_step(q) == SQLITE_ROW) {
-        lens[n] = (size_t)sqlite3_column_bytes(q, 0);
+    CU_ASSERT_EQUAL_FATAL(kc_q_prepare(l.st,
+                                       "SELECT wrapped FROM dep_keys k JOIN deps d ON d.id "
+                                       "= k.dep_id WHERE d.name = ?1 UNION ALL SELECT "
+                                       "wrapped_key FROM scopes s JOIN deps d ON d.id = "
+                                       "s.dep_id WHERE d.name = ?1",
+                                       &q),
+                          KC_Q_OK);
+    kc_q_bind_text(q, 1, name);
+    while (n < cap && kc_q_step(q) == KC_Q_ROW) {
+        lens[n] = (size_t)kc_q_bytes(q, 0);
         if (lens[n] > 0 && lens[n] <= 512) {
-            memcpy(blobs[n], sqlite3_column_blob(q, 0), lens[n]);
+            memcpy(blobs[n], kc_q_blob(q, 0), lens[n]);
             n++;
         }
     }
-    sqlite3_finalize(q);
+    kc_q_finish(q);
     lib_close(&l);
     return n;
 }
 
-/* Whether any of the blobs is still in the store file or its log. */
+/* The files that hold the store's tables, their indexes and TOAST, after
+ * a CHECKPOINT wrote every changed page to them (PostgreSQL). */
+static size_t pg_table_files(char files[][1024], size_t cap)
+{
+    PGconn *c = PQconnectdb(kc_test_store());
+    PGresult *res;
+    char data[512];
+    size_t n = 0;
+    int i;
+
+    CU_ASSERT_EQUAL_FATAL(PQstatus(c), CONNECTION_OK);
+    res = PQexec(c, "CHECKPOINT");
+    CU_ASSERT_EQUAL(PQresultStatus(res), PGRES_COMMAND_OK);
+    PQclear(res);
+    res = PQexec(c, "SELECT pg_relation_filepath(oid) FROM pg_class WHERE oid IN (SELECT oid "
+                    "FROM pg_class WHERE relnamespace = current_schema()::regnamespace AND "
+                    "relkind IN ('r', 'i') UNION SELECT reltoastrelid FROM pg_class WHERE "
+                    "relnamespace = current_schema()::regnamespace AND reltoastrelid <> 0)");
+    CU_ASSERT_EQUAL_FATAL(PQresultStatus(res), PGRES_TUPLES_OK);
+    /* the cluster is beside the socket directory (scripts/postgres.sh) */
+    snprintf(data, sizeof(data), "%s", getenv("KC_TEST_PG_HOST"));
+    *strrchr(data, '/') = '\0';
+    for (i = 0; i < PQntuples(res) && n < cap; i++)
+        snprintf(files[n++], 1024, "%s/data/%s", data, PQgetvalue(res, i, 0));
+    CU_ASSERT(n >= 8); /* the tables with blobs, and their keys, at least */
+    PQclear(res);
+    PQfinish(c);
+    return n;
+}
+
+/* Whether any of the blobs is still in the store's files: the SQLite file
+ * and its log, or the PostgreSQL tables' files. */
 static int store_holds_any(unsigned char blobs[][512], const size_t lens[], size_t n)
 {
-    static const char *files[] = {"service.db", "service.db-wal"};
+    static char files[64][1024];
     unsigned char *buf;
-    size_t len, i, f;
+    size_t len, i, f, nfiles = 2;
     int found = 0;
 
-    for (f = 0; f < 2; f++) {
-        buf = kc_test_read(kc_test_path(files[f]), &len);
+    if (kc_test_on_pg()) {
+        nfiles = pg_table_files(files, 64);
+    } else {
+        snprintf(files[0], 1024, "%s", kc_test_path("service.db"));
+        snprintf(files[1], 1024, "%s", kc_test_path("service.db-wal"));
+    }
+    for (f = 0; f < nfiles; f++) {
+        buf = kc_test_read(files[f], &len);
         for (i = 0; buf != NULL && i < n; i++)
             if (memmem(buf, len, blobs[i], lens[i]) != NULL)
                 found = 1;
@@ -1115,11 +1156,11 @@ static void test_policy_apply_deps(void)
     ASSERT_HAS(r->out, "  + create DEP Dep1 (tenant, keys VaultA1/KeyA and VaultB1/KeyB)");
     ASSERT_HAS(r->out, "  ~ assign DEP Dep1 to tenant");
     ASSERT_HAS(r->out, "  ~ assign DEP Mbx1 to mailbox:ceo");
-    CU_ASSERT_NOT_EQUAL(access(kc_test_path("service.db"), F_OK), 0);
+    CU_ASSERT_NOT_EQUAL(access(kc_test_store(), F_OK), 0);
     r = kc_test_run("policy", "apply", file, "--yes", NULL);
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "+ create DEP Dep1 (tenant, keys VaultA1/KeyA and VaultB1/KeyB) ... done");
-    setenv("KEYCUSTODY_STORE", kc_test_path("service.db"), 1);
+    setenv("KEYCUSTODY_STORE", kc_test_store(), 1);
     r = kc_test_run("dep", "show", "Mbx1", NULL);
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "description:  executives");

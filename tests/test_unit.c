@@ -517,11 +517,19 @@ static void test_store_refusals(void)
     kc_error e;
     char path[600];
 
-    /* a PostgreSQL URI is refused, and its password is not repeated */
-    CU_ASSERT_EQUAL(kc_store_open("postgresql://u:pw-1234@db/store", &st, &e), KC_USAGE);
+    /* a PostgreSQL server that is not there: said, and neither password
+     * (in the user part or as a parameter) repeated */
+    CU_ASSERT_EQUAL(kc_store_open("postgresql://u:pw-1234@/store?host=/nonexistent-kc&"
+                                  "password=pw-5678",
+                                  &st, &e),
+                    KC_ERR);
     CU_ASSERT_PTR_NULL(st);
     CU_ASSERT_PTR_NULL(strstr(e.msg, "pw-1234"));
-    CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "PostgreSQL"));
+    CU_ASSERT_PTR_NULL(strstr(e.msg, "pw-5678"));
+    CU_ASSERT_PTR_NULL(strstr(e.hint, "pw-"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "cannot connect"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "postgresql://u:***@/store?host=/nonexistent-kc&"
+                                         "password=***"));
     snprintf(path, sizeof(path), "%s", tmp_path("newer.db"));
     unlink(path);
     CU_ASSERT_EQUAL_FATAL(kc_store_open(path, &st, &e), KC_OK);

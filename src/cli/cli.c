@@ -666,7 +666,8 @@ static kc_rc use_store_pins(kc_cli *cli)
     kc_store *st = NULL;
     kc_rc r;
 
-    if (cli->store == NULL || cli->store[0] == '\0' || access(cli->store, F_OK) != 0)
+    if (cli->store == NULL || cli->store[0] == '\0' ||
+        (!kc_store_is_uri(cli->store) && access(cli->store, F_OK) != 0))
         return KC_OK;
     r = kc_store_open(cli->store, &st, &cli->error);
     if (r == KC_OK)

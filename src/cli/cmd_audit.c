@@ -90,7 +90,7 @@ static void audit_path(const kc_cli *cli, char *out, size_t cap)
         snprintf(out, cap, "%s", cli->audit_opt);
     } else if (cli->audit_layout[0] != '\0') {
         snprintf(out, cap, "%s", cli->audit_layout);
-    } else if (store[0] != '\0') {
+    } else if (store[0] != '\0' && !kc_store_is_uri(store)) {
         snprintf(dir, sizeof(dir), "%s", store);
         snprintf(out, cap, "%s/audit.jsonl", dirname(dir));
     }

@@ -172,7 +172,8 @@ static void layout_relative(const kc_layout *l, const char *value, char *out, si
     const char *slash = strrchr(l->file, '/');
 
     out[0] = '\0';
-    if (value[0] == '/' || (value[0] != '\0' && slash == NULL))
+    /* a PostgreSQL store's URI is not a path */
+    if (value[0] == '/' || (value[0] != '\0' && slash == NULL) || kc_store_is_uri(value))
         snprintf(out, cap, "%s", value);
     else if (value[0] != '\0')
         snprintf(out, cap, "%.*s/%s", (int)(slash - l->file), l->file, value);
@@ -204,7 +205,7 @@ static kc_rc plan_deps(kc_cli *cli, const kc_layout *l, struct plan_state *s, kc
                      "DEPs and assignments are not planned: the layout names no service_vault");
         return KC_OK;
     }
-    if (s->st == NULL && (s->apply || access(s->store, F_OK) == 0)) {
+    if (s->st == NULL && (s->apply || kc_store_is_uri(s->store) || access(s->store, F_OK) == 0)) {
         kc_rc r = kc_store_open(s->store, &s->st, err);
 
         if (r != KC_OK)

@@ -160,53 +160,96 @@ static kc_rc lock_dir(char *out, size_t cap, kc_error *err)
     return KC_OK;
 }
 
-kc_rc kc_ctx_lock_token(kc_ctx *ctx, kc_tok *tok, kc_error *err)
+/* The lock file of tok on this host, open; -1 with err set. */
+static int lock_file(const kc_tok_info *ti, kc_error *err)
 {
-    const kc_tok_info *ti = kc_tok_info_get(tok);
     unsigned char md[SHA256_DIGEST_LENGTH];
     char dir[400], path[512], hex[2 * 16 + 1];
-    unsigned waited = 0, limit = ctx->lock_timeout_ms ? ctx->lock_timeout_ms : 60000;
-    struct timespec pause = {0, 20 * 1000 * 1000};
-    size_t i;
     int fd;
-    kc_rc r;
 
-    for (i = 0; i < ctx->nlocks; i++)
-        if (strcmp(ctx->locks[i].uri, ti->uri) == 0)
-            return KC_OK;
-    if (ctx->nlocks == KC_CTX_MAX_LOCKS)
-        return kc_error_set(err, KC_ERR, "a command changes at most %d vaults",
-                            KC_CTX_MAX_LOCKS);
-    r = lock_dir(dir, sizeof(dir), err);
-    if (r != KC_OK)
-        return kc_error_prefix(err, "cannot lock vault '%s'", ti->label);
+    if (lock_dir(dir, sizeof(dir), err) != KC_OK) {
+        kc_error_prefix(err, "cannot lock vault '%s'", ti->label);
+        return -1;
+    }
     /* the token's URI names its module's manufacturer, model, serial and label */
     SHA256((const unsigned char *)ti->uri, strlen(ti->uri), md);
     kc_hex_encode(md, 16, hex);
     snprintf(path, sizeof(path), "%s/%s.lock", dir, hex);
     fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0)
-        return kc_error_set(err, KC_ERR, "cannot lock vault '%s': %s: %s", ti->label, path,
-                            strerror(errno));
-    while (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        if (errno != EWOULDBLOCK && errno != EINTR) {
-            kc_error_set(err, KC_ERR, "cannot lock vault '%s': %s", ti->label, strerror(errno));
-            close(fd);
-            return KC_ERR;
-        }
+        kc_error_set(err, KC_ERR, "cannot lock vault '%s': %s: %s", ti->label, path,
+                     strerror(errno));
+    return fd;
+}
+
+/* flock(how) on fd, retried every 20 ms up to the context's timeout. */
+static kc_rc lock_wait(kc_ctx *ctx, int fd, int how, const char *label, kc_error *err)
+{
+    unsigned waited = 0, limit = ctx->lock_timeout_ms ? ctx->lock_timeout_ms : 60000;
+    struct timespec pause = {0, 20 * 1000 * 1000};
+
+    while (flock(fd, how | LOCK_NB) != 0) {
+        if (errno != EWOULDBLOCK && errno != EINTR)
+            return kc_error_set(err, KC_ERR, "cannot lock vault '%s': %s", label,
+                                strerror(errno));
         if (waited >= limit) {
-            close(fd);
             kc_error_set(err, KC_CONFLICT,
                          "vault '%s' is being changed by another keycustody command on this "
                          "host (waited %u s)",
-                         ti->label, limit / 1000);
+                         label, limit / 1000);
             kc_error_hint(err, "run this command again when that one is done");
             return KC_CONFLICT;
         }
         (void)nanosleep(&pause, NULL);
         waited += 20;
     }
+    return KC_OK;
+}
+
+static int holds_lock(const kc_ctx *ctx, const kc_tok_info *ti)
+{
+    size_t i;
+
+    for (i = 0; i < ctx->nlocks; i++)
+        if (strcmp(ctx->locks[i].uri, ti->uri) == 0)
+            return 1;
+    return 0;
+}
+
+kc_rc kc_ctx_lock_token(kc_ctx *ctx, kc_tok *tok, kc_error *err)
+{
+    const kc_tok_info *ti = kc_tok_info_get(tok);
+    int fd;
+
+    if (holds_lock(ctx, ti))
+        return KC_OK;
+    if (ctx->nlocks == KC_CTX_MAX_LOCKS)
+        return kc_error_set(err, KC_ERR, "a command changes at most %d vaults",
+                            KC_CTX_MAX_LOCKS);
+    fd = lock_file(ti, err);
+    if (fd < 0)
+        return KC_ERR;
+    if (lock_wait(ctx, fd, LOCK_EX, ti->label, err) != KC_OK) {
+        close(fd);
+        return err->code;
+    }
     snprintf(ctx->locks[ctx->nlocks].uri, sizeof(ctx->locks[0].uri), "%s", ti->uri);
     ctx->locks[ctx->nlocks++].fd = fd;
     return KC_OK;
+}
+
+kc_rc kc_ctx_wait_token(kc_ctx *ctx, kc_tok *tok, kc_error *err)
+{
+    const kc_tok_info *ti = kc_tok_info_get(tok);
+    kc_rc r;
+    int fd;
+
+    if (holds_lock(ctx, ti))
+        return KC_OK;
+    fd = lock_file(ti, err);
+    if (fd < 0)
+        return KC_ERR;
+    r = lock_wait(ctx, fd, LOCK_SH, ti->label, err);
+    close(fd); /* and with it the shared lock */
+    return r;
 }

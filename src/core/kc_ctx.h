@@ -92,5 +92,8 @@ KC_EXPORT kc_rc kc_ctx_login(kc_ctx *ctx, kc_tok *tok, kc_error *err) KC_MUST_CH
  * mode 0700). Waits up to the context's timeout, then KC_CONFLICT naming
  * the vault. A process that dies lets go of it. */
 KC_EXPORT kc_rc kc_ctx_lock_token(kc_ctx *ctx, kc_tok *tok, kc_error *err) KC_MUST_CHECK;
+/* Waits (as long) until no command on this host holds tok's lock, without
+ * keeping it: a reader that saw a change half made waits for its end. */
+KC_EXPORT kc_rc kc_ctx_wait_token(kc_ctx *ctx, kc_tok *tok, kc_error *err) KC_MUST_CHECK;
 
 #endif

@@ -631,8 +631,8 @@ static kc_rc moved_half(kc_vault *v, const kc_key *k, kc_error *err)
     return r;
 }
 
-static kc_rc load_keys(kc_vault *v, const char *name, int login, kc_key **out, size_t *n,
-                       kc_error *err)
+static kc_rc load_keys_once(kc_vault *v, const char *name, int login, kc_key **out, size_t *n,
+                            kc_error *err)
 {
     kc_key_obj *objs = NULL;
     size_t nobjs = 0, i;
@@ -669,6 +669,25 @@ static kc_rc load_keys(kc_vault *v, const char *name, int login, kc_key **out, s
         *n = 0;
     }
     return r;
+}
+
+/* Without the PIN, a key the manifest does not name may be a create or a
+ * rotate on this host half done: after it ends, with its manifest, once
+ * more. A planted object fails the second time too. */
+static kc_rc load_keys(kc_vault *v, const char *name, int login, kc_key **out, size_t *n,
+                       kc_error *err)
+{
+    kc_error first;
+    kc_rc r = load_keys_once(v, name, login, out, n, err);
+
+    if (r != KC_INTEGRITY || login)
+        return r;
+    first = *err;
+    if (kc_vault_reread(v, err) != KC_OK) {
+        *err = first;
+        return r;
+    }
+    return load_keys_once(v, name, login, out, n, err);
 }
 
 /* Keeps the keys whose deleted flag equals deleted, in order. */

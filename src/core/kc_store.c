@@ -90,6 +90,8 @@ kc_rc kc_store_exec(kc_store *s, const char *sql, kc_error *err)
 {
     char *msg = NULL;
 
+    if (s->pg != NULL)
+        return kc_pg_exec(s, sql, err);
     if (sqlite3_exec(s->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
         kc_error_set(err, KC_ERR, "the service store: %s", msg ? msg : "SQL error");
         sqlite3_free(msg);
@@ -101,12 +103,18 @@ kc_rc kc_store_exec(kc_store *s, const char *sql, kc_error *err)
 /* IMMEDIATE, so two writers queue rather than deadlock. */
 kc_rc kc_store_begin(kc_store *s, kc_error *err)
 {
-    return kc_store_exec(s, "BEGIN IMMEDIATE", err);
+    return s->pg != NULL ? kc_pg_begin(s, 0, err) : kc_store_exec(s, "BEGIN IMMEDIATE", err);
+}
+
+/* On SQLite one writer at a time still; on PostgreSQL workers share. */
+kc_rc kc_store_begin_shared(kc_store *s, kc_error *err)
+{
+    return s->pg != NULL ? kc_pg_begin(s, 1, err) : kc_store_exec(s, "BEGIN IMMEDIATE", err);
 }
 
 kc_rc kc_store_commit(kc_store *s, kc_error *err)
 {
-    return kc_store_exec(s, "COMMIT", err);
+    return s->pg != NULL ? kc_pg_commit(s, err) : kc_store_exec(s, "COMMIT", err);
 }
 
 void kc_store_rollback(kc_store *s)
@@ -122,6 +130,8 @@ static kc_rc read_version(kc_store *s, int *version, kc_error *err)
     kc_q *st = NULL;
     int rc;
 
+    if (s->pg != NULL)
+        return kc_pg_version(s, version, err);
     *version = 0;
     if (kc_q_prepare(s, "PRAGMA user_version", &st) != KC_Q_OK)
         return db_fail(s, "read its schema version", err);
@@ -137,7 +147,11 @@ static kc_rc read_version(kc_store *s, int *version, kc_error *err)
 static kc_rc migrate_step(kc_store *s, kc_error *err)
 {
     char sql[64];
-    kc_rc r = kc_store_exec(s, migrations[s->schema], err);
+    kc_rc r;
+
+    if (s->pg != NULL)
+        return kc_pg_migrate_step(s, migrations[s->schema], s->schema + 1, err);
+    r = kc_store_exec(s, migrations[s->schema], err);
 
     snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", s->schema + 1);
     return r == KC_OK ? kc_store_exec(s, sql, err) : r;
@@ -203,7 +217,7 @@ static kc_rc check_file(int fd, const char *path, kc_error *err)
 /* Compares two (type, name, definition) lists, each in (type, name)
  * order: the first difference says which side has an object the other
  * lacks, or whose definition differs. a is the store's, b the reference's. */
-static kc_rc schema_compare(kc_store *s, kc_q *a, kc_q *b, const char *shown, kc_error *err)
+kc_rc kc_store_schema_compare(kc_store *s, kc_q *a, kc_q *b, kc_error *err)
 {
     const char *ta, *na, *tb, *nb, *what, *name, *how;
     int c, ra, rb;
@@ -232,16 +246,16 @@ static kc_rc schema_compare(kc_store *s, kc_q *a, kc_q *b, const char *shown, kc
             what = ta, name = na, how = "differs";
         if (what != NULL)
             return kc_error_set(err, KC_INTEGRITY,
-                                "the service store '%s' does not have the schema keycustody "
+                                "the service store %s does not have the schema keycustody "
                                 "made: %s '%s' %s; it was changed outside keycustody",
-                                shown, what, name, how);
+                                s->shown, what, name, how);
     }
 }
 
 /* The schema is exactly what the migrations made: no table, index, view or
  * trigger of anyone else's (a trigger would run inside keycustody on its own
  * writes). Compared against the migrations run on an empty in-memory store. */
-static kc_rc check_schema(kc_store *s, const char *path, kc_error *err)
+static kc_rc check_schema(kc_store *s, kc_error *err)
 {
     static const char q[] = "SELECT type, name, coalesce(sql, '') FROM sqlite_master "
                             "WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name";
@@ -250,6 +264,8 @@ static kc_rc check_schema(kc_store *s, const char *path, kc_error *err)
     int i;
     kc_rc r = KC_OK;
 
+    if (s->pg != NULL)
+        return kc_pg_check_schema(s, migrations, s->schema, err);
     if (sqlite3_open_v2(":memory:", &ref.db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK)
         r = kc_error_set(err, KC_ERR, "out of memory");
     for (i = 0; r == KC_OK && i < s->schema; i++)
@@ -258,7 +274,7 @@ static kc_rc check_schema(kc_store *s, const char *path, kc_error *err)
     if (r == KC_OK && (kc_q_prepare(s, q, &a) != KC_Q_OK || kc_q_prepare(&ref, q, &b) != KC_Q_OK))
         r = db_fail(s, "read its schema", err);
     if (r == KC_OK)
-        r = schema_compare(s, a, b, path, err);
+        r = kc_store_schema_compare(s, a, b, err);
     kc_q_finish(a);
     kc_q_finish(b);
     kc_q_free_all(&ref);
@@ -312,34 +328,38 @@ static kc_rc open_sqlite(kc_store *s, const char *path, kc_error *err)
     return r;
 }
 
+int kc_store_is_uri(const char *path)
+{
+    return strncmp(path, "postgresql://", 13) == 0 || strncmp(path, "postgres://", 11) == 0;
+}
+
 kc_rc kc_store_open(const char *path, kc_store **out, kc_error *err)
 {
     kc_store *s = NULL;
     kc_rc r;
 
     *out = NULL;
-    if (strncmp(path, "postgresql://", 13) == 0 || strncmp(path, "postgres://", 11) == 0) {
-        kc_error_set(err, KC_USAGE,
-                     "keycustody cannot keep the service store in PostgreSQL yet: '%.13s...'",
-                     path);
-        kc_error_hint(err, "name a service store file (SQLite)");
-        return KC_USAGE;
-    }
     s = calloc(1, sizeof(*s));
     if (s == NULL)
         return kc_error_set(err, KC_ERR, "out of memory");
-    r = open_sqlite(s, path, err);
+    if (kc_store_is_uri(path)) {
+        kc_pg_shown(path, s->shown, sizeof(s->shown));
+        r = kc_pg_open(s, path, err);
+    } else {
+        snprintf(s->shown, sizeof(s->shown), "'%s'", path);
+        r = open_sqlite(s, path, err);
+    }
     if (r == KC_OK)
         r = read_version(s, &s->schema, err);
     if (r == KC_OK && s->schema > N_MIGRATIONS) {
         r = kc_error_set(err, KC_INTEGRITY,
-                         "the service store '%s' has schema %d; this "
+                         "the service store %s has schema %d; this "
                          "keycustody knows up to %d",
-                         path, s->schema, N_MIGRATIONS);
+                         s->shown, s->schema, N_MIGRATIONS);
         kc_error_hint(err, "use the keycustody that wrote it, or a newer one");
     }
     if (r == KC_OK)
-        r = check_schema(s, path, err);
+        r = check_schema(s, err);
     if (r == KC_OK)
         r = migrate(s, err);
     if (r == KC_OK)
@@ -390,6 +410,8 @@ kc_rc kc_store_scrub(kc_store *s, kc_error *err)
 {
     int log = 0, done = 0;
 
+    if (s->pg != NULL)
+        return kc_pg_scrub(s, err);
     if (sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, &log, &done) !=
             SQLITE_OK ||
         log != 0)

@@ -23,6 +23,10 @@ typedef struct kc_store kc_store;
  * date. KC_INTEGRITY for a file that is not a keycustody store or is from a
  * newer version. */
 KC_EXPORT kc_rc kc_store_open(const char *path, kc_store **out, kc_error *err) KC_MUST_CHECK;
+/* 1 when path is a PostgreSQL URI (postgresql:// or postgres://): the
+ * store is then kept in that database (libpq), in the schema its
+ * search_path names first, with the same schema, migrations and row MACs. */
+KC_EXPORT int kc_store_is_uri(const char *path);
 KC_EXPORT void kc_store_close(kc_store *s);
 
 /* The schema version the store is at. */
@@ -31,6 +35,9 @@ KC_EXPORT int kc_store_schema(const kc_store *s);
 /* A transaction for a multi-row change: begin (IMMEDIATE, so two writers
  * queue rather than deadlock), then commit or roll back. */
 KC_EXPORT kc_rc kc_store_begin(kc_store *s, kc_error *err) KC_MUST_CHECK;
+/* A transaction that other re-wrap workers may run beside (PostgreSQL:
+ * they claim rows with FOR UPDATE SKIP LOCKED); on SQLite kc_store_begin. */
+KC_EXPORT kc_rc kc_store_begin_shared(kc_store *s, kc_error *err) KC_MUST_CHECK;
 KC_EXPORT kc_rc kc_store_commit(kc_store *s, kc_error *err) KC_MUST_CHECK;
 KC_EXPORT void kc_store_rollback(kc_store *s);
 

@@ -17,6 +17,8 @@ struct kc_store {
     long changes; /* rows the last statement changed */
     unsigned pg_names;
     char pg_err[512], pg_state[6];
+    char pg_schema[64]; /* PostgreSQL: the schema the store is in */
+    char shown[256];    /* the store as messages name it (no password) */
     int schema;
     /* The row key (kc_store_authenticate): every row that decides what is
      * wrapped or unwrapped carries HMAC-SHA256 under it. NULL until then. */
@@ -56,6 +58,22 @@ kc_rc kc_row_seal(kc_store *st, kc_row *r, unsigned char mac[32], kc_error *err)
  * KC_OK: the caller only shows the row). */
 kc_rc kc_row_check(kc_store *st, kc_row *r, kc_q *s, int mac_col, const char *what,
                    kc_error *err) KC_MUST_CHECK;
+
+/* Compares the store's schema (a) with the reference (b), each a query of
+ * (type, name, definition) rows in (type, name) order (kc_store.c). */
+kc_rc kc_store_schema_compare(kc_store *s, kc_q *a, kc_q *b, kc_error *err) KC_MUST_CHECK;
+
+/* --- PostgreSQL (kc_store_pg.c) --- */
+void kc_pg_shown(const char *uri, char *out, size_t cap);
+kc_rc kc_pg_open(kc_store *s, const char *uri, kc_error *err) KC_MUST_CHECK;
+kc_rc kc_pg_exec(kc_store *s, const char *sql, kc_error *err) KC_MUST_CHECK;
+kc_rc kc_pg_begin(kc_store *s, int shared, kc_error *err) KC_MUST_CHECK;
+kc_rc kc_pg_commit(kc_store *s, kc_error *err) KC_MUST_CHECK;
+kc_rc kc_pg_version(kc_store *s, int *version, kc_error *err) KC_MUST_CHECK;
+kc_rc kc_pg_migrate_step(kc_store *s, const char *migration, int to, kc_error *err) KC_MUST_CHECK;
+kc_rc kc_pg_check_schema(kc_store *s, const char *const *migrations, int n,
+                         kc_error *err) KC_MUST_CHECK;
+kc_rc kc_pg_scrub(kc_store *s, kc_error *err) KC_MUST_CHECK;
 
 /* The store's record of its service vault ("" if none). */
 kc_rc kc_store_meta_get(kc_store *st, const char *name, char *out, size_t cap,

@@ -482,6 +482,32 @@ kc_rc kc_vault_open(kc_ctx *ctx, const char *name_or_uri, kc_vault **out, kc_err
     return r;
 }
 
+kc_rc kc_vault_reread(kc_vault *v, kc_error *err)
+{
+    kc_vault_meta m;
+    json_t *manifest = NULL;
+    char fp[65] = "", digest[65] = "";
+    kc_rc r = kc_ctx_wait_token(v->ctx, v->tok, err);
+
+    if (r == KC_OK)
+        r = read_meta(v->tok, kc_ctx_pinned_fingerprint(v->ctx, v->meta.name), &m, &manifest, fp,
+                      digest, err);
+    if (r == KC_OK && strcmp(m.name, v->meta.name) != 0)
+        r = kc_error_set(err, KC_INTEGRITY, "token '%s' holds the metadata of vault '%s'",
+                         v->meta.name, m.name);
+    if (r != KC_OK) {
+        json_decref(manifest);
+        return r;
+    }
+    json_decref(v->manifest);
+    v->manifest = manifest;
+    v->meta = m;
+    memcpy(v->fingerprint, fp, sizeof(fp));
+    memcpy(v->manifest_digest, digest, sizeof(digest));
+    v->current_checked = 0;
+    return KC_OK;
+}
+
 /* A token whose module cannot hold a vault (no EC P-256 or RSA-PSS to sign
  * the manifest, no data objects, no HMAC for the audit seal) is refused before
  * anything is made on it: asked of the module, on session objects

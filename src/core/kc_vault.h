@@ -115,6 +115,11 @@ KC_EXPORT kc_rc kc_vault_meta_reread(kc_vault *v, kc_error *err) KC_MUST_CHECK;
  * back. What every command that logs in to a vault it opened calls. */
 KC_EXPORT kc_rc kc_vault_login(kc_vault *v, kc_error *err) KC_MUST_CHECK;
 
+/* Waits for a command on this host that changes v to end, then reads v's
+ * signed manifest again: a reader that met a key its manifest did not name
+ * yet (a create or rotate half done) looks once more. */
+KC_EXPORT kc_rc kc_vault_reread(kc_vault *v, kc_error *err) KC_MUST_CHECK;
+
 /* KC_TOKEN: the manifest v was opened with is not found any more (the
  * module failed; a vault's manifest is never removed by keycustody). */
 KC_EXPORT kc_rc kc_vault_lost_sight(const kc_vault *v, kc_error *err) KC_MUST_CHECK;
