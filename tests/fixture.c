@@ -332,7 +332,10 @@ const kc_test_out *kc_test_domain(const char *sub, const char *vault, const char
     int i;
 
     for (i = 0; i < 3; i++)
-        snprintf(pem[i], sizeof(pem[i]), "%s/%s.pem", dir, i == 0 ? "alice" : i == 1 ? "bob" : "carol");
+        snprintf(pem[i], sizeof(pem[i]), "%s/%s.pem", dir,
+                 i == 0   ? "alice"
+                 : i == 1 ? "bob"
+                          : "carol");
     return kc_test_run("subscription", "init", sub, "--vault", vault, "--custodian", pem[0],
                        "--custodian", pem[1], "--custodian", pem[2], "--quorum", "2", "--out", out,
                        "--so-pin-source", "env:TEST_SO_PIN", "--pin-source", "env:TEST_PIN", NULL);
@@ -494,8 +497,8 @@ static int holds_pin(const char *path, const struct stat *st, int type, struct F
         if (len == secrets[i].len && memcmp(buf, secrets[i].data, len) == 0)
             continue; /* the secret's own file */
         if (memmem(buf, len, secrets[i].data, secrets[i].len) != NULL) {
-            fprintf(stderr, "\n  a %zu-byte secret the test used appears in %s\n",
-                    secrets[i].len, path);
+            fprintf(stderr, "\n  a %zu-byte secret the test used appears in %s\n", secrets[i].len,
+                    path);
             CU_FAIL("a secret appears in a file the test left");
         }
     }
@@ -633,9 +636,9 @@ static const char *feature_field(json_t *check, const char *feature, const char 
     json_t *f;
     size_t i;
 
-    json_array_foreach(json_object_get(check, "features"), i, f)
-        if (strcmp(json_string_value(json_object_get(f, "feature")), feature) == 0)
-            return json_string_value(json_object_get(f, field));
+    json_array_foreach(json_object_get(check, "features"), i,
+                       f) if (strcmp(json_string_value(json_object_get(f, "feature")), feature) ==
+                              0) return json_string_value(json_object_get(f, field));
     return "(none)";
 }
 
@@ -688,9 +691,8 @@ const char *kc_test_tpm2_start(void)
 
     kc_test_tpm2_stop();
     snprintf(tpm_dir, sizeof(tpm_dir), "%s", kc_test_path("tpm"));
-    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out, "{ '%s' start '%s' 2>'%s.err'; }", TPM2_SCRIPT,
-                                     tpm_dir, tpm_dir),
-                          0);
+    CU_ASSERT_EQUAL_FATAL(
+        kc_test_sh(&out, "{ '%s' start '%s' 2>'%s.err'; }", TPM2_SCRIPT, tpm_dir, tpm_dir), 0);
     for (line = strtok_r(out, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
         eq = strchr(line, '=');
         if (eq == NULL)
@@ -728,4 +730,3 @@ int kc_test_avail_keys(void)
     }
     return n;
 }
-

@@ -418,14 +418,15 @@ static void test_data(void)
                                   &err),
                     KC_OK);
     /* one byte more: a blob literal in each backend's syntax */
-    CU_ASSERT_EQUAL(kc_store_exec(st,
-                                  kc_test_on_pg()
-                                      ? "UPDATE items SET ciphertext = ciphertext || '\\x00'::bytea "
-                                        "WHERE scope = 'mailbox:u1' AND name = 'bulk-4'"
-                                      : "UPDATE items SET ciphertext = ciphertext || x'00' WHERE "
-                                        "scope = 'mailbox:u1' AND name = 'bulk-4'",
-                                  &err),
-                    KC_OK);
+    CU_ASSERT_EQUAL(
+        kc_store_exec(st,
+                      kc_test_on_pg()
+                          ? "UPDATE items SET ciphertext = ciphertext || '\\x00'::bytea "
+                            "WHERE scope = 'mailbox:u1' AND name = 'bulk-4'"
+                          : "UPDATE items SET ciphertext = ciphertext || x'00' WHERE "
+                            "scope = 'mailbox:u1' AND name = 'bulk-4'",
+                      &err),
+        KC_OK);
     kc_store_close(st);
     kc_ctx_free(ctx);
     r = kc_test_run("data", "get", "mailbox:u1", "moved", "--out", kc_test_path("x"), "--as", "svc",

@@ -277,10 +277,16 @@ static void test_utf8_clean(void)
 {
     char s[64];
 
-    snprintf(s, sizeof(s), "%s", "a\xc3\xa9" "b\xe2\x82\xac\xf0\x9f\x94\x91");
+    snprintf(s, sizeof(s), "%s",
+             "a\xc3\xa9"
+             "b\xe2\x82\xac\xf0\x9f\x94\x91");
     kc_utf8_clean(s, sizeof(s));
-    CU_ASSERT_STRING_EQUAL(s, "a\xc3\xa9" "b\xe2\x82\xac\xf0\x9f\x94\x91");
-    snprintf(s, sizeof(s), "%s", "x\xc3" "y\xff\xc0\xaf\xed\xa0\x80" "z");
+    CU_ASSERT_STRING_EQUAL(s, "a\xc3\xa9"
+                              "b\xe2\x82\xac\xf0\x9f\x94\x91");
+    snprintf(s, sizeof(s), "%s",
+             "x\xc3"
+             "y\xff\xc0\xaf\xed\xa0\x80"
+             "z");
     kc_utf8_clean(s, sizeof(s));
     CU_ASSERT_STRING_EQUAL(s, "x\\xc3y\\xff\\xc0\\xaf\\xed\\xa0\\x80z");
     snprintf(s, sizeof(s), "%s", "ab\xc3\xa9");
@@ -546,7 +552,8 @@ static void test_store_refusals(void)
     kc_test_write(tmp_path("text.db"), "not a database at all, not even close....", 41, 0600);
     snprintf(path, sizeof(path), "%s", tmp_path("text.db"));
     CU_ASSERT_EQUAL(kc_store_open(path, &st, &e), KC_INTEGRITY);
-    ASSERT_HAS(e.msg, "text.db' is not a keycustody service store (SQLite: file is not a database)");
+    ASSERT_HAS(e.msg,
+               "text.db' is not a keycustody service store (SQLite: file is not a database)");
     CU_ASSERT_PTR_NULL(strstr(strstr(e.msg, "service store") + 1, "service store")); /* once */
     CU_ASSERT_EQUAL(kc_store_open("/nonexistent-dir/store.db", &st, &e), KC_NOT_FOUND);
 }

@@ -235,7 +235,7 @@ static const char schema_sql[] =
     "    '' END || coalesce(' DEFAULT ' || pg_get_expr(d.adbin, d.adrelid), '')"
     "    FROM pg_class c JOIN n ON c.relnamespace = n.oid JOIN pg_attribute a ON a.attrelid ="
     "    c.oid LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum"
-    "    WHERE a.attnum > 0 AND NOT a.attisdropped"
+    "    WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind NOT IN ('i', 'I')"
     "  UNION ALL SELECT 'index', c.relname, pg_get_indexdef(c.oid) FROM pg_class c, n"
     "    WHERE c.relnamespace = n.oid AND c.relkind IN ('i', 'I')"
     "  UNION ALL SELECT 'constraint', c.relname || '.' || k.conname, pg_get_constraintdef(k.oid)"
