@@ -1335,6 +1335,63 @@ static void test_two_rewraps(void)
         fprintf(stderr, "\nmoved %ld + %ld of %d\n", moved[0], moved[1], n);
 }
 
+/* Three rewrap workers at once on PostgreSQL, one killed with SIGKILL
+ * mid-way. They run side by side, each claiming batches no other holds
+ * (FOR UPDATE SKIP LOCKED), and the killed one's batch goes back to the
+ * others. The two left finish the whole job with no run after them, every scope key is
+ * moved once (what they moved and what the killed one committed add up),
+ * and their progress is the job's, not each worker's. */
+static void test_workers_one_killed(void)
+{
+    char *out = NULL, *m;
+    long moved = 0, killed_done = 0, each[2] = {0, 0};
+    int i, n = 300;
+
+    /* SQLite lets one worker in at a time, and the one waiting may get
+     * no turn at all: "two rewraps at once" is its test */
+    CU_ASSERT_FATAL(kc_test_on_pg());
+    dep_setup();
+    make_dep("Ten", "VaultA1/KeyA,VaultB1/KeyB", "tenant");
+    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", NULL), 0);
+    put_mailboxes("m", n);
+    ASSERT_RC(kc_test_run("dep", "refresh", "Ten", "--roll", "--as", "svc", PINS, NULL), 0);
+    CU_ASSERT_EQUAL(
+        kc_test_sh(&out,
+                   "cd '%s' && : > w0.log && for w in 0 1 2; do ( exec '%s' rewrap --batch 4 "
+                   "--json --as svc --pin-source VaultA1=env:TEST_PIN --pin-source "
+                   "VaultB1=env:TEST_PIN > w$w.log 2> w$w.err ) & eval p$w=$!; done; i=0; "
+                   "while [ $(wc -l < w0.log) -lt 3 ] && [ $i -lt 3000 ]; do sleep 0.01; "
+                   "i=$((i+1)); done; kill -9 $p0; wait $p0; echo killed=$?; wait $p1; echo "
+                   "rc1=$?; wait $p2; echo rc2=$?; tail -qn1 w1.log w2.log; tail -n1 w0.log",
+                   kc_test_dir(), KC_BINARY),
+        0);
+    CU_ASSERT(kc_test_contains(out, "killed=137"));
+    CU_ASSERT(kc_test_contains(out, "rc1=0"));
+    CU_ASSERT(kc_test_contains(out, "rc2=0"));
+    for (i = 0, m = out; i < 2; i++) {
+        m = strstr(m, "{\"moved\":");
+        CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+        m += strlen("{\"moved\":");
+        each[i] = strtol(m, NULL, 10);
+        moved += each[i];
+    }
+    /* side by side: each of the two had batches of its own */
+    CU_ASSERT(each[0] > 0 && each[1] > 0);
+    /* the killed worker's last report: the job's progress when it printed */
+    m = strstr(m, "{\"done\":");
+    if (m == NULL)
+        fprintf(stderr, "\nworkers said:\n%s\n", out);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+    killed_done = strtol(m + strlen("{\"done\":"), NULL, 10);
+    CU_ASSERT(killed_done > 0 && killed_done < n);
+    /* the two moved what the killed one had not committed: at most what
+     * is left after its last report, at least all but its last batch */
+    CU_ASSERT(moved < n && moved >= n - killed_done - 4 * 2);
+    CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Registered 300/300");
+    CU_ASSERT_EQUAL(readable("m", n, 0), n);
+    ASSERT_HAS(kc_test_run("rewrap", "--as", "svc", PINS, NULL)->out, "re-wrapped 0 scope key(s)");
+}
+
 /* key rotate in one process while dep refresh runs in another, five
  * times: whichever wins, the DEP key stays the same and both vaults
  * unwrap it; a last refresh puts it under the newest versions. SoftHSM
@@ -1668,11 +1725,16 @@ static const kc_test_case race_cases[] = {
     {NULL, NULL},
 };
 
-static const kc_test_suite suites[] = {{"dep", 1, dep_cases},
-                                       {"races", 1, race_cases},
-                                       {"lifecycle", 1, lifecycle_cases},
-                                       {"faults", 1, fault_cases},
-                                       {NULL, 0, NULL}};
+/* PostgreSQL's alone (test_dep.workers.pg) */
+static const kc_test_case worker_cases[] = {
+    {"three rewrap workers, one killed", test_workers_one_killed},
+    {NULL, NULL},
+};
+
+static const kc_test_suite suites[] = {
+    {"dep", 1, dep_cases},        {"races", 1, race_cases},
+    {"workers", 1, worker_cases}, {"lifecycle", 1, lifecycle_cases},
+    {"faults", 1, fault_cases},   {NULL, 0, NULL}};
 
 int main(int argc, char **argv)
 {

@@ -252,6 +252,51 @@ static kc_rc job_start(kc_store *st, long pending, char started[21], long *total
     return job_write(st, started, 0, pending, err);
 }
 
+/* The job's record advanced by the n scopes this batch moved, in the
+ * batch's transaction and last in it: the row is locked (PostgreSQL) until
+ * the commit, so workers beside each other add up and report one progress. */
+static kc_rc job_advance(kc_store *st, long n, long *done, long *total, kc_error *err)
+{
+    kc_q *q = NULL;
+    char started[21] = "";
+    int rc;
+    kc_rc r = KC_OK;
+    kc_row row;
+
+    if (kc_q_prepare(st,
+                     kc_store_is_pg(st) ? "SELECT job, started, done, total, mac FROM "
+                                          "rewrap_progress WHERE job = 'rewrap' FOR UPDATE"
+                                        : "SELECT job, started, done, total, mac FROM "
+                                          "rewrap_progress WHERE job = 'rewrap'",
+                     &q) != KC_Q_OK)
+        return db_error(st, err);
+    rc = kc_q_step(q);
+    if (rc == KC_Q_ROW) {
+        kc_row_init(&row, "rewrap_progress");
+        kc_row_cols(&row, q, 0, 4);
+        r = kc_row_check(st, &row, q, 4, "re-wrap job record", err);
+        text(q, 1, started, sizeof(started));
+        *done = (long)kc_q_int(q, 2);
+        *total = (long)kc_q_int(q, 3);
+    } else if (rc != KC_Q_DONE)
+        r = db_error(st, err);
+    kc_q_finish(q);
+    if (r != KC_OK)
+        return r;
+    if (rc == KC_Q_DONE) { /* a job another worker finished, begun again */
+        time_t now;
+
+        if (kc_clock_now(&now, err) != KC_OK)
+            return KC_ERR;
+        kc_time_format_rfc3339(now, started);
+        *done = 0;
+        *total = n;
+    }
+    /* scopes that fell behind the walk meanwhile are moved on top */
+    *done = *done + n < *total ? *done + n : *total;
+    return job_write(st, started, *done, *total, err);
+}
+
 /* The store's view chose scope's target; its checked assignment and DEP
  * rows must say the same before anything moves. */
 static kc_rc target_holds(kc_store *st, const char *scope, const char *to, long gen,
@@ -269,6 +314,56 @@ static kc_rc target_holds(kc_store *st, const char *scope, const char *to, long 
     return r;
 }
 
+/* One batch of a worker on PostgreSQL, in the caller's (shared)
+ * transaction: the first pending scopes no other worker holds, locked
+ * until the commit (a worker killed lets go of its batch, which the others
+ * then take); each is looked at again once locked, since another worker
+ * may have moved it between this one's look and its lock. */
+static kc_rc claim_step(kc_data_session *s, kc_store *st, long batch, long *n, kc_error *err)
+{
+    kc_dep_tenant_cache tenant = {0};
+    kc_q *q = NULL, *t;
+    char scope[80], to[37];
+    long gen;
+    int rc;
+    kc_rc r = KC_OK;
+
+    if (kc_q_prepare(st,
+                     "SELECT scope FROM scopes WHERE scope IN (SELECT scope " PENDING
+                     ") ORDER BY scope LIMIT ? FOR UPDATE SKIP LOCKED",
+                     &q) != KC_Q_OK)
+        return db_error(st, err);
+    kc_q_bind_int(q, 1, batch);
+    while (r == KC_OK && (rc = kc_q_step(q)) == KC_Q_ROW) {
+        text(q, 0, scope, sizeof(scope));
+        if (kc_q_prepare(st, "SELECT target_id, target_generation " PENDING " AND scope = ?", &t) !=
+            KC_Q_OK) {
+            r = db_error(st, err);
+            break;
+        }
+        kc_q_bind_text(t, 1, scope);
+        rc = kc_q_step(t);
+        if (rc == KC_Q_ROW) {
+            text(t, 0, to, sizeof(to));
+            gen = (long)kc_q_int(t, 1);
+        }
+        kc_q_finish(t);
+        if (rc == KC_Q_ERROR)
+            r = db_error(st, err);
+        if (rc != KC_Q_ROW)
+            continue; /* moved meanwhile */
+        r = target_holds(st, scope, to, gen, &tenant, err);
+        if (r == KC_OK)
+            r = kc_data_move_scope(s, scope, to, gen, err);
+        if (r == KC_OK)
+            (*n)++;
+    }
+    if (r == KC_OK && rc == KC_Q_ERROR)
+        r = db_error(st, err);
+    kc_q_finish(q);
+    return r;
+}
+
 /* One batch, in the caller's transaction: *n scopes moved, the pending
  * scopes after last (in scope order, which the primary key gives, so a
  * job walks the table once); last becomes the last one moved. */
@@ -283,6 +378,8 @@ static kc_rc batch_step(kc_data_session *s, kc_store *st, long batch, char last[
     kc_rc r = KC_OK;
 
     *n = 0;
+    if (kc_store_is_pg(st))
+        return claim_step(s, st, batch, n, err);
     if (kc_q_prepare(st,
                      "SELECT scope, target_id, target_generation " PENDING
                      " AND scope > ? ORDER BY scope LIMIT ?",
@@ -320,10 +417,11 @@ static kc_rc finish_job(kc_store *st, kc_error *err)
 kc_rc kc_rewrap(kc_data_session *s, kc_store *st, long batch, kc_rewrap_progress progress,
                 void *arg, long *moved, kc_error *err)
 {
-    long pending = 0, total = 0, n = 0;
+    long pending = 0, total = 0, n = 0, done = 0;
     char last[80] = "", started[21] = "";
+    struct timespec pause = {0, 50 * 1000 * 1000};
     kc_error ignored;
-    int resumed = 0;
+    int resumed = 0, idle;
     kc_rc r;
 
     *moved = 0;
@@ -337,23 +435,26 @@ kc_rc kc_rewrap(kc_data_session *s, kc_store *st, long batch, kc_rewrap_progress
     if (progress != NULL && total > 0)
         progress(arg, total - pending, total, resumed);
     do {
-        r = kc_store_begin(st, err);
+        idle = 0;
+        r = kc_store_begin_shared(st, err);
         if (r != KC_OK)
             break;
         r = batch_step(s, st, batch, last, &n, err);
         /* at the end of the walk: scopes that fell behind it meanwhile (an
-         * assignment changed) are walked again; else the job is done */
-        if (r == KC_OK && n == 0 && last[0] != '\0')
+         * assignment changed) are walked again; on PostgreSQL, the scopes
+         * other workers hold are waited for; else the job is done */
+        if (r == KC_OK && n == 0 && (last[0] != '\0' || kc_store_is_pg(st)))
             r = count(st, "SELECT count(*) " PENDING, NULL, &pending, err);
-        if (r == KC_OK && n == 0 && last[0] != '\0' && pending > 0) {
+        if (r == KC_OK && n == 0 && pending > 0 && kc_store_is_pg(st)) {
+            idle = 1;
+            n = -1;
+        } else if (r == KC_OK && n == 0 && last[0] != '\0' && pending > 0) {
             last[0] = '\0';
             n = -1;
         } else if (r == KC_OK && n == 0)
             r = finish_job(st, err);
-        if (r == KC_OK && n > 0) {
-            pending = pending > n ? pending - n : 0;
-            r = job_write(st, started, total > pending ? total - pending : 0, total, err);
-        }
+        if (r == KC_OK && n > 0)
+            r = job_advance(st, n, &done, &total, err);
         if (r != KC_OK) {
             kc_store_rollback(st);
             break;
@@ -364,7 +465,9 @@ kc_rc kc_rewrap(kc_data_session *s, kc_store *st, long batch, kc_rewrap_progress
         if (n > 0)
             *moved += n;
         if (n > 0 && progress != NULL)
-            progress(arg, total > pending ? total - pending : 0, total, resumed);
+            progress(arg, done, total, resumed);
+        if (idle)
+            (void)nanosleep(&pause, NULL);
     } while (n != 0);
     if (r != KC_OK)
         return kc_error_prefix(err,
