@@ -2,9 +2,12 @@
  * on a SoftHSM token (HMAC on the token, then the vault's anchor moved) and
  * unsealed (chain only), next to the bare on-token HMAC (C_SignInit +
  * C_Sign straight through libkeycustody's token layer) and OpenSSL's
- * HMAC-SHA256 of the same bytes, in the same run. Not a test: it reports.
+ * HMAC-SHA256 of the same bytes, in the same run. Then what `audit verify`
+ * costs (kc_audit_verify: parse, chain, MAC on the token, anchors) over logs
+ * of N and 2N records, and a sealed append onto the longer one. Not a test:
+ * it reports.
  *
- *   build/bench_audit [--seconds N]
+ *   build/bench_audit [--seconds N] [--records N]
  *
  * Makes its own token directory under $TMPDIR and removes it afterwards. */
 #include "bench_common.h"
@@ -20,6 +23,10 @@
 #include <unistd.h>
 
 static double seconds = 3.0;
+static long records = 2000;
+/* one record in SEAL_EVERY of a verify log is sealed: verify checks its MAC
+ * on the token; the rest cost the parse and the chain */
+#define SEAL_EVERY 10
 
 static void die(const char *what, const kc_error *e)
 {
@@ -53,6 +60,45 @@ static double appends(kc_audit *a, const json_t *fields, kc_tok *sealer)
         t = bench_now() - t0;
     } while (t < seconds);
     return (double)n / t;
+}
+
+/* A log of n records at path, one in SEAL_EVERY sealed (the first too). */
+static void make_log(const char *path, long n, const json_t *fields, kc_tok *sealer)
+{
+    kc_audit *a = NULL;
+    kc_error e, seal;
+    long i;
+
+    if (kc_audit_open(path, &a, &e) != KC_OK)
+        die("verify log", &e);
+    for (i = 0; i < n; i++) {
+        kc_tok *by = i % SEAL_EVERY == 0 ? sealer : NULL;
+        if (kc_audit_append(a, fields, by, &seal, NULL, &e) != KC_OK)
+            die("verify log", &e);
+        if (by != NULL && seal.code != KC_OK)
+            die("seal", &seal);
+    }
+    kc_audit_close(a);
+}
+
+/* Records verified per second by kc_audit_verify over the log at path (n
+ * records): whole verifications, at least three, for the set time. */
+static double verifies(kc_ctx *ctx, const char *path, long n)
+{
+    kc_audit_summary sum;
+    double t0 = bench_now(), t;
+    kc_error e;
+    long runs = 0;
+
+    do {
+        if (kc_audit_verify(ctx, path, &sum, &e) != KC_OK)
+            die("verify", &e);
+        if (sum.records != n || sum.sealed != (n + SEAL_EVERY - 1) / SEAL_EVERY)
+            die("verify: not every record was read", NULL);
+        runs++;
+        t = bench_now() - t0;
+    } while (t < seconds || runs < 3);
+    return (double)(n * runs) / t;
 }
 
 static double token_hmac(kc_tok *tok, kc_obj key, const char *text)
@@ -91,8 +137,8 @@ static double openssl_hmac(const char *text)
 int main(int argc, char **argv)
 {
     const char *module;
-    char dir[512], path[600], *line = NULL;
-    double sealed, unsealed, tok_rate, ssl_rate;
+    char dir[512], path[600], path1[600], path2[600], *line = NULL;
+    double sealed, unsealed, tok_rate, ssl_rate, rate1, rate2, sealed2;
     kc_vault_meta m;
     kc_vault *v = NULL;
     kc_audit *a = NULL;
@@ -105,8 +151,12 @@ int main(int argc, char **argv)
     for (i = 1; i + 1 < argc; i += 2)
         if (strcmp(argv[i], "--seconds") == 0)
             seconds = atof(argv[i + 1]);
-    if (seconds <= 0 || i != argc) {
-        fprintf(stderr, "usage: bench_audit [--seconds N]\n");
+        else if (strcmp(argv[i], "--records") == 0)
+            records = atol(argv[i + 1]);
+        else
+            break;
+    if (seconds <= 0 || records < 1 || i != argc) {
+        fprintf(stderr, "usage: bench_audit [--seconds N] [--records N]\n");
         return 2;
     }
     if ((module = bench_setup(dir, sizeof(dir))) == NULL)
@@ -144,6 +194,30 @@ int main(int argc, char **argv)
            "1", "");
     printf("(a sealed record costs %.2f ms; the HMAC on the token %.3f ms of it)\n",
            1000.0 / sealed, 1000.0 / tok_rate);
+
+    snprintf(path1, sizeof(path1), "%s/verify-n.jsonl", dir);
+    snprintf(path2, sizeof(path2), "%s/verify-2n.jsonl", dir);
+    make_log(path1, records, fields, v->tok);
+    make_log(path2, 2 * records, fields, v->tok);
+    rate1 = verifies(ctx, path1, records);
+    rate2 = verifies(ctx, path2, 2 * records);
+    kc_audit_close(a);
+    a = NULL;
+    if (kc_audit_open(path2, &a, &e) != KC_OK)
+        die("log", &e);
+    sealed2 = appends(a, fields, v->tok);
+    printf("\naudit verify (kc_audit_verify: parse each record, check the chain, one record in %d "
+           "sealed\nwith its MAC checked on the token, then the anchors), at least 3 runs and %.0f "
+           "s per figure\n",
+           SEAL_EVERY, seconds);
+    printf("%-12s %12s %12s %14s\n", "records", "verified/s", "ms per run", "per-record cost");
+    printf("%-12ld %12.0f %12.1f %14s\n", records, rate1, 1000.0 * (double)records / rate1, "1");
+    printf("%-12ld %12.0f %12.1f %14.2f\n", 2 * records, rate2,
+           1000.0 * (double)(2 * records) / rate2, rate1 / rate2);
+    printf("(per-record cost: at 2N over at N; linear is 1.00)\n");
+    printf("sealed appends per second onto the log of %ld records: %.0f (%.2f ms each; %.0f, "
+           "%.2f ms, on the short log above)\n",
+           2 * records, sealed2, 1000.0 / sealed2, sealed, 1000.0 / sealed);
 
     json_decref(fields);
     free(line);

@@ -1004,23 +1004,32 @@ static int find_one(kc_p11 *p, size_t mod, CK_SLOT_ID slot, const CK_TOKEN_INFO 
     return a->want_free;
 }
 
-/* A sentence listing the visible tokens, for "not found" messages. */
-static void visible_tokens(kc_p11 *p, char *buf, size_t len)
+/* A sentence listing the n tokens v, for "not found" messages. */
+static void name_tokens(const kc_tok_info *v, size_t n, char *buf, size_t len)
 {
-    kc_tok_info *v = NULL;
-    kc_error ignored;
-    size_t n = 0, i, off = 0;
+    size_t i, off = 0;
 
     buf[0] = '\0';
-    if (kc_p11_list_tokens(p, &v, &n, &ignored) != KC_OK || n == 0) {
+    if (n == 0) {
         snprintf(buf, len, "no token is visible");
-        free(v);
         return;
     }
     off = (size_t)snprintf(buf, len, "visible tokens:");
     for (i = 0; i < n && off < len; i++)
         off += (size_t)snprintf(buf + off, len - off, "%s '%s'", i ? "," : "",
                                 v[i].initialized ? v[i].label : "(not initialised)");
+}
+
+/* The same of the tokens visible now. */
+static void visible_tokens(kc_p11 *p, char *buf, size_t len)
+{
+    kc_tok_info *v = NULL;
+    kc_error ignored;
+    size_t n = 0;
+
+    if (kc_p11_list_tokens(p, &v, &n, &ignored) != KC_OK)
+        n = 0;
+    name_tokens(v, n, buf, len);
     free(v);
 }
 
@@ -1102,10 +1111,12 @@ static int reload_module(kc_p11 *p)
     return ok;
 }
 
+static kc_rc one_match(kc_p11 *p, const char *name_or_uri, int want_free, const struct find_arg *a,
+                       const kc_tok_info *toks, size_t n, kc_error *err);
+
 static kc_rc find_token(kc_p11 *p, const char *name_or_uri, const char *vault, int want_free,
                         int reload, struct find_arg *a, kc_error *err)
 {
-    char seen[512];
     int stopped, attempt;
     kc_rc r;
 
@@ -1130,6 +1141,18 @@ static kc_rc find_token(kc_p11 *p, const char *name_or_uri, const char *vault, i
     a->uri = NULL;
     if (r != KC_OK)
         return r;
+    return one_match(p, name_or_uri, want_free, a, NULL, 0, err);
+}
+
+/* What a search that counted a->matches tokens for name_or_uri answers:
+ * KC_OK for exactly one (for a free token, at least one). A "not found"
+ * names the tokens toks (NULL: those visible now). */
+static kc_rc one_match(kc_p11 *p, const char *name_or_uri, int want_free, const struct find_arg *a,
+                       const kc_tok_info *toks, size_t n, kc_error *err)
+{
+    char seen[512];
+    kc_rc r;
+
     if (a->matches == 0 && a->vault != NULL && unreachable(p, a->vault) != NULL) {
         kc_error_set(err, KC_TOKEN, "vault '%s' is bound to a module that could not be loaded: %s",
                      a->vault, unreachable(p, a->vault));
@@ -1143,7 +1166,10 @@ static kc_rc find_token(kc_p11 *p, const char *name_or_uri, const char *vault, i
         return KC_NOT_FOUND;
     }
     if (a->matches == 0) {
-        visible_tokens(p, seen, sizeof(seen));
+        if (toks != NULL)
+            name_tokens(toks, n, seen, sizeof(seen));
+        else
+            visible_tokens(p, seen, sizeof(seen));
         if (want_free)
             r = kc_error_set(err, KC_NOT_FOUND, "no free (uninitialised) token%s%s; %s",
                              name_or_uri ? " matches " : "", name_or_uri ? name_or_uri : "", seen);
@@ -1239,6 +1265,53 @@ kc_rc kc_p11_token_listed(kc_p11 *p, const kc_tok_info *info, kc_tok **out, kc_e
         return kc_error_set(err, KC_ERR, "out of memory");
     t->info = *info; /* as the listing read it, its module named as there */
     return cache_add(p, t, out, err);
+}
+
+/* Whether the listed token info is the one a token URI names: the URI's
+ * token attributes (label, manufacturer, model, serial) against those the
+ * listing read, which its own URI carries. */
+static int listed_matches_uri(P11KitUri *want, const kc_tok_info *info)
+{
+    P11KitUri *have = p11_kit_uri_new();
+    int match = 0;
+
+    if (have != NULL && p11_kit_uri_parse(info->uri, P11_KIT_URI_FOR_TOKEN, have) == P11_KIT_URI_OK)
+        match = p11_kit_uri_match_token_info(want, p11_kit_uri_get_token_info(have));
+    p11_kit_uri_free(have);
+    return match;
+}
+
+kc_rc kc_p11_token_in_list(kc_p11 *p, const kc_tok_info *toks, size_t n, const char *name_or_uri,
+                           kc_tok **out, kc_error *err)
+{
+    struct find_arg a;
+    size_t i, first = 0;
+    kc_rc r;
+
+    *out = NULL;
+    memset(&a, 0, sizeof(a));
+    if (kc_p11_is_uri(name_or_uri)) {
+        r = parse_token_uri(name_or_uri, &a.uri, err);
+        if (r != KC_OK)
+            return r;
+    } else {
+        a.label = a.vault = name_or_uri;
+    }
+    /* the listing left out the tokens a binding hides (shadowed) */
+    for (i = 0; i < n; i++) {
+        if (a.uri != NULL ? !listed_matches_uri(a.uri, &toks[i])
+                          : strcmp(toks[i].label, a.label) != 0 ||
+                                bound_elsewhere(p, a.label, toks[i].module_index))
+            continue;
+        if (a.matches++ == 0)
+            first = i;
+    }
+    p11_kit_uri_free(a.uri);
+    a.uri = NULL;
+    r = one_match(p, name_or_uri, 0, &a, toks, n, err);
+    if (r != KC_OK)
+        return r;
+    return kc_p11_token_listed(p, &toks[first], out, err);
 }
 
 kc_rc kc_p11_token_if_any(kc_p11 *p, const char *name_or_uri, kc_tok **out, kc_error *err)

@@ -1,6 +1,7 @@
 /* policy plan and apply against SoftHSM. */
 #include "fixture.h"
 #include "kc_gendoc.h"
+#include "kc_keystate.h"
 #include "kc_p11.h"
 #include "kc_plan.h"
 #include "kc_store.h"
@@ -841,8 +842,140 @@ static void test_saved_plan_refused(void)
     CU_ASSERT_EQUAL(actions(file), 4);
 }
 
+/* A layout of the vaults PlanV00.. (made by kc_test_vault: subscription s,
+ * westus); each declares no key, so the keys made on them are left alone. */
+static const char *layout_of(int nvaults)
+{
+    char text[8192];
+    size_t off;
+    int i;
+
+    off = (size_t)snprintf(text, sizeof(text),
+                           "version: 1\nsubscriptions:\n  - id: s\nservice_principal: svc\n"
+                           "vaults:\n");
+    for (i = 0; i < nvaults && off < sizeof(text); i++)
+        off += (size_t)snprintf(text + off, sizeof(text) - off,
+                                "  - name: PlanV%02d\n    subscription: s\n    region: westus\n"
+                                "    pin: env:TEST_PIN\n    so_pin: env:TEST_SO_PIN\n",
+                                i);
+    CU_ASSERT_FATAL(off < sizeof(text));
+    kc_test_write(kc_test_path("many.yaml"), text, strlen(text), 0644);
+    return kc_test_path("many.yaml");
+}
+
+/* How many times one 'policy plan' of file calls func (armed to fail on a
+ * call it never reaches: it only counts). */
+static unsigned plan_calls(const char *file, const char *func)
+{
+    kc_error e;
+    unsigned calls;
+
+    CU_ASSERT_EQUAL_FATAL(kc_p11_fault_arm(func, "CKR_DEVICE_ERROR", 1000000, 0, &e), KC_OK);
+    ASSERT_RC(kc_test_run("policy", "plan", file, NULL), 0);
+    calls = kc_p11_fault_calls();
+    kc_p11_fault_disarm();
+    return calls;
+}
+
+/* The token searches (C_FindObjectsInit) of what plan does on a vault, in
+ * plan's order, in-process: the open, one listing of all its keys, the
+ * check for stale generations (*per_vault: the three); and *list, a
+ * kc_key_list after a second open. */
+static void vault_searches(const char *vault, unsigned *per_vault, unsigned *list_all,
+                           unsigned *list)
+{
+    kc_key *keys = NULL, *del = NULL;
+    size_t nkeys = 0, ndel = 0, stale = 0;
+    kc_ctx *ctx = NULL;
+    kc_vault *v = NULL;
+    unsigned opened, listed, reopened;
+    kc_error e;
+
+    CU_ASSERT_EQUAL_FATAL(kc_p11_fault_arm("C_FindObjectsInit", "CKR_DEVICE_ERROR", 1000000, 0, &e),
+                          KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_ctx_new(KC_SOFTHSM_MODULE, kc_test_env_pin, NULL, &ctx, &e), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_vault_open(ctx, vault, &v, &e), KC_OK);
+    opened = kc_p11_fault_calls();
+    CU_ASSERT_EQUAL_FATAL(kc_key_list_all(v, &keys, &nkeys, &del, &ndel, &e), KC_OK);
+    listed = kc_p11_fault_calls();
+    CU_ASSERT_EQUAL_FATAL(kc_keystate_stale(v, &stale, &e), KC_OK);
+    *per_vault = kc_p11_fault_calls();
+    *list_all = listed - opened;
+    CU_ASSERT(nkeys > 0 && ndel > 0); /* both kinds, from the one listing */
+    kc_key_list_free(keys, nkeys);
+    kc_key_list_free(del, ndel);
+    kc_vault_free(v);
+    CU_ASSERT_EQUAL_FATAL(kc_vault_open(ctx, vault, &v, &e), KC_OK);
+    reopened = kc_p11_fault_calls();
+    CU_ASSERT_EQUAL_FATAL(kc_key_list(v, &keys, &nkeys, &e), KC_OK);
+    *list = kc_p11_fault_calls() - reopened;
+    kc_key_list_free(keys, nkeys);
+    kc_vault_free(v);
+    kc_ctx_free(ctx);
+    kc_p11_fault_disarm();
+}
+
+static void add_vaults(int from, int to, int keys)
+{
+    char name[32], ref[48];
+    int i, k;
+
+    for (i = from; i < to; i++) {
+        snprintf(name, sizeof(name), "PlanV%02d", i);
+        kc_test_vault(name, "s", "westus");
+        for (k = 0; k < keys; k++) {
+            snprintf(ref, sizeof(ref), "%s/Key%d", name, k);
+            kc_test_key(ref, NULL);
+        }
+    }
+}
+
+/* 'policy plan' searches each vault's key objects once (one enumeration
+ * gives both the keys and the deleted keys), whatever the number of keys,
+ * and finds every vault's token in one pass over the slots: its cost grows
+ * with the vaults, not with their square. */
+static void test_plan_reads_each_token_once(void)
+{
+    const char *file;
+    unsigned find_empty, find_keys, find_four, info_two, info_four, per_vault, list_all, list;
+
+    add_vaults(0, 2, 0);
+    file = layout_of(2);
+    find_empty = plan_calls(file, "C_FindObjectsInit");
+    kc_test_key("PlanV00/Key0", NULL);
+    kc_test_key("PlanV00/Key1", NULL);
+    kc_test_key("PlanV01/Key0", NULL);
+    kc_test_key("PlanV01/Key1", NULL);
+    /* a deleted key too: plan lists those beside the others */
+    ASSERT_RC(kc_test_run("key", "delete", "PlanV00/Key1", "--pin-source", "env:TEST_PIN", NULL),
+              0);
+    find_keys = plan_calls(file, "C_FindObjectsInit");
+    info_two = plan_calls(file, "C_GetTokenInfo");
+    add_vaults(2, 4, 2);
+    file = layout_of(4);
+    find_four = plan_calls(file, "C_FindObjectsInit");
+    info_four = plan_calls(file, "C_GetTokenInfo");
+    vault_searches("PlanV00", &per_vault, &list_all, &list);
+    fprintf(stderr,
+            "policy plan: C_FindObjectsInit %u (2 vaults, no keys), %u (2 vaults, 4 keys), %u (4 "
+            "vaults, 8 keys); a vault's open + one listing + stale check %u, of it the listing "
+            "%u (kc_key_list %u); C_GetTokenInfo %u (2 vaults), %u (4)\n",
+            find_empty, find_keys, find_four, per_vault, list_all, list, info_two, info_four);
+    /* the searches per vault do not grow with its keys ... */
+    CU_ASSERT_EQUAL(find_keys, find_empty);
+    CU_ASSERT_EQUAL(find_four, 2 * find_keys);
+    /* ... and are one enumeration of them: the one listing that gives the
+     * keys and the deleted keys costs what listing the keys costs, and plan
+     * reads a vault with nothing more than it (no second listing) */
+    CU_ASSERT_EQUAL(list_all, list);
+    CU_ASSERT_EQUAL(find_keys, 2 * per_vault);
+    /* one pass over the slots, then each vault's own token */
+    CU_ASSERT(info_four <= 2 * info_two + 4);
+}
+
 static const kc_test_case cases[] = {
     {"vault validate", test_vault_validate},
+    {"plan reads each token once", test_plan_reads_each_token_once},
     {"repairs a half-made key", test_repairs_half_made_key},
     {"tidies generations an interrupted write left", test_tidies_stale_generations},
     {"plan, apply, plan again", test_plan_apply_plan},

@@ -980,7 +980,8 @@ static kc_rc verify_anchors(verifier *vf, const char *path, const char *label,
     for (i = 0; i < nv && r == KC_OK; i++) {
         if (!vs[i].is_vault)
             continue;
-        r = kc_p11_token(vf->ctx->p11, vs[i].meta.name, &tok, err);
+        /* by the listing's slot: no pass over every slot per vault */
+        r = kc_p11_token_listed(vf->ctx->p11, &vs[i].token, &tok, err);
         if (r == KC_OK)
             r = kc_ctx_login(vf->ctx, tok, err);
         if (r != KC_OK) {

@@ -690,37 +690,78 @@ static kc_rc load_keys(kc_vault *v, const char *name, int login, kc_key **out, s
     return load_keys_once(v, name, login, out, n, err);
 }
 
-/* Keeps the keys whose deleted flag equals deleted, in order. */
-static void keep_keys(kc_key *keys, size_t *n, int deleted)
+/* Moves the keys whose deleted flag is set from keys (kept in order) to a
+ * new array *deleted; on KC_ERR (out of memory) nothing is moved. */
+static kc_rc split_deleted(kc_key *keys, size_t *n, kc_key **deleted, size_t *ndeleted,
+                           kc_error *err)
 {
-    size_t i, j = 0;
+    kc_key *del = NULL;
+    size_t i, j = 0, k = 0;
 
+    *deleted = NULL;
+    *ndeleted = 0;
+    if ((del = calloc(*n + 1, sizeof(*del))) == NULL)
+        return kc_error_set(err, KC_ERR, "out of memory");
     for (i = 0; i < *n; i++) {
-        if (keys[i].deleted == deleted)
-            keys[j++] = keys[i];
+        if (keys[i].deleted)
+            del[k++] = keys[i];
         else
-            free(keys[i].versions);
+            keys[j++] = keys[i];
     }
     *n = j;
+    *deleted = del;
+    *ndeleted = k;
+    return KC_OK;
+}
+
+/* All the vault's keys from one search, split by their deleted flag. */
+static kc_rc load_split(kc_vault *v, kc_key **active, size_t *nactive, kc_key **deleted,
+                        size_t *ndeleted, kc_error *err)
+{
+    kc_rc r;
+
+    *deleted = NULL;
+    *ndeleted = 0;
+    r = load_keys(v, NULL, 1, active, nactive, err);
+    if (r == KC_OK)
+        r = split_deleted(*active, nactive, deleted, ndeleted, err);
+    if (r != KC_OK) {
+        kc_key_list_free(*active, *nactive);
+        *active = NULL;
+        *nactive = 0;
+    }
+    return r;
+}
+
+kc_rc kc_key_list_all(kc_vault *v, kc_key **active, size_t *nactive, kc_key **deleted,
+                      size_t *ndeleted, kc_error *err)
+{
+    kc_rc r = load_split(v, active, nactive, deleted, ndeleted, err);
+
+    if (r != KC_OK)
+        return kc_error_prefix(err, "cannot list the keys of vault '%s'", v->meta.name);
+    return KC_OK;
 }
 
 kc_rc kc_key_list(kc_vault *v, kc_key **out, size_t *n, kc_error *err)
 {
-    kc_rc r = load_keys(v, NULL, 1, out, n, err);
+    kc_key *del = NULL;
+    size_t ndel = 0;
+    kc_rc r = kc_key_list_all(v, out, n, &del, &ndel, err);
 
-    if (r != KC_OK)
-        return kc_error_prefix(err, "cannot list the keys of vault '%s'", v->meta.name);
-    keep_keys(*out, n, 0);
-    return KC_OK;
+    kc_key_list_free(del, ndel);
+    return r;
 }
 
 kc_rc kc_key_list_deleted(kc_vault *v, kc_key **out, size_t *n, kc_error *err)
 {
-    kc_rc r = load_keys(v, NULL, 1, out, n, err);
+    kc_key *active = NULL;
+    size_t nactive = 0;
+    kc_rc r = load_split(v, &active, &nactive, out, n, err);
 
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot list the deleted keys of vault '%s'", v->meta.name);
-    keep_keys(*out, n, 1);
+    kc_key_list_free(active, nactive);
     return KC_OK;
 }
 

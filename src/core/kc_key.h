@@ -213,9 +213,14 @@ KC_EXPORT kc_rc kc_key_purge(kc_vault *v, const char *name, kc_error *err) KC_MU
  * end of a data purge). Logs in. KC_NOT_FOUND when there is nothing:
  * no object with its label and no record. */
 KC_EXPORT kc_rc kc_key_destroy_now(kc_vault *v, const char *name, kc_error *err) KC_MUST_CHECK;
-/* The deleted keys of a vault. */
+/* The deleted keys of a vault (logs in). */
 KC_EXPORT kc_rc kc_key_list_deleted(kc_vault *v, kc_key **out, size_t *n,
                                     kc_error *err) KC_MUST_CHECK;
+/* Both lists from one search of the vault's key objects (logs in): the
+ * keys in *active, the deleted keys in *deleted, each in token order and
+ * freed by kc_key_list_free. On failure both are NULL and empty. */
+KC_EXPORT kc_rc kc_key_list_all(kc_vault *v, kc_key **active, size_t *nactive, kc_key **deleted,
+                                size_t *ndeleted, kc_error *err) KC_MUST_CHECK;
 
 /* --- import (kc_import.c) --- */
 

@@ -431,22 +431,24 @@ void kc_vault_free(kc_vault *v)
     free(v);
 }
 
-kc_rc kc_vault_open(kc_ctx *ctx, const char *name_or_uri, kc_vault **out, kc_error *err)
+/* An empty name would match a free token's empty label. */
+static kc_rc check_named(const char *name_or_uri, kc_error *err)
+{
+    if (name_or_uri != NULL && name_or_uri[0] != '\0')
+        return KC_OK;
+    kc_error_set(err, KC_USAGE, "no vault named: an empty name is not a vault's");
+    kc_error_hint(err, "give the vault's name (its token label) or a pkcs11: URI");
+    return KC_USAGE;
+}
+
+/* The vault on tok, which the lookup of name_or_uri gave with r. */
+static kc_rc open_on(kc_ctx *ctx, const char *name_or_uri, kc_tok *tok, kc_rc r, kc_vault **out,
+                     kc_error *err)
 {
     kc_vault_meta m;
-    kc_tok *tok = NULL;
     json_t *manifest = NULL;
     char fp[65] = "", digest[65] = "";
-    kc_rc r;
 
-    *out = NULL;
-    /* an empty name would match a free token's empty label */
-    if (name_or_uri == NULL || name_or_uri[0] == '\0') {
-        kc_error_set(err, KC_USAGE, "no vault named: an empty name is not a vault's");
-        kc_error_hint(err, "give the vault's name (its token label) or a pkcs11: URI");
-        return KC_USAGE;
-    }
-    r = kc_p11_token(ctx->p11, name_or_uri, &tok, err);
     /* a command that changes vaults reads their state under this host's lock */
     if (r == KC_OK && ctx->lock_vaults)
         r = kc_ctx_lock_token(ctx, tok, err);
@@ -506,6 +508,33 @@ kc_rc kc_vault_reread(kc_vault *v, kc_error *err)
     memcpy(v->manifest_digest, digest, sizeof(digest));
     v->current_checked = 0;
     return KC_OK;
+}
+
+kc_rc kc_vault_open(kc_ctx *ctx, const char *name_or_uri, kc_vault **out, kc_error *err)
+{
+    kc_tok *tok = NULL;
+    kc_rc r;
+
+    *out = NULL;
+    r = check_named(name_or_uri, err);
+    if (r != KC_OK)
+        return r;
+    r = kc_p11_token(ctx->p11, name_or_uri, &tok, err);
+    return open_on(ctx, name_or_uri, tok, r, out, err);
+}
+
+kc_rc kc_vault_open_listed(kc_ctx *ctx, const kc_tok_info *toks, size_t n, const char *name_or_uri,
+                           kc_vault **out, kc_error *err)
+{
+    kc_tok *tok = NULL;
+    kc_rc r;
+
+    *out = NULL;
+    r = check_named(name_or_uri, err);
+    if (r != KC_OK)
+        return r;
+    r = kc_p11_token_in_list(ctx->p11, toks, n, name_or_uri, &tok, err);
+    return open_on(ctx, name_or_uri, tok, r, out, err);
 }
 
 /* A token whose module cannot hold a vault (no EC P-256 or RSA-PSS to sign

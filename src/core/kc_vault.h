@@ -87,6 +87,12 @@ KC_EXPORT kc_rc kc_vault_init(kc_ctx *ctx, const kc_vault_meta *want, const char
  * keycustody vault. Does not log in. */
 KC_EXPORT kc_rc kc_vault_open(kc_ctx *ctx, const char *name_or_uri, kc_vault **out,
                               kc_error *err) KC_MUST_CHECK;
+/* The same, its token found among the n entries of one kc_p11_list_tokens
+ * (kc_p11_token_in_list): a caller that opens many vaults passes over the
+ * slots once, not once per vault. */
+KC_EXPORT kc_rc kc_vault_open_listed(kc_ctx *ctx, const kc_tok_info *toks, size_t n,
+                                     const char *name_or_uri, kc_vault **out,
+                                     kc_error *err) KC_MUST_CHECK;
 KC_EXPORT void kc_vault_free(kc_vault *v);
 
 /* Checks principal against the vault's access policy, when it has one:

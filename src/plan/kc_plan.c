@@ -716,7 +716,8 @@ kc_rc kc_plan_make(kc_ctx *ctx, const kc_layout *l, int allow_delete, kc_plan *p
 {
     kc_vault_meta want;
     kc_key *keys = NULL, *del = NULL;
-    size_t nkeys = 0, ndel = 0, i, stale = 0;
+    kc_tok_info *toks = NULL;
+    size_t nkeys = 0, ndel = 0, ntoks = 0, i, stale = 0;
     kc_vault *v = NULL;
     kc_tok *tok = NULL;
     kc_action *a;
@@ -725,9 +726,11 @@ kc_rc kc_plan_make(kc_ctx *ctx, const kc_layout *l, int allow_delete, kc_plan *p
     memset(p, 0, sizeof(*p));
     if ((p->seen = calloc(l->nvaults + 1, sizeof(*p->seen))) == NULL)
         return kc_error_set(err, KC_ERR, "out of memory");
+    /* one pass over the slots for all the vaults, not one per vault */
+    r = kc_p11_list_tokens(ctx->p11, &toks, &ntoks, err);
     for (i = 0; r == KC_OK && i < l->nvaults; i++) {
         const kc_lvault *lv = &l->vaults[i];
-        r = kc_p11_token(ctx->p11, token_of(lv), &tok, err);
+        r = kc_p11_token_in_list(ctx->p11, toks, ntoks, token_of(lv), &tok, err);
         if (r == KC_NOT_FOUND) {
             seen(p, lv->name, json_pack("{s:n}", "token"));
             plan_new_vault(p, l, i, 0);
@@ -735,7 +738,7 @@ kc_rc kc_plan_make(kc_ctx *ctx, const kc_layout *l, int allow_delete, kc_plan *p
             continue;
         }
         if (r == KC_OK)
-            r = kc_vault_open(ctx, token_of(lv), &v, err);
+            r = kc_vault_open_listed(ctx, toks, ntoks, token_of(lv), &v, err);
         if (r == KC_NOT_FOUND) {
             seen(p, lv->name, json_pack("{s:o, s:n}", "token", token_json(tok), "meta"));
             plan_new_vault(p, l, i, 1);
@@ -766,9 +769,7 @@ kc_rc kc_plan_make(kc_ctx *ctx, const kc_layout *l, int allow_delete, kc_plan *p
             plan_meta(p, i, &v->meta, &want);
         }
         plan_access(p, i, &v->meta, &want);
-        r = kc_key_list(v, &keys, &nkeys, err);
-        if (r == KC_OK)
-            r = kc_key_list_deleted(v, &del, &ndel, err);
+        r = kc_key_list_all(v, &keys, &nkeys, &del, &ndel, err);
         if (r == KC_OK) {
             /* in one order every time: a saved plan is compared action by action */
             if (nkeys > 1)
@@ -795,6 +796,7 @@ kc_rc kc_plan_make(kc_ctx *ctx, const kc_layout *l, int allow_delete, kc_plan *p
         kc_vault_free(v);
         v = NULL;
     }
+    free(toks);
     /* an action that could not be recorded would make a plan that is not the diff */
     if (r == KC_OK && (p->incomplete || p->nseen != l->nvaults))
         r = kc_error_set(err, KC_ERR, "out of memory");
