@@ -507,6 +507,10 @@ KC_EXPORT kc_rc kc_p11_fault_arm(const char *func, const char *rv_name, unsigned
 KC_EXPORT void kc_p11_fault_disarm(void);
 /* How many times the armed function has been called so far. */
 KC_EXPORT unsigned kc_p11_fault_calls(void);
+/* Seconds spent inside the module by the armed function's calls that were
+ * passed through (a benchmark arms it with a call number never reached to
+ * time one function). */
+KC_EXPORT double kc_p11_fault_seconds(void);
 
 /* --- what a module can do (kc_p11_probe.c) ---
  *
