@@ -11,6 +11,7 @@
  *
  * The filled vault is made once and kept under the build directory
  * (bench-cache/, named by BENCH_FILL_VERSION and N); a second run reuses it.
+ * The last column counts one function's calls in one create (--count).
  * Everything else lives in a private directory under $TMPDIR, removed
  * afterwards. */
 #include "bench_common.h"
@@ -29,6 +30,7 @@
 #define SMALL_KEYS 10
 
 static int rounds = 5, creates = 5, big_keys = 1000;
+static const char *counted = "C_FindObjectsInit";
 static char work[512];
 static FILE *devnull;
 
@@ -166,7 +168,7 @@ static figures measure(const char *base, int round)
     f.total /= creates;
     f.keygen /= creates;
     snprintf(name, sizeof(name), "Count%02d", round);
-    if (kc_p11_fault_arm("C_FindObjectsInit", "CKR_DEVICE_ERROR", 1000000, 0, &e) != KC_OK)
+    if (kc_p11_fault_arm(counted, "CKR_DEVICE_ERROR", 1000000, 0, &e) != KC_OK)
         die("cannot arm the counter");
     create_key(name);
     f.finds = kc_p11_fault_calls();
@@ -203,11 +205,14 @@ int main(int argc, char **argv)
             creates = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--keys") == 0)
             big_keys = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--count") == 0)
+            counted = argv[i + 1];
         else
             break;
     }
     if (i != argc || rounds < 1 || rounds > 64 || creates < 1 || big_keys <= SMALL_KEYS) {
-        fprintf(stderr, "usage: bench_keycreate [--rounds R (1-64)] [--creates K] [--keys N]\n");
+        fprintf(stderr, "usage: bench_keycreate [--rounds R (1-64)] [--creates K] [--keys N] "
+                        "[--count C_Function]\n");
         return 2;
     }
     devnull = fopen("/dev/null", "w");
@@ -262,8 +267,7 @@ int main(int argc, char **argv)
            rounds, creates, sysconf(_SC_NPROCESSORS_ONLN));
     printf("keygen: time inside C_GenerateKeyPair; other: total - keygen. Medians over the rounds "
            "(the ratio within each round).\n");
-    printf("%-8s %12s %12s %12s %20s\n", "keys", "total ms", "keygen ms", "other ms",
-           "C_FindObjectsInit");
+    printf("%-8s %12s %12s %12s %20s\n", "keys", "total ms", "keygen ms", "other ms", counted);
     printf("%-8d %12.1f %12.1f %12.1f %20u\n", SMALL_KEYS, median(tot[0], rounds),
            median(gen[0], rounds), median(non[0], rounds), finds[0]);
     printf("%-8d %12.1f %12.1f %12.1f %20u\n", big_keys, median(tot[1], rounds),
