@@ -280,9 +280,11 @@ done:
     return r;
 }
 
+/* signer (may be NULL): the vault key's public half it checked the
+ * manifest with, for a writer to check its own write with (caller frees). */
 static kc_rc manifest_read(kc_tok *tok, const char *expect_fp, json_t **manifest,
                            char fp[KC_FINGERPRINT_HEX + 1], unsigned long *next,
-                           kc_gendoc_ref *ref, kc_error *err)
+                           kc_gendoc_ref *ref, void **signer, kc_error *err)
 {
     const char *vault = kc_tok_info_get(tok)->label;
     kc_data_obj *objs = NULL;
@@ -362,6 +364,10 @@ static kc_rc manifest_read(kc_tok *tok, const char *expect_fp, json_t **manifest
             return e.code;
         }
     }
+    if (r == KC_OK && signer != NULL) {
+        *signer = pk;
+        pk = NULL;
+    }
     EVP_PKEY_free(pk);
     if (r == KC_NOT_FOUND)
         return kc_error_set(err, KC_NOT_FOUND,
@@ -381,7 +387,7 @@ kc_rc kc_manifest_read(kc_tok *tok, const char *expect_fp, json_t **manifest,
                        char fp[KC_FINGERPRINT_HEX + 1], unsigned long *next, kc_gendoc_ref *ref,
                        kc_error *err)
 {
-    return manifest_read(tok, expect_fp, manifest, fp, next, ref, err);
+    return manifest_read(tok, expect_fp, manifest, fp, next, ref, NULL, err);
 }
 
 /* --- writing --- */
@@ -612,7 +618,7 @@ kc_rc kc_manifest_write_after(kc_vault *v, kc_vault_meta *m, unsigned long after
     /* a tampered manifest on the token stops the write: writing over it
      * would remove what shows the tampering */
     if (r == KC_OK) {
-        r = manifest_read(v->tok, NULL, &old, fp, &next, &base, err);
+        r = manifest_read(v->tok, NULL, &old, fp, &next, &base, &signer, err);
         /* none yet: the first write ('vault init'); once read, never gone */
         if (r == KC_NOT_FOUND && m->generation > 0)
             r = kc_vault_lost_sight(v, err);
@@ -631,7 +637,8 @@ kc_rc kc_manifest_write_after(kc_vault *v, kc_vault_meta *m, unsigned long after
         json_decref(old);
         old = NULL;
     }
-    if (r == KC_OK)
+    /* the vault key manifest_read found, else (a first write) found now */
+    if (r == KC_OK && signer == NULL)
         r = kc_manifest_signer(v->tok, &signer, fp, err);
     /* The vault as this command read it must still be the newest: another
      * writer (on another host: this host's lock keeps its own out) makes
