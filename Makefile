@@ -70,6 +70,7 @@ bench: build
 	$(BUILD)/bench_unwrap
 	$(BUILD)/bench_data
 	$(BUILD)/bench_audit
+	$(BUILD)/bench_keycreate
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) $(LINT_BUILD) var

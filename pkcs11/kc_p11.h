@@ -489,6 +489,13 @@ KC_EXPORT kc_rc kc_tok_find_data(kc_tok *t, const char *application, const char 
                                  kc_where where, kc_data_obj **out, size_t *n, size_t *others,
                                  kc_error *err) KC_MUST_CHECK;
 KC_EXPORT void kc_p11_data_objs_free(kc_data_obj *objs, size_t n);
+/* The same for two labels at once, from one search: those labelled la in
+ * *a (*others_a counting the ones that are not where says), those
+ * labelled lb in *b. */
+KC_EXPORT kc_rc kc_tok_find_data_two(kc_tok *t, const char *application, const char *la,
+                                     const char *lb, kc_where where, kc_data_obj **a, size_t *na,
+                                     size_t *others_a, kc_data_obj **b, size_t *nb,
+                                     kc_error *err) KC_MUST_CHECK;
 /* Whether obj is still one of the data objects of (application, label) the
  * session sees: a search, not a handle lookup, so an object another process
  * destroyed is seen gone. */
@@ -515,6 +522,10 @@ KC_EXPORT kc_rc kc_p11_fault_arm(const char *func, const char *rv_name, unsigned
 KC_EXPORT void kc_p11_fault_disarm(void);
 /* How many times the armed function has been called so far. */
 KC_EXPORT unsigned kc_p11_fault_calls(void);
+/* Seconds spent inside the module by the armed function's calls that were
+ * passed through (a benchmark arms it with a call number never reached to
+ * time one function). */
+KC_EXPORT double kc_p11_fault_seconds(void);
 
 /* --- what a module can do (kc_p11_probe.c) ---
  *

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static struct {
     char func[32];
@@ -14,6 +15,7 @@ static struct {
     unsigned nth;
     int after;
     unsigned calls;
+    double seconds;         /* spent inside the module by the calls passed through */
     CK_FUNCTION_LIST *orig; /* the module's own list, for calls that pass through */
 } fault;
 
@@ -48,6 +50,20 @@ unsigned kc_p11_fault_calls(void)
     return fault.calls;
 }
 
+double kc_p11_fault_seconds(void)
+{
+    return fault.seconds;
+}
+
+/* Only the fault copies read the clock: a module loaded unarmed never does. */
+static double fault_clock(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 /* Whether this call is the one to fail; counts every call. */
 static int fault_hit(void)
 {
@@ -61,8 +77,13 @@ static int fault_hit(void)
     static CK_RV fault_##name ARGS                                                                 \
     {                                                                                              \
         CK_RV real;                                                                                \
-        if (!fault_hit())                                                                          \
-            return fault.orig->name PASS;                                                          \
+        double t0;                                                                                 \
+        if (!fault_hit()) {                                                                        \
+            t0 = fault_clock();                                                                    \
+            real = fault.orig->name PASS;                                                          \
+            fault.seconds += fault_clock() - t0;                                                   \
+            return real;                                                                           \
+        }                                                                                          \
         if (!fault.after)                                                                          \
             return fault.rv;                                                                       \
         real = fault.orig->name PASS;                                                              \
@@ -183,6 +204,7 @@ CK_FUNCTION_LIST *kc_p11_fault_wrap(CK_FUNCTION_LIST *f)
         memcpy((char *)copy + fault_table[i].offset, &fault_table[i].fn, sizeof(fault_table[i].fn));
         fault.orig = f;
         fault.calls = 0;
+        fault.seconds = 0;
         return copy;
     }
     return f;

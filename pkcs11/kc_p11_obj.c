@@ -195,50 +195,97 @@ static void read_key(kc_tok *t, CK_OBJECT_HANDLE h, CK_OBJECT_CLASS cls, kc_key_
         k->token_private = 0;
 }
 
+/* The class of each of h[0..count): CKO_PUBLIC_KEY or CKO_PRIVATE_KEY, 0
+ * for other objects; -1 when the token would not say for one. */
+static int key_classes(kc_tok *t, const CK_OBJECT_HANDLE *h, size_t count, CK_OBJECT_CLASS *cls)
+{
+    size_t i;
+
+    for (i = 0; i < count; i++) {
+        if (!kc_p11_get_ulong(t, h[i], CKA_CLASS, &cls[i]))
+            return -1;
+        if (cls[i] != CKO_PUBLIC_KEY && cls[i] != CKO_PRIVATE_KEY)
+            cls[i] = 0;
+    }
+    return 0;
+}
+
 static kc_rc find_keys(kc_tok *t, const char *label, const unsigned char *id, size_t id_len,
                        size_t first, size_t last, kc_key_obj **out, size_t *n, kc_error *err)
 {
     static const CK_OBJECT_CLASS classes[] = {CKO_PUBLIC_KEY, CKO_PRIVATE_KEY};
+    CK_OBJECT_CLASS *cls = NULL;
     CK_OBJECT_HANDLE *h = NULL;
-    kc_key_obj *v = NULL, *nv;
-    size_t len = 0, count, c, i;
-    int recoveries, pass;
+    kc_key_obj *v = NULL;
+    size_t len = 0, count = 0, c, i;
+    int recoveries, pass, attempt, known = 0;
     kc_rc r = KC_ERR;
 
     *out = NULL;
     *n = 0;
-    /* the session replaced during a later search: the handles an earlier
-     * one gave died with it (SoftHSM drops them with the last session), so
-     * all are made again on the new one (once: a handle recovers once) */
+    /* Both classes from one search, each object's class asked afterwards:
+     * SoftHSM reads every object file at each C_FindObjects (SOFTHSM-NOTES,
+     * performance), so a search per class costs a pass over the token each.
+     * The session replaced during the search or the questions: the handles
+     * died with it (SoftHSM drops them with the last session), so all are
+     * found again on the new one (once: a handle recovers once). */
     for (pass = 0; pass < 2; pass++) {
         recoveries = t->recoveries;
-        len = 0;
-        for (c = first; c <= last; c++) {
-            CK_OBJECT_CLASS cls = classes[c];
+        for (attempt = 0; attempt < 2; attempt++) {
+            CK_OBJECT_CLASS one = classes[first];
             CK_ATTRIBUTE tmpl[3];
             CK_ULONG nt = 0;
 
-            tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_CLASS, &cls, sizeof(cls));
+            if (first == last)
+                tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_CLASS, &one, sizeof(one));
             if (label != NULL)
                 tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_LABEL, label, strlen(label));
             if (id != NULL)
                 tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_ID, id, id_len);
             free(h);
+            free(cls);
             h = NULL;
+            cls = NULL;
             r = kc_p11_find_all(t, tmpl, nt, &h, &count, err);
             if (r != KC_OK)
                 goto cleanup;
-            if (count == 0)
-                continue;
-            nv = realloc(v, (len + count) * sizeof(*v));
-            if (nv == NULL) {
+            cls = calloc(count + 1, sizeof(*cls));
+            if (cls == NULL) {
                 r = kc_error_set(err, KC_ERR, "out of memory");
                 goto cleanup;
             }
-            v = nv;
-            for (i = 0; i < count; i++)
-                read_key(t, h[i], cls, &v[len++]);
+            if (first == last) {
+                for (i = 0; i < count; i++)
+                    cls[i] = one;
+                known = 1;
+            } else {
+                /* one another process destroyed between the search and the
+                 * question is gone from the next search */
+                known = key_classes(t, h, count, cls) == 0;
+            }
+            if (known)
+                break;
         }
+        if (!known) {
+            r = kc_error_set(err, KC_TOKEN,
+                             "vault '%s' did not say what kind of object a key is (the token "
+                             "failed, perhaps while another process wrote it); run the command "
+                             "again",
+                             t->info.label);
+            goto cleanup;
+        }
+        free(v);
+        v = calloc(count + 1, sizeof(*v));
+        if (v == NULL) {
+            r = kc_error_set(err, KC_ERR, "out of memory");
+            goto cleanup;
+        }
+        /* public keys first, then private ones, as one search per class gave */
+        len = 0;
+        for (c = first; c <= last; c++)
+            for (i = 0; i < count; i++)
+                if (cls[i] == classes[c])
+                    read_key(t, h[i], cls[i], &v[len++]);
         if (t->recoveries == recoveries || last == first)
             break;
     }
@@ -248,6 +295,7 @@ static kc_rc find_keys(kc_tok *t, const char *label, const unsigned char *id, si
     r = KC_OK;
 cleanup:
     free(h);
+    free(cls);
     free(v);
     return r;
 }
@@ -1064,6 +1112,120 @@ kc_rc kc_tok_find_data(kc_tok *t, const char *application, const char *label, kc
                        err->rv == CKR_FUNCTION_FAILED || (err->rv == 0 && r == KC_TOKEN))) {
         kc_error_clear(err);
         r = find_data_once(t, application, label, where, out, n, others, err);
+    }
+    return r;
+}
+
+/* One search for the data objects of application labelled la or lb: each
+ * found object's label is asked and compared here, so two documents cost
+ * one pass over the token's object files, not two (SOFTHSM-NOTES). */
+static kc_rc find_data_two_once(kc_tok *t, const char *application, const char *la, const char *lb,
+                                kc_where where, kc_data_obj **a, size_t *na, size_t *others_a,
+                                kc_data_obj **b, size_t *nb, kc_error *err)
+{
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_ATTRIBUTE tmpl[2];
+    CK_OBJECT_HANDLE *h = NULL;
+    kc_data_obj *v[2] = {NULL, NULL}, *o;
+    size_t count = 0, i, got[2] = {0, 0};
+    char label[129];
+    long len;
+    int which, w;
+    kc_rc r;
+
+    *a = *b = NULL;
+    *na = *nb = 0;
+    if (others_a != NULL)
+        *others_a = 0;
+    tmpl[0] = (CK_ATTRIBUTE)ATTR(CKA_CLASS, &cls, sizeof(cls));
+    tmpl[1] = (CK_ATTRIBUTE)ATTR(CKA_APPLICATION, application, strlen(application));
+    r = kc_p11_find_all(t, tmpl, 2, &h, &count, err);
+    if (r != KC_OK)
+        return r;
+    v[0] = calloc(count + 1, sizeof(*v[0]));
+    v[1] = calloc(count + 1, sizeof(*v[1]));
+    if (v[0] == NULL || v[1] == NULL) {
+        r = kc_error_set(err, KC_ERR, "out of memory");
+        goto cleanup;
+    }
+    for (i = 0; i < count; i++) {
+        len = kc_p11_get_attr(t, h[i], CKA_LABEL, label, sizeof(label) - 1);
+        /* longer than the buffer: neither la nor lb (kc_tok_find_data_two) */
+        if (len < 0 && kc_p11_get_attr(t, h[i], CKA_LABEL, NULL, 0) >= (long)sizeof(label) - 1)
+            continue;
+        if (len < 0) {
+            r = kc_error_set(err, KC_TOKEN,
+                             "vault '%s' did not give the label of a data object (the token "
+                             "failed, perhaps while another process wrote it); run the command "
+                             "again",
+                             t->info.label);
+            goto cleanup;
+        }
+        label[len] = '\0';
+        which = strcmp(label, la) == 0 ? 0 : strcmp(label, lb) == 0 ? 1 : -1;
+        if (which < 0)
+            continue;
+        w = is_where(t, h[i], where == KC_WHERE_TRUSTED ? KC_WHERE_PUBLIC : where);
+        if (w < 0) {
+            r = kc_error_set(err, KC_TOKEN,
+                             "vault '%s' did not say whether an object is private (the token "
+                             "failed, perhaps while another process wrote it); run the "
+                             "command again",
+                             t->info.label);
+            goto cleanup;
+        }
+        if (!w) {
+            if (which == 0 && others_a != NULL)
+                (*others_a)++;
+            continue;
+        }
+        o = &v[which][got[which]++];
+        o->handle = h[i];
+        memcpy(o->label, label, (size_t)len + 1);
+        r = kc_p11_get_alloc(t, h[i], CKA_VALUE, "value of a data object", &o->value, &o->len, err);
+        if (r != KC_OK)
+            goto cleanup;
+    }
+    *a = v[0];
+    *na = got[0];
+    *b = v[1];
+    *nb = got[1];
+    v[0] = v[1] = NULL;
+cleanup:
+    kc_p11_data_objs_free(v[0], got[0]);
+    kc_p11_data_objs_free(v[1], got[1]);
+    free(h);
+    return r;
+}
+
+kc_rc kc_tok_find_data_two(kc_tok *t, const char *application, const char *la, const char *lb,
+                           kc_where where, kc_data_obj **a, size_t *na, size_t *others_a,
+                           kc_data_obj **b, size_t *nb, kc_error *err)
+{
+    kc_rc r;
+
+    /* labels the one search could not tell apart: a search each */
+    if (strlen(la) >= sizeof(((kc_data_obj *)NULL)->label) - 1 ||
+        strlen(lb) >= sizeof(((kc_data_obj *)NULL)->label) - 1) {
+        *b = NULL;
+        *nb = 0;
+        r = kc_tok_find_data(t, application, la, where, a, na, others_a, err);
+        if (r == KC_OK)
+            r = kc_tok_find_data(t, application, lb, where, b, nb, NULL, err);
+        if (r != KC_OK) {
+            kc_p11_data_objs_free(*a, *na);
+            *a = NULL;
+            *na = 0;
+        }
+        return r;
+    }
+    r = find_data_two_once(t, application, la, lb, where, a, na, others_a, b, nb, err);
+    /* as kc_tok_find_data: one another process destroyed between the
+     * search and reading it is gone from the next search */
+    if (r != KC_OK && (err->rv == CKR_OBJECT_HANDLE_INVALID || err->rv == CKR_GENERAL_ERROR ||
+                       err->rv == CKR_FUNCTION_FAILED || (err->rv == 0 && r == KC_TOKEN))) {
+        kc_error_clear(err);
+        r = find_data_two_once(t, application, la, lb, where, a, na, others_a, b, nb, err);
     }
     return r;
 }

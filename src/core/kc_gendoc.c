@@ -128,13 +128,12 @@ static kc_rc set_load(kc_tok *tok, const char *label, kc_where where, const char
     kc_rc r;
 
     memset(s, 0, sizeof(*s));
-    r = kc_tok_find_data(tok, KC_GENDOC_APPLICATION, label, where, &s->docs, &s->n, &others, err);
+    commit_label(label, clabel, sizeof(clabel));
+    /* the generations and their commit records from one search */
+    r = kc_tok_find_data_two(tok, KC_GENDOC_APPLICATION, label, clabel, where, &s->docs, &s->n,
+                             &others, &s->commits, &s->nc, err);
     if (r == KC_OK && where == KC_WHERE_PRIVATE)
         r = no_lookalike(tok, label, what, others, err);
-    commit_label(label, clabel, sizeof(clabel));
-    if (r == KC_OK)
-        r = kc_tok_find_data(tok, KC_GENDOC_APPLICATION, clabel, where, &s->commits, &s->nc, NULL,
-                             err);
     if (r == KC_OK) {
         s->info = calloc(s->n + 1, sizeof(*s->info));
         s->cinfo = calloc(s->nc + 1, sizeof(*s->cinfo));

@@ -280,9 +280,11 @@ done:
     return r;
 }
 
+/* signer (may be NULL): the vault key's public half it checked the
+ * manifest with, for a writer to check its own write with (caller frees). */
 static kc_rc manifest_read(kc_tok *tok, const char *expect_fp, json_t **manifest,
                            char fp[KC_FINGERPRINT_HEX + 1], unsigned long *next,
-                           kc_gendoc_ref *ref, kc_error *err)
+                           kc_gendoc_ref *ref, void **signer, kc_error *err)
 {
     const char *vault = kc_tok_info_get(tok)->label;
     kc_data_obj *objs = NULL;
@@ -362,6 +364,10 @@ static kc_rc manifest_read(kc_tok *tok, const char *expect_fp, json_t **manifest
             return e.code;
         }
     }
+    if (r == KC_OK && signer != NULL) {
+        *signer = pk;
+        pk = NULL;
+    }
     EVP_PKEY_free(pk);
     if (r == KC_NOT_FOUND)
         return kc_error_set(err, KC_NOT_FOUND,
@@ -381,59 +387,104 @@ kc_rc kc_manifest_read(kc_tok *tok, const char *expect_fp, json_t **manifest,
                        char fp[KC_FINGERPRINT_HEX + 1], unsigned long *next, kc_gendoc_ref *ref,
                        kc_error *err)
 {
-    return manifest_read(tok, expect_fp, manifest, fp, next, ref, err);
+    return manifest_read(tok, expect_fp, manifest, fp, next, ref, NULL, err);
 }
 
 /* --- writing --- */
 
 /* The signed view of each key the key state knows: current, deleted, and per
  * version enabled, ops and the hash of its public key on the token. */
-static kc_rc keys_section(kc_vault *v, json_t *keys, kc_error *err)
+/* The public-key hash of each version of a key that old (the signed
+ * manifest this write replaces, when it was checked against the vault's
+ * private record) names, copied into versions; *missing is set when a
+ * version of ks has none there and must be read from the token. */
+static void reuse_versions(const json_t *old, const char *name, json_t *ks, json_t *versions,
+                           int *missing)
+{
+    json_t *ov = json_object_get(json_object_get(json_object_get(old, "keys"), name), "versions");
+    json_t *vs, *mv;
+    const char *hex, *spki;
+
+    *missing = 0;
+    json_object_foreach(json_object_get(ks, "versions"), hex, vs)
+    {
+        spki = json_string_value(json_object_get(json_object_get(ov, hex), "spki"));
+        if (spki == NULL) {
+            *missing = 1;
+            continue;
+        }
+        mv = json_pack("{s:s, s:b, s:s}", "spki", spki, "enabled",
+                       kc_keystate_bool(vs, "enabled", 1), "ops", kc_keystate_str(vs, "ops", ""));
+        json_object_set_new(versions, hex, mv);
+    }
+}
+
+/* The versions of key name that versions lacks, from the token: the public
+ * key of a version as its private half has it (only a PIN holder made that
+ * object, while anyone can plant a public one with the version's label and
+ * id). Found by the key's label, so the cost is one key's objects. */
+static kc_rc token_versions(kc_vault *v, const char *name, json_t *ks, json_t *versions,
+                            kc_error *err)
 {
     kc_key_obj *objs = NULL;
     size_t nobjs = 0, i;
     unsigned char *n = NULL, *e = NULL;
     size_t n_len = 0, e_len = 0;
     char hex[129], spki[KC_FINGERPRINT_HEX + 1];
-    json_t *ks, *vs, *mk, *mv, *versions;
-    const char *name;
+    json_t *vs, *mv;
     kc_rc r;
 
-    r = kc_tok_find_keys(v->tok, NULL, NULL, 0, &objs, &nobjs, err);
-    json_object_foreach(json_object_get(v->state, "keys"), name, ks)
-    {
+    r = kc_tok_find_keys(v->tok, name, NULL, 0, &objs, &nobjs, err);
+    for (i = 0; r == KC_OK && i < nobjs; i++) {
+        if (!objs[i].is_private || !objs[i].token_private || strcmp(objs[i].label, name) != 0)
+            continue;
+        kc_hex_encode(objs[i].id, objs[i].id_len, hex);
+        vs = kc_keystate_version(ks, hex, 0);
+        if (vs == NULL || json_object_get(versions, hex) != NULL)
+            continue; /* not a version keycustody recorded, or known already */
+        r = kc_tok_rsa_public(v->tok, objs[i].handle, &n, &n_len, &e, &e_len, err);
+        if (r == KC_OK)
+            r = kc_manifest_rsa_spki_hash(n, n_len, e, e_len, spki, err);
+        free(n);
+        free(e);
+        n = e = NULL;
         if (r != KC_OK)
             break;
+        mv = json_pack("{s:s, s:b, s:s}", "spki", spki, "enabled",
+                       kc_keystate_bool(vs, "enabled", 1), "ops", kc_keystate_str(vs, "ops", ""));
+        json_object_set_new(versions, hex, mv);
+    }
+    free(objs);
+    return r;
+}
+
+/* The keys of the manifest, from the key state. A version the previous
+ * signed manifest already binds to its public key keeps that binding (the
+ * vault key signed it, and a version's key pair never changes): only new
+ * versions are read from the token, so a write costs what changed, not what
+ * the vault holds. old is NULL when the previous manifest is not to be
+ * believed for this (a repair, or none checked): then every key is read. */
+static kc_rc keys_section(kc_vault *v, const json_t *old, json_t *keys, kc_error *err)
+{
+    json_t *ks, *mk, *versions;
+    const char *name;
+    int missing;
+    kc_rc r = KC_OK;
+
+    json_object_foreach(json_object_get(v->state, "keys"), name, ks)
+    {
         mk = json_pack("{s:s, s:b, s:{}}", "current", kc_keystate_str(ks, "current", ""),
                        "deleted", json_is_object(json_object_get(ks, "deleted")), "versions");
         versions = json_object_get(mk, "versions");
-        for (i = 0; r == KC_OK && i < nobjs; i++) {
-            /* the public key of a version as its private half has it: only a
-             * PIN holder made that object, while anyone can plant a public
-             * one with the version's label and id */
-            if (!objs[i].is_private || !objs[i].token_private ||
-                strcmp(objs[i].label, name) != 0)
-                continue;
-            kc_hex_encode(objs[i].id, objs[i].id_len, hex);
-            vs = kc_keystate_version(ks, hex, 0);
-            if (vs == NULL)
-                continue; /* not a version keycustody recorded */
-            r = kc_tok_rsa_public(v->tok, objs[i].handle, &n, &n_len, &e, &e_len, err);
-            if (r == KC_OK)
-                r = kc_manifest_rsa_spki_hash(n, n_len, e, e_len, spki, err);
-            free(n);
-            free(e);
-            n = e = NULL;
-            if (r != KC_OK)
-                break;
-            mv = json_pack("{s:s, s:b, s:s}", "spki", spki, "enabled",
-                           kc_keystate_bool(vs, "enabled", 1), "ops",
-                           kc_keystate_str(vs, "ops", ""));
-            json_object_set_new(versions, hex, mv);
-        }
+        missing = 1;
+        if (old != NULL)
+            reuse_versions(old, name, ks, versions, &missing);
+        if (missing)
+            r = token_versions(v, name, ks, versions, err);
         json_object_set_new(keys, name, mk);
+        if (r != KC_OK)
+            break;
     }
-    free(objs);
     return r;
 }
 
@@ -567,7 +618,7 @@ kc_rc kc_manifest_write_after(kc_vault *v, kc_vault_meta *m, unsigned long after
     /* a tampered manifest on the token stops the write: writing over it
      * would remove what shows the tampering */
     if (r == KC_OK) {
-        r = manifest_read(v->tok, NULL, &old, fp, &next, &base, err);
+        r = manifest_read(v->tok, NULL, &old, fp, &next, &base, &signer, err);
         /* none yet: the first write ('vault init'); once read, never gone */
         if (r == KC_NOT_FOUND && m->generation > 0)
             r = kc_vault_lost_sight(v, err);
@@ -576,13 +627,18 @@ kc_rc kc_manifest_write_after(kc_vault *v, kc_vault_meta *m, unsigned long after
             r = KC_OK;
         }
     }
-    json_decref(old);
     /* and it must be the one the vault's private record names, or newer:
      * after is a repair's, which writes over a rollback on purpose */
     /* (a guessed base is refused by the write itself, as a conflict) */
     if (r == KC_OK && base.handle != 0 && !base.guessed && after == 0)
         r = kc_manifest_check_base(v, &base, err);
-    if (r == KC_OK)
+    /* only a manifest checked that way lends its versions to this one */
+    if (base.handle == 0 || base.guessed || after != 0) {
+        json_decref(old);
+        old = NULL;
+    }
+    /* the vault key manifest_read found, else (a first write) found now */
+    if (r == KC_OK && signer == NULL)
         r = kc_manifest_signer(v->tok, &signer, fp, err);
     /* The vault as this command read it must still be the newest: another
      * writer (on another host: this host's lock keeps its own out) makes
@@ -593,6 +649,7 @@ kc_rc kc_manifest_write_after(kc_vault *v, kc_vault_meta *m, unsigned long after
         r = kc_keystate_load(v, err);
     if (r != KC_OK) {
         kc_manifest_signer_free(signer);
+        json_decref(old);
         return kc_error_prefix(err, "cannot sign the manifest of vault '%s'", v->meta.name);
     }
     if (next <= after)
@@ -604,7 +661,7 @@ kc_rc kc_manifest_write_after(kc_vault *v, kc_vault_meta *m, unsigned long after
                              "generation", (json_int_t)next, "vault",
                              json_loads(meta, 0, NULL), "keys");
         keys = json_object_get(manifest, "keys");
-        r = manifest != NULL ? keys_section(v, keys, err)
+        r = manifest != NULL ? keys_section(v, old, keys, err)
                              : kc_error_set(err, KC_ERR, "out of memory");
     }
     if (r == KC_OK)
@@ -615,6 +672,7 @@ kc_rc kc_manifest_write_after(kc_vault *v, kc_vault_meta *m, unsigned long after
     if (r == KC_OK)
         kc_manifest_digest(doc, v->manifest_digest);
     kc_manifest_signer_free(signer);
+    json_decref(old);
     free(meta);
     free(doc);
     json_decref(manifest);
