@@ -197,17 +197,18 @@ static void read_key(kc_tok *t, CK_OBJECT_HANDLE h, CK_OBJECT_CLASS cls, kc_key_
 
 /* The class of each of h[0..count): CKO_PUBLIC_KEY or CKO_PRIVATE_KEY, 0
  * for other objects; -1 when the token would not say for one. */
-static int key_classes(kc_tok *t, const CK_OBJECT_HANDLE *h, size_t count, CK_OBJECT_CLASS *cls)
+/* An object whose class cannot be read -- destroyed by another process
+ * since the search, or a file a process killed mid-write left that SoftHSM
+ * cannot load -- is no key, as a search with the class in its template
+ * would not have matched it. */
+static void key_classes(kc_tok *t, const CK_OBJECT_HANDLE *h, size_t count, CK_OBJECT_CLASS *cls)
 {
     size_t i;
 
-    for (i = 0; i < count; i++) {
-        if (!kc_p11_get_ulong(t, h[i], CKA_CLASS, &cls[i]))
-            return -1;
-        if (cls[i] != CKO_PUBLIC_KEY && cls[i] != CKO_PRIVATE_KEY)
+    for (i = 0; i < count; i++)
+        if (!kc_p11_get_ulong(t, h[i], CKA_CLASS, &cls[i]) ||
+            (cls[i] != CKO_PUBLIC_KEY && cls[i] != CKO_PRIVATE_KEY))
             cls[i] = 0;
-    }
-    return 0;
 }
 
 static kc_rc find_keys(kc_tok *t, const char *label, const unsigned char *id, size_t id_len,
@@ -218,7 +219,7 @@ static kc_rc find_keys(kc_tok *t, const char *label, const unsigned char *id, si
     CK_OBJECT_HANDLE *h = NULL;
     kc_key_obj *v = NULL;
     size_t len = 0, count = 0, c, i;
-    int recoveries, pass, attempt, known = 0;
+    int recoveries, pass;
     kc_rc r = KC_ERR;
 
     *out = NULL;
@@ -231,7 +232,7 @@ static kc_rc find_keys(kc_tok *t, const char *label, const unsigned char *id, si
      * found again on the new one (once: a handle recovers once). */
     for (pass = 0; pass < 2; pass++) {
         recoveries = t->recoveries;
-        for (attempt = 0; attempt < 2; attempt++) {
+        {
             CK_OBJECT_CLASS one = classes[first];
             CK_ATTRIBUTE tmpl[3];
             CK_ULONG nt = 0;
@@ -254,25 +255,11 @@ static kc_rc find_keys(kc_tok *t, const char *label, const unsigned char *id, si
                 r = kc_error_set(err, KC_ERR, "out of memory");
                 goto cleanup;
             }
-            if (first == last) {
+            if (first == last)
                 for (i = 0; i < count; i++)
                     cls[i] = one;
-                known = 1;
-            } else {
-                /* one another process destroyed between the search and the
-                 * question is gone from the next search */
-                known = key_classes(t, h, count, cls) == 0;
-            }
-            if (known)
-                break;
-        }
-        if (!known) {
-            r = kc_error_set(err, KC_TOKEN,
-                             "vault '%s' did not say what kind of object a key is (the token "
-                             "failed, perhaps while another process wrote it); run the command "
-                             "again",
-                             t->info.label);
-            goto cleanup;
+            else
+                key_classes(t, h, count, cls);
         }
         free(v);
         v = calloc(count + 1, sizeof(*v));
@@ -395,9 +382,12 @@ int kc_p11_takes_attr(kc_tok *t, const CK_ATTRIBUTE *a, int *cache, CK_RV *asked
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
     CK_KEY_TYPE kt = CKK_AES;
     CK_ATTRIBUTE tmpl[] = {
-        ATTR(CKA_CLASS, &cls, sizeof(cls)), ATTR(CKA_KEY_TYPE, &kt, sizeof(kt)),
-        ATTR_BOOL(CKA_TOKEN, 0),            ATTR_BOOL(CKA_PRIVATE, 0),
-        ATTR_BOOL(CKA_UNWRAP, 1),           ATTR(CKA_VALUE, (void *)value, sizeof(value)),
+        ATTR(CKA_CLASS, &cls, sizeof(cls)),
+        ATTR(CKA_KEY_TYPE, &kt, sizeof(kt)),
+        ATTR_BOOL(CKA_TOKEN, 0),
+        ATTR_BOOL(CKA_PRIVATE, 0),
+        ATTR_BOOL(CKA_UNWRAP, 1),
+        ATTR(CKA_VALUE, (void *)value, sizeof(value)),
         *a,
     };
     CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
@@ -414,7 +404,8 @@ int kc_p11_takes_attr(kc_tok *t, const CK_ATTRIBUTE *a, int *cache, CK_RV *asked
      * and answers CKR_DEVICE_ERROR: where the same object without it is
      * made, the attribute is what failed, and it is not taken */
     if (rv == CKR_DEVICE_ERROR) {
-        CK_RV plain = t->f->C_CreateObject(t->session, tmpl, sizeof(tmpl) / sizeof(tmpl[0]) - 1, &h);
+        CK_RV plain =
+            t->f->C_CreateObject(t->session, tmpl, sizeof(tmpl) / sizeof(tmpl[0]) - 1, &h);
         if (plain == CKR_OK) {
             (void)t->f->C_DestroyObject(t->session, h);
             rv = CKR_ATTRIBUTE_TYPE_INVALID;
@@ -543,19 +534,27 @@ static kc_rc generate_signer(kc_tok *t, CK_MECHANISM_TYPE mech, const CK_ATTRIBU
                              kc_obj *priv, kc_error *err)
 {
     CK_ATTRIBUTE pt[10] = {
-        ATTR_BOOL(CKA_TOKEN, 1),    ATTR_BOOL(CKA_PRIVATE, 0),
+        ATTR_BOOL(CKA_TOKEN, 1),
+        ATTR_BOOL(CKA_PRIVATE, 0),
         ATTR(CKA_LABEL, label, strlen(label)),
-        ATTR_BOOL(CKA_VERIFY, 1),   ATTR_BOOL(CKA_ENCRYPT, 0),
-        ATTR_BOOL(CKA_WRAP, 0),     ATTR_BOOL(CKA_DERIVE, 0),
+        ATTR_BOOL(CKA_VERIFY, 1),
+        ATTR_BOOL(CKA_ENCRYPT, 0),
+        ATTR_BOOL(CKA_WRAP, 0),
+        ATTR_BOOL(CKA_DERIVE, 0),
         ATTR_BOOL(CKA_MODIFIABLE, 0),
     };
     CK_ATTRIBUTE vt[] = {
-        ATTR_BOOL(CKA_TOKEN, 1),     ATTR_BOOL(CKA_PRIVATE, 1),
+        ATTR_BOOL(CKA_TOKEN, 1),
+        ATTR_BOOL(CKA_PRIVATE, 1),
         ATTR(CKA_LABEL, label, strlen(label)),
-        ATTR_BOOL(CKA_SENSITIVE, 1), ATTR_BOOL(CKA_EXTRACTABLE, 0),
-        ATTR_BOOL(CKA_SIGN, 1),      ATTR_BOOL(CKA_DECRYPT, 0),
-        ATTR_BOOL(CKA_UNWRAP, 0),    ATTR_BOOL(CKA_DERIVE, 0),
-        ATTR_BOOL(CKA_MODIFIABLE, 0), ATTR_BOOL(CKA_COPYABLE, 0),
+        ATTR_BOOL(CKA_SENSITIVE, 1),
+        ATTR_BOOL(CKA_EXTRACTABLE, 0),
+        ATTR_BOOL(CKA_SIGN, 1),
+        ATTR_BOOL(CKA_DECRYPT, 0),
+        ATTR_BOOL(CKA_UNWRAP, 0),
+        ATTR_BOOL(CKA_DERIVE, 0),
+        ATTR_BOOL(CKA_MODIFIABLE, 0),
+        ATTR_BOOL(CKA_COPYABLE, 0),
     };
     CK_ULONG np = 8, nv = sizeof(vt) / sizeof(vt[0]), i;
     kc_rc r = kc_tok_session(t, err);
@@ -616,8 +615,10 @@ kc_rc kc_tok_ec_point(kc_tok *t, kc_obj pub, unsigned char point[65], kc_error *
     else if (len == 65 && raw[0] == 0x04)
         memcpy(point, raw, 65);
     else
-        r = kc_error_set(err, KC_INTEGRITY, "the EC point in vault '%s' is not an uncompressed "
-                         "P-256 point", t->info.label);
+        r = kc_error_set(err, KC_INTEGRITY,
+                         "the EC point in vault '%s' is not an uncompressed "
+                         "P-256 point",
+                         t->info.label);
     free(raw);
     return r;
 }
@@ -1032,8 +1033,8 @@ kc_rc kc_tok_same_rsa_key(kc_tok *t, kc_obj a, kc_obj b, int *same, kc_error *er
 
     if (r == KC_OK)
         r = kc_tok_rsa_public(t, b, &nb, &nb_len, &eb, &eb_len, err);
-    *same = r == KC_OK && na_len == nb_len && ea_len == eb_len &&
-            memcmp(na, nb, na_len) == 0 && memcmp(ea, eb, ea_len) == 0;
+    *same = r == KC_OK && na_len == nb_len && ea_len == eb_len && memcmp(na, nb, na_len) == 0 &&
+            memcmp(ea, eb, ea_len) == 0;
     free(na);
     free(ea);
     free(nb);
@@ -1055,9 +1056,8 @@ kc_rc kc_tok_destroy(kc_tok *t, kc_obj obj, kc_error *err)
     return KC_OK;
 }
 
-static kc_rc find_data_once(kc_tok *t, const char *application, const char *label,
-                            kc_where where, kc_data_obj **out, size_t *n, size_t *others,
-                            kc_error *err)
+static kc_rc find_data_once(kc_tok *t, const char *application, const char *label, kc_where where,
+                            kc_data_obj **out, size_t *n, size_t *others, kc_error *err)
 {
     CK_OBJECT_CLASS cls = CKO_DATA;
     CK_ATTRIBUTE tmpl[3];
