@@ -36,9 +36,9 @@ static CK_FUNCTION_LIST *registered_module(const char *name_or_path)
     for (i = 0; mods != NULL && mods[i] != NULL; i++) {
         name = p11_kit_module_get_name(mods[i]);
         file = p11_kit_module_get_filename(mods[i]);
-        if (m == NULL && ((name != NULL && strcmp(name, name_or_path) == 0) ||
-                          (file != NULL && strchr(name_or_path, '/') != NULL &&
-                           same_file(file, name_or_path))))
+        if (m == NULL &&
+            ((name != NULL && strcmp(name, name_or_path) == 0) ||
+             (file != NULL && strchr(name_or_path, '/') != NULL && same_file(file, name_or_path))))
             m = mods[i];
         else
             p11_kit_module_release(mods[i]);
@@ -53,8 +53,7 @@ static CK_FUNCTION_LIST *registered_module(const char *name_or_path)
  * what chooses or receives the PINs must be. The directory that holds it
  * must not let others replace it either (writable by them without the
  * sticky bit). */
-static kc_rc owned_here(const char *path, const struct stat *st, const char *what,
-                        kc_error *err)
+static kc_rc owned_here(const char *path, const struct stat *st, const char *what, kc_error *err)
 {
     char dir[PATH_MAX], *slash;
     struct stat ds;
@@ -63,8 +62,7 @@ static kc_rc owned_here(const char *path, const struct stat *st, const char *wha
         return kc_error_set(err, KC_DENIED,
                             "%s '%s' can be changed by others than you and root (owner uid %lu, "
                             "mode %03o): it chooses or receives the PINs",
-                            what, path, (unsigned long)st->st_uid,
-                            (unsigned)(st->st_mode & 0777));
+                            what, path, (unsigned long)st->st_uid, (unsigned)(st->st_mode & 0777));
     snprintf(dir, sizeof(dir), "%s", path);
     slash = strrchr(dir, '/');
     if (slash == NULL)
@@ -114,11 +112,11 @@ static kc_rc trusted_socket(const char *address, kc_error *err)
         return kc_error_set(err, KC_USAGE,
                             "remote '%s': give the server's socket as an absolute path", address);
     if (lstat(path, &st) != 0)
-        return kc_error_set(err, KC_TOKEN, "cannot reach the p11-kit server at '%s': %s",
-                            path, strerror(errno));
+        return kc_error_set(err, KC_TOKEN, "cannot reach the p11-kit server at '%s': %s", path,
+                            strerror(errno));
     if (S_ISLNK(st.st_mode) || !S_ISSOCK(st.st_mode))
-        return kc_error_set(err, KC_DENIED, "'%s' is %s, not the p11-kit server's socket",
-                            path, S_ISLNK(st.st_mode) ? "a link" : "not a socket");
+        return kc_error_set(err, KC_DENIED, "'%s' is %s, not the p11-kit server's socket", path,
+                            S_ISLNK(st.st_mode) ? "a link" : "not a socket");
     r = owned_here(path, &st, "the p11-kit server's socket", err);
     if (r != KC_OK)
         return r;
@@ -243,8 +241,9 @@ static kc_rc load_module_file(const char *path, CK_FUNCTION_LIST **out, kc_error
             return r;
         m = remote_module(remote);
         if (m == NULL)
-            return kc_error_set(err, KC_TOKEN, "cannot make a p11-kit client to '%s' (named by '%s')",
-                                remote, path);
+            return kc_error_set(err, KC_TOKEN,
+                                "cannot make a p11-kit client to '%s' (named by '%s')", remote,
+                                path);
         rv = m->C_Initialize(NULL);
         if (rv != CKR_OK) {
             p11_kit_module_release(m);
@@ -263,7 +262,8 @@ static kc_rc load_module_file(const char *path, CK_FUNCTION_LIST **out, kc_error
     m = p11_kit_module_load(module, P11_KIT_MODULE_UNMANAGED);
     if (m == NULL)
         return kc_error_set(err, KC_TOKEN, "cannot load PKCS#11 module '%s' (named by '%s'): %s",
-                            module, path, p11_kit_message() ? p11_kit_message() : "no reason given");
+                            module, path,
+                            p11_kit_message() ? p11_kit_message() : "no reason given");
     memset(&args, 0, sizeof(args));
     args.flags = CKF_OS_LOCKING_OK;
     args.pReserved = reserved[0] ? reserved : NULL;
@@ -271,8 +271,8 @@ static kc_rc load_module_file(const char *path, CK_FUNCTION_LIST **out, kc_error
     if (rv != CKR_OK) {
         p11_kit_module_release(m);
         return kc_p11_fail(err, "C_Initialize", rv,
-                           "cannot initialise PKCS#11 module '%s' with the options of '%s'",
-                           module, path);
+                           "cannot initialise PKCS#11 module '%s' with the options of '%s'", module,
+                           path);
     }
     *out = m;
     return KC_OK;
@@ -599,9 +599,10 @@ kc_rc kc_p11_module_allowed(const char *module, kc_error *err)
                  "p11-kit and not listed in %s%s%s; nothing was loaded",
                  module, file, why != NULL ? ", which is not believed: " : "",
                  why != NULL ? why : "");
-    kc_error_hint(err, "a layout may name only modules the operator allowed: register it with "
-                       "p11-kit (a .module file), list it in %s (owned by root, not writable by "
-                       "others), or name it with --module",
+    kc_error_hint(err,
+                  "a layout may name only modules the operator allowed: register it with "
+                  "p11-kit (a .module file), list it in %s (owned by root, not writable by "
+                  "others), or name it with --module",
                   file);
     return KC_DENIED;
 }
@@ -1159,8 +1160,8 @@ static kc_rc one_match(kc_p11 *p, const char *name_or_uri, int want_free, const 
         return KC_TOKEN;
     }
     if (a->matches == 0 && a->vault != NULL && bound_to(p, a->vault) != NULL) {
-        kc_error_set(err, KC_NOT_FOUND, "no token '%s' on the module it is bound to (%s)",
-                     a->vault, bound_to(p, a->vault));
+        kc_error_set(err, KC_NOT_FOUND, "no token '%s' on the module it is bound to (%s)", a->vault,
+                     bound_to(p, a->vault));
         kc_error_hint(err, "see that module's tokens with 'keycustody module list --module "
                            "MODULE'; a token of that label on another module is not this vault");
         return KC_NOT_FOUND;
@@ -1308,6 +1309,11 @@ kc_rc kc_p11_token_in_list(kc_p11 *p, const kc_tok_info *toks, size_t n, const c
     }
     p11_kit_uri_free(a.uri);
     a.uri = NULL;
+    /* not listed: looked up as kc_p11_token does, which initialises the
+     * module again when SoftHSM listed a vault being rewritten as a free
+     * token (reload_module); a pass over the slots for a token missing */
+    if (a.matches == 0)
+        return kc_p11_token(p, name_or_uri, out, err);
     r = one_match(p, name_or_uri, 0, &a, toks, n, err);
     if (r != KC_OK)
         return r;
@@ -1558,8 +1564,9 @@ kc_rc kc_tok_init_token(kc_tok *t, const char *label, const kc_secret *so_pin, k
     if (r != KC_OK)
         return r;
     pad_label(lab, label);
-    rv = factory != NULL ? t->f->C_InitToken(t->slot, (CK_UTF8CHAR_PTR)factory, strlen(factory), lab)
-                         : t->f->C_InitToken(t->slot, so_pin->data, so_pin->len, lab);
+    rv = factory != NULL
+             ? t->f->C_InitToken(t->slot, (CK_UTF8CHAR_PTR)factory, strlen(factory), lab)
+             : t->f->C_InitToken(t->slot, so_pin->data, so_pin->len, lab);
     if (rv != CKR_OK) {
         r = kc_p11_fail(err, "C_InitToken", rv, "cannot initialise token as '%s'", label);
         if (rv == CKR_PIN_INCORRECT && t->info.so_pin_to_be_changed)

@@ -152,7 +152,8 @@ KC_EXPORT kc_rc kc_p11_token_listed(kc_p11 *p, const kc_tok_info *info, kc_tok *
 /* The token named by name_or_uri (matched, and refused, as by kc_p11_token)
  * among the n entries one kc_p11_list_tokens gave, without a pass over the
  * slots of its own: a caller that looks up many tokens lists them once. A
- * token that appeared since the listing is not found. */
+ * token the listing does not hold is looked up as kc_p11_token does (a
+ * pass over the slots, and SoftHSM's listing race retried). */
 KC_EXPORT kc_rc kc_p11_token_in_list(kc_p11 *p, const kc_tok_info *toks, size_t n,
                                      const char *name_or_uri, kc_tok **out,
                                      kc_error *err) KC_MUST_CHECK;

@@ -380,9 +380,8 @@ static void test_tidies_stale_generations(void)
                                                KC_WHERE_PUBLIC, &docs, &n, NULL, &err),
                               KC_OK);
         CU_ASSERT_EQUAL_FATAL(n, 1);
-        CU_ASSERT_EQUAL_FATAL(kc_tok_create_data(v->tok, KC_GENDOC_APPLICATION,
-                                                 KC_VAULT_META_LABEL, docs[0].value, docs[0].len,
-                                                 0, NULL, &err),
+        CU_ASSERT_EQUAL_FATAL(kc_tok_create_data(v->tok, KC_GENDOC_APPLICATION, KC_VAULT_META_LABEL,
+                                                 docs[0].value, docs[0].len, 0, NULL, &err),
                               KC_OK);
         kc_p11_data_objs_free(docs, n);
     }
@@ -472,8 +471,7 @@ static json_t *action_at(json_t *plan, const char *address)
         if (strcmp(json_string_value(json_object_get(a, "address")), address) == 0)
             return a;
     }
-    fprintf(stderr, "\n  no action at %s in %s\n", address,
-            json_dumps(plan, JSON_INDENT(2)));
+    fprintf(stderr, "\n  no action at %s in %s\n", address, json_dumps(plan, JSON_INDENT(2)));
     return NULL;
 }
 
@@ -640,8 +638,7 @@ static void test_saved_plan_applies(void)
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "format")), "keycustody-plan");
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "version")), 1);
     CU_ASSERT_EQUAL(json_array_size(json_object_get(json_object_get(j, "observed"), "vaults")), 2);
-    CU_ASSERT_EQUAL(
-        json_array_size(json_object_get(json_object_get(j, "plan"), "actions")), 4);
+    CU_ASSERT_EQUAL(json_array_size(json_object_get(json_object_get(j, "plan"), "actions")), 4);
     json_decref(j);
     CU_ASSERT_TRUE(file_has(plan, "pin: env:TEST_PIN"));
     CU_ASSERT_FALSE(file_has(plan, getenv("TEST_PIN")));
@@ -679,8 +676,9 @@ static void test_saved_plan_keeps_its_layout(void)
     const kc_test_out *r;
 
     ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
-    kc_test_edit(file, "      - name: KeyB\n        size: 2048\n",
-                 "      - name: KeyB\n        size: 2048\n      - name: KeyC\n        size: 2048\n");
+    kc_test_edit(
+        file, "      - name: KeyB\n        size: 2048\n",
+        "      - name: KeyB\n        size: 2048\n      - name: KeyC\n        size: 2048\n");
     ASSERT_RC(kc_test_run("policy", "plan", file, "--out", plan, NULL), 0);
     kc_test_edit(file, "      - name: KeyC\n", "      - name: KeyD\n");
     r = kc_test_run("policy", "apply", plan, NULL);
@@ -723,8 +721,9 @@ static void test_saved_plan_stale_key(void)
     kc_test_edit(file, "permissions: [get, list, update, delete, recover, purge, rotate]",
                  "permissions: [get, list, create, update, delete, recover, purge, rotate]");
     ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
-    kc_test_edit(file, "      - name: KeyB\n        size: 2048\n",
-                 "      - name: KeyB\n        size: 2048\n      - name: KeyC\n        size: 2048\n");
+    kc_test_edit(
+        file, "      - name: KeyB\n        size: 2048\n",
+        "      - name: KeyB\n        size: 2048\n      - name: KeyC\n        size: 2048\n");
     ASSERT_RC(kc_test_run("policy", "plan", file, "--out", plan, NULL), 0);
     /* a key made by hand on VaultA1: the plan (about VaultB1) did not see it */
     ASSERT_RC(kc_test_run("key", "create", "VaultA1/Manual", "--size", "2048", "--pin-source",
@@ -863,15 +862,21 @@ static const char *layout_of(int nvaults)
     return kc_test_path("many.yaml");
 }
 
-/* How many times one 'policy plan' of file calls func (armed to fail on a
- * call it never reaches: it only counts). */
+/* How many times one 'policy plan' of file (or, file NULL, one 'vault
+ * validate --all') calls func (armed to fail on a call it never reaches:
+ * it only counts). */
 static unsigned plan_calls(const char *file, const char *func)
 {
     kc_error e;
     unsigned calls;
 
     CU_ASSERT_EQUAL_FATAL(kc_p11_fault_arm(func, "CKR_DEVICE_ERROR", 1000000, 0, &e), KC_OK);
-    ASSERT_RC(kc_test_run("policy", "plan", file, NULL), 0);
+    if (file == NULL)
+        /* 3: these vaults break the layout rules, which it reports */
+        ASSERT_RC(kc_test_run("vault", "validate", "--all", "--pin-source", "env:TEST_PIN", NULL),
+                  3);
+    else
+        ASSERT_RC(kc_test_run("policy", "plan", file, NULL), 0);
     calls = kc_p11_fault_calls();
     kc_p11_fault_disarm();
     return calls;
@@ -938,6 +943,7 @@ static void test_plan_reads_each_token_once(void)
 {
     const char *file;
     unsigned find_empty, find_keys, find_four, info_two, info_four, per_vault, list_all, list;
+    unsigned valid_two, valid_four;
 
     add_vaults(0, 2, 0);
     file = layout_of(2);
@@ -951,16 +957,20 @@ static void test_plan_reads_each_token_once(void)
               0);
     find_keys = plan_calls(file, "C_FindObjectsInit");
     info_two = plan_calls(file, "C_GetTokenInfo");
+    valid_two = plan_calls(NULL, "C_GetTokenInfo");
     add_vaults(2, 4, 2);
     file = layout_of(4);
     find_four = plan_calls(file, "C_FindObjectsInit");
     info_four = plan_calls(file, "C_GetTokenInfo");
+    valid_four = plan_calls(NULL, "C_GetTokenInfo");
     vault_searches("PlanV00", &per_vault, &list_all, &list);
     fprintf(stderr,
             "policy plan: C_FindObjectsInit %u (2 vaults, no keys), %u (2 vaults, 4 keys), %u (4 "
             "vaults, 8 keys); a vault's open + one listing + stale check %u, of it the listing "
-            "%u (kc_key_list %u); C_GetTokenInfo %u (2 vaults), %u (4)\n",
-            find_empty, find_keys, find_four, per_vault, list_all, list, info_two, info_four);
+            "%u (kc_key_list %u); C_GetTokenInfo %u (2 vaults), %u (4); vault validate --all "
+            "C_GetTokenInfo %u (2), %u (4)\n",
+            find_empty, find_keys, find_four, per_vault, list_all, list, info_two, info_four,
+            valid_two, valid_four);
     /* the searches per vault do not grow with its keys ... */
     CU_ASSERT_EQUAL(find_keys, find_empty);
     CU_ASSERT_EQUAL(find_four, 2 * find_keys);
@@ -969,8 +979,10 @@ static void test_plan_reads_each_token_once(void)
      * reads a vault with nothing more than it (no second listing) */
     CU_ASSERT_EQUAL(list_all, list);
     CU_ASSERT_EQUAL(find_keys, 2 * per_vault);
-    /* one pass over the slots, then each vault's own token */
+    /* one pass over the slots, then each vault's own token; so for
+     * 'vault validate --all', which observes every vault */
     CU_ASSERT(info_four <= 2 * info_two + 4);
+    CU_ASSERT(valid_four <= 2 * valid_two + 4);
 }
 
 static const kc_test_case cases[] = {
@@ -1092,7 +1104,8 @@ static void test_graph_shipped_layout(void)
         free(v);
     }
     /* each vault in the cluster of its subscription and region */
-    ASSERT_HAS(dot, "label=\"subscription contoso-a\\nContoso Customer Key A\\nmandatory retention\"");
+    ASSERT_HAS(dot,
+               "label=\"subscription contoso-a\\nContoso Customer Key A\\nmandatory retention\"");
     ASSERT_HAS(dot, "label=\"region eastus2\"");
     /* eastus2 and centralus are an Azure pair: the dashed edge, not red (no
      * DEP has vaults in both) */
@@ -1253,8 +1266,8 @@ static void test_graph_escaping(void)
  * it shows and how (every element, text, colour, style and tooltip). */
 static char *svg_content(const char *svg)
 {
-    static const char *const geometry[] = {"x",      "y",     "cx",     "cy",      "rx",
-                                           "ry",     "points", "d",     "width",   "height",
+    static const char *const geometry[] = {"x",       "y",         "cx", "cy",    "rx",
+                                           "ry",      "points",    "d",  "width", "height",
                                            "viewBox", "transform", NULL};
     const char *p = svg, *skip;
     char *out = calloc(1, strlen(svg) + 1), *o = out;
@@ -1365,16 +1378,17 @@ static void test_graph_dot_missing_or_failing(void)
     snprintf(bin, sizeof(bin), "%s", kc_test_path("bin"));
     CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out, "mkdir '%s' '%s.empty'", bin, bin), 0);
     CU_ASSERT_EQUAL_FATAL(
-        kc_test_sh(&out, "printf '#!/bin/sh\\nexec 0<&-\\necho \"syntax error in line 1\" >&2\\n"
-                         "exit 3\\n' > '%s/dot' && chmod 755 '%s/dot'",
+        kc_test_sh(&out,
+                   "printf '#!/bin/sh\\nexec 0<&-\\necho \"syntax error in line 1\" >&2\\n"
+                   "exit 3\\n' > '%s/dot' && chmod 755 '%s/dot'",
                    bin, bin),
         0);
     n = (size_t)snprintf(big, sizeof(big), "%s",
                          "version: 1\nvaults:\n  - name: VaultA1\n    subscription: s\n"
                          "    region: westus\n    pin: env:TEST_PIN\n    keys:\n");
     for (i = 0; n + 40 < sizeof(big); i++)
-        n += (size_t)snprintf(big + n, sizeof(big) - n, "      - name: Key%zu\n        size: 2048\n",
-                              i);
+        n += (size_t)snprintf(big + n, sizeof(big) - n,
+                              "      - name: Key%zu\n        size: 2048\n", i);
     file = kc_test_path("big.yaml");
     kc_test_write(file, big, n, 0644);
 

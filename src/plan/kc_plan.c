@@ -877,28 +877,37 @@ kc_rc kc_plan_observe(kc_ctx *ctx, const char *const *names, size_t n, kc_layout
                       kc_error *err)
 {
     kc_vault_entry *ents = NULL;
+    kc_tok_info *toks = NULL;
     const char **list = NULL;
     kc_layout *l = NULL;
     kc_vault *v = NULL;
     kc_key *keys = NULL;
-    size_t nkeys = 0, nents = 0, i, stale = 0;
+    size_t nkeys = 0, nents = 0, ntoks = 0, i, stale = 0;
     kc_rc r = KC_OK;
 
     *out = NULL;
+    /* one pass over the slots, each vault opened from it */
     if (n == 0) {
         r = kc_vault_list(ctx, &ents, &nents, err);
         list = calloc(nents + 1, sizeof(*list));
-        for (i = 0; r == KC_OK && list != NULL && i < nents; i++)
+        toks = calloc(nents + 1, sizeof(*toks));
+        if (r == KC_OK && (list == NULL || toks == NULL))
+            r = kc_error_set(err, KC_ERR, "out of memory");
+        for (i = 0; r == KC_OK && i < nents; i++) {
+            toks[ntoks++] = ents[i].token;
             if (ents[i].is_vault)
                 list[n++] = ents[i].token.label;
+        }
         names = list;
+    } else {
+        r = kc_p11_list_tokens(ctx->p11, &toks, &ntoks, err);
     }
     l = calloc(1, sizeof(*l));
     if (r == KC_OK && (l == NULL || (l->vaults = calloc(n + 1, sizeof(*l->vaults))) == NULL ||
                        (l->subs = calloc(n + 1, sizeof(*l->subs))) == NULL))
         r = kc_error_set(err, KC_ERR, "out of memory");
     for (i = 0; r == KC_OK && i < n; i++) {
-        r = kc_vault_open(ctx, names[i], &v, err);
+        r = kc_vault_open_listed(ctx, toks, ntoks, names[i], &v, err);
         if (r == KC_OK)
             r = kc_key_list(v, &keys, &nkeys, err);
         if (r == KC_OK)
@@ -922,6 +931,7 @@ kc_rc kc_plan_observe(kc_ctx *ctx, const char *const *names, size_t n, kc_layout
     }
     free(list);
     free(ents);
+    free(toks);
     if (r != KC_OK) {
         kc_layout_free(l);
         return r;
