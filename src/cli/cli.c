@@ -934,7 +934,7 @@ static int open_store(kc_cli *cli, kc_store **st)
     }
     /* only the first DEP makes a store: a command that reads one, or
      * changes what is in it, never makes an empty one from a typo */
-    if (strstr(cli->store, "://") == NULL && access(cli->store, F_OK) != 0 && errno == ENOENT &&
+    if (!kc_store_is_uri(cli->store) && access(cli->store, F_OK) != 0 && errno == ENOENT &&
         !(cli->cmd != NULL && strcmp(cli->cmd->group, "dep") == 0 &&
           strcmp(cli->cmd->verb, "create") == 0)) {
         kc_error_set(&cli->error, KC_NOT_FOUND, "no service store at '%s'", cli->store);

@@ -38,19 +38,32 @@ static const struct {
     const char *name;
     subject subj;
 } audited[] = {
-    {"vault init", SUBJ_VAULT},    {"key create", SUBJ_KEY},
-    {"key rotate", SUBJ_KEY},      {"key update", SUBJ_KEY},
-    {"key delete", SUBJ_KEY},      {"key recover", SUBJ_KEY},
-    {"key purge", SUBJ_KEY},       {"key backup", SUBJ_KEY},
-    {"key restore", SUBJ_VAULT},   {"key import", SUBJ_KEY},
-    {"key wrap", SUBJ_KEY},        {"key unwrap", SUBJ_KEY},
-    {"access set", SUBJ_VAULT},    {"access remove", SUBJ_VAULT},
-    {"subscription init", SUBJ_NONE}, {"subscription join", SUBJ_NONE},
-    {"dep create", SUBJ_DEP},      {"dep set", SUBJ_DEP},
-    {"dep refresh", SUBJ_DEP},     {"dep purge-request", SUBJ_DEP},
-    {"dep purge", SUBJ_DEP},       {"dep assign", SUBJ_DEP},
-    {"data put", SUBJ_SCOPE},      {"data get", SUBJ_SCOPE},
-    {"rewrap", SUBJ_NONE},         {"tenant offboard", SUBJ_NONE},
+    {"vault init", SUBJ_VAULT},
+    {"key create", SUBJ_KEY},
+    {"key rotate", SUBJ_KEY},
+    {"key update", SUBJ_KEY},
+    {"key delete", SUBJ_KEY},
+    {"key recover", SUBJ_KEY},
+    {"key purge", SUBJ_KEY},
+    {"key backup", SUBJ_KEY},
+    {"key restore", SUBJ_VAULT},
+    {"key import", SUBJ_KEY},
+    {"key wrap", SUBJ_KEY},
+    {"key unwrap", SUBJ_KEY},
+    {"access set", SUBJ_VAULT},
+    {"access remove", SUBJ_VAULT},
+    {"subscription init", SUBJ_NONE},
+    {"subscription join", SUBJ_NONE},
+    {"dep create", SUBJ_DEP},
+    {"dep set", SUBJ_DEP},
+    {"dep refresh", SUBJ_DEP},
+    {"dep purge-request", SUBJ_DEP},
+    {"dep purge", SUBJ_DEP},
+    {"dep assign", SUBJ_DEP},
+    {"data put", SUBJ_SCOPE},
+    {"data get", SUBJ_SCOPE},
+    {"rewrap", SUBJ_NONE},
+    {"tenant offboard", SUBJ_NONE},
     {"policy apply", SUBJ_NONE},
 };
 #define N_AUDITED (sizeof(audited) / sizeof(audited[0]))
@@ -165,9 +178,10 @@ void kc_cli_audit_event(void *arg, const char *event, const char *vault, const c
     json_object_set_new(e, "vault", vault != NULL ? json_string(vault) : json_null());
     if (dep != NULL)
         json_object_set_new(e, "dep", json_string(dep));
-    json_object_set_new(e, "result", json_string(err == NULL              ? "ok"
-                                                  : err->code == KC_DENIED ? "denied"
-                                                                           : "failed"));
+    json_object_set_new(e, "result",
+                        json_string(err == NULL              ? "ok"
+                                    : err->code == KC_DENIED ? "denied"
+                                                             : "failed"));
     json_object_set_new(e, "code", json_integer(err != NULL ? err->code : 0));
     if (err != NULL) {
         char msg[1200];
@@ -225,7 +239,8 @@ static void dep_vaults(kc_cli *cli, char vaults[3][64])
     int inherited, i, found = 0;
 
     memset(vaults, 0, 3 * 64);
-    if (store[0] == '\0' || access(store, F_OK) != 0 || (dep == NULL && scope == NULL))
+    if (store[0] == '\0' || (!kc_store_is_uri(store) && access(store, F_OK) != 0) ||
+        (dep == NULL && scope == NULL))
         return;
     kc_error_clear(&err);
     if (kc_store_open(store, &st, &err) != KC_OK)
@@ -411,8 +426,8 @@ static json_t *recorded_args(int argc, char **argv)
             break;
         }
         if (strlen(arg) > MAX_ARG)
-            json_array_append_new(args, json_sprintf("%.*s...(%zu bytes)", MAX_ARG, arg,
-                                                     strlen(arg)));
+            json_array_append_new(args,
+                                  json_sprintf("%.*s...(%zu bytes)", MAX_ARG, arg, strlen(arg)));
         else
             json_array_append_new(args, json_string(arg));
     }
@@ -475,8 +490,9 @@ int kc_cli_audit_end(kc_cli *cli, const char *name, int argc, char **argv, int r
         goto done;
     }
     if (cli->audit == NULL) {
-        fprintf(cli->err, "warning: '%s' was not audited: no audit log (give --audit PATH, set "
-                          "KEYCUSTODY_AUDIT, audit: in the layout, or a service store)\n",
+        fprintf(cli->err,
+                "warning: '%s' was not audited: no audit log (give --audit PATH, set "
+                "KEYCUSTODY_AUDIT, audit: in the layout, or a service store)\n",
                 name);
         goto done;
     }
@@ -502,8 +518,7 @@ int kc_cli_audit_end(kc_cli *cli, const char *name, int argc, char **argv, int r
         json_object_set_new(rec, "command", json_string(name));
         identity(rec, cli);
         json_object_set_new(rec, "args", recorded_args(argc, argv));
-        for (it = json_object_iter(cli->aud); it != NULL;
-             it = json_object_iter_next(cli->aud, it))
+        for (it = json_object_iter(cli->aud); it != NULL; it = json_object_iter_next(cli->aud, it))
             json_object_set(rec, json_object_iter_key(it), json_object_iter_value(it));
         json_object_set_new(rec, "result", json_string(rc == KC_OK ? "ok" : "failed"));
         json_object_set_new(rec, "code", json_integer(rc));
@@ -561,8 +576,9 @@ static int show_opt(kc_cli *cli, int opt, const char *arg, void *st)
             if (kc_time_parse_rfc3339(t, &s->since_t) == 0)
                 break;
         }
-        return kc_cli_usage(cli, "--since '%s': give a date (2026-11-24) or a UTC time "
-                                 "(2026-11-24T10:00:00Z)",
+        return kc_cli_usage(cli,
+                            "--since '%s': give a date (2026-11-24) or a UTC time "
+                            "(2026-11-24T10:00:00Z)",
                             arg);
     case O_VAULT:
         s->vault = arg;
@@ -593,7 +609,8 @@ static int matches(const json_t *rec, const struct show_state *s)
     const char *slash;
     time_t when;
 
-    if (s->since != NULL && (t == NULL || kc_time_parse_rfc3339(t, &when) != 0 || when < s->since_t))
+    if (s->since != NULL &&
+        (t == NULL || kc_time_parse_rfc3339(t, &when) != 0 || when < s->since_t))
         return 0;
     if (s->vault != NULL && (vault == NULL || strcmp(vault, s->vault) != 0))
         return 0;
@@ -631,9 +648,8 @@ static void print_record(kc_cli *cli, const json_t *rec)
     fprintf(cli->out, "%-6lld %-20s %-18s %-18s %-30s %-7s %s\n",
             (long long)json_integer_value(json_object_get(rec, "seq")),
             json_string_value(json_object_get(rec, "time")),
-            json_string_value(json_object_get(rec, "command")),
-            principal != NULL ? principal : "-", what, result != NULL ? result : "-",
-            by != NULL ? by : "(unsealed)");
+            json_string_value(json_object_get(rec, "command")), principal != NULL ? principal : "-",
+            what, result != NULL ? result : "-", by != NULL ? by : "(unsealed)");
 }
 
 static int cmd_show(kc_cli *cli, int argc, char **argv)
@@ -674,8 +690,9 @@ static int cmd_show(kc_cli *cli, int argc, char **argv)
         lineno++;
         rec = json_loadb(line, (size_t)n, JSON_REJECT_DUPLICATES, NULL);
         if (!json_is_object(rec)) {
-            fprintf(cli->err, "warning: line %zu of '%s' is not a record (run 'keycustody audit "
-                              "verify')\n",
+            fprintf(cli->err,
+                    "warning: line %zu of '%s' is not a record (run 'keycustody audit "
+                    "verify')\n",
                     lineno, path);
             json_decref(rec);
             continue;
@@ -719,19 +736,20 @@ static int cmd_verify(kc_cli *cli, int argc, char **argv)
     kc_error_clear(&err);
     r = kc_audit_verify(ctx, path, &sum, &err);
     if (cli->json) {
-        kc_cli_print_json(cli, json_pack("{s:s, s:b, s:I, s:I, s:I, s:s, s:s, s:s, s:s?}", "path", path,
-                                         "intact", r == KC_OK, "records", (json_int_t)sum.records,
-                                         "sealed", (json_int_t)sum.sealed, "unsealed_tail",
-                                         (json_int_t)sum.unsealed_tail, "vaults", sum.vaults,
-                                         "anchored_on", sum.anchors, "not_visible", sum.missing,
-                                         "problem", r == KC_OK ? NULL : err.msg));
+        kc_cli_print_json(cli, json_pack("{s:s, s:b, s:I, s:I, s:I, s:s, s:s, s:s, s:s?}", "path",
+                                         path, "intact", r == KC_OK, "records",
+                                         (json_int_t)sum.records, "sealed", (json_int_t)sum.sealed,
+                                         "unsealed_tail", (json_int_t)sum.unsealed_tail, "vaults",
+                                         sum.vaults, "anchored_on", sum.anchors, "not_visible",
+                                         sum.missing, "problem", r == KC_OK ? NULL : err.msg));
     }
     if (r != KC_OK)
         return kc_cli_fail(cli, &err);
     if (cli->json)
         return 0;
-    fprintf(cli->out, "audit log '%s' is intact: %ld records, %ld sealed; MACs checked on %s; "
-                      "anchored on %s\n",
+    fprintf(cli->out,
+            "audit log '%s' is intact: %ld records, %ld sealed; MACs checked on %s; "
+            "anchored on %s\n",
             path, sum.records, sum.sealed, sum.vaults[0] ? sum.vaults : "no vault",
             sum.anchors[0] ? sum.anchors : "no vault");
     if (sum.anchors[0] == '\0' && sum.sealed > 0)
