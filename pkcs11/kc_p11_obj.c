@@ -1153,14 +1153,11 @@ static kc_rc find_data_two_once(kc_tok *t, const char *application, const char *
         /* longer than the buffer: neither la nor lb (kc_tok_find_data_two) */
         if (len < 0 && kc_p11_get_attr(t, h[i], CKA_LABEL, NULL, 0) >= (long)sizeof(label) - 1)
             continue;
-        if (len < 0) {
-            r = kc_error_set(err, KC_TOKEN,
-                             "vault '%s' did not give the label of a data object (the token "
-                             "failed, perhaps while another process wrote it); run the command "
-                             "again",
-                             t->info.label);
-            goto cleanup;
-        }
+        /* one whose label cannot be read (destroyed since the search, or
+         * a file a killed process left half written) matches neither, as a
+         * search with the label in its template would not have matched it */
+        if (len < 0)
+            continue;
         label[len] = '\0';
         which = strcmp(label, la) == 0 ? 0 : strcmp(label, lb) == 0 ? 1 : -1;
         if (which < 0)
