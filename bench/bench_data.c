@@ -5,9 +5,16 @@
  * key unwrap + wrap of as many keys. All in one run, on this machine. Not a
  * test: it reports, it does not judge.
  *
- *   build/bench_data [--seconds N] [--scopes N]
+ *   build/bench_data [--seconds N] [--scopes N] [--worker-scopes N] [--rounds R]
  *
- * Makes its own token directory and store under $TMPDIR and removes them. */
+ * Then the re-wrap job with several workers: 1 on the SQLite store, 1, 2
+ * and 4 on a PostgreSQL store (a private server, scripts/postgres.sh),
+ * each worker a process of its own (this program again, --worker STORE),
+ * against OpenSSL's raw unwrap + wrap; the figures measured in rounds, one
+ * of each per round in turn, each after a roll, and the medians reported.
+ *
+ * Makes its own token directory, store and cluster under $TMPDIR and
+ * removes them. */
 #include "bench_common.h"
 #include "kc_data.h"
 #include "kc_key.h"
@@ -21,13 +28,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static double seconds = 3.0;
-static long nscopes = 100000;
+static long nscopes = 100000, worker_scopes = 20000;
+static int rounds = 3;
+
+static char pg_dir[600]; /* the private server's, while it runs */
+
+static void pg_stop(void);
 
 static void die(const char *what, const kc_error *e)
 {
+    pg_stop();
     fprintf(stderr, "bench: %s: %s\n", what, e ? e->msg : "failed");
     exit(1);
 }
@@ -150,41 +164,211 @@ static double kc_items(kc_data_session *ds, int put, size_t len, long *made)
 }
 
 /* count scopes, each with a scope key under the DEP key (as kc_data makes
- * them), written in one transaction. */
-static void fill_scopes(kc_ctx *ctx, kc_store *st, const char *dep_id, long count)
+ * them), written in one transaction, on either backend. */
+static void fill_scopes(kc_ctx *ctx, kc_store *st, const kc_dep *dep, long count)
 {
     unsigned char key[32], wrapped[40];
     kc_dep_unwrap_info info;
     kc_secret *dek = NULL;
-    sqlite3_stmt *q = NULL;
+    kc_q *q = NULL;
     char scope[32];
     kc_error e;
     long i;
 
-    if (kc_dep_unwrap(ctx, st, dep_id, 0, NULL, 0, &dek, &info, &e) != KC_OK)
+    if (kc_dep_unwrap(ctx, st, dep->id, dep->generation, NULL, 0, &dek, &info, &e) != KC_OK)
         die("DEP unwrap", &e);
-    if (kc_store_begin(st, &e) != KC_OK ||
-        sqlite3_prepare_v2(st->db,
-                           "INSERT INTO scopes (scope, dep_id, dep_generation, wrapped_key) "
-                           "VALUES (?, ?, 1, ?)",
-                           -1, &q, NULL) != SQLITE_OK)
-        die("store", NULL);
+    if (kc_store_begin(st, &e) != KC_OK)
+        die("store", &e);
     for (i = 0; i < count; i++) {
         snprintf(scope, sizeof(scope), "mailbox:u%07ld", i);
         RAND_bytes(key, 32);
         if (!kwp(dek->data, 1, key, 32, wrapped))
             die("key wrap", NULL);
-        sqlite3_bind_text(q, 1, scope, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(q, 2, dep_id, -1, SQLITE_STATIC);
-        sqlite3_bind_blob(q, 3, wrapped, 40, SQLITE_TRANSIENT);
-        if (sqlite3_step(q) != SQLITE_DONE)
+        if (kc_q_prepare(st,
+                         "INSERT INTO scopes (scope, dep_id, dep_generation, wrapped_key) "
+                         "VALUES (?, ?, ?, ?)",
+                         &q) != KC_Q_OK)
+            die("store", NULL);
+        kc_q_bind_text(q, 1, scope);
+        kc_q_bind_text(q, 2, dep->id);
+        kc_q_bind_int(q, 3, dep->generation);
+        kc_q_bind_blob(q, 4, wrapped, 40);
+        if (kc_q_step(q) != KC_Q_DONE)
             die("store insert", NULL);
-        sqlite3_reset(q);
+        kc_q_finish(q);
     }
-    sqlite3_finalize(q);
     if (kc_store_commit(st, &e) != KC_OK)
         die("store commit", &e);
     kc_secret_free(dek);
+}
+
+/* --- several workers --- */
+
+/* A worker: this program again, given the store; the PINs in its
+ * environment (BENCH_SO_PIN, BENCH_PIN), as bench_pin reads them. */
+static int worker_main(const char *store)
+{
+    kc_data_session *ds = NULL;
+    kc_store *st = NULL;
+    kc_ctx *ctx = NULL;
+    const char *so = getenv("BENCH_SO_PIN"), *user = getenv("BENCH_PIN");
+    long moved = 0;
+    kc_error e;
+
+    if (so == NULL || user == NULL)
+        return 2;
+    snprintf(bench_so_pin, sizeof(bench_so_pin), "%s", so);
+    snprintf(bench_user_pin, sizeof(bench_user_pin), "%s", user);
+    if (kc_ctx_new(getenv("KEYCUSTODY_MODULE"), bench_pin, NULL, &ctx, &e) != KC_OK ||
+        kc_store_open(store, &st, &e) != KC_OK ||
+        kc_data_open(ctx, st, NULL, 0, NULL, NULL, &ds, &e) != KC_OK ||
+        kc_rewrap(ds, st, 1000, NULL, NULL, &moved, &e) != KC_OK)
+        die("worker", &e);
+    kc_data_close(ds);
+    kc_store_close(st);
+    kc_ctx_free(ctx);
+    return 0;
+}
+
+/* Scope keys per second of n workers on store, after a roll of Bench. */
+static double workers_rate(kc_ctx *ctx, kc_store *st, const char *store, int n)
+{
+    kc_dep before, after;
+    pid_t pids[8];
+    double t;
+    int i, status, failed = 0;
+    kc_error e;
+
+    if (kc_dep_refresh(ctx, st, "Bench", NULL, 1, &before, &after, &e) != KC_OK)
+        die("roll", &e);
+    fflush(NULL);
+    t = bench_now();
+    for (i = 0; i < n; i++) {
+        pids[i] = fork();
+        if (pids[i] == 0) {
+            execl("/proc/self/exe", "bench_data", "--worker", store, (char *)NULL);
+            _exit(127);
+        }
+    }
+    for (i = 0; i < n; i++)
+        if (waitpid(pids[i], &status, 0) != pids[i] || !WIFEXITED(status) ||
+            WEXITSTATUS(status) != 0)
+            failed = 1;
+    t = bench_now() - t;
+    if (failed)
+        die("a worker failed", NULL);
+    return (double)worker_scopes / t;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+/* A private PostgreSQL server in dir/pg; its URI into uri. */
+static int pg_start(const char *dir, char *uri, size_t cap)
+{
+    char cmd[1200];
+    FILE *p;
+
+    snprintf(cmd, sizeof(cmd), "'%s/scripts/postgres.sh' fresh '%s/pg' 2>/dev/null | tail -n1",
+             KC_SOURCE_DIR, dir);
+    snprintf(pg_dir, sizeof(pg_dir), "%s/pg", dir); /* pg_stop's, from here on */
+    p = popen(cmd, "r");
+    if (p == NULL || fgets(uri, (int)cap, p) == NULL) {
+        if (p != NULL)
+            pclose(p);
+        return -1;
+    }
+    uri[strcspn(uri, "\n")] = '\0';
+    return pclose(p) == 0 && strncmp(uri, "postgresql://", 13) == 0 ? 0 : -1;
+}
+
+/* Stops the server by its PID (postgres.sh) and removes its cluster; also
+ * when the benchmark dies. */
+static void pg_stop(void)
+{
+    char cmd[1300];
+
+    if (pg_dir[0] == '\0')
+        return;
+    snprintf(cmd, sizeof(cmd), "'%s/scripts/postgres.sh' clean '%s' >/dev/null 2>&1", KC_SOURCE_DIR,
+             pg_dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "bench: could not stop the PostgreSQL server in %s\n", pg_dir);
+    pg_dir[0] = '\0';
+}
+
+/* The worker table: SQLite 1, PostgreSQL 1, 2, 4, OpenSSL, in rounds. */
+static void bench_workers(kc_ctx *ctx, const char *module, const char *dir, const char *lite_path)
+{
+    static const int counts[] = {1, 1, 2, 4};
+    enum { NFIG = 5 };
+    const char *keys[2] = {"BenchA/Root", "BenchB/Root"};
+    double rate[NFIG][16];
+    kc_store *stores[2] = {NULL, NULL};
+    char uri[1024];
+    const char *where[2];
+    kc_dep_spec spec;
+    kc_dep dep, before;
+    kc_error e;
+    int r, f, k;
+
+    if (pg_start(dir, uri, sizeof(uri)) != 0) {
+        pg_stop();
+        fprintf(stderr, "bench: cannot start PostgreSQL (scripts/postgres.sh; scripts/deps.sh "
+                        "installs it): no worker table\n");
+        return;
+    }
+    where[0] = lite_path;
+    where[1] = uri;
+    setenv("KEYCUSTODY_MODULE", module, 1);
+    setenv("BENCH_SO_PIN", bench_so_pin, 1);
+    setenv("BENCH_PIN", bench_user_pin, 1);
+    memset(&spec, 0, sizeof(spec));
+    spec.name = "Bench";
+    spec.workload = "tenant";
+    spec.keys[0] = keys[0];
+    spec.keys[1] = keys[1];
+    spec.service_vault = "BenchS";
+    /* the SQLite store of the figures above, its scopes replaced */
+    for (k = 0; k < 2; k++) {
+        if (kc_store_open(where[k], &stores[k], &e) != KC_OK)
+            die("store", &e);
+        if (k == 0) {
+            if (kc_store_authenticate(ctx, stores[0], NULL, 0, &e) != KC_OK ||
+                kc_store_exec(stores[0], "DELETE FROM items; DELETE FROM scopes", &e) != KC_OK ||
+                kc_dep_get(stores[0], "Bench", &dep, &e) != KC_OK)
+                die("store", &e);
+        } else if (kc_dep_create(ctx, stores[1], &spec, &dep, &e) != KC_OK ||
+                   kc_dep_assign(stores[1], "Bench", "tenant", &before, &e) != KC_OK)
+            die("PostgreSQL store set-up", &e);
+        fill_scopes(ctx, stores[k], &dep, worker_scopes);
+    }
+    printf("\nRe-wrap of %ld scope keys by several workers (processes, kc_rewrap in batches of "
+           "1000),\n%d rounds, each figure once per round after a roll; medians\n",
+           worker_scopes, rounds);
+    for (r = 0; r < rounds && r < 16; r++) {
+        for (f = 0; f < NFIG; f++) {
+            if (f == NFIG - 1)
+                rate[f][r] = openssl_rewrap(worker_scopes);
+            else
+                rate[f][r] = workers_rate(ctx, stores[f > 0], where[f > 0], counts[f]);
+        }
+        fprintf(stderr, "round %d of %d done\n", r + 1, rounds);
+    }
+    for (f = 0; f < NFIG; f++)
+        qsort(rate[f], (size_t)(r), sizeof(double), cmp_double);
+    printf("%-12s %8s %16s %12s\n", "store", "workers", "keys per second", "vs openssl");
+    for (f = 0; f < NFIG - 1; f++)
+        printf("%-12s %8d %16.0f %12.4f\n", f == 0 ? "SQLite" : "PostgreSQL", counts[f],
+               rate[f][r / 2], rate[f][r / 2] / rate[NFIG - 1][r / 2]);
+    printf("%-12s %8d %16.0f %12s\n", "openssl", 1, rate[NFIG - 1][r / 2], "1");
+    kc_store_close(stores[0]);
+    kc_store_close(stores[1]);
+    pg_stop();
 }
 
 int main(int argc, char **argv)
@@ -204,13 +388,23 @@ int main(int argc, char **argv)
     size_t s;
     int i;
 
+    if (argc == 3 && strcmp(argv[1], "--worker") == 0)
+        return worker_main(argv[2]);
     for (i = 1; i + 1 < argc; i += 2)
         if (strcmp(argv[i], "--seconds") == 0)
             seconds = atof(argv[i + 1]);
         else if (strcmp(argv[i], "--scopes") == 0)
             nscopes = atol(argv[i + 1]);
-    if (seconds <= 0 || nscopes < 1 || i != argc) {
-        fprintf(stderr, "usage: bench_data [--seconds N] [--scopes N]\n");
+        else if (strcmp(argv[i], "--worker-scopes") == 0)
+            worker_scopes = atol(argv[i + 1]);
+        else if (strcmp(argv[i], "--rounds") == 0)
+            rounds = atoi(argv[i + 1]);
+        else
+            break;
+    if (seconds <= 0 || nscopes < 1 || worker_scopes < 1 || rounds < 1 || rounds > 16 ||
+        i != argc) {
+        fprintf(stderr, "usage: bench_data [--seconds N] [--scopes N] [--worker-scopes N] "
+                        "[--rounds R (1-16)]\n");
         return 2;
     }
     if ((module = bench_setup(dir, sizeof(dir))) == NULL)
@@ -252,7 +446,7 @@ int main(int argc, char **argv)
     printf("Re-wrap of %ld scope keys after 'dep refresh --roll' (kc_rewrap, batches of 1000)\n"
            "openssl: AES key unwrap + wrap (RFC 5649) of as many 32-byte keys, no store\n",
            nscopes);
-    fill_scopes(ctx, st, dep.id, nscopes);
+    fill_scopes(ctx, st, &dep, nscopes);
     if (kc_dep_refresh(ctx, st, "Bench", NULL, 1, &before, &after, &e) != KC_OK)
         die("roll", &e);
     t = bench_now();
@@ -268,6 +462,8 @@ int main(int argc, char **argv)
 
     kc_data_close(ds);
     kc_store_close(st);
+    st = NULL;
+    bench_workers(ctx, module, dir, path);
     kc_ctx_free(ctx);
     return bench_remove_dir(dir);
 }
