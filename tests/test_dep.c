@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static void make_dep(const char *name, const char *keys, const char *workload)
@@ -1725,9 +1726,43 @@ static const kc_test_case race_cases[] = {
     {NULL, NULL},
 };
 
-/* PostgreSQL's alone (test_dep.workers.pg) */
+/* A purge on PostgreSQL while another session's transaction, begun
+ * before it, still holds a snapshot: VACUUM FULL would copy the old row
+ * versions that snapshot may see, wrapped keys and all, into the new
+ * files. The purge waits for it to end, then rewrites: no copy is left. */
+static void test_purge_waits_for_old_snapshot(void)
+{
+    unsigned char blobs[8][512];
+    size_t lens[8], n;
+    const kc_test_out *r;
+    char *out = NULL;
+    double t;
+
+    CU_ASSERT_FATAL(kc_test_on_pg());
+    dep_setup();
+    purge_ready(0);
+    n = wrapped_copies("P0", blobs, lens, 8);
+    CU_ASSERT_FATAL(n > 0);
+    /* a reader's statement holding its snapshot for 3 s */
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "psql -X -q -d '%s' -c 'SELECT count(*), pg_sleep(3) FROM "
+                               "scopes' > /dev/null 2>&1 & sleep 0.5",
+                               kc_test_store()),
+                    0);
+    t = (double)time(NULL);
+    r = kc_test_run("dep", "purge", "P0", "--confirm", "P0", "--pin-source", "Service=env:TEST_PIN",
+                    NULL);
+    ASSERT_RC(r, 0);
+    CU_ASSERT((double)time(NULL) - t >= 1); /* it waited for the reader */
+    CU_ASSERT_FALSE(store_holds_any(blobs, lens, n));
+    CU_ASSERT_STRING_EQUAL(dep_state("P0"), "Purged 0/0");
+}
+
+/* PostgreSQL's alone (test_dep.workers.pg): workers side by side, and
+ * what a purge needs of the other sessions */
 static const kc_test_case worker_cases[] = {
     {"three rewrap workers, one killed", test_workers_one_killed},
+    {"a purge waits for an old snapshot", test_purge_waits_for_old_snapshot},
     {NULL, NULL},
 };
 

@@ -213,21 +213,27 @@ static kc_rc job_write(kc_store *st, const char *started, long done, long total,
     return rc == KC_Q_OK ? KC_OK : db_error(st, err);
 }
 
-/* The job's record: total is fixed when it starts, so a resumed run shows
- * progress of the whole job. A record made outside keycustody is refused. */
-static kc_rc job_start(kc_store *st, long pending, char started[21], long *total, int *resumed,
-                       kc_error *err)
+/* The job's checked record, if any (*found): when it started, how many
+ * scopes are done of its total. lock: held until the commit (PostgreSQL's
+ * FOR UPDATE; SQLite's writer holds the whole file). A record made outside
+ * keycustody is refused. */
+static kc_rc job_read(kc_store *st, int lock, char started[21], long *done, long *total, int *found,
+                      kc_error *err)
 {
     kc_q *q = NULL;
-    time_t now;
     int rc;
     kc_rc r = KC_OK;
     kc_row row;
 
+    *found = 0;
+    *done = 0;
     *total = -1;
     if (kc_q_prepare(st,
-                     "SELECT job, started, done, total, mac FROM rewrap_progress WHERE job = "
-                     "'rewrap'",
+                     lock && kc_store_is_pg(st)
+                         ? "SELECT job, started, done, total, mac FROM rewrap_progress WHERE "
+                           "job = 'rewrap' FOR UPDATE"
+                         : "SELECT job, started, done, total, mac FROM rewrap_progress WHERE "
+                           "job = 'rewrap'",
                      &q) != KC_Q_OK)
         return db_error(st, err);
     rc = kc_q_step(q);
@@ -236,10 +242,25 @@ static kc_rc job_start(kc_store *st, long pending, char started[21], long *total
         kc_row_cols(&row, q, 0, 4);
         r = kc_row_check(st, &row, q, 4, "re-wrap job record", err);
         text(q, 1, started, 21);
+        *done = (long)kc_q_int(q, 2);
         *total = (long)kc_q_int(q, 3);
+        *found = 1;
     } else if (rc != KC_Q_DONE)
         r = db_error(st, err);
     kc_q_finish(q);
+    return r;
+}
+
+/* The job's record: total is fixed when it starts, so a resumed run shows
+ * progress of the whole job. */
+static kc_rc job_start(kc_store *st, long pending, char started[21], long *total, int *resumed,
+                       kc_error *err)
+{
+    time_t now;
+    long done;
+    int found;
+    kc_rc r = job_read(st, 0, started, &done, total, &found, err);
+
     if (r != KC_OK)
         return r;
     *resumed = *total >= pending;
@@ -257,33 +278,13 @@ static kc_rc job_start(kc_store *st, long pending, char started[21], long *total
  * the commit, so workers beside each other add up and report one progress. */
 static kc_rc job_advance(kc_store *st, long n, long *done, long *total, kc_error *err)
 {
-    kc_q *q = NULL;
     char started[21] = "";
-    int rc;
-    kc_rc r = KC_OK;
-    kc_row row;
+    int found;
+    kc_rc r = job_read(st, 1, started, done, total, &found, err);
 
-    if (kc_q_prepare(st,
-                     kc_store_is_pg(st) ? "SELECT job, started, done, total, mac FROM "
-                                          "rewrap_progress WHERE job = 'rewrap' FOR UPDATE"
-                                        : "SELECT job, started, done, total, mac FROM "
-                                          "rewrap_progress WHERE job = 'rewrap'",
-                     &q) != KC_Q_OK)
-        return db_error(st, err);
-    rc = kc_q_step(q);
-    if (rc == KC_Q_ROW) {
-        kc_row_init(&row, "rewrap_progress");
-        kc_row_cols(&row, q, 0, 4);
-        r = kc_row_check(st, &row, q, 4, "re-wrap job record", err);
-        text(q, 1, started, sizeof(started));
-        *done = (long)kc_q_int(q, 2);
-        *total = (long)kc_q_int(q, 3);
-    } else if (rc != KC_Q_DONE)
-        r = db_error(st, err);
-    kc_q_finish(q);
     if (r != KC_OK)
         return r;
-    if (rc == KC_Q_DONE) { /* a job another worker finished, begun again */
+    if (!found) { /* a job another worker finished, begun again */
         time_t now;
 
         if (kc_clock_now(&now, err) != KC_OK)

@@ -299,12 +299,57 @@ kc_rc kc_pg_check_schema(kc_store *s, const char *const *migrations, int n, kc_e
     return r;
 }
 
+/* A transaction of another session that began before t and holds a
+ * snapshot or an xid: its pid and start, or 0. */
+static int old_snapshot(kc_store *s, const char *t, char since[40])
+{
+    const char *vals[1] = {t};
+    PGresult *res = PQexecParams(
+        s->pg,
+        "SELECT pid, to_char(xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
+        "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+        "AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL) AND xact_start < "
+        "$1::timestamptz ORDER BY xact_start LIMIT 1",
+        1, NULL, vals, NULL, NULL, 0);
+    int pid = 0;
+
+    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
+        pid = atoi(PQgetvalue(res, 0, 0));
+        snprintf(since, 40, "%s", PQgetvalue(res, 0, 1));
+    }
+    PQclear(res);
+    return pid;
+}
+
 /* What a purge emptied is rewritten into new files: the old row versions,
- * which still hold the wrapped keys, are not left in the tables' files. */
+ * which still hold the wrapped keys, are not left in the tables' files.
+ * VACUUM FULL copies a row version some open snapshot may still see, so it
+ * waits first (up to 30 s) until no transaction that began before it holds
+ * one; sessions of other roles are seen with pg_read_all_stats. */
 kc_rc kc_pg_scrub(kc_store *s, kc_error *err)
 {
-    kc_rc r = kc_pg_exec(s, "VACUUM FULL dep_keys, scopes, assignments", err);
+    struct timespec pause = {0, 100 * 1000 * 1000};
+    char now[64] = "", since[40] = "";
+    PGresult *res = PQexec(s->pg, "SELECT statement_timestamp()::text");
+    int pid = 0, i;
+    kc_rc r;
 
+    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+        snprintf(now, sizeof(now), "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    if (now[0] == '\0')
+        return pg_fail(s, "read the time", NULL, err);
+    for (i = 0; i < 300 && (pid = old_snapshot(s, now, since)) != 0; i++)
+        (void)nanosleep(&pause, NULL);
+    if (pid != 0) {
+        kc_error_set(err, KC_CONFLICT,
+                     "the service store %s: session %d has had a transaction open since %s, "
+                     "which may still see the old rows",
+                     s->shown, pid, since);
+        kc_error_hint(err, "run the purge again when that transaction has ended");
+        return KC_CONFLICT;
+    }
+    r = kc_pg_exec(s, "VACUUM FULL dep_keys, scopes, assignments", err);
     return r == KC_OK ? KC_OK
                       : kc_error_prefix(err, "cannot rewrite the tables that held wrapped keys");
 }
