@@ -84,3 +84,16 @@ const char *bench_setup(char *dir, size_t len)
     }
     return module != NULL && module[0] != '\0' ? module : "/usr/lib/softhsm/libsofthsm2.so";
 }
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+double bench_median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof(*v), cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}

@@ -10,6 +10,8 @@
 extern char bench_so_pin[33], bench_user_pin[33];
 
 double bench_now(void);
+/* The median of v[0..n) (sorts v). */
+double bench_median(double *v, int n);
 /* Fills bench_so_pin and bench_user_pin with random hex. */
 void bench_pins(void);
 /* A PIN callback giving those PINs to every vault. */

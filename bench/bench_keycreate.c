@@ -176,19 +176,6 @@ static figures measure(const char *base, int round)
     return f;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof(*v), cmp_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 int main(int argc, char **argv)
 {
     char small[1200], big[1200], cache[1200], tmp[1300], conf[1300];
@@ -268,11 +255,11 @@ int main(int argc, char **argv)
     printf("keygen: time inside C_GenerateKeyPair; other: total - keygen. Medians over the rounds "
            "(the ratio within each round).\n");
     printf("%-8s %12s %12s %12s %20s\n", "keys", "total ms", "keygen ms", "other ms", counted);
-    printf("%-8d %12.1f %12.1f %12.1f %20u\n", SMALL_KEYS, median(tot[0], rounds),
-           median(gen[0], rounds), median(non[0], rounds), finds[0]);
-    printf("%-8d %12.1f %12.1f %12.1f %20u\n", big_keys, median(tot[1], rounds),
-           median(gen[1], rounds), median(non[1], rounds), finds[1]);
-    printf("other(%d)/other(%d): %.2f\n", big_keys, SMALL_KEYS, median(ratio, rounds));
+    printf("%-8d %12.1f %12.1f %12.1f %20u\n", SMALL_KEYS, bench_median(tot[0], rounds),
+           bench_median(gen[0], rounds), bench_median(non[0], rounds), finds[0]);
+    printf("%-8d %12.1f %12.1f %12.1f %20u\n", big_keys, bench_median(tot[1], rounds),
+           bench_median(gen[1], rounds), bench_median(non[1], rounds), finds[1]);
+    printf("other(%d)/other(%d): %.2f\n", big_keys, SMALL_KEYS, bench_median(ratio, rounds));
     fclose(devnull);
     return bench_remove_dir(work);
 }

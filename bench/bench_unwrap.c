@@ -271,19 +271,6 @@ static double run_openssl(EVP_PKEY *key, const unsigned char *blob, size_t blob_
     return (double)ops / took;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof(*v), cmp_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 /* --- set-up --- */
 
 int main(int argc, char **argv)
@@ -372,8 +359,8 @@ int main(int argc, char **argv)
                 ko[r] = f[0] / f[2];
             }
             printf("%-5u %-8d %11.0f %11.0f %11.0f %12.2f %14.2f\n", sizes[s], threads,
-                   median(tok, rounds), median(raw, rounds), median(ossl, rounds),
-                   median(kr, rounds), median(ko, rounds));
+                   bench_median(tok, rounds), bench_median(raw, rounds), bench_median(ossl, rounds),
+                   bench_median(kr, rounds), bench_median(ko, rounds));
             fflush(stdout);
         }
         EVP_PKEY_free(okey);
