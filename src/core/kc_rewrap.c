@@ -318,41 +318,33 @@ static kc_rc target_holds(kc_store *st, const char *scope, const char *to, long 
 /* One batch of a worker on PostgreSQL, in the caller's (shared)
  * transaction: the first pending scopes no other worker holds, locked
  * until the commit (a worker killed lets go of its batch, which the others
- * then take); each is looked at again once locked, since another worker
- * may have moved it between this one's look and its lock. */
+ * then take). */
 static kc_rc claim_step(kc_data_session *s, kc_store *st, long batch, long *n, kc_error *err)
 {
     kc_dep_tenant_cache tenant = {0};
-    kc_q *q = NULL, *t;
+    kc_q *q = NULL;
     char scope[80], to[37];
     long gen;
     int rc;
     kc_rc r = KC_OK;
 
+    /* The pending test on the scope row's own columns as well: a row
+     * another worker moved and committed since this one looked is checked
+     * again in its new version when locked (PostgreSQL's EvalPlanQual),
+     * against the target this look saw, and so left out. */
     if (kc_q_prepare(st,
-                     "SELECT scope FROM scopes WHERE scope IN (SELECT scope " PENDING
-                     ") ORDER BY scope LIMIT ? FOR UPDATE SKIP LOCKED",
+                     "SELECT s.scope, t.target_id, t.target_generation FROM scopes s JOIN "
+                     "scope_targets t ON t.scope = s.scope WHERE t.purged IS NULL AND "
+                     "t.target_id IS NOT NULL AND t.target_purge_requested IS NULL AND "
+                     "s.purged IS NULL AND (s.dep_id <> t.target_id OR s.dep_generation <> "
+                     "t.target_generation) ORDER BY s.scope LIMIT ? FOR UPDATE OF s SKIP LOCKED",
                      &q) != KC_Q_OK)
         return db_error(st, err);
     kc_q_bind_int(q, 1, batch);
     while (r == KC_OK && (rc = kc_q_step(q)) == KC_Q_ROW) {
         text(q, 0, scope, sizeof(scope));
-        if (kc_q_prepare(st, "SELECT target_id, target_generation " PENDING " AND scope = ?", &t) !=
-            KC_Q_OK) {
-            r = db_error(st, err);
-            break;
-        }
-        kc_q_bind_text(t, 1, scope);
-        rc = kc_q_step(t);
-        if (rc == KC_Q_ROW) {
-            text(t, 0, to, sizeof(to));
-            gen = (long)kc_q_int(t, 1);
-        }
-        kc_q_finish(t);
-        if (rc == KC_Q_ERROR)
-            r = db_error(st, err);
-        if (rc != KC_Q_ROW)
-            continue; /* moved meanwhile */
+        text(q, 1, to, sizeof(to));
+        gen = (long)kc_q_int(q, 2);
         r = target_holds(st, scope, to, gen, &tenant, err);
         if (r == KC_OK)
             r = kc_data_move_scope(s, scope, to, gen, err);
