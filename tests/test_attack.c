@@ -416,16 +416,15 @@ static void test_store_trigger(void)
     const kc_test_out *r;
 
     store_setup();
-    if (kc_test_on_pg())
-        CU_ASSERT_EQUAL_FATAL(sql("CREATE FUNCTION steer() RETURNS trigger LANGUAGE plpgsql AS "
-                                  "'BEGIN UPDATE assignments SET dep_id = NEW.dep_id; RETURN "
-                                  "NULL; END'; CREATE TRIGGER steer AFTER INSERT ON assignments "
-                                  "FOR EACH ROW EXECUTE FUNCTION steer()"),
-                              0)
-    else
-        CU_ASSERT_EQUAL_FATAL(sql("CREATE TRIGGER steer AFTER INSERT ON assignments BEGIN UPDATE "
-                                  "assignments SET dep_id = NEW.dep_id; END;"),
-                              0);
+    CU_ASSERT_EQUAL_FATAL(
+        sql("%s", kc_test_on_pg()
+                      ? "CREATE FUNCTION steer() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN "
+                        "UPDATE assignments SET dep_id = NEW.dep_id; RETURN NULL; END'; CREATE "
+                        "TRIGGER steer AFTER INSERT ON assignments FOR EACH ROW EXECUTE FUNCTION "
+                        "steer()"
+                      : "CREATE TRIGGER steer AFTER INSERT ON assignments BEGIN UPDATE "
+                        "assignments SET dep_id = NEW.dep_id; END;"),
+        0);
     r = kc_test_run("dep", "assign", "Ten", "--tenant", NULL);
     ASSERT_RC(r, 8);
     /* on PostgreSQL the function comes first in the comparison */
