@@ -315,6 +315,26 @@ static kc_rc target_holds(kc_store *st, const char *scope, const char *to, long 
     return r;
 }
 
+/* Moves the scope of q's row (scope, target id, target generation) to its
+ * target, once the checked rows agree; *n counts it. */
+static kc_rc move_row(kc_data_session *s, kc_store *st, kc_q *q, kc_dep_tenant_cache *tenant,
+                      char scope[80], long *n, kc_error *err)
+{
+    char to[37];
+    long gen;
+    kc_rc r;
+
+    text(q, 0, scope, 80);
+    text(q, 1, to, sizeof(to));
+    gen = (long)kc_q_int(q, 2);
+    r = target_holds(st, scope, to, gen, tenant, err);
+    if (r == KC_OK)
+        r = kc_data_move_scope(s, scope, to, gen, err);
+    if (r == KC_OK)
+        (*n)++;
+    return r;
+}
+
 /* One batch of a worker on PostgreSQL, in the caller's (shared)
  * transaction: the first pending scopes no other worker holds, locked
  * until the commit (a worker killed lets go of its batch, which the others
@@ -323,8 +343,7 @@ static kc_rc claim_step(kc_data_session *s, kc_store *st, long batch, long *n, k
 {
     kc_dep_tenant_cache tenant = {0};
     kc_q *q = NULL;
-    char scope[80], to[37];
-    long gen;
+    char scope[80];
     int rc;
     kc_rc r = KC_OK;
 
@@ -341,16 +360,8 @@ static kc_rc claim_step(kc_data_session *s, kc_store *st, long batch, long *n, k
                      &q) != KC_Q_OK)
         return db_error(st, err);
     kc_q_bind_int(q, 1, batch);
-    while (r == KC_OK && (rc = kc_q_step(q)) == KC_Q_ROW) {
-        text(q, 0, scope, sizeof(scope));
-        text(q, 1, to, sizeof(to));
-        gen = (long)kc_q_int(q, 2);
-        r = target_holds(st, scope, to, gen, &tenant, err);
-        if (r == KC_OK)
-            r = kc_data_move_scope(s, scope, to, gen, err);
-        if (r == KC_OK)
-            (*n)++;
-    }
+    while (r == KC_OK && (rc = kc_q_step(q)) == KC_Q_ROW)
+        r = move_row(s, st, q, &tenant, scope, n, err);
     if (r == KC_OK && rc == KC_Q_ERROR)
         r = db_error(st, err);
     kc_q_finish(q);
@@ -366,8 +377,7 @@ static kc_rc batch_step(kc_data_session *s, kc_store *st, long batch, char last[
     /* the batch is one transaction: the tenant DEP is checked once in it */
     kc_dep_tenant_cache tenant = {0};
     kc_q *q = NULL;
-    char scope[80], to[37];
-    long gen;
+    char scope[80];
     kc_rc r = KC_OK;
 
     *n = 0;
@@ -381,15 +391,8 @@ static kc_rc batch_step(kc_data_session *s, kc_store *st, long batch, char last[
     kc_q_bind_text(q, 1, last);
     kc_q_bind_int(q, 2, batch);
     while (r == KC_OK && kc_q_step(q) == KC_Q_ROW) {
-        text(q, 0, scope, sizeof(scope));
+        r = move_row(s, st, q, &tenant, scope, n, err);
         snprintf(last, 80, "%s", scope);
-        text(q, 1, to, sizeof(to));
-        gen = (long)kc_q_int(q, 2);
-        r = target_holds(st, scope, to, gen, &tenant, err);
-        if (r == KC_OK)
-            r = kc_data_move_scope(s, scope, to, gen, err);
-        if (r == KC_OK)
-            (*n)++;
     }
     kc_q_finish(q);
     return r;
