@@ -102,6 +102,24 @@ kc_rc kc_pg_begin(kc_store *s, int shared, kc_error *err)
                       err);
 }
 
+/* Sets search_path to pg_catalog, then the store's schema (local: for the
+ * transaction, the store's schema alone, where the migrations create). So
+ * names resolve in pg_catalog first and in no other schema of the user's
+ * search_path (public, say): a function or operator made there is never
+ * chosen for keycustody's SQL; one in the store's schema is refused by the
+ * schema check. */
+static kc_rc set_search_path(kc_store *s, int local, kc_error *err)
+{
+    char *id = PQescapeIdentifier(s->pg, s->pg_schema, strlen(s->pg_schema)), sql[200];
+
+    if (id == NULL)
+        return pg_fail(s, "name its schema", NULL, err);
+    snprintf(sql, sizeof(sql),
+             local ? "SET LOCAL search_path = %s" : "SET search_path = pg_catalog, %s", id);
+    PQfreemem(id);
+    return kc_pg_exec(s, sql, err);
+}
+
 kc_rc kc_pg_open(kc_store *s, const char *uri, kc_error *err)
 {
     const char *keys[] = {"dbname", "fallback_application_name", NULL};
@@ -137,7 +155,7 @@ kc_rc kc_pg_open(kc_store *s, const char *uri, kc_error *err)
     } else
         snprintf(s->pg_schema, sizeof(s->pg_schema), "%s", PQgetvalue(res, 0, 0));
     PQclear(res);
-    return r;
+    return r == KC_OK ? set_search_path(s, 0, err) : r;
 }
 
 kc_rc kc_pg_version(kc_store *s, int *version, kc_error *err)
@@ -209,7 +227,9 @@ kc_rc kc_pg_migrate_step(kc_store *s, const char *migration, int to, kc_error *e
 
     if (ddl == NULL)
         return kc_error_set(err, KC_ERR, "out of memory");
-    r = kc_pg_exec(s, "CREATE TABLE IF NOT EXISTS kc_schema (version BIGINT NOT NULL)", err);
+    r = set_search_path(s, 1, err);
+    if (r == KC_OK)
+        r = kc_pg_exec(s, "CREATE TABLE IF NOT EXISTS kc_schema (version BIGINT NOT NULL)", err);
     if (r == KC_OK)
         r = kc_pg_exec(s, ddl, err);
     snprintf(sql, sizeof(sql), "DELETE FROM kc_schema; INSERT INTO kc_schema VALUES (%d)", to);
@@ -321,6 +341,23 @@ static int old_snapshot(kc_store *s, const char *t, char since[40])
     return pid;
 }
 
+/* VACUUM VERBOSE's report of a table: its DETAIL starts with the dead row
+ * versions it could not remove yet (an open snapshot may see them). In a
+ * language whose message does not start with the number, none is read. */
+static void count_kept(void *arg, const PGresult *res)
+{
+    const char *detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+    long *kept = arg;
+    char *end;
+    double n;
+
+    if (detail == NULL)
+        return;
+    n = strtod(detail, &end);
+    if (end != detail && strstr(end, "cannot be removed") != NULL && n > 0)
+        *kept += (long)n;
+}
+
 /* What a purge emptied is rewritten into new files: the old row versions,
  * which still hold the wrapped keys, are not left in the tables' files.
  * VACUUM FULL copies a row version some open snapshot may still see, so it
@@ -349,7 +386,26 @@ kc_rc kc_pg_scrub(kc_store *s, kc_error *err)
         kc_error_hint(err, "run the purge again when that transaction has ended");
         return KC_CONFLICT;
     }
-    r = kc_pg_exec(s, "VACUUM FULL dep_keys, scopes, assignments", err);
-    return r == KC_OK ? KC_OK
-                      : kc_error_prefix(err, "cannot rewrite the tables that held wrapped keys");
+    /* sessions this role cannot see (autovacuum's ANALYZE, other roles)
+     * hold snapshots too: VACUUM FULL says how many dead row versions it
+     * had to keep, and is run again until it kept none */
+    for (i = 0; i < 150; i++) {
+        long kept = 0;
+
+        PQsetNoticeReceiver(s->pg, count_kept, &kept);
+        r = kc_pg_exec(s, "VACUUM (FULL, VERBOSE) dep_keys, scopes, assignments", err);
+        PQsetNoticeProcessor(s->pg, quiet, NULL);
+        if (r != KC_OK)
+            return kc_error_prefix(err, "cannot rewrite the tables that held wrapped keys");
+        if (kept == 0)
+            return KC_OK;
+        (void)nanosleep(&pause, NULL);
+        (void)nanosleep(&pause, NULL);
+    }
+    kc_error_set(err, KC_CONFLICT,
+                 "the service store %s: another transaction can still see old rows of the "
+                 "tables that held wrapped keys, so they could not all be removed",
+                 s->shown);
+    kc_error_hint(err, "run the purge again when the database's long transactions have ended");
+    return KC_CONFLICT;
 }
