@@ -1279,11 +1279,12 @@ static void test_put_during_rewrap(void)
     CU_ASSERT_EQUAL(kc_test_sh(&out,
                                "cd '%s' && ( '%s' rewrap --batch 1 --as svc --pin-source "
                                "VaultA1=env:TEST_PIN --pin-source VaultB1=env:TEST_PIN; echo $? "
-                               "> rewrap.rc ) > rewrap.log 2>&1 &",
+                               "> rewrap.tmp; mv rewrap.tmp rewrap.rc ) > rewrap.log 2>&1 &",
                                kc_test_dir(), KC_BINARY),
                     0);
     put_mailboxes("n", 60); /* new scopes, under the new generation */
     put_mailboxes("m", 60); /* items replaced in scopes the rewrap is moving */
+    /* rewrap.rc appears whole (a rename), not empty before its status */
     for (i = 0; i < 3000 && access(kc_test_path("rewrap.rc"), F_OK) != 0; i++)
         usleep(10000);
     rc_text = kc_test_read(kc_test_path("rewrap.rc"), &len);
