@@ -215,8 +215,10 @@ static kc_rc find_keys(kc_tok *t, const char *label, const unsigned char *id, si
                        size_t first, size_t last, kc_key_obj **out, size_t *n, kc_error *err)
 {
     static const CK_OBJECT_CLASS classes[] = {CKO_PUBLIC_KEY, CKO_PRIVATE_KEY};
-    CK_OBJECT_CLASS *cls = NULL;
+    CK_OBJECT_CLASS one = classes[first], *cls = NULL;
     CK_OBJECT_HANDLE *h = NULL;
+    CK_ATTRIBUTE tmpl[3];
+    CK_ULONG nt;
     kc_key_obj *v = NULL;
     size_t len = 0, count = 0, c, i;
     int recoveries, pass;
@@ -232,35 +234,30 @@ static kc_rc find_keys(kc_tok *t, const char *label, const unsigned char *id, si
      * found again on the new one (once: a handle recovers once). */
     for (pass = 0; pass < 2; pass++) {
         recoveries = t->recoveries;
-        {
-            CK_OBJECT_CLASS one = classes[first];
-            CK_ATTRIBUTE tmpl[3];
-            CK_ULONG nt = 0;
-
-            if (first == last)
-                tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_CLASS, &one, sizeof(one));
-            if (label != NULL)
-                tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_LABEL, label, strlen(label));
-            if (id != NULL)
-                tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_ID, id, id_len);
-            free(h);
-            free(cls);
-            h = NULL;
-            cls = NULL;
-            r = kc_p11_find_all(t, tmpl, nt, &h, &count, err);
-            if (r != KC_OK)
-                goto cleanup;
-            cls = calloc(count + 1, sizeof(*cls));
-            if (cls == NULL) {
-                r = kc_error_set(err, KC_ERR, "out of memory");
-                goto cleanup;
-            }
-            if (first == last)
-                for (i = 0; i < count; i++)
-                    cls[i] = one;
-            else
-                key_classes(t, h, count, cls);
+        nt = 0;
+        if (first == last)
+            tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_CLASS, &one, sizeof(one));
+        if (label != NULL)
+            tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_LABEL, label, strlen(label));
+        if (id != NULL)
+            tmpl[nt++] = (CK_ATTRIBUTE)ATTR(CKA_ID, id, id_len);
+        free(h);
+        free(cls);
+        h = NULL;
+        cls = NULL;
+        r = kc_p11_find_all(t, tmpl, nt, &h, &count, err);
+        if (r != KC_OK)
+            goto cleanup;
+        cls = calloc(count + 1, sizeof(*cls));
+        if (cls == NULL) {
+            r = kc_error_set(err, KC_ERR, "out of memory");
+            goto cleanup;
         }
+        if (first == last)
+            for (i = 0; i < count; i++)
+                cls[i] = one;
+        else
+            key_classes(t, h, count, cls);
         free(v);
         v = calloc(count + 1, sizeof(*v));
         if (v == NULL) {
