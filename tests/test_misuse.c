@@ -210,11 +210,13 @@ static void test_delete_races_create(void)
  * every change another command reported is there, and the vault opens. */
 static void test_killed_while_others_write(void)
 {
-    /* Not before 0.4 s: a process killed inside SoftHSM 2.6.1's C_Login,
-     * which rewrites token.object in place, leaves it empty and the token
-     * gone for good (docs/security.md); the 4096-bit create is past its
-     * login by then and inside key generation or the writes after it. */
-    static const char *const delays[] = {"0.4", "0.7", "1.0", "1.4"};
+    /* Each create is killed at a delay after its key pair's two object
+     * files appear, so inside the writes after key generation, never inside
+     * its C_Login: a process killed there tears SoftHSM 2.6.1's
+     * token.object, which it rewrites in place (docs/security.md), and the
+     * token is gone whatever keycustody does. The grant starts once the
+     * create is past its login, and waits for it. */
+    static const char *const delays[] = {"0", "0.02", "0.05", "0.1", "0.2"};
     char *out = NULL;
     size_t i;
 
@@ -224,20 +226,22 @@ static void test_killed_while_others_write(void)
               0);
     for (i = 0; i < sizeof(delays) / sizeof(delays[0]); i++) {
         char grant[64];
+        size_t entries;
+        int rc;
 
         snprintf(grant, sizeof(grant), "k%zu", i);
-        /* The create may be done before the kill (a quick key
-         * generation): the kill then finds no process, which is fine. */
-        int rc = kc_test_sh(&out,
-                            "cd '%s' || exit 1; '%s' key create VaultA1/Killed%zu --size 4096 "
-                            "--as admin --pin-source env:TEST_PIN >/dev/null 2>&1 & k=$!; "
-                            "'%s' access "
-                            "set VaultA1 --principal %s --permissions get --so-pin-source "
-                            "env:TEST_SO_PIN --pin-source env:TEST_PIN > grant.out 2>&1 & "
-                            "g=$!; sleep %s; kill -9 $k 2>/dev/null; wait $g",
-                            kc_test_dir(), KC_BINARY, i, KC_BINARY, grant, delays[i]);
-        size_t entries;
-
+        /* The create may be done before the kill: the kill then finds no
+         * process, which is fine. */
+        rc = kc_test_sh(&out,
+                        "cd '%s' || exit 1; objs() { ls tokens/*/ | grep -c '[.]object$'; }; "
+                        "n0=$(objs); '%s' key create VaultA1/Killed%zu --size 2048 --as admin "
+                        "--pin-source env:TEST_PIN >/dev/null 2>&1 & k=$!; t=0; "
+                        "until [ $(objs) -ge $((n0 + 2)) ] || [ $t -gt 1000 ]; do sleep 0.01; "
+                        "t=$((t + 1)); done; '%s' access set VaultA1 --principal %s "
+                        "--permissions get --so-pin-source env:TEST_SO_PIN --pin-source "
+                        "env:TEST_PIN > grant.out 2>&1 & g=$!; sleep %s; kill -9 $k 2>/dev/null; "
+                        "wait $g",
+                        kc_test_dir(), KC_BINARY, i, KC_BINARY, grant, delays[i]);
         ASSERT_RC(kc_test_run("vault", "show", "VaultA1", NULL), 0);
         entries = access_entries();
         if (rc != 0 || entries != i + 2) {
