@@ -450,6 +450,51 @@ static void test_store_schema_changed(void)
     unsetenv("KEYCUSTODY_STORE");
 }
 
+/* A user's search_path that puts another schema before pg_catalog (here
+ * the role's own: kc, public, pg_catalog) lets whoever can create in that
+ * schema shadow the functions keycustody calls. The one planted here is the
+ * writers' lock: chosen, it would take no lock (two writers no longer
+ * queue) and record each call. keycustody resolves names in pg_catalog
+ * first and in the store's schema alone, so it is never called. */
+static void test_store_shadowed_function(void)
+{
+    char uri[1400];
+    const kc_test_out *r;
+
+    if (!kc_test_on_pg())
+        return; /* SQLite has no schemas of other users to search */
+    CU_ASSERT_EQUAL_FATAL(
+        sql("CREATE SCHEMA kc; CREATE TABLE public.seen (n int); CREATE FUNCTION "
+            "public.pg_advisory_xact_lock(bigint) RETURNS void LANGUAGE sql AS "
+            "'INSERT INTO public.seen VALUES (1)'; CREATE FUNCTION "
+            "public.pg_advisory_xact_lock_shared(bigint) RETURNS void LANGUAGE sql AS "
+            "'INSERT INTO public.seen VALUES (2)'"),
+        0);
+    snprintf(uri, sizeof(uri), "%s&options=-csearch_path%%3Dkc,public,pg_catalog", kc_test_store());
+    {
+        const char *file = kc_test_layout(NULL, NULL);
+
+        ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
+    }
+    kc_test_vault("Service", "sub-svc", "centralus");
+    setenv("KEYCUSTODY_STORE", uri, 1);
+    setenv("KEYCUSTODY_SERVICE_VAULT", "Service", 1);
+    setenv("KEYCUSTODY_SERVICE_PIN_SOURCE", "env:TEST_PIN", 1);
+    ASSERT_RC(kc_test_run("dep", "create", "Ten", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
+                          "--workload", "tenant", "--pin-source", "Service=env:TEST_PIN", "--as",
+                          "svc", NULL),
+              0);
+    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", NULL), 0);
+    r = kc_test_run("dep", "list", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "Ten");
+    /* the store is in kc, as the search_path named it first */
+    CU_ASSERT_EQUAL(sql("SELECT 1/count(*) FROM kc.deps"), 0);
+    /* and the planted lock was never called */
+    CU_ASSERT_EQUAL(sql("SELECT 1/(1 - sign(count(*))::int) FROM public.seen"), 0);
+    unsetenv("KEYCUSTODY_STORE");
+}
+
 /* A store others can write, or a link to one, is not believed. */
 static void test_store_file_rights(void)
 {
@@ -745,6 +790,7 @@ static const kc_test_case store_cases[] = {
     {"no service vault PIN", test_store_needs_service_pin},
     {"a planted trigger", test_store_trigger},
     {"a changed schema", test_store_schema_changed},
+    {"a function shadowed in another schema", test_store_shadowed_function},
     {"a store others can write, or a link", test_store_file_rights},
     {NULL, NULL},
 };
