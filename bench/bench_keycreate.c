@@ -18,6 +18,10 @@
 #include "cli.h"
 #include "kc_p11.h"
 
+/* The token's own work, the baseline, speaks to the module itself. */
+#include <p11-kit/p11-kit.h>
+#include <p11-kit/pkcs11.h>
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +35,7 @@
 
 static int rounds = 5, creates = 5, big_keys = 1000;
 static const char *counted = "C_FindObjectsInit";
+static const char *module;
 static char work[512];
 static FILE *devnull;
 
@@ -139,15 +144,17 @@ static int load_pins(const char *dir)
 
 typedef struct figures {
     double total, keygen; /* seconds per create, this round */
-    unsigned finds;       /* C_FindObjectsInit in one create */
+    double in_module;     /* of one create: seconds inside the module, keygen aside */
+    unsigned calls;       /* of one create: calls of the counted function */
+    double in_counted;    /* and seconds inside them */
 } figures;
 
 /* One round at one size: a fresh copy of base, creates timed, then one more
- * create counting its C_FindObjectsInit. */
+ * create with every PKCS#11 call timed (the seam armed as "*"). */
 static figures measure(const char *base, int round)
 {
     char dir[1200], name[64];
-    figures f = {0, 0, 0};
+    figures f = {0, 0, 0, 0, 0};
     kc_error e;
     double t0;
     int i;
@@ -168,20 +175,124 @@ static figures measure(const char *base, int round)
     f.total /= creates;
     f.keygen /= creates;
     snprintf(name, sizeof(name), "Count%02d", round);
-    if (kc_p11_fault_arm(counted, "CKR_DEVICE_ERROR", 1000000, 0, &e) != KC_OK)
-        die("cannot arm the counter");
+    if (kc_p11_fault_arm("*", "CKR_OK", 1, 0, &e) != KC_OK)
+        die("cannot arm the counters");
     create_key(name);
-    f.finds = kc_p11_fault_calls();
+    f.in_module = kc_p11_fault_seconds() - kc_p11_fault_seconds_of("C_GenerateKeyPair");
+    f.calls = kc_p11_fault_calls_of(counted);
+    f.in_counted = kc_p11_fault_seconds_of(counted);
     kc_p11_fault_disarm();
     return f;
+}
+
+/* --- the token's own work: the direct PKCS#11 calls any create makes --- */
+
+static void check_rv(CK_RV rv, const char *what)
+{
+    if (rv != CKR_OK) {
+        fprintf(stderr, "bench: %s failed: 0x%lx\n", what, (unsigned long)rv);
+        exit(1);
+    }
+}
+
+static CK_SLOT_ID slot_of(CK_FUNCTION_LIST *f, const char *label)
+{
+    CK_SLOT_ID slots[64];
+    CK_ULONG n = 64, i;
+    CK_TOKEN_INFO ti;
+    size_t len = strlen(label);
+
+    check_rv(f->C_GetSlotList(CK_TRUE, slots, &n), "C_GetSlotList");
+    for (i = 0; i < n; i++)
+        if (f->C_GetTokenInfo(slots[i], &ti) == CKR_OK && memcmp(ti.label, label, len) == 0 &&
+            (len == sizeof(ti.label) || ti.label[len] == ' '))
+            return slots[i];
+    die("the bench vault's token is not there");
+    return 0;
+}
+
+/* What one create cannot do without, straight to the module as a command
+ * would (loaded, initialized and finalized each time): find the token by
+ * label, log in, one search for the new key's label (is the name free?),
+ * the key pair, log out. */
+static void raw_create(const char *name, double *keygen, double *init)
+{
+    CK_FUNCTION_LIST *f = p11_kit_module_load(module, 0);
+    CK_SESSION_HANDLE s;
+    CK_OBJECT_HANDLE found[4], pub, priv;
+    CK_ULONG got = 0, bits = 2048;
+    CK_BYTE e[] = {1, 0, 1};
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_MECHANISM mech = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
+    CK_ATTRIBUTE label = {CKA_LABEL, (void *)name, strlen(name)};
+    CK_ATTRIBUTE pub_t[] = {{CKA_TOKEN, &yes, 1},       {CKA_LABEL, (void *)name, strlen(name)},
+                            {CKA_WRAP, &yes, 1},        {CKA_ENCRYPT, &no, 1},
+                            {CKA_VERIFY, &no, 1},       {CKA_MODULUS_BITS, &bits, sizeof(bits)},
+                            {CKA_PUBLIC_EXPONENT, e, 3}};
+    CK_ATTRIBUTE priv_t[] = {{CKA_TOKEN, &yes, 1},      {CKA_LABEL, (void *)name, strlen(name)},
+                             {CKA_PRIVATE, &yes, 1},    {CKA_SENSITIVE, &yes, 1},
+                             {CKA_EXTRACTABLE, &no, 1}, {CKA_UNWRAP, &yes, 1},
+                             {CKA_DECRYPT, &no, 1},     {CKA_SIGN, &no, 1}};
+    double t0 = bench_now();
+
+    if (f == NULL)
+        die("cannot load the module");
+    check_rv(p11_kit_module_initialize(f), "C_Initialize");
+    *init += bench_now() - t0;
+    check_rv(
+        f->C_OpenSession(slot_of(f, "BenchV"), CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s),
+        "C_OpenSession");
+    check_rv(f->C_Login(s, CKU_USER, (CK_UTF8CHAR *)bench_user_pin, strlen(bench_user_pin)),
+             "C_Login");
+    check_rv(f->C_FindObjectsInit(s, &label, 1), "C_FindObjectsInit");
+    check_rv(f->C_FindObjects(s, found, 4, &got), "C_FindObjects");
+    check_rv(f->C_FindObjectsFinal(s), "C_FindObjectsFinal");
+    if (got != 0)
+        die("the baseline's key name is taken");
+    t0 = bench_now();
+    check_rv(f->C_GenerateKeyPair(s, &mech, pub_t, sizeof(pub_t) / sizeof(pub_t[0]), priv_t,
+                                  sizeof(priv_t) / sizeof(priv_t[0]), &pub, &priv),
+             "C_GenerateKeyPair");
+    *keygen += bench_now() - t0;
+    check_rv(f->C_Logout(s), "C_Logout");
+    check_rv(f->C_CloseSession(s), "C_CloseSession");
+    t0 = bench_now();
+    check_rv(p11_kit_module_finalize(f), "C_Finalize");
+    p11_kit_module_release(f);
+    *init += bench_now() - t0;
+}
+
+/* One round of the baseline at one size, on a fresh copy of base: its
+ * work outside key generation, and of that the module's load, C_Initialize
+ * and C_Finalize (*init), per create. */
+static double measure_raw(const char *base, int round, double *init)
+{
+    char dir[1200], name[64];
+    double other = 0, keygen, t0;
+    int i;
+
+    *init = 0;
+
+    snprintf(dir, sizeof(dir), "%s/raw", work);
+    sh("rm -rf '%s' && cp -a '%s' '%s'", dir, base, dir);
+    use_dir(dir);
+    for (i = 0; i < creates; i++) {
+        snprintf(name, sizeof(name), "Raw%02d-%02d", round, i);
+        keygen = 0;
+        t0 = bench_now();
+        raw_create(name, &keygen, init);
+        other += bench_now() - t0 - keygen;
+    }
+    *init /= creates;
+    return other / creates;
 }
 
 int main(int argc, char **argv)
 {
     char small[1200], big[1200], cache[1200], tmp[1300], conf[1300];
-    double tot[2][64], gen[2][64], non[2][64], ratio[64];
-    unsigned finds[2] = {0, 0};
-    const char *module;
+    double tot[2][64], gen[2][64], non[2][64], raw[2][64], mod[2][64], init[2][64], own[2][64];
+    double inside[2][64], ratio[3][64];
+    unsigned calls[2] = {0, 0};
     struct stat st;
     int i, s;
 
@@ -239,27 +350,51 @@ int main(int argc, char **argv)
 
     for (i = 0; i < rounds; i++) {
         for (int k = 0; k < 2; k++) {
+            double in;
+
             s = (i + k) % 2; /* alternate which size goes first */
             figures f = measure(s == 0 ? small : big, i);
             tot[s][i] = f.total * 1000;
             gen[s][i] = f.keygen * 1000;
             non[s][i] = (f.total - f.keygen) * 1000;
-            if (f.finds > finds[s])
-                finds[s] = f.finds;
+            mod[s][i] = f.in_module * 1000;
+            if (f.calls > calls[s])
+                calls[s] = f.calls;
+            inside[s][i] = f.in_counted * 1000;
+            raw[s][i] = measure_raw(s == 0 ? small : big, i, &in) * 1000;
+            init[s][i] = in * 1000;
+            own[s][i] = non[s][i] - mod[s][i] - init[s][i];
         }
-        ratio[i] = non[1][i] / non[0][i];
+        ratio[0][i] = non[1][i] / non[0][i];
+        ratio[1][i] = raw[1][i] / raw[0][i];
+        ratio[2][i] = own[1][i] / own[0][i];
     }
     printf("key create (RSA-2048, in-process kc_cli_main with its audit log), %d rounds of %d "
-           "creates per size, %ld CPUs\n",
+           "creates per size, %ld CPUs; medians over the rounds (ratios within each round)\n",
            rounds, creates, sysconf(_SC_NPROCESSORS_ONLN));
-    printf("keygen: time inside C_GenerateKeyPair; other: total - keygen. Medians over the rounds "
-           "(the ratio within each round).\n");
-    printf("%-8s %12s %12s %12s %20s\n", "keys", "total ms", "keygen ms", "other ms", counted);
-    printf("%-8d %12.1f %12.1f %12.1f %20u\n", SMALL_KEYS, bench_median(tot[0], rounds),
-           bench_median(gen[0], rounds), bench_median(non[0], rounds), finds[0]);
-    printf("%-8d %12.1f %12.1f %12.1f %20u\n", big_keys, bench_median(tot[1], rounds),
-           bench_median(gen[1], rounds), bench_median(non[1], rounds), finds[1]);
-    printf("other(%d)/other(%d): %.2f\n", big_keys, SMALL_KEYS, bench_median(ratio, rounds));
+    printf("  other: total - time inside C_GenerateKeyPair\n"
+           "  in module: of other, the time inside the module's other calls (one create, every "
+           "call timed)\n"
+           "  init: the module's load, C_Initialize and C_Finalize (timed in the baseline)\n"
+           "  own: other - in module - init, keycustody's own work\n"
+           "  token: the baseline, the direct PKCS#11 calls a create cannot do without outside "
+           "key generation\n"
+           "    (load, C_Initialize, token by label, C_Login, one search by label, C_Logout, "
+           "C_Finalize), interleaved\n"
+           "  %s: its calls in one create, and ms inside them\n",
+           counted);
+    printf("%-6s %9s %9s %9s %10s %7s %7s %8s %7s %8s\n", "keys", "total ms", "keygen", "other",
+           "in module", "init", "own", "token", "calls", "ms in");
+    for (s = 0; s < 2; s++)
+        printf("%-6d %9.1f %9.1f %9.1f %10.1f %7.1f %7.1f %8.1f %7u %8.1f\n",
+               s == 0 ? SMALL_KEYS : big_keys, bench_median(tot[s], rounds),
+               bench_median(gen[s], rounds), bench_median(non[s], rounds),
+               bench_median(mod[s], rounds), bench_median(init[s], rounds),
+               bench_median(own[s], rounds), bench_median(raw[s], rounds), calls[s],
+               bench_median(inside[s], rounds));
+    printf("at %d keys / at %d: other %.2f, token %.2f, own %.2f\n", big_keys, SMALL_KEYS,
+           bench_median(ratio[0], rounds), bench_median(ratio[1], rounds),
+           bench_median(ratio[2], rounds));
     fclose(devnull);
     return bench_remove_dir(work);
 }

@@ -527,6 +527,11 @@ KC_EXPORT unsigned kc_p11_fault_calls(void);
  * passed through (a benchmark arms it with a call number never reached to
  * time one function). */
 KC_EXPORT double kc_p11_fault_seconds(void);
+/* Armed as "*" (every function of the seam passed through, none failed,
+ * e.g. kc_p11_fault_arm("*", "CKR_OK", 1, 0)): one function's calls and
+ * seconds inside the module since the module was loaded. */
+KC_EXPORT unsigned kc_p11_fault_calls_of(const char *func);
+KC_EXPORT double kc_p11_fault_seconds_of(const char *func);
 
 /* --- what a module can do (kc_p11_probe.c) ---
  *

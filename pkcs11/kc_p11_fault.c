@@ -1,6 +1,7 @@
 /* Fault injection: a copy of a module's CK_FUNCTION_LIST with one function
  * replaced by one that fails on its Nth call. Process-wide by design: it is a
- * test seam, armed before the module is loaded. */
+ * test seam, armed before the module is loaded. Armed as "*", every function
+ * of the table is replaced by one that only counts and times its calls. */
 #include "kc_p11_int.h"
 
 #include <stddef.h>
@@ -8,6 +9,30 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+/* The functions of the table below, in its order. */
+enum {
+    FI_C_GetSlotList,
+    FI_C_GetTokenInfo,
+    FI_C_InitToken,
+    FI_C_InitPIN,
+    FI_C_SetPIN,
+    FI_C_OpenSession,
+    FI_C_Login,
+    FI_C_CreateObject,
+    FI_C_DestroyObject,
+    FI_C_GetAttributeValue,
+    FI_C_FindObjectsInit,
+    FI_C_FindObjects,
+    FI_C_GenerateKeyPair,
+    FI_C_WrapKey,
+    FI_C_UnwrapKey,
+    FI_C_GenerateRandom,
+    FI_C_SetAttributeValue,
+    FI_C_Sign,
+    FI_C_Verify,
+    KC_FAULT_MAX
+};
 
 static struct {
     char func[32];
@@ -17,16 +42,20 @@ static struct {
     unsigned calls;
     double seconds;         /* spent inside the module by the calls passed through */
     CK_FUNCTION_LIST *orig; /* the module's own list, for calls that pass through */
+    int every;              /* "*": all of them, timed, none failed */
+    unsigned each_calls[KC_FAULT_MAX];
+    double each_seconds[KC_FAULT_MAX];
 } fault;
 
 static int fault_known(const char *func);
+static int fault_index(const char *func);
 
 kc_rc kc_p11_fault_arm(const char *func, const char *rv_name, unsigned nth, int after,
                        kc_error *err)
 {
     CK_RV rv;
 
-    if (!fault_known(func))
+    if (strcmp(func, "*") != 0 && !fault_known(func))
         return kc_error_set(err, KC_USAGE, "fault: '%s' cannot be faulted", func);
     if (!kc_p11_rv_from_name(rv_name, &rv))
         return kc_error_set(err, KC_USAGE, "unknown CK_RV name '%s'", rv_name);
@@ -37,6 +66,7 @@ kc_rc kc_p11_fault_arm(const char *func, const char *rv_name, unsigned nth, int 
     fault.rv = rv;
     fault.nth = nth;
     fault.after = after;
+    fault.every = strcmp(func, "*") == 0;
     return KC_OK;
 }
 
@@ -55,6 +85,20 @@ double kc_p11_fault_seconds(void)
     return fault.seconds;
 }
 
+unsigned kc_p11_fault_calls_of(const char *func)
+{
+    int i = fault_index(func);
+
+    return i < 0 ? 0 : fault.each_calls[i];
+}
+
+double kc_p11_fault_seconds_of(const char *func)
+{
+    int i = fault_index(func);
+
+    return i < 0 ? 0 : fault.each_seconds[i];
+}
+
 /* Only the fault copies read the clock: a module loaded unarmed never does. */
 static double fault_clock(void)
 {
@@ -68,7 +112,17 @@ static double fault_clock(void)
 static int fault_hit(void)
 {
     fault.calls++;
-    return fault.calls == fault.nth;
+    return !fault.every && fault.calls == fault.nth;
+}
+
+/* A call passed through: its time, to the total and to its function's. */
+static void fault_spent(int i, double t0)
+{
+    double took = fault_clock() - t0;
+
+    fault.seconds += took;
+    fault.each_calls[i]++;
+    fault.each_seconds[i] += took;
 }
 
 /* One replacement per function that tests fail. ARGS is the parameter list,
@@ -81,7 +135,7 @@ static int fault_hit(void)
         if (!fault_hit()) {                                                                        \
             t0 = fault_clock();                                                                    \
             real = fault.orig->name PASS;                                                          \
-            fault.seconds += fault_clock() - t0;                                                   \
+            fault_spent(FI_##name, t0);                                                            \
             return real;                                                                           \
         }                                                                                          \
         if (!fault.after)                                                                          \
@@ -135,8 +189,13 @@ FAULT_FN(C_SetAttributeValue,
     static CK_RV fault_##name ARGS                                                                 \
     {                                                                                              \
         CK_RV real;                                                                                \
-        if (!fault_hit())                                                                          \
-            return fault.orig->name PASS;                                                          \
+        double t0;                                                                                 \
+        if (!fault_hit()) {                                                                        \
+            t0 = fault_clock();                                                                    \
+            real = fault.orig->name PASS;                                                          \
+            fault_spent(FI_##name, t0);                                                            \
+            return real;                                                                           \
+        }                                                                                          \
         real = fault.orig->name PASS;                                                              \
         (void)real;                                                                                \
         return fault.rv;                                                                           \
@@ -149,12 +208,13 @@ FAULT_OP(C_Verify, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR 
 
 #define FAULT_ENTRY(name)                                                                          \
     {                                                                                              \
-#name, offsetof(CK_FUNCTION_LIST, name), (void (*)(void))fault_##name                      \
+#name, offsetof(CK_FUNCTION_LIST, name), (void (*)(void))fault_##name, FI_##name           \
     }
 static const struct {
     const char *name;
     size_t offset;
     void (*fn)(void);
+    int index; /* in fault.each_* */
 } fault_table[] = {
     FAULT_ENTRY(C_GetSlotList),
     FAULT_ENTRY(C_GetTokenInfo),
@@ -177,14 +237,22 @@ static const struct {
     FAULT_ENTRY(C_Verify),
 };
 
-static int fault_known(const char *func)
+static int fault_index(const char *func)
 {
     size_t i;
 
     for (i = 0; i < sizeof(fault_table) / sizeof(fault_table[0]); i++)
         if (strcmp(fault_table[i].name, func) == 0)
-            return 1;
-    return 0;
+            return fault_table[i].index;
+    return -1;
+}
+
+_Static_assert(sizeof(fault_table) / sizeof(fault_table[0]) == KC_FAULT_MAX,
+               "one FI_ name per function of the seam");
+
+static int fault_known(const char *func)
+{
+    return fault_index(func) >= 0;
 }
 
 CK_FUNCTION_LIST *kc_p11_fault_wrap(CK_FUNCTION_LIST *f)
@@ -192,22 +260,22 @@ CK_FUNCTION_LIST *kc_p11_fault_wrap(CK_FUNCTION_LIST *f)
     CK_FUNCTION_LIST *copy = NULL;
     size_t i;
 
-    if (fault.func[0] == '\0')
+    if (fault.func[0] == '\0' || (!fault.every && !fault_known(fault.func)))
         return f;
-    for (i = 0; i < sizeof(fault_table) / sizeof(fault_table[0]); i++) {
-        if (strcmp(fault_table[i].name, fault.func) != 0)
-            continue;
-        copy = malloc(sizeof(*copy));
-        if (copy == NULL)
-            return f;
-        *copy = *f;
-        memcpy((char *)copy + fault_table[i].offset, &fault_table[i].fn, sizeof(fault_table[i].fn));
-        fault.orig = f;
-        fault.calls = 0;
-        fault.seconds = 0;
-        return copy;
-    }
-    return f;
+    copy = malloc(sizeof(*copy));
+    if (copy == NULL)
+        return f;
+    *copy = *f;
+    for (i = 0; i < sizeof(fault_table) / sizeof(fault_table[0]); i++)
+        if (fault.every || strcmp(fault_table[i].name, fault.func) == 0)
+            memcpy((char *)copy + fault_table[i].offset, &fault_table[i].fn,
+                   sizeof(fault_table[i].fn));
+    fault.orig = f;
+    fault.calls = 0;
+    fault.seconds = 0;
+    memset(fault.each_calls, 0, sizeof(fault.each_calls));
+    memset(fault.each_seconds, 0, sizeof(fault.each_seconds));
+    return copy;
 }
 
 void kc_p11_fault_release(CK_FUNCTION_LIST *wrapped, CK_FUNCTION_LIST *orig)

@@ -326,10 +326,14 @@ static void fact_fixed_keys(void)
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
     CK_KEY_TYPE kt = CKK_AES;
     unsigned char value[32] = {3};
-    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},   {CKA_KEY_TYPE, &kt, sizeof(kt)},
-                        {CKA_TOKEN, &FA, 1},              {CKA_VALUE, value, sizeof(value)},
-                        {CKA_UNWRAP, &T, 1},              {CKA_DECRYPT, &FA, 1},
-                        {CKA_MODIFIABLE, &FA, 1},         {CKA_COPYABLE, &FA, 1}};
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+                        {CKA_TOKEN, &FA, 1},
+                        {CKA_VALUE, value, sizeof(value)},
+                        {CKA_UNWRAP, &T, 1},
+                        {CKA_DECRYPT, &FA, 1},
+                        {CKA_MODIFIABLE, &FA, 1},
+                        {CKA_COPYABLE, &FA, 1}};
     CK_ATTRIBUTE dec = {CKA_DECRYPT, &T, 1};
     CK_OBJECT_HANDLE k, copy;
 
@@ -349,9 +353,12 @@ static void fact_gcm_bad_tag(void)
     unsigned char value[32] = {5}, iv[12] = {1}, msg[40] = {2}, ct[64], pt[64];
     CK_GCM_PARAMS gp = {iv, 12, 96, NULL, 0, 128};
     CK_MECHANISM m = {CKM_AES_GCM, &gp, sizeof(gp)};
-    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)},
-                        {CKA_TOKEN, &FA, 1},            {CKA_VALUE, value, sizeof(value)},
-                        {CKA_ENCRYPT, &T, 1},           {CKA_DECRYPT, &T, 1}};
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+                        {CKA_TOKEN, &FA, 1},
+                        {CKA_VALUE, value, sizeof(value)},
+                        {CKA_ENCRYPT, &T, 1},
+                        {CKA_DECRYPT, &T, 1}};
     CK_ULONG clen = sizeof(ct), plen = sizeof(pt);
     CK_OBJECT_HANDLE k;
 
@@ -778,6 +785,35 @@ static void test_key_create_failure_leaves_nothing(void)
     kc_ctx_free(ctx);
 }
 
+/* The seam armed as "*" (what bench_keycreate times a create with): every
+ * call reaches the module and succeeds, and each function's calls are
+ * counted apart. */
+static void test_every_call_timed(void)
+{
+    kc_ctx *ctx;
+    kc_vault *v;
+    kc_key_create_opts o = {"Key001", 2048, KC_PROT_HSM, KC_OP_WRAP | KC_OP_UNWRAP, NULL};
+    kc_key *k = NULL;
+    kc_error e;
+
+    CU_ASSERT_EQUAL_FATAL(kc_p11_fault_arm("*", "CKR_DEVICE_ERROR", 1, 0, &e), KC_OK);
+    ctx = ctx_new();
+    v = vault_new(ctx, "VaultK5");
+    CU_ASSERT_EQUAL_FATAL(kc_ctx_login(ctx, v->tok, &e), KC_OK);
+    CU_ASSERT_EQUAL(kc_key_create(v, &o, &k, &e), KC_OK);
+    /* vault init's pair (the vault key) and the key's */
+    CU_ASSERT_EQUAL(kc_p11_fault_calls_of("C_GenerateKeyPair"), 2);
+    CU_ASSERT(kc_p11_fault_calls_of("C_Login") >= 1);
+    CU_ASSERT(kc_p11_fault_calls_of("C_FindObjectsInit") > 0);
+    CU_ASSERT(kc_p11_fault_seconds_of("C_GenerateKeyPair") > 0);
+    CU_ASSERT(kc_p11_fault_seconds() >= kc_p11_fault_seconds_of("C_GenerateKeyPair"));
+    CU_ASSERT_EQUAL(kc_p11_fault_calls_of("C_Bogus"), 0);
+    kc_p11_fault_disarm();
+    kc_key_free(k);
+    kc_vault_free(v);
+    kc_ctx_free(ctx);
+}
+
 static void test_key_public_pem(void)
 {
     kc_ctx *ctx = ctx_new();
@@ -798,6 +834,7 @@ static void test_key_public_pem(void)
 static const kc_test_case key_cases[] = {
     {"attributes", test_key_attributes},
     {"conflict and bad input", test_key_create_conflict_and_bad_input},
+    {"every call timed", test_every_call_timed},
     {"failed create leaves nothing", test_key_create_failure_leaves_nothing},
     {"public PEM", test_key_public_pem},
     {NULL, NULL},
@@ -918,7 +955,6 @@ static const kc_test_case wrap_cases[] = {
     {NULL, NULL},
 };
 
-
 /* --- documents: one writer of a generation wins (kc_gendoc.h) --- */
 
 #define DOC "keycustody-test-doc"
@@ -1011,9 +1047,9 @@ static size_t doc_objects(kc_tok *tok, const char *label)
     size_t n = 0;
     kc_error e;
 
-    CU_ASSERT_EQUAL(kc_tok_find_data(tok, KC_GENDOC_APPLICATION, label, KC_WHERE_PUBLIC, &objs, &n,
-                                     NULL, &e),
-                    KC_OK);
+    CU_ASSERT_EQUAL(
+        kc_tok_find_data(tok, KC_GENDOC_APPLICATION, label, KC_WHERE_PUBLIC, &objs, &n, NULL, &e),
+        KC_OK);
     kc_p11_data_objs_free(objs, n);
     return n;
 }
@@ -1026,9 +1062,8 @@ static void fact_destroy_race(void)
     char *out = NULL;
 
     docs_token_init();
-    CU_ASSERT_EQUAL(kc_test_sh(&out, "'%s' destroy-race '%s' Docs1 60", KC_ATTACK_P11,
-                               KC_SOFTHSM_MODULE),
-                    0);
+    CU_ASSERT_EQUAL(
+        kc_test_sh(&out, "'%s' destroy-race '%s' Docs1 60", KC_ATTACK_P11, KC_SOFTHSM_MODULE), 0);
     ASSERT_HAS(out, "rounds 60, exactly one winner 60,");
     ASSERT_HAS(out, ", other 0");
 }
@@ -1314,7 +1349,7 @@ static const kc_test_case doc_cases[] = {
 
 static const kc_test_suite suites[] = {
     {"facts", 1, fact_cases}, {"vault", 1, vault_cases}, {"keys", 1, key_cases},
-    {"wrap", 1, wrap_cases},  {"docs", 1, doc_cases},     {NULL, 0, NULL},
+    {"wrap", 1, wrap_cases},  {"docs", 1, doc_cases},    {NULL, 0, NULL},
 };
 
 int main(int argc, char **argv)
