@@ -461,11 +461,39 @@ kc_rc kc_p11_rsa_private_template(kc_tok *t, const kc_rsa_spec *spec, CK_ATTRIBU
     return KC_OK;
 }
 
+/* After a failed generation of a pair whose CKA_ID is new (a root key's
+ * version id: its time and 10 random bytes, kc_key_version_id), the key
+ * objects with that label and id are what the failure left: nothing else
+ * can carry an id nobody knew before. */
+static void remove_pair_with_id(kc_tok *t, const char *label, const unsigned char *id,
+                                size_t id_len)
+{
+    CK_ATTRIBUTE tmpl[2] = {ATTR(CKA_LABEL, label, strlen(label)), ATTR(CKA_ID, id, id_len)};
+    CK_OBJECT_HANDLE *h = NULL;
+    CK_OBJECT_CLASS cls;
+    kc_error ignored;
+    size_t n = 0, i;
+
+    if (kc_p11_find_all(t, tmpl, 2, &h, &n, &ignored) != KC_OK)
+        return;
+    for (i = 0; i < n; i++)
+        if (kc_p11_get_ulong(t, h[i], CKA_CLASS, &cls) &&
+            (cls == CKO_PUBLIC_KEY || cls == CKO_PRIVATE_KEY))
+            (void)t->f->C_DestroyObject(t->session, h[i]);
+    free(h);
+}
+
 /* C_GenerateKeyPair with the leftovers of a failed generation removed;
- * what names the pair in the error. */
+ * what names the pair in the error. With a new id (id_len > 0) the
+ * leftovers are found by it after a failure; without one, every object is
+ * listed before and the new ones of the label removed after: a pass over
+ * the token's objects on every generation (SOFTHSM-NOTES, performance),
+ * which a root key's creation, whose cost should not grow with the vault,
+ * does not pay. */
 static kc_rc generate_pair(kc_tok *t, CK_MECHANISM_TYPE type, CK_ATTRIBUTE *pt, CK_ULONG np,
-                           CK_ATTRIBUTE *vt, CK_ULONG nv, const char *label, const char *what,
-                           kc_obj *pub, kc_obj *priv, kc_error *err)
+                           CK_ATTRIBUTE *vt, CK_ULONG nv, const char *label,
+                           const unsigned char *id, size_t id_len, const char *what, kc_obj *pub,
+                           kc_obj *priv, kc_error *err)
 {
     CK_MECHANISM mech = {type, NULL, 0};
     CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE, *before = NULL;
@@ -473,12 +501,17 @@ static kc_rc generate_pair(kc_tok *t, CK_MECHANISM_TYPE type, CK_ATTRIBUTE *pt, 
     CK_RV rv;
     kc_rc r;
 
-    r = kc_p11_find_all(t, NULL, 0, &before, &nbefore, err);
-    if (r != KC_OK)
-        return r;
+    if (id_len == 0) {
+        r = kc_p11_find_all(t, NULL, 0, &before, &nbefore, err);
+        if (r != KC_OK)
+            return r;
+    }
     rv = t->f->C_GenerateKeyPair(t->session, &mech, pt, np, vt, nv, &hpub, &hpriv);
     if (rv != CKR_OK) {
-        kc_p11_remove_leftovers(t, label, before, nbefore);
+        if (id_len > 0)
+            remove_pair_with_id(t, label, id, id_len);
+        else
+            kc_p11_remove_leftovers(t, label, before, nbefore);
         free(before);
         return kc_p11_fail(err, "C_GenerateKeyPair", rv, "cannot create %s", what);
     }
@@ -508,8 +541,8 @@ kc_rc kc_tok_generate_rsa(kc_tok *t, const kc_rsa_spec *spec, kc_obj *pub, kc_ob
     if (r != KC_OK)
         return r;
     snprintf(what, sizeof(what), "RSA-%u key pair", spec->bits);
-    r = generate_pair(t, CKM_RSA_PKCS_KEY_PAIR_GEN, pt, np, vt, nv, spec->label, what, pub, priv,
-                      err);
+    r = generate_pair(t, CKM_RSA_PKCS_KEY_PAIR_GEN, pt, np, vt, nv, spec->label, spec->id,
+                      spec->id_len, what, pub, priv, err);
     /* a module without the attribute (openCryptoki 3.8.1) cannot give the
      * protection 'hsm' promises: it is not quietly left out */
     if (r != KC_OK && spec->wrap_with_trusted && err->rv == CKR_ATTRIBUTE_TYPE_INVALID)
@@ -562,7 +595,7 @@ static kc_rc generate_signer(kc_tok *t, CK_MECHANISM_TYPE mech, const CK_ATTRIBU
         pt[np++] = kind[i];
     if (!takes_copyable(t))
         nv--;
-    return generate_pair(t, mech, pt, np, vt, nv, label, what, pub, priv, err);
+    return generate_pair(t, mech, pt, np, vt, nv, label, NULL, 0, what, pub, priv, err);
 }
 
 kc_rc kc_tok_generate_ec_signer(kc_tok *t, const char *label, kc_obj *pub, kc_obj *priv,
