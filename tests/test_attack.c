@@ -437,7 +437,8 @@ static void test_store_trigger(void)
     unsetenv("KEYCUSTODY_STORE"); /* the teardown verifies the log, not this store */
 }
 
-/* A table redefined (here: the CHECK on a DEP key's slot dropped). */
+/* A table redefined (here: the CHECK on a DEP key's slot dropped), an index
+ * or a table added. */
 static void test_store_schema_changed(void)
 {
     const kc_test_out *r;
@@ -447,6 +448,13 @@ static void test_store_schema_changed(void)
     r = kc_test_run("dep", "list", NULL);
     ASSERT_RC(r, 8);
     ASSERT_HAS(r->err, "index 'planted' was added");
+    /* a table with its key's index and columns is named as the table */
+    CU_ASSERT_EQUAL_FATAL(sql("DROP INDEX planted; CREATE TABLE extra (x INTEGER PRIMARY KEY, y "
+                              "TEXT); CREATE INDEX extra_y ON extra (y)"),
+                          0);
+    r = kc_test_run("dep", "list", NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, kc_test_on_pg() ? "relation 'extra' was added" : "table 'extra' was added");
     unsetenv("KEYCUSTODY_STORE");
 }
 

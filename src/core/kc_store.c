@@ -214,9 +214,18 @@ static kc_rc check_file(int fd, const char *path, kc_error *err)
     return KC_OK;
 }
 
-/* Compares two (type, name, definition) lists, each in (type, name)
- * order: the first difference says which side has an object the other
- * lacks, or whose definition differs. a is the store's, b the reference's. */
+/* Tables (PostgreSQL: relations) come first in both listings
+ * (KC_SCHEMA_ORDER_SQLITE, KC_SCHEMA_ORDER_PG), so an added table is named
+ * as one, not by its first column or index. */
+static int table_rank(const char *type)
+{
+    return strcmp(type, "table") == 0 || strcmp(type, "relation") == 0 ? 0 : 1;
+}
+
+/* Compares two (type, name, definition) lists, each in the order above
+ * (tables first, then type and name): the first difference says which
+ * side has an object the other lacks, or whose definition differs. a is
+ * the store's, b the reference's. */
 kc_rc kc_store_schema_compare(kc_store *s, kc_q *a, kc_q *b, kc_error *err)
 {
     const char *ta, *na, *tb, *nb, *what, *name, *how;
@@ -234,10 +243,11 @@ kc_rc kc_store_schema_compare(kc_store *s, kc_q *a, kc_q *b, kc_error *err)
         na = ra == KC_Q_ROW ? (const char *)kc_q_text(a, 1) : NULL;
         tb = rb == KC_Q_ROW ? (const char *)kc_q_text(b, 0) : NULL;
         nb = rb == KC_Q_ROW ? (const char *)kc_q_text(b, 1) : NULL;
-        c = ta == NULL            ? 1
-            : tb == NULL          ? -1
-            : strcmp(ta, tb) != 0 ? strcmp(ta, tb)
-                                  : strcmp(na, nb);
+        c = ta == NULL                         ? 1
+            : tb == NULL                       ? -1
+            : table_rank(ta) != table_rank(tb) ? table_rank(ta) - table_rank(tb)
+            : strcmp(ta, tb) != 0              ? strcmp(ta, tb)
+                                               : strcmp(na, nb);
         if (c < 0)
             what = ta, name = na, how = "was added";
         else if (c > 0)
@@ -258,7 +268,7 @@ kc_rc kc_store_schema_compare(kc_store *s, kc_q *a, kc_q *b, kc_error *err)
 static kc_rc check_schema(kc_store *s, kc_error *err)
 {
     static const char q[] = "SELECT type, name, coalesce(sql, '') FROM sqlite_master "
-                            "WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name";
+                            "WHERE name NOT LIKE 'sqlite_%' ORDER BY " KC_SCHEMA_ORDER_SQLITE;
     kc_store ref = {0};
     kc_q *a = NULL, *b = NULL;
     int i;

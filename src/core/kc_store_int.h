@@ -61,6 +61,12 @@ kc_rc kc_row_check(kc_store *st, kc_row *r, kc_q *s, int mac_col, const char *wh
 
 /* Compares the store's schema (a) with the reference (b), each a query of
  * (type, name, definition) rows in (type, name) order (kc_store.c). */
+/* The order both listings of a schema are in, which the comparison walks:
+ * tables (PostgreSQL: relations) first, then by type and name, bytewise
+ * (SQLite's BINARY, PostgreSQL's "C"). */
+#define KC_SCHEMA_ORDER_SQLITE "type NOT IN ('table', 'relation'), type, name"
+#define KC_SCHEMA_ORDER_PG                                                                         \
+    "type NOT IN ('table', 'relation'), type COLLATE \"C\", name COLLATE \"C\""
 kc_rc kc_store_schema_compare(kc_store *s, kc_q *a, kc_q *b, kc_error *err) KC_MUST_CHECK;
 
 /* --- PostgreSQL (kc_store_pg.c) --- */

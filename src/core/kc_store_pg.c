@@ -276,7 +276,7 @@ static const char schema_sql[] =
     "    WHERE t.typnamespace = n.oid AND t.typrelid = 0 AND (t.typelem = 0 OR"
     "    (SELECT e.typrelid FROM pg_type e WHERE e.oid = t.typelem) = 0))"
     " SELECT type, name, replace(def, quote_ident(?1) || '.', '') FROM o"
-    " ORDER BY type COLLATE \"C\", name COLLATE \"C\"";
+    " ORDER BY " KC_SCHEMA_ORDER_PG;
 
 /* The store's schema is exactly what the migrations make: compared with
  * the migrations run in a schema of their own, in a transaction rolled
