@@ -149,20 +149,28 @@ typedef struct figures {
     double in_counted;    /* seconds inside them */
 } figures;
 
+/* A fresh copy of the vault directory base at work/sub, used from now on. */
+static void fresh_copy(const char *base, const char *sub)
+{
+    char dir[1200];
+
+    snprintf(dir, sizeof(dir), "%s/%s", work, sub);
+    sh("rm -rf '%s' && cp -a '%s' '%s'", dir, base, dir);
+    use_dir(dir);
+}
+
 /* One round at one size: on a fresh copy of base, creates with every
  * PKCS#11 call timed (the seam armed as "*": C_GenerateKeyPair's time is
  * the key generation, the others' the module's share of the rest). */
 static figures measure(const char *base, int round)
 {
-    char dir[1200], name[64];
+    char name[64];
     figures f = {0, 0, 0, 0, 0};
     kc_error e;
     double t0, keygen;
     int i;
 
-    snprintf(dir, sizeof(dir), "%s/run", work);
-    sh("rm -rf '%s' && cp -a '%s' '%s'", dir, base, dir);
-    use_dir(dir);
+    fresh_copy(base, "run");
     for (i = 0; i < creates; i++) {
         snprintf(name, sizeof(name), "New%02d-%02d", round, i);
         if (kc_p11_fault_arm("*", "CKR_OK", 1, 0, &e) != KC_OK)
@@ -267,15 +275,12 @@ static void raw_create(const char *name, double *keygen, double *init)
  * and C_Finalize (*init), per create. */
 static double measure_raw(const char *base, int round, double *init)
 {
-    char dir[1200], name[64];
+    char name[64];
     double other = 0, keygen, t0;
     int i;
 
     *init = 0;
-
-    snprintf(dir, sizeof(dir), "%s/raw", work);
-    sh("rm -rf '%s' && cp -a '%s' '%s'", dir, base, dir);
-    use_dir(dir);
+    fresh_copy(base, "raw");
     for (i = 0; i < creates; i++) {
         snprintf(name, sizeof(name), "Raw%02d-%02d", round, i);
         keygen = 0;

@@ -125,19 +125,22 @@ static void fault_spent(int i, double t0)
     fault.each_seconds[i] += took;
 }
 
+/* A call that is not the one to fail reaches the module, timed. */
+#define FAULT_PASS(name, PASS)                                                                     \
+    if (!fault_hit()) {                                                                            \
+        double t0 = fault_clock();                                                                 \
+        real = fault.orig->name PASS;                                                              \
+        fault_spent(FI_##name, t0);                                                                \
+        return real;                                                                               \
+    }
+
 /* One replacement per function that tests fail. ARGS is the parameter list,
  * PASS the arguments passed through. */
 #define FAULT_FN(name, ARGS, PASS)                                                                 \
     static CK_RV fault_##name ARGS                                                                 \
     {                                                                                              \
         CK_RV real;                                                                                \
-        double t0;                                                                                 \
-        if (!fault_hit()) {                                                                        \
-            t0 = fault_clock();                                                                    \
-            real = fault.orig->name PASS;                                                          \
-            fault_spent(FI_##name, t0);                                                            \
-            return real;                                                                           \
-        }                                                                                          \
+        FAULT_PASS(name, PASS)                                                                     \
         if (!fault.after)                                                                          \
             return fault.rv;                                                                       \
         real = fault.orig->name PASS;                                                              \
@@ -189,13 +192,7 @@ FAULT_FN(C_SetAttributeValue,
     static CK_RV fault_##name ARGS                                                                 \
     {                                                                                              \
         CK_RV real;                                                                                \
-        double t0;                                                                                 \
-        if (!fault_hit()) {                                                                        \
-            t0 = fault_clock();                                                                    \
-            real = fault.orig->name PASS;                                                          \
-            fault_spent(FI_##name, t0);                                                            \
-            return real;                                                                           \
-        }                                                                                          \
+        FAULT_PASS(name, PASS)                                                                     \
         real = fault.orig->name PASS;                                                              \
         (void)real;                                                                                \
         return fault.rv;                                                                           \

@@ -391,13 +391,18 @@ static void test_layout_module_registered(void)
 
 /* --- attacker 4: writes the service store file, no PIN --- */
 
-static void store_setup(void)
+/* The layout applied, a service vault, and a DEP in the store named by
+ * store (a path or a URI). */
+static void store_setup_at(const char *store)
 {
-    const char *file = kc_test_layout(NULL, NULL);
+    char at[1400]; /* store may be a fixture's static buffer */
+    const char *file;
 
+    snprintf(at, sizeof(at), "%s", store);
+    file = kc_test_layout(NULL, NULL);
     ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
     kc_test_vault("Service", "sub-svc", "centralus");
-    setenv("KEYCUSTODY_STORE", kc_test_store(), 1);
+    setenv("KEYCUSTODY_STORE", at, 1);
     setenv("KEYCUSTODY_SERVICE_VAULT", "Service", 1);
     /* the service's PIN source: the store's rows are checked on its vault */
     setenv("KEYCUSTODY_SERVICE_PIN_SOURCE", "env:TEST_PIN", 1);
@@ -405,6 +410,11 @@ static void store_setup(void)
                           "--workload", "tenant", "--pin-source", "Service=env:TEST_PIN", "--as",
                           "svc", NULL),
               0);
+}
+
+static void store_setup(void)
+{
+    store_setup_at(kc_test_store());
 }
 
 static int sql(const char *fmt, ...) KC_PRINTF(1, 2);
@@ -479,19 +489,7 @@ static void test_store_shadowed_function(void)
             "'INSERT INTO public.seen VALUES (2)'"),
         0);
     snprintf(uri, sizeof(uri), "%s&options=-csearch_path%%3Dkc,public,pg_catalog", kc_test_store());
-    {
-        const char *file = kc_test_layout(NULL, NULL);
-
-        ASSERT_RC(kc_test_run("policy", "apply", file, "--yes", NULL), 0);
-    }
-    kc_test_vault("Service", "sub-svc", "centralus");
-    setenv("KEYCUSTODY_STORE", uri, 1);
-    setenv("KEYCUSTODY_SERVICE_VAULT", "Service", 1);
-    setenv("KEYCUSTODY_SERVICE_PIN_SOURCE", "env:TEST_PIN", 1);
-    ASSERT_RC(kc_test_run("dep", "create", "Ten", "--keys", "VaultA1/KeyA,VaultB1/KeyB",
-                          "--workload", "tenant", "--pin-source", "Service=env:TEST_PIN", "--as",
-                          "svc", NULL),
-              0);
+    store_setup_at(uri);
     ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", NULL), 0);
     r = kc_test_run("dep", "list", NULL);
     ASSERT_RC(r, 0);
