@@ -10,7 +10,7 @@
 #include <string.h>
 #include <time.h>
 
-/* The functions of the table below, in its order. */
+/* Each function of the table below, by the index its entry carries. */
 enum {
     FI_C_GetSlotList,
     FI_C_GetTokenInfo,
