@@ -587,8 +587,7 @@ static void test_wrap_errors(void)
         brace[0] = '{';
         snprintf(braced, sizeof braced, "%s", kc_test_path("brace.raw"));
         kc_test_write(braced, brace, sizeof brace, 0600);
-        r = kc_test_run("key", "unwrap", "VaultA1/Key001", "--in", braced, "--out", out, PIN,
-                        NULL);
+        r = kc_test_run("key", "unwrap", "VaultA1/Key001", "--in", braced, "--out", out, PIN, NULL);
         ASSERT_RC(r, 2);
         ASSERT_HAS(r->err, "is raw ciphertext: say which algorithm made it");
     }
@@ -1131,6 +1130,45 @@ static void test_fault_find_and_list(void)
     ASSERT_HAS(r->out, "free token, not initialised"); /* still free */
 }
 
+/* A change whose manifest was committed, but whose private record of that
+ * manifest SoftHSM failed to make: exit 7 saying the change was made and
+ * why the record is not, and the change is there. */
+static void test_fault_current_record(void)
+{
+    const kc_test_out *r;
+    char principal[16];
+    unsigned nth;
+    int found = 0;
+
+    kc_test_vault("VaultA1", "s", "westus");
+    /* which C_CreateObject of an access set makes the record: the one whose
+     * failure is reported so (the manifest's objects come before it) */
+    for (nth = 1; nth <= 8 && !found; nth++) {
+        snprintf(principal, sizeof(principal), "p%u", nth);
+        arm("C_CreateObject", "CKR_DEVICE_ERROR", nth, 0);
+        r = kc_test_run("access", "set", "VaultA1", "--principal", principal, "--permissions",
+                        "get", SOPIN, PIN, NULL);
+        kc_p11_fault_disarm();
+        if (strstr(r->err, "was written, but not the vault's private record of it") == NULL)
+            continue;
+        found = 1;
+        ASSERT_RC(r, 7);
+        ASSERT_HAS(r->err, "private record of it: ");
+        ASSERT_HAS(r->err, "C_CreateObject: An error occurred on the device (CKR_DEVICE_ERROR");
+        ASSERT_HAS(r->err, "the change was made");
+        r = kc_test_run("access", "show", "VaultA1", NULL);
+        ASSERT_RC(r, 0);
+        ASSERT_HAS(r->out, principal);
+    }
+    CU_ASSERT_TRUE(found);
+    /* the next change goes on from it */
+    ASSERT_RC(kc_test_run("access", "set", "VaultA1", "--principal", "after", "--permissions",
+                          "get", SOPIN, PIN, NULL),
+              0);
+    r = kc_test_run("access", "show", "VaultA1", NULL);
+    ASSERT_HAS(r->out, "after");
+}
+
 /* Every other call on the paths of key create, wrap and unwrap. */
 static void test_fault_more_calls(void)
 {
@@ -1286,6 +1324,7 @@ static const kc_test_case fault_cases[] = {
     {"C_CreateObject in vault init", test_fault_create_object_in_init},
     {"a call of the probe breaks in vault init", test_fault_probe_in_init},
     {"C_FindObjects, C_GetSlotList, C_InitToken", test_fault_find_and_list},
+    {"the private record of a committed manifest", test_fault_current_record},
     {NULL, NULL},
 };
 
@@ -1306,7 +1345,7 @@ static void test_help(void)
         {"dep", "list"},          {"dep", "show"},          {"dep", "set"},
         {"dep", "assign"},        {"dep", "assignment"},    {"dep", "refresh"},
         {"dep", "purge-request"}, {"dep", "purge"},         {"data", "put"},
-        {"data", "get"},          {"tenant", "offboard"},    {"policy", "graph"},
+        {"data", "get"},          {"tenant", "offboard"},   {"policy", "graph"},
     };
     const kc_test_out *r;
     char want[100];
@@ -1415,8 +1454,9 @@ static char *render(const char *page)
     char *out;
     int st;
 
-    st = kc_test_sh(&out, "LANG=C.UTF-8 MANWIDTH=80 man --warnings -E UTF-8 -l '%s' 2>&1 "
-                          ">/dev/null",
+    st = kc_test_sh(&out,
+                    "LANG=C.UTF-8 MANWIDTH=80 man --warnings -E UTF-8 -l '%s' 2>&1 "
+                    ">/dev/null",
                     page);
     CU_ASSERT_EQUAL(st, 0);
     if (out[0] != '\0')
@@ -1511,8 +1551,7 @@ static void test_leading_options(void)
     ASSERT_RC(r, 0);
     ASSERT_HAS(r->out, "usage: keycustody status");
     /* the same rules as after the command */
-    r = kc_test_run("--module", KC_SOFTHSM_MODULE, "vault", "list", "--json",
-                    "--json", NULL);
+    r = kc_test_run("--module", KC_SOFTHSM_MODULE, "vault", "list", "--json", "--json", NULL);
     ASSERT_RC(r, 2);
     ASSERT_HAS(r->err, "--json is given more than once");
     r = kc_test_run("--json", "key", "create", "VaultA1/K", "--size", "2048", NULL);
@@ -1541,8 +1580,8 @@ static void test_leading_options(void)
  * its parser takes, '=' after those that need a value. */
 static void test_commands_listing(void)
 {
-    static const char *const common[] = {"module", "pin-source", "so-pin-source", "as", "store",
-                                         "audit", "audit-syslog", "json", "help"};
+    static const char *const common[] = {"module", "pin-source",   "so-pin-source", "as",  "store",
+                                         "audit",  "audit-syslog", "json",          "help"};
     char *list, *line, *save = NULL, *word, *wsave, *help;
     char group[32], verb[32], own[1024], name[64];
     const kc_test_out *r;

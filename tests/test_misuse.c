@@ -384,11 +384,20 @@ static void test_writers_on_many_hosts(void)
                 ASSERT_HAS(policy, line);
             if (!copy_exited(i, 0)) {
                 char path[32];
-                int lost = copy_exited(i, 5); /* before out is read: both use its buffer */
+                int lost = copy_exited(i, 5), made; /* before out is read: both use its buffer */
                 snprintf(path, sizeof(path), "out.%d", i);
                 CU_ASSERT_EQUAL(kc_test_sh(&out, "cat '%s'", kc_test_path(path)), 0);
+                /* exit 7 after its manifest was committed, when SoftHSM failed on the
+                 * private record of it: the grant is made, and the message says so */
+                made = !lost && kc_test_contains(out, "was written, but not the vault's "
+                                                      "private record of it");
                 CU_ASSERT_TRUE(lost ? kc_test_contains(out, "nothing was written")
-                                    : names_token_failure(out));
+                                    : made || names_token_failure(out));
+                if (made) {
+                    ASSERT_HAS(policy, line);
+                    granted++;
+                    continue;
+                }
                 if (has(policy, line))
                     fprintf(stderr, "\n  copy %d failed, and its grant is there: %s", i, out);
                 CU_ASSERT_FALSE(has(policy, line));

@@ -116,9 +116,9 @@ kc_rc kc_manifest_record_current(kc_vault *v, const kc_vault_meta *m, unsigned l
     kc_rc r = kc_vault_meta_encode(m, &meta, err);
 
     if (r == KC_OK) {
-        doc = json_pack("{s:s, s:I, s:s, s:o}", "kind", CURRENT_KIND, "generation",
-                        (json_int_t)generation, "sha256", digest, "vault",
-                        json_loads(meta, 0, NULL));
+        doc =
+            json_pack("{s:s, s:I, s:s, s:o}", "kind", CURRENT_KIND, "generation",
+                      (json_int_t)generation, "sha256", digest, "vault", json_loads(meta, 0, NULL));
         text = doc != NULL ? json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
         if (text == NULL)
             r = kc_error_set(err, KC_ERR, "out of memory");
@@ -127,27 +127,30 @@ kc_rc kc_manifest_record_current(kc_vault *v, const kc_vault_meta *m, unsigned l
         r = kc_tok_create_data(v->tok, KC_GENDOC_APPLICATION, KC_MANIFEST_CURRENT_LABEL, text,
                                strlen(text), 1, NULL, err);
     /* older records go; one the token keeps is older, and readers take the
-     * newest */
-    if (r == KC_OK &&
-        kc_tok_find_data(v->tok, KC_GENDOC_APPLICATION, KC_MANIFEST_CURRENT_LABEL,
-                         KC_WHERE_PRIVATE, &objs, &n, NULL, err) == KC_OK) {
-        for (i = 0; i < n; i++) {
-            kc_error ignored;
-            if (parse_current(&objs[i], &c) && c.generation < generation &&
-                kc_tok_destroy(v->tok, objs[i].handle, &ignored) != KC_OK)
-                kc_error_clear(&ignored);
-        }
+     * newest (a failure to remove one is not this write's) */
+    if (r == KC_OK) {
+        kc_error ignored;
+
+        if (kc_tok_find_data(v->tok, KC_GENDOC_APPLICATION, KC_MANIFEST_CURRENT_LABEL,
+                             KC_WHERE_PRIVATE, &objs, &n, NULL, &ignored) == KC_OK)
+            for (i = 0; i < n; i++)
+                if (parse_current(&objs[i], &c) && c.generation < generation &&
+                    kc_tok_destroy(v->tok, objs[i].handle, &ignored) != KC_OK)
+                    kc_error_clear(&ignored);
     }
-    kc_error_clear(err);
     kc_p11_data_objs_free(objs, n);
     free(meta);
     free(text);
     json_decref(doc);
-    if (r != KC_OK)
-        return kc_error_set(err, KC_TOKEN,
-                            "vault '%s': manifest generation %lu was written, but not the "
-                            "vault's private record of it",
-                            v->meta.name, generation);
+    if (r != KC_OK) {
+        /* the cause (the module's CKR_, say) is kept after what was written */
+        kc_error_prefix(err,
+                        "vault '%s': manifest generation %lu was written, but not the vault's "
+                        "private record of it",
+                        v->meta.name, generation);
+        err->code = KC_TOKEN;
+        return KC_TOKEN;
+    }
     return KC_OK;
 }
 
@@ -210,8 +213,7 @@ kc_rc kc_manifest_check_current(kc_vault *v, kc_error *err)
      * of the record as well (docs/security.md). */
     if (r == KC_NOT_FOUND) {
         kc_error_clear(err);
-        return kc_manifest_record_current(v, &v->meta, v->meta.generation, v->manifest_digest,
-                                          err);
+        return kc_manifest_record_current(v, &v->meta, v->meta.generation, v->manifest_digest, err);
     }
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot check the manifest of vault '%s'", v->meta.name);
