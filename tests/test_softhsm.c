@@ -959,19 +959,24 @@ static const kc_test_case wrap_cases[] = {
 
 #define DOC "keycustody-test-doc"
 
-/* "gen=N payload": valid when N parses. */
-static kc_rc doc_check(const unsigned char *buf, size_t len, unsigned long *generation, void *arg,
-                       kc_error *err)
+/* "gen=N [base=HEX ]payload": valid when N parses. */
+static kc_rc doc_check(const unsigned char *buf, size_t len, unsigned long *generation,
+                       char base[KC_GENDOC_DIGEST_HEX + 1], void *arg, kc_error *err)
 {
-    char text[64];
+    char text[160];
+    int at = 0;
 
     (void)arg;
     if (len >= sizeof(text))
         return kc_error_set(err, KC_INTEGRITY, "too long");
     memcpy(text, buf, len);
     text[len] = '\0';
-    return sscanf(text, "gen=%lu ", generation) == 1 ? KC_OK
-                                                     : kc_error_set(err, KC_INTEGRITY, "bad");
+    base[0] = '\0';
+    if (sscanf(text, "gen=%lu %n", generation, &at) != 1 || at == 0)
+        return kc_error_set(err, KC_INTEGRITY, "bad");
+    if (strncmp(text + at, "base=", 5) == 0 && sscanf(text + at, "base=%64[0-9a-f] ", base) != 1)
+        return kc_error_set(err, KC_INTEGRITY, "bad base");
+    return KC_OK;
 }
 
 static kc_tok *doc_token(kc_ctx *ctx)
@@ -999,7 +1004,7 @@ static void docs_token_init(void)
 /* The payload of the current generation ("" when none), its ref and gen. */
 static const char *doc_get(kc_tok *tok, const char *label, kc_gendoc_ref *ref)
 {
-    static char text[64];
+    static char text[160];
     unsigned char *buf = NULL;
     unsigned long next = 0;
     size_t len = 0;
@@ -1017,25 +1022,38 @@ static const char *doc_get(kc_tok *tok, const char *label, kc_gendoc_ref *ref)
     snprintf(text, sizeof(text), "%.*s", (int)len, (const char *)buf);
     free(buf);
     sp = strchr(text, ' ');
+    if (sp != NULL && strncmp(sp + 1, "base=", 5) == 0)
+        sp = strchr(sp + 1, ' ');
     return sp != NULL ? sp + 1 : "";
+}
+
+/* A document's text: what a writer over base makes. */
+static void doc_text(char *text, size_t cap, unsigned long gen, const char *payload,
+                     const kc_gendoc_ref *base)
+{
+    if (base != NULL && base->handle != 0)
+        snprintf(text, cap, "gen=%lu base=%s %s", gen, base->digest, payload);
+    else
+        snprintf(text, cap, "gen=%lu %s", gen, payload);
 }
 
 static kc_rc doc_put(kc_tok *tok, const char *label, unsigned long gen, const char *payload,
                      const kc_gendoc_ref *base, kc_error *e)
 {
-    char text[64];
+    char text[160];
 
-    snprintf(text, sizeof(text), "gen=%lu %s", gen, payload);
+    doc_text(text, sizeof(text), gen, payload, base);
     return kc_gendoc_write(tok, label, 0, "test document", text, gen, base, doc_check, NULL, e);
 }
 
-/* An object made as a writer that was killed leaves it. */
-static void doc_plant(kc_tok *tok, unsigned long gen, const char *payload)
+/* An object made as a writer over base that was killed leaves it. */
+static void doc_plant(kc_tok *tok, unsigned long gen, const char *payload,
+                      const kc_gendoc_ref *base)
 {
-    char text[64];
+    char text[160];
     kc_error e;
 
-    snprintf(text, sizeof(text), "gen=%lu %s", gen, payload);
+    doc_text(text, sizeof(text), gen, payload, base);
     CU_ASSERT_EQUAL_FATAL(
         kc_tok_create_data(tok, KC_GENDOC_APPLICATION, DOC, text, strlen(text), 0, NULL, &e),
         KC_OK);
@@ -1107,14 +1125,15 @@ static void test_docs_killed_writers(void)
     ctx = ctx_new();
     tok = doc_token(ctx);
     CU_ASSERT_EQUAL_FATAL(doc_put(tok, DOC, 1, "one", NULL, &e), KC_OK);
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "one");
     /* killed before its commit: what it made was never the document */
-    doc_plant(tok, 2, "uncommitted");
+    doc_plant(tok, 2, "uncommitted", &ref);
     CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "one");
     CU_ASSERT_EQUAL_FATAL(doc_put(tok, DOC, 2, "two", &ref, &e), KC_OK);
     CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "two");
     CU_ASSERT_EQUAL(doc_objects(tok, DOC), 1); /* the write removed it */
     /* killed after its commit, before its commit record: its document */
-    doc_plant(tok, 3, "committed");
+    doc_plant(tok, 3, "committed", &ref);
     CU_ASSERT_EQUAL_FATAL(kc_tok_destroy(tok, ref.handle, &e), KC_OK);
     CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "committed");
     CU_ASSERT_EQUAL(ref.generation, 3);
@@ -1123,8 +1142,8 @@ static void test_docs_killed_writers(void)
     /* and beside it one killed before its commit: neither was reported
      * done; the reader waits for a commit record, then takes the one with
      * the lower digest, the same every time */
-    doc_plant(tok, 5, "x");
-    doc_plant(tok, 5, "y");
+    doc_plant(tok, 5, "x", &ref);
+    doc_plant(tok, 5, "y", &ref);
     CU_ASSERT_EQUAL_FATAL(kc_tok_destroy(tok, ref.handle, &e), KC_OK);
     clock_gettime(CLOCK_MONOTONIC, &t0);
     got = doc_get(tok, DOC, &ref);
@@ -1158,16 +1177,59 @@ static void test_docs_killed_writers(void)
     kc_ctx_free(ctx);
 }
 
+/* A reader that comes between a commit and its record, while another writer
+ * has made its candidate over the committed document: the current one is
+ * the committed document, not the newer candidate. A write over that
+ * candidate would stand on nothing: when the candidate's writer then lost
+ * to a third, the third's commit was removed (test_misuse "writers on many
+ * hosts": a grant reported made, lost). */
+static void test_docs_candidate_over_unrecorded_commit(void)
+{
+    kc_ctx *ctx;
+    kc_tok *tok;
+    kc_gendoc_ref ref;
+    kc_error e;
+
+    docs_token_init();
+    ctx = ctx_new();
+    tok = doc_token(ctx);
+    CU_ASSERT_EQUAL_FATAL(doc_put(tok, DOC, 1, "one", NULL, &e), KC_OK);
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "one");
+    /* generation 2 committed over it, its record not yet written */
+    doc_plant(tok, 2, "two", &ref);
+    CU_ASSERT_EQUAL_FATAL(kc_tok_destroy(tok, ref.handle, &e), KC_OK);
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "two");
+    /* and another writer's candidate over it, before its commit */
+    doc_plant(tok, 3, "candidate", &ref);
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "two");
+    CU_ASSERT_EQUAL(ref.generation, 2);
+    CU_ASSERT_FALSE(ref.guessed);
+    /* a write from that read commits over the committed document and
+     * removes the candidate */
+    CU_ASSERT_EQUAL_FATAL(doc_put(tok, DOC, 3, "three", &ref, &e), KC_OK);
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "three");
+    CU_ASSERT_EQUAL(doc_objects(tok, DOC), 1);
+    CU_ASSERT_EQUAL(doc_objects(tok, DOC KC_GENDOC_COMMIT_SUFFIX), 1);
+    /* a document that does not name what it is written over is refused
+     * before anything is made */
+    CU_ASSERT_EQUAL(
+        kc_gendoc_write(tok, DOC, 0, "test document", "gen=4 four", 4, &ref, doc_check, NULL, &e),
+        KC_ERR);
+    ASSERT_HAS(e.msg, "does not name generation 4 and the document it is written over");
+    CU_ASSERT_EQUAL(doc_objects(tok, DOC), 1);
+    kc_ctx_free(ctx);
+}
+
 /* The record a winner leaves, written late: the reader that waited takes
  * the winner's document, not the lower digest. */
 static void test_docs_reader_waits_for_the_winner(void)
 {
     kc_ctx *ctx;
     kc_tok *tok;
-    kc_gendoc_ref ref;
+    kc_gendoc_ref ref, one;
     kc_error e;
     const char *lower, *higher;
-    char winner[64], record[160], hex[65];
+    char winner[160], record[160], hex[65];
     unsigned char d[32];
     pid_t kid;
     int status;
@@ -1177,12 +1239,13 @@ static void test_docs_reader_waits_for_the_winner(void)
     tok = doc_token(ctx);
     CU_ASSERT_EQUAL_FATAL(doc_put(tok, DOC, 1, "one", NULL, &e), KC_OK);
     CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "one");
-    doc_plant(tok, 2, "x");
-    doc_plant(tok, 2, "y");
+    doc_plant(tok, 2, "x", &ref);
+    doc_plant(tok, 2, "y", &ref);
+    one = ref;
     CU_ASSERT_EQUAL_FATAL(kc_tok_destroy(tok, ref.handle, &e), KC_OK);
     lower = doc_get(tok, DOC, &ref); /* after the wait */
     higher = strcmp(lower, "x") == 0 ? "y" : "x";
-    snprintf(winner, sizeof(winner), "gen=2 %s", higher);
+    doc_text(winner, sizeof(winner), 2, higher, &one);
     SHA256((const unsigned char *)winner, strlen(winner), d);
     kc_hex_encode(d, sizeof(d), hex);
     snprintf(record, sizeof(record), "keycustody-commit 1 generation=2 sha256=%s", hex);
@@ -1342,6 +1405,7 @@ static const kc_test_case doc_cases[] = {
     {"fact: of two destroys one wins", fact_destroy_race},
     {"second writer of a generation loses", test_docs_second_writer_loses},
     {"killed writers", test_docs_killed_writers},
+    {"a candidate over an unrecorded commit", test_docs_candidate_over_unrecorded_commit},
     {"reader waits for the winner", test_docs_reader_waits_for_the_winner},
     {"parallel writers", test_docs_parallel_writers},
     {NULL, NULL},

@@ -97,6 +97,7 @@ typedef struct anchor {
     long seq;
     char hash[HASH_HEX + 1];
     unsigned long generation;
+    char base[KC_GENDOC_DIGEST_HEX + 1]; /* the anchor it was written over */
     kc_gendoc_ref ref; /* the object it was read from */
 } anchor;
 
@@ -128,7 +129,7 @@ static kc_rc anchor_decode(const unsigned char *buf, size_t len, anchor *a, kc_e
     gen = json_integer_value(json_object_get(o, "generation"));
     if (kind == NULL || strcmp(kind, "keycustody-audit-anchor") != 0 ||
         json_integer_value(json_object_get(o, "schema")) != 1 || !is_hex(log, LOG_ID_HEX) ||
-        !is_hex(hash, HASH_HEX) || seq < 1 || gen < 1) {
+        !is_hex(hash, HASH_HEX) || seq < 1 || gen < 1 || !kc_gendoc_base_get(o, a->base)) {
         r = kc_error_set(err, KC_INTEGRITY, "audit anchor does not have the expected fields");
     } else {
         memcpy(a->log, log, LOG_ID_HEX + 1);
@@ -141,14 +142,16 @@ static kc_rc anchor_decode(const unsigned char *buf, size_t len, anchor *a, kc_e
 }
 
 static kc_rc anchor_check(const unsigned char *buf, size_t len, unsigned long *generation,
-                          void *arg, kc_error *err)
+                          char base[KC_GENDOC_DIGEST_HEX + 1], void *arg, kc_error *err)
 {
     anchor a;
     kc_rc r = anchor_decode(buf, len, &a, err);
 
     (void)arg;
-    if (r == KC_OK)
+    if (r == KC_OK) {
         *generation = a.generation;
+        memcpy(base, a.base, sizeof(a.base));
+    }
     return r;
 }
 
@@ -176,9 +179,11 @@ static kc_rc anchor_write(kc_tok *tok, const char *label, const char *log, long 
     json_t *o = json_pack("{s:s, s:i, s:I, s:s, s:I, s:s}", "kind", "keycustody-audit-anchor",
                           "schema", 1, "generation", (json_int_t)generation, "log", log, "seq",
                           (json_int_t)seq, "hash", hash);
-    char *doc = o != NULL ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-    kc_rc r;
+    char *doc = NULL;
+    kc_rc r = o != NULL ? kc_gendoc_base_set(o, base, err) : KC_OK;
 
+    if (o != NULL && r == KC_OK)
+        doc = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(o);
     if (doc == NULL)
         return kc_error_set(err, KC_ERR, "out of memory");

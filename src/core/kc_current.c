@@ -143,11 +143,6 @@ kc_rc kc_manifest_record_current(kc_vault *v, const kc_vault_meta *m, unsigned l
     free(text);
     json_decref(doc);
     if (r != KC_OK) {
-        /* the cause (the module's CKR_, say) is kept after what was written */
-        kc_error_prefix(err,
-                        "vault '%s': manifest generation %lu was written, but not the vault's "
-                        "private record of it",
-                        v->meta.name, generation);
         err->code = KC_TOKEN;
         return KC_TOKEN;
     }
@@ -213,7 +208,15 @@ kc_rc kc_manifest_check_current(kc_vault *v, kc_error *err)
      * of the record as well (docs/security.md). */
     if (r == KC_NOT_FOUND) {
         kc_error_clear(err);
-        return kc_manifest_record_current(v, &v->meta, v->meta.generation, v->manifest_digest, err);
+        r = kc_manifest_record_current(v, &v->meta, v->meta.generation, v->manifest_digest, err);
+        /* this command wrote nothing (a write's own record failing says so
+         * in kc_manifest_write_after); the module's cause is kept */
+        if (r != KC_OK)
+            kc_error_prefix(err,
+                            "vault '%s' shows no private record of its manifest (generation "
+                            "%lu), and the record of it could not be made; nothing was changed",
+                            v->meta.name, v->meta.generation);
+        return r;
     }
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot check the manifest of vault '%s'", v->meta.name);

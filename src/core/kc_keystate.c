@@ -5,8 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static kc_rc check_state(const unsigned char *buf, size_t len, unsigned long *generation, void *arg,
-                         kc_error *err)
+static kc_rc check_state(const unsigned char *buf, size_t len, unsigned long *generation,
+                         char base[KC_GENDOC_DIGEST_HEX + 1], void *arg, kc_error *err)
 {
     json_t *o = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, NULL);
     json_t *keys;
@@ -20,7 +20,8 @@ static kc_rc check_state(const unsigned char *buf, size_t len, unsigned long *ge
     keys = json_object_get(o, "keys");
     if (kind == NULL || strcmp(kind, "keycustody-keys") != 0 ||
         json_integer_value(json_object_get(o, "schema")) != 1 ||
-        !json_is_integer(json_object_get(o, "generation")) || !json_is_object(keys)) {
+        !json_is_integer(json_object_get(o, "generation")) || !json_is_object(keys) ||
+        !kc_gendoc_base_get(o, base)) {
         kc_error_set(err, KC_INTEGRITY, "key state does not have the expected fields");
     } else {
         *generation = (unsigned long)json_integer_value(json_object_get(o, "generation"));
@@ -80,6 +81,9 @@ kc_rc kc_keystate_commit(kc_vault *v, kc_error *err)
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot save the key state of vault '%s'", v->meta.name);
     json_object_set_new(v->state, "generation", json_integer((json_int_t)read + 1));
+    r = kc_gendoc_base_set(v->state, &base, err);
+    if (r != KC_OK)
+        return r;
     doc = json_dumps(v->state, JSON_COMPACT | JSON_SORT_KEYS);
     if (doc == NULL)
         return kc_error_set(err, KC_ERR, "out of memory");

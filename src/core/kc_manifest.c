@@ -233,7 +233,7 @@ static int pss_params(EVP_PKEY *pk, EVP_PKEY_CTX *vc)
 }
 
 kc_rc kc_manifest_doc_check(const unsigned char *buf, size_t len, unsigned long *generation,
-                            void *arg, kc_error *err)
+                            char base[KC_GENDOC_DIGEST_HEX + 1], void *arg, kc_error *err)
 {
     EVP_PKEY *pk = arg;
     EVP_PKEY_CTX *vc = NULL;
@@ -253,7 +253,7 @@ kc_rc kc_manifest_doc_check(const unsigned char *buf, size_t len, unsigned long 
         json_integer_value(json_object_get(m, "schema")) != 1 ||
         !json_is_integer(json_object_get(m, "generation")) ||
         !json_is_object(json_object_get(m, "vault")) ||
-        !json_is_object(json_object_get(m, "keys"))) {
+        !json_is_object(json_object_get(m, "keys")) || !kc_gendoc_base_get(m, base)) {
         kc_error_set(err, KC_INTEGRITY, "it is not a signed vault manifest");
         goto done;
     }
@@ -665,6 +665,8 @@ kc_rc kc_manifest_write_after(kc_vault *v, kc_vault_meta *m, unsigned long after
                              : kc_error_set(err, KC_ERR, "out of memory");
     }
     if (r == KC_OK)
+        r = kc_gendoc_base_set(manifest, &base, err);
+    if (r == KC_OK)
         r = sign_doc(v, priv, manifest, &doc, err);
     if (r == KC_OK)
         r = kc_gendoc_write(v->tok, KC_VAULT_META_LABEL, 0, "vault manifest", doc, next, &base,
@@ -681,8 +683,14 @@ kc_rc kc_manifest_write_after(kc_vault *v, kc_vault_meta *m, unsigned long after
     /* committed: this is the vault's manifest now, and its private record
      * says so (kc_current.c) */
     r = kc_manifest_record_current(v, m, next, v->manifest_digest, err);
-    if (r != KC_OK)
+    if (r != KC_OK) {
+        /* the cause (the module's CKR_, say) is kept after what was written */
+        kc_error_prefix(err,
+                        "vault '%s': manifest generation %lu was written, but not the vault's "
+                        "private record of it",
+                        v->meta.name, next);
         kc_error_hint(err, "the change was made; until a later write records the manifest, a "
                            "copy of the previous one put back on the token is not noticed");
+    }
     return r;
 }

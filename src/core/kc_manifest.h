@@ -61,7 +61,8 @@ KC_EXPORT kc_rc kc_manifest_write_after(kc_vault *v, kc_vault_meta *m, unsigned 
 KC_EXPORT void kc_manifest_digest(const char *doc, char out[KC_FINGERPRINT_HEX + 1]);
 
 /* Records that generation (digest, metadata m) is v's current manifest and
- * removes older records. KC_TOKEN when the token would not store it. */
+ * removes older records. KC_TOKEN when the token would not store it (err
+ * has the module's cause; the caller says what was written). */
 KC_EXPORT kc_rc kc_manifest_record_current(kc_vault *v, const kc_vault_meta *m,
                                            unsigned long generation,
                                            const char digest[KC_FINGERPRINT_HEX + 1],
@@ -120,7 +121,9 @@ KC_EXPORT kc_rc kc_manifest_rsa_spki_hash(const unsigned char *n, size_t n_len,
 
 /* A kc_gendoc_check for manifest documents; arg is the signer's EVP_PKEY. */
 KC_EXPORT kc_rc kc_manifest_doc_check(const unsigned char *buf, size_t len,
-                                      unsigned long *generation, void *arg, kc_error *err);
+                                      unsigned long *generation,
+                                      char base[KC_GENDOC_DIGEST_HEX + 1], void *arg,
+                                      kc_error *err);
 
 /* The signer's public key on tok (release with kc_manifest_signer_free),
  * for kc_manifest_doc_check. */
