@@ -71,6 +71,11 @@ typedef struct kc_key_obj {
     int wrap_with_trusted, modifiable, trusted;
     int token_private; /* CKA_PRIVATE: only a PIN holder can have made it */
     int unreadable;    /* the token failed to give its type, label or CKA_PRIVATE */
+    /* RSA with an empty CKA_MODULUS: SoftHSM 2.6.1 stores a generated key's
+     * object from the template first and its key material after, so a
+     * generation killed between the two leaves one (test_misuse "killed
+     * while others write") */
+    int no_key;
     char start_date[9], end_date[9]; /* read from public objects only (see kc_p11_obj.c) */
 } kc_key_obj;
 
@@ -498,8 +503,10 @@ KC_EXPORT kc_rc kc_tok_find_data_two(kc_tok *t, const char *application, const c
                                      size_t *others_a, kc_data_obj **b, size_t *nb,
                                      kc_error *err) KC_MUST_CHECK;
 /* Whether obj is still one of the data objects of (application, label) the
- * session sees: a search, not a handle lookup, so an object another process
- * destroyed is seen gone. */
+ * session sees: a search, so that an object another process destroyed is
+ * seen gone, and, when the search leaves it out, the object itself (gone
+ * only when its handle is no longer valid: a search under parallel writers
+ * can leave out an object that is there). */
 KC_EXPORT kc_rc kc_tok_data_present(kc_tok *t, const char *application, const char *label,
                                     kc_obj obj, int *present, kc_error *err) KC_MUST_CHECK;
 

@@ -22,6 +22,7 @@ pkgs=(
   opensc gnutls-bin                         # pkcs11-tool and p11tool, for cross-checks
   bsdutils                                  # script(1): PIN prompt tests on a pty
   xxd                                       # hex to bytes in the backup tests
+  strace                                    # kills at a chosen file write (test_misuse)
   sqlite3                                   # the store attacks in test_attack edit it with it
   graphviz                                  # dot: policy graph --format svg, and its tests
   clang libclang-rt-14-dev                  # the fuzz targets (libFuzzer; its runtime is only

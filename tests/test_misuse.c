@@ -388,9 +388,10 @@ static void test_writers_on_many_hosts(void)
                 snprintf(path, sizeof(path), "out.%d", i);
                 CU_ASSERT_EQUAL(kc_test_sh(&out, "cat '%s'", kc_test_path(path)), 0);
                 /* exit 7 after its manifest was committed, when SoftHSM failed on the
-                 * private record of it. The grant should be there; under this load it
-                 * was once lost to another host's write, a defect not yet found: said
-                 * here when it happens, not yet held to */
+                 * private record of it: the grant is there (once it was missing: the
+                 * message came from a command that had written nothing, SoftHSM having
+                 * failed its record at first use; and a reader that took another's
+                 * candidate lost real commits; kc_gendoc.h) */
                 made = !lost && has(out, "was written, but not the vault's private record of it");
                 if (!(lost ? has(out, "nothing was written") : made || names_token_failure(out)))
                     fprintf(stderr, "\n  copy %d exited %s without saying why: %s", i,
@@ -398,13 +399,13 @@ static void test_writers_on_many_hosts(void)
                 CU_ASSERT_TRUE(lost ? has(out, "nothing was written")
                                     : made || names_token_failure(out));
                 if (made) {
-                    if (has(policy, line))
-                        granted++;
-                    else
+                    if (!has(policy, line))
                         fprintf(stderr,
                                 "\n  copy %d said its manifest was written, and its "
                                 "grant is not there: %s",
                                 i, out);
+                    CU_ASSERT_TRUE(has(policy, line));
+                    granted++;
                     continue;
                 }
                 if (has(policy, line))
@@ -552,9 +553,85 @@ static void test_half_made_beside_a_key(void)
     CU_ASSERT_PTR_NULL(strstr(r->out, "half-made"));
 }
 
+/* A create killed in C_GenerateKeyPair at one file truncation after another
+ * (strace delivers SIGKILL at the Nth ftruncate; SoftHSM 2.6.1 truncates an
+ * object file before each write of it, and writes a new object once per
+ * attribute of its template, then its key material in one go). A kill
+ * between the two leaves a half with an empty CKA_MODULUS: a generation
+ * killed half-way, set aside as half-made, never "replaced" (exit 8, seen
+ * once in "killed while others write"). The kills fall on the key pair's
+ * two object files: every fourth truncation of each and its last three. */
+static void test_create_killed_in_key_generation(void)
+{
+    const kc_test_out *r;
+    char *out = NULL, name[32], list[2048], *at, *end;
+    int n, kills = 0, half = 0;
+
+    kc_test_vault("VaultA1", "sub-a", "westus");
+    ASSERT_RC(kc_test_run("access", "set", "VaultA1", "--principal", "admin", "--permissions",
+                          "create,get,list", "--so-pin-source", "env:TEST_SO_PIN", PIN, NULL),
+              0);
+    /* the truncations of one create, and which fall on its pair's files
+     * (the first two object files it makes) */
+    CU_ASSERT_EQUAL_FATAL(
+        kc_test_sh(&out,
+                   "cd '%s' || exit 1; strace -f -qq -y -e trace=ftruncate,openat -o ft.txt '%s' "
+                   "key create VaultA1/Probe --size 2048 --as admin --pin-source env:TEST_PIN "
+                   ">/dev/null && awk '/ftruncate\\(/ { n++ } /O_CREAT/ && /[0-9a-f-]+[.]object/ "
+                   "&& !/token[.]object/ { match($0, /[0-9a-f-]+[.]object/); f = substr($0, "
+                   "RSTART, RLENGTH); if (!(f in pair) && made < 2) { pair[f] = 1; made++ } } "
+                   "/ftruncate\\(/ && match($0, /[0-9a-f-]+[.]object/) { f = substr($0, RSTART, "
+                   "RLENGTH); if (f in pair) { k[f]++; at[f, k[f]] = n } } END { for (f in pair) "
+                   "for (i = 1; i <= k[f]; i++) if (i %% 4 == 1 || i > k[f] - 3) print at[f, i] }' "
+                   "ft.txt | sort -n | tr '\\n' ' '",
+                   kc_test_dir(), KC_BINARY),
+        0);
+    /* kc_test_sh's buffer is the next call's */
+    snprintf(list, sizeof(list), "%s", out);
+    for (at = list; (n = (int)strtol(at, &end, 10)) > 0; at = end) {
+        kills++;
+        snprintf(name, sizeof(name), "VaultA1/Cut%d", n);
+        CU_ASSERT_EQUAL(kc_test_sh(&out,
+                                   "cd '%s' && strace -f -qq -o /dev/null -e trace=ftruncate -e "
+                                   "inject=ftruncate:signal=KILL:when=%d '%s' key create %s "
+                                   "--size 2048 --as admin --pin-source env:TEST_PIN "
+                                   ">/dev/null 2>&1; true",
+                                   kc_test_dir(), n, KC_BINARY, name),
+                        0);
+        /* whatever the kill left, a PIN holder lists the vault */
+        r = kc_test_run("key", "list", "VaultA1", "--as", "admin", PIN, NULL);
+        if (r->rc != 0)
+            fprintf(stderr, "\n  killed at truncation %d: key list exited %d: %s", n, r->rc,
+                    r->err);
+        CU_ASSERT_EQUAL(r->rc, 0);
+        /* and the key is whole, half-made (exit 4: no usable version) or not there */
+        r = kc_test_run("key", "show", name, "--as", "admin", PIN, NULL);
+        if (r->rc != 0 && r->rc != 4)
+            fprintf(stderr, "\n  killed at truncation %d: key show exited %d: %s", n, r->rc,
+                    r->err);
+        CU_ASSERT(r->rc == 0 || r->rc == 4);
+        half += r->rc == 4;
+    }
+    CU_ASSERT(kills >= 8);
+    CU_ASSERT(half > 0);
+    r = kc_test_run("vault", "validate", "VaultA1", "--repair", "--so-pin-source",
+                    "env:TEST_SO_PIN", PIN, NULL);
+    CU_ASSERT(r->rc == 0 || r->rc == 3);
+    ASSERT_HAS(r->out, "half-made key version");
+    r = kc_test_run("key", "list", "VaultA1", "--as", "admin", PIN, NULL);
+    ASSERT_RC(r, 0);
+    if (strstr(r->out, "half-made") != NULL)
+        fprintf(stderr, "\n  after the repair: %s", r->out);
+    CU_ASSERT_PTR_NULL(strstr(r->out, "half-made"));
+    ASSERT_RC(
+        kc_test_run("key", "create", "VaultA1/After", "--size", "2048", "--as", "admin", PIN, NULL),
+        0);
+}
+
 static const kc_test_case concurrent_cases[] = {
     {"a writer on another host", test_writer_on_another_host},
     {"writers on many hosts", test_writers_on_many_hosts},
+    {"a create killed in key generation", test_create_killed_in_key_generation},
     {"key creates and grants on many hosts", test_creates_and_grants_on_many_hosts},
     {"eight access set at once", test_parallel_access_set},
     {"key creates at once, and of one name", test_parallel_key_create},

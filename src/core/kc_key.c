@@ -552,8 +552,9 @@ static kc_rc apply_manifest(kc_vault *v, kc_key *k, kc_error *err)
 }
 
 /* Moves the half-made versions of k behind the others (kc_key.nhalf): with
- * the PIN, a version neither recorded nor whole is what a create killed in
- * C_GenerateKeyPair left, never a version of the key. */
+ * the PIN, a version neither recorded nor whole (both halves, each with its
+ * key material) is what a create killed in C_GenerateKeyPair left, never a
+ * version of the key. */
 static void set_half_made_aside(kc_key *k)
 {
     kc_key_version tmp;
@@ -564,7 +565,8 @@ static void set_half_made_aside(kc_key *k)
         snprintf(current, sizeof(current), "%s", k->versions[k->current].version);
     for (i = 0; i < k->nversions; i++) {
         const kc_key_version *ver = &k->versions[i];
-        if (!ver->recorded && !(ver->has_pub && ver->has_priv))
+        if (!ver->recorded && (!(ver->has_pub && ver->has_priv) || ver->pub.no_key ||
+                               ver->priv.no_key))
             continue;
         if (i != kept) {
             tmp = k->versions[kept];
@@ -592,7 +594,10 @@ static kc_rc halves_match(kc_vault *v, const kc_key *k, kc_error *err)
 
     for (i = 0; r == KC_OK && i < k->nversions; i++) {
         const kc_key_version *ver = &k->versions[i];
-        if (!ver->has_pub || !ver->has_priv || ver->type != KC_KT_RSA)
+        /* a half without key material is a generation killed half-way
+         * (kc_key_obj.no_key), set aside with the state; not a replacement */
+        if (!ver->has_pub || !ver->has_priv || ver->type != KC_KT_RSA || ver->pub.no_key ||
+            ver->priv.no_key)
             continue;
         r = kc_tok_same_rsa_key(v->tok, ver->pub.handle, ver->priv.handle, &same, err);
         if (r == KC_OK && !same)
@@ -602,6 +607,25 @@ static kc_rc halves_match(kc_vault *v, const kc_key *k, kc_error *err)
                              ver->version, k->name, v->meta.name);
     }
     return r;
+}
+
+/* A recorded version is whole: one of its halves without key material was
+ * replaced (a public one needs no PIN), never a generation killed half-way,
+ * which is recorded only after it ends. */
+static kc_rc recorded_whole(kc_vault *v, const kc_key *k, kc_error *err)
+{
+    size_t i;
+
+    for (i = 0; i < k->nversions; i++) {
+        const kc_key_version *ver = &k->versions[i];
+        if (ver->recorded && (ver->pub.no_key || ver->priv.no_key))
+            return kc_error_set(err, KC_INTEGRITY,
+                                "the %s half of version %s of key '%s' in vault '%s' holds no "
+                                "key material: it was replaced",
+                                ver->pub.no_key ? "public" : "private", ver->version, k->name,
+                                v->meta.name);
+    }
+    return KC_OK;
 }
 
 /* A half-made public half that is a version's own, under another id: its
@@ -660,7 +684,9 @@ static kc_rc load_keys_once(kc_vault *v, const char *name, int login, kc_key **o
         for (i = 0; r == KC_OK && i < *n; i++) {
             apply_state(v, &(*out)[i]);
             set_half_made_aside(&(*out)[i]);
-            r = moved_half(v, &(*out)[i], err);
+            r = recorded_whole(v, &(*out)[i], err);
+            if (r == KC_OK)
+                r = moved_half(v, &(*out)[i], err);
         }
     }
     if (r != KC_OK) {

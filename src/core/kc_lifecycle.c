@@ -241,7 +241,11 @@ static kc_rc remove_half_made(kc_vault *v, const char *name, size_t *removed, in
             continue;
         for (j = k->nversions; r == KC_OK && j < k->nversions + k->nhalf; j++) {
             const kc_key_version *ver = &k->versions[j];
-            r = kc_tok_destroy(v->tok, ver->has_pub ? ver->pub.handle : ver->priv.handle, err);
+            /* one half, or both when one has no key material (kc_key_obj.no_key) */
+            if (ver->has_pub)
+                r = kc_tok_destroy(v->tok, ver->pub.handle, err);
+            if (r == KC_OK && ver->has_priv)
+                r = kc_tok_destroy(v->tok, ver->priv.handle, err);
             if (r == KC_OK)
                 (*removed)++;
         }
