@@ -224,31 +224,29 @@ static kc_rc new_scope(kc_data_session *s, const char *scope, kc_secret *sk, cha
 }
 
 /* The scope's key, unwrapped; made when create is set and it has none. */
+static kc_rc row_key(kc_data_session *s, const char *scope, const char *dep_id, long generation,
+                     const unsigned char *wrapped, size_t wrapped_len, kc_secret **out,
+                     kc_error *err);
+
 static kc_rc scope_key(kc_data_session *s, const char *scope, int create, kc_secret **out,
                        char dep_id[37], long *generation, kc_error *err)
 {
     unsigned char wrapped[WRAPPED_BYTES];
-    const kc_secret *dek = NULL;
-    kc_secret *sk = kc_secret_new(KEY_BYTES + 8);
-    size_t len = 0;
+    kc_secret *sk;
     int purged;
     kc_rc r;
 
     *out = NULL;
+    r = scope_row(s->st, scope, dep_id, generation, wrapped, &purged, err);
+    if (r == KC_OK)
+        return row_key(s, scope, dep_id, *generation, wrapped, WRAPPED_BYTES, out, err);
+    if (r != KC_NOT_FOUND || !create || purged)
+        return r;
+    kc_error_clear(err);
+    sk = kc_secret_new(KEY_BYTES + 8);
     if (sk == NULL)
         return kc_error_set(err, KC_ERR, "out of memory");
-    r = scope_row(s->st, scope, dep_id, generation, wrapped, &purged, err);
-    if (r == KC_NOT_FOUND && create && !purged) {
-        kc_error_clear(err);
-        r = new_scope(s, scope, sk, dep_id, generation, err);
-    } else if (r == KC_OK) {
-        r = dep_key(s, dep_id, *generation, &dek, err);
-        if (r == KC_OK &&
-            (!kwp(s, dek->data, 0, wrapped, WRAPPED_BYTES, sk->data, &len) || len != KEY_BYTES))
-            r = kc_error_set(err, KC_INTEGRITY,
-                             "the key of scope '%s' does not unwrap under its DEP key", scope);
-        sk->len = len;
-    }
+    r = new_scope(s, scope, sk, dep_id, generation, err);
     if (r != KC_OK) {
         kc_secret_free(sk);
         return r;
@@ -502,22 +500,72 @@ done:
     return KC_OK;
 }
 
+/* The scope's key from its row's wrapped copy. */
+static kc_rc row_key(kc_data_session *s, const char *scope, const char *dep_id, long generation,
+                     const unsigned char *wrapped, size_t wrapped_len, kc_secret **out,
+                     kc_error *err)
+{
+    const kc_secret *dek = NULL;
+    kc_secret *sk;
+    size_t len = 0;
+    kc_rc r;
+
+    *out = NULL;
+    if (wrapped_len != WRAPPED_BYTES)
+        return kc_error_set(err, KC_INTEGRITY, "scope '%s': its wrapped key is damaged", scope);
+    sk = kc_secret_new(KEY_BYTES + 8);
+    if (sk == NULL)
+        return kc_error_set(err, KC_ERR, "out of memory");
+    r = dep_key(s, dep_id, generation, &dek, err);
+    if (r == KC_OK &&
+        (!kwp(s, dek->data, 0, wrapped, WRAPPED_BYTES, sk->data, &len) || len != KEY_BYTES))
+        r = kc_error_set(err, KC_INTEGRITY,
+                         "the key of scope '%s' does not unwrap under its DEP key", scope);
+    sk->len = len;
+    if (r != KC_OK) {
+        kc_secret_free(sk);
+        return r;
+    }
+    *out = sk;
+    return KC_OK;
+}
+
+static kc_rc move_key(kc_data_session *s, const char *scope, kc_secret *sk, const char *dep_id,
+                      long generation, const char *to_id, long to_gen, kc_error *err);
+
+kc_rc kc_data_move_scope_row(kc_data_session *s, const char *scope, const char *from_id,
+                             long from_gen, const unsigned char *wrapped, size_t wrapped_len,
+                             const char *to_id, long to_gen, kc_error *err)
+{
+    kc_secret *sk = NULL;
+    kc_rc r = row_key(s, scope, from_id, from_gen, wrapped, wrapped_len, &sk, err);
+
+    return r == KC_OK ? move_key(s, scope, sk, from_id, from_gen, to_id, to_gen, err) : r;
+}
+
 kc_rc kc_data_move_scope(kc_data_session *s, const char *scope, const char *to_id, long to_gen,
                          kc_error *err)
 {
-    unsigned char wrapped[WRAPPED_BYTES];
-    const kc_secret *dek = NULL;
     kc_secret *sk = NULL;
-    kc_q *q = NULL;
     char dep_id[37];
     long generation = 0;
+    kc_rc r = scope_key(s, scope, 0, &sk, dep_id, &generation, err);
+
+    return r == KC_OK ? move_key(s, scope, sk, dep_id, generation, to_id, to_gen, err) : r;
+}
+
+/* Wraps sk (freed here) under the target's DEP key and writes the scope's
+ * row, if it is still where it was read. */
+static kc_rc move_key(kc_data_session *s, const char *scope, kc_secret *sk, const char *dep_id,
+                      long generation, const char *to_id, long to_gen, kc_error *err)
+{
+    unsigned char wrapped[WRAPPED_BYTES];
+    const kc_secret *dek = NULL;
+    kc_q *q = NULL;
     size_t wl = 0;
     int rc;
-    kc_rc r;
+    kc_rc r = dep_key(s, to_id, to_gen, &dek, err);
 
-    r = scope_key(s, scope, 0, &sk, dep_id, &generation, err);
-    if (r == KC_OK)
-        r = dep_key(s, to_id, to_gen, &dek, err);
     if (r == KC_OK &&
         (!kwp(s, dek->data, 1, sk->data, KEY_BYTES, wrapped, &wl) || wl != WRAPPED_BYTES))
         r = kc_error_set(err, KC_ERR, "cannot wrap the key of scope '%s'", scope);

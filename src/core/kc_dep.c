@@ -999,6 +999,30 @@ kc_rc kc_dep_effective(kc_store *st, const char *scope, kc_dep *out, int *inheri
     return r == KC_OK ? kc_dep_get(st, id, out, err) : r;
 }
 
+/* A mailbox without a DEP of its own is under the tenant DEP, checked
+ * once per cache. */
+static kc_rc tenant_dep(kc_store *st, const char *scope, kc_dep_tenant_cache *cache, kc_dep *out,
+                        kc_error *err)
+{
+    char id[37];
+    kc_rc r;
+
+    if (cache != NULL && cache->known) {
+        *out = cache->dep;
+        return KC_OK;
+    }
+    r = assigned_to(st, "tenant", id, err);
+    if (r == KC_NOT_FOUND)
+        return kc_error_set(err, KC_NOT_FOUND, "scope '%s' has no DEP assigned", scope);
+    if (r == KC_OK)
+        r = dep_row_get(st, id, out, err);
+    if (r == KC_OK && cache != NULL) {
+        cache->dep = *out;
+        cache->known = 1;
+    }
+    return r;
+}
+
 kc_rc kc_dep_effective_row(kc_store *st, const char *scope, kc_dep_tenant_cache *cache, kc_dep *out,
                            int *inherited, kc_error *err)
 {
@@ -1015,22 +1039,41 @@ kc_rc kc_dep_effective_row(kc_store *st, const char *scope, kc_dep_tenant_cache 
                : r == KC_NOT_FOUND
                    ? kc_error_set(err, KC_NOT_FOUND, "scope '%s' has no DEP assigned", scope)
                    : r;
-    /* A mailbox without a DEP of its own is under the tenant DEP, checked
-     * once per cache. */
     kc_error_clear(err);
     *inherited = 1;
-    if (cache != NULL && cache->known) {
-        *out = cache->dep;
+    return tenant_dep(st, scope, cache, out, err);
+}
+
+kc_rc kc_dep_effective_claimed(kc_store *st, const char *scope, kc_q *q, int col,
+                               kc_dep_tenant_cache *cache, kc_dep *out, kc_error *err)
+{
+    char id[37], what[112];
+    kc_row row;
+    kc_rc r = kc_dep_scope_check(scope, err);
+
+    memset(out, 0, sizeof(*out));
+    if (r != KC_OK)
+        return r;
+    if (kc_q_type(q, col) == KC_Q_NULL)
+        return strncmp(scope, "mailbox:", 8) == 0
+                   ? tenant_dep(st, scope, cache, out, err)
+                   : kc_error_set(err, KC_NOT_FOUND, "scope '%s' has no DEP assigned", scope);
+    /* as assigned_to: the row read with the claim, checked the same way */
+    snprintf(what, sizeof(what), "assignment of scope '%s'", scope);
+    kc_row_init(&row, "assignments");
+    kc_row_cols(&row, q, col, 2);
+    r = kc_row_check(st, &row, q, col + 2, what, err);
+    if (r != KC_OK)
+        return r;
+    copy_col(q, col + 1, id, sizeof(id));
+    if (cache->last_known && strcmp(cache->last.id, id) == 0) {
+        *out = cache->last;
         return KC_OK;
     }
-    r = assigned_to(st, "tenant", id, err);
-    if (r == KC_NOT_FOUND)
-        return kc_error_set(err, KC_NOT_FOUND, "scope '%s' has no DEP assigned", scope);
-    if (r == KC_OK)
-        r = dep_row_get(st, id, out, err);
-    if (r == KC_OK && cache != NULL) {
-        cache->dep = *out;
-        cache->known = 1;
+    r = dep_row_get(st, id, out, err);
+    if (r == KC_OK) {
+        cache->last = *out;
+        cache->last_known = 1;
     }
     return r;
 }

@@ -7,6 +7,7 @@
 #ifndef KC_DEP_H
 #define KC_DEP_H
 
+#include "kc_db.h"
 #include "kc_store.h"
 #include "kc_vault.h"
 
@@ -103,9 +104,19 @@ KC_EXPORT kc_rc kc_dep_effective(kc_store *st, const char *scope, kc_dep *out, i
 typedef struct kc_dep_tenant_cache {
     int known;
     kc_dep dep;
+    /* the last DEP row read by id (kc_dep_effective_claimed) */
+    int last_known;
+    kc_dep last;
 } kc_dep_tenant_cache;
 KC_EXPORT kc_rc kc_dep_effective_row(kc_store *st, const char *scope, kc_dep_tenant_cache *cache,
                                      kc_dep *out, int *inherited, kc_error *err) KC_MUST_CHECK;
+/* The same, with the scope's own assignment row read in q already (a
+ * re-wrap worker's claim): columns col, col + 1 and col + 2 are its scope,
+ * dep_id and mac, all NULL when it has none. The row's MAC is checked; the
+ * DEP row it names is read once per cache (one store transaction). */
+KC_EXPORT kc_rc kc_dep_effective_claimed(kc_store *st, const char *scope, kc_q *q, int col,
+                                         kc_dep_tenant_cache *cache, kc_dep *out,
+                                         kc_error *err) KC_MUST_CHECK;
 
 /* Every assignment, by scope. *out is freed by the caller. */
 KC_EXPORT kc_rc kc_dep_assignments(kc_store *st, kc_dep_assignment **out, size_t *n,

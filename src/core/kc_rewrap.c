@@ -335,15 +335,46 @@ static kc_rc move_row(kc_data_session *s, kc_store *st, kc_q *q, kc_dep_tenant_c
     return r;
 }
 
+/* Moves the scope of a claimed row: scope, target id and generation, the
+ * scope row's DEP, generation and wrapped key, then its own assignment's
+ * scope, dep_id and mac (NULL when it has none), all read by the claim. */
+static kc_rc move_claimed(kc_data_session *s, kc_store *st, kc_q *q, kc_dep_tenant_cache *cache,
+                          long *n, kc_error *err)
+{
+    char scope[80], to[37], from[37];
+    long gen, from_gen;
+    kc_dep d;
+    kc_rc r;
+
+    text(q, 0, scope, sizeof(scope));
+    text(q, 1, to, sizeof(to));
+    gen = (long)kc_q_int(q, 2);
+    text(q, 3, from, sizeof(from));
+    from_gen = (long)kc_q_int(q, 4);
+    r = kc_dep_effective_claimed(st, scope, q, 6, cache, &d, err);
+    if (r == KC_OK && (strcmp(d.id, to) != 0 || d.generation != gen))
+        r = kc_error_set(err, KC_INTEGRITY,
+                         "scope '%s': the store's view names DEP %s generation %ld, its checked "
+                         "assignment DEP %s generation %ld; nothing is moved",
+                         scope, to, gen, d.id, d.generation);
+    if (r == KC_OK)
+        r = kc_data_move_scope_row(s, scope, from, from_gen, kc_q_blob(q, 5),
+                                   (size_t)kc_q_bytes(q, 5), to, gen, err);
+    if (r == KC_OK)
+        (*n)++;
+    return r;
+}
+
 /* One batch of a worker on PostgreSQL, in the caller's (shared)
  * transaction: the first pending scopes no other worker holds, locked
  * until the commit (a worker killed lets go of its batch, which the others
- * then take). */
+ * then take). The claim reads each scope's row and its own assignment with
+ * it, so a key costs one more round trip, its write (the store's other
+ * writers wait for the batch: kc_store_begin_shared). */
 static kc_rc claim_step(kc_data_session *s, kc_store *st, long batch, long *n, kc_error *err)
 {
-    kc_dep_tenant_cache tenant = {0};
+    kc_dep_tenant_cache cache = {0};
     kc_q *q = NULL;
-    char scope[80];
     int rc;
     kc_rc r = KC_OK;
 
@@ -352,16 +383,18 @@ static kc_rc claim_step(kc_data_session *s, kc_store *st, long batch, long *n, k
      * again in its new version when locked (PostgreSQL's EvalPlanQual),
      * against the target this look saw, and so left out. */
     if (kc_q_prepare(st,
-                     "SELECT s.scope, t.target_id, t.target_generation FROM scopes s JOIN "
-                     "scope_targets t ON t.scope = s.scope WHERE t.purged IS NULL AND "
-                     "t.target_id IS NOT NULL AND t.target_purge_requested IS NULL AND "
-                     "s.purged IS NULL AND (s.dep_id <> t.target_id OR s.dep_generation <> "
-                     "t.target_generation) ORDER BY s.scope LIMIT ? FOR UPDATE OF s SKIP LOCKED",
+                     "SELECT s.scope, t.target_id, t.target_generation, s.dep_id, "
+                     "s.dep_generation, s.wrapped_key, a.scope, a.dep_id, a.mac FROM scopes s "
+                     "JOIN scope_targets t ON t.scope = s.scope LEFT JOIN assignments a ON "
+                     "a.scope = s.scope WHERE t.purged IS NULL AND t.target_id IS NOT NULL AND "
+                     "t.target_purge_requested IS NULL AND s.purged IS NULL AND (s.dep_id <> "
+                     "t.target_id OR s.dep_generation <> t.target_generation) ORDER BY s.scope "
+                     "LIMIT ? FOR UPDATE OF s SKIP LOCKED",
                      &q) != KC_Q_OK)
         return db_error(st, err);
     kc_q_bind_int(q, 1, batch);
     while (r == KC_OK && (rc = kc_q_step(q)) == KC_Q_ROW)
-        r = move_row(s, st, q, &tenant, scope, n, err);
+        r = move_claimed(s, st, q, &cache, n, err);
     if (r == KC_OK && rc == KC_Q_ERROR)
         r = db_error(st, err);
     kc_q_finish(q);
