@@ -86,14 +86,21 @@ static kc_rc assignment_mac(kc_store *st, const char *scope, const char *dep_id,
 
 /* Checks a result row whose first n columns are the covered ones, in the
  * table's order, and whose column n is the MAC. */
-static kc_rc check_cols(kc_store *st, kc_q *s, const char *table, int n, const char *what,
-                        kc_error *err)
+/* The row of table in columns first .. first + n - 1 of s, its MAC after them. */
+static kc_rc check_cols_at(kc_store *st, kc_q *s, const char *table, int first, int n,
+                           const char *what, kc_error *err)
 {
     kc_row r;
 
     kc_row_init(&r, table);
-    kc_row_cols(&r, s, 0, n);
-    return kc_row_check(st, &r, s, n, what, err);
+    kc_row_cols(&r, s, first, n);
+    return kc_row_check(st, &r, s, first + n, what, err);
+}
+
+static kc_rc check_cols(kc_store *st, kc_q *s, const char *table, int n, const char *what,
+                        kc_error *err)
+{
+    return check_cols_at(st, s, table, 0, n, what, err);
 }
 
 static kc_rc store_error(kc_store *st, kc_error *err)
@@ -1048,7 +1055,6 @@ kc_rc kc_dep_effective_claimed(kc_store *st, const char *scope, kc_q *q, int col
                                kc_dep_tenant_cache *cache, kc_dep *out, kc_error *err)
 {
     char id[37], what[112];
-    kc_row row;
     kc_rc r = kc_dep_scope_check(scope, err);
 
     memset(out, 0, sizeof(*out));
@@ -1060,9 +1066,7 @@ kc_rc kc_dep_effective_claimed(kc_store *st, const char *scope, kc_q *q, int col
                    : kc_error_set(err, KC_NOT_FOUND, "scope '%s' has no DEP assigned", scope);
     /* as assigned_to: the row read with the claim, checked the same way */
     snprintf(what, sizeof(what), "assignment of scope '%s'", scope);
-    kc_row_init(&row, "assignments");
-    kc_row_cols(&row, q, col, 2);
-    r = kc_row_check(st, &row, q, col + 2, what, err);
+    r = check_cols_at(st, q, "assignments", col, 2, what, err);
     if (r != KC_OK)
         return r;
     copy_col(q, col + 1, id, sizeof(id));

@@ -236,7 +236,6 @@ static long set_pick(const doc_set *s, int *ambiguous, int *unrecorded)
     int any = 0, pass;
 
     *ambiguous = 0;
-    *unrecorded = 1;
     for (j = 0; j < s->nc; j++) {
         if (!s->cinfo[j].valid)
             continue;

@@ -299,7 +299,18 @@ static kc_rc job_advance(kc_store *st, long n, long *done, long *total, kc_error
 }
 
 /* The store's view chose scope's target; its checked assignment and DEP
- * rows must say the same before anything moves. */
+ * rows (d) must say the same before anything moves. */
+static kc_rc target_agrees(const char *scope, const char *to, long gen, const kc_dep *d,
+                           kc_error *err)
+{
+    if (strcmp(d->id, to) != 0 || d->generation != gen)
+        return kc_error_set(err, KC_INTEGRITY,
+                            "scope '%s': the store's view names DEP %s generation %ld, its "
+                            "checked assignment DEP %s generation %ld; nothing is moved",
+                            scope, to, gen, d->id, d->generation);
+    return KC_OK;
+}
+
 static kc_rc target_holds(kc_store *st, const char *scope, const char *to, long gen,
                           kc_dep_tenant_cache *cache, kc_error *err)
 {
@@ -307,12 +318,7 @@ static kc_rc target_holds(kc_store *st, const char *scope, const char *to, long 
     kc_dep d;
     kc_rc r = kc_dep_effective_row(st, scope, cache, &d, &inherited, err);
 
-    if (r == KC_OK && (strcmp(d.id, to) != 0 || d.generation != gen))
-        r = kc_error_set(err, KC_INTEGRITY,
-                         "scope '%s': the store's view names DEP %s generation %ld, its checked "
-                         "assignment DEP %s generation %ld; nothing is moved",
-                         scope, to, gen, d.id, d.generation);
-    return r;
+    return r == KC_OK ? target_agrees(scope, to, gen, &d, err) : r;
 }
 
 /* Moves the scope of q's row (scope, target id, target generation) to its
@@ -352,11 +358,8 @@ static kc_rc move_claimed(kc_data_session *s, kc_store *st, kc_q *q, kc_dep_tena
     text(q, 3, from, sizeof(from));
     from_gen = (long)kc_q_int(q, 4);
     r = kc_dep_effective_claimed(st, scope, q, 6, cache, &d, err);
-    if (r == KC_OK && (strcmp(d.id, to) != 0 || d.generation != gen))
-        r = kc_error_set(err, KC_INTEGRITY,
-                         "scope '%s': the store's view names DEP %s generation %ld, its checked "
-                         "assignment DEP %s generation %ld; nothing is moved",
-                         scope, to, gen, d.id, d.generation);
+    if (r == KC_OK)
+        r = target_agrees(scope, to, gen, &d, err);
     if (r == KC_OK)
         r = kc_data_move_scope_row(s, scope, from, from_gen, kc_q_blob(q, 5),
                                    (size_t)kc_q_bytes(q, 5), to, gen, err);
