@@ -1400,12 +1400,82 @@ static void test_docs_manifest_after_another_host(void)
     kc_ctx_free(ctx);
 }
 
+/* Of two candidates of one generation, the one a command loaded and the one
+ * committed can differ (a search under parallel writers left the committed
+ * one out). The command's write must not go over the committed one: that
+ * would drop its change. Made here by committing the other candidate after
+ * the load, as a writer that read the same generation would. */
+static void test_docs_load_and_commit_read_one_document(void)
+{
+    kc_ctx *ctx = ctx_new();
+    kc_vault *v1 = vault_new(ctx, "VaultH2"), *v2 = NULL;
+    kc_key *k = key_new(v1, "First", KC_PROT_HSM, KC_OP_WRAP | KC_OP_UNWRAP, NULL);
+    kc_gendoc_ref ref;
+    unsigned char *buf = NULL;
+    size_t len = 0;
+    unsigned long next = 0;
+    char *other, record[160], digest[KC_FINGERPRINT_HEX + 1];
+    json_t *doc;
+    kc_error e;
+
+    kc_key_free(k);
+    CU_ASSERT_EQUAL_FATAL(kc_keystate_load(v1, &e), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_gendoc_read(v1->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, "key state",
+                                         kc_keystate_doc_check, NULL, &buf, &len, &next, &ref, &e),
+                          KC_OK);
+    /* the other candidate of that generation: same base, another change */
+    doc = json_loadb((const char *)buf, len, 0, NULL);
+    free(buf);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(doc);
+    json_object_set_new(
+        json_object_get(json_object_get(json_object_get(doc, "keys"), "First"), "tags"), "from",
+        json_string("the other writer"));
+    other = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(doc);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(other);
+    CU_ASSERT_EQUAL_FATAL(kc_tok_create_data(v1->tok, KC_GENDOC_APPLICATION, KC_KEYSTATE_LABEL,
+                                             other, strlen(other), 1, NULL, &e),
+                          KC_OK);
+    /* committed: the loaded one destroyed, the other's record left */
+    CU_ASSERT_EQUAL_FATAL(kc_tok_destroy(v1->tok, ref.handle, &e), KC_OK);
+    kc_manifest_digest(other, digest);
+    snprintf(record, sizeof(record), "keycustody-commit 1 generation=%lu sha256=%s", ref.generation,
+             digest);
+    CU_ASSERT_EQUAL_FATAL(kc_tok_create_data(v1->tok, KC_GENDOC_APPLICATION,
+                                             KC_KEYSTATE_LABEL KC_GENDOC_COMMIT_SUFFIX, record,
+                                             strlen(record), 1, NULL, &e),
+                          KC_OK);
+    free(other);
+    /* this command's change, from what it loaded, is refused */
+    json_object_set_new(json_object_get(kc_keystate_key(v1, "First", 0), "tags"), "owner",
+                        json_string("alice"));
+    CU_ASSERT_EQUAL(kc_keystate_commit(v1, &e), KC_CONFLICT);
+    ASSERT_HAS(e.msg, "is not the one this command read");
+    ASSERT_HAS(e.msg, "nothing was written");
+    /* and the committed change is what a fresh reader sees */
+    CU_ASSERT_EQUAL_FATAL(kc_vault_open(ctx, "VaultH2", &v2, &e), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_keystate_load(v2, &e), KC_OK);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(
+                               json_object_get(kc_keystate_key(v2, "First", 0), "tags"), "from")),
+                           "the other writer");
+    CU_ASSERT_PTR_NULL(
+        json_object_get(json_object_get(kc_keystate_key(v2, "First", 0), "tags"), "owner"));
+    /* a command that loads afresh writes over it */
+    json_object_set_new(json_object_get(kc_keystate_key(v2, "First", 0), "tags"), "owner",
+                        json_string("alice"));
+    CU_ASSERT_EQUAL(kc_keystate_commit(v2, &e), KC_OK);
+    kc_vault_free(v2);
+    kc_vault_free(v1);
+    kc_ctx_free(ctx);
+}
+
 static const kc_test_case doc_cases[] = {
     {"a manifest signed after another host's key", test_docs_manifest_after_another_host},
     {"fact: of two destroys one wins", fact_destroy_race},
     {"second writer of a generation loses", test_docs_second_writer_loses},
     {"killed writers", test_docs_killed_writers},
     {"a candidate over an unrecorded commit", test_docs_candidate_over_unrecorded_commit},
+    {"a load and its commit read one document", test_docs_load_and_commit_read_one_document},
     {"reader waits for the winner", test_docs_reader_waits_for_the_winner},
     {"parallel writers", test_docs_parallel_writers},
     {NULL, NULL},

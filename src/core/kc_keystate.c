@@ -5,8 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static kc_rc check_state(const unsigned char *buf, size_t len, unsigned long *generation,
-                         char base[KC_GENDOC_DIGEST_HEX + 1], void *arg, kc_error *err)
+kc_rc kc_keystate_doc_check(const unsigned char *buf, size_t len, unsigned long *generation,
+                            char base[KC_GENDOC_DIGEST_HEX + 1], void *arg, kc_error *err)
 {
     json_t *o = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, NULL);
     json_t *keys;
@@ -36,6 +36,7 @@ kc_rc kc_keystate_load(kc_vault *v, kc_error *err)
     unsigned char *buf = NULL;
     size_t len = 0;
     unsigned long next = 1;
+    kc_gendoc_ref ref;
     kc_rc r;
 
     if (v->state != NULL)
@@ -43,8 +44,11 @@ kc_rc kc_keystate_load(kc_vault *v, kc_error *err)
     r = kc_vault_login(v, err);
     if (r != KC_OK)
         return r;
-    r = kc_gendoc_read(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, "key state", check_state, NULL,
-                       &buf, &len, &next, NULL, err);
+    r = kc_gendoc_read(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, "key state",
+                       kc_keystate_doc_check, NULL, &buf, &len, &next, &ref, err);
+    v->state_digest[0] = '\0';
+    if (r == KC_OK)
+        memcpy(v->state_digest, ref.digest, sizeof(v->state_digest));
     if (r == KC_NOT_FOUND) {
         v->state = json_pack("{s:s, s:i, s:I, s:s, s:{}}", "kind", "keycustody-keys", "schema", 1,
                              "generation", (json_int_t)0, "vault", v->meta.name, "keys");
@@ -69,8 +73,8 @@ kc_rc kc_keystate_commit(kc_vault *v, kc_error *err)
 
     /* still the generation this command read (see kc_vault_changed_meanwhile);
      * the write commits over exactly that object (kc_gendoc.h) */
-    r = kc_gendoc_read(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, "key state", check_state, NULL,
-                       &cur, &len, &next, &base, err);
+    r = kc_gendoc_read(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, "key state",
+                       kc_keystate_doc_check, NULL, &cur, &len, &next, &base, err);
     free(cur);
     if (r == KC_NOT_FOUND) {
         kc_error_clear(err);
@@ -78,6 +82,11 @@ kc_rc kc_keystate_commit(kc_vault *v, kc_error *err)
     }
     if (r == KC_OK && next != read + 1)
         r = kc_vault_changed_meanwhile(v, "key state", read, next - 1, err);
+    /* and the very document it read: a search that left out the committed
+     * one of two candidates of that generation gave the other (kc_gendoc.h),
+     * and a write over what is committed now would drop that one's change */
+    if (r == KC_OK && base.handle != 0 && strcmp(base.digest, v->state_digest) != 0)
+        r = kc_vault_changed_meanwhile(v, "key state", read, read, err);
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot save the key state of vault '%s'", v->meta.name);
     json_object_set_new(v->state, "generation", json_integer((json_int_t)read + 1));
@@ -88,7 +97,9 @@ kc_rc kc_keystate_commit(kc_vault *v, kc_error *err)
     if (doc == NULL)
         return kc_error_set(err, KC_ERR, "out of memory");
     r = kc_gendoc_write(v->tok, KC_KEYSTATE_LABEL, 1, "key state", doc, read + 1, &base,
-                        check_state, NULL, err);
+                        kc_keystate_doc_check, NULL, err);
+    if (r == KC_OK)
+        kc_manifest_digest(doc, v->state_digest);
     free(doc);
     if (r != KC_OK)
         return kc_error_prefix(err, "cannot save the key state of vault '%s'", v->meta.name);
@@ -120,9 +131,10 @@ kc_rc kc_keystate_sign(kc_vault *v, kc_error *err)
             r = kc_manifest_write(v, &v->meta, err);
     }
     if (r != KC_OK)
-        kc_error_hint(err, "the key state of vault '%s' was saved, its signed manifest was not: "
-                           "the vault's next change signs it again ('keycustody key list' shows "
-                           "the keys)",
+        kc_error_hint(err,
+                      "the key state of vault '%s' was saved, its signed manifest was not: "
+                      "the vault's next change signs it again ('keycustody key list' shows "
+                      "the keys)",
                       v->meta.name);
     return r;
 }
@@ -186,8 +198,8 @@ kc_rc kc_keystate_stale(kc_vault *v, size_t *stale, kc_error *err)
 
     *stale = 0;
     if (r == KC_OK)
-        r = kc_gendoc_stale(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, check_state, NULL, &a,
-                            err);
+        r = kc_gendoc_stale(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, kc_keystate_doc_check,
+                            NULL, &a, err);
     if (r == KC_OK)
         r = kc_manifest_signer(v->tok, &signer, fp, err);
     if (r == KC_OK)
@@ -211,8 +223,8 @@ kc_rc kc_keystate_tidy(kc_vault *v, size_t *removed, kc_error *err)
     kc_rc r = kc_vault_login(v, err);
 
     if (r == KC_OK)
-        r = kc_gendoc_tidy(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, check_state, NULL, &a,
-                           err);
+        r = kc_gendoc_tidy(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, kc_keystate_doc_check, NULL,
+                           &a, err);
     if (r == KC_OK)
         r = kc_manifest_signer(v->tok, &signer, fp, err);
     if (r == KC_OK)

@@ -15,6 +15,10 @@
 
 #define KC_KEYSTATE_LABEL "keycustody-keys"
 
+/* Whether buf is a key state document (a kc_gendoc_check). */
+KC_EXPORT kc_rc kc_keystate_doc_check(const unsigned char *buf, size_t len,
+                                      unsigned long *generation, char base[65], void *arg,
+                                      kc_error *err) KC_MUST_CHECK;
 /* Loads the state into v->state (logs in first). A vault without one gets
  * an empty state. Cached: a second call does nothing. */
 KC_EXPORT kc_rc kc_keystate_load(kc_vault *v, kc_error *err) KC_MUST_CHECK;

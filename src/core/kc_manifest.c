@@ -589,10 +589,17 @@ static kc_rc sign_doc(kc_vault *v, kc_obj priv, json_t *manifest, char **out, kc
 kc_rc kc_vault_changed_meanwhile(const kc_vault *v, const char *what, unsigned long read,
                                  unsigned long now, kc_error *err)
 {
-    kc_error_set(err, KC_CONFLICT,
-                 "vault '%s' changed while this command ran: its %s is at generation %lu, this "
-                 "command read generation %lu; nothing was written",
-                 v->meta.name, what, now, read);
+    if (now == read)
+        kc_error_set(err, KC_CONFLICT,
+                     "vault '%s' changed while this command ran: its %s of generation %lu is "
+                     "not the one this command read (another write of that generation was "
+                     "committed); nothing was written",
+                     v->meta.name, what, read);
+    else
+        kc_error_set(err, KC_CONFLICT,
+                     "vault '%s' changed while this command ran: its %s is at generation %lu, "
+                     "this command read generation %lu; nothing was written",
+                     v->meta.name, what, now, read);
     kc_error_hint(err, "another keycustody (on another host?) changed it: run the command again");
     return KC_CONFLICT;
 }
@@ -645,6 +652,12 @@ kc_rc kc_manifest_write_after(kc_vault *v, kc_vault_meta *m, unsigned long after
      * this one stop with nothing written, rather than write over it. */
     if (r == KC_OK && next != m->generation + 1)
         r = kc_vault_changed_meanwhile(v, "manifest", m->generation, next - 1, err);
+    /* the very manifest it read, not another candidate of its generation
+     * (as for the key state: kc_keystate_commit); a repair (after) writes
+     * over what is there on purpose */
+    if (r == KC_OK && base.handle != 0 && after == 0 && m == &v->meta &&
+        strcmp(base.digest, v->manifest_digest) != 0)
+        r = kc_vault_changed_meanwhile(v, "manifest", m->generation, m->generation, err);
     if (r == KC_OK)
         r = kc_keystate_load(v, err);
     if (r != KC_OK) {

@@ -42,6 +42,7 @@ typedef struct kc_vault {
     kc_tok *tok; /* owned by ctx->p11 */
     kc_vault_meta meta;
     struct json_t *state;    /* the key state, once loaded (kc_keystate.h) */
+    char state_digest[65];   /* SHA-256 of the key state document loaded; "" none */
     struct json_t *manifest; /* the signed manifest it was opened with (kc_manifest.h) */
     char fingerprint[65];    /* of the vault key that signs it */
     char manifest_digest[65]; /* SHA-256 of the manifest document at meta.generation */
