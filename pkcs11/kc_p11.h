@@ -524,7 +524,8 @@ KC_EXPORT const char *kc_p11_rv_name(unsigned long rv);
  * module loaded with an explicit path gets a copy of its function list in
  * which the 2nd call of C_Login returns CKR_PIN_INCORRECT without reaching the
  * module (after != 0: it reaches the module first, then reports the error,
- * like a module that did the work and lost the reply). Process-wide. */
+ * like a module that did the work and lost the reply; C_FindObjects armed
+ * after with CKR_OK leaves out of its reply what it found). Process-wide. */
 KC_EXPORT kc_rc kc_p11_fault_arm(const char *func, const char *rv_name, unsigned nth, int after,
                                  kc_error *err) KC_MUST_CHECK;
 KC_EXPORT void kc_p11_fault_disarm(void);

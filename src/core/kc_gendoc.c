@@ -404,7 +404,7 @@ static long set_find(const doc_set *s, unsigned long gen, const char *digest)
  * write's own generation is still there, or one written over it (1), neither
  * (0), or the token did not say (-1). */
 static int sweep(kc_tok *tok, const char *label, kc_where where, kc_gendoc_check check, void *arg,
-                 unsigned long generation, const char *digest)
+                 unsigned long generation, const char *digest, kc_obj created)
 {
     char clabel[300];
     kc_error ignored, why;
@@ -423,6 +423,17 @@ static int sweep(kc_tok *tok, const char *label, kc_where where, kc_gendoc_check
     for (i = 0; !own && i < s.n; i++)
         own = s.info[i].valid && (strcmp(s.info[i].base, digest) == 0 ||
                                   (s.info[i].base[0] == '\0' && s.info[i].gen > generation));
+    /* left out of the search is not gone (SoftHSM 2.6.1 under parallel
+     * writers): only its handle no longer valid says so */
+    if (!own) {
+        int present = 1;
+        if (kc_tok_data_present(tok, KC_GENDOC_APPLICATION, label, created, &present, &ignored) !=
+            KC_OK) {
+            set_free(&s);
+            return -1;
+        }
+        own = present;
+    }
     for (i = 0; i < s.nc; i++)
         recorded |= s.cinfo[i].valid && s.cinfo[i].gen == generation &&
                     strcmp(s.cinfo[i].digest, digest) == 0;
@@ -479,9 +490,16 @@ static kc_rc commit_over(kc_tok *tok, const char *label, kc_where where, const c
         if (at >= 0)
             handle = s.docs[at].handle;
         set_free(&s);
+        /* a search that leaves base out does not show it gone (SoftHSM
+         * 2.6.1 under parallel writers): its handle no longer valid does */
         if (at < 0) {
-            kc_error_clear(err);
-            return lost(tok, what, "wrote a newer generation of", "nothing was written", err);
+            int present = 1;
+            if (kc_tok_data_present(tok, KC_GENDOC_APPLICATION, label, handle, &present,
+                                    &ignored) == KC_OK &&
+                !present) {
+                kc_error_clear(err);
+                return lost(tok, what, "wrote a newer generation of", "nothing was written", err);
+            }
         }
         (void)nanosleep(&pause, NULL);
     }
@@ -595,7 +613,7 @@ kc_rc kc_gendoc_write(kc_tok *tok, const char *label, int is_private, const char
     /* a reader that waited past AMBIGUOUS_POLLS for this commit record may
      * have written over another candidate and removed this one; committed,
      * only seeing it gone says otherwise */
-    if (sweep(tok, label, where, check, arg, generation, digest) == 0)
+    if (sweep(tok, label, where, check, arg, generation, digest, created) == 0)
         return lost(tok, what, "took this write over and wrote after it",
                     "check the result before running it again", err);
     return KC_OK;
