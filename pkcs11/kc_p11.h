@@ -391,8 +391,9 @@ typedef enum kc_where {
 
 /* Data objects with neither label nor application: what SoftHSM 2.6.1
  * leaves of a C_CreateObject killed before it set the template (keycustody
- * never makes one). Counts them, and removes them when remove is set. Needs
- * the user for private ones. */
+ * never makes one). Counts them, and removes them when remove is set (those
+ * still unlabelled a second later: one being made now is unlabelled for a
+ * moment). Needs the user for private ones. */
 KC_EXPORT kc_rc kc_tok_unlabelled_data(kc_tok *t, int remove, size_t *n,
                                        kc_error *err) KC_MUST_CHECK;
 

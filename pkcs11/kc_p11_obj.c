@@ -5,6 +5,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 CK_BBOOL kc_p11_true = CK_TRUE;
 CK_BBOOL kc_p11_false = CK_FALSE;
@@ -994,6 +995,25 @@ kc_rc kc_tok_unlabelled_data(kc_tok *t, int remove, size_t *n, kc_error *err)
     tmpl[1] = (CK_ATTRIBUTE)ATTR(CKA_LABEL, "", 0);
     tmpl[2] = (CK_ATTRIBUTE)ATTR(CKA_APPLICATION, "", 0);
     r = kc_p11_find_all(t, tmpl, 3, &h, &count, err);
+    /* One another process is making now is unlabelled too until SoftHSM
+     * writes its template: only what is still unlabelled a moment later
+     * goes (a create takes milliseconds). */
+    if (r == KC_OK && remove && count > 0) {
+        struct timespec pause = {1, 0};
+        CK_OBJECT_HANDLE *again = NULL;
+        size_t nagain = 0, j, k = 0;
+
+        (void)nanosleep(&pause, NULL);
+        r = kc_p11_find_all(t, tmpl, 3, &again, &nagain, err);
+        for (i = 0; r == KC_OK && i < count; i++)
+            for (j = 0; j < nagain; j++)
+                if (again[j] == h[i]) {
+                    h[k++] = h[i];
+                    break;
+                }
+        count = k;
+        free(again);
+    }
     for (i = 0; r == KC_OK && i < count; i++) {
         if (remove)
             r = kc_tok_destroy(t, h[i], err);

@@ -903,7 +903,7 @@ static void vault_searches(const char *vault, unsigned *per_vault, unsigned *lis
     opened = kc_p11_fault_calls();
     CU_ASSERT_EQUAL_FATAL(kc_key_list_all(v, &keys, &nkeys, &del, &ndel, &e), KC_OK);
     listed = kc_p11_fault_calls();
-    CU_ASSERT_EQUAL_FATAL(kc_keystate_stale(v, &stale, &e), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_keystate_stale(v, 0, &stale, &e), KC_OK);
     *per_vault = kc_p11_fault_calls();
     *list_all = listed - opened;
     CU_ASSERT(nkeys > 0 && ndel > 0); /* both kinds, from the one listing */

@@ -1166,7 +1166,7 @@ static void test_docs_killed_writers(void)
                           "and no record of which was committed");
         CU_ASSERT_EQUAL(doc_objects(tok, DOC), 2);
         /* tidied ('vault validate --repair'): the guess is kept, and written over */
-        CU_ASSERT_EQUAL(kc_gendoc_tidy(tok, DOC, KC_WHERE_PUBLIC, doc_check, NULL, &removed, &e),
+        CU_ASSERT_EQUAL(kc_gendoc_tidy(tok, DOC, KC_WHERE_PUBLIC, doc_check, NULL, 1, &removed, &e),
                         KC_OK);
         CU_ASSERT(removed >= 1); /* the other candidate, and the records before */
         CU_ASSERT_EQUAL(doc_objects(tok, DOC), 1);
@@ -1175,6 +1175,52 @@ static void test_docs_killed_writers(void)
     }
     CU_ASSERT_EQUAL_FATAL(doc_put(tok, DOC, 6, "six", &ref, &e), KC_OK);
     CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "six");
+    CU_ASSERT_EQUAL(doc_objects(tok, DOC), 1);
+    kc_ctx_free(ctx);
+}
+
+/* 'policy apply' tidies while other hosts may write: a writer's candidate
+ * made before its commit stays, so that its commit leaves a document; what
+ * it can no longer need goes. 'vault validate --repair' (all) takes the
+ * rest. */
+static void test_docs_tidy_beside_a_writer(void)
+{
+    kc_ctx *ctx;
+    kc_tok *tok;
+    kc_gendoc_ref ref, one;
+    size_t removed = 0, stale = 0;
+    kc_error e;
+
+    docs_token_init();
+    ctx = ctx_new();
+    tok = doc_token(ctx);
+    CU_ASSERT_EQUAL_FATAL(doc_put(tok, DOC, 1, "one", NULL, &e), KC_OK);
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "one");
+    one = ref;
+    /* a loser of generation 1 left behind: that can go */
+    doc_plant(tok, 1, "loser", NULL);
+    /* a writer over it, between its candidate and its commit */
+    doc_plant(tok, 2, "pending", &ref);
+    CU_ASSERT_EQUAL(kc_gendoc_stale(tok, DOC, KC_WHERE_PUBLIC, doc_check, NULL, 0, &stale, &e),
+                    KC_OK);
+    CU_ASSERT_EQUAL(stale, 1);
+    CU_ASSERT_EQUAL(kc_gendoc_tidy(tok, DOC, KC_WHERE_PUBLIC, doc_check, NULL, 0, &removed, &e),
+                    KC_OK);
+    CU_ASSERT_EQUAL(removed, 1);
+    CU_ASSERT_EQUAL(doc_objects(tok, DOC), 2);
+    /* its commit: the document is its candidate */
+    CU_ASSERT_EQUAL_FATAL(kc_tok_destroy(tok, one.handle, &e), KC_OK);
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "pending");
+    /* not recorded yet (its writer is about to): nothing is judged stale */
+    doc_plant(tok, 2, "other", &one);
+    CU_ASSERT_EQUAL(kc_gendoc_tidy(tok, DOC, KC_WHERE_PUBLIC, doc_check, NULL, 0, &removed, &e),
+                    KC_OK);
+    CU_ASSERT_EQUAL(removed, 0);
+    CU_ASSERT_EQUAL(doc_objects(tok, DOC), 2);
+    /* a repair keeps what readers take and removes the rest */
+    CU_ASSERT_EQUAL(kc_gendoc_tidy(tok, DOC, KC_WHERE_PUBLIC, doc_check, NULL, 1, &removed, &e),
+                    KC_OK);
+    CU_ASSERT(removed >= 1);
     CU_ASSERT_EQUAL(doc_objects(tok, DOC), 1);
     kc_ctx_free(ctx);
 }
@@ -1543,6 +1589,7 @@ static const kc_test_case doc_cases[] = {
     {"a candidate over an unrecorded commit", test_docs_candidate_over_unrecorded_commit},
     {"a load and its commit read one document", test_docs_load_and_commit_read_one_document},
     {"a write a search misses stands", test_docs_write_a_search_misses_stands},
+    {"tidy beside a writer", test_docs_tidy_beside_a_writer},
     {"reader waits for the winner", test_docs_reader_waits_for_the_winner},
     {"parallel writers", test_docs_parallel_writers},
     {NULL, NULL},

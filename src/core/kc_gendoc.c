@@ -619,14 +619,24 @@ kc_rc kc_gendoc_write(kc_tok *tok, const char *label, int is_private, const char
     return KC_OK;
 }
 
+/* all: everything but the current generation and its record ('vault
+ * validate --repair', which the operator runs with no other writer about).
+ * Otherwise ('policy apply', while other hosts may write): only what no
+ * writer can still need, and only when the current one is recorded: older
+ * generations and records, and the losing candidates of its generation. A
+ * newer generation may be another writer's candidate before its commit,
+ * and one that is not valid may be one SoftHSM is still writing: removing
+ * either under a writer would leave no document once it commits (the next
+ * write removes what a killed writer left). */
 static kc_rc set_prune(kc_tok *tok, const char *label, kc_where where, kc_gendoc_check check,
-                       void *arg, int remove, size_t *count, kc_error *err)
+                       void *arg, int all, int remove, size_t *count, kc_error *err)
 {
     kc_error why;
     doc_set s;
     long keep;
     size_t i;
     int ambiguous, unrecorded;
+    unsigned long kept_gen;
     kc_rc r = set_load(tok, label, where, "document", check, arg, &s, &why, err);
 
     *count = 0;
@@ -634,17 +644,24 @@ static kc_rc set_prune(kc_tok *tok, const char *label, kc_where where, kc_gendoc
         return r;
     keep = set_pick(&s, &ambiguous, &unrecorded);
     /* with no valid one there is nothing to keep and nothing to judge by */
-    for (i = 0; keep >= 0 && r == KC_OK && i < s.n; i++) {
-        if ((long)i == keep)
+    if (keep < 0 || (!all && (ambiguous || unrecorded))) {
+        set_free(&s);
+        return KC_OK;
+    }
+    kept_gen = s.info[keep].gen;
+    for (i = 0; r == KC_OK && i < s.n; i++) {
+        if ((long)i == keep || (!all && (!s.info[i].valid || s.info[i].gen > kept_gen)))
             continue;
         if (remove)
             r = kc_tok_destroy(tok, s.docs[i].handle, err);
         if (r == KC_OK)
             (*count)++;
     }
-    for (i = 0; keep >= 0 && r == KC_OK && i < s.nc; i++) {
-        if (s.cinfo[i].valid && s.cinfo[i].gen == s.info[keep].gen &&
+    for (i = 0; r == KC_OK && i < s.nc; i++) {
+        if (s.cinfo[i].valid && s.cinfo[i].gen == kept_gen &&
             strcmp(s.cinfo[i].digest, s.info[keep].digest) == 0)
+            continue;
+        if (!all && (!s.cinfo[i].valid || s.cinfo[i].gen >= kept_gen))
             continue;
         if (remove)
             r = kc_tok_destroy(tok, s.commits[i].handle, err);
@@ -658,13 +675,13 @@ static kc_rc set_prune(kc_tok *tok, const char *label, kc_where where, kc_gendoc
 }
 
 kc_rc kc_gendoc_tidy(kc_tok *tok, const char *label, kc_where where, kc_gendoc_check check,
-                     void *arg, size_t *removed, kc_error *err)
+                     void *arg, int all, size_t *removed, kc_error *err)
 {
-    return set_prune(tok, label, where, check, arg, 1, removed, err);
+    return set_prune(tok, label, where, check, arg, all, 1, removed, err);
 }
 
 kc_rc kc_gendoc_stale(kc_tok *tok, const char *label, kc_where where, kc_gendoc_check check,
-                      void *arg, size_t *stale, kc_error *err)
+                      void *arg, int all, size_t *stale, kc_error *err)
 {
-    return set_prune(tok, label, where, check, arg, 0, stale, err);
+    return set_prune(tok, label, where, check, arg, all, 0, stale, err);
 }

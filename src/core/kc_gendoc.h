@@ -103,16 +103,22 @@ KC_EXPORT kc_rc kc_gendoc_write(kc_tok *tok, const char *label, int is_private, 
                                 const kc_gendoc_ref *base, kc_gendoc_check check, void *arg,
                                 kc_error *err) KC_MUST_CHECK;
 
-/* Removes every generation but the current one, and every commit record but
- * its own: what a write killed before it finished leaves. *removed: how many
- * went. Needs a session that sees the objects (logged in for private ones). */
+/* Removes what a write killed before it finished leaves. all: every
+ * generation but the current one and every commit record but its own (for
+ * 'vault validate --repair', with no other writer about). Otherwise only
+ * what no writer can still need while others write: nothing unless the
+ * current one is recorded; then the older generations and records and the
+ * other candidates of its generation, never a newer generation (another
+ * writer's before its commit) or one that is not valid (maybe still being
+ * written). *removed: how many went. Needs a session that sees the objects
+ * (logged in for private ones). */
 KC_EXPORT kc_rc kc_gendoc_tidy(kc_tok *tok, const char *label, kc_where where,
-                               kc_gendoc_check check, void *arg, size_t *removed,
+                               kc_gendoc_check check, void *arg, int all, size_t *removed,
                                kc_error *err) KC_MUST_CHECK;
 
 /* How many objects of this document tidy would remove. */
 KC_EXPORT kc_rc kc_gendoc_stale(kc_tok *tok, const char *label, kc_where where,
-                                kc_gendoc_check check, void *arg, size_t *stale,
+                                kc_gendoc_check check, void *arg, int all, size_t *stale,
                                 kc_error *err) KC_MUST_CHECK;
 
 #endif

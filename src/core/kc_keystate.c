@@ -189,7 +189,7 @@ int kc_keystate_bool(json_t *o, const char *field, int dflt)
     return json_is_boolean(b) ? json_is_true(b) : dflt;
 }
 
-kc_rc kc_keystate_stale(kc_vault *v, size_t *stale, kc_error *err)
+kc_rc kc_keystate_stale(kc_vault *v, int all, size_t *stale, kc_error *err)
 {
     char fp[KC_FINGERPRINT_HEX + 1];
     void *signer = NULL;
@@ -199,12 +199,12 @@ kc_rc kc_keystate_stale(kc_vault *v, size_t *stale, kc_error *err)
     *stale = 0;
     if (r == KC_OK)
         r = kc_gendoc_stale(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, kc_keystate_doc_check,
-                            NULL, &a, err);
+                            NULL, all, &a, err);
     if (r == KC_OK)
         r = kc_manifest_signer(v->tok, &signer, fp, err);
     if (r == KC_OK)
         r = kc_gendoc_stale(v->tok, KC_VAULT_META_LABEL, KC_WHERE_PUBLIC, kc_manifest_doc_check,
-                            signer, &b, err);
+                            signer, all, &b, err);
     kc_manifest_signer_free(signer);
     *stale = a + b;
     if (r == KC_OK) {
@@ -215,7 +215,7 @@ kc_rc kc_keystate_stale(kc_vault *v, size_t *stale, kc_error *err)
     return r;
 }
 
-kc_rc kc_keystate_tidy(kc_vault *v, size_t *removed, kc_error *err)
+kc_rc kc_keystate_tidy(kc_vault *v, int all, size_t *removed, kc_error *err)
 {
     size_t a = 0, b = 0;
     char fp[KC_FINGERPRINT_HEX + 1];
@@ -224,12 +224,12 @@ kc_rc kc_keystate_tidy(kc_vault *v, size_t *removed, kc_error *err)
 
     if (r == KC_OK)
         r = kc_gendoc_tidy(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, kc_keystate_doc_check, NULL,
-                           &a, err);
+                           all, &a, err);
     if (r == KC_OK)
         r = kc_manifest_signer(v->tok, &signer, fp, err);
     if (r == KC_OK)
         r = kc_gendoc_tidy(v->tok, KC_VAULT_META_LABEL, KC_WHERE_PUBLIC, kc_manifest_doc_check,
-                           signer, &b, err);
+                           signer, all, &b, err);
     kc_manifest_signer_free(signer);
     /* and what a killed write of one of them left without a label */
     if (r == KC_OK) {

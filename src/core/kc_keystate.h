@@ -34,9 +34,11 @@ KC_EXPORT kc_rc kc_keystate_save(kc_vault *v, kc_error *err) KC_MUST_CHECK;
 KC_EXPORT kc_rc kc_keystate_commit(kc_vault *v, kc_error *err) KC_MUST_CHECK;
 KC_EXPORT kc_rc kc_keystate_sign(kc_vault *v, kc_error *err) KC_MUST_CHECK;
 /* The generations an interrupted write left of the key state and of the
- * vault metadata: counts them (stale != NULL) or removes them (logs in). */
-KC_EXPORT kc_rc kc_keystate_stale(kc_vault *v, size_t *stale, kc_error *err) KC_MUST_CHECK;
-KC_EXPORT kc_rc kc_keystate_tidy(kc_vault *v, size_t *removed, kc_error *err) KC_MUST_CHECK;
+ * vault metadata: counts them or removes them (logs in). all: as
+ * kc_gendoc_tidy's (everything stale, for a repair); 0: what is safe to
+ * remove while other hosts write. */
+KC_EXPORT kc_rc kc_keystate_stale(kc_vault *v, int all, size_t *stale, kc_error *err) KC_MUST_CHECK;
+KC_EXPORT kc_rc kc_keystate_tidy(kc_vault *v, int all, size_t *removed, kc_error *err) KC_MUST_CHECK;
 
 /* keys[name], created empty when create is set (NULL when absent). */
 KC_EXPORT json_t *kc_keystate_key(kc_vault *v, const char *name, int create);

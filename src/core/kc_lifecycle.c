@@ -263,7 +263,7 @@ kc_rc kc_vault_remove_leftovers(kc_vault *v, size_t *halves, size_t *stale, kc_e
 
     *stale = 0;
     if (r == KC_OK)
-        r = kc_keystate_tidy(v, stale, err);
+        r = kc_keystate_tidy(v, 1, stale, err);
     /* public look-alikes of the private record count with the stale */
     if (r == KC_OK)
         r = kc_manifest_remove_planted(v, &planted, err);

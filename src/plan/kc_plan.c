@@ -779,7 +779,7 @@ kc_rc kc_plan_make(kc_ctx *ctx, const kc_layout *l, int allow_delete, kc_plan *p
             plan_keys(p, l, lv, i, v, allow_delete, keys, nkeys, del, ndel);
         }
         if (r == KC_OK)
-            r = kc_keystate_stale(v, &stale, err);
+            r = kc_keystate_stale(v, 0, &stale, err);
         if (r == KC_OK && stale > 0) {
             a = act(p, KC_ACT_VAULT_TIDY, i, 0, "a write of the vault's documents was interrupted",
                     "tidy vault %s: remove %zu older generation%s of its metadata or key state",
@@ -911,7 +911,7 @@ kc_rc kc_plan_observe(kc_ctx *ctx, const char *const *names, size_t n, kc_layout
         if (r == KC_OK)
             r = kc_key_list(v, &keys, &nkeys, err);
         if (r == KC_OK)
-            r = kc_keystate_stale(v, &stale, err);
+            r = kc_keystate_stale(v, 0, &stale, err);
         if (r == KC_OK) {
             l->vaults[l->nvaults].access = calloc(KC_ACCESS_MAX, sizeof(kc_lprincipal));
             l->vaults[l->nvaults].keys = calloc(nkeys + 1, sizeof(kc_lkey));
@@ -1198,7 +1198,7 @@ kc_rc kc_plan_apply(kc_ctx *ctx, const kc_layout *l, const kc_action *a, kc_erro
     case KC_ACT_VAULT_TIDY: {
         size_t removed = 0;
 
-        r = kc_keystate_tidy(v, &removed, err);
+        r = kc_keystate_tidy(v, 0, &removed, err);
         break;
     }
     case KC_ACT_KEY_DELETE:
