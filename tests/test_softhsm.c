@@ -1384,6 +1384,70 @@ static void test_docs_reader_waits_for_the_winner(void)
     kc_ctx_free(ctx);
 }
 
+/* A write over a document no record names waits for its record: the one a
+ * search showed may be a loser whose winner the search left out. Here the
+ * winner's document and record come while it waits: nothing is written.
+ * With no record coming (a writer killed after its commit) it writes. */
+static void test_docs_write_over_unrecorded_waits(void)
+{
+    kc_ctx *ctx;
+    kc_tok *tok;
+    kc_gendoc_ref ref, one;
+    kc_error e;
+    char winner[160], record[160], hex[65];
+    unsigned char d[32];
+    struct timespec t0, t1;
+    pid_t kid;
+    int status;
+
+    docs_token_init();
+    ctx = ctx_new();
+    tok = doc_token(ctx);
+    CU_ASSERT_EQUAL_FATAL(doc_put(tok, DOC, 1, "one", NULL, &e), KC_OK);
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "one");
+    one = ref;
+    doc_plant(tok, 2, "loser", &one);
+    CU_ASSERT_EQUAL_FATAL(kc_tok_destroy(tok, one.handle, &e), KC_OK);
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "loser");
+    CU_ASSERT(ref.unrecorded);
+    doc_text(winner, sizeof(winner), 2, "winner", &one);
+    SHA256((const unsigned char *)winner, strlen(winner), d);
+    kc_hex_encode(d, sizeof(d), hex);
+    snprintf(record, sizeof(record), "keycustody-commit 1 generation=2 sha256=%s", hex);
+    kid = fork();
+    if (kid == 0) {
+        struct timespec pause = {0, 300L * 1000 * 1000};
+        kc_ctx *c;
+        kc_error ke;
+        kc_tok *t = NULL;
+        nanosleep(&pause, NULL);
+        if (kc_ctx_new(KC_SOFTHSM_MODULE, env_pin, NULL, &c, &ke) != KC_OK ||
+            kc_p11_token(c->p11, "Docs1", &t, &ke) != KC_OK ||
+            kc_tok_create_data(t, KC_GENDOC_APPLICATION, DOC, winner, strlen(winner), 0, NULL,
+                               &ke) != KC_OK ||
+            kc_tok_create_data(t, KC_GENDOC_APPLICATION, DOC KC_GENDOC_COMMIT_SUFFIX, record,
+                               strlen(record), 0, NULL, &ke) != KC_OK)
+            _exit(1);
+        kc_ctx_free(c);
+        _exit(0);
+    }
+    CU_ASSERT_EQUAL(doc_put(tok, DOC, 3, "over the loser", &ref, &e), KC_CONFLICT);
+    ASSERT_HAS(e.msg, "nothing was written");
+    CU_ASSERT(waitpid(kid, &status, 0) == kid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "winner");
+    CU_ASSERT_FALSE(ref.unrecorded);
+    /* committed, its writer killed before its record */
+    doc_plant(tok, 3, "committed", &ref);
+    CU_ASSERT_EQUAL_FATAL(kc_tok_destroy(tok, ref.handle, &e), KC_OK);
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "committed");
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CU_ASSERT_EQUAL(doc_put(tok, DOC, 4, "four", &ref, &e), KC_OK);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    CU_ASSERT(t1.tv_sec - t0.tv_sec >= 1); /* it waited */
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "four");
+    kc_ctx_free(ctx);
+}
+
 /* Writers in other processes (on other hosts as far as the token can
  * tell: nothing else orders them), all from one generation, released at
  * once: exactly one commits, the others are told KC_CONFLICT, and the
@@ -1591,6 +1655,7 @@ static const kc_test_case doc_cases[] = {
     {"a write a search misses stands", test_docs_write_a_search_misses_stands},
     {"tidy beside a writer", test_docs_tidy_beside_a_writer},
     {"reader waits for the winner", test_docs_reader_waits_for_the_winner},
+    {"a write over an unrecorded one waits", test_docs_write_over_unrecorded_waits},
     {"parallel writers", test_docs_parallel_writers},
     {NULL, NULL},
 };

@@ -322,6 +322,7 @@ static kc_rc read_once(kc_tok *tok, const char *label, kc_where where, const cha
         ref->handle = s.docs[best].handle;
         ref->generation = s.info[best].gen;
         memcpy(ref->digest, s.info[best].digest, sizeof(ref->digest));
+        ref->unrecorded = seen->unrecorded;
     }
     *out = s.docs[best].value;
     *len = s.docs[best].len;
@@ -526,6 +527,40 @@ static kc_rc first_alone(kc_tok *tok, const char *label, kc_where where, const c
     return r;
 }
 
+/* Before a write over a document no commit record names: its writer's
+ * record is waited for (AMBIGUOUS_POLLS). A search under parallel writers
+ * can show a losing candidate alone (the winner's left out); written over,
+ * it would bury the winner's change. KC_CONFLICT when another document is
+ * current meanwhile; KC_OK when base is recorded, or still the current one
+ * when the wait is over (its writer was killed before its record). */
+static kc_rc record_of_base(kc_tok *tok, const char *label, kc_where where, const char *what,
+                            const kc_gendoc_ref *base, kc_gendoc_check check, void *arg,
+                            kc_error *err)
+{
+    struct timespec pause = {0, POLL_NS};
+    unsigned char *buf = NULL;
+    unsigned long next = 1;
+    kc_gendoc_ref now;
+    read_seen seen;
+    size_t len = 0;
+    int polls;
+    kc_rc r;
+
+    for (polls = 0; polls < AMBIGUOUS_POLLS; polls++) {
+        (void)nanosleep(&pause, NULL);
+        r = read_once(tok, label, where, what, check, arg, &buf, &len, &next, &now, &seen, err);
+        free(buf);
+        buf = NULL;
+        if (r == KC_NOT_FOUND || (r == KC_OK && strcmp(now.digest, base->digest) != 0)) {
+            kc_error_clear(err);
+            return lost(tok, what, "wrote another generation of", "nothing was written", err);
+        }
+        if (r != KC_OK || !seen.unrecorded)
+            return r;
+    }
+    return KC_OK;
+}
+
 kc_rc kc_gendoc_write(kc_tok *tok, const char *label, int is_private, const char *what,
                       const char *doc, unsigned long generation, const kc_gendoc_ref *base,
                       kc_gendoc_check check, void *arg, kc_error *err)
@@ -564,6 +599,11 @@ kc_rc kc_gendoc_write(kc_tok *tok, const char *label, int is_private, const char
                                 "internal error: the %s to write is not valid, or does not name "
                                 "generation %lu and the document it is written over: %s",
                                 what, generation, ignored.msg[0] ? ignored.msg : "they differ");
+    }
+    if (base != NULL && base->handle != 0 && base->unrecorded) {
+        r = record_of_base(tok, label, where, what, base, check, arg, err);
+        if (r != KC_OK)
+            return r;
     }
     digest_hex(doc, strlen(doc), digest);
     r = kc_tok_create_data(tok, KC_GENDOC_APPLICATION, label, doc, strlen(doc), is_private,

@@ -68,6 +68,10 @@ typedef struct kc_gendoc_ref {
      * for a commit record that did not come: not known to be committed, so
      * never written over (kc_gendoc_write refuses) */
     int guessed;
+    /* no commit record names it: committed by a writer that has not left its
+     * record yet (or was killed first), or the only candidate a search
+     * showed; a write over it waits for the record (kc_gendoc_write) */
+    int unrecorded;
 } kc_gendoc_ref;
 
 /* The current generation with this label among the objects where says

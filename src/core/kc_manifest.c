@@ -614,7 +614,7 @@ kc_rc kc_manifest_write_after(kc_vault *v, kc_vault_meta *m, unsigned long after
     char fp[KC_FINGERPRINT_HEX + 1], *meta = NULL, *doc = NULL;
     unsigned long next = 1;
     json_t *old = NULL, *manifest = NULL, *keys;
-    kc_gendoc_ref base = {0, 0, "", 0};
+    kc_gendoc_ref base = {0, 0, "", 0, 0};
     void *signer = NULL;
     kc_obj priv = 0;
     kc_rc r;
