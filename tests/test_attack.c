@@ -1357,6 +1357,41 @@ static void test_manifest_rolled_back(void)
                     0);
 }
 
+/* The key state removed (by a PIN holder, or a search that misses it): a
+ * vault whose manifest names keys is never read as one with an empty state,
+ * which would forget soft-deletes and disabled versions and let the next
+ * write start the state afresh. */
+static void test_key_state_removed(void)
+{
+    const kc_test_out *r;
+    char *out = NULL, ver[129], p11[600];
+
+    vault_with_key001(ver);
+    kc_test_key("VaultA1/Key002", NULL);
+    ASSERT_RC(kc_test_run("key", "delete", "VaultA1/Key001", PIN, NULL), 0);
+    snprintf(p11, sizeof(p11),
+             "pkcs11-tool --module '%s' --token-label VaultA1 --login --pin env:TEST_PIN",
+             KC_SOFTHSM_MODULE);
+    CU_ASSERT_EQUAL_FATAL(kc_test_sh(&out,
+                                     "for l in keycustody-keys keycustody-keys.commit; do "
+                                     "while %s --delete-object --type data --label $l "
+                                     ">/dev/null 2>&1; do :; done; done; "
+                                     "%s -O --type data 2>/dev/null | grep -c \"keycustody-keys\"",
+                                     p11, p11),
+                          1);
+    r = kc_test_run("key", "list", "VaultA1", PIN, NULL);
+    ASSERT_RC(r, 8);
+    ASSERT_HAS(r->err, "its manifest names 2 key(s), but the token holds no key state");
+    r = kc_test_run("key", "create", "VaultA1/Key003", "--size", "2048", PIN, NULL);
+    ASSERT_RC(r, 8);
+    r = kc_test_run("key", "recover", "VaultA1/Key001", PIN, NULL);
+    ASSERT_RC(r, 8);
+    /* nothing was written over it */
+    CU_ASSERT_EQUAL(kc_test_sh(&out, "%s -O --type data 2>/dev/null | grep -c \"keycustody-keys\"",
+                               p11),
+                    1);
+}
+
 /* A public RSA key with a real version's label and id beside its own
  * public half (the one found last was signed into the manifest by the next
  * write of a PIN holder, and wrapped under), or in its place. */
@@ -1492,6 +1527,7 @@ static const kc_test_case manifest_cases[] = {
     {"a public key's usage loosened", test_loosened_public_key},
     {"planted vault metadata", test_planted_vault_metadata},
     {"manifest rollback", test_manifest_rolled_back},
+    {"the key state removed", test_key_state_removed},
     {"a public half beside a version's, or instead", test_public_half_beside_or_instead},
     {"a write over a rollback, the race won", test_write_over_a_rollback},
     {"a moved public half, a planted record", test_moved_public_half_and_planted_record},

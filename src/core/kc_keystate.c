@@ -4,6 +4,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 kc_rc kc_keystate_doc_check(const unsigned char *buf, size_t len, unsigned long *generation,
                             char base[KC_GENDOC_DIGEST_HEX + 1], void *arg, kc_error *err)
@@ -31,6 +32,49 @@ kc_rc kc_keystate_doc_check(const unsigned char *buf, size_t len, unsigned long 
     return r;
 }
 
+/* The key state; KC_NOT_FOUND only for a vault whose manifest names no key
+ * ('vault init' writes its first generation before any key is made). */
+static kc_rc read_state(kc_vault *v, unsigned char **buf, size_t *len, unsigned long *next,
+                        kc_gendoc_ref *ref, kc_error *err)
+{
+    size_t named = json_object_size(json_object_get(v->manifest, "keys"));
+    kc_error e;
+    int tries;
+    kc_rc r = KC_NOT_FOUND;
+
+    /* SoftHSM 2.6.1 now and then finds none of a token's data objects while
+     * other processes write it; asked a moment later, it does (as for the
+     * manifest, kc_manifest_read) */
+    for (tries = 0; r == KC_NOT_FOUND && tries < (named > 0 ? 4 : 1); tries++) {
+        if (tries > 0) {
+            struct timespec pause = {0, 100L * 1000 * 1000};
+            (void)nanosleep(&pause, NULL);
+            kc_error_clear(err);
+        }
+        r = kc_gendoc_read(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, "key state",
+                           kc_keystate_doc_check, NULL, buf, len, next, ref, err);
+    }
+    if (r != KC_NOT_FOUND || named == 0)
+        return r;
+    kc_error_clear(&e);
+    if (kc_tok_refresh(v->tok, &e) != KC_OK) {
+        *err = e;
+        kc_error_hint(err, "the module stopped answering for '%s' while other processes wrote "
+                           "it (SoftHSM does so until it is started again): run the command "
+                           "again",
+                      v->meta.name);
+        return e.code;
+    }
+    kc_error_set(err, KC_INTEGRITY,
+                 "vault '%s': its manifest names %zu key(s), but the token holds no key state "
+                 "(what keeps their versions, tags and soft-delete records): it was removed "
+                 "outside keycustody",
+                 v->meta.name, named);
+    kc_error_hint(err, "restore the token from a copy; 'pkcs11-tool --list-objects --type data "
+                       "--login' shows its data objects");
+    return KC_INTEGRITY;
+}
+
 kc_rc kc_keystate_load(kc_vault *v, kc_error *err)
 {
     unsigned char *buf = NULL;
@@ -44,8 +88,7 @@ kc_rc kc_keystate_load(kc_vault *v, kc_error *err)
     r = kc_vault_login(v, err);
     if (r != KC_OK)
         return r;
-    r = kc_gendoc_read(v->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, "key state",
-                       kc_keystate_doc_check, NULL, &buf, &len, &next, &ref, err);
+    r = read_state(v, &buf, &len, &next, &ref, err);
     v->state_digest[0] = '\0';
     if (r == KC_OK)
         memcpy(v->state_digest, ref.digest, sizeof(v->state_digest));
