@@ -1,6 +1,7 @@
 /* Modules, tokens, sessions and login. */
 #include "kc_p11_int.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -222,6 +223,95 @@ static int ends_with(const char *s, const char *tail)
     return n >= k && strcmp(s + n - k, tail) == 0;
 }
 
+/* SoftHSM's token directory, from its configuration (SOFTHSM2_CONF, else
+ * the packaged default); 0 when it names none. */
+static int softhsm_tokendir(char *dir, size_t cap)
+{
+    const char *conf = getenv("SOFTHSM2_CONF");
+    char line[PATH_MAX + 64];
+    FILE *f = fopen(conf != NULL && conf[0] != '\0' ? conf : "/etc/softhsm/softhsm2.conf", "r");
+    int found = 0;
+
+    if (f == NULL)
+        return 0;
+    while (!found && fgets(line, sizeof(line), f) != NULL) {
+        char *p = line, *end;
+        if (strncmp(p, "directories.tokendir", 20) != 0)
+            continue;
+        p += 20;
+        p += strspn(p, " \t");
+        if (*p++ != '=')
+            continue;
+        p += strspn(p, " \t");
+        end = p + strcspn(p, "\r\n");
+        while (end > p && (end[-1] == ' ' || end[-1] == '\t'))
+            end--;
+        *end = '\0';
+        found = *p != '\0' && snprintf(dir, cap, "%s", p) < (int)cap;
+    }
+    fclose(f);
+    return found;
+}
+
+/* How many tokens SoftHSM keeps in dir: its directories with a token file
+ * (file backend) or database (db backend). */
+static size_t softhsm_tokens_on_disk(const char *dir)
+{
+    char path[PATH_MAX * 2];
+    struct dirent *e;
+    struct stat st;
+    size_t n = 0;
+    DIR *d = opendir(dir);
+
+    if (d == NULL)
+        return 0;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof(path), "%s/%s/token.object", dir, e->d_name);
+        if (stat(path, &st) == 0) {
+            n++;
+            continue;
+        }
+        snprintf(path, sizeof(path), "%s/%s/sqlite3.db", dir, e->d_name);
+        n += stat(path, &st) == 0;
+    }
+    closedir(d);
+    return n;
+}
+
+/* SoftHSM 2.6.1 reads every token at C_Initialize; one whose token.object
+ * another process is rewriting at that moment is listed as uninitialised,
+ * or not at all, for the whole process (test_softhsm docs "a token
+ * rewritten while the module starts" shows it with pkcs11-tool).
+ * It lists one slot per token plus one free one when none is uninitialised,
+ * so fewer slots than that is a token it missed: it is initialised again,
+ * a moment later, before anything is opened. */
+static CK_RV softhsm_all_tokens(CK_FUNCTION_LIST *m)
+{
+    struct timespec pause = {0, 100 * 1000 * 1000};
+    char dir[PATH_MAX];
+    CK_INFO info;
+    CK_ULONG slots = 0;
+    CK_RV rv;
+    int attempt;
+
+    if (m->C_GetInfo(&info) != CKR_OK || memcmp(info.manufacturerID, "SoftHSM", 7) != 0 ||
+        !softhsm_tokendir(dir, sizeof(dir)))
+        return CKR_OK;
+    for (attempt = 0; attempt < 3; attempt++) {
+        if (m->C_GetSlotList(CK_TRUE, NULL, &slots) != CKR_OK ||
+            slots >= softhsm_tokens_on_disk(dir) + 1)
+            return CKR_OK;
+        (void)nanosleep(&pause, NULL);
+        (void)p11_kit_module_finalize(m);
+        rv = p11_kit_module_initialize(m);
+        if (rv != CKR_OK)
+            return rv;
+    }
+    return CKR_OK;
+}
+
 /* The module a p11-kit module file names, initialised with its options
  * (C_Initialize's pReserved: what p11-kit passes from x-init-reserved). */
 static kc_rc load_module_file(const char *path, CK_FUNCTION_LIST **out, kc_error *err)
@@ -327,6 +417,12 @@ static kc_rc load_one(const char *module_path, CK_FUNCTION_LIST **out, kc_error 
                                "directory): give a p11-kit module file that names it with them "
                                "(x-init-reserved:), --module FILE.module");
         return r;
+    }
+    rv = softhsm_all_tokens(m);
+    if (rv != CKR_OK) {
+        p11_kit_module_release(m);
+        return kc_p11_fail(err, "C_Initialize", rv, "cannot initialise PKCS#11 module '%s' again",
+                           module_path);
     }
     *out = m;
     return KC_OK;

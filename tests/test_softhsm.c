@@ -16,6 +16,7 @@
 
 #include <openssl/sha.h>
 
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -1448,6 +1449,73 @@ static void test_docs_write_over_unrecorded_waits(void)
     kc_ctx_free(ctx);
 }
 
+/* Fact: SoftHSM 2.6.1 reads every token at C_Initialize, and one whose
+ * token.object another process is rewriting at that moment is not listed
+ * as itself for the whole process (pkcs11-tool shows it). keycustody sees
+ * fewer slots than tokens on disk and initialises the module again a moment
+ * later (kc_p11.c, softhsm_all_tokens): the vault is found. */
+static void test_docs_token_rewritten_at_start(void)
+{
+    char file[1200], *out = NULL, c = 0;
+    unsigned char *saved;
+    size_t len = 0;
+    int ready[2], go[2], status;
+    kc_ctx *ctx;
+    kc_tok *tok = NULL;
+    kc_error e;
+    pid_t kid;
+
+    docs_token_init();
+    /* and another token, opened first: with a token open the module is not
+     * initialised again when a lookup misses (kc_p11.c, reload_module) */
+    {
+        kc_secret *so = kc_secret_dup(getenv("TEST_SO_PIN"), strlen(getenv("TEST_SO_PIN")));
+        ctx = ctx_new();
+        CU_ASSERT_EQUAL_FATAL(kc_p11_free_token(ctx->p11, NULL, &tok, &e), KC_OK);
+        CU_ASSERT_EQUAL_FATAL(kc_tok_init_token(tok, "Other1", so, &e), KC_OK);
+        kc_secret_free(so);
+        kc_ctx_free(ctx);
+        tok = NULL;
+    }
+    CU_ASSERT_EQUAL_FATAL(
+        kc_test_sh(&out, "grep -l Docs1 '%s'/*/token.object", kc_test_path("tokens")), 0);
+    snprintf(file, sizeof(file), "%.*s", (int)strcspn(out, "\n"), out);
+    saved = kc_test_read(file, &len);
+    CU_ASSERT_FATAL(saved != NULL && len > 0);
+    CU_ASSERT_FATAL(pipe(ready) == 0 && pipe(go) == 0);
+    kid = fork();
+    if (kid == 0) {
+        struct timespec pause = {0, 150L * 1000 * 1000};
+        int fd = open(file, O_WRONLY | O_TRUNC);
+        if (fd < 0 || close(fd) != 0 || write(ready[1], "b", 1) != 1 || read(go[0], &c, 1) != 1)
+            _exit(1);
+        nanosleep(&pause, NULL);
+        fd = open(file, O_WRONLY | O_TRUNC);
+        if (fd < 0 || write(fd, saved, len) != (ssize_t)len || close(fd) != 0)
+            _exit(1);
+        _exit(0);
+    }
+    CU_ASSERT_FATAL(kid > 0 && read(ready[0], &c, 1) == 1);
+    /* the fact, as another tool sees it */
+    CU_ASSERT_EQUAL(kc_test_sh(&out, "pkcs11-tool --module '%s' -L 2>&1 | grep -c 'label: *Docs1'",
+                               KC_SOFTHSM_MODULE),
+                    1);
+    CU_ASSERT_FATAL(write(go[1], "g", 1) == 1);
+    ctx = ctx_new();
+    CU_ASSERT_EQUAL(kc_p11_token(ctx->p11, "Other1", &tok, &e), KC_OK);
+    tok = NULL;
+    if (kc_p11_token(ctx->p11, "Docs1", &tok, &e) != KC_OK)
+        fprintf(stderr, "\n  token Docs1: %s\n", e.msg);
+    CU_ASSERT_PTR_NOT_NULL(tok);
+    kc_ctx_free(ctx);
+    CU_ASSERT(waitpid(kid, &status, 0) == kid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    free(saved);
+    close(ready[0]);
+    close(ready[1]);
+    close(go[0]);
+    close(go[1]);
+}
+
 /* Writers in other processes (on other hosts as far as the token can
  * tell: nothing else orders them), all from one generation, released at
  * once: exactly one commits, the others are told KC_CONFLICT, and the
@@ -1656,6 +1724,7 @@ static const kc_test_case doc_cases[] = {
     {"tidy beside a writer", test_docs_tidy_beside_a_writer},
     {"reader waits for the winner", test_docs_reader_waits_for_the_winner},
     {"a write over an unrecorded one waits", test_docs_write_over_unrecorded_waits},
+    {"a token rewritten while the module starts", test_docs_token_rewritten_at_start},
     {"parallel writers", test_docs_parallel_writers},
     {NULL, NULL},
 };
