@@ -1414,6 +1414,19 @@ static void test_help(void)
     r = kc_test_run("--help", NULL);
     ASSERT_HAS(r->out, "keycustody status ");
     ASSERT_HAS(r->out, "keycustody tenant offboard");
+    /* help for a command named after it, as git help takes it */
+    r = kc_test_run("--help", "vault", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "usage: keycustody vault COMMAND");
+    r = kc_test_run("help", "vault", "init", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "usage: keycustody vault init NAME");
+    r = kc_test_run("help", "status", NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "usage: keycustody status [SCOPE]");
+    r = kc_test_run("help", "vault", "nosuch", NULL);
+    ASSERT_RC(r, 2);
+    ASSERT_HAS(r->err, "unknown command 'vault nosuch'");
     r = kc_test_run("--version", NULL);
     ASSERT_RC(r, 0);
 }

@@ -867,6 +867,17 @@ static int run_main(int argc, char **argv, FILE *out, FILE *err)
         print_top_help(err);
         return KC_USAGE;
     }
+    /* "keycustody help vault [init]", "--help vault": that command's help,
+     * as git help takes it */
+    if (is_help(argv[1]) && argc > 2 && argc <= 4 && argv[2][0] != '-' && !is_help(argv[2])) {
+        char *again[5] = {argv[0], argv[2], NULL, NULL, NULL};
+        int n = 2;
+
+        if (argc == 4)
+            again[n++] = argv[3];
+        again[n++] = "--help";
+        return run_main(n, again, out, err);
+    }
     if (is_help(argv[1])) {
         print_top_help(out);
         return KC_OK;
