@@ -648,6 +648,11 @@ static void test_saved_plan_applies(void)
     ASSERT_RC(r, 5);
     ASSERT_HAS(r->err, "already exists; not overwriting it");
     ASSERT_RC(kc_test_run("policy", "plan", file, "--out", plan, "--force", NULL), 0);
+    /* into a directory that is not there: not found, naming the file */
+    r = kc_test_run("policy", "plan", file, "--out", kc_test_path("no-such-dir/a.plan"), NULL);
+    ASSERT_RC(r, 4);
+    ASSERT_HAS(r->err, "no-such-dir/a.plan' (a new file beside it): No such file or directory");
+    ASSERT_HAS(r->err, "its directory must exist");
     /* the second custodian reads it without any token */
     r = kc_test_run("policy", "plan", plan, NULL);
     ASSERT_RC(r, 0);

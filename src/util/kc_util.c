@@ -319,8 +319,17 @@ kc_rc kc_file_write(const char *path, const void *data, size_t len, unsigned mod
     if (snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof(tmp))
         return kc_error_set(err, KC_USAGE, "path too long: '%s'", path);
     fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, (mode_t)mode);
-    if (fd < 0)
-        return kc_error_set(err, KC_ERR, "cannot create '%s': %s", tmp, strerror(errno));
+    if (fd < 0) {
+        int e = errno;
+        kc_rc code = e == ENOENT || e == ENOTDIR ? KC_NOT_FOUND
+                     : e == EACCES || e == EPERM || e == EROFS ? KC_DENIED
+                                                               : KC_ERR;
+        kc_error_set(err, code, "cannot write '%s' (a new file beside it): %s", path,
+                     strerror(e));
+        if (code == KC_NOT_FOUND)
+            kc_error_hint(err, "its directory must exist");
+        return code;
+    }
     while (done < len) {
         n = write(fd, p + done, len - done);
         if (n < 0 && errno == EINTR)
