@@ -281,12 +281,14 @@ static size_t softhsm_tokens_on_disk(const char *dir)
 }
 
 /* SoftHSM 2.6.1 reads every token at C_Initialize; one whose token.object
- * another process is rewriting at that moment is listed as uninitialised,
- * or not at all, for the whole process (test_softhsm docs "a token
- * rewritten while the module starts" shows it with pkcs11-tool).
- * It lists one slot per token plus one free one when none is uninitialised,
- * so fewer slots than that is a token it missed: it is initialised again,
- * a moment later, before anything is opened. */
+ * another process is rewriting at that moment fails to open and is left
+ * out for the whole process (test_softhsm docs "a token rewritten while the
+ * module starts" shows it with pkcs11-tool). It lists one slot per token it
+ * opened plus one free one, so fewer slots than tokens on disk plus one is
+ * a token it missed: the module is initialised again, a moment later,
+ * before anything is opened (a token that never opens costs each command
+ * three tries, 0.3 s). Only for a module loaded here from its file: one
+ * behind a p11-kit module file may not use this host's token directory. */
 static CK_RV softhsm_all_tokens(CK_FUNCTION_LIST *m)
 {
     struct timespec pause = {0, 100 * 1000 * 1000};

@@ -546,17 +546,29 @@ static kc_rc record_of_base(kc_tok *tok, const char *label, kc_where where, cons
     int polls;
     kc_rc r;
 
+    memset(&seen, 0, sizeof(seen));
     for (polls = 0; polls < AMBIGUOUS_POLLS; polls++) {
         (void)nanosleep(&pause, NULL);
+        kc_error_clear(err);
         r = read_once(tok, label, where, what, check, arg, &buf, &len, &next, &now, &seen, err);
         free(buf);
         buf = NULL;
+        /* a public candidate another process is still writing reads as not
+         * valid for a moment (as in kc_gendoc_read): read again */
+        if (r == KC_INTEGRITY && where == KC_WHERE_PUBLIC && polls + 1 < AMBIGUOUS_POLLS)
+            continue;
         if (r == KC_NOT_FOUND || (r == KC_OK && strcmp(now.digest, base->digest) != 0)) {
             kc_error_clear(err);
             return lost(tok, what, "wrote another generation of", "nothing was written", err);
         }
         if (r != KC_OK || !seen.unrecorded)
             return r;
+    }
+    /* still beside another candidate of its generation, and no record: a
+     * guess, never written over (kc_gendoc_ref.guessed) */
+    if (seen.ambiguous) {
+        kc_error_clear(err);
+        return lost(tok, what, "is writing a generation of", "nothing was written", err);
     }
     return KC_OK;
 }
@@ -671,6 +683,7 @@ kc_rc kc_gendoc_write(kc_tok *tok, const char *label, int is_private, const char
 static kc_rc set_prune(kc_tok *tok, const char *label, kc_where where, kc_gendoc_check check,
                        void *arg, int all, int remove, size_t *count, kc_error *err)
 {
+    char clabel[300];
     kc_error why;
     doc_set s;
     long keep;
@@ -689,11 +702,13 @@ static kc_rc set_prune(kc_tok *tok, const char *label, kc_where where, kc_gendoc
         return KC_OK;
     }
     kept_gen = s.info[keep].gen;
+    commit_label(label, clabel, sizeof(clabel));
+    /* a writer's sweep may remove the same object at once: gone is removed */
     for (i = 0; r == KC_OK && i < s.n; i++) {
         if ((long)i == keep || (!all && (!s.info[i].valid || s.info[i].gen > kept_gen)))
             continue;
-        if (remove)
-            r = kc_tok_destroy(tok, s.docs[i].handle, err);
+        if (remove && !destroy_tries(tok, label, s.docs[i].handle))
+            r = KC_TOKEN;
         if (r == KC_OK)
             (*count)++;
     }
@@ -703,14 +718,20 @@ static kc_rc set_prune(kc_tok *tok, const char *label, kc_where where, kc_gendoc
             continue;
         if (!all && (!s.cinfo[i].valid || s.cinfo[i].gen >= kept_gen))
             continue;
-        if (remove)
-            r = kc_tok_destroy(tok, s.commits[i].handle, err);
+        if (remove && !destroy_tries(tok, clabel, s.commits[i].handle))
+            r = KC_TOKEN;
         if (r == KC_OK)
             (*count)++;
     }
     set_free(&s);
-    if (r != KC_OK)
-        return kc_error_prefix(err, "cannot remove an older generation of '%s'", label);
+    if (r != KC_OK) {
+        kc_error_set(err, r,
+                     "cannot remove an older generation of '%s': token '%s' refused it five "
+                     "times",
+                     label, kc_tok_info_get(tok)->label);
+        kc_error_hint(err, "it stays until the next write removes it; run the command again");
+        return r;
+    }
     return KC_OK;
 }
 
