@@ -1173,6 +1173,8 @@ static void test_docs_killed_writers(void)
         CU_ASSERT_EQUAL(doc_objects(tok, DOC), 1);
         CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), first);
         CU_ASSERT_FALSE(ref.guessed);
+        CU_ASSERT_FALSE(ref.unrecorded); /* the repair recorded it */
+        CU_ASSERT_EQUAL(doc_objects(tok, DOC KC_GENDOC_COMMIT_SUFFIX), 1);
     }
     CU_ASSERT_EQUAL_FATAL(doc_put(tok, DOC, 6, "six", &ref, &e), KC_OK);
     CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "six");

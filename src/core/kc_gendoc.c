@@ -723,6 +723,20 @@ static kc_rc set_prune(kc_tok *tok, const char *label, kc_where where, kc_gendoc
         if (r == KC_OK)
             (*count)++;
     }
+    /* a repair records what it kept: writers then need not wait for a
+     * record that will not come (record_of_base) */
+    if (r == KC_OK && remove && all && (unrecorded || ambiguous)) {
+        char record[160];
+        kc_rc rr;
+        snprintf(record, sizeof(record), COMMIT_KIND " generation=%lu sha256=%s", kept_gen,
+                 s.info[keep].digest);
+        rr = kc_tok_create_data(tok, KC_GENDOC_APPLICATION, clabel, record, strlen(record),
+                                where == KC_WHERE_PRIVATE, NULL, err);
+        if (rr != KC_OK) {
+            set_free(&s);
+            return kc_error_prefix(err, "cannot record the generation of '%s' kept", label);
+        }
+    }
     set_free(&s);
     if (r != KC_OK) {
         kc_error_set(err, r,
