@@ -1335,6 +1335,32 @@ static void test_docs_write_a_search_misses_stands(void)
         fprintf(stderr, "\n  the write said: %s\n", e.msg);
 }
 
+/* A process that, ms milliseconds from now, makes on Docs1 the document doc
+ * (NULL: none) and then the commit record record: a winner that is slow to
+ * leave them. Its pid, for waitpid (exit 0 when both were made). */
+static pid_t plant_later(long ms, const char *doc, const char *record)
+{
+    pid_t kid = fork();
+
+    if (kid == 0) {
+        struct timespec pause = {ms / 1000, (ms % 1000) * 1000L * 1000};
+        kc_ctx *c;
+        kc_error ke;
+        kc_tok *t = NULL;
+        nanosleep(&pause, NULL);
+        if (kc_ctx_new(KC_SOFTHSM_MODULE, env_pin, NULL, &c, &ke) != KC_OK ||
+            kc_p11_token(c->p11, "Docs1", &t, &ke) != KC_OK ||
+            (doc != NULL && kc_tok_create_data(t, KC_GENDOC_APPLICATION, DOC, doc, strlen(doc),
+                                               0, NULL, &ke) != KC_OK) ||
+            kc_tok_create_data(t, KC_GENDOC_APPLICATION, DOC KC_GENDOC_COMMIT_SUFFIX, record,
+                               strlen(record), 0, NULL, &ke) != KC_OK)
+            _exit(1);
+        kc_ctx_free(c);
+        _exit(0);
+    }
+    return kid;
+}
+
 /* The record a winner leaves, written late: the reader that waited takes
  * the winner's document, not the lower digest. */
 static void test_docs_reader_waits_for_the_winner(void)
@@ -1365,21 +1391,7 @@ static void test_docs_reader_waits_for_the_winner(void)
     kc_hex_encode(d, sizeof(d), hex);
     snprintf(record, sizeof(record), "keycustody-commit 1 generation=2 sha256=%s", hex);
     kc_ctx_free(ctx);
-    kid = fork();
-    if (kid == 0) {
-        struct timespec pause = {0, 400L * 1000 * 1000};
-        kc_ctx *c;
-        kc_error ke;
-        kc_tok *t = NULL;
-        nanosleep(&pause, NULL);
-        if (kc_ctx_new(KC_SOFTHSM_MODULE, env_pin, NULL, &c, &ke) != KC_OK ||
-            kc_p11_token(c->p11, "Docs1", &t, &ke) != KC_OK ||
-            kc_tok_create_data(t, KC_GENDOC_APPLICATION, DOC KC_GENDOC_COMMIT_SUFFIX, record,
-                               strlen(record), 0, NULL, &ke) != KC_OK)
-            _exit(1);
-        kc_ctx_free(c);
-        _exit(0);
-    }
+    kid = plant_later(400, NULL, record);
     ctx = ctx_new();
     tok = doc_token(ctx);
     CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), higher);
@@ -1417,23 +1429,7 @@ static void test_docs_write_over_unrecorded_waits(void)
     SHA256((const unsigned char *)winner, strlen(winner), d);
     kc_hex_encode(d, sizeof(d), hex);
     snprintf(record, sizeof(record), "keycustody-commit 1 generation=2 sha256=%s", hex);
-    kid = fork();
-    if (kid == 0) {
-        struct timespec pause = {0, 300L * 1000 * 1000};
-        kc_ctx *c;
-        kc_error ke;
-        kc_tok *t = NULL;
-        nanosleep(&pause, NULL);
-        if (kc_ctx_new(KC_SOFTHSM_MODULE, env_pin, NULL, &c, &ke) != KC_OK ||
-            kc_p11_token(c->p11, "Docs1", &t, &ke) != KC_OK ||
-            kc_tok_create_data(t, KC_GENDOC_APPLICATION, DOC, winner, strlen(winner), 0, NULL,
-                               &ke) != KC_OK ||
-            kc_tok_create_data(t, KC_GENDOC_APPLICATION, DOC KC_GENDOC_COMMIT_SUFFIX, record,
-                               strlen(record), 0, NULL, &ke) != KC_OK)
-            _exit(1);
-        kc_ctx_free(c);
-        _exit(0);
-    }
+    kid = plant_later(300, winner, record);
     CU_ASSERT_EQUAL(doc_put(tok, DOC, 3, "over the loser", &ref, &e), KC_CONFLICT);
     ASSERT_HAS(e.msg, "nothing was written");
     CU_ASSERT(waitpid(kid, &status, 0) == kid && WIFEXITED(status) && WEXITSTATUS(status) == 0);

@@ -38,7 +38,6 @@ static kc_rc read_state(kc_vault *v, unsigned char **buf, size_t *len, unsigned 
                         kc_gendoc_ref *ref, kc_error *err)
 {
     size_t named = json_object_size(json_object_get(v->manifest, "keys"));
-    kc_error e;
     int tries;
     kc_rc r = KC_NOT_FOUND;
 
@@ -56,15 +55,8 @@ static kc_rc read_state(kc_vault *v, unsigned char **buf, size_t *len, unsigned 
     }
     if (r != KC_NOT_FOUND || named == 0)
         return r;
-    kc_error_clear(&e);
-    if (kc_tok_refresh(v->tok, &e) != KC_OK) {
-        *err = e;
-        kc_error_hint(err, "the module stopped answering for '%s' while other processes wrote "
-                           "it (SoftHSM does so until it is started again): run the command "
-                           "again",
-                      v->meta.name);
-        return e.code;
-    }
+    if (kc_tok_still_answers(v->tok, err) != KC_OK)
+        return err->code;
     kc_error_set(err, KC_INTEGRITY,
                  "vault '%s': its manifest names %zu key(s), but the token holds no key state "
                  "(what keeps their versions, tags and soft-delete records): it was removed "

@@ -280,6 +280,20 @@ done:
     return r;
 }
 
+kc_rc kc_tok_still_answers(kc_tok *tok, kc_error *err)
+{
+    kc_error e;
+
+    kc_error_clear(&e);
+    if (kc_tok_refresh(tok, &e) == KC_OK)
+        return KC_OK;
+    *err = e;
+    kc_error_hint(err, "the module stopped answering for '%s' while other processes wrote it "
+                       "(SoftHSM does so until it is started again): run the command again",
+                  kc_tok_info_get(tok)->label);
+    return e.code;
+}
+
 /* signer (may be NULL): the vault key's public half it checked the
  * manifest with, for a writer to check its own write with (caller frees). */
 static kc_rc manifest_read(kc_tok *tok, const char *expect_fp, json_t **manifest,
@@ -351,18 +365,9 @@ static kc_rc manifest_read(kc_tok *tok, const char *expect_fp, json_t **manifest
      * "integrity check failed"); from then on C_GetTokenInfo fails and new
      * objects stay unseen. That is the token failing, not a vault without
      * its manifest. */
-    if (r == KC_NOT_FOUND) {
-        kc_error e;
-        kc_error_clear(&e);
-        if (kc_tok_refresh(tok, &e) != KC_OK) {
-            EVP_PKEY_free(pk);
-            *err = e;
-            kc_error_hint(err, "the module stopped answering for '%s' while other processes "
-                               "wrote it (SoftHSM does so until it is started again): run the "
-                               "command again",
-                          vault);
-            return e.code;
-        }
+    if (r == KC_NOT_FOUND && kc_tok_still_answers(tok, err) != KC_OK) {
+        EVP_PKEY_free(pk);
+        return err->code;
     }
     if (r == KC_OK && signer != NULL) {
         *signer = pk;

@@ -93,8 +93,15 @@ KC_EXPORT kc_rc kc_manifest_remove_planted(kc_vault *v, size_t *removed,
 KC_EXPORT kc_rc kc_manifest_restore_current(kc_vault *v, unsigned long *restored,
                                             kc_error *err) KC_MUST_CHECK;
 
+/* After a document the token should have was not found: KC_OK when the
+ * token still answers (the document is missing), else why not, with a hint
+ * (SoftHSM 2.6.1 stops answering for a token a process read while another
+ * rewrote it). */
+KC_EXPORT kc_rc kc_tok_still_answers(kc_tok *tok, kc_error *err) KC_MUST_CHECK;
+
 /* KC_CONFLICT: v's document what is at generation now on the token, not at
- * the generation read that this command changed. */
+ * the generation read that this command changed (now == read: another
+ * document of that generation). */
 KC_EXPORT kc_rc kc_vault_changed_meanwhile(const kc_vault *v, const char *what, unsigned long read,
                                            unsigned long now, kc_error *err) KC_MUST_CHECK;
 
