@@ -1247,10 +1247,10 @@ static void test_fault_more_calls(void)
     ASSERT_HAS(r->err, "(CKR_DEVICE_REMOVED, 0x32)");
     CU_ASSERT_NOT_EQUAL(access(out, F_OK), 0);
     kc_p11_fault_disarm();
-    /* an output directory that is not there: exit 1, the secret is not written anywhere */
+    /* an output directory that is not there: exit 4, the secret is not written anywhere */
     r = kc_test_run("key", "unwrap", "VaultA1/Key001", "--in", w, "--out",
                     kc_test_path("no/such/dir/out"), PIN, NULL);
-    ASSERT_RC(r, 1);
+    ASSERT_RC(r, 4);
     ASSERT_HAS(r->err, "No such file or directory");
 }
 

@@ -1182,6 +1182,32 @@ static void test_docs_killed_writers(void)
     kc_ctx_free(ctx);
 }
 
+/* A module that destroys the base and loses the reply (a remote module; the
+ * fault seam armed after): no other writer's record or candidate comes, so
+ * the commit was this writer's, and the write stands. Before, the writer
+ * took itself for the loser and removed its own document: none was left. */
+static void test_docs_commit_reply_lost(void)
+{
+    kc_ctx *ctx;
+    kc_tok *tok;
+    kc_gendoc_ref ref;
+    kc_error e;
+
+    docs_token_init();
+    ctx = ctx_new();
+    CU_ASSERT_EQUAL_FATAL(doc_put(doc_token(ctx), DOC, 1, "one", NULL, &e), KC_OK);
+    kc_ctx_free(ctx);
+    CU_ASSERT_EQUAL_FATAL(kc_p11_fault_arm("C_DestroyObject", "CKR_DEVICE_ERROR", 1, 1, &e), KC_OK);
+    ctx = ctx_new();
+    tok = doc_token(ctx);
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "one");
+    CU_ASSERT_EQUAL(doc_put(tok, DOC, 2, "two", &ref, &e), KC_OK);
+    kc_p11_fault_disarm();
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "two");
+    CU_ASSERT_FALSE(ref.unrecorded);
+    kc_ctx_free(ctx);
+}
+
 /* 'policy apply' tidies while other hosts may write: a writer's candidate
  * made before its commit stays, so that its commit leaves a document; what
  * it can no longer need goes. 'vault validate --repair' (all) takes the
@@ -1720,6 +1746,7 @@ static const kc_test_case doc_cases[] = {
     {"a load and its commit read one document", test_docs_load_and_commit_read_one_document},
     {"a write a search misses stands", test_docs_write_a_search_misses_stands},
     {"tidy beside a writer", test_docs_tidy_beside_a_writer},
+    {"a commit whose reply was lost", test_docs_commit_reply_lost},
     {"reader waits for the winner", test_docs_reader_waits_for_the_winner},
     {"a write over an unrecorded one waits", test_docs_write_over_unrecorded_waits},
     {"a token rewritten while the module starts", test_docs_token_rewritten_at_start},

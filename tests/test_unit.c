@@ -254,7 +254,8 @@ static void test_file_write(void)
     CU_ASSERT_EQUAL(st.st_mode & 0777, 0600);
     CU_ASSERT_EQUAL(kc_file_write(tmp_path("w"), "xyz", 3, 0600, 0, &e), KC_CONFLICT);
     CU_ASSERT_EQUAL(kc_file_write(tmp_path("w"), "xyz", 3, 0600, 1, &e), KC_OK);
-    CU_ASSERT_EQUAL(kc_file_write("/nonexistent-dir/x", "xyz", 3, 0600, 1, &e), KC_ERR);
+    CU_ASSERT_EQUAL(kc_file_write("/nonexistent-dir/x", "xyz", 3, 0600, 1, &e), KC_NOT_FOUND);
+    ASSERT_HAS(e.msg, "cannot write '/nonexistent-dir/x' (a new file beside it)");
 }
 
 /* scripts/fresh-check.sh installs by hand exactly what the README's quick

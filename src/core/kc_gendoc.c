@@ -462,26 +462,68 @@ static kc_rc lost(kc_tok *tok, const char *what, const char *how, const char *ou
     return KC_CONFLICT;
 }
 
+/* base is gone, and a destroy of it by this writer failed with a reply
+ * other than "no such object": the module may have done it and lost the
+ * reply (a remote module; the fault seam armed after). Another writer that
+ * won leaves its commit record, or its candidate over base, within a
+ * moment; when neither is there after the wait, the destroy was this
+ * writer's: KC_OK. */
+static kc_rc won_without_reply(kc_tok *tok, const char *label, kc_where where, const char *what,
+                               const kc_gendoc_ref *base, kc_gendoc_check check, void *arg,
+                               unsigned long generation, const char *digest, kc_error *err)
+{
+    struct timespec pause = {0, POLL_NS};
+    kc_error ignored, why;
+    doc_set s;
+    size_t i;
+    int polls, other = 0;
+
+    for (polls = 0; polls < AMBIGUOUS_POLLS; polls++) {
+        (void)nanosleep(&pause, NULL);
+        kc_error_clear(&ignored);
+        if (set_load(tok, label, where, what, check, arg, &s, &why, &ignored) != KC_OK)
+            continue;
+        other = 0;
+        for (i = 0; i < s.nc; i++)
+            if (s.cinfo[i].valid && s.cinfo[i].gen == generation &&
+                strcmp(s.cinfo[i].digest, digest) != 0) {
+                set_free(&s);
+                kc_error_clear(err);
+                return lost(tok, what, "wrote a newer generation of", "nothing was written", err);
+            }
+        for (i = 0; i < s.n; i++)
+            other |= s.info[i].valid && strcmp(s.info[i].base, base->digest) == 0 &&
+                     strcmp(s.info[i].digest, digest) != 0;
+        set_free(&s);
+    }
+    kc_error_clear(err);
+    if (other)
+        return lost(tok, what, "wrote a newer generation of", "nothing was written", err);
+    return KC_OK;
+}
+
 /* The commit: of writers that read base, the one whose destroy of it
  * succeeds. KC_CONFLICT when another's did (base is no longer there). A
  * destroy that fails while base is still there (SoftHSM under other
  * writers; a replaced session) is tried again on base as found afresh. */
 static kc_rc commit_over(kc_tok *tok, const char *label, kc_where where, const char *what,
                          const kc_gendoc_ref *base, kc_gendoc_check check, void *arg,
-                         kc_error *err)
+                         unsigned long generation, const char *digest, kc_error *err)
 {
     struct timespec pause = {0, 20L * 1000 * 1000};
     kc_obj handle = base->handle;
     kc_error ignored, why;
     doc_set s;
     long at;
-    int attempt;
+    int attempt, maybe_ours = 0;
     kc_rc r = KC_OK;
 
     for (attempt = 0; attempt < 5; attempt++) {
         r = kc_tok_destroy(tok, handle, err);
         if (r == KC_OK)
             return KC_OK;
+        maybe_ours |= !(err->func[0] != '\0' &&
+                        strcmp(kc_p11_rv_name(err->rv), "CKR_OBJECT_HANDLE_INVALID") == 0);
         kc_error_clear(&ignored);
         if (set_load(tok, label, where, what, check, arg, &s, &why, &ignored) != KC_OK) {
             (void)nanosleep(&pause, NULL);
@@ -498,6 +540,9 @@ static kc_rc commit_over(kc_tok *tok, const char *label, kc_where where, const c
             if (kc_tok_data_present(tok, KC_GENDOC_APPLICATION, label, handle, &present,
                                     &ignored) == KC_OK &&
                 !present) {
+                if (maybe_ours)
+                    return won_without_reply(tok, label, where, what, base, check, arg,
+                                             generation, digest, err);
                 kc_error_clear(err);
                 return lost(tok, what, "wrote a newer generation of", "nothing was written", err);
             }
@@ -639,7 +684,7 @@ kc_rc kc_gendoc_write(kc_tok *tok, const char *label, int is_private, const char
         return r;
     }
     if (base != NULL && base->handle != 0)
-        r = commit_over(tok, label, where, what, base, check, arg, err);
+        r = commit_over(tok, label, where, what, base, check, arg, generation, digest, err);
     else
         /* nothing to commit over: of first writes at once, each sees the
          * other's, and none stands but one that saw no other */
