@@ -1075,6 +1075,21 @@ static size_t doc_objects(kc_tok *tok, const char *label)
     return n;
 }
 
+/* A new Docs1 token whose document is "one", generation 1, committed and
+ * recorded; its ref in *ref. */
+static kc_tok *docs_with_one(kc_ctx **ctx, kc_gendoc_ref *ref)
+{
+    kc_tok *tok;
+    kc_error e;
+
+    docs_token_init();
+    *ctx = ctx_new();
+    tok = doc_token(*ctx);
+    CU_ASSERT_EQUAL_FATAL(doc_put(tok, DOC, 1, "one", NULL, &e), KC_OK);
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, ref), "one");
+    return tok;
+}
+
 /* Fact: of two processes destroying one object at once, exactly one is told
  * CKR_OK; the other CKR_OBJECT_HANDLE_INVALID or CKR_FUNCTION_FAILED, the
  * object gone. kc_gendoc_write commits on this. */
@@ -1124,11 +1139,7 @@ static void test_docs_killed_writers(void)
     const char *got;
     struct timespec t0, t1;
 
-    docs_token_init();
-    ctx = ctx_new();
-    tok = doc_token(ctx);
-    CU_ASSERT_EQUAL_FATAL(doc_put(tok, DOC, 1, "one", NULL, &e), KC_OK);
-    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "one");
+    tok = docs_with_one(&ctx, &ref);
     /* killed before its commit: what it made was never the document */
     doc_plant(tok, 2, "uncommitted", &ref);
     CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "one");
@@ -1220,11 +1231,7 @@ static void test_docs_tidy_beside_a_writer(void)
     size_t removed = 0, stale = 0;
     kc_error e;
 
-    docs_token_init();
-    ctx = ctx_new();
-    tok = doc_token(ctx);
-    CU_ASSERT_EQUAL_FATAL(doc_put(tok, DOC, 1, "one", NULL, &e), KC_OK);
-    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "one");
+    tok = docs_with_one(&ctx, &ref);
     one = ref;
     /* a loser of generation 1 left behind: that can go */
     doc_plant(tok, 1, "loser", NULL);
@@ -1267,11 +1274,7 @@ static void test_docs_candidate_over_unrecorded_commit(void)
     kc_gendoc_ref ref;
     kc_error e;
 
-    docs_token_init();
-    ctx = ctx_new();
-    tok = doc_token(ctx);
-    CU_ASSERT_EQUAL_FATAL(doc_put(tok, DOC, 1, "one", NULL, &e), KC_OK);
-    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "one");
+    tok = docs_with_one(&ctx, &ref);
     /* generation 2 committed over it, its record not yet written */
     doc_plant(tok, 2, "two", &ref);
     CU_ASSERT_EQUAL_FATAL(kc_tok_destroy(tok, ref.handle, &e), KC_OK);
@@ -1401,11 +1404,7 @@ static void test_docs_reader_waits_for_the_winner(void)
     pid_t kid;
     int status;
 
-    docs_token_init();
-    ctx = ctx_new();
-    tok = doc_token(ctx);
-    CU_ASSERT_EQUAL_FATAL(doc_put(tok, DOC, 1, "one", NULL, &e), KC_OK);
-    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "one");
+    tok = docs_with_one(&ctx, &ref);
     doc_plant(tok, 2, "x", &ref);
     doc_plant(tok, 2, "y", &ref);
     one = ref;
@@ -1441,11 +1440,7 @@ static void test_docs_write_over_unrecorded_waits(void)
     pid_t kid;
     int status;
 
-    docs_token_init();
-    ctx = ctx_new();
-    tok = doc_token(ctx);
-    CU_ASSERT_EQUAL_FATAL(doc_put(tok, DOC, 1, "one", NULL, &e), KC_OK);
-    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "one");
+    tok = docs_with_one(&ctx, &ref);
     one = ref;
     doc_plant(tok, 2, "loser", &one);
     CU_ASSERT_EQUAL_FATAL(kc_tok_destroy(tok, one.handle, &e), KC_OK);
