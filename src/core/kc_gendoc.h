@@ -101,7 +101,10 @@ KC_EXPORT kc_rc kc_gendoc_base_set(json_t *doc, const kc_gendoc_ref *base, kc_er
  * names the document in the message), or took this write over before it
  * finished. base NULL or zero: the first write, nothing to commit over.
  * Older generations are removed after; one the token will not remove stays
- * for the next write, and the write still succeeds. */
+ * for the next write, and the write still succeeds. Over a base no commit
+ * record names (base->unrecorded) it first waits up to 2 s for the record;
+ * a destroy of base whose reply the module lost is taken for this write's
+ * commit when no other writer's record or candidate shows within 2 s. */
 KC_EXPORT kc_rc kc_gendoc_write(kc_tok *tok, const char *label, int is_private, const char *what,
                                 const char *doc, unsigned long generation,
                                 const kc_gendoc_ref *base, kc_gendoc_check check, void *arg,
