@@ -1217,6 +1217,19 @@ static void test_docs_commit_reply_lost(void)
     CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "two");
     CU_ASSERT_FALSE(ref.unrecorded);
     kc_ctx_free(ctx);
+    /* the same failed reply where another writer did win: its candidate is
+     * there, so this one lost, and says so */
+    CU_ASSERT_EQUAL_FATAL(kc_p11_fault_arm("C_DestroyObject", "CKR_DEVICE_ERROR", 2, 1, &e), KC_OK);
+    ctx = ctx_new();
+    tok = doc_token(ctx);
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "two");
+    doc_plant(tok, 3, "winner", &ref);
+    CU_ASSERT_EQUAL_FATAL(kc_tok_destroy(tok, ref.handle, &e), KC_OK); /* call 1: its commit */
+    CU_ASSERT_EQUAL(doc_put(tok, DOC, 3, "loser", &ref, &e), KC_CONFLICT);
+    ASSERT_HAS(e.msg, "nothing was written");
+    kc_p11_fault_disarm();
+    CU_ASSERT_STRING_EQUAL(doc_get(tok, DOC, &ref), "winner");
+    kc_ctx_free(ctx);
 }
 
 /* 'policy apply' tidies while other hosts may write: a writer's candidate

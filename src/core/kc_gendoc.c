@@ -464,10 +464,11 @@ static kc_rc lost(kc_tok *tok, const char *what, const char *how, const char *ou
 
 /* base is gone, and a destroy of it by this writer failed with a reply
  * other than "no such object": the module may have done it and lost the
- * reply (a remote module; the fault seam armed after). Another writer that
- * won leaves its commit record, or its candidate over base, within a
- * moment; when neither is there after the wait, the destroy was this
- * writer's: KC_OK. */
+ * reply (a remote module; the fault seam armed after). A writer that won
+ * instead left evidence that stays while it is current and after: its
+ * candidate over base or its record, and every later writer's generation
+ * above. Any of these in any read over 2 s: lost. A document written over
+ * this one: won. Nothing of either: the destroy was this writer's, KC_OK. */
 static kc_rc won_without_reply(kc_tok *tok, const char *label, kc_where where, const char *what,
                                const kc_gendoc_ref *base, kc_gendoc_check check, void *arg,
                                unsigned long generation, const char *digest, kc_error *err)
@@ -476,28 +477,29 @@ static kc_rc won_without_reply(kc_tok *tok, const char *label, kc_where where, c
     kc_error ignored, why;
     doc_set s;
     size_t i;
-    int polls, other = 0;
+    int polls, other = 0, over_ours = 0;
 
-    for (polls = 0; polls < AMBIGUOUS_POLLS; polls++) {
-        (void)nanosleep(&pause, NULL);
+    for (polls = 0; polls <= AMBIGUOUS_POLLS && !other && !over_ours; polls++) {
+        if (polls > 0)
+            (void)nanosleep(&pause, NULL);
         kc_error_clear(&ignored);
         if (set_load(tok, label, where, what, check, arg, &s, &why, &ignored) != KC_OK)
             continue;
-        other = 0;
         for (i = 0; i < s.nc; i++)
-            if (s.cinfo[i].valid && s.cinfo[i].gen == generation &&
-                strcmp(s.cinfo[i].digest, digest) != 0) {
-                set_free(&s);
-                kc_error_clear(err);
-                return lost(tok, what, "wrote a newer generation of", "nothing was written", err);
-            }
-        for (i = 0; i < s.n; i++)
-            other |= s.info[i].valid && strcmp(s.info[i].base, base->digest) == 0 &&
-                     strcmp(s.info[i].digest, digest) != 0;
+            other |= s.cinfo[i].valid && s.cinfo[i].gen >= generation &&
+                     strcmp(s.cinfo[i].digest, digest) != 0;
+        for (i = 0; i < s.n; i++) {
+            if (!s.info[i].valid || strcmp(s.info[i].digest, digest) == 0)
+                continue;
+            if (strcmp(s.info[i].base, digest) == 0)
+                over_ours = 1;
+            else if (s.info[i].gen >= generation || strcmp(s.info[i].base, base->digest) == 0)
+                other = 1;
+        }
         set_free(&s);
     }
     kc_error_clear(err);
-    if (other)
+    if (other && !over_ours)
         return lost(tok, what, "wrote a newer generation of", "nothing was written", err);
     return KC_OK;
 }
