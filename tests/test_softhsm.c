@@ -1745,6 +1745,64 @@ static void test_docs_load_and_commit_read_one_document(void)
     kc_ctx_free(ctx);
 }
 
+/* A command checks the same document several times (read, write, read
+ * again), and a check's answer is kept by the document's bytes
+ * (kc_gendoc_memo_get). Kept for the bytes and the signer alone: another
+ * vault's key must not find a manifest good because this one's did, and
+ * changed bytes are checked afresh. */
+static void test_docs_checks_kept_by_bytes_and_signer(void)
+{
+    kc_ctx *ctx = ctx_new();
+    kc_vault *a = vault_new(ctx, "VaultH3"), *b = vault_new(ctx, "VaultH4");
+    kc_key *k = key_new(a, "First", KC_PROT_HSM, KC_OP_WRAP | KC_OP_UNWRAP, NULL);
+    char fa[KC_FINGERPRINT_HEX + 1], fb[KC_FINGERPRINT_HEX + 1], base[KC_GENDOC_DIGEST_HEX + 1];
+    unsigned char *buf = NULL, *ks = NULL;
+    size_t len = 0, kslen = 0;
+    unsigned long next = 0, g = 0;
+    void *pa = NULL, *pb = NULL;
+    kc_gendoc_ref ref;
+    char *sig;
+    kc_error e;
+
+    kc_key_free(k);
+    CU_ASSERT_EQUAL_FATAL(kc_manifest_signer(a->tok, &pa, fa, &e), KC_OK);
+    CU_ASSERT_EQUAL_FATAL(kc_manifest_signer(b->tok, &pb, fb, &e), KC_OK);
+    CU_ASSERT_STRING_NOT_EQUAL(fa, fb);
+    CU_ASSERT_EQUAL_FATAL(kc_gendoc_read(a->tok, KC_VAULT_META_LABEL, KC_WHERE_PUBLIC,
+                                         "vault manifest", kc_manifest_doc_check, pa, &buf, &len,
+                                         &next, &ref, &e),
+                          KC_OK);
+    /* checked, and so kept, under a's key: the same answer again */
+    CU_ASSERT_EQUAL(kc_manifest_doc_check(buf, len, &g, base, pa, &e), KC_OK);
+    CU_ASSERT_EQUAL(g, ref.generation);
+    /* not under b's: a's manifest put on b's token is not b's */
+    kc_error_clear(&e);
+    CU_ASSERT_EQUAL(kc_manifest_doc_check(buf, len, &g, base, pb, &e), KC_INTEGRITY);
+    ASSERT_HAS(e.msg, "does not verify under the vault key");
+    /* and a signature changed by one character is checked afresh */
+    sig = strstr((char *)buf, "\"sig\":\"");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(sig);
+    sig[7] = sig[7] == 'A' ? 'B' : 'A';
+    kc_error_clear(&e);
+    CU_ASSERT_EQUAL(kc_manifest_doc_check(buf, len, &g, base, pa, &e), KC_INTEGRITY);
+    /* the key state: kept by its bytes; a copy cut short is no key state */
+    CU_ASSERT_EQUAL_FATAL(kc_gendoc_read(a->tok, KC_KEYSTATE_LABEL, KC_WHERE_PRIVATE, "key state",
+                                         kc_keystate_doc_check, NULL, &ks, &kslen, &next, &ref,
+                                         &e),
+                          KC_OK);
+    CU_ASSERT_EQUAL(kc_keystate_doc_check(ks, kslen, &g, base, NULL, &e), KC_OK);
+    CU_ASSERT_EQUAL(g, ref.generation);
+    kc_error_clear(&e);
+    CU_ASSERT_EQUAL(kc_keystate_doc_check(ks, kslen - 1, &g, base, NULL, &e), KC_INTEGRITY);
+    free(buf);
+    free(ks);
+    kc_manifest_signer_free(pa);
+    kc_manifest_signer_free(pb);
+    kc_vault_free(b);
+    kc_vault_free(a);
+    kc_ctx_free(ctx);
+}
+
 static const kc_test_case doc_cases[] = {
     {"a manifest signed after another host's key", test_docs_manifest_after_another_host},
     {"fact: of two destroys one wins", fact_destroy_race},
@@ -1752,6 +1810,7 @@ static const kc_test_case doc_cases[] = {
     {"killed writers", test_docs_killed_writers},
     {"a candidate over an unrecorded commit", test_docs_candidate_over_unrecorded_commit},
     {"a load and its commit read one document", test_docs_load_and_commit_read_one_document},
+    {"checks kept by bytes and signer", test_docs_checks_kept_by_bytes_and_signer},
     {"a write a search misses stands", test_docs_write_a_search_misses_stands},
     {"tidy beside a writer", test_docs_tidy_beside_a_writer},
     {"a commit whose reply was lost", test_docs_commit_reply_lost},

@@ -5,6 +5,7 @@
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +50,75 @@ static void digest_hex(const void *buf, size_t len, char out[DIGEST_HEX + 1])
 
     SHA256(buf, len, d);
     kc_hex_encode(d, sizeof(d), out);
+}
+
+/* --- answers of checks, by what the document holds --- */
+
+#define MEMO_ENTRIES 16
+
+typedef struct memo_entry {
+    kc_gendoc_check check; /* NULL: unused */
+    char signer[DIGEST_HEX + 1];
+    unsigned char digest[SHA256_DIGEST_LENGTH];
+    unsigned long generation;
+    char base[DIGEST_HEX + 1];
+} memo_entry;
+
+static memo_entry memo[MEMO_ENTRIES];
+static size_t memo_next; /* the slot the next answer takes, oldest first */
+static pthread_mutex_t memo_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int memo_same(const memo_entry *m, kc_gendoc_check check, const char *signer,
+                     const unsigned char d[SHA256_DIGEST_LENGTH])
+{
+    return m->check == check && strcmp(m->signer, signer) == 0 &&
+           memcmp(m->digest, d, SHA256_DIGEST_LENGTH) == 0;
+}
+
+int kc_gendoc_memo_get(kc_gendoc_check check, const char *signer, const unsigned char *buf,
+                       size_t len, unsigned long *generation, char base[DIGEST_HEX + 1])
+{
+    unsigned char d[SHA256_DIGEST_LENGTH];
+    int found = 0;
+    size_t i;
+
+    if (strlen(signer) > DIGEST_HEX)
+        return 0;
+    SHA256(buf, len, d);
+    pthread_mutex_lock(&memo_lock);
+    for (i = 0; i < MEMO_ENTRIES && !found; i++) {
+        if (!memo_same(&memo[i], check, signer, d))
+            continue;
+        *generation = memo[i].generation;
+        memcpy(base, memo[i].base, DIGEST_HEX + 1);
+        found = 1;
+    }
+    pthread_mutex_unlock(&memo_lock);
+    return found;
+}
+
+void kc_gendoc_memo_put(kc_gendoc_check check, const char *signer, const unsigned char *buf,
+                        size_t len, unsigned long generation, const char base[DIGEST_HEX + 1])
+{
+    memo_entry m;
+    size_t i;
+
+    if (strlen(signer) > DIGEST_HEX || strlen(base) > DIGEST_HEX)
+        return;
+    memset(&m, 0, sizeof(m));
+    m.check = check;
+    strcpy(m.signer, signer);
+    SHA256(buf, len, m.digest);
+    m.generation = generation;
+    strcpy(m.base, base);
+    pthread_mutex_lock(&memo_lock);
+    for (i = 0; i < MEMO_ENTRIES && !memo_same(&memo[i], check, signer, m.digest); i++)
+        ;
+    if (i == MEMO_ENTRIES) {
+        memo[memo_next] = m;
+        memo_next = (memo_next + 1) % MEMO_ENTRIES;
+    }
+    pthread_mutex_unlock(&memo_lock);
 }
 
 int kc_gendoc_base_get(const json_t *doc, char base[DIGEST_HEX + 1])

@@ -58,6 +58,21 @@
 typedef kc_rc (*kc_gendoc_check)(const unsigned char *buf, size_t len, unsigned long *generation,
                                  char base[KC_GENDOC_DIGEST_HEX + 1], void *arg, kc_error *err);
 
+/* A check's answer for the document buf, when the same check gave it for
+ * the same bytes before in this process (1), else 0. A check is a function
+ * of the bytes and of who signs them: signer is that key's fingerprint ("" for
+ * a check of the bytes alone). Only valid answers are kept, by the SHA-256
+ * of the bytes: a command that reads, writes and reads again a document of
+ * some hundred KB parses each version once. Thread-safe. */
+KC_EXPORT int kc_gendoc_memo_get(kc_gendoc_check check, const char *signer,
+                                 const unsigned char *buf, size_t len, unsigned long *generation,
+                                 char base[KC_GENDOC_DIGEST_HEX + 1]);
+
+/* Keeps a valid answer of check for buf (see kc_gendoc_memo_get). */
+KC_EXPORT void kc_gendoc_memo_put(kc_gendoc_check check, const char *signer,
+                                  const unsigned char *buf, size_t len, unsigned long generation,
+                                  const char base[KC_GENDOC_DIGEST_HEX + 1]);
+
 /* The object a document was read from: what a write commits over. */
 typedef struct kc_gendoc_ref {
     kc_obj handle; /* 0: no document was read (the first write) */

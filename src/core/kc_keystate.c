@@ -9,12 +9,16 @@
 kc_rc kc_keystate_doc_check(const unsigned char *buf, size_t len, unsigned long *generation,
                             char base[KC_GENDOC_DIGEST_HEX + 1], void *arg, kc_error *err)
 {
-    json_t *o = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, NULL);
-    json_t *keys;
+    json_t *o, *keys;
     const char *kind;
     kc_rc r = KC_INTEGRITY;
 
     (void)arg;
+    /* a command reads, writes and reads again a document that names every
+     * key (some hundred KB at 1000 keys): each version is parsed once */
+    if (kc_gendoc_memo_get(kc_keystate_doc_check, "", buf, len, generation, base))
+        return KC_OK;
+    o = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, NULL);
     if (o == NULL)
         return kc_error_set(err, KC_INTEGRITY, "key state is not JSON");
     kind = json_string_value(json_object_get(o, "kind"));
@@ -26,6 +30,7 @@ kc_rc kc_keystate_doc_check(const unsigned char *buf, size_t len, unsigned long 
         kc_error_set(err, KC_INTEGRITY, "key state does not have the expected fields");
     } else {
         *generation = (unsigned long)json_integer_value(json_object_get(o, "generation"));
+        kc_gendoc_memo_put(kc_keystate_doc_check, "", buf, len, *generation, base);
         r = KC_OK;
     }
     json_decref(o);

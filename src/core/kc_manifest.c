@@ -237,13 +237,23 @@ kc_rc kc_manifest_doc_check(const unsigned char *buf, size_t len, unsigned long 
 {
     EVP_PKEY *pk = arg;
     EVP_PKEY_CTX *vc = NULL;
-    json_t *doc = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, NULL), *m;
+    json_t *doc, *m;
     unsigned char md[32], *sig = NULL;
     const char *kind, *sig64, *mkind;
+    char *text = NULL, signer[KC_FINGERPRINT_HEX + 1];
     size_t sig_len = 0;
-    char *text = NULL;
+    kc_error ignored;
     kc_rc r = KC_INTEGRITY;
 
+    /* these bytes verified under this key before in this process: the same
+     * answer (a command reads, writes and reads again its manifest) */
+    kc_error_clear(&ignored);
+    if (pk == NULL || kc_spki_fingerprint(pk, signer, &ignored) != KC_OK)
+        signer[0] = '\0';
+    if (signer[0] != '\0' && kc_gendoc_memo_get(kc_manifest_doc_check, signer, buf, len,
+                                                generation, base))
+        return KC_OK;
+    doc = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, NULL);
     kind = json_string_value(json_object_get(doc, "kind"));
     sig64 = json_string_value(json_object_get(doc, "sig"));
     m = json_object_get(doc, "manifest");
@@ -271,6 +281,8 @@ kc_rc kc_manifest_doc_check(const unsigned char *buf, size_t len, unsigned long 
         goto done;
     }
     *generation = (unsigned long)json_integer_value(json_object_get(m, "generation"));
+    if (signer[0] != '\0')
+        kc_gendoc_memo_put(kc_manifest_doc_check, signer, buf, len, *generation, base);
     r = KC_OK;
 done:
     EVP_PKEY_CTX_free(vc);
@@ -295,10 +307,12 @@ kc_rc kc_tok_still_answers(kc_tok *tok, kc_error *err)
 }
 
 /* signer (may be NULL): the vault key's public half it checked the
- * manifest with, for a writer to check its own write with (caller frees). */
+ * manifest with, for a writer to check its own write with (caller frees).
+ * given (may be NULL): that half as the caller found it already, used
+ * instead of finding it again (the caller keeps it). */
 static kc_rc manifest_read(kc_tok *tok, const char *expect_fp, json_t **manifest,
                            char fp[KC_FINGERPRINT_HEX + 1], unsigned long *next,
-                           kc_gendoc_ref *ref, void **signer, kc_error *err)
+                           kc_gendoc_ref *ref, void *given, void **signer, kc_error *err)
 {
     const char *vault = kc_tok_info_get(tok)->label;
     kc_data_obj *objs = NULL;
@@ -311,7 +325,15 @@ static kc_rc manifest_read(kc_tok *tok, const char *expect_fp, json_t **manifest
 
     *manifest = NULL;
     *next = 1;
-    r = kc_manifest_signer(tok, &pk, fp, err);
+    if (given != NULL) {
+        r = kc_spki_fingerprint(given, fp, err);
+        if (r == KC_OK && EVP_PKEY_up_ref(given) == 1)
+            pk = given;
+        else if (r == KC_OK)
+            r = kc_error_set(err, KC_ERR, "out of memory");
+    } else {
+        r = kc_manifest_signer(tok, &pk, fp, err);
+    }
     if (r == KC_NOT_FOUND) {
         /* no vault key: a token that is no vault, unless it holds metadata,
          * which unsigned is not believed */
@@ -392,7 +414,7 @@ kc_rc kc_manifest_read(kc_tok *tok, const char *expect_fp, json_t **manifest,
                        char fp[KC_FINGERPRINT_HEX + 1], unsigned long *next, kc_gendoc_ref *ref,
                        kc_error *err)
 {
-    return manifest_read(tok, expect_fp, manifest, fp, next, ref, NULL, err);
+    return manifest_read(tok, expect_fp, manifest, fp, next, ref, NULL, NULL, err);
 }
 
 /* --- writing --- */
@@ -493,15 +515,24 @@ static kc_rc keys_section(kc_vault *v, const json_t *old, json_t *keys, kc_error
     return r;
 }
 
-/* The private half of the vault key, made when the vault has none. */
-static kc_rc signing_key(kc_vault *v, kc_obj *priv, kc_error *err)
+/* The vault key's private half, made when the vault has none, and its
+ * public half as OpenSSL's in *pk (caller frees): one search finds both. */
+static kc_rc signing_key(kc_vault *v, kc_obj *priv, EVP_PKEY **pk, kc_error *err)
 {
+    unsigned char point[65];
     kc_obj pub = 0;
     int has_pub = 0, has_priv = 0;
-    kc_rc r = find_signer(v->tok, 1, &pub, &has_pub, priv, &has_priv, NULL, err);
+    kc_key_type type = KC_KT_OTHER;
+    kc_rc r = find_signer(v->tok, 1, &pub, &has_pub, priv, &has_priv, &type, err);
 
+    *pk = NULL;
+    if (r == KC_OK && has_priv && !has_pub)
+        return kc_error_set(err, KC_INTEGRITY,
+                            "vault '%s' has the private half of its vault key but not its "
+                            "public half: it was destroyed outside keycustody",
+                            v->meta.name);
     if (r != KC_OK || has_priv)
-        return r;
+        return r == KC_OK ? public_pkey(v->tok, pub, type, point, pk, err) : r;
     if (has_pub) {
         kc_data_obj *docs = NULL;
         size_t n = 0;
@@ -523,9 +554,14 @@ static kc_rc signing_key(kc_vault *v, kc_obj *priv, kc_error *err)
         if (r != KC_OK)
             return r;
     }
-    if (v->meta.arr.signer == KC_SIGNER_RSA_PSS)
-        return kc_tok_generate_rsa_signer(v->tok, KC_MANIFEST_KEY_LABEL, &pub, priv, err);
-    return kc_tok_generate_ec_signer(v->tok, KC_MANIFEST_KEY_LABEL, &pub, priv, err);
+    if (v->meta.arr.signer == KC_SIGNER_RSA_PSS) {
+        type = KC_KT_RSA;
+        r = kc_tok_generate_rsa_signer(v->tok, KC_MANIFEST_KEY_LABEL, &pub, priv, err);
+    } else {
+        type = KC_KT_EC;
+        r = kc_tok_generate_ec_signer(v->tok, KC_MANIFEST_KEY_LABEL, &pub, priv, err);
+    }
+    return r == KC_OK ? public_pkey(v->tok, pub, type, point, pk, err) : r;
 }
 
 /* The signature of md by the vault key priv, as OpenSSL verifies it:
@@ -620,17 +656,17 @@ kc_rc kc_manifest_write_after(kc_vault *v, kc_vault_meta *m, unsigned long after
     unsigned long next = 1;
     json_t *old = NULL, *manifest = NULL, *keys;
     kc_gendoc_ref base = {0, 0, "", 0, 0};
-    void *signer = NULL;
+    EVP_PKEY *signer = NULL;
     kc_obj priv = 0;
     kc_rc r;
 
     r = kc_vault_login(v, err);
     if (r == KC_OK)
-        r = signing_key(v, &priv, err);
+        r = signing_key(v, &priv, &signer, err);
     /* a tampered manifest on the token stops the write: writing over it
      * would remove what shows the tampering */
     if (r == KC_OK) {
-        r = manifest_read(v->tok, NULL, &old, fp, &next, &base, &signer, err);
+        r = manifest_read(v->tok, NULL, &old, fp, &next, &base, signer, NULL, err);
         /* none yet: the first write ('vault init'); once read, never gone */
         if (r == KC_NOT_FOUND && m->generation > 0)
             r = kc_vault_lost_sight(v, err);
@@ -649,9 +685,6 @@ kc_rc kc_manifest_write_after(kc_vault *v, kc_vault_meta *m, unsigned long after
         json_decref(old);
         old = NULL;
     }
-    /* the vault key manifest_read found, else (a first write) found now */
-    if (r == KC_OK && signer == NULL)
-        r = kc_manifest_signer(v->tok, &signer, fp, err);
     /* The vault as this command read it must still be the newest: another
      * writer (on another host: this host's lock keeps its own out) makes
      * this one stop with nothing written, rather than write over it. */
