@@ -254,6 +254,12 @@ KC_EXPORT kc_rc kc_tok_find_keys(kc_tok *t, const char *label, const unsigned ch
                                  size_t id_len, kc_key_obj **out, size_t *n,
                                  kc_error *err) KC_MUST_CHECK;
 
+/* The key objects of known handles (a pair just generated, say), read as a
+ * search would give them, without one: public keys first; a handle that is
+ * no key, or whose class the token will not give, is left out. */
+KC_EXPORT kc_rc kc_tok_read_keys(kc_tok *t, const kc_obj *handles, size_t count, kc_key_obj **out,
+                                 size_t *n, kc_error *err) KC_MUST_CHECK;
+
 /* Public keys only, with this label: one search, for readers without the PIN. */
 KC_EXPORT kc_rc kc_tok_find_public_keys(kc_tok *t, const char *label, kc_key_obj **out, size_t *n,
                                         kc_error *err) KC_MUST_CHECK;

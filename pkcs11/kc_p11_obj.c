@@ -293,6 +293,40 @@ kc_rc kc_tok_find_keys(kc_tok *t, const char *label, const unsigned char *id, si
     return find_keys(t, label, id, id_len, 0, 1, out, n, err);
 }
 
+kc_rc kc_tok_read_keys(kc_tok *t, const kc_obj *handles, size_t count, kc_key_obj **out,
+                       size_t *n, kc_error *err)
+{
+    CK_OBJECT_HANDLE *h = calloc(count + 1, sizeof(*h));
+    CK_OBJECT_CLASS *cls = calloc(count + 1, sizeof(*cls));
+    kc_key_obj *v = calloc(count + 1, sizeof(*v));
+    CK_OBJECT_CLASS want;
+    size_t i, len = 0;
+
+    *out = NULL;
+    *n = 0;
+    if (h == NULL || cls == NULL || v == NULL) {
+        free(h);
+        free(cls);
+        free(v);
+        return kc_error_set(err, KC_ERR, "out of memory");
+    }
+    for (i = 0; i < count; i++)
+        h[i] = (CK_OBJECT_HANDLE)handles[i];
+    key_classes(t, h, count, cls);
+    for (want = CKO_PUBLIC_KEY;; want = CKO_PRIVATE_KEY) {
+        for (i = 0; i < count; i++)
+            if (cls[i] == want)
+                read_key(t, h[i], cls[i], &v[len++]);
+        if (want == CKO_PRIVATE_KEY)
+            break;
+    }
+    free(h);
+    free(cls);
+    *out = v;
+    *n = len;
+    return KC_OK;
+}
+
 kc_rc kc_tok_find_public_keys(kc_tok *t, const char *label, kc_key_obj **out, size_t *n,
                               kc_error *err)
 {

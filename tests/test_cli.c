@@ -442,8 +442,8 @@ static void test_key_create_searches_flat(void)
     }
     many = create_finds("ManyLast");
     CU_ASSERT_EQUAL(many, few);
-    CU_ASSERT(few <= 18);
-    if (many != few || few > 18)
+    CU_ASSERT(few <= 16);
+    if (many != few || few > 16)
         fprintf(stderr, "key create searched %u times at 3 keys, %u at 9\n", few, many);
 }
 

@@ -655,24 +655,14 @@ static kc_rc moved_half(kc_vault *v, const kc_key *k, kc_error *err)
     return r;
 }
 
-static kc_rc load_keys_once(kc_vault *v, const char *name, int login, kc_key **out, size_t *n,
-                            kc_error *err)
+/* The keys objs make, checked as a reader must: against what the vault
+ * signed (login 0) or its private record (login 1). */
+static kc_rc keys_of_objs(kc_vault *v, const kc_key_obj *objs, size_t nobjs, int login,
+                          kc_key **out, size_t *n, kc_error *err)
 {
-    kc_key_obj *objs = NULL;
-    size_t nobjs = 0, i;
-    kc_rc r;
+    size_t i;
+    kc_rc r = group_keys(v, objs, nobjs, out, n, err);
 
-    *out = NULL;
-    *n = 0;
-    if (login) {
-        r = kc_vault_login(v, err);
-        if (r != KC_OK)
-            return r;
-    }
-    r = kc_tok_find_keys(v->tok, name, NULL, 0, &objs, &nobjs, err);
-    if (r == KC_OK)
-        r = group_keys(v, objs, nobjs, out, n, err);
-    free(objs);
     /* without the PIN, what the vault signed; with it, its private record */
     for (i = 0; r == KC_OK && !login && i < *n; i++)
         r = apply_manifest(v, &(*out)[i], err);
@@ -694,6 +684,27 @@ static kc_rc load_keys_once(kc_vault *v, const char *name, int login, kc_key **o
         *out = NULL;
         *n = 0;
     }
+    return r;
+}
+
+static kc_rc load_keys_once(kc_vault *v, const char *name, int login, kc_key **out, size_t *n,
+                            kc_error *err)
+{
+    kc_key_obj *objs = NULL;
+    size_t nobjs = 0;
+    kc_rc r;
+
+    *out = NULL;
+    *n = 0;
+    if (login) {
+        r = kc_vault_login(v, err);
+        if (r != KC_OK)
+            return r;
+    }
+    r = kc_tok_find_keys(v->tok, name, NULL, 0, &objs, &nobjs, err);
+    if (r == KC_OK)
+        r = keys_of_objs(v, objs, nobjs, login, out, n, err);
+    free(objs);
     return r;
 }
 
@@ -934,6 +945,34 @@ kc_rc kc_key_record_version(kc_vault *v, const char *name, const unsigned char *
     return kc_keystate_save(v, err);
 }
 
+/* The key just made of the pair pub, priv, read as kc_key_get reads it
+ * but from the pair's handles, not a search for its label (a pass over the
+ * token's objects on SoftHSM). KC_NOT_FOUND when they do not read back as
+ * that key alone (a session replaced meanwhile has new handles). */
+static kc_rc key_of_pair(kc_vault *v, const char *name, kc_obj pub, kc_obj priv, kc_key **out,
+                         kc_error *err)
+{
+    kc_obj pair[2] = {pub, priv};
+    kc_key_obj *objs = NULL;
+    kc_key *keys = NULL;
+    size_t nobjs = 0, n = 0;
+    kc_rc r = kc_tok_read_keys(v->tok, pair, 2, &objs, &nobjs, err);
+
+    if (r == KC_OK && nobjs != 2)
+        r = kc_error_set(err, KC_NOT_FOUND, "the new key pair does not read back");
+    if (r == KC_OK)
+        r = keys_of_objs(v, objs, nobjs, 1, &keys, &n, err);
+    free(objs);
+    if (r == KC_OK && (n != 1 || keys[0].nversions != 1 || strcmp(keys[0].name, name) != 0))
+        r = kc_error_set(err, KC_NOT_FOUND, "the new key pair does not read back as one key");
+    if (r != KC_OK) {
+        kc_key_list_free(keys, n);
+        return r;
+    }
+    *out = keys;
+    return KC_OK;
+}
+
 kc_rc kc_key_create(kc_vault *v, const kc_key_create_opts *o, kc_key **out, kc_error *err)
 {
     unsigned char id[KC_VERSION_BYTES];
@@ -991,6 +1030,9 @@ kc_rc kc_key_create(kc_vault *v, const kc_key_create_opts *o, kc_key **out, kc_e
         kc_key_drop_unrecorded(v, saved, pub, priv);
     if (r != KC_OK)
         goto fail;
+    if (key_of_pair(v, o->name, pub, priv, out, err) == KC_OK)
+        return KC_OK;
+    kc_error_clear(err);
     r = kc_key_get(v, o->name, 1, out, err);
     if (r != KC_OK) {
         kc_error_hint(err, "the key was created and recorded; only reading it back failed: "
