@@ -11,7 +11,7 @@
 #include <string.h>
 
 #define KEY_BYTES 32
-#define WRAPPED_BYTES 40 /* RFC 5649 of 32 bytes */
+#define WRAPPED_BYTES KC_DATA_WRAPPED_BYTES /* RFC 5649 of 32 bytes */
 #define NONCE_BYTES 12
 #define TAG_BYTES 16
 #define MAGIC "KCI1"
@@ -530,17 +530,20 @@ static kc_rc row_key(kc_data_session *s, const char *scope, const char *dep_id, 
     return KC_OK;
 }
 
+static kc_rc wrap_for(kc_data_session *s, const char *scope, kc_secret *sk, const char *to_id,
+                      long to_gen, unsigned char wrapped[WRAPPED_BYTES], kc_error *err);
 static kc_rc move_key(kc_data_session *s, const char *scope, kc_secret *sk, const char *dep_id,
                       long generation, const char *to_id, long to_gen, kc_error *err);
 
-kc_rc kc_data_move_scope_row(kc_data_session *s, const char *scope, const char *from_id,
-                             long from_gen, const unsigned char *wrapped, size_t wrapped_len,
-                             const char *to_id, long to_gen, kc_error *err)
+kc_rc kc_data_rewrap_row(kc_data_session *s, const char *scope, const char *from_id,
+                         long from_gen, const unsigned char *wrapped, size_t wrapped_len,
+                         const char *to_id, long to_gen,
+                         unsigned char out[KC_DATA_WRAPPED_BYTES], kc_error *err)
 {
     kc_secret *sk = NULL;
     kc_rc r = row_key(s, scope, from_id, from_gen, wrapped, wrapped_len, &sk, err);
 
-    return r == KC_OK ? move_key(s, scope, sk, from_id, from_gen, to_id, to_gen, err) : r;
+    return r == KC_OK ? wrap_for(s, scope, sk, to_id, to_gen, out, err) : r;
 }
 
 kc_rc kc_data_move_scope(kc_data_session *s, const char *scope, const char *to_id, long to_gen,
@@ -554,22 +557,31 @@ kc_rc kc_data_move_scope(kc_data_session *s, const char *scope, const char *to_i
     return r == KC_OK ? move_key(s, scope, sk, dep_id, generation, to_id, to_gen, err) : r;
 }
 
-/* Wraps sk (freed here) under the target's DEP key and writes the scope's
- * row, if it is still where it was read. */
-static kc_rc move_key(kc_data_session *s, const char *scope, kc_secret *sk, const char *dep_id,
-                      long generation, const char *to_id, long to_gen, kc_error *err)
+/* sk (freed here) wrapped under the DEP key of to_id at to_gen. */
+static kc_rc wrap_for(kc_data_session *s, const char *scope, kc_secret *sk, const char *to_id,
+                      long to_gen, unsigned char wrapped[WRAPPED_BYTES], kc_error *err)
 {
-    unsigned char wrapped[WRAPPED_BYTES];
     const kc_secret *dek = NULL;
-    kc_q *q = NULL;
     size_t wl = 0;
-    int rc;
     kc_rc r = dep_key(s, to_id, to_gen, &dek, err);
 
     if (r == KC_OK &&
         (!kwp(s, dek->data, 1, sk->data, KEY_BYTES, wrapped, &wl) || wl != WRAPPED_BYTES))
         r = kc_error_set(err, KC_ERR, "cannot wrap the key of scope '%s'", scope);
     kc_secret_free(sk);
+    return r;
+}
+
+/* Wraps sk (freed here) under the target's DEP key and writes the scope's
+ * row, if it is still where it was read. */
+static kc_rc move_key(kc_data_session *s, const char *scope, kc_secret *sk, const char *dep_id,
+                      long generation, const char *to_id, long to_gen, kc_error *err)
+{
+    unsigned char wrapped[WRAPPED_BYTES];
+    kc_q *q = NULL;
+    int rc;
+    kc_rc r = wrap_for(s, scope, sk, to_id, to_gen, wrapped, err);
+
     if (r != KC_OK)
         return r;
     /* Only if nobody moved it meanwhile: the row must still be where it was read. */

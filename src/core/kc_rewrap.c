@@ -341,12 +341,126 @@ static kc_rc move_row(kc_data_session *s, kc_store *st, kc_q *q, kc_dep_tenant_c
     return r;
 }
 
-/* Moves the scope of a claimed row: scope, target id and generation, the
- * scope row's DEP, generation and wrapped key, then its own assignment's
- * scope, dep_id and mac (NULL when it has none), all read by the claim. */
-static kc_rc move_claimed(kc_data_session *s, kc_store *st, kc_q *q, kc_dep_tenant_cache *cache,
-                          long *n, kc_error *err)
+/* --- a claimed batch written in one statement (PostgreSQL) --- */
+
+enum { MV_SCOPE, MV_TO, MV_TO_GEN, MV_WRAPPED, MV_FROM, MV_FROM_GEN, MV_COLS };
+
+/* The rows of one claim as PostgreSQL array literals, one per column, for
+ * one UPDATE over unnest(...): a key costs no round trip of its own. */
+typedef struct moves {
+    char *col[MV_COLS];
+    size_t len[MV_COLS], cap[MV_COLS];
+    long n;
+    int failed; /* out of memory */
+} moves;
+
+static void mv_put(moves *m, int c, const char *p, size_t n)
 {
+    char *grown;
+    size_t cap;
+
+    if (m->failed)
+        return;
+    if (m->len[c] + n + 2 > m->cap[c]) {
+        cap = (m->len[c] + n + 2) * 2 + 256;
+        grown = realloc(m->col[c], cap);
+        if (grown == NULL) {
+            m->failed = 1;
+            return;
+        }
+        m->col[c] = grown;
+        m->cap[c] = cap;
+    }
+    memcpy(m->col[c] + m->len[c], p, n);
+    m->len[c] += n;
+    m->col[c][m->len[c]] = '\0';
+}
+
+/* The next element of column c: its separator, and the element quoted
+ * (every '"' and '\\' in it escaped) unless it is a number. */
+static void mv_text(moves *m, int c, const char *v)
+{
+    mv_put(m, c, m->len[c] == 0 ? "{\"" : ",\"", 2);
+    for (; *v != '\0'; v++) {
+        if (*v == '"' || *v == '\\')
+            mv_put(m, c, "\\", 1);
+        mv_put(m, c, v, 1);
+    }
+    mv_put(m, c, "\"", 1);
+}
+
+static void mv_int(moves *m, int c, long v)
+{
+    char num[24];
+    int len = snprintf(num, sizeof(num), "%s%ld", m->len[c] == 0 ? "{" : ",", v);
+
+    mv_put(m, c, num, (size_t)len);
+}
+
+/* bytea as the hex form \x..., its backslash escaped for the array */
+static void mv_bytes(moves *m, int c, const unsigned char *b, size_t n)
+{
+    char hex[2 * KC_DATA_WRAPPED_BYTES + 1];
+
+    kc_hex_encode(b, n < KC_DATA_WRAPPED_BYTES ? n : KC_DATA_WRAPPED_BYTES, hex);
+    mv_put(m, c, m->len[c] == 0 ? "{\"\\\\x" : ",\"\\\\x", 5);
+    mv_put(m, c, hex, strlen(hex));
+    mv_put(m, c, "\"", 1);
+}
+
+static void moves_free(moves *m)
+{
+    int c;
+
+    for (c = 0; c < MV_COLS; c++)
+        free(m->col[c]);
+    memset(m, 0, sizeof(*m));
+}
+
+/* The claim's rows written: each only where it still is what the claim
+ * read (its DEP and generation), all of them or the batch fails. */
+static kc_rc moves_write(kc_store *st, moves *m, kc_error *err)
+{
+    kc_q *q = NULL;
+    int c, rc;
+
+    if (m->n == 0)
+        return KC_OK;
+    for (c = 0; c < MV_COLS; c++)
+        mv_put(m, c, "}", 1);
+    if (m->failed)
+        return kc_error_set(err, KC_ERR, "out of memory");
+    if (kc_q_prepare(st,
+                     "UPDATE scopes s SET dep_id = u.to_id, dep_generation = u.to_gen, "
+                     "wrapped_key = u.wrapped FROM unnest(?::text[], ?::text[], ?::bigint[], "
+                     "?::bytea[], ?::text[], ?::bigint[]) AS u(scope, to_id, to_gen, wrapped, "
+                     "from_id, from_gen) WHERE s.scope = u.scope AND s.dep_id = u.from_id AND "
+                     "s.dep_generation = u.from_gen",
+                     &q) != KC_Q_OK)
+        return db_error(st, err);
+    for (c = 0; c < MV_COLS; c++)
+        kc_q_bind_text(q, c + 1, m->col[c]);
+    rc = kc_q_step(q);
+    kc_q_finish(q);
+    if (rc != KC_Q_DONE)
+        return db_error(st, err);
+    if (kc_store_changes(st) != m->n)
+        return kc_error_set(err, KC_ERR,
+                            "the service store: %ld of the %ld scope keys of a claimed batch "
+                            "moved (the rows changed under their lock); the batch is not "
+                            "committed",
+                            (long)kc_store_changes(st), m->n);
+    return KC_OK;
+}
+
+/* A claimed row re-wrapped, for moves_write: scope, target id and
+ * generation, the scope row's DEP, generation and wrapped key, then its own
+ * assignment's scope, dep_id and mac (NULL when it has none), all read by
+ * the claim; the checked assignment must name the target. */
+static kc_rc move_claimed(kc_data_session *s, kc_store *st, kc_q *q, kc_dep_tenant_cache *cache,
+                          moves *m, kc_error *err)
+{
+    unsigned char out[KC_DATA_WRAPPED_BYTES];
     char scope[80], to[37], from[37];
     long gen, from_gen;
     kc_dep d;
@@ -361,22 +475,31 @@ static kc_rc move_claimed(kc_data_session *s, kc_store *st, kc_q *q, kc_dep_tena
     if (r == KC_OK)
         r = target_agrees(scope, to, gen, &d, err);
     if (r == KC_OK)
-        r = kc_data_move_scope_row(s, scope, from, from_gen, kc_q_blob(q, 5),
-                                   (size_t)kc_q_bytes(q, 5), to, gen, err);
-    if (r == KC_OK)
-        (*n)++;
-    return r;
+        r = kc_data_rewrap_row(s, scope, from, from_gen, kc_q_blob(q, 5),
+                               (size_t)kc_q_bytes(q, 5), to, gen, out, err);
+    if (r != KC_OK)
+        return r;
+    mv_text(m, MV_SCOPE, scope);
+    mv_text(m, MV_TO, to);
+    mv_int(m, MV_TO_GEN, gen);
+    mv_bytes(m, MV_WRAPPED, out, sizeof(out));
+    mv_text(m, MV_FROM, from);
+    mv_int(m, MV_FROM_GEN, from_gen);
+    m->n++;
+    return KC_OK;
 }
 
 /* One batch of a worker on PostgreSQL, in the caller's (shared)
  * transaction: the first pending scopes no other worker holds, locked
  * until the commit (a worker killed lets go of its batch, which the others
  * then take). The claim reads each scope's row and its own assignment with
- * it, so a key costs one more round trip, its write (the store's other
- * writers wait for the batch: kc_store_begin_shared). */
+ * it, and the batch's new rows are written in one statement: a batch costs
+ * two round trips, whatever its size (the store's other writers wait for
+ * it: kc_store_begin_shared). */
 static kc_rc claim_step(kc_data_session *s, kc_store *st, long batch, long *n, kc_error *err)
 {
     kc_dep_tenant_cache cache = {0};
+    moves m;
     kc_q *q = NULL;
     int rc;
     kc_rc r = KC_OK;
@@ -396,11 +519,17 @@ static kc_rc claim_step(kc_data_session *s, kc_store *st, long batch, long *n, k
                      &q) != KC_Q_OK)
         return db_error(st, err);
     kc_q_bind_int(q, 1, batch);
+    memset(&m, 0, sizeof(m));
     while (r == KC_OK && (rc = kc_q_step(q)) == KC_Q_ROW)
-        r = move_claimed(s, st, q, &cache, n, err);
+        r = move_claimed(s, st, q, &cache, &m, err);
     if (r == KC_OK && rc == KC_Q_ERROR)
         r = db_error(st, err);
     kc_q_finish(q);
+    if (r == KC_OK)
+        r = moves_write(st, &m, err);
+    if (r == KC_OK)
+        *n += m.n;
+    moves_free(&m);
     return r;
 }
 
