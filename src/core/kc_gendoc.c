@@ -100,17 +100,17 @@ int kc_gendoc_memo_get(kc_gendoc_check check, const char *signer, const unsigned
 void kc_gendoc_memo_put(kc_gendoc_check check, const char *signer, const unsigned char *buf,
                         size_t len, unsigned long generation, const char base[DIGEST_HEX + 1])
 {
+    size_t signer_len = strlen(signer), base_len = strlen(base), i;
     memo_entry m;
-    size_t i;
 
-    if (strlen(signer) > DIGEST_HEX || strlen(base) > DIGEST_HEX)
+    if (signer_len > DIGEST_HEX || base_len > DIGEST_HEX)
         return;
     memset(&m, 0, sizeof(m));
     m.check = check;
-    strcpy(m.signer, signer);
+    memcpy(m.signer, signer, signer_len + 1);
     SHA256(buf, len, m.digest);
     m.generation = generation;
-    strcpy(m.base, base);
+    memcpy(m.base, base, base_len + 1);
     pthread_mutex_lock(&memo_lock);
     for (i = 0; i < MEMO_ENTRIES && !memo_same(&memo[i], check, signer, m.digest); i++)
         ;
