@@ -489,39 +489,78 @@ static kc_rc move_claimed(kc_data_session *s, kc_store *st, kc_q *q, kc_dep_tena
     return KC_OK;
 }
 
+/* The claim of a PostgreSQL worker: the pending scopes of a range. The
+ * pending test on the scope row's own columns as well: a row another
+ * worker moved and committed since this one looked is checked again in its
+ * new version when locked (PostgreSQL's EvalPlanQual), against the target
+ * this look saw, and so left out. The range is on the view's scope, which
+ * PostgreSQL 15 applies inside the view: on the outer table's alone it
+ * evaluated every scope's target for every batch. */
+#define CLAIM                                                                                      \
+    "SELECT s.scope, t.target_id, t.target_generation, s.dep_id, s.dep_generation, "              \
+    "s.wrapped_key, a.scope, a.dep_id, a.mac FROM scopes s JOIN scope_targets t ON t.scope = "     \
+    "s.scope LEFT JOIN assignments a ON a.scope = s.scope WHERE t.purged IS NULL AND "             \
+    "t.target_id IS NOT NULL AND t.target_purge_requested IS NULL AND s.purged IS NULL AND "       \
+    "(s.dep_id <> t.target_id OR s.dep_generation <> t.target_generation) AND t.scope > ?1 "
+#define CLAIM_END " ORDER BY s.scope FOR UPDATE OF s SKIP LOCKED"
+
+/* The batch-th scope after last, in *upper ("" when fewer are left): the
+ * range a claim takes, found in the primary key's order. */
+static kc_rc range_end(kc_store *st, const char *last, long batch, char upper[80], kc_error *err)
+{
+    kc_q *q = NULL;
+    int rc;
+
+    upper[0] = '\0';
+    if (kc_q_prepare(st, "SELECT scope FROM scopes WHERE scope > ? ORDER BY scope LIMIT 1 OFFSET ?",
+                     &q) != KC_Q_OK)
+        return db_error(st, err);
+    kc_q_bind_text(q, 1, last);
+    kc_q_bind_int(q, 2, batch - 1);
+    rc = kc_q_step(q);
+    if (rc == KC_Q_ROW)
+        text(q, 0, upper, 80);
+    kc_q_finish(q);
+    return rc == KC_Q_ROW || rc == KC_Q_DONE ? KC_OK : db_error(st, err);
+}
+
 /* One batch of a worker on PostgreSQL, in the caller's (shared)
- * transaction: the first pending scopes no other worker holds, locked
- * until the commit (a worker killed lets go of its batch, which the others
- * then take). The claim reads each scope's row and its own assignment with
- * it, and the batch's new rows are written in one statement: a batch costs
- * two round trips, whatever its size (the store's other writers wait for
- * it: kc_store_begin_shared). */
-static kc_rc claim_step(kc_data_session *s, kc_store *st, long batch, long *n, kc_error *err)
+ * transaction: the pending scopes of the next batch scopes after last that
+ * no other worker holds, locked until the commit (a worker killed lets go
+ * of its batch, which the others take when their walk begins again); last
+ * moves to the range's end, and *more says whether scopes follow it. So a
+ * walk costs each scope's target once, not once per batch. The claim reads
+ * each scope's row and its own assignment with it, and the batch's new
+ * rows are written in one statement: a batch costs a few round trips,
+ * whatever its size (the store's other writers wait for it:
+ * kc_store_begin_shared). */
+static kc_rc claim_step(kc_data_session *s, kc_store *st, long batch, char last[80], long *n,
+                        int *more, kc_error *err)
 {
     kc_dep_tenant_cache cache = {0};
+    char upper[80];
     moves m;
     kc_q *q = NULL;
     int rc;
-    kc_rc r = KC_OK;
+    kc_rc r = range_end(st, last, batch, upper, err);
 
-    /* The pending test on the scope row's own columns as well: a row
-     * another worker moved and committed since this one looked is checked
-     * again in its new version when locked (PostgreSQL's EvalPlanQual),
-     * against the target this look saw, and so left out. */
-    if (kc_q_prepare(st,
-                     "SELECT s.scope, t.target_id, t.target_generation, s.dep_id, "
-                     "s.dep_generation, s.wrapped_key, a.scope, a.dep_id, a.mac FROM scopes s "
-                     "JOIN scope_targets t ON t.scope = s.scope LEFT JOIN assignments a ON "
-                     "a.scope = s.scope WHERE t.purged IS NULL AND t.target_id IS NOT NULL AND "
-                     "t.target_purge_requested IS NULL AND s.purged IS NULL AND (s.dep_id <> "
-                     "t.target_id OR s.dep_generation <> t.target_generation) ORDER BY s.scope "
-                     "LIMIT ? FOR UPDATE OF s SKIP LOCKED",
-                     &q) != KC_Q_OK)
+    if (r != KC_OK)
+        return r;
+    *more = upper[0] != '\0';
+    if (kc_q_prepare(st, *more ? CLAIM "AND t.scope <= ?2" CLAIM_END : CLAIM CLAIM_END, &q) !=
+        KC_Q_OK)
         return db_error(st, err);
-    kc_q_bind_int(q, 1, batch);
+    kc_q_bind_text(q, 1, last);
+    if (*more)
+        kc_q_bind_text(q, 2, upper);
     memset(&m, 0, sizeof(m));
-    while (r == KC_OK && (rc = kc_q_step(q)) == KC_Q_ROW)
+    while (r == KC_OK && (rc = kc_q_step(q)) == KC_Q_ROW) {
         r = move_claimed(s, st, q, &cache, &m, err);
+        if (r == KC_OK)
+            text(q, 0, last, 80);
+    }
+    if (r == KC_OK && *more)
+        snprintf(last, 80, "%s", upper);
     if (r == KC_OK && rc == KC_Q_ERROR)
         r = db_error(st, err);
     kc_q_finish(q);
@@ -537,7 +576,7 @@ static kc_rc claim_step(kc_data_session *s, kc_store *st, long batch, long *n, k
  * scopes after last (in scope order, which the primary key gives, so a
  * job walks the table once); last becomes the last one moved. */
 static kc_rc batch_step(kc_data_session *s, kc_store *st, long batch, char last[80], long *n,
-                        kc_error *err)
+                        int *more, kc_error *err)
 {
     /* the batch is one transaction: the tenant DEP is checked once in it */
     kc_dep_tenant_cache tenant = {0};
@@ -546,8 +585,9 @@ static kc_rc batch_step(kc_data_session *s, kc_store *st, long batch, char last[
     kc_rc r = KC_OK;
 
     *n = 0;
+    *more = 0;
     if (kc_store_is_pg(st))
-        return claim_step(s, st, batch, n, err);
+        return claim_step(s, st, batch, last, n, more, err);
     if (kc_q_prepare(st,
                      "SELECT scope, target_id, target_generation " PENDING
                      " AND scope > ? ORDER BY scope LIMIT ?",
@@ -582,7 +622,7 @@ kc_rc kc_rewrap(kc_data_session *s, kc_store *st, long batch, kc_rewrap_progress
     char last[80] = "", started[21] = "";
     struct timespec pause = {0, 50 * 1000 * 1000};
     kc_error ignored;
-    int resumed = 0, idle;
+    int resumed = 0, idle, more = 0;
     kc_rc r;
 
     *moved = 0;
@@ -600,17 +640,22 @@ kc_rc kc_rewrap(kc_data_session *s, kc_store *st, long batch, kc_rewrap_progress
         r = kc_store_begin_shared(st, err);
         if (r != KC_OK)
             break;
-        r = batch_step(s, st, batch, last, &n, err);
+        r = batch_step(s, st, batch, last, &n, &more, err);
+        /* a range whose scopes were moved, or are held by other workers:
+         * the walk goes on */
+        if (r == KC_OK && n == 0 && more)
+            n = -1;
         /* at the end of the walk: scopes that fell behind it meanwhile (an
-         * assignment changed) are walked again; on PostgreSQL, the scopes
-         * other workers hold are waited for; else the job is done */
+         * assignment changed; on PostgreSQL, a killed worker's batch) are
+         * walked again; on PostgreSQL, the scopes other workers hold are
+         * waited for; else the job is done */
         if (r == KC_OK && n == 0 && (last[0] != '\0' || kc_store_is_pg(st)))
             r = count(st, "SELECT count(*) " PENDING, NULL, &pending, err);
-        if (r == KC_OK && n == 0 && pending > 0 && kc_store_is_pg(st)) {
-            idle = 1;
-            n = -1;
-        } else if (r == KC_OK && n == 0 && last[0] != '\0' && pending > 0) {
+        if (r == KC_OK && n == 0 && last[0] != '\0' && pending > 0) {
             last[0] = '\0';
+            n = -1;
+        } else if (r == KC_OK && n == 0 && pending > 0 && kc_store_is_pg(st)) {
+            idle = 1;
             n = -1;
         } else if (r == KC_OK && n == 0)
             r = finish_job(st, err);
