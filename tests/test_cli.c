@@ -421,7 +421,7 @@ static unsigned create_finds(const char *name)
  * performance), so what a create costs beyond its key generation is its
  * searches times the vault's objects: their number must not grow with the
  * keys the vault holds (none may walk the keys one by one), and stays at
- * most 20 (a create made 32 before the searches were merged: one per
+ * most 16 (a create made 32 before the searches were merged: one per
  * document and its commit records, one per key kind, the manifest's keys
  * from its previous signed copy rather than a search of every key). */
 static void test_key_create_searches_flat(void)

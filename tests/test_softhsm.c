@@ -580,6 +580,39 @@ static void test_vault_meta_all_invalid(void)
     kc_secret_free(pin);
 }
 
+/* A manifest write finds the vault key's two halves in one search; a
+ * public half gone since the vault was opened (anyone may destroy a
+ * public object) stops it: nothing is signed, nothing written. */
+static void test_vault_key_half_gone_before_write(void)
+{
+    kc_vault_meta m = meta("VaultG5");
+    kc_ctx *ctx = ctx_new();
+    kc_vault *v = NULL;
+    kc_key_obj *objs = NULL;
+    kc_data_obj *docs = NULL;
+    size_t n = 0, ndocs = 0;
+    int adopted;
+    kc_error e;
+
+    CU_ASSERT_EQUAL_FATAL(kc_vault_init(ctx, &m, NULL, &v, &adopted, &e), KC_OK);
+
+    CU_ASSERT_EQUAL_FATAL(kc_tok_find_public_keys(v->tok, KC_MANIFEST_KEY_LABEL, &objs, &n, &e),
+                          KC_OK);
+    CU_ASSERT_EQUAL_FATAL(n, 1);
+    CU_ASSERT_EQUAL_FATAL(kc_tok_destroy(v->tok, objs[0].handle, &e), KC_OK);
+    free(objs);
+    v->meta.retention_days = 30;
+    CU_ASSERT_EQUAL(kc_manifest_write(v, &v->meta, &e), KC_INTEGRITY);
+    ASSERT_HAS(e.msg, "has the private half of its vault key but not its public half");
+    CU_ASSERT_EQUAL_FATAL(kc_tok_find_data(v->tok, KC_GENDOC_APPLICATION, KC_VAULT_META_LABEL,
+                                           KC_WHERE_PUBLIC, &docs, &ndocs, NULL, &e),
+                          KC_OK);
+    CU_ASSERT_EQUAL(ndocs, 1);
+    kc_p11_data_objs_free(docs, ndocs);
+    kc_vault_free(v);
+    kc_ctx_free(ctx);
+}
+
 static void test_vault_list(void)
 {
     kc_vault_meta m = meta("VaultL1");
@@ -643,6 +676,7 @@ static const kc_test_case vault_cases[] = {
     {"init resumes without user PIN", test_vault_init_resumes_without_user_pin},
     {"metadata generations", test_vault_meta_generations},
     {"metadata all invalid", test_vault_meta_all_invalid},
+    {"the vault key's public half gone before a write", test_vault_key_half_gone_before_write},
     {"list", test_vault_list},
     {NULL, NULL},
 };
