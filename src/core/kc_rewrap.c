@@ -376,8 +376,8 @@ static void mv_put(moves *m, int c, const char *p, size_t n)
     m->col[c][m->len[c]] = '\0';
 }
 
-/* The next element of column c: its separator, and the element quoted
- * (every '"' and '\\' in it escaped) unless it is a number. */
+/* The next text element of column c: its separator, and the element
+ * quoted, every '"' and '\\' in it escaped (numbers: mv_int). */
 static void mv_text(moves *m, int c, const char *v)
 {
     mv_put(m, c, m->len[c] == 0 ? "{\"" : ",\"", 2);
