@@ -574,7 +574,8 @@ static kc_rc claim_step(kc_data_session *s, kc_store *st, long batch, char last[
 
 /* One batch, in the caller's transaction: *n scopes moved, the pending
  * scopes after last (in scope order, which the primary key gives, so a
- * job walks the table once); last becomes the last one moved. */
+ * job walks the table once); last becomes the last one moved (on
+ * PostgreSQL the end of the range claimed, *more whether scopes follow). */
 static kc_rc batch_step(kc_data_session *s, kc_store *st, long batch, char last[80], long *n,
                         int *more, kc_error *err)
 {
