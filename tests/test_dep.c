@@ -842,6 +842,48 @@ static void test_rewrap_killed(void)
     CU_ASSERT_EQUAL(readable("m", n, 0), n);
 }
 
+/* A progress callback: once ten scopes are moved, another command assigns
+ * mailbox:m0, which the walk has passed, to DEP Mbx. */
+static void assign_behind(void *arg, long done, long total, int resumed)
+{
+    int *acted = arg;
+
+    (void)total;
+    (void)resumed;
+    if (*acted || done < 10)
+        return;
+    *acted = 1;
+    ASSERT_RC(kc_test_run("dep", "assign", "Mbx", "--mailbox", "m0", NULL), 0);
+}
+
+/* A scope that falls behind the walk while a re-wrap runs (another
+ * command changes the assignment of one it has moved already) is moved by
+ * the same job before it ends; the job does not end with it pending. */
+static void test_rewrap_scope_behind(void)
+{
+    long moved = 0;
+    int acted = 0;
+    struct lib l;
+    kc_error err;
+
+    dep_setup();
+    make_dep("Ten", "VaultA1/KeyA,VaultB1/KeyB", "tenant");
+    make_dep("Mbx", "VaultA1/Other,VaultB1/KeyB", "exchange");
+    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", NULL), 0);
+    put_mailboxes("m", 20);
+    ASSERT_RC(kc_test_run("dep", "refresh", "Ten", "--roll", "--as", "svc", PINS, NULL), 0);
+    lib_open(&l, 0);
+    CU_ASSERT_EQUAL(kc_rewrap(l.ds, l.st, 1, assign_behind, &acted, &moved, &err), KC_OK);
+    lib_close(&l);
+    CU_ASSERT(acted);
+    /* the 20 under Ten's new key, then m0 again, under Mbx */
+    CU_ASSERT_EQUAL(moved, 21);
+    CU_ASSERT_STRING_EQUAL(dep_state("Mbx"), "Registered 1/1");
+    CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Registered 19/19");
+    CU_ASSERT_STRING_EQUAL(json_string_value(scope_field("mailbox:m0", "dep")), "Mbx");
+    CU_ASSERT_EQUAL(readable("m", 20, 0), 20);
+}
+
 /* Every wrapped copy of DEP name's key and of its scope keys, from the store. */
 static size_t wrapped_copies(const char *name, unsigned char blobs[][512], size_t lens[],
                              size_t cap)
@@ -1711,6 +1753,7 @@ static const kc_test_case dep_cases[] = {
 static const kc_test_case lifecycle_cases[] = {
     {"roll, status and rewrap", test_roll_status_rewrap},
     {"rewrap killed with kill -9 resumes", test_rewrap_killed},
+    {"a scope that falls behind the walk is moved", test_rewrap_scope_behind},
     {"the data purge path", test_purge},
     {"tenant offboard", test_offboard},
     {"tenant offboard checks first", test_offboard_checks_first},

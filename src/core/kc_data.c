@@ -532,8 +532,6 @@ static kc_rc row_key(kc_data_session *s, const char *scope, const char *dep_id, 
 
 static kc_rc wrap_for(kc_data_session *s, const char *scope, kc_secret *sk, const char *to_id,
                       long to_gen, unsigned char wrapped[WRAPPED_BYTES], kc_error *err);
-static kc_rc move_key(kc_data_session *s, const char *scope, kc_secret *sk, const char *dep_id,
-                      long generation, const char *to_id, long to_gen, kc_error *err);
 
 kc_rc kc_data_rewrap_row(kc_data_session *s, const char *scope, const char *from_id,
                          long from_gen, const unsigned char *wrapped, size_t wrapped_len,
@@ -544,17 +542,6 @@ kc_rc kc_data_rewrap_row(kc_data_session *s, const char *scope, const char *from
     kc_rc r = row_key(s, scope, from_id, from_gen, wrapped, wrapped_len, &sk, err);
 
     return r == KC_OK ? wrap_for(s, scope, sk, to_id, to_gen, out, err) : r;
-}
-
-kc_rc kc_data_move_scope(kc_data_session *s, const char *scope, const char *to_id, long to_gen,
-                         kc_error *err)
-{
-    kc_secret *sk = NULL;
-    char dep_id[37];
-    long generation = 0;
-    kc_rc r = scope_key(s, scope, 0, &sk, dep_id, &generation, err);
-
-    return r == KC_OK ? move_key(s, scope, sk, dep_id, generation, to_id, to_gen, err) : r;
 }
 
 /* sk (freed here) wrapped under the DEP key of to_id at to_gen. */
@@ -570,37 +557,4 @@ static kc_rc wrap_for(kc_data_session *s, const char *scope, kc_secret *sk, cons
         r = kc_error_set(err, KC_ERR, "cannot wrap the key of scope '%s'", scope);
     kc_secret_free(sk);
     return r;
-}
-
-/* Wraps sk (freed here) under the target's DEP key and writes the scope's
- * row, if it is still where it was read. */
-static kc_rc move_key(kc_data_session *s, const char *scope, kc_secret *sk, const char *dep_id,
-                      long generation, const char *to_id, long to_gen, kc_error *err)
-{
-    unsigned char wrapped[WRAPPED_BYTES];
-    kc_q *q = NULL;
-    int rc;
-    kc_rc r = wrap_for(s, scope, sk, to_id, to_gen, wrapped, err);
-
-    if (r != KC_OK)
-        return r;
-    /* Only if nobody moved it meanwhile: the row must still be where it was read. */
-    rc = kc_q_prepare(s->st,
-                      "UPDATE scopes SET dep_id = ?, dep_generation = ?, wrapped_key = ? "
-                      "WHERE scope = ? AND dep_id = ? AND dep_generation = ?",
-                      &q);
-    if (rc == KC_Q_OK) {
-        kc_q_bind_text(q, 1, to_id);
-        kc_q_bind_int(q, 2, to_gen);
-        kc_q_bind_blob(q, 3, wrapped, WRAPPED_BYTES);
-        kc_q_bind_text(q, 4, scope);
-        kc_q_bind_text(q, 5, dep_id);
-        kc_q_bind_int(q, 6, generation);
-        rc = kc_q_step(q) == KC_Q_DONE && kc_store_changes(s->st) == 1 ? KC_Q_OK : KC_Q_ERROR;
-    }
-    kc_q_finish(q);
-    if (rc != KC_Q_OK)
-        return kc_error_set(err, KC_ERR, "the service store: cannot move the key of scope '%s'",
-                            scope);
-    return KC_OK;
 }

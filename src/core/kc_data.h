@@ -32,18 +32,12 @@ KC_EXPORT kc_rc kc_data_put(kc_data_session *s, const char *scope, const char *n
 KC_EXPORT kc_rc kc_data_get(kc_data_session *s, const char *scope, const char *name,
                             kc_secret **out, kc_error *err) KC_MUST_CHECK;
 
-/* Re-wraps scope's key under the DEP key of DEP to_id at generation
- * to_gen (inside the caller's transaction). The items are untouched: their
- * keys are wrapped by the scope key, which does not change. */
-KC_EXPORT kc_rc kc_data_move_scope(kc_data_session *s, const char *scope, const char *to_id,
-                                   long to_gen, kc_error *err) KC_MUST_CHECK;
 /* The size of a scope key wrapped by its DEP key (RFC 5649 of 32 bytes). */
 #define KC_DATA_WRAPPED_BYTES 40
 
 /* The scope's key from its row (its DEP, generation and wrapped key, read
- * already by a re-wrap worker's claim that locked it) wrapped under the DEP
- * key of to_id at to_gen, in out, for a caller that writes a batch of rows
- * in one statement; nothing is written. */
+ * already by a re-wrap batch, in the caller's transaction) wrapped under
+ * the DEP key of to_id at to_gen, in out; nothing is written. */
 KC_EXPORT kc_rc kc_data_rewrap_row(kc_data_session *s, const char *scope, const char *from_id,
                                    long from_gen, const unsigned char *wrapped,
                                    size_t wrapped_len, const char *to_id, long to_gen,

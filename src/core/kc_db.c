@@ -450,6 +450,19 @@ long kc_store_changes(kc_store *st)
     return st->changes;
 }
 
+long long kc_store_data_version(kc_store *st)
+{
+    long long v = -1;
+    kc_q *q = NULL;
+
+    if (st->pg != NULL || kc_q_prepare(st, "PRAGMA data_version", &q) != KC_Q_OK)
+        return -1;
+    if (kc_q_step(q) == KC_Q_ROW)
+        v = kc_q_int(q, 0);
+    kc_q_finish(q);
+    return v;
+}
+
 const char *kc_store_errmsg(kc_store *st)
 {
     if (st->pg != NULL)

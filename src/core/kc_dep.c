@@ -1030,27 +1030,6 @@ static kc_rc tenant_dep(kc_store *st, const char *scope, kc_dep_tenant_cache *ca
     return r;
 }
 
-kc_rc kc_dep_effective_row(kc_store *st, const char *scope, kc_dep_tenant_cache *cache, kc_dep *out,
-                           int *inherited, kc_error *err)
-{
-    char id[37];
-    kc_rc r;
-
-    memset(out, 0, sizeof(*out));
-    *inherited = 0;
-    r = kc_dep_scope_check(scope, err);
-    if (r == KC_OK)
-        r = assigned_to(st, scope, id, err);
-    if (r != KC_NOT_FOUND || strncmp(scope, "mailbox:", 8) != 0)
-        return r == KC_OK ? dep_row_get(st, id, out, err)
-               : r == KC_NOT_FOUND
-                   ? kc_error_set(err, KC_NOT_FOUND, "scope '%s' has no DEP assigned", scope)
-                   : r;
-    kc_error_clear(err);
-    *inherited = 1;
-    return tenant_dep(st, scope, cache, out, err);
-}
-
 kc_rc kc_dep_effective_claimed(kc_store *st, const char *scope, kc_q *q, int col,
                                kc_dep_tenant_cache *cache, kc_dep *out, kc_error *err)
 {

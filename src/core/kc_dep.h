@@ -96,24 +96,21 @@ KC_EXPORT kc_rc kc_dep_assign(kc_store *st, const char *name_or_id, const char *
  * tenant DEP (*inherited = 1). KC_NOT_FOUND when none. */
 KC_EXPORT kc_rc kc_dep_effective(kc_store *st, const char *scope, kc_dep *out, int *inherited,
                                  kc_error *err) KC_MUST_CHECK;
-/* The same, with the DEP's own checked row only (id, generation, state):
- * its keys and break-glass uses are not read (the re-wrap's check per
- * scope). With a cache (zeroed by the caller), the tenant DEP that
- * mailboxes without their own inherit is read and checked once: valid
- * while no assignment can change, i.e. within one store transaction. */
+/* The tenant DEP that mailboxes without their own inherit, and the last
+ * DEP row read by id, each read and checked once per cache (zeroed by the
+ * caller): valid while no assignment can change, i.e. within one store
+ * transaction (a re-wrap batch). */
 typedef struct kc_dep_tenant_cache {
     int known;
     kc_dep dep;
-    /* the last DEP row read by id (kc_dep_effective_claimed) */
     int last_known;
     kc_dep last;
 } kc_dep_tenant_cache;
-KC_EXPORT kc_rc kc_dep_effective_row(kc_store *st, const char *scope, kc_dep_tenant_cache *cache,
-                                     kc_dep *out, int *inherited, kc_error *err) KC_MUST_CHECK;
-/* The same, with the scope's own assignment row read in q already (a
- * re-wrap worker's claim): columns col, col + 1 and col + 2 are its scope,
- * dep_id and mac, all NULL when it has none. The row's MAC is checked; the
- * DEP row it names is read once per cache (one store transaction). */
+/* The DEP in force for scope, with the DEP's own checked row only (id,
+ * generation, state: its keys and break-glass uses are not read), and the
+ * scope's own assignment row read in q already (a re-wrap batch or a
+ * worker's claim): columns col, col + 1 and col + 2 are its scope, dep_id
+ * and mac, all NULL when it has none. The row's MAC is checked. */
 KC_EXPORT kc_rc kc_dep_effective_claimed(kc_store *st, const char *scope, kc_q *q, int col,
                                          kc_dep_tenant_cache *cache, kc_dep *out,
                                          kc_error *err) KC_MUST_CHECK;

@@ -311,37 +311,7 @@ static kc_rc target_agrees(const char *scope, const char *to, long gen, const kc
     return KC_OK;
 }
 
-static kc_rc target_holds(kc_store *st, const char *scope, const char *to, long gen,
-                          kc_dep_tenant_cache *cache, kc_error *err)
-{
-    int inherited = 0;
-    kc_dep d;
-    kc_rc r = kc_dep_effective_row(st, scope, cache, &d, &inherited, err);
-
-    return r == KC_OK ? target_agrees(scope, to, gen, &d, err) : r;
-}
-
-/* Moves the scope of q's row (scope, target id, target generation) to its
- * target, once the checked rows agree; *n counts it. */
-static kc_rc move_row(kc_data_session *s, kc_store *st, kc_q *q, kc_dep_tenant_cache *tenant,
-                      char scope[80], long *n, kc_error *err)
-{
-    char to[37];
-    long gen;
-    kc_rc r;
-
-    text(q, 0, scope, 80);
-    text(q, 1, to, sizeof(to));
-    gen = (long)kc_q_int(q, 2);
-    r = target_holds(st, scope, to, gen, tenant, err);
-    if (r == KC_OK)
-        r = kc_data_move_scope(s, scope, to, gen, err);
-    if (r == KC_OK)
-        (*n)++;
-    return r;
-}
-
-/* --- a claimed batch written in one statement (PostgreSQL) --- */
+/* --- a batch: read with its rows, written in one statement on PostgreSQL --- */
 
 enum { MV_SCOPE, MV_TO, MV_TO_GEN, MV_WRAPPED, MV_FROM, MV_FROM_GEN, MV_COLS };
 
@@ -453,55 +423,66 @@ static kc_rc moves_write(kc_store *st, moves *m, kc_error *err)
     return KC_OK;
 }
 
-/* A claimed row re-wrapped, for moves_write: scope, target id and
- * generation, the scope row's DEP, generation and wrapped key, then its own
- * assignment's scope, dep_id and mac (NULL when it has none), all read by
- * the claim; the checked assignment must name the target. */
-static kc_rc move_claimed(kc_data_session *s, kc_store *st, kc_q *q, kc_dep_tenant_cache *cache,
-                          moves *m, kc_error *err)
-{
-    unsigned char out[KC_DATA_WRAPPED_BYTES];
+/* A row of a batch re-wrapped: where it is read from, and where it goes. */
+typedef struct claimed {
     char scope[80], to[37], from[37];
     long gen, from_gen;
+    unsigned char out[KC_DATA_WRAPPED_BYTES];
+} claimed;
+
+/* The row q's batch read (CLAIM's columns: scope, target id and
+ * generation, the scope row's DEP, generation and wrapped key, then its own
+ * assignment's scope, dep_id and mac, NULL when it has none) re-wrapped
+ * into c, once the checked assignment names the target; nothing is
+ * written. */
+static kc_rc rewrap_claimed(kc_data_session *s, kc_store *st, kc_q *q, kc_dep_tenant_cache *cache,
+                            claimed *c, kc_error *err)
+{
     kc_dep d;
     kc_rc r;
 
-    text(q, 0, scope, sizeof(scope));
-    text(q, 1, to, sizeof(to));
-    gen = (long)kc_q_int(q, 2);
-    text(q, 3, from, sizeof(from));
-    from_gen = (long)kc_q_int(q, 4);
-    r = kc_dep_effective_claimed(st, scope, q, 6, cache, &d, err);
+    text(q, 0, c->scope, sizeof(c->scope));
+    text(q, 1, c->to, sizeof(c->to));
+    c->gen = (long)kc_q_int(q, 2);
+    text(q, 3, c->from, sizeof(c->from));
+    c->from_gen = (long)kc_q_int(q, 4);
+    r = kc_dep_effective_claimed(st, c->scope, q, 6, cache, &d, err);
     if (r == KC_OK)
-        r = target_agrees(scope, to, gen, &d, err);
+        r = target_agrees(c->scope, c->to, c->gen, &d, err);
     if (r == KC_OK)
-        r = kc_data_rewrap_row(s, scope, from, from_gen, kc_q_blob(q, 5),
-                               (size_t)kc_q_bytes(q, 5), to, gen, out, err);
-    if (r != KC_OK)
-        return r;
-    mv_text(m, MV_SCOPE, scope);
-    mv_text(m, MV_TO, to);
-    mv_int(m, MV_TO_GEN, gen);
-    mv_bytes(m, MV_WRAPPED, out, sizeof(out));
-    mv_text(m, MV_FROM, from);
-    mv_int(m, MV_FROM_GEN, from_gen);
-    m->n++;
-    return KC_OK;
+        r = kc_data_rewrap_row(s, c->scope, c->from, c->from_gen, kc_q_blob(q, 5),
+                               (size_t)kc_q_bytes(q, 5), c->to, c->gen, c->out, err);
+    return r;
 }
 
-/* The claim of a PostgreSQL worker: the pending scopes of a range. The
- * pending test on the scope row's own columns as well: a row another
- * worker moved and committed since this one looked is checked again in its
- * new version when locked (PostgreSQL's EvalPlanQual), against the target
- * this look saw, and so left out. The range is on the view's scope, which
- * PostgreSQL 15 applies inside the view: on the outer table's alone it
- * evaluated every scope's target for every batch. */
-#define CLAIM                                                                                      \
-    "SELECT s.scope, t.target_id, t.target_generation, s.dep_id, s.dep_generation, "              \
-    "s.wrapped_key, a.scope, a.dep_id, a.mac FROM scopes s JOIN scope_targets t ON t.scope = "     \
-    "s.scope LEFT JOIN assignments a ON a.scope = s.scope WHERE t.purged IS NULL AND "             \
-    "t.target_id IS NOT NULL AND t.target_purge_requested IS NULL AND s.purged IS NULL AND "       \
-    "(s.dep_id <> t.target_id OR s.dep_generation <> t.target_generation) AND t.scope > ?1 "
+static void moves_add(moves *m, const claimed *c)
+{
+    mv_text(m, MV_SCOPE, c->scope);
+    mv_text(m, MV_TO, c->to);
+    mv_int(m, MV_TO_GEN, c->gen);
+    mv_bytes(m, MV_WRAPPED, c->out, sizeof(c->out));
+    mv_text(m, MV_FROM, c->from);
+    mv_int(m, MV_FROM_GEN, c->from_gen);
+    m->n++;
+}
+
+/* A batch: the pending scopes after ?1, each with its row and its own
+ * assignment. On PostgreSQL, a worker's claim of a range: the pending test
+ * is on the scope row's own columns as well, so a row another worker moved
+ * and committed since this one looked is checked again in its new version
+ * when locked (PostgreSQL's EvalPlanQual), against the target this look
+ * saw, and so left out. The range is on the view's scope, which PostgreSQL
+ * 15 applies inside the view: on the outer table's alone it evaluated
+ * every scope's target for every batch. */
+#define CLAIM_COLS                                                                                 \
+    "SELECT s.scope, t.target_id, t.target_generation, s.dep_id, s.dep_generation, "               \
+    "s.wrapped_key, a.scope, a.dep_id, a.mac"
+#define CLAIM_FROM                                                                                 \
+    " FROM scopes s JOIN scope_targets t ON t.scope = s.scope LEFT JOIN assignments a ON "         \
+    "a.scope = s.scope WHERE t.purged IS NULL AND t.target_id IS NOT NULL AND "                    \
+    "t.target_purge_requested IS NULL AND s.purged IS NULL AND (s.dep_id <> t.target_id OR "       \
+    "s.dep_generation <> t.target_generation) AND t.scope > ?1 "
+#define CLAIM CLAIM_COLS CLAIM_FROM
 #define CLAIM_END " ORDER BY s.scope FOR UPDATE OF s SKIP LOCKED"
 
 /* The batch-th scope after last, in *upper ("" when fewer are left): the
@@ -539,6 +520,7 @@ static kc_rc claim_step(kc_data_session *s, kc_store *st, long batch, char last[
 {
     kc_dep_tenant_cache cache = {0};
     char upper[80];
+    claimed c;
     moves m;
     kc_q *q = NULL;
     int rc;
@@ -555,9 +537,11 @@ static kc_rc claim_step(kc_data_session *s, kc_store *st, long batch, char last[
         kc_q_bind_text(q, 2, upper);
     memset(&m, 0, sizeof(m));
     while (r == KC_OK && (rc = kc_q_step(q)) == KC_Q_ROW) {
-        r = move_claimed(s, st, q, &cache, &m, err);
-        if (r == KC_OK)
-            text(q, 0, last, 80);
+        r = rewrap_claimed(s, st, q, &cache, &c, err);
+        if (r == KC_OK) {
+            moves_add(&m, &c);
+            memcpy(last, c.scope, sizeof(c.scope));
+        }
     }
     if (r == KC_OK && *more)
         snprintf(last, 80, "%s", upper);
@@ -572,6 +556,36 @@ static kc_rc claim_step(kc_data_session *s, kc_store *st, long batch, char last[
     return r;
 }
 
+/* c's row written (SQLite), only where it still is what the batch read. */
+static kc_rc row_write(kc_store *st, const claimed *c, long long rowid, kc_error *err)
+{
+    kc_q *q = NULL;
+    int rc;
+
+    if (kc_q_prepare(st,
+                     "UPDATE scopes SET dep_id = ?, dep_generation = ?, wrapped_key = ? "
+                     "WHERE rowid = ? AND scope = ? AND dep_id = ? AND dep_generation = ?",
+                     &q) != KC_Q_OK)
+        return db_error(st, err);
+    kc_q_bind_text(q, 1, c->to);
+    kc_q_bind_int(q, 2, c->gen);
+    kc_q_bind_blob(q, 3, c->out, sizeof(c->out));
+    kc_q_bind_int(q, 4, rowid);
+    kc_q_bind_text(q, 5, c->scope);
+    kc_q_bind_text(q, 6, c->from);
+    kc_q_bind_int(q, 7, c->from_gen);
+    rc = kc_q_step(q);
+    kc_q_finish(q);
+    if (rc != KC_Q_DONE)
+        return db_error(st, err);
+    if (kc_store_changes(st) != 1)
+        return kc_error_set(err, KC_ERR,
+                            "the service store: cannot move the key of scope '%s' (its row "
+                            "changed since the batch read it)",
+                            c->scope);
+    return KC_OK;
+}
+
 /* One batch, in the caller's transaction: *n scopes moved, the pending
  * scopes after last (in scope order, which the primary key gives, so a
  * job walks the table once); last becomes the last one moved (on
@@ -580,26 +594,34 @@ static kc_rc batch_step(kc_data_session *s, kc_store *st, long batch, char last[
                         int *more, kc_error *err)
 {
     /* the batch is one transaction: the tenant DEP is checked once in it */
-    kc_dep_tenant_cache tenant = {0};
+    kc_dep_tenant_cache cache = {0};
     kc_q *q = NULL;
-    char scope[80];
+    claimed c;
+    int rc = KC_Q_DONE;
     kc_rc r = KC_OK;
 
     *n = 0;
     *more = 0;
     if (kc_store_is_pg(st))
         return claim_step(s, st, batch, last, n, more, err);
-    if (kc_q_prepare(st,
-                     "SELECT scope, target_id, target_generation " PENDING
-                     " AND scope > ? ORDER BY scope LIMIT ?",
-                     &q) != KC_Q_OK)
+    /* one writer holds the store (BEGIN IMMEDIATE): nothing to lock; the
+     * batch reads each scope's row and assignment with its target */
+    if (kc_q_prepare(st, CLAIM_COLS ", s.rowid" CLAIM_FROM "ORDER BY s.scope LIMIT ?2", &q) !=
+        KC_Q_OK)
         return db_error(st, err);
     kc_q_bind_text(q, 1, last);
     kc_q_bind_int(q, 2, batch);
-    while (r == KC_OK && kc_q_step(q) == KC_Q_ROW) {
-        r = move_row(s, st, q, &tenant, scope, n, err);
-        snprintf(last, 80, "%s", scope);
+    while (r == KC_OK && (rc = kc_q_step(q)) == KC_Q_ROW) {
+        r = rewrap_claimed(s, st, q, &cache, &c, err);
+        if (r == KC_OK)
+            r = row_write(st, &c, kc_q_int(q, 9), err);
+        if (r == KC_OK) {
+            (*n)++;
+            memcpy(last, c.scope, sizeof(c.scope));
+        }
     }
+    if (r == KC_OK && rc == KC_Q_ERROR)
+        r = db_error(st, err);
     kc_q_finish(q);
     return r;
 }
@@ -620,6 +642,7 @@ kc_rc kc_rewrap(kc_data_session *s, kc_store *st, long batch, kc_rewrap_progress
                 void *arg, long *moved, kc_error *err)
 {
     long pending = 0, total = 0, n = 0, done = 0;
+    long long seen, now;
     char last[80] = "", started[21] = "";
     struct timespec pause = {0, 50 * 1000 * 1000};
     kc_error ignored;
@@ -629,6 +652,8 @@ kc_rc kc_rewrap(kc_data_session *s, kc_store *st, long batch, kc_rewrap_progress
     *moved = 0;
     if (batch < 1)
         return kc_error_set(err, KC_USAGE, "a batch has at least one scope");
+    /* before the count: a commit by another connection after it shows */
+    seen = kc_store_data_version(st);
     r = count(st, "SELECT count(*) " PENDING, NULL, &pending, err);
     if (r == KC_OK)
         r = job_start(st, pending, started, &total, &resumed, err);
@@ -649,9 +674,18 @@ kc_rc kc_rewrap(kc_data_session *s, kc_store *st, long batch, kc_rewrap_progress
         /* at the end of the walk: scopes that fell behind it meanwhile (an
          * assignment changed; on PostgreSQL, a killed worker's batch) are
          * walked again; on PostgreSQL, the scopes other workers hold are
-         * waited for; else the job is done */
-        if (r == KC_OK && n == 0 && (last[0] != '\0' || kc_store_is_pg(st)))
-            r = count(st, "SELECT count(*) " PENDING, NULL, &pending, err);
+         * waited for; else the job is done. On SQLite, when no other
+         * connection committed since the last count, the walk saw every
+         * scope pending, and moved it: no count is needed (one is a pass
+         * over every scope's target). */
+        if (r == KC_OK && n == 0 && (last[0] != '\0' || kc_store_is_pg(st))) {
+            now = kc_store_data_version(st);
+            if (now >= 0 && now == seen)
+                pending = 0;
+            else
+                r = count(st, "SELECT count(*) " PENDING, NULL, &pending, err);
+            seen = now;
+        }
         if (r == KC_OK && n == 0 && last[0] != '\0' && pending > 0) {
             last[0] = '\0';
             n = -1;
