@@ -22,11 +22,13 @@
 #include "kc_store_int.h"
 #include "kc_vault.h"
 
+#include <libpq-fe.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <sqlite3.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -308,6 +310,78 @@ static void pg_stop(void)
     pg_dir[0] = '\0';
 }
 
+#define OPENS 20
+
+/* Milliseconds per kc_store_open + close of where (what every command
+ * pays: the connection, the schema version, on PostgreSQL the schema
+ * check), over OPENS opens. */
+static double kc_open_ms(const char *where)
+{
+    kc_store *st = NULL;
+    double t = bench_now();
+    kc_error e;
+    int i;
+
+    for (i = 0; i < OPENS; i++) {
+        if (kc_store_open(where, &st, &e) != KC_OK)
+            die("store open", &e);
+        kc_store_close(st);
+    }
+    return (bench_now() - t) * 1000 / OPENS;
+}
+
+/* The same for the backend's own open and one query: libpq's connection,
+ * or sqlite3_open_v2 of the file; the baseline. */
+static double raw_open_ms(const char *where, int pg)
+{
+    double t = bench_now();
+    sqlite3 *db = NULL;
+    PGresult *res;
+    PGconn *c;
+    int i;
+
+    for (i = 0; i < OPENS; i++) {
+        if (pg) {
+            c = PQconnectdb(where);
+            res = PQexec(c, "SELECT current_schema()");
+            if (PQresultStatus(res) != PGRES_TUPLES_OK)
+                die("PostgreSQL connection", NULL);
+            PQclear(res);
+            PQfinish(c);
+        } else {
+            if (sqlite3_open_v2(where, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK ||
+                sqlite3_exec(db, "PRAGMA user_version", NULL, NULL, NULL) != SQLITE_OK)
+                die("SQLite open", NULL);
+            sqlite3_close(db);
+        }
+    }
+    return (bench_now() - t) * 1000 / OPENS;
+}
+
+/* Opening the store on each backend next to its own open, in rounds. */
+static void bench_opens(const char *const where[2])
+{
+    double kc[2][16], raw[2][16], ratio[2][16];
+    int r, k;
+
+    printf("\nOpening the service store, ms per open (%d opens a figure, %d rounds, each "
+           "figure once\nper round, medians; each ratio within its round). keycustody: "
+           "kc_store_open + close (the\nconnection, the schema version; on PostgreSQL the "
+           "schema check); backend: its own\nopen and one query (sqlite3_open_v2; libpq's "
+           "PQconnectdb over the unix socket)\n",
+           OPENS, rounds);
+    for (r = 0; r < rounds && r < 16; r++)
+        for (k = 0; k < 2; k++) {
+            kc[k][r] = kc_open_ms(where[k]);
+            raw[k][r] = raw_open_ms(where[k], k);
+            ratio[k][r] = kc[k][r] / raw[k][r];
+        }
+    printf("%-12s %12s %12s %12s\n", "store", "keycustody", "backend", "kc/backend");
+    for (k = 0; k < 2; k++)
+        printf("%-12s %12.1f %12.1f %12.2f\n", k ? "PostgreSQL" : "SQLite", bench_median(kc[k], r),
+               bench_median(raw[k], r), bench_median(ratio[k], r));
+}
+
 /* The worker table: SQLite 1, PostgreSQL 1, 2, 4, OpenSSL, in rounds. */
 static void bench_workers(kc_ctx *ctx, const char *module, const char *dir, const char *lite_path)
 {
@@ -371,6 +445,7 @@ static void bench_workers(kc_ctx *ctx, const char *module, const char *dir, cons
     printf("%-12s %8d %16.0f %12s\n", "openssl", 1, bench_median(rate[NFIG - 1], r), "1");
     kc_store_close(stores[0]);
     kc_store_close(stores[1]);
+    bench_opens(where);
     pg_stop();
 }
 
