@@ -547,6 +547,9 @@ static void teardown_each(void)
 
 int kc_test_main(int argc, char **argv, const kc_test_suite *suites)
 {
+    /* KC_TEST_ONLY=TEXT: only the tests whose name holds TEXT (to run one
+     * again and again) */
+    const char *only = getenv("KC_TEST_ONLY");
     const kc_test_suite *s;
     const kc_test_case *c;
     CU_pSuite suite;
@@ -568,7 +571,8 @@ int kc_test_main(int argc, char **argv, const kc_test_suite *suites)
                                                                  teardown_each)
                           : CU_add_suite(s->name, NULL, NULL);
         for (c = s->cases; c->name != NULL; c++)
-            CU_add_test(suite, c->name, c->fn);
+            if (only == NULL || strstr(c->name, only) != NULL)
+                CU_add_test(suite, c->name, c->fn);
     }
     if (!matched) {
         fprintf(stderr, "no suite named '%s'\n", argv[1]);
