@@ -1442,6 +1442,74 @@ static void test_workers_one_killed(void)
     ASSERT_HAS(kc_test_run("rewrap", "--as", "svc", PINS, NULL)->out, "re-wrapped 0 scope key(s)");
 }
 
+static double mono_now(void)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* Another session holds one pending scope's row for hold seconds, as a
+ * worker mid-batch does; it is locked when this returns. */
+static void hold_scope(const char *scope, int hold)
+{
+    char *out = NULL;
+
+    CU_ASSERT_EQUAL(kc_test_sh(&out,
+                               "cd '%s' && ( psql -X -q -d '%s' -c \"BEGIN; SELECT 1 FROM scopes "
+                               "WHERE scope = '%s' FOR UPDATE; SELECT pg_sleep(%d); COMMIT\" "
+                               "> hold.log 2>&1 & ); i=0; until psql -X -qAt -d '%s' -c \"SELECT "
+                               "count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                               "WHERE c.relname = 'scopes' AND l.mode = 'RowShareLock'\" | grep "
+                               "-qx 1 || [ $i -ge 500 ]; do sleep 0.01; i=$((i+1)); done",
+                               kc_test_dir(), kc_test_store(), scope, hold, kc_test_store()),
+                    0);
+}
+
+/* A worker whose walk ends while another holds a pending scope waits for
+ * it, without failing or ending the job short: when the holder lets go
+ * (here without moving it), the worker takes the scope and finishes the
+ * job. One held past the store's lock timeout (10 s) stops the worker
+ * with an error that says what it waited for; nothing is lost, and a run
+ * after it finishes. */
+static void test_worker_waits_for_held(void)
+{
+    const kc_test_out *r;
+    double t;
+
+    CU_ASSERT_FATAL(kc_test_on_pg());
+    dep_setup();
+    make_dep("Ten", "VaultA1/KeyA,VaultB1/KeyB", "tenant");
+    ASSERT_RC(kc_test_run("dep", "assign", "Ten", "--tenant", NULL), 0);
+    put_mailboxes("m", 40);
+    ASSERT_RC(kc_test_run("dep", "refresh", "Ten", "--roll", "--as", "svc", PINS, NULL), 0);
+    hold_scope("mailbox:m17", 3);
+    t = mono_now();
+    r = kc_test_run("rewrap", "--batch", "5", "--as", "svc", PINS, NULL);
+    t = mono_now() - t;
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "re-wrapped 40 scope key(s)");
+    CU_ASSERT(t >= 1.5); /* it waited for the holder */
+    CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Registered 40/40");
+    CU_ASSERT_EQUAL(readable("m", 40, 0), 40);
+
+    ASSERT_RC(kc_test_run("dep", "refresh", "Ten", "--roll", "--as", "svc", PINS, NULL), 0);
+    hold_scope("mailbox:m3", 13);
+    r = kc_test_run("rewrap", "--batch", "5", "--as", "svc", PINS, NULL);
+    CU_ASSERT_NOT_EQUAL(r->rc, 0);
+    ASSERT_HAS(r->err, "the re-wrap stopped after 39 scope key(s)");
+    ASSERT_HAS(r->err, "waiting for the scopes other workers hold");
+    ASSERT_HAS(r->err, "lock timeout");
+    CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Rolling 39/40");
+    /* it waits again, for what is left of the hold */
+    r = kc_test_run("rewrap", "--as", "svc", PINS, NULL);
+    ASSERT_RC(r, 0);
+    ASSERT_HAS(r->out, "re-wrapped 1 scope key(s)");
+    CU_ASSERT_STRING_EQUAL(dep_state("Ten"), "Registered 40/40");
+    CU_ASSERT_EQUAL(readable("m", 40, 0), 40);
+}
+
 /* key rotate in one process while dep refresh runs in another, five
  * times: whichever wins, the DEP key stays the same and both vaults
  * unwrap it; a last refresh puts it under the newest versions. SoftHSM
@@ -1812,6 +1880,7 @@ static void test_purge_waits_for_old_snapshot(void)
  * what a purge needs of the other sessions */
 static const kc_test_case worker_cases[] = {
     {"three rewrap workers, one killed", test_workers_one_killed},
+    {"a worker waits for a scope another session holds", test_worker_waits_for_held},
     {"a purge waits for an old snapshot", test_purge_waits_for_old_snapshot},
     {NULL, NULL},
 };
