@@ -293,6 +293,11 @@ const kc_cmd kc_cmds_rewrap[] = {
      "key costs one RSA unwrap (vault A, else B: the acting principal needs unwrapKey\n"
      "and that vault's PIN). When none is left, the wrapped copies of DEP keys that no\n"
      "scope needs any more are destroyed.\n"
+     "Several runs at once: on a PostgreSQL store they share the job (on one host or\n"
+     "several), each taking batches no other holds, and one killed lets go of its\n"
+     "batch for the others; a run whose walk is done waits for the batches others\n"
+     "hold, at most the store's lock timeout (10 s) for each, else it stops: run it\n"
+     "again. On SQLite a second run waits for the first's batches.\n"
      "  --batch N  scopes per transaction (1 to 100000)\n",
      1},
     {NULL, NULL, NULL, NULL, NULL, NULL, 0},
