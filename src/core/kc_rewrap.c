@@ -524,21 +524,14 @@ static kc_rc range_end(kc_store *st, const char *last, long batch, char upper[80
  * one-key lock. */
 static kc_rc range_taken(kc_store *st, const char *last, int *taken, kc_error *err)
 {
-    kc_q *q = NULL;
-    int rc;
+    long n = 0;
+    kc_rc r = count(st,
+                    "SELECT CASE WHEN pg_try_advisory_xact_lock(1801679479, hashtext(?)) THEN 0 "
+                    "ELSE 1 END",
+                    last, &n, err);
 
-    *taken = 0;
-    if (kc_q_prepare(st,
-                     "SELECT CASE WHEN pg_try_advisory_xact_lock(1801679479, hashtext(?)) "
-                     "THEN 0 ELSE 1 END",
-                     &q) != KC_Q_OK)
-        return db_error(st, err);
-    kc_q_bind_text(q, 1, last);
-    rc = kc_q_step(q);
-    if (rc == KC_Q_ROW)
-        *taken = kc_q_int(q, 0) != 0;
-    kc_q_finish(q);
-    return rc == KC_Q_ROW ? KC_OK : db_error(st, err);
+    *taken = n != 0;
+    return r;
 }
 
 /* One batch of a worker on PostgreSQL, in the caller's (shared)
