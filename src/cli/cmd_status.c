@@ -296,8 +296,8 @@ const kc_cmd kc_cmds_rewrap[] = {
      "Several runs at once: on a PostgreSQL store they share the job (on one host or\n"
      "several), each taking batches no other holds, and one killed lets go of its\n"
      "batch for the others; a run whose walk is done waits for the batches others\n"
-     "hold, at most the store's lock timeout (10 s) for each, else it stops: run it\n"
-     "again. On SQLite a second run waits for the first's batches.\n"
+     "hold, at most the store's lock timeout (10 s) for each, else it stops (exit 5):\n"
+     "run it again. On SQLite a second run waits for the first's batches.\n"
      "  --batch N  scopes per transaction (1 to 100000)\n",
      1},
     {NULL, NULL, NULL, NULL, NULL, NULL, 0},

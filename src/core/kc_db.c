@@ -477,6 +477,11 @@ int kc_store_unique_violation(kc_store *st)
     return st->db && sqlite3_extended_errcode(st->db) == SQLITE_CONSTRAINT_UNIQUE;
 }
 
+int kc_store_lock_timeout(kc_store *st)
+{
+    return st->pg != NULL && strcmp(st->pg_state, "55P03") == 0;
+}
+
 int kc_store_is_pg(const kc_store *st)
 {
     return st->pg != NULL;

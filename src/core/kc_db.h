@@ -54,6 +54,9 @@ long kc_store_changes(kc_store *st);
 const char *kc_store_errmsg(kc_store *st);
 /* 1 when the last failure was a UNIQUE constraint. */
 int kc_store_unique_violation(kc_store *st);
+/* Whether the last statement failed on PostgreSQL's lock_timeout
+ * (SQLSTATE 55P03): a row another session held stayed locked. */
+int kc_store_lock_timeout(kc_store *st);
 /* SQLite's count of the commits other connections made to the file
  * (PRAGMA data_version): two reads that agree mean none committed between
  * them. -1 on PostgreSQL, or when it cannot be read. */

@@ -718,6 +718,10 @@ static kc_rc walk_end(kc_store *st, long long *seen, long *left, kc_error *err)
 
     if (kc_store_is_pg(st)) {
         r = count(st, PENDING_LEFT, "", left, err);
+        if (r != KC_OK && kc_store_lock_timeout(st))
+            return kc_error_set(err, KC_CONFLICT,
+                                "waiting for the scopes other workers hold: one stayed locked "
+                                "longer than the store's lock timeout (10 s)");
         if (r != KC_OK)
             kc_error_prefix(err, "waiting for the scopes other workers hold");
         return r;
