@@ -482,6 +482,11 @@ int kc_store_lock_timeout(kc_store *st)
     return st->pg != NULL && strcmp(st->pg_state, "55P03") == 0;
 }
 
+int kc_store_deadlock(kc_store *st)
+{
+    return st->pg != NULL && strcmp(st->pg_state, "40P01") == 0;
+}
+
 int kc_store_is_pg(const kc_store *st)
 {
     return st->pg != NULL;

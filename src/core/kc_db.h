@@ -57,6 +57,8 @@ int kc_store_unique_violation(kc_store *st);
 /* Whether the last statement failed on PostgreSQL's lock_timeout
  * (SQLSTATE 55P03): a row another session held stayed locked. */
 int kc_store_lock_timeout(kc_store *st);
+/* Whether it was cancelled as one side of a deadlock (SQLSTATE 40P01). */
+int kc_store_deadlock(kc_store *st);
 /* SQLite's count of the commits other connections made to the file
  * (PRAGMA data_version): two reads that agree mean none committed between
  * them. -1 on PostgreSQL, or when it cannot be read. */

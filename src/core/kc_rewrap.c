@@ -701,8 +701,10 @@ static kc_rc finish_job(kc_store *st, int *ended, kc_error *err)
  * (they are then free, and the walk begins again to take them). No walk
  * or poll while the last batches are held: four workers on two cores
  * spent about a quarter of their time walking again (50 000 scopes), and
- * a look that skipped locked rows was a pass over every scope per poll. A worker waiting
- * holds no scope, so none waits for it. */
+ * a look that skipped locked rows was a pass over every scope per poll.
+ * A worker waiting holds no scope of a batch, so no claim waits for it;
+ * the moved rows its look waited for stay locked until it commits, so
+ * looks side by side queue behind each other (walk_end: a deadlock). */
 #define PENDING_LEFT                                                                               \
     "WITH p AS (SELECT 1" CLAIM_FROM "LIMIT 1 FOR UPDATE OF s) SELECT count(*) FROM p"
 
@@ -717,11 +719,23 @@ static kc_rc walk_end(kc_store *st, long long *seen, long *left, kc_error *err)
     kc_rc r;
 
     if (kc_store_is_pg(st)) {
-        r = count(st, PENDING_LEFT, "", left, err);
+        /* two looks that meet rows in different orders (their plans
+         * differ, or a synchronized scan) can deadlock on the moved rows
+         * each keeps locked: the one PostgreSQL cancels is rolled back to
+         * before its look and walks again */
+        r = kc_store_exec(st, "SAVEPOINT walk_end", err);
+        if (r == KC_OK)
+            r = count(st, PENDING_LEFT, "", left, err);
+        if (r != KC_OK && kc_store_deadlock(st)) {
+            kc_error_clear(err);
+            *left = 1;
+            return kc_store_exec(st, "ROLLBACK TO SAVEPOINT walk_end", err);
+        }
         if (r != KC_OK && kc_store_lock_timeout(st))
             return kc_error_set(err, KC_CONFLICT,
-                                "waiting for the scopes other workers hold: one stayed locked "
-                                "longer than the store's lock timeout (10 s)");
+                                "waiting for the scopes other workers hold (or for a table lock, "
+                                "such as a purge's): none was free within the store's lock "
+                                "timeout (10 s)");
         if (r != KC_OK)
             kc_error_prefix(err, "waiting for the scopes other workers hold");
         return r;

@@ -139,8 +139,16 @@ kc_rc kc_pg_open(kc_store *s, const char *uri, kc_error *err)
     }
     PQsetNoticeProcessor(s->pg, quiet, NULL);
     /* a lock another command holds is waited for as long as SQLite's busy
-     * timeout; the store's text is UTF-8 either way */
-    r = kc_pg_exec(s, "SET lock_timeout = '10s'; SET client_encoding = 'UTF8'", err);
+     * timeout; the store's text is UTF-8 either way. Every transaction is
+     * READ COMMITTED, whatever the server, database, role or URI options
+     * default to: the re-wrap workers' claims and their wait at the end
+     * of a walk rely on a row another worker moved being re-checked in its
+     * new version (EvalPlanQual), where REPEATABLE READ fails with a
+     * serialization error */
+    r = kc_pg_exec(s,
+                   "SET lock_timeout = '10s'; SET client_encoding = 'UTF8'; SET "
+                   "default_transaction_isolation = 'read committed'",
+                   err);
     if (r != KC_OK)
         return r;
     res = PQexec(s->pg, "SELECT current_schema()");
